@@ -1,0 +1,434 @@
+"""Replicated state-machine commands, their versioned codec, and the pure `apply`.
+
+The FSM contract (HashiCorp raft's Apply): `apply(state, command)` is deterministic, reads no
+clock (every timestamp travels inside the command) and never raises; a command that cannot be
+applied returns an error Result and no changes. Commands are tagged msgpack, never pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import msgspec
+
+from warren.model import (
+    Availability,
+    ClusterInfo,
+    Node,
+    NodeStatus,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+    can_transition,
+)
+from warren.state import Change, ClusterState, Delete, Put
+
+CODEC_VERSION = 1
+
+
+class Result(msgspec.Struct, frozen=True):
+    """Outcome of one command. code is a gRPC-style name ("not_found", "already_exists",
+    "failed_precondition", "invalid_argument") when ok is False."""
+
+    ok: bool = True
+    code: str = ""
+    message: str = ""
+    id: str = ""
+
+
+OK = Result()
+
+
+def error(code: str, message: str) -> Result:
+    return Result(ok=False, code=code, message=message)
+
+
+class InitCluster(msgspec.Struct, frozen=True, tag="cluster.init"):
+    cluster: ClusterInfo
+    manager: Node
+
+
+class RotateJoinToken(msgspec.Struct, frozen=True, tag="cluster.rotate_token"):
+    role: str
+    secret: str
+
+
+class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):
+    """Adds a node, or refreshes what a known node reports about itself (resources, address,
+    platform); operator-set availability and labels are kept."""
+
+    node: Node
+
+
+class UpdateNode(msgspec.Struct, frozen=True, tag="node.update"):
+    node_id: str
+    at: float
+    availability: Availability | None = None
+    labels_add: dict[str, str] = {}
+    labels_rm: tuple[str, ...] = ()
+
+
+class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
+    node_id: str
+    status: NodeStatus
+    message: str
+    at: float
+
+
+class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
+    """Removes a node; its live tasks become orphaned so the reconciler replaces them."""
+
+    node_id: str
+    at: float
+
+
+class CreateService(msgspec.Struct, frozen=True, tag="service.create"):
+    service: Service
+
+
+class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
+    """Replaces the spec. expected_version guards against lost updates (0 = don't check)."""
+
+    service_id: str
+    spec: ServiceSpec
+    at: float
+    expected_version: int = 0
+
+
+class ScaleService(msgspec.Struct, frozen=True, tag="service.scale"):
+    service_id: str
+    replicas: int
+    at: float
+
+
+class RemoveService(msgspec.Struct, frozen=True, tag="service.remove"):
+    """Deletes the service. Tasks no node holds yet are deleted; the others are asked to shut
+    down and are deleted by the reconciler once they stop."""
+
+    service_id: str
+    at: float
+
+
+class TaskUpdate(msgspec.Struct, frozen=True):
+    """A partial update of one task. Fields left as None are unchanged. A state change that
+    would move the task backwards makes the whole update stale, so it is skipped."""
+
+    id: str
+    at: float
+    state: TaskState | None = None
+    desired_state: TaskState | None = None
+    node_id: str | None = None
+    message: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    runtime_id: str | None = None
+    health: str | None = None
+
+
+class ApplyPlan(msgspec.Struct, frozen=True, tag="plan.apply"):
+    """One scheduling/reconciliation pass, committed as a single entry."""
+
+    created: tuple[Task, ...] = ()
+    updated: tuple[TaskUpdate, ...] = ()
+    deleted: tuple[str, ...] = ()
+    node_status: tuple[SetNodeStatus, ...] = ()
+
+
+class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
+    """Status reported by the agent of `node_id`; it may only touch its own tasks."""
+
+    node_id: str
+    updates: tuple[TaskUpdate, ...]
+
+
+class Noop(msgspec.Struct, frozen=True, tag="noop"):
+    """Written to confirm leadership (a linearizable read barrier)."""
+
+
+Command = (
+    InitCluster
+    | RotateJoinToken
+    | RegisterNode
+    | UpdateNode
+    | SetNodeStatus
+    | RemoveNode
+    | CreateService
+    | UpdateService
+    | ScaleService
+    | RemoveService
+    | ApplyPlan
+    | ReportTaskStatus
+    | Noop
+)
+
+
+class Envelope(msgspec.Struct, frozen=True, array_like=True):
+    version: int
+    command: Command
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Envelope)
+_result_decoder = msgspec.msgpack.Decoder(Result)
+
+
+class CodecError(ValueError):
+    """The bytes are not a command this version understands."""
+
+
+def encode(command: Command) -> bytes:
+    return _encoder.encode(Envelope(CODEC_VERSION, command))
+
+
+def decode(blob: bytes) -> Command:
+    try:
+        envelope = _decoder.decode(blob)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise CodecError(f"undecodable command: {exc}") from exc
+    if envelope.version > CODEC_VERSION:
+        raise CodecError(f"command codec version {envelope.version} is newer than {CODEC_VERSION}")
+    return envelope.command
+
+
+def encode_result(result: Result) -> bytes:
+    return _encoder.encode(result)
+
+
+def decode_result(blob: bytes) -> Result:
+    return _result_decoder.decode(blob)
+
+
+# -- apply -------------------------------------------------------------------------------------
+
+Changes = list[Change]
+
+
+def apply(state: ClusterState, command: Command) -> tuple[Result, Changes]:
+    """Compute the effect of `command` on `state` without changing it. Never raises."""
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        return error("invalid_argument", f"unknown command {type(command).__name__}"), []
+    try:
+        return handler(state, command)
+    except Exception as exc:  # a bug must not wedge the log: report it as a failed command
+        return error("internal", f"{type(command).__name__} failed: {exc!r}"), []
+
+
+def _init_cluster(state: ClusterState, cmd: InitCluster) -> tuple[Result, Changes]:
+    if state.cluster is not None:
+        return error("already_exists", f"cluster {state.cluster.id} is already initialised"), []
+    return Result(id=cmd.cluster.id), [Put("cluster", cmd.cluster), Put("node", cmd.manager)]
+
+
+def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Changes]:
+    if state.cluster is None:
+        return error("failed_precondition", "cluster is not initialised"), []
+    if cmd.role == "worker":
+        cluster = msgspec.structs.replace(state.cluster, worker_token_secret=cmd.secret)
+    elif cmd.role == "manager":
+        cluster = msgspec.structs.replace(state.cluster, manager_token_secret=cmd.secret)
+    else:
+        return error("invalid_argument", f"unknown role {cmd.role!r}"), []
+    return OK, [Put("cluster", cluster)]
+
+
+def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Changes]:
+    old = state.nodes.get(cmd.node.id)
+    if old is None:
+        return Result(id=cmd.node.id), [Put("node", cmd.node)]
+    node = msgspec.structs.replace(
+        old,
+        hostname=cmd.node.hostname,
+        resources=cmd.node.resources,
+        addr=cmd.node.addr,
+        os=cmd.node.os,
+        arch=cmd.node.arch,
+        status=cmd.node.status,
+        updated_at=cmd.node.updated_at,
+    )
+    return Result(id=node.id), [Put("node", node)]
+
+
+def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]:
+    node = state.nodes.get(cmd.node_id)
+    if node is None:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    labels = {k: v for k, v in node.labels.items() if k not in cmd.labels_rm}
+    labels.update(cmd.labels_add)
+    node = msgspec.structs.replace(
+        node,
+        availability=cmd.availability or node.availability,
+        labels=labels,
+        updated_at=cmd.at,
+    )
+    return Result(id=node.id), [Put("node", node)]
+
+
+def _node_status_change(state: ClusterState, cmd: SetNodeStatus) -> Changes:
+    node = state.nodes.get(cmd.node_id)
+    if node is None or (node.status == cmd.status and node.status_message == cmd.message):
+        return []
+    return [Put("node", msgspec.structs.replace(node, status=cmd.status, status_message=cmd.message, updated_at=cmd.at))]
+
+
+def _set_node_status(state: ClusterState, cmd: SetNodeStatus) -> tuple[Result, Changes]:
+    if cmd.node_id not in state.nodes:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    return Result(id=cmd.node_id), _node_status_change(state, cmd)
+
+
+def _remove_node(state: ClusterState, cmd: RemoveNode) -> tuple[Result, Changes]:
+    if cmd.node_id not in state.nodes:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    changes: Changes = [Delete("node", cmd.node_id)]
+    for task in state.node_tasks(cmd.node_id):
+        if not task.state.terminal:
+            changes.append(
+                Put(
+                    "task",
+                    msgspec.structs.replace(
+                        task,
+                        state=TaskState.ORPHANED,
+                        desired_state=max(task.desired_state, TaskState.SHUTDOWN),
+                        message="node removed",
+                        updated_at=cmd.at,
+                    ),
+                )
+            )
+    return Result(id=cmd.node_id), changes
+
+
+def _create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Changes]:
+    name = cmd.service.spec.name
+    if state.service_by_name(name) is not None:
+        return error("already_exists", f"service name {name!r} is already in use"), []
+    if cmd.service.id in state.services:
+        return error("already_exists", f"service id {cmd.service.id} is already in use"), []
+    return Result(id=cmd.service.id), [Put("service", cmd.service)]
+
+
+def _update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Changes]:
+    service = state.services.get(cmd.service_id)
+    if service is None:
+        return error("not_found", f"service {cmd.service_id} not found"), []
+    if cmd.expected_version and cmd.expected_version != service.version:
+        return error(
+            "failed_precondition",
+            f"service {service.spec.name} changed meanwhile (version {service.version}, "
+            f"expected {cmd.expected_version}); retry",
+        ), []
+    if cmd.spec.name != service.spec.name:
+        return error("invalid_argument", "a service cannot be renamed"), []
+    if cmd.spec == service.spec:
+        return Result(id=service.id), []
+    updated = msgspec.structs.replace(
+        service, spec=cmd.spec, previous_spec=service.spec, version=service.version + 1, updated_at=cmd.at
+    )
+    return Result(id=service.id), [Put("service", updated)]
+
+
+def _scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Changes]:
+    service = state.services.get(cmd.service_id)
+    if service is None:
+        return error("not_found", f"service {cmd.service_id} not found"), []
+    if cmd.replicas < 0:
+        return error("invalid_argument", "replicas must be 0 or more"), []
+    if service.spec.mode.value != "replicated":
+        return error("failed_precondition", f"service {service.spec.name} is global; only replicated services scale"), []
+    if service.spec.replicas == cmd.replicas:
+        return Result(id=service.id), []
+    # Scaling changes no task's spec, so it does not bump the version (no task is replaced).
+    spec = msgspec.structs.replace(service.spec, replicas=cmd.replicas)
+    updated = msgspec.structs.replace(service, spec=spec, updated_at=cmd.at)
+    return Result(id=service.id), [Put("service", updated)]
+
+
+def _remove_service(state: ClusterState, cmd: RemoveService) -> tuple[Result, Changes]:
+    service = state.services.get(cmd.service_id)
+    if service is None:
+        return error("not_found", f"service {cmd.service_id} not found"), []
+    changes: Changes = [Delete("service", service.id)]
+    for task in state.service_tasks(service.id):
+        if task.state.terminal or task.state < TaskState.ASSIGNED:
+            changes.append(Delete("task", task.id))
+        elif task.desired_state < TaskState.SHUTDOWN:
+            changes.append(
+                Put("task", msgspec.structs.replace(task, desired_state=TaskState.SHUTDOWN, updated_at=cmd.at))
+            )
+    return Result(id=service.id), changes
+
+
+def _task_update(task: Task, update: TaskUpdate) -> Task | None:
+    """The task after `update`, or None when the update is stale or changes nothing."""
+    if update.state is not None and update.state != task.state and not can_transition(task.state, update.state):
+        return None
+    if update.desired_state is not None and update.desired_state < task.desired_state:
+        return None
+    fields = {
+        name: value
+        for name in ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
+        if (value := getattr(update, name)) is not None and value != getattr(task, name)
+    }
+    if not fields:
+        return None
+    if fields.get("state") == TaskState.RUNNING:
+        fields["started_at"] = update.at
+    return msgspec.structs.replace(task, updated_at=update.at, **fields)
+
+
+def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
+    changes: Changes = []
+    for task in cmd.created:
+        if task.service_id in state.services and task.id not in state.tasks:
+            changes.append(Put("task", task))
+    for update in cmd.updated:
+        task = state.tasks.get(update.id)
+        if task is None:
+            continue
+        # Assigning a node is only valid for a task that holds none yet (the scheduler's view
+        # may be stale if the task was already placed or stopped meanwhile).
+        if update.node_id is not None and task.node_id and update.node_id != task.node_id:
+            continue
+        new = _task_update(task, update)
+        if new is not None:
+            changes.append(Put("task", new))
+    for task_id in cmd.deleted:
+        if task_id in state.tasks:
+            changes.append(Delete("task", task_id))
+    for status in cmd.node_status:
+        changes.extend(_node_status_change(state, status))
+    return OK, changes
+
+
+def _report_task_status(state: ClusterState, cmd: ReportTaskStatus) -> tuple[Result, Changes]:
+    changes: Changes = []
+    for update in cmd.updates:
+        task = state.tasks.get(update.id)
+        if task is None or task.node_id != cmd.node_id or update.node_id not in (None, cmd.node_id):
+            continue
+        new = _task_update(task, update)
+        if new is not None:
+            changes.append(Put("task", new))
+    return OK, changes
+
+
+def _noop(state: ClusterState, cmd: Noop) -> tuple[Result, Changes]:
+    return OK, []
+
+
+_HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] = {
+    InitCluster: _init_cluster,  # type: ignore[dict-item]
+    RotateJoinToken: _rotate_token,  # type: ignore[dict-item]
+    RegisterNode: _register_node,  # type: ignore[dict-item]
+    UpdateNode: _update_node,  # type: ignore[dict-item]
+    SetNodeStatus: _set_node_status,  # type: ignore[dict-item]
+    RemoveNode: _remove_node,  # type: ignore[dict-item]
+    CreateService: _create_service,  # type: ignore[dict-item]
+    UpdateService: _update_service,  # type: ignore[dict-item]
+    ScaleService: _scale_service,  # type: ignore[dict-item]
+    RemoveService: _remove_service,  # type: ignore[dict-item]
+    ApplyPlan: _apply_plan,  # type: ignore[dict-item]
+    ReportTaskStatus: _report_task_status,  # type: ignore[dict-item]
+    Noop: _noop,  # type: ignore[dict-item]
+}

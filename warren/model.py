@@ -1,0 +1,199 @@
+"""Cluster objects: nodes, services, tasks. Pure values (frozen msgspec structs), no I/O.
+
+Every object stored in the replicated state is defined here, so the codec, the store, the
+scheduler and the API conversion all agree on one shape.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class TaskState(enum.IntEnum):
+    """Ordered task lifecycle; a task only ever moves forward (SwarmKit's rule)."""
+
+    NEW = 0
+    PENDING = 1
+    ASSIGNED = 2
+    ACCEPTED = 3
+    PREPARING = 4
+    STARTING = 5
+    RUNNING = 6
+    COMPLETE = 7
+    FAILED = 8
+    SHUTDOWN = 9
+    REJECTED = 10
+    ORPHANED = 11
+
+    @property
+    def terminal(self) -> bool:
+        return self >= TaskState.COMPLETE
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+def can_transition(current: TaskState, new: TaskState) -> bool:
+    """A task may only move forward, and never out of a terminal state."""
+    return not current.terminal and new > current
+
+
+class NodeRole(enum.Enum):
+    MANAGER = "manager"
+    WORKER = "worker"
+
+
+class Availability(enum.Enum):
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class NodeStatus(enum.Enum):
+    UNKNOWN = "unknown"
+    READY = "ready"
+    DOWN = "down"
+
+
+class ServiceMode(enum.Enum):
+    REPLICATED = "replicated"
+    GLOBAL = "global"
+
+
+class RestartCondition(enum.Enum):
+    NONE = "none"
+    ON_FAILURE = "on-failure"
+    ANY = "any"
+
+
+class Resources(msgspec.Struct, frozen=True):
+    """CPU in nano-CPUs (1e9 = one core) and memory in bytes, as Docker counts them."""
+
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.nano_cpus + other.nano_cpus, self.memory_bytes + other.memory_bytes)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.nano_cpus - other.nano_cpus, self.memory_bytes - other.memory_bytes)
+
+    def fits_in(self, available: Resources) -> bool:
+        return self.nano_cpus <= available.nano_cpus and self.memory_bytes <= available.memory_bytes
+
+
+class RestartPolicy(msgspec.Struct, frozen=True):
+    """When a dead task is replaced. max_attempts=0 means unlimited; a task that ran at least
+    `window` seconds resets the attempt count (window=0: attempts are never reset)."""
+
+    condition: RestartCondition = RestartCondition.ANY
+    delay: float = 5.0
+    max_attempts: int = 0
+    window: float = 0.0
+
+
+class HealthCheck(msgspec.Struct, frozen=True):
+    """A health probe run by the agent. kind: "cmd" (command in the task), "http" (GET target
+    URL, 2xx/3xx healthy) or "tcp" (connect to target host:port)."""
+
+    kind: str = "cmd"
+    command: tuple[str, ...] = ()
+    target: str = ""
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+
+
+class PortConfig(msgspec.Struct, frozen=True):
+    target: int
+    published: int = 0
+    protocol: str = "tcp"
+    mode: str = "ingress"
+
+
+class ServiceSpec(msgspec.Struct, frozen=True):
+    """Desired state of a service, as given by the operator."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = {}
+    mode: ServiceMode = ServiceMode.REPLICATED
+    replicas: int = 1
+    constraints: tuple[str, ...] = ()
+    reservations: Resources = Resources()
+    limits: Resources = Resources()
+    restart: RestartPolicy = RestartPolicy()
+    health: HealthCheck | None = None
+    ports: tuple[PortConfig, ...] = ()
+    labels: dict[str, str] = {}
+    stop_grace_period: float = 10.0
+
+
+class Service(msgspec.Struct, frozen=True):
+    id: str
+    spec: ServiceSpec
+    version: int = 1
+    previous_spec: ServiceSpec | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Node(msgspec.Struct, frozen=True):
+    id: str
+    hostname: str
+    role: NodeRole = NodeRole.WORKER
+    availability: Availability = Availability.ACTIVE
+    status: NodeStatus = NodeStatus.UNKNOWN
+    status_message: str = ""
+    labels: dict[str, str] = {}
+    resources: Resources = Resources()
+    addr: str = ""
+    os: str = ""
+    arch: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Task(msgspec.Struct, frozen=True):
+    """One instance of a service. `slot` numbers replicas (1..N); global tasks use slot 0 and
+    are identified by their node. `spec_version` is the service version the task runs."""
+
+    id: str
+    service_id: str
+    service_name: str
+    slot: int
+    spec: ServiceSpec
+    spec_version: int
+    desired_state: TaskState = TaskState.RUNNING
+    state: TaskState = TaskState.NEW
+    node_id: str = ""
+    message: str = ""
+    error: str = ""
+    exit_code: int | None = None
+    runtime_id: str = ""
+    health: str = ""
+    attempt: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    started_at: float = 0.0
+
+
+class ClusterInfo(msgspec.Struct, frozen=True):
+    """Cluster-wide settings written once at init; tokens are rotated by commands. The CA key is
+    replicated so that any manager can sign node certificates (as in SwarmKit); it never leaves
+    the managers."""
+
+    id: str
+    created_at: float
+    ca_cert_pem: str
+    ca_key_pem: str
+    worker_token_secret: str
+    manager_token_secret: str
+    heartbeat_period: float = 5.0
+    task_history_limit: int = 5

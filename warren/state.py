@@ -1,0 +1,128 @@
+"""The in-memory cluster state and its indexes. Pure: the store persists the same changes.
+
+Commands never mutate a ClusterState directly: they return a list of changes, which the store
+writes to LMDB and then applies here, so disk and memory always see the same edits.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal
+
+import msgspec
+
+from warren.model import ClusterInfo, Node, Service, Task
+
+Kind = Literal["node", "service", "task", "cluster"]
+StoredObject = Node | Service | Task | ClusterInfo
+
+
+class Put(msgspec.Struct, frozen=True, tag="put"):
+    kind: Kind
+    obj: StoredObject
+
+
+class Delete(msgspec.Struct, frozen=True, tag="delete"):
+    kind: Kind
+    id: str
+
+
+Change = Put | Delete
+
+CLUSTER_KEY = "cluster"
+
+
+def object_key(kind: Kind, obj: StoredObject) -> str:
+    return CLUSTER_KEY if kind == "cluster" else obj.id  # type: ignore[union-attr]
+
+
+class ClusterState:
+    """All objects, with indexes of tasks by service and by node."""
+
+    def __init__(self) -> None:
+        self.cluster: ClusterInfo | None = None
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, Service] = {}
+        self.tasks: dict[str, Task] = {}
+        self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
+        self.tasks_by_node: defaultdict[str, set[str]] = defaultdict(set)
+        self.service_names: dict[str, str] = {}
+
+    # -- reads -------------------------------------------------------------------------------
+    def service_by_name(self, name: str) -> Service | None:
+        service_id = self.service_names.get(name)
+        return self.services.get(service_id) if service_id else None
+
+    def service_tasks(self, service_id: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ())]
+
+    def node_tasks(self, node_id: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]
+
+    def copy(self) -> ClusterState:
+        """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
+        other = ClusterState()
+        other.cluster = self.cluster
+        other.nodes = dict(self.nodes)
+        other.services = dict(self.services)
+        other.tasks = dict(self.tasks)
+        other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
+        other.tasks_by_node = defaultdict(set, {k: set(v) for k, v in self.tasks_by_node.items()})
+        other.service_names = dict(self.service_names)
+        return other
+
+    # -- writes ------------------------------------------------------------------------------
+    def apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            if isinstance(change, Put):
+                self._put(change.kind, change.obj)
+            else:
+                self._delete(change.kind, change.id)
+
+    def _put(self, kind: Kind, obj: StoredObject) -> None:
+        if kind == "cluster":
+            assert isinstance(obj, ClusterInfo)
+            self.cluster = obj
+        elif kind == "node":
+            assert isinstance(obj, Node)
+            self.nodes[obj.id] = obj
+        elif kind == "service":
+            assert isinstance(obj, Service)
+            old = self.services.get(obj.id)
+            if old is not None and old.spec.name != obj.spec.name:
+                self.service_names.pop(old.spec.name, None)
+            self.services[obj.id] = obj
+            self.service_names[obj.spec.name] = obj.id
+        else:
+            assert isinstance(obj, Task)
+            old_task = self.tasks.get(obj.id)
+            if old_task is not None and old_task.node_id != obj.node_id:
+                self._unindex_node(old_task)
+            self.tasks[obj.id] = obj
+            self.tasks_by_service[obj.service_id].add(obj.id)
+            if obj.node_id:
+                self.tasks_by_node[obj.node_id].add(obj.id)
+
+    def _delete(self, kind: Kind, obj_id: str) -> None:
+        if kind == "node":
+            self.nodes.pop(obj_id, None)
+        elif kind == "service":
+            old = self.services.pop(obj_id, None)
+            if old is not None:
+                self.service_names.pop(old.spec.name, None)
+        elif kind == "task":
+            task = self.tasks.pop(obj_id, None)
+            if task is not None:
+                ids = self.tasks_by_service.get(task.service_id)
+                if ids is not None:
+                    ids.discard(obj_id)
+                    if not ids:
+                        del self.tasks_by_service[task.service_id]
+                self._unindex_node(task)
+
+    def _unindex_node(self, task: Task) -> None:
+        ids = self.tasks_by_node.get(task.node_id)
+        if ids is not None:
+            ids.discard(task.id)
+            if not ids:
+                del self.tasks_by_node[task.node_id]
