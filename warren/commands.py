@@ -7,7 +7,7 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import msgspec
 

@@ -1,0 +1,126 @@
+"""Real manager processes driven by the real CLI, for integration tests.
+
+Everything started here is stopped by PID in `stop()`, which the fixtures call even when a
+test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from warren import tls
+from warren.api.v1 import control_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Manager:
+    """One manager process on 127.0.0.1 with its own data dir and CLI config."""
+
+    root: Path
+    api_port: int = field(default_factory=free_port)
+    raft_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["WARREN_CONFIG"] = str(self.config)
+        env["PYTHONPATH"] = str(REPO)
+        env.pop("WARREN_DEBUG", None)
+        return env
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = open(self.root / "manager.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", "cluster", "init",
+             "--data-dir", str(self.data_dir),
+             "--listen-addr", self.addr,
+             "--raft-addr", f"127.0.0.1:{self.raft_port}",
+             "--metrics-addr", f"127.0.0.1:{self.metrics_port}"],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"manager exited with {self.process.returncode}:\n{self.log()}")
+            if self.config.exists() and self.cli("cluster", "info", "--format", "json").returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"manager did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        path = self.root / "manager.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=15)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "warren.cli.main", *args],
+            capture_output=True, text=True, env=self.env(), timeout=timeout, cwd=self.root,
+        )
+
+    def cli_json(self, *args: str) -> object:
+        result = self.cli(*args, "--format", "json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def channel(self, creds_dir: Path | None = None) -> grpc.Channel:
+        creds = tls.load_credentials(creds_dir or self.data_dir / "admin")
+        return grpc.secure_channel(self.addr, tls.channel_credentials(*creds), options=tls.channel_options())
+
+    def control(self, creds_dir: Path | None = None) -> control_pb2_grpc.ControlStub:
+        return control_pb2_grpc.ControlStub(self.channel(creds_dir))
+
+
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")

@@ -1,0 +1,193 @@
+"""The CLI's connection to the managers: mTLS channels, failover, and gRPC errors as exit codes.
+
+Imports grpc, so only command handlers that talk to a manager import this module.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from warren.cli.errors import CliError, Exit
+from warren.clientconfig import ConfigError, Context, load_context
+
+if not os.environ.get("WARREN_DEBUG"):
+    # grpc's C core logs handshake and connection failures on stderr; we report them ourselves.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
+import grpc
+
+from warren import tls
+from warren.api.v1 import control_pb2_grpc
+
+_CODE_TO_EXIT = {
+    grpc.StatusCode.INVALID_ARGUMENT: Exit.USAGE,
+    grpc.StatusCode.OUT_OF_RANGE: Exit.USAGE,
+    grpc.StatusCode.NOT_FOUND: Exit.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: Exit.CONFLICT,
+    grpc.StatusCode.FAILED_PRECONDITION: Exit.CONFLICT,
+    grpc.StatusCode.ABORTED: Exit.CONFLICT,
+    grpc.StatusCode.UNAVAILABLE: Exit.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Exit.UNAVAILABLE,
+    grpc.StatusCode.UNAUTHENTICATED: Exit.CREDENTIALS,
+    grpc.StatusCode.PERMISSION_DENIED: Exit.CREDENTIALS,
+}
+
+# Calls that change nothing may be retried on the next manager even after a deadline, when the
+# first manager may have received them; others fail over only on UNAVAILABLE (not sent).
+_READ_ONLY = frozenset({"GetClusterInfo", "ListNodes", "GetNode", "ListServices", "GetService", "ListTasks"})
+
+
+class Client:
+    """Calls the Control API on the first manager that answers, in the context's order."""
+
+    def __init__(self, ctx: Context, timeout: float = 10.0, managers: list[str] | None = None) -> None:
+        self.context = ctx
+        self.timeout = timeout
+        self.managers = list(managers or ctx.managers)
+        try:
+            ca, cert, key = ctx.ca.read_bytes(), ctx.cert.read_bytes(), ctx.key.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read credentials of context {ctx.name!r}: {exc}", Exit.CREDENTIALS) from None
+        try:
+            self._creds = tls.channel_credentials(ca, cert, key)
+        except (ValueError, grpc.RpcError) as exc:
+            raise CliError(f"unusable credentials in context {ctx.name!r}: {exc}", Exit.CREDENTIALS) from None
+        self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, control_pb2_grpc.ControlStub] = {}
+        self._current = 0  # index of the manager that answered last
+
+    @property
+    def address(self) -> str:
+        """The manager that answered last (the first one before any call)."""
+        return self.managers[self._current]
+
+    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """Invoke Control.<method>; returns the response or raises CliError with an exit code."""
+        failures: list[tuple[str, grpc.RpcError]] = []
+        n = len(self.managers)
+        for i in range(n):
+            index = (self._current + i) % n
+            addr = self.managers[index]
+            stub = self._stub(addr)
+            try:
+                response = getattr(stub, method)(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                code = exc.code()
+                retry = code == grpc.StatusCode.UNAVAILABLE or (
+                    code == grpc.StatusCode.DEADLINE_EXCEEDED and method in _READ_ONLY
+                )
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED and not retry:
+                    raise CliError(
+                        f"no answer from the manager at {addr} in time: the {method} call may still take "
+                        "effect; check before retrying",
+                        Exit.UNAVAILABLE,
+                    ) from None
+                if not retry:
+                    raise rpc_error(exc, addr) from None
+                failures.append((addr, exc))
+                continue
+            self._current = index
+            return response
+        tls_failures = [f for f in failures if _is_tls_failure(f[1])]
+        if tls_failures and len(tls_failures) == len(failures):
+            raise rpc_error(tls_failures[0][1], tls_failures[0][0])
+        raise _unreachable(failures)
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._stubs.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _stub(self, addr: str) -> control_pb2_grpc.ControlStub:
+        stub = self._stubs.get(addr)
+        if stub is None:
+            channel = grpc.secure_channel(addr, self._creds, options=tls.channel_options())
+            self._channels[addr] = channel
+            stub = self._stubs[addr] = control_pb2_grpc.ControlStub(channel)
+        return stub
+
+
+def connect(args: Any) -> Client:
+    """A Client for the global flags --config, --context, --manager and --timeout."""
+    try:
+        ctx = load_context(args.context, args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc), Exit.CREDENTIALS) from None
+    return Client(ctx, timeout=args.rpc_timeout, managers=args.manager or None)
+
+
+def rpc_error(exc: grpc.RpcError, addr: str) -> CliError:
+    """One line and an exit code for a failed call."""
+    code = exc.code()
+    details = (exc.details() or "").strip()
+    if _is_tls_failure(exc):
+        return CliError(
+            f"TLS handshake with {addr} failed: it did not present a certificate from this cluster's CA "
+            "(is it a manager of this cluster?)",
+            Exit.CREDENTIALS,
+        )
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return _unreachable([(addr, exc)])
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return CliError(f"the manager refused our certificate: {details or 'unauthenticated'}", Exit.CREDENTIALS)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return CliError(f"permission denied: {details or 'this certificate may not do that'}", Exit.CREDENTIALS)
+    return CliError(details or code.name.lower().replace("_", " "), _CODE_TO_EXIT.get(code, Exit.FAILURE))
+
+
+def _unreachable(failures: list[tuple[str, grpc.RpcError]]) -> CliError:
+    if not failures:
+        return CliError("no manager address configured", Exit.UNAVAILABLE)
+    addr, last = failures[-1]
+    details = (last.details() or "").strip()
+    if last.code() == grpc.StatusCode.UNAVAILABLE and details and not _is_transport_error(details):
+        # The manager answered, but cannot serve yet (e.g. "the cluster is still initialising").
+        return CliError(f"manager at {addr}: {details}", Exit.UNAVAILABLE)
+    addrs = ", ".join(a for a, _ in failures)
+    return CliError(f"cannot reach a manager at {addrs}: {_reason(last)}", Exit.UNAVAILABLE)
+
+
+_REASONS = (
+    ("connection refused", "connection refused"),
+    ("dns resolution failed", "cannot resolve the host name"),
+    ("hostname lookup", "cannot resolve the host name"),
+    ("name or service not known", "cannot resolve the host name"),
+    ("domain name not found", "cannot resolve the host name"),
+    ("no route to host", "no route to host"),
+    ("network is unreachable", "network is unreachable"),
+    ("timed out", "timed out"),
+    ("deadline exceeded", "timed out"),
+    ("connection reset", "connection reset"),
+    ("socket closed", "the connection was closed (did the manager refuse our certificate?)"),
+)
+
+
+def _reason(exc: grpc.RpcError) -> str:
+    """A short cause from grpc's long UNAVAILABLE details."""
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "timed out"
+    details = (exc.details() or "").strip()
+    low = details.lower()
+    for needle, reason in _REASONS:
+        if needle in low:
+            return reason
+    return details.removeprefix("failed to connect to all addresses; last error: ") or "unavailable"
+
+
+def _is_transport_error(details: str) -> bool:
+    low = details.lower()
+    return low.startswith("failed to connect") or any(needle in low for needle, _ in _REASONS)
+
+
+def _is_tls_failure(exc: grpc.RpcError) -> bool:
+    """The server's certificate failed verification (a refused client cert looks like a closed socket)."""
+    low = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and ("handshake failed" in low or "certificate_verify" in low)

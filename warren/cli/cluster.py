@@ -1,0 +1,122 @@
+"""`warren cluster ...`: start a manager, read the cluster's state, hand out join tokens."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from warren.cli import units
+from warren.cli.errors import CliError, Exit
+from warren.cli.flags import add_format_flag, value_type
+
+_ADDR = value_type(units.parse_hostport)
+
+
+def register(groups: Any) -> None:
+    group = groups.add_parser("cluster", help="create and inspect the cluster")
+    group.set_defaults(group_parser=group)
+    cmds = group.add_subparsers(metavar="COMMAND", title="commands")
+
+    p = cmds.add_parser(
+        "init",
+        help="start the first manager of a new cluster (runs in the foreground)",
+        description="Create a new cluster, or resume the one in --data-dir, and serve as its manager "
+        "until interrupted. Writes the admin credentials and a client context on first start.",
+    )
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help="state directory (default: /var/lib/warren)")
+    p.add_argument("--listen-addr", type=_ADDR, metavar="HOST:PORT", help="API address (default: 0.0.0.0:4242)")
+    p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
+    p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
+    p.set_defaults(func=cmd_init)
+
+    p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
+    p.add_argument("--consistent", action="store_true", help="confirm leadership through Raft before answering")
+    add_format_flag(p)
+    p.set_defaults(func=cmd_info)
+
+    p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
+    p.add_argument("role", choices=("worker", "manager"))
+    p.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
+    p.set_defaults(func=cmd_join_token)
+
+    p = cmds.add_parser("join", help="join this machine to a cluster (not implemented yet: issue #3)")
+    p.add_argument("--token", help="join token from `warren cluster join-token`")
+    p.add_argument("manager_addr", nargs="?", metavar="MANAGER:PORT")
+    p.set_defaults(func=cmd_join)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from warren.manager import daemon
+
+    options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
+    for name in ("listen_addr", "advertise_addr", "metrics_addr", "raft_addr"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return daemon.run(daemon.ManagerOptions(**options))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        info = client.call("GetClusterInfo", pb.GetClusterInfoRequest(consistent=args.consistent))
+    if args.format == "json":
+        output.print_json(info)
+        return 0
+    output.print_fields(
+        [
+            ("ID", info.id),
+            ("Created", output.timestamp(info.created_at)),
+            ("CA fingerprint", info.ca_fingerprint),
+            ("Raft state", info.raft_state),
+            ("Leader", info.leader_api_addr or info.leader or "none"),
+            ("Raft term", info.raft_term),
+            ("Commit index", f"{info.commit_index} (applied {info.applied_index})"),
+            ("Heartbeat", units.format_duration(info.heartbeat_period)),
+            ("Nodes", info.nodes),
+            ("Services", info.services),
+            ("Tasks", info.tasks),
+        ]
+    )
+    print()
+    output.print_table(
+        ["MANAGER", "API ADDRESS", "RAFT ADDRESS", "STATUS"],
+        [
+            (
+                output.short_id(m.node_id),
+                m.api_addr,
+                m.raft_addr,
+                "leader" if m.leader else ("reachable" if m.reachable else "unreachable"),
+            )
+            for m in info.managers
+        ],
+    )
+    return 0
+
+
+def cmd_join_token(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        token = client.call("GetJoinToken", pb.GetJoinTokenRequest(role=args.role, rotate=args.rotate)).token
+        addr = client.address
+    if args.quiet:
+        print(token)
+        return 0
+    if args.rotate:
+        print(f"The {args.role} join token was rotated; the previous one is no longer accepted.\n")
+    article = "a" if args.role == "worker" else "another"
+    print(f"To add {article} {args.role} to this cluster, run on the new node:\n")
+    print(f"    warren cluster join --token {token} {addr}\n")
+    print("(`warren cluster join` arrives with the worker agent, issue #3.)")
+    return 0
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    raise CliError("cluster join: not implemented yet: the worker agent lands with issue #3", Exit.FAILURE)

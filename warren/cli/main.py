@@ -1,0 +1,116 @@
+"""`warren` / `wrn`: the operator's command line. Parser, dispatch and the one error handler.
+
+Startup time matters (an operator types these all day): this module and the command modules
+import only the stdlib at load time. grpc, the protobuf stubs and rich load inside the handlers
+that need them, so --help and usage errors never pay for them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from warren.cli.errors import CliError, Exit
+from warren.cli.flags import Parser, value_type
+
+PROG = "warren"
+
+
+def build_parser() -> Parser:
+    from warren.cli import cluster, node, service, units
+
+    parser = Parser(
+        prog=PROG,
+        description="Manage a Warren cluster.",
+        epilog="Global flags go before the command. Exit codes: see docs/cli.md.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="client config (default: $WARREN_CONFIG, else $XDG_CONFIG_HOME/warren/config.json)",
+    )
+    parser.add_argument("--context", metavar="NAME", help="context in the config (default: its current one)")
+    parser.add_argument(
+        "--manager",
+        metavar="HOST:PORT",
+        action="append",
+        type=value_type(units.parse_hostport),
+        help="manager to talk to instead of the context's (repeat for failover)",
+    )
+    parser.add_argument(
+        "--timeout",
+        dest="rpc_timeout",
+        metavar="SECONDS",
+        type=value_type(units.parse_seconds),
+        default=10.0,
+        help="deadline of each call to a manager (default: 10)",
+    )
+    groups = parser.add_subparsers(dest="group", metavar="COMMAND", title="commands")
+    cluster.register(groups)
+    service.register(groups)
+    node.register(groups)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse a command line. Words after a bare `--` are the task command (`service create NAME
+    --image IMG -- COMMAND ARG...`); they are split off first because argparse cannot mix an
+    optional list of positionals with flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1 :]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if command is not None and not getattr(args, "accepts_command", False):
+        parser.error(f"unexpected arguments after '--': {' '.join(command)}")
+    args.command = command
+    return args
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler = getattr(args, "func", None)
+    if handler is None:
+        # `warren` or `warren service` alone: show what can follow.
+        (getattr(args, "group_parser", None) or build_parser()).print_help(sys.stderr)
+        return Exit.USAGE
+    return int(handler(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point: never shows a traceback unless WARREN_DEBUG is set."""
+    debug = bool(os.environ.get("WARREN_DEBUG"))
+    try:
+        code = run(argv)
+    except CliError as exc:
+        sys.stderr.write(f"{PROG}: {exc.message}\n")
+        code = exc.code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        code = 130
+    except BrokenPipeError:
+        # `warren service ls | head`: the reader left; exit quietly, and keep Python from
+        # complaining again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = Exit.FAILURE
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        sys.stderr.write(f"{PROG}: internal error: {type(exc).__name__}: {exc} (set WARREN_DEBUG=1 for details)\n")
+        code = Exit.FAILURE
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""`warren node ...`: list, inspect, drain/label and remove cluster nodes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from warren.cli import units
+from warren.cli.errors import CliError, Exit
+from warren.cli.flags import add_format_flag, value_type
+
+
+def register(groups: Any) -> None:
+    group = groups.add_parser("node", help="manage nodes")
+    group.set_defaults(group_parser=group)
+    cmds = group.add_subparsers(metavar="COMMAND", title="commands")
+
+    p = cmds.add_parser("ls", help="list nodes")
+    p.add_argument("-q", "--quiet", action="store_true", help="print IDs only")
+    add_format_flag(p)
+    p.set_defaults(func=cmd_ls)
+
+    p = cmds.add_parser("inspect", help="show a node in detail")
+    p.add_argument("node", metavar="NAME|ID", help="hostname, ID or unique ID prefix")
+    add_format_flag(p)
+    p.set_defaults(func=cmd_inspect)
+
+    p = cmds.add_parser("update", help="change a node's availability or labels")
+    p.add_argument("node", metavar="NAME|ID", help="hostname, ID or unique ID prefix")
+    p.add_argument(
+        "--availability",
+        choices=("active", "pause", "drain"),
+        help="active: takes tasks; pause: keeps its tasks, takes no new ones; drain: moves its tasks away",
+    )
+    p.add_argument(
+        "--label-add",
+        type=value_type(lambda s: units.parse_key_value(s, "label", require_value=False)),
+        action="append",
+        metavar="K=V",
+        help="add or change a label",
+    )
+    p.add_argument("--label-rm", action="append", metavar="K", help="remove a label")
+    p.set_defaults(func=cmd_update)
+
+    p = cmds.add_parser("rm", help="remove nodes from the cluster")
+    p.add_argument("nodes", nargs="+", metavar="NAME|ID")
+    p.add_argument("-f", "--force", action="store_true", help="remove even if the node is still ready")
+    p.set_defaults(func=cmd_rm)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        nodes = sorted(client.call("ListNodes", pb.ListNodesRequest()).nodes, key=lambda n: (n.hostname, n.id))
+    if args.format == "json":
+        output.print_json(list(nodes))
+    elif args.quiet:
+        for n in nodes:
+            print(n.id)
+    else:
+        output.print_table(
+            ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "CPUS", "MEMORY"],
+            [
+                (
+                    output.short_id(n.id),
+                    n.hostname,
+                    n.status,
+                    n.availability,
+                    _role(n),
+                    n.addr,
+                    units.format_cpus(n.resources.nano_cpus) if n.resources.nano_cpus else "",
+                    units.format_size(n.resources.memory_bytes) if n.resources.memory_bytes else "",
+                )
+                for n in nodes
+            ],
+        )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        n = client.call("GetNode", pb.GetNodeRequest(node=args.node))
+    if args.format == "json":
+        output.print_json(n)
+        return 0
+    r = n.resources
+    output.print_fields(
+        [
+            ("ID", n.id),
+            ("Hostname", n.hostname),
+            ("Role", _role(n)),
+            ("Status", f"{n.status} ({n.status_message})" if n.status_message else n.status),
+            ("Availability", n.availability),
+            ("Address", n.addr),
+            ("Platform", f"{n.os}/{n.arch}" if n.os or n.arch else ""),
+            (
+                "Resources",
+                ", ".join(
+                    part
+                    for part in (
+                        f"{units.format_cpus(r.nano_cpus)} CPU" if r.nano_cpus else "",
+                        units.format_size(r.memory_bytes) if r.memory_bytes else "",
+                    )
+                    if part
+                ),
+            ),
+            ("Labels", [f"{k}={v}" for k, v in sorted(n.labels.items())]),
+            ("Created", output.timestamp(n.created_at)),
+            ("Updated", output.timestamp(n.updated_at)),
+        ]
+    )
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    if not (args.availability or args.label_add or args.label_rm):
+        raise CliError("nothing to change: give --availability, --label-add or --label-rm", Exit.USAGE)
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    request = pb.UpdateNodeRequest(
+        node=args.node,
+        availability=args.availability or "",
+        labels_add=dict(args.label_add or []),
+        labels_rm=args.label_rm or [],
+    )
+    with connect(args) as client:
+        node = client.call("UpdateNode", request)
+    print(node.id)
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    code = 0
+    with connect(args) as client:
+        for name in args.nodes:
+            try:
+                client.call("RemoveNode", pb.RemoveNodeRequest(node=name, force=args.force))
+            except CliError as exc:
+                if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
+                    raise
+                sys.stderr.write(f"warren: {exc.message}\n")
+                code = exc.code
+                continue
+            print(name)
+    return code
+
+
+def _role(n: Any) -> str:
+    return f"{n.role} (leader)" if n.leader else n.role

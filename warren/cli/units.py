@@ -1,0 +1,184 @@
+"""Parse the values operators type on the command line: sizes, durations, CPU counts, addresses.
+
+Every parser raises ValueError with a one-line message fit to show as is; the parser in
+warren.cli.main turns it into a usage error (exit 2). Stdlib only: this runs before any command.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+_DURATION_UNITS = {
+    "ns": Decimal("1e-9"),
+    "us": Decimal("1e-6"),
+    "µs": Decimal("1e-6"),
+    "ms": Decimal("0.001"),
+    "s": Decimal(1),
+    "m": Decimal(60),
+    "h": Decimal(3600),
+    "d": Decimal(86400),
+}
+_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h|d)")
+_PLAIN_NUMBER_RE = re.compile(r"^(\d+(?:\.\d+)?|\.\d+)$")
+
+NANO = 1_000_000_000
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "512M", "1G", "1.5GiB", "1024K" or plain "1048576" (units are binary, as Docker's)."""
+    match = _SIZE_RE.match(text)
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {text!r}: use a number of bytes or a unit such as 512M, 1G, 1024K")
+    value = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value != value.to_integral_value():
+        raise ValueError(f"invalid size {text!r}: not a whole number of bytes")
+    return int(value)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from "10s", "500ms", "1m", "1h30m", "1.5s" or plain seconds "90"."""
+    s = text.strip().lower()
+    if _PLAIN_NUMBER_RE.match(s):
+        return float(Decimal(s))
+    pos, total = 0, Decimal(0)
+    for part in _DURATION_PART_RE.finditer(s):
+        if part.start() != pos:
+            break
+        total += Decimal(part.group(1)) * _DURATION_UNITS[part.group(2)]
+        pos = part.end()
+    if not s or pos != len(s):
+        raise ValueError(f"invalid duration {text!r}: use e.g. 10s, 500ms, 1m, 1h30m or plain seconds")
+    return float(total)
+
+
+def parse_cpus(text: str) -> int:
+    """Nano-CPUs from a number of cores: "0.5" -> 500_000_000, "2" -> 2_000_000_000."""
+    try:
+        cores = Decimal(text.strip())
+    except InvalidOperation:
+        raise ValueError(f"invalid CPU count {text!r}: use a number of cores such as 0.5 or 2") from None
+    if not cores.is_finite() or cores < 0:
+        raise ValueError(f"invalid CPU count {text!r}: use a number of cores such as 0.5 or 2")
+    nano = cores * NANO
+    if nano != nano.to_integral_value():
+        raise ValueError(f"invalid CPU count {text!r}: at most 9 decimal places")
+    return int(nano)
+
+
+def parse_count(text: str) -> int:
+    """A non-negative integer, e.g. a replica count."""
+    s = text.strip()
+    if not s.isdigit() or not s.isascii():
+        raise ValueError(f"invalid count {text!r}: expected a whole number >= 0")
+    return int(s)
+
+
+def parse_seconds(text: str) -> float:
+    """A positive number of seconds (an RPC deadline); durations such as 30s are accepted too."""
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"invalid timeout {text!r}: must be more than 0 seconds")
+    return value
+
+
+def parse_key_value(text: str, what: str = "value", require_value: bool = True) -> tuple[str, str]:
+    """("K", "V") from "K=V"; "K" alone gives ("K", "") unless a value is required."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not key or (require_value and not sep):
+        raise ValueError(f"invalid {what} {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def parse_hostport(text: str) -> str:
+    """Validate "HOST:PORT" ("[::1]:4242" for IPv6) and return it unchanged."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:4242")
+    return text
+
+
+def parse_port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"invalid port {text!r}: expected 1-65535")
+    return int(text)
+
+
+def parse_publish(text: str) -> tuple[int, int, str]:
+    """(published, target, protocol) from "8080:80", "8080:80/udp"."""
+    ports, _, protocol = text.partition("/")
+    protocol = protocol.lower() or "tcp"
+    published, sep, target = ports.partition(":")
+    if not sep or protocol not in ("tcp", "udp"):
+        raise ValueError(f"invalid port mapping {text!r}: expected PUBLISHED:TARGET[/tcp|udp], e.g. 8080:80")
+    try:
+        return parse_port(published), parse_port(target), protocol
+    except ValueError as exc:
+        raise ValueError(f"invalid port mapping {text!r}: {exc}") from None
+
+
+def parse_unpublish(text: str) -> tuple[int, str]:
+    """(published, protocol) from "8080", "8080/udp" or a whole "8080:80/udp" mapping."""
+    ports, _, protocol = text.partition("/")
+    protocol = protocol.lower() or "tcp"
+    published = ports.partition(":")[0]
+    if protocol not in ("tcp", "udp"):
+        raise ValueError(f"invalid published port {text!r}: expected PUBLISHED[/tcp|udp], e.g. 8080")
+    try:
+        return parse_port(published), protocol
+    except ValueError as exc:
+        raise ValueError(f"invalid published port {text!r}: {exc}") from None
+
+
+def format_size(n: int) -> str:
+    """Bytes as a short binary size: 536870912 -> "512MiB"."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            value = n / factor
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.3g}{unit}"
+    return f"{n}B"
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds in the form parse_duration reads back: 90 -> "1m30s", 0.5 -> "500ms"."""
+    if seconds <= 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    whole = int(seconds)
+    frac = seconds - whole
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    out = ""
+    if hours:
+        out += f"{hours}h"
+    if minutes:
+        out += f"{minutes}m"
+    if secs or frac or not out:
+        out += f"{secs + frac:g}s"
+    return out
+
+
+def format_cpus(nano_cpus: int) -> str:
+    return f"{nano_cpus / NANO:g}"

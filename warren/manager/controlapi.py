@@ -1,0 +1,280 @@
+"""The Control API: what operators (admin certificates) can read and change."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from warren import commands, pki
+from warren.api import convert
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import control_pb2_grpc
+from warren.ids import new_id
+from warren.manager.raft import RaftNode
+from warren.manager.server import ApiError, check_result
+from warren.manager.store import Store
+from warren.model import Availability, Node, NodeRole, NodeStatus, Service, TaskState
+from warren.state import ClusterState
+from warren.validate import MAX_REPLICAS, ValidationError, check_ports_free, check_spec
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+NOT_FOUND = grpc.StatusCode.NOT_FOUND
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(INVALID, message)
+
+
+def resolve_service(state: ClusterState, ref: str) -> Service:
+    """A service by name, id, or unique id prefix."""
+    if not ref:
+        raise _invalid("a service name or id is required")
+    service = state.service_by_name(ref) or state.services.get(ref)
+    if service is not None:
+        return service
+    matches = [s for s in state.services.values() if s.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise _invalid(f"service id prefix {ref!r} is ambiguous ({len(matches)} services)")
+    raise ApiError(NOT_FOUND, f"service {ref!r} not found")
+
+
+def resolve_node(state: ClusterState, ref: str) -> Node:
+    """A node by id, hostname, or unique id prefix."""
+    if not ref:
+        raise _invalid("a node id or hostname is required")
+    node = state.nodes.get(ref)
+    if node is not None:
+        return node
+    by_name = [n for n in state.nodes.values() if n.hostname == ref]
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        raise _invalid(f"hostname {ref!r} is ambiguous ({len(by_name)} nodes); use the node id")
+    matches = [n for n in state.nodes.values() if n.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise _invalid(f"node id prefix {ref!r} is ambiguous ({len(matches)} nodes)")
+    raise ApiError(NOT_FOUND, f"node {ref!r} not found")
+
+
+def _spec(msg: object) -> object:
+    try:
+        spec = convert.spec_from_pb(msg)  # type: ignore[arg-type]
+        check_spec(spec)
+    except (convert.ConversionError, ValidationError) as exc:
+        raise _invalid(str(exc)) from None
+    return spec
+
+
+class ControlService(control_pb2_grpc.ControlServicer):
+    def __init__(self, store: Store, raft: RaftNode, timeout: float = 5.0) -> None:
+        self._store = store
+        self._raft = raft
+        self._timeout = timeout
+
+    async def _propose(self, command: commands.Command) -> commands.Result:
+        return check_result(await self._raft.propose_async(command, self._timeout))
+
+    def _counts(self, state: ClusterState, service: Service) -> tuple[int, int]:
+        tasks = state.service_tasks(service.id)
+        if service.spec.mode.value == "replicated":
+            desired = service.spec.replicas
+        else:
+            desired = sum(1 for t in tasks if t.desired_state == TaskState.RUNNING and not t.state.terminal)
+        running = sum(1 for t in tasks if t.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING)
+        return desired, running
+
+    # -- cluster -----------------------------------------------------------------------------
+    async def GetClusterInfo(self, request: cpb.GetClusterInfoRequest, context: object) -> cpb.ClusterInfo:
+        if request.consistent:
+            await self._propose(commands.Noop())
+        raft = self._raft.status()
+        with self._store.read() as state:
+            cluster = state.cluster
+            if cluster is None:
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
+            managers = [n for n in state.nodes.values() if n.role == NodeRole.MANAGER]
+            info = cpb.ClusterInfo(
+                id=cluster.id,
+                created_at=cluster.created_at,
+                leader=raft.leader,
+                leader_api_addr=next((n.addr for n in managers if raft.leader and n.raft_addr == raft.leader), ""),
+                raft_term=raft.term,
+                commit_index=raft.commit_index,
+                applied_index=raft.applied_index,
+                ca_fingerprint=pki.ca_fingerprint(cluster.ca_cert_pem),
+                heartbeat_period=cluster.heartbeat_period,
+                nodes=len(state.nodes),
+                services=len(state.services),
+                tasks=len(state.tasks),
+                raft_state=raft.state,
+            )
+        for node in managers:
+            info.managers.append(
+                cpb.ManagerInfo(
+                    node_id=node.id,
+                    raft_addr=node.raft_addr,
+                    api_addr=node.addr,
+                    leader=bool(node.raft_addr) and node.raft_addr == raft.leader,
+                    reachable=node.status == NodeStatus.READY,
+                )
+            )
+        return info
+
+    async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
+        if request.role not in ("worker", "manager"):
+            raise _invalid(f"role must be worker or manager (got {request.role!r})")
+        if request.rotate:
+            await self._propose(commands.RotateJoinToken(request.role, pki.new_token_secret()))
+        with self._store.read() as state:
+            cluster = state.cluster
+            if cluster is None:
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
+            secret = cluster.worker_token_secret if request.role == "worker" else cluster.manager_token_secret
+            token = pki.make_join_token(pki.ca_fingerprint(cluster.ca_cert_pem), secret)
+        return cpb.GetJoinTokenResponse(token=token)
+
+    # -- nodes -------------------------------------------------------------------------------
+    async def ListNodes(self, request: cpb.ListNodesRequest, context: object) -> cpb.ListNodesResponse:
+        leader = self._raft.status().leader
+        with self._store.read() as state:
+            nodes = [
+                n for n in state.nodes.values()
+                if (not request.role or n.role.value == request.role)
+                and (not request.status or n.status.value == request.status)
+            ]
+        nodes.sort(key=lambda n: (n.hostname, n.id))
+        return cpb.ListNodesResponse(
+            nodes=[convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader) for n in nodes]
+        )
+
+    async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> object:
+        leader = self._raft.status().leader
+        with self._store.read() as state:
+            node = resolve_node(state, request.node)
+        return convert.node_to_pb(node, leader=bool(leader) and node.raft_addr == leader)
+
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: object) -> object:
+        availability = None
+        if request.availability:
+            try:
+                availability = Availability(request.availability)
+            except ValueError:
+                raise _invalid(f"availability must be active, pause or drain (got {request.availability!r})") from None
+        for key in list(request.labels_add) + list(request.labels_rm):
+            if not key or "=" in key or key.startswith("warren."):
+                raise _invalid(f"invalid label key {key!r} (keys starting with 'warren.' are reserved)")
+        with self._store.read() as state:
+            node = resolve_node(state, request.node)
+        await self._propose(
+            commands.UpdateNode(
+                node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm)
+            )
+        )
+        with self._store.read() as state:
+            return convert.node_to_pb(state.nodes[node.id])
+
+    async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: object) -> cpb.RemoveNodeResponse:
+        with self._store.read() as state:
+            node = resolve_node(state, request.node)
+        if node.role == NodeRole.MANAGER:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node.hostname} is a manager; demote it before removing it",
+            )
+        if node.status == NodeStatus.READY and not request.force:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node.hostname} is ready; drain and stop it first, or use --force",
+            )
+        await self._propose(commands.RemoveNode(node.id, time.time()))
+        return cpb.RemoveNodeResponse(id=node.id)
+
+    # -- services ----------------------------------------------------------------------------
+    async def CreateService(self, request: cpb.CreateServiceRequest, context: object) -> object:
+        spec = _spec(request.spec)
+        with self._store.read() as state:
+            if state.service_by_name(spec.name) is not None:  # type: ignore[attr-defined]
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"service name {spec.name!r} is already in use")  # type: ignore[attr-defined]
+            try:
+                check_ports_free(state, spec)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        now = time.time()
+        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)  # type: ignore[arg-type]
+        await self._propose(commands.CreateService(service))
+        return self._service_pb(service.id)
+
+    def _service_pb(self, service_id: str) -> object:
+        with self._store.read() as state:
+            service = state.services.get(service_id)
+            if service is None:
+                raise ApiError(NOT_FOUND, f"service {service_id} was removed meanwhile")
+            return convert.service_to_pb(service, *self._counts(state, service))
+
+    async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
+        with self._store.read() as state:
+            services = sorted(state.services.values(), key=lambda s: s.spec.name)
+            return cpb.ListServicesResponse(
+                services=[convert.service_to_pb(s, *self._counts(state, s)) for s in services]
+            )
+
+    async def GetService(self, request: cpb.GetServiceRequest, context: object) -> object:
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+            return convert.service_to_pb(service, *self._counts(state, service))
+
+    async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> object:
+        spec = _spec(request.spec)
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+            if spec.name != service.spec.name:  # type: ignore[attr-defined]
+                raise _invalid("a service cannot be renamed")
+            if spec.mode != service.spec.mode:  # type: ignore[attr-defined]
+                raise _invalid("a service's mode cannot change; remove and re-create it")
+            try:
+                check_ports_free(state, spec, service.id)  # type: ignore[arg-type]
+            except ValidationError as exc:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))  # type: ignore[arg-type]
+        return self._service_pb(service.id)
+
+    async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> object:
+        if request.replicas > MAX_REPLICAS:
+            raise _invalid(f"replicas must be between 0 and {MAX_REPLICAS}")
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+        await self._propose(commands.ScaleService(service.id, request.replicas, time.time()))
+        return self._service_pb(service.id)
+
+    async def RemoveService(self, request: cpb.RemoveServiceRequest, context: object) -> cpb.RemoveServiceResponse:
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+        await self._propose(commands.RemoveService(service.id, time.time()))
+        return cpb.RemoveServiceResponse(id=service.id)
+
+    # -- tasks -------------------------------------------------------------------------------
+    async def ListTasks(self, request: cpb.ListTasksRequest, context: object) -> cpb.ListTasksResponse:
+        try:
+            states = {convert.task_state(s) for s in request.states}
+        except convert.ConversionError as exc:
+            raise _invalid(str(exc)) from None
+        with self._store.read() as state:
+            if request.service:
+                tasks = state.service_tasks(resolve_service(state, request.service).id)
+            else:
+                tasks = list(state.tasks.values())
+            if request.node:
+                node_id = resolve_node(state, request.node).id
+                tasks = [t for t in tasks if t.node_id == node_id]
+        if states:
+            tasks = [t for t in tasks if t.state in states]
+        if not request.include_history:
+            tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
+        tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
+        return cpb.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+

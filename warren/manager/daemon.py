@@ -1,0 +1,263 @@
+"""The manager process: wires store, Raft, gRPC server, orchestrator and metrics together.
+
+Data directory layout (everything a manager needs to resume after kill -9):
+    manager.json   this manager's identity and addresses, written before the cluster exists
+    raft.secret    the cluster secret that encrypts and authenticates Raft traffic (0600)
+    certs/         this manager's CA, certificate and key
+    admin/         the admin client credentials created at init (the CLI's context points here)
+    db/            LMDB: Raft journal and cluster state
+    raft-snapshot  the latest Raft snapshot (log compaction)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from warren import clientconfig, commands, pki, tls
+from warren.ids import new_id
+from warren.manager import metrics
+from warren.manager.controlapi import ControlService
+from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.events import EventHub
+from warren.manager.orchestrator import Orchestrator
+from warren.manager.raft import RaftNode
+from warren.manager.server import NOT_SERVING, SERVING, build_server
+from warren.manager.store import Store, open_environment
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources
+
+log = logging.getLogger("warren.manager")
+
+DEFAULT_DATA_DIR = Path("/var/lib/warren")
+DEFAULT_LISTEN_ADDR = "0.0.0.0:4242"
+
+
+@dataclass(frozen=True)
+class ManagerOptions:
+    data_dir: Path
+    listen_addr: str = DEFAULT_LISTEN_ADDR
+    advertise_addr: str | None = None  # defaults to listen_addr (127.0.0.1 if it listens on 0.0.0.0)
+    metrics_addr: str | None = None  # e.g. 127.0.0.1:9323; None = no metrics endpoint
+    raft_addr: str | None = None  # defaults to the advertise host, API port + 1
+
+
+@dataclass(frozen=True)
+class ManagerIdentity:
+    """What manager.json holds."""
+
+    node_id: str
+    cluster_id: str
+    listen_addr: str
+    advertise_addr: str
+    raft_addr: str
+    raft_bind_addr: str
+    peers: list[str]
+
+
+class StartupError(Exception):
+    """A problem the operator must fix before the manager can start; str() says what."""
+
+
+def _split(addr: str, flag: str) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StartupError(f"{flag} must be HOST:PORT (got {addr!r})")
+    return host, int(port)
+
+
+def _plan_identity(options: ManagerOptions) -> ManagerIdentity:
+    listen_host, listen_port = _split(options.listen_addr, "--listen-addr")
+    if options.advertise_addr:
+        adv_host, adv_port = _split(options.advertise_addr, "--advertise-addr")
+    else:
+        adv_host = "127.0.0.1" if listen_host in ("0.0.0.0", "::", "[::]") else listen_host
+        adv_port = listen_port
+    if options.raft_addr:
+        raft_host, raft_port = _split(options.raft_addr, "--raft-addr")
+    else:
+        raft_host, raft_port = adv_host, adv_port + 1
+    bind_host = listen_host if listen_host not in ("::", "[::]") else "0.0.0.0"
+    return ManagerIdentity(
+        node_id=new_id(),
+        cluster_id=new_id(),
+        listen_addr=options.listen_addr,
+        advertise_addr=f"{adv_host}:{adv_port}",
+        raft_addr=f"{raft_host}:{raft_port}",
+        raft_bind_addr=f"{bind_host}:{raft_port}",
+        peers=[],
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _first_start(options: ManagerOptions) -> tuple[ManagerIdentity, pki.CertificateAuthority]:
+    """Create identity, CA and credentials on disk. manager.json is written last, so a crash
+    before it leaves a directory that simply initialises again."""
+    identity = _plan_identity(options)
+    data = options.data_dir
+    ca = pki.CertificateAuthority.create(identity.cluster_id)
+    cert, key = ca.issue_keypair(identity.node_id, pki.ROLE_MANAGER, validity_days=365)
+    tls.save_credentials(data / "certs", ca.cert_pem, cert, key)
+    admin_cert, admin_key = ca.issue_keypair(new_id(), pki.ROLE_ADMIN, validity_days=365)
+    tls.save_credentials(data / "admin", ca.cert_pem, admin_cert, admin_key)
+    _write_private(data / "raft.secret", secrets.token_hex(32).encode())
+    _write_private(data / "ca-key.pem", ca.key_pem)
+    _write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    return identity, ca
+
+
+def _load_identity(data: Path) -> ManagerIdentity:
+    try:
+        return ManagerIdentity(**json.loads((data / "manager.json").read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise StartupError(f"{data / 'manager.json'} is unreadable ({exc}); is this a Warren data directory?") from None
+
+
+def run(options: ManagerOptions) -> int:
+    """Initialise (first start) or resume the manager in `options.data_dir` and serve until
+    SIGTERM/SIGINT. Returns the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    try:
+        return asyncio.run(_serve(options))
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(options: ManagerOptions) -> int:
+    data = options.data_dir
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create data directory {data}: {exc.strerror}") from None
+    first_start = not (data / "manager.json").exists()
+    if first_start:
+        identity, ca = _first_start(options)
+    else:
+        identity = _load_identity(data)
+        ca = pki.CertificateAuthority.from_pem((data / "certs" / "ca.pem").read_bytes(),
+                                               (data / "ca-key.pem").read_bytes())
+    credentials = tls.load_credentials(data / "certs")
+
+    loop = asyncio.get_running_loop()
+    hub = EventHub(loop)
+    store = Store(open_environment(data / "db"))
+    store.watch(hub.publish)
+    secret = (data / "raft.secret").read_text().strip()
+    raft = RaftNode(identity.raft_addr, identity.peers, data, secret, store, bind_addr=identity.raft_bind_addr)
+
+    if store.state.cluster is None:
+        if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
+            raft.destroy()
+            raise StartupError("this manager did not become Raft leader within 15 s")
+        await _init_cluster(raft, identity, ca)
+
+    heartbeats = Heartbeats()
+    control = ControlService(store, raft)
+    dispatcher = DispatcherService(store, raft, hub, heartbeats)
+    server, health = build_server(
+        identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher
+    )
+    await server.start()
+    await health.set("", SERVING)
+    if options.metrics_addr:
+        metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status))
+    orchestrator = Orchestrator(store, raft, hub, heartbeats, identity.node_id)
+    orchestration = asyncio.create_task(orchestrator.run())
+
+    if first_start:
+        _announce(options, identity, data, ca, store)
+    print(f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
+          f"(advertised {identity.advertise_addr}), Raft on {identity.raft_addr}"
+          + (f", metrics on http://{options.metrics_addr}/metrics" if options.metrics_addr else ""), flush=True)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await health.set("", NOT_SERVING)
+    orchestration.cancel()
+    await server.stop(grace=2.0)
+    raft.destroy()
+    return 0
+
+
+async def _init_cluster(raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority) -> None:
+    now = time.time()
+    cluster = ClusterInfo(
+        id=identity.cluster_id,
+        created_at=now,
+        ca_cert_pem=ca.cert_pem.decode(),
+        ca_key_pem=ca.key_pem.decode(),
+        worker_token_secret=pki.new_token_secret(),
+        manager_token_secret=pki.new_token_secret(),
+    )
+    cpus = os.cpu_count() or 1
+    manager = Node(
+        id=identity.node_id,
+        hostname=os.uname().nodename,
+        role=NodeRole.MANAGER,
+        status=NodeStatus.READY,
+        resources=Resources(nano_cpus=cpus * 1_000_000_000, memory_bytes=_memory_bytes()),
+        addr=identity.advertise_addr,
+        raft_addr=identity.raft_addr,
+        os=sys.platform,
+        arch=os.uname().machine,
+        created_at=now,
+        updated_at=now,
+    )
+    result = await raft.propose_async(commands.InitCluster(cluster, manager), timeout=10.0)
+    if not result.ok and result.code != "already_exists":
+        raise StartupError(f"cannot initialise the cluster: {result.message}")
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def _announce(options: ManagerOptions, identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority,
+              store: Store) -> None:
+    admin = data / "admin"
+    context = clientconfig.Context(
+        name="default",
+        managers=[identity.advertise_addr],
+        ca=admin / tls.CA_FILE,
+        cert=admin / tls.CERT_FILE,
+        key=admin / tls.KEY_FILE,
+    )
+    try:
+        config = clientconfig.save_context(context)
+        where = f"CLI context 'default' written to {config}"
+    except (OSError, clientconfig.ConfigError) as exc:
+        where = f"could not write the CLI context ({exc}); point WARREN_CONFIG at a writable path"
+    with store.read() as state:
+        secret = state.cluster.worker_token_secret if state.cluster else ""
+    token = pki.make_join_token(ca.fingerprint, secret)
+    print(
+        f"Cluster {identity.cluster_id} initialised; this manager is node {identity.node_id}.\n"
+        f"Admin credentials: {admin}/ ({where}).\n"
+        f"To add a worker to this cluster, run on it:\n\n"
+        f"    warren cluster join --token {token} {identity.advertise_addr}\n",
+        flush=True,
+    )

@@ -1,0 +1,186 @@
+"""The Dispatcher API: worker sessions, heartbeats, assignments and task status reports.
+
+Runs on the leader only (heartbeats live in its memory, as in SwarmKit); a follower answers
+UNAVAILABLE naming the leader, and the agent reconnects there. Assignments are pushed on the
+session stream as soon as a commit touches the node's tasks: a COMPLETE set first, then
+INCREMENTAL messages chained by version so the agent can detect a gap and reopen the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from warren import commands
+from warren.api import convert
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import dispatcher_pb2_grpc
+from warren.ids import new_id
+from warren.manager.events import EventHub
+from warren.manager.raft import RaftNode
+from warren.manager.server import ApiError, caller, check_result
+from warren.manager.store import Store
+from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
+from warren.state import ClusterState, Delete, Put
+from warren.validate import NAME_RE
+
+
+class Heartbeats:
+    """Last time each node was heard from (wall clock, like the reconciler's `now`)."""
+
+    def __init__(self) -> None:
+        self.last_seen: dict[str, float] = {}
+
+    def beat(self, node_id: str) -> None:
+        self.last_seen[node_id] = time.time()
+
+    def reset(self, node_ids: list[str]) -> None:
+        """On becoming leader, give every node a full timeout to find us."""
+        now = time.time()
+        self.last_seen = dict.fromkeys(node_ids, now)
+
+
+def _visible(task: Task) -> bool:
+    """Tasks an agent must know about: those it should run, and those it should stop."""
+    return not task.state.terminal or task.desired_state == TaskState.RUNNING
+
+
+class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
+    def __init__(self, store: Store, raft: RaftNode, hub: EventHub, heartbeats: Heartbeats, timeout: float = 5.0):
+        self._store = store
+        self._raft = raft
+        self._hub = hub
+        self._heartbeats = heartbeats
+        self._timeout = timeout
+        self._sessions: dict[str, str] = {}  # session id -> node id
+
+    def _require_leader(self) -> None:
+        if not self._raft.is_leader:
+            leader = self._raft.status().leader
+            with self._store.read() as state:
+                addr = next((n.addr for n in state.nodes.values() if leader and n.raft_addr == leader), "")
+            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is at {addr or 'unknown'}")
+
+    def _node_of(self, session_id: str) -> str:
+        node_id = self._sessions.get(session_id)
+        if node_id is None or node_id != caller.get().node_id:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
+        return node_id
+
+    def _period(self, state: ClusterState) -> float:
+        return state.cluster.heartbeat_period if state.cluster else 5.0
+
+    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:  # noqa: N802
+        self._require_leader()
+        identity = caller.get()
+        desc = request.description
+        if not NAME_RE.match(desc.hostname):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid hostname {desc.hostname!r}")
+        now = time.time()
+        node = Node(
+            id=identity.node_id,
+            hostname=desc.hostname,
+            role=NodeRole(identity.role) if identity.role in ("manager", "worker") else NodeRole.WORKER,
+            status=NodeStatus.READY,
+            labels=dict(desc.labels),
+            resources=Resources(desc.resources.nano_cpus, desc.resources.memory_bytes),
+            addr=desc.addr,
+            os=desc.os,
+            arch=desc.arch,
+            created_at=now,
+            updated_at=now,
+        )
+        check_result(await self._raft.propose_async(commands.RegisterNode(node), self._timeout))
+        self._heartbeats.beat(node.id)
+        session_id = new_id()
+        self._sessions[session_id] = node.id
+        try:
+            with self._hub.subscribe() as events:
+                version = 1
+                with self._store.read() as state:
+                    known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
+                    tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
+                    managers = sorted(n.addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
+                yield dpb.AssignmentsMessage(
+                    type=dpb.AssignmentsMessage.COMPLETE, session_id=session_id, version=version,
+                    updated=tasks, managers=managers,
+                )
+                while self._raft.is_leader and session_id in self._sessions:
+                    try:
+                        _index, changes = await asyncio.wait_for(events.get(), timeout=1.0)
+                    except TimeoutError:
+                        continue
+                    if changes is None:
+                        return  # state was replaced by a snapshot: the agent reopens and resyncs
+                    updated, removed = self._diff(node.id, known, changes)
+                    if updated or removed:
+                        yield dpb.AssignmentsMessage(
+                            type=dpb.AssignmentsMessage.INCREMENTAL, session_id=session_id,
+                            applies_to=version, version=version + 1, updated=updated, removed=removed,
+                        )
+                        version += 1
+        finally:
+            self._sessions.pop(session_id, None)
+
+    def _diff(self, node_id: str, known: set[str], changes: list) -> tuple[list, list[str]]:
+        updated: list = []
+        removed: list[str] = []
+        for change in changes:
+            if isinstance(change, Put) and change.kind == "task":
+                task: Task = change.obj  # type: ignore[assignment]
+                if task.node_id == node_id and _visible(task):
+                    known.add(task.id)
+                    updated.append(convert.task_to_pb(task, with_spec=True))
+                elif task.id in known:
+                    known.discard(task.id)
+                    removed.append(task.id)
+            elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
+                known.discard(change.id)
+                removed.append(change.id)
+        return updated, removed
+
+    async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:  # noqa: N802
+        self._require_leader()
+        node_id = self._node_of(request.session_id)
+        self._heartbeats.beat(node_id)
+        with self._store.read() as state:
+            node = state.nodes.get(node_id)
+            period = self._period(state)
+        if node is None:
+            raise ApiError(grpc.StatusCode.NOT_FOUND, "this node was removed from the cluster")
+        if node.status != NodeStatus.READY:
+            check_result(await self._raft.propose_async(
+                commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout))
+        return dpb.HeartbeatResponse(period=period)
+
+    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:  # noqa: N802
+        self._require_leader()
+        node_id = self._node_of(request.session_id)
+        updates = []
+        for status in request.updates:
+            try:
+                state = convert.task_state(status.state)
+            except convert.ConversionError as exc:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            if state < TaskState.ACCEPTED:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")
+            updates.append(
+                commands.TaskUpdate(
+                    id=status.task_id,
+                    at=status.timestamp or time.time(),
+                    state=state,
+                    message=status.message,
+                    error=status.error,
+                    exit_code=status.exit_code if status.has_exit_code else None,
+                    runtime_id=status.runtime_id or None,
+                    health=status.health or None,
+                )
+            )
+        if updates:
+            check_result(
+                await self._raft.propose_async(commands.ReportTaskStatus(node_id, tuple(updates)), self._timeout)
+            )
+        return dpb.UpdateTaskStatusResponse()

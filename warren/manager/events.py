@@ -1,0 +1,38 @@
+"""Fan-out of committed changes from the Raft apply thread to asyncio subscribers.
+
+The store calls `publish` on the Raft thread, which must never block; subscribers (the
+orchestrator, each dispatcher session, later the event stream) read their own queue on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from warren.state import Change
+
+Event = tuple[int, list[Change] | None]  # (applied index, changes or None = resynchronise)
+
+
+class EventHub:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queues: set[asyncio.Queue[Event]] = set()
+
+    def publish(self, index: int, changes: list[Change] | None) -> None:
+        """Thread-safe; called by the store after each commit."""
+        self._loop.call_soon_threadsafe(self._deliver, (index, changes))
+
+    def _deliver(self, event: Event) -> None:
+        for queue in self._queues:
+            queue.put_nowait(event)
+
+    @contextmanager
+    def subscribe(self) -> Iterator[asyncio.Queue[Event]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self._queues.discard(queue)

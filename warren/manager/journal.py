@@ -1,0 +1,125 @@
+"""PySyncObj's Raft journal, kept in LMDB beside the state instead of its mmap'd file.
+
+PySyncObj's FileJournal does not fsync entries and writes the commit index once a second; this
+one commits (and fsyncs) every append, and currentTerm/votedFor before any vote leaves the node,
+as Raft requires. Entries are also kept in a list in memory because PySyncObj indexes and slices
+the journal by position on every tick; log compaction keeps that list short.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import lmdb
+from pysyncobj import journal as pysyncobj_journal
+from pysyncobj import syncobj as pysyncobj_syncobj
+
+_ENTRY_HEADER = struct.Struct(">Q")  # term, then the command bytes
+_COMMIT_KEY = b"commit_index"
+_TERM_KEY = b"current_term"
+_VOTED_KEY = b"voted_for"
+
+Entry = tuple[bytes, int, int]  # (command, raft index, term), PySyncObj's shape
+
+
+class LmdbJournal(pysyncobj_journal.Journal):
+    def __init__(self, env: lmdb.Environment) -> None:
+        self._env = env
+        self._log = env.open_db(b"raft_log")
+        self._meta = env.open_db(b"raft_meta")
+        self._entries: list[Entry] = []
+        with env.begin() as txn:
+            for key, value in txn.cursor(db=self._log):
+                (term,) = _ENTRY_HEADER.unpack_from(value)
+                self._entries.append((bytes(value[_ENTRY_HEADER.size :]), int.from_bytes(key, "big"), term))
+            self._commit_index = int(txn.get(_COMMIT_KEY, b"1", db=self._meta))
+            self._term = int(txn.get(_TERM_KEY, b"0", db=self._meta))
+            voted = txn.get(_VOTED_KEY, db=self._meta)
+            self._voted_for = voted.decode() if voted else None
+        self._commit_index_saved = True
+
+    @staticmethod
+    def _key(index: int) -> bytes:
+        return index.to_bytes(8, "big")
+
+    def add(self, command: bytes, idx: int, term: int) -> None:
+        command = bytes(command)
+        with self._env.begin(write=True) as txn:
+            txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+        self._entries.append((command, idx, term))
+
+    def clear(self) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.drop(self._log, delete=False)
+        self._entries = []
+
+    def deleteEntriesFrom(self, entryFrom: int) -> None:
+        with self._env.begin(write=True) as txn:
+            for _command, idx, _term in self._entries[entryFrom:]:
+                txn.delete(self._key(idx), db=self._log)
+        del self._entries[entryFrom:]
+
+    def deleteEntriesTo(self, entryTo: int) -> None:
+        with self._env.begin(write=True) as txn:
+            for _command, idx, _term in self._entries[:entryTo]:
+                txn.delete(self._key(idx), db=self._log)
+        del self._entries[:entryTo]
+
+    def __getitem__(self, item: int | slice) -> Entry | list[Entry]:
+        return self._entries[item]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _destroy(self) -> None:
+        self._save_commit_index()
+
+    def setRaftCommitIndex(self, raftCommitIndex: int) -> None:
+        # Not fsynced per commit: a lower commit index after a crash is safe (it is re-learnt
+        # from the leader or re-committed), and replay skips entries the store already applied.
+        self._commit_index = raftCommitIndex
+        self._commit_index_saved = False
+
+    def getRaftCommitIndex(self) -> int:
+        return self._commit_index
+
+    def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
+        with self._env.begin(write=True) as txn:
+            txn.put(_TERM_KEY, str(term).encode(), db=self._meta)
+            if votedForNodeId is None:
+                txn.delete(_VOTED_KEY, db=self._meta)
+            else:
+                txn.put(_VOTED_KEY, str(votedForNodeId).encode(), db=self._meta)
+        self._term = term
+        self._voted_for = votedForNodeId
+
+    def getCurrentTerm(self) -> int:
+        return self._term
+
+    def getVotedForNodeId(self) -> str | None:
+        return self._voted_for
+
+    def onOneSecondTimer(self) -> None:
+        self._save_commit_index()
+
+    def _save_commit_index(self) -> None:
+        if not self._commit_index_saved:
+            with self._env.begin(write=True) as txn:
+                txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
+            self._commit_index_saved = True
+
+
+def install(env: lmdb.Environment) -> None:
+    """Make the next SyncObj created in this process use an LmdbJournal on `env`.
+
+    PySyncObj has no journal hook: SyncObj.__init__ calls the module-level createJournal(path),
+    so it is replaced for the duration of the constructor (see RaftNode)."""
+
+    def create(_journal_file: str | None = None) -> LmdbJournal:
+        return LmdbJournal(env)
+
+    pysyncobj_syncobj.createJournal = create  # type: ignore[attr-defined]
+
+
+def uninstall() -> None:
+    pysyncobj_syncobj.createJournal = pysyncobj_journal.createJournal  # type: ignore[attr-defined]

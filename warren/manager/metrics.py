@@ -1,0 +1,78 @@
+"""Prometheus metrics of a manager. State gauges are computed at scrape time from the store, so
+no code path has to remember to keep a counter in step with the state."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from warren.model import NodeStatus, TaskState
+
+REGISTRY = CollectorRegistry()
+
+API_REQUESTS = Counter(
+    "warren_api_requests_total", "gRPC requests served, by method and status code", ["method", "code"],
+    registry=REGISTRY,
+)
+API_LATENCY = Histogram(
+    "warren_api_request_duration_seconds", "gRPC request latency, by method", ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+SCHEDULING_PASS = Histogram(
+    "warren_scheduler_pass_duration_seconds", "Time to compute one reconcile/scheduling pass",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+    registry=REGISTRY,
+)
+SCHEDULING_CHANGES = Counter(
+    "warren_scheduler_changes_total", "Task creations, updates and deletions proposed by scheduling passes",
+    ["kind"], registry=REGISTRY,
+)
+
+
+def observe_request(method: str, code: str, seconds: float) -> None:
+    API_REQUESTS.labels(method, code).inc()
+    API_LATENCY.labels(method).observe(seconds)
+
+
+class StateCollector(Collector):
+    """Nodes, services, tasks and Raft figures, read when Prometheus scrapes."""
+
+    def __init__(self, read_state: Callable, raft_status: Callable) -> None:
+        self._read_state = read_state
+        self._raft_status = raft_status
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._read_state() as state:
+            nodes = Tally(n.status.value for n in state.nodes.values())
+            tasks = Tally(t.state.label for t in state.tasks.values())
+            services = len(state.services)
+        g = GaugeMetricFamily("warren_nodes", "Nodes by status", labels=["status"])
+        for status in NodeStatus:
+            g.add_metric([status.value], nodes.get(status.value, 0))
+        yield g
+        yield GaugeMetricFamily("warren_services", "Services", value=services)
+        g = GaugeMetricFamily("warren_tasks", "Tasks by observed state", labels=["state"])
+        for task_state in TaskState:
+            g.add_metric([task_state.label], tasks.get(task_state.label, 0))
+        yield g
+        raft = self._raft_status()
+        g = GaugeMetricFamily("warren_raft_role", "1 for this manager's current Raft role", labels=["role"])
+        for role in ("leader", "follower", "candidate"):
+            g.add_metric([role], 1 if raft.state == role else 0)
+        yield g
+        yield GaugeMetricFamily("warren_raft_term", "Current Raft term", value=raft.term)
+        yield GaugeMetricFamily("warren_raft_commit_index", "Raft commit index", value=raft.commit_index)
+        yield GaugeMetricFamily("warren_raft_applied_index", "Last Raft index applied to the store",
+                                value=raft.applied_index)
+
+
+def serve(addr: str, collector: StateCollector) -> None:
+    """Start the /metrics HTTP endpoint on `addr` (host:port) in a daemon thread."""
+    REGISTRY.register(collector)
+    host, _, port = addr.rpartition(":")
+    start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)

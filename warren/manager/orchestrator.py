@@ -1,0 +1,88 @@
+"""The leader's control loop: run the pure reconciler on a snapshot and commit its plan.
+
+A pass runs after every commit that may need one (debounced) and at least once a second, so
+time-driven work (missed heartbeats, restart delays) happens without any event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from warren import reconciler
+from warren.ids import new_id
+from warren.manager import metrics
+from warren.manager.dispatcher import Heartbeats
+from warren.manager.events import EventHub
+from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.store import Store
+
+log = logging.getLogger(__name__)
+
+IDLE_PERIOD = 1.0
+DEBOUNCE = 0.005
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        store: Store,
+        raft: RaftNode,
+        hub: EventHub,
+        heartbeats: Heartbeats,
+        local_node_id: str,
+    ) -> None:
+        self._store = store
+        self._raft = raft
+        self._hub = hub
+        self._heartbeats = heartbeats
+        self._local_node_id = local_node_id
+        self._was_leader = False
+        self._last_applied = -1
+
+    async def run(self) -> None:
+        with self._hub.subscribe() as events:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(events.get(), IDLE_PERIOD)
+                    await asyncio.sleep(DEBOUNCE)  # let a burst of commits land in one pass
+                while not events.empty():
+                    events.get_nowait()
+                try:
+                    await self.pass_once()
+                except ProposalError as exc:
+                    log.warning("scheduling pass not committed: %s", exc.message)
+                except Exception:
+                    log.exception("scheduling pass failed")
+
+    async def pass_once(self) -> None:
+        if not self._raft.is_leader:
+            self._was_leader = False
+            return
+        if not self._was_leader:
+            with self._store.read() as state:
+                self._heartbeats.reset(list(state.nodes))
+            self._was_leader = True
+        # The manager's own node is alive as long as this process is. Until the embedded agent
+        # runs there (worker issue), nothing else would heartbeat for it.
+        self._heartbeats.beat(self._local_node_id)
+        snapshot = self._store.snapshot()
+        if snapshot.cluster is None:
+            return
+        config = reconciler.ReconcileConfig(
+            heartbeat_period=snapshot.cluster.heartbeat_period,
+            task_history_limit=snapshot.cluster.task_history_limit,
+        )
+        started = time.perf_counter()
+        plan = await asyncio.to_thread(
+            reconciler.reconcile, snapshot, time.time(), dict(self._heartbeats.last_seen), config, new_id
+        )
+        metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
+        if reconciler.is_empty(plan):
+            return
+        metrics.SCHEDULING_CHANGES.labels("created").inc(len(plan.created))
+        metrics.SCHEDULING_CHANGES.labels("updated").inc(len(plan.updated))
+        metrics.SCHEDULING_CHANGES.labels("deleted").inc(len(plan.deleted))
+        await self._raft.propose_async(plan, timeout=10.0)

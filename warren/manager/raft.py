@@ -1,0 +1,213 @@
+"""The Raft-replicated state machine: PySyncObj for consensus, the LMDB Store as the FSM.
+
+Proposals are acknowledged only after the entry is committed by a quorum AND applied to the
+store (whose transaction is fsynced). Apply never raises: PySyncObj retries a raising entry
+forever, which would wedge the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.node import TCPNode
+
+from warren import commands
+from warren.commands import Command, Result
+from warren.manager import journal
+from warren.manager.store import Snapshot, Store
+
+log = logging.getLogger(__name__)
+
+_RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
+
+
+class ProposalError(Exception):
+    """The command was not (or not known to be) committed. `code` is a gRPC-style name."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+_FAILURES = {
+    FAIL_REASON.QUEUE_FULL: ("unavailable", "the manager is overloaded (Raft queue full); retry"),
+    FAIL_REASON.MISSING_LEADER: ("unavailable", "no Raft leader: an election is in progress or quorum is lost"),
+    FAIL_REASON.DISCARDED: ("unavailable", "the write was discarded by a new leader; retry"),
+    FAIL_REASON.NOT_LEADER: ("unavailable", "leadership changed before the write committed; retry"),
+    FAIL_REASON.LEADER_CHANGED: ("unavailable", "leadership changed before the write committed; retry"),
+    FAIL_REASON.REQUEST_DENIED: ("unavailable", "the leader refused the write"),
+    FAIL_REASON.UNKNOWN_OUTCOME: ("unknown", "the outcome of the write is unknown; check before retrying"),
+}
+
+
+class _SnapshotFile(msgspec.Struct):
+    state: Snapshot
+    entries: list[tuple[bytes, int, int]]
+    cluster: list[str]
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    state: str
+    leader: str
+    term: int
+    commit_index: int
+    applied_index: int
+    has_quorum: bool
+    peers: dict[str, bool]  # raft address -> connected
+
+
+class RaftNode(SyncObj):
+    def __init__(
+        self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
+    ) -> None:
+        self._store = store
+        self._leader_event = threading.Event()
+        self._leadership_listeners: list = []
+        conf = SyncObjConf(
+            password=secret,
+            bindAddress=bind_addr,
+            # The journal file name is unused (journal.install swaps in LMDB), but PySyncObj
+            # only creates a journal when it is set, and only snapshots with fullDumpFile.
+            journalFile=str(data_dir / "raft-journal"),
+            fullDumpFile=str(data_dir / "raft-snapshot"),
+            serializer=self._write_snapshot,
+            deserializer=self._read_snapshot,
+            useFork=False,
+            appendEntriesUseBatch=False,
+            autoTickPeriod=0.01,
+            dynamicMembershipChange=True,
+            connectionRetryTime=0.2,
+            logCompactionMinEntries=20000,
+            logCompactionMinTime=600,
+            onStateChanged=self._on_state_changed,
+        )
+        journal.install(store.env)
+        try:
+            super().__init__(self_addr, peers, conf)
+        finally:
+            journal.uninstall()
+
+    # -- the FSM -----------------------------------------------------------------------------
+    @replicated
+    def _apply_entry(self, blob: bytes) -> bytes:
+        index = self.raftLastApplied + 1
+        if index <= self._store.applied_index:
+            return b""  # applied before a restart: replay must not apply it twice
+        try:
+            result, changes = commands.apply(self._store.state, commands.decode(blob))
+        except commands.CodecError as exc:
+            result, changes = commands.error("invalid_argument", str(exc)), []
+        try:
+            self._store.commit(index, changes)
+        except Exception:  # disk full or broken: continuing would diverge from the log
+            log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
+            os._exit(70)
+        return commands.encode_result(result)
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
+        last, previous, cluster = raft_data
+        snapshot = _SnapshotFile(
+            state=self._store.dump(),
+            entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
+            cluster=sorted(node.id for node in cluster),
+        )
+        with open(file_name, "wb") as f:
+            f.write(msgspec.msgpack.encode(snapshot))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _read_snapshot(self, file_name: str) -> tuple:
+        with open(file_name, "rb") as f:
+            snapshot = msgspec.msgpack.decode(f.read(), type=_SnapshotFile)
+        if snapshot.state.applied_index > self._store.applied_index:
+            self._store.restore(snapshot.state)  # a snapshot sent by the leader
+        last, previous = (tuple(e) for e in snapshot.entries)
+        return last, previous, [TCPNode(addr) for addr in snapshot.cluster]
+
+    # -- proposing ---------------------------------------------------------------------------
+    def propose(self, command: Command, timeout: float = 5.0) -> Result:
+        """Replicate `command` and wait for it to be applied here. Blocking; never call it from
+        the Raft thread (a watcher or callback) or it deadlocks."""
+        done = threading.Event()
+        outcome: list = []
+
+        def on_done(result: bytes | None, reason: int) -> None:
+            outcome.append((result, reason))
+            done.set()
+
+        self._apply_entry(commands.encode(command), callback=on_done)
+        if not done.wait(timeout):
+            raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)")
+        return self._outcome(*outcome[0])
+
+    async def propose_async(self, command: Command, timeout: float = 5.0) -> Result:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def on_done(result: bytes | None, reason: int) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result((result, reason)))
+
+        self._apply_entry(commands.encode(command), callback=on_done)
+        try:
+            result, reason = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)") from None
+        return self._outcome(result, reason)
+
+    @staticmethod
+    def _outcome(result: bytes | None, reason: int) -> Result:
+        if reason != FAIL_REASON.SUCCESS:
+            code, message = _FAILURES.get(reason, ("unknown", f"write failed (reason {reason})"))
+            raise ProposalError(code, message)
+        if not result:
+            raise ProposalError("unknown", "the write was applied before a restart; its result is gone")
+        return commands.decode_result(result)
+
+    # -- status ------------------------------------------------------------------------------
+    def _on_state_changed(self, _old: int, new: int) -> None:
+        leader = _RAFT_STATES.get(new) == "leader"
+        if leader:
+            self._leader_event.set()
+        else:
+            self._leader_event.clear()
+        for listener in self._leadership_listeners:
+            listener(leader)
+
+    def on_leadership(self, listener) -> None:
+        """Call `listener(is_leader)` from the Raft thread whenever this node's role changes."""
+        self._leadership_listeners.append(listener)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leader_event.is_set()
+
+    def wait_leader(self, timeout: float) -> bool:
+        return self._leader_event.wait(timeout)
+
+    def status(self) -> RaftStatus:
+        raw = self.getStatus()
+        peers = {
+            key.removeprefix("partner_node_status_server_"): value == 2
+            for key, value in raw.items()
+            if key.startswith("partner_node_status_server_")
+        }
+        leader = raw.get("leader")
+        return RaftStatus(
+            state=_RAFT_STATES.get(raw["state"], "unknown"),
+            leader=leader.id if leader is not None else "",
+            term=raw["raft_term"],
+            commit_index=raw["commit_idx"],
+            applied_index=self._store.applied_index,
+            has_quorum=bool(raw["has_quorum"]),
+            peers=peers,
+        )

@@ -1,0 +1,163 @@
+"""The managers' gRPC server: mTLS, per-method role authorization, error mapping and metrics.
+
+Servicers raise ApiError (or let a ProposalError through); the guard turns both into a proper
+status code with a message a person can act on, and records the request in the metrics.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from warren import commands, tls
+from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
+from warren.manager import metrics
+from warren.manager.raft import ProposalError
+from warren.pki import Identity
+
+log = logging.getLogger(__name__)
+
+# Who may call what. Anything not listed is refused.
+_ROLES_BY_SERVICE = {
+    "warren.api.v1.Control": frozenset({"admin"}),
+    "warren.api.v1.Dispatcher": frozenset({"worker", "manager"}),
+    "grpc.health.v1.Health": frozenset({"admin", "worker", "manager"}),
+}
+
+caller: contextvars.ContextVar[Identity] = contextvars.ContextVar("caller")
+
+_RESULT_CODES = {
+    "not_found": grpc.StatusCode.NOT_FOUND,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "unknown": grpc.StatusCode.UNKNOWN,
+    "internal": grpc.StatusCode.INTERNAL,
+}
+
+
+class ApiError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_result(result: commands.Result) -> commands.Result:
+    """Raise the ApiError matching a failed command result."""
+    if not result.ok:
+        raise ApiError(_RESULT_CODES.get(result.code, grpc.StatusCode.INTERNAL), result.message)
+    return result
+
+
+def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, ApiError):
+        return exc.code, exc.message
+    if isinstance(exc, ProposalError):
+        return _RESULT_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message
+    log.exception("internal error", exc_info=exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+class _Guard(grpc.aio.ServerInterceptor):
+    def __init__(self, cluster_id: Callable[[], str]) -> None:
+        self._cluster_id = cluster_id
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        service = method.split("/")[1] if method.count("/") == 2 else ""
+        roles = _ROLES_BY_SERVICE.get(service, frozenset())
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, roles, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, roles, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _authorize(self, context: grpc.aio.ServicerContext, roles: frozenset[str]) -> Identity:
+        identity = tls.peer_identity(context)
+        if identity is None:
+            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
+        if identity.cluster_id != self._cluster_id():
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this certificate belongs to another cluster")
+        if identity.role not in roles:
+            raise ApiError(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"a {identity.role} certificate may not call this method (allowed: {', '.join(sorted(roles))})",
+            )
+        return identity
+
+    def _unary(self, method: str, roles: frozenset[str], behavior: Callable[..., Awaitable[Any]]) -> Callable:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                caller.set(self._authorize(context, roles))
+                return await behavior(request, context)
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                code, message = _status_of(exc)
+                await context.abort(code, message)
+            finally:
+                metrics.observe_request(method, code.name, time.perf_counter() - started)
+
+        return guarded
+
+    def _stream(self, method: str, roles: frozenset[str], behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                caller.set(self._authorize(context, roles))
+                async for item in behavior(request, context):
+                    yield item
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                code, message = _status_of(exc)
+                await context.abort(code, message)
+            finally:
+                metrics.observe_request(method, code.name, time.perf_counter() - started)
+
+        return guarded
+
+
+def build_server(
+    listen_addr: str,
+    credentials: tls.Credentials,
+    cluster_id: Callable[[], str],
+    control: control_pb2_grpc.ControlServicer,
+    dispatcher: dispatcher_pb2_grpc.DispatcherServicer,
+) -> tuple[grpc.aio.Server, health.HealthServicer]:
+    server = grpc.aio.server(interceptors=[_Guard(cluster_id)], options=tls.server_options())
+    control_pb2_grpc.add_ControlServicer_to_server(control, server)
+    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_secure_port(listen_addr, tls.server_credentials(*credentials))
+    if bound == 0:
+        raise OSError(f"cannot listen on {listen_addr}")
+    return server, health_servicer
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

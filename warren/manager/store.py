@@ -1,0 +1,129 @@
+"""LMDB persistence of the cluster state, with the in-memory ClusterState readers use.
+
+One LMDB environment per manager holds both the Raft journal (see journal.py) and the state.
+Every applied command writes its changes and the Raft index it came from in ONE transaction,
+so after a crash the state is exactly "everything up to applied_index" and replay skips what was
+already applied. Transactions are fsynced (LMDB's default), so an acknowledged write survives
+power loss, not only kill -9.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import lmdb
+import msgspec
+
+from warren.model import ClusterInfo, Node, Service, Task
+from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
+
+MAP_SIZE = 8 << 30  # address space only; the file grows as needed
+_KIND_TYPES: dict[Kind, type] = {"cluster": ClusterInfo, "node": Node, "service": Service, "task": Task}
+_APPLIED_KEY = b"applied_index"
+
+# Called with the applied index and its changes; changes is None after a snapshot restore,
+# meaning "everything may have changed: resynchronise".
+Watcher = Callable[[int, list[Change] | None], None]
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """The whole state at `applied_index`: what a Raft snapshot carries."""
+
+    applied_index: int
+    cluster: ClusterInfo | None
+    nodes: list[Node]
+    services: list[Service]
+    tasks: list[Task]
+
+
+def open_environment(path: Path) -> lmdb.Environment:
+    path.mkdir(parents=True, exist_ok=True)
+    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, sync=True, metasync=True)
+
+
+class Store:
+    """Durable cluster state. Writes come only from the Raft apply thread; reads from anywhere."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self._meta = env.open_db(b"state_meta")
+        self._dbs = {kind: env.open_db(f"state_{kind}".encode()) for kind in _KIND_TYPES}
+        self._encoder = msgspec.msgpack.Encoder()
+        self._decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()}
+        self._lock = threading.Lock()
+        self._watchers: list[Watcher] = []
+        self.state = ClusterState()
+        self.applied_index = 0
+        self._load()
+
+    def _load(self) -> None:
+        with self.env.begin() as txn:
+            raw = txn.get(_APPLIED_KEY, db=self._meta)
+            self.applied_index = int(raw) if raw else 0
+            changes: list[Change] = []
+            for kind, db in self._dbs.items():
+                decoder = self._decoders[kind]
+                for _key, value in txn.cursor(db=db):
+                    changes.append(Put(kind, decoder.decode(value)))
+        self.state.apply(changes)
+
+    # -- reads -------------------------------------------------------------------------------
+    @contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        """Direct access to the live state for a short read; don't keep references past it."""
+        with self._lock:
+            yield self.state
+
+    def snapshot(self) -> ClusterState:
+        with self._lock:
+            return self.state.copy()
+
+    def watch(self, watcher: Watcher) -> None:
+        """`watcher(index, changes)` runs on the apply thread after each commit: keep it quick."""
+        self._watchers.append(watcher)
+
+    # -- writes (Raft apply thread only) -----------------------------------------------------
+    def commit(self, index: int, changes: list[Change]) -> None:
+        self._write(index, changes)
+        for watcher in self._watchers:
+            watcher(index, changes)
+
+    def _write(self, index: int, changes: list[Change]) -> None:
+        with self.env.begin(write=True) as txn:
+            for change in changes:
+                db = self._dbs[change.kind]
+                if isinstance(change, Put):
+                    key = object_key(change.kind, change.obj).encode()
+                    txn.put(key, self._encoder.encode(change.obj), db=db)
+                else:
+                    key = (CLUSTER_KEY if change.kind == "cluster" else change.id).encode()
+                    txn.delete(key, db=db)
+            txn.put(_APPLIED_KEY, str(index).encode(), db=self._meta)
+        with self._lock:
+            self.state.apply(changes)
+            self.applied_index = index
+
+    def dump(self) -> Snapshot:
+        with self._lock:
+            s = self.state
+            return Snapshot(self.applied_index, s.cluster, list(s.nodes.values()), list(s.services.values()),
+                            list(s.tasks.values()))
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace everything with `snapshot` (a follower catching up from the leader's snapshot)."""
+        with self.env.begin(write=True) as txn:
+            for db in self._dbs.values():
+                txn.drop(db, delete=False)
+        changes: list[Change] = [Put("node", n) for n in snapshot.nodes]
+        changes += [Put("service", s) for s in snapshot.services]
+        changes += [Put("task", t) for t in snapshot.tasks]
+        if snapshot.cluster is not None:
+            changes.append(Put("cluster", snapshot.cluster))
+        with self._lock:
+            self.state = ClusterState()
+        self._write(snapshot.applied_index, changes)
+        for watcher in self._watchers:
+            watcher(snapshot.applied_index, None)

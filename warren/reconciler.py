@@ -1,0 +1,514 @@
+"""The reconciler: compare desired state with the observed state and return one ApplyPlan.
+
+Pure and deterministic (Nomad's `Compute() -> plan` shape): the caller passes the state, the
+time, the heartbeats and an id generator, and commits the plan as one Raft entry. Applying the
+plan and reconciling again gives an empty plan unless something external changed or a restart
+delay expired.
+
+Replicated services keep `replicas` filled slots. The budget of slots is spent in this order:
+slots with a live task, then slots whose newest task died on its own (they are restarted
+according to the dead task's restart policy, or stay dead and keep their slot when the policy
+says no), then brand-new slots. Tasks that the reconciler stopped on purpose (scale down, drain,
+update) never hold a slot: their replacement, if any, is created in the same pass.
+
+Global services keep one task per eligible node, created directly ASSIGNED to that node.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+
+import msgspec
+
+from warren.commands import ApplyPlan, SetNodeStatus, TaskUpdate
+from warren.constraints import Constraint, ConstraintError, parse_constraints
+from warren.model import (
+    Availability,
+    ClusterInfo,
+    Node,
+    NodeStatus,
+    Resources,
+    RestartCondition,
+    Service,
+    ServiceMode,
+    Task,
+    TaskState,
+    can_transition,
+)
+from warren.scheduler import fits, node_is_schedulable, reserved_by_node, schedule
+from warren.state import ClusterState
+
+RUNNING = TaskState.RUNNING
+SHUTDOWN = TaskState.SHUTDOWN
+ASSIGNED = TaskState.ASSIGNED
+
+_PLAN_FIELDS = ("state", "desired_state", "node_id", "message")
+
+
+class ReconcileConfig(msgspec.Struct, frozen=True):
+    """Knobs of one pass. A node is DOWN after 3 missed heartbeat periods; the caps bound how
+    many tasks one pass may start or stop, so a huge change is spread over several passes."""
+
+    heartbeat_period: float = 5.0
+    task_history_limit: int = 5
+    max_starts_per_pass: int = 1000
+    max_stops_per_pass: int = 1000
+
+    @property
+    def node_timeout(self) -> float:
+        return 3 * self.heartbeat_period
+
+    @classmethod
+    def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
+        """The config implied by the replicated cluster settings, with optional overrides."""
+        base = cls() if cluster is None else cls(cluster.heartbeat_period, cluster.task_history_limit)
+        return msgspec.structs.replace(base, **overrides)
+
+
+def is_empty(plan: ApplyPlan) -> bool:
+    """True when committing the plan would change nothing (the caller can skip the Raft write)."""
+    return not (plan.created or plan.updated or plan.deleted or plan.node_status)
+
+
+def reconcile(
+    state: ClusterState,
+    now: float,
+    heartbeats: Mapping[str, float],
+    config: ReconcileConfig,
+    new_id: Callable[[], str],
+) -> ApplyPlan:
+    """One reconciliation pass over the whole cluster. Reads only its arguments."""
+    return _Pass(state, now, config, new_id).run(heartbeats)
+
+
+def is_live(task: Task) -> bool:
+    """Meant to run and not ended: such a task fills its slot (or its node, for global)."""
+    return task.desired_state <= RUNNING and task.state < TaskState.COMPLETE
+
+
+def died_on_its_own(task: Task, replicated: bool) -> bool:
+    """A dead task the restart policy applies to: it ended while meant to run, or its node was
+    lost. Losing the node is not a failure of a global task: the node gets a task when it is back."""
+    if task.state < TaskState.COMPLETE:
+        return False
+    return task.desired_state <= RUNNING or (replicated and task.state == TaskState.ORPHANED)
+
+
+def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
+    """The attempt number of the task replacing `dead`, or None when it may not (yet) be replaced."""
+    if dead.spec_version != service.version:
+        return 0  # a new spec is a fresh start, even for slots the old policy gave up on
+    policy = dead.spec.restart
+    if policy.condition == RestartCondition.NONE:
+        return None
+    if policy.condition == RestartCondition.ON_FAILURE and dead.state == TaskState.COMPLETE:
+        return None
+    ran_long = policy.window > 0 and dead.started_at > 0 and dead.updated_at - dead.started_at >= policy.window
+    attempt = 0 if ran_long else dead.attempt
+    if policy.max_attempts and attempt >= policy.max_attempts:
+        return None
+    if now < dead.updated_at + policy.delay:
+        return None
+    return attempt + 1
+
+
+def _newest_first(task: Task) -> tuple[float, str]:
+    return (task.created_at, task.id)
+
+
+class _Pass:
+    """The working set of one pass: an overlay of changed and created tasks over the state."""
+
+    def __init__(self, state: ClusterState, now: float, config: ReconcileConfig, new_id: Callable[[], str]) -> None:
+        self.state = state
+        self.now = now
+        self.config = config
+        self.new_id = new_id
+        self.nodes: dict[str, Node] = {}
+        self.changed: dict[str, Task] = {}
+        self.created: dict[str, Task] = {}
+        self.to_place: list[str] = []
+        self.deleted: set[str] = set()
+        self.node_status: list[SetNodeStatus] = []
+        self.reserved: dict[str, Resources] = {}
+        self.starts = 0
+        self.stops = 0
+        self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
+
+    # -- the pass ------------------------------------------------------------------------------
+    def run(self, heartbeats: Mapping[str, float]) -> ApplyPlan:
+        self._check_nodes(heartbeats)
+        self._orphan_tasks()
+        self.reserved = reserved_by_node(self.task(t) for t in self.state.tasks)
+        for service in sorted(self.state.services.values(), key=lambda s: s.id):
+            tasks = [self._settle(self.task(t)) for t in sorted(self.state.tasks_by_service.get(service.id, ()))]
+            if service.spec.mode == ServiceMode.GLOBAL:
+                self._global(service, tasks)
+            else:
+                self._replicated(service, tasks)
+        self._removed_services()
+        self._place()
+        self._trim_history()
+        return self._plan()
+
+    # -- overlay -------------------------------------------------------------------------------
+    def task(self, task_id: str) -> Task:
+        found = self.created.get(task_id) or self.changed.get(task_id)
+        return found if found is not None else self.state.tasks[task_id]
+
+    def update(self, task: Task, **fields: object) -> Task:
+        """Record a change; fields equal to the current value are dropped, and so are moves the
+        FSM would reject (state backwards, desired state lowered)."""
+        changes = {k: v for k, v in fields.items() if getattr(task, k) != v}
+        new_state = changes.get("state")
+        if new_state is not None and not can_transition(task.state, new_state):  # type: ignore[arg-type]
+            del changes["state"]
+        desired = changes.get("desired_state")
+        if desired is not None and desired < task.desired_state:  # type: ignore[operator]
+            del changes["desired_state"]
+        if not changes:
+            return task
+        new = msgspec.structs.replace(task, updated_at=self.now, **changes)
+        if task.id in self.created:
+            self.created[task.id] = new
+        else:
+            self.changed[task.id] = new
+        return new
+
+    def can_start(self) -> bool:
+        return self.starts < self.config.max_starts_per_pass
+
+    def _disruptive(self, task: Task) -> bool:
+        return task.state >= ASSIGNED
+
+    def can_stop(self, task: Task) -> bool:
+        return not self._disruptive(task) or self.stops < self.config.max_stops_per_pass
+
+    def shutdown(self, task: Task, why: str) -> bool:
+        """Ask a task to stop; one no node holds yet is stopped right away. False when capped."""
+        if not self.can_stop(task):
+            return False
+        if self._disruptive(task):
+            self.stops += 1
+        fields: dict[str, object] = {"desired_state": SHUTDOWN, "message": f"shutdown: {why}"}
+        if task.state < ASSIGNED:
+            fields["state"] = SHUTDOWN
+        self.update(task, **fields)
+        return True
+
+    def create(self, service: Service, slot: int, attempt: int, node_id: str = "") -> Task:
+        """A new task of the current spec; PENDING for the scheduler unless its node is given."""
+        task = Task(
+            id=self.new_id(),
+            service_id=service.id,
+            service_name=service.spec.name,
+            slot=slot,
+            spec=service.spec,
+            spec_version=service.version,
+            desired_state=RUNNING,
+            state=ASSIGNED if node_id else TaskState.PENDING,
+            node_id=node_id,
+            attempt=attempt,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.starts += 1
+        self.created[task.id] = task
+        if node_id:
+            self.reserved[node_id] = self.reserved.get(node_id, Resources()) + service.spec.reservations
+        else:
+            self.to_place.append(task.id)
+        return task
+
+    def constraints(self, texts: tuple[str, ...]) -> tuple[Constraint, ...] | None:
+        """Parsed constraints, or None if invalid (the API rejects those; never evict on them)."""
+        if texts not in self._parsed:
+            try:
+                self._parsed[texts] = parse_constraints(texts)
+            except ConstraintError:
+                self._parsed[texts] = None
+        return self._parsed[texts]
+
+    def _settle(self, task: Task) -> Task:
+        """A task told to stop before any node got it has nothing to wait for: it is shut down."""
+        if task.desired_state > RUNNING and task.state < ASSIGNED:
+            return self.update(task, state=SHUTDOWN)
+        return task
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def _check_nodes(self, heartbeats: Mapping[str, float]) -> None:
+        timeout = self.config.node_timeout
+        for node in sorted(self.state.nodes.values(), key=lambda n: n.id):
+            if node.status == NodeStatus.READY:
+                age = self.now - heartbeats.get(node.id, self.now)
+                if age > timeout:
+                    message = f"heartbeat missed for {int(age)}s"
+                    self.node_status.append(SetNodeStatus(node.id, NodeStatus.DOWN, message, self.now))
+                    node = msgspec.structs.replace(node, status=NodeStatus.DOWN, status_message=message)
+            self.nodes[node.id] = node
+
+    def _orphan_tasks(self) -> None:
+        """Tasks on a lost node will never report again: mark them ORPHANED so they get replaced."""
+        for node_id in sorted(self.state.tasks_by_node):
+            node = self.nodes.get(node_id)
+            if node is not None and node.status != NodeStatus.DOWN:
+                continue
+            message = "node removed" if node is None else "node down"
+            for task_id in sorted(self.state.tasks_by_node[node_id]):
+                task = self.task(task_id)
+                if task.state < TaskState.COMPLETE:
+                    desired = max(task.desired_state, SHUTDOWN)
+                    self.update(task, state=TaskState.ORPHANED, desired_state=desired, message=message)
+
+    def _displaced_by(self, task: Task, constraint_texts: tuple[str, ...]) -> str:
+        """Why a live task may no longer stay on its node ('' when it may)."""
+        node = self.nodes.get(task.node_id) if task.node_id else None
+        if node is None:
+            return ""
+        if node.availability == Availability.DRAIN:
+            return "node drained"
+        for c in self.constraints(constraint_texts) or ():
+            if not c.matches(node):
+                return f"node no longer satisfies {c}"
+        return ""
+
+    # -- replicated ----------------------------------------------------------------------------
+    def _replicated(self, service: Service, tasks: list[Task]) -> None:
+        version = service.version
+        replicas = max(service.spec.replicas, 0)
+        by_slot: defaultdict[int, list[Task]] = defaultdict(list)
+        for t in tasks:
+            by_slot[t.slot].append(t)
+
+        live: dict[int, Task] = {}
+        for slot in sorted(by_slot):
+            slot_live = [t for t in by_slot[slot] if is_live(t)]
+            if not slot_live:
+                continue
+            if slot < 1:
+                for t in slot_live:
+                    self.shutdown(t, "not a replicated slot")
+                continue
+            slot_live.sort(key=lambda t: (t.spec_version == version, t.state, t.created_at, t.id), reverse=True)
+            for extra in slot_live[1:]:
+                self.shutdown(extra, "duplicate task in slot")
+            live[slot] = slot_live[0]
+
+        if len(live) > replicas:
+            victims = sorted(
+                live.values(), key=lambda t: (t.state >= RUNNING, t.spec_version == version, -t.created_at, t.id)
+            )
+            for t in victims[: len(live) - replicas]:
+                if self.shutdown(t, "scaled down"):
+                    del live[t.slot]
+
+        for slot, t in sorted(live.items()):
+            why = self._displaced_by(t, t.spec.constraints)
+            if why and self.can_start() and self.can_stop(t):
+                self.shutdown(t, why)
+                live[slot] = self.create(service, slot, t.attempt)
+
+        self._rolling_update_replicated(service, live)
+        self._fill_slots(service, live, by_slot, replicas)
+        for t in live.values():
+            t = self.task(t.id)
+            if t.state < ASSIGNED and not t.node_id and t.id not in self.created:
+                self.to_place.append(t.id)
+
+    def _rolling_update_replicated(self, service: Service, live: dict[int, Task]) -> None:
+        """Replace outdated tasks: unplaced ones at once, placed ones one at a time, starting the
+        next only when no new-version task of the service is still on its way to RUNNING."""
+        version = service.version
+        outdated = sorted((t for t in live.values() if t.spec_version != version), key=lambda t: t.slot)
+        if not outdated:
+            return
+        for t in outdated:
+            if t.state < ASSIGNED and self.can_start():
+                self.shutdown(t, "replaced by service update")
+                live[t.slot] = self.create(service, t.slot, 0)
+        if any(t.spec_version == version and t.state < RUNNING for t in live.values()):
+            return
+        placed = [t for t in outdated if self.task(t.id).desired_state <= RUNNING]
+        placed.sort(key=lambda t: (t.state >= RUNNING, t.slot))
+        for t in placed[:1]:
+            if self.can_start() and self.can_stop(t):
+                self.shutdown(t, "replaced by service update")
+                live[t.slot] = self.create(service, t.slot, 0)
+
+    def _fill_slots(
+        self, service: Service, live: dict[int, Task], by_slot: Mapping[int, list[Task]], replicas: int
+    ) -> None:
+        budget = replicas - len(live)
+        if budget <= 0:
+            return
+        held = set(live)
+        for slot in sorted(by_slot):
+            if budget <= 0:
+                break
+            if slot < 1 or slot in held:
+                continue
+            newest = max((self.task(t.id) for t in by_slot[slot]), key=_newest_first)
+            if not died_on_its_own(newest, replicated=True):
+                continue  # stopped on purpose: the slot number is free
+            budget -= 1
+            held.add(slot)
+            attempt = restart_attempt(newest, service, self.now)
+            if attempt is not None and self.can_start():
+                live[slot] = self.create(service, slot, attempt)
+        busy = held | {s for s, ts in by_slot.items() if any(self.task(t.id).state < TaskState.COMPLETE for t in ts)}
+        slot = 1
+        while budget > 0 and self.can_start():
+            while slot in busy:
+                slot += 1
+            live[slot] = self.create(service, slot, 0)
+            busy.add(slot)
+            budget -= 1
+
+    # -- global --------------------------------------------------------------------------------
+    def _global(self, service: Service, tasks: list[Task]) -> None:
+        spec = service.spec
+        by_node: defaultdict[str, list[Task]] = defaultdict(list)
+        for t in tasks:
+            by_node[t.node_id].append(t)
+
+        live: dict[str, Task] = {}
+        for node_id in sorted(by_node):
+            node_live = [t for t in by_node[node_id] if is_live(t)]
+            if not node_live:
+                continue
+            if not node_id:
+                for t in node_live:
+                    self.shutdown(t, "global task without a node")
+                continue
+            why = self._displaced_by(node_live[0], spec.constraints)
+            node_live.sort(key=lambda t: (t.slot == 0, t.spec_version == service.version, t.state, t.created_at, t.id))
+            keeper = node_live.pop()
+            for t in node_live:
+                self.shutdown(t, "duplicate task on node")
+            if why:
+                self.shutdown(keeper, why)
+            elif keeper.slot != 0:
+                self.shutdown(keeper, "not a global task")
+            else:
+                live[node_id] = keeper
+
+        self._rolling_update_global(service, live, by_node)
+
+        eligible = self.constraints(spec.constraints)
+        if eligible is None:
+            return
+        for node_id, node in sorted(self.nodes.items()):
+            if node_id in live or not node_is_schedulable(node) or not all(c.matches(node) for c in eligible):
+                continue
+            if not fits(node, self.reserved.get(node_id, Resources()), spec.reservations):
+                continue
+            attempt = 0
+            history = by_node.get(node_id)
+            if history:
+                newest = max((self.task(t.id) for t in history), key=_newest_first)
+                if died_on_its_own(newest, replicated=False):
+                    found = restart_attempt(newest, service, self.now)
+                    if found is None:
+                        continue
+                    attempt = found
+            if not self.can_start():
+                return
+            live[node_id] = self.create(service, 0, attempt, node_id=node_id)
+
+    def _rolling_update_global(
+        self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]
+    ) -> None:
+        """One outdated task at a time, replaced on its node. Start-first when both fit on the node;
+        otherwise stop-first, and the fill step starts the new task once the old one has ended."""
+        version = service.version
+        if any(t.spec_version == version and t.state < RUNNING for t in live.values()):
+            return
+        for node_id, tasks in by_node.items():
+            if node_id not in live and any(self.task(t.id).state < TaskState.COMPLETE for t in tasks):
+                return  # a stop-first replacement (or a drain) is still stopping
+        for node_id, t in sorted(live.items()):
+            if t.spec_version == version:
+                continue
+            node = self.nodes[node_id]
+            reserved = self.reserved.get(node_id, Resources())
+            if not node_is_schedulable(node) or not self.can_stop(t):
+                continue
+            if fits(node, reserved, service.spec.reservations):
+                if not self.can_start():
+                    return
+                self.shutdown(t, "replaced by service update")
+                live[node_id] = self.create(service, 0, 0, node_id=node_id)
+                return
+            if fits(node, reserved - t.spec.reservations, service.spec.reservations):
+                self.shutdown(t, "replaced by service update")
+                del live[node_id]
+                return
+
+    # -- removed services, placement, history -------------------------------------------------
+    def _removed_services(self) -> None:
+        """Tasks of a removed service are deleted once they stopped (or their node is gone)."""
+        for service_id in sorted(self.state.tasks_by_service):
+            if service_id in self.state.services:
+                continue
+            for task_id in sorted(self.state.tasks_by_service[service_id]):
+                task = self.task(task_id)
+                if task.state >= TaskState.COMPLETE or task.state < ASSIGNED:
+                    self.deleted.add(task_id)
+                elif task.desired_state <= RUNNING:
+                    self.update(task, desired_state=SHUTDOWN, message="shutdown: service removed")
+
+    def _place(self) -> None:
+        if not self.to_place:
+            return
+        current: Iterable[Task] = [self.task(t) for t in self.state.tasks]
+        current = [*current, *(t for t in self.created.values() if t.node_id)]
+        pending = [self.task(t) for t in self.to_place]
+        result = schedule(self.nodes.values(), current, pending)
+        for task_id, node_id in result.assignments.items():
+            self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
+        for task_id, reason in result.unplaced.items():
+            self.update(self.task(task_id), message=reason)
+
+    def _trim_history(self) -> None:
+        """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
+        newest task of a slot is always kept: it carries the restart policy's attempt count."""
+        limit = max(self.config.task_history_limit, 0)
+        created_by_service: defaultdict[str, list[Task]] = defaultdict(list)
+        for t in self.created.values():
+            created_by_service[t.service_id].append(t)
+        for service_id, service in self.state.services.items():
+            per_node = service.spec.mode == ServiceMode.GLOBAL
+            groups: defaultdict[object, list[Task]] = defaultdict(list)
+            for task_id in self.state.tasks_by_service.get(service_id, ()):
+                t = self.task(task_id)
+                groups[t.node_id if per_node else t.slot].append(t)
+            for t in created_by_service.get(service_id, ()):
+                groups[t.node_id if per_node else t.slot].append(t)
+            for group in groups.values():
+                if len(group) <= 1:
+                    continue
+                group.sort(key=_newest_first, reverse=True)
+                kept = 1 if group[0].state >= TaskState.COMPLETE else 0
+                for t in group[1:]:
+                    if t.state >= TaskState.COMPLETE:
+                        if kept < limit:
+                            kept += 1
+                        else:
+                            self.deleted.add(t.id)
+
+    def _plan(self) -> ApplyPlan:
+        updates = []
+        for task_id in sorted(self.changed):
+            if task_id in self.deleted:
+                continue
+            old, new = self.state.tasks[task_id], self.changed[task_id]
+            fields = {f: getattr(new, f) for f in _PLAN_FIELDS if getattr(new, f) != getattr(old, f)}
+            if fields:
+                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))  # type: ignore[arg-type]
+        return ApplyPlan(
+            created=tuple(self.created.values()),
+            updated=tuple(updates),
+            deleted=tuple(sorted(self.deleted)),
+            node_status=tuple(self.node_status),
+        )

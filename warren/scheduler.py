@@ -1,0 +1,268 @@
+"""Placement of replicated tasks on nodes: filter, then spread. Pure and deterministic.
+
+Filters (SwarmKit style, each one able to say how many nodes it removed, so a pending task can
+explain itself): the node is READY, its availability is ACTIVE, every constraint matches, and the
+task's reservations fit. Among the nodes left, a task goes to the node with the fewest tasks of
+its service, then the fewest tasks overall, then the smallest node id.
+
+Resources: a task reserves `spec.reservations` while it is on a node and not terminal. A
+reservation of 0 in a dimension always fits; a reservation > 0 needs
+`node capacity >= reserved + reservation` in that dimension, so a node reporting 0 (unknown)
+capacity only takes tasks that reserve none of it. Nothing is ever over-committed.
+
+Only replicated tasks come here: global tasks are bound to a node by the reconciler, which uses
+`fits` and `reserved_by_node` from this module for the same resource rule.
+
+Speed: pending tasks with the same service, spec version, constraints and reservations form one
+group. Feasibility is computed once per group, and the group's candidate nodes sit in a heap
+keyed by (tasks of the service, tasks in total, node id); each placement pops the best node and
+pushes it back with its new counts while the reservation still fits.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable
+
+import msgspec
+
+from warren.constraints import Constraint, ConstraintError, parse_constraints
+from warren.model import Availability, Node, NodeStatus, Resources, Task, TaskState
+
+
+class Schedule(msgspec.Struct, frozen=True):
+    """Result of one scheduling pass: task id -> node id, and task id -> why it stays pending."""
+
+    assignments: dict[str, str] = {}
+    unplaced: dict[str, str] = {}
+
+
+def reserved_by_node(tasks: Iterable[Task]) -> dict[str, Resources]:
+    cpu: defaultdict[str, int] = defaultdict(int)
+    mem: defaultdict[str, int] = defaultdict(int)
+    for task in tasks:
+        if task.node_id and task.state < TaskState.COMPLETE:
+            res = task.spec.reservations
+            cpu[task.node_id] += res.nano_cpus
+            mem[task.node_id] += res.memory_bytes
+    return {n: Resources(cpu[n], mem[n]) for n in cpu}
+
+
+def fits(node: Node, reserved: Resources, reservation: Resources) -> bool:
+    """The module's resource rule: a positive reservation must fit in what is left."""
+    total = node.resources
+    if reservation.nano_cpus > 0 and reserved.nano_cpus + reservation.nano_cpus > total.nano_cpus:
+        return False
+    return not (reservation.memory_bytes > 0 and reserved.memory_bytes + reservation.memory_bytes > total.memory_bytes)
+
+
+def node_is_schedulable(node: Node) -> bool:
+    return node.status == NodeStatus.READY and node.availability == Availability.ACTIVE
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class _NodeTable:
+    """Per-node counters shared by all groups of one pass (mutated as tasks are placed), and the
+    schedulable nodes kept sorted by (task count, id) so a small group need not look at them all."""
+
+    def __init__(self, nodes: Iterable[Node], tasks: Iterable[Task]) -> None:
+        self.all_nodes = sorted(nodes, key=lambda n: n.id)
+        self.ready = [n for n in self.all_nodes if node_is_schedulable(n)]
+        self.by_id = {n.id: n for n in self.ready}
+        self.not_ready = sum(1 for n in self.all_nodes if n.status != NodeStatus.READY)
+        self.drained = sum(
+            1 for n in self.all_nodes if n.status == NodeStatus.READY and n.availability == Availability.DRAIN
+        )
+        self.paused = sum(
+            1 for n in self.all_nodes if n.status == NodeStatus.READY and n.availability == Availability.PAUSE
+        )
+        self.cpu: dict[str, int] = {n.id: 0 for n in self.all_nodes}
+        self.mem: dict[str, int] = dict.fromkeys(self.cpu, 0)
+        self.total: dict[str, int] = dict.fromkeys(self.cpu, 0)
+        self.by_service: defaultdict[str, dict[str, int]] = defaultdict(dict)
+        cpu, mem, total, by_service = self.cpu, self.mem, self.total, self.by_service
+        running, complete = TaskState.RUNNING, TaskState.COMPLETE
+        for task in tasks:
+            node_id = task.node_id
+            if not node_id or task.state >= complete or node_id not in cpu:
+                continue
+            res = task.spec.reservations
+            cpu[node_id] += res.nano_cpus
+            mem[node_id] += res.memory_bytes
+            if task.desired_state <= running:
+                total[node_id] += 1
+                per_node = by_service[task.service_id]
+                per_node[node_id] = per_node.get(node_id, 0) + 1
+        self.order = sorted((total[n.id], n.id) for n in self.ready)
+        self._matching: dict[tuple[str, ...], tuple[list[Node], set[str]] | str] = {}
+
+    def matching(self, constraint_texts: tuple[str, ...]) -> tuple[list[Node], set[str]] | str:
+        """Ready nodes passing the constraints (list and id set), or the rejection text; cached
+        per constraint set since constraints do not depend on what was placed."""
+        cached = self._matching.get(constraint_texts)
+        if cached is not None:
+            return cached
+        try:
+            constraints = parse_constraints(constraint_texts)
+        except ConstraintError as exc:
+            result: tuple[list[Node], set[str]] | str = str(exc)
+        else:
+            nodes = [n for n in self.ready if all(c.matches(n) for c in constraints)] if constraints else self.ready
+            result = (nodes, {n.id for n in nodes})
+        self._matching[constraint_texts] = result
+        return result
+
+    def reorder(self, old_totals: dict[str, int]) -> None:
+        """Keep `order` sorted after the nodes in `old_totals` received tasks."""
+        order, total = self.order, self.total
+        if len(old_totals) * 8 > len(order):
+            self.order = sorted((total[n], n) for n in self.by_id)
+            return
+        for node_id, old in old_totals.items():
+            del order[bisect.bisect_left(order, (old, node_id))]
+            bisect.insort(order, (total[node_id], node_id))
+
+    def fits(self, node: Node, cpu_need: int, mem_need: int) -> bool:
+        res = node.resources
+        if cpu_need > 0 and self.cpu[node.id] + cpu_need > res.nano_cpus:
+            return False
+        return not (mem_need > 0 and self.mem[node.id] + mem_need > res.memory_bytes)
+
+    def explain(self, constraint_texts: tuple[str, ...], cpu_need: int, mem_need: int) -> str:
+        """Why no node takes a task: how many nodes each filter removed, in filter order."""
+        if not self.all_nodes:
+            return "no suitable node: the cluster has no nodes"
+        parts = []
+        if self.not_ready:
+            parts.append(f"{_plural(self.not_ready, 'node')} not ready")
+        if self.drained:
+            parts.append(f"{_plural(self.drained, 'node')} drained")
+        if self.paused:
+            parts.append(f"{_plural(self.paused, 'node')} paused")
+        try:
+            constraints: tuple[Constraint, ...] = parse_constraints(constraint_texts)
+        except ConstraintError as exc:
+            return f"cannot be placed: {exc}"
+        left = self.ready
+        for c in constraints:
+            kept = [n for n in left if c.matches(n)]
+            if len(kept) < len(left):
+                parts.append(f"constraint {c} not satisfied on {_plural(len(left) - len(kept), 'node')}")
+            left = kept
+        no_cpu = no_mem = 0
+        for n in left:
+            if cpu_need > 0 and self.cpu[n.id] + cpu_need > n.resources.nano_cpus:
+                no_cpu += 1
+            elif mem_need > 0 and self.mem[n.id] + mem_need > n.resources.memory_bytes:
+                no_mem += 1
+        if no_cpu:
+            parts.append(f"insufficient cpu on {_plural(no_cpu, 'node')}")
+        if no_mem:
+            parts.append(f"insufficient memory on {_plural(no_mem, 'node')}")
+        return "no suitable node: " + ", ".join(parts) if parts else "no suitable node"
+
+
+GroupKey = tuple[str, int, tuple[str, ...], int, int]
+
+
+def schedule(nodes: Iterable[Node], tasks: Iterable[Task], pending: Iterable[Task]) -> Schedule:
+    """Place `pending` (replicated tasks without a node) given every current task in `tasks`.
+
+    Deterministic: groups are handled in (service id, spec version, ...) order and tasks within a
+    group by (slot, id), whatever the input order.
+    """
+    table = _NodeTable(nodes, tasks)
+    groups: dict[GroupKey, list[Task]] = defaultdict(list)
+    for task in pending:
+        res = task.spec.reservations
+        key = (task.service_id, task.spec_version, task.spec.constraints, res.nano_cpus, res.memory_bytes)
+        groups[key].append(task)
+
+    assignments: dict[str, str] = {}
+    left_over: list[tuple[GroupKey, list[Task]]] = []
+    for key in sorted(groups):
+        service_id, _version, constraint_texts, _cpu, _mem = key
+        group = groups[key]
+        group.sort(key=lambda t: (t.slot, t.id))
+        matching = table.matching(constraint_texts)
+        placed = 0 if isinstance(matching, str) else _place_group(table, service_id, group, matching, assignments)
+        if placed < len(group):
+            left_over.append((key, group[placed:]))
+
+    # Reasons are computed once every group is placed, against the final counters, so that the
+    # next pass (which sees those placements as current tasks) produces the very same text.
+    unplaced: dict[str, str] = {}
+    for key, rest in left_over:
+        reason = table.explain(key[2], key[3], key[4])
+        for task in rest:
+            unplaced[task.id] = reason
+    return Schedule(assignments=assignments, unplaced=unplaced)
+
+
+def _place_group(
+    table: _NodeTable,
+    service_id: str,
+    group: list[Task],
+    matching: tuple[list[Node], set[str]],
+    assignments: dict[str, str],
+) -> int:
+    """Place the group's tasks in order; returns how many were placed (a prefix of `group`)."""
+    cpu_need, mem_need = group[0].spec.reservations.nano_cpus, group[0].spec.reservations.memory_bytes
+    needs_resources = cpu_need > 0 or mem_need > 0
+    nodes, node_ids = matching
+    per_service = table.by_service[service_id]
+    fits_node = table.fits
+    if (len(group) + len(per_service)) * 4 < len(nodes):
+        # Small group: with k tasks, only the nodes already running the service and the first k
+        # feasible nodes without it (in (total, id) order) can win; the heap needs nothing else.
+        candidates = [
+            table.by_id[n] for n in per_service if n in node_ids and fits_node(table.by_id[n], cpu_need, mem_need)
+        ]
+        wanted = len(group)
+        for _, node_id in table.order:
+            if node_id in per_service or node_id not in node_ids:
+                continue
+            node = table.by_id[node_id]
+            if needs_resources and not fits_node(node, cpu_need, mem_need):
+                continue
+            candidates.append(node)
+            wanted -= 1
+            if not wanted:
+                break
+    elif needs_resources:
+        candidates = [n for n in nodes if fits_node(n, cpu_need, mem_need)]
+    else:
+        candidates = nodes
+    if not candidates:
+        return 0
+    total = table.total
+    heap = [(per_service.get(n.id, 0), total[n.id], n.id) for n in candidates]
+    heapq.heapify(heap)
+    cpu, mem, by_id = table.cpu, table.mem, table.by_id
+    heapreplace, heappop = heapq.heapreplace, heapq.heappop
+    old_totals: dict[str, int] = {}
+    placed = 0
+    for task in group:
+        if not heap:
+            break
+        svc_count, node_total, node_id = heap[0]
+        assignments[task.id] = node_id
+        placed += 1
+        if node_id not in old_totals:
+            old_totals[node_id] = node_total
+        per_service[node_id] = svc_count + 1
+        total[node_id] = node_total + 1
+        if needs_resources:
+            cpu[node_id] += cpu_need
+            mem[node_id] += mem_need
+            if not fits_node(by_id[node_id], cpu_need, mem_need):
+                heappop(heap)
+                continue
+        heapreplace(heap, (svc_count + 1, node_total + 1, node_id))
+    table.reorder(old_totals)
+    return placed

@@ -1,0 +1,155 @@
+"""gRPC credential adapters and on-disk credential files, shared by manager, agent and CLI.
+
+All crypto decisions live in ``warren.pki``; this module only wires PEM bytes into grpc and the
+filesystem. Managers are verified by the name ``MANAGER_TLS_NAME`` rather than by address, so a
+manager can move without a new certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
+
+from warren.pki import MANAGER_TLS_NAME, Identity, PkiError, identity_of, key_matches_cert
+
+CA_FILE = "ca.pem"
+CERT_FILE = "cert.pem"
+KEY_FILE = "key.pem"
+
+# Clients ping every 20 s and give up after 10 s of silence, so a dead manager is noticed in
+# ~30 s even on an idle session; the server must allow pings that often or it answers GOAWAY
+# ("too_many_pings"). Reconnect backoff is capped at 5 s (grpc's default cap is 120 s) so agents
+# find a new leader quickly after a failover.
+_KEEPALIVE_TIME_MS = 20_000
+_KEEPALIVE_TIMEOUT_MS = 10_000
+
+
+def server_credentials(
+    ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, require_client_auth: bool = True
+) -> grpc.ServerCredentials:
+    """TLS for a manager port; by default every client must present a cert from the cluster CA."""
+    return grpc.ssl_server_credentials(
+        [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=require_client_auth
+    )
+
+
+def channel_credentials(
+    ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None
+) -> grpc.ChannelCredentials:
+    """mTLS to a manager, trusting only the cluster CA. Cert and key may be omitted only by a node
+    that has none yet (joining), and only against a port that does not require client certs."""
+    if (cert_pem is None) != (key_pem is None):
+        raise ValueError("cert_pem and key_pem must be given together")
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem, certificate_chain=cert_pem)
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Options for every channel to a manager: verify the manager name, keep idle sessions alive."""
+    return [
+        ("grpc.ssl_target_name_override", MANAGER_TLS_NAME),
+        ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.initial_reconnect_backoff_ms", 500),
+        ("grpc.min_reconnect_backoff_ms", 500),
+        ("grpc.max_reconnect_backoff_ms", 5_000),
+    ]
+
+
+def server_options() -> list[tuple[str, Any]]:
+    """Options for a manager's grpc server, matching channel_options' keepalive pings."""
+    return [
+        ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _KEEPALIVE_TIME_MS // 2),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def peer_identity(context: grpc.ServicerContext | Any) -> Identity | None:
+    """The verified caller of an RPC, or None (no client cert, or a cert without a Warren identity).
+    Works for grpc and grpc.aio servicer contexts; the handshake already checked the chain."""
+    try:
+        pems = context.auth_context().get("x509_pem_cert")
+    except (AttributeError, ValueError):
+        return None
+    if not pems:
+        return None
+    pem = pems[0]
+    try:
+        return identity_of(pem if isinstance(pem, bytes) else str(pem).encode())
+    except PkiError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------
+# credential files
+
+
+class Credentials(NamedTuple):
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class MissingCredentialsError(FileNotFoundError):
+    """A credential file is absent; the message names it, e.g. so the CLI can say "run join first"."""
+
+
+def save_credentials(directory: str | os.PathLike[str], ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+    """Write ca.pem, cert.pem and key.pem (0600) atomically, each via a temp file and rename.
+    The key goes first so that a crash never leaves a new cert next to an old key unnoticed:
+    load_credentials refuses a mismatched pair."""
+    path = Path(directory)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _write_atomic(path / KEY_FILE, key_pem, 0o600)
+    _write_atomic(path / CERT_FILE, cert_pem, 0o644)
+    _write_atomic(path / CA_FILE, ca_pem, 0o644)
+    _fsync_dir(path)
+
+
+def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
+    """Read the three files back; a missing file raises MissingCredentialsError naming it, and a
+    key that does not belong to the cert raises PkiError."""
+    path = Path(directory)
+    found = {}
+    for name in (CA_FILE, CERT_FILE, KEY_FILE):
+        file = path / name
+        try:
+            found[name] = file.read_bytes()
+        except FileNotFoundError as exc:
+            raise MissingCredentialsError(f"credential file {name} is missing from {path}") from exc
+    creds = Credentials(found[CA_FILE], found[CERT_FILE], found[KEY_FILE])
+    if not key_matches_cert(creds.cert_pem, creds.key_pem):
+        raise PkiError(f"{path / KEY_FILE} does not match {path / CERT_FILE}")
+    return creds
+
+
+def _write_atomic(target: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)  # before any byte lands, so the key is never world-readable
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
