@@ -296,9 +296,9 @@ class _Pass:
             live[slot] = slot_live[0]
 
         if len(live) > replicas:
-            victims = sorted(
-                live.values(), key=lambda t: (t.state >= RUNNING, t.spec_version == version, -t.created_at, t.id)
-            )
+            # Not yet running first, then outdated, then newest (created_at, then id, descending).
+            victims = sorted(live.values(), key=lambda t: t.id, reverse=True)
+            victims.sort(key=lambda t: (t.state >= RUNNING, t.spec_version == version, -t.created_at))
             for t in victims[: len(live) - replicas]:
                 if self.shutdown(t, "scaled down"):
                     del live[t.slot]
@@ -393,8 +393,13 @@ class _Pass:
             else:
                 live[node_id] = keeper
 
+        # Fill first: a node about to get a fresh task counts as an update in flight.
+        self._fill_nodes(service, live, by_node)
         self._rolling_update_global(service, live, by_node)
 
+    def _fill_nodes(self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]) -> None:
+        """Start a task on every eligible node without one, unless its restart policy says no."""
+        spec = service.spec
         eligible = self.constraints(spec.constraints)
         if eligible is None:
             return

@@ -15,7 +15,14 @@ from typing import Any, NamedTuple
 
 import grpc
 
-from warren.pki import MANAGER_TLS_NAME, Identity, PkiError, identity_of, key_matches_cert
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from warren.pki import Identity
+
+# warren.pki (and with it `cryptography`) is imported inside the functions that need it: the CLI
+# loads this module on every call, and cryptography alone costs ~40 ms of start-up.
+MANAGER_TLS_NAME = "warren-manager"  # must equal warren.pki.MANAGER_TLS_NAME (checked by a test)
 
 CA_FILE = "ca.pem"
 CERT_FILE = "cert.pem"
@@ -76,6 +83,7 @@ def server_options() -> list[tuple[str, Any]]:
 def peer_identity(context: grpc.ServicerContext | Any) -> Identity | None:
     """The verified caller of an RPC, or None (no client cert, or a cert without a Warren identity).
     Works for grpc and grpc.aio servicer contexts; the handshake already checked the chain."""
+    from warren.pki import PkiError, identity_of
     try:
         pems = context.auth_context().get("x509_pem_cert")
     except (AttributeError, ValueError):
@@ -118,6 +126,7 @@ def save_credentials(directory: str | os.PathLike[str], ca_pem: bytes, cert_pem:
 def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
     """Read the three files back; a missing file raises MissingCredentialsError naming it, and a
     key that does not belong to the cert raises PkiError."""
+    from warren.pki import PkiError, key_matches_cert
     path = Path(directory)
     found = {}
     for name in (CA_FILE, CERT_FILE, KEY_FILE):

@@ -39,6 +39,7 @@ class Manager:
     raft_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
+    start_args: list[str] = field(default_factory=list)  # extra `cluster init` flags
 
     @property
     def data_dir(self) -> Path:
@@ -66,7 +67,7 @@ class Manager:
              "--data-dir", str(self.data_dir),
              "--listen-addr", self.addr,
              "--raft-addr", f"127.0.0.1:{self.raft_port}",
-             "--metrics-addr", f"127.0.0.1:{self.metrics_port}"],
+             "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *self.start_args],
             stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
         )
         deadline = time.monotonic() + timeout

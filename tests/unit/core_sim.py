@@ -22,6 +22,7 @@ from warren.model import (
     ServiceSpec,
     Task,
     TaskState,
+    can_transition,
 )
 from warren.reconciler import ReconcileConfig, is_live, reconcile
 from warren.state import ClusterState
@@ -119,7 +120,9 @@ class Sim:
         return reconcile(self.state, self.now, self.heartbeats, self.config, self.new_id)
 
     def reconcile(self) -> ApplyPlan:
+        """One pass, checked for useless or stale entries, then committed."""
         plan = self.plan()
+        check_plan(self.state, plan)
         self.run(plan)
         return plan
 
@@ -238,3 +241,35 @@ def pending_task(task_id: str, service_id: str, s: ServiceSpec, slot: int = 1, v
 def running_task(task_id: str, service_id: str, s: ServiceSpec, node_id: str, slot: int = 1, **kw: object) -> Task:
     fields: dict[str, object] = {"state": TaskState.RUNNING, "node_id": node_id, **kw}
     return msgspec.structs.replace(pending_task(task_id, service_id, s, slot), **fields)
+
+
+def check_plan(state: ClusterState, plan: ApplyPlan) -> None:
+    """Every entry of a plan must do something, and nothing the FSM would refuse."""
+    ids = [t.id for t in plan.created]
+    assert len(set(ids)) == len(ids) and not set(ids) & set(state.tasks), "created ids must be new"
+    for t in plan.created:
+        assert t.service_id in state.services
+        assert t.desired_state == TaskState.RUNNING
+        assert (t.state == TaskState.ASSIGNED) == bool(t.node_id), t
+        assert t.state in (TaskState.PENDING, TaskState.ASSIGNED), t
+    updated = [u.id for u in plan.updated]
+    assert len(set(updated)) == len(updated), "one update per task"
+    for u in plan.updated:
+        task = state.tasks[u.id]
+        changed = [
+            f
+            for f in ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
+            if getattr(u, f) is not None and getattr(u, f) != getattr(task, f)
+        ]
+        assert changed, f"update changes nothing: {u}"
+        if u.state is not None and u.state != task.state:
+            assert can_transition(task.state, u.state), (task.state, u)
+        if u.desired_state is not None:
+            assert u.desired_state >= task.desired_state, u
+        if u.node_id is not None:
+            assert not task.node_id, u
+        assert u.id not in plan.deleted
+    assert all(d in state.tasks for d in plan.deleted)
+    for status in plan.node_status:
+        n = state.nodes[status.node_id]
+        assert (n.status, n.status_message) != (status.status, status.message)

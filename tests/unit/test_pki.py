@@ -272,3 +272,9 @@ def test_client_refuses_server_without_manager_cert(ca: CertificateAuthority) ->
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         server.stop(grace=None).wait()
+
+
+def test_tls_uses_the_manager_name_pki_puts_in_certificates() -> None:
+    from warren import tls
+
+    assert tls.MANAGER_TLS_NAME == pki.MANAGER_TLS_NAME

@@ -6,15 +6,21 @@ import random
 from collections import Counter
 
 import msgspec
-from core_sim import GB, naive_schedule, node, pending_task, running_task, spec
 
-from warren.model import Availability, NodeStatus, Resources, TaskState
+from tests.unit.core_sim import GB, naive_schedule, node, pending_task, running_task, spec
+from warren.model import Availability, NodeStatus, Resources, ServiceSpec, Task, TaskState
 from warren.scheduler import fits, reserved_by_node, schedule
 
 
-def pending(service_id: str, count: int, s=None, version: int = 1, prefix: str = "t"):
+def pending(
+    service_id: str, count: int, s: ServiceSpec | None = None, version: int = 1, prefix: str = "t"
+) -> list[Task]:
+    """`count` pending tasks of one service, with ids `<prefix><service>-<slot>`."""
     s = s or spec(service_id)
-    return [pending_task(f"{prefix}{service_id}-{i:03d}", service_id, s, slot=i, version=version) for i in range(1, count + 1)]
+    return [
+        pending_task(f"{prefix}{service_id}-{i:03d}", service_id, s, slot=i, version=version)
+        for i in range(1, count + 1)
+    ]
 
 
 def test_spreads_evenly_then_by_node_id() -> None:
@@ -114,9 +120,7 @@ def test_existing_tasks_reserve_until_terminal() -> None:
 
 def test_tasks_being_stopped_do_not_count_for_spread() -> None:
     s = spec("a")
-    stopping = [
-        running_task(f"old{i}", "a", s, "n1", slot=i, desired_state=TaskState.SHUTDOWN) for i in range(3)
-    ]
+    stopping = [running_task(f"old{i}", "a", s, "n1", slot=i, desired_state=TaskState.SHUTDOWN) for i in range(3)]
     result = schedule([node("n1"), node("n2")], stopping, pending("a", 1))
     assert result.assignments == {"ta-001": "n1"}
 
@@ -177,3 +181,16 @@ def test_small_groups_on_large_clusters_match_the_reference() -> None:
     result = schedule(nodes, existing, tasks)
     assert result.assignments == naive_schedule(nodes, existing, tasks)
     assert len(result.assignments) + len(result.unplaced) == len(tasks)
+
+
+def test_small_group_skips_nodes_already_running_the_service() -> None:
+    """Nodes holding the service are candidates on their own count, never twice."""
+    nodes = [node(f"n{i:02d}") for i in range(40)]
+    other, mine = spec("other"), spec("a")
+    existing = [
+        running_task(f"o{i}-{j}", "other", other, f"n{i:02d}", slot=i * 3 + j) for i in range(36) for j in range(3)
+    ]
+    existing += [running_task(f"a{i}", "a", mine, f"n{i:02d}", slot=i) for i in range(36, 40)]
+    result = schedule(nodes, existing, pending("a", 2))
+    assert result.assignments == {"ta-001": "n00", "ta-002": "n01"}
+    assert result.assignments == naive_schedule(nodes, existing, pending("a", 2))

@@ -29,6 +29,8 @@ def register(groups: Any) -> None:
     p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
     p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
+    p.add_argument("--heartbeat-period", type=value_type(units.parse_duration), metavar="DURATION",
+                   help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)")
     p.set_defaults(func=cmd_init)
 
     p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
@@ -52,7 +54,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     from warren.manager import daemon
 
     options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
-    for name in ("listen_addr", "advertise_addr", "metrics_addr", "raft_addr"):
+    for name in ("listen_addr", "advertise_addr", "metrics_addr", "raft_addr", "heartbeat_period"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     return daemon.run(daemon.ManagerOptions(**options))

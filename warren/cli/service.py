@@ -206,8 +206,8 @@ def build_spec(args: argparse.Namespace) -> Any:
 
 def apply_update(spec: Any, args: argparse.Namespace) -> None:
     """Change `spec` (a copy of the current one) as the `service update` flags say."""
-    if args.image:
-        spec.image = args.image
+    if args.image is not None:
+        spec.image = args.image  # an empty image is refused by the manager, with its reason
     if args.replicas is not None:
         if spec.mode == "global":
             raise CliError("--replicas does not apply to a global service (one task per node)", Exit.USAGE)

@@ -47,6 +47,7 @@ class ManagerOptions:
     advertise_addr: str | None = None  # defaults to listen_addr (127.0.0.1 if it listens on 0.0.0.0)
     metrics_addr: str | None = None  # e.g. 127.0.0.1:9323; None = no metrics endpoint
     raft_addr: str | None = None  # defaults to the advertise host, API port + 1
+    heartbeat_period: float = 5.0  # seconds; used when the cluster is created
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ async def _serve(options: ManagerOptions) -> int:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create data directory {data}: {exc.strerror}") from None
+    if not 0.1 <= options.heartbeat_period <= 3600:
+        raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()
     if first_start:
         identity, ca = _first_start(options)
@@ -167,7 +170,7 @@ async def _serve(options: ManagerOptions) -> int:
         if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
             raft.destroy()
             raise StartupError("this manager did not become Raft leader within 15 s")
-        await _init_cluster(raft, identity, ca)
+        await _init_cluster(raft, identity, ca, options.heartbeat_period)
 
     heartbeats = Heartbeats()
     control = ControlService(store, raft)
@@ -200,7 +203,9 @@ async def _serve(options: ManagerOptions) -> int:
     return 0
 
 
-async def _init_cluster(raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority) -> None:
+async def _init_cluster(
+    raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority, heartbeat_period: float
+) -> None:
     now = time.time()
     cluster = ClusterInfo(
         id=identity.cluster_id,
@@ -209,6 +214,7 @@ async def _init_cluster(raft: RaftNode, identity: ManagerIdentity, ca: pki.Certi
         ca_key_pem=ca.key_pem.decode(),
         worker_token_secret=pki.new_token_secret(),
         manager_token_secret=pki.new_token_secret(),
+        heartbeat_period=heartbeat_period,
     )
     cpus = os.cpu_count() or 1
     manager = Node(

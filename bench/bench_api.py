@@ -1,0 +1,205 @@
+"""Control API latency and throughput against one real manager process, through real gRPC + mTLS.
+
+Goals: write p99 <= 50 ms (CreateService, ScaleService); read p99 <= 10 ms (GetService,
+ListServices with ~300 services); `warren service ls` wall time < 300 ms (median of 10).
+Concurrent write throughput (8 client threads, ~5 s) is reported without a goal.
+
+Each write is one synchronous Raft commit on a single-manager cluster. Services with replicas > 0
+also make the orchestrator create tasks and the scheduler assign them to the manager's own node
+while the benchmark keeps writing.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+from bench.common import figure, latency_summary, running_manager
+
+N_WRITES = 300
+N_READS = 300
+CLI_RUNS = 10
+CONCURRENT_THREADS = 8
+CONCURRENT_SECONDS = 5.0
+IMAGE = "busybox:latest"
+TIMEOUT = 10.0
+
+WRITE_P99_GOAL_MS = 50.0
+READ_P99_GOAL_MS = 10.0
+CLI_GOAL_MS = 300.0
+
+
+def _timed(fn, *args) -> float:  # noqa: ANN001
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
+
+
+def run() -> dict[str, object]:
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import control_pb2_grpc
+    from warren.api.v1 import types_pb2 as tpb
+
+    def create(stub, name: str, replicas: int) -> None:  # noqa: ANN001
+        stub.CreateService(cpb.CreateServiceRequest(spec=tpb.ServiceSpec(name=name, image=IMAGE, replicas=replicas)),
+                           timeout=TIMEOUT)
+
+    results: dict[str, object] = {"name": "api"}
+    figures: list[dict[str, object]] = []
+    with running_manager("api") as manager:
+        channel = manager.channel()
+        try:
+            stub = control_pb2_grpc.ControlStub(channel)
+
+            # Warm-up: connection + TLS handshake, first-call code paths on both sides.
+            for i in range(30):
+                create(stub, f"warmup-{i}", i % 2)
+                stub.GetService(cpb.GetServiceRequest(service=f"warmup-{i}"), timeout=TIMEOUT)
+                stub.ScaleService(cpb.ScaleServiceRequest(service=f"warmup-{i}", replicas=0), timeout=TIMEOUT)
+                stub.ListServices(cpb.ListServicesRequest(), timeout=TIMEOUT)
+            for i in range(30):
+                stub.RemoveService(cpb.RemoveServiceRequest(service=f"warmup-{i}"), timeout=TIMEOUT)
+
+            # 1. CreateService: every third service has one replica, so tasks get created and scheduled.
+            create_lat: dict[int, list[float]] = {0: [], 1: []}
+            replicas_of: dict[str, int] = {}
+            for i in range(N_WRITES):
+                name, replicas = f"svc-{i:04d}", 1 if i % 3 == 0 else 0
+                create_lat[replicas].append(_timed(create, stub, name, replicas))
+                replicas_of[name] = replicas
+            all_creates = create_lat[0] + create_lat[1]
+            results["create_service"] = {
+                "all": latency_summary(all_creates),
+                "replicas_0": latency_summary(create_lat[0]),
+                "replicas_1": latency_summary(create_lat[1]),
+            }
+
+            # 2. ScaleService: each service once, 0 -> 1 and 1 -> 2, so the scheduler places a task each time.
+            scale_lat = []
+            for name, replicas in replicas_of.items():
+                req = cpb.ScaleServiceRequest(service=name, replicas=replicas + 1)
+                scale_lat.append(_timed(stub.ScaleService, req))
+            results["scale_service"] = latency_summary(scale_lat)
+
+            # 3. Reads with N_WRITES services in the store.
+            names = list(replicas_of)
+            get_lat = [_timed(stub.GetService, cpb.GetServiceRequest(service=names[(i * 7) % len(names)]))
+                       for i in range(N_READS)]
+            list_req = cpb.ListServicesRequest()
+            listed = len(stub.ListServices(list_req, timeout=TIMEOUT).services)
+            list_lat = [_timed(stub.ListServices, list_req) for _ in range(N_READS)]
+            results["get_service"] = latency_summary(get_lat)
+            results["list_services"] = {**latency_summary(list_lat), "services": listed}
+
+            # 4. CLI wall time: a fresh interpreter per run, as an operator would see it.
+            results["cli_service_ls"] = _cli_times(manager)
+
+            # 5. Concurrent writes: 8 threads, one channel each, creating services for ~5 s.
+            results["concurrent_create"] = _concurrent_creates(manager, create)
+        finally:
+            channel.close()
+
+    c = results["create_service"]
+    figures += [
+        figure("CreateService p50 (all)", c["all"]["p50_ms"], "ms"),
+        figure("CreateService p99 (all)", c["all"]["p99_ms"], "ms", WRITE_P99_GOAL_MS, "<="),
+        figure("CreateService p99 (replicas=0)", c["replicas_0"]["p99_ms"], "ms", WRITE_P99_GOAL_MS, "<="),
+        figure("CreateService p99 (replicas=1)", c["replicas_1"]["p99_ms"], "ms", WRITE_P99_GOAL_MS, "<="),
+        figure("ScaleService p50", results["scale_service"]["p50_ms"], "ms"),
+        figure("ScaleService p99", results["scale_service"]["p99_ms"], "ms", WRITE_P99_GOAL_MS, "<="),
+        figure("GetService p50", results["get_service"]["p50_ms"], "ms"),
+        figure("GetService p99", results["get_service"]["p99_ms"], "ms", READ_P99_GOAL_MS, "<="),
+        figure(f"ListServices p50 ({listed} services)", results["list_services"]["p50_ms"], "ms"),
+        figure(f"ListServices p99 ({listed} services)", results["list_services"]["p99_ms"], "ms",
+               READ_P99_GOAL_MS, "<="),
+        figure("`warren service ls` median wall time", results["cli_service_ls"]["median_ms"], "ms",
+               CLI_GOAL_MS, "<"),
+        figure(f"Concurrent CreateService ({CONCURRENT_THREADS} threads)",
+               results["concurrent_create"]["commits_per_s"], "commits/s"),
+        figure("Concurrent CreateService p99", results["concurrent_create"]["latency"]["p99_ms"], "ms"),
+    ]
+    results["figures"] = figures
+    return results
+
+
+def _cli_times(manager) -> dict[str, object]:  # noqa: ANN001
+    cmd = [sys.executable, "-m", "warren.cli.main", "service", "ls"]
+    env = manager.env()
+
+    def once() -> float:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=manager.root, timeout=60)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise RuntimeError(f"`warren service ls` failed ({proc.returncode}): {proc.stderr}")
+        return elapsed
+
+    once()  # warm the page cache and __pycache__
+    runs = [once() * 1000 for _ in range(CLI_RUNS)]
+    return {
+        "command": "python3 -m warren.cli.main service ls",
+        "runs": CLI_RUNS,
+        "median_ms": round(statistics.median(runs), 1),
+        "min_ms": round(min(runs), 1),
+        "max_ms": round(max(runs), 1),
+        "all_ms": [round(r, 1) for r in runs],
+    }
+
+
+def _concurrent_creates(manager, create) -> dict[str, object]:  # noqa: ANN001
+    from warren.api.v1 import control_pb2_grpc
+
+    latencies: list[list[float]] = [[] for _ in range(CONCURRENT_THREADS)]
+    errors: list[str] = []
+    ready = threading.Barrier(CONCURRENT_THREADS + 1)
+    go = threading.Event()
+    deadline = [0.0]
+
+    def worker(index: int) -> None:
+        channel = manager.channel()
+        try:
+            stub = control_pb2_grpc.ControlStub(channel)
+            create(stub, f"conc-warm-{index}", 0)  # connect before the clock starts
+            ready.wait()
+            go.wait()
+            i = 0
+            while time.perf_counter() < deadline[0]:
+                start = time.perf_counter()
+                try:
+                    create(stub, f"conc-{index}-{i:05d}", 0)
+                except Exception as exc:  # noqa: BLE001 - counted and reported, not fatal
+                    errors.append(repr(exc)[:200])
+                else:
+                    latencies[index].append(time.perf_counter() - start)
+                i += 1
+        finally:
+            channel.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(CONCURRENT_THREADS)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    start = time.perf_counter()
+    deadline[0] = start + CONCURRENT_SECONDS
+    go.set()
+    for t in threads:
+        t.join(timeout=CONCURRENT_SECONDS + 4 * TIMEOUT)
+    elapsed = time.perf_counter() - start
+    flat = [x for per in latencies for x in per]
+    return {
+        "threads": CONCURRENT_THREADS,
+        "seconds": round(elapsed, 3),
+        "commits": len(flat),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "commits_per_s": round(len(flat) / elapsed, 1),
+        "latency": latency_summary(flat) if flat else {},
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
