@@ -90,7 +90,7 @@ def run() -> dict[str, object]:
     return results
 
 
-def _assigned(stub, cpb) -> int:  # noqa: ANN001
+def _assigned(stub, cpb) -> int:
     total = 0
     for s in range(SERVICES):
         tasks = stub.ListTasks(cpb.ListTasksRequest(service=f"mem-{s:03d}"), timeout=TIMEOUT).tasks

@@ -47,6 +47,7 @@ def run_one(name: str, write: bool, argv: list[str]) -> dict[str, object]:
     result = module.run()
     result = {**result, "figures": figures_of(result)}
     result["duration_s"] = round(time.perf_counter() - start, 2)
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine
     result["command"] = "python3 -m bench.run " + " ".join(argv) if argv else COMMAND
     if write:
@@ -58,7 +59,7 @@ def run_one(name: str, write: bool, argv: list[str]) -> dict[str, object]:
 
 
 def _fmt(value: object, unit: str) -> str:
-    if isinstance(value, float) and value >= 1000 or isinstance(value, int):
+    if (isinstance(value, int | float) and float(value).is_integer()) or (isinstance(value, float) and value >= 1000):
         text = f"{value:,.0f}"
     elif isinstance(value, float):
         text = f"{value:.2f}" if value < 100 else f"{value:.1f}"
@@ -113,11 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ...", flush=True)
         try:
             results[name] = run_one(name, write=not args.no_write, argv=argv)
-        except Exception as exc:  # noqa: BLE001 - report, keep going with the others
+        except Exception as exc:  # report it and go on with the others
             traceback.print_exc()
             failures[name] = f"{type(exc).__name__}: {exc}"
             continue
-        where = "" if args.no_write else f" -> {(RESULTS / f'{name}.json').relative_to(Path.cwd(), walk_up=True)}"
+        where = "" if args.no_write else f" -> {os.path.relpath(RESULTS / f'{name}.json')}"
         print(f"   done in {results[name]['duration_s']} s{where}", flush=True)
     print_summary(results, failures)
     return 1 if failures else 0

@@ -269,7 +269,9 @@ def _node_status_change(state: ClusterState, cmd: SetNodeStatus) -> Changes:
     node = state.nodes.get(cmd.node_id)
     if node is None or (node.status == cmd.status and node.status_message == cmd.message):
         return []
-    return [Put("node", msgspec.structs.replace(node, status=cmd.status, status_message=cmd.message, updated_at=cmd.at))]
+    return [
+        Put("node", msgspec.structs.replace(node, status=cmd.status, status_message=cmd.message, updated_at=cmd.at))
+    ]
 
 
 def _set_node_status(state: ClusterState, cmd: SetNodeStatus) -> tuple[Result, Changes]:
@@ -335,7 +337,9 @@ def _scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Chan
     if cmd.replicas < 0:
         return error("invalid_argument", "replicas must be 0 or more"), []
     if service.spec.mode.value != "replicated":
-        return error("failed_precondition", f"service {service.spec.name} is global; only replicated services scale"), []
+        return error(
+            "failed_precondition", f"service {service.spec.name} is global; only replicated services scale"
+        ), []
     if service.spec.replicas == cmd.replicas:
         return Result(id=service.id), []
     # Scaling changes no task's spec, so it does not bump the version (no task is replaced).

@@ -99,6 +99,10 @@ def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
     """The attempt number of the task replacing `dead`, or None when it may not (yet) be replaced."""
     if dead.spec_version != service.version:
         return 0  # a new spec is a fresh start, even for slots the old policy gave up on
+    if dead.state == TaskState.ORPHANED:
+        # Its node was lost: not a failure of the task, so no backoff and no attempt used
+        # (as Nomad reschedules lost allocations at once, whatever the restart policy).
+        return dead.attempt
     policy = dead.spec.restart
     if policy.condition == RestartCondition.NONE:
         return None
@@ -113,8 +117,9 @@ def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
     return attempt + 1
 
 
-def _newest_first(task: Task) -> tuple[float, str]:
-    return (task.created_at, task.id)
+def _newest_first(task: Task) -> tuple[float, int, str]:
+    """Sort key for "newer": creation time, then slot (tasks created in one pass share a time)."""
+    return (task.created_at, task.slot, task.id)
 
 
 class _Pass:
@@ -126,8 +131,9 @@ class _Pass:
         self.config = config
         self.new_id = new_id
         self.nodes: dict[str, Node] = {}
-        self.changed: dict[str, Task] = {}
-        self.created: dict[str, Task] = {}
+        # One overlay for changed and created tasks (a single lookup on the hot path).
+        self.overlay: dict[str, Task] = {}
+        self.created: list[str] = []
         self.to_place: list[str] = []
         self.deleted: set[str] = set()
         self.node_status: list[SetNodeStatus] = []
@@ -135,26 +141,27 @@ class _Pass:
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
+        self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
 
     # -- the pass ------------------------------------------------------------------------------
     def run(self, heartbeats: Mapping[str, float]) -> ApplyPlan:
         self._check_nodes(heartbeats)
         self._orphan_tasks()
-        self.reserved = reserved_by_node(self.task(t) for t in self.state.tasks)
+        current = {**self.state.tasks, **self.overlay} if self.overlay else self.state.tasks
+        self.reserved = reserved_by_node(current.values())
         for service in sorted(self.state.services.values(), key=lambda s: s.id):
-            tasks = [self._settle(self.task(t)) for t in sorted(self.state.tasks_by_service.get(service.id, ()))]
+            tasks = [self._settle(current[t]) for t in sorted(self.state.tasks_by_service.get(service.id, ()))]
             if service.spec.mode == ServiceMode.GLOBAL:
                 self._global(service, tasks)
             else:
                 self._replicated(service, tasks)
         self._removed_services()
         self._place()
-        self._trim_history()
         return self._plan()
 
     # -- overlay -------------------------------------------------------------------------------
     def task(self, task_id: str) -> Task:
-        found = self.created.get(task_id) or self.changed.get(task_id)
+        found = self.overlay.get(task_id)
         return found if found is not None else self.state.tasks[task_id]
 
     def update(self, task: Task, **fields: object) -> Task:
@@ -170,10 +177,7 @@ class _Pass:
         if not changes:
             return task
         new = msgspec.structs.replace(task, updated_at=self.now, **changes)
-        if task.id in self.created:
-            self.created[task.id] = new
-        else:
-            self.changed[task.id] = new
+        self.overlay[task.id] = new
         return new
 
     def can_start(self) -> bool:
@@ -214,7 +218,8 @@ class _Pass:
             updated_at=self.now,
         )
         self.starts += 1
-        self.created[task.id] = task
+        self.overlay[task.id] = task
+        self.created.append(task.id)
         if node_id:
             self.reserved[node_id] = self.reserved.get(node_id, Resources()) + service.spec.reservations
         else:
@@ -232,7 +237,7 @@ class _Pass:
 
     def _settle(self, task: Task) -> Task:
         """A task told to stop before any node got it has nothing to wait for: it is shut down."""
-        if task.desired_state > RUNNING and task.state < ASSIGNED:
+        if task.state < ASSIGNED and task.desired_state > RUNNING:
             return self.update(task, state=SHUTDOWN)
         return task
 
@@ -262,8 +267,15 @@ class _Pass:
                     self.update(task, state=TaskState.ORPHANED, desired_state=desired, message=message)
 
     def _displaced_by(self, task: Task, constraint_texts: tuple[str, ...]) -> str:
-        """Why a live task may no longer stay on its node ('' when it may)."""
-        node = self.nodes.get(task.node_id) if task.node_id else None
+        """Why a live task may no longer stay on its node ('' when it may); memoised per pass."""
+        key = (task.node_id, constraint_texts)
+        why = self._displaced.get(key)
+        if why is None:
+            why = self._displaced[key] = self._check_placement(task.node_id, constraint_texts)
+        return why
+
+    def _check_placement(self, node_id: str, constraint_texts: tuple[str, ...]) -> str:
+        node = self.nodes.get(node_id) if node_id else None
         if node is None:
             return ""
         if node.availability == Availability.DRAIN:
@@ -275,6 +287,7 @@ class _Pass:
 
     # -- replicated ----------------------------------------------------------------------------
     def _replicated(self, service: Service, tasks: list[Task]) -> None:
+        first_created = len(self.created)
         version = service.version
         replicas = max(service.spec.replicas, 0)
         by_slot: defaultdict[int, list[Task]] = defaultdict(list)
@@ -296,9 +309,9 @@ class _Pass:
             live[slot] = slot_live[0]
 
         if len(live) > replicas:
-            # Not yet running first, then outdated, then newest (created_at, then id, descending).
-            victims = sorted(live.values(), key=lambda t: t.id, reverse=True)
-            victims.sort(key=lambda t: (t.state >= RUNNING, t.spec_version == version, -t.created_at))
+            # Not yet running first, then outdated, then newest (see _newest_first).
+            victims = sorted(live.values(), key=_newest_first, reverse=True)
+            victims.sort(key=lambda t: (t.state >= RUNNING, t.spec_version == version))
             for t in victims[: len(live) - replicas]:
                 if self.shutdown(t, "scaled down"):
                     del live[t.slot]
@@ -313,8 +326,11 @@ class _Pass:
         self._fill_slots(service, live, by_slot, replicas)
         for t in live.values():
             t = self.task(t.id)
-            if t.state < ASSIGNED and not t.node_id and t.id not in self.created:
+            if t.state < ASSIGNED and not t.node_id and t.id in self.state.tasks:
                 self.to_place.append(t.id)
+        for task_id in self.created[first_created:]:
+            by_slot[self.overlay[task_id].slot].append(self.overlay[task_id])
+        self._trim_history(by_slot.values())
 
     def _rolling_update_replicated(self, service: Service, live: dict[int, Task]) -> None:
         """Replace outdated tasks: unplaced ones at once, placed ones one at a time, starting the
@@ -367,6 +383,7 @@ class _Pass:
 
     # -- global --------------------------------------------------------------------------------
     def _global(self, service: Service, tasks: list[Task]) -> None:
+        first_created = len(self.created)
         spec = service.spec
         by_node: defaultdict[str, list[Task]] = defaultdict(list)
         for t in tasks:
@@ -396,6 +413,9 @@ class _Pass:
         # Fill first: a node about to get a fresh task counts as an update in flight.
         self._fill_nodes(service, live, by_node)
         self._rolling_update_global(service, live, by_node)
+        for task_id in self.created[first_created:]:
+            by_node[self.overlay[task_id].node_id].append(self.overlay[task_id])
+        self._trim_history(by_node.values())
 
     def _fill_nodes(self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]) -> None:
         """Start a task on every eligible node without one, unless its restart policy says no."""
@@ -430,7 +450,10 @@ class _Pass:
         if any(t.spec_version == version and t.state < RUNNING for t in live.values()):
             return
         for node_id, tasks in by_node.items():
-            if node_id not in live and any(self.task(t.id).state < TaskState.COMPLETE for t in tasks):
+            node = self.nodes.get(node_id)
+            if node is None or node.status != NodeStatus.READY or node_id in live:
+                continue  # an agent that is not connected would never report the stop
+            if any(self.task(t.id).state < TaskState.COMPLETE for t in tasks):
                 return  # a stop-first replacement (or a drain) is still stopping
         for node_id, t in sorted(live.items()):
             if t.spec_version == version:
@@ -466,8 +489,8 @@ class _Pass:
     def _place(self) -> None:
         if not self.to_place:
             return
-        current: Iterable[Task] = [self.task(t) for t in self.state.tasks]
-        current = [*current, *(t for t in self.created.values() if t.node_id)]
+        current = [self.task(t) for t in self.state.tasks]
+        current += [t for t in map(self.task, self.created) if t.node_id]
         pending = [self.task(t) for t in self.to_place]
         result = schedule(self.nodes.values(), current, pending)
         for task_id, node_id in result.assignments.items():
@@ -475,44 +498,34 @@ class _Pass:
         for task_id, reason in result.unplaced.items():
             self.update(self.task(task_id), message=reason)
 
-    def _trim_history(self) -> None:
+    def _trim_history(self, groups: Iterable[list[Task]]) -> None:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
         newest task of a slot is always kept: it carries the restart policy's attempt count."""
         limit = max(self.config.task_history_limit, 0)
-        created_by_service: defaultdict[str, list[Task]] = defaultdict(list)
-        for t in self.created.values():
-            created_by_service[t.service_id].append(t)
-        for service_id, service in self.state.services.items():
-            per_node = service.spec.mode == ServiceMode.GLOBAL
-            groups: defaultdict[object, list[Task]] = defaultdict(list)
-            for task_id in self.state.tasks_by_service.get(service_id, ()):
-                t = self.task(task_id)
-                groups[t.node_id if per_node else t.slot].append(t)
-            for t in created_by_service.get(service_id, ()):
-                groups[t.node_id if per_node else t.slot].append(t)
-            for group in groups.values():
-                if len(group) <= 1:
-                    continue
-                group.sort(key=_newest_first, reverse=True)
-                kept = 1 if group[0].state >= TaskState.COMPLETE else 0
-                for t in group[1:]:
-                    if t.state >= TaskState.COMPLETE:
-                        if kept < limit:
-                            kept += 1
-                        else:
-                            self.deleted.add(t.id)
+        for group in groups:
+            if len(group) <= 1:
+                continue
+            group = sorted((self.task(t.id) for t in group), key=_newest_first, reverse=True)
+            kept = 1 if group[0].state >= TaskState.COMPLETE else 0
+            for t in group[1:]:
+                if t.state >= TaskState.COMPLETE:
+                    if kept < limit:
+                        kept += 1
+                    else:
+                        self.deleted.add(t.id)
 
     def _plan(self) -> ApplyPlan:
         updates = []
-        for task_id in sorted(self.changed):
-            if task_id in self.deleted:
+        for task_id in sorted(self.overlay):
+            old = self.state.tasks.get(task_id)
+            if old is None or task_id in self.deleted:
                 continue
-            old, new = self.state.tasks[task_id], self.changed[task_id]
+            new = self.overlay[task_id]
             fields = {f: getattr(new, f) for f in _PLAN_FIELDS if getattr(new, f) != getattr(old, f)}
             if fields:
                 updates.append(TaskUpdate(id=task_id, at=self.now, **fields))  # type: ignore[arg-type]
         return ApplyPlan(
-            created=tuple(self.created.values()),
+            created=tuple(self.overlay[t] for t in self.created),
             updated=tuple(updates),
             deleted=tuple(sorted(self.deleted)),
             node_status=tuple(self.node_status),

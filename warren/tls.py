@@ -11,11 +11,9 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from warren.pki import Identity

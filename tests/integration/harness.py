@@ -63,12 +63,26 @@ class Manager:
     def start(self, timeout: float = 20.0) -> None:
         log = open(self.root / "manager.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "cluster", "init",
-             "--data-dir", str(self.data_dir),
-             "--listen-addr", self.addr,
-             "--raft-addr", f"127.0.0.1:{self.raft_port}",
-             "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *self.start_args],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.root,
+            [
+                sys.executable,
+                "-m",
+                "warren.cli.main",
+                "cluster",
+                "init",
+                "--data-dir",
+                str(self.data_dir),
+                "--listen-addr",
+                self.addr,
+                "--raft-addr",
+                f"127.0.0.1:{self.raft_port}",
+                "--metrics-addr",
+                f"127.0.0.1:{self.metrics_port}",
+                *self.start_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            cwd=self.root,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -100,7 +114,11 @@ class Manager:
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "warren.cli.main", *args],
-            capture_output=True, text=True, env=self.env(), timeout=timeout, cwd=self.root,
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=timeout,
+            cwd=self.root,
         )
 
     def cli_json(self, *args: str) -> object:
@@ -116,7 +134,7 @@ class Manager:
         return control_pb2_grpc.ControlStub(self.channel(creds_dir))
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

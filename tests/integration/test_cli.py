@@ -19,8 +19,24 @@ def _ps(manager: Manager, service: str, *extra: str) -> list[dict]:
 
 
 def test_service_lifecycle(manager: Manager) -> None:
-    create = manager.cli("service", "create", "web", "--image", "busybox:latest", "--replicas", "3",
-                         "--env", "GREETING=hi", "--label", "tier=front", "--", "httpd", "-f", "-p", "8080")
+    create = manager.cli(
+        "service",
+        "create",
+        "web",
+        "--image",
+        "busybox:latest",
+        "--replicas",
+        "3",
+        "--env",
+        "GREETING=hi",
+        "--label",
+        "tier=front",
+        "--",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    )
     assert create.returncode == 0, create.stderr
     # The CLI waited for convergence and said honestly how far tasks can get without an agent.
     assert "3 of 3 tasks assigned" in create.stderr
@@ -42,8 +58,9 @@ def test_service_lifecycle(manager: Manager) -> None:
     # Scale down: the newest tasks go first (all are equally far along here); between tasks
     # created in the same pass, the higher slot counts as newer.
     assert manager.cli("service", "scale", "web", "--replicas", "2").returncode == 0
-    live = wait_for(lambda: [t for t in _ps(manager, "web") if t["desired_state"] == "running"] or None,
-                    message="live tasks")
+    live = wait_for(
+        lambda: [t for t in _ps(manager, "web") if t["desired_state"] == "running"] or None, message="live tasks"
+    )
     assert sorted(int(t["slot"]) for t in live) == [1, 2]
 
     # An update replaces a task with one running the new spec version.
@@ -59,8 +76,9 @@ def test_service_lifecycle(manager: Manager) -> None:
 
 
 def test_pending_tasks_explain_why(manager: Manager) -> None:
-    result = manager.cli("service", "create", "zoned", "--image", "busybox", "--constraint", "node.labels.zone==b",
-                         "--detach")
+    result = manager.cli(
+        "service", "create", "zoned", "--image", "busybox", "--constraint", "node.labels.zone==b", "--detach"
+    )
     assert result.returncode == 0, result.stderr
     [task] = wait_for(lambda: [t for t in _ps(manager, "zoned") if t.get("message")], message="a pending reason")
     assert task["state"] == "pending"
@@ -77,8 +95,10 @@ def test_pending_tasks_explain_why(manager: Manager) -> None:
     # Draining the node moves its tasks off it; with no other node they wait, saying why.
     assert manager.cli("node", "update", "--availability", "drain", node["id"]).returncode == 0
     assert manager.cli_json("node", "inspect", node["id"])["availability"] == "drain"
-    wait_for(lambda: any(t["state"] == "pending" and "drain" in t["message"] for t in _ps(manager, "zoned")),
-             message="a pending task blaming the drain")
+    wait_for(
+        lambda: any(t["state"] == "pending" and "drain" in t["message"] for t in _ps(manager, "zoned")),
+        message="a pending task blaming the drain",
+    )
     assert manager.cli("node", "update", "--availability", "active", "--label-rm", "zone", node["id"]).returncode == 0
     assert "zone" not in manager.cli_json("node", "inspect", node["id"]).get("labels", {})
 
@@ -144,8 +164,12 @@ BAD_INPUT = [
 
 
 def test_bad_input_gives_clear_errors_and_leaves_state_unchanged(manager: Manager) -> None:
-    assert manager.cli("service", "create", "web", "--image", "busybox", "--replicas", "2",
-                       "--publish", "8080:80").returncode == 0
+    assert (
+        manager.cli(
+            "service", "create", "web", "--image", "busybox", "--replicas", "2", "--publish", "8080:80"
+        ).returncode
+        == 0
+    )
     before = manager.cli_json("service", "ls")
     for args, code, fragment in BAD_INPUT:
         result = manager.cli(*args)
@@ -167,8 +191,9 @@ def test_unreachable_manager_and_missing_credentials(manager: Manager, tmp_path:
     assert "cannot reach a manager" in unreachable.stderr and "Traceback" not in unreachable.stderr
 
     env = dict(manager.env(), WARREN_CONFIG=str(tmp_path / "nowhere.json"))
-    missing = subprocess.run([sys.executable, "-m", "warren.cli.main", "service", "ls"],
-                             capture_output=True, text=True, env=env, timeout=30)
+    missing = subprocess.run(
+        [sys.executable, "-m", "warren.cli.main", "service", "ls"], capture_output=True, text=True, env=env, timeout=30
+    )
     assert missing.returncode == 6
     assert "warren cluster init" in missing.stderr and "Traceback" not in missing.stderr
 
@@ -195,20 +220,39 @@ def test_node_goes_down_after_missed_heartbeats(tmp_path: Path, period: str) -> 
         manager.start()
         creds = _issue(manager, tmp_path / "w", "workerdown1", pki.ROLE_WORKER)
         worker = ScriptedWorker(manager, creds, "worker-down")
-        assert manager.cli("service", "create", "s", "--image", "busybox", "--replicas", "2",
-                           "--constraint", "node.role==worker", "--detach").returncode == 0
+        assert (
+            manager.cli(
+                "service",
+                "create",
+                "s",
+                "--image",
+                "busybox",
+                "--replicas",
+                "2",
+                "--constraint",
+                "node.role==worker",
+                "--detach",
+            ).returncode
+            == 0
+        )
         wait_for(lambda: len(worker.tasks) == 2, message="tasks on the worker")
         worker.close()  # stops heartbeating: down after 3 periods
         started = time.monotonic()
         node = wait_for(
-            lambda: next((n for n in manager.cli_json("node", "ls") if n["hostname"] == "worker-down"
-                          and n["status"] == "down"), None),
-            timeout=15, message="the silent worker to be marked down")
+            lambda: next(
+                (n for n in manager.cli_json("node", "ls") if n["hostname"] == "worker-down" and n["status"] == "down"),
+                None,
+            ),
+            timeout=15,
+            message="the silent worker to be marked down",
+        )
         assert time.monotonic() - started >= 2.0
         assert "heartbeat" in node.get("status_message", "")
         # Its tasks are orphaned and replaced by pending ones (no other worker to take them).
-        tasks = wait_for(lambda: [t for t in _ps(manager, "s", "--all") if t["state"] == "orphaned"] or None,
-                         message="orphaned tasks")
+        tasks = wait_for(
+            lambda: [t for t in _ps(manager, "s", "--all") if t["state"] == "orphaned"] or None,
+            message="orphaned tasks",
+        )
         assert len(tasks) == 2
         live = [t for t in _ps(manager, "s") if t["desired_state"] == "running"]
         assert len(live) == 2 and all(t["state"] == "pending" for t in live)

@@ -12,7 +12,9 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 
 
-def _writer(manager: Manager, prefix: str, start: int, acked: list[str], counter_acks: list[int], stop: threading.Event) -> None:
+def _writer(
+    manager: Manager, prefix: str, start: int, acked: list[str], counter_acks: list[int], stop: threading.Event
+) -> None:
     """Creates services and bumps a counter service until the manager dies; records what was
     acknowledged."""
     control = manager.control()
@@ -21,7 +23,8 @@ def _writer(manager: Manager, prefix: str, start: int, acked: list[str], counter
         i += 1
         try:
             control.CreateService(
-                cpb.CreateServiceRequest(spec=pb.ServiceSpec(name=f"{prefix}-{i}", image="busybox", replicas=0)), timeout=5
+                cpb.CreateServiceRequest(spec=pb.ServiceSpec(name=f"{prefix}-{i}", image="busybox", replicas=0)),
+                timeout=5,
             )
             acked.append(f"{prefix}-{i}")
             # Each update sets COUNTER=i and bumps the version by one; replaying an entry twice
@@ -46,7 +49,9 @@ def test_kill9_during_writes_keeps_every_acknowledged_write(manager: Manager) ->
         acked: list[str] = []
         counter_acks: list[int] = []
         stop = threading.Event()
-        writer = threading.Thread(target=_writer, args=(manager, f"round{_round}", counter_value, acked, counter_acks, stop))
+        writer = threading.Thread(
+            target=_writer, args=(manager, f"round{_round}", counter_value, acked, counter_acks, stop)
+        )
         writer.start()
         wait_for(lambda: len(counter_acks) >= 30, timeout=30, message="30 acknowledged writes")  # noqa: B023
         manager.kill()  # SIGKILL mid-stream

@@ -12,9 +12,8 @@ import pytest
 from tests.integration.harness import Manager, wait_for
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
-from warren.api.v1 import control_pb2_grpc
+from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 
 
@@ -49,7 +48,9 @@ def test_certificate_from_another_cluster_is_refused(manager: Manager, tmp_path:
     other = pki.CertificateAuthority.create("othercluster")
     cert, key = other.issue_keypair("intruder", pki.ROLE_ADMIN)
     ca_pem = (manager.data_dir / "certs" / "ca.pem").read_bytes()
-    channel = grpc.secure_channel(manager.addr, tls.channel_credentials(ca_pem, cert, key), options=tls.channel_options())
+    channel = grpc.secure_channel(
+        manager.addr, tls.channel_credentials(ca_pem, cert, key), options=tls.channel_options()
+    )
     with pytest.raises(grpc.RpcError) as err:
         control_pb2_grpc.ControlStub(channel).ListServices(cpb.ListServicesRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the TLS handshake fails
@@ -66,7 +67,8 @@ class ScriptedWorker:
         self._stream = self.stub.Session(
             dpb.SessionRequest(
                 description=dpb.NodeDescription(
-                    hostname=hostname, resources=pb.Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30),
+                    hostname=hostname,
+                    resources=pb.Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30),
                     labels={"zone": "b"},
                 )
             )
@@ -89,7 +91,9 @@ class ScriptedWorker:
 
     def report(self, task_id: str, state: str) -> None:
         self.stub.UpdateTaskStatus(
-            dpb.UpdateTaskStatusRequest(session_id=self.session_id, updates=[dpb.TaskStatus(task_id=task_id, state=state)]),
+            dpb.UpdateTaskStatusRequest(
+                session_id=self.session_id, updates=[dpb.TaskStatus(task_id=task_id, state=state)]
+            ),
             timeout=5,
         )
 
@@ -110,8 +114,18 @@ def test_scripted_worker_receives_pushed_assignments_and_reports_status(manager:
         assert nodes["worker-1"]["role"] == "worker"
 
         sent = time.monotonic()
-        result = manager.cli("service", "create", "web", "--image", "busybox", "--replicas", "2",
-                             "--constraint", "node.labels.zone==b", "--detach")
+        result = manager.cli(
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.labels.zone==b",
+            "--detach",
+        )
         assert result.returncode == 0, result.stderr
         wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
         pushed_at = next(t for t, m in worker.messages if m.updated)
@@ -135,8 +149,10 @@ def test_scripted_worker_receives_pushed_assignments_and_reports_status(manager:
 
         # Scaling down removes a task from the worker's set, pushed on the stream.
         assert manager.cli("service", "scale", "web=1", "--detach").returncode == 0
-        wait_for(lambda: any(t.desired_state == "shutdown" for t in worker.tasks.values()) or len(worker.tasks) < 2,
-                 message="scale-down pushed to the worker")
+        wait_for(
+            lambda: any(t.desired_state == "shutdown" for t in worker.tasks.values()) or len(worker.tasks) < 2,
+            message="scale-down pushed to the worker",
+        )
     finally:
         worker.close()
 

@@ -255,7 +255,7 @@ def apply_op(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[
     elif kind == "remove" and op[1] in nodes:
         sim.run(commands.RemoveNode(op[1], sim.now))
     elif kind == "add" and op[1] not in nodes:
-        sim.add_node(node(op[1], labels={"zone": op[2]}, cpus=2, mem_gb=4))
+        sim.add_node(node(op[1], labels={"zone": op[2]}, cpus=1, mem_gb=4))
     elif kind == "end":
         reachable = up_nodes(sim)
         candidates = sorted(
@@ -328,7 +328,7 @@ def check_invariants(sim: Sim, before: dict[str, Task], services: list[str]) -> 
 def new_sim() -> tuple[Sim, list[str]]:
     sim = Sim(ReconcileConfig(task_history_limit=2))
     for i, name in enumerate(NODE_NAMES[:4]):
-        sim.add_node(node(name, labels={"zone": ZONES[i % 3]}, cpus=2, mem_gb=4))
+        sim.add_node(node(name, labels={"zone": ZONES[i % 3]}, cpus=1, mem_gb=4))
     services = [
         sim.create_service(spec("web", replicas=3, restart=RESTART, cpus=0.5, mem_gb=1)),
         sim.create_service(spec("api", replicas=2, restart=RESTART, constraints=("node.labels.zone!=c",))),
@@ -384,3 +384,46 @@ def test_reconciler_invariants_and_convergence(steps: list[tuple]) -> None:  # t
         (t.service_id, t.slot if t.slot else t.node_id) for t in sim.state.tasks.values() if t.state.terminal
     )
     assert all(count <= 2 for count in per_slot.values()), per_slot
+
+
+node_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("avail"), st.sampled_from(NODE_NAMES), st.sampled_from(list(Availability))),
+        st.tuples(st.just("label"), st.sampled_from(NODE_NAMES), st.sampled_from([*ZONES, None])),
+        st.tuples(st.just("down"), st.sampled_from(NODE_NAMES)),
+        st.tuples(st.just("up"), st.sampled_from(NODE_NAMES)),
+        st.tuples(st.just("remove"), st.sampled_from(NODE_NAMES)),
+        st.tuples(st.just("add"), st.sampled_from(NODE_NAMES), st.sampled_from(ZONES)),
+        st.tuples(st.just("agents")),
+    ),
+    max_size=30,
+)
+
+
+@FAST
+@given(node_ops)
+def test_global_service_tracks_node_changes(steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    """After every pass, exactly the eligible nodes run the global service (paused nodes may keep
+    theirs), and no node that is drained, down, gone or unmatched keeps a live task."""
+    sim = Sim()
+    for i, name in enumerate(NODE_NAMES[:3]):
+        sim.add_node(node(name, labels={"zone": ZONES[i]}, cpus=2, mem_gb=4))
+    mon = sim.create_service(
+        spec("mon", mode=ServiceMode.GLOBAL, restart=RESTART, constraints=("node.labels.zone!=c",))
+    )
+    constraints = parse_constraints(("node.labels.zone!=c",))
+    for op in [("agents",), *steps]:
+        apply_op(sim, op, [mon, mon, mon])
+        sim.reconcile()
+        assert is_empty(sim.plan())
+        live = Counter(t.node_id for t in sim.state.service_tasks(mon) if is_live(t))
+        assert all(count == 1 for count in live.values()), live
+        nodes = sim.state.nodes
+        eligible = {n.id for n in nodes.values() if node_is_schedulable(n) and matches_all(constraints, n)}
+        allowed = {
+            n.id
+            for n in nodes.values()
+            if n.status != NodeStatus.DOWN and n.availability != Availability.DRAIN and matches_all(constraints, n)
+        }
+        assert eligible <= set(live) <= allowed, (op, eligible, live, allowed)
+        sim.tick()

@@ -114,7 +114,7 @@ def test_node_is_down_after_three_missed_heartbeat_periods() -> None:
     idle(sim)  # not reported again
 
 
-def test_tasks_on_a_down_node_are_orphaned_and_replaced_after_the_delay() -> None:
+def test_tasks_on_a_down_node_are_orphaned_and_replaced_without_backoff() -> None:
     policy = RestartPolicy(condition=RestartCondition.ON_FAILURE, delay=10.0)
     sim = cluster("n1", "n2")
     svc = sim.create_service(spec("web", replicas=2, restart=policy))
@@ -132,13 +132,8 @@ def test_tasks_on_a_down_node_are_orphaned_and_replaced_after_the_delay() -> Non
         TaskState.SHUTDOWN,
         "node down",
     )
-    assert not plan.created  # the restart delay counts from the moment it was orphaned
-    idle(sim)
-
-    sim.tick(10)
-    sim.heartbeats["n1"] = sim.now - 30
-    plan = sim.reconcile()
-    assert [(t.slot, t.node_id, t.attempt) for t in plan.created] == [(lost.slot, "n2", 1)]
+    # Losing the node is not the task's failure: replaced in the same pass, no attempt used.
+    assert [(t.slot, t.node_id, t.attempt) for t in plan.created] == [(lost.slot, "n2", 0)]
 
 
 def test_tasks_of_a_removed_node_are_replaced() -> None:
@@ -148,7 +143,7 @@ def test_tasks_of_a_removed_node_are_replaced() -> None:
     sim.agents_step()
     sim.run(commands.RemoveNode("n1", sim.now))
     plan = sim.reconcile()
-    assert [(t.node_id, t.attempt) for t in plan.created] == [("n2", 1)]
+    assert [(t.node_id, t.attempt) for t in plan.created] == [("n2", 0)]
     assert sorted(t.slot for t in sim.live(svc)) == [1, 2]
 
 
@@ -256,6 +251,16 @@ def test_a_dead_task_on_a_lost_node_keeps_its_verdict() -> None:
 # -- replicated: scale, drain, constraints ------------------------------------------------------------
 
 
+def test_scale_down_among_tasks_created_together_stops_the_highest_slots() -> None:
+    sim = cluster("n1")
+    svc = sim.create_service(spec("web", replicas=5))
+    sim.reconcile()  # all five are created in one pass, with one timestamp
+    sim.agents_step()
+    sim.scale(svc, 2)
+    sim.reconcile()
+    assert sorted(t.slot for t in sim.live(svc)) == [1, 2]
+
+
 def test_scale_down_stops_unstarted_then_newest() -> None:
     sim = cluster("n1", mem_gb=2)
     svc = sim.create_service(spec("web", replicas=2, mem_gb=1))
@@ -285,7 +290,7 @@ def test_scale_down_stops_unstarted_then_newest() -> None:
     assert any(t.state == TaskState.SHUTDOWN for t in stopped.values())  # the other pending one
     running_victim = next(t for t in stopped.values() if t.state == TaskState.RUNNING)
     assert running_victim.desired_state == TaskState.SHUTDOWN
-    assert running_victim.slot == 2  # both started together: the higher id goes
+    assert running_victim.slot == 2  # both started together: the higher slot goes
     idle(sim)
     sim.agents_step()
     assert [t.slot for t in sim.live(svc)] == [1]
@@ -604,6 +609,20 @@ def test_history_limit_zero_keeps_only_the_newest_task() -> None:
     assert [t.id for t in sim.tasks(svc)] == [second.id]
     sim.tick(5)
     assert [t.attempt for t in sim.reconcile().created] == [2]
+
+
+def test_lowering_the_history_limit_keeps_the_newest_dead_task() -> None:
+    sim = cluster("n1")
+    svc = sim.create_service(spec("web", restart=RestartPolicy(delay=0.0, max_attempts=2)))
+    for _ in range(3):
+        sim.converge()
+        sim.report(sim.running(svc)[0], TaskState.FAILED, exit_code=1)
+    idle(sim)  # max attempts reached
+    sim.config = ReconcileConfig(task_history_limit=0)
+    plan = sim.reconcile()
+    assert len(plan.deleted) == 2 and not plan.created
+    assert [t.attempt for t in sim.tasks(svc)] == [2]
+    idle(sim)
 
 
 def test_global_history_is_per_node() -> None:

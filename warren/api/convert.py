@@ -68,7 +68,9 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         restart=restart,
         health=health,
         ports=tuple(
-            model.PortConfig(target=p.target, published=p.published, protocol=p.protocol or "tcp", mode=p.mode or "ingress")
+            model.PortConfig(
+                target=p.target, published=p.published, protocol=p.protocol or "tcp", mode=p.mode or "ingress"
+            )
             for p in msg.ports
         ),
         labels=dict(msg.labels),
@@ -99,7 +101,9 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
             max_attempts=spec.restart.max_attempts,
             window=spec.restart.window,
         ),
-        ports=[pb.PortConfig(target=p.target, published=p.published, protocol=p.protocol, mode=p.mode) for p in spec.ports],
+        ports=[
+            pb.PortConfig(target=p.target, published=p.published, protocol=p.protocol, mode=p.mode) for p in spec.ports
+        ],
         labels=spec.labels,
         stop_grace_period=spec.stop_grace_period,
     )
@@ -119,7 +123,9 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
     return msg
 
 
-def service_to_pb(service: model.Service, desired: int = 0, running: int = 0) -> pb.Service:
+def service_to_pb(
+    service: model.Service, desired: int = 0, running: int = 0, with_previous: bool = True
+) -> pb.Service:
     msg = pb.Service(
         id=service.id,
         spec=spec_to_pb(service.spec),
@@ -129,7 +135,7 @@ def service_to_pb(service: model.Service, desired: int = 0, running: int = 0) ->
         desired_tasks=desired,
         running_tasks=running,
     )
-    if service.previous_spec is not None:
+    if with_previous and service.previous_spec is not None:
         msg.previous_spec.CopyFrom(spec_to_pb(service.previous_spec))
     return msg
 

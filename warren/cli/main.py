@@ -1,7 +1,7 @@
 """`warren` / `wrn`: the operator's command line. Parser, dispatch and the one error handler.
 
 Startup time matters (an operator types these all day): this module and the command modules
-import only the stdlib at load time. grpc, the protobuf stubs and rich load inside the handlers
+import only the stdlib at load time. grpc and the protobuf stubs load inside the handlers
 that need them, so --help and usage errors never pay for them.
 """
 

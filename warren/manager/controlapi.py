@@ -143,7 +143,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
         leader = self._raft.status().leader
         with self._store.read() as state:
             nodes = [
-                n for n in state.nodes.values()
+                n
+                for n in state.nodes.values()
                 if (not request.role or n.role.value == request.role)
                 and (not request.status or n.status.value == request.status)
             ]
@@ -171,9 +172,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         with self._store.read() as state:
             node = resolve_node(state, request.node)
         await self._propose(
-            commands.UpdateNode(
-                node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm)
-            )
+            commands.UpdateNode(node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm))
         )
         with self._store.read() as state:
             return convert.node_to_pb(state.nodes[node.id])
@@ -220,7 +219,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         with self._store.read() as state:
             services = sorted(state.services.values(), key=lambda s: s.spec.name)
             return cpb.ListServicesResponse(
-                services=[convert.service_to_pb(s, *self._counts(state, s)) for s in services]
+                services=[convert.service_to_pb(s, *self._counts(state, s), with_previous=False) for s in services]
             )
 
     async def GetService(self, request: cpb.GetServiceRequest, context: object) -> object:
@@ -277,4 +276,3 @@ class ControlService(control_pb2_grpc.ControlServicer):
             tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
         tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
         return cpb.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
-

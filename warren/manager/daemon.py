@@ -155,8 +155,9 @@ async def _serve(options: ManagerOptions) -> int:
         identity, ca = _first_start(options)
     else:
         identity = _load_identity(data)
-        ca = pki.CertificateAuthority.from_pem((data / "certs" / "ca.pem").read_bytes(),
-                                               (data / "ca-key.pem").read_bytes())
+        ca = pki.CertificateAuthority.from_pem(
+            (data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes()
+        )
     credentials = tls.load_credentials(data / "certs")
 
     loop = asyncio.get_running_loop()
@@ -175,9 +176,7 @@ async def _serve(options: ManagerOptions) -> int:
     heartbeats = Heartbeats()
     control = ControlService(store, raft)
     dispatcher = DispatcherService(store, raft, hub, heartbeats)
-    server, health = build_server(
-        identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher
-    )
+    server, health = build_server(identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher)
     await server.start()
     await health.set("", SERVING)
     if options.metrics_addr:
@@ -187,9 +186,12 @@ async def _serve(options: ManagerOptions) -> int:
 
     if first_start:
         _announce(options, identity, data, ca, store)
-    print(f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
-          f"(advertised {identity.advertise_addr}), Raft on {identity.raft_addr}"
-          + (f", metrics on http://{options.metrics_addr}/metrics" if options.metrics_addr else ""), flush=True)
+    print(
+        f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
+        f"(advertised {identity.advertise_addr}), Raft on {identity.raft_addr}"
+        + (f", metrics on http://{options.metrics_addr}/metrics" if options.metrics_addr else ""),
+        flush=True,
+    )
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -242,8 +244,9 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _announce(options: ManagerOptions, identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority,
-              store: Store) -> None:
+def _announce(
+    options: ManagerOptions, identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority, store: Store
+) -> None:
     admin = data / "admin"
     context = clientconfig.Context(
         name="default",

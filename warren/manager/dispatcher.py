@@ -73,7 +73,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _period(self, state: ClusterState) -> float:
         return state.cluster.heartbeat_period if state.cluster else 5.0
 
-    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:  # noqa: N802
+    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
         self._require_leader()
         identity = caller.get()
         desc = request.description
@@ -105,8 +105,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
                     managers = sorted(n.addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
                 yield dpb.AssignmentsMessage(
-                    type=dpb.AssignmentsMessage.COMPLETE, session_id=session_id, version=version,
-                    updated=tasks, managers=managers,
+                    type=dpb.AssignmentsMessage.COMPLETE,
+                    session_id=session_id,
+                    version=version,
+                    updated=tasks,
+                    managers=managers,
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
@@ -118,8 +121,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     updated, removed = self._diff(node.id, known, changes)
                     if updated or removed:
                         yield dpb.AssignmentsMessage(
-                            type=dpb.AssignmentsMessage.INCREMENTAL, session_id=session_id,
-                            applies_to=version, version=version + 1, updated=updated, removed=removed,
+                            type=dpb.AssignmentsMessage.INCREMENTAL,
+                            session_id=session_id,
+                            applies_to=version,
+                            version=version + 1,
+                            updated=updated,
+                            removed=removed,
                         )
                         version += 1
         finally:
@@ -142,7 +149,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 removed.append(change.id)
         return updated, removed
 
-    async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:  # noqa: N802
+    async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:
         self._require_leader()
         node_id = self._node_of(request.session_id)
         self._heartbeats.beat(node_id)
@@ -152,11 +159,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         if node is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, "this node was removed from the cluster")
         if node.status != NodeStatus.READY:
-            check_result(await self._raft.propose_async(
-                commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout))
+            check_result(
+                await self._raft.propose_async(
+                    commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout
+                )
+            )
         return dpb.HeartbeatResponse(period=period)
 
-    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:  # noqa: N802
+    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
         self._require_leader()
         node_id = self._node_of(request.session_id)
         updates = []

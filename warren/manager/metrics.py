@@ -15,22 +15,29 @@ from warren.model import NodeStatus, TaskState
 REGISTRY = CollectorRegistry()
 
 API_REQUESTS = Counter(
-    "warren_api_requests_total", "gRPC requests served, by method and status code", ["method", "code"],
+    "warren_api_requests_total",
+    "gRPC requests served, by method and status code",
+    ["method", "code"],
     registry=REGISTRY,
 )
 API_LATENCY = Histogram(
-    "warren_api_request_duration_seconds", "gRPC request latency, by method", ["method"],
+    "warren_api_request_duration_seconds",
+    "gRPC request latency, by method",
+    ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
 SCHEDULING_PASS = Histogram(
-    "warren_scheduler_pass_duration_seconds", "Time to compute one reconcile/scheduling pass",
+    "warren_scheduler_pass_duration_seconds",
+    "Time to compute one reconcile/scheduling pass",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
 SCHEDULING_CHANGES = Counter(
-    "warren_scheduler_changes_total", "Task creations, updates and deletions proposed by scheduling passes",
-    ["kind"], registry=REGISTRY,
+    "warren_scheduler_changes_total",
+    "Task creations, updates and deletions proposed by scheduling passes",
+    ["kind"],
+    registry=REGISTRY,
 )
 
 
@@ -67,8 +74,9 @@ class StateCollector(Collector):
         yield g
         yield GaugeMetricFamily("warren_raft_term", "Current Raft term", value=raft.term)
         yield GaugeMetricFamily("warren_raft_commit_index", "Raft commit index", value=raft.commit_index)
-        yield GaugeMetricFamily("warren_raft_applied_index", "Last Raft index applied to the store",
-                                value=raft.applied_index)
+        yield GaugeMetricFamily(
+            "warren_raft_applied_index", "Last Raft index applied to the store", value=raft.applied_index
+        )
 
 
 def serve(addr: str, collector: StateCollector) -> None:

@@ -48,7 +48,9 @@ _FAILURES = {
 }
 
 
-class _SnapshotFile(msgspec.Struct):
+class SnapshotFile(msgspec.Struct):
+    """The Raft snapshot file: the whole store plus what PySyncObj needs to resume its log."""
+
     state: Snapshot
     entries: list[tuple[bytes, int, int]]
     cluster: list[str]
@@ -83,7 +85,7 @@ class RaftNode(SyncObj):
             deserializer=self._read_snapshot,
             useFork=False,
             appendEntriesUseBatch=False,
-            autoTickPeriod=0.01,
+            autoTickPeriod=0.002,
             dynamicMembershipChange=True,
             connectionRetryTime=0.2,
             logCompactionMinEntries=20000,
@@ -116,7 +118,7 @@ class RaftNode(SyncObj):
     # -- snapshots ---------------------------------------------------------------------------
     def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
         last, previous, cluster = raft_data
-        snapshot = _SnapshotFile(
+        snapshot = SnapshotFile(
             state=self._store.dump(),
             entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
             cluster=sorted(node.id for node in cluster),
@@ -128,7 +130,7 @@ class RaftNode(SyncObj):
 
     def _read_snapshot(self, file_name: str) -> tuple:
         with open(file_name, "rb") as f:
-            snapshot = msgspec.msgpack.decode(f.read(), type=_SnapshotFile)
+            snapshot = msgspec.msgpack.decode(f.read(), type=SnapshotFile)
         if snapshot.state.applied_index > self._store.applied_index:
             self._store.restore(snapshot.state)  # a snapshot sent by the leader
         last, previous = (tuple(e) for e in snapshot.entries)

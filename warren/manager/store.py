@@ -109,8 +109,9 @@ class Store:
     def dump(self) -> Snapshot:
         with self._lock:
             s = self.state
-            return Snapshot(self.applied_index, s.cluster, list(s.nodes.values()), list(s.services.values()),
-                            list(s.tasks.values()))
+            return Snapshot(
+                self.applied_index, s.cluster, list(s.nodes.values()), list(s.services.values()), list(s.tasks.values())
+            )
 
     def restore(self, snapshot: Snapshot) -> None:
         """Replace everything with `snapshot` (a follower catching up from the leader's snapshot)."""

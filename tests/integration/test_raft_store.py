@@ -1,0 +1,117 @@
+"""The Raft node and its LMDB store in-process: log compaction, snapshots, restart and replay."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.integration.harness import free_port, wait_for
+from warren import commands
+from warren.manager.raft import RaftNode, SnapshotFile
+from warren.manager.store import Store, open_environment
+from warren.model import Service, ServiceSpec
+
+
+class Member:
+    def __init__(self, data: Path, port: int) -> None:
+        self.data = data
+        self.store = Store(open_environment(data / "db"))
+        self.raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", self.store)
+        assert self.raft.wait_leader(10)
+
+    def close(self) -> None:
+        self.raft.destroy()
+        # PySyncObj's destroy is asynchronous: wait for its thread to release the journal.
+        time.sleep(0.3)
+        self.store.env.close()
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def member(tmp_path: Path, port: int) -> Iterator[Member]:
+    m = Member(tmp_path / "a", port)
+    yield m
+    m.close()
+
+
+def _create(raft: RaftNode, i: int) -> commands.Result:
+    return raft.propose(commands.CreateService(Service(id=f"id{i}", spec=ServiceSpec(name=f"s{i}", image="x"))))
+
+
+def test_compaction_bounds_the_journal_and_restart_restores_everything(member: Member, port: int) -> None:
+    for i in range(200):
+        assert _create(member.raft, i).ok
+    journal_before = member.raft.getStatus()["log_len"]
+    assert journal_before >= 200
+    member.raft.forceLogCompaction()
+    wait_for(lambda: member.raft.getStatus()["log_len"] < 10, message="the journal to be compacted")
+    assert (member.data / "raft-snapshot").stat().st_size > 0
+    for i in range(200, 220):
+        assert _create(member.raft, i).ok
+    applied = member.store.applied_index
+    member.close()
+
+    again = Member(member.data, port)
+    try:
+        assert again.store.applied_index >= applied
+        assert sorted(again.store.state.services) == sorted(f"id{i}" for i in range(220))
+        assert _create(again.raft, 220).ok  # and it keeps working
+        assert len(again.store.state.services) == 221
+    finally:
+        again.close()
+        member.raft = again.raft  # the fixture's close() must not close twice
+        member.store = again.store
+        member.close = lambda: None  # type: ignore[method-assign]
+
+
+def test_snapshot_restores_an_empty_store(member: Member, tmp_path: Path) -> None:
+    """What a follower does with a snapshot sent by the leader: replace its state with it."""
+    for i in range(30):
+        assert _create(member.raft, i).ok
+    member.raft.forceLogCompaction()
+    wait_for(lambda: (member.data / "raft-snapshot").exists(), message="a snapshot file")
+    snapshot = msgspec.msgpack.decode((member.data / "raft-snapshot").read_bytes(), type=SnapshotFile)
+    assert len(snapshot.state.services) == 30
+    assert snapshot.cluster == [f"127.0.0.1:{member.raft.selfNode.port}"]
+
+    fresh = Store(open_environment(tmp_path / "fresh"))
+    seen: list = []
+    fresh.watch(lambda index, changes: seen.append((index, changes)))
+    fresh.restore(snapshot.state)
+    assert seen == [(snapshot.state.applied_index, None)]  # watchers are told to resynchronise
+    assert sorted(fresh.state.services) == sorted(member.store.state.services)
+    fresh.env.close()
+    reopened = Store(open_environment(tmp_path / "fresh"))  # and it was persisted
+    assert reopened.applied_index == snapshot.state.applied_index
+    assert reopened.state.service_by_name("s7") is not None
+    reopened.env.close()
+
+
+def test_a_failing_command_is_an_error_result_not_a_wedged_log(member: Member) -> None:
+    assert _create(member.raft, 1).ok
+    duplicate = _create(member.raft, 1)
+    assert not duplicate.ok and duplicate.code == "already_exists"
+    assert _create(member.raft, 2).ok  # the log moves on
+
+
+def test_replay_after_restart_skips_applied_entries(member: Member, port: int) -> None:
+    for i in range(20):
+        assert _create(member.raft, i).ok
+    applied = member.store.applied_index
+    member.close()
+    again = Member(member.data, port)
+    try:
+        # The journal still holds every entry: PySyncObj replays them, the store skips them.
+        assert again.store.applied_index == applied or again.store.applied_index == applied + 1
+        assert len(again.store.state.services) == 20
+    finally:
+        again.close()
+        member.close = lambda: None  # type: ignore[method-assign]
