@@ -4,7 +4,7 @@ PIP ?= $(PYTHON) -m pip
 PROTOS := $(wildcard proto/warren/api/v1/*.proto)
 STAMP := .install.stamp
 
-.PHONY: install proto test test-unit test-integration lint bench demo demo-stop chaos clean
+.PHONY: install proto test test-unit test-integration lint bench demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -27,6 +27,7 @@ test-integration: install
 lint: install
 	$(PYTHON) -m ruff check warren tests bench cmd chaos
 	lint-imports
+	$(PYTHON) -m ruff format --check warren tests bench cmd chaos
 
 bench: install
 	$(PYTHON) -m bench.run

@@ -45,8 +45,9 @@ def run() -> dict[str, object]:
     from warren.api.v1 import types_pb2 as tpb
 
     def create(stub, name: str, replicas: int) -> None:
-        stub.CreateService(cpb.CreateServiceRequest(spec=tpb.ServiceSpec(name=name, image=IMAGE, replicas=replicas)),
-                           timeout=TIMEOUT)
+        stub.CreateService(
+            cpb.CreateServiceRequest(spec=tpb.ServiceSpec(name=name, image=IMAGE, replicas=replicas)), timeout=TIMEOUT
+        )
 
     results: dict[str, object] = {"name": "api"}
     figures: list[dict[str, object]] = []
@@ -87,8 +88,10 @@ def run() -> dict[str, object]:
 
             # 3. Reads with N_WRITES services in the store.
             names = list(replicas_of)
-            get_lat = [_timed(stub.GetService, cpb.GetServiceRequest(service=names[(i * 7) % len(names)]))
-                       for i in range(N_READS)]
+            get_lat = [
+                _timed(stub.GetService, cpb.GetServiceRequest(service=names[(i * 7) % len(names)]))
+                for i in range(N_READS)
+            ]
             list_req = cpb.ListServicesRequest()
             listed = len(stub.ListServices(list_req, timeout=TIMEOUT).services)
             list_lat = [_timed(stub.ListServices, list_req) for _ in range(N_READS)]
@@ -114,14 +117,19 @@ def run() -> dict[str, object]:
         figure("GetService p50", results["get_service"]["p50_ms"], "ms"),
         figure("GetService p99", results["get_service"]["p99_ms"], "ms", READ_P99_GOAL_MS, "<="),
         figure(f"ListServices p50 ({listed} services)", results["list_services"]["p50_ms"], "ms"),
-        figure(f"ListServices p99 ({listed} services)", results["list_services"]["p99_ms"], "ms",
-               READ_P99_GOAL_MS, "<="),
-        figure("`warren service ls` median wall time", results["cli"]["service_ls"]["median_ms"], "ms",
-               CLI_GOAL_MS, "<"),
+        figure(
+            f"ListServices p99 ({listed} services)", results["list_services"]["p99_ms"], "ms", READ_P99_GOAL_MS, "<="
+        ),
+        figure(
+            "`warren service ls` median wall time", results["cli"]["service_ls"]["median_ms"], "ms", CLI_GOAL_MS, "<"
+        ),
         figure("`warren service ls -q` median (no table)", results["cli"]["service_ls_quiet"]["median_ms"], "ms"),
         figure("`warren --help` median (startup only)", results["cli"]["help"]["median_ms"], "ms"),
-        figure(f"Concurrent CreateService ({CONCURRENT_THREADS} threads)",
-               results["concurrent_create"]["commits_per_s"], "commits/s"),
+        figure(
+            f"Concurrent CreateService ({CONCURRENT_THREADS} threads)",
+            results["concurrent_create"]["commits_per_s"],
+            "commits/s",
+        ),
         figure("Concurrent CreateService p99", results["concurrent_create"]["latency"]["p99_ms"], "ms"),
     ]
     results["figures"] = figures
@@ -147,8 +155,11 @@ def _cli_times(manager) -> dict[str, object]:
         return elapsed * 1000
 
     out: dict[str, object] = {"runs": CLI_RUNS, "bytecode_cache": True}
-    for key, args in (("service_ls", ["service", "ls"]), ("service_ls_quiet", ["service", "ls", "-q"]),
-                      ("help", ["--help"])):
+    for key, args in (
+        ("service_ls", ["service", "ls"]),
+        ("service_ls_quiet", ["service", "ls", "-q"]),
+        ("help", ["--help"]),
+    ):
         once(args)  # warm-up: page cache, bytecode cache
         runs = [once(args) for _ in range(CLI_RUNS)]
         out[key] = {

@@ -66,21 +66,23 @@ def run() -> dict[str, object]:
             channel.close()
 
     mb = lambda kib: round(kib / 1024, 1)  # noqa: E731
-    results.update({
-        "pid_children": len(children),
-        "tasks_in_store": info.tasks,
-        "tasks_assigned": assigned,
-        "create_seconds": round(created, 3),
-        "converge_seconds": round(converged, 3),
-        "converge_after_last_create_seconds": round(converged - created, 3),
-        "polls": polls,
-        "rss_before_mib": mb(before["VmRSS"]),
-        "rss_after_mib": mb(after["VmRSS"]),
-        "rss_settled_mib": mb(settled["VmRSS"]),
-        "rss_anon_settled_mib": mb(settled.get("RssAnon", 0)),
-        "rss_peak_mib": mb(settled["VmHWM"]),
-        "rss_per_task_kib": round((settled["VmRSS"] - before["VmRSS"]) / TARGET, 2),
-    })
+    results.update(
+        {
+            "pid_children": len(children),
+            "tasks_in_store": info.tasks,
+            "tasks_assigned": assigned,
+            "create_seconds": round(created, 3),
+            "converge_seconds": round(converged, 3),
+            "converge_after_last_create_seconds": round(converged - created, 3),
+            "polls": polls,
+            "rss_before_mib": mb(before["VmRSS"]),
+            "rss_after_mib": mb(after["VmRSS"]),
+            "rss_settled_mib": mb(settled["VmRSS"]),
+            "rss_anon_settled_mib": mb(settled.get("RssAnon", 0)),
+            "rss_peak_mib": mb(settled["VmHWM"]),
+            "rss_per_task_kib": round((settled["VmRSS"] - before["VmRSS"]) / TARGET, 2),
+        }
+    )
     results["figures"] = [
         figure("Manager RSS, idle", results["rss_before_mib"], "MiB"),
         figure(f"Manager RSS with {TARGET:,} tasks", results["rss_settled_mib"], "MiB", RSS_GOAL_MIB, "<="),

@@ -48,8 +48,14 @@ def figure(name: str, value: float, unit: str, goal: float | None = None, op: st
     met: bool | None = None
     if goal is not None:
         met = {"<=": value <= goal, "<": value < goal, ">=": value >= goal, ">": value > goal}[op]
-    return {"name": name, "value": value, "unit": unit, "goal": goal, "op": op if goal is not None else None,
-            "met": met}
+    return {
+        "name": name,
+        "value": value,
+        "unit": unit,
+        "goal": goal,
+        "op": op if goal is not None else None,
+        "met": met,
+    }
 
 
 def machine_info() -> dict[str, object]:
@@ -83,10 +89,16 @@ def _memory_mb() -> int | None:
 
 def _git_info() -> dict[str, object]:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"git_commit": commit or None, "git_dirty": bool(dirty)}

@@ -34,8 +34,15 @@ def figures_of(result: dict[str, object]) -> list[dict[str, object]]:
         return list(result["figures"])  # type: ignore[arg-type]
     out = []
     for case in result.get("cases", []):  # type: ignore[union-attr]
-        out.append(figure(f"Placements/s, {case['tasks']:,} tasks / {case['nodes']:,} nodes",
-                          case["placements_per_s"], "/s", case.get("goal_per_s"), ">="))
+        out.append(
+            figure(
+                f"Placements/s, {case['tasks']:,} tasks / {case['nodes']:,} nodes",
+                case["placements_per_s"],
+                "/s",
+                case.get("goal_per_s"),
+                ">=",
+            )
+        )
     return out
 
 
@@ -93,8 +100,12 @@ def print_summary(results: dict[str, dict[str, object]], failures: dict[str, str
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python3 -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--only", action="append", metavar="NAME[,NAME]",
-                        help=f"run only these benchmarks (of: {', '.join(BENCHMARKS)}); repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME[,NAME]",
+        help=f"run only these benchmarks (of: {', '.join(BENCHMARKS)}); repeatable",
+    )
     parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     args = parser.parse_args(argv)

@@ -82,6 +82,7 @@ def peer_identity(context: grpc.ServicerContext | Any) -> Identity | None:
     """The verified caller of an RPC, or None (no client cert, or a cert without a Warren identity).
     Works for grpc and grpc.aio servicer contexts; the handshake already checked the chain."""
     from warren.pki import PkiError, identity_of
+
     try:
         pems = context.auth_context().get("x509_pem_cert")
     except (AttributeError, ValueError):
@@ -125,6 +126,7 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
     """Read the three files back; a missing file raises MissingCredentialsError naming it, and a
     key that does not belong to the cert raises PkiError."""
     from warren.pki import PkiError, key_matches_cert
+
     path = Path(directory)
     found = {}
     for name in (CA_FILE, CERT_FILE, KEY_FILE):

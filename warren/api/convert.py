@@ -123,9 +123,7 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
     return msg
 
 
-def service_to_pb(
-    service: model.Service, desired: int = 0, running: int = 0, with_previous: bool = True
-) -> pb.Service:
+def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, with_previous: bool = True) -> pb.Service:
     msg = pb.Service(
         id=service.id,
         spec=spec_to_pb(service.spec),

@@ -29,8 +29,12 @@ def register(groups: Any) -> None:
     p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
     p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
-    p.add_argument("--heartbeat-period", type=value_type(units.parse_duration), metavar="DURATION",
-                   help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)")
+    p.add_argument(
+        "--heartbeat-period",
+        type=value_type(units.parse_duration),
+        metavar="DURATION",
+        help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
