@@ -176,3 +176,13 @@ def test_dispatcher_validates_input(manager: Manager, tmp_path: Path) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         worker.close()
+
+
+def test_standard_health_service_answers_serving(manager: Manager, tmp_path: Path) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    worker = _issue(manager, tmp_path / "worker", "healthprobe", pki.ROLE_WORKER)
+    for creds in (None, worker):  # admins and nodes may both probe it
+        stub = health_pb2_grpc.HealthStub(manager.channel(creds))
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING

@@ -2,11 +2,13 @@
 
 Data directory layout (everything a manager needs to resume after kill -9):
     manager.json   this manager's identity and addresses, written before the cluster exists
-    raft.secret    the cluster secret that encrypts and authenticates Raft traffic (0600)
+    raft.secret    the cluster secret that encrypts and authenticates Raft traffic
+    ca-key.pem     the cluster CA key (also replicated in the state, for other managers)
     certs/         this manager's CA, certificate and key
     admin/         the admin client credentials created at init (the CLI's context points here)
     db/            LMDB: Raft journal and cluster state
     raft-snapshot  the latest Raft snapshot (log compaction)
+The directory and every secret in it are owner-only (0700/0600).
 """
 
 from __future__ import annotations
@@ -145,9 +147,10 @@ def run(options: ManagerOptions) -> int:
 async def _serve(options: ManagerOptions) -> int:
     data = options.data_dir
     try:
-        data.mkdir(parents=True, exist_ok=True)
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        data.chmod(0o700)  # it holds the CA key and the Raft secret
     except OSError as exc:
-        raise StartupError(f"cannot create data directory {data}: {exc.strerror}") from None
+        raise StartupError(f"cannot use data directory {data}: {exc.strerror}") from None
     if not 0.1 <= options.heartbeat_period <= 3600:
         raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()

@@ -85,7 +85,7 @@ class RaftNode(SyncObj):
             deserializer=self._read_snapshot,
             useFork=False,
             appendEntriesUseBatch=False,
-            autoTickPeriod=0.002,
+            autoTickPeriod=0.005,
             dynamicMembershipChange=True,
             connectionRetryTime=0.2,
             logCompactionMinEntries=20000,
@@ -123,7 +123,8 @@ class RaftNode(SyncObj):
             entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
             cluster=sorted(node.id for node in cluster),
         )
-        with open(file_name, "wb") as f:
+        fd = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the CA key
+        with os.fdopen(fd, "wb") as f:
             f.write(msgspec.msgpack.encode(snapshot))
             f.flush()
             os.fsync(f.fileno())

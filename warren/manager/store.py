@@ -40,8 +40,9 @@ class Snapshot(msgspec.Struct, frozen=True):
 
 
 def open_environment(path: Path) -> lmdb.Environment:
-    path.mkdir(parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, sync=True, metasync=True)
+    """The manager's LMDB environment. Owner-only: the state holds the cluster CA key."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, sync=True, metasync=True, mode=0o600)
 
 
 class Store:
