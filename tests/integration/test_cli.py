@@ -264,6 +264,10 @@ def test_node_goes_down_after_missed_heartbeats(tmp_path: Path, period: str) -> 
 def test_secrets_on_disk_are_owner_only(manager: Manager) -> None:
     """The data directory holds the CA key (in files, the LMDB state and snapshots)."""
     assert manager.data_dir.stat().st_mode & 0o077 == 0
-    for path in [manager.data_dir / "ca-key.pem", manager.data_dir / "raft.secret",
-                 manager.data_dir / "admin" / "key.pem", *(manager.data_dir / "db").iterdir()]:
+    for path in [
+        manager.data_dir / "ca-key.pem",
+        manager.data_dir / "raft.secret",
+        manager.data_dir / "admin" / "key.pem",
+        *(manager.data_dir / "db").iterdir(),
+    ]:
         assert path.stat().st_mode & 0o077 == 0, path

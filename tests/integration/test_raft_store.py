@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,8 @@ import pytest
 
 from tests.integration.harness import free_port, wait_for
 from warren import commands
-from warren.manager.raft import RaftNode, SnapshotFile
+from warren.manager import journal
+from warren.manager.raft import RaftNode, RaftStartError, SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 
@@ -24,9 +24,7 @@ class Member:
         assert self.raft.wait_leader(10)
 
     def close(self) -> None:
-        self.raft.destroy()
-        # PySyncObj's destroy is asynchronous: wait for its thread to release the journal.
-        time.sleep(0.3)
+        self.raft.destroy_synchronous()  # its thread must be gone before the journal closes
         self.store.env.close()
 
 
@@ -115,3 +113,48 @@ def test_replay_after_restart_skips_applied_entries(member: Member, port: int) -
     finally:
         again.close()
         member.close = lambda: None  # type: ignore[method-assign]
+
+
+def test_crash_between_snapshot_and_journal_trim_loses_nothing(
+    member: Member, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PySyncObj renames the snapshot, then trims the journal a tick later: a crash in between
+    used to make it clear the journal and silently skip every new write after the restart."""
+    for i in range(30):
+        assert _create(member.raft, i).ok
+    monkeypatch.setattr(journal.LmdbJournal, "deleteEntriesTo", lambda self, entry_to: None)  # "crash" first
+    member.raft.forceLogCompaction()
+    wait_for(lambda: (member.data / "raft-snapshot").exists(), message="a snapshot file")
+    for i in range(30, 40):
+        assert _create(member.raft, i).ok
+    member.close()
+    monkeypatch.undo()
+
+    again = Member(member.data, port)
+    try:
+        assert len(again.store.state.services) == 40
+        for i in range(40, 45):
+            assert _create(again.raft, i).ok, "a write after the restart was skipped"
+        assert len(again.store.state.services) == 45
+    finally:
+        again.close()
+        member.close = lambda: None  # type: ignore[method-assign]
+
+
+def test_refuses_to_start_when_the_log_is_behind_the_state(tmp_path: Path, port: int) -> None:
+    data = tmp_path / "m"
+    m = Member(data, port)
+    for i in range(5):
+        assert _create(m.raft, i).ok
+    m.close()
+    env = open_environment(data / "db")
+    raft_log = env.open_db(b"raft_log")
+    with env.begin(write=True) as txn:
+        txn.drop(raft_log, delete=False)  # the log lost what the state applied
+    env.close()
+    store = Store(open_environment(data / "db"))
+    try:
+        with pytest.raises(RaftStartError, match="refusing to start"):
+            RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", store)
+    finally:
+        store.env.close()

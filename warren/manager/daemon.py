@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.orchestrator import Orchestrator
-from warren.manager.raft import RaftNode
+from warren.manager.raft import RaftNode, RaftStartError
 from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources
@@ -155,6 +156,12 @@ async def _serve(options: ManagerOptions) -> int:
         raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()
     if first_start:
+        # Find a taken port now, before anything is written, not half-way through init.
+        planned = _plan_identity(options)
+        for flag, addr in (("--listen-addr", planned.listen_addr), ("--raft-addr", planned.raft_bind_addr),
+                           ("--metrics-addr", options.metrics_addr)):
+            if addr:
+                _check_bindable(flag, addr)
         identity, ca = _first_start(options)
     else:
         identity = _load_identity(data)
@@ -168,7 +175,11 @@ async def _serve(options: ManagerOptions) -> int:
     store = Store(open_environment(data / "db"))
     store.watch(hub.publish)
     secret = (data / "raft.secret").read_text().strip()
-    raft = RaftNode(identity.raft_addr, identity.peers, data, secret, store, bind_addr=identity.raft_bind_addr)
+    try:
+        raft = RaftNode(identity.raft_addr, identity.peers, data, secret, store, bind_addr=identity.raft_bind_addr)
+    except RaftStartError as exc:
+        store.env.close()
+        raise StartupError(str(exc)) from None
 
     if store.state.cluster is None:
         if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
@@ -179,16 +190,23 @@ async def _serve(options: ManagerOptions) -> int:
     heartbeats = Heartbeats()
     control = ControlService(store, raft)
     dispatcher = DispatcherService(store, raft, hub, heartbeats)
-    server, health = build_server(identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher)
+    try:
+        server, health = build_server(
+            identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher
+        )
+        if options.metrics_addr:
+            metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status))
+    except OSError as exc:
+        raft.destroy_synchronous()
+        store.env.close()
+        raise StartupError(f"cannot listen: {exc}") from None
     await server.start()
-    await health.set("", SERVING)
-    if options.metrics_addr:
-        metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status))
+    health_watch = asyncio.create_task(_track_health(raft, health))
     orchestrator = Orchestrator(store, raft, hub, heartbeats, identity.node_id)
     orchestration = asyncio.create_task(orchestrator.run())
 
-    if first_start:
-        _announce(options, identity, data, ca, store)
+    if first_start or not clientconfig.config_path().exists():
+        _announce(identity, data, ca, store)
     print(
         f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
         f"(advertised {identity.advertise_addr}), Raft on {identity.raft_addr}"
@@ -201,11 +219,35 @@ async def _serve(options: ManagerOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    health_watch.cancel()
     await health.set("", NOT_SERVING)
     orchestration.cancel()
     await server.stop(grace=2.0)
-    raft.destroy()
+    await asyncio.to_thread(raft.destroy_synchronous)
+    store.env.close()
     return 0
+
+
+async def _track_health(raft: RaftNode, health: object) -> None:
+    """The gRPC health service says SERVING only while a Raft leader is known: without one,
+    this manager can answer reads but no write would commit."""
+    serving = None
+    while True:
+        has_leader = bool(raft.status().leader)
+        if has_leader != serving:
+            await health.set("", SERVING if has_leader else NOT_SERVING)  # type: ignore[attr-defined]
+            serving = has_leader
+        await asyncio.sleep(0.5)
+
+
+def _check_bindable(flag: str, addr: str) -> None:
+    host, port = _split(addr, flag)
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {addr} ({flag}): {exc.strerror}") from None
 
 
 async def _init_cluster(
@@ -247,9 +289,7 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _announce(
-    options: ManagerOptions, identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority, store: Store
-) -> None:
+def _announce(identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority, store: Store) -> None:
     admin = data / "admin"
     context = clientconfig.Context(
         name="default",

@@ -8,7 +8,9 @@ the journal by position on every tick; log compaction keeps that list short.
 
 from __future__ import annotations
 
+import os
 import struct
+from pathlib import Path
 
 import lmdb
 from pysyncobj import journal as pysyncobj_journal
@@ -23,8 +25,9 @@ Entry = tuple[bytes, int, int]  # (command, raft index, term), PySyncObj's shape
 
 
 class LmdbJournal(pysyncobj_journal.Journal):
-    def __init__(self, env: lmdb.Environment) -> None:
+    def __init__(self, env: lmdb.Environment, data_dir: Path) -> None:
         self._env = env
+        self._data_dir = data_dir
         self._log = env.open_db(b"raft_log")
         self._meta = env.open_db(b"raft_meta")
         self._entries: list[Entry] = []
@@ -109,14 +112,42 @@ class LmdbJournal(pysyncobj_journal.Journal):
             self._commit_index_saved = True
 
 
-def install(env: lmdb.Environment) -> None:
-    """Make the next SyncObj created in this process use an LmdbJournal on `env`.
+    def first_index(self) -> int:
+        return self._entries[0][1] if self._entries else 0
+
+    def last_index(self) -> int:
+        return self._entries[-1][1] if self._entries else 0
+
+    def align_to_snapshot(self, previous: Entry, last: Entry) -> None:
+        """Finish a compaction a crash interrupted.
+
+        PySyncObj renames the snapshot in one tick and trims the journal in a later one. If the
+        process dies in between, it finds a journal that does not start with the snapshot's two
+        entries and *clears* it, dropping every entry after the snapshot, although the store
+        has applied them. Trimming the journal to start at the snapshot first avoids that."""
+        positions = [i for i, entry in enumerate(self._entries) if entry[1] == previous[1]]
+        if positions and positions[0] > 0:
+            i = positions[0]
+            if self._entries[i] == previous and i + 1 < len(self._entries) and self._entries[i + 1] == last:
+                self.deleteEntriesTo(i)
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def install(journal: LmdbJournal) -> None:
+    """Make the next SyncObj created in this process use `journal`.
 
     PySyncObj has no journal hook: SyncObj.__init__ calls the module-level createJournal(path),
     so it is replaced for the duration of the constructor (see RaftNode)."""
 
     def create(_journal_file: str | None = None) -> LmdbJournal:
-        return LmdbJournal(env)
+        return journal
 
     pysyncobj_syncobj.createJournal = create  # type: ignore[attr-defined]
 

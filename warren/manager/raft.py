@@ -67,6 +67,10 @@ class RaftStatus:
     peers: dict[str, bool]  # raft address -> connected
 
 
+class RaftStartError(Exception):
+    """The Raft node cannot start safely; str() says why."""
+
+
 class RaftNode(SyncObj):
     def __init__(
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
@@ -84,6 +88,11 @@ class RaftNode(SyncObj):
             serializer=self._write_snapshot,
             deserializer=self._read_snapshot,
             useFork=False,
+            # Fail a write at once when there is no leader, instead of queueing it past the
+            # client's deadline and applying it after the client was told it failed.
+            commandsWaitLeader=False,
+            bindRetryTime=0.25,
+            maxBindRetries=8,
             appendEntriesUseBatch=False,
             autoTickPeriod=0.005,
             dynamicMembershipChange=True,
@@ -92,11 +101,18 @@ class RaftNode(SyncObj):
             logCompactionMinTime=600,
             onStateChanged=self._on_state_changed,
         )
-        journal.install(store.env)
+        log = journal.LmdbJournal(store.env, data_dir)
+        _check_log_against_store(log, data_dir / "raft-snapshot", store)
+        journal.install(log)
         try:
             super().__init__(self_addr, peers, conf)
         finally:
             journal.uninstall()
+        try:
+            self.waitBinded()
+        except Exception:
+            self.destroy()
+            raise RaftStartError(f"cannot listen for Raft on {bind_addr or self_addr}: address in use?") from None
 
     # -- the FSM -----------------------------------------------------------------------------
     @replicated
@@ -198,7 +214,15 @@ class RaftNode(SyncObj):
         return self._leader_event.wait(timeout)
 
     def status(self) -> RaftStatus:
-        raw = self.getStatus()
+        # getStatus walks PySyncObj's dicts, which its thread may be resizing: retry if so.
+        for _ in range(5):
+            try:
+                raw = self.getStatus()
+                break
+            except RuntimeError:
+                continue
+        else:
+            raw = self.getStatus()
         peers = {
             key.removeprefix("partner_node_status_server_"): value == 2
             for key, value in raw.items()
@@ -213,4 +237,21 @@ class RaftNode(SyncObj):
             applied_index=self._store.applied_index,
             has_quorum=bool(raw["has_quorum"]),
             peers=peers,
+        )
+
+
+def _check_log_against_store(log: journal.LmdbJournal, snapshot_path: Path, store: Store) -> None:
+    """Repair an interrupted compaction, then refuse to start if the log no longer reaches
+    what the store applied: skipping "already applied" indexes would then drop new writes."""
+    snapshot_index = 0
+    if snapshot_path.exists():
+        snapshot = msgspec.msgpack.decode(snapshot_path.read_bytes(), type=SnapshotFile)
+        last, previous = (tuple(e) for e in snapshot.entries)
+        log.align_to_snapshot(previous, last)  # type: ignore[arg-type]
+        snapshot_index = last[1]
+    log_end = max(log.last_index(), snapshot_index)
+    if store.applied_index > log_end:
+        raise RaftStartError(
+            f"the state has applied Raft entry {store.applied_index} but the log ends at {log_end}; "
+            "refusing to start rather than lose writes (restore this manager from a healthy peer)"
         )

@@ -9,6 +9,7 @@ power loss, not only kill -9.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,6 +20,8 @@ import msgspec
 
 from warren.model import ClusterInfo, Node, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
+
+log = logging.getLogger(__name__)
 
 MAP_SIZE = 8 << 30  # address space only; the file grows as needed
 _KIND_TYPES: dict[Kind, type] = {"cluster": ClusterInfo, "node": Node, "service": Service, "task": Task}
@@ -88,24 +91,32 @@ class Store:
 
     # -- writes (Raft apply thread only) -----------------------------------------------------
     def commit(self, index: int, changes: list[Change]) -> None:
-        self._write(index, changes)
-        for watcher in self._watchers:
-            watcher(index, changes)
-
-    def _write(self, index: int, changes: list[Change]) -> None:
+        """Persist, then notify. Only a failure to persist propagates: once the data is on
+        disk, a watcher's failure (say, at shutdown) must not look like a broken disk."""
         with self.env.begin(write=True) as txn:
-            for change in changes:
-                db = self._dbs[change.kind]
-                if isinstance(change, Put):
-                    key = object_key(change.kind, change.obj).encode()
-                    txn.put(key, self._encoder.encode(change.obj), db=db)
-                else:
-                    key = (CLUSTER_KEY if change.kind == "cluster" else change.id).encode()
-                    txn.delete(key, db=db)
-            txn.put(_APPLIED_KEY, str(index).encode(), db=self._meta)
+            self._put_changes(txn, index, changes)
         with self._lock:
             self.state.apply(changes)
             self.applied_index = index
+        self._notify(index, changes)
+
+    def _put_changes(self, txn: lmdb.Transaction, index: int, changes: list[Change]) -> None:
+        for change in changes:
+            db = self._dbs[change.kind]
+            if isinstance(change, Put):
+                key = object_key(change.kind, change.obj).encode()
+                txn.put(key, self._encoder.encode(change.obj), db=db)
+            else:
+                key = (CLUSTER_KEY if change.kind == "cluster" else change.id).encode()
+                txn.delete(key, db=db)
+        txn.put(_APPLIED_KEY, str(index).encode(), db=self._meta)
+
+    def _notify(self, index: int, changes: list[Change] | None) -> None:
+        for watcher in self._watchers:
+            try:
+                watcher(index, changes)
+            except Exception:
+                log.exception("state watcher failed")
 
     def dump(self) -> Snapshot:
         with self._lock:
@@ -115,17 +126,20 @@ class Store:
             )
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Replace everything with `snapshot` (a follower catching up from the leader's snapshot)."""
-        with self.env.begin(write=True) as txn:
-            for db in self._dbs.values():
-                txn.drop(db, delete=False)
+        """Replace everything with `snapshot` (a follower catching up from the leader's
+        snapshot), in one transaction: no reader ever sees a half-empty cluster."""
         changes: list[Change] = [Put("node", n) for n in snapshot.nodes]
         changes += [Put("service", s) for s in snapshot.services]
         changes += [Put("task", t) for t in snapshot.tasks]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
+        state = ClusterState()
+        state.apply(changes)
+        with self.env.begin(write=True) as txn:
+            for db in self._dbs.values():
+                txn.drop(db, delete=False)
+            self._put_changes(txn, snapshot.applied_index, changes)
         with self._lock:
-            self.state = ClusterState()
-        self._write(snapshot.applied_index, changes)
-        for watcher in self._watchers:
-            watcher(snapshot.applied_index, None)
+            self.state = state
+            self.applied_index = snapshot.applied_index
+        self._notify(snapshot.applied_index, None)

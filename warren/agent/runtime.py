@@ -1,0 +1,106 @@
+"""The runtime port: the narrow interface every driver (containerd, exec) implements.
+
+Like SwarmKit's executor, one call advances a container one step. Calls block and are
+thread-safe; the agent runs them off its event loop. Every container a driver creates carries
+the labels in `ContainerSpec.labels` (at least `warren.task.id`), so that an agent restarted
+after kill -9 can find and re-adopt what it had running (`list`).
+
+Output: a driver sends the container's stdout and stderr, interleaved, to `spec.log_path`
+(a regular file the driver creates). The agent reads logs from that file, so log streaming does
+not depend on the driver.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Protocol
+
+import msgspec
+
+from warren.model import Resources
+
+TASK_LABEL = "warren.task.id"
+SERVICE_LABEL = "warren.service.name"
+
+
+class ContainerState(enum.Enum):
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    UNKNOWN = "unknown"
+
+
+class ContainerSpec(msgspec.Struct, frozen=True):
+    """What to run for one task, already resolved from the task's ServiceSpec."""
+
+    task_id: str
+    image: str
+    command: tuple[str, ...] = ()  # replaces the image's entrypoint when set
+    args: tuple[str, ...] = ()  # replaces the image's cmd when set
+    env: dict[str, str] = {}
+    cwd: str = ""
+    user: str = ""
+    limits: Resources = Resources()
+    read_only_rootfs: bool = False
+    stop_signal: str = "SIGTERM"
+    labels: dict[str, str] = {}
+    log_path: str = ""
+
+
+class ContainerStatus(msgspec.Struct, frozen=True):
+    runtime_id: str
+    state: ContainerState
+    exit_code: int | None = None
+    pid: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    labels: dict[str, str] = {}
+    error: str = ""
+
+
+class RuntimeFailure(Exception):
+    """A step failed. `permanent` means retrying the same spec cannot help (unknown image,
+    bad command); the agent then rejects or fails the task with `message`, which is shown to the
+    operator by `service ps`."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+class Runtime(Protocol):
+    name: str
+
+    def prepare(self, spec: ContainerSpec) -> str:
+        """Make the image available and create the container (not started). Idempotent for a
+        task id: a second call returns the existing container's id. Returns the runtime id."""
+        ...
+
+    def start(self, runtime_id: str) -> None:
+        """Start the created container's process."""
+        ...
+
+    def wait(self, runtime_id: str, timeout: float | None = None) -> ContainerStatus | None:
+        """Block until the process exits (its status) or `timeout` passes (None)."""
+        ...
+
+    def stop(self, runtime_id: str, grace_period: float, signal: str = "SIGTERM") -> ContainerStatus:
+        """Send `signal`, then SIGKILL after `grace_period` seconds; return the exit status."""
+        ...
+
+    def remove(self, runtime_id: str) -> None:
+        """Delete the container and everything created for it (snapshot, cgroup). Idempotent."""
+        ...
+
+    def status(self, runtime_id: str) -> ContainerStatus:
+        """Current state; state UNKNOWN if the runtime does not know the id."""
+        ...
+
+    def list(self) -> list[ContainerStatus]:
+        """Every container this driver manages (with their labels), for re-adoption."""
+        ...
+
+    def exec(self, runtime_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Run `argv` inside the running container (exec health checks): (exit code, output)."""
+        ...
