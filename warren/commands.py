@@ -16,13 +16,16 @@ from warren.model import (
     ClusterInfo,
     Node,
     NodeStatus,
+    Resources,
     Service,
     ServiceSpec,
     Task,
     TaskState,
     can_transition,
 )
+from warren.scheduler import fits, reserved_by_node
 from warren.state import Change, ClusterState, Delete, Put
+from warren.validate import ValidationError, check_ports_free
 
 CODEC_VERSION = 1
 
@@ -301,10 +304,21 @@ def _remove_node(state: ClusterState, cmd: RemoveNode) -> tuple[Result, Changes]
     return Result(id=cmd.node_id), changes
 
 
+def _ports_taken(state: ClusterState, spec: ServiceSpec, service_id: str) -> Result | None:
+    """Checked again here, not only by the API: two concurrent creates both pass the API's check."""
+    try:
+        check_ports_free(state, spec, service_id)
+    except ValidationError as exc:
+        return error("already_exists", str(exc))
+    return None
+
+
 def _create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Changes]:
     name = cmd.service.spec.name
     if state.service_by_name(name) is not None:
         return error("already_exists", f"service name {name!r} is already in use"), []
+    if (taken := _ports_taken(state, cmd.service.spec, cmd.service.id)) is not None:
+        return taken, []
     if cmd.service.id in state.services:
         return error("already_exists", f"service id {cmd.service.id} is already in use"), []
     return Result(id=cmd.service.id), [Put("service", cmd.service)]
@@ -322,6 +336,8 @@ def _update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Ch
         ), []
     if cmd.spec.name != service.spec.name:
         return error("invalid_argument", "a service cannot be renamed"), []
+    if (taken := _ports_taken(state, cmd.spec, service.id)) is not None:
+        return taken, []
     if cmd.spec == service.spec:
         return Result(id=service.id), []
     updated = msgspec.structs.replace(
@@ -381,18 +397,79 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
     return msgspec.structs.replace(task, updated_at=update.at, **fields)
 
 
+class _Placement:
+    """Re-checks placements of a plan at apply time. A plan is computed from a snapshot; if it
+    commits late (a timed-out proposal applied after the next pass re-planned), its placements
+    must not over-commit a node or fill a slot twice."""
+
+    def __init__(self, state: ClusterState, stopping: set[str]) -> None:
+        self._state = state
+        self._stopping = stopping
+        self._reserved: dict | None = None
+        self._slots: set[tuple[str, int]] | None = None
+
+    def fits(self, task: Task, node_id: str) -> bool:
+        node = self._state.nodes.get(node_id)
+        if node is None:
+            return False
+        need = task.spec.reservations
+        if need.nano_cpus == 0 and need.memory_bytes == 0:
+            return True
+        if self._reserved is None:
+            self._reserved = reserved_by_node(self._state.tasks.values())
+        used = self._reserved.get(node_id, Resources())
+        if not fits(node, used, need):
+            return False
+        self._reserved[node_id] = used + need
+        return True
+
+    def claim_slot(self, task: Task) -> bool:
+        """Replicated slots hold one live task; tasks this plan stops free theirs."""
+        if task.slot < 1:
+            return True
+        if self._slots is None:
+            self._slots = {
+                (t.service_id, t.slot)
+                for t in self._state.tasks.values()
+                if t.slot >= 1
+                and t.desired_state == TaskState.RUNNING
+                and not t.state.terminal
+                and t.id not in self._stopping
+            }
+        key = (task.service_id, task.slot)
+        if key in self._slots:
+            return False
+        self._slots.add(key)
+        return True
+
+
 def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
     changes: Changes = []
+    stopping = {
+        u.id
+        for u in cmd.updated
+        if (u.desired_state is not None and u.desired_state > TaskState.RUNNING)
+        or (u.state is not None and u.state.terminal)
+    }
+    placement = _Placement(state, stopping)
     for task in cmd.created:
-        if task.service_id in state.services and task.id not in state.tasks:
-            changes.append(Put("task", task))
+        if task.service_id not in state.services or task.id in state.tasks:
+            continue
+        if not placement.claim_slot(task):
+            continue
+        if task.node_id and not placement.fits(task, task.node_id):
+            # Stale placement: keep the task, unplaced, for the next pass to place.
+            task = msgspec.structs.replace(task, node_id="", state=TaskState.PENDING)
+        changes.append(Put("task", task))
     for update in cmd.updated:
         task = state.tasks.get(update.id)
         if task is None:
             continue
         # Assigning a node is only valid for a task that holds none yet (the scheduler's view
-        # may be stale if the task was already placed or stopped meanwhile).
-        if update.node_id is not None and task.node_id and update.node_id != task.node_id:
+        # may be stale if the task was already placed or stopped meanwhile), and only where
+        # the task still fits.
+        moving = update.node_id is not None and update.node_id != task.node_id
+        if moving and (task.node_id or not placement.fits(task, update.node_id)):  # type: ignore[arg-type]
             continue
         new = _task_update(task, update)
         if new is not None:

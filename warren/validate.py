@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from warren.constraints import ConstraintError, parse_constraint
@@ -11,6 +12,13 @@ from warren.state import ClusterState
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 MAX_REPLICAS = 100_000
 HEALTH_KINDS = ("cmd", "http", "tcp")
+MAX_SECONDS = 366 * 24 * 3600  # a year: longer durations are typos
+MAX_KEY = 128
+MAX_VALUE = 4096
+MAX_ITEMS = 256  # env entries, labels, constraints, ports, command words
+MAX_ARGV_BYTES = 64 * 1024
+RESERVED_PREFIX = "warren."
+_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f\s]+$")
 
 
 class ValidationError(ValueError):
@@ -24,10 +32,53 @@ def check_name(kind: str, name: str) -> None:
         )
 
 
+def check_seconds(what: str, value: float, allow_zero: bool = True) -> None:
+    """Durations must be finite (NaN never equals itself: a NaN spec would differ from itself
+    and be "updated" forever), non-negative and below a year."""
+    if not math.isfinite(value) or value < 0 or value > MAX_SECONDS or (not allow_zero and value == 0):
+        low = "0" if allow_zero else "more than 0"
+        raise ValidationError(f"{what} must be a number of seconds between {low} and a year (got {value})")
+
+
+def check_labels(what: str, labels: dict[str, str], reserved_ok: bool = False) -> None:
+    if len(labels) > MAX_ITEMS:
+        raise ValidationError(f"too many {what}s ({len(labels)}, at most {MAX_ITEMS})")
+    for key, value in labels.items():
+        if not key or "=" in key or len(key) > MAX_KEY or not _PRINTABLE.match(key):
+            raise ValidationError(f"invalid {what} key {key!r}")
+        if not reserved_ok and key.startswith(RESERVED_PREFIX):
+            raise ValidationError(f"{what} keys starting with {RESERVED_PREFIX!r} are reserved ({key!r})")
+        if len(value) > MAX_VALUE or "\x00" in value:
+            raise ValidationError(f"{what} {key!r} has a value that is too long or contains NUL")
+
+
+def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int, memory_bytes: int) -> None:
+    """What a worker says about itself is input too."""
+    check_name("node", hostname)
+    check_labels("node label", labels)
+    if nano_cpus < 0 or memory_bytes < 0:
+        raise ValidationError("node resources cannot be negative")
+
+
 def check_spec(spec: ServiceSpec) -> None:
     check_name("service", spec.name)
     if not spec.image.strip():
         raise ValidationError("an image is required (--image)")
+    if len(spec.image) > 512 or not _PRINTABLE.match(spec.image):
+        raise ValidationError(f"invalid image reference {spec.image!r}")
+    argv = spec.command + spec.args
+    if len(argv) > MAX_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES or any("\x00" in a for a in argv):
+        raise ValidationError("the command is too long or contains NUL")
+    check_labels("service label", spec.labels)
+    if len(spec.constraints) > MAX_ITEMS or len(spec.ports) > MAX_ITEMS:
+        raise ValidationError(f"at most {MAX_ITEMS} constraints and {MAX_ITEMS} ports")
+    check_seconds("the restart delay", spec.restart.delay)
+    check_seconds("the restart window", spec.restart.window)
+    check_seconds("the stop grace period", spec.stop_grace_period)
+    if spec.health is not None:
+        check_seconds("the health interval", spec.health.interval, allow_zero=False)
+        check_seconds("the health timeout", spec.health.timeout, allow_zero=False)
+        check_seconds("the health start period", spec.health.start_period)
     if spec.mode == ServiceMode.REPLICATED and not 0 <= spec.replicas <= MAX_REPLICAS:
         raise ValidationError(f"replicas must be between 0 and {MAX_REPLICAS}")
     for text in spec.constraints:
@@ -70,9 +121,13 @@ def check_spec(spec: ServiceSpec) -> None:
             if key in seen:
                 raise ValidationError(f"published port {port.published}/{port.protocol} is listed twice")
             seen.add(key)
-    for key in spec.env:
-        if not key or "=" in key:
+    if len(spec.env) > MAX_ITEMS:
+        raise ValidationError(f"too many environment variables (at most {MAX_ITEMS})")
+    for key, value in spec.env.items():
+        if not key or "=" in key or "\x00" in key or len(key) > MAX_KEY:
             raise ValidationError(f"invalid environment variable name {key!r}")
+        if len(value) > MAX_VALUE * 16 or "\x00" in value:
+            raise ValidationError(f"environment variable {key} is too long or contains NUL")
 
 
 def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "") -> None:

@@ -166,6 +166,15 @@ def test_dispatcher_validates_input(manager: Manager, tmp_path: Path) -> None:
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Session(dpb.SessionRequest(description=dpb.NodeDescription(hostname="bad host!")), timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for description in (
+        dpb.NodeDescription(hostname="w", resources=pb.Resources(nano_cpus=-5)),
+        dpb.NodeDescription(hostname="w", labels={"warren.reserved": "x"}),
+        dpb.NodeDescription(hostname="w", labels={"big": "x" * 100_000}),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Session(dpb.SessionRequest(description=description), timeout=5))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, description
+    assert all(n["hostname"] != "w" for n in manager.cli_json("node", "ls"))
     worker = ScriptedWorker(manager, creds, "worker-2")
     try:
         with pytest.raises(grpc.RpcError) as err:

@@ -9,6 +9,7 @@ INCREMENTAL messages chained by version so the agent can detect a gap and reopen
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -25,7 +26,7 @@ from warren.manager.server import ApiError, caller, check_result
 from warren.manager.store import Store
 from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
-from warren.validate import NAME_RE
+from warren.validate import ValidationError, check_node_description
 
 
 class Heartbeats:
@@ -77,8 +78,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._require_leader()
         identity = caller.get()
         desc = request.description
-        if not NAME_RE.match(desc.hostname):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid hostname {desc.hostname!r}")
+        try:
+            check_node_description(
+                desc.hostname, dict(desc.labels), desc.resources.nano_cpus, desc.resources.memory_bytes
+            )
+        except ValidationError as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         now = time.time()
         node = Node(
             id=identity.node_id,
@@ -180,7 +185,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             updates.append(
                 commands.TaskUpdate(
                     id=status.task_id,
-                    at=status.timestamp or time.time(),
+                    at=_reported_time(status.timestamp),
                     state=state,
                     message=status.message,
                     error=status.error,
@@ -194,3 +199,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 await self._raft.propose_async(commands.ReportTaskStatus(node_id, tuple(updates)), self._timeout)
             )
         return dpb.UpdateTaskStatusResponse()
+
+
+def _reported_time(timestamp: float) -> float:
+    """An agent's clock is input too: never in the future, never NaN, never before 2001."""
+    now = time.time()
+    if not math.isfinite(timestamp) or not 1e9 < timestamp <= now:
+        return now
+    return timestamp

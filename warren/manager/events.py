@@ -15,7 +15,13 @@ from warren.state import Change
 Event = tuple[int, list[Change] | None]  # (applied index, changes or None = resynchronise)
 
 
+QUEUE_LIMIT = 10_000
+
+
 class EventHub:
+    """A subscriber that falls QUEUE_LIMIT events behind (a stalled stream) gets its queue
+    replaced by one "resynchronise" event (changes None) instead of growing without bound."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queues: set[asyncio.Queue[Event]] = set()
@@ -26,7 +32,12 @@ class EventHub:
 
     def _deliver(self, event: Event) -> None:
         for queue in self._queues:
-            queue.put_nowait(event)
+            if queue.qsize() >= QUEUE_LIMIT:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait((event[0], None))
+            else:
+                queue.put_nowait(event)
 
     @contextmanager
     def subscribe(self) -> Iterator[asyncio.Queue[Event]]:

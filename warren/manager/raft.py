@@ -121,9 +121,13 @@ class RaftNode(SyncObj):
         if index <= self._store.applied_index:
             return b""  # applied before a restart: replay must not apply it twice
         try:
-            result, changes = commands.apply(self._store.state, commands.decode(blob))
-        except commands.CodecError as exc:
-            result, changes = commands.error("invalid_argument", str(exc)), []
+            command = commands.decode(blob)
+        except commands.CodecError:
+            # Only our own encoder writes entries, so this is a newer manager's command (or
+            # corruption). Skipping it would make this manager's state diverge from its peers'.
+            log.critical("Raft entry %d is not a command this manager understands; upgrade it", index, exc_info=True)
+            os._exit(70)
+        result, changes = commands.apply(self._store.state, command)
         try:
             self._store.commit(index, changes)
         except Exception:  # disk full or broken: continuing would diverge from the log

@@ -90,7 +90,12 @@ class _Guard(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
-        return handler
+        # No client-streaming method exists yet; refuse rather than serve one unauthorized.
+        return grpc.unary_unary_rpc_method_handler(self._refuse_streaming)
+
+    @staticmethod
+    async def _refuse_streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "streaming requests are not served")
 
     def _authorize(self, context: grpc.aio.ServicerContext, roles: frozenset[str]) -> Identity:
         identity = tls.peer_identity(context)

@@ -1,0 +1,105 @@
+"""The FSM re-checks what an API or a stale plan could get wrong."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import pytest
+
+from warren import commands
+from warren.model import (
+    Node,
+    NodeStatus,
+    PortConfig,
+    Resources,
+    RestartPolicy,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+from warren.state import ClusterState
+from warren.validate import ValidationError, check_spec
+
+GB = 1 << 30
+
+
+def _run(state: ClusterState, command: commands.Command) -> commands.Result:
+    result, changes = commands.apply(state, command)
+    state.apply(changes)
+    return result
+
+
+def _state_with_node(memory_gb: int = 4) -> ClusterState:
+    state = ClusterState()
+    node = Node(id="n1", hostname="n1", status=NodeStatus.READY, resources=Resources(4_000_000_000, memory_gb * GB))
+    _run(state, commands.RegisterNode(node))
+    return state
+
+
+def _task(task_id: str, service: Service, slot: int, node_id: str = "", state: TaskState = TaskState.ASSIGNED) -> Task:
+    return Task(
+        id=task_id,
+        service_id=service.id,
+        service_name=service.spec.name,
+        slot=slot,
+        spec=service.spec,
+        spec_version=service.version,
+        node_id=node_id,
+        state=state,
+    )
+
+
+def test_a_stale_plan_cannot_overcommit_a_node() -> None:
+    state = _state_with_node(memory_gb=4)
+    service = Service(
+        id="s", spec=ServiceSpec(name="web", image="x", replicas=3, reservations=Resources(memory_bytes=3 * GB))
+    )
+    _run(state, commands.CreateService(service))
+    first = commands.ApplyPlan(created=(_task("t1", service, 1, "n1"),))
+    late = commands.ApplyPlan(created=(_task("t2", service, 2, "n1"),))  # planned from the same snapshot
+    assert _run(state, first).ok and _run(state, late).ok
+    assert state.tasks["t1"].node_id == "n1"
+    assert (state.tasks["t2"].node_id, state.tasks["t2"].state) == ("", TaskState.PENDING)
+
+
+def test_a_stale_plan_cannot_fill_a_slot_twice_but_a_replacement_can() -> None:
+    state = _state_with_node()
+    service = Service(id="s", spec=ServiceSpec(name="web", image="x", replicas=1))
+    _run(state, commands.CreateService(service))
+    _run(state, commands.ApplyPlan(created=(_task("t1", service, 1, "n1"),)))
+    _run(state, commands.ApplyPlan(created=(_task("t2", service, 1, "n1"),)))
+    assert "t2" not in state.tasks
+    replace = commands.ApplyPlan(
+        created=(_task("t3", service, 1, "n1"),),
+        updated=(commands.TaskUpdate(id="t1", at=1.0, desired_state=TaskState.SHUTDOWN),),
+    )
+    _run(state, replace)
+    assert "t3" in state.tasks and state.tasks["t1"].desired_state == TaskState.SHUTDOWN
+
+
+def test_concurrent_creates_cannot_publish_the_same_port() -> None:
+    state = ClusterState()
+    spec = ServiceSpec(name="a", image="x", ports=(PortConfig(target=80, published=9090),))
+    a = commands.CreateService(Service(id="a", spec=spec))
+    b = commands.CreateService(Service(id="b", spec=msgspec.structs.replace(spec, name="b")))
+    # Both passed the API's check against the same snapshot; the FSM decides.
+    assert _run(state, a).ok
+    result = _run(state, b)
+    assert (result.ok, result.code) == (False, "already_exists") and "9090" in result.message
+    assert "b" not in state.services
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -1.0])
+def test_non_finite_or_negative_durations_are_refused(value: float) -> None:
+    with pytest.raises(ValidationError):
+        check_spec(ServiceSpec(name="a", image="x", restart=RestartPolicy(delay=value)))
+    with pytest.raises(ValidationError):
+        check_spec(ServiceSpec(name="a", image="x", stop_grace_period=value))
+
+
+def test_newer_codec_versions_are_refused() -> None:
+    blob = msgspec.msgpack.encode([commands.CODEC_VERSION + 1, {"type": "noop"}])
+    with pytest.raises(commands.CodecError, match="newer"):
+        commands.decode(blob)
