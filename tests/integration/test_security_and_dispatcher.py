@@ -132,10 +132,11 @@ def test_scripted_worker_receives_pushed_assignments_and_reports_status(manager:
         assert pushed_at - sent < 5.0  # pushed by the stream, not discovered by polling
 
         # Incremental messages chain by version with no gap.
-        versions = [(m.applies_to, m.version) for _, m in worker.messages[1:]]
-        for applies_to, version in versions:
-            assert version == applies_to + 1
-        assert [v for _, v in versions] == sorted(v for _, v in versions)
+        current = first.version
+        for _, message in worker.messages[1:]:
+            assert message.type == dpb.AssignmentsMessage.INCREMENTAL
+            assert (message.applies_to, message.version) == (current, current + 1)
+            current = message.version
 
         task = next(iter(worker.tasks.values()))
         assert task.spec.image == "busybox"

@@ -1,0 +1,263 @@
+"""A real manager process and a real agent process with the exec runtime: run, scale, kill,
+kill -9 the agent, stop the manager, and remove — counting the task processes on the host by a
+unique marker in their arguments. Every process is killed by PID (or process group) at the end,
+even when the test fails."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Manager, wait_for
+from warren import pki, tls
+
+pytestmark = pytest.mark.integration
+
+WORKER_ID = "execworker1"
+
+
+class Agent:
+    """`python -m warren.agent.daemon` with the exec runtime, as `warren worker start` will run it."""
+
+    def __init__(self, root: Path, manager: Manager) -> None:
+        self.root = root
+        self.manager = manager
+        self.data_dir = root / "data"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "warren.agent.daemon",
+                "--data-dir",
+                str(self.data_dir),
+                "--manager",
+                self.manager.addr,
+                "--runtime",
+                "exec",
+                "--hostname",
+                "exec-worker",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.manager.env(),
+            cwd=self.root,
+        )
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(timeout=20)
+
+    def log(self) -> str:
+        path = self.root / "agent.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def issue_worker(manager: Manager, data_dir: Path) -> None:
+    """Worker credentials signed by the cluster CA, and node.json, as the join flow writes them."""
+    ca = pki.CertificateAuthority.from_pem(
+        (manager.data_dir / "certs" / "ca.pem").read_bytes(), (manager.data_dir / "ca-key.pem").read_bytes()
+    )
+    cert, key = ca.issue_keypair(WORKER_ID, pki.ROLE_WORKER)
+    tls.save_credentials(data_dir / "certs", ca.cert_pem, cert, key)
+    (data_dir / "node.json").write_text(json.dumps({"node_id": WORKER_ID, "managers": [manager.addr]}))
+
+
+class Processes:
+    """Task processes found by marker; remembers every process group it saw, for cleanup."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker.encode()
+        self.groups: set[int] = set()
+
+    def pids(self) -> set[int]:
+        found = set()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    argv = f.read().split(b"\0")
+            except OSError:
+                continue
+            if self.marker in argv:  # the exact argument: not the CLI call that passed it along
+                pid = int(entry)
+                found.add(pid)
+                with contextlib.suppress(OSError):
+                    self.groups.add(os.getpgid(pid))
+        return found
+
+    def group_members(self) -> dict[int, str]:
+        """pid -> command of every live process in a group we saw (zombies excluded)."""
+        members = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) in self.groups:
+                members[int(entry)] = command
+        return members
+
+    def kill_all(self) -> None:
+        self.pids()
+        for group in self.groups:
+            with contextlib.suppress(OSError):
+                os.killpg(group, signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Manager, Agent, Processes]]:
+    (tmp_path / "manager").mkdir()
+    (tmp_path / "agent").mkdir()
+    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"])
+    agent = Agent(tmp_path / "agent", manager)
+    procs = Processes(f"warren-test-{uuid.uuid4().hex}")
+    try:
+        manager.start()
+        issue_worker(manager, agent.data_dir)
+        agent.start()
+        yield manager, agent, procs
+    except BaseException:
+        print("---- manager log ----\n" + manager.log()[-6000:])
+        print("---- agent log ----\n" + agent.log()[-12000:])
+        raise
+    finally:
+        agent.kill()
+        manager.stop()
+        procs.kill_all()
+
+
+def tasks(manager: Manager) -> list[dict]:
+    result = manager.cli("service", "ps", "web", "--format", "json")
+    return json.loads(result.stdout) if result.returncode == 0 else []
+
+
+def running(manager: Manager) -> list[dict]:
+    return [t for t in tasks(manager) if t["state"] == "running" and t["desired_state"] == "running"]
+
+
+def converged(manager: Manager, procs: Processes, n: int) -> bool:
+    """n tasks running according to the manager, and n processes on the host."""
+    return len(running(manager)) == n and len(procs.pids()) == n
+
+
+def stable(manager: Manager, procs: Processes, n: int, seconds: float = 3.0) -> None:
+    """Converged, and it stays so: no duplicate appears and nothing is replaced."""
+    wait_for(lambda: converged(manager, procs, n), timeout=30, message=f"{n} running tasks and processes")
+    pids = procs.pids()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert procs.pids() == pids, "task processes changed while the cluster should be stable"
+        time.sleep(0.2)
+    assert len(running(manager)) == n
+
+
+def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Manager, Agent, Processes]) -> None:
+    manager, agent, procs = cluster
+    wait_for(
+        lambda: any(n["hostname"] == "exec-worker" and n["status"] == "ready" for n in manager.cli_json("node", "ls")),
+        message="the worker to register",
+    )
+    # $0 carries the marker; the trailing `exit` keeps sh from exec-ing sleep (which would lose it).
+    created = manager.cli(
+        "service",
+        "create",
+        "web",
+        "--image",
+        "exec",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        "--restart-delay",
+        "1s",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; sleep 1000; exit 0",
+        procs.marker.decode(),
+    )
+    assert created.returncode == 0, created.stderr
+
+    # Both replicas run on the worker, and their output lands in the task logs.
+    stable(manager, procs, 2, seconds=1.0)
+    assert {t["node_id"] for t in tasks(manager)} == {WORKER_ID}
+    for t in running(manager):
+        log_file = agent.data_dir / "logs" / f"{t['id']}.log"
+        wait_for(lambda f=log_file: f.exists() and "hi" in f.read_text(), message="task output in its log")
+
+    # Scale up and down.
+    assert manager.cli("service", "scale", "web=3", "--detach").returncode == 0
+    stable(manager, procs, 3, seconds=1.0)
+    assert manager.cli("service", "scale", "web=1", "--detach").returncode == 0
+    stable(manager, procs, 1, seconds=1.0)
+    assert manager.cli("service", "scale", "web=2", "--detach").returncode == 0
+    stable(manager, procs, 2, seconds=1.0)
+
+    # A killed task process is noticed, reported, and replaced by the manager.
+    victim = min(procs.pids())
+    before = {t["id"] for t in running(manager)}
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: victim not in procs.pids(), message="the killed process to go")
+    stable(manager, procs, 2)
+    after = {t["id"] for t in running(manager)}
+    assert len(after - before) == 1, "exactly one task replaced"
+    failed = [t for t in manager.cli_json("service", "ps", "web", "--all") if t["state"] == "failed"]
+    assert failed and failed[0]["error"] == "task exited with code 137"
+
+    # kill -9 the agent: the processes keep running; a new agent re-adopts them, no duplicates.
+    pids = procs.pids()
+    agent.kill(signal.SIGKILL)
+    time.sleep(1.0)
+    assert procs.pids() == pids
+    agent.start()
+    wait_for(lambda: "re-adopted" in agent.log(), message="the new agent to re-adopt")
+    stable(manager, procs, 2)
+    assert procs.pids() == pids, "re-adopted, not restarted"
+    assert {t["id"] for t in running(manager)} == after
+
+    # The manager goes away for longer than 3 heartbeat periods: tasks keep running, and one
+    # that dies meanwhile is restarted locally by the agent under its restart policy.
+    manager.stop()
+    time.sleep(4.0)
+    assert procs.pids() == pids
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(procs.pids()) == 2 and victim not in procs.pids(), message="a local restart")
+    pids = procs.pids()
+    assert "restarting it locally" in agent.log()
+
+    # The manager returns: reconciled, with exactly two replicas and no duplicate processes.
+    manager.start()
+    stable(manager, procs, 2, seconds=4.0)
+    assert len(procs.pids()) == 2
+
+    # Removing the service leaves no process and no container behind.
+    assert manager.cli("service", "rm", "web").returncode == 0
+    wait_for(lambda: not procs.pids(), timeout=30, message="every task process to stop")
+    exec_state = agent.data_dir / "exec"
+    wait_for(lambda: not any(p.is_dir() for p in exec_state.iterdir()), message="every exec container removed")
+    wait_for(lambda: not list((agent.data_dir / "logs").iterdir()), message="task logs removed with their tasks")
+    # Nothing is left in any task's process group either (such as a killed shell's sleep).
+    wait_for(lambda: not procs.group_members(), message=f"empty process groups (left: {procs.group_members()})")
