@@ -158,8 +158,11 @@ async def _serve(options: ManagerOptions) -> int:
     if first_start:
         # Find a taken port now, before anything is written, not half-way through init.
         planned = _plan_identity(options)
-        for flag, addr in (("--listen-addr", planned.listen_addr), ("--raft-addr", planned.raft_bind_addr),
-                           ("--metrics-addr", options.metrics_addr)):
+        for flag, addr in (
+            ("--listen-addr", planned.listen_addr),
+            ("--raft-addr", planned.raft_bind_addr),
+            ("--metrics-addr", options.metrics_addr),
+        ):
             if addr:
                 _check_bindable(flag, addr)
         identity, ca = _first_start(options)

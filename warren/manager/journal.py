@@ -111,7 +111,6 @@ class LmdbJournal(pysyncobj_journal.Journal):
                 txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
             self._commit_index_saved = True
 
-
     def first_index(self) -> int:
         return self._entries[0][1] if self._entries else 0
 
