@@ -2,6 +2,10 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 PROTOS := $(wildcard proto/warren/api/v1/*.proto)
+# containerd's v1 API (our subset, ADR 5): top-level `containerd.*` modules in a git-ignored dir
+# that warren/runtime/containerd/api.py puts on sys.path.
+CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
+CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
 
 .PHONY: install proto test test-unit test-integration lint bench demo demo-stop clean
@@ -14,6 +18,10 @@ $(STAMP): pyproject.toml
 
 proto: $(STAMP)
 	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	mkdir -p $(CONTAINERD_GEN)
+	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=$(CONTAINERD_GEN) --grpc_python_out=$(CONTAINERD_GEN) \
+		--pyi_out=$(CONTAINERD_GEN) $(CONTAINERD_PROTOS)
+	find $(CONTAINERD_GEN)/containerd -type d -exec touch {}/__init__.py \;
 
 test: install
 	$(PYTHON) -m pytest -q
@@ -39,4 +47,4 @@ demo-stop:
 	./cmd/demo.sh stop
 
 clean:
-	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2.pyi
+	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2.pyi $(CONTAINERD_GEN)

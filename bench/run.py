@@ -23,6 +23,7 @@ BENCHMARKS = {
     "scheduler": "bench.bench_scheduler",
     "api": "bench.bench_api",
     "memory": "bench.bench_memory",
+    "task_start": "bench.bench_task_start",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

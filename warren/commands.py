@@ -15,8 +15,10 @@ from warren.model import (
     Availability,
     ClusterInfo,
     Node,
+    NodeRole,
     NodeStatus,
     Resources,
+    RevokedNode,
     Service,
     ServiceSpec,
     Task,
@@ -28,6 +30,11 @@ from warren.state import Change, ClusterState, Delete, Put
 from warren.validate import ValidationError, check_ports_free
 
 CODEC_VERSION = 1
+
+# How long a removed node's id stays revoked. It must outlive every certificate that can name
+# the node: Warren issues node certificates for at most 365 days (the first manager's) with
+# notBefore backdated 5 minutes, and never issues one for a revoked id (ADR 13).
+REVOCATION_RETENTION = 400 * 24 * 3600.0
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -80,7 +87,8 @@ class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
 
 
 class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
-    """Removes a node; its live tasks become orphaned so the reconciler replaces them."""
+    """Removes a node and revokes its id, so its certificate is refused from then on; its live
+    tasks become orphaned so the reconciler replaces them."""
 
     node_id: str
     at: float
@@ -237,6 +245,8 @@ def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Ch
 
 
 def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Changes]:
+    if state.is_revoked(cmd.node.id):
+        return error("permission_denied", "this node was removed from the cluster"), []
     old = state.nodes.get(cmd.node.id)
     if old is None:
         return Result(id=cmd.node.id), [Put("node", cmd.node)]
@@ -244,7 +254,10 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         old,
         hostname=cmd.node.hostname,
         resources=cmd.node.resources,
-        addr=cmd.node.addr,
+        # A manager's addr is its API address, which its clients and agents dial; the agent
+        # embedded in a manager must not replace it with the agent's own address.
+        addr=old.addr if old.role == NodeRole.MANAGER else cmd.node.addr,
+        join_addr=cmd.node.join_addr or old.join_addr,
         os=cmd.node.os,
         arch=cmd.node.arch,
         status=cmd.node.status,
@@ -286,7 +299,8 @@ def _set_node_status(state: ClusterState, cmd: SetNodeStatus) -> tuple[Result, C
 def _remove_node(state: ClusterState, cmd: RemoveNode) -> tuple[Result, Changes]:
     if cmd.node_id not in state.nodes:
         return error("not_found", f"node {cmd.node_id} not found"), []
-    changes: Changes = [Delete("node", cmd.node_id)]
+    changes: Changes = [Delete("node", cmd.node_id), Put("revoked", RevokedNode(cmd.node_id, cmd.at))]
+    changes += [Delete("revoked", old.id) for old in state.revoked.values() if old.at < cmd.at - REVOCATION_RETENTION]
     for task in state.node_tasks(cmd.node_id):
         if not task.state.terminal:
             changes.append(

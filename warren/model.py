@@ -155,10 +155,20 @@ class Node(msgspec.Struct, frozen=True):
     resources: Resources = Resources()
     addr: str = ""  # gRPC address (managers) or the agent's advertised address (workers)
     raft_addr: str = ""  # managers only
+    join_addr: str = ""  # managers only: the plaintext join listener (ADR 13)
     os: str = ""
     arch: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+class RevokedNode(msgspec.Struct, frozen=True):
+    """A removed node: certificates naming `id` are refused from `at` on (ADR 13). Node ids
+    are never reused (a node that joins again gets a new one), so the entry can be dropped
+    once every certificate that could name it has expired."""
+
+    id: str
+    at: float
 
 
 class Task(msgspec.Struct, frozen=True):

@@ -300,6 +300,12 @@ def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
     return True
 
 
+def validity(cert_pem: bytes | str) -> tuple[dt.datetime, dt.datetime]:
+    """A certificate's (notBefore, notAfter), timezone-aware UTC: when to renew it."""
+    cert = _load_cert(_as_bytes(cert_pem))
+    return cert.not_valid_before_utc, cert.not_valid_after_utc
+
+
 def ca_fingerprint(cert_pem: bytes | str) -> str:
     """sha256 of a cert's DER, lowercase hex: what a joining node compares with its token."""
     cert = _load_cert(_as_bytes(cert_pem))
@@ -350,6 +356,21 @@ def parse_join_token(token: str) -> JoinToken:
             f" expected {_TOKEN_SHAPE}"
         )
     return JoinToken(fingerprint=fingerprint, secret=secret)
+
+
+def join_proof(token_secret: str, csr_pem: bytes | str) -> str:
+    """What a joining node sends instead of its token's secret: hex HMAC-SHA256 of the CSR keyed
+    by the secret. It binds the secret to this CSR, so a recorded proof is no use for any other
+    key, and the secret never crosses the (plaintext) join channel."""
+    return hmac.new(token_secret.encode(), _as_bytes(csr_pem), hashlib.sha256).hexdigest()
+
+
+def proof_matches(expected_secret: str, csr_pem: bytes | str, proof: str) -> bool:
+    """Constant-time check of a join proof; an unset (empty) expected secret never matches."""
+    if not expected_secret:
+        return False
+    expected = join_proof(expected_secret, csr_pem)
+    return hmac.compare_digest(expected.encode(), proof.encode("ascii", "replace"))
 
 
 def token_matches(token_secret: str, expected_secret: str) -> bool:

@@ -11,10 +11,10 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import ClusterInfo, Node, Service, Task
+from warren.model import ClusterInfo, Node, RevokedNode, Service, Task
 
-Kind = Literal["node", "service", "task", "cluster"]
-StoredObject = Node | Service | Task | ClusterInfo
+Kind = Literal["node", "service", "task", "cluster", "revoked"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -42,6 +42,7 @@ class ClusterState:
     def __init__(self) -> None:
         self.cluster: ClusterInfo | None = None
         self.nodes: dict[str, Node] = {}
+        self.revoked: dict[str, RevokedNode] = {}  # removed node ids: their certificates are refused
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
@@ -59,11 +60,15 @@ class ClusterState:
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]
 
+    def is_revoked(self, node_id: str) -> bool:
+        return node_id in self.revoked
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
         other.cluster = self.cluster
         other.nodes = dict(self.nodes)
+        other.revoked = dict(self.revoked)
         other.services = dict(self.services)
         other.tasks = dict(self.tasks)
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
@@ -86,6 +91,9 @@ class ClusterState:
         elif kind == "node":
             assert isinstance(obj, Node)
             self.nodes[obj.id] = obj
+        elif kind == "revoked":
+            assert isinstance(obj, RevokedNode)
+            self.revoked[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -106,6 +114,8 @@ class ClusterState:
     def _delete(self, kind: Kind, obj_id: str) -> None:
         if kind == "node":
             self.nodes.pop(obj_id, None)
+        elif kind == "revoked":
+            self.revoked.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

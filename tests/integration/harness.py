@@ -38,8 +38,14 @@ class Manager:
     api_port: int = field(default_factory=free_port)
     raft_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    join_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     start_args: list[str] = field(default_factory=list)  # extra `cluster init` flags
+    # Most tests predate the worker agent and have no containerd: they run the manager without its
+    # embedded agent, and put its (drained) node back to active so that tasks are placed there and
+    # stay "assigned", which is what they assert. Tests of the embedded agent set agent_args.
+    agent_args: list[str] = field(default_factory=lambda: ["--manager-only"])
+    schedule_on_manager: bool = True
 
     @property
     def data_dir(self) -> Path:
@@ -60,7 +66,16 @@ class Manager:
         env.pop("WARREN_DEBUG", None)
         return env
 
+    @property
+    def join_addr(self) -> str:
+        return f"127.0.0.1:{self.join_port}"
+
+    @property
+    def node_id(self) -> str:
+        return json.loads((self.data_dir / "manager.json").read_text())["node_id"]
+
     def start(self, timeout: float = 20.0) -> None:
+        first_start = not (self.data_dir / "manager.json").exists()
         log = open(self.root / "manager.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
             [
@@ -77,6 +92,9 @@ class Manager:
                 f"127.0.0.1:{self.raft_port}",
                 "--metrics-addr",
                 f"127.0.0.1:{self.metrics_port}",
+                "--join-addr",
+                self.join_addr,
+                *self.agent_args,
                 *self.start_args,
             ],
             stdout=log,
@@ -89,6 +107,9 @@ class Manager:
             if self.process.poll() is not None:
                 raise RuntimeError(f"manager exited with {self.process.returncode}:\n{self.log()}")
             if self.config.exists() and self.cli("cluster", "info", "--format", "json").returncode == 0:
+                if first_start and self.schedule_on_manager and "--manager-only" in self.agent_args:
+                    activated = self.cli("node", "update", "--availability", "active", self.node_id)
+                    assert activated.returncode == 0, activated.stderr
                 return
             time.sleep(0.1)
         raise RuntimeError(f"manager did not become ready in {timeout}s:\n{self.log()}")

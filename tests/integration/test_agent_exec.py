@@ -5,12 +5,14 @@ even when the test fails."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ import pytest
 
 from tests.integration.harness import Manager, wait_for
 from warren import pki, tls
+from warren.agent.daemon import AgentOptions, serve
 
 pytestmark = pytest.mark.integration
 
@@ -137,19 +140,25 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Manager, Agent, Processes]]:
         issue_worker(manager, agent.data_dir)
         agent.start()
         yield manager, agent, procs
-    except BaseException:
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent log ----\n" + agent.log()[-12000:])
-        raise
     finally:
         agent.kill()
         manager.stop()
         procs.kill_all()
+        # Shown by pytest only when the test failed.
+        print("---- manager log ----\n" + manager.log()[-6000:])
+        print("---- agent log ----\n" + agent.log()[-15000:])
+
+
+def _replaced(pids: set[int], victim: int, n: int) -> bool:
+    return victim not in pids and len(pids) == n
 
 
 def tasks(manager: Manager) -> list[dict]:
     result = manager.cli("service", "ps", "web", "--format", "json")
-    return json.loads(result.stdout) if result.returncode == 0 else []
+    if result.returncode != 0:
+        print(f"service ps failed ({result.returncode}): {result.stderr.strip()}")
+        return []
+    return json.loads(result.stdout)
 
 
 def running(manager: Manager) -> list[dict]:
@@ -244,14 +253,29 @@ def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Man
     assert procs.pids() == pids
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: len(procs.pids()) == 2 and victim not in procs.pids(), message="a local restart")
+    wait_for(lambda: _replaced(procs.pids(), victim, 2), message="a local restart")
     pids = procs.pids()
     assert "restarting it locally" in agent.log()
 
     # The manager returns: reconciled, with exactly two replicas and no duplicate processes.
+    # The agent reconnects within the node timeout, so nothing is replaced (stable for longer
+    # than that timeout).
     manager.start()
-    stable(manager, procs, 2, seconds=4.0)
-    assert len(procs.pids()) == 2
+    stable(manager, procs, 2, seconds=5.0)
+    assert procs.pids() == pids
+    assert all(t["node_id"] == WORKER_ID for t in running(manager))
+
+    # Draining the node stops its tasks gracefully; they come back once it is active again.
+    assert manager.cli("node", "update", "--availability", "drain", "exec-worker").returncode == 0
+    wait_for(lambda: not procs.pids(), message="drained tasks to stop")
+
+    def drained() -> bool:
+        history = {t["id"]: t for t in manager.cli_json("service", "ps", "web", "--all")}
+        return all(history[i]["state"] == "shutdown" for i in after)
+
+    wait_for(drained, message="drained tasks reported shut down")
+    assert manager.cli("node", "update", "--availability", "active", "exec-worker").returncode == 0
+    stable(manager, procs, 2, seconds=1.0)
 
     # Removing the service leaves no process and no container behind.
     assert manager.cli("service", "rm", "web").returncode == 0
@@ -261,3 +285,78 @@ def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Man
     wait_for(lambda: not list((agent.data_dir / "logs").iterdir()), message="task logs removed with their tasks")
     # Nothing is left in any task's process group either (such as a killed shell's sleep).
     wait_for(lambda: not procs.group_members(), message=f"empty process groups (left: {procs.group_members()})")
+
+
+class InProcessAgent:
+    """`serve()` on its own event loop in a thread, as the manager embeds it for its own node."""
+
+    def __init__(self, options: AgentOptions) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.stop = asyncio.Event()
+        self.error: BaseException | None = None
+
+        def main() -> None:
+            try:
+                self.loop.run_until_complete(serve(options, self.stop))
+            except BaseException as exc:
+                self.error = exc
+
+        self.thread = threading.Thread(target=main, name="agent", daemon=True)
+        self.thread.start()
+
+    def close(self, timeout: float = 10.0) -> float:
+        """Set the stop event; return how long serve() took to return."""
+        started = time.monotonic()
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "serve() did not return after stop"
+        self.loop.close()
+        return time.monotonic() - started
+
+
+def test_embedded_agent_stops_promptly_and_leaves_tasks_to_the_next_one(tmp_path: Path) -> None:
+    (tmp_path / "manager").mkdir()
+    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"])
+    procs = Processes(f"warren-test-{uuid.uuid4().hex}")
+    data_dir = tmp_path / "agent"
+    options = AgentOptions(data_dir=data_dir, managers=[manager.addr], runtime="exec", hostname="embedded")
+    agents: list[InProcessAgent] = []
+    try:
+        manager.start()
+        issue_worker(manager, data_dir)
+        agents.append(InProcessAgent(options))
+        created = manager.cli(
+            "service",
+            "create",
+            "web",
+            "--image",
+            "exec",
+            "--constraint",
+            "node.role==worker",
+            "--detach",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1000; exit 0",
+            procs.marker.decode(),
+        )
+        assert created.returncode == 0, created.stderr
+        wait_for(lambda: converged(manager, procs, 1), message="one running task")
+        pids = procs.pids()
+        assert agents[0].close() < 5.0
+        assert agents[0].error is None
+        assert procs.pids() == pids  # stopping the agent does not stop its tasks
+
+        agents.append(InProcessAgent(options))  # the next agent re-adopts, and removes on request
+        stable(manager, procs, 1, seconds=1.0)
+        assert procs.pids() == pids
+        assert manager.cli("service", "rm", "web").returncode == 0
+        wait_for(lambda: not procs.pids(), message="the task process to stop")
+    finally:
+        for agent in agents:
+            if agent.thread.is_alive():
+                with contextlib.suppress(Exception):
+                    agent.close()
+        manager.stop()
+        procs.kill_all()
+        print("---- manager log ----\n" + manager.log()[-6000:])

@@ -303,10 +303,18 @@ def test_missing_config_exits_6() -> None:
     )
 
 
-def test_cluster_join_is_an_honest_placeholder() -> None:
-    result = run_cli("cluster", "join", "--token", "x", "127.0.0.1:4242")
-    assert result.returncode == Exit.FAILURE
-    assert "not implemented yet: the worker agent lands with issue #3" in result.stderr
+def test_cluster_join_with_a_malformed_token_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "worker"
+    result = run_cli("cluster", "join", "--token", "x", "127.0.0.1:4244", "--data-dir", str(data))
+    assert result.returncode == Exit.USAGE
+    assert result.stderr.startswith("warren: join token is malformed") and "Traceback" not in result.stderr
+    assert not data.exists()
+
+
+def test_worker_start_without_an_identity_exits_6(tmp_path: Path) -> None:
+    result = run_cli("worker", "start", "--data-dir", str(tmp_path))
+    assert result.returncode == Exit.CREDENTIALS
+    assert "holds no node identity" in result.stderr and "cluster join" in result.stderr
 
 
 def _free_port() -> int:

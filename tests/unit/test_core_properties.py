@@ -254,7 +254,7 @@ def apply_op(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[
         sim.heartbeats[op[1]] = sim.now
     elif kind == "remove" and op[1] in nodes:
         sim.run(commands.RemoveNode(op[1], sim.now))
-    elif kind == "add" and op[1] not in nodes:
+    elif kind == "add" and op[1] not in nodes and not sim.state.is_revoked(op[1]):  # removed ids never return
         sim.add_node(node(op[1], labels={"zone": op[2]}, cpus=1, mem_gb=4))
     elif kind == "end":
         reachable = up_nodes(sim)

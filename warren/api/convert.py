@@ -154,6 +154,7 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
         created_at=node.created_at,
         updated_at=node.updated_at,
         leader=leader,
+        join_addr=node.join_addr,
     )
 
 

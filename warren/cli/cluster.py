@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import units
-from warren.cli.errors import CliError, Exit
+from warren.cli import units, worker
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -30,10 +29,32 @@ def register(groups: Any) -> None:
     p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
     p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
     p.add_argument(
+        "--join-addr",
+        type=_ADDR,
+        metavar="HOST:PORT",
+        help="plaintext join listener new nodes dial (default: advertise host, API port + 2)",
+    )
+    p.add_argument(
         "--heartbeat-period",
         type=value_type(units.parse_duration),
         metavar="DURATION",
         help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)",
+    )
+    p.add_argument(
+        "--manager-only",
+        action="store_true",
+        default=None,
+        help="run no agent here, so this node runs no tasks (it is drained at init)",
+    )
+    p.add_argument(
+        "--runtime", choices=("containerd", "exec"), help="the embedded agent's task runtime (default: containerd)"
+    )
+    p.add_argument("--containerd-socket", metavar="PATH", help="containerd's socket, for the embedded agent")
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST:PORT",
+        help="registry the embedded agent pulls from over plain HTTP (repeat)",
     )
     p.set_defaults(func=cmd_init)
 
@@ -48,19 +69,28 @@ def register(groups: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.set_defaults(func=cmd_join_token)
 
-    p = cmds.add_parser("join", help="join this machine to a cluster (not implemented yet: issue #3)")
-    p.add_argument("--token", help="join token from `warren cluster join-token`")
-    p.add_argument("manager_addr", nargs="?", metavar="MANAGER:PORT")
-    p.set_defaults(func=cmd_join)
+    worker.add_join_parser(cmds)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
     from warren.manager import daemon
 
     options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
-    for name in ("listen_addr", "advertise_addr", "metrics_addr", "raft_addr", "heartbeat_period"):
+    for name in (
+        "listen_addr",
+        "advertise_addr",
+        "metrics_addr",
+        "raft_addr",
+        "join_addr",
+        "heartbeat_period",
+        "manager_only",
+        "runtime",
+        "containerd_socket",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
+    if args.insecure_registry:
+        options["insecure_registries"] = tuple(args.insecure_registry)
     return daemon.run(daemon.ManagerOptions(**options))
 
 
@@ -91,11 +121,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print()
     output.print_table(
-        ["MANAGER", "API ADDRESS", "RAFT ADDRESS", "STATUS"],
+        ["MANAGER", "API ADDRESS", "JOIN ADDRESS", "RAFT ADDRESS", "STATUS"],
         [
             (
                 output.short_id(m.node_id),
                 m.api_addr,
+                m.join_addr,
                 m.raft_addr,
                 "leader" if m.leader else ("reachable" if m.reachable else "unreachable"),
             )
@@ -111,18 +142,25 @@ def cmd_join_token(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         token = client.call("GetJoinToken", pb.GetJoinTokenRequest(role=args.role, rotate=args.rotate)).token
-        addr = client.address
-    if args.quiet:
-        print(token)
-        return 0
+        if args.quiet:
+            print(token)
+            return 0
+        addr = _leader_join_addr(client.call("GetClusterInfo", pb.GetClusterInfoRequest()), client.address)
     if args.rotate:
         print(f"The {args.role} join token was rotated; the previous one is no longer accepted.\n")
     article = "a" if args.role == "worker" else "another"
     print(f"To add {article} {args.role} to this cluster, run on the new node:\n")
     print(f"    warren cluster join --token {token} {addr}\n")
-    print("(`warren cluster join` arrives with the worker agent, issue #3.)")
     return 0
 
 
-def cmd_join(args: argparse.Namespace) -> int:
-    raise CliError("cluster join: not implemented yet: the worker agent lands with issue #3", Exit.FAILURE)
+def _leader_join_addr(info: Any, answered: str) -> str:
+    """The leader's join listener; failing that, the default port (API + 2) of a manager we know."""
+    managers = list(info.managers)
+    chosen = next((m for m in managers if m.leader), None) or next(
+        (m for m in managers if m.api_addr == answered), None
+    )
+    if chosen is not None and chosen.join_addr:
+        return chosen.join_addr
+    host, _, port = (chosen.api_addr if chosen is not None and chosen.api_addr else answered).rpartition(":")
+    return f"{host}:{int(port) + 2}"

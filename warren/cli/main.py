@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, node, service, units
+    from warren.cli import cluster, node, service, units, worker
 
     parser = Parser(
         prog=PROG,
@@ -51,6 +51,7 @@ def build_parser() -> Parser:
     cluster.register(groups)
     service.register(groups)
     node.register(groups)
+    worker.register(groups)
     return parser
 
 

@@ -121,6 +121,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     api_addr=node.addr,
                     leader=bool(node.raft_addr) and node.raft_addr == raft.leader,
                     reachable=node.status == NodeStatus.READY,
+                    join_addr=node.join_addr,
                 )
             )
         return info

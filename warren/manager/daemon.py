@@ -6,6 +6,8 @@ Data directory layout (everything a manager needs to resume after kill -9):
     ca-key.pem     the cluster CA key (also replicated in the state, for other managers)
     certs/         this manager's CA, certificate and key
     admin/         the admin client credentials created at init (the CLI's context points here)
+    agent-settings.json  the embedded agent's settings (or that there is none: --manager-only)
+    agent/         the embedded agent's data directory (a copy of certs/, node.json, its cache)
     db/            LMDB: Raft journal and cluster state
     raft-snapshot  the latest Raft snapshot (log compaction)
 The directory and every secret in it are owner-only (0700/0600).
@@ -22,20 +24,24 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import msgspec
+
 from warren import clientconfig, commands, pki, tls
+from warren.agent import settings as agent_settings
 from warren.ids import new_id
-from warren.manager import metrics
+from warren.manager import embedded, metrics
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
-from warren.manager.raft import RaftNode, RaftStartError
+from warren.manager.raft import ProposalError, RaftNode, RaftStartError
 from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources
+from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
 
 log = logging.getLogger("warren.manager")
 
@@ -50,7 +56,13 @@ class ManagerOptions:
     advertise_addr: str | None = None  # defaults to listen_addr (127.0.0.1 if it listens on 0.0.0.0)
     metrics_addr: str | None = None  # e.g. 127.0.0.1:9323; None = no metrics endpoint
     raft_addr: str | None = None  # defaults to the advertise host, API port + 1
+    join_addr: str | None = None  # the join listener joining nodes dial; default advertise host, API port + 2
     heartbeat_period: float = 5.0  # seconds; used when the cluster is created
+    # The embedded agent. None = as saved at the last start (default: an agent with containerd).
+    manager_only: bool | None = None  # no embedded agent; at init, the manager's node is drained
+    runtime: str | None = None  # containerd | exec
+    containerd_socket: str | None = None
+    insecure_registries: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,8 @@ class ManagerIdentity:
     raft_addr: str
     raft_bind_addr: str
     peers: list[str]
+    join_addr: str = ""  # empty in manager.json written before the join listener existed
+    join_bind_addr: str = ""
 
 
 class StartupError(Exception):
@@ -88,7 +102,8 @@ def _plan_identity(options: ManagerOptions) -> ManagerIdentity:
         raft_host, raft_port = _split(options.raft_addr, "--raft-addr")
     else:
         raft_host, raft_port = adv_host, adv_port + 1
-    bind_host = listen_host if listen_host not in ("::", "[::]") else "0.0.0.0"
+    join_host, join_port = _join_addr(options.join_addr, adv_host, adv_port)
+    bind_host = _bind_host(listen_host)
     return ManagerIdentity(
         node_id=new_id(),
         cluster_id=new_id(),
@@ -97,6 +112,33 @@ def _plan_identity(options: ManagerOptions) -> ManagerIdentity:
         raft_addr=f"{raft_host}:{raft_port}",
         raft_bind_addr=f"{bind_host}:{raft_port}",
         peers=[],
+        join_addr=f"{join_host}:{join_port}",
+        join_bind_addr=f"{bind_host}:{join_port}",
+    )
+
+
+def _bind_host(listen_host: str) -> str:
+    return listen_host if listen_host not in ("::", "[::]") else "0.0.0.0"
+
+
+def _join_addr(join_addr: str | None, adv_host: str, adv_port: int) -> tuple[str, int]:
+    if join_addr:
+        return _split(join_addr, "--join-addr")
+    if adv_port + 2 > 65535:
+        raise StartupError("the default join port (API port + 2) is out of range; set --join-addr")
+    return adv_host, adv_port + 2
+
+
+def _fill_join_addr(identity: ManagerIdentity) -> ManagerIdentity:
+    """A manager.json from before the join listener existed: use the default join port. (Like
+    every address in manager.json, the join address does not change on resume.)"""
+    if identity.join_addr:
+        return identity
+    adv_host, adv_port = _split(identity.advertise_addr, "--advertise-addr")
+    join_host, join_port = _join_addr(None, adv_host, adv_port)
+    listen_host, _ = _split(identity.listen_addr, "--listen-addr")
+    return replace(
+        identity, join_addr=f"{join_host}:{join_port}", join_bind_addr=f"{_bind_host(listen_host)}:{join_port}"
     )
 
 
@@ -155,22 +197,25 @@ async def _serve(options: ManagerOptions) -> int:
     if not 0.1 <= options.heartbeat_period <= 3600:
         raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()
+    agent = _agent_settings(data, options)
     if first_start:
         # Find a taken port now, before anything is written, not half-way through init.
         planned = _plan_identity(options)
         for flag, addr in (
             ("--listen-addr", planned.listen_addr),
             ("--raft-addr", planned.raft_bind_addr),
+            ("--join-addr", planned.join_bind_addr),
             ("--metrics-addr", options.metrics_addr),
         ):
             if addr:
                 _check_bindable(flag, addr)
         identity, ca = _first_start(options)
     else:
-        identity = _load_identity(data)
+        identity = _fill_join_addr(_load_identity(data))
         ca = pki.CertificateAuthority.from_pem(
             (data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes()
         )
+    agent_settings.save(data, agent)
     credentials = tls.load_credentials(data / "certs")
 
     loop = asyncio.get_running_loop()
@@ -188,15 +233,27 @@ async def _serve(options: ManagerOptions) -> int:
         if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
             raft.destroy()
             raise StartupError("this manager did not become Raft leader within 15 s")
-        await _init_cluster(raft, identity, ca, options.heartbeat_period)
+        await _init_cluster(raft, identity, ca, options.heartbeat_period, drained=not agent.enabled)
+    await _record_join_addr(raft, store, identity)
+
+    def revoked(node_id: str) -> bool:
+        with store.read() as state:
+            return state.is_revoked(node_id)
 
     heartbeats = Heartbeats()
     control = ControlService(store, raft)
     dispatcher = DispatcherService(store, raft, hub, heartbeats)
     try:
         server, health = build_server(
-            identity.listen_addr, credentials, lambda: identity.cluster_id, control, dispatcher
+            identity.listen_addr,
+            credentials,
+            lambda: identity.cluster_id,
+            revoked,
+            control,
+            dispatcher,
+            NodeCertificatesService(store),
         )
+        join_server = build_join_server(identity.join_bind_addr, NodeCAService(store))
         if options.metrics_addr:
             metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status))
     except OSError as exc:
@@ -204,31 +261,108 @@ async def _serve(options: ManagerOptions) -> int:
         store.env.close()
         raise StartupError(f"cannot listen: {exc}") from None
     await server.start()
+    await join_server.start()
     health_watch = asyncio.create_task(_track_health(raft, health))
-    orchestrator = Orchestrator(store, raft, hub, heartbeats, identity.node_id)
+    orchestrator = Orchestrator(store, raft, hub, heartbeats, identity.node_id, beat_for_local_node=not agent.enabled)
     orchestration = asyncio.create_task(orchestrator.run())
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent_job = _start_agent(data, identity, agent, stop)
 
     if first_start or not clientconfig.config_path().exists():
         _announce(identity, data, ca, store)
     print(
         f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
-        f"(advertised {identity.advertise_addr}), Raft on {identity.raft_addr}"
+        f"(advertised {identity.advertise_addr}), joins on {identity.join_addr}, Raft on {identity.raft_addr}"
         + (f", metrics on http://{options.metrics_addr}/metrics" if options.metrics_addr else ""),
         flush=True,
     )
+    if agent.enabled:
+        print(f"Embedded agent running this node's tasks with the {agent.runtime} runtime.", flush=True)
+    else:
+        print("No embedded agent (--manager-only): this node runs no tasks.", flush=True)
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    if agent_job is not None:  # first, so that its session ends while the API still serves
+        try:
+            await asyncio.wait_for(agent_job, AGENT_STOP_TIMEOUT)
+        except TimeoutError:
+            log.warning("the embedded agent did not stop within %gs", AGENT_STOP_TIMEOUT)
     health_watch.cancel()
     await health.set("", NOT_SERVING)
     orchestration.cancel()
+    await join_server.stop(grace=1.0)
     await server.stop(grace=2.0)
     await asyncio.to_thread(raft.destroy_synchronous)
     store.env.close()
     return 0
+
+
+AGENT_STOP_TIMEOUT = 15.0
+
+
+def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.AgentSettings:
+    """The embedded agent's settings: flags given now, else those saved at the last start."""
+    configures_agent = [
+        flag
+        for flag, value in (
+            ("--runtime", options.runtime),
+            ("--containerd-socket", options.containerd_socket),
+            ("--insecure-registry", options.insecure_registries),
+        )
+        if value is not None
+    ]
+    if options.manager_only and configures_agent:
+        flags = ", ".join(configures_agent)
+        raise StartupError(f"{flags} configure the embedded agent, which --manager-only turns off")
+    try:
+        settings = agent_settings.resolve(
+            data,
+            enabled=None if options.manager_only is None else not options.manager_only,
+            runtime=options.runtime,
+            containerd_socket=options.containerd_socket,
+            insecure_registries=options.insecure_registries,
+        )
+    except agent_settings.SettingsError as exc:
+        raise StartupError(str(exc)) from None
+    if settings.enabled:
+        reason = embedded.check_available()
+        if reason is not None:
+            raise StartupError(f"the embedded agent cannot run ({reason}); start with --manager-only")
+    return settings
+
+
+def _start_agent(
+    data: Path, identity: ManagerIdentity, settings: agent_settings.AgentSettings, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """The embedded agent for this manager's own node, or None with --manager-only."""
+    if not settings.enabled:
+        return None
+    managers = [identity.advertise_addr]
+    try:
+        agent_dir = embedded.prepare(data, identity.node_id, managers)
+    except (OSError, pki.PkiError) as exc:
+        log.error("cannot prepare the embedded agent: %s", exc)
+        print(f"error: cannot prepare the embedded agent ({exc}); this node will show as down", flush=True)
+        return None
+    return asyncio.create_task(embedded.run(agent_dir, managers, settings, stop), name="embedded-agent")
+
+
+async def _record_join_addr(raft: RaftNode, store: Store, identity: ManagerIdentity) -> None:
+    """Put this manager's join address in its Node record if it is missing there (a cluster
+    created before the join listener existed); `cluster join-token` prints it from there."""
+    with store.read() as state:
+        node = state.nodes.get(identity.node_id)
+    if node is None or node.join_addr == identity.join_addr or not raft.is_leader:
+        return
+    updated = msgspec.structs.replace(node, join_addr=identity.join_addr)
+    try:
+        await raft.propose_async(commands.RegisterNode(updated), timeout=5.0)
+    except ProposalError as exc:
+        log.warning("could not record the join address: %s", exc.message)
 
 
 async def _track_health(raft: RaftNode, health: object) -> None:
@@ -254,8 +388,9 @@ def _check_bindable(flag: str, addr: str) -> None:
 
 
 async def _init_cluster(
-    raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority, heartbeat_period: float
+    raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority, heartbeat_period: float, drained: bool
 ) -> None:
+    """Commit the cluster and this manager's node. `drained`: no agent runs tasks here."""
     now = time.time()
     cluster = ClusterInfo(
         id=identity.cluster_id,
@@ -271,10 +406,12 @@ async def _init_cluster(
         id=identity.node_id,
         hostname=os.uname().nodename,
         role=NodeRole.MANAGER,
+        availability=Availability.DRAIN if drained else Availability.ACTIVE,
         status=NodeStatus.READY,
         resources=Resources(nano_cpus=cpus * 1_000_000_000, memory_bytes=_memory_bytes()),
         addr=identity.advertise_addr,
         raft_addr=identity.raft_addr,
+        join_addr=identity.join_addr,
         os=sys.platform,
         arch=os.uname().machine,
         created_at=now,
@@ -313,6 +450,6 @@ def _announce(identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthorit
         f"Cluster {identity.cluster_id} initialised; this manager is node {identity.node_id}.\n"
         f"Admin credentials: {admin}/ ({where}).\n"
         f"To add a worker to this cluster, run on it:\n\n"
-        f"    warren cluster join --token {token} {identity.advertise_addr}\n",
+        f"    warren cluster join --token {token} {identity.join_addr}\n",
         flush=True,
     )

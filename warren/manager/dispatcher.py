@@ -22,7 +22,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.raft import RaftNode
-from warren.manager.server import ApiError, caller, check_result
+from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result
 from warren.manager.store import Store
 from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
@@ -120,7 +120,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     try:
                         _index, changes = await asyncio.wait_for(events.get(), timeout=1.0)
                     except TimeoutError:
-                        continue
+                        changes = []
+                    with self._store.read() as state:
+                        if state.is_revoked(node.id):  # `node rm`: this session ends now
+                            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
                     if changes is None:
                         return  # state was replaced by a snapshot: the agent reopens and resyncs
                     updated, removed = self._diff(node.id, known, changes)

@@ -33,12 +33,17 @@ class Orchestrator:
         hub: EventHub,
         heartbeats: Heartbeats,
         local_node_id: str,
+        beat_for_local_node: bool = False,
     ) -> None:
+        """`beat_for_local_node`: count this manager's own node alive while this process runs.
+        Only for `cluster init --manager-only`, where no agent heartbeats for it (the node is
+        drained, so nothing runs there); otherwise the embedded agent heartbeats like any other."""
         self._store = store
         self._raft = raft
         self._hub = hub
         self._heartbeats = heartbeats
         self._local_node_id = local_node_id
+        self._beat_for_local_node = beat_for_local_node
         self._was_leader = False
         self._last_applied = -1
 
@@ -65,9 +70,8 @@ class Orchestrator:
             with self._store.read() as state:
                 self._heartbeats.reset(list(state.nodes))
             self._was_leader = True
-        # The manager's own node is alive as long as this process is. Until the embedded agent
-        # runs there (worker issue), nothing else would heartbeat for it.
-        self._heartbeats.beat(self._local_node_id)
+        if self._beat_for_local_node:
+            self._heartbeats.beat(self._local_node_id)
         snapshot = self._store.snapshot()
         if snapshot.cluster is None:
             return

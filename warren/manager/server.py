@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from warren import commands, tls
-from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
+from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from warren.manager import metrics
 from warren.manager.raft import ProposalError
 from warren.pki import Identity
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 _ROLES_BY_SERVICE = {
     "warren.api.v1.Control": frozenset({"admin"}),
     "warren.api.v1.Dispatcher": frozenset({"worker", "manager"}),
+    "warren.api.v1.NodeCertificates": frozenset({"worker", "manager"}),
     "grpc.health.v1.Health": frozenset({"admin", "worker", "manager"}),
 }
 
@@ -67,9 +68,13 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 
+REMOVED_NODE = "this node was removed from the cluster"
+
+
 class _Guard(grpc.aio.ServerInterceptor):
-    def __init__(self, cluster_id: Callable[[], str]) -> None:
+    def __init__(self, cluster_id: Callable[[], str], revoked: Callable[[str], bool]) -> None:
         self._cluster_id = cluster_id
+        self._revoked = revoked
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -103,6 +108,8 @@ class _Guard(grpc.aio.ServerInterceptor):
             raise ApiError(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         if identity.cluster_id != self._cluster_id():
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this certificate belongs to another cluster")
+        if self._revoked(identity.node_id):
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
         if identity.role not in roles:
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -150,12 +157,17 @@ def build_server(
     listen_addr: str,
     credentials: tls.Credentials,
     cluster_id: Callable[[], str],
+    revoked: Callable[[str], bool],
     control: control_pb2_grpc.ControlServicer,
     dispatcher: dispatcher_pb2_grpc.DispatcherServicer,
+    certificates: ca_pb2_grpc.NodeCertificatesServicer,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
-    server = grpc.aio.server(interceptors=[_Guard(cluster_id)], options=tls.server_options())
+    """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
+    is then refused on every method)."""
+    server = grpc.aio.server(interceptors=[_Guard(cluster_id, revoked)], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    ca_pb2_grpc.add_NodeCertificatesServicer_to_server(certificates, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_secure_port(listen_addr, tls.server_credentials(*credentials))

@@ -18,13 +18,19 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from warren.model import ClusterInfo, Node, Service, Task
+from warren.model import ClusterInfo, Node, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
 
 log = logging.getLogger(__name__)
 
 MAP_SIZE = 8 << 30  # address space only; the file grows as needed
-_KIND_TYPES: dict[Kind, type] = {"cluster": ClusterInfo, "node": Node, "service": Service, "task": Task}
+_KIND_TYPES: dict[Kind, type] = {
+    "cluster": ClusterInfo,
+    "node": Node,
+    "service": Service,
+    "task": Task,
+    "revoked": RevokedNode,
+}
 _APPLIED_KEY = b"applied_index"
 
 # Called with the applied index and its changes; changes is None after a snapshot restore,
@@ -40,6 +46,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     nodes: list[Node]
     services: list[Service]
     tasks: list[Task]
+    revoked: list[RevokedNode] = []  # absent from snapshots written before revocation existed
 
 
 def open_environment(path: Path) -> lmdb.Environment:
@@ -122,7 +129,12 @@ class Store:
         with self._lock:
             s = self.state
             return Snapshot(
-                self.applied_index, s.cluster, list(s.nodes.values()), list(s.services.values()), list(s.tasks.values())
+                self.applied_index,
+                s.cluster,
+                list(s.nodes.values()),
+                list(s.services.values()),
+                list(s.tasks.values()),
+                list(s.revoked.values()),
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -131,6 +143,7 @@ class Store:
         changes: list[Change] = [Put("node", n) for n in snapshot.nodes]
         changes += [Put("service", s) for s in snapshot.services]
         changes += [Put("task", t) for t in snapshot.tasks]
+        changes += [Put("revoked", r) for r in snapshot.revoked]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
         state = ClusterState()

@@ -1,0 +1,53 @@
+"""The agent process's small helpers: node.json, the node description, runtime choice."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from warren.agent.daemon import (
+    AgentOptions,
+    AgentStartupError,
+    _hostname,
+    describe,
+    load_node_file,
+    make_runtime,
+    save_managers,
+)
+from warren.validate import NAME_RE
+
+
+def test_save_managers_keeps_the_node_id_and_is_owner_only(tmp_path: Path) -> None:
+    (tmp_path / "node.json").write_text(json.dumps({"node_id": "n1", "managers": ["a:1"]}))
+    save_managers(tmp_path, ["a:1", "b:2"])
+    assert load_node_file(tmp_path) == {"node_id": "n1", "managers": ["a:1", "b:2"]}
+    assert stat.S_IMODE(os.stat(tmp_path / "node.json").st_mode) == 0o600
+
+
+def test_unreadable_node_file_is_ignored(tmp_path: Path) -> None:
+    assert load_node_file(tmp_path) == {}
+    (tmp_path / "node.json").write_text("{not json")
+    assert load_node_file(tmp_path) == {}
+
+
+@pytest.mark.parametrize("name", ["vm", "host.example.com", "bad host!", "_x", "ü" * 70, ""])
+def test_hostname_is_always_acceptable_to_the_dispatcher(name: str) -> None:
+    assert NAME_RE.match(_hostname(name))
+
+
+def test_description_reports_resources_platform_and_labels(tmp_path: Path) -> None:
+    desc = describe(AgentOptions(tmp_path, [], hostname="w1", labels={"zone": "b"}, advertise_addr="10.0.0.5:0"))
+    assert desc.hostname == "w1" and dict(desc.labels) == {"zone": "b"} and desc.addr == "10.0.0.5:0"
+    assert desc.resources.nano_cpus == (os.cpu_count() or 1) * 1_000_000_000
+    assert desc.resources.memory_bytes > 0 and desc.os and desc.arch
+
+
+def test_runtime_choice(tmp_path: Path) -> None:
+    assert make_runtime(AgentOptions(tmp_path, [], runtime="exec")).name == "exec"
+    assert (tmp_path / "exec").is_dir()
+    with pytest.raises(AgentStartupError):
+        make_runtime(AgentOptions(tmp_path, [], runtime="docker"))

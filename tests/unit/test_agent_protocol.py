@@ -1,0 +1,173 @@
+"""Pure parts of the agent's protocol handling: version chain, report coalescing, failover."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from warren.agent.assignments import AssignmentSet, VersionGap, task_from_pb
+from warren.agent.session import Backoff, ManagerList, leader_hint, report_to_pb
+from warren.agent.status import Report, StatusQueue
+from warren.api import convert
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import types_pb2 as pb
+from warren.model import HealthCheck, RestartCondition, RestartPolicy, ServiceSpec, Task, TaskState
+
+S = TaskState
+COMPLETE = dpb.AssignmentsMessage.COMPLETE
+INCREMENTAL = dpb.AssignmentsMessage.INCREMENTAL
+
+
+def pb_task(task_id: str, desired: str = "running", state: str = "assigned") -> pb.Task:
+    spec = ServiceSpec(
+        name="web",
+        image="busybox",
+        command=("sh", "-c", "sleep 1"),
+        restart=RestartPolicy(RestartCondition.ON_FAILURE, delay=2.0, max_attempts=3, window=60),
+        health=HealthCheck(kind="tcp", target="127.0.0.1:80", interval=1.0),
+        stop_grace_period=4.0,
+    )
+    task = Task(
+        id=task_id, service_id="s", service_name="web", slot=1, spec=spec, spec_version=2, attempt=1, node_id="n"
+    )
+    msg = convert.task_to_pb(task, with_spec=True)
+    msg.desired_state, msg.state = desired, state
+    return msg
+
+
+def message(kind: int, version: int, applies_to: int = 0, updated=(), removed=(), session: str = "s1"):  # type: ignore[no-untyped-def]
+    return dpb.AssignmentsMessage(
+        type=kind,
+        session_id=session,
+        version=version,
+        applies_to=applies_to,
+        updated=list(updated),
+        removed=list(removed),
+        managers=["10.0.0.1:4242"],
+    )
+
+
+# -- assignments -------------------------------------------------------------------------------------
+def test_task_round_trips_through_the_wire() -> None:
+    task = task_from_pb(pb_task("t1"))
+    assert task.spec.restart == RestartPolicy(RestartCondition.ON_FAILURE, 2.0, 3, 60)
+    assert task.spec.health is not None and task.spec.health.target == "127.0.0.1:80"
+    assert task.spec.stop_grace_period == 4.0
+    assert (task.desired_state, task.state, task.attempt, task.spec_version) == (S.RUNNING, S.ASSIGNED, 1, 2)
+
+
+def test_complete_then_chained_incrementals() -> None:
+    view = AssignmentSet()
+    delta = view.apply(message(COMPLETE, 1, updated=[pb_task("a"), pb_task("b")]))
+    assert delta.complete and {t.id for t in delta.updated} == {"a", "b"}
+    assert delta.managers == ("10.0.0.1:4242",)
+    delta = view.apply(message(INCREMENTAL, 2, 1, updated=[pb_task("c")], removed=["a"]))
+    assert not delta.complete and delta.removed == ("a",)
+    delta = view.apply(message(INCREMENTAL, 3, 2, updated=[pb_task("b", desired="shutdown")]))
+    assert view.tasks["b"].desired_state == S.SHUTDOWN
+    assert set(view.tasks) == {"b", "c"} and view.version == 3
+
+
+def test_version_gap_is_detected() -> None:
+    view = AssignmentSet()
+    view.apply(message(COMPLETE, 1, updated=[pb_task("a")]))
+    view.apply(message(INCREMENTAL, 2, 1))
+    with pytest.raises(VersionGap):
+        view.apply(message(INCREMENTAL, 4, 3))  # version 3 was missed
+    with pytest.raises(VersionGap):
+        view.apply(message(INCREMENTAL, 3, 2, session="other"))
+
+
+def test_incremental_before_complete_is_a_gap() -> None:
+    view = AssignmentSet()
+    with pytest.raises(VersionGap):
+        view.apply(message(INCREMENTAL, 2, 1))
+    view.apply(message(COMPLETE, 1))
+    view.reset()  # a new session: its own chain starts with COMPLETE again
+    with pytest.raises(VersionGap):
+        view.apply(message(INCREMENTAL, 2, 1))
+
+
+def test_unreadable_task_does_not_poison_the_message() -> None:
+    view = AssignmentSet()
+    view.apply(message(COMPLETE, 1, updated=[pb_task("a")]))
+    bad = pb_task("a")
+    bad.spec.restart.condition = "sometimes"
+    fresh_bad = pb_task("z")
+    fresh_bad.spec.mode = "weird"
+    delta = view.apply(message(COMPLETE, 1, updated=[bad, fresh_bad, pb_task("b")]))
+    assert {t.id for t in delta.updated} == {"a", "b"}  # a's previous copy is kept, not orphaned
+    assert [i for i, _ in delta.invalid] == ["a", "z"]
+
+
+# -- status coalescing -------------------------------------------------------------------------------
+def test_reports_coalesce_to_the_latest_state_per_task() -> None:
+    q = StatusQueue()
+    for n, state in enumerate([S.ACCEPTED, S.PREPARING, S.STARTING, S.RUNNING]):
+        q.put(Report("t1", state, float(n)))
+    q.put(Report("t2", S.ACCEPTED, 10.0))
+    q.put(Report("t1", S.PREPARING, 11.0))  # stale: would move backwards
+    batch = q.take()
+    assert [(r.task_id, r.state) for r in batch] == [("t1", S.RUNNING), ("t2", S.ACCEPTED)]
+    assert len(q) == 0
+
+
+def test_same_state_newer_report_wins_for_health_changes() -> None:
+    q = StatusQueue()
+    q.put(Report("t1", S.RUNNING, 1.0, health="starting"))
+    q.put(Report("t1", S.RUNNING, 2.0, health="healthy"))
+    assert q.take()[0].health == "healthy"
+
+
+def test_failed_batch_is_requeued_without_overriding_newer_reports() -> None:
+    q = StatusQueue()
+    q.put(Report("t1", S.RUNNING, 1.0))
+    q.put(Report("t2", S.RUNNING, 1.0))
+    batch = q.take()
+    q.put(Report("t1", S.FAILED, 2.0, error="task exited with code 1"))
+    q.requeue(batch)
+    pending = {r.task_id: r.state for r in q.take()}
+    assert pending == {"t1": S.FAILED, "t2": S.RUNNING}
+
+
+def test_report_encoding() -> None:
+    msg = report_to_pb(Report("t1", S.FAILED, 5.0, error="boom", exit_code=0, runtime_id="r", health="unhealthy"))
+    assert (msg.state, msg.has_exit_code, msg.exit_code, msg.health) == ("failed", True, 0, "unhealthy")
+    assert not report_to_pb(Report("t1", S.RUNNING, 5.0)).has_exit_code
+
+
+# -- failover helpers ---------------------------------------------------------------------------------
+class _Err(grpc.aio.AioRpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+
+def test_leader_hint_follows_only_a_named_leader() -> None:
+    assert leader_hint(_Err(grpc.StatusCode.UNAVAILABLE, "not the leader; the leader is at 10.0.0.2:4242")) == (
+        "10.0.0.2:4242"
+    )
+    assert leader_hint(_Err(grpc.StatusCode.UNAVAILABLE, "not the leader; the leader is at unknown")) is None
+    assert leader_hint(_Err(grpc.StatusCode.UNAVAILABLE, "connection refused")) is None
+    assert leader_hint(_Err(grpc.StatusCode.NOT_FOUND, "the leader is at 10.0.0.2:4242")) is None
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    b = Backoff(0.2, 5.0)
+    delays = [b.next() for _ in range(8)]
+    assert 0.18 <= delays[0] <= 0.22
+    assert all(d <= 5.5 for d in delays) and delays[-1] >= 4.5
+    b.reset()
+    assert b.next() <= 0.22
+
+
+def test_manager_list_rotates_and_prefers_the_leader() -> None:
+    m = ManagerList(["a:1", "b:1", "a:1", ""])
+    assert m.addrs == ["a:1", "b:1"] and m.current() == "a:1"
+    m.advance()
+    assert m.current() == "b:1"
+    m.advance()
+    assert m.current() == "a:1"
+    assert m.merge(["c:1", "b:1"]) and not m.merge(["c:1"])
+    m.prefer("d:1")
+    assert m.current() == "d:1" and "d:1" in m.addrs
+    assert ManagerList().current() is None

@@ -1,0 +1,195 @@
+"""The agent's session against scripted dispatchers over real gRPC with mutual TLS: leader
+redirect, COMPLETE then INCREMENTAL, resync on a version gap, reconnect when heartbeats fail,
+batched reports, and NodeRemoved. The runtime is the in-memory fake."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from warren import pki, tls
+from warren.agent.cache import AgentCache
+from warren.agent.session import ManagerList, NodeRemoved, Session
+from warren.agent.status import Report, StatusQueue
+from warren.agent.worker import Worker
+from warren.api import convert
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import dispatcher_pb2_grpc
+from warren.model import TaskState
+
+S = TaskState
+COMPLETE = dpb.AssignmentsMessage.COMPLETE
+INCREMENTAL = dpb.AssignmentsMessage.INCREMENTAL
+
+
+@pytest.fixture(scope="module")
+def creds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tls.Credentials]:
+    """A worker's credentials directory and the manager's server credentials, one cluster CA."""
+    root = tmp_path_factory.mktemp("pki")
+    ca = pki.CertificateAuthority.create("testcluster")
+    cert, key = ca.issue_keypair("worker1", pki.ROLE_WORKER)
+    tls.save_credentials(root / "worker", ca.cert_pem, cert, key)
+    mcert, mkey = ca.issue_keypair("manager1", pki.ROLE_MANAGER)
+    return root / "worker", tls.Credentials(ca.cert_pem, mcert, mkey)
+
+
+class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
+    """Sends COMPLETE with `tasks`, then whatever the test puts in `outbox` (None ends the stream)."""
+
+    def __init__(self, tasks=(), leader: str = "", period: float = 0.2) -> None:  # type: ignore[no-untyped-def]
+        self.tasks = list(tasks)
+        self.leader = leader  # non-empty: act as a follower naming this leader
+        self.period = period
+        self.sessions: list[dpb.SessionRequest] = []
+        self.outbox: asyncio.Queue[dpb.AssignmentsMessage | None] = asyncio.Queue()
+        self.batches: list[list[dpb.TaskStatus]] = []
+        self.heartbeats = 0
+        self.fail_heartbeats = False
+        self.removed = False
+
+    async def Session(self, request, context):  # type: ignore[no-untyped-def]
+        if self.removed:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "this node was removed from the cluster")
+        if self.leader:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is at {self.leader}")
+        self.sessions.append(request)
+        session_id = f"s{len(self.sessions)}"
+        yield dpb.AssignmentsMessage(
+            type=COMPLETE,
+            session_id=session_id,
+            version=1,
+            updated=[convert.task_to_pb(t, with_spec=True) for t in self.tasks],
+            managers=["127.0.0.1:1"],
+        )
+        while True:
+            msg = await self.outbox.get()
+            if msg is None:
+                return
+            msg.session_id = session_id
+            yield msg
+
+    async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
+        self.heartbeats += 1
+        if self.fail_heartbeats:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
+        return dpb.HeartbeatResponse(period=self.period)
+
+    async def UpdateTaskStatus(self, request, context):  # type: ignore[no-untyped-def]
+        self.batches.append(list(request.updates))
+        return dpb.UpdateTaskStatusResponse()
+
+    def reported(self, task_id: str) -> list[str]:
+        return [u.state for batch in self.batches for u in batch if u.task_id == task_id]
+
+
+async def serve(servicer: ScriptedDispatcher, server_creds: tls.Credentials) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(servicer, server)
+    port = server.add_secure_port("127.0.0.1:0", tls.server_credentials(*server_creds))
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+def description() -> dpb.NodeDescription:
+    return dpb.NodeDescription(hostname="worker-1")
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_session_follows_the_leader_runs_tasks_resyncs_and_reconnects(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    certs, server_creds = creds
+    rt = FakeRuntime()
+    task = make_task("a")
+
+    async def scenario() -> None:
+        leader = ScriptedDispatcher([task])
+        leader_server, leader_addr = await serve(leader, server_creds)
+        follower_server, follower_addr = await serve(ScriptedDispatcher(leader=leader_addr), server_creds)
+        cache = AgentCache(tmp_path / "agent.db")
+        queue = StatusQueue()
+        worker = Worker(make_env(rt, Recorder(), tmp_path), cache, queue)
+        await worker.start()
+        saved: list[list[str]] = []
+        session = Session(certs, ManagerList([follower_addr]), description, worker, queue, saved.append)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            # Redirected to the leader; the task runs and its progress arrives coalesced.
+            await until(lambda: "running" in leader.reported("a"), message="task a reported running")
+            assert session.connected_to == leader_addr
+            assert leader.sessions[0].description.hostname == "worker-1"
+            assert len(leader.batches) <= 2  # accepted..running in one or two calls, not four
+            assert saved and "127.0.0.1:1" in saved[-1] and leader_addr in saved[-1]
+
+            # An incremental message adds a task.
+            b = make_task("b")
+            await leader.outbox.put(dpb.AssignmentsMessage(type=INCREMENTAL, applies_to=1, version=2, updated=[_pb(b)]))
+            await until(lambda: "running" in leader.reported("b"), message="task b running")
+
+            # A gap: the agent reopens the session and resyncs from a new COMPLETE set (without b).
+            await leader.outbox.put(dpb.AssignmentsMessage(type=INCREMENTAL, applies_to=7, version=8))
+            await until(lambda: len(leader.sessions) == 2, message="a second session")
+            await until(lambda: "b" not in worker.controllers, message="b removed by the complete set")
+            assert len(rt.running()) == 1
+
+            # Heartbeats: paced by the reply; a failing one ends the session, and it reconnects.
+            await until(lambda: leader.heartbeats >= 1, message="a first heartbeat (at half of 1 s)")
+            beats = leader.heartbeats
+            await asyncio.sleep(0.7)
+            assert leader.heartbeats >= beats + 2  # then every 0.2 s, as the reply says
+            leader.fail_heartbeats = True
+            await until(lambda: len(leader.sessions) == 3, message="a third session after heartbeat failure")
+            leader.fail_heartbeats = False
+
+            # A removed node stops for good.
+            leader.removed = True
+            await leader.outbox.put(None)
+            with pytest.raises(NodeRemoved):
+                await asyncio.wait_for(runner, 10)
+        finally:
+            stop.set()
+            if not runner.done():
+                runner.cancel()
+            await worker.close()
+            cache.close()
+            await leader_server.stop(None)
+            await follower_server.stop(None)
+
+    run(scenario())
+
+
+def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A report queued while no manager is reachable is delivered by the next session."""
+    certs, server_creds = creds
+    rt = FakeRuntime()
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        server, addr = await serve(dispatcher, server_creds)
+        cache = AgentCache(tmp_path / "agent.db")
+        queue = StatusQueue()
+        worker = Worker(make_env(rt, Recorder(), tmp_path), cache, queue)
+        await worker.start()
+        queue.put(Report("zzz", S.FAILED, 1.7e9, error="exited while away"))
+        stop = asyncio.Event()
+        runner = asyncio.create_task(Session(certs, ManagerList([addr]), description, worker, queue).run(stop))
+        try:
+            await until(lambda: "failed" in dispatcher.reported("zzz"), message="queued report delivered")
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 10)
+            await worker.close()
+            cache.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
+def _pb(task):  # type: ignore[no-untyped-def]
+    return convert.task_to_pb(task, with_spec=True)

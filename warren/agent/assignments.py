@@ -1,0 +1,123 @@
+"""The agent's view of its assignment set, kept in step with the dispatcher's version chain.
+
+Pure: no grpc calls, no I/O. The session feeds every AssignmentsMessage to `AssignmentSet.apply`,
+which either returns what changed or raises `VersionGap` so the session reopens and starts again
+from a COMPLETE message (ADR 10). Proto -> model conversion of tasks lives here because only the
+agent ever reads a Task back from the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from warren.api import convert
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import types_pb2 as pb
+from warren.model import Task, TaskState
+
+
+class VersionGap(Exception):
+    """An INCREMENTAL message does not follow the version we hold: resynchronise."""
+
+
+@dataclass(frozen=True)
+class AssignmentDelta:
+    """What one message changed. `complete` means `updated` is the whole set: every task the
+    agent holds that is not in it must go (the orphan rule, ADR 12)."""
+
+    complete: bool
+    updated: tuple[Task, ...] = ()
+    removed: tuple[str, ...] = ()
+    managers: tuple[str, ...] = ()
+    invalid: tuple[tuple[str, str], ...] = ()  # (task id, why) of tasks that could not be read
+
+
+@dataclass
+class AssignmentSet:
+    """Tasks assigned to this node and the version of the last message applied (None = no
+    COMPLETE seen on this session yet)."""
+
+    tasks: dict[str, Task] = field(default_factory=dict)
+    version: int | None = None
+    session_id: str = ""
+
+    def reset(self) -> None:
+        """A new session starts a new version chain; the tasks are kept until COMPLETE replaces them."""
+        self.version = None
+        self.session_id = ""
+
+    def apply(self, msg: dpb.AssignmentsMessage) -> AssignmentDelta:
+        """Apply one message; raise VersionGap when it cannot be applied to what we hold."""
+        managers = tuple(msg.managers)
+        if msg.type == dpb.AssignmentsMessage.COMPLETE:
+            updated, invalid = _read_tasks(msg.updated)
+            tasks = {t.id: t for t in updated}
+            for task_id, _ in invalid:  # unreadable now, but known: keep the copy we have
+                if task_id in self.tasks:
+                    tasks[task_id] = self.tasks[task_id]
+            self.tasks = tasks
+            self.version = msg.version
+            self.session_id = msg.session_id
+            return AssignmentDelta(complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid)
+        if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
+            raise VersionGap(f"unknown assignments message type {msg.type}")
+        if self.version is None:
+            raise VersionGap(f"incremental message (version {msg.version}) before the complete set")
+        if msg.session_id and self.session_id and msg.session_id != self.session_id:
+            raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
+        if msg.applies_to != self.version:
+            raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
+        updated, invalid = _read_tasks(msg.updated)
+        for task in updated:
+            self.tasks[task.id] = task
+        for task_id in msg.removed:
+            self.tasks.pop(task_id, None)
+        self.version = msg.version
+        return AssignmentDelta(
+            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid
+        )
+
+
+def _read_tasks(msgs: Iterable[pb.Task]) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
+    """Convert each task on its own, so one unreadable task does not poison the message."""
+    good: list[Task] = []
+    bad: list[tuple[str, str]] = []
+    for msg in msgs:
+        try:
+            good.append(task_from_pb(msg))
+        except (convert.ConversionError, ValueError, TypeError) as exc:
+            bad.append((msg.id, f"unreadable task spec: {exc}"))
+    return tuple(good), tuple(bad)
+
+
+def _state(name: str, default: TaskState) -> TaskState:
+    try:
+        return convert.task_state(name) if name else default
+    except convert.ConversionError:
+        return default
+
+
+def task_from_pb(msg: pb.Task) -> Task:
+    """A Task as the dispatcher sent it (with its spec). Unknown state names degrade to safe
+    defaults instead of failing the whole message: desired SHUTDOWN stops rather than runs."""
+    return Task(
+        id=msg.id,
+        service_id=msg.service_id,
+        service_name=msg.service_name,
+        slot=msg.slot,
+        spec=convert.spec_from_pb(msg.spec),
+        spec_version=msg.spec_version,
+        desired_state=_state(msg.desired_state, TaskState.SHUTDOWN),
+        state=_state(msg.state, TaskState.ASSIGNED),
+        node_id=msg.node_id,
+        message=msg.message,
+        error=msg.error,
+        exit_code=msg.exit_code if msg.has_exit_code else None,
+        runtime_id=msg.runtime_id,
+        health=msg.health,
+        attempt=msg.attempt,
+        created_at=msg.created_at,
+        updated_at=msg.updated_at,
+        started_at=msg.started_at,
+    )

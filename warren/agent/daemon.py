@@ -1,0 +1,277 @@
+"""The worker agent process: wires the runtime, the local cache, the task controllers and the
+session with the managers together.
+
+Data directory layout (what an agent needs to resume after kill -9):
+    certs/      this node's CA, certificate and key (written by `warren cluster join`)
+    node.json   {"node_id": ..., "managers": [...]}: who we are and where the managers are
+    agent.db    LMDB cache: assignment set and per-task local state (owner-only)
+    logs/       one file per task: the container's stdout and stderr
+    exec/ or containerd/   the runtime driver's own state
+Stopping the agent (SIGTERM, or kill -9) leaves its containers running: the next agent
+re-adopts them by label (ADR 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from warren import tls
+from warren.agent.cache import AgentCache
+from warren.agent.controller import ControllerEnv
+from warren.agent.runtime import Runtime
+from warren.agent.session import ManagerList, NodeRemoved, Session
+from warren.agent.status import StatusQueue
+from warren.agent.worker import Worker
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import types_pb2 as pb
+from warren.pki import PkiError
+
+log = logging.getLogger("warren.agent")
+
+NODE_FILE = "node.json"
+CERTS_DIR = "certs"
+RUNTIME_THREADS = 32  # prepare/start/stop/remove/probe calls in flight at once
+WAIT_THREADS = 4096  # one blocked wait() per running task; threads are made on demand
+REMOVE_ALL_TIMEOUT = 60.0  # a removed node's tasks: time allowed to stop them gracefully
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    data_dir: Path  # holds certs/ (ca.pem, cert.pem, key.pem) and node.json
+    managers: list[str]  # gRPC addresses to try; more are learnt from the managers
+    runtime: str = "containerd"  # "containerd" | "exec"
+    containerd_socket: str = "/run/containerd/containerd.sock"
+    hostname: str | None = None  # default os.uname().nodename
+    labels: dict[str, str] = field(default_factory=dict)
+    advertise_addr: str = ""
+    insecure_registries: tuple[str, ...] = ()
+    metrics_addr: str | None = None  # HOST:PORT for Prometheus /metrics; None = none
+
+
+class AgentStartupError(Exception):
+    """Something the operator must fix before the agent can (keep) running; str() says what."""
+
+
+def make_runtime(options: AgentOptions) -> Runtime:
+    """The runtime driver named by the options, imported lazily (containerd pulls in a lot)."""
+    if options.runtime == "exec":
+        from warren.runtime.exec_driver import ExecRuntime
+
+        return ExecRuntime(options.data_dir / "exec")
+    if options.runtime == "containerd":
+        from warren.runtime.containerd.driver import ContainerdRuntime
+
+        return ContainerdRuntime(
+            options.containerd_socket, options.data_dir / "containerd", options.insecure_registries
+        )
+    raise AgentStartupError(f"unknown runtime {options.runtime!r} (use containerd or exec)")
+
+
+# -- node.json ---------------------------------------------------------------------------------
+def load_node_file(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / NODE_FILE
+    try:
+        found = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def save_managers(data_dir: Path, managers: list[str]) -> None:
+    """Update the manager list in node.json (atomically, keeping every other key)."""
+    path = data_dir / NODE_FILE
+    node = load_node_file(data_dir)
+    node["managers"] = list(managers)
+    tmp = path.with_name(f".{NODE_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(node, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+# -- node description --------------------------------------------------------------------------
+def _hostname(name: str) -> str:
+    """A hostname the dispatcher accepts (NAME_RE): invalid characters become '-', max 63."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)
+    cleaned = cleaned.lstrip("_.-")[:63]
+    return cleaned or "node"
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def describe(options: AgentOptions) -> dpb.NodeDescription:
+    """What this node tells the managers at each session: resources, platform, labels."""
+    return dpb.NodeDescription(
+        hostname=_hostname(options.hostname or os.uname().nodename),
+        resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
+        addr=options.advertise_addr,
+        os=sys.platform,
+        arch=os.uname().machine,
+        labels=options.labels,
+    )
+
+
+# -- serving -----------------------------------------------------------------------------------
+def _in_pool(pool: concurrent.futures.Executor) -> Callable[..., Any]:
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
+
+    return call
+
+
+async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
+    """Run the agent until `stop` is set. Embeddable: the manager runs one for its own node.
+    Raises AgentStartupError when it cannot start, or once the cluster removed this node."""
+    data = options.data_dir
+    try:
+        data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (data / "logs").mkdir(mode=0o700, exist_ok=True)
+        tls.load_credentials(data / CERTS_DIR)
+    except tls.MissingCredentialsError as exc:
+        raise AgentStartupError(f"{exc}; join the cluster first (warren cluster join)") from None
+    except OSError as exc:
+        raise AgentStartupError(f"cannot use data directory {data}: {exc.strerror or exc}") from None
+    except PkiError as exc:
+        raise AgentStartupError(f"unusable credentials in {data / CERTS_DIR}: {exc}") from None
+    node = load_node_file(data)
+    managers = ManagerList([*node.get("managers", []), *options.managers])
+    if options.managers and not node.get("managers"):
+        save_managers(data, managers.addrs)
+
+    try:
+        cache = AgentCache(data / "agent.db")
+    except lmdb.Error as exc:
+        raise AgentStartupError(f"cannot open the agent cache {data / 'agent.db'}: {exc}") from None
+    calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
+    waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
+    worker: Worker | None = None
+    metrics_job: asyncio.Task[None] | None = None
+    try:
+        try:
+            runtime = await asyncio.get_running_loop().run_in_executor(calls, make_runtime, options)
+        except AgentStartupError:
+            raise
+        except Exception as exc:
+            raise AgentStartupError(f"cannot start the {options.runtime} runtime: {exc}") from exc
+        env = ControllerEnv(runtime=runtime, log_dir=data / "logs", call=_in_pool(calls), wait_call=_in_pool(waits))
+        queue = StatusQueue()
+        worker = Worker(env, cache, queue)
+        await worker.start()
+        session = Session(
+            data / CERTS_DIR,
+            managers,
+            functools.partial(describe, options),
+            worker,
+            queue,
+            on_managers=functools.partial(save_managers, data),
+        )
+        if options.metrics_addr:
+            from warren.agent import metrics
+
+            metrics_job = asyncio.create_task(metrics.serve(options.metrics_addr, worker, session))
+        log.info(
+            "agent %s running (%s runtime), managers: %s",
+            node.get("node_id", "?"),
+            options.runtime,
+            ", ".join(managers.addrs) or "none known",
+        )
+        try:
+            await session.run(stop)
+        except NodeRemoved as exc:
+            log.error("%s: stopping and removing every task of this node", exc)
+            await worker.remove_all(timeout=REMOVE_ALL_TIMEOUT)
+            raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
+    finally:
+        log.info("agent stopping; containers keep running")
+        if metrics_job is not None:
+            metrics_job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await metrics_job
+        if worker is not None:
+            await worker.close()
+        calls.shutdown(wait=False, cancel_futures=True)
+        waits.shutdown(wait=False, cancel_futures=True)
+        cache.close()
+
+
+def run(options: AgentOptions) -> int:
+    """The foreground agent process: serve until SIGTERM/SIGINT; returns the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(options, stop)
+
+    try:
+        asyncio.run(main())
+    except AgentStartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected K=V, got {text!r}")
+    return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m warren.agent.daemon`: the agent without the CLI (tests, debugging)."""
+    p = argparse.ArgumentParser(prog="python -m warren.agent.daemon", description="Run a Warren worker agent.")
+    p.add_argument("--data-dir", type=Path, required=True, help="holds certs/ and node.json")
+    p.add_argument("--manager", action="append", default=[], metavar="ADDR", help="manager gRPC address")
+    p.add_argument("--runtime", choices=("containerd", "exec"), default="containerd")
+    p.add_argument("--containerd-socket", default="/run/containerd/containerd.sock")
+    p.add_argument("--hostname")
+    p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
+    p.add_argument("--advertise-addr", default="")
+    p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]")
+    p.add_argument("--metrics-addr", metavar="HOST:PORT")
+    args = p.parse_args(argv)
+    return run(
+        AgentOptions(
+            data_dir=args.data_dir,
+            managers=args.manager,
+            runtime=args.runtime,
+            containerd_socket=args.containerd_socket,
+            hostname=args.hostname,
+            labels=dict(args.label),
+            advertise_addr=args.advertise_addr,
+            insecure_registries=tuple(args.insecure_registry),
+            metrics_addr=args.metrics_addr,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

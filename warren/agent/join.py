@@ -1,0 +1,289 @@
+"""The node side of joining (ADR 13): trade a join token for a node identity, and renew it.
+
+`join` generates a key, sends a CSR with a proof of the token's secret to a manager's plaintext
+join listener, and trusts nothing it gets back until the CA matches the fingerprint pinned in the
+token and the certificate is that CA's, for our key. Only then is anything written:
+    certs/{ca,cert,key}.pem   the node's credentials (key 0600)
+    node.json                 {"node_id": ..., "managers": [API addresses]}, written last
+A directory holding both is a joined node; joining never happens twice on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hmac
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from warren import pki, tls
+from warren.api.v1 import ca_pb2 as capb
+from warren.api.v1 import ca_pb2_grpc
+from warren.validate import NAME_RE
+
+log = logging.getLogger(__name__)
+
+NODE_FILE = "node.json"
+CERTS_DIR = "certs"
+JOIN_PORT_OFFSET = 2  # default join port = API port + 2 (Raft is + 1)
+JOIN_TIMEOUT = 15.0
+
+UNREACHABLE_HINT = "the join port is the API port + 2 by default"
+CA_MISMATCH = "the manager's CA does not match the token: wrong cluster or a man in the middle"
+
+
+class JoinError(Exception):
+    """Joining failed; the message is one line for the operator. `kind` lets the CLI choose an
+    exit code: token (malformed), denied (wrong or rotated), unreachable, busy (retry later),
+    mismatch (the answer failed verification), refused (not possible: a manager token before
+    issue #4), invalid, exists (the directory holds an identity), failed."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class RenewalError(Exception):
+    """A renewed certificate failed verification; the current one is kept."""
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    node_id: str
+    role: str
+    managers: list[str]
+    data_dir: Path
+
+
+@dataclass(frozen=True)
+class StoredIdentity:
+    """What a joined node's data directory says about it."""
+
+    node_id: str
+    role: str
+    cluster_id: str
+    ca_fingerprint: str
+    managers: list[str]
+    not_after: dt.datetime
+
+
+# -- what is on disk ---------------------------------------------------------------------------
+def stored_identity(data_dir: Path) -> StoredIdentity | None:
+    """The identity in `data_dir`, or None if it holds none (never joined, or a join that
+    crashed before node.json was written). Raises PkiError for credentials that are present
+    but unusable (a key that does not match its certificate), which must not be overwritten."""
+    node_file = data_dir / NODE_FILE
+    if not node_file.exists():
+        return None
+    try:
+        creds = tls.load_credentials(data_dir / CERTS_DIR)
+    except tls.MissingCredentialsError:
+        return None
+    try:
+        node = json.loads(node_file.read_text())
+    except (OSError, ValueError) as exc:
+        raise pki.PkiError(f"{node_file} is unreadable: {exc}") from None
+    identity = pki.identity_of(creds.cert_pem)
+    if not isinstance(node, dict) or node.get("node_id") != identity.node_id:
+        raise pki.PkiError(f"{node_file} does not name the node of {data_dir / CERTS_DIR / tls.CERT_FILE}")
+    managers = [m for m in node.get("managers", []) if isinstance(m, str)]
+    return StoredIdentity(
+        node_id=identity.node_id,
+        role=identity.role,
+        cluster_id=identity.cluster_id,
+        ca_fingerprint=pki.ca_fingerprint(creds.ca_pem),
+        managers=managers,
+        not_after=identity.not_after,
+    )
+
+
+def write_node_file(data_dir: Path, node_id: str, managers: list[str]) -> None:
+    """node.json, atomically and owner-only."""
+    path = data_dir / NODE_FILE
+    tmp = path.with_name(f".{NODE_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"node_id": node_id, "managers": list(managers)}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def node_hostname(name: str) -> str:
+    """A hostname the managers accept (validate.NAME_RE): other characters become '-'."""
+    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)
+    return cleaned.lstrip("_.-")[:63] or "node"
+
+
+# -- joining -----------------------------------------------------------------------------------
+def verify_join_response(token: pki.JoinToken, key_pem: bytes, response: capb.JoinResponse) -> pki.Identity:
+    """Trust a join answer only if its CA is the one the token pins and its certificate is that
+    CA's, for our key, naming the node and role the answer claims. Returns that identity."""
+    try:
+        fingerprint = pki.ca_fingerprint(response.ca_pem)
+    except pki.PkiError:
+        raise JoinError("mismatch", CA_MISMATCH) from None
+    if not hmac.compare_digest(fingerprint, token.fingerprint):
+        raise JoinError("mismatch", CA_MISMATCH)
+    cert_pem = response.cert_pem.encode()
+    if not pki.verify_issued_by(cert_pem, response.ca_pem.encode()):
+        raise JoinError("mismatch", "the certificate the manager returned was not issued by the cluster CA")
+    try:
+        if not pki.key_matches_cert(cert_pem, key_pem):
+            raise JoinError("mismatch", "the certificate the manager returned is not for this node's key")
+        identity = pki.identity_of(cert_pem)
+    except pki.PkiError as exc:
+        raise JoinError("mismatch", f"the certificate the manager returned is unusable: {exc}") from None
+    if identity.node_id != response.node_id or identity.role != response.role:
+        raise JoinError("mismatch", "the certificate the manager returned names another node or role")
+    if identity.not_after <= dt.datetime.now(dt.UTC):
+        raise JoinError("mismatch", "the certificate the manager returned has already expired")
+    return identity
+
+
+def _rpc_failure(exc: grpc.RpcError, addr: str) -> JoinError:
+    code = exc.code()
+    details = (exc.details() or "").strip()
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return JoinError(
+            "denied",
+            f"the manager at {addr} refused the join token: {details or 'it is invalid or has been rotated'}"
+            " (print the current one with `warren cluster join-token worker` on a manager)",
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or (code == grpc.StatusCode.UNAVAILABLE and _transport(details)):
+        return JoinError("unreachable", f"cannot reach the manager's join address {addr} ({UNREACHABLE_HINT})")
+    if code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+        return JoinError("busy", f"the manager at {addr} cannot take the join now: {details}")
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        return JoinError("refused", f"the manager at {addr} refused the join: {details}")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return JoinError("invalid", f"the manager at {addr} rejected the request: {details}")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return JoinError("unreachable", f"{addr} is not a Warren join address ({UNREACHABLE_HINT})")
+    return JoinError("failed", f"join failed at {addr}: {details or code.name.lower()}")
+
+
+def _transport(details: str) -> bool:
+    """Whether an UNAVAILABLE came from the connection rather than from a manager's answer."""
+    low = details.lower()
+    return not details or any(
+        needle in low
+        for needle in (
+            "failed to connect",
+            "connection refused",
+            "socket closed",
+            "connection reset",
+            "dns resolution",
+            "name resolution",
+            "no route",
+            "unreachable",
+            "timed out",
+            "handshake",
+            "ssl",
+            "tls",
+            "end of tcp stream",
+            "goaway",
+            "http2",
+            "protocol",
+        )
+    )
+
+
+def join(token: str, manager_addr: str, data_dir: Path, hostname: str, *, timeout: float = JOIN_TIMEOUT) -> JoinResult:
+    """Join the cluster through the join listener at `manager_addr` and store the identity in
+    `data_dir`. Raises JoinError (nothing is written then)."""
+    try:
+        parsed = pki.parse_join_token(token)
+    except pki.TokenError as exc:
+        raise JoinError("token", str(exc)) from None
+    if not NAME_RE.match(hostname):
+        raise JoinError("invalid", f"invalid hostname {hostname!r}: use 1-63 letters, digits, '-', '_' or '.'")
+    try:
+        existing = stored_identity(data_dir)
+    except pki.PkiError as exc:
+        raise JoinError("exists", f"{data_dir} holds unusable credentials ({exc}); use another --data-dir") from None
+    except OSError as exc:
+        raise JoinError("failed", f"cannot read {data_dir}: {exc.strerror or exc}") from None
+    if existing is not None:
+        raise JoinError("exists", f"{data_dir} already holds the identity of node {existing.node_id}")
+    key_pem = pki.generate_key()
+    csr_pem = pki.make_csr(key_pem)
+    request = capb.JoinRequest(
+        csr_pem=csr_pem.decode(), hostname=hostname, proof=pki.join_proof(parsed.secret, csr_pem)
+    )
+    with grpc.insecure_channel(manager_addr, options=[("grpc.enable_retries", 0)]) as channel:
+        try:
+            response = ca_pb2_grpc.NodeCAStub(channel).Join(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _rpc_failure(exc, manager_addr) from None
+    identity = verify_join_response(parsed, key_pem, response)
+    managers = [m for m in response.managers if m]
+    if not managers:
+        raise JoinError("failed", f"the manager at {manager_addr} named no manager API address")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tls.save_credentials(data_dir / CERTS_DIR, response.ca_pem.encode(), response.cert_pem.encode(), key_pem)
+        write_node_file(data_dir, identity.node_id, managers)
+    except OSError as exc:
+        raise JoinError("failed", f"cannot store the node identity in {data_dir}: {exc.strerror or exc}") from None
+    return JoinResult(node_id=identity.node_id, role=identity.role, managers=managers, data_dir=data_dir)
+
+
+# -- renewal -----------------------------------------------------------------------------------
+def renewal_due(cert_pem: bytes, now: dt.datetime | None = None) -> bool:
+    """Whether less than a third of the certificate's lifetime remains (or it has expired)."""
+    not_before, not_after = pki.validity(cert_pem)
+    now = now or dt.datetime.now(dt.UTC)
+    return not_after - now < (not_after - not_before) / 3
+
+
+async def renew_if_due(
+    channel: grpc.aio.Channel, data_dir: Path, *, now: dt.datetime | None = None, timeout: float = 10.0
+) -> bool:
+    """Renew the certificate in `data_dir`/certs over `channel` (an mTLS channel to a manager,
+    made from those same credentials) when `renewal_due`. Returns True if new credentials were
+    written: channels made from the old ones keep working until the old certificate expires, so
+    the caller should reconnect at its next convenient point.
+
+    The new certificate must come from the CA already on disk (a CA sent over the wire is never
+    adopted), for a fresh key generated here, with the same node id and role and a later expiry.
+    Raises grpc.aio.AioRpcError if the call fails (PERMISSION_DENIED "...removed from the
+    cluster" for a removed node) and RenewalError if the answer fails those checks."""
+    certs = data_dir / CERTS_DIR
+    creds = tls.load_credentials(certs)
+    if not renewal_due(creds.cert_pem, now):
+        return False
+    old = pki.identity_of(creds.cert_pem)
+    key_pem = await asyncio.to_thread(pki.generate_key)
+    csr_pem = pki.make_csr(key_pem)
+    stub = ca_pb2_grpc.NodeCertificatesStub(channel)
+    response = await stub.RenewCertificate(capb.RenewRequest(csr_pem=csr_pem.decode()), timeout=timeout)
+    cert_pem = response.cert_pem.encode()
+    check_renewed(old, creds.ca_pem, cert_pem, key_pem)
+    await asyncio.to_thread(tls.save_credentials, certs, creds.ca_pem, cert_pem, key_pem)
+    log.info("renewed the node certificate of %s (now valid until %s)", old.node_id, pki.validity(cert_pem)[1])
+    return True
+
+
+def check_renewed(old: pki.Identity, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> pki.Identity:
+    """Raise RenewalError unless `cert_pem` is a valid successor of the certificate `old` describes."""
+    if not pki.verify_issued_by(cert_pem, ca_pem):
+        raise RenewalError("the renewed certificate was not issued by the cluster CA")
+    try:
+        new = pki.identity_of(cert_pem)
+        matches = pki.key_matches_cert(cert_pem, key_pem)
+    except pki.PkiError as exc:
+        raise RenewalError(f"the renewed certificate is unusable: {exc}") from None
+    if not matches:
+        raise RenewalError("the renewed certificate is not for the key we sent")
+    if (new.node_id, new.role, new.cluster_id) != (old.node_id, old.role, old.cluster_id):
+        raise RenewalError("the renewed certificate names another node, role or cluster")
+    if new.not_after <= old.not_after:
+        raise RenewalError("the renewed certificate expires no later than the current one")
+    return new

@@ -1,0 +1,318 @@
+"""The agent's session with the managers: connect, register, receive assignments, heartbeat,
+report task status, and fail over.
+
+One session at a time, to the leader (ADR 10). A follower answers UNAVAILABLE naming the leader
+and we go there at once; any other failure moves on to the next known manager after an
+exponential backoff, capped at 5 s or at the heartbeat period if that is shorter (so a node
+reconnects before the managers' timeout marks it down). A session ends when its stream ends, a
+heartbeat or report fails, or an INCREMENTAL message does not follow our version (then we
+reopen at once and resync from the COMPLETE set). Task reports outlive sessions in the
+StatusQueue. A node the cluster removed (`node rm`) gets NodeRemoved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import grpc
+
+from warren import tls
+from warren.agent.assignments import AssignmentDelta, AssignmentSet, VersionGap
+from warren.agent.status import Report, StatusQueue
+from warren.agent.worker import Worker
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import dispatcher_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+BACKOFF_START = 0.2
+BACKOFF_CAP = 5.0
+COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus call
+MAX_BATCH = 1000  # reports per call; the rest wait for the next one
+FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
+REPORT_TIMEOUT = 15.0
+INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
+
+_LEADER_RE = re.compile(r"the leader is at (\S+)")
+
+
+class Backoff:
+    """Capped exponential backoff with a little jitter, so agents do not reconnect in lockstep."""
+
+    def __init__(self, start: float = BACKOFF_START, cap: float = BACKOFF_CAP) -> None:
+        self.start = start
+        self.cap = cap
+        self._next = start
+
+    def reset(self) -> None:
+        self._next = self.start
+
+    def next(self) -> float:
+        delay = min(self.cap, self._next)
+        self._next = min(self.cap, self._next * 2)
+        return delay * random.uniform(0.9, 1.1)
+
+
+class ManagerList:
+    """Known manager addresses in the order we try them; the current one first."""
+
+    def __init__(self, addrs: Iterable[str] = ()) -> None:
+        self.addrs: list[str] = []
+        self.merge(addrs)
+        self._index = 0
+
+    def current(self) -> str | None:
+        if not self.addrs:
+            return None
+        return self.addrs[self._index % len(self.addrs)]
+
+    def advance(self) -> None:
+        self._index += 1
+
+    def merge(self, addrs: Iterable[str]) -> bool:
+        """Add addresses we did not know; True if the list changed."""
+        added = False
+        for addr in addrs:
+            addr = addr.strip()
+            if addr and addr not in self.addrs:
+                self.addrs.append(addr)
+                added = True
+        return added
+
+    def prefer(self, addr: str) -> None:
+        """The leader: try it next, and remember it."""
+        self.merge([addr])
+        self._index = self.addrs.index(addr)
+
+
+def leader_hint(error: grpc.aio.AioRpcError) -> str | None:
+    """The leader's address from a follower's "not the leader; the leader is at ADDR" answer."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    match = _LEADER_RE.search(error.details() or "")
+    if match is None or match.group(1) == "unknown":
+        return None
+    return match.group(1)
+
+
+def report_to_pb(report: Report) -> dpb.TaskStatus:
+    return dpb.TaskStatus(
+        task_id=report.task_id,
+        state=report.state.label,
+        message=report.message,
+        error=report.error,
+        has_exit_code=report.exit_code is not None,
+        exit_code=report.exit_code or 0,
+        runtime_id=report.runtime_id,
+        health=report.health,
+        timestamp=report.timestamp,
+    )
+
+
+class _Redirect(Exception):
+    def __init__(self, addr: str) -> None:
+        super().__init__(addr)
+        self.addr = addr
+
+
+class SessionLost(Exception):
+    """The session ended without an RPC error (stream closed by the manager)."""
+
+
+class NodeRemoved(Exception):
+    """The managers refuse this node for good (`warren node rm`): its tasks must go."""
+
+
+def is_removed(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() == grpc.StatusCode.PERMISSION_DENIED and "removed from the cluster" in (error.details() or "")
+
+
+class Session:
+    """Runs sessions until `stop` is set, reconnecting forever."""
+
+    def __init__(
+        self,
+        certs_dir: Path,
+        managers: ManagerList,
+        description: Callable[[], dpb.NodeDescription],
+        worker: Worker,
+        queue: StatusQueue,
+        on_managers: Callable[[list[str]], None] = lambda addrs: None,
+    ) -> None:
+        self.certs_dir = certs_dir
+        self.managers = managers
+        self.description = description
+        self.worker = worker
+        self.queue = queue
+        self.on_managers = on_managers
+        self.assignments = AssignmentSet()
+        self.period = INITIAL_PERIOD
+        self.connected_to: str | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep a session open until `stop`; raises NodeRemoved if the cluster removed us."""
+        backoff = Backoff()
+        target: str | None = None
+        redirects = 0
+        while not stop.is_set():
+            addr = target or self.managers.current()
+            target = None
+            if addr is None:
+                log.error("no manager address known: pass --manager or rejoin")
+                await _sleep_unless(stop, backoff.next())
+                continue
+            try:
+                if await self._session(addr, stop, backoff):
+                    target = addr  # a version gap: reopen on the same manager after a short pause
+            except _Redirect as redirect:
+                redirects += 1
+                log.info("manager %s is not the leader; the leader is at %s", addr, redirect.addr)
+                self.managers.prefer(redirect.addr)
+                if redirects <= 3:
+                    target = redirect.addr
+                    continue
+            except grpc.aio.AioRpcError as exc:
+                if is_removed(exc):
+                    raise NodeRemoved(exc.details()) from None
+                log.warning("session with %s failed: %s %s", addr, exc.code().name, exc.details())
+                self.managers.advance()
+            except (SessionLost, TimeoutError, OSError) as exc:
+                log.warning("session with %s lost: %s", addr, exc or type(exc).__name__)
+                self.managers.advance()
+            except Exception:  # a bug, or a credential problem: log, keep trying
+                log.exception("session with %s failed", addr)
+                self.managers.advance()
+            finally:
+                self.connected_to = None
+                self.worker.set_connected(False)
+            redirects = 0
+            backoff.cap = min(BACKOFF_CAP, max(BACKOFF_START, self.period))
+            await _sleep_unless(stop, backoff.next())
+
+    async def _session(self, addr: str, stop: asyncio.Event, backoff: Backoff) -> bool:
+        """One session; True when it ended for a resync (version gap)."""
+        creds = tls.load_credentials(self.certs_dir)  # re-read: certificates are renewed on disk
+        channel = grpc.aio.secure_channel(addr, tls.channel_credentials(*creds), options=tls.channel_options())
+        try:
+            stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+            call = stub.Session(dpb.SessionRequest(description=self.description()))
+            try:
+                first = await asyncio.wait_for(call.read(), FIRST_MESSAGE_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                hint = leader_hint(exc)
+                if hint is not None and hint != addr:
+                    raise _Redirect(hint) from None
+                raise
+            if first is grpc.aio.EOF:
+                raise SessionLost("the manager closed the session before the first message")
+            self.assignments.reset()
+            try:
+                delta = self.assignments.apply(first)
+            except VersionGap as exc:
+                log.warning("bad first message from %s: %s", addr, exc)
+                call.cancel()
+                return True
+            session_id = first.session_id
+            log.info("session %s open with %s (%d task(s) assigned)", session_id, addr, len(delta.updated))
+            self.connected_to = addr
+            backoff.reset()
+            self.worker.set_connected(True)
+            self._learn_managers(delta.managers)
+            self._apply(delta)
+            jobs = {
+                asyncio.create_task(self._read(call), name="session-read"),
+                asyncio.create_task(self._heartbeat(stub, session_id), name="session-heartbeat"),
+                asyncio.create_task(self._report(stub, session_id), name="session-report"),
+                asyncio.create_task(stop.wait(), name="session-stop"),
+            }
+            try:
+                done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for job in jobs:
+                    job.cancel()
+                for job in jobs:
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await job
+                call.cancel()
+            for job in done:
+                if job.get_name() == "session-stop":
+                    return False
+                exc = job.exception()
+                if exc is not None:
+                    raise exc
+                if job.get_name() == "session-read":
+                    return bool(job.result())
+            return False
+        finally:
+            await channel.close(grace=None)
+
+    async def _read(self, call: grpc.aio.UnaryStreamCall) -> bool:
+        """Apply messages until the stream ends (SessionLost) or a gap is seen (True)."""
+        while True:
+            msg = await call.read()
+            if msg is grpc.aio.EOF:
+                raise SessionLost("the manager ended the session")
+            try:
+                delta = self.assignments.apply(msg)
+            except VersionGap as exc:
+                log.warning("assignments out of sequence (%s): resynchronising", exc)
+                return True
+            self._learn_managers(delta.managers)
+            self._apply(delta)
+
+    def _apply(self, delta: AssignmentDelta) -> None:
+        try:
+            self.worker.apply(delta)
+        except Exception:  # never let one bad message end the agent
+            log.exception("applying assignments failed")
+
+    def _learn_managers(self, addrs: tuple[str, ...]) -> None:
+        if addrs and self.managers.merge(addrs):
+            log.info("known managers: %s", ", ".join(self.managers.addrs))
+            try:
+                self.on_managers(list(self.managers.addrs))
+            except Exception:
+                log.exception("saving the manager list failed")
+
+    async def _heartbeat(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
+        """Beat at the period the manager asks for; the first at half the last known period."""
+        await asyncio.sleep(self.period / 2)
+        while True:
+            reply = await stub.Heartbeat(dpb.HeartbeatRequest(session_id=session_id), timeout=max(2.0, self.period))
+            if reply.period > 0:
+                self.period = reply.period
+            await asyncio.sleep(self.period)
+
+    async def _report(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
+        """Send queued reports in batches, COALESCE seconds after the first one arrives."""
+        while True:
+            await self.queue.wait()
+            await asyncio.sleep(COALESCE)
+            batch = self.queue.take()
+            if len(batch) > MAX_BATCH:
+                self.queue.requeue(batch[MAX_BATCH:])
+                batch = batch[:MAX_BATCH]
+            request = dpb.UpdateTaskStatusRequest(session_id=session_id, updates=[report_to_pb(r) for r in batch])
+            try:
+                await stub.UpdateTaskStatus(request, timeout=REPORT_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error("the manager refused %d status report(s): %s", len(batch), exc.details())
+                    continue
+                self.queue.requeue(batch)
+                raise
+            except BaseException:
+                self.queue.requeue(batch)
+                raise
+            log.debug("reported %d task status(es)", len(batch))
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,89 @@
+"""The agent settings an operator chose (runtime, socket, labels...), kept next to the node's
+identity so that `warren worker start` and a restarted `cluster init` run the agent the same way.
+
+Rule: a flag given on the command line wins and is saved; a flag left out falls back to what was
+saved, then to the default. Stdlib only: the CLI reads this before loading grpc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+SETTINGS_FILE = "agent-settings.json"
+DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
+RUNTIMES = ("containerd", "exec")
+
+
+class SettingsError(ValueError):
+    """The settings file is unreadable or holds a value this version does not accept."""
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    enabled: bool = True  # False only for a manager started with --manager-only
+    runtime: str = "containerd"
+    containerd_socket: str = DEFAULT_CONTAINERD_SOCKET
+    labels: dict[str, str] = field(default_factory=dict)
+    advertise_addr: str = ""
+    insecure_registries: tuple[str, ...] = ()
+    metrics_addr: str = ""
+
+    def overridden(self, **given: Any) -> AgentSettings:
+        """These settings with every given (not None) value replacing the stored one."""
+        names = {f.name for f in fields(self)}
+        unknown = set(given) - names
+        if unknown:
+            raise TypeError(f"unknown agent settings: {', '.join(sorted(unknown))}")
+        changes = {k: v for k, v in given.items() if v is not None}
+        if "insecure_registries" in changes:
+            changes["insecure_registries"] = tuple(changes["insecure_registries"])
+        if "labels" in changes:
+            changes["labels"] = dict(changes["labels"])
+        settings = replace(self, **changes)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise SettingsError(f"unknown runtime {self.runtime!r} (use {' or '.join(RUNTIMES)})")
+
+
+def load(directory: Path) -> AgentSettings | None:
+    """The saved settings, or None if none were saved."""
+    path = directory / SETTINGS_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path} is unreadable: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{path} is not a JSON object")
+    known = {f.name for f in fields(AgentSettings)}
+    try:
+        settings = AgentSettings().overridden(**{k: v for k, v in raw.items() if k in known})
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{path}: {exc}") from None
+    return settings
+
+
+def save(directory: Path, settings: AgentSettings) -> None:
+    """Write the settings atomically, owner-only (labels may say more than the owner wants)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / SETTINGS_FILE
+    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(settings), f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def resolve(directory: Path, **given: Any) -> AgentSettings:
+    """Saved settings (or the defaults) with the given flags applied; not saved."""
+    return (load(directory) or AgentSettings()).overridden(**given)

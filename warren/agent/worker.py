@@ -1,0 +1,196 @@
+"""The worker: turns the assignment set into one controller per task, and owns their lifetime.
+
+It applies what the session receives (COMPLETE: the whole set, authoritative; INCREMENTAL:
+changes), keeps the cache in step before controllers act, re-adopts the containers found at
+start, and removes containers of tasks the managers no longer know (ADR 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from pathlib import Path
+
+from warren.agent.assignments import AssignmentDelta
+from warren.agent.cache import AgentCache, LocalState
+from warren.agent.controller import ContainersByTask, ControllerEnv, TaskController
+from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
+from warren.agent.status import Report, StatusQueue
+from warren.model import Task, TaskState
+
+log = logging.getLogger(__name__)
+
+STRAY_GRACE = 10.0  # stop grace for containers of unknown tasks (their spec is gone with them)
+
+
+class Worker:
+    """All task controllers of this node. Only the agent's event loop calls it."""
+
+    def __init__(self, env: ControllerEnv, cache: AgentCache, queue: StatusQueue) -> None:
+        self.env = dataclasses.replace(env, report=queue.put, save=cache.put_local, connected=lambda: self.connected)
+        self.cache = cache
+        self.queue = queue
+        self.controllers: dict[str, TaskController] = {}
+        self.connected = False
+        self._strays: dict[str, list[ContainerStatus]] = {}  # containers of tasks not in the cache
+        self._background: set[asyncio.Task[None]] = set()
+        self._synced = False  # a COMPLETE set arrived since start
+
+    # -- start and stop ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Resume every cached task, re-adopting its containers instead of starting new ones."""
+        containers = await self._list_containers()
+        found = ContainersByTask.group(containers)
+        for stray in found.unlabelled:
+            log.warning("ignoring container %s without a task label", stray.runtime_id)
+        tasks = self.cache.tasks()
+        locals_ = self.cache.local_states()
+        for task_id in set(locals_) - set(tasks):
+            self.cache.forget(task_id)  # a local state without its task is useless
+        for task_id, task in tasks.items():
+            self._add(task, locals_.get(task_id), found.by_task.pop(task_id, []))
+        self._strays = found.by_task
+        running = sum(1 for cs in self._strays.values() for c in cs if c.state == ContainerState.RUNNING)
+        log.info(
+            "resumed %d cached task(s); %d container(s) of unknown tasks (%d running) wait for the complete set",
+            len(tasks),
+            sum(map(len, self._strays.values())),
+            running,
+        )
+
+    async def _list_containers(self) -> list[ContainerStatus]:
+        for delay in (0.5, 1.0, 2.0, 4.0, 0.0):
+            try:
+                return list(await self.env.call(self.env.runtime.list))
+            except Exception as exc:
+                log.warning("listing containers failed: %s", exc)
+                if delay:
+                    await asyncio.sleep(delay)
+        log.error("cannot list containers: running tasks will not be re-adopted")
+        return []
+
+    async def close(self) -> None:
+        """Stop watching; containers keep running so the next agent re-adopts them."""
+        for ctl in list(self.controllers.values()):
+            await ctl.close()
+        for t in list(self._background):
+            t.cancel()
+        for t in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    async def remove_all(self, timeout: float) -> None:
+        """Stop and remove every task and stray container (the node was removed)."""
+        self._apply_complete(())
+        waits = [ctl.done.wait() for ctl in self.controllers.values()] + list(self._background)
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), timeout)
+
+    # -- connection ----------------------------------------------------------------------------
+    def set_connected(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        for ctl in self.controllers.values():
+            ctl.poke()
+
+    # -- assignments ---------------------------------------------------------------------------
+    def apply(self, delta: AssignmentDelta) -> None:
+        """Apply one message: cache first, then controllers. Never raises for one bad task."""
+        if delta.complete:
+            self._apply_complete(delta.updated)
+        else:
+            self._apply_incremental(delta.updated, delta.removed)
+        for task_id, why in delta.invalid:
+            if task_id not in self.controllers:
+                log.warning("rejecting task %s: %s", task_id, why)
+                self.queue.put(Report(task_id, TaskState.REJECTED, self.env.clock(), message="rejected", error=why))
+
+    def _apply_complete(self, tasks: tuple[Task, ...]) -> None:
+        wanted = {t.id: t for t in tasks}
+        leaving = set()
+        for task_id, ctl in self.controllers.items():
+            if task_id not in wanted:
+                log.info("task %s is not in the complete set: stopping and removing it", task_id)
+                ctl.remove()
+                leaving.add(task_id)
+        self.cache.replace_tasks(wanted, keep=leaving)
+        for task in tasks:
+            ctl = self.controllers.get(task.id)
+            if ctl is None:
+                self._add(task, None, self._strays.pop(task.id, []))
+            else:
+                ctl.update(task)
+                self._resend_if_behind(ctl, task)
+        if not self._synced:
+            self._synced = True
+            for task_id, containers in self._strays.items():
+                for c in containers:
+                    log.info("removing container %s of unknown task %s", c.runtime_id, task_id)
+                    self._spawn(self._remove_stray(c))
+            self._strays = {}
+
+    def _apply_incremental(self, updated: tuple[Task, ...], removed: tuple[str, ...]) -> None:
+        self.cache.put_tasks(updated)
+        for task in updated:
+            ctl = self.controllers.get(task.id)
+            if ctl is None:
+                self._add(task, None, self._strays.pop(task.id, []))
+            elif ctl.local.leaving:
+                log.warning("task %s came back after it was removed; ignoring it", task.id)
+            else:
+                ctl.update(task)
+        for task_id in removed:
+            ctl = self.controllers.get(task_id)
+            if ctl is not None:
+                ctl.remove()
+                self.queue.forget(task_id)
+
+    def _resend_if_behind(self, ctl: TaskController, task: Task) -> None:
+        """After a reconnect the managers may have missed reports: send the local truth again
+        where their copy is behind it (reports are idempotent and forward-only)."""
+        report = ctl.current_report()
+        if report is None or report.state < task.state:
+            return
+        if report.state > task.state or report.health != task.health or report.error != task.error:
+            self.queue.put(report)
+
+    def _add(self, task: Task, local: LocalState | None, containers: list[ContainerStatus]) -> None:
+        ctl = TaskController(task, self.env, local, containers, on_done=self._done)
+        self.controllers[task.id] = ctl
+        if local is None:
+            self.cache.put_local(task.id, ctl.local)
+        ctl.start()
+
+    def _done(self, task_id: str) -> None:
+        self.controllers.pop(task_id, None)
+        self.cache.forget(task_id)
+
+    # -- strays --------------------------------------------------------------------------------
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _remove_stray(self, container: ContainerStatus) -> None:
+        runtime = self.env.runtime
+        try:
+            if container.state == ContainerState.RUNNING:
+                await self.env.call(runtime.stop, container.runtime_id, STRAY_GRACE, "SIGTERM")
+            await self.env.call(runtime.remove, container.runtime_id)
+        except Exception as exc:
+            log.warning("removing stray container %s failed: %s", container.runtime_id, exc)
+        task_id = container.labels.get(TASK_LABEL, "")
+        if task_id:
+            with contextlib.suppress(OSError):
+                (Path(self.env.log_dir) / f"{task_id}.log").unlink()
+
+    # -- views ---------------------------------------------------------------------------------
+    def counts_by_state(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for ctl in self.controllers.values():
+            counts[ctl.local.state.label] = counts.get(ctl.local.state.label, 0) + 1
+        return counts

@@ -1,0 +1,217 @@
+"""`warren cluster join` and `warren worker start`: give this machine a node identity, then run
+its agent in the foreground.
+
+A data directory that already holds an identity is never joined again: `cluster join` on it
+resumes, exactly like `worker start`. The agent settings chosen at join (runtime, socket,
+labels...) are saved there too, so a bare `worker start --data-dir DIR` runs the agent the same
+way; a flag given again replaces the saved value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from warren.cli import units
+from warren.cli.errors import CliError, Exit
+from warren.cli.flags import value_type
+
+DEFAULT_DATA_DIR = Path("/var/lib/warren-worker")
+
+# JoinError.kind -> exit code
+_JOIN_EXIT = {
+    "token": Exit.USAGE,
+    "invalid": Exit.USAGE,
+    "denied": Exit.CREDENTIALS,
+    "mismatch": Exit.CREDENTIALS,
+    "unreachable": Exit.UNAVAILABLE,
+    "busy": Exit.UNAVAILABLE,
+    "refused": Exit.CONFLICT,
+    "exists": Exit.CONFLICT,
+}
+
+
+def register(groups: Any) -> None:
+    group = groups.add_parser("worker", help="run this machine's worker agent")
+    group.set_defaults(group_parser=group)
+    cmds = group.add_subparsers(metavar="COMMAND", title="commands")
+    p = cmds.add_parser(
+        "start",
+        help="run the agent with the identity stored by `cluster join` (foreground)",
+        description="Resume a joined node: run its agent with the identity and settings in --data-dir. "
+        "Flags given here replace the settings saved at join.",
+    )
+    add_agent_flags(p)
+    p.set_defaults(func=cmd_start)
+
+
+def add_join_parser(cmds: Any) -> None:
+    """`cluster join`, registered by warren.cli.cluster."""
+    p = cmds.add_parser(
+        "join",
+        help="join this machine to a cluster as a worker and run its agent (foreground)",
+        description="Get a node certificate from a manager with a join token, store it in --data-dir, then run "
+        "the agent. On a directory that already holds an identity, resume instead: a node never joins twice.",
+    )
+    p.add_argument("--token", required=True, help="join token from `warren cluster join-token worker`")
+    p.add_argument(
+        "manager_addr",
+        type=value_type(units.parse_hostport),
+        metavar="MANAGER:JOINPORT",
+        help="a manager's join address, as printed by `cluster join-token` (API port + 2 by default)",
+    )
+    add_agent_flags(p)
+    p.set_defaults(func=cmd_join)
+
+
+def add_agent_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, metavar="DIR", help=f"node state directory (default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--runtime", choices=("containerd", "exec"), help="how tasks run (default: containerd)")
+    p.add_argument("--containerd-socket", metavar="PATH", help="containerd's socket (default: its standard path)")
+    p.add_argument(
+        "--label",
+        type=value_type(lambda s: units.parse_key_value(s, "label")),
+        action="append",
+        metavar="K=V",
+        help="node label, applied when the node first registers (repeat)",
+    )
+    p.add_argument("--advertise-addr", metavar="ADDR", help="the address other nodes reach this node at")
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        metavar="HOST:PORT",
+        help="registry to pull from over plain HTTP (repeat)",
+    )
+    p.add_argument(
+        "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
+    )
+
+
+def _given(args: argparse.Namespace) -> dict[str, Any]:
+    """The agent settings given on this command line (None = not given)."""
+    labels = dict(args.label) if args.label else None
+    if labels is not None:
+        from warren.validate import ValidationError, check_labels
+
+        try:
+            check_labels("label", labels)
+        except ValidationError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+    registries = args.insecure_registry
+    for registry in registries or ():
+        if not registry or any(c.isspace() for c in registry) or "/" in registry:
+            raise CliError(f"--insecure-registry must be HOST or HOST:PORT (got {registry!r})", Exit.USAGE)
+    return {
+        "runtime": args.runtime,
+        "containerd_socket": args.containerd_socket,
+        "labels": labels,
+        "advertise_addr": args.advertise_addr,
+        "insecure_registries": tuple(registries) if registries else None,
+        "metrics_addr": args.metrics_addr,
+    }
+
+
+def _quiet_grpc() -> None:
+    if not os.environ.get("WARREN_DEBUG"):
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # we report connection failures ourselves
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    _quiet_grpc()
+    from warren import pki
+    from warren.agent import join as joining
+    from warren.agent import settings as agent_settings
+
+    data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
+    given = _given(args)
+    existing = _stored(data_dir)
+    if existing is not None:
+        try:
+            token = pki.parse_join_token(args.token)
+        except pki.TokenError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        if token.fingerprint != existing.ca_fingerprint:
+            raise CliError(
+                f"{data_dir} already holds node {existing.node_id} of another cluster (its CA does not match the "
+                "token); use another --data-dir",
+                Exit.CONFLICT,
+            )
+        print(f"already joined as node {existing.node_id}; resuming", flush=True)
+        return _run_agent(data_dir, existing.managers, given)
+    settings = _settings(data_dir, given)  # checked before joining, saved only once joined
+    try:
+        result = joining.join(args.token, args.manager_addr, data_dir, joining.node_hostname(os.uname().nodename))
+    except joining.JoinError as exc:
+        raise CliError(exc.message, _JOIN_EXIT.get(exc.kind, Exit.FAILURE)) from None
+    agent_settings.save(data_dir, settings)
+    print(
+        f"joined the cluster as node {result.node_id} ({result.role}); managers: {', '.join(result.managers)}",
+        flush=True,
+    )
+    return _run_agent(data_dir, result.managers, {})
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    _quiet_grpc()
+    data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
+    given = _given(args)
+    existing = _stored(data_dir)
+    if existing is None:
+        raise CliError(
+            f"{data_dir} holds no node identity: join a cluster first with "
+            f"`warren cluster join --token TOKEN MANAGER:JOINPORT --data-dir {data_dir}`",
+            Exit.CREDENTIALS,
+        )
+    print(f"resuming node {existing.node_id}", flush=True)
+    return _run_agent(data_dir, existing.managers, given)
+
+
+def _stored(data_dir: Path) -> Any:
+    from warren import pki
+    from warren.agent import join as joining
+
+    try:
+        return joining.stored_identity(data_dir)
+    except pki.PkiError as exc:
+        raise CliError(f"{data_dir} holds unusable credentials: {exc}", Exit.CREDENTIALS) from None
+    except OSError as exc:
+        raise CliError(f"cannot read {data_dir}: {exc.strerror or exc}", Exit.CREDENTIALS) from None
+
+
+def _settings(data_dir: Path, given: dict[str, Any]) -> Any:
+    from warren.agent import settings as agent_settings
+
+    try:
+        return agent_settings.resolve(data_dir, **given)
+    except agent_settings.SettingsError as exc:
+        raise CliError(str(exc), Exit.USAGE) from None
+
+
+def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> int:
+    """Save the settings (flags given now replace saved ones) and run the agent until stopped."""
+    from warren.agent import settings as agent_settings
+
+    settings = _settings(data_dir, given)
+    try:
+        agent_settings.save(data_dir, settings)
+    except OSError as exc:
+        raise CliError(f"cannot save the agent settings in {data_dir}: {exc.strerror or exc}") from None
+    from warren.agent.daemon import AgentOptions, run
+
+    print(f"running the agent ({settings.runtime} runtime, state in {data_dir})", flush=True)
+    sys.stdout.flush()
+    return run(
+        AgentOptions(
+            data_dir=data_dir,
+            managers=list(managers),
+            runtime=settings.runtime,
+            containerd_socket=settings.containerd_socket,
+            labels=dict(settings.labels),
+            advertise_addr=settings.advertise_addr,
+            insecure_registries=tuple(settings.insecure_registries),
+            metrics_addr=settings.metrics_addr or None,
+        )
+    )

@@ -1,0 +1,242 @@
+"""Node certificates: the join RPC on the plaintext join listener, and renewal on the API port.
+
+Join (ADR 13) runs over plaintext gRPC because a joining node has no certificate and does not
+know the CA yet. The request proves knowledge of the join token's secret with an HMAC over the
+CSR, so the secret never crosses the wire; the node checks the response against the CA
+fingerprint in its token. Any manager can answer: the CA key and the token secrets are in the
+replicated state, and nothing is written (the node appears once its agent registers).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from warren import pki, tls
+from warren.api.v1 import ca_pb2 as capb
+from warren.api.v1 import ca_pb2_grpc
+from warren.ids import new_id
+from warren.manager import metrics
+from warren.manager.server import ApiError, caller
+from warren.manager.store import Store
+from warren.model import ClusterInfo, NodeRole
+from warren.state import ClusterState
+from warren.validate import NAME_RE
+
+log = logging.getLogger(__name__)
+
+NODE_CERT_DAYS = 90
+MAX_CSR_BYTES = 16 * 1024
+MAX_JOIN_MESSAGE = 64 * 1024  # the join listener is unauthenticated: refuse anything bigger
+_PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
+
+DENIED = "the join token is invalid or has been rotated"
+MANAGER_JOIN_PENDING = "joining as a manager lands with issue #4"
+THROTTLED = "too many failed join attempts from this address; wait a minute and retry"
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class FailureLimiter:
+    """A token bucket per peer host that only failed attempts drain: a host may fail `burst`
+    times in a row, then once per `1/rate` seconds. Secrets are ~134 bits, so this does not
+    make guessing any less hopeless; it keeps a noisy client from burning the manager's CPU
+    and logs. The table is bounded: buckets that have refilled are forgotten first."""
+
+    def __init__(
+        self, burst: int = 10, rate: float = 0.5, max_hosts: int = 4096, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._burst = float(burst)
+        self._rate = rate
+        self._max_hosts = max_hosts
+        self._clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+
+    def _refilled(self, bucket: _Bucket, now: float) -> float:
+        return min(self._burst, bucket.tokens + (now - bucket.updated) * self._rate)
+
+    def allowed(self, host: str) -> bool:
+        """Whether `host` may try now (it has not used up its failures)."""
+        bucket = self._buckets.get(host)
+        return bucket is None or self._refilled(bucket, self._clock()) >= 1.0
+
+    def failed(self, host: str) -> None:
+        """Charge one failed attempt to `host`."""
+        now = self._clock()
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            if len(self._buckets) >= self._max_hosts:
+                self._evict(now)
+            bucket = self._buckets[host] = _Bucket(self._burst, now)
+        bucket.tokens = max(0.0, self._refilled(bucket, now) - 1.0)
+        bucket.updated = now
+
+    def _evict(self, now: float) -> None:
+        full = [h for h, b in self._buckets.items() if self._refilled(b, now) >= self._burst]
+        for host in full:
+            del self._buckets[host]
+        if len(self._buckets) >= self._max_hosts:  # everyone is failing: drop the oldest
+            oldest = min(self._buckets, key=lambda h: self._buckets[h].updated)
+            del self._buckets[oldest]
+
+
+def peer_host(peer: str) -> str:
+    """The host of a grpc peer string ("ipv4:1.2.3.4:5678", "ipv6:[::1]:5678") without its port."""
+    kind, _, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6"):
+        host, sep, port = rest.rpartition(":")
+        if sep and port.isdigit():
+            return host
+        return rest
+    return peer
+
+
+class _AuthorityCache:
+    """The CertificateAuthority for the current ClusterInfo, parsed once."""
+
+    def __init__(self) -> None:
+        self._pem = ""
+        self._ca: pki.CertificateAuthority | None = None
+
+    def get(self, cluster: ClusterInfo) -> pki.CertificateAuthority:
+        if self._ca is None or self._pem != cluster.ca_cert_pem:
+            self._ca = pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, cluster.ca_key_pem)
+            self._pem = cluster.ca_cert_pem
+        return self._ca
+
+
+def _cluster(state: ClusterState) -> ClusterInfo:
+    if state.cluster is None:
+        raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
+    return state.cluster
+
+
+def _managers(state: ClusterState) -> list[str]:
+    return sorted(n.addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
+
+
+def _issue(ca: pki.CertificateAuthority, csr_pem: str, node_id: str, role: str) -> bytes:
+    try:
+        return ca.issue(csr_pem.encode(), node_id, role, validity_days=NODE_CERT_DAYS)
+    except pki.PkiError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"unusable certificate signing request: {exc}") from None
+
+
+def _check_csr_size(csr_pem: str) -> None:
+    if not csr_pem:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "csr_pem is required")
+    if len(csr_pem) > MAX_CSR_BYTES:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"csr_pem is larger than {MAX_CSR_BYTES} bytes")
+
+
+class NodeCAService(ca_pb2_grpc.NodeCAServicer):
+    """Join: trade a proof of the join token for a node certificate."""
+
+    def __init__(
+        self,
+        store: Store,
+        limiter: FailureLimiter | None = None,
+        new_node_id: Callable[[], str] = new_id,
+    ) -> None:
+        self._store = store
+        self._limiter = limiter or FailureLimiter()
+        self._new_node_id = new_node_id
+        self._authority = _AuthorityCache()
+
+    async def Join(self, request: capb.JoinRequest, context: grpc.aio.ServicerContext) -> capb.JoinResponse:
+        started = time.perf_counter()
+        try:
+            response = self._join(request, peer_host(context.peer() or ""))
+        except ApiError as exc:
+            code, message = exc.code, exc.message
+        except Exception as exc:  # a bug: say so without details an unauthenticated peer need not see
+            log.exception("join failed")
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}"
+        else:
+            code, message = grpc.StatusCode.OK, ""
+        metrics.observe_request("/warren.api.v1.NodeCA/Join", code.name, time.perf_counter() - started)
+        if code != grpc.StatusCode.OK:
+            await context.abort(code, message)
+        return response
+
+    def _join(self, request: capb.JoinRequest, host: str) -> capb.JoinResponse:
+        if not self._limiter.allowed(host):
+            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED)
+        _check_csr_size(request.csr_pem)
+        if not NAME_RE.match(request.hostname):
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"invalid hostname {request.hostname[:64]!r}: use 1-63 letters, digits, '-', '_' or '.'",
+            )
+        if not _PROOF_RE.match(request.proof):
+            self._limiter.failed(host)
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+        with self._store.read() as state:
+            cluster = _cluster(state)
+            managers = _managers(state)
+        # Both secrets are always checked, so timing tells nothing about which one matched.
+        as_worker = pki.proof_matches(cluster.worker_token_secret, request.csr_pem, request.proof)
+        as_manager = pki.proof_matches(cluster.manager_token_secret, request.csr_pem, request.proof)
+        if as_manager:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, MANAGER_JOIN_PENDING)
+        if not as_worker:
+            self._limiter.failed(host)
+            log.warning("refused a join from %s (host %s): bad or rotated token", request.hostname, host)
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+        ca = self._authority.get(cluster)
+        node_id = self._new_node_id()
+        cert = _issue(ca, request.csr_pem, node_id, pki.ROLE_WORKER)
+        log.info("issued a worker certificate to node %s (%s, from %s)", node_id, request.hostname, host)
+        return capb.JoinResponse(
+            node_id=node_id,
+            role=pki.ROLE_WORKER,
+            cert_pem=cert.decode(),
+            ca_pem=ca.cert_pem.decode(),
+            managers=managers,
+        )
+
+
+class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
+    """Renewal, on the mTLS API port behind the guard: a fresh certificate for the caller's own
+    node id and role, as its current certificate states them. A revoked node never gets here."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._authority = _AuthorityCache()
+
+    async def RenewCertificate(self, request: capb.RenewRequest, context: object) -> capb.RenewResponse:
+        identity = caller.get()
+        _check_csr_size(request.csr_pem)
+        with self._store.read() as state:
+            cluster = _cluster(state)
+        ca = self._authority.get(cluster)
+        cert = _issue(ca, request.csr_pem, identity.node_id, identity.role)
+        log.info("renewed the %s certificate of node %s", identity.role, identity.node_id)
+        return capb.RenewResponse(cert_pem=cert.decode(), ca_pem=ca.cert_pem.decode())
+
+
+def build_join_server(bind_addr: str, servicer: NodeCAService) -> grpc.aio.Server:
+    """The plaintext join listener: NodeCA only, small messages, nothing else reachable."""
+    options = [
+        *tls.server_options(),
+        ("grpc.max_receive_message_length", MAX_JOIN_MESSAGE),
+        ("grpc.max_concurrent_streams", 16),
+    ]
+    server = grpc.aio.server(options=options)
+    ca_pb2_grpc.add_NodeCAServicer_to_server(servicer, server)
+    try:
+        bound = server.add_insecure_port(bind_addr)
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen for joins on {bind_addr}")
+    return server

@@ -1,0 +1,1 @@
+"""Container runtime drivers implementing `warren.agent.runtime.Runtime`: containerd and exec."""

@@ -1,0 +1,408 @@
+"""Image references and a Registry HTTP API v2 client (urllib only, no extra dependency).
+
+The pure parts — `parse_reference`, `Platform`, `select_manifest` — know nothing about the
+network and are unit-tested directly. `RegistryClient` fetches manifests and blobs with
+digest verification, answers bearer-token and basic auth challenges, and speaks plain HTTP
+only to loopback and to registries the operator lists as insecure.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import platform as _platform
+import re
+import socket
+import ssl
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
+INDEX_TYPES = (OCI_INDEX, DOCKER_MANIFEST_LIST)
+ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LIST))
+
+MAX_MANIFEST_BYTES = 4 << 20
+CHUNK = 1 << 20
+
+# distribution/reference's grammar, simplified to what Docker and containerd accept.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_DOMAIN_RE = re.compile(
+    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
+)
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+
+
+class InvalidReference(ValueError):
+    """The image reference does not parse; retrying cannot help."""
+
+
+class RegistryError(Exception):
+    """A pull step failed. `permanent`: the same reference will fail again (not found, denied)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A normalized image reference: `docker.io/library/busybox:latest`, `host:5000/a/b@sha256:…`."""
+
+    registry: str
+    repository: str
+    tag: str = ""
+    digest: str = ""
+
+    @property
+    def name(self) -> str:
+        """The canonical name, also the containerd image record's name."""
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+    @property
+    def reference(self) -> str:
+        """What to ask the registry's manifest endpoint for: the digest if pinned, else the tag."""
+        return self.digest or self.tag
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_reference(text: str) -> ImageRef:
+    """Normalize a reference the way Docker does (`busybox` → `docker.io/library/busybox:latest`)."""
+    original = text
+    text = text.strip()
+    if not text:
+        raise InvalidReference("empty image reference")
+    digest = ""
+    if "@" in text:
+        text, digest = text.rsplit("@", 1)
+        if not _DIGEST_RE.match(digest):
+            raise InvalidReference(f"invalid image reference {original!r}: bad digest {digest!r}")
+    tag = ""
+    last = text.rsplit("/", 1)[-1]
+    if ":" in last:
+        text, tag = text.rsplit(":", 1)
+        if not _TAG_RE.match(tag):
+            raise InvalidReference(f"invalid image reference {original!r}: bad tag {tag!r}")
+    first, sep, rest = text.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
+        registry, path = first, rest
+        if not _DOMAIN_RE.match(registry):
+            raise InvalidReference(f"invalid image reference {original!r}: bad registry {registry!r}")
+    else:
+        registry, path = DOCKER_HUB, text
+    if registry == "index.docker.io":
+        registry = DOCKER_HUB
+    if registry == DOCKER_HUB and "/" not in path:
+        path = f"library/{path}"
+    if path.lower() != path:
+        raise InvalidReference(f"invalid image reference {original!r}: repository name must be lowercase")
+    if not _PATH_RE.match(path) or len(registry) + 1 + len(path) > 255:
+        raise InvalidReference(f"invalid image reference {original!r}")
+    if not tag and not digest:
+        tag = "latest"
+    return ImageRef(registry, path, tag, digest)
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386", "i686": "386"}
+
+
+def host_platform() -> Platform:
+    """The platform images must match on this machine (linux/<arch>)."""
+    machine = _platform.machine().lower()
+    if machine.startswith("armv"):
+        return Platform("linux", "arm", "v" + machine[4])
+    return Platform("linux", _ARCH.get(machine, machine))
+
+
+def _normalize(p: Platform) -> Platform:
+    arch, variant = p.architecture.lower(), p.variant.lower()
+    if arch == "aarch64":
+        arch = "arm64"
+    if arch in ("x86_64", "x86-64"):
+        arch = "amd64"
+    if arch == "arm64" and variant in ("", "8", "v8"):
+        variant = "v8"
+    if arch == "amd64" and variant in ("v1", "1"):
+        variant = ""
+    if arch == "arm" and variant == "":
+        variant = "v7"
+    return Platform(p.os.lower(), arch, variant)
+
+
+def _compatible_variants(want: Platform) -> list[str]:
+    """Variants that run on `want`, best first (an armv7 host also runs v6 and v5 images)."""
+    if want.architecture == "arm" and re.fullmatch(r"v[5-8]", want.variant):
+        return [f"v{n}" for n in range(int(want.variant[1]), 4, -1)]
+    return [want.variant]
+
+
+def select_manifest(index: Mapping[str, object], want: Platform) -> dict[str, object]:
+    """Pick the manifest descriptor for `want` from an OCI index or Docker manifest list."""
+    manifests = [m for m in index.get("manifests", []) or [] if isinstance(m, dict)]  # type: ignore[union-attr]
+    if not manifests:
+        raise RegistryError("image index lists no manifests", permanent=True)
+    with_platform = [m for m in manifests if isinstance(m.get("platform"), dict)]
+    if not with_platform and len(manifests) == 1:
+        return manifests[0]
+    target = _normalize(want)
+    variants = _compatible_variants(target)
+    best: tuple[int, dict[str, object]] | None = None
+    for m in with_platform:
+        p = m["platform"]
+        have = _normalize(Platform(str(p.get("os", "")), str(p.get("architecture", "")), str(p.get("variant", ""))))
+        if (have.os, have.architecture) != (target.os, target.architecture) or have.variant not in variants:
+            continue
+        rank = variants.index(have.variant)
+        if best is None or rank < best[0]:
+            best = (rank, m)
+    if best is None:
+        available = sorted(
+            {
+                str(
+                    Platform(
+                        str(m["platform"].get("os", "")),
+                        str(m["platform"].get("architecture", "")),
+                        str(m["platform"].get("variant", "")),
+                    )
+                )
+                for m in with_platform
+            }
+        )
+        raise RegistryError(f"image has no {want} variant (it has: {', '.join(available) or 'none'})", permanent=True)
+    return best[1]
+
+
+def digest_of(data: bytes, algorithm: str = "sha256") -> str:
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
+
+
+def _hasher(digest: str) -> hashlib._Hash:
+    algorithm = digest.split(":", 1)[0]
+    if algorithm not in ("sha256", "sha512"):
+        raise RegistryError(f"unsupported digest algorithm in {digest}", permanent=True)
+    return hashlib.new(algorithm)
+
+
+def is_loopback(host: str) -> bool:
+    """`host[:port]` names this machine (plain HTTP is then allowed without configuration)."""
+    hostname = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    return hostname in ("localhost", "::1") or hostname.startswith("127.")
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params = {k.lower(): v for k, v in re.findall(r'(\w+)\s*=\s*"([^"]*)"', rest)}
+    return scheme.lower(), params
+
+
+def _reason(exc: BaseException) -> str:
+    """A short human reason for a network failure."""
+    reason = getattr(exc, "reason", exc)
+    if isinstance(reason, ConnectionRefusedError) or getattr(reason, "errno", None) == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(reason, socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(reason, socket.gaierror):
+        return "host name not resolved"
+    if isinstance(reason, ssl.SSLError):
+        return f"TLS error ({reason}); if it serves plain HTTP, list it as an insecure registry"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.lower()
+    return str(reason)
+
+
+class RegistryClient:
+    """Fetches manifests and blobs from Registry API v2 servers.
+
+    `auth` maps a registry (`host[:port]`, or `docker.io`) to `(username, password)`; the
+    credentials answer basic challenges and are sent to bearer-token endpoints. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        insecure: Iterable[str] = (),
+        auth: Mapping[str, tuple[str, str]] | None = None,
+        timeout: float = 30.0,
+        user_agent: str = "warren-agent",
+    ) -> None:
+        self._insecure = frozenset(insecure)
+        self._auth = dict(auth or {})
+        self._timeout = timeout
+        self._user_agent = user_agent
+        self._tokens: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._default = urllib.request.build_opener()
+
+    def _base(self, ref: ImageRef) -> str:
+        host = ref.api_host
+        plain = is_loopback(host) or host in self._insecure or ref.registry in self._insecure
+        return f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
+
+    def _open(self, ref: ImageRef, url: str, accept: str = "") -> urllib.response.addinfourl:
+        """GET with auth: one retry after answering a 401 challenge."""
+        key = (ref.registry, ref.repository)
+        for attempt in range(2):
+            request = urllib.request.Request(url, headers={"User-Agent": self._user_agent})
+            if accept:
+                request.add_header("Accept", accept)
+            with self._lock:
+                authorization = self._tokens.get(key)
+            if authorization:
+                # Not forwarded on redirects: blob storage backends reject a second credential.
+                request.add_unredirected_header("Authorization", authorization)
+            opener = self._direct if is_loopback(ref.api_host) else self._default
+            try:
+                return opener.open(request, timeout=self._timeout)
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401 and attempt == 0:
+                    challenge = exc.headers.get("WWW-Authenticate", "")
+                    exc.close()
+                    authorization = self._answer(ref, challenge)
+                    with self._lock:
+                        self._tokens[key] = authorization
+                    continue
+                raise
+            except (urllib.error.URLError, OSError) as exc:
+                raise RegistryError(f"registry {ref.registry} unreachable: {_reason(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    def _answer(self, ref: ImageRef, challenge: str) -> str:
+        scheme, params = _parse_challenge(challenge)
+        creds = self._auth.get(ref.registry) or self._auth.get(ref.api_host)
+        if scheme == "basic":
+            if not creds:
+                raise RegistryError(f"pull access denied for {ref}: registry {ref.registry} wants credentials", True)
+            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+        if scheme != "bearer" or "realm" not in params:
+            raise RegistryError(f"registry {ref.registry}: unsupported auth challenge {challenge!r}", permanent=True)
+        query = {"scope": params.get("scope") or f"repository:{ref.repository}:pull"}
+        if params.get("service"):
+            query["service"] = params["service"]
+        url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
+        request = urllib.request.Request(url, headers={"User-Agent": self._user_agent})
+        if creds:
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode())
+        try:
+            with self._default.open(request, timeout=self._timeout) as resp:
+                body = json.loads(resp.read(1 << 20))
+        except urllib.error.HTTPError as exc:
+            raise RegistryError(f"pull access denied for {ref}: token endpoint said HTTP {exc.code}", True) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"registry {ref.registry} auth server unreachable: {_reason(exc)}") from exc
+        except ValueError as exc:
+            raise RegistryError(f"registry {ref.registry}: bad token response") from exc
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryError(f"registry {ref.registry}: token response has no token")
+        return f"Bearer {token}"
+
+    def _http_error(self, ref: ImageRef, exc: urllib.error.HTTPError, what: str) -> RegistryError:
+        if exc.code == 404:
+            return RegistryError(f"image {ref} not found in registry", permanent=True)
+        if exc.code in (401, 403):
+            return RegistryError(f"pull access denied for {ref} (HTTP {exc.code})", permanent=True)
+        return RegistryError(f"registry {ref.registry}: HTTP {exc.code} fetching {what} of {ref}")
+
+    def get_manifest(self, ref: ImageRef, reference: str = "") -> tuple[str, bytes, str]:
+        """(media type, raw bytes, digest) of a manifest or index; a digest reference is verified."""
+        reference = reference or ref.reference
+        try:
+            with self._open(ref, f"{self._base(ref)}/manifests/{reference}", accept=ACCEPT) as resp:
+                body = resp.read(MAX_MANIFEST_BYTES + 1)
+                content_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
+        except urllib.error.HTTPError as exc:
+            raise self._http_error(ref, exc, "the manifest") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"registry {ref.registry} unreachable: {_reason(exc)}") from exc
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"manifest of {ref} is larger than {MAX_MANIFEST_BYTES} bytes", permanent=True)
+        if reference.startswith(("sha256:", "sha512:")):
+            digest = digest_of(body, reference.split(":", 1)[0])
+            if digest != reference:
+                raise RegistryError(f"manifest of {ref}: registry returned {digest}, not {reference}")
+        else:
+            digest = digest_of(body)
+        try:
+            media_type = json.loads(body).get("mediaType") or content_type
+        except ValueError as exc:
+            raise RegistryError(f"manifest of {ref} is not JSON", permanent=True) from exc
+        if media_type not in MANIFEST_TYPES + INDEX_TYPES:
+            raise RegistryError(f"image {ref}: unsupported manifest type {media_type!r}", permanent=True)
+        return media_type, body, digest
+
+    def resolve(self, ref: ImageRef, want: Platform) -> tuple[dict[str, object], bytes]:
+        """The platform-specific manifest of `ref`: (its descriptor, its raw bytes)."""
+        media_type, body, digest = self.get_manifest(ref)
+        if media_type in INDEX_TYPES:
+            chosen = select_manifest(json.loads(body), want)
+            media_type, body, digest = self.get_manifest(ref, str(chosen["digest"]))
+            if media_type in INDEX_TYPES:
+                raise RegistryError(f"image {ref}: nested image indexes are not supported", permanent=True)
+        return {"mediaType": media_type, "digest": digest, "size": len(body)}, body
+
+    def read_blob(self, ref: ImageRef, descriptor: Mapping[str, object], limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A small blob (an image config), verified."""
+        if int(descriptor.get("size", 0)) > limit:  # type: ignore[call-overload]
+            raise RegistryError(f"blob {descriptor.get('digest')} of {ref} is larger than {limit} bytes", True)
+        return b"".join(self.iter_blob(ref, descriptor))
+
+    def iter_blob(self, ref: ImageRef, descriptor: Mapping[str, object]) -> Iterator[bytes]:
+        """Stream a blob in chunks; raises RegistryError at the end if size or digest do not match."""
+        digest, size = str(descriptor["digest"]), int(descriptor.get("size", -1))  # type: ignore[call-overload]
+        hasher = _hasher(digest)
+        received = 0
+        try:
+            with self._open(ref, f"{self._base(ref)}/blobs/{digest}") as resp:
+                while chunk := resp.read(CHUNK):
+                    hasher.update(chunk)
+                    received += len(chunk)
+                    if size >= 0 and received > size:
+                        raise RegistryError(f"blob {digest} of {ref} is larger than its descriptor says")
+                    yield chunk
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise RegistryError(f"blob {digest} of image {ref} not found in registry", permanent=True) from exc
+            raise self._http_error(ref, exc, f"blob {digest}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise RegistryError(f"registry {ref.registry} unreachable: {_reason(exc)}") from exc
+        actual = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
+        if actual != digest or (size >= 0 and received != size):
+            raise RegistryError(f"blob {digest} of {ref}: received {received} bytes hashing to {actual}")
