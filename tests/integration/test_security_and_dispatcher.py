@@ -196,3 +196,19 @@ def test_standard_health_service_answers_serving(manager: Manager, tmp_path: Pat
         stub = health_pb2_grpc.HealthStub(manager.channel(creds))
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_new_session_supersedes_the_old_one(manager: Manager, tmp_path: Path) -> None:
+    creds = _issue(manager, tmp_path / "worker", "workertwice", pki.ROLE_WORKER)
+    first = ScriptedWorker(manager, creds, "worker-twice")
+    second = ScriptedWorker(manager, creds, "worker-twice")
+    try:
+        first._reader.join(timeout=5)  # the old stream ends on its own
+        assert not first._reader.is_alive()
+        with pytest.raises(grpc.RpcError) as err:
+            first.stub.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        second.stub.Heartbeat(dpb.HeartbeatRequest(session_id=second.session_id), timeout=5)
+    finally:
+        first.close()
+        second.close()

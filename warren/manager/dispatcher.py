@@ -101,6 +101,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         check_result(await self._raft.propose_async(commands.RegisterNode(node), self._timeout))
         self._heartbeats.beat(node.id)
         session_id = new_id()
+        # One session per node: a reconnecting agent supersedes its previous, maybe half-open,
+        # stream, which then ends on its next wake-up.
+        for stale in [sid for sid, nid in self._sessions.items() if nid == node.id]:
+            del self._sessions[stale]
         self._sessions[session_id] = node.id
         try:
             with self._hub.subscribe() as events:
@@ -137,6 +141,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             removed=removed,
                         )
                         version += 1
+                if session_id not in self._sessions:
+                    raise ApiError(grpc.StatusCode.UNAVAILABLE, "superseded by a newer session of this node")
+                raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
 
