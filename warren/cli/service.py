@@ -652,13 +652,19 @@ class _Progress:
         self.stream = stream
         self.tty = stream.isatty()
         self.shown: list[str] = []
+        self.printed: set[str] = set()
 
     def show(self, lines: list[str]) -> None:
         if lines == self.shown:
             return
-        if self.tty and self.shown:
-            self.stream.write(f"\x1b[{len(self.shown)}F\x1b[J")
-        self.stream.write("".join(line + "\n" for line in lines))
+        if self.tty:
+            if self.shown:
+                self.stream.write(f"\x1b[{len(self.shown)}F\x1b[J")
+            fresh = lines
+        else:  # a log: each line once, not the whole block again on every change
+            fresh = [line for line in lines if line not in self.printed]
+            self.printed.update(fresh)
+        self.stream.write("".join(line + "\n" for line in fresh))
         self.stream.flush()
         self.shown = lines
 
