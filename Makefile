@@ -8,9 +8,12 @@ CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
 CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
 
-.PHONY: install proto test test-unit test-integration lint bench demo demo-stop clean
+.PHONY: install deps proto test test-unit test-integration lint bench demo demo-stop clean
 
 install: $(STAMP) proto
+
+deps:
+	./cmd/install-deps.sh
 
 $(STAMP): pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check --root-user-action=ignore -e '.[dev]'
@@ -23,13 +26,13 @@ proto: $(STAMP)
 		--pyi_out=$(CONTAINERD_GEN) $(CONTAINERD_PROTOS)
 	find $(CONTAINERD_GEN)/containerd -type d -exec touch {}/__init__.py \;
 
-test: install
+test: install deps
 	$(PYTHON) -m pytest -q
 
 test-unit: install
 	$(PYTHON) -m pytest -q tests/unit
 
-test-integration: install
+test-integration: install deps
 	$(PYTHON) -m pytest -q tests/integration
 
 lint: install
@@ -37,14 +40,14 @@ lint: install
 	lint-imports
 	$(PYTHON) -m ruff format --check warren tests bench cmd chaos
 
-bench: install
+bench: install deps
 	$(PYTHON) -m bench.run
 
-demo: install
-	./cmd/demo.sh
+demo: install deps
+	$(PYTHON) cmd/demo.py
 
 demo-stop:
-	./cmd/demo.sh stop
+	$(PYTHON) cmd/demo.py stop
 
 clean:
 	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2.pyi $(CONTAINERD_GEN)

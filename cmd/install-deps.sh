@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages Warren's runtime, demo and tests use: containerd + runc (the container
+# runtime), busybox-static (the demo's and tests' image), docker-registry + skopeo (a registry
+# on 127.0.0.1 for the pull tests). Installs only what is missing; the system containerd
+# service is never used (the demo and the tests start their own daemons).
+set -euo pipefail
+PACKAGES="containerd runc busybox-static docker-registry skopeo"
+missing=""
+for pkg in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages:$missing (run as root, or: sudo apt-get install$missing)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq $missing >/dev/null
+fi
