@@ -9,6 +9,7 @@ answers on 127.0.0.1:8080. Everything lives under .demo/ and is stopped by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ METRICS = os.environ.get("WARREN_DEMO_METRICS", "127.0.0.1:9323")
 HTTP_PORT = 8080
 IMAGE = "demo.local/busybox:latest"
 WEB = (
-    "mkdir -p /tmp/www && echo \"Hello from Warren, task $(hostname)\" > /tmp/www/index.html"
+    'mkdir -p /tmp/www && echo "Hello from Warren, task $(hostname)" > /tmp/www/index.html'
     f" && exec httpd -f -p {HTTP_PORT} -h /tmp/www"
 )
 
@@ -54,10 +55,8 @@ class _Pid:
         self._signal(signal.SIGKILL)
 
     def _signal(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def wait(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -96,14 +95,35 @@ def start() -> None:
     if _alive(DEMO / "manager.pid") is None:
         log = open(DEMO / "manager.log", "ab")  # noqa: SIM115 - handed to the manager process
         manager = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", "cluster", "init", "--data-dir", str(DEMO / "data"),
-             "--listen-addr", API, "--metrics-addr", METRICS, "--containerd-socket", containerd.socket],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "warren.cli.main",
+                "cluster",
+                "init",
+                "--data-dir",
+                str(DEMO / "data"),
+                "--listen-addr",
+                API,
+                "--metrics-addr",
+                METRICS,
+                "--containerd-socket",
+                containerd.socket,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            start_new_session=True,
         )
         (DEMO / "manager.pid").write_text(str(manager.pid))
         deadline = time.monotonic() + 30
-        while subprocess.run([sys.executable, "-m", "warren.cli.main", "cluster", "info"], cwd=REPO,
-                             capture_output=True).returncode != 0:
+        while (
+            subprocess.run(
+                [sys.executable, "-m", "warren.cli.main", "cluster", "info"], cwd=REPO, capture_output=True
+            ).returncode
+            != 0
+        ):
             if manager.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"demo: the manager did not start; its log:\n{(DEMO / 'manager.log').read_text()}")
             time.sleep(0.2)
@@ -129,8 +149,7 @@ def stop() -> None:
     manager = _alive(DEMO / "manager.pid")
     if manager is not None:
         # Remove the service first: a stopped agent leaves its containers running, by design.
-        subprocess.run([sys.executable, "-m", "warren.cli.main", "service", "rm", "web"], cwd=REPO,
-                       capture_output=True)
+        subprocess.run([sys.executable, "-m", "warren.cli.main", "service", "rm", "web"], cwd=REPO, capture_output=True)
         time.sleep(2)
         os.kill(manager, signal.SIGTERM)
         _Pid(manager).wait(timeout=15)

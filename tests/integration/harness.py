@@ -155,6 +155,66 @@ class Manager:
         return control_pb2_grpc.ControlStub(self.channel(creds_dir))
 
 
+class Joiner:
+    """`warren cluster join` / `warren worker start` processes for one data directory."""
+
+    def __init__(self, root: Path, manager: Manager) -> None:
+        self.root = root
+        self.manager = manager
+        self.data_dir = root / "node"
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.runs = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"agent-{self.runs}.log"
+
+    def start(self, *argv: str) -> subprocess.Popen[bytes]:
+        """Run a foreground command (join or worker start) in the background."""
+        self.runs += 1
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        process = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.manager.env(),
+            cwd=self.root,
+        )
+        self.processes.append(process)
+        return process
+
+    def join(self, token: str, *extra: str) -> subprocess.Popen[bytes]:
+        return self.start(
+            "cluster", "join", "--token", token, self.manager.join_addr, "--data-dir", str(self.data_dir), *extra
+        )
+
+    def log(self) -> str:
+        """The output of the latest run."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def all_logs(self) -> str:
+        """The output of every run, oldest first (shown when a test fails)."""
+        runs = (self.root / f"agent-{i}.log" for i in range(1, self.runs + 1))
+        return "".join(f"---- run {p.name} ----\n{p.read_text(errors='replace')}" for p in runs if p.exists())
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every live process (kill -9 by default) and reap it."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(sig)
+                process.wait(timeout=20)
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
 def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None

@@ -12,8 +12,6 @@ import datetime as dt
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,60 +20,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port, wait_for
 from warren import pki, tls
 from warren.agent import join as joining
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 
 pytestmark = pytest.mark.integration
-
-
-class Joiner:
-    """`warren cluster join` / `warren worker start` processes for one data directory."""
-
-    def __init__(self, root: Path, manager: Manager) -> None:
-        self.root = root
-        self.manager = manager
-        self.data_dir = root / "node"
-        self.processes: list[subprocess.Popen[bytes]] = []
-        self.runs = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.root / f"agent-{self.runs}.log"
-
-    def start(self, *argv: str) -> subprocess.Popen[bytes]:
-        """Run a foreground command (join or worker start) in the background."""
-        self.runs += 1
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        process = subprocess.Popen(
-            [sys.executable, "-m", "warren.cli.main", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.manager.env(),
-            cwd=self.root,
-        )
-        self.processes.append(process)
-        return process
-
-    def join(self, token: str, *extra: str) -> subprocess.Popen[bytes]:
-        return self.start(
-            "cluster", "join", "--token", token, self.manager.join_addr, "--data-dir", str(self.data_dir), *extra
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop_all(self) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, node, service, units, worker
+    from warren.cli import cluster, image, node, service, units, worker
 
     parser = Parser(
         prog=PROG,
@@ -52,6 +52,7 @@ def build_parser() -> Parser:
     service.register(groups)
     node.register(groups)
     worker.register(groups)
+    image.register(groups)
     return parser
 
 
