@@ -24,6 +24,7 @@ BENCHMARKS = {
     "api": "bench.bench_api",
     "memory": "bench.bench_memory",
     "task_start": "bench.bench_task_start",
+    "e2e": "bench.bench_e2e",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -86,6 +86,7 @@ def _alive(pidfile: Path) -> int | None:
 
 def start() -> None:
     DEMO.mkdir(parents=True, exist_ok=True)
+    (DEMO / "containerd").mkdir(exist_ok=True)
     containerd = ContainerdDaemon(DEMO / "containerd")
     if _alive(DEMO / "containerd.pid") is None:
         containerd.start()

@@ -18,6 +18,10 @@ MAX_VALUE = 4096
 MAX_ITEMS = 256  # env entries, labels, constraints, ports, command words
 MAX_ARGV_BYTES = 64 * 1024
 RESERVED_PREFIX = "warren."
+# Log streaming (ADR 14): one PublishLogs batch, and one line (longer lines travel in pieces).
+MAX_LOG_BATCH = 1000
+MAX_LOG_BATCH_BYTES = 1 << 20
+MAX_LOG_LINE = 16 * 1024
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f\s]+$")
 
 

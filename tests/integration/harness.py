@@ -147,6 +147,11 @@ class Manager:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def join_token(self, role: str = "worker") -> str:
+        result = self.cli("cluster", "join-token", role, "-q")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
     def channel(self, creds_dir: Path | None = None) -> grpc.Channel:
         creds = tls.load_credentials(creds_dir or self.data_dir / "admin")
         return grpc.secure_channel(self.addr, tls.channel_credentials(*creds), options=tls.channel_options())

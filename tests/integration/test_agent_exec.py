@@ -9,18 +9,20 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager, free_port, wait_for
 from warren import pki, tls
 from warren.agent.daemon import AgentOptions, serve
 
@@ -285,6 +287,38 @@ def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Man
     wait_for(lambda: not list((agent.data_dir / "logs").iterdir()), message="task logs removed with their tasks")
     # Nothing is left in any task's process group either (such as a killed shell's sleep).
     wait_for(lambda: not procs.group_members(), message=f"empty process groups (left: {procs.group_members()})")
+
+
+def _http_get(port: int) -> str | None:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://127.0.0.1:{port}/", timeout=2) as resp:
+            return resp.read().decode()
+    except OSError:
+        return None
+
+
+def test_exec_service_answers_on_the_host(cluster: tuple[Manager, Agent, Processes], tmp_path: Path) -> None:
+    manager, _, procs = cluster
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("hello from an exec task\n")
+    port = free_port()
+    server = f"{shlex.quote(sys.executable)} -m http.server {port} --bind 127.0.0.1 --directory {shlex.quote(str(www))}"
+    wait_for(
+        lambda: any(n["hostname"] == "exec-worker" and n["status"] == "ready" for n in manager.cli_json("node", "ls")),
+        message="the worker to register",
+    )
+    created = manager.cli(
+        "service", "create", "web", "--image", "exec", "--constraint", "node.role==worker",
+        "--", "sh", "-c", f"{server}; exit 0", procs.marker.decode(),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    wait_for(lambda: _http_get(port) == "hello from an exec task\n", message="the service to answer on the host")
+    assert len(running(manager)) == 1
+    assert manager.cli("service", "rm", "web").returncode == 0
+    wait_for(lambda: not procs.pids() and not procs.group_members(), message="the server to stop")
+    assert _http_get(port) is None
 
 
 class InProcessAgent:

@@ -5,7 +5,8 @@ Data directory layout (what an agent needs to resume after kill -9):
     certs/      this node's CA, certificate and key (written by `warren cluster join`)
     node.json   {"node_id": ..., "managers": [...]}: who we are and where the managers are
     agent.db    LMDB cache: assignment set and per-task local state (owner-only)
-    logs/       one file per task: the container's stdout and stderr
+    logs/       one file per task: the container's stdout and stderr (<task>.log), and when
+                each line arrived (<task>.idx, ADR 14)
     exec/ or containerd/   the runtime driver's own state
 Stopping the agent (SIGTERM, or kill -9) leaves its containers running: the next agent
 re-adopts them by label (ADR 12).
@@ -33,6 +34,7 @@ import lmdb
 from warren import tls
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
+from warren.agent.logs import LogAgent
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
@@ -171,6 +173,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
     waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
     worker: Worker | None = None
     metrics_job: asyncio.Task[None] | None = None
+    indexer: asyncio.Task[None] | None = None
+    logs: LogAgent | None = None
     try:
         try:
             runtime = await asyncio.get_running_loop().run_in_executor(calls, make_runtime, options)
@@ -182,6 +186,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         queue = StatusQueue()
         worker = Worker(env, cache, queue)
         await worker.start()
+        logs = LogAgent(data / "logs", running=worker.started_task_ids)
+        indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
         session = Session(
             data / CERTS_DIR,
             managers,
@@ -189,6 +195,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             worker,
             queue,
             on_managers=functools.partial(save_managers, data),
+            logs=logs,
         )
         if options.metrics_addr:
             from warren.agent import metrics
@@ -208,6 +215,12 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
     finally:
         log.info("agent stopping; containers keep running")
+        if indexer is not None:
+            indexer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await indexer
+        if logs is not None:
+            logs.close()
         if metrics_job is not None:
             metrics_job.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -24,6 +24,7 @@ import grpc
 
 from warren import tls
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, VersionGap
+from warren.agent.logs import LogAgent
 from warren.agent.status import Report, StatusQueue
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -144,6 +145,7 @@ class Session:
         worker: Worker,
         queue: StatusQueue,
         on_managers: Callable[[list[str]], None] = lambda addrs: None,
+        logs: LogAgent | None = None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -151,6 +153,7 @@ class Session:
         self.worker = worker
         self.queue = queue
         self.on_managers = on_managers
+        self.logs = logs  # serves log subscriptions during each session (ADR 14)
         self.assignments = AssignmentSet()
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -231,6 +234,8 @@ class Session:
                 asyncio.create_task(self._report(stub, session_id), name="session-report"),
                 asyncio.create_task(stop.wait(), name="session-stop"),
             }
+            if self.logs is not None:  # never ends on its own: the other jobs end the session
+                jobs.add(asyncio.create_task(self.logs.serve(stub, session_id), name="session-logs"))
             try:
                 done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -189,6 +189,10 @@ class Worker:
                 (Path(self.env.log_dir) / f"{task_id}.log").unlink()
 
     # -- views ---------------------------------------------------------------------------------
+    def started_task_ids(self) -> list[str]:
+        """Tasks whose process was started and has not ended: their logs are growing."""
+        return [t for t, ctl in self.controllers.items() if ctl.local.started and not ctl.local.state.terminal]
+
     def counts_by_state(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for ctl in self.controllers.values():

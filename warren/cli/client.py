@@ -6,6 +6,8 @@ Imports grpc, so only command handlers that talk to a manager import this module
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
@@ -94,6 +96,34 @@ class Client:
             raise rpc_error(tls_failures[0][1], tls_failures[0][0])
         raise _unreachable(failures)
 
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        """Iterate a server-streaming Control.<method> with no deadline. Before the first
+        message, an unreachable manager fails over to the next, and a follower's "the leader is
+        at ADDR" sends us there; after it, an error ends the stream (CliError). Closing the
+        iterator cancels the call."""
+        n = len(self.managers)
+        order = [self.managers[(self._current + i) % n] for i in range(n)]
+        failures: list[tuple[str, grpc.RpcError]] = []
+        while order:
+            addr = order.pop(0)
+            call = getattr(self._stub(addr), method)(request)
+            received = False
+            try:
+                for item in call:
+                    received = True
+                    yield item
+                return
+            except grpc.RpcError as exc:
+                if received or exc.code() != grpc.StatusCode.UNAVAILABLE or _is_tls_failure(exc):
+                    raise _stream_error(exc, addr, received) from None
+                failures.append((addr, exc))
+                hint = _leader_hint(exc)
+                if hint and hint not in (a for a, _ in failures):
+                    order = [hint, *(a for a in order if a != hint)]
+            finally:
+                call.cancel()
+        raise _unreachable(failures)
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
@@ -141,6 +171,23 @@ def rpc_error(exc: grpc.RpcError, addr: str) -> CliError:
     if code == grpc.StatusCode.PERMISSION_DENIED:
         return CliError(f"permission denied: {details or 'this certificate may not do that'}", Exit.CREDENTIALS)
     return CliError(details or code.name.lower().replace("_", " "), _CODE_TO_EXIT.get(code, Exit.FAILURE))
+
+
+_LEADER_RE = re.compile(r"the leader is at (\S+)")
+
+
+def _leader_hint(exc: grpc.RpcError) -> str | None:
+    """The leader's address from a follower's "not the leader; the leader is at ADDR"."""
+    match = _LEADER_RE.search(exc.details() or "")
+    return match.group(1) if match and match.group(1) != "unknown" else None
+
+
+def _stream_error(exc: grpc.RpcError, addr: str, received: bool) -> CliError:
+    """A stream that failed; once messages came, say that it was cut rather than unreachable."""
+    if received and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        details = (exc.details() or "").strip()
+        return CliError(f"the stream from the manager at {addr} ended: {details or 'unavailable'}", Exit.UNAVAILABLE)
+    return rpc_error(exc, addr)
 
 
 def _unreachable(failures: list[tuple[str, grpc.RpcError]]) -> CliError:

@@ -1,4 +1,4 @@
-"""`warren service ...`: create, list, inspect, scale, update and remove services.
+"""`warren service ...`: create, list, inspect, scale, update and remove services; show logs.
 
 Specs are built as types_pb2.ServiceSpec straight from the flags; the manager validates them
 (its errors come back as INVALID_ARGUMENT, exit 2). Write commands wait for the service to
@@ -119,6 +119,31 @@ def register(groups: Any) -> None:
     _add_spec_flags(p)
     _add_wait_flags(p)
     p.set_defaults(func=cmd_update, accepts_command=True)
+
+    p = cmds.add_parser(
+        "logs",
+        help="show the output of a service's tasks",
+        description="Each line is prefixed with its task: SERVICE.SLOT.TASKID@NODE. Lines of different "
+        "tasks are merged in the order they arrive.",
+    )
+    p.add_argument("name", help="name, ID or unique ID prefix")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output until Ctrl-C")
+    p.add_argument(
+        "-n",
+        "--tail",
+        type=value_type(parse_tail),
+        default=-1,
+        metavar="N",
+        help="only the last N lines of each task (default: all)",
+    )
+    p.add_argument("-t", "--timestamps", action="store_true", help="show when each line arrived (RFC 3339, UTC)")
+    p.add_argument(
+        "--since",
+        type=value_type(parse_since),
+        metavar="DURATION|TIME",
+        help="only lines since then: a duration ago (10m) or a time (2025-01-02T10:00:00Z)",
+    )
+    p.set_defaults(func=cmd_logs)
 
     p = cmds.add_parser("rm", help="remove services and their tasks")
     p.add_argument("names", nargs="+", metavar="NAME")
@@ -558,7 +583,79 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return code
 
 
+def parse_tail(text: str) -> int:
+    """--tail: "all" (-1) or a number of lines."""
+    if text.strip().lower() == "all":
+        return -1
+    try:
+        return units.parse_count(text)
+    except ValueError:
+        raise ValueError(f"invalid --tail {text!r}: use a number of lines or 'all'") from None
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """--since: a Unix time from a duration ago ("10m") or an RFC 3339 time."""
+    import datetime as dt
+    import time
+
+    try:
+        return (time.time() if now is None else now) - units.parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"invalid --since {text!r}: use a duration (10m) or a time (2025-01-02T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        moment = moment.astimezone()  # a time without a zone is local time, as `date` shows it
+    return moment.timestamp()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    out = sys.stdout.buffer
+    with connect(args) as client:
+        hostnames = {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+        looked_up: set[str] = set()
+        request = pb.ServiceLogsRequest(service=args.name, follow=args.follow, tail=args.tail, since=args.since or 0.0)
+        stream = client.stream("ServiceLogs", request)
+        try:
+            for batch in stream:
+                for msg in batch.messages:
+                    if msg.note:
+                        sys.stderr.write(f"warren: warning: {msg.note}\n")
+                        sys.stderr.flush()
+                        continue
+                    if msg.node_id not in hostnames and msg.node_id not in looked_up:
+                        looked_up.add(msg.node_id)  # a node that joined meanwhile: look once
+                        nodes = client.call("ListNodes", pb.ListNodesRequest()).nodes
+                        hostnames.update({n.id: n.hostname for n in nodes})
+                    out.write(format_log_line(msg, hostnames, args.timestamps))
+                out.flush()
+        except KeyboardInterrupt:
+            if not args.follow:
+                raise
+            return 0  # Ctrl-C is how a follow ends
+        finally:
+            stream.close()
+    return 0
+
+
 # -- formatting --------------------------------------------------------------------------------
+def format_log_line(msg: Any, hostnames: dict[str, str], timestamps: bool = False) -> bytes:
+    """Docker's shape: [TIME ]web.1.TASKID@NODE    | LINE, with the line's bytes as they came."""
+    import datetime as dt
+
+    name = f"{msg.service_name}.{msg.slot}" if msg.slot else f"{msg.service_name}.{msg.node_id[:12]}"
+    prefix = f"{name}.{msg.task_id[:12]}@{hostnames.get(msg.node_id) or msg.node_id[:12]}    | "
+    if timestamps:
+        moment = dt.datetime.fromtimestamp(msg.timestamp, dt.UTC)
+        prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ ") + prefix
+    return prefix.encode() + msg.data + b"\n"
+
+
 def task_name(service_name: str, task: Any) -> str:
     """web.3 for replica 3; web.<node id> for a global task."""
     return f"{service_name}.{task.slot}" if task.slot else f"{service_name}.{task.node_id[:12]}"
@@ -588,14 +685,15 @@ def _resources(r: Any) -> str:
 # -- waiting for convergence -------------------------------------------------------------------
 _SETTLED = ("assigned", "running")
 _GLOBAL_STABLE_POLLS = 5  # a global service's task count is only known once it stops changing
+_IDLE_ASSIGNED_POLLS = 15  # ~3 s of assigned tasks that no agent moves: stop waiting
 
 
 class Convergence:
     """Where a service's tasks stand, from one ListTasks answer.
 
-    Until the worker agent exists (issue #3) tasks go no further than "assigned", so a service
-    counts as converged once every desired task is assigned or running (nothing in between),
-    and none still runs a replaced spec version.
+    A service has converged once every desired task runs the current spec version. Tasks
+    assigned to a node whose agent never picks them up (no agent runs there) stay "assigned";
+    `settled` counts those too, so the wait can end saying so instead of hanging.
     """
 
     def __init__(self, service: Any, tasks: Any, check_version: bool) -> None:
@@ -610,6 +708,8 @@ class Convergence:
         self.waiting = [t for t in self.current if t.state not in _SETTLED]
         self.extra = len(live) - self.target
         self.done = len(self.settled) == self.target and not self.extra and not self.stale
+        self.all_running = self.done and self.running == self.target
+        self.fingerprint = tuple(sorted((t.id, t.state) for t in self.current))
 
     def lines(self) -> list[str]:
         head = f"{self.name}: overall progress: {min(len(self.settled), self.target)} of {self.target} tasks assigned"
@@ -627,7 +727,7 @@ class Convergence:
             out.append(
                 f"  {self.stale} task(s) still run an older version; a rolling update replaces the next one "
                 "once the new task is running"
-                + ("" if self.running else " (tasks start running once a worker agent runs on their node)")
+                + ("" if self.running else " (no task runs yet: does their node run an agent?)")
             )
         return out
 
@@ -638,10 +738,10 @@ class Convergence:
         if r == n:
             return f"{self.name}: {n} of {n} tasks running"
         if r == 0:
-            return f"{self.name}: {n} of {n} tasks assigned; tasks start running once a worker agent runs on their node"
+            return f"{self.name}: {n} of {n} tasks assigned; no agent has started them (does their node run one?)"
         return (
-            f"{self.name}: {n} of {n} tasks assigned, {r} running; the others start once a worker agent "
-            "runs on their node"
+            f"{self.name}: {n} of {n} tasks assigned, {r} running; no agent has started the others "
+            "(does their node run one?)"
         )
 
 
@@ -685,10 +785,12 @@ def wait_converged(client: Any, service: Any, timeout: float, check_version: boo
             tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id)).tasks
             state = Convergence(service, tasks, check_version)
             progress.show(state.lines())
-            ids = sorted(t.id for t in state.current)
-            stable = stable + 1 if state.done and ids == last_ids else int(state.done)
-            last_ids = ids
-            if state.done and (service.spec.mode != "global" or stable >= _GLOBAL_STABLE_POLLS):
+            # Done when all run; or when every task is at least assigned and nothing has moved
+            # for a while (their nodes run no agent). Global services need a stable count too.
+            stable = stable + 1 if state.done and state.fingerprint == last_ids else int(state.done)
+            last_ids = state.fingerprint
+            needed = _GLOBAL_STABLE_POLLS if service.spec.mode == "global" else 1
+            if state.done and stable >= (needed if state.all_running else _IDLE_ASSIGNED_POLLS):
                 sys.stderr.write(state.summary() + "\n")
                 return 0
             if time.monotonic() >= deadline:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -11,6 +12,7 @@ from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.ids import new_id
+from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode
 from warren.manager.server import ApiError, check_result
 from warren.manager.store import Store
@@ -71,10 +73,11 @@ def _spec(msg: object) -> object:
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    def __init__(self, store: Store, raft: RaftNode, timeout: float = 5.0) -> None:
+    def __init__(self, store: Store, raft: RaftNode, timeout: float = 5.0, logs: LogBroker | None = None) -> None:
         self._store = store
         self._raft = raft
         self._timeout = timeout
+        self._logs = logs
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -277,3 +280,27 @@ class ControlService(control_pb2_grpc.ControlServicer):
             tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
         tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
         return cpb.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+
+    # -- logs --------------------------------------------------------------------------------
+    async def ServiceLogs(self, request: cpb.ServiceLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
+        """The service's task logs, gathered from the agents by the leader's broker (ADR 14)."""
+        if self._logs is None:
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve logs")
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+            if not self._raft.is_leader:
+                leader = self._raft.status().leader
+                addr = next((n.addr for n in state.nodes.values() if leader and n.raft_addr == leader), "")
+                raise ApiError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"not the leader; the leader is at {addr or 'unknown'} (it serves the logs)",
+                )
+        stream = self._logs.open(service.id, request.follow, request.tail, request.since)
+        add_done_callback = getattr(context, "add_done_callback", None)
+        if add_done_callback is not None:  # the caller went away: close at once, not at GC
+            add_done_callback(lambda _context: stream.close())
+        try:
+            async for batch in stream.batches():
+                yield cpb.ServiceLogsMessage(messages=batch)
+        finally:
+            stream.close()

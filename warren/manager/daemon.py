@@ -36,6 +36,7 @@ from warren.manager import embedded, metrics
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.logbroker import LogBroker
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import ProposalError, RaftNode, RaftStartError
@@ -241,8 +242,9 @@ async def _serve(options: ManagerOptions) -> int:
             return state.is_revoked(node_id)
 
     heartbeats = Heartbeats()
-    control = ControlService(store, raft)
-    dispatcher = DispatcherService(store, raft, hub, heartbeats)
+    logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
+    control = ControlService(store, raft, logs=logs)
+    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
         server, health = build_server(
             identity.listen_addr,

@@ -21,6 +21,7 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.ids import new_id
 from warren.manager.events import EventHub
+from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result
 from warren.manager.store import Store
@@ -50,12 +51,21 @@ def _visible(task: Task) -> bool:
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
-    def __init__(self, store: Store, raft: RaftNode, hub: EventHub, heartbeats: Heartbeats, timeout: float = 5.0):
+    def __init__(
+        self,
+        store: Store,
+        raft: RaftNode,
+        hub: EventHub,
+        heartbeats: Heartbeats,
+        timeout: float = 5.0,
+        logs: LogBroker | None = None,
+    ):
         self._store = store
         self._raft = raft
         self._hub = hub
         self._heartbeats = heartbeats
         self._timeout = timeout
+        self._logs = logs
         self._sessions: dict[str, str] = {}  # session id -> node id
 
     def _require_leader(self) -> None:
@@ -209,6 +219,34 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 await self._raft.propose_async(commands.ReportTaskStatus(node_id, tuple(updates)), self._timeout)
             )
         return dpb.UpdateTaskStatusResponse()
+
+    # -- logs (ADR 14) ---------------------------------------------------------------------------
+    def _log_broker(self) -> LogBroker:
+        if self._logs is None:
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve logs")
+        return self._logs
+
+    async def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest, context: object) -> AsyncIterator:
+        """Push this node's log subscriptions for as long as its session lasts."""
+        self._require_leader()
+        node_id = self._node_of(request.session_id)
+        listener = self._log_broker().listen(node_id)
+
+        def alive() -> bool:
+            return self._raft.is_leader and request.session_id in self._sessions
+
+        try:
+            async for message in listener.messages(alive):
+                yield message
+        finally:
+            listener.close()
+
+    async def PublishLogs(self, request: dpb.PublishLogsRequest, context: object) -> dpb.PublishLogsResponse:
+        """One batch of log lines; the broker checks them against the caller's node."""
+        self._require_leader()
+        node_id = self._node_of(request.session_id)
+        stop = await self._log_broker().publish(node_id, request)
+        return dpb.PublishLogsResponse(stop=stop)
 
 
 def _reported_time(timestamp: float) -> float:
