@@ -20,9 +20,14 @@ import time
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.integration.harness import Manager, wait_for
+from warren import pki, tls
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import dispatcher_pb2_grpc
+from warren.api.v1 import types_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -216,3 +221,63 @@ def test_a_node_that_does_not_answer_is_reported_not_waited_for(tmp_path: Path) 
         assert 4 < elapsed < 15
     finally:
         manager.stop()
+
+
+def test_an_agent_may_publish_only_the_logs_of_its_own_tasks(tmp_path: Path) -> None:
+    """Another node, with a valid worker certificate and its own session, cannot slip lines into
+    a stream: not for a subscription it was not sent, and not through a session it does not own."""
+    manager = Manager(tmp_path, agent_args=["--runtime", "exec"])
+    marker = f"warren-logs-{uuid.uuid4().hex}"
+    follower: subprocess.Popen[str] | None = None
+    channel = None
+    try:
+        manager.start()
+        created = manager.cli("service", "create", "ticker", "--image", "exec", "--", "sh", "-c", SCRIPT, marker)
+        assert created.returncode == 0, created.stderr
+        [task] = manager.cli_json("service", "ps", "ticker")  # type: ignore[misc]
+        follower = subprocess.Popen(
+            [sys.executable, "-m", "warren.cli.main", "service", "logs", "-f", "ticker"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=manager.env(),
+            cwd=manager.root,
+        )
+        reader = _LineReader(follower)
+        assert reader.take(1, timeout=20)
+        [stream_id] = re.findall(r"log stream (\w+) opened: .*following", manager.log())
+
+        ca = pki.CertificateAuthority.from_pem(
+            (manager.data_dir / "certs" / "ca.pem").read_bytes(), (manager.data_dir / "ca-key.pem").read_bytes()
+        )
+        cert, key = ca.issue_keypair("intruder1", pki.ROLE_WORKER)
+        tls.save_credentials(tmp_path / "intruder", ca.cert_pem, cert, key)
+        channel = manager.channel(tmp_path / "intruder")
+        stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+        session = stub.Session(dpb.SessionRequest(description=dpb.NodeDescription(hostname="intruder")))
+        session_id = next(session).session_id
+        forged = pb.LogMessage(task_id=task["id"], data=b"forged", timestamp=time.time())
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PublishLogs(
+                dpb.PublishLogsRequest(session_id=session_id, subscription_id=stream_id, messages=[forged]), timeout=5
+            )
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "not sent to this node" in (err.value.details() or "")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PublishLogs(
+                dpb.PublishLogsRequest(session_id="someone-elses", subscription_id=stream_id, messages=[forged]),
+                timeout=5,
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        session.cancel()
+        assert not any("forged" in line for line in reader.take(5, timeout=2))
+    finally:
+        if channel is not None:
+            channel.close()
+        if follower is not None and follower.poll() is None:
+            follower.terminate()
+            follower.wait(timeout=10)
+        manager.stop()
+        for pid in _marked(marker.encode()):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)

@@ -96,6 +96,9 @@ def test_index_stamps_growth_and_survives_reopen(tmp_path: Path) -> None:
     assert (again.count, again.covered) == (1, 3)
     assert IndexCursor(again, 0).time_of(0) == 20.0
     again.close()
+    again.observe(100, 30.0)  # closed by a sweep: a no-op, never a write to a reused fd number
+    assert IndexCursor(again, 0).time_of(0) is None
+    assert path.stat().st_size == RECORD.size
 
 
 def test_cursor_reads_forward_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -235,6 +238,26 @@ def test_stamp_and_sweep(tmp_path: Path) -> None:
     agent.close()
 
 
+class FakeCall:
+    """A server stream: subscriptions from a queue until None."""
+
+    def __init__(self, outbox: asyncio.Queue[dpb.LogSubscription | None]) -> None:
+        self.outbox = outbox
+        self.cancelled = False
+
+    def __aiter__(self) -> FakeCall:
+        return self
+
+    async def __anext__(self) -> dpb.LogSubscription:
+        msg = await self.outbox.get()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeStub:
     """Records PublishLogs calls; pushes subscriptions from a queue on LogSubscriptions."""
 
@@ -244,12 +267,8 @@ class FakeStub:
         self.stop = False
         self.fail: grpc.StatusCode | None = None
 
-    def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest):  # type: ignore[no-untyped-def]
-        async def stream():  # type: ignore[no-untyped-def]
-            while (msg := await self.outbox.get()) is not None:
-                yield msg
-
-        return stream()
+    def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest) -> FakeCall:
+        return FakeCall(self.outbox)
 
     async def PublishLogs(self, request: dpb.PublishLogsRequest, timeout: float = 0) -> dpb.PublishLogsResponse:
         if self.fail is not None:

@@ -72,11 +72,15 @@ class TimeIndex:
         return end, at
 
     def records(self, first: int, n: int) -> list[tuple[int, float]]:
+        if self._fd < 0:
+            return []
         data = os.pread(self._fd, n * RECORD.size, first * RECORD.size)
         return [RECORD.unpack_from(data, k * RECORD.size) for k in range(len(data) // RECORD.size)]
 
     def observe(self, size: int, now: float) -> None:
         """The log is `size` bytes long at `now`: stamp the bytes not seen before."""
+        if self._fd < 0:
+            return  # closed by a sweep (its log went away)
         if size < self.covered:  # truncated or replaced: the old times describe other bytes
             os.ftruncate(self._fd, 0)
             self.count, self.covered = 0, 0
@@ -88,7 +92,7 @@ class TimeIndex:
 
     def find(self, offset: int) -> int:
         """The index of the record covering byte `offset` (`count` if none does yet)."""
-        lo, hi = 0, self.count
+        lo, hi = 0, self.count if self._fd >= 0 else 0
         while lo < hi:
             mid = (lo + hi) // 2
             if self.record(mid)[0] > offset:
@@ -98,8 +102,11 @@ class TimeIndex:
         return lo
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        """Close the file; later calls do nothing (the fd number may belong to another file)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class IndexCursor:
@@ -407,8 +414,8 @@ class LogAgent:
         while True:
             opened = time.monotonic()
             self._prune()
+            call = stub.LogSubscriptions(dpb.LogSubscriptionsRequest(session_id=session_id))
             try:
-                call = stub.LogSubscriptions(dpb.LogSubscriptionsRequest(session_id=session_id))
                 async for msg in call:
                     self._on_subscription(msg, stub, session_id)
             except grpc.aio.AioRpcError as exc:
@@ -421,6 +428,7 @@ class LogAgent:
             except Exception:
                 log.exception("log subscriptions stream failed")
             finally:
+                call.cancel()
                 self._pause_all()
             if time.monotonic() - opened > 10:
                 delay = 0.2
