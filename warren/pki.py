@@ -26,6 +26,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+# Defined without cryptography, so that a running agent can catch it without loading cryptography.
+from warren.certinfo import PkiError as PkiError
+
 MANAGER_TLS_NAME = "warren-manager"
 """DNS SAN on every manager cert; clients verify this name, not the address they dialled."""
 
@@ -47,10 +50,6 @@ _TOKEN_ALPHABET = string.ascii_lowercase + string.digits
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 _SECRET_RE = re.compile(rf"^[a-z0-9]{{{TOKEN_SECRET_LENGTH},}}$")
 _TOKEN_SHAPE = f"{TOKEN_PREFIX}-{TOKEN_VERSION}-<ca-hash>-<secret>"
-
-
-class PkiError(Exception):
-    """A certificate, key, CSR or token could not be used; the message is fit for an operator."""
 
 
 class TokenError(PkiError):

@@ -124,8 +124,8 @@ def save_credentials(directory: str | os.PathLike[str], ca_pem: bytes, cert_pem:
 
 def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
     """Read the three files back; a missing file raises MissingCredentialsError naming it, and a
-    key that does not belong to the cert raises PkiError."""
-    from warren.pki import PkiError, key_matches_cert
+    key that does not belong to the cert raises PkiError. Needs no `cryptography` (certinfo)."""
+    from warren.certinfo import PkiError, key_matches_files
 
     path = Path(directory)
     found = {}
@@ -136,7 +136,7 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
         except FileNotFoundError as exc:
             raise MissingCredentialsError(f"credential file {name} is missing from {path}") from exc
     creds = Credentials(found[CA_FILE], found[CERT_FILE], found[KEY_FILE])
-    if not key_matches_cert(creds.cert_pem, creds.key_pem):
+    if not key_matches_files(path / CERT_FILE, path / KEY_FILE):
         raise PkiError(f"{path / KEY_FILE} does not match {path / CERT_FILE}")
     return creds
 

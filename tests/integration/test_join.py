@@ -79,6 +79,8 @@ def test_join_registers_resumes_and_node_rm_revokes(manager: Manager, joiner: Jo
     )
     assert node["role"] == "worker" and node["labels"] == {"zone": "b"}
     assert len(_nodes(manager)) == 2
+    # The join loaded cryptography; the agent re-executed itself without it (same pid).
+    assert not _maps_cryptography(agent.pid)
 
     # The same command again, after the agent stopped: it resumes, it never joins twice.
     agent.send_signal(signal.SIGTERM)
@@ -93,6 +95,7 @@ def test_join_registers_resumes_and_node_rm_revokes(manager: Manager, joiner: Jo
     joiner.start("worker", "start", "--data-dir", str(joiner.data_dir))
     wait_for(lambda: "running the agent (exec runtime" in joiner.log(), message="worker start with saved settings")
     wait_for(lambda: "open with" in joiner.log(), timeout=30, message=f"a session\n{joiner.log()}")
+    assert not _maps_cryptography(joiner.processes[-1].pid)
 
     # node rm revokes: the certificate is refused from then on, and the node cannot come back.
     removed = manager.cli("node", "rm", "--force", node_id)
@@ -155,6 +158,11 @@ def test_bad_joins_fail_clearly_and_write_nothing(manager: Manager, tmp_path: Pa
 
 def _far_future() -> dt.datetime:
     return dt.datetime.now(dt.UTC) + dt.timedelta(days=80)
+
+
+def _maps_cryptography(pid: int) -> bool:
+    """Whether the process has cryptography's native library mapped (~9 MiB of RSS)."""
+    return "/cryptography/" in Path(f"/proc/{pid}/maps").read_text()
 
 
 async def _renew(manager: Manager, data_dir: Path, now: dt.datetime) -> bool:

@@ -41,7 +41,7 @@ from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
-from warren.pki import PkiError
+from warren.certinfo import PkiError
 
 log = logging.getLogger("warren.agent")
 
@@ -232,8 +232,49 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         cache.close()
 
 
+REEXEC_ENV = "WARREN_AGENT_REEXEC"  # set in the re-executed agent: never re-execute twice
+
+
+def options_argv(options: AgentOptions) -> list[str]:
+    """The `python -m warren.agent.daemon` arguments that give back `options` (see main)."""
+    argv = ["--data-dir", str(options.data_dir), "--runtime", options.runtime]
+    argv += ["--containerd-socket", options.containerd_socket]
+    for addr in options.managers:
+        argv += ["--manager", addr]
+    if options.hostname:
+        argv += ["--hostname", options.hostname]
+    for key, value in options.labels.items():
+        argv += ["--label", f"{key}={value}"]
+    if options.advertise_addr:
+        argv += ["--advertise-addr", options.advertise_addr]
+    for registry in options.insecure_registries:
+        argv += ["--insecure-registry", registry]
+    if options.metrics_addr:
+        argv += ["--metrics-addr", options.metrics_addr]
+    return argv
+
+
+def _shed_join_libraries(options: AgentOptions) -> None:
+    """Re-execute as a fresh agent process (same pid, stdio and environment) when this one has
+    loaded `cryptography`, as `cluster join` and `worker start` do to read and make credentials:
+    the long-running agent needs none of it (certinfo), and it costs ~9 MiB of the agent's 60 MB
+    budget. Returns only if the process was not re-executed."""
+    if "cryptography" not in sys.modules or os.environ.get(REEXEC_ENV):
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[REEXEC_ENV] = "1"
+    argv = [sys.executable, "-m", "warren.agent.daemon", *options_argv(options)]
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:  # keep running in this process, only bigger
+        del os.environ[REEXEC_ENV]
+        print(f"warning: cannot re-execute the agent ({exc}); running it in this process", file=sys.stderr)
+
+
 def run(options: AgentOptions) -> int:
     """The foreground agent process: serve until SIGTERM/SIGINT; returns the exit code."""
+    _shed_join_libraries(options)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:

@@ -24,6 +24,7 @@ import grpc
 from warren import pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
+from warren.certinfo import renewal_due
 from warren.validate import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -236,13 +237,6 @@ def join(token: str, manager_addr: str, data_dir: Path, hostname: str, *, timeou
 
 
 # -- renewal -----------------------------------------------------------------------------------
-def renewal_due(cert_pem: bytes, now: dt.datetime | None = None) -> bool:
-    """Whether less than a third of the certificate's lifetime remains (or it has expired)."""
-    not_before, not_after = pki.validity(cert_pem)
-    now = now or dt.datetime.now(dt.UTC)
-    return not_after - now < (not_after - not_before) / 3
-
-
 async def renew_if_due(
     channel: grpc.aio.Channel, data_dir: Path, *, now: dt.datetime | None = None, timeout: float = 10.0
 ) -> bool:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 
-from warren import tls
+from warren import certinfo, tls
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, VersionGap
 from warren.agent.logs import LogAgent
 from warren.agent.status import Report, StatusQueue
@@ -39,6 +39,8 @@ MAX_BATCH = 1000  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
 REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
+RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
+RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
 
 _LEADER_RE = re.compile(r"the leader is at (\S+)")
 
@@ -232,6 +234,7 @@ class Session:
                 asyncio.create_task(self._read(call), name="session-read"),
                 asyncio.create_task(self._heartbeat(stub, session_id), name="session-heartbeat"),
                 asyncio.create_task(self._report(stub, session_id), name="session-report"),
+                asyncio.create_task(self._renew(channel), name="session-renew"),
                 asyncio.create_task(stop.wait(), name="session-stop"),
             }
             if self.logs is not None:  # never ends on its own: the other jobs end the session
@@ -293,6 +296,29 @@ class Session:
             if reply.period > 0:
                 self.period = reply.period
             await asyncio.sleep(self.period)
+
+    async def _renew(self, channel: grpc.aio.Channel) -> None:
+        """Renew the node certificate over this session's channel when a third of its lifetime
+        remains. The expiry is read without `cryptography` (certinfo): the ~9 MiB library is
+        imported only when a renewal is due. The next session uses the renewed credentials; this
+        one keeps working until the old certificate expires."""
+        while True:
+            delay = RENEWAL_CHECK
+            try:
+                cert_pem = await asyncio.to_thread((self.certs_dir / tls.CERT_FILE).read_bytes)
+                if certinfo.renewal_due(cert_pem):
+                    from warren.agent import join
+
+                    await join.renew_if_due(channel, self.certs_dir.parent)
+            except grpc.aio.AioRpcError as exc:
+                if is_removed(exc):
+                    raise
+                log.warning("renewing the node certificate failed: %s %s", exc.code().name, exc.details())
+                delay = RENEWAL_RETRY
+            except Exception as exc:  # a bad answer or unreadable file: keep the session, retry later
+                log.error("renewing the node certificate failed: %s", exc)
+                delay = RENEWAL_RETRY
+            await asyncio.sleep(delay)
 
     async def _report(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
         """Send queued reports in batches, COALESCE seconds after the first one arrives."""
