@@ -45,6 +45,7 @@ class Result(msgspec.Struct, frozen=True):
     code: str = ""
     message: str = ""
     id: str = ""
+    index: int = 0  # the Raft index it was applied at; set by the Raft adapter, not by apply
 
 
 OK = Result()
@@ -77,6 +78,7 @@ class UpdateNode(msgspec.Struct, frozen=True, tag="node.update"):
     availability: Availability | None = None
     labels_add: dict[str, str] = {}
     labels_rm: tuple[str, ...] = ()
+    role: NodeRole | None = None  # the Raft membership change is the adapter's (ADR 15)
 
 
 class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
@@ -276,6 +278,7 @@ def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]
         node,
         availability=cmd.availability or node.availability,
         labels=labels,
+        role=cmd.role or node.role,
         updated_at=cmd.at,
     )
     return Result(id=node.id), [Put("node", node)]

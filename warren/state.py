@@ -11,7 +11,7 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import ClusterInfo, Node, RevokedNode, Service, Task
+from warren.model import ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
 
 Kind = Literal["node", "service", "task", "cluster", "revoked"]
 StoredObject = Node | Service | Task | ClusterInfo | RevokedNode
@@ -59,6 +59,10 @@ class ClusterState:
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]
+
+    def manager_addrs(self) -> list[str]:
+        """Every manager's API address: what clients and agents should know to fail over."""
+        return sorted(n.addr for n in self.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
 
     def is_revoked(self, node_id: str) -> bool:
         return node_id in self.revoked

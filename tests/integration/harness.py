@@ -46,6 +46,10 @@ class Manager:
     # stay "assigned", which is what they assert. Tests of the embedded agent set agent_args.
     agent_args: list[str] = field(default_factory=lambda: ["--manager-only"])
     schedule_on_manager: bool = True
+    # A manager that joins `founder`'s cluster with a manager token (`cluster join`) instead of
+    # creating one; it shares the founder's CLI config.
+    founder: Manager | None = None
+    token: str = ""
 
     @property
     def data_dir(self) -> Path:
@@ -53,7 +57,7 @@ class Manager:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.json"
+        return self.founder.config if self.founder is not None else self.root / "config.json"
 
     @property
     def addr(self) -> str:
@@ -77,13 +81,16 @@ class Manager:
     def start(self, timeout: float = 20.0) -> None:
         first_start = not (self.data_dir / "manager.json").exists()
         log = open(self.root / "manager.log", "ab")  # noqa: SIM115 - owned by the process
+        if self.founder is not None:
+            command = ["cluster", "join", "--token", self.token, self.founder.join_addr]
+        else:
+            command = ["cluster", "init"]
         self.process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "warren.cli.main",
-                "cluster",
-                "init",
+                *command,
                 "--data-dir",
                 str(self.data_dir),
                 "--listen-addr",
@@ -106,8 +113,13 @@ class Manager:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"manager exited with {self.process.returncode}:\n{self.log()}")
-            if self.config.exists() and self.cli("cluster", "info", "--format", "json").returncode == 0:
-                if first_start and self.schedule_on_manager and "--manager-only" in self.agent_args:
+            if self.config.exists() and self.cli("--manager", self.addr, "cluster", "info").returncode == 0:
+                if (
+                    self.founder is None
+                    and first_start
+                    and self.schedule_on_manager
+                    and "--manager-only" in self.agent_args
+                ):
                     activated = self.cli("node", "update", "--availability", "active", self.node_id)
                     assert activated.returncode == 0, activated.stderr
                 return

@@ -17,7 +17,7 @@ from warren.agent import join as joining
 from warren.agent import settings as agent_settings
 from warren.api.v1 import ca_pb2 as capb
 from warren.manager import embedded
-from warren.manager.nodeca import DENIED, MANAGER_JOIN_PENDING, FailureLimiter, NodeCAService, peer_host
+from warren.manager.nodeca import DENIED, FailureLimiter, NodeCAService, peer_host
 from warren.model import ClusterInfo, Node, NodeRole
 from warren.state import ClusterState, Put
 
@@ -117,17 +117,21 @@ def test_join_issues_a_worker_certificate_that_the_node_accepts(ca: pki.Certific
     assert dt.timedelta(days=89) < not_after - not_before <= dt.timedelta(days=90, minutes=5)
 
 
+def test_a_manager_token_gets_a_manager_certificate(ca: pki.CertificateAuthority) -> None:
+    service = NodeCAService(FakeStore(_state(ca)), new_node_id=lambda: "node43")  # type: ignore[arg-type]
+    key, csr = _csr()
+    response = _call(service, _request(MANAGER_SECRET, csr, hostname="manager-2"))
+    token = pki.parse_join_token(pki.make_join_token(ca.fingerprint, MANAGER_SECRET))
+    identity = joining.verify_join_response(token, key, response)
+    assert (identity.node_id, identity.role) == ("node43", "manager")
+
+
 @pytest.mark.parametrize(
     ("mutate", "code", "needle"),
     [
         (lambda r: setattr(r, "proof", pki.join_proof("x" * 26, r.csr_pem)), grpc.StatusCode.PERMISSION_DENIED, DENIED),
         (lambda r: setattr(r, "proof", "not-hex"), grpc.StatusCode.PERMISSION_DENIED, DENIED),
         (lambda r: setattr(r, "proof", ""), grpc.StatusCode.PERMISSION_DENIED, DENIED),
-        (
-            lambda r: setattr(r, "proof", pki.join_proof(MANAGER_SECRET, r.csr_pem)),
-            grpc.StatusCode.FAILED_PRECONDITION,
-            MANAGER_JOIN_PENDING,
-        ),
         (lambda r: setattr(r, "hostname", "bad host!"), grpc.StatusCode.INVALID_ARGUMENT, "invalid hostname"),
         (lambda r: setattr(r, "hostname", ""), grpc.StatusCode.INVALID_ARGUMENT, "invalid hostname"),
         (lambda r: setattr(r, "csr_pem", ""), grpc.StatusCode.INVALID_ARGUMENT, "csr_pem is required"),
@@ -274,7 +278,7 @@ class FakeRpcError(grpc.RpcError):
         (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", "unreachable", "m:4244"),
         (grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry", "busy", "initialising"),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "too many failed join attempts", "busy", "too many"),
-        (grpc.StatusCode.FAILED_PRECONDITION, MANAGER_JOIN_PENDING, "refused", "issue #4"),
+        (grpc.StatusCode.FAILED_PRECONDITION, "cluster is locked", "refused", "refused the join"),
         (grpc.StatusCode.INVALID_ARGUMENT, "invalid hostname", "invalid", "invalid hostname"),
         (grpc.StatusCode.UNIMPLEMENTED, "", "unreachable", "not a Warren join address"),
         (grpc.StatusCode.INTERNAL, "boom", "failed", "boom"),

@@ -6,12 +6,13 @@ Imports grpc, so only command handlers that talk to a manager import this module
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
-from warren.clientconfig import ConfigError, Context, load_context
+from warren.clientconfig import ConfigError, Context, load_context, save_context
 
 if not os.environ.get("WARREN_DEBUG"):
     # grpc's C core logs handshake and connection failures on stderr; we report them ourselves.
@@ -20,6 +21,8 @@ if not os.environ.get("WARREN_DEBUG"):
 import grpc
 
 from warren import tls
+from warren.api.leader import leader_from_details
+from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
 from warren.api.v1 import control_pb2_grpc
 
 _CODE_TO_EXIT = {
@@ -43,10 +46,21 @@ _READ_ONLY = frozenset({"GetClusterInfo", "ListNodes", "GetNode", "ListServices"
 class Client:
     """Calls the Control API on the first manager that answers, in the context's order."""
 
-    def __init__(self, ctx: Context, timeout: float = 10.0, managers: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        timeout: float = 10.0,
+        managers: list[str] | None = None,
+        consistent: bool = False,
+        config: Path | None = None,
+    ) -> None:
         self.context = ctx
+        self._config = config
         self.timeout = timeout
         self.managers = list(managers or ctx.managers)
+        # Only a context's own list follows the cluster's managers; --manager is the operator's.
+        self._follow_membership = not managers
+        self._metadata = ((CONSISTENT_KEY, "1"),) if consistent else ()
         try:
             ca, cert, key = ctx.ca.read_bytes(), ctx.cert.read_bytes(), ctx.key.read_bytes()
         except OSError as exc:
@@ -68,12 +82,14 @@ class Client:
         """Invoke Control.<method>; returns the response or raises CliError with an exit code."""
         failures: list[tuple[str, grpc.RpcError]] = []
         n = len(self.managers)
-        for i in range(n):
-            index = (self._current + i) % n
-            addr = self.managers[index]
+        order = [self.managers[(self._current + i) % n] for i in range(n)]
+        while order:
+            addr = order.pop(0)
             stub = self._stub(addr)
             try:
-                response = getattr(stub, method)(request, timeout=timeout or self.timeout)
+                response, call = getattr(stub, method).with_call(
+                    request, timeout=timeout or self.timeout, metadata=self._metadata
+                )
             except grpc.RpcError as exc:
                 code = exc.code()
                 retry = code == grpc.StatusCode.UNAVAILABLE or (
@@ -88,8 +104,12 @@ class Client:
                 if not retry:
                     raise rpc_error(exc, addr) from None
                 failures.append((addr, exc))
+                hint = _leader_hint(exc)
+                if hint and hint not in (a for a, _ in failures):
+                    order = [hint, *(a for a in order if a != hint)]
                 continue
-            self._current = index
+            self._current = self.managers.index(addr) if addr in self.managers else 0
+            self._learn_managers(call)
             return response
         tls_failures = [f for f in failures if _is_tls_failure(f[1])]
         if tls_failures and len(tls_failures) == len(failures):
@@ -124,6 +144,20 @@ class Client:
                 call.cancel()
         raise _unreachable(failures)
 
+    def _learn_managers(self, call: Any) -> None:
+        """Follow membership: keep the context's manager list as the managers report it."""
+        if not self._follow_membership:
+            return
+        reported = dict(call.trailing_metadata() or ()).get(MANAGERS_KEY, "")
+        managers = [m for m in reported.split(",") if m]
+        if not managers or set(managers) == set(self.context.managers):
+            return
+        try:
+            save_context(replace(self.context, managers=managers), make_current=False, path=self._config)
+        except (OSError, ConfigError):
+            return  # a read-only config: the next call learns them again
+        self.context = replace(self.context, managers=managers)
+
     def close(self) -> None:
         for channel in self._channels.values():
             channel.close()
@@ -151,7 +185,13 @@ def connect(args: Any) -> Client:
         ctx = load_context(args.context, args.config)
     except ConfigError as exc:
         raise CliError(str(exc), Exit.CREDENTIALS) from None
-    return Client(ctx, timeout=args.rpc_timeout, managers=args.manager or None)
+    return Client(
+        ctx,
+        timeout=args.rpc_timeout,
+        managers=args.manager or None,
+        consistent=getattr(args, "consistent_reads", False),
+        config=Path(args.config) if args.config else None,
+    )
 
 
 def rpc_error(exc: grpc.RpcError, addr: str) -> CliError:
@@ -173,13 +213,9 @@ def rpc_error(exc: grpc.RpcError, addr: str) -> CliError:
     return CliError(details or code.name.lower().replace("_", " "), _CODE_TO_EXIT.get(code, Exit.FAILURE))
 
 
-_LEADER_RE = re.compile(r"the leader is at (\S+)")
-
-
 def _leader_hint(exc: grpc.RpcError) -> str | None:
     """The leader's address from a follower's "not the leader; the leader is at ADDR"."""
-    match = _LEADER_RE.search(exc.details() or "")
-    return match.group(1) if match and match.group(1) != "unknown" else None
+    return leader_from_details(exc.details() or "")
 
 
 def _stream_error(exc: grpc.RpcError, addr: str, received: bool) -> CliError:

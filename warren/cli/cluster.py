@@ -121,19 +121,29 @@ def cmd_info(args: argparse.Namespace) -> int:
     )
     print()
     output.print_table(
-        ["MANAGER", "API ADDRESS", "JOIN ADDRESS", "RAFT ADDRESS", "STATUS"],
+        ["MANAGER", "API ADDRESS", "RAFT ADDRESS", "ROLE", "TERM", "COMMIT", "APPLIED", "LAG", "STATUS"],
         [
             (
                 output.short_id(m.node_id),
                 m.api_addr,
-                m.join_addr,
                 m.raft_addr,
-                "leader" if m.leader else ("reachable" if m.reachable else "unreachable"),
+                m.raft_state or "-",
+                m.raft_term if m.raft_state else "-",
+                m.commit_index if m.raft_state else "-",
+                m.applied_index if m.raft_state else "-",
+                m.lag if m.raft_state else "-",
+                _manager_status(m),
             )
             for m in info.managers
         ],
     )
     return 0
+
+
+def _manager_status(manager: Any) -> str:
+    if manager.error:
+        return f"unreachable ({manager.error})"
+    return "reachable" if manager.voter else "reachable, not a Raft member"
 
 
 def cmd_join_token(args: argparse.Namespace) -> int:

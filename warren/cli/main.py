@@ -47,6 +47,12 @@ def build_parser() -> Parser:
         default=10.0,
         help="deadline of each call to a manager (default: 10)",
     )
+    parser.add_argument(
+        "--consistent",
+        dest="consistent_reads",
+        action="store_true",
+        help="linearizable reads: the manager confirms through Raft that it is up to date first",
+    )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", title="commands")
     cluster.register(groups)
     service.register(groups)

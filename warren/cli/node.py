@@ -43,6 +43,14 @@ def register(groups: Any) -> None:
     p.add_argument("--label-rm", action="append", metavar="K", help="remove a label")
     p.set_defaults(func=cmd_update)
 
+    for verb, role, text in (
+        ("promote", "manager", "make workers managers (not supported yet for running workers: join a manager)"),
+        ("demote", "worker", "make managers workers: each leaves Raft and its manager process stops"),
+    ):
+        p = cmds.add_parser(verb, help=text)
+        p.add_argument("nodes", nargs="+", metavar="NAME|ID")
+        p.set_defaults(func=cmd_set_role, role=role)
+
     p = cmds.add_parser("rm", help="remove nodes from the cluster")
     p.add_argument("nodes", nargs="+", metavar="NAME|ID")
     p.add_argument("-f", "--force", action="store_true", help="remove even if the node is still ready")
@@ -135,6 +143,17 @@ def cmd_update(args: argparse.Namespace) -> int:
     with connect(args) as client:
         node = client.call("UpdateNode", request)
     print(node.id)
+    return 0
+
+
+def cmd_set_role(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        for name in args.nodes:  # one at a time: Raft changes its membership one node at a time
+            client.call("UpdateNode", pb.UpdateNodeRequest(node=name, role=args.role), timeout=30.0)
+            print(name)
     return 0
 
 

@@ -56,7 +56,7 @@ def add_join_parser(cmds: Any) -> None:
         description="Get a node certificate from a manager with a join token, store it in --data-dir, then run "
         "the agent. On a directory that already holds an identity, resume instead: a node never joins twice.",
     )
-    p.add_argument("--token", required=True, help="join token from `warren cluster join-token worker`")
+    p.add_argument("--token", required=True, help="join token from `warren cluster join-token worker` (or `manager`)")
     p.add_argument(
         "manager_addr",
         type=value_type(units.parse_hostport),
@@ -64,6 +64,16 @@ def add_join_parser(cmds: Any) -> None:
         help="a manager's join address, as printed by `cluster join-token` (API port + 2 by default)",
     )
     add_agent_flags(p)
+    addr = value_type(units.parse_hostport)
+    managers = p.add_argument_group("with a manager token", "this node becomes a manager (ADR 15)")
+    managers.add_argument("--listen-addr", type=addr, metavar="HOST:PORT", help="API address (default: 0.0.0.0:4242)")
+    managers.add_argument("--raft-addr", type=addr, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
+    managers.add_argument(
+        "--join-addr", type=addr, metavar="HOST:PORT", help="join listener address (default: API port + 2)"
+    )
+    managers.add_argument(
+        "--manager-only", action="store_true", default=None, help="run no agent here: this node runs no tasks"
+    )
     p.set_defaults(func=cmd_join)
 
 
@@ -126,8 +136,14 @@ def cmd_join(args: argparse.Namespace) -> int:
     from warren.agent import settings as agent_settings
 
     data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
+    if (data_dir / "manager.json").exists():
+        print(f"{data_dir} holds a manager; resuming it", flush=True)
+        return _run_manager(args, data_dir, None)
     given = _given(args)
     existing = _stored(data_dir)
+    if existing is not None and existing.role == pki.ROLE_MANAGER:
+        print(f"joined as manager {existing.node_id} before; asking the cluster to add it again", flush=True)
+        return _run_manager(args, data_dir, existing.managers)
     if existing is not None:
         try:
             token = pki.parse_join_token(args.token)
@@ -146,12 +162,31 @@ def cmd_join(args: argparse.Namespace) -> int:
         result = joining.join(args.token, args.manager_addr, data_dir, joining.node_hostname(os.uname().nodename))
     except joining.JoinError as exc:
         raise CliError(exc.message, _JOIN_EXIT.get(exc.kind, Exit.FAILURE)) from None
-    agent_settings.save(data_dir, settings)
     print(
         f"joined the cluster as node {result.node_id} ({result.role}); managers: {', '.join(result.managers)}",
         flush=True,
     )
+    if result.role == pki.ROLE_MANAGER:
+        return _run_manager(args, data_dir, result.managers)
+    agent_settings.save(data_dir, settings)
     return _run_agent(data_dir, result.managers, {})
+
+
+def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] | None) -> int:
+    """Run this node as a manager: joining Raft when `managers` is given, else resuming."""
+    from warren.manager import daemon
+
+    options: dict[str, Any] = {"data_dir": data_dir, "join_managers": tuple(managers) if managers else None}
+    for name in ("listen_addr", "advertise_addr", "raft_addr", "join_addr", "metrics_addr", "manager_only"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    if args.runtime is not None:
+        options["runtime"] = args.runtime
+    if args.containerd_socket is not None:
+        options["containerd_socket"] = args.containerd_socket
+    if args.insecure_registry:
+        options["insecure_registries"] = tuple(args.insecure_registry)
+    return daemon.run(daemon.ManagerOptions(**options))
 
 
 def cmd_start(args: argparse.Namespace) -> int:

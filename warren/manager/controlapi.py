@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
 import grpc
 
-from warren import commands, pki
+from warren import commands, pki, tls
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
-from warren.api.v1 import control_pb2_grpc
+from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
+from warren.api.v1 import managers_pb2 as mpb
 from warren.ids import new_id
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import RaftNode
-from warren.manager.server import ApiError, check_result
+from warren.manager.raft import RaftNode, RaftStatus
+from warren.manager.server import ApiError, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, TaskState
 from warren.state import ClusterState
@@ -22,6 +24,7 @@ from warren.validate import MAX_REPLICAS, ValidationError, check_ports_free, che
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 
 
 def _invalid(message: str) -> ApiError:
@@ -73,11 +76,20 @@ def _spec(msg: object) -> object:
 
 
 class ControlService(control_pb2_grpc.ControlServicer):
-    def __init__(self, store: Store, raft: RaftNode, timeout: float = 5.0, logs: LogBroker | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        raft: RaftNode,
+        timeout: float = 5.0,
+        logs: LogBroker | None = None,
+        credentials: tls.Credentials | None = None,
+    ) -> None:
         self._store = store
         self._raft = raft
         self._timeout = timeout
         self._logs = logs
+        # This manager's own certificate, to ask the other managers for their Raft status.
+        self._peer_creds = tls.channel_credentials(*credentials) if credentials is not None else None
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -94,13 +106,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
     # -- cluster -----------------------------------------------------------------------------
     async def GetClusterInfo(self, request: cpb.GetClusterInfoRequest, context: object) -> cpb.ClusterInfo:
         if request.consistent:
-            await self._propose(commands.Noop())
+            await self._raft.read_barrier(self._timeout)
         raft = self._raft.status()
         with self._store.read() as state:
             cluster = state.cluster
             if cluster is None:
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
-            managers = [n for n in state.nodes.values() if n.role == NodeRole.MANAGER]
+            managers = sorted((n for n in state.nodes.values() if n.role == NodeRole.MANAGER), key=lambda n: n.hostname)
             info = cpb.ClusterInfo(
                 id=cluster.id,
                 created_at=cluster.created_at,
@@ -116,18 +128,49 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 tasks=len(state.tasks),
                 raft_state=raft.state,
             )
-        for node in managers:
-            info.managers.append(
-                cpb.ManagerInfo(
-                    node_id=node.id,
-                    raft_addr=node.raft_addr,
-                    api_addr=node.addr,
-                    leader=bool(node.raft_addr) and node.raft_addr == raft.leader,
-                    reachable=node.status == NodeStatus.READY,
-                    join_addr=node.join_addr,
-                )
-            )
+        views = await asyncio.gather(*(self._raft_view(node, raft) for node in managers))
+        leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
+        members = set(raft.members)
+        for node, view in zip(managers, views, strict=True):
+            view.node_id = node.id
+            view.raft_addr = node.raft_addr
+            view.api_addr = node.addr
+            view.join_addr = node.join_addr
+            view.leader = bool(node.raft_addr) and node.raft_addr == raft.leader
+            view.voter = node.raft_addr in members
+            view.reachable = not view.error
+            if view.raft_state:
+                view.lag = max(0, leader_commit - view.applied_index)
+            info.managers.append(view)
         return info
+
+    async def _raft_view(self, node: Node, local: RaftStatus) -> cpb.ManagerInfo:
+        """A manager's own account of its Raft state (ours without a call)."""
+        if node.raft_addr == local.self_addr:
+            return cpb.ManagerInfo(
+                raft_state=local.state,
+                raft_term=local.term,
+                commit_index=local.commit_index,
+                applied_index=local.applied_index,
+            )
+        if self._peer_creds is None or not node.addr:
+            return cpb.ManagerInfo(error="not asked")
+        try:
+            async with grpc.aio.secure_channel(node.addr, self._peer_creds, options=tls.channel_options()) as channel:
+                answer = await managers_pb2_grpc.ManagersStub(channel).RaftStatus(
+                    mpb.RaftStatusRequest(), timeout=STATUS_TIMEOUT
+                )
+        except grpc.aio.AioRpcError as exc:
+            reason = (
+                "no answer" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.details() or exc.code().name
+            )
+            return cpb.ManagerInfo(error=reason)
+        return cpb.ManagerInfo(
+            raft_state=answer.state,
+            raft_term=answer.term,
+            commit_index=answer.commit_index,
+            applied_index=answer.applied_index,
+        )
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
         if request.role not in ("worker", "manager"):
@@ -173,13 +216,57 @@ class ControlService(control_pb2_grpc.ControlServicer):
         for key in list(request.labels_add) + list(request.labels_rm):
             if not key or "=" in key or key.startswith("warren."):
                 raise _invalid(f"invalid label key {key!r} (keys starting with 'warren.' are reserved)")
+        role = None
+        if request.role:
+            try:
+                role = NodeRole(request.role)
+            except ValueError:
+                raise _invalid(f"role must be manager or worker (got {request.role!r})") from None
         with self._store.read() as state:
             node = resolve_node(state, request.node)
+        if role == NodeRole.WORKER:
+            await self._demote(node)
+        elif role == NodeRole.MANAGER and node.role != NodeRole.MANAGER:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node.hostname} is a worker: promoting a running worker is not supported yet; add a manager "
+                "with `warren cluster join-token manager` and `warren cluster join` on the new machine",
+            )
         await self._propose(
             commands.UpdateNode(node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm))
         )
         with self._store.read() as state:
             return convert.node_to_pb(state.nodes[node.id])
+
+    async def _demote(self, node: Node) -> None:
+        """Make a manager a worker: its role in the state first (so that it learns it was
+        demoted while it still receives the log), then its removal from Raft (ADR 15)."""
+        status = self._raft.status()
+        voter = bool(node.raft_addr) and node.raft_addr in status.members
+        if node.role != NodeRole.MANAGER and not voter:
+            return  # demoted already
+        with self._store.read() as state:
+            managers = sum(1 for n in state.nodes.values() if n.role == NodeRole.MANAGER)
+        if node.role == NodeRole.MANAGER and managers <= 1:
+            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"node {node.hostname} is the last manager")
+        if voter:
+            remaining = len(status.members) - 1
+            target_up = node.raft_addr == status.self_addr or status.peers.get(node.raft_addr, False)
+            reachable = status.reachable - (1 if target_up else 0)
+            if reachable * 2 <= remaining:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"demoting {node.hostname} would lose quorum: {reachable} of the {remaining} remaining managers "
+                    "are reachable",
+                )
+            if node.raft_addr == status.leader:
+                if not self._raft.is_leader:
+                    raise not_leader(self._store, self._raft, "it must hand over leadership before its demotion")
+                await self._raft.transfer_leadership()
+        if node.role == NodeRole.MANAGER:
+            await self._propose(commands.UpdateNode(node.id, time.time(), role=NodeRole.WORKER))
+        if voter:
+            await self._raft.change_membership("remove", node.raft_addr, timeout=self._timeout)
 
     async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: object) -> cpb.RemoveNodeResponse:
         with self._store.read() as state:
@@ -288,13 +375,8 @@ class ControlService(control_pb2_grpc.ControlServicer):
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve logs")
         with self._store.read() as state:
             service = resolve_service(state, request.service)
-            if not self._raft.is_leader:
-                leader = self._raft.status().leader
-                addr = next((n.addr for n in state.nodes.values() if leader and n.raft_addr == leader), "")
-                raise ApiError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"not the leader; the leader is at {addr or 'unknown'} (it serves the logs)",
-                )
+        if not self._raft.is_leader:
+            raise not_leader(self._store, self._raft, "it serves the logs")
         stream = self._logs.open(service.id, request.follow, request.tail, request.since)
         add_done_callback = getattr(context, "add_done_callback", None)
         if add_done_callback is not None:  # the caller went away: close at once, not at GC

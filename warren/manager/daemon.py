@@ -31,12 +31,15 @@ import msgspec
 
 from warren import clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
+from warren.agent.join import node_hostname
+from warren.api.v1 import managers_pb2 as mpb
 from warren.ids import new_id
 from warren.manager import embedded, metrics
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
+from warren.manager.membership import ManagersService, MembershipError, manager_addrs, request_membership
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import ProposalError, RaftNode, RaftStartError
@@ -64,6 +67,10 @@ class ManagerOptions:
     runtime: str | None = None  # containerd | exec
     containerd_socket: str | None = None
     insecure_registries: tuple[str, ...] | None = None
+    # Set by `cluster join` with a manager token: the API addresses of the cluster's managers.
+    # The node certificate is in data_dir/certs already; on first start, the leader adds this
+    # manager to Raft (ADR 15) instead of a new cluster being created.
+    join_managers: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,8 @@ class ManagerIdentity:
     peers: list[str]
     join_addr: str = ""  # empty in manager.json written before the join listener existed
     join_bind_addr: str = ""
+    joined: bool = False  # joined an existing cluster (no CA key here) rather than created it
+    demoted: bool = False  # demoted to a worker: this directory no longer runs a manager
 
 
 class StartupError(Exception):
@@ -92,7 +101,9 @@ def _split(addr: str, flag: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _plan_identity(options: ManagerOptions) -> ManagerIdentity:
+def _plan_identity(
+    options: ManagerOptions, node_id: str | None = None, cluster_id: str | None = None
+) -> ManagerIdentity:
     listen_host, listen_port = _split(options.listen_addr, "--listen-addr")
     if options.advertise_addr:
         adv_host, adv_port = _split(options.advertise_addr, "--advertise-addr")
@@ -106,8 +117,8 @@ def _plan_identity(options: ManagerOptions) -> ManagerIdentity:
     join_host, join_port = _join_addr(options.join_addr, adv_host, adv_port)
     bind_host = _bind_host(listen_host)
     return ManagerIdentity(
-        node_id=new_id(),
-        cluster_id=new_id(),
+        node_id=node_id or new_id(),
+        cluster_id=cluster_id or new_id(),
         listen_addr=options.listen_addr,
         advertise_addr=f"{adv_host}:{adv_port}",
         raft_addr=f"{raft_host}:{raft_port}",
@@ -153,7 +164,7 @@ def _write_private(path: Path, data: bytes) -> None:
     tmp.replace(path)
 
 
-def _first_start(options: ManagerOptions) -> tuple[ManagerIdentity, pki.CertificateAuthority]:
+def _first_start(options: ManagerOptions) -> ManagerIdentity:
     """Create identity, CA and credentials on disk. manager.json is written last, so a crash
     before it leaves a directory that simply initialises again."""
     identity = _plan_identity(options)
@@ -166,7 +177,79 @@ def _first_start(options: ManagerOptions) -> tuple[ManagerIdentity, pki.Certific
     _write_private(data / "raft.secret", secrets.token_hex(32).encode())
     _write_private(data / "ca-key.pem", ca.key_pem)
     _write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
-    return identity, ca
+    return identity
+
+
+async def _first_join(options: ManagerOptions, credentials: tls.Credentials) -> ManagerIdentity:
+    """A manager joining an existing cluster: ask the leader to add it to Raft, then store what
+    resuming needs. manager.json is written last: a crash before it makes the next start ask
+    again, which the leader answers the same way (AddManager is idempotent)."""
+    cert = pki.identity_of(credentials.cert_pem)
+    if cert.role != pki.ROLE_MANAGER:
+        raise StartupError(f"{options.data_dir} holds a {cert.role} identity, not a manager's")
+    identity = replace(_plan_identity(options, cert.node_id, cert.cluster_id), joined=True)
+    request = mpb.AddManagerRequest(
+        raft_addr=identity.raft_addr,
+        api_addr=identity.advertise_addr,
+        join_addr=identity.join_addr,
+        hostname=node_hostname(os.uname().nodename),
+        runs_tasks=not options.manager_only,
+        nano_cpus=(os.cpu_count() or 1) * 1_000_000_000,
+        memory_bytes=_memory_bytes(),
+        os=sys.platform,
+        arch=os.uname().machine,
+    )
+    try:
+        answer = await request_membership(list(options.join_managers or ()), credentials, request)
+    except MembershipError as exc:
+        raise StartupError(str(exc)) from None
+    if answer.cluster_id != cert.cluster_id:
+        raise StartupError("the managers answered for another cluster than this node's certificate")
+    identity = replace(identity, peers=sorted(answer.raft_peers))
+    data = options.data_dir
+    _write_private(data / "raft.secret", answer.raft_secret.encode())
+    _write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    return identity
+
+
+async def _catch_up(store: Store, timeout: float = 60.0) -> None:
+    """A joined manager's state arrives from the leader; wait until it holds the cluster."""
+    deadline = time.monotonic() + timeout
+    while store.state.cluster is None:
+        if time.monotonic() > deadline:
+            raise StartupError(
+                f"this manager did not receive the cluster state within {timeout:g}s: is it a Raft member? "
+                "Check `warren cluster info` on another manager, then start it again"
+            )
+        await asyncio.sleep(0.05)
+
+
+def _raft_peers(identity: ManagerIdentity, store: Store) -> list[str]:
+    """The Raft members to start with: those this manager joined with, and every manager its
+    (durable) state knows. PySyncObj replays membership changes from the log only up to the
+    commit index it persisted, so starting from manager.json alone could leave a manager
+    believing it is alone, and electing itself."""
+    with store.read() as state:
+        known = {n.raft_addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.raft_addr}
+    return sorted((known | set(identity.peers)) - {identity.raft_addr})
+
+
+async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event) -> None:
+    """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next."""
+    while not stop.is_set():
+        with store.read() as state:
+            node = state.nodes.get(identity.node_id)
+        if node is not None and node.role != NodeRole.MANAGER:
+            _write_private(
+                data / "manager.json", json.dumps(asdict(replace(identity, demoted=True)), indent=2).encode()
+            )
+            print(f"This manager was demoted to a worker; stopping. {_DEMOTED_HINT.format(data=data)}", flush=True)
+            stop.set()
+            return
+        await asyncio.sleep(0.5)
+
+
+_DEMOTED_HINT = "Its node can run tasks as a worker with `warren worker start --data-dir {data}/agent`."
 
 
 def _load_identity(data: Path) -> ManagerIdentity:
@@ -210,12 +293,14 @@ async def _serve(options: ManagerOptions) -> int:
         ):
             if addr:
                 _check_bindable(flag, addr)
-        identity, ca = _first_start(options)
+        if options.join_managers:
+            identity = await _first_join(options, tls.load_credentials(data / "certs"))
+        else:
+            identity = _first_start(options)
     else:
         identity = _fill_join_addr(_load_identity(data))
-        ca = pki.CertificateAuthority.from_pem(
-            (data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes()
-        )
+        if identity.demoted:
+            raise StartupError(f"this node was demoted to a worker. {_DEMOTED_HINT.format(data=data)}")
     agent_settings.save(data, agent)
     credentials = tls.load_credentials(data / "certs")
 
@@ -225,16 +310,24 @@ async def _serve(options: ManagerOptions) -> int:
     store.watch(hub.publish)
     secret = (data / "raft.secret").read_text().strip()
     try:
-        raft = RaftNode(identity.raft_addr, identity.peers, data, secret, store, bind_addr=identity.raft_bind_addr)
+        raft = RaftNode(
+            identity.raft_addr, _raft_peers(identity, store), data, secret, store, bind_addr=identity.raft_bind_addr
+        )
     except RaftStartError as exc:
         store.env.close()
         raise StartupError(str(exc)) from None
 
-    if store.state.cluster is None:
-        if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
-            raft.destroy()
-            raise StartupError("this manager did not become Raft leader within 15 s")
-        await _init_cluster(raft, identity, ca, options.heartbeat_period, drained=not agent.enabled)
+    try:
+        if store.state.cluster is None and identity.joined:
+            await _catch_up(store)
+        elif store.state.cluster is None:
+            if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
+                raise StartupError("this manager did not become Raft leader within 15 s")
+            await _init_cluster(raft, identity, data, options.heartbeat_period, drained=not agent.enabled)
+    except StartupError:
+        raft.destroy_synchronous()
+        store.env.close()
+        raise
     await _record_join_addr(raft, store, identity)
 
     def revoked(node_id: str) -> bool:
@@ -243,7 +336,7 @@ async def _serve(options: ManagerOptions) -> int:
 
     heartbeats = Heartbeats()
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
-    control = ControlService(store, raft, logs=logs)
+    control = ControlService(store, raft, logs=logs, credentials=credentials)
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
         server, health = build_server(
@@ -254,6 +347,9 @@ async def _serve(options: ManagerOptions) -> int:
             control,
             dispatcher,
             NodeCertificatesService(store),
+            ManagersService(store, raft, secret, identity.node_id),
+            read_barrier=raft.read_barrier,
+            manager_addrs=lambda: manager_addrs(store),
         )
         join_server = build_join_server(identity.join_bind_addr, NodeCAService(store))
         if options.metrics_addr:
@@ -272,9 +368,13 @@ async def _serve(options: ManagerOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent_job = _start_agent(data, identity, agent, stop)
+    demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop))
 
-    if first_start or not clientconfig.config_path().exists():
-        _announce(identity, data, ca, store)
+    if identity.joined:
+        if first_start:
+            print(f"Joined the cluster {identity.cluster_id} as manager {identity.node_id}.", flush=True)
+    elif first_start or not clientconfig.config_path().exists():
+        _announce(identity, data, store)
     print(
         f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
         f"(advertised {identity.advertise_addr}), joins on {identity.join_addr}, Raft on {identity.raft_addr}"
@@ -294,6 +394,7 @@ async def _serve(options: ManagerOptions) -> int:
         except TimeoutError:
             log.warning("the embedded agent did not stop within %gs", AGENT_STOP_TIMEOUT)
     health_watch.cancel()
+    demotion.cancel()
     await health.set("", NOT_SERVING)
     orchestration.cancel()
     await join_server.stop(grace=1.0)
@@ -390,9 +491,10 @@ def _check_bindable(flag: str, addr: str) -> None:
 
 
 async def _init_cluster(
-    raft: RaftNode, identity: ManagerIdentity, ca: pki.CertificateAuthority, heartbeat_period: float, drained: bool
+    raft: RaftNode, identity: ManagerIdentity, data: Path, heartbeat_period: float, drained: bool
 ) -> None:
     """Commit the cluster and this manager's node. `drained`: no agent runs tasks here."""
+    ca = pki.CertificateAuthority.from_pem((data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes())
     now = time.time()
     cluster = ClusterInfo(
         id=identity.cluster_id,
@@ -431,7 +533,7 @@ def _memory_bytes() -> int:
         return 0
 
 
-def _announce(identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthority, store: Store) -> None:
+def _announce(identity: ManagerIdentity, data: Path, store: Store) -> None:
     admin = data / "admin"
     context = clientconfig.Context(
         name="default",
@@ -446,8 +548,8 @@ def _announce(identity: ManagerIdentity, data: Path, ca: pki.CertificateAuthorit
     except (OSError, clientconfig.ConfigError) as exc:
         where = f"could not write the CLI context ({exc}); point WARREN_CONFIG at a writable path"
     with store.read() as state:
-        secret = state.cluster.worker_token_secret if state.cluster else ""
-    token = pki.make_join_token(ca.fingerprint, secret)
+        cluster = state.cluster
+    token = pki.make_join_token(pki.ca_fingerprint(cluster.ca_cert_pem), cluster.worker_token_secret) if cluster else ""
     print(
         f"Cluster {identity.cluster_id} initialised; this manager is node {identity.node_id}.\n"
         f"Admin credentials: {admin}/ ({where}).\n"

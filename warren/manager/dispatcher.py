@@ -23,7 +23,7 @@ from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode
-from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result
+from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
@@ -70,10 +70,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
-            leader = self._raft.status().leader
-            with self._store.read() as state:
-                addr = next((n.addr for n in state.nodes.values() if leader and n.raft_addr == leader), "")
-            raise ApiError(grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is at {addr or 'unknown'}")
+            raise not_leader(self._store, self._raft)
 
     def _node_of(self, session_id: str) -> str:
         node_id = self._sessions.get(session_id)
@@ -122,7 +119,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
                     tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
-                    managers = sorted(n.addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
+                    managers = state.manager_addrs()
                 yield dpb.AssignmentsMessage(
                     type=dpb.AssignmentsMessage.COMPLETE,
                     session_id=session_id,

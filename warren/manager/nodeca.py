@@ -24,7 +24,7 @@ from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.server import ApiError, caller
 from warren.manager.store import Store
-from warren.model import ClusterInfo, NodeRole
+from warren.model import ClusterInfo
 from warren.state import ClusterState
 from warren.validate import NAME_RE
 
@@ -36,7 +36,6 @@ MAX_JOIN_MESSAGE = 64 * 1024  # the join listener is unauthenticated: refuse any
 _PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
 
 DENIED = "the join token is invalid or has been rotated"
-MANAGER_JOIN_PENDING = "joining as a manager lands with issue #4"
 THROTTLED = "too many failed join attempts from this address; wait a minute and retry"
 
 
@@ -120,10 +119,6 @@ def _cluster(state: ClusterState) -> ClusterInfo:
     return state.cluster
 
 
-def _managers(state: ClusterState) -> list[str]:
-    return sorted(n.addr for n in state.nodes.values() if n.role == NodeRole.MANAGER and n.addr)
-
-
 def _issue(ca: pki.CertificateAuthority, csr_pem: str, node_id: str, role: str) -> bytes:
     try:
         return ca.issue(csr_pem.encode(), node_id, role, validity_days=NODE_CERT_DAYS)
@@ -182,23 +177,23 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
         with self._store.read() as state:
             cluster = _cluster(state)
-            managers = _managers(state)
+            managers = state.manager_addrs()
         # Both secrets are always checked, so timing tells nothing about which one matched.
         as_worker = pki.proof_matches(cluster.worker_token_secret, request.csr_pem, request.proof)
         as_manager = pki.proof_matches(cluster.manager_token_secret, request.csr_pem, request.proof)
-        if as_manager:
-            raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, MANAGER_JOIN_PENDING)
-        if not as_worker:
+        if not (as_worker or as_manager):
             self._limiter.failed(host)
             log.warning("refused a join from %s (host %s): bad or rotated token", request.hostname, host)
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+        # A manager certificate lets its holder ask the leader to add it to Raft (ADR 15).
+        role = pki.ROLE_MANAGER if as_manager else pki.ROLE_WORKER
         ca = self._authority.get(cluster)
         node_id = self._new_node_id()
-        cert = _issue(ca, request.csr_pem, node_id, pki.ROLE_WORKER)
-        log.info("issued a worker certificate to node %s (%s, from %s)", node_id, request.hostname, host)
+        cert = _issue(ca, request.csr_pem, node_id, role)
+        log.info("issued a %s certificate to node %s (%s, from %s)", role, node_id, request.hostname, host)
         return capb.JoinResponse(
             node_id=node_id,
-            role=pki.ROLE_WORKER,
+            role=role,
             cert_pem=cert.decode(),
             ca_pem=ca.cert_pem.decode(),
             managers=managers,

@@ -65,6 +65,18 @@ class RaftStatus:
     applied_index: int
     has_quorum: bool
     peers: dict[str, bool]  # raft address -> connected
+    self_addr: str = ""
+    match_index: dict[str, int] | None = None  # leader only: raft address -> replicated up to
+
+    @property
+    def members(self) -> list[str]:
+        """Every member's Raft address, this one's included."""
+        return sorted([self.self_addr, *self.peers])
+
+    @property
+    def reachable(self) -> int:
+        """Members this one is connected to, itself included."""
+        return 1 + sum(self.peers.values())
 
 
 class RaftStartError(Exception):
@@ -133,7 +145,8 @@ class RaftNode(SyncObj):
         except Exception:  # disk full or broken: continuing would diverge from the log
             log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
             os._exit(70)
-        return commands.encode_result(result)
+        # The index lets the proposer (possibly a follower) wait until its own store has it.
+        return commands.encode_result(msgspec.structs.replace(result, index=index))
 
     # -- snapshots ---------------------------------------------------------------------------
     def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
@@ -174,6 +187,7 @@ class RaftNode(SyncObj):
         return self._outcome(*outcome[0])
 
     async def propose_async(self, command: Command, timeout: float = 5.0) -> Result:
+        self.check_quorum()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
 
@@ -186,6 +200,76 @@ class RaftNode(SyncObj):
         except TimeoutError:
             raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)") from None
         return self._outcome(result, reason)
+
+    def check_quorum(self) -> None:
+        """Fail fast, before proposing, when this manager cannot reach a majority: the write
+        could not commit, and a client waiting out a timeout learns less than this message."""
+        others = self._peer_links()
+        reachable, total = 1 + sum(others.values()), 1 + len(others)
+        if reachable * 2 <= total:
+            raise ProposalError("unavailable", f"no quorum: {reachable} of {total} managers reachable")
+
+    async def read_barrier(self, timeout: float = 5.0) -> int:
+        """Make the next local read linearizable: commit a no-op through the leader, then wait
+        until this manager has applied it. Returns the no-op's index."""
+        result = await self.propose_async(commands.Noop(), timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._store.applied_index < result.index:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ProposalError("unavailable", "this manager is not catching up with the leader")
+            await asyncio.sleep(0.002)
+        return result.index
+
+    # -- membership --------------------------------------------------------------------------
+    async def change_membership(self, action: str, raft_addr: str, timeout: float = 10.0) -> None:
+        """Add or remove one member (`action` is "add" or "remove") and wait until the change is
+        committed. One change at a time: a second one before the first commits is refused."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def on_done(_result: object, reason: int) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+
+        change = self.addNodeToCluster if action == "add" else self.removeNodeFromCluster
+        change(raft_addr, callback=on_done)
+        try:
+            reason = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ProposalError("unknown", f"the membership change did not commit within {timeout:g}s") from None
+        if reason != FAIL_REASON.SUCCESS:
+            code, message = _FAILURES.get(reason, ("unknown", f"failed (reason {reason})"))
+            raise ProposalError(code, f"the membership change failed: {message}")
+
+    async def transfer_leadership(self, timeout: float = 5.0) -> str:
+        """Hand leadership to the most caught-up connected member; returns its Raft address."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+
+        def on_done(_result: object, reason: int) -> None:
+            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+
+        self.transferLeadership(callback=on_done)
+        reason = await asyncio.wait_for(future, timeout)
+        if reason != FAIL_REASON.SUCCESS:
+            raise ProposalError("unavailable", "no other manager is caught up enough to take over leadership; retry")
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            status = self.status()
+            if status.leader and status.leader != status.self_addr:
+                return status.leader
+            await asyncio.sleep(0.02)
+        raise ProposalError("unavailable", "leadership did not move in time; retry")
+
+    def _peer_links(self) -> dict[str, bool]:
+        for _ in range(5):  # PySyncObj's thread may be resizing the set we copy
+            try:
+                others = list(self.otherNodes)
+                break
+            except RuntimeError:
+                continue
+        else:
+            others = list(self.otherNodes)
+        return {node.id: self.isNodeConnected(node) for node in others}
 
     @staticmethod
     def _outcome(result: bytes | None, reason: int) -> Result:
@@ -232,6 +316,11 @@ class RaftNode(SyncObj):
             for key, value in raw.items()
             if key.startswith("partner_node_status_server_")
         }
+        match = {
+            key.removeprefix("match_idx_server_"): value
+            for key, value in raw.items()
+            if key.startswith("match_idx_server_")
+        }
         leader = raw.get("leader")
         return RaftStatus(
             state=_RAFT_STATES.get(raw["state"], "unknown"),
@@ -241,6 +330,8 @@ class RaftNode(SyncObj):
             applied_index=self._store.applied_index,
             has_quorum=bool(raw["has_quorum"]),
             peers=peers,
+            self_addr=raw["self"].id,
+            match_index=match if _RAFT_STATES.get(raw["state"]) == "leader" else None,
         )
 
 

@@ -16,9 +16,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from warren import commands, tls
-from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
+from warren.api.leader import not_leader_message
+from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
+from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
 from warren.manager import metrics
-from warren.manager.raft import ProposalError
+from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.store import Store
 from warren.pki import Identity
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,7 @@ _ROLES_BY_SERVICE = {
     "warren.api.v1.Control": frozenset({"admin"}),
     "warren.api.v1.Dispatcher": frozenset({"worker", "manager"}),
     "warren.api.v1.NodeCertificates": frozenset({"worker", "manager"}),
+    "warren.api.v1.Managers": frozenset({"manager"}),
     "grpc.health.v1.Health": frozenset({"admin", "worker", "manager"}),
 }
 
@@ -59,6 +63,14 @@ def check_result(result: commands.Result) -> commands.Result:
     return result
 
 
+def not_leader(store: Store, raft: RaftNode, why: str = "") -> ApiError:
+    """UNAVAILABLE naming the leader's API address, for what only the leader serves."""
+    leader = raft.status().leader
+    with store.read() as state:
+        addr = next((n.addr for n in state.nodes.values() if leader and n.raft_addr == leader), "")
+    return ApiError(grpc.StatusCode.UNAVAILABLE, not_leader_message(addr, why))
+
+
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ApiError):
         return exc.code, exc.message
@@ -72,9 +84,17 @@ REMOVED_NODE = "this node was removed from the cluster"
 
 
 class _Guard(grpc.aio.ServerInterceptor):
-    def __init__(self, cluster_id: Callable[[], str], revoked: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        cluster_id: Callable[[], str],
+        revoked: Callable[[str], bool],
+        read_barrier: Callable[[], Awaitable[Any]] | None = None,
+        managers: Callable[[], list[str]] | None = None,
+    ) -> None:
         self._cluster_id = cluster_id
         self._revoked = revoked
+        self._read_barrier = read_barrier
+        self._managers = managers
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
@@ -117,12 +137,23 @@ class _Guard(grpc.aio.ServerInterceptor):
             )
         return identity
 
+    async def _before_control(self, context: grpc.aio.ServicerContext) -> None:
+        if self._managers is not None:
+            context.set_trailing_metadata(((MANAGERS_KEY, ",".join(self._managers())),))
+        metadata = dict(context.invocation_metadata() or ())
+        if self._read_barrier is not None and metadata.get(CONSISTENT_KEY) == "1":
+            await self._read_barrier()
+
     def _unary(self, method: str, roles: frozenset[str], behavior: Callable[..., Awaitable[Any]]) -> Callable:
+        control = method.startswith("/warren.api.v1.Control/")
+
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 caller.set(self._authorize(context, roles))
+                if control:
+                    await self._before_control(context)
                 return await behavior(request, context)
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
@@ -161,13 +192,19 @@ def build_server(
     control: control_pb2_grpc.ControlServicer,
     dispatcher: dispatcher_pb2_grpc.DispatcherServicer,
     certificates: ca_pb2_grpc.NodeCertificatesServicer,
+    managers: managers_pb2_grpc.ManagersServicer,
+    read_barrier: Callable[[], Awaitable[Any]] | None = None,
+    manager_addrs: Callable[[], list[str]] | None = None,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
-    is then refused on every method)."""
-    server = grpc.aio.server(interceptors=[_Guard(cluster_id, revoked)], options=tls.server_options())
+    is then refused on every method); `read_barrier` serves calls asking for consistent reads;
+    `manager_addrs` lists the managers' API addresses for clients to follow."""
+    guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs)
+    server = grpc.aio.server(interceptors=[guard], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
     ca_pb2_grpc.add_NodeCertificatesServicer_to_server(certificates, server)
+    managers_pb2_grpc.add_ManagersServicer_to_server(managers, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     bound = server.add_secure_port(listen_addr, tls.server_credentials(*credentials))

@@ -1,0 +1,149 @@
+"""Three real managers on loopback (issue #4): joining with a manager token, writes through
+followers, failover after kill -9 of the leader, restart with the data directory, no-quorum
+errors, consistent reads and demotion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Manager, wait_for
+from warren.cli.errors import Exit
+
+
+def _info(manager: Manager, via: Manager | None = None) -> dict:
+    result = manager.cli("--manager", (via or manager).addr, "cluster", "info", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _leader(managers: list[Manager]) -> Manager:
+    def find() -> Manager | None:
+        for m in managers:
+            if m.process is None or m.process.poll() is not None:
+                continue
+            result = m.cli("--manager", m.addr, "cluster", "info", "--format", "json", timeout=10)
+            if result.returncode == 0 and json.loads(result.stdout).get("raft_state") == "leader":
+                return m
+        return None
+
+    return wait_for(find, timeout=20, message="a leader")
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[list[Manager]]:
+    (tmp_path / "m1").mkdir()
+    first = Manager(tmp_path / "m1")
+    managers = [first]
+    try:
+        first.start()
+        token = first.join_token("manager")
+        for name in ("m2", "m3"):
+            (tmp_path / name).mkdir()
+            manager = Manager(tmp_path / name, founder=first, token=token)
+            managers.append(manager)
+            manager.start(timeout=40)
+        yield managers
+    finally:
+        for manager in managers:
+            manager.stop()
+
+
+def _create(via: Manager, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return via.cli("--manager", via.addr, "service", "create", name, "--image", "busybox", "--detach", *extra)
+
+
+def test_three_managers_share_one_state_and_serve_writes_anywhere(trio: list[Manager]) -> None:
+    first = trio[0]
+    info = _info(first)
+    assert len(info["managers"]) == 3
+    assert all(m["voter"] and not m.get("error") for m in info["managers"]), info["managers"]
+    assert sum(1 for m in info["managers"] if m.get("raft_state") == "leader") == 1
+
+    # A write sent to a follower is forwarded; once acknowledged, every manager has it.
+    follower = next(m for m in trio if _info(m)["raft_state"] == "follower")
+    created = _create(follower, "web", "--replicas", "2")
+    assert created.returncode == 0, created.stderr
+    for manager in trio:
+        listed = manager.cli("--manager", manager.addr, "--consistent", "service", "ls", "--format", "json")
+        assert listed.returncode == 0, listed.stderr
+        assert [s["spec"]["name"] for s in json.loads(listed.stdout)] == ["web"]
+
+    # A call through the context (no --manager) teaches it every manager, for failover.
+    assert first.cli("node", "ls").returncode == 0
+    config = json.loads(first.config.read_text())
+    assert sorted(config["contexts"]["default"]["managers"]) == sorted(m.addr for m in trio)
+
+
+def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[Manager]) -> None:
+    assert trio[0].cli("node", "ls").returncode == 0  # the context learns every manager
+    leader = _leader(trio)
+    survivors = [m for m in trio if m is not leader]
+    leader.kill()
+    started = time.monotonic()
+    new_leader = _leader(survivors)
+    # The context lists every manager, so the plain CLI finds one that answers.
+    created = new_leader.cli("service", "create", "after", "--image", "busybox", "--detach")
+    assert created.returncode == 0, created.stderr
+    assert time.monotonic() - started < 15
+
+    leader.start(timeout=40)  # the same command on the same data directory: resumes and rejoins
+    wait_for(
+        lambda: "after" in leader.cli("--manager", leader.addr, "service", "ls").stdout,
+        timeout=20,
+        message="the restarted manager to catch up",
+    )
+    assert all(m["voter"] and not m.get("error") for m in _info(leader)["managers"])
+
+
+def test_without_quorum_writes_fail_fast_and_reads_still_work(trio: list[Manager]) -> None:
+    assert _create(trio[0], "before").returncode == 0
+    leader = _leader(trio)
+    others = [m for m in trio if m is not leader]
+    for manager in others:
+        manager.kill()
+    survivor = leader
+
+    def refused() -> tuple[subprocess.CompletedProcess[str], float] | None:
+        started = time.monotonic()
+        result = _create(survivor, "lost")
+        if result.returncode != 0 and "no quorum: 1 of 3 managers reachable" in result.stderr:
+            return result, time.monotonic() - started
+        return None
+
+    # Once the leader notices its followers are gone, a write is refused at once: the answer
+    # comes well within the CLI's 10 s deadline, so it did not wait for a commit that cannot come.
+    result, took = wait_for(refused, timeout=20, message="a no-quorum refusal")
+    assert result.returncode == Exit.UNAVAILABLE
+    assert took < 10
+    reads = survivor.cli("--manager", survivor.addr, "service", "ls", "--format", "json")
+    assert reads.returncode == 0, reads.stderr
+    assert [s["spec"]["name"] for s in json.loads(reads.stdout)] == ["before"]
+    consistent = survivor.cli("--manager", survivor.addr, "--consistent", "service", "ls")
+    assert consistent.returncode != 0 and "quorum" in consistent.stderr
+
+    for manager in others:  # healed: the write that was refused can be made now
+        manager.start(timeout=40)
+    assert wait_for(lambda: _create(survivor, "lost").returncode == 0, timeout=20, message="writes after heal")
+
+
+def test_demoting_a_manager_shrinks_the_quorum(trio: list[Manager]) -> None:
+    leader = _leader(trio)
+    target = next(m for m in trio if m is not leader)
+    demoted = leader.cli("--manager", leader.addr, "node", "demote", target.node_id)
+    assert demoted.returncode == 0, demoted.stderr
+    wait_for(lambda: target.process.poll() is not None, timeout=15, message="the demoted manager to stop")
+    assert "demoted" in target.log()
+    info = _info(leader)
+    assert sorted(m["node_id"] for m in info["managers"]) == sorted(m.node_id for m in trio if m is not target)
+    # Two managers remain, and both are needed: with one more gone, writes are refused.
+    assert _create(leader, "two").returncode == 0
+    restarted = target.cli(
+        "cluster", "join", "--token", target.token, target.founder.join_addr, "--data-dir", str(target.data_dir)
+    )
+    assert restarted.returncode != 0 and "demoted" in restarted.stderr
