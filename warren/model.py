@@ -133,6 +133,7 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     ports: tuple[PortConfig, ...] = ()
     labels: dict[str, str] = {}
     stop_grace_period: float = 10.0
+    stop_signal: str = ""  # what stops a task before the grace period ends: a name or number; "" = SIGTERM
 
 
 class Service(msgspec.Struct, frozen=True):

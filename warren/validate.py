@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import signal
 
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import ServiceMode, ServiceSpec
@@ -17,6 +18,7 @@ MAX_KEY = 128
 MAX_VALUE = 4096
 MAX_ITEMS = 256  # env entries, labels, constraints, ports, command words
 MAX_ARGV_BYTES = 64 * 1024
+MAX_SIGNAL = 64  # Linux: 1-31 standard, 32-64 real-time
 RESERVED_PREFIX = "warren."
 # Log streaming (ADR 14): one PublishLogs batch, and one line (longer lines travel in pieces).
 MAX_LOG_BATCH = 1000
@@ -64,6 +66,25 @@ def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int
         raise ValidationError("node resources cannot be negative")
 
 
+def signal_number(text: str) -> int:
+    """A stop signal as its number: a name (`SIGQUIT`, `QUIT`, any case) or a number from 1 to
+    MAX_SIGNAL. Raises ValidationError otherwise."""
+    name = text.strip().upper()
+    if name.isdigit():
+        number = int(name)
+        if 1 <= number <= MAX_SIGNAL:
+            return number
+    elif name:
+        try:
+            return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
+        except KeyError:
+            pass
+    raise ValidationError(
+        f"invalid stop signal {text!r}: use a signal name such as SIGTERM, TERM or SIGQUIT, "
+        f"or a number from 1 to {MAX_SIGNAL}"
+    )
+
+
 def check_spec(spec: ServiceSpec) -> None:
     check_name("service", spec.name)
     if not spec.image.strip():
@@ -102,6 +123,8 @@ def check_spec(spec: ServiceSpec) -> None:
         raise ValidationError("restart delay, window and max attempts cannot be negative")
     if spec.stop_grace_period < 0:
         raise ValidationError("the stop grace period cannot be negative")
+    if spec.stop_signal:
+        signal_number(spec.stop_signal)
     if spec.health is not None:
         h = spec.health
         if h.kind not in HEALTH_KINDS:

@@ -321,6 +321,36 @@ def test_exec_service_answers_on_the_host(cluster: tuple[Manager, Agent, Process
     assert _http_get(port) is None
 
 
+def test_stop_signal_reaches_the_task(cluster: tuple[Manager, Agent, Processes], tmp_path: Path) -> None:
+    """--stop-signal SIGQUIT travels CLI -> manager -> agent -> exec runtime: the task's trap sees
+    QUIT (and ignores TERM), and exits in well under its 20 s grace period."""
+    manager, _, procs = cluster
+    seen = tmp_path / "signals"
+    wait_for(
+        lambda: any(n["hostname"] == "exec-worker" and n["status"] == "ready" for n in manager.cli_json("node", "ls")),
+        message="the worker to register",
+    )
+    script = (
+        f"trap 'echo TERM >> {seen}' TERM; trap 'echo QUIT >> {seen}; exit 3' QUIT; "
+        "echo ready; while :; do sleep 0.1; done"
+    )
+    bad = manager.cli("service", "create", "web", "--image", "exec", "--stop-signal", "SIGNOPE", "--", "true")
+    assert bad.returncode != 0 and "invalid stop signal 'SIGNOPE'" in bad.stderr
+    created = manager.cli(
+        "service", "create", "web", "--image", "exec", "--constraint", "node.role==worker",
+        "--stop-signal", "quit", "--stop-grace-period", "20s",
+        "--", "sh", "-c", script, procs.marker.decode(),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "SIGQUIT" in manager.cli("service", "inspect", "web").stdout
+    wait_for(lambda: converged(manager, procs, 1), message="the task to run")
+    started = time.monotonic()
+    assert manager.cli("service", "rm", "web").returncode == 0
+    wait_for(lambda: not procs.pids(), timeout=15, message="the task to stop")
+    assert time.monotonic() - started < 10
+    assert seen.read_text() == "QUIT\n"
+
+
 class InProcessAgent:
     """`serve()` on its own event loop in a thread, as the manager embeds it for its own node."""
 

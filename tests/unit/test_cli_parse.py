@@ -285,6 +285,8 @@ def run_cli(*argv: str, config: Path | None = None) -> subprocess.CompletedProce
         (["--manager", "nohost", "service", "ls"], "invalid address 'nohost'"),
         (["service", "create", "web", "--image", "x", "--mode", "global", "--replicas", "2"], "global"),
         (["node", "update", "n1"], "nothing to change"),
+        (["service", "create", "web", "--image", "x", "--stop-signal", "SIGNOPE"], "invalid stop signal 'SIGNOPE'"),
+        (["service", "create", "web", "--image", "x", "--stop-signal", "65"], "a number from 1 to 64"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:

@@ -79,8 +79,8 @@ def container_spec(task: Task, log_dir: Path) -> ContainerSpec:
 
 
 def stop_signal(task: Task) -> str:
-    """The spec's stop signal when the spec has one (a later field), else SIGTERM."""
-    return getattr(task.spec, "stop_signal", "") or "SIGTERM"
+    """The spec's stop signal (checked by the manager), SIGTERM when it names none."""
+    return task.spec.stop_signal or "SIGTERM"
 
 
 def exit_outcome(status: ContainerStatus) -> tuple[TaskState, str]:

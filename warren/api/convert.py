@@ -75,6 +75,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         ),
         labels=dict(msg.labels),
         stop_grace_period=msg.stop_grace_period if msg.HasField("stop_grace_period") else 10.0,
+        stop_signal=msg.stop_signal,
     )
 
 
@@ -106,6 +107,7 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         ],
         labels=spec.labels,
         stop_grace_period=spec.stop_grace_period,
+        stop_signal=spec.stop_signal,
     )
     if spec.health is not None:
         h = spec.health

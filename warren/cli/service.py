@@ -37,6 +37,15 @@ def _url(text: str) -> str:
     return text
 
 
+def _stop_signal(text: str) -> str:
+    """A valid stop signal, spelled as Docker does: `quit` -> SIGQUIT, `9` stays 9."""
+    from warren.validate import signal_number
+
+    signal_number(text)  # ValidationError is a ValueError: argparse shows its message
+    name = text.strip().upper()
+    return name if name.isdigit() or name.startswith("SIG") else f"SIG{name}"
+
+
 # -- parser ------------------------------------------------------------------------------------
 def register(groups: Any) -> None:
     group = groups.add_parser("service", help="manage services")
@@ -192,7 +201,13 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
         "--stop-grace-period",
         type=_DURATION,
         metavar="DURATION",
-        help="time between SIGTERM and SIGKILL (default: 10s)",
+        help="time between the stop signal and SIGKILL (default: 10s)",
+    )
+    p.add_argument(
+        "--stop-signal",
+        type=value_type(_stop_signal),
+        metavar="SIGNAL",
+        help="signal that asks a task to stop: a name (SIGTERM, TERM, SIGQUIT...) or 1-64 (default: SIGTERM)",
     )
 
 
@@ -328,6 +343,8 @@ def _apply_common(spec: Any, args: argparse.Namespace) -> None:
 
     if args.stop_grace_period is not None:
         spec.stop_grace_period = args.stop_grace_period
+    if args.stop_signal is not None:
+        spec.stop_signal = args.stop_signal
 
 
 def _health_kind_given(args: argparse.Namespace) -> bool:
@@ -519,6 +536,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     if spec.HasField("stop_grace_period"):
         fields.append(("Stop grace", units.format_duration(spec.stop_grace_period)))
+    if spec.stop_signal:
+        fields.append(("Stop signal", spec.stop_signal))
     output.print_fields(fields)
     return 0
 

@@ -58,6 +58,7 @@ import msgspec
 
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.model import Resources
+from warren.validate import ValidationError, signal_number
 
 log = logging.getLogger(__name__)
 
@@ -436,13 +437,10 @@ def _exit_code(returncode: int) -> int:
     return returncode if returncode >= 0 else 128 - returncode
 
 
-def _parse_signal(name: str) -> signal.Signals:
-    text = name.strip().upper()
+def _parse_signal(name: str) -> int:
     try:
-        if text.isdigit():
-            return signal.Signals(int(text))
-        return signal.Signals[text if text.startswith("SIG") else "SIG" + text]
-    except (KeyError, ValueError):
+        return signal_number(name)
+    except ValidationError:
         raise RuntimeFailure(f"invalid stop signal: {name!r}", permanent=True) from None
 
 

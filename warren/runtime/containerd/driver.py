@@ -30,6 +30,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import any_pb2
 
+from warren import validate
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.runtime.containerd import api
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
@@ -64,12 +65,9 @@ def _seconds(ts: object) -> float:
 
 def signal_number(name: str) -> int:
     """`SIGTERM`, `TERM`, `sigterm` or `15` as a signal number."""
-    text = name.strip().upper()
-    if text.isdigit():
-        return int(text)
     try:
-        return int(_signal.Signals[text if text.startswith("SIG") else f"SIG{text}"])
-    except KeyError:
+        return validate.signal_number(name)
+    except validate.ValidationError:
         raise RuntimeFailure(f"unknown stop signal {name!r}", permanent=True) from None
 
 
