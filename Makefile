@@ -8,7 +8,7 @@ CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
 CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
 
-.PHONY: install deps proto test test-unit test-integration lint bench demo demo-stop clean
+.PHONY: install deps proto test test-unit test-integration lint bench chaos demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -42,6 +42,12 @@ lint: install
 
 bench: install deps
 	$(PYTHON) -m bench.run
+
+# The chaos suite (issue #4, chaos/README.md): real managers and workers in network namespaces.
+SEED ?= 1
+ROUNDS ?= 5
+chaos: install deps
+	$(PYTHON) -m chaos.run --seed $(SEED) --rounds $(ROUNDS)
 
 demo: install deps
 	$(PYTHON) cmd/demo.py

@@ -1,0 +1,170 @@
+"""The chaos checker: pure functions over an operation history and a cluster state read back.
+
+History entries are the workload's JSON lines: `seq`, `op` (create | scale | update | remove),
+`service`, `replicas` (create, scale, update), `gen` (create: 0, update: its seq; the spec's env
+GEN), and `outcome`: ok (acknowledged), failed (surely not applied) or unknown (may have been).
+A state is what the probe reads: services (name, replicas, version, env), tasks (service,
+service_id, slot, node_id, state, desired_state, spec_version) and nodes (id, role, status).
+
+The rules (issue #4):
+- no acknowledged write is missing: an acknowledged create exists unless a remove that was
+  acknowledged or unknown followed; an acknowledged remove is never undone; a surely failed
+  create never appears; the replicas and the GEN of a service are those of its last acknowledged
+  write or of an unknown write after it;
+- no operation is applied twice: updates bump `version` by one each and always change the spec,
+  so version - 1 lies within [acknowledged updates, acknowledged + unknown updates];
+- no two running tasks hold the same (service, slot);
+- convergence: every service runs exactly its replicas on its current spec version, on ready
+  workers, and no task of a removed service still runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+WRITES = ("create", "scale", "update")
+WORKER_ROLE = "worker"
+
+
+def _allowed(values: list[tuple[str, object]]) -> set:
+    """Values a register may hold, given its writes in order as (outcome, value): the last
+    acknowledged value and every unknown one after it (or every unknown one, if none is acked)."""
+    allowed: set = set()
+    for outcome, value in values:
+        if outcome == "ok":
+            allowed = {value}
+        elif outcome == "unknown":
+            allowed.add(value)
+    return allowed
+
+
+def check_writes(history: Iterable[dict], services: Iterable[dict]) -> list[str]:
+    """Violations of the write rules; an empty list when the history and the state agree."""
+    by_service: dict[str, list[dict]] = defaultdict(list)
+    for op in history:
+        if "op" in op and "service" in op:
+            by_service[op["service"]].append(op)
+    final = {s["name"]: s for s in services}
+    problems: list[str] = []
+    for name in sorted(set(final) - set(by_service)):
+        problems.append(f"{name}: exists but the workload never created it")
+    for name, ops in sorted(by_service.items()):
+        ops.sort(key=lambda o: o["seq"])
+        creates = [o for o in ops if o["op"] == "create"]
+        removes = [o for o in ops if o["op"] == "remove"]
+        svc = final.get(name)
+        create = creates[0] if creates else None
+        if any(o["outcome"] == "ok" for o in removes):
+            if svc is not None:
+                acked = next(o["seq"] for o in removes if o["outcome"] == "ok")
+                problems.append(f"{name}: exists after its remove #{acked} was acknowledged")
+            continue
+        if svc is None:
+            if create and create["outcome"] == "ok" and not any(o["outcome"] == "unknown" for o in removes):
+                problems.append(f"{name}: acknowledged create #{create['seq']} is missing")
+            continue
+        if create is None or create["outcome"] == "failed":
+            what = f"#{create['seq']} failed" if create else "was never sent"
+            problems.append(f"{name}: exists but its create {what}")
+            continue
+        problems += _check_service(name, ops, svc)
+    return problems
+
+
+def _check_service(name: str, ops: list[dict], svc: dict) -> list[str]:
+    problems = []
+    writes = [o for o in ops if o["op"] in WRITES]
+    replicas = _allowed([(o["outcome"], o["replicas"]) for o in writes])
+    if replicas and svc["replicas"] not in replicas:
+        problems.append(
+            f"{name}: replicas {svc['replicas']}, expected one of {sorted(replicas)} "
+            "(the last acknowledged write or a later unknown one)"
+        )
+    gens = _allowed([(o["outcome"], str(o["gen"])) for o in writes if o["op"] != "scale"])
+    gen = (svc.get("env") or {}).get("GEN")
+    if gens and gen not in gens:
+        problems.append(f"{name}: GEN={gen}, expected one of {sorted(gens, key=int)}")
+    updates = Counter(o["outcome"] for o in ops if o["op"] == "update")
+    applied = svc["version"] - 1
+    low, high = updates["ok"], updates["ok"] + updates["unknown"]
+    if not low <= applied <= high:
+        problems.append(
+            f"{name}: version {svc['version']} means {applied} updates applied, "
+            f"but {low} were acknowledged and {updates['unknown']} unknown"
+        )
+    return problems
+
+
+def running(task: dict) -> bool:
+    return task["state"] == "running" and task["desired_state"] == "running"
+
+
+def check_slots(tasks: Iterable[dict]) -> list[str]:
+    """Two running tasks that hold the same slot of a service."""
+    slots = Counter((t["service_id"], t["slot"]) for t in tasks if running(t) and t["slot"])
+    names = {t["service_id"]: t["service"] for t in tasks}
+    return [f"{names[sid]}: {n} running tasks hold slot {slot}" for (sid, slot), n in sorted(slots.items()) if n > 1]
+
+
+def convergence(state: dict) -> list[str]:
+    """Why the cluster has not converged yet (empty: it has)."""
+    reasons = []
+    workers = [n for n in state["nodes"] if n["role"] == WORKER_ROLE]
+    down = [n["id"][:8] for n in workers if n["status"] != "ready"]
+    if down:
+        reasons.append(f"workers not ready: {', '.join(down)}")
+    live = {s["id"]: s for s in state["services"]}
+    per_service: dict[str, list[dict]] = defaultdict(list)
+    for task in state["tasks"]:
+        if task["state"] == "running" and task["service_id"] not in live:
+            reasons.append(f"{task['service']}: task {task['id'][:8]} of a removed service still runs")
+        elif task["desired_state"] == "running":
+            per_service[task["service_id"]].append(task)
+    for sid, svc in sorted(live.items(), key=lambda kv: kv[1]["name"]):
+        tasks = per_service.get(sid, [])
+        ok = [t for t in tasks if t["state"] == "running" and t["spec_version"] == svc["version"]]
+        if len(ok) != svc["replicas"] or len(tasks) != svc["replicas"]:
+            states = dict(Counter(t["state"] for t in tasks))
+            reasons.append(
+                f"{svc['name']}: {len(ok)} of {svc['replicas']} running on version {svc['version']} {states}"
+            )
+    return reasons + check_slots(state["tasks"])
+
+
+def check_kept_running(before: dict[str, bool], during: dict[str, bool]) -> list[str]:
+    """Tasks (task id -> process alive) that ran on a worker when it was cut off must still run
+    while it is cut off (agent autonomy, ADR 12)."""
+    return [
+        f"task {tid[:8]} stopped while its worker was cut off"
+        for tid, alive in before.items()
+        if alive and not during.get(tid, False)
+    ]
+
+
+def check_reconciled(node_id: str, alive_task_ids: Iterable[str], tasks: Iterable[dict]) -> list[str]:
+    """After rejoin, every task process alive on the worker is a task the cluster runs there."""
+    expected = {t["id"] for t in tasks if t["node_id"] == node_id and running(t)}
+    return [
+        f"task {tid[:8]} still runs on {node_id[:8]} but the cluster does not run it there"
+        for tid in sorted(set(alive_task_ids) - expected)
+    ]
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summary_stats(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p99": percentile(values, 99),
+        "max": max(values) if values else None,
+    }

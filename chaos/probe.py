@@ -1,0 +1,135 @@
+"""The runner's eyes inside the client namespace: JSON requests on stdin, one JSON reply per line.
+
+The runner lives in the root namespace, which has no address on the lab's bridge, so it asks this
+long-lived process (started with nsenter into the client namespace) to call the managers.
+
+    {"op": "info", "addr": A, "consistent": false, "timeout": 2}
+    {"op": "state", "addr": A}                      services, tasks and nodes as plain dicts
+    {"op": "first_leader", "addrs": [...], "timeout": 30}
+                                                    poll until one answers a consistent read
+    {"op": "token", "addr": A, "role": "worker"}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from chaos.rpc import Conn
+
+
+def _err(exc) -> dict:
+    code = exc.code().name if hasattr(exc, "code") else "INTERNAL"
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return {"ok": False, "code": code, "detail": details or ""}
+
+
+def info(conn: Conn, addr: str, consistent: bool = False, timeout: float = 2.0) -> dict:
+    try:
+        reply = conn.stub(addr).GetClusterInfo(conn.pb.GetClusterInfoRequest(consistent=consistent), timeout=timeout)
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {
+        "ok": True,
+        "leader_api_addr": reply.leader_api_addr,
+        "raft_state": reply.raft_state,
+        "term": reply.raft_term,
+        "commit_index": reply.commit_index,
+        "applied_index": reply.applied_index,
+        "managers": [{"api_addr": m.api_addr, "leader": m.leader, "reachable": m.reachable} for m in reply.managers],
+    }
+
+
+def state(conn: Conn, addr: str, timeout: float = 5.0) -> dict:
+    try:
+        stub = conn.stub(addr)
+        services = stub.ListServices(conn.pb.ListServicesRequest(), timeout=timeout).services
+        tasks = stub.ListTasks(conn.pb.ListTasksRequest(), timeout=timeout).tasks
+        nodes = stub.ListNodes(conn.pb.ListNodesRequest(), timeout=timeout).nodes
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {
+        "ok": True,
+        "services": [
+            {
+                "id": s.id,
+                "name": s.spec.name,
+                "replicas": s.spec.replicas,
+                "version": s.version,
+                "env": dict(s.spec.env),
+                "desired": s.desired_tasks,
+                "running": s.running_tasks,
+            }
+            for s in services
+        ],
+        "tasks": [
+            {
+                "id": t.id,
+                "service_id": t.service_id,
+                "service": t.service_name,
+                "slot": t.slot,
+                "node_id": t.node_id,
+                "state": t.state,
+                "desired_state": t.desired_state,
+                "spec_version": t.spec_version,
+            }
+            for t in tasks
+        ],
+        "nodes": [{"id": n.id, "role": n.role, "status": n.status, "addr": n.addr} for n in nodes],
+    }
+
+
+def first_leader(conn: Conn, addrs: list[str], timeout: float) -> dict:
+    """Poll `addrs` with consistent reads (a committed no-op) until one succeeds."""
+    deadline = time.monotonic() + timeout
+    tries = 0
+    while time.monotonic() < deadline:
+        for addr in addrs:
+            tries += 1
+            reply = info(conn, addr, consistent=True, timeout=0.5)
+            if reply["ok"]:
+                return {"ok": True, "addr": addr, "t": time.monotonic(), "leader": reply["leader_api_addr"]}
+        time.sleep(0.02)
+    return {"ok": False, "code": "DEADLINE_EXCEEDED", "detail": f"no leader answered in {timeout}s ({tries} tries)"}
+
+
+def token(conn: Conn, addr: str, role: str) -> dict:
+    try:
+        reply = conn.stub(addr).GetJoinToken(conn.pb.GetJoinTokenRequest(role=role), timeout=5)
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {"ok": True, "token": reply.token}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--creds", required=True)
+    args = parser.parse_args()
+    conn = Conn(args.creds, [])
+    print(json.dumps({"ok": True, "ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        op = req.get("op")
+        try:
+            if op == "info":
+                reply = info(conn, req["addr"], req.get("consistent", False), req.get("timeout", 2.0))
+            elif op == "state":
+                reply = state(conn, req["addr"], req.get("timeout", 5.0))
+            elif op == "first_leader":
+                reply = first_leader(conn, req["addrs"], req.get("timeout", 30.0))
+            elif op == "token":
+                reply = token(conn, req["addr"], req["role"])
+            elif op == "reset":
+                conn.reset(req["addr"])
+                reply = {"ok": True}
+            else:
+                reply = {"ok": False, "code": "INVALID_ARGUMENT", "detail": f"unknown op {op!r}"}
+        except Exception as exc:  # the probe must answer every request
+            reply = {"ok": False, "code": "INTERNAL", "detail": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()

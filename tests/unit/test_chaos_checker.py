@@ -1,0 +1,221 @@
+"""The chaos checker and the suite's pure parts, on hand-made histories and states."""
+
+from __future__ import annotations
+
+from chaos import checker
+from chaos.faults import eligible, nft_ruleset, partition_rules, plan_rounds
+from chaos.rpc import classify
+from chaos.workload import Planner
+
+_seq = iter(range(1, 10_000))
+
+
+def op(kind: str, service: str = "a", outcome: str = "ok", **fields) -> dict:
+    entry = {"seq": next(_seq), "op": kind, "service": service, "outcome": outcome}
+    if kind == "create":
+        entry.update(replicas=fields.pop("replicas", 1), gen=0)
+    elif kind == "update":
+        entry.update(replicas=fields.pop("replicas", 1))
+        entry["gen"] = fields.pop("gen", entry["seq"])
+    entry.update(fields)
+    return entry
+
+
+def svc(name: str = "a", replicas: int = 1, version: int = 1, gen: int | str = 0) -> dict:
+    return {"id": f"id-{name}", "name": name, "replicas": replicas, "version": version, "env": {"GEN": str(gen)}}
+
+
+def task(tid: str, service: str = "a", slot: int = 1, node: str = "n1", state: str = "running", **kw) -> dict:
+    return {
+        "id": tid,
+        "service_id": f"id-{service}",
+        "service": service,
+        "slot": slot,
+        "node_id": node,
+        "state": state,
+        "desired_state": kw.get("desired", "running"),
+        "spec_version": kw.get("version", 1),
+    }
+
+
+# -- acknowledged writes ------------------------------------------------------------------------
+
+
+def test_a_consistent_history_passes():
+    history = [op("create"), op("scale", replicas=3), op("create", "b"), op("remove", "b")]
+    assert checker.check_writes(history, [svc(replicas=3)]) == []
+
+
+def test_an_acknowledged_create_must_exist():
+    problems = checker.check_writes([op("create")], [])
+    assert len(problems) == 1 and "acknowledged create" in problems[0]
+
+
+def test_a_create_may_vanish_after_an_unknown_remove():
+    assert checker.check_writes([op("create"), op("remove", outcome="unknown")], []) == []
+
+
+def test_an_unknown_create_may_or_may_not_exist():
+    history = [op("create", outcome="unknown", replicas=2)]
+    assert checker.check_writes(history, []) == []
+    assert checker.check_writes(history, [svc(replicas=2)]) == []
+
+
+def test_an_acknowledged_remove_is_never_undone():
+    problems = checker.check_writes([op("create"), op("remove")], [svc()])
+    assert problems and "remove" in problems[0]
+
+
+def test_a_failed_create_never_appears():
+    problems = checker.check_writes([op("create", outcome="failed")], [svc()])
+    assert problems and "failed" in problems[0]
+
+
+def test_a_service_nobody_created_is_reported():
+    assert "never created" in checker.check_writes([], [svc("ghost")])[0]
+
+
+def test_replicas_are_the_last_acknowledged_scale():
+    history = [op("create"), op("scale", replicas=3), op("scale", replicas=0, outcome="failed")]
+    assert checker.check_writes(history, [svc(replicas=3)]) == []
+    problems = checker.check_writes(history, [svc(replicas=0)])
+    assert problems and "replicas 0" in problems[0]
+
+
+def test_replicas_may_be_a_later_unknown_scale_but_not_an_earlier_one():
+    history = [
+        op("create"),
+        op("scale", replicas=2, outcome="unknown"),
+        op("scale", replicas=3),
+        op("scale", replicas=0, outcome="unknown"),
+    ]
+    assert checker.check_writes(history, [svc(replicas=3)]) == []
+    assert checker.check_writes(history, [svc(replicas=0)]) == []
+    assert checker.check_writes(history, [svc(replicas=2)]) != []
+
+
+def test_an_update_counts_as_a_replicas_write():
+    history = [op("create", replicas=1), op("update", replicas=2, gen=7)]
+    assert checker.check_writes(history, [svc(replicas=2, version=2, gen=7)]) == []
+
+
+def test_the_last_acknowledged_update_is_visible():
+    history = [op("create"), op("update", gen=10), op("update", gen=11)]
+    assert checker.check_writes(history, [svc(version=3, gen=11)]) == []
+    problems = checker.check_writes(history, [svc(version=3, gen=10)])
+    assert any("GEN=10" in p for p in problems)
+
+
+# -- applied once -------------------------------------------------------------------------------
+
+
+def test_an_update_applied_twice_shows_in_the_version():
+    history = [op("create"), op("update", gen=5), op("update", gen=6)]
+    problems = checker.check_writes(history, [svc(version=4, gen=6)])
+    assert any("3 updates applied" in p for p in problems)
+
+
+def test_a_lost_update_shows_in_the_version():
+    history = [op("create"), op("update", gen=5), op("update", gen=6)]
+    problems = checker.check_writes(history, [svc(version=2, gen=6)])
+    assert any("1 updates applied" in p for p in problems)
+
+
+def test_unknown_updates_widen_the_allowed_versions():
+    history = [op("create"), op("update", gen=5), op("update", gen=6, outcome="unknown")]
+    assert checker.check_writes(history, [svc(version=2, gen=5)]) == []
+    assert checker.check_writes(history, [svc(version=3, gen=6)]) == []
+    assert checker.check_writes(history, [svc(version=4, gen=6)]) != []
+
+
+def test_failed_updates_apply_nowhere():
+    history = [op("create"), op("update", gen=5, outcome="failed")]
+    assert checker.check_writes(history, [svc(version=1, gen=0)]) == []
+    assert checker.check_writes(history, [svc(version=2, gen=5)]) != []
+
+
+# -- slots, convergence, workers ----------------------------------------------------------------
+
+
+def test_two_running_tasks_in_one_slot():
+    tasks = [task("t1", slot=1), task("t2", slot=1, node="n2"), task("t3", slot=2)]
+    assert checker.check_slots(tasks) == ["a: 2 running tasks hold slot 1"]
+
+
+def test_a_stopping_task_does_not_hold_its_slot():
+    tasks = [task("t1", slot=1), task("t2", slot=1, desired="shutdown")]
+    assert checker.check_slots(tasks) == []
+
+
+def _state(services, tasks, nodes=None):
+    return {"services": services, "tasks": tasks, "nodes": nodes or [{"id": "n1", "role": "worker", "status": "ready"}]}
+
+
+def test_converged_when_every_service_runs_its_replicas_on_its_version():
+    state = _state([svc(replicas=2, version=2)], [task("t1", slot=1, version=2), task("t2", slot=2, version=2)])
+    assert checker.convergence(state) == []
+
+
+def test_not_converged_reasons():
+    state = _state([svc(replicas=2, version=2)], [task("t1", slot=1, version=1), task("t2", slot=2, state="pending")])
+    assert "a: 0 of 2 running on version 2" in checker.convergence(state)[0]
+    down = _state([], [], [{"id": "n1abcdefgh", "role": "worker", "status": "down"}])
+    assert checker.convergence(down) == ["workers not ready: n1abcdef"]
+    orphan = _state([], [task("t9", service="gone", desired="shutdown")])
+    assert "removed service still runs" in checker.convergence(orphan)[0]
+
+
+def test_a_cut_off_worker_keeps_its_tasks():
+    assert checker.check_kept_running({"t1": True, "t2": False}, {"t1": True}) == []
+    assert checker.check_kept_running({"t1": True}, {"t1": False}) == ["task t1 stopped while its worker was cut off"]
+
+
+def test_a_rejoined_worker_runs_only_what_the_cluster_assigns_it():
+    tasks = [task("t1", node="n1"), task("t2", node="n2")]
+    assert checker.check_reconciled("n1", ["t1"], tasks) == []
+    assert checker.check_reconciled("n1", ["t1", "t2"], tasks) == [
+        "task t2 still runs on n1 but the cluster does not run it there"
+    ]
+
+
+def test_percentiles():
+    values = [float(v) for v in range(1, 101)]
+    assert checker.summary_stats(values) == {"n": 100, "p50": 50.0, "p99": 99.0, "max": 100.0}
+    assert checker.summary_stats([]) == {"n": 0, "p50": None, "p99": None, "max": None}
+
+
+# -- outcomes, plans, workload --------------------------------------------------------------------
+
+
+def test_outcomes_are_unknown_unless_surely_not_applied():
+    assert classify("UNAVAILABLE", "failed to connect to all addresses; Connection refused") == ("not_sent", "")
+    assert classify("UNAVAILABLE", "no quorum: 1 of 3 managers reachable") == ("failed", "")
+    assert classify("UNAVAILABLE", "not the leader; the leader is at 10.0.0.2:4242") == ("redirect", "10.0.0.2:4242")
+    assert classify("UNAVAILABLE", "leadership changed before the write committed; retry") == ("unknown", "")
+    assert classify("UNAVAILABLE", "Socket closed") == ("unknown", "")
+    assert classify("DEADLINE_EXCEEDED", "Deadline Exceeded") == ("unknown", "")
+    assert classify("NOT_FOUND", "service 'x' not found") == ("failed", "")
+
+
+def test_plans_reproduce_from_the_seed():
+    assert plan_rounds(123, 20, 3) == plan_rounds(123, 20, 3)
+    assert plan_rounds(123, 20, 3) != plan_rounds(124, 20, 3)
+    assert {r.kind for r in plan_rounds(1, 50, 1)} <= set(eligible(1))
+    cycled = plan_rounds(1, 4, 3, ["kill_worker", "kill_follower"])
+    assert [r.kind for r in cycled] == ["kill_worker", "kill_follower"] * 2
+
+
+def test_the_workload_is_seeded():
+    a, b = Planner(7), Planner(7)
+    for _ in range(30):
+        x, y = a.next_op(), b.next_op()
+        assert x == y
+        a.observe(x, "ok")
+        b.observe(y, "ok")
+
+
+def test_partitions_are_symmetric():
+    rules = partition_rules({"10.0.0.1": {"10.0.0.2", "10.0.0.3"}})
+    assert rules == {"10.0.0.1": {"10.0.0.2", "10.0.0.3"}, "10.0.0.2": {"10.0.0.1"}, "10.0.0.3": {"10.0.0.1"}}
+    text = nft_ruleset("wch_x", {"10.0.0.2"})
+    assert "table inet wch_x" in text and "ip saddr { 10.0.0.2 } drop" in text and "ip daddr { 10.0.0.2 } drop" in text
