@@ -295,6 +295,17 @@ def test_bad_input_gives_clear_task_errors_and_the_cluster_stays_healthy(cluster
     def ended(service: str, state: str) -> dict | None:
         return next((t for t in c.tasks(service, history=True) if t["state"] == state), None)
 
+    # While the agent retries the pull, `service ps` says why the task is not running yet.
+    retrying = wait_for(
+        lambda: next((t for t in c.tasks("unreachable") if "retrying" in t.get("message", "")), None),
+        timeout=10,
+        message="the retried pull to show in service ps",
+    )
+    assert retrying["state"] == "preparing"
+    assert retrying["message"].startswith(
+        f"preparing failed: registry {closed} unreachable: connection refused (retrying, attempt "
+    ), retrying
+    assert "(retrying, attempt " in c.ok("service", "ps", "unreachable")
     rejected = wait_for(lambda: ended("nope", "rejected"), message="the unknown image to be rejected")
     assert rejected["error"] == f"image {c.registry.host}/nope:latest not found in registry"
     unhealthy = wait_for(lambda: ended("sick", "failed"), timeout=30, message="the sick task to fail")

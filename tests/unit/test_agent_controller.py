@@ -112,6 +112,29 @@ def test_permanent_prepare_failure_rejects_the_task(tmp_path: Path) -> None:
     assert rt.steps("start") == []
 
 
+def test_task_updates_do_not_cut_a_retry_delay_short_but_a_shutdown_does(tmp_path: Path) -> None:
+    """Each retry report comes back from the managers as a task update; the delay must hold."""
+    rt, rec = FakeRuntime(), Recorder()
+    rt.fail["prepare"] = [RuntimeFailure("registry unreachable")] * 3
+
+    async def scenario() -> None:
+        ctl = TaskController(make_task(), make_env(rt, rec, tmp_path, retry_delays=(0.6, 30.0, 30.0)))
+        ctl.start()
+        await until(lambda: any("retrying" in r.message for r in rec.reports), message="the first retry report")
+        for _ in range(10):  # the managers echo the report back, several times
+            ctl.update(make_task(state=S.PREPARING))
+            await asyncio.sleep(0.03)
+        assert len(rt.steps("prepare")) == 1
+        await until(lambda: len(rt.steps("prepare")) == 2, message="the retry after its delay")
+        await until(lambda: "attempt 3" in rec.last().message, message="the second retry report")
+        ctl.update(make_task(state=S.PREPARING, desired=S.SHUTDOWN))  # 30 s delay: stopping cuts it short
+        await until(lambda: rec.last_state() == S.SHUTDOWN, timeout=2.0, message="shut down at once")
+        await ctl.close()
+
+    run(scenario())
+    assert len(rt.steps("prepare")) == 2
+
+
 def test_transient_prepare_failures_are_retried_then_fail(tmp_path: Path) -> None:
     rt, rec = FakeRuntime(), Recorder()
     rt.fail["prepare"] = [RuntimeFailure("registry unreachable")] * 2
@@ -124,6 +147,13 @@ def test_transient_prepare_failures_are_retried_then_fail(tmp_path: Path) -> Non
 
     run(scenario())
     assert len(rt.steps("prepare")) == 3
+    # Each retry is reported while it waits, so `service ps` says why the task is not running.
+    retrying = [(r.state, r.message) for r in rec.reports if "retrying" in r.message]
+    assert retrying == [
+        (S.PREPARING, "preparing failed: registry unreachable (retrying, attempt 2)"),
+        (S.PREPARING, "preparing failed: registry unreachable (retrying, attempt 3)"),
+    ]
+    assert rec.last().message == "started" and rec.last().error == ""
 
     rt2, rec2 = FakeRuntime(), Recorder()
     rt2.fail["prepare"] = [RuntimeFailure("registry unreachable")] * 10

@@ -278,7 +278,9 @@ class TaskController:
             return
         delay = self.env.retry_delays[self._failures - 1]
         log.info("task %s: %s failed (%s), retrying in %gs", self.task.id, what, message, delay)
-        await self._sleep(delay)
+        # Say so at once: `service ps` shows the message while the task is not running yet.
+        self._advance(self.local.state, message=f"{what} failed: {message} (retrying, attempt {self._failures + 1})")
+        await self._sleep_unless_stopping(delay)
 
     async def _monitor(self) -> bool:
         """Watch the started container until it exits, turns unhealthy, or the task changes."""
@@ -553,6 +555,17 @@ class TaskController:
         delays = self.env.retry_delays or (1.0,)
         self._failures += 1
         return delays[min(self._failures, len(delays)) - 1]
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        """Sleep, waking early only to stop or remove the task: our own status reports come back
+        as task updates, and must not cut a retry delay short."""
+        deadline = time.monotonic() + seconds
+        while not self.local.leaving and self.task.desired_state <= RUNNING:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._changed.clear()  # the loop looks at everything again after this step
+            await self._sleep(remaining)
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake as soon as the task changes (a new desired state, removal, reconnect)."""
