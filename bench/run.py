@@ -25,6 +25,7 @@ BENCHMARKS = {
     "memory": "bench.bench_memory",
     "task_start": "bench.bench_task_start",
     "e2e": "bench.bench_e2e",
+    "raft": "bench.bench_raft",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

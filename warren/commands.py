@@ -176,25 +176,33 @@ Command = (
 )
 
 
+class Batch(msgspec.Struct, frozen=True, tag="batch"):
+    """Commands proposed together as one Raft entry (group commit). They are applied in order,
+    each seeing the effects of those before it, and each has its own result."""
+
+    commands: tuple[Command, ...]
+
+
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
     version: int
-    command: Command
+    command: Command | Batch
 
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Envelope)
 _result_decoder = msgspec.msgpack.Decoder(Result)
+_results_decoder = msgspec.msgpack.Decoder(list[Result])
 
 
 class CodecError(ValueError):
     """The bytes are not a command this version understands."""
 
 
-def encode(command: Command) -> bytes:
+def encode(command: Command | Batch) -> bytes:
     return _encoder.encode(Envelope(CODEC_VERSION, command))
 
 
-def decode(blob: bytes) -> Command:
+def decode(blob: bytes) -> Command | Batch:
     try:
         envelope = _decoder.decode(blob)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -204,8 +212,13 @@ def decode(blob: bytes) -> Command:
     return envelope.command
 
 
-def encode_result(result: Result) -> bytes:
+def encode_result(result: Result | list[Result]) -> bytes:
     return _encoder.encode(result)
+
+
+def decode_results(blob: bytes) -> list[Result]:
+    """The results of a Batch, in its order."""
+    return _results_decoder.decode(blob)
 
 
 def decode_result(blob: bytes) -> Result:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,32 @@ def test_refuses_to_start_when_the_log_is_behind_the_state(tmp_path: Path, port:
             RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", store)
     finally:
         store.env.close()
+
+
+def test_concurrent_proposals_share_entries_and_keep_their_own_results(member: Member, port: int) -> None:
+    """Group commit: proposals made together travel as one Batch entry, are applied in order
+    (the second create of a name sees the first), and each caller gets its own result."""
+
+    async def propose_all() -> list[commands.Result]:
+        creates = [
+            commands.CreateService(Service(id=f"id{i}", spec=ServiceSpec(name=f"s{i % 40}", image="x")))
+            for i in range(60)
+        ]
+        return await asyncio.gather(*(member.raft.propose_async(c) for c in creates))
+
+    before = member.store.applied_index
+    results = asyncio.run(propose_all())
+    assert [r.ok for r in results] == [True] * 40 + [False] * 20
+    assert all(r.code == "already_exists" for r in results[40:])
+    assert sorted(member.store.state.services) == sorted(f"id{i}" for i in range(40))
+    assert member.store.applied_index - before < 60  # fewer entries than writes
+    applied = member.store.applied_index
+    member.close()
+
+    again = Member(member.data, port)  # the batch was durable: a restart has all of it
+    try:
+        assert again.store.applied_index >= applied
+        assert sorted(again.store.state.services) == sorted(f"id{i}" for i in range(40))
+    finally:
+        again.close()
+        member.close = lambda: None  # type: ignore[method-assign]

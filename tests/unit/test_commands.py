@@ -103,3 +103,10 @@ def test_newer_codec_versions_are_refused() -> None:
     blob = msgspec.msgpack.encode([commands.CODEC_VERSION + 1, {"type": "noop"}])
     with pytest.raises(commands.CodecError, match="newer"):
         commands.decode(blob)
+
+
+def test_a_batch_round_trips_through_the_codec() -> None:
+    batch = commands.Batch((commands.Noop(), commands.RotateJoinToken("worker", "s" * 26)))
+    assert commands.decode(commands.encode(batch)) == batch
+    results = [commands.Result(id="a", index=7), commands.error("not_found", "gone")]
+    assert commands.decode_results(commands.encode_result(results)) == results

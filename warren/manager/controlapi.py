@@ -144,6 +144,17 @@ class ControlService(control_pb2_grpc.ControlServicer):
             info.managers.append(view)
         return info
 
+    async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:
+        """Wait until `node` has applied entry `index` (it stops receiving the log once removed
+        from Raft, so it must see its demotion first). Gives up quietly if it does not answer:
+        a manager that is down learns nothing either way."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            view = await self._raft_view(node, self._raft.status())
+            if view.error or view.applied_index >= index:
+                return
+            await asyncio.sleep(0.05)
+
     async def _raft_view(self, node: Node, local: RaftStatus) -> cpb.ManagerInfo:
         """A manager's own account of its Raft state (ours without a call)."""
         if node.raft_addr == local.self_addr:
@@ -264,7 +275,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     raise not_leader(self._store, self._raft, "it must hand over leadership before its demotion")
                 await self._raft.transfer_leadership()
         if node.role == NodeRole.MANAGER:
-            await self._propose(commands.UpdateNode(node.id, time.time(), role=NodeRole.WORKER))
+            result = await self._propose(commands.UpdateNode(node.id, time.time(), role=NodeRole.WORKER))
+            if voter:
+                await self._until_applied(node, result.index)
         if voter:
             await self._raft.change_membership("remove", node.raft_addr, timeout=self._timeout)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 import msgspec
@@ -36,6 +37,8 @@ _APPLIED_KEY = b"applied_index"
 # Called with the applied index and its changes; changes is None after a snapshot restore,
 # meaning "everything may have changed: resynchronise".
 Watcher = Callable[[int, list[Change] | None], None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Snapshot(msgspec.Struct, frozen=True):
@@ -106,6 +109,27 @@ class Store:
             self.state.apply(changes)
             self.applied_index = index
         self._notify(index, changes)
+
+    def commit_each(
+        self, index: int, items: Sequence[T], step: Callable[[ClusterState, T], tuple[R, list[Change]]]
+    ) -> list[R]:
+        """Group commit: run `step` on each item in order, each seeing the changes of those
+        before it, and persist all of them in one transaction (one fsync). The live state holds
+        the changes a moment before they are on disk; a failure to persist propagates, and the
+        caller must then stop rather than go on with a state its disk does not have."""
+        results: list[R] = []
+        everything: list[Change] = []
+        with self.env.begin(write=True) as txn, self._lock:
+            for item in items:
+                result, changes = step(self.state, item)
+                self.state.apply(changes)
+                self._put_changes(txn, index, changes)
+                results.append(result)
+                everything.extend(changes)
+        with self._lock:
+            self.applied_index = index
+        self._notify(index, everything)
+        return results
 
     def _put_changes(self, txn: lmdb.Transaction, index: int, changes: list[Change]) -> None:
         for change in changes:
