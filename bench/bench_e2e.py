@@ -73,7 +73,15 @@ def run() -> dict[str, object]:
         if imported.returncode != 0:
             raise RuntimeError(f"warren image import failed: {imported.stderr.strip()}")
         manager.start()
-        agent = worker.join(manager.join_token(), "--runtime", "containerd", "--containerd-socket", daemon.socket)
+        agent = worker.join(
+            manager.join_token(),
+            "--runtime",
+            "containerd",
+            "--containerd-socket",
+            daemon.socket,
+            "--cgroup-parent",
+            daemon.cgroup_parent,
+        )
         channel = manager.channel()
         try:
             stub = control_pb2_grpc.ControlStub(channel)

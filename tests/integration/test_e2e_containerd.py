@@ -182,6 +182,8 @@ def cluster(tmp_path: Path, containerd: ContainerdDaemon, registry: LocalRegistr
             "containerd",
             "--containerd-socket",
             containerd.socket,
+            "--cgroup-parent",
+            containerd.cgroup_parent,
             "--insecure-registry",
             registry.host,
         )
@@ -285,6 +287,11 @@ def test_bad_input_gives_clear_task_errors_and_the_cluster_stays_healthy(cluster
     c = cluster
     c.ok("service", "create", "good", "--image", c.image, "--stop-grace-period", "1s", "--", "sleep", "1000")
     good = c.stable("good", 1, seconds=0)
+    # The agent's --cgroup-parent: the container's cgroup is under the fixture's own parent.
+    (cid, pid), parent = next(iter(good.items())), c.view.daemon.cgroup_parent
+    memory = next(line.split(":", 2)[2] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+                  if line.split(":", 2)[1] in ("memory", ""))  # fmt: skip
+    assert memory.startswith(f"{parent}/{cid}"), memory
 
     closed = f"127.0.0.1:{free_port()}"  # nothing listens there
     c.ok("service", "create", "nope", "--image", f"{c.registry.host}/nope:latest", "--detach")

@@ -51,3 +51,23 @@ def test_runtime_choice(tmp_path: Path) -> None:
     assert (tmp_path / "exec").is_dir()
     with pytest.raises(AgentStartupError):
         make_runtime(AgentOptions(tmp_path, [], runtime="docker"))
+
+
+def test_cgroup_parent_setting_flag_and_re_execution(tmp_path: Path) -> None:
+    from warren.agent import daemon, settings
+    from warren.cli import main, worker
+
+    assert settings.AgentSettings().cgroup_parent == "/warren"
+    chosen = settings.resolve(tmp_path, cgroup_parent="/warren-test/a_b.c-1")
+    settings.save(tmp_path, chosen)
+    assert settings.resolve(tmp_path, cgroup_parent=None).cgroup_parent == "/warren-test/a_b.c-1"
+    for bad in ("warren", "/", "/a/../b", "/a//b", "/a/", "/a b", "/./a", ""):
+        with pytest.raises(settings.SettingsError, match="invalid cgroup parent"):
+            settings.resolve(tmp_path, cgroup_parent=bad)
+    args = main.parse_args(["worker", "start", "--data-dir", str(tmp_path), "--cgroup-parent", "/x/y"])
+    assert worker._given(args)["cgroup_parent"] == "/x/y"
+    assert worker._given(main.parse_args(["worker", "start"]))["cgroup_parent"] is None
+    options = AgentOptions(tmp_path, [], cgroup_parent="/x/y")
+    assert daemon.options_argv(options)[-2:] == ["--cgroup-parent", "/x/y"]
+    with pytest.raises(SystemExit):
+        daemon.main(["--data-dir", str(tmp_path), "--cgroup-parent", "../x"])

@@ -63,6 +63,7 @@ class AgentOptions:
     advertise_addr: str = ""
     insecure_registries: tuple[str, ...] = ()
     metrics_addr: str | None = None  # HOST:PORT for Prometheus /metrics; None = none
+    cgroup_parent: str = "/warren"  # containerd runtime: the containers' cgroups go under it
 
 
 class AgentStartupError(Exception):
@@ -79,7 +80,10 @@ def make_runtime(options: AgentOptions) -> Runtime:
         from warren.runtime.containerd.driver import ContainerdRuntime
 
         return ContainerdRuntime(
-            options.containerd_socket, options.data_dir / "containerd", options.insecure_registries
+            options.containerd_socket,
+            options.data_dir / "containerd",
+            options.insecure_registries,
+            cgroup_parent=options.cgroup_parent,
         )
     raise AgentStartupError(f"unknown runtime {options.runtime!r} (use containerd or exec)")
 
@@ -251,6 +255,7 @@ def options_argv(options: AgentOptions) -> list[str]:
         argv += ["--insecure-registry", registry]
     if options.metrics_addr:
         argv += ["--metrics-addr", options.metrics_addr]
+    argv += ["--cgroup-parent", options.cgroup_parent]
     return argv
 
 
@@ -299,6 +304,16 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _cgroup_parent(text: str) -> str:
+    from warren.agent.settings import SettingsError, check_cgroup_parent
+
+    try:
+        check_cgroup_parent(text)
+    except SettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m warren.agent.daemon`: the agent without the CLI (tests, debugging)."""
     p = argparse.ArgumentParser(prog="python -m warren.agent.daemon", description="Run a Warren worker agent.")
@@ -311,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--advertise-addr", default="")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]")
     p.add_argument("--metrics-addr", metavar="HOST:PORT")
+    p.add_argument(
+        "--cgroup-parent", type=_cgroup_parent, default="/warren", metavar="PATH", help="containerd: the cgroup parent"
+    )
     args = p.parse_args(argv)
     return run(
         AgentOptions(
@@ -323,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             advertise_addr=args.advertise_addr,
             insecure_registries=tuple(args.insecure_registry),
             metrics_addr=args.metrics_addr,
+            cgroup_parent=args.cgroup_parent,
         )
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 SETTINGS_FILE = "agent-settings.json"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 RUNTIMES = ("containerd", "exec")
+DEFAULT_CGROUP_PARENT = "/warren"
+_CGROUP_PARENT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")  # absolute, no empty, '.' or '..' parts
 
 
 class SettingsError(ValueError):
@@ -31,6 +34,7 @@ class AgentSettings:
     advertise_addr: str = ""
     insecure_registries: tuple[str, ...] = ()
     metrics_addr: str = ""
+    cgroup_parent: str = DEFAULT_CGROUP_PARENT  # containerd runtime: containers' cgroups go under it
 
     def overridden(self, **given: Any) -> AgentSettings:
         """These settings with every given (not None) value replacing the stored one."""
@@ -50,6 +54,14 @@ class AgentSettings:
     def check(self) -> None:
         if self.runtime not in RUNTIMES:
             raise SettingsError(f"unknown runtime {self.runtime!r} (use {' or '.join(RUNTIMES)})")
+        check_cgroup_parent(self.cgroup_parent)
+
+
+def check_cgroup_parent(path: str) -> None:
+    """A cgroup path relative to each hierarchy's root, such as /warren or /warren/node1."""
+    parts = path.split("/")
+    if not _CGROUP_PARENT_RE.match(path) or any(p in (".", "..") for p in parts) or len(path) > 255:
+        raise SettingsError(f"invalid cgroup parent {path!r}: expected an absolute path such as /warren")
 
 
 def load(directory: Path) -> AgentSettings | None:

@@ -98,6 +98,7 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
+    p.add_argument("--cgroup-parent", metavar="PATH", help="cgroup for the containers (containerd; default: /warren)")
 
 
 def _given(args: argparse.Namespace) -> dict[str, Any]:
@@ -121,6 +122,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "advertise_addr": args.advertise_addr,
         "insecure_registries": tuple(registries) if registries else None,
         "metrics_addr": args.metrics_addr,
+        "cgroup_parent": args.cgroup_parent,
     }
 
 
@@ -248,5 +250,6 @@ def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> in
             advertise_addr=settings.advertise_addr,
             insecure_registries=tuple(settings.insecure_registries),
             metrics_addr=settings.metrics_addr or None,
+            cgroup_parent=settings.cgroup_parent,
         )
     )

@@ -65,6 +65,7 @@ async def run(
         advertise_addr=settings.advertise_addr,
         insecure_registries=tuple(settings.insecure_registries),
         metrics_addr=settings.metrics_addr or None,
+        cgroup_parent=settings.cgroup_parent,
     )
     try:
         await serve(options, stop)
