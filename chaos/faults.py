@@ -131,25 +131,46 @@ class Partition:
             run_in(host, ["nft", "delete", "table", "inet", self.table], check=False)
 
 
+def nft_loss_ruleset(table: str, loss: int) -> str:
+    """Random loss on eth0 with nftables, for kernels without netem (CONFIG_NET_SCH_NETEM)."""
+    rule = f'iifname != "lo" numgen random mod 100 < {loss} drop'
+    out_rule = f'oifname != "lo" numgen random mod 100 < {loss} drop'
+    return (
+        f"table inet {table} {{\n"
+        f"  chain input {{ type filter hook input priority -5; policy accept; {rule}; }}\n"
+        f"  chain output {{ type filter hook output priority -5; policy accept; {out_rule}; }}\n"
+        f"}}\n"
+    )
+
+
 class Netem:
-    """A netem qdisc on one host's eth0."""
+    """netem delay and loss on one host's eth0; where the kernel has no netem, loss alone through
+    an nftables table (`how` says which)."""
 
-    def __init__(self, host, loss: int, delay_ms: int) -> None:
-        self.host, self.loss, self.delay_ms = host, loss, delay_ms
-        self.applied = False
+    def __init__(self, host, loss: int, delay_ms: int, table: str) -> None:
+        self.host, self.loss, self.delay_ms, self.table = host, loss, delay_ms, table
+        self.how = ""
 
-    def apply(self) -> bool:
+    def apply(self) -> str:
+        import subprocess
+
         from chaos.lab import run_in
 
         argv = ["tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", f"{self.delay_ms}ms"]
         argv += ["loss", f"{self.loss}%"]
-        result = run_in(self.host, argv, check=False)
-        self.applied = result.returncode == 0
-        return self.applied
+        if run_in(self.host, argv, check=False).returncode == 0:
+            self.how = "netem"
+        else:
+            argv = self.host.nsenter(["nft", "-f", "-"])
+            loaded = subprocess.run(argv, input=nft_loss_ruleset(self.table, self.loss), text=True, capture_output=True)
+            self.how = "nft-loss" if loaded.returncode == 0 else ""
+        return self.how
 
     def heal(self) -> None:
         from chaos.lab import run_in
 
-        if self.applied:
+        if self.how == "netem":
             run_in(self.host, ["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
-            self.applied = False
+        elif self.how == "nft-loss":
+            run_in(self.host, ["nft", "delete", "table", "inet", self.table], check=False)
+        self.how = ""

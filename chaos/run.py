@@ -124,7 +124,8 @@ class Runner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lab = Lab(self.run_id, STATE_DIR / f"{self.run_id}.json")
         self.started = time.monotonic()
-        self.failovers: list[float] = []
+        self.failovers: list[float] = []  # SIGKILL of the leader
+        self.handovers: list[float] = []  # SIGTERM of the leader (restart_leader)
         self.recoveries: list[float] = []
         self.convergence: list[float] = []
         self.faults: Counter = Counter()
@@ -268,7 +269,7 @@ class Runner:
             if followers:
                 reply = cluster.probe.call(op="first_leader", addrs=[f.api_addr for f in followers], timeout=30.0)
                 if reply["ok"]:
-                    self.failovers.append(reply["t"] - t0)
+                    (self.failovers if kind == "kill_leader" else self.handovers).append(reply["t"] - t0)
                     notes.append(f"failover {reply['t'] - t0:.2f}s")
                 else:
                     problems.append(("failover", reply["detail"]))
@@ -297,16 +298,17 @@ class Runner:
             heal.append(lambda: node.signal(signal.SIGCONT))
             time.sleep(rnd.hold)
             return node.name, heal, None
+        table = f"wch_{self.run_id.rsplit('-', 1)[-1]}"
         if kind == "netem":
             node = pick(cluster.nodes)
-            netem = Netem(node.host, rnd.loss, rnd.delay_ms)
-            if netem.apply():
+            netem = Netem(node.host, rnd.loss, rnd.delay_ms, f"{table}_loss")
+            how = netem.apply()
+            if how:
                 heal.append(netem.heal)
-            else:
-                notes.append("netem unavailable")
+            notes.append({"netem": "netem", "nft-loss": "loss only (no netem in this kernel)"}.get(how, "unavailable"))
             time.sleep(rnd.hold)
             return node.name, heal, None
-        partition = Partition(f"wch_{self.run_id.rsplit('-', 1)[-1]}")
+        partition = Partition(table)
         heal.append(partition.heal)
         manager_ips = {m.host.ip for m in cluster.managers}
         if kind == "isolate_leader":
@@ -374,6 +376,7 @@ class Runner:
             "lost_writes": len(lost),
             "violations": self.violations,
             "failover_s": checker.summary_stats(self.failovers),
+            "graceful_failover_s": checker.summary_stats(self.handovers),
             "restart_recovery_s": checker.summary_stats(self.recoveries),
             "convergence_s": checker.summary_stats(self.convergence),
             "duration_s": round(time.monotonic() - self.started, 1),

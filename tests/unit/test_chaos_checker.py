@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chaos import checker
-from chaos.faults import eligible, nft_ruleset, partition_rules, plan_rounds
+from chaos.faults import eligible, nft_loss_ruleset, nft_ruleset, partition_rules, plan_rounds
 from chaos.rpc import classify
 from chaos.workload import Planner
 
@@ -219,3 +219,4 @@ def test_partitions_are_symmetric():
     assert rules == {"10.0.0.1": {"10.0.0.2", "10.0.0.3"}, "10.0.0.2": {"10.0.0.1"}, "10.0.0.3": {"10.0.0.1"}}
     text = nft_ruleset("wch_x", {"10.0.0.2"})
     assert "table inet wch_x" in text and "ip saddr { 10.0.0.2 } drop" in text and "ip daddr { 10.0.0.2 } drop" in text
+    assert "numgen random mod 100 < 20 drop" in nft_loss_ruleset("wch_x_loss", 20)
