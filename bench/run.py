@@ -26,6 +26,7 @@ BENCHMARKS = {
     "task_start": "bench.bench_task_start",
     "e2e": "bench.bench_e2e",
     "raft": "bench.bench_raft",
+    "failover": "bench.bench_failover",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands
@@ -97,6 +99,9 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_ReappendFilter())
 
 RAFT_MIN_TIMEOUT = 0.3
 RAFT_MAX_TIMEOUT = 0.45
+# After the leader's connection closes, survivor k (by address order) calls an election after
+# k to k+0.5 times this, well within the election timeout and apart enough for one vote round.
+ELECTION_STAGGER = 0.08
 
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
@@ -347,6 +352,28 @@ class RaftNode(SyncObj):
         if not result:
             raise ProposalError("unknown", "the write was applied before a restart; its result is gone")
         return commands.decode_result(result)
+
+    # -- fast failover on a closed connection (ADR 16) -----------------------------------------
+    def _SyncObj__onNodeDisconnected(self, node: object) -> None:
+        """PySyncObj only drops the node from its connected set. When the connection to our
+        leader closes, the leader most likely crashed (a live but partitioned leader keeps its
+        connections open, and the election timeout handles that): call the election soon
+        instead of waiting out the timeout, staggered by rank among the survivors so that they
+        do not split the vote."""
+        self._connected_nodes().discard(node)
+        try:
+            if node != self._SyncObj__raftLeader or self._SyncObj__raftState != 0:  # 0 = follower
+                return
+            survivors = sorted(n.id for n in [*self.otherNodes, self.selfNode] if n != node)
+            rank = survivors.index(self.selfNode.id)
+            # PySyncObj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic: they drift apart.
+            deadline = raft_clock() + ELECTION_STAGGER * (rank + random.random() / 2)
+            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
+        except (AttributeError, ValueError):  # another PySyncObj version: keep its timeout
+            return
+
+    def _connected_nodes(self) -> set:
+        return self._SyncObj__connectedNodes
 
     # -- status ------------------------------------------------------------------------------
     def _on_state_changed(self, _old: int, new: int) -> None:
