@@ -127,8 +127,7 @@ class Cluster:
 
     def converged(self, service: str, n: int) -> bool:
         """n tasks running for the manager, exactly their n containers running in containerd, and
-        no other container but the stopped ones of ended tasks kept as history (as Docker keeps
-        them until the history limit drops the task)."""
+        no other container but those of tasks that just ended (the agent removes them at once)."""
         tasks = self.tasks(service, history=True)
         running = {t["id"] for t in tasks if (t["state"], t["desired_state"]) == ("running", "running")}
         ended = {t["id"] for t in tasks if t["state"] in ENDED}
@@ -235,6 +234,14 @@ def test_containerd_service_runs_scales_heals_and_survives_agent_and_manager_out
     assert (history[victim]["state"], history[victim]["error"]) == ("failed", "task exited with code 137")
     table = c.ok("service", "ps", "web", "--all")
     assert "failed" in table and "task exited with code 137" in table and "running" in table
+    # The failed task's container and snapshot are gone from containerd; its record and its
+    # output stay.
+    wait_for(
+        lambda: victim not in c.view.containers() and not c.view.snapshot_exists(victim),
+        message="the failed task's container and snapshot removed",
+    )
+    assert history[victim]["state"] == "failed" and victim in {t["id"] for t in c.tasks("web", history=True)}
+    assert f"serving on {port}" in (c.worker.data_dir / "logs" / f"{victim}.log").read_text()
     wait_for(lambda: http_get(port) == PAGE, message="the replacement to answer")
     web = c.stable("web", 1, seconds=1.0)
     sleeper = c.stable("sleeper", 1, seconds=0)

@@ -88,12 +88,17 @@ def test_exit_while_connected_is_reported(tmp_path: Path, code: int, state: Task
         await until(lambda: rt.running(), message="started")
         rt.exit(rt.running()[0], code)
         await until(lambda: rec.last_state() == state, message=state.label)
+        # An ended task never runs again: its container goes at once; the report keeps the facts.
+        await until(lambda: not rt.containers, message="the ended task's container removed")
+        await asyncio.sleep(0.05)
         await ctl.close()
+        assert not ctl.done.is_set()  # the task itself stays (history) until the managers drop it
 
     run(scenario())
     last = rec.last()
-    assert last.exit_code == code and last.error == error
+    assert last.exit_code == code and last.error == error and last.state == state
     assert len(rt.steps("start")) == 1  # the manager decides about a replacement, not the agent
+    assert len(rt.steps("remove")) == 1
     assert_forward(rec.states())
 
 

@@ -6,12 +6,17 @@ local state in the cache *before* the next call, and queues a status report. Sta
 forward (model.can_transition): the agent never reports a task backwards.
 
     assigned -> accepted -> preparing (runtime.prepare) -> starting (runtime.start)
-             -> running (at once, or once healthy) -> complete | failed
+             -> running (at once, or once healthy) -> complete | failed -> remove container
     desired shutdown: stop (stop signal, grace period, then kill) -> shutdown -> remove container
     task left the assignment set: stop and remove, report nothing (the managers forgot it)
 
 While no manager is reachable, an exited task is restarted in place under its cached restart
 policy (same task id, a local attempt counter); see ADR 12.
+
+A task that ended (complete, failed, rejected, shutdown) never runs again: its container and
+snapshot are removed at once, as Swarm does. The task stays in `service ps` as history, with its
+exit code and error, and its output stays in the agent's log store (logs/<task>.log) until the
+managers drop the task from history.
 """
 
 from __future__ import annotations
@@ -210,7 +215,7 @@ class TaskController:
         """Take one step; False when there is nothing to do until something changes."""
         local, desired = self.local, self.task.desired_state
         if local.state.terminal:
-            if desired > RUNNING and local.runtime_id:
+            if local.runtime_id:  # it never runs again: free its container and snapshot now
                 await self._remove_container()
                 return True
             return False
