@@ -268,7 +268,9 @@ class Runner:
             heal.append(leader.start)
             if followers:
                 reply = cluster.probe.call(op="first_leader", addrs=[f.api_addr for f in followers], timeout=30.0)
-                if reply["ok"]:
+                if reply["ok"] and reply["leader"] == leader.api_addr:
+                    problems.append(("failover", f"{reply['addr']} answered with the stopped {leader.name} as leader"))
+                elif reply["ok"]:
                     (self.failovers if kind == "kill_leader" else self.handovers).append(reply["t"] - t0)
                     notes.append(f"failover {reply['t'] - t0:.2f}s")
                 else:
