@@ -191,3 +191,20 @@ def test_concurrent_proposals_share_entries_and_keep_their_own_results(member: M
     finally:
         again.close()
         member.close = lambda: None  # type: ignore[method-assign]
+
+
+def test_a_follower_log_never_ends_before_what_its_store_applied(tmp_path: Path) -> None:
+    """PySyncObj deletes a follower's entries after prevLogIdx on every append and re-adds
+    them; a crash in between must not leave applied (committed) entries missing on disk."""
+    env = open_environment(tmp_path / "db")
+    applied = 8
+    log = journal.LmdbJournal(env, tmp_path, applied=lambda: applied)
+    for index in range(1, 11):
+        log.add(b"cmd%d" % index, index, 1)
+    log.deleteEntriesFrom(5)  # positions 5.. = indexes 6..10, as PySyncObj does
+    assert log.last_index() == 5  # what PySyncObj sees in memory
+    # ... and a crash here: the journal read back holds every applied entry, not the others.
+    reopened = journal.LmdbJournal(env, tmp_path)
+    assert [entry[1] for entry in reopened[:]] == list(range(1, 9))
+    assert reopened[7] == (b"cmd8", 8, 1)
+    env.close()

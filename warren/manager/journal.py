@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -25,9 +26,10 @@ Entry = tuple[bytes, int, int]  # (command, raft index, term), PySyncObj's shape
 
 
 class LmdbJournal(pysyncobj_journal.Journal):
-    def __init__(self, env: lmdb.Environment, data_dir: Path) -> None:
+    def __init__(self, env: lmdb.Environment, data_dir: Path, applied: Callable[[], int] = lambda: 0) -> None:
         self._env = env
         self._data_dir = data_dir
+        self._applied = applied  # the store's applied index
         self._log = env.open_db(b"raft_log")
         self._meta = env.open_db(b"raft_meta")
         self._entries: list[Entry] = []
@@ -57,9 +59,16 @@ class LmdbJournal(pysyncobj_journal.Journal):
         self._entries = []
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        """Drop entries from position `entryFrom` on. PySyncObj calls this on every append a
+        follower receives, re-adding the same entries right after. Entries the store applied
+        are committed, and Raft re-sends committed entries unchanged, so those stay on disk
+        (the re-add overwrites them with the same bytes): a crash between the delete and the
+        re-add must not leave a log that ends before what the store applied."""
+        applied = self._applied()
         with self._env.begin(write=True) as txn:
             for _command, idx, _term in self._entries[entryFrom:]:
-                txn.delete(self._key(idx), db=self._log)
+                if idx > applied:
+                    txn.delete(self._key(idx), db=self._log)
         del self._entries[entryFrom:]
 
     def deleteEntriesTo(self, entryTo: int) -> None:

@@ -151,7 +151,7 @@ class RaftNode(SyncObj):
             logCompactionMinTime=600,
             onStateChanged=self._on_state_changed,
         )
-        log = journal.LmdbJournal(store.env, data_dir)
+        log = journal.LmdbJournal(store.env, data_dir, applied=lambda: store.applied_index)
         _check_log_against_store(log, data_dir / "raft-snapshot", store)
         journal.install(log)
         try:
