@@ -1,0 +1,134 @@
+"""IPAM: layout checks, deterministic lowest-free allocation, no double allocation, clear errors."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from warren.network.ipam import (
+    ExhaustedError,
+    IpamError,
+    allocate_address,
+    allocate_node_subnet,
+    allocate_vip,
+    make_layout,
+    node_address,
+    node_subnet,
+    release,
+)
+
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+net = ipaddress.ip_network
+ip = ipaddress.ip_address
+
+
+def test_default_layout():
+    layout = make_layout()
+    assert (str(layout.overlay), layout.node_prefixlen, str(layout.vips)) == ("10.200.0.0/16", 24, "10.201.0.0/16")
+    assert layout.node_subnet_count == 256
+    assert node_subnet(layout, 0) == net("10.200.0.0/24")
+    assert node_subnet(layout, 255) == net("10.200.255.0/24")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"overlay": "10.200.0.0/16", "vip_range": "10.200.128.0/20"}, "VIP range 10.200.128.0/20 overlaps"),
+        ({"overlay": "10.200.0.0/16", "reserved": ["10.200.5.0/24"]}, "overlay range 10.200.0.0/16 overlaps the host"),
+        ({"vip_range": "10.201.0.0/16", "reserved": ["10.0.0.0/8"]}, "overlaps the host network 10.0.0.0/8"),
+        ({"overlay": "10.200.0.1/16"}, "not a network"),
+        ({"overlay": "fd00::/64"}, "only IPv4"),
+        ({"overlay": "10.200.0.0/24", "node_prefixlen": 24}, "do not fit"),
+        ({"overlay": "10.200.0.0/24", "node_prefixlen": 31}, "do not fit"),
+        ({"vip_range": "10.201.0.0/31"}, "too small"),
+    ],
+)
+def test_bad_layouts(kwargs, message):
+    with pytest.raises(IpamError, match=message):
+        make_layout(**kwargs)
+
+
+def test_node_subnets_lowest_free_and_idempotent():
+    layout = make_layout("10.200.0.0/22", 24)
+    a = allocate_node_subnet(layout, {}, "a")
+    ab = allocate_node_subnet(layout, a, "b")
+    assert ab == {"a": net("10.200.0.0/24"), "b": net("10.200.1.0/24")}
+    assert allocate_node_subnet(layout, ab, "a") == ab
+    b = release(ab, "a")
+    assert allocate_node_subnet(layout, b, "c")["c"] == net("10.200.0.0/24")  # the freed one, reused
+    assert a == {"a": net("10.200.0.0/24")}  # inputs are never changed
+
+
+def test_node_subnets_exhausted_and_input_unchanged():
+    layout = make_layout("10.200.0.0/23", 24)
+    full = allocate_node_subnet(layout, allocate_node_subnet(layout, {}, "a"), "b")
+    snapshot = dict(full)
+    with pytest.raises(ExhaustedError, match=r"no free /24 left \(2 nodes"):
+        allocate_node_subnet(layout, full, "c")
+    assert full == snapshot
+
+
+def test_corrupt_subnet_allocations_are_refused():
+    layout = make_layout("10.200.0.0/16", 24)
+    with pytest.raises(IpamError, match="allocated twice"):
+        allocate_node_subnet(layout, {"a": net("10.200.1.0/24"), "b": net("10.200.1.0/24")}, "c")
+    with pytest.raises(IpamError, match="not a /24 of"):
+        allocate_node_subnet(layout, {"a": net("10.9.1.0/24")}, "c")
+
+
+def test_task_addresses_skip_network_node_and_broadcast():
+    subnet = net("10.200.3.0/29")  # .0 network, .1 node, .2-.6 tasks, .7 broadcast
+    assert node_address(subnet) == ip("10.200.3.1")
+    alloc: dict = {}
+    for i in range(5):
+        alloc = allocate_address(subnet, alloc, f"t{i}")
+    assert sorted(alloc.values()) == [ip(f"10.200.3.{i}") for i in range(2, 7)]
+    with pytest.raises(ExhaustedError, match=re.escape("10.200.3.0/29 is exhausted: all 5")):
+        allocate_address(subnet, alloc, "t5")
+    assert allocate_address(subnet, release(alloc, "t2"), "t9")["t9"] == ip("10.200.3.4")
+
+
+def test_task_address_outside_subnet_refused():
+    with pytest.raises(IpamError, match="not a task address"):
+        allocate_address(net("10.200.3.0/24"), {"t": ip("10.200.3.1")}, "u")
+
+
+def test_vips():
+    layout = make_layout(vip_range="10.201.0.0/30")
+    alloc = allocate_vip(layout, {}, "web")
+    alloc = allocate_vip(layout, alloc, "db")
+    assert alloc == {"web": ip("10.201.0.1"), "db": ip("10.201.0.2")}
+    assert allocate_vip(layout, alloc, "web") == alloc
+    with pytest.raises(ExhaustedError, match=re.escape("VIP range 10.201.0.0/30 is exhausted")):
+        allocate_vip(layout, alloc, "cache")
+    with pytest.raises(IpamError, match="not a VIP"):
+        allocate_vip(layout, {"x": ip("10.200.0.1")}, "y")
+
+
+@FAST
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=60))
+def test_never_double_allocates(steps):
+    """Any sequence of allocations and releases keeps addresses unique and inside the subnet,
+    and the outcome depends only on the sequence (deterministic)."""
+    subnet = net("10.200.9.0/28")
+
+    def run():
+        alloc: dict = {}
+        for allocate, owner in steps:
+            if allocate:
+                try:
+                    alloc = allocate_address(subnet, alloc, f"t{owner}")
+                except ExhaustedError:
+                    assert len(alloc) == 13
+            else:
+                alloc = release(alloc, f"t{owner}")
+        return alloc
+
+    alloc = run()
+    assert len(set(alloc.values())) == len(alloc)
+    assert all(ip("10.200.9.2") <= a <= ip("10.200.9.14") for a in alloc.values())
+    assert run() == alloc

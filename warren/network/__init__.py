@@ -1,0 +1,10 @@
+"""The overlay network (issue #5, ADRs 6 and 17).
+
+- `plan`: pure mesh planning and diffing (nodes -> desired WireGuard interface and routes);
+- `ipam`: pure address management (node subnets, task addresses, service VIPs);
+- `wireguard`: the WireGuard device adapter (kernel through pyroute2, or wireguard-go over UAPI);
+- `links`: pyroute2 helpers for links, addresses, routes, veths and bridges, in any namespace;
+- `mesh`: reads a device's state, diffs it against a plan, applies the difference.
+
+Nothing is imported here, so importing the pure modules pulls in no I/O library.
+"""

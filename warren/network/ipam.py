@@ -1,0 +1,186 @@
+"""Overlay address management: one subnet per node, one address per task, one VIP per service.
+
+Pure (ADR 17): every function takes the current allocations (owner id -> address or subnet)
+and returns new ones; nothing is stored here. The replicated state will hold the mappings and
+call these from its apply, so an allocation is decided once, by the Raft log, and no address
+is handed out twice. Allocation is deterministic: always the lowest free slot.
+
+Layout (defaults): overlay 10.200.0.0/16 cut into /24s, one per node; in a node's /24 the
+first host address is the node's own (its WireGuard address, later its bridge gateway) and the
+rest go to tasks; service VIPs come from a separate range, 10.201.0.0/16, which is never routed
+between nodes (every node DNATs its own VIP traffic).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+IPv4Network = ipaddress.IPv4Network
+IPv4Address = ipaddress.IPv4Address
+
+DEFAULT_OVERLAY = "10.200.0.0/16"
+DEFAULT_NODE_PREFIXLEN = 24
+DEFAULT_VIP_RANGE = "10.201.0.0/16"
+
+
+class IpamError(ValueError):
+    """A layout or an allocation that cannot be made; the message says which and why."""
+
+
+class ExhaustedError(IpamError):
+    """No free subnet, address or VIP is left."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The cluster's address plan, fixed at `cluster init`."""
+
+    overlay: IPv4Network
+    node_prefixlen: int
+    vips: IPv4Network
+
+    @property
+    def node_subnet_count(self) -> int:
+        return 1 << (self.node_prefixlen - self.overlay.prefixlen)
+
+
+def _net(text: str, what: str) -> IPv4Network:
+    try:
+        net = ipaddress.ip_network(text, strict=True)
+    except ValueError as exc:
+        raise IpamError(f"{what} {text!r} is not a network: {exc}") from None
+    if not isinstance(net, IPv4Network):
+        raise IpamError(f"{what} {text!r}: only IPv4 is supported")
+    return net
+
+
+def make_layout(
+    overlay: str = DEFAULT_OVERLAY,
+    node_prefixlen: int = DEFAULT_NODE_PREFIXLEN,
+    vip_range: str = DEFAULT_VIP_RANGE,
+    reserved: Iterable[str] = (),
+) -> Layout:
+    """Check and build a layout. `reserved` are networks the overlay must not overlap (the
+    hosts' own networks, the container runtime's bridge...)."""
+    net = _net(overlay, "overlay range")
+    vips = _net(vip_range, "VIP range")
+    if not net.prefixlen < node_prefixlen <= 30:
+        raise IpamError(
+            f"node subnets of /{node_prefixlen} do not fit the overlay {net}: "
+            f"the prefix length must be between /{net.prefixlen + 1} and /30"
+        )
+    if net.overlaps(vips):
+        raise IpamError(f"the VIP range {vips} overlaps the overlay range {net}")
+    if vips.num_addresses < 4:
+        raise IpamError(f"the VIP range {vips} is too small (at least a /30)")
+    for text in reserved:
+        other = _net(text, "reserved network")
+        for name, mine in (("overlay range", net), ("VIP range", vips)):
+            if mine.overlaps(other):
+                raise IpamError(f"the {name} {mine} overlaps the host network {other}")
+    return Layout(net, node_prefixlen, vips)
+
+
+# -- node subnets --------------------------------------------------------------------------------
+
+
+def node_subnet(layout: Layout, index: int) -> IPv4Network:
+    """The index-th node subnet of the overlay."""
+    if not 0 <= index < layout.node_subnet_count:
+        raise IpamError(f"node subnet index {index} is outside 0..{layout.node_subnet_count - 1}")
+    size = 1 << (32 - layout.node_prefixlen)
+    return ipaddress.ip_network((int(layout.overlay.network_address) + index * size, layout.node_prefixlen))
+
+
+def allocate_node_subnet(layout: Layout, current: Mapping[str, IPv4Network], node_id: str) -> dict[str, IPv4Network]:
+    """`current` plus a subnet for `node_id` (the lowest free one); unchanged if it has one."""
+    if node_id in current:
+        return dict(current)
+    size = 1 << (32 - layout.node_prefixlen)
+    base = int(layout.overlay.network_address)
+    used = set()
+    for owner, subnet in _check_unique(current, "subnet").items():
+        if subnet.prefixlen != layout.node_prefixlen or not subnet.subnet_of(layout.overlay):
+            raise IpamError(f"node {owner} holds {subnet}, which is not a /{layout.node_prefixlen} of {layout.overlay}")
+        used.add((int(subnet.network_address) - base) // size)
+    index = _lowest_free(used, layout.node_subnet_count)
+    if index is None:
+        raise ExhaustedError(
+            f"the overlay {layout.overlay} has no free /{layout.node_prefixlen} left "
+            f"({layout.node_subnet_count} nodes hold one each)"
+        )
+    return {**current, node_id: node_subnet(layout, index)}
+
+
+# -- task addresses ------------------------------------------------------------------------------
+
+
+def node_address(subnet: IPv4Network) -> IPv4Address:
+    """The node's own address in its subnet: the first host (never given to a task)."""
+    return subnet.network_address + 1
+
+
+def allocate_address(subnet: IPv4Network, current: Mapping[str, IPv4Address], owner: str) -> dict[str, IPv4Address]:
+    """`current` plus the lowest free task address of `subnet` for `owner` (a task id);
+    unchanged if it has one. The network, node and broadcast addresses are never handed out."""
+    if owner in current:
+        return dict(current)
+    first = int(subnet.network_address) + 2  # +0 network, +1 the node
+    last = int(subnet.broadcast_address) - 1
+    used = set()
+    for who, addr in _check_unique(current, "address").items():
+        if not first <= int(addr) <= last:
+            raise IpamError(f"{who} holds {addr}, which is not a task address of {subnet}")
+        used.add(int(addr) - first)
+    offset = _lowest_free(used, max(0, last - first + 1))
+    if offset is None:
+        raise ExhaustedError(f"the node subnet {subnet} is exhausted: all {len(used)} task addresses are in use")
+    return {**current, owner: ipaddress.ip_address(first + offset)}
+
+
+# -- service VIPs --------------------------------------------------------------------------------
+
+
+def allocate_vip(layout: Layout, current: Mapping[str, IPv4Address], service_id: str) -> dict[str, IPv4Address]:
+    """`current` plus the lowest free VIP for `service_id`; unchanged if it has one."""
+    if service_id in current:
+        return dict(current)
+    first = int(layout.vips.network_address) + 1
+    last = int(layout.vips.broadcast_address) - 1
+    used = set()
+    for who, addr in _check_unique(current, "VIP").items():
+        if not first <= int(addr) <= last:
+            raise IpamError(f"service {who} holds {addr}, which is not a VIP of {layout.vips}")
+        used.add(int(addr) - first)
+    offset = _lowest_free(used, last - first + 1)
+    if offset is None:
+        raise ExhaustedError(f"the VIP range {layout.vips} is exhausted ({len(used)} services hold one)")
+    return {**current, service_id: ipaddress.ip_address(first + offset)}
+
+
+# -- shared --------------------------------------------------------------------------------------
+
+
+def release(current: Mapping[str, object], owner: str) -> dict:
+    """`current` without `owner`'s allocation (nothing happens if it has none)."""
+    return {k: v for k, v in current.items() if k != owner}
+
+
+def _check_unique(current: Mapping, what: str) -> Mapping:
+    seen: dict[object, str] = {}
+    for owner, value in current.items():
+        if value in seen:
+            raise IpamError(f"{what} {value} is allocated twice: to {seen[value]} and to {owner}")
+        seen[value] = owner
+    return current
+
+
+def _lowest_free(used: set[int], size: int) -> int | None:
+    if len(used) >= size:
+        return None
+    for i in range(size):
+        if i not in used:
+            return i
+    return None
