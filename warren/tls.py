@@ -43,6 +43,34 @@ def server_credentials(
     )
 
 
+def reloading_server_credentials(directory: str | os.PathLike[str]) -> grpc.ServerCredentials:
+    """Like `server_credentials` for the credentials in `directory`, re-read on the next TLS
+    handshake after the files change: a renewed certificate is served without a restart."""
+    path = Path(directory)
+    loaded = [_mtime(path)]
+
+    def configuration() -> grpc.ServerCertificateConfiguration:
+        creds = load_credentials(path)
+        return grpc.ssl_server_certificate_configuration([(creds.key_pem, creds.cert_pem)], creds.ca_pem)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        try:
+            current = _mtime(path)
+            if current == loaded[0]:
+                return None  # unchanged: grpc keeps the current configuration
+            fresh = configuration()
+        except (OSError, ValueError, MissingCredentialsError):
+            return None  # half-written or unreadable: keep serving the current ones, retry later
+        loaded[0] = current
+        return fresh
+
+    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
+
+
+def _mtime(directory: Path) -> float:
+    return max((directory / name).stat().st_mtime for name in (CA_FILE, CERT_FILE, KEY_FILE))
+
+
 def channel_credentials(
     ca_pem: bytes, cert_pem: bytes | None = None, key_pem: bytes | None = None
 ) -> grpc.ChannelCredentials:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
@@ -82,14 +83,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
         raft: RaftNode,
         timeout: float = 5.0,
         logs: LogBroker | None = None,
-        credentials: tls.Credentials | None = None,
+        certs_dir: Path | None = None,
     ) -> None:
         self._store = store
         self._raft = raft
         self._timeout = timeout
         self._logs = logs
-        # This manager's own certificate, to ask the other managers for their Raft status.
-        self._peer_creds = tls.channel_credentials(*credentials) if credentials is not None else None
+        # This manager's own credentials (read when used: they are renewed), to ask the other
+        # managers for their Raft status.
+        self._certs_dir = certs_dir
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -164,10 +166,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 commit_index=local.commit_index,
                 applied_index=local.applied_index,
             )
-        if self._peer_creds is None or not node.addr:
+        if self._certs_dir is None or not node.addr:
             return cpb.ManagerInfo(error="not asked")
+        creds = tls.channel_credentials(*tls.load_credentials(self._certs_dir))
         try:
-            async with grpc.aio.secure_channel(node.addr, self._peer_creds, options=tls.channel_options()) as channel:
+            async with grpc.aio.secure_channel(node.addr, creds, options=tls.channel_options()) as channel:
                 answer = await managers_pb2_grpc.ManagersStub(channel).RaftStatus(
                     mpb.RaftStatusRequest(), timeout=STATUS_TIMEOUT
                 )

@@ -16,6 +16,7 @@ The directory and every secret in it are owner-only (0700/0600).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import msgspec
 
-from warren import clientconfig, commands, pki, tls
+from warren import certinfo, clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import node_hostname
 from warren.api.v1 import managers_pb2 as mpb
@@ -40,7 +41,7 @@ from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.membership import ManagersService, MembershipError, manager_addrs, request_membership
-from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
+from warren.manager.nodeca import NODE_CERT_DAYS, NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import ProposalError, RaftNode, RaftStartError
 from warren.manager.server import NOT_SERVING, SERVING, build_server
@@ -234,6 +235,36 @@ def _raft_peers(identity: ManagerIdentity, store: Store) -> list[str]:
     return sorted((known | set(identity.peers)) - {identity.raft_addr})
 
 
+CERT_CHECK_PERIOD = 3600.0  # seconds between checks of this manager's certificate
+
+
+def renew_certificate(data: Path, store: Store, node_id: str, now: dt.datetime | None = None) -> bool:
+    """Re-issue this manager's certificate from the cluster CA (in the state) once a third of its
+    lifetime is left. The API server reads the new one at its next handshake. True if renewed."""
+    certs = data / "certs"
+    creds = tls.load_credentials(certs)
+    if not certinfo.renewal_due(creds.cert_pem, now):
+        return False
+    with store.read() as state:
+        cluster = state.cluster
+    if cluster is None:
+        return False
+    ca = pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, cluster.ca_key_pem)
+    cert, key = ca.issue_keypair(node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
+    tls.save_credentials(certs, ca.cert_pem, cert, key)
+    log.info("renewed this manager's certificate (valid until %s)", certinfo.validity(cert)[1])
+    return True
+
+
+async def _keep_certificate_fresh(data: Path, store: Store, node_id: str) -> None:
+    while True:
+        try:
+            await asyncio.to_thread(renew_certificate, data, store, node_id)
+        except Exception:  # keep serving with the current certificate; try again later
+            log.exception("cannot renew this manager's certificate")
+        await asyncio.sleep(CERT_CHECK_PERIOD)
+
+
 async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event) -> None:
     """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next."""
     while not stop.is_set():
@@ -336,7 +367,7 @@ async def _serve(options: ManagerOptions) -> int:
 
     heartbeats = Heartbeats()
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
-    control = ControlService(store, raft, logs=logs, credentials=credentials)
+    control = ControlService(store, raft, logs=logs, certs_dir=data / "certs")
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
         server, health = build_server(
@@ -350,6 +381,7 @@ async def _serve(options: ManagerOptions) -> int:
             ManagersService(store, raft, secret, identity.node_id),
             read_barrier=raft.read_barrier,
             manager_addrs=lambda: manager_addrs(store),
+            certs_dir=data / "certs",
         )
         join_server = build_join_server(identity.join_bind_addr, NodeCAService(store))
         if options.metrics_addr:
@@ -369,6 +401,7 @@ async def _serve(options: ManagerOptions) -> int:
         loop.add_signal_handler(sig, stop.set)
     agent_job = _start_agent(data, identity, agent, stop)
     demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop))
+    renewal = asyncio.create_task(_keep_certificate_fresh(data, store, identity.node_id))
 
     if identity.joined:
         if first_start:
@@ -395,6 +428,7 @@ async def _serve(options: ManagerOptions) -> int:
             log.warning("the embedded agent did not stop within %gs", AGENT_STOP_TIMEOUT)
     health_watch.cancel()
     demotion.cancel()
+    renewal.cancel()
     await health.set("", NOT_SERVING)
     orchestration.cancel()
     await join_server.stop(grace=1.0)

@@ -10,6 +10,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -195,10 +196,12 @@ def build_server(
     managers: managers_pb2_grpc.ManagersServicer,
     read_barrier: Callable[[], Awaitable[Any]] | None = None,
     manager_addrs: Callable[[], list[str]] | None = None,
+    certs_dir: Path | None = None,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
-    `manager_addrs` lists the managers' API addresses for clients to follow."""
+    `manager_addrs` lists the managers' API addresses for clients to follow. With `certs_dir`,
+    the certificate is re-read from there when it changes (renewal)."""
     guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs)
     server = grpc.aio.server(interceptors=[guard], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
@@ -207,7 +210,8 @@ def build_server(
     managers_pb2_grpc.add_ManagersServicer_to_server(managers, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_secure_port(listen_addr, tls.server_credentials(*credentials))
+    creds = tls.server_credentials(*credentials) if certs_dir is None else tls.reloading_server_credentials(certs_dir)
+    bound = server.add_secure_port(listen_addr, creds)
     if bound == 0:
         raise OSError(f"cannot listen on {listen_addr}")
     return server, health_servicer

@@ -1,0 +1,85 @@
+"""A manager renews its own certificate from the cluster CA, and its TLS server serves the new
+one at the next handshake, without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+
+from tests.integration.harness import free_port
+from warren import certinfo, pki, tls
+from warren.manager.daemon import renew_certificate
+from warren.model import ClusterInfo
+from warren.state import ClusterState, Put
+
+
+class FakeStore:
+    def __init__(self, state: ClusterState) -> None:
+        self.state = state
+
+    @contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        yield self.state
+
+
+def _served_certificate(port: int, client: tls.Credentials, tmp_path: Path) -> bytes:
+    """The DER certificate the server presents, from a real TLS handshake with a client cert."""
+    (tmp_path / "client-cert.pem").write_bytes(client.cert_pem)
+    (tmp_path / "client-key.pem").write_bytes(client.key_pem)
+    context = ssl.create_default_context(cadata=client.ca_pem.decode())
+    context.check_hostname = False
+    context.load_cert_chain(tmp_path / "client-cert.pem", tmp_path / "client-key.pem")
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as conn:
+        return conn.getpeercert(binary_form=True)
+
+
+def test_a_renewed_manager_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    ca = pki.CertificateAuthority.create("cluster1")
+    state = ClusterState()
+    cluster = ClusterInfo(
+        id="cluster1",
+        created_at=1.0,
+        ca_cert_pem=ca.cert_pem.decode(),
+        ca_key_pem=ca.key_pem.decode(),
+        worker_token_secret="w" * 26,
+        manager_token_secret="m" * 26,
+    )
+    state.apply([Put("cluster", cluster)])
+    data = tmp_path / "manager"
+    cert, key = ca.issue_keypair("mgr1", pki.ROLE_MANAGER, validity_days=3)
+    tls.save_credentials(data / "certs", ca.cert_pem, cert, key)
+    admin_cert, admin_key = ca.issue_keypair("admin1", pki.ROLE_ADMIN, validity_days=3)
+    admin = tls.Credentials(ca.cert_pem, admin_cert, admin_key)
+    port = free_port()
+    served: list[bytes] = []
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        server.add_secure_port(f"127.0.0.1:{port}", tls.reloading_server_credentials(data / "certs"))
+        await server.start()
+        try:
+            served.append(await asyncio.to_thread(_served_certificate, port, admin, tmp_path))
+            assert not renew_certificate(data, FakeStore(state), "mgr1")  # not due yet: nothing changes
+            later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2, hours=12)
+            assert renew_certificate(data, FakeStore(state), "mgr1", now=later)
+            served.append(await asyncio.to_thread(_served_certificate, port, admin, tmp_path))
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+    assert served[0] == certinfo.cert_der(cert)
+    renewed = tls.load_credentials(data / "certs").cert_pem
+    assert served[1] == certinfo.cert_der(renewed) != served[0]
+    identity = pki.identity_of(renewed)
+    assert (identity.node_id, identity.role) == ("mgr1", pki.ROLE_MANAGER)
+    assert certinfo.validity(renewed)[1] > certinfo.validity(cert)[1] + dt.timedelta(days=80)
