@@ -4,7 +4,7 @@
 # on 127.0.0.1 for the pull tests). Installs only what is missing; the system containerd
 # service is never used (the demo and the tests start their own daemons).
 set -euo pipefail
-PACKAGES="containerd runc busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2"
+PACKAGES="containerd runc busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"

@@ -1,0 +1,546 @@
+"""The WireGuard device adapter: one interface, two backends (ADR 6, ADR 17).
+
+- `UserspaceDevice`: starts `wireguard-go -f IFNAME` as our child process (we own its PID),
+  inside the node's network namespace, and configures it through its UAPI socket
+  `/var/run/wireguard/IFNAME.sock` (the text protocol: `set=1` / `get=1`, hex keys).
+- `KernelDevice`: the kernel module through pyroute2's genetlink `WireGuard`, where it exists.
+
+`choose_backend("auto")` picks the kernel when it can create a WireGuard link, and userspace
+otherwise; `--wireguard=kernel|userspace` forces one. Both apply the same `plan.diff`
+operations, peer by peer: a kept peer is updated in place (`update_only`), never removed and
+re-added, so its session survives a re-apply. Address and route operations belong to `links`.
+
+Keys: X25519 from `cryptography`; base64 for display and the cluster state, hex on UAPI. The
+private key is read from its file by the adapter at the moment it is set, and goes nowhere else.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import contextlib
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from warren.network import links
+from warren.network.plan import AddPeer, Operation, PeerConfig, RemovePeer, SetInterface, UpdatePeer
+
+UAPI_DIR = Path("/var/run/wireguard")
+BACKENDS = ("auto", "kernel", "userspace")
+KEY_LEN = 32
+
+
+class WireGuardError(RuntimeError):
+    """The device could not be started, read or configured; the message says which and why."""
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def generate_private_key() -> str:
+    """A new X25519 private key, base64 (as `wg genkey` prints it)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    return base64.b64encode(raw).decode()
+
+
+def public_key_of(private_key: str) -> str:
+    """The base64 public key of a base64 private key (`wg pubkey`)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = X25519PrivateKey.from_private_bytes(_raw(private_key))
+    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+
+def _raw(key_b64: str) -> bytes:
+    try:
+        raw = base64.b64decode(key_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise WireGuardError("a WireGuard key is not valid base64") from None
+    if len(raw) != KEY_LEN:
+        raise WireGuardError(f"a WireGuard key must be {KEY_LEN} bytes, not {len(raw)}")
+    return raw
+
+
+def b64_to_hex(key_b64: str) -> str:
+    return _raw(key_b64).hex()
+
+
+def hex_to_b64(key_hex: str) -> str:
+    return base64.b64encode(bytes.fromhex(key_hex)).decode()
+
+
+def write_key_file(path: Path, private_key: str) -> None:
+    """Write a private key readable by root only, atomically (never a half-written key)."""
+    _raw(private_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(private_key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def read_key_file(path: Path | str) -> str:
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as exc:
+        raise WireGuardError(f"cannot read the WireGuard private key {path}: {exc.strerror}") from None
+    _raw(key)
+    return key
+
+
+def ensure_key_file(path: Path) -> str:
+    """The node's key file, made on first use; returns the public key (the one to publish)."""
+    if not path.exists():
+        write_key_file(path, generate_private_key())
+    return public_key_of(read_key_file(path))
+
+
+# -- status --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    public_key: str  # base64
+    endpoint: str | None
+    allowed_ips: tuple[str, ...]
+    keepalive: int
+    last_handshake: float  # seconds since the epoch; 0.0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+    def config(self) -> PeerConfig:
+        return PeerConfig(self.public_key, self.endpoint, tuple(sorted(self.allowed_ips)), self.keepalive)
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    ifname: str
+    public_key: str | None  # base64; None until a private key is set
+    listen_port: int | None
+    peers: tuple[PeerStatus, ...]  # sorted by public key
+
+    def peer(self, public_key: str) -> PeerStatus | None:
+        return next((p for p in self.peers if p.public_key == public_key), None)
+
+
+# -- the port ------------------------------------------------------------------------------------
+
+
+class WireGuardDevice(abc.ABC):
+    """One WireGuard interface, in `netns` (None: this namespace)."""
+
+    kind = ""
+
+    def __init__(self, ifname: str, netns: str | None = None) -> None:
+        if not 0 < len(ifname) <= 15:
+            raise WireGuardError(f"interface name {ifname!r} must be 1 to 15 characters")
+        self.ifname = ifname
+        self.netns = netns
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Create the interface, or adopt one that already runs (a restarted agent)."""
+
+    @abc.abstractmethod
+    def status(self) -> DeviceStatus:
+        """Key, port and peers with handshake times and byte counts."""
+
+    @abc.abstractmethod
+    def apply(self, operations: Iterable[Operation]) -> int:
+        """Carry out the interface and peer operations of a diff (the others are skipped);
+        returns how many were applied."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Remove the interface (and, for userspace, end the process we started)."""
+
+    def alive(self) -> bool:
+        return links.link_index(self.ifname, self.netns) is not None
+
+
+def wg_operations(operations: Iterable[Operation]) -> list[Operation]:
+    return [op for op in operations if isinstance(op, SetInterface | AddPeer | UpdatePeer | RemovePeer)]
+
+
+# -- userspace: wireguard-go over UAPI ----------------------------------------------------------
+
+
+def uapi_set_lines(operations: Iterable[Operation]) -> list[str]:
+    """The UAPI `set=1` body for the operations (without the private key's value: see apply)."""
+    lines: list[str] = []
+    for op in operations:
+        if isinstance(op, SetInterface):
+            lines += ["private_key=<from " + op.private_key_ref + ">", f"listen_port={op.listen_port}"]
+        elif isinstance(op, RemovePeer):
+            lines += [f"public_key={b64_to_hex(op.public_key)}", "remove=true"]
+        elif isinstance(op, AddPeer):
+            p = op.peer
+            lines.append(f"public_key={b64_to_hex(p.public_key)}")
+            if p.endpoint:
+                lines.append(f"endpoint={p.endpoint}")
+            lines.append(f"persistent_keepalive_interval={p.keepalive}")
+            lines.append("replace_allowed_ips=true")
+            lines += [f"allowed_ip={c}" for c in p.allowed_ips]
+        elif isinstance(op, UpdatePeer):
+            p = op.peer
+            lines += [f"public_key={b64_to_hex(p.public_key)}", "update_only=true"]
+            if op.endpoint_changed and p.endpoint:
+                lines.append(f"endpoint={p.endpoint}")
+            if op.keepalive_changed:
+                lines.append(f"persistent_keepalive_interval={p.keepalive}")
+            if op.allowed_ips_changed:
+                lines.append("replace_allowed_ips=true")
+                lines += [f"allowed_ip={c}" for c in p.allowed_ips]
+    return lines
+
+
+def parse_uapi_get(text: str, ifname: str) -> DeviceStatus:
+    """A `get=1` reply as a DeviceStatus (the private key is turned into its public key)."""
+    public_key: str | None = None
+    listen_port: int | None = None
+    peers: list[PeerStatus] = []
+    peer: dict[str, object] | None = None
+
+    def close() -> None:
+        if peer is not None:
+            sec, nsec = int(peer.get("sec", 0)), int(peer.get("nsec", 0))  # type: ignore[call-overload]
+            peers.append(
+                PeerStatus(
+                    public_key=str(peer["key"]),
+                    endpoint=peer.get("endpoint"),  # type: ignore[arg-type]
+                    allowed_ips=tuple(sorted(peer.get("ips", []))),  # type: ignore[call-overload]
+                    keepalive=int(peer.get("keepalive", 0)),  # type: ignore[call-overload]
+                    last_handshake=sec + nsec / 1e9,
+                    rx_bytes=int(peer.get("rx", 0)),  # type: ignore[call-overload]
+                    tx_bytes=int(peer.get("tx", 0)),  # type: ignore[call-overload]
+                )
+            )
+
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "private_key":
+            public_key = public_key_of(hex_to_b64(value)) if value.strip("0") else None
+        elif key == "listen_port":
+            listen_port = int(value)
+        elif key == "public_key":
+            close()
+            peer = {"key": hex_to_b64(value), "ips": []}
+        elif peer is None:
+            continue
+        elif key == "endpoint":
+            peer["endpoint"] = value
+        elif key == "allowed_ip":
+            peer["ips"].append(str(ipaddress.ip_network(value, strict=False)))  # type: ignore[union-attr]
+        elif key == "persistent_keepalive_interval":
+            peer["keepalive"] = value
+        elif key == "last_handshake_time_sec":
+            peer["sec"] = value
+        elif key == "last_handshake_time_nsec":
+            peer["nsec"] = value
+        elif key == "rx_bytes":
+            peer["rx"] = value
+        elif key == "tx_bytes":
+            peer["tx"] = value
+    close()
+    return DeviceStatus(ifname, public_key, listen_port, tuple(sorted(peers, key=lambda p: p.public_key)))
+
+
+class UserspaceDevice(WireGuardDevice):
+    """wireguard-go, our child process, configured over its UAPI socket."""
+
+    kind = "userspace"
+
+    def __init__(
+        self,
+        ifname: str,
+        netns: str | None = None,
+        *,
+        binary: str = "wireguard-go",
+        uapi_dir: Path = UAPI_DIR,
+        log_path: Path | None = None,
+        start_timeout: float = 5.0,
+    ) -> None:
+        super().__init__(ifname, netns)
+        self.binary = binary
+        self.socket_path = uapi_dir / f"{ifname}.sock"
+        self.log_path = log_path
+        self.start_timeout = start_timeout
+        self.process: subprocess.Popen[bytes] | None = None  # set when we started it
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        if self._answers():
+            return  # adopted: a wireguard-go for this name already runs (an agent restart)
+        if self.socket_path.exists():
+            self.socket_path.unlink()  # stale: nothing listens on it
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                links.nsenter(self.netns, [self.binary, "-f", self.ifname]),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # outlives an agent restart; stopped by PID only
+                env={**os.environ, "LOG_LEVEL": os.environ.get("WARREN_WG_LOG_LEVEL", "error")},
+            )
+        except OSError as exc:
+            raise WireGuardError(f"cannot start {self.binary}: {exc.strerror}") from None
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + self.start_timeout
+        while not self._answers():
+            if self.process.poll() is not None:
+                raise WireGuardError(
+                    f"{self.binary} for {self.ifname} exited with status {self.process.returncode} while starting"
+                    + (f" (log: {self.log_path})" if self.log_path else "")
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise WireGuardError(f"{self.binary} for {self.ifname}: no UAPI socket after {self.start_timeout} s")
+            time.sleep(0.02)
+
+    def ensure_running(self) -> bool:
+        """Supervision: restart wireguard-go if it died. True if it was restarted (its
+        configuration is then empty, and the next diff puts everything back)."""
+        if self._answers():
+            return False
+        if self.process is not None and self.process.poll() is None:
+            self._kill()
+        self.process = None
+        self.start()
+        self.restarts += 1
+        return True
+
+    def _answers(self) -> bool:
+        try:
+            self.uapi("get=1")
+        except (OSError, WireGuardError):
+            return False
+        return True
+
+    def uapi(self, request: str, *lines: str, timeout: float = 5.0) -> str:
+        """One UAPI exchange: `request` (get=1 or set=1) and its lines; the reply without the
+        errno line. A non-zero errno raises."""
+        message = "\n".join([request, *lines]) + "\n\n"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.socket_path))
+            sock.sendall(message.encode())
+            reply = b""
+            while not reply.endswith(b"\n\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+        text = reply.decode()
+        body, _, last = text.rstrip("\n").rpartition("\n")
+        if not last.startswith("errno="):
+            raise WireGuardError(f"UAPI of {self.ifname}: reply without errno")
+        if last != "errno=0":
+            raise WireGuardError(f"UAPI {request} on {self.ifname} failed: {last}")
+        return body
+
+    def status(self) -> DeviceStatus:
+        try:
+            return parse_uapi_get(self.uapi("get=1"), self.ifname)
+        except OSError as exc:
+            raise WireGuardError(f"UAPI of {self.ifname} unreachable: {exc}") from None
+
+    def apply(self, operations: Iterable[Operation]) -> int:
+        ops = wg_operations(operations)
+        if not ops:
+            return 0
+        lines = uapi_set_lines(ops)
+        for i, line in enumerate(lines):  # the key is read here, and only sent to the socket
+            if line.startswith("private_key=<from "):
+                ref = next(op.private_key_ref for op in ops if isinstance(op, SetInterface))
+                lines[i] = f"private_key={b64_to_hex(read_key_file(ref))}"
+        try:
+            self.uapi("set=1", *lines)
+        except OSError as exc:
+            raise WireGuardError(f"UAPI of {self.ifname} unreachable: {exc}") from None
+        return len(ops)
+
+    def stop(self) -> None:
+        """End the wireguard-go we started (its TUN device goes with it). An adopted device
+        is only asked to go by closing its interface; its process is not ours to signal."""
+        if self.process is not None:
+            self._kill()
+            self.process = None
+        elif self._answers():
+            links.delete_link(self.ifname, self.netns)  # wireguard-go exits when its TUN goes
+        with contextlib.suppress(FileNotFoundError):
+            if not self._answers():
+                self.socket_path.unlink()
+
+    def _kill(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=3)
+
+
+# -- kernel: pyroute2 genetlink ------------------------------------------------------------------
+
+
+class KernelDevice(WireGuardDevice):
+    """The kernel module, through pyroute2. Only in this process's namespace: pyroute2's
+    genetlink socket cannot be opened in another one (and the agent runs in the host's)."""
+
+    kind = "kernel"
+
+    def __init__(self, ifname: str, netns: str | None = None) -> None:
+        if netns is not None:
+            raise WireGuardError("the kernel WireGuard backend configures this namespace only")
+        super().__init__(ifname, netns)
+
+    @contextlib.contextmanager
+    def _wg(self) -> Iterator[object]:
+        from pyroute2 import WireGuard
+
+        wg = WireGuard()
+        try:
+            yield wg
+        finally:
+            wg.close()
+
+    def start(self) -> None:
+        if links.link_index(self.ifname) is not None:
+            return
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        with links.ipr() as ip:
+            try:
+                ip.link("add", ifname=self.ifname, kind="wireguard")
+            except NetlinkError as exc:
+                raise WireGuardError(f"cannot create the kernel WireGuard link {self.ifname}: {exc}") from exc
+
+    def status(self) -> DeviceStatus:
+        with self._wg() as wg:
+            msgs = list(wg.info(self.ifname))  # type: ignore[attr-defined]
+        public_key: str | None = None
+        port: int | None = None
+        peers: list[PeerStatus] = []
+        for msg in msgs:
+            pk = msg.get_attr("WGDEVICE_A_PUBLIC_KEY")
+            if pk is not None and pk["value"].strip(b"A=") != b"":
+                public_key = pk["value"].decode()
+            port = msg.get_attr("WGDEVICE_A_LISTEN_PORT") or port
+            for p in msg.get_attr("WGDEVICE_A_PEERS") or []:
+                ep = p.get_attr("WGPEER_A_ENDPOINT")
+                hs = p.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+                ips = []
+                for a in p.get_attr("WGPEER_A_ALLOWEDIPS") or []:
+                    addr = a.get_attr("WGALLOWEDIP_A_IPADDR")
+                    family = socket.AF_INET if a.get_attr("WGALLOWEDIP_A_FAMILY") == socket.AF_INET else socket.AF_INET6
+                    text = addr if isinstance(addr, str) else socket.inet_ntop(family, addr)
+                    ips.append(
+                        str(ipaddress.ip_network(f"{text}/{a.get_attr('WGALLOWEDIP_A_CIDR_MASK')}", strict=False))
+                    )
+                peers.append(
+                    PeerStatus(
+                        public_key=p.get_attr("WGPEER_A_PUBLIC_KEY")["value"].decode(),
+                        endpoint=f"{ep['addr']}:{ep['port']}" if ep and ep["port"] else None,
+                        allowed_ips=tuple(sorted(ips)),
+                        keepalive=p.get_attr("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0,
+                        last_handshake=(hs["tv_sec"] + hs["tv_nsec"] / 1e9) if hs else 0.0,
+                        rx_bytes=p.get_attr("WGPEER_A_RX_BYTES") or 0,
+                        tx_bytes=p.get_attr("WGPEER_A_TX_BYTES") or 0,
+                    )
+                )
+        return DeviceStatus(self.ifname, public_key, port, tuple(sorted(peers, key=lambda p: p.public_key)))
+
+    def apply(self, operations: Iterable[Operation]) -> int:
+        ops = wg_operations(operations)
+        with self._wg() as wg:
+            for op in ops:
+                if isinstance(op, SetInterface):
+                    wg.set(self.ifname, private_key=read_key_file(op.private_key_ref), listen_port=op.listen_port)  # type: ignore[attr-defined]
+                else:
+                    wg.set(self.ifname, peer=kernel_peer(op))  # type: ignore[attr-defined]
+        return len(ops)
+
+    def stop(self) -> None:
+        links.delete_link(self.ifname)
+
+
+def kernel_peer(op: Operation) -> dict[str, object]:
+    """pyroute2's peer dict for one peer operation."""
+    if isinstance(op, RemovePeer):
+        return {"public_key": op.public_key, "remove": True}
+    assert isinstance(op, AddPeer | UpdatePeer)
+    p = op.peer
+    peer: dict[str, object] = {"public_key": p.public_key}
+    update = isinstance(op, UpdatePeer)
+    if update:
+        peer["update_only"] = True
+    if p.endpoint and (not update or op.endpoint_changed):  # type: ignore[union-attr]
+        host, _, port = p.endpoint.rpartition(":")
+        peer["endpoint_addr"], peer["endpoint_port"] = host.strip("[]"), int(port)
+    if not update or op.keepalive_changed:  # type: ignore[union-attr]
+        peer["persistent_keepalive"] = p.keepalive
+    if not update or op.allowed_ips_changed:  # type: ignore[union-attr]
+        peer["replace_allowed_ips"] = True
+        peer["allowed_ips"] = list(p.allowed_ips)
+    return peer
+
+
+# -- choosing a backend --------------------------------------------------------------------------
+
+
+def kernel_available() -> bool:
+    """Can this namespace create a kernel WireGuard link? (Tried with a throwaway link.)"""
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    probe = f"wgprobe{os.getpid() % 100000}"
+    try:
+        with links.ipr() as ip:
+            ip.link("add", ifname=probe, kind="wireguard")
+            ip.link("del", index=ip.link_lookup(ifname=probe)[0])
+    except (NetlinkError, OSError, IndexError):
+        return False
+    return True
+
+
+def choose_backend(mode: str = "auto", netns: str | None = None) -> str:
+    """`kernel` or `userspace` for `--wireguard=auto|kernel|userspace`. Another namespace
+    always gets userspace (see KernelDevice)."""
+    if mode not in BACKENDS:
+        raise WireGuardError(f"--wireguard must be one of {', '.join(BACKENDS)}, not {mode!r}")
+    if mode == "auto":
+        return "kernel" if netns is None and kernel_available() else "userspace"
+    if mode == "kernel" and not kernel_available():
+        raise WireGuardError("--wireguard=kernel: this kernel cannot create WireGuard links (no module)")
+    return mode
+
+
+def make_device(ifname: str, mode: str = "auto", netns: str | None = None, **userspace: object) -> WireGuardDevice:
+    if choose_backend(mode, netns) == "kernel":
+        return KernelDevice(ifname, netns)
+    return UserspaceDevice(ifname, netns, **userspace)  # type: ignore[arg-type]
