@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Joiner, Manager, wait_for
 from warren.cli.errors import Exit
 
 
@@ -147,3 +147,48 @@ def test_demoting_a_manager_shrinks_the_quorum(trio: list[Manager]) -> None:
         "cluster", "join", "--token", target.token, target.founder.join_addr, "--data-dir", str(target.data_dir)
     )
     assert restarted.returncode != 0 and "demoted" in restarted.stderr
+
+
+def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> None:
+    (tmp_path / "m1").mkdir()
+    first = Manager(tmp_path / "m1", start_args=["--heartbeat-period", "1s"])
+    managers = [first]
+    (tmp_path / "worker").mkdir()
+    worker = Joiner(tmp_path / "worker", first)
+    try:
+        first.start()
+        worker.join(first.join_token("worker"), "--runtime", "exec")
+
+        def worker_status(via: Manager) -> str:
+            result = via.cli("--manager", via.addr, "node", "ls", "--format", "json", timeout=10)
+            if result.returncode != 0:
+                return ""
+            nodes = json.loads(result.stdout)
+            return next((n["status"] for n in nodes if n["role"] == "worker"), "")
+
+        wait_for(lambda: worker_status(first) == "ready", timeout=30, message="the worker to register")
+        token = first.join_token("manager")
+        for name in ("m2", "m3"):
+            (tmp_path / name).mkdir()
+            manager = Manager(tmp_path / name, founder=first, token=token)
+            managers.append(manager)
+            manager.start(timeout=40)
+        # Joined after the agent's session opened: the session tells it about them.
+        wait_for(
+            lambda: (
+                set(json.loads((worker.data_dir / "node.json").read_text())["managers"]) >= {m.addr for m in managers}
+            ),
+            timeout=15,
+            message="the agent to learn every manager",
+        )
+        leader = _leader(managers)
+        leader.kill()
+        survivors = [m for m in managers if m is not leader]
+        new_leader = _leader(survivors)
+        # Down after 3 missed 1 s heartbeats unless its session moved to the new leader; it stays ready.
+        time.sleep(4)
+        assert worker_status(new_leader) == "ready", worker.all_logs()[-3000:]
+    finally:
+        worker.stop_all()
+        for manager in managers:
+            manager.stop()

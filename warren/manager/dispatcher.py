@@ -138,7 +138,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     if changes is None:
                         return  # state was replaced by a snapshot: the agent reopens and resyncs
                     updated, removed = self._diff(node.id, known, changes)
-                    if updated or removed:
+                    # Managers joined or left: tell the agent, so that it can fail over to them.
+                    news = self._managers_changed(changes, managers)
+                    if news is not None:
+                        managers = news
+                    if updated or removed or news is not None:
                         yield dpb.AssignmentsMessage(
                             type=dpb.AssignmentsMessage.INCREMENTAL,
                             session_id=session_id,
@@ -146,6 +150,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             version=version + 1,
                             updated=updated,
                             removed=removed,
+                            managers=news or [],
                         )
                         version += 1
                 if session_id not in self._sessions:
@@ -153,6 +158,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
+
+    def _managers_changed(self, changes: list, sent: list[str]) -> list[str] | None:
+        """The managers' addresses if `changes` altered them since `sent`, else None."""
+        if not any(change.kind == "node" for change in changes):
+            return None
+        with self._store.read() as state:
+            current = state.manager_addrs()
+        return current if current != sent else None
 
     def _diff(self, node_id: str, known: set[str], changes: list) -> tuple[list, list[str]]:
         updated: list = []
