@@ -7,6 +7,8 @@ long-lived process (started with nsenter into the client namespace) to call the 
     {"op": "state", "addr": A}                      services, tasks and nodes as plain dicts
     {"op": "first_leader", "addrs": [...], "timeout": 30}
                                                     poll until one answers a consistent read
+    {"op": "first_write", "addrs": [...], "node": ID, "timeout": 30}
+                                                    poll until one acknowledges a write
     {"op": "token", "addr": A, "role": "worker"}
 """
 
@@ -95,6 +97,35 @@ def first_leader(conn: Conn, addrs: list[str], timeout: float) -> dict:
     return {"ok": False, "code": "DEADLINE_EXCEEDED", "detail": f"no leader answered in {timeout}s ({tries} tries)"}
 
 
+def first_write(conn: Conn, addrs: list[str], node: str, timeout: float) -> dict:
+    """Poll `addrs` with a small committed write (a label on `node`) until one is acknowledged,
+    following "the leader is at" hints. GetClusterInfo is no use here: it asks every manager for
+    its Raft view, and waits on a stopped one."""
+    from chaos.rpc import classify
+
+    deadline = time.monotonic() + timeout
+    tries = 0
+    last = ""
+    while time.monotonic() < deadline:
+        order = list(addrs)
+        while order:
+            addr = order.pop(0)
+            tries += 1
+            request = conn.pb.UpdateNodeRequest(node=node, labels_add={"wch-failover": str(tries)})
+            try:
+                conn.stub(addr).UpdateNode(request, timeout=0.5)
+            except conn.grpc.RpcError as exc:
+                last = f"{addr}: {exc.code().name} {exc.details() or ''}"
+                verdict, hint = classify(exc.code().name, exc.details() or "")
+                if verdict == "redirect" and hint in addrs and hint in order:
+                    order.remove(hint)
+                    order.insert(0, hint)
+                continue
+            return {"ok": True, "addr": addr, "t": time.monotonic(), "tries": tries}
+        time.sleep(0.02)
+    return {"ok": False, "code": "DEADLINE_EXCEEDED", "detail": f"no write acknowledged in {timeout}s ({last})"}
+
+
 def token(conn: Conn, addr: str, role: str) -> dict:
     try:
         reply = conn.stub(addr).GetJoinToken(conn.pb.GetJoinTokenRequest(role=role), timeout=5)
@@ -119,6 +150,8 @@ def main() -> None:
                 reply = state(conn, req["addr"], req.get("timeout", 5.0))
             elif op == "first_leader":
                 reply = first_leader(conn, req["addrs"], req.get("timeout", 30.0))
+            elif op == "first_write":
+                reply = first_write(conn, req["addrs"], req["node"], req.get("timeout", 30.0))
             elif op == "token":
                 reply = token(conn, req["addr"], req["role"])
             elif op == "reset":

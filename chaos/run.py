@@ -124,8 +124,7 @@ class Runner:
         self.root.mkdir(parents=True, exist_ok=True)
         self.lab = Lab(self.run_id, STATE_DIR / f"{self.run_id}.json")
         self.started = time.monotonic()
-        self.failovers: list[float] = []  # SIGKILL of the leader
-        self.handovers: list[float] = []  # SIGTERM of the leader (restart_leader)
+        self.failovers: dict[str, list[float]] = {}  # fault kind -> times to a new leader
         self.recoveries: list[float] = []
         self.convergence: list[float] = []
         self.faults: Counter = Counter()
@@ -267,14 +266,7 @@ class Runner:
                 leader.terminate()
             heal.append(leader.start)
             if followers:
-                reply = cluster.probe.call(op="first_leader", addrs=[f.api_addr for f in followers], timeout=30.0)
-                if reply["ok"] and reply["leader"] == leader.api_addr:
-                    problems.append(("failover", f"{reply['addr']} answered with the stopped {leader.name} as leader"))
-                elif reply["ok"]:
-                    (self.failovers if kind == "kill_leader" else self.handovers).append(reply["t"] - t0)
-                    notes.append(f"failover {reply['t'] - t0:.2f}s")
-                else:
-                    problems.append(("failover", reply["detail"]))
+                self.measure_failover(kind, leader, followers, t0, notes, problems)
             time.sleep(max(0.0, t0 + rnd.hold - time.monotonic()))
             if not followers:  # one manager: time from the restart to it answering a write
                 heal.pop()
@@ -296,9 +288,12 @@ class Runner:
         if kind.startswith("stop_"):
             node = {"stop_leader": leader, "stop_follower": pick(followers) if followers else leader}.get(kind)
             node = node or pick(workers)
+            t0 = time.monotonic()
             node.signal(signal.SIGSTOP)
             heal.append(lambda: node.signal(signal.SIGCONT))
-            time.sleep(rnd.hold)
+            if node is leader and followers:
+                self.measure_failover(kind, leader, followers, t0, notes, problems)
+            time.sleep(max(0.0, t0 + rnd.hold - time.monotonic()))
             return node.name, heal, None
         table = f"wch_{self.run_id.rsplit('-', 1)[-1]}"
         if kind == "netem":
@@ -315,8 +310,11 @@ class Runner:
         manager_ips = {m.host.ip for m in cluster.managers}
         if kind == "isolate_leader":
             everyone = {h.ip for h in self.lab.hosts.values()} - {leader.host.ip}
+            t0 = time.monotonic()
             partition.apply(hosts_by_ip, {leader.host.ip: everyone})
-            target = leader.name
+            self.measure_failover(kind, leader, followers, t0, notes, problems)
+            time.sleep(max(0.0, t0 + rnd.hold - time.monotonic()))
+            return leader.name, heal, None
         elif kind == "partition_minority":
             node = pick(followers)
             partition.apply(hosts_by_ip, {node.host.ip: manager_ips - {node.host.ip}})
@@ -339,6 +337,22 @@ class Runner:
             raise ValueError(f"unknown fault {kind}")
         time.sleep(rnd.hold)
         return target, heal, None
+
+    def measure_failover(self, kind: str, leader: NodeProc, followers: list[NodeProc], t0: float, notes, problems):
+        """Time from the fault at t0 until a follower acknowledges a write (a node label), then
+        check that the manager which took it names another leader."""
+        cluster = self.cluster
+        node = cluster.workers[0].node_id() if cluster.workers else followers[0].node_id()
+        addrs = [f.api_addr for f in followers]
+        reply = cluster.probe.call(op="first_write", addrs=addrs, node=node, timeout=30.0)
+        if not reply["ok"]:
+            problems.append(("failover", reply["detail"]))
+            return
+        self.failovers.setdefault(kind, []).append(reply["t"] - t0)
+        notes.append(f"failover {reply['t'] - t0:.2f}s")
+        info = cluster.probe.call(op="info", addr=reply["addr"], timeout=5.0)
+        if info["ok"] and info["leader_api_addr"] == leader.api_addr:
+            problems.append(("failover", f"{reply['addr']} took a write naming the deposed {leader.name} as leader"))
 
     def converge(self, t_heal: float, worker_check) -> tuple[dict | None, float, list[str]]:
         """Poll the leader's state until it has converged (and a cut-off worker reconciled)."""
@@ -377,8 +391,8 @@ class Runner:
             "operations_by_kind": dict(sorted(Counter(f"{o['op']}:{o['outcome']}" for o in ops).items())),
             "lost_writes": len(lost),
             "violations": self.violations,
-            "failover_s": checker.summary_stats(self.failovers),
-            "graceful_failover_s": checker.summary_stats(self.handovers),
+            "failover_s": checker.summary_stats(self.failovers.get("kill_leader", [])),
+            "failover_by_fault_s": {k: checker.summary_stats(v) for k, v in sorted(self.failovers.items())},
             "restart_recovery_s": checker.summary_stats(self.recoveries),
             "convergence_s": checker.summary_stats(self.convergence),
             "duration_s": round(time.monotonic() - self.started, 1),
@@ -387,10 +401,9 @@ class Runner:
         path = self.root / "summary.json"
         path.write_text(json.dumps(summary, indent=2) + "\n")
         self.log(f"summary: {json.dumps({k: summary[k] for k in ('rounds', 'faults', 'operations', 'lost_writes')})}")
-        fo = summary["failover_s"]
-        if fo["n"]:
+        for kind, fo in summary["failover_by_fault_s"].items():
             self.log(
-                f"failover over {fo['n']} leader kills: p50 {fo['p50']:.2f}s p99 {fo['p99']:.2f}s max {fo['max']:.2f}s"
+                f"failover after {fo['n']} x {kind}: p50 {fo['p50']:.2f}s p99 {fo['p99']:.2f}s max {fo['max']:.2f}s"
             )
         cv = summary["convergence_s"]
         if cv["n"]:
