@@ -27,6 +27,7 @@ BENCHMARKS = {
     "e2e": "bench.bench_e2e",
     "raft": "bench.bench_raft",
     "failover": "bench.bench_failover",
+    "overlay": "bench.bench_overlay",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
