@@ -4,7 +4,9 @@ wireguard-go, configured from the pure plan through the adapter (issue #5, ADR 1
 Checks: overlay ping between every pair; re-applying the same plan applies nothing and leaves
 peers and handshakes as they were; an agent restart (a new adapter adopting the running
 wireguard-go) converges with no operation; a node leaving the plan loses its peer everywhere
-and the overlay to it stops working. Everything is torn down in `finally`.
+and the overlay to it stops working; a key rotation is one SetInterface on the rotating node
+and a peer swap on the others, after which every pair talks again. Everything is torn down in
+`finally`.
 """
 
 from __future__ import annotations
@@ -111,6 +113,19 @@ def test_three_host_mesh(tmp_path: Path) -> None:
             assert sorted(type(op).__name__ for op in ops) == ["AddPeer", "AddRoute"]
             assert isinstance(ops[0], AddPeer)
         assert hosts[0].ping(overlay["h3"], attempts=3)
+
+        # 7. h2 rotates its key: a new key on h2, the old peer swapped for the new one elsewhere
+        keys["h2"] = tmp_path / "h2-rotated.key"
+        rotated = [nodes[0], MeshNode("h2", ensure_key_file(keys["h2"]), nodes[1].endpoint, nodes[1].subnet), nodes[2]]
+        assert [type(op).__name__ for op in converge(devices["h2"], plan_for("h2", rotated)).diff.operations] == [
+            "SetInterface"
+        ]
+        for name in ("h1", "h3"):
+            ops = converge(devices[name], plan_for(name, rotated)).diff.operations
+            assert [type(op).__name__ for op in ops] == ["RemovePeer", "AddPeer"]
+        assert devices["h2"].status().public_key == rotated[1].public_key
+        for a, b in itertools.permutations(hosts, 2):
+            assert a.ping(overlay[b.name], attempts=3), f"{a.name} cannot reach {b.name} after h2's key rotation"
     finally:
         lab.destroy()
 
@@ -140,5 +155,12 @@ def test_supervision_restarts_a_dead_wireguard_go_and_reconverges(tmp_path: Path
         assert not converge(devs[h2], plan).diff.empty  # a new process starts empty
         assert converge(devs[h2], plan).diff.empty
         assert h1.ping("10.200.2.1", attempts=3)
+
+        # a restarted agent that adopted the device can still remove it (by deleting the link)
+        adopted = UserspaceDevice(devs[h1].ifname, h1.netns)
+        adopted.start()
+        adopted.stop()
+        assert devs[h1].process.wait(timeout=5) == 0
+        assert not adopted.alive() and not adopted.socket_path.exists()
     finally:
         lab.destroy()
