@@ -47,10 +47,11 @@ def test_uapi_lines_for_each_operation():
             AddPeer(PEER),
             UpdatePeer(PEER, endpoint_changed=True, allowed_ips_changed=False, keepalive_changed=False),
             RemovePeer(PEER.public_key),
-        ]
+        ],
+        read_key=lambda ref: base64.b64encode(b"\x02" * 32).decode() if ref == "/k" else "",
     )
     assert lines == [
-        "private_key=<from /k>",
+        "private_key=" + "02" * 32,
         "listen_port=51820",
         f"public_key={PEER_HEX}",
         "endpoint=10.0.0.2:51820",

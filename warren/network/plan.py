@@ -150,9 +150,6 @@ class Diff:
     def empty(self) -> bool:
         return not self.operations
 
-    def of(self, kind: type) -> tuple[Operation, ...]:
-        return tuple(op for op in self.operations if isinstance(op, kind))
-
 
 # -- planning ------------------------------------------------------------------------------------
 

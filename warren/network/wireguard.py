@@ -26,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,12 +180,13 @@ def wg_operations(operations: Iterable[Operation]) -> list[Operation]:
 # -- userspace: wireguard-go over UAPI ----------------------------------------------------------
 
 
-def uapi_set_lines(operations: Iterable[Operation]) -> list[str]:
-    """The UAPI `set=1` body for the operations (without the private key's value: see apply)."""
+def uapi_set_lines(operations: Iterable[Operation], read_key: Callable[[str], str] = read_key_file) -> list[str]:
+    """The UAPI `set=1` body for the operations. `read_key(ref)` gives the base64 private key
+    of a SetInterface: it is read only here, into the message for the socket."""
     lines: list[str] = []
     for op in operations:
         if isinstance(op, SetInterface):
-            lines += ["private_key=<from " + op.private_key_ref + ">", f"listen_port={op.listen_port}"]
+            lines += [f"private_key={b64_to_hex(read_key(op.private_key_ref))}", f"listen_port={op.listen_port}"]
         elif isinstance(op, RemovePeer):
             lines += [f"public_key={b64_to_hex(op.public_key)}", "remove=true"]
         elif isinstance(op, AddPeer):
@@ -372,13 +373,8 @@ class UserspaceDevice(WireGuardDevice):
         ops = wg_operations(operations)
         if not ops:
             return 0
-        lines = uapi_set_lines(ops)
-        for i, line in enumerate(lines):  # the key is read here, and only sent to the socket
-            if line.startswith("private_key=<from "):
-                ref = next(op.private_key_ref for op in ops if isinstance(op, SetInterface))
-                lines[i] = f"private_key={b64_to_hex(read_key_file(ref))}"
         try:
-            self.uapi("set=1", *lines)
+            self.uapi("set=1", *uapi_set_lines(ops))
         except OSError as exc:
             raise WireGuardError(f"UAPI of {self.ifname} unreachable: {exc}") from None
         return len(ops)
