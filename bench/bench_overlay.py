@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.common import figure
 
-ROUNDS = 4
+ROUNDS = 5
 SECONDS = 3
 IPERF_PORT = 5201
 HAND_PORT = 51830
