@@ -79,6 +79,17 @@ class UpdateNode(msgspec.Struct, frozen=True, tag="node.update"):
     labels_add: dict[str, str] = {}
     labels_rm: tuple[str, ...] = ()
     role: NodeRole | None = None  # the Raft membership change is the adapter's (ADR 15)
+    desired_role: NodeRole | None = None  # promotion requested (ADR 15)
+
+
+class PromoteNode(msgspec.Struct, frozen=True, tag="node.promote"):
+    """A promoted worker's manager joined Raft: it is a manager now, at these addresses."""
+
+    node_id: str
+    addr: str
+    raft_addr: str
+    join_addr: str
+    at: float
 
 
 class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
@@ -164,6 +175,7 @@ Command = (
     | RotateJoinToken
     | RegisterNode
     | UpdateNode
+    | PromoteNode
     | SetNodeStatus
     | RemoveNode
     | CreateService
@@ -287,14 +299,35 @@ def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]
         return error("not_found", f"node {cmd.node_id} not found"), []
     labels = {k: v for k, v in node.labels.items() if k not in cmd.labels_rm}
     labels.update(cmd.labels_add)
+    role = cmd.role or node.role
+    desired = cmd.desired_role or node.desired_role
     node = msgspec.structs.replace(
         node,
         availability=cmd.availability or node.availability,
         labels=labels,
-        role=cmd.role or node.role,
+        role=role,
+        desired_role=None if desired == role else desired,
         updated_at=cmd.at,
     )
     return Result(id=node.id), [Put("node", node)]
+
+
+def _promote_node(state: ClusterState, cmd: PromoteNode) -> tuple[Result, Changes]:
+    node = state.nodes.get(cmd.node_id)
+    if node is None:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    if node.role != NodeRole.MANAGER and node.desired_role != NodeRole.MANAGER:
+        return error("failed_precondition", f"node {node.hostname} was not promoted"), []
+    promoted = msgspec.structs.replace(
+        node,
+        role=NodeRole.MANAGER,
+        desired_role=None,
+        addr=cmd.addr,
+        raft_addr=cmd.raft_addr,
+        join_addr=cmd.join_addr,
+        updated_at=cmd.at,
+    )
+    return Result(id=node.id), [Put("node", promoted)]
 
 
 def _node_status_change(state: ClusterState, cmd: SetNodeStatus) -> Changes:
@@ -533,6 +566,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] 
     RotateJoinToken: _rotate_token,  # type: ignore[dict-item]
     RegisterNode: _register_node,  # type: ignore[dict-item]
     UpdateNode: _update_node,  # type: ignore[dict-item]
+    PromoteNode: _promote_node,  # type: ignore[dict-item]
     SetNodeStatus: _set_node_status,  # type: ignore[dict-item]
     RemoveNode: _remove_node,  # type: ignore[dict-item]
     CreateService: _create_service,  # type: ignore[dict-item]

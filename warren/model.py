@@ -157,6 +157,9 @@ class Node(msgspec.Struct, frozen=True):
     addr: str = ""  # gRPC address (managers) or the agent's advertised address (workers)
     raft_addr: str = ""  # managers only
     join_addr: str = ""  # managers only: the plaintext join listener (ADR 13)
+    # `node promote` sets MANAGER on a worker; its agent then starts a manager, which the
+    # leader adds to Raft, and the role becomes MANAGER (ADR 15).
+    desired_role: NodeRole | None = None
     os: str = ""
     arch: str = ""
     created_at: float = 0.0

@@ -5,6 +5,7 @@ errors, consistent reads and demotion."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Joiner, Manager, wait_for
+from tests.integration.harness import Joiner, Manager, free_port, wait_for
 from warren.cli.errors import Exit
 
 
@@ -192,3 +193,82 @@ def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> 
         worker.stop_all()
         for manager in managers:
             manager.stop()
+
+
+def _three_free_ports() -> int:
+    """A port p with p+1 and p+2 free too (a manager's API, Raft and join ports)."""
+    for _ in range(50):
+        base = free_port()
+        if base + 2 > 65535:
+            continue
+        try:
+            for port in (base + 1, base + 2):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no three consecutive free ports")
+
+
+def test_promoted_workers_become_voting_managers_and_demote_back(tmp_path: Path) -> None:
+    (tmp_path / "m1").mkdir()
+    first = Manager(tmp_path / "m1", start_args=["--heartbeat-period", "1s"])
+    workers: list[Joiner] = []
+    try:
+        first.start()
+        token = first.join_token("worker")
+        ports = {}
+        for name in ("w1", "w2"):
+            (tmp_path / name).mkdir()
+            worker = Joiner(tmp_path / name, first)
+            workers.append(worker)
+            ports[name] = _three_free_ports()
+            worker.join(token, "--runtime", "exec", "--manager-listen-addr", f"127.0.0.1:{ports[name]}")
+
+        def nodes() -> list[dict]:
+            return first.cli_json("node", "ls")
+
+        wait_for(lambda: sum(n["status"] == "ready" for n in nodes()) == 3, timeout=30, message="both workers")
+        w1_id = json.loads((workers[0].data_dir / "node.json").read_text())["node_id"]
+        promoted = first.cli("node", "promote", w1_id, timeout=90)
+        assert promoted.returncode == 0, promoted.stderr + workers[0].all_logs()[-3000:]
+        info = _info(first)
+        assert len(info["managers"]) == 2 and all(m["voter"] and not m["error"] for m in info["managers"])
+        assert f"127.0.0.1:{ports['w1']}" in {m["api_addr"] for m in info["managers"]}
+        assert first.cli("service", "create", "two", "--image", "busybox", "--detach").returncode == 0
+
+        # The promoted node keeps running its agent: it is ready and runs tasks as before.
+        w1 = next(n for n in nodes() if n["id"] == w1_id)
+        assert (w1["role"], w1["status"]) == ("manager", "ready")
+
+        # A promoted node's manager is part of the node: after kill -9 and `worker start`, it resumes.
+        w2_id = json.loads((workers[1].data_dir / "node.json").read_text())["node_id"]
+        promoted = first.cli("node", "promote", w2_id, timeout=90)
+        assert promoted.returncode == 0, promoted.stderr + workers[1].all_logs()[-3000:]
+        workers[1].kill()
+        workers[1].start("worker", "start", "--data-dir", str(workers[1].data_dir))
+        wait_for(
+            lambda: (
+                len(_info(first)["managers"]) == 3
+                and all(m["voter"] and not m["error"] for m in _info(first)["managers"])
+            ),
+            timeout=40,
+            message="three reachable managers after the restart",
+        )
+
+        demoted = first.cli("node", "demote", w1_id, timeout=60)
+        assert demoted.returncode == 0, demoted.stderr
+        info = _info(first)
+        assert sorted(m["node_id"] for m in info["managers"]) == sorted([first.node_id, w2_id])
+        wait_for(lambda: "demoted" in workers[0].log(), timeout=15, message="the promoted manager to stop")
+        assert workers[0].processes[-1].poll() is None  # the agent keeps running
+        wait_for(
+            lambda: next(n for n in nodes() if n["id"] == w1_id)["status"] == "ready",
+            timeout=15,
+            message="the demoted node to stay ready",
+        )
+    finally:
+        for worker in workers:
+            worker.stop_all()
+        first.stop()

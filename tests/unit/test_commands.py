@@ -10,6 +10,7 @@ import pytest
 from warren import commands
 from warren.model import (
     Node,
+    NodeRole,
     NodeStatus,
     PortConfig,
     Resources,
@@ -110,3 +111,18 @@ def test_a_batch_round_trips_through_the_codec() -> None:
     assert commands.decode(commands.encode(batch)) == batch
     results = [commands.Result(id="a", index=7), commands.error("not_found", "gone")]
     assert commands.decode_results(commands.encode_result(results)) == results
+
+
+def test_promotion_is_requested_then_completed_by_the_joining_manager() -> None:
+    state = _state_with_node()
+    [node_id] = state.nodes
+    premature = _run(state, commands.PromoteNode(node_id, "10.0.0.2:4242", "10.0.0.2:4243", "10.0.0.2:4244", 2.0))
+    assert premature.code == "failed_precondition"  # not promoted by an operator: refused
+    assert _run(state, commands.UpdateNode(node_id, 1.0, desired_role=NodeRole.MANAGER)).ok
+    assert (state.nodes[node_id].role, state.nodes[node_id].desired_role) == (NodeRole.WORKER, NodeRole.MANAGER)
+    assert _run(state, commands.PromoteNode(node_id, "10.0.0.2:4242", "10.0.0.2:4243", "10.0.0.2:4244", 2.0)).ok
+    node = state.nodes[node_id]
+    assert (node.role, node.desired_role, node.raft_addr) == (NodeRole.MANAGER, None, "10.0.0.2:4243")
+    assert state.manager_addrs() == ["10.0.0.2:4242"]
+    assert _run(state, commands.UpdateNode(node_id, 3.0, role=NodeRole.WORKER)).ok  # demoted again
+    assert (state.nodes[node_id].role, state.nodes[node_id].desired_role) == (NodeRole.WORKER, None)

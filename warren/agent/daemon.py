@@ -35,6 +35,7 @@ from warren import tls
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
+from warren.agent.promotion import Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
@@ -179,6 +180,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
     metrics_job: asyncio.Task[None] | None = None
     indexer: asyncio.Task[None] | None = None
     logs: LogAgent | None = None
+    promotion: Promotion | None = None
     try:
         try:
             runtime = await asyncio.get_running_loop().run_in_executor(calls, make_runtime, options)
@@ -192,6 +194,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         await worker.start()
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
         indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
+        promotion = Promotion(data, lambda: list(managers.addrs), stop)
+        promotion.resume()
         session = Session(
             data / CERTS_DIR,
             managers,
@@ -200,6 +204,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             queue,
             on_managers=functools.partial(save_managers, data),
             logs=logs,
+            on_promotion=promotion.promote,
         )
         if options.metrics_addr:
             from warren.agent import metrics
@@ -219,6 +224,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
     finally:
         log.info("agent stopping; containers keep running")
+        if promotion is not None:
+            await promotion.close()
         if indexer is not None:
             indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import grpc
@@ -148,6 +148,7 @@ class Session:
         queue: StatusQueue,
         on_managers: Callable[[list[str]], None] = lambda addrs: None,
         logs: LogAgent | None = None,
+        on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -156,6 +157,7 @@ class Session:
         self.queue = queue
         self.on_managers = on_managers
         self.logs = logs  # serves log subscriptions during each session (ADR 14)
+        self.on_promotion = on_promotion  # an operator promoted this node to manager (ADR 15)
         self.assignments = AssignmentSet()
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -232,7 +234,7 @@ class Session:
             self._apply(delta)
             jobs = {
                 asyncio.create_task(self._read(call), name="session-read"),
-                asyncio.create_task(self._heartbeat(stub, session_id), name="session-heartbeat"),
+                asyncio.create_task(self._heartbeat(stub, session_id, channel), name="session-heartbeat"),
                 asyncio.create_task(self._report(stub, session_id), name="session-report"),
                 asyncio.create_task(self._renew(channel), name="session-renew"),
                 asyncio.create_task(stop.wait(), name="session-stop"),
@@ -288,14 +290,26 @@ class Session:
             except Exception:
                 log.exception("saving the manager list failed")
 
-    async def _heartbeat(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
-        """Beat at the period the manager asks for; the first at half the last known period."""
+    async def _heartbeat(
+        self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str, channel: grpc.aio.Channel
+    ) -> None:
+        """Beat at the period the manager asks for; the first at half the last known period.
+        A reply asking for the manager role starts the promotion (in the background)."""
         await asyncio.sleep(self.period / 2)
-        while True:
-            reply = await stub.Heartbeat(dpb.HeartbeatRequest(session_id=session_id), timeout=max(2.0, self.period))
-            if reply.period > 0:
-                self.period = reply.period
-            await asyncio.sleep(self.period)
+        promoting: asyncio.Task[None] | None = None
+        try:
+            while True:
+                reply = await stub.Heartbeat(dpb.HeartbeatRequest(session_id=session_id), timeout=max(2.0, self.period))
+                if reply.period > 0:
+                    self.period = reply.period
+                if promoting is not None and promoting.done():
+                    promoting = None
+                if reply.desired_role == "manager" and self.on_promotion is not None and promoting is None:
+                    promoting = asyncio.create_task(self.on_promotion(channel), name="promotion")
+                await asyncio.sleep(self.period)
+        finally:
+            if promoting is not None:  # it needs this session's channel: the next one retries
+                promoting.cancel()
 
     async def _renew(self, channel: grpc.aio.Channel) -> None:
         """Renew the node certificate over this session's channel when a third of its lifetime

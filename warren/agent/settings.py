@@ -35,6 +35,10 @@ class AgentSettings:
     insecure_registries: tuple[str, ...] = ()
     metrics_addr: str = ""
     cgroup_parent: str = DEFAULT_CGROUP_PARENT  # containerd runtime: containers' cgroups go under it
+    # Where the manager this node runs once promoted (`node promote`) serves its API; Raft and
+    # joins use the next two ports, as for `cluster init`.
+    manager_listen_addr: str = "0.0.0.0:4242"
+    manager_advertise_addr: str = ""
 
     def overridden(self, **given: Any) -> AgentSettings:
         """These settings with every given (not None) value replacing the stored one."""

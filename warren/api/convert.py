@@ -157,6 +157,7 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
         updated_at=node.updated_at,
         leader=leader,
         join_addr=node.join_addr,
+        desired_role=node.desired_role.value if node.desired_role else "",
     )
 
 

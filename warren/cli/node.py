@@ -44,7 +44,7 @@ def register(groups: Any) -> None:
     p.set_defaults(func=cmd_update)
 
     for verb, role, text in (
-        ("promote", "manager", "make workers managers (not supported yet for running workers: join a manager)"),
+        ("promote", "manager", "make workers managers: each node's agent starts a manager, which joins Raft"),
         ("demote", "worker", "make managers workers: each leaves Raft and its manager process stops"),
     ):
         p = cmds.add_parser(verb, help=text)
@@ -152,9 +152,34 @@ def cmd_set_role(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         for name in args.nodes:  # one at a time: Raft changes its membership one node at a time
-            client.call("UpdateNode", pb.UpdateNodeRequest(node=name, role=args.role), timeout=30.0)
+            node = client.call("UpdateNode", pb.UpdateNodeRequest(node=name, role=args.role), timeout=30.0)
+            if args.role == "manager" and node.role != "manager":
+                _wait_promoted(client, node.id, name)
             print(name)
     return 0
+
+
+PROMOTION_TIMEOUT = 60.0
+
+
+def _wait_promoted(client: Any, node_id: str, name: str) -> None:
+    """The node's agent gets a manager certificate at its next heartbeat, then its manager joins
+    Raft, catches up and serves: wait for all of that."""
+    import time
+
+    from warren.api.v1 import control_pb2 as pb
+
+    deadline = time.monotonic() + PROMOTION_TIMEOUT
+    while time.monotonic() < deadline:
+        info = client.call("GetClusterInfo", pb.GetClusterInfoRequest())
+        if any(m.node_id == node_id and m.voter and not m.error for m in info.managers):
+            return  # a Raft member that answers: its manager serves
+        time.sleep(0.5)
+    raise CliError(
+        f"node {name} is still becoming a manager after {PROMOTION_TIMEOUT:g}s (its agent starts the manager; "
+        "see its log); `warren node ls` shows when it is done",
+        Exit.UNAVAILABLE,
+    )
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

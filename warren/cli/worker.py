@@ -98,6 +98,18 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
+    p.add_argument(
+        "--manager-listen-addr",
+        type=value_type(units.parse_hostport),
+        metavar="HOST:PORT",
+        help="API address of the manager this node runs once promoted (default: 0.0.0.0:4242)",
+    )
+    p.add_argument(
+        "--manager-advertise-addr",
+        type=value_type(units.parse_hostport),
+        metavar="HOST:PORT",
+        help="API address other nodes dial once this node is promoted to manager",
+    )
     p.add_argument("--cgroup-parent", metavar="PATH", help="cgroup for the containers (containerd; default: /warren)")
 
 
@@ -122,6 +134,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "advertise_addr": args.advertise_addr,
         "insecure_registries": tuple(registries) if registries else None,
         "metrics_addr": args.metrics_addr,
+        "manager_listen_addr": args.manager_listen_addr,
+        "manager_advertise_addr": args.manager_advertise_addr,
         "cgroup_parent": args.cgroup_parent,
     }
 

@@ -241,16 +241,30 @@ class ControlService(control_pb2_grpc.ControlServicer):
         if role == NodeRole.WORKER:
             await self._demote(node)
         elif role == NodeRole.MANAGER and node.role != NodeRole.MANAGER:
-            raise ApiError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"node {node.hostname} is a worker: promoting a running worker is not supported yet; add a manager "
-                "with `warren cluster join-token manager` and `warren cluster join` on the new machine",
-            )
+            self._check_promotable(node)
+            await self._propose(commands.UpdateNode(node.id, time.time(), desired_role=NodeRole.MANAGER))
         await self._propose(
             commands.UpdateNode(node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm))
         )
         with self._store.read() as state:
             return convert.node_to_pb(state.nodes[node.id])
+
+    def _check_promotable(self, node: Node) -> None:
+        """A worker can become a manager if its agent is connected (it starts the manager) and
+        the cluster keeps quorum while the new member catches up."""
+        if node.status != NodeStatus.READY:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node.hostname} is {node.status.value}: its agent must be connected to start a manager",
+            )
+        status = self._raft.status()
+        total = len(status.members) + 1
+        if (status.reachable + 1) * 2 <= total:
+            raise ApiError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"promoting {node.hostname} now would lose quorum: only {status.reachable} of "
+                f"{total - 1} managers are reachable",
+            )
 
     async def _demote(self, node: Node) -> None:
         """Make a manager a worker: its role in the state first (so that it learns it was

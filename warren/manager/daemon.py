@@ -302,7 +302,13 @@ def run(options: ManagerOptions) -> int:
         return 1
 
 
-async def _serve(options: ManagerOptions) -> int:
+async def serve(options: ManagerOptions, stop: asyncio.Event) -> int:
+    """Run the manager inside an already running event loop (a promoted worker's agent, ADR 15)
+    until `stop` is set; raises StartupError. Signals stay with the host process."""
+    return await _serve(options, stop)
+
+
+async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> int:
     data = options.data_dir
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -396,9 +402,10 @@ async def _serve(options: ManagerOptions) -> int:
     orchestrator = Orchestrator(store, raft, hub, heartbeats, identity.node_id, beat_for_local_node=not agent.enabled)
     orchestration = asyncio.create_task(orchestrator.run())
 
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     agent_job = _start_agent(data, identity, agent, stop)
     demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop))
     renewal = asyncio.create_task(_keep_certificate_fresh(data, store, identity.node_id))

@@ -199,7 +199,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout
                 )
             )
-        return dpb.HeartbeatResponse(period=period)
+        promoted = node.desired_role == NodeRole.MANAGER and node.role != NodeRole.MANAGER
+        return dpb.HeartbeatResponse(period=period, desired_role=NodeRole.MANAGER.value if promoted else "")
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
         self._require_leader()

@@ -69,12 +69,19 @@ class ManagersService(managers_pb2_grpc.ManagersServicer):
                             f"{request.raft_addr} is already used by node {other.hostname} ({other.id})",
                         )
                 node = state.nodes.get(identity.node_id)
-            if node is not None and node.role != NodeRole.MANAGER:
-                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, f"node {identity.node_id} is not a manager")
-            if node is None or node.raft_addr != request.raft_addr or node.addr != request.api_addr:
-                check_result(
-                    await self._raft.propose_async(commands.RegisterNode(self._node(identity.node_id, request)))
+            promoted = node is not None and node.role != NodeRole.MANAGER and node.desired_role == NodeRole.MANAGER
+            if node is not None and node.role != NodeRole.MANAGER and not promoted:
+                raise ApiError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"node {identity.node_id} is not a manager (demoted?)"
                 )
+            if node is None:
+                command: commands.Command = commands.RegisterNode(self._node(identity.node_id, request))
+                check_result(await self._raft.propose_async(command))
+            elif promoted or (node.raft_addr, node.addr) != (request.raft_addr, request.api_addr):
+                command = commands.PromoteNode(
+                    identity.node_id, request.api_addr, request.raft_addr, request.join_addr, time.time()
+                )
+                check_result(await self._raft.propose_async(command))
             await self._add_to_raft(request.raft_addr)
             status = self._raft.status()
             managers = manager_addrs(self._store)

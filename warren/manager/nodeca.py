@@ -24,7 +24,7 @@ from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.server import ApiError, caller
 from warren.manager.store import Store
-from warren.model import ClusterInfo
+from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
 from warren.validate import NAME_RE
 
@@ -211,11 +211,17 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
     async def RenewCertificate(self, request: capb.RenewRequest, context: object) -> capb.RenewResponse:
         identity = caller.get()
         _check_csr_size(request.csr_pem)
+        role = request.role or identity.role
         with self._store.read() as state:
             cluster = _cluster(state)
+            node = state.nodes.get(identity.node_id)
+        if role not in (identity.role, pki.ROLE_MANAGER):
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be empty or manager (got {role[:20]!r})")
+        if role != identity.role and (node is None or node.desired_role != NodeRole.MANAGER):
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this node was not promoted to manager")
         ca = self._authority.get(cluster)
-        cert = _issue(ca, request.csr_pem, identity.node_id, identity.role)
-        log.info("renewed the %s certificate of node %s", identity.role, identity.node_id)
+        cert = _issue(ca, request.csr_pem, identity.node_id, role)
+        log.info("issued a %s certificate to node %s (renewal)", role, identity.node_id)
         return capb.RenewResponse(cert_pem=cert.decode(), ca_pem=ca.cert_pem.decode())
 
 
