@@ -220,3 +220,15 @@ def test_partitions_are_symmetric():
     text = nft_ruleset("wch_x", {"10.0.0.2"})
     assert "table inet wch_x" in text and "ip saddr { 10.0.0.2 } drop" in text and "ip daddr { 10.0.0.2 } drop" in text
     assert "numgen random mod 100 < 20 drop" in nft_loss_ruleset("wch_x_loss", 20)
+
+
+def test_the_script_of_seed_123_is_stable():
+    """`make chaos SEED=123` must replay the same faults as the runs recorded in docs/benchmarks.md."""
+    assert [r.describe() for r in plan_rounds(123, 6, 3)] == [
+        "isolate_leader#773 hold 4.6s",
+        "netem#862 hold 4.1s loss 10% delay 100ms",
+        "partition_majority#530 hold 2.1s",
+        "partition_majority#440 hold 3.5s",
+        "kill_worker#781 hold 3.4s",
+        "netem#694 hold 4.7s loss 30% delay 20ms",
+    ]
