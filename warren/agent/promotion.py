@@ -125,6 +125,7 @@ class Promotion:
             listen_addr=settings.manager_listen_addr,
             advertise_addr=settings.manager_advertise_addr or None,
             manager_only=True,  # this agent runs the node's tasks
+            in_agent=True,
             join_managers=tuple(self._managers()) if join else None,
         )
         relay = asyncio.create_task(self._stop_with_agent())

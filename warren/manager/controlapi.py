@@ -175,10 +175,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
                     mpb.RaftStatusRequest(), timeout=STATUS_TIMEOUT
                 )
         except grpc.aio.AioRpcError as exc:
-            reason = (
-                "no answer" if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED else exc.details() or exc.code().name
-            )
-            return cpb.ManagerInfo(error=reason)
+            reasons = {
+                grpc.StatusCode.DEADLINE_EXCEEDED: f"no answer within {STATUS_TIMEOUT:g}s",
+                grpc.StatusCode.UNAVAILABLE: "cannot connect",
+            }
+            return cpb.ManagerInfo(error=reasons.get(exc.code(), exc.details() or exc.code().name))
         return cpb.ManagerInfo(
             raft_state=answer.state,
             raft_term=answer.term,

@@ -72,6 +72,7 @@ class ManagerOptions:
     # The node certificate is in data_dir/certs already; on first start, the leader adds this
     # manager to Raft (ADR 15) instead of a new cluster being created.
     join_managers: tuple[str, ...] | None = None
+    in_agent: bool = False  # a promoted worker's manager, run by its agent (ADR 15)
 
 
 @dataclass(frozen=True)
@@ -213,10 +214,17 @@ async def _first_join(options: ManagerOptions, credentials: tls.Credentials) -> 
     return identity
 
 
-async def _catch_up(store: Store, timeout: float = 60.0) -> None:
-    """A joined manager's state arrives from the leader; wait until it holds the cluster."""
+async def _catch_up(store: Store, node_id: str, timeout: float = 60.0) -> None:
+    """A joined manager's state arrives from the leader; wait until it holds the cluster and
+    this node as a manager (committed by the leader before it added us to Raft)."""
+
+    def caught_up() -> bool:
+        with store.read() as state:
+            node = state.nodes.get(node_id)
+            return state.cluster is not None and node is not None and node.role == NodeRole.MANAGER
+
     deadline = time.monotonic() + timeout
-    while store.state.cluster is None:
+    while not caught_up():
         if time.monotonic() > deadline:
             raise StartupError(
                 f"this manager did not receive the cluster state within {timeout:g}s: is it a Raft member? "
@@ -265,22 +273,30 @@ async def _keep_certificate_fresh(data: Path, store: Store, node_id: str) -> Non
         await asyncio.sleep(CERT_CHECK_PERIOD)
 
 
-async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event) -> None:
-    """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next."""
+async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event, hint: str) -> None:
+    """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next.
+    Only a change from manager to worker counts: a manager still catching up may not have
+    applied its own promotion yet."""
+    was_manager = False
     while not stop.is_set():
         with store.read() as state:
             node = state.nodes.get(identity.node_id)
-        if node is not None and node.role != NodeRole.MANAGER:
+        if node is not None and node.role == NodeRole.MANAGER:
+            was_manager = True
+        elif node is not None and was_manager:
             _write_private(
                 data / "manager.json", json.dumps(asdict(replace(identity, demoted=True)), indent=2).encode()
             )
-            print(f"This manager was demoted to a worker; stopping. {_DEMOTED_HINT.format(data=data)}", flush=True)
+            print(f"This manager was demoted to a worker; stopping. {hint}", flush=True)
             stop.set()
             return
         await asyncio.sleep(0.5)
 
 
-_DEMOTED_HINT = "Its node can run tasks as a worker with `warren worker start --data-dir {data}/agent`."
+def _demoted_hint(data: Path, in_agent: bool) -> str:
+    if in_agent:
+        return "The node's agent keeps running its tasks."
+    return f"Its node can run tasks as a worker with `warren worker start --data-dir {data}/agent`."
 
 
 def _load_identity(data: Path) -> ManagerIdentity:
@@ -337,7 +353,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
     else:
         identity = _fill_join_addr(_load_identity(data))
         if identity.demoted:
-            raise StartupError(f"this node was demoted to a worker. {_DEMOTED_HINT.format(data=data)}")
+            raise StartupError(f"this node was demoted to a worker. {_demoted_hint(data, options.in_agent)}")
     agent_settings.save(data, agent)
     credentials = tls.load_credentials(data / "certs")
 
@@ -355,8 +371,8 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         raise StartupError(str(exc)) from None
 
     try:
-        if store.state.cluster is None and identity.joined:
-            await _catch_up(store)
+        if identity.joined and store.state.cluster is None:
+            await _catch_up(store, identity.node_id)
         elif store.state.cluster is None:
             if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
                 raise StartupError("this manager did not become Raft leader within 15 s")
@@ -407,7 +423,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     agent_job = _start_agent(data, identity, agent, stop)
-    demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop))
+    demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop, _demoted_hint(data, options.in_agent)))
     renewal = asyncio.create_task(_keep_certificate_fresh(data, store, identity.node_id))
 
     if identity.joined:
@@ -438,6 +454,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
     renewal.cancel()
     await health.set("", NOT_SERVING)
     orchestration.cancel()
+    await _hand_over_leadership(raft)
     await join_server.stop(grace=1.0)
     await server.stop(grace=2.0)
     await asyncio.to_thread(raft.destroy_synchronous)
@@ -446,6 +463,19 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
 
 
 AGENT_STOP_TIMEOUT = 15.0
+
+
+async def _hand_over_leadership(raft: RaftNode) -> None:
+    """A leader that stops on purpose hands leadership to a caught-up follower first, so that
+    writes pause for one Raft round rather than for the followers' election timeout."""
+    if not raft.is_leader or not raft.status().peers:
+        return
+    try:
+        new_leader = await raft.transfer_leadership(timeout=2.0)
+    except (ProposalError, TimeoutError) as exc:
+        log.info("stopping without handing over leadership: %s", getattr(exc, "message", exc))
+        return
+    log.info("handed leadership over to %s", new_leader)
 
 
 def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.AgentSettings:
