@@ -236,7 +236,10 @@ def test_promoted_workers_become_voting_managers_and_demote_back(tmp_path: Path)
         info = _info(first)
         assert len(info["managers"]) == 2 and all(m["voter"] and not m["error"] for m in info["managers"])
         assert f"127.0.0.1:{ports['w1']}" in {m["api_addr"] for m in info["managers"]}
-        assert first.cli("service", "create", "two", "--image", "busybox", "--detach", "--", "sleep", "600").returncode == 0
+        assert (
+            first.cli("service", "create", "two", "--image", "busybox", "--detach", "--", "sleep", "600").returncode
+            == 0
+        )
 
         # The promoted node keeps running its agent: it is ready and runs tasks as before.
         w1 = next(n for n in nodes() if n["id"] == w1_id)
