@@ -51,6 +51,9 @@ def register(groups: Any) -> None:
     )
     p.add_argument("--containerd-socket", metavar="PATH", help="containerd's socket, for the embedded agent")
     p.add_argument(
+        "--cgroup-parent", metavar="PATH", help="cgroup the embedded agent's containers go under (default: /warren)"
+    )
+    p.add_argument(
         "--insecure-registry",
         action="append",
         metavar="HOST:PORT",
@@ -86,6 +89,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "manager_only",
         "runtime",
         "containerd_socket",
+        "cgroup_parent",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

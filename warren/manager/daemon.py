@@ -68,6 +68,7 @@ class ManagerOptions:
     runtime: str | None = None  # containerd | exec
     containerd_socket: str | None = None
     insecure_registries: tuple[str, ...] | None = None
+    cgroup_parent: str | None = None
     # Set by `cluster join` with a manager token: the API addresses of the cluster's managers.
     # The node certificate is in data_dir/certs already; on first start, the leader adds this
     # manager to Raft (ADR 15) instead of a new cluster being created.
@@ -486,12 +487,14 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
             ("--runtime", options.runtime),
             ("--containerd-socket", options.containerd_socket),
             ("--insecure-registry", options.insecure_registries),
+            ("--cgroup-parent", options.cgroup_parent),
         )
         if value is not None
     ]
     if options.manager_only and configures_agent:
         flags = ", ".join(configures_agent)
-        raise StartupError(f"{flags} configure the embedded agent, which --manager-only turns off")
+        verb = "configures" if len(configures_agent) == 1 else "configure"
+        raise StartupError(f"{flags} {verb} the embedded agent, which --manager-only turns off")
     try:
         settings = agent_settings.resolve(
             data,
@@ -499,6 +502,7 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
             runtime=options.runtime,
             containerd_socket=options.containerd_socket,
             insecure_registries=options.insecure_registries,
+            cgroup_parent=options.cgroup_parent,
         )
     except agent_settings.SettingsError as exc:
         raise StartupError(str(exc)) from None
