@@ -63,7 +63,7 @@ def _all_caught_up(first) -> bool:
 def run() -> dict[str, object]:
     import grpc
 
-    from tests.integration.harness import Manager, wait_for
+    from tests.integration.harness import Manager, join_managers, wait_for
     from warren import tls
 
     root = Path(tempfile.mkdtemp(prefix="warren-bench-failover-"))
@@ -76,12 +76,7 @@ def run() -> dict[str, object]:
         first = Manager(root / "m1", schedule_on_manager=False)
         managers.append(first)
         first.start()
-        token = first.join_token("manager")
-        for name in ("m2", "m3"):
-            (root / name).mkdir()
-            manager = Manager(root / name, founder=first, token=token)
-            managers.append(manager)
-            manager.start(timeout=40)
+        join_managers(first, ["m2", "m3"], into=managers)
         assert first.cli("node", "ls").returncode == 0  # the CLI context learns every manager
         creds = grpc.ssl_channel_credentials(*_manager_creds(tls, first.data_dir / "certs"))
         for round_ in range(ROUNDS):

@@ -172,6 +172,18 @@ class Manager:
         return control_pb2_grpc.ControlStub(self.channel(creds_dir))
 
 
+def join_managers(first: Manager, names: list[str], into: list[Manager], timeout: float = 40.0) -> None:
+    """Start one manager per name under `first.root.parent`, each joining `first`'s cluster with
+    a manager token. Each is appended to `into` before it starts, so that the caller's cleanup
+    stops it even if its start fails."""
+    token = first.join_token("manager")
+    for name in names:
+        (first.root.parent / name).mkdir()
+        manager = Manager(first.root.parent / name, founder=first, token=token)
+        into.append(manager)
+        manager.start(timeout=timeout)
+
+
 class Joiner:
     """`warren cluster join` / `warren worker start` processes for one data directory."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Joiner, Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port, join_managers, wait_for
 from warren.cli.errors import Exit
 
 
@@ -43,12 +43,7 @@ def trio(tmp_path: Path) -> Iterator[list[Manager]]:
     managers = [first]
     try:
         first.start()
-        token = first.join_token("manager")
-        for name in ("m2", "m3"):
-            (tmp_path / name).mkdir()
-            manager = Manager(tmp_path / name, founder=first, token=token)
-            managers.append(manager)
-            manager.start(timeout=40)
+        join_managers(first, ["m2", "m3"], into=managers)
         yield managers
     finally:
         for manager in managers:
@@ -168,12 +163,7 @@ def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> 
             return next((n["status"] for n in nodes if n["role"] == "worker"), "")
 
         wait_for(lambda: worker_status(first) == "ready", timeout=30, message="the worker to register")
-        token = first.join_token("manager")
-        for name in ("m2", "m3"):
-            (tmp_path / name).mkdir()
-            manager = Manager(tmp_path / name, founder=first, token=token)
-            managers.append(manager)
-            manager.start(timeout=40)
+        join_managers(first, ["m2", "m3"], into=managers)
         # Joined after the agent's session opened: the session tells it about them.
         wait_for(
             lambda: (
@@ -275,3 +265,30 @@ def test_promoted_workers_become_voting_managers_and_demote_back(tmp_path: Path)
         for worker in workers:
             worker.stop_all()
         first.stop()
+
+
+def test_role_changes_that_cannot_work_are_refused_with_a_clear_status(tmp_path: Path) -> None:
+    import grpc
+
+    from warren.api.v1 import control_pb2 as pb
+
+    (tmp_path / "m1").mkdir()
+    only = Manager(tmp_path / "m1")
+    try:
+        only.start()
+        control = only.control()
+        cases = [
+            ("boss", grpc.StatusCode.INVALID_ARGUMENT, "role must be one of manager, worker"),
+            ("worker", grpc.StatusCode.FAILED_PRECONDITION, "is the last manager"),
+        ]
+        for role, code, needle in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                control.UpdateNode(pb.UpdateNodeRequest(node=only.node_id, role=role), timeout=10)
+            assert err.value.code() == code and needle in err.value.details()
+        demote = only.cli("node", "demote", only.node_id)
+        assert demote.returncode == Exit.CONFLICT and "last manager" in demote.stderr
+        assert only.cli("node", "promote", "no-such-node").returncode == Exit.NOT_FOUND
+        info = _info(only)
+        assert [m["node_id"] for m in info["managers"]] == [only.node_id]  # nothing changed
+    finally:
+        only.stop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -25,6 +27,7 @@ from warren.validate import MAX_REPLICAS, ValidationError, check_ports_free, che
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+E = TypeVar("E", bound=enum.Enum)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 
 
@@ -65,6 +68,17 @@ def resolve_node(state: ClusterState, ref: str) -> Node:
     if len(matches) > 1:
         raise _invalid(f"node id prefix {ref!r} is ambiguous ({len(matches)} nodes)")
     raise ApiError(NOT_FOUND, f"node {ref!r} not found")
+
+
+def _choice(kind: type[E], value: str, field: str) -> E | None:
+    """`value` as a member of the enum `kind`, None if empty; INVALID_ARGUMENT otherwise."""
+    if not value:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        raise _invalid(f"{field} must be one of {allowed} (got {value[:40]!r})") from None
 
 
 def _spec(msg: object) -> object:
@@ -222,21 +236,11 @@ class ControlService(control_pb2_grpc.ControlServicer):
         return convert.node_to_pb(node, leader=bool(leader) and node.raft_addr == leader)
 
     async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: object) -> object:
-        availability = None
-        if request.availability:
-            try:
-                availability = Availability(request.availability)
-            except ValueError:
-                raise _invalid(f"availability must be active, pause or drain (got {request.availability!r})") from None
+        availability = _choice(Availability, request.availability, "availability")
         for key in list(request.labels_add) + list(request.labels_rm):
             if not key or "=" in key or key.startswith("warren."):
                 raise _invalid(f"invalid label key {key!r} (keys starting with 'warren.' are reserved)")
-        role = None
-        if request.role:
-            try:
-                role = NodeRole(request.role)
-            except ValueError:
-                raise _invalid(f"role must be manager or worker (got {request.role!r})") from None
+        role = _choice(NodeRole, request.role, "role")
         with self._store.read() as state:
             node = resolve_node(state, request.node)
         if role == NodeRole.WORKER:
