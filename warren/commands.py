@@ -7,6 +7,7 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 
 import msgspec
@@ -25,6 +26,7 @@ from warren.model import (
     TaskState,
     can_transition,
 )
+from warren.network import ipam
 from warren.scheduler import fits, reserved_by_node
 from warren.state import Change, ClusterState, Delete, Put
 from warren.validate import ValidationError, check_ports_free
@@ -253,10 +255,45 @@ def apply(state: ClusterState, command: Command) -> tuple[Result, Changes]:
         return error("internal", f"{type(command).__name__} failed: {exc!r}"), []
 
 
+def overlay_layout(cluster: ClusterInfo) -> ipam.Layout:
+    """The cluster's overlay address plan; raises ipam.IpamError if it is not a valid one."""
+    return ipam.make_layout(
+        cluster.overlay_range or ipam.DEFAULT_OVERLAY,
+        cluster.node_subnet_prefixlen or ipam.DEFAULT_NODE_PREFIXLEN,
+        cluster.vip_range or ipam.DEFAULT_VIP_RANGE,
+    )
+
+
+def _with_overlay_subnet(state: ClusterState, cluster: ClusterInfo, node: Node) -> Node | Result:
+    """`node` with a subnet of the overlay (the lowest free one), or the error why it has none."""
+    if node.overlay_subnet:
+        return node
+    try:
+        layout = overlay_layout(cluster)
+        current = {
+            n.id: ipaddress.IPv4Network(n.overlay_subnet)
+            for n in state.nodes.values()
+            if n.overlay_subnet and n.id != node.id
+        }
+        subnet = ipam.allocate_node_subnet(layout, current, node.id)[node.id]
+    except ipam.ExhaustedError as exc:
+        return error("resource_exhausted", f"cannot add node {node.hostname}: {exc}")
+    except (ipam.IpamError, ValueError) as exc:
+        return error("internal", f"the overlay address plan is unusable: {exc}")
+    return msgspec.structs.replace(node, overlay_subnet=str(subnet))
+
+
 def _init_cluster(state: ClusterState, cmd: InitCluster) -> tuple[Result, Changes]:
     if state.cluster is not None:
         return error("already_exists", f"cluster {state.cluster.id} is already initialised"), []
-    return Result(id=cmd.cluster.id), [Put("cluster", cmd.cluster), Put("node", cmd.manager)]
+    try:
+        overlay_layout(cmd.cluster)
+    except ipam.IpamError as exc:
+        return error("invalid_argument", str(exc)), []
+    manager = _with_overlay_subnet(state, cmd.cluster, cmd.manager)
+    if isinstance(manager, Result):
+        return manager, []
+    return Result(id=cmd.cluster.id), [Put("cluster", cmd.cluster), Put("node", manager)]
 
 
 def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Changes]:
@@ -276,7 +313,12 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         return error("permission_denied", "this node was removed from the cluster"), []
     old = state.nodes.get(cmd.node.id)
     if old is None:
-        return Result(id=cmd.node.id), [Put("node", cmd.node)]
+        if state.cluster is None:
+            return Result(id=cmd.node.id), [Put("node", cmd.node)]
+        node = _with_overlay_subnet(state, state.cluster, msgspec.structs.replace(cmd.node, overlay_subnet=""))
+        if isinstance(node, Result):
+            return node, []
+        return Result(id=node.id), [Put("node", node)]
     node = msgspec.structs.replace(
         old,
         hostname=cmd.node.hostname,
@@ -288,8 +330,15 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         os=cmd.node.os,
         arch=cmd.node.arch,
         status=cmd.node.status,
+        wg_public_key=cmd.node.wg_public_key or old.wg_public_key,
+        wg_endpoint=cmd.node.wg_endpoint or old.wg_endpoint,
         updated_at=cmd.node.updated_at,
     )
+    if state.cluster is not None:  # a node from before the overlay: give it a subnet now
+        with_subnet = _with_overlay_subnet(state, state.cluster, node)
+        if isinstance(with_subnet, Result):
+            return with_subnet, []
+        node = with_subnet
     return Result(id=node.id), [Put("node", node)]
 
 

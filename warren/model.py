@@ -160,6 +160,11 @@ class Node(msgspec.Struct, frozen=True):
     # `node promote` sets MANAGER on a worker; its agent then starts a manager, which the
     # leader adds to Raft, and the role becomes MANAGER (ADR 15).
     desired_role: NodeRole | None = None
+    # Overlay (ADR 17): the subnet allocated to this node, and its WireGuard public key (base64)
+    # and endpoint (HOST:PORT) as its agent reports them; the private key never leaves the node.
+    overlay_subnet: str = ""
+    wg_public_key: str = ""
+    wg_endpoint: str = ""
     os: str = ""
     arch: str = ""
     created_at: float = 0.0
@@ -212,3 +217,8 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     manager_token_secret: str
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
+    # The overlay's address plan (ADR 17), fixed at init; empty in clusters created before it,
+    # which use the defaults (warren.network.ipam).
+    overlay_range: str = ""
+    node_subnet_prefixlen: int = 0
+    vip_range: str = ""

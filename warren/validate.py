@@ -66,6 +66,20 @@ def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int
         raise ValidationError("node resources cannot be negative")
 
 
+_WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")  # base64 of exactly 32 bytes
+_ENDPOINT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def check_wireguard(public_key: str, endpoint: str) -> None:
+    """A node's WireGuard public key (base64, 32 bytes) and endpoint (HOST:PORT); both optional."""
+    if public_key and not _WG_KEY_RE.match(public_key):
+        raise ValidationError("the WireGuard public key must be 32 bytes in base64, as `wg pubkey` prints it")
+    if endpoint:
+        match = _ENDPOINT_RE.match(endpoint)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            raise ValidationError(f"the WireGuard endpoint must be HOST:PORT (got {endpoint[:80]!r})")
+
+
 def signal_number(text: str) -> int:
     """A stop signal as its number: a name (`SIGQUIT`, `QUIT`, any case) or a number from 1 to
     MAX_SIGNAL. Raises ValidationError otherwise."""

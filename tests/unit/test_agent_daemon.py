@@ -44,6 +44,18 @@ def test_description_reports_resources_platform_and_labels(tmp_path: Path) -> No
     assert desc.hostname == "w1" and dict(desc.labels) == {"zone": "b"} and desc.addr == "10.0.0.5:0"
     assert desc.resources.nano_cpus == (os.cpu_count() or 1) * 1_000_000_000
     assert desc.resources.memory_bytes > 0 and desc.os and desc.arch
+    assert (desc.wg_public_key, desc.wg_endpoint) == ("", "10.0.0.5:51820")  # no key made yet
+
+
+def test_description_publishes_the_public_key_and_never_the_private_one(tmp_path: Path) -> None:
+    from warren.network import keys
+
+    public = keys.ensure_node_keys(tmp_path)
+    desc = describe(AgentOptions(tmp_path, [], hostname="w1"))
+    assert desc.wg_public_key == public and desc.wg_endpoint == ""
+    private = keys.read_key_file(tmp_path / keys.KEYS_DIR / keys.PRIVATE_KEY_FILE)
+    assert private not in desc.SerializeToString().decode("latin-1")
+    assert (tmp_path / keys.KEYS_DIR / keys.PRIVATE_KEY_FILE).stat().st_mode & 0o777 == 0o600
 
 
 def test_runtime_choice(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from warren import commands
 from warren.model import (
+    ClusterInfo,
     Node,
     NodeRole,
     NodeStatus,
@@ -126,3 +127,44 @@ def test_promotion_is_requested_then_completed_by_the_joining_manager() -> None:
     assert state.manager_addrs() == ["10.0.0.2:4242"]
     assert _run(state, commands.UpdateNode(node_id, 3.0, role=NodeRole.WORKER)).ok  # demoted again
     assert (state.nodes[node_id].role, state.nodes[node_id].desired_role) == (NodeRole.WORKER, None)
+
+
+def _cluster(**overlay: object) -> ClusterInfo:
+    return ClusterInfo(
+        id="c1",
+        created_at=1.0,
+        ca_cert_pem="",
+        ca_key_pem="",
+        worker_token_secret="w",
+        manager_token_secret="m",
+        **overlay,  # type: ignore[arg-type]
+    )
+
+
+def test_nodes_get_distinct_overlay_subnets_and_a_full_range_refuses_more() -> None:
+    state = ClusterState()
+    cluster = _cluster(overlay_range="10.50.0.0/23", node_subnet_prefixlen=24, vip_range="10.51.0.0/24")
+    assert _run(state, commands.InitCluster(cluster, Node(id="m1", hostname="m1", role=NodeRole.MANAGER))).ok
+    assert _run(state, commands.RegisterNode(Node(id="w1", hostname="w1", wg_public_key="k1"))).ok
+    subnets = {n.id: n.overlay_subnet for n in state.nodes.values()}
+    assert subnets == {"m1": "10.50.0.0/24", "w1": "10.50.1.0/24"}
+    # A node cannot choose its subnet, and re-registering keeps the one it has.
+    again = Node(id="w1", hostname="w1", overlay_subnet="10.50.0.0/24", wg_public_key="k2", wg_endpoint="h:51820")
+    assert _run(state, commands.RegisterNode(again)).ok
+    w1 = state.nodes["w1"]
+    assert (w1.overlay_subnet, w1.wg_public_key, w1.wg_endpoint) == ("10.50.1.0/24", "k2", "h:51820")
+    before = dict(state.nodes)
+    full = _run(state, commands.RegisterNode(Node(id="w2", hostname="w2")))
+    assert (full.ok, full.code) == (False, "resource_exhausted") and "no free /24" in full.message
+    assert state.nodes == before  # refused: nothing changed
+    assert _run(state, commands.RemoveNode("w1", 5.0)).ok  # its subnet is free again
+    assert _run(state, commands.RegisterNode(Node(id="w2", hostname="w2"))).ok
+    assert state.nodes["w2"].overlay_subnet == "10.50.1.0/24"
+
+
+def test_an_overlapping_address_plan_is_refused_at_init() -> None:
+    state = ClusterState()
+    cluster = _cluster(overlay_range="10.50.0.0/16", vip_range="10.50.128.0/17")
+    result = _run(state, commands.InitCluster(cluster, Node(id="m1", hostname="m1", role=NodeRole.MANAGER)))
+    assert (result.ok, result.code) == (False, "invalid_argument") and "overlaps" in result.message
+    assert state.cluster is None and not state.nodes

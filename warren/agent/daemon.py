@@ -43,6 +43,7 @@ from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.certinfo import PkiError
+from warren.network import keys
 
 log = logging.getLogger("warren.agent")
 
@@ -131,8 +132,16 @@ def _memory_bytes() -> int:
         return 0
 
 
+WIREGUARD_PORT = 51820  # where this node's WireGuard will listen (ADR 17)
+
+
 def describe(options: AgentOptions) -> dpb.NodeDescription:
-    """What this node tells the managers at each session: resources, platform, labels."""
+    """What this node tells the managers at each session: resources, platform, labels, and its
+    WireGuard public key (made at join; read from its file, without `cryptography`)."""
+    public_key = ""
+    with contextlib.suppress(OSError):
+        public_key = (options.data_dir / keys.KEYS_DIR / keys.PUBLIC_KEY_FILE).read_text().strip()
+    host = options.advertise_addr.rsplit(":", 1)[0] if ":" in options.advertise_addr else options.advertise_addr
     return dpb.NodeDescription(
         hostname=_hostname(options.hostname or os.uname().nodename),
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
@@ -140,6 +149,8 @@ def describe(options: AgentOptions) -> dpb.NodeDescription:
         os=sys.platform,
         arch=os.uname().machine,
         labels=options.labels,
+        wg_public_key=public_key,
+        wg_endpoint=f"{host}:{WIREGUARD_PORT}" if host else "",
     )
 
 

@@ -158,6 +158,9 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
         leader=leader,
         join_addr=node.join_addr,
         desired_role=node.desired_role.value if node.desired_role else "",
+        overlay_subnet=node.overlay_subnet,
+        wg_public_key=node.wg_public_key,
+        wg_endpoint=node.wg_endpoint,
     )
 
 

@@ -41,6 +41,12 @@ def register(groups: Any) -> None:
         help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)",
     )
     p.add_argument(
+        "--overlay-range",
+        metavar="CIDR",
+        help="the overlay network, one /24 per node (default: 10.200.0.0/16; first start only)",
+    )
+    p.add_argument("--vip-range", metavar="CIDR", help="service virtual IPs (default: 10.201.0.0/16; first start only)")
+    p.add_argument(
         "--manager-only",
         action="store_true",
         default=None,
@@ -90,6 +96,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         "runtime",
         "containerd_socket",
         "cgroup_parent",
+        "overlay_range",
+        "vip_range",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

@@ -104,7 +104,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         [
             ("ID", n.id),
             ("Hostname", n.hostname),
-            ("Role", _role(n)),
+            ("Role", _role(n) + (f" (becoming {n.desired_role})" if n.desired_role else "")),
             ("Status", f"{n.status} ({n.status_message})" if n.status_message else n.status),
             ("Availability", n.availability),
             ("Address", n.addr),
@@ -121,6 +121,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 ),
             ),
             ("Labels", [f"{k}={v}" for k, v in sorted(n.labels.items())]),
+            ("Overlay subnet", n.overlay_subnet or "-"),
+            ("WireGuard", f"{n.wg_public_key} at {n.wg_endpoint or 'no endpoint'}" if n.wg_public_key else "-"),
             ("Created", output.timestamp(n.created_at)),
             ("Updated", output.timestamp(n.updated_at)),
         ]

@@ -250,6 +250,12 @@ def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> in
         agent_settings.save(data_dir, settings)
     except OSError as exc:
         raise CliError(f"cannot save the agent settings in {data_dir}: {exc.strerror or exc}") from None
+    from warren.network.keys import WireGuardError, ensure_node_keys
+
+    try:
+        ensure_node_keys(data_dir)  # here, where `cryptography` is loaded anyway (ADR 17)
+    except (OSError, WireGuardError) as exc:
+        raise CliError(f"cannot make this node's WireGuard keys in {data_dir}: {exc}") from None
     from warren.agent.daemon import AgentOptions, run
 
     print(f"running the agent ({settings.runtime} runtime, state in {data_dir})", flush=True)

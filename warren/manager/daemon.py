@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -47,6 +48,7 @@ from warren.manager.raft import ProposalError, RaftNode, RaftStartError
 from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
 from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
+from warren.network import ipam
 
 log = logging.getLogger("warren.manager")
 
@@ -69,6 +71,9 @@ class ManagerOptions:
     containerd_socket: str | None = None
     insecure_registries: tuple[str, ...] | None = None
     cgroup_parent: str | None = None
+    # The overlay's address plan (ADR 17), set when the cluster is created; None = the default.
+    overlay_range: str | None = None
+    vip_range: str | None = None
     # Set by `cluster join` with a manager token: the API addresses of the cluster's managers.
     # The node certificate is in data_dir/certs already; on first start, the leader adds this
     # manager to Raft (ADR 15) instead of a new cluster being created.
@@ -347,6 +352,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         ):
             if addr:
                 _check_bindable(flag, addr)
+        _overlay_plan(options)  # a bad address plan is refused before anything is written
         if options.join_managers:
             identity = await _first_join(options, tls.load_credentials(data / "certs"))
         else:
@@ -377,7 +383,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         elif store.state.cluster is None:
             if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
                 raise StartupError("this manager did not become Raft leader within 15 s")
-            await _init_cluster(raft, identity, data, options.heartbeat_period, drained=not agent.enabled)
+            await _init_cluster(raft, identity, data, options, drained=not agent.enabled)
     except StartupError:
         raft.destroy_synchronous()
         store.env.close()
@@ -566,7 +572,7 @@ def _check_bindable(flag: str, addr: str) -> None:
 
 
 async def _init_cluster(
-    raft: RaftNode, identity: ManagerIdentity, data: Path, heartbeat_period: float, drained: bool
+    raft: RaftNode, identity: ManagerIdentity, data: Path, options: ManagerOptions, drained: bool
 ) -> None:
     """Commit the cluster and this manager's node. `drained`: no agent runs tasks here."""
     ca = pki.CertificateAuthority.from_pem((data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes())
@@ -578,7 +584,8 @@ async def _init_cluster(
         ca_key_pem=ca.key_pem.decode(),
         worker_token_secret=pki.new_token_secret(),
         manager_token_secret=pki.new_token_secret(),
-        heartbeat_period=heartbeat_period,
+        heartbeat_period=options.heartbeat_period,
+        **_overlay_plan(options),
     )
     cpus = os.cpu_count() or 1
     manager = Node(
@@ -599,6 +606,17 @@ async def _init_cluster(
     result = await raft.propose_async(commands.InitCluster(cluster, manager), timeout=10.0)
     if not result.ok and result.code != "already_exists":
         raise StartupError(f"cannot initialise the cluster: {result.message}")
+
+
+def _overlay_plan(options: ManagerOptions) -> dict[str, Any]:
+    """The ClusterInfo fields of the overlay's address plan; StartupError if it is not valid."""
+    overlay = options.overlay_range or ipam.DEFAULT_OVERLAY
+    vips = options.vip_range or ipam.DEFAULT_VIP_RANGE
+    try:
+        ipam.make_layout(overlay, ipam.DEFAULT_NODE_PREFIXLEN, vips)
+    except ipam.IpamError as exc:
+        raise StartupError(f"{exc} (--overlay-range, --vip-range)") from None
+    return {"overlay_range": overlay, "node_subnet_prefixlen": ipam.DEFAULT_NODE_PREFIXLEN, "vip_range": vips}
 
 
 def _memory_bytes() -> int:

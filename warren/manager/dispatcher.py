@@ -27,7 +27,7 @@ from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, 
 from warren.manager.store import Store
 from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
-from warren.validate import ValidationError, check_node_description
+from warren.validate import ValidationError, check_node_description, check_wireguard
 
 
 class Heartbeats:
@@ -89,6 +89,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_node_description(
                 desc.hostname, dict(desc.labels), desc.resources.nano_cpus, desc.resources.memory_bytes
             )
+            check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         now = time.time()
@@ -102,6 +103,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             addr=desc.addr,
             os=desc.os,
             arch=desc.arch,
+            wg_public_key=desc.wg_public_key,
+            wg_endpoint=desc.wg_endpoint,
             created_at=now,
             updated_at=now,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from warren import pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import CERTS_DIR, stored_identity, write_node_file
+from warren.network.keys import ensure_node_keys
 
 log = logging.getLogger("warren.manager.agent")
 
@@ -37,6 +38,7 @@ def prepare(data_dir: Path, node_id: str, managers: list[str]) -> Path:
     if current is None or current.node_id != node_id or current.not_after < manager_expiry:
         tls.save_credentials(agent_dir / CERTS_DIR, ours.ca_pem, ours.cert_pem, ours.key_pem)
         write_node_file(agent_dir, node_id, managers)
+    ensure_node_keys(agent_dir)  # the node's WireGuard keys (ADR 17)
     return agent_dir
 
 

@@ -45,6 +45,7 @@ _RESULT_CODES = {
     "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
     "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unknown": grpc.StatusCode.UNKNOWN,
     "internal": grpc.StatusCode.INTERNAL,
 }

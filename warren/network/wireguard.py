@@ -17,8 +17,6 @@ private key is read from its file by the adapter at the moment it is set, and go
 from __future__ import annotations
 
 import abc
-import base64
-import binascii
 import contextlib
 import ipaddress
 import os
@@ -31,83 +29,42 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from warren.network import links
+
+# The key helpers live in keys (no pyroute2 there); re-exported for the adapter's callers.
+from warren.network.keys import (
+    KEY_LEN as KEY_LEN,
+)
+from warren.network.keys import (
+    WireGuardError as WireGuardError,
+)
+from warren.network.keys import (
+    b64_to_hex as b64_to_hex,
+)
+from warren.network.keys import (
+    ensure_key_file as ensure_key_file,
+)
+from warren.network.keys import (
+    ensure_node_keys as ensure_node_keys,
+)
+from warren.network.keys import (
+    generate_private_key as generate_private_key,
+)
+from warren.network.keys import (
+    hex_to_b64 as hex_to_b64,
+)
+from warren.network.keys import (
+    public_key_of as public_key_of,
+)
+from warren.network.keys import (
+    read_key_file as read_key_file,
+)
+from warren.network.keys import (
+    write_key_file as write_key_file,
+)
 from warren.network.plan import AddPeer, Operation, PeerConfig, RemovePeer, SetInterface, UpdatePeer
 
 UAPI_DIR = Path("/var/run/wireguard")
 BACKENDS = ("auto", "kernel", "userspace")
-KEY_LEN = 32
-
-
-class WireGuardError(RuntimeError):
-    """The device could not be started, read or configured; the message says which and why."""
-
-
-# -- keys ----------------------------------------------------------------------------------------
-
-
-def generate_private_key() -> str:
-    """A new X25519 private key, base64 (as `wg genkey` prints it)."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return base64.b64encode(raw).decode()
-
-
-def public_key_of(private_key: str) -> str:
-    """The base64 public key of a base64 private key (`wg pubkey`)."""
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    key = X25519PrivateKey.from_private_bytes(_raw(private_key))
-    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-
-
-def _raw(key_b64: str) -> bytes:
-    try:
-        raw = base64.b64decode(key_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise WireGuardError("a WireGuard key is not valid base64") from None
-    if len(raw) != KEY_LEN:
-        raise WireGuardError(f"a WireGuard key must be {KEY_LEN} bytes, not {len(raw)}")
-    return raw
-
-
-def b64_to_hex(key_b64: str) -> str:
-    return _raw(key_b64).hex()
-
-
-def hex_to_b64(key_hex: str) -> str:
-    return base64.b64encode(bytes.fromhex(key_hex)).decode()
-
-
-def write_key_file(path: Path, private_key: str) -> None:
-    """Write a private key readable by root only, atomically (never a half-written key)."""
-    _raw(private_key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private_key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def read_key_file(path: Path | str) -> str:
-    try:
-        key = Path(path).read_text().strip()
-    except OSError as exc:
-        raise WireGuardError(f"cannot read the WireGuard private key {path}: {exc.strerror}") from None
-    _raw(key)
-    return key
-
-
-def ensure_key_file(path: Path) -> str:
-    """The node's key file, made on first use; returns the public key (the one to publish)."""
-    if not path.exists():
-        write_key_file(path, generate_private_key())
-    return public_key_of(read_key_file(path))
 
 
 # -- status --------------------------------------------------------------------------------------
