@@ -31,6 +31,15 @@ class AssignmentDelta:
     removed: tuple[str, ...] = ()
     managers: tuple[str, ...] = ()
     invalid: tuple[tuple[str, str], ...] = ()  # (task id, why) of tasks that could not be read
+    mesh: tuple[MeshMember, ...] | None = None  # the overlay's nodes, when they changed (ADR 17)
+
+
+@dataclass(frozen=True)
+class MeshMember:
+    node_id: str
+    public_key: str
+    endpoint: str
+    subnet: str
 
 
 @dataclass
@@ -50,6 +59,11 @@ class AssignmentSet:
     def apply(self, msg: dpb.AssignmentsMessage) -> AssignmentDelta:
         """Apply one message; raise VersionGap when it cannot be applied to what we hold."""
         managers = tuple(msg.managers)
+        mesh = (
+            tuple(MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet) for m in msg.mesh)
+            if msg.mesh_changed
+            else None
+        )
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             updated, invalid = _read_tasks(msg.updated)
             tasks = {t.id: t for t in updated}
@@ -59,7 +73,9 @@ class AssignmentSet:
             self.tasks = tasks
             self.version = msg.version
             self.session_id = msg.session_id
-            return AssignmentDelta(complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid)
+            return AssignmentDelta(
+                complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid, mesh=mesh
+            )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
         if self.version is None:
@@ -75,7 +91,7 @@ class AssignmentSet:
             self.tasks.pop(task_id, None)
         self.version = msg.version
         return AssignmentDelta(
-            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid
+            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, mesh=mesh
         )
 
 

@@ -32,9 +32,11 @@ from typing import Any
 import lmdb
 
 from warren import tls
+from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
+from warren.agent.overlay import Overlay
 from warren.agent.promotion import Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
@@ -142,6 +144,10 @@ def describe(options: AgentOptions) -> dpb.NodeDescription:
     with contextlib.suppress(OSError):
         public_key = (options.data_dir / keys.KEYS_DIR / keys.PUBLIC_KEY_FILE).read_text().strip()
     host = options.advertise_addr.rsplit(":", 1)[0] if ":" in options.advertise_addr else options.advertise_addr
+    try:
+        port = (agent_settings.load(options.data_dir) or agent_settings.AgentSettings()).wireguard_port
+    except agent_settings.SettingsError:
+        port = WIREGUARD_PORT
     return dpb.NodeDescription(
         hostname=_hostname(options.hostname or os.uname().nodename),
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
@@ -150,7 +156,7 @@ def describe(options: AgentOptions) -> dpb.NodeDescription:
         arch=os.uname().machine,
         labels=options.labels,
         wg_public_key=public_key,
-        wg_endpoint=f"{host}:{WIREGUARD_PORT}" if host else "",
+        wg_endpoint=f"{host}:{port}" if host else "",
     )
 
 
@@ -192,6 +198,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
     indexer: asyncio.Task[None] | None = None
     logs: LogAgent | None = None
     promotion: Promotion | None = None
+    overlay: Overlay | None = None
     try:
         try:
             runtime = await asyncio.get_running_loop().run_in_executor(calls, make_runtime, options)
@@ -205,6 +212,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         await worker.start()
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
         indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
+        overlay = Overlay(data, node.get("node_id", ""), _in_pool(calls))
         promotion = Promotion(data, lambda: list(managers.addrs), stop)
         promotion.resume()
         session = Session(
@@ -216,6 +224,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             on_managers=functools.partial(save_managers, data),
             logs=logs,
             on_promotion=promotion.promote,
+            on_mesh=overlay.update,
         )
         if options.metrics_addr:
             from warren.agent import metrics
@@ -237,6 +246,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         log.info("agent stopping; containers keep running")
         if promotion is not None:
             await promotion.close()
+        if overlay is not None:
+            await overlay.close()
         if indexer is not None:
             indexer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

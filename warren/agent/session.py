@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from warren import certinfo, tls
-from warren.agent.assignments import AssignmentDelta, AssignmentSet, VersionGap
+from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
 from warren.agent.status import Report, StatusQueue
 from warren.agent.worker import Worker
@@ -149,6 +149,7 @@ class Session:
         on_managers: Callable[[list[str]], None] = lambda addrs: None,
         logs: LogAgent | None = None,
         on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
+        on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -158,6 +159,7 @@ class Session:
         self.on_managers = on_managers
         self.logs = logs  # serves log subscriptions during each session (ADR 14)
         self.on_promotion = on_promotion  # an operator promoted this node to manager (ADR 15)
+        self.on_mesh = on_mesh  # the overlay's nodes changed (ADR 17)
         self.assignments = AssignmentSet()
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -279,6 +281,8 @@ class Session:
     def _apply(self, delta: AssignmentDelta) -> None:
         try:
             self.worker.apply(delta)
+            if delta.mesh is not None:
+                self.on_mesh(delta.mesh)
         except Exception:  # never let one bad message end the agent
             log.exception("applying assignments failed")
 

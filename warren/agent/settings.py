@@ -17,6 +17,8 @@ from typing import Any
 SETTINGS_FILE = "agent-settings.json"
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 RUNTIMES = ("containerd", "exec")
+WIREGUARD_MODES = ("off", "auto", "kernel", "userspace")
+_IFNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,15}$")
 DEFAULT_CGROUP_PARENT = "/warren"
 _CGROUP_PARENT_RE = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")  # absolute, no empty, '.' or '..' parts
 
@@ -39,6 +41,11 @@ class AgentSettings:
     # joins use the next two ports, as for `cluster init`.
     manager_listen_addr: str = "0.0.0.0:4242"
     manager_advertise_addr: str = ""
+    # The overlay mesh (ADR 17): off until turned on; auto = the kernel's WireGuard where it
+    # exists, else wireguard-go.
+    wireguard: str = "off"
+    wireguard_interface: str = "warren0"
+    wireguard_port: int = 51820
 
     def overridden(self, **given: Any) -> AgentSettings:
         """These settings with every given (not None) value replacing the stored one."""
@@ -59,6 +66,12 @@ class AgentSettings:
         if self.runtime not in RUNTIMES:
             raise SettingsError(f"unknown runtime {self.runtime!r} (use {' or '.join(RUNTIMES)})")
         check_cgroup_parent(self.cgroup_parent)
+        if self.wireguard not in WIREGUARD_MODES:
+            raise SettingsError(f"--wireguard must be one of {', '.join(WIREGUARD_MODES)} (got {self.wireguard!r})")
+        if not _IFNAME_RE.match(self.wireguard_interface):
+            raise SettingsError(f"invalid interface name {self.wireguard_interface!r}: 1-15 letters, digits, '-', '_'")
+        if not 0 < self.wireguard_port < 65536:
+            raise SettingsError(f"--wireguard-port must be between 1 and 65535 (got {self.wireguard_port})")
 
 
 def check_cgroup_parent(path: str) -> None:

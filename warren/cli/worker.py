@@ -99,6 +99,13 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
     p.add_argument(
+        "--wireguard",
+        choices=("off", "auto", "kernel", "userspace"),
+        help="join the overlay mesh: the kernel's WireGuard, wireguard-go, or auto (default: off)",
+    )
+    p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
+    p.add_argument("--wireguard-port", type=int, metavar="PORT", help="the mesh's UDP port (default: 51820)")
+    p.add_argument(
         "--manager-listen-addr",
         type=value_type(units.parse_hostport),
         metavar="HOST:PORT",
@@ -134,6 +141,9 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "advertise_addr": args.advertise_addr,
         "insecure_registries": tuple(registries) if registries else None,
         "metrics_addr": args.metrics_addr,
+        "wireguard": args.wireguard,
+        "wireguard_interface": args.wireguard_interface,
+        "wireguard_port": args.wireguard_port,
         "manager_listen_addr": args.manager_listen_addr,
         "manager_advertise_addr": args.manager_advertise_addr,
         "cgroup_parent": args.cgroup_parent,

@@ -50,6 +50,15 @@ def _visible(task: Task) -> bool:
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
 
 
+def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
+    """Every node that has an overlay subnet, sorted: what each agent plans its mesh from."""
+    return [
+        dpb.MeshNode(node_id=n.id, public_key=n.wg_public_key, endpoint=n.wg_endpoint, subnet=n.overlay_subnet)
+        for n in sorted(state.nodes.values(), key=lambda n: n.id)
+        if n.overlay_subnet
+    ]
+
+
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def __init__(
         self,
@@ -123,12 +132,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
                     tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
                     managers = state.manager_addrs()
+                    mesh = _mesh(state)
                 yield dpb.AssignmentsMessage(
                     type=dpb.AssignmentsMessage.COMPLETE,
                     session_id=session_id,
                     version=version,
                     updated=tasks,
                     managers=managers,
+                    mesh=mesh,
+                    mesh_changed=True,
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
@@ -141,11 +153,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     if changes is None:
                         return  # state was replaced by a snapshot: the agent reopens and resyncs
                     updated, removed = self._diff(node.id, known, changes)
-                    # Managers joined or left: tell the agent, so that it can fail over to them.
-                    news = self._managers_changed(changes, managers)
-                    if news is not None:
-                        managers = news
-                    if updated or removed or news is not None:
+                    # Managers joined or left (the agent fails over to them), or the mesh changed.
+                    new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
+                    managers = new_managers if new_managers is not None else managers
+                    mesh = new_mesh if new_mesh is not None else mesh
+                    if updated or removed or new_managers is not None or new_mesh is not None:
                         yield dpb.AssignmentsMessage(
                             type=dpb.AssignmentsMessage.INCREMENTAL,
                             session_id=session_id,
@@ -153,7 +165,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             version=version + 1,
                             updated=updated,
                             removed=removed,
-                            managers=news or [],
+                            managers=new_managers or [],
+                            mesh=new_mesh or [],
+                            mesh_changed=new_mesh is not None,
                         )
                         version += 1
                 if session_id not in self._sessions:
@@ -162,13 +176,18 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         finally:
             self._sessions.pop(session_id, None)
 
-    def _managers_changed(self, changes: list, sent: list[str]) -> list[str] | None:
-        """The managers' addresses if `changes` altered them since `sent`, else None."""
+    def _nodes_changed(
+        self, changes: list, managers: list[str], mesh: list[dpb.MeshNode]
+    ) -> tuple[list[str] | None, list[dpb.MeshNode] | None]:
+        """The managers' addresses and the mesh, each if `changes` altered it since sent."""
         if not any(change.kind == "node" for change in changes):
-            return None
+            return None, None
         with self._store.read() as state:
-            current = state.manager_addrs()
-        return current if current != sent else None
+            current_managers, current_mesh = state.manager_addrs(), _mesh(state)
+        return (
+            current_managers if current_managers != managers else None,
+            current_mesh if current_mesh != mesh else None,
+        )
 
     def _diff(self, node_id: str, known: set[str], changes: list) -> tuple[list, list[str]]:
         updated: list = []

@@ -1,0 +1,128 @@
+"""Agents build the overlay mesh themselves (issue #5, ADR 17): three "hosts" (network
+namespaces on a bridge the test creates), a manager in the first, an agent with
+`--wireguard userspace` in each. The managers push every node's subnet, public key and endpoint
+to the agents, which converge their own wireguard-go; the test then pings each node's overlay
+address from every other host. Everything is torn down in `finally`, wireguard-go by the
+interface names the test chose.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.overlay_lab import LabHost, OverlayLab
+from tests.integration.harness import REPO, wait_for
+from warren.network.wireguard import UserspaceDevice
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
+    pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed (make deps)"),
+]
+
+
+def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None:
+    lab = OverlayLab()
+    env = {**os.environ, "WARREN_CONFIG": str(tmp_path / "config.json"), "PYTHONPATH": str(REPO)}
+    env.pop("WARREN_DEBUG", None)
+
+    def cli(host: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
+        argv = ["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-m", "warren.cli.main", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+
+    def spawn(host: LabHost, log: str, *args: str) -> subprocess.Popen:
+        argv = ["env", *(f"{k}={v}" for k, v in env.items() if k in ("WARREN_CONFIG", "PYTHONPATH"))]
+        return lab.spawn(host, [*argv, sys.executable, "-m", "warren.cli.main", *args], log=tmp_path / log)
+
+    try:
+        hosts = lab.create(3)
+        first = hosts[0]
+        spawn(
+            first,
+            "manager.log",
+            "cluster",
+            "init",
+            "--data-dir",
+            str(tmp_path / "manager"),
+            "--listen-addr",
+            f"{first.ip}:4242",
+            "--manager-only",
+            "--heartbeat-period",
+            "1s",
+        )
+        wait_for(lambda: cli(first, "cluster", "info").returncode == 0, timeout=30, message="the manager")
+        token = cli(first, "cluster", "join-token", "worker", "-q").stdout.strip()
+        agents = {}
+        for host in hosts:
+            ifname = lab.ifname(host)
+            lab.stoppers.append(UserspaceDevice(ifname, host.netns).stop)  # by the name we chose
+            agents[host.name] = spawn(
+                host,
+                f"agent-{host.name}.log",
+                "cluster",
+                "join",
+                "--token",
+                token,
+                f"{first.ip}:4244",
+                "--data-dir",
+                str(tmp_path / f"agent-{host.name}"),
+                "--runtime",
+                "exec",
+                "--advertise-addr",
+                host.ip,
+                "--wireguard",
+                "userspace",
+                "--wireguard-interface",
+                ifname,
+            )
+
+        def workers() -> list[dict]:
+            result = cli(first, "node", "ls", "--format", "json")
+            nodes = json.loads(result.stdout) if result.returncode == 0 else []
+            return [n for n in nodes if n["role"] == "worker" and n["status"] == "ready"]
+
+        wait_for(lambda: len(workers()) == 3, timeout=45, message="three agents")
+        subnets = {}
+        for node in workers():
+            detail = json.loads(cli(first, "node", "inspect", node["id"], "--format", "json").stdout)
+            subnets[detail["addr"]] = ipaddress.ip_network(detail["overlay_subnet"])
+        overlay = {h.name: str(subnets[h.ip].network_address + 1) for h in hosts}
+
+        for a, b in itertools.permutations(hosts, 2):
+            wait_for(
+                lambda a=a, b=b: a.ping(overlay[b.name]),
+                timeout=30,
+                message=f"{a.name} to reach {b.name}'s overlay address {overlay[b.name]}",
+            )
+
+        # kill -9 of an agent: its wireguard-go runs on, so the overlay keeps working; the
+        # restarted agent adopts it.
+        h1, h2, h3 = hosts
+        agents["h2"].kill()
+        agents["h2"].wait()
+        assert h1.ping(overlay["h2"]) and h2.ping(overlay["h3"])
+        spawn(h2, "agent-h2-again.log", "worker", "start", "--data-dir", str(tmp_path / "agent-h2"))
+        wait_for(lambda: "session" in (tmp_path / "agent-h2-again.log").read_text(), timeout=30, message="h2 back")
+        assert h1.ping(overlay["h2"], attempts=3)
+
+        # A node that leaves the cluster leaves the mesh: its peer goes from every other node.
+        h3_id = next(n["id"] for n in workers() if n["addr"] == h3.ip)
+        assert cli(first, "node", "rm", "--force", h3_id).returncode == 0
+        wait_for(lambda: not h1.ping(overlay["h3"]), timeout=15, message="h3 to leave h1's mesh")
+        wait_for(lambda: not h2.ping(overlay["h3"]), timeout=15, message="h3 to leave h2's mesh")
+        assert h1.ping(overlay["h2"], attempts=3)  # the others still talk
+    except BaseException:
+        for log in sorted(tmp_path.glob("*.log")):
+            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        raise
+    finally:
+        lab.destroy()

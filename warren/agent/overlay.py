@@ -1,0 +1,90 @@
+"""This node's side of the overlay mesh (ADR 17): whenever the managers send the mesh (every
+node's subnet, public key and endpoint), plan this node's WireGuard interface and routes and
+converge the device on the plan.
+
+Converging is idempotent and only the difference is applied, so a restarted agent adopts the
+running wireguard-go and changes nothing. The device outlives the agent on purpose (traffic keeps
+flowing across an agent restart). The network modules (pyroute2) are imported only when the
+mesh is turned on (`--wireguard`), so an agent without it stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from warren.agent import settings as agent_settings
+from warren.agent.assignments import MeshMember
+
+log = logging.getLogger(__name__)
+
+
+class Overlay:
+    def __init__(self, data_dir: Path, node_id: str, call: Callable[..., Awaitable[Any]]) -> None:
+        self._data_dir = data_dir
+        self._node_id = node_id
+        self._call = call  # runs blocking work off the event loop
+        settings = agent_settings.load(data_dir) or agent_settings.AgentSettings()
+        self.mode = settings.wireguard
+        self._ifname = settings.wireguard_interface
+        self._port = settings.wireguard_port
+        self._device: Any = None
+        self._latest: tuple[MeshMember, ...] | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.converged = 0  # passes that applied something, for tests and metrics
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    def update(self, mesh: tuple[MeshMember, ...]) -> None:
+        """The mesh as the managers sent it last; the newest wins if several arrive meanwhile."""
+        if not self.enabled:
+            return
+        self._latest = mesh
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="overlay")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            mesh = self._latest
+            if mesh is None:
+                continue
+            try:
+                applied = await self._call(self._converge, mesh)
+            except Exception as exc:  # the next mesh update (or a restart) tries again
+                log.error("the overlay mesh did not converge: %s", exc)
+                continue
+            if applied:
+                self.converged += 1
+                log.info("overlay mesh: applied %d change(s) for %d node(s)", applied, len(mesh))
+
+    def _converge(self, mesh: tuple[MeshMember, ...]) -> int:
+        from warren.network import keys, plan, wireguard
+        from warren.network import mesh as mesh_io
+
+        me = next((m for m in mesh if m.node_id == self._node_id), None)
+        if me is None or not me.public_key:
+            return 0  # our subnet or key is not in the state yet: the next update will have it
+        nodes = [plan.MeshNode(m.node_id, m.public_key or None, m.endpoint or None, m.subnet) for m in mesh if m.subnet]
+        private_key = self._data_dir / keys.KEYS_DIR / keys.PRIVATE_KEY_FILE
+        desired = plan.plan_mesh(
+            nodes, self._node_id, private_key_ref=str(private_key), ifname=self._ifname, listen_port=self._port
+        )
+        if self._device is None:
+            self._device = wireguard.make_device(self._ifname, self.mode)
+        return mesh_io.converge(self._device, desired).applied  # starts, or adopts, the device
