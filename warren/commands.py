@@ -433,7 +433,17 @@ def _create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Ch
         return taken, []
     if cmd.service.id in state.services:
         return error("already_exists", f"service id {cmd.service.id} is already in use"), []
-    return Result(id=cmd.service.id), [Put("service", cmd.service)]
+    service = cmd.service
+    if state.cluster is not None:
+        try:
+            current = {s.id: ipaddress.IPv4Address(s.vip) for s in state.services.values() if s.vip}
+            vip = ipam.allocate_vip(overlay_layout(state.cluster), current, service.id)[service.id]
+        except ipam.ExhaustedError as exc:
+            return error("resource_exhausted", f"cannot create service {name}: {exc}"), []
+        except (ipam.IpamError, ValueError) as exc:
+            return error("internal", f"the overlay address plan is unusable: {exc}"), []
+        service = msgspec.structs.replace(service, vip=str(vip))
+    return Result(id=service.id), [Put("service", service)]
 
 
 def _update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Changes]:
@@ -509,6 +519,41 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
     return msgspec.structs.replace(task, updated_at=update.at, **fields)
 
 
+class _Addresses:
+    """Task addresses of the nodes a plan places tasks on, allocated from each node's subnet
+    (ADR 17). Tasks that ended, or that this plan stops, give theirs back."""
+
+    def __init__(self, state: ClusterState, stopping: set[str]) -> None:
+        self._state = state
+        self._stopping = stopping
+        self._by_node: dict[str, dict[str, ipaddress.IPv4Address]] = {}
+        self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
+
+    def assign(self, task: Task, node_id: str) -> Task:
+        """`task` with an address on `node_id`. Where the node has no subnet, or no address
+        left in it, the task is placed without one, and its message says so: until the overlay
+        carries task traffic (issue #5), tasks use their node's network and must not wait."""
+        node = self._state.nodes.get(node_id)
+        if node is None or not node.overlay_subnet:
+            return task
+        if node_id in self._full:
+            return msgspec.structs.replace(task, message=self._full[node_id])
+        current = self._by_node.get(node_id)
+        if current is None:
+            current = self._by_node[node_id] = {
+                t.id: ipaddress.IPv4Address(t.overlay_address)
+                for t in self._state.node_tasks(node_id)
+                if t.overlay_address and not t.state.terminal and t.id not in self._stopping and t.id != task.id
+            }
+        try:
+            allocated = ipam.allocate_address(ipaddress.IPv4Network(node.overlay_subnet), current, task.id)
+        except (ipam.IpamError, ValueError) as exc:
+            self._full[node_id] = f"no overlay address: {exc}"
+            return msgspec.structs.replace(task, message=self._full[node_id])
+        current[task.id] = allocated[task.id]
+        return msgspec.structs.replace(task, overlay_address=str(allocated[task.id]))
+
+
 class _Placement:
     """Re-checks placements of a plan at apply time. A plan is computed from a snapshot; if it
     commits late (a timed-out proposal applied after the next pass re-planned), its placements
@@ -564,6 +609,7 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         or (u.state is not None and u.state.terminal)
     }
     placement = _Placement(state, stopping)
+    addresses = _Addresses(state, stopping)
     for task in cmd.created:
         if task.service_id not in state.services or task.id in state.tasks:
             continue
@@ -572,6 +618,8 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         if task.node_id and not placement.fits(task, task.node_id):
             # Stale placement: keep the task, unplaced, for the next pass to place.
             task = msgspec.structs.replace(task, node_id="", state=TaskState.PENDING)
+        if task.node_id:
+            task = addresses.assign(task, task.node_id)
         changes.append(Put("task", task))
     for update in cmd.updated:
         task = state.tasks.get(update.id)
@@ -584,6 +632,8 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         if moving and (task.node_id or not placement.fits(task, update.node_id)):  # type: ignore[arg-type]
             continue
         new = _task_update(task, update)
+        if new is not None and moving:
+            new = addresses.assign(new, update.node_id)  # type: ignore[arg-type]
         if new is not None:
             changes.append(Put("task", new))
     for task_id in cmd.deleted:

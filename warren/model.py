@@ -143,6 +143,7 @@ class Service(msgspec.Struct, frozen=True):
     previous_spec: ServiceSpec | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    vip: str = ""  # its virtual IP in the cluster's VIP range (ADR 17), allocated at create
 
 
 class Node(msgspec.Struct, frozen=True):
@@ -202,6 +203,7 @@ class Task(msgspec.Struct, frozen=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     started_at: float = 0.0
+    overlay_address: str = ""  # its address in its node's subnet (ADR 17), allocated when placed
 
 
 class ClusterInfo(msgspec.Struct, frozen=True):

@@ -168,3 +168,48 @@ def test_an_overlapping_address_plan_is_refused_at_init() -> None:
     result = _run(state, commands.InitCluster(cluster, Node(id="m1", hostname="m1", role=NodeRole.MANAGER)))
     assert (result.ok, result.code) == (False, "invalid_argument") and "overlaps" in result.message
     assert state.cluster is None and not state.nodes
+
+
+def _overlay_state(node_prefixlen: int = 24, vip_range: str = "10.51.0.0/29") -> ClusterState:
+    state = ClusterState()
+    cluster = _cluster(overlay_range="10.50.0.0/16", node_subnet_prefixlen=node_prefixlen, vip_range=vip_range)
+    node = Node(id="n1", hostname="n1", status=NodeStatus.READY, resources=Resources(4_000_000_000, 4 * GB))
+    assert _run(state, commands.InitCluster(cluster, node)).ok
+    return state
+
+
+def _service(name: str) -> Service:
+    return Service(id=f"id-{name}", spec=ServiceSpec(name=name, image="x", replicas=1))
+
+
+def test_services_get_distinct_vips_until_the_range_is_full() -> None:
+    state = _overlay_state(vip_range="10.51.0.0/29")  # 6 usable addresses
+    for i in range(6):
+        assert _run(state, commands.CreateService(_service(f"s{i}"))).ok
+    vips = [state.services[f"id-s{i}"].vip for i in range(6)]
+    assert vips == [f"10.51.0.{i}" for i in range(1, 7)]
+    full = _run(state, commands.CreateService(_service("s6")))
+    assert (full.ok, full.code) == (False, "resource_exhausted") and "VIP range" in full.message
+    assert "id-s6" not in state.services
+    assert _run(state, commands.RemoveService("id-s2", 2.0)).ok  # its VIP is free again
+    assert _run(state, commands.CreateService(_service("s6"))).ok
+    assert state.services["id-s6"].vip == "10.51.0.3"
+
+
+def test_placed_tasks_get_addresses_of_their_node_while_it_has_some() -> None:
+    state = _overlay_state(node_prefixlen=29)  # a node holds .1 itself and 5 task addresses
+    service = _service("web")
+    assert _run(state, commands.CreateService(service)).ok
+    tasks = [_task(f"t{i}", service, slot=i + 1, node_id="n1") for i in range(6)]
+    assert _run(state, commands.ApplyPlan(created=tuple(tasks))).ok
+    placed = {t.id: t.overlay_address for t in state.tasks.values() if t.overlay_address}
+    assert sorted(placed.values()) == [f"10.50.0.{i}" for i in range(2, 7)]
+    # The sixth is placed all the same (tasks use the host network until the overlay carries
+    # their traffic), and its message says why it has no address.
+    [bare] = [t for t in state.tasks.values() if not t.overlay_address]
+    assert bare.node_id == "n1" and "no overlay address" in bare.message and "exhausted" in bare.message
+    # A task that ended gives its address back to the next placement on the node.
+    assert _run(state, commands.ApplyPlan(updated=(commands.TaskUpdate(id="t0", at=3.0, state=TaskState.FAILED),))).ok
+    again = _task("t9", service, slot=1, node_id="n1")
+    assert _run(state, commands.ApplyPlan(created=(again,))).ok
+    assert state.tasks["t9"].overlay_address == placed["t0"]

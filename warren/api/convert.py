@@ -134,6 +134,7 @@ def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, wi
         updated_at=service.updated_at,
         desired_tasks=desired,
         running_tasks=running,
+        vip=service.vip,
     )
     if with_previous and service.previous_spec is not None:
         msg.previous_spec.CopyFrom(spec_to_pb(service.previous_spec))
@@ -184,6 +185,7 @@ def task_to_pb(task: model.Task, with_spec: bool = False) -> pb.Task:
         created_at=task.created_at,
         updated_at=task.updated_at,
         started_at=task.started_at,
+        overlay_address=task.overlay_address,
     )
     if with_spec:
         msg.spec.CopyFrom(spec_to_pb(task.spec))

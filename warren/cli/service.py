@@ -504,6 +504,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Updated", output.timestamp(s.updated_at)),
         ("Mode", mode),
         ("Tasks", f"{s.running_tasks} running of {s.desired_tasks} desired"),
+        ("Virtual IP", s.vip or "-"),
         ("Image", spec.image),
         ("Command", shlex.join([*spec.command, *spec.args])),
         ("Env", [f"{k}={v}" for k, v in sorted(spec.env.items())]),
