@@ -8,6 +8,7 @@ interface names the test chose.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -21,6 +22,7 @@ import pytest
 
 from tests.fixtures.overlay_lab import LabHost, OverlayLab
 from tests.integration.harness import REPO, wait_for
+from warren.network import links
 from warren.network.wireguard import UserspaceDevice
 
 pytestmark = [
@@ -43,6 +45,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         argv = ["env", *(f"{k}={v}" for k, v in env.items() if k in ("WARREN_CONFIG", "PYTHONPATH"))]
         return lab.spawn(host, [*argv, sys.executable, "-m", "warren.cli.main", *args], log=tmp_path / log)
 
+    task_ids: list[str] = []
     try:
         hosts = lab.create(3)
         first = hosts[0]
@@ -104,6 +107,52 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
                 message=f"{a.name} to reach {b.name}'s overlay address {overlay[b.name]}",
             )
 
+        # Tasks get their own namespace and an address of their node's subnet, and are reached
+        # over the overlay from the other hosts (an httpd in each, exec runtime).
+        created = cli(
+            first,
+            "service",
+            "create",
+            "web",
+            "--image",
+            "busybox",
+            "--mode",
+            "global",
+            "--detach",
+            "--",
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/etc",
+        )
+        assert created.returncode == 0, created.stderr
+
+        def running_tasks() -> list[dict]:
+            result = cli(first, "service", "ps", "web", "--format", "json")
+            tasks = json.loads(result.stdout) if result.returncode == 0 else []
+            return [t for t in tasks if t["state"] == "running" and t["overlay_address"]]
+
+        tasks = wait_for(lambda: (t := running_tasks()) and len(t) == 3 and t, timeout=30, message="3 web tasks")
+        task_ids.extend(t["id"] for t in tasks)
+        for task in tasks:
+            assert ipaddress.ip_address(task["overlay_address"]) in set().union(
+                *(set(net.hosts()) for net in subnets.values())
+            )
+            for host in hosts:
+                fetched = host.run(
+                    ["busybox", "wget", "-q", "-O", "-", f"http://{task['overlay_address']}:8080/hostname"]
+                )
+                assert fetched.returncode == 0 and fetched.stdout.strip(), (host.name, task, fetched.stderr)
+        assert cli(first, "service", "rm", "web").returncode == 0
+        wait_for(
+            lambda: not any((Path("/run/netns") / f"wt-{t}").exists() for t in task_ids),
+            timeout=30,
+            message="the tasks' namespaces to go",
+        )
+
         # kill -9 of an agent: its wireguard-go runs on, so the overlay keeps working; the
         # restarted agent adopts it.
         h1, h2, h3 = hosts
@@ -125,4 +174,10 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
         raise
     finally:
+        with contextlib.suppress(Exception):  # every task the cluster made, whatever happened
+            listed = cli(hosts[0], "service", "ps", "web", "--all", "--format", "json")
+            task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
+        for task_id in set(task_ids):  # the agents remove them; these names are the test's tasks'
+            if (Path("/run/netns") / f"wt-{task_id}").exists():
+                links.remove_netns(f"wt-{task_id}")

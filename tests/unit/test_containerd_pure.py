@@ -224,6 +224,14 @@ def test_limits_rootfs_namespaces_and_mounts() -> None:
     assert "memory" not in unlimited and "cpu" not in unlimited
 
 
+def test_a_task_network_namespace_joins_the_spec() -> None:
+    """With the overlay on, a task joins the namespace the agent made for it (ADR 17)."""
+    spec = build_spec(_spec(netns="/run/netns/wt-t1"), IMAGE, cgroups_path="/x", host_files=[])
+    namespaces = spec["linux"]["namespaces"]  # type: ignore[index]
+    assert {"type": "network", "path": "/run/netns/wt-t1"} in namespaces  # type: ignore[operator]
+    assert len(namespaces) == 5  # type: ignore[arg-type]
+
+
 def test_exec_process_keeps_the_container_s_settings() -> None:
     container = build_spec(_spec(env={"X": "1"}), IMAGE, cgroups_path="/x", host_files=[])
     process = exec_process(container, ["cat", "/etc/passwd"])

@@ -136,4 +136,5 @@ def task_from_pb(msg: pb.Task) -> Task:
         created_at=msg.created_at,
         updated_at=msg.updated_at,
         started_at=msg.started_at,
+        overlay_address=msg.overlay_address,
     )

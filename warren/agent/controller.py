@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -51,6 +51,18 @@ log = logging.getLogger(__name__)
 RUNNING = TaskState.RUNNING
 
 
+class TaskNetworks(Protocol):
+    """A network namespace per task on the node's overlay bridge (ADR 17). Blocking calls."""
+
+    def attach(self, task_id: str, address: str) -> str:
+        """Set up (or find) the task's namespace with `address`; returns its path."""
+        ...
+
+    def detach(self, task_id: str) -> None:
+        """Remove the task's namespace and its link to the bridge (idempotent)."""
+        ...
+
+
 @dataclass
 class ControllerEnv:
     """What a controller needs from the agent; tests pass fakes."""
@@ -62,12 +74,13 @@ class ControllerEnv:
     save: Callable[[str, LocalState], None] = lambda task_id, local: None
     connected: Callable[[], bool] = lambda: False
     wait_call: Callable[..., Awaitable[Any]] | None = None  # same, for long waits (own pool)
+    networks: TaskNetworks | None = None  # the overlay's task networks, when the mesh is on
     clock: Callable[[], float] = time.time
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # transient prepare failures
     wait_slice: float = 2.0  # a wait() call returns at least this often, so closing is prompt
 
 
-def container_spec(task: Task, log_dir: Path) -> ContainerSpec:
+def container_spec(task: Task, log_dir: Path, netns: str = "") -> ContainerSpec:
     """What the runtime runs for a task; the labels let a restarted agent find it again."""
     spec = task.spec
     return ContainerSpec(
@@ -80,6 +93,7 @@ def container_spec(task: Task, log_dir: Path) -> ContainerSpec:
         stop_signal=stop_signal(task),
         labels={TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
         log_path=str(log_dir / f"{task.id}.log"),
+        netns=netns,
     )
 
 
@@ -235,9 +249,16 @@ class TaskController:
         return True
 
     # -- steps ---------------------------------------------------------------------------------
+    async def _spec(self) -> ContainerSpec:
+        """The container to create, in its own network namespace when the overlay is on."""
+        netns = ""
+        if self.env.networks is not None and self.task.overlay_address:
+            netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
+        return container_spec(self.task, self.env.log_dir, netns)
+
     async def _prepare(self) -> None:
-        spec = container_spec(self.task, self.env.log_dir)
         try:
+            spec = await self._spec()
             runtime_id = await self.env.call(self.env.runtime.prepare, spec)
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
@@ -374,7 +395,7 @@ class TaskController:
         old = self.local.runtime_id
         try:
             await self.env.call(self.env.runtime.remove, old)
-            runtime_id = await self.env.call(self.env.runtime.prepare, container_spec(self.task, self.env.log_dir))
+            runtime_id = await self.env.call(self.env.runtime.prepare, await self._spec())
             self._set_local(runtime_id=runtime_id)
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
@@ -457,6 +478,8 @@ class TaskController:
         runtime_id = self.local.runtime_id
         try:
             await self.env.call(self.env.runtime.remove, runtime_id)
+            if self.env.networks is not None and self.task.overlay_address:
+                await self.env.call(self.env.networks.detach, self.task.id)
         except Exception as exc:
             log.warning("task %s: removing container %s failed: %s", self.task.id, runtime_id, exc)
             await self._sleep(self._backoff())

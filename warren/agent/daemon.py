@@ -206,13 +206,19 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             raise
         except Exception as exc:
             raise AgentStartupError(f"cannot start the {options.runtime} runtime: {exc}") from exc
-        env = ControllerEnv(runtime=runtime, log_dir=data / "logs", call=_in_pool(calls), wait_call=_in_pool(waits))
+        overlay = Overlay(data, node.get("node_id", ""), _in_pool(calls))
+        env = ControllerEnv(
+            runtime=runtime,
+            log_dir=data / "logs",
+            call=_in_pool(calls),
+            wait_call=_in_pool(waits),
+            networks=overlay if overlay.enabled else None,
+        )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)
         await worker.start()
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
         indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
-        overlay = Overlay(data, node.get("node_id", ""), _in_pool(calls))
         promotion = Promotion(data, lambda: list(managers.addrs), stop)
         promotion.resume()
         session = Session(

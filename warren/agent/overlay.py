@@ -37,6 +37,17 @@ class Overlay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.converged = 0  # passes that applied something, for tests and metrics
+        self._tasks: Any = None  # TaskNetworkManager once this node's subnet is known
+
+    # -- task networks (the controller's TaskNetworks port; blocking, run in a thread) ---------
+    def attach(self, task_id: str, address: str) -> str:
+        if self._tasks is None:
+            raise RuntimeError("this node's overlay subnet is not known yet; retrying")
+        return self._tasks.attach(task_id, address)
+
+    def detach(self, task_id: str) -> None:
+        if self._tasks is not None:
+            self._tasks.detach(task_id)
 
     @property
     def enabled(self) -> bool:
@@ -46,6 +57,11 @@ class Overlay:
         """The mesh as the managers sent it last; the newest wins if several arrive meanwhile."""
         if not self.enabled:
             return
+        me = next((m for m in mesh if m.node_id == self._node_id), None)
+        if me is not None and me.subnet and (self._tasks is None or str(self._tasks.subnet) != me.subnet):
+            from warren.network.tasknet import TaskNetworkManager
+
+            self._tasks = TaskNetworkManager(me.subnet)
         self._latest = mesh
         self._wake.set()
         if self._task is None:

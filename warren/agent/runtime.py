@@ -45,6 +45,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     stop_signal: str = "SIGTERM"
     labels: dict[str, str] = {}
     log_path: str = ""
+    netns: str = ""  # a network namespace to join (its path); empty = the host's network
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

@@ -280,9 +280,9 @@ class Session:
 
     def _apply(self, delta: AssignmentDelta) -> None:
         try:
-            self.worker.apply(delta)
-            if delta.mesh is not None:
+            if delta.mesh is not None:  # first: tasks placed in this message may need the subnet
                 self.on_mesh(delta.mesh)
+            self.worker.apply(delta)
         except Exception:  # never let one bad message end the agent
             log.exception("applying assignments failed")
 

@@ -301,6 +301,8 @@ class ExecRuntime:
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
         if procs:
             argv, exe = ["/bin/sh", "-c", _CGROUP_SHIM, "warren-exec", *procs, "--", *argv], "/bin/sh"
+        if spec.netns:  # the task's own network (ADR 17); nsenter execs, so the pid stays the task's
+            argv, exe = ["nsenter", f"--net={spec.netns}", "--", *argv], shutil.which("nsenter") or "/usr/bin/nsenter"
         try:
             return subprocess.Popen(
                 argv,

@@ -3,8 +3,9 @@
 Pure: no containerd, no files. Docker's rules: `command` replaces the image's Entrypoint (and
 then drops its Cmd), `args` replace Cmd, `env` is merged over the image's Env.
 
-Networking: the container shares the host's network namespace until the overlay (issue #5)
-gives each task its own; it gets its own PID, IPC, UTS and mount namespaces. The host's
+Networking: a task on the overlay joins the network namespace the agent made for it
+(`ContainerSpec.netns`, ADR 17); otherwise it shares the host's. It gets its own PID, IPC, UTS
+and mount namespaces. The host's
 /etc/resolv.conf and /etc/hosts are bind-mounted read-only so name resolution works as on the
 host. No seccomp profile is applied yet; capabilities are Docker's default set.
 """
@@ -211,8 +212,14 @@ def build_spec(
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,
-            # No "network" entry: the task uses the host's network namespace (see module doc).
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            # Without a netns the task uses the host's network namespace (see module doc).
+            "namespaces": [
+                {"type": "pid"},
+                {"type": "ipc"},
+                {"type": "uts"},
+                {"type": "mount"},
+                *([{"type": "network", "path": spec.netns}] if spec.netns else []),
+            ],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
         },

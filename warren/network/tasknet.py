@@ -1,0 +1,85 @@
+"""Task networks (ADR 17): each task gets its own network namespace, a veth to the node's
+bridge, and its address from the node's overlay subnet; the bridge holds the node's own
+address, so tasks reach other nodes' subnets through the node's WireGuard routes.
+
+Names are derived from the task id, so a restarted agent finds what it made: the namespace
+`wt-<task id>` (under /run/netns) and the host side of the veth `wv<first 13 characters>`. All
+calls are idempotent and blocking (the agent runs them in a worker thread).
+
+Inside a task's namespace, iproute2's `ip -n` does the work rather than pyroute2: pyroute2
+enters another namespace by forking, and a fork of the agent (a threaded gRPC process) aborts.
+In the agent's own namespace (the bridge, the host end of each veth) pyroute2 serves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from pathlib import Path
+
+from warren.network import links
+
+BRIDGE = "warren-br0"
+NETNS_PREFIX = "wt-"
+_IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
+
+
+def netns_name(task_id: str) -> str:
+    return f"{NETNS_PREFIX}{task_id}"
+
+
+def host_veth(task_id: str) -> str:
+    return f"wv{task_id[:13]}"
+
+
+class TaskNetworkManager:
+    """Task namespaces on this node's bridge, for the node's overlay `subnet`."""
+
+    def __init__(self, subnet: str, bridge: str = BRIDGE) -> None:
+        self.subnet = ipaddress.IPv4Network(subnet)
+        self.bridge = bridge
+        self.gateway = self.subnet.network_address + 1  # the node's own address (ipam.node_address)
+        self._bridge_ready = False
+
+    def ensure_bridge(self) -> None:
+        """The node's bridge with the node's address, and forwarding on (tasks are routed)."""
+        if self._bridge_ready:
+            return
+        if links.link_index(self.bridge) is None:
+            links.add_bridge(self.bridge)
+        links.add_address(self.bridge, f"{self.gateway}/{self.subnet.prefixlen}")
+        links.link_up(self.bridge)
+        if _IP_FORWARD.read_text().strip() != "1":
+            _IP_FORWARD.write_text("1\n")
+        self._bridge_ready = True
+
+    def attach(self, task_id: str, address: str) -> str:
+        """The task's namespace with `address` on its eth0 and a default route via the node."""
+        if ipaddress.IPv4Address(address) not in self.subnet:
+            raise ValueError(f"task address {address} is not in this node's subnet {self.subnet}")
+        self.ensure_bridge()
+        name, veth = netns_name(task_id), host_veth(task_id)
+        if not (links.NETNS_DIR / name).exists():
+            _ip("netns", "add", name)
+        if links.link_index(veth) is None:
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
+        links.set_master(veth, self.bridge)
+        _ip("-n", name, "link", "set", "lo", "up")
+        _ip("-n", name, "link", "set", "eth0", "up")
+        _ip("-n", name, "addr", "replace", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
+        _ip("-n", name, "route", "replace", "default", "via", str(self.gateway))
+        return links.netns_path(name)
+
+    def detach(self, task_id: str) -> None:
+        """Remove the task's veth (both ends) and namespace; nothing there is fine."""
+        veth = host_veth(task_id)
+        if links.link_index(veth) is not None:
+            links.delete_link(veth)
+        if (links.NETNS_DIR / netns_name(task_id)).exists():
+            _ip("netns", "del", netns_name(task_id))
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+    if result.returncode != 0:
+        raise links.LinkError(f"ip {' '.join(args)}: {result.stderr.strip() or result.returncode}")
