@@ -99,6 +99,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             detail = json.loads(cli(first, "node", "inspect", node["id"], "--format", "json").stdout)
             subnets[detail["addr"]] = ipaddress.ip_network(detail["overlay_subnet"])
         overlay = {h.name: str(subnets[h.ip].network_address + 1) for h in hosts}
+        h1, h2, h3 = hosts
 
         for a, b in itertools.permutations(hosts, 2):
             wait_for(
@@ -109,24 +110,17 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
 
         # Tasks get their own namespace and an address of their node's subnet, and are reached
         # over the overlay from the other hosts (an httpd in each, exec runtime).
+        # Each task serves its own address (what `ip addr` shows in its namespace).
+        www = tmp_path / "www"
+        www.mkdir()
+        serve = (
+            'd="$WWW/$$" && mkdir -p "$d" && busybox ip -o -4 addr show eth0 > "$d/index.html"'
+            ' && exec busybox httpd -f -p 8080 -h "$d"'
+        )
         created = cli(
             first,
-            "service",
-            "create",
-            "web",
-            "--image",
-            "busybox",
-            "--mode",
-            "global",
-            "--detach",
-            "--",
-            "/bin/busybox",
-            "httpd",
-            "-f",
-            "-p",
-            "8080",
-            "-h",
-            "/etc",
+            *("service", "create", "web", "--image", "busybox", "--mode", "global", "--detach"),
+            *("--env", f"WWW={www}", "--", "/bin/sh", "-c", serve),
         )
         assert created.returncode == 0, created.stderr
 
@@ -135,17 +129,54 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             tasks = json.loads(result.stdout) if result.returncode == 0 else []
             return [t for t in tasks if t["state"] == "running" and t["overlay_address"]]
 
+        def fetch(host: LabHost, url: str, netns: str | None = None) -> str:
+            argv = ["busybox", "wget", "-q", "-O", "-", url]
+            if netns:  # from inside a task's own namespace
+                argv = ["nsenter", f"--net=/run/netns/{netns}", *argv]
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            else:
+                result = host.run(argv)
+            return result.stdout if result.returncode == 0 else ""
+
         tasks = wait_for(lambda: (t := running_tasks()) and len(t) == 3 and t, timeout=30, message="3 web tasks")
         task_ids.extend(t["id"] for t in tasks)
         for task in tasks:
-            assert ipaddress.ip_address(task["overlay_address"]) in set().union(
-                *(set(net.hosts()) for net in subnets.values())
-            )
-            for host in hosts:
-                fetched = host.run(
-                    ["busybox", "wget", "-q", "-O", "-", f"http://{task['overlay_address']}:8080/hostname"]
+            address = task["overlay_address"]
+            assert any(ipaddress.ip_address(address) in net for net in subnets.values())
+            for host in hosts:  # every task is reached from every host, over the overlay
+                assert address in wait_for(
+                    lambda host=host, address=address: fetch(host, f"http://{address}:8080/index.html"),
+                    timeout=10,
+                    message=f"{host.name} to fetch from {address}",
                 )
-                assert fetched.returncode == 0 and fetched.stdout.strip(), (host.name, task, fetched.stderr)
+
+        # The service's VIP spreads connections over its tasks, from a task on h1 and from h2.
+        vip = json.loads(cli(first, "service", "inspect", "web", "--format", "json").stdout)["vip"]
+        on_h1 = next(t for t in tasks if ipaddress.ip_address(t["overlay_address"]) in subnets[h1.ip])
+        answered = set()
+        for _ in range(30):
+            for page in (
+                fetch(h1, f"http://{vip}:8080/index.html", netns=f"wt-{on_h1['id']}"),
+                fetch(h2, f"http://{vip}:8080/index.html"),
+            ):
+                answered |= {t["overlay_address"] for t in tasks if t["overlay_address"] in page}
+            if len(answered) == 3:
+                break
+        assert answered == {t["overlay_address"] for t in tasks}
+
+        # A task that stops leaves the VIP's backends (within a second or so).
+        doomed = next(t for t in tasks if t is not on_h1)
+        node_of = {n["id"]: n["addr"] for n in workers()}
+        doomed_host = next(h for h in hosts if h.ip == node_of[doomed["node_id"]])
+        assert cli(first, "node", "update", "--availability", "drain", doomed["node_id"]).returncode == 0
+        wait_for(
+            lambda: doomed["overlay_address"] not in h2.run(["nft", "list", "table", "ip", "warren"]).stdout,
+            timeout=15,
+            message="the drained task to leave the VIP",
+        )
+        for _ in range(10):
+            assert doomed["overlay_address"] not in fetch(h2, f"http://{vip}:8080/index.html")
+        del doomed_host
         assert cli(first, "service", "rm", "web").returncode == 0
         wait_for(
             lambda: not any((Path("/run/netns") / f"wt-{t}").exists() for t in task_ids),
@@ -155,7 +186,6 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
 
         # kill -9 of an agent: its wireguard-go runs on, so the overlay keeps working; the
         # restarted agent adopts it.
-        h1, h2, h3 = hosts
         agents["h2"].kill()
         agents["h2"].wait()
         assert h1.ping(overlay["h2"]) and h2.ping(overlay["h3"])

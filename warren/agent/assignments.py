@@ -15,6 +15,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.model import Task, TaskState
+from warren.network.lb import Endpoint
 
 
 class VersionGap(Exception):
@@ -32,6 +33,8 @@ class AssignmentDelta:
     managers: tuple[str, ...] = ()
     invalid: tuple[tuple[str, str], ...] = ()  # (task id, why) of tasks that could not be read
     mesh: tuple[MeshMember, ...] | None = None  # the overlay's nodes, when they changed (ADR 17)
+    services: tuple[Endpoint, ...] | None = None  # service VIPs and backends, when they changed
+    vip_range: str = ""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,13 @@ class AssignmentSet:
             if msg.mesh_changed
             else None
         )
+        network = {
+            "mesh": mesh,
+            "services": tuple(Endpoint(e.name, e.vip, tuple(e.backends)) for e in msg.services)
+            if msg.services_changed
+            else None,
+            "vip_range": msg.vip_range,
+        }
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             updated, invalid = _read_tasks(msg.updated)
             tasks = {t.id: t for t in updated}
@@ -74,7 +84,7 @@ class AssignmentSet:
             self.version = msg.version
             self.session_id = msg.session_id
             return AssignmentDelta(
-                complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid, mesh=mesh
+                complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid, **network
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -91,7 +101,7 @@ class AssignmentSet:
             self.tasks.pop(task_id, None)
         self.version = msg.version
         return AssignmentDelta(
-            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, mesh=mesh
+            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, **network
         )
 
 

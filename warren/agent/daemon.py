@@ -231,6 +231,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             logs=logs,
             on_promotion=promotion.promote,
             on_mesh=overlay.update,
+            on_services=overlay.update_services,
         )
         if options.metrics_addr:
             from warren.agent import metrics

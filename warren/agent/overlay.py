@@ -19,6 +19,7 @@ from typing import Any
 
 from warren.agent import settings as agent_settings
 from warren.agent.assignments import MeshMember
+from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,9 @@ class Overlay:
         self._task: asyncio.Task[None] | None = None
         self.converged = 0  # passes that applied something, for tests and metrics
         self._tasks: Any = None  # TaskNetworkManager once this node's subnet is known
+        self._services: tuple[Endpoint, ...] | None = None
+        self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
+        self._vip_range = ""
 
     # -- task networks (the controller's TaskNetworks port; blocking, run in a thread) ---------
     def attach(self, task_id: str, address: str) -> str:
@@ -67,6 +71,17 @@ class Overlay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="overlay")
 
+    def update_services(self, services: tuple[Endpoint, ...], vip_range: str) -> None:
+        """Service VIPs and their backends changed: the load balancer follows (newest wins)."""
+        if not self.enabled:
+            return
+        self._services = services
+        if vip_range:
+            self._vip_range = vip_range
+        self._wake.set()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="overlay")
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -77,17 +92,34 @@ class Overlay:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            mesh = self._latest
-            if mesh is None:
-                continue
-            try:
-                applied = await self._call(self._converge, mesh)
-            except Exception as exc:  # the next mesh update (or a restart) tries again
-                log.error("the overlay mesh did not converge: %s", exc)
-                continue
-            if applied:
-                self.converged += 1
-                log.info("overlay mesh: applied %d change(s) for %d node(s)", applied, len(mesh))
+            mesh, services = self._latest, self._services
+            if mesh is not None:
+                try:
+                    applied = await self._call(self._converge, mesh)
+                except Exception as exc:  # the next mesh update (or a restart) tries again
+                    log.error("the overlay mesh did not converge: %s", exc)
+                else:
+                    if applied:
+                        self.converged += 1
+                        log.info("overlay mesh: applied %d change(s) for %d node(s)", applied, len(mesh))
+            if services is not None and services != self._balanced and self._tasks is not None:
+                try:
+                    await self._call(self._balance, services)
+                except Exception as exc:
+                    log.error("the service load balancer was not updated: %s", exc)
+                else:
+                    self._balanced = services
+                    log.info("service VIPs: %d service(s) balanced", len(services))
+
+    def _balance(self, services: tuple[Endpoint, ...]) -> None:
+        """Route the VIP range to the bridge (so the node's own connections to a VIP leave) and
+        replace the load balancer's nftables table in one transaction."""
+        self._tasks.ensure_bridge()
+        if self._vip_range:
+            self._tasks.route_vips(self._vip_range)
+        from warren.network import lb
+
+        self._tasks.apply_nft(lb.ruleset(services))
 
     def _converge(self, mesh: tuple[MeshMember, ...]) -> int:
         from warren.network import keys, plan, wireguard

@@ -29,6 +29,7 @@ from warren.agent.status import Report, StatusQueue
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class Session:
         logs: LogAgent | None = None,
         on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
         on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
+        on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -160,6 +162,7 @@ class Session:
         self.logs = logs  # serves log subscriptions during each session (ADR 14)
         self.on_promotion = on_promotion  # an operator promoted this node to manager (ADR 15)
         self.on_mesh = on_mesh  # the overlay's nodes changed (ADR 17)
+        self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.assignments = AssignmentSet()
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -283,6 +286,8 @@ class Session:
             if delta.mesh is not None:  # first: tasks placed in this message may need the subnet
                 self.on_mesh(delta.mesh)
             self.worker.apply(delta)
+            if delta.services is not None:
+                self.on_services(delta.services, delta.vip_range)
         except Exception:  # never let one bad message end the agent
             log.exception("applying assignments failed")
 

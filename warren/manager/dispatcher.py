@@ -19,6 +19,7 @@ from warren import commands
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
@@ -48,6 +49,24 @@ class Heartbeats:
 def _visible(task: Task) -> bool:
     """Tasks an agent must know about: those it should run, and those it should stop."""
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
+
+
+def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
+    """Every service with a VIP, and the addresses of its tasks that may take connections."""
+    backends: dict[str, list[str]] = {}
+    for task in state.tasks.values():
+        if (
+            task.overlay_address
+            and task.state == TaskState.RUNNING
+            and task.desired_state == TaskState.RUNNING
+            and task.health in ("", "healthy")
+        ):
+            backends.setdefault(task.service_id, []).append(task.overlay_address)
+    return [
+        dpb.ServiceEndpoint(name=s.spec.name, vip=s.vip, backends=sorted(backends.get(s.id, [])))
+        for s in sorted(state.services.values(), key=lambda s: s.spec.name)
+        if s.vip
+    ]
 
 
 def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
@@ -133,6 +152,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
+                    endpoints = _endpoints(state)
+                    vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
                 yield dpb.AssignmentsMessage(
                     type=dpb.AssignmentsMessage.COMPLETE,
                     session_id=session_id,
@@ -141,6 +162,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     managers=managers,
                     mesh=mesh,
                     mesh_changed=True,
+                    services=endpoints,
+                    services_changed=True,
+                    vip_range=str(vip_range),
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
@@ -157,7 +181,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
                     managers = new_managers if new_managers is not None else managers
                     mesh = new_mesh if new_mesh is not None else mesh
-                    if updated or removed or new_managers is not None or new_mesh is not None:
+                    new_endpoints = self._endpoints_changed(changes, endpoints)
+                    endpoints = new_endpoints if new_endpoints is not None else endpoints
+                    if (
+                        updated
+                        or removed
+                        or new_managers is not None
+                        or new_mesh is not None
+                        or new_endpoints is not None
+                    ):
                         yield dpb.AssignmentsMessage(
                             type=dpb.AssignmentsMessage.INCREMENTAL,
                             session_id=session_id,
@@ -168,6 +200,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             managers=new_managers or [],
                             mesh=new_mesh or [],
                             mesh_changed=new_mesh is not None,
+                            services=new_endpoints or [],
+                            services_changed=new_endpoints is not None,
                         )
                         version += 1
                 if session_id not in self._sessions:
@@ -175,6 +209,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
+
+    def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> list[dpb.ServiceEndpoint] | None:
+        """The services' endpoints if `changes` altered them since `sent`, else None."""
+        if not any(change.kind in ("task", "service") for change in changes):
+            return None
+        with self._store.read() as state:
+            current = _endpoints(state)
+        return current if current != sent else None
 
     def _nodes_changed(
         self, changes: list, managers: list[str], mesh: list[dpb.MeshNode]

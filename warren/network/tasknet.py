@@ -53,6 +53,18 @@ class TaskNetworkManager:
             _IP_FORWARD.write_text("1\n")
         self._bridge_ready = True
 
+    def route_vips(self, vip_range: str) -> None:
+        """Service VIPs are reached through the bridge: the node's own connections to one need
+        a route before the load balancer's DNAT picks the backend."""
+        links.add_route(str(ipaddress.IPv4Network(vip_range)), self.bridge, str(self.gateway))
+
+    @staticmethod
+    def apply_nft(ruleset: str) -> None:
+        """Load an nftables ruleset (one atomic transaction) in this namespace."""
+        result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True, timeout=10)
+        if result.returncode != 0:
+            raise links.LinkError(f"nft -f: {result.stderr.strip() or result.returncode}")
+
     def attach(self, task_id: str, address: str) -> str:
         """The task's namespace with `address` on its eth0 and a default route via the node."""
         if ipaddress.IPv4Address(address) not in self.subnet:
