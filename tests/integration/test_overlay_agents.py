@@ -164,6 +164,15 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
                 break
         assert answered == {t["overlay_address"] for t in tasks}
 
+        # The node's embedded DNS, from inside a task: NAME is the VIP, tasks.NAME the tasks.
+        def lookup(name: str) -> str:
+            argv = ["nsenter", f"--net=/run/netns/wt-{on_h1['id']}", "busybox", "nslookup", name, overlay["h1"]]
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return result.stdout if result.returncode == 0 else ""
+
+        assert vip in wait_for(lambda: lookup("web"), timeout=10, message="web to resolve")
+        assert all(t["overlay_address"] in lookup("tasks.web") for t in tasks)
+
         # A task that stops leaves the VIP's backends (within a second or so).
         doomed = next(t for t in tasks if t is not on_h1)
         node_of = {n["id"]: n["addr"] for n in workers()}

@@ -230,6 +230,14 @@ def test_a_task_network_namespace_joins_the_spec() -> None:
     namespaces = spec["linux"]["namespaces"]  # type: ignore[index]
     assert {"type": "network", "path": "/run/netns/wt-t1"} in namespaces  # type: ignore[operator]
     assert len(namespaces) == 5  # type: ignore[arg-type]
+    with_dns = build_spec(
+        _spec(netns="/run/netns/wt-t1", resolv_conf="/var/lib/w/network/resolv.conf"),
+        IMAGE,
+        cgroups_path="/x",
+        host_files=["/etc/resolv.conf", "/etc/hosts"],
+    )
+    resolv = [m for m in with_dns["mounts"] if m["destination"] == "/etc/resolv.conf"]  # type: ignore[union-attr,index]
+    assert [m["source"] for m in resolv] == ["/var/lib/w/network/resolv.conf"]  # the node's DNS, not the host's
 
 
 def test_exec_process_keeps_the_container_s_settings() -> None:

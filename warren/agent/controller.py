@@ -58,6 +58,10 @@ class TaskNetworks(Protocol):
         """Set up (or find) the task's namespace with `address`; returns its path."""
         ...
 
+    def resolv_conf(self) -> str:
+        """The resolv.conf tasks on the overlay use (the node's embedded DNS), or ""."""
+        ...
+
     def detach(self, task_id: str) -> None:
         """Remove the task's namespace and its link to the bridge (idempotent)."""
         ...
@@ -251,10 +255,11 @@ class TaskController:
     # -- steps ---------------------------------------------------------------------------------
     async def _spec(self) -> ContainerSpec:
         """The container to create, in its own network namespace when the overlay is on."""
-        netns = ""
+        netns = resolv_conf = ""
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
-        return container_spec(self.task, self.env.log_dir, netns)
+            resolv_conf = self.env.networks.resolv_conf()
+        return msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
 
     async def _prepare(self) -> None:
         try:

@@ -23,6 +23,8 @@ from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
 
+DNS_PORT = 53
+
 
 class Overlay:
     def __init__(self, data_dir: Path, node_id: str, call: Callable[..., Awaitable[Any]]) -> None:
@@ -42,6 +44,7 @@ class Overlay:
         self._services: tuple[Endpoint, ...] | None = None
         self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
         self._vip_range = ""
+        self._dns: Any = None  # the embedded DNS server, once the bridge is up
 
     # -- task networks (the controller's TaskNetworks port; blocking, run in a thread) ---------
     def attach(self, task_id: str, address: str) -> str:
@@ -52,6 +55,20 @@ class Overlay:
     def detach(self, task_id: str) -> None:
         if self._tasks is not None:
             self._tasks.detach(task_id)
+
+    def resolv_conf(self) -> str:
+        """A resolv.conf naming this node's embedded DNS (on the bridge), for tasks that can
+        mount one (containerd); "" until the node's subnet is known."""
+        if self._tasks is None:
+            return ""
+        path = self._data_dir / "network" / "resolv.conf"
+        text = f"nameserver {self._tasks.gateway}\noptions ndots:0\n"
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+        return str(path)
 
     @property
     def enabled(self) -> bool:
@@ -82,7 +99,22 @@ class Overlay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="overlay")
 
+    async def _serve_names(self, services: tuple[Endpoint, ...]) -> None:
+        """The embedded DNS on the bridge address answers for the services (ADR 17)."""
+        from warren.network import dns
+
+        if self._dns is None:
+            gateway = str(self._tasks.gateway)
+            try:
+                self._dns = await dns.DnsServer.serve(gateway, DNS_PORT, dns.host_resolvers(exclude=[gateway]))
+            except OSError as exc:
+                log.error("the embedded DNS cannot listen on %s:%d: %s", gateway, DNS_PORT, exc)
+                return
+        self._dns.records = dns.Records.of_services((e.name, e.vip, e.backends) for e in services)
+
     async def close(self) -> None:
+        if self._dns is not None:
+            self._dns.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -110,6 +142,7 @@ class Overlay:
                 else:
                     self._balanced = services
                     log.info("service VIPs: %d service(s) balanced", len(services))
+                    await self._serve_names(services)
 
     def _balance(self, services: tuple[Endpoint, ...]) -> None:
         """Route the VIP range to the bridge (so the node's own connections to a VIP leave) and

@@ -46,6 +46,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
     log_path: str = ""
     netns: str = ""  # a network namespace to join (its path); empty = the host's network
+    resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

@@ -187,6 +187,13 @@ def _mounts(host_files: Sequence[str]) -> list[dict[str, object]]:
     return mounts
 
 
+def _resolv_conf(mounts: list[dict[str, object]], source: str) -> list[dict[str, object]]:
+    """`mounts` with /etc/resolv.conf from `source` (the node's embedded DNS, ADR 17)."""
+    kept = [m for m in mounts if m["destination"] != "/etc/resolv.conf"]
+    options = ["rbind", "ro", "nosuid", "nodev"]
+    return [*kept, {"destination": "/etc/resolv.conf", "type": "bind", "source": source, "options": options}]
+
+
 def build_spec(
     spec: ContainerSpec,
     image_config: Mapping[str, object],
@@ -208,7 +215,7 @@ def build_spec(
         "process": build_process(spec, image_config),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": (hostname or spec.task_id)[:63],
-        "mounts": _mounts(host_files),
+        "mounts": _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,
