@@ -120,7 +120,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         created = cli(
             first,
             *("service", "create", "web", "--image", "busybox", "--mode", "global", "--detach"),
-            *("--env", f"WWW={www}", "--", "/bin/sh", "-c", serve),
+            *("--env", f"WWW={www}", "--publish", "18080:8080", "--", "/bin/sh", "-c", serve),
         )
         assert created.returncode == 0, created.stderr
 
@@ -159,6 +159,16 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
                 fetch(h1, f"http://{vip}:8080/index.html", netns=f"wt-{on_h1['id']}"),
                 fetch(h2, f"http://{vip}:8080/index.html"),
             ):
+                answered |= {t["overlay_address"] for t in tasks if t["overlay_address"] in page}
+            if len(answered) == 3:
+                break
+        assert answered == {t["overlay_address"] for t in tasks}
+
+        # The published port answers on every node's own address, from any task (routing mesh).
+        answered = set()
+        for _ in range(30):
+            for host, target in ((h2, h3.ip), (h1, h1.ip), (h3, h2.ip)):
+                page = fetch(host, f"http://{target}:18080/index.html")
                 answered |= {t["overlay_address"] for t in tasks if t["overlay_address"] in page}
             if len(answered) == 3:
                 break

@@ -46,3 +46,19 @@ def test_table_names_are_checked() -> None:
     with pytest.raises(ValueError):
         ruleset([], table="warren; flush ruleset")
     assert removal("wtest") == "table ip wtest {}\ndelete table ip wtest\n"
+
+
+def test_published_ports_reach_the_tasks_from_every_node_and_remote_ones_are_masqueraded() -> None:
+    web = Endpoint("web", "10.201.0.2", ("10.200.1.2", "10.200.0.2"), (("tcp", 18080, 8080),))
+    dns = Endpoint("dns", "10.201.0.3", ("10.200.2.2",), (("udp", 5353, 53),))
+    text = ruleset([web, dns], bridge="warren-br0")
+    spread = "dnat ip to numgen random mod 2 map { 0 : 10.200.0.2 . 8080, 1 : 10.200.1.2 . 8080 }"
+    assert text.count(f"fib daddr type local tcp dport 18080 ct mark set 0x5741 {spread}") == 2
+    assert text.count("fib daddr type local udp dport 5353 ct mark set 0x5741 dnat ip to 10.200.2.2:53") == 2
+    # Only connections that came in on a published port, and leave for another node, lose
+    # their source (the reply must come back through this node); VIP traffic keeps it.
+    assert text.count("masquerade") == 1 and 'ct mark 0x5741 oifname != "warren-br0" masquerade' in text
+    with pytest.raises(ValueError):
+        ruleset([Endpoint("x", "10.201.0.4", ("10.200.0.9",), (("sctp", 1, 2),))])
+    with pytest.raises(ValueError):
+        ruleset([web], bridge='br0" ; flush ruleset')

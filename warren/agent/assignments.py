@@ -69,7 +69,10 @@ class AssignmentSet:
         )
         network = {
             "mesh": mesh,
-            "services": tuple(Endpoint(e.name, e.vip, tuple(e.backends)) for e in msg.services)
+            "services": tuple(
+                Endpoint(e.name, e.vip, tuple(e.backends), tuple((p.protocol, p.published, p.target) for p in e.ports))
+                for e in msg.services
+            )
             if msg.services_changed
             else None,
             "vip_range": msg.vip_range,

@@ -152,7 +152,7 @@ class Overlay:
             self._tasks.route_vips(self._vip_range)
         from warren.network import lb
 
-        self._tasks.apply_nft(lb.ruleset(services))
+        self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge))
 
     def _converge(self, mesh: tuple[MeshMember, ...]) -> int:
         from warren.network import keys, plan, wireguard

@@ -63,7 +63,16 @@ def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
         ):
             backends.setdefault(task.service_id, []).append(task.overlay_address)
     return [
-        dpb.ServiceEndpoint(name=s.spec.name, vip=s.vip, backends=sorted(backends.get(s.id, [])))
+        dpb.ServiceEndpoint(
+            name=s.spec.name,
+            vip=s.vip,
+            backends=sorted(backends.get(s.id, [])),
+            ports=[
+                dpb.EndpointPort(protocol=p.protocol, published=p.published, target=p.target)
+                for p in s.spec.ports
+                if p.published and p.mode == "ingress"
+            ],
+        )
         for s in sorted(state.services.values(), key=lambda s: s.spec.name)
         if s.vip
     ]

@@ -28,14 +28,22 @@ class Endpoint:
     name: str
     vip: str
     backends: tuple[str, ...]  # healthy task addresses
+    ports: tuple[tuple[str, int, int], ...] = ()  # published ports: (protocol, published, target)
+
+
+# Marks connections that came in on a published port, so that those leaving for another node's
+# task are masqueraded (the reply must come back through this node); see the module doc.
+PUBLISHED_MARK = 0x5741
 
 
 def _address(text: str) -> str:
     return str(ipaddress.IPv4Address(text))  # ValueError for anything else: never into the rules
 
 
-def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE) -> str:
-    """The whole table: re-applying the same endpoints gives the same text (sorted)."""
+def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "") -> str:
+    """The whole table: re-applying the same endpoints gives the same text (sorted). `bridge`
+    is the node's task bridge: published-port connections leaving by another link (to another
+    node's task) are masqueraded."""
     if not _TABLE_RE.match(table):
         raise ValueError(f"invalid nftables table name {table!r}")
     nat: list[str] = []
@@ -50,16 +58,44 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE) -> str:
         else:
             choices = ", ".join(f"{i} : {b}" for i, b in enumerate(backends))
             nat.append(f"        ip daddr {vip} dnat to numgen random mod {len(backends)} map {{ {choices} }}")
+        if backends:
+            nat.extend(_published(ep, backends))
     nat_rules, reject_rules = "\n".join(nat), "\n".join(unavailable)
+    masquerade = f"        ct mark {PUBLISHED_MARK:#x} oifname != {_quote(bridge)} masquerade" if bridge else ""
     return (
         removal(table)
         + f"table ip {table} {{\n"
         + _chain("vip-prerouting", "type nat hook prerouting priority dstnat; policy accept;", nat_rules)
         + _chain("vip-output", "type nat hook output priority -100; policy accept;", nat_rules)
+        + _chain("published-postrouting", "type nat hook postrouting priority srcnat; policy accept;", masquerade)
         + _chain("vip-unavailable", "type filter hook output priority 0; policy accept;", reject_rules)
         + _chain("vip-unavailable-forward", "type filter hook forward priority 0; policy accept;", reject_rules)
         + "}\n"
     )
+
+
+def _published(ep: Endpoint, backends: list[str]) -> list[str]:
+    """A published port on any of this node's own addresses goes to one of the tasks' target
+    port (the routing mesh); the connection is marked for masquerading (see PUBLISHED_MARK)."""
+    rules = []
+    for protocol, published, target in sorted(ep.ports):
+        if protocol not in ("tcp", "udp") or not 0 < published < 65536 or not 0 < target < 65536:
+            raise ValueError(f"invalid published port {protocol} {published}:{target} of {ep.name}")
+        if len(backends) == 1:
+            to = f"{backends[0]}:{target}"
+        else:
+            choices = ", ".join(f"{i} : {b} . {target}" for i, b in enumerate(backends))
+            to = f"numgen random mod {len(backends)} map {{ {choices} }}"
+        rules.append(
+            f"        fib daddr type local {protocol} dport {published} ct mark set {PUBLISHED_MARK:#x} dnat ip to {to}"
+        )
+    return rules
+
+
+def _quote(name: str) -> str:
+    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", name):
+        raise ValueError(f"invalid interface name {name!r}")
+    return f'"{name}"'
 
 
 def _chain(name: str, hook: str, rules: str) -> str:
