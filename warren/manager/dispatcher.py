@@ -104,6 +104,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._timeout = timeout
         self._logs = logs
         self._sessions: dict[str, str] = {}  # session id -> node id
+        self._endpoints_cache: tuple[int, list[dpb.ServiceEndpoint]] = (-1, [])
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -223,9 +224,17 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         """The services' endpoints if `changes` altered them since `sent`, else None."""
         if not any(change.kind in ("task", "service") for change in changes):
             return None
-        with self._store.read() as state:
-            current = _endpoints(state)
+        current = self._current_endpoints()
         return current if current != sent else None
+
+    def _current_endpoints(self) -> list[dpb.ServiceEndpoint]:
+        """`_endpoints` of the current state, computed once per applied index: every session
+        asks after the same change, and the walk over all tasks is the costly part."""
+        with self._store.read() as state:
+            index = self._store.applied_index
+            if self._endpoints_cache[0] != index:
+                self._endpoints_cache = (index, _endpoints(state))
+            return self._endpoints_cache[1]
 
     def _nodes_changed(
         self, changes: list, managers: list[str], mesh: list[dpb.MeshNode]
