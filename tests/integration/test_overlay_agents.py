@@ -58,14 +58,16 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             str(tmp_path / "manager"),
             "--listen-addr",
             f"{first.ip}:4242",
-            "--manager-only",
             "--heartbeat-period",
             "1s",
+            # The first node's own agent, embedded in the manager, joins the mesh too.
+            *("--runtime", "exec", "--wireguard", "userspace", "--wireguard-interface", lab.ifname(first)),
         )
+        lab.stoppers.append(UserspaceDevice(lab.ifname(first), first.netns).stop)  # by the name we chose
         wait_for(lambda: cli(first, "cluster", "info").returncode == 0, timeout=30, message="the manager")
         token = cli(first, "cluster", "join-token", "worker", "-q").stdout.strip()
         agents = {}
-        for host in hosts:
+        for host in hosts[1:]:
             ifname = lab.ifname(host)
             lab.stoppers.append(UserspaceDevice(ifname, host.netns).stop)  # by the name we chose
             agents[host.name] = spawn(
@@ -89,15 +91,15 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             )
 
         def workers() -> list[dict]:
+            """Every ready node with its WireGuard endpoint known, the manager's included."""
             result = cli(first, "node", "ls", "--format", "json")
             nodes = json.loads(result.stdout) if result.returncode == 0 else []
-            return [n for n in nodes if n["role"] == "worker" and n["status"] == "ready"]
+            ready = [n for n in nodes if n["status"] == "ready"]
+            details = [json.loads(cli(first, "node", "inspect", n["id"], "--format", "json").stdout) for n in ready]
+            return [{**d, "addr": d["wg_endpoint"].rpartition(":")[0]} for d in details if d["wg_endpoint"]]
 
-        wait_for(lambda: len(workers()) == 3, timeout=45, message="three agents")
-        subnets = {}
-        for node in workers():
-            detail = json.loads(cli(first, "node", "inspect", node["id"], "--format", "json").stdout)
-            subnets[detail["addr"]] = ipaddress.ip_network(detail["overlay_subnet"])
+        wait_for(lambda: len(workers()) == 3, timeout=45, message="three nodes in the mesh")
+        subnets = {node["addr"]: ipaddress.ip_network(node["overlay_subnet"]) for node in workers()}
         overlay = {h.name: str(subnets[h.ip].network_address + 1) for h in hosts}
         h1, h2, h3 = hosts
 

@@ -60,6 +60,12 @@ def register(groups: Any) -> None:
         "--cgroup-parent", metavar="PATH", help="cgroup the embedded agent's containers go under (default: /warren)"
     )
     p.add_argument(
+        "--wireguard",
+        choices=("off", "auto", "kernel", "userspace"),
+        help="the embedded agent joins the overlay mesh (default: off)",
+    )
+    p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
+    p.add_argument(
         "--insecure-registry",
         action="append",
         metavar="HOST:PORT",
@@ -96,6 +102,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         "runtime",
         "containerd_socket",
         "cgroup_parent",
+        "wireguard",
+        "wireguard_interface",
         "overlay_range",
         "vip_range",
     ):

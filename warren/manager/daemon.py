@@ -71,6 +71,8 @@ class ManagerOptions:
     containerd_socket: str | None = None
     insecure_registries: tuple[str, ...] | None = None
     cgroup_parent: str | None = None
+    wireguard: str | None = None  # the embedded agent joins the overlay mesh (ADR 17)
+    wireguard_interface: str | None = None
     # The overlay's address plan (ADR 17), set when the cluster is created; None = the default.
     overlay_range: str | None = None
     vip_range: str | None = None
@@ -494,6 +496,8 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
             ("--containerd-socket", options.containerd_socket),
             ("--insecure-registry", options.insecure_registries),
             ("--cgroup-parent", options.cgroup_parent),
+            ("--wireguard", options.wireguard),
+            ("--wireguard-interface", options.wireguard_interface),
         )
         if value is not None
     ]
@@ -509,6 +513,8 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
             containerd_socket=options.containerd_socket,
             insecure_registries=options.insecure_registries,
             cgroup_parent=options.cgroup_parent,
+            wireguard=options.wireguard,
+            wireguard_interface=options.wireguard_interface,
         )
     except agent_settings.SettingsError as exc:
         raise StartupError(str(exc)) from None
@@ -532,6 +538,8 @@ def _start_agent(
         log.error("cannot prepare the embedded agent: %s", exc)
         print(f"error: cannot prepare the embedded agent ({exc}); this node will show as down", flush=True)
         return None
+    if not settings.advertise_addr:  # the node's WireGuard endpoint: where the manager is reached
+        settings = replace(settings, advertise_addr=identity.advertise_addr.rpartition(":")[0])
     return asyncio.create_task(embedded.run(agent_dir, managers, settings, stop), name="embedded-agent")
 
 

@@ -58,6 +58,7 @@ async def run(
     on managing, and its node shows as down until the agent runs again."""
     from warren.agent.daemon import AgentOptions, serve
 
+    agent_settings.save(agent_dir, settings)  # what the agent reads itself (the overlay's settings)
     options = AgentOptions(
         data_dir=agent_dir,
         managers=list(managers),
