@@ -230,5 +230,11 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
         for task_id in set(task_ids):  # the agents remove them; these names are the test's tasks'
-            if (Path("/run/netns") / f"wt-{task_id}").exists():
-                links.remove_netns(f"wt-{task_id}")
+            name = f"wt-{task_id}"
+            if (Path("/run/netns") / name).exists():
+                # Tasks outlive their agent by design: stop the processes in the task's namespace.
+                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), 9)
+                links.remove_netns(name)
