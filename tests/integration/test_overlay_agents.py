@@ -122,14 +122,17 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         created = cli(
             first,
             *("service", "create", "web", "--image", "busybox", "--mode", "global", "--detach"),
-            *("--env", f"WWW={www}", "--publish", "18080:8080", "--", "/bin/sh", "-c", serve),
+            *("--env", f"WWW={www}", "--publish", "18080:8080"),
+            # Aimed at the loopback, as an operator writes it: the agent dials the task's address.
+            *("--health-http", "http://127.0.0.1:8080/index.html", "--health-interval", "1s"),
+            *("--", "/bin/sh", "-c", serve),
         )
         assert created.returncode == 0, created.stderr
 
         def running_tasks() -> list[dict]:
             result = cli(first, "service", "ps", "web", "--format", "json")
             tasks = json.loads(result.stdout) if result.returncode == 0 else []
-            return [t for t in tasks if t["state"] == "running" and t["overlay_address"]]
+            return [t for t in tasks if t["state"] == "running" and t["overlay_address"] and t["health"] == "healthy"]
 
         def fetch(host: LabHost, url: str, netns: str | None = None) -> str:
             argv = ["busybox", "wget", "-q", "-O", "-", url]

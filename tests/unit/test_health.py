@@ -196,3 +196,19 @@ def test_tcp_probe_rejects_a_malformed_target() -> None:
     assert _probe_tcp("nohostport", 1.0) == ProbeResult(
         False, "invalid tcp health check target 'nohostport': expected HOST:PORT"
     )
+
+
+def test_checks_aimed_at_the_loopback_follow_a_task_into_its_own_network() -> None:
+    from warren.agent.health import on_task_address
+    from warren.model import HealthCheck
+
+    http = HealthCheck(kind="http", target="http://127.0.0.1:8080/ready?x=1")
+    assert on_task_address(http, "10.200.1.2").target == "http://10.200.1.2:8080/ready?x=1"
+    local = HealthCheck(kind="http", target="http://localhost/")
+    assert on_task_address(local, "10.200.1.2").target == "http://10.200.1.2/"
+    tcp = HealthCheck(kind="tcp", target="[::1]:5432")
+    assert on_task_address(tcp, "10.200.1.2").target == "10.200.1.2:5432"
+    elsewhere = HealthCheck(kind="tcp", target="db.internal:5432")  # not the task's own loopback
+    assert on_task_address(elsewhere, "10.200.1.2") == elsewhere
+    command = HealthCheck(kind="cmd", target="true")  # runs inside the task already
+    assert on_task_address(command, "10.200.1.2") == command

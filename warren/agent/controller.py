@@ -413,6 +413,8 @@ class TaskController:
 
     async def _watch_health(self, check: HealthCheck, runtime_id: str) -> None:
         """Docker's health rules (warren.agent.health), probing in the agent's thread pool."""
+        if self.env.networks is not None and self.task.overlay_address:
+            check = health.on_task_address(check, self.task.overlay_address)
 
         def probe() -> Awaitable[health.ProbeResult]:
             return self.env.call(health.run_probe, check, self.env.runtime, runtime_id)

@@ -39,10 +39,13 @@ import socket
 import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
+
+import msgspec
 
 from warren.agent.runtime import Runtime, RuntimeFailure
 from warren.model import HealthCheck
@@ -126,6 +129,24 @@ class HealthTracker:
 
 
 # -- probes (blocking I/O) ---------------------------------------------------------------------
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0"})
+
+
+def on_task_address(check: HealthCheck, address: str) -> HealthCheck:
+    """An HTTP or TCP check aimed at the task's loopback, aimed instead at `address`: a task
+    with its own network namespace (the overlay, ADR 17) is not on the agent's loopback."""
+    if check.kind == "http":
+        parts = urllib.parse.urlsplit(check.target)
+        if parts.hostname in _LOOPBACK:
+            netloc = f"{address}:{parts.port}" if parts.port else address
+            return msgspec.structs.replace(check, target=urllib.parse.urlunsplit(parts._replace(netloc=netloc)))
+    elif check.kind == "tcp":
+        host, sep, port = check.target.rpartition(":")
+        if sep and host.strip("[]") in _LOOPBACK:
+            return msgspec.structs.replace(check, target=f"{address}:{port}")
+    return check
+
+
 def run_probe(check: HealthCheck, runtime: Runtime, runtime_id: str) -> ProbeResult:
     """One probe of `check` against the container; never raises, a failure is a result."""
     try:
