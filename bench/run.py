@@ -26,6 +26,7 @@ BENCHMARKS = {
     "task_start": "bench.bench_task_start",
     "e2e": "bench.bench_e2e",
     "raft": "bench.bench_raft",
+    "vip": "bench.bench_vip",
     "failover": "bench.bench_failover",
     "overlay": "bench.bench_overlay",
 }
