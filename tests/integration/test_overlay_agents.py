@@ -217,6 +217,17 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         wait_for(lambda: "session" in (tmp_path / "agent-h2-again.log").read_text(), timeout=30, message="h2 back")
         assert h1.ping(overlay["h2"], attempts=3)
 
+        # A wireguard-go that dies is restarted by its agent and configured again.
+        wg_pid = next(
+            int(pid)
+            for pid in subprocess.run(["ip", "netns", "pids", h3.netns], capture_output=True, text=True).stdout.split()
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
+            == [b"wireguard-go", b"-f", lab.ifname(h3).encode()]
+        )
+        os.kill(wg_pid, 9)
+        wait_for(lambda: not h1.ping(overlay["h3"]), timeout=10, message="h3's tunnel to go down")
+        wait_for(lambda: h1.ping(overlay["h3"]), timeout=20, message="h3's agent to restart its wireguard-go")
+
         # A node that leaves the cluster leaves the mesh: its peer goes from every other node.
         h3_id = next(n["id"] for n in workers() if n["addr"] == h3.ip)
         assert cli(first, "node", "rm", "--force", h3_id).returncode == 0

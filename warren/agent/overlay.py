@@ -24,6 +24,7 @@ from warren.network.lb import Endpoint
 log = logging.getLogger(__name__)
 
 DNS_PORT = 53
+SUPERVISE_PERIOD = 5.0  # seconds between converges when nothing changed
 
 
 class Overlay:
@@ -122,7 +123,10 @@ class Overlay:
 
     async def _run(self) -> None:
         while True:
-            await self._wake.wait()
+            # Also every SUPERVISE_PERIOD without news: converging restarts a wireguard-go that
+            # died (its configuration comes back from the diff) and repairs any drift.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), SUPERVISE_PERIOD)
             self._wake.clear()
             mesh, services = self._latest, self._services
             if mesh is not None:
