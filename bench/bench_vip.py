@@ -28,9 +28,8 @@ GOAL_S = 1.0  # the issue: VIP backends follow task changes "within a second"
 
 
 def run() -> dict[str, object]:
-    from tests.fixtures.overlay_lab import LabHost, OverlayLab
+    from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
     from tests.integration.harness import REPO, wait_for
-    from warren.network import links
     from warren.network.wireguard import UserspaceDevice
 
     for tool in ("wireguard-go", "nft", "ip", "nsenter", "busybox"):
@@ -120,13 +119,7 @@ def run() -> dict[str, object]:
             listed = cli(hosts[0], "service", "ps", "web", "--all", "--format", "json")
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
-        for task_id in set(task_ids):  # tasks outlive their agents: stop this benchmark's own
-            name = f"wt-{task_id}"
-            if (links.NETNS_DIR / name).exists():
-                for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split():
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), 9)
-                links.remove_netns(name)
+        remove_task_namespaces(task_ids)  # this benchmark's own tasks
         shutil.rmtree(tmp, ignore_errors=True)
     summary = latency_summary(latencies)
     return {

@@ -67,7 +67,14 @@ def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int
 
 
 _WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")  # base64 of exactly 32 bytes
-_ENDPOINT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def check_hostport(what: str, value: str) -> None:
+    """`value` is HOST:PORT ([IPv6]:PORT too) with a port from 1 to 65535."""
+    match = _HOSTPORT_RE.match(value)
+    if not match or not 0 < int(match.group(2)) < 65536:
+        raise ValidationError(f"{what} must be HOST:PORT (got {value[:80]!r})")
 
 
 def check_wireguard(public_key: str, endpoint: str) -> None:
@@ -75,9 +82,7 @@ def check_wireguard(public_key: str, endpoint: str) -> None:
     if public_key and not _WG_KEY_RE.match(public_key):
         raise ValidationError("the WireGuard public key must be 32 bytes in base64, as `wg pubkey` prints it")
     if endpoint:
-        match = _ENDPOINT_RE.match(endpoint)
-        if not match or not 0 < int(match.group(2)) < 65536:
-            raise ValidationError(f"the WireGuard endpoint must be HOST:PORT (got {endpoint[:80]!r})")
+        check_hostport("the WireGuard endpoint", endpoint)
 
 
 def signal_number(text: str) -> int:

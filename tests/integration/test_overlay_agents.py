@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.overlay_lab import LabHost, OverlayLab
+from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
 from tests.integration.harness import REPO, wait_for
-from warren.network import links
 from warren.network.wireguard import UserspaceDevice
 
 pytestmark = [
@@ -243,12 +242,4 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             listed = cli(hosts[0], "service", "ps", "web", "--all", "--format", "json")
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
-        for task_id in set(task_ids):  # the agents remove them; these names are the test's tasks'
-            name = f"wt-{task_id}"
-            if (Path("/run/netns") / name).exists():
-                # Tasks outlive their agent by design: stop the processes in the task's namespace.
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), 9)
-                links.remove_netns(name)
+        remove_task_namespaces(task_ids)  # the agents remove them; these are the test's tasks'

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import re
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember,
 from warren.agent.logs import LogAgent
 from warren.agent.status import Report, StatusQueue
 from warren.agent.worker import Worker
+from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.network.lb import Endpoint
@@ -42,8 +42,6 @@ REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
 RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
-
-_LEADER_RE = re.compile(r"the leader is at (\S+)")
 
 
 class Backoff:
@@ -99,10 +97,7 @@ def leader_hint(error: grpc.aio.AioRpcError) -> str | None:
     """The leader's address from a follower's "not the leader; the leader is at ADDR" answer."""
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return None
-    match = _LEADER_RE.search(error.details() or "")
-    if match is None or match.group(1) == "unknown":
-        return None
-    return match.group(1)
+    return leader_from_details(error.details() or "")
 
 
 def report_to_pb(report: Report) -> dpb.TaskStatus:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable
 
@@ -23,20 +22,20 @@ from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.server import ApiError, caller, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Resources
-from warren.validate import NAME_RE
+from warren.validate import NAME_RE, ValidationError, check_hostport
 
 log = logging.getLogger(__name__)
 
-_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 # Long enough for a 1 -> 2 change, whose commit needs the joiner itself: it starts its Raft
 # node only after our answer, so we answer once the change is in the log, not committed.
 _APPEND_WAIT = 1.0
 
 
 def _check_hostport(field: str, value: str) -> None:
-    match = _HOSTPORT.match(value)
-    if not match or not 0 < int(match.group(2)) < 65536:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"{field} must be HOST:PORT (got {value[:80]!r})")
+    try:
+        check_hostport(field, value)
+    except ValidationError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 class ManagersService(managers_pb2_grpc.ManagersServicer):

@@ -68,7 +68,6 @@ class RaftStatus:
     has_quorum: bool
     peers: dict[str, bool]  # raft address -> connected
     self_addr: str = ""
-    match_index: dict[str, int] | None = None  # leader only: raft address -> replicated up to
 
     @property
     def members(self) -> list[str]:
@@ -411,11 +410,6 @@ class RaftNode(SyncObj):
             for key, value in raw.items()
             if key.startswith("partner_node_status_server_")
         }
-        match = {
-            key.removeprefix("match_idx_server_"): value
-            for key, value in raw.items()
-            if key.startswith("match_idx_server_")
-        }
         leader = raw.get("leader")
         return RaftStatus(
             state=_RAFT_STATES.get(raw["state"], "unknown"),
@@ -426,7 +420,6 @@ class RaftNode(SyncObj):
             has_quorum=bool(raw["has_quorum"]),
             peers=peers,
             self_addr=raw["self"].id,
-            match_index=match if _RAFT_STATES.get(raw["state"]) == "leader" else None,
         )
 
 
