@@ -29,6 +29,7 @@ BENCHMARKS = {
     "vip": "bench.bench_vip",
     "failover": "bench.bench_failover",
     "overlay": "bench.bench_overlay",
+    "rotation": "bench.bench_rotation",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

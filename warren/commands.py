@@ -67,6 +67,12 @@ class RotateJoinToken(msgspec.Struct, frozen=True, tag="cluster.rotate_token"):
     secret: str
 
 
+class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
+    """Cluster-wide settings an operator may change after init; None keeps a value."""
+
+    wg_key_rotation_period: float | None = None
+
+
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):
     """Adds a node, or refreshes what a known node reports about itself (resources, address,
     platform); operator-set availability and labels are kept."""
@@ -91,6 +97,23 @@ class PromoteNode(msgspec.Struct, frozen=True, tag="node.promote"):
     addr: str
     raft_addr: str
     join_addr: str
+    at: float
+
+
+class RotateNodeKeys(msgspec.Struct, frozen=True, tag="node.rotate_key"):
+    """Ask these nodes for a new WireGuard key pair (ADR 18): their wanted key epoch goes one
+    above the published one. A node whose rotation is already under way is left as it is."""
+
+    node_ids: tuple[str, ...]
+
+
+class PublishNodeKey(msgspec.Struct, frozen=True, tag="node.publish_key"):
+    """A node's agent made the key pair of a rotation: its public key becomes the node's, and
+    every node's mesh switches to it (ADR 18)."""
+
+    node_id: str
+    public_key: str
+    epoch: int
     at: float
 
 
@@ -175,9 +198,12 @@ class Noop(msgspec.Struct, frozen=True, tag="noop"):
 Command = (
     InitCluster
     | RotateJoinToken
+    | UpdateClusterSettings
     | RegisterNode
     | UpdateNode
     | PromoteNode
+    | RotateNodeKeys
+    | PublishNodeKey
     | SetNodeStatus
     | RemoveNode
     | CreateService
@@ -313,9 +339,14 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         return error("permission_denied", "this node was removed from the cluster"), []
     old = state.nodes.get(cmd.node.id)
     if old is None:
+        new = msgspec.structs.replace(
+            cmd.node,
+            wg_key_desired_epoch=cmd.node.wg_key_epoch,
+            wg_key_published_at=cmd.node.updated_at if cmd.node.wg_public_key else 0.0,
+        )
         if state.cluster is None:
-            return Result(id=cmd.node.id), [Put("node", cmd.node)]
-        node = _with_overlay_subnet(state, state.cluster, msgspec.structs.replace(cmd.node, overlay_subnet=""))
+            return Result(id=new.id), [Put("node", new)]
+        node = _with_overlay_subnet(state, state.cluster, msgspec.structs.replace(new, overlay_subnet=""))
         if isinstance(node, Result):
             return node, []
         return Result(id=node.id), [Put("node", node)]
@@ -330,16 +361,89 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         os=cmd.node.os,
         arch=cmd.node.arch,
         status=cmd.node.status,
-        wg_public_key=cmd.node.wg_public_key or old.wg_public_key,
         wg_endpoint=cmd.node.wg_endpoint or old.wg_endpoint,
+        overlay=cmd.node.overlay,
         updated_at=cmd.node.updated_at,
     )
+    # An agent restarted in the middle of a rotation still describes its previous key (ADR 18):
+    # only a key of the published epoch or a newer one replaces the published key.
+    if cmd.node.wg_public_key and cmd.node.wg_key_epoch >= old.wg_key_epoch:
+        if cmd.node.wg_public_key != old.wg_public_key:
+            node = msgspec.structs.replace(node, wg_key_published_at=cmd.node.updated_at)
+        node = msgspec.structs.replace(
+            node,
+            wg_public_key=cmd.node.wg_public_key,
+            wg_key_epoch=cmd.node.wg_key_epoch,
+            wg_key_desired_epoch=max(old.wg_key_desired_epoch, cmd.node.wg_key_epoch),
+        )
     if state.cluster is not None:  # a node from before the overlay: give it a subnet now
         with_subnet = _with_overlay_subnet(state, state.cluster, node)
         if isinstance(with_subnet, Result):
             return with_subnet, []
         node = with_subnet
     return Result(id=node.id), [Put("node", node)]
+
+
+def _update_cluster_settings(state: ClusterState, cmd: UpdateClusterSettings) -> tuple[Result, Changes]:
+    if state.cluster is None:
+        return error("failed_precondition", "cluster is not initialised"), []
+    cluster = state.cluster
+    if cmd.wg_key_rotation_period is not None:
+        if not 0 <= cmd.wg_key_rotation_period < float("inf"):
+            return error("invalid_argument", "the key rotation period must be 0 (off) or positive"), []
+        cluster = msgspec.structs.replace(cluster, wg_key_rotation_period=cmd.wg_key_rotation_period)
+    return OK, [Put("cluster", cluster)] if cluster != state.cluster else []
+
+
+def _rotate_node_keys(state: ClusterState, cmd: RotateNodeKeys) -> tuple[Result, Changes]:
+    changes: Changes = []
+    for node_id in cmd.node_ids:
+        node = state.nodes.get(node_id)
+        if node is None:
+            return error("not_found", f"node {node_id} not found"), []
+        if not node.overlay or not node.wg_public_key:
+            return error(
+                "failed_precondition",
+                f"node {node.hostname} ({node.id[:12]}) is not on the overlay: its agent runs without --wireguard",
+            ), []
+        if node.wg_key_desired_epoch > node.wg_key_epoch:
+            continue  # under way already: one new key, not two
+        changes.append(Put("node", msgspec.structs.replace(node, wg_key_desired_epoch=node.wg_key_epoch + 1)))
+    return OK, changes
+
+
+def _publish_node_key(state: ClusterState, cmd: PublishNodeKey) -> tuple[Result, Changes]:
+    node = state.nodes.get(cmd.node_id)
+    if node is None:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    if cmd.epoch <= node.wg_key_epoch:
+        return OK, []  # published already (a repeated heartbeat), or older than what is
+    if cmd.epoch > node.wg_key_desired_epoch:
+        return error("invalid_argument", f"no key rotation to epoch {cmd.epoch} was asked of node {node.id}"), []
+    if any(n.wg_public_key == cmd.public_key for n in state.nodes.values()):
+        return error("already_exists", "that WireGuard public key is already in use"), []
+    node = msgspec.structs.replace(
+        node, wg_public_key=cmd.public_key, wg_key_epoch=cmd.epoch, wg_key_published_at=cmd.at, updated_at=cmd.at
+    )
+    return OK, [Put("node", node)]
+
+
+def keys_due_for_rotation(state: ClusterState, now: float) -> tuple[str, ...]:
+    """Nodes on the overlay whose key is older than the cluster's rotation period and not being
+    rotated already: the leader asks them for a new one (ADR 18). Pure: `now` is passed in."""
+    period = state.cluster.wg_key_rotation_period if state.cluster else 0.0
+    if period <= 0:
+        return ()
+    return tuple(
+        sorted(
+            n.id
+            for n in state.nodes.values()
+            if n.overlay
+            and n.wg_public_key
+            and n.wg_key_desired_epoch <= n.wg_key_epoch
+            and now - n.wg_key_published_at >= period
+        )
+    )
 
 
 def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]:
@@ -663,6 +767,9 @@ def _noop(state: ClusterState, cmd: Noop) -> tuple[Result, Changes]:
 _HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] = {
     InitCluster: _init_cluster,  # type: ignore[dict-item]
     RotateJoinToken: _rotate_token,  # type: ignore[dict-item]
+    UpdateClusterSettings: _update_cluster_settings,  # type: ignore[dict-item]
+    RotateNodeKeys: _rotate_node_keys,  # type: ignore[dict-item]
+    PublishNodeKey: _publish_node_key,  # type: ignore[dict-item]
     RegisterNode: _register_node,  # type: ignore[dict-item]
     UpdateNode: _update_node,  # type: ignore[dict-item]
     PromoteNode: _promote_node,  # type: ignore[dict-item]

@@ -166,6 +166,13 @@ class Node(msgspec.Struct, frozen=True):
     overlay_subnet: str = ""
     wg_public_key: str = ""
     wg_endpoint: str = ""
+    overlay: bool = False  # its agent runs the mesh (--wireguard on): only then do its tasks get addresses
+    # Key rotation (ADR 18): the epoch of the published key, the epoch wanted (above it while a
+    # rotation is under way: the agent makes a new pair and publishes it), and when the
+    # published key was published (automatic rotation counts from then).
+    wg_key_epoch: int = 0
+    wg_key_desired_epoch: int = 0
+    wg_key_published_at: float = 0.0
     os: str = ""
     arch: str = ""
     created_at: float = 0.0
@@ -224,3 +231,6 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     overlay_range: str = ""
     node_subnet_prefixlen: int = 0
     vip_range: str = ""
+    # Seconds between automatic rotations of each node's WireGuard key (ADR 18); 0 = only
+    # `warren node rotate-key`.
+    wg_key_rotation_period: float = 0.0

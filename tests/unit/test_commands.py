@@ -213,3 +213,70 @@ def test_placed_tasks_get_addresses_of_their_node_while_it_has_some() -> None:
     again = _task("t9", service, slot=1, node_id="n1")
     assert _run(state, commands.ApplyPlan(created=(again,))).ok
     assert state.tasks["t9"].overlay_address == placed["t0"]
+
+
+# -- WireGuard key rotation (ADR 18) -------------------------------------------------------------
+
+
+def _mesh_state() -> ClusterState:
+    state = ClusterState()
+    assert _run(state, commands.InitCluster(_cluster(), Node(id="m1", hostname="m1", role=NodeRole.MANAGER))).ok
+    on = Node(id="w1", hostname="w1", wg_public_key="k1", overlay=True, updated_at=10.0)
+    off = Node(id="w2", hostname="w2", wg_public_key="k2", overlay=False, updated_at=10.0)
+    assert _run(state, commands.RegisterNode(on)).ok and _run(state, commands.RegisterNode(off)).ok
+    return state
+
+
+def test_a_rotation_is_asked_once_then_published_by_the_node() -> None:
+    state = _mesh_state()
+    assert state.nodes["w1"].wg_key_published_at == 10.0
+    assert _run(state, commands.RotateNodeKeys(("w1",))).ok
+    assert (state.nodes["w1"].wg_key_epoch, state.nodes["w1"].wg_key_desired_epoch) == (0, 1)
+    assert _run(state, commands.RotateNodeKeys(("w1",))).ok  # under way: still one new key
+    assert state.nodes["w1"].wg_key_desired_epoch == 1
+    # The node cannot publish an epoch nobody asked for, nor another node's key.
+    bad = _run(state, commands.PublishNodeKey("w1", "k9", 2, 20.0))
+    assert (bad.ok, bad.code) == (False, "invalid_argument")
+    taken = _run(state, commands.PublishNodeKey("w1", "k2", 1, 20.0))
+    assert (taken.ok, taken.code) == (False, "already_exists")
+    assert state.nodes["w1"].wg_public_key == "k1"
+    assert _run(state, commands.PublishNodeKey("w1", "k1b", 1, 20.0)).ok
+    w1 = state.nodes["w1"]
+    assert (w1.wg_public_key, w1.wg_key_epoch, w1.wg_key_desired_epoch, w1.wg_key_published_at) == ("k1b", 1, 1, 20.0)
+    assert _run(state, commands.PublishNodeKey("w1", "k1c", 1, 30.0)).ok  # a repeated heartbeat: no change
+    assert state.nodes["w1"].wg_public_key == "k1b"
+
+
+def test_a_restarted_agent_cannot_bring_back_its_previous_key() -> None:
+    state = _mesh_state()
+    assert _run(state, commands.RotateNodeKeys(("w1",))).ok
+    assert _run(state, commands.PublishNodeKey("w1", "k1b", 1, 20.0)).ok
+    stale = Node(id="w1", hostname="w1", wg_public_key="k1", wg_key_epoch=0, overlay=True, updated_at=25.0)
+    assert _run(state, commands.RegisterNode(stale)).ok
+    assert (state.nodes["w1"].wg_public_key, state.nodes["w1"].wg_key_epoch) == ("k1b", 1)
+    current = msgspec.structs.replace(stale, wg_public_key="k1b", wg_key_epoch=1, updated_at=26.0)
+    assert _run(state, commands.RegisterNode(current)).ok
+    assert state.nodes["w1"].wg_key_published_at == 20.0  # the same key: not published again
+
+
+def test_nodes_off_the_overlay_or_unknown_cannot_rotate() -> None:
+    state = _mesh_state()
+    before = dict(state.nodes)
+    off = _run(state, commands.RotateNodeKeys(("w1", "w2")))
+    assert (off.ok, off.code) == (False, "failed_precondition") and "not on the overlay" in off.message
+    missing = _run(state, commands.RotateNodeKeys(("nope",)))
+    assert (missing.ok, missing.code) == (False, "not_found")
+    assert state.nodes == before  # all or nothing
+
+
+def test_keys_are_due_after_the_cluster_period() -> None:
+    state = _mesh_state()
+    assert commands.keys_due_for_rotation(state, 1e9) == ()  # rotation is off by default
+    assert _run(state, commands.UpdateClusterSettings(wg_key_rotation_period=100.0)).ok
+    assert commands.keys_due_for_rotation(state, 109.0) == ()
+    assert commands.keys_due_for_rotation(state, 110.0) == ("w1",)  # w2 is off the overlay
+    assert _run(state, commands.RotateNodeKeys(("w1",))).ok
+    assert commands.keys_due_for_rotation(state, 500.0) == ()  # under way already
+    bad = _run(state, commands.UpdateClusterSettings(wg_key_rotation_period=-1.0))
+    assert (bad.ok, bad.code) == (False, "invalid_argument")
+    assert state.cluster is not None and state.cluster.wg_key_rotation_period == 100.0

@@ -1,5 +1,6 @@
 """The mesh plan and its diff: unit cases and Hypothesis properties (convergence, idempotence,
-minimality: only changed peers are touched, and never by removing and re-adding them)."""
+minimality: only changed peers are touched, and never by removing and re-adding them, unless
+this node's own key changes)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,29 @@ def test_foreign_address_and_port_change():
     plan = plan_mesh([node(1)], "n1", private_key_ref=REF, listen_port=5000)
     state = dataclasses.replace(expected_state(plan), addresses=("10.200.1.1/32", "10.9.9.9/32"), listen_port=4000)
     assert diff(state, plan).operations == (SetInterface(REF, 5000), RemoveAddress("warren0", "10.9.9.9/32"))
+
+
+def test_own_key_rotation_sets_the_key_and_starts_every_peer_afresh():
+    nodes = [node(1), node(2), node(3)]
+    before = plan_mesh(nodes, "n1", private_key_ref=REF)
+    rotated = plan_mesh([dataclasses.replace(node(1), public_key=key(77)), *nodes[1:]], "n1", private_key_ref="/new")
+    ops = diff(expected_state(before), rotated).operations
+    assert ops == (
+        SetInterface("/new", 51820),
+        RemovePeer(key(2)),
+        RemovePeer(key(3)),
+        AddPeer(before.interface.peers[0]),
+        AddPeer(before.interface.peers[1]),
+    )
+    assert diff(expected_state(rotated), rotated).empty
+
+
+def test_a_peer_key_rotation_replaces_only_that_peer():
+    nodes = [node(1), node(2), node(3)]
+    before = plan_mesh(nodes, "n1", private_key_ref=REF)
+    new_peer = dataclasses.replace(node(3), public_key=key(77))
+    ops = diff(expected_state(before), plan_mesh([node(1), node(2), new_peer], "n1", private_key_ref=REF)).operations
+    assert ops == (RemovePeer(key(3)), AddPeer(PeerConfig(key(77), "10.0.0.3:51820", ("10.200.3.0/24",), 25)))
 
 
 def test_allowed_ips_order_does_not_matter():

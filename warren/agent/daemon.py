@@ -140,14 +140,14 @@ WIREGUARD_PORT = 51820  # where this node's WireGuard will listen (ADR 17)
 def describe(options: AgentOptions) -> dpb.NodeDescription:
     """What this node tells the managers at each session: resources, platform, labels, and its
     WireGuard public key (made at join; read from its file, without `cryptography`)."""
-    public_key = ""
-    with contextlib.suppress(OSError):
-        public_key = (options.data_dir / keys.KEYS_DIR / keys.PUBLIC_KEY_FILE).read_text().strip()
+    active = None
+    with contextlib.suppress(OSError, keys.WireGuardError):
+        active = keys.KeyRing(options.data_dir).active()  # the key in use (ADR 18)
     host = options.advertise_addr.rsplit(":", 1)[0] if ":" in options.advertise_addr else options.advertise_addr
     try:
-        port = (agent_settings.load(options.data_dir) or agent_settings.AgentSettings()).wireguard_port
+        settings = agent_settings.load(options.data_dir) or agent_settings.AgentSettings()
     except agent_settings.SettingsError:
-        port = WIREGUARD_PORT
+        settings = agent_settings.AgentSettings(wireguard_port=WIREGUARD_PORT)
     return dpb.NodeDescription(
         hostname=_hostname(options.hostname or os.uname().nodename),
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
@@ -155,8 +155,10 @@ def describe(options: AgentOptions) -> dpb.NodeDescription:
         os=sys.platform,
         arch=os.uname().machine,
         labels=options.labels,
-        wg_public_key=public_key,
-        wg_endpoint=f"{host}:{port}" if host else "",
+        wg_public_key=active.public_key if active else "",
+        wg_key_epoch=active.epoch if active else 0,
+        wg_endpoint=f"{host}:{settings.wireguard_port}" if host else "",
+        overlay=settings.wireguard != "off",
     )
 
 
@@ -232,6 +234,8 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             on_promotion=promotion.promote,
             on_mesh=overlay.update,
             on_services=overlay.update_services,
+            pending_key=overlay.pending_key,
+            on_key_epoch=overlay.want_key_epoch,
         )
         if options.metrics_addr:
             from warren.agent import metrics

@@ -6,6 +6,11 @@ Converging is idempotent and only the difference is applied, so a restarted agen
 running wireguard-go and changes nothing. The device outlives the agent on purpose (traffic keeps
 flowing across an agent restart). The network modules (pyroute2) are imported only when the
 mesh is turned on (`--wireguard`), so an agent without it stays small.
+
+Key rotation (ADR 18): when the managers ask for a newer key epoch (heartbeat replies), a child
+process makes the pair (the agent never loads `cryptography`); heartbeats carry its public key
+until the managers publish it; the mesh that carries it is the signal to switch, the same push
+that tells every other node, so all nodes change keys within one converge of each other.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from warren.agent import settings as agent_settings
 from warren.agent.assignments import MeshMember
+from warren.network import keys
 from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,44 @@ class Overlay:
         self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
         self._vip_range = ""
         self._dns: Any = None  # the embedded DNS server, once the bridge is up
+        self._keys = keys.KeyRing(data_dir)
+        self._keygen: asyncio.Task[None] | None = None
+
+    # -- key rotation (ADR 18) ------------------------------------------------------------------
+    def pending_key(self) -> keys.NodeKey | None:
+        """The key pair made for a rotation and not in use yet: heartbeats offer it."""
+        if not self.enabled:
+            return None
+        try:
+            return self._keys.pending()
+        except (OSError, ValueError) as exc:
+            log.error("cannot read this node's pending WireGuard key: %s", exc)
+            return None
+
+    def want_key_epoch(self, epoch: int) -> None:
+        """The managers want this node's key at `epoch`. If that is newer than the key in use
+        and no newer pair is waiting already, make one (in a child process)."""
+        if not self.enabled or (self._keygen is not None and not self._keygen.done()):
+            return
+        try:
+            if epoch <= self._keys.active_epoch() or self._keys.pending() is not None:
+                return
+        except (OSError, keys.WireGuardError) as exc:
+            log.error("cannot read this node's WireGuard keys: %s", exc)
+            return
+        self._keygen = asyncio.create_task(self._make_key(epoch), name="wireguard-keygen")
+
+    async def _make_key(self, epoch: int) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "warren.network.keys", "create", str(self._data_dir), str(epoch)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            log.error("making the WireGuard key of epoch %d failed: %s", epoch, err.decode(errors="replace").strip())
+        else:
+            log.info("made the WireGuard key of epoch %d; the managers publish it next", epoch)
 
     # -- task networks (the controller's TaskNetworks port; blocking, run in a thread) ---------
     def attach(self, task_id: str, address: str) -> str:
@@ -116,6 +161,10 @@ class Overlay:
     async def close(self) -> None:
         if self._dns is not None:
             self._dns.close()
+        if self._keygen is not None:
+            self._keygen.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._keygen
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -159,16 +208,30 @@ class Overlay:
         self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge))
 
     def _converge(self, mesh: tuple[MeshMember, ...]) -> int:
-        from warren.network import keys, plan, wireguard
         from warren.network import mesh as mesh_io
+        from warren.network import plan, wireguard
 
         me = next((m for m in mesh if m.node_id == self._node_id), None)
         if me is None or not me.public_key:
             return 0  # our subnet or key is not in the state yet: the next update will have it
-        nodes = [plan.MeshNode(m.node_id, m.public_key or None, m.endpoint or None, m.subnet) for m in mesh if m.subnet]
-        private_key = self._data_dir / keys.KEYS_DIR / keys.PRIVATE_KEY_FILE
+        pending = self._keys.pending()
+        if pending is not None and pending.public_key == me.public_key:
+            # The managers published our rotated key: every node switches on this same push.
+            self._keys.activate(pending.epoch)
+            log.info("switching to the WireGuard key of epoch %d", pending.epoch)
+        active = self._keys.active()
+        if active is None:
+            return 0
+        # Our interface always holds the key we have; the others use what the managers published.
+        nodes = [
+            plan.MeshNode(
+                m.node_id, active.public_key if m is me else (m.public_key or None), m.endpoint or None, m.subnet
+            )
+            for m in mesh
+            if m.subnet
+        ]
         desired = plan.plan_mesh(
-            nodes, self._node_id, private_key_ref=str(private_key), ifname=self._ifname, listen_port=self._port
+            nodes, self._node_id, private_key_ref=str(active.private_path), ifname=self._ifname, listen_port=self._port
         )
         if self._device is None:
             self._device = wireguard.make_device(self._ifname, self.mode)

@@ -29,6 +29,7 @@ from warren.agent.worker import Worker
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,8 @@ class Session:
         on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
         on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
         on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
+        pending_key: Callable[[], NodeKey | None] = lambda: None,
+        on_key_epoch: Callable[[int], None] = lambda epoch: None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -158,6 +161,8 @@ class Session:
         self.on_promotion = on_promotion  # an operator promoted this node to manager (ADR 15)
         self.on_mesh = on_mesh  # the overlay's nodes changed (ADR 17)
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
+        self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
+        self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.assignments = AssignmentSet()
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -303,13 +308,19 @@ class Session:
         promoting: asyncio.Task[None] | None = None
         try:
             while True:
-                reply = await stub.Heartbeat(dpb.HeartbeatRequest(session_id=session_id), timeout=max(2.0, self.period))
+                request = dpb.HeartbeatRequest(session_id=session_id)
+                pending = self.pending_key()
+                if pending is not None:
+                    request.pending_wg_key, request.pending_wg_key_epoch = pending.public_key, pending.epoch
+                reply = await stub.Heartbeat(request, timeout=max(2.0, self.period))
                 if reply.period > 0:
                     self.period = reply.period
                 if promoting is not None and promoting.done():
                     promoting = None
                 if reply.desired_role == "manager" and self.on_promotion is not None and promoting is None:
                     promoting = asyncio.create_task(self.on_promotion(channel), name="promotion")
+                if reply.wg_key_epoch:
+                    self.on_key_epoch(reply.wg_key_epoch)
                 await asyncio.sleep(self.period)
         finally:
             if promoting is not None:  # it needs this session's channel: the next one retries

@@ -162,6 +162,10 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
         overlay_subnet=node.overlay_subnet,
         wg_public_key=node.wg_public_key,
         wg_endpoint=node.wg_endpoint,
+        overlay=node.overlay,
+        wg_key_epoch=node.wg_key_epoch,
+        wg_key_desired_epoch=node.wg_key_desired_epoch,
+        wg_key_published_at=node.wg_key_published_at,
     )
 
 

@@ -78,6 +78,15 @@ def register(groups: Any) -> None:
     add_format_flag(p)
     p.set_defaults(func=cmd_info)
 
+    p = cmds.add_parser("update", help="change cluster-wide settings")
+    p.add_argument(
+        "--wireguard-key-rotation",
+        type=value_type(units.parse_duration),
+        metavar="DURATION",
+        help="give every node on the overlay a new WireGuard key this often, e.g. 720h (0: off, the default)",
+    )
+    p.set_defaults(func=cmd_update)
+
     p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
     p.add_argument("role", choices=("worker", "manager"))
     p.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
@@ -134,6 +143,10 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("Raft term", info.raft_term),
             ("Commit index", f"{info.commit_index} (applied {info.applied_index})"),
             ("Heartbeat", units.format_duration(info.heartbeat_period)),
+            (
+                "WireGuard key rotation",
+                f"every {units.format_duration(info.wg_key_rotation_period)}" if info.wg_key_rotation_period else "off",
+            ),
             ("Nodes", info.nodes),
             ("Services", info.services),
             ("Tasks", info.tasks),
@@ -157,6 +170,20 @@ def cmd_info(args: argparse.Namespace) -> int:
             for m in info.managers
         ],
     )
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+    from warren.cli.errors import CliError, Exit
+
+    if args.wireguard_key_rotation is None:
+        raise CliError("nothing to change: give --wireguard-key-rotation", Exit.USAGE)
+    with connect(args) as client:
+        info = client.call("UpdateCluster", pb.UpdateClusterRequest(wg_key_rotation_period=args.wireguard_key_rotation))
+    period = info.wg_key_rotation_period
+    print(f"WireGuard key rotation: {'every ' + units.format_duration(period) if period else 'off'}")
     return 0
 
 

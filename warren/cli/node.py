@@ -51,6 +51,16 @@ def register(groups: Any) -> None:
         p.add_argument("nodes", nargs="+", metavar="NAME|ID")
         p.set_defaults(func=cmd_set_role, role=role)
 
+    p = cmds.add_parser(
+        "rotate-key",
+        help="give nodes a new WireGuard key pair (every node switches to it at once)",
+        description="Each node's agent makes a new key pair, the managers publish its public key, and "
+        "every node of the mesh switches to it on the same update. Waits until each new key is published.",
+    )
+    p.add_argument("nodes", nargs="+", metavar="NAME|ID")
+    p.add_argument("-d", "--detach", action="store_true", help="do not wait for the new keys to be published")
+    p.set_defaults(func=cmd_rotate_key)
+
     p = cmds.add_parser("rm", help="remove nodes from the cluster")
     p.add_argument("nodes", nargs="+", metavar="NAME|ID")
     p.add_argument("-f", "--force", action="store_true", help="remove even if the node is still ready")
@@ -122,7 +132,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             ),
             ("Labels", [f"{k}={v}" for k, v in sorted(n.labels.items())]),
             ("Overlay subnet", n.overlay_subnet or "-"),
+            ("Overlay", "on" if n.overlay else "off (its agent runs without --wireguard)"),
             ("WireGuard", f"{n.wg_public_key} at {n.wg_endpoint or 'no endpoint'}" if n.wg_public_key else "-"),
+            ("WireGuard key", _key_state(n) if n.wg_public_key else "-"),
             ("Created", output.timestamp(n.created_at)),
             ("Updated", output.timestamp(n.updated_at)),
         ]
@@ -182,6 +194,41 @@ def _wait_promoted(client: Any, node_id: str, name: str) -> None:
         "see its log); `warren node ls` shows when it is done",
         Exit.UNAVAILABLE,
     )
+
+
+def _key_state(n: Any) -> str:
+    from warren.cli import output
+
+    text = f"epoch {n.wg_key_epoch}, published {output.timestamp(n.wg_key_published_at)}"
+    if n.wg_key_desired_epoch > n.wg_key_epoch:
+        text += f"; rotating to epoch {n.wg_key_desired_epoch}"
+    return text
+
+
+KEY_ROTATION_TIMEOUT = 60.0
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    import time
+
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        asked = [client.call("RotateNodeKey", pb.RotateNodeKeyRequest(node=name)) for name in args.nodes]
+        for name, node in zip(args.nodes, asked, strict=True):
+            deadline = time.monotonic() + KEY_ROTATION_TIMEOUT
+            while not args.detach and node.wg_key_epoch < node.wg_key_desired_epoch:
+                if time.monotonic() > deadline:
+                    raise CliError(
+                        f"node {name} has not published its new key after {KEY_ROTATION_TIMEOUT:g}s (its agent "
+                        "makes it at its next heartbeat: is it connected?); `warren node inspect` shows when it is",
+                        Exit.UNAVAILABLE,
+                    )
+                time.sleep(0.2)
+                node = client.call("GetNode", pb.GetNodeRequest(node=node.id))
+            print(name)
+    return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
+MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
 
 
 def _invalid(message: str) -> ApiError:
@@ -143,6 +145,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 services=len(state.services),
                 tasks=len(state.tasks),
                 raft_state=raft.state,
+                wg_key_rotation_period=cluster.wg_key_rotation_period,
             )
         views = await asyncio.gather(*(self._raft_view(node, raft) for node in managers))
         leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
@@ -159,6 +162,20 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 view.lag = max(0, leader_commit - view.applied_index)
             info.managers.append(view)
         return info
+
+    async def UpdateCluster(self, request: cpb.UpdateClusterRequest, context: object) -> cpb.ClusterInfo:
+        period = None
+        if request.HasField("wg_key_rotation_period"):
+            period = request.wg_key_rotation_period
+            if not 0 <= period < math.inf:
+                raise _invalid(f"the key rotation period must be 0 (off) or a positive duration (got {period})")
+            if 0 < period < MIN_KEY_ROTATION_PERIOD:
+                raise _invalid(
+                    f"the key rotation period must be at least {MIN_KEY_ROTATION_PERIOD:g}s "
+                    "(each rotation costs every node a handshake)"
+                )
+        await self._propose(commands.UpdateClusterSettings(wg_key_rotation_period=period))
+        return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
     async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:
         """Wait until `node` has applied entry `index` (it stops receiving the log once removed
@@ -318,6 +335,15 @@ class ControlService(control_pb2_grpc.ControlServicer):
             )
         await self._propose(commands.RemoveNode(node.id, time.time()))
         return cpb.RemoveNodeResponse(id=node.id)
+
+    async def RotateNodeKey(self, request: cpb.RotateNodeKeyRequest, context: object) -> object:
+        """Ask a node for a new WireGuard key (ADR 18); the answer shows the rotation under way
+        (`wg_key_desired_epoch` above `wg_key_epoch`) until the node has published its new key."""
+        with self._store.read() as state:
+            node = resolve_node(state, request.node)
+        await self._propose(commands.RotateNodeKeys((node.id,)))
+        with self._store.read() as state:
+            return convert.node_to_pb(state.nodes[node.id])
 
     # -- services ----------------------------------------------------------------------------
     async def CreateService(self, request: cpb.CreateServiceRequest, context: object) -> object:

@@ -79,11 +79,12 @@ def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
 
 
 def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
-    """Every node that has an overlay subnet, sorted: what each agent plans its mesh from."""
+    """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted: what each
+    agent plans its mesh from."""
     return [
         dpb.MeshNode(node_id=n.id, public_key=n.wg_public_key, endpoint=n.wg_endpoint, subnet=n.overlay_subnet)
         for n in sorted(state.nodes.values(), key=lambda n: n.id)
-        if n.overlay_subnet
+        if n.overlay_subnet and n.overlay
     ]
 
 
@@ -143,6 +144,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             arch=desc.arch,
             wg_public_key=desc.wg_public_key,
             wg_endpoint=desc.wg_endpoint,
+            overlay=desc.overlay,
+            wg_key_epoch=desc.wg_key_epoch,
             created_at=now,
             updated_at=now,
         )
@@ -281,8 +284,23 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout
                 )
             )
+        if request.pending_wg_key and request.pending_wg_key_epoch > node.wg_key_epoch:
+            # The key pair of a rotation, made by the node: publishing it switches every node's
+            # mesh to it (ADR 18). Repeated in each heartbeat until the mesh shows it.
+            try:
+                check_wireguard(request.pending_wg_key, "")
+            except ValidationError as exc:
+                raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            publish = commands.PublishNodeKey(
+                node_id, request.pending_wg_key, request.pending_wg_key_epoch, time.time()
+            )
+            check_result(await self._raft.propose_async(publish, self._timeout))
         promoted = node.desired_role == NodeRole.MANAGER and node.role != NodeRole.MANAGER
-        return dpb.HeartbeatResponse(period=period, desired_role=NodeRole.MANAGER.value if promoted else "")
+        return dpb.HeartbeatResponse(
+            period=period,
+            desired_role=NodeRole.MANAGER.value if promoted else "",
+            wg_key_epoch=node.wg_key_desired_epoch,
+        )
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
         self._require_leader()

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 
-from warren import reconciler
+from warren import commands, reconciler
 from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
@@ -75,6 +75,10 @@ class Orchestrator:
         snapshot = self._store.snapshot()
         if snapshot.cluster is None:
             return
+        due = commands.keys_due_for_rotation(snapshot, time.time())
+        if due:  # WireGuard keys older than the cluster's rotation period (ADR 18)
+            log.info("rotating the WireGuard key of %d node(s)", len(due))
+            await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
         config = reconciler.ReconcileConfig(
             heartbeat_period=snapshot.cluster.heartbeat_period,
             task_history_limit=snapshot.cluster.task_history_limit,

@@ -9,6 +9,9 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 KEY_LEN = 32
@@ -70,21 +73,119 @@ def write_key_file(path: Path, private_key: str) -> None:
 KEYS_DIR = "wireguard"
 PRIVATE_KEY_FILE = "private.key"
 PUBLIC_KEY_FILE = "public.key"
+ACTIVE_FILE = "active"  # the epoch of the key in use; absent: epoch 0 (the key made at join)
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    epoch: int
+    private_path: Path
+    public_key: str
+
+
+class KeyRing:
+    """This node's WireGuard key pairs, one per rotation epoch (ADR 18), in `data_dir`/wireguard:
+    epoch 0 (made at join) as `private.key` / `public.key`, later ones in `epoch-N/`, and the
+    epoch in use in `active`. A rotation makes the next pair beside the active one (pending),
+    the managers publish its public key, and the node switches to it (`activate`) once the mesh
+    it receives carries it: one small file written atomically, so a crash leaves either the old
+    key or the new one in use, never a mix. Reading needs no `cryptography`; making a pair does.
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.directory = Path(data_dir) / KEYS_DIR
+
+    def _paths(self, epoch: int) -> tuple[Path, Path]:
+        base = self.directory if epoch == 0 else self.directory / f"epoch-{epoch}"
+        return base / PRIVATE_KEY_FILE, base / PUBLIC_KEY_FILE
+
+    def active_epoch(self) -> int:
+        try:
+            return int((self.directory / ACTIVE_FILE).read_text().strip())
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise WireGuardError(f"{self.directory / ACTIVE_FILE} does not hold a key epoch") from None
+
+    def active(self) -> NodeKey | None:
+        """The pair in use, or None before the first one is made."""
+        epoch = self.active_epoch()
+        private, public = self._paths(epoch)
+        try:
+            return NodeKey(epoch, private, public.read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    def pending(self) -> NodeKey | None:
+        """The newest complete pair above the active epoch: made for a rotation, not in use yet."""
+        active = self.active_epoch()
+        epochs = sorted(
+            (int(d.name.removeprefix("epoch-")) for d in self._epoch_dirs()),
+            reverse=True,
+        )
+        for epoch in epochs:
+            if epoch <= active:
+                break
+            private, public = self._paths(epoch)
+            if public.exists():  # written last: the pair is complete
+                return NodeKey(epoch, private, public.read_text().strip())
+        return None
+
+    def _epoch_dirs(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return [d for d in self.directory.iterdir() if d.is_dir() and d.name.removeprefix("epoch-").isdigit()]
+
+    def create(self, epoch: int) -> str:
+        """Make the pair of `epoch` (above the active one); returns its public key."""
+        if epoch <= self.active_epoch():
+            raise WireGuardError(f"key epoch {epoch} is not above the active one ({self.active_epoch()})")
+        private, public = self._paths(epoch)
+        private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_key_file(private, generate_private_key())
+        _write_atomically(public, public_key_of(read_key_file(private)) + "\n")
+        return public.read_text().strip()
+
+    def activate(self, epoch: int) -> None:
+        """Use the pair of `epoch` from now on, and delete the older ones."""
+        _, public = self._paths(epoch)
+        if not public.exists():
+            raise WireGuardError(f"there is no key pair of epoch {epoch} in {self.directory}")
+        _write_atomically(self.directory / ACTIVE_FILE, f"{epoch}\n")
+        for directory in self._epoch_dirs():
+            if int(directory.name.removeprefix("epoch-")) < epoch:
+                shutil.rmtree(directory, ignore_errors=True)
+        if epoch > 0:
+            for path in self._paths(0):
+                path.unlink(missing_ok=True)
+
+    def ensure(self) -> str:
+        """The active public key, making the first pair (epoch 0) if there is none yet."""
+        active = self.active()
+        if active is not None:
+            return active.public_key
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private, public_path = self._paths(0)
+        public = ensure_key_file(private)
+        if not public_path.exists() or public_path.read_text().strip() != public:
+            _write_atomically(public_path, public + "\n")
+        return public
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def ensure_node_keys(data_dir: Path) -> str:
     """This node's key pair in `data_dir`/wireguard, made on first use; returns the public key.
     The private key file is 0600 and never leaves the node; the public key is written beside it
     so that the agent can publish it without loading `cryptography`."""
-    directory = data_dir / KEYS_DIR
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    public = ensure_key_file(directory / PRIVATE_KEY_FILE)
-    public_path = directory / PUBLIC_KEY_FILE
-    if not public_path.exists() or public_path.read_text().strip() != public:
-        tmp = public_path.with_name(PUBLIC_KEY_FILE + ".tmp")
-        tmp.write_text(public + "\n")
-        tmp.replace(public_path)
-    return public
+    return KeyRing(data_dir).ensure()
 
 
 def read_key_file(path: Path | str) -> str:
@@ -101,3 +202,22 @@ def ensure_key_file(path: Path) -> str:
     if not path.exists():
         write_key_file(path, generate_private_key())
     return public_key_of(read_key_file(path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m warren.network.keys create DATA_DIR EPOCH`: make a rotation's key pair. The
+    agent runs this in a child process so that it never loads `cryptography` itself."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "create" or not args[2].isdigit():
+        print("usage: python -m warren.network.keys create DATA_DIR EPOCH", file=sys.stderr)
+        return 2
+    try:
+        print(KeyRing(Path(args[1])).create(int(args[2])))
+    except (OSError, WireGuardError) as exc:
+        print(f"cannot make the key pair: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

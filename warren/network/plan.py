@@ -255,11 +255,16 @@ def normalise_peer(peer: PeerConfig) -> PeerConfig:
 
 def diff(current: CurrentState, plan: MeshPlan) -> Diff:
     """The minimal operations that turn `current` into `plan`: only changed peers are touched,
-    and a changed peer is updated in place, never removed and re-added."""
+    and a changed peer is updated in place, never removed and re-added, unless this node's own
+    key changes (then every peer is started afresh)."""
     want = plan.interface
     ops: list[Operation] = []
     if current.public_key != want.public_key or current.listen_port != want.listen_port:
         ops.append(SetInterface(want.private_key_ref, want.listen_port))
+    # A new private key (a rotation, ADR 18) ends every session anyway. Peers are started afresh
+    # so that each handshakes at once (a new peer with a keepalive sends one): without that, a
+    # handshake lost because a peer had not switched yet is retried only after 5 s.
+    rekeyed = current.public_key is not None and current.public_key != want.public_key
 
     have_addrs = set(current.addresses)
     ops += [RemoveAddress(want.ifname, a) for a in sorted(have_addrs - {want.address})]
@@ -268,6 +273,9 @@ def diff(current: CurrentState, plan: MeshPlan) -> Diff:
 
     have = {p.public_key: normalise_peer(p) for p in current.peers}
     wanted = {p.public_key: normalise_peer(p) for p in want.peers}
+    if rekeyed:
+        have = {}
+        ops += [RemovePeer(k) for k in sorted({p.public_key for p in current.peers})]
     ops += [RemovePeer(k) for k in sorted(have.keys() - wanted.keys())]
     for key in sorted(wanted):
         new = wanted[key]
