@@ -12,6 +12,12 @@ explicitly. Rules, decided here:
   `spec.user` honoured ("name", "uid", "name:group", "uid:gid"). Without `spec.cwd` the process
   runs in a private scratch directory, `<state_dir>/<id>/work`, never in the agent's own cwd.
   `read_only_rootfs` cannot be honoured and is ignored.
+- **Network (ADR 17).** With `spec.netns` the process joins that network namespace; with
+  `resolv_conf` too it also gets a mount namespace of its own in which that file is
+  bind-mounted read-only over /etc/resolv.conf (the host's file and mounts stay as they were).
+  Every step of the chain (nsenter, unshare, the mount and cgroup shims, setpriv) execs the next
+  without forking, so the pid the driver started is the task's. When a step needs privileges
+  (namespaces, cgroups), `spec.user` is applied by setpriv at the end of the chain, not before it.
 - **Limits.** Memory and CPU limits go into a per-container cgroup (v1 `memory.limit_in_bytes`,
   `cpu.cfs_quota_us`; v2 `memory.max`, `cpu.max`) under `<the agent's own cgroup>/warren-exec`,
   or under `cgroup_root` (a path relative to each hierarchy's root, e.g. "/warren"). If the host
@@ -72,6 +78,13 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _CGROUP_SHIM = (
     'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || echo "warren: cannot join cgroup $f" >&2; shift; done; '
     'shift; exec "$@"'
+)
+# Bind-mounts $2 read-only over /etc/resolv.conf with the mount binary $1, then execs the rest.
+# Read-only: the file is the agent's, shared by every task on the node.
+_RESOLV_SHIM = (
+    '"$1" --bind -o ro -- "$2" /etc/resolv.conf || '
+    '{ echo "warren: cannot mount $2 over /etc/resolv.conf" >&2; exit 125; }; '
+    'shift 2; exec "$@"'
 )
 
 
@@ -295,14 +308,12 @@ class ExecRuntime:
         env = _env(spec)
         exe = _check_executable(argv[0], env, rec.cwd)
         uid, gid = _resolve_user(spec.user)
-        creds: dict[str, object] = {}
-        if uid is not None and uid != os.geteuid():
-            creds = {"user": uid, "group": gid, "extra_groups": []}
+        user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
-        if procs:
-            argv, exe = ["/bin/sh", "-c", _CGROUP_SHIM, "warren-exec", *procs, "--", *argv], "/bin/sh"
-        if spec.netns:  # the task's own network (ADR 17); nsenter execs, so the pid stays the task's
-            argv, exe = ["nsenter", f"--net={spec.netns}", "--", *argv], shutil.which("nsenter") or "/usr/bin/nsenter"
+        argv, exe, user = _command(argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user)
+        creds: dict[str, object] = {}
+        if user is not None:
+            creds = {"user": user[0], "group": user[1], "extra_groups": []}
         try:
             return subprocess.Popen(
                 argv,
@@ -402,6 +413,45 @@ class ExecRuntime:
 
 
 # -- processes ---------------------------------------------------------------------------------
+
+
+def _tool(name: str) -> str:
+    """An absolute path for a helper of the exec chain: the task's own PATH may not find it."""
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+def _command(
+    argv: list[str],
+    exe: str,
+    *,
+    procs: list[str],
+    netns: str,
+    resolv_conf: str,
+    user: tuple[int, int] | None,
+) -> tuple[list[str], str, tuple[int, int] | None]:
+    """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
+    cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
+
+    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
+    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
+    returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
+    user change moves from Popen to setpriv, the last step, whenever there is such a step.
+    """
+    if not procs and not netns:
+        return argv, exe, user
+    if user is not None:
+        uid, gid = user
+        argv = [_tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    if procs:
+        argv = ["/bin/sh", "-c", _CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
+    if netns and resolv_conf:
+        # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
+        # does not pin the host's filesystems; nothing mounted in here propagates to the host.
+        resolv = ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", _tool("mount"), resolv_conf, *argv]
+        argv = [_tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
+    if netns:
+        argv = [_tool("nsenter"), f"--net={netns}", "--", *argv]
+    return argv, argv[0], None
 
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:

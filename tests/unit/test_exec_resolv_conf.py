@@ -1,0 +1,174 @@
+"""The exec driver's command chain for tasks on the overlay (ADR 17): network namespace, a mount
+namespace with the node's resolv.conf, cgroups and user, each step exec'ing the next.
+
+No root needed: the argv is checked as built, and the resolv.conf shim runs for real with a
+stand-in for `mount`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from warren.agent.runtime import ContainerSpec
+from warren.runtime import exec_driver
+from warren.runtime.exec_driver import _CGROUP_SHIM, _RESOLV_SHIM, ExecRuntime, _command
+
+NETNS = "/run/netns/wt-t1"
+RESOLV = "/var/lib/warren/network/resolv.conf"
+TASK = ["sleep", "30"]
+
+
+@pytest.fixture(autouse=True)
+def tools(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Helpers resolve to a fixed directory, so argv can be compared whole."""
+    monkeypatch.setattr(exec_driver.shutil, "which", lambda name: f"/T/{name}")
+
+
+def chain(**kw: Any) -> tuple[list[str], str, tuple[int, int] | None]:
+    args: dict[str, Any] = {"procs": [], "netns": "", "resolv_conf": "", "user": None, **kw}
+    return _command(list(TASK), "/usr/bin/sleep", **args)
+
+
+def test_netns_and_resolv_conf_add_a_mount_namespace_with_the_file_over_etc_resolv_conf() -> None:
+    argv, exe, user = chain(netns=NETNS, resolv_conf=RESOLV)
+    assert argv == [
+        "/T/nsenter",
+        f"--net={NETNS}",
+        "--",
+        "/T/unshare",
+        "--mount",
+        "--propagation",
+        "slave",  # the task's mounts never reach the host
+        "--",
+        "/bin/sh",
+        "-c",
+        _RESOLV_SHIM,
+        "warren-resolv",
+        "/T/mount",
+        RESOLV,
+        *TASK,
+    ]
+    assert (exe, user) == ("/T/nsenter", None)
+    # Forking would leave the driver tracking a parent instead of the task.
+    assert not {"-f", "--fork"} & set(argv)
+
+
+def test_netns_alone_only_enters_the_network() -> None:
+    assert chain(netns=NETNS) == (["/T/nsenter", f"--net={NETNS}", "--", *TASK], "/T/nsenter", None)
+
+
+def test_resolv_conf_without_a_netns_changes_nothing() -> None:
+    """A task on the host's network keeps the host's resolv.conf."""
+    assert chain(resolv_conf=RESOLV) == (TASK, "/usr/bin/sleep", None)
+    assert chain(resolv_conf=RESOLV, user=(65534, 65534)) == (TASK, "/usr/bin/sleep", (65534, 65534))
+
+
+def test_a_user_is_applied_last_by_setpriv_when_earlier_steps_need_root() -> None:
+    procs = ["/sys/fs/cgroup/memory/w/t1/cgroup.procs"]
+    argv, exe, user = chain(netns=NETNS, resolv_conf=RESOLV, procs=procs, user=(65534, 65533))
+    cgroup_shim = argv.index(_CGROUP_SHIM) - 2
+    assert argv[cgroup_shim:] == [
+        "/bin/sh",
+        "-c",
+        _CGROUP_SHIM,
+        "warren-exec",
+        *procs,
+        "--",
+        "/T/setpriv",
+        "--reuid=65534",
+        "--regid=65533",
+        "--clear-groups",
+        "--",
+        *TASK,
+    ]
+    resolv_shim = argv.index(_RESOLV_SHIM) - 2
+    assert argv[resolv_shim : resolv_shim + 3] == ["/bin/sh", "-c", _RESOLV_SHIM]
+    assert resolv_shim < cgroup_shim  # the mount needs root too, so it comes before setpriv
+    assert argv[0] == exe == "/T/nsenter"
+    assert user is None  # Popen stays root: nsenter, unshare and the cgroup join need it
+
+
+def test_cgroups_alone_also_move_the_user_to_setpriv() -> None:
+    argv, exe, user = chain(procs=["/cg/cgroup.procs"], user=(1000, 1000))
+    assert argv == [
+        "/bin/sh",
+        "-c",
+        _CGROUP_SHIM,
+        "warren-exec",
+        "/cg/cgroup.procs",
+        "--",
+        "/T/setpriv",
+        "--reuid=1000",
+        "--regid=1000",
+        "--clear-groups",
+        "--",
+        *TASK,
+    ]
+    assert (exe, user) == ("/bin/sh", None)
+
+
+def test_without_wrappers_popen_keeps_the_user() -> None:
+    assert chain(user=(1000, 1000)) == (TASK, "/usr/bin/sleep", (1000, 1000))
+
+
+def test_the_driver_passes_the_specs_netns_and_resolv_conf(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    def popen(argv: list[str], **kw: Any) -> object:
+        seen.update(kw, argv=argv)
+        return object()
+
+    monkeypatch.setattr(exec_driver.subprocess, "Popen", popen)
+    rt = ExecRuntime(tmp_path / "state")
+    spec = ContainerSpec(task_id="t1", image="exec", command=("sleep", "30"), netns=NETNS, resolv_conf=RESOLV)
+    rid = rt.prepare(spec)
+    with open(os.devnull, "wb") as out:
+        rt._spawn(rt._records[rid], ["sleep", "30"], out)
+    assert seen["argv"][:3] == ["/T/nsenter", f"--net={NETNS}", "--"]
+    assert seen["argv"][seen["argv"].index(_RESOLV_SHIM) + 1 :][:3] == ["warren-resolv", "/T/mount", RESOLV]
+    assert seen["argv"][-2:] == ["sleep", "30"]
+    assert seen["executable"] == "/T/nsenter" and "user" not in seen
+
+
+# -- the shim itself, with a stand-in for mount --------------------------------------------------
+
+
+def fake_mount(tmp_path: Path, code: int) -> tuple[Path, Path]:
+    record = tmp_path / "mount-args"
+    script = tmp_path / "mount"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\nexit {code}\n')
+    script.chmod(0o755)
+    return script, record
+
+
+def test_the_shim_mounts_read_only_then_execs_the_task_in_the_same_process(tmp_path: Path) -> None:
+    mount, record = fake_mount(tmp_path, 0)
+    task = ["/bin/sh", "-c", 'echo "$$"; printf "<%s>" "$@"', "task", "a b", "-c", ""]
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, *task], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    pid, args = out.splitlines()
+    assert int(pid) == proc.pid  # exec, not fork: the pid the driver records is the task's
+    assert args == "<a b><-c><>"  # arguments reach the task unchanged
+    assert record.read_text().splitlines() == ["--bind", "-o", "ro", "--", RESOLV, "/etc/resolv.conf"]
+
+
+def test_the_task_does_not_run_when_the_mount_fails(tmp_path: Path) -> None:
+    mount, _ = fake_mount(tmp_path, 32)
+    marker = tmp_path / "ran"
+    proc = subprocess.run(
+        ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, "touch", str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    assert proc.returncode == 125
+    assert f"warren: cannot mount {RESOLV} over /etc/resolv.conf" in proc.stderr
+    assert not marker.exists()
