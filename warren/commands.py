@@ -625,7 +625,8 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
 
 class _Addresses:
     """Task addresses of the nodes a plan places tasks on, allocated from each node's subnet
-    (ADR 17). Tasks that ended, or that this plan stops, give theirs back."""
+    (ADR 17), for nodes on the overlay only. Tasks that ended, or that this plan stops, give
+    theirs back."""
 
     def __init__(self, state: ClusterState, stopping: set[str]) -> None:
         self._state = state
@@ -633,15 +634,15 @@ class _Addresses:
         self._by_node: dict[str, dict[str, ipaddress.IPv4Address]] = {}
         self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
 
-    def assign(self, task: Task, node_id: str) -> Task:
-        """`task` with an address on `node_id`. Where the node has no subnet, or no address
-        left in it, the task is placed without one, and its message says so: until the overlay
-        carries task traffic (issue #5), tasks use their node's network and must not wait."""
+    def assign(self, task: Task, node_id: str) -> Task | None:
+        """`task` with an address on `node_id`; unchanged for a node off the overlay (its tasks
+        use the node's network); None when the node's subnet has no address left (the plan was
+        computed before it filled up: the scheduler never places a task there)."""
         node = self._state.nodes.get(node_id)
-        if node is None or not node.overlay_subnet:
+        if node is None or not node.overlay or not node.overlay_subnet:
             return task
         if node_id in self._full:
-            return msgspec.structs.replace(task, message=self._full[node_id])
+            return None
         current = self._by_node.get(node_id)
         if current is None:
             current = self._by_node[node_id] = {
@@ -653,7 +654,7 @@ class _Addresses:
             allocated = ipam.allocate_address(ipaddress.IPv4Network(node.overlay_subnet), current, task.id)
         except (ipam.IpamError, ValueError) as exc:
             self._full[node_id] = f"no overlay address: {exc}"
-            return msgspec.structs.replace(task, message=self._full[node_id])
+            return None
         current[task.id] = allocated[task.id]
         return msgspec.structs.replace(task, overlay_address=str(allocated[task.id]))
 
@@ -723,7 +724,12 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             # Stale placement: keep the task, unplaced, for the next pass to place.
             task = msgspec.structs.replace(task, node_id="", state=TaskState.PENDING)
         if task.node_id:
-            task = addresses.assign(task, task.node_id)
+            placed = addresses.assign(task, task.node_id)
+            if placed is None and task.slot < 1:
+                continue  # a global task: the next pass creates it if the node has room again
+            task = placed or msgspec.structs.replace(
+                task, node_id="", state=TaskState.PENDING, message="pending: no free overlay address on its node"
+            )
         changes.append(Put("task", task))
     for update in cmd.updated:
         task = state.tasks.get(update.id)
@@ -737,7 +743,7 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             continue
         new = _task_update(task, update)
         if new is not None and moving:
-            new = addresses.assign(new, update.node_id)  # type: ignore[arg-type]
+            new = addresses.assign(new, update.node_id)  # type: ignore[arg-type]  # None: stays pending
         if new is not None:
             changes.append(Put("task", new))
     for task_id in cmd.deleted:

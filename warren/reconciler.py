@@ -36,7 +36,7 @@ from warren.model import (
     TaskState,
     can_transition,
 )
-from warren.scheduler import fits, node_is_schedulable, reserved_by_node, schedule
+from warren.scheduler import address_capacity, fits, live_by_node, node_is_schedulable, reserved_by_node, schedule
 from warren.state import ClusterState
 
 RUNNING = TaskState.RUNNING
@@ -138,6 +138,7 @@ class _Pass:
         self.deleted: set[str] = set()
         self.node_status: list[SetNodeStatus] = []
         self.reserved: dict[str, Resources] = {}
+        self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
@@ -149,6 +150,7 @@ class _Pass:
         self._orphan_tasks()
         current = {**self.state.tasks, **self.overlay} if self.overlay else self.state.tasks
         self.reserved = reserved_by_node(current.values())
+        self.live = live_by_node(current.values())
         for service in sorted(self.state.services.values(), key=lambda s: s.id):
             tasks = [self._settle(current[t]) for t in sorted(self.state.tasks_by_service.get(service.id, ()))]
             if service.spec.mode == ServiceMode.GLOBAL:
@@ -222,6 +224,7 @@ class _Pass:
         self.created.append(task.id)
         if node_id:
             self.reserved[node_id] = self.reserved.get(node_id, Resources()) + service.spec.reservations
+            self.live[node_id] = self.live.get(node_id, 0) + 1
         else:
             self.to_place.append(task.id)
         return task
@@ -428,6 +431,9 @@ class _Pass:
                 continue
             if not fits(node, self.reserved.get(node_id, Resources()), spec.reservations):
                 continue
+            capacity = address_capacity(node)
+            if capacity is not None and self.live.get(node_id, 0) >= capacity:
+                continue  # its overlay subnet is full
             attempt = 0
             history = by_node.get(node_id)
             if history:

@@ -1,8 +1,8 @@
 """Placement of replicated tasks on nodes: filter, then spread. Pure and deterministic.
 
 Filters (SwarmKit style, each one able to say how many nodes it removed, so a pending task can
-explain itself): the node is READY, its availability is ACTIVE, every constraint matches, and the
-task's reservations fit. Among the nodes left, a task goes to the node with the fewest tasks of
+explain itself): the node is READY, its availability is ACTIVE, every constraint matches, the
+task's reservations fit, and a node on the overlay has an address left in its subnet (ADR 17). Among the nodes left, a task goes to the node with the fewest tasks of
 its service, then the fewest tasks overall, then the smallest node id.
 
 Resources: a task reserves `spec.reservations` while it is on a node and not terminal. A
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 
@@ -58,6 +59,23 @@ def fits(node: Node, reserved: Resources, reservation: Resources) -> bool:
     return not (reservation.memory_bytes > 0 and reserved.memory_bytes + reservation.memory_bytes > total.memory_bytes)
 
 
+def address_capacity(node: Node) -> int | None:
+    """How many tasks a node on the overlay can hold: one address each in its subnet, less the
+    network, broadcast and node (.1) addresses. None for a node off the overlay: no limit."""
+    if not node.overlay or not node.overlay_subnet:
+        return None
+    return max(0, ipaddress.ip_network(node.overlay_subnet).num_addresses - 3)
+
+
+def live_by_node(tasks: Iterable[Task]) -> dict[str, int]:
+    """Tasks on each node that hold (or will hold) an overlay address: those not ended."""
+    count: defaultdict[str, int] = defaultdict(int)
+    for task in tasks:
+        if task.node_id and task.state < TaskState.COMPLETE:
+            count[task.node_id] += 1
+    return dict(count)
+
+
 def node_is_schedulable(node: Node) -> bool:
     return node.status == NodeStatus.READY and node.availability == Availability.ACTIVE
 
@@ -85,7 +103,10 @@ class _NodeTable:
         self.mem: dict[str, int] = dict.fromkeys(self.cpu, 0)
         self.total: dict[str, int] = dict.fromkeys(self.cpu, 0)
         self.by_service: defaultdict[str, dict[str, int]] = defaultdict(dict)
-        cpu, mem, total, by_service = self.cpu, self.mem, self.total, self.by_service
+        self.live: dict[str, int] = dict.fromkeys(self.cpu, 0)
+        self.addresses = {n.id: address_capacity(n) for n in self.all_nodes}
+        self.limited = any(cap is not None for cap in self.addresses.values())
+        cpu, mem, total, by_service, live = self.cpu, self.mem, self.total, self.by_service, self.live
         running, complete = TaskState.RUNNING, TaskState.COMPLETE
         for task in tasks:
             node_id = task.node_id
@@ -94,6 +115,7 @@ class _NodeTable:
             res = task.spec.reservations
             cpu[node_id] += res.nano_cpus
             mem[node_id] += res.memory_bytes
+            live[node_id] += 1
             if task.desired_state <= running:
                 total[node_id] += 1
                 per_node = by_service[task.service_id]
@@ -128,6 +150,9 @@ class _NodeTable:
             bisect.insort(order, (total[node_id], node_id))
 
     def fits(self, node: Node, cpu_need: int, mem_need: int) -> bool:
+        cap = self.addresses[node.id]
+        if cap is not None and self.live[node.id] >= cap:
+            return False
         res = node.resources
         if cpu_need > 0 and self.cpu[node.id] + cpu_need > res.nano_cpus:
             return False
@@ -154,9 +179,12 @@ class _NodeTable:
             if len(kept) < len(left):
                 parts.append(f"constraint {c} not satisfied on {_plural(len(left) - len(kept), 'node')}")
             left = kept
-        no_cpu = no_mem = 0
+        no_cpu = no_mem = no_addr = 0
         for n in left:
-            if cpu_need > 0 and self.cpu[n.id] + cpu_need > n.resources.nano_cpus:
+            cap = self.addresses[n.id]
+            if cap is not None and self.live[n.id] >= cap:
+                no_addr += 1
+            elif cpu_need > 0 and self.cpu[n.id] + cpu_need > n.resources.nano_cpus:
                 no_cpu += 1
             elif mem_need > 0 and self.mem[n.id] + mem_need > n.resources.memory_bytes:
                 no_mem += 1
@@ -164,6 +192,8 @@ class _NodeTable:
             parts.append(f"insufficient cpu on {_plural(no_cpu, 'node')}")
         if no_mem:
             parts.append(f"insufficient memory on {_plural(no_mem, 'node')}")
+        if no_addr:
+            parts.append(f"no free overlay address on {_plural(no_addr, 'node')}")
         return "no suitable node: " + ", ".join(parts) if parts else "no suitable node"
 
 
@@ -213,7 +243,8 @@ def _place_group(
 ) -> int:
     """Place the group's tasks in order; returns how many were placed (a prefix of `group`)."""
     cpu_need, mem_need = group[0].spec.reservations.nano_cpus, group[0].spec.reservations.memory_bytes
-    needs_resources = cpu_need > 0 or mem_need > 0
+    # Nodes on the overlay have a limited number of task addresses: checked like a reservation.
+    needs_resources = cpu_need > 0 or mem_need > 0 or table.limited
     nodes, node_ids = matching
     per_service = table.by_service[service_id]
     fits_node = table.fits
@@ -243,7 +274,7 @@ def _place_group(
     total = table.total
     heap = [(per_service.get(n.id, 0), total[n.id], n.id) for n in candidates]
     heapq.heapify(heap)
-    cpu, mem, by_id = table.cpu, table.mem, table.by_id
+    cpu, mem, live, by_id = table.cpu, table.mem, table.live, table.by_id
     heapreplace, heappop = heapq.heapreplace, heapq.heappop
     old_totals: dict[str, int] = {}
     placed = 0
@@ -260,6 +291,7 @@ def _place_group(
         if needs_resources:
             cpu[node_id] += cpu_need
             mem[node_id] += mem_need
+            live[node_id] += 1
             if not fits_node(by_id[node_id], cpu_need, mem_need):
                 heappop(heap)
                 continue

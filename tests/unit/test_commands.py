@@ -175,6 +175,7 @@ def _overlay_state(node_prefixlen: int = 24, vip_range: str = "10.51.0.0/29") ->
     cluster = _cluster(overlay_range="10.50.0.0/16", node_subnet_prefixlen=node_prefixlen, vip_range=vip_range)
     node = Node(id="n1", hostname="n1", status=NodeStatus.READY, resources=Resources(4_000_000_000, 4 * GB))
     assert _run(state, commands.InitCluster(cluster, node)).ok
+    assert _run(state, commands.RegisterNode(msgspec.structs.replace(node, overlay=True))).ok  # its agent runs the mesh
     return state
 
 
@@ -204,15 +205,24 @@ def test_placed_tasks_get_addresses_of_their_node_while_it_has_some() -> None:
     assert _run(state, commands.ApplyPlan(created=tuple(tasks))).ok
     placed = {t.id: t.overlay_address for t in state.tasks.values() if t.overlay_address}
     assert sorted(placed.values()) == [f"10.50.0.{i}" for i in range(2, 7)]
-    # The sixth is placed all the same (tasks use the host network until the overlay carries
-    # their traffic), and its message says why it has no address.
+    # The sixth (from a plan made before the subnet filled up) stays pending, saying why.
     [bare] = [t for t in state.tasks.values() if not t.overlay_address]
-    assert bare.node_id == "n1" and "no overlay address" in bare.message and "exhausted" in bare.message
+    assert (bare.node_id, bare.state) == ("", TaskState.PENDING) and "no free overlay address" in bare.message
     # A task that ended gives its address back to the next placement on the node.
     assert _run(state, commands.ApplyPlan(updated=(commands.TaskUpdate(id="t0", at=3.0, state=TaskState.FAILED),))).ok
     again = _task("t9", service, slot=1, node_id="n1")
     assert _run(state, commands.ApplyPlan(created=(again,))).ok
     assert state.tasks["t9"].overlay_address == placed["t0"]
+
+
+def test_tasks_on_a_node_off_the_overlay_get_no_address() -> None:
+    state = _overlay_state()
+    node = state.nodes["n1"]
+    assert _run(state, commands.RegisterNode(msgspec.structs.replace(node, overlay=False))).ok
+    service = _service("web")
+    assert _run(state, commands.CreateService(service)).ok
+    assert _run(state, commands.ApplyPlan(created=(_task("t0", service, slot=1, node_id="n1"),))).ok
+    assert state.tasks["t0"].node_id == "n1" and state.tasks["t0"].overlay_address == ""
 
 
 # -- WireGuard key rotation (ADR 18) -------------------------------------------------------------

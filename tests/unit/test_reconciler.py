@@ -7,7 +7,7 @@ from collections import Counter
 import msgspec
 import pytest
 
-from tests.unit.core_sim import Sim, node, spec
+from tests.unit.core_sim import Sim, node, running_task, spec
 from warren import commands
 from warren.model import (
     Availability,
@@ -660,3 +660,12 @@ def test_config_from_cluster_and_is_empty() -> None:
     assert ReconcileConfig.from_cluster(None) == ReconcileConfig()
     assert is_empty(commands.ApplyPlan())
     assert not is_empty(commands.ApplyPlan(deleted=("x",)))
+
+
+def test_global_skips_a_node_whose_overlay_subnet_is_full() -> None:
+    sim = cluster("n1")
+    sim.add_node(msgspec.structs.replace(node("n2"), overlay=True, overlay_subnet="10.50.0.0/30"))  # 1 address
+    other = spec("other", replicas=1)
+    inject(sim, running_task("o1", sim.create_service(other), other, "n2"))
+    sim.create_service(spec("mon", mode=ServiceMode.GLOBAL))
+    assert [t.node_id for t in sim.reconcile().created if t.service_name == "mon"] == ["n1"]

@@ -194,3 +194,17 @@ def test_small_group_skips_nodes_already_running_the_service() -> None:
     result = schedule(nodes, existing, pending("a", 2))
     assert result.assignments == {"ta-001": "n00", "ta-002": "n01"}
     assert result.assignments == naive_schedule(nodes, existing, pending("a", 2))
+
+
+def test_a_node_on_the_overlay_takes_as_many_tasks_as_its_subnet_has_addresses() -> None:
+    # A /29 holds 5 task addresses (.2-.6); a node off the overlay has no such limit.
+    small = msgspec.structs.replace(node("n1"), overlay=True, overlay_subnet="10.50.0.0/29")
+    result = schedule([small], [], pending("a", 7))
+    assert len(result.assignments) == 5
+    assert set(result.unplaced.values()) == {"no suitable node: no free overlay address on 1 node"}
+    off = msgspec.structs.replace(node("n2"), overlay_subnet="10.50.1.0/29")
+    result = schedule([small, off], [], pending("a", 12))
+    assert Counter(result.assignments.values()) == {"n1": 5, "n2": 7} and not result.unplaced
+    # Tasks already there hold addresses until they end.
+    there = [running_task(f"r{i}", "b", spec("b"), "n1", slot=i) for i in range(1, 5)]
+    assert list(schedule([small], there, pending("a", 3)).assignments.values()) == ["n1"]
