@@ -2,8 +2,9 @@
 
 Filters (SwarmKit style, each one able to say how many nodes it removed, so a pending task can
 explain itself): the node is READY, its availability is ACTIVE, every constraint matches, the
-task's reservations fit, and a node on the overlay has an address left in its subnet (ADR 17). Among the nodes left, a task goes to the node with the fewest tasks of
-its service, then the fewest tasks overall, then the smallest node id.
+task's reservations fit, and a node on the overlay has an address left in its subnet (ADR 17).
+Among the nodes left, a task goes to the node with the fewest tasks of its service, then the
+fewest tasks overall, then the smallest node id.
 
 Resources: a task reserves `spec.reservations` while it is on a node and not terminal. A
 reservation of 0 in a dimension always fits; a reservation > 0 needs
