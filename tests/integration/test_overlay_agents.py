@@ -2,8 +2,11 @@
 namespaces on a bridge the test creates), a manager in the first, an agent with
 `--wireguard userspace` in each. The managers push every node's subnet, public key and endpoint
 to the agents, which converge their own wireguard-go; the test then pings each node's overlay
-address from every other host. Everything is torn down in `finally`, wireguard-go by the
-interface names the test chose.
+address from every other host, runs a global httpd service over it (task namespaces, VIP,
+published port, DNS), kills a replica and an agent with kill -9 (the replica leaves the VIP and
+its replacement joins it; a TCP connection and a ping every 0.1 s over the overlay survive the
+agent's restart), kills a wireguard-go and removes a node. Everything is torn down in
+`finally`, wireguard-go by the interface names the test chose, other processes by PID.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,12 +117,14 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
 
         # Tasks get their own namespace and an address of their node's subnet, and are reached
         # over the overlay from the other hosts (an httpd in each, exec runtime).
-        # Each task serves its own address (what `ip addr` shows in its namespace).
+        # Each task serves its own address (what `ip addr` shows in its namespace) and its PID
+        # (the shell's, which execs httpd), which tells a replacement from the task it replaces
+        # even when it gets the same address back.
         www = tmp_path / "www"
         www.mkdir()
         serve = (
             'd="$WWW/$$" && mkdir -p "$d" && busybox ip -o -4 addr show eth0 > "$d/index.html"'
-            ' && exec busybox httpd -f -p 8080 -h "$d"'
+            ' && echo "pid=$$;" >> "$d/index.html" && exec busybox httpd -f -p 8080 -h "$d"'
         )
         created = cli(
             first,
@@ -179,27 +187,101 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         assert answered == {t["overlay_address"] for t in tasks}
 
         # The node's embedded DNS, from inside a task: NAME is the VIP, tasks.NAME the tasks.
+        # The task resolves through its own /etc/resolv.conf (the agent mounted the node's over
+        # it, in the task's mount namespace): enter the task's namespaces, name no server.
+        task_pid = subprocess.run(
+            ["ip", "netns", "pids", f"wt-{on_h1['id']}"], capture_output=True, text=True
+        ).stdout.split()[0]
+
         def lookup(name: str) -> str:
-            argv = ["nsenter", f"--net=/run/netns/wt-{on_h1['id']}", "busybox", "nslookup", name, overlay["h1"]]
+            argv = ["nsenter", "--target", task_pid, "--net", "--mount", "busybox", "nslookup", name]
             result = subprocess.run(argv, capture_output=True, text=True, timeout=10)
             return result.stdout if result.returncode == 0 else ""
 
         assert vip in wait_for(lambda: lookup("web"), timeout=10, message="web to resolve")
         assert all(t["overlay_address"] in lookup("tasks.web") for t in tasks)
+        assert overlay["h1"] in lookup("web")  # the server that answered: the node's embedded DNS
 
-        # A task that stops leaves the VIP's backends (within a second or so).
-        doomed = next(t for t in tasks if t is not on_h1)
+        def page_pid(page: str) -> int | None:
+            found = re.search(r"pid=(\d+);", page)
+            return int(found.group(1)) if found else None
+
+        def serves(page: str, address: str) -> bool:
+            return f" {address}/" in page  # `inet ADDRESS/24`, so .2 is not .20
+
+        def in_vip_table(host: LabHost, address: str) -> bool:
+            table = host.run(["nft", "list", "table", "ip", "warren"])
+            assert table.returncode == 0, table.stderr
+            return re.search(rf"(?<![\d.]){re.escape(address)}(?![\d.])", table.stdout) is not None
+
+        def httpd_pids(task_id: str) -> list[int]:
+            """The httpd processes in a task's namespace (one of the namespaces this test's cluster made)."""
+            listed = subprocess.run(["ip", "netns", "pids", f"wt-{task_id}"], capture_output=True, text=True)
+            pids = []
+            for pid in listed.stdout.split():
+                with contextlib.suppress(OSError):  # a short-lived process that is already gone
+                    if b"httpd" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                        pids.append(int(pid))
+            return pids
+
         node_of = {n["id"]: n["addr"] for n in workers()}
-        doomed_host = next(h for h in hosts if h.ip == node_of[doomed["node_id"]])
-        assert cli(first, "node", "update", "--availability", "drain", doomed["node_id"]).returncode == 0
+        host_of = {t["id"]: next(h for h in hosts if h.ip == node_of[t["node_id"]]) for t in tasks}
+        vip_url = f"http://{vip}:8080/index.html"
+
+        # kill -9 of a running replica (h3's): its address leaves the VIP's backends on every
+        # host, and the VIP, fetched from the other hosts, is answered by the live tasks only.
+        victim = next(t for t in tasks if host_of[t["id"]] is h3)
+        victim_pid = page_pid(fetch(h1, f"http://{victim['overlay_address']}:8080/index.html"))
+        assert victim_pid is not None and httpd_pids(victim["id"]) == [victim_pid]
+        os.kill(victim_pid, 9)
+        left: set[str] = set()  # hosts seen without it (a replacement may bring the address back)
+
+        def left_everywhere() -> bool:
+            left.update(h.name for h in hosts if h.name not in left and not in_vip_table(h, victim["overlay_address"]))
+            return len(left) == len(hosts)
+
+        wait_for(left_everywhere, timeout=10, interval=0.05, message=f"the killed task to leave the VIP ({left})")
+        for _ in range(10):
+            for host in (h1, h2):
+                page = fetch(host, vip_url)
+                assert page and page_pid(page) != victim_pid, f"{host.name} fetched {page!r} from the VIP"
+
+        # The restart policy (any, the default) replaces it on its node, and the replacement
+        # (with the lowest free address of the node, so maybe the same one) joins the VIP.
+        replacement = wait_for(
+            lambda: next(
+                (t for t in running_tasks() if t["node_id"] == victim["node_id"] and t["id"] != victim["id"]), None
+            ),
+            timeout=30,
+            message="a healthy replacement of the killed task",
+        )
+        task_ids.append(replacement["id"])
+        host_of[replacement["id"]] = h3
         wait_for(
-            lambda: doomed["overlay_address"] not in h2.run(["nft", "list", "table", "ip", "warren"]).stdout,
+            lambda: all(in_vip_table(h, replacement["overlay_address"]) for h in hosts),
+            timeout=10,
+            message="the replacement to join the VIP on every host",
+        )
+        replacement_pid = page_pid(fetch(h1, f"http://{replacement['overlay_address']}:8080/index.html"))
+        assert replacement_pid is not None and replacement_pid != victim_pid
+        assert httpd_pids(replacement["id"]) == [replacement_pid]
+        wait_for(
+            lambda: any(page_pid(fetch(h2, vip_url)) == replacement_pid for _ in range(5)),
+            timeout=10,
+            message="the VIP to send a connection to the replacement",
+        )
+
+        # Draining a node stops its task, which leaves the VIP's backends on every host.
+        drained = next(t for t in tasks if host_of[t["id"]] is h2)
+        assert cli(first, "node", "update", "--availability", "drain", drained["node_id"]).returncode == 0
+        wait_for(
+            lambda: not any(in_vip_table(h, drained["overlay_address"]) for h in hosts),
             timeout=15,
             message="the drained task to leave the VIP",
         )
         for _ in range(10):
-            assert doomed["overlay_address"] not in fetch(h2, f"http://{vip}:8080/index.html")
-        del doomed_host
+            page = fetch(h3, vip_url)
+            assert page and not serves(page, drained["overlay_address"]), f"h3 fetched {page!r} from the VIP"
         assert cli(first, "service", "rm", "web").returncode == 0
         wait_for(
             lambda: not any((Path("/run/netns") / f"wt-{t}").exists() for t in task_ids),
@@ -207,14 +289,43 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             message="the tasks' namespaces to go",
         )
 
-        # kill -9 of an agent: its wireguard-go runs on, so the overlay keeps working; the
-        # restarted agent adopts it.
+        # kill -9 of an agent: its wireguard-go runs on, so the overlay keeps working, and the
+        # restarted agent adopts it without touching the tunnel. A TCP connection from h2 to an
+        # echo server on h1's overlay address stays up across the kill and the restart, and a
+        # ping every 0.1 s from h3 to h2's overlay address loses nothing.
+        python = ["env", f"PYTHONPATH={REPO}", sys.executable, "-m", "tests.fixtures.echo_probe"]
+        echo_port, stop_probe, probe_result = "7007", tmp_path / "stop-probe", tmp_path / "probe.json"
+        lab.spawn(h1, [*python, "serve", overlay["h1"], echo_port], log=tmp_path / "echo-server.log")
+        connect = f"import socket; socket.create_connection(('{overlay['h1']}', {echo_port}), timeout=1).close()"
+        wait_for(lambda: h2.run([sys.executable, "-c", connect]).returncode == 0, timeout=10, message="the server")
+        ping = lab.spawn(h3, ["ping", "-n", "-i", "0.1", overlay["h2"]], log=tmp_path / "ping.log")
+        pinging_since = time.monotonic()
+        lab.spawn(h2, [*python, "probe", overlay["h1"], echo_port, str(stop_probe), str(probe_result)])
+        time.sleep(0.5)
         agents["h2"].kill()
         agents["h2"].wait()
         assert h1.ping(overlay["h2"]) and h2.ping(overlay["h3"])
-        spawn(h2, "agent-h2-again.log", "worker", "start", "--data-dir", str(tmp_path / "agent-h2"))
-        wait_for(lambda: "session" in (tmp_path / "agent-h2-again.log").read_text(), timeout=30, message="h2 back")
-        assert h1.ping(overlay["h2"], attempts=3)
+        again = tmp_path / "agent-h2-again.log"
+        spawn(h2, again.name, "worker", "start", "--data-dir", str(tmp_path / "agent-h2"))
+        wait_for(lambda: "session" in again.read_text(), timeout=30, message="h2 back")
+        # Its first converge and load-balancer pass after the session opened.
+        wait_for(lambda: "service VIPs" in again.read_text(), timeout=15, message="h2's agent to converge")
+        time.sleep(1.0)  # and a second of pings after it
+        os.kill(ping.pid, signal.SIGINT)  # ping prints its statistics and exits
+        ping.wait(timeout=10)
+        pinged_for = time.monotonic() - pinging_since
+        ping_out = (tmp_path / "ping.log").read_text()
+        replies = {int(seq) for seq in re.findall(r"icmp_seq=(\d+)", ping_out)}
+        sent = re.search(r"(\d+) packets transmitted", ping_out)
+        assert replies and sent, ping_out
+        # No gap, and at most the last request unanswered (in flight when ping was stopped).
+        assert replies == set(range(1, max(replies) + 1)), f"lost {sorted(set(range(1, max(replies))) - replies)}"
+        assert max(replies) >= int(sent.group(1)) - 1, ping_out[-300:]
+        assert max(replies) >= pinged_for * 5, f"{max(replies)} replies in {pinged_for:.1f}s"  # it kept pinging
+        assert "overlay mesh: applied" not in again.read_text()  # the adopted tunnel needed nothing
+        stop_probe.touch()  # the connection, one for the whole time, echoed every 50 ms throughout
+        result = json.loads(wait_for(lambda: probe_result.exists() and probe_result.read_text(), timeout=35))
+        assert result["error"] == "" and result["round_trips"] >= pinged_for * 5, result
 
         # A wireguard-go that dies is restarted by its agent and configured again.
         wg_pid = next(
