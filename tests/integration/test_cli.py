@@ -160,6 +160,10 @@ BAD_INPUT = [
     (["node", "update", "--availability", "drain", "no-such-node"], 3, "not found"),
     (["cluster", "join-token", "superuser"], 2, "superuser"),
     (["service", "frobnicate"], 2, "frobnicate"),
+    (["node", "rotate-key", "no-such-node"], 3, "not found"),
+    (["cluster", "update"], 2, "nothing to change"),
+    (["cluster", "update", "--wireguard-key-rotation", "soon"], 2, "soon"),
+    (["cluster", "update", "--wireguard-key-rotation", "1s"], 2, "at least 10s"),
 ]
 
 
@@ -181,6 +185,10 @@ def test_bad_input_gives_clear_errors_and_leaves_state_unchanged(manager: Manage
     [node] = manager.cli_json("node", "ls")
     result = manager.cli("node", "rm", node["id"])
     assert result.returncode == 4 and "manager" in result.stderr
+    result = manager.cli("node", "rotate-key", node["id"])  # its agent runs without --wireguard
+    assert result.returncode == 4 and "not on the overlay" in result.stderr, result.stderr
+    assert manager.cli_json("node", "inspect", node["id"])["wg_key_desired_epoch"] == "0"
+    assert "rotation: off" in manager.cli("cluster", "info").stdout.replace("  ", " ")
     after = manager.cli_json("service", "ls")
     assert [(s["id"], s["version"], s["spec"]) for s in after] == [(s["id"], s["version"], s["spec"]) for s in before]
 

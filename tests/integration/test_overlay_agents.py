@@ -176,7 +176,8 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
                 break
         assert answered == {t["overlay_address"] for t in tasks}
 
-        # The published port answers on every node's own address, from any task (routing mesh).
+        # The published port answers on every node's own address, from any task (routing mesh),
+        # and on a node's loopback too (local and remote tasks alike).
         answered = set()
         for _ in range(30):
             for host, target in ((h2, h3.ip), (h1, h1.ip), (h3, h2.ip)):
@@ -185,6 +186,13 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             if len(answered) == 3:
                 break
         assert answered == {t["overlay_address"] for t in tasks}
+        from_loopback: set[str] = set()
+        for _ in range(30):
+            page = fetch(h2, "http://127.0.0.1:18080/index.html")
+            from_loopback |= {t["overlay_address"] for t in tasks if t["overlay_address"] in page}
+            if len(from_loopback) == 3:
+                break
+        assert from_loopback == {t["overlay_address"] for t in tasks}
 
         # The node's embedded DNS, from inside a task: NAME is the VIP, tasks.NAME the tasks.
         # The task resolves through its own /etc/resolv.conf (the agent mounted the node's over

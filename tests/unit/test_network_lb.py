@@ -57,7 +57,11 @@ def test_published_ports_reach_the_tasks_from_every_node_and_remote_ones_are_mas
     assert text.count("fib daddr type local udp dport 5353 ct mark set 0x5741 dnat ip to 10.200.2.2:53") == 2
     # Only connections that came in on a published port, and leave for another node, lose
     # their source (the reply must come back through this node); VIP traffic keeps it.
-    assert text.count("masquerade") == 1 and 'ct mark 0x5741 oifname != "warren-br0" masquerade' in text
+    assert 'ct mark 0x5741 oifname != "warren-br0" masquerade' in text
+    # A connection from the node's loopback leaves it with the outgoing link's address.
+    assert "ct mark 0x5741 ip saddr 127.0.0.0/8 masquerade" in text and text.count("masquerade") == 2
+    # Nothing but the loopback itself may address the node's 127.0.0.0/8 (route_localnet is on).
+    assert 'iifname != "lo" ip daddr 127.0.0.0/8 drop' in text
     with pytest.raises(ValueError):
         ruleset([Endpoint("x", "10.201.0.4", ("10.200.0.9",), (("sctp", 1, 2),))])
     with pytest.raises(ValueError):

@@ -206,6 +206,8 @@ class Overlay:
         from warren.network import lb
 
         self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge))
+        for ifname in (self._tasks.bridge, self._ifname):  # published ports on 127.0.0.1 too
+            self._tasks.route_localnet(ifname)
 
     def _converge(self, mesh: tuple[MeshMember, ...]) -> int:
         from warren.network import mesh as mesh_io

@@ -8,6 +8,13 @@ source address is left alone (no SNAT): a backend on another node answers the cl
 address over the mesh, and conntrack on the client's node undoes the DNAT, so backends see who
 called them (unlike Swarm's routing mesh, moby#25526). A VIP with no healthy backend rejects
 connections at once rather than letting them hang.
+
+A published port also answers on the node's loopback (`curl 127.0.0.1:PORT` on a node, as with
+Docker): such a connection is DNATed out of the loopback, which the kernel allows only with
+`route_localnet` on the outgoing link (the bridge, the WireGuard interface; set by the agent) and
+is masqueraded to that link's address. Since `route_localnet` would also let a task (or a peer)
+address the node's own 127.0.0.0/8 services, the table drops any packet to 127.0.0.0/8 that
+arrives on another link than the loopback (as Kubernetes does since CVE-2020-8558).
 """
 
 from __future__ import annotations
@@ -61,7 +68,14 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
         if backends:
             nat.extend(_published(ep, backends))
     nat_rules, reject_rules = "\n".join(nat), "\n".join(unavailable)
-    masquerade = f"        ct mark {PUBLISHED_MARK:#x} oifname != {_quote(bridge)} masquerade" if bridge else ""
+    masquerade = (
+        f"        ct mark {PUBLISHED_MARK:#x} oifname != {_quote(bridge)} masquerade\n"
+        f"        ct mark {PUBLISHED_MARK:#x} ip saddr 127.0.0.0/8 masquerade"
+        if bridge
+        else ""
+    )
+    guard = '        iifname != "lo" ip daddr 127.0.0.0/8 drop'
+
     return (
         removal(table)
         + f"table ip {table} {{\n"
@@ -70,6 +84,7 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
         + _chain("published-postrouting", "type nat hook postrouting priority srcnat; policy accept;", masquerade)
         + _chain("vip-unavailable", "type filter hook output priority 0; policy accept;", reject_rules)
         + _chain("vip-unavailable-forward", "type filter hook forward priority 0; policy accept;", reject_rules)
+        + _chain("localnet-guard", "type filter hook prerouting priority raw; policy accept;", guard)
         + "}\n"
     )
 

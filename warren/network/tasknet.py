@@ -59,6 +59,14 @@ class TaskNetworkManager:
         links.add_route(str(ipaddress.IPv4Network(vip_range)), self.bridge, str(self.gateway))
 
     @staticmethod
+    def route_localnet(ifname: str) -> None:
+        """Let connections from the loopback be DNATed out of `ifname` (published ports on
+        127.0.0.1, ADR 17); the load balancer's table drops what would abuse it."""
+        path = Path(f"/proc/sys/net/ipv4/conf/{ifname}/route_localnet")
+        if path.exists() and path.read_text().strip() != "1":
+            path.write_text("1\n")
+
+    @staticmethod
     def apply_nft(ruleset: str) -> None:
         """Load an nftables ruleset (one atomic transaction) in this namespace."""
         result = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True, text=True, timeout=10)
