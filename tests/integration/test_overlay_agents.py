@@ -209,6 +209,15 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         assert vip in wait_for(lambda: lookup("web"), timeout=10, message="web to resolve")
         assert all(t["overlay_address"] in lookup("tasks.web") for t in tasks)
         assert overlay["h1"] in lookup("web")  # the server that answered: the node's embedded DNS
+        # ...and so `http://web:8080/` from the task on h1 reaches the tasks on the other hosts.
+        by_name: set[str] = set()
+        for _ in range(30):
+            argv = ["nsenter", "--target", task_pid, "--net", "--mount", "busybox", "wget", "-q", "-O", "-"]
+            page = subprocess.run([*argv, "http://web:8080/index.html"], capture_output=True, text=True, timeout=10)
+            by_name |= {t["overlay_address"] for t in tasks if t["overlay_address"] in page.stdout}
+            if len(by_name) == 3:
+                break
+        assert by_name == {t["overlay_address"] for t in tasks}
 
         def page_pid(page: str) -> int | None:
             found = re.search(r"pid=(\d+);", page)
