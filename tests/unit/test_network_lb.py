@@ -20,7 +20,9 @@ def test_the_table_spreads_each_vip_over_its_backends_and_rejects_a_vip_without_
     assert text.count(spread) == 2  # tasks' connections (prerouting) and the node's own (output)
     assert text.count("ip daddr 10.201.0.1 dnat to 10.200.2.5") == 2
     assert text.count("ip daddr 10.201.0.3 reject with icmp type host-unreachable") == 2
-    assert "snat" not in text and "masquerade" not in text  # callers keep their source address
+    # Callers keep their source address; only a task sent to itself (hairpin) cannot.
+    assert "snat" not in text and text.count("masquerade") == 1
+    assert "ct status dnat ip saddr . ip daddr { 10.200.0.2 . 10.200.0.2, " in text
 
 
 def test_the_same_services_render_the_same_table_in_any_order() -> None:
@@ -59,7 +61,10 @@ def test_published_ports_reach_the_tasks_from_every_node_and_remote_ones_are_mas
     # their source (the reply must come back through this node); VIP traffic keeps it.
     assert 'ct mark 0x5741 oifname != "warren-br0" masquerade' in text
     # A connection from the node's loopback leaves it with the outgoing link's address.
-    assert "ct mark 0x5741 ip saddr 127.0.0.0/8 masquerade" in text and text.count("masquerade") == 2
+    assert "ct mark 0x5741 ip saddr 127.0.0.0/8 masquerade" in text
+    # A task sent to itself through its own VIP (hairpin) is masqueraded, and only that case.
+    hairpin = "ct status dnat ip saddr . ip daddr { 10.200.0.2 . 10.200.0.2, 10.200.1.2 . 10.200.1.2, "
+    assert hairpin + "10.200.2.2 . 10.200.2.2 } masquerade" in text and text.count("masquerade") == 3
     # Nothing but the loopback itself may address the node's 127.0.0.0/8 (route_localnet is on).
     assert 'iifname != "lo" ip daddr 127.0.0.0/8 drop' in text
     with pytest.raises(ValueError):

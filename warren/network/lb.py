@@ -55,9 +55,11 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
         raise ValueError(f"invalid nftables table name {table!r}")
     nat: list[str] = []
     unavailable: list[str] = []
+    every_backend: set[str] = set()
     for ep in sorted(endpoints, key=lambda e: ipaddress.IPv4Address(e.vip)):
         vip = _address(ep.vip)
         backends = sorted({_address(b) for b in ep.backends}, key=ipaddress.IPv4Address)
+        every_backend.update(backends)
         if not backends:
             unavailable.append(f"        ip daddr {vip} reject with icmp type host-unreachable")
         elif len(backends) == 1:
@@ -75,6 +77,11 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
         else ""
     )
     guard = '        iifname != "lo" ip daddr 127.0.0.0/8 drop'
+    if every_backend:
+        # Hairpin: a task whose VIP connection was sent to itself would see a packet from its own
+        # address and drop it; only that connection is masqueraded (to the node's bridge address).
+        pairs = ", ".join(f"{b} . {b}" for b in sorted(every_backend, key=ipaddress.IPv4Address))
+        masquerade += f"\n        ct status dnat ip saddr . ip daddr {{ {pairs} }} masquerade"
 
     return (
         removal(table)

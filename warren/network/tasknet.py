@@ -84,6 +84,9 @@ class TaskNetworkManager:
         if links.link_index(veth) is None:
             _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", name)
         links.set_master(veth, self.bridge)
+        # Hairpin: with bridge netfilter on (br_netfilter), a task's connection to its own
+        # service's VIP is DNATed while bridged, and must go back out of the port it came in by.
+        _ip("link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on")
         _ip("-n", name, "link", "set", "lo", "up")
         _ip("-n", name, "link", "set", "eth0", "up")
         _ip("-n", name, "addr", "replace", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
