@@ -259,6 +259,8 @@ class Cluster:
                     "exec",
                     "--advertise-addr",
                     w.host.ip,
+                    "--wireguard",  # the chaos suite is about Raft and agents, not the overlay
+                    "off",
                 ]
             )
         while True:

@@ -3,13 +3,17 @@
 
 Starts a private containerd, a one-manager cluster whose embedded agent runs containers
 through it (the default, as `docker swarm init` does), imports a busybox image built from
-Debian's busybox-static (there is no outside registry here), and runs an HTTP service that
-answers on 127.0.0.1:8080. Everything lives under .demo/ and is stopped by PID.
+Debian's busybox-static (there is no outside registry here), and runs an HTTP service on the
+overlay (its own network namespace and address, a VIP, a name) with its port published on the
+node, so that it answers on 127.0.0.1:8080. Everything lives under .demo/ and is stopped by PID;
+the node's overlay networking (WireGuard interface, bridge, nftables table) by
+`warren worker teardown`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -134,11 +138,21 @@ def start() -> None:
     warren("image", "import", str(image.archive), "--name", IMAGE, "--containerd-socket", containerd.socket)
     warren("node", "ls")
     if warren("service", "inspect", "web", "--format", "json", check=False).returncode != 0:
-        warren("service", "create", "web", "--image", IMAGE, "--", "sh", "-c", WEB)
+        warren(
+            "service", "create", "web", "--image", IMAGE, "--publish", f"{HTTP_PORT}:{HTTP_PORT}", "--", "sh", "-c", WEB
+        )
     warren("service", "ls")
     warren("service", "ps", "web")
     print(f"\n+ curl http://127.0.0.1:{HTTP_PORT}/")
-    print(urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/", timeout=10).read().decode().strip())
+    deadline = time.monotonic() + 30
+    while True:  # the task starts, then the node's load balancer learns its address
+        try:
+            print(urllib.request.urlopen(f"http://127.0.0.1:{HTTP_PORT}/", timeout=10).read().decode().strip())
+            break
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                sys.exit(f"demo: http://127.0.0.1:{HTTP_PORT}/ does not answer ({exc}); see {DEMO}/manager.log")
+            time.sleep(0.5)
     print(
         f"\nThe cluster keeps running in the background (state in {DEMO}, manager log {DEMO}/manager.log)."
         "\nTry: warren service logs web · warren service ps web · warren node ls · warren service rm web"
@@ -150,11 +164,23 @@ def stop() -> None:
     manager = _alive(DEMO / "manager.pid")
     if manager is not None:
         # Remove the service first: a stopped agent leaves its containers running, by design.
+        listed = subprocess.run(
+            [sys.executable, "-m", "warren.cli.main", "service", "ps", "web", "--all", "--format", "json"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        task_ids = [t["id"] for t in json.loads(listed.stdout)] if listed.returncode == 0 else []
         subprocess.run([sys.executable, "-m", "warren.cli.main", "service", "rm", "web"], cwd=REPO, capture_output=True)
-        time.sleep(2)
+        deadline = time.monotonic() + 20  # until the agent removed the tasks and their namespaces
+        while time.monotonic() < deadline and any(Path(f"/run/netns/wt-{t}").exists() for t in task_ids):
+            time.sleep(0.2)
+        time.sleep(1)
         os.kill(manager, signal.SIGTERM)
         _Pid(manager).wait(timeout=15)
         print(f"stopped the manager (pid {manager}); its state stays in {DEMO}/data")
+        # The agent leaves its overlay networking up across restarts, by design: take it down.
+        warren("worker", "teardown", "--data-dir", str(DEMO / "data" / "agent"), check=False)
     containerd_pid = _alive(DEMO / "containerd.pid")
     if containerd_pid is not None:
         containerd = ContainerdDaemon(DEMO / "containerd")

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def off_the_overlay(args: Iterable[str]) -> list[str]:
+    """`--wireguard off` unless `args` choose otherwise: these agents run in the test machine's
+    own network namespace, where the overlay (on by default) would create the node's WireGuard
+    interface and bridge. The overlay's tests run their nodes in namespaces of their own."""
+    args = list(args)
+    return [] if "--wireguard" in args or "--manager-only" in args else ["--wireguard", "off"]
 
 
 @dataclass
@@ -102,6 +111,7 @@ class Manager:
                 "--join-addr",
                 self.join_addr,
                 *self.agent_args,
+                *off_the_overlay([*self.agent_args, *self.start_args]),
                 *self.start_args,
             ],
             stdout=log,
@@ -214,7 +224,9 @@ class Joiner:
 
     def join(self, token: str, *extra: str) -> subprocess.Popen[bytes]:
         return self.start(
-            "cluster", "join", "--token", token, self.manager.join_addr, "--data-dir", str(self.data_dir), *extra
+            *("cluster", "join", "--token", token, self.manager.join_addr, "--data-dir", str(self.data_dir)),
+            *off_the_overlay(extra),
+            *extra,
         )
 
     def log(self) -> str:

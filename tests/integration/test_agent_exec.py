@@ -24,6 +24,7 @@ import pytest
 
 from tests.integration.harness import Manager, free_port, wait_for
 from warren import pki, tls
+from warren.agent import settings as agent_settings
 from warren.agent.daemon import AgentOptions, serve
 
 pytestmark = pytest.mark.integration
@@ -80,6 +81,8 @@ def issue_worker(manager: Manager, data_dir: Path) -> None:
     cert, key = ca.issue_keypair(WORKER_ID, pki.ROLE_WORKER)
     tls.save_credentials(data_dir / "certs", ca.cert_pem, cert, key)
     (data_dir / "node.json").write_text(json.dumps({"node_id": WORKER_ID, "managers": [manager.addr]}))
+    # Off the overlay (on by default): this agent runs in the test machine's own namespace.
+    agent_settings.save(data_dir, agent_settings.AgentSettings(runtime="exec", wireguard="off"))
 
 
 class Processes:

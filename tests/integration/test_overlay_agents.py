@@ -361,6 +361,14 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         wait_for(lambda: not h1.ping(overlay["h3"]), timeout=15, message="h3 to leave h1's mesh")
         wait_for(lambda: not h2.ping(overlay["h3"]), timeout=15, message="h3 to leave h2's mesh")
         assert h1.ping(overlay["h2"], attempts=3)  # the others still talk
+        # The removed node's agent took its own overlay networking down before exiting.
+        wait_for(
+            lambda: h3.run(["ip", "link", "show", lab.ifname(h3)]).returncode != 0
+            and h3.run(["nft", "list", "table", "ip", "warren"]).returncode != 0,
+            timeout=30,
+            message="h3's agent to remove its WireGuard interface and nftables table",
+        )
+        assert h3.run(["ip", "link", "show", "warren-br0"]).returncode != 0
     except BaseException:
         for log in sorted(tmp_path.glob("*.log")):
             print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")

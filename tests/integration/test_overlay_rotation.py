@@ -110,6 +110,21 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
         assert cluster.cli("cluster", "update", "--wireguard-key-rotation", "0").returncode == 0
         for a, b in itertools.permutations(cluster.hosts, 2):
             wait_for(lambda a=a, b=b: a.ping(overlay[b.name]), timeout=15, message=f"{a.name} to reach {b.name}")
+
+        # A node leaving for good: its network stays up while its agent runs (teardown refuses),
+        # and goes with `worker teardown` once the agent stopped.
+        teardown = ("worker", "teardown", "--data-dir", str(cluster.data_dir(h3)))
+        refused = cluster.cli(*teardown, host=h3)
+        assert refused.returncode == 4 and "is running" in refused.stderr, refused.stderr
+        cluster.agents["h3"].kill()
+        cluster.agents["h3"].wait()
+        done = cluster.cli(*teardown, host=h3)
+        assert done.returncode == 0 and "removed the WireGuard interface" in done.stdout, done.stderr
+        assert h3.run(["ip", "link", "show", cluster.lab.ifname(h3)]).returncode != 0
+        assert h3.run(["ip", "link", "show", "warren-br0"]).returncode != 0
+        assert h3.run(["nft", "list", "table", "ip", "warren"]).returncode != 0
+        assert not h1.ping(overlay["h3"])
+        assert cluster.cli(*teardown, host=h3).stdout.strip() == "nothing to remove"
     except BaseException:
         print(cluster.logs())
         raise

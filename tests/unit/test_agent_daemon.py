@@ -83,3 +83,17 @@ def test_cgroup_parent_setting_flag_and_re_execution(tmp_path: Path) -> None:
     assert daemon.options_argv(options)[-2:] == ["--cgroup-parent", "/x/y"]
     with pytest.raises(SystemExit):
         daemon.main(["--data-dir", str(tmp_path), "--cgroup-parent", "../x"])
+
+
+def test_one_agent_per_data_directory(tmp_path: Path) -> None:
+    from warren.agent.daemon import agent_running, lock_data_dir
+
+    assert not agent_running(tmp_path)
+    lock = lock_data_dir(tmp_path)
+    try:
+        assert agent_running(tmp_path)
+        with pytest.raises(AgentStartupError, match="another agent is running"):
+            lock_data_dir(tmp_path)
+    finally:
+        os.close(lock)
+    assert not agent_running(tmp_path)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import fcntl
 import functools
 import json
 import logging
@@ -36,7 +37,7 @@ from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
-from warren.agent.overlay import Overlay
+from warren.agent.overlay import Overlay, teardown
 from warren.agent.promotion import Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
@@ -163,6 +164,36 @@ def describe(options: AgentOptions) -> dpb.NodeDescription:
 
 
 # -- serving -----------------------------------------------------------------------------------
+LOCK_FILE = "agent.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `data_dir` for this agent (an fd with an exclusive flock, released when the process
+    ends, even by kill -9): two agents on one node's data would fight over its tasks."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise AgentStartupError(f"another agent is running on {data_dir}") from None
+    return fd
+
+
+def agent_running(data_dir: Path) -> bool:
+    """True while an agent holds `data_dir` (see lock_data_dir)."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _in_pool(pool: concurrent.futures.Executor) -> Callable[..., Any]:
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(pool, functools.partial(fn, *args))
@@ -189,9 +220,11 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
     if options.managers and not node.get("managers"):
         save_managers(data, managers.addrs)
 
+    lock = lock_data_dir(data)
     try:
         cache = AgentCache(data / "agent.db")
     except lmdb.Error as exc:
+        os.close(lock)
         raise AgentStartupError(f"cannot open the agent cache {data / 'agent.db'}: {exc}") from None
     calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
     waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
@@ -252,6 +285,12 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         except NodeRemoved as exc:
             log.error("%s: stopping and removing every task of this node", exc)
             await worker.remove_all(timeout=REMOVE_ALL_TIMEOUT)
+            if overlay.enabled:  # the node left the mesh: its interface, bridge and table go too
+                try:
+                    for what in await asyncio.to_thread(teardown, data):
+                        log.info("removed the %s", what)
+                except Exception as teardown_error:
+                    log.error("removing this node's overlay networking failed: %s", teardown_error)
             raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
     finally:
         log.info("agent stopping; containers keep running")
@@ -274,6 +313,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         calls.shutdown(wait=False, cancel_futures=True)
         waits.shutdown(wait=False, cancel_futures=True)
         cache.close()
+        os.close(lock)
 
 
 REEXEC_ENV = "WARREN_AGENT_REEXEC"  # set in the re-executed agent: never re-execute twice

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +33,28 @@ log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 SUPERVISE_PERIOD = 5.0  # seconds between converges when nothing changed
+
+
+def teardown(data_dir: Path) -> list[str]:
+    """Remove this node's overlay networking, made by its agent and meant to outlive it: the
+    WireGuard interface (its wireguard-go exits with it), the task bridge with its routes, and
+    the load balancer's nftables table. For a node leaving the cluster, once its agent stopped
+    and its tasks are gone. Returns what was removed; removing what is not there is fine."""
+    from warren.network import lb, links, tasknet
+
+    settings = agent_settings.load(data_dir) or agent_settings.AgentSettings()
+    removed = []
+    if links.link_index(settings.wireguard_interface) is not None:
+        links.delete_link(settings.wireguard_interface)  # a wireguard-go exits, removing its socket
+        removed.append(f"WireGuard interface {settings.wireguard_interface}")
+    if links.link_index(tasknet.BRIDGE) is not None:
+        links.delete_link(tasknet.BRIDGE)
+        removed.append(f"task bridge {tasknet.BRIDGE}")
+    existing = subprocess.run(["nft", "list", "table", "ip", lb.TABLE], capture_output=True, text=True)
+    if existing.returncode == 0:
+        tasknet.TaskNetworkManager.apply_nft(lb.removal())
+        removed.append(f"nftables table {lb.TABLE}")
+    return removed
 
 
 class Overlay:

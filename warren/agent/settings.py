@@ -41,9 +41,9 @@ class AgentSettings:
     # joins use the next two ports, as for `cluster init`.
     manager_listen_addr: str = "0.0.0.0:4242"
     manager_advertise_addr: str = ""
-    # The overlay mesh (ADR 17): off until turned on; auto = the kernel's WireGuard where it
-    # exists, else wireguard-go.
-    wireguard: str = "off"
+    # The overlay mesh (ADR 17): auto = the kernel's WireGuard where it exists, else
+    # wireguard-go; off = tasks use the host's network.
+    wireguard: str = "auto"
     wireguard_interface: str = "warren0"
     wireguard_port: int = 51820
 

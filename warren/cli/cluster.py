@@ -62,7 +62,8 @@ def register(groups: Any) -> None:
     p.add_argument(
         "--wireguard",
         choices=("off", "auto", "kernel", "userspace"),
-        help="the embedded agent joins the overlay mesh (default: off)",
+        help="the embedded agent's overlay mesh: auto (the default), kernel, userspace, or off (tasks on "
+        "the host's network)",
     )
     p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
     p.add_argument(

@@ -47,6 +47,19 @@ def register(groups: Any) -> None:
     add_agent_flags(p)
     p.set_defaults(func=cmd_start)
 
+    p = cmds.add_parser(
+        "teardown",
+        help="remove this node's overlay networking (after its agent stopped, for a node leaving)",
+        description="Remove what the agent in --data-dir set up for the overlay and leaves running across "
+        "its restarts: the WireGuard interface (its wireguard-go exits), the task bridge and the load "
+        "balancer's nftables table. Refused while that agent runs. A node removed with `warren node rm` "
+        "does this by itself.",
+    )
+    p.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help=f"the node's data directory (default: {DEFAULT_DATA_DIR})"
+    )
+    p.set_defaults(func=cmd_teardown)
+
 
 def add_join_parser(cmds: Any) -> None:
     """`cluster join`, registered by warren.cli.cluster."""
@@ -101,7 +114,8 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--wireguard",
         choices=("off", "auto", "kernel", "userspace"),
-        help="join the overlay mesh: the kernel's WireGuard, wireguard-go, or auto (default: off)",
+        help="the overlay mesh: auto (the default) uses the kernel's WireGuard where it exists, else "
+        "wireguard-go; kernel or userspace force one; off keeps tasks on the host's network",
     )
     p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
     p.add_argument("--wireguard-port", type=int, metavar="PORT", help="the mesh's UDP port (default: 51820)")
@@ -228,6 +242,24 @@ def cmd_start(args: argparse.Namespace) -> int:
         )
     print(f"resuming node {existing.node_id}", flush=True)
     return _run_agent(data_dir, existing.managers, given)
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
+    if not data_dir.is_dir():
+        raise CliError(f"{data_dir} is not a node's data directory", Exit.NOT_FOUND)
+    from warren.agent.daemon import agent_running
+
+    if agent_running(data_dir):
+        raise CliError(f"the agent of {data_dir} is running: stop it first", Exit.CONFLICT)
+    from warren.agent.overlay import teardown
+
+    try:
+        removed = teardown(data_dir)
+    except Exception as exc:  # netlink or nft refused: say what, keep the rest for a retry
+        raise CliError(f"removing the overlay networking failed: {exc}") from None
+    print("\n".join(f"removed the {what}" for what in removed) or "nothing to remove")
+    return 0
 
 
 def _stored(data_dir: Path) -> Any:
