@@ -363,8 +363,10 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         assert h1.ping(overlay["h2"], attempts=3)  # the others still talk
         # The removed node's agent took its own overlay networking down before exiting.
         wait_for(
-            lambda: h3.run(["ip", "link", "show", lab.ifname(h3)]).returncode != 0
-            and h3.run(["nft", "list", "table", "ip", "warren"]).returncode != 0,
+            lambda: (
+                h3.run(["ip", "link", "show", lab.ifname(h3)]).returncode != 0
+                and h3.run(["nft", "list", "table", "ip", "warren"]).returncode != 0
+            ),
             timeout=30,
             message="h3's agent to remove its WireGuard interface and nftables table",
         )
