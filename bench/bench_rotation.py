@@ -56,6 +56,8 @@ def run() -> dict[str, object]:
         for host in (h2, h3):
             cluster.lab.spawn(host, [*python, "probe", server, str(ECHO_PORT), str(stop), str(paths[host.name])])
         time.sleep(2)
+        status = Path(f"/proc/{cluster.agents['h2'].pid}/status").read_text()  # idle, mesh up
+        agent_rss_mib = int(status.split("VmRSS:")[1].split()[0]) / 1024
         ids = {h.name: cluster.node_of(h)["id"] for h in cluster.hosts}
         for i in range(ROUNDS):
             name = cluster.hosts[i % 3].name
@@ -65,8 +67,6 @@ def run() -> dict[str, object]:
                 raise RuntimeError(f"rotate-key {name}: {rotated.stderr}")
             command_times.append(time.monotonic() - started)
             time.sleep(2)
-        status = Path(f"/proc/{cluster.agents['h2'].pid}/status").read_text()
-        agent_rss_mib = int(status.split("VmRSS:")[1].split()[0]) / 1024
         stop.touch()
         for name, path in paths.items():
             wait_for(path.exists, timeout=40, message=f"the probe from {name}")

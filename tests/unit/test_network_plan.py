@@ -52,7 +52,7 @@ def apply(state: CurrentState, ops) -> CurrentState:
     for op in ops:
         match op:
             case SetInterface(listen_port=lp):
-                public_key, port = "ME", lp
+                public_key, port = "ME", port if lp is None else lp
             case AddPeer(peer=p):
                 assert p.public_key not in peers, "peer added twice"
                 peers[p.public_key] = p
@@ -178,7 +178,7 @@ def test_own_key_rotation_sets_the_key_and_starts_every_peer_afresh():
     rotated = plan_mesh([dataclasses.replace(node(1), public_key=key(77)), *nodes[1:]], "n1", private_key_ref="/new")
     ops = diff(expected_state(before), rotated).operations
     assert ops == (
-        SetInterface("/new", 51820),
+        SetInterface("/new", None),  # the port is unchanged: no UDP rebind
         RemovePeer(key(2)),
         RemovePeer(key(3)),
         AddPeer(before.interface.peers[0]),

@@ -47,6 +47,7 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.certinfo import PkiError
 from warren.network import keys
+from warren.network.lean import lean_pyroute2
 
 log = logging.getLogger("warren.agent")
 
@@ -205,6 +206,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
     """Run the agent until `stop` is set. Embeddable: the manager runs one for its own node.
     Raises AgentStartupError when it cannot start, or once the cluster removed this node."""
     data = options.data_dir
+    lean_pyroute2()  # the overlay needs a few of pyroute2's modules, not all it would import
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         (data / "logs").mkdir(mode=0o700, exist_ok=True)

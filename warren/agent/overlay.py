@@ -20,6 +20,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 DNS_PORT = 53
 SUPERVISE_PERIOD = 5.0  # seconds between converges when nothing changed
+# A node whose new key was published switches this long after the others (which switch on the
+# same push at once), so that only one side of each pair starts a handshake at a time: two
+# crossing initiations leave both sides responders, and neither sends until WireGuard retries
+# 5 s later (ADR 18).
+KEY_SWITCH_DELAY = 0.15
 
 
 def teardown(data_dir: Path) -> list[str]:
@@ -241,7 +247,8 @@ class Overlay:
             return 0  # our subnet or key is not in the state yet: the next update will have it
         pending = self._keys.pending()
         if pending is not None and pending.public_key == me.public_key:
-            # The managers published our rotated key: every node switches on this same push.
+            # The managers published our rotated key: the other nodes switch on this same push.
+            time.sleep(KEY_SWITCH_DELAY)
             self._keys.activate(pending.epoch)
             log.info("switching to the WireGuard key of epoch %d", pending.epoch)
         active = self._keys.active()

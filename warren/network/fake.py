@@ -41,7 +41,8 @@ class FakeDevice(WireGuardDevice):
         for op in operations:
             if isinstance(op, SetInterface):
                 self.public_key = public_key_of(read_key_file(op.private_key_ref))
-                self.listen_port = op.listen_port
+                if op.listen_port is not None:
+                    self.listen_port = op.listen_port
             elif isinstance(op, AddPeer | UpdatePeer):
                 old = self.peers.get(op.peer.public_key)
                 if isinstance(op, AddPeer) or old is None:

@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Iterator
 from pathlib import Path
 
-from pyroute2 import IPRoute
 from pyroute2 import netns as _netns
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = Path("/run/netns")

@@ -88,10 +88,11 @@ class CurrentState:
 
 @dataclass(frozen=True)
 class SetInterface:
-    """Set the private key (from its reference) and the listen port."""
+    """Set the private key (from its reference) and the listen port (None: keep it; setting it
+    rebinds the UDP socket, which a key change alone must not do)."""
 
     private_key_ref: str
-    listen_port: int
+    listen_port: int | None
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,8 @@ def diff(current: CurrentState, plan: MeshPlan) -> Diff:
     want = plan.interface
     ops: list[Operation] = []
     if current.public_key != want.public_key or current.listen_port != want.listen_port:
-        ops.append(SetInterface(want.private_key_ref, want.listen_port))
+        port = want.listen_port if current.listen_port != want.listen_port else None
+        ops.append(SetInterface(want.private_key_ref, port))
     # A new private key (a rotation, ADR 18) ends every session anyway. Peers are started afresh
     # so that each handshakes at once (a new peer with a keepalive sends one): without that, a
     # handshake lost because a peer had not switched yet is retried only after 5 s.

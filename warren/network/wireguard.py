@@ -143,7 +143,9 @@ def uapi_set_lines(operations: Iterable[Operation], read_key: Callable[[str], st
     lines: list[str] = []
     for op in operations:
         if isinstance(op, SetInterface):
-            lines += [f"private_key={b64_to_hex(read_key(op.private_key_ref))}", f"listen_port={op.listen_port}"]
+            lines.append(f"private_key={b64_to_hex(read_key(op.private_key_ref))}")
+            if op.listen_port is not None:
+                lines.append(f"listen_port={op.listen_port}")
         elif isinstance(op, RemovePeer):
             lines += [f"public_key={b64_to_hex(op.public_key)}", "remove=true"]
         elif isinstance(op, AddPeer):
@@ -375,7 +377,7 @@ class KernelDevice(WireGuardDevice):
 
     @contextlib.contextmanager
     def _wg(self) -> Iterator[object]:
-        from pyroute2 import WireGuard
+        from pyroute2.netlink.generic.wireguard import WireGuard
 
         wg = WireGuard()
         try:
@@ -434,7 +436,8 @@ class KernelDevice(WireGuardDevice):
         with self._wg() as wg:
             for op in ops:
                 if isinstance(op, SetInterface):
-                    wg.set(self.ifname, private_key=read_key_file(op.private_key_ref), listen_port=op.listen_port)  # type: ignore[attr-defined]
+                    port = {} if op.listen_port is None else {"listen_port": op.listen_port}
+                    wg.set(self.ifname, private_key=read_key_file(op.private_key_ref), **port)  # type: ignore[attr-defined]
                 else:
                     wg.set(self.ifname, peer=kernel_peer(op))  # type: ignore[attr-defined]
         return len(ops)
