@@ -15,7 +15,8 @@ lean_pyroute2()
 from warren.network import links, wireguard
 assert links.link_index("lo") == 1
 assert "pyroute2.netlink.rtnl.iprsocket" in sys.modules
-print(sorted(m for m in ("pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.ipvs", "pyroute2.conntrack") if m in sys.modules))
+unused = ("pyroute2.ndb.main", "pyroute2.ipdb", "pyroute2.ipvs", "pyroute2.conntrack")
+print(sorted(m for m in unused if m in sys.modules))
 """
 
 
