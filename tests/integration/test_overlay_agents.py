@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
 from tests.integration.harness import REPO, wait_for
-from warren.network.wireguard import UserspaceDevice
 
 pytestmark = [
     pytest.mark.integration,
@@ -39,71 +39,22 @@ pytestmark = [
 
 def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None:
     lab = OverlayLab()
-    env = {**os.environ, "WARREN_CONFIG": str(tmp_path / "config.json"), "PYTHONPATH": str(REPO)}
-    env.pop("WARREN_DEBUG", None)
+    cluster = OverlayCluster(lab, tmp_path)  # a manager and its agent in h1, agents in h2 and h3
 
     def cli(host: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-m", "warren.cli.main", *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+        return cluster.cli(*args, host=host)
 
     def spawn(host: LabHost, log: str, *args: str) -> subprocess.Popen:
-        argv = ["env", *(f"{k}={v}" for k, v in env.items() if k in ("WARREN_CONFIG", "PYTHONPATH"))]
-        return lab.spawn(host, [*argv, sys.executable, "-m", "warren.cli.main", *args], log=tmp_path / log)
+        return cluster.spawn(host, log, *args)
 
+    workers = cluster.nodes
     task_ids: list[str] = []
+    hosts: list[LabHost] = []
     try:
-        hosts = lab.create(3)
+        cluster.start(3)
+        hosts = cluster.hosts
         first = hosts[0]
-        spawn(
-            first,
-            "manager.log",
-            "cluster",
-            "init",
-            "--data-dir",
-            str(tmp_path / "manager"),
-            "--listen-addr",
-            f"{first.ip}:4242",
-            "--heartbeat-period",
-            "1s",
-            # The first node's own agent, embedded in the manager, joins the mesh too.
-            *("--runtime", "exec", "--wireguard", "userspace", "--wireguard-interface", lab.ifname(first)),
-        )
-        lab.stoppers.append(UserspaceDevice(lab.ifname(first), first.netns).stop)  # by the name we chose
-        wait_for(lambda: cli(first, "cluster", "info").returncode == 0, timeout=30, message="the manager")
-        token = cli(first, "cluster", "join-token", "worker", "-q").stdout.strip()
-        agents = {}
-        for host in hosts[1:]:
-            ifname = lab.ifname(host)
-            lab.stoppers.append(UserspaceDevice(ifname, host.netns).stop)  # by the name we chose
-            agents[host.name] = spawn(
-                host,
-                f"agent-{host.name}.log",
-                "cluster",
-                "join",
-                "--token",
-                token,
-                f"{first.ip}:4244",
-                "--data-dir",
-                str(tmp_path / f"agent-{host.name}"),
-                "--runtime",
-                "exec",
-                "--advertise-addr",
-                host.ip,
-                "--wireguard",
-                "userspace",
-                "--wireguard-interface",
-                ifname,
-            )
-
-        def workers() -> list[dict]:
-            """Every ready node with its WireGuard endpoint known, the manager's included."""
-            result = cli(first, "node", "ls", "--format", "json")
-            nodes = json.loads(result.stdout) if result.returncode == 0 else []
-            ready = [n for n in nodes if n["status"] == "ready"]
-            details = [json.loads(cli(first, "node", "inspect", n["id"], "--format", "json").stdout) for n in ready]
-            return [{**d, "addr": d["wg_endpoint"].rpartition(":")[0]} for d in details if d["wg_endpoint"]]
-
-        wait_for(lambda: len(workers()) == 3, timeout=45, message="three nodes in the mesh")
+        agents = cluster.agents
         subnets = {node["addr"]: ipaddress.ip_network(node["overlay_subnet"]) for node in workers()}
         overlay = {h.name: str(subnets[h.ip].network_address + 1) for h in hosts}
         h1, h2, h3 = hosts
@@ -323,7 +274,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         agents["h2"].wait()
         assert h1.ping(overlay["h2"]) and h2.ping(overlay["h3"])
         again = tmp_path / "agent-h2-again.log"
-        spawn(h2, again.name, "worker", "start", "--data-dir", str(tmp_path / "agent-h2"))
+        spawn(h2, again.name, "worker", "start", "--data-dir", str(cluster.data_dir(h2)))
         wait_for(lambda: "session" in again.read_text(), timeout=30, message="h2 back")
         # Its first converge and load-balancer pass after the session opened.
         wait_for(lambda: "service VIPs" in again.read_text(), timeout=15, message="h2's agent to converge")
@@ -372,8 +323,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         )
         assert h3.run(["ip", "link", "show", "warren-br0"]).returncode != 0
     except BaseException:
-        for log in sorted(tmp_path.glob("*.log")):
-            print(f"---- {log.name}\n{log.read_text(errors='replace')[-3000:]}")
+        print(cluster.logs())
         raise
     finally:
         with contextlib.suppress(Exception):  # every task the cluster made, whatever happened

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import containerd as _containerd
+from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import BusyboxImage
 from tests.fixtures.overlay_lab import OverlayLab, remove_task_namespaces
-from tests.fixtures.plugin import _unavailable
-from tests.fixtures.tasknet import NetnsContainerdDaemon, tasknet
+from tests.fixtures.plugin import unavailable
+from tests.fixtures.tasknet import tasknet
 from warren.agent.runtime import ContainerSpec, ContainerState
 from warren.network import links
 from warren.runtime.containerd.driver import ContainerdRuntime
@@ -145,7 +146,7 @@ def test_an_exec_task_with_a_netns_reads_the_nodes_resolv_conf_and_the_host_keep
 def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
     tmp_path: Path, busybox_image: BusyboxImage
 ) -> None:
-    _unavailable(_containerd.missing_reason() or missing_reason())  # fails instead under WARREN_REQUIRE_CONTAINERD=1
+    unavailable(_containerd.missing_reason() or missing_reason())  # fails instead under WARREN_REQUIRE_CONTAINERD=1
     before = host_resolv_conf()
     ctr_id, exec_id = f"tc{secrets.token_hex(6)}", f"te{secrets.token_hex(6)}"
     address = {ctr_id: "10.200.7.2", exec_id: "10.200.7.3"}
@@ -159,7 +160,7 @@ def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
 
     lab = OverlayLab()
     exe = ExecRuntime(tmp_path / "exec-state")
-    daemon: NetnsContainerdDaemon | None = None
+    daemon: ContainerdDaemon | None = None
     # Callbacks run last-registered first, each even if another fails.
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(remove_task_namespaces, list(address))  # after the lab: nothing runs in them then
@@ -167,7 +168,7 @@ def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
         cleanup.callback(exe.remove, exec_id)
         try:
             (node,) = lab.create(1)
-            daemon = NetnsContainerdDaemon(node.netns)
+            daemon = ContainerdDaemon(netns=node.netns)
             cleanup.callback(daemon.stop)  # kills and deletes what is left through the API, then by PID
             daemon.start()
             ctr = ContainerdRuntime(daemon.socket, tmp_path / "ctd-state", cgroup_parent=daemon.cgroup_parent)
