@@ -30,12 +30,29 @@ pytestmark = [
 ]
 
 ECHO_PORT = 7007
+METRICS_PORT = 9101
+
+
+def overlay_metrics(host: LabHost) -> dict[str, float]:
+    """The agent's warren_overlay_* samples, "name{label=value,...}" -> value (labels sorted)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    page = host.run(["busybox", "wget", "-q", "-O", "-", f"http://127.0.0.1:{METRICS_PORT}/metrics"])
+    if page.returncode != 0:
+        return {}
+    samples = {}
+    for family in text_string_to_metric_families(page.stdout):
+        for s in family.samples:
+            if s.name.startswith("warren_overlay_"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return samples
 
 
 def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path: Path) -> None:
     cluster = OverlayCluster(OverlayLab(), tmp_path)
     try:
-        cluster.start(3)
+        cluster.start(3, agent_args=("--metrics-addr", f"127.0.0.1:{METRICS_PORT}"))  # in each host's namespace
         h1, h2, h3 = cluster.hosts
         overlay = {h.name: cluster.overlay_address(h) for h in cluster.hosts}
         for a, b in itertools.permutations(cluster.hosts, 2):
@@ -57,6 +74,18 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
 
         before = cluster.node_of(h2)
         assert (int(before["wg_key_epoch"]), int(before["wg_key_desired_epoch"])) == (0, 0)
+        ids = {n["id"]: n["addr"] for n in cluster.nodes()}
+        peers = [n for n, addr in ids.items() if addr != h2.ip]
+
+        def handshook() -> dict[str, float] | None:
+            """h2's metrics once they show both peers with a handshake (each pass refreshes them)."""
+            m = overlay_metrics(h2)
+            ages = [m.get(f"warren_overlay_peer_handshake_age_seconds{{peer={p}}}", -1) for p in peers]
+            return m if m.get("warren_overlay_peers") == 2 and all(0 <= age < 180 for age in ages) else None
+
+        seen = wait_for(handshook, timeout=20, message="h2's overlay metrics")
+        assert seen["warren_overlay_key_epoch"] == 0
+        assert all(seen[f"warren_overlay_peer_bytes{{direction=rx,peer={p}}}"] > 0 for p in peers)
         rotated = cluster.cli("node", "rotate-key", before["id"])
         assert rotated.returncode == 0, rotated.stderr
         after = cluster.node_of(h2)
@@ -80,6 +109,7 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
             wait_for(lambda host=host: after["wg_public_key"] in peer_keys(host), timeout=10, message="new peer key")
             assert before["wg_public_key"] not in peer_keys(host)
         assert UserspaceDevice(cluster.lab.ifname(h2), h2.netns).status().public_key == after["wg_public_key"]
+        wait_for(lambda: overlay_metrics(h2).get("warren_overlay_key_epoch") == 1, timeout=10, message="epoch metric")
         for a, b in itertools.permutations(cluster.hosts, 2):
             wait_for(lambda a=a, b=b: a.ping(overlay[b.name]), timeout=15, message=f"{a.name} to reach {b.name}")
 

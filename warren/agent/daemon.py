@@ -275,7 +275,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         if options.metrics_addr:
             from warren.agent import metrics
 
-            metrics_job = asyncio.create_task(metrics.serve(options.metrics_addr, worker, session))
+            metrics_job = asyncio.create_task(metrics.serve(options.metrics_addr, worker, session, overlay))
         log.info(
             "agent %s running (%s runtime), managers: %s",
             node.get("node_id", "?"),

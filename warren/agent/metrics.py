@@ -1,4 +1,5 @@
-"""Optional Prometheus endpoint of the agent: tasks by local state and the session state.
+"""Optional Prometheus endpoint of the agent: tasks by local state, the session state, and the
+overlay (WireGuard peers with their handshake age and traffic, key epoch, VIPs).
 
 Its own registry (the manager in the same process has its own). The gauges are refreshed by the
 event loop once a second, so the HTTP thread never reads the loop's data structures.
@@ -7,6 +8,7 @@ event loop once a second, so the HTTP thread never reads the loop's data structu
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -14,15 +16,17 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from warren.model import TaskState
 
 if TYPE_CHECKING:
+    from warren.agent.overlay import Overlay
     from warren.agent.session import Session
     from warren.agent.worker import Worker
 
 REFRESH = 1.0
 
 
-async def serve(addr: str, worker: Worker, session: Session) -> None:
+async def serve(addr: str, worker: Worker, session: Session, overlay: Overlay | None = None) -> None:
     """Serve /metrics on HOST:PORT and keep the gauges current until cancelled."""
     registry = CollectorRegistry()
+    mesh = _OverlayGauges(registry) if overlay is not None and overlay.enabled else None
     tasks = Gauge("warren_agent_tasks", "Tasks held by this agent, by local state", ["state"], registry=registry)
     connected = Gauge("warren_agent_connected", "1 while a session with a manager is open", registry=registry)
     pending = Gauge("warren_agent_pending_reports", "Task status reports not yet delivered", registry=registry)
@@ -35,8 +39,52 @@ async def serve(addr: str, worker: Worker, session: Session) -> None:
                 tasks.labels(state.label).set(counts.get(state.label, 0))
             connected.set(1 if session.connected_to else 0)
             pending.set(len(worker.queue))
+            if mesh is not None and overlay is not None:
+                mesh.update(overlay, time.time())
             await asyncio.sleep(REFRESH)
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=2)
+
+
+class _OverlayGauges:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.peers = Gauge("warren_overlay_peers", "WireGuard peers configured on this node", registry=registry)
+        self.handshake_age = Gauge(
+            "warren_overlay_peer_handshake_age_seconds",
+            "Seconds since the last handshake with each peer node (-1: never)",
+            ["peer"],
+            registry=registry,
+        )
+        self.traffic = Gauge(
+            "warren_overlay_peer_bytes", "Bytes exchanged with each peer node", ["peer", "direction"], registry=registry
+        )
+        self.key_epoch = Gauge(
+            "warren_overlay_key_epoch", "Rotation epoch of this node's WireGuard key", registry=registry
+        )
+        self.services = Gauge("warren_overlay_services", "Service VIPs in this node's load balancer", registry=registry)
+        self.backends = Gauge("warren_overlay_backends", "Task addresses behind those VIPs", registry=registry)
+        self.failures = Gauge(
+            "warren_overlay_converge_failures", "Converge passes that failed since the agent started", registry=registry
+        )
+        self._known: set[str] = set()
+
+    def update(self, overlay: Overlay, now: float) -> None:
+        stats = overlay.stats
+        self.peers.set(len(stats.peers))
+        seen = set()
+        for peer in stats.peers:
+            seen.add(peer.node_id)
+            self.handshake_age.labels(peer.node_id).set(now - peer.last_handshake if peer.last_handshake else -1)
+            self.traffic.labels(peer.node_id, "rx").set(peer.rx_bytes)
+            self.traffic.labels(peer.node_id, "tx").set(peer.tx_bytes)
+        for gone in self._known - seen:  # a node that left: no stale series
+            self.handshake_age.remove(gone)
+            self.traffic.remove(gone, "rx")
+            self.traffic.remove(gone, "tx")
+        self._known = seen
+        self.key_epoch.set(stats.key_epoch)
+        self.services.set(stats.services)
+        self.backends.set(stats.backends)
+        self.failures.set(stats.converge_failures)

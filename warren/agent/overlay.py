@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,26 @@ def teardown(data_dir: Path) -> list[str]:
     return removed
 
 
+@dataclass(frozen=True)
+class PeerStats:
+    node_id: str
+    last_handshake: float  # seconds since the epoch; 0.0 = never
+    rx_bytes: int
+    tx_bytes: int
+
+
+@dataclass(frozen=True)
+class OverlayStats:
+    """What the last converge pass saw, for the agent's /metrics (replaced whole, never mutated:
+    the metrics refresher may read it while the next pass runs)."""
+
+    key_epoch: int = 0
+    peers: tuple[PeerStats, ...] = ()
+    services: int = 0  # services with a VIP in the load balancer
+    backends: int = 0  # task addresses behind those VIPs
+    converge_failures: int = 0
+
+
 class Overlay:
     def __init__(self, data_dir: Path, node_id: str, call: Callable[..., Awaitable[Any]]) -> None:
         self._data_dir = data_dir
@@ -77,6 +98,7 @@ class Overlay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.converged = 0  # passes that applied something, for tests and metrics
+        self.stats = OverlayStats()
         self._tasks: Any = None  # TaskNetworkManager once this node's subnet is known
         self._services: tuple[Endpoint, ...] | None = None
         self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
@@ -212,6 +234,7 @@ class Overlay:
                     applied = await self._call(self._converge, mesh)
                 except Exception as exc:  # the next mesh update (or a restart) tries again
                     log.error("the overlay mesh did not converge: %s", exc)
+                    self.stats = replace(self.stats, converge_failures=self.stats.converge_failures + 1)
                 else:
                     if applied:
                         self.converged += 1
@@ -223,6 +246,8 @@ class Overlay:
                     log.error("the service load balancer was not updated: %s", exc)
                 else:
                     self._balanced = services
+                    backends = sum(len(e.backends) for e in services)
+                    self.stats = replace(self.stats, services=len(services), backends=backends)
                     log.info("service VIPs: %d service(s) balanced", len(services))
                     await self._serve_names(services)
 
@@ -267,4 +292,11 @@ class Overlay:
         )
         if self._device is None:
             self._device = wireguard.make_device(self._ifname, self.mode)
-        return mesh_io.converge(self._device, desired).applied  # starts, or adopts, the device
+        applied = mesh_io.converge(self._device, desired).applied  # starts, or adopts, the device
+        node_of = {m.public_key: m.node_id for m in mesh if m.public_key}
+        peers = tuple(
+            PeerStats(node_of.get(p.public_key, "?"), p.last_handshake, p.rx_bytes, p.tx_bytes)
+            for p in self._device.status().peers
+        )
+        self.stats = replace(self.stats, key_epoch=active.epoch, peers=peers)
+        return applied
