@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,39 +26,27 @@ GOAL_S = 1.0  # the issue: VIP backends follow task changes "within a second"
 
 
 def run() -> dict[str, object]:
+    from tests.fixtures.overlay_cluster import OverlayCluster
     from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
-    from tests.integration.harness import REPO, wait_for
-    from warren.network.wireguard import UserspaceDevice
+    from tests.integration.harness import wait_for
 
     for tool in ("wireguard-go", "nft", "ip", "nsenter", "busybox"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not installed (make deps)")
     tmp = Path(tempfile.mkdtemp(prefix="warren-bench-vip-"))
     lab = OverlayLab()
-    env = {**os.environ, "WARREN_CONFIG": str(tmp / "config.json"), "PYTHONPATH": str(REPO)}
-    env.pop("WARREN_DEBUG", None)
-    passed = ["env", f"WARREN_CONFIG={env['WARREN_CONFIG']}", f"PYTHONPATH={env['PYTHONPATH']}"]
+    cluster = OverlayCluster(lab, tmp)  # a manager with its own agent in h1, an agent in h2
 
     def cli(host: LabHost, *args: str) -> subprocess.CompletedProcess[str]:
-        argv = ["nsenter", f"--net=/run/netns/{host.netns}", sys.executable, "-m", "warren.cli.main", *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+        return cluster.cli(*args, host=host)
 
     latencies: list[float] = []
     task_ids: list[str] = []
     hosts: list[LabHost] = []
     try:
-        hosts = lab.create(2)
+        cluster.start(2)
+        hosts = cluster.hosts
         h1, h2 = hosts
-        wg = ("--runtime", "exec", "--wireguard", "userspace", "--wireguard-interface")
-        lab.stoppers.append(UserspaceDevice(lab.ifname(h1), h1.netns).stop)
-        lab.stoppers.append(UserspaceDevice(lab.ifname(h2), h2.netns).stop)
-        manager = ["cluster", "init", "--data-dir", str(tmp / "m"), "--listen-addr", f"{h1.ip}:4242"]
-        lab.spawn(h1, [*passed, sys.executable, "-m", "warren.cli.main", *manager, *wg, lab.ifname(h1)], tmp / "m.log")
-        wait_for(lambda: cli(h1, "cluster", "info").returncode == 0, timeout=30, message="the manager")
-        token = cli(h1, "cluster", "join-token", "worker", "-q").stdout.strip()
-        join = ["cluster", "join", "--token", token, f"{h1.ip}:4244", "--data-dir", str(tmp / "a2")]
-        join += ["--advertise-addr", h2.ip, *wg, lab.ifname(h2)]
-        lab.spawn(h2, [*passed, sys.executable, "-m", "warren.cli.main", *join], tmp / "a2.log")
         www = tmp / "www"
         www.mkdir()
         serve = (
