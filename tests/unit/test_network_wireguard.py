@@ -128,3 +128,38 @@ def test_backend_choice(monkeypatch):
     assert isinstance(wg.make_device("wg0", "userspace"), wg.UserspaceDevice)
     with pytest.raises(wg.WireGuardError, match="1 to 15"):
         wg.UserspaceDevice("a-very-long-interface-name")
+
+
+def test_a_key_change_alone_does_not_touch_the_listen_port():
+    key = base64.b64encode(b"\x02" * 32).decode()
+    assert wg.uapi_set_lines([SetInterface("/k", None)], read_key=lambda ref: key) == ["private_key=" + "02" * 32]
+
+
+def test_kernel_device_sends_each_operation_to_genetlink(monkeypatch, tmp_path: Path):
+    """The kernel backend cannot run here (no module): its calls are checked on a recorder."""
+    import contextlib
+
+    key_file = tmp_path / "wg.key"
+    wg.write_key_file(key_file, wg.generate_private_key())
+    calls: list[tuple[str, dict]] = []
+
+    class Recorder:
+        def set(self, ifname: str, **kwargs: object) -> None:
+            calls.append((ifname, kwargs))
+
+    device = wg.KernelDevice("wg-test")
+    monkeypatch.setattr(device, "_wg", lambda: contextlib.nullcontext(Recorder()))
+    ops = [
+        SetInterface(str(key_file), None),
+        SetInterface(str(key_file), 5000),
+        AddPeer(PEER),
+        RemovePeer(PEER.public_key),
+    ]
+    assert device.apply(ops) == 4
+    private = wg.read_key_file(key_file)
+    assert calls == [
+        ("wg-test", {"private_key": private}),
+        ("wg-test", {"private_key": private, "listen_port": 5000}),
+        ("wg-test", {"peer": wg.kernel_peer(AddPeer(PEER))}),
+        ("wg-test", {"peer": {"public_key": PEER.public_key, "remove": True}}),
+    ]
