@@ -37,6 +37,9 @@ CODEC_VERSION = 1
 # the node: Warren issues node certificates for at most 365 days (the first manager's) with
 # notBefore backdated 5 minutes, and never issues one for a revoked id (ADR 13).
 REVOCATION_RETENTION = 400 * 24 * 3600.0
+# WireGuard key epochs (ADR 18) count rotations: far below what the state's encoding holds, so
+# that no value a node reports can make a later rotation overflow it.
+MAX_KEY_EPOCH = 2**31 - 1
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -334,9 +337,26 @@ def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Ch
     return OK, [Put("cluster", cluster)]
 
 
+def _key_conflict(state: ClusterState, node_id: str, public_key: str) -> Result | None:
+    """An error if another node already has `public_key`: the mesh needs one key per node."""
+    other = next((n for n in state.nodes.values() if n.id != node_id and n.wg_public_key == public_key), None)
+    if other is None or not public_key:
+        return None
+    return error(
+        "already_exists",
+        f"this node's WireGuard public key is already node {other.hostname}'s ({other.id[:12]}): "
+        "was its data directory copied from another node?",
+    )
+
+
 def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Changes]:
     if state.is_revoked(cmd.node.id):
         return error("permission_denied", "this node was removed from the cluster"), []
+    if not 0 <= cmd.node.wg_key_epoch <= MAX_KEY_EPOCH:
+        return error("invalid_argument", f"a WireGuard key epoch is at most {MAX_KEY_EPOCH}"), []
+    conflict = _key_conflict(state, cmd.node.id, cmd.node.wg_public_key)
+    if conflict is not None:
+        return conflict, []
     old = state.nodes.get(cmd.node.id)
     if old is None:
         new = msgspec.structs.replace(
@@ -366,8 +386,10 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         updated_at=cmd.node.updated_at,
     )
     # An agent restarted in the middle of a rotation still describes its previous key (ADR 18):
-    # only a key of the published epoch or a newer one replaces the published key.
-    if cmd.node.wg_public_key and cmd.node.wg_key_epoch >= old.wg_key_epoch:
+    # only a key of the published epoch or a newer one replaces the published key, and never
+    # one of an epoch nobody asked for.
+    wanted = max(old.wg_key_desired_epoch, old.wg_key_epoch)
+    if cmd.node.wg_public_key and old.wg_key_epoch <= cmd.node.wg_key_epoch <= wanted:
         if cmd.node.wg_public_key != old.wg_public_key:
             node = msgspec.structs.replace(node, wg_key_published_at=cmd.node.updated_at)
         node = msgspec.structs.replace(
@@ -408,6 +430,8 @@ def _rotate_node_keys(state: ClusterState, cmd: RotateNodeKeys) -> tuple[Result,
             ), []
         if node.wg_key_desired_epoch > node.wg_key_epoch:
             continue  # under way already: one new key, not two
+        if node.wg_key_epoch >= MAX_KEY_EPOCH:
+            return error("failed_precondition", f"node {node.hostname} has rotated its key too often"), []
         changes.append(Put("node", msgspec.structs.replace(node, wg_key_desired_epoch=node.wg_key_epoch + 1)))
     return OK, changes
 
@@ -625,12 +649,11 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
 
 class _Addresses:
     """Task addresses of the nodes a plan places tasks on, allocated from each node's subnet
-    (ADR 17), for nodes on the overlay only. Tasks that ended, or that this plan stops, give
-    theirs back."""
+    (ADR 17), for nodes on the overlay only. A task gives its address back once it has ended:
+    one this plan only asks to stop keeps running (and using it) until its agent stops it."""
 
-    def __init__(self, state: ClusterState, stopping: set[str]) -> None:
+    def __init__(self, state: ClusterState) -> None:
         self._state = state
-        self._stopping = stopping
         self._by_node: dict[str, dict[str, ipaddress.IPv4Address]] = {}
         self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
 
@@ -648,7 +671,7 @@ class _Addresses:
             current = self._by_node[node_id] = {
                 t.id: ipaddress.IPv4Address(t.overlay_address)
                 for t in self._state.node_tasks(node_id)
-                if t.overlay_address and not t.state.terminal and t.id not in self._stopping and t.id != task.id
+                if t.overlay_address and not t.state.terminal and t.id != task.id
             }
         try:
             allocated = ipam.allocate_address(ipaddress.IPv4Network(node.overlay_subnet), current, task.id)
@@ -714,7 +737,7 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         or (u.state is not None and u.state.terminal)
     }
     placement = _Placement(state, stopping)
-    addresses = _Addresses(state, stopping)
+    addresses = _Addresses(state)
     for task in cmd.created:
         if task.service_id not in state.services or task.id in state.tasks:
             continue

@@ -229,6 +229,11 @@ class _Pass:
             self.to_place.append(task.id)
         return task
 
+    def address_left(self, node: Node) -> bool:
+        """Room for one more task in the node's overlay subnet (always, off the overlay)."""
+        capacity = address_capacity(node)
+        return capacity is None or self.live.get(node.id, 0) < capacity
+
     def constraints(self, texts: tuple[str, ...]) -> tuple[Constraint, ...] | None:
         """Parsed constraints, or None if invalid (the API rejects those; never evict on them)."""
         if texts not in self._parsed:
@@ -431,8 +436,7 @@ class _Pass:
                 continue
             if not fits(node, self.reserved.get(node_id, Resources()), spec.reservations):
                 continue
-            capacity = address_capacity(node)
-            if capacity is not None and self.live.get(node_id, 0) >= capacity:
+            if not self.address_left(node):
                 continue  # its overlay subnet is full
             attempt = 0
             history = by_node.get(node_id)
@@ -468,7 +472,7 @@ class _Pass:
             reserved = self.reserved.get(node_id, Resources())
             if not node_is_schedulable(node) or not self.can_stop(t):
                 continue
-            if fits(node, reserved, service.spec.reservations):
+            if fits(node, reserved, service.spec.reservations) and self.address_left(node):
                 if not self.can_start():
                     return
                 self.shutdown(t, "replaced by service update")

@@ -290,3 +290,28 @@ def test_keys_are_due_after_the_cluster_period() -> None:
     bad = _run(state, commands.UpdateClusterSettings(wg_key_rotation_period=-1.0))
     assert (bad.ok, bad.code) == (False, "invalid_argument")
     assert state.cluster is not None and state.cluster.wg_key_rotation_period == 100.0
+
+
+def test_a_task_being_replaced_keeps_its_address_until_it_ends() -> None:
+    state = _overlay_state()
+    service = _service("web")
+    assert _run(state, commands.CreateService(service)).ok
+    assert _run(state, commands.ApplyPlan(created=(_task("old", service, slot=1, node_id="n1"),))).ok
+    old_address = state.tasks["old"].overlay_address
+    # A rolling update: the old task is asked to stop and its replacement placed, in one plan.
+    stop = commands.TaskUpdate(id="old", at=2.0, desired_state=TaskState.SHUTDOWN)
+    assert _run(state, commands.ApplyPlan(created=(_task("new", service, slot=1, node_id="n1"),), updated=(stop,))).ok
+    assert state.tasks["new"].overlay_address not in ("", old_address)  # the old one still runs
+
+
+def test_a_node_cannot_take_another_nodes_key_nor_an_epoch_nobody_asked_for() -> None:
+    state = _mesh_state()
+    before = dict(state.nodes)
+    clone = _run(state, commands.RegisterNode(Node(id="w3", hostname="w3", wg_public_key="k1", overlay=True)))
+    assert (clone.ok, clone.code) == (False, "already_exists") and "copied" in clone.message
+    huge = Node(id="w1", hostname="w1", wg_public_key="k1", wg_key_epoch=2**64 - 1, overlay=True)
+    assert _run(state, commands.RegisterNode(huge)).code == "invalid_argument"
+    assert state.nodes == before
+    ahead = Node(id="w1", hostname="w1", wg_public_key="k1z", wg_key_epoch=5, overlay=True, updated_at=11.0)
+    assert _run(state, commands.RegisterNode(ahead)).ok  # registered, but its key is not taken
+    assert (state.nodes["w1"].wg_public_key, state.nodes["w1"].wg_key_epoch) == ("k1", 0)

@@ -37,7 +37,7 @@ from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
-from warren.agent.overlay import Overlay, teardown
+from warren.agent.overlay import Overlay
 from warren.agent.promotion import Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
@@ -139,17 +139,19 @@ def _memory_bytes() -> int:
 WIREGUARD_PORT = 51820  # where this node's WireGuard will listen (ADR 17)
 
 
-def describe(options: AgentOptions) -> dpb.NodeDescription:
+def describe(options: AgentOptions, settings: agent_settings.AgentSettings | None = None) -> dpb.NodeDescription:
     """What this node tells the managers at each session: resources, platform, labels, and its
-    WireGuard public key (made at join; read from its file, without `cryptography`)."""
+    WireGuard public key (made at join; read from its file, without `cryptography`). `settings`
+    are those the agent started with (a settings file rewritten since does not apply to it)."""
     active = None
     with contextlib.suppress(OSError, keys.WireGuardError):
         active = keys.KeyRing(options.data_dir).active()  # the key in use (ADR 18)
     host = options.advertise_addr.rsplit(":", 1)[0] if ":" in options.advertise_addr else options.advertise_addr
-    try:
-        settings = agent_settings.load(options.data_dir) or agent_settings.AgentSettings()
-    except agent_settings.SettingsError:
-        settings = agent_settings.AgentSettings(wireguard_port=WIREGUARD_PORT)
+    if settings is None:
+        try:
+            settings = agent_settings.load(options.data_dir) or agent_settings.AgentSettings()
+        except agent_settings.SettingsError:
+            settings = agent_settings.AgentSettings(wireguard_port=WIREGUARD_PORT)
     return dpb.NodeDescription(
         hostname=_hostname(options.hostname or os.uname().nodename),
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
@@ -171,7 +173,10 @@ LOCK_FILE = "agent.lock"
 def lock_data_dir(data_dir: Path) -> int:
     """Hold `data_dir` for this agent (an fd with an exclusive flock, released when the process
     ends, even by kill -9): two agents on one node's data would fight over its tasks."""
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise AgentStartupError(f"cannot lock {data_dir}: {exc.strerror or exc}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -217,16 +222,27 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         raise AgentStartupError(f"cannot use data directory {data}: {exc.strerror or exc}") from None
     except PkiError as exc:
         raise AgentStartupError(f"unusable credentials in {data / CERTS_DIR}: {exc}") from None
+    try:
+        settings = agent_settings.load(data) or agent_settings.AgentSettings()
+    except agent_settings.SettingsError as exc:
+        raise AgentStartupError(str(exc)) from None
+    lock = lock_data_dir(data)  # before anything in the directory is written
+    try:
+        await _serve(options, settings, stop)
+    finally:
+        os.close(lock)
+
+
+async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, stop: asyncio.Event) -> None:
+    data = options.data_dir
     node = load_node_file(data)
     managers = ManagerList([*node.get("managers", []), *options.managers])
     if options.managers and not node.get("managers"):
         save_managers(data, managers.addrs)
 
-    lock = lock_data_dir(data)
     try:
         cache = AgentCache(data / "agent.db")
     except lmdb.Error as exc:
-        os.close(lock)
         raise AgentStartupError(f"cannot open the agent cache {data / 'agent.db'}: {exc}") from None
     calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
     waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
@@ -261,7 +277,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         session = Session(
             data / CERTS_DIR,
             managers,
-            functools.partial(describe, options),
+            functools.partial(describe, options, settings),
             worker,
             queue,
             on_managers=functools.partial(save_managers, data),
@@ -289,7 +305,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
             await worker.remove_all(timeout=REMOVE_ALL_TIMEOUT)
             if overlay.enabled:  # the node left the mesh: its interface, bridge and table go too
                 try:
-                    for what in await asyncio.to_thread(teardown, data):
+                    for what in await overlay.leave():
                         log.info("removed the %s", what)
                 except Exception as teardown_error:
                     log.error("removing this node's overlay networking failed: %s", teardown_error)
@@ -315,7 +331,6 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         calls.shutdown(wait=False, cancel_futures=True)
         waits.shutdown(wait=False, cancel_futures=True)
         cache.close()
-        os.close(lock)
 
 
 REEXEC_ENV = "WARREN_AGENT_REEXEC"  # set in the re-executed agent: never re-execute twice

@@ -20,6 +20,7 @@ import contextlib
 import logging
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -106,6 +107,10 @@ class Overlay:
         self._dns: Any = None  # the embedded DNS server, once the bridge is up
         self._keys = keys.KeyRing(data_dir)
         self._keygen: asyncio.Task[None] | None = None
+        # Held by each pass's blocking work (in a worker thread) and by `leave`, so that a pass
+        # still running cannot bring the network back once the node left.
+        self._work = threading.Lock()
+        self._left = False
 
     # -- key rotation (ADR 18) ------------------------------------------------------------------
     def pending_key(self) -> keys.NodeKey | None:
@@ -114,7 +119,7 @@ class Overlay:
             return None
         try:
             return self._keys.pending()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, keys.WireGuardError) as exc:  # never fail a heartbeat over it
             log.error("cannot read this node's pending WireGuard key: %s", exc)
             return None
 
@@ -209,6 +214,21 @@ class Overlay:
                 return
         self._dns.records = dns.Records.of_services((e.name, e.vip, e.backends) for e in services)
 
+    async def leave(self) -> list[str]:
+        """The node left the cluster: stop converging, then take its overlay networking down
+        (what `teardown` removes). Returns what was removed."""
+        await self.close()
+        return await asyncio.to_thread(self._leave)
+
+    def _leave(self) -> list[str]:
+        with self._work:  # waits for a pass still running in a worker thread
+            self._left = True
+            return teardown(self._data_dir)
+
+    def _guarded(self, work: Callable[..., Any], *args: Any) -> Any:
+        with self._work:
+            return None if self._left else work(*args)
+
     async def close(self) -> None:
         if self._dns is not None:
             self._dns.close()
@@ -231,7 +251,7 @@ class Overlay:
             mesh, services = self._latest, self._services
             if mesh is not None:
                 try:
-                    applied = await self._call(self._converge, mesh)
+                    applied = await self._call(self._guarded, self._converge, mesh)
                 except Exception as exc:  # the next mesh update (or a restart) tries again
                     log.error("the overlay mesh did not converge: %s", exc)
                     self.stats = replace(self.stats, converge_failures=self.stats.converge_failures + 1)
@@ -239,9 +259,13 @@ class Overlay:
                     if applied:
                         self.converged += 1
                         log.info("overlay mesh: applied %d change(s) for %d node(s)", applied, len(mesh))
+            # The table's 127.0.0.0/8 guard must stay while route_localnet is on (ADR 17).
+            if self._balanced is not None and await self._call(self._guarded, self._table_present) is False:
+                log.warning("the load balancer's nftables table is gone (a firewall reload?): loading it again")
+                self._balanced = None
             if services is not None and services != self._balanced and self._tasks is not None:
                 try:
-                    await self._call(self._balance, services)
+                    await self._call(self._guarded, self._balance, services)
                 except Exception as exc:
                     log.error("the service load balancer was not updated: %s", exc)
                 else:
@@ -250,6 +274,13 @@ class Overlay:
                     self.stats = replace(self.stats, services=len(services), backends=backends)
                     log.info("service VIPs: %d service(s) balanced", len(services))
                     await self._serve_names(services)
+
+    @staticmethod
+    def _table_present() -> bool:
+        from warren.network import lb
+
+        listed = subprocess.run(["nft", "list", "table", "ip", lb.TABLE], capture_output=True, timeout=10)
+        return listed.returncode == 0
 
     def _balance(self, services: tuple[Endpoint, ...]) -> None:
         """Route the VIP range to the bridge (so the node's own connections to a VIP leave) and

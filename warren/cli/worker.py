@@ -248,16 +248,20 @@ def cmd_teardown(args: argparse.Namespace) -> int:
     data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
     if not data_dir.is_dir():
         raise CliError(f"{data_dir} is not a node's data directory", Exit.NOT_FOUND)
-    from warren.agent.daemon import agent_running
+    from warren.agent.daemon import AgentStartupError, lock_data_dir
 
-    if agent_running(data_dir):
-        raise CliError(f"the agent of {data_dir} is running: stop it first", Exit.CONFLICT)
+    try:
+        lock = lock_data_dir(data_dir)  # held throughout: no agent starts meanwhile
+    except AgentStartupError:
+        raise CliError(f"the agent of {data_dir} is running: stop it first", Exit.CONFLICT) from None
     from warren.agent.overlay import teardown
 
     try:
         removed = teardown(data_dir)
     except Exception as exc:  # netlink or nft refused: say what, keep the rest for a retry
         raise CliError(f"removing the overlay networking failed: {exc}") from None
+    finally:
+        os.close(lock)
     print("\n".join(f"removed the {what}" for what in removed) or "nothing to remove")
     return 0
 
@@ -288,6 +292,10 @@ def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> in
     from warren.agent import settings as agent_settings
 
     settings = _settings(data_dir, given)
+    from warren.agent.daemon import agent_running
+
+    if agent_running(data_dir):  # before saving: its settings are not ours to change
+        raise CliError(f"an agent is already running on {data_dir}", Exit.CONFLICT)
     try:
         agent_settings.save(data_dir, settings)
     except OSError as exc:

@@ -343,7 +343,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
             node = resolve_node(state, request.node)
         await self._propose(commands.RotateNodeKeys((node.id,)))
         with self._store.read() as state:
-            return convert.node_to_pb(state.nodes[node.id])
+            rotating = state.nodes.get(node.id)
+        if rotating is None:  # removed meanwhile
+            raise ApiError(NOT_FOUND, f"node {request.node} was removed")
+        return convert.node_to_pb(rotating)
 
     # -- services ----------------------------------------------------------------------------
     async def CreateService(self, request: cpb.CreateServiceRequest, context: object) -> object:

@@ -9,6 +9,7 @@ INCREMENTAL messages chained by version so the agent can detect a gap and reopen
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -23,12 +24,14 @@ from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import RaftNode
+from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
+
+log = logging.getLogger(__name__)
 
 
 class Heartbeats:
@@ -294,7 +297,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             publish = commands.PublishNodeKey(
                 node_id, request.pending_wg_key, request.pending_wg_key_epoch, time.time()
             )
-            check_result(await self._raft.propose_async(publish, self._timeout))
+            try:
+                check_result(await self._raft.propose_async(publish, self._timeout))
+            except (ApiError, ProposalError) as exc:  # the next heartbeat offers it again
+                log.warning("the new WireGuard key of node %s was not published: %s", node_id, exc)
         promoted = node.desired_role == NodeRole.MANAGER and node.role != NodeRole.MANAGER
         return dpb.HeartbeatResponse(
             period=period,

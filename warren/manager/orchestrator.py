@@ -78,7 +78,10 @@ class Orchestrator:
         due = commands.keys_due_for_rotation(snapshot, time.time())
         if due:  # WireGuard keys older than the cluster's rotation period (ADR 18)
             log.info("rotating the WireGuard key of %d node(s)", len(due))
-            await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
+            try:
+                await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
+            except ProposalError as exc:  # the next pass asks again; scheduling goes on
+                log.warning("WireGuard key rotation not committed: %s", exc.message)
         config = reconciler.ReconcileConfig(
             heartbeat_period=snapshot.cluster.heartbeat_period,
             task_history_limit=snapshot.cluster.task_history_limit,

@@ -141,6 +141,8 @@ class KeyRing:
         if epoch <= self.active_epoch():
             raise WireGuardError(f"key epoch {epoch} is not above the active one ({self.active_epoch()})")
         private, public = self._paths(epoch)
+        if public.exists():  # made already (the public key is written last): never replace it
+            return public.read_text().strip()
         private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_key_file(private, generate_private_key())
         _write_atomically(public, public_key_of(read_key_file(private)) + "\n")
