@@ -141,6 +141,17 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
         for a, b in itertools.permutations(cluster.hosts, 2):
             wait_for(lambda a=a, b=b: a.ping(overlay[b.name]), timeout=15, message=f"{a.name} to reach {b.name}")
 
+        # A firewall reload that removes the load balancer's table (and with it the guard that
+        # makes route_localnet safe): the agent loads it again at its next pass.
+        assert h2.run(["nft", "delete", "table", "ip", "warren"]).returncode == 0
+        wait_for(
+            lambda: (
+                'iifname != "lo" ip daddr 127.0.0.0/8 drop' in h2.run(["nft", "list", "table", "ip", "warren"]).stdout
+            ),
+            timeout=15,
+            message="h2's agent to load its nftables table again",
+        )
+
         # A node leaving for good: its network stays up while its agent runs (teardown refuses),
         # and goes with `worker teardown` once the agent stopped.
         teardown = ("worker", "teardown", "--data-dir", str(cluster.data_dir(h3)))
