@@ -136,9 +136,6 @@ def _memory_bytes() -> int:
         return 0
 
 
-WIREGUARD_PORT = 51820  # where this node's WireGuard will listen (ADR 17)
-
-
 def describe(options: AgentOptions, settings: agent_settings.AgentSettings | None = None) -> dpb.NodeDescription:
     """What this node tells the managers at each session: resources, platform, labels, and its
     WireGuard public key (made at join; read from its file, without `cryptography`). `settings`
@@ -151,7 +148,7 @@ def describe(options: AgentOptions, settings: agent_settings.AgentSettings | Non
         try:
             settings = agent_settings.load(options.data_dir) or agent_settings.AgentSettings()
         except agent_settings.SettingsError:
-            settings = agent_settings.AgentSettings(wireguard_port=WIREGUARD_PORT)
+            settings = agent_settings.AgentSettings()
     return dpb.NodeDescription(
         hostname=_hostname(options.hostname or os.uname().nodename),
         resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),

@@ -59,13 +59,7 @@ def register(groups: Any) -> None:
     p.add_argument(
         "--cgroup-parent", metavar="PATH", help="cgroup the embedded agent's containers go under (default: /warren)"
     )
-    p.add_argument(
-        "--wireguard",
-        choices=("off", "auto", "kernel", "userspace"),
-        help="the embedded agent's overlay mesh: auto (the default), kernel, userspace, or off (tasks on "
-        "the host's network)",
-    )
-    p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
+    worker.add_wireguard_flags(p)  # for the embedded agent
     p.add_argument(
         "--insecure-registry",
         action="append",

@@ -90,6 +90,19 @@ def add_join_parser(cmds: Any) -> None:
     p.set_defaults(func=cmd_join)
 
 
+def add_wireguard_flags(p: argparse.ArgumentParser) -> None:
+    """The overlay flags of an agent, also `cluster init`'s for its embedded agent (ADRs 17, 19)."""
+    from warren.agent.settings import WIREGUARD_MODES  # stdlib only
+
+    p.add_argument(
+        "--wireguard",
+        choices=WIREGUARD_MODES,
+        help="the overlay mesh: auto (the default) uses the kernel's WireGuard where it exists, else "
+        "wireguard-go; kernel or userspace force one; off keeps tasks on the host's network",
+    )
+    p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
+
+
 def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, metavar="DIR", help=f"node state directory (default: {DEFAULT_DATA_DIR})")
     p.add_argument("--runtime", choices=("containerd", "exec"), help="how tasks run (default: containerd)")
@@ -111,13 +124,7 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
-    p.add_argument(
-        "--wireguard",
-        choices=("off", "auto", "kernel", "userspace"),
-        help="the overlay mesh: auto (the default) uses the kernel's WireGuard where it exists, else "
-        "wireguard-go; kernel or userspace force one; off keeps tasks on the host's network",
-    )
-    p.add_argument("--wireguard-interface", metavar="NAME", help="the mesh's interface (default: warren0)")
+    add_wireguard_flags(p)
     p.add_argument("--wireguard-port", type=int, metavar="PORT", help="the mesh's UDP port (default: 51820)")
     p.add_argument(
         "--manager-listen-addr",
