@@ -81,6 +81,27 @@ def node_is_schedulable(node: Node) -> bool:
     return node.status == NodeStatus.READY and node.availability == Availability.ACTIVE
 
 
+MAX_NODE_REASONS = 3  # not-ready nodes whose reason an explanation quotes
+MAX_REASON_CHARS = 200
+
+
+def _not_ready_reasons(nodes: list[Node]) -> str:
+    """Why the first few not-ready nodes are not ready, from their status messages:
+    " (node n1: its session is failing: ...)", or "" when none says."""
+    said = [n for n in nodes if n.status_message]
+    if not said:
+        return ""
+    parts = []
+    for n in said[:MAX_NODE_REASONS]:
+        text = n.status_message
+        if len(text) > MAX_REASON_CHARS:
+            text = text[: MAX_REASON_CHARS - 3] + "..."
+        parts.append(f"node {n.hostname or n.id}: {text}")
+    if len(said) > MAX_NODE_REASONS:
+        parts.append(f"{_plural(len(said) - MAX_NODE_REASONS, 'other')}")
+    return f" ({'; '.join(parts)})"
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
@@ -93,7 +114,7 @@ class _NodeTable:
         self.all_nodes = sorted(nodes, key=lambda n: n.id)
         self.ready = [n for n in self.all_nodes if node_is_schedulable(n)]
         self.by_id = {n.id: n for n in self.ready}
-        self.not_ready = sum(1 for n in self.all_nodes if n.status != NodeStatus.READY)
+        self.not_ready = [n for n in self.all_nodes if n.status != NodeStatus.READY]
         self.drained = sum(
             1 for n in self.all_nodes if n.status == NodeStatus.READY and n.availability == Availability.DRAIN
         )
@@ -165,7 +186,7 @@ class _NodeTable:
             return "no suitable node: the cluster has no nodes"
         parts = []
         if self.not_ready:
-            parts.append(f"{_plural(self.not_ready, 'node')} not ready")
+            parts.append(f"{_plural(len(self.not_ready), 'node')} not ready{_not_ready_reasons(self.not_ready)}")
         if self.drained:
             parts.append(f"{_plural(self.drained, 'node')} drained")
         if self.paused:

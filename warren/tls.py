@@ -33,6 +33,23 @@ KEY_FILE = "key.pem"
 _KEEPALIVE_TIME_MS = 20_000
 _KEEPALIVE_TIMEOUT_MS = 10_000
 
+# Message size limits, set here for every channel and server (ADR 21); gRPC's defaults (4 MiB
+# received, unlimited sent) are never relied on. A service spec is at most 256 KiB
+# (validate.MAX_SPEC_BYTES).
+# - Replies from a manager may hold many specs: a COMPLETE assignments message carries each spec
+#   version its node runs once, `service ls` every service's spec. 64 MiB holds 256 specs at the
+#   bound, or thousands of ordinary ones. The dispatcher measures each message against it before
+#   sending, and marks the node not ready with the reason rather than send what the agent would
+#   refuse.
+MAX_REPLY_BYTES = 64 << 20
+# - Requests to a manager are small: a spec, a log batch (1 MiB of lines, validate.MAX_LOG_BATCH_BYTES),
+#   up to 1000 status reports with texts cut to 4 KiB (agent.session). 16 MiB leaves room for
+#   each and still bounds what one authenticated caller makes a manager buffer.
+MAX_REQUEST_BYTES = 16 << 20
+# - The join listener is plaintext and unauthenticated: a request holds a CSR, a hostname and a
+#   proof, a reply a certificate, the CA and the managers' addresses, all a few KiB.
+MAX_JOIN_MESSAGE_BYTES = 64 << 10
+
 
 def server_credentials(
     ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, require_client_auth: bool = True
@@ -92,10 +109,12 @@ def channel_options() -> list[tuple[str, Any]]:
         ("grpc.initial_reconnect_backoff_ms", 500),
         ("grpc.min_reconnect_backoff_ms", 500),
         ("grpc.max_reconnect_backoff_ms", 5_000),
+        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+        ("grpc.max_receive_message_length", MAX_REPLY_BYTES),
     ]
 
 
-def server_options() -> list[tuple[str, Any]]:
+def server_options(max_receive: int = MAX_REQUEST_BYTES, max_send: int = MAX_REPLY_BYTES) -> list[tuple[str, Any]]:
     """Options for a manager's grpc server, matching channel_options' keepalive pings."""
     return [
         ("grpc.keepalive_time_ms", _KEEPALIVE_TIME_MS),
@@ -103,6 +122,25 @@ def server_options() -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", _KEEPALIVE_TIME_MS // 2),
         ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.max_receive_message_length", max_receive),
+        ("grpc.max_send_message_length", max_send),
+    ]
+
+
+def join_server_options() -> list[tuple[str, Any]]:
+    """Options for the plaintext join listener: small messages, few streams."""
+    return [
+        *server_options(MAX_JOIN_MESSAGE_BYTES, MAX_JOIN_MESSAGE_BYTES),
+        ("grpc.max_concurrent_streams", 16),
+    ]
+
+
+def join_channel_options() -> list[tuple[str, Any]]:
+    """Options for a joining node's plaintext channel to the join listener."""
+    return [
+        ("grpc.enable_retries", 0),
+        ("grpc.max_send_message_length", MAX_JOIN_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_JOIN_MESSAGE_BYTES),
     ]
 
 

@@ -24,6 +24,15 @@ RESERVED_PREFIX = "warren."
 MAX_LOG_BATCH = 1000
 MAX_LOG_BATCH_BYTES = 1 << 20
 MAX_LOG_LINE = 16 * 1024
+# The whole service spec, health check included (ADR 21): it sits in Raft entries, in the state,
+# in every agent's cache and in assignments messages. 256 KiB is well below the 16 MiB request
+# and 64 MiB reply limits of the API (warren.tls), and below what Linux lets a process start
+# with (argv and environment together: 2 MiB with the default 8 MiB stack).
+MAX_SPEC_BYTES = 256 * 1024
+# Counted for each string, map entry and list item on top of its bytes: more than protobuf (tag,
+# length) or msgpack (type, length) put around it, so `spec_size` bounds both encodings.
+_SPEC_ITEM_OVERHEAD = 16
+_SPEC_FIXED_OVERHEAD = 512  # numbers, enums and nested messages' headers
 _PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f\s]+$")
 
 
@@ -105,6 +114,7 @@ def signal_number(text: str) -> int:
 
 
 def check_spec(spec: ServiceSpec) -> None:
+    check_spec_size(spec)
     check_name("service", spec.name)
     if not spec.image.strip():
         raise ValidationError("an image is required (--image)")
@@ -174,6 +184,28 @@ def check_spec(spec: ServiceSpec) -> None:
             raise ValidationError(f"invalid environment variable name {key!r}")
         if len(value) > MAX_VALUE * 16 or "\x00" in value:
             raise ValidationError(f"environment variable {key} is too long or contains NUL")
+
+
+def spec_size(spec: ServiceSpec) -> int:
+    """An upper bound of the spec's encoded size, as protobuf or msgpack: the UTF-8 bytes of its
+    text plus a fixed overhead per item."""
+    texts = [spec.name, spec.image, spec.stop_signal, *spec.command, *spec.args, *spec.constraints]
+    texts += [*spec.env, *spec.env.values(), *spec.labels, *spec.labels.values()]
+    texts += [text for port in spec.ports for text in (port.protocol, port.mode)]
+    if spec.health is not None:
+        texts += [spec.health.kind, spec.health.target, *spec.health.command]
+    text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
+    return _SPEC_FIXED_OVERHEAD + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
+
+
+def check_spec_size(spec: ServiceSpec) -> None:
+    """The whole spec is at most MAX_SPEC_BYTES, so it always travels and is stored whole."""
+    size = spec_size(spec)
+    if size > MAX_SPEC_BYTES:
+        raise ValidationError(
+            f"the service spec is too large: {size} bytes, at most {MAX_SPEC_BYTES} (256 KiB) for its "
+            "command, environment, labels, constraints and health check together"
+        )
 
 
 def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "") -> None:

@@ -4,17 +4,21 @@ Pure: no grpc calls, no I/O. The session feeds every AssignmentsMessage to `Assi
 which either returns what changed or raises `VersionGap` so the session reopens and starts again
 from a COMPLETE message (ADR 10). Proto -> model conversion of tasks lives here because only the
 agent ever reads a Task back from the wire.
+
+Specs travel once per session (ADR 21): a message's `specs` hold the spec versions its tasks
+need that were not sent before, and a task finds its spec there, in the session's earlier
+specs, or (a task desired to stop) in the copy the agent already holds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
-from warren.model import Task, TaskState
+from warren.model import ServiceSpec, Task, TaskState
 from warren.network.lb import Endpoint
 
 
@@ -45,19 +49,33 @@ class MeshMember:
     subnet: str
 
 
+SpecKey = tuple[str, int]  # (service id, spec version)
+
+
+def _no_held_task(task_id: str) -> Task | None:
+    return None
+
+
 @dataclass
 class AssignmentSet:
     """Tasks assigned to this node and the version of the last message applied (None = no
-    COMPLETE seen on this session yet)."""
+    COMPLETE seen on this session yet). `held` finds a task the agent already runs (its worker),
+    for the spec of a task desired to stop, which the managers do not send again."""
 
     tasks: dict[str, Task] = field(default_factory=dict)
     version: int | None = None
     session_id: str = ""
+    held: Callable[[str], Task | None] = _no_held_task
+    specs: dict[SpecKey, ServiceSpec] = field(default_factory=dict)  # sent on this session
+    refs: dict[str, SpecKey] = field(default_factory=dict)  # every task in the set -> its spec
 
     def reset(self) -> None:
-        """A new session starts a new version chain; the tasks are kept until COMPLETE replaces them."""
+        """A new session starts a new version chain and a new set of specs; the tasks are kept
+        until COMPLETE replaces them."""
         self.version = None
         self.session_id = ""
+        self.specs = {}
+        self.refs = {}
 
     def apply(self, msg: dpb.AssignmentsMessage) -> AssignmentDelta:
         """Apply one message; raise VersionGap when it cannot be applied to what we hold."""
@@ -78,12 +96,14 @@ class AssignmentSet:
             "vip_range": msg.vip_range,
         }
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
-            updated, invalid = _read_tasks(msg.updated)
+            self.specs, self.refs = {}, {}
+            updated, invalid = self._read(msg)
             tasks = {t.id: t for t in updated}
             for task_id, _ in invalid:  # unreadable now, but known: keep the copy we have
                 if task_id in self.tasks:
                     tasks[task_id] = self.tasks[task_id]
             self.tasks = tasks
+            self._prune()
             self.version = msg.version
             self.session_id = msg.session_id
             return AssignmentDelta(
@@ -97,24 +117,73 @@ class AssignmentSet:
             raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
         if msg.applies_to != self.version:
             raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
-        updated, invalid = _read_tasks(msg.updated)
+        updated, invalid = self._read(msg)
         for task in updated:
             self.tasks[task.id] = task
         for task_id in msg.removed:
             self.tasks.pop(task_id, None)
+            self.refs.pop(task_id, None)
+        self._prune()
         self.version = msg.version
         return AssignmentDelta(
             complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, **network
         )
 
+    def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
+        """The message's specs joined to the session's, then its tasks, each with its spec."""
+        bad: list[tuple[str, str]] = []
+        for entry in msg.specs:
+            key = (entry.service_id, entry.spec_version)
+            try:
+                self.specs[key] = convert.spec_from_pb(entry.spec)
+            except (convert.ConversionError, ValueError, TypeError) as exc:
+                bad.extend((t.id, f"unreadable task spec: {exc}") for t in msg.updated if _key(t) == key)
+        for task in msg.updated:  # every task counts, readable or not, as on the managers' side
+            self.refs[task.id] = _key(task)
+        good, unread = _read_tasks(msg.updated, self._spec_of, {task_id for task_id, _ in bad})
+        return good, tuple(bad) + unread
 
-def _read_tasks(msgs: Iterable[pb.Task]) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
+    def _spec_of(self, msg: pb.Task) -> ServiceSpec | None:
+        """The task's spec: sent in full (an older manager), sent on this session, or held."""
+        if msg.HasField("spec"):
+            return convert.spec_from_pb(msg.spec)
+        spec = self.specs.get(_key(msg))
+        if spec is not None:
+            return spec
+        held = self.tasks.get(msg.id) or self.held(msg.id)
+        if held is not None and held.spec_version == msg.spec_version:
+            return held.spec
+        if _state(msg.desired_state, TaskState.SHUTDOWN) > TaskState.RUNNING:
+            return ServiceSpec(name=msg.service_name, image="")  # never started: only to be stopped
+        return None
+
+    def _prune(self) -> None:
+        """Forget specs no task in the set refers to, as the managers do (ADR 21)."""
+        wanted = set(self.refs.values())
+        self.specs = {key: spec for key, spec in self.specs.items() if key in wanted}
+
+
+def _key(msg: pb.Task) -> SpecKey:
+    return (msg.service_id, msg.spec_version)
+
+
+def _read_tasks(
+    msgs: Iterable[pb.Task],
+    spec_of: Callable[[pb.Task], ServiceSpec | None] = lambda msg: convert.spec_from_pb(msg.spec),
+    skip: set[str] | frozenset[str] = frozenset(),
+) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
     """Convert each task on its own, so one unreadable task does not poison the message."""
     good: list[Task] = []
     bad: list[tuple[str, str]] = []
     for msg in msgs:
+        if msg.id in skip:
+            continue
         try:
-            good.append(task_from_pb(msg))
+            spec = spec_of(msg)
+            if spec is None:
+                bad.append((msg.id, f"its spec (service {msg.service_id} version {msg.spec_version}) was not sent"))
+                continue
+            good.append(task_from_pb(msg, spec))
         except (convert.ConversionError, ValueError, TypeError) as exc:
             bad.append((msg.id, f"unreadable task spec: {exc}"))
     return tuple(good), tuple(bad)
@@ -127,15 +196,16 @@ def _state(name: str, default: TaskState) -> TaskState:
         return default
 
 
-def task_from_pb(msg: pb.Task) -> Task:
-    """A Task as the dispatcher sent it (with its spec). Unknown state names degrade to safe
-    defaults instead of failing the whole message: desired SHUTDOWN stops rather than runs."""
+def task_from_pb(msg: pb.Task, spec: ServiceSpec | None = None) -> Task:
+    """A Task as the dispatcher sent it, with `spec` or else the one in the message. Unknown state
+    names degrade to safe defaults instead of failing the whole message: desired SHUTDOWN stops
+    rather than runs."""
     return Task(
         id=msg.id,
         service_id=msg.service_id,
         service_name=msg.service_name,
         slot=msg.slot,
-        spec=convert.spec_from_pb(msg.spec),
+        spec=spec if spec is not None else convert.spec_from_pb(msg.spec),
         spec_version=msg.spec_version,
         desired_state=_state(msg.desired_state, TaskState.SHUTDOWN),
         state=_state(msg.state, TaskState.ASSIGNED),

@@ -218,7 +218,7 @@ def join(token: str, manager_addr: str, data_dir: Path, hostname: str, *, timeou
     request = capb.JoinRequest(
         csr_pem=csr_pem.decode(), hostname=hostname, proof=pki.join_proof(parsed.secret, csr_pem)
     )
-    with grpc.insecure_channel(manager_addr, options=[("grpc.enable_retries", 0)]) as channel:
+    with grpc.insecure_channel(manager_addr, options=tls.join_channel_options()) as channel:
         try:
             response = ca_pb2_grpc.NodeCAStub(channel).Join(request, timeout=timeout)
         except grpc.RpcError as exc:

@@ -7,7 +7,9 @@ exponential backoff, capped at 5 s or at the heartbeat period if that is shorter
 reconnects before the managers' timeout marks it down). A session ends when its stream ends, a
 heartbeat or report fails, or an INCREMENTAL message does not follow our version (then we
 reopen at once and resync from the COMPLETE set). Task reports outlive sessions in the
-StatusQueue. A node the cluster removed (`node rm`) gets NodeRemoved.
+StatusQueue. A node the cluster removed (`node rm`) gets NodeRemoved. Sessions that fail after
+reaching a manager are counted, and the next session request says how many and why, so the
+managers mark the node not ready (ADR 21) until a heartbeat shows a session works again.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
 RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
+# A report's message and error are cut to this many characters, so that a full batch (MAX_BATCH
+# reports) always fits the request limit (tls.MAX_REQUEST_BYTES): 1000 x 2 x 4 KiB = 8 MiB.
+MAX_REPORT_TEXT = 4096
+MAX_FAILURE_TEXT = 512  # what the dispatcher accepts as the last failure's account
+# Failures that say nothing about this node's session: the manager is unreachable, busy, or not
+# the leader. Anything else (a message too large, an internal error, a bad first message) counts.
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 
 
 class Backoff:
@@ -105,8 +114,8 @@ def report_to_pb(report: Report) -> dpb.TaskStatus:
     return dpb.TaskStatus(
         task_id=report.task_id,
         state=report.state.label,
-        message=report.message,
-        error=report.error,
+        message=report.message[:MAX_REPORT_TEXT],
+        error=report.error[:MAX_REPORT_TEXT],
         has_exit_code=report.exit_code is not None,
         exit_code=report.exit_code or 0,
         runtime_id=report.runtime_id,
@@ -163,9 +172,11 @@ class Session:
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
-        self.assignments = AssignmentSet()
+        self.assignments = AssignmentSet(held=worker.held_task)
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
+        self.failed_sessions = 0  # in a row, since a heartbeat last showed a session working
+        self.last_failure = ""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until `stop`; raises NodeRemoved if the cluster removed us."""
@@ -193,12 +204,15 @@ class Session:
                 if is_removed(exc):
                     raise NodeRemoved(exc.details()) from None
                 log.warning("session with %s failed: %s %s", addr, exc.code().name, exc.details())
+                if exc.code() not in _TRANSIENT:
+                    self._failed(f"{exc.code().name}: {exc.details()}")
                 self.managers.advance()
             except (SessionLost, TimeoutError, OSError) as exc:
                 log.warning("session with %s lost: %s", addr, exc or type(exc).__name__)
                 self.managers.advance()
-            except Exception:  # a bug, or a credential problem: log, keep trying
+            except Exception as exc:  # a bug, or a credential problem: log, keep trying
                 log.exception("session with %s failed", addr)
+                self._failed(f"{type(exc).__name__}: {exc}")
                 self.managers.advance()
             finally:
                 self.connected_to = None
@@ -207,13 +221,25 @@ class Session:
             backoff.cap = min(BACKOFF_CAP, max(BACKOFF_START, self.period))
             await _sleep_unless(stop, backoff.next())
 
+    def _failed(self, why: str) -> None:
+        self.failed_sessions += 1
+        self.last_failure = why[:MAX_FAILURE_TEXT]
+
+    def _request(self) -> dpb.SessionRequest:
+        return dpb.SessionRequest(
+            description=self.description(),
+            specs_by_reference=True,
+            failed_sessions=self.failed_sessions,
+            last_failure=self.last_failure,
+        )
+
     async def _session(self, addr: str, stop: asyncio.Event, backoff: Backoff) -> bool:
         """One session; True when it ended for a resync (version gap)."""
         creds = tls.load_credentials(self.certs_dir)  # re-read: certificates are renewed on disk
         channel = grpc.aio.secure_channel(addr, tls.channel_credentials(*creds), options=tls.channel_options())
         try:
             stub = dispatcher_pb2_grpc.DispatcherStub(channel)
-            call = stub.Session(dpb.SessionRequest(description=self.description()))
+            call = stub.Session(self._request())
             try:
                 first = await asyncio.wait_for(call.read(), FIRST_MESSAGE_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
@@ -228,6 +254,7 @@ class Session:
                 delta = self.assignments.apply(first)
             except VersionGap as exc:
                 log.warning("bad first message from %s: %s", addr, exc)
+                self._failed(f"bad first message: {exc}")
                 call.cancel()
                 return True
             session_id = first.session_id
@@ -313,6 +340,7 @@ class Session:
                 if pending is not None:
                     request.pending_wg_key, request.pending_wg_key_epoch = pending.public_key, pending.epoch
                 reply = await stub.Heartbeat(request, timeout=max(2.0, self.period))
+                self.failed_sessions, self.last_failure = 0, ""  # the managers now call us ready
                 if reply.period > 0:
                     self.period = reply.period
                 if promoting is not None and promoting.done():

@@ -189,6 +189,11 @@ class Worker:
                 (Path(self.env.log_dir) / f"{task_id}.log").unlink()
 
     # -- views ---------------------------------------------------------------------------------
+    def held_task(self, task_id: str) -> Task | None:
+        """The task as this agent runs it (with its spec), if it does."""
+        ctl = self.controllers.get(task_id)
+        return ctl.task if ctl is not None else None
+
     def started_task_ids(self) -> list[str]:
         """Tasks whose process was started and has not ended: their logs are growing."""
         return [t for t, ctl in self.controllers.items() if ctl.local.started and not ctl.local.state.terminal]

@@ -4,6 +4,9 @@ Runs on the leader only (heartbeats live in its memory, as in SwarmKit); a follo
 UNAVAILABLE naming the leader, and the agent reconnects there. Assignments are pushed on the
 session stream as soon as a commit touches the node's tasks: a COMPLETE set first, then
 INCREMENTAL messages chained by version so the agent can detect a gap and reopen the session.
+Each spec version travels once per session, beside the tasks that refer to it (ADR 21), and no
+message larger than the agent accepts is sent: the node is marked not ready with the reason
+instead, as it is when the agent says its sessions keep failing.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from warren import commands
+from warren import commands, tls
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.events import EventHub
@@ -32,6 +36,10 @@ from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
 log = logging.getLogger(__name__)
+
+FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
+MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
+SESSION_FAILING = "its session is failing"
 
 
 class Heartbeats:
@@ -52,6 +60,42 @@ class Heartbeats:
 def _visible(task: Task) -> bool:
     """Tasks an agent must know about: those it should run, and those it should stop."""
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
+
+
+SpecKey = tuple[str, int]  # (service id, spec version)
+
+
+class SessionSpecs:
+    """The spec versions one session's agent holds (ADR 21). A spec is sent with the first task
+    desired running that needs it; both sides forget it once no task in the set refers to it
+    (`prune`, after each message), so a later task of that version brings it again."""
+
+    def __init__(self, by_reference: bool) -> None:
+        self.by_reference = by_reference  # False for an agent that reads only Task.spec
+        self.refs: dict[str, SpecKey] = {}  # every task in the set -> its spec version
+        self.sent: set[SpecKey] = set()
+
+    def task(self, task: Task, specs: list[dpb.TaskSpec]) -> pb.Task:
+        """`task` as sent; its spec joins `specs` if the agent may start it and lacks the spec."""
+        key = (task.service_id, task.spec_version)
+        self.refs[task.id] = key
+        if not self.by_reference:
+            return convert.task_to_pb(task, with_spec=True)
+        if task.desired_state <= TaskState.RUNNING and key not in self.sent:
+            self.sent.add(key)
+            specs.append(dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=convert.spec_to_pb(task.spec)))
+        return convert.task_to_pb(task)
+
+    def remove(self, task_id: str) -> None:
+        self.refs.pop(task_id, None)
+
+    def prune(self) -> None:
+        self.sent.intersection_update(self.refs.values())
+
+
+def _failure_text(text: str) -> str:
+    """An agent's failure text as one printable line."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
@@ -100,6 +144,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         heartbeats: Heartbeats,
         timeout: float = 5.0,
         logs: LogBroker | None = None,
+        max_message: int = tls.MAX_REPLY_BYTES,
     ):
         self._store = store
         self._raft = raft
@@ -108,6 +153,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._timeout = timeout
         self._logs = logs
         self._sessions: dict[str, str] = {}  # session id -> node id
+        self._max_message = max_message  # what an agent accepts (tls.channel_options)
+        self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints_cache: tuple[int, list[dpb.ServiceEndpoint]] = (-1, [])
 
     def _require_leader(self) -> None:
@@ -134,12 +181,18 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        if len(request.last_failure) > MAX_FAILURE_TEXT:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {MAX_FAILURE_TEXT} characters")
+        # Not ready until a heartbeat proves this session works, if the last ones failed.
+        failing = self._failing.get(identity.node_id, "")
+        if request.failed_sessions >= FAILING_AFTER:
+            failing = f"{_failure_text(request.last_failure) or 'unknown error'} ({request.failed_sessions} in a row)"
         now = time.time()
         node = Node(
             id=identity.node_id,
             hostname=desc.hostname,
             role=NodeRole(identity.role) if identity.role in ("manager", "worker") else NodeRole.WORKER,
-            status=NodeStatus.READY,
+            status=NodeStatus.UNKNOWN if failing else NodeStatus.READY,
             labels=dict(desc.labels),
             resources=Resources(desc.resources.nano_cpus, desc.resources.memory_bytes),
             addr=desc.addr,
@@ -153,6 +206,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             updated_at=now,
         )
         check_result(await self._raft.propose_async(commands.RegisterNode(node), self._timeout))
+        if failing:
+            await self._set_failing(node.id, failing)
         self._heartbeats.beat(node.id)
         session_id = new_id()
         # One session per node: a reconnecting agent supersedes its previous, maybe half-open,
@@ -163,24 +218,31 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         try:
             with self._hub.subscribe() as events:
                 version = 1
+                specs = SessionSpecs(request.specs_by_reference)
+                spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
-                    tasks = [convert.task_to_pb(state.tasks[t], with_spec=True) for t in sorted(known)]
+                    tasks = [specs.task(state.tasks[t], spec_list) for t in sorted(known)]
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
                     endpoints = _endpoints(state)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
-                yield dpb.AssignmentsMessage(
-                    type=dpb.AssignmentsMessage.COMPLETE,
-                    session_id=session_id,
-                    version=version,
-                    updated=tasks,
-                    managers=managers,
-                    mesh=mesh,
-                    mesh_changed=True,
-                    services=endpoints,
-                    services_changed=True,
-                    vip_range=str(vip_range),
+                specs.prune()
+                yield await self._fits(
+                    node.id,
+                    dpb.AssignmentsMessage(
+                        type=dpb.AssignmentsMessage.COMPLETE,
+                        session_id=session_id,
+                        version=version,
+                        updated=tasks,
+                        managers=managers,
+                        mesh=mesh,
+                        mesh_changed=True,
+                        services=endpoints,
+                        services_changed=True,
+                        vip_range=str(vip_range),
+                        specs=spec_list,
+                    ),
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
@@ -192,7 +254,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
                     if changes is None:
                         return  # state was replaced by a snapshot: the agent reopens and resyncs
-                    updated, removed = self._diff(node.id, known, changes)
+                    spec_list = []
+                    updated, removed = self._diff(node.id, known, changes, specs, spec_list)
+                    specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
                     managers = new_managers if new_managers is not None else managers
@@ -206,18 +270,22 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         or new_mesh is not None
                         or new_endpoints is not None
                     ):
-                        yield dpb.AssignmentsMessage(
-                            type=dpb.AssignmentsMessage.INCREMENTAL,
-                            session_id=session_id,
-                            applies_to=version,
-                            version=version + 1,
-                            updated=updated,
-                            removed=removed,
-                            managers=new_managers or [],
-                            mesh=new_mesh or [],
-                            mesh_changed=new_mesh is not None,
-                            services=new_endpoints or [],
-                            services_changed=new_endpoints is not None,
+                        yield await self._fits(
+                            node.id,
+                            dpb.AssignmentsMessage(
+                                type=dpb.AssignmentsMessage.INCREMENTAL,
+                                session_id=session_id,
+                                applies_to=version,
+                                version=version + 1,
+                                updated=updated,
+                                removed=removed,
+                                managers=new_managers or [],
+                                mesh=new_mesh or [],
+                                mesh_changed=new_mesh is not None,
+                                services=new_endpoints or [],
+                                services_changed=new_endpoints is not None,
+                                specs=spec_list,
+                            ),
                         )
                         version += 1
                 if session_id not in self._sessions:
@@ -225,6 +293,29 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
+
+    async def _fits(self, node_id: str, message: dpb.AssignmentsMessage) -> dpb.AssignmentsMessage:
+        """`message` if the agent accepts its size; otherwise the node is marked not ready with
+        the reason and the session ends (RESOURCE_EXHAUSTED), rather than the agent refusing it."""
+        size = message.ByteSize()
+        if size <= self._max_message:
+            return message
+        why = (
+            f"its assignments ({size} bytes, {len(message.updated)} tasks, {len(message.specs)} specs) "
+            f"exceed the {self._max_message} bytes a message may hold"
+        )
+        log.warning("node %s: %s", node_id, why)
+        await self._set_failing(node_id, why)
+        raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
+
+    async def _set_failing(self, node_id: str, why: str) -> None:
+        """Mark the node not ready, saying why; its next heartbeat makes it ready again."""
+        self._failing[node_id] = why
+        change = commands.SetNodeStatus(node_id, NodeStatus.UNKNOWN, f"{SESSION_FAILING}: {why}", time.time())
+        try:
+            check_result(await self._raft.propose_async(change, self._timeout))
+        except (ApiError, ProposalError) as exc:  # the next session attempt tries again
+            log.warning("node %s could not be marked not ready: %s", node_id, exc)
 
     def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> list[dpb.ServiceEndpoint] | None:
         """The services' endpoints if `changes` altered them since `sent`, else None."""
@@ -255,7 +346,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             current_mesh if current_mesh != mesh else None,
         )
 
-    def _diff(self, node_id: str, known: set[str], changes: list) -> tuple[list, list[str]]:
+    def _diff(
+        self, node_id: str, known: set[str], changes: list, specs: SessionSpecs, spec_list: list[dpb.TaskSpec]
+    ) -> tuple[list, list[str]]:
         updated: list = []
         removed: list[str] = []
         for change in changes:
@@ -263,12 +356,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 task: Task = change.obj  # type: ignore[assignment]
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
-                    updated.append(convert.task_to_pb(task, with_spec=True))
+                    updated.append(specs.task(task, spec_list))
                 elif task.id in known:
                     known.discard(task.id)
+                    specs.remove(task.id)
                     removed.append(task.id)
             elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
                 known.discard(change.id)
+                specs.remove(change.id)
                 removed.append(change.id)
         return updated, removed
 
@@ -281,7 +376,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             period = self._period(state)
         if node is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, "this node was removed from the cluster")
-        if node.status != NodeStatus.READY:
+        # A heartbeat proves the agent holds this session's COMPLETE set: the session works.
+        self._failing.pop(node_id, None)
+        if node.status != NodeStatus.READY or node.status_message:
             check_result(
                 await self._raft.propose_async(
                     commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout

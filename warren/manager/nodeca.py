@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 NODE_CERT_DAYS = 90
 MAX_CSR_BYTES = 16 * 1024
-MAX_JOIN_MESSAGE = 64 * 1024  # the join listener is unauthenticated: refuse anything bigger
 _PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
 
 DENIED = "the join token is invalid or has been rotated"
@@ -227,12 +226,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
 
 def build_join_server(bind_addr: str, servicer: NodeCAService) -> grpc.aio.Server:
     """The plaintext join listener: NodeCA only, small messages, nothing else reachable."""
-    options = [
-        *tls.server_options(),
-        ("grpc.max_receive_message_length", MAX_JOIN_MESSAGE),
-        ("grpc.max_concurrent_streams", 16),
-    ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=tls.join_server_options())
     ca_pb2_grpc.add_NodeCAServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(bind_addr)
