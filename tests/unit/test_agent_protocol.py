@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from warren import tls
 from warren.agent.assignments import AssignmentSet, VersionGap, task_from_pb
 from warren.agent.session import Backoff, ManagerList, leader_hint, report_to_pb
 from warren.agent.status import Report, StatusQueue
@@ -171,3 +172,72 @@ def test_manager_list_rotates_and_prefers_the_leader() -> None:
     m.prefer("d:1")
     assert m.current() == "d:1" and "d:1" in m.addrs
     assert ManagerList().current() is None
+
+
+# -- specs once per session (ADR 21) -----------------------------------------------------------------
+def by_reference(task_id: str, desired: str = "running", version: int = 2) -> tuple[pb.Task, dpb.TaskSpec]:
+    """The task as a manager sends it to an agent that reads specs by reference, and its spec."""
+    full = pb_task(task_id, desired)
+    full.spec_version = version
+    entry = dpb.TaskSpec(service_id=full.service_id, spec_version=version, spec=full.spec)
+    full.ClearField("spec")
+    return full, entry
+
+
+def test_tasks_find_their_spec_in_this_or_an_earlier_message_of_the_session() -> None:
+    view = AssignmentSet()
+    a, spec_a = by_reference("a")
+    first = message(COMPLETE, 1, updated=[a])
+    first.specs.append(spec_a)
+    delta = view.apply(first)
+    assert not delta.invalid and delta.updated[0].spec.stop_grace_period == 4.0
+    b, _ = by_reference("b")
+    delta = view.apply(message(INCREMENTAL, 2, 1, updated=[b]))  # same version: no spec again
+    assert not delta.invalid and delta.updated[0].spec == view.tasks["a"].spec
+
+    # A task whose spec was never sent, and that the agent does not hold, cannot run.
+    c, _ = by_reference("c", version=3)
+    delta = view.apply(message(INCREMENTAL, 3, 2, updated=[c]))
+    assert delta.invalid == (("c", "its spec (service s version 3) was not sent"),)
+
+    # A new session forgets the old session's specs.
+    view.reset()
+    d, _ = by_reference("d")
+    delta = view.apply(message(COMPLETE, 1, updated=[d]))
+    assert [i for i, _ in delta.invalid] == ["d"]
+
+
+def test_a_task_to_stop_uses_the_spec_the_agent_holds_or_none() -> None:
+    held_task = task_from_pb(pb_task("held"))
+    view = AssignmentSet(held=lambda task_id: held_task if task_id == "held" else None)
+    stop_held, _ = by_reference("held", desired="shutdown")
+    stop_unknown, _ = by_reference("never-started", desired="shutdown")
+    delta = view.apply(message(COMPLETE, 1, updated=[stop_held, stop_unknown]))
+    assert not delta.invalid
+    tasks = {t.id: t for t in delta.updated}
+    assert tasks["held"].spec == held_task.spec  # stopped with its own stop signal and grace period
+    assert tasks["never-started"].desired_state == S.SHUTDOWN
+
+
+def test_specs_no_task_refers_to_are_forgotten() -> None:
+    view = AssignmentSet()
+    a, spec_a = by_reference("a")
+    first = message(COMPLETE, 1, updated=[a])
+    first.specs.append(spec_a)
+    view.apply(first)
+    assert set(view.specs) == {("s", 2)}
+    view.apply(message(INCREMENTAL, 2, 1, removed=["a"]))
+    assert view.specs == {}
+
+
+def test_a_full_spec_in_the_task_is_still_read() -> None:
+    """From a manager that sends each task's spec (before ADR 21)."""
+    delta = AssignmentSet().apply(message(COMPLETE, 1, updated=[pb_task("a")]))
+    assert not delta.invalid and delta.updated[0].spec.stop_grace_period == 4.0
+
+
+def test_report_texts_are_cut_so_a_batch_fits_the_request_limit() -> None:
+    encoded = report_to_pb(Report("t", S.FAILED, 1.0, message="m" * 10_000, error="e" * 10_000))
+    assert len(encoded.message) == len(encoded.error) == 4096
+    batch = dpb.UpdateTaskStatusRequest(session_id="s" * 32, updates=[encoded] * 1000)
+    assert batch.ByteSize() < tls.MAX_REQUEST_BYTES

@@ -50,6 +50,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.heartbeats = 0
         self.fail_heartbeats = False
         self.removed = False
+        self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
 
     async def Session(self, request, context):  # type: ignore[no-untyped-def]
         if self.removed:
@@ -57,6 +58,11 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         if self.leader:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is at {self.leader}")
         self.sessions.append(request)
+        if self.fail_sessions:
+            self.fail_sessions -= 1
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (7800000 vs. 4194304)"
+            )
         session_id = f"s{len(self.sessions)}"
         yield dpb.AssignmentsMessage(
             type=COMPLETE,
@@ -181,6 +187,42 @@ def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type:
         runner = asyncio.create_task(Session(certs, ManagerList([addr]), description, worker, queue).run(stop))
         try:
             await until(lambda: "failed" in dispatcher.reported("zzz"), message="queued report delivered")
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 10)
+            await worker.close()
+            cache.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
+def test_failed_sessions_are_counted_in_the_next_request_until_a_heartbeat(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The managers mark a node not ready from what its agent says about its failed sessions."""
+    certs, server_creds = creds
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        dispatcher.fail_sessions = 2
+        server, addr = await serve(dispatcher, server_creds)
+        cache = AgentCache(tmp_path / "agent.db")
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), cache, queue)
+        await worker.start()
+        stop = asyncio.Event()
+        runner = asyncio.create_task(Session(certs, ManagerList([addr]), description, worker, queue).run(stop))
+        try:
+            await until(lambda: dispatcher.heartbeats >= 1, message="a session that works, after two that failed")
+            counts = [(r.failed_sessions, r.last_failure) for r in dispatcher.sessions]
+            why = "RESOURCE_EXHAUSTED: Received message larger than max (7800000 vs. 4194304)"
+            assert counts == [(0, ""), (1, why), (2, why)]
+            assert all(r.specs_by_reference for r in dispatcher.sessions)
+            # The heartbeat showed the session working: the count starts again. A heartbeat that
+            # fails (the session is unknown) is one failure, not yet "keeps failing".
+            dispatcher.fail_heartbeats = True
+            await until(lambda: len(dispatcher.sessions) == 4, message="a new session after the heartbeat failed")
+            assert dispatcher.sessions[3].failed_sessions == 1
+            assert dispatcher.sessions[3].last_failure == "NOT_FOUND: unknown session; open a new one"
         finally:
             stop.set()
             await asyncio.wait_for(runner, 10)

@@ -208,3 +208,17 @@ def test_a_node_on_the_overlay_takes_as_many_tasks_as_its_subnet_has_addresses()
     # Tasks already there hold addresses until they end.
     there = [running_task(f"r{i}", "b", spec("b"), "n1", slot=i) for i in range(1, 5)]
     assert list(schedule([small], there, pending("a", 3)).assignments.values()) == ["n1"]
+
+
+def test_the_reason_quotes_why_nodes_are_not_ready() -> None:
+    failing = msgspec.structs.replace(
+        node("n1", status=NodeStatus.UNKNOWN), status_message="its session is failing: RESOURCE_EXHAUSTED: too big"
+    )
+    result = schedule([failing, node("n2", status=NodeStatus.DOWN)], [], pending("a", 1))
+    assert result.unplaced["ta-001"] == (
+        "no suitable node: 2 nodes not ready (node host-n1: its session is failing: RESOURCE_EXHAUSTED: too big)"
+    )
+    many = [msgspec.structs.replace(node(f"m{i}", status=NodeStatus.DOWN), status_message="x" * 300) for i in range(5)]
+    reason = schedule(many, [], pending("a", 1)).unplaced["ta-001"]
+    assert reason.count("node host-m") == 3 and reason.endswith("; 2 others)")
+    assert ("x" * 197 + "...") in reason and "x" * 198 not in reason

@@ -1,0 +1,248 @@
+"""The dispatcher's side of ADR 21, on a real Store (LMDB) with a Raft stand-in that applies each
+command at once: each spec version travels once per session, an assignments message larger
+than the agent accepts marks the node not ready instead of being sent, `service rm` unwedges
+such a node, and an agent that says its sessions keep failing is not ready until a heartbeat
+shows a session working. The agent's AssignmentSet reads every message, as the agent does."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import grpc
+import pytest
+
+from warren import commands
+from warren.agent.assignments import AssignmentSet
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.events import EventHub
+from warren.manager.server import ApiError, caller
+from warren.manager.store import Store, open_environment
+from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
+from warren.pki import Identity
+from warren.state import Delete, Put
+
+NODE = "worker1"
+COMPLETE = dpb.AssignmentsMessage.COMPLETE
+
+
+class AppliedAtOnce:
+    """The part of RaftNode the dispatcher uses: a leader whose proposals apply immediately."""
+
+    is_leader = True
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def propose_async(self, command: commands.Command, timeout: float = 5.0) -> commands.Result:
+        result, changes = commands.apply(self.store.state, command)
+        self.store.commit(self.store.applied_index + 1, changes)
+        return result
+
+
+class Cluster:
+    def __init__(self, tmp_path: Path, max_message: int | None = None) -> None:
+        self.store = Store(open_environment(tmp_path / "db"))
+        self.hub = EventHub(asyncio.get_running_loop())
+        self.store.watch(self.hub.publish)
+        self.raft = AppliedAtOnce(self.store)
+        extra = {} if max_message is None else {"max_message": max_message}
+        self.dispatcher = DispatcherService(self.store, self.raft, self.hub, Heartbeats(), **extra)  # type: ignore[arg-type]
+        caller.set(Identity(NODE, "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+
+    def put(self, *objs: object) -> None:
+        changes = [Put("service" if isinstance(o, Service) else "task", o) for o in objs]  # type: ignore[arg-type]
+        self.store.commit(self.store.applied_index + 1, changes)
+
+    def node(self) -> Node:
+        with self.store.read() as state:
+            return state.nodes[NODE]
+
+    def close(self) -> None:
+        self.store.env.close()
+
+
+def spec(env_bytes: int = 0, name: str = "web") -> ServiceSpec:
+    return ServiceSpec(name=name, image="busybox", env={"BIG": "x" * env_bytes} if env_bytes else {})
+
+
+def task(task_id: str, service: Service, desired: TaskState = TaskState.RUNNING) -> Task:
+    return Task(
+        id=task_id,
+        service_id=service.id,
+        service_name=service.spec.name,
+        slot=1,
+        spec=service.spec,
+        spec_version=service.version,
+        desired_state=desired,
+        state=TaskState.ASSIGNED,
+        node_id=NODE,
+    )
+
+
+def request(failed: int = 0, why: str = "") -> dpb.SessionRequest:
+    return dpb.SessionRequest(
+        description=dpb.NodeDescription(hostname="w1"),
+        specs_by_reference=True,
+        failed_sessions=failed,
+        last_failure=why,
+    )
+
+
+async def next_message(stream, timeout: float = 5.0) -> dpb.AssignmentsMessage:  # type: ignore[no-untyped-def]
+    return await asyncio.wait_for(stream.__anext__(), timeout)
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def test_each_spec_version_travels_once_per_session(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        web = Service(id="svc-web", spec=spec(100_000), version=1)
+        old = Service(id="svc-old", spec=spec(100_000, "old"), version=1)
+        cluster.put(web, old, *(task(f"t{i:02}", web) for i in range(20)), task("gone", old, TaskState.SHUTDOWN))
+        stream = cluster.dispatcher.Session(request(), None)
+        agent = AssignmentSet()
+        try:
+            first = await next_message(stream)
+            assert first.type == COMPLETE
+            # 21 tasks, one spec: the task desired to stop needs none, the 20 others share one.
+            assert len(first.updated) == 21
+            assert [(s.service_id, s.spec_version) for s in first.specs] == [("svc-web", 1)]
+            assert not any(t.HasField("spec") for t in first.updated)
+            assert first.ByteSize() < 150_000  # per task, it would be over 2 MB
+            delta = agent.apply(first)
+            assert not delta.invalid
+            assert all(t.spec == web.spec for t in delta.updated if t.service_id == "svc-web")
+
+            # Another task of the same version: no spec again. A new version brings its spec.
+            cluster.put(task("t20", web))
+            message = await next_message(stream)
+            assert [t.id for t in message.updated] == ["t20"] and not message.specs
+            assert agent.apply(message).updated[0].spec == web.spec
+            web2 = Service(id="svc-web", spec=spec(100_001), version=2)
+            cluster.put(web2, task("v2", web2))
+            message = await next_message(stream)
+            assert [(s.service_id, s.spec_version) for s in message.specs] == [("svc-web", 2)]
+            assert agent.apply(message).updated[0].spec == web2.spec
+
+            # Once no task refers to version 1, both sides forget it: a later task brings it again.
+            cluster.store.commit(
+                cluster.store.applied_index + 1,
+                [Put("task", task(f"t{i:02}", web, TaskState.SHUTDOWN)) for i in range(21)],
+            )
+            message = await next_message(stream)
+            assert not message.specs
+            agent.apply(message)
+            with cluster.store.read() as state:
+                deletes = [Delete("task", t) for t in state.tasks if t.startswith("t")]
+            cluster.store.commit(cluster.store.applied_index + 1, deletes)
+            message = await next_message(stream)
+            assert len(message.removed) == 21
+            agent.apply(message)
+            assert ("svc-web", 1) not in agent.specs
+            cluster.put(task("again", web))
+            message = await next_message(stream)
+            assert [(s.service_id, s.spec_version) for s in message.specs] == [("svc-web", 1)]
+            assert agent.apply(message).updated[0].spec == web.spec
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+def test_an_agent_without_spec_references_gets_full_specs(tmp_path: Path) -> None:
+    """An older agent (no specs_by_reference) reads Task.spec: it still gets it."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        web = Service(id="svc-web", spec=spec(10), version=1)
+        cluster.put(web, task("t1", web))
+        stream = cluster.dispatcher.Session(dpb.SessionRequest(description=dpb.NodeDescription(hostname="w1")), None)
+        try:
+            first = await next_message(stream)
+            assert first.updated[0].HasField("spec") and first.updated[0].spec.env["BIG"] == "x" * 10
+            assert not first.specs
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+def test_undeliverable_assignments_mark_the_node_not_ready_and_service_rm_recovers_it(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path, max_message=64 * 1024)
+        big = Service(id="svc-big", spec=spec(100_000, "big"), version=1)
+        cluster.put(big, task("b1", big), task("b2", big))
+        stream = cluster.dispatcher.Session(request(), None)
+        with pytest.raises(ApiError) as err:
+            await next_message(stream)
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "exceed the 65536 bytes a message may hold" in err.value.message
+        node = cluster.node()
+        assert node.status == NodeStatus.UNKNOWN
+        assert node.status_message.startswith("its session is failing: its assignments (")
+
+        # The next attempt fails the same way, and the node stays not ready in between.
+        stream = cluster.dispatcher.Session(request(failed=1, why="RESOURCE_EXHAUSTED: ..."), None)
+        with pytest.raises(ApiError):
+            await next_message(stream)
+        assert cluster.node().status == NodeStatus.UNKNOWN
+
+        # `service rm`: the tasks are to stop, and a task to stop needs no spec: the set fits.
+        result = await cluster.raft.propose_async(commands.RemoveService("svc-big", 1.0))
+        assert result.ok
+        stream = cluster.dispatcher.Session(request(failed=2, why="RESOURCE_EXHAUSTED: ..."), None)
+        try:
+            first = await next_message(stream)
+            assert sorted(t.id for t in first.updated) == ["b1", "b2"] and not first.specs
+            assert {t.desired_state for t in first.updated} == {"shutdown"}
+            delta = AssignmentSet().apply(first)
+            assert not delta.invalid and len(delta.updated) == 2  # stopped without their spec
+            assert cluster.node().status == NodeStatus.UNKNOWN  # until a heartbeat proves it works
+            await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
+            node = cluster.node()
+            assert (node.status, node.status_message) == (NodeStatus.READY, "")
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+def test_a_node_whose_sessions_keep_failing_is_not_ready_until_one_works(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        stream = cluster.dispatcher.Session(request(failed=1, why="INTERNAL: once"), None)
+        await next_message(stream)
+        assert cluster.node().status == NodeStatus.READY  # one failure is not "keeps failing"
+        await stream.aclose()
+
+        why = "RESOURCE_EXHAUSTED: Received message larger than max (7800000 vs. 4194304)\nmore"
+        stream = cluster.dispatcher.Session(request(failed=3, why=why), None)
+        try:
+            first = await next_message(stream)
+            node = cluster.node()
+            assert node.status == NodeStatus.UNKNOWN
+            assert node.status_message == (
+                "its session is failing: RESOURCE_EXHAUSTED: Received message larger than max "
+                "(7800000 vs. 4194304) more (3 in a row)"
+            )
+            await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
+            assert (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, "")
+        finally:
+            await stream.aclose()
+
+        stream = cluster.dispatcher.Session(request(failed=2, why="x" * 513), None)
+        with pytest.raises(ApiError) as err:
+            await next_message(stream)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        cluster.close()
+
+    run(scenario())
