@@ -81,7 +81,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print(n.id)
     else:
         output.print_table(
-            ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "CPUS", "MEMORY"],
+            ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "ROLE", "ADDRESS", "CPUS", "MEMORY", "MESSAGE"],
             [
                 (
                     output.short_id(n.id),
@@ -92,6 +92,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
                     n.addr,
                     units.format_cpus(n.resources.nano_cpus) if n.resources.nano_cpus else "",
                     units.format_size(n.resources.memory_bytes) if n.resources.memory_bytes else "",
+                    n.status_message,  # why it is not ready, e.g. its session is failing
                 )
                 for n in nodes
             ],
