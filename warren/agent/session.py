@@ -172,7 +172,7 @@ class Session:
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
-        self.assignments = AssignmentSet(held=worker.held_task)
+        self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id))
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
         self.failed_sessions = 0  # in a row, since a heartbeat last showed a session working
