@@ -192,3 +192,17 @@ def test_a_node_whose_session_keeps_failing_is_not_ready_and_says_why(manager: M
         wait_for(lambda: task().get("state") == "assigned", message="the task placed on the node")
     finally:
         worker.close()
+
+
+def test_service_ls_holds_many_specs_at_the_bound(manager: Manager) -> None:
+    """20 services at the bound: a 5 MB `service ls` reply, beyond gRPC's 4 MiB default."""
+    env = {f"V{i}": "x" * (60 * KIB) for i in range(4)}
+    control = manager.control()
+    for i in range(20):
+        spec = pb.ServiceSpec(name=f"big{i:02}", image="busybox", mode="replicated", replicas=0, env=env)
+        control.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=30)
+    listed = manager.cli("service", "ls", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    services = json.loads(listed.stdout)
+    assert len(services) == 20 and all(s["spec"]["env"] == env for s in services)
+    assert len(listed.stdout) > 4 << 20
