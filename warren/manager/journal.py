@@ -8,6 +8,7 @@ the journal by position on every tick; log compaction keeps that list short.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -16,6 +17,8 @@ from pathlib import Path
 import lmdb
 from pysyncobj import journal as pysyncobj_journal
 from pysyncobj import syncobj as pysyncobj_syncobj
+
+log = logging.getLogger(__name__)
 
 _ENTRY_HEADER = struct.Struct(">Q")  # term, then the command bytes
 _COMMIT_KEY = b"commit_index"
@@ -116,8 +119,16 @@ class LmdbJournal(pysyncobj_journal.Journal):
 
     def _save_commit_index(self) -> None:
         if not self._commit_index_saved:
-            with self._env.begin(write=True) as txn:
-                txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
+            except lmdb.PanicError:
+                raise
+            except lmdb.Error as exc:  # no room (a full disk can show as EIO: a short write)
+                # Saving it is an optimisation (see setRaftCommitIndex): with no room, try again
+                # next second rather than fail PySyncObj's tick, or its shutdown.
+                log.warning("cannot save the Raft commit index: %s", exc)
+                return
             self._commit_index_saved = True
 
     def first_index(self) -> int:
