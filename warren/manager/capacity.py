@@ -114,6 +114,10 @@ class StoreCapacity:
             pending = self._pending
         return refusal(self.usage(), pending, cost, str(self._directory))
 
+    def refuses_writes(self) -> bool:
+        """Whether even the smallest entry would be refused now."""
+        return self.refusal(entry_cost(0)) is not None
+
     def disk_full(self) -> bool:
         """Less than the disk reserve is free."""
         usage = self.usage()

@@ -105,7 +105,7 @@ def _store_gauges(capacity: Any) -> Iterator[GaugeMetricFamily]:
     yield GaugeMetricFamily(
         "warren_state_store_writes_refused",
         "1 while this manager refuses writes because its map or disk is nearly full",
-        value=1 if capacity.refusal(0) is not None else 0,
+        value=1 if capacity.refuses_writes() else 0,
     )
     yield GaugeMetricFamily(
         "warren_state_store_apply_waiting",
