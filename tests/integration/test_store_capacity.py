@@ -8,6 +8,7 @@ import re
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -39,10 +40,15 @@ def _fill_until_refused(manager: Manager, env_kib: int, acknowledged: set[str], 
     raise AssertionError(f"{limit} services with {env_kib} KiB each were all accepted")
 
 
+def _control(manager: Manager) -> Any:
+    """A Control stub to `manager` with the cluster's admin credentials (the founder's)."""
+    return manager.control((manager.founder or manager).data_dir / "admin")
+
+
 def _create(manager: Manager, spec: tpb.ServiceSpec) -> grpc.RpcError | None:
     """None if the service was created (acknowledged), else the error."""
     try:
-        manager.control().CreateService(pb.CreateServiceRequest(spec=spec), timeout=15)
+        _control(manager).CreateService(pb.CreateServiceRequest(spec=spec), timeout=15)
     except grpc.RpcError as exc:
         return exc
     return None
@@ -51,7 +57,7 @@ def _create(manager: Manager, spec: tpb.ServiceSpec) -> grpc.RpcError | None:
 def _service_names(manager: Manager, expected: set[str]) -> set[str]:
     """The services there are, read one by one (fat ones would not fit in one list response),
     checked to be all of them by the cluster's count."""
-    control = manager.control()
+    control = _control(manager)
     found = set()
     for name in expected:
         try:
@@ -174,3 +180,52 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_writes_resume_when_space_ret
             assert _service_names(m, {"s0", "s1", "s2", "space-is-back"}) == {"s0", "s1", "s2", "space-is-back"}
         finally:
             m.stop()
+
+
+def _services_on(manager: Manager) -> int:
+    return _control(manager).GetClusterInfo(pb.GetClusterInfoRequest(), timeout=15).services
+
+
+def test_a_follower_whose_smaller_map_fills_stays_up_and_catches_up_after_a_restart_with_a_larger_one(
+    tmp_path: Path,
+) -> None:
+    """A follower with a smaller map than the others (as an old version's full store would be)
+    cannot apply what the majority commits. It must neither stop nor skip entries: it serves
+    reads, refuses writes, and a restart with a larger map replays what it missed."""
+    for name in ("m1", "m2", "m3"):
+        (tmp_path / name).mkdir()
+    first = Manager(tmp_path / "m1", start_args=["--state-map-size", "64M"])
+    managers = [first]
+    try:
+        first.start()
+        token = first.join_token("manager")
+        second = Manager(tmp_path / "m2", founder=first, token=token, start_args=["--state-map-size", "64M"])
+        small = Manager(tmp_path / "m3", founder=first, token=token, start_args=["--state-map-size", "32M"])
+        for manager in (second, small):
+            managers.append(manager)
+            manager.start(timeout=40)
+
+        acknowledged: set[str] = set()
+        for i in range(20):  # about 40 MiB in each store: more than the small map holds
+            assert _create(first, _spec(f"fat{i}", fat=True)) is None
+            acknowledged.add(f"fat{i}")
+
+        assert small.process is not None and small.process.poll() is None, small.log()
+        wait_for(lambda: _metrics(small)["warren_state_store_writes_refused"] == 1, message="the small map to refuse")
+        refused = _create(small, _spec("through-the-small-one"))
+        assert refused is not None and refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused
+        assert _services_on(small) < len(acknowledged)  # reads are served, from what it has
+        assert _create(second, _spec("through-another")) is None  # the majority goes on
+        acknowledged.add("through-another")
+
+        small.stop()
+        assert small.process.returncode == 0, small.log()  # it stopped when asked, not before
+        small.start_args = ["--state-map-size", "128M"]
+        small.start(timeout=40)
+        wait_for(lambda: _services_on(small) == len(acknowledged), timeout=60, message="the follower to catch up")
+        assert _service_names(small, acknowledged) == acknowledged
+        assert _metrics(small)["warren_state_store_writes_refused"] == 0
+        assert _create(small, _spec("after-growth")) is None
+    finally:
+        for manager in managers:
+            manager.stop()

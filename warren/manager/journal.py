@@ -28,6 +28,12 @@ _VOTED_KEY = b"voted_for"
 Entry = tuple[bytes, int, int]  # (command, raft index, term), PySyncObj's shape
 
 
+class NoRoomError(Exception):
+    """An entry cannot be appended: the map or the disk is full. PySyncObj drops a proposal
+    whose append raises (its proposer times out), and a follower does not acknowledge the
+    entries, which its leader sends again: the log stays a prefix of the leader's (ADR 22)."""
+
+
 class LmdbJournal(pysyncobj_journal.Journal):
     def __init__(self, env: lmdb.Environment, data_dir: Path, applied: Callable[[], int] = lambda: 0) -> None:
         self._env = env
@@ -52,8 +58,11 @@ class LmdbJournal(pysyncobj_journal.Journal):
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
-        with self._env.begin(write=True) as txn:
-            txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise NoRoomError(f"cannot append Raft entry {idx}: {exc}") from None
         self._entries.append((command, idx, term))
 
     def clear(self) -> None:

@@ -93,11 +93,20 @@ class _PySyncObjNoiseFilter(logging.Filter):
     CRITICAL once they were applied. Applied entries are committed, and Raft guarantees that a
     leader re-sends committed entries unchanged, so this is noise; our store also skips indexes
     it applied. Count them at debug level instead of alarming the operator.
-    Likewise, an apply waiting for space that gives up at shutdown is expected (ADR 22)."""
+    Likewise, an apply waiting for space that gives up at shutdown is expected, and a journal
+    that cannot append for want of room is said once in a while, not with a traceback per
+    append (ADR 22)."""
+
+    _last_no_room = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and isinstance(record.exc_info[1], _Stopping):
             log.info("%s; it is applied after the restart", record.exc_info[1])
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], journal.NoRoomError):
+            if record.created - self._last_no_room >= 10:  # once every 10 s is enough to say it
+                self._last_no_room = record.created
+                log.error("%s: writes wait for room in the state store (ADR 22)", record.exc_info[1])
             return False
         if record.msg.startswith("truncating already-applied log entries"):
             log.debug("re-appended already-applied Raft entries from index %s", record.args[0])  # type: ignore[index]
