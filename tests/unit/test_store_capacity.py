@@ -4,7 +4,9 @@ its live state as the disk has it. Real LMDB environments in temporary directori
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lmdb
 import pytest
@@ -122,3 +124,31 @@ def test_a_group_commit_that_finds_the_map_full_leaves_the_live_state_as_the_dis
     assert all(r.ok for r in results)  # each applied once: no "already exists"
     assert len(store.state.services) == 8
     store.env.close()
+
+
+def test_a_proposal_is_charged_until_released_or_until_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PySyncObj never calls back for a proposal its leader dropped: such a charge must not
+    refuse writes forever."""
+    env = open_environment(tmp_path / "db", 64 * MiB)
+    store_capacity = capacity.StoreCapacity(env, tmp_path / "db")
+    first = store_capacity.reserve(MiB)
+    store_capacity.reserve(2 * MiB)
+    assert store_capacity.pending == 3 * MiB
+    store_capacity.release(first)
+    assert store_capacity.pending == 2 * MiB
+    later = time.monotonic() + capacity.PENDING_TTL + 1
+    monkeypatch.setattr(capacity, "time", SimpleNamespace(monotonic=lambda: later))
+    assert store_capacity.pending == 0
+    env.close()
+
+
+def test_a_waiting_apply_refuses_every_write_with_its_reason(tmp_path: Path) -> None:
+    env = open_environment(tmp_path / "db", 64 * MiB)
+    store_capacity = capacity.StoreCapacity(env, tmp_path / "db")
+    assert store_capacity.refusal(capacity.entry_cost(0)) is None and not store_capacity.refuses_writes()
+    store_capacity.set_stalled("the disk holding /d is full: Raft entry 7 waits for free space to be applied")
+    assert store_capacity.refusal(0) == store_capacity.stalled
+    assert store_capacity.refuses_writes()
+    env.close()

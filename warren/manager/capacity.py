@@ -10,8 +10,10 @@ journal's growth, and the copy-on-write pages of a transaction.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,10 @@ MAX_DISK_RESERVE = 256 << 20  # disk space only runs out for a while: a smaller 
 # What an entry of N bytes costs the store: the journal holds it, the state about as much again
 # (a command carries the objects it writes), plus copy-on-write branch and meta pages.
 ENTRY_PAGES_OVERHEAD = 16 * 4096
+# A proposal's charge ends when its callback runs; PySyncObj never calls back for a proposal it
+# dropped (a leader whose journal could not append it), so a charge also ends after this long,
+# well past any proposal's timeout.
+PENDING_TTL = 60.0
 
 
 def map_reserve(map_size: int) -> int:
@@ -99,7 +105,8 @@ class StoreCapacity:
         self._env = env
         self._directory = directory
         self._lock = threading.Lock()
-        self._pending = 0
+        self._pending: dict[int, tuple[int, float]] = {}  # charge id -> (cost, expiry)
+        self._ids = itertools.count()
         self._stalled: str | None = None  # why the apply path is waiting, if it is
 
     def usage(self) -> Usage:
@@ -110,9 +117,7 @@ class StoreCapacity:
         stalled = self._stalled
         if stalled is not None:
             return stalled
-        with self._lock:
-            pending = self._pending
-        return refusal(self.usage(), pending, cost, str(self._directory))
+        return refusal(self.usage(), self.pending, cost, str(self._directory))
 
     def refuses_writes(self) -> bool:
         """Whether even the smallest entry would be refused now."""
@@ -123,18 +128,26 @@ class StoreCapacity:
         usage = self.usage()
         return usage.disk_free_bytes < disk_reserve(usage.map_size)
 
-    def reserve(self, cost: int) -> None:
-        """An entry costing `cost` was proposed; release() it once applied or failed."""
+    def reserve(self, cost: int) -> int:
+        """An entry costing `cost` was proposed: charge it until release(the returned id), once
+        it is applied or failed."""
         with self._lock:
-            self._pending += cost
+            charge = next(self._ids)
+            self._pending[charge] = (cost, time.monotonic() + PENDING_TTL)
+        return charge
 
-    def release(self, cost: int) -> None:
+    def release(self, charge: int) -> None:
         with self._lock:
-            self._pending = max(0, self._pending - cost)
+            self._pending.pop(charge, None)
 
     @property
     def pending(self) -> int:
-        return self._pending
+        """The cost of the entries proposed here and not applied yet."""
+        now = time.monotonic()
+        with self._lock:
+            for charge in [c for c, (_, expiry) in self._pending.items() if expiry < now]:
+                del self._pending[charge]
+            return sum(cost for cost, _ in self._pending.values())
 
     @property
     def stalled(self) -> str | None:

@@ -22,6 +22,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands
+from warren.cli.units import format_size
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
@@ -258,9 +259,9 @@ class RaftNode(SyncObj):
     def _stall_reason(self, index: int, exc: Exception) -> str:
         where = self._store.env.path()
         if isinstance(exc, lmdb.MapFullError):
-            size = self._store.env.info()["map_size"]
+            size = format_size(self._store.env.info()["map_size"])
             return (
-                f"the state store's map ({size} bytes) is full: Raft entry {index} cannot be applied; "
+                f"the state store's map ({size}) is full: Raft entry {index} cannot be applied; "
                 "restart this manager with a larger --state-map-size (it replays the entry)"
             )
         return f"the disk holding {where} is full: Raft entry {index} waits for free space to be applied"
@@ -298,10 +299,10 @@ class RaftNode(SyncObj):
         done = threading.Event()
         outcome: list = []
         blob = commands.encode(command)
-        cost = self._reserve_capacity(len(blob))
+        charge = self._reserve_capacity(len(blob))
 
         def on_done(result: bytes | None, reason: int) -> None:
-            self.capacity.release(cost)
+            self.capacity.release(charge)
             outcome.append((result, reason))
             done.set()
 
@@ -354,18 +355,18 @@ class RaftNode(SyncObj):
                     future.set_result(outcome)
 
         blob = commands.encode(to_send[0] if len(to_send) == 1 else commands.Batch(tuple(to_send)))
-        cost = self._reserve_capacity(len(blob)) if check_capacity else 0
+        charge = self._reserve_capacity(len(blob)) if check_capacity else -1
 
         if len(to_send) == 1:
 
             def on_done(result: bytes | None, reason: int) -> None:
-                self.capacity.release(cost)
+                self.capacity.release(charge)
                 loop.call_soon_threadsafe(settle, [(result, reason)] * len(futures))
 
         else:
 
             def on_done(result: bytes | None, reason: int) -> None:
-                self.capacity.release(cost)
+                self.capacity.release(charge)
                 if reason == FAIL_REASON.SUCCESS and result:
                     each = [(commands.encode_result(r), reason) for r in commands.decode_results(result)]
                 else:
@@ -376,13 +377,12 @@ class RaftNode(SyncObj):
 
     def _reserve_capacity(self, entry_bytes: int) -> int:
         """Refuse an entry the store may not have room for (ADR 22), before it is proposed: once
-        committed, every manager must apply it. Returns the cost reserved until it is applied."""
+        committed, every manager must apply it. Returns the charge to release once it is applied."""
         cost = entry_cost(entry_bytes)
         reason = self.capacity.refusal(cost)
         if reason is not None:
             raise ProposalError("resource_exhausted", reason)
-        self.capacity.reserve(cost)
-        return cost
+        return self.capacity.reserve(cost)
 
     def check_quorum(self) -> None:
         """Fail fast, before proposing, when this manager cannot reach a majority: the write
