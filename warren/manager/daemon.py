@@ -591,14 +591,15 @@ async def _record_join_addr(raft: RaftNode, store: Store, identity: ManagerIdent
 
 
 async def _track_health(raft: RaftNode, health: object) -> None:
-    """The gRPC health service says SERVING only while a Raft leader is known: without one,
-    this manager can answer reads but no write would commit."""
+    """The gRPC health service says SERVING only while a Raft leader is known and this manager
+    applies entries: without a leader, or while an entry waits for room (ADR 22), this manager
+    can answer reads but no write would commit."""
     serving = None
     while True:
-        has_leader = bool(raft.status().leader)
-        if has_leader != serving:
-            await health.set("", SERVING if has_leader else NOT_SERVING)  # type: ignore[attr-defined]
-            serving = has_leader
+        serves = bool(raft.status().leader) and raft.capacity.stalled is None
+        if serves != serving:
+            await health.set("", SERVING if serves else NOT_SERVING)  # type: ignore[attr-defined]
+            serving = serves
         await asyncio.sleep(0.5)
 
 
