@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -77,14 +78,21 @@ def refusal(usage: Usage, pending: int, cost: int, where: str) -> str | None:
     return None
 
 
-def measure(env: lmdb.Environment, directory: Path) -> Usage:
-    """The environment's use, from its B-tree statistics (a read transaction, no data read)."""
+def measure(env: lmdb.Environment, directory: Path, handles: dict[bytes, Any] | None = None) -> Usage:
+    """The environment's use, from its B-tree statistics (read transactions, no data read).
+    `handles` caches the named databases' handles: LMDB forbids opening them from concurrent
+    transactions, so after the first call none is opened again; callers serialise calls."""
+    handles = {} if handles is None else handles
+    with env.begin() as txn:
+        names = [bytes(key) for key, _ in txn.cursor()]  # named databases are keys of the main one
+    for name in names:
+        if name not in handles:
+            handles[name] = env.open_db(name, create=False)
     info = env.info()
     page = env.stat()["psize"]
     with env.begin() as txn:
-        names = [bytes(key) for key, _ in txn.cursor()]  # named databases are keys of the main one
         pages = 2 + _pages([env.stat()])  # the two meta pages and the main database
-        pages += _pages(txn.stat(env.open_db(name, txn=txn, create=False)) for name in names)
+        pages += _pages(txn.stat(handles[name]) for name in names)
     disk = os.statvfs(directory)
     return Usage(
         map_size=info["map_size"],
@@ -105,12 +113,15 @@ class StoreCapacity:
         self._env = env
         self._directory = directory
         self._lock = threading.Lock()
+        self._measuring = threading.Lock()
+        self._handles: dict[bytes, Any] = {}
         self._pending: dict[int, tuple[int, float]] = {}  # charge id -> (cost, expiry)
         self._ids = itertools.count()
         self._stalled: str | None = None  # why the apply path is waiting, if it is
 
     def usage(self) -> Usage:
-        return measure(self._env, self._directory)
+        with self._measuring:  # proposals, the metrics endpoint and the apply path all measure
+            return measure(self._env, self._directory, self._handles)
 
     def refusal(self, cost: int) -> str | None:
         """Why an entry costing `cost` must not be proposed now, or None."""
