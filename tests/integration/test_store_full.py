@@ -1,5 +1,6 @@
-"""The Raft node and its LMDB store in-process on a small tmpfs: a committed entry that finds the
-disk full waits, and is applied once space returns, instead of stopping the manager (ADR 22)."""
+"""The Raft node and its LMDB store in-process: a committed entry that finds the disk (a small
+tmpfs) or the map full waits, instead of stopping the manager, and is applied once space returns
+or after a restart with a larger map (ADR 22)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import lmdb
 import pytest
 
 from tests.fixtures.tmpfs import fill, tmpfs
@@ -20,8 +22,8 @@ MAP_SIZE = 32 << 20
 
 
 class Member:
-    def __init__(self, data: Path, port: int) -> None:
-        self.store = Store(open_environment(data / "db", MAP_SIZE))
+    def __init__(self, data: Path, port: int, map_size: int = MAP_SIZE) -> None:
+        self.store = Store(open_environment(data / "db", map_size))
         self.raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", self.store)
         assert self.raft.wait_leader(10)
 
@@ -102,6 +104,43 @@ def test_a_manager_stopped_while_an_entry_waits_for_space_applies_it_after_a_res
     again = Member(disk, port)
     try:
         wait_for(lambda: "id1" in again.store.state.services, message="the committed entry to be replayed")
+        assert again.raft.propose(_service(2)).ok
+        assert sorted(again.store.state.services) == ["id0", "id1", "id2"]
+    finally:
+        again.close()
+
+
+def _leave_room_in_the_map(env: lmdb.Environment, room: int) -> None:
+    """Fill the map, from the end of its file, until `room` bytes are left: what an older
+    manager, or a store that grew on a larger map, leaves behind."""
+    page = env.stat()["psize"]
+    end = (env.info()["last_pgno"] + 1) * page
+    with env.begin(write=True) as txn:
+        txn.put(b"filler", b"\0" * (MAP_SIZE - end - room), db=env.open_db(b"test_filler", txn=txn))
+
+
+def test_an_entry_that_finds_the_map_full_waits_and_a_restart_with_a_larger_map_applies_it(tmp_path: Path) -> None:
+    port = free_port()
+    member = Member(tmp_path, port)
+    try:
+        assert member.raft.propose(_service(0)).ok
+        _leave_room_in_the_map(member.store.env, int(1.5 * (1 << 20)))  # the entry fits, not its state too
+        outcome = Outcome()
+        member.raft._apply_entry(commands.encode(_service(1, fat=True)), callback=outcome)
+        wait_for(lambda: member.raft.capacity.stalled, message="the apply to wait for room in the map")
+        assert "larger --state-map-size" in member.raft.capacity.stalled
+        with member.store.read() as state:
+            assert sorted(state.services) == ["id0"]
+        with pytest.raises(ProposalError, match="larger --state-map-size"):
+            member.raft.propose(_service(2))
+        assert not outcome.done.wait(1.0)  # it keeps waiting: only a larger map helps
+    finally:
+        member.close()
+
+    again = Member(tmp_path, port, map_size=2 * MAP_SIZE)
+    try:
+        wait_for(lambda: "id1" in again.store.state.services, message="the committed entry to be replayed")
+        assert again.raft.capacity.stalled is None
         assert again.raft.propose(_service(2)).ok
         assert sorted(again.store.state.services) == ["id0", "id1", "id2"]
     finally:
