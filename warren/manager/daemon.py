@@ -541,7 +541,7 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
 
 def _manager_settings(data: Path, options: ManagerOptions) -> manager_settings.ManagerSettings:
     """This manager's settings: flags given now, else those saved at the last start. LMDB never
-    maps less than its file holds, so a map smaller than the store already is is refused."""
+    maps less than its file holds, so a map smaller than the store's file is refused."""
     try:
         settings = manager_settings.resolve(data, state_map_size=options.state_map_size)
     except ValueError as exc:
