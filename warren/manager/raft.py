@@ -240,6 +240,12 @@ class RaftNode(SyncObj):
             if waited:
                 log.warning("Raft entry %d persisted; the manager applies entries again", index)
                 self.capacity.set_stalled(None)
+                # Its election timeout ran out while it waited, without a tick to see the
+                # leader's heartbeats: hear from the leader before calling an election that
+                # would only unseat it. (PySyncObj's private deadline, as in ADR 16.)
+                self._SyncObj__raftElectionDeadline = max(
+                    self._SyncObj__raftElectionDeadline, raft_clock() + RAFT_MAX_TIMEOUT
+                )
             return results
 
     def _out_of_space(self, exc: Exception) -> bool:
