@@ -60,6 +60,7 @@ def register(groups: Any) -> None:
         "--cgroup-parent", metavar="PATH", help="cgroup the embedded agent's containers go under (default: /warren)"
     )
     worker.add_wireguard_flags(p)  # for the embedded agent
+    worker.add_state_map_size_flag(p)
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -110,6 +111,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "wireguard_interface",
         "overlay_range",
         "vip_range",
+        "state_map_size",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

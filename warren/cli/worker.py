@@ -87,7 +87,26 @@ def add_join_parser(cmds: Any) -> None:
     managers.add_argument(
         "--manager-only", action="store_true", default=None, help="run no agent here: this node runs no tasks"
     )
+    add_state_map_size_flag(managers)
     p.set_defaults(func=cmd_join)
+
+
+def add_state_map_size_flag(p: Any) -> None:
+    """A manager's --state-map-size, on `cluster init` and on `cluster join` (ADR 22)."""
+    p.add_argument(
+        "--state-map-size",
+        type=value_type(parse_state_map_size),
+        metavar="SIZE",
+        help="the most the manager's state store (Raft log and cluster state) may take, e.g. 16G; writes are "
+        "refused once less than 5%% of it (at least 8M) is left. Saved; restart with a larger one when it "
+        "fills up (default: 8G)",
+    )
+
+
+def parse_state_map_size(text: str) -> int:
+    from warren.manager.settings import check_map_size  # stdlib only
+
+    return check_map_size(units.parse_size(text))
 
 
 def add_wireguard_flags(p: argparse.ArgumentParser) -> None:
@@ -224,7 +243,15 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
     from warren.manager import daemon
 
     options: dict[str, Any] = {"data_dir": data_dir, "join_managers": tuple(managers) if managers else None}
-    for name in ("listen_addr", "advertise_addr", "raft_addr", "join_addr", "metrics_addr", "manager_only"):
+    for name in (
+        "listen_addr",
+        "advertise_addr",
+        "raft_addr",
+        "join_addr",
+        "metrics_addr",
+        "manager_only",
+        "state_map_size",
+    ):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     if args.runtime is not None:

@@ -7,6 +7,7 @@ Data directory layout (everything a manager needs to resume after kill -9):
     certs/         this manager's CA, certificate and key
     admin/         the admin client credentials created at init (the CLI's context points here)
     agent-settings.json  the embedded agent's settings (or that there is none: --manager-only)
+    manager-settings.json  this manager's own settings (the state store's map size)
     agent/         the embedded agent's data directory (a copy of certs/, node.json, its cache)
     db/            LMDB: Raft journal and cluster state
     raft-snapshot  the latest Raft snapshot (log compaction)
@@ -35,8 +36,10 @@ from warren import certinfo, clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import node_hostname
 from warren.api.v1 import managers_pb2 as mpb
+from warren.cli.units import format_size
 from warren.ids import new_id
 from warren.manager import embedded, metrics
+from warren.manager import settings as manager_settings
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
@@ -81,6 +84,9 @@ class ManagerOptions:
     # manager to Raft (ADR 15) instead of a new cluster being created.
     join_managers: tuple[str, ...] | None = None
     in_agent: bool = False  # a promoted worker's manager, run by its agent (ADR 15)
+    # The LMDB map (ADR 22): the most the Raft journal and the state may take. None = as saved
+    # at the last start (default 8 GiB).
+    state_map_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()
     agent = _agent_settings(data, options)
+    own = _manager_settings(data, options)
     if first_start:
         # Find a taken port now, before anything is written, not half-way through init.
         planned = _plan_identity(options)
@@ -364,11 +371,12 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         if identity.demoted:
             raise StartupError(f"this node was demoted to a worker. {_demoted_hint(data, options.in_agent)}")
     agent_settings.save(data, agent)
+    manager_settings.save(data, own)
     credentials = tls.load_credentials(data / "certs")
 
     loop = asyncio.get_running_loop()
     hub = EventHub(loop)
-    store = Store(open_environment(data / "db"))
+    store = Store(open_environment(data / "db", own.state_map_size))
     store.watch(hub.publish)
     secret = (data / "raft.secret").read_text().strip()
     try:
@@ -416,7 +424,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         )
         join_server = build_join_server(identity.join_bind_addr, NodeCAService(store))
         if options.metrics_addr:
-            metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status))
+            metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status, raft.capacity))
     except OSError as exc:
         raft.destroy_synchronous()
         store.env.close()
@@ -444,6 +452,12 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         f"Manager {identity.node_id} serving the API on {identity.listen_addr} "
         f"(advertised {identity.advertise_addr}), joins on {identity.join_addr}, Raft on {identity.raft_addr}"
         + (f", metrics on http://{options.metrics_addr}/metrics" if options.metrics_addr else ""),
+        flush=True,
+    )
+    usage = raft.capacity.usage()
+    print(
+        f"State store {data / 'db'}: {format_size(usage.used_bytes)} used of a {format_size(usage.map_size)} map "
+        f"(--state-map-size), {format_size(usage.disk_free_bytes)} free on its disk.",
         flush=True,
     )
     if agent.enabled:
@@ -525,6 +539,25 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
     return settings
 
 
+def _manager_settings(data: Path, options: ManagerOptions) -> manager_settings.ManagerSettings:
+    """This manager's settings: flags given now, else those saved at the last start. LMDB never
+    maps less than its file holds, so a map smaller than the store's file is refused."""
+    try:
+        settings = manager_settings.resolve(data, state_map_size=options.state_map_size)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        held = (data / "db" / "data.mdb").stat().st_size
+    except FileNotFoundError:
+        held = 0
+    if held > settings.state_map_size:
+        raise StartupError(
+            f"the state store already holds {format_size(held)}: --state-map-size must be at least that "
+            f"(got {format_size(settings.state_map_size)})"
+        )
+    return settings
+
+
 def _start_agent(
     data: Path, identity: ManagerIdentity, settings: agent_settings.AgentSettings, stop: asyncio.Event
 ) -> asyncio.Task[None] | None:
@@ -558,14 +591,15 @@ async def _record_join_addr(raft: RaftNode, store: Store, identity: ManagerIdent
 
 
 async def _track_health(raft: RaftNode, health: object) -> None:
-    """The gRPC health service says SERVING only while a Raft leader is known: without one,
-    this manager can answer reads but no write would commit."""
+    """The gRPC health service says SERVING only while a Raft leader is known and this manager
+    applies entries: without a leader, or while an entry waits for room (ADR 22), this manager
+    can answer reads but no write would commit."""
     serving = None
     while True:
-        has_leader = bool(raft.status().leader)
-        if has_leader != serving:
-            await health.set("", SERVING if has_leader else NOT_SERVING)  # type: ignore[attr-defined]
-            serving = has_leader
+        serves = bool(raft.status().leader) and raft.capacity.stalled is None
+        if serves != serving:
+            await health.set("", SERVING if serves else NOT_SERVING)  # type: ignore[attr-defined]
+            serving = serves
         await asyncio.sleep(0.5)
 
 

@@ -8,6 +8,7 @@ the journal by position on every tick; log compaction keeps that list short.
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from collections.abc import Callable
@@ -17,12 +18,20 @@ import lmdb
 from pysyncobj import journal as pysyncobj_journal
 from pysyncobj import syncobj as pysyncobj_syncobj
 
+log = logging.getLogger(__name__)
+
 _ENTRY_HEADER = struct.Struct(">Q")  # term, then the command bytes
 _COMMIT_KEY = b"commit_index"
 _TERM_KEY = b"current_term"
 _VOTED_KEY = b"voted_for"
 
 Entry = tuple[bytes, int, int]  # (command, raft index, term), PySyncObj's shape
+
+
+class NoRoomError(Exception):
+    """An entry cannot be appended: the map or the disk is full. PySyncObj drops a proposal
+    whose append raises (its proposer times out), and a follower does not acknowledge the
+    entries, which its leader sends again: the log stays a prefix of the leader's (ADR 22)."""
 
 
 class LmdbJournal(pysyncobj_journal.Journal):
@@ -49,8 +58,11 @@ class LmdbJournal(pysyncobj_journal.Journal):
 
     def add(self, command: bytes, idx: int, term: int) -> None:
         command = bytes(command)
-        with self._env.begin(write=True) as txn:
-            txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+        try:
+            with self._env.begin(write=True) as txn:
+                txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+        except (lmdb.MapFullError, lmdb.DiskError) as exc:
+            raise NoRoomError(f"cannot append Raft entry {idx}: {exc}") from None
         self._entries.append((command, idx, term))
 
     def clear(self) -> None:
@@ -116,8 +128,16 @@ class LmdbJournal(pysyncobj_journal.Journal):
 
     def _save_commit_index(self) -> None:
         if not self._commit_index_saved:
-            with self._env.begin(write=True) as txn:
-                txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
+            try:
+                with self._env.begin(write=True) as txn:
+                    txn.put(_COMMIT_KEY, str(self._commit_index).encode(), db=self._meta)
+            except lmdb.PanicError:
+                raise
+            except lmdb.Error as exc:  # no room (a full disk can show as EIO: a short write)
+                # Saving it is an optimisation (see setRaftCommitIndex): with no room, try again
+                # next second rather than fail PySyncObj's tick, or its shutdown.
+                log.warning("cannot save the Raft commit index: %s", exc)
+                return
             self._commit_index_saved = True
 
     def first_index(self) -> int:

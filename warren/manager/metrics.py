@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -49,9 +50,10 @@ def observe_request(method: str, code: str, seconds: float) -> None:
 class StateCollector(Collector):
     """Nodes, services, tasks and Raft figures, read when Prometheus scrapes."""
 
-    def __init__(self, read_state: Callable, raft_status: Callable) -> None:
+    def __init__(self, read_state: Callable, raft_status: Callable, store_capacity: Any = None) -> None:
         self._read_state = read_state
         self._raft_status = raft_status
+        self._store_capacity = store_capacity  # a capacity.StoreCapacity
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._read_state() as state:
@@ -77,6 +79,39 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "warren_raft_applied_index", "Last Raft index applied to the store", value=raft.applied_index
         )
+        if self._store_capacity is not None:
+            yield from _store_gauges(self._store_capacity)
+
+
+def _store_gauges(capacity: Any) -> Iterator[GaugeMetricFamily]:
+    """The LMDB map's use (ADR 22): writes are refused before used reaches the map size."""
+    usage = capacity.usage()
+    yield GaugeMetricFamily(
+        "warren_state_store_map_size_bytes", "Size of the state store's LMDB map", value=usage.map_size
+    )
+    yield GaugeMetricFamily(
+        "warren_state_store_used_bytes",
+        "Bytes of the LMDB map in use by the Raft journal and the state",
+        value=usage.used_bytes,
+    )
+    yield GaugeMetricFamily(
+        "warren_state_store_file_bytes", "High-water mark of the state store's data file", value=usage.file_bytes
+    )
+    yield GaugeMetricFamily(
+        "warren_state_store_disk_free_bytes",
+        "Free bytes on the filesystem holding the state store",
+        value=usage.disk_free_bytes,
+    )
+    yield GaugeMetricFamily(
+        "warren_state_store_writes_refused",
+        "1 while this manager refuses writes because its map or disk is nearly full",
+        value=1 if capacity.refuses_writes() else 0,
+    )
+    yield GaugeMetricFamily(
+        "warren_state_store_apply_waiting",
+        "1 while a committed Raft entry waits for space to be applied",
+        value=1 if capacity.stalled is not None else 0,
+    )
 
 
 def serve(addr: str, collector: StateCollector) -> None:

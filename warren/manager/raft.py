@@ -15,14 +15,17 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import lmdb
 import msgspec
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands
+from warren.cli.units import format_size
 from warren.commands import Command, Result
 from warren.manager import journal
+from warren.manager.capacity import StoreCapacity, entry_cost
 from warren.manager.store import Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -80,21 +83,39 @@ class RaftStatus:
         return 1 + sum(self.peers.values())
 
 
-class _ReappendFilter(logging.Filter):
+class _Stopping(Exception):
+    """Raised out of an apply that waits for space when the node is destroyed: the entry stays
+    unapplied, and the next start replays it."""
+
+
+class _PySyncObjNoiseFilter(logging.Filter):
     """PySyncObj truncates a follower's log after prevLogIdx on every append, even when the
     entries are the same ones re-sent (routine when appends overlap under load), and logs it as
     CRITICAL once they were applied. Applied entries are committed, and Raft guarantees that a
     leader re-sends committed entries unchanged, so this is noise; our store also skips indexes
-    it applied. Count them at debug level instead of alarming the operator."""
+    it applied. Count them at debug level instead of alarming the operator.
+    Likewise, an apply waiting for space that gives up at shutdown is expected, and a journal
+    that cannot append for want of room is said once in a while, not with a traceback per
+    append (ADR 22)."""
+
+    _last_no_room = 0.0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], _Stopping):
+            log.info("%s; it is applied after the restart", record.exc_info[1])
+            return False
+        if record.exc_info and isinstance(record.exc_info[1], journal.NoRoomError):
+            if record.created - self._last_no_room >= 10:  # once every 10 s is enough to say it
+                self._last_no_room = record.created
+                log.error("%s: writes wait for room in the state store (ADR 22)", record.exc_info[1])
+            return False
         if record.msg.startswith("truncating already-applied log entries"):
             log.debug("re-appended already-applied Raft entries from index %s", record.args[0])  # type: ignore[index]
             return False
         return True
 
 
-logging.getLogger("pysyncobj.syncobj").addFilter(_ReappendFilter())
+logging.getLogger("pysyncobj.syncobj").addFilter(_PySyncObjNoiseFilter())
 
 RAFT_MIN_TIMEOUT = 0.3
 RAFT_MAX_TIMEOUT = 0.45
@@ -111,11 +132,17 @@ class RaftStartError(Exception):
     """The Raft node cannot start safely; str() says why."""
 
 
+# An entry that cannot be persisted for lack of space is retried this often (ADR 22).
+PERSIST_RETRY_PERIOD = 0.5
+
+
 class RaftNode(SyncObj):
     def __init__(
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
     ) -> None:
         self._store = store
+        self.capacity = StoreCapacity(store.env, Path(store.env.path()))
+        self._stopping = threading.Event()
         self._queued: list[tuple[Command, asyncio.Future]] = []  # proposals for the next entry
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
@@ -176,19 +203,78 @@ class RaftNode(SyncObj):
             # corruption). Skipping it would make this manager's state diverge from its peers'.
             log.critical("Raft entry %d is not a command this manager understands; upgrade it", index, exc_info=True)
             os._exit(70)
-        try:
-            if isinstance(command, commands.Batch):
-                results = self._store.commit_each(index, command.commands, commands.apply)
-            else:
-                result, changes = commands.apply(self._store.state, command)
-                self._store.commit(index, changes)
-                results = [result]
-        except Exception:  # disk full or broken: continuing would diverge from the log
-            log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
-            os._exit(70)
+        results = self._persist(index, command)
         # The index lets the proposer (possibly a follower) wait until its own store has it.
         indexed = [msgspec.structs.replace(r, index=index) for r in results]
         return commands.encode_result(indexed if isinstance(command, commands.Batch) else indexed[0])
+
+    def _persist(self, index: int, command: Command) -> list[Result]:
+        """Apply a committed entry to the store. It can be neither skipped (the state would
+        diverge from the log) nor raise (PySyncObj would retry it forever, wedged). With the
+        map or the disk full, the failed transaction left the disk and the live state at the
+        previous entry: wait here, serving reads and refusing writes, and retry. A full disk
+        frees up by itself; a full map needs a restart with a larger --state-map-size, which
+        replays this entry (ADR 22). Any other failure stops the manager: after a failed
+        fsync, only what is on disk can be trusted, and a restart resumes from it."""
+        waited = False
+        while True:
+            try:
+                if isinstance(command, commands.Batch):
+                    results = self._store.commit_each(index, command.commands, commands.apply)
+                else:
+                    result, changes = commands.apply(self._store.state, command)
+                    self._store.commit(index, changes)
+                    results = [result]
+            except Exception as exc:
+                if not self._out_of_space(exc):  # a broken disk: only what is on it can be trusted
+                    log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
+                    os._exit(70)
+                if not waited:
+                    reason = self._stall_reason(index, exc)
+                    log.critical("%s", reason)
+                    self.capacity.set_stalled(reason)
+                    waited = True
+                if self._stopping.wait(PERSIST_RETRY_PERIOD):
+                    raise _Stopping(f"stopped while Raft entry {index} waited for space") from None
+                continue
+            if waited:
+                log.warning("Raft entry %d persisted; the manager applies entries again", index)
+                self.capacity.set_stalled(None)
+                # Its election timeout ran out while it waited, without a tick to see the
+                # leader's heartbeats: hear from the leader before calling an election that
+                # would only unseat it. (PySyncObj's private deadline, as in ADR 16.)
+                self._SyncObj__raftElectionDeadline = max(
+                    self._SyncObj__raftElectionDeadline, raft_clock() + RAFT_MAX_TIMEOUT
+                )
+            return results
+
+    def _out_of_space(self, exc: Exception) -> bool:
+        """Whether persisting failed for want of space, so that a retry may succeed. LMDB
+        reports a short write, which a full disk causes, as EIO: a failure on a disk with
+        hardly any space left is taken for the disk being full. A PanicError means LMDB could
+        not write its meta page; the environment is then unusable until it is reopened."""
+        if isinstance(exc, lmdb.MapFullError | lmdb.DiskError):
+            return True
+        if not isinstance(exc, lmdb.Error) or isinstance(exc, lmdb.PanicError):
+            return False
+        try:
+            return self.capacity.disk_full()
+        except OSError:
+            return False
+
+    def _stall_reason(self, index: int, exc: Exception) -> str:
+        where = self._store.env.path()
+        if isinstance(exc, lmdb.MapFullError):
+            size = format_size(self._store.env.info()["map_size"])
+            return (
+                f"the state store's map ({size}) is full: Raft entry {index} cannot be applied; "
+                "restart this manager with a larger --state-map-size (it replays the entry)"
+            )
+        return f"the disk holding {where} is full: Raft entry {index} waits for free space to be applied"
+
+    def destroy(self) -> None:
+        self._stopping.set()  # an apply waiting for space gives up; the entry is replayed
+        super().destroy()
 
     # -- snapshots ---------------------------------------------------------------------------
     def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
@@ -218,12 +304,15 @@ class RaftNode(SyncObj):
         the Raft thread (a watcher or callback) or it deadlocks."""
         done = threading.Event()
         outcome: list = []
+        blob = commands.encode(command)
+        charge = self._reserve_capacity(len(blob))
 
         def on_done(result: bytes | None, reason: int) -> None:
+            self.capacity.release(charge)
             outcome.append((result, reason))
             done.set()
 
-        self._apply_entry(commands.encode(command), callback=on_done)
+        self._apply_entry(blob, callback=on_done)
         if not done.wait(timeout):
             raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)")
         return self._outcome(*outcome[0])
@@ -248,23 +337,42 @@ class RaftNode(SyncObj):
         queued, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
         if self._queued:
             loop.call_soon(self._send_queued, loop)
-        futures = [future for _, future in queued]
+        try:
+            self._send(loop, [command for command, _ in queued], [future for _, future in queued])
+        except ProposalError as exc:
+            # No room for writes; read barriers (no-ops, a few bytes) still go, as one entry, so
+            # that consistent reads keep working. Nothing goes while the apply path waits.
+            barriers = [future for command, future in queued if isinstance(command, commands.Noop)]
+            send_barriers = bool(barriers) and self.capacity.stalled is None
+            for command, future in queued:
+                if not future.done() and not (send_barriers and isinstance(command, commands.Noop)):
+                    future.set_exception(ProposalError(exc.code, exc.message))
+            if send_barriers:
+                self._send(loop, [commands.Noop()], barriers, check_capacity=False)
+
+    def _send(
+        self, loop: asyncio.AbstractEventLoop, to_send: list[Command], futures: list, check_capacity: bool = True
+    ) -> None:
+        """Propose `to_send` as one entry; with one command, every future gets its outcome."""
 
         def settle(outcomes: list[tuple[bytes | None, int]]) -> None:
             for future, outcome in zip(futures, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
 
-        if len(queued) == 1:
-            blob = commands.encode(queued[0][0])
+        blob = commands.encode(to_send[0] if len(to_send) == 1 else commands.Batch(tuple(to_send)))
+        charge = self._reserve_capacity(len(blob)) if check_capacity else -1
+
+        if len(to_send) == 1:
 
             def on_done(result: bytes | None, reason: int) -> None:
-                loop.call_soon_threadsafe(settle, [(result, reason)])
+                self.capacity.release(charge)
+                loop.call_soon_threadsafe(settle, [(result, reason)] * len(futures))
 
         else:
-            blob = commands.encode(commands.Batch(tuple(command for command, _ in queued)))
 
             def on_done(result: bytes | None, reason: int) -> None:
+                self.capacity.release(charge)
                 if reason == FAIL_REASON.SUCCESS and result:
                     each = [(commands.encode_result(r), reason) for r in commands.decode_results(result)]
                 else:
@@ -272,6 +380,15 @@ class RaftNode(SyncObj):
                 loop.call_soon_threadsafe(settle, each)
 
         self._apply_entry(blob, callback=on_done)
+
+    def _reserve_capacity(self, entry_bytes: int) -> int:
+        """Refuse an entry the store may not have room for (ADR 22), before it is proposed: once
+        committed, every manager must apply it. Returns the charge to release once it is applied."""
+        cost = entry_cost(entry_bytes)
+        reason = self.capacity.refusal(cost)
+        if reason is not None:
+            raise ProposalError("resource_exhausted", reason)
+        return self.capacity.reserve(cost)
 
     def check_quorum(self) -> None:
         """Fail fast, before proposing, when this manager cannot reach a majority: the write

@@ -19,12 +19,12 @@ from typing import TypeVar
 import lmdb
 import msgspec
 
+from warren.manager.settings import DEFAULT_MAP_SIZE
 from warren.model import ClusterInfo, Node, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
 
 log = logging.getLogger(__name__)
 
-MAP_SIZE = 8 << 30  # address space only; the file grows as needed
 _KIND_TYPES: dict[Kind, type] = {
     "cluster": ClusterInfo,
     "node": Node,
@@ -52,10 +52,12 @@ class Snapshot(msgspec.Struct, frozen=True):
     revoked: list[RevokedNode] = []  # absent from snapshots written before revocation existed
 
 
-def open_environment(path: Path) -> lmdb.Environment:
-    """The manager's LMDB environment. Owner-only: the state holds the cluster CA key."""
+def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
+    """The manager's LMDB environment. Owner-only: the state holds the cluster CA key.
+    `map_size` is address space, not disk: the file grows as needed, up to it. LMDB never maps
+    less than its file holds, so a smaller map than a previous run's has no effect."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=16, sync=True, metasync=True, mode=0o600)
+    return lmdb.open(str(path), map_size=map_size, max_dbs=16, sync=True, metasync=True, mode=0o600)
 
 
 class Store:
@@ -83,6 +85,12 @@ class Store:
                 for _key, value in txn.cursor(db=db):
                     changes.append(Put(kind, decoder.decode(value)))
         self.state.apply(changes)
+
+    def _reload(self) -> None:
+        """Make the live state what the disk holds again, after a transaction that failed."""
+        with self._lock:
+            self.state = ClusterState()
+            self._load()
 
     # -- reads -------------------------------------------------------------------------------
     @contextmanager
@@ -116,16 +124,20 @@ class Store:
         """Group commit: run `step` on each item in order, each seeing the changes of those
         before it, and persist all of them in one transaction (one fsync). The live state holds
         the changes a moment before they are on disk; a failure to persist propagates, and the
-        caller must then stop rather than go on with a state its disk does not have."""
+        caller may retry, because the live state is first reloaded from the disk (ADR 22)."""
         results: list[R] = []
         everything: list[Change] = []
-        with self.env.begin(write=True) as txn, self._lock:
-            for item in items:
-                result, changes = step(self.state, item)
-                self.state.apply(changes)
-                self._put_changes(txn, index, changes)
-                results.append(result)
-                everything.extend(changes)
+        try:
+            with self.env.begin(write=True) as txn, self._lock:
+                for item in items:
+                    result, changes = step(self.state, item)
+                    self.state.apply(changes)
+                    self._put_changes(txn, index, changes)
+                    results.append(result)
+                    everything.extend(changes)
+        except lmdb.Error:
+            self._reload()
+            raise
         with self._lock:
             self.applied_index = index
         self._notify(index, everything)
