@@ -522,7 +522,22 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
         reason = embedded.check_available()
         if reason is not None:
             raise StartupError(f"the embedded agent cannot run ({reason}); start with --manager-only")
+    if settings.enabled and settings.wireguard != "off":
+        _check_overlay_free(data / embedded.AGENT_DIR, settings.wireguard_interface)
     return settings
+
+
+def _check_overlay_free(agent_dir: Path, wireguard_interface: str) -> None:
+    """Another node's overlay in this network namespace refuses the manager before anything
+    is written (ADR 23); its embedded agent checks again, under a lock, as it starts."""
+    from warren.network.owner import OverlayInUse, check
+
+    try:
+        check(agent_dir, wireguard_interface)
+    except OverlayInUse as exc:
+        raise StartupError(str(exc)) from None
+    except Exception as exc:  # netlink or nft unusable here: the embedded agent reports it
+        log.debug("cannot check this namespace's overlay: %s", exc)
 
 
 def _start_agent(
