@@ -343,6 +343,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         raise StartupError("--heartbeat-period must be between 100ms and 1h")
     first_start = not (data / "manager.json").exists()
     agent = _agent_settings(data, options)
+    await asyncio.to_thread(_check_overlay_free, data / embedded.AGENT_DIR, agent)
     if first_start:
         # Find a taken port now, before anything is written, not half-way through init.
         planned = _plan_identity(options)
@@ -522,18 +523,19 @@ def _agent_settings(data: Path, options: ManagerOptions) -> agent_settings.Agent
         reason = embedded.check_available()
         if reason is not None:
             raise StartupError(f"the embedded agent cannot run ({reason}); start with --manager-only")
-    if settings.enabled and settings.wireguard != "off":
-        _check_overlay_free(data / embedded.AGENT_DIR, settings.wireguard_interface)
     return settings
 
 
-def _check_overlay_free(agent_dir: Path, wireguard_interface: str) -> None:
+def _check_overlay_free(agent_dir: Path, settings: agent_settings.AgentSettings) -> None:
     """Another node's overlay in this network namespace refuses the manager before anything
-    is written (ADR 23); its embedded agent checks again, under a lock, as it starts."""
+    is written (ADR 23); its embedded agent checks again, under a lock, as it starts. Blocking
+    (pyroute2 cannot open its socket inside a running event loop): run it in a thread."""
+    if not settings.enabled or settings.wireguard == "off":
+        return
     from warren.network.owner import OverlayInUse, check
 
     try:
-        check(agent_dir, wireguard_interface)
+        check(agent_dir, settings.wireguard_interface)
     except OverlayInUse as exc:
         raise StartupError(str(exc)) from None
     except Exception as exc:  # netlink or nft unusable here: the embedded agent reports it
