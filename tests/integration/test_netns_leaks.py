@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,7 +47,8 @@ def cgroup_dirs(parent: str, task_ids: set[str]) -> list[str]:
     """Cgroups named after these tasks under the daemon's cgroup parent, in every hierarchy."""
     top = Path("/sys/fs/cgroup")
     hierarchies = [top, *(d for d in top.iterdir() if d.is_dir() and not d.is_symlink())] if top.is_dir() else []
-    return [str(h / parent.strip("/") / t) for h in hierarchies for t in task_ids if (h / parent.strip("/") / t).exists()]
+    found = (h / parent.strip("/") / t for h in hierarchies for t in task_ids)
+    return [str(d) for d in found if d.exists()]
 
 
 def leftovers(host: LabHost, data_dir: Path, daemon: ContainerdDaemon, task_ids: set[str]) -> dict[str, list[str]]:
@@ -151,11 +151,13 @@ def test_task_networks_cgroups_and_mounts_go_with_their_tasks_and_with_teardown(
         )
         # Retries do not accumulate: every ended task's namespace is gone (released as it ends).
         wait_for(
-            lambda: not [
-                t["id"]
-                for t in ended(tasks_of("crash")) + ended(tasks_of("nopull"))
-                if (links.NETNS_DIR / tasknet.netns_name(t["id"])).exists()
-            ],
+            lambda: (
+                not [
+                    t["id"]
+                    for t in ended(tasks_of("crash")) + ended(tasks_of("nopull"))
+                    if (links.NETNS_DIR / tasknet.netns_name(t["id"])).exists()
+                ]
+            ),
             timeout=15,
             message="the ended tasks' namespaces to go",
         )
