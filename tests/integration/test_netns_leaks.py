@@ -256,3 +256,66 @@ def test_a_teardown_leaves_another_nodes_bridge_and_table(tmp_path: Path) -> Non
         assert host.run(["ip", "link", "show", "warren-br0"]).returncode != 0
     finally:
         lab.destroy()
+
+
+_EXEC_NODE = """
+import json, sys
+from pathlib import Path
+from warren.agent import settings
+from warren.agent.runtime import ContainerSpec
+from warren.model import Resources
+from warren.network import owner, tasknet
+from warren.runtime.exec_driver import ExecRuntime
+
+data, task_id = Path(sys.argv[1]), sys.argv[2]
+settings.save(data, settings.AgentSettings(runtime="exec", wireguard="userspace"))
+networks = tasknet.TaskNetworkManager("10.200.9.0/24", tasknet.ledger_dir(data), owner.tag(data))
+netns = networks.attach(task_id, "10.200.9.2")
+runtime = ExecRuntime(data / "exec")
+spec = ContainerSpec(
+    task_id=task_id, image="exec", command=("sleep", "100000"), netns=netns,
+    limits=Resources(memory_bytes=64 << 20), log_path=str(data / "task.log"),
+)
+runtime.start(runtime.prepare(spec))
+record = json.loads((data / "exec" / task_id / "record.json").read_text())
+print(json.dumps({"pid": runtime.status(task_id).pid, "cgroups": record["cgroups"]}))
+"""
+
+
+def test_teardown_after_the_agent_died_removes_an_exec_tasks_process_cgroup_and_namespace(tmp_path: Path) -> None:
+    """The exec runtime's side of `worker teardown`: what an agent killed with kill -9 left of a
+    task (its process, in its own session; its memory cgroup; its namespace and veth)."""
+    lab = OverlayLab()
+    data, task_id = tmp_path / "node", f"tl{os.urandom(6).hex()}"
+    pid = 0
+    try:
+        (host,) = lab.create(1)
+        made = host.run(["env", f"PYTHONPATH={REPO}", sys.executable, "-c", _EXEC_NODE, str(data), task_id], 30)
+        assert made.returncode == 0, made.stderr
+        left = json.loads(made.stdout)  # the process that made them is gone: as after a kill -9
+        pid, cgroups = left["pid"], left["cgroups"]
+        assert Path(f"/proc/{pid}").exists() and (links.NETNS_DIR / f"wt-{task_id}").exists()
+        if not cgroups:
+            pytest.skip("this host gives the exec runtime no cgroups")
+        assert all(Path(c).is_dir() for c in cgroups)
+
+        argv = [sys.executable, "-m", "warren.cli.main", "worker", "teardown", "--data-dir", str(data)]
+        done = host.run(["env", f"PYTHONPATH={REPO}", *argv], 60)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines()[:2] == [
+            f"removed the container {task_id} of task {task_id}",
+            f"removed the network namespace wt-{task_id} and veth wv{task_id[:13]}",
+        ], done.stdout
+        assert "removed the task bridge warren-br0" in done.stdout
+        wait_for(lambda: not Path(f"/proc/{pid}").exists(), timeout=10, message="the task's process to end")
+        assert not any(Path(c).exists() for c in cgroups)
+        assert not (links.NETNS_DIR / f"wt-{task_id}").exists()
+        assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if task_id in line]
+        assert "wv" not in host.run(["ip", "-o", "link", "show"]).stdout
+        assert tasknet.recorded(tasknet.ledger_dir(data)) == []
+    finally:
+        with contextlib.suppress(OSError):  # still the test's sleep (its pid not reused): the teardown failed
+            if pid and Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x00100000\x00":
+                os.kill(pid, 9)
+        lab.destroy()
+        remove_task_namespaces([task_id])
