@@ -42,6 +42,8 @@ def remove_tasks(data_dir: Path, settings: agent_settings.AgentSettings) -> list
     known, grace = _known_tasks(data_dir)
     if settings.runtime == "exec" and not (data_dir / "exec").is_dir():
         return []  # never ran a task: nothing to make a state directory for
+    if settings.runtime != "exec" and not known:
+        return []  # no task of this node: its runtime need not even be there any more
     options = AgentOptions(
         data_dir=data_dir,
         managers=[],
