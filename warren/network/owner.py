@@ -90,10 +90,15 @@ def check(data_dir: Path, wireguard_interface: str) -> None:
     whose = " and ".join(describe(o) for o in owners)
     pieces = ", ".join(what for what, _ in taken)
     other = owners[0].removeprefix(TAG_PREFIX)
+    teardown = (
+        "its `warren worker teardown`"
+        if other.startswith("sha256:")
+        else f"`warren worker teardown --data-dir {other}`"
+    )
     raise OverlayInUse(
         f"this network namespace already holds the overlay of {whose} ({pieces}); one Warren node per "
-        f"network namespace: stop that node and run `warren worker teardown --data-dir {other}`, or run this "
-        "one in another network namespace or with --wireguard off"
+        f"network namespace: stop that node and run {teardown}, or run this one in another network "
+        "namespace or with --wireguard off"
     )
 
 
