@@ -175,7 +175,7 @@ def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
             cleanup.callback(ctr.close)
             cleanup.callback(ctr.remove, ctr_id)
             assert ctr.import_archive(busybox_image.archive, IMAGE) == [IMAGE]
-            netns = {tid: tasknet(node.netns, SUBNET, "attach", tid, addr) for tid, addr in address.items()}
+            netns = {tid: tasknet(node.netns, tmp_path, SUBNET, "attach", tid, addr) for tid, addr in address.items()}
             assert netns == {tid: f"/run/netns/wt-{tid}" for tid in address}
 
             server = [sys.executable, "-m", "http.server", "--bind", GATEWAY, "--directory", str(www), str(PORT)]

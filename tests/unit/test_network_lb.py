@@ -71,3 +71,12 @@ def test_published_ports_reach_the_tasks_from_every_node_and_remote_ones_are_mas
         ruleset([Endpoint("x", "10.201.0.4", ("10.200.0.9",), (("sctp", 1, 2),))])
     with pytest.raises(ValueError):
         ruleset([web], bridge='br0" ; flush ruleset')
+
+
+def test_the_table_carries_its_nodes_tag_and_nothing_can_end_the_comment_early() -> None:
+    tagged = ruleset([], owner="warren:/var/lib/warren-worker")
+    assert '    comment "warren:/var/lib/warren-worker"\n' in tagged
+    assert "comment" not in ruleset([])
+    for bad in ('warren:/x" ; flush ruleset ; "', "warren:/x\nflush ruleset", "warren:/" + "x" * 130):
+        with pytest.raises(ValueError, match="comment"):
+            ruleset([], owner=bad)

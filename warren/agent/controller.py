@@ -164,6 +164,7 @@ class TaskController:
         self._forced: tuple[TaskState, str] | None = None  # why we stopped it ourselves (unhealthy)
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
         self._failures = 0  # consecutive transient failures of the current step
+        self._network_released = False  # the task's namespace is gone (known only once released)
         self.done = asyncio.Event()
 
     # -- the agent's side ----------------------------------------------------------------------
@@ -235,6 +236,9 @@ class TaskController:
         if local.state.terminal:
             if local.runtime_id:  # it never runs again: free its container and snapshot now
                 await self._remove_container()
+                return True
+            if not self._network_released:  # whether or not a container was ever made
+                await self._release_network()
                 return True
             return False
         if desired > RUNNING:
@@ -458,6 +462,10 @@ class TaskController:
                 if self._failures <= len(self.env.retry_delays):
                     return False
                 log.error("task %s: giving up removing container %s", self.task.id, self.local.runtime_id)
+        if not self._network_released and not await self._release_network():
+            if self._failures <= len(self.env.retry_delays):
+                return False
+            log.error("task %s: giving up releasing its network (the agent's sweep retries)", self.task.id)
         with contextlib.suppress(OSError):
             (self.env.log_dir / f"{self.task.id}.log").unlink()
         if self._on_done is not None:
@@ -485,14 +493,27 @@ class TaskController:
         runtime_id = self.local.runtime_id
         try:
             await self.env.call(self.env.runtime.remove, runtime_id)
-            if self.env.networks is not None and self.task.overlay_address:
-                await self.env.call(self.env.networks.detach, self.task.id)
         except Exception as exc:
             log.warning("task %s: removing container %s failed: %s", self.task.id, runtime_id, exc)
             await self._sleep(self._backoff())
             return False
         self._failures = 0
         self._set_local(runtime_id="", started=False)
+        return True
+
+    async def _release_network(self) -> bool:
+        """Remove the task's namespace and veth once nothing runs in them. Unconditional: a task
+        that failed before its container existed has one too, and an ended task's overlay
+        address may already be given back (ADR 23)."""
+        if self.env.networks is not None:
+            try:
+                await self.env.call(self.env.networks.detach, self.task.id)
+            except Exception as exc:
+                log.warning("task %s: releasing its network failed: %s", self.task.id, exc)
+                await self._sleep(self._backoff())
+                return False
+        self._failures = 0
+        self._network_released = True
         return True
 
     async def _stop_watchers(self, keep_exit: bool = False) -> None:

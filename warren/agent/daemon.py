@@ -257,6 +257,8 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         except Exception as exc:
             raise AgentStartupError(f"cannot start the {options.runtime} runtime: {exc}") from exc
         overlay = Overlay(data, node.get("node_id", ""), _in_pool(calls))
+        if overlay.enabled:
+            await _claim_overlay(overlay, calls)
         env = ControllerEnv(
             runtime=runtime,
             log_dir=data / "logs",
@@ -267,6 +269,7 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         queue = StatusQueue()
         worker = Worker(env, cache, queue)
         await worker.start()
+        overlay.track(worker.controllers.keys)  # the ledger's other task networks are leftovers
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
         indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
         promotion = Promotion(data, lambda: list(managers.addrs), stop)
@@ -302,8 +305,8 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
             await worker.remove_all(timeout=REMOVE_ALL_TIMEOUT)
             if overlay.enabled:  # the node left the mesh: its interface, bridge and table go too
                 try:
-                    for what in await overlay.leave():
-                        log.info("removed the %s", what)
+                    for done in await overlay.leave():
+                        log.info("%s", done)
                 except Exception as teardown_error:
                     log.error("removing this node's overlay networking failed: %s", teardown_error)
             raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
@@ -328,6 +331,19 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         calls.shutdown(wait=False, cancel_futures=True)
         waits.shutdown(wait=False, cancel_futures=True)
         cache.close()
+
+
+async def _claim_overlay(overlay: Overlay, pool: concurrent.futures.Executor) -> None:
+    """Refuse to run where another node's overlay is (ADR 23); any other failure is the
+    converge's to report and retry, as before."""
+    from warren.network.owner import OverlayInUse
+
+    try:
+        await asyncio.get_running_loop().run_in_executor(pool, overlay.claim)
+    except OverlayInUse as exc:
+        raise AgentStartupError(str(exc)) from None
+    except Exception as exc:
+        log.error("cannot claim this network namespace's overlay: %s", exc)
 
 
 REEXEC_ENV = "WARREN_AGENT_REEXEC"  # set in the re-executed agent: never re-execute twice

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,23 +45,36 @@ KEY_SWITCH_DELAY = 0.15
 
 def teardown(data_dir: Path) -> list[str]:
     """Remove this node's overlay networking, made by its agent and meant to outlive it: the
-    WireGuard interface (its wireguard-go exits with it), the task bridge with its routes, and
-    the load balancer's nftables table. For a node leaving the cluster, once its agent stopped
-    and its tasks are gone. Returns what was removed; removing what is not there is fine."""
-    from warren.network import lb, links, tasknet
+    task networks its ledger names, the WireGuard interface (its wireguard-go exits with it),
+    the task bridge with its routes, and the load balancer's nftables table; the pieces another
+    node's tag marks stay (ADR 23). For a node leaving the cluster, once its agent stopped and
+    its tasks are gone. Returns what was done, one line each; what is not there is fine."""
+    from warren.network import lb, links, owner, tasknet
 
     settings = agent_settings.load(data_dir) or agent_settings.AgentSettings()
+    mine = owner.tag(data_dir)
     removed = []
-    if links.link_index(settings.wireguard_interface) is not None:
-        links.delete_link(settings.wireguard_interface)  # a wireguard-go exits, removing its socket
-        removed.append(f"WireGuard interface {settings.wireguard_interface}")
-    if links.link_index(tasknet.BRIDGE) is not None:
-        links.delete_link(tasknet.BRIDGE)
-        removed.append(f"task bridge {tasknet.BRIDGE}")
-    existing = subprocess.run(["nft", "list", "table", "ip", lb.TABLE], capture_output=True, text=True)
-    if existing.returncode == 0:
+    ledger = tasknet.ledger_dir(data_dir)
+    for task_id in tasknet.recorded(ledger):
+        if tasknet.release(ledger, task_id):
+            removed.append(
+                f"removed the network namespace {tasknet.netns_name(task_id)} and veth {tasknet.host_veth(task_id)}"
+            )
+    for what, ifname in (("WireGuard interface", settings.wireguard_interface), ("task bridge", tasknet.BRIDGE)):
+        found = owner.link_owner(ifname)
+        if found is None:
+            continue
+        if found and found != mine:
+            removed.append(f"left the {what} {ifname}: it belongs to {owner.describe(found)}")
+            continue
+        links.delete_link(ifname)  # a wireguard-go exits, removing its socket
+        removed.append(f"removed the {what} {ifname}")
+    found = owner.table_owner()
+    if found and found != mine:
+        removed.append(f"left the nftables table {lb.TABLE}: it belongs to {owner.describe(found)}")
+    elif found is not None:
         tasknet.TaskNetworkManager.apply_nft(lb.removal())
-        removed.append(f"nftables table {lb.TABLE}")
+        removed.append(f"removed the nftables table {lb.TABLE}")
     return removed
 
 
@@ -111,6 +124,7 @@ class Overlay:
         # still running cannot bring the network back once the node left.
         self._work = threading.Lock()
         self._left = False
+        self._live: Callable[[], Collection[str]] | None = None  # see track()
 
     # -- key rotation (ADR 18) ------------------------------------------------------------------
     def pending_key(self) -> keys.NodeKey | None:
@@ -149,14 +163,42 @@ class Overlay:
             log.info("made the WireGuard key of epoch %d; the managers publish it next", epoch)
 
     # -- task networks (the controller's TaskNetworks port; blocking, run in a thread) ---------
+    def claim(self) -> None:
+        """Make this network namespace's overlay this node's, before anything else touches it;
+        raises owner.OverlayInUse if another node's is here (ADR 23)."""
+        from warren.network import owner
+
+        owner.claim(self._data_dir, self._ifname)
+
     def attach(self, task_id: str, address: str) -> str:
         if self._tasks is None:
             raise RuntimeError("this node's overlay subnet is not known yet; retrying")
         return self._tasks.attach(task_id, address)
 
     def detach(self, task_id: str) -> None:
-        if self._tasks is not None:
-            self._tasks.detach(task_id)
+        """Needs no subnet: a task ending before the first mesh after a restart releases too."""
+        from warren.network import tasknet
+
+        tasknet.release(tasknet.ledger_dir(self._data_dir), task_id)
+
+    def track(self, live: Callable[[], Collection[str]]) -> None:
+        """`live` gives the tasks this agent still holds: the ledger's other entries are
+        leftovers, released at every pass (a crash between two steps, an older agent's)."""
+        self._live = live
+
+    async def _sweep(self) -> None:
+        from warren.network import tasknet
+
+        ledger = tasknet.ledger_dir(self._data_dir)
+        recorded = await self._call(tasknet.recorded, ledger)
+        # Read after the ledger: a task recorded by then had its controller already.
+        leftovers = set(recorded) - set(self._live()) if self._live is not None else set()
+        for task_id in sorted(leftovers):
+            try:
+                if await self._call(self._guarded, tasknet.release, ledger, task_id):
+                    log.info("released the network of task %s, which this agent no longer holds", task_id)
+            except Exception as exc:  # the next pass tries again
+                log.warning("releasing the network of task %s failed: %s", task_id, exc)
 
     def resolv_conf(self) -> str:
         """A resolv.conf naming this node's embedded DNS (on the bridge), for tasks that can
@@ -182,9 +224,11 @@ class Overlay:
             return
         me = next((m for m in mesh if m.node_id == self._node_id), None)
         if me is not None and me.subnet and (self._tasks is None or str(self._tasks.subnet) != me.subnet):
-            from warren.network.tasknet import TaskNetworkManager
+            from warren.network import owner, tasknet
 
-            self._tasks = TaskNetworkManager(me.subnet)
+            self._tasks = tasknet.TaskNetworkManager(
+                me.subnet, tasknet.ledger_dir(self._data_dir), owner.tag(self._data_dir)
+            )
         self._latest = mesh
         self._wake.set()
         if self._task is None:
@@ -259,6 +303,7 @@ class Overlay:
                     if applied:
                         self.converged += 1
                         log.info("overlay mesh: applied %d change(s) for %d node(s)", applied, len(mesh))
+            await self._sweep()
             # The table's 127.0.0.0/8 guard must stay while route_localnet is on (ADR 17).
             if self._balanced is not None and await self._call(self._guarded, self._table_present) is False:
                 log.warning("the load balancer's nftables table is gone (a firewall reload?): loading it again")
@@ -290,7 +335,7 @@ class Overlay:
             self._tasks.route_vips(self._vip_range)
         from warren.network import lb
 
-        self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge))
+        self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge, owner=self._tasks.owner_tag))
         for ifname in (self._tasks.bridge, self._ifname):  # published ports on 127.0.0.1 too
             self._tasks.route_localnet(ifname)
 
@@ -324,6 +369,7 @@ class Overlay:
         if self._device is None:
             self._device = wireguard.make_device(self._ifname, self.mode)
         applied = mesh_io.converge(self._device, desired).applied  # starts, or adopts, the device
+        self._tag_interface()
         node_of = {m.public_key: m.node_id for m in mesh if m.public_key}
         peers = tuple(
             PeerStats(node_of.get(p.public_key, "?"), p.last_handshake, p.rx_bytes, p.tx_bytes)
@@ -331,3 +377,11 @@ class Overlay:
         )
         self.stats = replace(self.stats, key_epoch=active.epoch, peers=peers)
         return applied
+
+    def _tag_interface(self) -> None:
+        """Mark the WireGuard interface as this node's, as the bridge and the table are (ADR 23)."""
+        from warren.network import links, owner
+
+        mine = owner.tag(self._data_dir)
+        if links.link_alias(self._ifname) not in (None, mine):
+            links.set_link_alias(self._ifname, mine)

@@ -49,11 +49,13 @@ def register(groups: Any) -> None:
 
     p = cmds.add_parser(
         "teardown",
-        help="remove this node's overlay networking (after its agent stopped, for a node leaving)",
-        description="Remove what the agent in --data-dir set up for the overlay and leaves running across "
-        "its restarts: the WireGuard interface (its wireguard-go exits), the task bridge and the load "
-        "balancer's nftables table. Refused while that agent runs. A node removed with `warren node rm` "
-        "does this by itself.",
+        help="remove this node's tasks and overlay networking (after its agent stopped, for a node leaving)",
+        description="Remove what the agent in --data-dir leaves running across its restarts, even after a "
+        "kill -9: its tasks' containers or processes (stopped gracefully, then removed with their cgroups and "
+        "mounts), its tasks' network namespaces and veths, the WireGuard interface (its wireguard-go exits), "
+        "the task bridge and the load balancer's nftables table. Pieces that belong to another node's data "
+        "directory stay. Refused while that agent runs. A node removed with `warren node rm` does this by "
+        "itself.",
     )
     p.add_argument(
         "--data-dir", type=Path, metavar="DIR", help=f"the node's data directory (default: {DEFAULT_DATA_DIR})"
@@ -224,6 +226,7 @@ def cmd_join(args: argparse.Namespace) -> int:
         print(f"already joined as node {existing.node_id}; resuming", flush=True)
         return _run_agent(data_dir, existing.managers, given)
     settings = _settings(data_dir, given)  # checked before joining, saved only once joined
+    _check_overlay_free(data_dir, settings)
     try:
         result = joining.join(args.token, args.manager_addr, data_dir, joining.node_hostname(os.uname().nodename))
     except joining.JoinError as exc:
@@ -288,15 +291,17 @@ def cmd_teardown(args: argparse.Namespace) -> int:
         lock = lock_data_dir(data_dir)  # held throughout: no agent starts meanwhile
     except AgentStartupError:
         raise CliError(f"the agent of {data_dir} is running: stop it first", Exit.CONFLICT) from None
-    from warren.agent.overlay import teardown
+    from warren.agent.teardown import TeardownError, teardown_node
 
     try:
-        removed = teardown(data_dir)
+        removed = teardown_node(data_dir)
+    except TeardownError as exc:
+        raise CliError(str(exc)) from None
     except Exception as exc:  # netlink or nft refused: say what, keep the rest for a retry
         raise CliError(f"removing the overlay networking failed: {exc}") from None
     finally:
         os.close(lock)
-    print("\n".join(f"removed the {what}" for what in removed) or "nothing to remove")
+    print("\n".join(removed) or "nothing to remove")
     return 0
 
 
@@ -321,6 +326,21 @@ def _settings(data_dir: Path, given: dict[str, Any]) -> Any:
         raise CliError(str(exc), Exit.USAGE) from None
 
 
+def _check_overlay_free(data_dir: Path, settings: Any) -> None:
+    """Refuse, before anything is written, a node whose network namespace already holds another
+    node's overlay (ADR 23). The agent checks again, under a lock, as it starts."""
+    if settings.wireguard == "off":
+        return
+    from warren.network.owner import OverlayInUse, check
+
+    try:
+        check(data_dir, settings.wireguard_interface)
+    except OverlayInUse as exc:
+        raise CliError(str(exc), Exit.CONFLICT) from None
+    except Exception:  # netlink or nft unusable here: the agent reports it as it starts
+        return
+
+
 def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> int:
     """Save the settings (flags given now replace saved ones) and run the agent until stopped."""
     from warren.agent import settings as agent_settings
@@ -330,6 +350,7 @@ def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> in
 
     if agent_running(data_dir):  # before saving: its settings are not ours to change
         raise CliError(f"an agent is already running on {data_dir}", Exit.CONFLICT)
+    _check_overlay_free(data_dir, settings)
     try:
         agent_settings.save(data_dir, settings)
     except OSError as exc:

@@ -350,6 +350,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
     first_start = not (data / "manager.json").exists()
     agent = _agent_settings(data, options)
     own = _manager_settings(data, options)
+    await asyncio.to_thread(_check_overlay_free, data / embedded.AGENT_DIR, agent)
     if first_start:
         # Find a taken port now, before anything is written, not half-way through init.
         planned = _plan_identity(options)
@@ -556,6 +557,20 @@ def _manager_settings(data: Path, options: ManagerOptions) -> manager_settings.M
             f"(got {format_size(settings.state_map_size)})"
         )
     return settings
+def _check_overlay_free(agent_dir: Path, settings: agent_settings.AgentSettings) -> None:
+    """Another node's overlay in this network namespace refuses the manager before anything
+    is written (ADR 23); its embedded agent checks again, under a lock, as it starts. Blocking
+    (pyroute2 cannot open its socket inside a running event loop): run it in a thread."""
+    if not settings.enabled or settings.wireguard == "off":
+        return
+    from warren.network.owner import OverlayInUse, check
+
+    try:
+        check(agent_dir, settings.wireguard_interface)
+    except OverlayInUse as exc:
+        raise StartupError(str(exc)) from None
+    except Exception as exc:  # netlink or nft unusable here: the embedded agent reports it
+        log.debug("cannot check this namespace's overlay: %s", exc)
 
 
 def _start_agent(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 TABLE = "warren"
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+_COMMENT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,128}$')  # nft's limit; nothing ends the string early
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,15 @@ def _address(text: str) -> str:
     return str(ipaddress.IPv4Address(text))  # ValueError for anything else: never into the rules
 
 
-def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "") -> str:
+def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "", owner: str = "") -> str:
     """The whole table: re-applying the same endpoints gives the same text (sorted). `bridge`
     is the node's task bridge: published-port connections leaving by another link (to another
-    node's task) are masqueraded."""
+    node's task) are masqueraded. `owner` is the node's tag (warren.network.owner), the table's
+    comment."""
     if not _TABLE_RE.match(table):
         raise ValueError(f"invalid nftables table name {table!r}")
+    if not _COMMENT_RE.match(owner):
+        raise ValueError(f"invalid nftables comment {owner!r}")
     nat: list[str] = []
     unavailable: list[str] = []
     every_backend: set[str] = set()
@@ -86,6 +90,7 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
     return (
         removal(table)
         + f"table ip {table} {{\n"
+        + (f'    comment "{owner}"\n' if owner else "")
         + _chain("vip-prerouting", "type nat hook prerouting priority dstnat; policy accept;", nat_rules)
         + _chain("vip-output", "type nat hook output priority -100; policy accept;", nat_rules)
         + _chain("published-postrouting", "type nat hook postrouting priority srcnat; policy accept;", masquerade)

@@ -99,6 +99,18 @@ def add_bridge(name: str, netns: str | None = None) -> None:
         ip.link("set", index=_index(ip, name, netns), state="up")
 
 
+def link_alias(ifname: str, netns: str | None = None) -> str | None:
+    """A link's alias (IFLA_IFALIAS): "" when it has none, None when there is no such link."""
+    with ipr(netns) as ip:
+        found = ip.get_links(ifname=ifname) if ip.link_lookup(ifname=ifname) else []
+    return (found[0].get_attr("IFLA_IFALIAS") or "") if found else None
+
+
+def set_link_alias(ifname: str, alias: str, netns: str | None = None) -> None:
+    with ipr(netns) as ip:
+        ip.link("set", index=_index(ip, ifname, netns), ifalias=alias)
+
+
 def add_veth(name: str, peer: str, netns: str | None = None, peer_netns: str | None = None) -> None:
     """A veth pair: `name` in `netns`, `peer` in `peer_netns` (the same namespace when None)."""
     peer_spec: dict[str, object] = {"ifname": peer}

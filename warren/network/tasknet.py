@@ -9,6 +9,11 @@ calls are idempotent and blocking (the agent runs them in a worker thread).
 Inside a task's namespace, iproute2's `ip -n` does the work rather than pyroute2: pyroute2
 enters another namespace by forking, and a fork of the agent (a threaded gRPC process) aborts.
 In the agent's own namespace (the bridge, the host end of each veth) pyroute2 serves.
+
+Every task network is written in the node's ledger (`<data dir>/network/tasks/<task id>`, ADR 23)
+before any of it is made, and struck out only once all of it is gone: the agent's sweep and
+`warren worker teardown` remove exactly what the ledger names, never by a pattern (/run/netns is
+shared by every namespace on the host, so `wt-*` there is any node's).
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ import ipaddress
 import subprocess
 from pathlib import Path
 
-from warren.network import links
+from warren.network import links, owner
+from warren.network.owner import BRIDGE
 
-BRIDGE = "warren-br0"
 NETNS_PREFIX = "wt-"
 _IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 
@@ -32,21 +37,65 @@ def host_veth(task_id: str) -> str:
     return f"wv{task_id[:13]}"
 
 
+def ledger_dir(data_dir: Path) -> Path:
+    """Where a node records the task networks it made."""
+    return data_dir / "network" / "tasks"
+
+
+def recorded(ledger: Path) -> list[str]:
+    """The task ids whose networks the ledger names (made, or being made or removed)."""
+    try:
+        return sorted(p.name for p in ledger.iterdir() if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def _record(ledger: Path, task_id: str) -> None:
+    if "/" in task_id or task_id.startswith(".") or not task_id:
+        raise ValueError(f"invalid task id {task_id!r}")
+    ledger.mkdir(mode=0o700, parents=True, exist_ok=True)
+    (ledger / task_id).touch()
+
+
+def release(ledger: Path, task_id: str) -> bool:
+    """Remove a task's veth (both ends) and namespace, then strike it from the ledger; nothing
+    there is fine. Call once nothing runs in the namespace. True if anything was there."""
+    name, veth = netns_name(task_id), host_veth(task_id)
+    entry = ledger / task_id
+    found = entry.exists() or (links.NETNS_DIR / name).exists()
+    if not found:
+        return False  # the veth went with the namespace (its peer lived there)
+    if links.link_index(veth) is not None:
+        links.delete_link(veth)
+    if (links.NETNS_DIR / name).exists():
+        _ip("netns", "del", name)
+    entry.unlink(missing_ok=True)
+    return True
+
+
 class TaskNetworkManager:
     """Task namespaces on this node's bridge, for the node's overlay `subnet`."""
 
-    def __init__(self, subnet: str, bridge: str = BRIDGE) -> None:
+    def __init__(self, subnet: str, ledger: Path, owner_tag: str, bridge: str = BRIDGE) -> None:
         self.subnet = ipaddress.IPv4Network(subnet)
+        self.ledger = ledger
+        self.owner_tag = owner_tag  # this node's (warren.network.owner), on the bridge
         self.bridge = bridge
         self.gateway = self.subnet.network_address + 1  # the node's own address (ipam.node_address)
         self._bridge_ready = False
 
     def ensure_bridge(self) -> None:
-        """The node's bridge with the node's address, and forwarding on (tasks are routed)."""
+        """The node's bridge with the node's address, and forwarding on (tasks are routed). A
+        bridge another node's tag marks is never used (ADR 23)."""
         if self._bridge_ready:
             return
-        if links.link_index(self.bridge) is None:
+        found = owner.link_owner(self.bridge)
+        if found and found != self.owner_tag:
+            raise links.LinkError(f"the bridge {self.bridge} belongs to {owner.describe(found)}")
+        if found is None:
             links.add_bridge(self.bridge)
+        if found != self.owner_tag:
+            links.set_link_alias(self.bridge, self.owner_tag)
         links.add_address(self.bridge, f"{self.gateway}/{self.subnet.prefixlen}")
         links.link_up(self.bridge)
         if _IP_FORWARD.read_text().strip() != "1":
@@ -79,6 +128,7 @@ class TaskNetworkManager:
             raise ValueError(f"task address {address} is not in this node's subnet {self.subnet}")
         self.ensure_bridge()
         name, veth = netns_name(task_id), host_veth(task_id)
+        _record(self.ledger, task_id)  # before anything exists: whatever follows is found again
         if not (links.NETNS_DIR / name).exists():
             _ip("netns", "add", name)
         if links.link_index(veth) is None:
@@ -95,11 +145,7 @@ class TaskNetworkManager:
 
     def detach(self, task_id: str) -> None:
         """Remove the task's veth (both ends) and namespace; nothing there is fine."""
-        veth = host_veth(task_id)
-        if links.link_index(veth) is not None:
-            links.delete_link(veth)
-        if (links.NETNS_DIR / netns_name(task_id)).exists():
-            _ip("netns", "del", netns_name(task_id))
+        release(self.ledger, task_id)
 
 
 def _ip(*args: str) -> None:
