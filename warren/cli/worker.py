@@ -125,7 +125,12 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
     add_wireguard_flags(p)
-    p.add_argument("--wireguard-port", type=int, metavar="PORT", help="the mesh's UDP port (default: 51820)")
+    p.add_argument(
+        "--wireguard-port",
+        type=value_type(units.parse_port),
+        metavar="PORT",
+        help="the mesh's UDP port (default: 51820)",
+    )
     p.add_argument(
         "--manager-listen-addr",
         type=value_type(units.parse_hostport),

@@ -51,7 +51,7 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "")
     """The whole table: re-applying the same endpoints gives the same text (sorted). `bridge`
     is the node's task bridge: published-port connections leaving by another link (to another
     node's task) are masqueraded."""
-    if not _TABLE_RE.match(table):
+    if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
     nat: list[str] = []
     unavailable: list[str] = []
@@ -115,7 +115,7 @@ def _published(ep: Endpoint, backends: list[str]) -> list[str]:
 
 
 def _quote(name: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name):
         raise ValueError(f"invalid interface name {name!r}")
     return f'"{name}"'
 
@@ -126,6 +126,6 @@ def _chain(name: str, hook: str, rules: str) -> str:
 
 def removal(table: str = TABLE) -> str:
     """The transaction that removes the table (creating it first makes it idempotent)."""
-    if not _TABLE_RE.match(table):
+    if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
     return f"table ip {table} {{}}\ndelete table ip {table}\n"

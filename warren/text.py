@@ -1,0 +1,28 @@
+"""Operator input echoed back: quoted and cut short in messages, control characters made
+visible in terminal output. Pure and stdlib-only (the CLI imports it at start-up)."""
+
+from __future__ import annotations
+
+import re
+
+MAX_SHOWN = 80  # characters of operator input echoed in a message
+# C0, DEL and C1: newlines, and the escapes a terminal obeys (ESC [ ..., and CSI, 0x9b, alone).
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(value: str, limit: int = MAX_SHOWN) -> str:
+    """`value` quoted for a message, cut at `limit` characters: an error must stay short (a reply's
+    message travels in gRPC metadata, which is bounded) however long the input was."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def has_control(text: str) -> bool:
+    """Whether `text` holds a control character."""
+    return CONTROL_RE.search(text) is not None
+
+
+def escape_control(text: str) -> str:
+    """`text` with each control character written as an escape (\\x1b), for a terminal."""
+    return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
