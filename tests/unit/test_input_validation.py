@@ -127,7 +127,10 @@ def test_env_names_accepted(name: str) -> None:
     check_spec(_spec(env={name: "value\nwith a newline is fine"}))
 
 
-@pytest.mark.parametrize("text", ["²", "٩", "１", "1²", "SIG²", "ＳＩＧＴＥＲＭ"])
+# Superscript two, Arabic-Indic nine, fullwidth one, fullwidth "SIGTERM".
+@pytest.mark.parametrize(
+    "text", ["\u00b2", "\u0669", "\uff11", "1\u00b2", "SIG\u00b2", "\uff33\uff29\uff27\uff34\uff25\uff32\uff2d"]
+)
 def test_stop_signal_takes_ascii_digits_only(text: str) -> None:
     with pytest.raises(ValidationError, match="invalid stop signal"):
         validate.signal_number(text)
@@ -135,7 +138,7 @@ def test_stop_signal_takes_ascii_digits_only(text: str) -> None:
         check_spec(_spec(stop_signal=text))
 
 
-@pytest.mark.parametrize("text", ["²", "٩", "１２", "8080²"])
+@pytest.mark.parametrize("text", ["\u00b2", "\u0669", "\uff11\uff12", "8080\u00b2"])
 def test_cli_numbers_take_ascii_digits_only(text: str) -> None:
     for parse in (units.parse_count, units.parse_port, units.parse_size, units.parse_cpus, units.parse_duration):
         with pytest.raises(ValueError, match="invalid"):
