@@ -40,6 +40,9 @@ REVOCATION_RETENTION = 400 * 24 * 3600.0
 # WireGuard key epochs (ADR 18) count rotations: far below what the state's encoding holds, so
 # that no value a node reports can make a later rotation overflow it.
 MAX_KEY_EPOCH = 2**31 - 1
+# The largest encoded command the Raft adapter proposes. Every manager applies each entry on the
+# one thread that applies the log, and ships it to every follower: a bigger one stalls all writes.
+MAX_COMMAND_BYTES = 1 << 20
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -243,6 +246,48 @@ class CodecError(ValueError):
 
 def encode(command: Command | Batch) -> bytes:
     return _encoder.encode(Envelope(CODEC_VERSION, command))
+
+
+def oversize_message(command: Command | Batch) -> str | None:
+    """Why `command` is too big to propose, or None if it is not (MAX_COMMAND_BYTES encoded)."""
+    size = len(encode(command))
+    if size <= MAX_COMMAND_BYTES:
+        return None
+    return (
+        f"the {type(command).__name__} request is too large: {size} bytes encoded, "
+        f"at most {MAX_COMMAND_BYTES} (fewer or shorter labels, env entries or arguments)"
+    )
+
+
+def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[ApplyPlan]:
+    """`plan` as consecutive plans that each encode to at most `max_bytes` (one if it does): a
+    pass over a big service must not become a command too large to propose. Stops (updates
+    and deletions) go before starts, so that a start finds the slot its predecessor freed; a
+    start that still finds it taken is skipped at apply time and redone by the next pass."""
+    if len(encode(plan)) <= max_bytes:
+        return [plan]
+    budget = max_bytes - len(encode(ApplyPlan()))
+    parts: list[ApplyPlan] = []
+    fields: dict[str, list] = {"node_status": [], "deleted": [], "updated": [], "created": []}
+    used = 0
+
+    def flush() -> None:
+        nonlocal used
+        if any(fields.values()):
+            parts.append(ApplyPlan(**{name: tuple(items) for name, items in fields.items()}))
+            for items in fields.values():
+                items.clear()
+        used = 0
+
+    for name in ("node_status", "deleted", "updated", "created"):
+        for item in getattr(plan, name):
+            size = len(_encoder.encode(item)) + 8  # the item plus its array header share
+            if used + size > budget:
+                flush()
+            fields[name].append(item)
+            used += size
+    flush()
+    return parts
 
 
 def decode(blob: bytes) -> Command | Batch:
@@ -474,7 +519,8 @@ def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]
     node = state.nodes.get(cmd.node_id)
     if node is None:
         return error("not_found", f"node {cmd.node_id} not found"), []
-    labels = {k: v for k, v in node.labels.items() if k not in cmd.labels_rm}
+    removed = frozenset(cmd.labels_rm)  # a set: this runs on the thread that applies the log
+    labels = {k: v for k, v in node.labels.items() if k not in removed}
     labels.update(cmd.labels_add)
     role = cmd.role or node.role
     desired = cmd.desired_role or node.desired_role
