@@ -125,7 +125,7 @@ def parse_seconds(text: str) -> float:
 def parse_key_value(text: str, what: str = "value", require_value: bool = True) -> tuple[str, str]:
     """("K", "V") from "K=V"; "K" alone gives ("K", "") unless a value is required."""
     key, sep, value = text.partition("=")
-    key = key.strip()
+    key = key.strip(" ")  # spaces only: a newline or tab is the manager's to refuse, not to hide
     if not key or (require_value and not sep):
         raise ValueError(f"invalid {what} {_shown(text)}: expected KEY=VALUE")
     return key, value
