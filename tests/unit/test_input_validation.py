@@ -224,3 +224,11 @@ def test_tables_and_fields_print_control_characters_escaped(capsys: pytest.Captu
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
     assert "\\x1b[2Jx" in out and "k=\\x1b]0;pwned\\x07" in out and "z=\\x9b31m" in out
+
+
+def test_an_image_user_in_other_digits_is_a_clear_failure_not_a_crash() -> None:
+    from warren.runtime.exec_driver import RuntimeFailure, _resolve_user
+
+    with pytest.raises(RuntimeFailure, match="unable to find user"):
+        _resolve_user("\u00b2")
+    assert _resolve_user("0:0") == (0, 0)

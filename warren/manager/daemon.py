@@ -106,7 +106,7 @@ class StartupError(Exception):
 
 def _split(addr: str, flag: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise StartupError(f"{flag} must be HOST:PORT (got {addr!r})")
     return host, int(port)
 

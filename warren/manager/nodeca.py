@@ -97,7 +97,7 @@ def peer_host(peer: str) -> str:
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
         host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit():
+        if sep and (port.isascii() and port.isdigit()):
             return host
         return rest
     return peer

@@ -522,15 +522,15 @@ def _resolve_user(user: str) -> tuple[int | None, int | None]:
     name, _, group = user.partition(":")
     entry = None
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+        entry = pwd.getpwuid(int(name)) if (name.isascii() and name.isdigit()) else pwd.getpwnam(name)
     except KeyError:
-        if not name.isdigit():
+        if not (name.isascii() and name.isdigit()):
             msg = f"unable to find user {name}: no matching entries in passwd file"
             raise RuntimeFailure(msg, permanent=True) from None
-    uid = int(name) if name.isdigit() else entry.pw_uid  # type: ignore[union-attr]
+    uid = int(name) if (name.isascii() and name.isdigit()) else entry.pw_uid  # type: ignore[union-attr]
     if not group:
         return uid, entry.pw_gid if entry else 0
-    if group.isdigit():
+    if group.isascii() and group.isdigit():
         return uid, int(group)
     try:
         return uid, grp.getgrnam(group).gr_gid
