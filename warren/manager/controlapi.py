@@ -28,6 +28,7 @@ from warren.text import shown
 from warren.validate import (
     MAX_ITEMS,
     MAX_REPLICAS,
+    RESERVED_PREFIX,
     ValidationError,
     check_label_key,
     check_labels,
@@ -97,6 +98,9 @@ def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...])
     has can always be removed, even one stored before these checks existed."""
     try:
         check_labels("node label", add)
+        reserved = next((key for key in remove if key.startswith(RESERVED_PREFIX)), None)
+        if reserved is not None:
+            raise ValidationError(f"node label keys starting with {RESERVED_PREFIX!r} are reserved ({shown(reserved)})")
         unknown = [key for key in remove if key not in node.labels]
         if len(unknown) > MAX_ITEMS:
             raise ValidationError(f"too many node labels to remove ({len(unknown)}, at most {MAX_ITEMS})")
@@ -104,9 +108,9 @@ def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...])
             check_label_key("node label", key)
     except ValidationError as exc:
         raise _invalid(str(exc)) from None
-    kept = {key for key in node.labels if key not in frozenset(remove)}
-    if add and len(kept | add.keys()) > MAX_ITEMS:
-        raise _invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {len(kept | add.keys())})")
+    left = len(node.labels.keys() - frozenset(remove) | add.keys())
+    if add and left > MAX_ITEMS:
+        raise _invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {left})")
 
 
 def _spec(msg: object) -> object:
