@@ -29,6 +29,7 @@ from warren.model import (
 from warren.network import ipam
 from warren.scheduler import fits, reserved_by_node
 from warren.state import Change, ClusterState, Delete, Put
+from warren.text import shown
 from warren.validate import ValidationError, check_ports_free
 
 CODEC_VERSION = 1
@@ -378,7 +379,7 @@ def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Ch
     elif cmd.role == "manager":
         cluster = msgspec.structs.replace(state.cluster, manager_token_secret=cmd.secret)
     else:
-        return error("invalid_argument", f"unknown role {cmd.role!r}"), []
+        return error("invalid_argument", f"unknown role {shown(cmd.role)}"), []
     return OK, [Put("cluster", cluster)]
 
 
@@ -602,7 +603,7 @@ def _ports_taken(state: ClusterState, spec: ServiceSpec, service_id: str) -> Res
 def _create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Changes]:
     name = cmd.service.spec.name
     if state.service_by_name(name) is not None:
-        return error("already_exists", f"service name {name!r} is already in use"), []
+        return error("already_exists", f"service name {shown(name)} is already in use"), []
     if (taken := _ports_taken(state, cmd.service.spec, cmd.service.id)) is not None:
         return taken, []
     if cmd.service.id in state.services:

@@ -612,7 +612,7 @@ def parse_tail(text: str) -> int:
     try:
         return units.parse_count(text)
     except ValueError:
-        raise ValueError(f"invalid --tail {text!r}: use a number of lines or 'all'") from None
+        raise ValueError(f"invalid --tail {shown(text)}: use a number of lines or 'all'") from None
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -627,7 +627,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"invalid --since {text!r}: use a duration (10m) or a time (2025-01-02T10:00:00Z)") from None
+        raise ValueError(
+            f"invalid --since {shown(text)}: use a duration (10m) or a time (2025-01-02T10:00:00Z)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # a time without a zone is local time, as `date` shows it
     return moment.timestamp()

@@ -49,6 +49,7 @@ from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
 from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
 from warren.network import ipam
+from warren.text import shown
 
 log = logging.getLogger("warren.manager")
 
@@ -107,7 +108,7 @@ class StartupError(Exception):
 def _split(addr: str, flag: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
     if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-        raise StartupError(f"{flag} must be HOST:PORT (got {addr!r})")
+        raise StartupError(f"{flag} must be HOST:PORT (got {shown(addr)})")
     return host, int(port)
 
 
