@@ -23,6 +23,16 @@ def has_control(text: str) -> bool:
     return CONTROL_RE.search(text) is not None
 
 
+def ascii_int(text: str) -> int | None:
+    """The value of `text` if it is ASCII digits only, else None. str.isdigit() also takes "²"
+    (which int() then refuses) and int() takes other scripts' digits ("٩"). Past 19 digits the
+    value is beyond any bound Warren checks (and int() refuses strings of thousands of digits
+    with a plain ValueError), so it comes back as 10**19."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= 19 else 10**19
+
+
 def escape_control(text: str) -> str:
     """`text` with each control character written as an escape (\\x1b), for a terminal."""
     return CONTROL_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)

@@ -9,7 +9,7 @@ import signal
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import ServiceMode, ServiceSpec
 from warren.state import ClusterState
-from warren.text import has_control, shown
+from warren.text import ascii_int, has_control, shown
 
 # Every pattern here is used with fullmatch: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
@@ -38,14 +38,6 @@ ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 class ValidationError(ValueError):
     """Invalid operator input; str() is the message to show."""
-
-
-def ascii_int(text: str) -> int | None:
-    """The value of `text` if it is ASCII digits only, else None. int() alone also takes other
-    scripts' digits ("٩") and str.isdigit() superscripts ("²"), which int() then refuses."""
-    if text and text.isascii() and text.isdigit():
-        return int(text)
-    return None
 
 
 def check_name(kind: str, name: str) -> None:

@@ -232,3 +232,12 @@ def test_an_image_user_in_other_digits_is_a_clear_failure_not_a_crash() -> None:
     with pytest.raises(RuntimeFailure, match="unable to find user"):
         _resolve_user("\u00b2")
     assert _resolve_user("0:0") == (0, 0)
+
+
+def test_thousands_of_digits_are_a_validation_error_not_a_crash() -> None:
+    """int() refuses strings of more than 4300 digits with a plain ValueError, which the API
+    would report as INTERNAL."""
+    with pytest.raises(ValidationError, match="invalid stop signal"):
+        validate.signal_number("9" * 5000)
+    with pytest.raises(ValidationError, match="invalid stop signal"):
+        check_spec(_spec(stop_signal="9" * 5000))

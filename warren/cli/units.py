@@ -13,6 +13,7 @@ import re
 from decimal import Decimal
 
 from warren.text import CONTROL_RE as _CONTROL_RE
+from warren.text import ascii_int
 from warren.text import shown as _shown
 
 _SIZE_UNITS = {
@@ -50,15 +51,6 @@ NANO = 1_000_000_000
 MAX_INT64 = 2**63 - 1  # sizes and nano-CPUs travel as int64
 MAX_COUNT = 2**31 - 1  # counts travel as int32 at the narrowest (retries, max attempts)
 MAX_DURATION = 366 * 24 * 3600  # a year, as the manager's own bound: longer is a typo
-
-
-def _ascii_int(text: str) -> int | None:
-    """The value of ASCII digits, else None: str.isdigit() takes "²", which int() then refuses,
-    and int() takes "٩". Past 19 digits the value is out of every range here anyway (and int()
-    refuses strings of thousands of digits)."""
-    if not (text.isascii() and text.isdigit()):
-        return None
-    return int(text) if len(text) <= 19 else 10**19
 
 
 def parse_size(text: str) -> int:
@@ -106,7 +98,7 @@ def parse_cpus(text: str) -> int:
 
 def parse_count(text: str) -> int:
     """A non-negative integer, e.g. a replica count."""
-    value = _ascii_int(text.strip(" "))
+    value = ascii_int(text.strip(" "))
     if value is None:
         raise ValueError(f"invalid count {_shown(text)}: expected a whole number >= 0")
     if value > MAX_COUNT:
@@ -136,14 +128,14 @@ def parse_hostport(text: str) -> str:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    number = _ascii_int(port)
+    number = ascii_int(port)
     if not sep or not host or number is None or not 0 < number < 65536 or _CONTROL_RE.search(host):
         raise ValueError(f"invalid address {_shown(text)}: expected HOST:PORT, e.g. 127.0.0.1:4242")
     return text
 
 
 def parse_port(text: str) -> int:
-    number = _ascii_int(text)
+    number = ascii_int(text)
     if number is None or not 0 < number < 65536:
         raise ValueError(f"invalid port {_shown(text)}: expected 1-65535")
     return number

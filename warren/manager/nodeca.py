@@ -26,7 +26,7 @@ from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.manager.store import Store
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
-from warren.text import shown
+from warren.text import ascii_int, shown
 from warren.validate import NAME_RE
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def peer_host(peer: str) -> str:
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
         host, sep, port = rest.rpartition(":")
-        if sep and (port.isascii() and port.isdigit()):
+        if sep and ascii_int(port) is not None:
             return host
         return rest
     return peer
