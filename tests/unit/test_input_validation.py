@@ -15,7 +15,8 @@ from warren.agent import settings as agent_settings
 from warren.cli import output, units
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import HealthCheck, ServiceSpec
-from warren.runtime.containerd import registry
+from warren.network import lb
+from warren.runtime.containerd import oci, registry
 from warren.text import MAX_SHOWN, escape_control, shown
 from warren.validate import ValidationError, check_spec
 
@@ -68,6 +69,10 @@ VALIDATORS: dict[str, tuple[Callable[[str], object], str]] = {
     "cli address": (units.parse_hostport, "127.0.0.1:4242"),
     "registry reference": (registry.parse_reference, "registry.local:5000/team/app:1.0"),
     "agent interface name": (lambda s: agent_settings.AgentSettings(wireguard_interface=s).check(), "wg-warren"),
+    "agent cgroup parent": (agent_settings.check_cgroup_parent, "/warren/node1"),
+    "nftables table": (lambda s: lb.removal(s), "warren"),
+    "image user": (oci.parse_user, "1000:100"),
+    "cli key=value": (lambda s: validate.check_labels("label", dict([units.parse_key_value(s)])), "tier=front"),
 }
 
 
@@ -227,6 +232,9 @@ def test_tables_and_fields_print_control_characters_escaped(capsys: pytest.Captu
 
 
 def test_an_image_user_in_other_digits_is_a_clear_failure_not_a_crash() -> None:
+    for user in ("\u0669", " 5", "5\n", "1:\u00b2", str(2**32), "9" * 5000):
+        with pytest.raises(oci.SpecError):
+            oci.parse_user(user)
     from warren.runtime.exec_driver import RuntimeFailure, _resolve_user
 
     with pytest.raises(RuntimeFailure, match="unable to find user"):
