@@ -701,7 +701,7 @@ class _Addresses:
 
     def __init__(self, state: ClusterState) -> None:
         self._state = state
-        self._by_node: dict[str, dict[str, ipaddress.IPv4Address]] = {}
+        self._pools: dict[str, ipam.AddressPool] = {}  # one per node: linear in the node's tasks
         self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
 
     def assign(self, task: Task, node_id: str) -> Task | None:
@@ -713,20 +713,20 @@ class _Addresses:
             return task
         if node_id in self._full:
             return None
-        current = self._by_node.get(node_id)
-        if current is None:
-            current = self._by_node[node_id] = {
-                t.id: ipaddress.IPv4Address(t.overlay_address)
-                for t in self._state.node_tasks(node_id)
-                if t.overlay_address and not t.state.terminal and t.id != task.id
-            }
         try:
-            allocated = ipam.allocate_address(ipaddress.IPv4Network(node.overlay_subnet), current, task.id)
+            pool = self._pools.get(node_id)
+            if pool is None:
+                current = {
+                    t.id: ipaddress.IPv4Address(t.overlay_address)
+                    for t in self._state.node_tasks(node_id)
+                    if t.overlay_address and not t.state.terminal and t.id != task.id
+                }
+                pool = self._pools[node_id] = ipam.AddressPool(ipaddress.IPv4Network(node.overlay_subnet), current)
+            address = pool.allocate(task.id)
         except (ipam.IpamError, ValueError) as exc:
             self._full[node_id] = f"no overlay address: {exc}"
             return None
-        current[task.id] = allocated[task.id]
-        return msgspec.structs.replace(task, overlay_address=str(allocated[task.id]))
+        return msgspec.structs.replace(task, overlay_address=str(address))
 
 
 class _Placement:
