@@ -29,6 +29,7 @@ from warren.model import (
 from warren.network import ipam
 from warren.scheduler import fits, reserved_by_node
 from warren.state import Change, ClusterState, Delete, Put
+from warren.text import shown
 from warren.validate import ValidationError, check_ports_free
 
 CODEC_VERSION = 1
@@ -40,6 +41,9 @@ REVOCATION_RETENTION = 400 * 24 * 3600.0
 # WireGuard key epochs (ADR 18) count rotations: far below what the state's encoding holds, so
 # that no value a node reports can make a later rotation overflow it.
 MAX_KEY_EPOCH = 2**31 - 1
+# The largest encoded command the Raft adapter proposes. Every manager applies each entry on the
+# one thread that applies the log, and ships it to every follower: a bigger one stalls all writes.
+MAX_COMMAND_BYTES = 1 << 20
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -245,6 +249,48 @@ def encode(command: Command | Batch) -> bytes:
     return _encoder.encode(Envelope(CODEC_VERSION, command))
 
 
+def oversize_message(command: Command | Batch) -> str | None:
+    """Why `command` is too big to propose, or None if it is not (MAX_COMMAND_BYTES encoded)."""
+    size = len(encode(command))
+    if size <= MAX_COMMAND_BYTES:
+        return None
+    return (
+        f"the {type(command).__name__} request is too large: {size} bytes encoded, "
+        f"at most {MAX_COMMAND_BYTES} (fewer or shorter labels, env entries or arguments)"
+    )
+
+
+def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[ApplyPlan]:
+    """`plan` as consecutive plans that each encode to at most `max_bytes` (one if it does): a
+    pass over a big service must not become a command too large to propose. Stops (updates
+    and deletions) go before starts, so that a start finds the slot its predecessor freed; a
+    start that still finds it taken is skipped at apply time and redone by the next pass."""
+    if len(encode(plan)) <= max_bytes:
+        return [plan]
+    budget = max_bytes - len(encode(ApplyPlan()))
+    parts: list[ApplyPlan] = []
+    fields: dict[str, list] = {"node_status": [], "deleted": [], "updated": [], "created": []}
+    used = 0
+
+    def flush() -> None:
+        nonlocal used
+        if any(fields.values()):
+            parts.append(ApplyPlan(**{name: tuple(items) for name, items in fields.items()}))
+            for items in fields.values():
+                items.clear()
+        used = 0
+
+    for name in ("node_status", "deleted", "updated", "created"):
+        for item in getattr(plan, name):
+            size = len(_encoder.encode(item)) + 8  # the item plus its array header share
+            if used + size > budget:
+                flush()
+            fields[name].append(item)
+            used += size
+    flush()
+    return parts
+
+
 def decode(blob: bytes) -> Command | Batch:
     try:
         envelope = _decoder.decode(blob)
@@ -333,7 +379,7 @@ def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Ch
     elif cmd.role == "manager":
         cluster = msgspec.structs.replace(state.cluster, manager_token_secret=cmd.secret)
     else:
-        return error("invalid_argument", f"unknown role {cmd.role!r}"), []
+        return error("invalid_argument", f"unknown role {shown(cmd.role)}"), []
     return OK, [Put("cluster", cluster)]
 
 
@@ -474,7 +520,8 @@ def _update_node(state: ClusterState, cmd: UpdateNode) -> tuple[Result, Changes]
     node = state.nodes.get(cmd.node_id)
     if node is None:
         return error("not_found", f"node {cmd.node_id} not found"), []
-    labels = {k: v for k, v in node.labels.items() if k not in cmd.labels_rm}
+    removed = frozenset(cmd.labels_rm)  # a set: this runs on the thread that applies the log
+    labels = {k: v for k, v in node.labels.items() if k not in removed}
     labels.update(cmd.labels_add)
     role = cmd.role or node.role
     desired = cmd.desired_role or node.desired_role
@@ -556,7 +603,7 @@ def _ports_taken(state: ClusterState, spec: ServiceSpec, service_id: str) -> Res
 def _create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Changes]:
     name = cmd.service.spec.name
     if state.service_by_name(name) is not None:
-        return error("already_exists", f"service name {name!r} is already in use"), []
+        return error("already_exists", f"service name {shown(name)} is already in use"), []
     if (taken := _ports_taken(state, cmd.service.spec, cmd.service.id)) is not None:
         return taken, []
     if cmd.service.id in state.services:
@@ -654,7 +701,7 @@ class _Addresses:
 
     def __init__(self, state: ClusterState) -> None:
         self._state = state
-        self._by_node: dict[str, dict[str, ipaddress.IPv4Address]] = {}
+        self._pools: dict[str, ipam.AddressPool] = {}  # one per node: linear in the node's tasks
         self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
 
     def assign(self, task: Task, node_id: str) -> Task | None:
@@ -666,20 +713,20 @@ class _Addresses:
             return task
         if node_id in self._full:
             return None
-        current = self._by_node.get(node_id)
-        if current is None:
-            current = self._by_node[node_id] = {
-                t.id: ipaddress.IPv4Address(t.overlay_address)
-                for t in self._state.node_tasks(node_id)
-                if t.overlay_address and not t.state.terminal and t.id != task.id
-            }
         try:
-            allocated = ipam.allocate_address(ipaddress.IPv4Network(node.overlay_subnet), current, task.id)
+            pool = self._pools.get(node_id)
+            if pool is None:
+                current = {
+                    t.id: ipaddress.IPv4Address(t.overlay_address)
+                    for t in self._state.node_tasks(node_id)
+                    if t.overlay_address and not t.state.terminal and t.id != task.id
+                }
+                pool = self._pools[node_id] = ipam.AddressPool(ipaddress.IPv4Network(node.overlay_subnet), current)
+            address = pool.allocate(task.id)
         except (ipam.IpamError, ValueError) as exc:
             self._full[node_id] = f"no overlay address: {exc}"
             return None
-        current[task.id] = allocated[task.id]
-        return msgspec.structs.replace(task, overlay_address=str(allocated[task.id]))
+        return msgspec.structs.replace(task, overlay_address=str(address))
 
 
 class _Placement:

@@ -12,14 +12,17 @@ from collections.abc import Iterable
 from typing import Literal
 
 from warren.model import Node
+from warren.text import has_control, shown
 
 Op = Literal["==", "!="]
 
 LABEL_PREFIX = "node.labels."
 _PLAIN_FIELDS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
 _ROLES = ("manager", "worker")
-_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]*$")
-_VALUE_RE = re.compile(r"^[^\s=!]+$")
+# Used with fullmatch: `$` also matches before a trailing newline.
+_LABEL_KEY_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
+_VALUE_RE = re.compile(r"[^\s=!\x00-\x1f\x7f-\x9f]+")
+
 _SYNTAX = "expected FIELD==VALUE or FIELD!=VALUE, with FIELD one of " + ", ".join((*_PLAIN_FIELDS, "node.labels.KEY"))
 
 
@@ -76,22 +79,26 @@ class Constraint:
 
 def parse_constraint(text: str) -> Constraint:
     """Parse one constraint; raises ConstraintError saying what is wrong and what is expected."""
-    stripped = text.strip()
+    if has_control(text):  # strip() below would hide a newline or tab around the field
+        raise ConstraintError(f"invalid constraint {shown(text)}: it contains control characters")
+    stripped = text.strip(" ")
     found = [(i, op) for op in ("==", "!=") for i in _find_all(stripped, op)]
     if len(found) != 1:
         problem = "no operator" if not found else "more than one operator"
-        raise ConstraintError(f"invalid constraint {text!r}: {problem}; {_SYNTAX}")
+        raise ConstraintError(f"invalid constraint {shown(text)}: {problem}; {_SYNTAX}")
     index, op = found[0]
-    raw_field, value = stripped[:index].strip(), stripped[index + 2 :].strip()
+    raw_field, value = stripped[:index].strip(" "), stripped[index + 2 :].strip(" ")
     field = _canonical_field(text, raw_field)
     if not value:
-        raise ConstraintError(f"invalid constraint {text!r}: the value after {op} is empty")
-    if not _VALUE_RE.match(value):
-        raise ConstraintError(f"invalid constraint {text!r}: the value {value!r} may not contain spaces, '=' or '!'")
+        raise ConstraintError(f"invalid constraint {shown(text)}: the value after {op} is empty")
+    if not _VALUE_RE.fullmatch(value):
+        raise ConstraintError(
+            f"invalid constraint {shown(text)}: the value {shown(value)} may not contain spaces, '=' or '!'"
+        )
     if field == "node.role":
         value = value.lower()
         if value not in _ROLES:
-            raise ConstraintError(f"invalid constraint {text!r}: node.role must be manager or worker")
+            raise ConstraintError(f"invalid constraint {shown(text)}: node.role must be manager or worker")
     return Constraint(field, op, value)  # type: ignore[arg-type]
 
 
@@ -114,13 +121,13 @@ def _find_all(text: str, needle: str) -> list[int]:
 def _canonical_field(text: str, raw: str) -> str:
     """Field names are case-insensitive (as in Docker); label keys keep their case."""
     if not raw:
-        raise ConstraintError(f"invalid constraint {text!r}: the field before the operator is empty; {_SYNTAX}")
+        raise ConstraintError(f"invalid constraint {shown(text)}: the field before the operator is empty; {_SYNTAX}")
     lowered = raw.lower()
     if lowered in _PLAIN_FIELDS:
         return lowered
     if lowered.startswith(LABEL_PREFIX):
         key = raw[len(LABEL_PREFIX) :]
-        if not _LABEL_KEY_RE.match(key):
-            raise ConstraintError(f"invalid constraint {text!r}: bad label key {key!r}")
+        if not _LABEL_KEY_RE.fullmatch(key):
+            raise ConstraintError(f"invalid constraint {shown(text)}: bad label key {shown(key)}")
         return LABEL_PREFIX + key
-    raise ConstraintError(f"invalid constraint {text!r}: unknown field {raw!r}; {_SYNTAX}")
+    raise ConstraintError(f"invalid constraint {shown(text)}: unknown field {shown(raw)}; {_SYNTAX}")

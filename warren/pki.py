@@ -331,9 +331,9 @@ def new_token_secret() -> str:
 
 def make_join_token(fingerprint: str, secret: str) -> str:
     """Assemble ``WRNTKN-1-<ca sha256 hex>-<secret>``."""
-    if not _FINGERPRINT_RE.match(fingerprint):
+    if not _FINGERPRINT_RE.fullmatch(fingerprint):
         raise TokenError("CA fingerprint must be 64 lowercase hex characters (sha256)")
-    if not _SECRET_RE.match(secret):
+    if not _SECRET_RE.fullmatch(secret):
         raise TokenError(f"token secret must be at least {TOKEN_SECRET_LENGTH} characters of [a-z0-9]")
     return f"{TOKEN_PREFIX}-{TOKEN_VERSION}-{fingerprint}-{secret}"
 
@@ -347,9 +347,9 @@ def parse_join_token(token: str) -> JoinToken:
     if version != TOKEN_VERSION:
         raise TokenError(f"join token is malformed: unsupported version {version!r}, expected {_TOKEN_SHAPE}")
     fingerprint = fingerprint.lower()
-    if not _FINGERPRINT_RE.match(fingerprint):
+    if not _FINGERPRINT_RE.fullmatch(fingerprint):
         raise TokenError(f"join token is malformed: the CA hash must be 64 hex characters; expected {_TOKEN_SHAPE}")
-    if not _SECRET_RE.match(secret):
+    if not _SECRET_RE.fullmatch(secret):
         raise TokenError(
             f"join token is malformed: the secret must be at least {TOKEN_SECRET_LENGTH} characters of [a-z0-9];"
             f" expected {_TOKEN_SHAPE}"
@@ -427,7 +427,7 @@ def _check_public_key(public_key: object) -> None:
 
 
 def _check_node_id(node_id: str) -> None:
-    if not _NODE_ID_RE.match(node_id):
+    if not _NODE_ID_RE.fullmatch(node_id):
         raise PkiError(f"node id {node_id!r} is not usable in a certificate: it must be 1-63 of [A-Za-z0-9-]")
 
 

@@ -9,8 +9,10 @@ import signal
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import ServiceMode, ServiceSpec
 from warren.state import ClusterState
+from warren.text import ascii_int, has_control, shown
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+# Every pattern here is used with fullmatch: `$` also matches before a trailing newline.
+NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 MAX_REPLICAS = 100_000
 HEALTH_KINDS = ("cmd", "http", "tcp")
 MAX_SECONDS = 366 * 24 * 3600  # a year: longer durations are typos
@@ -18,6 +20,10 @@ MAX_KEY = 128
 MAX_VALUE = 4096
 MAX_ITEMS = 256  # env entries, labels, constraints, ports, command words
 MAX_ARGV_BYTES = 64 * 1024
+MAX_IMAGE = 512
+MAX_CONSTRAINT = 1024
+MAX_HEALTH_TARGET = 2048
+MAX_HEALTH_RETRIES = 10_000
 MAX_SIGNAL = 64  # Linux: 1-31 standard, 32-64 real-time
 RESERVED_PREFIX = "warren."
 # Log streaming (ADR 14): one PublishLogs batch, and one line (longer lines travel in pieces).
@@ -33,7 +39,10 @@ MAX_SPEC_BYTES = 256 * 1024
 # length) or msgpack (type, length) put around it, so `spec_size` bounds both encodings.
 _SPEC_ITEM_OVERHEAD = 16
 _SPEC_FIXED_OVERHEAD = 512  # numbers, enums and nested messages' headers
-_PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f\s]+$")
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\s]+")  # no control characters (C0, DEL, C1), no spaces
+# Environment variable names: POSIX's portable rule (letters, digits, '_', not starting with a
+# digit), plus '.' and '-', which Java-style settings use and Docker accepts.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 class ValidationError(ValueError):
@@ -41,9 +50,10 @@ class ValidationError(ValueError):
 
 
 def check_name(kind: str, name: str) -> None:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise ValidationError(
-            f"invalid {kind} name {name!r}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
+            f"invalid {kind} name {shown(name)}: use 1-63 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
         )
 
 
@@ -55,16 +65,25 @@ def check_seconds(what: str, value: float, allow_zero: bool = True) -> None:
         raise ValidationError(f"{what} must be a number of seconds between {low} and a year (got {value})")
 
 
+def check_label_key(what: str, key: str, reserved_ok: bool = False) -> None:
+    if not key or "=" in key or len(key) > MAX_KEY or not _PRINTABLE.fullmatch(key):
+        raise ValidationError(
+            f"invalid {what} key {shown(key)}: use 1-{MAX_KEY} printable characters without spaces or '='"
+        )
+    if not reserved_ok and key.startswith(RESERVED_PREFIX):
+        raise ValidationError(f"{what} keys starting with {RESERVED_PREFIX!r} are reserved ({shown(key)})")
+
+
 def check_labels(what: str, labels: dict[str, str], reserved_ok: bool = False) -> None:
     if len(labels) > MAX_ITEMS:
         raise ValidationError(f"too many {what}s ({len(labels)}, at most {MAX_ITEMS})")
     for key, value in labels.items():
-        if not key or "=" in key or len(key) > MAX_KEY or not _PRINTABLE.match(key):
-            raise ValidationError(f"invalid {what} key {key!r}")
-        if not reserved_ok and key.startswith(RESERVED_PREFIX):
-            raise ValidationError(f"{what} keys starting with {RESERVED_PREFIX!r} are reserved ({key!r})")
-        if len(value) > MAX_VALUE or "\x00" in value:
-            raise ValidationError(f"{what} {key!r} has a value that is too long or contains NUL")
+        check_label_key(what, key, reserved_ok)
+        if len(value) > MAX_VALUE or has_control(value):
+            raise ValidationError(
+                f"{what} {shown(key)} has a value that is longer than {MAX_VALUE} characters "
+                "or contains control characters"
+            )
 
 
 def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int, memory_bytes: int) -> None:
@@ -75,20 +94,20 @@ def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int
         raise ValidationError("node resources cannot be negative")
 
 
-_WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")  # base64 of exactly 32 bytes
-_HOSTPORT_RE = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+_WG_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")  # base64 of exactly 32 bytes
+_HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 
 def check_hostport(what: str, value: str) -> None:
     """`value` is HOST:PORT ([IPv6]:PORT too) with a port from 1 to 65535."""
-    match = _HOSTPORT_RE.match(value)
+    match = _HOSTPORT_RE.fullmatch(value)
     if not match or not 0 < int(match.group(2)) < 65536:
-        raise ValidationError(f"{what} must be HOST:PORT (got {value[:80]!r})")
+        raise ValidationError(f"{what} must be HOST:PORT (got {shown(value)})")
 
 
 def check_wireguard(public_key: str, endpoint: str) -> None:
     """A node's WireGuard public key (base64, 32 bytes) and endpoint (HOST:PORT); both optional."""
-    if public_key and not _WG_KEY_RE.match(public_key):
+    if public_key and not _WG_KEY_RE.fullmatch(public_key):
         raise ValidationError("the WireGuard public key must be 32 bytes in base64, as `wg pubkey` prints it")
     if endpoint:
         check_hostport("the WireGuard endpoint", endpoint)
@@ -97,20 +116,74 @@ def check_wireguard(public_key: str, endpoint: str) -> None:
 def signal_number(text: str) -> int:
     """A stop signal as its number: a name (`SIGQUIT`, `QUIT`, any case) or a number from 1 to
     MAX_SIGNAL. Raises ValidationError otherwise."""
-    name = text.strip().upper()
-    if name.isdigit():
-        number = int(name)
+    name = text.strip(" ").upper()  # spaces only: "SIGTERM\n" is refused, not stored as it is
+    number = ascii_int(name)
+    if number is not None:
         if 1 <= number <= MAX_SIGNAL:
             return number
-    elif name:
+    elif name and not name.isdigit() and name.isascii():
         try:
             return int(signal.Signals[name if name.startswith("SIG") else f"SIG{name}"])
         except KeyError:
             pass
     raise ValidationError(
-        f"invalid stop signal {text!r}: use a signal name such as SIGTERM, TERM or SIGQUIT, "
+        f"invalid stop signal {shown(text)}: use a signal name such as SIGTERM, TERM or SIGQUIT, "
         f"or a number from 1 to {MAX_SIGNAL}"
     )
+
+
+def _check_argv(what: str, argv: tuple[str, ...]) -> None:
+    if len(argv) > MAX_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES or any("\x00" in a for a in argv):
+        raise ValidationError(f"{what} is too long (at most {MAX_ITEMS} words, {MAX_ARGV_BYTES} bytes) or contains NUL")
+
+
+def _check_health(spec: ServiceSpec) -> None:
+    h = spec.health
+    if h is None:
+        return
+    if h.kind not in HEALTH_KINDS:
+        raise ValidationError(f"health check kind must be one of {', '.join(HEALTH_KINDS)} (got {shown(h.kind)})")
+    check_seconds("the health interval", h.interval, allow_zero=False)
+    check_seconds("the health timeout", h.timeout, allow_zero=False)
+    check_seconds("the health start period", h.start_period)
+    if not 1 <= h.retries <= MAX_HEALTH_RETRIES:
+        raise ValidationError(f"health retries must be between 1 and {MAX_HEALTH_RETRIES}")
+    _check_argv("the health check command", h.command)
+    if len(h.target) > MAX_HEALTH_TARGET or (h.target and not _PRINTABLE.fullmatch(h.target)):
+        raise ValidationError(
+            f"invalid health check target {shown(h.target)}: at most {MAX_HEALTH_TARGET} characters, "
+            "no spaces or control characters"
+        )
+    if h.kind == "cmd" and not h.command:
+        raise ValidationError("a command health check needs a command")
+    if h.kind in ("http", "tcp") and not h.target:
+        raise ValidationError(f"an {h.kind} health check needs a target")
+    if h.kind == "tcp":
+        check_hostport("a tcp health check target", h.target)
+    if h.kind == "http" and not h.target.startswith(("http://", "https://")):
+        raise ValidationError(f"an http health check target is an http:// or https:// URL (got {shown(h.target)})")
+
+
+def check_env(env: dict[str, str]) -> None:
+    if len(env) > MAX_ITEMS:
+        raise ValidationError(f"too many environment variables (at most {MAX_ITEMS})")
+    for key, value in env.items():
+        if len(key) > MAX_KEY or not ENV_NAME_RE.fullmatch(key):
+            raise ValidationError(
+                f"invalid environment variable name {shown(key)}: use letters, digits, '_', '.' or '-', "
+                f"not starting with a digit, at most {MAX_KEY} characters"
+            )
+        if len(value) > MAX_VALUE * 16 or "\x00" in value:
+            raise ValidationError(f"environment variable {key} is too long or contains NUL")
+
+
+def check_constraint(text: str) -> None:
+    if len(text) > MAX_CONSTRAINT:
+        raise ValidationError(f"constraint {shown(text)} is longer than {MAX_CONSTRAINT} characters")
+    try:
+        parse_constraint(text)
+    except ConstraintError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def check_spec(spec: ServiceSpec) -> None:
@@ -118,28 +191,19 @@ def check_spec(spec: ServiceSpec) -> None:
     check_name("service", spec.name)
     if not spec.image.strip():
         raise ValidationError("an image is required (--image)")
-    if len(spec.image) > 512 or not _PRINTABLE.match(spec.image):
-        raise ValidationError(f"invalid image reference {spec.image!r}")
-    argv = spec.command + spec.args
-    if len(argv) > MAX_ITEMS or sum(len(a) for a in argv) > MAX_ARGV_BYTES or any("\x00" in a for a in argv):
-        raise ValidationError("the command is too long or contains NUL")
+    if len(spec.image) > MAX_IMAGE or not _PRINTABLE.fullmatch(spec.image):
+        raise ValidationError(f"invalid image reference {shown(spec.image)}")
+    _check_argv("the command", spec.command + spec.args)
     check_labels("service label", spec.labels)
     if len(spec.constraints) > MAX_ITEMS or len(spec.ports) > MAX_ITEMS:
         raise ValidationError(f"at most {MAX_ITEMS} constraints and {MAX_ITEMS} ports")
     check_seconds("the restart delay", spec.restart.delay)
     check_seconds("the restart window", spec.restart.window)
     check_seconds("the stop grace period", spec.stop_grace_period)
-    if spec.health is not None:
-        check_seconds("the health interval", spec.health.interval, allow_zero=False)
-        check_seconds("the health timeout", spec.health.timeout, allow_zero=False)
-        check_seconds("the health start period", spec.health.start_period)
     if spec.mode == ServiceMode.REPLICATED and not 0 <= spec.replicas <= MAX_REPLICAS:
         raise ValidationError(f"replicas must be between 0 and {MAX_REPLICAS}")
     for text in spec.constraints:
-        try:
-            parse_constraint(text)
-        except ConstraintError as exc:
-            raise ValidationError(str(exc)) from None
+        check_constraint(text)
     for label, res in (("reservation", spec.reservations), ("limit", spec.limits)):
         if res.nano_cpus < 0 or res.memory_bytes < 0:
             raise ValidationError(f"a resource {label} cannot be negative")
@@ -154,36 +218,21 @@ def check_spec(spec: ServiceSpec) -> None:
         raise ValidationError("the stop grace period cannot be negative")
     if spec.stop_signal:
         signal_number(spec.stop_signal)
-    if spec.health is not None:
-        h = spec.health
-        if h.kind not in HEALTH_KINDS:
-            raise ValidationError(f"health check kind must be one of {', '.join(HEALTH_KINDS)}")
-        if h.kind == "cmd" and not h.command:
-            raise ValidationError("a command health check needs a command")
-        if h.kind in ("http", "tcp") and not h.target:
-            raise ValidationError(f"an {h.kind} health check needs a target")
-        if h.interval <= 0 or h.timeout <= 0 or h.retries < 1 or h.start_period < 0:
-            raise ValidationError("health interval and timeout must be positive, retries at least 1")
+    _check_health(spec)
     seen: set[tuple[int, str]] = set()
     for port in spec.ports:
         if not 1 <= port.target <= 65535 or not 0 <= port.published <= 65535:
             raise ValidationError(f"port {port.published}:{port.target} is out of range (1-65535)")
         if port.protocol not in ("tcp", "udp"):
-            raise ValidationError(f"port protocol must be tcp or udp (got {port.protocol!r})")
+            raise ValidationError(f"port protocol must be tcp or udp (got {shown(port.protocol)})")
         if port.mode not in ("ingress", "host"):
-            raise ValidationError(f"port mode must be ingress or host (got {port.mode!r})")
+            raise ValidationError(f"port mode must be ingress or host (got {shown(port.mode)})")
         if port.published:
             key = (port.published, port.protocol)
             if key in seen:
                 raise ValidationError(f"published port {port.published}/{port.protocol} is listed twice")
             seen.add(key)
-    if len(spec.env) > MAX_ITEMS:
-        raise ValidationError(f"too many environment variables (at most {MAX_ITEMS})")
-    for key, value in spec.env.items():
-        if not key or "=" in key or "\x00" in key or len(key) > MAX_KEY:
-            raise ValidationError(f"invalid environment variable name {key!r}")
-        if len(value) > MAX_VALUE * 16 or "\x00" in value:
-            raise ValidationError(f"environment variable {key} is too long or contains NUL")
+    check_env(spec.env)
 
 
 def spec_size(spec: ServiceSpec) -> int:

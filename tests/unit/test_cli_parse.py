@@ -287,13 +287,39 @@ def run_cli(*argv: str, config: Path | None = None) -> subprocess.CompletedProce
         (["node", "update", "n1"], "nothing to change"),
         (["service", "create", "web", "--image", "x", "--stop-signal", "SIGNOPE"], "invalid stop signal 'SIGNOPE'"),
         (["service", "create", "web", "--image", "x", "--stop-signal", "65"], "a number from 1 to 64"),
+        # Numbers out of range (issue #10): a clear line and exit 2, never "internal error: ValueError".
+        (["service", "create", "web", "--image", "x", "--replicas", "99999999999999999999999"], "at most 2147483647"),
+        (["service", "create", "web", "--image", "x", "--replicas", "9" * 5000], "at most 2147483647"),
+        (["service", "create", "web", "--image", "x", "--reserve-cpu", "1e30"], "invalid CPU count '1e30'"),
+        (["service", "create", "web", "--image", "x", "--limit-cpu", "99999999999"], "at most 9223372036 cores"),
+        (["service", "create", "web", "--image", "x", "--reserve-memory", "99999999999T"], "at most"),
+        (["service", "create", "web", "--image", "x", "--limit-memory", "1e3"], "invalid size '1e3'"),
+        (["service", "create", "web", "--image", "x", "--restart-delay", "99999999h"], "at most a year"),
+        (["service", "create", "web", "--image", "x", "--restart-max-attempts", "99999999999"], "at most"),
+        (["service", "create", "web", "--image", "x", "--stop-grace-period", "9" * 400], "at most a year"),
+        (["service", "create", "web", "--image", "x", "--publish", "99999:1"], "expected 1-65535"),
+        (["service", "create", "web", "--image", "x", "--publish", "80:\u00b2"], "invalid port mapping"),
+        (["service", "create", "web", "--image", "x", "--health-cmd", "true", "--health-interval", "0s"],
+         "must be more than 0"),
+        (["service", "create", "web", "--image", "x", "--health-cmd", "true", "--health-timeout", "0"],
+         "must be more than 0"),
+        (["service", "create", "web", "--image", "x", "--health-cmd", "true", "--health-retries", "9" * 30],
+         "at most"),
+        (["service", "create", "web", "--image", "x", "--stop-signal", "\u00b2"], "invalid stop signal"),
+        (["service", "create", "web", "--image", "x", "--stop-signal", "\u0669"], "invalid stop signal"),
+        (["--timeout", "99999999h", "service", "ls"], "at most a year"),
+        (["service", "logs", "web", "--tail", "99999999999999"], "invalid --tail"),
+        (["worker", "start", "--wireguard-port", "99999"], "invalid port '99999'"),
+        (["worker", "start", "--wireguard-port", "\u0669"], "invalid port"),
+        (["service", "create", "x" * 100_000, "--image", "x", "--replicas", "-1"], "invalid count '-1'"),
     ],
-)
+)  # fmt: skip
 def test_usage_errors_exit_2_with_one_line(argv: list[str], needle: str) -> None:
     result = run_cli(*argv)
     assert result.returncode == Exit.USAGE, result.stderr
     assert result.stderr.count("\n") == 1 and needle in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+    assert len(result.stderr) < 400, result.stderr[:400]  # input is echoed cut short
 
 
 def test_missing_config_exits_6() -> None:

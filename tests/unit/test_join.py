@@ -169,7 +169,7 @@ def test_a_rotated_token_is_refused(ca: pki.CertificateAuthority) -> None:
     assert (err.value.code, err.value.details) == (grpc.StatusCode.PERMISSION_DENIED, DENIED)
 
 
-def test_failed_joins_are_throttled_per_peer(ca: pki.CertificateAuthority) -> None:
+def test_failed_joins_are_throttled_per_peer_but_a_right_token_still_joins(ca: pki.CertificateAuthority) -> None:
     now = [0.0]
     limiter = FailureLimiter(burst=3, rate=0.5, clock=lambda: now[0])
     service = NodeCAService(FakeStore(_state(ca)), limiter=limiter)  # type: ignore[arg-type]
@@ -178,12 +178,23 @@ def test_failed_joins_are_throttled_per_peer(ca: pki.CertificateAuthority) -> No
         with pytest.raises(Aborted) as err:
             _call(service, _request("x" * 26, csr))
         assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
-    with pytest.raises(Aborted) as err:  # even the right token waits now
-        _call(service, _request(WORKER_SECRET, csr))
+    with pytest.raises(Aborted) as err:  # the bad client is throttled now...
+        _call(service, _request("x" * 26, csr))
     assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-    _call(service, _request(WORKER_SECRET, csr), peer="ipv4:10.0.0.8:1")  # another host is unaffected
+    assert "too many failed join attempts" in err.value.details
+    # ...but a node with the right token behind the same address (a NAT) still joins.
+    assert _call(service, _request(WORKER_SECRET, csr)).role == "worker"
+    for _ in range(5):  # and the bad client stays throttled, however often it tries
+        with pytest.raises(Aborted) as err:
+            _call(service, _request("y" * 26, csr))
+        assert err.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(Aborted) as err:  # another host is unaffected
+        _call(service, _request("x" * 26, csr), peer="ipv4:10.0.0.8:1")
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
     now[0] += 2.0  # one attempt's worth refilled
-    _call(service, _request(WORKER_SECRET, csr))
+    with pytest.raises(Aborted) as err:
+        _call(service, _request("x" * 26, csr))
+    assert err.value.code == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_failure_limiter_table_is_bounded() -> None:

@@ -49,6 +49,7 @@ import msgspec
 
 from warren.agent.runtime import Runtime, RuntimeFailure
 from warren.model import HealthCheck
+from warren.text import ascii_int
 
 HealthStatus = Literal["starting", "healthy", "unhealthy"]
 STARTING: HealthStatus = "starting"
@@ -209,7 +210,7 @@ def _probe_http(url: str, timeout: float) -> ProbeResult:
 def _probe_tcp(target: str, timeout: float) -> ProbeResult:
     host, sep, port = target.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit():
+    if not sep or not host or ascii_int(port) is None:
         return ProbeResult(False, f"invalid tcp health check target {target!r}: expected HOST:PORT")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):

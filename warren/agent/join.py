@@ -203,7 +203,7 @@ def join(token: str, manager_addr: str, data_dir: Path, hostname: str, *, timeou
         parsed = pki.parse_join_token(token)
     except pki.TokenError as exc:
         raise JoinError("token", str(exc)) from None
-    if not NAME_RE.match(hostname):
+    if not NAME_RE.fullmatch(hostname):
         raise JoinError("invalid", f"invalid hostname {hostname!r}: use 1-63 letters, digits, '-', '_' or '.'")
     try:
         existing = stored_identity(data_dir)

@@ -319,7 +319,7 @@ def check_subscription(msg: dpb.LogSubscription) -> str | None:
         return None
     if len(msg.task_ids) > MAX_TASKS:
         return f"more than {MAX_TASKS} tasks"
-    bad = next((t for t in msg.task_ids if not TASK_ID_RE.match(t)), None)
+    bad = next((t for t in msg.task_ids if not TASK_ID_RE.fullmatch(t)), None)
     if bad is not None:
         return f"bad task id {bad[:64]!r}"
     if msg.tail < -1:
@@ -362,7 +362,7 @@ class LogAgent:
         """Record the growth of every running task's log."""
         now = self.clock()
         for task_id in self.running():
-            if not TASK_ID_RE.match(task_id):
+            if not TASK_ID_RE.fullmatch(task_id):
                 continue
             try:
                 size = os.stat(self.log_path(task_id)).st_size

@@ -68,7 +68,7 @@ class AgentSettings:
         check_cgroup_parent(self.cgroup_parent)
         if self.wireguard not in WIREGUARD_MODES:
             raise SettingsError(f"--wireguard must be one of {', '.join(WIREGUARD_MODES)} (got {self.wireguard!r})")
-        if not _IFNAME_RE.match(self.wireguard_interface):
+        if not _IFNAME_RE.fullmatch(self.wireguard_interface):
             raise SettingsError(f"invalid interface name {self.wireguard_interface!r}: 1-15 letters, digits, '-', '_'")
         if not 0 < self.wireguard_port < 65536:
             raise SettingsError(f"--wireguard-port must be between 1 and 65535 (got {self.wireguard_port})")
@@ -77,7 +77,7 @@ class AgentSettings:
 def check_cgroup_parent(path: str) -> None:
     """A cgroup path relative to each hierarchy's root, such as /warren or /warren/node1."""
     parts = path.split("/")
-    if not _CGROUP_PARENT_RE.match(path) or any(p in (".", "..") for p in parts) or len(path) > 255:
+    if not _CGROUP_PARENT_RE.fullmatch(path) or any(p in (".", "..") for p in parts) or len(path) > 255:
         raise SettingsError(f"invalid cgroup parent {path!r}: expected an absolute path such as /warren")
 
 

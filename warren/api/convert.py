@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from warren import model
 from warren.api.v1 import types_pb2 as pb
+from warren.text import shown
 
 
 class ConversionError(ValueError):
@@ -17,7 +18,7 @@ def _enum(enum_type: type, value: str, field: str, default: object) -> object:
         return enum_type(value)
     except ValueError:
         allowed = ", ".join(e.value for e in enum_type)
-        raise ConversionError(f"{field} must be one of {allowed} (got {value!r})") from None
+        raise ConversionError(f"{field} must be one of {allowed} (got {shown(value)})") from None
 
 
 def task_state(name: str) -> model.TaskState:
@@ -25,7 +26,7 @@ def task_state(name: str) -> model.TaskState:
         return model.TaskState[name.upper()]
     except KeyError:
         allowed = ", ".join(s.label for s in model.TaskState)
-        raise ConversionError(f"unknown task state {name!r} (one of {allowed})") from None
+        raise ConversionError(f"unknown task state {shown(name)} (one of {allowed})") from None
 
 
 # -- proto -> model ----------------------------------------------------------------------------

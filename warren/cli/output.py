@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from warren.text import escape_control
+
 
 def short_id(value: str, n: int = 12) -> str:
     return value[:n]
@@ -76,18 +78,20 @@ def print_json(value: Any) -> None:
 
 
 def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """A docker-style table: no borders, upper-case headers, two spaces between columns.
+    """A docker-style table: no borders, upper-case headers, two spaces between columns. Control
+    characters in cells are shown escaped: a stored value must not drive the terminal.
 
     Plain str.ljust rather than a table library: rich took ~100 ms to lay out 300 rows, a third
     of the CLI's start-up budget, for output that is plain text anyway."""
-    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[escape_control(str(c)) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
     sys.stdout.write("".join(line + "\n" for line in lines))
 
 
 def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
-    """Aligned "Key:  value" lines; values may be lists (one per line) and empty ones are skipped."""
+    """Aligned "Key:  value" lines; values may be lists (one per line) and empty ones are skipped.
+    Control characters are shown escaped, as in print_table."""
     items = [(k, v) for k, v in fields if v not in (None, "", [], {})]
     width = max((len(k) for k, _ in items), default=0) + 2
     lines = []
@@ -95,5 +99,5 @@ def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
         values = value if isinstance(value, list) else [value]
         for i, v in enumerate(values):
             label = f"{key}:" if i == 0 else ""
-            lines.append(f"{label:<{width}}{v}")
+            lines.append(f"{label:<{width}}{escape_control(str(v))}")
     sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))

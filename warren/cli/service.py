@@ -15,6 +15,7 @@ from typing import Any
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
+from warren.text import shown
 
 _COUNT = value_type(units.parse_count)
 _CPUS = value_type(units.parse_cpus)
@@ -33,7 +34,7 @@ _COMMAND_HELP = "Anything after `--` replaces the image's command: -- COMMAND [A
 
 def _url(text: str) -> str:
     if not text.startswith(("http://", "https://")) or len(text.split("://", 1)[1]) == 0:
-        raise ValueError(f"invalid health check URL {text!r}: expected http://... or https://...")
+        raise ValueError(f"invalid health check URL {shown(text)}: expected http://... or https://...")
     return text
 
 
@@ -42,7 +43,7 @@ def _stop_signal(text: str) -> str:
     from warren.validate import signal_number
 
     signal_number(text)  # ValidationError is a ValueError: argparse shows its message
-    name = text.strip().upper()
+    name = text.strip(" ").upper()
     return name if name.isdigit() or name.startswith("SIG") else f"SIG{name}"
 
 
@@ -187,8 +188,9 @@ def _add_spec_flags(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--health-cmd", metavar="CMD", help="shell command run in the task; exit 0 = healthy")
     kind.add_argument("--health-http", type=value_type(_url), metavar="URL", help="GET URL; 2xx/3xx = healthy")
     kind.add_argument("--health-tcp", type=_HOSTPORT, metavar="HOST:PORT", help="TCP connect succeeds = healthy")
-    health.add_argument("--health-interval", type=_DURATION, metavar="DURATION", help="between checks (30s)")
-    health.add_argument("--health-timeout", type=_DURATION, metavar="DURATION", help="per check (30s)")
+    # More than 0: on the wire 0 means "unset", which the manager reads as the default (30s).
+    health.add_argument("--health-interval", type=_SECONDS, metavar="DURATION", help="between checks (30s)")
+    health.add_argument("--health-timeout", type=_SECONDS, metavar="DURATION", help="per check (30s)")
     health.add_argument("--health-retries", type=_COUNT, metavar="N", help="failures before unhealthy (3)")
     health.add_argument(
         "--health-start-period",
@@ -368,11 +370,11 @@ def scale_targets(args: argparse.Namespace) -> list[tuple[str, int]]:
     for target in args.targets:
         name, sep, count = target.partition("=")
         if not sep or not name:
-            raise CliError(f"invalid scale target {target!r}: expected NAME=N, or NAME --replicas N", Exit.USAGE)
+            raise CliError(f"invalid scale target {shown(target)}: expected NAME=N, or NAME --replicas N", Exit.USAGE)
         try:
             out.append((name, units.parse_count(count)))
         except ValueError as exc:
-            raise CliError(f"invalid scale target {target!r}: {exc}", Exit.USAGE) from None
+            raise CliError(f"invalid scale target {shown(target)}: {exc}", Exit.USAGE) from None
     return out
 
 
@@ -610,7 +612,7 @@ def parse_tail(text: str) -> int:
     try:
         return units.parse_count(text)
     except ValueError:
-        raise ValueError(f"invalid --tail {text!r}: use a number of lines or 'all'") from None
+        raise ValueError(f"invalid --tail {shown(text)}: use a number of lines or 'all'") from None
 
 
 def parse_since(text: str, now: float | None = None) -> float:
@@ -625,7 +627,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     try:
         moment = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"invalid --since {text!r}: use a duration (10m) or a time (2025-01-02T10:00:00Z)") from None
+        raise ValueError(
+            f"invalid --since {shown(text)}: use a duration (10m) or a time (2025-01-02T10:00:00Z)"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.astimezone()  # a time without a zone is local time, as `date` shows it
     return moment.timestamp()

@@ -18,6 +18,7 @@ from typing import Any
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
+from warren.text import has_control, shown
 
 DEFAULT_DATA_DIR = Path("/var/lib/warren-worker")
 
@@ -146,7 +147,12 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
     add_wireguard_flags(p)
-    p.add_argument("--wireguard-port", type=int, metavar="PORT", help="the mesh's UDP port (default: 51820)")
+    p.add_argument(
+        "--wireguard-port",
+        type=value_type(units.parse_port),
+        metavar="PORT",
+        help="the mesh's UDP port (default: 51820)",
+    )
     p.add_argument(
         "--manager-listen-addr",
         type=value_type(units.parse_hostport),
@@ -174,8 +180,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(str(exc), Exit.USAGE) from None
     registries = args.insecure_registry
     for registry in registries or ():
-        if not registry or any(c.isspace() for c in registry) or "/" in registry:
-            raise CliError(f"--insecure-registry must be HOST or HOST:PORT (got {registry!r})", Exit.USAGE)
+        if not registry or any(c.isspace() for c in registry) or "/" in registry or has_control(registry):
+            raise CliError(f"--insecure-registry must be HOST or HOST:PORT (got {shown(registry)})", Exit.USAGE)
     return {
         "runtime": args.runtime,
         "containerd_socket": args.containerd_socket,

@@ -24,7 +24,17 @@ from warren.manager.server import ApiError, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, TaskState
 from warren.state import ClusterState
-from warren.validate import MAX_REPLICAS, ValidationError, check_ports_free, check_spec
+from warren.text import shown
+from warren.validate import (
+    MAX_ITEMS,
+    MAX_REPLICAS,
+    RESERVED_PREFIX,
+    ValidationError,
+    check_label_key,
+    check_labels,
+    check_ports_free,
+    check_spec,
+)
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
@@ -48,8 +58,8 @@ def resolve_service(state: ClusterState, ref: str) -> Service:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise _invalid(f"service id prefix {ref!r} is ambiguous ({len(matches)} services)")
-    raise ApiError(NOT_FOUND, f"service {ref!r} not found")
+        raise _invalid(f"service id prefix {shown(ref)} is ambiguous ({len(matches)} services)")
+    raise ApiError(NOT_FOUND, f"service {shown(ref)} not found")
 
 
 def resolve_node(state: ClusterState, ref: str) -> Node:
@@ -63,13 +73,13 @@ def resolve_node(state: ClusterState, ref: str) -> Node:
     if len(by_name) == 1:
         return by_name[0]
     if len(by_name) > 1:
-        raise _invalid(f"hostname {ref!r} is ambiguous ({len(by_name)} nodes); use the node id")
+        raise _invalid(f"hostname {shown(ref)} is ambiguous ({len(by_name)} nodes); use the node id")
     matches = [n for n in state.nodes.values() if n.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise _invalid(f"node id prefix {ref!r} is ambiguous ({len(matches)} nodes)")
-    raise ApiError(NOT_FOUND, f"node {ref!r} not found")
+        raise _invalid(f"node id prefix {shown(ref)} is ambiguous ({len(matches)} nodes)")
+    raise ApiError(NOT_FOUND, f"node {shown(ref)} not found")
 
 
 def _choice(kind: type[E], value: str, field: str) -> E | None:
@@ -80,7 +90,27 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
         return kind(value)
     except ValueError:
         allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
-        raise _invalid(f"{field} must be one of {allowed} (got {value[:40]!r})") from None
+        raise _invalid(f"{field} must be one of {allowed} (got {shown(value)})") from None
+
+
+def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...]) -> None:
+    """Labels an operator sets on a node are checked like a service's. A label the node already
+    has can always be removed, even one stored before these checks existed."""
+    try:
+        check_labels("node label", add)
+        reserved = next((key for key in remove if key.startswith(RESERVED_PREFIX)), None)
+        if reserved is not None:
+            raise ValidationError(f"node label keys starting with {RESERVED_PREFIX!r} are reserved ({shown(reserved)})")
+        unknown = [key for key in remove if key not in node.labels]
+        if len(unknown) > MAX_ITEMS:
+            raise ValidationError(f"too many node labels to remove ({len(unknown)}, at most {MAX_ITEMS})")
+        for key in unknown:
+            check_label_key("node label", key)
+    except ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    left = len(node.labels.keys() - frozenset(remove) | add.keys())
+    if add and left > MAX_ITEMS:
+        raise _invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {left})")
 
 
 def _spec(msg: object) -> object:
@@ -220,7 +250,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
         if request.role not in ("worker", "manager"):
-            raise _invalid(f"role must be worker or manager (got {request.role!r})")
+            raise _invalid(f"role must be worker or manager (got {shown(request.role)})")
         if request.rotate:
             await self._propose(commands.RotateJoinToken(request.role, pki.new_token_secret()))
         with self._store.read() as state:
@@ -254,20 +284,18 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: object) -> object:
         availability = _choice(Availability, request.availability, "availability")
-        for key in list(request.labels_add) + list(request.labels_rm):
-            if not key or "=" in key or key.startswith("warren."):
-                raise _invalid(f"invalid label key {key!r} (keys starting with 'warren.' are reserved)")
+        labels_add = dict(request.labels_add)
+        labels_rm = tuple(dict.fromkeys(request.labels_rm))  # once each
         role = _choice(NodeRole, request.role, "role")
         with self._store.read() as state:
             node = resolve_node(state, request.node)
+        _check_node_labels(node, labels_add, labels_rm)
         if role == NodeRole.WORKER:
             await self._demote(node)
         elif role == NodeRole.MANAGER and node.role != NodeRole.MANAGER:
             self._check_promotable(node)
             await self._propose(commands.UpdateNode(node.id, time.time(), desired_role=NodeRole.MANAGER))
-        await self._propose(
-            commands.UpdateNode(node.id, time.time(), availability, dict(request.labels_add), tuple(request.labels_rm))
-        )
+        await self._propose(commands.UpdateNode(node.id, time.time(), availability, labels_add, labels_rm))
         with self._store.read() as state:
             return convert.node_to_pb(state.nodes[node.id])
 
@@ -353,7 +381,7 @@ class ControlService(control_pb2_grpc.ControlServicer):
         spec = _spec(request.spec)
         with self._store.read() as state:
             if state.service_by_name(spec.name) is not None:  # type: ignore[attr-defined]
-                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"service name {spec.name!r} is already in use")  # type: ignore[attr-defined]
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"service name {shown(spec.name)} is already in use")  # type: ignore[attr-defined]
             try:
                 check_ports_free(state, spec)  # type: ignore[arg-type]
             except ValidationError as exc:

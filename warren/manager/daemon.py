@@ -52,6 +52,7 @@ from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
 from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
 from warren.network import ipam
+from warren.text import ascii_int, shown
 
 log = logging.getLogger("warren.manager")
 
@@ -112,9 +113,10 @@ class StartupError(Exception):
 
 def _split(addr: str, flag: str) -> tuple[str, int]:
     host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise StartupError(f"{flag} must be HOST:PORT (got {addr!r})")
-    return host, int(port)
+    number = ascii_int(port)
+    if not sep or not host or number is None or not 0 < number < 65536:
+        raise StartupError(f"{flag} must be HOST:PORT (got {shown(addr)})")
+    return host, number
 
 
 def _plan_identity(

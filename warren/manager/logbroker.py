@@ -36,6 +36,7 @@ from warren.manager.events import EventHub
 from warren.manager.server import ApiError
 from warren.model import NodeStatus, Task
 from warren.state import ClusterState, Delete, Put
+from warren.text import shown
 from warren.validate import MAX_LOG_BATCH, MAX_LOG_BATCH_BYTES, MAX_LOG_LINE
 
 log = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ class LogBroker:
             if ref is None or ref.node_id != node_id:
                 raise ApiError(
                     grpc.StatusCode.PERMISSION_DENIED,
-                    f"task {m.task_id[:64]!r} is not a task of this node in this log subscription",
+                    f"task {shown(m.task_id)} is not a task of this node in this log subscription",
                 )
             if len(m.data) > MAX_LOG_LINE:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"a log line is at most {MAX_LOG_LINE} bytes")

@@ -22,6 +22,7 @@ from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.server import ApiError, caller, check_result, not_leader
 from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Resources
+from warren.text import shown
 from warren.validate import NAME_RE, ValidationError, check_hostport
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ManagersService(managers_pb2_grpc.ManagersServicer):
         if request.join_addr:
             _check_hostport("join_addr", request.join_addr)
         if not NAME_RE.match(request.hostname):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid hostname {request.hostname[:64]!r}")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid hostname {shown(request.hostname)}")
         async with self._adding:
             if not self._raft.is_leader:
                 raise not_leader(self._store, self._raft)

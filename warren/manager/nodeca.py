@@ -22,20 +22,21 @@ from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
 from warren.manager import metrics
-from warren.manager.server import ApiError, caller
+from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.manager.store import Store
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
+from warren.text import ascii_int, shown
 from warren.validate import NAME_RE
 
 log = logging.getLogger(__name__)
 
 NODE_CERT_DAYS = 90
 MAX_CSR_BYTES = 16 * 1024
-_PROOF_RE = re.compile(r"^[0-9a-f]{64}$")
+_PROOF_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch
 
 DENIED = "the join token is invalid or has been rotated"
-THROTTLED = "too many failed join attempts from this address; wait a minute and retry"
+THROTTLED = "too many failed join attempts from this address; check the token, wait a minute and retry"
 
 
 @dataclass
@@ -47,8 +48,11 @@ class _Bucket:
 class FailureLimiter:
     """A token bucket per peer host that only failed attempts drain: a host may fail `burst`
     times in a row, then once per `1/rate` seconds. Secrets are ~134 bits, so this does not
-    make guessing any less hopeless; it keeps a noisy client from burning the manager's CPU
-    and logs. The table is bounded: buckets that have refilled are forgotten first."""
+    make guessing any less hopeless; it keeps a noisy client from filling the manager's logs.
+    It never stands in the way of a correct token: the join checks the proof first, and only a
+    wrong one from a throttled host is refused as throttled, so one bad client cannot lock out
+    the others behind the same address (a NAT). The table is bounded: buckets that have
+    refilled are forgotten first."""
 
     def __init__(
         self, burst: int = 10, rate: float = 0.5, max_hosts: int = 4096, clock: Callable[[], float] = time.monotonic
@@ -92,7 +96,7 @@ def peer_host(peer: str) -> str:
     kind, _, rest = peer.partition(":")
     if kind in ("ipv4", "ipv6"):
         host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit():
+        if sep and ascii_int(port) is not None:
             return host
         return rest
     return peer
@@ -162,18 +166,24 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
             await context.abort(code, message)
         return response
 
-    def _join(self, request: capb.JoinRequest, host: str) -> capb.JoinResponse:
+    def _refuse(self, host: str, hostname: str) -> ApiError:
+        """A wrong token: charged to `host`; logged and answered as such until the host is
+        throttled, then answered as throttled (and not logged: the log stays readable)."""
         if not self._limiter.allowed(host):
-            raise ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED)
+            return ApiError(grpc.StatusCode.RESOURCE_EXHAUSTED, THROTTLED)
+        self._limiter.failed(host)
+        log.warning("refused a join from %s (host %s): bad or rotated token", shown(hostname), host)
+        return ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+
+    def _join(self, request: capb.JoinRequest, host: str) -> capb.JoinResponse:
         _check_csr_size(request.csr_pem)
-        if not NAME_RE.match(request.hostname):
+        if not NAME_RE.fullmatch(request.hostname):
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"invalid hostname {request.hostname[:64]!r}: use 1-63 letters, digits, '-', '_' or '.'",
+                f"invalid hostname {shown(request.hostname)}: use 1-63 letters, digits, '-', '_' or '.'",
             )
-        if not _PROOF_RE.match(request.proof):
-            self._limiter.failed(host)
-            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+        if not _PROOF_RE.fullmatch(request.proof):
+            raise self._refuse(host, request.hostname)
         with self._store.read() as state:
             cluster = _cluster(state)
             managers = state.manager_addrs()
@@ -181,9 +191,7 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         as_worker = pki.proof_matches(cluster.worker_token_secret, request.csr_pem, request.proof)
         as_manager = pki.proof_matches(cluster.manager_token_secret, request.csr_pem, request.proof)
         if not (as_worker or as_manager):
-            self._limiter.failed(host)
-            log.warning("refused a join from %s (host %s): bad or rotated token", request.hostname, host)
-            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+            raise self._refuse(host, request.hostname)
         # A manager certificate lets its holder ask the leader to add it to Raft (ADR 15).
         role = pki.ROLE_MANAGER if as_manager else pki.ROLE_WORKER
         ca = self._authority.get(cluster)
@@ -215,7 +223,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
             cluster = _cluster(state)
             node = state.nodes.get(identity.node_id)
         if role not in (identity.role, pki.ROLE_MANAGER):
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be empty or manager (got {role[:20]!r})")
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be empty or manager (got {shown(role)})")
         if role != identity.role and (node is None or node.desired_role != NodeRole.MANAGER):
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this node was not promoted to manager")
         ca = self._authority.get(cluster)
@@ -226,7 +234,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
 
 def build_join_server(bind_addr: str, servicer: NodeCAService) -> grpc.aio.Server:
     """The plaintext join listener: NodeCA only, small messages, nothing else reachable."""
-    server = grpc.aio.server(options=tls.join_server_options())
+    server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=tls.join_server_options())
     ca_pb2_grpc.add_NodeCAServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(bind_addr)

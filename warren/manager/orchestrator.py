@@ -96,4 +96,5 @@ class Orchestrator:
         metrics.SCHEDULING_CHANGES.labels("created").inc(len(plan.created))
         metrics.SCHEDULING_CHANGES.labels("updated").inc(len(plan.updated))
         metrics.SCHEDULING_CHANGES.labels("deleted").inc(len(plan.deleted))
-        await self._raft.propose_async(plan, timeout=10.0)
+        for part in commands.split_plan(plan):  # each part within the size of one command
+            await self._raft.propose_async(part, timeout=10.0)

@@ -302,6 +302,8 @@ class RaftNode(SyncObj):
     def propose(self, command: Command, timeout: float = 5.0) -> Result:
         """Replicate `command` and wait for it to be applied here. Blocking; never call it from
         the Raft thread (a watcher or callback) or it deadlocks."""
+        if (too_large := commands.oversize_message(command)) is not None:
+            raise ProposalError("resource_exhausted", too_large)
         done = threading.Event()
         outcome: list = []
         blob = commands.encode(command)
@@ -321,6 +323,8 @@ class RaftNode(SyncObj):
         """Replicate `command` and wait until it is applied here. Proposals made while the
         event loop is busy are sent together as one Batch entry (group commit): one Raft round
         and one fsync for all of them."""
+        if (too_large := commands.oversize_message(command)) is not None:
+            raise ProposalError("resource_exhausted", too_large)
         self.check_quorum()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()

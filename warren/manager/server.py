@@ -73,13 +73,77 @@ def not_leader(store: Store, raft: RaftNode, why: str = "") -> ApiError:
     return ApiError(grpc.StatusCode.UNAVAILABLE, not_leader_message(addr, why))
 
 
+# An error's message travels in the reply's trailing metadata, which clients bound (8 KiB by
+# default): past it the reply itself is lost. Messages quote input cut short (warren.text.shown);
+# this is the backstop for any that would not.
+MAX_MESSAGE = 1024
+MALFORMED = "malformed request: the message is not a valid {} protobuf"
+
+
+def _short(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ApiError):
-        return exc.code, exc.message
+        return exc.code, _short(exc.message)
     if isinstance(exc, ProposalError):
-        return _RESULT_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), exc.message
+        return _RESULT_CODES.get(exc.code, grpc.StatusCode.UNKNOWN), _short(exc.message)
     log.exception("internal error", exc_info=exc)
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, _short(f"internal error: {type(exc).__name__}: {exc}")
+
+
+class _Malformed:
+    """Stands for a request whose bytes did not parse: the handler answers INVALID_ARGUMENT.
+    Left to grpc, a deserializer that raises is logged with a traceback and answered UNKNOWN."""
+
+    __slots__ = ("kind",)
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer`, returning a _Malformed instead of raising."""
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            kind = getattr(deserializer, "__qualname__", "").partition(".")[0] or "request"
+            return _Malformed(kind)
+
+    return decode
+
+
+def refuse_malformed(request: Any) -> None:
+    """Raise INVALID_ARGUMENT if `request` did not parse."""
+    if isinstance(request, _Malformed):
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED.format(request.kind))
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):
+    """For a server without the _Guard (the join listener): unparsable requests get
+    INVALID_ARGUMENT. Unary-unary methods only, the only kind such a server has."""
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or not handler.unary_unary:
+            return handler
+        behavior = handler.unary_unary
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, MALFORMED.format(request.kind))
+            return await behavior(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
+            request_deserializer=tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
 
 
 REMOVED_NODE = "this node was removed from the cluster"
@@ -108,13 +172,13 @@ class _Guard(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, roles, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 self._stream(method, roles, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         # No client-streaming method exists yet; refuse rather than serve one unauthorized.
@@ -154,6 +218,7 @@ class _Guard(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 caller.set(self._authorize(context, roles))
+                refuse_malformed(request)
                 if control:
                     await self._before_control(context)
                 return await behavior(request, context)
@@ -173,6 +238,7 @@ class _Guard(grpc.aio.ServerInterceptor):
             code = grpc.StatusCode.OK
             try:
                 caller.set(self._authorize(context, roles))
+                refuse_malformed(request)
                 async for item in behavior(request, context):
                     yield item
             except Exception as exc:

@@ -125,19 +125,41 @@ def node_address(subnet: IPv4Network) -> IPv4Address:
 def allocate_address(subnet: IPv4Network, current: Mapping[str, IPv4Address], owner: str) -> dict[str, IPv4Address]:
     """`current` plus the lowest free task address of `subnet` for `owner` (a task id);
     unchanged if it has one. The network, node and broadcast addresses are never handed out."""
-    if owner in current:
-        return dict(current)
-    first = int(subnet.network_address) + 2  # +0 network, +1 the node
-    last = int(subnet.broadcast_address) - 1
-    used = set()
-    for who, addr in _check_unique(current, "address").items():
-        if not first <= int(addr) <= last:
-            raise IpamError(f"{who} holds {addr}, which is not a task address of {subnet}")
-        used.add(int(addr) - first)
-    offset = _lowest_free(used, max(0, last - first + 1))
-    if offset is None:
-        raise ExhaustedError(f"the node subnet {subnet} is exhausted: all {len(used)} task addresses are in use")
-    return {**current, owner: ipaddress.ip_address(first + offset)}
+    return {**current, owner: AddressPool(subnet, current).allocate(owner)}
+
+
+class AddressPool:
+    """Task addresses of one node subnet handed out one after another, exactly as repeated
+    allocate_address calls would (the lowest free one first), in time linear in the addresses
+    in use plus those handed out: a plan placing 1000 tasks on a node that runs 10,000 took
+    17 s on the thread that applies the Raft log when each placement re-read them all."""
+
+    def __init__(self, subnet: IPv4Network, current: Mapping[str, IPv4Address]) -> None:
+        self._subnet = subnet
+        self._first = int(subnet.network_address) + 2  # +0 network, +1 the node
+        last = int(subnet.broadcast_address) - 1
+        self._size = max(0, last - self._first + 1)
+        self._owners = dict(current)
+        self._used: set[int] = set()
+        for who, addr in _check_unique(current, "address").items():
+            if not self._first <= int(addr) <= last:
+                raise IpamError(f"{who} holds {addr}, which is not a task address of {subnet}")
+            self._used.add(int(addr) - self._first)
+        self._next = 0  # nothing below it is free: addresses are only taken, never given back here
+
+    def allocate(self, owner: str) -> IPv4Address:
+        """`owner`'s address: the one it holds, else the lowest free one (ExhaustedError if none)."""
+        if owner in self._owners:
+            return self._owners[owner]
+        while self._next < self._size and self._next in self._used:
+            self._next += 1
+        if self._next >= self._size:
+            raise ExhaustedError(
+                f"the node subnet {self._subnet} is exhausted: all {len(self._used)} task addresses are in use"
+            )
+        self._used.add(self._next)
+        address = self._owners[owner] = ipaddress.IPv4Address(self._first + self._next)
+        return address
 
 
 # -- service VIPs --------------------------------------------------------------------------------

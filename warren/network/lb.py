@@ -25,8 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 TABLE = "warren"
-_TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
-_COMMENT_RE = re.compile(r'^[^"\\\x00-\x1f\x7f]{0,128}$')  # nft's limit; nothing ends the string early
+_TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")  # fullmatch
+_COMMENT_RE = re.compile(r'[^"\\\x00-\x1f\x7f]{0,128}')  # nft's limit; nothing ends the string early
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,9 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "",
     is the node's task bridge: published-port connections leaving by another link (to another
     node's task) are masqueraded. `owner` is the node's tag (warren.network.owner), the table's
     comment."""
-    if not _TABLE_RE.match(table):
+    if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
-    if not _COMMENT_RE.match(owner):
+    if not _COMMENT_RE.fullmatch(owner):
         raise ValueError(f"invalid nftables comment {owner!r}")
     nat: list[str] = []
     unavailable: list[str] = []
@@ -120,7 +120,7 @@ def _published(ep: Endpoint, backends: list[str]) -> list[str]:
 
 
 def _quote(name: str) -> str:
-    if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,15}", name):
         raise ValueError(f"invalid interface name {name!r}")
     return f'"{name}"'
 
@@ -131,6 +131,6 @@ def _chain(name: str, hook: str, rules: str) -> str:
 
 def removal(table: str = TABLE) -> str:
     """The transaction that removes the table (creating it first makes it idempotent)."""
-    if not _TABLE_RE.match(table):
+    if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
     return f"table ip {table} {{}}\ndelete table ip {table}\n"

@@ -64,6 +64,7 @@ import msgspec
 
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.model import Resources
+from warren.text import ascii_int
 from warren.validate import ValidationError, signal_number
 
 log = logging.getLogger(__name__)
@@ -520,18 +521,19 @@ def _resolve_user(user: str) -> tuple[int | None, int | None]:
     if not user:
         return None, None
     name, _, group = user.partition(":")
+    number, group_number = ascii_int(name), ascii_int(group)
     entry = None
     try:
-        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    except KeyError:
-        if not name.isdigit():
+        entry = pwd.getpwuid(number) if number is not None else pwd.getpwnam(name)
+    except (KeyError, OverflowError):
+        if number is None:
             msg = f"unable to find user {name}: no matching entries in passwd file"
             raise RuntimeFailure(msg, permanent=True) from None
-    uid = int(name) if name.isdigit() else entry.pw_uid  # type: ignore[union-attr]
+    uid = number if number is not None else entry.pw_uid  # type: ignore[union-attr]
     if not group:
         return uid, entry.pw_gid if entry else 0
-    if group.isdigit():
-        return uid, int(group)
+    if group_number is not None:
+        return uid, group_number
     try:
         return uid, grp.getgrnam(group).gr_gid
     except KeyError:

@@ -125,7 +125,7 @@ class ContainerdRuntime:
 
     def prepare(self, spec: ContainerSpec) -> str:
         cid = spec.task_id
-        if not _ID_RE.match(cid) or len(cid) > 76:
+        if not _ID_RE.fullmatch(cid) or len(cid) > 76:
             raise RuntimeFailure(f"task id {cid!r} is not a valid container id", permanent=True)
         if self._container(cid) is not None:
             return cid

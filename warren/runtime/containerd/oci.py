@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from warren.agent.runtime import ContainerSpec
+from warren.text import ascii_int, shown
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
@@ -84,19 +85,22 @@ DEVICE_RULES = [
 ]
 
 
+MAX_ID = 2**32 - 2  # uid_t is 32 bits; 2**32 - 1 means "no id"
+
+
 def parse_user(user: str) -> tuple[int, int]:
     """uid and gid from `uid`, `uid:gid` or `root` (names other than root need the image's
     /etc/passwd, which is not read before the rootfs exists: use numeric ids)."""
     if not user:
         return 0, 0
     name, _, group = user.partition(":")
-    try:
-        uid = 0 if name == "root" else int(name)
-        gid = (0 if group == "root" else int(group)) if group else (0 if uid == 0 else uid)
-    except ValueError:
-        raise SpecError(f"user {user!r} is not numeric: use uid[:gid] (user names are not resolved)") from None
-    if uid < 0 or gid < 0:
-        raise SpecError(f"user {user!r}: ids must not be negative")
+    # ASCII digits only: int() also takes " 5\n" and other scripts' digits.
+    uid = 0 if name == "root" else ascii_int(name)
+    gid = (0 if group == "root" else ascii_int(group)) if group else (0 if uid == 0 else uid)
+    if uid is None or gid is None:
+        raise SpecError(f"user {shown(user)} is not numeric: use uid[:gid] (user names are not resolved)")
+    if uid > MAX_ID or gid > MAX_ID:
+        raise SpecError(f"user {shown(user)}: ids are at most {MAX_ID}")
     return uid, gid
 
 

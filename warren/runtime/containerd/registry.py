@@ -44,7 +44,7 @@ _DOMAIN_RE = re.compile(
     r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
 )
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
 
 
@@ -96,24 +96,24 @@ class ImageRef:
 def parse_reference(text: str) -> ImageRef:
     """Normalize a reference the way Docker does (`busybox` → `docker.io/library/busybox:latest`)."""
     original = text
-    text = text.strip()
+    text = text.strip(" ")  # spaces only: a reference with a newline or tab is refused
     if not text:
         raise InvalidReference("empty image reference")
     digest = ""
     if "@" in text:
         text, digest = text.rsplit("@", 1)
-        if not _DIGEST_RE.match(digest):
+        if not _DIGEST_RE.fullmatch(digest):
             raise InvalidReference(f"invalid image reference {original!r}: bad digest {digest!r}")
     tag = ""
     last = text.rsplit("/", 1)[-1]
     if ":" in last:
         text, tag = text.rsplit(":", 1)
-        if not _TAG_RE.match(tag):
+        if not _TAG_RE.fullmatch(tag):
             raise InvalidReference(f"invalid image reference {original!r}: bad tag {tag!r}")
     first, sep, rest = text.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
         registry, path = first, rest
-        if not _DOMAIN_RE.match(registry):
+        if not _DOMAIN_RE.fullmatch(registry):
             raise InvalidReference(f"invalid image reference {original!r}: bad registry {registry!r}")
     else:
         registry, path = DOCKER_HUB, text
@@ -123,7 +123,7 @@ def parse_reference(text: str) -> ImageRef:
         path = f"library/{path}"
     if path.lower() != path:
         raise InvalidReference(f"invalid image reference {original!r}: repository name must be lowercase")
-    if not _PATH_RE.match(path) or len(registry) + 1 + len(path) > 255:
+    if not _PATH_RE.fullmatch(path) or len(registry) + 1 + len(path) > 255:
         raise InvalidReference(f"invalid image reference {original!r}")
     if not tag and not digest:
         tag = "latest"
