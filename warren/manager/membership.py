@@ -53,7 +53,7 @@ class ManagersService(managers_pb2_grpc.ManagersServicer):
         _check_hostport("api_addr", request.api_addr)
         if request.join_addr:
             _check_hostport("join_addr", request.join_addr)
-        if not NAME_RE.match(request.hostname):
+        if not NAME_RE.fullmatch(request.hostname):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"invalid hostname {shown(request.hostname)}")
         async with self._adding:
             if not self._raft.is_leader:

@@ -40,7 +40,7 @@ def tag(data_dir: Path) -> str:
     """The tag of the node whose data directory is `data_dir` (its real path, the same from any
     working directory or symlink, when that fits an nft comment; else a digest of it)."""
     path = os.path.realpath(data_dir)
-    if _PLAIN.match(path):
+    if _PLAIN.fullmatch(path):
         return TAG_PREFIX + path
     return f"{TAG_PREFIX}sha256:{hashlib.sha256(path.encode()).hexdigest()[:32]}"
 
