@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 
 from tests.integration.harness import free_port
 from warren import certinfo, pki, tls
-from warren.manager.daemon import renew_certificate
+from warren.manager.certificates import renew_certificate
 from warren.model import ClusterInfo
 from warren.state import ClusterState, Put
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import units, worker
+from warren.cli import certs, units, worker
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -88,6 +88,7 @@ def register(groups: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.set_defaults(func=cmd_join_token)
 
+    certs.register(cmds)
     worker.add_join_parser(cmds)
 
 

@@ -18,6 +18,8 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.ids import new_id
+from warren.manager import cakey
+from warren.manager.controlcerts import CertificatesControl
 from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode, RaftStatus
 from warren.manager.server import ApiError, check_result, not_leader
@@ -92,7 +94,7 @@ def _spec(msg: object) -> object:
     return spec
 
 
-class ControlService(control_pb2_grpc.ControlServicer):
+class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
         store: Store,
@@ -100,7 +102,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         timeout: float = 5.0,
         logs: LogBroker | None = None,
         certs_dir: Path | None = None,
+        raft_secret: str = "",
     ) -> None:
+        self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
+        self._authority = cakey.Authority(raft_secret)
         self._store = store
         self._raft = raft
         self._timeout = timeout
