@@ -57,6 +57,9 @@ def test_an_operator_gets_a_certificate_of_their_own_and_loses_it_safely(trio: l
     assert bob.returncode == 0, bob.stderr
     listed = {c["name"]: c for c in first.cli_json("cluster", "admin-cert", "ls")}  # type: ignore[union-attr]
     assert set(listed) == {"init", "alice", "bob"} and listed["alice"]["id"] == identity.node_id
+    # `node rm` of an admin certificate's CN points to the right command.
+    wrong = first.cli("node", "rm", "--force", identity.node_id)
+    assert wrong.returncode == 3 and "admin-cert revoke alice" in wrong.stderr
     assert first.cli("cluster", "admin-cert", "create", "alice", "--out", str(tmp_path / "a2")).returncode == 4
 
     # Bob revokes alice through the third manager (called directly, so that nothing but the
@@ -87,11 +90,12 @@ def test_admin_certificate_calls_validate_their_input(trio: list[Manager], tmp_p
     assert first.cli("cluster", "admin-cert", "create", "carol").returncode == 2  # --out or --context
     assert first.cli("cluster", "admin-cert", "revoke", "nobody").returncode == 3
     stub = first.control()
+    csr = pki.make_csr(pki.generate_key()).decode()
     for request, code in (
         (cpb.IssueAdminCertificateRequest(name="dave", csr_pem=""), grpc.StatusCode.INVALID_ARGUMENT),
         (cpb.IssueAdminCertificateRequest(name="dave", csr_pem="not a csr"), grpc.StatusCode.INVALID_ARGUMENT),
         (
-            cpb.IssueAdminCertificateRequest(name="dave", csr_pem=pki.make_csr(pki.generate_key()).decode(), validity=-1),
+            cpb.IssueAdminCertificateRequest(name="dave", csr_pem=csr, validity=-1),
             grpc.StatusCode.INVALID_ARGUMENT,
         ),
     ):

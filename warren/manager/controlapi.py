@@ -327,6 +327,13 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
 
     async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: object) -> cpb.RemoveNodeResponse:
         with self._store.read() as state:
+            admin = state.admin_certs.get(request.node) or state.admin_cert_by_name(request.node)
+            if admin is not None and request.node not in state.nodes:
+                raise ApiError(
+                    NOT_FOUND,
+                    f"{request.node} is the admin certificate {admin.name}, not a node: "
+                    f"revoke it with `warren cluster admin-cert revoke {admin.name}`",
+                )
             node = resolve_node(state, request.node)
         if node.role == NodeRole.MANAGER:
             raise ApiError(
