@@ -130,6 +130,10 @@ def test_rotating_the_ca_reissues_every_certificate_without_downtime(
         old_admin = tls.load_credentials(first.data_dir / "admin")
         old_worker = tls.load_credentials(worker.data_dir / "certs")
         old_ca = old_admin.ca_pem
+        # A connection opened with the old certificate before the rotation stays open through it.
+        tls.save_credentials(tmp_path / "old-admin", *old_admin)
+        stale = first.control(tmp_path / "old-admin")
+        stale.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
 
         writer = Writer(first, managers[1].node_id)
         writer.start()
@@ -170,6 +174,11 @@ def test_rotating_the_ca_reissues_every_certificate_without_downtime(
                 with channel, pytest.raises(grpc.RpcError) as err:
                     control_pb2_grpc.ControlStub(channel).GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5)
                 assert err.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+        # ... and is refused on its next call: the guard checks the certificate's root too.
+        with pytest.raises(grpc.RpcError) as err:
+            stale.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, err.value.details()
+        assert "no longer trusts" in (err.value.details() or "")
         # New join tokens pin the new CA; the old token's CA no longer matches.
         assert pki.parse_join_token(first.join_token()).fingerprint == status["fingerprint"]  # type: ignore[index]
         assert pki.parse_join_token(old_token).fingerprint != status["fingerprint"]  # type: ignore[index]
