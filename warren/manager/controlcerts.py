@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -21,6 +22,10 @@ from warren.manager.server import ApiError, caller
 from warren.model import AdminCert, ClusterInfo, NodeRole
 from warren.state import ClusterState
 from warren.validate import NAME_RE
+
+if TYPE_CHECKING:
+    from warren.manager.store import Store
+    from warren.model import Node
 
 DAY = 86400.0
 DEFAULT_ADMIN_VALIDITY = 90 * DAY
@@ -87,14 +92,24 @@ def ca_status(state: ClusterState) -> cpb.CAStatus:
 
 
 class CertificatesControl:
-    """Admin certificates and the CA, for ControlService."""
+    """Admin certificates and the CA, for ControlService (which provides what is declared here)."""
+
+    _store: Store
+    _authority: cakey.Authority
+    _raft_secret: str
+
+    if TYPE_CHECKING:
+
+        async def _propose(self, command: commands.Command) -> commands.Result: ...
+
+        async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None: ...
 
     async def _sign_admin(self, csr_pem: str, cert_id: str, validity: float) -> tuple[bytes, ClusterInfo, str]:
         check_csr_size(csr_pem)
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             cluster = _cluster(state)
         try:
-            ca = self._authority.get(cluster)  # type: ignore[attr-defined]
+            ca = self._authority.get(cluster)
         except pki.PkiError as exc:
             raise ApiError(grpc.StatusCode.INTERNAL, str(exc)) from None
         cert = issue_from_csr(ca, csr_pem, cert_id, pki.ROLE_ADMIN, days=validity / DAY)
@@ -103,8 +118,8 @@ class CertificatesControl:
     async def _record_admin(self, cert_pem: bytes, cert_id: str, name: str, ca_id: str) -> cpb.AdminCertificateResponse:
         not_after = pki.validity(cert_pem)[1].timestamp()
         record = AdminCert(id=cert_id, name=name, created_at=time.time(), not_after=not_after, ca=ca_id)
-        await self._propose(commands.IssueAdminCert(record))  # type: ignore[attr-defined]
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        await self._propose(commands.IssueAdminCert(record))
+        with self._store.read() as state:
             cluster = _cluster(state)
             stored = state.admin_certs.get(cert_id, record)
         return cpb.AdminCertificateResponse(
@@ -122,7 +137,7 @@ class CertificatesControl:
                 f"invalid name {request.name[:64]!r}: use 1-63 letters, digits, '-', '_' or '.'",
             )
         validity = _validity(request.validity)
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             if state.admin_cert_by_name(request.name) is not None:
                 raise ApiError(
                     grpc.StatusCode.ALREADY_EXISTS, f"an admin certificate named {request.name} already exists"
@@ -136,7 +151,7 @@ class CertificatesControl:
     ) -> cpb.AdminCertificateResponse:
         me = caller.get()
         validity = _validity(request.validity)
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             record = state.admin_certs.get(me.node_id)
             # A certificate written by `cluster init` before admin certificates were recorded.
             taken = state.admin_cert_by_name(INIT_ADMIN_NAME) is not None
@@ -149,7 +164,7 @@ class CertificatesControl:
     ) -> cpb.AdminCertificate:
         if not request.name:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "an admin certificate name or id is required")
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             cert = state.admin_cert_by_name(request.name) or state.admin_certs.get(request.name)
         if cert is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, f"admin certificate {request.name[:64]!r} not found")
@@ -159,39 +174,39 @@ class CertificatesControl:
                 f"{cert.name} is the certificate this command is calling with; "
                 "revoke it with another admin certificate",
             )
-        result = await self._propose(commands.RevokeAdminCert(cert.id, time.time()))  # type: ignore[attr-defined]
+        result = await self._propose(commands.RevokeAdminCert(cert.id, time.time()))
         await self._everywhere(result.index)
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             return admin_pb(state.admin_certs.get(cert.id, cert), _cluster(state))
 
     async def _everywhere(self, index: int) -> None:
         """Wait (5 s at most) until every manager that answers has applied `index`, so that a
         revocation is in force everywhere when the operator gets the answer."""
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             managers = [n for n in state.nodes.values() if n.role == NodeRole.MANAGER]
-        await asyncio.gather(*(self._until_applied(m, index) for m in managers))  # type: ignore[attr-defined]
+        await asyncio.gather(*(self._until_applied(m, index) for m in managers))
 
     async def ListAdminCertificates(
         self, request: cpb.ListAdminCertificatesRequest, context: object
     ) -> cpb.ListAdminCertificatesResponse:
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             cluster = _cluster(state)
             certs = sorted(state.admin_certs.values(), key=lambda a: (a.created_at, a.name))
             return cpb.ListAdminCertificatesResponse(certificates=[admin_pb(a, cluster) for a in certs])
 
     async def GetCAStatus(self, request: cpb.GetCAStatusRequest, context: object) -> cpb.CAStatus:
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             return ca_status(state)
 
     async def RotateCA(self, request: cpb.RotateCARequest, context: object) -> cpb.CAStatus:
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        with self._store.read() as state:
             cluster = _cluster(state)
         if cluster.ca_previous_cert_pem:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION, "a CA rotation is already under way: see `warren cluster ca`"
             )
         ca = await asyncio.to_thread(pki.CertificateAuthority.create, cluster.id)
-        wrapped = cakey.wrap(ca.key_pem, self._raft_secret)  # type: ignore[attr-defined]
-        await self._propose(commands.StartCARotation(ca.cert_pem.decode(), wrapped, time.time()))  # type: ignore[attr-defined]
-        with self._store.read() as state:  # type: ignore[attr-defined]
+        wrapped = cakey.wrap(ca.key_pem, self._raft_secret)
+        await self._propose(commands.StartCARotation(ca.cert_pem.decode(), wrapped, time.time()))
+        with self._store.read() as state:
             return ca_status(state)
