@@ -150,6 +150,8 @@ def test_rotating_the_ca_reissues_every_certificate_without_downtime(
 
         status = first.cli_json("cluster", "ca")
         assert not status["previous_fingerprint"]  # type: ignore[index]
+        info = first.cli("cluster", "info")
+        assert "CA rotation:" in info.stdout and status["fingerprint"] in info.stdout, info.stdout  # type: ignore[index]
         new_ca = tls.load_credentials(first.data_dir / "admin").ca_pem
         assert pki.ca_fingerprint(new_ca) == status["fingerprint"] != pki.ca_fingerprint(old_ca)  # type: ignore[index]
         # Every certificate now comes from the new CA: managers, the embedded agent, the worker, the CLI.

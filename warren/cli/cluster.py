@@ -134,6 +134,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("ID", info.id),
             ("Created", output.timestamp(info.created_at)),
             ("CA fingerprint", info.ca_fingerprint),
+            (
+                "CA rotation",
+                f"under way: {info.ca_nodes_done}/{info.nodes} nodes on the new CA (see `warren cluster ca`)"
+                if info.ca_rotating
+                else "none",
+            ),
             ("Raft state", info.raft_state),
             ("Leader", info.leader_api_addr or info.leader or "none"),
             ("Raft term", info.raft_term),

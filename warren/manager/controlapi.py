@@ -19,7 +19,7 @@ from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.ids import new_id
 from warren.manager import cakey
-from warren.manager.controlcerts import CertificatesControl
+from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode, RaftStatus
 from warren.manager.server import ApiError, check_result, not_leader
@@ -152,6 +152,9 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
             )
+            if cluster.ca_previous_cert_pem:
+                progress = ca_status(state)
+                info.ca_rotating, info.ca_nodes_done = True, progress.nodes_done
         views = await asyncio.gather(*(self._raft_view(node, raft) for node in managers))
         leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
         members = set(raft.members)
