@@ -12,7 +12,9 @@ from collections.abc import Callable
 
 import msgspec
 
+from warren import carotation
 from warren.model import (
+    AdminCert,
     Availability,
     ClusterInfo,
     Node,
@@ -67,6 +69,43 @@ def error(code: str, message: str) -> Result:
 class InitCluster(msgspec.Struct, frozen=True, tag="cluster.init"):
     cluster: ClusterInfo
     manager: Node
+    admin: AdminCert | None = None  # the admin certificate `cluster init` wrote (ADR 24)
+
+
+class IssueAdminCert(msgspec.Struct, frozen=True, tag="admin.issue"):
+    """Record an admin certificate just signed (ADR 24): a new one, or the renewal of `cert.id`."""
+
+    cert: AdminCert
+
+
+class RevokeAdminCert(msgspec.Struct, frozen=True, tag="admin.revoke"):
+    """Refuse the admin certificate `id` from now on, on every manager (ADR 24)."""
+
+    id: str
+    at: float
+
+
+class StartCARotation(msgspec.Struct, frozen=True, tag="ca.rotate"):
+    """A new root signs from now on; the current one stays trusted until every node holds a
+    certificate from the new one (ADR 24). The key is as the adapter stores it."""
+
+    ca_cert_pem: str
+    ca_key_pem: str
+    at: float
+
+
+class RecordNodeCertificate(msgspec.Struct, frozen=True, tag="node.certificate"):
+    """Which CA issued the certificate a node's agent calls with (or its manager serves)."""
+
+    node_id: str
+    ca: str
+    manager: bool = False
+
+
+class FinishCARotation(msgspec.Struct, frozen=True, tag="ca.rotate_done"):
+    """Stop trusting the previous root: refused while a node still depends on it."""
+
+    ca: str  # the key id of the current root, which the adapter computed
 
 
 class RotateJoinToken(msgspec.Struct, frozen=True, tag="cluster.rotate_token"):
@@ -204,6 +243,11 @@ class Noop(msgspec.Struct, frozen=True, tag="noop"):
 
 Command = (
     InitCluster
+    | IssueAdminCert
+    | RevokeAdminCert
+    | StartCARotation
+    | RecordNodeCertificate
+    | FinishCARotation
     | RotateJoinToken
     | UpdateClusterSettings
     | RegisterNode
@@ -368,7 +412,80 @@ def _init_cluster(state: ClusterState, cmd: InitCluster) -> tuple[Result, Change
     manager = _with_overlay_subnet(state, cmd.cluster, cmd.manager)
     if isinstance(manager, Result):
         return manager, []
-    return Result(id=cmd.cluster.id), [Put("cluster", cmd.cluster), Put("node", manager)]
+    changes: Changes = [Put("cluster", cmd.cluster), Put("node", manager)]
+    if cmd.admin is not None:
+        changes.append(Put("admin", cmd.admin))
+    return Result(id=cmd.cluster.id), changes
+
+
+def _issue_admin_cert(state: ClusterState, cmd: IssueAdminCert) -> tuple[Result, Changes]:
+    cert = cmd.cert
+    if state.is_revoked(cert.id) or cert.id in state.nodes:
+        return error("failed_precondition", f"id {cert.id} is not available for an admin certificate"), []
+    old = state.admin_certs.get(cert.id)
+    if old is not None and (old.revoked_at or old.name != cert.name):
+        return error("failed_precondition", f"admin certificate {old.name} was revoked"), []
+    same_name = state.admin_cert_by_name(cert.name)
+    if same_name is not None and same_name.id != cert.id:
+        return error("already_exists", f"an admin certificate named {cert.name} already exists"), []
+    if old is not None:  # a renewal keeps when it was first created
+        cert = msgspec.structs.replace(cert, created_at=old.created_at)
+    return Result(id=cert.id), [Put("admin", cert)]
+
+
+def _revoke_admin_cert(state: ClusterState, cmd: RevokeAdminCert) -> tuple[Result, Changes]:
+    cert = state.admin_certs.get(cmd.id)
+    if cert is None:
+        return error("not_found", f"admin certificate {cmd.id} not found"), []
+    if cert.revoked_at:
+        return error("failed_precondition", f"admin certificate {cert.name} is already revoked"), []
+    changes: Changes = [
+        Put("admin", msgspec.structs.replace(cert, revoked_at=cmd.at)),
+        Put("revoked", RevokedNode(cert.id, cmd.at)),
+    ]
+    # Like node revocations, the entry can go once no certificate naming it can be valid.
+    expired = [a for a in state.admin_certs.values() if a.revoked_at and a.not_after < cmd.at - REVOCATION_RETENTION]
+    changes += [Delete("admin", a.id) for a in expired]
+    return Result(id=cert.id), changes
+
+
+def _start_ca_rotation(state: ClusterState, cmd: StartCARotation) -> tuple[Result, Changes]:
+    cluster = state.cluster
+    if cluster is None:
+        return error("failed_precondition", "cluster is not initialised"), []
+    if cluster.ca_previous_cert_pem:
+        return error("failed_precondition", "a CA rotation is already under way: see `warren cluster ca`"), []
+    if not cmd.ca_cert_pem or not cmd.ca_key_pem:
+        return error("invalid_argument", "the new CA certificate and key are required"), []
+    rotated = msgspec.structs.replace(
+        cluster,
+        ca_cert_pem=cmd.ca_cert_pem,
+        ca_key_pem=cmd.ca_key_pem,
+        ca_previous_cert_pem=cluster.ca_cert_pem,
+        ca_rotation_started_at=cmd.at,
+    )
+    return OK, [Put("cluster", rotated)]
+
+
+def _record_node_certificate(state: ClusterState, cmd: RecordNodeCertificate) -> tuple[Result, Changes]:
+    node = state.nodes.get(cmd.node_id)
+    if node is None:
+        return error("not_found", f"node {cmd.node_id} not found"), []
+    if cmd.manager:
+        updated = msgspec.structs.replace(node, manager_cert_ca=cmd.ca)
+    else:
+        updated = msgspec.structs.replace(node, agent_cert_ca=cmd.ca)
+    return Result(id=node.id), [Put("node", updated)] if updated != node else []
+
+
+def _finish_ca_rotation(state: ClusterState, cmd: FinishCARotation) -> tuple[Result, Changes]:
+    cluster = state.cluster
+    if cluster is None or not cluster.ca_previous_cert_pem:
+        return error("failed_precondition", "no CA rotation is under way"), []
+    left = carotation.pending(state, cmd.ca)
+    if left:
+        return error("failed_precondition", f"{len(left)} node(s) still depend on the previous CA"), []
+    return OK, [Put("cluster", msgspec.structs.replace(cluster, ca_previous_cert_pem="", ca_rotation_started_at=0.0))]
 
 
 def _rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Changes]:
@@ -842,6 +959,11 @@ def _noop(state: ClusterState, cmd: Noop) -> tuple[Result, Changes]:
 
 _HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] = {
     InitCluster: _init_cluster,  # type: ignore[dict-item]
+    IssueAdminCert: _issue_admin_cert,  # type: ignore[dict-item]
+    RevokeAdminCert: _revoke_admin_cert,  # type: ignore[dict-item]
+    StartCARotation: _start_ca_rotation,  # type: ignore[dict-item]
+    RecordNodeCertificate: _record_node_certificate,  # type: ignore[dict-item]
+    FinishCARotation: _finish_ca_rotation,  # type: ignore[dict-item]
     RotateJoinToken: _rotate_token,  # type: ignore[dict-item]
     UpdateClusterSettings: _update_cluster_settings,  # type: ignore[dict-item]
     RotateNodeKeys: _rotate_node_keys,  # type: ignore[dict-item]

@@ -177,6 +177,11 @@ class Node(msgspec.Struct, frozen=True):
     arch: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    # CA rotation (ADR 24): the key id of the CA that issued the certificate this node's agent
+    # last called with (seen by the dispatcher; "" = never seen, e.g. --manager-only), and for a
+    # manager, of the certificate its API server presents.
+    agent_cert_ca: str = ""
+    manager_cert_ca: str = ""
 
 
 class RevokedNode(msgspec.Struct, frozen=True):
@@ -186,6 +191,18 @@ class RevokedNode(msgspec.Struct, frozen=True):
 
     id: str
     at: float
+
+
+class AdminCert(msgspec.Struct, frozen=True):
+    """An operator's admin certificate (ADR 24). `id` is its CN, which the guard reads on every
+    call; revoking it puts `id` among the revoked ids (as `node rm` does for a node)."""
+
+    id: str
+    name: str
+    created_at: float
+    not_after: float
+    ca: str  # key id of the CA that issued its current certificate
+    revoked_at: float = 0.0
 
 
 class Task(msgspec.Struct, frozen=True):
@@ -234,3 +251,7 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     # Seconds between automatic rotations of each node's WireGuard key (ADR 18); 0 = only
     # `warren node rotate-key`.
     wg_key_rotation_period: float = 0.0
+    # CA rotation (ADR 24): while the previous root is set, certificates from both are trusted;
+    # ca_cert_pem/ca_key_pem are then the new root, which signs everything.
+    ca_previous_cert_pem: str = ""
+    ca_rotation_started_at: float = 0.0

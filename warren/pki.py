@@ -173,7 +173,12 @@ class CertificateAuthority:
         """sha256 of the DER root cert, lowercase hex; the value pinned by join tokens."""
         return hashlib.sha256(self._cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
-    def issue(self, csr_pem: bytes, node_id: str, role: str, validity_days: int = 90) -> bytes:
+    @property
+    def key_id(self) -> str:
+        """Hex SubjectKeyIdentifier: what certificates it issues carry as AuthorityKeyIdentifier."""
+        return ca_key_id(self._cert_pem)
+
+    def issue(self, csr_pem: bytes, node_id: str, role: str, validity_days: float = 90) -> bytes:
         """Sign the CSR's public key as ``node_id``/``role``. The CSR's subject and extensions are
         ignored (the requester must not choose its own identity); its signature must be valid."""
         _check_node_id(node_id)
@@ -194,13 +199,13 @@ class CertificateAuthority:
         _check_public_key(public_key)
         return self._sign(public_key, node_id, role, validity_days)
 
-    def issue_keypair(self, node_id: str, role: str, validity_days: int = 90) -> tuple[bytes, bytes]:
+    def issue_keypair(self, node_id: str, role: str, validity_days: float = 90) -> tuple[bytes, bytes]:
         """A fresh key and its cert, for certs the manager mints itself (its own, the admin's)."""
         key_pem = generate_key()
         return self.issue(make_csr(key_pem), node_id, role, validity_days), key_pem
 
     def _sign(
-        self, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, node_id: str, role: str, validity_days: int
+        self, public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, node_id: str, role: str, validity_days: float
     ) -> bytes:
         now = _now()
         not_after = min(now + dt.timedelta(days=validity_days), self._cert.not_valid_after_utc)
@@ -262,6 +267,7 @@ class Identity:
     cluster_id: str
     not_after: dt.datetime
     serial: int
+    issuer_key_id: str = ""  # the issuing CA's key id (ca_key_id), "" if the cert does not say
 
 
 @functools.lru_cache(maxsize=4096)
@@ -281,22 +287,47 @@ def identity_of(cert_pem: bytes) -> Identity:
         cluster_id=cluster_id,
         not_after=cert.not_valid_after_utc,
         serial=cert.serial_number,
+        issuer_key_id=_authority_key_id(cert),
     )
 
 
 def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes) -> bool:
-    """Whether ``cert_pem`` was signed by the CA (issuer name and signature), e.g. to check a cert
-    handed back by a manager before trusting it. Validity dates are not checked here."""
-    ca = _load_cert(_as_bytes(ca_cert_pem))
+    """Whether ``cert_pem`` was signed by the CA, or by one of the CAs of a bundle (issuer name
+    and signature), e.g. to check a cert handed back by a manager before trusting it. Validity
+    dates are not checked here."""
     try:
         cert = x509.load_pem_x509_certificate(_as_bytes(cert_pem))
     except ValueError:
         return False
+    for ca in _load_bundle(ca_cert_pem):
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False
+
+
+@functools.lru_cache(maxsize=64)
+def ca_key_id(cert_pem: bytes | str) -> str:
+    """The hex SubjectKeyIdentifier of a CA certificate (the first of a bundle), computed from
+    its key when the extension is absent. Names a root in the CA rotation's bookkeeping."""
+    cert = _load_cert(_as_bytes(cert_pem))
     try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest.hex()
+
+
+def bundle(*cert_pems: bytes | str) -> bytes:
+    """Several PEM certificates as one trust bundle, in order, skipping empty ones (the first
+    is the current root: its fingerprint is the one join tokens pin)."""
+    return b"".join(_as_bytes(p).strip() + b"\n" for p in cert_pems if p)
+
+
+def bundle_key_ids(bundle_pem: bytes | str) -> set[str]:
+    """The key ids of every CA in a bundle."""
+    return {ca_key_id(c.public_bytes(serialization.Encoding.PEM)) for c in _load_bundle(bundle_pem)}
 
 
 def validity(cert_pem: bytes | str) -> tuple[dt.datetime, dt.datetime]:
@@ -396,6 +427,21 @@ def _load_cert(cert_pem: bytes | str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(_as_bytes(cert_pem))
     except (ValueError, TypeError) as exc:
         raise PkiError("not a valid PEM certificate") from exc
+
+
+def _load_bundle(bundle_pem: bytes | str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(_as_bytes(bundle_pem))
+    except (ValueError, TypeError) as exc:
+        raise PkiError("not a valid PEM certificate bundle") from exc
+
+
+def _authority_key_id(cert: x509.Certificate) -> str:
+    try:
+        digest = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return ""
+    return digest.hex() if digest else ""
 
 
 def _load_private_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:

@@ -11,10 +11,10 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
 
-Kind = Literal["node", "service", "task", "cluster", "revoked"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -43,6 +43,7 @@ class ClusterState:
         self.cluster: ClusterInfo | None = None
         self.nodes: dict[str, Node] = {}
         self.revoked: dict[str, RevokedNode] = {}  # removed node ids: their certificates are refused
+        self.admin_certs: dict[str, AdminCert] = {}  # by id (the certificate's CN)
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
@@ -67,12 +68,17 @@ class ClusterState:
     def is_revoked(self, node_id: str) -> bool:
         return node_id in self.revoked
 
+    def admin_cert_by_name(self, name: str) -> AdminCert | None:
+        """The valid (unrevoked) admin certificate called `name`."""
+        return next((a for a in self.admin_certs.values() if a.name == name and not a.revoked_at), None)
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
         other.cluster = self.cluster
         other.nodes = dict(self.nodes)
         other.revoked = dict(self.revoked)
+        other.admin_certs = dict(self.admin_certs)
         other.services = dict(self.services)
         other.tasks = dict(self.tasks)
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
@@ -98,6 +104,9 @@ class ClusterState:
         elif kind == "revoked":
             assert isinstance(obj, RevokedNode)
             self.revoked[obj.id] = obj
+        elif kind == "admin":
+            assert isinstance(obj, AdminCert)
+            self.admin_certs[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -120,6 +129,8 @@ class ClusterState:
             self.nodes.pop(obj_id, None)
         elif kind == "revoked":
             self.revoked.pop(obj_id, None)
+        elif kind == "admin":
+            self.admin_certs.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -60,19 +61,30 @@ def server_credentials(
     )
 
 
-def reloading_server_credentials(directory: str | os.PathLike[str]) -> grpc.ServerCredentials:
+def reloading_server_credentials(
+    directory: str | os.PathLike[str], roots: Callable[[], bytes] | None = None
+) -> grpc.ServerCredentials:
     """Like `server_credentials` for the credentials in `directory`, re-read on the next TLS
-    handshake after the files change: a renewed certificate is served without a restart."""
+    handshake after the files change: a renewed certificate is served without a restart.
+    `roots()`, if given, supplies the client CAs to trust instead of ca.pem, and is asked at
+    every handshake: a CA rotation must be trusted the moment it is committed (ADR 24)."""
     path = Path(directory)
-    loaded = [_mtime(path)]
+
+    def trusted(creds: Credentials) -> bytes:
+        return (roots() if roots is not None else b"") or creds.ca_pem
+
+    def version() -> tuple[float, bytes]:
+        return _mtime(path), roots() if roots is not None else b""
+
+    loaded = [version()]
 
     def configuration() -> grpc.ServerCertificateConfiguration:
         creds = load_credentials(path)
-        return grpc.ssl_server_certificate_configuration([(creds.key_pem, creds.cert_pem)], creds.ca_pem)
+        return grpc.ssl_server_certificate_configuration([(creds.key_pem, creds.cert_pem)], trusted(creds))
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
         try:
-            current = _mtime(path)
+            current = version()
             if current == loaded[0]:
                 return None  # unchanged: grpc keeps the current configuration
             fresh = configuration()
@@ -186,6 +198,15 @@ def save_credentials(directory: str | os.PathLike[str], ca_pem: bytes, cert_pem:
     _write_atomic(path / CERT_FILE, cert_pem, 0o644)
     _write_atomic(path / CA_FILE, ca_pem, 0o644)
     _fsync_dir(path)
+
+
+def replace_credential_files(
+    ca_path: Path, cert_path: Path, key_path: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
+) -> None:
+    """Like save_credentials for files anywhere (a CLI context's), key first, each atomically."""
+    _write_atomic(Path(key_path), key_pem, 0o600)
+    _write_atomic(Path(cert_path), cert_pem, 0o644)
+    _write_atomic(Path(ca_path), ca_pem, 0o644)
 
 
 def load_credentials(directory: str | os.PathLike[str]) -> Credentials:

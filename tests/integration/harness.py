@@ -18,9 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import lmdb
+import msgspec
 
-from warren import tls
+from warren import pki, tls
 from warren.api.v1 import control_pb2_grpc
+from warren.manager import cakey
+from warren.model import ClusterInfo
+from warren.state import CLUSTER_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,6 +178,19 @@ class Manager:
         result = self.cli("cluster", "join-token", role, "-q")
         assert result.returncode == 0, result.stderr
         return result.stdout.strip()
+
+    def authority(self) -> pki.CertificateAuthority:
+        """The cluster CA as this manager's state holds it (read-only; the key unwrapped with the
+        Raft secret, ADR 24), for tests that mint certificates of their own."""
+        env = lmdb.open(str(self.data_dir / "db"), readonly=True, max_dbs=16, lock=True)
+        try:
+            with env.begin() as txn:
+                raw = txn.get(CLUSTER_KEY.encode(), db=env.open_db(b"state_cluster", txn=txn, create=False))
+        finally:
+            env.close()
+        cluster = msgspec.msgpack.decode(raw, type=ClusterInfo)
+        key = cakey.unwrap(cluster.ca_key_pem, (self.data_dir / "raft.secret").read_text().strip())
+        return pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, key)
 
     def channel(self, creds_dir: Path | None = None) -> grpc.Channel:
         creds = tls.load_credentials(creds_dir or self.data_dir / "admin")

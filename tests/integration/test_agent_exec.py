@@ -75,9 +75,7 @@ class Agent:
 
 def issue_worker(manager: Manager, data_dir: Path) -> None:
     """Worker credentials signed by the cluster CA, and node.json, as the join flow writes them."""
-    ca = pki.CertificateAuthority.from_pem(
-        (manager.data_dir / "certs" / "ca.pem").read_bytes(), (manager.data_dir / "ca-key.pem").read_bytes()
-    )
+    ca = manager.authority()
     cert, key = ca.issue_keypair(WORKER_ID, pki.ROLE_WORKER)
     tls.save_credentials(data_dir / "certs", ca.cert_pem, cert, key)
     (data_dir / "node.json").write_text(json.dumps({"node_id": WORKER_ID, "managers": [manager.addr]}))

@@ -270,10 +270,11 @@ def test_node_goes_down_after_missed_heartbeats(tmp_path: Path, period: str) -> 
 
 
 def test_secrets_on_disk_are_owner_only(manager: Manager) -> None:
-    """The data directory holds the CA key (in files, the LMDB state and snapshots)."""
+    """The data directory holds the CA key (wrapped, in the LMDB state and snapshots) and the
+    Raft secret that unwraps it; ca-key.pem is gone once the cluster is committed (ADR 24)."""
     assert manager.data_dir.stat().st_mode & 0o077 == 0
+    assert not (manager.data_dir / "ca-key.pem").exists()
     for path in [
-        manager.data_dir / "ca-key.pem",
         manager.data_dir / "raft.secret",
         manager.data_dir / "admin" / "key.pem",
         *(manager.data_dir / "db").iterdir(),

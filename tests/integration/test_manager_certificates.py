@@ -12,11 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.integration.harness import free_port
 from warren import certinfo, pki, tls
-from warren.manager.daemon import renew_certificate
+from warren.manager.certificates import renew_certificate
 from warren.model import ClusterInfo
 from warren.state import ClusterState, Put
 
@@ -83,3 +83,46 @@ def test_a_renewed_manager_certificate_is_served_without_a_restart(tmp_path: Pat
     identity = pki.identity_of(renewed)
     assert (identity.node_id, identity.role) == ("mgr1", pki.ROLE_MANAGER)
     assert certinfo.validity(renewed)[1] > certinfo.validity(cert)[1] + dt.timedelta(days=80)
+
+
+def test_a_new_root_is_trusted_from_the_state_at_the_next_handshake(tmp_path: Path) -> None:
+    """During a CA rotation, a manager accepts clients of the new root as soon as the state
+    says so, before its certs/ca.pem is rewritten (ADR 24)."""
+    old = pki.CertificateAuthority.create("cluster1")
+    new = pki.CertificateAuthority.create("cluster1")
+    data = tmp_path / "manager"
+    cert, key = old.issue_keypair("mgr1", pki.ROLE_MANAGER, validity_days=3)
+    tls.save_credentials(data / "certs", old.cert_pem, cert, key)
+    roots = [old.cert_pem]
+    new_cert, new_key = new.issue_keypair("admin2", pki.ROLE_ADMIN, validity_days=3)
+    client = tls.Credentials(pki.bundle(old.cert_pem, new.cert_pem), new_cert, new_key)
+    port = free_port()
+    outcomes: list[bool] = []
+
+    def handshake() -> bool:
+        """A health check over a fresh connection (TLS 1.3 refuses a client certificate only
+        after the client's side of the handshake is done: a call shows it)."""
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", tls.channel_credentials(*client), tls.channel_options())
+        with channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+        return True
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        creds = tls.reloading_server_credentials(data / "certs", lambda: roots[0])
+        server.add_secure_port(f"127.0.0.1:{port}", creds)
+        await server.start()
+        try:
+            outcomes.append(await asyncio.to_thread(handshake))
+            roots[0] = pki.bundle(new.cert_pem, old.cert_pem)  # StartCARotation applied
+            outcomes.append(await asyncio.to_thread(handshake))
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+    assert outcomes == [False, True]
+    assert tls.load_credentials(data / "certs").ca_pem == old.cert_pem  # no file was touched

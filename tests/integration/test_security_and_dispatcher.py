@@ -19,9 +19,7 @@ from warren.api.v1 import types_pb2 as pb
 
 def _issue(manager: Manager, directory: Path, node_id: str, role: str) -> Path:
     """Credentials signed by the cluster's own CA, as the join flow will issue them."""
-    ca = pki.CertificateAuthority.from_pem(
-        (manager.data_dir / "certs" / "ca.pem").read_bytes(), (manager.data_dir / "ca-key.pem").read_bytes()
-    )
+    ca = manager.authority()
     cert, key = ca.issue_keypair(node_id, role)
     tls.save_credentials(directory, ca.cert_pem, cert, key)
     return directory

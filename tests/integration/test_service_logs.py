@@ -247,9 +247,7 @@ def test_an_agent_may_publish_only_the_logs_of_its_own_tasks(tmp_path: Path) -> 
         assert reader.take(1, timeout=20)
         [stream_id] = re.findall(r"log stream (\w+) opened: .*following", manager.log())
 
-        ca = pki.CertificateAuthority.from_pem(
-            (manager.data_dir / "certs" / "ca.pem").read_bytes(), (manager.data_dir / "ca-key.pem").read_bytes()
-        )
+        ca = manager.authority()
         cert, key = ca.issue_keypair("intruder1", pki.ROLE_WORKER)
         tls.save_credentials(tmp_path / "intruder", ca.cert_pem, cert, key)
         channel = manager.channel(tmp_path / "intruder")

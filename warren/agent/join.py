@@ -238,20 +238,27 @@ def join(token: str, manager_addr: str, data_dir: Path, hostname: str, *, timeou
 
 # -- renewal -----------------------------------------------------------------------------------
 async def renew_if_due(
-    channel: grpc.aio.Channel, data_dir: Path, *, now: dt.datetime | None = None, timeout: float = 10.0
+    channel: grpc.aio.Channel,
+    data_dir: Path,
+    *,
+    now: dt.datetime | None = None,
+    timeout: float = 10.0,
+    force: bool = False,
 ) -> bool:
     """Renew the certificate in `data_dir`/certs over `channel` (an mTLS channel to a manager,
     made from those same credentials) when `renewal_due`. Returns True if new credentials were
     written: channels made from the old ones keep working until the old certificate expires, so
     the caller should reconnect at its next convenient point.
 
-    The new certificate must come from the CA already on disk (a CA sent over the wire is never
-    adopted), for a fresh key generated here, with the same node id and role and a later expiry.
+    The new certificate must come from a CA already on disk, or, during a CA rotation (`force`,
+    ADR 24), from the new root of a bundle that still holds a root already on disk: a root is
+    adopted only over the mTLS channel the trusted one authenticated, never on its own. It must
+    be for a fresh key generated here, with the same node id and role and a later expiry.
     Raises grpc.aio.AioRpcError if the call fails (PERMISSION_DENIED "...removed from the
     cluster" for a removed node) and RenewalError if the answer fails those checks."""
     certs = data_dir / CERTS_DIR
     creds = tls.load_credentials(certs)
-    if not renewal_due(creds.cert_pem, now):
+    if not force and not renewal_due(creds.cert_pem, now):
         return False
     old = pki.identity_of(creds.cert_pem)
     key_pem = await asyncio.to_thread(pki.generate_key)
@@ -259,14 +266,31 @@ async def renew_if_due(
     stub = ca_pb2_grpc.NodeCertificatesStub(channel)
     response = await stub.RenewCertificate(capb.RenewRequest(csr_pem=csr_pem.decode()), timeout=timeout)
     cert_pem = response.cert_pem.encode()
-    check_renewed(old, creds.ca_pem, cert_pem, key_pem)
-    await asyncio.to_thread(tls.save_credentials, certs, creds.ca_pem, cert_pem, key_pem)
+    ca_pem = adopted_roots(creds.ca_pem, response.ca_pem.encode())
+    check_renewed(old, ca_pem, cert_pem, key_pem, same_expiry_ok=force)
+    await asyncio.to_thread(tls.save_credentials, certs, ca_pem, cert_pem, key_pem)
     log.info("renewed the node certificate of %s (now valid until %s)", old.node_id, pki.validity(cert_pem)[1])
     return True
 
 
-def check_renewed(old: pki.Identity, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> pki.Identity:
-    """Raise RenewalError unless `cert_pem` is a valid successor of the certificate `old` describes."""
+def adopted_roots(trusted_pem: bytes, offered_pem: bytes) -> bytes:
+    """The roots to keep after a renewal: those offered by the manager if they include one we
+    trust already (a CA rotation adds the new root first), else the ones we have."""
+    if not offered_pem:
+        return trusted_pem
+    try:
+        if pki.bundle_key_ids(offered_pem) & pki.bundle_key_ids(trusted_pem):
+            return offered_pem
+    except pki.PkiError:
+        pass
+    return trusted_pem
+
+
+def check_renewed(
+    old: pki.Identity, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, *, same_expiry_ok: bool = False
+) -> pki.Identity:
+    """Raise RenewalError unless `cert_pem` is a valid successor of the certificate `old` describes.
+    `same_expiry_ok`: a re-issue from a new root (CA rotation) need not expire later."""
     if not pki.verify_issued_by(cert_pem, ca_pem):
         raise RenewalError("the renewed certificate was not issued by the cluster CA")
     try:
@@ -278,6 +302,6 @@ def check_renewed(old: pki.Identity, ca_pem: bytes, cert_pem: bytes, key_pem: by
         raise RenewalError("the renewed certificate is not for the key we sent")
     if (new.node_id, new.role, new.cluster_id) != (old.node_id, old.role, old.cluster_id):
         raise RenewalError("the renewed certificate names another node, role or cluster")
-    if new.not_after <= old.not_after:
+    if new.not_after <= old.not_after and not same_expiry_ok:
         raise RenewalError("the renewed certificate expires no later than the current one")
     return new

@@ -92,7 +92,7 @@ class Promotion:
 
     async def _get_certificate(self, channel: grpc.aio.Channel) -> None:
         from warren import pki
-        from warren.agent.join import check_renewed, write_node_file
+        from warren.agent.join import adopted_roots, check_renewed, write_node_file
 
         current = tls.load_credentials(self._data_dir / CERTS_DIR)
         worker = pki.identity_of(current.cert_pem)
@@ -104,12 +104,13 @@ class Promotion:
         cert_pem = response.cert_pem.encode()
         # The same node and cluster, now as a manager; any expiry will do (it is a new role).
         expected = dataclasses.replace(worker, role=MANAGER_ROLE, not_after=dt.datetime.min.replace(tzinfo=dt.UTC))
+        ca_pem = adopted_roots(current.ca_pem, response.ca_pem.encode())  # a CA rotation may be under way
         try:
-            check_renewed(expected, current.ca_pem, cert_pem, key_pem)
+            check_renewed(expected, ca_pem, cert_pem, key_pem)
         except Exception as exc:
             raise ValueError(f"the manager certificate is not acceptable: {exc}") from None
         self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tls.save_credentials(self._dir / CERTS_DIR, current.ca_pem, cert_pem, key_pem)
+        tls.save_credentials(self._dir / CERTS_DIR, ca_pem, cert_pem, key_pem)
         write_node_file(self._dir, worker.node_id, self._managers())
 
     def _start(self, join: bool) -> None:

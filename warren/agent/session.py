@@ -288,7 +288,7 @@ class Session:
                 exc = job.exception()
                 if exc is not None:
                     raise exc
-                if job.get_name() == "session-read":
+                if job.get_name() in ("session-read", "session-heartbeat"):
                     return bool(job.result())
             return False
         finally:
@@ -328,9 +328,11 @@ class Session:
 
     async def _heartbeat(
         self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str, channel: grpc.aio.Channel
-    ) -> None:
+    ) -> bool:
         """Beat at the period the manager asks for; the first at half the last known period.
-        A reply asking for the manager role starts the promotion (in the background)."""
+        A reply asking for the manager role starts the promotion (in the background). Returns
+        True to reopen the session at once: a CA rotation renewed this node's certificate, and
+        only a new connection presents it (ADR 24)."""
         await asyncio.sleep(self.period / 2)
         promoting: asyncio.Task[None] | None = None
         try:
@@ -349,10 +351,29 @@ class Session:
                     promoting = asyncio.create_task(self.on_promotion(channel), name="promotion")
                 if reply.wg_key_epoch:
                     self.on_key_epoch(reply.wg_key_epoch)
+                if reply.renew_certificate and await self._renew_for_rotation(channel):
+                    return True
                 await asyncio.sleep(self.period)
         finally:
             if promoting is not None:  # it needs this session's channel: the next one retries
                 promoting.cancel()
+
+    async def _renew_for_rotation(self, channel: grpc.aio.Channel) -> bool:
+        """Re-issue the certificate from the cluster's new root; True once the new one is on disk."""
+        from warren.agent import join
+
+        try:
+            await join.renew_if_due(channel, self.certs_dir.parent, force=True)
+        except grpc.aio.AioRpcError as exc:
+            if is_removed(exc):
+                raise
+            log.warning("re-issuing the certificate for the CA rotation failed: %s %s", exc.code().name, exc.details())
+            return False
+        except Exception as exc:  # a bad answer: keep the session, the next heartbeat asks again
+            log.error("re-issuing the node certificate for the CA rotation failed: %s", exc)
+            return False
+        log.info("the cluster CA is being rotated: re-issued this node's certificate; reconnecting with it")
+        return True
 
     async def _renew(self, channel: grpc.aio.Channel) -> None:
         """Renew the node certificate over this session's channel when a third of its lifetime

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import units, worker
+from warren.cli import certs, units, worker
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -89,6 +89,7 @@ def register(groups: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.set_defaults(func=cmd_join_token)
 
+    certs.register(cmds)
     worker.add_join_parser(cmds)
 
 
@@ -135,6 +136,12 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("ID", info.id),
             ("Created", output.timestamp(info.created_at)),
             ("CA fingerprint", info.ca_fingerprint),
+            (
+                "CA rotation",
+                f"under way: {info.ca_nodes_done}/{info.nodes} nodes on the new CA (see `warren cluster ca`)"
+                if info.ca_rotating
+                else "none",
+            ),
             ("Raft state", info.raft_state),
             ("Leader", info.leader_api_addr or info.leader or "none"),
             ("Raft term", info.raft_term),

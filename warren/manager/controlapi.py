@@ -18,6 +18,8 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.ids import new_id
+from warren.manager import cakey
+from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.logbroker import LogBroker
 from warren.manager.raft import RaftNode, RaftStatus
 from warren.manager.server import ApiError, check_result, not_leader
@@ -122,7 +124,7 @@ def _spec(msg: object) -> object:
     return spec
 
 
-class ControlService(control_pb2_grpc.ControlServicer):
+class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
         store: Store,
@@ -130,7 +132,10 @@ class ControlService(control_pb2_grpc.ControlServicer):
         timeout: float = 5.0,
         logs: LogBroker | None = None,
         certs_dir: Path | None = None,
+        raft_secret: str = "",
     ) -> None:
+        self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
+        self._authority = cakey.Authority(raft_secret)
         self._store = store
         self._raft = raft
         self._timeout = timeout
@@ -177,6 +182,9 @@ class ControlService(control_pb2_grpc.ControlServicer):
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
             )
+            if cluster.ca_previous_cert_pem:
+                progress = ca_status(state)
+                info.ca_rotating, info.ca_nodes_done = True, progress.nodes_done
         views = await asyncio.gather(*(self._raft_view(node, raft) for node in managers))
         leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
         members = set(raft.members)
@@ -350,6 +358,13 @@ class ControlService(control_pb2_grpc.ControlServicer):
 
     async def RemoveNode(self, request: cpb.RemoveNodeRequest, context: object) -> cpb.RemoveNodeResponse:
         with self._store.read() as state:
+            admin = state.admin_certs.get(request.node) or state.admin_cert_by_name(request.node)
+            if admin is not None and request.node not in state.nodes:
+                raise ApiError(
+                    NOT_FOUND,
+                    f"{request.node} is the admin certificate {admin.name}, not a node: "
+                    f"revoke it with `warren cluster admin-cert revoke {admin.name}`",
+                )
             node = resolve_node(state, request.node)
         if node.role == NodeRole.MANAGER:
             raise ApiError(

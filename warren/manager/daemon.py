@@ -3,7 +3,8 @@
 Data directory layout (everything a manager needs to resume after kill -9):
     manager.json   this manager's identity and addresses, written before the cluster exists
     raft.secret    the cluster secret that encrypts and authenticates Raft traffic
-    ca-key.pem     the cluster CA key (also replicated in the state, for other managers)
+    ca-key.pem     the cluster CA key, only from the first start until the cluster is committed
+                   (the state holds it from then on, wrapped: ADR 24); then deleted
     certs/         this manager's CA, certificate and key
     admin/         the admin client credentials created at init (the CLI's context points here)
     agent-settings.json  the embedded agent's settings (or that there is none: --manager-only)
@@ -17,7 +18,6 @@ The directory and every secret in it are owner-only (0700/0600).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import os
@@ -32,25 +32,27 @@ from typing import Any
 
 import msgspec
 
-from warren import certinfo, clientconfig, commands, pki, tls
+from warren import clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import node_hostname
 from warren.api.v1 import managers_pb2 as mpb
 from warren.cli.units import format_size
 from warren.ids import new_id
-from warren.manager import embedded, metrics
+from warren.manager import cakey, embedded, metrics
 from warren.manager import settings as manager_settings
+from warren.manager.certificates import CertificateKeeper
 from warren.manager.controlapi import ControlService
+from warren.manager.controlcerts import INIT_ADMIN_NAME
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.membership import ManagersService, MembershipError, manager_addrs, request_membership
-from warren.manager.nodeca import NODE_CERT_DAYS, NodeCAService, NodeCertificatesService, build_join_server
+from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import ProposalError, RaftNode, RaftStartError
 from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
-from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
+from warren.model import AdminCert, Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
 from warren.network import ipam
 from warren.text import ascii_int, shown
 
@@ -259,36 +261,6 @@ def _raft_peers(identity: ManagerIdentity, store: Store) -> list[str]:
     return sorted((known | set(identity.peers)) - {identity.raft_addr})
 
 
-CERT_CHECK_PERIOD = 3600.0  # seconds between checks of this manager's certificate
-
-
-def renew_certificate(data: Path, store: Store, node_id: str, now: dt.datetime | None = None) -> bool:
-    """Re-issue this manager's certificate from the cluster CA (in the state) once a third of its
-    lifetime is left. The API server reads the new one at its next handshake. True if renewed."""
-    certs = data / "certs"
-    creds = tls.load_credentials(certs)
-    if not certinfo.renewal_due(creds.cert_pem, now):
-        return False
-    with store.read() as state:
-        cluster = state.cluster
-    if cluster is None:
-        return False
-    ca = pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, cluster.ca_key_pem)
-    cert, key = ca.issue_keypair(node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
-    tls.save_credentials(certs, ca.cert_pem, cert, key)
-    log.info("renewed this manager's certificate (valid until %s)", certinfo.validity(cert)[1])
-    return True
-
-
-async def _keep_certificate_fresh(data: Path, store: Store, node_id: str) -> None:
-    while True:
-        try:
-            await asyncio.to_thread(renew_certificate, data, store, node_id)
-        except Exception:  # keep serving with the current certificate; try again later
-            log.exception("cannot renew this manager's certificate")
-        await asyncio.sleep(CERT_CHECK_PERIOD)
-
-
 async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event, hint: str) -> None:
     """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next.
     Only a change from manager to worker counts: a manager still catching up may not have
@@ -396,11 +368,12 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         elif store.state.cluster is None:
             if not identity.peers and not await asyncio.to_thread(raft.wait_leader, 15.0):
                 raise StartupError("this manager did not become Raft leader within 15 s")
-            await _init_cluster(raft, identity, data, options, drained=not agent.enabled)
+            await _init_cluster(raft, identity, data, options, drained=not agent.enabled, secret=secret)
     except StartupError:
         raft.destroy_synchronous()
         store.env.close()
         raise
+    _forget_ca_key_file(data, store)
     await _record_join_addr(raft, store, identity)
 
     def revoked(node_id: str) -> bool:
@@ -409,7 +382,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
 
     heartbeats = Heartbeats()
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
-    control = ControlService(store, raft, logs=logs, certs_dir=data / "certs")
+    control = ControlService(store, raft, logs=logs, certs_dir=data / "certs", raft_secret=secret)
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
         server, health = build_server(
@@ -419,13 +392,15 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
             revoked,
             control,
             dispatcher,
-            NodeCertificatesService(store),
+            NodeCertificatesService(store, raft_secret=secret),
             ManagersService(store, raft, secret, identity.node_id),
             read_barrier=raft.read_barrier,
             manager_addrs=lambda: manager_addrs(store),
             certs_dir=data / "certs",
+            trusted_roots=lambda: _trusted_roots(store),
+            trust_bundle=lambda: _trust_bundle(store),
         )
-        join_server = build_join_server(identity.join_bind_addr, NodeCAService(store))
+        join_server = build_join_server(identity.join_bind_addr, NodeCAService(store, raft_secret=secret))
         if options.metrics_addr:
             metrics.serve(options.metrics_addr, metrics.StateCollector(store.read, raft.status, raft.capacity))
     except OSError as exc:
@@ -444,7 +419,7 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
             loop.add_signal_handler(sig, stop.set)
     agent_job = _start_agent(data, identity, agent, stop)
     demotion = asyncio.create_task(_watch_demotion(store, identity, data, stop, _demoted_hint(data, options.in_agent)))
-    renewal = asyncio.create_task(_keep_certificate_fresh(data, store, identity.node_id))
+    renewal = asyncio.create_task(CertificateKeeper(data, store, raft, identity.node_id, secret).run())
 
     if identity.joined:
         if first_start:
@@ -630,17 +605,39 @@ def _check_bindable(flag: str, addr: str) -> None:
         raise StartupError(f"cannot listen on {addr} ({flag}): {exc.strerror}") from None
 
 
+def _trusted_roots(store: Store) -> frozenset[str]:
+    with store.read() as state:
+        cluster = state.cluster
+    return cakey.trusted_key_ids(cluster) if cluster is not None else frozenset()
+
+
+def _trust_bundle(store: Store) -> bytes:
+    with store.read() as state:
+        cluster = state.cluster
+    return cakey.trust_bundle(cluster) if cluster is not None else b""
+
+
+def _forget_ca_key_file(data: Path, store: Store) -> None:
+    """ca-key.pem only carries the CA key from the first start to the InitCluster commit (a
+    crash in between starts the commit again); once the state holds the key, it goes."""
+    with store.read() as state:
+        committed = state.cluster is not None
+    if committed:
+        (data / "ca-key.pem").unlink(missing_ok=True)
+
+
 async def _init_cluster(
-    raft: RaftNode, identity: ManagerIdentity, data: Path, options: ManagerOptions, drained: bool
+    raft: RaftNode, identity: ManagerIdentity, data: Path, options: ManagerOptions, drained: bool, secret: str
 ) -> None:
     """Commit the cluster and this manager's node. `drained`: no agent runs tasks here."""
     ca = pki.CertificateAuthority.from_pem((data / "certs" / "ca.pem").read_bytes(), (data / "ca-key.pem").read_bytes())
+    admin = pki.identity_of((data / "admin" / tls.CERT_FILE).read_bytes())
     now = time.time()
     cluster = ClusterInfo(
         id=identity.cluster_id,
         created_at=now,
         ca_cert_pem=ca.cert_pem.decode(),
-        ca_key_pem=ca.key_pem.decode(),
+        ca_key_pem=cakey.wrap(ca.key_pem, secret),
         worker_token_secret=pki.new_token_secret(),
         manager_token_secret=pki.new_token_secret(),
         heartbeat_period=options.heartbeat_period,
@@ -662,7 +659,14 @@ async def _init_cluster(
         created_at=now,
         updated_at=now,
     )
-    result = await raft.propose_async(commands.InitCluster(cluster, manager), timeout=10.0)
+    admin_record = AdminCert(
+        id=admin.node_id,
+        name=INIT_ADMIN_NAME,
+        created_at=now,
+        not_after=admin.not_after.timestamp(),
+        ca=ca.key_id,
+    )
+    result = await raft.propose_async(commands.InitCluster(cluster, manager, admin_record), timeout=10.0)
     if not result.ok and result.code != "already_exists":
         raise StartupError(f"cannot initialise the cluster: {result.message}")
 

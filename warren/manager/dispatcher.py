@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from warren import commands, tls
+from warren import commands, pki, tls
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -31,7 +31,7 @@ from warren.manager.logbroker import LogBroker
 from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.store import Store
-from warren.model import Node, NodeRole, NodeStatus, Resources, Task, TaskState
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -374,6 +374,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         with self._store.read() as state:
             node = state.nodes.get(node_id)
             period = self._period(state)
+            cluster = state.cluster
         if node is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, "this node was removed from the cluster")
         # A heartbeat proves the agent holds this session's COMPLETE set: the session works.
@@ -403,7 +404,22 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             period=period,
             desired_role=NodeRole.MANAGER.value if promoted else "",
             wg_key_epoch=node.wg_key_desired_epoch,
+            renew_certificate=await self._certificate_root(node, cluster),
         )
+
+    async def _certificate_root(self, node: Node, cluster: ClusterInfo | None) -> bool:
+        """Record which root issued the certificate this agent calls with (the CA rotation's
+        progress, ADR 24); True if it comes from an old root and must be renewed."""
+        issuer = caller.get().issuer_key_id
+        if cluster is None or not issuer:
+            return False
+        if issuer != node.agent_cert_ca:
+            record = commands.RecordNodeCertificate(node.id, issuer)
+            try:
+                check_result(await self._raft.propose_async(record, self._timeout))
+            except (ApiError, ProposalError) as exc:  # the next heartbeat records it
+                log.warning("could not record the certificate of node %s: %s", node.id, exc)
+        return issuer != pki.ca_key_id(cluster.ca_cert_pem)
 
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
         self._require_leader()

@@ -21,7 +21,7 @@ from warren import pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
-from warren.manager import metrics
+from warren.manager import cakey, metrics
 from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.manager.store import Store
 from warren.model import ClusterInfo, NodeRole
@@ -102,34 +102,23 @@ def peer_host(peer: str) -> str:
     return peer
 
 
-class _AuthorityCache:
-    """The CertificateAuthority for the current ClusterInfo, parsed once."""
-
-    def __init__(self) -> None:
-        self._pem = ""
-        self._ca: pki.CertificateAuthority | None = None
-
-    def get(self, cluster: ClusterInfo) -> pki.CertificateAuthority:
-        if self._ca is None or self._pem != cluster.ca_cert_pem:
-            self._ca = pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, cluster.ca_key_pem)
-            self._pem = cluster.ca_cert_pem
-        return self._ca
-
-
 def _cluster(state: ClusterState) -> ClusterInfo:
     if state.cluster is None:
         raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
     return state.cluster
 
 
-def _issue(ca: pki.CertificateAuthority, csr_pem: str, node_id: str, role: str) -> bytes:
+def issue_from_csr(
+    ca: pki.CertificateAuthority, csr_pem: str, node_id: str, role: str, days: float = NODE_CERT_DAYS
+) -> bytes:
+    """Sign a CSR sent by a caller; a bad one is INVALID_ARGUMENT."""
     try:
-        return ca.issue(csr_pem.encode(), node_id, role, validity_days=NODE_CERT_DAYS)
+        return ca.issue(csr_pem.encode(), node_id, role, validity_days=days)
     except pki.PkiError as exc:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"unusable certificate signing request: {exc}") from None
 
 
-def _check_csr_size(csr_pem: str) -> None:
+def check_csr_size(csr_pem: str) -> None:
     if not csr_pem:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "csr_pem is required")
     if len(csr_pem) > MAX_CSR_BYTES:
@@ -144,11 +133,12 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         store: Store,
         limiter: FailureLimiter | None = None,
         new_node_id: Callable[[], str] = new_id,
+        raft_secret: str = "",
     ) -> None:
         self._store = store
         self._limiter = limiter or FailureLimiter()
         self._new_node_id = new_node_id
-        self._authority = _AuthorityCache()
+        self._authority = cakey.Authority(raft_secret)
 
     async def Join(self, request: capb.JoinRequest, context: grpc.aio.ServicerContext) -> capb.JoinResponse:
         started = time.perf_counter()
@@ -176,7 +166,7 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         return ApiError(grpc.StatusCode.PERMISSION_DENIED, DENIED)
 
     def _join(self, request: capb.JoinRequest, host: str) -> capb.JoinResponse:
-        _check_csr_size(request.csr_pem)
+        check_csr_size(request.csr_pem)
         if not NAME_RE.fullmatch(request.hostname):
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -196,13 +186,13 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         role = pki.ROLE_MANAGER if as_manager else pki.ROLE_WORKER
         ca = self._authority.get(cluster)
         node_id = self._new_node_id()
-        cert = _issue(ca, request.csr_pem, node_id, role)
+        cert = issue_from_csr(ca, request.csr_pem, node_id, role)
         log.info("issued a %s certificate to node %s (%s, from %s)", role, node_id, request.hostname, host)
         return capb.JoinResponse(
             node_id=node_id,
             role=role,
             cert_pem=cert.decode(),
-            ca_pem=ca.cert_pem.decode(),
+            ca_pem=cakey.trust_bundle(cluster).decode(),  # the current root first: the token pins it
             managers=managers,
         )
 
@@ -211,13 +201,13 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
     """Renewal, on the mTLS API port behind the guard: a fresh certificate for the caller's own
     node id and role, as its current certificate states them. A revoked node never gets here."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, raft_secret: str = "") -> None:
         self._store = store
-        self._authority = _AuthorityCache()
+        self._authority = cakey.Authority(raft_secret)
 
     async def RenewCertificate(self, request: capb.RenewRequest, context: object) -> capb.RenewResponse:
         identity = caller.get()
-        _check_csr_size(request.csr_pem)
+        check_csr_size(request.csr_pem)
         role = request.role or identity.role
         with self._store.read() as state:
             cluster = _cluster(state)
@@ -226,10 +216,15 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be empty or manager (got {shown(role)})")
         if role != identity.role and (node is None or node.desired_role != NodeRole.MANAGER):
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this node was not promoted to manager")
-        ca = self._authority.get(cluster)
-        cert = _issue(ca, request.csr_pem, identity.node_id, role)
+        try:
+            ca = self._authority.get(cluster)
+        except pki.PkiError as exc:
+            raise ApiError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        cert = issue_from_csr(ca, request.csr_pem, identity.node_id, role)
         log.info("issued a %s certificate to node %s (renewal)", role, identity.node_id)
-        return capb.RenewResponse(cert_pem=cert.decode(), ca_pem=ca.cert_pem.decode())
+        # During a CA rotation the bundle holds both roots: the node must trust the new one
+        # before the managers serve certificates from it (ADR 24).
+        return capb.RenewResponse(cert_pem=cert.decode(), ca_pem=cakey.trust_bundle(cluster).decode())
 
 
 def build_join_server(bind_addr: str, servicer: NodeCAService) -> grpc.aio.Server:

@@ -147,6 +147,8 @@ class MalformedRequestGuard(grpc.aio.ServerInterceptor):
 
 
 REMOVED_NODE = "this node was removed from the cluster"
+REVOKED_ADMIN = "this admin certificate was revoked"
+UNTRUSTED_ROOT = "this certificate was issued by a CA the cluster no longer trusts (the CA was rotated); get a new one"
 
 
 class _Guard(grpc.aio.ServerInterceptor):
@@ -156,9 +158,11 @@ class _Guard(grpc.aio.ServerInterceptor):
         revoked: Callable[[str], bool],
         read_barrier: Callable[[], Awaitable[Any]] | None = None,
         managers: Callable[[], list[str]] | None = None,
+        trusted_roots: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self._cluster_id = cluster_id
         self._revoked = revoked
+        self._trusted_roots = trusted_roots
         self._read_barrier = read_barrier
         self._managers = managers
 
@@ -195,7 +199,12 @@ class _Guard(grpc.aio.ServerInterceptor):
         if identity.cluster_id != self._cluster_id():
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this certificate belongs to another cluster")
         if self._revoked(identity.node_id):
-            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
+            message = REVOKED_ADMIN if identity.role == "admin" else REMOVED_NODE
+            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, message)
+        # A connection opened before a CA rotation ended keeps its verified certificate: refuse
+        # it here once its root is no longer trusted (ADR 24).
+        if self._trusted_roots is not None and identity.issuer_key_id not in self._trusted_roots():
+            raise ApiError(grpc.StatusCode.UNAUTHENTICATED, UNTRUSTED_ROOT)
         if identity.role not in roles:
             raise ApiError(
                 grpc.StatusCode.PERMISSION_DENIED,
@@ -264,12 +273,16 @@ def build_server(
     read_barrier: Callable[[], Awaitable[Any]] | None = None,
     manager_addrs: Callable[[], list[str]] | None = None,
     certs_dir: Path | None = None,
+    trusted_roots: Callable[[], frozenset[str]] | None = None,
+    trust_bundle: Callable[[], bytes] | None = None,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
     `manager_addrs` lists the managers' API addresses for clients to follow. With `certs_dir`,
-    the certificate is re-read from there when it changes (renewal)."""
-    guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs)
+    the certificate is re-read from there when it changes (renewal). `trusted_roots` gives the
+    key ids of the roots whose certificates are accepted (two during a CA rotation), and
+    `trust_bundle` their PEM, which the TLS handshake verifies clients against."""
+    guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs, trusted_roots)
     server = grpc.aio.server(interceptors=[guard], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
@@ -277,7 +290,10 @@ def build_server(
     managers_pb2_grpc.add_ManagersServicer_to_server(managers, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    creds = tls.server_credentials(*credentials) if certs_dir is None else tls.reloading_server_credentials(certs_dir)
+    if certs_dir is None:
+        creds = tls.server_credentials(*credentials)
+    else:
+        creds = tls.reloading_server_credentials(certs_dir, trust_bundle)
     bound = server.add_secure_port(listen_addr, creds)
     if bound == 0:
         raise OSError(f"cannot listen on {listen_addr}")

@@ -20,7 +20,7 @@ import lmdb
 import msgspec
 
 from warren.manager.settings import DEFAULT_MAP_SIZE
-from warren.model import ClusterInfo, Node, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Node, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ _KIND_TYPES: dict[Kind, type] = {
     "service": Service,
     "task": Task,
     "revoked": RevokedNode,
+    "admin": AdminCert,
 }
 _APPLIED_KEY = b"applied_index"
 
@@ -50,6 +51,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     services: list[Service]
     tasks: list[Task]
     revoked: list[RevokedNode] = []  # absent from snapshots written before revocation existed
+    admin_certs: list[AdminCert] = []  # absent from snapshots written before admin certificates
 
 
 def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
@@ -171,6 +173,7 @@ class Store:
                 list(s.services.values()),
                 list(s.tasks.values()),
                 list(s.revoked.values()),
+                list(s.admin_certs.values()),
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -180,6 +183,7 @@ class Store:
         changes += [Put("service", s) for s in snapshot.services]
         changes += [Put("task", t) for t in snapshot.tasks]
         changes += [Put("revoked", r) for r in snapshot.revoked]
+        changes += [Put("admin", a) for a in snapshot.admin_certs]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
         state = ClusterState()

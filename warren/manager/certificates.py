@@ -1,0 +1,117 @@
+"""This manager's own certificate: renewal, and its part in a CA rotation (ADR 15, ADR 24).
+
+A manager signs its own certificate from the CA in the replicated state; its API server reads
+the files again at the next TLS handshake. During a CA rotation, each manager:
+1. trusts both roots at once (certs/ca.pem becomes the two-root bundle), so agents and admins
+   re-issued from the new root are accepted while the others still call with old certificates;
+2. once every agent calls with a certificate from the new root (and so trusts it), serves a
+   certificate from the new root itself, and records that in the state;
+3. when the state says the rotation ended, trusts the new root only.
+The leader ends the rotation once no node depends on the old root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from pathlib import Path
+from typing import Protocol
+
+from warren import carotation, certinfo, commands, pki, tls
+from warren.manager import cakey
+from warren.manager.nodeca import NODE_CERT_DAYS
+from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.store import Store
+
+log = logging.getLogger(__name__)
+
+CA_CHECK_PERIOD = 1.0  # seconds between looks at the state's CA (cheap: no I/O unless it changed)
+CERT_CHECK_PERIOD = 3600.0  # seconds between expiry checks of this manager's certificate
+
+
+class _Readable(Protocol):
+    def read(self): ...  # a context manager yielding the ClusterState
+
+
+def renew_certificate(
+    data: Path, store: _Readable, node_id: str, now: dt.datetime | None = None, raft_secret: str = ""
+) -> bool:
+    """Re-issue this manager's certificate from the cluster CA (in the state) once a third of its
+    lifetime is left. The API server reads the new one at its next handshake. True if renewed."""
+    certs = data / "certs"
+    creds = tls.load_credentials(certs)
+    if not certinfo.renewal_due(creds.cert_pem, now):
+        return False
+    with store.read() as state:
+        cluster = state.cluster
+    if cluster is None:
+        return False
+    ca = cakey.Authority(raft_secret).get(cluster)
+    cert, key = ca.issue_keypair(node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
+    tls.save_credentials(certs, cakey.trust_bundle(cluster), cert, key)
+    log.info("renewed this manager's certificate (valid until %s)", certinfo.validity(cert)[1])
+    return True
+
+
+class CertificateKeeper:
+    """Keeps certs/ in step with the state's CA, and reports this manager's certificate root."""
+
+    def __init__(self, data: Path, store: Store, raft: RaftNode, node_id: str, raft_secret: str) -> None:
+        self._certs = data / "certs"
+        self._data = data
+        self._store = store
+        self._raft = raft
+        self._node_id = node_id
+        self._secret = raft_secret
+        self._authority = cakey.Authority(raft_secret)
+
+    def step(self) -> commands.Command | None:
+        """Bring certs/ in line with the state (blocking file I/O); the command to propose, if any."""
+        with self._store.read() as state:
+            cluster = state.cluster
+            node = state.nodes.get(self._node_id)
+            if cluster is None:
+                return None
+            current = pki.ca_key_id(cluster.ca_cert_pem)
+            rotating = bool(cluster.ca_previous_cert_pem)
+            agents_done = carotation.agents_done(state, current)
+            finished = rotating and not carotation.pending(state, current)
+        creds = tls.load_credentials(self._certs)
+        roots = cakey.trust_bundle(cluster)
+        issuer = pki.identity_of(creds.cert_pem).issuer_key_id
+        if issuer != current and (not rotating or agents_done):
+            ca = self._authority.get(cluster)
+            cert, key = ca.issue_keypair(self._node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
+            tls.save_credentials(self._certs, roots, cert, key)
+            issuer = current
+            log.info("this manager now serves a certificate from the cluster's current CA")
+        elif creds.ca_pem != roots:
+            tls.save_credentials(self._certs, roots, creds.cert_pem, creds.key_pem)
+            log.info("this manager now trusts %s", "the old and the new CA" if rotating else "the current CA only")
+        if node is not None and node.manager_cert_ca != issuer:
+            return commands.RecordNodeCertificate(self._node_id, issuer, manager=True)
+        if finished and self._raft.is_leader:
+            return commands.FinishCARotation(current)
+        return None
+
+    async def run(self) -> None:
+        last_expiry_check = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                if loop.time() - last_expiry_check >= CERT_CHECK_PERIOD:
+                    last_expiry_check = loop.time()
+                    await asyncio.to_thread(
+                        renew_certificate, self._data, self._store, self._node_id, raft_secret=self._secret
+                    )
+                command = await asyncio.to_thread(self.step)
+                if command is not None:
+                    result = await self._raft.propose_async(command, timeout=5.0)
+                    if isinstance(command, commands.FinishCARotation) and result.ok:
+                        log.info("CA rotation complete: every node holds a certificate from the new CA")
+            except ProposalError as exc:
+                log.info("certificate bookkeeping postponed: %s", exc.message)
+            except Exception:  # keep serving with the current certificate; try again later
+                log.exception("cannot bring this manager's certificate in line with the cluster CA")
+            await asyncio.sleep(CA_CHECK_PERIOD)
