@@ -534,6 +534,8 @@ def _manager_settings(data: Path, options: ManagerOptions) -> manager_settings.M
             f"(got {format_size(settings.state_map_size)})"
         )
     return settings
+
+
 def _check_overlay_free(agent_dir: Path, settings: agent_settings.AgentSettings) -> None:
     """Another node's overlay in this network namespace refuses the manager before anything
     is written (ADR 23); its embedded agent checks again, under a lock, as it starts. Blocking
