@@ -268,3 +268,25 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
                 raise ValidationError(
                     f"port {port.published}/{port.protocol} is already published by service {other.spec.name}"
                 )
+
+
+# Task status reports from agents (UpdateTaskStatus). The agent cuts its texts to fit; the
+# dispatcher refuses what a well-behaved agent never sends, before it reaches Raft.
+MAX_STATUS_BATCH = 1000
+MAX_REPORT_TEXT = 4096  # a report's message and its error, each
+MAX_RUNTIME_ID = 256
+TASK_HEALTH = ("", "starting", "healthy", "unhealthy")
+
+
+def check_task_report(task_id: str, message: str, error: str, runtime_id: str, health: str) -> None:
+    """One agent's report about one task: bounded texts, a known health value."""
+    if not task_id or len(task_id) > MAX_KEY or not _PRINTABLE.fullmatch(task_id):
+        raise ValidationError(f"invalid task id {shown(task_id)}")
+    if len(message) > MAX_REPORT_TEXT or len(error) > MAX_REPORT_TEXT:
+        raise ValidationError(f"a task report's message and error are at most {MAX_REPORT_TEXT} characters each")
+    if "\x00" in message or "\x00" in error:
+        raise ValidationError("a task report's message and error cannot contain NUL")
+    if len(runtime_id) > MAX_RUNTIME_ID or (runtime_id and not _PRINTABLE.fullmatch(runtime_id)):
+        raise ValidationError(f"invalid runtime id {shown(runtime_id)}")
+    if health not in TASK_HEALTH:
+        raise ValidationError(f"invalid task health {shown(health)}: one of starting, healthy or unhealthy")

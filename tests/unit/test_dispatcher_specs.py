@@ -246,3 +246,71 @@ def test_a_node_whose_sessions_keep_failing_is_not_ready_until_one_works(tmp_pat
         cluster.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("message", "m" * 4097),
+        ("error", "e" * 5000),
+        ("error", "nul\x00inside"),
+        ("health", "exploding"),
+        ("runtime_id", "r" * 300),
+        ("task_id", "t\n"),
+        ("task_id", ""),
+    ],
+)
+def test_task_reports_beyond_what_an_agent_sends_are_refused_before_raft(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    """Agents cut their texts to validate.MAX_REPORT_TEXT; anything else is refused, and nothing
+    reaches the replicated state."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        web = Service(id="svc-web", spec=spec(), version=1)
+        cluster.put(web, task("t1", web))
+        stream = cluster.dispatcher.Session(request(), None)
+        try:
+            first = await next_message(stream)
+            status = dpb.TaskStatus(task_id="t1", state="running", message="started")
+            setattr(status, field, value)
+            applied = cluster.store.applied_index
+            with pytest.raises(ApiError) as refused:
+                await cluster.dispatcher.UpdateTaskStatus(
+                    dpb.UpdateTaskStatusRequest(session_id=first.session_id, updates=[status]), None
+                )
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+            assert len(refused.value.message) < 200
+            assert cluster.store.applied_index == applied
+            # The same report within bounds is taken.
+            ok = dpb.TaskStatus(task_id="t1", state="running", message="m" * 4096, health="healthy")
+            await cluster.dispatcher.UpdateTaskStatus(
+                dpb.UpdateTaskStatusRequest(session_id=first.session_id, updates=[ok]), None
+            )
+            with cluster.store.read() as state:
+                assert state.tasks["t1"].state == TaskState.RUNNING
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+def test_more_task_reports_than_a_batch_are_refused(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        stream = cluster.dispatcher.Session(request(), None)
+        try:
+            first = await next_message(stream)
+            updates = [dpb.TaskStatus(task_id=f"t{i}", state="running") for i in range(1001)]
+            with pytest.raises(ApiError) as refused:
+                await cluster.dispatcher.UpdateTaskStatus(
+                    dpb.UpdateTaskStatusRequest(session_id=first.session_id, updates=updates), None
+                )
+            assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())

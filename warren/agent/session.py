@@ -23,7 +23,7 @@ from pathlib import Path
 
 import grpc
 
-from warren import certinfo, tls
+from warren import certinfo, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
 from warren.agent.status import Report, StatusQueue
@@ -39,15 +39,15 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus call
-MAX_BATCH = 1000  # reports per call; the rest wait for the next one
+MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
 REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
 RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
-# A report's message and error are cut to this many characters, so that a full batch (MAX_BATCH
-# reports) always fits the request limit (tls.MAX_REQUEST_BYTES): 1000 x 2 x 4 KiB = 8 MiB.
-MAX_REPORT_TEXT = 4096
+# A report's message and error are cut to what the dispatcher takes, so that a full batch
+# always fits the request limit (tls.MAX_REQUEST_BYTES): 1000 x 2 x 4 KiB = 8 MiB.
+MAX_REPORT_TEXT = validate.MAX_REPORT_TEXT
 MAX_FAILURE_TEXT = 512  # what the dispatcher accepts as the last failure's account
 # Failures that say nothing about this node's session: the manager is unreachable, busy, or not
 # the leader. Anything else (a message too large, an internal error, a bad first message) counts.

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from warren import commands, pki, tls
+from warren import commands, pki, tls, validate
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -424,11 +424,18 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
         self._require_leader()
         node_id = self._node_of(request.session_id)
+        if len(request.updates) > validate.MAX_STATUS_BATCH:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {validate.MAX_STATUS_BATCH} task reports per call"
+            )
         updates = []
         for status in request.updates:
             try:
                 state = convert.task_state(status.state)
-            except convert.ConversionError as exc:
+                validate.check_task_report(
+                    status.task_id, status.message, status.error, status.runtime_id, status.health
+                )
+            except (convert.ConversionError, validate.ValidationError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if state < TaskState.ACCEPTED:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")
