@@ -59,6 +59,8 @@ class Manager:
     # creating one; it shares the founder's CLI config.
     founder: Manager | None = None
     token: str = ""
+    # Put before the command, e.g. ["prlimit", "--nofile=200"] to run it with few descriptors.
+    launcher: list[str] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -96,6 +98,7 @@ class Manager:
             command = ["cluster", "init"]
         self.process = subprocess.Popen(
             [
+                *self.launcher,
                 sys.executable,
                 "-m",
                 "warren.cli.main",

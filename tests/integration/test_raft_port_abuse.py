@@ -1,0 +1,207 @@
+"""Attacks on the Raft port of three real managers (issue #10, ADR 20), with the Raft-port
+abuser (tests/fixtures/raft_abuser.py): writes go on during the attack or resume within a
+second of its end, every manager is connected to every other afterwards, and memory stays flat.
+
+RAFT_ABUSE_SECONDS and RAFT_ABUSE_INTENSITY make these the long version (`make fuzz`)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.fixtures.raft_abuser import RaftAbuser
+from tests.integration.harness import Manager, join_managers, wait_for
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import control_pb2_grpc
+
+SECONDS = float(os.environ.get("RAFT_ABUSE_SECONDS", "6"))
+INTENSITY = int(os.environ.get("RAFT_ABUSE_INTENSITY", "1"))
+# The manager flooded until it runs out of descriptors: it needs about 25 of its own (gRPC, LMDB,
+# its peers), fewer than it would hold for unauthenticated connections (MAX_UNAUTHENTICATED).
+LOW_NOFILE = 100
+
+
+def _trio(root: Path, launcher: list[str] | None = None) -> Iterator[list[Manager]]:
+    (root / "m1").mkdir()
+    first = Manager(root / "m1", launcher=launcher or [])
+    managers = [first]
+    try:
+        first.start()
+        join_managers(first, ["m2", "m3"], into=managers)
+        wait_for(lambda: _all_connected(managers), timeout=20, message="every manager connected to every other")
+        yield managers
+    finally:
+        for manager in managers:
+            manager.stop()
+
+
+@pytest.fixture
+def trio(tmp_path: Path) -> Iterator[list[Manager]]:
+    yield from _trio(tmp_path)
+
+
+@pytest.fixture
+def trio_low_nofile(tmp_path: Path) -> Iterator[list[Manager]]:
+    yield from _trio(tmp_path, ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}"])
+
+
+def _peer_links(manager: Manager) -> dict[str, int]:
+    """warren_raft_peer_connected from the manager's /metrics: peer -> 0/1."""
+    url = f"http://127.0.0.1:{manager.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - loopback
+        text = response.read().decode()
+    links = {}
+    for line in text.splitlines():
+        if line.startswith("warren_raft_peer_connected{"):
+            peer = line.split('peer="', 1)[1].split('"', 1)[0]
+            links[peer] = int(float(line.rsplit(" ", 1)[1]))
+    return links
+
+
+def _all_connected(managers: list[Manager]) -> bool:
+    try:
+        views = [_peer_links(m) for m in managers]
+    except OSError:
+        return False
+    return all(len(v) == len(managers) - 1 and all(v.values()) for v in views)
+
+
+def _rss_mib(manager: Manager) -> float:
+    assert manager.process is not None
+    for line in Path(f"/proc/{manager.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class WriteProbe:
+    """Writes a label on one node again and again through the managers' API (the same manager
+    while it answers), recording when each write was acknowledged; samples memory too."""
+
+    managers: list[Manager]
+    acks: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    peak_rss: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._node = self.managers[0].node_id
+
+    def __enter__(self) -> WriteProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+    def _run(self) -> None:
+        admin = self.managers[0].data_dir / "admin"  # joined managers have no admin credentials
+        channels = [m.channel(admin) for m in self.managers]
+        stubs = [control_pb2_grpc.ControlStub(channel) for channel in channels]
+        current, i, last_sample = 0, 0, 0.0
+        try:
+            while not self._stop.is_set():
+                if time.monotonic() - last_sample > 0.25:
+                    last_sample = time.monotonic()
+                    for n, manager in enumerate(self.managers):
+                        self.peak_rss[n] = max(self.peak_rss.get(n, 0.0), _rss_mib(manager))
+                i += 1
+                request = cpb.UpdateNodeRequest(node=self._node, labels_add={"probe": str(i)})
+                try:
+                    stubs[current].UpdateNode(request, timeout=2)
+                    self.acks.append(time.monotonic())
+                except grpc.RpcError as e:
+                    self.failures.append(f"{self.managers[current].addr}: {e.code().name} {e.details()}")
+                    current = (current + 1) % len(stubs)
+                    time.sleep(0.02)
+        finally:
+            for channel in channels:
+                channel.close()
+
+    def acks_between(self, start: float, end: float) -> list[float]:
+        return [t for t in self.acks if start <= t <= end]
+
+    def largest_gap(self, start: float, end: float) -> float:
+        times = [start, *self.acks_between(start, end), end]
+        return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+def _attack(managers: list[Manager], abuser: RaftAbuser) -> tuple[WriteProbe, dict[int, float]]:
+    before = {n: _rss_mib(m) for n, m in enumerate(managers)}
+    with WriteProbe(managers) as probe:
+        wait_for(lambda: len(probe.acks) >= 5, timeout=20, message="writes before the attack")
+        with abuser:
+            abuser.wait()
+        end = abuser.ended
+        # Writes resume within a second of the end (if they ever stopped).
+        wait_for(lambda: probe.acks_between(end, end + 1e9), timeout=10, message="a write after the attack")
+        resumed = min(probe.acks_between(end, end + 1e9)) - end
+        during = probe.acks_between(abuser.started, end)
+        gap = probe.largest_gap(abuser.started, end)
+        print(
+            f"{abuser.kind}: {abuser.report.connections} connections, {abuser.report.closed_by_peer} closed by the"
+            f" manager, {len(during)} writes acknowledged in {end - abuser.started:.1f}s (largest gap {gap:.2f}s),"
+            f" first after the end {resumed:.2f}s; RSS MiB before {before} peak {probe.peak_rss}"
+        )
+        assert gap < 1.0 or resumed < 1.0, (gap, resumed, probe.failures[-5:])
+    # No manager is left cut off.
+    wait_for(lambda: _all_connected(managers), timeout=10, message="every manager connected to every other")
+    for n, peak in probe.peak_rss.items():
+        assert peak - before[n] < 64, f"manager {n + 1} grew from {before[n]:.0f} to {peak:.0f} MiB"
+    return probe, before
+
+
+def _raft_addrs(managers: list[Manager]) -> list[str]:
+    return [f"127.0.0.1:{m.raft_port}" for m in managers]
+
+
+def test_giant_frames_on_every_manager_do_not_stop_writes(trio: list[Manager]) -> None:
+    abuser = RaftAbuser("giant_frame", _raft_addrs(trio), SECONDS, INTENSITY)
+    probe, _ = _attack(trio, abuser)
+    assert abuser.report.closed_by_peer >= 1, "the managers never closed a connection announcing 2 GiB"
+    assert len(probe.acks_between(abuser.started, abuser.ended)) > 0
+
+
+def test_idle_unauthenticated_connections_are_closed(trio: list[Manager]) -> None:
+    abuser = RaftAbuser("idle", _raft_addrs(trio)[:1], max(SECONDS, 8.0), 5 * INTENSITY)  # 500 connections
+    probe, _ = _attack(trio, abuser)
+    report = abuser.report
+    assert report.connections == 500 * INTENSITY, report
+    assert report.closed_by_peer == report.connections, report
+    assert max(report.close_delays) < 3.0 + 2.0, max(report.close_delays)  # AUTH_TIMEOUT, plus polling
+    assert len(probe.acks_between(abuser.started, abuser.ended)) > 0
+
+
+def test_a_manager_out_of_descriptors_keeps_its_listener(trio_low_nofile: list[Manager]) -> None:
+    flooded = trio_low_nofile[0]
+    abuser = RaftAbuser("flood", _raft_addrs(trio_low_nofile)[:1], SECONDS, INTENSITY)
+    _attack(trio_low_nofile, abuser)
+    # The flood did exhaust its descriptors (else this test proves nothing)...
+    assert "accept() failed (EMFILE)" in flooded.log(), flooded.log()[-3000:]
+    # ...and it still accepts Raft connections: restart a peer, which must reconnect to it.
+    other = trio_low_nofile[1]
+    other.kill()
+    other.start(timeout=40)
+    wait_for(lambda: _all_connected(trio_low_nofile), timeout=20, message="the restarted manager reconnected")
+
+
+def test_connections_from_a_non_manager_address_are_refused(trio: list[Manager]) -> None:
+    abuser = RaftAbuser("foreign", _raft_addrs(trio), min(SECONDS, 3.0), INTENSITY, source="127.0.0.2")
+    _attack(trio, abuser)
+    report = abuser.report
+    assert report.connections > 0, report
+    # Closed at once, before the client sent a byte.
+    assert report.closed_by_peer == report.connections or report.closed_by_peer >= report.connections - 30, report
+    assert sorted(report.close_delays)[len(report.close_delays) // 2] < 0.5, report.close_delays[:20]
+    assert any("not the address of a manager" in m.log() for m in trio)
