@@ -6,6 +6,7 @@ RAFT_ABUSE_SECONDS and RAFT_ABUSE_INTENSITY make these the long version (`make f
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -56,7 +57,7 @@ def trio_low_nofile(tmp_path: Path) -> Iterator[list[Manager]]:
 def _peer_links(manager: Manager) -> dict[str, int]:
     """warren_raft_peer_connected from the manager's /metrics: peer -> 0/1."""
     url = f"http://127.0.0.1:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - loopback
+    with urllib.request.urlopen(url, timeout=3) as response:
         text = response.read().decode()
     links = {}
     for line in text.splitlines():
@@ -134,7 +135,7 @@ class WriteProbe:
 
     def largest_gap(self, start: float, end: float) -> float:
         times = [start, *self.acks_between(start, end), end]
-        return max(b - a for a, b in zip(times, times[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(times))
 
 
 def _attack(managers: list[Manager], abuser: RaftAbuser) -> tuple[WriteProbe, dict[int, float]]:
