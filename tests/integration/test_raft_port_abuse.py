@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,11 +139,17 @@ class WriteProbe:
         return max(b - a for a, b in itertools.pairwise(times))
 
 
-def _attack(managers: list[Manager], abuser: RaftAbuser) -> tuple[WriteProbe, dict[int, float]]:
+def _attack(
+    managers: list[Manager], abuser: RaftAbuser, until: Callable[[], None] | None = None
+) -> tuple[WriteProbe, dict[int, float]]:
+    """Run the attack (until `until` returns, if given, else its duration) under writes."""
     before = {n: _rss_mib(m) for n, m in enumerate(managers)}
     with WriteProbe(managers) as probe:
         wait_for(lambda: len(probe.acks) >= 5, timeout=20, message="writes before the attack")
         with abuser:
+            if until is not None:
+                until()
+                abuser.stop()
             abuser.wait()
         end = abuser.ended
         # Writes resume within a second of the end (if they ever stopped).
@@ -186,15 +193,27 @@ def test_idle_unauthenticated_connections_are_closed(trio: list[Manager]) -> Non
 
 def test_a_manager_out_of_descriptors_keeps_its_listener(trio_low_nofile: list[Manager]) -> None:
     flooded = trio_low_nofile[0]
-    abuser = RaftAbuser("flood", _raft_addrs(trio_low_nofile)[:1], SECONDS, INTENSITY)
-    _attack(trio_low_nofile, abuser)
-    # The flood did exhaust its descriptors (else this test proves nothing)...
+    assert flooded.process is not None
+    fd_dir = Path(f"/proc/{flooded.process.pid}/fd")
+    abuser = RaftAbuser("flood", _raft_addrs(trio_low_nofile)[:1], max(SECONDS, 30.0), INTENSITY)
+
+    def exhausted_for_a_while() -> None:
+        wait_for(lambda: len(list(fd_dir.iterdir())) >= LOW_NOFILE - 2, timeout=25, message="descriptors exhausted")
+        time.sleep(min(SECONDS, 3.0))  # the attack goes on: writes must continue meanwhile
+
+    _attack(trio_low_nofile, abuser, until=exhausted_for_a_while)
+    # It still listens...
+    with socket.create_connection(("127.0.0.1", flooded.raft_port), timeout=5):
+        pass
+    # ...and takes a restarted peer back: one that dials it (PySyncObj: the larger address dials).
+    addrs = _raft_addrs(trio_low_nofile)
+    dialers = [m for m, addr in zip(trio_low_nofile, addrs, strict=True) if addr > addrs[0]]
+    for other in dialers[:1]:
+        other.kill()
+        other.start(timeout=40)
+        wait_for(lambda: _all_connected(trio_low_nofile), timeout=20, message="the restarted manager reconnected")
+    # ...after the flood did exhaust its descriptors (else this test proves nothing).
     assert "accept() failed (EMFILE)" in flooded.log(), flooded.log()[-3000:]
-    # ...and it still accepts Raft connections: restart a peer, which must reconnect to it.
-    other = trio_low_nofile[1]
-    other.kill()
-    other.start(timeout=40)
-    wait_for(lambda: _all_connected(trio_low_nofile), timeout=20, message="the restarted manager reconnected")
 
 
 def test_connections_from_a_non_manager_address_are_refused(trio: list[Manager]) -> None:
