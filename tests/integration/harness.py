@@ -6,6 +6,7 @@ test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,3 +270,42 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: s
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def raft_peer_links(manager: Manager) -> dict[str, int]:
+    """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
+    url = f"http://127.0.0.1:{manager.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=3) as response:
+        text = response.read().decode()
+    links = {}
+    for line in text.splitlines():
+        if line.startswith("warren_raft_peer_connected{"):
+            peer = line.split('peer="', 1)[1].split('"', 1)[0]
+            links[peer] = int(float(line.rsplit(" ", 1)[1]))
+    return links
+
+
+def all_raft_connected(managers: list[Manager]) -> bool:
+    """Whether every manager has a Raft connection to every other one."""
+    try:
+        views = [raft_peer_links(m) for m in managers]
+    except OSError:
+        return False
+    return all(len(v) == len(managers) - 1 and all(v.values()) for v in views)
+
+
+@contextlib.contextmanager
+def manager_trio(root: Path, launcher: list[str] | None = None) -> Iterator[list[Manager]]:
+    """Three managers (m1 creates the cluster, m2 and m3 join it), all connected; stopped at
+    the end. `launcher` prefixes m1's command."""
+    (root / "m1").mkdir()
+    first = Manager(root / "m1", launcher=launcher or [])
+    managers = [first]
+    try:
+        first.start()
+        join_managers(first, ["m2", "m3"], into=managers)
+        wait_for(lambda: all_raft_connected(managers), timeout=20, message="every manager connected to every other")
+        yield managers
+    finally:
+        for manager in managers:
+            manager.stop()

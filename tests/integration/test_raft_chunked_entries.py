@@ -9,12 +9,17 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.transport import TCPTransport
 
-from tests.integration.harness import free_port, wait_for
+from tests.integration.harness import free_port, manager_trio, wait_for
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import control_pb2_grpc
+from warren.api.v1 import types_pb2 as pb
 from warren.manager.raft_transport import HardenedTransport
 
 CHUNK = 2**16  # PySyncObj's appendEntriesBatchSizeBytes
@@ -92,3 +97,29 @@ def test_chunked_entries_reassemble_without_failing_a_tick(tick_failures: TickFa
     for node in _replicate(HardenedTransport):
         node.destroy()
     assert tick_failures.records == []
+
+
+def test_a_one_mib_command_through_a_follower_reaches_every_manager(tmp_path: Path) -> None:
+    """A command at the 1 MiB bound (256 env values of 4,000 characters, partly non-ASCII),
+    sent to a follower: forwarded to the leader in one frame, replicated in chunks."""
+    env = {f"BIG{i}": (f"{i}:é€" + "y" * 16) * 200 for i in range(256)}
+    assert sum(len(k) + len(v.encode()) for k, v in env.items()) > 1_000_000
+    with manager_trio(tmp_path) as managers:
+        admin = managers[0].data_dir / "admin"
+        stubs = [control_pb2_grpc.ControlStub(m.channel(admin)) for m in managers]
+        states = [s.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10).raft_state for s in stubs]
+        follower = stubs[states.index("follower")]
+        spec = pb.ServiceSpec(name="big", image="busybox", replicas=0, env=env)
+        follower.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=20)
+
+        def everywhere() -> bool:
+            try:
+                return all(
+                    dict(s.GetService(cpb.GetServiceRequest(service="big"), timeout=5).spec.env) == env for s in stubs
+                )
+            except grpc.RpcError:
+                return False
+
+        wait_for(everywhere, timeout=20, message="the service on every manager")
+        for manager in managers:
+            assert "failed _onTick" not in manager.log(), manager.log()[-2000:]

@@ -11,7 +11,6 @@ import os
 import socket
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import grpc
 import pytest
 
 from tests.fixtures.raft_abuser import RaftAbuser
-from tests.integration.harness import Manager, join_managers, wait_for
+from tests.integration.harness import Manager, all_raft_connected, manager_trio, wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 
@@ -31,49 +30,16 @@ INTENSITY = int(os.environ.get("RAFT_ABUSE_INTENSITY", "1"))
 LOW_NOFILE = 100
 
 
-def _trio(root: Path, launcher: list[str] | None = None) -> Iterator[list[Manager]]:
-    (root / "m1").mkdir()
-    first = Manager(root / "m1", launcher=launcher or [])
-    managers = [first]
-    try:
-        first.start()
-        join_managers(first, ["m2", "m3"], into=managers)
-        wait_for(lambda: _all_connected(managers), timeout=20, message="every manager connected to every other")
-        yield managers
-    finally:
-        for manager in managers:
-            manager.stop()
-
-
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[Manager]]:
-    yield from _trio(tmp_path)
+    with manager_trio(tmp_path) as managers:
+        yield managers
 
 
 @pytest.fixture
 def trio_low_nofile(tmp_path: Path) -> Iterator[list[Manager]]:
-    yield from _trio(tmp_path, ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}"])
-
-
-def _peer_links(manager: Manager) -> dict[str, int]:
-    """warren_raft_peer_connected from the manager's /metrics: peer -> 0/1."""
-    url = f"http://127.0.0.1:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=3) as response:
-        text = response.read().decode()
-    links = {}
-    for line in text.splitlines():
-        if line.startswith("warren_raft_peer_connected{"):
-            peer = line.split('peer="', 1)[1].split('"', 1)[0]
-            links[peer] = int(float(line.rsplit(" ", 1)[1]))
-    return links
-
-
-def _all_connected(managers: list[Manager]) -> bool:
-    try:
-        views = [_peer_links(m) for m in managers]
-    except OSError:
-        return False
-    return all(len(v) == len(managers) - 1 and all(v.values()) for v in views)
+    with manager_trio(tmp_path, ["prlimit", f"--nofile={LOW_NOFILE}:{LOW_NOFILE}"]) as managers:
+        yield managers
 
 
 def _rss_mib(manager: Manager) -> float:
@@ -164,7 +130,7 @@ def _attack(
         )
         assert gap < 1.0 or resumed < 1.0, (gap, resumed, probe.failures[-5:])
     # No manager is left cut off.
-    wait_for(lambda: _all_connected(managers), timeout=10, message="every manager connected to every other")
+    wait_for(lambda: all_raft_connected(managers), timeout=10, message="every manager connected to every other")
     for n, peak in probe.peak_rss.items():
         assert peak - before[n] < 64, f"manager {n + 1} grew from {before[n]:.0f} to {peak:.0f} MiB"
     return probe, before
@@ -211,7 +177,7 @@ def test_a_manager_out_of_descriptors_keeps_its_listener(trio_low_nofile: list[M
     for other in dialers[:1]:
         other.kill()
         other.start(timeout=40)
-        wait_for(lambda: _all_connected(trio_low_nofile), timeout=20, message="the restarted manager reconnected")
+        wait_for(lambda: all_raft_connected(trio_low_nofile), timeout=20, message="the restarted manager reconnected")
     # ...after the flood did exhaust its descriptors (else this test proves nothing).
     assert "accept() failed (EMFILE)" in flooded.log(), flooded.log()[-3000:]
 
