@@ -3,6 +3,7 @@ own poller: bounded frames, messages intact however they are split."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
@@ -90,10 +91,8 @@ def test_a_large_frame_arrives_whole_and_its_buffer_is_released(pair: Pair) -> N
     pair.peer.setblocking(False)
     sent = 0
     while sent < len(data):
-        try:
+        with contextlib.suppress(BlockingIOError):
             sent += pair.peer.send(data[sent : sent + (1 << 20)])
-        except BlockingIOError:
-            pass
         pair.poller.poll(0)
     pair.pump(lambda: pair.received)
     assert pair.received == [payload]
