@@ -191,3 +191,32 @@ def test_connections_from_a_non_manager_address_are_refused(trio: list[Manager])
     assert report.closed_by_peer == report.connections or report.closed_by_peer >= report.connections - 30, report
     assert sorted(report.close_delays)[len(report.close_delays) // 2] < 0.5, report.close_delays[:20]
     assert any("not the address of a manager" in m.log() for m in trio)
+
+
+def _closed_at_once(manager: Manager, source: str) -> bool:
+    """Whether `manager`'s Raft port closes a connection from `source` before it sends a byte
+    (a member's address is kept until the authentication deadline, 3 s)."""
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(5)
+        sock.connect((manager.host, manager.raft_port))
+        sock.settimeout(0.5)
+        try:
+            return sock.recv(1) == b""
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+
+def test_the_address_filter_follows_membership(tmp_path: Path) -> None:
+    """Managers on three loopback addresses: joining passes the filter (every pair connects),
+    another address is refused, and a demoted manager's address is refused afterwards."""
+    with manager_trio(tmp_path, hosts=["127.0.0.11", "127.0.0.12", "127.0.0.13"]) as managers:
+        first, _, third = managers
+        assert _closed_at_once(first, "127.0.0.14")
+        assert not _closed_at_once(first, "127.0.0.13")
+        demoted = first.cli("--manager", first.addr, "node", "demote", third.node_id)
+        assert demoted.returncode == 0, demoted.stderr
+        wait_for(lambda: _closed_at_once(first, "127.0.0.13"), timeout=15, message="the demoted address refused")
+        assert all_raft_connected(managers[:2])

@@ -21,6 +21,7 @@ Everything subclasses PySyncObj 0.3.17's classes and overrides a few name-mangle
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -33,7 +34,7 @@ import pysyncobj.pickle as raft_pickle
 from pysyncobj.dns_resolver import globalDnsResolver
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
-from pysyncobj.tcp_connection import TcpConnection
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.tcp_server import SERVER_STATE, TcpServer
 from pysyncobj.transport import TCPTransport
 
@@ -98,13 +99,46 @@ class HardenedTcpConnection(TcpConnection):
         self.frame_limit = PRE_AUTH_FRAME_BYTES
         self.accepted_at = raft_clock()
         self.peer_ip = ""
+        self.source_ip = ""  # outgoing connections start from this address, if set
         self._buffer = bytearray()
         self._consumed = 0  # bytes of _buffer already parsed
 
     def connect(self, host, port):
         self._reset_buffer()
         self.frame_limit = PRE_AUTH_FRAME_BYTES
-        return super().connect(host, port)
+        if not self.source_ip or host is None:
+            return super().connect(host, port)
+        # PySyncObj's connect, but from our advertised address, which is what the peer's
+        # member-address filter expects (the kernel would pick the route's preferred source).
+        sock = socket.socket(_getAddrType(host), socket.SOCK_STREAM)
+        with contextlib.suppress(OSError):  # not an address of this host (NAT): the kernel chooses
+            sock.bind((self.source_ip, 0))
+        self._TcpConnection__state = CONNECTION_STATE.DISCONNECTED
+        self._TcpConnection__fileno = None
+        self._TcpConnection__socket = sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._TcpConnection__sendBufferSize)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._TcpConnection__recvBufferSize)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.setSockoptKeepalive()
+        sock.setblocking(False)
+        self._TcpConnection__readBuffer = b""
+        self._TcpConnection__writeBuffer = b""
+        self._TcpConnection__lastReadTime = raft_clock()
+        try:
+            sock.connect((host, port))
+        except OSError as e:
+            if e.errno not in (errno.EINPROGRESS, errno.EWOULDBLOCK):
+                sock.close()
+                self._TcpConnection__socket = None
+                return False
+        self._TcpConnection__fileno = sock.fileno()
+        self._TcpConnection__state = CONNECTION_STATE.CONNECTING
+        self._TcpConnection__poller.subscribe(
+            self._TcpConnection__fileno,
+            self._TcpConnection__processConnection,
+            POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.WRITE | POLL_EVENT_TYPE.ERROR,
+        )
+        return True
 
     def disconnect(self) -> None:
         self._reset_buffer()
@@ -320,6 +354,13 @@ class HardenedTransport(TCPTransport):
                 ips.add(_normalise_ip(ip))
         return ips
 
+    def _source_ip(self) -> str:
+        """Our advertised Raft IP, if it is a literal address: the one peers will admit."""
+        if self._selfNode is None:
+            return ""
+        host = self._selfNode.host.strip("[]")
+        return host if _is_ip(host) else ""
+
     def _createServer(self) -> None:
         conf = self._syncObj.conf
         if conf.bindAddress is not None:
@@ -419,6 +460,7 @@ class HardenedTransport(TCPTransport):
                 keepalive=conf.tcp_keepalive,
             )
             hardened.encryptor = self._syncObj.encryptor
+            hardened.source_ip = self._source_ip()
             hardened.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, hardened))
             hardened.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
             hardened.setOnDisconnectedCallback(functools.partial(self._onDisconnected, hardened))
@@ -469,7 +511,11 @@ def _check_pysyncobj() -> None:
     """Our overrides of name-mangled methods would silently do nothing if PySyncObj renamed
     the originals: refuse to run instead of leaving the port unprotected."""
     needed = {
-        TcpConnection: ["_TcpConnection__processRead", "_TcpConnection__processParseMessage"],
+        TcpConnection: [
+            "_TcpConnection__processRead",
+            "_TcpConnection__processParseMessage",
+            "_TcpConnection__processConnection",
+        ],
         TcpServer: ["_TcpServer__onNewConnection"],
         TCPTransport: ["_onTick", "_onMessageReceived", "_onIncomingMessageReceived", "_onOutgoingMessageReceived"],
     }
