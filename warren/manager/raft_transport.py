@@ -105,7 +105,8 @@ class HardenedTcpConnection(TcpConnection):
 
     def connect(self, host, port):
         self._reset_buffer()
-        self.frame_limit = PRE_AUTH_FRAME_BYTES
+        # Until the peer answers our key exchange (without encryption there is none to wait for).
+        self.frame_limit = PRE_AUTH_FRAME_BYTES if self.encryptor else MAX_FRAME_BYTES
         if not self.source_ip or host is None:
             return super().connect(host, port)
         # PySyncObj's connect, but from our advertised address, which is what the peer's
@@ -413,14 +414,14 @@ class HardenedTransport(TCPTransport):
         conn.disconnect()
 
     def shed_unauthenticated(self) -> int:
-        """Out of descriptors: close the older half of the unauthenticated connections (all
-        of them that are older than a round trip, at least one), to make room for members."""
+        """Out of descriptors: close the unauthenticated connections older than a round trip
+        (a member authenticates within one), or else the oldest, to make room for members."""
         if not self._pending:
             return 0
-        by_age = sorted(self._pending, key=self._pending.__getitem__)
         now = raft_clock()
-        victims = [c for c in by_age if now - self._pending[c] > 0.1] or by_age[:1]
-        victims = victims[: max(1, len(by_age) // 2)] if len(victims) < len(by_age) else victims
+        victims = [c for c, accepted in self._pending.items() if now - accepted > 0.1]
+        if not victims:
+            victims = [min(self._pending, key=self._pending.__getitem__)]
         for conn in victims:
             self._close_pending(conn)
         return len(victims)
