@@ -166,9 +166,14 @@ class HardenedTcpConnection(TcpConnection):
         self._buffer += incoming  # amortised append, not a copy of the whole buffer
         if not self._frame_header_ok():
             return False
-        # Stop reading so that what is buffered gets parsed (and checked) first; the socket
-        # stays readable, so the poller comes back to it on the next tick.
-        return self._buffered() < min(READ_AHEAD_BYTES, self.frame_limit + 4)
+        if self._buffered() < 4:
+            return True
+        # Read on until the next frame is complete (its length was checked), then stop once
+        # enough is buffered, so that it is parsed (and verified) first: the socket stays
+        # readable, and the poller comes back to it on the next tick.
+        (length,) = _LENGTH.unpack_from(self._buffer, self._consumed)
+        complete = self._buffered() >= 4 + length
+        return not complete or self._buffered() < min(READ_AHEAD_BYTES, self.frame_limit)
 
     def _frame_header_ok(self) -> bool:
         """Close the connection as soon as the next frame announces more than it may send."""
