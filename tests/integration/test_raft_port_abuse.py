@@ -117,6 +117,7 @@ def _attack(
                 until()
                 abuser.stop()
             abuser.wait()
+        assert not abuser.report.crashed, abuser.report.crashed
         end = abuser.ended
         # Writes resume within a second of the end (if they ever stopped).
         wait_for(lambda: probe.acks_between(end, end + 1e9), timeout=10, message="a write after the attack")
@@ -165,7 +166,7 @@ def test_a_manager_out_of_descriptors_keeps_its_listener(trio_low_nofile: list[M
 
     def exhausted_for_a_while() -> None:
         wait_for(lambda: len(list(fd_dir.iterdir())) >= LOW_NOFILE - 2, timeout=25, message="descriptors exhausted")
-        time.sleep(min(SECONDS, 3.0))  # the attack goes on: writes must continue meanwhile
+        time.sleep(max(3.0, SECONDS / 2))  # the attack goes on: writes must continue meanwhile
 
     _attack(trio_low_nofile, abuser, until=exhausted_for_a_while)
     # It still listens...
@@ -183,12 +184,13 @@ def test_a_manager_out_of_descriptors_keeps_its_listener(trio_low_nofile: list[M
 
 
 def test_connections_from_a_non_manager_address_are_refused(trio: list[Manager]) -> None:
-    abuser = RaftAbuser("foreign", _raft_addrs(trio), min(SECONDS, 3.0), INTENSITY, source="127.0.0.2")
+    abuser = RaftAbuser("foreign", _raft_addrs(trio), SECONDS / 2, INTENSITY, source="127.0.0.2")
     _attack(trio, abuser)
     report = abuser.report
     assert report.connections > 0, report
-    # Closed at once, before the client sent a byte.
-    assert report.closed_by_peer == report.connections or report.closed_by_peer >= report.connections - 30, report
+    # Closed at once, before the client sent a byte (but for those opened as the attack ended).
+    assert report.closed_by_peer + report.still_open == report.connections, report
+    assert report.still_open <= 10 * INTENSITY * len(trio), report
     assert sorted(report.close_delays)[len(report.close_delays) // 2] < 0.5, report.close_delays[:20]
     assert any("not the address of a manager" in m.log() for m in trio)
 
