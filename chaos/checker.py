@@ -15,7 +15,9 @@ The rules (issue #4):
   so version - 1 lies within [acknowledged updates, acknowledged + unknown updates];
 - no two running tasks hold the same (service, slot);
 - convergence: every service runs exactly its replicas on its current spec version, on ready
-  workers, and no task of a removed service still runs.
+  workers, and no task of a removed service still runs;
+- no manager's Raft thread fails a tick (the workload's `bulk` steps make large, chunked
+  entries; ADR 20).
 """
 
 from __future__ import annotations
@@ -95,6 +97,18 @@ def _check_service(name: str, ops: list[dict], svc: dict) -> list[str]:
             f"but {low} were acknowledged and {updates['unknown']} unknown"
         )
     return problems
+
+
+RAFT_TICK_FAILURE = "failed _onTick"
+
+
+def check_raft_ticks(name: str, log_text: str) -> list[str]:
+    """PySyncObj's Raft thread raised out of a tick (as when a chunked entry did not
+    reassemble, ADR 20): a finding even when no write was lost."""
+    failures = [line for line in log_text.splitlines() if RAFT_TICK_FAILURE in line]
+    if not failures:
+        return []
+    return [f"{name}: {len(failures)} Raft ticks failed, first: {failures[0].strip()[:200]}"]
 
 
 def running(task: dict) -> bool:

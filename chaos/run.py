@@ -129,6 +129,7 @@ class Runner:
         self.convergence: list[float] = []
         self.faults: Counter = Counter()
         self.violations: list[dict] = []
+        self._log_offsets: dict[str, int] = {}  # manager log -> bytes already checked
         self.rounds_done = 0
         self.cluster: Cluster | None = None
         self.workload: Workload | None = None
@@ -230,6 +231,7 @@ class Runner:
                 problems += [("reconcile", p) for p in checker.check_reconciled(node.node_id(), alive, state["tasks"])]
         else:
             problems.append(("state", "could not read the cluster state"))
+        problems += [("raft", p) for p in self.new_raft_tick_failures()]
         for check, problem in problems:
             self.violations.append({"round": rnd.index, "kind": rnd.kind, "check": check, "problem": problem})
         outcomes = Counter(o["outcome"] for o in ops)
@@ -240,6 +242,22 @@ class Runner:
             f"ops {len(ops)} (ok {outcomes['ok']}, failed {outcomes['failed']}, unknown {outcomes['unknown']}) | "
             f"{' '.join(notes)}{' | ' if notes else ''}{conv} | {verdict}"
         )
+
+    def new_raft_tick_failures(self) -> list[str]:
+        """Raft tick failures that the managers logged since the last round."""
+        assert self.cluster is not None
+        problems = []
+        for manager in self.cluster.managers:
+            path = manager.log_path
+            try:
+                with path.open("rb") as log:
+                    log.seek(self._log_offsets.get(str(path), 0))
+                    text = log.read()
+            except OSError:
+                continue
+            self._log_offsets[str(path)] = self._log_offsets.get(str(path), 0) + len(text)
+            problems += checker.check_raft_ticks(manager.name, text.decode(errors="replace"))
+        return problems
 
     def inject(self, rnd: Round, notes: list[str], problems: list) -> tuple[str, list, tuple | None]:
         """Inject the round's fault, hold it, and return the undo steps (run in a `finally`)."""

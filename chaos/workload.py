@@ -2,6 +2,9 @@
 outcome (ok, failed, unknown) as one JSON line.
 
 `Planner` is pure: a seeded generator of operations over its model of which services may exist.
+A `bulk` step updates every service at once, concurrently, each spec padded with about 48 KiB of
+env (non-ASCII too): the leader takes them as one large Batch entry, which PySyncObj sends to
+followers in chunks (ADR 20). Each of its updates is an `update` in the history.
 `main` is the shell, run as a long-lived process inside the client namespace:
 
     python3 -m chaos.workload --creds DIR --managers A,B,C --seed S --history H.jsonl \\
@@ -23,6 +26,7 @@ import json
 import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,10 @@ MAX_SERVICES = 5
 MAX_REPLICAS = 3
 CALL_TIMEOUT = 6.0
 COMMAND = ["/bin/sleep", "3600"]
+# A bulk update's padding: PAD_ITEMS env values of PAD_CHARS characters (validate.MAX_VALUE is
+# 4096), some of them two bytes in UTF-8 and in PySyncObj's pickling.
+PAD_ITEMS = 12
+PAD_CHARS = 4000
 
 
 @dataclass
@@ -58,7 +66,11 @@ class Planner:
         choices = ["create"] * (3 if len(names) < MAX_SERVICES else 0)
         if names:
             choices += ["scale"] * 4 + ["update"] * 3 + ["remove"] * (2 if len(names) > 1 else 1)
+        if len(names) > 1:
+            choices += ["bulk"]
         kind = self.rng.choice(choices)
+        if kind == "bulk":
+            return self._bulk(names)
         if kind == "create":
             return {
                 "seq": self.seq,
@@ -74,6 +86,25 @@ class Planner:
         if kind == "update":
             return {"seq": self.seq, "op": "update", "service": svc.name, "replicas": svc.replicas, "gen": self.seq}
         return {"seq": self.seq, "op": "remove", "service": svc.name}
+
+    def _bulk(self, names: list[str]) -> dict:
+        """Updates of every service, sent together; each gets its own seq (and GEN)."""
+        updates = []
+        for name in names:
+            if updates:
+                self.seq += 1
+            svc = self.services[name]
+            updates.append(
+                {
+                    "seq": self.seq,
+                    "op": "update",
+                    "service": name,
+                    "replicas": svc.replicas,
+                    "gen": self.seq,
+                    "pad": True,
+                }
+            )
+        return {"op": "bulk", "updates": updates}
 
     def observe(self, op: dict, outcome: str) -> None:
         """Update the model: an acknowledged or unknown write may have happened."""
@@ -95,12 +126,17 @@ class Planner:
 
 def spec_of(types, op: dict, run_id: str):
     """The ServiceSpec proto of a create or update."""
+    env = {"WCH_RUN": run_id, "GEN": str(op["gen"])}
+    if op.get("pad"):
+        for i in range(PAD_ITEMS):
+            # Different per update (the spec must change) and partly non-ASCII.
+            env[f"PAD{i}"] = (f"{op['seq']}:{i}:é€" + "x" * 13) * (PAD_CHARS // 20)
     return types.ServiceSpec(
         name=op["service"],
         image="busybox:latest",
         command=COMMAND[:1],
         args=COMMAND[1:],
-        env={"WCH_RUN": run_id, "GEN": str(op["gen"])},
+        env=env,
         mode="replicated",
         replicas=op["replicas"],
         stop_grace_period=1.0,
@@ -205,16 +241,26 @@ def main() -> None:
                 time.sleep(0.05)
                 continue
             paused_round = None
-            op = planner.next_op()
-            op["round"] = rnd
-            op["t_start"] = time.time()
-            op.update(executor.run(op))
-            op["t_end"] = time.time()
-            planner.observe(op, op["outcome"])
-            history.write(json.dumps(op) + "\n")
+            step = planner.next_op()
+            ops = step["updates"] if step["op"] == "bulk" else [step]
+            for op in ops:
+                op["round"] = rnd
+                op["t_start"] = time.time()
+            if len(ops) == 1:
+                ops[0].update(executor.run(ops[0]))
+            else:
+                for addr in conn.managers:
+                    conn.stub(addr)  # create the channels before the threads share them
+                with ThreadPoolExecutor(len(ops)) as pool:
+                    for op, result in zip(ops, pool.map(executor.run, ops), strict=True):
+                        op.update(result)
+            for op in ops:
+                op["t_end"] = time.time()
+                planner.observe(op, op["outcome"])
+                history.write(json.dumps(op) + "\n")
             history.flush()
             # Back off after a failure, so that a cluster without a leader is not hammered.
-            time.sleep(args.pace if op["outcome"] == "ok" else 0.25)
+            time.sleep(args.pace if all(op["outcome"] == "ok" for op in ops) else 0.25)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ test fails.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +48,8 @@ def off_the_overlay(args: Iterable[str]) -> list[str]:
 
 @dataclass
 class Manager:
-    """One manager process on 127.0.0.1 with its own data dir and CLI config."""
+    """One manager process on 127.0.0.1 (or another loopback `host`) with its own data dir and
+    CLI config."""
 
     root: Path
     api_port: int = field(default_factory=free_port)
@@ -64,6 +67,9 @@ class Manager:
     # creating one; it shares the founder's CLI config.
     founder: Manager | None = None
     token: str = ""
+    # Put before the command, e.g. ["prlimit", "--nofile=200"] to run it with few descriptors.
+    launcher: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"
 
     @property
     def data_dir(self) -> Path:
@@ -75,7 +81,7 @@ class Manager:
 
     @property
     def addr(self) -> str:
-        return f"127.0.0.1:{self.api_port}"
+        return f"{self.host}:{self.api_port}"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -86,7 +92,7 @@ class Manager:
 
     @property
     def join_addr(self) -> str:
-        return f"127.0.0.1:{self.join_port}"
+        return f"{self.host}:{self.join_port}"
 
     @property
     def node_id(self) -> str:
@@ -101,6 +107,7 @@ class Manager:
             command = ["cluster", "init"]
         self.process = subprocess.Popen(
             [
+                *self.launcher,
                 sys.executable,
                 "-m",
                 "warren.cli.main",
@@ -110,9 +117,9 @@ class Manager:
                 "--listen-addr",
                 self.addr,
                 "--raft-addr",
-                f"127.0.0.1:{self.raft_port}",
+                f"{self.host}:{self.raft_port}",
                 "--metrics-addr",
-                f"127.0.0.1:{self.metrics_port}",
+                f"{self.host}:{self.metrics_port}",
                 "--join-addr",
                 self.join_addr,
                 *self.agent_args,
@@ -200,14 +207,17 @@ class Manager:
         return control_pb2_grpc.ControlStub(self.channel(creds_dir))
 
 
-def join_managers(first: Manager, names: list[str], into: list[Manager], timeout: float = 40.0) -> None:
+def join_managers(
+    first: Manager, names: list[str], into: list[Manager], timeout: float = 40.0, hosts: list[str] | None = None
+) -> None:
     """Start one manager per name under `first.root.parent`, each joining `first`'s cluster with
-    a manager token. Each is appended to `into` before it starts, so that the caller's cleanup
-    stops it even if its start fails."""
+    a manager token (on the loopback address in `hosts`, if given). Each is appended to `into`
+    before it starts, so that the caller's cleanup stops it even if its start fails."""
     token = first.join_token("manager")
-    for name in names:
+    for i, name in enumerate(names):
         (first.root.parent / name).mkdir()
-        manager = Manager(first.root.parent / name, founder=first, token=token)
+        host = hosts[i] if hosts else "127.0.0.1"
+        manager = Manager(first.root.parent / name, founder=first, token=token, host=host)
         into.append(manager)
         manager.start(timeout=timeout)
 
@@ -283,3 +293,45 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: s
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
+
+
+def raft_peer_links(manager: Manager) -> dict[str, int]:
+    """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
+    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=3) as response:
+        text = response.read().decode()
+    links = {}
+    for line in text.splitlines():
+        if line.startswith("warren_raft_peer_connected{"):
+            peer = line.split('peer="', 1)[1].split('"', 1)[0]
+            links[peer] = int(float(line.rsplit(" ", 1)[1]))
+    return links
+
+
+def all_raft_connected(managers: list[Manager]) -> bool:
+    """Whether every manager has a Raft connection to every other one."""
+    try:
+        views = [raft_peer_links(m) for m in managers]
+    except OSError:
+        return False
+    return all(len(v) == len(managers) - 1 and all(v.values()) for v in views)
+
+
+@contextlib.contextmanager
+def manager_trio(
+    root: Path, launcher: list[str] | None = None, hosts: list[str] | None = None
+) -> Iterator[list[Manager]]:
+    """Three managers (m1 creates the cluster, m2 and m3 join it), all connected; stopped at
+    the end. `launcher` prefixes m1's command; `hosts` are their loopback addresses."""
+    hosts = hosts or ["127.0.0.1"] * 3
+    (root / "m1").mkdir()
+    first = Manager(root / "m1", launcher=launcher or [], host=hosts[0])
+    managers = [first]
+    try:
+        first.start()
+        join_managers(first, ["m2", "m3"], into=managers, hosts=hosts[1:])
+        wait_for(lambda: all_raft_connected(managers), timeout=20, message="every manager connected to every other")
+        yield managers
+    finally:
+        for manager in managers:
+            manager.stop()

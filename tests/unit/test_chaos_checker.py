@@ -232,3 +232,28 @@ def test_the_script_of_seed_123_is_stable():
         "kill_worker#781 hold 3.4s",
         "netem#694 hold 4.7s loss 30% delay 20ms",
     ]
+
+
+def test_raft_tick_failures_are_findings():
+    log = "INFO fine\n2026 ERROR pysyncobj.syncobj: failed _onTick in _autoTickThread\nTraceback...\n"
+    assert checker.check_raft_ticks("m2", log) == [
+        "m2: 1 Raft ticks failed, first: 2026 ERROR pysyncobj.syncobj: failed _onTick in _autoTickThread"
+    ]
+    assert checker.check_raft_ticks("m2", "INFO fine\n") == []
+
+
+def test_bulk_steps_update_every_service_once_with_padding():
+    planner = Planner(3)
+    bulks = []
+    for _ in range(300):
+        step = planner.next_op()
+        ops = step["updates"] if step["op"] == "bulk" else [step]
+        if step["op"] == "bulk":
+            bulks.append(ops)
+            assert sorted(o["service"] for o in ops) == sorted(planner.services)
+        for op in ops:
+            planner.observe(op, "ok")
+    assert bulks, "no bulk step in 300"
+    seqs = [o["seq"] for ops in bulks for o in ops]
+    assert len(seqs) == len(set(seqs))
+    assert all(o["op"] == "update" and o["pad"] and o["gen"] == o["seq"] for ops in bulks for o in ops)

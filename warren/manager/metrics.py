@@ -79,6 +79,12 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "warren_raft_applied_index", "Last Raft index applied to the store", value=raft.applied_index
         )
+        g = GaugeMetricFamily(
+            "warren_raft_peer_connected", "1 while this manager has a Raft connection to the member", labels=["peer"]
+        )
+        for peer, connected in sorted(raft.peers.items()):
+            g.add_metric([peer], 1 if connected else 0)
+        yield g
         if self._store_capacity is not None:
             yield from _store_gauges(self._store_capacity)
 

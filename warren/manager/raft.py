@@ -26,6 +26,7 @@ from warren.cli.units import format_size
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
+from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,9 @@ ELECTION_STAGGER = 0.08
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
+# And bytes per Batch entry (ADR 20): a follower forwards its batch to the leader as one
+# message, which the transport bounds. A single larger command still goes, alone.
+MAX_BATCH_BYTES = 1 << 20
 
 
 class RaftStartError(Exception):
@@ -181,7 +185,7 @@ class RaftNode(SyncObj):
         _check_log_against_store(log, data_dir / "raft-snapshot", store)
         journal.install(log)
         try:
-            super().__init__(self_addr, peers, conf)
+            super().__init__(self_addr, peers, conf, transportClass=HardenedTransport)  # ADR 20
         finally:
             journal.uninstall()
         try:
@@ -338,7 +342,8 @@ class RaftNode(SyncObj):
         return self._outcome(result, reason)
 
     def _send_queued(self, loop: asyncio.AbstractEventLoop) -> None:
-        queued, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
+        taken = _batch_length(self._queued)
+        queued, self._queued = self._queued[:taken], self._queued[taken:]
         if self._queued:
             loop.call_soon(self._send_queued, loop)
         try:
@@ -542,6 +547,17 @@ class RaftNode(SyncObj):
             peers=peers,
             self_addr=raw["self"].id,
         )
+
+
+def _batch_length(queued: list[tuple[Command, asyncio.Future]]) -> int:
+    """How many of the queued proposals go into the next entry: at most MAX_BATCH commands and
+    MAX_BATCH_BYTES of them, and always at least one."""
+    size = 0
+    for count, (command, _) in enumerate(queued[:MAX_BATCH]):
+        size += len(commands.encode(command))
+        if size > MAX_BATCH_BYTES and count > 0:
+            return count
+    return min(len(queued), MAX_BATCH)
 
 
 def _check_log_against_store(log: journal.LmdbJournal, snapshot_path: Path, store: Store) -> None:
