@@ -232,3 +232,40 @@ def test_the_script_of_seed_123_is_stable():
         "kill_worker#781 hold 3.4s",
         "netem#694 hold 4.7s loss 30% delay 20ms",
     ]
+
+
+# -- manager links after a heal ------------------------------------------------------------------
+
+
+def manager(name: str, connected: list[str], applied: int = 10, error: str = "") -> dict:
+    return {
+        "name": name,
+        "raft_addr": f"{name}:4243",
+        "connected": [f"{c}:4243" for c in connected],
+        "applied_index": applied,
+        "error": error,
+    }
+
+
+def test_a_whole_group_passes():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1", "m3"]), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == []
+
+
+def test_a_link_one_end_does_not_see_is_reported():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1"]), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == ["m2 has no Raft connection to m3"]
+
+
+def test_a_manager_that_does_not_answer_is_reported_and_its_peers_checked():
+    views = [manager("m1", ["m2"]), manager("m2", ["m1"]), manager("m3", [], error="cannot connect")]
+    assert checker.check_links(views, leader_applied=10) == [
+        "m3 does not answer: cannot connect",
+        "m1 has no Raft connection to m3",
+        "m2 has no Raft connection to m3",
+    ]
+
+
+def test_a_connected_manager_that_has_not_caught_up_is_reported():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1", "m3"], applied=7), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == ["m2 has applied entry 7, the leader 10"]

@@ -75,6 +75,11 @@ class RaftStatus:
         return sorted([self.self_addr, *self.peers])
 
     @property
+    def connected(self) -> list[str]:
+        """The other members this one has a Raft connection to."""
+        return sorted(addr for addr, up in self.peers.items() if up)
+
+    @property
     def reachable(self) -> int:
         """Members this one is connected to, itself included."""
         return 1 + sum(self.peers.values())
@@ -359,7 +364,10 @@ class RaftNode(SyncObj):
         connections open, and the election timeout handles that): call the election soon
         instead of waiting out the timeout, staggered by rank among the survivors so that they
         do not split the vote."""
-        self._connected_nodes().discard(node)
+        connected = self._connected_nodes()
+        if node in connected:
+            log.info("Raft connection to %s lost", node.id)
+        connected.discard(node)
         try:
             if node != self._SyncObj__raftLeader or self._SyncObj__raftState != 0:  # 0 = follower
                 return
@@ -371,12 +379,20 @@ class RaftNode(SyncObj):
         except (AttributeError, ValueError):  # another PySyncObj version: keep its timeout
             return
 
+    def _SyncObj__onNodeConnected(self, node: object) -> None:
+        connected = self._connected_nodes()
+        if node not in connected:
+            log.info("Raft connection to %s up", node.id)
+        connected.add(node)
+
     def _connected_nodes(self) -> set:
         return self._SyncObj__connectedNodes
 
     # -- status ------------------------------------------------------------------------------
-    def _on_state_changed(self, _old: int, new: int) -> None:
+    def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"
+        if leader or _RAFT_STATES.get(old) == "leader":
+            log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
         if leader:
             self._leader_event.set()
         else:
