@@ -124,6 +124,9 @@ class RaftNode(SyncObj):
         self._queued: list[tuple[Command, asyncio.Future]] = []  # proposals for the next entry
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
+        # Follower -> the lowest log index it told us to retry from since it last said "success"
+        # (see _SyncObj__onMessageReceived). Only the Raft thread touches it.
+        self._retry_from: dict = {}
         conf = SyncObjConf(
             password=secret,
             bindAddress=bind_addr,
@@ -368,6 +371,7 @@ class RaftNode(SyncObj):
         if node in connected:
             log.info("Raft connection to %s lost", node.id)
         connected.discard(node)
+        self._retry_from.pop(node, None)
         try:
             if node != self._SyncObj__raftLeader or self._SyncObj__raftState != 0:  # 0 = follower
                 return
@@ -384,6 +388,36 @@ class RaftNode(SyncObj):
         if node not in connected:
             log.info("Raft connection to %s up", node.id)
         connected.add(node)
+        self._retry_from.pop(node, None)
+
+    # -- bringing a follower with a conflicting log back in line (ADR 26) ----------------------
+    def _SyncObj__onMessageReceived(self, node: object, message: dict) -> None:
+        if message.get("type") == "next_node_idx" and self._SyncObj__raftState == 2:  # 2 = leader
+            message = self._lowest_retry_point(node, message)
+        SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _lowest_retry_point(self, node: object, reply: dict) -> dict:
+        """Where to resume appends to a follower that refused one (ADR 26).
+
+        A follower refuses an append whose previous entry it lacks (its answer: retry from my
+        end) or holds with another term (retry from that entry). PySyncObj sends appends back to
+        back, each assuming the one before was accepted (one per 64 KiB of log, one per new
+        command), and retries from the LAST refusal. Past a conflicting entry (a deposed leader's
+        uncommitted tail), the answer to a later append (my end) overwrites the answer to the
+        first (that entry), so the follower never gets past it while the leader's log is more
+        than one append ahead: connected, never caught up, and no quorum without it. A
+        follower's log changes only when it accepts an append, which it answers with success;
+        until then every refusal is an upper bound on where our logs agree: take the lowest."""
+        if reply.get("success"):
+            self._retry_from.pop(node, None)
+            return reply
+        if not reply.get("reset"):
+            return reply  # a part of an entry sent in pieces arrived: nothing about the log
+        lowest = self._retry_from.get(node)
+        if lowest is not None and lowest < reply["next_node_idx"]:
+            return {**reply, "next_node_idx": lowest}
+        self._retry_from[node] = reply["next_node_idx"]
+        return reply
 
     def _connected_nodes(self) -> set:
         return self._SyncObj__connectedNodes
@@ -391,6 +425,7 @@ class RaftNode(SyncObj):
     # -- status ------------------------------------------------------------------------------
     def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"
+        self._retry_from.clear()  # a new term: the followers' answers start afresh
         if leader or _RAFT_STATES.get(old) == "leader":
             log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
         if leader:
