@@ -107,6 +107,12 @@ RAFT_MAX_TIMEOUT = 0.45
 # k to k+0.5 times this, well within the election timeout and apart enough for one vote round.
 ELECTION_STAGGER = 0.08
 
+# PySyncObj drops a connection that has read nothing for connectionTimeout (3.5 s) at its next
+# send, and followers never talk to each other: every member pings every other this often, so
+# that a leader's crash does not find its survivors' link stale (ADR 26).
+PEER_PING_PERIOD = 1.0
+_PING = {"type": "warren_ping"}
+
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
@@ -165,6 +171,8 @@ class RaftNode(SyncObj):
             super().__init__(self_addr, peers, conf)
         finally:
             journal.uninstall()
+        self._next_ping = 0.0
+        self.addOnTickCallback(self._ping_peers)
         try:
             self.waitBinded()
         except Exception:
@@ -392,9 +400,22 @@ class RaftNode(SyncObj):
 
     # -- bringing a follower with a conflicting log back in line (ADR 26) ----------------------
     def _SyncObj__onMessageReceived(self, node: object, message: dict) -> None:
-        if message.get("type") == "next_node_idx" and self._SyncObj__raftState == 2:  # 2 = leader
+        kind = message.get("type")
+        if kind == _PING["type"]:
+            return  # reading it was the point
+        if kind == "next_node_idx" and self._SyncObj__raftState == 2:  # 2 = leader
             message = self._lowest_retry_point(node, message)
         SyncObj._SyncObj__onMessageReceived(self, node, message)
+
+    def _ping_peers(self) -> None:
+        """Keep every link read from, on the Raft thread: PySyncObj would drop an idle one at
+        its next send, and that send is a survivor's vote request after the leader crashed."""
+        now = raft_clock()
+        if now < self._next_ping:
+            return
+        self._next_ping = now + PEER_PING_PERIOD
+        for node in list(self._connected_nodes()):
+            self._SyncObj__transport.send(node, _PING)
 
     def _lowest_retry_point(self, node: object, reply: dict) -> dict:
         """Where to resume appends to a follower that refused one (ADR 26).
