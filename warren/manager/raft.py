@@ -10,19 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands
 from warren.commands import Command, Result
 from warren.manager import journal
+from warren.manager.raft_peers import PeerLinks
 from warren.manager.store import Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -103,16 +102,6 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_ReappendFilter())
 
 RAFT_MIN_TIMEOUT = 0.3
 RAFT_MAX_TIMEOUT = 0.45
-# After the leader's connection closes, survivor k (by address order) calls an election after
-# k to k+0.5 times this, well within the election timeout and apart enough for one vote round.
-ELECTION_STAGGER = 0.08
-
-# PySyncObj drops a connection that has read nothing for connectionTimeout (3.5 s) at its next
-# send, and followers never talk to each other: every member pings every other this often, so
-# that a leader's crash does not find its survivors' link stale (ADR 26).
-PEER_PING_PERIOD = 1.0
-_PING = {"type": "warren_ping"}
-
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
@@ -122,7 +111,7 @@ class RaftStartError(Exception):
     """The Raft node cannot start safely; str() says why."""
 
 
-class RaftNode(SyncObj):
+class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's handlers
     def __init__(
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
     ) -> None:
@@ -130,9 +119,7 @@ class RaftNode(SyncObj):
         self._queued: list[tuple[Command, asyncio.Future]] = []  # proposals for the next entry
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
-        # Follower -> the lowest log index it told us to retry from since it last said "success"
-        # (see _SyncObj__onMessageReceived). Only the Raft thread touches it.
-        self._retry_from: dict = {}
+        self._init_peer_links()  # before SyncObj's thread starts calling back
         conf = SyncObjConf(
             password=secret,
             bindAddress=bind_addr,
@@ -171,7 +158,6 @@ class RaftNode(SyncObj):
             super().__init__(self_addr, peers, conf)
         finally:
             journal.uninstall()
-        self._next_ping = 0.0
         self.addOnTickCallback(self._ping_peers)
         try:
             self.waitBinded()
@@ -368,85 +354,10 @@ class RaftNode(SyncObj):
             raise ProposalError("unknown", "the write was applied before a restart; its result is gone")
         return commands.decode_result(result)
 
-    # -- fast failover on a closed connection (ADR 16) -----------------------------------------
-    def _SyncObj__onNodeDisconnected(self, node: object) -> None:
-        """PySyncObj only drops the node from its connected set. When the connection to our
-        leader closes, the leader most likely crashed (a live but partitioned leader keeps its
-        connections open, and the election timeout handles that): call the election soon
-        instead of waiting out the timeout, staggered by rank among the survivors so that they
-        do not split the vote."""
-        connected = self._connected_nodes()
-        if node in connected:
-            log.info("Raft connection to %s lost", node.id)
-        connected.discard(node)
-        self._retry_from.pop(node, None)
-        try:
-            if node != self._SyncObj__raftLeader or self._SyncObj__raftState != 0:  # 0 = follower
-                return
-            survivors = sorted(n.id for n in [*self.otherNodes, self.selfNode] if n != node)
-            rank = survivors.index(self.selfNode.id)
-            # PySyncObj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic: they drift apart.
-            deadline = raft_clock() + ELECTION_STAGGER * (rank + random.random() / 2)
-            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
-        except (AttributeError, ValueError):  # another PySyncObj version: keep its timeout
-            return
-
-    def _SyncObj__onNodeConnected(self, node: object) -> None:
-        connected = self._connected_nodes()
-        if node not in connected:
-            log.info("Raft connection to %s up", node.id)
-        connected.add(node)
-        self._retry_from.pop(node, None)
-
-    # -- bringing a follower with a conflicting log back in line (ADR 26) ----------------------
-    def _SyncObj__onMessageReceived(self, node: object, message: dict) -> None:
-        kind = message.get("type")
-        if kind == _PING["type"]:
-            return  # reading it was the point
-        if kind == "next_node_idx" and self._SyncObj__raftState == 2:  # 2 = leader
-            message = self._lowest_retry_point(node, message)
-        SyncObj._SyncObj__onMessageReceived(self, node, message)
-
-    def _ping_peers(self) -> None:
-        """Keep every link read from, on the Raft thread: PySyncObj would drop an idle one at
-        its next send, and that send is a survivor's vote request after the leader crashed."""
-        now = raft_clock()
-        if now < self._next_ping:
-            return
-        self._next_ping = now + PEER_PING_PERIOD
-        for node in list(self._connected_nodes()):
-            self._SyncObj__transport.send(node, _PING)
-
-    def _lowest_retry_point(self, node: object, reply: dict) -> dict:
-        """Where to resume appends to a follower that refused one (ADR 26).
-
-        A follower refuses an append whose previous entry it lacks (its answer: retry from my
-        end) or holds with another term (retry from that entry). PySyncObj sends appends back to
-        back, each assuming the one before was accepted (one per 64 KiB of log, one per new
-        command), and retries from the LAST refusal. Past a conflicting entry (a deposed leader's
-        uncommitted tail), the answer to a later append (my end) overwrites the answer to the
-        first (that entry), so the follower never gets past it while the leader's log is more
-        than one append ahead: connected, never caught up, and no quorum without it. A
-        follower's log changes only when it accepts an append, which it answers with success;
-        until then every refusal is an upper bound on where our logs agree: take the lowest."""
-        if reply.get("success"):
-            self._retry_from.pop(node, None)
-            return reply
-        if not reply.get("reset"):
-            return reply  # a part of an entry sent in pieces arrived: nothing about the log
-        lowest = self._retry_from.get(node)
-        if lowest is not None and lowest < reply["next_node_idx"]:
-            return {**reply, "next_node_idx": lowest}
-        self._retry_from[node] = reply["next_node_idx"]
-        return reply
-
-    def _connected_nodes(self) -> set:
-        return self._SyncObj__connectedNodes
-
     # -- status ------------------------------------------------------------------------------
     def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"
-        self._retry_from.clear()  # a new term: the followers' answers start afresh
+        self._forget_retry_points()  # a role change: the followers' answers start afresh
         if leader or _RAFT_STATES.get(old) == "leader":
             log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
         if leader:
