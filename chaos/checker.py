@@ -18,6 +18,8 @@ The rules (issue #4):
   workers, and no task of a removed service still runs;
 - no manager's Raft thread fails a tick (the workload's `bulk` steps make large, chunked
   entries; ADR 20).
+- manager links: after a heal, every manager answers, has a Raft connection to every other one
+  (both ends say so), and has applied what the leader had applied when the check began.
 """
 
 from __future__ import annotations
@@ -145,6 +147,24 @@ def convergence(state: dict) -> list[str]:
                 f"{svc['name']}: {len(ok)} of {svc['replicas']} running on version {svc['version']} {states}"
             )
     return reasons + check_slots(state["tasks"])
+
+
+def check_links(managers: Iterable[dict], leader_applied: int) -> list[str]:
+    """Why the managers are not yet a whole Raft group (empty: they are). `managers` are their
+    own accounts (name, raft_addr, connected, applied_index, error) as one manager gathered
+    them; `leader_applied` is the last entry the leader had applied when the check began: every
+    manager must reach it, or a pair that looks connected still does not replicate. (Applied,
+    not committed: Raft's own entries, such as a new leader's no-op, never reach the state.)"""
+    views = sorted(managers, key=lambda m: m["name"])
+    problems = [f"{m['name']} does not answer: {m['error']}" for m in views if m.get("error")]
+    answering = [m for m in views if not m.get("error")]
+    for m in answering:
+        for peer in views:
+            if peer is not m and peer["raft_addr"] not in m["connected"]:
+                problems.append(f"{m['name']} has no Raft connection to {peer['name']}")
+        if m["applied_index"] < leader_applied:
+            problems.append(f"{m['name']} has applied entry {m['applied_index']}, the leader {leader_applied}")
+    return problems
 
 
 def check_kept_running(before: dict[str, bool], during: dict[str, bool]) -> list[str]:

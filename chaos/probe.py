@@ -10,6 +10,8 @@ long-lived process (started with nsenter into the client namespace) to call the 
     {"op": "first_write", "addrs": [...], "node": ID, "timeout": 30}
                                                     poll until one acknowledges a write
     {"op": "token", "addr": A, "role": "worker"}
+    {"op": "label", "addr": A, "node": ID, "key": K, "size": N, "timeout": 5}
+                                                    one write: label K on node ID, N bytes long
 """
 
 from __future__ import annotations
@@ -40,7 +42,22 @@ def info(conn: Conn, addr: str, consistent: bool = False, timeout: float = 2.0) 
         "term": reply.raft_term,
         "commit_index": reply.commit_index,
         "applied_index": reply.applied_index,
-        "managers": [{"api_addr": m.api_addr, "leader": m.leader, "reachable": m.reachable} for m in reply.managers],
+        "managers": [
+            {
+                "api_addr": m.api_addr,
+                "raft_addr": m.raft_addr,
+                "leader": m.leader,
+                "reachable": m.reachable,
+                "voter": m.voter,
+                "raft_state": m.raft_state,
+                "term": m.raft_term,
+                "commit_index": m.commit_index,
+                "applied_index": m.applied_index,
+                "connected": list(m.connected),
+                "error": m.error,
+            }
+            for m in reply.managers
+        ],
     }
 
 
@@ -126,6 +143,16 @@ def first_write(conn: Conn, addrs: list[str], node: str, timeout: float) -> dict
     return {"ok": False, "code": "DEADLINE_EXCEEDED", "detail": f"no write acknowledged in {timeout}s ({last})"}
 
 
+def label(conn: Conn, addr: str, node: str, key: str, size: int, timeout: float) -> dict:
+    """One write of about `size` bytes (a node label), sent to `addr` only."""
+    request = conn.pb.UpdateNodeRequest(node=node, labels_add={key: "x" * size})
+    try:
+        conn.stub(addr).UpdateNode(request, timeout=timeout)
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {"ok": True}
+
+
 def token(conn: Conn, addr: str, role: str) -> dict:
     try:
         reply = conn.stub(addr).GetJoinToken(conn.pb.GetJoinTokenRequest(role=role), timeout=5)
@@ -152,6 +179,8 @@ def main() -> None:
                 reply = first_leader(conn, req["addrs"], req.get("timeout", 30.0))
             elif op == "first_write":
                 reply = first_write(conn, req["addrs"], req["node"], req.get("timeout", 30.0))
+            elif op == "label":
+                reply = label(conn, req["addr"], req["node"], req["key"], req["size"], req.get("timeout", 5.0))
             elif op == "token":
                 reply = token(conn, req["addr"], req["role"])
             elif op == "reset":

@@ -27,6 +27,9 @@ from chaos.lab import Lab, cleanup_state, pid_alive
 
 STATE_DIR = Path("/tmp/warren-chaos/state")
 CONVERGE_TIMEOUT = 30.0
+# After a heal, every pair of managers must be connected again, and every manager caught up,
+# within this long: PySyncObj redials every 0.2 s and a restarted manager starts in a few seconds.
+LINKS_TIMEOUT = 15.0
 PAUSE_TIMEOUT = 45.0
 
 
@@ -127,6 +130,7 @@ class Runner:
         self.failovers: dict[str, list[float]] = {}  # fault kind -> times to a new leader
         self.recoveries: list[float] = []
         self.convergence: list[float] = []
+        self.relinked: list[float] = []  # heal -> every manager connected to every other, caught up
         self.faults: Counter = Counter()
         self.violations: list[dict] = []
         self._log_offsets: dict[str, int] = {}  # manager log -> bytes already checked
@@ -221,6 +225,11 @@ class Runner:
             )
         else:
             self.convergence.append(waited)
+        relinked, unlinked = self.links(t_heal)
+        if unlinked:
+            problems.append(("links", f"{LINKS_TIMEOUT:.0f}s after heal: {'; '.join(unlinked[:4])}"))
+        else:
+            self.relinked.append(relinked)
         ops = workload.ops()
         if state is not None:
             problems += [("writes", p) for p in checker.check_writes(ops, state["services"])]
@@ -237,6 +246,7 @@ class Runner:
         outcomes = Counter(o["outcome"] for o in ops)
         verdict = "ok" if not problems else f"FAIL {len(problems)}: " + " | ".join(f"{c}: {p}" for c, p in problems[:3])
         conv = f"converged {waited:.1f}s" if not reasons else "NOT converged"
+        conv += f", links {relinked:.1f}s" if not unlinked else ", links BROKEN"
         self.log(
             f"round {rnd.index}/{self.args.rounds} {rnd.describe()} on {target} | "
             f"ops {len(ops)} (ok {outcomes['ok']}, failed {outcomes['failed']}, unknown {outcomes['unknown']}) | "
@@ -393,6 +403,31 @@ class Runner:
                 return state, time.monotonic() - t_heal, reasons
             time.sleep(0.2)
 
+    def links(self, t_heal: float) -> tuple[float, list[str]]:
+        """Poll the leader's view of every manager until each pair is connected (both ends say
+        so) and each has applied what the leader had applied at the first look."""
+        cluster = self.cluster
+        assert cluster is not None and cluster.probe is not None
+        names = {m.api_addr: m.name for m in cluster.managers}
+        deadline = t_heal + LINKS_TIMEOUT
+        applied: int | None = None
+        problems = ["no leader"]
+        while True:
+            leader = cluster.leader(timeout=max(0.5, deadline - time.monotonic()))
+            if leader is not None:
+                reply = cluster.probe.call(op="info", addr=leader.api_addr, timeout=3.0)
+                if reply["ok"] and reply["raft_state"] == "leader":
+                    applied = reply["applied_index"] if applied is None else applied
+                    views = [{**m, "name": names.get(m["api_addr"], m["api_addr"])} for m in reply["managers"]]
+                    problems = checker.check_links(views, applied)
+                elif reply["ok"]:
+                    problems = [f"{leader.name} is no longer the leader"]
+                else:
+                    problems = [f"{leader.name}: {reply['detail']}"]
+            if not problems or time.monotonic() > deadline:
+                return time.monotonic() - t_heal, problems
+            time.sleep(0.2)
+
     # -- summary ---------------------------------------------------------------------------------
     def write_summary(self, code: int) -> None:
         ops = self.workload.ops() if self.workload is not None else []
@@ -413,6 +448,7 @@ class Runner:
             "failover_by_fault_s": {k: checker.summary_stats(v) for k, v in sorted(self.failovers.items())},
             "restart_recovery_s": checker.summary_stats(self.recoveries),
             "convergence_s": checker.summary_stats(self.convergence),
+            "links_s": checker.summary_stats(self.relinked),
             "duration_s": round(time.monotonic() - self.started, 1),
             "exit_code": code,
         }
@@ -426,6 +462,12 @@ class Runner:
         cv = summary["convergence_s"]
         if cv["n"]:
             self.log(f"convergence after heal: p50 {cv['p50']:.2f}s p99 {cv['p99']:.2f}s max {cv['max']:.2f}s")
+        lk = summary["links_s"]
+        if lk["n"]:
+            self.log(
+                f"managers linked and caught up after heal: p50 {lk['p50']:.2f}s p99 {lk['p99']:.2f}s "
+                f"max {lk['max']:.2f}s"
+            )
         self.log(f"{len(self.violations)} violations; summary in {path}")
 
 

@@ -97,6 +97,22 @@ def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[
     assert all(m["voter"] and not m.get("error") for m in _info(leader)["managers"])
 
 
+def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: list[Manager]) -> None:
+    """Followers never send each other Raft messages, and PySyncObj drops a link that has read
+    nothing for 3.5 s at its next send: the first vote request after a crash used to close the
+    survivors' link instead of reaching the other survivor, costing a whole election timeout."""
+    leader = _leader(trio)
+    survivors = [m for m in trio if m is not leader]
+    time.sleep(5.0)  # the scenario: longer than PySyncObj's connection timeout with no election
+    marks = {m.raft_port: len(m.log()) for m in survivors}
+    leader.kill()
+    _leader(survivors)
+    first, second = survivors
+    for m, other in ((first, second), (second, first)):
+        lost = f"Raft connection to 127.0.0.1:{other.raft_port} lost"
+        assert lost not in m.log()[marks[m.raft_port] :], m.log()[marks[m.raft_port] :]
+
+
 def test_without_quorum_writes_fail_fast_and_reads_still_work(trio: list[Manager]) -> None:
     assert _create(trio[0], "before").returncode == 0
     leader = _leader(trio)

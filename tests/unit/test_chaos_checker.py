@@ -257,3 +257,40 @@ def test_bulk_steps_update_every_service_once_with_padding():
     seqs = [o["seq"] for ops in bulks for o in ops]
     assert len(seqs) == len(set(seqs))
     assert all(o["op"] == "update" and o["pad"] and o["gen"] == o["seq"] for ops in bulks for o in ops)
+
+
+# -- manager links after a heal ------------------------------------------------------------------
+
+
+def manager(name: str, connected: list[str], applied: int = 10, error: str = "") -> dict:
+    return {
+        "name": name,
+        "raft_addr": f"{name}:4243",
+        "connected": [f"{c}:4243" for c in connected],
+        "applied_index": applied,
+        "error": error,
+    }
+
+
+def test_a_whole_group_passes():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1", "m3"]), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == []
+
+
+def test_a_link_one_end_does_not_see_is_reported():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1"]), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == ["m2 has no Raft connection to m3"]
+
+
+def test_a_manager_that_does_not_answer_is_reported_and_its_peers_checked():
+    views = [manager("m1", ["m2"]), manager("m2", ["m1"]), manager("m3", [], error="cannot connect")]
+    assert checker.check_links(views, leader_applied=10) == [
+        "m3 does not answer: cannot connect",
+        "m1 has no Raft connection to m3",
+        "m2 has no Raft connection to m3",
+    ]
+
+
+def test_a_connected_manager_that_has_not_caught_up_is_reported():
+    views = [manager("m1", ["m2", "m3"]), manager("m2", ["m1", "m3"], applied=7), manager("m3", ["m1", "m2"])]
+    assert checker.check_links(views, leader_applied=10) == ["m2 has applied entry 7, the leader 10"]

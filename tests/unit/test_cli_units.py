@@ -133,3 +133,14 @@ def test_format_size() -> None:
     assert units.format_size(1536 * 1024**2) == "1.5GiB"
     assert units.format_size(100) == "100B"
     assert units.parse_size(units.format_size(64 * 1024)) == 64 * 1024
+
+
+def test_cluster_info_names_the_members_a_manager_has_no_raft_link_to() -> None:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.cluster import _manager_status
+
+    whole = pb.ManagerInfo(voter=True, raft_state="follower", connected=["a:1", "b:1"])
+    assert _manager_status(whole, ["a:1", "b:1"]) == "reachable"
+    cut = pb.ManagerInfo(voter=True, raft_state="follower", connected=["a:1"])
+    assert _manager_status(cut, ["a:1", "b:1"]) == "reachable, no Raft link to b:1"
+    assert _manager_status(pb.ManagerInfo(error="cannot connect"), ["a:1"]) == "unreachable (cannot connect)"

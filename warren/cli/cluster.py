@@ -169,7 +169,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 m.commit_index if m.raft_state else "-",
                 m.applied_index if m.raft_state else "-",
                 m.lag if m.raft_state else "-",
-                _manager_status(m),
+                _manager_status(m, [o.raft_addr for o in info.managers if o.voter and o is not m]),
             )
             for m in info.managers
         ],
@@ -191,10 +191,14 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
-def _manager_status(manager: Any) -> str:
+def _manager_status(manager: Any, other_members: list[str]) -> str:
+    """Whether it answered, and which members it has no Raft connection to (ADR 26)."""
     if manager.error:
         return f"unreachable ({manager.error})"
-    return "reachable" if manager.voter else "reachable, not a Raft member"
+    if not manager.voter:
+        return "reachable, not a Raft member"
+    missing = [addr for addr in other_members if addr not in manager.connected]
+    return f"reachable, no Raft link to {', '.join(missing)}" if missing else "reachable"
 
 
 def cmd_join_token(args: argparse.Namespace) -> int:

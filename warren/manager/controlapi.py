@@ -234,6 +234,7 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
                 raft_term=local.term,
                 commit_index=local.commit_index,
                 applied_index=local.applied_index,
+                connected=local.connected,
             )
         if self._certs_dir is None or not node.addr:
             return cpb.ManagerInfo(error="not asked")
@@ -254,6 +255,7 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
             raft_term=answer.term,
             commit_index=answer.commit_index,
             applied_index=answer.applied_index,
+            connected=answer.connected,
         )
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:

@@ -145,6 +145,7 @@ class ManagersService(managers_pb2_grpc.ManagersServicer):
             applied_index=status.applied_index,
             has_quorum=status.has_quorum,
             members=status.members,
+            connected=status.connected,
         )
 
 

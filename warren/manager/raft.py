@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from warren.cli.units import format_size
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
+from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
 
@@ -79,6 +79,11 @@ class RaftStatus:
         return sorted([self.self_addr, *self.peers])
 
     @property
+    def connected(self) -> list[str]:
+        """The other members this one has a Raft connection to."""
+        return sorted(addr for addr, up in self.peers.items() if up)
+
+    @property
     def reachable(self) -> int:
         """Members this one is connected to, itself included."""
         return 1 + sum(self.peers.values())
@@ -120,10 +125,6 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_PySyncObjNoiseFilter())
 
 RAFT_MIN_TIMEOUT = 0.3
 RAFT_MAX_TIMEOUT = 0.45
-# After the leader's connection closes, survivor k (by address order) calls an election after
-# k to k+0.5 times this, well within the election timeout and apart enough for one vote round.
-ELECTION_STAGGER = 0.08
-
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
@@ -140,7 +141,7 @@ class RaftStartError(Exception):
 PERSIST_RETRY_PERIOD = 0.5
 
 
-class RaftNode(SyncObj):
+class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's handlers
     def __init__(
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
     ) -> None:
@@ -150,6 +151,7 @@ class RaftNode(SyncObj):
         self._queued: list[tuple[Command, asyncio.Future]] = []  # proposals for the next entry
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
+        self._init_peer_links()  # before SyncObj's thread starts calling back
         conf = SyncObjConf(
             password=secret,
             bindAddress=bind_addr,
@@ -188,6 +190,7 @@ class RaftNode(SyncObj):
             super().__init__(self_addr, peers, conf, transportClass=HardenedTransport)  # ADR 20
         finally:
             journal.uninstall()
+        self.addOnTickCallback(self._ping_peers)
         try:
             self.waitBinded()
         except Exception:
@@ -478,31 +481,12 @@ class RaftNode(SyncObj):
             raise ProposalError("unknown", "the write was applied before a restart; its result is gone")
         return commands.decode_result(result)
 
-    # -- fast failover on a closed connection (ADR 16) -----------------------------------------
-    def _SyncObj__onNodeDisconnected(self, node: object) -> None:
-        """PySyncObj only drops the node from its connected set. When the connection to our
-        leader closes, the leader most likely crashed (a live but partitioned leader keeps its
-        connections open, and the election timeout handles that): call the election soon
-        instead of waiting out the timeout, staggered by rank among the survivors so that they
-        do not split the vote."""
-        self._connected_nodes().discard(node)
-        try:
-            if node != self._SyncObj__raftLeader or self._SyncObj__raftState != 0:  # 0 = follower
-                return
-            survivors = sorted(n.id for n in [*self.otherNodes, self.selfNode] if n != node)
-            rank = survivors.index(self.selfNode.id)
-            # PySyncObj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic: they drift apart.
-            deadline = raft_clock() + ELECTION_STAGGER * (rank + random.random() / 2)
-            self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
-        except (AttributeError, ValueError):  # another PySyncObj version: keep its timeout
-            return
-
-    def _connected_nodes(self) -> set:
-        return self._SyncObj__connectedNodes
-
     # -- status ------------------------------------------------------------------------------
-    def _on_state_changed(self, _old: int, new: int) -> None:
+    def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"
+        self._forget_retry_points()  # a role change: the followers' answers start afresh
+        if leader or _RAFT_STATES.get(old) == "leader":
+            log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
         if leader:
             self._leader_event.set()
         else:
