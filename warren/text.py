@@ -1,5 +1,5 @@
-"""Operator input echoed back: quoted and cut short in messages, control characters made
-visible in terminal output. Pure and stdlib-only (the CLI imports it at start-up)."""
+"""Text shown to operators: input quoted and cut short in messages, control characters made
+visible in terminal output, sizes in binary units. Pure and stdlib-only (the CLI imports it at start-up)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,17 @@ def ascii_int(text: str) -> int | None:
     with a plain ValueError), so it comes back as 10**19."""
     if not (text.isascii() and text.isdigit()):
         return None
-    return int(text) if len(text) <= 19 else 10**19
+    significant = text.lstrip("0")  # "0080" is 80: leading zeros do not make a number large
+    return int(significant or "0") if len(significant) <= 19 else 10**19
+
+
+def format_size(n: int) -> str:
+    """Bytes as a short binary size: 536870912 -> "512MiB"."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor:
+            value = n / factor
+            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.3g}{unit}"
+    return f"{n}B"
 
 
 def escape_control(text: str) -> str:

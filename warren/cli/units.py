@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from warren.text import CONTROL_RE as _CONTROL_RE
 from warren.text import ascii_int
+from warren.text import format_size as format_size  # re-exported: the CLI's sizes
 from warren.text import shown as _shown
 
 _SIZE_UNITS = {
@@ -165,15 +166,6 @@ def parse_unpublish(text: str) -> tuple[int, str]:
         return parse_port(published), protocol
     except ValueError as exc:
         raise ValueError(f"invalid published port {_shown(text)}: {exc}") from None
-
-
-def format_size(n: int) -> str:
-    """Bytes as a short binary size: 536870912 -> "512MiB"."""
-    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= factor:
-            value = n / factor
-            return f"{value:.0f}{unit}" if value == int(value) else f"{value:.3g}{unit}"
-    return f"{n}B"
 
 
 def format_duration(seconds: float) -> str:

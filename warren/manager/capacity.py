@@ -21,7 +21,7 @@ from typing import Any
 
 import lmdb
 
-from warren.cli.units import format_size
+from warren.text import format_size
 
 MIN_RESERVE = 8 << 20
 RESERVE_FRACTION = 20  # the map's reserve is 1/20 (5%) of it, and at least MIN_RESERVE

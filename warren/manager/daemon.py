@@ -36,7 +36,6 @@ from warren import clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import node_hostname
 from warren.api.v1 import managers_pb2 as mpb
-from warren.cli.units import format_size
 from warren.ids import new_id
 from warren.manager import cakey, embedded, metrics
 from warren.manager import settings as manager_settings
@@ -54,7 +53,7 @@ from warren.manager.server import NOT_SERVING, SERVING, build_server
 from warren.manager.store import Store, open_environment
 from warren.model import AdminCert, Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources
 from warren.network import ipam
-from warren.text import ascii_int, shown
+from warren.text import ascii_int, format_size, shown
 
 log = logging.getLogger("warren.manager")
 

@@ -21,13 +21,13 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands
-from warren.cli.units import format_size
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
 from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
+from warren.text import format_size
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from warren.cli.units import format_size
+from warren.text import format_size
 
 SETTINGS_FILE = "manager-settings.json"
 DEFAULT_MAP_SIZE = 8 << 30  # address space only; the file grows as needed
