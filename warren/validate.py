@@ -270,22 +270,32 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
                 )
 
 
-# Task status reports from agents (UpdateTaskStatus). The agent cuts its texts to fit; the
-# dispatcher refuses what a well-behaved agent never sends, before it reaches Raft.
+# Task status reports from agents (UpdateTaskStatus). The agent cleans its texts to fit
+# (report_text); the dispatcher refuses what a well-behaved agent never sends, before Raft.
+# 1000 reports x 2 texts x 4 KiB = 8 MiB: a full batch always fits the request limit (16 MiB).
 MAX_STATUS_BATCH = 1000
-MAX_REPORT_TEXT = 4096  # a report's message and its error, each
+MAX_REPORT_TEXT = 4096  # UTF-8 bytes of a report's message, and of its error
+MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
 MAX_RUNTIME_ID = 256
 TASK_HEALTH = ("", "starting", "healthy", "unhealthy")
+
+
+def report_text(text: str) -> str:
+    """`text` as a task report carries it: no NUL (a probe's output may hold one), at most
+    MAX_REPORT_TEXT bytes of UTF-8, never cut inside a character."""
+    data = text.replace("\x00", "").encode("utf-8", "replace")
+    return data[:MAX_REPORT_TEXT].decode("utf-8", "ignore")
 
 
 def check_task_report(task_id: str, message: str, error: str, runtime_id: str, health: str) -> None:
     """One agent's report about one task: bounded texts, a known health value."""
     if not task_id or len(task_id) > MAX_KEY or not _PRINTABLE.fullmatch(task_id):
         raise ValidationError(f"invalid task id {shown(task_id)}")
-    if len(message) > MAX_REPORT_TEXT or len(error) > MAX_REPORT_TEXT:
-        raise ValidationError(f"a task report's message and error are at most {MAX_REPORT_TEXT} characters each")
-    if "\x00" in message or "\x00" in error:
-        raise ValidationError("a task report's message and error cannot contain NUL")
+    for text in (message, error):
+        if len(text) > MAX_REPORT_TEXT or len(text.encode("utf-8", "replace")) > MAX_REPORT_TEXT:
+            raise ValidationError(f"a task report's message and error are at most {MAX_REPORT_TEXT} bytes each")
+        if "\x00" in text:
+            raise ValidationError("a task report's message and error cannot contain NUL")
     if len(runtime_id) > MAX_RUNTIME_ID or (runtime_id and not _PRINTABLE.fullmatch(runtime_id)):
         raise ValidationError(f"invalid runtime id {shown(runtime_id)}")
     if health not in TASK_HEALTH:

@@ -12,9 +12,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from warren import commands
+from warren import commands, validate
 from warren.agent.assignments import AssignmentSet
+from warren.agent.session import report_to_pb
+from warren.agent.status import Report
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
@@ -314,3 +318,12 @@ def test_more_task_reports_than_a_batch_are_refused(tmp_path: Path) -> None:
             cluster.close()
 
     run(scenario())
+
+
+@given(st.text(max_size=6000), st.text(max_size=6000))
+def test_whatever_a_task_prints_the_agent_reports_what_the_dispatcher_takes(message: str, error: str) -> None:
+    """A probe's or runtime's output (NUL bytes, long non-ASCII text) never makes the dispatcher
+    refuse a batch: the agent cleans it to the dispatcher's bound."""
+    report = report_to_pb(Report(task_id="t1", state=TaskState.FAILED, message=message, error=error, timestamp=1.0))
+    validate.check_task_report(report.task_id, report.message, report.error, report.runtime_id, report.health)
+    assert message.replace("\x00", "").startswith(report.message)

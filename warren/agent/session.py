@@ -45,10 +45,6 @@ REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
 RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
-# A report's message and error are cut to what the dispatcher takes, so that a full batch
-# always fits the request limit (tls.MAX_REQUEST_BYTES): 1000 x 2 x 4 KiB = 8 MiB.
-MAX_REPORT_TEXT = validate.MAX_REPORT_TEXT
-MAX_FAILURE_TEXT = 512  # what the dispatcher accepts as the last failure's account
 # Failures that say nothing about this node's session: the manager is unreachable, busy, or not
 # the leader. Anything else (a message too large, an internal error, a bad first message) counts.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
@@ -114,8 +110,8 @@ def report_to_pb(report: Report) -> dpb.TaskStatus:
     return dpb.TaskStatus(
         task_id=report.task_id,
         state=report.state.label,
-        message=report.message[:MAX_REPORT_TEXT],
-        error=report.error[:MAX_REPORT_TEXT],
+        message=validate.report_text(report.message),
+        error=validate.report_text(report.error),
         has_exit_code=report.exit_code is not None,
         exit_code=report.exit_code or 0,
         runtime_id=report.runtime_id,
@@ -223,7 +219,7 @@ class Session:
 
     def _failed(self, why: str) -> None:
         self.failed_sessions += 1
-        self.last_failure = why[:MAX_FAILURE_TEXT]
+        self.last_failure = why[: validate.MAX_FAILURE_TEXT]
 
     def _request(self) -> dpb.SessionRequest:
         return dpb.SessionRequest(

@@ -38,7 +38,6 @@ from warren.validate import ValidationError, check_node_description, check_wireg
 log = logging.getLogger(__name__)
 
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
-MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
 SESSION_FAILING = "its session is failing"
 
 
@@ -181,8 +180,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        if len(request.last_failure) > MAX_FAILURE_TEXT:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {MAX_FAILURE_TEXT} characters")
+        if len(request.last_failure) > validate.MAX_FAILURE_TEXT:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {validate.MAX_FAILURE_TEXT} characters"
+            )
         # Not ready until a heartbeat proves this session works, if the last ones failed.
         failing = self._failing.get(identity.node_id, "")
         if request.failed_sessions >= FAILING_AFTER:
