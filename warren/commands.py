@@ -293,9 +293,10 @@ def encode(command: Command | Batch) -> bytes:
     return _encoder.encode(Envelope(CODEC_VERSION, command))
 
 
-def oversize_message(command: Command | Batch) -> str | None:
-    """Why `command` is too big to propose, or None if it is not (MAX_COMMAND_BYTES encoded)."""
-    size = len(encode(command))
+def oversize_message(command: Command | Batch, size: int | None = None) -> str | None:
+    """Why `command` is too big to propose, or None if it is not (MAX_COMMAND_BYTES encoded).
+    `size` is its encoded size, when the caller has it already."""
+    size = len(encode(command)) if size is None else size
     if size <= MAX_COMMAND_BYTES:
         return None
     return (

@@ -96,5 +96,7 @@ class Orchestrator:
         metrics.SCHEDULING_CHANGES.labels("created").inc(len(plan.created))
         metrics.SCHEDULING_CHANGES.labels("updated").inc(len(plan.updated))
         metrics.SCHEDULING_CHANGES.labels("deleted").inc(len(plan.deleted))
-        for part in commands.split_plan(plan):  # each part within the size of one command
+        # Each part within the size of one command; measuring a big plan means encoding it, which
+        # is not work for the event loop.
+        for part in await asyncio.to_thread(commands.split_plan, plan):
             await self._raft.propose_async(part, timeout=10.0)

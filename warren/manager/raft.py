@@ -148,7 +148,9 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         self._store = store
         self.capacity = StoreCapacity(store.env, Path(store.env.path()))
         self._stopping = threading.Event()
-        self._queued: list[tuple[Command, asyncio.Future]] = []  # proposals for the next entry
+        # Proposals for the next entry, with their encoded size: each is encoded once to be
+        # measured, and once more inside its Batch.
+        self._queued: list[tuple[Command, int, asyncio.Future]] = []
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
         self._init_peer_links()  # before SyncObj's thread starts calling back
@@ -309,11 +311,11 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
     def propose(self, command: Command, timeout: float = 5.0) -> Result:
         """Replicate `command` and wait for it to be applied here. Blocking; never call it from
         the Raft thread (a watcher or callback) or it deadlocks."""
-        if (too_large := commands.oversize_message(command)) is not None:
+        blob = commands.encode(command)
+        if (too_large := commands.oversize_message(command, len(blob))) is not None:
             raise ProposalError("resource_exhausted", too_large)
         done = threading.Event()
         outcome: list = []
-        blob = commands.encode(command)
         charge = self._reserve_capacity(len(blob))
 
         def on_done(result: bytes | None, reason: int) -> None:
@@ -330,12 +332,13 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         """Replicate `command` and wait until it is applied here. Proposals made while the
         event loop is busy are sent together as one Batch entry (group commit): one Raft round
         and one fsync for all of them."""
-        if (too_large := commands.oversize_message(command)) is not None:
+        size = len(commands.encode(command))
+        if (too_large := commands.oversize_message(command, size)) is not None:
             raise ProposalError("resource_exhausted", too_large)
         self.check_quorum()
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
-        self._queued.append((command, future))
+        self._queued.append((command, size, future))
         if len(self._queued) == 1:
             loop.call_soon(self._send_queued, loop)
         try:
@@ -350,13 +353,13 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         if self._queued:
             loop.call_soon(self._send_queued, loop)
         try:
-            self._send(loop, [command for command, _ in queued], [future for _, future in queued])
+            self._send(loop, [command for command, _, _ in queued], [future for _, _, future in queued])
         except ProposalError as exc:
             # No room for writes; read barriers (no-ops, a few bytes) still go, as one entry, so
             # that consistent reads keep working. Nothing goes while the apply path waits.
-            barriers = [future for command, future in queued if isinstance(command, commands.Noop)]
+            barriers = [future for command, _, future in queued if isinstance(command, commands.Noop)]
             send_barriers = bool(barriers) and self.capacity.stalled is None
-            for command, future in queued:
+            for command, _, future in queued:
                 if not future.done() and not (send_barriers and isinstance(command, commands.Noop)):
                     future.set_exception(ProposalError(exc.code, exc.message))
             if send_barriers:
@@ -533,12 +536,12 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         )
 
 
-def _batch_length(queued: list[tuple[Command, asyncio.Future]]) -> int:
-    """How many of the queued proposals go into the next entry: at most MAX_BATCH commands and
-    MAX_BATCH_BYTES of them, and always at least one."""
+def _batch_length(queued: list[tuple[Command, int, asyncio.Future]]) -> int:
+    """How many of the queued (command, encoded size, future) proposals go into the next entry:
+    at most MAX_BATCH commands and MAX_BATCH_BYTES of them, and always at least one."""
     size = 0
-    for count, (command, _) in enumerate(queued[:MAX_BATCH]):
-        size += len(commands.encode(command))
+    for count, (_, command_size, _) in enumerate(queued[:MAX_BATCH]):
+        size += command_size
         if size > MAX_BATCH_BYTES and count > 0:
             return count
     return min(len(queued), MAX_BATCH)
