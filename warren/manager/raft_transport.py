@@ -492,6 +492,14 @@ class HardenedTransport(TCPTransport):
             received = self._syncObj._SyncObj__recvTransmission = b""
         data = message["data"]
         if len(received) + len(data) > MAX_TRANSMISSION_BYTES:
+            # Only an entry written before entries were bounded (commands and batches: 1 MiB)
+            # can be this large. The leader re-sends it as it is, so this follower cannot pass
+            # it: say so loudly, with what to do.
+            log.error(
+                "a Raft entry from the leader is over %d MiB: this manager cannot take it and will "
+                "not catch up; restore it from a snapshot of a healthy manager (remove and re-add it)",
+                MAX_TRANSMISSION_BYTES >> 20,
+            )
             return self._discard_transmission()
         # A pickle ends with STOP ('.'): a chunk that does not cannot end the entry, and saves
         # an unpickling attempt (PySyncObj pickles bytes as latin-1 text, so an entry of binary
