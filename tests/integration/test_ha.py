@@ -109,6 +109,9 @@ def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: lis
     _leader(survivors)
     first, second = survivors
     for m, other in ((first, second), (second, first)):
+        # The link logging is what this test reads: it must be there, or a reworded message
+        # would make the absence below prove nothing.
+        assert f"Raft connection to 127.0.0.1:{other.raft_port} up" in m.log()
         lost = f"Raft connection to 127.0.0.1:{other.raft_port} lost"
         assert lost not in m.log()[marks[m.raft_port] :], m.log()[marks[m.raft_port] :]
 
