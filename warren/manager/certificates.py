@@ -75,6 +75,7 @@ class CertificateKeeper:
                 return None
             current = pki.ca_key_id(cluster.ca_cert_pem)
             rotating = bool(cluster.ca_previous_cert_pem)
+            started_at = cluster.ca_rotation_started_at
             agents_done = carotation.agents_done(state, current)
             finished = rotating and not carotation.pending(state, current)
         creds = tls.load_credentials(self._certs)
@@ -92,7 +93,7 @@ class CertificateKeeper:
         if node is not None and node.manager_cert_ca != issuer:
             return commands.RecordNodeCertificate(self._node_id, issuer, manager=True)
         if finished and self._raft.is_leader:
-            return commands.FinishCARotation(current)
+            return commands.FinishCARotation(current, started_at)
         return None
 
     async def run(self) -> None:
