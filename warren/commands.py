@@ -103,9 +103,14 @@ class RecordNodeCertificate(msgspec.Struct, frozen=True, tag="node.certificate")
 
 
 class FinishCARotation(msgspec.Struct, frozen=True, tag="ca.rotate_done"):
-    """Stop trusting the previous root: refused while a node still depends on it."""
+    """Stop trusting the previous root: refused while a node still depends on it, and refused
+    unless it names the rotation under way, so that a late or repeated finish of an earlier
+    rotation cannot end the next one while nodes still hold certificates from its old root."""
 
     ca: str  # the key id of the current root, which the adapter computed
+    # The ca_rotation_started_at of the rotation this finishes, read with `ca`. 0 in commands
+    # encoded before it existed, which are applied as they were then (unchecked).
+    started_at: float = 0.0
 
 
 class RotateJoinToken(msgspec.Struct, frozen=True, tag="cluster.rotate_token"):
@@ -483,6 +488,8 @@ def _finish_ca_rotation(state: ClusterState, cmd: FinishCARotation) -> tuple[Res
     cluster = state.cluster
     if cluster is None or not cluster.ca_previous_cert_pem:
         return error("failed_precondition", "no CA rotation is under way"), []
+    if cmd.started_at and cmd.started_at != cluster.ca_rotation_started_at:
+        return error("failed_precondition", "this finishes an earlier CA rotation, not the one under way"), []
     left = carotation.pending(state, cmd.ca)
     if left:
         return error("failed_precondition", f"{len(left)} node(s) still depend on the previous CA"), []

@@ -66,12 +66,18 @@ def reloading_server_credentials(
 ) -> grpc.ServerCredentials:
     """Like `server_credentials` for the credentials in `directory`, re-read on the next TLS
     handshake after the files change: a renewed certificate is served without a restart.
-    `roots()`, if given, supplies the client CAs to trust instead of ca.pem, and is asked at
-    every handshake: a CA rotation must be trusted the moment it is committed (ADR 24)."""
+    `roots()`, if given, supplies the client CAs to trust and is asked at every handshake: a CA
+    rotation must be trusted the moment it is committed (ADR 24). It is then the only source of
+    trust: ca.pem is never read for it (an empty answer keeps the roots trusted so far)."""
     path = Path(directory)
 
     def trusted(creds: Credentials) -> bytes:
-        return (roots() if roots is not None else b"") or creds.ca_pem
+        if roots is None:
+            return creds.ca_pem
+        bundle = roots()
+        if not bundle:
+            raise ValueError("no CA to trust in the cluster state")
+        return bundle
 
     def version() -> tuple[float, bytes]:
         return _mtime(path), roots() if roots is not None else b""

@@ -83,7 +83,7 @@ def test_an_operator_gets_a_certificate_of_their_own_and_loses_it_safely(trio: l
 def test_admin_certificate_calls_validate_their_input(trio: list[Manager], tmp_path: Path) -> None:
     first = trio[0]
     bad_name = first.cli("cluster", "admin-cert", "create", "no/slash", "--out", str(tmp_path / "x"))
-    assert bad_name.returncode == 2 and "invalid name" in bad_name.stderr
+    assert bad_name.returncode == 2 and "invalid admin certificate name" in bad_name.stderr
     assert not (tmp_path / "x" / "key.pem").exists()
     short = first.cli("cluster", "admin-cert", "create", "carol", "--out", str(tmp_path / "c"), "--validity", "10m")
     assert short.returncode == 2 and "between 1h and 365 days" in short.stderr
@@ -92,6 +92,8 @@ def test_admin_certificate_calls_validate_their_input(trio: list[Manager], tmp_p
     stub = first.control()
     csr = pki.make_csr(pki.generate_key()).decode()
     for request, code in (
+        (cpb.IssueAdminCertificateRequest(name="dave\n", csr_pem=csr), grpc.StatusCode.INVALID_ARGUMENT),
+        (cpb.IssueAdminCertificateRequest(name="a b", csr_pem=csr), grpc.StatusCode.INVALID_ARGUMENT),
         (cpb.IssueAdminCertificateRequest(name="dave", csr_pem=""), grpc.StatusCode.INVALID_ARGUMENT),
         (cpb.IssueAdminCertificateRequest(name="dave", csr_pem="not a csr"), grpc.StatusCode.INVALID_ARGUMENT),
         (

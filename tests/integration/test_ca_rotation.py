@@ -144,7 +144,9 @@ def test_rotating_the_ca_reissues_every_certificate_without_downtime(
         assert rotated.returncode == 0, rotated.stdout + rotated.stderr
         assert "CA rotation complete" in rotated.stdout
         print(f"rotation took {took:.1f}s\n{rotated.stdout}")
-        time.sleep(1.0)  # a few more writes once the old CA is dropped
+        # A few more writes once the old CA is dropped, counted from here.
+        done_at = writer.successes
+        wait_for(lambda: writer.successes >= done_at + 10, timeout=30, message="10 writes after the rotation")
         writer.halt.set()
         writer.join(timeout=10)
 

@@ -126,3 +126,42 @@ def test_a_new_root_is_trusted_from_the_state_at_the_next_handshake(tmp_path: Pa
     asyncio.run(scenario())
     assert outcomes == [False, True]
     assert tls.load_credentials(data / "certs").ca_pem == old.cert_pem  # no file was touched
+
+
+def test_the_server_trusts_the_state_only_never_its_ca_file(tmp_path: Path) -> None:
+    """certs/ca.pem is for the manager's outgoing calls: when the state's roots are given, the
+    server never trusts the file instead, even for a moment the state has none to give."""
+    ours = pki.CertificateAuthority.create("cluster1")
+    stale = pki.CertificateAuthority.create("cluster1")
+    data = tmp_path / "manager"
+    cert, key = ours.issue_keypair("mgr1", pki.ROLE_MANAGER, validity_days=3)
+    tls.save_credentials(data / "certs", stale.cert_pem, cert, key)  # a file the state disagrees with
+    roots = [ours.cert_pem]
+    port = free_port()
+
+    def accepted(ca: pki.CertificateAuthority) -> bool:
+        client_cert, client_key = ca.issue_keypair("admin1", pki.ROLE_ADMIN, validity_days=3)
+        creds = tls.channel_credentials(ours.cert_pem, client_cert, client_key)
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds, tls.channel_options()) as channel:
+            try:
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            except grpc.RpcError:
+                return False
+        return True
+
+    outcomes: list[tuple[bool, bool]] = []
+
+    async def scenario() -> None:
+        server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), server)
+        server.add_secure_port(f"127.0.0.1:{port}", tls.reloading_server_credentials(data / "certs", lambda: roots[0]))
+        await server.start()
+        try:
+            outcomes.append(await asyncio.to_thread(lambda: (accepted(ours), accepted(stale))))
+            roots[0] = b""  # nothing to read from the state: keep what it said last
+            outcomes.append(await asyncio.to_thread(lambda: (accepted(ours), accepted(stale))))
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())
+    assert outcomes == [(True, False), (True, False)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from warren import carotation, commands, pki
@@ -145,3 +146,42 @@ def test_an_agent_adopts_a_new_root_only_beside_one_it_trusts() -> None:
     assert check_renewed(previous, rotating, reissued, key, same_expiry_ok=True).issuer_key_id == new.key_id
     with pytest.raises(RenewalError):  # from a root the agent was never given
         check_renewed(previous, old.cert_pem, reissued, key, same_expiry_ok=True)
+
+
+def test_a_late_finish_of_an_earlier_rotation_does_not_end_the_next_one() -> None:
+    state = ClusterState()
+    a, b, c = (pki.CertificateAuthority.create("c1") for _ in range(3))
+    manager = Node(id="m1", hostname="m1", role=NodeRole.MANAGER, manager_cert_ca=a.key_id)
+    _run(state, commands.InitCluster(_cluster(a), manager))
+
+    assert _run(state, commands.StartCARotation(b.cert_pem.decode(), cakey.wrap(b.key_pem, SECRET), 7.0)).ok
+    _run(state, commands.RecordNodeCertificate("m1", b.key_id, manager=True))
+    finish_b = commands.FinishCARotation(b.key_id, started_at=7.0)
+    assert _run(state, finish_b).ok
+    assert _run(state, commands.StartCARotation(c.cert_pem.decode(), cakey.wrap(c.key_pem, SECRET), 9.0)).ok
+
+    # The same finish again (a retry, or one that arrived late): m1 still serves a certificate
+    # from B, so B must stay trusted.
+    late = _run(state, finish_b)
+    assert (late.ok, late.code) == (False, "failed_precondition")
+    assert state.cluster is not None and state.cluster.ca_previous_cert_pem == b.cert_pem.decode()
+    assert cakey.trusted_key_ids(state.cluster) == {b.key_id, c.key_id}
+
+    _run(state, commands.RecordNodeCertificate("m1", c.key_id, manager=True))
+    assert _run(state, commands.FinishCARotation(c.key_id, started_at=9.0)).ok
+    assert cakey.trusted_key_ids(state.cluster) == {c.key_id}
+
+
+def test_a_finish_encoded_before_it_named_its_rotation_still_decodes() -> None:
+    class OldFinish(msgspec.Struct, frozen=True, tag="ca.rotate_done"):
+        ca: str
+
+    class OldEnvelope(msgspec.Struct, frozen=True, array_like=True):
+        version: int
+        command: OldFinish
+
+    blob = msgspec.msgpack.encode(OldEnvelope(commands.CODEC_VERSION, OldFinish("k1")))
+    assert commands.decode(blob) == commands.FinishCARotation("k1", started_at=0.0)
+    assert commands.decode(commands.encode(commands.FinishCARotation("k1", 9.0))) == commands.FinishCARotation(
+        "k1", 9.0
+    )

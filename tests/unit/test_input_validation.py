@@ -4,14 +4,19 @@ echo input cut short. Property tests feed control characters to every validator.
 
 from __future__ import annotations
 
+import asyncio
+import re
 from collections.abc import Callable
+from pathlib import Path
 
+import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from warren import pki, validate
 from warren.agent import settings as agent_settings
+from warren.api.v1 import control_pb2 as cpb
 from warren.cli import output, units
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import HealthCheck, ServiceSpec
@@ -249,3 +254,38 @@ def test_thousands_of_digits_are_a_validation_error_not_a_crash() -> None:
         validate.signal_number("9" * 5000)
     with pytest.raises(ValidationError, match="invalid stop signal"):
         check_spec(_spec(stop_signal="9" * 5000))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ops\n", "a b", pytest.param("ops\x1b[2J" + "x" * 100_000, id="escape-and-100k"), "-ops", "", "a" * 64],
+)
+def test_admin_certificate_names_are_checked_whole(name: str) -> None:
+    from warren.manager.controlcerts import CertificatesControl
+    from warren.manager.server import ApiError
+
+    request = cpb.IssueAdminCertificateRequest(name=name, csr_pem="unused: the name is refused first")
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(CertificatesControl().IssueAdminCertificate(request, None))
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    message = refused.value.message
+    assert "invalid admin certificate name" in message and len(message) < 2 * MAX_SHOWN + 200
+    assert "\n" not in message and "\x1b" not in message
+
+
+# The compiled patterns of warren/validate.py are written for fullmatch: `match` and `search`
+# accept a name with a newline, a space or anything else after a valid prefix.
+_VALIDATION_PATTERNS = sorted(name for name, value in vars(validate).items() if isinstance(value, re.Pattern))
+
+
+def test_validation_patterns_are_only_ever_fullmatched() -> None:
+    assert {"NAME_RE", "ENV_NAME_RE", "_PRINTABLE"} <= set(_VALIDATION_PATTERNS)
+    partial = re.compile(rf"\b({'|'.join(_VALIDATION_PATTERNS)})\s*\.\s*(match|search|finditer|findall)\s*\(")
+    package = Path(validate.__file__).parent
+    found = [
+        f"{path.relative_to(package.parent)}:{number}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if partial.search(line)
+    ]
+    assert not found, "use fullmatch with the patterns of warren.validate:\n" + "\n".join(found)

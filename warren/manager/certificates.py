@@ -1,9 +1,14 @@
 """This manager's own certificate: renewal, and its part in a CA rotation (ADR 15, ADR 24).
 
 A manager signs its own certificate from the CA in the replicated state; its API server reads
-the files again at the next TLS handshake. During a CA rotation, each manager:
-1. trusts both roots at once (certs/ca.pem becomes the two-root bundle), so agents and admins
-   re-issued from the new root are accepted while the others still call with old certificates;
+the files again at the next TLS handshake. Which roots are trusted has one source, the state
+(`cakey.trust_bundle` for the TLS handshake, `cakey.trusted_key_ids` for the guard); the server
+never reads certs/ca.pem for that. certs/ca.pem is kept equal to the state's bundle only for this
+manager's OUTGOING channels, which verify the managers they call: the Control API asking other
+managers for their Raft status, and the embedded agent's first copy of its credentials
+(warren.manager.embedded). During a CA rotation, each manager:
+1. trusts both roots at once, from the state, so agents and admins re-issued from the new root
+   are accepted while the others still call with old certificates;
 2. once every agent calls with a certificate from the new root (and so trusts it), serves a
    certificate from the new root itself, and records that in the state;
 3. when the state says the rotation ended, trusts the new root only.
@@ -75,6 +80,7 @@ class CertificateKeeper:
                 return None
             current = pki.ca_key_id(cluster.ca_cert_pem)
             rotating = bool(cluster.ca_previous_cert_pem)
+            started_at = cluster.ca_rotation_started_at
             agents_done = carotation.agents_done(state, current)
             finished = rotating and not carotation.pending(state, current)
         creds = tls.load_credentials(self._certs)
@@ -87,12 +93,13 @@ class CertificateKeeper:
             issuer = current
             log.info("this manager now serves a certificate from the cluster's current CA")
         elif creds.ca_pem != roots:
+            # For the outgoing channels only (see the module docstring): the server trusts the state.
             tls.save_credentials(self._certs, roots, creds.cert_pem, creds.key_pem)
             log.info("this manager now trusts %s", "the old and the new CA" if rotating else "the current CA only")
         if node is not None and node.manager_cert_ca != issuer:
             return commands.RecordNodeCertificate(self._node_id, issuer, manager=True)
         if finished and self._raft.is_leader:
-            return commands.FinishCARotation(current)
+            return commands.FinishCARotation(current, started_at)
         return None
 
     async def run(self) -> None:

@@ -21,7 +21,8 @@ from warren.manager.nodeca import check_csr_size, issue_from_csr
 from warren.manager.server import ApiError, caller
 from warren.model import AdminCert, ClusterInfo, NodeRole
 from warren.state import ClusterState
-from warren.validate import NAME_RE
+from warren.text import shown
+from warren.validate import ValidationError, check_name
 
 if TYPE_CHECKING:
     from warren.manager.store import Store
@@ -131,11 +132,10 @@ class CertificatesControl:
     async def IssueAdminCertificate(
         self, request: cpb.IssueAdminCertificateRequest, context: object
     ) -> cpb.AdminCertificateResponse:
-        if not NAME_RE.match(request.name):
-            raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"invalid name {request.name[:64]!r}: use 1-63 letters, digits, '-', '_' or '.'",
-            )
+        try:
+            check_name("admin certificate", request.name)
+        except ValidationError as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         validity = _validity(request.validity)
         with self._store.read() as state:
             if state.admin_cert_by_name(request.name) is not None:
@@ -167,7 +167,7 @@ class CertificatesControl:
         with self._store.read() as state:
             cert = state.admin_cert_by_name(request.name) or state.admin_certs.get(request.name)
         if cert is None:
-            raise ApiError(grpc.StatusCode.NOT_FOUND, f"admin certificate {request.name[:64]!r} not found")
+            raise ApiError(grpc.StatusCode.NOT_FOUND, f"admin certificate {shown(request.name)} not found")
         if cert.id == caller.get().node_id:
             raise ApiError(
                 grpc.StatusCode.FAILED_PRECONDITION,

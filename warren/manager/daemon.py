@@ -406,6 +406,10 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None = None) -> 
         raft.destroy_synchronous()
         store.env.close()
         raise StartupError(f"cannot listen: {exc}") from None
+    except ValueError as exc:  # no root to trust in the state (the cluster exists by now: never)
+        raft.destroy_synchronous()
+        store.env.close()
+        raise StartupError(f"cannot serve the API: {exc}") from None
     await server.start()
     await join_server.start()
     health_watch = asyncio.create_task(_track_health(raft, health))
@@ -606,6 +610,8 @@ def _check_bindable(flag: str, addr: str) -> None:
         raise StartupError(f"cannot listen on {addr} ({flag}): {exc.strerror}") from None
 
 
+# The roots the API server trusts come from the state alone, by key id for the guard and as PEM
+# for the TLS handshake; certs/ca.pem is for this manager's outgoing calls (warren.manager.certificates).
 def _trusted_roots(store: Store) -> frozenset[str]:
     with store.read() as state:
         cluster = state.cluster
