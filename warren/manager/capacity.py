@@ -86,7 +86,7 @@ def measure(env: lmdb.Environment, directory: Path, handles: dict[bytes, Any] | 
     with env.begin() as txn:
         names = [bytes(key) for key, _ in txn.cursor()]  # named databases are keys of the main one
     for name in names:
-        if name not in handles:
+        if name not in handles:  # the first call only (StoreCapacity makes it before Raft starts)
             handles[name] = env.open_db(name, create=False)
     info = env.info()
     page = env.stat()["psize"]

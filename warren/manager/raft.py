@@ -146,7 +146,6 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
     ) -> None:
         self._store = store
-        self.capacity = StoreCapacity(store.env, Path(store.env.path()))
         self._stopping = threading.Event()
         # Proposals for the next entry, with their encoded size: each is encoded once to be
         # measured, and once more inside its Batch.
@@ -187,6 +186,12 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         )
         log = journal.LmdbJournal(store.env, data_dir, applied=lambda: store.applied_index)
         _check_log_against_store(log, data_dir / "raft-snapshot", store)
+        # Every named database exists now (the store's and the journal's), and no other thread
+        # uses the environment yet: the capacity check opens its handles here, once. LMDB forbids
+        # opening a database while another transaction may run (a proposal once found the Raft
+        # thread's append and its own open_db waiting on each other for good).
+        self.capacity = StoreCapacity(store.env, Path(store.env.path()))
+        self.capacity.usage()
         journal.install(log)
         try:
             super().__init__(self_addr, peers, conf, transportClass=HardenedTransport)  # ADR 20
