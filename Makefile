@@ -27,7 +27,7 @@ proto: $(STAMP)
 	find $(CONTAINERD_GEN)/containerd -type d -exec touch {}/__init__.py \;
 
 test: install deps
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --durations=25
 
 test-unit: install
 	$(PYTHON) -m pytest -q tests/unit
