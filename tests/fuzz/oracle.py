@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 from warren.api.v1 import types_pb2 as pb
 
@@ -27,9 +28,7 @@ MAX_ARGV_BYTES = 64 * 1024
 def _control(text: str, spaces: bool = False) -> bool:
     """A control character (NUL, ESC, newline, DEL, C1), a line or paragraph separator, or
     unless `spaces`, any whitespace."""
-    return any(
-        unicodedata.category(c) in ("Cc", "Zl", "Zp") or (not spaces and c.isspace()) for c in text
-    )
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") or (not spaces and c.isspace()) for c in text)
 
 
 def _short(text: str, limit: int = 40) -> str:
@@ -77,12 +76,26 @@ def _spec(spec: pb.ServiceSpec) -> Iterator[str]:
         yield f"{owner} has a spec of {size} bytes (more than {MAX_SPEC_BYTES})"
 
 
-def violations(nodes: Iterable[pb.Node], services: Iterable[pb.Service]) -> Iterator[str]:
-    """Every rule the stored state breaks, one line each."""
+@dataclass(frozen=True)
+class Violation:
+    kind: str  # node | service: what to repair
+    id: str
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _node(node: pb.Node) -> Iterator[str]:
+    owner = f"node {node.id}"
+    if not NAME.fullmatch(node.hostname):
+        yield f"{owner} has hostname {_short(node.hostname)}"
+    yield from _labels(owner, dict(node.labels))
+
+
+def violations(nodes: Iterable[pb.Node], services: Iterable[pb.Service]) -> Iterator[Violation]:
+    """Every rule the stored state breaks."""
     for node in nodes:
-        owner = f"node {node.id}"
-        if not NAME.fullmatch(node.hostname):
-            yield f"{owner} has hostname {_short(node.hostname)}"
-        yield from _labels(owner, dict(node.labels))
+        yield from (Violation("node", node.id, text) for text in _node(node))
     for service in services:
-        yield from _spec(service.spec)
+        yield from (Violation("service", service.id, text) for text in _spec(service.spec))

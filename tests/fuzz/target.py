@@ -6,21 +6,22 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from google.protobuf import text_format
 from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fuzz import oracle
 from tests.integration.harness import Manager, wait_for
 from tests.integration.test_security_and_dispatcher import _issue
 from warren import pki, tls
-from warren.api.v1 import ca_pb2, control_pb2, dispatcher_pb2, managers_pb2
+from warren.api.v1 import ca_pb2, control_pb2, control_pb2_grpc, dispatcher_pb2, dispatcher_pb2_grpc, managers_pb2
 from warren.api.v1 import control_pb2 as cpb
-from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 
@@ -46,6 +47,10 @@ STREAM_WAIT = 1.5  # a streaming call still open this long without a refusal is 
 OBSERVER_LIMIT = 256 << 20  # the fuzzer's own reads must see state that breaks the CLI's
 WORKER_HOST = "fuzz-a"
 SESSION_HOST = "fuzz-b"
+TARGET_SPEC = pb.ServiceSpec(
+    name="fuzz-target", image="busybox", replicas=2, constraints=[f"node.hostname=={WORKER_HOST}"]
+)
+REPAIRABLE_LABELS = 5000  # removing more is quadratic today (issue #10, item 3): leave them
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,13 @@ class Method:
 def all_methods() -> list[Method]:
     """Every method of every service a caller can reach, read from the descriptors so that a
     new method is fuzzed without anyone remembering to add it."""
-    callers = {"Control": "admin", "Dispatcher": "worker", "Managers": "manager", "NodeCertificates": "worker", "NodeCA": "join"}
+    callers = {
+        "Control": "admin",
+        "Dispatcher": "worker",
+        "Managers": "manager",
+        "NodeCertificates": "worker",
+        "NodeCA": "join",
+    }
     methods = []
     for module in (control_pb2, dispatcher_pb2, managers_pb2, ca_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
@@ -141,14 +152,17 @@ class LiveWorker:
             self._stream.cancel()
 
 
-@dataclass(repr=False)  # a failing example prints its arguments: keep it to one line
 class Target:
-    manager: Manager
-    root: Path
-    channels: dict[str, grpc.Channel] = field(default_factory=dict)
-    worker: LiveWorker | None = None
-    ids: dict[str, str] = field(default_factory=dict)  # what the hints refer to: node and service ids
-    csr_pem: str = ""
+    """A manager and a channel per caller role. Not a dataclass: a failing example prints its
+    arguments, and this repr keeps them short."""
+
+    def __init__(self, manager: Manager, root: Path) -> None:
+        self.manager = manager
+        self.root = root
+        self.channels: dict[str, grpc.Channel] = {}
+        self.worker: LiveWorker | None = None
+        self.ids: dict[str, str] = {}  # what the hints refer to: node and service ids
+        self.csr_pem = ""
 
     def __repr__(self) -> str:
         return f"Target(manager at {self.manager.addr})"
@@ -176,20 +190,42 @@ class Target:
             self.ids[caller] = node_id
         self.channels["join"] = grpc.insecure_channel(m.join_addr)
         self.ids["manager_node"] = m.node_id
-        # The victim registers once and leaves: a node that RemoveNode may really remove.
-        victim = dispatcher_pb2_grpc.DispatcherStub(self.channels["victim"]).Session(
-            dpb.SessionRequest(description=dpb.NodeDescription(hostname="fuzz-v"))
-        )
-        next(victim)
-        victim.cancel()
+        self._register("victim")  # a node that RemoveNode may really remove
         self.worker = LiveWorker(self.channels["worker"])
         control = control_pb2_grpc.ControlStub(self.channels["admin"])
-        spec = pb.ServiceSpec(
-            name="fuzz-target", image="busybox", replicas=2, constraints=[f"node.hostname=={WORKER_HOST}"]
-        )
-        self.ids["service"] = control.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=CALL_TIMEOUT).id
+        self.ids["service"] = control.CreateService(cpb.CreateServiceRequest(spec=TARGET_SPEC), timeout=CALL_TIMEOUT).id
         wait_for(lambda: len(self.worker.task_ids) >= 2, timeout=30, message="tasks pushed to the live worker")
         self.csr_pem = pki.make_csr(pki.generate_key()).decode()
+
+    def _register(self, caller: str) -> None:
+        """Open a session with a clean description and leave (a node registers on its session)."""
+        hostname = {"session": SESSION_HOST, "victim": "fuzz-v"}[caller]
+        session = dispatcher_pb2_grpc.DispatcherStub(self.channels[caller]).Session(
+            dpb.SessionRequest(description=dpb.NodeDescription(hostname=hostname)), timeout=CALL_TIMEOUT
+        )
+        next(session)
+        session.cancel()
+
+    def repair(self, found: Iterable[oracle.Violation]) -> None:
+        """Undo what an accepted bad request left in the state, so that replaying the request
+        (hypothesis shrinks and reports by replaying) fails the same way again."""
+        control = control_pb2_grpc.ControlStub(self.channels["observer"])
+        for kind, item in sorted({(v.kind, v.id) for v in found}):
+            if kind == "service" and item == self.ids["service"]:
+                request = cpb.UpdateServiceRequest(service=item, spec=TARGET_SPEC)
+                control.UpdateService(request, timeout=CALL_TIMEOUT)
+            elif kind == "service":
+                control.RemoveService(cpb.RemoveServiceRequest(service=item), timeout=CALL_TIMEOUT)
+            else:
+                node = control.GetNode(cpb.GetNodeRequest(node=item), timeout=CALL_TIMEOUT)
+                if 0 < len(node.labels) <= REPAIRABLE_LABELS:
+                    request = cpb.UpdateNodeRequest(node=item, labels_rm=list(node.labels))
+                    control.UpdateNode(request, timeout=CALL_TIMEOUT)
+                if item == self.ids["worker"] and self.worker is not None:
+                    self.worker.close()
+                    self.worker.open()
+                elif item in (self.ids["session"], self.ids["victim"]):
+                    self._register("session" if item == self.ids["session"] else "victim")
 
     def close(self) -> None:
         if self.worker is not None:
@@ -247,6 +283,22 @@ class Target:
         }
         return Snapshot(info.applied_index, view, frozenset(oracle.violations(nodes, services)))
 
+    def full_view(self) -> dict[str, object]:
+        """Everything the API shows of the state, tasks and join tokens included: what a refusal
+        that committed a Raft entry must have left as it was (compared once the cluster is quiet,
+        since scheduling changes tasks)."""
+        control = control_pb2_grpc.ControlStub(self.channels["observer"])
+        tasks = control.ListTasks(cpb.ListTasksRequest(include_history=True), timeout=CALL_TIMEOUT).tasks
+        tokens = [
+            control.GetJoinToken(cpb.GetJoinTokenRequest(role=role), timeout=CALL_TIMEOUT).token
+            for role in ("worker", "manager")
+        ]
+        return {
+            **self.snapshot().view,
+            "tasks": sorted(t.SerializeToString(deterministic=True) for t in tasks),
+            "tokens": tokens,
+        }
+
     def settled_index(self, hold: float = 0.3, timeout: float = 15.0) -> int:
         """The applied index once it has held still for `hold` seconds: the orchestrator's work
         after an earlier request has landed."""
@@ -288,10 +340,25 @@ def first_traceback(text: str, limit: int = 3000) -> str:
     return text[match.start() : match.start() + limit] if match else ""
 
 
+_RUN = re.compile(r"(.)\1{15,}")
+
+
 def describe(payload: object, limit: int = 600) -> str:
-    """A request as a reproducer in a failure message: short enough to read."""
-    text = repr(payload)
+    """A request as a reproducer in a failure message: one line, runs of one character written
+    as a count, cut at `limit` characters."""
+    if isinstance(payload, Message):
+        text = text_format.MessageToString(payload, as_one_line=True) or "(an empty message)"
+    else:
+        text = repr(payload)
+    text = _RUN.sub(lambda run: f"<{run.group(1)!r} x {len(run.group(0))}>", text)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
-Check = Callable[[Method, bytes, Outcome], None]
+class Shown:
+    """A drawn request whose repr (what hypothesis prints of a failing example) stays short."""
+
+    def __init__(self, request: Message) -> None:
+        self.request = request
+
+    def __repr__(self) -> str:
+        return describe(self.request, 400)

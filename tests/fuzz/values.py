@@ -13,8 +13,8 @@ ordinary values of their type.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -39,7 +39,7 @@ INT_RANGES = {
 # Characters that validators get wrong: line ends (a regex `$` matches before a final "\n"),
 # NUL, terminal escapes, bidi overrides, unicode line separators, non-ASCII digits (`int()` and
 # `str.isdigit()` accept them), full-width letters and a combining mark.
-NASTY_CHARS = "\n\r\t\x00\x1b\x7f\x85\u2028\u202e\ufeff²٩𝟗１ａ\u0301 =/:"
+NASTY_CHARS = "\n\r\t\x00\x1b\x7f\x85\u2028\u202e\ufeff\u00b2\u0669\U0001d7d7\uff11\uff41\u0301 =/:"
 NASTY_STRINGS = (
     "",
     " ",
@@ -49,7 +49,7 @@ NASTY_STRINGS = (
     "a=b",
     "²",
     "٩",
-    "１５",
+    "\uff11\uff15",  # full-width "15"
     "-1",
     "99999999999999999999999",
     "nan",
@@ -95,25 +95,34 @@ def hostile_text(plausible: st.SearchStrategy[str] | None = None) -> st.SearchSt
         st.sampled_from(NASTY_STRINGS),
         st.text(alphabet=st.sampled_from(NASTY_CHARS), max_size=8),
         st.text(max_size=40),
-        repeat(st.sampled_from("a\n\x00é")),
+        repeat(st.sampled_from("a\n\x00\u00e9")),
     ]
     if plausible is not None:  # a valid value with a nasty character before or after it
-        parts.insert(0, st.builds(lambda v, c, front: c + v if front else v + c, plausible, st.sampled_from(NASTY_CHARS), st.booleans()))
+        parts.insert(0, st.builds(_beside, plausible, st.sampled_from(NASTY_CHARS), st.booleans()))
     return st.one_of(parts)
+
+
+def _beside(value: str, char: str, front: bool) -> str:
+    return char + value if front else value + char
 
 
 def ordinary_text() -> st.SearchStrategy[str]:
     return st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, max_size=12)
 
 
-@dataclass(repr=False)
 class Hints:
     """Plausible values by field name ("Message.field" wins over "field"), and fields whose
     hostile values must be filtered (a value that would really be accepted and harm the test
-    cluster, e.g. a reachable-looking Raft address for AddManager)."""
+    cluster, e.g. a reachable-looking Raft address for AddManager). Not a dataclass: a failing
+    example prints its arguments, and this repr keeps them short."""
 
-    plausible: dict[str, st.SearchStrategy[Any]] = field(default_factory=dict)
-    hostile_filters: dict[str, Callable[[Any], bool]] = field(default_factory=dict)
+    def __init__(
+        self,
+        plausible: dict[str, st.SearchStrategy[Any]],
+        hostile_filters: dict[str, Callable[[Any], bool]] | None = None,
+    ) -> None:
+        self.plausible = plausible
+        self.hostile_filters = hostile_filters or {}
 
     def __repr__(self) -> str:
         return f"Hints({len(self.plausible)} fields)"
@@ -123,22 +132,40 @@ class Hints:
 
 
 def _scalar(fd: FieldDescriptor, hostile: bool, plausible: st.SearchStrategy[Any] | None) -> st.SearchStrategy[Any]:
+    if hostile:
+        return _hostile_scalar(fd, plausible)
+    if plausible is not None:
+        return plausible
     if fd.type == T.TYPE_STRING:
-        return hostile_text(plausible) if hostile else (plausible if plausible is not None else ordinary_text())
+        return ordinary_text()
     if fd.type == T.TYPE_BYTES:
-        return st.one_of(st.binary(max_size=64), repeat(st.sampled_from("\x00\xff")).map(lambda s: s.encode("latin-1"))) if hostile else (plausible if plausible is not None else st.binary(max_size=16))
+        return st.binary(max_size=16)
     if fd.type == T.TYPE_BOOL:
-        return st.booleans() if hostile or plausible is None else plausible
+        return st.booleans()
     if fd.type in (T.TYPE_DOUBLE, T.TYPE_FLOAT):
-        if hostile:
-            return DOUBLES if fd.type == T.TYPE_DOUBLE else DOUBLES.filter(lambda x: abs(x) < 3e38 or x != x or abs(x) == float("inf"))
-        return plausible if plausible is not None else st.floats(0, 100)
+        return st.floats(0, 100)
     if fd.type in INT_RANGES:
-        low, high = INT_RANGES[fd.type]
-        return boundary_ints(fd.type) if hostile else (plausible if plausible is not None else st.integers(max(low, 0), min(high, 3)))
+        return st.integers(0, 3)
     if fd.type == T.TYPE_ENUM:
-        numbers = [v.number for v in fd.enum_type.values]
-        return st.integers(-(2**31), 2**31 - 1) if hostile else st.sampled_from(numbers)
+        return st.sampled_from([v.number for v in fd.enum_type.values])
+    raise TypeError(f"no strategy for field {fd.full_name} of type {fd.type}")
+
+
+def _hostile_scalar(fd: FieldDescriptor, plausible: st.SearchStrategy[Any] | None) -> st.SearchStrategy[Any]:
+    if fd.type == T.TYPE_STRING:
+        return hostile_text(plausible)
+    if fd.type == T.TYPE_BYTES:
+        return st.one_of(st.binary(max_size=64), repeat(st.sampled_from("\x00\xff")).map(lambda s: s.encode("latin-1")))
+    if fd.type == T.TYPE_BOOL:
+        return st.booleans()
+    if fd.type == T.TYPE_DOUBLE:
+        return DOUBLES
+    if fd.type == T.TYPE_FLOAT:
+        return DOUBLES.filter(lambda x: not math.isfinite(x) or abs(x) < 3e38)
+    if fd.type in INT_RANGES:
+        return boundary_ints(fd.type)
+    if fd.type == T.TYPE_ENUM:
+        return st.integers(-(2**31), 2**31 - 1)  # proto3 enums are open: any int32 arrives
     raise TypeError(f"no strategy for field {fd.full_name} of type {fd.type}")
 
 
@@ -151,9 +178,7 @@ def _repeated(fd: FieldDescriptor, hostile: bool, element: st.SearchStrategy[Any
 def _mapping(fd: FieldDescriptor, hostile: bool, hints: Hints) -> st.SearchStrategy[dict[Any, Any]]:
     key_fd, value_fd = fd.message_type.fields_by_name["key"], fd.message_type.fields_by_name["value"]
     plausible_keys = hints.lookup(hints.plausible, fd)
-    plain = st.dictionaries(
-        plausible_keys if plausible_keys is not None else _scalar(key_fd, False, None), _scalar(value_fd, False, None), max_size=3
-    )
+    plain = st.dictionaries(_scalar(key_fd, False, plausible_keys), _scalar(value_fd, False, None), max_size=3)
     if not hostile:
         return plain
     return st.one_of(
@@ -209,8 +234,6 @@ def _assign(msg: Message, fd: FieldDescriptor, value: Any) -> None:
     target = getattr(msg, fd.name)
     if _is_map(fd):
         target.update(value)
-    elif fd.is_repeated and fd.type == T.TYPE_MESSAGE:
-        target.extend(value)
     elif fd.is_repeated:
         target.extend(value)
     elif fd.type == T.TYPE_MESSAGE:
