@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator
 
@@ -32,6 +33,27 @@ from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
 log = logging.getLogger(__name__)
+
+# What an agent reports is stored and shown to every operator and pushed to its own session:
+# free text is cut short (a runtime's error can be long, and the report must not be lost);
+# fields with a fixed form are refused when they break it.
+MAX_REPORTED_TEXT = 4096  # characters of a task's message or error
+MAX_REPORTED_FIELD = 256  # characters of a runtime id, and of a node's addr, os and arch
+HEALTH_VALUES = ("", "starting", "healthy", "unhealthy")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_REPORTED_TEXT else f"{text[: MAX_REPORTED_TEXT - 3]}..."
+
+
+def _check_reported_field(what: str, value: str) -> None:
+    """A short single-token field (runtime id, addr, os, arch): bounded, no control characters."""
+    if len(value) > MAX_REPORTED_FIELD or _CONTROL.search(value):
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} must be at most {MAX_REPORTED_FIELD} characters without control characters",
+        )
 
 
 class Heartbeats:
@@ -134,6 +156,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        for what, value in (("addr", desc.addr), ("os", desc.os), ("arch", desc.arch)):
+            _check_reported_field(f"the node's {what}", value)
         now = time.time()
         node = Node(
             id=identity.node_id,
@@ -319,13 +343,18 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if state < TaskState.ACCEPTED:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")
+            if status.health not in HEALTH_VALUES:
+                raise ApiError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"health must be one of {', '.join(HEALTH_VALUES[1:])} or empty"
+                )
+            _check_reported_field("a runtime id", status.runtime_id)
             updates.append(
                 commands.TaskUpdate(
                     id=status.task_id,
                     at=_reported_time(status.timestamp),
                     state=state,
-                    message=status.message,
-                    error=status.error,
+                    message=_cut(status.message),
+                    error=_cut(status.error),
                     exit_code=status.exit_code if status.has_exit_code else None,
                     runtime_id=status.runtime_id or None,
                     health=status.health or None,
