@@ -23,6 +23,7 @@ MAX_VALUE = 4096
 MAX_SPEC_BYTES = 1 << 20
 MAX_ARGV_WORDS = 256
 MAX_ARGV_BYTES = 64 * 1024
+MAX_REPORTED_FIELD = 256  # what an agent says of its node: addr, os, arch
 
 
 def _control(text: str, spaces: bool = False) -> bool:
@@ -91,6 +92,9 @@ def _node(node: pb.Node) -> Iterator[str]:
     if not NAME.fullmatch(node.hostname):
         yield f"{owner} has hostname {_short(node.hostname)}"
     yield from _labels(owner, dict(node.labels))
+    for what, value in (("addr", node.addr), ("os", node.os), ("arch", node.arch)):
+        if len(value) > MAX_REPORTED_FIELD or _control(value):
+            yield f"{owner} has {what} {_short(value)} ({len(value)} characters)"
 
 
 def violations(nodes: Iterable[pb.Node], services: Iterable[pb.Service]) -> Iterator[Violation]:

@@ -321,6 +321,7 @@ class Target:
         control.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=CALL_TIMEOUT)
         control.ListServices(cpb.ListServicesRequest(), timeout=CALL_TIMEOUT)
         control.ListNodes(cpb.ListNodesRequest(), timeout=CALL_TIMEOUT)
+        control.ListTasks(cpb.ListTasksRequest(), timeout=CALL_TIMEOUT)
 
     def log_size(self) -> int:
         path = self.manager.root / "manager.log"

@@ -50,6 +50,12 @@ def test_the_oracle_holds_node_labels_to_the_service_rules(labels: dict[str, str
     assert _problems(node=pb.Node(id="n1", hostname="worker-1", labels=labels))
 
 
+@pytest.mark.parametrize("field", ["addr", "os", "arch"])
+def test_the_oracle_bounds_what_an_agent_says_of_its_node(field: str) -> None:
+    assert _problems(node=pb.Node(id="n1", hostname="worker-1", **{field: "x\x1b[2J"}))
+    assert _problems(node=pb.Node(id="n1", hostname="worker-1", **{field: "x" * 257}))
+
+
 def test_every_service_and_method_is_fuzzed() -> None:
     names = {str(m) for m in all_methods()}
     assert {"Control.CreateService", "Dispatcher.Session", "Managers.AddManager"} <= names
