@@ -9,11 +9,16 @@ from hypothesis import strategies as st
 
 from tests.fuzz.target import SESSION_HOST, WORKER_HOST, Target
 from tests.fuzz.values import Hints
+from warren.validate import MAX_REPLICAS
 
 TASK_STATES = ["accepted", "preparing", "starting", "running", "complete", "failed", "rejected", "shutdown"]
 LIST_STATES = ["new", "pending", "assigned", *TASK_STATES]
 WG_KEY = "x" * 42 + "A="  # 32 bytes in base64
 _PORT_LIKE = re.compile(r":\s*\d")
+
+
+def _not_many_replicas(value: int) -> bool:
+    return value <= 3 or value > MAX_REPLICAS
 
 
 def _dynamic(value: object) -> st.SearchStrategy[str]:
@@ -112,5 +117,11 @@ def build(target: Target) -> Hints:
         plausible=plausible,
         # An AddManager whose Raft address is new and well formed really adds a member that will
         # never answer, and the test cluster loses quorum: hostile addresses stay malformed.
-        hostile_filters={"AddManagerRequest.raft_addr": lambda value: not _PORT_LIKE.search(value)},
+        hostile_filters={
+            "AddManagerRequest.raft_addr": lambda value: not _PORT_LIKE.search(value),
+            # A valid but large replica count is a load test, not bad input: the scheduling of
+            # thousands of tasks would keep the cluster busy for the rest of the run.
+            "ScaleServiceRequest.replicas": _not_many_replicas,
+            "ServiceSpec.replicas": _not_many_replicas,
+        },
     )

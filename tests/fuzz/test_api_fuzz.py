@@ -118,15 +118,17 @@ def _committed_nothing(
     refusal decided when the command was applied (a committed entry that changes nothing, e.g. a
     version conflict). Neither is a defect; a refusal that changes the state is. Replay the
     request on a quiet cluster and compare everything the API shows, tasks and tokens included."""
-    for _ in range(3):
+    committed = 0
+    for attempt in range(3):
         quiet = target.settled_index()
         before = target.full_view()
         again = target.call(method, payload)
         if not again.refused:
             return  # the state moved on meanwhile and the request is now accepted: nothing to judge
         after = target.full_view()
-        if after == before:
-            if target.snapshot().applied_index != quiet:
+        committed += target.snapshot().applied_index != quiet
+        if after == before and attempt > 0:
+            if committed == attempt + 1:  # each replay committed: not the background's doing
                 note = f"{method} refused ({again.code.name}: {again.details[:120]!r}) with a commit"
                 warnings.warn(note, CommittedRefusal, stacklevel=1)
             return

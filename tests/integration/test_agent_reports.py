@@ -68,8 +68,9 @@ def test_task_status_fields_with_fixed_forms_are_checked(
         dpb.NodeDescription(hostname="w", os="x" * 100_000),
         dpb.NodeDescription(hostname="w", arch="x86_64\x1b[31m"),
         dpb.NodeDescription(hostname="w", addr="10.0.0.1\n"),
+        dpb.NodeDescription(hostname="w", addr=" "),
     ],
-    ids=["long-os", "escape-arch", "newline-addr"],
+    ids=["long-os", "escape-arch", "newline-addr", "space-addr"],
 )
 def test_node_description_text_is_checked(manager: Manager, tmp_path: Path, description: dpb.NodeDescription) -> None:
     creds = _issue(manager, tmp_path / "worker", "describer", pki.ROLE_WORKER)

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 MAX_REPORTED_TEXT = 4096  # characters of a task's message or error
 MAX_REPORTED_FIELD = 256  # characters of a runtime id, and of a node's addr, os and arch
 HEALTH_VALUES = ("", "starting", "healthy", "unhealthy")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NOT_IN_A_TOKEN = re.compile(r"[\x00-\x1f\x7f-\x9f\s]")  # control characters and any whitespace
 
 
 def _cut(text: str) -> str:
@@ -48,11 +48,12 @@ def _cut(text: str) -> str:
 
 
 def _check_reported_field(what: str, value: str) -> None:
-    """A short single-token field (runtime id, addr, os, arch): bounded, no control characters."""
-    if len(value) > MAX_REPORTED_FIELD or _CONTROL.search(value):
+    """A short single-token field (runtime id, addr, os, arch): bounded, no control characters
+    and no whitespace."""
+    if len(value) > MAX_REPORTED_FIELD or _NOT_IN_A_TOKEN.search(value):
         raise ApiError(
             grpc.StatusCode.INVALID_ARGUMENT,
-            f"{what} must be at most {MAX_REPORTED_FIELD} characters without control characters",
+            f"{what} must be at most {MAX_REPORTED_FIELD} characters without spaces or control characters",
         )
 
 
