@@ -49,10 +49,10 @@ ROUNDS ?= 5
 chaos: install deps
 	$(PYTHON) -m chaos.run --seed $(SEED) --rounds $(ROUNDS)
 
-# The long fuzz run (tests/fuzz/README.md): every API method of a real manager, FUZZ_EXAMPLES
+# The long fuzz run (docs/fuzzing.md): every API method of a real manager, FUZZ_EXAMPLES
 # examples each, fresh randomness every run (FUZZ_SEED=N replays one). The default suite runs
 # the same tests briefly and derandomized. Another abuser is one more target in FUZZ_TARGETS.
-FUZZ_EXAMPLES ?= 300
+FUZZ_EXAMPLES ?= 100
 FUZZ_SEED ?=
 FUZZ_PYTEST = FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q -p no:cacheprovider \
 	$(if $(FUZZ_SEED),--hypothesis-seed=$(FUZZ_SEED))
