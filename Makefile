@@ -8,7 +8,7 @@ CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
 CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
 
-.PHONY: install deps proto test test-unit test-integration lint bench chaos demo demo-stop clean
+.PHONY: install deps proto test test-unit test-integration lint bench chaos fuzz fuzz-api demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -48,6 +48,19 @@ SEED ?= 1
 ROUNDS ?= 5
 chaos: install deps
 	$(PYTHON) -m chaos.run --seed $(SEED) --rounds $(ROUNDS)
+
+# The long fuzz run (docs/fuzzing.md): every API method of a real manager, FUZZ_EXAMPLES
+# examples each, fresh randomness every run (FUZZ_SEED=N replays one). The default suite runs
+# the same tests briefly and derandomized. Another abuser is one more target in FUZZ_TARGETS.
+FUZZ_EXAMPLES ?= 100
+FUZZ_SEED ?=
+FUZZ_PYTEST = FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	$(if $(FUZZ_SEED),--hypothesis-seed=$(FUZZ_SEED))
+FUZZ_TARGETS := fuzz-api
+fuzz: $(FUZZ_TARGETS)
+
+fuzz-api: install
+	$(FUZZ_PYTEST) tests/fuzz/test_api_fuzz.py
 
 demo: install deps
 	$(PYTHON) cmd/demo.py

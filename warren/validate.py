@@ -270,13 +270,13 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
                 )
 
 
-# Task status reports from agents (UpdateTaskStatus). The agent cleans its texts to fit
-# (report_text); the dispatcher refuses what a well-behaved agent never sends, before Raft.
+# Task status reports from agents (UpdateTaskStatus). Free text is cleaned to fit (report_text),
+# by the agent and again by the dispatcher; fixed-form fields are refused when they break form.
 # 1000 reports x 2 texts x 4 KiB = 8 MiB: a full batch always fits the request limit (16 MiB).
 MAX_STATUS_BATCH = 1000
 MAX_REPORT_TEXT = 4096  # UTF-8 bytes of a report's message, and of its error
 MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
-MAX_RUNTIME_ID = 256
+MAX_TOKEN = 256  # a runtime id; a node's addr, os and arch
 TASK_HEALTH = ("", "starting", "healthy", "unhealthy")
 
 
@@ -287,16 +287,18 @@ def report_text(text: str) -> str:
     return data[:MAX_REPORT_TEXT].decode("utf-8", "ignore")
 
 
-def check_task_report(task_id: str, message: str, error: str, runtime_id: str, health: str) -> None:
-    """One agent's report about one task: bounded texts, a known health value."""
+def check_token(what: str, value: str, limit: int = MAX_TOKEN) -> None:
+    """A short single-token field an agent reports (a runtime id, a node's addr, os or arch):
+    bounded, no whitespace or control characters. Empty is allowed."""
+    if len(value) > limit or (value and not _PRINTABLE.fullmatch(value)):
+        raise ValidationError(f"{what} must be at most {limit} characters without spaces or control characters")
+
+
+def check_task_report(task_id: str, runtime_id: str, health: str) -> None:
+    """The fixed-form fields of an agent's report about one task (its free text is cleaned with
+    report_text instead): a task id, a runtime id, a known health value."""
     if not task_id or len(task_id) > MAX_KEY or not _PRINTABLE.fullmatch(task_id):
         raise ValidationError(f"invalid task id {shown(task_id)}")
-    for text in (message, error):
-        if len(text) > MAX_REPORT_TEXT or len(text.encode("utf-8", "replace")) > MAX_REPORT_TEXT:
-            raise ValidationError(f"a task report's message and error are at most {MAX_REPORT_TEXT} bytes each")
-        if "\x00" in text:
-            raise ValidationError("a task report's message and error cannot contain NUL")
-    if len(runtime_id) > MAX_RUNTIME_ID or (runtime_id and not _PRINTABLE.fullmatch(runtime_id)):
-        raise ValidationError(f"invalid runtime id {shown(runtime_id)}")
+    check_token("a runtime id", runtime_id)
     if health not in TASK_HEALTH:
         raise ValidationError(f"invalid task health {shown(health)}: one of starting, healthy or unhealthy")

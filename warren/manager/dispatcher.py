@@ -180,6 +180,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            for what, value in (("addr", desc.addr), ("os", desc.os), ("arch", desc.arch)):
+                validate.check_token(f"the node's {what}", value)
+        except ValidationError as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if len(request.last_failure) > validate.MAX_FAILURE_TEXT:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {validate.MAX_FAILURE_TEXT} characters"
@@ -433,9 +438,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         for status in request.updates:
             try:
                 state = convert.task_state(status.state)
-                validate.check_task_report(
-                    status.task_id, status.message, status.error, status.runtime_id, status.health
-                )
+                validate.check_task_report(status.task_id, status.runtime_id, status.health)
             except (convert.ConversionError, validate.ValidationError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if state < TaskState.ACCEPTED:
@@ -445,8 +448,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     id=status.task_id,
                     at=_reported_time(status.timestamp),
                     state=state,
-                    message=status.message,
-                    error=status.error,
+                    # Free text is cleaned, not refused: one long or odd message must not cost
+                    # the batch its other reports.
+                    message=validate.report_text(status.message),
+                    error=validate.report_text(status.error),
                     exit_code=status.exit_code if status.has_exit_code else None,
                     runtime_id=status.runtime_id or None,
                     health=status.health or None,

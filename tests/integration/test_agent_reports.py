@@ -1,0 +1,81 @@
+"""What an agent reports is input too: task status text and its node description are bounded,
+so that one worker cannot make `service ps`, `node ls` or another node's session too large."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tests.integration.harness import Manager, wait_for
+from tests.integration.test_security_and_dispatcher import ScriptedWorker, _issue
+from warren import pki
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import dispatcher_pb2_grpc
+from warren.api.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.integration
+
+
+def test_task_status_text_is_truncated_and_the_report_kept(manager: Manager, tmp_path: Path) -> None:
+    creds = _issue(manager, tmp_path / "worker", "reporter1", pki.ROLE_WORKER)
+    worker = ScriptedWorker(manager, creds, "reporter")
+    try:
+        spec = pb.ServiceSpec(name="web", image="busybox", replicas=2, constraints=["node.hostname==reporter"])
+        manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
+        wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
+        for task_id in worker.tasks:  # 3 MiB each: one request fits the 4 MiB limit, both would not
+            status = dpb.TaskStatus(task_id=task_id, state="running", message="m" * (3 << 20), error="e\n" * 10)
+            request = dpb.UpdateTaskStatusRequest(session_id=worker.session_id, updates=[status])
+            worker.stub.UpdateTaskStatus(request, timeout=10)
+        # `service ps` still fits the CLI's message limit, and the reports were kept, cut short.
+        tasks = manager.control().ListTasks(cpb.ListTasksRequest(service="web"), timeout=10).tasks
+        assert sorted(t.state for t in tasks) == ["running", "running"]
+        assert all(t.message.startswith("mmm") and len(t.message) <= 4096 for t in tasks)
+        assert all(t.error == "e\n" * 10 for t in tasks)  # short text is kept as it was
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        dpb.TaskStatus(task_id="t", state="running", health="bogus"),
+        dpb.TaskStatus(task_id="t", state="running", runtime_id="r" * 1000),
+        dpb.TaskStatus(task_id="t", state="running", runtime_id="abc\x1b[2J"),
+    ],
+    ids=["health", "long-runtime-id", "escape-runtime-id"],
+)
+def test_task_status_fields_with_fixed_forms_are_checked(
+    manager: Manager, tmp_path: Path, status: dpb.TaskStatus
+) -> None:
+    creds = _issue(manager, tmp_path / "worker", "reporter2", pki.ROLE_WORKER)
+    worker = ScriptedWorker(manager, creds, "reporter")
+    try:
+        request = dpb.UpdateTaskStatusRequest(session_id=worker.session_id, updates=[status])
+        with pytest.raises(grpc.RpcError) as err:
+            worker.stub.UpdateTaskStatus(request, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        dpb.NodeDescription(hostname="w", os="x" * 100_000),
+        dpb.NodeDescription(hostname="w", arch="x86_64\x1b[31m"),
+        dpb.NodeDescription(hostname="w", addr="10.0.0.1\n"),
+        dpb.NodeDescription(hostname="w", addr=" "),
+    ],
+    ids=["long-os", "escape-arch", "newline-addr", "space-addr"],
+)
+def test_node_description_text_is_checked(manager: Manager, tmp_path: Path, description: dpb.NodeDescription) -> None:
+    creds = _issue(manager, tmp_path / "worker", "describer", pki.ROLE_WORKER)
+    stub = dispatcher_pb2_grpc.DispatcherStub(manager.channel(creds))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.Session(dpb.SessionRequest(description=description), timeout=5))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(n["hostname"] != "w" for n in manager.cli_json("node", "ls"))
