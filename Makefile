@@ -8,7 +8,7 @@ CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
 CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
 
-.PHONY: install deps proto test test-unit test-integration lint bench chaos fuzz fuzz-api demo demo-stop clean
+.PHONY: install deps proto test test-unit test-integration lint bench chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -56,11 +56,18 @@ FUZZ_EXAMPLES ?= 100
 FUZZ_SEED ?=
 FUZZ_PYTEST = FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q -p no:cacheprovider \
 	$(if $(FUZZ_SEED),--hypothesis-seed=$(FUZZ_SEED))
-FUZZ_TARGETS := fuzz-api
+FUZZ_TARGETS := fuzz-api fuzz-raft
 fuzz: $(FUZZ_TARGETS)
 
 fuzz-api: install
 	$(FUZZ_PYTEST) tests/fuzz/test_api_fuzz.py
+
+# The Raft-port abuser (ADR 20) against three real managers, each attack for RAFT_ABUSE_SECONDS.
+RAFT_ABUSE_SECONDS ?= 30
+RAFT_ABUSE_INTENSITY ?= 3
+fuzz-raft: install
+	RAFT_ABUSE_SECONDS=$(RAFT_ABUSE_SECONDS) RAFT_ABUSE_INTENSITY=$(RAFT_ABUSE_INTENSITY) \
+		$(PYTHON) -m pytest -q -p no:cacheprovider --timeout 0 tests/integration/test_raft_port_abuse.py
 
 demo: install deps
 	$(PYTHON) cmd/demo.py
