@@ -54,7 +54,7 @@ chaos: install deps
 # the same tests briefly and derandomized. Another abuser is one more target in FUZZ_TARGETS.
 FUZZ_EXAMPLES ?= 100
 FUZZ_SEED ?=
-FUZZ_PYTEST = FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q -p no:cacheprovider \
+FUZZ_PYTEST = FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q -p no:cacheprovider --timeout 0 \
 	$(if $(FUZZ_SEED),--hypothesis-seed=$(FUZZ_SEED))
 FUZZ_TARGETS := fuzz-api fuzz-raft
 fuzz: $(FUZZ_TARGETS)
