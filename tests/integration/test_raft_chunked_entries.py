@@ -19,7 +19,6 @@ from pysyncobj.transport import TCPTransport
 from tests.integration.harness import free_port, manager_trio, wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
-from warren.api.v1 import types_pb2 as pb
 from warren.manager.raft_transport import HardenedTransport
 
 CHUNK = 2**16  # PySyncObj's appendEntriesBatchSizeBytes
@@ -100,26 +99,33 @@ def test_chunked_entries_reassemble_without_failing_a_tick(tick_failures: TickFa
 
 
 def test_a_one_mib_command_through_a_follower_reaches_every_manager(tmp_path: Path) -> None:
-    """A command at the 1 MiB bound (256 env values of 4,000 characters, partly non-ASCII),
-    sent to a follower: forwarded to the leader in one frame, replicated in chunks."""
-    env = {f"BIG{i}": (f"{i}:é€" + "y" * 16) * 200 for i in range(256)}
-    assert sum(len(k) + len(v.encode()) for k, v in env.items()) > 1_000_000
+    """A command near the 1 MiB bound (228 node labels of 3,960 characters, partly non-ASCII; a
+    service spec is bounded lower, at 256 KiB), sent to a follower: forwarded to the leader in
+    one frame, replicated in chunks."""
+    labels = {f"big{i}": (f"{i:03}:é€" + "y" * 16) * 180 for i in range(228)}
+    assert sum(len(k) + len(v.encode()) for k, v in labels.items()) > 1_000_000
     with manager_trio(tmp_path) as managers:
         admin = managers[0].data_dir / "admin"
         stubs = [control_pb2_grpc.ControlStub(m.channel(admin)) for m in managers]
         states = [s.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10).raft_state for s in stubs]
         follower = stubs[states.index("follower")]
-        spec = pb.ServiceSpec(name="big", image="busybox", replicas=0, env=env)
-        follower.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=20)
+        node = managers[0].node_id
+        follower.UpdateNode(cpb.UpdateNodeRequest(node=node, labels_add=labels), timeout=20)
 
         def everywhere() -> bool:
             try:
                 return all(
-                    dict(s.GetService(cpb.GetServiceRequest(service="big"), timeout=5).spec.env) == env for s in stubs
+                    {
+                        k: v
+                        for k, v in s.GetNode(cpb.GetNodeRequest(node=node), timeout=5).labels.items()
+                        if k.startswith("big")
+                    }
+                    == labels
+                    for s in stubs
                 )
             except grpc.RpcError:
                 return False
 
-        wait_for(everywhere, timeout=20, message="the service on every manager")
+        wait_for(everywhere, timeout=20, message="the labels on every manager")
         for manager in managers:
             assert "failed _onTick" not in manager.log(), manager.log()[-2000:]
