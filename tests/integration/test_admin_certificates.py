@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, join_managers
+from tests.integration.harness import Manager, manager_trio
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
@@ -18,16 +18,8 @@ from warren.api.v1 import control_pb2_grpc
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[Manager]]:
-    (tmp_path / "m1").mkdir()
-    first = Manager(tmp_path / "m1")
-    managers = [first]
-    try:
-        first.start()
-        join_managers(first, ["m2", "m3"], into=managers)
+    with manager_trio(tmp_path) as managers:
         yield managers
-    finally:
-        for manager in managers:
-            manager.stop()
 
 
 def _info(stub: control_pb2_grpc.ControlStub) -> grpc.StatusCode:

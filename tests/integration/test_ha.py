@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Joiner, Manager, free_port, join_managers, wait_for
+from tests.integration.harness import Joiner, Manager, free_port, join_managers, manager_trio, wait_for
 from warren.cli.errors import Exit
 
 
@@ -38,16 +38,8 @@ def _leader(managers: list[Manager]) -> Manager:
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[Manager]]:
-    (tmp_path / "m1").mkdir()
-    first = Manager(tmp_path / "m1")
-    managers = [first]
-    try:
-        first.start()
-        join_managers(first, ["m2", "m3"], into=managers)
+    with manager_trio(tmp_path) as managers:
         yield managers
-    finally:
-        for manager in managers:
-            manager.stop()
 
 
 def _create(via: Manager, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
