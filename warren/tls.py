@@ -234,6 +234,13 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
     return creds
 
 
+def write_private_file(target: Path, data: bytes) -> None:
+    """Replace `target` (0600) atomically and durably: the file's bytes, then its directory's
+    entry, reach the disk before this returns."""
+    _write_atomic(target, data, 0o600)
+    _fsync_dir(target.parent)
+
+
 def _write_atomic(target: Path, data: bytes, mode: int) -> None:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:

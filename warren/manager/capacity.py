@@ -123,16 +123,17 @@ class StoreCapacity:
         with self._measuring:  # proposals, the metrics endpoint and the apply path all measure
             return measure(self._env, self._directory, self._handles)
 
-    def refusal(self, cost: int) -> str | None:
-        """Why an entry costing `cost` must not be proposed now, or None."""
+    def refusal(self, cost: int, usage: Usage | None = None) -> str | None:
+        """Why an entry costing `cost` must not be proposed now, or None. `usage`: a measure the
+        caller took already."""
         stalled = self._stalled
         if stalled is not None:
             return stalled
-        return refusal(self.usage(), self.pending, cost, str(self._directory))
+        return refusal(usage or self.usage(), self.pending, cost, str(self._directory))
 
-    def refuses_writes(self) -> bool:
+    def refuses_writes(self, usage: Usage | None = None) -> bool:
         """Whether even the smallest entry would be refused now."""
-        return self.refusal(entry_cost(0)) is not None
+        return self.refusal(entry_cost(0), usage) is not None
 
     def disk_full(self) -> bool:
         """Less than the disk reserve is free."""

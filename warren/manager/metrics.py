@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warren.manager.capacity import StoreCapacity
 from warren.model import NodeStatus, TaskState
 
 REGISTRY = CollectorRegistry()
@@ -50,7 +50,9 @@ def observe_request(method: str, code: str, seconds: float) -> None:
 class StateCollector(Collector):
     """Nodes, services, tasks and Raft figures, read when Prometheus scrapes."""
 
-    def __init__(self, read_state: Callable, raft_status: Callable, store_capacity: Any = None) -> None:
+    def __init__(
+        self, read_state: Callable, raft_status: Callable, store_capacity: StoreCapacity | None = None
+    ) -> None:
         self._read_state = read_state
         self._raft_status = raft_status
         self._store_capacity = store_capacity  # a capacity.StoreCapacity
@@ -89,7 +91,7 @@ class StateCollector(Collector):
             yield from _store_gauges(self._store_capacity)
 
 
-def _store_gauges(capacity: Any) -> Iterator[GaugeMetricFamily]:
+def _store_gauges(capacity: StoreCapacity) -> Iterator[GaugeMetricFamily]:
     """The LMDB map's use (ADR 22): writes are refused before used reaches the map size."""
     usage = capacity.usage()
     yield GaugeMetricFamily(
@@ -111,7 +113,7 @@ def _store_gauges(capacity: Any) -> Iterator[GaugeMetricFamily]:
     yield GaugeMetricFamily(
         "warren_state_store_writes_refused",
         "1 while this manager refuses writes because its map or disk is nearly full",
-        value=1 if capacity.refuses_writes() else 0,
+        value=1 if capacity.refuses_writes(usage) else 0,
     )
     yield GaugeMetricFamily(
         "warren_state_store_apply_waiting",

@@ -10,10 +10,10 @@ before loading grpc or lmdb.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from warren import tls
 from warren.text import format_size
 
 SETTINGS_FILE = "manager-settings.json"
@@ -60,15 +60,8 @@ def load(directory: Path) -> ManagerSettings | None:
 
 
 def save(directory: Path, settings: ManagerSettings) -> None:
-    """Write the settings atomically (and durably: the next start must find them)."""
-    path = directory / SETTINGS_FILE
-    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(settings), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Write the settings atomically and durably: the next start must find them."""
+    tls.write_private_file(directory / SETTINGS_FILE, json.dumps(asdict(settings), indent=2).encode())
 
 
 def resolve(directory: Path, state_map_size: int | None = None) -> ManagerSettings:
