@@ -22,22 +22,11 @@ import time
 from pathlib import Path
 
 from bench.common import figure
+from tests.fixtures.ports import free_port
 
 GOAL_WRITES_PER_S = 10_000
 SECONDS = 5.0
 WRITERS = 512
-
-
-def _free_ports(n: int) -> list[int]:
-    import socket
-
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 async def _load(raft, seconds: float, writers: int) -> tuple[int, float]:
@@ -98,7 +87,7 @@ def member(data: str, self_addr: str, peers: list[str]) -> None:
 
 
 def run() -> dict[str, object]:
-    ports = _free_ports(3)
+    ports = [free_port() for _ in range(3)]
     addrs = [f"127.0.0.1:{p}" for p in ports]
     with tempfile.TemporaryDirectory(prefix="warren-bench-raft-") as tmp:
         processes = []

@@ -554,6 +554,7 @@ def _register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chan
         status=cmd.node.status,
         wg_endpoint=cmd.node.wg_endpoint or old.wg_endpoint,
         overlay=cmd.node.overlay,
+        agent_cert_ca=cmd.node.agent_cert_ca or old.agent_cert_ca,
         updated_at=cmd.node.updated_at,
     )
     # An agent restarted in the middle of a rotation still describes its previous key (ADR 18):

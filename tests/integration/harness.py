@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import grpc
 import lmdb
 import msgspec
 
+from tests.fixtures.ports import free_port
 from warren import pki, tls
 from warren.api.v1 import control_pb2_grpc
 from warren.manager import cakey
@@ -30,12 +30,6 @@ from warren.model import ClusterInfo
 from warren.state import CLUSTER_KEY
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def off_the_overlay(args: Iterable[str]) -> list[str]:

@@ -13,7 +13,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.ports import free_port
 from warren.agent import health
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import HealthCheck, Resources
@@ -396,12 +396,6 @@ def http_server() -> Iterator[str]:
         thread.join(5)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def probe(runtime: ExecRuntime | None, **check: object) -> health.ProbeResult:
     return health.run_probe(HealthCheck(**check), runtime, "t1")  # type: ignore[arg-type]
 
@@ -415,7 +409,7 @@ def test_http_probe(http_server: str) -> None:
     assert down == health.ProbeResult(False, f"GET http://{http_server}/down: HTTP 503")
     slow = probe(None, kind="http", target=f"http://{http_server}/slow", timeout=0.3)
     assert slow == health.ProbeResult(False, f"GET http://{http_server}/slow: timed out after 0.3s")
-    port = closed_port()
+    port = free_port()
     refused = probe(None, kind="http", target=f"http://127.0.0.1:{port}/", timeout=5)
     assert refused == health.ProbeResult(False, f"GET http://127.0.0.1:{port}/: Connection refused")
 
@@ -424,7 +418,7 @@ def test_tcp_probe(http_server: str) -> None:
     assert probe(None, kind="tcp", target=http_server, timeout=5) == health.ProbeResult(
         True, f"connected to {http_server}"
     )
-    port = closed_port()
+    port = free_port()
     failed = probe(None, kind="tcp", target=f"127.0.0.1:{port}", timeout=5)
     assert failed == health.ProbeResult(False, f"connect 127.0.0.1:{port}: Connection refused")
 

@@ -5,7 +5,6 @@ errors, consistent reads and demotion."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Joiner, Manager, free_port, join_managers, manager_trio, wait_for
+from tests.fixtures.ports import free_port_run
+from tests.integration.harness import Joiner, Manager, join_managers, manager_trio, wait_for
 from warren.cli.errors import Exit
 
 
@@ -196,22 +196,6 @@ def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> 
             manager.stop()
 
 
-def _three_free_ports() -> int:
-    """A port p with p+1 and p+2 free too (a manager's API, Raft and join ports)."""
-    for _ in range(50):
-        base = free_port()
-        if base + 2 > 65535:
-            continue
-        try:
-            for port in (base + 1, base + 2):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no three consecutive free ports")
-
-
 def test_promoted_workers_become_voting_managers_and_demote_back(tmp_path: Path) -> None:
     (tmp_path / "m1").mkdir()
     first = Manager(tmp_path / "m1", start_args=["--heartbeat-period", "1s"])
@@ -224,7 +208,7 @@ def test_promoted_workers_become_voting_managers_and_demote_back(tmp_path: Path)
             (tmp_path / name).mkdir()
             worker = Joiner(tmp_path / name, first)
             workers.append(worker)
-            ports[name] = _three_free_ports()
+            ports[name] = free_port_run(3)  # a manager's API, Raft and join ports
             worker.join(token, "--runtime", "exec", "--manager-listen-addr", f"127.0.0.1:{ports[name]}")
 
         def nodes() -> list[dict]:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.ports import free_port
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, service
 from warren.cli.errors import CliError, Exit
@@ -345,12 +345,6 @@ def test_worker_start_without_an_identity_exits_6(tmp_path: Path) -> None:
     assert "holds no node identity" in result.stderr and "cluster join" in result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_manager_exits_5(tmp_path: Path) -> None:
     pki = pytest.importorskip("warren.pki")
     ca = pki.CertificateAuthority.create("test-cluster")
@@ -358,7 +352,7 @@ def test_unreachable_manager_exits_5(tmp_path: Path) -> None:
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
     (tmp_path / "cert.pem").write_bytes(cert)
     (tmp_path / "key.pem").write_bytes(key)
-    addr = f"127.0.0.1:{_free_port()}"
+    addr = f"127.0.0.1:{free_port()}"
     ctx = Context("test", [addr], tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem")
     config = save_context(ctx, path=tmp_path / "config.json")
     result = run_cli("--timeout", "5", "service", "ls", config=config)

@@ -4,7 +4,6 @@ its first messages says so."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fixtures.ports import free_port
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
@@ -19,12 +19,6 @@ from warren.api.v1 import types_pb2 as pb
 from warren.cli.client import Client
 from warren.cli.errors import CliError, Exit
 from warren.clientconfig import Context
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Logs(control_pb2_grpc.ControlServicer):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warren import commands, validate
+from warren import carotation, commands, validate
 from warren.agent.assignments import AssignmentSet
 from warren.agent.session import report_to_pb
 from warren.agent.status import Report
@@ -346,3 +346,22 @@ def test_whatever_a_task_prints_the_agent_reports_what_the_dispatcher_takes(mess
     assert validate.report_text(report.message) == report.message
     assert len(report.error.encode()) <= validate.MAX_REPORT_TEXT and "\x00" not in report.error
     assert message.replace("\x00", "").startswith(report.message)
+
+
+def test_a_session_records_the_root_its_agent_calls_with(tmp_path: Path) -> None:
+    """A node that opens sessions but never heartbeats still holds a CA rotation open: the
+    root it calls with is recorded when it registers (ADR 24)."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        for issuer, recorded in (("old-root", "old-root"), ("", "old-root"), ("new-root", "new-root")):
+            caller.set(Identity(NODE, "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1, issuer))
+            stream = cluster.dispatcher.Session(request(), None)
+            await next_message(stream)
+            await stream.aclose()
+            assert cluster.node().agent_cert_ca == recorded
+            with cluster.store.read() as state:
+                assert carotation.agent_on(state.nodes[NODE], "new-root") == (recorded == "new-root")
+        cluster.close()
+
+    run(scenario())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
+from tests.fixtures.ports import free_port
 from warren.network.dns import DnsServer, Records, answer, host_resolvers
 
 RECORDS = Records.of_services([("Web", "10.201.0.1", ("10.200.1.2", "10.200.0.2")), ("idle", "10.201.0.2", ())])
@@ -44,12 +45,6 @@ def test_host_resolvers_leave_out_our_own_address(tmp_path: Path) -> None:
     assert host_resolvers(tmp_path / "missing") == []
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_the_server_answers_its_names_and_relays_the_rest_to_an_upstream() -> None:
     class Upstream(asyncio.DatagramProtocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -62,11 +57,11 @@ def test_the_server_answers_its_names_and_relays_the_rest_to_an_upstream() -> No
 
     async def scenario() -> tuple[DNSRecord, DNSRecord, DNSRecord]:
         loop = asyncio.get_running_loop()
-        upstream_port, port = _free_udp_port(), _free_udp_port()
+        upstream_port, port = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
         upstream, _ = await loop.create_datagram_endpoint(Upstream, local_addr=("127.0.0.1", upstream_port))
         server = await DnsServer.serve("127.0.0.1", port, ["127.0.0.1"], upstream_port=upstream_port)
         server.records = RECORDS
-        dead_port = _free_udp_port()
+        dead_port = free_port(socket.SOCK_DGRAM)
         dead = await DnsServer.serve("127.0.0.1", dead_port, [], upstream_port=upstream_port)
         try:
             own = await _query(port, "web")

@@ -208,6 +208,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             wg_endpoint=desc.wg_endpoint,
             overlay=desc.overlay,
             wg_key_epoch=desc.wg_key_epoch,
+            # The root this agent calls with, known from its first call: a node that never
+            # heartbeats still holds a CA rotation open (ADR 24).
+            agent_cert_ca=identity.issuer_key_id,
             created_at=now,
             updated_at=now,
         )
