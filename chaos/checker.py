@@ -167,13 +167,19 @@ def check_links(managers: Iterable[dict], leader_applied: int) -> list[str]:
     return problems
 
 
-def check_kept_running(before: dict[str, bool], during: dict[str, bool]) -> list[str]:
+def check_kept_running(
+    before: dict[str, bool], during: dict[str, bool], wanted: Iterable[str] | None = None
+) -> list[str]:
     """Tasks (task id -> process alive) that ran on a worker when it was cut off must still run
-    while it is cut off (agent autonomy, ADR 12)."""
+    while it is cut off (agent autonomy, ADR 12). `wanted`, the tasks the cluster wanted running
+    there as of the cut (read after it), exempts a stop that was ordered before the cut; None
+    exempts nothing."""
+    exempt = set() if wanted is None else set(before) - set(wanted)
     return [
         f"task {tid[:8]} stopped while its worker was cut off"
+        + (" (its process exited)" if tid in during else " (its runtime record is gone)")
         for tid, alive in before.items()
-        if alive and not during.get(tid, False)
+        if alive and tid not in exempt and not during.get(tid, False)
     ]
 
 

@@ -354,17 +354,32 @@ class Runner:
             target = f"{lone.name}+{worker.name}"
         elif kind == "isolate_worker":
             node = pick(workers)
-            before = node.task_processes()
             partition.apply(hosts_by_ip, {node.host.ip: manager_ips})
-            time.sleep(rnd.hold)
-            kept = checker.check_kept_running(before, node.task_processes())
-            problems += [("autonomy", p) for p in kept]
+            t_cut = time.monotonic()
+            before = node.task_processes()
+            wanted = self.wanted_on(node)  # read after the cut: no stop can reach the worker since
+            time.sleep(max(0.0, t_cut + rnd.hold - time.monotonic()))
+            kept = checker.check_kept_running(before, node.task_processes(), wanted)
+            problems += [("autonomy", f"{p}; its log ends: {node.log_tail(5)!r}") for p in kept]
             notes.append(f"kept {sum(before.values())} tasks running")
             return node.name, heal, (node, before)
         else:
             raise ValueError(f"unknown fault {kind}")
         time.sleep(rnd.hold)
         return target, heal, None
+
+    def wanted_on(self, node: NodeProc) -> set[str] | None:
+        """The tasks the leader wants running on `node`, or None if no leader answers."""
+        cluster = self.cluster
+        assert cluster is not None and cluster.probe is not None
+        leader = cluster.leader(timeout=5.0)
+        if leader is None:
+            return None
+        reply = cluster.probe.call(op="state", addr=leader.api_addr)
+        if not reply["ok"]:
+            return None
+        node_id = node.node_id()
+        return {t["id"] for t in reply["tasks"] if t["node_id"] == node_id and t["desired_state"] == "running"}
 
     def measure_failover(self, kind: str, leader: NodeProc, followers: list[NodeProc], t0: float, notes, problems):
         """Time from the fault at t0 until a follower acknowledges a write (a node label), then

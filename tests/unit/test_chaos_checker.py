@@ -167,7 +167,12 @@ def test_not_converged_reasons():
 
 def test_a_cut_off_worker_keeps_its_tasks():
     assert checker.check_kept_running({"t1": True, "t2": False}, {"t1": True}) == []
-    assert checker.check_kept_running({"t1": True}, {"t1": False}) == ["task t1 stopped while its worker was cut off"]
+    assert checker.check_kept_running({"t1": True}, {"t1": False}) == [
+        "task t1 stopped while its worker was cut off (its process exited)"
+    ]
+    assert checker.check_kept_running({"t1": True, "t2": True}, {}, wanted=["t1"]) == [
+        "task t1 stopped while its worker was cut off (its runtime record is gone)"
+    ]  # t2's stop was ordered before the cut
 
 
 def test_a_rejoined_worker_runs_only_what_the_cluster_assigns_it():
