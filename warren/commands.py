@@ -27,6 +27,7 @@ from warren.model import (
     Task,
     TaskState,
     can_transition,
+    is_ready,
 )
 from warren.network import ipam
 from warren.scheduler import fits, reserved_by_node
@@ -817,7 +818,10 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
         return None
     if fields.get("state") == TaskState.RUNNING:
         fields["started_at"] = update.at
-    return msgspec.structs.replace(task, updated_at=update.at, **fields)
+    updated = msgspec.structs.replace(task, updated_at=update.at, **fields)
+    if is_ready(updated) != (task.ready_at > 0):  # ADR 33: a rollout's monitor counts from here
+        updated = msgspec.structs.replace(updated, ready_at=update.at if is_ready(updated) else 0.0)
+    return updated
 
 
 class _Addresses:

@@ -69,6 +69,37 @@ class RestartCondition(enum.Enum):
     ANY = "any"
 
 
+class UpdateOrder(enum.Enum):
+    STOP_FIRST = "stop-first"
+    START_FIRST = "start-first"
+
+
+class FailureAction(enum.Enum):
+    PAUSE = "pause"
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"  # an update's only: a rollback that fails pauses or continues
+
+
+class RolloutState(enum.Enum):
+    """Where a service's rollout stands (ADR 33); Swarm's UpdateStatus states."""
+
+    UPDATING = "updating"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLBACK_PAUSED = "rollback_paused"
+    ROLLBACK_COMPLETED = "rollback_completed"
+
+    @property
+    def rolling_back(self) -> bool:
+        return self in (RolloutState.ROLLBACK_STARTED, RolloutState.ROLLBACK_PAUSED, RolloutState.ROLLBACK_COMPLETED)
+
+    @property
+    def active(self) -> bool:
+        """Replacing tasks now (not paused, not done)."""
+        return self in (RolloutState.UPDATING, RolloutState.ROLLBACK_STARTED)
+
+
 class Resources(msgspec.Struct, frozen=True):
     """CPU in nano-CPUs (1e9 = one core) and memory in bytes, as Docker counts them."""
 
@@ -108,6 +139,33 @@ class HealthCheck(msgspec.Struct, frozen=True):
     start_period: float = 0.0
 
 
+class UpdateConfig(msgspec.Struct, frozen=True):
+    """How a change rolls out (ADR 33): `parallelism` tasks at a time (0 = all), `delay` between
+    one task's success and the next start in its lane, a new task succeeding once ready for
+    `monitor` seconds; the failure action applies once more than `max_failure_ratio` of the
+    replicas failed (0: the first failure). Swarm's defaults, except start-first (for rollbacks
+    too): stop-first takes a one-replica service down for the whole restart (moby#29148)."""
+
+    parallelism: int = 1
+    delay: float = 0.0
+    order: UpdateOrder = UpdateOrder.START_FIRST
+    failure_action: FailureAction = FailureAction.PAUSE
+    monitor: float = 5.0
+    max_failure_ratio: float = 0.0
+
+
+class UpdateStatus(msgspec.Struct, frozen=True):
+    """The rollout of version `to_version` (from `from_version`), as the leader last decided it;
+    `message` says why it is where it is."""
+
+    state: RolloutState
+    started_at: float
+    from_version: int
+    to_version: int
+    completed_at: float = 0.0
+    message: str = ""
+
+
 class PortConfig(msgspec.Struct, frozen=True):
     target: int
     published: int = 0
@@ -134,6 +192,8 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
     stop_grace_period: float = 10.0
     stop_signal: str = ""  # what stops a task before the grace period ends: a name or number; "" = SIGTERM
+    update: UpdateConfig = UpdateConfig()
+    rollback: UpdateConfig = UpdateConfig()
 
 
 class Service(msgspec.Struct, frozen=True):
@@ -144,6 +204,7 @@ class Service(msgspec.Struct, frozen=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     vip: str = ""  # its virtual IP in the cluster's VIP range (ADR 17), allocated at create
+    update_status: UpdateStatus | None = None  # the last rollout (ADR 33); None before the first update
 
 
 class Node(msgspec.Struct, frozen=True):
@@ -227,7 +288,17 @@ class Task(msgspec.Struct, frozen=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     started_at: float = 0.0
+    # Since when it has been running and not unhealthy (healthy, if it has a health check); 0
+    # while it is not. A rollout counts a new task a success once ready for the monitor period.
+    ready_at: float = 0.0
     overlay_address: str = ""  # its address in its node's subnet (ADR 17), allocated when placed
+
+
+def is_ready(task: Task) -> bool:
+    """Running and fit to serve: healthy if its spec has a health check, else not unhealthy."""
+    if task.state != TaskState.RUNNING:
+        return False
+    return task.health == "healthy" if task.spec.health is not None else task.health != "unhealthy"
 
 
 class ClusterInfo(msgspec.Struct, frozen=True):

@@ -38,7 +38,7 @@ MAX_SPEC_BYTES = 256 * 1024
 # Counted for each string, map entry and list item on top of its bytes: more than protobuf (tag,
 # length) or msgpack (type, length) put around it, so `spec_size` bounds both encodings.
 _SPEC_ITEM_OVERHEAD = 16
-_SPEC_FIXED_OVERHEAD = 512  # numbers, enums and nested messages' headers
+_SPEC_FIXED_OVERHEAD = 800  # numbers, enums and nested messages' headers (the update settings ~2x130)
 _PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\s]+")  # no control characters (C0, DEL, C1), no spaces
 # Environment variable names: POSIX's portable rule (letters, digits, '_', not starting with a
 # digit), plus '.' and '-', which Java-style settings use and Docker accepts.
