@@ -80,3 +80,38 @@ def test_the_table_carries_its_nodes_tag_and_nothing_can_end_the_comment_early()
     for bad in ('warren:/x" ; flush ruleset ; "', "warren:/x\nflush ruleset", "warren:/" + "x" * 130):
         with pytest.raises(ValueError, match="comment"):
             ruleset([], owner=bad)
+
+
+def test_a_canary_gets_its_weight_of_new_connections_whatever_its_number_of_tasks() -> None:
+    stable = ("10.200.0.2", "10.200.0.3", "10.200.0.4")
+    one = Endpoint("web", "10.201.0.2", stable, (("tcp", 18080, 8080),), canary=("10.200.1.9",), canary_weight=20)
+    text = ruleset([one])
+    vip = (
+        "ip daddr 10.201.0.2 dnat to numgen random mod 10000 map { 0-1999 : 10.200.1.9, "
+        "2000-4666 : 10.200.0.2, 4667-7333 : 10.200.0.3, 7334-9999 : 10.200.0.4 }"
+    )
+    assert text.count(vip) == 2
+    assert "0-1999 : 10.200.1.9 . 8080, 2000-4666 : 10.200.0.2 . 8080, " in text  # the published port too
+    two = Endpoint("web", "10.201.0.2", stable, canary=("10.200.1.9", "10.200.1.8"), canary_weight=20)
+    assert "0-999 : 10.200.1.8, 1000-1999 : 10.200.1.9, 2000-4666 : 10.200.0.2" in ruleset([two])
+
+
+@pytest.mark.parametrize(
+    ("backends", "canary", "weight", "expected"),
+    [
+        ((), ("10.200.1.9",), 20, "dnat to 10.200.1.9\n"),  # no stable task left: all to the canary
+        (("10.200.0.2",), (), 20, "dnat to 10.200.0.2\n"),  # no canary yet
+        (("10.200.0.2",), ("10.200.1.9",), 0, "dnat to 10.200.0.2\n"),  # weight 0: none to the canary
+        (("10.200.0.2",), ("10.200.1.9",), 100, "dnat to 10.200.1.9\n"),
+        # Equal shares keep the plain form; an address in both lists is a canary.
+        (("10.200.0.2", "10.200.1.9"), ("10.200.1.9",), 50, "mod 2 map { 0 : 10.200.1.9, 1 : 10.200.0.2 }"),
+    ],
+)
+def test_canary_edges(backends: tuple[str, ...], canary: tuple[str, ...], weight: int, expected: str) -> None:
+    assert expected in ruleset([Endpoint("web", "10.201.0.2", backends, canary=canary, canary_weight=weight)])
+
+
+def test_a_weight_outside_0_to_100_never_reaches_the_rules() -> None:
+    for weight in (-1, 101):
+        with pytest.raises(ValueError):
+            ruleset([Endpoint("web", "10.201.0.2", ("10.200.0.2",), canary=("10.200.1.9",), canary_weight=weight)])

@@ -37,6 +37,14 @@ class Endpoint:
     vip: str
     backends: tuple[str, ...]  # healthy task addresses
     ports: tuple[tuple[str, int, int], ...] = ()  # published ports: (protocol, published, target)
+    # A canary (ADR 33): these healthy tasks get `canary_weight` percent of new connections
+    # between them, whatever their number; `backends` share the rest.
+    canary: tuple[str, ...] = ()
+    canary_weight: int = 0
+
+
+# Weighted choices pick one of this many buckets per connection: 1/10000 is the finest share.
+BUCKETS = 10000
 
 
 # Marks connections that came in on a published port, so that those leaving for another node's
@@ -62,17 +70,13 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "",
     every_backend: set[str] = set()
     for ep in sorted(endpoints, key=lambda e: ipaddress.IPv4Address(e.vip)):
         vip = _address(ep.vip)
-        backends = sorted({_address(b) for b in ep.backends}, key=ipaddress.IPv4Address)
-        every_backend.update(backends)
-        if not backends:
+        shares = _shares(ep)
+        every_backend.update(address for address, _ in shares)
+        if not shares:
             unavailable.append(f"        ip daddr {vip} reject with icmp type host-unreachable")
-        elif len(backends) == 1:
-            nat.append(f"        ip daddr {vip} dnat to {backends[0]}")
-        else:
-            choices = ", ".join(f"{i} : {b}" for i, b in enumerate(backends))
-            nat.append(f"        ip daddr {vip} dnat to numgen random mod {len(backends)} map {{ {choices} }}")
-        if backends:
-            nat.extend(_published(ep, backends))
+            continue
+        nat.append(f"        ip daddr {vip} dnat to {_choice(shares)}")
+        nat.extend(_published(ep, shares))
     nat_rules, reject_rules = "\n".join(nat), "\n".join(unavailable)
     masquerade = (
         f"        ct mark {PUBLISHED_MARK:#x} oifname != {_quote(bridge)} masquerade\n"
@@ -101,18 +105,50 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "",
     )
 
 
-def _published(ep: Endpoint, backends: list[str]) -> list[str]:
+def _shares(ep: Endpoint) -> list[tuple[str, int]]:
+    """Each backend address with its share of new connections, in buckets of BUCKETS: equal
+    shares unless a canary takes `canary_weight` percent (an address in both lists is a canary)."""
+    if not 0 <= ep.canary_weight <= 100:
+        raise ValueError(f"invalid canary weight {ep.canary_weight} of {ep.name}")
+    canary = sorted({_address(b) for b in ep.canary}, key=ipaddress.IPv4Address)
+    stable = sorted({_address(b) for b in ep.backends} - set(canary), key=ipaddress.IPv4Address)
+    if not canary or not stable:
+        return [(address, 1) for address in stable or canary]  # equal shares
+    canary_buckets = BUCKETS * ep.canary_weight // 100
+    weighted = list(zip(canary, _split(canary_buckets, len(canary)), strict=True))
+    weighted += zip(stable, _split(BUCKETS - canary_buckets, len(stable)), strict=True)
+    return [(address, share) for address, share in weighted if share > 0]
+
+
+def _split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` shares that differ by one at most."""
+    return [total // parts + (i < total % parts) for i in range(parts)] if parts else []
+
+
+def _choice(shares: list[tuple[str, int]], port: int = 0) -> str:
+    """The dnat target: one address, or one picked per connection in proportion to its share
+    (equal shares: `numgen random mod N` over indexes; otherwise over bucket ranges)."""
+    target = (lambda address: f"{address} . {port}") if port else (lambda address: address)
+    if len(shares) == 1:
+        return f"{shares[0][0]}:{port}" if port else shares[0][0]
+    if len({share for _, share in shares}) == 1:
+        choices = ", ".join(f"{i} : {target(address)}" for i, (address, _) in enumerate(shares))
+        return f"numgen random mod {len(shares)} map {{ {choices} }}"
+    ranges, start = [], 0
+    for address, share in shares:
+        ranges.append(f"{start}-{start + share - 1} : {target(address)}")
+        start += share
+    return f"numgen random mod {start} map {{ {', '.join(ranges)} }}"
+
+
+def _published(ep: Endpoint, shares: list[tuple[str, int]]) -> list[str]:
     """A published port on any of this node's own addresses goes to one of the tasks' target
     port (the routing mesh); the connection is marked for masquerading (see PUBLISHED_MARK)."""
     rules = []
     for protocol, published, target in sorted(ep.ports):
         if protocol not in ("tcp", "udp") or not 0 < published < 65536 or not 0 < target < 65536:
             raise ValueError(f"invalid published port {protocol} {published}:{target} of {ep.name}")
-        if len(backends) == 1:
-            to = f"{backends[0]}:{target}"
-        else:
-            choices = ", ".join(f"{i} : {b} . {target}" for i, b in enumerate(backends))
-            to = f"numgen random mod {len(backends)} map {{ {choices} }}"
+        to = _choice(shares, target)
         rules.append(
             f"        fib daddr type local {protocol} dport {published} ct mark set {PUBLISHED_MARK:#x} dnat ip to {to}"
         )
