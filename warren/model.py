@@ -196,6 +196,15 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     rollback: UpdateConfig = UpdateConfig()
 
 
+class SpecRevision(msgspec.Struct, frozen=True):
+    """One version of a service's spec, kept for `service history` and `rollback --to-version`."""
+
+    version: int
+    spec: ServiceSpec
+    at: float
+    summary: str  # what changed from the version before, in one line
+
+
 class Service(msgspec.Struct, frozen=True):
     id: str
     spec: ServiceSpec
@@ -205,6 +214,7 @@ class Service(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
     vip: str = ""  # its virtual IP in the cluster's VIP range (ADR 17), allocated at create
     update_status: UpdateStatus | None = None  # the last rollout (ADR 33); None before the first update
+    history: tuple[SpecRevision, ...] = ()  # the last versions, oldest first, the current one last
 
 
 class Node(msgspec.Struct, frozen=True):

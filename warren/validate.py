@@ -7,7 +7,7 @@ import re
 import signal
 
 from warren.constraints import ConstraintError, parse_constraint
-from warren.model import ServiceMode, ServiceSpec
+from warren.model import FailureAction, ServiceMode, ServiceSpec, UpdateConfig
 from warren.state import ClusterState
 from warren.text import ascii_int, has_control, shown
 
@@ -219,6 +219,8 @@ def check_spec(spec: ServiceSpec) -> None:
     if spec.stop_signal:
         signal_number(spec.stop_signal)
     _check_health(spec)
+    _check_rollout("update", spec.update)
+    _check_rollout("rollback", spec.rollback)
     seen: set[tuple[int, str]] = set()
     for port in spec.ports:
         if not 1 <= port.target <= 65535 or not 0 <= port.published <= 65535:
@@ -245,6 +247,19 @@ def spec_size(spec: ServiceSpec) -> int:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
     return _SPEC_FIXED_OVERHEAD + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
+
+
+def _check_rollout(kind: str, config: UpdateConfig) -> None:
+    """The update and rollback settings (ADR 33), named by their CLI flags."""
+    if not 0 <= config.parallelism <= MAX_REPLICAS:
+        raise ValidationError(f"--{kind}-parallelism must be between 0 (all at once) and {MAX_REPLICAS}")
+    check_seconds(f"--{kind}-delay", config.delay)
+    check_seconds(f"--{kind}-monitor", config.monitor)
+    ratio = config.max_failure_ratio
+    if not (math.isfinite(ratio) and 0 <= ratio <= 1):
+        raise ValidationError(f"--{kind}-max-failure-ratio must be between 0 and 1 (got {ratio})")
+    if kind == "rollback" and config.failure_action == FailureAction.ROLLBACK:
+        raise ValidationError("--rollback-failure-action must be pause or continue: a rollback cannot roll back")
 
 
 def check_spec_size(spec: ServiceSpec) -> None:

@@ -3,12 +3,14 @@ completion, and what a paused rollout does."""
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warren import commands, rollout
+from warren import commands, rollout, validate
 from warren.model import (
     FailureAction,
     HealthCheck,
@@ -199,3 +201,21 @@ def test_a_task_is_ready_from_the_report_that_makes_it_so() -> None:
     assert again is not None and again.ready_at == 12.0
     sick = commands._task_update(again, commands.TaskUpdate(id=t.id, at=30.0, health="unhealthy"))
     assert sick is not None and sick.ready_at == 0.0
+
+
+@pytest.mark.parametrize(
+    ("config", "kind", "needle"),
+    [
+        (UpdateConfig(parallelism=-1), "update", "--update-parallelism must be between 0"),
+        (UpdateConfig(max_failure_ratio=1.5), "update", "--update-max-failure-ratio must be between 0 and 1"),
+        (UpdateConfig(max_failure_ratio=float("nan")), "update", "--update-max-failure-ratio"),
+        (UpdateConfig(delay=-1.0), "update", "--update-delay must be"),
+        (UpdateConfig(monitor=float("inf")), "rollback", "--rollback-monitor must be"),
+        (UpdateConfig(failure_action=FailureAction.ROLLBACK), "rollback", "a rollback cannot roll back"),
+    ],
+)
+def test_bad_rollout_settings_are_refused_with_the_flag_named(config: UpdateConfig, kind: str, needle: str) -> None:
+    bad = msgspec.structs.replace(spec(), **{kind: config})
+    with pytest.raises(validate.ValidationError, match=re.escape(needle)):
+        validate.check_spec(bad)
+    validate.check_spec(msgspec.structs.replace(spec(), update=UpdateConfig(failure_action=FailureAction.ROLLBACK)))
