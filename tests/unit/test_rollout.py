@@ -23,6 +23,7 @@ from warren.model import (
     UpdateStatus,
 )
 from warren.rollout import Outcome
+from warren.state import ClusterState, Put
 
 NOW = 1000.0
 STARTED = 900.0
@@ -191,16 +192,18 @@ def test_never_more_in_flight_than_the_lanes(parallelism: int, outdated: int, ou
 def test_a_task_is_ready_from_the_report_that_makes_it_so() -> None:
     health = HealthCheck(command=("true",))
     t = msgspec.structs.replace(task(1, TaskState.STARTING), spec=msgspec.structs.replace(spec(), health=health))
-    running = commands._task_update(
-        t, commands.TaskUpdate(id=t.id, at=10.0, state=TaskState.RUNNING, health="starting")
-    )
-    assert running is not None and running.ready_at == 0.0  # running, not yet healthy
-    healthy = commands._task_update(running, commands.TaskUpdate(id=t.id, at=12.0, health="healthy"))
-    assert healthy is not None and healthy.ready_at == 12.0
-    again = commands._task_update(healthy, commands.TaskUpdate(id=t.id, at=20.0, message="still fine"))
-    assert again is not None and again.ready_at == 12.0
-    sick = commands._task_update(again, commands.TaskUpdate(id=t.id, at=30.0, health="unhealthy"))
-    assert sick is not None and sick.ready_at == 0.0
+    state = ClusterState()
+    state.apply([Put("task", t)])
+
+    def report(at: float, **fields: object) -> float:
+        update = commands.TaskUpdate(t.id, at, **fields)  # type: ignore[arg-type]
+        state.apply(commands.apply(state, commands.ApplyPlan(updated=(update,)))[1])
+        return state.tasks[t.id].ready_at
+
+    assert report(10.0, state=TaskState.RUNNING, health="starting") == 0.0  # running, not yet healthy
+    assert report(12.0, health="healthy") == 12.0
+    assert report(20.0, message="still fine") == 12.0
+    assert report(30.0, health="unhealthy") == 0.0
 
 
 @pytest.mark.parametrize(
