@@ -194,6 +194,9 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     stop_signal: str = ""  # what stops a task before the grace period ends: a name or number; "" = SIGTERM
     update: UpdateConfig = UpdateConfig()
     rollback: UpdateConfig = UpdateConfig()
+    # Bumped by `service update --force`: a new version that changes nothing a task runs, so
+    # every task is replaced under the update settings (a rolling restart). Swarm's ForceUpdate.
+    force_update: int = 0
 
 
 class SpecRevision(msgspec.Struct, frozen=True):

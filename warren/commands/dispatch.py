@@ -16,7 +16,13 @@ from warren.commands.cluster import (
 )
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
-from warren.commands.services import create_service, remove_service, scale_service, update_service
+from warren.commands.services import (
+    create_service,
+    remove_service,
+    rollback_service,
+    scale_service,
+    update_service,
+)
 from warren.commands.tasks import apply_plan, report_task_status
 from warren.commands.types import (
     OK,
@@ -37,6 +43,7 @@ from warren.commands.types import (
     ReportTaskStatus,
     Result,
     RevokeAdminCert,
+    RollbackService,
     RotateJoinToken,
     RotateNodeKeys,
     ScaleService,
@@ -83,6 +90,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] 
     RemoveNode: remove_node,  # type: ignore[dict-item]
     CreateService: create_service,  # type: ignore[dict-item]
     UpdateService: update_service,  # type: ignore[dict-item]
+    RollbackService: rollback_service,  # type: ignore[dict-item]
     ScaleService: scale_service,  # type: ignore[dict-item]
     RemoveService: remove_service,  # type: ignore[dict-item]
     ApplyPlan: apply_plan,  # type: ignore[dict-item]

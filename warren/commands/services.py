@@ -6,17 +6,20 @@ import ipaddress
 
 import msgspec
 
+from warren import revisions
 from warren.commands.overlay import overlay_layout
 from warren.commands.types import (
     Changes,
     CreateService,
     RemoveService,
     Result,
+    RollbackService,
+    RolloutChange,
     ScaleService,
     UpdateService,
     error,
 )
-from warren.model import ServiceSpec, TaskState
+from warren.model import RolloutState, Service, ServiceSpec, SpecRevision, TaskState, UpdateStatus
 from warren.network import ipam
 from warren.state import ClusterState, Delete, Put
 from warren.text import shown
@@ -50,6 +53,8 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
         except (ipam.IpamError, ValueError) as exc:
             return error("internal", f"the overlay address plan is unusable: {exc}"), []
         service = msgspec.structs.replace(service, vip=str(vip))
+    first = SpecRevision(service.version, service.spec, service.created_at, revisions.summary(None, service.spec))
+    service = msgspec.structs.replace(service, history=(first,))
     return Result(id=service.id), [Put("service", service)]
 
 
@@ -69,10 +74,124 @@ def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Cha
         return taken, []
     if cmd.spec == service.spec:
         return Result(id=service.id), []
+    if msgspec.structs.replace(cmd.spec, replicas=service.spec.replicas) == service.spec:
+        return Result(id=service.id), [Put("service", _scaled(service, cmd.spec.replicas, cmd.at))]
+    version = service.version + 1
+    status = UpdateStatus(RolloutState.UPDATING, cmd.at, service.version, version, message=_superseded(service))
+    revision = SpecRevision(version, cmd.spec, cmd.at, revisions.summary(service.spec, cmd.spec))
     updated = msgspec.structs.replace(
-        service, spec=cmd.spec, previous_spec=service.spec, version=service.version + 1, updated_at=cmd.at
+        service,
+        spec=cmd.spec,
+        previous_spec=service.spec,
+        version=version,
+        updated_at=cmd.at,
+        update_status=status,
+        history=revisions.remember(_history(service), revision),
     )
     return Result(id=service.id), [Put("service", updated)]
+
+
+def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result, Changes]:
+    service = state.services.get(cmd.service_id)
+    if service is None:
+        return error("not_found", f"service {cmd.service_id} not found"), []
+    name = service.spec.name
+    if cmd.expected_version and cmd.expected_version != service.version:
+        return error(
+            "failed_precondition",
+            f"service {name} changed meanwhile (version {service.version}, expected {cmd.expected_version}); retry",
+        ), []
+    history = _history(service)
+    if cmd.to_version:
+        revision = revisions.find(history, cmd.to_version)
+        if revision is None:
+            kept = ", ".join(str(r.version) for r in history)
+            return error("not_found", f"service {name} has no version {cmd.to_version} (it keeps: {kept})"), []
+        if revision.version == service.version:
+            return error("failed_precondition", f"service {name} runs version {service.version} already"), []
+    else:
+        earlier = [r for r in history if r.version < service.version]
+        if not earlier:
+            return error("failed_precondition", f"service {name} has no earlier version to roll back to"), []
+        revision = earlier[-1]
+    target = _target(service, revision, cmd.restore_replicas)
+    if target == service.spec:
+        return error(
+            "failed_precondition", f"version {revision.version} of service {name} is the spec it runs already"
+        ), []
+    if (taken := _ports_taken(state, target, service.id)) is not None:
+        return taken, []
+    version = service.version + 1
+    message = f"rollback to version {revision.version} requested"
+    status = UpdateStatus(RolloutState.ROLLBACK_STARTED, cmd.at, service.version, version, message=message)
+    return Result(id=service.id), [Put("service", _rolled_back(service, revision, target, status))]
+
+
+def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> Changes:
+    """A plan's rollout changes (ADR 33), each only for the version it was decided for."""
+    changes: Changes = []
+    for change in rollouts:
+        service = state.services.get(change.service_id)
+        if service is None or service.version != change.version:
+            continue
+        if not change.revert:
+            changes.append(Put("service", msgspec.structs.replace(service, update_status=change.status)))
+            continue
+        earlier = [r for r in _history(service) if r.version < service.version]
+        target = _target(service, earlier[-1], restore_replicas=False) if earlier else None
+        if target is None or _ports_taken(state, target, service.id) is not None:
+            why = "no earlier version" if target is None else "its ports are taken"
+            paused = msgspec.structs.replace(
+                change.status,
+                state=RolloutState.PAUSED,
+                completed_at=change.status.started_at,
+                message=f"paused: cannot roll back ({why}); {change.status.message}",
+                to_version=service.version,
+            )
+            changes.append(Put("service", msgspec.structs.replace(service, update_status=paused)))
+            continue
+        changes.append(Put("service", _rolled_back(service, earlier[-1], target, change.status)))
+    return changes
+
+
+def _history(service: Service) -> tuple[SpecRevision, ...]:
+    """The service's history; for one created before histories, its current spec alone."""
+    return service.history or (SpecRevision(service.version, service.spec, service.updated_at, ""),)
+
+
+def _superseded(service: Service) -> str:
+    """What a new update says of the rollout it replaces, if one was under way (as in Swarm)."""
+    status = service.update_status
+    if status is None or status.state in (RolloutState.COMPLETED, RolloutState.ROLLBACK_COMPLETED):
+        return ""
+    what = "rollback" if status.state.rolling_back else "update"
+    return f"replaces the {what} to version {status.to_version}, which was {status.state.value.replace('_', ' ')}"
+
+
+def _target(service: Service, revision: SpecRevision, restore_replicas: bool) -> ServiceSpec:
+    """The spec a rollback to `revision` runs: a rollback restores the spec, not the scale."""
+    return revision.spec if restore_replicas else msgspec.structs.replace(revision.spec, replicas=service.spec.replicas)
+
+
+def _rolled_back(service: Service, revision: SpecRevision, spec: ServiceSpec, status: UpdateStatus) -> Service:
+    """A rollback is a new version (versions only go up: agents cache specs by version)."""
+    version = service.version + 1
+    summary = f"rollback to version {revision.version}: {revisions.summary(service.spec, spec)}"
+    return msgspec.structs.replace(
+        service,
+        spec=spec,
+        previous_spec=service.spec,
+        version=version,
+        updated_at=status.started_at,
+        update_status=msgspec.structs.replace(status, to_version=version),
+        history=revisions.remember(_history(service), SpecRevision(version, spec, status.started_at, summary)),
+    )
+
+
+def _scaled(service: Service, replicas: int, at: float) -> Service:
+    """Scaling changes no task's spec, so it makes no version (no task is replaced)."""
+    spec = msgspec.structs.replace(service.spec, replicas=replicas)
+    return msgspec.structs.replace(service, spec=spec, updated_at=at)
 
 
 def scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Changes]:
@@ -87,10 +206,7 @@ def scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Chang
         ), []
     if service.spec.replicas == cmd.replicas:
         return Result(id=service.id), []
-    # Scaling changes no task's spec, so it does not bump the version (no task is replaced).
-    spec = msgspec.structs.replace(service.spec, replicas=cmd.replicas)
-    updated = msgspec.structs.replace(service, spec=spec, updated_at=cmd.at)
-    return Result(id=service.id), [Put("service", updated)]
+    return Result(id=service.id), [Put("service", _scaled(service, cmd.replicas, cmd.at))]
 
 
 def remove_service(state: ClusterState, cmd: RemoveService) -> tuple[Result, Changes]:

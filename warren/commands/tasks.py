@@ -6,6 +6,7 @@ import msgspec
 
 from warren.commands.nodes import node_status_change
 from warren.commands.overlay import Addresses
+from warren.commands.services import apply_rollouts
 from warren.commands.types import OK, ApplyPlan, Changes, ReportTaskStatus, Result, TaskUpdate
 from warren.model import Resources, Task, TaskState, can_transition, is_ready
 from warren.scheduler import fits, reserved_by_node
@@ -125,6 +126,7 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             changes.append(Delete("task", task_id))
     for status in cmd.node_status:
         changes.extend(node_status_change(state, status))
+    changes.extend(apply_rollouts(state, cmd.rollouts))
     return OK, changes
 
 

@@ -15,6 +15,7 @@ from warren.model import (
     ServiceSpec,
     Task,
     TaskState,
+    UpdateStatus,
 )
 from warren.state import Change
 
@@ -172,6 +173,18 @@ class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
     expected_version: int = 0
 
 
+class RollbackService(msgspec.Struct, frozen=True, tag="service.rollback"):
+    """Return to an earlier spec (ADR 33) as a new version: `to_version` from the history, or
+    the version before the current one (0). The replica count stays as it is unless
+    `restore_replicas`. expected_version guards against lost updates (0 = don't check)."""
+
+    service_id: str
+    at: float
+    to_version: int = 0
+    restore_replicas: bool = False
+    expected_version: int = 0
+
+
 class ScaleService(msgspec.Struct, frozen=True, tag="service.scale"):
     service_id: str
     replicas: int
@@ -202,6 +215,16 @@ class TaskUpdate(msgspec.Struct, frozen=True):
     health: str | None = None
 
 
+class RolloutChange(msgspec.Struct, frozen=True):
+    """A service's rollout moved on (ADR 33), decided for its version `version`: stale once the
+    service has another. With `revert`, the failure action rolls it back to the version before."""
+
+    service_id: str
+    version: int
+    status: UpdateStatus
+    revert: bool = False
+
+
 class ApplyPlan(msgspec.Struct, frozen=True, tag="plan.apply"):
     """One scheduling/reconciliation pass, committed as a single entry."""
 
@@ -209,6 +232,7 @@ class ApplyPlan(msgspec.Struct, frozen=True, tag="plan.apply"):
     updated: tuple[TaskUpdate, ...] = ()
     deleted: tuple[str, ...] = ()
     node_status: tuple[SetNodeStatus, ...] = ()
+    rollouts: tuple[RolloutChange, ...] = ()
 
 
 class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
@@ -240,6 +264,7 @@ Command = (
     | RemoveNode
     | CreateService
     | UpdateService
+    | RollbackService
     | ScaleService
     | RemoveService
     | ApplyPlan
