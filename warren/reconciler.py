@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 
 import msgspec
 
-from warren.commands import ApplyPlan, SetNodeStatus, TaskUpdate
+from warren import rollout
+from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
     Availability,
@@ -34,7 +35,9 @@ from warren.model import (
     ServiceMode,
     Task,
     TaskState,
+    UpdateOrder,
     can_transition,
+    is_ready,
 )
 from warren.scheduler import address_capacity, fits, live_by_node, node_is_schedulable, reserved_by_node, schedule
 from warren.state import ClusterState
@@ -68,7 +71,7 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
 
 def is_empty(plan: ApplyPlan) -> bool:
     """True when committing the plan would change nothing (the caller can skip the Raft write)."""
-    return not (plan.created or plan.updated or plan.deleted or plan.node_status)
+    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts)
 
 
 def reconcile(
@@ -137,6 +140,8 @@ class _Pass:
         self.to_place: list[str] = []
         self.deleted: set[str] = set()
         self.node_status: list[SetNodeStatus] = []
+        self.rollouts: list[RolloutChange] = []
+        self.standby_for: dict[str, Task] = {}  # a start-first task's id -> the task it replaces
         self.reserved: dict[str, Resources] = {}
         self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
         self.starts = 0
@@ -303,6 +308,8 @@ class _Pass:
             by_slot[t.slot].append(t)
 
         live: dict[int, Task] = {}
+        # Start-first (ADR 33): a slot's older task keeps serving while its new one gets ready.
+        standby: dict[int, Task] = {}
         for slot in sorted(by_slot):
             slot_live = [t for t in by_slot[slot] if is_live(t)]
             if not slot_live:
@@ -312,9 +319,14 @@ class _Pass:
                     self.shutdown(t, "not a replicated slot")
                 continue
             slot_live.sort(key=lambda t: (t.spec_version == version, t.state, t.created_at, t.id), reverse=True)
-            for extra in slot_live[1:]:
-                self.shutdown(extra, "duplicate task in slot")
-            live[slot] = slot_live[0]
+            keeper, rest = slot_live[0], slot_live[1:]
+            older = [t for t in rest if t.spec_version != keeper.spec_version]
+            if keeper.spec_version == version and not is_ready(keeper) and older:
+                standby[slot] = older[0]
+                rest.remove(older[0])
+            for extra in rest:
+                self.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
+            live[slot] = keeper
 
         if len(live) > replicas:
             # Not yet running first, then outdated, then newest (see _newest_first).
@@ -323,15 +335,24 @@ class _Pass:
             for t in victims[: len(live) - replicas]:
                 if self.shutdown(t, "scaled down"):
                     del live[t.slot]
+                    if t.slot in standby and self.shutdown(standby[t.slot], "scaled down"):
+                        del standby[t.slot]
 
+        for slot, t in sorted(standby.items()):
+            why = self._displaced_by(t, t.spec.constraints)
+            if why and self.shutdown(t, why):
+                del standby[slot]
         for slot, t in sorted(live.items()):
             why = self._displaced_by(t, t.spec.constraints)
             if why and self.can_start() and self.can_stop(t):
                 self.shutdown(t, why)
                 live[slot] = self.create(service, slot, t.attempt)
 
-        self._rolling_update_replicated(service, live)
+        self._rolling_update_replicated(service, live, standby, tasks)
         self._fill_slots(service, live, by_slot, replicas)
+        for slot, older in standby.items():  # the new task may have been replaced in this pass
+            if slot in live:
+                self.standby_for[live[slot].id] = older
         for t in live.values():
             t = self.task(t.id)
             if t.state < ASSIGNED and not t.node_id and t.id in self.state.tasks:
@@ -340,25 +361,35 @@ class _Pass:
             by_slot[self.overlay[task_id].slot].append(self.overlay[task_id])
         self._trim_history(by_slot.values())
 
-    def _rolling_update_replicated(self, service: Service, live: dict[int, Task]) -> None:
-        """Replace outdated tasks: unplaced ones at once, placed ones one at a time, starting the
-        next only when no new-version task of the service is still on its way to RUNNING."""
+    def _rolling_update_replicated(
+        self, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]
+    ) -> None:
+        """Replace outdated tasks (ADR 33): unplaced ones at once, placed ones as the rollout's
+        lanes free up, stop-first or start-first; and move the rollout's status on."""
         version = service.version
         outdated = sorted((t for t in live.values() if t.spec_version != version), key=lambda t: t.slot)
-        if not outdated:
-            return
         for t in outdated:
             if t.state < ASSIGNED and self.can_start():
                 self.shutdown(t, "replaced by service update")
                 live[t.slot] = self.create(service, t.slot, 0)
-        if any(t.spec_version == version and t.state < RUNNING for t in live.values()):
-            return
         placed = [t for t in outdated if self.task(t.id).desired_state <= RUNNING]
-        placed.sort(key=lambda t: (t.state >= RUNNING, t.slot))
-        for t in placed[:1]:
-            if self.can_start() and self.can_stop(t):
+        new_tasks = [self.task(t.id) for t in tasks if t.spec_version == version]
+        new_tasks += [t for t in live.values() if t.spec_version == version and t.id not in self.state.tasks]
+        step = rollout.step(service, new_tasks, len(placed), max(service.spec.replicas, 0), self.now)
+        if step.status is not None:
+            self.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
+        if step.revert:
+            return
+        stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
+        placed.sort(key=lambda t: (t.state >= RUNNING, t.slot))  # what serves nothing yet first
+        for t in placed[: step.start]:
+            if not self.can_start() or (stop_first and not self.can_stop(t)):
+                return
+            if stop_first:
                 self.shutdown(t, "replaced by service update")
-                live[t.slot] = self.create(service, t.slot, 0)
+            live[t.slot] = self.create(service, t.slot, 0)
+            if not stop_first:
+                standby[t.slot] = t
 
     def _fill_slots(
         self, service: Service, live: dict[int, Task], by_slot: Mapping[int, list[Task]], replicas: int
@@ -409,8 +440,13 @@ class _Pass:
             why = self._displaced_by(node_live[0], spec.constraints)
             node_live.sort(key=lambda t: (t.slot == 0, t.spec_version == service.version, t.state, t.created_at, t.id))
             keeper = node_live.pop()
+            # Start-first (ADR 33): the node's older task keeps serving while the new one gets ready.
+            older = [t for t in node_live if t.slot == 0 and t.spec_version != keeper.spec_version]
+            keep_older = not why and keeper.spec_version == service.version and not is_ready(keeper) and older
             for t in node_live:
-                self.shutdown(t, "duplicate task on node")
+                if keep_older and t is older[-1]:
+                    continue
+                self.shutdown(t, "replaced by service update" if t in older else "duplicate task on node")
             if why:
                 self.shutdown(keeper, why)
             elif keeper.slot != 0:
@@ -420,7 +456,7 @@ class _Pass:
 
         # Fill first: a node about to get a fresh task counts as an update in flight.
         self._fill_nodes(service, live, by_node)
-        self._rolling_update_global(service, live, by_node)
+        self._rolling_update_global(service, live, by_node, tasks)
         for task_id in self.created[first_created:]:
             by_node[self.overlay[task_id].node_id].append(self.overlay[task_id])
         self._trim_history(by_node.values())
@@ -452,36 +488,47 @@ class _Pass:
             live[node_id] = self.create(service, 0, attempt, node_id=node_id)
 
     def _rolling_update_global(
-        self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]
+        self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]], tasks: list[Task]
     ) -> None:
-        """One outdated task at a time, replaced on its node. Start-first when both fit on the node;
+        """Outdated tasks replaced on their node as the rollout's lanes free up (ADR 33):
+        start-first when both fit on the node (the old one stops once the new one is ready),
         otherwise stop-first, and the fill step starts the new task once the old one has ended."""
         version = service.version
-        if any(t.spec_version == version and t.state < RUNNING for t in live.values()):
-            return
-        for node_id, tasks in by_node.items():
+        new_tasks = [self.task(t.id) for t in tasks if t.spec_version == version]
+        new_tasks += [t for t in live.values() if t.spec_version == version and t.id not in self.state.tasks]
+        outdated = [t for _, t in sorted(live.items()) if t.spec_version != version]
+        # A stop-first replacement still stopping holds a lane: its node has no live task yet.
+        stopping = 0
+        for node_id, node_tasks in by_node.items():
             node = self.nodes.get(node_id)
             if node is None or node.status != NodeStatus.READY or node_id in live:
                 continue  # an agent that is not connected would never report the stop
-            if any(self.task(t.id).state < TaskState.COMPLETE for t in tasks):
-                return  # a stop-first replacement (or a drain) is still stopping
-        for node_id, t in sorted(live.items()):
-            if t.spec_version == version:
-                continue
-            node = self.nodes[node_id]
-            reserved = self.reserved.get(node_id, Resources())
+            if any(self.task(t.id).state < TaskState.COMPLETE for t in node_tasks):
+                stopping += 1
+        step = rollout.step(service, new_tasks, len(outdated) + stopping, len(live) + stopping, self.now)
+        if step.status is not None:
+            self.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
+        if step.revert:
+            return
+        budget = step.start - stopping
+        stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
+        for t in outdated:
+            if budget <= 0:
+                return
+            node = self.nodes[t.node_id]
+            reserved = self.reserved.get(t.node_id, Resources())
             if not node_is_schedulable(node) or not self.can_stop(t):
                 continue
-            if fits(node, reserved, service.spec.reservations) and self.address_left(node):
+            both_fit = fits(node, reserved, service.spec.reservations) and self.address_left(node)
+            if both_fit and not stop_first:
                 if not self.can_start():
                     return
+                live[t.node_id] = self.create(service, 0, 0, node_id=t.node_id)  # `t` serves meanwhile
+                budget -= 1
+            elif fits(node, reserved - t.spec.reservations, service.spec.reservations):
                 self.shutdown(t, "replaced by service update")
-                live[node_id] = self.create(service, 0, 0, node_id=node_id)
-                return
-            if fits(node, reserved - t.spec.reservations, service.spec.reservations):
-                self.shutdown(t, "replaced by service update")
-                del live[node_id]
-                return
+                del live[t.node_id]
+                budget -= 1
 
     # -- removed services, placement, history -------------------------------------------------
     def _removed_services(self) -> None:
@@ -507,6 +554,11 @@ class _Pass:
             self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
         for task_id, reason in result.unplaced.items():
             self.update(self.task(task_id), message=reason)
+            standby = self.standby_for.get(task_id)
+            if standby is not None:  # no room beside it: stop-first for this one (ADR 33)
+                self.shutdown(
+                    standby, "replaced by service update (stopped first: no room to start the new task beside it)"
+                )
 
     def _trim_history(self, groups: Iterable[list[Task]]) -> None:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
@@ -539,4 +591,5 @@ class _Pass:
             updated=tuple(updates),
             deleted=tuple(sorted(self.deleted)),
             node_status=tuple(self.node_status),
+            rollouts=tuple(self.rollouts),
         )

@@ -22,9 +22,10 @@ from warren.model import (
     ServiceSpec,
     Task,
     TaskState,
+    UpdateConfig,
     can_transition,
 )
-from warren.reconciler import ReconcileConfig, is_live, reconcile
+from warren.reconciler import ReconcileConfig, is_empty, is_live, reconcile
 from warren.state import ClusterState, Put
 
 GB = 1 << 30
@@ -62,6 +63,7 @@ def spec(
     mem_gb: float = 0,
     restart: RestartPolicy | None = None,
     image: str = "busybox",
+    update: UpdateConfig | None = None,
 ) -> ServiceSpec:
     return ServiceSpec(
         name=name,
@@ -71,6 +73,7 @@ def spec(
         constraints=constraints,
         reservations=Resources(int(cpus * CPU), int(mem_gb * GB)),
         restart=restart or RestartPolicy(delay=0.0),
+        update=update or UpdateConfig(),
     )
 
 
@@ -148,15 +151,19 @@ class Sim:
             if n.status == NodeStatus.READY:
                 self.heartbeats[node_id] = self.now
 
-    def converge(self, rounds: int = 20) -> None:
-        """Reconcile and let agents act until a pass changes nothing."""
+    def converge(self, rounds: int = 200) -> None:
+        """Reconcile and let agents act until a pass changes nothing and no rollout is under
+        way (a rollout waits out its monitor periods: time must pass, ADR 33)."""
         for _ in range(rounds):
             plan = self.reconcile()
             self.agents_step()
             self.tick()
-            if not (plan.created or plan.updated or plan.deleted or plan.node_status):
+            if is_empty(plan) and not self.rolling_out():
                 return
         raise AssertionError("did not converge")
+
+    def rolling_out(self) -> bool:
+        return any(s.update_status is not None and s.update_status.state.active for s in self.state.services.values())
 
     # -- queries -------------------------------------------------------------------------------
     def tasks(self, service_id: str) -> list[Task]:

@@ -43,7 +43,7 @@ class _Placement:
         self._state = state
         self._stopping = stopping
         self._reserved: dict | None = None
-        self._slots: set[tuple[str, int]] | None = None
+        self._slots: set[tuple[str, int, int]] | None = None
 
     def fits(self, task: Task, node_id: str) -> bool:
         node = self._state.nodes.get(node_id)
@@ -61,19 +61,20 @@ class _Placement:
         return True
 
     def claim_slot(self, task: Task) -> bool:
-        """Replicated slots hold one live task; tasks this plan stops free theirs."""
+        """A replicated slot holds one live task of each version (start-first: the old one
+        serves while the new one gets ready, ADR 33); tasks this plan stops free theirs."""
         if task.slot < 1:
             return True
         if self._slots is None:
             self._slots = {
-                (t.service_id, t.slot)
+                (t.service_id, t.slot, t.spec_version)
                 for t in self._state.tasks.values()
                 if t.slot >= 1
                 and t.desired_state == TaskState.RUNNING
                 and not t.state.terminal
                 and t.id not in self._stopping
             }
-        key = (task.service_id, task.slot)
+        key = (task.service_id, task.slot, task.spec_version)
         if key in self._slots:
             return False
         self._slots.add(key)
