@@ -124,10 +124,6 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None, alongside:
     identity, first_start = await _identity(options)
     manager_settings.save(data, own)
     credentials = tls.load_credentials(data / "certs")
-    if stop is None:
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     # Everything opened from here on is released in reverse order, whether start-up fails at
     # any step or the manager stops.
     async with contextlib.AsyncExitStack() as opened:
@@ -142,7 +138,7 @@ async def _open_and_serve(
     identity: ManagerIdentity,
     first_start: bool,
     credentials: tls.Credentials,
-    stop: asyncio.Event,
+    stop: asyncio.Event | None,
     alongside: Alongside | None,
 ) -> None:
     data = options.data_dir
@@ -215,6 +211,10 @@ async def _open_and_serve(
     _run_task(opened, orchestrator.run(), "orchestrator")
     opened.push_async_callback(health.set, "", NOT_SERVING)
     _run_task(opened, track_health(raft, health), "health")
+    if stop is None:  # the manager's own process: signals stop it once it serves
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
     _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves

@@ -25,7 +25,7 @@ async def run_promoted_manager(manager_dir: Path, join_managers: list[str] | Non
         data_dir=manager_dir,
         listen_addr=settings.manager_listen_addr,
         advertise_addr=settings.manager_advertise_addr or None,
-        runs_tasks=False,  # the agent runs the node's tasks; the manager does not beat for it
+        runs_tasks=False,  # no agent beside this manager: the agent hosting it runs the node's tasks
         demoted_hint=DEMOTED_HINT,
         join_managers=tuple(join_managers) if join_managers else None,
     )
