@@ -152,6 +152,7 @@ async def run(
 ) -> None:
     """Serve the embedded agent until `stop`. A failure is logged, not raised: the manager goes
     on managing, and its node shows as down until the agent runs again."""
+    # Imported here: a manager without an embedded agent never loads the agent (check_available).
     from warren.agent.daemon import serve
     from warren.node.worker import agent_options
 
