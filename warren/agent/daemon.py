@@ -239,7 +239,7 @@ async def _serve(
     # Everything opened from here on is released in reverse order, whether start-up fails at
     # any step or the agent stops; containers keep running.
     async with contextlib.AsyncExitStack() as opened:
-        opened.callback(log.info, "agent stopping; containers keep running")
+        opened.callback(log.info, "agent stopped; containers keep running")
         opened.callback(cache.close)
         calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
         opened.callback(calls.shutdown, wait=False, cancel_futures=True)
