@@ -16,9 +16,10 @@ from warren import pki, tls
 from warren.agent import join as joining
 from warren.agent import settings as agent_settings
 from warren.api.v1 import ca_pb2 as capb
-from warren.manager import embedded
+from warren.host import sanitise_hostname
 from warren.manager.nodeca import DENIED, FailureLimiter, NodeCAService, peer_host
 from warren.model import ClusterInfo, Node, NodeRole
+from warren.node import embedded
 from warren.state import ClusterState, Put
 
 WORKER_SECRET = "w" * 26
@@ -349,10 +350,10 @@ def test_stored_identity_needs_both_certificates_and_node_file(tmp_path: Path, c
 
 
 def test_node_hostname_is_made_acceptable() -> None:
-    assert joining.node_hostname("web-1.example") == "web-1.example"
-    assert joining.node_hostname("my host!") == "my-host-"
-    assert joining.node_hostname("---") == "node"
-    assert len(joining.node_hostname("a" * 100)) == 63
+    assert sanitise_hostname("web-1.example") == "web-1.example"
+    assert sanitise_hostname("my host!") == "my-host-"
+    assert sanitise_hostname("---") == "node"
+    assert len(sanitise_hostname("a" * 100)) == 63
 
 
 def test_agent_settings_given_flags_win_and_the_rest_is_kept(tmp_path: Path) -> None:

@@ -116,12 +116,6 @@ def write_node_file(data_dir: Path, node_id: str, managers: list[str]) -> None:
     tmp.replace(path)
 
 
-def node_hostname(name: str) -> str:
-    """A hostname the managers accept (validate.NAME_RE): other characters become '-'."""
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)
-    return cleaned.lstrip("_.-")[:63] or "node"
-
-
 # -- joining -----------------------------------------------------------------------------------
 def verify_join_response(token: pki.JoinToken, key_pem: bytes, response: capb.JoinResponse) -> pki.Identity:
     """Trust a join answer only if its CA is the one the token pins and its certificate is that
