@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from warren import clientconfig, commands, pki, tls
+from warren import clientconfig, commands, datadir, pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import node_hostname
 from warren.api.v1 import managers_pb2 as mpb
@@ -173,16 +173,6 @@ def _fill_join_addr(identity: ManagerIdentity) -> ManagerIdentity:
     )
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def _first_start(options: ManagerOptions) -> ManagerIdentity:
     """Create identity, CA and credentials on disk. manager.json is written last, so a crash
     before it leaves a directory that simply initialises again."""
@@ -193,9 +183,9 @@ def _first_start(options: ManagerOptions) -> ManagerIdentity:
     tls.save_credentials(data / "certs", ca.cert_pem, cert, key)
     admin_cert, admin_key = ca.issue_keypair(new_id(), pki.ROLE_ADMIN, validity_days=365)
     tls.save_credentials(data / "admin", ca.cert_pem, admin_cert, admin_key)
-    _write_private(data / "raft.secret", secrets.token_hex(32).encode())
-    _write_private(data / "ca-key.pem", ca.key_pem)
-    _write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    datadir.write_atomic(datadir.ManagerDir(data).raft_secret, secrets.token_hex(32).encode())
+    datadir.write_atomic(datadir.ManagerDir(data).ca_key, ca.key_pem)
+    datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(identity))
     return identity
 
 
@@ -226,8 +216,8 @@ async def _first_join(options: ManagerOptions, credentials: tls.Credentials) -> 
         raise StartupError("the managers answered for another cluster than this node's certificate")
     identity = replace(identity, peers=sorted(answer.raft_peers))
     data = options.data_dir
-    _write_private(data / "raft.secret", answer.raft_secret.encode())
-    _write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    datadir.write_atomic(datadir.ManagerDir(data).raft_secret, answer.raft_secret.encode())
+    datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(identity))
     return identity
 
 
@@ -271,9 +261,7 @@ async def _watch_demotion(store: Store, identity: ManagerIdentity, data: Path, s
         if node is not None and node.role == NodeRole.MANAGER:
             was_manager = True
         elif node is not None and was_manager:
-            _write_private(
-                data / "manager.json", json.dumps(asdict(replace(identity, demoted=True)), indent=2).encode()
-            )
+            datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(replace(identity, demoted=True)))
             print(f"This manager was demoted to a worker; stopping. {hint}", flush=True)
             stop.set()
             return
