@@ -49,9 +49,11 @@ class DataFileError(ValueError):
 
 
 # -- writing -----------------------------------------------------------------------------------
-def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE) -> None:
+def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE, durable: bool = True) -> None:
     """Replace `path` with `data` (a str is UTF-8), atomically and durably, with `mode` set
-    before the first byte lands (a key is never readable by others, even half-written)."""
+    before the first byte lands (a key is never readable by others, even half-written).
+    durable=False skips both fsyncs: still whole after a process crash (kill -9), but a power
+    loss may bring back the old file; for state written often that the node can rebuild."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -59,14 +61,16 @@ def write_atomic(path: Path, data: bytes | str, mode: int = PRIVATE) -> None:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_directory(path.parent)
+    if durable:
+        fsync_directory(path.parent)
 
 
 def write_json(path: Path, value: Any, mode: int = PRIVATE) -> None:

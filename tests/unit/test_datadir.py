@@ -86,6 +86,15 @@ def test_write_atomic_fsyncs_the_file_then_its_directory(tmp_path: Path, fsynced
     assert fsynced[1] == str(tmp_path)  # after the rename: the new entry is on disk too
 
 
+def test_a_write_that_need_not_survive_power_loss_skips_the_fsyncs(tmp_path: Path, fsynced: list[str]) -> None:
+    target = tmp_path / "record.json"
+    target.write_text("old")
+    datadir.write_atomic(target, b"new", durable=False)
+    assert target.read_bytes() == b"new" and _mode(target) == 0o600
+    assert fsynced == []
+    assert [p.name for p in tmp_path.iterdir()] == ["record.json"]
+
+
 def _agent_settings(d: Path) -> Path:
     agent_settings.save(d, agent_settings.AgentSettings(labels={"zone": "a"}))
     return d / agent_settings.SETTINGS_FILE
