@@ -34,11 +34,11 @@ class Clock:
         return self.now
 
 
-def _tail(path: Path, n: int) -> bytes:
+def _tail(path: Path, n: int, block: int = logs.TAIL_BLOCK) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        return path.read_bytes()[tail_offset(fd, size, n) :]
+        return path.read_bytes()[tail_offset(fd, size, n, block) :]
     finally:
         os.close(fd)
 
@@ -65,13 +65,12 @@ def test_tail_offset(tmp_path: Path, content: bytes, n: int, expected: bytes) ->
     assert _tail(path, n) == expected
 
 
-def test_tail_offset_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "TAIL_BLOCK", 7)
+def test_tail_offset_across_blocks(tmp_path: Path) -> None:
     path = tmp_path / "t.log"
     lines = [f"line number {i}\n".encode() for i in range(50)]
     path.write_bytes(b"".join(lines))
     for n in (1, 2, 13, 49, 50, 51):
-        assert _tail(path, n) == b"".join(lines[-n:])
+        assert _tail(path, n, block=7) == b"".join(lines[-n:])
 
 
 # -- the arrival-time index -------------------------------------------------------------------------
@@ -101,12 +100,11 @@ def test_index_stamps_growth_and_survives_reopen(tmp_path: Path) -> None:
     assert path.stat().st_size == RECORD.size
 
 
-def test_cursor_reads_forward_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(IndexCursor, "BLOCK", 4)
+def test_cursor_reads_forward_across_blocks(tmp_path: Path) -> None:
     index = TimeIndex(tmp_path / "t.idx")
     for i in range(1, 21):
         index.observe(i * 10, 100.0 + i)
-    cursor = IndexCursor(index, 55)
+    cursor = IndexCursor(index, 55, block=4)
     assert [cursor.time_of(off) for off in (55, 59, 60, 120, 199, 200)] == [106.0, 106.0, 107.0, 113.0, 120.0, None]
     index.observe(210, 500.0)  # appended after the cursor read its block
     assert cursor.time_of(205) == 500.0

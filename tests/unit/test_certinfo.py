@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from warren import certinfo, pki, tls
-from warren.agent import daemon, session
+from warren.agent import daemon
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue
 
@@ -181,8 +181,7 @@ def test_the_session_renews_only_when_due(
     from warren.agent import join
 
     monkeypatch.setattr(join, "renew_if_due", renew)
-    monkeypatch.setattr(session, "RENEWAL_CHECK", 0.01)
-    s = Session(tmp_path / "certs", ManagerList(), lambda: None, None, StatusQueue())  # type: ignore[arg-type]
+    s = Session(tmp_path / "certs", ManagerList(), lambda: None, None, StatusQueue(), renewal_check=0.01)  # type: ignore[arg-type]
 
     async def run_for(seconds: float) -> None:
         job = asyncio.ensure_future(s._renew(_Channel()))  # type: ignore[arg-type]

@@ -222,12 +222,9 @@ def test_lost_leadership_ends_the_stream_unavailable() -> None:
     run(scenario())
 
 
-def test_a_slow_reader_gets_backpressure_then_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logbroker, "QUEUE_BATCHES", 2)
-    monkeypatch.setattr(logbroker, "PUBLISH_WAIT", 0.1)
-
+def test_a_slow_reader_gets_backpressure_then_a_note() -> None:
     async def scenario() -> None:
-        broker = LogBroker(_cluster())
+        broker = LogBroker(_cluster(), queue_batches=2, publish_wait=0.1)
         stream = broker.open("svc", follow=True, tail=-1, since=0.0)
         for i in range(2):
             await broker.publish("n1", _publish(stream.id, _msg("t1", b"%d" % i)))
@@ -243,9 +240,9 @@ def test_a_slow_reader_gets_backpressure_then_a_note(monkeypatch: pytest.MonkeyP
     run(scenario())
 
 
-def test_bad_requests_and_the_stream_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_requests_and_the_stream_limit() -> None:
     async def scenario() -> None:
-        broker = LogBroker(_cluster())
+        broker = LogBroker(_cluster(), max_streams=1)
         for kwargs in ({"tail": -2, "since": 0.0}, {"tail": 1, "since": float("inf")}, {"tail": 1, "since": -1.0}):
             with pytest.raises(ApiError) as err:
                 broker.open("svc", follow=False, **kwargs)  # type: ignore[arg-type]
@@ -253,7 +250,6 @@ def test_bad_requests_and_the_stream_limit(monkeypatch: pytest.MonkeyPatch) -> N
         with pytest.raises(ApiError) as err:
             broker.open("nope", follow=False, tail=1, since=0.0)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
-        monkeypatch.setattr(logbroker, "MAX_STREAMS", 1)
         first = broker.open("svc", follow=True, tail=1, since=0.0)
         with pytest.raises(ApiError) as err:
             broker.open("svc", follow=True, tail=1, since=0.0)

@@ -32,7 +32,7 @@ from typing import Any
 
 import lmdb
 
-from warren import tls
+from warren import datadir, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
@@ -52,8 +52,8 @@ from warren.network.lean import lean_pyroute2
 
 log = logging.getLogger("warren.agent")
 
-NODE_FILE = "node.json"
-CERTS_DIR = "certs"
+NODE_FILE = datadir.NODE_FILE
+CERTS_DIR = datadir.CERTS_DIR
 RUNTIME_THREADS = 32  # prepare/start/stop/remove/probe calls in flight at once
 WAIT_THREADS = 4096  # one blocked wait() per running task; threads are made on demand
 REMOVE_ALL_TIMEOUT = 60.0  # a removed node's tasks: time allowed to stop them gracefully
@@ -113,13 +113,7 @@ def save_managers(data_dir: Path, managers: list[str]) -> None:
     path = data_dir / NODE_FILE
     node = load_node_file(data_dir)
     node["managers"] = list(managers)
-    tmp = path.with_name(f".{NODE_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(node, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    datadir.write_json(path, node)
 
 
 # -- node description --------------------------------------------------------------------------

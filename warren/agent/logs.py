@@ -112,10 +112,11 @@ class TimeIndex:
 class IndexCursor:
     """Arrival times for increasing offsets: one binary search, then reads forward in blocks."""
 
-    BLOCK = 512
+    BLOCK = 512  # records read at once
 
-    def __init__(self, index: TimeIndex, offset: int) -> None:
+    def __init__(self, index: TimeIndex, offset: int, block: int = BLOCK) -> None:
         self.index = index
+        self.block = block
         self._i = index.find(offset)
         self._first = 0
         self._block: list[tuple[int, float]] = []
@@ -124,7 +125,7 @@ class IndexCursor:
         """When byte `offset` was first seen; None if the index does not cover it."""
         while self._i < self.index.count:
             if not self._first <= self._i < self._first + len(self._block):
-                self._first, self._block = self._i, self.index.records(self._i, self.BLOCK)
+                self._first, self._block = self._i, self.index.records(self._i, self.block)
                 if not self._block:
                     return None
             end, at = self._block[self._i - self._first]
@@ -135,9 +136,9 @@ class IndexCursor:
 
 
 # -- reading a log file ----------------------------------------------------------------------------
-def tail_offset(fd: int, size: int, n: int) -> int:
-    """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0). A last
-    line without its newline counts as a line."""
+def tail_offset(fd: int, size: int, n: int, block: int = TAIL_BLOCK) -> int:
+    """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0), reading
+    back `block` bytes at a time. A last line without its newline counts as a line."""
     if n < 0:
         return 0
     if n == 0 or size == 0:
@@ -145,7 +146,7 @@ def tail_offset(fd: int, size: int, n: int) -> int:
     pos = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size  # that newline ends the last line
     found = 0
     while pos > 0:
-        start = max(0, pos - TAIL_BLOCK)
+        start = max(0, pos - block)
         chunk = os.pread(fd, pos - start, start)
         at = len(chunk)
         while (at := chunk.rfind(b"\n", 0, at)) >= 0:

@@ -155,6 +155,7 @@ class Session:
         on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
         pending_key: Callable[[], NodeKey | None] = lambda: None,
         on_key_epoch: Callable[[int], None] = lambda epoch: None,
+        renewal_check: float = RENEWAL_CHECK,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -168,6 +169,7 @@ class Session:
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
+        self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
         self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id))
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -377,7 +379,7 @@ class Session:
         imported only when a renewal is due. The next session uses the renewed credentials; this
         one keeps working until the old certificate expires."""
         while True:
-            delay = RENEWAL_CHECK
+            delay = self.renewal_check
             try:
                 cert_pem = await asyncio.to_thread((self.certs_dir / tls.CERT_FILE).read_bytes)
                 if certinfo.renewal_due(cert_pem):

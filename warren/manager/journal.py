@@ -9,7 +9,6 @@ the journal by position on every tick; log compaction keeps that list short.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -158,14 +157,6 @@ class LmdbJournal(pysyncobj_journal.Journal):
             i = positions[0]
             if self._entries[i] == previous and i + 1 < len(self._entries) and self._entries[i + 1] == last:
                 self.deleteEntriesTo(i)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def install(journal: LmdbJournal) -> None:

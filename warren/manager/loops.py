@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from warren import datadir
 from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.server import NOT_SERVING, SERVING
-from warren.manager.startup import ManagerIdentity, write_private
+from warren.manager.startup import ManagerIdentity
 from warren.manager.store import Store
 from warren.model import NodeRole
 
@@ -28,7 +28,7 @@ async def watch_demotion(store: Store, identity: ManagerIdentity, data: Path, st
         if node is not None and node.role == NodeRole.MANAGER:
             was_manager = True
         elif node is not None and was_manager:
-            write_private(data / "manager.json", json.dumps(asdict(replace(identity, demoted=True)), indent=2).encode())
+            datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(replace(identity, demoted=True)))
             print(f"This manager was demoted to a worker; stopping. {hint}", flush=True)
             stop.set()
             return

@@ -20,7 +20,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
-from warren import commands
+from warren import commands, datadir
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
@@ -298,11 +298,9 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
             entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
             cluster=sorted(node.id for node in cluster),
         )
-        fd = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the CA key
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.msgpack.encode(snapshot))
-            f.flush()
-            os.fsync(f.fileno())
+        # PySyncObj renames `file_name` (its temporary file) over the snapshot; owner-only, as the
+        # state holds the wrapped CA key.
+        datadir.write_atomic(Path(file_name), msgspec.msgpack.encode(snapshot), datadir.PRIVATE)
 
     def _read_snapshot(self, file_name: str) -> tuple:
         with open(file_name, "rb") as f:

@@ -4,14 +4,13 @@ first start that creates a cluster or joins one. Nothing here runs the servers (
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from warren import pki, tls
+from warren import datadir, pki, tls
 from warren.api.v1 import managers_pb2 as mpb
 from warren.host import host_facts
 from warren.ids import new_id
@@ -164,16 +163,6 @@ def overlay_plan(options: ManagerOptions) -> dict[str, Any]:
     return {"overlay_range": overlay, "node_subnet_prefixlen": ipam.DEFAULT_NODE_PREFIXLEN, "vip_range": vips}
 
 
-def write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
 def create_identity(options: ManagerOptions) -> ManagerIdentity:
     """Create identity, CA and credentials on disk. manager.json is written last, so a crash
     before it leaves a directory that simply initialises again."""
@@ -184,9 +173,10 @@ def create_identity(options: ManagerOptions) -> ManagerIdentity:
     tls.save_credentials(data / "certs", ca.cert_pem, cert, key)
     admin_cert, admin_key = ca.issue_keypair(new_id(), pki.ROLE_ADMIN, validity_days=365)
     tls.save_credentials(data / "admin", ca.cert_pem, admin_cert, admin_key)
-    write_private(data / "raft.secret", secrets.token_hex(32).encode())
-    write_private(data / "ca-key.pem", ca.key_pem)
-    write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    layout = datadir.ManagerDir(data)
+    datadir.write_atomic(layout.raft_secret, secrets.token_hex(32).encode())
+    datadir.write_atomic(layout.ca_key, ca.key_pem)
+    datadir.write_json(layout.manager_file, asdict(identity))
     return identity
 
 
@@ -218,6 +208,6 @@ async def join_identity(options: ManagerOptions, credentials: tls.Credentials) -
         raise StartupError("the managers answered for another cluster than this node's certificate")
     identity = replace(identity, peers=sorted(answer.raft_peers))
     data = options.data_dir
-    write_private(data / "raft.secret", answer.raft_secret.encode())
-    write_private(data / "manager.json", json.dumps(asdict(identity), indent=2).encode())
+    datadir.write_atomic(datadir.ManagerDir(data).raft_secret, answer.raft_secret.encode())
+    datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(identity))
     return identity
