@@ -44,7 +44,8 @@ from warren.agent.runtime import (
     RuntimeFailure,
 )
 from warren.agent.status import Report
-from warren.model import HealthCheck, RestartCondition, RestartPolicy, Task, TaskState, can_transition
+from warren.model import HealthCheck, Task, TaskState, can_transition
+from warren.restart import next_attempt
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +116,6 @@ def exit_outcome(status: ContainerStatus) -> tuple[TaskState, str]:
     if status.exit_code == 0:
         return TaskState.COMPLETE, ""
     return TaskState.FAILED, f"task exited with code {status.exit_code}"
-
-
-def next_attempt(policy: RestartPolicy, outcome: TaskState, attempt: int, ran_for: float) -> int | None:
-    """The attempt number of a local restart, or None when the policy forbids one. Mirrors the
-    manager's reconciler.restart_attempt, so a task gets the same number of tries whether the
-    manager or the disconnected agent restarts it."""
-    if policy.condition == RestartCondition.NONE:
-        return None
-    if policy.condition == RestartCondition.ON_FAILURE and outcome == TaskState.COMPLETE:
-        return None
-    base = 0 if policy.window > 0 and ran_for >= policy.window else attempt
-    if policy.max_attempts and base >= policy.max_attempts:
-        return None
-    return base + 1
 
 
 def initial_state(task: Task) -> LocalState:
