@@ -44,6 +44,7 @@ from warren.agent.runtime import (
     RuntimeFailure,
 )
 from warren.agent.status import Report
+from warren.backoff import Backoff
 from warren.model import HealthCheck, Task, TaskState, can_transition
 from warren.restart import next_attempt
 
@@ -150,7 +151,7 @@ class TaskController:
         self._unhealthy: str | None = None  # set by the health monitor
         self._forced: tuple[TaskState, str] | None = None  # why we stopped it ourselves (unhealthy)
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
-        self._failures = 0  # consecutive transient failures of the current step
+        self._retry = Backoff.schedule(env.retry_delays)  # transient failures of the current step
         self._network_released = False  # the task's namespace is gone (known only once released)
         self.done = asyncio.Event()
 
@@ -213,7 +214,7 @@ class TaskController:
                 # A bug or an unexpected runtime error: never let it kill the agent. Back off and
                 # look again; the step is idempotent.
                 log.exception("task %s: step failed", self.task.id)
-                await self._sleep(self._backoff())
+                await self._sleep(self._retry.next())
                 continue
             await self._changed.wait()
 
@@ -259,7 +260,7 @@ class TaskController:
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
             return
-        self._failures = 0
+        self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
 
@@ -273,7 +274,7 @@ class TaskController:
         except Exception as exc:
             await self._failed_step("starting", exc, reject=False)
             return
-        self._failures = 0
+        self._retry.reset()
         self._started()
 
     def _started(self) -> None:
@@ -293,15 +294,16 @@ class TaskController:
             log.info("task %s: %s failed: %s", self.task.id, what, message)
             self._advance(state, error=message, message=f"{what} failed")
             return
-        self._failures += 1
-        if self._failures > len(self.env.retry_delays):
-            log.warning("task %s: %s failed %d times: %s", self.task.id, what, self._failures, message)
+        delay = self._retry.next()
+        if self._retry.exhausted:
+            log.warning("task %s: %s failed %d times: %s", self.task.id, what, self._retry.failures, message)
             self._advance(TaskState.FAILED, error=f"{what} failed: {message}", message=f"{what} failed")
             return
-        delay = self.env.retry_delays[self._failures - 1]
         log.info("task %s: %s failed (%s), retrying in %gs", self.task.id, what, message, delay)
         # Say so at once: `service ps` shows the message while the task is not running yet.
-        self._advance(self.local.state, message=f"{what} failed: {message} (retrying, attempt {self._failures + 1})")
+        self._advance(
+            self.local.state, message=f"{what} failed: {message} (retrying, attempt {self._retry.failures + 1})"
+        )
         await self._sleep_unless_stopping(delay)
 
     async def _monitor(self) -> bool:
@@ -446,11 +448,11 @@ class TaskController:
             if self.local.started and not self.local.state.terminal:
                 await self._stop_container()
             if not await self._remove_container():
-                if self._failures <= len(self.env.retry_delays):
+                if not self._retry.exhausted:
                     return False
                 log.error("task %s: giving up removing container %s", self.task.id, self.local.runtime_id)
         if not self._network_released and not await self._release_network():
-            if self._failures <= len(self.env.retry_delays):
+            if not self._retry.exhausted:
                 return False
             log.error("task %s: giving up releasing its network (the agent's sweep retries)", self.task.id)
         with contextlib.suppress(OSError):
@@ -468,12 +470,13 @@ class TaskController:
                 status = await self.env.call(self.env.runtime.stop, runtime_id, grace, stop_signal(self.task))
             except Exception as exc:
                 log.warning("task %s: stopping container %s failed: %s", self.task.id, runtime_id, exc)
-                if self._failures >= len(self.env.retry_delays):
-                    self._failures = 0
+                delay = self._retry.next()
+                if self._retry.exhausted:
+                    self._retry.reset()
                     return None  # give up stopping; remove() kills what is left
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(delay)
                 continue
-            self._failures = 0
+            self._retry.reset()
             return status
 
     async def _remove_container(self) -> bool:
@@ -482,9 +485,9 @@ class TaskController:
             await self.env.call(self.env.runtime.remove, runtime_id)
         except Exception as exc:
             log.warning("task %s: removing container %s failed: %s", self.task.id, runtime_id, exc)
-            await self._sleep(self._backoff())
+            await self._sleep(self._retry.next())
             return False
-        self._failures = 0
+        self._retry.reset()
         self._set_local(runtime_id="", started=False)
         return True
 
@@ -497,9 +500,9 @@ class TaskController:
                 await self.env.call(self.env.networks.detach, self.task.id)
             except Exception as exc:
                 log.warning("task %s: releasing its network failed: %s", self.task.id, exc)
-                await self._sleep(self._backoff())
+                await self._sleep(self._retry.next())
                 return False
-        self._failures = 0
+        self._retry.reset()
         self._network_released = True
         return True
 
@@ -594,11 +597,6 @@ class TaskController:
         )
 
     # -- time ----------------------------------------------------------------------------------
-    def _backoff(self) -> float:
-        delays = self.env.retry_delays or (1.0,)
-        self._failures += 1
-        return delays[min(self._failures, len(delays)) - 1]
-
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         """Sleep, waking early only to stop or remove the task: our own status reports come back
         as task updates, and must not cut a retry delay short."""
