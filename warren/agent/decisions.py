@@ -178,7 +178,7 @@ def plan_resume(local: LocalState, cached: bool, found: list[ContainerStatus]) -
     current = next((c for c in found if c.runtime_id == local.runtime_id), None)
     if current is None:
         live = [c for c in found if c.state == ContainerState.RUNNING]
-        current = (live or found or [None])[0]
+        current = (live or found)[0] if found else None
     strays = tuple(c for c in found if c is not current)
     if current is None:
         if local.state.terminal:

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 async def wait_exit(env: ControllerEnv, task_id: str, runtime_id: str) -> ContainerStatus:
     """runtime.wait in slices (a blocked thread cannot be cancelled), tolerating errors."""
     call = env.wait_call or env.call
+    status: ContainerStatus | None
     while True:
         try:
             status = await call(env.runtime.wait, runtime_id, env.wait_slice)
