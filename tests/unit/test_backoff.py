@@ -78,3 +78,9 @@ def test_a_backoff_that_would_never_grow_or_end_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match="backoff"):
         Backoff(start, cap, factor=factor, jitter=jitter)
+
+
+def test_the_agent_backs_off_with_the_one_backoff() -> None:
+    from warren.agent import controller, logs, session
+
+    assert session.Backoff is logs.Backoff is controller.Backoff is Backoff
