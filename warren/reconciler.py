@@ -29,13 +29,13 @@ from warren.model import (
     Node,
     NodeStatus,
     Resources,
-    RestartCondition,
     Service,
     ServiceMode,
     Task,
     TaskState,
     can_transition,
 )
+from warren.restart import next_attempt
 from warren.scheduler import address_capacity, fits, live_by_node, node_is_schedulable, reserved_by_node, schedule
 from warren.state import ClusterState
 
@@ -104,17 +104,11 @@ def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
         # (as Nomad reschedules lost allocations at once, whatever the restart policy).
         return dead.attempt
     policy = dead.spec.restart
-    if policy.condition == RestartCondition.NONE:
+    ran_for = dead.updated_at - dead.started_at if dead.started_at > 0 else 0.0
+    attempt = next_attempt(policy, dead.state, dead.attempt, ran_for)
+    if attempt is None or now < dead.updated_at + policy.delay:
         return None
-    if policy.condition == RestartCondition.ON_FAILURE and dead.state == TaskState.COMPLETE:
-        return None
-    ran_long = policy.window > 0 and dead.started_at > 0 and dead.updated_at - dead.started_at >= policy.window
-    attempt = 0 if ran_long else dead.attempt
-    if policy.max_attempts and attempt >= policy.max_attempts:
-        return None
-    if now < dead.updated_at + policy.delay:
-        return None
-    return attempt + 1
+    return attempt
 
 
 def _newest_first(task: Task) -> tuple[float, int, str]:

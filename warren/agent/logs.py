@@ -37,6 +37,7 @@ import grpc
 
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
+from warren.backoff import Backoff
 from warren.validate import MAX_LOG_BATCH, MAX_LOG_BATCH_BYTES, MAX_LOG_LINE
 
 log = logging.getLogger(__name__)
@@ -411,7 +412,7 @@ class LogAgent:
     async def serve(self, stub: Any, session_id: str) -> None:
         """Serve log subscriptions for one session. Never returns: the session cancels it. A
         failed stream is reopened; a manager without log support is left alone."""
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             opened = time.monotonic()
             self._prune()
@@ -432,9 +433,8 @@ class LogAgent:
                 call.cancel()
                 self._pause_all()
             if time.monotonic() - opened > 10:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
 
     def _pause_all(self) -> None:
         """The stream went away: stop serving, but keep read positions for a while."""
@@ -541,12 +541,14 @@ class LogAgent:
     ) -> None:
         """One PublishLogs call, retried on transient failures; raises _Stop when to give up."""
         request = dpb.PublishLogsRequest(session_id=session_id, subscription_id=sub_id, messages=messages, done=done)
-        for delay in (*PUBLISH_RETRIES, None):
+        backoff = Backoff.schedule(PUBLISH_RETRIES)
+        while True:
             try:
                 reply = await stub.PublishLogs(request, timeout=PUBLISH_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not transient or delay is None:
+                delay = backoff.next()
+                if not transient or backoff.exhausted:
                     log.warning(
                         "publishing logs of subscription %s failed: %s %s", sub_id, exc.code().name, exc.details()
                     )

@@ -31,6 +31,7 @@ from warren.agent.worker import Worker
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.backoff import Backoff
 from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
+BACKOFF_JITTER = 0.1  # +-10%, so agents do not reconnect in lockstep
 COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus call
 MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
@@ -48,23 +50,6 @@ RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try a
 # Failures that say nothing about this node's session: the manager is unreachable, busy, or not
 # the leader. Anything else (a message too large, an internal error, a bad first message) counts.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
-
-
-class Backoff:
-    """Capped exponential backoff with a little jitter, so agents do not reconnect in lockstep."""
-
-    def __init__(self, start: float = BACKOFF_START, cap: float = BACKOFF_CAP) -> None:
-        self.start = start
-        self.cap = cap
-        self._next = start
-
-    def reset(self) -> None:
-        self._next = self.start
-
-    def next(self) -> float:
-        delay = min(self.cap, self._next)
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.9, 1.1)
 
 
 class ManagerList:
@@ -178,7 +163,7 @@ class Session:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until `stop`; raises NodeRemoved if the cluster removed us."""
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_START, BACKOFF_CAP, jitter=BACKOFF_JITTER, draw=random.random)
         target: str | None = None
         redirects = 0
         while not stop.is_set():

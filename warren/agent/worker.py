@@ -15,7 +15,8 @@ from pathlib import Path
 
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache, LocalState
-from warren.agent.controller import ContainersByTask, ControllerEnv, TaskController
+from warren.agent.controller import ControllerEnv, TaskController
+from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
 from warren.model import Task, TaskState
