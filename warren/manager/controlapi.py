@@ -21,9 +21,8 @@ from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import RaftNode, RaftStatus
+from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.server import ApiError, check_result, not_leader
-from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, TaskState
 from warren.state import ClusterState
 from warren.text import shown
@@ -127,8 +126,8 @@ def _spec(msg: object) -> object:
 class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
-        store: Store,
-        raft: RaftNode,
+        store: StateReader,
+        raft: Consensus,
         timeout: float = 5.0,
         logs: LogBroker | None = None,
         certs_dir: Path | None = None,
