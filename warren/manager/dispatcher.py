@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -168,7 +168,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _period(self, state: ClusterState) -> float:
         return state.cluster.heartbeat_period if state.cluster else 5.0
 
-    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    async def Session(
+        self, request: dpb.SessionRequest, context: object
+    ) -> AsyncGenerator[dpb.AssignmentsMessage, None]:
         self._require_leader()
         identity = caller.get()
         desc = request.description
