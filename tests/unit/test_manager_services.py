@@ -29,6 +29,7 @@ from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.membership import ManagersService
 from warren.manager.orchestrator import Orchestrator
+from warren.manager.ports import ProposalError
 from warren.manager.server import ApiError, caller
 from warren.model import Availability, ClusterInfo, Node, NodeRole, NodeStatus, TaskState
 from warren.pki import Identity
@@ -254,5 +255,29 @@ def test_a_joining_manager_is_registered_and_added_to_raft_by_the_leader_only() 
         with pytest.raises(ApiError) as err:
             await manager.managers.AddManager(request, None)
         assert err.value.code == grpc.StatusCode.UNAVAILABLE and "127.0.0.3:4242" in err.value.message
+
+    run(scenario())
+
+
+def test_a_follower_refuses_sessions_naming_the_leader_and_without_quorum_writes_fail() -> None:
+    async def scenario() -> None:
+        m2_raft = "127.0.0.2:4243"
+        manager = Manager(peers={m2_raft: True})
+        await manager.init()
+        m2 = Node(id="m2", hostname="m2", role=NodeRole.MANAGER, addr="127.0.0.2:4242", raft_addr=m2_raft)
+        assert (await manager.raft.propose_async(commands.RegisterNode(m2))).ok
+        manager.raft.leader = m2_raft
+        agent = Agent(manager, "w1")
+        with pytest.raises(ApiError) as err:
+            await agent.until(lambda tasks: True)
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE and "127.0.0.2:4242" in err.value.message
+
+        # The only other manager is unreachable: no quorum, so a write fails before it is proposed.
+        manager.raft.peers[m2_raft] = False
+        with pytest.raises(ProposalError) as refused:
+            await manager.control.CreateService(cpb.CreateServiceRequest(spec=web(1)), None)
+        assert refused.value.code == "unavailable" and "no quorum" in refused.value.message
+        with manager.store.read() as state:
+            assert not state.services
 
     run(scenario())
