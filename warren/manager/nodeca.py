@@ -22,8 +22,8 @@ from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
 from warren.manager import cakey, metrics
-from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.manager.ports import StateReader
+from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
 from warren.text import ascii_int, shown
