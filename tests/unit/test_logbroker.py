@@ -5,8 +5,6 @@ tasks, lost leadership and a slow reader."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -15,20 +13,12 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager import logbroker
 from warren.manager.events import EventHub
+from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.logbroker import LogBroker, LogStream
 from warren.manager.server import ApiError
 from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
-from warren.state import ClusterState, Delete, Put
+from warren.state import Delete, Put
 from warren.validate import MAX_LOG_BATCH
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.state = ClusterState()
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[ClusterState]:
-        yield self.state
 
 
 def _task(task_id: str, node_id: str, slot: int, state: TaskState = TaskState.RUNNING) -> Task:
@@ -39,8 +29,8 @@ def _task(task_id: str, node_id: str, slot: int, state: TaskState = TaskState.RU
     )  # fmt: skip
 
 
-def _cluster(*extra: Task, down: tuple[str, ...] = ()) -> FakeStore:
-    store = FakeStore()
+def _cluster(*extra: Task, down: tuple[str, ...] = ()) -> InMemoryState:
+    store = InMemoryState()
     changes: list = [Put("service", Service(id="svc", spec=ServiceSpec(name="web", image="x")))]
     for node_id in ("n1", "n2", "n3"):
         status = NodeStatus.DOWN if node_id in down else NodeStatus.READY
@@ -275,15 +265,6 @@ def test_a_newer_listener_replaces_the_old_one() -> None:
 
 
 # -- the Control API method ------------------------------------------------------------------------
-class FakeRaft:
-    def __init__(self, leader: bool, leader_raft_addr: str = "") -> None:
-        self.is_leader = leader
-        self._leader = leader_raft_addr
-
-    def status(self):  # type: ignore[no-untyped-def]
-        return type("Status", (), {"leader": self._leader})()
-
-
 class FakeContext:
     def __init__(self) -> None:
         self.callbacks: list = []
@@ -299,7 +280,8 @@ def test_service_logs_on_a_follower_names_the_leader() -> None:
     async def scenario() -> None:
         store = _cluster()
         store.state.apply([Put("node", Node(id="m2", hostname="m2", addr="10.0.0.2:4242", raft_addr="10.0.0.2:4243"))])
-        control = ControlService(store, FakeRaft(False, "10.0.0.2:4243"), logs=LogBroker(store))  # type: ignore[arg-type]
+        follower = InMemoryRaft(store, "10.0.0.1:4243", leader="10.0.0.2:4243", peers={"10.0.0.2:4243": True})
+        control = ControlService(store, follower, logs=LogBroker(store))
         with pytest.raises(ApiError) as err:
             [m async for m in control.ServiceLogs(cpb.ServiceLogsRequest(service="web"), FakeContext())]  # type: ignore[arg-type]
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
@@ -319,7 +301,7 @@ def test_service_logs_closes_the_subscription_when_the_caller_leaves() -> None:
         store = _cluster()
         broker = LogBroker(store)
         n1 = broker.listen("n1")
-        control = ControlService(store, FakeRaft(True), logs=broker)  # type: ignore[arg-type]
+        control = ControlService(store, InMemoryRaft(store), logs=broker)
         context = FakeContext()
         calls = control.ServiceLogs(cpb.ServiceLogsRequest(service="web", follow=True, tail=-1), context)  # type: ignore[arg-type]
         first = asyncio.ensure_future(calls.__anext__())

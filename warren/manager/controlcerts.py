@@ -25,7 +25,7 @@ from warren.text import shown
 from warren.validate import ValidationError, check_name
 
 if TYPE_CHECKING:
-    from warren.manager.store import Store
+    from warren.manager.ports import StateReader
     from warren.model import Node
 
 DAY = 86400.0
@@ -95,7 +95,7 @@ def ca_status(state: ClusterState) -> cpb.CAStatus:
 class CertificatesControl:
     """Admin certificates and the CA, for ControlService (which provides what is declared here)."""
 
-    _store: Store
+    _store: StateReader
     _authority: cakey.Authority
     _raft_secret: str
 

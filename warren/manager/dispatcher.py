@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -28,9 +28,8 @@ from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.manager.store import Store
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
@@ -137,8 +136,8 @@ def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def __init__(
         self,
-        store: Store,
-        raft: RaftNode,
+        store: StateReader,
+        raft: Proposer,
         hub: EventHub,
         heartbeats: Heartbeats,
         timeout: float = 5.0,
@@ -169,7 +168,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _period(self, state: ClusterState) -> float:
         return state.cluster.heartbeat_period if state.cluster else 5.0
 
-    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    async def Session(
+        self, request: dpb.SessionRequest, context: object
+    ) -> AsyncGenerator[dpb.AssignmentsMessage, None]:
         self._require_leader()
         identity = caller.get()
         desc = request.description

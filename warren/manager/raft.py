@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
@@ -24,6 +23,7 @@ from warren import commands, datadir
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
+from warren.manager.ports import ProposalError, RaftStatus
 from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
@@ -32,15 +32,6 @@ from warren.text import format_size
 log = logging.getLogger(__name__)
 
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
-
-
-class ProposalError(Exception):
-    """The command was not (or not known to be) committed. `code` is a gRPC-style name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 _FAILURES = {
@@ -60,33 +51,6 @@ class SnapshotFile(msgspec.Struct):
     state: Snapshot
     entries: list[tuple[bytes, int, int]]
     cluster: list[str]
-
-
-@dataclass(frozen=True)
-class RaftStatus:
-    state: str
-    leader: str
-    term: int
-    commit_index: int
-    applied_index: int
-    has_quorum: bool
-    peers: dict[str, bool]  # raft address -> connected
-    self_addr: str = ""
-
-    @property
-    def members(self) -> list[str]:
-        """Every member's Raft address, this one's included."""
-        return sorted([self.self_addr, *self.peers])
-
-    @property
-    def connected(self) -> list[str]:
-        """The other members this one has a Raft connection to."""
-        return sorted(addr for addr, up in self.peers.items() if up)
-
-    @property
-    def reachable(self) -> int:
-        """Members this one is connected to, itself included."""
-        return 1 + sum(self.peers.values())
 
 
 class _Stopping(Exception):

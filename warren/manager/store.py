@@ -19,6 +19,7 @@ from typing import TypeVar
 import lmdb
 import msgspec
 
+from warren.manager.ports import Watcher
 from warren.manager.settings import DEFAULT_MAP_SIZE
 from warren.model import AdminCert, ClusterInfo, Node, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
@@ -35,9 +36,6 @@ _KIND_TYPES: dict[Kind, type] = {
 }
 _APPLIED_KEY = b"applied_index"
 
-# Called with the applied index and its changes; changes is None after a snapshot restore,
-# meaning "everything may have changed: resynchronise".
-Watcher = Callable[[int, list[Change] | None], None]
 T = TypeVar("T")
 R = TypeVar("R")
 
