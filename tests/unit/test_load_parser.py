@@ -51,7 +51,7 @@ def test_a_run_stopped_by_sigint_reports_what_was_done() -> None:
         "requests": 292,
         "failed": 0,
         "statuses": {"200": 292},
-        "errors": {"refused": 0, "reset": 0, "eof": 0, "timeout": 0, "other": 0},
+        "errors": {"refused": 0, "reset": 0, "eof": 0, "timeout": 0, "unreachable": 0, "other": 0},
         "duration_s": 1.499,
         "rate_per_s": 194.8,
     }
@@ -72,7 +72,9 @@ def test_non_2xx_responses_count_as_failed() -> None:
         ('Get "http://x/": EOF', "eof"),
         ('Get "http://x/": context deadline exceeded (Client.Timeout exceeded while awaiting headers)', "timeout"),
         ('Get "http://x/": dial tcp 10.0.0.1:80: i/o timeout', "timeout"),
-        ('Get "http://x/": dial tcp 10.0.0.1:80: connect: no route to host', "other"),
+        ('Get "http://x/": dial tcp 10.0.0.1:80: connect: no route to host', "unreachable"),
+        ('Get "http://x/": dial tcp 10.0.0.1:80: connect: network is unreachable', "unreachable"),
+        ('Get "http://x/": stopped after 10 redirects', "other"),
     ],
 )
 def test_error_kinds(message: str, kind: str) -> None:
