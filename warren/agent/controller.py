@@ -332,7 +332,8 @@ class TaskController:
             return True
         changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({self._exit, changed}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {self._exit, changed}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
         return True
@@ -536,7 +537,7 @@ class TaskController:
         current = next((c for c in found if c.runtime_id == self.local.runtime_id), None)
         if current is None:
             live = [c for c in found if c.state == ContainerState.RUNNING]
-            current = (live or found or [None])[0]
+            current = live[0] if live else found[0] if found else None
         for extra in found:
             if extra is not current:
                 log.info("task %s: removing stray container %s", self.task.id, extra.runtime_id)

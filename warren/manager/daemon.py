@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from grpc_health.v1.health import aio as health_aio
 
 from warren import clientconfig, commands, pki, tls
 from warren.agent import settings as agent_settings
@@ -587,7 +588,7 @@ async def _record_join_addr(raft: RaftNode, store: Store, identity: ManagerIdent
         log.warning("could not record the join address: %s", exc.message)
 
 
-async def _track_health(raft: RaftNode, health: object) -> None:
+async def _track_health(raft: RaftNode, health: health_aio.HealthServicer) -> None:
     """The gRPC health service says SERVING only while a Raft leader is known and this manager
     applies entries: without a leader, or while an entry waits for room (ADR 22), this manager
     can answer reads but no write would commit."""
@@ -595,7 +596,7 @@ async def _track_health(raft: RaftNode, health: object) -> None:
     while True:
         serves = bool(raft.status().leader) and raft.capacity.stalled is None
         if serves != serving:
-            await health.set("", SERVING if serves else NOT_SERVING)  # type: ignore[attr-defined]
+            await health.set("", SERVING if serves else NOT_SERVING)
             serving = serves
         await asyncio.sleep(0.5)
 
