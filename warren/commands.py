@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -319,7 +320,7 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
         return [plan]
     budget = max_bytes - len(encode(ApplyPlan()))
     parts: list[ApplyPlan] = []
-    fields: dict[str, list] = {"node_status": [], "deleted": [], "updated": [], "created": []}
+    fields: dict[str, list[Any]] = {"node_status": [], "deleted": [], "updated": [], "created": []}
     used = 0
 
     def flush() -> None:
@@ -863,7 +864,7 @@ class _Placement:
     def __init__(self, state: ClusterState, stopping: set[str]) -> None:
         self._state = state
         self._stopping = stopping
-        self._reserved: dict | None = None
+        self._reserved: dict[str, Resources] | None = None
         self._slots: set[tuple[str, int]] | None = None
 
     def fits(self, task: Task, node_id: str) -> bool:
@@ -928,18 +929,19 @@ def _apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             )
         changes.append(Put("task", task))
     for update in cmd.updated:
-        task = state.tasks.get(update.id)
-        if task is None:
+        current = state.tasks.get(update.id)
+        if current is None:
             continue
+        task = current
         # Assigning a node is only valid for a task that holds none yet (the scheduler's view
         # may be stale if the task was already placed or stopped meanwhile), and only where
         # the task still fits.
-        moving = update.node_id is not None and update.node_id != task.node_id
-        if moving and (task.node_id or not placement.fits(task, update.node_id)):  # type: ignore[arg-type]
+        moving_to = update.node_id if update.node_id is not None and update.node_id != task.node_id else None
+        if moving_to is not None and (task.node_id or not placement.fits(task, moving_to)):
             continue
         new = _task_update(task, update)
-        if new is not None and moving:
-            new = addresses.assign(new, update.node_id)  # type: ignore[arg-type]  # None: stays pending
+        if new is not None and moving_to is not None:
+            new = addresses.assign(new, moving_to)  # None: stays pending
         if new is not None:
             changes.append(Put("task", new))
     for task_id in cmd.deleted:

@@ -165,10 +165,10 @@ class _Pass:
         FSM would reject (state backwards, desired state lowered)."""
         changes = {k: v for k, v in fields.items() if getattr(task, k) != v}
         new_state = changes.get("state")
-        if new_state is not None and not can_transition(task.state, new_state):  # type: ignore[arg-type]
+        if isinstance(new_state, TaskState) and not can_transition(task.state, new_state):
             del changes["state"]
         desired = changes.get("desired_state")
-        if desired is not None and desired < task.desired_state:  # type: ignore[operator]
+        if isinstance(desired, TaskState) and desired < task.desired_state:
             del changes["desired_state"]
         if not changes:
             return task
@@ -527,7 +527,7 @@ class _Pass:
             new = self.overlay[task_id]
             fields = {f: getattr(new, f) for f in _PLAN_FIELDS if getattr(new, f) != getattr(old, f)}
             if fields:
-                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))  # type: ignore[arg-type]
+                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))
         return ApplyPlan(
             created=tuple(self.overlay[t] for t in self.created),
             updated=tuple(updates),

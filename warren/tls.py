@@ -99,7 +99,12 @@ def reloading_server_credentials(
         loaded[0] = current
         return fresh
 
-    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
+    # grpc's stubs say the fetcher always returns a configuration; grpc documents None as "unchanged".
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
+    )
 
 
 def _mtime(directory: Path) -> float:

@@ -85,16 +85,14 @@ class AssignmentSet:
             if msg.mesh_changed
             else None
         )
-        network = {
-            "mesh": mesh,
-            "services": tuple(
+        services = (
+            tuple(
                 Endpoint(e.name, e.vip, tuple(e.backends), tuple((p.protocol, p.published, p.target) for p in e.ports))
                 for e in msg.services
             )
             if msg.services_changed
-            else None,
-            "vip_range": msg.vip_range,
-        }
+            else None
+        )
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             self.specs, self.refs = {}, {}
             updated, invalid = self._read(msg)
@@ -107,7 +105,13 @@ class AssignmentSet:
             self.version = msg.version
             self.session_id = msg.session_id
             return AssignmentDelta(
-                complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid, **network
+                complete=True,
+                updated=tuple(tasks.values()),
+                managers=managers,
+                invalid=invalid,
+                mesh=mesh,
+                services=services,
+                vip_range=msg.vip_range,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -126,7 +130,14 @@ class AssignmentSet:
         self._prune()
         self.version = msg.version
         return AssignmentDelta(
-            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, **network
+            complete=False,
+            updated=updated,
+            removed=tuple(msg.removed),
+            managers=managers,
+            invalid=invalid,
+            mesh=mesh,
+            services=services,
+            vip_range=msg.vip_range,
         )
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:

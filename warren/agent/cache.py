@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
@@ -65,7 +66,7 @@ class AgentCache:
     def local_states(self) -> dict[str, LocalState]:
         return self._load(self._local, _local_dec)
 
-    def _load(self, db: object, decoder: msgspec.msgpack.Decoder) -> dict:
+    def _load(self, db: lmdb._Database, decoder: msgspec.msgpack.Decoder[Any]) -> dict[str, Any]:
         found = {}
         with self._env.begin(db=db) as txn:
             for key, value in txn.cursor():

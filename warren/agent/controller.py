@@ -248,7 +248,8 @@ class TaskController:
             return True
         changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({self._exit, changed}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {self._exit, changed}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
         return True

@@ -18,8 +18,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 
@@ -135,7 +136,7 @@ class Session:
         queue: StatusQueue,
         on_managers: Callable[[list[str]], None] = lambda addrs: None,
         logs: LogAgent | None = None,
-        on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
+        on_promotion: Callable[[grpc.aio.Channel], Coroutine[Any, Any, None]] | None = None,
         on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
         on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
         pending_key: Callable[[], NodeKey | None] = lambda: None,
@@ -232,6 +233,7 @@ class Session:
                 raise
             if first is grpc.aio.EOF:
                 raise SessionLost("the manager closed the session before the first message")
+            first = cast(dpb.AssignmentsMessage, first)  # grpc's stubs type read() as object
             self.assignments.reset()
             try:
                 delta = self.assignments.apply(first)
@@ -268,9 +270,9 @@ class Session:
             for job in done:
                 if job.get_name() == "session-stop":
                     return False
-                exc = job.exception()
-                if exc is not None:
-                    raise exc
+                failure = job.exception()
+                if failure is not None:
+                    raise failure
                 if job.get_name() in ("session-read", "session-heartbeat"):
                     return bool(job.result())
             return False
@@ -283,6 +285,7 @@ class Session:
             msg = await call.read()
             if msg is grpc.aio.EOF:
                 raise SessionLost("the manager ended the session")
+            msg = cast(dpb.AssignmentsMessage, msg)  # grpc's stubs type read() as object
             try:
                 delta = self.assignments.apply(msg)
             except VersionGap as exc:
@@ -310,7 +313,7 @@ class Session:
                 log.exception("saving the manager list failed")
 
     async def _heartbeat(
-        self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str, channel: grpc.aio.Channel
+        self, stub: dispatcher_pb2_grpc.DispatcherAsyncStub, session_id: str, channel: grpc.aio.Channel
     ) -> bool:
         """Beat at the period the manager asks for; the first at half the last known period.
         A reply asking for the manager role starts the promotion (in the background). Returns
@@ -381,7 +384,7 @@ class Session:
                 delay = RENEWAL_RETRY
             await asyncio.sleep(delay)
 
-    async def _report(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
+    async def _report(self, stub: dispatcher_pb2_grpc.DispatcherAsyncStub, session_id: str) -> None:
         """Send queued reports in batches, COALESCE seconds after the first one arrives."""
         while True:
             await self.queue.wait()

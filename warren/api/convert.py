@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import enum
+from typing import TypeVar
+
 from warren import model
 from warren.api.v1 import types_pb2 as pb
 from warren.text import shown
@@ -11,7 +14,10 @@ class ConversionError(ValueError):
     """A request field holds a value the model has no name for."""
 
 
-def _enum(enum_type: type, value: str, field: str, default: object) -> object:
+_Enum = TypeVar("_Enum", bound=enum.Enum)
+
+
+def _enum(enum_type: type[_Enum], value: str, field: str, default: _Enum) -> _Enum:
     if not value:
         return default
     try:
@@ -38,7 +44,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
         restart = model.RestartPolicy(
-            condition=_enum(model.RestartCondition, msg.restart.condition, "restart condition", restart.condition),  # type: ignore[arg-type]
+            condition=_enum(model.RestartCondition, msg.restart.condition, "restart condition", restart.condition),
             delay=msg.restart.delay,
             max_attempts=msg.restart.max_attempts,
             window=msg.restart.window,
@@ -61,7 +67,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         command=tuple(msg.command),
         args=tuple(msg.args),
         env=dict(msg.env),
-        mode=_enum(model.ServiceMode, msg.mode, "mode", model.ServiceMode.REPLICATED),  # type: ignore[arg-type]
+        mode=_enum(model.ServiceMode, msg.mode, "mode", model.ServiceMode.REPLICATED),
         replicas=msg.replicas if msg.mode != "global" else 0,
         constraints=tuple(msg.constraints),
         reservations=resources_from_pb(msg.reservations),

@@ -319,9 +319,9 @@ def _apply_common(spec: Any, args: argparse.Namespace) -> None:
 
     if _health_kind_given(args):
         if not spec.HasField("health"):
-            d = model.HealthCheck()
-            spec.health.interval, spec.health.timeout = d.interval, d.timeout
-            spec.health.retries, spec.health.start_period = d.retries, d.start_period
+            health = model.HealthCheck()
+            spec.health.interval, spec.health.timeout = health.interval, health.timeout
+            spec.health.retries, spec.health.start_period = health.retries, health.start_period
         del spec.health.command[:]
         spec.health.target = ""
         if args.health_cmd is not None:

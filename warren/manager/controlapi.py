@@ -91,7 +91,7 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
     try:
         return kind(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in kind)
         raise _invalid(f"{field} must be one of {allowed} (got {shown(value)})") from None
 
 

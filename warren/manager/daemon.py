@@ -24,8 +24,9 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from warren import clientconfig, tls
 from warren.manager import cakey, metrics
@@ -65,7 +66,7 @@ log = logging.getLogger("warren.manager")
 
 # A job the node runs while this manager serves (its embedded agent), given the manager's
 # identity and the event that stops both; it is stopped first, while the API still serves.
-Alongside = Callable[[ManagerIdentity, asyncio.Event], Awaitable[None]]
+Alongside = Callable[[ManagerIdentity, asyncio.Event], Coroutine[Any, Any, None]]
 ALONGSIDE_STOP_TIMEOUT = 15.0
 
 

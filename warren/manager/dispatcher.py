@@ -362,8 +362,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         updated: list = []
         removed: list[str] = []
         for change in changes:
-            if isinstance(change, Put) and change.kind == "task":
-                task: Task = change.obj  # type: ignore[assignment]
+            if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
+                task = change.obj
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
                     updated.append(specs.task(task, spec_list))
@@ -431,7 +431,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 log.warning("could not record the certificate of node %s: %s", node.id, exc)
         return issuer != pki.ca_key_id(cluster.ca_cert_pem)
 
-    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
+    async def UpdateTaskStatus(
+        self, request: dpb.UpdateTaskStatusRequest, context: object
+    ) -> dpb.UpdateTaskStatusResponse:
         self._require_leader()
         node_id = self._node_of(request.session_id)
         if len(request.updates) > validate.MAX_STATUS_BATCH:

@@ -168,8 +168,8 @@ def install(journal: LmdbJournal) -> None:
     def create(_journal_file: str | None = None) -> LmdbJournal:
         return journal
 
-    pysyncobj_syncobj.createJournal = create  # type: ignore[attr-defined]
+    pysyncobj_syncobj.createJournal = create
 
 
 def uninstall() -> None:
-    pysyncobj_syncobj.createJournal = pysyncobj_journal.createJournal  # type: ignore[attr-defined]
+    pysyncobj_syncobj.createJournal = pysyncobj_journal.createJournal

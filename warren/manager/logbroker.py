@@ -254,14 +254,17 @@ class LogStream:
                 placed = [
                     c.obj
                     for c in changes
-                    if isinstance(c, Put) and c.kind == "task" and c.obj.service_id == self.service_id  # type: ignore[union-attr]
+                    if isinstance(c, Put)
+                    and c.kind == "task"
+                    and isinstance(c.obj, Task)
+                    and c.obj.service_id == self.service_id
                 ]
                 if any(isinstance(c, Delete) and c.kind == "service" and c.id == self.service_id for c in changes):
                     self.ended = "the service was removed"
                     return
                 if placed:
                     with store.read() as state:
-                        touched = self.add_tasks(placed, state)  # type: ignore[arg-type]
+                        touched = self.add_tasks(placed, state)
                     self._broker._send_to(self, touched)
 
     def _rescan(self, store: ReadState) -> None:

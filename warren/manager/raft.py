@@ -186,7 +186,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         indexed = [msgspec.structs.replace(r, index=index) for r in results]
         return commands.encode_result(indexed if isinstance(command, commands.Batch) else indexed[0])
 
-    def _persist(self, index: int, command: Command) -> list[Result]:
+    def _persist(self, index: int, command: Command | commands.Batch) -> list[Result]:
         """Apply a committed entry to the store. It can be neither skipped (the state would
         diverge from the log) nor raise (PySyncObj would retry it forever, wedged). With the
         map or the disk full, the failed transaction left the disk and the live state at the
@@ -259,7 +259,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         last, previous, cluster = raft_data
         snapshot = SnapshotFile(
             state=self._store.dump(),
-            entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
+            entries=[tuple(last), tuple(previous)],
             cluster=sorted(node.id for node in cluster),
         )
         # PySyncObj renames `file_name` (its temporary file) over the snapshot; owner-only, as the
@@ -355,6 +355,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
 
             def on_done(result: bytes | None, reason: int) -> None:
                 self.capacity.release(charge)
+                each: list[tuple[bytes | None, int]]
                 if reason == FAIL_REASON.SUCCESS and result:
                     each = [(commands.encode_result(r), reason) for r in commands.decode_results(result)]
                 else:
@@ -399,7 +400,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         future: asyncio.Future = loop.create_future()
 
         def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+            loop.call_soon_threadsafe(_resolve_once, future, reason)
 
         change = self.addNodeToCluster if action == "add" else self.removeNodeFromCluster
         change(raft_addr, callback=on_done)
@@ -417,7 +418,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         future: asyncio.Future = loop.create_future()
 
         def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+            loop.call_soon_threadsafe(_resolve_once, future, reason)
 
         self.transferLeadership(callback=on_done)
         reason = await asyncio.wait_for(future, timeout)
@@ -514,14 +515,20 @@ def _batch_length(queued: list[tuple[Command, int, asyncio.Future]]) -> int:
     return min(len(queued), MAX_BATCH)
 
 
+def _resolve_once(future: asyncio.Future[int], reason: int) -> None:
+    """Give `future` its outcome unless it already has one (a membership or leadership change)."""
+    if not future.done():
+        future.set_result(reason)
+
+
 def _check_log_against_store(log: journal.LmdbJournal, snapshot_path: Path, store: Store) -> None:
     """Repair an interrupted compaction, then refuse to start if the log no longer reaches
     what the store applied: skipping "already applied" indexes would then drop new writes."""
     snapshot_index = 0
     if snapshot_path.exists():
         snapshot = msgspec.msgpack.decode(snapshot_path.read_bytes(), type=SnapshotFile)
-        last, previous = (tuple(e) for e in snapshot.entries)
-        log.align_to_snapshot(previous, last)  # type: ignore[arg-type]
+        last, previous = snapshot.entries
+        log.align_to_snapshot(previous, last)
         snapshot_index = last[1]
     log_end = max(log.last_index(), snapshot_index)
     if store.applied_index > log_end:

@@ -274,7 +274,7 @@ def build_server(
     certs_dir: Path | None = None,
     trusted_roots: Callable[[], frozenset[str]] | None = None,
     trust_bundle: Callable[[], bytes] | None = None,
-) -> tuple[grpc.aio.Server, health.HealthServicer]:
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
     `manager_addrs` lists the managers' API addresses for clients to follow. With `certs_dir`,

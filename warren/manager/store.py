@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 import msgspec
@@ -68,7 +68,9 @@ class Store:
         self._meta = env.open_db(b"state_meta")
         self._dbs = {kind: env.open_db(f"state_{kind}".encode()) for kind in _KIND_TYPES}
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()}
+        self._decoders: dict[Kind, msgspec.msgpack.Decoder[Any]] = {
+            kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()
+        }
         self._lock = threading.Lock()
         self._watchers: list[Watcher] = []
         self.state = ClusterState()

@@ -43,6 +43,7 @@ explicitly. Rules, decided here:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import grp
@@ -58,7 +59,7 @@ import threading
 import time
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
-from typing import IO
+from typing import IO, TypedDict
 
 import msgspec
 
@@ -275,7 +276,7 @@ class ExecRuntime:
                 out.append(self._status(rec))
             return out
 
-    def exec(self, runtime_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    def exec(self, runtime_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
         with self._lock:
             rec = self._get(runtime_id)
             self._refresh(rec)
@@ -303,7 +304,7 @@ class ExecRuntime:
             raise RuntimeFailure(f"no such container: {runtime_id}")
         return rec
 
-    def _spawn(self, rec: _Record, argv: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, rec: _Record, argv: builtins.list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start argv as the container would run it (env, cwd, user, cgroups), in a new session."""
         spec = rec.spec
         env = _env(spec)
@@ -312,7 +313,7 @@ class ExecRuntime:
         user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
         argv, exe, user = _command(argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user)
-        creds: dict[str, object] = {}
+        creds: _Credentials = {}
         if user is not None:
             creds = {"user": user[0], "group": user[1], "extra_groups": []}
         try:
@@ -326,7 +327,7 @@ class ExecRuntime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                **creds,  # type: ignore[arg-type]
+                **creds,
             )
         except FileNotFoundError as exc:
             raise RuntimeFailure(f"executable file not found: {argv[0]}", permanent=True) from exc
@@ -516,6 +517,14 @@ def _check_executable(name: str, env: dict[str, str], cwd: str) -> str:
     raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
 
 
+class _Credentials(TypedDict, total=False):
+    """Popen's arguments to run as another user; none at all to run as the agent's."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
 def _resolve_user(user: str) -> tuple[int | None, int | None]:
     """(uid, gid) for "name", "uid", "name:group" or "uid:gid"; (None, None) for the agent's user."""
     if not user:
@@ -581,7 +590,7 @@ class _Cgroups:
         """SIGKILL every process in the container's cgroups, until they are empty or 2 s pass."""
         deadline = time.monotonic() + 2.0
         while dirs and time.monotonic() < deadline:
-            pids = set()
+            pids: set[int] = set()
             for d in dirs:
                 with contextlib.suppress(OSError, ValueError):
                     pids.update(int(p) for p in Path(d, "cgroup.procs").read_text().split())
