@@ -27,7 +27,7 @@ from tests.fixtures.ports import free_port
 from warren.agent import health
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import HealthCheck, Resources
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 IGNORES_TERM = ("sh", "-c", 'trap "" TERM; sleep 100')
@@ -251,7 +251,7 @@ AGENT = """
 import json, sys, time
 from pathlib import Path
 from warren.agent.runtime import ContainerSpec
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 rt = ExecRuntime(Path(sys.argv[1]))
 pids = {}

@@ -265,7 +265,7 @@ from warren.agent import settings
 from warren.agent.runtime import ContainerSpec
 from warren.model import Resources
 from warren.network import owner, tasknet
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 data, task_id = Path(sys.argv[1]), sys.argv[2]
 settings.save(data, settings.AgentSettings(runtime="exec", wireguard="userspace"))

@@ -30,7 +30,7 @@ from tests.fixtures.tasknet import tasknet
 from warren.agent.runtime import ContainerSpec, ContainerState
 from warren.network import links
 from warren.runtime.containerd.driver import ContainerdRuntime
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 pytestmark = pytest.mark.integration
 

@@ -25,7 +25,7 @@ from warren.model import (
     can_transition,
 )
 from warren.reconciler import ReconcileConfig, is_live, reconcile
-from warren.state import ClusterState
+from warren.state import ClusterState, Put
 
 GB = 1 << 30
 CPU = 1_000_000_000
@@ -102,7 +102,7 @@ class Sim:
     def set_node(self, node_id: str, **fields: object) -> None:
         """Edit a node as an operator or the dispatcher would (labels, availability, status)."""
         old = self.state.nodes[node_id]
-        self.state.apply([commands.Put("node", msgspec.structs.replace(old, **fields))])
+        self.state.apply([Put("node", msgspec.structs.replace(old, **fields))])
 
     def create_service(self, s: ServiceSpec) -> str:
         service_id = f"s{next(self._svc_ids):03d}"

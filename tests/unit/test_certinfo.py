@@ -123,7 +123,7 @@ def test_a_running_agent_imports_no_cryptography(ca: pki.CertificateAuthority, t
     code = (
         "import sys; from pathlib import Path\n"
         "import warren.agent.daemon, warren.agent.session, warren.agent.metrics, warren.node.worker\n"
-        "import warren.runtime.containerd.driver, warren.runtime.exec_driver\n"
+        "import warren.runtime.containerd.driver, warren.runtime.exec\n"
         "from warren import certinfo, tls\n"
         f"c = tls.load_credentials(Path({str(tmp_path / 'certs')!r}))\n"
         "assert not certinfo.renewal_due(c.cert_pem)\n"

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from warren import carotation, commands, validate
 from warren.agent.assignments import AssignmentSet
-from warren.agent.session import report_to_pb
 from warren.agent.status import Report
+from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub

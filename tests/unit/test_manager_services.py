@@ -16,8 +16,8 @@ import pytest
 
 from warren import commands, pki
 from warren.agent.assignments import AssignmentSet
-from warren.agent.session import report_to_pb
 from warren.agent.status import Report
+from warren.api.convert import report_to_pb
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import managers_pb2 as mpb

@@ -80,7 +80,7 @@ class AgentStartupError(Exception):
 def make_runtime(options: AgentOptions) -> Runtime:
     """The runtime driver named by the options, imported lazily (containerd pulls in a lot)."""
     if options.runtime == "exec":
-        from warren.runtime.exec_driver import ExecRuntime
+        from warren.runtime.exec import ExecRuntime
 
         return ExecRuntime(options.data_dir / "exec")
     if options.runtime == "containerd":

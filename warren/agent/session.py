@@ -27,8 +27,9 @@ import grpc
 from warren import certinfo, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
-from warren.agent.status import Report, StatusQueue
+from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
+from warren.api import convert
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -90,20 +91,6 @@ def leader_hint(error: grpc.aio.AioRpcError) -> str | None:
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return None
     return leader_from_details(error.details() or "")
-
-
-def report_to_pb(report: Report) -> dpb.TaskStatus:
-    return dpb.TaskStatus(
-        task_id=report.task_id,
-        state=report.state.label,
-        message=validate.report_text(report.message),
-        error=validate.report_text(report.error),
-        has_exit_code=report.exit_code is not None,
-        exit_code=report.exit_code or 0,
-        runtime_id=report.runtime_id,
-        health=report.health,
-        timestamp=report.timestamp,
-    )
 
 
 class _Redirect(Exception):
@@ -393,7 +380,9 @@ class Session:
             if len(batch) > MAX_BATCH:
                 self.queue.requeue(batch[MAX_BATCH:])
                 batch = batch[:MAX_BATCH]
-            request = dpb.UpdateTaskStatusRequest(session_id=session_id, updates=[report_to_pb(r) for r in batch])
+            request = dpb.UpdateTaskStatusRequest(
+                session_id=session_id, updates=[convert.report_to_pb(r) for r in batch]
+            )
             try:
                 await stub.UpdateTaskStatus(request, timeout=REPORT_TIMEOUT)
             except grpc.aio.AioRpcError as exc:

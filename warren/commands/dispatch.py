@@ -1,0 +1,93 @@
+"""`apply`: the pure effect of one command on the state, dispatched to its handler."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from warren.commands.cluster import (
+    finish_ca_rotation,
+    init_cluster,
+    issue_admin_cert,
+    record_node_certificate,
+    revoke_admin_cert,
+    rotate_token,
+    start_ca_rotation,
+    update_cluster_settings,
+)
+from warren.commands.node_keys import publish_node_key, rotate_node_keys
+from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
+from warren.commands.services import create_service, remove_service, scale_service, update_service
+from warren.commands.tasks import apply_plan, report_task_status
+from warren.commands.types import (
+    OK,
+    ApplyPlan,
+    Changes,
+    Command,
+    CreateService,
+    FinishCARotation,
+    InitCluster,
+    IssueAdminCert,
+    Noop,
+    PromoteNode,
+    PublishNodeKey,
+    RecordNodeCertificate,
+    RegisterNode,
+    RemoveNode,
+    RemoveService,
+    ReportTaskStatus,
+    Result,
+    RevokeAdminCert,
+    RotateJoinToken,
+    RotateNodeKeys,
+    ScaleService,
+    SetNodeStatus,
+    StartCARotation,
+    UpdateClusterSettings,
+    UpdateNode,
+    UpdateService,
+    error,
+)
+from warren.state import ClusterState
+
+
+def apply(state: ClusterState, command: Command) -> tuple[Result, Changes]:
+    """Compute the effect of `command` on `state` without changing it. Never raises."""
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        return error("invalid_argument", f"unknown command {type(command).__name__}"), []
+    try:
+        return handler(state, command)
+    except Exception as exc:  # a bug must not wedge the log: report it as a failed command
+        return error("internal", f"{type(command).__name__} failed: {exc!r}"), []
+
+
+def noop(state: ClusterState, cmd: Noop) -> tuple[Result, Changes]:
+    return OK, []
+
+
+# Each handler takes its own command type; `apply` looks it up by that type.
+_HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
+    InitCluster: init_cluster,
+    IssueAdminCert: issue_admin_cert,
+    RevokeAdminCert: revoke_admin_cert,
+    StartCARotation: start_ca_rotation,
+    RecordNodeCertificate: record_node_certificate,
+    FinishCARotation: finish_ca_rotation,
+    RotateJoinToken: rotate_token,
+    UpdateClusterSettings: update_cluster_settings,
+    RotateNodeKeys: rotate_node_keys,
+    PublishNodeKey: publish_node_key,
+    RegisterNode: register_node,
+    UpdateNode: update_node,
+    PromoteNode: promote_node,
+    SetNodeStatus: set_node_status,
+    RemoveNode: remove_node,
+    CreateService: create_service,
+    UpdateService: update_service,
+    ScaleService: scale_service,
+    RemoveService: remove_service,
+    ApplyPlan: apply_plan,
+    ReportTaskStatus: report_task_status,
+    Noop: noop,
+}

@@ -1,0 +1,75 @@
+"""Overlay address allocation at apply time (ADR 17): node subnets and task addresses."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import msgspec
+
+from warren.commands.types import Result, error
+from warren.model import ClusterInfo, Node, Task
+from warren.network import ipam
+from warren.state import ClusterState
+
+
+def overlay_layout(cluster: ClusterInfo) -> ipam.Layout:
+    """The cluster's overlay address plan; raises ipam.IpamError if it is not a valid one."""
+    return ipam.make_layout(
+        cluster.overlay_range or ipam.DEFAULT_OVERLAY,
+        cluster.node_subnet_prefixlen or ipam.DEFAULT_NODE_PREFIXLEN,
+        cluster.vip_range or ipam.DEFAULT_VIP_RANGE,
+    )
+
+
+def with_overlay_subnet(state: ClusterState, cluster: ClusterInfo, node: Node) -> Node | Result:
+    """`node` with a subnet of the overlay (the lowest free one), or the error why it has none."""
+    if node.overlay_subnet:
+        return node
+    try:
+        layout = overlay_layout(cluster)
+        current = {
+            n.id: ipaddress.IPv4Network(n.overlay_subnet)
+            for n in state.nodes.values()
+            if n.overlay_subnet and n.id != node.id
+        }
+        subnet = ipam.allocate_node_subnet(layout, current, node.id)[node.id]
+    except ipam.ExhaustedError as exc:
+        return error("resource_exhausted", f"cannot add node {node.hostname}: {exc}")
+    except (ipam.IpamError, ValueError) as exc:
+        return error("internal", f"the overlay address plan is unusable: {exc}")
+    return msgspec.structs.replace(node, overlay_subnet=str(subnet))
+
+
+class Addresses:
+    """Task addresses of the nodes a plan places tasks on, allocated from each node's subnet
+    (ADR 17), for nodes on the overlay only. A task gives its address back once it has ended:
+    one this plan only asks to stop keeps running (and using it) until its agent stops it."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self._state = state
+        self._pools: dict[str, ipam.AddressPool] = {}  # one per node: linear in the node's tasks
+        self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
+
+    def assign(self, task: Task, node_id: str) -> Task | None:
+        """`task` with an address on `node_id`; unchanged for a node off the overlay (its tasks
+        use the node's network); None when the node's subnet has no address left (the plan was
+        computed before it filled up: the scheduler never places a task there)."""
+        node = self._state.nodes.get(node_id)
+        if node is None or not node.overlay or not node.overlay_subnet:
+            return task
+        if node_id in self._full:
+            return None
+        try:
+            pool = self._pools.get(node_id)
+            if pool is None:
+                current = {
+                    t.id: ipaddress.IPv4Address(t.overlay_address)
+                    for t in self._state.node_tasks(node_id)
+                    if t.overlay_address and not t.state.terminal and t.id != task.id
+                }
+                pool = self._pools[node_id] = ipam.AddressPool(ipaddress.IPv4Network(node.overlay_subnet), current)
+            address = pool.allocate(task.id)
+        except (ipam.IpamError, ValueError) as exc:
+            self._full[node_id] = f"no overlay address: {exc}"
+            return None
+        return msgspec.structs.replace(task, overlay_address=str(address))

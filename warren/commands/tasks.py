@@ -1,0 +1,137 @@
+"""Handlers of task commands: a scheduling pass's plan and an agent's status reports."""
+
+from __future__ import annotations
+
+import msgspec
+
+from warren.commands.nodes import node_status_change
+from warren.commands.overlay import Addresses
+from warren.commands.types import OK, ApplyPlan, Changes, ReportTaskStatus, Result, TaskUpdate
+from warren.model import Resources, Task, TaskState, can_transition
+from warren.scheduler import fits, reserved_by_node
+from warren.state import ClusterState, Delete, Put
+
+
+def _task_update(task: Task, update: TaskUpdate) -> Task | None:
+    """The task after `update`, or None when the update is stale or changes nothing."""
+    if update.state is not None and update.state != task.state and not can_transition(task.state, update.state):
+        return None
+    if update.desired_state is not None and update.desired_state < task.desired_state:
+        return None
+    fields = {
+        name: value
+        for name in ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
+        if (value := getattr(update, name)) is not None and value != getattr(task, name)
+    }
+    if not fields:
+        return None
+    if fields.get("state") == TaskState.RUNNING:
+        fields["started_at"] = update.at
+    return msgspec.structs.replace(task, updated_at=update.at, **fields)
+
+
+class _Placement:
+    """Re-checks placements of a plan at apply time. A plan is computed from a snapshot; if it
+    commits late (a timed-out proposal applied after the next pass re-planned), its placements
+    must not over-commit a node or fill a slot twice."""
+
+    def __init__(self, state: ClusterState, stopping: set[str]) -> None:
+        self._state = state
+        self._stopping = stopping
+        self._reserved: dict[str, Resources] | None = None
+        self._slots: set[tuple[str, int]] | None = None
+
+    def fits(self, task: Task, node_id: str) -> bool:
+        node = self._state.nodes.get(node_id)
+        if node is None:
+            return False
+        need = task.spec.reservations
+        if need.nano_cpus == 0 and need.memory_bytes == 0:
+            return True
+        if self._reserved is None:
+            self._reserved = reserved_by_node(self._state.tasks.values())
+        used = self._reserved.get(node_id, Resources())
+        if not fits(node, used, need):
+            return False
+        self._reserved[node_id] = used + need
+        return True
+
+    def claim_slot(self, task: Task) -> bool:
+        """Replicated slots hold one live task; tasks this plan stops free theirs."""
+        if task.slot < 1:
+            return True
+        if self._slots is None:
+            self._slots = {
+                (t.service_id, t.slot)
+                for t in self._state.tasks.values()
+                if t.slot >= 1
+                and t.desired_state == TaskState.RUNNING
+                and not t.state.terminal
+                and t.id not in self._stopping
+            }
+        key = (task.service_id, task.slot)
+        if key in self._slots:
+            return False
+        self._slots.add(key)
+        return True
+
+
+def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
+    changes: Changes = []
+    stopping = {
+        u.id
+        for u in cmd.updated
+        if (u.desired_state is not None and u.desired_state > TaskState.RUNNING)
+        or (u.state is not None and u.state.terminal)
+    }
+    placement = _Placement(state, stopping)
+    addresses = Addresses(state)
+    for task in cmd.created:
+        if task.service_id not in state.services or task.id in state.tasks:
+            continue
+        if not placement.claim_slot(task):
+            continue
+        if task.node_id and not placement.fits(task, task.node_id):
+            # Stale placement: keep the task, unplaced, for the next pass to place.
+            task = msgspec.structs.replace(task, node_id="", state=TaskState.PENDING)
+        if task.node_id:
+            placed = addresses.assign(task, task.node_id)
+            if placed is None and task.slot < 1:
+                continue  # a global task: the next pass creates it if the node has room again
+            task = placed or msgspec.structs.replace(
+                task, node_id="", state=TaskState.PENDING, message="pending: no free overlay address on its node"
+            )
+        changes.append(Put("task", task))
+    for update in cmd.updated:
+        current = state.tasks.get(update.id)
+        if current is None:
+            continue
+        # Assigning a node is only valid for a task that holds none yet (the scheduler's view
+        # may be stale if the task was already placed or stopped meanwhile), and only where
+        # the task still fits.
+        moving_to = update.node_id if update.node_id is not None and update.node_id != current.node_id else None
+        if moving_to is not None and (current.node_id or not placement.fits(current, moving_to)):
+            continue
+        new = _task_update(current, update)
+        if new is not None and moving_to is not None:
+            new = addresses.assign(new, moving_to)  # None: stays pending
+        if new is not None:
+            changes.append(Put("task", new))
+    for task_id in cmd.deleted:
+        if task_id in state.tasks:
+            changes.append(Delete("task", task_id))
+    for status in cmd.node_status:
+        changes.extend(node_status_change(state, status))
+    return OK, changes
+
+
+def report_task_status(state: ClusterState, cmd: ReportTaskStatus) -> tuple[Result, Changes]:
+    changes: Changes = []
+    for update in cmd.updates:
+        task = state.tasks.get(update.id)
+        if task is None or task.node_id != cmd.node_id or update.node_id not in (None, cmd.node_id):
+            continue
+        new = _task_update(task, update)
+        if new is not None:
+            changes.append(Put("task", new))
+    return OK, changes

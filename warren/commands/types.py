@@ -1,0 +1,264 @@
+"""The replicated state machine's commands and the result of applying one (see the package)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from warren.model import (
+    AdminCert,
+    Availability,
+    ClusterInfo,
+    Node,
+    NodeRole,
+    NodeStatus,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+from warren.state import Change
+
+# How long a removed node's id stays revoked. It must outlive every certificate that can name
+# the node: Warren issues node certificates for at most 365 days (the first manager's) with
+# notBefore backdated 5 minutes, and never issues one for a revoked id (ADR 13).
+REVOCATION_RETENTION = 400 * 24 * 3600.0
+
+
+class Result(msgspec.Struct, frozen=True):
+    """Outcome of one command. code is a gRPC-style name ("not_found", "already_exists",
+    "failed_precondition", "invalid_argument") when ok is False."""
+
+    ok: bool = True
+    code: str = ""
+    message: str = ""
+    id: str = ""
+    index: int = 0  # the Raft index it was applied at; set by the Raft adapter, not by apply
+
+
+OK = Result()
+
+
+def error(code: str, message: str) -> Result:
+    return Result(ok=False, code=code, message=message)
+
+
+class InitCluster(msgspec.Struct, frozen=True, tag="cluster.init"):
+    cluster: ClusterInfo
+    manager: Node
+    admin: AdminCert | None = None  # the admin certificate `cluster init` wrote (ADR 24)
+
+
+class IssueAdminCert(msgspec.Struct, frozen=True, tag="admin.issue"):
+    """Record an admin certificate just signed (ADR 24): a new one, or the renewal of `cert.id`."""
+
+    cert: AdminCert
+
+
+class RevokeAdminCert(msgspec.Struct, frozen=True, tag="admin.revoke"):
+    """Refuse the admin certificate `id` from now on, on every manager (ADR 24)."""
+
+    id: str
+    at: float
+
+
+class StartCARotation(msgspec.Struct, frozen=True, tag="ca.rotate"):
+    """A new root signs from now on; the current one stays trusted until every node holds a
+    certificate from the new one (ADR 24). The key is as the adapter stores it."""
+
+    ca_cert_pem: str
+    ca_key_pem: str
+    at: float
+
+
+class RecordNodeCertificate(msgspec.Struct, frozen=True, tag="node.certificate"):
+    """Which CA issued the certificate a node's agent calls with (or its manager serves)."""
+
+    node_id: str
+    ca: str
+    manager: bool = False
+
+
+class FinishCARotation(msgspec.Struct, frozen=True, tag="ca.rotate_done"):
+    """Stop trusting the previous root: refused while a node still depends on it, and refused
+    unless it names the rotation under way, so that a late or repeated finish of an earlier
+    rotation cannot end the next one while nodes still hold certificates from its old root."""
+
+    ca: str  # the key id of the current root, which the adapter computed
+    # The ca_rotation_started_at of the rotation this finishes, read with `ca`. 0 in commands
+    # encoded before it existed, which are applied as they were then (unchecked).
+    started_at: float = 0.0
+
+
+class RotateJoinToken(msgspec.Struct, frozen=True, tag="cluster.rotate_token"):
+    role: str
+    secret: str
+
+
+class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
+    """Cluster-wide settings an operator may change after init; None keeps a value."""
+
+    wg_key_rotation_period: float | None = None
+
+
+class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):
+    """Adds a node, or refreshes what a known node reports about itself (resources, address,
+    platform); operator-set availability and labels are kept."""
+
+    node: Node
+
+
+class UpdateNode(msgspec.Struct, frozen=True, tag="node.update"):
+    node_id: str
+    at: float
+    availability: Availability | None = None
+    labels_add: dict[str, str] = {}
+    labels_rm: tuple[str, ...] = ()
+    role: NodeRole | None = None  # the Raft membership change is the adapter's (ADR 15)
+    desired_role: NodeRole | None = None  # promotion requested (ADR 15)
+
+
+class PromoteNode(msgspec.Struct, frozen=True, tag="node.promote"):
+    """A promoted worker's manager joined Raft: it is a manager now, at these addresses."""
+
+    node_id: str
+    addr: str
+    raft_addr: str
+    join_addr: str
+    at: float
+
+
+class RotateNodeKeys(msgspec.Struct, frozen=True, tag="node.rotate_key"):
+    """Ask these nodes for a new WireGuard key pair (ADR 18): their wanted key epoch goes one
+    above the published one. A node whose rotation is already under way is left as it is."""
+
+    node_ids: tuple[str, ...]
+
+
+class PublishNodeKey(msgspec.Struct, frozen=True, tag="node.publish_key"):
+    """A node's agent made the key pair of a rotation: its public key becomes the node's, and
+    every node's mesh switches to it (ADR 18)."""
+
+    node_id: str
+    public_key: str
+    epoch: int
+    at: float
+
+
+class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
+    node_id: str
+    status: NodeStatus
+    message: str
+    at: float
+
+
+class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
+    """Removes a node and revokes its id, so its certificate is refused from then on; its live
+    tasks become orphaned so the reconciler replaces them."""
+
+    node_id: str
+    at: float
+
+
+class CreateService(msgspec.Struct, frozen=True, tag="service.create"):
+    service: Service
+
+
+class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
+    """Replaces the spec. expected_version guards against lost updates (0 = don't check)."""
+
+    service_id: str
+    spec: ServiceSpec
+    at: float
+    expected_version: int = 0
+
+
+class ScaleService(msgspec.Struct, frozen=True, tag="service.scale"):
+    service_id: str
+    replicas: int
+    at: float
+
+
+class RemoveService(msgspec.Struct, frozen=True, tag="service.remove"):
+    """Deletes the service. Tasks no node holds yet are deleted; the others are asked to shut
+    down and are deleted by the reconciler once they stop."""
+
+    service_id: str
+    at: float
+
+
+class TaskUpdate(msgspec.Struct, frozen=True):
+    """A partial update of one task. Fields left as None are unchanged. A state change that
+    would move the task backwards makes the whole update stale, so it is skipped."""
+
+    id: str
+    at: float
+    state: TaskState | None = None
+    desired_state: TaskState | None = None
+    node_id: str | None = None
+    message: str | None = None
+    error: str | None = None
+    exit_code: int | None = None
+    runtime_id: str | None = None
+    health: str | None = None
+
+
+class ApplyPlan(msgspec.Struct, frozen=True, tag="plan.apply"):
+    """One scheduling/reconciliation pass, committed as a single entry."""
+
+    created: tuple[Task, ...] = ()
+    updated: tuple[TaskUpdate, ...] = ()
+    deleted: tuple[str, ...] = ()
+    node_status: tuple[SetNodeStatus, ...] = ()
+
+
+class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
+    """Status reported by the agent of `node_id`; it may only touch its own tasks."""
+
+    node_id: str
+    updates: tuple[TaskUpdate, ...]
+
+
+class Noop(msgspec.Struct, frozen=True, tag="noop"):
+    """Written to confirm leadership (a linearizable read barrier)."""
+
+
+Command = (
+    InitCluster
+    | IssueAdminCert
+    | RevokeAdminCert
+    | StartCARotation
+    | RecordNodeCertificate
+    | FinishCARotation
+    | RotateJoinToken
+    | UpdateClusterSettings
+    | RegisterNode
+    | UpdateNode
+    | PromoteNode
+    | RotateNodeKeys
+    | PublishNodeKey
+    | SetNodeStatus
+    | RemoveNode
+    | CreateService
+    | UpdateService
+    | ScaleService
+    | RemoveService
+    | ApplyPlan
+    | ReportTaskStatus
+    | Noop
+)
+
+
+class Batch(msgspec.Struct, frozen=True, tag="batch"):
+    """Commands proposed together as one Raft entry (group commit). They are applied in order,
+    each seeing the effects of those before it, and each has its own result."""
+
+    commands: tuple[Command, ...]
+
+
+class Envelope(msgspec.Struct, frozen=True, array_like=True):
+    version: int
+    command: Command | Batch
+
+
+# The changes a command makes to the state, in order.
+Changes = list[Change]
