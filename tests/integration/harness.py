@@ -23,6 +23,7 @@ import lmdb
 import msgspec
 
 from tests.fixtures.ports import free_port
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import control_pb2_grpc
 from warren.manager import cakey
@@ -276,17 +277,6 @@ class Joiner:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
 def raft_peer_links(manager: Manager) -> dict[str, int]:

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, free_port, wait_for
+from tests.integration.harness import Manager, free_port
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.daemon import AgentOptions, serve

@@ -18,7 +18,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Joiner, Manager, join_managers, wait_for
+from tests.integration.harness import Joiner, Manager, join_managers
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc

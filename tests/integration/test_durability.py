@@ -7,7 +7,8 @@ import threading
 
 import grpc
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
+from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 

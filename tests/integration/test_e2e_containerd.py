@@ -31,7 +31,8 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import INDEX_HTML, BusyboxImage
 from tests.fixtures.registry import LocalRegistry
-from tests.integration.harness import Joiner, Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port
+from tests.waiting import wait_for
 from warren.agent.runtime import SERVICE_LABEL
 from warren.runtime.containerd import api
 from warren.runtime.containerd.client import Client

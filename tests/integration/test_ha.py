@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port_run
-from tests.integration.harness import Joiner, Manager, join_managers, manager_trio, wait_for
+from tests.integration.harness import Joiner, Manager, join_managers, manager_trio
+from tests.waiting import wait_for
 from warren.cli.errors import Exit
 
 

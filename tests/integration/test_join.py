@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Joiner, Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.agent import join as joining
 from warren.api.v1 import dispatcher_pb2 as dpb

@@ -28,7 +28,8 @@ import pytest
 
 from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
-from tests.integration.harness import REPO, wait_for
+from tests.integration.harness import REPO
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,

@@ -19,7 +19,8 @@ import pytest
 
 from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab
-from tests.integration.harness import REPO, wait_for
+from tests.integration.harness import REPO
+from tests.waiting import wait_for
 from warren.network import keys
 from warren.network.wireguard import UserspaceDevice
 

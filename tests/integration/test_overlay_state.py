@@ -8,7 +8,8 @@ import ipaddress
 import json
 from pathlib import Path
 
-from tests.integration.harness import Joiner, Manager, wait_for
+from tests.integration.harness import Joiner, Manager
+from tests.waiting import wait_for
 from warren.network import keys
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.integration.harness import free_port, wait_for
+from tests.integration.harness import free_port
+from tests.waiting import wait_for
 from warren import commands
 from warren.manager import journal
 from warren.manager.raft import RaftNode, RaftStartError, SnapshotFile

@@ -12,7 +12,8 @@ import lmdb
 import pytest
 
 from tests.fixtures.tmpfs import fill, tmpfs
-from tests.integration.harness import free_port, wait_for
+from tests.integration.harness import free_port
+from tests.waiting import wait_for
 from warren import commands
 from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.store import Store, open_environment

@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_wait_for as until
 from warren.agent.cache import LocalState
 from warren.agent.controller import TaskController, exit_outcome, next_attempt
 from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerState, ContainerStatus, RuntimeFailure

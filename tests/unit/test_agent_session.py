@@ -10,7 +10,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_wait_for as until
 from warren import pki, tls
 from warren.agent.cache import AgentCache
 from warren.agent.session import ManagerList, NodeRemoved, Session

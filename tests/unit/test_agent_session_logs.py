@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.unit.test_agent_session import ScriptedDispatcher, description, serve
+from tests.waiting import async_wait_for as until
 from warren import pki, tls
 from warren.agent.cache import AgentCache
 from warren.agent.logs import LogAgent

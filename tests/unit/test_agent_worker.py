@@ -10,7 +10,8 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_wait_for as until
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache, LocalState
 from warren.agent.controller import container_spec
