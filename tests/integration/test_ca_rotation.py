@@ -24,6 +24,8 @@ from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 
+pytestmark = pytest.mark.integration
+
 MAX_WRITE_GAP = 3.0  # seconds: a blip (a reconnect), not an outage, on a loaded 2-core machine
 
 

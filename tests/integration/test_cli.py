@@ -14,6 +14,8 @@ import pytest
 from tests.integration.harness import Manager, free_port
 from tests.waiting import wait_for
 
+pytestmark = pytest.mark.integration
+
 
 def _ps(manager: Manager, service: str, *extra: str) -> list[dict]:
     return manager.cli_json("service", "ps", service, *extra)  # type: ignore[return-value]

@@ -29,6 +29,8 @@ from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, Runt
 from warren.model import HealthCheck, Resources
 from warren.runtime.exec_driver import ExecRuntime
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 IGNORES_TERM = ("sh", "-c", 'trap "" TERM; sleep 100')
 

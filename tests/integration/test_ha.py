@@ -17,6 +17,8 @@ from tests.integration.harness import Joiner, Manager, join_managers, manager_tr
 from tests.waiting import wait_for
 from warren.cli.errors import Exit
 
+pytestmark = pytest.mark.integration
+
 
 def _info(manager: Manager, via: Manager | None = None) -> dict:
     result = manager.cli("--manager", (via or manager).addr, "cluster", "info", "--format", "json")

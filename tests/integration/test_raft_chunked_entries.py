@@ -22,6 +22,8 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.manager.raft_transport import HardenedTransport
 
+pytestmark = pytest.mark.integration
+
 CHUNK = 2**16  # PySyncObj's appendEntriesBatchSizeBytes
 # Every payload size in a window around two chunk boundaries: whatever PySyncObj's few bytes
 # of framing around the payload are, some of these put a boundary between data and entry.

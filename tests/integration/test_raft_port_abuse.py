@@ -24,6 +24,8 @@ from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 
+pytestmark = pytest.mark.integration
+
 SECONDS = float(os.environ.get("RAFT_ABUSE_SECONDS", "6"))
 INTENSITY = int(os.environ.get("RAFT_ABUSE_INTENSITY", "1"))
 # The manager flooded until it runs out of descriptors: it needs about 25 of its own (gRPC, LMDB,

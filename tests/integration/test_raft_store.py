@@ -17,6 +17,8 @@ from warren.manager.raft import RaftNode, RaftStartError, SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 
+pytestmark = pytest.mark.integration
+
 
 class Member:
     def __init__(self, data: Path, port: int) -> None:

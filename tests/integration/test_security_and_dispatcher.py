@@ -17,6 +17,8 @@ from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 
+pytestmark = pytest.mark.integration
+
 
 def _issue(manager: Manager, directory: Path, node_id: str, role: str) -> Path:
     """Credentials signed by the cluster's own CA, as the join flow will issue them."""

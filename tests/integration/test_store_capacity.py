@@ -19,6 +19,8 @@ from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as pb
 from warren.api.v1 import types_pb2 as tpb
 
+pytestmark = pytest.mark.integration
+
 MAP_ARGS = ["--state-map-size", "32M"]
 FAT_KIB = 240
 

@@ -19,6 +19,8 @@ from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 
+pytestmark = pytest.mark.integration
+
 MAP_SIZE = 32 << 20
 
 
