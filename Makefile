@@ -33,8 +33,10 @@ proto: $(STAMP)
 test: install deps
 	$(PYTHON) -m pytest -q --durations=25
 
+# Every test that starts processes, containerd or namespaces is marked `integration`
+# (tests/unit/test_markers.py checks it): the rest run in-process, in seconds.
 test-unit: install
-	$(PYTHON) -m pytest -q tests/unit
+	$(PYTHON) -m pytest -q -m "not integration"
 
 test-integration: install deps
 	$(PYTHON) -m pytest -q tests/integration

@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.waiting import async_wait_for
 from warren import certinfo, pki, tls
 from warren.agent import daemon
 from warren.agent.session import ManagerList, Session
@@ -183,13 +185,23 @@ def test_the_session_renews_only_when_due(
     monkeypatch.setattr(join, "renew_if_due", renew)
     s = Session(tmp_path / "certs", ManagerList(), lambda: None, None, StatusQueue(), renewal_check=0.01)  # type: ignore[arg-type]
 
-    async def run_for(seconds: float) -> None:
-        job = asyncio.ensure_future(s._renew(_Channel()))  # type: ignore[arg-type]
-        await asyncio.sleep(seconds)
-        job.cancel()
+    checks: list[bool] = []
+    real_due = certinfo.renewal_due
 
-    asyncio.run(run_for(0.1))
-    assert calls == []
+    def counted_due(pem: bytes) -> bool:
+        checks.append(real_due(pem))
+        return checks[-1]
+
+    async def run_until(predicate: Callable[[], object], message: str) -> None:
+        job = asyncio.ensure_future(s._renew(_Channel()))  # type: ignore[arg-type]
+        try:
+            await async_wait_for(predicate, message=message)
+        finally:
+            job.cancel()
+
+    monkeypatch.setattr(certinfo, "renewal_due", counted_due)
+    asyncio.run(run_until(lambda: len(checks) >= 3, "three renewal checks"))
+    assert calls == [] and not any(checks)
     monkeypatch.setattr(certinfo, "renewal_due", lambda pem: True)
-    asyncio.run(run_for(0.1))
-    assert calls and set(calls) == {tmp_path}
+    asyncio.run(run_until(lambda: calls, "a renewal"))
+    assert set(calls) == {tmp_path}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port
+from warren import pki
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, progress, service, service_spec
 from warren.cli.errors import CliError, Exit
@@ -346,7 +347,6 @@ def test_worker_start_without_an_identity_exits_6(tmp_path: Path) -> None:
 
 
 def test_unreachable_manager_exits_5(tmp_path: Path) -> None:
-    pki = pytest.importorskip("warren.pki")
     ca = pki.CertificateAuthority.create("test-cluster")
     cert, key = ca.issue_keypair("admin", "admin")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)

@@ -14,7 +14,7 @@ import lmdb
 import pytest
 
 from tests.fixtures.ports import free_port
-from tests.integration.harness import wait_for
+from tests.waiting import wait_for
 from warren.manager import daemon as manager_daemon
 
 

@@ -9,6 +9,7 @@ import asyncio
 import grpc
 import pytest
 
+from tests.waiting import async_holds, async_wait_for
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager import logbroker
@@ -83,8 +84,7 @@ def test_history_fans_out_by_node_and_ends_when_every_node_is_done() -> None:
         reader = asyncio.create_task(_drain(stream))
         assert not await broker.publish("n1", _publish(sub1.id, _msg("t1", b"hello", slot=99, node_id="n2")))
         assert not await broker.publish("n2", _publish(sub1.id, _msg("t2", b"world"), done=True))
-        await asyncio.sleep(0.3)
-        assert not reader.done()  # n1 has not said done
+        await async_holds(lambda: not reader.done(), 0.3, message="the stream open: n1 has not said done")
         await broker.publish("n1", _publish(sub1.id, done=True))
         got = await reader
         # The manager's own records, not the agent's claims, say which service, slot and node.
@@ -172,13 +172,13 @@ def test_follow_sends_new_tasks_and_ends_when_the_service_is_removed() -> None:
         stream = broker.open("svc", follow=True, tail=0, since=0.0)
         reader = asyncio.create_task(_drain(stream))
         await broker.publish("n1", _publish(stream.id))  # n1 answers; n2 does not
-        await asyncio.sleep(0.4)
+        await async_wait_for(lambda: stream.nodes["n2"].noted, message="n2 given up on")
         [first] = _pending(n1)
         assert first.tail == 0 and not _pending(n3)
         new = _task("t9", "n3", 4)
         store.state.apply([Put("task", new)])
         hub.publish(5, [Put("task", new)])
-        await asyncio.sleep(0.1)
+        await async_wait_for(lambda: not n3.queue.empty(), message="a subscription for n3")
         [sub] = _pending(n3)
         # A node that joins the follow later gets all the lines of its new task, not the tail.
         assert (sub.id, list(sub.task_ids), sub.follow, sub.tail) == (stream.id, ["t9"], True, -1)
@@ -203,7 +203,7 @@ def test_lost_leadership_ends_the_stream_unavailable() -> None:
         broker = LogBroker(_cluster(), is_leader=lambda: leading[0])
         stream = broker.open("svc", follow=True, tail=-1, since=0.0)
         reader = asyncio.create_task(_drain(stream))
-        await asyncio.sleep(0.1)
+        await async_holds(lambda: not reader.done(), 0.1, message="the stream open while leading")
         leading[0] = False
         with pytest.raises(ApiError) as err:
             await reader
@@ -305,7 +305,7 @@ def test_service_logs_closes_the_subscription_when_the_caller_leaves() -> None:
         context = FakeContext()
         calls = control.ServiceLogs(cpb.ServiceLogsRequest(service="web", follow=True, tail=-1), context)  # type: ignore[arg-type]
         first = asyncio.ensure_future(calls.__anext__())
-        await asyncio.sleep(0.05)
+        await async_wait_for(lambda: not n1.queue.empty(), message="a subscription for n1")
         [sub] = _pending(n1)
         await broker.publish("n1", _publish(sub.id, _msg("t1", b"hi")))
         assert [m.data for m in (await first).messages] == [b"hi"]
