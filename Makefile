@@ -7,6 +7,9 @@ PROTOS := $(wildcard proto/warren/api/v1/*.proto)
 CONTAINERD_PROTOS := $(shell find proto/containerd -name '*.proto' | sort)
 CONTAINERD_GEN := warren/runtime/containerd/_gen
 STAMP := .install.stamp
+# mypy-protobuf's protoc plugins (a dev dependency), found beside this Python even if PATH lacks them.
+PY_SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+MYPY_PLUGINS = --plugin=protoc-gen-mypy=$(PY_SCRIPTS)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(PY_SCRIPTS)/protoc-gen-mypy_grpc
 
 .PHONY: install deps proto test test-unit test-integration lint bench chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
 
@@ -20,17 +23,20 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 proto: $(STAMP)
-	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+		$(MYPY_PLUGINS) --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTOS)
 	mkdir -p $(CONTAINERD_GEN)
 	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=$(CONTAINERD_GEN) --grpc_python_out=$(CONTAINERD_GEN) \
-		--pyi_out=$(CONTAINERD_GEN) $(CONTAINERD_PROTOS)
+		$(MYPY_PLUGINS) --mypy_out=quiet:$(CONTAINERD_GEN) --mypy_grpc_out=quiet:$(CONTAINERD_GEN) $(CONTAINERD_PROTOS)
 	find $(CONTAINERD_GEN)/containerd -type d -exec touch {}/__init__.py \;
 
 test: install deps
 	$(PYTHON) -m pytest -q --durations=25
 
+# Every test that starts processes, containerd or namespaces is marked `integration`
+# (tests/unit/test_markers.py checks it): the rest run in-process, in seconds.
 test-unit: install
-	$(PYTHON) -m pytest -q tests/unit
+	$(PYTHON) -m pytest -q -m "not integration"
 
 test-integration: install deps
 	$(PYTHON) -m pytest -q tests/integration
@@ -39,6 +45,7 @@ lint: install
 	$(PYTHON) -m ruff check warren tests bench cmd chaos
 	lint-imports
 	$(PYTHON) -m ruff format --check warren tests bench cmd chaos
+	$(PYTHON) -m mypy
 
 bench: install deps
 	$(PYTHON) -m bench.run
@@ -76,4 +83,4 @@ demo-stop:
 	$(PYTHON) cmd/demo.py stop
 
 clean:
-	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2.pyi $(CONTAINERD_GEN)
+	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2*.pyi $(CONTAINERD_GEN)

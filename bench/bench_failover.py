@@ -63,7 +63,8 @@ def _all_caught_up(first) -> bool:
 def run() -> dict[str, object]:
     import grpc
 
-    from tests.integration.harness import Manager, join_managers, wait_for
+    from tests.integration.harness import Manager, join_managers
+    from tests.waiting import wait_for
     from warren import tls
 
     root = Path(tempfile.mkdtemp(prefix="warren-bench-failover-"))

@@ -31,7 +31,8 @@ ECHO_PORT = 7007
 def run() -> dict[str, object]:
     from tests.fixtures.overlay_cluster import OverlayCluster
     from tests.fixtures.overlay_lab import OverlayLab
-    from tests.integration.harness import REPO, wait_for
+    from tests.integration.harness import REPO
+    from tests.waiting import wait_for
 
     for tool in ("wireguard-go", "nft", "ip", "nsenter"):
         if shutil.which(tool) is None:

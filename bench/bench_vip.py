@@ -28,7 +28,7 @@ GOAL_S = 1.0  # the issue: VIP backends follow task changes "within a second"
 def run() -> dict[str, object]:
     from tests.fixtures.overlay_cluster import OverlayCluster
     from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
-    from tests.integration.harness import wait_for
+    from tests.waiting import wait_for
 
     for tool in ("wireguard-go", "nft", "ip", "nsenter", "busybox"):
         if shutil.which(tool) is None:

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "failover": "bench.bench_failover",
     "overlay": "bench.bench_overlay",
     "rotation": "bench.bench_rotation",
+    "deploy": "bench.bench_deploy",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -11,11 +11,11 @@ on every command, before any heavy import.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from warren import datadir
 
 ENV_CONFIG = "WARREN_CONFIG"
 
@@ -99,32 +99,15 @@ def save_context(ctx: Context, make_current: bool = True, path: Path | None = No
     if make_current or not data.get("current"):
         data["current"] = ctx.name
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    datadir.write_json(path, data)
     return path
 
 
 def _read(path: Path) -> dict:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a Warren client config (expected a JSON object)")
-    return data
+        return datadir.read_json(path)
+    except datadir.DataFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _resolve(config: Path, value: str) -> Path:

@@ -82,7 +82,8 @@ def parse_constraint(text: str) -> Constraint:
     if has_control(text):  # strip() below would hide a newline or tab around the field
         raise ConstraintError(f"invalid constraint {shown(text)}: it contains control characters")
     stripped = text.strip(" ")
-    found = [(i, op) for op in ("==", "!=") for i in _find_all(stripped, op)]
+    operators: tuple[Op, ...] = ("==", "!=")
+    found = [(i, op) for op in operators for i in _find_all(stripped, op)]
     if len(found) != 1:
         problem = "no operator" if not found else "more than one operator"
         raise ConstraintError(f"invalid constraint {shown(text)}: {problem}; {_SYNTAX}")
@@ -99,7 +100,7 @@ def parse_constraint(text: str) -> Constraint:
         value = value.lower()
         if value not in _ROLES:
             raise ConstraintError(f"invalid constraint {shown(text)}: node.role must be manager or worker")
-    return Constraint(field, op, value)  # type: ignore[arg-type]
+    return Constraint(field, op, value)
 
 
 def parse_constraints(texts: Iterable[str]) -> tuple[Constraint, ...]:

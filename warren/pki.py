@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Defined without cryptography, so that a running agent can catch it without loading cryptography.
@@ -196,8 +197,7 @@ class CertificateAuthority:
             raise PkiError(f"certificate signing request is unusable: {exc}") from exc
         if not valid_sig:
             raise PkiError("certificate signing request signature is invalid")
-        _check_public_key(public_key)
-        return self._sign(public_key, node_id, role, validity_days)
+        return self._sign(_check_public_key(public_key), node_id, role, validity_days)
 
     def issue_keypair(self, node_id: str, role: str, validity_days: float = 90) -> tuple[bytes, bytes]:
         """A fresh key and its cert, for certs the manager mints itself (its own, the admin's)."""
@@ -454,13 +454,11 @@ def _load_private_key(key_pem: bytes) -> ec.EllipticCurvePrivateKey | rsa.RSAPri
     return key
 
 
-def _public_der(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined]
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+def _public_der(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _check_public_key(public_key: object) -> None:
+def _check_public_key(public_key: object) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
     """Only keys every TLS stack here handles: ECDSA P-256/P-384, RSA >= 2048."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if not isinstance(public_key.curve, ec.SECP256R1 | ec.SECP384R1):
@@ -470,6 +468,7 @@ def _check_public_key(public_key: object) -> None:
             raise PkiError("RSA keys must be at least 2048 bits")
     else:
         raise PkiError(f"unsupported public key type {type(public_key).__name__}; use ECDSA or RSA")
+    return public_key
 
 
 def _check_node_id(node_id: str) -> None:

@@ -30,7 +30,6 @@ from warren.model import (
     Node,
     NodeStatus,
     Resources,
-    RestartCondition,
     Service,
     ServiceMode,
     Task,
@@ -39,6 +38,7 @@ from warren.model import (
     can_transition,
     is_ready,
 )
+from warren.restart import next_attempt
 from warren.scheduler import address_capacity, fits, live_by_node, node_is_schedulable, reserved_by_node, schedule
 from warren.state import ClusterState
 
@@ -107,17 +107,11 @@ def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
         # (as Nomad reschedules lost allocations at once, whatever the restart policy).
         return dead.attempt
     policy = dead.spec.restart
-    if policy.condition == RestartCondition.NONE:
+    ran_for = dead.updated_at - dead.started_at if dead.started_at > 0 else 0.0
+    attempt = next_attempt(policy, dead.state, dead.attempt, ran_for)
+    if attempt is None or now < dead.updated_at + policy.delay:
         return None
-    if policy.condition == RestartCondition.ON_FAILURE and dead.state == TaskState.COMPLETE:
-        return None
-    ran_long = policy.window > 0 and dead.started_at > 0 and dead.updated_at - dead.started_at >= policy.window
-    attempt = 0 if ran_long else dead.attempt
-    if policy.max_attempts and attempt >= policy.max_attempts:
-        return None
-    if now < dead.updated_at + policy.delay:
-        return None
-    return attempt + 1
+    return attempt
 
 
 def _newest_first(task: Task) -> tuple[float, int, str]:
@@ -176,10 +170,10 @@ class _Pass:
         FSM would reject (state backwards, desired state lowered)."""
         changes = {k: v for k, v in fields.items() if getattr(task, k) != v}
         new_state = changes.get("state")
-        if new_state is not None and not can_transition(task.state, new_state):  # type: ignore[arg-type]
+        if isinstance(new_state, TaskState) and not can_transition(task.state, new_state):
             del changes["state"]
         desired = changes.get("desired_state")
-        if desired is not None and desired < task.desired_state:  # type: ignore[operator]
+        if isinstance(desired, TaskState) and desired < task.desired_state:
             del changes["desired_state"]
         if not changes:
             return task
@@ -350,11 +344,11 @@ class _Pass:
 
         self._rolling_update_replicated(service, live, standby, tasks)
         self._fill_slots(service, live, by_slot, replicas)
-        for slot, older in standby.items():  # the new task may have been replaced in this pass
+        for slot, serving in standby.items():  # the new task may have been replaced in this pass
             if slot in live:
-                self.standby_for[live[slot].id] = older
-        for t in live.values():
-            t = self.task(t.id)
+                self.standby_for[live[slot].id] = serving
+        for kept in live.values():
+            t = self.task(kept.id)
             if t.state < ASSIGNED and not t.node_id and t.id in self.state.tasks:
                 self.to_place.append(t.id)
         for task_id in self.created[first_created:]:
@@ -585,7 +579,7 @@ class _Pass:
             new = self.overlay[task_id]
             fields = {f: getattr(new, f) for f in _PLAN_FIELDS if getattr(new, f) != getattr(old, f)}
             if fields:
-                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))  # type: ignore[arg-type]
+                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))
         return ApplyPlan(
             created=tuple(self.overlay[t] for t in self.created),
             updated=tuple(updates),

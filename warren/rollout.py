@@ -117,8 +117,8 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
     if status is None or status.to_version != service.version or not status.state.active:
         # Paused, or done: a paused rollout starts nothing. Outdated tasks left after a rollout
         # ended (a node that came back) are replaced at the configured pace, without a status.
-        paused = (RolloutState.PAUSED, RolloutState.ROLLBACK_PAUSED)
-        if status is not None and status.to_version == service.version and status.state in paused:
+        halted = (RolloutState.PAUSED, RolloutState.ROLLBACK_PAUSED)
+        if status is not None and status.to_version == service.version and status.state in halted:
             return Step(0)
         lanes = config.parallelism or outdated
         busy = progress(new_tasks, config, now).busy

@@ -33,7 +33,7 @@ CLUSTER_KEY = "cluster"
 
 
 def object_key(kind: Kind, obj: StoredObject) -> str:
-    return CLUSTER_KEY if kind == "cluster" else obj.id  # type: ignore[union-attr]
+    return CLUSTER_KEY if kind == "cluster" else obj.id
 
 
 class ClusterState:

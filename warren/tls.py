@@ -7,14 +7,14 @@ manager can move without a new certificate.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
+
+from warren import datadir
 
 if TYPE_CHECKING:
     from warren.pki import Identity
@@ -99,7 +99,12 @@ def reloading_server_credentials(
         loaded[0] = current
         return fresh
 
-    return grpc.dynamic_ssl_server_credentials(configuration(), fetch, require_client_authentication=True)
+    # grpc's stubs say the fetcher always returns a configuration; grpc documents None as "unchanged".
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
+    )
 
 
 def _mtime(directory: Path) -> float:
@@ -195,24 +200,22 @@ class MissingCredentialsError(FileNotFoundError):
 
 
 def save_credentials(directory: str | os.PathLike[str], ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
-    """Write ca.pem, cert.pem and key.pem (0600) atomically, each via a temp file and rename.
+    """Write ca.pem, cert.pem and key.pem (0600) atomically and durably (datadir.write_atomic).
     The key goes first so that a crash never leaves a new cert next to an old key unnoticed:
     load_credentials refuses a mismatched pair."""
     path = Path(directory)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_atomic(path / KEY_FILE, key_pem, 0o600)
-    _write_atomic(path / CERT_FILE, cert_pem, 0o644)
-    _write_atomic(path / CA_FILE, ca_pem, 0o644)
-    _fsync_dir(path)
+    replace_credential_files(path / CA_FILE, path / CERT_FILE, path / KEY_FILE, ca_pem, cert_pem, key_pem)
 
 
 def replace_credential_files(
     ca_path: Path, cert_path: Path, key_path: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes
 ) -> None:
-    """Like save_credentials for files anywhere (a CLI context's), key first, each atomically."""
-    _write_atomic(Path(key_path), key_pem, 0o600)
-    _write_atomic(Path(cert_path), cert_pem, 0o644)
-    _write_atomic(Path(ca_path), ca_pem, 0o644)
+    """Like save_credentials for files anywhere (a CLI context's), key first, each atomically
+    and durably."""
+    datadir.write_atomic(key_path, key_pem, datadir.PRIVATE)
+    datadir.write_atomic(cert_path, cert_pem, datadir.PUBLIC)
+    datadir.write_atomic(ca_path, ca_pem, datadir.PUBLIC)
 
 
 def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
@@ -237,28 +240,4 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
 def write_private_file(target: Path, data: bytes) -> None:
     """Replace `target` (0600) atomically and durably: the file's bytes, then its directory's
     entry, reach the disk before this returns."""
-    _write_atomic(target, data, 0o600)
-    _fsync_dir(target.parent)
-
-
-def _write_atomic(target: Path, data: bytes, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)  # before any byte lands, so the key is never world-readable
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    datadir.write_atomic(target, data, datadir.PRIVATE)

@@ -17,8 +17,9 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.fuzz import oracle
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
 from tests.integration.test_security_and_dispatcher import _issue
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import ca_pb2, control_pb2, control_pb2_grpc, dispatcher_pb2, dispatcher_pb2_grpc, managers_pb2
 from warren.api.v1 import control_pb2 as cpb

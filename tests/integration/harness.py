@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -23,8 +22,11 @@ import lmdb
 import msgspec
 
 from tests.fixtures.ports import free_port
+from tests.waiting import wait_for
 from warren import pki, tls
+from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
+from warren.clientconfig import ConfigError, load_context
 from warren.manager import cakey
 from warren.model import ClusterInfo
 from warren.state import CLUSTER_KEY
@@ -125,22 +127,35 @@ class Manager:
             env=self.env(),
             cwd=self.root,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"manager exited with {self.process.returncode}:\n{self.log()}")
-            if self.config.exists() and self.cli("--manager", self.addr, "cluster", "info").returncode == 0:
-                if (
-                    self.founder is None
-                    and first_start
-                    and self.schedule_on_manager
-                    and "--manager-only" in self.agent_args
-                ):
-                    activated = self.cli("node", "update", "--availability", "active", self.node_id)
-                    assert activated.returncode == 0, activated.stderr
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"manager did not become ready in {timeout}s:\n{self.log()}")
+        try:
+            wait_for(self._serving, timeout=timeout, message="the manager to serve")
+        except AssertionError:
+            raise RuntimeError(f"manager did not become ready in {timeout}s:\n{self.log()}") from None
+        if self.founder is None and first_start and self.schedule_on_manager and "--manager-only" in self.agent_args:
+            with self._admin_channel() as channel:
+                request = cpb.UpdateNodeRequest(node=self.node_id, availability="active")
+                control_pb2_grpc.ControlStub(channel).UpdateNode(request, timeout=30)
+
+    def _admin_channel(self) -> grpc.Channel:
+        """A channel to this manager with the admin credentials its CLI config names."""
+        context = load_context(path=self.config)
+        creds = tls.channel_credentials(context.ca.read_bytes(), context.cert.read_bytes(), context.key.read_bytes())
+        return grpc.secure_channel(self.addr, creds, options=tls.channel_options())
+
+    def _serving(self) -> bool:
+        """The API answers with the CLI's credentials (what `warren cluster info` checks), asked
+        in-process: a CLI run per poll costs about a second of interpreter start-up."""
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"manager exited with {self.process.returncode}:\n{self.log()}")
+        if not self.config.exists():
+            return False
+        try:
+            with self._admin_channel() as channel:
+                control_pb2_grpc.ControlStub(channel).GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=2)
+        except (ConfigError, OSError, grpc.RpcError):
+            return False
+        return True
 
     def log(self) -> str:
         path = self.root / "manager.log"
@@ -276,17 +291,6 @@ class Joiner:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-
-
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.1, message: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last: {last!r})")
 
 
 def raft_peer_links(manager: Manager) -> dict[str, int]:

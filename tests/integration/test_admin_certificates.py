@@ -15,6 +15,8 @@ from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def trio(tmp_path: Path) -> Iterator[list[Manager]]:

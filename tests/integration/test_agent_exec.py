@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, free_port, wait_for
+from tests.integration.harness import Manager, free_port
+from tests.waiting import holds, wait_for
 from warren import pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.daemon import AgentOptions, serve
@@ -177,10 +178,7 @@ def stable(manager: Manager, procs: Processes, n: int, seconds: float = 3.0) -> 
     """Converged, and it stays so: no duplicate appears and nothing is replaced."""
     wait_for(lambda: converged(manager, procs, n), timeout=30, message=f"{n} running tasks and processes")
     pids = procs.pids()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert procs.pids() == pids, "task processes changed while the cluster should be stable"
-        time.sleep(0.2)
+    holds(lambda: procs.pids() == pids, seconds, interval=0.2, message="the task processes unchanged")
     assert len(running(manager)) == n
 
 
@@ -241,8 +239,7 @@ def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Man
     # kill -9 the agent: the processes keep running; a new agent re-adopts them, no duplicates.
     pids = procs.pids()
     agent.kill(signal.SIGKILL)
-    time.sleep(1.0)
-    assert procs.pids() == pids
+    holds(lambda: procs.pids() == pids, 1.0, interval=0.2, message="the orphaned task processes running")
     agent.start()
     wait_for(lambda: "re-adopted" in agent.log(), message="the new agent to re-adopt")
     stable(manager, procs, 2)
@@ -252,8 +249,7 @@ def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Man
     # The manager goes away for longer than 3 heartbeat periods: tasks keep running, and one
     # that dies meanwhile is restarted locally by the agent under its restart policy.
     manager.stop()
-    time.sleep(4.0)
-    assert procs.pids() == pids
+    holds(lambda: procs.pids() == pids, 4.0, interval=0.2, message="the task processes running without a manager")
     victim = min(pids)
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: _replaced(procs.pids(), victim, 2), message="a local restart")

@@ -18,10 +18,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Joiner, Manager, join_managers, wait_for
+from tests.integration.harness import Joiner, Manager, join_managers
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
+
+pytestmark = pytest.mark.integration
 
 MAX_WRITE_GAP = 3.0  # seconds: a blip (a reconnect), not an outage, on a loaded 2-core machine
 

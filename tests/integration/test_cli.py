@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, free_port, wait_for
+from tests.integration.harness import Manager, free_port
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
 
 
 def _ps(manager: Manager, service: str, *extra: str) -> list[dict]:

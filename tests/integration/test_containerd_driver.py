@@ -20,6 +20,7 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import INDEX_HTML, BusyboxImage
 from tests.fixtures.registry import LocalRegistry, free_port
+from tests.waiting import wait_for
 from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import Resources
 from warren.runtime.containerd import api
@@ -170,15 +171,15 @@ def test_httpd_serves_the_host_over_loopback(runtime: ContainerdRuntime, image: 
     runtime.prepare(_spec(cid, image, "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/var/www"))
     runtime.start(cid)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline, body = time.monotonic() + 5, b""
-    while time.monotonic() < deadline:
+
+    def fetch() -> bytes:
         try:
             with opener.open(f"http://127.0.0.1:{port}/index.html", timeout=1) as resp:
-                body = resp.read()
-                break
+                return resp.read()
         except OSError:
-            time.sleep(0.05)
-    assert body == INDEX_HTML
+            return b""
+
+    assert wait_for(fetch, timeout=5, interval=0.05, message="httpd to answer") == INDEX_HTML
     assert runtime.status(cid).state is ContainerState.RUNNING
     assert runtime.stop(cid, grace_period=0.5).state is ContainerState.EXITED
 
@@ -197,13 +198,23 @@ def test_stop_escalates_to_sigkill_after_the_grace_period(
     assert 1.0 <= elapsed < 5.0
 
 
+def _children(pid: int) -> list[str]:
+    """The child PIDs of a (host-namespace) process."""
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+
+
 def test_stop_returns_early_when_the_process_honours_the_signal(
     runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
 ) -> None:
     cid = tasks()
     runtime.prepare(_spec(cid, image, "sh", "-c", "trap 'exit 0' USR1; sleep 1000 & wait"))
     runtime.start(cid)
-    time.sleep(0.2)  # let sh install its trap
+    pid = runtime.status(cid).pid
+    # sh installs its trap, then forks sleep
+    wait_for(lambda: _children(pid), timeout=10, interval=0.02, message="sh to fork sleep")
     start = time.monotonic()
     status = runtime.stop(cid, grace_period=10.0, signal="USR1")
     assert status.exit_code == 0

@@ -6,10 +6,14 @@ from __future__ import annotations
 import threading
 
 import grpc
+import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
+from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.integration
 
 
 def _writer(

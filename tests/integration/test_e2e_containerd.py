@@ -19,7 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import INDEX_HTML, BusyboxImage
 from tests.fixtures.registry import LocalRegistry
-from tests.integration.harness import Joiner, Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port
+from tests.waiting import holds, wait_for
 from warren.agent.runtime import SERVICE_LABEL
 from warren.runtime.containerd import api
 from warren.runtime.containerd.client import Client
@@ -141,10 +141,7 @@ class Cluster:
         """Converged, and it stays so: no duplicate appears and nothing is replaced or restarted."""
         wait_for(lambda: self.converged(service, n), timeout=30, message=f"{n} running {service} tasks")
         running = self.view.running(service)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert self.view.running(service) == running, f"{service}: containers changed while it should be stable"
-            time.sleep(0.2)
+        holds(lambda: self.view.running(service) == running, seconds, interval=0.2, message=f"{service}'s containers")
         assert self.converged(service, n)
         return running
 
@@ -248,9 +245,12 @@ def test_containerd_service_runs_scales_heals_and_survives_agent_and_manager_out
 
     # kill -9 the agent: the containers keep running; the restarted agent re-adopts them.
     c.worker.kill(signal.SIGKILL)
-    time.sleep(1.0)
-    assert (c.view.running("web"), c.view.running("sleeper")) == (web, sleeper)
-    assert http_get(port) == PAGE
+    holds(
+        lambda: (c.view.running("web"), c.view.running("sleeper")) == (web, sleeper) and http_get(port) == PAGE,
+        1.0,
+        interval=0.2,
+        message="the orphaned containers running and serving",
+    )
     c.worker.start("worker", "start", "--data-dir", str(c.worker.data_dir))
     wait_for(lambda: c.worker.log().count("re-adopted running container") == 2, message="re-adoption of both tasks")
     assert c.stable("web", 1) == web, "re-adopted, not restarted"
@@ -260,10 +260,7 @@ def test_containerd_service_runs_scales_heals_and_survives_agent_and_manager_out
     # The manager is away for longer than 3 heartbeat periods: the worker keeps serving, and a
     # task that dies meanwhile is restarted locally (same task id, a new container).
     c.manager.stop()
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline:
-        assert http_get(port) == PAGE
-        time.sleep(0.5)
+    holds(lambda: http_get(port) == PAGE, 4.0, interval=0.5, message="the worker serving without a manager")
     assert (c.view.running("web"), c.view.running("sleeper")) == (web, sleeper)
     [(task_id, pid)] = web.items()
     os.kill(pid, signal.SIGKILL)

@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port
+from tests.waiting import async_wait_for, wait_for
 from warren.agent import health
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import HealthCheck, Resources
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
+
+pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 IGNORES_TERM = ("sh", "-c", 'trap "" TERM; sleep 100')
@@ -195,8 +198,8 @@ def test_stop_with_sigterm(runtime: ExecRuntime, reaper: Reaper) -> None:
 def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(runtime: ExecRuntime, reaper: Reaper) -> None:
     rid = run(runtime, reaper, "t1", *IGNORES_TERM)
     pid = runtime.status(rid).pid
-    time.sleep(0.2)  # let sh install the trap and fork sleep
-    assert len(group_members(pid)) == 2
+    # sh installs the trap, then forks sleep
+    wait_for(lambda: len(group_members(pid)) == 2, timeout=10, interval=0.02, message="sh and sleep in the group")
     t0 = time.monotonic()
     st = runtime.stop(rid, grace_period=0.5)
     elapsed = time.monotonic() - t0
@@ -207,7 +210,9 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_grace_period(runtime: Ex
 
 def test_stop_uses_the_given_signal_and_stops_a_created_container(runtime: ExecRuntime, reaper: Reaper) -> None:
     rid = run(runtime, reaper, "t1", "sh", "-c", 'trap "exit 42" USR1; sleep 100 & wait')
-    time.sleep(0.2)
+    pid = runtime.status(rid).pid
+    # sh installs the trap, then forks sleep
+    wait_for(lambda: len(group_members(pid)) == 2, timeout=10, interval=0.02, message="sh and sleep in the group")
     assert runtime.stop(rid, grace_period=5, signal="SIGUSR1").exit_code == 42
     rid = runtime.prepare(ContainerSpec(task_id="t2", image="exec", command=("true",)))
     st = runtime.stop(rid, grace_period=1)
@@ -251,7 +256,7 @@ AGENT = """
 import json, sys, time
 from pathlib import Path
 from warren.agent.runtime import ContainerSpec
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 rt = ExecRuntime(Path(sys.argv[1]))
 pids = {}
@@ -353,9 +358,12 @@ def test_memory_and_cpu_limits_use_a_cgroup_when_the_host_allows(runtime: ExecRu
     if not dirs:
         pytest.skip("this host does not let the exec runtime create cgroups")
     pid = runtime.status(rid).pid
-    time.sleep(0.1)  # the shim joins, then execs sleep
-    for d in dirs:
-        assert str(pid) in Path(d, "cgroup.procs").read_text().split()
+    wait_for(  # the shim joins, then execs sleep
+        lambda: all(str(pid) in Path(d, "cgroup.procs").read_text().split() for d in dirs),
+        timeout=10,
+        interval=0.02,
+        message="the task's process in its cgroups",
+    )
     wanted = {"memory.max", "cpu.max", "memory.limit_in_bytes", "cpu.cfs_quota_us"}
     files = {f.name: f.read_text().strip() for d in dirs for f in Path(d).iterdir() if f.name in wanted}
     if "memory.max" in files:  # cgroup v2
@@ -447,14 +455,9 @@ def test_monitor_with_a_real_probe_turns_healthy(runtime: ExecRuntime, reaper: R
     async def main() -> None:
         task = asyncio.create_task(health.monitor(check, health.threaded_probe(check, runtime, "t1"), reports.append))
         try:
-            deadline = time.monotonic() + 10
-            while not reports or reports[-1].status != health.UNHEALTHY:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await async_wait_for(lambda: reports and reports[-1].status == health.UNHEALTHY, timeout=10)
             flag.touch()
-            while reports[-1].status != health.HEALTHY:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.02)
+            await async_wait_for(lambda: reports[-1].status == health.HEALTHY, timeout=10)
         finally:
             task.cancel()
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port_run
-from tests.integration.harness import Joiner, Manager, join_managers, manager_trio, wait_for
+from tests.integration.harness import Joiner, Manager, join_managers, manager_trio
+from tests.waiting import holds, wait_for
 from warren.cli.errors import Exit
+
+pytestmark = pytest.mark.integration
 
 
 def _info(manager: Manager, via: Manager | None = None) -> dict:
@@ -188,8 +191,10 @@ def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> 
         survivors = [m for m in managers if m is not leader]
         new_leader = _leader(survivors)
         # Down after 3 missed 1 s heartbeats unless its session moved to the new leader; it stays ready.
-        time.sleep(4)
-        assert worker_status(new_leader) == "ready", worker.all_logs()[-3000:]
+        try:
+            holds(lambda: worker_status(new_leader) == "ready", 4.0, interval=0.5, message="the worker ready")
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n{worker.all_logs()[-3000:]}") from None
     finally:
         worker.stop_all()
         for manager in managers:

@@ -21,6 +21,12 @@ pytestmark = pytest.mark.integration
 QUICK = 10.0  # seconds: refusing is a check, not a write; a frozen apply took ~40 s
 
 
+@pytest.fixture
+def manager(shared_manager: Manager) -> Manager:
+    """Every test here leaves the manager's state as it found it: one manager for the file."""
+    return shared_manager
+
+
 def _labels(manager: Manager) -> dict[str, str]:
     return dict(manager.control().GetNode(cpb.GetNodeRequest(node=manager.node_id), timeout=10).labels)
 
@@ -70,6 +76,7 @@ def test_a_command_too_big_to_propose_is_refused_and_stores_nothing(manager: Man
     assert list(manager.control().ListServices(cpb.ListServicesRequest(), timeout=10).services) == []
     created = manager.cli("service", "create", "small", "--image", "busybox", "--replicas", "0", "-d")
     assert created.returncode == 0, created.stderr
+    assert manager.cli("service", "rm", "small").returncode == 0  # as it was, for the next test
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Joiner, Manager, free_port, wait_for
+from tests.integration.harness import Joiner, Manager, free_port
+from tests.waiting import holds, wait_for
 from warren import pki, tls
 from warren.agent import join as joining
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -111,8 +112,8 @@ def test_join_registers_resumes_and_node_rm_revokes(manager: Manager, joiner: Jo
     with pytest.raises(grpc.aio.AioRpcError) as renew_err:
         asyncio.run(_renew(manager, joiner.data_dir, _far_future()))
     assert renew_err.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    time.sleep(3.0)  # whatever the agent does now, it cannot register again
-    assert node_id not in _nodes(manager)
+    # whatever the agent does now, it cannot register again
+    holds(lambda: node_id not in _nodes(manager), 3.0, interval=0.5, message="the removed node stays out")
 
 
 def test_open_session_of_a_removed_node_ends(manager: Manager, tmp_path: Path) -> None:
@@ -176,11 +177,13 @@ async def _renew(manager: Manager, data_dir: Path, now: dt.datetime) -> bool:
 def test_renewal_keeps_the_identity_and_extends_it(manager: Manager, tmp_path: Path) -> None:
     data = tmp_path / "n"
     joining.join(_token(manager), manager.join_addr, data, "renewer")
+    joined_second = int(time.time())
     before = tls.load_credentials(data / "certs")
     old = pki.identity_of(before.cert_pem)
     assert not asyncio.run(_renew(manager, data, dt.datetime.now(dt.UTC)))  # not due: nothing changes
     assert tls.load_credentials(data / "certs") == before
-    time.sleep(1.1)  # certificate times have whole seconds: the renewed one must expire later
+    # certificate times have whole seconds: the renewed one must expire later
+    wait_for(lambda: int(time.time()) > joined_second, timeout=5, interval=0.02, message="the next second")
     assert asyncio.run(_renew(manager, data, _far_future()))
     after = tls.load_credentials(data / "certs")
     new = pki.identity_of(after.cert_pem)
@@ -220,8 +223,7 @@ def test_init_runs_an_embedded_agent_for_the_managers_node(tmp_path: Path) -> No
         assert "Embedded agent running this node's tasks with the exec runtime" in manager.log()
         # Beyond 3 heartbeat periods the node is still ready: its agent heartbeats (no self-beat).
         wait_for(lambda: "session" in manager.log() and "open with" in manager.log(), message="the agent session")
-        time.sleep(3.5)
-        assert _nodes(manager)[node_id]["status"] == "ready"
+        holds(lambda: _nodes(manager)[node_id]["status"] == "ready", 3.5, interval=0.5, message="the node ready")
         created = manager.cli(
             "service", "create", "solo", "--image", "exec", "--", "sh", "-c", "sleep 600; exit 0", marker.decode()
         )

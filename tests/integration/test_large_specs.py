@@ -14,9 +14,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import WORKER_ID, Agent, Processes, issue_worker
 from tests.integration.test_security_and_dispatcher import _issue
+from tests.waiting import wait_for
 from warren import pki
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.integration.harness import free_port
@@ -19,6 +20,8 @@ from warren import certinfo, pki, tls
 from warren.manager.certificates import renew_certificate
 from warren.model import ClusterInfo
 from warren.state import ClusterState, Put
+
+pytestmark = pytest.mark.integration
 
 
 class FakeStore:

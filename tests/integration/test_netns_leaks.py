@@ -28,7 +28,8 @@ from tests.fixtures.images import BusyboxImage
 from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
 from tests.fixtures.plugin import unavailable
-from tests.integration.harness import REPO, wait_for
+from tests.integration.harness import REPO
+from tests.waiting import wait_for
 from warren.network import links, tasknet
 from warren.runtime.containerd.driver import ContainerdRuntime
 
@@ -265,7 +266,7 @@ from warren.agent import settings
 from warren.agent.runtime import ContainerSpec
 from warren.model import Resources
 from warren.network import owner, tasknet
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 data, task_id = Path(sys.argv[1]), sys.argv[2]
 settings.save(data, settings.AgentSettings(runtime="exec", wireguard="userspace"))

@@ -26,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import echo_probe
 from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
-from tests.integration.harness import REPO, wait_for
+from tests.integration.harness import REPO
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -269,7 +271,7 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         ping = lab.spawn(h3, ["ping", "-n", "-i", "0.1", overlay["h2"]], log=tmp_path / "ping.log")
         pinging_since = time.monotonic()
         lab.spawn(h2, [*python, "probe", overlay["h1"], echo_port, str(stop_probe), str(probe_result)])
-        time.sleep(0.5)
+        wait_for(echo_probe.ready_file(probe_result).exists, timeout=10, message="the probe's first echo")
         agents["h2"].kill()
         agents["h2"].wait()
         assert h1.ping(overlay["h2"]) and h2.ping(overlay["h3"])
@@ -278,7 +280,13 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         wait_for(lambda: "session" in again.read_text(), timeout=30, message="h2 back")
         # Its first converge and load-balancer pass after the session opened.
         wait_for(lambda: "service VIPs" in again.read_text(), timeout=15, message="h2's agent to converge")
-        time.sleep(1.0)  # and a second of pings after it
+        # and ten more pings after it (a second's worth)
+        answered = len(re.findall(r"icmp_seq=", (tmp_path / "ping.log").read_text()))
+        wait_for(
+            lambda: len(re.findall(r"icmp_seq=", (tmp_path / "ping.log").read_text())) >= answered + 10,
+            timeout=10,
+            message="ten more ping replies",
+        )
         os.kill(ping.pid, signal.SIGINT)  # ping prints its statistics and exits
         ping.wait(timeout=10)
         pinged_for = time.monotonic() - pinging_since

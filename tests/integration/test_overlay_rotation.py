@@ -12,14 +12,15 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import echo_probe
 from tests.fixtures.overlay_cluster import OverlayCluster
 from tests.fixtures.overlay_lab import LabHost, OverlayLab
-from tests.integration.harness import REPO, wait_for
+from tests.integration.harness import REPO
+from tests.waiting import wait_for
 from warren.network import keys
 from warren.network.wireguard import UserspaceDevice
 
@@ -70,7 +71,8 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
             cluster.lab.spawn(
                 host, [*python, "probe", overlay["h1"], str(ECHO_PORT), str(stop), str(results[host.name])]
             )
-        time.sleep(1)
+        for result in results.values():
+            wait_for(echo_probe.ready_file(result).exists, timeout=10, message=f"the first echo for {result.name}")
 
         before = cluster.node_of(h2)
         assert (int(before["wg_key_epoch"]), int(before["wg_key_desired_epoch"])) == (0, 0)

@@ -8,8 +8,13 @@ import ipaddress
 import json
 from pathlib import Path
 
-from tests.integration.harness import Joiner, Manager, wait_for
+import pytest
+
+from tests.integration.harness import Joiner, Manager
+from tests.waiting import wait_for
 from warren.network import keys
+
+pytestmark = pytest.mark.integration
 
 
 def test_nodes_get_overlay_subnets_and_publish_only_their_public_key(tmp_path: Path) -> None:

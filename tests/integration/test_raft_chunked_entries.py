@@ -16,10 +16,13 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.transport import TCPTransport
 
-from tests.integration.harness import free_port, manager_trio, wait_for
+from tests.integration.harness import free_port, manager_trio
+from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.manager.raft_transport import HardenedTransport
+
+pytestmark = pytest.mark.integration
 
 CHUNK = 2**16  # PySyncObj's appendEntriesBatchSizeBytes
 # Every payload size in a window around two chunk boundaries: whatever PySyncObj's few bytes

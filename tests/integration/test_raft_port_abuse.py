@@ -19,9 +19,12 @@ import grpc
 import pytest
 
 from tests.fixtures.raft_abuser import RaftAbuser
-from tests.integration.harness import Manager, all_raft_connected, manager_trio, wait_for
+from tests.integration.harness import Manager, all_raft_connected, manager_trio
+from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
+
+pytestmark = pytest.mark.integration
 
 SECONDS = float(os.environ.get("RAFT_ABUSE_SECONDS", "6"))
 INTENSITY = int(os.environ.get("RAFT_ABUSE_INTENSITY", "1"))

@@ -23,7 +23,7 @@ from chaos.cluster import Cluster, NodeProc
 from chaos.faults import Partition
 from chaos.lab import Lab, cleanup_state
 from chaos.run import STATE_DIR
-from tests.integration.harness import wait_for
+from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,

@@ -9,12 +9,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.integration.harness import free_port, wait_for
+from tests.integration.harness import free_port
+from tests.waiting import wait_for
 from warren import commands
 from warren.manager import journal
 from warren.manager.raft import RaftNode, RaftStartError, SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
+
+pytestmark = pytest.mark.integration
 
 
 class Member:

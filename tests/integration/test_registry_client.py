@@ -18,6 +18,8 @@ import pytest
 
 from warren.runtime.containerd.registry import OCI_MANIFEST, Platform, RegistryClient, RegistryError, parse_reference
 
+pytestmark = pytest.mark.integration
+
 BLOB = b"layer bytes"
 BLOB_DIGEST = "sha256:" + hashlib.sha256(BLOB).hexdigest()
 LIE_DIGEST = "sha256:" + "0" * 64

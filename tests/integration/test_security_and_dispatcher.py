@@ -9,12 +9,15 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
+
+pytestmark = pytest.mark.integration
 
 
 def _issue(manager: Manager, directory: Path, node_id: str, role: str) -> Path:
@@ -25,29 +28,29 @@ def _issue(manager: Manager, directory: Path, node_id: str, role: str) -> Path:
     return directory
 
 
-def test_worker_certificate_is_refused_on_the_control_api(manager: Manager, tmp_path: Path) -> None:
-    worker = _issue(manager, tmp_path / "worker", "workernode1", pki.ROLE_WORKER)
+def test_worker_certificate_is_refused_on_the_control_api(shared_manager: Manager, tmp_path: Path) -> None:
+    worker = _issue(shared_manager, tmp_path / "worker", "workernode1", pki.ROLE_WORKER)
     with pytest.raises(grpc.RpcError) as err:
-        manager.control(worker).ListServices(cpb.ListServicesRequest(), timeout=5)
+        shared_manager.control(worker).ListServices(cpb.ListServicesRequest(), timeout=5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "worker certificate may not call" in err.value.details()
     # The admin certificate is accepted on the same port.
-    manager.control().ListServices(cpb.ListServicesRequest(), timeout=5)
+    shared_manager.control().ListServices(cpb.ListServicesRequest(), timeout=5)
 
 
-def test_admin_certificate_is_refused_on_the_dispatcher(manager: Manager) -> None:
-    dispatcher = dispatcher_pb2_grpc.DispatcherStub(manager.channel())
+def test_admin_certificate_is_refused_on_the_dispatcher(shared_manager: Manager) -> None:
+    dispatcher = dispatcher_pb2_grpc.DispatcherStub(shared_manager.channel())
     with pytest.raises(grpc.RpcError) as err:
         dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id="x"), timeout=5)
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_certificate_from_another_cluster_is_refused(manager: Manager, tmp_path: Path) -> None:
+def test_certificate_from_another_cluster_is_refused(shared_manager: Manager, tmp_path: Path) -> None:
     other = pki.CertificateAuthority.create("othercluster")
     cert, key = other.issue_keypair("intruder", pki.ROLE_ADMIN)
-    ca_pem = (manager.data_dir / "certs" / "ca.pem").read_bytes()
+    ca_pem = (shared_manager.data_dir / "certs" / "ca.pem").read_bytes()
     channel = grpc.secure_channel(
-        manager.addr, tls.channel_credentials(ca_pem, cert, key), options=tls.channel_options()
+        shared_manager.addr, tls.channel_credentials(ca_pem, cert, key), options=tls.channel_options()
     )
     with pytest.raises(grpc.RpcError) as err:
         control_pb2_grpc.ControlStub(channel).ListServices(cpb.ListServicesRequest(), timeout=5)
@@ -156,9 +159,9 @@ def test_scripted_worker_receives_pushed_assignments_and_reports_status(manager:
         worker.close()
 
 
-def test_dispatcher_validates_input(manager: Manager, tmp_path: Path) -> None:
-    creds = _issue(manager, tmp_path / "worker", "workernode2", pki.ROLE_WORKER)
-    stub = dispatcher_pb2_grpc.DispatcherStub(manager.channel(creds))
+def test_dispatcher_validates_input(shared_manager: Manager, tmp_path: Path) -> None:
+    creds = _issue(shared_manager, tmp_path / "worker", "workernode2", pki.ROLE_WORKER)
+    stub = dispatcher_pb2_grpc.DispatcherStub(shared_manager.channel(creds))
     with pytest.raises(grpc.RpcError) as err:
         stub.Heartbeat(dpb.HeartbeatRequest(session_id="nonexistent"), timeout=5)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -173,8 +176,8 @@ def test_dispatcher_validates_input(manager: Manager, tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             list(stub.Session(dpb.SessionRequest(description=description), timeout=5))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, description
-    assert all(n["hostname"] != "w" for n in manager.cli_json("node", "ls"))
-    worker = ScriptedWorker(manager, creds, "worker-2")
+    assert all(n["hostname"] != "w" for n in shared_manager.cli_json("node", "ls"))
+    worker = ScriptedWorker(shared_manager, creds, "worker-2")
     try:
         with pytest.raises(grpc.RpcError) as err:
             worker.report("sometask", "no-such-state")
@@ -186,20 +189,20 @@ def test_dispatcher_validates_input(manager: Manager, tmp_path: Path) -> None:
         worker.close()
 
 
-def test_standard_health_service_answers_serving(manager: Manager, tmp_path: Path) -> None:
+def test_standard_health_service_answers_serving(shared_manager: Manager, tmp_path: Path) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    worker = _issue(manager, tmp_path / "worker", "healthprobe", pki.ROLE_WORKER)
+    worker = _issue(shared_manager, tmp_path / "worker", "healthprobe", pki.ROLE_WORKER)
     for creds in (None, worker):  # admins and nodes may both probe it
-        stub = health_pb2_grpc.HealthStub(manager.channel(creds))
+        stub = health_pb2_grpc.HealthStub(shared_manager.channel(creds))
         reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_a_new_session_supersedes_the_old_one(manager: Manager, tmp_path: Path) -> None:
-    creds = _issue(manager, tmp_path / "worker", "workertwice", pki.ROLE_WORKER)
-    first = ScriptedWorker(manager, creds, "worker-twice")
-    second = ScriptedWorker(manager, creds, "worker-twice")
+def test_a_new_session_supersedes_the_old_one(shared_manager: Manager, tmp_path: Path) -> None:
+    creds = _issue(shared_manager, tmp_path / "worker", "workertwice", pki.ROLE_WORKER)
+    first = ScriptedWorker(shared_manager, creds, "worker-twice")
+    second = ScriptedWorker(shared_manager, creds, "worker-twice")
     try:
         first._reader.join(timeout=5)  # the old stream ends on its own
         assert not first._reader.is_alive()

@@ -23,7 +23,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
+from tests.waiting import wait_for
 from warren import pki, tls
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc

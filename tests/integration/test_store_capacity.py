@@ -14,9 +14,12 @@ import grpc
 import pytest
 
 from tests.fixtures.tmpfs import fill, tmpfs
-from tests.integration.harness import Manager, wait_for
+from tests.integration.harness import Manager
+from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as pb
 from warren.api.v1 import types_pb2 as tpb
+
+pytestmark = pytest.mark.integration
 
 MAP_ARGS = ["--state-map-size", "32M"]
 FAT_KIB = 240

@@ -12,11 +12,14 @@ import lmdb
 import pytest
 
 from tests.fixtures.tmpfs import fill, tmpfs
-from tests.integration.harness import free_port, wait_for
+from tests.integration.harness import free_port
+from tests.waiting import wait_for
 from warren import commands
 from warren.manager.raft import ProposalError, RaftNode
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
+
+pytestmark = pytest.mark.integration
 
 MAP_SIZE = 32 << 20
 

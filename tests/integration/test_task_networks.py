@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,11 @@ from tests.fixtures.images import BusyboxImage
 from tests.fixtures.overlay_lab import OverlayLab, remove_task_namespaces
 from tests.fixtures.plugin import unavailable
 from tests.fixtures.tasknet import tasknet
+from tests.waiting import wait_for
 from warren.agent.runtime import ContainerSpec, ContainerState
 from warren.network import links
 from warren.runtime.containerd.driver import ContainerdRuntime
-from warren.runtime.exec_driver import ExecRuntime
+from warren.runtime.exec import ExecRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -76,14 +76,13 @@ def sections(log: str) -> list[str]:
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 10.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
+    """The file's content, once it holds `text`."""
+
+    def content_with_text() -> str:
         content = path.read_text(errors="replace") if path.exists() else ""
-        if text in content:
-            return content
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not in {path} after {timeout}s: {content!r}")
-        time.sleep(0.05)
+        return content if text in content else ""
+
+    return wait_for(content_with_text, timeout=timeout, interval=0.05, message=f"{text!r} in {path}")
 
 
 @pytest.mark.parametrize("user", ["", "nobody"])
@@ -181,10 +180,11 @@ def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
             server = [sys.executable, "-m", "http.server", "--bind", GATEWAY, "--directory", str(www), str(PORT)]
             lab.spawn(node, server, log=tmp_path / "http.log")
             url = f"http://{GATEWAY}:{PORT}/token"
-            deadline = time.monotonic() + 10
-            while node.run(["busybox", "wget", "-q", "-O", "-", url]).stdout != token:
-                assert time.monotonic() < deadline, "the web server on the bridge did not answer"
-                time.sleep(0.1)
+            wait_for(
+                lambda: node.run(["busybox", "wget", "-q", "-O", "-", url]).stdout == token,
+                timeout=10,
+                message="the web server on the bridge to answer",
+            )
 
             # The containerd task: run to completion, then remove (the shim flushes output on delete).
             spec = ContainerSpec(

@@ -193,12 +193,3 @@ def make_task(
         state=state,
         node_id="node1",
     )
-
-
-async def until(predicate, timeout: float = 5.0, message: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {message}")

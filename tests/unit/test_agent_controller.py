@@ -8,7 +8,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_holds
+from tests.waiting import async_wait_for as until
 from warren.agent.cache import LocalState
 from warren.agent.controller import TaskController, exit_outcome, next_attempt
 from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerState, ContainerStatus, RuntimeFailure
@@ -90,7 +92,7 @@ def test_exit_while_connected_is_reported(tmp_path: Path, code: int, state: Task
         await until(lambda: rec.last_state() == state, message=state.label)
         # An ended task never runs again: its container goes at once; the report keeps the facts.
         await until(lambda: not rt.containers, message="the ended task's container removed")
-        await asyncio.sleep(0.05)
+        await async_holds(lambda: not ctl.done.is_set(), 0.1, message="the ended task kept")
         await ctl.close()
         assert not ctl.done.is_set()  # the task itself stays (history) until the managers drop it
 
@@ -128,8 +130,7 @@ def test_task_updates_do_not_cut_a_retry_delay_short_but_a_shutdown_does(tmp_pat
         await until(lambda: any("retrying" in r.message for r in rec.reports), message="the first retry report")
         for _ in range(10):  # the managers echo the report back, several times
             ctl.update(make_task(state=S.PREPARING))
-            await asyncio.sleep(0.03)
-        assert len(rt.steps("prepare")) == 1
+            await async_holds(lambda: len(rt.steps("prepare")) == 1, 0.03, message="no retry before its delay")
         await until(lambda: len(rt.steps("prepare")) == 2, message="the retry after its delay")
         await until(lambda: "attempt 3" in rec.last().message, message="the second retry report")
         ctl.update(make_task(state=S.PREPARING, desired=S.SHUTDOWN))  # 30 s delay: stopping cuts it short
@@ -236,7 +237,7 @@ def test_never_reports_backwards(tmp_path: Path) -> None:
         ctl.start()
         await until(lambda: rec.last_state() == S.RUNNING, message="running")
         ctl.update(task)
-        await asyncio.sleep(0.1)
+        await async_holds(lambda: rec.last_state() == S.RUNNING, 0.2, message="still reporting RUNNING")
         await ctl.close()
 
     run(scenario())
@@ -249,7 +250,7 @@ def test_terminal_task_from_the_managers_never_runs(tmp_path: Path) -> None:
     async def scenario() -> None:
         ctl = TaskController(make_task(state=S.FAILED), make_env(rt, rec, tmp_path))
         ctl.start()
-        await asyncio.sleep(0.1)
+        await async_holds(lambda: rt.calls == [] and rec.reports == [], 0.2, message="nothing run or reported")
         await ctl.close()
 
     run(scenario())
@@ -259,14 +260,15 @@ def test_terminal_task_from_the_managers_never_runs(tmp_path: Path) -> None:
 # -- health ------------------------------------------------------------------------------------------
 def test_running_only_once_healthy_then_unhealthy_fails(tmp_path: Path) -> None:
     rt, rec = FakeRuntime(), Recorder()
-    check = HealthCheck(kind="cmd", command=("true",), interval=0.05, timeout=1.0, retries=2)
+    check = HealthCheck(kind="cmd", command=("true",), interval=0.05, timeout=1.0, retries=3)
     rt.exec_result = (1, "not yet")
 
     async def scenario() -> None:
         ctl = TaskController(make_task(health=check), make_env(rt, rec, tmp_path))
         ctl.start()
         await until(lambda: rec.last_state() == S.STARTING, message="starting")
-        await asyncio.sleep(0.05)
+        # Two failed checks (of the three allowed) were seen: the task is still only starting.
+        await until(lambda: len(rt.steps("exec")) >= 2, message="two failing health checks")
         assert S.RUNNING not in rec.states()
         assert rec.last().health == "starting"
         rt.exec_result = (0, "fine")
@@ -278,7 +280,7 @@ def test_running_only_once_healthy_then_unhealthy_fails(tmp_path: Path) -> None:
 
     run(scenario())
     last = rec.last()
-    assert last.error.startswith("unhealthy: health check failed 2 times: exit 1: boom"), last.error
+    assert last.error.startswith("unhealthy: health check failed 3 times: exit 1: boom"), last.error
     assert last.health == "unhealthy"
     assert rt.steps("stop")  # the unhealthy container is stopped
     assert_forward(rec.states())
@@ -341,8 +343,8 @@ def test_pending_local_restart_is_reported_instead_once_reconnected(tmp_path: Pa
         ctl.start()
         await until(lambda: rt.running(), message="started")
         rt.exit(rt.running()[0], 2)
-        await asyncio.sleep(0.1)
-        assert rec.last_state() == S.RUNNING  # waiting out the restart delay
+        # waiting out the restart delay
+        await async_holds(lambda: rec.last_state() == S.RUNNING, 0.2, message="no report while disconnected")
         rec.connected = True
         ctl.poke()
         await until(lambda: rec.last_state() == S.FAILED, message="failure reported")
@@ -365,8 +367,9 @@ def test_running_container_is_adopted_not_duplicated(tmp_path: Path) -> None:
     async def scenario() -> None:
         ctl = TaskController(task, make_env(rt, rec, tmp_path), local, rt.of_task("task1"))
         ctl.start()
-        await asyncio.sleep(0.1)
-        assert rt.steps("prepare") == [] and rt.steps("start") == []
+        await async_holds(
+            lambda: rt.steps("prepare") == [] and rt.steps("start") == [], 0.2, message="the adopted container kept"
+        )
         rt.exit(rid, 9)  # the adopted process is watched
         await until(lambda: rec.last_state() == S.FAILED, message="exit of adopted container")
         await ctl.close()

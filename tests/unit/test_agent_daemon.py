@@ -12,12 +12,12 @@ import pytest
 from warren.agent.daemon import (
     AgentOptions,
     AgentStartupError,
-    _hostname,
     describe,
     load_node_file,
     make_runtime,
     save_managers,
 )
+from warren.host import sanitise_hostname
 from warren.validate import NAME_RE
 
 
@@ -36,7 +36,7 @@ def test_unreadable_node_file_is_ignored(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["vm", "host.example.com", "bad host!", "_x", "ü" * 70, ""])
 def test_hostname_is_always_acceptable_to_the_dispatcher(name: str) -> None:
-    assert NAME_RE.match(_hostname(name))
+    assert NAME_RE.match(sanitise_hostname(name))
 
 
 def test_description_reports_resources_platform_and_labels(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.waiting import async_holds, async_wait_for
 from warren.agent import logs
 from warren.agent.logs import (
     RECORD,
@@ -34,11 +35,11 @@ class Clock:
         return self.now
 
 
-def _tail(path: Path, n: int) -> bytes:
+def _tail(path: Path, n: int, block: int = logs.TAIL_BLOCK) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
-        return path.read_bytes()[tail_offset(fd, size, n) :]
+        return path.read_bytes()[tail_offset(fd, size, n, block) :]
     finally:
         os.close(fd)
 
@@ -65,13 +66,12 @@ def test_tail_offset(tmp_path: Path, content: bytes, n: int, expected: bytes) ->
     assert _tail(path, n) == expected
 
 
-def test_tail_offset_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logs, "TAIL_BLOCK", 7)
+def test_tail_offset_across_blocks(tmp_path: Path) -> None:
     path = tmp_path / "t.log"
     lines = [f"line number {i}\n".encode() for i in range(50)]
     path.write_bytes(b"".join(lines))
     for n in (1, 2, 13, 49, 50, 51):
-        assert _tail(path, n) == b"".join(lines[-n:])
+        assert _tail(path, n, block=7) == b"".join(lines[-n:])
 
 
 # -- the arrival-time index -------------------------------------------------------------------------
@@ -101,12 +101,11 @@ def test_index_stamps_growth_and_survives_reopen(tmp_path: Path) -> None:
     assert path.stat().st_size == RECORD.size
 
 
-def test_cursor_reads_forward_across_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(IndexCursor, "BLOCK", 4)
+def test_cursor_reads_forward_across_blocks(tmp_path: Path) -> None:
     index = TimeIndex(tmp_path / "t.idx")
     for i in range(1, 21):
         index.observe(i * 10, 100.0 + i)
-    cursor = IndexCursor(index, 55)
+    cursor = IndexCursor(index, 55, block=4)
     assert [cursor.time_of(off) for off in (55, 59, 60, 120, 199, 200)] == [106.0, 106.0, 107.0, 113.0, 120.0, None]
     index.observe(210, 500.0)  # appended after the cursor read its block
     assert cursor.time_of(205) == 500.0
@@ -280,14 +279,6 @@ class FakeStub:
         return [m.data for r in self.published for m in r.messages if task_id is None or m.task_id == task_id]
 
 
-async def _until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("timed out")
-
-
 def test_serving_history_then_done(tmp_path: Path) -> None:
     (tmp_path / "a.log").write_bytes(b"a1\na2\na3\n")
     (tmp_path / "b.log").write_bytes(b"b1\n")
@@ -297,12 +288,12 @@ def test_serving_history_then_done(tmp_path: Path) -> None:
         stub = FakeStub()
         job = asyncio.create_task(agent.serve(stub, "sess"))
         await stub.outbox.put(dpb.LogSubscription(id="s1", task_ids=["a", "b", "gone"], tail=2))
-        await _until(lambda: any(r.done for r in stub.published))
+        await async_wait_for(lambda: any(r.done for r in stub.published))
         assert sorted(stub.lines()) == [b"a2", b"a3", b"b1"]
         assert stub.lines("a") == [b"a2", b"a3"]
         assert all(r.session_id == "sess" and r.subscription_id == "s1" for r in stub.published)
         assert stub.published[-1].done and sum(r.done for r in stub.published) == 1
-        await _until(lambda: "s1" not in agent._subs)
+        await async_wait_for(lambda: "s1" not in agent._subs)
         job.cancel()
         agent.close()
 
@@ -319,24 +310,24 @@ def test_following_resumes_after_a_lost_stream_without_repeating(tmp_path: Path)
         job = asyncio.create_task(agent.serve(stub, "sess"))
         sub = dpb.LogSubscription(id="s1", task_ids=["a"], follow=True, tail=1)
         await stub.outbox.put(sub)
-        await _until(lambda: stub.lines() == [b"old2"])
+        await async_wait_for(lambda: stub.lines() == [b"old2"])
         assert not stub.published[0].messages or stub.published[0].messages[0].data == b"old2"
         with log_file.open("ab") as f:
             f.write(b"new1\n")
-        await _until(lambda: stub.lines() == [b"old2", b"new1"])
+        await async_wait_for(lambda: stub.lines() == [b"old2", b"new1"])
         await stub.outbox.put(None)  # the stream ends; the subscription is kept for a while
-        await _until(lambda: agent._subs["s1"].job is None)
+        await async_wait_for(lambda: agent._subs["s1"].job is None)
         with log_file.open("ab") as f:
             f.write(b"new2\n")
         await stub.outbox.put(sub)  # re-sent on the next stream: resume, not tail again
-        await _until(lambda: stub.lines()[-1:] == [b"new2"])
+        await async_wait_for(lambda: stub.lines()[-1:] == [b"new2"])
         assert stub.lines() == [b"old2", b"new1", b"new2"]
         # More tasks for the same subscription: all their lines (they are new tasks).
         (tmp_path / "b.log").write_bytes(b"b1\nb2\n")
         await stub.outbox.put(dpb.LogSubscription(id="s1", task_ids=["a", "b"], follow=True, tail=1))
-        await _until(lambda: stub.lines("b") == [b"b1", b"b2"])
+        await async_wait_for(lambda: stub.lines("b") == [b"b1", b"b2"])
         await stub.outbox.put(dpb.LogSubscription(id="s1", close=True))
-        await _until(lambda: "s1" not in agent._subs)
+        await async_wait_for(lambda: "s1" not in agent._subs)
         job.cancel()
         agent.close()
 
@@ -352,13 +343,13 @@ def test_a_stop_reply_or_a_refusal_ends_the_subscription(tmp_path: Path) -> None
         stub.stop = True
         job = asyncio.create_task(agent.serve(stub, "sess"))
         await stub.outbox.put(dpb.LogSubscription(id="s1", task_ids=["a"], follow=True, tail=-1))
-        await _until(lambda: stub.published and "s1" not in agent._subs)
+        await async_wait_for(lambda: stub.published and "s1" not in agent._subs)
         stub.stop, stub.fail = False, grpc.StatusCode.PERMISSION_DENIED
         await stub.outbox.put(dpb.LogSubscription(id="s2", task_ids=["a"], follow=True, tail=-1))
-        await _until(lambda: "s2" not in agent._subs)
+        await async_wait_for(lambda: "s2" not in agent._subs)
         await stub.outbox.put(dpb.LogSubscription(id="s3", task_ids=["../../x"], follow=True))
-        await asyncio.sleep(0.05)
-        assert "s3" not in agent._subs
+        await async_wait_for(stub.outbox.empty, message="the agent to take the subscription")
+        await async_holds(lambda: "s3" not in agent._subs, 0.2, message="the bad subscription refused")
         job.cancel()
         agent.close()
 

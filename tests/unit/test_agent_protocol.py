@@ -6,10 +6,11 @@ import grpc
 import pytest
 
 from warren import tls
-from warren.agent.assignments import AssignmentSet, VersionGap, task_from_pb
-from warren.agent.session import Backoff, ManagerList, leader_hint, report_to_pb
+from warren.agent.assignments import AssignmentSet, VersionGap
+from warren.agent.session import Backoff, ManagerList, leader_hint
 from warren.agent.status import Report, StatusQueue
 from warren.api import convert
+from warren.api.convert import report_to_pb, task_from_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.model import HealthCheck, RestartCondition, RestartPolicy, ServiceSpec, Task, TaskState

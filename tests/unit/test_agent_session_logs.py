@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.unit.test_agent_session import ScriptedDispatcher, description, serve
+from tests.waiting import async_holds
+from tests.waiting import async_wait_for as until
 from warren import pki, tls
 from warren.agent.cache import AgentCache
 from warren.agent.logs import LogAgent
@@ -96,7 +98,8 @@ def test_a_manager_without_log_streaming_leaves_the_session_alone(pki_dirs, tmp_
     async def check(worker: Worker) -> None:
         await until(lambda: "running" in dispatcher.reported("a"), message="task a running")
         beats = dispatcher.heartbeats
-        await asyncio.sleep(0.8)
-        assert dispatcher.heartbeats > beats and len(dispatcher.sessions) == 1
+        await async_holds(lambda: len(dispatcher.sessions) == 1, 0.5, message="one session")
+        await until(lambda: dispatcher.heartbeats >= beats + 2, message="the session still heartbeating")
+        assert len(dispatcher.sessions) == 1
 
     asyncio.run(asyncio.wait_for(_run_session(dispatcher, pki_dirs, tmp_path, check), 30))

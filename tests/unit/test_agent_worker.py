@@ -10,7 +10,9 @@ from pathlib import Path
 import lmdb
 import msgspec
 
-from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task, until
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_holds
+from tests.waiting import async_wait_for as until
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache, LocalState
 from warren.agent.controller import container_spec
@@ -106,8 +108,9 @@ def test_restarted_agent_readopts_instead_of_starting_duplicates(tmp_path: Path)
         rt.calls.clear()
         worker, queue = _worker(rt, cache, tmp_path)
         await worker.start()
-        await asyncio.sleep(0.1)
-        assert rt.steps("prepare") == [] and rt.steps("start") == []
+        await async_holds(
+            lambda: rt.steps("prepare") == [] and rt.steps("start") == [], 0.2, message="nothing prepared or started"
+        )
         assert {c.local.state for c in worker.controllers.values()} == {S.RUNNING}
         # The re-adopted processes are watched: an exit is noticed and reported.
         worker.set_connected(True)
@@ -135,8 +138,8 @@ def test_containers_of_unknown_tasks_are_removed_at_the_first_complete_set(tmp_p
     async def scenario() -> None:
         worker, _ = _worker(rt, cache, tmp_path)
         await worker.start()
-        await asyncio.sleep(0.05)
-        assert len(rt.running()) == 2  # nothing is removed before the managers say what is ours
+        # nothing is removed before the managers say what is ours
+        await async_holds(lambda: len(rt.running()) == 2, 0.2, message="both containers kept")
         known = make_task("known", state=S.RUNNING)
         worker.apply(AssignmentDelta(complete=True, updated=(known,)))
         await until(lambda: len(rt.containers) == 1, message="stray removed")

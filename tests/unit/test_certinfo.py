@@ -8,6 +8,7 @@ import base64
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from tests.waiting import async_wait_for
 from warren import certinfo, pki, tls
-from warren.agent import daemon, session
+from warren.agent import daemon
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue
 
@@ -122,8 +124,8 @@ def test_a_running_agent_imports_no_cryptography(ca: pki.CertificateAuthority, t
     tls.save_credentials(tmp_path / "certs", ca.cert_pem, cert, key)
     code = (
         "import sys; from pathlib import Path\n"
-        "import warren.agent.daemon, warren.agent.session, warren.agent.metrics\n"
-        "import warren.runtime.containerd.driver, warren.runtime.exec_driver\n"
+        "import warren.agent.daemon, warren.agent.session, warren.agent.metrics, warren.node.worker\n"
+        "import warren.runtime.containerd.driver, warren.runtime.exec\n"
         "from warren import certinfo, tls\n"
         f"c = tls.load_credentials(Path({str(tmp_path / 'certs')!r}))\n"
         "assert not certinfo.renewal_due(c.cert_pem)\n"
@@ -181,16 +183,25 @@ def test_the_session_renews_only_when_due(
     from warren.agent import join
 
     monkeypatch.setattr(join, "renew_if_due", renew)
-    monkeypatch.setattr(session, "RENEWAL_CHECK", 0.01)
-    s = Session(tmp_path / "certs", ManagerList(), lambda: None, None, StatusQueue())  # type: ignore[arg-type]
+    s = Session(tmp_path / "certs", ManagerList(), lambda: None, None, StatusQueue(), renewal_check=0.01)  # type: ignore[arg-type]
 
-    async def run_for(seconds: float) -> None:
+    checks: list[bool] = []
+    real_due = certinfo.renewal_due
+
+    def counted_due(pem: bytes) -> bool:
+        checks.append(real_due(pem))
+        return checks[-1]
+
+    async def run_until(predicate: Callable[[], object], message: str) -> None:
         job = asyncio.ensure_future(s._renew(_Channel()))  # type: ignore[arg-type]
-        await asyncio.sleep(seconds)
-        job.cancel()
+        try:
+            await async_wait_for(predicate, message=message)
+        finally:
+            job.cancel()
 
-    asyncio.run(run_for(0.1))
-    assert calls == []
+    monkeypatch.setattr(certinfo, "renewal_due", counted_due)
+    asyncio.run(run_until(lambda: len(checks) >= 3, "three renewal checks"))
+    assert calls == [] and not any(checks)
     monkeypatch.setattr(certinfo, "renewal_due", lambda pem: True)
-    asyncio.run(run_for(0.1))
-    assert calls and set(calls) == {tmp_path}
+    asyncio.run(run_until(lambda: calls, "a renewal"))
+    assert set(calls) == {tmp_path}

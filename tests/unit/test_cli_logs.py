@@ -6,7 +6,7 @@ import pytest
 
 from warren.api.v1 import types_pb2 as pb
 from warren.cli.main import parse_args
-from warren.cli.service import format_log_line, parse_since, parse_tail
+from warren.cli.service_logs import format_log_line, parse_since, parse_tail
 
 
 def test_flags() -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port
+from warren import pki
 from warren.api.v1 import types_pb2 as pb
-from warren.cli import main, service
+from warren.cli import main, progress, service, service_spec
 from warren.cli.errors import CliError, Exit
 from warren.clientconfig import ConfigError, Context, config_path, load_context, save_context
 
@@ -21,13 +22,13 @@ MiB = 1024**2
 
 
 def create_spec(*argv: str) -> pb.ServiceSpec:
-    return service.build_spec(main.parse_args(["service", "create", *argv]))
+    return service_spec.build_spec(main.parse_args(["service", "create", *argv]))
 
 
 def updated(spec: pb.ServiceSpec, *argv: str) -> pb.ServiceSpec:
     new = pb.ServiceSpec()
     new.CopyFrom(spec)
-    service.apply_update(new, main.parse_args(["service", "update", spec.name, *argv]))
+    service_spec.apply_update(new, main.parse_args(["service", "update", spec.name, *argv]))
     return new
 
 
@@ -161,8 +162,8 @@ def test_update_command(base_spec: pb.ServiceSpec) -> None:
 
 
 def test_only_replicas_changed(base_spec: pb.ServiceSpec) -> None:
-    assert service.only_replicas_changed(base_spec, updated(base_spec, "--replicas", "5"))
-    assert not service.only_replicas_changed(base_spec, updated(base_spec, "--replicas", "5", "--image", "y"))
+    assert service_spec.only_replicas_changed(base_spec, updated(base_spec, "--replicas", "5"))
+    assert not service_spec.only_replicas_changed(base_spec, updated(base_spec, "--replicas", "5", "--image", "y"))
 
 
 # -- service scale -----------------------------------------------------------------------------
@@ -187,20 +188,20 @@ def _service(replicas: int, version: int = 1, mode: str = "replicated") -> pb.Se
 
 
 def test_converged_when_all_assigned_without_agent() -> None:
-    c = service.Convergence(_service(2), [_task(1, "assigned"), _task(2, "assigned")], check_version=False)
+    c = progress.Convergence(_service(2), [_task(1, "assigned"), _task(2, "assigned")], check_version=False)
     assert c.done
     assert "no agent has started them" in c.summary()
 
 
 def test_converged_when_all_running() -> None:
-    c = service.Convergence(_service(2), [_task(1, "running"), _task(2, "running")], check_version=False)
+    c = progress.Convergence(_service(2), [_task(1, "running"), _task(2, "running")], check_version=False)
     assert c.done and c.summary() == "web: 2 of 2 tasks running"
 
 
 def test_not_converged_while_pending_or_starting() -> None:
     tasks = [_task(1, "assigned"), _task(2, "pending"), _task(3, "starting")]
     tasks[1].message = "no suitable node: insufficient memory on 1 node"
-    c = service.Convergence(_service(3), tasks, check_version=False)
+    c = progress.Convergence(_service(3), tasks, check_version=False)
     assert not c.done
     assert c.lines()[0] == "web: overall progress: 1 of 3 tasks assigned"
     assert "web.2: pending: no suitable node: insufficient memory on 1 node" in c.lines()[1]
@@ -208,17 +209,17 @@ def test_not_converged_while_pending_or_starting() -> None:
 
 def test_not_converged_with_extra_or_outdated_tasks() -> None:
     scaled_down = [_task(1, "assigned"), _task(2, "assigned")]
-    assert not service.Convergence(_service(1), scaled_down, check_version=False).done
+    assert not progress.Convergence(_service(1), scaled_down, check_version=False).done
     stopping = [_task(1, "assigned"), _task(2, "assigned", desired="shutdown")]
-    assert service.Convergence(_service(1), stopping, check_version=False).done
+    assert progress.Convergence(_service(1), stopping, check_version=False).done
     rolling = [_task(1, "assigned", version=2), _task(2, "assigned", version=1)]
-    c = service.Convergence(_service(2, version=2), rolling, check_version=True)
+    c = progress.Convergence(_service(2, version=2), rolling, check_version=True)
     assert not c.done and "older version" in c.lines()[-1]
-    assert service.Convergence(_service(2, version=2), rolling, check_version=False).done
+    assert progress.Convergence(_service(2, version=2), rolling, check_version=False).done
 
 
 def test_global_target_is_its_task_count() -> None:
-    c = service.Convergence(_service(0, mode="global"), [_task(0, "assigned", node="a")], check_version=False)
+    c = progress.Convergence(_service(0, mode="global"), [_task(0, "assigned", node="a")], check_version=False)
     assert c.done and c.target == 1
 
 
@@ -346,7 +347,6 @@ def test_worker_start_without_an_identity_exits_6(tmp_path: Path) -> None:
 
 
 def test_unreachable_manager_exits_5(tmp_path: Path) -> None:
-    pki = pytest.importorskip("warren.pki")
     ca = pki.CertificateAuthority.create("test-cluster")
     cert, key = ca.issue_keypair("admin", "admin")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)

@@ -1,4 +1,4 @@
-"""The dispatcher's side of ADR 21, on a real Store (LMDB) with a Raft stand-in that applies each
+"""The dispatcher's side of ADR 21, on a real Store (LMDB) with the in-memory Raft, which applies each
 command at once: each spec version travels once per session, an assignments message larger
 than the agent accepts marks the node not ready instead of being sent, `service rm` unwedges
 such a node, and an agent that says its sessions keep failing is not ready until a heartbeat
@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 
 from warren import carotation, commands, validate
 from warren.agent.assignments import AssignmentSet
-from warren.agent.session import report_to_pb
 from warren.agent.status import Report
+from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import ApiError, caller
 from warren.manager.store import Store, open_environment
 from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
@@ -32,28 +33,14 @@ NODE = "worker1"
 COMPLETE = dpb.AssignmentsMessage.COMPLETE
 
 
-class AppliedAtOnce:
-    """The part of RaftNode the dispatcher uses: a leader whose proposals apply immediately."""
-
-    is_leader = True
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-
-    async def propose_async(self, command: commands.Command, timeout: float = 5.0) -> commands.Result:
-        result, changes = commands.apply(self.store.state, command)
-        self.store.commit(self.store.applied_index + 1, changes)
-        return result
-
-
 class Cluster:
     def __init__(self, tmp_path: Path, max_message: int | None = None) -> None:
         self.store = Store(open_environment(tmp_path / "db"))
         self.hub = EventHub(asyncio.get_running_loop())
         self.store.watch(self.hub.publish)
-        self.raft = AppliedAtOnce(self.store)
+        self.raft = InMemoryRaft(self.store)
         extra = {} if max_message is None else {"max_message": max_message}
-        self.dispatcher = DispatcherService(self.store, self.raft, self.hub, Heartbeats(), **extra)  # type: ignore[arg-type]
+        self.dispatcher = DispatcherService(self.store, self.raft, self.hub, Heartbeats(), **extra)
         caller.set(Identity(NODE, "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
 
     def put(self, *objs: object) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from warren.agent.runtime import ContainerSpec
-from warren.runtime import exec_driver
-from warren.runtime.exec_driver import _CGROUP_SHIM, _RESOLV_SHIM, ExecRuntime, _command
+from warren.runtime.exec import ExecRuntime, driver
+from warren.runtime.exec.chain import CGROUP_SHIM, RESOLV_SHIM, exec_chain
 
 NETNS = "/run/netns/wt-t1"
 RESOLV = "/var/lib/warren/network/resolv.conf"
@@ -26,12 +26,12 @@ TASK = ["sleep", "30"]
 @pytest.fixture(autouse=True)
 def tools(monkeypatch: pytest.MonkeyPatch) -> None:
     """Helpers resolve to a fixed directory, so argv can be compared whole."""
-    monkeypatch.setattr(exec_driver.shutil, "which", lambda name: f"/T/{name}")
+    monkeypatch.setattr("warren.runtime.exec.chain.shutil.which", lambda name: f"/T/{name}")
 
 
 def chain(**kw: Any) -> tuple[list[str], str, tuple[int, int] | None]:
     args: dict[str, Any] = {"procs": [], "netns": "", "resolv_conf": "", "user": None, **kw}
-    return _command(list(TASK), "/usr/bin/sleep", **args)
+    return exec_chain(list(TASK), "/usr/bin/sleep", **args)
 
 
 def test_netns_and_resolv_conf_add_a_mount_namespace_with_the_file_over_etc_resolv_conf() -> None:
@@ -47,7 +47,7 @@ def test_netns_and_resolv_conf_add_a_mount_namespace_with_the_file_over_etc_reso
         "--",
         "/bin/sh",
         "-c",
-        _RESOLV_SHIM,
+        RESOLV_SHIM,
         "warren-resolv",
         "/T/mount",
         RESOLV,
@@ -71,11 +71,11 @@ def test_resolv_conf_without_a_netns_changes_nothing() -> None:
 def test_a_user_is_applied_last_by_setpriv_when_earlier_steps_need_root() -> None:
     procs = ["/sys/fs/cgroup/memory/w/t1/cgroup.procs"]
     argv, exe, user = chain(netns=NETNS, resolv_conf=RESOLV, procs=procs, user=(65534, 65533))
-    cgroup_shim = argv.index(_CGROUP_SHIM) - 2
+    cgroup_shim = argv.index(CGROUP_SHIM) - 2
     assert argv[cgroup_shim:] == [
         "/bin/sh",
         "-c",
-        _CGROUP_SHIM,
+        CGROUP_SHIM,
         "warren-exec",
         *procs,
         "--",
@@ -86,8 +86,8 @@ def test_a_user_is_applied_last_by_setpriv_when_earlier_steps_need_root() -> Non
         "--",
         *TASK,
     ]
-    resolv_shim = argv.index(_RESOLV_SHIM) - 2
-    assert argv[resolv_shim : resolv_shim + 3] == ["/bin/sh", "-c", _RESOLV_SHIM]
+    resolv_shim = argv.index(RESOLV_SHIM) - 2
+    assert argv[resolv_shim : resolv_shim + 3] == ["/bin/sh", "-c", RESOLV_SHIM]
     assert resolv_shim < cgroup_shim  # the mount needs root too, so it comes before setpriv
     assert argv[0] == exe == "/T/nsenter"
     assert user is None  # Popen stays root: nsenter, unshare and the cgroup join need it
@@ -98,7 +98,7 @@ def test_cgroups_alone_also_move_the_user_to_setpriv() -> None:
     assert argv == [
         "/bin/sh",
         "-c",
-        _CGROUP_SHIM,
+        CGROUP_SHIM,
         "warren-exec",
         "/cg/cgroup.procs",
         "--",
@@ -123,14 +123,14 @@ def test_the_driver_passes_the_specs_netns_and_resolv_conf(monkeypatch: pytest.M
         seen.update(kw, argv=argv)
         return object()
 
-    monkeypatch.setattr(exec_driver.subprocess, "Popen", popen)
+    monkeypatch.setattr(driver.subprocess, "Popen", popen)
     rt = ExecRuntime(tmp_path / "state")
     spec = ContainerSpec(task_id="t1", image="exec", command=("sleep", "30"), netns=NETNS, resolv_conf=RESOLV)
     rid = rt.prepare(spec)
     with open(os.devnull, "wb") as out:
         rt._spawn(rt._records[rid], ["sleep", "30"], out)
     assert seen["argv"][:3] == ["/T/nsenter", f"--net={NETNS}", "--"]
-    assert seen["argv"][seen["argv"].index(_RESOLV_SHIM) + 1 :][:3] == ["warren-resolv", "/T/mount", RESOLV]
+    assert seen["argv"][seen["argv"].index(RESOLV_SHIM) + 1 :][:3] == ["warren-resolv", "/T/mount", RESOLV]
     assert seen["argv"][-2:] == ["sleep", "30"]
     assert seen["executable"] == "/T/nsenter" and "user" not in seen
 
@@ -150,7 +150,7 @@ def test_the_shim_mounts_read_only_then_execs_the_task_in_the_same_process(tmp_p
     mount, record = fake_mount(tmp_path, 0)
     task = ["/bin/sh", "-c", 'echo "$$"; printf "<%s>" "$@"', "task", "a b", "-c", ""]
     proc = subprocess.Popen(
-        ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, *task], stdout=subprocess.PIPE, text=True
+        ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, *task], stdout=subprocess.PIPE, text=True
     )
     out, _ = proc.communicate(timeout=10)
     assert proc.returncode == 0
@@ -164,7 +164,7 @@ def test_the_task_does_not_run_when_the_mount_fails(tmp_path: Path) -> None:
     mount, _ = fake_mount(tmp_path, 32)
     marker = tmp_path / "ran"
     proc = subprocess.run(
-        ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, "touch", str(marker)],
+        ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", str(mount), RESOLV, "touch", str(marker)],
         capture_output=True,
         text=True,
         timeout=10,

@@ -240,11 +240,12 @@ def test_an_image_user_in_other_digits_is_a_clear_failure_not_a_crash() -> None:
     for user in ("\u0669", " 5", "5\n", "1:\u00b2", str(2**32), "9" * 5000):
         with pytest.raises(oci.SpecError):
             oci.parse_user(user)
-    from warren.runtime.exec_driver import RuntimeFailure, _resolve_user
+    from warren.agent.runtime import RuntimeFailure
+    from warren.runtime.exec.users import resolve_user
 
     with pytest.raises(RuntimeFailure, match="unable to find user"):
-        _resolve_user("\u00b2")
-    assert _resolve_user("0:0") == (0, 0)
+        resolve_user("\u00b2")
+    assert resolve_user("0:0") == (0, 0)
 
 
 def test_thousands_of_digits_are_a_validation_error_not_a_crash() -> None:

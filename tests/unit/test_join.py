@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -16,9 +14,11 @@ from warren import pki, tls
 from warren.agent import join as joining
 from warren.agent import settings as agent_settings
 from warren.api.v1 import ca_pb2 as capb
-from warren.manager import embedded
+from warren.host import sanitise_hostname
+from warren.manager.inmemory import InMemoryState
 from warren.manager.nodeca import DENIED, FailureLimiter, NodeCAService, peer_host
 from warren.model import ClusterInfo, Node, NodeRole
+from warren.node import embedded
 from warren.state import ClusterState, Put
 
 WORKER_SECRET = "w" * 26
@@ -55,15 +55,6 @@ def test_proof_binds_the_secret_to_the_csr() -> None:
 
 
 # -- the manager's side ------------------------------------------------------------------------
-class FakeStore:
-    def __init__(self, state: ClusterState) -> None:
-        self.state = state
-
-    @contextmanager
-    def read(self) -> Iterator[ClusterState]:
-        yield self.state
-
-
 class Aborted(Exception):
     def __init__(self, code: grpc.StatusCode, details: str) -> None:
         super().__init__(details)
@@ -106,7 +97,7 @@ def _request(secret: str, csr: bytes, hostname: str = "worker-1") -> capb.JoinRe
 
 
 def test_join_issues_a_worker_certificate_that_the_node_accepts(ca: pki.CertificateAuthority) -> None:
-    service = NodeCAService(FakeStore(_state(ca)), new_node_id=lambda: "node42")  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(_state(ca)), new_node_id=lambda: "node42")
     key, csr = _csr()
     response = _call(service, _request(WORKER_SECRET, csr))
     assert (response.node_id, response.role, list(response.managers)) == ("node42", "worker", ["10.0.0.1:4242"])
@@ -118,7 +109,7 @@ def test_join_issues_a_worker_certificate_that_the_node_accepts(ca: pki.Certific
 
 
 def test_a_manager_token_gets_a_manager_certificate(ca: pki.CertificateAuthority) -> None:
-    service = NodeCAService(FakeStore(_state(ca)), new_node_id=lambda: "node43")  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(_state(ca)), new_node_id=lambda: "node43")
     key, csr = _csr()
     response = _call(service, _request(MANAGER_SECRET, csr, hostname="manager-2"))
     token = pki.parse_join_token(pki.make_join_token(ca.fingerprint, MANAGER_SECRET))
@@ -139,7 +130,7 @@ def test_a_manager_token_gets_a_manager_certificate(ca: pki.CertificateAuthority
     ],
 )
 def test_join_refusals(ca: pki.CertificateAuthority, mutate, code: grpc.StatusCode, needle: str) -> None:
-    service = NodeCAService(FakeStore(_state(ca)))  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(_state(ca)))
     request = _request(WORKER_SECRET, _csr()[1])
     mutate(request)
     with pytest.raises(Aborted) as err:
@@ -149,7 +140,7 @@ def test_join_refusals(ca: pki.CertificateAuthority, mutate, code: grpc.StatusCo
 
 
 def test_join_with_a_valid_proof_of_a_garbage_csr_is_invalid_argument(ca: pki.CertificateAuthority) -> None:
-    service = NodeCAService(FakeStore(_state(ca)))  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(_state(ca)))
     garbage = b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
     with pytest.raises(Aborted) as err:
         _call(service, _request(WORKER_SECRET, garbage))
@@ -161,7 +152,7 @@ def test_a_rotated_token_is_refused(ca: pki.CertificateAuthority) -> None:
     import msgspec
 
     state = _state(ca)
-    service = NodeCAService(FakeStore(state))  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(state))
     _, csr = _csr()
     state.apply([Put("cluster", msgspec.structs.replace(state.cluster, worker_token_secret="n" * 26))])
     with pytest.raises(Aborted) as err:
@@ -172,7 +163,7 @@ def test_a_rotated_token_is_refused(ca: pki.CertificateAuthority) -> None:
 def test_failed_joins_are_throttled_per_peer_but_a_right_token_still_joins(ca: pki.CertificateAuthority) -> None:
     now = [0.0]
     limiter = FailureLimiter(burst=3, rate=0.5, clock=lambda: now[0])
-    service = NodeCAService(FakeStore(_state(ca)), limiter=limiter)  # type: ignore[arg-type]
+    service = NodeCAService(InMemoryState(_state(ca)), limiter=limiter)
     _, csr = _csr()
     for _ in range(3):
         with pytest.raises(Aborted) as err:
@@ -349,10 +340,10 @@ def test_stored_identity_needs_both_certificates_and_node_file(tmp_path: Path, c
 
 
 def test_node_hostname_is_made_acceptable() -> None:
-    assert joining.node_hostname("web-1.example") == "web-1.example"
-    assert joining.node_hostname("my host!") == "my-host-"
-    assert joining.node_hostname("---") == "node"
-    assert len(joining.node_hostname("a" * 100)) == 63
+    assert sanitise_hostname("web-1.example") == "web-1.example"
+    assert sanitise_hostname("my host!") == "my-host-"
+    assert sanitise_hostname("---") == "node"
+    assert len(sanitise_hostname("a" * 100)) == 63
 
 
 def test_agent_settings_given_flags_win_and_the_rest_is_kept(tmp_path: Path) -> None:

@@ -5,30 +5,21 @@ tasks, lost leadership and a slow reader."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Iterator
 
 import grpc
 import pytest
 
+from tests.waiting import async_holds, async_wait_for
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager import logbroker
 from warren.manager.events import EventHub
+from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.logbroker import LogBroker, LogStream
 from warren.manager.server import ApiError
 from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
-from warren.state import ClusterState, Delete, Put
+from warren.state import Delete, Put
 from warren.validate import MAX_LOG_BATCH
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.state = ClusterState()
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[ClusterState]:
-        yield self.state
 
 
 def _task(task_id: str, node_id: str, slot: int, state: TaskState = TaskState.RUNNING) -> Task:
@@ -39,8 +30,8 @@ def _task(task_id: str, node_id: str, slot: int, state: TaskState = TaskState.RU
     )  # fmt: skip
 
 
-def _cluster(*extra: Task, down: tuple[str, ...] = ()) -> FakeStore:
-    store = FakeStore()
+def _cluster(*extra: Task, down: tuple[str, ...] = ()) -> InMemoryState:
+    store = InMemoryState()
     changes: list = [Put("service", Service(id="svc", spec=ServiceSpec(name="web", image="x")))]
     for node_id in ("n1", "n2", "n3"):
         status = NodeStatus.DOWN if node_id in down else NodeStatus.READY
@@ -93,8 +84,7 @@ def test_history_fans_out_by_node_and_ends_when_every_node_is_done() -> None:
         reader = asyncio.create_task(_drain(stream))
         assert not await broker.publish("n1", _publish(sub1.id, _msg("t1", b"hello", slot=99, node_id="n2")))
         assert not await broker.publish("n2", _publish(sub1.id, _msg("t2", b"world"), done=True))
-        await asyncio.sleep(0.3)
-        assert not reader.done()  # n1 has not said done
+        await async_holds(lambda: not reader.done(), 0.3, message="the stream open: n1 has not said done")
         await broker.publish("n1", _publish(sub1.id, done=True))
         got = await reader
         # The manager's own records, not the agent's claims, say which service, slot and node.
@@ -182,13 +172,13 @@ def test_follow_sends_new_tasks_and_ends_when_the_service_is_removed() -> None:
         stream = broker.open("svc", follow=True, tail=0, since=0.0)
         reader = asyncio.create_task(_drain(stream))
         await broker.publish("n1", _publish(stream.id))  # n1 answers; n2 does not
-        await asyncio.sleep(0.4)
+        await async_wait_for(lambda: stream.nodes["n2"].noted, message="n2 given up on")
         [first] = _pending(n1)
         assert first.tail == 0 and not _pending(n3)
         new = _task("t9", "n3", 4)
         store.state.apply([Put("task", new)])
         hub.publish(5, [Put("task", new)])
-        await asyncio.sleep(0.1)
+        await async_wait_for(lambda: not n3.queue.empty(), message="a subscription for n3")
         [sub] = _pending(n3)
         # A node that joins the follow later gets all the lines of its new task, not the tail.
         assert (sub.id, list(sub.task_ids), sub.follow, sub.tail) == (stream.id, ["t9"], True, -1)
@@ -213,7 +203,7 @@ def test_lost_leadership_ends_the_stream_unavailable() -> None:
         broker = LogBroker(_cluster(), is_leader=lambda: leading[0])
         stream = broker.open("svc", follow=True, tail=-1, since=0.0)
         reader = asyncio.create_task(_drain(stream))
-        await asyncio.sleep(0.1)
+        await async_holds(lambda: not reader.done(), 0.1, message="the stream open while leading")
         leading[0] = False
         with pytest.raises(ApiError) as err:
             await reader
@@ -222,12 +212,9 @@ def test_lost_leadership_ends_the_stream_unavailable() -> None:
     run(scenario())
 
 
-def test_a_slow_reader_gets_backpressure_then_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(logbroker, "QUEUE_BATCHES", 2)
-    monkeypatch.setattr(logbroker, "PUBLISH_WAIT", 0.1)
-
+def test_a_slow_reader_gets_backpressure_then_a_note() -> None:
     async def scenario() -> None:
-        broker = LogBroker(_cluster())
+        broker = LogBroker(_cluster(), queue_batches=2, publish_wait=0.1)
         stream = broker.open("svc", follow=True, tail=-1, since=0.0)
         for i in range(2):
             await broker.publish("n1", _publish(stream.id, _msg("t1", b"%d" % i)))
@@ -243,9 +230,9 @@ def test_a_slow_reader_gets_backpressure_then_a_note(monkeypatch: pytest.MonkeyP
     run(scenario())
 
 
-def test_bad_requests_and_the_stream_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_requests_and_the_stream_limit() -> None:
     async def scenario() -> None:
-        broker = LogBroker(_cluster())
+        broker = LogBroker(_cluster(), max_streams=1)
         for kwargs in ({"tail": -2, "since": 0.0}, {"tail": 1, "since": float("inf")}, {"tail": 1, "since": -1.0}):
             with pytest.raises(ApiError) as err:
                 broker.open("svc", follow=False, **kwargs)  # type: ignore[arg-type]
@@ -253,7 +240,6 @@ def test_bad_requests_and_the_stream_limit(monkeypatch: pytest.MonkeyPatch) -> N
         with pytest.raises(ApiError) as err:
             broker.open("nope", follow=False, tail=1, since=0.0)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
-        monkeypatch.setattr(logbroker, "MAX_STREAMS", 1)
         first = broker.open("svc", follow=True, tail=1, since=0.0)
         with pytest.raises(ApiError) as err:
             broker.open("svc", follow=True, tail=1, since=0.0)
@@ -279,15 +265,6 @@ def test_a_newer_listener_replaces_the_old_one() -> None:
 
 
 # -- the Control API method ------------------------------------------------------------------------
-class FakeRaft:
-    def __init__(self, leader: bool, leader_raft_addr: str = "") -> None:
-        self.is_leader = leader
-        self._leader = leader_raft_addr
-
-    def status(self):  # type: ignore[no-untyped-def]
-        return type("Status", (), {"leader": self._leader})()
-
-
 class FakeContext:
     def __init__(self) -> None:
         self.callbacks: list = []
@@ -303,7 +280,8 @@ def test_service_logs_on_a_follower_names_the_leader() -> None:
     async def scenario() -> None:
         store = _cluster()
         store.state.apply([Put("node", Node(id="m2", hostname="m2", addr="10.0.0.2:4242", raft_addr="10.0.0.2:4243"))])
-        control = ControlService(store, FakeRaft(False, "10.0.0.2:4243"), logs=LogBroker(store))  # type: ignore[arg-type]
+        follower = InMemoryRaft(store, "10.0.0.1:4243", leader="10.0.0.2:4243", peers={"10.0.0.2:4243": True})
+        control = ControlService(store, follower, logs=LogBroker(store))
         with pytest.raises(ApiError) as err:
             [m async for m in control.ServiceLogs(cpb.ServiceLogsRequest(service="web"), FakeContext())]  # type: ignore[arg-type]
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
@@ -323,11 +301,11 @@ def test_service_logs_closes_the_subscription_when_the_caller_leaves() -> None:
         store = _cluster()
         broker = LogBroker(store)
         n1 = broker.listen("n1")
-        control = ControlService(store, FakeRaft(True), logs=broker)  # type: ignore[arg-type]
+        control = ControlService(store, InMemoryRaft(store), logs=broker)
         context = FakeContext()
         calls = control.ServiceLogs(cpb.ServiceLogsRequest(service="web", follow=True, tail=-1), context)  # type: ignore[arg-type]
         first = asyncio.ensure_future(calls.__anext__())
-        await asyncio.sleep(0.05)
+        await async_wait_for(lambda: not n1.queue.empty(), message="a subscription for n1")
         [sub] = _pending(n1)
         await broker.publish("n1", _publish(sub.id, _msg("t1", b"hi")))
         assert [m.data for m in (await first).messages] == [b"hi"]

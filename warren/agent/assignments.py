@@ -2,8 +2,7 @@
 
 Pure: no grpc calls, no I/O. The session feeds every AssignmentsMessage to `AssignmentSet.apply`,
 which either returns what changed or raises `VersionGap` so the session reopens and starts again
-from a COMPLETE message (ADR 10). Proto -> model conversion of tasks lives here because only the
-agent ever reads a Task back from the wire.
+from a COMPLETE message (ADR 10). Tasks are read from the wire by warren.api.convert.
 
 Specs travel once per session (ADR 21): a message's `specs` hold the spec versions its tasks
 need that were not sent before, and a task finds its spec there, in the session's earlier
@@ -85,16 +84,14 @@ class AssignmentSet:
             if msg.mesh_changed
             else None
         )
-        network = {
-            "mesh": mesh,
-            "services": tuple(
+        services = (
+            tuple(
                 Endpoint(e.name, e.vip, tuple(e.backends), tuple((p.protocol, p.published, p.target) for p in e.ports))
                 for e in msg.services
             )
             if msg.services_changed
-            else None,
-            "vip_range": msg.vip_range,
-        }
+            else None
+        )
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             self.specs, self.refs = {}, {}
             updated, invalid = self._read(msg)
@@ -107,7 +104,13 @@ class AssignmentSet:
             self.version = msg.version
             self.session_id = msg.session_id
             return AssignmentDelta(
-                complete=True, updated=tuple(tasks.values()), managers=managers, invalid=invalid, **network
+                complete=True,
+                updated=tuple(tasks.values()),
+                managers=managers,
+                invalid=invalid,
+                mesh=mesh,
+                services=services,
+                vip_range=msg.vip_range,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -126,7 +129,14 @@ class AssignmentSet:
         self._prune()
         self.version = msg.version
         return AssignmentDelta(
-            complete=False, updated=updated, removed=tuple(msg.removed), managers=managers, invalid=invalid, **network
+            complete=False,
+            updated=updated,
+            removed=tuple(msg.removed),
+            managers=managers,
+            invalid=invalid,
+            mesh=mesh,
+            services=services,
+            vip_range=msg.vip_range,
         )
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
@@ -153,7 +163,7 @@ class AssignmentSet:
         held = self.tasks.get(msg.id) or self.held(msg.id)
         if held is not None and held.spec_version == msg.spec_version:
             return held.spec
-        if _state(msg.desired_state, TaskState.SHUTDOWN) > TaskState.RUNNING:
+        if convert.task_state_or(msg.desired_state, TaskState.SHUTDOWN) > TaskState.RUNNING:
             return ServiceSpec(name=msg.service_name, image="")  # never started: only to be stopped
         return None
 
@@ -183,41 +193,7 @@ def _read_tasks(
             if spec is None:
                 bad.append((msg.id, f"its spec (service {msg.service_id} version {msg.spec_version}) was not sent"))
                 continue
-            good.append(task_from_pb(msg, spec))
+            good.append(convert.task_from_pb(msg, spec))
         except (convert.ConversionError, ValueError, TypeError) as exc:
             bad.append((msg.id, f"unreadable task spec: {exc}"))
     return tuple(good), tuple(bad)
-
-
-def _state(name: str, default: TaskState) -> TaskState:
-    try:
-        return convert.task_state(name) if name else default
-    except convert.ConversionError:
-        return default
-
-
-def task_from_pb(msg: pb.Task, spec: ServiceSpec | None = None) -> Task:
-    """A Task as the dispatcher sent it, with `spec` or else the one in the message. Unknown state
-    names degrade to safe defaults instead of failing the whole message: desired SHUTDOWN stops
-    rather than runs."""
-    return Task(
-        id=msg.id,
-        service_id=msg.service_id,
-        service_name=msg.service_name,
-        slot=msg.slot,
-        spec=spec if spec is not None else convert.spec_from_pb(msg.spec),
-        spec_version=msg.spec_version,
-        desired_state=_state(msg.desired_state, TaskState.SHUTDOWN),
-        state=_state(msg.state, TaskState.ASSIGNED),
-        node_id=msg.node_id,
-        message=msg.message,
-        error=msg.error,
-        exit_code=msg.exit_code if msg.has_exit_code else None,
-        runtime_id=msg.runtime_id,
-        health=msg.health,
-        attempt=msg.attempt,
-        created_at=msg.created_at,
-        updated_at=msg.updated_at,
-        started_at=msg.started_at,
-        overlay_address=msg.overlay_address,
-    )

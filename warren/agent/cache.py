@@ -15,33 +15,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import lmdb
 import msgspec
 
-from warren.model import Task, TaskState
+from warren.agent.decisions import LocalState
+from warren.model import Task
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = b"1"
 MAP_SIZE = 1 << 30  # address space only; the file grows with use
-
-
-class LocalState(msgspec.Struct, frozen=True):
-    """What the agent knows about one task beyond its spec. `state` is the last state it reached
-    (and reported, or queued to report); `restarts` counts restarts it made on its own."""
-
-    state: TaskState = TaskState.ASSIGNED
-    runtime_id: str = ""  # the container made for the task ("" = none, or removed)
-    started: bool = False  # start() succeeded for runtime_id
-    attempt: int = 0  # the task's attempt number, raised by each local restart
-    restarts: int = 0
-    health: str = ""
-    exit_code: int | None = None
-    message: str = ""
-    error: str = ""
-    started_at: float = 0.0  # wall clock of the last start, for the restart window
-    leaving: bool = False  # the task left the assignment set: stop and remove its container
 
 
 _task_enc = msgspec.msgpack.Encoder()
@@ -81,7 +66,7 @@ class AgentCache:
     def local_states(self) -> dict[str, LocalState]:
         return self._load(self._local, _local_dec)
 
-    def _load(self, db: object, decoder: msgspec.msgpack.Decoder) -> dict:
+    def _load(self, db: lmdb._Database, decoder: msgspec.msgpack.Decoder[Any]) -> dict[str, Any]:
         found = {}
         with self._env.begin(db=db) as txn:
             for key, value in txn.cursor():

@@ -1,17 +1,10 @@
-"""One task's controller: drives its container through the runtime, one step at a time.
+"""One task's controller: performs the steps warren.agent.decisions decides, one at a time.
 
-The shape follows SwarmKit's task controller: each step looks at the task's desired state and
-the state the agent last reached, makes at most one runtime call (in a thread), records the new
-local state in the cache *before* the next call, and queues a status report. States only move
-forward (model.can_transition): the agent never reports a task backwards.
-
-    assigned -> accepted -> preparing (runtime.prepare) -> starting (runtime.start)
-             -> running (at once, or once healthy) -> complete | failed -> remove container
-    desired shutdown: stop (stop signal, grace period, then kill) -> shutdown -> remove container
-    task left the assignment set: stop and remove, report nothing (the managers forgot it)
-
-While no manager is reachable, an exited task is restarted in place under its cached restart
-policy (same task id, a local attempt counter); see ADR 12.
+The shape follows SwarmKit's task controller: each step makes at most one runtime call (in a
+thread), records the new local state in the cache *before* the next call, and queues a status
+report. States only move forward (model.can_transition): the agent never reports a task
+backwards. While no manager is reachable, an exited task is restarted in place under its cached
+restart policy (same task id, a local attempt counter); see ADR 12.
 
 A task that ended (complete, failed, rejected, shutdown) never runs again: its container and
 snapshot are removed at once, as Swarm does. The task stays in `service ps` as history, with its
@@ -25,116 +18,36 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
 from warren.agent import health
-from warren.agent.cache import LocalState
-from warren.agent.runtime import (
-    SERVICE_LABEL,
-    TASK_LABEL,
-    ContainerSpec,
-    ContainerState,
-    ContainerStatus,
-    Runtime,
-    RuntimeFailure,
+from warren.agent.controller_env import ControllerEnv
+from warren.agent.decisions import (
+    LocalState,
+    Resume,
+    Step,
+    container_spec,
+    decide_step,
+    exit_outcome,
+    initial_state,
+    plan_exit,
+    plan_failure,
+    plan_resume,
+    stop_signal,
 )
+from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
-from warren.model import HealthCheck, RestartCondition, RestartPolicy, Task, TaskState, can_transition
+from warren.agent.watch import wait_exit, watch_health
+from warren.backoff import Backoff
+from warren.model import Task, TaskState, can_transition
+from warren.restart import next_attempt as next_attempt  # re-exported: the rule tasks restart by
 
 log = logging.getLogger(__name__)
 
 RUNNING = TaskState.RUNNING
-
-
-class TaskNetworks(Protocol):
-    """A network namespace per task on the node's overlay bridge (ADR 17). Blocking calls."""
-
-    def attach(self, task_id: str, address: str) -> str:
-        """Set up (or find) the task's namespace with `address`; returns its path."""
-        ...
-
-    def resolv_conf(self) -> str:
-        """The resolv.conf tasks on the overlay use (the node's embedded DNS), or ""."""
-        ...
-
-    def detach(self, task_id: str) -> None:
-        """Remove the task's namespace and its link to the bridge (idempotent)."""
-        ...
-
-
-@dataclass
-class ControllerEnv:
-    """What a controller needs from the agent; tests pass fakes."""
-
-    runtime: Runtime
-    log_dir: Path
-    call: Callable[..., Awaitable[Any]]  # runs a blocking runtime call in a thread
-    report: Callable[[Report], None] = lambda report: None
-    save: Callable[[str, LocalState], None] = lambda task_id, local: None
-    connected: Callable[[], bool] = lambda: False
-    wait_call: Callable[..., Awaitable[Any]] | None = None  # same, for long waits (own pool)
-    networks: TaskNetworks | None = None  # the overlay's task networks, when the mesh is on
-    clock: Callable[[], float] = time.time
-    retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # transient prepare failures
-    wait_slice: float = 2.0  # a wait() call returns at least this often, so closing is prompt
-
-
-def container_spec(task: Task, log_dir: Path, netns: str = "") -> ContainerSpec:
-    """What the runtime runs for a task; the labels let a restarted agent find it again."""
-    spec = task.spec
-    return ContainerSpec(
-        task_id=task.id,
-        image=spec.image,
-        command=spec.command,
-        args=spec.args,
-        env=dict(spec.env),
-        limits=spec.limits,
-        stop_signal=stop_signal(task),
-        labels={TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
-        log_path=str(log_dir / f"{task.id}.log"),
-        netns=netns,
-    )
-
-
-def stop_signal(task: Task) -> str:
-    """The spec's stop signal (checked by the manager), SIGTERM when it names none."""
-    return task.spec.stop_signal or "SIGTERM"
-
-
-def exit_outcome(status: ContainerStatus) -> tuple[TaskState, str]:
-    """The terminal state an exit means, and the error shown by `service ps`."""
-    if status.state == ContainerState.UNKNOWN:
-        return TaskState.FAILED, status.error or "the container disappeared"
-    if status.exit_code is None:
-        return TaskState.FAILED, "task exited while the agent was not watching (exit code unknown)"
-    if status.exit_code == 0:
-        return TaskState.COMPLETE, ""
-    return TaskState.FAILED, f"task exited with code {status.exit_code}"
-
-
-def next_attempt(policy: RestartPolicy, outcome: TaskState, attempt: int, ran_for: float) -> int | None:
-    """The attempt number of a local restart, or None when the policy forbids one. Mirrors the
-    manager's reconciler.restart_attempt, so a task gets the same number of tries whether the
-    manager or the disconnected agent restarts it."""
-    if policy.condition == RestartCondition.NONE:
-        return None
-    if policy.condition == RestartCondition.ON_FAILURE and outcome == TaskState.COMPLETE:
-        return None
-    base = 0 if policy.window > 0 and ran_for >= policy.window else attempt
-    if policy.max_attempts and base >= policy.max_attempts:
-        return None
-    return base + 1
-
-
-def initial_state(task: Task) -> LocalState:
-    """Local state for a task the cache does not know: where the managers say it is. A new task
-    is ASSIGNED; a terminal one (history) must never run again."""
-    return LocalState(state=max(task.state, TaskState.ASSIGNED), attempt=task.attempt)
 
 
 class TaskController:
@@ -163,7 +76,7 @@ class TaskController:
         self._unhealthy: str | None = None  # set by the health monitor
         self._forced: tuple[TaskState, str] | None = None  # why we stopped it ourselves (unhealthy)
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
-        self._failures = 0  # consecutive transient failures of the current step
+        self._retry = Backoff.schedule(env.retry_delays)  # transient failures of the current step
         self._network_released = False  # the task's namespace is gone (known only once released)
         self.done = asyncio.Event()
 
@@ -214,11 +127,12 @@ class TaskController:
         while True:
             self._changed.clear()
             try:
-                if self.local.leaving:
+                step = decide_step(self.local, self.task.desired_state, self._network_released)
+                if step == Step.TEARDOWN:
                     if await self._teardown():
                         return
                     continue
-                if await self._step():
+                if await self._take(step):
                     continue
             except asyncio.CancelledError:
                 raise
@@ -226,31 +140,28 @@ class TaskController:
                 # A bug or an unexpected runtime error: never let it kill the agent. Back off and
                 # look again; the step is idempotent.
                 log.exception("task %s: step failed", self.task.id)
-                await self._sleep(self._backoff())
+                await self._sleep(self._retry.next())
                 continue
             await self._changed.wait()
 
-    async def _step(self) -> bool:
-        """Take one step; False when there is nothing to do until something changes."""
-        local, desired = self.local, self.task.desired_state
-        if local.state.terminal:
-            if local.runtime_id:  # it never runs again: free its container and snapshot now
-                await self._remove_container()
-                return True
-            if not self._network_released:  # whether or not a container was ever made
-                await self._release_network()
-                return True
+    async def _take(self, step: Step) -> bool:
+        """Take one step (warren.agent.decisions); False when there is nothing to do until
+        something changes."""
+        if step == Step.REMOVE_CONTAINER:
+            await self._remove_container()
+        elif step == Step.RELEASE_NETWORK:
+            await self._release_network()
+        elif step == Step.WAIT:
             return False
-        if desired > RUNNING:
+        elif step == Step.SHUTDOWN:
             await self._shutdown()
-            return True
-        if local.state < TaskState.ACCEPTED:
+        elif step == Step.ACCEPT:
             self._advance(TaskState.ACCEPTED, message="accepted")
-        elif local.state == TaskState.ACCEPTED:
+        elif step == Step.BEGIN_PREPARING:
             self._advance(TaskState.PREPARING, message="preparing")
-        elif local.state == TaskState.PREPARING:
+        elif step == Step.PREPARE:
             await self._prepare()
-        elif not local.started:
+        elif step == Step.START:
             await self._start()
         else:
             return await self._monitor()
@@ -272,21 +183,18 @@ class TaskController:
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
             return
-        self._failures = 0
+        self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
 
     async def _start(self) -> None:
         runtime_id = self.local.runtime_id
-        if not runtime_id:  # its container vanished before it started: make it again
-            await self._prepare()
-            return
         try:
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
             await self._failed_step("starting", exc, reject=False)
             return
-        self._failures = 0
+        self._retry.reset()
         self._started()
 
     def _started(self) -> None:
@@ -301,29 +209,37 @@ class TaskController:
         """Permanent failures end the task at once; transient ones are retried with backoff."""
         message = exc.message if isinstance(exc, RuntimeFailure) else f"{type(exc).__name__}: {exc}"
         permanent = isinstance(exc, RuntimeFailure) and exc.permanent
-        if permanent:
-            state = TaskState.REJECTED if reject else TaskState.FAILED
-            log.info("task %s: %s failed: %s", self.task.id, what, message)
-            self._advance(state, error=message, message=f"{what} failed")
+        delay = 0.0 if permanent else self._retry.next()
+        retry = self._retry
+        plan = plan_failure(
+            self.local.state,
+            what,
+            message,
+            permanent=permanent,
+            reject=reject,
+            failures=retry.failures,
+            gave_up=retry.exhausted,
+        )
+        if not plan.retry:
+            if permanent:
+                log.info("task %s: %s failed: %s", self.task.id, what, message)
+            else:
+                log.warning("task %s: %s failed %d times: %s", self.task.id, what, retry.failures, message)
+            self._advance(plan.state, error=plan.error, message=plan.message)
             return
-        self._failures += 1
-        if self._failures > len(self.env.retry_delays):
-            log.warning("task %s: %s failed %d times: %s", self.task.id, what, self._failures, message)
-            self._advance(TaskState.FAILED, error=f"{what} failed: {message}", message=f"{what} failed")
-            return
-        delay = self.env.retry_delays[self._failures - 1]
         log.info("task %s: %s failed (%s), retrying in %gs", self.task.id, what, message, delay)
-        # Say so at once: `service ps` shows the message while the task is not running yet.
-        self._advance(self.local.state, message=f"{what} failed: {message} (retrying, attempt {self._failures + 1})")
+        self._advance(plan.state, message=plan.message)
         await self._sleep_unless_stopping(delay)
 
     async def _monitor(self) -> bool:
         """Watch the started container until it exits, turns unhealthy, or the task changes."""
         runtime_id = self.local.runtime_id
         if self._exit is None:
-            self._exit = asyncio.create_task(self._wait_exit(runtime_id))
+            self._exit = asyncio.create_task(wait_exit(self.env, self.task.id, runtime_id))
         if self._health is None and self.task.spec.health is not None and not self._exit.done():
-            self._health = asyncio.create_task(self._watch_health(self.task.spec.health, runtime_id))
+            self._health = asyncio.create_task(
+                watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health)
+            )
         if self._unhealthy is not None:
             await self._stop_unhealthy()
             return True
@@ -332,30 +248,11 @@ class TaskController:
             return True
         changed = asyncio.ensure_future(self._changed.wait())
         try:
-            await asyncio.wait({self._exit, changed}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {self._exit, changed}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             changed.cancel()
         return True
-
-    async def _wait_exit(self, runtime_id: str) -> ContainerStatus:
-        """runtime.wait in slices (a blocked thread cannot be cancelled), tolerating errors."""
-        call = self.env.wait_call or self.env.call
-        while True:
-            try:
-                status = await call(self.env.runtime.wait, runtime_id, self.env.wait_slice)
-            except Exception as exc:
-                message = exc.message if isinstance(exc, RuntimeFailure) else str(exc)
-                try:
-                    status = await self.env.call(self.env.runtime.status, runtime_id)
-                except Exception:
-                    status = None
-                if status is not None and status.state in (ContainerState.EXITED, ContainerState.UNKNOWN):
-                    return status if status.error else msgspec.structs.replace(status, error=message)
-                log.warning("task %s: waiting on container %s failed: %s", self.task.id, runtime_id, message)
-                await asyncio.sleep(1.0)
-                continue
-            if status is not None:
-                return status
 
     async def _stop_unhealthy(self) -> None:
         """Docker's rule: an unhealthy task is stopped and counts as failed."""
@@ -373,28 +270,35 @@ class TaskController:
         """The process ended (or we stopped it as unhealthy): report it, or restart it locally
         while disconnected."""
         await self._stop_watchers(keep_exit=True)
-        outcome, error = self._forced or exit_outcome(status)
-        if not self._exited_at:
+        first_look = not self._exited_at
+        if first_look:
             self._exited_at = time.monotonic()
-            log.info("task %s: %s (%s)", self.task.id, outcome.label, error or "exit code 0")
-        ran_for = max(0.0, (status.finished_at or self.env.clock()) - self.local.started_at)
-        attempt = next_attempt(self.task.spec.restart, outcome, self.local.attempt, ran_for)
-        if attempt is not None and not self.env.connected():
-            remaining = self._exited_at + self.task.spec.restart.delay - time.monotonic()
-            if remaining > 0:
-                await self._sleep(remaining)  # woken early by a change (reconnect, shutdown)
+        plan = plan_exit(
+            self.task.spec.restart,
+            self.local,
+            status,
+            self._forced,
+            connected=self.env.connected(),
+            ended_at=status.finished_at or self.env.clock(),
+            since_exit=time.monotonic() - self._exited_at,
+        )
+        if first_look:
+            log.info("task %s: %s (%s)", self.task.id, plan.outcome.label, plan.error or "exit code 0")
+        if plan.restart_attempt is not None:
+            if plan.wait > 0:
+                await self._sleep(plan.wait)  # woken early by a change (reconnect, shutdown)
                 return
-            await self._restart_locally(attempt)
+            await self._restart_locally(plan.restart_attempt)
             return
         fields: dict[str, Any] = {
             "exit_code": status.exit_code,
-            "error": error,
-            "message": "finished" if not error else "",
+            "error": plan.error,
+            "message": "finished" if not plan.error else "",
         }
         if self._forced is not None:
             fields["health"] = health.UNHEALTHY
         self._exit, self._exited_at, self._forced = None, 0.0, None
-        self._advance(outcome, **fields)
+        self._advance(plan.outcome, **fields)
 
     async def _restart_locally(self, attempt: int) -> None:
         """Same task id, a fresh container; the managers hear the final truth on reconnect."""
@@ -414,21 +318,6 @@ class TaskController:
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None)
         status = health.STARTING if self.task.spec.health is not None else ""
         self._advance(self.local.state, health=status, message=f"restarted by the agent ({self.local.restarts})")
-
-    async def _watch_health(self, check: HealthCheck, runtime_id: str) -> None:
-        """Docker's health rules (warren.agent.health), probing in the agent's thread pool."""
-        if self.env.networks is not None and self.task.overlay_address:
-            check = health.on_task_address(check, self.task.overlay_address)
-
-        def probe() -> Awaitable[health.ProbeResult]:
-            return self.env.call(health.run_probe, check, self.env.runtime, runtime_id)
-
-        try:
-            await health.monitor(check, probe, self._on_health, started_at=self.local.started_at, clock=self.env.clock)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("task %s: health monitor failed", self.task.id)
 
     def _on_health(self, report: health.HealthReport) -> None:
         """A health change from the monitor. Its first report, "starting", is not news: the
@@ -459,11 +348,11 @@ class TaskController:
             if self.local.started and not self.local.state.terminal:
                 await self._stop_container()
             if not await self._remove_container():
-                if self._failures <= len(self.env.retry_delays):
+                if not self._retry.exhausted:
                     return False
                 log.error("task %s: giving up removing container %s", self.task.id, self.local.runtime_id)
         if not self._network_released and not await self._release_network():
-            if self._failures <= len(self.env.retry_delays):
+            if not self._retry.exhausted:
                 return False
             log.error("task %s: giving up releasing its network (the agent's sweep retries)", self.task.id)
         with contextlib.suppress(OSError):
@@ -481,12 +370,13 @@ class TaskController:
                 status = await self.env.call(self.env.runtime.stop, runtime_id, grace, stop_signal(self.task))
             except Exception as exc:
                 log.warning("task %s: stopping container %s failed: %s", self.task.id, runtime_id, exc)
-                if self._failures >= len(self.env.retry_delays):
-                    self._failures = 0
+                delay = self._retry.next()
+                if self._retry.exhausted:
+                    self._retry.reset()
                     return None  # give up stopping; remove() kills what is left
-                await asyncio.sleep(self._backoff())
+                await asyncio.sleep(delay)
                 continue
-            self._failures = 0
+            self._retry.reset()
             return status
 
     async def _remove_container(self) -> bool:
@@ -495,9 +385,9 @@ class TaskController:
             await self.env.call(self.env.runtime.remove, runtime_id)
         except Exception as exc:
             log.warning("task %s: removing container %s failed: %s", self.task.id, runtime_id, exc)
-            await self._sleep(self._backoff())
+            await self._sleep(self._retry.next())
             return False
-        self._failures = 0
+        self._retry.reset()
         self._set_local(runtime_id="", started=False)
         return True
 
@@ -510,9 +400,9 @@ class TaskController:
                 await self.env.call(self.env.networks.detach, self.task.id)
             except Exception as exc:
                 log.warning("task %s: releasing its network failed: %s", self.task.id, exc)
-                await self._sleep(self._backoff())
+                await self._sleep(self._retry.next())
                 return False
-        self._failures = 0
+        self._retry.reset()
         self._network_released = True
         return True
 
@@ -531,51 +421,36 @@ class TaskController:
     async def _resume(self) -> None:
         """Reconcile the cached local state with the containers found at agent start."""
         found, self._found = self._found, []
-        if not found and self.local.state.terminal:
-            return
-        current = next((c for c in found if c.runtime_id == self.local.runtime_id), None)
-        if current is None:
-            live = [c for c in found if c.state == ContainerState.RUNNING]
-            current = (live or found or [None])[0]
-        for extra in found:
-            if extra is not current:
-                log.info("task %s: removing stray container %s", self.task.id, extra.runtime_id)
-                with contextlib.suppress(Exception):
-                    await self.env.call(self.env.runtime.remove, extra.runtime_id)
         local = self.local
+        plan = plan_resume(local, self._cached, found)
+        for extra in plan.strays:
+            log.info("task %s: removing stray container %s", self.task.id, extra.runtime_id)
+            with contextlib.suppress(Exception):
+                await self.env.call(self.env.runtime.remove, extra.runtime_id)
+        action, current = plan.action, plan.current
+        if action in (Resume.FORGET, Resume.VANISHED):
+            self._set_local(runtime_id="", started=False)
+        if action == Resume.VANISHED:
+            self._advance(TaskState.FAILED, error="the container disappeared while the agent was down")
+        elif action == Resume.UNTRACKED:
+            self._advance(TaskState.FAILED, error="the agent lost track of this task's container")
         if current is None:
-            if local.state.terminal:
-                return
-            if local.started:
-                self._set_local(runtime_id="", started=False)
-                self._advance(TaskState.FAILED, error="the container disappeared while the agent was down")
-            elif not self._cached and local.state >= TaskState.STARTING:
-                # The managers saw it start, but this agent has no record of it (cache lost).
-                self._advance(TaskState.FAILED, error="the agent lost track of this task's container")
-            elif local.runtime_id:
-                self._set_local(runtime_id="", started=False)  # never started: prepare again
             return
         self._set_local(runtime_id=current.runtime_id)
-        if local.state.terminal:
-            if current.state == ContainerState.RUNNING:
-                await self._stop_container()
-            return
-        if current.state == ContainerState.RUNNING:
+        if action == Resume.STOP_ENDED:
+            await self._stop_container()
+        elif action == Resume.ADOPT_RUNNING:
             log.info("task %s: re-adopted running container %s", self.task.id, current.runtime_id)
             if local.state < TaskState.STARTING:
                 self._advance(TaskState.STARTING)
             if not local.started:
                 self._started()
-            return
-        if current.state in (ContainerState.EXITED, ContainerState.UNKNOWN) and (
-            local.started or local.state >= TaskState.STARTING
-        ):
+        elif action == Resume.ADOPT_EXITED:
             outcome, error = exit_outcome(current)
             log.info("task %s: exited while the agent was down: %s", self.task.id, error or "code 0")
             self._set_local(started=True)
             self._advance(outcome, exit_code=current.exit_code, error=error)
-            return
-        if current.state == ContainerState.CREATED and local.state == TaskState.PREPARING:
+        elif action == Resume.ADOPT_CREATED:
             self._advance(TaskState.STARTING, message="starting")
 
     # -- local state and reports ---------------------------------------------------------------
@@ -607,11 +482,6 @@ class TaskController:
         )
 
     # -- time ----------------------------------------------------------------------------------
-    def _backoff(self) -> float:
-        delays = self.env.retry_delays or (1.0,)
-        self._failures += 1
-        return delays[min(self._failures, len(delays)) - 1]
-
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         """Sleep, waking early only to stop or remove the task: our own status reports come back
         as task updates, and must not cut a retry delay short."""
@@ -627,22 +497,3 @@ class TaskController:
         """Sleep, but wake as soon as the task changes (a new desired state, removal, reconnect)."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), seconds)
-
-
-@dataclass
-class ContainersByTask:
-    """Containers found by label at agent start, grouped by task id; the rest are strays."""
-
-    by_task: dict[str, list[ContainerStatus]] = field(default_factory=dict)
-    unlabelled: list[ContainerStatus] = field(default_factory=list)
-
-    @classmethod
-    def group(cls, containers: list[ContainerStatus]) -> ContainersByTask:
-        found = cls()
-        for c in containers:
-            task_id = c.labels.get(TASK_LABEL, "")
-            if task_id:
-                found.by_task.setdefault(task_id, []).append(c)
-            else:
-                found.unlabelled.append(c)
-        return found

@@ -25,20 +25,20 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lmdb
 
-from warren import tls
+from warren import datadir, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
 from warren.agent.overlay import Overlay
-from warren.agent.promotion import Promotion
+from warren.agent.promotion import ManagerRunner, Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
@@ -46,13 +46,14 @@ from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.certinfo import PkiError
+from warren.host import host_facts as read_host_facts
 from warren.network import keys
 from warren.network.lean import lean_pyroute2
 
 log = logging.getLogger("warren.agent")
 
-NODE_FILE = "node.json"
-CERTS_DIR = "certs"
+NODE_FILE = datadir.NODE_FILE
+CERTS_DIR = datadir.CERTS_DIR
 RUNTIME_THREADS = 32  # prepare/start/stop/remove/probe calls in flight at once
 WAIT_THREADS = 4096  # one blocked wait() per running task; threads are made on demand
 REMOVE_ALL_TIMEOUT = 60.0  # a removed node's tasks: time allowed to stop them gracefully
@@ -79,7 +80,7 @@ class AgentStartupError(Exception):
 def make_runtime(options: AgentOptions) -> Runtime:
     """The runtime driver named by the options, imported lazily (containerd pulls in a lot)."""
     if options.runtime == "exec":
-        from warren.runtime.exec_driver import ExecRuntime
+        from warren.runtime.exec import ExecRuntime
 
         return ExecRuntime(options.data_dir / "exec")
     if options.runtime == "containerd":
@@ -112,30 +113,10 @@ def save_managers(data_dir: Path, managers: list[str]) -> None:
     path = data_dir / NODE_FILE
     node = load_node_file(data_dir)
     node["managers"] = list(managers)
-    tmp = path.with_name(f".{NODE_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(node, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    datadir.write_json(path, node)
 
 
 # -- node description --------------------------------------------------------------------------
-def _hostname(name: str) -> str:
-    """A hostname the dispatcher accepts (NAME_RE): invalid characters become '-', max 63."""
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)
-    cleaned = cleaned.lstrip("_.-")[:63]
-    return cleaned or "node"
-
-
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return 0
-
-
 def describe(options: AgentOptions, settings: agent_settings.AgentSettings | None = None) -> dpb.NodeDescription:
     """What this node tells the managers at each session: resources, platform, labels, and its
     WireGuard public key (made at join; read from its file, without `cryptography`). `settings`
@@ -149,12 +130,13 @@ def describe(options: AgentOptions, settings: agent_settings.AgentSettings | Non
             settings = agent_settings.load(options.data_dir) or agent_settings.AgentSettings()
         except agent_settings.SettingsError:
             settings = agent_settings.AgentSettings()
+    host_facts = read_host_facts(options.hostname)
     return dpb.NodeDescription(
-        hostname=_hostname(options.hostname or os.uname().nodename),
-        resources=pb.Resources(nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=_memory_bytes()),
+        hostname=host_facts.hostname,
+        resources=pb.Resources(nano_cpus=host_facts.nano_cpus, memory_bytes=host_facts.memory_bytes),
         addr=options.advertise_addr,
-        os=sys.platform,
-        arch=os.uname().machine,
+        os=host_facts.os,
+        arch=host_facts.arch,
         labels=options.labels,
         wg_public_key=active.public_key if active else "",
         wg_key_epoch=active.epoch if active else 0,
@@ -204,9 +186,11 @@ def _in_pool(pool: concurrent.futures.Executor) -> Callable[..., Any]:
     return call
 
 
-async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
-    """Run the agent until `stop` is set. Embeddable: the manager runs one for its own node.
-    Raises AgentStartupError when it cannot start, or once the cluster removed this node."""
+async def serve(options: AgentOptions, stop: asyncio.Event, run_manager: ManagerRunner | None = None) -> None:
+    """Run the agent until `stop` is set. Embeddable: a manager's node runs one beside it.
+    `run_manager` runs this node's manager once promoted (ADR 15); without it, the agent does not
+    take part in promotions. Raises AgentStartupError when it cannot start, or once the cluster
+    removed this node."""
     data = options.data_dir
     lean_pyroute2()  # the overlay needs a few of pyroute2's modules, not all it would import
     try:
@@ -225,12 +209,17 @@ async def serve(options: AgentOptions, stop: asyncio.Event) -> None:
         raise AgentStartupError(str(exc)) from None
     lock = lock_data_dir(data)  # before anything in the directory is written
     try:
-        await _serve(options, settings, stop)
+        await _serve(options, settings, stop, run_manager)
     finally:
         os.close(lock)
 
 
-async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, stop: asyncio.Event) -> None:
+async def _serve(
+    options: AgentOptions,
+    settings: agent_settings.AgentSettings,
+    stop: asyncio.Event,
+    run_manager: ManagerRunner | None,
+) -> None:
     data = options.data_dir
     node = load_node_file(data)
     managers = ManagerList([*node.get("managers", []), *options.managers])
@@ -241,15 +230,15 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         cache = AgentCache(data / "agent.db")
     except lmdb.Error as exc:
         raise AgentStartupError(f"cannot open the agent cache {data / 'agent.db'}: {exc}") from None
-    calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
-    waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
-    worker: Worker | None = None
-    metrics_job: asyncio.Task[None] | None = None
-    indexer: asyncio.Task[None] | None = None
-    logs: LogAgent | None = None
-    promotion: Promotion | None = None
-    overlay: Overlay | None = None
-    try:
+    # Everything opened from here on is released in reverse order, whether start-up fails at
+    # any step or the agent stops; containers keep running.
+    async with contextlib.AsyncExitStack() as opened:
+        opened.callback(log.info, "agent stopped; containers keep running")
+        opened.callback(cache.close)
+        calls = concurrent.futures.ThreadPoolExecutor(RUNTIME_THREADS, thread_name_prefix="warren-runtime")
+        opened.callback(calls.shutdown, wait=False, cancel_futures=True)
+        waits = concurrent.futures.ThreadPoolExecutor(WAIT_THREADS, thread_name_prefix="warren-wait")
+        opened.callback(waits.shutdown, wait=False, cancel_futures=True)
         try:
             runtime = await asyncio.get_running_loop().run_in_executor(calls, make_runtime, options)
         except AgentStartupError:
@@ -257,6 +246,7 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         except Exception as exc:
             raise AgentStartupError(f"cannot start the {options.runtime} runtime: {exc}") from exc
         overlay = Overlay(data, node.get("node_id", ""), _in_pool(calls))
+        opened.push_async_callback(overlay.close)
         if overlay.enabled:
             await _claim_overlay(overlay, calls)
         env = ControllerEnv(
@@ -268,12 +258,17 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)
+        opened.push_async_callback(worker.close)
         await worker.start()
         overlay.track(worker.controllers.keys)  # the ledger's other task networks are leftovers
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
-        indexer = asyncio.create_task(logs.run_indexer(), name="log-indexer")
-        promotion = Promotion(data, lambda: list(managers.addrs), stop)
-        promotion.resume()
+        opened.callback(logs.close)
+        _run_task(opened, logs.run_indexer(), "log-indexer")
+        promotion = None
+        if run_manager is not None:
+            promotion = Promotion(data, lambda: list(managers.addrs), stop, run_manager)
+            opened.push_async_callback(promotion.close)
+            promotion.resume()
         session = Session(
             data / CERTS_DIR,
             managers,
@@ -282,7 +277,7 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
             queue,
             on_managers=functools.partial(save_managers, data),
             logs=logs,
-            on_promotion=promotion.promote,
+            on_promotion=promotion.promote if promotion is not None else None,
             on_mesh=overlay.update,
             on_services=overlay.update_services,
             pending_key=overlay.pending_key,
@@ -291,7 +286,7 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
         if options.metrics_addr:
             from warren.agent import metrics
 
-            metrics_job = asyncio.create_task(metrics.serve(options.metrics_addr, worker, session, overlay))
+            _run_task(opened, metrics.serve(options.metrics_addr, worker, session, overlay), "metrics")
         log.info(
             "agent %s running (%s runtime), managers: %s",
             node.get("node_id", "?"),
@@ -310,27 +305,18 @@ async def _serve(options: AgentOptions, settings: agent_settings.AgentSettings, 
                 except Exception as teardown_error:
                     log.error("removing this node's overlay networking failed: %s", teardown_error)
             raise AgentStartupError(f"{exc}; its tasks were stopped (join again to rejoin)") from None
-    finally:
-        log.info("agent stopping; containers keep running")
-        if promotion is not None:
-            await promotion.close()
-        if overlay is not None:
-            await overlay.close()
-        if indexer is not None:
-            indexer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await indexer
-        if logs is not None:
-            logs.close()
-        if metrics_job is not None:
-            metrics_job.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await metrics_job
-        if worker is not None:
-            await worker.close()
-        calls.shutdown(wait=False, cancel_futures=True)
-        waits.shutdown(wait=False, cancel_futures=True)
-        cache.close()
+
+
+def _run_task(opened: contextlib.AsyncExitStack, job: Coroutine[Any, Any, None], name: str) -> None:
+    """Run `job` as a task, cancelled and awaited as `opened` closes."""
+    task = asyncio.create_task(job, name=name)
+
+    async def cancel() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+    opened.push_async_callback(cancel)
 
 
 async def _claim_overlay(overlay: Overlay, pool: concurrent.futures.Executor) -> None:
@@ -369,7 +355,7 @@ def options_argv(options: AgentOptions) -> list[str]:
     return argv
 
 
-def _shed_join_libraries(options: AgentOptions) -> None:
+def _shed_join_libraries(options: AgentOptions, entry: str) -> None:
     """Re-execute as a fresh agent process (same pid, stdio and environment) when this one has
     loaded `cryptography`, as `cluster join` and `worker start` do to read and make credentials:
     the long-running agent needs none of it (certinfo), and it costs ~9 MiB of the agent's 60 MB
@@ -379,7 +365,7 @@ def _shed_join_libraries(options: AgentOptions) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.environ[REEXEC_ENV] = "1"
-    argv = [sys.executable, "-m", "warren.agent.daemon", *options_argv(options)]
+    argv = [sys.executable, "-m", entry, *options_argv(options)]
     try:
         os.execv(sys.executable, argv)
     except OSError as exc:  # keep running in this process, only bigger
@@ -387,9 +373,10 @@ def _shed_join_libraries(options: AgentOptions) -> None:
         print(f"warning: cannot re-execute the agent ({exc}); running it in this process", file=sys.stderr)
 
 
-def run(options: AgentOptions) -> int:
-    """The foreground agent process: serve until SIGTERM/SIGINT; returns the exit code."""
-    _shed_join_libraries(options)
+def run(options: AgentOptions, run_manager: ManagerRunner | None = None, entry: str = __name__) -> int:
+    """The foreground agent process: serve until SIGTERM/SIGINT; returns the exit code. `entry`
+    is the module (`python -m`) that starts this process again with `options_argv`."""
+    _shed_join_libraries(options, entry)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def main() -> None:
@@ -397,7 +384,7 @@ def run(options: AgentOptions) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(options, stop)
+        await serve(options, stop, run_manager)
 
     try:
         asyncio.run(main())
@@ -424,9 +411,9 @@ def _cgroup_parent(text: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m warren.agent.daemon`: the agent without the CLI (tests, debugging)."""
-    p = argparse.ArgumentParser(prog="python -m warren.agent.daemon", description="Run a Warren worker agent.")
+def parse_options(argv: list[str] | None, prog: str = "python -m warren.agent.daemon") -> AgentOptions:
+    """The options `options_argv` wrote."""
+    p = argparse.ArgumentParser(prog=prog, description="Run a Warren worker agent.")
     p.add_argument("--data-dir", type=Path, required=True, help="holds certs/ and node.json")
     p.add_argument("--manager", action="append", default=[], metavar="ADDR", help="manager gRPC address")
     p.add_argument("--runtime", choices=("containerd", "exec"), default="containerd")
@@ -440,20 +427,24 @@ def main(argv: list[str] | None = None) -> int:
         "--cgroup-parent", type=_cgroup_parent, default="/warren", metavar="PATH", help="containerd: the cgroup parent"
     )
     args = p.parse_args(argv)
-    return run(
-        AgentOptions(
-            data_dir=args.data_dir,
-            managers=args.manager,
-            runtime=args.runtime,
-            containerd_socket=args.containerd_socket,
-            hostname=args.hostname,
-            labels=dict(args.label),
-            advertise_addr=args.advertise_addr,
-            insecure_registries=tuple(args.insecure_registry),
-            metrics_addr=args.metrics_addr,
-            cgroup_parent=args.cgroup_parent,
-        )
+    return AgentOptions(
+        data_dir=args.data_dir,
+        managers=args.manager,
+        runtime=args.runtime,
+        containerd_socket=args.containerd_socket,
+        hostname=args.hostname,
+        labels=dict(args.label),
+        advertise_addr=args.advertise_addr,
+        insecure_registries=tuple(args.insecure_registry),
+        metrics_addr=args.metrics_addr,
+        cgroup_parent=args.cgroup_parent,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m warren.agent.daemon`: the agent alone, without the CLI and without promotion
+    (tests, debugging). A node's agent runs from warren.node.worker."""
+    return run(parse_options(argv))
 
 
 if __name__ == "__main__":

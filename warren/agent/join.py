@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from warren import pki, tls
+from warren import datadir, pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.certinfo import renewal_due
@@ -29,8 +27,8 @@ from warren.validate import NAME_RE
 
 log = logging.getLogger(__name__)
 
-NODE_FILE = "node.json"
-CERTS_DIR = "certs"
+NODE_FILE = datadir.NODE_FILE
+CERTS_DIR = datadir.CERTS_DIR
 JOIN_PORT_OFFSET = 2  # default join port = API port + 2 (Raft is + 1)
 JOIN_TIMEOUT = 15.0
 
@@ -87,11 +85,11 @@ def stored_identity(data_dir: Path) -> StoredIdentity | None:
     except tls.MissingCredentialsError:
         return None
     try:
-        node = json.loads(node_file.read_text())
-    except (OSError, ValueError) as exc:
-        raise pki.PkiError(f"{node_file} is unreadable: {exc}") from None
+        node = datadir.read_json(node_file)
+    except datadir.DataFileError as exc:
+        raise pki.PkiError(str(exc)) from None
     identity = pki.identity_of(creds.cert_pem)
-    if not isinstance(node, dict) or node.get("node_id") != identity.node_id:
+    if node.get("node_id") != identity.node_id:
         raise pki.PkiError(f"{node_file} does not name the node of {data_dir / CERTS_DIR / tls.CERT_FILE}")
     managers = [m for m in node.get("managers", []) if isinstance(m, str)]
     return StoredIdentity(
@@ -106,20 +104,7 @@ def stored_identity(data_dir: Path) -> StoredIdentity | None:
 
 def write_node_file(data_dir: Path, node_id: str, managers: list[str]) -> None:
     """node.json, atomically and owner-only."""
-    path = data_dir / NODE_FILE
-    tmp = path.with_name(f".{NODE_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"node_id": node_id, "managers": list(managers)}, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def node_hostname(name: str) -> str:
-    """A hostname the managers accept (validate.NAME_RE): other characters become '-'."""
-    cleaned = "".join(c if c.isascii() and (c.isalnum() or c in "_.-") else "-" for c in name)
-    return cleaned.lstrip("_.-")[:63] or "node"
+    datadir.write_json(data_dir / NODE_FILE, {"node_id": node_id, "managers": list(managers)})
 
 
 # -- joining -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import grpc
 
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
+from warren.backoff import Backoff
 from warren.validate import MAX_LOG_BATCH, MAX_LOG_BATCH_BYTES, MAX_LOG_LINE
 
 log = logging.getLogger(__name__)
@@ -112,10 +113,11 @@ class TimeIndex:
 class IndexCursor:
     """Arrival times for increasing offsets: one binary search, then reads forward in blocks."""
 
-    BLOCK = 512
+    BLOCK = 512  # records read at once
 
-    def __init__(self, index: TimeIndex, offset: int) -> None:
+    def __init__(self, index: TimeIndex, offset: int, block: int = BLOCK) -> None:
         self.index = index
+        self.block = block
         self._i = index.find(offset)
         self._first = 0
         self._block: list[tuple[int, float]] = []
@@ -124,7 +126,7 @@ class IndexCursor:
         """When byte `offset` was first seen; None if the index does not cover it."""
         while self._i < self.index.count:
             if not self._first <= self._i < self._first + len(self._block):
-                self._first, self._block = self._i, self.index.records(self._i, self.BLOCK)
+                self._first, self._block = self._i, self.index.records(self._i, self.block)
                 if not self._block:
                     return None
             end, at = self._block[self._i - self._first]
@@ -135,9 +137,9 @@ class IndexCursor:
 
 
 # -- reading a log file ----------------------------------------------------------------------------
-def tail_offset(fd: int, size: int, n: int) -> int:
-    """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0). A last
-    line without its newline counts as a line."""
+def tail_offset(fd: int, size: int, n: int, block: int = TAIL_BLOCK) -> int:
+    """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0), reading
+    back `block` bytes at a time. A last line without its newline counts as a line."""
     if n < 0:
         return 0
     if n == 0 or size == 0:
@@ -145,7 +147,7 @@ def tail_offset(fd: int, size: int, n: int) -> int:
     pos = size - 1 if os.pread(fd, 1, size - 1) == b"\n" else size  # that newline ends the last line
     found = 0
     while pos > 0:
-        start = max(0, pos - TAIL_BLOCK)
+        start = max(0, pos - block)
         chunk = os.pread(fd, pos - start, start)
         at = len(chunk)
         while (at := chunk.rfind(b"\n", 0, at)) >= 0:
@@ -410,7 +412,7 @@ class LogAgent:
     async def serve(self, stub: Any, session_id: str) -> None:
         """Serve log subscriptions for one session. Never returns: the session cancels it. A
         failed stream is reopened; a manager without log support is left alone."""
-        delay = 0.2
+        backoff = Backoff(0.2, 5.0)
         while True:
             opened = time.monotonic()
             self._prune()
@@ -431,9 +433,8 @@ class LogAgent:
                 call.cancel()
                 self._pause_all()
             if time.monotonic() - opened > 10:
-                delay = 0.2
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
 
     def _pause_all(self) -> None:
         """The stream went away: stop serving, but keep read positions for a while."""
@@ -540,12 +541,14 @@ class LogAgent:
     ) -> None:
         """One PublishLogs call, retried on transient failures; raises _Stop when to give up."""
         request = dpb.PublishLogsRequest(session_id=session_id, subscription_id=sub_id, messages=messages, done=done)
-        for delay in (*PUBLISH_RETRIES, None):
+        backoff = Backoff.schedule(PUBLISH_RETRIES)
+        while True:
             try:
                 reply = await stub.PublishLogs(request, timeout=PUBLISH_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 transient = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-                if not transient or delay is None:
+                delay = backoff.next()
+                if not transient or backoff.exhausted:
                     log.warning(
                         "publishing logs of subscription %s failed: %s %s", sub_id, exc.code().name, exc.details()
                     )

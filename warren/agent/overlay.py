@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from warren import datadir
 from warren.agent import settings as agent_settings
 from warren.agent.assignments import MeshMember
 from warren.network import keys
@@ -205,13 +206,11 @@ class Overlay:
         mount one (containerd); "" until the node's subnet is known."""
         if self._tasks is None:
             return ""
-        path = self._data_dir / "network" / "resolv.conf"
+        path = datadir.AgentDir(self._data_dir).resolv_conf
         text = f"nameserver {self._tasks.gateway}\noptions ndots:0\n"
         if not path.exists() or path.read_text() != text:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(path)
+            datadir.write_atomic(path, text, datadir.PUBLIC)  # a task's user, any uid, reads it
         return str(path)
 
     @property

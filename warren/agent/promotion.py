@@ -5,8 +5,9 @@ The manager lives in <agent data>/manager, a manager data directory like any oth
 node.json, then manager.json, raft.secret, db/). It runs without an embedded agent: this agent
 already runs the node's tasks. Once it has a manager.json, the agent starts it again on every
 start; a demotion stops it and marks it demoted (then a later promotion starts afresh).
-Everything manager-side (cryptography, PySyncObj, LMDB state) is imported only once promoted,
-so that an ordinary agent stays small.
+The agent knows nothing about managers: the node (warren.node) gives it a `ManagerRunner`, the
+callback that runs this node's manager; everything manager-side (cryptography, PySyncObj, LMDB
+state) is imported only once it is called, so that an ordinary agent stays small.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ import datetime as dt
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 
 from warren import tls
-from warren.agent import settings as agent_settings
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 
@@ -34,13 +34,24 @@ MANAGER_DIR = "manager"
 MANAGER_ROLE = "manager"
 CERTS_DIR = "certs"  # as in warren.agent.join, which imports cryptography: loaded only to promote
 
+# Runs this node's manager in `manager_dir` until the event is set: joining Raft through the
+# given managers, or resuming (None). It reports its own failures.
+ManagerRunner = Callable[[Path, list[str] | None, asyncio.Event], Awaitable[None]]
+
 
 class Promotion:
     """Runs this node's manager once promoted; `promote` is called on every heartbeat that says
     so, and does the work once."""
 
-    def __init__(self, data_dir: Path, managers: Callable[[], list[str]], agent_stop: asyncio.Event) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        managers: Callable[[], list[str]],
+        agent_stop: asyncio.Event,
+        run_manager: ManagerRunner,
+    ) -> None:
         self._data_dir = data_dir
+        self._run_manager = run_manager
         self._dir = data_dir / MANAGER_DIR
         self._managers = managers  # the manager API addresses this agent knows now
         self._agent_stop = agent_stop
@@ -118,22 +129,9 @@ class Promotion:
         self._task = asyncio.create_task(self._run(join), name="promoted-manager")
 
     async def _run(self, join: bool) -> None:
-        from warren.manager import daemon
-
-        settings = agent_settings.load(self._data_dir) or agent_settings.AgentSettings()
-        options = daemon.ManagerOptions(
-            data_dir=self._dir,
-            listen_addr=settings.manager_listen_addr,
-            advertise_addr=settings.manager_advertise_addr or None,
-            manager_only=True,  # this agent runs the node's tasks
-            in_agent=True,
-            join_managers=tuple(self._managers()) if join else None,
-        )
         relay = asyncio.create_task(self._stop_with_agent())
         try:
-            await daemon.serve(options, self._stop)
-        except daemon.StartupError as exc:
-            log.error("the promoted manager cannot run: %s", exc)
+            await self._run_manager(self._dir, self._managers() if join else None, self._stop)
         except Exception:
             log.exception("the promoted manager stopped")
         finally:

@@ -12,6 +12,7 @@ not depend on the driver.
 
 from __future__ import annotations
 
+import builtins
 import enum
 from typing import Protocol
 
@@ -103,6 +104,6 @@ class Runtime(Protocol):
         """Every container this driver manages (with their labels), for re-adoption."""
         ...
 
-    def exec(self, runtime_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    def exec(self, runtime_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
         """Run `argv` inside the running container (exec health checks): (exit code, output)."""
         ...

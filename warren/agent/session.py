@@ -18,19 +18,22 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 
 from warren import certinfo, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
-from warren.agent.status import Report, StatusQueue
+from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
+from warren.api import convert
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
+from warren.backoff import Backoff
 from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
+BACKOFF_JITTER = 0.1  # +-10%, so agents do not reconnect in lockstep
 COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus call
 MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
@@ -48,23 +52,6 @@ RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try a
 # Failures that say nothing about this node's session: the manager is unreachable, busy, or not
 # the leader. Anything else (a message too large, an internal error, a bad first message) counts.
 _TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
-
-
-class Backoff:
-    """Capped exponential backoff with a little jitter, so agents do not reconnect in lockstep."""
-
-    def __init__(self, start: float = BACKOFF_START, cap: float = BACKOFF_CAP) -> None:
-        self.start = start
-        self.cap = cap
-        self._next = start
-
-    def reset(self) -> None:
-        self._next = self.start
-
-    def next(self) -> float:
-        delay = min(self.cap, self._next)
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.9, 1.1)
 
 
 class ManagerList:
@@ -106,20 +93,6 @@ def leader_hint(error: grpc.aio.AioRpcError) -> str | None:
     return leader_from_details(error.details() or "")
 
 
-def report_to_pb(report: Report) -> dpb.TaskStatus:
-    return dpb.TaskStatus(
-        task_id=report.task_id,
-        state=report.state.label,
-        message=validate.report_text(report.message),
-        error=validate.report_text(report.error),
-        has_exit_code=report.exit_code is not None,
-        exit_code=report.exit_code or 0,
-        runtime_id=report.runtime_id,
-        health=report.health,
-        timestamp=report.timestamp,
-    )
-
-
 class _Redirect(Exception):
     def __init__(self, addr: str) -> None:
         super().__init__(addr)
@@ -150,11 +123,12 @@ class Session:
         queue: StatusQueue,
         on_managers: Callable[[list[str]], None] = lambda addrs: None,
         logs: LogAgent | None = None,
-        on_promotion: Callable[[grpc.aio.Channel], Awaitable[None]] | None = None,
+        on_promotion: Callable[[grpc.aio.Channel], Coroutine[Any, Any, None]] | None = None,
         on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
         on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
         pending_key: Callable[[], NodeKey | None] = lambda: None,
         on_key_epoch: Callable[[int], None] = lambda epoch: None,
+        renewal_check: float = RENEWAL_CHECK,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -168,6 +142,7 @@ class Session:
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
+        self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
         self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id))
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
@@ -176,7 +151,7 @@ class Session:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep a session open until `stop`; raises NodeRemoved if the cluster removed us."""
-        backoff = Backoff()
+        backoff = Backoff(BACKOFF_START, BACKOFF_CAP, jitter=BACKOFF_JITTER, draw=random.random)
         target: str | None = None
         redirects = 0
         while not stop.is_set():
@@ -245,6 +220,7 @@ class Session:
                 raise
             if first is grpc.aio.EOF:
                 raise SessionLost("the manager closed the session before the first message")
+            first = cast(dpb.AssignmentsMessage, first)  # grpc's stubs type read() as object
             self.assignments.reset()
             try:
                 delta = self.assignments.apply(first)
@@ -281,9 +257,9 @@ class Session:
             for job in done:
                 if job.get_name() == "session-stop":
                     return False
-                exc = job.exception()
-                if exc is not None:
-                    raise exc
+                failure = job.exception()
+                if failure is not None:
+                    raise failure
                 if job.get_name() in ("session-read", "session-heartbeat"):
                     return bool(job.result())
             return False
@@ -296,6 +272,7 @@ class Session:
             msg = await call.read()
             if msg is grpc.aio.EOF:
                 raise SessionLost("the manager ended the session")
+            msg = cast(dpb.AssignmentsMessage, msg)  # grpc's stubs type read() as object
             try:
                 delta = self.assignments.apply(msg)
             except VersionGap as exc:
@@ -323,7 +300,7 @@ class Session:
                 log.exception("saving the manager list failed")
 
     async def _heartbeat(
-        self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str, channel: grpc.aio.Channel
+        self, stub: dispatcher_pb2_grpc.DispatcherAsyncStub, session_id: str, channel: grpc.aio.Channel
     ) -> bool:
         """Beat at the period the manager asks for; the first at half the last known period.
         A reply asking for the manager role starts the promotion (in the background). Returns
@@ -377,7 +354,7 @@ class Session:
         imported only when a renewal is due. The next session uses the renewed credentials; this
         one keeps working until the old certificate expires."""
         while True:
-            delay = RENEWAL_CHECK
+            delay = self.renewal_check
             try:
                 cert_pem = await asyncio.to_thread((self.certs_dir / tls.CERT_FILE).read_bytes)
                 if certinfo.renewal_due(cert_pem):
@@ -394,7 +371,7 @@ class Session:
                 delay = RENEWAL_RETRY
             await asyncio.sleep(delay)
 
-    async def _report(self, stub: dispatcher_pb2_grpc.DispatcherStub, session_id: str) -> None:
+    async def _report(self, stub: dispatcher_pb2_grpc.DispatcherAsyncStub, session_id: str) -> None:
         """Send queued reports in batches, COALESCE seconds after the first one arrives."""
         while True:
             await self.queue.wait()
@@ -403,7 +380,9 @@ class Session:
             if len(batch) > MAX_BATCH:
                 self.queue.requeue(batch[MAX_BATCH:])
                 batch = batch[:MAX_BATCH]
-            request = dpb.UpdateTaskStatusRequest(session_id=session_id, updates=[report_to_pb(r) for r in batch])
+            request = dpb.UpdateTaskStatusRequest(
+                session_id=session_id, updates=[convert.report_to_pb(r) for r in batch]
+            )
             try:
                 await stub.UpdateTaskStatus(request, timeout=REPORT_TIMEOUT)
             except grpc.aio.AioRpcError as exc:

@@ -7,14 +7,14 @@ saved, then to the default. Stdlib only: the CLI reads this before loading grpc.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-SETTINGS_FILE = "agent-settings.json"
+from warren import datadir
+
+SETTINGS_FILE = datadir.AGENT_SETTINGS_FILE
 DEFAULT_CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 RUNTIMES = ("containerd", "exec")
 WIREGUARD_MODES = ("off", "auto", "kernel", "userspace")
@@ -83,34 +83,18 @@ def check_cgroup_parent(path: str) -> None:
 
 def load(directory: Path) -> AgentSettings | None:
     """The saved settings, or None if none were saved."""
-    path = directory / SETTINGS_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SettingsError(f"{path} is unreadable: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{path} is not a JSON object")
+    return datadir.load_settings(directory / SETTINGS_FILE, _from_json, SettingsError)
+
+
+def _from_json(raw: dict[str, Any]) -> AgentSettings:
     known = {f.name for f in fields(AgentSettings)}
-    try:
-        settings = AgentSettings().overridden(**{k: v for k, v in raw.items() if k in known})
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{path}: {exc}") from None
-    return settings
+    return AgentSettings().overridden(**{k: v for k, v in raw.items() if k in known})
 
 
 def save(directory: Path, settings: AgentSettings) -> None:
     """Write the settings atomically, owner-only (labels may say more than the owner wants)."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / SETTINGS_FILE
-    tmp = path.with_name(f".{SETTINGS_FILE}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(asdict(settings), f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    datadir.write_json(directory / SETTINGS_FILE, asdict(settings))
 
 
 def resolve(directory: Path, **given: Any) -> AgentSettings:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from warren import datadir
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.overlay import teardown as remove_overlay
@@ -40,7 +41,7 @@ def remove_tasks(data_dir: Path, settings: agent_settings.AgentSettings) -> list
     from warren.agent.daemon import AgentOptions, make_runtime
 
     known, grace = _known_tasks(data_dir)
-    if settings.runtime == "exec" and not (data_dir / "exec").is_dir():
+    if settings.runtime == "exec" and not datadir.AgentDir(data_dir).runtime_state("exec").is_dir():
         return []  # never ran a task: nothing to make a state directory for
     if settings.runtime != "exec" and not known:
         return []  # no task of this node: its runtime need not even be there any more
@@ -85,8 +86,9 @@ def _known_tasks(data_dir: Path) -> tuple[set[str], dict[str, tuple[float, str]]
     """The task ids the data directory names, and each cached task's stop grace and signal."""
     known = set(tasknet.recorded(tasknet.ledger_dir(data_dir)))
     grace: dict[str, tuple[float, str]] = {}
-    if (data_dir / "agent.db").exists():
-        cache = AgentCache(data_dir / "agent.db")
+    cache_file = datadir.AgentDir(data_dir).cache
+    if cache_file.exists():
+        cache = AgentCache(cache_file)
         try:
             tasks = cache.tasks()
             known |= set(tasks) | set(cache.local_states())

@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache, LocalState
-from warren.agent.controller import ContainersByTask, ControllerEnv, TaskController
+from warren.agent.controller import ControllerEnv, TaskController
+from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
 from warren.model import Task, TaskState
@@ -119,12 +122,12 @@ class Worker:
                 leaving.add(task_id)
         self.cache.replace_tasks(wanted, keep=leaving)
         for task in tasks:
-            ctl = self.controllers.get(task.id)
-            if ctl is None:
+            known = self.controllers.get(task.id)
+            if known is None:
                 self._add(task, None, self._strays.pop(task.id, []))
             else:
-                ctl.update(task)
-                self._resend_if_behind(ctl, task)
+                known.update(task)
+                self._resend_if_behind(known, task)
         if not self._synced:
             self._synced = True
             for task_id, containers in self._strays.items():
@@ -170,8 +173,8 @@ class Worker:
         self.cache.forget(task_id)
 
     # -- strays --------------------------------------------------------------------------------
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

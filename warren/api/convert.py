@@ -1,8 +1,19 @@
-"""The one place where protobuf messages and warren.model values are mapped to each other."""
+"""The one place where protobuf messages and warren.model values are mapped to each other.
+
+Both directions, for the control API, the dispatcher and the agent: specs, services, tasks,
+nodes, admin certificates, task reports and the overlay's mesh and endpoints. Pure: it builds
+and reads messages, and imports no grpc.
+"""
 
 from __future__ import annotations
 
-from warren import model
+import enum
+from collections.abc import Iterable
+from typing import Protocol, TypeVar
+
+from warren import commands, model, validate
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.text import shown
 
@@ -11,7 +22,10 @@ class ConversionError(ValueError):
     """A request field holds a value the model has no name for."""
 
 
-def _enum(enum_type: type, value: str, field: str, default: object) -> object:
+_Enum = TypeVar("_Enum", bound=enum.Enum)
+
+
+def _enum(enum_type: type[_Enum], value: str, field: str, default: _Enum) -> _Enum:
     if not value:
         return default
     try:
@@ -34,11 +48,26 @@ def resources_from_pb(msg: pb.Resources) -> model.Resources:
     return model.Resources(nano_cpus=msg.nano_cpus, memory_bytes=msg.memory_bytes)
 
 
+def update_config_from_pb(msg: pb.UpdateConfig, flag: str) -> model.UpdateConfig:
+    """Unset fields take the defaults (ADR 33); `flag` names the settings in errors."""
+    default = model.UpdateConfig()
+    return model.UpdateConfig(
+        parallelism=msg.parallelism if msg.HasField("parallelism") else default.parallelism,
+        delay=msg.delay if msg.HasField("delay") else default.delay,
+        order=_enum(model.UpdateOrder, msg.order, f"--{flag}-order", default.order),
+        failure_action=_enum(
+            model.FailureAction, msg.failure_action, f"--{flag}-failure-action", default.failure_action
+        ),
+        monitor=msg.monitor if msg.HasField("monitor") else default.monitor,
+        max_failure_ratio=msg.max_failure_ratio if msg.HasField("max_failure_ratio") else default.max_failure_ratio,
+    )
+
+
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
         restart = model.RestartPolicy(
-            condition=_enum(model.RestartCondition, msg.restart.condition, "restart condition", restart.condition),  # type: ignore[arg-type]
+            condition=_enum(model.RestartCondition, msg.restart.condition, "restart condition", restart.condition),
             delay=msg.restart.delay,
             max_attempts=msg.restart.max_attempts,
             window=msg.restart.window,
@@ -61,7 +90,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         command=tuple(msg.command),
         args=tuple(msg.args),
         env=dict(msg.env),
-        mode=_enum(model.ServiceMode, msg.mode, "mode", model.ServiceMode.REPLICATED),  # type: ignore[arg-type]
+        mode=_enum(model.ServiceMode, msg.mode, "mode", model.ServiceMode.REPLICATED),
         replicas=msg.replicas if msg.mode != "global" else 0,
         constraints=tuple(msg.constraints),
         reservations=resources_from_pb(msg.reservations),
@@ -77,6 +106,92 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         labels=dict(msg.labels),
         stop_grace_period=msg.stop_grace_period if msg.HasField("stop_grace_period") else 10.0,
         stop_signal=msg.stop_signal,
+        update=update_config_from_pb(msg.update, "update"),
+        rollback=update_config_from_pb(msg.rollback, "rollback"),
+        force_update=msg.force_update,
+    )
+
+
+def task_state_or(name: str, default: model.TaskState) -> model.TaskState:
+    """The state `name` names, or `default` when it is empty or unknown."""
+    try:
+        return task_state(name) if name else default
+    except ConversionError:
+        return default
+
+
+def task_from_pb(msg: pb.Task, spec: model.ServiceSpec | None = None) -> model.Task:
+    """A Task as the dispatcher sent it, with `spec` or else the one in the message. Unknown state
+    names degrade to safe defaults instead of failing the whole message: desired SHUTDOWN stops
+    rather than runs."""
+    return model.Task(
+        id=msg.id,
+        service_id=msg.service_id,
+        service_name=msg.service_name,
+        slot=msg.slot,
+        spec=spec if spec is not None else spec_from_pb(msg.spec),
+        spec_version=msg.spec_version,
+        desired_state=task_state_or(msg.desired_state, model.TaskState.SHUTDOWN),
+        state=task_state_or(msg.state, model.TaskState.ASSIGNED),
+        node_id=msg.node_id,
+        message=msg.message,
+        error=msg.error,
+        exit_code=msg.exit_code if msg.has_exit_code else None,
+        runtime_id=msg.runtime_id,
+        health=msg.health,
+        attempt=msg.attempt,
+        created_at=msg.created_at,
+        updated_at=msg.updated_at,
+        started_at=msg.started_at,
+        overlay_address=msg.overlay_address,
+        ready_at=msg.ready_at,
+    )
+
+
+def node_from_description(
+    desc: dpb.NodeDescription,
+    *,
+    node_id: str,
+    role: model.NodeRole,
+    status: model.NodeStatus,
+    agent_cert_ca: str,
+    at: float,
+) -> model.Node:
+    """The node an agent describes at the start of a session; what the description cannot say
+    (its id, role and CA, from its certificate; its status; the time) the dispatcher passes."""
+    return model.Node(
+        id=node_id,
+        hostname=desc.hostname,
+        role=role,
+        status=status,
+        labels=dict(desc.labels),
+        resources=resources_from_pb(desc.resources),
+        addr=desc.addr,
+        os=desc.os,
+        arch=desc.arch,
+        wg_public_key=desc.wg_public_key,
+        wg_endpoint=desc.wg_endpoint,
+        overlay=desc.overlay,
+        wg_key_epoch=desc.wg_key_epoch,
+        agent_cert_ca=agent_cert_ca,
+        created_at=at,
+        updated_at=at,
+    )
+
+
+def task_update_from_pb(status: dpb.TaskStatus, at: float) -> commands.TaskUpdate:
+    """An agent's report of one task as an update of it, at `at` (the report's time once the
+    dispatcher has checked it); raises ConversionError for an unknown state name. Free text is
+    cleaned, not refused: one long or odd message must not cost the batch its other reports."""
+    return commands.TaskUpdate(
+        id=status.task_id,
+        at=at,
+        state=task_state(status.state),
+        message=validate.report_text(status.message),
+        error=validate.report_text(status.error),
+        exit_code=status.exit_code if status.has_exit_code else None,
+        runtime_id=status.runtime_id or None,
+        health=status.health or None,
     )
 
 
@@ -109,6 +224,9 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         labels=spec.labels,
         stop_grace_period=spec.stop_grace_period,
         stop_signal=spec.stop_signal,
+        update=update_config_to_pb(spec.update),
+        rollback=update_config_to_pb(spec.rollback),
+        force_update=spec.force_update,
     )
     if spec.health is not None:
         h = spec.health
@@ -126,6 +244,28 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
     return msg
 
 
+def update_config_to_pb(config: model.UpdateConfig) -> pb.UpdateConfig:
+    return pb.UpdateConfig(
+        parallelism=config.parallelism,
+        delay=config.delay,
+        order=config.order.value,
+        failure_action=config.failure_action.value,
+        monitor=config.monitor,
+        max_failure_ratio=config.max_failure_ratio,
+    )
+
+
+def update_status_to_pb(status: model.UpdateStatus) -> pb.UpdateStatus:
+    return pb.UpdateStatus(
+        state=status.state.value,
+        started_at=status.started_at,
+        completed_at=status.completed_at,
+        from_version=status.from_version,
+        to_version=status.to_version,
+        message=status.message,
+    )
+
+
 def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, with_previous: bool = True) -> pb.Service:
     msg = pb.Service(
         id=service.id,
@@ -137,8 +277,15 @@ def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, wi
         running_tasks=running,
         vip=service.vip,
     )
+    if service.update_status is not None:
+        msg.update_status.CopyFrom(update_status_to_pb(service.update_status))
     if with_previous and service.previous_spec is not None:
         msg.previous_spec.CopyFrom(spec_to_pb(service.previous_spec))
+    if with_previous:  # a single service's read: its history too
+        msg.history.extend(
+            pb.SpecRevision(version=r.version, spec=spec_to_pb(r.spec), at=r.at, summary=r.summary)
+            for r in service.history
+        )
     return msg
 
 
@@ -191,7 +338,77 @@ def task_to_pb(task: model.Task, with_spec: bool = False) -> pb.Task:
         updated_at=task.updated_at,
         started_at=task.started_at,
         overlay_address=task.overlay_address,
+        ready_at=task.ready_at,
     )
     if with_spec:
         msg.spec.CopyFrom(spec_to_pb(task.spec))
     return msg
+
+
+class TaskReport(Protocol):
+    """What an agent observed of one task (warren.agent.status.Report has this shape)."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> model.TaskState: ...
+    @property
+    def timestamp(self) -> float: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def error(self) -> str: ...
+    @property
+    def exit_code(self) -> int | None: ...
+    @property
+    def runtime_id(self) -> str: ...
+    @property
+    def health(self) -> str: ...
+
+
+def report_to_pb(report: TaskReport) -> dpb.TaskStatus:
+    return dpb.TaskStatus(
+        task_id=report.task_id,
+        state=report.state.label,
+        message=validate.report_text(report.message),
+        error=validate.report_text(report.error),
+        has_exit_code=report.exit_code is not None,
+        exit_code=report.exit_code or 0,
+        runtime_id=report.runtime_id,
+        health=report.health,
+        timestamp=report.timestamp,
+    )
+
+
+def admin_cert_to_pb(cert: model.AdminCert, ca_label: str) -> cpb.AdminCertificate:
+    """`ca_label` says which root issued it ("current", "previous" or "old"): the caller knows
+    the cluster's roots."""
+    return cpb.AdminCertificate(
+        id=cert.id,
+        name=cert.name,
+        created_at=cert.created_at,
+        not_after=cert.not_after,
+        revoked=bool(cert.revoked_at),
+        revoked_at=cert.revoked_at,
+        ca=ca_label,
+    )
+
+
+def mesh_node_to_pb(node: model.Node) -> dpb.MeshNode:
+    return dpb.MeshNode(
+        node_id=node.id, public_key=node.wg_public_key, endpoint=node.wg_endpoint, subnet=node.overlay_subnet
+    )
+
+
+def endpoint_to_pb(service: model.Service, backends: Iterable[str]) -> dpb.ServiceEndpoint:
+    """A service's VIP, the addresses of its tasks that take connections, and its ingress ports."""
+    return dpb.ServiceEndpoint(
+        name=service.spec.name,
+        vip=service.vip,
+        backends=sorted(backends),
+        ports=[
+            dpb.EndpointPort(protocol=p.protocol, published=p.published, target=p.target)
+            for p in service.spec.ports
+            if p.published and p.mode == "ingress"
+        ],
+    )

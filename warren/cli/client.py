@@ -6,7 +6,7 @@ Imports grpc, so only command handlers that talk to a manager import this module
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,7 @@ class Client:
             raise rpc_error(tls_failures[0][1], tls_failures[0][0])
         raise _unreachable(failures)
 
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
+    def stream(self, method: str, request: Any) -> Generator[Any, None, None]:
         """Iterate a server-streaming Control.<method> with no deadline. Before the first
         message, an unreachable manager fails over to the next, and a follower's "the leader is
         at ADDR" sends us there; after it, an error ends the stream (CliError). Closing the

@@ -95,6 +95,8 @@ def register(groups: Any) -> None:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from warren.manager import daemon
+    from warren.node import manager as manager_node
+    from warren.node.embedded import EmbeddedAgentFlags
 
     options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
     for name in (
@@ -104,21 +106,22 @@ def cmd_init(args: argparse.Namespace) -> int:
         "raft_addr",
         "join_addr",
         "heartbeat_period",
-        "manager_only",
-        "runtime",
-        "containerd_socket",
-        "cgroup_parent",
-        "wireguard",
-        "wireguard_interface",
         "overlay_range",
         "vip_range",
         "state_map_size",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    if args.insecure_registry:
-        options["insecure_registries"] = tuple(args.insecure_registry)
-    return daemon.run(daemon.ManagerOptions(**options))
+    flags = EmbeddedAgentFlags(
+        manager_only=args.manager_only,
+        runtime=args.runtime,
+        containerd_socket=args.containerd_socket,
+        insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
+        cgroup_parent=args.cgroup_parent,
+        wireguard=args.wireguard,
+        wireguard_interface=args.wireguard_interface,
+    )
+    return manager_node.run(daemon.ManagerOptions(**options), flags)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ class Exit(enum.IntEnum):
     CONFLICT = 4  # ALREADY_EXISTS, FAILED_PRECONDITION, ABORTED (e.g. a stale version)
     UNAVAILABLE = 5  # no manager reachable: UNAVAILABLE, DEADLINE_EXCEEDED
     CREDENTIALS = 6  # no/unreadable credentials, TLS refused, UNAUTHENTICATED, PERMISSION_DENIED
+    PAUSED = 7  # a rollout the wait followed paused (its failure action), and said why
+    ROLLED_BACK = 8  # an update the wait followed was rolled back by its failure action
 
 
 class CliError(Exception):

@@ -107,6 +107,16 @@ def parse_count(text: str) -> int:
     return value
 
 
+def parse_ratio(text: str) -> float:
+    """A fraction from 0 to 1, e.g. a failure ratio: "0.2"."""
+    if not _PLAIN_NUMBER_RE.fullmatch(text.strip(" ")):  # no exponent, sign, NaN or Infinity
+        raise ValueError(f"invalid ratio {_shown(text)}: expected a number from 0 to 1, such as 0.2")
+    value = float(text.strip(" "))
+    if value > 1:
+        raise ValueError(f"invalid ratio {_shown(text)}: at most 1")
+    return value
+
+
 def parse_seconds(text: str) -> float:
     """A positive number of seconds (an RPC deadline); durations such as 30s are accepted too."""
     value = parse_duration(text)

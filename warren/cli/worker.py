@@ -208,6 +208,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     from warren import pki
     from warren.agent import join as joining
     from warren.agent import settings as agent_settings
+    from warren.host import host_facts
 
     data_dir: Path = args.data_dir or DEFAULT_DATA_DIR
     if (data_dir / "manager.json").exists():
@@ -234,7 +235,7 @@ def cmd_join(args: argparse.Namespace) -> int:
     settings = _settings(data_dir, given)  # checked before joining, saved only once joined
     _check_overlay_free(data_dir, settings)
     try:
-        result = joining.join(args.token, args.manager_addr, data_dir, joining.node_hostname(os.uname().nodename))
+        result = joining.join(args.token, args.manager_addr, data_dir, host_facts().hostname)
     except joining.JoinError as exc:
         raise CliError(exc.message, _JOIN_EXIT.get(exc.kind, Exit.FAILURE)) from None
     print(
@@ -250,26 +251,20 @@ def cmd_join(args: argparse.Namespace) -> int:
 def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] | None) -> int:
     """Run this node as a manager: joining Raft when `managers` is given, else resuming."""
     from warren.manager import daemon
+    from warren.node import manager as manager_node
+    from warren.node.embedded import EmbeddedAgentFlags
 
     options: dict[str, Any] = {"data_dir": data_dir, "join_managers": tuple(managers) if managers else None}
-    for name in (
-        "listen_addr",
-        "advertise_addr",
-        "raft_addr",
-        "join_addr",
-        "metrics_addr",
-        "manager_only",
-        "state_map_size",
-    ):
+    for name in ("listen_addr", "advertise_addr", "raft_addr", "join_addr", "metrics_addr", "state_map_size"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
-    if args.runtime is not None:
-        options["runtime"] = args.runtime
-    if args.containerd_socket is not None:
-        options["containerd_socket"] = args.containerd_socket
-    if args.insecure_registry:
-        options["insecure_registries"] = tuple(args.insecure_registry)
-    return daemon.run(daemon.ManagerOptions(**options))
+    flags = EmbeddedAgentFlags(
+        manager_only=getattr(args, "manager_only", None),
+        runtime=args.runtime,
+        containerd_socket=args.containerd_socket,
+        insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
+    )
+    return manager_node.run(daemon.ManagerOptions(**options), flags)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -367,20 +362,8 @@ def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> in
         ensure_node_keys(data_dir)  # here, where `cryptography` is loaded anyway (ADR 17)
     except (OSError, WireGuardError) as exc:
         raise CliError(f"cannot make this node's WireGuard keys in {data_dir}: {exc}") from None
-    from warren.agent.daemon import AgentOptions, run
+    from warren.node import worker as worker_node
 
     print(f"running the agent ({settings.runtime} runtime, state in {data_dir})", flush=True)
     sys.stdout.flush()
-    return run(
-        AgentOptions(
-            data_dir=data_dir,
-            managers=list(managers),
-            runtime=settings.runtime,
-            containerd_socket=settings.containerd_socket,
-            labels=dict(settings.labels),
-            advertise_addr=settings.advertise_addr,
-            insecure_registries=tuple(settings.insecure_registries),
-            metrics_addr=settings.metrics_addr or None,
-            cgroup_parent=settings.cgroup_parent,
-        )
-    )
+    return worker_node.run(worker_node.agent_options(data_dir, managers, settings))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 from warren.commands.types import ApplyPlan, Batch, Command, Result
@@ -53,7 +55,7 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
         return [plan]
     budget = max_bytes - len(encode(ApplyPlan()))
     parts: list[ApplyPlan] = []
-    fields: dict[str, list] = {"node_status": [], "deleted": [], "updated": [], "created": []}
+    fields: dict[str, list[Any]] = {"node_status": [], "deleted": [], "updated": [], "created": []}
     used = 0
 
     def flush() -> None:

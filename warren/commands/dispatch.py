@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from warren.commands.cluster import (
     finish_ca_rotation,
@@ -72,28 +73,29 @@ def noop(state: ClusterState, cmd: Noop) -> tuple[Result, Changes]:
     return OK, []
 
 
-_HANDLERS: dict[type, Callable[[ClusterState, object], tuple[Result, Changes]]] = {
-    InitCluster: init_cluster,  # type: ignore[dict-item]
-    IssueAdminCert: issue_admin_cert,  # type: ignore[dict-item]
-    RevokeAdminCert: revoke_admin_cert,  # type: ignore[dict-item]
-    StartCARotation: start_ca_rotation,  # type: ignore[dict-item]
-    RecordNodeCertificate: record_node_certificate,  # type: ignore[dict-item]
-    FinishCARotation: finish_ca_rotation,  # type: ignore[dict-item]
-    RotateJoinToken: rotate_token,  # type: ignore[dict-item]
-    UpdateClusterSettings: update_cluster_settings,  # type: ignore[dict-item]
-    RotateNodeKeys: rotate_node_keys,  # type: ignore[dict-item]
-    PublishNodeKey: publish_node_key,  # type: ignore[dict-item]
-    RegisterNode: register_node,  # type: ignore[dict-item]
-    UpdateNode: update_node,  # type: ignore[dict-item]
-    PromoteNode: promote_node,  # type: ignore[dict-item]
-    SetNodeStatus: set_node_status,  # type: ignore[dict-item]
-    RemoveNode: remove_node,  # type: ignore[dict-item]
-    CreateService: create_service,  # type: ignore[dict-item]
-    UpdateService: update_service,  # type: ignore[dict-item]
-    RollbackService: rollback_service,  # type: ignore[dict-item]
-    ScaleService: scale_service,  # type: ignore[dict-item]
-    RemoveService: remove_service,  # type: ignore[dict-item]
-    ApplyPlan: apply_plan,  # type: ignore[dict-item]
-    ReportTaskStatus: report_task_status,  # type: ignore[dict-item]
-    Noop: noop,  # type: ignore[dict-item]
+# Each handler takes its own command type; `apply` looks it up by that type.
+_HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
+    InitCluster: init_cluster,
+    IssueAdminCert: issue_admin_cert,
+    RevokeAdminCert: revoke_admin_cert,
+    StartCARotation: start_ca_rotation,
+    RecordNodeCertificate: record_node_certificate,
+    FinishCARotation: finish_ca_rotation,
+    RotateJoinToken: rotate_token,
+    UpdateClusterSettings: update_cluster_settings,
+    RotateNodeKeys: rotate_node_keys,
+    PublishNodeKey: publish_node_key,
+    RegisterNode: register_node,
+    UpdateNode: update_node,
+    PromoteNode: promote_node,
+    SetNodeStatus: set_node_status,
+    RemoveNode: remove_node,
+    CreateService: create_service,
+    UpdateService: update_service,
+    RollbackService: rollback_service,
+    ScaleService: scale_service,
+    RemoveService: remove_service,
+    ApplyPlan: apply_plan,
+    ReportTaskStatus: report_task_status,
+    Noop: noop,
 }

@@ -63,11 +63,7 @@ def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Cha
     if service is None:
         return error("not_found", f"service {cmd.service_id} not found"), []
     if cmd.expected_version and cmd.expected_version != service.version:
-        return error(
-            "failed_precondition",
-            f"service {service.spec.name} changed meanwhile (version {service.version}, "
-            f"expected {cmd.expected_version}); retry",
-        ), []
+        return _stale(service, cmd.expected_version), []
     if cmd.spec.name != service.spec.name:
         return error("invalid_argument", "a service cannot be renamed"), []
     if (taken := _ports_taken(state, cmd.spec, service.id)) is not None:
@@ -97,10 +93,7 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         return error("not_found", f"service {cmd.service_id} not found"), []
     name = service.spec.name
     if cmd.expected_version and cmd.expected_version != service.version:
-        return error(
-            "failed_precondition",
-            f"service {name} changed meanwhile (version {service.version}, expected {cmd.expected_version}); retry",
-        ), []
+        return _stale(service, cmd.expected_version), []
     history = _history(service)
     if cmd.to_version:
         revision = revisions.find(history, cmd.to_version)
@@ -152,6 +145,17 @@ def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> 
             continue
         changes.append(Put("service", _rolled_back(service, earlier[-1], target, change.status)))
     return changes
+
+
+def _stale(service: Service, expected: int) -> Result:
+    """Another change landed first: say what it was (the history's summaries), so that the
+    operator knows what a retry would overwrite."""
+    since = [f"version {r.version}: {r.summary}" for r in service.history if r.version > expected]
+    changed = "; ".join(since[-3:]) if since else f"it is at version {service.version}"
+    return error(
+        "failed_precondition",
+        f"service {service.spec.name} changed since version {expected} ({changed}); check and retry",
+    )
 
 
 def _history(service: Service) -> tuple[SpecRevision, ...]:

@@ -42,7 +42,7 @@ class _Placement:
     def __init__(self, state: ClusterState, stopping: set[str]) -> None:
         self._state = state
         self._stopping = stopping
-        self._reserved: dict | None = None
+        self._reserved: dict[str, Resources] | None = None
         self._slots: set[tuple[str, int, int]] | None = None
 
     def fits(self, task: Task, node_id: str) -> bool:
@@ -108,18 +108,18 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             )
         changes.append(Put("task", task))
     for update in cmd.updated:
-        task = state.tasks.get(update.id)
-        if task is None:
+        current = state.tasks.get(update.id)
+        if current is None:
             continue
         # Assigning a node is only valid for a task that holds none yet (the scheduler's view
         # may be stale if the task was already placed or stopped meanwhile), and only where
         # the task still fits.
-        moving = update.node_id is not None and update.node_id != task.node_id
-        if moving and (task.node_id or not placement.fits(task, update.node_id)):  # type: ignore[arg-type]
+        moving_to = update.node_id if update.node_id is not None and update.node_id != current.node_id else None
+        if moving_to is not None and (current.node_id or not placement.fits(current, moving_to)):
             continue
-        new = _task_update(task, update)
-        if new is not None and moving:
-            new = addresses.assign(new, update.node_id)  # type: ignore[arg-type]  # None: stays pending
+        new = _task_update(current, update)
+        if new is not None and moving_to is not None:
+            new = addresses.assign(new, moving_to)  # None: stays pending
         if new is not None:
             changes.append(Put("task", new))
     for task_id in cmd.deleted:

@@ -14,7 +14,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def measure(env: lmdb.Environment, directory: Path, handles: dict[bytes, Any] | 
     )
 
 
-def _pages(stats: Iterable[dict]) -> int:
+def _pages(stats: Iterable[Mapping[str, Any]]) -> int:
     return sum(s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"] for s in stats)
 
 

@@ -26,8 +26,7 @@ from typing import Protocol
 from warren import carotation, certinfo, commands, pki, tls
 from warren.manager import cakey
 from warren.manager.nodeca import NODE_CERT_DAYS
-from warren.manager.raft import ProposalError, RaftNode
-from warren.manager.store import Store
+from warren.manager.ports import ProposalError, Proposer, StateReader
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def renew_certificate(
 class CertificateKeeper:
     """Keeps certs/ in step with the state's CA, and reports this manager's certificate root."""
 
-    def __init__(self, data: Path, store: Store, raft: RaftNode, node_id: str, raft_secret: str) -> None:
+    def __init__(self, data: Path, store: StateReader, raft: Proposer, node_id: str, raft_secret: str) -> None:
         self._certs = data / "certs"
         self._data = data
         self._store = store

@@ -17,14 +17,14 @@ from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
+from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import RaftNode, RaftStatus
+from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.server import ApiError, check_result, not_leader
-from warren.manager.store import Store
-from warren.model import Availability, Node, NodeRole, NodeStatus, Service, TaskState
+from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, TaskState
 from warren.state import ClusterState
 from warren.text import shown
 from warren.validate import (
@@ -91,7 +91,7 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
     try:
         return kind(value)
     except ValueError:
-        allowed = ", ".join(m.value for m in kind)  # type: ignore[attr-defined]
+        allowed = ", ".join(m.value for m in kind)
         raise _invalid(f"{field} must be one of {allowed} (got {shown(value)})") from None
 
 
@@ -115,9 +115,9 @@ def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...])
         raise _invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {left})")
 
 
-def _spec(msg: object) -> object:
+def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     try:
-        spec = convert.spec_from_pb(msg)  # type: ignore[arg-type]
+        spec = convert.spec_from_pb(msg)
         check_spec(spec)
     except (convert.ConversionError, ValidationError) as exc:
         raise _invalid(str(exc)) from None
@@ -127,8 +127,8 @@ def _spec(msg: object) -> object:
 class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
     def __init__(
         self,
-        store: Store,
-        raft: RaftNode,
+        store: StateReader,
+        raft: Consensus,
         timeout: float = 5.0,
         logs: LogBroker | None = None,
         certs_dir: Path | None = None,
@@ -286,13 +286,13 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
             nodes=[convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader) for n in nodes]
         )
 
-    async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> object:
+    async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> pb.Node:
         leader = self._raft.status().leader
         with self._store.read() as state:
             node = resolve_node(state, request.node)
         return convert.node_to_pb(node, leader=bool(leader) and node.raft_addr == leader)
 
-    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: object) -> object:
+    async def UpdateNode(self, request: cpb.UpdateNodeRequest, context: object) -> pb.Node:
         availability = _choice(Availability, request.availability, "availability")
         labels_add = dict(request.labels_add)
         labels_rm = tuple(dict.fromkeys(request.labels_rm))  # once each
@@ -381,7 +381,7 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         await self._propose(commands.RemoveNode(node.id, time.time()))
         return cpb.RemoveNodeResponse(id=node.id)
 
-    async def RotateNodeKey(self, request: cpb.RotateNodeKeyRequest, context: object) -> object:
+    async def RotateNodeKey(self, request: cpb.RotateNodeKeyRequest, context: object) -> pb.Node:
         """Ask a node for a new WireGuard key (ADR 18); the answer shows the rotation under way
         (`wg_key_desired_epoch` above `wg_key_epoch`) until the node has published its new key."""
         with self._store.read() as state:
@@ -394,21 +394,21 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         return convert.node_to_pb(rotating)
 
     # -- services ----------------------------------------------------------------------------
-    async def CreateService(self, request: cpb.CreateServiceRequest, context: object) -> object:
+    async def CreateService(self, request: cpb.CreateServiceRequest, context: object) -> pb.Service:
         spec = _spec(request.spec)
         with self._store.read() as state:
-            if state.service_by_name(spec.name) is not None:  # type: ignore[attr-defined]
-                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"service name {shown(spec.name)} is already in use")  # type: ignore[attr-defined]
+            if state.service_by_name(spec.name) is not None:
+                raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"service name {shown(spec.name)} is already in use")
             try:
-                check_ports_free(state, spec)  # type: ignore[arg-type]
+                check_ports_free(state, spec)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
         now = time.time()
-        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)  # type: ignore[arg-type]
+        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
         await self._propose(commands.CreateService(service))
         return self._service_pb(service.id)
 
-    def _service_pb(self, service_id: str) -> object:
+    def _service_pb(self, service_id: str) -> pb.Service:
         with self._store.read() as state:
             service = state.services.get(service_id)
             if service is None:
@@ -422,27 +422,37 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
                 services=[convert.service_to_pb(s, *self._counts(state, s), with_previous=False) for s in services]
             )
 
-    async def GetService(self, request: cpb.GetServiceRequest, context: object) -> object:
+    async def GetService(self, request: cpb.GetServiceRequest, context: object) -> pb.Service:
         with self._store.read() as state:
             service = resolve_service(state, request.service)
             return convert.service_to_pb(service, *self._counts(state, service))
 
-    async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> object:
+    async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> pb.Service:
         spec = _spec(request.spec)
         with self._store.read() as state:
             service = resolve_service(state, request.service)
-            if spec.name != service.spec.name:  # type: ignore[attr-defined]
+            if spec.name != service.spec.name:
                 raise _invalid("a service cannot be renamed")
-            if spec.mode != service.spec.mode:  # type: ignore[attr-defined]
+            if spec.mode != service.spec.mode:
                 raise _invalid("a service's mode cannot change; remove and re-create it")
             try:
-                check_ports_free(state, spec, service.id)  # type: ignore[arg-type]
+                check_ports_free(state, spec, service.id)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))  # type: ignore[arg-type]
+        await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))
         return self._service_pb(service.id)
 
-    async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> object:
+    async def RollbackService(self, request: cpb.RollbackServiceRequest, context: object) -> pb.Service:
+        """Return to an earlier spec as a new version (ADR 33); the command checks the history."""
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+        rollback = commands.RollbackService(
+            service.id, time.time(), request.to_version, request.restore_replicas, request.version
+        )
+        await self._propose(rollback)
+        return self._service_pb(service.id)
+
+    async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> pb.Service:
         if request.replicas > MAX_REPLICAS:
             raise _invalid(f"replicas must be between 0 and {MAX_REPLICAS}")
         with self._store.read() as state:

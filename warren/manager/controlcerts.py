@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from warren import carotation, commands, pki
+from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.ids import new_id
 from warren.manager import cakey
@@ -25,7 +26,7 @@ from warren.text import shown
 from warren.validate import ValidationError, check_name
 
 if TYPE_CHECKING:
-    from warren.manager.store import Store
+    from warren.manager.ports import StateReader
     from warren.model import Node
 
 DAY = 86400.0
@@ -62,15 +63,7 @@ def _ca_label(cluster: ClusterInfo, ca_id: str) -> str:
 
 
 def admin_pb(cert: AdminCert, cluster: ClusterInfo) -> cpb.AdminCertificate:
-    return cpb.AdminCertificate(
-        id=cert.id,
-        name=cert.name,
-        created_at=cert.created_at,
-        not_after=cert.not_after,
-        revoked=bool(cert.revoked_at),
-        revoked_at=cert.revoked_at,
-        ca=_ca_label(cluster, cert.ca),
-    )
+    return convert.admin_cert_to_pb(cert, _ca_label(cluster, cert.ca))
 
 
 def ca_status(state: ClusterState) -> cpb.CAStatus:
@@ -95,7 +88,7 @@ def ca_status(state: ClusterState) -> cpb.CAStatus:
 class CertificatesControl:
     """Admin certificates and the CA, for ControlService (which provides what is declared here)."""
 
-    _store: Store
+    _store: StateReader
     _authority: cakey.Authority
     _raft_secret: str
 

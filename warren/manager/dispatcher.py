@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 
@@ -28,10 +28,9 @@ from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.manager.store import Store
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Resources, Task, TaskState
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -109,16 +108,7 @@ def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
         ):
             backends.setdefault(task.service_id, []).append(task.overlay_address)
     return [
-        dpb.ServiceEndpoint(
-            name=s.spec.name,
-            vip=s.vip,
-            backends=sorted(backends.get(s.id, [])),
-            ports=[
-                dpb.EndpointPort(protocol=p.protocol, published=p.published, target=p.target)
-                for p in s.spec.ports
-                if p.published and p.mode == "ingress"
-            ],
-        )
+        convert.endpoint_to_pb(s, backends.get(s.id, []))
         for s in sorted(state.services.values(), key=lambda s: s.spec.name)
         if s.vip
     ]
@@ -128,7 +118,7 @@ def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
     """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted: what each
     agent plans its mesh from."""
     return [
-        dpb.MeshNode(node_id=n.id, public_key=n.wg_public_key, endpoint=n.wg_endpoint, subnet=n.overlay_subnet)
+        convert.mesh_node_to_pb(n)
         for n in sorted(state.nodes.values(), key=lambda n: n.id)
         if n.overlay_subnet and n.overlay
     ]
@@ -137,8 +127,8 @@ def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def __init__(
         self,
-        store: Store,
-        raft: RaftNode,
+        store: StateReader,
+        raft: Proposer,
         hub: EventHub,
         heartbeats: Heartbeats,
         timeout: float = 5.0,
@@ -169,7 +159,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _period(self, state: ClusterState) -> float:
         return state.cluster.heartbeat_period if state.cluster else 5.0
 
-    async def Session(self, request: dpb.SessionRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
+    async def Session(
+        self, request: dpb.SessionRequest, context: object
+    ) -> AsyncGenerator[dpb.AssignmentsMessage, None]:
         self._require_leader()
         identity = caller.get()
         desc = request.description
@@ -194,25 +186,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         if request.failed_sessions >= FAILING_AFTER:
             failing = f"{_failure_text(request.last_failure) or 'unknown error'} ({request.failed_sessions} in a row)"
         now = time.time()
-        node = Node(
-            id=identity.node_id,
-            hostname=desc.hostname,
+        node = convert.node_from_description(
+            desc,
+            node_id=identity.node_id,
             role=NodeRole(identity.role) if identity.role in ("manager", "worker") else NodeRole.WORKER,
             status=NodeStatus.UNKNOWN if failing else NodeStatus.READY,
-            labels=dict(desc.labels),
-            resources=Resources(desc.resources.nano_cpus, desc.resources.memory_bytes),
-            addr=desc.addr,
-            os=desc.os,
-            arch=desc.arch,
-            wg_public_key=desc.wg_public_key,
-            wg_endpoint=desc.wg_endpoint,
-            overlay=desc.overlay,
-            wg_key_epoch=desc.wg_key_epoch,
             # The root this agent calls with, known from its first call: a node that never
             # heartbeats still holds a CA rotation open (ADR 24).
             agent_cert_ca=identity.issuer_key_id,
-            created_at=now,
-            updated_at=now,
+            at=now,
         )
         check_result(await self._raft.propose_async(commands.RegisterNode(node), self._timeout))
         if failing:
@@ -361,8 +343,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         updated: list = []
         removed: list[str] = []
         for change in changes:
-            if isinstance(change, Put) and change.kind == "task":
-                task: Task = change.obj  # type: ignore[assignment]
+            if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
+                task = change.obj
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
                     updated.append(specs.task(task, spec_list))
@@ -430,7 +412,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 log.warning("could not record the certificate of node %s: %s", node.id, exc)
         return issuer != pki.ca_key_id(cluster.ca_cert_pem)
 
-    async def UpdateTaskStatus(self, request: dpb.UpdateTaskStatusRequest, context: object) -> object:
+    async def UpdateTaskStatus(
+        self, request: dpb.UpdateTaskStatusRequest, context: object
+    ) -> dpb.UpdateTaskStatusResponse:
         self._require_leader()
         node_id = self._node_of(request.session_id)
         if len(request.updates) > validate.MAX_STATUS_BATCH:
@@ -440,26 +424,13 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         updates = []
         for status in request.updates:
             try:
-                state = convert.task_state(status.state)
+                update = convert.task_update_from_pb(status, _reported_time(status.timestamp))
                 validate.check_task_report(status.task_id, status.runtime_id, status.health)
             except (convert.ConversionError, validate.ValidationError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-            if state < TaskState.ACCEPTED:
+            if update.state is None or update.state < TaskState.ACCEPTED:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")
-            updates.append(
-                commands.TaskUpdate(
-                    id=status.task_id,
-                    at=_reported_time(status.timestamp),
-                    state=state,
-                    # Free text is cleaned, not refused: one long or odd message must not cost
-                    # the batch its other reports.
-                    message=validate.report_text(status.message),
-                    error=validate.report_text(status.error),
-                    exit_code=status.exit_code if status.has_exit_code else None,
-                    runtime_id=status.runtime_id or None,
-                    health=status.health or None,
-                )
-            )
+            updates.append(update)
         if updates:
             check_result(
                 await self._raft.propose_async(commands.ReportTaskStatus(node_id, tuple(updates)), self._timeout)

@@ -9,7 +9,6 @@ the journal by position on every tick; log compaction keeps that list short.
 from __future__ import annotations
 
 import logging
-import os
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -160,14 +159,6 @@ class LmdbJournal(pysyncobj_journal.Journal):
                 self.deleteEntriesTo(i)
 
 
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def install(journal: LmdbJournal) -> None:
     """Make the next SyncObj created in this process use `journal`.
 
@@ -177,8 +168,8 @@ def install(journal: LmdbJournal) -> None:
     def create(_journal_file: str | None = None) -> LmdbJournal:
         return journal
 
-    pysyncobj_syncobj.createJournal = create  # type: ignore[attr-defined]
+    pysyncobj_syncobj.createJournal = create
 
 
 def uninstall() -> None:
-    pysyncobj_syncobj.createJournal = pysyncobj_journal.createJournal  # type: ignore[attr-defined]
+    pysyncobj_syncobj.createJournal = pysyncobj_journal.createJournal

@@ -99,7 +99,7 @@ class LogStream:
         self.ended = ""  # why the stream ended early ("the service was removed")
         self._broker = broker
         self._clock = clock
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(QUEUE_BATCHES)
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(broker.queue_batches)
         self._notes: list[pb.LogMessage] = []
         self._dropped: dict[str, int] = {}
         self._watch: asyncio.Task[None] | None = None
@@ -212,7 +212,7 @@ class LogStream:
         self._dropped.clear()
 
     async def accept(self, node_id: str, messages: list[pb.LogMessage], done: bool) -> None:
-        """Queue one node's batch for the caller, waiting up to PUBLISH_WAIT for room."""
+        """Queue one node's batch for the caller, waiting up to the broker's publish_wait for room."""
         progress = self.nodes[node_id]
         progress.answered = True
         progress.last_seen = self._clock()
@@ -220,7 +220,7 @@ class LogStream:
             return  # "still here": nothing for the caller
         progress.publishing += 1
         try:
-            await asyncio.wait_for(self._queue.put(_Item(node_id, messages, done)), PUBLISH_WAIT)
+            await asyncio.wait_for(self._queue.put(_Item(node_id, messages, done)), self._broker.publish_wait)
         except TimeoutError:
             if messages and not self.closed:
                 self._dropped[node_id] = self._dropped.get(node_id, 0) + len(messages)
@@ -254,14 +254,17 @@ class LogStream:
                 placed = [
                     c.obj
                     for c in changes
-                    if isinstance(c, Put) and c.kind == "task" and c.obj.service_id == self.service_id  # type: ignore[union-attr]
+                    if isinstance(c, Put)
+                    and c.kind == "task"
+                    and isinstance(c.obj, Task)
+                    and c.obj.service_id == self.service_id
                 ]
                 if any(isinstance(c, Delete) and c.kind == "service" and c.id == self.service_id for c in changes):
                     self.ended = "the service was removed"
                     return
                 if placed:
                     with store.read() as state:
-                        touched = self.add_tasks(placed, state)  # type: ignore[arg-type]
+                        touched = self.add_tasks(placed, state)
                     self._broker._send_to(self, touched)
 
     def _rescan(self, store: ReadState) -> None:
@@ -313,11 +316,17 @@ class LogBroker:
         is_leader: Callable[[], bool] = lambda: True,
         node_timeout: float = NODE_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        queue_batches: int = QUEUE_BATCHES,
+        publish_wait: float = PUBLISH_WAIT,
+        max_streams: int = MAX_STREAMS,
     ) -> None:
         self._store = store
         self._hub = hub
         self.is_leader = is_leader
         self.node_timeout = node_timeout
+        self.queue_batches = queue_batches
+        self.publish_wait = publish_wait
+        self.max_streams = max_streams
         self._clock = clock
         self._streams: dict[str, LogStream] = {}
         self._listeners: dict[str, NodeListener] = {}
@@ -329,9 +338,9 @@ class LogBroker:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"tail must be -1 (all) or at least 0 (got {tail})")
         if not math.isfinite(since) or since < 0:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"since must be a Unix time or 0 (got {since})")
-        if len(self._streams) >= MAX_STREAMS:
+        if len(self._streams) >= self.max_streams:
             raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many log streams open ({MAX_STREAMS}); retry later"
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"too many log streams open ({self.max_streams}); retry later"
             )
         stream = LogStream(self, service_id, follow, tail, since, self._clock)
         with self._store.read() as state:

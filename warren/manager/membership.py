@@ -18,9 +18,8 @@ from warren import commands, tls
 from warren.api.leader import leader_from_details
 from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import managers_pb2_grpc
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import Consensus, ProposalError, StateReader
 from warren.manager.server import ApiError, caller, check_result, not_leader
-from warren.manager.store import Store
 from warren.model import Availability, Node, NodeRole, NodeStatus, Resources
 from warren.text import shown
 from warren.validate import NAME_RE, ValidationError, check_hostport
@@ -40,7 +39,7 @@ def _check_hostport(field: str, value: str) -> None:
 
 
 class ManagersService(managers_pb2_grpc.ManagersServicer):
-    def __init__(self, store: Store, raft: RaftNode, raft_secret: str, node_id: str) -> None:
+    def __init__(self, store: StateReader, raft: Consensus, raft_secret: str, node_id: str) -> None:
         self._store = store
         self._raft = raft
         self._secret = raft_secret
@@ -149,7 +148,7 @@ class ManagersService(managers_pb2_grpc.ManagersServicer):
         )
 
 
-def manager_addrs(store: Store) -> list[str]:
+def manager_addrs(store: StateReader) -> list[str]:
     """Every manager's API address, as clients should know them."""
     with store.read() as state:
         return state.manager_addrs()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -122,8 +123,22 @@ def _store_gauges(capacity: StoreCapacity) -> Iterator[GaugeMetricFamily]:
     )
 
 
-def serve(addr: str, collector: StateCollector) -> None:
+class Endpoint:
+    """A running /metrics endpoint; `close` frees its port and its collector."""
+
+    def __init__(self, server: Any, collector: StateCollector) -> None:
+        self._server = server
+        self._collector = collector
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        REGISTRY.unregister(self._collector)
+
+
+def serve(addr: str, collector: StateCollector) -> Endpoint:
     """Start the /metrics HTTP endpoint on `addr` (host:port) in a daemon thread."""
-    REGISTRY.register(collector)
     host, _, port = addr.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    server, _ = start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    REGISTRY.register(collector)  # once the port is ours: a failed start leaves no collector behind
+    return Endpoint(server, collector)

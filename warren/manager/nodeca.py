@@ -22,8 +22,8 @@ from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
 from warren.manager import cakey, metrics
+from warren.manager.ports import StateReader
 from warren.manager.server import ApiError, MalformedRequestGuard, caller
-from warren.manager.store import Store
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
 from warren.text import ascii_int, shown
@@ -130,7 +130,7 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
 
     def __init__(
         self,
-        store: Store,
+        store: StateReader,
         limiter: FailureLimiter | None = None,
         new_node_id: Callable[[], str] = new_id,
         raft_secret: str = "",
@@ -201,7 +201,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
     """Renewal, on the mTLS API port behind the guard: a fresh certificate for the caller's own
     node id and role, as its current certificate states them. A revoked node never gets here."""
 
-    def __init__(self, store: Store, raft_secret: str = "") -> None:
+    def __init__(self, store: StateReader, raft_secret: str = "") -> None:
         self._store = store
         self._authority = cakey.Authority(raft_secret)
 

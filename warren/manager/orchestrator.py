@@ -16,8 +16,7 @@ from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
 from warren.manager.events import EventHub
-from warren.manager.raft import ProposalError, RaftNode
-from warren.manager.store import Store
+from warren.manager.ports import ProposalError, Proposer, StateReader
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +27,8 @@ DEBOUNCE = 0.005
 class Orchestrator:
     def __init__(
         self,
-        store: Store,
-        raft: RaftNode,
+        store: StateReader,
+        raft: Proposer,
         hub: EventHub,
         heartbeats: Heartbeats,
         local_node_id: str,

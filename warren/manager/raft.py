@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
@@ -20,10 +19,11 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
-from warren import commands
+from warren import commands, datadir
 from warren.commands import Command, Result
 from warren.manager import journal
 from warren.manager.capacity import StoreCapacity, entry_cost
+from warren.manager.ports import ProposalError, RaftStatus
 from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
@@ -32,15 +32,6 @@ from warren.text import format_size
 log = logging.getLogger(__name__)
 
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
-
-
-class ProposalError(Exception):
-    """The command was not (or not known to be) committed. `code` is a gRPC-style name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 _FAILURES = {
@@ -60,33 +51,6 @@ class SnapshotFile(msgspec.Struct):
     state: Snapshot
     entries: list[tuple[bytes, int, int]]
     cluster: list[str]
-
-
-@dataclass(frozen=True)
-class RaftStatus:
-    state: str
-    leader: str
-    term: int
-    commit_index: int
-    applied_index: int
-    has_quorum: bool
-    peers: dict[str, bool]  # raft address -> connected
-    self_addr: str = ""
-
-    @property
-    def members(self) -> list[str]:
-        """Every member's Raft address, this one's included."""
-        return sorted([self.self_addr, *self.peers])
-
-    @property
-    def connected(self) -> list[str]:
-        """The other members this one has a Raft connection to."""
-        return sorted(addr for addr, up in self.peers.items() if up)
-
-    @property
-    def reachable(self) -> int:
-        """Members this one is connected to, itself included."""
-        return 1 + sum(self.peers.values())
 
 
 class _Stopping(Exception):
@@ -222,7 +186,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         indexed = [msgspec.structs.replace(r, index=index) for r in results]
         return commands.encode_result(indexed if isinstance(command, commands.Batch) else indexed[0])
 
-    def _persist(self, index: int, command: Command) -> list[Result]:
+    def _persist(self, index: int, command: Command | commands.Batch) -> list[Result]:
         """Apply a committed entry to the store. It can be neither skipped (the state would
         diverge from the log) nor raise (PySyncObj would retry it forever, wedged). With the
         map or the disk full, the failed transaction left the disk and the live state at the
@@ -295,14 +259,12 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         last, previous, cluster = raft_data
         snapshot = SnapshotFile(
             state=self._store.dump(),
-            entries=[tuple(last), tuple(previous)],  # type: ignore[list-item]
+            entries=[tuple(last), tuple(previous)],
             cluster=sorted(node.id for node in cluster),
         )
-        fd = os.open(file_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the CA key
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.msgpack.encode(snapshot))
-            f.flush()
-            os.fsync(f.fileno())
+        # PySyncObj renames `file_name` (its temporary file) over the snapshot; owner-only, as the
+        # state holds the wrapped CA key.
+        datadir.write_atomic(Path(file_name), msgspec.msgpack.encode(snapshot), datadir.PRIVATE)
 
     def _read_snapshot(self, file_name: str) -> tuple:
         with open(file_name, "rb") as f:
@@ -393,6 +355,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
 
             def on_done(result: bytes | None, reason: int) -> None:
                 self.capacity.release(charge)
+                each: list[tuple[bytes | None, int]]
                 if reason == FAIL_REASON.SUCCESS and result:
                     each = [(commands.encode_result(r), reason) for r in commands.decode_results(result)]
                 else:
@@ -437,7 +400,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         future: asyncio.Future = loop.create_future()
 
         def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+            loop.call_soon_threadsafe(_resolve_once, future, reason)
 
         change = self.addNodeToCluster if action == "add" else self.removeNodeFromCluster
         change(raft_addr, callback=on_done)
@@ -455,7 +418,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         future: asyncio.Future = loop.create_future()
 
         def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(lambda: future.done() or future.set_result(reason))
+            loop.call_soon_threadsafe(_resolve_once, future, reason)
 
         self.transferLeadership(callback=on_done)
         reason = await asyncio.wait_for(future, timeout)
@@ -552,14 +515,20 @@ def _batch_length(queued: list[tuple[Command, int, asyncio.Future]]) -> int:
     return min(len(queued), MAX_BATCH)
 
 
+def _resolve_once(future: asyncio.Future[int], reason: int) -> None:
+    """Give `future` its outcome unless it already has one (a membership or leadership change)."""
+    if not future.done():
+        future.set_result(reason)
+
+
 def _check_log_against_store(log: journal.LmdbJournal, snapshot_path: Path, store: Store) -> None:
     """Repair an interrupted compaction, then refuse to start if the log no longer reaches
     what the store applied: skipping "already applied" indexes would then drop new writes."""
     snapshot_index = 0
     if snapshot_path.exists():
         snapshot = msgspec.msgpack.decode(snapshot_path.read_bytes(), type=SnapshotFile)
-        last, previous = (tuple(e) for e in snapshot.entries)
-        log.align_to_snapshot(previous, last)  # type: ignore[arg-type]
+        last, previous = snapshot.entries
+        log.align_to_snapshot(previous, last)
         snapshot_index = last[1]
     log_end = max(log.last_index(), snapshot_index)
     if store.applied_index > log_end:

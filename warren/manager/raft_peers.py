@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 from pysyncobj import SyncObj
 from pysyncobj.monotonic import monotonic as raft_clock
+from pysyncobj.node import Node
 
 log = logging.getLogger("warren.manager.raft")
 
@@ -34,27 +36,37 @@ class PeerLinks:
     """Mixed into a SyncObj subclass; call `_init_peer_links` before `SyncObj.__init__` (its
     thread calls back at once) and register `_ping_peers` as a tick callback after it."""
 
+    # What this reads of SyncObj's state (PySyncObj has no types): declared for the type
+    # checker only, nothing is created here.
+    _SyncObj__connectedNodes: set[Node]
+    _SyncObj__raftLeader: Node | None
+    _SyncObj__raftState: int
+    _SyncObj__raftElectionDeadline: float
+    _SyncObj__transport: Any
+    otherNodes: set[Node]
+    selfNode: Node
+
     def _init_peer_links(self) -> None:
         # Follower -> the lowest log index it told us to retry from since it last accepted an
         # append. Only the Raft thread touches it.
-        self._retry_from: dict = {}
+        self._retry_from: dict[Node, int] = {}
         self._next_ping = 0.0
 
-    def _connected_nodes(self) -> set:
+    def _connected_nodes(self) -> set[Node]:
         return self._SyncObj__connectedNodes
 
     def _forget_retry_points(self) -> None:
         self._retry_from.clear()
 
     # -- links ----------------------------------------------------------------------------------
-    def _SyncObj__onNodeConnected(self, node: object) -> None:
+    def _SyncObj__onNodeConnected(self, node: Node) -> None:
         connected = self._connected_nodes()
         if node not in connected:
             log.info("Raft connection to %s up", node.id)
         connected.add(node)
         self._retry_from.pop(node, None)
 
-    def _SyncObj__onNodeDisconnected(self, node: object) -> None:
+    def _SyncObj__onNodeDisconnected(self, node: Node) -> None:
         """PySyncObj only drops the node from its connected set. When the connection to our
         leader closes, the leader most likely crashed (a live but partitioned leader keeps its
         connections open, and the election timeout handles that): call the election soon
@@ -87,7 +99,7 @@ class PeerLinks:
             self._SyncObj__transport.send(node, _PING)
 
     # -- messages -------------------------------------------------------------------------------
-    def _SyncObj__onMessageReceived(self, node: object, message: dict) -> None:
+    def _SyncObj__onMessageReceived(self, node: Node, message: dict[str, Any]) -> None:
         kind = message.get("type")
         if kind == _PING["type"]:
             return  # reading it was the point
@@ -95,7 +107,7 @@ class PeerLinks:
             message = self._lowest_retry_point(node, message)
         SyncObj._SyncObj__onMessageReceived(self, node, message)
 
-    def _lowest_retry_point(self, node: object, reply: dict) -> dict:
+    def _lowest_retry_point(self, node: Node, reply: dict[str, Any]) -> dict[str, Any]:
         """Where to resume appends to a follower that refused one (ADR 26).
 
         A follower refuses an append whose previous entry it lacks (its answer: retry from my

@@ -29,6 +29,7 @@ import logging
 import socket
 import struct
 import zlib
+from typing import Any
 
 import pysyncobj.pickle as raft_pickle
 from pysyncobj.dns_resolver import globalDnsResolver
@@ -93,6 +94,10 @@ class HardenedTcpConnection(TcpConnection):
 
     `frame_limit` starts at PRE_AUTH_FRAME_BYTES; the transport raises it once the peer has
     shown it holds the secret."""
+
+    # TcpConnection's state this reads and writes (PySyncObj has no types).
+    _TcpConnection__socket: Any  # a socket, None once closed
+    recvLastTimestamp: int
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -500,7 +505,8 @@ class HardenedTransport(TCPTransport):
                 "not catch up; restore it from a snapshot of a healthy manager (remove and re-add it)",
                 MAX_TRANSMISSION_BYTES >> 20,
             )
-            return self._discard_transmission()
+            self._discard_transmission()
+            return None
         # A pickle ends with STOP ('.'): a chunk that does not cannot end the entry, and saves
         # an unpickling attempt (PySyncObj pickles bytes as latin-1 text, so an entry of binary
         # data pickles to up to twice its length and most of its chunks come labelled 'finish').
@@ -511,7 +517,8 @@ class HardenedTransport(TCPTransport):
         except Exception:
             return {**message, "transmission": "process"}
         if not (isinstance(entry, tuple) and len(entry) == 3):
-            return self._discard_transmission()
+            self._discard_transmission()
+            return None
         return message
 
     def _discard_transmission(self) -> None:

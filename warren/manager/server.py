@@ -21,8 +21,7 @@ from warren.api.leader import not_leader_message
 from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
 from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
 from warren.manager import metrics
-from warren.manager.raft import ProposalError, RaftNode
-from warren.manager.store import Store
+from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.pki import Identity
 
 log = logging.getLogger(__name__)
@@ -65,7 +64,7 @@ def check_result(result: commands.Result) -> commands.Result:
     return result
 
 
-def not_leader(store: Store, raft: RaftNode, why: str = "") -> ApiError:
+def not_leader(store: StateReader, raft: Proposer, why: str = "") -> ApiError:
     """UNAVAILABLE naming the leader's API address, for what only the leader serves."""
     leader = raft.status().leader
     with store.read() as state:
@@ -275,7 +274,7 @@ def build_server(
     certs_dir: Path | None = None,
     trusted_roots: Callable[[], frozenset[str]] | None = None,
     trust_bundle: Callable[[], bytes] | None = None,
-) -> tuple[grpc.aio.Server, health.HealthServicer]:
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
     `manager_addrs` lists the managers' API addresses for clients to follow. With `certs_dir`,

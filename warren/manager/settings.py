@@ -9,14 +9,14 @@ before loading grpc or lmdb.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-from warren import tls
+from warren import datadir
 from warren.text import format_size
 
-SETTINGS_FILE = "manager-settings.json"
+SETTINGS_FILE = datadir.MANAGER_SETTINGS_FILE
 DEFAULT_MAP_SIZE = 8 << 30  # address space only; the file grows as needed
 MIN_MAP_SIZE = 32 << 20  # below this, the reserve (ADR 22) would be most of the map
 MAX_MAP_SIZE = 1 << 46  # 64 TiB: near the limit of a 47-bit user address space
@@ -43,25 +43,19 @@ class ManagerSettings:
 
 def load(directory: Path) -> ManagerSettings | None:
     """The saved settings, or None if none were saved."""
-    path = directory / SETTINGS_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise SettingsError(f"{path} is unreadable: {exc}") from None
-    size = raw.get("state_map_size", DEFAULT_MAP_SIZE) if isinstance(raw, dict) else None
+    return datadir.load_settings(directory / SETTINGS_FILE, _from_json, SettingsError)
+
+
+def _from_json(raw: dict[str, Any]) -> ManagerSettings:
+    size = raw.get("state_map_size", DEFAULT_MAP_SIZE)
     if not isinstance(size, int) or isinstance(size, bool):
-        raise SettingsError(f"{path}: state_map_size must be a number of bytes")
-    try:
-        return ManagerSettings(state_map_size=check_map_size(size))
-    except ValueError as exc:
-        raise SettingsError(f"{path}: {exc}") from None
+        raise ValueError("state_map_size must be a number of bytes")
+    return ManagerSettings(state_map_size=check_map_size(size))
 
 
 def save(directory: Path, settings: ManagerSettings) -> None:
     """Write the settings atomically and durably: the next start must find them."""
-    tls.write_private_file(directory / SETTINGS_FILE, json.dumps(asdict(settings), indent=2).encode())
+    datadir.write_json(directory / SETTINGS_FILE, asdict(settings))
 
 
 def resolve(directory: Path, state_map_size: int | None = None) -> ManagerSettings:

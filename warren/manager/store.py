@@ -14,11 +14,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 import msgspec
 
+from warren.manager.ports import Watcher
 from warren.manager.settings import DEFAULT_MAP_SIZE
 from warren.model import AdminCert, ClusterInfo, Node, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
@@ -35,9 +36,6 @@ _KIND_TYPES: dict[Kind, type] = {
 }
 _APPLIED_KEY = b"applied_index"
 
-# Called with the applied index and its changes; changes is None after a snapshot restore,
-# meaning "everything may have changed: resynchronise".
-Watcher = Callable[[int, list[Change] | None], None]
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -70,7 +68,9 @@ class Store:
         self._meta = env.open_db(b"state_meta")
         self._dbs = {kind: env.open_db(f"state_{kind}".encode()) for kind in _KIND_TYPES}
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoders = {kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()}
+        self._decoders: dict[Kind, msgspec.msgpack.Decoder[Any]] = {
+            kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()
+        }
         self._lock = threading.Lock()
         self._watchers: list[Watcher] = []
         self.state = ClusterState()

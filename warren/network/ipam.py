@@ -16,9 +16,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 IPv4Network = ipaddress.IPv4Network
 IPv4Address = ipaddress.IPv4Address
+
+_Allocation = TypeVar("_Allocation")
 
 DEFAULT_OVERLAY = "10.200.0.0/16"
 DEFAULT_NODE_PREFIXLEN = 24
@@ -91,7 +94,7 @@ def node_subnet(layout: Layout, index: int) -> IPv4Network:
     if not 0 <= index < layout.node_subnet_count:
         raise IpamError(f"node subnet index {index} is outside 0..{layout.node_subnet_count - 1}")
     size = 1 << (32 - layout.node_prefixlen)
-    return ipaddress.ip_network((int(layout.overlay.network_address) + index * size, layout.node_prefixlen))
+    return IPv4Network((int(layout.overlay.network_address) + index * size, layout.node_prefixlen))
 
 
 def allocate_node_subnet(layout: Layout, current: Mapping[str, IPv4Network], node_id: str) -> dict[str, IPv4Network]:
@@ -179,18 +182,18 @@ def allocate_vip(layout: Layout, current: Mapping[str, IPv4Address], service_id:
     offset = _lowest_free(used, last - first + 1)
     if offset is None:
         raise ExhaustedError(f"the VIP range {layout.vips} is exhausted ({len(used)} services hold one)")
-    return {**current, service_id: ipaddress.ip_address(first + offset)}
+    return {**current, service_id: IPv4Address(first + offset)}
 
 
 # -- shared --------------------------------------------------------------------------------------
 
 
-def release(current: Mapping[str, object], owner: str) -> dict:
+def release(current: Mapping[str, _Allocation], owner: str) -> dict[str, _Allocation]:
     """`current` without `owner`'s allocation (nothing happens if it has none)."""
     return {k: v for k, v in current.items() if k != owner}
 
 
-def _check_unique(current: Mapping, what: str) -> Mapping:
+def _check_unique(current: Mapping[str, _Allocation], what: str) -> Mapping[str, _Allocation]:
     seen: dict[object, str] = {}
     for owner, value in current.items():
         if value in seen:

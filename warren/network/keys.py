@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from warren import datadir
 
 KEY_LEN = 32
 
@@ -61,16 +62,10 @@ def write_key_file(path: Path, private_key: str) -> None:
     """Write a private key readable by root only, atomically (never a half-written key)."""
     _raw(private_key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private_key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    datadir.write_atomic(path, private_key + "\n", datadir.PRIVATE)
 
 
-KEYS_DIR = "wireguard"
+KEYS_DIR = datadir.WIREGUARD_DIR
 PRIVATE_KEY_FILE = "private.key"
 PUBLIC_KEY_FILE = "public.key"
 ACTIVE_FILE = "active"  # the epoch of the key in use; absent: epoch 0 (the key made at join)
@@ -93,7 +88,7 @@ class KeyRing:
     """
 
     def __init__(self, data_dir: Path) -> None:
-        self.directory = Path(data_dir) / KEYS_DIR
+        self.directory = datadir.AgentDir(Path(data_dir)).wireguard
 
     def _paths(self, epoch: int) -> tuple[Path, Path]:
         base = self.directory if epoch == 0 else self.directory / f"epoch-{epoch}"
@@ -145,7 +140,7 @@ class KeyRing:
             return public.read_text().strip()
         private.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         write_key_file(private, generate_private_key())
-        _write_atomically(public, public_key_of(read_key_file(private)) + "\n")
+        datadir.write_atomic(public, public_key_of(read_key_file(private)) + "\n", datadir.PUBLIC)
         return public.read_text().strip()
 
     def activate(self, epoch: int) -> None:
@@ -153,7 +148,7 @@ class KeyRing:
         _, public = self._paths(epoch)
         if not public.exists():
             raise WireGuardError(f"there is no key pair of epoch {epoch} in {self.directory}")
-        _write_atomically(self.directory / ACTIVE_FILE, f"{epoch}\n")
+        datadir.write_atomic(self.directory / ACTIVE_FILE, f"{epoch}\n", datadir.PUBLIC)
         for directory in self._epoch_dirs():
             if int(directory.name.removeprefix("epoch-")) < epoch:
                 shutil.rmtree(directory, ignore_errors=True)
@@ -170,17 +165,8 @@ class KeyRing:
         private, public_path = self._paths(0)
         public = ensure_key_file(private)
         if not public_path.exists() or public_path.read_text().strip() != public:
-            _write_atomically(public_path, public + "\n")
+            datadir.write_atomic(public_path, public + "\n", datadir.PUBLIC)
         return public
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 def ensure_node_keys(data_dir: Path) -> str:

@@ -22,6 +22,7 @@ import ipaddress
 import subprocess
 from pathlib import Path
 
+from warren import datadir
 from warren.network import links, owner
 from warren.network.owner import BRIDGE
 
@@ -39,7 +40,7 @@ def host_veth(task_id: str) -> str:
 
 def ledger_dir(data_dir: Path) -> Path:
     """Where a node records the task networks it made."""
-    return data_dir / "network" / "tasks"
+    return datadir.AgentDir(data_dir).task_ledger
 
 
 def recorded(ledger: Path) -> list[str]:

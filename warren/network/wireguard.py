@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from warren.network import links
 
@@ -174,20 +175,21 @@ def parse_uapi_get(text: str, ifname: str) -> DeviceStatus:
     public_key: str | None = None
     listen_port: int | None = None
     peers: list[PeerStatus] = []
-    peer: dict[str, object] | None = None
+    peer: dict[str, str] | None = None  # the current peer's fields as sent, and its allowed IPs
+    peer_ips: list[str] = []
 
     def close() -> None:
         if peer is not None:
-            sec, nsec = int(peer.get("sec", 0)), int(peer.get("nsec", 0))  # type: ignore[call-overload]
+            sec, nsec = int(peer.get("sec", 0)), int(peer.get("nsec", 0))
             peers.append(
                 PeerStatus(
-                    public_key=str(peer["key"]),
-                    endpoint=peer.get("endpoint"),  # type: ignore[arg-type]
-                    allowed_ips=tuple(sorted(peer.get("ips", []))),  # type: ignore[call-overload]
-                    keepalive=int(peer.get("keepalive", 0)),  # type: ignore[call-overload]
+                    public_key=peer["key"],
+                    endpoint=peer.get("endpoint"),
+                    allowed_ips=tuple(sorted(peer_ips)),
+                    keepalive=int(peer.get("keepalive", 0)),
                     last_handshake=sec + nsec / 1e9,
-                    rx_bytes=int(peer.get("rx", 0)),  # type: ignore[call-overload]
-                    tx_bytes=int(peer.get("tx", 0)),  # type: ignore[call-overload]
+                    rx_bytes=int(peer.get("rx", 0)),
+                    tx_bytes=int(peer.get("tx", 0)),
                 )
             )
 
@@ -201,13 +203,13 @@ def parse_uapi_get(text: str, ifname: str) -> DeviceStatus:
             listen_port = int(value)
         elif key == "public_key":
             close()
-            peer = {"key": hex_to_b64(value), "ips": []}
+            peer, peer_ips = {"key": hex_to_b64(value)}, []
         elif peer is None:
             continue
         elif key == "endpoint":
             peer["endpoint"] = value
         elif key == "allowed_ip":
-            peer["ips"].append(str(ipaddress.ip_network(value, strict=False)))  # type: ignore[union-attr]
+            peer_ips.append(str(ipaddress.ip_network(value, strict=False)))
         elif key == "persistent_keepalive_interval":
             peer["keepalive"] = value
         elif key == "last_handshake_time_sec":
@@ -267,8 +269,8 @@ class UserspaceDevice(WireGuardDevice):
         except OSError as exc:
             raise WireGuardError(f"cannot start {self.binary}: {exc.strerror}") from None
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()  # type: ignore[union-attr]
+            if not isinstance(log, int):  # not subprocess.DEVNULL
+                log.close()
         deadline = time.monotonic() + self.start_timeout
         while not self._answers():
             if self.process.poll() is not None:
@@ -376,7 +378,7 @@ class KernelDevice(WireGuardDevice):
         super().__init__(ifname, netns)
 
     @contextlib.contextmanager
-    def _wg(self) -> Iterator[object]:
+    def _wg(self) -> Iterator[Any]:  # pyroute2 has no types
         from pyroute2.netlink.generic.wireguard import WireGuard
 
         wg = WireGuard()
@@ -398,7 +400,7 @@ class KernelDevice(WireGuardDevice):
 
     def status(self) -> DeviceStatus:
         with self._wg() as wg:
-            msgs = list(wg.info(self.ifname))  # type: ignore[attr-defined]
+            msgs = list(wg.info(self.ifname))
         public_key: str | None = None
         port: int | None = None
         peers: list[PeerStatus] = []
@@ -437,9 +439,9 @@ class KernelDevice(WireGuardDevice):
             for op in ops:
                 if isinstance(op, SetInterface):
                     port = {} if op.listen_port is None else {"listen_port": op.listen_port}
-                    wg.set(self.ifname, private_key=read_key_file(op.private_key_ref), **port)  # type: ignore[attr-defined]
+                    wg.set(self.ifname, private_key=read_key_file(op.private_key_ref), **port)
                 else:
-                    wg.set(self.ifname, peer=kernel_peer(op))  # type: ignore[attr-defined]
+                    wg.set(self.ifname, peer=kernel_peer(op))
         return len(ops)
 
     def stop(self) -> None:
@@ -453,15 +455,15 @@ def kernel_peer(op: Operation) -> dict[str, object]:
     assert isinstance(op, AddPeer | UpdatePeer)
     p = op.peer
     peer: dict[str, object] = {"public_key": p.public_key}
-    update = isinstance(op, UpdatePeer)
-    if update:
+    update = op if isinstance(op, UpdatePeer) else None  # an update says what changed; an add sets all
+    if update is not None:
         peer["update_only"] = True
-    if p.endpoint and (not update or op.endpoint_changed):  # type: ignore[union-attr]
+    if p.endpoint and (update is None or update.endpoint_changed):
         host, _, port = p.endpoint.rpartition(":")
         peer["endpoint_addr"], peer["endpoint_port"] = host.strip("[]"), int(port)
-    if not update or op.keepalive_changed:  # type: ignore[union-attr]
+    if update is None or update.keepalive_changed:
         peer["persistent_keepalive"] = p.keepalive
-    if not update or op.allowed_ips_changed:  # type: ignore[union-attr]
+    if update is None or update.allowed_ips_changed:
         peer["replace_allowed_ips"] = True
         peer["allowed_ips"] = list(p.allowed_ips)
     return peer

@@ -16,6 +16,7 @@ Snapshots.Remove, each tolerating NOT_FOUND so that remove is idempotent.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -274,7 +275,7 @@ class ContainerdRuntime:
         by_id = {t.container_id or t.id: t for t in tasks}  # List fills `id` with the container id
         return [self._status(c.id, dict(c.labels), by_id.get(c.id)) for c in containers]
 
-    def exec(self, runtime_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    def exec(self, runtime_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
         """Run `argv` in the running container: (exit code, stdout and stderr capped at 64 KiB).
 
         As in the exec driver, a command that cannot be executed (permanent) and one still

@@ -10,6 +10,7 @@ snapshot exist is used as is, with no network (pull policy "if not present").
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import secrets
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -167,15 +168,15 @@ class _ContentSource:
         raise _MissingContent(str(desc["digest"]))
 
 
-def _descriptor(desc: Mapping[str, object]) -> dict[str, object]:
-    return {"mediaType": str(desc.get("mediaType", "")), "digest": str(desc["digest"]), "size": int(desc["size"])}  # type: ignore[call-overload]
+def _descriptor(desc: Mapping[str, Any]) -> dict[str, object]:
+    return {"mediaType": str(desc.get("mediaType", "")), "digest": str(desc["digest"]), "size": int(desc["size"])}
 
 
-def _pb_descriptor(desc: Mapping[str, object]) -> api.descriptor_pb2.Descriptor:
+def _pb_descriptor(desc: Mapping[str, Any]) -> api.descriptor_pb2.Descriptor:
     return api.descriptor_pb2.Descriptor(
         media_type=str(desc["mediaType"]),
         digest=str(desc["digest"]),
-        size=int(desc["size"]),  # type: ignore[call-overload]
+        size=int(desc["size"]),
     )
 
 
@@ -349,7 +350,7 @@ class ImageService:
         chain = chain_ids(info.diff_ids)
         with self._client.lease() as lease:
             for layer, diff_id in zip(layers, info.diff_ids, strict=True):
-                self._write(layer, lambda layer=layer: source.chunks(layer), {UNCOMPRESSED_LABEL: diff_id}, lease)
+                self._write(layer, functools.partial(source.chunks, layer), {UNCOMPRESSED_LABEL: diff_id}, lease)
             snapshot_label = {f"containerd.io/gc.ref.snapshot.{self.snapshotter}": chain[-1]}
             self._write(config_desc, lambda: [config_bytes], snapshot_label, lease)
             self._unpack(name, layers, info.diff_ids, chain, lease)
@@ -362,13 +363,13 @@ class ImageService:
 
     def _write(
         self,
-        desc: Mapping[str, object],
+        desc: Mapping[str, Any],
         chunks: Callable[[], Iterable[bytes]],
         labels: Mapping[str, str],
         lease: str,
     ) -> None:
         """Content.Write: WRITE… then COMMIT with labels; content already present only gets the labels."""
-        digest, size = str(desc["digest"]), int(desc["size"])  # type: ignore[call-overload]
+        digest, size = str(desc["digest"]), int(desc["size"])
         md = self._client.md(lease)
         if self._label_if_present(digest, labels, md):
             return

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from warren.agent.runtime import ContainerSpec
 from warren.text import ascii_int, shown
@@ -116,21 +117,21 @@ def merge_env(image_env: Sequence[str], env: Mapping[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in merged.items()]
 
 
-def process_args(spec: ContainerSpec, image_config: Mapping[str, object]) -> list[str]:
-    entrypoint = list(spec.command) if spec.command else list(image_config.get("Entrypoint") or [])  # type: ignore[call-overload]
+def process_args(spec: ContainerSpec, image_config: Mapping[str, Any]) -> list[str]:
+    entrypoint = list(spec.command) if spec.command else list(image_config.get("Entrypoint") or [])
     if spec.args:
         cmd = list(spec.args)
     elif spec.command:
         cmd = []  # a new entrypoint drops the image's Cmd, as in Docker
     else:
-        cmd = list(image_config.get("Cmd") or [])  # type: ignore[call-overload]
+        cmd = list(image_config.get("Cmd") or [])
     args = [str(a) for a in entrypoint + cmd]
     if not args:
         raise SpecError(f"no command to run: image {spec.image} has no Entrypoint or Cmd and the service gives none")
     return args
 
 
-def build_process(spec: ContainerSpec, image_config: Mapping[str, object]) -> dict[str, object]:
+def build_process(spec: ContainerSpec, image_config: Mapping[str, Any]) -> dict[str, object]:
     cwd = spec.cwd or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
         raise SpecError(f"working directory {cwd!r} must be an absolute path")
@@ -139,16 +140,16 @@ def build_process(spec: ContainerSpec, image_config: Mapping[str, object]) -> di
         "terminal": False,
         "user": {"uid": uid, "gid": gid},
         "args": process_args(spec, image_config),
-        "env": merge_env(list(image_config.get("Env") or []), spec.env),  # type: ignore[call-overload]
+        "env": merge_env(list(image_config.get("Env") or []), spec.env),
         "cwd": cwd,
         "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
         "noNewPrivileges": True,
     }
 
 
-def exec_process(container_spec: Mapping[str, object], argv: Sequence[str]) -> dict[str, object]:
+def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str]) -> dict[str, object]:
     """An exec'd process: the container's own process settings with other args."""
-    process = copy.deepcopy(dict(container_spec.get("process") or {}))  # type: ignore[call-overload]
+    process = copy.deepcopy(dict(container_spec.get("process") or {}))
     process["args"] = list(argv)
     process["terminal"] = False
     return process

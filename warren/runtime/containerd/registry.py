@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -175,7 +176,8 @@ def _compatible_variants(want: Platform) -> list[str]:
 
 def select_manifest(index: Mapping[str, object], want: Platform) -> dict[str, object]:
     """Pick the manifest descriptor for `want` from an OCI index or Docker manifest list."""
-    manifests = [m for m in index.get("manifests", []) or [] if isinstance(m, dict)]  # type: ignore[union-attr]
+    listed = index.get("manifests")
+    manifests = [m for m in listed if isinstance(m, dict)] if isinstance(listed, list) else []
     if not manifests:
         raise RegistryError("image index lists no manifests", permanent=True)
     with_platform = [m for m in manifests if isinstance(m.get("platform"), dict)]
@@ -378,15 +380,15 @@ class RegistryClient:
                 raise RegistryError(f"image {ref}: nested image indexes are not supported", permanent=True)
         return {"mediaType": media_type, "digest": digest, "size": len(body)}, body
 
-    def read_blob(self, ref: ImageRef, descriptor: Mapping[str, object], limit: int = MAX_MANIFEST_BYTES) -> bytes:
+    def read_blob(self, ref: ImageRef, descriptor: Mapping[str, Any], limit: int = MAX_MANIFEST_BYTES) -> bytes:
         """A small blob (an image config), verified."""
-        if int(descriptor.get("size", 0)) > limit:  # type: ignore[call-overload]
+        if int(descriptor.get("size", 0)) > limit:
             raise RegistryError(f"blob {descriptor.get('digest')} of {ref} is larger than {limit} bytes", True)
         return b"".join(self.iter_blob(ref, descriptor))
 
-    def iter_blob(self, ref: ImageRef, descriptor: Mapping[str, object]) -> Iterator[bytes]:
+    def iter_blob(self, ref: ImageRef, descriptor: Mapping[str, Any]) -> Iterator[bytes]:
         """Stream a blob in chunks; raises RegistryError at the end if size or digest do not match."""
-        digest, size = str(descriptor["digest"]), int(descriptor.get("size", -1))  # type: ignore[call-overload]
+        digest, size = str(descriptor["digest"]), int(descriptor.get("size", -1))
         hasher = _hasher(digest)
         received = 0
         try:

@@ -43,50 +43,36 @@ explicitly. Rules, decided here:
 
 from __future__ import annotations
 
+import builtins
 import contextlib
-import functools
-import grp
 import logging
 import os
-import pwd
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
-from typing import IO
+from typing import IO, TypedDict
 
 import msgspec
 
+from warren import datadir
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
-from warren.model import Resources
-from warren.text import ascii_int
+from warren.runtime.exec import procfs
+from warren.runtime.exec.cgroups import Cgroups
+from warren.runtime.exec.chain import check_executable, exec_chain, task_env
+from warren.runtime.exec.users import resolve_user
 from warren.validate import ValidationError, signal_number
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
 KILL_WAIT = 10.0  # seconds to wait for a process to die after SIGKILL before reporting failure
 POLL = 0.05  # /proc polling period for processes that are not our children
 EXEC_OUTPUT_LIMIT = 64 * 1024
-CFS_PERIOD_US = 100_000
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-# Joins each cgroup named before "--", then execs the rest: the process is limited from its first instruction.
-_CGROUP_SHIM = (
-    'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || echo "warren: cannot join cgroup $f" >&2; shift; done; '
-    'shift; exec "$@"'
-)
-# Bind-mounts $2 read-only over /etc/resolv.conf with the mount binary $1, then execs the rest.
-# Read-only: the file is the agent's, shared by every task on the node.
-_RESOLV_SHIM = (
-    '"$1" --bind -o ro -- "$2" /etc/resolv.conf || '
-    '{ echo "warren: cannot mount $2 over /etc/resolv.conf" >&2; exit 125; }; '
-    'shift 2; exec "$@"'
-)
 
 
 class _Record(msgspec.Struct):
@@ -109,6 +95,14 @@ class _Record(msgspec.Struct):
     version: int = 1
 
 
+class _Credentials(TypedDict, total=False):
+    """Popen's arguments to run as another user; none at all to run as the agent's."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
 class ExecRuntime:
     """Runtime port over plain processes. Thread-safe: one lock guards the records; it is not
     held while waiting for a container to exit, so wait() and stop() never block other calls."""
@@ -122,7 +116,7 @@ class ExecRuntime:
         self._records: dict[str, _Record] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._images_noted: set[str] = set()
-        self._cgroups = _Cgroups(cgroup_root)
+        self._cgroups = Cgroups(cgroup_root)
         self._load()
 
     # -- the port ---------------------------------------------------------------------------
@@ -140,12 +134,12 @@ class ExecRuntime:
                 self._images_noted.add(spec.image)
                 log.info("exec runtime: ignoring image %r, running the task's command on the host", spec.image)
             _parse_signal(spec.stop_signal)
-            _resolve_user(spec.user)
+            resolve_user(spec.user)
             if spec.cwd and not os.path.isdir(spec.cwd):
                 raise RuntimeFailure(f"working directory not found: {spec.cwd}", permanent=True)
             cdir = self._dir / rid
             cwd = spec.cwd or str(cdir / "work")
-            _check_executable(argv[0], _env(spec), cwd)
+            check_executable(argv[0], task_env(spec), cwd)
             try:
                 (cdir / "work").mkdir(parents=True, exist_ok=True)
                 log_path = spec.log_path or str(cdir / "container.log")
@@ -178,8 +172,8 @@ class ExecRuntime:
                 self._save(rec)
                 raise
             rec.pid, rec.started_at, rec.state = proc.pid, time.time(), ContainerState.RUNNING
-            rec.proc_start = (_proc_stat(proc.pid) or ("", 0))[1]
-            rec.boot_id = _boot_id()
+            rec.proc_start = (procfs.proc_stat(proc.pid) or ("", 0))[1]
+            rec.boot_id = procfs.boot_id()
             self._children[runtime_id] = proc
             self._save(rec)
 
@@ -275,7 +269,7 @@ class ExecRuntime:
                 out.append(self._status(rec))
             return out
 
-    def exec(self, runtime_id: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    def exec(self, runtime_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
         with self._lock:
             rec = self._get(runtime_id)
             self._refresh(rec)
@@ -303,16 +297,16 @@ class ExecRuntime:
             raise RuntimeFailure(f"no such container: {runtime_id}")
         return rec
 
-    def _spawn(self, rec: _Record, argv: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, rec: _Record, argv: builtins.list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
         """Start argv as the container would run it (env, cwd, user, cgroups), in a new session."""
         spec = rec.spec
-        env = _env(spec)
-        exe = _check_executable(argv[0], env, rec.cwd)
-        uid, gid = _resolve_user(spec.user)
+        env = task_env(spec)
+        exe = check_executable(argv[0], env, rec.cwd)
+        uid, gid = resolve_user(spec.user)
         user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
-        argv, exe, user = _command(argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user)
-        creds: dict[str, object] = {}
+        argv, exe, user = exec_chain(argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user)
+        creds: _Credentials = {}
         if user is not None:
             creds = {"user": user[0], "group": user[1], "extra_groups": []}
         try:
@@ -326,7 +320,7 @@ class ExecRuntime:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                **creds,  # type: ignore[arg-type]
+                **creds,
             )
         except FileNotFoundError as exc:
             raise RuntimeFailure(f"executable file not found: {argv[0]}", permanent=True) from exc
@@ -367,8 +361,8 @@ class ExecRuntime:
         if rec.pid <= 0:
             return
         if rec.runtime_id not in self._children:  # an unreaped child's pid is ours for sure
-            holder = _proc_stat(rec.pid)
-            if rec.boot_id != _boot_id() or (holder is not None and holder[1] != rec.proc_start):
+            holder = procfs.proc_stat(rec.pid)
+            if rec.boot_id != procfs.boot_id() or (holder is not None and holder[1] != rec.proc_start):
                 return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec.pid, SIGKILL)
@@ -389,12 +383,8 @@ class ExecRuntime:
         """Atomic replace: a reader after kill -9 sees the old record or the new one. Only
         prepare fails on a write error; later, the in-memory state stays authoritative."""
         path = self._dir / rec.runtime_id / "record.json"
-        tmp = path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(msgspec.json.encode(rec))
-            os.replace(tmp, path)
+            datadir.write_atomic(path, msgspec.json.encode(rec), durable=False)
         except OSError as exc:
             if strict:
                 raise
@@ -413,76 +403,11 @@ class ExecRuntime:
             log.info("exec runtime: re-adopted %d container(s) from %s", len(self._records), self._dir)
 
 
-# -- processes ---------------------------------------------------------------------------------
-
-
-def _tool(name: str) -> str:
-    """An absolute path for a helper of the exec chain: the task's own PATH may not find it."""
-    return shutil.which(name) or f"/usr/bin/{name}"
-
-
-def _command(
-    argv: list[str],
-    exe: str,
-    *,
-    procs: list[str],
-    netns: str,
-    resolv_conf: str,
-    user: tuple[int, int] | None,
-) -> tuple[list[str], str, tuple[int, int] | None]:
-    """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
-    cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
-
-    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
-    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
-    returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
-    user change moves from Popen to setpriv, the last step, whenever there is such a step.
-    """
-    if not procs and not netns:
-        return argv, exe, user
-    if user is not None:
-        uid, gid = user
-        argv = [_tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
-    if procs:
-        argv = ["/bin/sh", "-c", _CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
-    if netns and resolv_conf:
-        # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
-        # does not pin the host's filesystems; nothing mounted in here propagates to the host.
-        resolv = ["/bin/sh", "-c", _RESOLV_SHIM, "warren-resolv", _tool("mount"), resolv_conf, *argv]
-        argv = [_tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
-    if netns:
-        argv = [_tool("nsenter"), f"--net={netns}", "--", *argv]
-    return argv, argv[0], None
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in ticks) from /proc/<pid>/stat, or None if no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = data[data.rfind(")") + 2 :].split()  # comm may contain spaces and parentheses
-    try:
-        return fields[0], int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-@functools.cache
-def _boot_id() -> str:
-    """Distinguishes this boot from the one a record was written in: pids restart at boot."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _is_ours_and_alive(rec: _Record) -> bool:
     """The recorded process still runs: same boot, same pid, same start time, not a zombie."""
-    if rec.pid <= 0 or rec.boot_id != _boot_id():
+    if rec.pid <= 0 or rec.boot_id != procfs.boot_id():
         return False
-    st = _proc_stat(rec.pid)
+    st = procfs.proc_stat(rec.pid)
     return st is not None and st[1] == rec.proc_start and st[0] not in ("Z", "X", "x")
 
 
@@ -495,212 +420,3 @@ def _parse_signal(name: str) -> int:
         return signal_number(name)
     except ValidationError:
         raise RuntimeFailure(f"invalid stop signal: {name!r}", permanent=True) from None
-
-
-def _env(spec: ContainerSpec) -> dict[str, str]:
-    env = dict(spec.env)
-    env.setdefault("PATH", DEFAULT_PATH)
-    return env
-
-
-def _check_executable(name: str, env: dict[str, str], cwd: str) -> str:
-    """The file execvp would run for `name` with the container's PATH and cwd, or a permanent
-    failure that says why not."""
-    dirs = [""] if "/" in name else env["PATH"].split(os.pathsep)
-    present = [p for p in (os.path.join(cwd, d, name) for d in dirs) if os.path.isfile(p)]
-    for path in present:
-        if os.access(path, os.X_OK):
-            return path
-    if present:
-        raise RuntimeFailure(f"permission denied: {name} is not executable", permanent=True)
-    raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
-
-
-def _resolve_user(user: str) -> tuple[int | None, int | None]:
-    """(uid, gid) for "name", "uid", "name:group" or "uid:gid"; (None, None) for the agent's user."""
-    if not user:
-        return None, None
-    name, _, group = user.partition(":")
-    number, group_number = ascii_int(name), ascii_int(group)
-    entry = None
-    try:
-        entry = pwd.getpwuid(number) if number is not None else pwd.getpwnam(name)
-    except (KeyError, OverflowError):
-        if number is None:
-            msg = f"unable to find user {name}: no matching entries in passwd file"
-            raise RuntimeFailure(msg, permanent=True) from None
-    uid = number if number is not None else entry.pw_uid  # type: ignore[union-attr]
-    if not group:
-        return uid, entry.pw_gid if entry else 0
-    if group_number is not None:
-        return uid, group_number
-    try:
-        return uid, grp.getgrnam(group).gr_gid
-    except KeyError:
-        msg = f"unable to find group {group}: no matching entries in group file"
-        raise RuntimeFailure(msg, permanent=True) from None
-
-
-# -- cgroups -----------------------------------------------------------------------------------
-class _Cgroups:
-    """Per-container cgroup directories for memory and CPU limits, where the host allows them.
-    Detection is lazy (first container with limits); if it fails, one warning is logged and
-    containers run unlimited. The parent directory is removed again when it empties, so that
-    nothing is left behind in the agent's own cgroup."""
-
-    def __init__(self, root: str | None) -> None:
-        self._root = root
-        self._bases: dict[str, Path] | None = None  # controller ("memory", "cpu") -> parent directory
-        self._version = 0
-
-    def create(self, runtime_id: str, limits: Resources) -> list[str]:
-        """Directories the container's process must join; [] if no limits or they can't be set."""
-        if not limits.memory_bytes and not limits.nano_cpus:
-            return []
-        bases = self._detect()
-        if not bases:
-            return []
-        files = self._limit_files(limits)
-        made: list[Path] = []
-        try:
-            for ctl, values in files.items():
-                self._ensure_base(bases[ctl])
-                d = bases[ctl] / runtime_id
-                if d not in made:
-                    d.mkdir(exist_ok=True)
-                    made.append(d)
-                for name, value in values.items():
-                    (d / name).write_text(value)
-        except OSError as exc:
-            self.destroy([str(d) for d in made])
-            log.warning("exec runtime: container %s runs without memory/CPU limits: %s", runtime_id, exc)
-            return []
-        return [str(d) for d in made]
-
-    def kill(self, dirs: list[str]) -> None:
-        """SIGKILL every process in the container's cgroups, until they are empty or 2 s pass."""
-        deadline = time.monotonic() + 2.0
-        while dirs and time.monotonic() < deadline:
-            pids = set()
-            for d in dirs:
-                with contextlib.suppress(OSError, ValueError):
-                    pids.update(int(p) for p in Path(d, "cgroup.procs").read_text().split())
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.02)
-
-    def destroy(self, dirs: list[str]) -> None:
-        self.kill(dirs)
-        for d in dirs:
-            try:
-                Path(d).rmdir()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("exec runtime: cannot remove cgroup %s: %s", d, exc)
-                continue
-            with contextlib.suppress(OSError):  # fails while other containers use it: fine
-                Path(d).parent.rmdir()
-
-    def _limit_files(self, limits: Resources) -> dict[str, dict[str, str]]:
-        """controller -> {file: value}; the file names depend on the cgroup version."""
-        v2 = self._version == 2
-        quota = max(1000, limits.nano_cpus * CFS_PERIOD_US // 1_000_000_000)
-        files: dict[str, dict[str, str]] = {}
-        if limits.memory_bytes:
-            files["memory"] = {("memory.max" if v2 else "memory.limit_in_bytes"): str(limits.memory_bytes)}
-        if limits.nano_cpus:
-            files["cpu"] = (
-                {"cpu.max": f"{quota} {CFS_PERIOD_US}"}
-                if v2
-                else {"cpu.cfs_period_us": str(CFS_PERIOD_US), "cpu.cfs_quota_us": str(quota)}
-            )
-        return files
-
-    def _ensure_base(self, base: Path) -> None:
-        if base.is_dir():
-            return
-        base.mkdir(parents=True)
-        if self._version == 2:
-            # cgroup v2 children may only use controllers their parent delegates; enabling them
-            # fails (EBUSY) when the parent holds processes, as the agent's own cgroup does.
-            for d in (base.parent, base):
-                (d / "cgroup.subtree_control").write_text("+memory +cpu")
-
-    def _detect_version(self) -> int:
-        mounts = _cgroup_mounts()
-        return 1 if "memory" in mounts or "cpu" in mounts else 2 if "" in mounts else 0
-
-    def _detect(self) -> dict[str, Path]:
-        """The parent directory per controller, {} if this host gives us none."""
-        if self._bases is not None:
-            return self._bases
-        self._bases = {}
-        bases: dict[str, Path] = {}
-        try:
-            bases = self._find_bases()
-            for base in set(bases.values()):
-                self._ensure_base(base)
-        except (OSError, _NoCgroups) as exc:
-            for base in set(bases.values()):
-                with contextlib.suppress(OSError):
-                    base.rmdir()
-            log.warning("exec runtime: memory/CPU limits are not enforced on this host: %s", exc)
-            return self._bases
-        self._bases = bases
-        return bases
-
-    def _find_bases(self) -> dict[str, Path]:
-        mounts, own = _cgroup_mounts(), _own_cgroups()
-        self._version = self._detect_version()
-        if self._version == 1:
-            for ctl in ("memory", "cpu"):
-                if ctl not in mounts or ctl not in own:
-                    raise _NoCgroups(f"no cgroup v1 {ctl} hierarchy")
-            return {ctl: self._base(mounts[ctl], own[ctl]) for ctl in ("memory", "cpu")}
-        if self._version == 2 and "" in own:
-            base = self._base(mounts[""], own[""])
-            return {"memory": base, "cpu": base}
-        raise _NoCgroups("no cgroup filesystem mounted")
-
-    def _base(self, mount: tuple[Path, str], own: str) -> Path:
-        point, mroot = mount
-        path = self._root if self._root is not None else own.rstrip("/") + "/warren-exec"
-        inside = mroot == "/" or path == mroot or path.startswith(mroot.rstrip("/") + "/")
-        return point / (os.path.relpath(path, mroot) if inside else path.lstrip("/"))
-
-
-class _NoCgroups(Exception):
-    pass
-
-
-def _cgroup_mounts() -> dict[str, tuple[Path, str]]:
-    """controller -> (mount point, root inside the hierarchy); "" is the cgroup v2 mount."""
-    out: dict[str, tuple[Path, str]] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, opts = fields[sep + 1], fields[sep + 3].split(",")
-            point = Path(fields[4].replace("\\040", " "))
-            if fstype == "cgroup2":
-                out.setdefault("", (point, fields[3]))
-            elif fstype == "cgroup":
-                for ctl in ("memory", "cpu"):
-                    if ctl in opts:
-                        out.setdefault(ctl, (point, fields[3]))
-    return out
-
-
-def _own_cgroups() -> dict[str, str]:
-    """controller -> the agent's cgroup path in that hierarchy; "" for cgroup v2."""
-    out: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, ctls, path = line.split(":", 2)
-            for ctl in ctls.split(",") if ctls else [""]:
-                out[ctl] = path
-    return out

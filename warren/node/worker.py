@@ -1,0 +1,40 @@
+"""A worker node: its agent, built from its saved settings, able to become a manager once
+promoted (ADR 15). `python -m warren.node.worker` is the process `warren worker start` and
+`cluster join` re-execute into (see warren.agent.daemon.options_argv)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from warren.agent import daemon as agent_daemon
+from warren.agent.settings import AgentSettings
+from warren.node.promoted import run_promoted_manager
+
+
+def agent_options(data_dir: Path, managers: list[str], settings: AgentSettings) -> agent_daemon.AgentOptions:
+    """The agent's options from its settings: the one place they are built."""
+    return agent_daemon.AgentOptions(
+        data_dir=data_dir,
+        managers=list(managers),
+        runtime=settings.runtime,
+        containerd_socket=settings.containerd_socket,
+        labels=dict(settings.labels),
+        advertise_addr=settings.advertise_addr,
+        insecure_registries=tuple(settings.insecure_registries),
+        metrics_addr=settings.metrics_addr or None,
+        cgroup_parent=settings.cgroup_parent,
+    )
+
+
+def run(options: agent_daemon.AgentOptions) -> int:
+    """Run this node's agent in the foreground until SIGTERM/SIGINT; returns the exit code."""
+    return agent_daemon.run(options, run_promoted_manager, entry=__name__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(agent_daemon.parse_options(argv, prog=f"python -m {__name__}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""The chain of execs that starts an exec-runtime task (ADR 17): network namespace, a mount
+namespace with the node's resolv.conf, cgroups and user; also the task's environment and the
+executable it runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from warren.agent.runtime import ContainerSpec, RuntimeFailure
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
+# Joins each cgroup named before "--", then execs the rest: the process is limited from its first instruction.
+CGROUP_SHIM = (
+    'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || echo "warren: cannot join cgroup $f" >&2; shift; done; '
+    'shift; exec "$@"'
+)
+# Bind-mounts $2 read-only over /etc/resolv.conf with the mount binary $1, then execs the rest.
+# Read-only: the file is the agent's, shared by every task on the node.
+RESOLV_SHIM = (
+    '"$1" --bind -o ro -- "$2" /etc/resolv.conf || '
+    '{ echo "warren: cannot mount $2 over /etc/resolv.conf" >&2; exit 125; }; '
+    'shift 2; exec "$@"'
+)
+
+
+def tool(name: str) -> str:
+    """An absolute path for a helper of the exec chain: the task's own PATH may not find it."""
+    return shutil.which(name) or f"/usr/bin/{name}"
+
+
+def exec_chain(
+    argv: list[str],
+    exe: str,
+    *,
+    procs: list[str],
+    netns: str,
+    resolv_conf: str,
+    user: tuple[int, int] | None,
+) -> tuple[list[str], str, tuple[int, int] | None]:
+    """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
+    cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
+
+    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
+    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
+    returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
+    user change moves from Popen to setpriv, the last step, whenever there is such a step.
+    """
+    if not procs and not netns:
+        return argv, exe, user
+    if user is not None:
+        uid, gid = user
+        argv = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    if procs:
+        argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
+    if netns and resolv_conf:
+        # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
+        # does not pin the host's filesystems; nothing mounted in here propagates to the host.
+        resolv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
+        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
+    if netns:
+        argv = [tool("nsenter"), f"--net={netns}", "--", *argv]
+    return argv, argv[0], None
+
+
+def task_env(spec: ContainerSpec) -> dict[str, str]:
+    env = dict(spec.env)
+    env.setdefault("PATH", DEFAULT_PATH)
+    return env
+
+
+def check_executable(name: str, env: dict[str, str], cwd: str) -> str:
+    """The file execvp would run for `name` with the container's PATH and cwd, or a permanent
+    failure that says why not."""
+    dirs = [""] if "/" in name else env["PATH"].split(os.pathsep)
+    present = [p for p in (os.path.join(cwd, d, name) for d in dirs) if os.path.isfile(p)]
+    for path in present:
+        if os.access(path, os.X_OK):
+            return path
+    if present:
+        raise RuntimeFailure(f"permission denied: {name} is not executable", permanent=True)
+    raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
