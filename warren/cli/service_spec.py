@@ -134,8 +134,8 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         help="failures in this first period do not count (0s)",
     )
 
-    for kind in ("update", "rollback"):
-        _add_rollout_flags(p, kind)
+    for rollout in ("update", "rollback"):
+        _add_rollout_flags(p, rollout)
 
     p.add_argument(
         "--stop-grace-period",
