@@ -118,10 +118,16 @@ def running(task: dict) -> bool:
 
 
 def check_slots(tasks: Iterable[dict]) -> list[str]:
-    """Two running tasks that hold the same slot of a service."""
-    slots = Counter((t["service_id"], t["slot"]) for t in tasks if running(t) and t["slot"])
+    """Two running tasks of the same version that hold the same slot of a service. Two of
+    different versions are a start-first replacement under way (ADR 33): the old one serves
+    until the new one is ready."""
+    slots = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks if running(t) and t["slot"])
     names = {t["service_id"]: t["service"] for t in tasks}
-    return [f"{names[sid]}: {n} running tasks hold slot {slot}" for (sid, slot), n in sorted(slots.items()) if n > 1]
+    return [
+        f"{names[sid]}: {n} running tasks of version {version} hold slot {slot}"
+        for (sid, slot, version), n in sorted(slots.items())
+        if n > 1
+    ]
 
 
 def convergence(state: dict) -> list[str]:

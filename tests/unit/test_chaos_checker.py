@@ -139,7 +139,11 @@ def test_failed_updates_apply_nowhere():
 
 def test_two_running_tasks_in_one_slot():
     tasks = [task("t1", slot=1), task("t2", slot=1, node="n2"), task("t3", slot=2)]
-    assert checker.check_slots(tasks) == ["a: 2 running tasks hold slot 1"]
+    assert checker.check_slots(tasks) == ["a: 2 running tasks of version 1 hold slot 1"]
+
+
+def test_a_start_first_replacement_may_share_its_slot_with_the_old_version():
+    assert checker.check_slots([task("t1", slot=1), task("t2", slot=1, version=2)]) == []
 
 
 def test_a_stopping_task_does_not_hold_its_slot():
