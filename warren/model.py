@@ -200,10 +200,11 @@ class ServiceSpec(msgspec.Struct, frozen=True):
 
 
 class SpecRevision(msgspec.Struct, frozen=True):
-    """One version of a service's spec, kept for `service history` and `rollback --to-version`."""
+    """One version of a service's spec, kept for `service history` and `rollback --to-version`.
+    The current version's `spec` is None: it is the service's own (a spec is never stored twice)."""
 
     version: int
-    spec: ServiceSpec
+    spec: ServiceSpec | None
     at: float
     summary: str  # what changed from the version before, in one line
 
@@ -212,7 +213,7 @@ class Service(msgspec.Struct, frozen=True):
     id: str
     spec: ServiceSpec
     version: int = 1
-    previous_spec: ServiceSpec | None = None
+    previous_spec: ServiceSpec | None = None  # written before histories (ADR 33); now read from `history`
     created_at: float = 0.0
     updated_at: float = 0.0
     vip: str = ""  # its virtual IP in the cluster's VIP range (ADR 17), allocated at create

@@ -37,13 +37,23 @@ def summary(old: ServiceSpec | None, new: ServiceSpec) -> str:
     return "; ".join(parts) or "no change (a forced update)"
 
 
-def remember(history: tuple[SpecRevision, ...], revision: SpecRevision) -> tuple[SpecRevision, ...]:
-    """The history with `revision` last, the oldest dropped beyond MAX_REVISIONS."""
-    return (*history, revision)[-MAX_REVISIONS:]
+def advance(
+    history: tuple[SpecRevision, ...], replaced: ServiceSpec, revision: SpecRevision
+) -> tuple[SpecRevision, ...]:
+    """The history once `revision` (the new current version, its spec None) replaces the
+    current one, whose spec `replaced` it now keeps; the oldest dropped beyond MAX_REVISIONS."""
+    earlier = tuple(r if r.spec is not None else msgspec.structs.replace(r, spec=replaced) for r in history)
+    return (*earlier, revision)[-MAX_REVISIONS:]
 
 
 def find(history: tuple[SpecRevision, ...], version: int) -> SpecRevision | None:
     return next((r for r in history if r.version == version), None)
+
+
+def previous(history: tuple[SpecRevision, ...], version: int) -> SpecRevision | None:
+    """The newest kept version before `version`."""
+    earlier = [r for r in history if r.version < version and r.spec is not None]
+    return earlier[-1] if earlier else None
 
 
 def _brief(value: object) -> str:

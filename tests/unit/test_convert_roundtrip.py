@@ -293,7 +293,7 @@ update_statuses = st.builds(
     completed_at=floats,
     message=texts,
 )
-revisions = st.builds(model.SpecRevision, version=int64s, spec=service_specs(), at=floats, summary=texts)
+revisions = st.builds(model.SpecRevision, version=int64s, spec=st.none() | service_specs(), at=floats, summary=texts)
 
 
 @wire
@@ -340,11 +340,14 @@ def test_a_service_message_carries_its_spec_and_fields(
         )
         assert (shown_status.started_at, shown_status.completed_at) == (status.started_at, status.completed_at)
     assert [(r.version, convert.spec_from_pb(r.spec), r.at, r.summary) for r in msg.history] == [
-        (r.version, r.spec, r.at, r.summary) for r in history
+        (r.version, r.spec or spec, r.at, r.summary)
+        for r in history  # None: the current spec
     ]
     assert not convert.service_to_pb(service, with_previous=False).history
     assert convert.spec_from_pb(msg.spec) == spec
-    assert (convert.spec_from_pb(msg.previous_spec) if msg.HasField("previous_spec") else None) == previous
+    # The spec before: the newest kept one, else the field written before histories.
+    before = next((r.spec for r in reversed(history) if r.spec is not None), previous)
+    assert (convert.spec_from_pb(msg.previous_spec) if msg.HasField("previous_spec") else None) == before
     assert (msg.desired_tasks, msg.running_tasks) == (desired, running)
     assert not convert.service_to_pb(service, with_previous=False).HasField("previous_spec")
 

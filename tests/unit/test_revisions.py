@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import msgspec
 from hypothesis import given
 from hypothesis import strategies as st
@@ -35,11 +37,16 @@ def test_long_or_odd_values_are_cut_and_escaped() -> None:
 
 
 @given(st.lists(st.integers(1, 1000), min_size=1, max_size=30, unique=True))
-def test_the_history_keeps_the_last_versions_in_order(versions: list[int]) -> None:
-    history: tuple[SpecRevision, ...] = ()
-    for v in sorted(versions):
-        history = revisions.remember(history, SpecRevision(v, OLD, float(v), "x"))
-    kept = sorted(versions)[-revisions.MAX_REVISIONS :]
+def test_the_history_keeps_the_last_versions_and_the_current_spec_once(versions: list[int]) -> None:
+    ordered = sorted(versions)
+    history: tuple[SpecRevision, ...] = (SpecRevision(ordered[0], None, 0.0, "created"),)
+    for before, v in itertools.pairwise(ordered):
+        replaced = msgspec.structs.replace(OLD, image=f"app:{before}")
+        history = revisions.advance(history, replaced, SpecRevision(v, None, float(v), "x"))
+    kept = ordered[-revisions.MAX_REVISIONS :]
     assert [r.version for r in history] == kept
-    assert revisions.find(history, kept[0]) is history[0]
-    assert revisions.find(history, 0) is None
+    assert [r.spec is None for r in history] == [v == ordered[-1] for v in kept]  # only the current
+    assert all(r.spec is not None and r.spec.image == f"app:{r.version}" for r in history[:-1])
+    assert revisions.find(history, kept[0]) is history[0] and revisions.find(history, 0) is None
+    previous = revisions.previous(history, ordered[-1])
+    assert previous is (history[-2] if len(history) > 1 else None)

@@ -77,9 +77,15 @@ def test_rollback_returns_to_the_version_before_as_a_new_version_keeping_the_sca
         RolloutState.ROLLBACK_STARTED, 20.0, 2, 3, message="rollback to version 1 requested"
     )
     assert service.history[-1].summary == "rollback to version 1: image app:2 -> app:1"
-    # --to-version with the replica count of that version
-    assert _run(state, commands.RollbackService("s1", 30.0, to_version=2, restore_replicas=True)).ok
-    assert (state.services["s1"].spec.image, state.services["s1"].spec.replicas) == ("app:2", 2)
+    # --to-version, keeping today's scale, or with the count that version last ran with
+    _run(state, commands.ScaleService("s1", 3, 21.0))
+    assert _run(state, commands.RollbackService("s1", 30.0, to_version=2)).ok
+    assert (state.services["s1"].spec.image, state.services["s1"].spec.replicas) == ("app:2", 3)
+    assert _run(state, commands.RollbackService("s1", 40.0, to_version=2, restore_replicas=True)).ok
+    assert (state.services["s1"].spec.image, state.services["s1"].spec.replicas) == ("app:2", 7)
+    # The current spec is stored once: the history's current entry holds none.
+    assert [r.spec is None for r in state.services["s1"].history] == [False] * 4 + [True]
+    assert state.services["s1"].previous_spec is None
 
 
 def test_rollbacks_that_cannot_be_are_refused_and_change_nothing() -> None:

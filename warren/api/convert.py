@@ -279,11 +279,12 @@ def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, wi
     )
     if service.update_status is not None:
         msg.update_status.CopyFrom(update_status_to_pb(service.update_status))
-    if with_previous and service.previous_spec is not None:
-        msg.previous_spec.CopyFrom(spec_to_pb(service.previous_spec))
-    if with_previous:  # a single service's read: its history too
+    if with_previous:  # a single service's read: the spec before and the history too
+        before = next((r.spec for r in reversed(service.history) if r.spec is not None), service.previous_spec)
+        if before is not None:
+            msg.previous_spec.CopyFrom(spec_to_pb(before))
         msg.history.extend(
-            pb.SpecRevision(version=r.version, spec=spec_to_pb(r.spec), at=r.at, summary=r.summary)
+            pb.SpecRevision(version=r.version, spec=spec_to_pb(r.spec or service.spec), at=r.at, summary=r.summary)
             for r in service.history
         )
     return msg

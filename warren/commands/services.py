@@ -53,7 +53,7 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
         except (ipam.IpamError, ValueError) as exc:
             return error("internal", f"the overlay address plan is unusable: {exc}"), []
         service = msgspec.structs.replace(service, vip=str(vip))
-    first = SpecRevision(service.version, service.spec, service.created_at, revisions.summary(None, service.spec))
+    first = SpecRevision(service.version, None, service.created_at, revisions.summary(None, service.spec))
     service = msgspec.structs.replace(service, history=(first,))
     return Result(id=service.id), [Put("service", service)]
 
@@ -74,15 +74,15 @@ def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Cha
         return Result(id=service.id), [Put("service", _scaled(service, cmd.spec.replicas, cmd.at))]
     version = service.version + 1
     status = UpdateStatus(RolloutState.UPDATING, cmd.at, service.version, version, message=_superseded(service))
-    revision = SpecRevision(version, cmd.spec, cmd.at, revisions.summary(service.spec, cmd.spec))
+    revision = SpecRevision(version, None, cmd.at, revisions.summary(service.spec, cmd.spec))
     updated = msgspec.structs.replace(
         service,
         spec=cmd.spec,
-        previous_spec=service.spec,
+        previous_spec=None,
         version=version,
         updated_at=cmd.at,
         update_status=status,
-        history=revisions.remember(_history(service), revision),
+        history=revisions.advance(_history(service), service.spec, revision),
     )
     return Result(id=service.id), [Put("service", updated)]
 
@@ -103,10 +103,10 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         if revision.version == service.version:
             return error("failed_precondition", f"service {name} runs version {service.version} already"), []
     else:
-        earlier = [r for r in history if r.version < service.version]
-        if not earlier:
+        found = revisions.previous(history, service.version)
+        if found is None:
             return error("failed_precondition", f"service {name} has no earlier version to roll back to"), []
-        revision = earlier[-1]
+        revision = found
     target = _target(service, revision, cmd.restore_replicas)
     if target == service.spec:
         return error(
@@ -130,9 +130,9 @@ def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> 
         if not change.revert:
             changes.append(Put("service", msgspec.structs.replace(service, update_status=change.status)))
             continue
-        earlier = [r for r in _history(service) if r.version < service.version]
-        target = _target(service, earlier[-1], restore_replicas=False) if earlier else None
-        if target is None or _ports_taken(state, target, service.id) is not None:
+        earlier = revisions.previous(_history(service), service.version)
+        target = _target(service, earlier, restore_replicas=False) if earlier is not None else None
+        if earlier is None or target is None or _ports_taken(state, target, service.id) is not None:
             why = "no earlier version" if target is None else "its ports are taken"
             paused = msgspec.structs.replace(
                 change.status,
@@ -143,7 +143,7 @@ def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> 
             )
             changes.append(Put("service", msgspec.structs.replace(service, update_status=paused)))
             continue
-        changes.append(Put("service", _rolled_back(service, earlier[-1], target, change.status)))
+        changes.append(Put("service", _rolled_back(service, earlier, target, change.status)))
     return changes
 
 
@@ -160,7 +160,7 @@ def _stale(service: Service, expected: int) -> Result:
 
 def _history(service: Service) -> tuple[SpecRevision, ...]:
     """The service's history; for one created before histories, its current spec alone."""
-    return service.history or (SpecRevision(service.version, service.spec, service.updated_at, ""),)
+    return service.history or (SpecRevision(service.version, None, service.updated_at, ""),)
 
 
 def _superseded(service: Service) -> str:
@@ -174,7 +174,8 @@ def _superseded(service: Service) -> str:
 
 def _target(service: Service, revision: SpecRevision, restore_replicas: bool) -> ServiceSpec:
     """The spec a rollback to `revision` runs: a rollback restores the spec, not the scale."""
-    return revision.spec if restore_replicas else msgspec.structs.replace(revision.spec, replicas=service.spec.replicas)
+    spec = revision.spec or service.spec
+    return spec if restore_replicas else msgspec.structs.replace(spec, replicas=service.spec.replicas)
 
 
 def _rolled_back(service: Service, revision: SpecRevision, spec: ServiceSpec, status: UpdateStatus) -> Service:
@@ -184,11 +185,13 @@ def _rolled_back(service: Service, revision: SpecRevision, spec: ServiceSpec, st
     return msgspec.structs.replace(
         service,
         spec=spec,
-        previous_spec=service.spec,
+        previous_spec=None,
         version=version,
         updated_at=status.started_at,
         update_status=msgspec.structs.replace(status, to_version=version),
-        history=revisions.remember(_history(service), SpecRevision(version, spec, status.started_at, summary)),
+        history=revisions.advance(
+            _history(service), service.spec, SpecRevision(version, None, status.started_at, summary)
+        ),
     )
 
 
