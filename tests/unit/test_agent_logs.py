@@ -11,16 +11,9 @@ import grpc
 import pytest
 
 from tests.waiting import async_holds, async_wait_for
-from warren.agent import logs
-from warren.agent.logs import (
-    RECORD,
-    IndexCursor,
-    LogAgent,
-    TaskLogReader,
-    TimeIndex,
-    check_subscription,
-    tail_offset,
-)
+from warren.agent import logfiles
+from warren.agent.logfiles import RECORD, IndexCursor, TaskLogReader, TimeIndex, tail_offset
+from warren.agent.logs import LogAgent, check_subscription
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.validate import MAX_LOG_LINE
 
@@ -35,7 +28,7 @@ class Clock:
         return self.now
 
 
-def _tail(path: Path, n: int, block: int = logs.TAIL_BLOCK) -> bytes:
+def _tail(path: Path, n: int, block: int = logfiles.TAIL_BLOCK) -> bytes:
     fd = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(fd).st_size
@@ -169,7 +162,7 @@ def test_follow_waits_for_newlines_and_flushes_a_stalled_partial_line(tmp_path: 
     assert _read_all(reader) == [b"new"]
     clock.now += 0.5
     assert _read_all(reader) == []  # "half" may still be growing
-    clock.now += logs.PARTIAL_FLUSH
+    clock.now += logfiles.PARTIAL_FLUSH
     assert _read_all(reader) == [b"half"]  # it stopped growing: send it
     with path.open("ab") as f:
         f.write(b" more\n")
