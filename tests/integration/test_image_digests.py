@@ -25,7 +25,9 @@ from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import WebImage, build_web_images, web_page
 from tests.fixtures.plugin import unavailable
+from tests.fixtures.ports import free_port
 from tests.fixtures.registry import LocalRegistry
+from tests.integration.harness import Manager
 from warren.agent.runtime import RuntimeFailure
 from warren.manager.imagepin import RegistryDigests
 from warren.network import links
@@ -173,3 +175,26 @@ def test_a_re_pushed_tag_is_deployed_only_by_force_and_every_task_runs_one_diges
     finally:
         for name in ("web", "plain"):
             rig.tasks(name, history=True)  # the ids the rig sweeps if removal fails
+
+
+# -- a registry that cannot be reached, and a manager that asks none -----------------------------
+
+
+@pytest.mark.parametrize("resolve", [True, False], ids=["resolving", "no-resolve-images"])
+def test_an_unreachable_registry_keeps_the_tag_with_a_warning_and_a_manager_may_ask_none(
+    tmp_path: Path, resolve: bool
+) -> None:
+    image = f"127.0.0.1:{free_port()}/app:1"  # nothing listens there: connection refused
+    manager = Manager(tmp_path, resolve_images=resolve)
+    try:
+        manager.start()
+        created = manager.cli("service", "create", "app", "--image", image, "--detach")
+        assert created.returncode == 0, created.stderr
+        assert manager.cli_json("service", "inspect", "app")["spec"]["image"] == image  # type: ignore[index]
+        warnings = [line for line in created.stderr.splitlines() if line.startswith("warning:")]
+        if resolve:
+            assert len(warnings) == 1 and "could not be pinned" in warnings[0] and "refused" in warnings[0], warnings
+        else:
+            assert warnings == []
+    finally:
+        manager.stop()

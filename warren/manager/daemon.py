@@ -179,7 +179,7 @@ async def _open_and_serve(
         logs=logs,
         certs_dir=data / "certs",
         raft_secret=secret,
-        images=RegistryDigests(options.insecure_registries),
+        images=RegistryDigests(options.insecure_registries) if options.resolve_images else None,
     )
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
