@@ -6,7 +6,8 @@
 - The deployment rig (tests/fixtures/deploy_rig.py: a real manager, containerd, registry and
   published port): `web:live` is v1 when the service is created, then v2 is pushed under the
   same tag. The running service stays on v1's digest, through an unrelated update too;
-  `service update --force` resolves the tag again and every task moves to v2's digest.
+  `service update --force` resolves the tag again and every task moves to v2's digest, and
+  `service rollback` returns to v1's digest although the tag names v2.
   `--no-resolve-image` keeps the tag, and a malformed reference is refused with one line, exit 2.
 """
 
@@ -162,6 +163,11 @@ def test_a_re_pushed_tag_is_deployed_only_by_force_and_every_task_runs_one_diges
         assert _image(rig, "web") == f"{live}@{v2}"
         rig.wait_serving(web_page("v2"), "web", 2)
         assert _versions(rig, "web") == {_version(rig, "web")}
+
+        # A rollback returns to v1's bytes, although the tag now names v2.
+        rig.ok("service", "rollback", "web", "--timeout", "120s")
+        assert _image(rig, "web") == f"{live}@{v1}"
+        rig.wait_serving(web_page("v1"), "web", 2)
 
         # --no-resolve-image keeps the tag as given.
         rig.ok("service", "create", "plain", "--image", live, "--no-resolve-image", "--detach")
