@@ -84,6 +84,10 @@ def test_a_lookup_pins_and_a_failed_one_keeps_the_image_with_a_warning() -> None
     assert forced.image == f"gone:1@{D1}"
     assert "stays pinned to " + D1 in forced.warning
     assert run(pinned(None, spec("app:1"), None, False)).image == "app:1"
+    # A name so long that the pin would pass the spec's limit keeps its tag (and can be updated).
+    long_name = "h.example/" + "a" * 200 + "/" + "b" * 180 + ":" + "t" * 100
+    long = run(pinned(Registry({long_name: "sha512:" + "5" * 128}), spec(long_name), None, False))
+    assert long.image == long_name and "over 512 characters" in long.warning
 
 
 @pytest.mark.parametrize("image", ["App:1", "app:bad tag", "app@sha256:short", "host:5000/", "a//b"])

@@ -1,8 +1,8 @@
 """Images pinned by digest (ADR 34): at create and update, `name:tag` becomes `name:tag@sha256:…`.
 
 The decision (`to_resolve`, `pin`, `check_reference`) is pure and unit-tested; the registry
-lookup is a port (`DigestLookup`) that the node gives the manager (`RegistryDigests`, over the
-agent's own registry client), and a fake in unit tests. A lookup that fails keeps the tag and
+lookup is a port (`DigestLookup`): `RegistryDigests` over the agents' own registry client, which
+the daemon builds from its node's registry settings, and a fake in unit tests. A lookup that fails keeps the tag and
 warns, as Docker does: an exec service's image (`exec`) or one loaded with `image import` is in
 no registry, and neither must be refused.
 """
@@ -22,6 +22,7 @@ from warren.runtime.containerd.registry import (
     parse_reference,
 )
 from warren.text import shown
+from warren.validate import MAX_IMAGE
 
 LOOKUP_TIMEOUT = 5.0  # seconds for the whole lookup: a create or update must not hang on a registry
 
@@ -125,4 +126,8 @@ async def pinned(
     except TimeoutError:
         reason = f"no answer from its registry within {LOOKUP_TIMEOUT + 1:g}s"
         return Pinned(spec.image, unpinned_warning(spec.image, name, reason))
+    if len(pin(name, digest)) > MAX_IMAGE:  # the spec would be refused at its next update
+        return Pinned(
+            spec.image, unpinned_warning(spec.image, name, f"with its digest it is over {MAX_IMAGE} characters")
+        )
     return Pinned(pin(name, digest))
