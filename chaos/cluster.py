@@ -215,6 +215,7 @@ class Cluster:
                 "--heartbeat-period",
                 HEARTBEAT,
                 "--manager-only",
+                "--no-resolve-images",  # the workload's images are in no registry (ADR 34)
             ]
         )
         deadline = time.monotonic() + timeout
@@ -242,6 +243,7 @@ class Cluster:
                     "--advertise-addr",
                     f"{mip}:{API_PORT}",
                     "--manager-only",
+                    "--no-resolve-images",
                 ]
             )
             self.wait_ready(m, deadline)

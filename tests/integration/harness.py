@@ -66,6 +66,9 @@ class Manager:
     # Put before the command, e.g. ["prlimit", "--nofile=200"] to run it with few descriptors.
     launcher: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
+    # Test images ("busybox", "x") are in no registry, and a lookup would leave loopback (DNS):
+    # these managers pin no image to a digest unless a test asks (ADR 34).
+    resolve_images: bool = False
 
     @property
     def data_dir(self) -> Path:
@@ -119,6 +122,7 @@ class Manager:
                 "--join-addr",
                 self.join_addr,
                 *self.agent_args,
+                *([] if self.resolve_images else ["--no-resolve-images"]),
                 *off_the_overlay([*self.agent_args, *self.start_args]),
                 *self.start_args,
             ],

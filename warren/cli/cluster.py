@@ -61,6 +61,7 @@ def register(groups: Any) -> None:
     )
     worker.add_wireguard_flags(p)  # for the embedded agent
     worker.add_state_map_size_flag(p)
+    worker.add_resolve_images_flag(p)
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -109,6 +110,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "overlay_range",
         "vip_range",
         "state_map_size",
+        "resolve_images",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

@@ -130,7 +130,9 @@ def cmd_create(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
 
     with connect(args) as client:
-        service = client.call("CreateService", pb.CreateServiceRequest(spec=spec))
+        request = pb.CreateServiceRequest(spec=spec, no_resolve_image=args.no_resolve_image)
+        service = client.call("CreateService", request)
+        _warn(service)
         print(service.id, flush=True)
         if args.detach:
             return 0
@@ -156,13 +158,23 @@ def cmd_update(args: argparse.Namespace) -> int:
             service = client.call("ScaleService", pb.ScaleServiceRequest(service=current.id, replicas=spec.replicas))
             redeploy = False
         else:
-            request = pb.UpdateServiceRequest(service=current.id, spec=spec, version=current.version)
+            request = pb.UpdateServiceRequest(
+                service=current.id, spec=spec, version=current.version, no_resolve_image=args.no_resolve_image
+            )
             service = client.call("UpdateService", request)
+            _warn(service)
             redeploy = True
         print(name, flush=True)
         if args.detach:
             return 0
         return wait_converged(client, service, args.wait_timeout, check_version=redeploy)
+
+
+def _warn(service: Any) -> None:
+    """What the manager says the operator should know about a create or update (ADR 34)."""
+    for warning in service.warnings:
+        sys.stderr.write(f"warning: {warning}\n")
+    sys.stderr.flush()
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

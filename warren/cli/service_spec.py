@@ -45,7 +45,7 @@ def _stop_signal(text: str) -> str:
 def add_create_flags(p: argparse.ArgumentParser) -> None:
     """The spec that `service create` describes: its name, image, mode and the shared flags."""
     p.add_argument("name", metavar="NAME", help="service name; end with `-- COMMAND ARG...` to set the command")
-    p.add_argument("--image", required=True, help="container image")
+    p.add_argument("--image", required=True, help="container image (pinned to its registry digest: ADR 34)")
     p.add_argument(
         "--mode",
         choices=("replicated", "global"),
@@ -70,7 +70,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
 def add_update_flags(p: argparse.ArgumentParser) -> None:
     """What `service update` changes: add and remove flags, and the shared ones."""
     p.add_argument("name", metavar="NAME", help="name, ID or unique ID prefix; `-- COMMAND ARG...` sets the command")
-    p.add_argument("--image", help="container image")
+    p.add_argument("--image", help="container image; the same tag again resolves it anew (a re-pushed tag)")
     p.add_argument("--replicas", type=_COUNT, metavar="N", help="number of tasks")
     p.add_argument("--env-add", type=_ENV, action="append", metavar="K=V", help="add or change a variable")
     p.add_argument("--env-rm", action="append", metavar="K", help="remove a variable")
@@ -97,6 +97,11 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
     """Flags that create and update share."""
+    p.add_argument(
+        "--no-resolve-image",
+        action="store_true",
+        help="keep the image's tag as given instead of pinning it to the digest the registry names",
+    )
     res = p.add_argument_group("resources")
     res.add_argument("--reserve-cpu", type=_CPUS, metavar="CORES", help="CPU reserved per task, e.g. 0.5")
     res.add_argument("--reserve-memory", type=_SIZE, metavar="SIZE", help="memory reserved per task, e.g. 512M")

@@ -91,7 +91,19 @@ def add_join_parser(cmds: Any) -> None:
         "--manager-only", action="store_true", default=None, help="run no agent here: this node runs no tasks"
     )
     add_state_map_size_flag(managers)
+    add_resolve_images_flag(managers)
     p.set_defaults(func=cmd_join)
+
+
+def add_resolve_images_flag(p: Any) -> None:
+    """A manager that never asks a registry for digests (ADR 34): for clusters with no registry."""
+    p.add_argument(
+        "--no-resolve-images",
+        dest="resolve_images",
+        action="store_false",
+        default=None,
+        help="never pin service images to registry digests here (air-gapped clusters, the exec runtime)",
+    )
 
 
 def add_state_map_size_flag(p: Any) -> None:
@@ -255,7 +267,16 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
     from warren.node.embedded import EmbeddedAgentFlags
 
     options: dict[str, Any] = {"data_dir": data_dir, "join_managers": tuple(managers) if managers else None}
-    for name in ("listen_addr", "advertise_addr", "raft_addr", "join_addr", "metrics_addr", "state_map_size"):
+    names = (
+        "listen_addr",
+        "advertise_addr",
+        "raft_addr",
+        "join_addr",
+        "metrics_addr",
+        "state_map_size",
+        "resolve_images",
+    )
+    for name in names:
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     flags = EmbeddedAgentFlags(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import msgspec
 
 from warren import commands, pki, tls
 from warren.api import convert
@@ -21,6 +22,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.server import ApiError, check_result, not_leader
@@ -119,7 +121,8 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     try:
         spec = convert.spec_from_pb(msg)
         check_spec(spec)
-    except (convert.ConversionError, ValidationError) as exc:
+        check_reference(spec.image)
+    except (convert.ConversionError, ValidationError, ValueError) as exc:
         raise _invalid(str(exc)) from None
     return spec
 
@@ -133,6 +136,7 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         logs: LogBroker | None = None,
         certs_dir: Path | None = None,
         raft_secret: str = "",
+        images: DigestLookup | None = None,
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         self._authority = cakey.Authority(raft_secret)
@@ -143,6 +147,8 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         # This manager's own credentials (read when used: they are renewed), to ask the other
         # managers for their Raft status.
         self._certs_dir = certs_dir
+        # Pins images to digests at create and update (ADR 34); None: images are stored as given.
+        self._images = images
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -403,17 +409,21 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
                 check_ports_free(state, spec)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        image = await pinned(self._images, spec, None, request.no_resolve_image)
+        spec = msgspec.structs.replace(spec, image=image.image)
         now = time.time()
         service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
         await self._propose(commands.CreateService(service))
-        return self._service_pb(service.id)
+        return self._service_pb(service.id, image.warning)
 
-    def _service_pb(self, service_id: str) -> pb.Service:
+    def _service_pb(self, service_id: str, *warnings: str) -> pb.Service:
         with self._store.read() as state:
             service = state.services.get(service_id)
             if service is None:
                 raise ApiError(NOT_FOUND, f"service {service_id} was removed meanwhile")
-            return convert.service_to_pb(service, *self._counts(state, service))
+            reply = convert.service_to_pb(service, *self._counts(state, service))
+        reply.warnings.extend(w for w in warnings if w)
+        return reply
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
         with self._store.read() as state:
@@ -439,8 +449,10 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
                 check_ports_free(state, spec, service.id)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
+        image = await pinned(self._images, spec, service.spec, request.no_resolve_image)
+        spec = msgspec.structs.replace(spec, image=image.image)
         await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))
-        return self._service_pb(service.id)
+        return self._service_pb(service.id, image.warning)
 
     async def RollbackService(self, request: cpb.RollbackServiceRequest, context: object) -> pb.Service:
         """Return to an earlier spec as a new version (ADR 33); the command checks the history."""

@@ -36,6 +36,7 @@ from warren.manager.certificates import CertificateKeeper
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.imagepin import RegistryDigests
 from warren.manager.logbroker import LogBroker
 from warren.manager.loops import hand_over_leadership, track_health, watch_demotion
 from warren.manager.membership import ManagersService, manager_addrs
@@ -172,7 +173,14 @@ async def _open_and_serve(
 
     heartbeats = Heartbeats()
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
-    control = ControlService(store, raft, logs=logs, certs_dir=data / "certs", raft_secret=secret)
+    control = ControlService(
+        store,
+        raft,
+        logs=logs,
+        certs_dir=data / "certs",
+        raft_secret=secret,
+        images=RegistryDigests(options.insecure_registries) if options.resolve_images else None,
+    )
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
     try:
         server, health = build_server(

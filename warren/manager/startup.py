@@ -47,6 +47,10 @@ class ManagerOptions:
     # The LMDB map (ADR 22): the most the Raft journal and the state may take. None = as saved
     # at the last start (default 8 GiB).
     state_map_size: int | None = None
+    # Registries served over plain HTTP besides loopback, for pinning images to digests (ADR 34):
+    # the node's agent settings (`--insecure-registry`), which its pulls use too.
+    insecure_registries: tuple[str, ...] = ()
+    resolve_images: bool = True  # False (--no-resolve-images): images are stored as given, never looked up
 
 
 @dataclass(frozen=True)

@@ -25,5 +25,10 @@ def run(options: ManagerOptions, flags: EmbeddedAgentFlags) -> int:
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    options = replace(options, runs_tasks=settings.enabled, demoted_hint=demoted_hint(options))
+    options = replace(
+        options,
+        runs_tasks=settings.enabled,
+        demoted_hint=demoted_hint(options),
+        insecure_registries=tuple(settings.insecure_registries),
+    )
     return daemon.run(options, beside_manager(options.data_dir, settings))

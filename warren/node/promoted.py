@@ -28,6 +28,7 @@ async def run_promoted_manager(manager_dir: Path, join_managers: list[str] | Non
         runs_tasks=False,  # no agent beside this manager: the agent hosting it runs the node's tasks
         demoted_hint=DEMOTED_HINT,
         join_managers=tuple(join_managers) if join_managers else None,
+        insecure_registries=tuple(settings.insecure_registries),
     )
     try:
         await daemon.serve(options, stop)

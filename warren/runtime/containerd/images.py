@@ -214,11 +214,15 @@ class ImageService:
     # -- public -------------------------------------------------------------------------------
 
     def ensure(self, reference: str) -> ImageInfo:
-        """The image, from containerd if it is there and unpacked, else pulled from its registry."""
+        """The image, from containerd if it is there and unpacked, else pulled from its registry.
+
+        A reference pinned to a digest (`name:tag@sha256:…`, ADR 34) is found under its own name,
+        or under its tag when that record holds the same digest (an image loaded with `image
+        import`); a tag that holds other bytes does not count: the digest is pulled."""
         try:
             ref = parse_reference(reference)
             with self._lock_for(ref.name):
-                return self.local(ref.name) or self._pull(ref)
+                return self.local(ref.name) or self._local_by_digest(ref) or self._pull(ref)
         except Exception as exc:
             raise _failure(exc, f"pulling {reference}") from exc
 
@@ -290,6 +294,21 @@ class ImageService:
             return self._ingest(name, source, target, body)  # content is here, snapshots are not
         except _MissingContent:
             return None
+
+    def _local_by_digest(self, ref: ImageRef) -> ImageInfo | None:
+        """The image record named by `ref`'s tag, if it holds `ref`'s digest."""
+        if not ref.digest or not ref.tag:
+            return None
+        tagged = ImageRef(ref.registry, ref.repository, ref.tag).name
+        try:
+            record = self._client.images.Get(
+                api.images_pb2.GetImageRequest(name=tagged), metadata=self._client.md(), timeout=self._client.timeout
+            ).image
+        except grpc.RpcError as exc:
+            if code_of(exc) == NOT_FOUND:
+                return None
+            raise
+        return self.local(tagged) if record.target.digest == ref.digest else None
 
     # -- pull and ingest ----------------------------------------------------------------------
 
