@@ -585,8 +585,23 @@ class _Pass:
             why = task.message.removeprefix(DRAINING) if task.message.startswith(DRAINING) else "drained"
             if waiting:
                 names = ", ".join(n[:12] for n in waiting)
-                why += f" (not confirmed out of the load balancing of node(s) {names} within {bound:g}s)"
+                unconfirmed = f"not confirmed out of the load balancing of node(s) {names} within {bound:g}s"
+                why += f" ({unconfirmed})"
+                self._note_in_rollout(task, f"{task.service_name}.{task.slot} stopped {unconfirmed}")
             self.update(task, desired_state=SHUTDOWN, message=f"shutdown: {why}")
+
+    def _note_in_rollout(self, task: Task, note: str) -> None:
+        """Say in the rollout's status under way that a stop did not wait for every node; unless
+        the rollout itself moved on in this pass (its own message then says why)."""
+        service = self.state.services.get(task.service_id)
+        status = service.update_status if service is not None else None
+        if service is None or status is None or not status.state.active or status.to_version != service.version:
+            return
+        if note in status.message or any(r.service_id == service.id for r in self.rollouts):
+            return
+        message = f"{status.message}; {note}" if status.message else note
+        noted = msgspec.structs.replace(status, message=message)
+        self.rollouts.append(RolloutChange(service.id, service.version, noted))
 
     def _place(self) -> None:
         if not self.to_place:

@@ -281,3 +281,19 @@ def test_a_task_address_keeps_its_mac_whoever_holds_it() -> None:
     assert task_mac("10.200.0.2") == "02:57:0a:c8:00:02" == task_mac("10.200.0.2")
     assert task_mac("10.200.1.2") != task_mac("10.200.0.2")
     assert int(task_mac("10.255.255.254").split(":")[0], 16) & 0b11 == 0b10  # local, unicast
+
+
+def test_a_stop_the_bound_ended_is_said_in_the_rollout_under_way() -> None:
+    sim = overlay_cluster("n1", "n2")
+    svc = web(sim, 2, update=UpdateConfig(order=UpdateOrder.START_FIRST))
+    sim.update_service(svc, spec("web", replicas=2, image="busybox:2"))
+    step(sim, {})
+    sim.agents_step()
+    step(sim, {})  # the first new task is ready: the old one of its slot drains
+    [old] = [t for t in sim.tasks(svc) if t.draining_since]
+    sim.tick(sim.config.node_timeout)
+    plan = step(sim, {"n1": routing(sim, svc)})  # n2 never reports
+    status = sim.state.services[svc].update_status
+    assert [u.id for u in plan.updated if u.desired_state == TaskState.SHUTDOWN] == [old.id]
+    assert status is not None and status.state.active
+    assert status.message == "web.1 stopped not confirmed out of the load balancing of node(s) n2 within 15s"
