@@ -192,6 +192,9 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     labels: dict[str, str] = {}
     stop_grace_period: float = 10.0
     stop_signal: str = ""  # what stops a task before the grace period ends: a name or number; "" = SIGTERM
+    # Seconds a task about to stop stays out of the load balancing, still running, before its
+    # stop signal; at least until every node confirmed it no longer routes to it (ADR 33).
+    stop_drain: float = 0.0
     update: UpdateConfig = UpdateConfig()
     rollback: UpdateConfig = UpdateConfig()
     # Bumped by `service update --force`: a new version that changes nothing a task runs, so
@@ -306,6 +309,22 @@ class Task(msgspec.Struct, frozen=True):
     # while it is not. A rollout counts a new task a success once ready for the monitor period.
     ready_at: float = 0.0
     overlay_address: str = ""  # its address in its node's subnet (ADR 17), allocated when placed
+    # When the reconciler took it out of the load balancing to stop it (ADR 33): it keeps
+    # running, desired RUNNING, until the nodes stop routing to it; 0 while it is not.
+    draining_since: float = 0.0
+
+
+def is_stopping(task: Task) -> bool:
+    """Told to stop, or draining before its stop (ADR 33): it no longer holds its slot."""
+    return task.desired_state > TaskState.RUNNING or task.draining_since > 0
+
+
+def is_routed(task: Task) -> bool:
+    """May take new connections from the load balancers (a VIP's backends): running, fit to
+    serve (healthy, with a health check), not stopping, and on the overlay."""
+    if not task.overlay_address or task.desired_state != TaskState.RUNNING or task.draining_since:
+        return False
+    return is_ready(task)
 
 
 def is_ready(task: Task) -> bool:

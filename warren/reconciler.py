@@ -12,12 +12,17 @@ says no), then brand-new slots. Tasks that the reconciler stopped on purpose (sc
 update) never hold a slot: their replacement, if any, is created in the same pass.
 
 Global services keep one task per eligible node, created directly ASSIGNED to that node.
+
+Routing leads every stop (ADR 33): a task the load balancers route to is not stopped at once but
+marked draining (still desired running, out of the endpoints); its stop is sent once no ready
+node may still route to it (`routes`, what the dispatcher heard from the agents) and its
+`stop_drain` passed, or after the bound of 3 heartbeat periods, saying which nodes did not confirm.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
@@ -37,6 +42,8 @@ from warren.model import (
     UpdateOrder,
     can_transition,
     is_ready,
+    is_routed,
+    is_stopping,
 )
 from warren.restart import next_attempt
 from warren.scheduler import address_capacity, fits, live_by_node, node_is_schedulable, reserved_by_node, schedule
@@ -46,7 +53,8 @@ RUNNING = TaskState.RUNNING
 SHUTDOWN = TaskState.SHUTDOWN
 ASSIGNED = TaskState.ASSIGNED
 
-_PLAN_FIELDS = ("state", "desired_state", "node_id", "message")
+_PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since")
+DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
 
 
 class ReconcileConfig(msgspec.Struct, frozen=True):
@@ -80,20 +88,22 @@ def reconcile(
     heartbeats: Mapping[str, float],
     config: ReconcileConfig,
     new_id: Callable[[], str],
+    routes: Mapping[str, Collection[str]] | None = None,
 ) -> ApplyPlan:
-    """One reconciliation pass over the whole cluster. Reads only its arguments."""
-    return _Pass(state, now, config, new_id).run(heartbeats)
+    """One reconciliation pass over the whole cluster. Reads only its arguments. `routes` maps
+    a node to the task addresses its load balancer may route to; a node missing is unknown."""
+    return _Pass(state, now, config, new_id, routes or {}).run(heartbeats)
 
 
 def is_live(task: Task) -> bool:
-    """Meant to run and not ended: such a task fills its slot (or its node, for global)."""
-    return task.desired_state <= RUNNING and task.state < TaskState.COMPLETE
+    """Meant to run, not ended, not draining: such a task fills its slot (or its node, for global)."""
+    return task.state < TaskState.COMPLETE and not is_stopping(task)
 
 
 def died_on_its_own(task: Task, replicated: bool) -> bool:
     """A dead task the restart policy applies to: it ended while meant to run, or its node was
     lost. Losing the node is not a failure of a global task: the node gets a task when it is back."""
-    if task.state < TaskState.COMPLETE:
+    if task.state < TaskState.COMPLETE or task.draining_since:
         return False
     return task.desired_state <= RUNNING or (replicated and task.state == TaskState.ORPHANED)
 
@@ -122,8 +132,17 @@ def _newest_first(task: Task) -> tuple[float, int, str]:
 class _Pass:
     """The working set of one pass: an overlay of changed and created tasks over the state."""
 
-    def __init__(self, state: ClusterState, now: float, config: ReconcileConfig, new_id: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        now: float,
+        config: ReconcileConfig,
+        new_id: Callable[[], str],
+        routes: Mapping[str, Collection[str]],
+    ) -> None:
         self.state = state
+        self.routes = routes
+        self.draining: list[Task] = []  # tasks out of the load balancing, waiting for their stop
         self.now = now
         self.config = config
         self.new_id = new_id
@@ -152,11 +171,13 @@ class _Pass:
         self.live = live_by_node(current.values())
         for service in sorted(self.state.services.values(), key=lambda s: s.id):
             tasks = [self._settle(current[t]) for t in sorted(self.state.tasks_by_service.get(service.id, ()))]
+            self.draining.extend(t for t in tasks if t.draining_since and t.desired_state <= RUNNING)
             if service.spec.mode == ServiceMode.GLOBAL:
                 self._global(service, tasks)
             else:
                 self._replicated(service, tasks)
         self._removed_services()
+        self._stop_drained()
         self._place()
         return self._plan()
 
@@ -191,11 +212,15 @@ class _Pass:
         return not self._disruptive(task) or self.stops < self.config.max_stops_per_pass
 
     def shutdown(self, task: Task, why: str) -> bool:
-        """Ask a task to stop; one no node holds yet is stopped right away. False when capped."""
+        """Ask a task to stop; one no node holds yet is stopped right away, one the load
+        balancers route to first drains (ADR 33, `_stop_drained`). False when capped."""
         if not self.can_stop(task):
             return False
         if self._disruptive(task):
             self.stops += 1
+        if is_routed(task):
+            self.update(task, draining_since=self.now, message=f"{DRAINING}{why}")
+            return True
         fields: dict[str, object] = {"desired_state": SHUTDOWN, "message": f"shutdown: {why}"}
         if task.state < ASSIGNED:
             fields["state"] = SHUTDOWN
@@ -366,7 +391,7 @@ class _Pass:
             if t.state < ASSIGNED and self.can_start():
                 self.shutdown(t, "replaced by service update")
                 live[t.slot] = self.create(service, t.slot, 0)
-        placed = [t for t in outdated if self.task(t.id).desired_state <= RUNNING]
+        placed = [t for t in outdated if not is_stopping(self.task(t.id))]
         new_tasks = [self.task(t.id) for t in tasks if t.spec_version == version]
         new_tasks += [t for t in live.values() if t.spec_version == version and t.id not in self.state.tasks]
         step = rollout.step(service, new_tasks, len(placed), max(service.spec.replicas, 0), self.now)
@@ -534,8 +559,49 @@ class _Pass:
                 task = self.task(task_id)
                 if task.state >= TaskState.COMPLETE or task.state < ASSIGNED:
                     self.deleted.add(task_id)
+                elif task.draining_since:
+                    self.draining.append(task)
                 elif task.desired_state <= RUNNING:
-                    self.update(task, desired_state=SHUTDOWN, message="shutdown: service removed")
+                    self.shutdown(task, "service removed")
+
+    def _stop_drained(self) -> None:
+        """Send the stop to draining tasks once no ready node on the overlay may still route to
+        them (or the bound passed) and their `stop_drain` passed (ADR 33). After a failover the
+        routes are unknown until the agents report: the bound keeps that from blocking."""
+        routers = [n.id for n in self.nodes.values() if n.status == NodeStatus.READY and n.overlay]
+        bound = self.config.node_timeout
+        for found in self.draining:
+            task = self.task(found.id)
+            if task.desired_state > RUNNING:
+                continue
+            if task.state.terminal:  # it ended while draining: nothing to wait for
+                self.update(task, desired_state=SHUTDOWN)
+                continue
+            address = task.overlay_address
+            waiting = sorted(n for n in routers if address in self.routes.get(n, (address,)))
+            drained_for = self.now - task.draining_since
+            if (waiting and drained_for < bound) or drained_for < task.spec.stop_drain:
+                continue
+            why = task.message.removeprefix(DRAINING) if task.message.startswith(DRAINING) else "drained"
+            if waiting:
+                names = ", ".join(n[:12] for n in waiting)
+                unconfirmed = f"not confirmed out of the load balancing of node(s) {names} within {bound:g}s"
+                why += f" ({unconfirmed})"
+                self._note_in_rollout(task, f"{task.service_name}.{task.slot} stopped {unconfirmed}")
+            self.update(task, desired_state=SHUTDOWN, message=f"shutdown: {why}")
+
+    def _note_in_rollout(self, task: Task, note: str) -> None:
+        """Say in the rollout's status under way that a stop did not wait for every node; unless
+        the rollout itself moved on in this pass (its own message then says why)."""
+        service = self.state.services.get(task.service_id)
+        status = service.update_status if service is not None else None
+        if service is None or status is None or not status.state.active or status.to_version != service.version:
+            return
+        if note in status.message or any(r.service_id == service.id for r in self.rollouts):
+            return
+        message = f"{status.message}; {note}" if status.message else note
+        noted = msgspec.structs.replace(status, message=message)
+        self.rollouts.append(RolloutChange(service.id, service.version, noted))
 
     def _place(self) -> None:
         if not self.to_place:

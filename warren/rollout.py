@@ -25,6 +25,7 @@ from warren.model import (
     TaskState,
     UpdateConfig,
     UpdateStatus,
+    is_stopping,
 )
 
 
@@ -36,7 +37,7 @@ class Outcome(enum.Enum):
 
 
 def outcome(task: Task, monitor: float, now: float) -> Outcome:
-    if task.desired_state > TaskState.RUNNING:
+    if is_stopping(task):  # told to stop, or draining before its stop
         return Outcome.STOPPED
     if task.state in (TaskState.FAILED, TaskState.REJECTED, TaskState.COMPLETE) or task.health == "unhealthy":
         return Outcome.FAILED  # a service's task that exits, even with 0, has failed

@@ -138,7 +138,7 @@ class _NodeTable:
             cpu[node_id] += res.nano_cpus
             mem[node_id] += res.memory_bytes
             live[node_id] += 1
-            if task.desired_state <= running:
+            if task.desired_state <= running and not task.draining_since:  # not stopping (ADR 33)
                 total[node_id] += 1
                 per_node = by_service[task.service_id]
                 per_node[node_id] = per_node.get(node_id, 0) + 1

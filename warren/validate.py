@@ -200,6 +200,7 @@ def check_spec(spec: ServiceSpec) -> None:
     check_seconds("the restart delay", spec.restart.delay)
     check_seconds("the restart window", spec.restart.window)
     check_seconds("the stop grace period", spec.stop_grace_period)
+    check_seconds("the stop drain period", spec.stop_drain)
     if spec.mode == ServiceMode.REPLICATED and not 0 <= spec.replicas <= MAX_REPLICAS:
         raise ValidationError(f"replicas must be between 0 and {MAX_REPLICAS}")
     for text in spec.constraints:

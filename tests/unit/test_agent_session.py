@@ -50,6 +50,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.outbox: asyncio.Queue[dpb.AssignmentsMessage | None] = asyncio.Queue()
         self.batches: list[list[dpb.TaskStatus]] = []
         self.heartbeats = 0
+        self.beats: list[dpb.HeartbeatRequest] = []
         self.fail_heartbeats = False
         self.removed = False
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
@@ -82,6 +83,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
 
     async def Heartbeat(self, request, context):  # type: ignore[no-untyped-def]
         self.heartbeats += 1
+        self.beats.append(request)
         if self.fail_heartbeats:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
         return dpb.HeartbeatResponse(period=self.period)
@@ -225,6 +227,68 @@ def test_failed_sessions_are_counted_in_the_next_request_until_a_heartbeat(creds
             await until(lambda: len(dispatcher.sessions) == 4, message="a new session after the heartbeat failed")
             assert dispatcher.sessions[3].failed_sessions == 1
             assert dispatcher.sessions[3].last_failure == "NOT_FOUND: unknown session; open a new one"
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 10)
+            await worker.close()
+            cache.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
+def test_the_heartbeat_reports_the_endpoints_applied_at_once(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ADR 33: each endpoints push carries its Raft index; once the load balancer applied it, the
+    next heartbeat goes at once (not a period later) and names that index."""
+    certs, server_creds = creds
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([], period=30.0)
+        server, addr = await serve(dispatcher, server_creds)
+        cache = AgentCache(tmp_path / "agent.db")
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), cache, queue)
+        await worker.start()
+        applied = {"index": 0}
+        changed = asyncio.Event()
+        given: list[tuple[int, tuple[str, ...]]] = []
+
+        def load_balance(services, vip_range: str, index: int) -> None:  # type: ignore[no-untyped-def]
+            given.append((index, tuple(e.vip for e in services)))
+            applied["index"] = index  # as the overlay does once nftables holds them
+            changed.set()
+
+        session = Session(
+            certs,
+            ManagerList([addr]),
+            description,
+            worker,
+            queue,
+            on_services=load_balance,
+            services_applied=lambda: applied["index"],
+            routing_changed=changed,
+        )
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: dispatcher.heartbeats >= 1, message="a first heartbeat")
+            assert dispatcher.beats[0].services_applied == 0
+            started = time.monotonic()
+            endpoint = dpb.ServiceEndpoint(name="web", vip="10.201.0.2", backends=["10.200.0.2"])
+            await dispatcher.outbox.put(
+                dpb.AssignmentsMessage(
+                    type=INCREMENTAL,
+                    applies_to=1,
+                    version=2,
+                    services=[endpoint],
+                    services_changed=True,
+                    services_index=42,
+                )
+            )
+            await until(lambda: dispatcher.heartbeats >= 2, message="a heartbeat right after the push")
+            assert time.monotonic() - started < 10  # the period is 30 s
+            assert given == [(42, ("10.201.0.2",))]
+            assert dispatcher.beats[1].services_applied == 42
         finally:
             stop.set()
             await asyncio.wait_for(runner, 10)

@@ -55,7 +55,7 @@ def test_create_all_flags() -> None:
         "--health-retries", "5", "--health-start-period", "1m",
         "--publish", "8080:80", "-p", "5353:53/udp",
         "--label", "tier=front", "-l", "canary",
-        "--stop-grace-period", "30s",
+        "--stop-grace-period", "30s", "--stop-drain", "5s",
         "--", "nginx", "-g", "daemon off;",
     )  # fmt: skip
     assert spec.replicas == 3
@@ -73,6 +73,7 @@ def test_create_all_flags() -> None:
     ]
     assert dict(spec.labels) == {"tier": "front", "canary": ""}
     assert spec.stop_grace_period == 30.0
+    assert spec.stop_drain == 5.0
     assert list(spec.command) == ["nginx"]
     assert list(spec.args) == ["-g", "daemon off;"]
 

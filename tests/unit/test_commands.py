@@ -99,6 +99,8 @@ def test_non_finite_or_negative_durations_are_refused(value: float) -> None:
         check_spec(ServiceSpec(name="a", image="x", restart=RestartPolicy(delay=value)))
     with pytest.raises(ValidationError):
         check_spec(ServiceSpec(name="a", image="x", stop_grace_period=value))
+    with pytest.raises(ValidationError):
+        check_spec(ServiceSpec(name="a", image="x", stop_drain=value))
 
 
 def test_newer_codec_versions_are_refused() -> None:

@@ -91,6 +91,7 @@ def service_specs(draw: st.DrawFn) -> model.ServiceSpec:
         labels=draw(string_dicts),
         stop_grace_period=draw(floats),
         stop_signal=draw(texts),
+        stop_drain=draw(floats),
         update=draw(update_configs),
         rollback=draw(update_configs),
         force_update=draw(int64s),

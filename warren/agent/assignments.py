@@ -38,6 +38,7 @@ class AssignmentDelta:
     mesh: tuple[MeshMember, ...] | None = None  # the overlay's nodes, when they changed (ADR 17)
     services: tuple[Endpoint, ...] | None = None  # service VIPs and backends, when they changed
     vip_range: str = ""
+    services_index: int = 0  # the Raft index `services` were computed at (ADR 33)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class AssignmentSet:
                 mesh=mesh,
                 services=services,
                 vip_range=msg.vip_range,
+                services_index=msg.services_index,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -137,6 +139,7 @@ class AssignmentSet:
             mesh=mesh,
             services=services,
             vip_range=msg.vip_range,
+            services_index=msg.services_index,
         )
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:

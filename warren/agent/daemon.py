@@ -281,6 +281,8 @@ async def _serve(
             on_mesh=overlay.update,
             on_services=overlay.update_services,
             pending_key=overlay.pending_key,
+            services_applied=lambda: overlay.services_applied,
+            routing_changed=overlay.routing_changed,
             on_key_epoch=overlay.want_key_epoch,
         )
         if options.metrics_addr:

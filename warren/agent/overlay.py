@@ -117,6 +117,11 @@ class Overlay:
         self._tasks: Any = None  # TaskNetworkManager once this node's subnet is known
         self._services: tuple[Endpoint, ...] | None = None
         self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
+        # ADR 33: the Raft index of the endpoints last given, and of those the table holds (the
+        # heartbeat reports it; set `routing_changed` when it moves, so the report goes at once).
+        self._services_index = 0
+        self.services_applied = 0
+        self.routing_changed = asyncio.Event()
         self._vip_range = ""
         self._dns: Any = None  # the embedded DNS server, once the bridge is up
         self._keys = keys.KeyRing(data_dir)
@@ -233,11 +238,12 @@ class Overlay:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="overlay")
 
-    def update_services(self, services: tuple[Endpoint, ...], vip_range: str) -> None:
+    def update_services(self, services: tuple[Endpoint, ...], vip_range: str, index: int = 0) -> None:
         """Service VIPs and their backends changed: the load balancer follows (newest wins)."""
         if not self.enabled:
             return
         self._services = services
+        self._services_index = index
         if vip_range:
             self._vip_range = vip_range
         self._wake.set()
@@ -291,7 +297,7 @@ class Overlay:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), SUPERVISE_PERIOD)
             self._wake.clear()
-            mesh, services = self._latest, self._services
+            mesh, services, services_index = self._latest, self._services, self._services_index
             if mesh is not None:
                 try:
                     applied = await self._call(self._guarded, self._converge, mesh)
@@ -318,6 +324,9 @@ class Overlay:
                     self.stats = replace(self.stats, services=len(services), backends=backends)
                     log.info("service VIPs: %d service(s) balanced", len(services))
                     await self._serve_names(services)
+            if services is not None and services == self._balanced and services_index != self.services_applied:
+                self.services_applied = services_index
+                self.routing_changed.set()
 
     @staticmethod
     def _table_present() -> bool:

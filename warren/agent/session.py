@@ -125,8 +125,10 @@ class Session:
         logs: LogAgent | None = None,
         on_promotion: Callable[[grpc.aio.Channel], Coroutine[Any, Any, None]] | None = None,
         on_mesh: Callable[[tuple[MeshMember, ...]], None] = lambda mesh: None,
-        on_services: Callable[[tuple[Endpoint, ...], str], None] = lambda services, vip_range: None,
+        on_services: Callable[[tuple[Endpoint, ...], str, int], None] = lambda services, vip_range, index: None,
         pending_key: Callable[[], NodeKey | None] = lambda: None,
+        services_applied: Callable[[], int] = lambda: 0,
+        routing_changed: asyncio.Event | None = None,
         on_key_epoch: Callable[[int], None] = lambda epoch: None,
         renewal_check: float = RENEWAL_CHECK,
     ) -> None:
@@ -141,6 +143,10 @@ class Session:
         self.on_mesh = on_mesh  # the overlay's nodes changed (ADR 17)
         self.on_services = on_services  # service VIPs or their backends changed (ADR 17)
         self.pending_key = pending_key  # a rotated WireGuard key to publish (ADR 18)
+        # The index of the endpoints the load balancer holds, and an event set when it applies
+        # new ones: the heartbeat reports it at once, a stop waits for it (ADR 33).
+        self.services_applied = services_applied
+        self.routing_changed = routing_changed if routing_changed is not None else asyncio.Event()
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
         self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id))
@@ -287,7 +293,7 @@ class Session:
                 self.on_mesh(delta.mesh)
             self.worker.apply(delta)
             if delta.services is not None:
-                self.on_services(delta.services, delta.vip_range)
+                self.on_services(delta.services, delta.vip_range, delta.services_index)
         except Exception:  # never let one bad message end the agent
             log.exception("applying assignments failed")
 
@@ -310,7 +316,8 @@ class Session:
         promoting: asyncio.Task[None] | None = None
         try:
             while True:
-                request = dpb.HeartbeatRequest(session_id=session_id)
+                self.routing_changed.clear()
+                request = dpb.HeartbeatRequest(session_id=session_id, services_applied=self.services_applied())
                 pending = self.pending_key()
                 if pending is not None:
                     request.pending_wg_key, request.pending_wg_key_epoch = pending.public_key, pending.epoch
@@ -326,7 +333,8 @@ class Session:
                     self.on_key_epoch(reply.wg_key_epoch)
                 if reply.renew_certificate and await self._renew_for_rotation(channel):
                     return True
-                await asyncio.sleep(self.period)
+                with contextlib.suppress(TimeoutError):  # early when the load balancer changed
+                    await asyncio.wait_for(self.routing_changed.wait(), self.period)
         finally:
             if promoting is not None:  # it needs this session's channel: the next one retries
                 promoting.cancel()

@@ -352,6 +352,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         fields.append(("Stop grace", units.format_duration(spec.stop_grace_period)))
     if spec.stop_signal:
         fields.append(("Stop signal", spec.stop_signal))
+    if spec.stop_drain:
+        fields.append(("Stop drain", units.format_duration(spec.stop_drain)))
     output.print_fields(fields)
     return 0
 

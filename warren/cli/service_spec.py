@@ -154,6 +154,13 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         metavar="SIGNAL",
         help="signal that asks a task to stop: a name (SIGTERM, TERM, SIGQUIT...) or 1-64 (default: SIGTERM)",
     )
+    p.add_argument(
+        "--stop-drain",
+        type=_DURATION,
+        metavar="DURATION",
+        help="time a task about to stop stays out of the load balancing before its stop signal, "
+        "at least until every node stopped routing to it (default: 0s, only that)",
+    )
 
 
 def _add_rollout_flags(p: argparse.ArgumentParser, kind: str) -> None:
@@ -317,6 +324,8 @@ def _apply_common(spec: Any, args: argparse.Namespace) -> None:
         spec.stop_grace_period = args.stop_grace_period
     if args.stop_signal is not None:
         spec.stop_signal = args.stop_signal
+    if args.stop_drain is not None:
+        spec.stop_drain = args.stop_drain
 
 
 def _health_kind_given(args: argparse.Namespace) -> bool:

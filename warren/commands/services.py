@@ -19,7 +19,7 @@ from warren.commands.types import (
     UpdateService,
     error,
 )
-from warren.model import RolloutState, Service, ServiceSpec, SpecRevision, TaskState, UpdateStatus
+from warren.model import RolloutState, Service, ServiceSpec, SpecRevision, TaskState, UpdateStatus, is_routed
 from warren.network import ipam
 from warren.state import ClusterState, Delete, Put
 from warren.text import shown
@@ -224,7 +224,12 @@ def remove_service(state: ClusterState, cmd: RemoveService) -> tuple[Result, Cha
     for task in state.service_tasks(service.id):
         if task.state.terminal or task.state < TaskState.ASSIGNED:
             changes.append(Delete("task", task.id))
-        elif task.desired_state < TaskState.SHUTDOWN:
+        elif is_routed(task):  # first out of the load balancing; the reconciler stops it (ADR 33)
+            drain = msgspec.structs.replace(
+                task, draining_since=cmd.at, message="draining: service removed", updated_at=cmd.at
+            )
+            changes.append(Put("task", drain))
+        elif task.desired_state < TaskState.SHUTDOWN and not task.draining_since:
             changes.append(
                 Put("task", msgspec.structs.replace(task, desired_state=TaskState.SHUTDOWN, updated_at=cmd.at))
             )

@@ -8,7 +8,7 @@ from warren.commands.nodes import node_status_change
 from warren.commands.overlay import Addresses
 from warren.commands.services import apply_rollouts
 from warren.commands.types import OK, ApplyPlan, Changes, ReportTaskStatus, Result, TaskUpdate
-from warren.model import Resources, Task, TaskState, can_transition, is_ready
+from warren.model import Resources, Task, TaskState, can_transition, is_ready, is_stopping
 from warren.scheduler import fits, reserved_by_node
 from warren.state import ClusterState, Delete, Put
 
@@ -21,7 +21,17 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
         return None
     fields = {
         name: value
-        for name in ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
+        for name in (
+            "state",
+            "desired_state",
+            "node_id",
+            "message",
+            "error",
+            "exit_code",
+            "runtime_id",
+            "health",
+            "draining_since",
+        )
         if (value := getattr(update, name)) is not None and value != getattr(task, name)
     }
     if not fields:
@@ -69,10 +79,7 @@ class _Placement:
             self._slots = {
                 (t.service_id, t.slot, t.spec_version)
                 for t in self._state.tasks.values()
-                if t.slot >= 1
-                and t.desired_state == TaskState.RUNNING
-                and not t.state.terminal
-                and t.id not in self._stopping
+                if t.slot >= 1 and not is_stopping(t) and not t.state.terminal and t.id not in self._stopping
             }
         key = (task.service_id, task.slot, task.spec_version)
         if key in self._slots:
@@ -88,6 +95,7 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         for u in cmd.updated
         if (u.desired_state is not None and u.desired_state > TaskState.RUNNING)
         or (u.state is not None and u.state.terminal)
+        or u.draining_since
     }
     placement = _Placement(state, stopping)
     addresses = Addresses(state)

@@ -213,6 +213,7 @@ class TaskUpdate(msgspec.Struct, frozen=True):
     exit_code: int | None = None
     runtime_id: str | None = None
     health: str | None = None
+    draining_since: float | None = None  # the reconciler took it out of the load balancing (ADR 33)
 
 
 class RolloutChange(msgspec.Struct, frozen=True):

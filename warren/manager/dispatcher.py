@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from typing import NamedTuple
 
 import grpc
 
@@ -30,7 +31,7 @@ from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState, is_routed
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -41,18 +42,62 @@ SESSION_FAILING = "its session is failing"
 
 
 class Heartbeats:
-    """Last time each node was heard from (wall clock, like the reconciler's `now`)."""
+    """Last time each node was heard from (wall clock, like the reconciler's `now`), and what
+    its load balancer may route to (ADR 33)."""
 
     def __init__(self) -> None:
         self.last_seen: dict[str, float] = {}
+        self.routes = RoutingReports()
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = time.time()
 
     def reset(self, node_ids: list[str]) -> None:
-        """On becoming leader, give every node a full timeout to find us."""
+        """On becoming leader, give every node a full timeout to find us; what their load
+        balancers hold is unknown until they report it (a stop waits at most the bound)."""
         now = time.time()
         self.last_seen = dict.fromkeys(node_ids, now)
+        self.routes = RoutingReports()
+
+
+class RoutingReports:
+    """The backend addresses each node's load balancer may route to (ADR 33), from the
+    endpoints sent to it (by the Raft index they were computed at) and the index its heartbeat
+    says it applied. Until it applies the newest, a node may hold any endpoints sent since the
+    one it confirmed, so it may route to the union of their backends. A node missing from
+    `snapshot()` is unknown: a stop waits for it at most the reconciler's bound."""
+
+    MAX_UNCONFIRMED = 64  # sends without a confirmation before the node counts as unknown
+
+    def __init__(self) -> None:
+        self._sent: dict[str, dict[int, frozenset[str]]] = {}  # node -> index -> backends
+        self._applied: dict[str, int] = {}
+
+    def sent(self, node_id: str, index: int, backends: frozenset[str]) -> None:
+        sent = self._sent.setdefault(node_id, {})
+        sent[index] = backends
+        if len(sent) > self.MAX_UNCONFIRMED:  # an agent that does not report: unknown
+            self.forget(node_id)
+
+    def applied(self, node_id: str, index: int) -> None:
+        sent = self._sent.get(node_id)
+        if not index or sent is None or index not in sent or index < self._applied.get(node_id, 0):
+            return  # nothing sent by this leader, or an older report: says nothing new
+        self._applied[node_id] = index
+        for older in [i for i in sent if i < index]:
+            del sent[older]
+
+    def forget(self, node_id: str) -> None:
+        self._sent.pop(node_id, None)
+        self._applied.pop(node_id, None)
+
+    def snapshot(self) -> dict[str, frozenset[str]]:
+        """Node -> every address its load balancer may route to, for the nodes known."""
+        known: dict[str, frozenset[str]] = {}
+        for node_id, applied in self._applied.items():
+            sent = self._sent.get(node_id, {})
+            known[node_id] = frozenset().union(*(b for i, b in sent.items() if i >= applied))
+        return known
 
 
 def _visible(task: Task) -> bool:
@@ -97,21 +142,25 @@ def _failure_text(text: str) -> str:
 
 
 def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
-    """Every service with a VIP, and the addresses of its tasks that may take connections."""
+    """Every service with a VIP, and the addresses of its tasks that may take connections: ready
+    (healthy, with a health check) and not draining before a stop (ADR 33)."""
     backends: dict[str, list[str]] = {}
     for task in state.tasks.values():
-        if (
-            task.overlay_address
-            and task.state == TaskState.RUNNING
-            and task.desired_state == TaskState.RUNNING
-            and task.health in ("", "healthy")
-        ):
+        if is_routed(task):
             backends.setdefault(task.service_id, []).append(task.overlay_address)
     return [
         convert.endpoint_to_pb(s, backends.get(s.id, []))
         for s in sorted(state.services.values(), key=lambda s: s.spec.name)
         if s.vip
     ]
+
+
+class _Endpoints(NamedTuple):
+    """The endpoints of the state at Raft index `at`, and all their backends' addresses."""
+
+    at: int
+    services: list[dpb.ServiceEndpoint]
+    backends: frozenset[str]
 
 
 def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
@@ -144,7 +193,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._sessions: dict[str, str] = {}  # session id -> node id
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
-        self._endpoints_cache: tuple[int, list[dpb.ServiceEndpoint]] = (-1, [])
+        self._endpoints_cache = _Endpoints(-1, [], frozenset())
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -216,8 +265,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     tasks = [specs.task(state.tasks[t], spec_list) for t in sorted(known)]
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
-                    endpoints = _endpoints(state)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
+                current = self._current_endpoints()
+                endpoints = current.services
+                self._heartbeats.routes.sent(node.id, current.at, current.backends)
                 specs.prune()
                 yield await self._fits(
                     node.id,
@@ -231,6 +282,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         mesh_changed=True,
                         services=endpoints,
                         services_changed=True,
+                        services_index=current.at,
                         vip_range=str(vip_range),
                         specs=spec_list,
                     ),
@@ -252,8 +304,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
                     managers = new_managers if new_managers is not None else managers
                     mesh = new_mesh if new_mesh is not None else mesh
-                    new_endpoints = self._endpoints_changed(changes, endpoints)
-                    endpoints = new_endpoints if new_endpoints is not None else endpoints
+                    changed = self._endpoints_changed(changes, endpoints)
+                    new_endpoints = changed.services if changed is not None else None
+                    if changed is not None:
+                        endpoints = changed.services
+                        self._heartbeats.routes.sent(node.id, changed.at, changed.backends)
                     if (
                         updated
                         or removed
@@ -275,6 +330,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                                 mesh_changed=new_mesh is not None,
                                 services=new_endpoints or [],
                                 services_changed=new_endpoints is not None,
+                                services_index=changed.at if changed is not None else 0,
                                 specs=spec_list,
                             ),
                         )
@@ -308,21 +364,23 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         except (ApiError, ProposalError) as exc:  # the next session attempt tries again
             log.warning("node %s could not be marked not ready: %s", node_id, exc)
 
-    def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> list[dpb.ServiceEndpoint] | None:
+    def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> _Endpoints | None:
         """The services' endpoints if `changes` altered them since `sent`, else None."""
         if not any(change.kind in ("task", "service") for change in changes):
             return None
         current = self._current_endpoints()
-        return current if current != sent else None
+        return current if current.services != sent else None
 
-    def _current_endpoints(self) -> list[dpb.ServiceEndpoint]:
+    def _current_endpoints(self) -> _Endpoints:
         """`_endpoints` of the current state, computed once per applied index: every session
         asks after the same change, and the walk over all tasks is the costly part."""
         with self._store.read() as state:
             index = self._store.applied_index
-            if self._endpoints_cache[0] != index:
-                self._endpoints_cache = (index, _endpoints(state))
-            return self._endpoints_cache[1]
+            if self._endpoints_cache.at != index:
+                services = _endpoints(state)
+                backends = frozenset(b for e in services for b in e.backends)
+                self._endpoints_cache = _Endpoints(index, services, backends)
+            return self._endpoints_cache
 
     def _nodes_changed(
         self, changes: list, managers: list[str], mesh: list[dpb.MeshNode]
@@ -362,6 +420,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._require_leader()
         node_id = self._node_of(request.session_id)
         self._heartbeats.beat(node_id)
+        self._heartbeats.routes.applied(node_id, request.services_applied)
         with self._store.read() as state:
             node = state.nodes.get(node_id)
             period = self._period(state)

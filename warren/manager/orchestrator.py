@@ -87,7 +87,13 @@ class Orchestrator:
         )
         started = time.perf_counter()
         plan = await asyncio.to_thread(
-            reconciler.reconcile, snapshot, time.time(), dict(self._heartbeats.last_seen), config, new_id
+            reconciler.reconcile,
+            snapshot,
+            time.time(),
+            dict(self._heartbeats.last_seen),
+            config,
+            new_id,
+            self._heartbeats.routes.snapshot(),
         )
         metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
         if reconciler.is_empty(plan):

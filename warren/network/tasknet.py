@@ -139,6 +139,10 @@ class TaskNetworkManager:
         # service's VIP is DNATed while bridged, and must go back out of the port it came in by.
         _ip("link", "set", "dev", veth, "type", "bridge_slave", "hairpin", "on")
         _ip("-n", name, "link", "set", "lo", "up")
+        # The MAC follows from the address (as Docker's does): an address freed and given to a
+        # new task keeps its MAC, so the node's neighbour entry for it, still "reachable" for up
+        # to 45 s, does not send the new task's connections to the old one's vanished MAC.
+        _ip("-n", name, "link", "set", "eth0", "address", task_mac(address))
         _ip("-n", name, "link", "set", "eth0", "up")
         _ip("-n", name, "addr", "replace", f"{address}/{self.subnet.prefixlen}", "dev", "eth0")
         _ip("-n", name, "route", "replace", "default", "via", str(self.gateway))
@@ -147,6 +151,11 @@ class TaskNetworkManager:
     def detach(self, task_id: str) -> None:
         """Remove the task's veth (both ends) and namespace; nothing there is fine."""
         release(self.ledger, task_id)
+
+
+def task_mac(address: str) -> str:
+    """The MAC of a task's eth0: locally administered, unicast, 02:57 and the IPv4 address."""
+    return "02:57:" + ":".join(f"{octet:02x}" for octet in ipaddress.IPv4Address(address).packed)
 
 
 def _ip(*args: str) -> None:
