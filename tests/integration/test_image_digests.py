@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.fixtures import deploy_rig
@@ -83,18 +85,20 @@ def test_a_node_with_the_tag_pulls_the_pinned_digest_and_an_import_needs_no_regi
         ]
     )
     registry.stop()
-    offline = ContainerdRuntime(containerd.socket, tmp_path / "offline", cgroup_parent=containerd.cgroup_parent)
+    # A node that has never seen the pinned name: a namespace of its own in the test's containerd
+    # (deleting the pinned record here instead would race containerd's garbage collection).
+    offline = ContainerdRuntime(
+        containerd.socket, tmp_path / "offline", namespace="warren-offline", cgroup_parent=containerd.cgroup_parent
+    )
     try:
-        # This node has never seen the pinned name: only the tag, imported.
-        offline.client.images.Delete(
-            api.images_pb2.DeleteImageRequest(name=f"{tag}@{v2}"), metadata=offline.client.md()
-        )
         assert offline.import_archive(archive) == [tag]
         found = offline.images.ensure(f"{tag}@{v2}")  # no registry: the import holds that digest
         assert found.manifest_digest == v2
         with pytest.raises(RuntimeFailure, match="unreachable"):
             offline.images.ensure(f"{tag}@{v1}")  # another digest is not taken from the tag
     finally:
+        with contextlib.suppress(grpc.RpcError):
+            offline.client.images.Delete(api.images_pb2.DeleteImageRequest(name=tag), metadata=offline.client.md())
         offline.close()
 
 
