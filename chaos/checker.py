@@ -117,16 +117,71 @@ def running(task: dict) -> bool:
     return task["state"] == "running" and task["desired_state"] == "running"
 
 
-def check_slots(tasks: Iterable[dict]) -> list[str]:
+def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[str]:
     """Two running tasks of the same version that hold the same slot of a service. Two of
     different versions are a start-first replacement under way (ADR 33): the old one serves
-    until the new one is ready."""
-    slots = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks if running(t) and t["slot"])
+    until the new one is ready; for the services in `stop_first` (ids) they are a violation too."""
+    tasks = [t for t in tasks if running(t) and t["slot"]]
     names = {t["service_id"]: t["service"] for t in tasks}
-    return [
+    strict = set(stop_first)
+    same = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks)
+    problems = [
         f"{names[sid]}: {n} running tasks of version {version} hold slot {slot}"
-        for (sid, slot, version), n in sorted(slots.items())
+        for (sid, slot, version), n in sorted(same.items())
         if n > 1
+    ]
+    versions: defaultdict[tuple[str, int], set[int]] = defaultdict(set)
+    for t in tasks:
+        if t["service_id"] in strict:
+            versions[(t["service_id"], t["slot"])].add(t["spec_version"])
+    problems += [
+        f"{names[sid]}: running tasks of versions {sorted(vs)} hold slot {slot} of a stop-first update"
+        for (sid, slot), vs in sorted(versions.items())
+        if len(vs) > 1
+    ]
+    return problems
+
+
+def rollout_unfinished(service: dict, tasks: Iterable[dict]) -> list[str]:
+    """Why the rollout of the service's current version has not completed (empty: it has): its
+    status, if it has one (none before its first update), must say completed for that version,
+    and exactly its replicas run that version."""
+    version, status = service["version"], service.get("update_status")
+    reasons = []
+    if status is not None and status["to_version"] != version:
+        reasons.append(f"the update status is for version {status['to_version']}, the service is at {version}")
+    elif status is not None and status["state"] != "completed":
+        reasons.append(f"update {status['state']}" + (f": {status['message']}" if status["message"] else ""))
+    live = [t for t in tasks if running(t) and t["service_id"] == service["id"]]
+    old = sorted({t["spec_version"] for t in live if t["spec_version"] != version})
+    if old:
+        reasons.append(f"tasks of versions {old} still run")
+    new = sum(t["spec_version"] == version for t in live)
+    if new != service["replicas"]:
+        reasons.append(f"{new} of {service['replicas']} tasks run version {version}")
+    return reasons
+
+
+def check_rollout_continued(before: dict, after: dict | None) -> list[str]:
+    """The update status after a failover belongs to the rollout that was under way before it
+    (same start, same versions): the new leader continued it, it did not start another."""
+    if after is None:
+        return ["the update status is gone after the failover"]
+    fields = ("started_at", "from_version", "to_version")
+    changed = [f"{f} {before[f]} -> {after[f]}" for f in fields if before[f] != after[f]]
+    if not changed:
+        return []
+    return [f"the rollout changed across the failover ({', '.join(changed)}): {after['message'] or after['state']}"]
+
+
+def check_rollout_kept(before: Iterable[str], tasks: Iterable[dict]) -> list[str]:
+    """Tasks of the new version that ran before the failover (ids) still run after it: the new
+    leader does not redo the slots already replaced."""
+    now_running = {t["id"] for t in tasks if running(t)}
+    return [
+        f"task {tid[:8]} of the new version ran before the failover and not after"
+        for tid in sorted(before)
+        if tid not in now_running
     ]
 
 
