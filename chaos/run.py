@@ -161,7 +161,8 @@ class Runner:
                 self.cluster.bring_up()
             except Exception as exc:
                 self.log(f"cluster bring-up failed: {exc}")
-                return 2
+                code = 2  # the summary written in `finally` says so too
+                return code
             self.log(
                 f"cluster up: managers {', '.join(self.cluster.addrs)}; workers "
                 f"{', '.join(w.host.ip for w in self.cluster.workers)}"
