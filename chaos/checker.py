@@ -13,7 +13,10 @@ The rules (issue #4):
   write or of an unknown write after it;
 - no operation is applied twice: updates bump `version` by one each and always change the spec,
   so version - 1 lies within [acknowledged updates, acknowledged + unknown updates];
-- no two running tasks hold the same (service, slot);
+- no two running tasks of the same version hold the same (service, slot); in a stop-first
+  update, no two running tasks at all (two versions are a start-first replacement, ADR 33);
+- a rolling update interrupted by a leader kill (issue #12) completes for the version sent, is
+  still the rollout that began before the kill, and keeps the new tasks it had started;
 - convergence: every service runs exactly its replicas on its current spec version, on ready
   workers, and no task of a removed service still runs;
 - no manager's Raft thread fails a tick (the workload's `bulk` steps make large, chunked
