@@ -145,6 +145,23 @@ def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[s
     return problems
 
 
+def check_serving(service: dict, tasks: Iterable[dict]) -> list[str]:
+    """Slots of a replicated service that no running task serves, during a rolling update: none
+    in a start-first update (the old task serves until the new one is ready, ADR 33), at most
+    `parallelism` at once in a stop-first one (0: all of them)."""
+    served = {t["slot"] for t in tasks if running(t) and t["service_id"] == service["id"]}
+    empty = [slot for slot in range(1, service["replicas"] + 1) if slot not in served]
+    allowed = 0
+    if service["order"] == "stop-first":
+        allowed = service["parallelism"] or service["replicas"]
+    if len(empty) <= allowed:
+        return []
+    return [
+        f"{service['name']}: no running task in slots {empty} at once "
+        f"({service['order']}, parallelism {service['parallelism']})"
+    ]
+
+
 def rollout_unfinished(service: dict, tasks: Iterable[dict]) -> list[str]:
     """Why the rollout of the service's current version has not completed (empty: it has): its
     status, if it has one (none before its first update), must say completed for that version,

@@ -8,10 +8,11 @@ the leader (restarted on its data dir at heal, as `kill_leader`).
 
 Throughout the round a sampler, with its own probe, reads the service and its tasks from every
 live manager in turn and checks each snapshot: no slot holds two running tasks of the same
-version, nor two at all in a stop-first update. After heal: the status reaches `completed` for
-the version sent and every running task runs it; the status is still that of the rollout begun
-before the kill (same start, same versions); the new version's tasks that ran before the kill
-still run (the new leader does not redo what was done).
+version, nor two at all in a stop-first update; no slot is left without a running task in a
+start-first update, nor more than `parallelism` slots at once in a stop-first one. After heal:
+the status reaches `completed` for the version sent and every running task runs it; the status
+is still that of the rollout begun before the kill (same start, same versions); the new
+version's tasks that ran before the kill still run (the new leader does not redo what was done).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ class Sampler:
     def _check(self, name: str, reply: dict) -> None:
         svc = reply["service"]
         stop_first = [svc["id"]] if svc["order"] == "stop-first" else []
-        found = checker.check_slots(reply["tasks"], stop_first)
+        found = checker.check_slots(reply["tasks"], stop_first) + checker.check_serving(svc, reply["tasks"])
         with self._lock:
             self.samples += 1
             self.latest = reply

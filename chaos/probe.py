@@ -164,6 +164,7 @@ def rollout(conn: Conn, addr: str, service: str, timeout: float = 2.0) -> dict:
             "version": svc.version,
             "replicas": svc.spec.replicas,
             "order": svc.spec.update.order,
+            "parallelism": svc.spec.update.parallelism,
             "update_status": _status(svc),
         },
         "tasks": [_task(t) for t in tasks],

@@ -174,7 +174,12 @@ def rolled(version=2, state="completed", to_version=None, started_at=100.0, repl
         "to_version": to_version or version,
         "message": message,
     }
-    return {**svc(replicas=replicas, version=version), "order": "start-first", "update_status": status}
+    return {
+        **svc(replicas=replicas, version=version),
+        "order": "start-first",
+        "parallelism": 1,
+        "update_status": status,
+    }
 
 
 def test_a_rollout_is_done_when_its_status_says_completed_and_every_task_runs_its_version():
@@ -196,6 +201,28 @@ def test_why_a_rollout_is_not_done():
     stale = rolled(version=3, to_version=2)
     both = [task("t1", slot=1, version=3), task("t2", slot=2, version=3)]
     assert checker.rollout_unfinished(stale, both) == ["the update status is for version 2, the service is at 3"]
+
+
+def test_a_start_first_update_leaves_no_slot_without_a_running_task():
+    service = rolled(replicas=3)
+    serving = [task("t1", slot=1), task("t2", slot=2, version=2), task("t3", slot=3), task("t4", slot=2)]
+    assert checker.check_serving(service, serving) == []
+    gap = [task("t1", slot=1), task("t2", slot=2, version=2, state="starting"), task("t3", slot=3)]
+    assert checker.check_serving(service, gap) == [
+        "a: no running task in slots [2] at once (start-first, parallelism 1)"
+    ]
+
+
+def test_a_stop_first_update_empties_at_most_parallelism_slots_at_once():
+    service = {**rolled(replicas=3), "order": "stop-first"}
+    one = [task("t1", slot=1), task("t2", slot=2, version=2, state="starting"), task("t3", slot=3)]
+    assert checker.check_serving(service, one) == []
+    two = [task("t1", slot=1), task("t3", slot=3, desired="shutdown")]
+    assert checker.check_serving(service, two) == [
+        "a: no running task in slots [2, 3] at once (stop-first, parallelism 1)"
+    ]
+    assert checker.check_serving({**service, "parallelism": 2}, two) == []
+    assert checker.check_serving({**service, "parallelism": 0}, []) == []  # 0: all at once
 
 
 def test_the_rollout_after_a_failover_is_the_one_before_it():
