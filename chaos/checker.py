@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 WRITES = ("create", "scale", "update")
 WORKER_ROLE = "worker"
+# Task states a task never leaves (model.TaskState.terminal): a task in one is history, not load.
+ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
 
 
 def _allowed(values: list[tuple[str, object]]) -> set:
@@ -162,15 +164,15 @@ def check_serving(service: dict, tasks: Iterable[dict]) -> list[str]:
     ]
 
 
-def rollout_unfinished(service: dict, tasks: Iterable[dict]) -> list[str]:
-    """Why the rollout of the service's current version has not completed (empty: it has): its
-    status, if it has one (none before its first update), must say completed for that version,
-    and exactly its replicas run that version."""
+def rollout_unfinished(service: dict, tasks: Iterable[dict], done: Collection[str] = ("completed",)) -> list[str]:
+    """Why the rollout of the service's current version has not ended in one of the `done`
+    states (completed, rollback_completed; empty: it has): its status, if it has one (none
+    before its first update), must say so for that version, and exactly its replicas run it."""
     version, status = service["version"], service.get("update_status")
     reasons = []
     if status is not None and status["to_version"] != version:
         reasons.append(f"the update status is for version {status['to_version']}, the service is at {version}")
-    elif status is not None and status["state"] != "completed":
+    elif status is not None and status["state"] not in done:
         reasons.append(f"update {status['state']}" + (f": {status['message']}" if status["message"] else ""))
     live = [t for t in tasks if running(t) and t["service_id"] == service["id"]]
     old = sorted({t["spec_version"] for t in live if t["spec_version"] != version})
@@ -217,7 +219,7 @@ def convergence(state: dict) -> list[str]:
     for task in state["tasks"]:
         if task["state"] == "running" and task["service_id"] not in live:
             reasons.append(f"{task['service']}: task {task['id'][:8]} of a removed service still runs")
-        elif task["desired_state"] == "running":
+        elif task["desired_state"] == "running" and task["state"] not in ENDED:
             per_service[task["service_id"]].append(task)
     for sid, svc in sorted(live.items(), key=lambda kv: kv[1]["name"]):
         tasks = per_service.get(sid, [])

@@ -29,10 +29,12 @@ KINDS: dict[str, tuple[bool, str]] = {
     "isolate_worker": (False, "cut a worker off from every manager for long enough to be marked down"),
     "netem": (False, "packet loss and delay on a node's eth0"),
     "kill_leader_mid_update": (True, "SIGKILL the leader in the middle of a rolling update, restart it"),
+    "kill_leader_mid_rollback": (True, "SIGKILL the leader in the middle of an automatic rollback, restart it"),
 }
 # Kinds run only when `--faults` names them: drawing them from the seed would change the script
 # of every seed, and the runs recorded in docs/benchmarks.md replay by seed.
-OPT_IN = frozenset({"kill_leader_mid_update"})
+OPT_IN = frozenset({"kill_leader_mid_update", "kill_leader_mid_rollback"})
+MID_ROLLOUT = ("kill_leader_mid_update", "kill_leader_mid_rollback")
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ def plan_rounds(seed: int, rounds: int, managers: int, allowed: list[str] | None
 def _extra(kind: str, rng: random.Random) -> dict:
     """Per-kind choices that only some kinds draw (drawn after the common ones, so that the
     other kinds' scripts stay as they were)."""
-    if kind == "kill_leader_mid_update":
+    if kind in MID_ROLLOUT:
         # the update's order, and how many of the service's 4 slots run the new version at the kill
         return {"order": rng.choice(["start-first", "stop-first"]), "at": rng.randint(1, 3)}
     return {}

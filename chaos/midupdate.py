@@ -1,18 +1,23 @@
-"""A leader killed in the middle of a rolling update (issue #12): the `kill_leader_mid_update` round.
+"""A leader killed in the middle of a rolling update (issue #12): the `kill_leader_mid_update` and
+`kill_leader_mid_rollback` rounds.
 
 ADR 33 makes the rollout a function of the replicated state, so a new leader must continue it
 where the old one stopped. The round: a replicated service of `REPLICAS` exec tasks, settled;
 an update (parallelism 1, a short monitor; start-first or stop-first, as the plan drew) sent to
 the leader; once some slots run the new version and some still the old one, the runner SIGKILLs
-the leader (restarted on its data dir at heal, as `kill_leader`).
+the leader (restarted on its data dir at heal, as `kill_leader`). `kill_leader_mid_rollback`
+sends an update whose tasks exit at once, with the failure action `rollback`: the first failure
+rolls the service back (a new version with the old spec, all 4 slots replaced again), and the
+leader dies once 1-3 slots run the rollback's version.
 
 Throughout the round a sampler, with its own probe, reads the service and its tasks from every
 live manager in turn and checks each snapshot: no slot holds two running tasks of the same
 version, nor two at all in a stop-first update; no slot is left without a running task in a
 start-first update, nor more than `parallelism` slots at once in a stop-first one. After heal:
-the status reaches `completed` for the version sent and every running task runs it; the status
-is still that of the rollout begun before the kill (same start, same versions); the new
-version's tasks that ran before the kill still run (the new leader does not redo what was done).
+the status reaches `completed` for the version sent (`rollback_completed` for its rollback), and
+every running task runs that version; the status is still that of the rollout begun before the
+kill (same start, same versions); the new version's tasks that ran before the kill still run
+(the new leader does not redo what was done).
 """
 
 from __future__ import annotations
@@ -31,14 +36,15 @@ SERVICE = "wch-rollout"
 REPLICAS = 4
 MONITOR = 1.5  # seconds a new task must stay ready: four slots one at a time take several seconds
 COMMAND = ["/bin/sleep", "3600"]
+FAILING = ["/bin/sh", "-c", "exit 3"]  # what a rolled-back update runs: each task fails at once
 SETTLE_TIMEOUT = 30.0
 MIDDLE_TIMEOUT = 20.0
 SAMPLE_PERIOD = 0.1
 
 
-def in_the_middle(reply: dict | None, version: int, replaced: int = 1) -> bool:
-    """The rollout of `version` is under way: at least `replaced` slots run it, and some still an
-    older version."""
+def in_the_middle(reply: dict | None, version: int, replaced: int = 1, state: str = "updating") -> bool:
+    """The rollout of `version` is under way (`state`: updating, or rollback_started): at least
+    `replaced` slots run it, and some still an older version."""
     if reply is None:
         return False
     svc, tasks = reply["service"], reply["tasks"]
@@ -47,7 +53,7 @@ def in_the_middle(reply: dict | None, version: int, replaced: int = 1) -> bool:
         return False
     versions = [t["spec_version"] for t in tasks if checker.running(t)]
     new = versions.count(version)
-    return status["state"] == "updating" and new >= replaced and new < len(versions)
+    return status["state"] == state and new >= replaced and new < len(versions)
 
 
 class Sampler:
@@ -90,7 +96,7 @@ class Sampler:
             self.samples += 1
             self.latest = reply
             status = svc["update_status"]
-            if status is not None and status["state"] == "completed":
+            if status is not None and status["state"] in ("completed", "rollback_completed"):
                 self.completed.setdefault(status["to_version"], time.monotonic())
             for problem in found:
                 if problem not in self._seen:
@@ -114,20 +120,22 @@ class MidUpdate:
         self.probe: Probe | None = None
         self.sampler: Sampler | None = None
         self.created = False
-        self.version = 0  # the version being rolled out
+        self.version = 0  # the version being rolled out (a rollback's, after a failed update)
+        self.done = "completed"  # the state its status must reach
         self.before: dict | None = None  # the update status when the leader was killed
         self.new_before: set[str] = set()  # tasks of the new version running then
         self.t_update = 0.0
 
-    def _spec(self, gen: int, order: str) -> dict:
+    def _spec(self, gen: int, order: str, failing: bool = False) -> dict:
         return {
             "name": SERVICE,
             "replicas": REPLICAS,
             "env": {"WCH_RUN": self.run_id, "GEN": str(gen)},
-            "command": COMMAND,
+            "command": FAILING if failing else COMMAND,
             "parallelism": 1,
             "monitor": MONITOR,
             "order": order,
+            "failure_action": "rollback" if failing else "pause",
         }
 
     def _read(self, manager: NodeProc) -> dict:
@@ -150,9 +158,11 @@ class MidUpdate:
             time.sleep(0.2)
 
     def start(self, rnd: Round, leader: NodeProc, notes: list[str], problems: list) -> None:
-        """Settle the service, send the update through `leader` and wait until it is half done."""
+        """Settle the service, send the update through `leader` and wait until it (or, for
+        `kill_leader_mid_rollback`, its rollback) is half done."""
         assert self.cluster.probe is not None
         order = rnd.extra.get("order", "start-first")
+        rollback = rnd.kind == "kill_leader_mid_rollback"
         if not self.created:
             reply = self.cluster.probe.call(
                 op="put_service", addr=leader.api_addr, spec=self._spec(0, order), create=True
@@ -162,7 +172,8 @@ class MidUpdate:
                 return
             self.created = True
         _, reasons = self._poll(
-            lambda r: checker.rollout_unfinished(r["service"], r["tasks"]), time.monotonic() + SETTLE_TIMEOUT
+            lambda r: checker.rollout_unfinished(r["service"], r["tasks"], ("completed", "rollback_completed")),
+            time.monotonic() + SETTLE_TIMEOUT,
         )
         if reasons:
             problems.append(("rollout", f"{SERVICE} did not settle before the update: {'; '.join(reasons[:3])}"))
@@ -172,25 +183,30 @@ class MidUpdate:
         self.sampler = Sampler(self.probe, self.cluster.managers)
         leader = self.cluster.leader(timeout=5.0) or leader
         t0 = time.monotonic()
-        reply = self.cluster.probe.call(op="put_service", addr=leader.api_addr, spec=self._spec(rnd.index, order))
+        spec = self._spec(rnd.index, order, failing=rollback)
+        reply = self.cluster.probe.call(op="put_service", addr=leader.api_addr, spec=spec)
         if not reply["ok"]:
             problems.append(("rollout", f"the update was refused: {reply['code']} {reply['detail']}"))
             return
-        self.version = reply["version"]
+        # A rollback commits the old spec as the next version (ADR 33: versions only go up).
+        self.version = reply["version"] + (1 if rollback else 0)
+        self.done = "rollback_completed" if rollback else "completed"
         self.t_update = t0
-        replaced = rnd.extra.get("at", 1)
+        replaced, state = rnd.extra.get("at", 1), "rollback_started" if rollback else "updating"
         deadline = t0 + MIDDLE_TIMEOUT
-        while not in_the_middle(self.sampler.last(), self.version, replaced) and time.monotonic() < deadline:
+        while not in_the_middle(self.sampler.last(), self.version, replaced, state) and time.monotonic() < deadline:
             time.sleep(0.05)
         middle = self.sampler.last()
-        if not in_the_middle(middle, self.version, replaced):
-            problems.append(("rollout", f"the update to version {self.version} never had {replaced} slots replaced"))
+        if not in_the_middle(middle, self.version, replaced, state):
+            what = "rollback" if rollback else "update"
+            problems.append(("rollout", f"the {what} to version {self.version} never had {replaced} slots replaced"))
             return
         assert middle is not None
         self.before = middle["service"]["update_status"]
         self.new_before = {t["id"] for t in middle["tasks"] if checker.running(t) and t["spec_version"] == self.version}
         notes.append(
-            f"{order} v{self.version} {len(self.new_before)}/{REPLICAS} replaced at the kill "
+            f"{order} {'rollback to ' if rollback else ''}v{self.version} "
+            f"{len(self.new_before)}/{REPLICAS} replaced at the kill "
             f"({time.monotonic() - t0:.1f}s in)"
         )
 
@@ -201,15 +217,17 @@ class MidUpdate:
             if sampler is not None:
                 sampler.stop()
             return []  # start() already said why
-        reply, reasons = self._poll(lambda r: checker.rollout_unfinished(r["service"], r["tasks"]), deadline)
+        reply, reasons = self._poll(
+            lambda r: checker.rollout_unfinished(r["service"], r["tasks"], (self.done,)), deadline
+        )
         sampler.stop()
         problems = [("slots", p) for p in sampler.problems]
         notes.append(f"{sampler.samples} samples")
         if reasons or reply is None:
-            problems.append(("rollout", f"version {self.version} not completed after heal: {'; '.join(reasons[:3])}"))
+            problems.append(("rollout", f"version {self.version} not {self.done} after heal: {'; '.join(reasons[:3])}"))
             return problems
         done = sampler.completed.get(self.version, time.monotonic())
-        notes.append(f"update completed in {done - self.t_update:.1f}s")
+        notes.append(f"{self.done.replace('_', ' ')} in {done - self.t_update:.1f}s")
         after = reply["service"]["update_status"]
         problems += [("rollout", p) for p in checker.check_rollout_continued(self.before, after)]
         problems += [("rollout", p) for p in checker.check_rollout_kept(self.new_before, reply["tasks"])]

@@ -122,9 +122,11 @@ def state(conn: Conn, addr: str, timeout: float = 5.0) -> dict:
 
 def put_service(conn: Conn, addr: str, spec: dict, create: bool, timeout: float = 5.0) -> dict:
     """Create or update one service from `spec` (name, replicas, env, command; parallelism,
-    monitor and order of its updates); the reply carries the version it now has."""
+    monitor and order of its updates and rollbacks, and the updates' failure action); the reply
+    carries the version it now has."""
     types = conn.types
-    update = types.UpdateConfig(parallelism=spec["parallelism"], monitor=spec["monitor"], order=spec["order"])
+    pace = {"parallelism": spec["parallelism"], "monitor": spec["monitor"], "order": spec["order"]}
+    update = types.UpdateConfig(failure_action=spec.get("failure_action", "pause"), **pace)
     msg = types.ServiceSpec(
         name=spec["name"],
         image="busybox:latest",
@@ -135,6 +137,7 @@ def put_service(conn: Conn, addr: str, spec: dict, create: bool, timeout: float 
         replicas=spec["replicas"],
         stop_grace_period=1.0,
         update=update,
+        rollback=types.UpdateConfig(**pace),
     )
     try:
         stub = conn.stub(addr)

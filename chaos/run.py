@@ -22,7 +22,7 @@ from pathlib import Path
 
 from chaos import checker
 from chaos.cluster import Cluster, NodeProc, _env
-from chaos.faults import KINDS, Netem, Partition, Round, plan_rounds
+from chaos.faults import KINDS, MID_ROLLOUT, Netem, Partition, Round, plan_rounds
 from chaos.lab import Lab, cleanup_state, pid_alive
 from chaos.midupdate import SERVICE as ROLLOUT_SERVICE
 from chaos.midupdate import MidUpdate
@@ -139,7 +139,7 @@ class Runner:
         self.rounds_done = 0
         self.cluster: Cluster | None = None
         self.workload: Workload | None = None
-        self.mid_update: MidUpdate | None = None  # kill_leader_mid_update's service and sampler
+        self.mid_update: MidUpdate | None = None  # the mid-rollout kinds: their service and sampler
 
     def log(self, text: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {text}")
@@ -236,7 +236,7 @@ class Runner:
             problems.append(("links", f"{LINKS_TIMEOUT:.0f}s after heal: {'; '.join(unlinked[:4])}"))
         else:
             self.relinked.append(relinked)
-        if rnd.kind == "kill_leader_mid_update" and self.mid_update is not None:
+        if rnd.kind in MID_ROLLOUT and self.mid_update is not None:
             problems += self.mid_update.finish(t_heal + CONVERGE_TIMEOUT, notes)
         ops = workload.ops()
         if state is not None:
@@ -288,7 +288,7 @@ class Runner:
         if leader is None:
             problems.append(("leader", "no manager answers as leader before the fault"))
             return "-", heal, None
-        if kind == "kill_leader_mid_update":
+        if kind in MID_ROLLOUT:
             if self.mid_update is None:
                 self.mid_update = MidUpdate(self.lab, cluster, self.root, self.run_id)
             self.mid_update.start(rnd, leader, notes, problems)
@@ -300,7 +300,7 @@ class Runner:
         def pick(nodes: list[NodeProc]) -> NodeProc:
             return sorted(nodes, key=lambda n: n.name)[rnd.pick % len(nodes)]
 
-        if kind in ("kill_leader", "restart_leader", "kill_leader_mid_update"):
+        if kind in ("kill_leader", "restart_leader", *MID_ROLLOUT):
             t0 = time.monotonic()
             if kind != "restart_leader":
                 leader.kill()

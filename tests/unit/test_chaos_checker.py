@@ -198,6 +198,10 @@ def test_why_a_rollout_is_not_done():
     ]
     paused = rolled(state="paused", message="paused: task a.2 failed its health check")
     assert checker.rollout_unfinished(paused, half)[0] == "update paused: paused: task a.2 failed its health check"
+    back = rolled(version=3, state="rollback_completed")
+    assert checker.rollout_unfinished(back, half)[0] == "update rollback_completed"
+    ended = [task("t1", slot=1, version=3), task("t2", slot=2, version=3)]
+    assert checker.rollout_unfinished(back, ended, ("rollback_completed",)) == []
     stale = rolled(version=3, to_version=2)
     both = [task("t1", slot=1, version=3), task("t2", slot=2, version=3)]
     assert checker.rollout_unfinished(stale, both) == ["the update status is for version 2, the service is at 3"]
@@ -272,6 +276,13 @@ def test_not_converged_reasons():
     assert checker.convergence(down) == ["workers not ready: n1abcdef"]
     orphan = _state([], [task("t9", service="gone", desired="shutdown")])
     assert "removed service still runs" in checker.convergence(orphan)[0]
+
+
+def test_a_failed_task_kept_as_history_is_not_load():
+    """A task of a rolled-back update that failed stays listed, desired running, in its slot."""
+    tasks = [task("t1", slot=1, version=3), task("t2", slot=2, version=3), task("t0", slot=1, version=2)]
+    tasks[2]["state"] = "failed"
+    assert checker.convergence(_state([svc(replicas=2, version=3)], tasks)) == []
 
 
 def test_a_cut_off_worker_keeps_its_tasks():
