@@ -35,6 +35,8 @@ WRITES = ("create", "scale", "update")
 WORKER_ROLE = "worker"
 # Task states a task never leaves (model.TaskState.terminal): a task in one is history, not load.
 ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
+# Ended on their own: a rollout counts them as failures (rollout.outcome), whatever its order.
+FAILED = frozenset({"complete", "failed", "rejected"})
 
 
 def _allowed(values: list[tuple[str, object]]) -> set:
@@ -150,9 +152,13 @@ def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[s
 def check_serving(service: dict, tasks: Iterable[dict]) -> list[str]:
     """Slots of a replicated service that no running task serves, during a rolling update: none
     in a start-first update (the old task serves until the new one is ready, ADR 33), at most
-    `parallelism` at once in a stop-first one (0: all of them)."""
-    served = {t["slot"] for t in tasks if running(t) and t["service_id"] == service["id"]}
-    empty = [slot for slot in range(1, service["replicas"] + 1) if slot not in served]
+    `parallelism` at once in a stop-first one (0: all of them). A slot whose task failed is no
+    choice of the order (and it may be left over from an update with another order, which a
+    rollback replaced) and is not counted."""
+    own = [t for t in tasks if t["service_id"] == service["id"]]
+    served = {t["slot"] for t in own if running(t)}
+    failed = {t["slot"] for t in own if t["state"] in FAILED}
+    empty = [slot for slot in range(1, service["replicas"] + 1) if slot not in served | failed]
     allowed = 0
     if service["order"] == "stop-first":
         allowed = service["parallelism"] or service["replicas"]

@@ -215,6 +215,8 @@ def test_a_start_first_update_leaves_no_slot_without_a_running_task():
     assert checker.check_serving(service, gap) == [
         "a: no running task in slots [2] at once (start-first, parallelism 1)"
     ]
+    crashed = [task("t1", slot=1), task("t2", slot=2, version=2, state="failed"), task("t3", slot=3)]
+    assert checker.check_serving(service, crashed) == []  # a failure, not the order's choice
 
 
 def test_a_stop_first_update_empties_at_most_parallelism_slots_at_once():
