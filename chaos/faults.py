@@ -31,10 +31,10 @@ KINDS: dict[str, tuple[bool, str]] = {
     "kill_leader_mid_update": (True, "SIGKILL the leader in the middle of a rolling update, restart it"),
     "kill_leader_mid_rollback": (True, "SIGKILL the leader in the middle of an automatic rollback, restart it"),
 }
+MID_ROLLOUT = ("kill_leader_mid_update", "kill_leader_mid_rollback")  # chaos/midupdate.py
 # Kinds run only when `--faults` names them: drawing them from the seed would change the script
 # of every seed, and the runs recorded in docs/benchmarks.md replay by seed.
-OPT_IN = frozenset({"kill_leader_mid_update", "kill_leader_mid_rollback"})
-MID_ROLLOUT = ("kill_leader_mid_update", "kill_leader_mid_rollback")
+OPT_IN = frozenset(MID_ROLLOUT)
 
 
 @dataclass(frozen=True)
