@@ -163,6 +163,7 @@ class MidUpdate:
         assert self.cluster.probe is not None
         order = rnd.extra.get("order", "start-first")
         rollback = rnd.kind == "kill_leader_mid_rollback"
+        self.before, self.new_before = None, set()
         if not self.created:
             reply = self.cluster.probe.call(
                 op="put_service", addr=leader.api_addr, spec=self._spec(0, order), create=True
@@ -213,10 +214,11 @@ class MidUpdate:
     def finish(self, deadline: float, notes: list[str]) -> list[tuple[str, str]]:
         """After heal: the rollout completes, and was the same rollout throughout."""
         sampler, self.sampler = self.sampler, None
-        if sampler is None or self.before is None:
-            if sampler is not None:
-                sampler.stop()
+        if sampler is None:
             return []  # start() already said why
+        if self.before is None:  # start() said why; what was sampled still counts
+            sampler.stop()
+            return [("slots", p) for p in sampler.problems]
         reply, reasons = self._poll(
             lambda r: checker.rollout_unfinished(r["service"], r["tasks"], (self.done,)), deadline
         )
@@ -231,7 +233,6 @@ class MidUpdate:
         after = reply["service"]["update_status"]
         problems += [("rollout", p) for p in checker.check_rollout_continued(self.before, after)]
         problems += [("rollout", p) for p in checker.check_rollout_kept(self.new_before, reply["tasks"])]
-        self.before, self.new_before = None, set()
         return problems
 
     def close(self) -> None:

@@ -325,7 +325,7 @@ def test_outcomes_are_unknown_unless_surely_not_applied():
 
 
 def test_a_leader_kill_mid_update_runs_only_when_asked_for():
-    assert "kill_leader_mid_update" not in eligible(3)
+    assert "kill_leader_mid_update" not in eligible(3) and "kill_leader_mid_rollback" not in eligible(3)
     assert {r.kind for r in plan_rounds(1, 200, 3)} <= set(eligible(3))
     assert eligible(1, ["kill_leader", "kill_leader_mid_update"]) == ["kill_leader"]
     rounds = plan_rounds(4, 6, 3, ["kill_leader_mid_update"])
