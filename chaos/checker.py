@@ -13,7 +13,10 @@ The rules (issue #4):
   write or of an unknown write after it;
 - no operation is applied twice: updates bump `version` by one each and always change the spec,
   so version - 1 lies within [acknowledged updates, acknowledged + unknown updates];
-- no two running tasks hold the same (service, slot);
+- no two running tasks of the same version hold the same (service, slot); in a stop-first
+  update, no two running tasks at all (two versions are a start-first replacement, ADR 33);
+- a rolling update interrupted by a leader kill (issue #12) completes for the version sent, is
+  still the rollout that began before the kill, and keeps the new tasks it had started;
 - convergence: every service runs exactly its replicas on its current spec version, on ready
   workers, and no task of a removed service still runs;
 - no manager's Raft thread fails a tick (the workload's `bulk` steps make large, chunked
@@ -26,10 +29,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 WRITES = ("create", "scale", "update")
 WORKER_ROLE = "worker"
+# Task states a task never leaves (model.TaskState.terminal): a task in one is history, not load.
+ENDED = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned"})
+# Ended on their own: a rollout counts them as failures (rollout.outcome), whatever its order.
+FAILED = frozenset({"complete", "failed", "rejected"})
 
 
 def _allowed(values: list[tuple[str, object]]) -> set:
@@ -117,16 +124,92 @@ def running(task: dict) -> bool:
     return task["state"] == "running" and task["desired_state"] == "running"
 
 
-def check_slots(tasks: Iterable[dict]) -> list[str]:
+def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[str]:
     """Two running tasks of the same version that hold the same slot of a service. Two of
     different versions are a start-first replacement under way (ADR 33): the old one serves
-    until the new one is ready."""
-    slots = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks if running(t) and t["slot"])
+    until the new one is ready; for the services in `stop_first` (ids) they are a violation too."""
+    tasks = [t for t in tasks if running(t) and t["slot"]]
     names = {t["service_id"]: t["service"] for t in tasks}
-    return [
+    strict = set(stop_first)
+    same = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks)
+    problems = [
         f"{names[sid]}: {n} running tasks of version {version} hold slot {slot}"
-        for (sid, slot, version), n in sorted(slots.items())
+        for (sid, slot, version), n in sorted(same.items())
         if n > 1
+    ]
+    versions: defaultdict[tuple[str, int], set[int]] = defaultdict(set)
+    for t in tasks:
+        if t["service_id"] in strict:
+            versions[(t["service_id"], t["slot"])].add(t["spec_version"])
+    problems += [
+        f"{names[sid]}: running tasks of versions {sorted(vs)} hold slot {slot} of a stop-first update"
+        for (sid, slot), vs in sorted(versions.items())
+        if len(vs) > 1
+    ]
+    return problems
+
+
+def check_serving(service: dict, tasks: Iterable[dict]) -> list[str]:
+    """Slots of a replicated service that no running task serves, during a rolling update: none
+    in a start-first update (the old task serves until the new one is ready, ADR 33), at most
+    `parallelism` at once in a stop-first one (0: all of them). A slot whose task failed is no
+    choice of the order (and it may be left over from an update with another order, which a
+    rollback replaced) and is not counted."""
+    own = [t for t in tasks if t["service_id"] == service["id"]]
+    served = {t["slot"] for t in own if running(t)}
+    failed = {t["slot"] for t in own if t["state"] in FAILED}
+    empty = [slot for slot in range(1, service["replicas"] + 1) if slot not in served | failed]
+    allowed = 0
+    if service["order"] == "stop-first":
+        allowed = service["parallelism"] or service["replicas"]
+    if len(empty) <= allowed:
+        return []
+    return [
+        f"{service['name']}: no running task in slots {empty} at once "
+        f"({service['order']}, parallelism {service['parallelism']})"
+    ]
+
+
+def rollout_unfinished(service: dict, tasks: Iterable[dict], done: Collection[str] = ("completed",)) -> list[str]:
+    """Why the rollout of the service's current version has not ended in one of the `done`
+    states (completed, rollback_completed; empty: it has): its status, if it has one (none
+    before its first update), must say so for that version, and exactly its replicas run it."""
+    version, status = service["version"], service.get("update_status")
+    reasons = []
+    if status is not None and status["to_version"] != version:
+        reasons.append(f"the update status is for version {status['to_version']}, the service is at {version}")
+    elif status is not None and status["state"] not in done:
+        reasons.append(f"update {status['state']}" + (f": {status['message']}" if status["message"] else ""))
+    live = [t for t in tasks if running(t) and t["service_id"] == service["id"]]
+    old = sorted({t["spec_version"] for t in live if t["spec_version"] != version})
+    if old:
+        reasons.append(f"tasks of versions {old} still run")
+    new = sum(t["spec_version"] == version for t in live)
+    if new != service["replicas"]:
+        reasons.append(f"{new} of {service['replicas']} tasks run version {version}")
+    return reasons
+
+
+def check_rollout_continued(before: dict, after: dict | None) -> list[str]:
+    """The update status after a failover belongs to the rollout that was under way before it
+    (same start, same versions): the new leader continued it, it did not start another."""
+    if after is None:
+        return ["the update status is gone after the failover"]
+    fields = ("started_at", "from_version", "to_version")
+    changed = [f"{f} {before[f]} -> {after[f]}" for f in fields if before[f] != after[f]]
+    if not changed:
+        return []
+    return [f"the rollout changed across the failover ({', '.join(changed)}): {after['message'] or after['state']}"]
+
+
+def check_rollout_kept(before: Iterable[str], tasks: Iterable[dict]) -> list[str]:
+    """Tasks of the new version that ran before the failover (ids) still run after it: the new
+    leader does not redo the slots already replaced."""
+    now_running = {t["id"] for t in tasks if running(t)}
+    return [
+        f"task {tid[:8]} of the new version ran before the failover and not after"
+        for tid in sorted(before)
+        if tid not in now_running
     ]
 
 
@@ -142,7 +225,7 @@ def convergence(state: dict) -> list[str]:
     for task in state["tasks"]:
         if task["state"] == "running" and task["service_id"] not in live:
             reasons.append(f"{task['service']}: task {task['id'][:8]} of a removed service still runs")
-        elif task["desired_state"] == "running":
+        elif task["desired_state"] == "running" and task["state"] not in ENDED:
             per_service[task["service_id"]].append(task)
     for sid, svc in sorted(live.items(), key=lambda kv: kv[1]["name"]):
         tasks = per_service.get(sid, [])

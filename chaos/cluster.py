@@ -148,9 +148,9 @@ class NodeProc:
 class Probe:
     """The chaos.probe process in the client namespace, called with one JSON line per request."""
 
-    def __init__(self, lab: Lab, host: Host, creds: Path, root: Path) -> None:
+    def __init__(self, lab: Lab, host: Host, creds: Path, root: Path, log_name: str = "probe.log") -> None:
         cmd = host.nsenter([sys.executable, "-m", "chaos.probe", "--creds", str(creds)])
-        self._err = (root / "probe.log").open("ab")
+        self._err = (root / log_name).open("ab")
         self.process = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, env=_env(root / "none")
         )

@@ -28,7 +28,13 @@ KINDS: dict[str, tuple[bool, str]] = {
     "partition_majority": (True, "split managers: leader plus one follower against the last follower and workers"),
     "isolate_worker": (False, "cut a worker off from every manager for long enough to be marked down"),
     "netem": (False, "packet loss and delay on a node's eth0"),
+    "kill_leader_mid_update": (True, "SIGKILL the leader in the middle of a rolling update, restart it"),
+    "kill_leader_mid_rollback": (True, "SIGKILL the leader in the middle of an automatic rollback, restart it"),
 }
+MID_ROLLOUT = ("kill_leader_mid_update", "kill_leader_mid_rollback")  # chaos/midupdate.py
+# Kinds run only when `--faults` names them: drawing them from the seed would change the script
+# of every seed, and the runs recorded in docs/benchmarks.md replay by seed.
+OPT_IN = frozenset(MID_ROLLOUT)
 
 
 @dataclass(frozen=True)
@@ -48,18 +54,21 @@ class Round:
         text = f"{self.kind}#{self.pick} hold {self.hold:.1f}s"
         if self.kind == "netem":
             text += f" loss {self.loss}% delay {self.delay_ms}ms"
+        if "order" in self.extra:
+            text += f" {self.extra['order']} kill at {self.extra['at']} replaced"
         return text
 
 
 def eligible(managers: int, allowed: list[str] | None = None) -> list[str]:
     kinds = [k for k, (needs_followers, _) in KINDS.items() if managers >= 3 or not needs_followers]
-    if allowed:
-        unknown = sorted(set(allowed) - set(KINDS))
-        if unknown:
-            raise ValueError(f"unknown fault kinds: {', '.join(unknown)}")
-        kinds = [k for k in allowed if k in kinds]
-        if not kinds:
-            raise ValueError(f"none of {allowed} can run with {managers} manager(s)")
+    if not allowed:
+        return [k for k in kinds if k not in OPT_IN]
+    unknown = sorted(set(allowed) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown fault kinds: {', '.join(unknown)}")
+    kinds = [k for k in allowed if k in kinds]
+    if not kinds:
+        raise ValueError(f"none of {allowed} can run with {managers} manager(s)")
     return kinds
 
 
@@ -81,9 +90,19 @@ def plan_rounds(seed: int, rounds: int, managers: int, allowed: list[str] | None
                 hold=round(hold, 2),
                 loss=rng.choice([10, 20, 30]) if kind == "netem" else 0,
                 delay_ms=rng.choice([20, 50, 100]) if kind == "netem" else 0,
+                extra=_extra(kind, rng),
             )
         )
     return plan
+
+
+def _extra(kind: str, rng: random.Random) -> dict:
+    """Per-kind choices that only some kinds draw (drawn after the common ones, so that the
+    other kinds' scripts stay as they were)."""
+    if kind in MID_ROLLOUT:
+        # the update's order, and how many of the service's 4 slots run the new version at the kill
+        return {"order": rng.choice(["start-first", "stop-first"]), "at": rng.randint(1, 3)}
+    return {}
 
 
 def partition_rules(blocked: dict[str, set[str]]) -> dict[str, set[str]]:

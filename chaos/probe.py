@@ -12,6 +12,9 @@ long-lived process (started with nsenter into the client namespace) to call the 
     {"op": "token", "addr": A, "role": "worker"}
     {"op": "label", "addr": A, "node": ID, "key": K, "size": N, "timeout": 5}
                                                     one write: label K on node ID, N bytes long
+    {"op": "put_service", "addr": A, "spec": {...}, "create": false}
+                                                    create or update a service (spec_of's fields)
+    {"op": "rollout", "addr": A, "service": NAME}   one service, its update status and its tasks
 """
 
 from __future__ import annotations
@@ -22,6 +25,34 @@ import sys
 import time
 
 from chaos.rpc import Conn
+
+
+def _status(service) -> dict | None:
+    """A Service message's update_status as a dict, None before its first update."""
+    if not service.HasField("update_status"):
+        return None
+    st = service.update_status
+    return {
+        "state": st.state,
+        "started_at": st.started_at,
+        "completed_at": st.completed_at,
+        "from_version": st.from_version,
+        "to_version": st.to_version,
+        "message": st.message,
+    }
+
+
+def _task(t) -> dict:
+    return {
+        "id": t.id,
+        "service_id": t.service_id,
+        "service": t.service_name,
+        "slot": t.slot,
+        "node_id": t.node_id,
+        "state": t.state,
+        "desired_state": t.desired_state,
+        "spec_version": t.spec_version,
+    }
 
 
 def _err(exc) -> dict:
@@ -80,23 +111,66 @@ def state(conn: Conn, addr: str, timeout: float = 5.0) -> dict:
                 "env": dict(s.spec.env),
                 "desired": s.desired_tasks,
                 "running": s.running_tasks,
+                "update_status": _status(s),
             }
             for s in services
         ],
-        "tasks": [
-            {
-                "id": t.id,
-                "service_id": t.service_id,
-                "service": t.service_name,
-                "slot": t.slot,
-                "node_id": t.node_id,
-                "state": t.state,
-                "desired_state": t.desired_state,
-                "spec_version": t.spec_version,
-            }
-            for t in tasks
-        ],
+        "tasks": [_task(t) for t in tasks],
         "nodes": [{"id": n.id, "role": n.role, "status": n.status, "addr": n.addr} for n in nodes],
+    }
+
+
+def put_service(conn: Conn, addr: str, spec: dict, create: bool, timeout: float = 5.0) -> dict:
+    """Create or update one service from `spec` (name, replicas, env, command; parallelism,
+    monitor and order of its updates and rollbacks, and the updates' failure action); the reply
+    carries the version it now has."""
+    types = conn.types
+    pace = {"parallelism": spec["parallelism"], "monitor": spec["monitor"], "order": spec["order"]}
+    update = types.UpdateConfig(failure_action=spec.get("failure_action", "pause"), **pace)
+    msg = types.ServiceSpec(
+        name=spec["name"],
+        image="busybox:latest",
+        command=spec["command"][:1],
+        args=spec["command"][1:],
+        env=spec["env"],
+        mode="replicated",
+        replicas=spec["replicas"],
+        stop_grace_period=1.0,
+        update=update,
+        rollback=types.UpdateConfig(**pace),
+    )
+    try:
+        stub = conn.stub(addr)
+        if create:
+            reply = stub.CreateService(conn.pb.CreateServiceRequest(spec=msg), timeout=timeout)
+        else:
+            reply = stub.UpdateService(conn.pb.UpdateServiceRequest(service=spec["name"], spec=msg), timeout=timeout)
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {"ok": True, "version": reply.version}
+
+
+def rollout(conn: Conn, addr: str, service: str, timeout: float = 2.0) -> dict:
+    """One service as `addr` sees it (its own state: a follower's may lag, never invent): its
+    version, replicas, update order and status, and its tasks."""
+    try:
+        stub = conn.stub(addr)
+        svc = stub.GetService(conn.pb.GetServiceRequest(service=service), timeout=timeout)
+        tasks = stub.ListTasks(conn.pb.ListTasksRequest(service=service), timeout=timeout).tasks
+    except conn.grpc.RpcError as exc:
+        return _err(exc)
+    return {
+        "ok": True,
+        "service": {
+            "id": svc.id,
+            "name": svc.spec.name,
+            "version": svc.version,
+            "replicas": svc.spec.replicas,
+            "order": svc.spec.update.order,
+            "parallelism": svc.spec.update.parallelism,
+            "update_status": _status(svc),
+        },
+        "tasks": [_task(t) for t in tasks],
     }
 
 
@@ -181,6 +255,10 @@ def main() -> None:
                 reply = first_write(conn, req["addrs"], req["node"], req.get("timeout", 30.0))
             elif op == "label":
                 reply = label(conn, req["addr"], req["node"], req["key"], req["size"], req.get("timeout", 5.0))
+            elif op == "put_service":
+                reply = put_service(conn, req["addr"], req["spec"], req.get("create", False), req.get("timeout", 5.0))
+            elif op == "rollout":
+                reply = rollout(conn, req["addr"], req["service"], req.get("timeout", 2.0))
             elif op == "token":
                 reply = token(conn, req["addr"], req["role"])
             elif op == "reset":

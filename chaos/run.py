@@ -22,8 +22,10 @@ from pathlib import Path
 
 from chaos import checker
 from chaos.cluster import Cluster, NodeProc, _env
-from chaos.faults import KINDS, Netem, Partition, Round, plan_rounds
+from chaos.faults import KINDS, MID_ROLLOUT, Netem, Partition, Round, plan_rounds
 from chaos.lab import Lab, cleanup_state, pid_alive
+from chaos.midupdate import SERVICE as ROLLOUT_SERVICE
+from chaos.midupdate import MidUpdate
 
 STATE_DIR = Path("/tmp/warren-chaos/state")
 CONVERGE_TIMEOUT = 30.0
@@ -137,6 +139,7 @@ class Runner:
         self.rounds_done = 0
         self.cluster: Cluster | None = None
         self.workload: Workload | None = None
+        self.mid_update: MidUpdate | None = None  # the mid-rollout kinds: their service and sampler
 
     def log(self, text: str) -> None:
         self.out(f"[{time.monotonic() - self.started:7.1f}s] {text}")
@@ -158,7 +161,8 @@ class Runner:
                 self.cluster.bring_up()
             except Exception as exc:
                 self.log(f"cluster bring-up failed: {exc}")
-                return 2
+                code = 2  # the summary written in `finally` says so too
+                return code
             self.log(
                 f"cluster up: managers {', '.join(self.cluster.addrs)}; workers "
                 f"{', '.join(w.host.ip for w in self.cluster.workers)}"
@@ -182,6 +186,8 @@ class Runner:
         return code
 
     def teardown(self) -> None:
+        if self.mid_update is not None:
+            self.mid_update.close()
         if self.workload is not None:
             try:
                 self.workload.stop()
@@ -230,9 +236,12 @@ class Runner:
             problems.append(("links", f"{LINKS_TIMEOUT:.0f}s after heal: {'; '.join(unlinked[:4])}"))
         else:
             self.relinked.append(relinked)
+        if rnd.kind in MID_ROLLOUT and self.mid_update is not None:
+            problems += self.mid_update.finish(t_heal + CONVERGE_TIMEOUT, notes)
         ops = workload.ops()
         if state is not None:
-            problems += [("writes", p) for p in checker.check_writes(ops, state["services"])]
+            written = [s for s in state["services"] if s["name"] != ROLLOUT_SERVICE]  # not the workload's
+            problems += [("writes", p) for p in checker.check_writes(ops, written)]
             problems += [("slots", p) for p in checker.check_slots(state["tasks"])]
             if worker_check is not None:
                 node = worker_check[0]
@@ -279,6 +288,11 @@ class Runner:
         if leader is None:
             problems.append(("leader", "no manager answers as leader before the fault"))
             return "-", heal, None
+        if kind in MID_ROLLOUT:
+            if self.mid_update is None:
+                self.mid_update = MidUpdate(self.lab, cluster, self.root, self.run_id)
+            self.mid_update.start(rnd, leader, notes, problems)
+            leader = cluster.leader(timeout=5.0) or leader  # the one to kill: the leader now
         followers = [m for m in cluster.managers if m is not leader]
         workers = cluster.workers
         hosts_by_ip = {h.ip: h for h in self.lab.hosts.values()}
@@ -286,9 +300,9 @@ class Runner:
         def pick(nodes: list[NodeProc]) -> NodeProc:
             return sorted(nodes, key=lambda n: n.name)[rnd.pick % len(nodes)]
 
-        if kind in ("kill_leader", "restart_leader"):
+        if kind in ("kill_leader", "restart_leader", *MID_ROLLOUT):
             t0 = time.monotonic()
-            if kind == "kill_leader":
+            if kind != "restart_leader":
                 leader.kill()
             else:
                 leader.terminate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chaos import checker
 from chaos.faults import eligible, nft_loss_ruleset, nft_ruleset, partition_rules, plan_rounds
+from chaos.midupdate import in_the_middle
 from chaos.rpc import classify
 from chaos.workload import Planner
 
@@ -151,6 +152,116 @@ def test_a_stopping_task_does_not_hold_its_slot():
     assert checker.check_slots(tasks) == []
 
 
+def test_a_stop_first_update_never_shares_a_slot():
+    tasks = [task("t1", slot=1), task("t2", slot=1, version=2), task("t3", slot=2, service="b", version=2)]
+    tasks.append(task("t4", slot=2, service="b"))
+    assert checker.check_slots(tasks, stop_first=["id-a"]) == [
+        "a: running tasks of versions [1, 2] hold slot 1 of a stop-first update"
+    ]
+    stopping = [task("t1", slot=1, desired="shutdown"), task("t2", slot=1, version=2)]
+    assert checker.check_slots(stopping, stop_first=["id-a"]) == []
+
+
+# -- a rolling update across a failover (issue #12) ------------------------------------------
+
+
+def rolled(version=2, state="completed", to_version=None, started_at=100.0, replicas=2, message=""):
+    status = {
+        "state": state,
+        "started_at": started_at,
+        "completed_at": 0.0,
+        "from_version": version - 1,
+        "to_version": to_version or version,
+        "message": message,
+    }
+    return {
+        **svc(replicas=replicas, version=version),
+        "order": "start-first",
+        "parallelism": 1,
+        "update_status": status,
+    }
+
+
+def test_a_rollout_is_done_when_its_status_says_completed_and_every_task_runs_its_version():
+    tasks = [task("t1", slot=1, version=2), task("t2", slot=2, version=2), task("t0", slot=1, desired="shutdown")]
+    assert checker.rollout_unfinished(rolled(), tasks) == []
+    created = {**rolled(version=1), "update_status": None}  # never updated: its tasks are enough
+    assert checker.rollout_unfinished(created, [task("t1", slot=1), task("t2", slot=2)]) == []
+
+
+def test_why_a_rollout_is_not_done():
+    half = [task("t1", slot=1, version=2), task("t2", slot=2)]
+    assert checker.rollout_unfinished(rolled(state="updating"), half) == [
+        "update updating",
+        "tasks of versions [1] still run",
+        "1 of 2 tasks run version 2",
+    ]
+    paused = rolled(state="paused", message="paused: task a.2 failed its health check")
+    assert checker.rollout_unfinished(paused, half)[0] == "update paused: paused: task a.2 failed its health check"
+    back = rolled(version=3, state="rollback_completed")
+    assert checker.rollout_unfinished(back, half)[0] == "update rollback_completed"
+    ended = [task("t1", slot=1, version=3), task("t2", slot=2, version=3)]
+    assert checker.rollout_unfinished(back, ended, ("rollback_completed",)) == []
+    stale = rolled(version=3, to_version=2)
+    both = [task("t1", slot=1, version=3), task("t2", slot=2, version=3)]
+    assert checker.rollout_unfinished(stale, both) == ["the update status is for version 2, the service is at 3"]
+
+
+def test_a_start_first_update_leaves_no_slot_without_a_running_task():
+    service = rolled(replicas=3)
+    serving = [task("t1", slot=1), task("t2", slot=2, version=2), task("t3", slot=3), task("t4", slot=2)]
+    assert checker.check_serving(service, serving) == []
+    gap = [task("t1", slot=1), task("t2", slot=2, version=2, state="starting"), task("t3", slot=3)]
+    assert checker.check_serving(service, gap) == [
+        "a: no running task in slots [2] at once (start-first, parallelism 1)"
+    ]
+    crashed = [task("t1", slot=1), task("t2", slot=2, version=2, state="failed"), task("t3", slot=3)]
+    assert checker.check_serving(service, crashed) == []  # a failure, not the order's choice
+
+
+def test_a_stop_first_update_empties_at_most_parallelism_slots_at_once():
+    service = {**rolled(replicas=3), "order": "stop-first"}
+    one = [task("t1", slot=1), task("t2", slot=2, version=2, state="starting"), task("t3", slot=3)]
+    assert checker.check_serving(service, one) == []
+    two = [task("t1", slot=1), task("t3", slot=3, desired="shutdown")]
+    assert checker.check_serving(service, two) == [
+        "a: no running task in slots [2, 3] at once (stop-first, parallelism 1)"
+    ]
+    assert checker.check_serving({**service, "parallelism": 2}, two) == []
+    assert checker.check_serving({**service, "parallelism": 0}, []) == []  # 0: all at once
+
+
+def test_the_rollout_after_a_failover_is_the_one_before_it():
+    before = rolled(state="updating")["update_status"]
+    assert checker.check_rollout_continued(before, rolled()["update_status"]) == []
+    restarted = rolled(started_at=107.5)["update_status"]
+    assert checker.check_rollout_continued(before, restarted) == [
+        "the rollout changed across the failover (started_at 100.0 -> 107.5): completed"
+    ]
+    assert checker.check_rollout_continued(before, None) == ["the update status is gone after the failover"]
+
+
+def test_new_tasks_that_ran_before_the_failover_still_run_after_it():
+    after = [task("t1", slot=1, version=2), task("t2", slot=2, version=2), task("t3", slot=1, desired="shutdown")]
+    assert checker.check_rollout_kept({"t1"}, after) == []
+    assert checker.check_rollout_kept({"t1", "t3"}, after) == [
+        "task t3 of the new version ran before the failover and not after"
+    ]
+
+
+def test_the_middle_of_a_rollout():
+    def reply(tasks, state="updating"):
+        return {"service": rolled(state=state, replicas=4), "tasks": tasks}
+
+    one = [task("n1", slot=1, version=2), *(task(f"o{i}", slot=i) for i in (2, 3, 4))]
+    assert in_the_middle(reply(one), 2) and not in_the_middle(reply(one), 2, replaced=2)
+    assert not in_the_middle(reply(one[1:]), 2)  # not started
+    done = [task(f"n{i}", slot=i, version=2) for i in (1, 2, 3, 4)]
+    assert not in_the_middle(reply(done), 2)
+    assert not in_the_middle(reply(one, state="paused"), 2)
+    assert not in_the_middle(None, 2)
+
+
 def _state(services, tasks, nodes=None):
     return {"services": services, "tasks": tasks, "nodes": nodes or [{"id": "n1", "role": "worker", "status": "ready"}]}
 
@@ -167,6 +278,13 @@ def test_not_converged_reasons():
     assert checker.convergence(down) == ["workers not ready: n1abcdef"]
     orphan = _state([], [task("t9", service="gone", desired="shutdown")])
     assert "removed service still runs" in checker.convergence(orphan)[0]
+
+
+def test_a_failed_task_kept_as_history_is_not_load():
+    """A task of a rolled-back update that failed stays listed, desired running, in its slot."""
+    tasks = [task("t1", slot=1, version=3), task("t2", slot=2, version=3), task("t0", slot=1, version=2)]
+    tasks[2]["state"] = "failed"
+    assert checker.convergence(_state([svc(replicas=2, version=3)], tasks)) == []
 
 
 def test_a_cut_off_worker_keeps_its_tasks():
@@ -204,6 +322,15 @@ def test_outcomes_are_unknown_unless_surely_not_applied():
     assert classify("UNAVAILABLE", "Socket closed") == ("unknown", "")
     assert classify("DEADLINE_EXCEEDED", "Deadline Exceeded") == ("unknown", "")
     assert classify("NOT_FOUND", "service 'x' not found") == ("failed", "")
+
+
+def test_a_leader_kill_mid_update_runs_only_when_asked_for():
+    assert "kill_leader_mid_update" not in eligible(3) and "kill_leader_mid_rollback" not in eligible(3)
+    assert {r.kind for r in plan_rounds(1, 200, 3)} <= set(eligible(3))
+    assert eligible(1, ["kill_leader", "kill_leader_mid_update"]) == ["kill_leader"]
+    rounds = plan_rounds(4, 6, 3, ["kill_leader_mid_update"])
+    assert {r.extra["order"] for r in rounds} == {"start-first", "stop-first"}
+    assert {r.extra["at"] for r in rounds} <= {1, 2, 3}
 
 
 def test_plans_reproduce_from_the_seed():
