@@ -139,8 +139,10 @@ def start() -> None:
     warren("node", "ls")
     if warren("service", "inspect", "web", "--format", "json", check=False).returncode != 0:
         warren(
-            "service", "create", "web", "--image", IMAGE, "--publish", f"{HTTP_PORT}:{HTTP_PORT}", "--", "sh", "-c", WEB
-        )
+            # The image was imported, not pushed: there is no registry to pin its digest from (ADR 34).
+            "service", "create", "web", "--image", IMAGE, "--no-resolve-image",
+            "--publish", f"{HTTP_PORT}:{HTTP_PORT}", "--", "sh", "-c", WEB,
+        )  # fmt: skip
     warren("service", "ls")
     warren("service", "ps", "web")
     print(f"\n+ curl http://127.0.0.1:{HTTP_PORT}/")
