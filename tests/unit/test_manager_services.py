@@ -188,6 +188,39 @@ def test_update_service_refuses_a_stale_version_a_rename_and_a_mode_change() -> 
     run(scenario())
 
 
+def test_a_rollback_that_cannot_be_is_refused_before_raft() -> None:
+    """No earlier version, a version not kept, a stale one: refused with the handler's own
+    message and no Raft entry (the fuzzer counted these committed refusals)."""
+
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        await manager.control.CreateService(cpb.CreateServiceRequest(spec=web(2)), None)
+        cases = [
+            (cpb.RollbackServiceRequest(service="web"), grpc.StatusCode.FAILED_PRECONDITION, "no earlier version"),
+            (cpb.RollbackServiceRequest(service="web", to_version=9), grpc.StatusCode.NOT_FOUND, "no version 9"),
+            (
+                cpb.RollbackServiceRequest(service="web", version=5),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "changed since",
+            ),
+        ]
+        for request, code, needle in cases:
+            before = manager.store.applied_index
+            with pytest.raises(ApiError) as err:
+                await manager.control.RollbackService(request, None)
+            assert err.value.code == code and needle in err.value.message
+            assert manager.store.applied_index == before
+        updated = await manager.control.UpdateService(
+            cpb.UpdateServiceRequest(service="web", spec=web(2, env={"A": "1"})), None
+        )
+        back = await manager.control.RollbackService(cpb.RollbackServiceRequest(service="web"), None)
+        assert back.version == updated.version + 1 and dict(back.spec.env) == {}
+        assert back.update_status.state == "rollback_started"
+
+    run(scenario())
+
+
 def test_the_orchestrator_schedules_only_while_this_manager_leads() -> None:
     async def scenario() -> None:
         other = "127.0.0.2:4243"

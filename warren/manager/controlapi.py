@@ -455,12 +455,15 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         return self._service_pb(service.id, image.warning)
 
     async def RollbackService(self, request: cpb.RollbackServiceRequest, context: object) -> pb.Service:
-        """Return to an earlier spec as a new version (ADR 33); the command checks the history."""
+        """Return to an earlier spec as a new version (ADR 33). The pure handler judges it on the
+        state as read first, so that a refusal (no such version, a stale one) costs no Raft
+        entry; the committed command judges it again, against whatever landed meanwhile."""
         with self._store.read() as state:
             service = resolve_service(state, request.service)
-        rollback = commands.RollbackService(
-            service.id, time.time(), request.to_version, request.restore_replicas, request.version
-        )
+            rollback = commands.RollbackService(
+                service.id, time.time(), request.to_version, request.restore_replicas, request.version
+            )
+            check_result(commands.apply(state, rollback)[0])
         await self._propose(rollback)
         return self._service_pb(service.id)
 
