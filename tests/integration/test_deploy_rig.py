@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures import deploy_rig, load
+from tests.fixtures import load
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import WEB_HEALTH_CMD, web_page
 from tests.fixtures.load import HeyLoad
@@ -80,23 +78,6 @@ def test_hey_counts_what_the_server_answered_and_what_was_refused() -> None:
         result = refused.wait(timeout=30)
     assert result.statuses == {} and result.requests > 0
     assert result.errors == {"refused": result.requests} and result.failed == result.requests
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[DeployRig]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces and containerd need root")
-    unavailable(deploy_rig.missing_reason())
-    started = DeployRig(tmp_path)
-    try:
-        started.start()
-        yield started
-    except BaseException:
-        print(started.logs())
-        raise
-    finally:
-        started.close()
-        assert not started.leftovers(), started.leftovers()
 
 
 def test_a_rolling_update_under_load_ends_with_v2_served_everywhere(rig: DeployRig) -> None:

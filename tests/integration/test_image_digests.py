@@ -23,11 +23,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.fixtures import deploy_rig
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import WebImage, build_web_images, web_page
-from tests.fixtures.plugin import unavailable
 from tests.fixtures.ports import free_port
 from tests.fixtures.registry import LocalRegistry
 from tests.integration.harness import Manager
@@ -103,23 +101,6 @@ def test_a_node_with_the_tag_pulls_the_pinned_digest_and_an_import_needs_no_regi
 
 
 # -- the deployment rig ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[DeployRig]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces and containerd need root")
-    unavailable(deploy_rig.missing_reason())
-    started = DeployRig(tmp_path)
-    try:
-        started.start()
-        yield started
-    except BaseException:
-        print(started.logs())
-        raise
-    finally:
-        started.close()
-        assert not started.leftovers(), started.leftovers()
 
 
 def _registry_digest(rig: DeployRig, reference: str) -> str:

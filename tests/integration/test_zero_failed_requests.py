@@ -13,39 +13,16 @@ Everything the rig starts is stopped by PID, by containerd's API or by the names
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.fixtures import deploy_rig
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import web_page
 from tests.fixtures.load import HeyLoad, LoadResult
-from tests.fixtures.plugin import unavailable
 
 pytestmark = pytest.mark.integration
 
 RATE = 25.0  # requests/s per hey worker: the machine is shared
 TIMEOUT = 5.0
-
-
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[DeployRig]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces and containerd need root")
-    unavailable(deploy_rig.missing_reason())
-    started = DeployRig(tmp_path)
-    try:
-        started.start()
-        yield started
-    except BaseException:
-        print(started.logs())
-        raise
-    finally:
-        started.close()
-        assert not started.leftovers(), started.leftovers()
 
 
 def _loads(rig: DeployRig) -> tuple[HeyLoad, HeyLoad]:
