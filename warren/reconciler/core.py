@@ -1,0 +1,322 @@
+"""The working set of one reconciliation pass (`Pass`): an overlay of changed and created tasks
+over the state, the primitives every part of the pass uses (create, shutdown, place), and the
+ApplyPlan it adds up to. Pure: no clock, no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping
+
+import msgspec
+
+from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
+from warren.constraints import Constraint, ConstraintError, parse_constraints
+from warren.model import (
+    Availability,
+    ClusterInfo,
+    Node,
+    NodeStatus,
+    Resources,
+    Service,
+    Task,
+    TaskState,
+    can_transition,
+    is_routed,
+    is_stopping,
+)
+from warren.restart import next_attempt
+from warren.scheduler import address_capacity, live_by_node, reserved_by_node, schedule
+from warren.state import ClusterState
+
+RUNNING = TaskState.RUNNING
+SHUTDOWN = TaskState.SHUTDOWN
+ASSIGNED = TaskState.ASSIGNED
+
+_PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since")
+DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
+
+
+class ReconcileConfig(msgspec.Struct, frozen=True):
+    """Knobs of one pass. A node is DOWN after 3 missed heartbeat periods; the caps bound how
+    many tasks one pass may start or stop, so a huge change is spread over several passes."""
+
+    heartbeat_period: float = 5.0
+    task_history_limit: int = 5
+    max_starts_per_pass: int = 1000
+    max_stops_per_pass: int = 1000
+
+    @property
+    def node_timeout(self) -> float:
+        return 3 * self.heartbeat_period
+
+    @classmethod
+    def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
+        """The config implied by the replicated cluster settings, with optional overrides."""
+        base = cls() if cluster is None else cls(cluster.heartbeat_period, cluster.task_history_limit)
+        return msgspec.structs.replace(base, **overrides)
+
+
+def is_empty(plan: ApplyPlan) -> bool:
+    """True when committing the plan would change nothing (the caller can skip the Raft write)."""
+    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts)
+
+
+def is_live(task: Task) -> bool:
+    """Meant to run, not ended, not draining: such a task fills its slot (or its node, for global)."""
+    return task.state < TaskState.COMPLETE and not is_stopping(task)
+
+
+def died_on_its_own(task: Task, replicated: bool) -> bool:
+    """A dead task the restart policy applies to: it ended while meant to run, or its node was
+    lost. Losing the node is not a failure of a global task: the node gets a task when it is back."""
+    if task.state < TaskState.COMPLETE or task.draining_since:
+        return False
+    return task.desired_state <= RUNNING or (replicated and task.state == TaskState.ORPHANED)
+
+
+def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
+    """The attempt number of the task replacing `dead`, or None when it may not (yet) be replaced."""
+    if dead.spec_version != service.version:
+        return 0  # a new spec is a fresh start, even for slots the old policy gave up on
+    if dead.state == TaskState.ORPHANED:
+        # Its node was lost: not a failure of the task, so no backoff and no attempt used
+        # (as Nomad reschedules lost allocations at once, whatever the restart policy).
+        return dead.attempt
+    policy = dead.spec.restart
+    ran_for = dead.updated_at - dead.started_at if dead.started_at > 0 else 0.0
+    attempt = next_attempt(policy, dead.state, dead.attempt, ran_for)
+    if attempt is None or now < dead.updated_at + policy.delay:
+        return None
+    return attempt
+
+
+def newest_first(task: Task) -> tuple[float, int, str]:
+    """Sort key for "newer": creation time, then slot (tasks created in one pass share a time)."""
+    return (task.created_at, task.slot, task.id)
+
+
+class Pass:
+    """The working set of one pass: an overlay of changed and created tasks over the state."""
+
+    def __init__(
+        self,
+        state: ClusterState,
+        now: float,
+        config: ReconcileConfig,
+        new_id: Callable[[], str],
+        routes: Mapping[str, Collection[str]],
+    ) -> None:
+        self.state = state
+        self.routes = routes
+        self.draining: list[Task] = []  # tasks out of the load balancing, waiting for their stop
+        self.now = now
+        self.config = config
+        self.new_id = new_id
+        self.nodes: dict[str, Node] = {}
+        # One overlay for changed and created tasks (a single lookup on the hot path).
+        self.overlay: dict[str, Task] = {}
+        self.created: list[str] = []
+        self.to_place: list[str] = []
+        self.deleted: set[str] = set()
+        self.node_status: list[SetNodeStatus] = []
+        self.rollouts: list[RolloutChange] = []
+        self.standby_for: dict[str, Task] = {}  # a start-first task's id -> the task it replaces
+        self.reserved: dict[str, Resources] = {}
+        self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
+        self.starts = 0
+        self.stops = 0
+        self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
+        self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
+
+    def start_accounting(self, tasks: Iterable[Task]) -> None:
+        """What each node holds before this pass creates anything (resources, overlay addresses)."""
+        current = list(tasks)
+        self.reserved = reserved_by_node(current)
+        self.live = live_by_node(current)
+
+    # -- overlay -------------------------------------------------------------------------------
+    def task(self, task_id: str) -> Task:
+        found = self.overlay.get(task_id)
+        return found if found is not None else self.state.tasks[task_id]
+
+    def update(self, task: Task, **fields: object) -> Task:
+        """Record a change; fields equal to the current value are dropped, and so are moves the
+        FSM would reject (state backwards, desired state lowered)."""
+        changes = {k: v for k, v in fields.items() if getattr(task, k) != v}
+        new_state = changes.get("state")
+        if isinstance(new_state, TaskState) and not can_transition(task.state, new_state):
+            del changes["state"]
+        desired = changes.get("desired_state")
+        if isinstance(desired, TaskState) and desired < task.desired_state:
+            del changes["desired_state"]
+        if not changes:
+            return task
+        new = msgspec.structs.replace(task, updated_at=self.now, **changes)
+        self.overlay[task.id] = new
+        return new
+
+    def can_start(self) -> bool:
+        return self.starts < self.config.max_starts_per_pass
+
+    def _disruptive(self, task: Task) -> bool:
+        return task.state >= ASSIGNED
+
+    def can_stop(self, task: Task) -> bool:
+        return not self._disruptive(task) or self.stops < self.config.max_stops_per_pass
+
+    def shutdown(self, task: Task, why: str) -> bool:
+        """Ask a task to stop; one no node holds yet is stopped right away, one the load
+        balancers route to first drains (ADR 33, `_stop_drained`). False when capped."""
+        if not self.can_stop(task):
+            return False
+        if self._disruptive(task):
+            self.stops += 1
+        if is_routed(task):
+            self.update(task, draining_since=self.now, message=f"{DRAINING}{why}")
+            return True
+        fields: dict[str, object] = {"desired_state": SHUTDOWN, "message": f"shutdown: {why}"}
+        if task.state < ASSIGNED:
+            fields["state"] = SHUTDOWN
+        self.update(task, **fields)
+        return True
+
+    def create(self, service: Service, slot: int, attempt: int, node_id: str = "") -> Task:
+        """A new task of the current spec; PENDING for the scheduler unless its node is given."""
+        task = Task(
+            id=self.new_id(),
+            service_id=service.id,
+            service_name=service.spec.name,
+            slot=slot,
+            spec=service.spec,
+            spec_version=service.version,
+            desired_state=RUNNING,
+            state=ASSIGNED if node_id else TaskState.PENDING,
+            node_id=node_id,
+            attempt=attempt,
+            created_at=self.now,
+            updated_at=self.now,
+        )
+        self.starts += 1
+        self.overlay[task.id] = task
+        self.created.append(task.id)
+        if node_id:
+            self.reserved[node_id] = self.reserved.get(node_id, Resources()) + service.spec.reservations
+            self.live[node_id] = self.live.get(node_id, 0) + 1
+        else:
+            self.to_place.append(task.id)
+        return task
+
+    def address_left(self, node: Node) -> bool:
+        """Room for one more task in the node's overlay subnet (always, off the overlay)."""
+        capacity = address_capacity(node)
+        return capacity is None or self.live.get(node.id, 0) < capacity
+
+    def constraints(self, texts: tuple[str, ...]) -> tuple[Constraint, ...] | None:
+        """Parsed constraints, or None if invalid (the API rejects those; never evict on them)."""
+        if texts not in self._parsed:
+            try:
+                self._parsed[texts] = parse_constraints(texts)
+            except ConstraintError:
+                self._parsed[texts] = None
+        return self._parsed[texts]
+
+    def settle(self, task: Task) -> Task:
+        """A task told to stop before any node got it has nothing to wait for: it is shut down."""
+        if task.state < ASSIGNED and task.desired_state > RUNNING:
+            return self.update(task, state=SHUTDOWN)
+        return task
+
+    # -- nodes ---------------------------------------------------------------------------------
+    def check_nodes(self, heartbeats: Mapping[str, float]) -> None:
+        timeout = self.config.node_timeout
+        for node in sorted(self.state.nodes.values(), key=lambda n: n.id):
+            if node.status == NodeStatus.READY:
+                age = self.now - heartbeats.get(node.id, self.now)
+                if age > timeout:
+                    message = f"heartbeat missed for {int(age)}s"
+                    self.node_status.append(SetNodeStatus(node.id, NodeStatus.DOWN, message, self.now))
+                    node = msgspec.structs.replace(node, status=NodeStatus.DOWN, status_message=message)
+            self.nodes[node.id] = node
+
+    def orphan_tasks(self) -> None:
+        """Tasks on a lost node will never report again: mark them ORPHANED so they get replaced."""
+        for node_id in sorted(self.state.tasks_by_node):
+            node = self.nodes.get(node_id)
+            if node is not None and node.status != NodeStatus.DOWN:
+                continue
+            message = "node removed" if node is None else "node down"
+            for task_id in sorted(self.state.tasks_by_node[node_id]):
+                task = self.task(task_id)
+                if task.state < TaskState.COMPLETE:
+                    desired = max(task.desired_state, SHUTDOWN)
+                    self.update(task, state=TaskState.ORPHANED, desired_state=desired, message=message)
+
+    def displaced_by(self, task: Task, constraint_texts: tuple[str, ...]) -> str:
+        """Why a live task may no longer stay on its node ('' when it may); memoised per pass."""
+        key = (task.node_id, constraint_texts)
+        why = self._displaced.get(key)
+        if why is None:
+            why = self._displaced[key] = self._check_placement(task.node_id, constraint_texts)
+        return why
+
+    def _check_placement(self, node_id: str, constraint_texts: tuple[str, ...]) -> str:
+        node = self.nodes.get(node_id) if node_id else None
+        if node is None:
+            return ""
+        if node.availability == Availability.DRAIN:
+            return "node drained"
+        for c in self.constraints(constraint_texts) or ():
+            if not c.matches(node):
+                return f"node no longer satisfies {c}"
+        return ""
+
+    # -- placement, history, the plan ---------------------------------------------------------
+    def place(self) -> None:
+        if not self.to_place:
+            return
+        current = [self.task(t) for t in self.state.tasks]
+        current += [t for t in map(self.task, self.created) if t.node_id]
+        pending = [self.task(t) for t in self.to_place]
+        result = schedule(self.nodes.values(), current, pending)
+        for task_id, node_id in result.assignments.items():
+            self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
+        for task_id, reason in result.unplaced.items():
+            self.update(self.task(task_id), message=reason)
+            standby = self.standby_for.get(task_id)
+            if standby is not None:  # no room beside it: stop-first for this one (ADR 33)
+                self.shutdown(
+                    standby, "replaced by service update (stopped first: no room to start the new task beside it)"
+                )
+
+    def trim_history(self, groups: Iterable[list[Task]]) -> None:
+        """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
+        newest task of a slot is always kept: it carries the restart policy's attempt count."""
+        limit = max(self.config.task_history_limit, 0)
+        for group in groups:
+            if len(group) <= 1:
+                continue
+            group = sorted((self.task(t.id) for t in group), key=newest_first, reverse=True)
+            kept = 1 if group[0].state >= TaskState.COMPLETE else 0
+            for t in group[1:]:
+                if t.state >= TaskState.COMPLETE:
+                    if kept < limit:
+                        kept += 1
+                    else:
+                        self.deleted.add(t.id)
+
+    def plan(self) -> ApplyPlan:
+        updates = []
+        for task_id in sorted(self.overlay):
+            old = self.state.tasks.get(task_id)
+            if old is None or task_id in self.deleted:
+                continue
+            new = self.overlay[task_id]
+            fields = {f: getattr(new, f) for f in _PLAN_FIELDS if getattr(new, f) != getattr(old, f)}
+            if fields:
+                updates.append(TaskUpdate(id=task_id, at=self.now, **fields))
+        return ApplyPlan(
+            created=tuple(self.overlay[t] for t in self.created),
+            updated=tuple(updates),
+            deleted=tuple(sorted(self.deleted)),
+            node_status=tuple(self.node_status),
+            rollouts=tuple(self.rollouts),
+        )

@@ -1,0 +1,150 @@
+"""Replicated services: keep `replicas` filled slots, and roll a new version through them (ADR 33).
+
+The budget of slots is spent in this order: slots with a live task, then slots whose newest task
+died on its own (they are restarted according to the dead task's restart policy, or stay dead
+and keep their slot when the policy says no), then brand-new slots. Tasks that the reconciler
+stopped on purpose (scale down, drain, update) never hold a slot: their replacement, if any, is
+created in the same pass.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from warren import rollout
+from warren.commands import RolloutChange
+from warren.model import Service, Task, TaskState, UpdateOrder, is_ready, is_stopping
+from warren.reconciler.core import (
+    ASSIGNED,
+    RUNNING,
+    Pass,
+    died_on_its_own,
+    is_live,
+    newest_first,
+    restart_attempt,
+)
+
+
+def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
+    first_created = len(p.created)
+    version = service.version
+    replicas = max(service.spec.replicas, 0)
+    by_slot: defaultdict[int, list[Task]] = defaultdict(list)
+    for t in tasks:
+        by_slot[t.slot].append(t)
+
+    live: dict[int, Task] = {}
+    # Start-first (ADR 33): a slot's older task keeps serving while its new one gets ready.
+    standby: dict[int, Task] = {}
+    for slot in sorted(by_slot):
+        slot_live = [t for t in by_slot[slot] if is_live(t)]
+        if not slot_live:
+            continue
+        if slot < 1:
+            for t in slot_live:
+                p.shutdown(t, "not a replicated slot")
+            continue
+        slot_live.sort(key=lambda t: (t.spec_version == version, t.state, t.created_at, t.id), reverse=True)
+        keeper, rest = slot_live[0], slot_live[1:]
+        older = [t for t in rest if t.spec_version != keeper.spec_version]
+        if keeper.spec_version == version and not is_ready(keeper) and older:
+            standby[slot] = older[0]
+            rest.remove(older[0])
+        for extra in rest:
+            p.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
+        live[slot] = keeper
+
+    if len(live) > replicas:
+        # Not yet running first, then outdated, then newest (see newest_first).
+        victims = sorted(live.values(), key=newest_first, reverse=True)
+        victims.sort(key=lambda t: (t.state >= RUNNING, t.spec_version == version))
+        for t in victims[: len(live) - replicas]:
+            if p.shutdown(t, "scaled down"):
+                del live[t.slot]
+                if t.slot in standby and p.shutdown(standby[t.slot], "scaled down"):
+                    del standby[t.slot]
+
+    for slot, t in sorted(standby.items()):
+        why = p.displaced_by(t, t.spec.constraints)
+        if why and p.shutdown(t, why):
+            del standby[slot]
+    for slot, t in sorted(live.items()):
+        why = p.displaced_by(t, t.spec.constraints)
+        if why and p.can_start() and p.can_stop(t):
+            p.shutdown(t, why)
+            live[slot] = p.create(service, slot, t.attempt)
+
+    _rolling_update(p, service, live, standby, tasks)
+    _fill_slots(p, service, live, by_slot, replicas)
+    for slot, serving in standby.items():  # the new task may have been replaced in this pass
+        if slot in live:
+            p.standby_for[live[slot].id] = serving
+    for kept in live.values():
+        t = p.task(kept.id)
+        if t.state < ASSIGNED and not t.node_id and t.id in p.state.tasks:
+            p.to_place.append(t.id)
+    for task_id in p.created[first_created:]:
+        by_slot[p.overlay[task_id].slot].append(p.overlay[task_id])
+    p.trim_history(by_slot.values())
+
+
+def _rolling_update(
+    p: Pass, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]
+) -> None:
+    """Replace outdated tasks (ADR 33): unplaced ones at once, placed ones as the rollout's
+    lanes free up, stop-first or start-first; and move the rollout's status on."""
+    version = service.version
+    outdated = sorted((t for t in live.values() if t.spec_version != version), key=lambda t: t.slot)
+    for t in outdated:
+        if t.state < ASSIGNED and p.can_start():
+            p.shutdown(t, "replaced by service update")
+            live[t.slot] = p.create(service, t.slot, 0)
+    placed = [t for t in outdated if not is_stopping(p.task(t.id))]
+    new_tasks = [p.task(t.id) for t in tasks if t.spec_version == version]
+    new_tasks += [t for t in live.values() if t.spec_version == version and t.id not in p.state.tasks]
+    step = rollout.step(service, new_tasks, len(placed), max(service.spec.replicas, 0), p.now)
+    if step.status is not None:
+        p.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
+    if step.revert:
+        return
+    stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
+    placed.sort(key=lambda t: (t.state >= RUNNING, t.slot))  # what serves nothing yet first
+    for t in placed[: step.start]:
+        if not p.can_start() or (stop_first and not p.can_stop(t)):
+            return
+        if stop_first:
+            p.shutdown(t, "replaced by service update")
+        live[t.slot] = p.create(service, t.slot, 0)
+        if not stop_first:
+            standby[t.slot] = t
+
+
+def _fill_slots(
+    p: Pass, service: Service, live: dict[int, Task], by_slot: Mapping[int, list[Task]], replicas: int
+) -> None:
+    budget = replicas - len(live)
+    if budget <= 0:
+        return
+    held = set(live)
+    for slot in sorted(by_slot):
+        if budget <= 0:
+            break
+        if slot < 1 or slot in held:
+            continue
+        newest = max((p.task(t.id) for t in by_slot[slot]), key=newest_first)
+        if not died_on_its_own(newest, replicated=True):
+            continue  # stopped on purpose: the slot number is free
+        budget -= 1
+        held.add(slot)
+        attempt = restart_attempt(newest, service, p.now)
+        if attempt is not None and p.can_start():
+            live[slot] = p.create(service, slot, attempt)
+    busy = held | {s for s, ts in by_slot.items() if any(p.task(t.id).state < TaskState.COMPLETE for t in ts)}
+    slot = 1
+    while budget > 0 and p.can_start():
+        while slot in busy:
+            slot += 1
+        live[slot] = p.create(service, slot, 0)
+        busy.add(slot)
+        budget -= 1
