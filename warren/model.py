@@ -80,10 +80,20 @@ class FailureAction(enum.Enum):
     ROLLBACK = "rollback"  # an update's only: a rollback that fails pauses or continues
 
 
+class DeployStrategy(enum.Enum):
+    """How a new version reaches the traffic (ADR 35)."""
+
+    ROLLING = "rolling"  # task by task, under the update settings (ADR 33)
+    CANARY = "canary"  # a few new tasks beside the old, a weighted share of traffic, then promote
+    BLUE_GREEN = "blue-green"  # a full new set beside the old, then one switch of every endpoint
+
+
 class RolloutState(enum.Enum):
-    """Where a service's rollout stands (ADR 33); Swarm's UpdateStatus states."""
+    """Where a service's rollout stands (ADR 33); Swarm's UpdateStatus states, and the canary's
+    wait for promotion (ADR 35)."""
 
     UPDATING = "updating"
+    CANARY = "canary"  # the canaries are healthy and take their share: awaiting `service promote`
     PAUSED = "paused"
     COMPLETED = "completed"
     ROLLBACK_STARTED = "rollback_started"
@@ -96,8 +106,8 @@ class RolloutState(enum.Enum):
 
     @property
     def active(self) -> bool:
-        """Replacing tasks now (not paused, not done)."""
-        return self in (RolloutState.UPDATING, RolloutState.ROLLBACK_STARTED)
+        """Replacing tasks now, or holding canaries (not paused, not done)."""
+        return self in (RolloutState.UPDATING, RolloutState.CANARY, RolloutState.ROLLBACK_STARTED)
 
 
 class Resources(msgspec.Struct, frozen=True):
@@ -164,6 +174,23 @@ class UpdateStatus(msgspec.Struct, frozen=True):
     to_version: int
     completed_at: float = 0.0
     message: str = ""
+    promoted_at: float = 0.0  # a canary rollout (ADR 35): when it was promoted; 0 while its canaries wait
+
+
+class DeployConfig(msgspec.Struct, frozen=True):
+    """The deployment strategy (ADR 35). Canary: `canary_replicas` new tasks beside the old ones
+    take `canary_weight` percent of new connections (None: their share of the tasks), promoted
+    by `service promote` or once healthy for `canary_auto_promote` seconds (0: never).
+    Blue/green: the old set is kept, out of routing, `blue_green_keep` seconds after the switch."""
+
+    strategy: DeployStrategy = DeployStrategy.ROLLING
+    canary_replicas: int = 0
+    canary_weight: int | None = None
+    canary_auto_promote: float = 0.0
+    blue_green_keep: float = 0.0
+
+
+BLUE_GREEN_KEEP = 300.0  # the default --blue-green-keep (ADR 35)
 
 
 class PortConfig(msgspec.Struct, frozen=True):
@@ -200,6 +227,7 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     # Bumped by `service update --force`: a new version that changes nothing a task runs, so
     # every task is replaced under the update settings (a rolling restart). Swarm's ForceUpdate.
     force_update: int = 0
+    deploy: DeployConfig = DeployConfig()  # the strategy of the rollout *to* this spec (ADR 35)
 
 
 class SpecRevision(msgspec.Struct, frozen=True):

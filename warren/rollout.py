@@ -132,7 +132,7 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
             cause = failure(done.failed[0])
             if len(done.failed) > 1:
                 cause = f"{len(done.failed)} new tasks failed, the first: {cause}"
-            if status.state == RolloutState.UPDATING and action == FailureAction.ROLLBACK:
+            if not status.state.rolling_back and action == FailureAction.ROLLBACK:
                 back = UpdateStatus(
                     RolloutState.ROLLBACK_STARTED,
                     now,
@@ -141,10 +141,10 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
                     message=f"rolled back: {cause}",
                 )
                 return Step(0, back, revert=True)
-            paused = RolloutState.PAUSED if status.state == RolloutState.UPDATING else RolloutState.ROLLBACK_PAUSED
+            paused = RolloutState.ROLLBACK_PAUSED if status.state.rolling_back else RolloutState.PAUSED
             return Step(0, _moved(status, paused, now, f"paused: {cause}"))
     if outdated == 0 and done.pending == 0:
-        completed = RolloutState.COMPLETED if status.state == RolloutState.UPDATING else RolloutState.ROLLBACK_COMPLETED
+        completed = RolloutState.ROLLBACK_COMPLETED if status.state.rolling_back else RolloutState.COMPLETED
         message = status.message if completed == RolloutState.ROLLBACK_COMPLETED else ""
         return Step(0, msgspec.structs.replace(status, state=completed, completed_at=now, message=message))
     lanes = config.parallelism or outdated + done.pending

@@ -7,7 +7,15 @@ import re
 import signal
 
 from warren.constraints import ConstraintError, parse_constraint
-from warren.model import FailureAction, ServiceMode, ServiceSpec, UpdateConfig
+from warren.model import (
+    DeployConfig,
+    DeployStrategy,
+    FailureAction,
+    ServiceMode,
+    ServiceSpec,
+    UpdateConfig,
+    UpdateOrder,
+)
 from warren.state import ClusterState
 from warren.text import ascii_int, has_control, shown
 
@@ -222,6 +230,7 @@ def check_spec(spec: ServiceSpec) -> None:
     _check_health(spec)
     _check_rollout("update", spec.update)
     _check_rollout("rollback", spec.rollback)
+    _check_deploy(spec, spec.deploy)
     seen: set[tuple[int, str]] = set()
     for port in spec.ports:
         if not 1 <= port.target <= 65535 or not 0 <= port.published <= 65535:
@@ -261,6 +270,39 @@ def _check_rollout(kind: str, config: UpdateConfig) -> None:
         raise ValidationError(f"--{kind}-max-failure-ratio must be between 0 and 1 (got {ratio})")
     if kind == "rollback" and config.failure_action == FailureAction.ROLLBACK:
         raise ValidationError("--rollback-failure-action must be pause or continue: a rollback cannot roll back")
+
+
+def _check_deploy(spec: ServiceSpec, deploy: DeployConfig) -> None:
+    """The strategy and its flags (ADR 35): contradictions are refused, named by their flags."""
+    strategy = deploy.strategy
+    canary_flags = deploy.canary_replicas or deploy.canary_weight is not None or deploy.canary_auto_promote
+    if strategy != DeployStrategy.CANARY and canary_flags:
+        raise ValidationError(
+            "--canary-replicas, --canary-weight and --canary-auto-promote need --deploy-strategy canary"
+        )
+    if strategy != DeployStrategy.BLUE_GREEN and deploy.blue_green_keep:
+        raise ValidationError("--blue-green-keep needs --deploy-strategy blue-green")
+    if strategy == DeployStrategy.ROLLING:
+        return
+    if spec.mode == ServiceMode.GLOBAL:
+        raise ValidationError(
+            f"--deploy-strategy {strategy.value} is for replicated services: a global service rolls node by node"
+        )
+    if strategy == DeployStrategy.CANARY:
+        if not 1 <= deploy.canary_replicas < max(spec.replicas, 1):
+            raise ValidationError(
+                f"--canary-replicas must be at least 1 and fewer than the replicas ({spec.replicas})"
+                f" (got {deploy.canary_replicas})"
+            )
+        if deploy.canary_weight is not None and not 0 <= deploy.canary_weight <= 100:
+            raise ValidationError(f"--canary-weight must be a percentage, 0 to 100 (got {deploy.canary_weight})")
+        check_seconds("--canary-auto-promote", deploy.canary_auto_promote)
+    else:
+        check_seconds("--blue-green-keep", deploy.blue_green_keep)
+        if spec.update.order == UpdateOrder.STOP_FIRST:
+            raise ValidationError(
+                "--update-order stop-first contradicts --deploy-strategy blue-green (the new set starts beside the old)"
+            )
 
 
 def check_spec_size(spec: ServiceSpec) -> None:

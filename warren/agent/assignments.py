@@ -87,7 +87,14 @@ class AssignmentSet:
         )
         services = (
             tuple(
-                Endpoint(e.name, e.vip, tuple(e.backends), tuple((p.protocol, p.published, p.target) for p in e.ports))
+                Endpoint(
+                    e.name,
+                    e.vip,
+                    tuple(e.backends),
+                    tuple((p.protocol, p.published, p.target) for p in e.ports),
+                    canary=tuple(e.canary),
+                    canary_weight=e.canary_weight,
+                )
                 for e in msg.services
             )
             if msg.services_changed

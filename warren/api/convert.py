@@ -63,6 +63,21 @@ def update_config_from_pb(msg: pb.UpdateConfig, flag: str) -> model.UpdateConfig
     )
 
 
+def deploy_config_from_pb(msg: pb.DeployConfig) -> model.DeployConfig:
+    """Unset fields are rolling's (ADR 35); a blue/green keep left unset is the default keep."""
+    strategy = _enum(model.DeployStrategy, msg.strategy, "--deploy-strategy", model.DeployStrategy.ROLLING)
+    keep = msg.blue_green_keep
+    if strategy == model.DeployStrategy.BLUE_GREEN and not keep:
+        keep = model.BLUE_GREEN_KEEP
+    return model.DeployConfig(
+        strategy=strategy,
+        canary_replicas=msg.canary_replicas,
+        canary_weight=msg.canary_weight if msg.HasField("canary_weight") else None,
+        canary_auto_promote=msg.canary_auto_promote,
+        blue_green_keep=keep,
+    )
+
+
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
@@ -110,6 +125,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         update=update_config_from_pb(msg.update, "update"),
         rollback=update_config_from_pb(msg.rollback, "rollback"),
         force_update=msg.force_update,
+        deploy=deploy_config_from_pb(msg.deploy),
     )
 
 
@@ -229,6 +245,7 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         update=update_config_to_pb(spec.update),
         rollback=update_config_to_pb(spec.rollback),
         force_update=spec.force_update,
+        deploy=deploy_config_to_pb(spec.deploy),
     )
     if spec.health is not None:
         h = spec.health
@@ -257,6 +274,18 @@ def update_config_to_pb(config: model.UpdateConfig) -> pb.UpdateConfig:
     )
 
 
+def deploy_config_to_pb(config: model.DeployConfig) -> pb.DeployConfig:
+    msg = pb.DeployConfig(
+        strategy=config.strategy.value,
+        canary_replicas=config.canary_replicas,
+        canary_auto_promote=config.canary_auto_promote,
+        blue_green_keep=config.blue_green_keep,
+    )
+    if config.canary_weight is not None:
+        msg.canary_weight = config.canary_weight
+    return msg
+
+
 def update_status_to_pb(status: model.UpdateStatus) -> pb.UpdateStatus:
     return pb.UpdateStatus(
         state=status.state.value,
@@ -265,6 +294,7 @@ def update_status_to_pb(status: model.UpdateStatus) -> pb.UpdateStatus:
         from_version=status.from_version,
         to_version=status.to_version,
         message=status.message,
+        promoted_at=status.promoted_at,
     )
 
 
@@ -403,9 +433,14 @@ def mesh_node_to_pb(node: model.Node) -> dpb.MeshNode:
     )
 
 
-def endpoint_to_pb(service: model.Service, backends: Iterable[str]) -> dpb.ServiceEndpoint:
-    """A service's VIP, the addresses of its tasks that take connections, and its ingress ports."""
+def endpoint_to_pb(
+    service: model.Service, backends: Iterable[str], canary: Iterable[str] = (), canary_weight: int = 0
+) -> dpb.ServiceEndpoint:
+    """A service's VIP, the addresses of its tasks that take connections, and its ingress ports;
+    with a canary, which of them take `canary_weight` percent (ADR 35)."""
     return dpb.ServiceEndpoint(
+        canary=sorted(canary),
+        canary_weight=canary_weight,
         name=service.spec.name,
         vip=service.vip,
         backends=sorted(backends),

@@ -164,6 +164,19 @@ def _rollout_ended(service: Any, since_version: int, rolling_back: bool) -> None
         )
 
 
+def _strategy_waits(service: Any) -> bool:
+    """The rollout reached a strategy's resting point, where the wait ends (exit 0, ADR 35): its
+    canaries await promotion (unless they promote themselves), or a blue/green switch happened
+    (the old set is kept for a rollback, not waited for)."""
+    if not service.HasField("update_status") or service.update_status.to_version != service.version:
+        return False
+    state = service.update_status.state
+    deploy = service.spec.deploy
+    if state == "canary":
+        return not deploy.canary_auto_promote
+    return state == "completed" and deploy.strategy == "blue-green"
+
+
 def _rollout_done(service: Any) -> bool:
     """No rollout of the current version is under way (its monitor periods have passed)."""
     if not service.HasField("update_status") or service.update_status.to_version != service.version:
@@ -191,7 +204,12 @@ def wait_converged(client: Any, service: Any, timeout: float, check_version: boo
                 service = client.call("GetService", pb.GetServiceRequest(service=service.id))
                 _rollout_ended(service, since_version, rolling_back)
             tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id)).tasks
-            state = Convergence(service, tasks, check_version)
+            if check_version and _strategy_waits(service):
+                sys.stderr.write(rollout_line(service, tasks) + "\n")
+                return 0  # a canary awaiting promotion, a switched blue/green set (ADR 35)
+            # Once the manager says the rollout of this version completed, the tasks it kept are
+            # current even when their version is older (a rollback that found them running).
+            state = Convergence(service, tasks, check_version and not _rollout_done(service))
             lines = state.lines()
             if check_version and service.HasField("update_status"):
                 lines[0] = rollout_line(service, tasks)

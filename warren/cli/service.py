@@ -86,6 +86,17 @@ def register(groups: Any) -> None:
     add_wait_flags(p)
     p.set_defaults(func=cmd_rollback)
 
+    p = cmds.add_parser(
+        "promote",
+        help="end a canary's wait: roll the rest of the tasks to its version",
+        description="The canaries of a --deploy-strategy canary update wait, taking their share of "
+        "the traffic, until promoted; the rest of the tasks then roll under the --update-* settings. "
+        "`warren service rollback` removes the canaries instead.",
+    )
+    p.add_argument("name", help="name, ID or unique ID prefix")
+    add_wait_flags(p)
+    p.set_defaults(func=cmd_promote)
+
     p = cmds.add_parser("history", help="list the kept versions of a service's spec, with what changed")
     p.add_argument("name", help="name, ID or unique ID prefix")
     add_format_flag(p)
@@ -201,6 +212,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         if args.detach:
             return 0
         return wait_converged(client, service, args.wait_timeout, check_version=True, rolling_back=True)
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        current = client.call("GetService", pb.GetServiceRequest(service=args.name))
+        request = pb.PromoteServiceRequest(service=current.id, version=current.version)
+        service = client.call("PromoteService", request)
+        print(f"{service.spec.name}: promoted the canaries of version {service.version}", flush=True)
+        if args.detach:
+            return 0
+        return wait_converged(client, service, args.wait_timeout, check_version=True)
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -346,6 +371,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 + (f": {st.message}" if st.message else ""),
             )
         )
+    fields.append(("Deploy strategy", _deploy_settings(spec.deploy)))
     fields.append(("Update settings", _rollout_settings(spec.update)))
     fields.append(("Rollback settings", _rollout_settings(spec.rollback)))
     if spec.HasField("stop_grace_period"):
@@ -435,6 +461,22 @@ def _rollout_settings(c: Any) -> str:
         f"delay {units.format_duration(c.delay)}, on failure {c.failure_action or 'pause'} "
         f"(tolerating {c.max_failure_ratio:g} of the replicas)"
     )
+
+
+def _deploy_settings(d: Any) -> str:
+    """ "canary: 1 task(s), 20% of new connections, auto-promote after 30s" (ADR 35)."""
+    strategy = d.strategy or "rolling"
+    if strategy == "canary":
+        share = f"{d.canary_weight}% of new connections" if d.HasField("canary_weight") else "their share of traffic"
+        promote = (
+            f"auto-promote after {units.format_duration(d.canary_auto_promote)}"
+            if d.canary_auto_promote
+            else ("promoted by `warren service promote`")
+        )
+        return f"canary: {d.canary_replicas} task(s), {share}, {promote}"
+    if strategy == "blue-green":
+        return f"blue-green: the old set kept {units.format_duration(d.blue_green_keep)} after the switch"
+    return strategy
 
 
 def _port(p: Any) -> str:

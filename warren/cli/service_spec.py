@@ -141,6 +141,7 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
 
     for rollout in ("update", "rollback"):
         _add_rollout_flags(p, rollout)
+    _add_deploy_flags(p)
 
     p.add_argument(
         "--stop-grace-period",
@@ -191,6 +192,45 @@ def _add_rollout_flags(p: argparse.ArgumentParser, kind: str) -> None:
         type=value_type(units.parse_ratio),
         metavar="RATIO",
         help="failed tasks tolerated, as a fraction of the replicas (0)",
+    )
+
+
+def _percent(text: str) -> int:
+    value = units.parse_count(text)
+    if value > 100:
+        raise ValueError(f"must be a percentage, 0 to 100 (got {text})")
+    return value
+
+
+def _add_deploy_flags(p: argparse.ArgumentParser) -> None:
+    """The deployment strategy (ADR 35); the manager refuses contradictory combinations."""
+    group = p.add_argument_group("deployment strategy", "how the next version reaches the traffic")
+    group.add_argument(
+        "--deploy-strategy",
+        choices=("rolling", "canary", "blue-green"),
+        help="rolling (default); canary: a few new tasks first, then `service promote`; "
+        "blue-green: a full new set, then one switch",
+    )
+    group.add_argument(
+        "--canary-replicas", type=_COUNT, metavar="N", help="canary: new tasks started beside the old ones"
+    )
+    group.add_argument(
+        "--canary-weight",
+        type=value_type(_percent),
+        metavar="PERCENT",
+        help="canary: their share of new connections, whatever their number (default: their share of the tasks)",
+    )
+    group.add_argument(
+        "--canary-auto-promote",
+        type=_DURATION,
+        metavar="DURATION",
+        help="canary: promote once the canaries have been healthy this long (default: wait for `service promote`)",
+    )
+    group.add_argument(
+        "--blue-green-keep",
+        type=_DURATION,
+        metavar="DURATION",
+        help="blue-green: keep the old set this long after the switch, for an instant rollback (default: 5m)",
     )
 
 
@@ -319,6 +359,14 @@ def _apply_common(spec: Any, args: argparse.Namespace) -> None:
             value = getattr(args, f"{kind}_{field}")
             if value is not None:
                 setattr(config, field, value)
+
+    if args.deploy_strategy is not None:  # a new strategy starts from its own defaults
+        spec.ClearField("deploy")
+        spec.deploy.strategy = args.deploy_strategy
+    for field in ("canary_replicas", "canary_weight", "canary_auto_promote", "blue_green_keep"):
+        value = getattr(args, field)
+        if value is not None:
+            setattr(spec.deploy, field, value)
 
     if args.stop_grace_period is not None:
         spec.stop_grace_period = args.stop_grace_period

@@ -19,6 +19,7 @@ from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
 from warren.commands.services import (
     create_service,
+    promote_service,
     remove_service,
     rollback_service,
     scale_service,
@@ -36,6 +37,7 @@ from warren.commands.types import (
     IssueAdminCert,
     Noop,
     PromoteNode,
+    PromoteService,
     PublishNodeKey,
     RecordNodeCertificate,
     RegisterNode,
@@ -93,6 +95,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     CreateService: create_service,
     UpdateService: update_service,
     RollbackService: rollback_service,
+    PromoteService: promote_service,
     ScaleService: scale_service,
     RemoveService: remove_service,
     ApplyPlan: apply_plan,

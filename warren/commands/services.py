@@ -6,11 +6,12 @@ import ipaddress
 
 import msgspec
 
-from warren import revisions
+from warren import revisions, strategy
 from warren.commands.overlay import overlay_layout
 from warren.commands.types import (
     Changes,
     CreateService,
+    PromoteService,
     RemoveService,
     Result,
     RollbackService,
@@ -118,6 +119,19 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
     message = f"rollback to version {revision.version} requested"
     status = UpdateStatus(RolloutState.ROLLBACK_STARTED, cmd.at, service.version, version, message=message)
     return Result(id=service.id), [Put("service", _rolled_back(service, revision, target, status))]
+
+
+def promote_service(state: ClusterState, cmd: PromoteService) -> tuple[Result, Changes]:
+    """End the wait of a canary (ADR 35); with none waiting, a clear refusal (bad input: exit 2)."""
+    service = state.services.get(cmd.service_id)
+    if service is None:
+        return error("not_found", f"service {cmd.service_id} not found"), []
+    if cmd.expected_version and cmd.expected_version != service.version:
+        return _stale(service, cmd.expected_version), []
+    promoted = strategy.promote(service, cmd.at)
+    if isinstance(promoted, str):
+        return error("invalid_argument", promoted), []
+    return Result(id=service.id), [Put("service", msgspec.structs.replace(service, update_status=promoted))]
 
 
 def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> Changes:

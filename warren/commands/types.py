@@ -185,6 +185,15 @@ class RollbackService(msgspec.Struct, frozen=True, tag="service.rollback"):
     expected_version: int = 0
 
 
+class PromoteService(msgspec.Struct, frozen=True, tag="service.promote"):
+    """End a canary's wait (ADR 35): the rest of the tasks roll under the update settings.
+    expected_version: the version whose canaries are promoted (0 = don't check)."""
+
+    service_id: str
+    at: float
+    expected_version: int = 0
+
+
 class ScaleService(msgspec.Struct, frozen=True, tag="service.scale"):
     service_id: str
     replicas: int
@@ -266,6 +275,7 @@ Command = (
     | CreateService
     | UpdateService
     | RollbackService
+    | PromoteService
     | ScaleService
     | RemoveService
     | ApplyPlan

@@ -467,6 +467,15 @@ class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
         await self._propose(rollback)
         return self._service_pb(service.id)
 
+    async def PromoteService(self, request: cpb.PromoteServiceRequest, context: object) -> pb.Service:
+        """End a canary's wait (ADR 35); judged on the state as read first, as a rollback is."""
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+            promote = commands.PromoteService(service.id, time.time(), request.version)
+            check_result(commands.apply(state, promote)[0])
+        await self._propose(promote)
+        return self._service_pb(service.id)
+
     async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> pb.Service:
         if request.replicas > MAX_REPLICAS:
             raise _invalid(f"replicas must be between 0 and {MAX_REPLICAS}")

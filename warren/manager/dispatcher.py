@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import grpc
 
-from warren import commands, pki, tls, validate
+from warren import commands, pki, strategy, tls, validate
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -31,7 +31,7 @@ from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState, is_routed
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -143,16 +143,16 @@ def _failure_text(text: str) -> str:
 
 def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
     """Every service with a VIP, and the addresses of its tasks that may take connections: ready
-    (healthy, with a health check) and not draining before a stop (ADR 33)."""
-    backends: dict[str, list[str]] = {}
-    for task in state.tasks.values():
-        if is_routed(task):
-            backends.setdefault(task.service_id, []).append(task.overlay_address)
-    return [
-        convert.endpoint_to_pb(s, backends.get(s.id, []))
-        for s in sorted(state.services.values(), key=lambda s: s.spec.name)
-        if s.vip
-    ]
+    (healthy, with a health check) and not draining before a stop (ADR 33), chosen and weighted
+    by the service's deployment strategy (ADR 35)."""
+    endpoints = []
+    for service in sorted(state.services.values(), key=lambda s: s.spec.name):
+        if not service.vip:
+            continue
+        tasks = (state.tasks[t] for t in state.tasks_by_service.get(service.id, ()))
+        routing = strategy.routing(service, tasks)
+        endpoints.append(convert.endpoint_to_pb(service, routing.backends, routing.canary, routing.canary_weight))
+    return endpoints
 
 
 class _Endpoints(NamedTuple):

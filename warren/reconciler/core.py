@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
+from warren import strategy
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
@@ -126,6 +127,17 @@ class Pass:
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._current: dict[tuple[str, int], bool] = {}
+
+    def current(self, task: Task, service: Service) -> bool:
+        """The task runs the service's current spec (`strategy.current`), memoised per version."""
+        if task.spec_version == service.version:
+            return True
+        key = (service.id, task.spec_version)
+        found = self._current.get(key)
+        if found is None:
+            found = self._current[key] = strategy.current(task, service)
+        return found
 
     def start_accounting(self, tasks: Iterable[Task]) -> None:
         """What each node holds before this pass creates anything (resources, overlay addresses)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping
 
-from warren import rollout
+from warren import rollout, strategy
 from warren.commands import RolloutChange
 from warren.model import Service, Task, TaskState, UpdateOrder, is_ready, is_stopping
 from warren.reconciler.core import (
@@ -28,15 +28,16 @@ from warren.reconciler.core import (
 
 def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
     first_created = len(p.created)
-    version = service.version
     replicas = max(service.spec.replicas, 0)
     by_slot: defaultdict[int, list[Task]] = defaultdict(list)
     for t in tasks:
         by_slot[t.slot].append(t)
 
     live: dict[int, Task] = {}
-    # Start-first (ADR 33): a slot's older task keeps serving while its new one gets ready.
+    # Start-first (ADR 33): a slot's older task keeps serving while its new one gets ready; and
+    # after that beside a waiting canary or for a blue/green rollback (ADR 35).
     standby: dict[int, Task] = {}
+    hold = strategy.holds_old(service, p.now)
     for slot in sorted(by_slot):
         slot_live = [t for t in by_slot[slot] if is_live(t)]
         if not slot_live:
@@ -45,10 +46,10 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             for t in slot_live:
                 p.shutdown(t, "not a replicated slot")
             continue
-        slot_live.sort(key=lambda t: (t.spec_version == version, t.state, t.created_at, t.id), reverse=True)
+        slot_live.sort(key=lambda t: (p.current(t, service), t.state, t.created_at, t.id), reverse=True)
         keeper, rest = slot_live[0], slot_live[1:]
         older = [t for t in rest if t.spec_version != keeper.spec_version]
-        if keeper.spec_version == version and not is_ready(keeper) and older:
+        if p.current(keeper, service) and (hold or not is_ready(keeper)) and older:
             standby[slot] = older[0]
             rest.remove(older[0])
         for extra in rest:
@@ -58,7 +59,7 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
     if len(live) > replicas:
         # Not yet running first, then outdated, then newest (see newest_first).
         victims = sorted(live.values(), key=newest_first, reverse=True)
-        victims.sort(key=lambda t: (t.state >= RUNNING, t.spec_version == version))
+        victims.sort(key=lambda t: (t.state >= RUNNING, p.current(t, service)))
         for t in victims[: len(live) - replicas]:
             if p.shutdown(t, "scaled down"):
                 del live[t.slot]
@@ -78,7 +79,7 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
     _rolling_update(p, service, live, standby, tasks)
     _fill_slots(p, service, live, by_slot, replicas)
     for slot, serving in standby.items():  # the new task may have been replaced in this pass
-        if slot in live:
+        if slot in live and not hold:  # a strategy's new task waits for room rather than stop the old
             p.standby_for[live[slot].id] = serving
     for kept in live.values():
         t = p.task(kept.id)
@@ -94,21 +95,21 @@ def _rolling_update(
 ) -> None:
     """Replace outdated tasks (ADR 33): unplaced ones at once, placed ones as the rollout's
     lanes free up, stop-first or start-first; and move the rollout's status on."""
-    version = service.version
-    outdated = sorted((t for t in live.values() if t.spec_version != version), key=lambda t: t.slot)
+    outdated = sorted((t for t in live.values() if not p.current(t, service)), key=lambda t: t.slot)
     for t in outdated:
         if t.state < ASSIGNED and p.can_start():
             p.shutdown(t, "replaced by service update")
             live[t.slot] = p.create(service, t.slot, 0)
     placed = [t for t in outdated if not is_stopping(p.task(t.id))]
-    new_tasks = [p.task(t.id) for t in tasks if t.spec_version == version]
-    new_tasks += [t for t in live.values() if t.spec_version == version and t.id not in p.state.tasks]
-    step = rollout.step(service, new_tasks, len(placed), max(service.spec.replicas, 0), p.now)
+    new_tasks = [p.task(t.id) for t in tasks if p.current(t, service)]
+    new_tasks += [t for t in live.values() if p.current(t, service) and t.id not in p.state.tasks]
+    step = strategy.step(service, new_tasks, len(placed), max(service.spec.replicas, 0), p.now)
     if step.status is not None:
-        p.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
+        p.rollouts.append(RolloutChange(service.id, service.version, step.status, step.revert))
     if step.revert:
         return
-    stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
+    beside = strategy.holds_old(service, p.now)  # a canary or a new blue/green set starts beside the old
+    stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST and not beside
     placed.sort(key=lambda t: (t.state >= RUNNING, t.slot))  # what serves nothing yet first
     for t in placed[: step.start]:
         if not p.can_start() or (stop_first and not p.can_stop(t)):
