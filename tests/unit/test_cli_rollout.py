@@ -8,7 +8,7 @@ import pytest
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
-from warren.cli.progress import _rollout_done, _rollout_ended, rollout_line
+from warren.cli.progress import _rollout_done, _rollout_ended, _strategy_waits, rollout_line
 from warren.cli.service_spec import apply_update
 
 
@@ -91,3 +91,56 @@ def test_a_failure_ratio_is_a_plain_number_from_0_to_1(text: str) -> None:
     with pytest.raises(ValueError):
         units.parse_ratio(text)
     assert units.parse_ratio(" 0.25 ") == 0.25 and units.parse_ratio("1") == 1.0
+
+
+def test_deploy_flags_set_the_strategy_and_a_new_strategy_starts_from_its_defaults() -> None:
+    import argparse
+
+    from warren.cli.service_spec import add_update_flags
+
+    parser = argparse.ArgumentParser()
+    add_update_flags(parser)
+    spec = pb.ServiceSpec(name="web", image="app:1")
+    args = parser.parse_args(["web", "--deploy-strategy", "canary", "--canary-replicas", "1", "--canary-weight", "0"])
+    args.command = None
+    apply_update(spec, args)
+    assert (spec.deploy.strategy, spec.deploy.canary_replicas, spec.deploy.canary_weight) == ("canary", 1, 0)
+    assert spec.deploy.HasField("canary_weight")  # 0 is a weight (no traffic), not "unset"
+    args = parser.parse_args(["web", "--deploy-strategy", "blue-green"])
+    args.command = None
+    apply_update(spec, args)
+    assert (spec.deploy.strategy, spec.deploy.canary_replicas, spec.deploy.HasField("canary_weight")) == (
+        "blue-green",
+        0,
+        False,
+    )
+
+
+@pytest.mark.parametrize("weight", ["101", "-1", "20%", "x"])
+def test_a_canary_weight_outside_0_to_100_is_a_usage_error(weight: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from warren.cli.service_spec import add_update_flags
+
+    parser = argparse.ArgumentParser()
+    add_update_flags(parser)
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["web", "--canary-weight", weight])
+    assert exited.value.code == 2 and "--canary-weight" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("state", "strategy", "auto", "ends"),
+    [
+        ("canary", "canary", 0.0, True),  # awaiting promotion: the wait ends, exit 0
+        ("canary", "canary", 30.0, False),  # it promotes itself: wait on
+        ("completed", "blue-green", 0.0, True),  # switched; the kept set is not waited for
+        ("updating", "blue-green", 0.0, False),
+        ("completed", "rolling", 0.0, False),  # the usual convergence decides
+    ],
+)
+def test_a_wait_ends_at_a_strategys_resting_point(state: str, strategy: str, auto: float, ends: bool) -> None:
+    service = _service(state)
+    service.spec.deploy.strategy = strategy
+    service.spec.deploy.canary_auto_promote = auto
+    assert _strategy_waits(service) is ends

@@ -72,6 +72,21 @@ update_configs = st.builds(
 
 
 @st.composite
+def deploy_configs(draw: st.DrawFn) -> model.DeployConfig:
+    strategy = draw(st.sampled_from(model.DeployStrategy))
+    keep = draw(floats)
+    if strategy == model.DeployStrategy.BLUE_GREEN and not keep:
+        keep = model.BLUE_GREEN_KEEP  # unset on the wire is the default keep (ADR 35)
+    return model.DeployConfig(
+        strategy=strategy,
+        canary_replicas=draw(int64s),
+        canary_weight=draw(st.none() | st.integers(0, 2**32 - 1)),
+        canary_auto_promote=draw(floats),
+        blue_green_keep=keep,
+    )
+
+
+@st.composite
 def service_specs(draw: st.DrawFn) -> model.ServiceSpec:
     mode = draw(st.sampled_from(model.ServiceMode))
     return model.ServiceSpec(
@@ -95,6 +110,7 @@ def service_specs(draw: st.DrawFn) -> model.ServiceSpec:
         update=draw(update_configs),
         rollback=draw(update_configs),
         force_update=draw(int64s),
+        deploy=draw(deploy_configs()),
     )
 
 
@@ -382,8 +398,9 @@ def test_a_mesh_node_carries_the_nodes_overlay_identity(node: model.Node) -> Non
 def test_an_endpoint_carries_the_vip_sorted_backends_and_ingress_ports(
     spec: model.ServiceSpec, service_id: str, vip: str, backends: list[str]
 ) -> None:
-    msg = convert.endpoint_to_pb(model.Service(service_id, spec, vip=vip), backends)
+    msg = convert.endpoint_to_pb(model.Service(service_id, spec, vip=vip), backends, backends[:1], 20)
     assert (msg.name, msg.vip, list(msg.backends)) == (spec.name, vip, sorted(backends))
+    assert (list(msg.canary), msg.canary_weight) == (backends[:1], 20)  # a canary's share (ADR 35)
     published = [(p.protocol, p.published, p.target) for p in spec.ports if p.published and p.mode == "ingress"]
     assert [(p.protocol, p.published, p.target) for p in msg.ports] == published
 
