@@ -10,7 +10,13 @@ the node, side by side, a new connection per request: one on the published port
 (a) rolling update: `warren service update --image` to the other version (v1 -> v2, then back),
     until every task serves it;
 (b) scale-down: `warren service scale web=1` from 4, until the 3 stopped tasks are gone (then
-    back to 4, unmeasured, for the next round).
+    back to 4, unmeasured, for the next round);
+(c) canary promote (ADR 35): `service update --image` to the other version with
+    `--deploy-strategy canary --canary-replicas 1 --canary-weight 20` (it returns once the canary
+    waits), then `service promote`, until every task serves the new version;
+(d) blue/green switch (ADR 35): `service update --image` to the other version with
+    `--deploy-strategy blue-green --blue-green-keep 2s`, until the new set serves and the old set,
+    kept 2 s out of routing, is gone.
 
 Each case runs ROUNDS times; hey runs LEAD_S before the command and TAIL_S after the service
 settled. Reported for each target: failed requests / requests (by kind: refused, reset, eof, timeout,
@@ -37,7 +43,15 @@ TAIL_S = 2.0  # load after the service settled: stops that are still on their wa
 RATE_PER_WORKER = 50.0  # hey's -q: at most 400 requests/s in all, on a 2-core machine shared with others
 WORKERS = {"published": 6, "vip": 2}  # hey's -c for each target, run side by side
 REQUEST_TIMEOUT_S = 5.0
-CASES = {"rolling_update": "rolling update, 4 replicas", "scale_down": "scale-down 4 -> 1"}
+CASES = {
+    "rolling_update": "rolling update, 4 replicas",
+    "scale_down": "scale-down 4 -> 1",
+    "canary_promote": "canary promote, 4 replicas",
+    "blue_green": "blue/green switch, 4 replicas",
+}
+ROLLING = ("--deploy-strategy", "rolling")
+CANARY = ("--deploy-strategy", "canary", "--canary-replicas", "1", "--canary-weight", "20")
+BLUE_GREEN = ("--deploy-strategy", "blue-green", "--blue-green-keep", "2s")
 TARGETS = {"published": "published port", "vip": "VIP"}
 
 
@@ -51,7 +65,12 @@ def run() -> dict[str, object]:
         raise RuntimeError(reason)
     tmp = Path(tempfile.mkdtemp(prefix="warren-bench-deploy-"))
     rig = DeployRig(tmp)
-    rounds: dict[str, list[dict[str, object]]] = {"rolling_update": [], "scale_down": []}
+
+    def updated_to(version: str):
+        """Until every task and the published port serve `version`, and nothing else is left."""
+        return lambda: rig.wait_serving(web_page(version), "web", REPLICAS, timeout=300)
+
+    rounds: dict[str, list[dict[str, object]]] = {case: [] for case in CASES}
     try:
         rig.start()
         rig.create_web("web", "v1", REPLICAS)
@@ -61,7 +80,7 @@ def run() -> dict[str, object]:
             version = "v2" if version == "v1" else "v1"
 
             def update(to: str = version) -> None:
-                rig.ok("service", "update", "web", "--image", rig.image(to), "--timeout", "300s")
+                rig.ok("service", "update", "web", "--image", rig.image(to), *ROLLING, "--timeout", "300s")
 
             def updated(to: str = version) -> None:
                 rig.wait_serving(web_page(to), "web", REPLICAS, timeout=300)
@@ -77,6 +96,20 @@ def run() -> dict[str, object]:
             rounds["scale_down"].append({"from": REPLICAS, "to": 1, **_under_load(rig, scale_down, scaled_down)})
             rig.ok("service", "scale", f"web={REPLICAS}", "--timeout", "300s")
             rig.wait_serving(web_page(version), "web", REPLICAS, timeout=300)
+
+            version = "v2" if version == "v1" else "v1"
+
+            def canary(to: str = version) -> None:
+                rig.ok("service", "update", "web", "--image", rig.image(to), *CANARY, "--timeout", "300s")
+                rig.ok("service", "promote", "web", "--timeout", "300s")
+
+            rounds["canary_promote"].append({"to": version, **_under_load(rig, canary, updated_to(version))})
+            version = "v2" if version == "v1" else "v1"
+
+            def blue_green(to: str = version) -> None:
+                rig.ok("service", "update", "web", "--image", rig.image(to), *BLUE_GREEN, "--timeout", "300s")
+
+            rounds["blue_green"].append({"to": version, **_under_load(rig, blue_green, updated_to(version))})
     except BaseException:
         print(rig.logs())
         raise
