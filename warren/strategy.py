@@ -98,14 +98,6 @@ def holds_old(service: Service, now: float) -> bool:
     )
 
 
-def hold_ends(service: Service) -> float:
-    """When a switched blue/green rollout stops holding its old set (0 when it holds none)."""
-    status = service.update_status
-    if status is None or not blue_green_switched(service):
-        return 0.0
-    return status.completed_at + service.spec.deploy.blue_green_keep
-
-
 @dataclass(frozen=True)
 class Routing:
     """What a service's endpoints route to: `backends`, of which `canary` take `canary_weight`
