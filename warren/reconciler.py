@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
-from warren import rollout
+from warren import mounts, rollout
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
@@ -40,6 +40,7 @@ from warren.model import (
     Task,
     TaskState,
     UpdateOrder,
+    Volume,
     can_transition,
     is_ready,
     is_routed,
@@ -79,7 +80,7 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
 
 def is_empty(plan: ApplyPlan) -> bool:
     """True when committing the plan would change nothing (the caller can skip the Raft write)."""
-    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts)
+    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts or plan.volumes)
 
 
 def reconcile(
@@ -161,6 +162,8 @@ class _Pass:
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
+        self.volume_homes = {v.name: v.node_id for v in state.volumes.values() if v.node_id}
+        self.bound_volumes: dict[str, tuple[str, Task]] = {}  # name -> (node, a task mounting it), ADR 40
 
     # -- the pass ------------------------------------------------------------------------------
     def run(self, heartbeats: Mapping[str, float]) -> ApplyPlan:
@@ -609,7 +612,10 @@ class _Pass:
         current = [self.task(t) for t in self.state.tasks]
         current += [t for t in map(self.task, self.created) if t.node_id]
         pending = [self.task(t) for t in self.to_place]
-        result = schedule(self.nodes.values(), current, pending)
+        result = schedule(self.nodes.values(), current, pending, self.volume_homes)
+        for name, node_id in result.volumes.items():
+            mounting = next(self.task(t) for t, n in result.assignments.items() if n == node_id)
+            self.bound_volumes[name] = (node_id, mounting)
         for task_id, node_id in result.assignments.items():
             self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
         for task_id, reason in result.unplaced.items():
@@ -636,6 +642,28 @@ class _Pass:
                     else:
                         self.deleted.add(t.id)
 
+    def _unbound_volumes(self) -> None:
+        """A task placed while its volume was not bound (a plan committed late) binds it now."""
+        for task in self.state.tasks.values():
+            if not task.node_id or task.state.terminal:
+                continue
+            for name in mounts.volume_names(task.spec):
+                if name not in self.volume_homes and name not in self.bound_volumes:
+                    self.bound_volumes[name] = (task.node_id, task)
+
+    def _volumes(self) -> tuple[Volume, ...]:
+        """The volumes this pass binds: existing ones get a node, missing ones are created."""
+        if self.state.volumes or any(t.spec.mounts for t in self.state.tasks.values()):
+            self._unbound_volumes()
+        bound = []
+        for name, (node_id, task) in sorted(self.bound_volumes.items()):
+            volume = self.state.volume_by_name(name)
+            if volume is None:
+                options = next((m.volume_options for m in task.spec.mounts if m.source == name), {})
+                volume = Volume(id=self.new_id(), name=name, options=dict(options), created_at=self.now)
+            bound.append(msgspec.structs.replace(volume, node_id=node_id, updated_at=self.now))
+        return tuple(bound)
+
     def _plan(self) -> ApplyPlan:
         updates = []
         for task_id in sorted(self.overlay):
@@ -652,4 +680,5 @@ class _Pass:
             deleted=tuple(sorted(self.deleted)),
             node_status=tuple(self.node_status),
             rollouts=tuple(self.rollouts),
+            volumes=self._volumes(),
         )

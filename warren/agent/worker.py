@@ -22,6 +22,7 @@ from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
 from warren.model import Task, TaskState
+from warren.mounts import volume_names
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Worker:
             self._apply_complete(delta.updated)
         else:
             self._apply_incremental(delta.updated, delta.removed)
+        if delta.volumes is not None:
+            self._spawn(self._prune_volumes(frozenset(delta.volumes)))
         for task_id, why in delta.invalid:
             if task_id not in self.controllers:
                 log.warning("rejecting task %s: %s", task_id, why)
@@ -171,6 +174,27 @@ class Worker:
     def _done(self, task_id: str) -> None:
         self.controllers.pop(task_id, None)
         self.cache.forget(task_id)
+
+    # -- volumes (ADR 40) ----------------------------------------------------------------------
+    async def _prune_volumes(self, wanted: frozenset[str]) -> None:
+        """Delete the volumes the managers no longer place on this node: `volume rm` (or a volume
+        made here that the state never recorded). Never one a task here still mounts."""
+        driver = self.env.volumes
+        if driver is None:
+            return
+        try:
+            present = await self.env.call(driver.list)
+            held = {
+                name
+                for ctl in self.controllers.values()
+                if not ctl.local.state.terminal or ctl.local.started
+                for name in volume_names(ctl.task.spec)
+            }
+            for name in present:
+                if name not in wanted and name not in held:
+                    await self.env.call(driver.remove, name)
+        except Exception as exc:
+            log.warning("removing deleted volumes failed: %s", exc)
 
     # -- strays --------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -31,6 +31,7 @@ from warren.commands.types import (
     Changes,
     Command,
     CreateService,
+    CreateVolume,
     FinishCARotation,
     InitCluster,
     IssueAdminCert,
@@ -41,6 +42,7 @@ from warren.commands.types import (
     RegisterNode,
     RemoveNode,
     RemoveService,
+    RemoveVolume,
     ReportTaskStatus,
     Result,
     RevokeAdminCert,
@@ -55,6 +57,7 @@ from warren.commands.types import (
     UpdateService,
     error,
 )
+from warren.commands.volumes import create_volume, remove_volume
 from warren.state import ClusterState
 
 
@@ -98,4 +101,6 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
     Noop: noop,
+    CreateVolume: create_volume,
+    RemoveVolume: remove_volume,
 }

@@ -6,7 +6,7 @@ import ipaddress
 
 import msgspec
 
-from warren import revisions
+from warren import mounts, revisions
 from warren.commands.overlay import overlay_layout
 from warren.commands.types import (
     Changes,
@@ -213,6 +213,10 @@ def scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Chang
         ), []
     if service.spec.replicas == cmd.replicas:
         return Result(id=service.id), []
+    try:
+        mounts.check_volume_scale(service.spec, cmd.replicas)
+    except mounts.MountError as exc:
+        return error("failed_precondition", str(exc)), []
     return Result(id=service.id), [Put("service", _scaled(service, cmd.replicas, cmd.at))]
 
 
