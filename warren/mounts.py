@@ -51,7 +51,7 @@ def check_volume_options(driver: str, options: dict[str, str]) -> None:
 def _check_path(what: str, path: str) -> None:
     if not path.startswith("/"):
         raise MountError(f"{what} must be an absolute path (got {shown(path)})")
-    if len(path) > MAX_PATH or has_control(path) or "," in path:
+    if len(path) > MAX_PATH or has_control(path):
         raise MountError(f"invalid {what} {shown(path)}")
     if posixpath.normpath(path) != path and path != "/":
         raise MountError(f"{what} {shown(path)} is not in normal form (write {shown(posixpath.normpath(path))})")
