@@ -348,3 +348,24 @@ def test_the_worker_deletes_a_volume_the_managers_no_longer_place_here_unless_a_
             cache.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_rollback_to_a_spec_with_a_volume_keeps_the_one_replica_rule() -> None:
+    sim = Sim()
+    sim.add_node(node("n1"))
+    service_id = sim.create_service(with_volume())
+    sim.update_service(service_id, msgspec.structs.replace(spec("db"), replicas=3))  # no volume now
+    result, changes = commands.apply(sim.state, commands.RollbackService(service_id, sim.now))
+    assert (result.code, changes) == ("failed_precondition", [])
+    assert result.message.startswith("cannot roll back to version 1: service db mounts volume db-data")
+    restored = commands.RollbackService(service_id, sim.now, restore_replicas=True)
+    assert commands.apply(sim.state, restored)[0].ok
+
+
+def test_service_inspect_describes_each_mount() -> None:
+    assert cli_mounts.describe(pb.Mount(type="volume", source="db", target="/d", readonly=True)) == (
+        "volume db -> /d (read-only)"
+    )
+    assert cli_mounts.describe(pb.Mount(type="tmpfs", target="/t", tmpfs_size=1 << 20, tmpfs_mode=0o1770)) == (
+        "tmpfs (size 1MiB, mode 1770) -> /t"
+    )

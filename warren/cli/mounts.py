@@ -147,3 +147,14 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
         spec.mounts.add().CopyFrom(m)
     for mount in added:
         _to_pb(spec, mount)
+
+
+def describe(mount: Any) -> str:
+    """One line of `service inspect`: `volume db-data -> /data (read-only)`."""
+    if mount.type == "tmpfs":
+        extra = [f"size {units.format_size(mount.tmpfs_size)}"] if mount.tmpfs_size else []
+        extra += [f"mode {mount.tmpfs_mode:o}"] if mount.tmpfs_mode else []
+        what = "tmpfs" + (f" ({', '.join(extra)})" if extra else "")
+    else:
+        what = f"{mount.type} {mount.source}"
+    return f"{what} -> {mount.target}" + (" (read-only)" if mount.readonly else "")

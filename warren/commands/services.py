@@ -114,6 +114,10 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         ), []
     if (taken := _ports_taken(state, target, service.id)) is not None:
         return taken, []
+    try:
+        mounts.check_volume_scale(target, target.replicas)
+    except mounts.MountError as exc:  # an older spec's volume, at today's replica count (ADR 40)
+        return error("failed_precondition", f"cannot roll back to version {revision.version}: {exc}"), []
     version = service.version + 1
     message = f"rollback to version {revision.version} requested"
     status = UpdateStatus(RolloutState.ROLLBACK_STARTED, cmd.at, service.version, version, message=message)
