@@ -244,7 +244,8 @@ class _NodeTable:
             return f"{prefix}, which is no longer in the cluster"
         if node.status != NodeStatus.READY:
             why = f": {node.status_message}" if node.status_message else ""
-            return f"{prefix}, which is {node.status.value}{why}"[: MAX_REASON_CHARS * 2]
+            state = "down" if node.status == NodeStatus.DOWN else "not ready"
+            return f"{prefix}, which is {state}{why}"[: MAX_REASON_CHARS * 2]
         if node.availability != Availability.ACTIVE:
             return f"{prefix}, which is {'drained' if node.availability == Availability.DRAIN else 'paused'}"
         try:

@@ -151,6 +151,7 @@ def test_a_task_goes_to_its_volumes_node_even_when_another_is_emptier() -> None:
             "volume db-data is on node host-n2, which is down: heartbeat missed for 20s",
         ),
         ({"labels": {"zone": "b"}}, "volume db-data is on node host-n2, which does not satisfy constraint"),
+        ({"status": NodeStatus.UNKNOWN}, "volume db-data is on node host-n2, which is not ready"),
     ],
 )
 def test_a_task_whose_volume_node_cannot_take_it_is_pending_and_says_why(
