@@ -11,6 +11,7 @@ the test saw.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -134,20 +135,18 @@ def test_volumes_place_tasks_on_their_node_keep_data_and_exec_mounts_work(tmp_pa
         )
         assert list(scratch.iterdir()) == []  # the tmpfs is the task's alone
 
-        # Bad input at every new command: one line, the documented exit code.
-        for args, code, text in (
+        # Bad input that only the managers can judge (parsing errors: tests/unit/test_volumes.py):
+        # one line, the documented exit code. The calls change nothing, so they run side by side.
+        cases = [
             (("volume", "create", "bad/name"), 2, "invalid volume name 'bad/name'"),
             (("volume", "create", "v", "--driver", "nfs"), 2, "unknown volume driver 'nfs'"),
             (("volume", "create", "v", "--opt", "size=1G"), 2, "takes no option 'size'"),
-            (("volume", "create", "v", "--opt", "novalue"), 2, "expected KEY=VALUE"),
             (("volume", "create", "v", "--node", "nowhere"), 3, "node 'nowhere' not found"),
             (("volume", "create", "vol-a"), 4, "volume name vol-a is already in use"),
             (("volume", "inspect", "nope"), 3, "volume 'nope' not found"),
             (("volume", "ls", "--node", "nowhere"), 3, "node 'nowhere' not found"),
             (("volume", "rm", "nope"), 3, "volume 'nope' not found"),
             (("volume", "rm", "vol-a"), 4, "volume vol-a is in use by service a"),
-            (("service", "create", "d", "--image", "x", "--mount", "type=nfs,target=/x"), 2, "invalid mount type"),
-            (("service", "create", "d", "--image", "x", "--mount", "source=v,target=rel"), 2, "absolute path"),
             (
                 ("service", "create", "d", "--image", "x", "--replicas", "2", "--mount", "source=v,target=/x"),
                 2,
@@ -155,8 +154,10 @@ def test_volumes_place_tasks_on_their_node_keep_data_and_exec_mounts_work(tmp_pa
             ),
             (("service", "update", "a", "--mount-rm", "/nope"), 2, "the service has no mount at /nope"),
             (("service", "scale", "a=2"), 4, "runs at most 1 replica, not 2"),
-        ):
-            done = cluster.cli(*args)
+        ]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda case: cluster.cli(*case[0]), cases))
+        for (args, code, text), done in zip(cases, results, strict=True):
             assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.stderr)
             assert text in done.stderr, (args, done.stderr)
 

@@ -23,6 +23,7 @@ from warren.agent.status import StatusQueue
 from warren.agent.volumes import LocalVolumes, resolve_mounts
 from warren.agent.worker import Worker
 from warren.api.v1 import types_pb2 as pb
+from warren.cli import main
 from warren.cli import mounts as cli_mounts
 from warren.cli.errors import CliError
 from warren.model import Availability, Mount, MountType, NodeStatus, ServiceMode, ServiceSpec, TaskState, Volume
@@ -370,3 +371,23 @@ def test_service_inspect_describes_each_mount() -> None:
     assert cli_mounts.describe(pb.Mount(type="tmpfs", target="/t", tmpfs_size=1 << 20, tmpfs_mode=0o1770)) == (
         "tmpfs (size 1MiB, mode 1770) -> /t"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "error"),
+    [
+        (("volume", "create", "v", "--opt", "novalue"), "invalid volume option 'novalue': expected KEY=VALUE"),
+        (("service", "create", "d", "--image", "x", "--mount", "type=nfs,target=/x"), "invalid mount type 'nfs'"),
+        (("service", "create", "d", "--image", "x", "--mount", "source=v,target=rel"), "must be an absolute path"),
+        (("service", "update", "d", "--mount-rm", "rel"), "invalid mount target 'rel'"),
+        (("volume", "rm"), "the following arguments are required"),
+    ],
+)
+def test_the_cli_refuses_bad_volume_and_mount_flags_before_calling(
+    argv: tuple[str, ...], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main.parse_args(list(argv))
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert error in err and err.count("\n") == 1, err
