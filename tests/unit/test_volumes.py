@@ -345,6 +345,10 @@ def test_the_worker_deletes_a_volume_the_managers_no_longer_place_here_unless_a_
             assert prepared.mounts == (MountSpec("bind", "/data", volumes.path("held", {})),)
             worker.apply(AssignmentDelta(complete=False, volumes=None))  # no news: nothing deleted
             await async_holds(lambda: volumes.list() == ["held", "kept"], 0.3)
+            # Removed, then created again before the agent got to it: the latest list decides.
+            worker.apply(AssignmentDelta(complete=False, volumes=()))
+            worker.apply(AssignmentDelta(complete=False, volumes=("kept",)))
+            await async_holds(lambda: volumes.list() == ["held", "kept"], 0.3)
         finally:
             await worker.close()
             cache.close()
