@@ -49,9 +49,7 @@ def _restart_node(rig: DeployRig) -> None:
     manager_pid = rig.lab.pids[0]
     os.kill(manager_pid, signal.SIGKILL)
     os.waitpid(manager_pid, 0)
-    rig.daemon.remove_all()
-    rig.daemon._terminate()
-    rig.daemon.start()
+    rig.daemon.reboot()
     host = rig.host
     rig.cluster.spawn(
         host,
