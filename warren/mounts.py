@@ -10,7 +10,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from warren.model import Mount, MountType, ServiceMode, ServiceSpec, Task, Volume
+from warren.model import Mount, MountType, ServiceMode, ServiceSpec, Task
 from warren.state import ClusterState
 from warren.text import has_control, shown
 
@@ -94,8 +94,9 @@ def check_mounts(spec: ServiceSpec) -> None:
             raise MountError(f"two mounts at {mount.target}")
         targets.add(mount.target)
     names = volume_names(spec)
-    if len(set(names)) < len(names):
-        raise MountError(f"volume {shown(names[0])} is mounted twice: mount it once")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise MountError(f"volume {shown(twice)} is mounted twice: mount it once")
     if names:
         check_volume_scale(spec, spec.replicas)
 
@@ -127,26 +128,6 @@ def mount_texts(spec: ServiceSpec) -> list[str]:
     for m in spec.mounts:
         texts += [m.target, m.source, *m.volume_options, *m.volume_options.values()]
     return texts
-
-
-def volume_home(state: ClusterState, spec: ServiceSpec) -> tuple[str, str] | None:
-    """(volume name, node id) of the first volume the spec mounts that already lives on a
-    node: a task of the spec can only run there. None if no volume binds it yet."""
-    for name in volume_names(spec):
-        volume = state.volume_by_name(name)
-        if volume is not None and volume.node_id:
-            return name, volume.node_id
-    return None
-
-
-def homes(spec: ServiceSpec, volumes: dict[str, Volume]) -> dict[str, str]:
-    """name -> node id of the volumes the spec mounts that live on a node (`volumes` by name)."""
-    found = {}
-    for name in volume_names(spec):
-        volume = volumes.get(name)
-        if volume is not None and volume.node_id:
-            found[name] = volume.node_id
-    return found
 
 
 def users(state: ClusterState, name: str) -> list[str]:

@@ -110,7 +110,10 @@ def test_mount_add_replaces_by_target_and_mount_rm_removes() -> None:
     ("fields", "error"),
     [
         ({"mounts": (DB, Mount(MountType.TMPFS, "/data"))}, "two mounts at /data"),
-        ({"mounts": (DB, Mount(MountType.VOLUME, "/other", "db-data"))}, "volume 'db-data' is mounted twice"),
+        (
+            {"mounts": (Mount(MountType.VOLUME, "/a", "x"), DB, Mount(MountType.VOLUME, "/other", "db-data"))},
+            "volume 'db-data' is mounted twice",
+        ),
         ({"mounts": (DB,), "replicas": 3}, "runs at most 1 replica, not 3"),
         ({"mounts": (DB,), "mode": ServiceMode.GLOBAL, "replicas": 0}, "a global service cannot mount a local volume"),
         ({"mounts": (Mount(MountType.TMPFS, "/t", tmpfs_mode=0o17777),)}, "tmpfs-mode must be octal"),
