@@ -614,8 +614,8 @@ class _Pass:
         pending = [self.task(t) for t in self.to_place]
         result = schedule(self.nodes.values(), current, pending, self.volume_homes)
         for name, node_id in result.volumes.items():
-            mounting = next(self.task(t) for t, n in result.assignments.items() if n == node_id)
-            self.bound_volumes[name] = (node_id, mounting)
+            placed = (self.task(t) for t, n in result.assignments.items() if n == node_id)
+            self.bound_volumes[name] = (node_id, next(t for t in placed if name in mounts.volume_names(t.spec)))
         for task_id, node_id in result.assignments.items():
             self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
         for task_id, reason in result.unplaced.items():
@@ -644,17 +644,20 @@ class _Pass:
 
     def _unbound_volumes(self) -> None:
         """A task placed while its volume was not bound (a plan committed late) binds it now."""
-        for task in self.state.tasks.values():
-            if not task.node_id or task.state.terminal:
-                continue
-            for name in mounts.volume_names(task.spec):
-                if name not in self.volume_homes and name not in self.bound_volumes:
-                    self.bound_volumes[name] = (task.node_id, task)
+        for service in self.state.services.values():
+            names = [n for n in mounts.volume_names(service.spec) if n not in self.volume_homes]
+            for name in names:
+                if name in self.bound_volumes:
+                    continue
+                for task_id in sorted(self.state.tasks_by_service.get(service.id, ())):
+                    task = self.state.tasks[task_id]
+                    if task.node_id and not task.state.terminal and name in mounts.volume_names(task.spec):
+                        self.bound_volumes[name] = (task.node_id, task)
+                        break
 
     def _volumes(self) -> tuple[Volume, ...]:
         """The volumes this pass binds: existing ones get a node, missing ones are created."""
-        if self.state.volumes or any(t.spec.mounts for t in self.state.tasks.values()):
-            self._unbound_volumes()
+        self._unbound_volumes()
         bound = []
         for name, (node_id, task) in sorted(self.bound_volumes.items()):
             volume = self.state.volume_by_name(name)

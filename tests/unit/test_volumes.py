@@ -398,3 +398,17 @@ def test_the_cli_refuses_bad_volume_and_mount_flags_before_calling(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert error in err and err.count("\n") == 1, err
+
+
+def test_a_task_placed_without_its_volume_bound_binds_it_on_the_next_pass() -> None:
+    sim = Sim()
+    for name in ("n1", "n2"):
+        sim.add_node(node(name))
+    with_options = msgspec.structs.replace(
+        spec("db"), mounts=(Mount(MountType.VOLUME, "/data", "db-data", volume_options={"o": "1"}),)
+    )
+    service_id = sim.create_service(with_options)
+    sim.state.apply([Put("task", running_task("t1", service_id, with_options, "n2"))])  # a late plan's doing
+    plan = sim.reconcile()
+    assert [(v.name, v.node_id, v.options) for v in plan.volumes] == [("db-data", "n2", {"o": "1"})]
+    assert is_empty(sim.plan())
