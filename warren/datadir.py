@@ -40,6 +40,7 @@ AGENT_SETTINGS_FILE = "agent-settings.json"
 MANAGER_SETTINGS_FILE = "manager-settings.json"
 MANAGER_FILE = "manager.json"
 WIREGUARD_DIR = "wireguard"
+VOLUMES_DIR = "volumes"  # the local volume driver's directories (ADR 40); only `volume rm` deletes them
 
 T = TypeVar("T")
 

@@ -200,6 +200,39 @@ class PortConfig(msgspec.Struct, frozen=True):
     mode: str = "ingress"
 
 
+class MountType(enum.Enum):
+    VOLUME = "volume"
+    BIND = "bind"
+    TMPFS = "tmpfs"
+
+
+class Mount(msgspec.Struct, frozen=True):
+    """A filesystem in a task's tasks (ADR 40): a named volume, a host path (bind) or a tmpfs,
+    at the absolute path `target`. `source` is the volume's name or the host path ("" for tmpfs)."""
+
+    type: MountType
+    target: str
+    source: str = ""
+    readonly: bool = False
+    volume_options: dict[str, str] = {}  # a volume's driver options, used when its first task creates it
+    tmpfs_size: int = 0  # bytes; 0 = the kernel's default
+    tmpfs_mode: int = 0  # permission bits; 0 = 1777, as Docker
+
+
+class Volume(msgspec.Struct, frozen=True):
+    """A named volume (ADR 40). A local volume lives on one node, `node_id`: "" until the first
+    task mounting it is placed, which binds it to that task's node."""
+
+    id: str
+    name: str
+    driver: str = "local"
+    options: dict[str, str] = {}
+    labels: dict[str, str] = {}
+    node_id: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
 class ServiceSpec(msgspec.Struct, frozen=True):
     """Desired state of a service, as given by the operator."""
 
@@ -228,6 +261,7 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     # every task is replaced under the update settings (a rolling restart). Swarm's ForceUpdate.
     force_update: int = 0
     deploy: DeployConfig = DeployConfig()  # the strategy of the rollout *to* this spec (ADR 35)
+    mounts: tuple[Mount, ...] = ()  # volumes, binds and tmpfs (ADR 40)
 
 
 class SpecRevision(msgspec.Struct, frozen=True):

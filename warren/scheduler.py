@@ -30,15 +30,18 @@ from collections.abc import Iterable
 
 import msgspec
 
+from warren import mounts
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import Availability, Node, NodeStatus, Resources, Task, TaskState
 
 
 class Schedule(msgspec.Struct, frozen=True):
-    """Result of one scheduling pass: task id -> node id, and task id -> why it stays pending."""
+    """Result of one scheduling pass: task id -> node id, task id -> why it stays pending, and
+    volume name -> node id of the local volumes this pass bound to their first task's node."""
 
     assignments: dict[str, str] = {}
     unplaced: dict[str, str] = {}
+    volumes: dict[str, str] = {}
 
 
 def reserved_by_node(tasks: Iterable[Task]) -> dict[str, Resources]:
@@ -218,17 +221,70 @@ class _NodeTable:
             parts.append(f"no free overlay address on {_plural(no_addr, 'node')}")
         return "no suitable node: " + ", ".join(parts) if parts else "no suitable node"
 
+    def volume_home(self, names: tuple[str, ...], homes: dict[str, str]) -> str | None:
+        """The one node the volumes `names` allow (ADR 40): "" when none is bound yet, None when
+        two are bound to different nodes."""
+        bound = {homes[n] for n in names if n in homes}
+        if len(bound) > 1:
+            return None
+        return next(iter(bound), "")
+
+    def explain_volume(
+        self, names: tuple[str, ...], homes: dict[str, str], constraint_texts: tuple[str, ...], cpu: int, mem: int
+    ) -> str:
+        """Why a task cannot go to the node its volume lives on."""
+        bound = sorted((n, homes[n]) for n in names if n in homes)
+        name, node_id = bound[0]
+        if len({node for _, node in bound}) > 1:
+            where = ", ".join(f"{n} on node {self._hostname(node)}" for n, node in bound)
+            return f"no suitable node: its volumes live on different nodes ({where})"
+        node = next((n for n in self.all_nodes if n.id == node_id), None)
+        prefix = f"volume {name} is on node {self._hostname(node_id)}"
+        if node is None:
+            return f"{prefix}, which is no longer in the cluster"
+        if node.status != NodeStatus.READY:
+            why = f": {node.status_message}" if node.status_message else ""
+            state = "down" if node.status == NodeStatus.DOWN else "not ready"
+            return f"{prefix}, which is {state}{why}"[: MAX_REASON_CHARS * 2]
+        if node.availability != Availability.ACTIVE:
+            return f"{prefix}, which is {'drained' if node.availability == Availability.DRAIN else 'paused'}"
+        try:
+            constraints = parse_constraints(constraint_texts)
+        except ConstraintError as exc:
+            return f"cannot be placed: {exc}"
+        for c in constraints:
+            if not c.matches(node):
+                return f"{prefix}, which does not satisfy constraint {c}"
+        cap = self.addresses[node.id]
+        if cap is not None and self.live[node.id] >= cap:
+            return f"{prefix}, which has no free overlay address"
+        if cpu > 0 and self.cpu[node.id] + cpu > node.resources.nano_cpus:
+            return f"{prefix}, which has insufficient cpu"
+        if mem > 0 and self.mem[node.id] + mem > node.resources.memory_bytes:
+            return f"{prefix}, which has insufficient memory"
+        return f"{prefix}, which cannot take it"
+
+    def _hostname(self, node_id: str) -> str:
+        node = next((n for n in self.all_nodes if n.id == node_id), None)
+        return node.hostname if node is not None and node.hostname else node_id[:12]
+
 
 GroupKey = tuple[str, int, tuple[str, ...], int, int]
 
 
-def schedule(nodes: Iterable[Node], tasks: Iterable[Task], pending: Iterable[Task]) -> Schedule:
-    """Place `pending` (replicated tasks without a node) given every current task in `tasks`.
+def schedule(
+    nodes: Iterable[Node], tasks: Iterable[Task], pending: Iterable[Task], volumes: dict[str, str] | None = None
+) -> Schedule:
+    """Place `pending` (replicated tasks without a node) given every current task in `tasks`;
+    `volumes` maps each local volume bound to a node to that node (ADR 40): a task mounting one
+    goes there or nowhere, and one mounting a volume not bound yet binds it where it goes.
 
     Deterministic: groups are handled in (service id, spec version, ...) order and tasks within a
     group by (slot, id), whatever the input order.
     """
     table = _NodeTable(nodes, tasks)
+    homes = dict(volumes or {})
+    bound: dict[str, str] = {}
     groups: dict[GroupKey, list[Task]] = defaultdict(list)
     for task in pending:
         res = task.spec.reservations
@@ -242,7 +298,13 @@ def schedule(nodes: Iterable[Node], tasks: Iterable[Task], pending: Iterable[Tas
         group = groups[key]
         group.sort(key=lambda t: (t.slot, t.id))
         matching = table.matching(constraint_texts)
-        placed = 0 if isinstance(matching, str) else _place_group(table, service_id, group, matching, assignments)
+        names = mounts.volume_names(group[0].spec)
+        if isinstance(matching, str):
+            placed = 0
+        elif not names:
+            placed = _place_group(table, service_id, group, matching, assignments)
+        else:
+            placed = _place_with_volumes(table, service_id, group, matching, assignments, names, homes, bound)
         if placed < len(group):
             left_over.append((key, group[placed:]))
 
@@ -250,10 +312,44 @@ def schedule(nodes: Iterable[Node], tasks: Iterable[Task], pending: Iterable[Tas
     # next pass (which sees those placements as current tasks) produces the very same text.
     unplaced: dict[str, str] = {}
     for key, rest in left_over:
-        reason = table.explain(key[2], key[3], key[4])
+        names = mounts.volume_names(rest[0].spec)
+        if any(n in homes for n in names):
+            reason = table.explain_volume(names, homes, key[2], key[3], key[4])
+        else:
+            reason = table.explain(key[2], key[3], key[4])
         for task in rest:
             unplaced[task.id] = reason
-    return Schedule(assignments=assignments, unplaced=unplaced)
+    return Schedule(assignments=assignments, unplaced=unplaced, volumes=bound)
+
+
+def _place_with_volumes(
+    table: _NodeTable,
+    service_id: str,
+    group: list[Task],
+    matching: tuple[list[Node], set[str]],
+    assignments: dict[str, str],
+    names: tuple[str, ...],
+    homes: dict[str, str],
+    bound: dict[str, str],
+) -> int:
+    """Place a group that mounts local volumes: on their node if they have one; otherwise the
+    first task goes where the usual filters say and binds them there, and the rest follow it."""
+    home = table.volume_home(names, homes)
+    if home is None:
+        return 0
+    placed = 0
+    if not home:
+        placed = _place_group(table, service_id, group[:1], matching, assignments)
+        if not placed:
+            return 0
+        home = assignments[group[0].id]
+        for name in names:
+            homes[name] = bound[name] = home
+    nodes, node_ids = matching
+    there = ([n for n in nodes if n.id == home], {home}) if home in node_ids else ([], set[str]())
+    if not there[0] or placed == len(group):
+        return placed
+    return placed + _place_group(table, service_id, group[placed:], there, assignments)
 
 
 def _place_group(

@@ -11,10 +11,10 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task, Volume
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -49,6 +49,8 @@ class ClusterState:
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: defaultdict[str, set[str]] = defaultdict(set)
         self.service_names: dict[str, str] = {}
+        self.volumes: dict[str, Volume] = {}  # by id (ADR 40)
+        self.volume_names: dict[str, str] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -60,6 +62,10 @@ class ClusterState:
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]
+
+    def volume_by_name(self, name: str) -> Volume | None:
+        volume_id = self.volume_names.get(name)
+        return self.volumes.get(volume_id) if volume_id else None
 
     def manager_addrs(self) -> list[str]:
         """Every manager's API address: what clients and agents should know to fail over."""
@@ -84,6 +90,8 @@ class ClusterState:
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
         other.tasks_by_node = defaultdict(set, {k: set(v) for k, v in self.tasks_by_node.items()})
         other.service_names = dict(self.service_names)
+        other.volumes = dict(self.volumes)
+        other.volume_names = dict(self.volume_names)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -107,6 +115,10 @@ class ClusterState:
         elif kind == "admin":
             assert isinstance(obj, AdminCert)
             self.admin_certs[obj.id] = obj
+        elif kind == "volume":
+            assert isinstance(obj, Volume)
+            self.volumes[obj.id] = obj
+            self.volume_names[obj.name] = obj.id
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -131,6 +143,10 @@ class ClusterState:
             self.revoked.pop(obj_id, None)
         elif kind == "admin":
             self.admin_certs.pop(obj_id, None)
+        elif kind == "volume":
+            volume = self.volumes.pop(obj_id, None)
+            if volume is not None and self.volume_names.get(volume.name) == obj_id:
+                del self.volume_names[volume.name]
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

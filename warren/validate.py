@@ -6,6 +6,7 @@ import math
 import re
 import signal
 
+from warren import mounts
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import (
     DeployConfig,
@@ -245,6 +246,10 @@ def check_spec(spec: ServiceSpec) -> None:
                 raise ValidationError(f"published port {port.published}/{port.protocol} is listed twice")
             seen.add(key)
     check_env(spec.env)
+    try:
+        mounts.check_mounts(spec)
+    except mounts.MountError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def spec_size(spec: ServiceSpec) -> int:
@@ -253,6 +258,7 @@ def spec_size(spec: ServiceSpec) -> int:
     texts = [spec.name, spec.image, spec.stop_signal, *spec.command, *spec.args, *spec.constraints]
     texts += [*spec.env, *spec.env.values(), *spec.labels, *spec.labels.values()]
     texts += [text for port in spec.ports for text in (port.protocol, port.mode)]
+    texts += mounts.mount_texts(spec)
     if spec.health is not None:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)

@@ -86,6 +86,13 @@ def build(target: Target) -> Hints:
         "PortConfig.published": st.sampled_from([0, 0, 18080, 18081]),
         "PortConfig.protocol": st.sampled_from(["tcp", "udp"]),
         "PortConfig.mode": st.sampled_from(["ingress", "host"]),
+        "Mount.type": st.sampled_from(["volume", "bind", "tmpfs"]),
+        "Mount.source": st.sampled_from(["", "fz-vol", "/tmp"]),
+        "Mount.target": st.sampled_from(["/data", "/tmp"]),
+        # Volumes (ADR 40)
+        "CreateVolumeRequest.name": st.sampled_from(["fz-vol", "fz-vol2"]),
+        "CreateVolumeRequest.driver": st.sampled_from(["", "local"]),
+        "volume": st.sampled_from(["fz-vol", "fz-vol2", "missing"]),
         # Dispatcher
         "session_id": _dynamic(lambda: worker.session_id),
         "task_id": task_id,

@@ -39,6 +39,7 @@ class AssignmentDelta:
     services: tuple[Endpoint, ...] | None = None  # service VIPs and backends, when they changed
     vip_range: str = ""
     services_index: int = 0  # the Raft index `services` were computed at (ADR 33)
+    volumes: tuple[str, ...] | None = None  # the volumes living on this node, when they changed (ADR 40)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class AssignmentSet:
             if msg.services_changed
             else None
         )
+        volumes = tuple(msg.volumes) if msg.volumes_changed else None
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             self.specs, self.refs = {}, {}
             updated, invalid = self._read(msg)
@@ -120,6 +122,7 @@ class AssignmentSet:
                 services=services,
                 vip_range=msg.vip_range,
                 services_index=msg.services_index,
+                volumes=volumes,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -147,6 +150,7 @@ class AssignmentSet:
             services=services,
             vip_range=msg.vip_range,
             services_index=msg.services_index,
+            volumes=volumes,
         )
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:

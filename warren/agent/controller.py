@@ -40,6 +40,7 @@ from warren.agent.decisions import (
 )
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
+from warren.agent.volumes import resolve_mounts
 from warren.agent.watch import wait_exit, watch_health
 from warren.backoff import Backoff
 from warren.model import Task, TaskState, can_transition
@@ -174,7 +175,11 @@ class TaskController:
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        return msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        spec = msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        if self.task.spec.mounts:
+            mounts = await self.env.call(resolve_mounts, self.task.spec.mounts, self.env.volumes)
+            spec = msgspec.structs.replace(spec, mounts=mounts)
+        return spec
 
     async def _prepare(self) -> None:
         try:

@@ -42,6 +42,7 @@ from warren.agent.promotion import ManagerRunner, Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
+from warren.agent.volumes import LocalVolumes
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -255,6 +256,7 @@ async def _serve(
             call=_in_pool(calls),
             wait_call=_in_pool(waits),
             networks=overlay if overlay.enabled else None,
+            volumes=LocalVolumes(data / datadir.VOLUMES_DIR),
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)

@@ -31,6 +31,18 @@ class ContainerState(enum.Enum):
     UNKNOWN = "unknown"
 
 
+class MountSpec(msgspec.Struct, frozen=True):
+    """A filesystem for the container, resolved on the node (ADR 40): "bind" of the host path
+    `source` (a volume is the bind of its directory) or "tmpfs", at `target`."""
+
+    type: str
+    target: str
+    source: str = ""
+    readonly: bool = False
+    tmpfs_size: int = 0  # bytes; 0 = the kernel's default
+    tmpfs_mode: int = 0  # 0 = 1777
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     """What to run for one task, already resolved from the task's ServiceSpec."""
 
@@ -48,6 +60,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     log_path: str = ""
     netns: str = ""  # a network namespace to join (its path); empty = the host's network
     resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
+    mounts: tuple[MountSpec, ...] = ()
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

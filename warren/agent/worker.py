@@ -22,6 +22,7 @@ from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
 from warren.model import Task, TaskState
+from warren.mounts import volume_names
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ class Worker:
         self._strays: dict[str, list[ContainerStatus]] = {}  # containers of tasks not in the cache
         self._background: set[asyncio.Task[None]] = set()
         self._synced = False  # a COMPLETE set arrived since start
+        self._volumes_wanted: frozenset[str] = frozenset()  # the volumes the managers place here (ADR 40)
 
     # -- start and stop ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +109,9 @@ class Worker:
             self._apply_complete(delta.updated)
         else:
             self._apply_incremental(delta.updated, delta.removed)
+        if delta.volumes is not None:
+            self._volumes_wanted = frozenset(delta.volumes)
+            self._spawn(self._prune_volumes())
         for task_id, why in delta.invalid:
             if task_id not in self.controllers:
                 log.warning("rejecting task %s: %s", task_id, why)
@@ -171,6 +176,30 @@ class Worker:
     def _done(self, task_id: str) -> None:
         self.controllers.pop(task_id, None)
         self.cache.forget(task_id)
+
+    # -- volumes (ADR 40) ----------------------------------------------------------------------
+    async def _prune_volumes(self) -> None:
+        """Delete the volumes the managers no longer place on this node: `volume rm` (or a volume
+        made here that the state never recorded). Never one a task here still mounts. Judged on
+        the latest list and tasks, not those of the message that started it: a volume created
+        again meanwhile stays."""
+        driver = self.env.volumes
+        if driver is None:
+            return
+        try:
+            for name in await self.env.call(driver.list):
+                if name not in self._volumes_wanted and name not in self._held_volumes():
+                    await self.env.call(driver.remove, name)
+        except Exception as exc:
+            log.warning("removing deleted volumes failed: %s", exc)
+
+    def _held_volumes(self) -> set[str]:
+        return {
+            name
+            for ctl in self.controllers.values()
+            if not ctl.local.state.terminal or ctl.local.started
+            for name in volume_names(ctl.task.spec)
+        }
 
     # -- strays --------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:

@@ -126,6 +126,48 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         rollback=update_config_from_pb(msg.rollback, "rollback"),
         force_update=msg.force_update,
         deploy=deploy_config_from_pb(msg.deploy),
+        mounts=tuple(mount_from_pb(m) for m in msg.mounts),
+    )
+
+
+def mount_from_pb(msg: pb.Mount) -> model.Mount:
+    if not msg.type:
+        raise ConversionError(f"the mount at {shown(msg.target)} needs a type (volume, bind or tmpfs)")
+    return model.Mount(
+        type=_enum(model.MountType, msg.type, "mount type", model.MountType.VOLUME),
+        target=msg.target,
+        source=msg.source,
+        readonly=msg.readonly,
+        volume_options=dict(msg.volume_options),
+        tmpfs_size=msg.tmpfs_size,
+        tmpfs_mode=msg.tmpfs_mode,
+    )
+
+
+def mount_to_pb(mount: model.Mount) -> pb.Mount:
+    return pb.Mount(
+        type=mount.type.value,
+        source=mount.source,
+        target=mount.target,
+        readonly=mount.readonly,
+        volume_options=mount.volume_options,
+        tmpfs_size=mount.tmpfs_size,
+        tmpfs_mode=mount.tmpfs_mode,
+    )
+
+
+def volume_to_pb(volume: model.Volume, hostname: str = "", used_by: Iterable[str] = ()) -> pb.Volume:
+    return pb.Volume(
+        id=volume.id,
+        name=volume.name,
+        driver=volume.driver,
+        options=volume.options,
+        labels=volume.labels,
+        node_id=volume.node_id,
+        node_hostname=hostname,
+        created_at=volume.created_at,
+        updated_at=volume.updated_at,
+        used_by=list(used_by),
     )
 
 
@@ -246,6 +288,7 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         rollback=update_config_to_pb(spec.rollback),
         force_update=spec.force_update,
         deploy=deploy_config_to_pb(spec.deploy),
+        mounts=[mount_to_pb(m) for m in spec.mounts],
     )
     if spec.health is not None:
         h = spec.health

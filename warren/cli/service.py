@@ -12,7 +12,7 @@ import shlex
 import sys
 from typing import Any
 
-from warren.cli import units
+from warren.cli import mounts, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
@@ -340,6 +340,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Reservations", _resources(spec.reservations)),
         ("Limits", _resources(spec.limits)),
         ("Ports", [_port(p) for p in spec.ports]),
+        ("Mounts", [mounts.describe(m) for m in spec.mounts]),
     ]
     if spec.HasField("restart"):
         r = spec.restart

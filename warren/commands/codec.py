@@ -55,7 +55,7 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
         return [plan]
     budget = max_bytes - len(encode(ApplyPlan()))
     parts: list[ApplyPlan] = []
-    fields: dict[str, list[Any]] = {"node_status": [], "deleted": [], "updated": [], "created": []}
+    fields: dict[str, list[Any]] = {"volumes": [], "node_status": [], "deleted": [], "updated": [], "created": []}
     used = 0
 
     def flush() -> None:
@@ -66,7 +66,7 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
                 items.clear()
         used = 0
 
-    for name in ("node_status", "deleted", "updated", "created"):
+    for name in ("volumes", "node_status", "deleted", "updated", "created"):
         for item in getattr(plan, name):
             size = len(_encoder.encode(item)) + 8  # the item plus its array header share
             if used + size > budget:

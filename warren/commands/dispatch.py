@@ -32,6 +32,7 @@ from warren.commands.types import (
     Changes,
     Command,
     CreateService,
+    CreateVolume,
     FinishCARotation,
     InitCluster,
     IssueAdminCert,
@@ -43,6 +44,7 @@ from warren.commands.types import (
     RegisterNode,
     RemoveNode,
     RemoveService,
+    RemoveVolume,
     ReportTaskStatus,
     Result,
     RevokeAdminCert,
@@ -57,6 +59,7 @@ from warren.commands.types import (
     UpdateService,
     error,
 )
+from warren.commands.volumes import create_volume, remove_volume
 from warren.state import ClusterState
 
 
@@ -101,4 +104,6 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
     Noop: noop,
+    CreateVolume: create_volume,
+    RemoveVolume: remove_volume,
 }

@@ -6,7 +6,7 @@ import ipaddress
 
 import msgspec
 
-from warren import revisions, strategy
+from warren import mounts, revisions, strategy
 from warren.commands.overlay import overlay_layout
 from warren.commands.types import (
     Changes,
@@ -115,6 +115,10 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         ), []
     if (taken := _ports_taken(state, target, service.id)) is not None:
         return taken, []
+    try:
+        mounts.check_volume_scale(target, target.replicas)
+    except mounts.MountError as exc:  # an older spec's volume, at today's replica count (ADR 40)
+        return error("failed_precondition", f"cannot roll back to version {revision.version}: {exc}"), []
     version = service.version + 1
     message = f"rollback to version {revision.version} requested"
     status = UpdateStatus(RolloutState.ROLLBACK_STARTED, cmd.at, service.version, version, message=message)
@@ -227,6 +231,10 @@ def scale_service(state: ClusterState, cmd: ScaleService) -> tuple[Result, Chang
         ), []
     if service.spec.replicas == cmd.replicas:
         return Result(id=service.id), []
+    try:
+        mounts.check_volume_scale(service.spec, cmd.replicas)
+    except mounts.MountError as exc:
+        return error("failed_precondition", str(exc)), []
     return Result(id=service.id), [Put("service", _scaled(service, cmd.replicas, cmd.at))]
 
 

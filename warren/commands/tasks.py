@@ -8,6 +8,7 @@ from warren.commands.nodes import node_status_change
 from warren.commands.overlay import Addresses
 from warren.commands.services import apply_rollouts
 from warren.commands.types import OK, ApplyPlan, Changes, ReportTaskStatus, Result, TaskUpdate
+from warren.commands.volumes import VolumeBinding
 from warren.model import Resources, Task, TaskState, can_transition, is_ready, is_stopping
 from warren.scheduler import fits, reserved_by_node
 from warren.state import ClusterState, Delete, Put
@@ -99,12 +100,14 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
     }
     placement = _Placement(state, stopping)
     addresses = Addresses(state)
+    volumes = VolumeBinding(state)
+    changes.extend(volumes.bind(cmd.volumes))
     for task in cmd.created:
         if task.service_id not in state.services or task.id in state.tasks:
             continue
         if not placement.claim_slot(task):
             continue
-        if task.node_id and not placement.fits(task, task.node_id):
+        if task.node_id and (not volumes.allows(task, task.node_id) or not placement.fits(task, task.node_id)):
             # Stale placement: keep the task, unplaced, for the next pass to place.
             task = msgspec.structs.replace(task, node_id="", state=TaskState.PENDING)
         if task.node_id:
@@ -123,7 +126,9 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
         # may be stale if the task was already placed or stopped meanwhile), and only where
         # the task still fits.
         moving_to = update.node_id if update.node_id is not None and update.node_id != current.node_id else None
-        if moving_to is not None and (current.node_id or not placement.fits(current, moving_to)):
+        if moving_to is not None and (
+            current.node_id or not volumes.allows(current, moving_to) or not placement.fits(current, moving_to)
+        ):
             continue
         new = _task_update(current, update)
         if new is not None and moving_to is not None:

@@ -16,6 +16,7 @@ from warren.model import (
     Task,
     TaskState,
     UpdateStatus,
+    Volume,
 )
 from warren.state import Change
 
@@ -243,6 +244,23 @@ class ApplyPlan(msgspec.Struct, frozen=True, tag="plan.apply"):
     deleted: tuple[str, ...] = ()
     node_status: tuple[SetNodeStatus, ...] = ()
     rollouts: tuple[RolloutChange, ...] = ()
+    # Local volumes bound to the node their first task was placed on (ADR 40): created, or a
+    # created one given its node; skipped if the volume lives on a node already.
+    volumes: tuple[Volume, ...] = ()
+
+
+class CreateVolume(msgspec.Struct, frozen=True, tag="volume.create"):
+    """A named volume (ADR 40), on `volume.node_id` or, if "", on its first task's node."""
+
+    volume: Volume
+
+
+class RemoveVolume(msgspec.Struct, frozen=True, tag="volume.remove"):
+    """Deletes the volume; refused while a service mounts it or a task holds it. The agent of
+    its node deletes the data once its volume list no longer names it."""
+
+    volume_id: str
+    at: float
 
 
 class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
@@ -281,6 +299,8 @@ Command = (
     | ApplyPlan
     | ReportTaskStatus
     | Noop
+    | CreateVolume
+    | RemoveVolume
 )
 
 

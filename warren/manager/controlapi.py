@@ -22,6 +22,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlvolumes import VolumesControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
@@ -127,7 +128,9 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     return spec
 
 
-class ControlService(CertificatesControl, control_pb2_grpc.ControlServicer):
+class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.ControlServicer):
+    _resolve_node = staticmethod(resolve_node)
+
     def __init__(
         self,
         store: StateReader,

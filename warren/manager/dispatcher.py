@@ -163,6 +163,11 @@ class _Endpoints(NamedTuple):
     backends: frozenset[str]
 
 
+def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
+    """The names of the volumes that live on the node (ADR 40), sorted."""
+    return sorted(v.name for v in state.volumes.values() if v.node_id == node_id)
+
+
 def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
     """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted: what each
     agent plans its mesh from."""
@@ -265,6 +270,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     tasks = [specs.task(state.tasks[t], spec_list) for t in sorted(known)]
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
+                    volumes = _node_volumes(state, node.id)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
                 current = self._current_endpoints()
                 endpoints = current.services
@@ -285,6 +291,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         services_index=current.at,
                         vip_range=str(vip_range),
                         specs=spec_list,
+                        volumes=volumes,
+                        volumes_changed=True,
                     ),
                 )
                 while self._raft.is_leader and session_id in self._sessions:
@@ -304,6 +312,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
                     managers = new_managers if new_managers is not None else managers
                     mesh = new_mesh if new_mesh is not None else mesh
+                    new_volumes = None
+                    if any(change.kind == "volume" for change in changes):
+                        with self._store.read() as state:
+                            current_volumes = _node_volumes(state, node.id)
+                        if current_volumes != volumes:
+                            new_volumes = volumes = current_volumes
                     changed = self._endpoints_changed(changes, endpoints)
                     new_endpoints = changed.services if changed is not None else None
                     if changed is not None:
@@ -315,6 +329,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         or new_managers is not None
                         or new_mesh is not None
                         or new_endpoints is not None
+                        or new_volumes is not None
                     ):
                         yield await self._fits(
                             node.id,
@@ -332,6 +347,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                                 services_changed=new_endpoints is not None,
                                 services_index=changed.at if changed is not None else 0,
                                 specs=spec_list,
+                                volumes=new_volumes or [],
+                                volumes_changed=new_volumes is not None,
                             ),
                         )
                         version += 1

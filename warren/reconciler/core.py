@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
-from warren import strategy
+from warren import mounts, strategy
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
@@ -20,6 +20,7 @@ from warren.model import (
     Service,
     Task,
     TaskState,
+    Volume,
     can_transition,
     is_routed,
     is_stopping,
@@ -58,7 +59,7 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
 
 def is_empty(plan: ApplyPlan) -> bool:
     """True when committing the plan would change nothing (the caller can skip the Raft write)."""
-    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts)
+    return not (plan.created or plan.updated or plan.deleted or plan.node_status or plan.rollouts or plan.volumes)
 
 
 def is_live(task: Task) -> bool:
@@ -128,6 +129,8 @@ class Pass:
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
         self._current: dict[tuple[str, int], bool] = {}
+        self.volume_homes = {v.name: v.node_id for v in state.volumes.values() if v.node_id}
+        self.bound_volumes: dict[str, tuple[str, Task]] = {}  # name -> (node, a task mounting it), ADR 40
 
     def current(self, task: Task, service: Service) -> bool:
         """The task runs the service's current spec (`strategy.current`), memoised per version."""
@@ -288,7 +291,10 @@ class Pass:
         current = [self.task(t) for t in self.state.tasks]
         current += [t for t in map(self.task, self.created) if t.node_id]
         pending = [self.task(t) for t in self.to_place]
-        result = schedule(self.nodes.values(), current, pending)
+        result = schedule(self.nodes.values(), current, pending, self.volume_homes)
+        for name, node_id in result.volumes.items():
+            placed = (self.task(t) for t, n in result.assignments.items() if n == node_id)
+            self.bound_volumes[name] = (node_id, next(t for t in placed if name in mounts.volume_names(t.spec)))
         for task_id, node_id in result.assignments.items():
             self.update(self.task(task_id), state=ASSIGNED, node_id=node_id, message="")
         for task_id, reason in result.unplaced.items():
@@ -315,6 +321,31 @@ class Pass:
                     else:
                         self.deleted.add(t.id)
 
+    def _unbound_volumes(self) -> None:
+        """A task placed while its volume was not bound (a plan committed late) binds it now."""
+        for service in self.state.services.values():
+            names = [n for n in mounts.volume_names(service.spec) if n not in self.volume_homes]
+            for name in names:
+                if name in self.bound_volumes:
+                    continue
+                for task_id in sorted(self.state.tasks_by_service.get(service.id, ())):
+                    task = self.state.tasks[task_id]
+                    if task.node_id and not task.state.terminal and name in mounts.volume_names(task.spec):
+                        self.bound_volumes[name] = (task.node_id, task)
+                        break
+
+    def _volumes(self) -> tuple[Volume, ...]:
+        """The volumes this pass binds: existing ones get a node, missing ones are created."""
+        self._unbound_volumes()
+        bound = []
+        for name, (node_id, task) in sorted(self.bound_volumes.items()):
+            volume = self.state.volume_by_name(name)
+            if volume is None:
+                options = next((m.volume_options for m in task.spec.mounts if m.source == name), {})
+                volume = Volume(id=self.new_id(), name=name, options=dict(options), created_at=self.now)
+            bound.append(msgspec.structs.replace(volume, node_id=node_id, updated_at=self.now))
+        return tuple(bound)
+
     def plan(self) -> ApplyPlan:
         updates = []
         for task_id in sorted(self.overlay):
@@ -331,4 +362,5 @@ class Pass:
             deleted=tuple(sorted(self.deleted)),
             node_status=tuple(self.node_status),
             rollouts=tuple(self.rollouts),
+            volumes=self._volumes(),
         )

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from warren.agent.runtime import ContainerSpec
+from warren.agent.runtime import ContainerSpec, MountSpec
 from warren.text import ascii_int, shown
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -199,6 +199,23 @@ def _resolv_conf(mounts: list[dict[str, object]], source: str) -> list[dict[str,
     return [*kept, {"destination": "/etc/resolv.conf", "type": "bind", "source": source, "options": options}]
 
 
+def _task_mounts(mounts: list[dict[str, object]], wanted: Sequence[MountSpec]) -> list[dict[str, object]]:
+    """`mounts` with the task's own (ADR 40) after them; one of the task's at a default
+    mount's destination replaces it. runc makes a missing destination in the rootfs."""
+    targets = {m.target for m in wanted}
+    kept = [m for m in mounts if m["destination"] not in targets]
+    for m in wanted:
+        if m.type == "bind":
+            options = ["rbind", "rprivate", "ro" if m.readonly else "rw"]
+            kept.append({"destination": m.target, "type": "bind", "source": m.source, "options": options})
+        else:
+            options = ["nosuid", "nodev", f"mode={m.tmpfs_mode or 0o1777:o}"]
+            options += [f"size={m.tmpfs_size}"] if m.tmpfs_size else []
+            options += ["ro"] if m.readonly else []
+            kept.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": options})
+    return kept
+
+
 def build_spec(
     spec: ContainerSpec,
     image_config: Mapping[str, object],
@@ -220,7 +237,10 @@ def build_spec(
         "process": build_process(spec, image_config),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": (hostname or spec.task_id)[:63],
-        "mounts": _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
+        "mounts": _task_mounts(
+            _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
+            spec.mounts,
+        ),
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 
-from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.agent.runtime import ContainerSpec, MountSpec, RuntimeFailure
+from warren.runtime.exec.mounts import shim_args
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
 # Joins each cgroup named before "--", then execs the rest: the process is limited from its first instruction.
@@ -37,6 +39,7 @@ def exec_chain(
     netns: str,
     resolv_conf: str,
     user: tuple[int, int] | None,
+    mounts: Sequence[MountSpec] = (),
 ) -> tuple[list[str], str, tuple[int, int] | None]:
     """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
     cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
@@ -46,18 +49,21 @@ def exec_chain(
     returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
     user change moves from Popen to setpriv, the last step, whenever there is such a step.
     """
-    if not procs and not netns:
+    if not procs and not netns and not mounts:
         return argv, exe, user
     if user is not None:
         uid, gid = user
         argv = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
     if procs:
         argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
+    if mounts:  # the task's binds and tmpfs (ADR 40), in the mount namespace made below
+        argv = [*shim_args(mounts, tool("mount")), *argv]
     if netns and resolv_conf:
+        argv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
+    if mounts or (netns and resolv_conf):
         # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
         # does not pin the host's filesystems; nothing mounted in here propagates to the host.
-        resolv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
-        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
+        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *argv]
     if netns:
         argv = [tool("nsenter"), f"--net={netns}", "--", *argv]
     return argv, argv[0], None

@@ -64,6 +64,7 @@ from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, Cont
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
 from warren.runtime.exec.chain import check_executable, exec_chain, task_env
+from warren.runtime.exec.mounts import check_targets
 from warren.runtime.exec.users import resolve_user
 from warren.validate import ValidationError, signal_number
 
@@ -140,6 +141,7 @@ class ExecRuntime:
             cdir = self._dir / rid
             cwd = spec.cwd or str(cdir / "work")
             check_executable(argv[0], task_env(spec), cwd)
+            check_targets(spec.mounts)
             try:
                 (cdir / "work").mkdir(parents=True, exist_ok=True)
                 log_path = spec.log_path or str(cdir / "container.log")
@@ -305,7 +307,9 @@ class ExecRuntime:
         uid, gid = resolve_user(spec.user)
         user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
-        argv, exe, user = exec_chain(argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user)
+        argv, exe, user = exec_chain(
+            argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user, mounts=spec.mounts
+        )
         creds: _Credentials = {}
         if user is not None:
             creds = {"user": user[0], "group": user[1], "extra_groups": []}
