@@ -179,9 +179,11 @@ def test_scale_targets() -> None:
 
 
 # -- convergence -------------------------------------------------------------------------------
-def _task(slot: int, state: str, desired: str = "running", version: int = 1, node: str = "n1") -> pb.Task:
+def _task(
+    slot: int, state: str, desired: str = "running", version: int = 1, node: str = "n1", created: float = 0.0
+) -> pb.Task:
     return pb.Task(id=f"t{slot}{state}{version}", slot=slot, state=state, desired_state=desired,
-                   spec_version=version, node_id=node)  # fmt: skip
+                   spec_version=version, node_id=node, created_at=created)  # fmt: skip
 
 
 def _service(replicas: int, version: int = 1, mode: str = "replicated") -> pb.Service:
@@ -217,6 +219,21 @@ def test_not_converged_with_extra_or_outdated_tasks() -> None:
     c = progress.Convergence(_service(2, version=2), rolling, check_version=True)
     assert not c.done and "older version" in c.lines()[-1]
     assert progress.Convergence(_service(2, version=2), rolling, check_version=False).done
+
+
+def test_a_task_that_failed_and_was_replaced_is_history_not_live() -> None:
+    # A task that fails on its own keeps desired state running; once a newer task runs in its
+    # slot, the wait must not count it (it hung until its timeout: "1 more to stop").
+    replaced = [_task(1, "failed", created=1.0), _task(1, "running", version=2, created=2.0)]
+    c = progress.Convergence(_service(1, version=2), replaced, check_version=True)
+    assert c.done and c.extra == 0 and c.stale == 0
+    on_node = [_task(0, "failed", node="a", created=1.0), _task(0, "running", node="a", version=2, created=2.0)]
+    assert progress.Convergence(_service(0, version=2, mode="global"), on_node, check_version=True).done
+    # The newest task of a slot stays, ended or not: its error is what the wait shows.
+    rejected = [_task(1, "rejected", created=1.0)]
+    rejected[0].error = "no such image"
+    c = progress.Convergence(_service(1), rejected, check_version=False)
+    assert not c.done and "  web.1: rejected: no such image" in c.lines()
 
 
 def test_global_target_is_its_task_count() -> None:

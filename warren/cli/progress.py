@@ -39,8 +39,24 @@ def task_note(task: Any) -> str:
 
 
 _SETTLED = ("assigned", "running")
+_ENDED = ("complete", "failed", "shutdown", "rejected", "orphaned")
 _GLOBAL_STABLE_POLLS = 5  # a global service's task count is only known once it stops changing
 _IDLE_ASSIGNED_POLLS = 15  # ~3 s of assigned tasks that no agent moves: stop waiting
+
+
+def _live(tasks: Any) -> list[Any]:
+    """The tasks desired running, less those that ended and were replaced in their slot (their
+    node, for a global task): a task that fails on its own keeps desired state running, and is
+    history once a newer one runs in its place. The newest one of a slot stays, so its error
+    shows in the wait."""
+    desired = [t for t in tasks if t.desired_state == "running"]
+    newest: dict[tuple[int, str], Any] = {}
+    for t in desired:
+        key = (t.slot, "" if t.slot else t.node_id)
+        if key not in newest or t.created_at > newest[key].created_at:
+            newest[key] = t
+    kept = {id(t) for t in newest.values()}
+    return [t for t in desired if t.state not in _ENDED or id(t) in kept]
 
 
 class Convergence:
@@ -53,7 +69,7 @@ class Convergence:
 
     def __init__(self, service: Any, tasks: Any, check_version: bool) -> None:
         spec = service.spec
-        live = [t for t in tasks if t.desired_state == "running"]
+        live = _live(tasks)
         self.name = spec.name
         self.current = [t for t in live if not check_version or t.spec_version >= service.version]
         self.stale = len(live) - len(self.current)
