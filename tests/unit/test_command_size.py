@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from warren import commands
 from warren.manager.raft import ProposalError, RaftNode
-from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
+from warren.model import Node, NodeStatus, RolloutState, Service, ServiceSpec, Task, TaskState, UpdateStatus
 from warren.network import ipam
 from warren.state import ClusterState, Put
 
@@ -92,6 +92,11 @@ def test_a_big_plan_is_split_into_parts_that_fit_and_keep_every_item(
             commands.TaskUpdate(id=f"u{i}", at=1.0, desired_state=TaskState.SHUTDOWN) for i in range(updates)
         ),
         deleted=tuple(f"d{i}" for i in range(deletes)),
+        rollouts=(
+            commands.RolloutChange(
+                service_id="s", version=2, status=UpdateStatus(RolloutState.COMPLETED, 1.0, 1, 2, completed_at=2.0)
+            ),
+        ),
     )
     parts = commands.split_plan(plan, max_bytes)
     for part in parts:
@@ -100,6 +105,9 @@ def test_a_big_plan_is_split_into_parts_that_fit_and_keep_every_item(
     assert tuple(t for p in parts for t in p.created) == plan.created
     assert tuple(u for p in parts for u in p.updated) == plan.updated
     assert tuple(d for p in parts for d in p.deleted) == plan.deleted
+    # A rollout's status change is not lost, and is applied after the task changes.
+    assert tuple(r for p in parts for r in p.rollouts) == plan.rollouts
+    assert parts[-1].rollouts == plan.rollouts
     # Stops come before starts: a start finds the slot its predecessor freed.
     kinds = [k for p in parts for k in ("stop" if p.updated or p.deleted else "", "start" if p.created else "") if k]
     assert kinds == sorted(kinds, key=lambda k: k == "start")

@@ -50,12 +50,14 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
     """`plan` as consecutive plans that each encode to at most `max_bytes` (one if it does): a
     pass over a big service must not become a command too large to propose. Stops (updates
     and deletions) go before starts, so that a start finds the slot its predecessor freed; a
-    start that still finds it taken is skipped at apply time and redone by the next pass."""
+    start that still finds it taken is skipped at apply time and redone by the next pass. The
+    rollouts' status changes go last, after the task changes they were decided from."""
     if len(encode(plan)) <= max_bytes:
         return [plan]
     budget = max_bytes - len(encode(ApplyPlan()))
     parts: list[ApplyPlan] = []
-    fields: dict[str, list[Any]] = {"volumes": [], "node_status": [], "deleted": [], "updated": [], "created": []}
+    order = ("volumes", "node_status", "deleted", "updated", "created", "rollouts")
+    fields: dict[str, list[Any]] = {name: [] for name in order}
     used = 0
 
     def flush() -> None:
@@ -66,7 +68,7 @@ def split_plan(plan: ApplyPlan, max_bytes: int = MAX_COMMAND_BYTES) -> list[Appl
                 items.clear()
         used = 0
 
-    for name in ("volumes", "node_status", "deleted", "updated", "created"):
+    for name in order:
         for item in getattr(plan, name):
             size = len(_encoder.encode(item)) + 8  # the item plus its array header share
             if used + size > budget:
