@@ -295,10 +295,18 @@ def _check_deploy(spec: ServiceSpec, deploy: DeployConfig) -> None:
             f"--deploy-strategy {strategy.value} is for replicated services: a global service rolls node by node"
         )
     if strategy == DeployStrategy.CANARY:
-        if not 1 <= deploy.canary_replicas < max(spec.replicas, 1):
+        # A canary replaces a slot start-first: one replica leaves no old slot to compare with.
+        if spec.replicas < 2:
             raise ValidationError(
-                f"--canary-replicas must be at least 1 and fewer than the replicas ({spec.replicas})"
-                f" (got {deploy.canary_replicas})"
+                f"--deploy-strategy canary needs at least 2 replicas (got {spec.replicas}); "
+                "a single replica updates start-first with --deploy-strategy rolling"
+            )
+        # Not bounded by the replicas: a later `service scale` below it must not make every
+        # following update invalid. The rollout starts at most replicas - 1 canaries, as Nomad
+        # keeps its canary count apart from the group's count.
+        if not 1 <= deploy.canary_replicas <= MAX_REPLICAS:
+            raise ValidationError(
+                f"--canary-replicas must be between 1 and {MAX_REPLICAS} (got {deploy.canary_replicas})"
             )
         if deploy.canary_weight is not None and not 0 <= deploy.canary_weight <= 100:
             raise ValidationError(f"--canary-weight must be a percentage, 0 to 100 (got {deploy.canary_weight})")

@@ -103,6 +103,21 @@ def test_a_canary_starts_beside_the_old_tasks_takes_its_weight_and_waits_for_pro
     assert status(sim) == RolloutState.CANARY and images(sim) == ["app:1"] * 4 + ["app:2"]
 
 
+@pytest.mark.parametrize(("replicas", "asked", "started"), [(4, 9, 3), (2, 3, 1)])
+def test_more_canaries_than_replicas_is_valid_and_starts_at_most_replicas_minus_one(
+    replicas: int, asked: int, started: int
+) -> None:
+    # `service scale` does not revalidate the spec: scaling below --canary-replicas must not
+    # make every following update invalid, so the count is clamped, not refused.
+    validate.check_spec(canary_spec("app:2", replicas=replicas, n=asked))
+    sim = deployed(lambda image: canary_spec(image, replicas=replicas, n=asked))
+    sim.update_service("s001", canary_spec("app:2", replicas=replicas, n=asked))
+    run_until(sim, lambda: status(sim) == RolloutState.CANARY)
+    for _ in range(5):
+        step(sim)
+    assert images(sim) == ["app:1"] * replicas + ["app:2"] * started
+
+
 def test_promote_rolls_the_rest_under_the_update_settings() -> None:
     sim = deployed(canary_spec)
     sim.update_service("s001", canary_spec("app:2"))
@@ -327,12 +342,12 @@ BASE = ServiceSpec(name="web", image="app:1", replicas=3)
             {},
             "--canary-weight must be a percentage, 0 to 100 (got 101)",
         ),
+        (DeployConfig(DeployStrategy.CANARY), {}, "--canary-replicas must be between 1 and"),
         (
-            DeployConfig(DeployStrategy.CANARY, canary_replicas=3),
-            {},
-            "--canary-replicas must be at least 1 and fewer than the replicas (3) (got 3)",
+            DeployConfig(DeployStrategy.CANARY, canary_replicas=1),
+            {"replicas": 1},
+            "--deploy-strategy canary needs at least 2 replicas (got 1)",
         ),
-        (DeployConfig(DeployStrategy.CANARY), {}, "--canary-replicas must be at least 1"),
         (DeployConfig(blue_green_keep=60), {}, "--blue-green-keep needs --deploy-strategy blue-green"),
         (DeployConfig(DeployStrategy.CANARY, canary_replicas=1, blue_green_keep=60), {}, "--blue-green-keep needs"),
         (
