@@ -583,12 +583,31 @@ class _Pass:
             if (waiting and drained_for < bound) or drained_for < task.spec.stop_drain:
                 continue
             why = task.message.removeprefix(DRAINING) if task.message.startswith(DRAINING) else "drained"
+            name = f"{task.service_name}.{task.slot}"
             if waiting:
                 names = ", ".join(n[:12] for n in waiting)
                 unconfirmed = f"not confirmed out of the load balancing of node(s) {names} within {bound:g}s"
                 why += f" ({unconfirmed})"
-                self._note_in_rollout(task, f"{task.service_name}.{task.slot} stopped {unconfirmed}")
+                self._note_in_rollout(task, f"{name} stopped {unconfirmed}")
+            elif lost := self._lost_while_draining(task):
+                names = ", ".join(n[:12] for n in lost)
+                unconfirmed = f"node(s) {names} went down before confirming it out of their load balancing"
+                why += f" ({unconfirmed})"
+                self._note_in_rollout(task, f"{name} stopped: {unconfirmed}")
             self.update(task, desired_state=SHUTDOWN, message=f"shutdown: {why}")
+
+    def _lost_while_draining(self, task: Task) -> list[str]:
+        """Overlay nodes that went down (a silent agent) while `task` drained, their last known
+        routes still holding it: the stop no longer waits for them, but says so."""
+        down_at = {s.node_id: s.at for s in self.node_status if s.status == NodeStatus.DOWN}  # in this pass
+        return sorted(
+            n.id
+            for n in self.nodes.values()
+            if n.status == NodeStatus.DOWN
+            and n.overlay
+            and task.overlay_address in self.routes.get(n.id, ())
+            and down_at.get(n.id, n.updated_at) >= task.draining_since
+        )
 
     def _note_in_rollout(self, task: Task, note: str) -> None:
         """Say in the rollout's status under way that a stop did not wait for every node; unless
