@@ -19,6 +19,9 @@ Everything the rig starts is stopped by PID, by containerd's API or by the names
 
 from __future__ import annotations
 
+import signal
+import time
+
 import pytest
 
 from tests.fixtures.deploy_rig import DeployRig
@@ -30,6 +33,7 @@ pytestmark = pytest.mark.integration
 
 RATE = 25.0  # requests/s per hey worker: the machine is shared
 TIMEOUT = 5.0
+BOUND = 3.0  # how long a node that does not confirm holds a stop: 3 heartbeat periods of 1 s
 
 
 def _loads(rig: DeployRig, service: str = "web") -> tuple[HeyLoad, HeyLoad]:
@@ -122,4 +126,37 @@ def test_a_node_drain_on_two_nodes_fails_no_request_and_moves_the_task(two_node_
         _assert_none_failed("drain of a node", {"published port": published.stop(), "VIP": vip.stop()})
         _stopped_after_draining(rig, set(on_second))
     finally:
-        rig.tasks("web", history=True)  # the ids the rig sweeps
+        _remove(rig, "web")
+
+
+def test_a_silent_agent_holds_a_stop_no_longer_than_the_bound_and_is_named(two_node_rig: DeployRig) -> None:
+    """The second node's agent stops (SIGSTOP, by PID) and confirms nothing more: a scale-down's
+    stop of a task on the first node (the second, drained, runs none but routes to both) still
+    goes out, within the bound (3 heartbeat periods) of the drain, and the stopped task's message
+    names the node that did not confirm. The node goes down (3 periods after its last heartbeat,
+    just before the drain) before the bound passes: that ends the wait."""
+    rig = two_node_rig
+    second = rig.cluster.node_of(rig.cluster.hosts[1])["id"]
+    agent = rig.cluster.agents["h2"]
+    try:
+        rig.ok("node", "update", second, "--availability", "drain")
+        rig.create_web("web", "v1", 2)
+        rig.wait_serving(web_page("v1"), "web", 2)
+        agent.send_signal(signal.SIGSTOP)
+        drained = time.monotonic()
+        rig.ok("service", "scale", "web=1", "--detach")
+        stopped = wait_for(
+            lambda: [t for t in rig.tasks("web", history=True) if t["desired_state"] == "shutdown"],
+            timeout=60,
+            interval=0.2,
+            message="the scaled-down task told to stop",
+        )
+        waited = time.monotonic() - drained
+        print(f"silent agent: the stop went out {waited:.1f}s after the scale-down: {stopped[0]['message']}")
+        assert len(stopped) == 1 and stopped[0]["message"] == (
+            f"shutdown: scaled down (node(s) {second[:12]} went down before confirming it out of their load balancing)"
+        ), stopped
+        assert waited < BOUND + 10, waited  # the bound, plus a loaded machine's passes and CLI calls
+    finally:
+        agent.send_signal(signal.SIGCONT)
+        _remove(rig, "web")
