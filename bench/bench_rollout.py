@@ -10,7 +10,8 @@ registry, a health check every 500 ms with 2 retries).
     lanes and no overhead it would be about 0.5; the rest is the orchestration between one task
     being ready and the next being created, and the drains before each stop.
 (b) A failed update: `--image web:bad` (it fails its health check) with `--update-failure-action
-    rollback`, on 4 replicas of v1. From the first new task's failure (the time the manager
+    rollback` and a 2 s update monitor, on 4 replicas of v1; the rollback's own settings are the
+    defaults (parallelism 1, a 5 s monitor). From the first new task's failure (the time the manager
     recorded it turning unhealthy or failing, read by a poller as soon as it appears) to the
     end of the rollback (`rollback_completed`, the status's completed_at); and from the
     rollback's start (the leader acting on the failure) to its end.
@@ -148,8 +149,13 @@ def _rollbacks(rig) -> list[dict[str, object]]:
         status = _inspect(rig, "bad")["update_status"]
         assert status["state"] == "rollback_completed", status
         rig.wait_serving(web_page("v1"), "bad", FAIL_REPLICAS)
+        tasks = rig.tasks("bad", history=True)
         rounds.append(
             {
+                # Tasks of the update that started, and tasks the rollback (a new version with
+                # the old spec) started: it replaces every replica, those still on v1 too.
+                "started_by_update": sum(int(t["spec_version"]) == int(before) + 1 for t in tasks),
+                "started_by_rollback": sum(int(t["spec_version"]) == int(status["to_version"]) for t in tasks),
                 "command_s": round(command, 2),
                 "failure_to_end_s": round(status["completed_at"] - first_failure[0], 2) if first_failure else None,
                 "rollback_s": round(status["completed_at"] - status["started_at"], 2),
