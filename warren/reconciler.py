@@ -378,7 +378,7 @@ class _Pass:
                 self.to_place.append(t.id)
         for task_id in self.created[first_created:]:
             by_slot[self.overlay[task_id].slot].append(self.overlay[task_id])
-        self._trim_history(by_slot.values())
+        self._trim_history(by_slot.values(), version)
 
     def _rolling_update_replicated(
         self, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]
@@ -478,7 +478,7 @@ class _Pass:
         self._rolling_update_global(service, live, by_node, tasks)
         for task_id in self.created[first_created:]:
             by_node[self.overlay[task_id].node_id].append(self.overlay[task_id])
-        self._trim_history(by_node.values())
+        self._trim_history(by_node.values(), service.version)
 
     def _fill_nodes(self, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]) -> None:
         """Start a task on every eligible node without one, unless its restart policy says no."""
@@ -639,9 +639,12 @@ class _Pass:
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )
 
-    def _trim_history(self, groups: Iterable[list[Task]]) -> None:
+    def _trim_history(self, groups: Iterable[list[Task]], version: int) -> None:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
-        newest task of a slot is always kept: it carries the restart policy's attempt count."""
+        newest task of a slot is always kept: it carries the restart policy's attempt count.
+        An older ended task of an older version than `version` (the failed tasks of an update
+        that was rolled back) is no longer desired running: its slot moved on. Those of the
+        version rolling out stay as they are: the rollout counts them as failures."""
         limit = max(self.config.task_history_limit, 0)
         for group in groups:
             if len(group) <= 1:
@@ -652,6 +655,8 @@ class _Pass:
                 if t.state >= TaskState.COMPLETE:
                     if kept < limit:
                         kept += 1
+                        if t.desired_state <= RUNNING and t.spec_version != version and not t.draining_since:
+                            self.update(t, desired_state=SHUTDOWN)
                     else:
                         self.deleted.add(t.id)
 
