@@ -159,11 +159,11 @@ def run() -> dict[str, object]:
     }
 
 
-def _under_load(rig, change, settled) -> dict[str, object]:
-    """hey on the published port and on the VIP throughout `change()` (the CLI command, which
-    waits for convergence) and `settled()` (until the rig sees the stopped tasks gone and every
-    task serving): from LEAD_S before to TAIL_S after."""
-    urls = {"published": rig.published_url, "vip": rig.vip_url("web")}
+def _under_load(rig, change, settled, service: str = "web") -> dict[str, object]:
+    """hey on the published port and on the VIP of `service` throughout `change()` (the CLI
+    command, which waits for convergence) and `settled()` (until the rig sees the stopped tasks
+    gone and every task serving): from LEAD_S before to TAIL_S after."""
+    urls = {"published": rig.published_url, "vip": rig.vip_url(service)}
     loads = {
         target: rig.load(
             urls[target], concurrency=workers, rate_per_worker=RATE_PER_WORKER, request_timeout=REQUEST_TIMEOUT_S

@@ -31,6 +31,8 @@ BENCHMARKS = {
     "overlay": "bench.bench_overlay",
     "rotation": "bench.bench_rotation",
     "deploy": "bench.bench_deploy",
+    "rollout": "bench.bench_rollout",
+    "deploy_cases": "bench.bench_deploy_cases",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -23,9 +23,11 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fixtures import registry as _registry
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.deploy_rig import DeployRig
-from tests.fixtures.images import WebImage, build_web_images, web_page
+from tests.fixtures.images import BusyboxImage, WebImage, build_web_images, web_page
+from tests.fixtures.plugin import unavailable
 from tests.fixtures.ports import free_port
 from tests.fixtures.registry import LocalRegistry
 from tests.integration.harness import Manager
@@ -189,3 +191,35 @@ def test_an_unreachable_registry_keeps_the_tag_with_a_warning_and_a_manager_may_
             assert warnings == []
     finally:
         manager.stop()
+
+
+def test_a_tag_not_pinned_at_create_is_pinned_by_update_image_with_the_same_tag(
+    tmp_path: Path, busybox_image: BusyboxImage
+) -> None:
+    unavailable(_registry.missing_reason())
+    (tmp_path / "registry").mkdir()
+    registry = LocalRegistry(tmp_path / "registry")  # its port is chosen; nothing listens there yet
+    image = f"{registry.host}/busybox:latest"
+    (tmp_path / "manager").mkdir()
+    manager = Manager(tmp_path / "manager", resolve_images=True)
+    try:
+        manager.start()
+        created = manager.cli("service", "create", "app", "--image", image, "--detach")
+        assert created.returncode == 0 and "could not be pinned" in created.stderr, created.stderr
+        # Still no registry: the same tag is looked up again, still in vain, and nothing changes.
+        again = manager.cli("service", "update", "app", "--image", image, "--detach")
+        assert again.returncode == 0, again.stderr
+        assert "could not be pinned" in again.stderr and "app: nothing to change" in again.stderr, again.stderr
+        assert manager.cli_json("service", "inspect", "app")["version"] == "1"  # type: ignore[index]
+
+        registry.start()
+        registry.push(busybox_image.archive, "busybox:latest")
+        updated = manager.cli("service", "update", "app", "--image", image, "--detach")
+        assert updated.returncode == 0 and "warning" not in updated.stderr, updated.stderr
+        inspected = manager.cli_json("service", "inspect", "app")
+        digest = RegistryDigests().digest(image)
+        assert inspected["spec"]["image"] == f"{image}@{digest}", inspected  # type: ignore[index]
+        assert inspected["version"] == "2"  # type: ignore[index]
+    finally:
+        manager.stop()
+        registry.close()

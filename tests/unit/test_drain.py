@@ -18,7 +18,17 @@ from tests.unit.core_sim import Sim, node, spec
 from warren import commands
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.dispatcher import RoutingReports, _endpoints
-from warren.model import HealthCheck, Service, Task, TaskState, UpdateConfig, UpdateOrder, is_routed
+from warren.model import (
+    Availability,
+    HealthCheck,
+    NodeStatus,
+    Service,
+    Task,
+    TaskState,
+    UpdateConfig,
+    UpdateOrder,
+    is_routed,
+)
 from warren.reconciler import reconcile
 from warren.state import ClusterState, Put
 
@@ -95,6 +105,53 @@ def test_a_node_that_does_not_confirm_blocks_for_three_heartbeat_periods_and_is_
         stop.message
         == f"shutdown: scaled down (not confirmed out of the load balancing of node(s) n2 within {bound:g}s)"
     )
+
+
+def test_a_silent_agent_whose_node_goes_down_before_the_bound_is_named_in_the_stop() -> None:
+    # n2 routes to both tasks (they run on n1) until its agent falls silent, a little before the
+    # scale-down: its node goes down (3 periods after its last heartbeat) before the bound (3
+    # periods after the drain began), which ends the wait; the stop still says who never confirmed.
+    sim = overlay_cluster("n1", "n2")
+    sim.set_node("n2", availability=Availability.DRAIN)
+    svc = web(sim, 2)
+    before = routing(sim, svc)
+    silent_since = sim.now
+    sim.tick(2)
+    sim.heartbeats["n2"] = silent_since
+    sim.scale(svc, 1)
+    step(sim, {"n1": before, "n2": before})
+    [victim] = [t for t in sim.tasks(svc) if t.draining_since]
+    after = routing(sim, svc)
+    bound = sim.config.node_timeout
+    sim.tick(bound - 1)  # n2 is down: silent for bound + 1; the drain began bound - 1 ago
+    sim.heartbeats["n2"] = silent_since
+    plan = step(sim, {"n1": after, "n2": before})
+    assert sim.state.nodes["n2"].status == NodeStatus.DOWN
+    assert [(u.id, u.desired_state, u.message) for u in plan.updated] == [
+        (
+            victim.id,
+            TaskState.SHUTDOWN,
+            "shutdown: scaled down (node(s) n2 went down before confirming it out of their load balancing)",
+        )
+    ]
+
+
+def test_a_node_down_before_the_drain_began_is_not_named() -> None:
+    sim = overlay_cluster("n1", "n2")
+    sim.set_node("n2", availability=Availability.DRAIN)
+    svc = web(sim, 2)
+    before = routing(sim, svc)
+    silent_since = sim.now
+    sim.tick(sim.config.node_timeout + 1)
+    sim.heartbeats["n2"] = silent_since
+    step(sim, {"n1": before, "n2": before})
+    assert sim.state.nodes["n2"].status == NodeStatus.DOWN
+    sim.tick()
+    sim.scale(svc, 1)
+    step(sim, {"n1": before, "n2": before})
+    sim.tick()
+    plan = step(sim, {"n1": routing(sim, svc), "n2": before})
+    assert [(u.desired_state, u.message) for u in plan.updated] == [(TaskState.SHUTDOWN, "shutdown: scaled down")]
 
 
 def test_stop_drain_keeps_a_confirmed_task_running_for_its_period() -> None:

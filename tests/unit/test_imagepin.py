@@ -71,6 +71,17 @@ def test_an_update_resolves_only_a_changed_image_or_a_forced_one() -> None:
     assert to_resolve(spec(f"app:2@{D2}"), current, no_resolve=False) is None
 
 
+def test_an_unpinned_tag_given_again_is_resolved_again() -> None:
+    current = spec("app:1")  # its lookup failed at create: stored as a tag
+    # An unrelated update leaves it alone (no lookup, no warning on each update)...
+    assert to_resolve(spec("app:1", env={"A": "1"}), current, no_resolve=False) is None
+    # ...`--image app:1` names it again: looked up, so that it gets pinned now.
+    assert to_resolve(spec("app:1"), current, no_resolve=False, image_given=True) == "app:1"
+    assert to_resolve(spec("app:1"), current, no_resolve=True, image_given=True) is None
+    # A digest given again is kept as given, not looked up.
+    assert to_resolve(spec(f"app:1@{D1}"), spec(f"app:1@{D1}"), no_resolve=False, image_given=True) is None
+
+
 def test_a_lookup_pins_and_a_failed_one_keeps_the_image_with_a_warning() -> None:
     registry = Registry({"app:1": D1})
     assert run(pinned(registry, spec("app:1"), None, False)).image == f"app:1@{D1}"

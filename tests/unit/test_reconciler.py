@@ -476,6 +476,9 @@ def test_failure_action_rollback_returns_every_task_to_the_previous_spec() -> No
     assert service.update_status is not None and service.update_status.state == RolloutState.ROLLBACK_COMPLETED
     assert service.update_status.message == "rolled back: task web.2 failed: exit status 1 (image bad:2)"
     assert sorted((t.slot, t.spec.image) for t in sim.running(svc)) == [(1, "busybox"), (2, "busybox")]
+    # What the failed version ran is history: ended, and no longer meant to run (as in Swarm).
+    old = sorted((t.slot, t.state, t.desired_state) for t in sim.tasks(svc) if t.spec_version == 2)
+    assert old == [(1, TaskState.SHUTDOWN, TaskState.SHUTDOWN), (2, TaskState.FAILED, TaskState.SHUTDOWN)]
 
 
 def test_update_replaces_unplaced_tasks_at_once() -> None:

@@ -160,21 +160,30 @@ def cmd_update(args: argparse.Namespace) -> int:
         spec.CopyFrom(current.spec)
         apply_update(spec, args)
         name = current.spec.name
-        if spec == current.spec:
+        # The same unpinned tag given again: the manager looks it up again (ADR 34).
+        retry_pin = args.image is not None and "@" not in spec.image and not args.no_resolve_image
+        if spec == current.spec and not retry_pin:
             sys.stderr.write(f"{name}: nothing to change\n")
             return 0
-        if only_replicas_changed(current.spec, spec):
+        if only_replicas_changed(current.spec, spec) and not retry_pin:
             # Sent as a scale: an update bumps the version, and the manager would then replace
             # every task one by one for a change that concerns none of them.
             service = client.call("ScaleService", pb.ScaleServiceRequest(service=current.id, replicas=spec.replicas))
             redeploy = False
         else:
             request = pb.UpdateServiceRequest(
-                service=current.id, spec=spec, version=current.version, no_resolve_image=args.no_resolve_image
+                service=current.id,
+                spec=spec,
+                version=current.version,
+                no_resolve_image=args.no_resolve_image,
+                resolve_image=args.image is not None,
             )
             service = client.call("UpdateService", request)
             _warn(service)
-            redeploy = True
+            redeploy = service.version != current.version  # not when only a tag was retried, or a scale
+            if not redeploy and spec == current.spec:  # the tag could still not be pinned (warned)
+                sys.stderr.write(f"{name}: nothing to change\n")
+                return 0
         print(name, flush=True)
         if args.detach:
             return 0

@@ -452,7 +452,7 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
                 check_ports_free(state, spec, service.id)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        image = await pinned(self._images, spec, service.spec, request.no_resolve_image)
+        image = await pinned(self._images, spec, service.spec, request.no_resolve_image, request.resolve_image)
         spec = msgspec.structs.replace(spec, image=image.image)
         await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))
         return self._service_pb(service.id, image.warning)

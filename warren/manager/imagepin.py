@@ -77,17 +77,21 @@ def has_tag(name: str) -> bool:
     return ":" in name.rsplit("/", 1)[-1]
 
 
-def to_resolve(spec: ServiceSpec, previous: ServiceSpec | None, no_resolve: bool) -> str | None:
+def to_resolve(
+    spec: ServiceSpec, previous: ServiceSpec | None, no_resolve: bool, image_given: bool = False
+) -> str | None:
     """The reference whose tag to look up for `spec` (created, or updated from `previous`), or
     None to store `spec.image` as it is.
 
     - An image that did not change is not looked up again (a re-pushed tag is not picked up by
       an unrelated update), unless `--force` bumped `force_update`: then its tag is resolved anew.
+      `image_given` (the operator named the image, `--image`) counts as a change: the same tag
+      is looked up again, which pins one whose lookup failed before.
     - An image the operator gave with a digest is kept as given (on a force too, if it has no tag).
     """
     if no_resolve:
         return None
-    unchanged = previous is not None and spec.image == previous.image
+    unchanged = previous is not None and spec.image == previous.image and not image_given
     if unchanged and previous is not None and spec.force_update == previous.force_update:
         return None
     name, digest = split_digest(spec.image)
@@ -113,10 +117,14 @@ def unpinned_warning(spec_image: str, name: str, reason: str) -> str:
 
 
 async def pinned(
-    lookup: DigestLookup | None, spec: ServiceSpec, previous: ServiceSpec | None, no_resolve: bool
+    lookup: DigestLookup | None,
+    spec: ServiceSpec,
+    previous: ServiceSpec | None,
+    no_resolve: bool,
+    image_given: bool = False,
 ) -> Pinned:
     """The image to store for `spec`: pinned to the registry's digest, or as it was with a warning."""
-    name = to_resolve(spec, previous, no_resolve)
+    name = to_resolve(spec, previous, no_resolve, image_given)
     if name is None or lookup is None:
         return Pinned(spec.image)
     try:

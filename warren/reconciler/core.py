@@ -305,9 +305,12 @@ class Pass:
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )
 
-    def trim_history(self, groups: Iterable[list[Task]]) -> None:
+    def trim_history(self, groups: Iterable[list[Task]], version: int) -> None:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
-        newest task of a slot is always kept: it carries the restart policy's attempt count."""
+        newest task of a slot is always kept: it carries the restart policy's attempt count.
+        An older ended task of an older version than `version` (the failed tasks of an update
+        that was rolled back) is no longer desired running: its slot moved on. Those of the
+        version rolling out stay as they are: the rollout counts them as failures."""
         limit = max(self.config.task_history_limit, 0)
         for group in groups:
             if len(group) <= 1:
@@ -318,6 +321,8 @@ class Pass:
                 if t.state >= TaskState.COMPLETE:
                     if kept < limit:
                         kept += 1
+                        if t.desired_state <= RUNNING and t.spec_version != version and not t.draining_since:
+                            self.update(t, desired_state=SHUTDOWN)
                     else:
                         self.deleted.add(t.id)
 

@@ -51,7 +51,7 @@ def reconcile_global(p: Pass, service: Service, tasks: list[Task]) -> None:
     _rolling_update(p, service, live, by_node, tasks)
     for task_id in p.created[first_created:]:
         by_node[p.overlay[task_id].node_id].append(p.overlay[task_id])
-    p.trim_history(by_node.values())
+    p.trim_history(by_node.values(), service.version)
 
 
 def _fill_nodes(p: Pass, service: Service, live: dict[str, Task], by_node: Mapping[str, list[Task]]) -> None:

@@ -87,7 +87,7 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             p.to_place.append(t.id)
     for task_id in p.created[first_created:]:
         by_slot[p.overlay[task_id].slot].append(p.overlay[task_id])
-    p.trim_history(by_slot.values())
+    p.trim_history(by_slot.values(), service.version)
 
 
 def _rolling_update(

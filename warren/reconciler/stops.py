@@ -47,12 +47,32 @@ def stop_drained(p: Pass) -> None:
         if (waiting and drained_for < bound) or drained_for < task.spec.stop_drain:
             continue
         why = task.message.removeprefix(DRAINING) if task.message.startswith(DRAINING) else "drained"
+        name = f"{task.service_name}.{task.slot}"
         if waiting:
             names = ", ".join(n[:12] for n in waiting)
             unconfirmed = f"not confirmed out of the load balancing of node(s) {names} within {bound:g}s"
             why += f" ({unconfirmed})"
-            _note_in_rollout(p, task, f"{task.service_name}.{task.slot} stopped {unconfirmed}")
+            _note_in_rollout(p, task, f"{name} stopped {unconfirmed}")
+        elif lost := _lost_while_draining(p, task):
+            names = ", ".join(n[:12] for n in lost)
+            unconfirmed = f"node(s) {names} went down before confirming it out of their load balancing"
+            why += f" ({unconfirmed})"
+            _note_in_rollout(p, task, f"{name} stopped: {unconfirmed}")
         p.update(task, desired_state=SHUTDOWN, message=f"shutdown: {why}")
+
+
+def _lost_while_draining(p: Pass, task: Task) -> list[str]:
+    """Overlay nodes that went down (a silent agent) while `task` drained, their last known
+    routes still holding it: the stop no longer waits for them, but says so."""
+    down_at = {s.node_id: s.at for s in p.node_status if s.status == NodeStatus.DOWN}  # in this pass
+    return sorted(
+        n.id
+        for n in p.nodes.values()
+        if n.status == NodeStatus.DOWN
+        and n.overlay
+        and task.overlay_address in p.routes.get(n.id, ())
+        and down_at.get(n.id, n.updated_at) >= task.draining_since
+    )
 
 
 def _note_in_rollout(p: Pass, task: Task, note: str) -> None:
