@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
-from warren import rollout
+from warren import rebalance, rollout
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
@@ -160,6 +160,7 @@ class _Pass:
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
+        self._eligible: rebalance.Eligible | None = None
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
 
     # -- the pass ------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ class _Pass:
         self.update(task, **fields)
         return True
 
-    def create(self, service: Service, slot: int, attempt: int, node_id: str = "") -> Task:
+    def create(self, service: Service, slot: int, attempt: int, node_id: str = "", relocates: str = "") -> Task:
         """A new task of the current spec; PENDING for the scheduler unless its node is given."""
         task = Task(
             id=self.new_id(),
@@ -242,6 +243,7 @@ class _Pass:
             attempt=attempt,
             created_at=self.now,
             updated_at=self.now,
+            relocates=relocates,
         )
         self.starts += 1
         self.overlay[task.id] = task
@@ -337,14 +339,19 @@ class _Pass:
                 for t in slot_live:
                     self.shutdown(t, "not a replicated slot")
                 continue
-            slot_live.sort(key=lambda t: (t.spec_version == version, t.state, t.created_at, t.id), reverse=True)
+            ids = {t.id for t in slot_live}  # a rebalance's new task holds the slot of the one it moves
+            slot_live.sort(
+                key=lambda t: (t.spec_version == version, t.relocates in ids, t.state, t.created_at, t.id), reverse=True
+            )
             keeper, rest = slot_live[0], slot_live[1:]
-            older = [t for t in rest if t.spec_version != keeper.spec_version]
+            older = [t for t in rest if t.spec_version != keeper.spec_version or t.id == keeper.relocates]
             if keeper.spec_version == version and not is_ready(keeper) and older:
                 standby[slot] = older[0]
                 rest.remove(older[0])
             for extra in rest:
-                self.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
+                moved = extra.id == keeper.relocates
+                replaced = "moved to another node by a rebalance" if moved else "replaced by service update"
+                self.shutdown(extra, replaced if extra in older else "duplicate task in slot")
             live[slot] = keeper
 
         if len(live) > replicas:
@@ -369,6 +376,7 @@ class _Pass:
 
         self._rolling_update_replicated(service, live, standby, tasks)
         self._fill_slots(service, live, by_slot, replicas)
+        self._rebalance(service, live, standby, tasks)
         for slot, serving in standby.items():  # the new task may have been replaced in this pass
             if slot in live:
                 self.standby_for[live[slot].id] = serving
@@ -409,6 +417,29 @@ class _Pass:
             live[t.slot] = self.create(service, t.slot, 0)
             if not stop_first:
                 standby[t.slot] = t
+
+    def _rebalance(self, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]) -> None:
+        """Start the moves of a rebalance (ADR 36): a new task of the slot on its target node;
+        the old one serves until it is ready (start-first), like an update's."""
+        if self._eligible is None:
+            self._eligible = rebalance.Eligible(self.nodes.values())
+        cluster = self.state.cluster
+        need = service.spec.reservations
+
+        def room_of(node: Node) -> int | None:
+            return rebalance.room(node, self.reserved.get(node.id, Resources()), self.live.get(node.id, 0), need)
+
+        holders = [self.task(t.id) for t in live.values()]
+        eligible = self._eligible.nodes(service.spec.constraints)
+        automatic = cluster is not None and cluster.auto_rebalance
+        step = rebalance.step(service, holders, tasks, eligible, room_of, self.now, automatic)
+        if step.status is not None:
+            self.rollouts.append(RolloutChange(service.id, service.version, step.status))
+        for move in step.moves:
+            if not self.can_start():
+                return
+            old = standby[move.slot] = live[move.slot]
+            live[move.slot] = self.create(service, move.slot, old.attempt, move.to_node, relocates=old.id)
 
     def _fill_slots(
         self, service: Service, live: dict[int, Task], by_slot: Mapping[int, list[Task]], replicas: int

@@ -99,6 +99,7 @@ class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
     """Cluster-wide settings an operator may change after init; None keeps a value."""
 
     wg_key_rotation_period: float | None = None
+    auto_rebalance: bool | None = None  # ADR 36
 
 
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):
@@ -185,6 +186,15 @@ class RollbackService(msgspec.Struct, frozen=True, tag="service.rollback"):
     expected_version: int = 0
 
 
+class RebalanceService(msgspec.Struct, frozen=True, tag="service.rebalance"):
+    """Even out a replicated service's spread over its eligible nodes (ADR 36): the reconciler
+    moves the fewest tasks, under the update settings. expected_version: 0 = don't check."""
+
+    service_id: str
+    at: float
+    expected_version: int = 0
+
+
 class ScaleService(msgspec.Struct, frozen=True, tag="service.scale"):
     service_id: str
     replicas: int
@@ -266,6 +276,7 @@ Command = (
     | CreateService
     | UpdateService
     | RollbackService
+    | RebalanceService
     | ScaleService
     | RemoveService
     | ApplyPlan
