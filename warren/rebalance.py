@@ -110,7 +110,7 @@ def plan(tasks: Iterable[Task], rooms: Mapping[str, int | None]) -> tuple[Move, 
         if task.node_id in by_node:
             by_node[task.node_id].append(task)
     for on_node in by_node.values():  # the next to move last
-        on_node.sort(key=lambda t: (is_ready(t), t.created_at, t.slot, t.id), reverse=True)
+        on_node.sort(key=lambda t: (not is_ready(t), t.created_at, t.slot, t.id))
     count = {node_id: len(on_node) for node_id, on_node in by_node.items()}
     left = dict(rooms)
     moves: list[Move] = []

@@ -12,7 +12,7 @@ import shlex
 import sys
 from typing import Any
 
-from warren.cli import units
+from warren.cli import service_rebalance, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
@@ -85,6 +85,8 @@ def register(groups: Any) -> None:
     p.add_argument("--restore-replicas", action="store_true", help="also return to that version's replica count")
     add_wait_flags(p)
     p.set_defaults(func=cmd_rollback)
+
+    service_rebalance.add_parser(cmds)
 
     p = cmds.add_parser("history", help="list the kept versions of a service's spec, with what changed")
     p.add_argument("name", help="name, ID or unique ID prefix")

@@ -1,0 +1,389 @@
+"""Rebalancing (ADR 36), pure: the plan (fewest moves, even within one, room and eligibility
+respected, idempotent), a rebalance's steps, the `service rebalance` handler, the FSM's slot
+guard for a move, and the whole thing through the reconciler on the core simulator."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.unit.core_sim import Sim, node, spec
+from warren import commands, rebalance
+from warren.commands import ApplyPlan, RebalanceService, UpdateClusterSettings
+from warren.model import (
+    Availability,
+    ClusterInfo,
+    FailureAction,
+    Node,
+    NodeStatus,
+    Resources,
+    RolloutState,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    Task,
+    TaskState,
+    UpdateConfig,
+    UpdateStatus,
+)
+from warren.state import Put
+
+NOW = 1000.0
+
+
+def placed(index: int, node_id: str, *, ready: bool = True, created_at: float = 1.0) -> Task:
+    return Task(
+        id=f"t{index:03d}",
+        service_id="s1",
+        service_name="web",
+        slot=index,
+        spec=ServiceSpec(name="web", image="app"),
+        spec_version=1,
+        state=TaskState.RUNNING if ready else TaskState.STARTING,
+        node_id=node_id,
+        created_at=created_at,
+        ready_at=created_at if ready else 0.0,
+    )
+
+
+def layout(counts: list[int]) -> list[Task]:
+    """counts[i] tasks on node n{i}."""
+    tasks: list[Task] = []
+    for i, count in enumerate(counts):
+        for _ in range(count):
+            tasks.append(placed(len(tasks) + 1, f"n{i}"))
+    return tasks
+
+
+def after(tasks: list[Task], moves: tuple[rebalance.Move, ...]) -> list[Task]:
+    target = {m.task_id: m.to_node for m in moves}
+    return [msgspec.structs.replace(t, node_id=target.get(t.id, t.node_id)) for t in tasks]
+
+
+def per_node(tasks: list[Task], nodes: list[str]) -> list[int]:
+    count = Counter(t.node_id for t in tasks)
+    return [count[n] for n in nodes]
+
+
+def fewest_moves(counts: list[int]) -> int:
+    """The known minimum: the r = T mod n fullest nodes keep q + 1 tasks, the others q."""
+    total, n = sum(counts), len(counts)
+    q, r = divmod(total, n)
+    targets = [q + 1] * r + [q] * (n - r)
+    return sum(max(0, c - f) for c, f in zip(sorted(counts, reverse=True), targets, strict=True))
+
+
+# -- the plan ----------------------------------------------------------------------------------
+@given(st.lists(st.integers(0, 12), min_size=1, max_size=8))
+@settings(max_examples=300, deadline=None)
+def test_the_plan_moves_the_fewest_tasks_and_evens_out_within_one(counts: list[int]) -> None:
+    tasks = layout(counts)
+    nodes = [f"n{i}" for i in range(len(counts))]
+    rooms: dict[str, int | None] = dict.fromkeys(nodes)
+    moves = rebalance.plan(tasks, rooms)
+    assert len(moves) == fewest_moves(counts)
+    assert len({m.task_id for m in moves}) == len(moves), "a task moves at most once"
+    result = per_node(after(tasks, moves), nodes)
+    assert max(result) - min(result) <= 1
+    assert rebalance.plan(after(tasks, moves), rooms) == (), "planning again moves nothing"
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 10), st.one_of(st.none(), st.integers(0, 6))), min_size=1, max_size=7),
+    st.lists(st.integers(0, 5), max_size=3),
+)
+@settings(max_examples=300, deadline=None)
+def test_the_plan_respects_room_and_eligibility_and_is_idempotent(
+    nodes_spec: list[tuple[int, int | None]], elsewhere: list[int]
+) -> None:
+    counts = [c for c, _ in nodes_spec] + elsewhere
+    tasks = layout(counts)
+    eligible = [f"n{i}" for i in range(len(nodes_spec))]
+    rooms = {f"n{i}": room for i, (_, room) in enumerate(nodes_spec)}
+    moves = rebalance.plan(tasks, rooms)
+    received = Counter(m.to_node for m in moves)
+    for node_id, got in received.items():
+        assert node_id in rooms, "never onto a node that may not take the service"
+        limit = rooms[node_id]
+        assert limit is None or got <= limit, "never past a node's room"
+    on_other_nodes = {t.id for t in tasks if t.node_id not in rooms}
+    assert not {m.task_id for m in moves} & on_other_nodes, "tasks on other nodes stay"
+    assert all(m.from_node != m.to_node for m in moves)
+    moved = after(tasks, moves)
+    left = {n: (r if r is None else r - received[n]) for n, r in rooms.items()}
+    assert rebalance.plan(moved, left) == ()
+    # Balanced within one, except towards nodes without room.
+    result = dict(zip(eligible, per_node(moved, eligible), strict=True))
+    fullest = max(result.values())
+    for node_id, count in result.items():
+        assert count >= fullest - 1 or left[node_id] == 0
+
+
+def test_a_task_that_serves_nothing_yet_moves_first_then_the_newest() -> None:
+    tasks = [
+        placed(1, "a", created_at=1.0),
+        placed(2, "a", created_at=3.0),
+        placed(3, "a", ready=False, created_at=2.0),
+    ]
+    assert [m.task_id for m in rebalance.plan(tasks, {"a": None, "b": None})] == ["t003"]
+    all_ready = [*tasks[:2], placed(4, "a")]
+    assert [m.task_id for m in rebalance.plan(all_ready, {"a": None, "b": None})] == ["t002"]
+
+
+def test_room_counts_reservations_and_overlay_addresses() -> None:
+    big = Node(id="n", hostname="n", resources=Resources(4_000_000_000, 8 << 30))
+    need = Resources(1_000_000_000, 1 << 30)
+    assert rebalance.room(big, Resources(1_000_000_000, 0), 0, need) == 3
+    assert rebalance.room(big, Resources(0, 7 << 30), 0, need) == 1
+    assert rebalance.room(big, Resources(), 0, Resources()) is None
+    on_overlay = msgspec.structs.replace(big, overlay=True, overlay_subnet="10.0.0.0/29")  # 5 addresses for tasks
+    assert rebalance.room(on_overlay, Resources(), 3, Resources()) == 2
+    assert rebalance.room(on_overlay, Resources(), 9, Resources()) == 0
+
+
+def test_eligible_nodes_are_ready_active_and_match_the_constraints() -> None:
+    nodes = [
+        node("a", labels={"zone": "eu"}),
+        node("b", labels={"zone": "us"}),
+        node("c", labels={"zone": "eu"}, availability=Availability.PAUSE),
+        node("d", labels={"zone": "eu"}, status=NodeStatus.DOWN),
+    ]
+    eligible = rebalance.Eligible(nodes)
+    assert eligible.nodes(("node.labels.zone==eu",))[1] == {"a"}
+    assert eligible.nodes(())[1] == {"a", "b"}
+    assert eligible.nodes(("nonsense",))[1] == frozenset()
+
+
+# -- steps -------------------------------------------------------------------------------------
+def service(state: RolloutState | None = RolloutState.REBALANCING, **update: object) -> Service:
+    status = UpdateStatus(state, 900.0, 1, 1, message="rebalancing: 0 of 2 tasks moved") if state else None
+    config = UpdateConfig(**update)  # type: ignore[arg-type]
+    return Service(id="s1", spec=ServiceSpec(name="web", image="app", replicas=4, update=config), update_status=status)
+
+
+ELIGIBLE = ([Node(id="n0", hostname="n0"), Node(id="n1", hostname="n1")], frozenset({"n0", "n1"}))
+
+
+def no_limit(_node: Node) -> int | None:
+    return None
+
+
+def moved(slot: int, *, ready_at: float = 0.0, state: TaskState = TaskState.RUNNING) -> Task:
+    return msgspec.structs.replace(
+        placed(slot, "n1", created_at=950.0), id=f"m{slot}", relocates=f"t{slot:03d}", ready_at=ready_at, state=state
+    )
+
+
+def test_a_rebalance_starts_its_moves_one_lane_at_a_time_and_completes() -> None:
+    four_on_a = layout([4])
+    result = rebalance.step(service(), four_on_a, [], ELIGIBLE, no_limit, NOW, automatic=False)
+    assert [m.to_node for m in result.moves] == ["n1"]
+    assert result.status is None  # its message says so already
+    # One move in flight, not yet past the monitor: the lane is busy.
+    in_flight = moved(4, ready_at=NOW - 1)
+    holders = [*four_on_a[:3], in_flight]
+    assert rebalance.step(service(), holders, [in_flight], ELIGIBLE, no_limit, NOW, False).moves == ()
+    done = moved(4, ready_at=NOW - 5)
+    step = rebalance.step(service(), [*four_on_a[:3], done], [done], ELIGIBLE, no_limit, NOW, False)
+    assert len(step.moves) == 1 and step.status is not None
+    assert step.status.message == "rebalancing: 1 of 2 tasks moved"
+    second = moved(3, ready_at=NOW - 5)
+    holders = [*four_on_a[:2], second, done]
+    end = rebalance.step(service(), holders, [done, second], ELIGIBLE, no_limit, NOW, False)
+    assert end.moves == ()
+    assert end.status is not None and end.status.state == RolloutState.COMPLETED
+    assert (end.status.message, end.status.completed_at) == ("rebalanced: 2 tasks moved", NOW)
+
+
+def test_parallelism_zero_moves_everything_at_once() -> None:
+    result = rebalance.step(service(parallelism=0), layout([6]), [], ELIGIBLE, no_limit, NOW, False)
+    assert len(result.moves) == 3
+
+
+def test_a_failed_move_pauses_and_says_why_unless_the_failure_action_is_continue() -> None:
+    failed = msgspec.structs.replace(moved(4, state=TaskState.FAILED), error="exit status 3")
+    holders = layout([4])
+    for action in (FailureAction.PAUSE, FailureAction.ROLLBACK):
+        result = rebalance.step(service(failure_action=action), holders, [failed], ELIGIBLE, no_limit, NOW, False)
+        assert result.moves == ()
+        assert result.status is not None and result.status.state == RolloutState.REBALANCE_PAUSED
+        assert result.status.message == "paused: task web.4 failed: exit status 3 (image app)"
+    going_on = rebalance.step(
+        service(failure_action=FailureAction.CONTINUE), holders, [failed], ELIGIBLE, no_limit, NOW, False
+    )
+    assert len(going_on.moves) == 1
+    assert going_on.status is not None and going_on.status.message == "rebalancing: 0 of 2 tasks moved; 1 failed"
+
+
+def test_nothing_moves_while_a_slot_is_unplaced_or_on_another_version() -> None:
+    unplaced = [*layout([4]), msgspec.structs.replace(placed(5, ""), state=TaskState.PENDING)]
+    assert rebalance.step(service(), unplaced, [], ELIGIBLE, no_limit, NOW, False) == rebalance.Step()
+    outdated = [*layout([3]), msgspec.structs.replace(placed(4, "a"), spec_version=0)]
+    assert rebalance.step(service(), outdated, [], ELIGIBLE, no_limit, NOW, False) == rebalance.Step()
+
+
+def test_auto_rebalance_starts_only_when_settled_and_off_by_more_than_one() -> None:
+    four_on_a = layout([4])
+    assert rebalance.step(service(None), four_on_a, [], ELIGIBLE, no_limit, NOW, automatic=False) == rebalance.Step()
+    started = rebalance.step(service(None), four_on_a, [], ELIGIBLE, no_limit, NOW, automatic=True)
+    assert len(started.moves) == 1
+    assert started.status == UpdateStatus(
+        RolloutState.REBALANCING, NOW, 1, 1, message="rebalancing: 0 of 2 tasks moved"
+    )
+    completed = rebalance.step(service(RolloutState.COMPLETED), four_on_a, [], ELIGIBLE, no_limit, NOW, True)
+    assert completed.status is not None
+    # Off by one: no move (hysteresis). A rollout under way or paused, or a paused rebalance: wait.
+    assert rebalance.step(service(None), layout([2, 1]), [], ELIGIBLE, no_limit, NOW, True) == rebalance.Step()
+    for state in (RolloutState.UPDATING, RolloutState.PAUSED, RolloutState.REBALANCE_PAUSED):
+        assert rebalance.step(service(state), four_on_a, [], ELIGIBLE, no_limit, NOW, True) == rebalance.Step()
+
+
+# -- the handler -------------------------------------------------------------------------------
+def cluster_with(spec_: ServiceSpec, nodes: int = 1) -> tuple[Sim, str]:
+    sim = Sim()
+    sim.add_node(node("n1"))
+    service_id = sim.create_service(spec_)
+    sim.converge()
+    for i in range(2, nodes + 1):
+        sim.add_node(node(f"n{i}"))
+    return sim, service_id
+
+
+def test_the_handler_refuses_bad_input_and_writes_nothing_when_balanced() -> None:
+    sim, service_id = cluster_with(spec("web", replicas=4), nodes=1)
+    result, changes = commands.apply(sim.state, RebalanceService(service_id, NOW))
+    assert (result.ok, changes) == (True, [])
+    assert result.message == "nothing to move: 4 tasks on 1 node (4), as even as the eligible nodes allow"
+    assert commands.apply(sim.state, RebalanceService("nope", NOW))[0].code == "not_found"
+    stale = commands.apply(sim.state, RebalanceService(service_id, NOW, expected_version=7))[0]
+    assert stale.code == "failed_precondition" and "changed since version 7" in stale.message
+
+    sim_global, global_id = cluster_with(spec("agent", mode=ServiceMode.GLOBAL), nodes=2)
+    refused = commands.apply(sim_global.state, RebalanceService(global_id, NOW))[0]
+    assert refused.code == "invalid_argument"
+    assert refused.message == "service agent is global: it runs one task on each eligible node, none to move"
+
+
+def test_the_handler_starts_a_rebalance_and_refuses_during_a_rollout() -> None:
+    sim, service_id = cluster_with(spec("web", replicas=4), nodes=2)
+    result = sim.run(RebalanceService(service_id, sim.now))
+    assert result.message == "rebalancing: 0 of 2 tasks moved"
+    status = sim.state.services[service_id].update_status
+    assert status is not None and (status.state, status.from_version, status.to_version) == (
+        RolloutState.REBALANCING,
+        1,
+        1,
+    )
+    again, changes = commands.apply(sim.state, RebalanceService(service_id, sim.now))
+    assert again.ok and changes == [] and again.message.startswith("service web is rebalancing already")
+
+    sim.update_service(service_id, spec("web", replicas=4, image="busybox:2"))
+    status = sim.state.services[service_id].update_status
+    assert status is not None and status.message == "replaces the rebalance of version 1, which was rebalancing"
+    refused = commands.apply(sim.state, RebalanceService(service_id, sim.now))[0]
+    assert refused.code == "failed_precondition"
+    assert refused.message == (
+        "the update of service web to version 2 is updating; rebalance it once the rollout completed"
+    )
+
+
+def test_auto_rebalance_is_a_cluster_setting() -> None:
+    sim = Sim()
+    sim.state.apply([Put("cluster", ClusterInfo("c", 0.0, "", "", "", ""))])
+    sim.run(UpdateClusterSettings(auto_rebalance=True))
+    assert sim.state.cluster is not None and sim.state.cluster.auto_rebalance
+    sim.run(UpdateClusterSettings(wg_key_rotation_period=60.0))  # other settings leave it
+    assert sim.state.cluster.auto_rebalance
+    sim.run(UpdateClusterSettings(auto_rebalance=False))
+    assert not sim.state.cluster.auto_rebalance
+
+
+# -- the FSM's slot guard ----------------------------------------------------------------------
+def test_a_slot_takes_one_move_beside_the_task_it_replaces() -> None:
+    sim, service_id = cluster_with(spec("web", replicas=1), nodes=2)
+    (old,) = sim.live(service_id)
+    fresh = msgspec.structs.replace(old, id="move1", node_id="", state=TaskState.PENDING, relocates=old.id)
+    twice = msgspec.structs.replace(fresh, id="move2")
+    duplicate = msgspec.structs.replace(fresh, id="plain", relocates="")
+    orphan_move = msgspec.structs.replace(fresh, id="move3", relocates="gone")
+    sim.run(ApplyPlan(created=(fresh, twice, duplicate, orphan_move)))
+    assert {t.id for t in sim.live(service_id)} == {old.id, "move1"}
+
+
+# -- through the reconciler --------------------------------------------------------------------
+def run_until(sim: Sim, service_id: str, done: object, rounds: int = 60) -> list[list[Task]]:
+    """Reconcile, let the agents act and time pass until `done(status)`; returns every pass's
+    live tasks, to check invariants over the whole rebalance."""
+    seen = []
+    for _ in range(rounds):
+        sim.reconcile()
+        sim.reconcile()  # a pass while new tasks are only assigned: as between real agents' reports
+        sim.agents_step()
+        sim.tick()
+        seen.append(sim.live(service_id))
+        if done(sim.state.services[service_id].update_status):  # type: ignore[operator]
+            return seen
+    raise AssertionError(f"not done: {sim.state.services[service_id].update_status}")
+
+
+def ended(status: UpdateStatus | None) -> bool:
+    return status is not None and status.state != RolloutState.REBALANCING
+
+
+def test_a_rebalance_moves_only_what_it_must_start_first_and_respects_constraints() -> None:
+    update = UpdateConfig(parallelism=2, monitor=2.0)
+    sim = Sim()
+    sim.add_node(node("n1", labels={"zone": "eu"}))
+    service_id = sim.create_service(spec("web", replicas=7, constraints=("node.labels.zone==eu",), update=update))
+    sim.converge()
+    before = {t.id for t in sim.live(service_id)}
+    sim.add_node(node("n2", labels={"zone": "eu"}))
+    sim.add_node(node("n3", labels={"zone": "us"}))  # not eligible: never receives a task
+    sim.run(RebalanceService(service_id, sim.now))
+    history = run_until(sim, service_id, ended)
+    for live in history:
+        running_slots = {t.slot for t in live if t.state == TaskState.RUNNING}
+        assert running_slots == set(range(1, 8)), "every slot keeps a running task (start-first)"
+        assert len(live) <= 7 + 2, "at most parallelism extra tasks"
+        assert all(t.node_id != "n3" for t in live)
+    status = sim.state.services[service_id].update_status
+    assert status is not None and (status.state, status.message) == (
+        RolloutState.COMPLETED,
+        "rebalanced: 3 tasks moved",
+    )
+    sim.converge()
+    live = sim.live(service_id)
+    assert sorted(Counter(t.node_id for t in live).values()) == [3, 4]
+    assert len(before - {t.id for t in live}) == 3, "only the moved tasks were replaced"
+    assert sum(1 for t in sim.state.service_tasks(service_id) if t.relocates) == 3, "each move made once"
+    assert sim.state.services[service_id].version == 1
+    assert commands.apply(sim.state, RebalanceService(service_id, sim.now))[0].message.startswith("nothing to move")
+
+
+def test_auto_rebalance_moves_tasks_when_a_node_returns_and_a_failed_move_stops_it() -> None:
+    sim, service_id = cluster_with(spec("web", replicas=4, update=UpdateConfig(monitor=1.0)), nodes=1)
+    sim.state.apply([Put("cluster", ClusterInfo("c", 0.0, "", "", "", "", auto_rebalance=True))])
+    sim.add_node(node("n2"))
+    run_until(sim, service_id, lambda s: s is not None and s.state == RolloutState.COMPLETED)
+    sim.converge()
+    assert sorted(Counter(t.node_id for t in sim.live(service_id)).values()) == [2, 2]
+
+    # n3 joins, but every task started there fails: the rebalance pauses, and stays paused.
+    sim.add_node(node("n3"))
+    sim.add_node(node("n4"))
+    for _ in range(10):
+        sim.reconcile()
+        for t in list(sim.state.service_tasks(service_id)):
+            if t.node_id in ("n3", "n4") and not t.state.terminal:
+                sim.report(t, TaskState.FAILED, error="exit status 1")
+        sim.agents_step()
+        sim.tick()
+    status = sim.state.services[service_id].update_status
+    assert status is not None and status.state == RolloutState.REBALANCE_PAUSED
+    assert status.message.startswith("paused: task web.")
+    moves_made = sum(1 for t in sim.state.service_tasks(service_id) if t.relocates and t.node_id in ("n3", "n4"))
+    assert moves_made == 1, "a paused rebalance does not restart by itself"
+    assert sorted(Counter(t.node_id for t in sim.live(service_id)).values()) == [2, 2]
