@@ -181,21 +181,28 @@ def step(
     room_of: Callable[[Node], int | None],
     now: float,
     automatic: bool,
+    settle: float = 0.0,
 ) -> Step:
     """One pass of the service's rebalance. `holders`: the task holding each slot (live, after
     this pass's changes); `tasks`: the service's tasks, ended ones included (the moved tasks are
     found there); `eligible`: `Eligible.nodes` for its constraints; `room_of`: a node's room
     (`room`, with what this pass placed); `automatic`: the cluster's auto-rebalance setting.
     Moves start under the update settings (parallelism lanes, delay, monitor, failure action);
-    nothing moves while a slot is unplaced or runs another version."""
+    nothing moves while a slot is unplaced or runs another version. An automatic rebalance
+    starts only towards nodes unchanged for `settle` seconds: a node that flaps between ready
+    and down would otherwise draw tasks each time it returns."""
     status = service.update_status
     version = service.version
     settled = all(t.node_id and t.spec_version == version for t in holders)
     if status is not None and status.state == RolloutState.REBALANCING and status.to_version == version:
         return _go_on(service, status, holders, tasks, eligible, room_of, now) if settled else Step()
+    # Off among all eligible nodes first: cheap, and needed for it to be off among the steady ones.
     if not (automatic and may_start_by_itself(service) and spread_off(holders, eligible[1])) or not settled:
         return Step()
-    moves = plan(holders, {n.id: room_of(n) for n in eligible[0]})
+    steady = [n for n in eligible[0] if now - n.updated_at >= settle]
+    if not spread_off(holders, frozenset(n.id for n in steady)):
+        return Step()
+    moves = plan(holders, {n.id: room_of(n) for n in steady})
     if not moves:
         return Step()
     lanes = service.spec.update.parallelism or len(moves)

@@ -432,7 +432,8 @@ class _Pass:
         holders = [self.task(t.id) for t in live.values()]
         eligible = self._eligible.nodes(service.spec.constraints)
         automatic = cluster is not None and cluster.auto_rebalance
-        step = rebalance.step(service, holders, tasks, eligible, room_of, self.now, automatic)
+        settle = self.config.node_timeout
+        step = rebalance.step(service, holders, tasks, eligible, room_of, self.now, automatic, settle)
         if step.status is not None:
             self.rollouts.append(RolloutChange(service.id, service.version, step.status))
         for move in step.moves:

@@ -387,3 +387,11 @@ def test_auto_rebalance_moves_tasks_when_a_node_returns_and_a_failed_move_stops_
     moves_made = sum(1 for t in sim.state.service_tasks(service_id) if t.relocates and t.node_id in ("n3", "n4"))
     assert moves_made == 1, "a paused rebalance does not restart by itself"
     assert sorted(Counter(t.node_id for t in sim.live(service_id)).values()) == [2, 2]
+
+
+def test_an_automatic_rebalance_waits_until_the_new_node_settled() -> None:
+    fresh = ([ELIGIBLE[0][0], msgspec.structs.replace(ELIGIBLE[0][1], updated_at=NOW - 2.0)], ELIGIBLE[1])
+    four_on_n0 = layout([4])
+    assert rebalance.step(service(None), four_on_n0, [], fresh, no_limit, NOW, True, settle=3.0) == rebalance.Step()
+    later = rebalance.step(service(None), four_on_n0, [], fresh, no_limit, NOW + 1.0, True, settle=3.0)
+    assert [m.to_node for m in later.moves] == ["n1"]

@@ -341,10 +341,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     if s.HasField("update_status"):
         st = s.update_status
+        versions = f"{st.from_version} -> {st.to_version}" if st.from_version != st.to_version else st.to_version
         fields.append(
             (
                 "Rollout",
-                f"{st.state} (version {st.from_version} -> {st.to_version}, started {output.ago(st.started_at)})"
+                f"{st.state} (version {versions}, started {output.ago(st.started_at)})"
                 + (f": {st.message}" if st.message else ""),
             )
         )
