@@ -4,6 +4,7 @@ guard for a move, and the whole thing through the reconciler on the core simulat
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import msgspec
@@ -28,6 +29,7 @@ from warren.model import (
     TaskState,
     UpdateConfig,
     UpdateStatus,
+    is_ready,
 )
 from warren.state import Put
 
@@ -395,3 +397,79 @@ def test_an_automatic_rebalance_waits_until_the_new_node_settled() -> None:
     assert rebalance.step(service(None), four_on_n0, [], fresh, no_limit, NOW, True, settle=3.0) == rebalance.Step()
     later = rebalance.step(service(None), four_on_n0, [], fresh, no_limit, NOW + 1.0, True, settle=3.0)
     assert [m.to_node for m in later.moves] == ["n1"]
+
+
+# -- a property over random histories -----------------------------------------------------------
+NODES = ["n2", "n3", "n4", "n5"]
+history_ops = st.one_of(
+    st.tuples(st.just("add"), st.sampled_from(NODES)),
+    st.tuples(st.just("down"), st.sampled_from(["n1", *NODES])),
+    st.tuples(st.just("up"), st.sampled_from(["n1", *NODES])),
+    st.tuples(st.just("fail"), st.integers(0, 20)),
+    st.tuples(st.just("scale"), st.integers(1, 9)),
+    st.tuples(st.just("rebalance")),
+    st.tuples(st.just("agents")),
+)
+
+
+def check_slots(sim: Sim, service_id: str, parallelism: int) -> None:
+    """Each slot holds one live task, or two while a move is under way: the new one not ready
+    yet, beside the task it replaces. Never more moves at once than the parallelism."""
+    by_slot: dict[int, list[Task]] = {}
+    for t in sim.live(service_id):
+        by_slot.setdefault(t.slot, []).append(t)
+    pairs = 0
+    for tasks in by_slot.values():
+        assert len(tasks) <= 2, tasks
+        if len(tasks) == 2:
+            pairs += 1
+            old, new = sorted(tasks, key=lambda t: t.relocates != "")
+            assert new.relocates == old.id and not is_ready(new), tasks
+    assert pairs <= parallelism
+
+
+@given(st.lists(history_ops, max_size=25), st.integers(2, 9), st.integers(1, 2))
+@settings(max_examples=int(os.environ.get("CORE_EXAMPLES", "25")), deadline=None)  # more for a long run
+def test_random_histories_keep_slots_whole_and_end_balanced(steps: list[tuple], replicas: int, lanes: int) -> None:  # type: ignore[type-arg]
+    sim = Sim()
+    sim.state.apply([Put("cluster", ClusterInfo("c", 0.0, "", "", "", "", auto_rebalance=True))])
+    sim.add_node(node("n1"))
+    service_id = sim.create_service(spec("web", replicas=replicas, update=UpdateConfig(monitor=1.0, parallelism=lanes)))
+    sim.converge()
+    for op in steps:
+        if op[0] == "add" and op[1] not in sim.state.nodes:
+            sim.add_node(node(op[1]))
+        elif op[0] == "down" and op[1] in sim.state.nodes:
+            sim.heartbeats[op[1]] = sim.now - 100
+        elif op[0] == "up" and op[1] in sim.state.nodes:
+            sim.run(commands.SetNodeStatus(op[1], NodeStatus.READY, "", sim.now))
+            sim.heartbeats[op[1]] = sim.now
+        elif op[0] == "fail":
+            live = [t for t in sim.live(service_id) if t.state >= TaskState.ASSIGNED]
+            if live:
+                sim.report(live[op[1] % len(live)], TaskState.FAILED, error="exit status 1")
+        elif op[0] == "scale":
+            sim.scale(service_id, op[1])
+        elif op[0] == "rebalance":
+            sim.state.apply(commands.apply(sim.state, RebalanceService(service_id, sim.now))[1])
+        elif op[0] == "agents":
+            sim.agents_step({n for n in sim.state.nodes if sim.heartbeats.get(n, 0) > sim.now - 10})
+        sim.reconcile()
+        check_slots(sim, service_id, lanes)
+        sim.tick()
+    for node_id in sim.state.nodes:  # every node back, then time for the settle period and moves
+        if sim.state.nodes[node_id].status != NodeStatus.READY:
+            sim.run(commands.SetNodeStatus(node_id, NodeStatus.READY, "", sim.now))
+        sim.heartbeats[node_id] = sim.now
+    for _ in range(40):  # the settle period (15 s) and the moves, 1 s a pass
+        sim.reconcile()
+        check_slots(sim, service_id, lanes)
+        sim.agents_step()
+        sim.tick()
+    live = sim.live(service_id)
+    assert len(live) == sim.state.services[service_id].spec.replicas
+    status = sim.state.services[service_id].update_status
+    if status is None or status.state != RolloutState.REBALANCE_PAUSED:
+        count = Counter(t.node_id for t in live)
+        spread = [count[n] for n in sim.state.nodes]
+        assert max(spread) - min(spread) <= 1, (spread, status)
