@@ -647,7 +647,10 @@ class _Pass:
         for task_id, reason in result.unplaced.items():
             self.update(self.task(task_id), message=reason)
             standby = self.standby_for.get(task_id)
-            if standby is not None:  # no room beside it: stop-first for this one (ADR 33)
+            if standby is not None and self.task(task_id).relocates == standby.id:
+                # A rebalance's move with no room after all: dropped, the old task stays (ADR 36).
+                self.shutdown(self.task(task_id), f"rebalance: {reason}")
+            elif standby is not None:  # no room beside it: stop-first for this one (ADR 33)
                 self.shutdown(
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )

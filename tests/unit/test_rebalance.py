@@ -11,7 +11,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.unit.core_sim import Sim, node, spec
+from tests.unit.core_sim import Sim, node, pending_task, spec
 from warren import commands, rebalance
 from warren.commands import ApplyPlan, RebalanceService, UpdateClusterSettings
 from warren.model import (
@@ -473,3 +473,30 @@ def test_random_histories_keep_slots_whole_and_end_balanced(steps: list[tuple], 
         count = Counter(t.node_id for t in live)
         spread = [count[n] for n in sim.state.nodes]
         assert max(spread) - min(spread) <= 1, (spread, status)
+
+
+def test_a_move_that_finds_no_room_after_all_is_abandoned_and_the_old_task_keeps_serving() -> None:
+    sim = Sim()
+    sim.add_node(node("n1", cpus=2))
+    service_id = sim.create_service(spec("web", replicas=2, cpus=1))
+    sim.converge()
+    original = {t.id for t in sim.live(service_id)}
+    sim.add_node(node("n2", cpus=1))
+    sim.run(RebalanceService(service_id, sim.now))
+    plan = sim.plan()  # the move to n2, computed while n2 is empty
+    (move,) = plan.created
+    assert (move.node_id, move.relocates != "") == ("n2", True)
+    batch = spec("batch", replicas=1, cpus=1)
+    other = sim.create_service(batch)
+    taken = msgspec.structs.replace(pending_task("b1", other, batch), state=TaskState.ASSIGNED, node_id="n2")
+    sim.run(ApplyPlan(created=(taken,)))  # batch takes n2's only core before the move commits
+    sim.run(plan)
+    assert sim.state.tasks[move.id].node_id == "", "the FSM put the move back to pending: no room"
+    for _ in range(3):
+        sim.reconcile()
+        sim.agents_step()
+        sim.tick()
+    running = [t for t in sim.live(service_id) if t.state == TaskState.RUNNING]
+    assert {t.id for t in running} == original, "both tasks kept serving on n1"
+    assert sim.state.tasks[move.id].state.terminal
+    assert [t.node_id for t in sim.live(other)] == ["n2"]
