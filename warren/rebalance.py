@@ -159,6 +159,12 @@ def started(service: Service, at: float, planned: int) -> UpdateStatus:
     return UpdateStatus(RolloutState.REBALANCING, at, version, version, message=_message(0, planned))
 
 
+def under_way(service: Service) -> bool:
+    """A rebalance of the service's current version runs."""
+    status = service.update_status
+    return status is not None and status.state == RolloutState.REBALANCING and status.to_version == service.version
+
+
 def may_start_by_itself(service: Service) -> bool:
     """Auto-rebalance: a replicated service with no rollout under way or paused."""
     status = service.update_status
@@ -194,7 +200,7 @@ def step(
     status = service.update_status
     version = service.version
     settled = all(t.node_id and t.spec_version == version for t in holders)
-    if status is not None and status.state == RolloutState.REBALANCING and status.to_version == version:
+    if status is not None and under_way(service):
         return _go_on(service, status, holders, tasks, eligible, room_of, now) if settled else Step()
     # Off among all eligible nodes first: cheap, and needed for it to be off among the steady ones.
     if not (automatic and may_start_by_itself(service) and spread_off(holders, eligible[1])) or not settled:

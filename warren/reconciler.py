@@ -421,9 +421,12 @@ class _Pass:
     def _rebalance(self, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]) -> None:
         """Start the moves of a rebalance (ADR 36): a new task of the slot on its target node;
         the old one serves until it is ready (start-first), like an update's."""
+        cluster = self.state.cluster
+        automatic = cluster is not None and cluster.auto_rebalance
+        if not automatic and not rebalance.under_way(service):
+            return
         if self._eligible is None:
             self._eligible = rebalance.Eligible(self.nodes.values())
-        cluster = self.state.cluster
         need = service.spec.reservations
 
         def room_of(node: Node) -> int | None:
@@ -431,7 +434,6 @@ class _Pass:
 
         holders = [self.task(t.id) for t in live.values()]
         eligible = self._eligible.nodes(service.spec.constraints)
-        automatic = cluster is not None and cluster.auto_rebalance
         settle = self.config.node_timeout
         step = rebalance.step(service, holders, tasks, eligible, room_of, self.now, automatic, settle)
         if step.status is not None:
