@@ -14,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.unit.core_sim import Sim, node, pending_task, spec
+from tests.unit.test_drain import overlay_cluster, routing
+from tests.unit.test_drain import step as pass_with_routes
 from tests.unit.test_manager_services import Manager, run, web
 from warren import commands, rebalance
 from warren.api.v1 import control_pb2 as cpb
@@ -537,3 +539,35 @@ def test_the_api_answers_refusals_and_nothing_to_move_without_a_raft_entry() -> 
         assert info.auto_rebalance, "a field left unset keeps its value"
 
     run(scenario())
+
+
+def test_a_moved_task_leaves_the_load_balancing_of_every_node_before_its_stop() -> None:
+    sim = overlay_cluster("n1")
+    service_id = sim.create_service(spec("web", replicas=2, update=UpdateConfig(monitor=1.0)))
+    sim.converge()
+    sim.add_node(node("n2"))
+    sim.set_node("n2", overlay=True, overlay_subnet="10.200.1.0/24")
+    sim.run(RebalanceService(service_id, sim.now))
+    serving = routing(sim, service_id)
+    pass_with_routes(sim, {"n1": serving, "n2": serving})
+    (move,) = [t for t in sim.tasks(service_id) if t.relocates]
+    assert move.node_id == "n2" and move.overlay_address.startswith("10.200.1.")
+    old = sim.state.tasks[move.relocates]
+    sim.agents_step()  # the move runs, and is ready: the old task drains, still desired running
+    sim.tick()
+    pass_with_routes(sim, {"n1": serving, "n2": serving})
+    old = sim.state.tasks[old.id]
+    assert (old.desired_state, old.message) == (TaskState.RUNNING, "draining: moved to another node by a rebalance")
+    assert old.draining_since and old.overlay_address not in routing(sim, service_id)
+    assert move.overlay_address in routing(sim, service_id)
+    sim.tick()
+    pass_with_routes(sim, {"n1": routing(sim, service_id), "n2": serving})  # n2 may still route to it: no stop
+    assert sim.state.tasks[old.id].desired_state == TaskState.RUNNING
+    sim.tick()
+    both = routing(sim, service_id)
+    pass_with_routes(sim, {"n1": both, "n2": both})
+    stopped = sim.state.tasks[old.id]
+    assert (stopped.desired_state, stopped.message) == (
+        TaskState.SHUTDOWN,
+        "shutdown: moved to another node by a rebalance",
+    )
