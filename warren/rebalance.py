@@ -113,10 +113,15 @@ def plan(tasks: Iterable[Task], rooms: Mapping[str, int | None]) -> tuple[Move, 
         on_node.sort(key=lambda t: (not is_ready(t), t.created_at, t.slot, t.id))
     count = {node_id: len(on_node) for node_id, on_node in by_node.items()}
     left = dict(rooms)
+
+    def has_room(node_id: str) -> bool:
+        room_left = left[node_id]
+        return room_left is None or room_left > 0
+
     moves: list[Move] = []
     while count:
         source = min(count, key=lambda n: (-count[n], n))
-        targets = [n for n in count if left[n] is None or (left[n] or 0) > 0]
+        targets = [n for n in count if has_room(n)]
         if not targets:
             break
         target = min(targets, key=lambda n: (count[n], n))

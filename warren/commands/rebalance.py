@@ -29,7 +29,7 @@ def rebalance_service(state: ClusterState, cmd: RebalanceService) -> tuple[Resul
         ), []
     status = service.update_status
     if status is not None and status.state == RolloutState.REBALANCING:
-        return Result(id=service.id, message=f"service {name} is rebalancing already: {status.message}"), []
+        return Result(id=service.id, message=f"rebalancing already ({status.message})"), []
     if status is not None and status.state not in (*rebalance.SETTLED, RolloutState.REBALANCE_PAUSED):
         what = "rollback" if status.state.rolling_back else "update"
         return error(
