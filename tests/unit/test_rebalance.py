@@ -20,6 +20,8 @@ from tests.unit.test_manager_services import Manager, run, web
 from warren import commands, rebalance
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
+from warren.cli import service_rebalance
+from warren.cli.errors import CliError, Exit
 from warren.commands import ApplyPlan, RebalanceService, UpdateClusterSettings
 from warren.manager.server import ApiError
 from warren.model import (
@@ -571,3 +573,47 @@ def test_a_moved_task_leaves_the_load_balancing_of_every_node_before_its_stop() 
         TaskState.SHUTDOWN,
         "shutdown: moved to another node by a rebalance",
     )
+
+
+# -- the CLI's wait ------------------------------------------------------------------------------
+class Answers:
+    """A client whose GetService returns the given statuses in turn (the last one again)."""
+
+    def __init__(self, *statuses: tuple[str, str, float]) -> None:
+        self.statuses = list(statuses)
+
+    def call(self, method: str, request: object) -> pb.Service:
+        assert method == "GetService"
+        state, message, started_at = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
+        service = pb.Service(id="s1", spec=pb.ServiceSpec(name="web", replicas=4), version=1)
+        service.update_status.CopyFrom(
+            pb.UpdateStatus(state=state, message=message, started_at=started_at, from_version=1, to_version=1)
+        )
+        return service
+
+
+def started_service() -> pb.Service:
+    return Answers(("rebalancing", "rebalancing: 0 of 2 tasks moved", 5.0)).call("GetService", None)
+
+
+def test_the_cli_follows_a_rebalance_to_its_end(capsys: pytest.CaptureFixture[str]) -> None:
+    done = Answers(
+        ("rebalancing", "rebalancing: 0 of 2 tasks moved", 5.0),
+        ("rebalancing", "rebalancing: 1 of 2 tasks moved", 5.0),
+        ("completed", "rebalanced: 2 tasks moved", 5.0),
+    )
+    assert service_rebalance._follow(done, started_service(), timeout=10) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "web: rebalancing: 0 of 2 tasks moved",
+        "web: rebalancing: 1 of 2 tasks moved",
+        "web: rebalanced: 2 tasks moved",
+    ]
+    paused = Answers(("rebalance_paused", "paused: task web.3 failed: exit status 3 (image app)", 5.0))
+    with pytest.raises(CliError) as err:
+        service_rebalance._follow(paused, started_service(), timeout=10)
+    assert err.value.code == Exit.PAUSED
+    assert err.value.message.startswith("web: the rebalance paused: paused: task web.3 failed")
+    replaced = Answers(("updating", "replaces the rebalance of version 1, which was rebalancing", 9.0))
+    with pytest.raises(CliError) as err:
+        service_rebalance._follow(replaced, started_service(), timeout=10)
+    assert (err.value.code, err.value.message) == (Exit.FAILURE, "web: the rebalance was replaced: updating")
