@@ -35,6 +35,9 @@ pytestmark = [
 
 PORT = 18080
 RATE = 25.0  # requests/s per hey worker: the machine is shared
+# A connection sent to a task that stopped never succeeds, whatever the timeout; a long one keeps
+# a SYN that a CPU-starved wireguard-go dropped (retried after 1 s, then 3 s) from counting.
+TIMEOUT = 15.0
 
 
 def test_a_rebalance_under_load_fails_no_request(tmp_path: Path) -> None:
@@ -70,7 +73,8 @@ def test_a_rebalance_under_load_fails_no_request(tmp_path: Path) -> None:
         assert cluster.cli("node", "update", "--availability", "active", node2).returncode == 0
 
         for host in (h1, h2):
-            load = HeyLoad(f"http://{host.ip}:{PORT}/index.html", netns=host.netns, rate_per_worker=RATE)
+            url = f"http://{host.ip}:{PORT}/index.html"
+            load = HeyLoad(url, netns=host.netns, rate_per_worker=RATE, request_timeout=TIMEOUT)
             loads.append(load.start())
         moved = cluster.cli("service", "rebalance", "web", "--timeout", "120s")
         assert moved.returncode == 0, moved.stdout + moved.stderr
