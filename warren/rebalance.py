@@ -105,13 +105,15 @@ def plan(tasks: Iterable[Task], rooms: Mapping[str, int | None]) -> tuple[Move, 
     the nodes of `rooms` within one task of each other, or as close as the room allows. Tasks on
     other nodes (paused, or not matching) neither move nor count. A task that serves nothing yet
     moves first, then the newest. Deterministic: ties go to the smallest node id."""
-    by_node: dict[str, list[Task]] = {node_id: [] for node_id in rooms}
+    by_node: dict[str, list[Task]] = {node_id: [] for node_id in rooms}  # the tasks that may move
+    count = dict.fromkeys(rooms, 0)
     for task in tasks:
         if task.node_id in by_node:
-            by_node[task.node_id].append(task)
+            count[task.node_id] += 1
+            if not (task.relocates and not is_ready(task)):  # a move under way is not moved again
+                by_node[task.node_id].append(task)
     for on_node in by_node.values():  # the next to move last
         on_node.sort(key=lambda t: (not is_ready(t), t.created_at, t.slot, t.id))
-    count = {node_id: len(on_node) for node_id, on_node in by_node.items()}
     left = dict(rooms)
 
     def has_room(node_id: str) -> bool:
@@ -119,11 +121,12 @@ def plan(tasks: Iterable[Task], rooms: Mapping[str, int | None]) -> tuple[Move, 
         return room_left is None or room_left > 0
 
     moves: list[Move] = []
-    while count:
-        source = min(count, key=lambda n: (-count[n], n))
+    while True:
+        sources = [n for n in count if by_node[n]]
         targets = [n for n in count if has_room(n)]
-        if not targets:
+        if not sources or not targets:
             break
+        source = min(sources, key=lambda n: (-count[n], n))
         target = min(targets, key=lambda n: (count[n], n))
         if count[source] - count[target] <= 1:
             break

@@ -617,3 +617,12 @@ def test_the_cli_follows_a_rebalance_to_its_end(capsys: pytest.CaptureFixture[st
     with pytest.raises(CliError) as err:
         service_rebalance._follow(replaced, started_service(), timeout=10)
     assert (err.value.code, err.value.message) == (Exit.FAILURE, "web: the rebalance was replaced: updating")
+
+
+def test_a_move_under_way_is_not_moved_again() -> None:
+    in_flight = msgspec.structs.replace(placed(1, "a", ready=False), relocates="t000")
+    tasks = [in_flight, placed(2, "a"), placed(3, "a")]
+    assert [m.task_id for m in rebalance.plan(tasks, {"a": None, "b": None})] == ["t003"]
+    only_moves = [msgspec.structs.replace(t, relocates=f"x{t.slot}") for t in layout([0, 0, 3])[:3]]
+    only_moves = [msgspec.structs.replace(t, ready_at=0.0, state=TaskState.STARTING) for t in only_moves]
+    assert rebalance.plan(only_moves, {"n0": None, "n1": None, "n2": None}) == ()
