@@ -124,6 +124,15 @@ def restart_attempt(dead: Task, service: Service, now: float) -> int | None:
     return attempt
 
 
+def _move_rank(task: Task, slot_ids: Collection[str], version: int) -> int:
+    """A rebalance's move (ADR 36) holds its slot ahead of the task it replaces (2), unless the
+    service changed before it was ready (0): the old task then keeps the slot, and the update
+    replaces it start-first. Other tasks: 1."""
+    if task.relocates not in slot_ids:
+        return 1
+    return 2 if task.spec_version == version or is_ready(task) else 0
+
+
 def _newest_first(task: Task) -> tuple[float, int, str]:
     """Sort key for "newer": creation time, then slot (tasks created in one pass share a time)."""
     return (task.created_at, task.slot, task.id)
@@ -339,9 +348,10 @@ class _Pass:
                 for t in slot_live:
                     self.shutdown(t, "not a replicated slot")
                 continue
-            ids = {t.id for t in slot_live}  # a rebalance's new task holds the slot of the one it moves
+            ids = {t.id for t in slot_live}
             slot_live.sort(
-                key=lambda t: (t.spec_version == version, t.relocates in ids, t.state, t.created_at, t.id), reverse=True
+                key=lambda t: (t.spec_version == version, _move_rank(t, ids, version), t.state, t.created_at, t.id),
+                reverse=True,
             )
             keeper, rest = slot_live[0], slot_live[1:]
             older = [t for t in rest if t.spec_version != keeper.spec_version or t.id == keeper.relocates]
@@ -349,9 +359,12 @@ class _Pass:
                 standby[slot] = older[0]
                 rest.remove(older[0])
             for extra in rest:
-                moved = extra.id == keeper.relocates
-                replaced = "moved to another node by a rebalance" if moved else "replaced by service update"
-                self.shutdown(extra, replaced if extra in older else "duplicate task in slot")
+                if extra.id == keeper.relocates:
+                    self.shutdown(extra, "moved to another node by a rebalance")
+                elif extra.relocates == keeper.id:
+                    self.shutdown(extra, "rebalance move dropped: the service changed")
+                else:
+                    self.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
             live[slot] = keeper
 
         if len(live) > replicas:

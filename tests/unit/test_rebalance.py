@@ -626,3 +626,21 @@ def test_a_move_under_way_is_not_moved_again() -> None:
     only_moves = [msgspec.structs.replace(t, relocates=f"x{t.slot}") for t in layout([0, 0, 3])[:3]]
     only_moves = [msgspec.structs.replace(t, ready_at=0.0, state=TaskState.STARTING) for t in only_moves]
     assert rebalance.plan(only_moves, {"n0": None, "n1": None, "n2": None}) == ()
+
+
+def test_an_update_during_a_move_drops_the_move_and_the_old_task_serves_until_replaced() -> None:
+    sim, service_id = cluster_with(spec("web", replicas=2, update=UpdateConfig(monitor=1.0)), nodes=2)
+    sim.run(RebalanceService(service_id, sim.now))
+    sim.reconcile()  # the move is created; its agent has not started it
+    (move,) = [t for t in sim.tasks(service_id) if t.relocates]
+    sim.update_service(service_id, spec("web", replicas=2, image="busybox:2", update=UpdateConfig(monitor=1.0)))
+    for _ in range(20):
+        sim.reconcile()
+        by_slot = Counter(t.slot for t in sim.live(service_id))
+        assert max(by_slot.values()) <= 2, sim.live(service_id)
+        serving = {t.slot for t in sim.live(service_id) if t.state == TaskState.RUNNING}
+        assert serving == {1, 2}, "every slot keeps a running task"
+        sim.agents_step()
+        sim.tick()
+    assert sim.state.tasks[move.id].desired_state == TaskState.SHUTDOWN
+    assert {t.spec_version for t in sim.live(service_id)} == {2}
