@@ -5,8 +5,8 @@ CLI: a node joins after a service was placed, `service rebalance` moves only the
 gets one line and exit 2.
 
 The agents run in the test machine's own namespace, off the overlay: the tasks are processes
-that need no network. Zero failed requests while tasks move needs the overlay and a load; that is
-the two-node containerd rig's job (not measured here)."""
+that need no network. Zero failed requests while tasks move needs the overlay and a load:
+test_rebalance_load.py."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.integration.harness import Manager
@@ -25,6 +26,9 @@ from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
 from warren import pki, tls
 from warren.agent import settings as agent_settings
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import control_pb2_grpc
+from warren.api.v1 import types_pb2 as pb
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +38,10 @@ MONITOR = ["--update-monitor", "1s"]
 class Worker:
     """An exec-runtime agent with its own node id and hostname (`python -m warren.agent.daemon`)."""
 
-    def __init__(self, root: Path, manager: Manager, node_id: str) -> None:
+    def __init__(self, root: Path, cluster: Cluster, node_id: str) -> None:
         self.root = root / node_id
-        self.manager = manager
+        self.cluster = cluster
+        self.manager = cluster.manager
         self.node_id = node_id
         self.data_dir = self.root / "data"
         self.process: subprocess.Popen[bytes] | None = None
@@ -62,8 +67,8 @@ class Worker:
         wait_for(lambda: self.ready(), timeout=30, message=f"node {self.node_id} to be ready")
 
     def ready(self) -> bool:
-        nodes = self.manager.cli_json("node", "ls")
-        return any(n["id"] == self.node_id and n["status"] == "ready" for n in nodes)  # type: ignore[union-attr]
+        nodes = self.cluster.control().ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
+        return any(n.id == self.node_id and n.status == "ready" for n in nodes)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -82,9 +87,20 @@ class Cluster:
         self.manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"])
         self.procs = Processes(f"warren-rebalance-{time.time_ns()}")
         self.workers: list[Worker] = []
+        self._channel: grpc.Channel | None = None
+
+    def control(self) -> control_pb2_grpc.ControlStub:
+        """Reads over one gRPC channel (a CLI process per poll is slow on a loaded machine)."""
+        if self._channel is None:
+            self._channel = self.manager.channel()
+        return control_pb2_grpc.ControlStub(self._channel)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
 
     def add_worker(self, node_id: str) -> Worker:
-        worker = Worker(self.root, self.manager, node_id)
+        worker = Worker(self.root, self, node_id)
         self.workers.append(worker)
         worker.start()
         return worker
@@ -93,15 +109,15 @@ class Cluster:
         """Tasks on the workers only, running until stopped, carrying the test's marker."""
         return ["--constraint", "node.role==worker", "--", "sh", "-c", "sleep 600; exit 0", self.procs.marker.decode()]
 
-    def running(self, name: str) -> list[dict]:
-        tasks = self.manager.cli_json("service", "ps", name)
-        return [t for t in tasks if t["state"] == "running" and t["desired_state"] == "running"]  # type: ignore[union-attr]
+    def running(self, name: str) -> list[pb.Task]:
+        tasks = self.control().ListTasks(cpb.ListTasksRequest(service=name), timeout=10).tasks
+        return [t for t in tasks if t.state == "running" and t.desired_state == "running"]
 
     def spread(self, name: str) -> list[int]:
-        return sorted(Counter(t["node_id"] for t in self.running(name)).values(), reverse=True)
+        return sorted(Counter(t.node_id for t in self.running(name)).values(), reverse=True)
 
-    def status(self, name: str) -> dict:
-        return self.manager.cli_json("service", "inspect", name)["update_status"]  # type: ignore[index]
+    def status(self, name: str) -> pb.UpdateStatus:
+        return self.control().GetService(cpb.GetServiceRequest(service=name), timeout=10).update_status
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +128,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         cluster.add_worker("rebal-a")
         yield cluster
     finally:
+        cluster.close()
         for worker in cluster.workers:
             worker.kill()
         cluster.manager.stop()
@@ -128,7 +145,7 @@ def test_rebalance_moves_only_what_it_must_and_auto_rebalance_does_it_by_itself(
     )
     assert created.returncode == 0, created.stderr
     assert cluster.spread("web") == [4]
-    before = {t["id"] for t in cluster.running("web")}
+    before = {t.id for t in cluster.running("web")}
 
     cluster.add_worker("rebal-b")
     assert cluster.spread("web") == [4], "the scheduler never moves a placed task by itself"
@@ -137,19 +154,19 @@ def test_rebalance_moves_only_what_it_must_and_auto_rebalance_does_it_by_itself(
     assert moved.stdout.strip() == "web: moving 2 of 4 tasks"
     assert "web: rebalanced: 2 tasks moved" in moved.stderr
     assert cluster.spread("web") == [2, 2]
-    after = {t["id"] for t in cluster.running("web")}
+    after = {t.id for t in cluster.running("web")}
     assert len(before & after) == 2, "the two tasks that stayed were not touched"
-    assert all(int(t["spec_version"]) == 1 for t in cluster.running("web")), "no new version"
+    assert all(t.spec_version == 1 for t in cluster.running("web")), "no new version"
     wait_for(lambda: len(cluster.procs.pids()) == 4, message="the moved tasks' old processes to stop")
     status = cluster.status("web")
-    assert (status["state"], status["message"]) == ("completed", "rebalanced: 2 tasks moved")
+    assert (status.state, status.message) == ("completed", "rebalanced: 2 tasks moved")
 
     again = manager.cli("service", "rebalance", "web")
     assert again.returncode == 0, again.stderr
     assert (
         again.stdout.strip() == "web: nothing to move: 4 tasks on 2 nodes (2, 2), as even as the eligible nodes allow"
     )
-    assert cluster.status("web")["started_at"] == status["started_at"], "nothing was written"
+    assert cluster.status("web").started_at == status.started_at, "nothing was written"
 
     on = manager.cli("cluster", "update", "--auto-rebalance", "true")
     assert (on.returncode, on.stdout.strip()) == (0, "Auto-rebalance: on"), on.stderr
@@ -158,7 +175,7 @@ def test_rebalance_moves_only_what_it_must_and_auto_rebalance_does_it_by_itself(
     cluster.add_worker("rebal-c")  # 2, 2, 0: off by two, so one task moves
     wait_for(lambda: cluster.spread("web") == [2, 1, 1], timeout=30, message="web spread over the three nodes")
     wait_for(
-        lambda: cluster.status("web")["message"] == "rebalanced: 1 task moved",
+        lambda: cluster.status("web").message == "rebalanced: 1 task moved",
         message="the automatic rebalance to complete",
     )
     wait_for(lambda: len(cluster.procs.pids()) == 4, message="the moved task's old process to stop")
