@@ -1,6 +1,8 @@
-"""Rebalancing (ADR 36), pure: the plan (fewest moves, even within one, room and eligibility
+"""Rebalancing (ADR 36): the pure plan (fewest moves, even within one, room and eligibility
 respected, idempotent), a rebalance's steps, the `service rebalance` handler, the FSM's slot
-guard for a move, and the whole thing through the reconciler on the core simulator."""
+guard for a move, the whole thing through the reconciler on the core simulator (start-first,
+the drain before a moved task's stop, auto-rebalance, random histories), the Control API, and
+the CLI's wait."""
 
 from __future__ import annotations
 
