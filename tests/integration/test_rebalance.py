@@ -38,10 +38,10 @@ MONITOR = ["--update-monitor", "1s"]
 class Worker:
     """An exec-runtime agent with its own node id and hostname (`python -m warren.agent.daemon`)."""
 
-    def __init__(self, root: Path, cluster: Cluster, node_id: str) -> None:
+    def __init__(self, root: Path, manager: Manager, node_id: str, managers: list[str] | None = None) -> None:
         self.root = root / node_id
-        self.cluster = cluster
-        self.manager = cluster.manager
+        self.manager = manager  # signs its certificate
+        self.managers = managers or [manager.addr]
         self.node_id = node_id
         self.data_dir = self.root / "data"
         self.process: subprocess.Popen[bytes] | None = None
@@ -51,23 +51,23 @@ class Worker:
         ca = self.manager.authority()
         cert, key = ca.issue_keypair(self.node_id, pki.ROLE_WORKER)
         tls.save_credentials(self.data_dir / "certs", ca.cert_pem, cert, key)
-        (self.data_dir / "node.json").write_text(json.dumps({"node_id": self.node_id, "managers": [self.manager.addr]}))
+        (self.data_dir / "node.json").write_text(json.dumps({"node_id": self.node_id, "managers": self.managers}))
         agent_settings.save(self.data_dir, agent_settings.AgentSettings(runtime="exec", wireguard="off"))
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "warren.agent.daemon", "--data-dir", str(self.data_dir)),
-                *("--manager", self.manager.addr, "--runtime", "exec", "--hostname", self.node_id),
+                *(arg for addr in self.managers for arg in ("--manager", addr)),
+                *("--runtime", "exec", "--hostname", self.node_id),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.manager.env(),
             cwd=self.root,
         )
-        wait_for(lambda: self.ready(), timeout=30, message=f"node {self.node_id} to be ready")
 
-    def ready(self) -> bool:
-        nodes = self.cluster.control().ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
+    def ready(self, control: control_pb2_grpc.ControlStub) -> bool:
+        nodes = control.ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
         return any(n.id == self.node_id and n.status == "ready" for n in nodes)
 
     def kill(self) -> None:
@@ -100,9 +100,10 @@ class Cluster:
             self._channel.close()
 
     def add_worker(self, node_id: str) -> Worker:
-        worker = Worker(self.root, self, node_id)
+        worker = Worker(self.root, self.manager, node_id)
         self.workers.append(worker)
         worker.start()
+        wait_for(lambda: worker.ready(self.control()), timeout=30, message=f"node {node_id} to be ready")
         return worker
 
     def sleeper(self) -> list[str]:
