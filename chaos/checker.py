@@ -13,8 +13,9 @@ The rules (issue #4):
   write or of an unknown write after it;
 - no operation is applied twice: updates bump `version` by one each and always change the spec,
   so version - 1 lies within [acknowledged updates, acknowledged + unknown updates];
-- no two running tasks of the same version hold the same (service, slot); in a stop-first
-  update, no two running tasks at all (two versions are a start-first replacement, ADR 33);
+- no two running tasks of the same version hold the same (service, slot), but for a
+  rebalance's move beside the task it replaces (ADR 36); in a stop-first update, no two
+  running tasks at all (two versions are a start-first replacement, ADR 33);
 - a rolling update interrupted by a leader kill (issue #12) completes for the version sent, is
   still the rollout that began before the kill, and keeps the new tasks it had started;
 - convergence: every service runs exactly its replicas on its current spec version, on ready
@@ -131,7 +132,9 @@ def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[s
     tasks = [t for t in tasks if running(t) and t["slot"]]
     names = {t["service_id"]: t["service"] for t in tasks}
     strict = set(stop_first)
-    same = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks)
+    # A rebalance's move runs beside the task it replaces until it is ready (ADR 36).
+    moving = {t.get("relocates") for t in tasks} & {t["id"] for t in tasks}
+    same = Counter((t["service_id"], t["slot"], t["spec_version"]) for t in tasks if t["id"] not in moving)
     problems = [
         f"{names[sid]}: {n} running tasks of version {version} hold slot {slot}"
         for (sid, slot, version), n in sorted(same.items())

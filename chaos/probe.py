@@ -52,6 +52,7 @@ def _task(t) -> dict:
         "state": t.state,
         "desired_state": t.desired_state,
         "spec_version": t.spec_version,
+        "relocates": t.relocates,
     }
 
 

@@ -99,6 +99,10 @@ class RolloutState(enum.Enum):
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK_PAUSED = "rollback_paused"
     ROLLBACK_COMPLETED = "rollback_completed"
+    # A rebalance (ADR 36): tasks moved to even out the spread, no version change; it ends as
+    # completed, or pauses when a moved task fails.
+    REBALANCING = "rebalancing"
+    REBALANCE_PAUSED = "rebalance_paused"
 
     @property
     def rolling_back(self) -> bool:
@@ -374,6 +378,9 @@ class Task(msgspec.Struct, frozen=True):
     # When the reconciler took it out of the load balancing to stop it (ADR 33): it keeps
     # running, desired RUNNING, until the nodes stop routing to it; 0 while it is not.
     draining_since: float = 0.0
+    # The id of the task of the same slot this one replaces on another node (a rebalance, ADR
+    # 36): both run the same version, and the old one serves until this one is ready.
+    relocates: str = ""
 
 
 def is_stopping(task: Task) -> bool:
@@ -421,3 +428,6 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     # ca_cert_pem/ca_key_pem are then the new root, which signs everything.
     ca_previous_cert_pem: str = ""
     ca_rotation_started_at: float = 0.0
+    # Rebalance replicated services by themselves when their spread is off by more than one task
+    # (a node joined or returned, ADR 36); off by default, as moving tasks is a disruption.
+    auto_rebalance: bool = False

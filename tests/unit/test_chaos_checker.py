@@ -36,6 +36,7 @@ def task(tid: str, service: str = "a", slot: int = 1, node: str = "n1", state: s
         "state": state,
         "desired_state": kw.get("desired", "running"),
         "spec_version": kw.get("version", 1),
+        "relocates": kw.get("relocates", ""),
     }
 
 
@@ -145,6 +146,13 @@ def test_two_running_tasks_in_one_slot():
 
 def test_a_start_first_replacement_may_share_its_slot_with_the_old_version():
     assert checker.check_slots([task("t1", slot=1), task("t2", slot=1, version=2)]) == []
+
+
+def test_a_rebalance_move_may_share_its_slot_with_the_task_it_replaces_only():
+    move = [task("t1", slot=1), task("t2", slot=1, node="n2", relocates="t1")]
+    assert checker.check_slots(move) == []
+    stray = [task("t1", slot=1), task("t2", slot=1, node="n2", relocates="t9")]
+    assert checker.check_slots(stray) == ["a: 2 running tasks of version 1 hold slot 1"]
 
 
 def test_a_stopping_task_does_not_hold_its_slot():

@@ -136,6 +136,7 @@ tasks = st.builds(
     started_at=floats,
     ready_at=floats,
     overlay_address=texts,
+    relocates=texts,
 )
 
 nodes = st.builds(

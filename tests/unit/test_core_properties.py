@@ -15,6 +15,7 @@ from warren import commands
 from warren.constraints import ConstraintError, matches_all, parse_constraint, parse_constraints
 from warren.model import (
     Availability,
+    ClusterInfo,
     Node,
     NodeRole,
     NodeStatus,
@@ -29,6 +30,7 @@ from warren.model import (
 )
 from warren.reconciler import ReconcileConfig, is_empty, is_live
 from warren.scheduler import node_is_schedulable, schedule
+from warren.state import Put
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ZONES = ("a", "b", "c")
@@ -232,6 +234,8 @@ ops = st.one_of(
     st.tuples(st.just("add"), st.sampled_from(NODE_NAMES), st.sampled_from(ZONES)),
     st.tuples(st.just("end"), st.integers(0, 50), st.sampled_from([TaskState.FAILED, TaskState.COMPLETE])),
     st.tuples(st.just("agents")),
+    st.tuples(st.just("rebalance"), st.integers(0, 1)),
+    st.tuples(st.just("auto_rebalance"), st.booleans()),
 )
 
 
@@ -274,6 +278,12 @@ def apply_op(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[
             sim.report(task, op[2], exit_code=0 if op[2] == TaskState.COMPLETE else 1)
     elif kind == "agents":
         sim.agents_step(up_nodes(sim))
+    elif kind == "rebalance":  # refused (a rollout under way) or nothing to move: fine too
+        _result, changes = commands.apply(sim.state, commands.RebalanceService(services[op[1]], sim.now))
+        sim.state.apply(changes)
+    elif kind == "auto_rebalance":
+        cluster = sim.state.cluster or ClusterInfo("c", 0.0, "", "", "", "")
+        sim.state.apply([Put("cluster", msgspec.structs.replace(cluster, auto_rebalance=op[1]))])
 
 
 def up_nodes(sim: Sim) -> set[str]:
@@ -315,18 +325,18 @@ def check_invariants(sim: Sim, before: dict[str, Task], services: list[str]) -> 
             texts = service.spec.constraints if service.spec.mode == ServiceMode.GLOBAL else t.spec.constraints
             assert matches_all(parse_constraints(texts), n), (t, n)
     # A slot holds one live task of each version, and two only while its current-version task
-    # is not ready yet (start-first, ADR 33: the older one serves meanwhile).
-    versions = Counter((t.service_id, t.slot, t.spec_version) for t in state.tasks.values() if is_live(t) and t.slot)
-    assert all(c == 1 for c in versions.values()), versions
+    # is not ready yet (start-first, ADR 33: the older one serves meanwhile); or, of one version,
+    # a rebalance's move while it is not ready yet, beside the task it replaces (ADR 36).
     for (service_id, slot), count in live_slots.items():
         assert count <= 2, live_slots
         if count == 2:
-            current = [
-                t
-                for t in state.service_tasks(service_id)
-                if t.slot == slot and is_live(t) and t.spec_version == state.services[service_id].version
-            ]
-            assert current and not is_ready(current[0]), (service_id, slot, current)
+            pair = [t for t in state.service_tasks(service_id) if t.slot == slot and is_live(t)]
+            movers = [t for t in pair if t.relocates and t.relocates in {other.id for other in pair}]
+            current = [t for t in pair if t.spec_version == state.services[service_id].version]
+            if pair[0].spec_version == pair[1].spec_version:
+                assert movers and not is_ready(movers[0]), pair
+            else:
+                assert current and not is_ready(current[0]), (service_id, slot, current)
     for (service_id, node_id), count in live_global.items():
         assert count <= 2, live_global
         if count == 2:  # start-first, as for slots

@@ -204,6 +204,7 @@ def task_from_pb(msg: pb.Task, spec: model.ServiceSpec | None = None) -> model.T
         started_at=msg.started_at,
         overlay_address=msg.overlay_address,
         ready_at=msg.ready_at,
+        relocates=msg.relocates,
     )
 
 
@@ -415,6 +416,7 @@ def task_to_pb(task: model.Task, with_spec: bool = False) -> pb.Task:
         started_at=task.started_at,
         overlay_address=task.overlay_address,
         ready_at=task.ready_at,
+        relocates=task.relocates,
     )
     if with_spec:
         msg.spec.CopyFrom(spec_to_pb(task.spec))

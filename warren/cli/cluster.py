@@ -82,6 +82,12 @@ def register(groups: Any) -> None:
         metavar="DURATION",
         help="give every node on the overlay a new WireGuard key this often, e.g. 720h (0: off, the default)",
     )
+    p.add_argument(
+        "--auto-rebalance",
+        type=_on_off,
+        metavar="true|false",
+        help="rebalance replicated services by themselves when a node joins or returns (default: false)",
+    )
     p.set_defaults(func=cmd_update)
 
     p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
@@ -156,6 +162,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 "WireGuard key rotation",
                 f"every {units.format_duration(info.wg_key_rotation_period)}" if info.wg_key_rotation_period else "off",
             ),
+            ("Auto-rebalance", "on" if info.auto_rebalance else "off"),
             ("Nodes", info.nodes),
             ("Services", info.services),
             ("Tasks", info.tasks),
@@ -187,13 +194,28 @@ def cmd_update(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
     from warren.cli.errors import CliError, Exit
 
-    if args.wireguard_key_rotation is None:
-        raise CliError("nothing to change: give --wireguard-key-rotation", Exit.USAGE)
+    if args.wireguard_key_rotation is None and args.auto_rebalance is None:
+        raise CliError("nothing to change: give --wireguard-key-rotation or --auto-rebalance", Exit.USAGE)
+    request = pb.UpdateClusterRequest()
+    if args.wireguard_key_rotation is not None:
+        request.wg_key_rotation_period = args.wireguard_key_rotation
+    if args.auto_rebalance is not None:
+        request.auto_rebalance = args.auto_rebalance
     with connect(args) as client:
-        info = client.call("UpdateCluster", pb.UpdateClusterRequest(wg_key_rotation_period=args.wireguard_key_rotation))
-    period = info.wg_key_rotation_period
-    print(f"WireGuard key rotation: {'every ' + units.format_duration(period) if period else 'off'}")
+        info = client.call("UpdateCluster", request)
+    if args.wireguard_key_rotation is not None:
+        period = info.wg_key_rotation_period
+        print(f"WireGuard key rotation: {'every ' + units.format_duration(period) if period else 'off'}")
+    if args.auto_rebalance is not None:
+        print(f"Auto-rebalance: {'on' if info.auto_rebalance else 'off'}")
     return 0
+
+
+def _on_off(text: str) -> bool:
+    """true or false, for a cluster setting that is on or off."""
+    if text not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false (got {text!r})")
+    return text == "true"
 
 
 def _manager_status(manager: Any, other_members: list[str]) -> str:

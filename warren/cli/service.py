@@ -12,7 +12,7 @@ import shlex
 import sys
 from typing import Any
 
-from warren.cli import mounts, units
+from warren.cli import mounts, service_rebalance, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
@@ -96,6 +96,7 @@ def register(groups: Any) -> None:
     p.add_argument("name", help="name, ID or unique ID prefix")
     add_wait_flags(p)
     p.set_defaults(func=cmd_promote)
+    service_rebalance.add_parser(cmds)
 
     p = cmds.add_parser("history", help="list the kept versions of a service's spec, with what changed")
     p.add_argument("name", help="name, ID or unique ID prefix")
@@ -374,10 +375,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         )
     if s.HasField("update_status"):
         st = s.update_status
+        versions = f"{st.from_version} -> {st.to_version}" if st.from_version != st.to_version else st.to_version
         fields.append(
             (
                 "Rollout",
-                f"{st.state} (version {st.from_version} -> {st.to_version}, started {output.ago(st.started_at)})"
+                f"{st.state} (version {versions}, started {output.ago(st.started_at)})"
                 + (f": {st.message}" if st.message else ""),
             )
         )

@@ -135,4 +135,6 @@ def update_cluster_settings(state: ClusterState, cmd: UpdateClusterSettings) -> 
         if not 0 <= cmd.wg_key_rotation_period < float("inf"):
             return error("invalid_argument", "the key rotation period must be 0 (off) or positive"), []
         cluster = msgspec.structs.replace(cluster, wg_key_rotation_period=cmd.wg_key_rotation_period)
+    if cmd.auto_rebalance is not None:
+        cluster = msgspec.structs.replace(cluster, auto_rebalance=cmd.auto_rebalance)
     return OK, [Put("cluster", cluster)] if cluster != state.cluster else []

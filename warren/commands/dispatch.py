@@ -17,6 +17,7 @@ from warren.commands.cluster import (
 )
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
+from warren.commands.rebalance import rebalance_service
 from warren.commands.services import (
     create_service,
     promote_service,
@@ -40,6 +41,7 @@ from warren.commands.types import (
     PromoteNode,
     PromoteService,
     PublishNodeKey,
+    RebalanceService,
     RecordNodeCertificate,
     RegisterNode,
     RemoveNode,
@@ -99,6 +101,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     UpdateService: update_service,
     RollbackService: rollback_service,
     PromoteService: promote_service,
+    RebalanceService: rebalance_service,
     ScaleService: scale_service,
     RemoveService: remove_service,
     ApplyPlan: apply_plan,

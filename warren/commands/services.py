@@ -186,8 +186,11 @@ def _superseded(service: Service) -> str:
     status = service.update_status
     if status is None or status.state in (RolloutState.COMPLETED, RolloutState.ROLLBACK_COMPLETED):
         return ""
+    state = status.state.value.replace("_", " ")
+    if status.state in (RolloutState.REBALANCING, RolloutState.REBALANCE_PAUSED):  # ADR 36
+        return f"replaces the rebalance of version {status.to_version}, which was {state}"
     what = "rollback" if status.state.rolling_back else "update"
-    return f"replaces the {what} to version {status.to_version}, which was {status.state.value.replace('_', ' ')}"
+    return f"replaces the {what} to version {status.to_version}, which was {state}"
 
 
 def _target(service: Service, revision: SpecRevision, restore_replicas: bool) -> ServiceSpec:

@@ -55,6 +55,7 @@ class _Placement:
         self._stopping = stopping
         self._reserved: dict[str, Resources] | None = None
         self._slots: set[tuple[str, int, int]] | None = None
+        self._relocated: set[str] = set()  # tasks a live task of a rebalance replaces (ADR 36)
 
     def fits(self, task: Task, node_id: str) -> bool:
         node = self._state.nodes.get(node_id)
@@ -71,17 +72,27 @@ class _Placement:
         self._reserved[node_id] = used + need
         return True
 
+    def _live(self, task: Task) -> bool:
+        return task.slot >= 1 and not is_stopping(task) and not task.state.terminal and task.id not in self._stopping
+
     def claim_slot(self, task: Task) -> bool:
         """A replicated slot holds one live task of each version (start-first: the old one
-        serves while the new one gets ready, ADR 33); tasks this plan stops free theirs."""
+        serves while the new one gets ready, ADR 33); tasks this plan stops free theirs. A
+        rebalance's move (ADR 36) may join the live task of its slot it replaces, once."""
         if task.slot < 1:
             return True
         if self._slots is None:
-            self._slots = {
-                (t.service_id, t.slot, t.spec_version)
-                for t in self._state.tasks.values()
-                if t.slot >= 1 and not is_stopping(t) and not t.state.terminal and t.id not in self._stopping
-            }
+            live = [t for t in self._state.tasks.values() if self._live(t)]
+            self._slots = {(t.service_id, t.slot, t.spec_version) for t in live}
+            self._relocated = {t.relocates for t in live if t.relocates}
+        if task.relocates:
+            old = self._state.tasks.get(task.relocates)
+            if old is None or (old.service_id, old.slot) != (task.service_id, task.slot) or not self._live(old):
+                return False
+            if task.relocates in self._relocated:
+                return False
+            self._relocated.add(task.relocates)
+            return True
         key = (task.service_id, task.slot, task.spec_version)
         if key in self._slots:
             return False

@@ -100,6 +100,7 @@ class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
     """Cluster-wide settings an operator may change after init; None keeps a value."""
 
     wg_key_rotation_period: float | None = None
+    auto_rebalance: bool | None = None  # ADR 36
 
 
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):
@@ -189,6 +190,9 @@ class RollbackService(msgspec.Struct, frozen=True, tag="service.rollback"):
 class PromoteService(msgspec.Struct, frozen=True, tag="service.promote"):
     """End a canary's wait (ADR 35): the rest of the tasks roll under the update settings.
     expected_version: the version whose canaries are promoted (0 = don't check)."""
+class RebalanceService(msgspec.Struct, frozen=True, tag="service.rebalance"):
+    """Even out a replicated service's spread over its eligible nodes (ADR 36): the reconciler
+    moves the fewest tasks, under the update settings. expected_version: 0 = don't check."""
 
     service_id: str
     at: float
@@ -294,6 +298,7 @@ Command = (
     | UpdateService
     | RollbackService
     | PromoteService
+    | RebalanceService
     | ScaleService
     | RemoveService
     | ApplyPlan

@@ -13,7 +13,7 @@ from typing import TypeVar
 import grpc
 import msgspec
 
-from warren import commands, pki, tls
+from warren import commands, pki, rebalance, tls
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
@@ -190,6 +190,7 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
                 tasks=len(state.tasks),
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
+                auto_rebalance=cluster.auto_rebalance,
             )
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)
@@ -221,7 +222,8 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
                     f"the key rotation period must be at least {MIN_KEY_ROTATION_PERIOD:g}s "
                     "(each rotation costs every node a handshake)"
                 )
-        await self._propose(commands.UpdateClusterSettings(wg_key_rotation_period=period))
+        auto_rebalance = request.auto_rebalance if request.HasField("auto_rebalance") else None
+        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance))
         return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
     async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:
@@ -478,6 +480,20 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
             check_result(commands.apply(state, promote)[0])
         await self._propose(promote)
         return self._service_pb(service.id)
+    async def RebalanceService(
+        self, request: cpb.RebalanceServiceRequest, context: object
+    ) -> cpb.RebalanceServiceResponse:
+        """Even out a service's spread (ADR 36). Judged by the pure handler on the state as read
+        first: a refusal, or nothing to move, costs no Raft entry."""
+        with self._store.read() as state:
+            service = resolve_service(state, request.service)
+            command = commands.RebalanceService(service.id, time.time(), request.version)
+            result, changes = commands.apply(state, command)
+            check_result(result)
+            moves = len(rebalance.service_plan(state, service)) if changes else 0
+        if changes:
+            result = await self._propose(command)
+        return cpb.RebalanceServiceResponse(service=self._service_pb(service.id), moves=moves, message=result.message)
 
     async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> pb.Service:
         if request.replicas > MAX_REPLICAS:

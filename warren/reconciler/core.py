@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
-from warren import mounts, strategy
+from warren import mounts, rebalance, strategy
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
@@ -129,6 +129,7 @@ class Pass:
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
         self._current: dict[tuple[str, int], bool] = {}
+        self.eligible: rebalance.Eligible | None = None  # nodes per constraints, for rebalances (ADR 36)
         self.volume_homes = {v.name: v.node_id for v in state.volumes.values() if v.node_id}
         self.bound_volumes: dict[str, tuple[str, Task]] = {}  # name -> (node, a task mounting it), ADR 40
 
@@ -194,7 +195,7 @@ class Pass:
         self.update(task, **fields)
         return True
 
-    def create(self, service: Service, slot: int, attempt: int, node_id: str = "") -> Task:
+    def create(self, service: Service, slot: int, attempt: int, node_id: str = "", relocates: str = "") -> Task:
         """A new task of the current spec; PENDING for the scheduler unless its node is given."""
         task = Task(
             id=self.new_id(),
@@ -209,6 +210,7 @@ class Pass:
             attempt=attempt,
             created_at=self.now,
             updated_at=self.now,
+            relocates=relocates,
         )
         self.starts += 1
         self.overlay[task.id] = task
@@ -300,7 +302,10 @@ class Pass:
         for task_id, reason in result.unplaced.items():
             self.update(self.task(task_id), message=reason)
             standby = self.standby_for.get(task_id)
-            if standby is not None:  # no room beside it: stop-first for this one (ADR 33)
+            if standby is not None and self.task(task_id).relocates == standby.id:
+                # A rebalance's move with no room after all: dropped, the old task stays (ADR 36).
+                self.shutdown(self.task(task_id), f"rebalance: {reason}")
+            elif standby is not None:  # no room beside it: stop-first for this one (ADR 33)
                 self.shutdown(
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )

@@ -10,11 +10,11 @@ created in the same pass.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
-from warren import rollout, strategy
+from warren import rebalance, rollout, strategy
 from warren.commands import RolloutChange
-from warren.model import Service, Task, TaskState, UpdateOrder, is_ready, is_stopping
+from warren.model import Node, Resources, Service, Task, TaskState, UpdateOrder, is_ready, is_stopping
 from warren.reconciler.core import (
     ASSIGNED,
     RUNNING,
@@ -24,6 +24,15 @@ from warren.reconciler.core import (
     newest_first,
     restart_attempt,
 )
+
+
+def _move_rank(p: Pass, task: Task, slot_ids: Collection[str], service: Service) -> int:
+    """A rebalance's move (ADR 36) holds its slot ahead of the task it replaces (2), unless the
+    service changed before it was ready (0): the old task then keeps the slot, and the update
+    replaces it start-first. Other tasks: 1."""
+    if task.relocates not in slot_ids:
+        return 1
+    return 2 if p.current(task, service) or is_ready(task) else 0
 
 
 def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
@@ -46,14 +55,23 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             for t in slot_live:
                 p.shutdown(t, "not a replicated slot")
             continue
-        slot_live.sort(key=lambda t: (p.current(t, service), t.state, t.created_at, t.id), reverse=True)
+        ids = {t.id for t in slot_live}
+        slot_live.sort(
+            key=lambda t: (p.current(t, service), _move_rank(p, t, ids, service), t.state, t.created_at, t.id),
+            reverse=True,
+        )
         keeper, rest = slot_live[0], slot_live[1:]
-        older = [t for t in rest if t.spec_version != keeper.spec_version]
+        older = [t for t in rest if t.spec_version != keeper.spec_version or t.id == keeper.relocates]
         if p.current(keeper, service) and (hold or not is_ready(keeper)) and older:
             standby[slot] = older[0]
             rest.remove(older[0])
         for extra in rest:
-            p.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
+            if extra.id == keeper.relocates:
+                p.shutdown(extra, "moved to another node by a rebalance")
+            elif extra.relocates == keeper.id:
+                p.shutdown(extra, "rebalance move dropped: the service changed")
+            else:
+                p.shutdown(extra, "replaced by service update" if extra in older else "duplicate task in slot")
         live[slot] = keeper
 
     if len(live) > replicas:
@@ -78,6 +96,7 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
 
     _rolling_update(p, service, live, standby, tasks)
     _fill_slots(p, service, live, by_slot, replicas)
+    _rebalance(p, service, live, standby, tasks)
     for slot, serving in standby.items():  # the new task may have been replaced in this pass
         if slot in live and not hold:  # a strategy's new task waits for room rather than stop the old
             p.standby_for[live[slot].id] = serving
@@ -119,6 +138,32 @@ def _rolling_update(
         live[t.slot] = p.create(service, t.slot, 0)
         if not stop_first:
             standby[t.slot] = t
+
+
+def _rebalance(p: Pass, service: Service, live: dict[int, Task], standby: dict[int, Task], tasks: list[Task]) -> None:
+    """Start the moves of a rebalance (ADR 36): a new task of the slot on its target node; the
+    old one serves until it is ready (start-first), like an update's."""
+    cluster = p.state.cluster
+    automatic = cluster is not None and cluster.auto_rebalance
+    if not automatic and not rebalance.under_way(service):
+        return
+    if p.eligible is None:
+        p.eligible = rebalance.Eligible(p.nodes.values())
+    need = service.spec.reservations
+
+    def room_of(node: Node) -> int | None:
+        return rebalance.room(node, p.reserved.get(node.id, Resources()), p.live.get(node.id, 0), need)
+
+    holders = [p.task(t.id) for t in live.values()]
+    eligible = p.eligible.nodes(service.spec.constraints)
+    step = rebalance.step(service, holders, tasks, eligible, room_of, p.now, automatic, p.config.node_timeout)
+    if step.status is not None:
+        p.rollouts.append(RolloutChange(service.id, service.version, step.status))
+    for move in step.moves:
+        if not p.can_start():
+            return
+        old = standby[move.slot] = live[move.slot]
+        live[move.slot] = p.create(service, move.slot, old.attempt, move.to_node, relocates=old.id)
 
 
 def _fill_slots(
