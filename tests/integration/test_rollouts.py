@@ -159,9 +159,9 @@ def test_bad_rollout_input_is_refused_with_one_line(cluster: tuple[Manager, Proc
         (["service", "update", "web", "--update-max-failure-ratio", "1.5"], 2, "invalid ratio '1.5': at most 1"),
         (["service", "update", "web", "--rollback-failure-action", "rollback"], 2, "invalid choice: 'rollback'"),
         (["service", "update", "web", "--update-order", "sideways"], 2, "invalid choice: 'sideways'"),
-        (["service", "rollback", "web"], 4, "service web has no earlier version to roll back to"),
+        (["service", "rollback", "web"], 2, "service web has no earlier version to roll back to"),
         (["service", "rollback", "web", "--to-version", "0"], 2, "--to-version must be a version number"),
-        (["service", "rollback", "web", "--to-version", "9"], 3, "service web has no version 9 (it keeps: 1)"),
+        (["service", "rollback", "web", "--to-version", "9"], 2, "service web has no version 9 (it keeps: 1)"),
         (["service", "rollback", "nope"], 3, "not found"),
     ]
     for args, code, needle in cases:

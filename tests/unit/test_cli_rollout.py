@@ -29,7 +29,7 @@ def test_the_progress_line_counts_tasks_on_the_new_version_and_this_rollouts_fai
     assert rollout_line(_service("updating"), tasks) == "web: updating: 4 of 10 tasks on version 7; 1 failed"
     paused = _service("paused", message="paused: task web.3 failed its health check (image app:2)")
     assert rollout_line(paused, [_task(7)] * 4) == (
-        "web: paused: 4 of 10 tasks on version 7 (paused: task web.3 failed its health check (image app:2))"
+        "web: paused: 4 of 10 tasks on version 7 (task web.3 failed its health check (image app:2))"
     )
 
 
@@ -47,6 +47,9 @@ def test_a_wait_ends_with_the_rollouts_outcome(state: str, rolling_back: bool, c
             _service(state, version=8, to_version=8, message="why"), since_version=7, rolling_back=rolling_back
         )
     assert err.value.code == code and "why" in err.value.message and "\n" not in err.value.message
+    with pytest.raises(CliError) as err:
+        _rollout_ended(_service("paused", version=8, to_version=8, message="paused: why"), 7, rolling_back=False)
+    assert "paused: paused" not in err.value.message and "paused: why;" in err.value.message
 
 
 def test_a_rollout_still_going_completed_or_of_an_earlier_version_does_not_end_the_wait() -> None:

@@ -197,8 +197,8 @@ def test_a_rollback_that_cannot_be_is_refused_before_raft() -> None:
         await manager.init()
         await manager.control.CreateService(cpb.CreateServiceRequest(spec=web(2)), None)
         cases = [
-            (cpb.RollbackServiceRequest(service="web"), grpc.StatusCode.FAILED_PRECONDITION, "no earlier version"),
-            (cpb.RollbackServiceRequest(service="web", to_version=9), grpc.StatusCode.NOT_FOUND, "no version 9"),
+            (cpb.RollbackServiceRequest(service="web"), grpc.StatusCode.INVALID_ARGUMENT, "no earlier version"),
+            (cpb.RollbackServiceRequest(service="web", to_version=9), grpc.StatusCode.INVALID_ARGUMENT, "no version 9"),
             (
                 cpb.RollbackServiceRequest(service="web", version=5),
                 grpc.StatusCode.FAILED_PRECONDITION,

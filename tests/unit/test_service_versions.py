@@ -93,15 +93,15 @@ def test_rollbacks_that_cannot_be_are_refused_and_change_nothing() -> None:
     before = state.services["s1"]
     refused = _run(state, commands.RollbackService("s1", 5.0))
     assert (refused.code, refused.message) == (
-        "failed_precondition",
+        "invalid_argument",
         "service web has no earlier version to roll back to",
     )
     _update(state, 10.0, image="app:2")
     before = state.services["s1"]
     missing = _run(state, commands.RollbackService("s1", 11.0, to_version=9))
-    assert (missing.code, missing.message) == ("not_found", "service web has no version 9 (it keeps: 1, 2)")
+    assert (missing.code, missing.message) == ("invalid_argument", "service web has no version 9 (it keeps: 1, 2)")
     current = _run(state, commands.RollbackService("s1", 11.0, to_version=2))
-    assert current.code == "failed_precondition"
+    assert current.code == "invalid_argument"
     stale = _run(state, commands.RollbackService("s1", 11.0, expected_version=1))
     assert stale.code == "failed_precondition"
     assert _run(state, commands.RollbackService("nope", 11.0)).code == "not_found"

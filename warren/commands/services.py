@@ -100,13 +100,14 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         revision = revisions.find(history, cmd.to_version)
         if revision is None:
             kept = ", ".join(str(r.version) for r in history)
-            return error("not_found", f"service {name} has no version {cmd.to_version} (it keeps: {kept})"), []
+            return error("invalid_argument", f"service {name} has no version {cmd.to_version} (it keeps: {kept})"), []
         if revision.version == service.version:
-            return error("failed_precondition", f"service {name} runs version {service.version} already"), []
+            return error("invalid_argument", f"service {name} runs version {service.version} already"), []
     else:
         found = revisions.previous(history, service.version)
         if found is None:
-            return error("failed_precondition", f"service {name} has no earlier version to roll back to"), []
+            # Bad input, as the issue lists it (exit 2), not a conflict: retrying never helps.
+            return error("invalid_argument", f"service {name} has no earlier version to roll back to"), []
         revision = found
     target = _target(service, revision, cmd.restore_replicas)
     if target == service.spec:

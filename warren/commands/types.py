@@ -190,6 +190,12 @@ class RollbackService(msgspec.Struct, frozen=True, tag="service.rollback"):
 class PromoteService(msgspec.Struct, frozen=True, tag="service.promote"):
     """End a canary's wait (ADR 35): the rest of the tasks roll under the update settings.
     expected_version: the version whose canaries are promoted (0 = don't check)."""
+
+    service_id: str
+    at: float
+    expected_version: int = 0
+
+
 class RebalanceService(msgspec.Struct, frozen=True, tag="service.rebalance"):
     """Even out a replicated service's spread over its eligible nodes (ADR 36): the reconciler
     moves the fewest tasks, under the update settings. expected_version: 0 = don't check."""

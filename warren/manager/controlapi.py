@@ -480,6 +480,7 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
             check_result(commands.apply(state, promote)[0])
         await self._propose(promote)
         return self._service_pb(service.id)
+
     async def RebalanceService(
         self, request: cpb.RebalanceServiceRequest, context: object
     ) -> cpb.RebalanceServiceResponse:
