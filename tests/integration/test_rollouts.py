@@ -82,7 +82,7 @@ def test_a_failing_update_pauses_and_the_old_tasks_keep_serving(cluster: tuple[M
     update = manager.cli("service", "update", "web", "--", "sh", "-c", "exit 3", procs.marker.decode())
     assert update.returncode == 7, update.stdout + update.stderr
     line = update.stderr.strip().splitlines()[-1]
-    assert line.startswith("warren: web: the update to version 2 paused: paused: task web.")
+    assert line.startswith("warren: web: the update to version 2 paused: task web.")
     assert "failed: " in line and "(image exec)" in line
     status = _status(manager, "web")
     assert (status["state"], int(status["from_version"]), int(status["to_version"])) == ("paused", 1, 2)

@@ -622,7 +622,7 @@ def test_the_cli_follows_a_rebalance_to_its_end(capsys: pytest.CaptureFixture[st
     with pytest.raises(CliError) as err:
         service_rebalance._follow(paused, started_service(), timeout=10)
     assert err.value.code == Exit.PAUSED
-    assert err.value.message.startswith("web: the rebalance paused: paused: task web.3 failed")
+    assert err.value.message.startswith("web: the rebalance paused: task web.3 failed")
     replaced = Answers(("updating", "replaces the rebalance of version 1, which was rebalancing", 9.0))
     with pytest.raises(CliError) as err:
         service_rebalance._follow(replaced, started_service(), timeout=10)

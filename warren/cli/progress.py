@@ -155,11 +155,11 @@ def rollout_line(service: Any, tasks: Any) -> str:
     )
     line = f"{service.spec.name}: {status.state.replace('_', ' ')}: {min(on, target)} of {target} tasks on version "
     line += f"{status.to_version}" + (f"; {failed} failed" if failed else "")
-    message = _without_state(status.message)
+    message = without_state(status.message)
     return line + (f" ({message})" if message else "")
 
 
-def _without_state(message: str) -> str:
+def without_state(message: str) -> str:
     """A status message starts with its state ("paused: task web.3 failed ..."), which the
     line already says."""
     return message.removeprefix("paused: ")
@@ -176,7 +176,7 @@ def _rollout_ended(service: Any, since_version: int, rolling_back: bool) -> None
         what = "rollback" if status.state == "rollback_paused" else "update"
         raise CliError(
             f"{name}: the {what} to version {status.to_version} paused: "
-            f"{_without_state(status.message) or 'no reason given'}; "
+            f"{without_state(status.message) or 'no reason given'}; "
             f"`warren service update {name}` with a fix, or `warren service rollback {name}`",
             Exit.PAUSED,
         )

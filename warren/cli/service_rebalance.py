@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from warren.cli import units
+from warren.cli import progress, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.progress import POLL_INTERVAL, add_wait_flags
 
@@ -66,7 +66,7 @@ def _follow(client: Any, service: Any, timeout: float) -> int:
             return 0
         if status.state == "rebalance_paused":
             raise CliError(
-                f"{name}: the rebalance paused: {status.message}; "
+                f"{name}: the rebalance paused: {progress.without_state(status.message)}; "
                 f"fix the cause, then `warren service rebalance {name}`",
                 Exit.PAUSED,
             )
