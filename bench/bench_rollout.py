@@ -168,9 +168,10 @@ def _rollbacks(rig) -> list[dict[str, object]]:
         rounds.append(
             {
                 # Tasks of the update that started, and tasks the rollback (a new version with
-                # the old spec) started: it replaces every replica, those still on v1 too.
+                # the old spec) started: the replicas still on v1 are adopted, not restarted
+                # (ADR 33), so only those created since it started count.
                 "started_by_update": sum(int(t["spec_version"]) == int(before) + 1 for t in tasks),
-                "started_by_rollback": sum(int(t["spec_version"]) == int(status["to_version"]) for t in tasks),
+                "started_by_rollback": sum(float(t.get("created_at", 0)) >= status["started_at"] for t in tasks),
                 "command_s": round(command, 2),
                 "failure_to_end_s": round(status["completed_at"] - first_failure[0], 2) if first_failure else None,
                 "rollback_s": round(status["completed_at"] - status["started_at"], 2),

@@ -155,12 +155,17 @@ def check_slots(tasks: Iterable[dict], stop_first: Iterable[str] = ()) -> list[s
 def check_serving(service: dict, tasks: Iterable[dict]) -> list[str]:
     """Slots of a replicated service that no running task serves, during a rolling update: none
     in a start-first update (the old task serves until the new one is ready, ADR 33), at most
-    `parallelism` at once in a stop-first one (0: all of them). A slot whose task failed is no
-    choice of the order (and it may be left over from an update with another order, which a
-    rollback replaced) and is not counted."""
+    `parallelism` at once in a stop-first one (0: all of them). A slot whose task of this
+    rollout's versions failed is no choice of the order (and it may be left over from an update
+    with another order, which a rollback replaced) and is not counted: `tasks` includes the
+    history, since a failed task is no longer desired running once its slot has a replacement.
+    (A start-first old task stops once its replacement is ready, as in Swarm: one that fails
+    right after that leaves its slot empty until it is replaced, ADR 33.)"""
     own = [t for t in tasks if t["service_id"] == service["id"]]
+    status = service.get("update_status")
+    since = status["from_version"] if status is not None else 0
     served = {t["slot"] for t in own if running(t)}
-    failed = {t["slot"] for t in own if t["state"] in FAILED}
+    failed = {t["slot"] for t in own if t["state"] in FAILED and t["spec_version"] >= since}
     empty = [slot for slot in range(1, service["replicas"] + 1) if slot not in served | failed]
     allowed = 0
     if service["order"] == "stop-first":

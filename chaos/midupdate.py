@@ -6,8 +6,10 @@ where the old one stopped. The round: a replicated service of `REPLICAS` exec ta
 an update (parallelism 1, a short monitor; start-first or stop-first, as the plan drew) sent to
 the leader; once some slots run the new version and some still the old one, the runner SIGKILLs
 the leader (restarted on its data dir at heal, as `kill_leader`). `kill_leader_mid_rollback`
-sends an update whose tasks exit at once, with the failure action `rollback`: the first failure
-rolls the service back (a new version with the old spec, all 4 slots replaced again), and the
+sends an update with the failure action `rollback` whose first `RUN_FIRST` tasks run and every
+later one exits at once: that failure rolls the service back (a new version with the old spec).
+The slots the update never reached are adopted into it at once (ADR 33: they run its spec); the
+two that ran the failed version (and the failed one's, stop-first) are replaced again, and the
 leader dies once 1-3 slots run the rollback's version.
 
 Throughout the round a sampler, with its own probe, reads the service and its tasks from every
@@ -36,7 +38,7 @@ SERVICE = "wch-rollout"
 REPLICAS = 4
 MONITOR = 1.5  # seconds a new task must stay ready: four slots one at a time take several seconds
 COMMAND = ["/bin/sleep", "3600"]
-FAILING = ["/bin/sh", "-c", "exit 3"]  # what a rolled-back update runs: each task fails at once
+RUN_FIRST = 2  # of the rolled-back update's tasks, the first two run: the rollback replaces them
 SETTLE_TIMEOUT = 30.0
 MIDDLE_TIMEOUT = 20.0
 SAMPLE_PERIOD = 0.1
@@ -131,12 +133,20 @@ class MidUpdate:
             "name": SERVICE,
             "replicas": REPLICAS,
             "env": {"WCH_RUN": self.run_id, "GEN": str(gen)},
-            "command": FAILING if failing else COMMAND,
+            "command": self._failing(gen) if failing else COMMAND,
             "parallelism": 1,
             "monitor": MONITOR,
             "order": order,
             "failure_action": "rollback" if failing else "pause",
         }
+
+    def _failing(self, gen: int) -> list[str]:
+        """The command of an update to roll back: the first `RUN_FIRST` tasks to start run (they
+        count themselves in a directory of the run: the lab's hosts share the file system), every
+        later one exits at once. Parallelism 1 starts them one at a time."""
+        tally = self.root / f"rollback-{gen}"
+        script = f'mkdir -p {tally}; n=$(ls {tally} | wc -l); touch {tally}/$$; [ "$n" -lt {RUN_FIRST} ] || exit 3'
+        return ["/bin/sh", "-c", f"{script}; exec sleep 3600"]
 
     def _read(self, manager: NodeProc) -> dict:
         assert self.cluster.probe is not None

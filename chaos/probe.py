@@ -153,11 +153,13 @@ def put_service(conn: Conn, addr: str, spec: dict, create: bool, timeout: float 
 
 def rollout(conn: Conn, addr: str, service: str, timeout: float = 2.0) -> dict:
     """One service as `addr` sees it (its own state: a follower's may lag, never invent): its
-    version, replicas, update order and status, and its tasks."""
+    version, replicas, update order and status, and its tasks, the ended ones kept included
+    (`checker.check_serving` needs the failed ones)."""
     try:
         stub = conn.stub(addr)
         svc = stub.GetService(conn.pb.GetServiceRequest(service=service), timeout=timeout)
-        tasks = stub.ListTasks(conn.pb.ListTasksRequest(service=service), timeout=timeout).tasks
+        request = conn.pb.ListTasksRequest(service=service, include_history=True)
+        tasks = stub.ListTasks(request, timeout=timeout).tasks
     except conn.grpc.RpcError as exc:
         return _err(exc)
     return {

@@ -247,10 +247,20 @@ def _go_on(
             cause = f"{failed} moved tasks failed, the first: {cause}"
         return Step(status=_ended(status, RolloutState.REBALANCE_PAUSED, now, f"paused: {cause}"))
     moves = plan(holders, {n.id: room_of(n) for n in eligible[0]})
+    # Moves an earlier (paused) rebalance left on their way hold their lanes too.
+    earlier = sum(
+        1
+        for t in tasks
+        if t.relocates
+        and t.created_at < status.started_at
+        and not t.state.terminal
+        and not is_stopping(t)
+        and not is_ready(t)
+    )
     if not moves and done.pending == 0:
         return Step(status=_ended(status, RolloutState.COMPLETED, now, f"rebalanced: {_tasks(done.succeeded)} moved"))
     lanes = config.parallelism or len(moves) + done.pending
-    start = max(0, min(len(moves), lanes - done.busy))
+    start = max(0, min(len(moves), lanes - done.busy - earlier))
     message = _message(done.succeeded, done.succeeded + done.pending + len(moves))
     if failed:
         message += f"; {failed} failed"

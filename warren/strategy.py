@@ -14,9 +14,9 @@ in the spec being rolled out to (`spec.deploy`), and where the rollout stands is
   route to the new set from that commit on. The old set is held, out of routing, for
   `blue_green_keep` seconds, so that a rollback finds it running (no task started); then it is
   stopped through the usual drain.
-- A rollback is rolling (its own settings). Rolling back *from* a canary or blue/green rollout,
-  the old tasks that still run the spec rolled back to count as current (`matches`), so it stops
-  the new tasks and starts none; a rolling rollback still replaces every task (ADR 33).
+- A rollback is rolling (its own settings). As for any version, the tasks that already run its
+  spec (`matches`) are current and adopted into it (ADR 33): rolling back *from* a canary or
+  blue/green rollout stops the new tasks and starts none.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from warren import revisions, rollout
+from warren import rollout
 from warren.model import (
     DeployStrategy,
     RolloutState,
@@ -41,12 +41,18 @@ _WAITING = (RolloutState.UPDATING, RolloutState.CANARY, RolloutState.PAUSED)
 
 
 def matches(task_spec: ServiceSpec, spec: ServiceSpec) -> bool:
-    """The task runs `spec`: they differ at most in how the service is scaled and rolled out,
-    which nothing in a task uses (Swarm's "task is dirty" test, rather than the version)."""
+    """The task runs `spec`: they differ at most in how the service is scaled, rolled out and
+    drained before a stop (the managers' business, not the task's): Swarm's "task is dirty"
+    test, rather than the version. `force_update` differs after `--force`: every task differs."""
     if task_spec == spec:
         return True
     same_settings = msgspec.structs.replace(
-        task_spec, replicas=spec.replicas, update=spec.update, rollback=spec.rollback, deploy=spec.deploy
+        task_spec,
+        replicas=spec.replicas,
+        update=spec.update,
+        rollback=spec.rollback,
+        deploy=spec.deploy,
+        stop_drain=spec.stop_drain,
     )
     return same_settings == spec
 
@@ -145,21 +151,10 @@ def _rolling_back(service: Service) -> bool:
 
 
 def current(task: Task, service: Service) -> bool:
-    """The task runs the service's current spec: its version; or, in a rollback from a canary or
-    a blue/green rollout, an older version with the same spec (the old tasks it kept running).
-    A rolling rollback replaces every task, as ADR 33 says."""
-    if task.spec_version == service.version:
-        return True
-    return _rollback_keeps_old_tasks(service) and matches(task.spec, service.spec)
-
-
-def _rollback_keeps_old_tasks(service: Service) -> bool:
-    status = service.update_status
-    if status is None or status.to_version != service.version or not status.state.rolling_back:
-        return False
-    rolled_back = revisions.find(service.history, status.from_version)
-    spec = rolled_back.spec if rolled_back is not None else None
-    return spec is not None and spec.deploy.strategy != DeployStrategy.ROLLING
+    """The task runs the service's current spec: its version, or an older version with the same
+    spec (`matches`), which the reconciler adopts into the current version (ADR 33). An update
+    of rollout settings only replaces no task, nor does a rollback the old tasks it finds."""
+    return task.spec_version == service.version or matches(task.spec, service.spec)
 
 
 def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: int, now: float) -> rollout.Step:

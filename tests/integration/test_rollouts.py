@@ -1,7 +1,8 @@
 """Rollouts end to end (ADR 33) on a real manager and a real exec-runtime agent, driven by the
 CLI: an update whose new tasks fail pauses with the old tasks still serving (exit 7), a failure
-action `rollback` returns every task to the old spec (exit 8), history and rollback to any kept
-version, `--force` replaces every task, and bad rollout input is refused with a clear line."""
+action `rollback` returns every task to the old spec (exit 8) restarting only the failed slot,
+history and rollback to any kept version, `--force` replaces every task, and bad rollout input
+is refused with a clear line."""
 
 from __future__ import annotations
 
@@ -100,9 +101,10 @@ def test_failure_action_rollback_returns_every_task_to_the_previous_spec(cluster
         "service", "create", "web", "--image", "exec", "--replicas", "2", *FAST, *_sleeper(procs, "v1")
     )
     assert created.returncode == 0, created.stderr
+    before = {int(t["slot"]): t["id"] for t in _tasks(manager, "web") if t["state"] == "running"}
     update = manager.cli(
-        "service", "update", "web", "--update-failure-action", "rollback", "--timeout", "90s",
-        "--", "sh", "-c", "exit 3", procs.marker.decode(),
+        "service", "update", "web", "--update-failure-action", "rollback", "--update-order", "stop-first",
+        "--timeout", "90s", "--", "sh", "-c", "exit 3", procs.marker.decode(),
     )  # fmt: skip
     assert update.returncode == 8, update.stdout + update.stderr
     assert "was rolled back to the previous spec (now version 3)" in update.stderr
@@ -111,6 +113,10 @@ def test_failure_action_rollback_returns_every_task_to_the_previous_spec(cluster
     )
     assert status["message"].startswith("rolled back: task web.")
     wait_for(lambda: _running(manager, "web") == [(1, 3), (2, 3)], timeout=30, message="both slots on version 3")
+    # Only the failed slot restarts (stop-first: its old task was stopped); the slot the update
+    # never reached keeps its task, adopted into version 3 (ADR 33).
+    after = {int(t["slot"]): t["id"] for t in _tasks(manager, "web") if t["state"] == "running"}
+    assert after[2] == before[2] and after[1] != before[1], (before, after)
     spec = manager.cli_json("service", "inspect", "web")["spec"]  # type: ignore[index]
     assert spec["args"][1] == ": v1; sleep 600; exit 0"  # version 3 runs version 1's command
     # The failed tasks of version 2 are history: failed, and desired shutdown (as in Swarm).

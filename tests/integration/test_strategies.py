@@ -99,7 +99,9 @@ def test_canary_then_rollback_keeps_the_very_same_old_tasks(cluster: tuple[Manag
     assert _versions(manager, "cr") == [1, 1, 1, 2]
     back = manager.cli("service", "rollback", "cr", *WAIT)
     assert back.returncode == 0, back.stdout + back.stderr
-    wait_for(lambda: _running(manager, "cr") == before, timeout=30, message="the canary gone, the old tasks kept")
+    # The very same old tasks, adopted into the rollback's version 3 (ADR 33: they run its spec).
+    kept = [(task_id, 3) for task_id, _ in before]
+    wait_for(lambda: _running(manager, "cr") == kept, timeout=30, message="the canary gone, the old tasks kept")
     status = _status(manager, "cr")
     assert (status["state"], int(status["to_version"])) == ("rollback_completed", 3)
 
@@ -117,7 +119,8 @@ def test_blue_green_switches_then_rolls_back_without_starting_a_task(cluster: tu
     started = time.monotonic()
     back = manager.cli("service", "rollback", "bg", *WAIT)
     assert back.returncode == 0, back.stdout + back.stderr
-    wait_for(lambda: _running(manager, "bg") == blue, timeout=30, message="the old set serving alone")
+    blue_as_v3 = [(task_id, 3) for task_id, _ in blue]  # adopted into the rollback's version
+    wait_for(lambda: _running(manager, "bg") == blue_as_v3, timeout=30, message="the old set serving alone")
     rollback_took = time.monotonic() - started
     assert {t["id"] for t in manager.cli_json("service", "ps", "bg", "--all")} <= ids_before  # no task started
     print(f"blue/green rollback to the kept set: {rollback_took:.1f}s")

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 
 import msgspec
 
-from warren import commands
+from warren import commands, strategy
 from warren.commands import ApplyPlan, ReportTaskStatus, TaskUpdate
 from warren.model import (
     Availability,
@@ -24,6 +24,7 @@ from warren.model import (
     TaskState,
     UpdateConfig,
     can_transition,
+    is_stopping,
 )
 from warren.reconciler import ReconcileConfig, is_empty, is_live, reconcile
 from warren.state import ClusterState, Put
@@ -261,14 +262,16 @@ def check_plan(state: ClusterState, plan: ApplyPlan) -> None:
         assert t.state in (TaskState.PENDING, TaskState.ASSIGNED), t
     updated = [u.id for u in plan.updated]
     assert len(set(updated)) == len(updated), "one update per task"
+    fields = ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
+    fields += ("draining_since", "spec_version")
     for u in plan.updated:
         task = state.tasks[u.id]
-        changed = [
-            f
-            for f in ("state", "desired_state", "node_id", "message", "error", "exit_code", "runtime_id", "health")
-            if getattr(u, f) is not None and getattr(u, f) != getattr(task, f)
-        ]
+        changed = [f for f in fields if getattr(u, f) is not None and getattr(u, f) != getattr(task, f)]
         assert changed, f"update changes nothing: {u}"
+        if u.spec_version is not None:  # adopted (ADR 33): only into the current spec it runs
+            service = state.services[task.service_id]
+            assert u.spec_version == service.version and strategy.matches(task.spec, service.spec), u
+            assert not is_stopping(task) and not task.state.terminal, u
         if u.state is not None and u.state != task.state:
             assert can_transition(task.state, u.state), (task.state, u)
         if u.desired_state is not None:

@@ -225,6 +225,18 @@ def test_a_start_first_update_leaves_no_slot_without_a_running_task():
     ]
     crashed = [task("t1", slot=1), task("t2", slot=2, version=2, state="failed"), task("t3", slot=3)]
     assert checker.check_serving(service, crashed) == []  # a failure, not the order's choice
+    # Replaced, the failed task is no longer desired running; still the failure explains the gap
+    # while its replacement starts. One of an older rollout (history) does not.
+    replaced = [
+        *crashed[:1],
+        {**crashed[1], "desired_state": "shutdown"},
+        task("t5", slot=2, version=2, state="starting"),
+    ]
+    assert checker.check_serving(service, replaced + crashed[2:]) == []
+    old_failure = [task("t1", slot=1), task("t0", slot=2, state="failed", desired="shutdown"), task("t3", slot=3)]
+    assert checker.check_serving(
+        {**service, "update_status": {**service["update_status"], "from_version": 2}}, old_failure
+    ) == ["a: no running task in slots [2] at once (start-first, parallelism 1)"]
 
 
 def test_a_stop_first_update_empties_at_most_parallelism_slots_at_once():

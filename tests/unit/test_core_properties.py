@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.core_sim import Sim, naive_schedule, node, pending_task, running_task, spec
-from warren import commands
+from warren import commands, strategy
 from warren.constraints import ConstraintError, matches_all, parse_constraint, parse_constraints
 from warren.model import (
     Availability,
@@ -226,6 +226,8 @@ NODE_NAMES = [f"n{i}" for i in range(1, 7)]
 ops = st.one_of(
     st.tuples(st.just("scale"), st.integers(0, 1), st.integers(0, 6)),
     st.tuples(st.just("update"), st.integers(0, 2)),
+    st.tuples(st.just("settings"), st.integers(0, 2)),  # an update of rollout settings only
+    st.tuples(st.just("rollback"), st.integers(0, 2)),
     st.tuples(st.just("avail"), st.sampled_from(NODE_NAMES), st.sampled_from(list(Availability))),
     st.tuples(st.just("label"), st.sampled_from(NODE_NAMES), st.sampled_from([*ZONES, None])),
     st.tuples(st.just("down"), st.sampled_from(NODE_NAMES)),
@@ -247,6 +249,14 @@ def apply_op(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[
     elif kind == "update":
         svc = sim.state.services[services[op[1]]]
         sim.update_service(svc.id, msgspec.structs.replace(svc.spec, image=f"img:{svc.version + 1}"))
+    elif kind == "settings":
+        svc = sim.state.services[services[op[1]]]
+        update = msgspec.structs.replace(svc.spec.update, parallelism=svc.version % 3)
+        sim.update_service(svc.id, msgspec.structs.replace(svc.spec, update=update, stop_drain=svc.version % 2))
+    elif kind == "rollback":
+        result, changes = commands.apply(sim.state, commands.RollbackService(services[op[1]], sim.now))
+        if result.ok:  # refused when there is no version to return to
+            sim.state.apply(changes)
     elif kind in ("avail", "label") and op[1] in nodes:
         if kind == "avail":
             sim.run(commands.UpdateNode(op[1], sim.now, availability=op[2]))
@@ -327,6 +337,19 @@ def check_invariants(sim: Sim, before: dict[str, Task], services: list[str]) -> 
     # A slot holds one live task of each version, and two only while its current-version task
     # is not ready yet (start-first, ADR 33: the older one serves meanwhile); or, of one version,
     # a rebalance's move while it is not ready yet, beside the task it replaces (ADR 36).
+    live_ids = {t.id for t in state.tasks.values() if is_live(t)}
+    versions = Counter(
+        (t.service_id, t.slot, t.spec_version)
+        for t in state.tasks.values()
+        if is_live(t) and t.slot and t.relocates not in live_ids
+    )
+    assert all(c == 1 for c in versions.values()), versions
+    # A live task that runs the current spec is of the current version (adopted, ADR 33); one
+    # of the current version runs its spec, rollout settings aside.
+    for t in state.tasks.values():
+        if is_live(t) and t.node_id:
+            service = state.services[t.service_id]
+            assert (t.spec_version == service.version) == strategy.matches(t.spec, service.spec), t
     for (service_id, slot), count in live_slots.items():
         assert count <= 2, live_slots
         if count == 2:

@@ -654,3 +654,27 @@ def test_an_update_during_a_move_drops_the_move_and_the_old_task_serves_until_re
         sim.tick()
     assert sim.state.tasks[move.id].desired_state == TaskState.SHUTDOWN
     assert {t.spec_version for t in sim.live(service_id)} == {2}
+
+
+def test_a_new_rebalance_counts_the_moves_a_paused_one_left_on_their_way() -> None:
+    # Found by the random histories: a rebalance paused with one move still starting, and the
+    # next rebalance started two more beside it, three moves at once with parallelism 2.
+    sim = Sim()
+    sim.state.apply([Put("cluster", ClusterInfo("c", 0.0, "", "", "", "", auto_rebalance=True))])
+    sim.add_node(node("n1"))
+    service_id = sim.create_service(spec("web", replicas=6, update=UpdateConfig(monitor=1.0, parallelism=2)))
+    sim.converge()
+
+    def fail(index: int) -> None:
+        live = [t for t in sim.live(service_id) if t.state >= TaskState.ASSIGNED]
+        sim.report(live[index % len(live)], TaskState.FAILED, error="exit status 1")
+
+    for op in (lambda: fail(14), lambda: sim.add_node(node("n2")), lambda: fail(3)):
+        op()
+        sim.reconcile()
+        sim.tick()
+    assert sim.state.services[service_id].update_status.state == RolloutState.REBALANCE_PAUSED  # type: ignore[union-attr]
+    assert any(t.relocates for t in sim.live(service_id))  # a move still on its way
+    sim.state.apply(commands.apply(sim.state, RebalanceService(service_id, sim.now))[1])
+    sim.reconcile()
+    check_slots(sim, service_id, parallelism=2)

@@ -152,8 +152,9 @@ def test_rollback_of_a_canary_removes_the_canaries_and_starts_nothing() -> None:
     assert sim.state.services["s001"].version == 3  # a rollback is a new version (ADR 33)
 
 
-def test_a_rolling_rollback_still_replaces_every_task_as_adr_33_says() -> None:
-    """Only a rollback *from* a canary or blue/green rollout keeps the old tasks."""
+def test_a_rolling_rollback_keeps_the_tasks_that_run_its_spec() -> None:
+    """As a rollback from a canary: the tasks already running the spec rolled back to are
+    adopted into the rollback's version, none restarted (ADR 33)."""
 
     def rolling(image: str) -> ServiceSpec:
         return msgspec.structs.replace(canary_spec(image), deploy=DeployConfig())
@@ -161,10 +162,12 @@ def test_a_rolling_rollback_still_replaces_every_task_as_adr_33_says() -> None:
     sim = deployed(rolling)
     sim.update_service("s001", rolling("app:2"))
     run_until(sim, lambda: status(sim) == RolloutState.COMPLETED and images(sim) == ["app:2"] * 4)
+    on_v2 = {t.id for t in sim.running("s001")}
     sim.update_service("s001", rolling("app:1"))  # back to version 1's spec, as version 3
     sim.run(commands.RollbackService("s001", sim.now))  # to version 2's spec, as version 4
     run_until(sim, lambda: status(sim) == RolloutState.ROLLBACK_COMPLETED and len(sim.running("s001")) == 4)
-    run_until(sim, lambda: sorted(t.spec_version for t in sim.running("s001")) == [4] * 4)
+    assert {t.id for t in sim.running("s001")} == on_v2
+    assert sorted(t.spec_version for t in sim.running("s001")) == [4] * 4
 
 
 def test_a_failing_canary_applies_the_failure_action() -> None:

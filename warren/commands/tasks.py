@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from warren import strategy
 from warren.commands.nodes import node_status_change
 from warren.commands.overlay import Addresses
 from warren.commands.services import apply_rollouts
@@ -43,6 +44,18 @@ def _task_update(task: Task, update: TaskUpdate) -> Task | None:
     if is_ready(updated) != (task.ready_at > 0):  # ADR 33: a rollout's monitor counts from here
         updated = msgspec.structs.replace(updated, ready_at=update.at if is_ready(updated) else 0.0)
     return updated
+
+
+def _adopted(state: ClusterState, task: Task, version: int | None) -> Task:
+    """The task adopted into `version` of its service (ADR 33): its spec becomes that version's.
+    Only a live task, into the service's current version, when it already runs that spec
+    (`strategy.matches`); else unchanged."""
+    service = state.services.get(task.service_id)
+    if version is None or version == task.spec_version or service is None or service.version != version:
+        return task
+    if task.state.terminal or is_stopping(task) or not strategy.matches(task.spec, service.spec):
+        return task
+    return msgspec.structs.replace(task, spec=service.spec, spec_version=version)
 
 
 class _Placement:
@@ -141,7 +154,12 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
             current.node_id or not volumes.allows(current, moving_to) or not placement.fits(current, moving_to)
         ):
             continue
-        new = _task_update(current, update)
+        adopted = _adopted(state, current, update.spec_version)
+        if adopted is not current and not placement.claim_slot(adopted):
+            adopted = current  # its slot has a live task of that version: one only
+        new = _task_update(adopted, update)
+        if new is None and adopted is not current:
+            new = msgspec.structs.replace(adopted, updated_at=update.at)
         if new is not None and moving_to is not None:
             new = addresses.assign(new, moving_to)  # None: stays pending
         if new is not None:

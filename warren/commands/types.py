@@ -234,6 +234,8 @@ class TaskUpdate(msgspec.Struct, frozen=True):
     runtime_id: str | None = None
     health: str | None = None
     draining_since: float | None = None  # the reconciler took it out of the load balancing (ADR 33)
+    # Adopted into this version of its service: it already runs that version's spec (ADR 33)
+    spec_version: int | None = None
 
 
 class RolloutChange(msgspec.Struct, frozen=True):

@@ -33,7 +33,7 @@ RUNNING = TaskState.RUNNING
 SHUTDOWN = TaskState.SHUTDOWN
 ASSIGNED = TaskState.ASSIGNED
 
-_PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since")
+_PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since", "spec_version")
 DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
 
 
@@ -142,6 +142,15 @@ class Pass:
         if found is None:
             found = self._current[key] = strategy.current(task, service)
         return found
+
+    def adopt(self, task: Task, service: Service) -> Task:
+        """A live task that runs the current spec under an older version (`current`) joins the
+        current version in place (ADR 33): nothing restarts, `service ps` shows the version it
+        runs, and every count by version counts it. It has long been ready, so the rollout has
+        nothing to wait for: created before the rollout started, it is not among its new tasks."""
+        if task.spec_version == service.version or not self.current(task, service):
+            return task
+        return self.update(task, spec_version=service.version, spec=service.spec)
 
     def start_accounting(self, tasks: Iterable[Task]) -> None:
         """What each node holds before this pass creates anything (resources, overlay addresses)."""
@@ -314,22 +323,25 @@ class Pass:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The
         newest task of a slot is always kept: it carries the restart policy's attempt count.
         An older ended task of an older version than `version` (the failed tasks of an update
-        that was rolled back) is no longer desired running: its slot moved on. Those of the
-        version rolling out stay as they are: the rollout counts them as failures."""
+        that was rolled back) is no longer desired running: its slot moved on. So is the newest,
+        when an older task of the slot was adopted into the current version and serves it. Those
+        of the version rolling out stay as they are: the rollout counts them as failures."""
         limit = max(self.config.task_history_limit, 0)
         for group in groups:
             if len(group) <= 1:
                 continue
             group = sorted((self.task(t.id) for t in group), key=newest_first, reverse=True)
             kept = 1 if group[0].state >= TaskState.COMPLETE else 0
-            for t in group[1:]:
-                if t.state >= TaskState.COMPLETE:
-                    if kept < limit:
-                        kept += 1
-                        if t.desired_state <= RUNNING and t.spec_version != version and not t.draining_since:
-                            self.update(t, desired_state=SHUTDOWN)
-                    else:
-                        self.deleted.add(t.id)
+            serving = any(is_live(t) and t.spec_version == version for t in group)
+            for i, t in enumerate(group):
+                if t.state < TaskState.COMPLETE or (i == 0 and not serving):
+                    continue
+                if i > 0 and kept >= limit:
+                    self.deleted.add(t.id)
+                    continue
+                kept += i > 0
+                if t.desired_state <= RUNNING and t.spec_version != version and not t.draining_since:
+                    self.update(t, desired_state=SHUTDOWN)
 
     def _unbound_volumes(self) -> None:
         """A task placed while its volume was not bound (a plan committed late) binds it now."""

@@ -30,8 +30,10 @@ def reconcile_global(p: Pass, service: Service, tasks: list[Task]) -> None:
                 p.shutdown(t, "global task without a node")
             continue
         why = p.displaced_by(node_live[0], spec.constraints)
-        node_live.sort(key=lambda t: (t.slot == 0, t.spec_version == service.version, t.state, t.created_at, t.id))
+        node_live.sort(key=lambda t: (t.slot == 0, p.current(t, service), t.state, t.created_at, t.id))
         keeper = node_live.pop()
+        if keeper.slot == 0 and not why:
+            keeper = p.adopt(keeper, service)
         # Start-first (ADR 33): the node's older task keeps serving while the new one gets ready.
         older = [t for t in node_live if t.slot == 0 and t.spec_version != keeper.spec_version]
         keep_older = not why and keeper.spec_version == service.version and not is_ready(keeper) and older

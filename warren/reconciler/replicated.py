@@ -60,7 +60,7 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             key=lambda t: (p.current(t, service), _move_rank(p, t, ids, service), t.state, t.created_at, t.id),
             reverse=True,
         )
-        keeper, rest = slot_live[0], slot_live[1:]
+        keeper, rest = p.adopt(slot_live[0], service), slot_live[1:]
         older = [t for t in rest if t.spec_version != keeper.spec_version or t.id == keeper.relocates]
         if p.current(keeper, service) and (hold or not is_ready(keeper)) and older:
             standby[slot] = older[0]
