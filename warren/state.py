@@ -11,10 +11,10 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Config, Node, NodeRole, RevokedNode, Secret, Service, Task
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "secret", "config"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Secret | Config
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -49,6 +49,8 @@ class ClusterState:
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: defaultdict[str, set[str]] = defaultdict(set)
         self.service_names: dict[str, str] = {}
+        self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
+        self.configs: dict[str, Config] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -72,6 +74,12 @@ class ClusterState:
         """The valid (unrevoked) admin certificate called `name`."""
         return next((a for a in self.admin_certs.values() if a.name == name and not a.revoked_at), None)
 
+    def secret_by_name(self, name: str) -> Secret | None:
+        return next((s for s in self.secrets.values() if s.name == name), None)
+
+    def config_by_name(self, name: str) -> Config | None:
+        return next((c for c in self.configs.values() if c.name == name), None)
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
@@ -84,6 +92,8 @@ class ClusterState:
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
         other.tasks_by_node = defaultdict(set, {k: set(v) for k, v in self.tasks_by_node.items()})
         other.service_names = dict(self.service_names)
+        other.secrets = dict(self.secrets)
+        other.configs = dict(self.configs)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -107,6 +117,12 @@ class ClusterState:
         elif kind == "admin":
             assert isinstance(obj, AdminCert)
             self.admin_certs[obj.id] = obj
+        elif kind == "secret":
+            assert isinstance(obj, Secret)
+            self.secrets[obj.id] = obj
+        elif kind == "config":
+            assert isinstance(obj, Config)
+            self.configs[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -131,6 +147,10 @@ class ClusterState:
             self.revoked.pop(obj_id, None)
         elif kind == "admin":
             self.admin_certs.pop(obj_id, None)
+        elif kind == "secret":
+            self.secrets.pop(obj_id, None)
+        elif kind == "config":
+            self.configs.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

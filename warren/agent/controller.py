@@ -40,6 +40,7 @@ from warren.agent.decisions import (
 )
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
+from warren.agent.taskfiles import MissingFiles
 from warren.agent.watch import wait_exit, watch_health
 from warren.backoff import Backoff
 from warren.model import Task, TaskState, can_transition
@@ -160,7 +161,7 @@ class TaskController:
         elif step == Step.BEGIN_PREPARING:
             self._advance(TaskState.PREPARING, message="preparing")
         elif step == Step.PREPARE:
-            await self._prepare()
+            return await self._prepare()
         elif step == Step.START:
             await self._start()
         else:
@@ -174,18 +175,27 @@ class TaskController:
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        return msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        files = await self.env.call(self.env.files.prepare, self.task) if self.env.files is not None else ()
+        spec = container_spec(self.task, self.env.log_dir, netns)
+        return msgspec.structs.replace(spec, resolv_conf=resolv_conf, files=files)
 
-    async def _prepare(self) -> None:
+    async def _prepare(self) -> bool:
+        """Make the container; False while it waits for secrets this node does not hold."""
         try:
             spec = await self._spec()
             runtime_id = await self.env.call(self.env.runtime.prepare, spec)
+        except MissingFiles as exc:  # until a session brings them: the worker pokes us then
+            if self.local.message != exc.message:
+                log.warning("task %s: %s", self.task.id, exc.message)
+                self._advance(self.local.state, message=exc.message)
+            return False
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
-            return
+            return True
         self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
+        return True
 
     async def _start(self) -> None:
         runtime_id = self.local.runtime_id
@@ -395,6 +405,13 @@ class TaskController:
         """Remove the task's namespace and veth once nothing runs in them. Unconditional: a task
         that failed before its container existed has one too, and an ended task's overlay
         address may already be given back (ADR 23)."""
+        if self.env.files is not None:  # its secrets' tmpfs goes with its other resources
+            try:
+                await self.env.call(self.env.files.release, self.task.id)
+            except Exception as exc:
+                log.warning("task %s: unmounting its secrets failed: %s", self.task.id, exc)
+                await self._sleep(self._retry.next())
+                return False
         if self.env.networks is not None:
             try:
                 await self.env.call(self.env.networks.detach, self.task.id)

@@ -42,6 +42,7 @@ from warren.agent.promotion import ManagerRunner, Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
+from warren.agent.taskfiles import FileVault, TaskFiles
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -255,6 +256,7 @@ async def _serve(
             call=_in_pool(calls),
             wait_call=_in_pool(waits),
             networks=overlay if overlay.enabled else None,
+            files=TaskFiles(data / "secrets", FileVault()),  # in memory, on a tmpfs (ADR 38)
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)

@@ -7,7 +7,7 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 One module per concept: `types` (the commands and Result), `codec`, `dispatch` (`apply`), and
 the handlers by area: `cluster` (init, admin certificates, CA rotation, tokens, settings),
 `nodes`, `node_keys` (WireGuard key rotation), `services`, `tasks` (plans and status reports),
-`overlay` (address allocation). Callers use the names re-exported here.
+`overlay` (address allocation), `secrets` (secrets and configs). Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from warren.commands.types import (
     Batch,
     Changes,
     Command,
+    CreateConfig,
+    CreateSecret,
     CreateService,
     FinishCARotation,
     InitCluster,
@@ -44,7 +46,9 @@ from warren.commands.types import (
     PublishNodeKey,
     RecordNodeCertificate,
     RegisterNode,
+    RemoveConfig,
     RemoveNode,
+    RemoveSecret,
     RemoveService,
     ReportTaskStatus,
     Result,
@@ -55,6 +59,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetSecretKeys,
     StartCARotation,
     TaskUpdate,
     UpdateClusterSettings,
@@ -74,6 +79,8 @@ __all__ = [
     "Changes",
     "CodecError",
     "Command",
+    "CreateConfig",
+    "CreateSecret",
     "CreateService",
     "Envelope",
     "FinishCARotation",
@@ -84,7 +91,9 @@ __all__ = [
     "PublishNodeKey",
     "RecordNodeCertificate",
     "RegisterNode",
+    "RemoveConfig",
     "RemoveNode",
+    "RemoveSecret",
     "RemoveService",
     "ReportTaskStatus",
     "Result",
@@ -95,6 +104,7 @@ __all__ = [
     "RotateNodeKeys",
     "ScaleService",
     "SetNodeStatus",
+    "SetSecretKeys",
     "StartCARotation",
     "TaskUpdate",
     "UpdateClusterSettings",

@@ -199,6 +199,16 @@ def _resolv_conf(mounts: list[dict[str, object]], source: str) -> list[dict[str,
     return [*kept, {"destination": "/etc/resolv.conf", "type": "bind", "source": source, "options": options}]
 
 
+def _file_mounts(mounts: list[dict[str, object]], spec: ContainerSpec) -> list[dict[str, object]]:
+    """`mounts` with each secret and config file bound read-only from the agent's tmpfs (ADR 38):
+    the spec names the file, so neither containerd's store nor the bundle holds its value."""
+    options = ["rbind", "ro", "nosuid", "nodev", "noexec"]
+    files: list[dict[str, object]] = [
+        {"destination": f.target, "type": "bind", "source": f.source, "options": options} for f in spec.files
+    ]
+    return [*mounts, *files]
+
+
 def build_spec(
     spec: ContainerSpec,
     image_config: Mapping[str, object],
@@ -220,7 +230,9 @@ def build_spec(
         "process": build_process(spec, image_config),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": (hostname or spec.task_id)[:63],
-        "mounts": _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
+        "mounts": _file_mounts(
+            _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files), spec
+        ),
         "linux": {
             "resources": resources,
             "cgroupsPath": cgroups_path,

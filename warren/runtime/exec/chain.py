@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.agent.runtime import ContainerSpec, MountedFile, RuntimeFailure
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
 # Joins each cgroup named before "--", then execs the rest: the process is limited from its first instruction.
@@ -24,6 +24,15 @@ RESOLV_SHIM = (
 )
 
 
+# Bind-mounts N files read-only ($3 $4, $5 $6, ...) with the mount binary $1 (N is $2), then
+# execs the rest: a task's secrets and configs, from the agent's tmpfs (ADR 38).
+FILES_SHIM = (
+    'm="$1"; n="$2"; shift 2; while [ "$n" -gt 0 ]; do '
+    '"$m" --bind -o ro -- "$1" "$2" || { echo "warren: cannot mount a file over $2" >&2; exit 125; }; '
+    'shift 2; n=$((n - 1)); done; exec "$@"'
+)
+
+
 def tool(name: str) -> str:
     """An absolute path for a helper of the exec chain: the task's own PATH may not find it."""
     return shutil.which(name) or f"/usr/bin/{name}"
@@ -37,27 +46,33 @@ def exec_chain(
     netns: str,
     resolv_conf: str,
     user: tuple[int, int] | None,
+    files: tuple[MountedFile, ...] = (),
 ) -> tuple[list[str], str, tuple[int, int] | None]:
     """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
     cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
 
-    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
-    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
+    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf and the
+    task's secret and config `files`), the resolv shim, the files shim, the cgroup shim,
+    setpriv (user), the task. None of them forks, so the pid Popen
     returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
     user change moves from Popen to setpriv, the last step, whenever there is such a step.
     """
-    if not procs and not netns:
+    if not procs and not netns and not files:
         return argv, exe, user
     if user is not None:
         uid, gid = user
         argv = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
     if procs:
         argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
+    if files:
+        pairs = [path for f in files for path in (f.source, f.target)]
+        argv = ["/bin/sh", "-c", FILES_SHIM, "warren-files", tool("mount"), str(len(files)), *pairs, *argv]
     if netns and resolv_conf:
+        argv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
+    if files or (netns and resolv_conf):
         # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
         # does not pin the host's filesystems; nothing mounted in here propagates to the host.
-        resolv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
-        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
+        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *argv]
     if netns:
         argv = [tool("nsenter"), f"--net={netns}", "--", *argv]
     return argv, argv[0], None
@@ -80,3 +95,17 @@ def check_executable(name: str, env: dict[str, str], cwd: str) -> str:
     if present:
         raise RuntimeFailure(f"permission denied: {name} is not executable", permanent=True)
     raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
+
+
+def make_mount_points(files: tuple[MountedFile, ...]) -> None:
+    """An exec task shares the host's filesystem: a file's target must exist to be bound over in
+    the task's mount namespace, so a missing one is made, empty, as runc does in a rootfs. The
+    value never lands there: the host sees an empty file, the task the tmpfs file."""
+    for f in files:
+        target = f.target
+        if os.path.isdir(target):
+            raise RuntimeFailure(f"cannot mount a file at {target}: it is a directory on this host", permanent=True)
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            with open(target, "a"):
+                pass
