@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, image, node, service, units, worker
+    from warren.cli import cluster, config, image, node, secret, service, units, worker
 
     parser = Parser(
         prog=PROG,
@@ -59,6 +59,8 @@ def build_parser() -> Parser:
     node.register(groups)
     worker.register(groups)
     image.register(groups)
+    secret.register(groups)
+    config.register(groups)
     return parser
 
 

@@ -315,6 +315,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Reservations", _resources(spec.reservations)),
         ("Limits", _resources(spec.limits)),
         ("Ports", [_port(p) for p in spec.ports]),
+        ("Secrets", [_file_ref(r) for r in spec.secrets]),
+        ("Configs", [_file_ref(r) for r in spec.configs]),
     ]
     if spec.HasField("restart"):
         r = spec.restart
@@ -435,6 +437,10 @@ def _rollout_settings(c: Any) -> str:
         f"delay {units.format_duration(c.delay)}, on failure {c.failure_action or 'pause'} "
         f"(tolerating {c.max_failure_ratio:g} of the replicas)"
     )
+
+
+def _file_ref(r: Any) -> str:
+    return f"{r.source} at {r.target} ({r.uid}:{r.gid}, mode {r.mode:04o})"
 
 
 def _port(p: Any) -> str:

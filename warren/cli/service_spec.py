@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from warren.cli import units
+from warren.cli import secret, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
 from warren.text import shown
@@ -64,6 +64,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
         help="publish a port, e.g. 8080:80 or 5353:53/udp",
     )
     p.add_argument("--label", "-l", type=_LABEL, action="append", metavar="K=V", help="service label")
+    secret.add_service_flags(p, update=False)
     add_spec_flags(p)
 
 
@@ -92,6 +93,7 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="replace every task even if nothing changed (a rolling restart)"
     )
+    secret.add_service_flags(p, update=True)
     add_spec_flags(p)
 
 
@@ -210,6 +212,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     for published, target, protocol in args.publish or []:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
     spec.labels.update(dict(args.label or []))
+    secret.apply_service_flags(spec, args)
     _apply_common(spec, args)
     return spec
 
@@ -243,6 +246,7 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
         spec.ports.add().CopyFrom(p)
     for published, target, protocol in args.publish_add or []:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
+    secret.apply_service_flags(spec, args)
     if args.force:
         spec.force_update += 1
     if args.no_healthcheck:
