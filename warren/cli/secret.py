@@ -73,8 +73,13 @@ def add_service_flags(p: argparse.ArgumentParser, update: bool) -> None:
             )
             group.add_argument(f"--{kind}-rm", action="append", metavar="NAME", help=f"take a {kind} away")
         else:
-            group.add_argument(
-                f"--{kind}", type=spec, action="append", metavar=syntax, help=f"give the tasks a {kind} (at {default})"
+            group.add_argument(  # dest: the global --config is the client's configuration file
+                f"--{kind}",
+                dest=f"{kind}_refs",
+                type=spec,
+                action="append",
+                metavar=syntax,
+                help=f"give the tasks a {kind} (at {default})",
             )
 
 
@@ -87,7 +92,7 @@ def apply_service_flags(spec: Any, args: argparse.Namespace) -> None:
         unknown = removed - {r.source for r in field}
         if unknown:
             raise CliError(f"--{kind}-rm: the service has no {kind} {', '.join(sorted(unknown))}", Exit.USAGE)
-        added = (getattr(args, kind, None) or []) + (getattr(args, f"{kind}_add", None) or [])
+        added = (getattr(args, f"{kind}_refs", None) or []) + (getattr(args, f"{kind}_add", None) or [])
         del field[:]
         for r in kept:
             field.add().CopyFrom(r)
