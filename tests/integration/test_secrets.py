@@ -121,13 +121,13 @@ def _files_under(root: Path) -> Iterator[Path]:
                 yield path
 
 
-def _holding(marker: bytes, roots: list[Path]) -> list[str]:
-    found = []
+def _holding(marker: bytes, roots: list[Path]) -> set[str]:
+    found = set()
     for root in roots:
         for path in _files_under(root):
             with contextlib.suppress(OSError):
                 if marker in path.read_bytes():
-                    found.append(str(path))
+                    found.add(str(path))
     return found
 
 
@@ -143,7 +143,7 @@ def test_secrets_reach_only_their_tasks_on_a_tmpfs_and_never_a_disk(lab: Secrets
     lab.ok(
         *("service", "create", "ctd", "--image", lab.image("v1"), "--constraint", f"node.id=={_node_id(lab, h1)}"),
         *("--secret", "source=db-password,mode=0400", "--config", "source=app-conf,target=/etc/app/app.conf,mode=0440"),
-        *("--env", "S=/run/secrets/db-password", "--env", "C=/etc/app/app.conf", "--timeout", "90s"),
+        *("--env", "S=/run/secrets/db-password", "--env", "C=/etc/app/app.conf", "--timeout", "60s"),
         *("--", "sh", "-c", SCRIPT),
     )
     # The exec task: the host's filesystem, so targets under the test's own directory.
