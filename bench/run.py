@@ -31,6 +31,7 @@ BENCHMARKS = {
     "overlay": "bench.bench_overlay",
     "rotation": "bench.bench_rotation",
     "deploy": "bench.bench_deploy",
+    "secrets_start": "bench.bench_secrets",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
