@@ -227,3 +227,54 @@ def test_bad_input_and_conflicts_are_refused_with_one_line(lab: SecretsRig) -> N
     assert [(s["source"], s["target"]) for s in spec["secrets"]] == [("in-use-2", "/run/secrets/in-use")]
     lab.ok("secret", "rm", "in-use")
     assert "in-use-2" in lab.ok("secret", "ls") and "in-use\n" not in lab.ok("secret", "ls", "-q")
+
+
+def test_an_agent_restarted_while_cut_off_cannot_restart_a_task_needing_a_secret(lab: SecretsRig) -> None:
+    """ADR 38's trade-off: the restarted agent holds no values, so the task's local restart
+    fails and says why; once connected, the managers' replacement gets the secret and runs."""
+    h1, h2, _ = lab.cluster.hosts
+    value = f"cut-{secrets.token_hex(8)}"
+    lab.ok("secret", "create", "cut-pw", "--from-literal", value)
+    target = lab.root / "cut" / "pw"
+    script = 'sha256sum "$S" | cut -d" " -f1; echo done; exec sleep 3600'
+    lab.ok(
+        *("service", "create", "cut", "--image", "none", "--constraint", f"node.id=={_node_id(lab, h2)}"),
+        *("--secret", f"source=cut-pw,target={target}", "--env", f"S={target}", "--restart-delay", "1s"),
+        *("--timeout", "60s", "--", "/bin/sh", "-c", script),
+    )
+    first = wait_for(lambda: _task(lab, "cut"), timeout=30, message="the task running")
+    data = lab.cluster.data_dir(h2)
+    table = f"wsec{secrets.token_hex(3)}"
+    rule = f"add rule inet {table} out ip daddr {h1.ip} tcp dport 4242 drop"
+    in_h2 = ["nsenter", f"--net=/run/netns/{h2.netns}"]
+    block = f"add table inet {table}\nadd chain inet {table} out {{ type filter hook output priority 0; }}\n{rule}\n"
+    try:
+        subprocess.run([*in_h2, "nft", "-f", "-"], input=block, text=True, check=True)
+        # The agent restarts while cut off: a graceful stop, then `worker start` (its containers run on).
+        agent = lab.cluster.agents["h2"]
+        agent.terminate()
+        agent.wait(timeout=30)
+        log = lab.root / "agent-h2-restarted.log"
+        lab.cluster.agents["h2"] = lab.cluster.spawn(h2, log.name, "worker", "start", "--data-dir", str(data))
+        wait_for(lambda: "cached task(s);" in log.read_text(errors="replace"), timeout=30, message="resumed")
+        # The task's process dies: the agent, cut off, restarts it itself (ADR 12), and cannot.
+        record = json.loads((data / "exec" / first["id"] / "record.json").read_text())
+        os.kill(record["pid"], 9)
+        wait_for(lambda: "local restart failed" in log.read_text(errors="replace"), timeout=30, message="restart")
+        assert "local restart failed: waiting for secret cut-pw: this node does not hold it" in log.read_text()
+    finally:
+        subprocess.run([*in_h2, "nft", "delete", "table", "inet", table], check=False)
+
+    # Once connected: the failure is reported (or, if the managers saw the node down first, the
+    # task was orphaned), and the replacement gets the secret with its spec and runs.
+    def replaced() -> dict:
+        tasks = {t["id"]: t for t in lab.tasks("cut", history=True)}
+        old = tasks.get(first["id"], {})
+        running = [t for t in tasks.values() if t["state"] == "running" and t["id"] != first["id"]]
+        return running[0] if old.get("state") in ("failed", "orphaned") and running else {}
+
+    replacement = wait_for(replaced, timeout=60, message="a replacement running")
+    failed = next(t for t in lab.tasks("cut", history=True) if t["id"] == first["id"])
+    assert failed["state"] == "orphaned" or "waiting for secret cut-pw" in failed["error"], failed
+    seen = wait_for(lambda: _output(lab, h2, replacement["id"]), timeout=30, message="the replacement's output")
+    assert seen["sha256"] == hashlib.sha256(value.encode()).hexdigest()

@@ -170,12 +170,13 @@ class TaskController:
 
     # -- steps ---------------------------------------------------------------------------------
     async def _spec(self) -> ContainerSpec:
-        """The container to create, in its own network namespace when the overlay is on."""
+        """The container to create, in its own network namespace when the overlay is on, with
+        its secrets and configs (first: a value this node lacks is the reason to say)."""
+        files = await self.env.call(self.env.files.prepare, self.task) if self.env.files is not None else ()
         netns = resolv_conf = ""
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        files = await self.env.call(self.env.files.prepare, self.task) if self.env.files is not None else ()
         spec = container_spec(self.task, self.env.log_dir, netns)
         return msgspec.structs.replace(spec, resolv_conf=resolv_conf, files=files)
 
@@ -323,6 +324,7 @@ class TaskController:
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, RuntimeFailure) else str(exc)
+            log.warning("task %s: local restart failed: %s", self.task.id, message)
             self._advance(TaskState.FAILED, error=f"local restart failed: {message}", message="restart failed")
             return
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None)
