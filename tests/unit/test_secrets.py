@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
+import grpc
 import msgspec
 import pytest
 
@@ -21,11 +23,13 @@ from warren.agent.controller import TaskController
 from warren.agent.runtime import ContainerSpec, MountedFile
 from warren.agent.taskfiles import FileVault, MissingFiles, TaskFiles
 from warren.api import convert
+from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import secret as cli_secret
 from warren.cli.errors import CliError
 from warren.manager import secretkeys
 from warren.manager.secretkeys import KeyRing, SecretKeyError
+from warren.manager.server import ApiError
 from warren.manager.taskfiles import TaskFileSource
 from warren.model import ClusterInfo, Config, FileRef, Secret, Service, ServiceSpec, Task, TaskState
 from warren.runtime.containerd import oci
@@ -345,3 +349,72 @@ def test_runtimes_mount_paths_never_values() -> None:
     argv, _, _ = exec_chain(["app"], "/bin/app", procs=[], netns="", resolv_conf="", user=None, files=files)
     assert argv[0].endswith("unshare") and argv[1:3] == ["--mount", "--propagation"]
     assert argv[-4:] == ["1", "/data/secrets/t1/0-secret-db", "/run/secrets/db", "app"]
+
+
+# -- the control API -----------------------------------------------------------------------------
+def test_every_secret_and_config_method_validates_and_answers_with_the_right_code() -> None:
+    from tests.unit.test_manager_services import Manager
+
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        control = manager.control
+
+        async def refused(call: Any) -> tuple[grpc.StatusCode, str]:
+            try:
+                await call
+            except ApiError as exc:
+                return exc.code, exc.message
+            raise AssertionError("accepted")
+
+        invalid, missing, taken = (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.ALREADY_EXISTS,
+        )
+        created = await control.CreateSecret(cpb.CreateSecretRequest(name="db", data=b"pw", labels={"a": "b"}), None)
+        assert (created.name, created.size, dict(created.labels)) == ("db", 2, {"a": "b"})
+        with manager.store.read() as state:
+            stored = state.secrets[created.id]
+            assert b"pw" not in stored.sealed and state.cluster is not None and state.cluster.dek_wrapped
+        for req, code, text in (
+            (cpb.CreateSecretRequest(name="", data=b"x"), invalid, "invalid secret name"),
+            (cpb.CreateSecretRequest(name="a/b", data=b"x"), invalid, "invalid secret name"),
+            (cpb.CreateSecretRequest(name="e", data=b""), invalid, "cannot be empty"),
+            (cpb.CreateSecretRequest(name="big", data=b"x" * (500 * 1024 + 1)), invalid, "at most 500 KB"),
+            (cpb.CreateSecretRequest(name="l", data=b"x", labels={"": "v"}), invalid, "label"),
+            (cpb.CreateSecretRequest(name="db", data=b"x"), taken, "already in use"),
+        ):
+            got = await refused(control.CreateSecret(req, None))
+            assert got[0] == code and text in got[1], (req.name, got)
+        for req, code in (
+            (cpb.CreateConfigRequest(name="", data=b"x"), invalid),
+            (cpb.CreateConfigRequest(name="c", data=b""), invalid),
+        ):
+            assert (await refused(control.CreateConfig(req, None)))[0] == code
+        assert (await refused(control.GetSecret(cpb.GetSecretRequest(secret=""), None)))[0] == invalid
+        assert (await refused(control.GetSecret(cpb.GetSecretRequest(secret="nope"), None)))[0] == missing
+        assert (await refused(control.GetConfig(cpb.GetConfigRequest(config="nope"), None)))[0] == missing
+        assert (await refused(control.RemoveSecret(cpb.RemoveSecretRequest(secret="nope"), None)))[0] == missing
+        assert (await refused(control.RemoveConfig(cpb.RemoveConfigRequest(config=""), None)))[0] == invalid
+
+        config = await control.CreateConfig(cpb.CreateConfigRequest(name="app", data=b"k=v"), None)
+        assert (await control.GetConfig(cpb.GetConfigRequest(config=config.id[:6]), None)).data == b"k=v"
+        listed = await control.ListConfigs(cpb.ListConfigsRequest(), None)
+        assert [(c.name, c.data) for c in listed.configs] == [("app", b"")]  # values only from GetConfig
+        spec = pb.ServiceSpec(name="web", image="busybox", replicas=0)
+        spec.secrets.add(source="db")
+        spec.configs.add(source="app", target="/etc/app.conf")
+        await control.CreateService(cpb.CreateServiceRequest(spec=spec, no_resolve_image=True), None)
+        shown = await control.GetSecret(cpb.GetSecretRequest(secret="db"), None)
+        assert list(shown.services) == ["web"] and b"pw" not in shown.SerializeToString()
+        code, text = await refused(control.RemoveSecret(cpb.RemoveSecretRequest(secret="db"), None))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "in use by service web" in text
+        bad = pb.ServiceSpec(name="bad", image="busybox")
+        bad.secrets.add(source="nope")
+        code, text = await refused(control.CreateService(cpb.CreateServiceRequest(spec=bad), None))
+        assert (code, text) == (missing, "secret 'nope' not found (service bad)")
+        bad.secrets[0].target = "/a/../b"
+        assert (await refused(control.CreateService(cpb.CreateServiceRequest(spec=bad), None)))[0] == invalid
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
