@@ -248,6 +248,12 @@ def test_values_travel_with_the_spec_to_the_node_that_runs_it(tmp_path: Path) ->
             1, [Put("cluster", info), Put("secret", secret), Put("config", Config("c", "app", b"conf"))]
         )
         cluster.put(web, plain, _task("t1", plain))
+        # A Raft snapshot carries secrets sealed, and a follower restored from one has them all.
+        dump = cluster.store.dump()
+        assert b"s3cret" not in msgspec.msgpack.encode(dump) and [x.name for x in dump.secrets] == ["db"]
+        cluster.store.restore(dump)
+        with cluster.store.read() as state:
+            assert state.secret_by_name("db") == secret and state.config_by_name("app") is not None
         stream = cluster.dispatcher.Session(request(), None)
         agent = AssignmentSet()
         try:
