@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -424,3 +425,27 @@ def test_every_secret_and_config_method_validates_and_answers_with_the_right_cod
         assert (await refused(control.CreateService(cpb.CreateServiceRequest(spec=bad), None)))[0] == invalid
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_value_comes_from_exactly_one_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def args(file: str | None = None, literal: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(file=file, from_literal=literal, kind="secret")
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"from stdin\x00\xff")))
+    assert cli_secret._value(args("-")) == b"from stdin\x00\xff"  # bytes as given, not text
+    (tmp_path / "v").write_bytes(b"from a file")
+    assert cli_secret._value(args(str(tmp_path / "v"))) == b"from a file"
+    assert cli_secret._value(args(literal="lit")) == b"lit"
+    (tmp_path / "big").write_bytes(b"x" * (500 * 1024 + 1))
+    (tmp_path / "empty").write_bytes(b"")
+    for bad, text in (
+        (args(), "give the secret's value"),
+        (args("-", "lit"), "not both"),
+        (args(str(tmp_path / "big")), "at most 500 KB"),
+        (args(str(tmp_path / "empty")), "cannot be empty"),
+        (args(str(tmp_path / "missing")), "cannot read"),
+        (args(str(tmp_path)), "cannot read"),
+    ):
+        with pytest.raises(CliError, match=text) as caught:
+            cli_secret._value(bad)
+        assert caught.value.code == 2
