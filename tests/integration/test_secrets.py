@@ -11,6 +11,7 @@ and state, and every log file are searched for the marker: it must be nowhere.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import json
@@ -216,8 +217,9 @@ def test_bad_input_and_conflicts_are_refused_with_one_line(lab: SecretsRig) -> N
         (("service", "create", "x", "--image", "none", "--secret", "source=in-use,mode=999"), 2, "octal"),
         (("service", "update", "user", "--secret-rm", "other"), 2, "has no secret other"),
     ]
-    for argv, code, text in cases:
-        done = lab.cli(*argv)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # refusals only: they change nothing
+        answers = list(pool.map(lambda case: lab.cli(*case[0]), cases))
+    for (argv, code, text), done in zip(cases, answers, strict=True):
         assert done.returncode == code, (argv, done.returncode, done.stderr)
         assert text in done.stderr and len(done.stderr.strip().splitlines()) == 1, (argv, done.stderr)
     # Rotation: a new secret at the same target, as one new version; the old one is then free.
