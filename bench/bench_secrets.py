@@ -1,10 +1,11 @@
 """Task start latency with a secret and a config mounted, against the same task without (#13).
 
 One private containerd, one cached busybox image; the task runs `true`. The plain run is the
-driver's prepare + start + wait + remove (as `task_start`); the mounted run adds what the agent does for a task with a secret and a config (ADR 38): mount the
-task's tmpfs and write both files (`TaskFiles.prepare`), two read-only bind mounts in the OCI
-spec, and the unmount after removal (`TaskFiles.release`). The two alternate, RUNS each after
-warm-up, and the medians are compared. Goal: at most 1.2x.
+driver's prepare + start + wait + remove (as `task_start`); the mounted run adds what the agent
+does for a task with a secret and a config (ADR 38): mount the task's tmpfs and write both files
+(`TaskFiles.prepare`), two read-only bind mounts in the OCI spec, and the unmount after removal
+(`TaskFiles.release`). The two alternate, RUNS each after warm-up, and the medians are compared.
+Goal: at most 1.2x.
 """
 
 from __future__ import annotations
