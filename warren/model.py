@@ -233,6 +233,18 @@ class Volume(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
+class FileRef(msgspec.Struct, frozen=True):
+    """A secret or config a service's tasks see as a file (ADR 38): the object named `source`,
+    at the absolute path `target`, owned by uid:gid with `mode`. Refers by name: an object in
+    use cannot be removed, so the name means one value for as long as a task uses it."""
+
+    source: str
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
 class ServiceSpec(msgspec.Struct, frozen=True):
     """Desired state of a service, as given by the operator."""
 
@@ -262,6 +274,8 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     force_update: int = 0
     deploy: DeployConfig = DeployConfig()  # the strategy of the rollout *to* this spec (ADR 35)
     mounts: tuple[Mount, ...] = ()  # volumes, binds and tmpfs (ADR 40)
+    secrets: tuple[FileRef, ...] = ()  # on a tmpfs, never on a node's disk (ADR 38)
+    configs: tuple[FileRef, ...] = ()
 
 
 class SpecRevision(msgspec.Struct, frozen=True):
@@ -396,6 +410,31 @@ def is_ready(task: Task) -> bool:
     return task.health == "healthy" if task.spec.health is not None else task.health != "unhealthy"
 
 
+class Secret(msgspec.Struct, frozen=True):
+    """A secret (ADR 38): `sealed` is its value encrypted with the cluster's data key; the
+    plain value exists only on the leader that sends it, and in the memory of the agents
+    whose tasks use it."""
+
+    id: str
+    name: str
+    sealed: bytes
+    size: int  # of the plain value
+    labels: dict[str, str] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A config: like a secret, but stored and shown as it is."""
+
+    id: str
+    name: str
+    data: bytes
+    labels: dict[str, str] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
 class ClusterInfo(msgspec.Struct, frozen=True):
     """Cluster-wide settings written once at init; tokens are rotated by commands. The CA key is
     replicated so that any manager can sign node certificates (as in SwarmKit); it never leaves
@@ -421,3 +460,8 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     # ca_cert_pem/ca_key_pem are then the new root, which signs everything.
     ca_previous_cert_pem: str = ""
     ca_rotation_started_at: float = 0.0
+    # The key hierarchy of secrets (ADR 38): the key-encryption key, wrapped by the root (a key
+    # derived from the Raft secret; autolock's unlock key later), and the data key that seals
+    # secret values, wrapped by the KEK. Empty until the first secret is created.
+    kek_wrapped: str = ""
+    dek_wrapped: str = ""

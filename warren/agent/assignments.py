@@ -40,6 +40,9 @@ class AssignmentDelta:
     vip_range: str = ""
     services_index: int = 0  # the Raft index `services` were computed at (ADR 33)
     volumes: tuple[str, ...] | None = None  # the volumes living on this node, when they changed (ADR 40)
+    # Values of secrets and configs, (kind, name, data), sent with the specs (ADR 38): held in
+    # memory only, never cached.
+    files: tuple[tuple[str, str, bytes], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class AssignmentSet:
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             self.specs, self.refs = {}, {}
             updated, invalid = self._read(msg)
+            files = _files(msg)
             tasks = {t.id: t for t in updated}
             for task_id, _ in invalid:  # unreadable now, but known: keep the copy we have
                 if task_id in self.tasks:
@@ -123,6 +127,7 @@ class AssignmentSet:
                 vip_range=msg.vip_range,
                 services_index=msg.services_index,
                 volumes=volumes,
+                files=files,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -151,6 +156,7 @@ class AssignmentSet:
             vip_range=msg.vip_range,
             services_index=msg.services_index,
             volumes=volumes,
+            files=_files(msg),
         )
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
@@ -185,6 +191,10 @@ class AssignmentSet:
         """Forget specs no task in the set refers to, as the managers do (ADR 21)."""
         wanted = set(self.refs.values())
         self.specs = {key: spec for key, spec in self.specs.items() if key in wanted}
+
+
+def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:
+    return tuple((f.kind, f.name, f.data) for entry in msg.specs for f in entry.files)
 
 
 def _key(msg: pb.Task) -> SpecKey:

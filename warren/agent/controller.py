@@ -40,6 +40,7 @@ from warren.agent.decisions import (
 )
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
+from warren.agent.taskfiles import MissingFiles
 from warren.agent.volumes import resolve_mounts
 from warren.agent.watch import wait_exit, watch_health
 from warren.backoff import Backoff
@@ -161,7 +162,7 @@ class TaskController:
         elif step == Step.BEGIN_PREPARING:
             self._advance(TaskState.PREPARING, message="preparing")
         elif step == Step.PREPARE:
-            await self._prepare()
+            return await self._prepare()
         elif step == Step.START:
             await self._start()
         else:
@@ -170,27 +171,37 @@ class TaskController:
 
     # -- steps ---------------------------------------------------------------------------------
     async def _spec(self) -> ContainerSpec:
-        """The container to create, in its own network namespace when the overlay is on."""
+        """The container to create, in its own network namespace when the overlay is on, with
+        its secrets and configs (first: a value this node lacks is the reason to say)."""
+        files = await self.env.call(self.env.files.prepare, self.task) if self.env.files is not None else ()
         netns = resolv_conf = ""
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        spec = msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        spec = container_spec(self.task, self.env.log_dir, netns)
+        spec = msgspec.structs.replace(spec, resolv_conf=resolv_conf, files=files)
         if self.task.spec.mounts:
             mounts = await self.env.call(resolve_mounts, self.task.spec.mounts, self.env.volumes)
             spec = msgspec.structs.replace(spec, mounts=mounts)
         return spec
 
-    async def _prepare(self) -> None:
+    async def _prepare(self) -> bool:
+        """Make the container; False while it waits for secrets this node does not hold."""
         try:
             spec = await self._spec()
             runtime_id = await self.env.call(self.env.runtime.prepare, spec)
+        except MissingFiles as exc:  # until a session brings them: the worker pokes us then
+            if self.local.message != exc.message:
+                log.warning("task %s: %s", self.task.id, exc.message)
+                self._advance(self.local.state, message=exc.message)
+            return False
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
-            return
+            return True
         self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
+        return True
 
     async def _start(self) -> None:
         runtime_id = self.local.runtime_id
@@ -318,6 +329,7 @@ class TaskController:
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, RuntimeFailure) else str(exc)
+            log.warning("task %s: local restart failed: %s", self.task.id, message)
             self._advance(TaskState.FAILED, error=f"local restart failed: {message}", message="restart failed")
             return
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None)
@@ -400,6 +412,13 @@ class TaskController:
         """Remove the task's namespace and veth once nothing runs in them. Unconditional: a task
         that failed before its container existed has one too, and an ended task's overlay
         address may already be given back (ADR 23)."""
+        if self.env.files is not None:  # its secrets' tmpfs goes with its other resources
+            try:
+                await self.env.call(self.env.files.release, self.task.id)
+            except Exception as exc:
+                log.warning("task %s: unmounting its secrets failed: %s", self.task.id, exc)
+                await self._sleep(self._retry.next())
+                return False
         if self.env.networks is not None:
             try:
                 await self.env.call(self.env.networks.detach, self.task.id)

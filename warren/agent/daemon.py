@@ -42,6 +42,7 @@ from warren.agent.promotion import ManagerRunner, Promotion
 from warren.agent.runtime import Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
+from warren.agent.taskfiles import FileVault, TaskFiles
 from warren.agent.volumes import LocalVolumes
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -257,6 +258,7 @@ async def _serve(
             wait_call=_in_pool(waits),
             networks=overlay if overlay.enabled else None,
             volumes=LocalVolumes(data / datadir.VOLUMES_DIR),
+            files=TaskFiles(data / "secrets", FileVault()),  # in memory, on a tmpfs (ADR 38)
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)

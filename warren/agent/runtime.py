@@ -43,6 +43,14 @@ class MountSpec(msgspec.Struct, frozen=True):
     tmpfs_mode: int = 0  # 0 = 1777
 
 
+class MountedFile(msgspec.Struct, frozen=True):
+    """A secret's or config's file (ADR 38): `source`, on a tmpfs the agent filled, appears
+    read-only at `target` in the container. The spec holds the path, never the value."""
+
+    source: str
+    target: str
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     """What to run for one task, already resolved from the task's ServiceSpec."""
 
@@ -61,6 +69,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     netns: str = ""  # a network namespace to join (its path); empty = the host's network
     resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
     mounts: tuple[MountSpec, ...] = ()
+    files: tuple[MountedFile, ...] = ()  # secrets and configs, bind-mounted read-only (ADR 38)
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

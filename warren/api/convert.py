@@ -1,7 +1,7 @@
 """The one place where protobuf messages and warren.model values are mapped to each other.
 
 Both directions, for the control API, the dispatcher and the agent: specs, services, tasks,
-nodes, admin certificates, task reports and the overlay's mesh and endpoints. Pure: it builds
+nodes, admin certificates, secrets and configs, task reports and the overlay's mesh and endpoints. Pure: it builds
 and reads messages, and imports no grpc.
 """
 
@@ -127,6 +127,8 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         force_update=msg.force_update,
         deploy=deploy_config_from_pb(msg.deploy),
         mounts=tuple(mount_from_pb(m) for m in msg.mounts),
+        secrets=file_refs_from_pb(msg.secrets, "secret"),
+        configs=file_refs_from_pb(msg.configs, "config"),
     )
 
 
@@ -168,6 +170,59 @@ def volume_to_pb(volume: model.Volume, hostname: str = "", used_by: Iterable[str
         created_at=volume.created_at,
         updated_at=volume.updated_at,
         used_by=list(used_by),
+    )
+
+
+def default_target(kind: str, source: str, target: str) -> str:
+    """Docker's defaults: a secret at /run/secrets/NAME (a relative target under that
+    directory), a config at /NAME."""
+    if target.startswith("/"):
+        return target
+    if kind == "secret":
+        return f"{validate.SECRETS_DIR}/{target or source}"
+    return f"/{target or source}"
+
+
+def file_refs_from_pb(msgs: Iterable[pb.FileRef], kind: str) -> tuple[model.FileRef, ...]:
+    return tuple(
+        model.FileRef(
+            source=m.source,
+            target=default_target(kind, m.source, m.target),
+            uid=m.uid,
+            gid=m.gid,
+            mode=m.mode if m.HasField("mode") else 0o444,
+        )
+        for m in msgs
+    )
+
+
+def file_ref_to_pb(ref: model.FileRef) -> pb.FileRef:
+    return pb.FileRef(source=ref.source, target=ref.target, uid=ref.uid, gid=ref.gid, mode=ref.mode)
+
+
+def secret_to_pb(secret: model.Secret, services: Iterable[str] = ()) -> cpb.Secret:
+    """Metadata only: the value never leaves the managers this way."""
+    return cpb.Secret(
+        id=secret.id,
+        name=secret.name,
+        size=secret.size,
+        labels=secret.labels,
+        created_at=secret.created_at,
+        updated_at=secret.updated_at,
+        services=list(services),
+    )
+
+
+def config_to_pb(config: model.Config, services: Iterable[str] = (), with_data: bool = False) -> cpb.Config:
+    return cpb.Config(
+        id=config.id,
+        name=config.name,
+        size=len(config.data),
+        labels=config.labels,
+        created_at=config.created_at,
+        updated_at=config.updated_at,
+        services=list(services),
+        data=config.data if with_data else b"",
     )
 
 
@@ -289,6 +344,8 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         force_update=spec.force_update,
         deploy=deploy_config_to_pb(spec.deploy),
         mounts=[mount_to_pb(m) for m in spec.mounts],
+        secrets=[file_ref_to_pb(r) for r in spec.secrets],
+        configs=[file_ref_to_pb(r) for r in spec.configs],
     )
     if spec.health is not None:
         h = spec.health

@@ -350,6 +350,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Limits", _resources(spec.limits)),
         ("Ports", [_port(p) for p in spec.ports]),
         ("Mounts", [mounts.describe(m) for m in spec.mounts]),
+        ("Secrets", [_file_ref(r) for r in spec.secrets]),
+        ("Configs", [_file_ref(r) for r in spec.configs]),
     ]
     if spec.HasField("restart"):
         r = spec.restart
@@ -487,6 +489,10 @@ def _deploy_settings(d: Any) -> str:
     if strategy == "blue-green":
         return f"blue-green: the old set kept {units.format_duration(d.blue_green_keep)} after the switch"
     return strategy
+
+
+def _file_ref(r: Any) -> str:
+    return f"{r.source} at {r.target} ({r.uid}:{r.gid}, mode {r.mode:04o})"
 
 
 def _port(p: Any) -> str:

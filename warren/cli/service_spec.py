@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from warren.cli import mounts, units
+from warren.cli import mounts, secret, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
 from warren.text import shown
@@ -65,6 +65,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label", "-l", type=_LABEL, action="append", metavar="K=V", help="service label")
     mounts.add_create_flags(p)
+    secret.add_service_flags(p, update=False)
     add_spec_flags(p)
 
 
@@ -94,6 +95,7 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
         "--force", action="store_true", help="replace every task even if nothing changed (a rolling restart)"
     )
     mounts.add_update_flags(p)
+    secret.add_service_flags(p, update=True)
     add_spec_flags(p)
 
 
@@ -253,6 +255,7 @@ def build_spec(args: argparse.Namespace) -> Any:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
     spec.labels.update(dict(args.label or []))
     mounts.apply_create(spec, args)
+    secret.apply_service_flags(spec, args)
     _apply_common(spec, args)
     return spec
 
@@ -287,6 +290,7 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
     for published, target, protocol in args.publish_add or []:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
     mounts.apply_update(spec, args)
+    secret.apply_service_flags(spec, args)
     if args.force:
         spec.force_update += 1
     if args.no_healthcheck:

@@ -7,7 +7,7 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 One module per concept: `types` (the commands and Result), `codec`, `dispatch` (`apply`), and
 the handlers by area: `cluster` (init, admin certificates, CA rotation, tokens, settings),
 `nodes`, `node_keys` (WireGuard key rotation), `services`, `tasks` (plans and status reports),
-`overlay` (address allocation). Callers use the names re-exported here.
+`overlay` (address allocation), `secrets` (secrets and configs). Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ from warren.commands.types import (
     Batch,
     Changes,
     Command,
+    CreateConfig,
+    CreateSecret,
     CreateService,
     CreateVolume,
     FinishCARotation,
@@ -46,7 +48,9 @@ from warren.commands.types import (
     PublishNodeKey,
     RecordNodeCertificate,
     RegisterNode,
+    RemoveConfig,
     RemoveNode,
+    RemoveSecret,
     RemoveService,
     RemoveVolume,
     ReportTaskStatus,
@@ -58,6 +62,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetSecretKeys,
     StartCARotation,
     TaskUpdate,
     UpdateClusterSettings,
@@ -77,6 +82,8 @@ __all__ = [
     "Changes",
     "CodecError",
     "Command",
+    "CreateConfig",
+    "CreateSecret",
     "CreateService",
     "CreateVolume",
     "Envelope",
@@ -89,7 +96,9 @@ __all__ = [
     "PublishNodeKey",
     "RecordNodeCertificate",
     "RegisterNode",
+    "RemoveConfig",
     "RemoveNode",
+    "RemoveSecret",
     "RemoveService",
     "RemoveVolume",
     "ReportTaskStatus",
@@ -101,6 +110,7 @@ __all__ = [
     "RotateNodeKeys",
     "ScaleService",
     "SetNodeStatus",
+    "SetSecretKeys",
     "StartCARotation",
     "TaskUpdate",
     "UpdateClusterSettings",

@@ -17,6 +17,7 @@ from warren.commands.cluster import (
 )
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
+from warren.commands.secrets import create_config, create_secret, remove_config, remove_secret, set_secret_keys
 from warren.commands.services import (
     create_service,
     promote_service,
@@ -31,6 +32,8 @@ from warren.commands.types import (
     ApplyPlan,
     Changes,
     Command,
+    CreateConfig,
+    CreateSecret,
     CreateService,
     CreateVolume,
     FinishCARotation,
@@ -42,7 +45,9 @@ from warren.commands.types import (
     PublishNodeKey,
     RecordNodeCertificate,
     RegisterNode,
+    RemoveConfig,
     RemoveNode,
+    RemoveSecret,
     RemoveService,
     RemoveVolume,
     ReportTaskStatus,
@@ -53,6 +58,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetSecretKeys,
     StartCARotation,
     UpdateClusterSettings,
     UpdateNode,
@@ -103,6 +109,11 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     RemoveService: remove_service,
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
+    SetSecretKeys: set_secret_keys,
+    CreateSecret: create_secret,
+    RemoveSecret: remove_secret,
+    CreateConfig: create_config,
+    RemoveConfig: remove_config,
     Noop: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,

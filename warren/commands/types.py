@@ -8,9 +8,11 @@ from warren.model import (
     AdminCert,
     Availability,
     ClusterInfo,
+    Config,
     Node,
     NodeRole,
     NodeStatus,
+    Secret,
     Service,
     ServiceSpec,
     Task,
@@ -270,6 +272,33 @@ class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
     updates: tuple[TaskUpdate, ...]
 
 
+class SetSecretKeys(msgspec.Struct, frozen=True, tag="secret.keys"):
+    """The cluster's key pair for secrets (ADR 38), as wrapped keys; kept only if none is set."""
+
+    kek_wrapped: str
+    dek_wrapped: str
+
+
+class CreateSecret(msgspec.Struct, frozen=True, tag="secret.create"):
+    """A secret, sealed with the data key whose wrapped form is `dek_wrapped` (refused if the
+    cluster's is another: the value could not be opened)."""
+
+    secret: Secret
+    dek_wrapped: str
+
+
+class RemoveSecret(msgspec.Struct, frozen=True, tag="secret.remove"):
+    secret_id: str
+
+
+class CreateConfig(msgspec.Struct, frozen=True, tag="config.create"):
+    config: Config
+
+
+class RemoveConfig(msgspec.Struct, frozen=True, tag="config.remove"):
+    config_id: str
+
+
 class Noop(msgspec.Struct, frozen=True, tag="noop"):
     """Written to confirm leadership (a linearizable read barrier)."""
 
@@ -298,6 +327,11 @@ Command = (
     | RemoveService
     | ApplyPlan
     | ReportTaskStatus
+    | SetSecretKeys
+    | CreateSecret
+    | RemoveSecret
+    | CreateConfig
+    | RemoveConfig
     | Noop
     | CreateVolume
     | RemoveVolume

@@ -22,10 +22,12 @@ from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, TaskState
 from warren.state import ClusterState
@@ -128,7 +130,7 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     return spec
 
 
-class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.ControlServicer):
+class ControlService(CertificatesControl, VolumesControl, SecretsControl, control_pb2_grpc.ControlServicer):
     _resolve_node = staticmethod(resolve_node)
 
     def __init__(
@@ -143,6 +145,7 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         self._authority = cakey.Authority(raft_secret)
+        self._keyring = KeyRing(raft_secret)  # seals secrets before they are proposed (ADR 38)
         self._store = store
         self._raft = raft
         self._timeout = timeout

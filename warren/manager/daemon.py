@@ -43,6 +43,7 @@ from warren.manager.membership import ManagersService, manager_addrs
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import RaftNode, RaftStartError
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import NOT_SERVING, build_server
 from warren.manager.startup import (
     DEFAULT_DATA_DIR,
@@ -59,6 +60,7 @@ from warren.manager.startup import (
     plan_identity,
 )
 from warren.manager.store import Store, open_environment
+from warren.manager.taskfiles import TaskFileSource
 from warren.text import format_size
 
 __all__ = ["DEFAULT_DATA_DIR", "DEFAULT_LISTEN_ADDR", "Alongside", "ManagerOptions", "StartupError", "run", "serve"]
@@ -181,7 +183,8 @@ async def _open_and_serve(
         raft_secret=secret,
         images=RegistryDigests(options.insecure_registries) if options.resolve_images else None,
     )
-    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
+    files = TaskFileSource(KeyRing(secret))  # secrets are decrypted only to be sent (ADR 38)
+    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files)
     try:
         server, health = build_server(
             identity.listen_addr,

@@ -216,6 +216,16 @@ def _task_mounts(mounts: list[dict[str, object]], wanted: Sequence[MountSpec]) -
     return kept
 
 
+def _file_mounts(mounts: list[dict[str, object]], spec: ContainerSpec) -> list[dict[str, object]]:
+    """`mounts` with each secret and config file bound read-only from the agent's tmpfs (ADR 38):
+    the spec names the file, so neither containerd's store nor the bundle holds its value."""
+    options = ["rbind", "ro", "nosuid", "nodev", "noexec"]
+    files: list[dict[str, object]] = [
+        {"destination": f.target, "type": "bind", "source": f.source, "options": options} for f in spec.files
+    ]
+    return [*mounts, *files]
+
+
 def build_spec(
     spec: ContainerSpec,
     image_config: Mapping[str, object],
@@ -237,9 +247,12 @@ def build_spec(
         "process": build_process(spec, image_config),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": (hostname or spec.task_id)[:63],
-        "mounts": _task_mounts(
-            _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
-            spec.mounts,
+        "mounts": _file_mounts(
+            _task_mounts(
+                _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
+                spec.mounts,
+            ),
+            spec,
         ),
         "linux": {
             "resources": resources,

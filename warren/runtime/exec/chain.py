@@ -8,7 +8,7 @@ import os
 import shutil
 from collections.abc import Sequence
 
-from warren.agent.runtime import ContainerSpec, MountSpec, RuntimeFailure
+from warren.agent.runtime import ContainerSpec, MountedFile, MountSpec, RuntimeFailure
 from warren.runtime.exec.mounts import shim_args
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
@@ -40,15 +40,19 @@ def exec_chain(
     resolv_conf: str,
     user: tuple[int, int] | None,
     mounts: Sequence[MountSpec] = (),
+    files: tuple[MountedFile, ...] = (),
 ) -> tuple[list[str], str, tuple[int, int] | None]:
     """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
     cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
 
-    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
-    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
+    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf, the task's
+    `mounts` and its secret and config `files`), the resolv shim, the mounts shim (the mounts,
+    then the files, each a read-only bind: a file may sit in one of the mounts), the cgroup shim,
+    setpriv (user), the task. None of them forks, so the pid Popen
     returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
     user change moves from Popen to setpriv, the last step, whenever there is such a step.
     """
+    mounts = [*mounts, *(MountSpec("bind", f.target, f.source, readonly=True) for f in files)]
     if not procs and not netns and not mounts:
         return argv, exe, user
     if user is not None:
@@ -56,7 +60,7 @@ def exec_chain(
         argv = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
     if procs:
         argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
-    if mounts:  # the task's binds and tmpfs (ADR 40), in the mount namespace made below
+    if mounts:  # binds and tmpfs (ADR 40), then files (ADR 38), in the mount namespace made below
         argv = [*shim_args(mounts, tool("mount")), *argv]
     if netns and resolv_conf:
         argv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
@@ -86,3 +90,17 @@ def check_executable(name: str, env: dict[str, str], cwd: str) -> str:
     if present:
         raise RuntimeFailure(f"permission denied: {name} is not executable", permanent=True)
     raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
+
+
+def make_mount_points(files: tuple[MountedFile, ...]) -> None:
+    """An exec task shares the host's filesystem: a file's target must exist to be bound over in
+    the task's mount namespace, so a missing one is made, empty, as runc does in a rootfs. The
+    value never lands there: the host sees an empty file, the task the tmpfs file."""
+    for f in files:
+        target = f.target
+        if os.path.isdir(target):
+            raise RuntimeFailure(f"cannot mount a file at {target}: it is a directory on this host", permanent=True)
+        if not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+            with open(target, "a"):
+                pass

@@ -12,6 +12,8 @@ explicitly. Rules, decided here:
   `spec.user` honoured ("name", "uid", "name:group", "uid:gid"). Without `spec.cwd` the process
   runs in a private scratch directory, `<state_dir>/<id>/work`, never in the agent's own cwd.
   `read_only_rootfs` cannot be honoured and is ignored.
+- **Secrets and configs (ADR 38).** Each of `spec.files` is bind-mounted read-only over its
+  target in the task's own mount namespace; a missing target is first made, empty, on the host.
 - **Network (ADR 17).** With `spec.netns` the process joins that network namespace; with
   `resolv_conf` too it also gets a mount namespace of its own in which that file is
   bind-mounted read-only over /etc/resolv.conf (the host's file and mounts stay as they were).
@@ -63,7 +65,7 @@ from warren import datadir
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
-from warren.runtime.exec.chain import check_executable, exec_chain, task_env
+from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env
 from warren.runtime.exec.mounts import check_targets
 from warren.runtime.exec.users import resolve_user
 from warren.validate import ValidationError, signal_number
@@ -143,6 +145,7 @@ class ExecRuntime:
             check_executable(argv[0], task_env(spec), cwd)
             check_targets(spec.mounts)
             try:
+                make_mount_points(spec.files)
                 (cdir / "work").mkdir(parents=True, exist_ok=True)
                 log_path = spec.log_path or str(cdir / "container.log")
                 Path(log_path).parent.mkdir(parents=True, exist_ok=True)
@@ -308,7 +311,14 @@ class ExecRuntime:
         user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
         argv, exe, user = exec_chain(
-            argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user, mounts=spec.mounts
+            argv,
+            exe,
+            procs=procs,
+            netns=spec.netns,
+            resolv_conf=spec.resolv_conf,
+            user=user,
+            mounts=spec.mounts,
+            files=spec.files,
         )
         creds: _Credentials = {}
         if user is not None:
