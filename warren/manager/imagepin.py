@@ -10,12 +10,15 @@ no registry, and neither must be refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from warren.model import ServiceSpec
 from warren.runtime.containerd.registry import (
+    NO_CREDENTIALS,
+    CredentialStore,
     InvalidReference,
     RegistryClient,
     RegistryError,
@@ -41,8 +44,17 @@ class RegistryDigests:
     """DigestLookup over the Registry HTTP API v2: the digest of the manifest (or image index)
     the tag names, as the agents' pull would fetch it, so every platform keeps its own image."""
 
-    def __init__(self, insecure: Iterable[str] = (), timeout: float = LOOKUP_TIMEOUT) -> None:
-        self._client = RegistryClient(insecure, timeout=timeout, user_agent="warren-manager")
+    def __init__(
+        self,
+        insecure: Iterable[str] = (),
+        timeout: float = LOOKUP_TIMEOUT,
+        *,
+        credentials: CredentialStore = NO_CREDENTIALS,
+        ca_files: Mapping[str, Path] | None = None,
+    ) -> None:
+        self._client = RegistryClient(
+            insecure, credentials, timeout=timeout, user_agent="warren-manager", ca_files=ca_files
+        )
 
     def digest(self, image: str) -> str:
         try:
