@@ -11,10 +11,10 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RegistryLogin, RevokedNode, Service, Task
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "registry"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | RegistryLogin
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -44,6 +44,7 @@ class ClusterState:
         self.nodes: dict[str, Node] = {}
         self.revoked: dict[str, RevokedNode] = {}  # removed node ids: their certificates are refused
         self.admin_certs: dict[str, AdminCert] = {}  # by id (the certificate's CN)
+        self.registry_logins: dict[str, RegistryLogin] = {}  # by id (ADR 43)
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
@@ -79,6 +80,7 @@ class ClusterState:
         other.nodes = dict(self.nodes)
         other.revoked = dict(self.revoked)
         other.admin_certs = dict(self.admin_certs)
+        other.registry_logins = dict(self.registry_logins)
         other.services = dict(self.services)
         other.tasks = dict(self.tasks)
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
@@ -107,6 +109,9 @@ class ClusterState:
         elif kind == "admin":
             assert isinstance(obj, AdminCert)
             self.admin_certs[obj.id] = obj
+        elif kind == "registry":
+            assert isinstance(obj, RegistryLogin)
+            self.registry_logins[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -131,6 +136,8 @@ class ClusterState:
             self.revoked.pop(obj_id, None)
         elif kind == "admin":
             self.admin_certs.pop(obj_id, None)
+        elif kind == "registry":
+            self.registry_logins.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

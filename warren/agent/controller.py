@@ -174,7 +174,11 @@ class TaskController:
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        return msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        return msgspec.structs.replace(
+            container_spec(self.task, self.env.log_dir, netns),
+            resolv_conf=resolv_conf,
+            pull_login=self.env.pull_login(self.task.id),
+        )
 
     async def _prepare(self) -> None:
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from warren.agent.decisions import LocalState
-from warren.agent.runtime import Runtime
+from warren.agent.runtime import PullLogin, Runtime
 from warren.agent.status import Report
 
 
@@ -43,6 +43,8 @@ class ControllerEnv:
     connected: Callable[[], bool] = lambda: False
     wait_call: Callable[..., Awaitable[Any]] | None = None  # same, for long waits (own pool)
     networks: TaskNetworks | None = None  # the overlay's task networks, when the mesh is on
+    # The registry login the managers sent with a task, if any (ADR 43); memory only.
+    pull_login: Callable[[str], PullLogin | None] = lambda task_id: None
     clock: Callable[[], float] = time.time
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # transient prepare failures
     wait_slice: float = 2.0  # a wait() call returns at least this often, so closing is prompt

@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, image, node, service, units, worker
+    from warren.cli import cluster, image, node, registry, service, units, worker
 
     parser = Parser(
         prog=PROG,
@@ -59,6 +59,7 @@ def build_parser() -> Parser:
     node.register(groups)
     worker.register(groups)
     image.register(groups)
+    registry.register(groups)
     return parser
 
 

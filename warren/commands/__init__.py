@@ -7,7 +7,7 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 One module per concept: `types` (the commands and Result), `codec`, `dispatch` (`apply`), and
 the handlers by area: `cluster` (init, admin certificates, CA rotation, tokens, settings),
 `nodes`, `node_keys` (WireGuard key rotation), `services`, `tasks` (plans and status reports),
-`overlay` (address allocation). Callers use the names re-exported here.
+`overlay` (address allocation), `registry` (registry logins, ADR 43). Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from warren.commands.types import (
     RecordNodeCertificate,
     RegisterNode,
     RemoveNode,
+    RemoveRegistryLogin,
     RemoveService,
     ReportTaskStatus,
     Result,
@@ -55,6 +56,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
     StartCARotation,
     TaskUpdate,
     UpdateClusterSettings,
@@ -85,6 +87,7 @@ __all__ = [
     "RecordNodeCertificate",
     "RegisterNode",
     "RemoveNode",
+    "RemoveRegistryLogin",
     "RemoveService",
     "ReportTaskStatus",
     "Result",
@@ -95,6 +98,7 @@ __all__ = [
     "RotateNodeKeys",
     "ScaleService",
     "SetNodeStatus",
+    "SetRegistryLogin",
     "StartCARotation",
     "TaskUpdate",
     "UpdateClusterSettings",

@@ -17,6 +17,7 @@ from warren.commands.cluster import (
 )
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
+from warren.commands.registry import remove_registry_login, set_registry_login
 from warren.commands.services import (
     create_service,
     remove_service,
@@ -40,6 +41,7 @@ from warren.commands.types import (
     RecordNodeCertificate,
     RegisterNode,
     RemoveNode,
+    RemoveRegistryLogin,
     RemoveService,
     ReportTaskStatus,
     Result,
@@ -49,6 +51,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
     StartCARotation,
     UpdateClusterSettings,
     UpdateNode,
@@ -97,5 +100,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     RemoveService: remove_service,
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
+    SetRegistryLogin: set_registry_login,
+    RemoveRegistryLogin: remove_registry_login,
     Noop: noop,
 }

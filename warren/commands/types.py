@@ -11,6 +11,7 @@ from warren.model import (
     Node,
     NodeRole,
     NodeStatus,
+    RegistryLogin,
     Service,
     ServiceSpec,
     Task,
@@ -162,6 +163,9 @@ class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
 
 class CreateService(msgspec.Struct, frozen=True, tag="service.create"):
     service: Service
+    # `--with-registry-auth`: the service's own logins, committed with it so that its first
+    # tasks already pull with them (ADR 43); passwords sealed.
+    logins: tuple[RegistryLogin, ...] = ()
 
 
 class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
@@ -197,6 +201,16 @@ class RemoveService(msgspec.Struct, frozen=True, tag="service.remove"):
 
     service_id: str
     at: float
+
+
+class SetRegistryLogin(msgspec.Struct, frozen=True, tag="registry.login"):
+    """Store (or replace) a registry login (ADR 43); its password arrives sealed."""
+
+    login: RegistryLogin
+
+
+class RemoveRegistryLogin(msgspec.Struct, frozen=True, tag="registry.logout"):
+    id: str
 
 
 class TaskUpdate(msgspec.Struct, frozen=True):
@@ -270,6 +284,8 @@ Command = (
     | RemoveService
     | ApplyPlan
     | ReportTaskStatus
+    | SetRegistryLogin
+    | RemoveRegistryLogin
     | Noop
 )
 

@@ -18,6 +18,7 @@ from typing import Protocol
 from warren.model import ServiceSpec
 from warren.runtime.containerd.registry import (
     NO_CREDENTIALS,
+    Credentials,
     CredentialStore,
     InvalidReference,
     RegistryClient,
@@ -35,9 +36,10 @@ class LookupFailed(Exception):
 
 
 class DigestLookup(Protocol):
-    """The registry's digest for an image reference's tag. Blocking; raises LookupFailed."""
+    """The registry's digest for an image reference's tag. Blocking; raises LookupFailed.
+    `credentials`: a service's own login (`--with-registry-auth`), before the cluster's."""
 
-    def digest(self, image: str) -> str: ...
+    def digest(self, image: str, credentials: Credentials | None = None) -> str: ...
 
 
 class RegistryDigests:
@@ -56,9 +58,11 @@ class RegistryDigests:
             insecure, credentials, timeout=timeout, user_agent="warren-manager", ca_files=ca_files
         )
 
-    def digest(self, image: str) -> str:
+    def digest(self, image: str, credentials: Credentials | None = None) -> str:
         try:
-            _, _, digest = self._client.get_manifest(parse_reference(image))
+            ref = parse_reference(image)
+            client = self._client.with_login(ref.registry, credentials) if credentials else self._client
+            _, _, digest = client.get_manifest(ref)
         except (RegistryError, InvalidReference) as exc:
             raise LookupFailed(str(exc)) from exc
         return digest
@@ -125,14 +129,18 @@ def unpinned_warning(spec_image: str, name: str, reason: str) -> str:
 
 
 async def pinned(
-    lookup: DigestLookup | None, spec: ServiceSpec, previous: ServiceSpec | None, no_resolve: bool
+    lookup: DigestLookup | None,
+    spec: ServiceSpec,
+    previous: ServiceSpec | None,
+    no_resolve: bool,
+    credentials: Credentials | None = None,
 ) -> Pinned:
     """The image to store for `spec`: pinned to the registry's digest, or as it was with a warning."""
     name = to_resolve(spec, previous, no_resolve)
     if name is None or lookup is None:
         return Pinned(spec.image)
     try:
-        digest = await asyncio.wait_for(asyncio.to_thread(lookup.digest, name), LOOKUP_TIMEOUT + 1)
+        digest = await asyncio.wait_for(asyncio.to_thread(lookup.digest, name, credentials), LOOKUP_TIMEOUT + 1)
     except LookupFailed as exc:
         return Pinned(spec.image, unpinned_warning(spec.image, name, str(exc)))
     except TimeoutError:

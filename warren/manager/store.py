@@ -21,7 +21,7 @@ import msgspec
 
 from warren.manager.ports import Watcher
 from warren.manager.settings import DEFAULT_MAP_SIZE
-from warren.model import AdminCert, ClusterInfo, Node, RevokedNode, Service, Task
+from warren.model import AdminCert, ClusterInfo, Node, RegistryLogin, RevokedNode, Service, Task
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ _KIND_TYPES: dict[Kind, type] = {
     "task": Task,
     "revoked": RevokedNode,
     "admin": AdminCert,
+    "registry": RegistryLogin,
 }
 _APPLIED_KEY = b"applied_index"
 
@@ -50,6 +51,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     tasks: list[Task]
     revoked: list[RevokedNode] = []  # absent from snapshots written before revocation existed
     admin_certs: list[AdminCert] = []  # absent from snapshots written before admin certificates
+    registry_logins: list[RegistryLogin] = []  # absent from snapshots written before them (ADR 43)
 
 
 def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
@@ -174,6 +176,7 @@ class Store:
                 list(s.tasks.values()),
                 list(s.revoked.values()),
                 list(s.admin_certs.values()),
+                list(s.registry_logins.values()),
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -184,6 +187,7 @@ class Store:
         changes += [Put("task", t) for t in snapshot.tasks]
         changes += [Put("revoked", r) for r in snapshot.revoked]
         changes += [Put("admin", a) for a in snapshot.admin_certs]
+        changes += [Put("registry", r) for r in snapshot.registry_logins]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
         state = ClusterState()

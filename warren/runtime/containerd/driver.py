@@ -37,7 +37,13 @@ from warren.runtime.containerd import api
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
 from warren.runtime.containerd.images import ImageService
 from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
-from warren.runtime.containerd.registry import NO_CREDENTIALS, CredentialStore, Platform, RegistryClient
+from warren.runtime.containerd.registry import (
+    NO_CREDENTIALS,
+    Credentials,
+    CredentialStore,
+    Platform,
+    RegistryClient,
+)
 
 RUNTIME = "io.containerd.runc.v2"
 LOG_LABEL = "warren.log-path"
@@ -132,7 +138,8 @@ class ContainerdRuntime:
             raise RuntimeFailure(f"task id {cid!r} is not a valid container id", permanent=True)
         if self._container(cid) is not None:
             return cid
-        image = self.images.ensure(spec.image)
+        login = spec.pull_login
+        image = self.images.ensure(spec.image, Credentials(login.username, login.password) if login else None)
         try:
             oci = build_spec(spec, image.config, cgroups_path=f"{self.cgroup_parent}/{cid}")
         except SpecError as exc:

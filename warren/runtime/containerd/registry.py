@@ -11,6 +11,7 @@ loopback and to registries the operator lists as insecure.
 from __future__ import annotations
 
 import base64
+import copy
 import errno
 import hashlib
 import json
@@ -288,6 +289,14 @@ class StaticCredentials:
 NO_CREDENTIALS = StaticCredentials()
 
 
+class _Layered:
+    def __init__(self, first: Mapping[str, Credentials], then: CredentialStore) -> None:
+        self._first, self._then = first, then
+
+    def lookup(self, host: str) -> Credentials | None:
+        return self._first.get(host) or self._then.lookup(host)
+
+
 def registry_host(host: str) -> str:
     """A registry as logins name it: Docker Hub's aliases are one registry."""
     host = host.strip()
@@ -360,6 +369,13 @@ class RegistryClient:
         if private is not None:
             return private[0] if direct else private[1]
         return self._direct if direct else self._default
+
+    def with_login(self, host: str, credentials: Credentials) -> RegistryClient:
+        """This client (its settings, connections and tokens) pulling from `host` as `credentials`:
+        one task's or one service's own login, before the store's."""
+        clone = copy.copy(self)
+        clone._credentials = _Layered({host: credentials}, self._credentials)
+        return clone
 
     def _login(self, ref: ImageRef) -> Credentials | None:
         return self._credentials.lookup(ref.registry) or (
