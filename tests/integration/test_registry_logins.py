@@ -1,0 +1,181 @@
+"""Registry logins end to end (issue #13, ADR 43): the one-node containerd rig
+(tests/fixtures/deploy_rig.py) with a second, private registry in its namespace: HTTPS with a
+certificate from a test CA and htpasswd auth (Debian's docker-registry), given to the node with
+`cluster init --registry-ca HOST=FILE`.
+
+- Without a login, the manager cannot pin the image (it says why) and the task fails its pull
+  with a clear message that `service ps` shows.
+- After `warren registry login HOST -u USER --password-stdin`, the next task pulls and runs, and
+  `service update --force` pins the image to its digest: the manager's lookup used the login
+  and the CA too. `registry ls` shows the host and the user, never the password.
+- The password is on no disk of the node: not in the manager's state or Raft journal (LMDB), not
+  in the agent's cache, not in any log.
+- Bad input at every new command: one line, exit 2 (3 for a logout of an unknown registry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures import deploy_rig as _deploy_rig
+from tests.fixtures.deploy_rig import DeployRig
+from tests.fixtures.images import WEB_PORT
+from tests.fixtures.plugin import unavailable
+from tests.fixtures.registry import LocalRegistry
+from tests.fixtures.registry_auth import TestCA
+from tests.integration.harness import wait_for
+
+pytestmark = pytest.mark.integration
+
+USER = "alice"
+PASSWORD = "pw-MARKER-7c1e5a90d2"  # grepped for on the node's disks
+
+
+class PrivateRig:
+    def __init__(self, root: Path) -> None:
+        self.ca = TestCA(root / "ca")
+        _, _, tls = self.ca.issue("private-registry")
+        self.rig = DeployRig(root / "rig", before_node=self._start_private)
+        self.private = LocalRegistry(
+            root / "private", netns=self.rig.netns, tls=tls, ca_pem=self.ca.ca_pem, users={USER: PASSWORD}
+        )
+        self.rig._init_args = ("--registry-ca", f"{self.private.host}={self.ca.ca_pem}")
+
+    def _start_private(self) -> None:
+        self.private.start()
+        self.private.push(self.rig.images["v1"].archive, "web:v1")
+
+    @property
+    def image(self) -> str:
+        return f"{self.private.host}/web:v1"
+
+    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        argv = ["nsenter", f"--net=/run/netns/{self.rig.netns}", sys.executable, "-m", "warren.cli.main", *args]
+        return subprocess.run(argv, capture_output=True, text=True, env=self.rig.cluster.env, timeout=60, input=stdin)
+
+    def close(self) -> None:
+        try:
+            self.rig.close()
+        finally:
+            self.private.close()
+
+
+@pytest.fixture(scope="module")
+def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRig]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces and containerd need root")
+    unavailable(_deploy_rig.missing_reason())
+    rig = PrivateRig(tmp_path_factory.mktemp("private-rig"))
+    try:
+        rig.rig.start()
+        yield rig
+    finally:
+        rig.close()
+
+
+def _task_errors(rig: DeployRig, service: str) -> list[str]:
+    return [f"{t['state']}: {t.get('error') or t.get('message')}" for t in rig.tasks(service, history=True)]
+
+
+def test_a_private_registry_needs_the_login_and_the_password_stays_off_disk(private: PrivateRig) -> None:
+    rig = private.rig
+    created = private.cli(
+        *("service", "create", "priv", "--image", private.image, "--restart-delay", "1s"),
+        *("--stop-grace-period", "2s", "--detach"),
+    )
+    assert created.returncode == 0, created.stderr
+    assert "could not be pinned" in created.stderr and "pull access denied" in created.stderr, created.stderr
+
+    denied = f"pull access denied for {private.image}: registry {private.private.host} wants credentials"
+    wait_for(
+        lambda: any(denied in e for e in _task_errors(rig, "priv")),
+        timeout=60,
+        interval=0.5,
+        message=f"a task of priv failing with {denied!r}: {_task_errors(rig, 'priv')}\n{rig.logs()}",
+    )
+    ps = private.cli("service", "ps", "priv", "--all")
+    assert denied in ps.stdout and f"warren registry login {private.private.host}" in ps.stdout, ps.stdout
+
+    login = private.cli(
+        "registry", "login", private.private.host, "-u", USER, "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert login.returncode == 0, login.stderr
+    assert PASSWORD not in login.stdout + login.stderr
+    listed = private.cli("registry", "ls", "--format", "json")
+    assert [(i["host"], i["username"]) for i in json.loads(listed.stdout)] == [(private.private.host, USER)]
+    assert PASSWORD not in listed.stdout and PASSWORD not in private.cli("registry", "ls").stdout
+
+    wait_for(
+        lambda: any(t["state"] == "running" for t in rig.tasks("priv")),
+        timeout=90,
+        interval=0.5,
+        message=f"a task of priv running after the login: {_task_errors(rig, 'priv')}\n{rig.logs()}",
+    )
+    running = next(t for t in rig.tasks("priv") if t["state"] == "running")
+    assert rig.fetch(f"http://{running['overlay_address']}:{WEB_PORT}/") is not None
+
+    # The manager's digest lookup now gets through the CA and the login: --force pins the image.
+    forced = private.cli("service", "update", "priv", "--force", "--detach")
+    assert forced.returncode == 0 and "could not be pinned" not in forced.stderr, forced.stderr
+    inspected = json.loads(private.cli("service", "inspect", "priv", "--format", "json").stdout)
+    assert inspected["spec"]["image"].startswith(private.image + "@sha256:"), inspected["spec"]["image"]
+    assert PASSWORD not in json.dumps(inspected)
+
+    # On no disk of the node: the manager's LMDB (state and Raft journal), the agent's cache,
+    # the logs, containerd's root. The registry's own htpasswd holds a bcrypt hash only.
+    marker = PASSWORD.encode()
+    found = [
+        str(path)
+        for top in (rig.root, private.private.base, rig.daemon.base)
+        for path in Path(top).rglob("*")
+        if path.is_file() and not path.is_symlink() and _holds(path, marker)
+    ]
+    assert found == []
+
+    assert private.cli("registry", "logout", private.private.host).returncode == 0
+    assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
+    assert private.cli("service", "rm", "priv").returncode == 0
+
+
+def _holds(path: Path, marker: bytes) -> bool:
+    try:
+        with path.open("rb") as f:
+            return marker in f.read()
+    except OSError:
+        return False
+
+
+def test_bad_input_at_every_registry_command(private: PrivateRig) -> None:
+    host = private.private.host
+    cases = [
+        (("registry", "login", "bad host", "-u", USER, "--password-stdin"), PASSWORD, 2, "invalid registry"),
+        (("registry", "login", host, "--password-stdin"), PASSWORD, 2, "a username is required"),
+        (("registry", "login", host, "-u", "a:b", "--password-stdin"), PASSWORD, 2, "invalid username"),
+        (("registry", "login", host, "-u", USER, "--password-stdin"), "", 2, "the password is empty"),
+        (("registry", "login", host, "-u", USER), "", 2, "--password-stdin"),
+        (("registry", "logout", "bad/host"), "", 2, "invalid registry"),
+        (("registry", "logout", "never.example:5000"), "", 3, "not logged in"),
+        (("service", "create", "x", "--image", "App:1"), "", 2, "invalid image reference"),
+    ]
+    for args, stdin, code, message in cases:
+        done = private.cli(*args, stdin=stdin)
+        assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.returncode, done.stderr)
+        assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    env_home = private.rig.root / "no-docker-config"
+    done = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{private.rig.netns}", sys.executable, "-m", "warren.cli.main"]
+        + ["service", "create", "y", "--image", private.image, "--with-registry-auth"],
+        capture_output=True,
+        text=True,
+        env={**private.rig.cluster.env, "DOCKER_CONFIG": str(env_home)},
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--with-registry-auth: no login" in done.stderr, done.stderr
+    assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
