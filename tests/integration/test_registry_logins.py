@@ -56,9 +56,11 @@ class PrivateRig:
     def image(self) -> str:
         return f"{self.private.host}/web:v1"
 
-    def cli(self, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+        """`warren ARGS` in the rig's namespace, with `stdin` and extra environment variables."""
         argv = ["nsenter", f"--net=/run/netns/{self.rig.netns}", sys.executable, "-m", "warren.cli.main", *args]
-        return subprocess.run(argv, capture_output=True, text=True, env=self.rig.cluster.env, timeout=60, input=stdin)
+        environ = {**self.rig.cluster.env, **env}
+        return subprocess.run(argv, capture_output=True, text=True, env=environ, timeout=60, input=stdin)
 
     def close(self) -> None:
         try:
@@ -168,14 +170,9 @@ def test_bad_input_at_every_registry_command(private: PrivateRig) -> None:
         done = private.cli(*args, stdin=stdin)
         assert (done.returncode, done.stderr.count("\n")) == (code, 1), (args, done.returncode, done.stderr)
         assert message in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
-    env_home = private.rig.root / "no-docker-config"
-    done = subprocess.run(
-        ["nsenter", f"--net=/run/netns/{private.rig.netns}", sys.executable, "-m", "warren.cli.main"]
-        + ["service", "create", "y", "--image", private.image, "--with-registry-auth"],
-        capture_output=True,
-        text=True,
-        env={**private.rig.cluster.env, "DOCKER_CONFIG": str(env_home)},
-        timeout=60,
+    no_config = str(private.rig.root / "no-docker-config")
+    done = private.cli(
+        "service", "create", "y", "--image", private.image, "--with-registry-auth", DOCKER_CONFIG=no_config
     )
     assert done.returncode == 2 and "--with-registry-auth: no login" in done.stderr, done.stderr
     assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
