@@ -15,6 +15,7 @@ certificate from a test CA and htpasswd auth (Debian's docker-registry), given t
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -50,7 +51,8 @@ class PrivateRig:
 
     def _start_private(self) -> None:
         self.private.start()
-        self.private.push(self.rig.images["v1"].archive, "web:v1")
+        for tag in ("v1", "v2"):  # v1 for the cluster's login, v2 (never pulled before) for a service's own
+            self.private.push(self.rig.images[tag].archive, f"web:{tag}")
 
     @property
     def image(self) -> str:
@@ -144,6 +146,35 @@ def test_a_private_registry_needs_the_login_and_the_password_stays_off_disk(priv
     assert private.cli("registry", "logout", private.private.host).returncode == 0
     assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
     assert private.cli("service", "rm", "priv").returncode == 0
+
+
+def test_with_registry_auth_gives_one_service_the_callers_docker_login(private: PrivateRig, tmp_path: Path) -> None:
+    """No cluster login: the service created with the caller's Docker login pulls, and its login
+    goes with it."""
+    rig = private.rig
+    assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
+    encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {private.private.host: {"auth": encoded}}}))
+    image = f"{private.private.host}/web:v2"
+    created = private.cli(
+        *("service", "create", "own", "--image", image, "--with-registry-auth"),
+        *("--stop-grace-period", "2s", "--detach"),
+        DOCKER_CONFIG=str(tmp_path),
+    )
+    assert created.returncode == 0 and "could not be pinned" not in created.stderr, created.stderr
+    assert (
+        "@sha256:" in json.loads(private.cli("service", "inspect", "own", "--format", "json").stdout)["spec"]["image"]
+    )
+    listed = json.loads(private.cli("registry", "ls", "--format", "json").stdout)
+    assert [(i["host"], i["username"], i["service"]) for i in listed] == [(private.private.host, USER, "own")]
+    wait_for(
+        lambda: any(t["state"] == "running" for t in rig.tasks("own")),
+        timeout=90,
+        interval=0.5,
+        message=f"a task of own running with its own login: {_task_errors(rig, 'own')}\n{rig.logs()}",
+    )
+    assert private.cli("service", "rm", "own").returncode == 0
+    assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
 
 
 def _holds(path: Path, marker: bytes) -> bool:

@@ -356,3 +356,43 @@ def test_with_registry_auth_reads_the_callers_docker_login(tmp_path: Path, monke
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "none"))
     with pytest.raises(CliError, match="does not exist"):
         caller_login("reg:5000/app")
+
+
+# -- persistence and the node flag ---------------------------------------------------------------
+
+
+def test_logins_survive_a_restart_of_the_store_and_travel_in_snapshots(tmp_path: Path) -> None:
+    from warren.manager.store import Store, open_environment
+
+    store = Store(open_environment(tmp_path / "db"))
+    login = _login("reg:5000")
+    result, changes = commands.apply(store.state, commands.SetRegistryLogin(login))
+    assert result.ok
+    store.commit(1, changes)
+    snapshot = store.dump()
+    store.env.close()
+    assert Store(open_environment(tmp_path / "db")).state.registry_logins == {"reg:5000": login}
+    other = Store(open_environment(tmp_path / "db2"))
+    other.restore(snapshot)
+    assert other.state.registry_logins == {"reg:5000": login}
+    for path in (tmp_path / "db").iterdir():
+        assert PASSWORD.encode() not in path.read_bytes()
+
+
+def test_the_registry_ca_flag_is_checked_where_it_is_given(tmp_path: Path) -> None:
+    from tests.fixtures.registry_auth import TestCA
+    from warren.cli.worker import registry_cas
+
+    ca = TestCA(tmp_path / "ca")
+    (tmp_path / "not-pem").write_text("hello")
+    assert registry_cas(None) is None
+    assert registry_cas([f"reg:5000={ca.ca_pem}"]) == (f"reg:5000={ca.ca_pem.resolve()}",)
+    for flag, message in [
+        (f"reg:5000={tmp_path / 'missing.pem'}", "cannot load the registry CA"),
+        (f"reg:5000={tmp_path / 'not-pem'}", "cannot load the registry CA"),
+        (str(ca.ca_pem), "must be HOST"),
+        (f"bad host={ca.ca_pem}", "invalid registry"),
+    ]:
+        with pytest.raises(CliError, match=message) as refused:
+            registry_cas([flag])
+        assert refused.value.code == 2 and "\n" not in refused.value.message
