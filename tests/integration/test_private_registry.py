@@ -114,6 +114,11 @@ def test_client_needs_the_ca_and_the_login(
         _client(registry, Credentials("alice", "wrong"), ca.ca_pem).get_manifest(ref)
     assert refused.value.permanent and "credentials refused" in refused.value.message
     assert "wrong" not in refused.value.message
+    # A token or header cached for alice's right password is not reused with a wrong one.
+    client = _client(registry, ALICE, ca.ca_pem)
+    client.get_manifest(ref)
+    with pytest.raises(RegistryError, match="credentials refused"):
+        client.with_login(registry.host, Credentials("alice", "wrong")).get_manifest(ref)
 
     if kind == "token":  # the token really came from the realm, for alice, for this repository
         assert ("alice", "repository:app:pull") in token_registry[1].requests

@@ -267,6 +267,10 @@ class Credentials:
     def basic(self) -> str:
         return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
 
+    def fingerprint(self) -> str:
+        """Tells two logins apart without keeping the password in a cache key."""
+        return hashlib.sha256(self.basic().encode()).hexdigest()
+
 
 class CredentialStore(Protocol):
     """The one way credentials reach the client (ADR 43): the login for a registry (`host[:port]`,
@@ -347,8 +351,8 @@ class RegistryClient:
         self._credentials = credentials
         self._timeout = timeout
         self._user_agent = user_agent
-        # (registry, repository, username) -> the Authorization that last worked: a logout or
-        # another login never reuses a token obtained with other credentials.
+        # (registry, repository, login fingerprint) -> the Authorization that last worked: a
+        # logout or another login never reuses a token obtained with other credentials.
         self._tokens: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
         self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -395,7 +399,7 @@ class RegistryClient:
     def _open(self, ref: ImageRef, url: str, accept: str = "") -> urllib.response.addinfourl:
         """GET with auth: one retry after answering a 401 challenge."""
         creds = self._login(ref)
-        key = (ref.registry, ref.repository, creds.username if creds else "")
+        key = (ref.registry, ref.repository, creds.fingerprint() if creds else "")
         for attempt in range(2):
             request = urllib.request.Request(url, headers={"User-Agent": self._user_agent})
             if accept:
