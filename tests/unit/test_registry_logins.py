@@ -293,9 +293,11 @@ def test_with_registry_auth_stores_the_service_login_and_pins_with_it() -> None:
 # -- the agent -----------------------------------------------------------------------------------
 
 
-def _assignment(task_id: str, kind: int, version: int, applies_to: int = 0, **fields: Any) -> dpb.AssignmentsMessage:
+def _assignment(
+    task_id: str, kind: int, version: int, applies_to: int = 0, state: TaskState = TaskState.ASSIGNED, **fields: Any
+) -> dpb.AssignmentsMessage:
     spec = ServiceSpec(name="web", image="reg:5000/app:1")
-    task = Task(task_id, "svc-web", "web", 1, spec, 1, state=TaskState.ASSIGNED, node_id="n1")
+    task = Task(task_id, "svc-web", "web", 1, spec, 1, state=state, node_id="n1")
     return dpb.AssignmentsMessage(
         type=kind,
         session_id="s1",
@@ -323,6 +325,12 @@ def test_the_agent_holds_logins_in_memory_with_their_tasks_only() -> None:
     assignments.apply(_assignment("t2", dpb.AssignmentsMessage.INCREMENTAL, 4, applies_to=3, pull_logins=[login]))
     assignments.apply(_assignment("t3", dpb.AssignmentsMessage.COMPLETE, 1))
     assert logins == {}
+    # Once the managers know the task runs, its image is pulled: the login is forgotten.
+    login4 = dpb.PullLogin(task_id="t4", host="reg:5000", username="alice", password=PASSWORD)
+    assignments.apply(_assignment("t4", dpb.AssignmentsMessage.INCREMENTAL, 2, applies_to=1, pull_logins=[login4]))
+    assert "t4" in logins
+    assignments.apply(_assignment("t4", dpb.AssignmentsMessage.INCREMENTAL, 3, applies_to=2, state=TaskState.RUNNING))
+    assert "t4" not in logins
 
 
 # -- the CLI: the caller's Docker login ---------------------------------------------------------

@@ -153,6 +153,9 @@ class AssignmentSet:
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
         for login in msg.pull_logins:
             self.logins[login.task_id] = PullLogin(login.host, login.username, login.password)
+        for task in msg.updated:  # pulled and started: its login is no longer needed here
+            if convert.task_state_or(task.state, TaskState.NEW) >= TaskState.RUNNING:
+                self.logins.pop(task.id, None)
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
         """The message's specs joined to the session's, then its tasks, each with its spec."""
