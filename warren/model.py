@@ -359,6 +359,30 @@ class AdminCert(msgspec.Struct, frozen=True):
     revoked_at: float = 0.0
 
 
+class RegistryLogin(msgspec.Struct, frozen=True):
+    """Credentials for one registry (ADR 43): the cluster's (`registry login`, id = the host) or
+    one service's own (`--with-registry-auth`, id = "<service id>/<host>", service_id set), which
+    its tasks use before the cluster's. Agents get them with the tasks that pull, in memory only."""
+
+    id: str
+    host: str
+    username: str
+    # THE SECRET VALUE, sealed by the manager before it is proposed (warren.manager.registrylogins:
+    # LoginVault, by the secrets' data key: ADR 38, 43), so that no Raft entry, snapshot or LMDB
+    # page holds the password in plaintext.
+    sealed_password: str = msgspec.field(default="")
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    service_id: str = ""
+
+    def __repr__(self) -> str:  # never the sealed value either, in a log line or a traceback
+        return f"RegistryLogin(id={self.id!r}, host={self.host!r}, username={self.username!r})"
+
+
+def registry_login_id(host: str, service_id: str = "") -> str:
+    return f"{service_id}/{host}" if service_id else host
+
+
 class Task(msgspec.Struct, frozen=True):
     """One instance of a service. `slot` numbers replicas (1..N); global tasks use slot 0 and
     are identified by their node. `spec_version` is the service version the task runs."""

@@ -17,6 +17,7 @@ from warren.model import (
     Config,
     Node,
     NodeRole,
+    RegistryLogin,
     RevokedNode,
     Secret,
     Service,
@@ -24,8 +25,8 @@ from warren.model import (
     Volume,
 )
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -55,6 +56,7 @@ class ClusterState:
         self.nodes: dict[str, Node] = {}
         self.revoked: dict[str, RevokedNode] = {}  # removed node ids: their certificates are refused
         self.admin_certs: dict[str, AdminCert] = {}  # by id (the certificate's CN)
+        self.registry_logins: dict[str, RegistryLogin] = {}  # by id (ADR 43)
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
@@ -104,6 +106,7 @@ class ClusterState:
         other.nodes = dict(self.nodes)
         other.revoked = dict(self.revoked)
         other.admin_certs = dict(self.admin_certs)
+        other.registry_logins = dict(self.registry_logins)
         other.services = dict(self.services)
         other.tasks = dict(self.tasks)
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
@@ -146,6 +149,9 @@ class ClusterState:
         elif kind == "config":
             assert isinstance(obj, Config)
             self.configs[obj.id] = obj
+        elif kind == "registry":
+            assert isinstance(obj, RegistryLogin)
+            self.registry_logins[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -178,6 +184,8 @@ class ClusterState:
             self.secrets.pop(obj_id, None)
         elif kind == "config":
             self.configs.pop(obj_id, None)
+        elif kind == "registry":
+            self.registry_logins.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

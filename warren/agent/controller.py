@@ -179,7 +179,9 @@ class TaskController:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
         spec = container_spec(self.task, self.env.log_dir, netns)
-        spec = msgspec.structs.replace(spec, resolv_conf=resolv_conf, files=files)
+        spec = msgspec.structs.replace(
+            spec, resolv_conf=resolv_conf, files=files, pull_login=self.env.pull_login(self.task.id)
+        )
         if self.task.spec.mounts:
             mounts = await self.env.call(resolve_mounts, self.task.spec.mounts, self.env.volumes)
             spec = msgspec.structs.replace(spec, mounts=mounts)

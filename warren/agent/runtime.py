@@ -51,6 +51,18 @@ class MountedFile(msgspec.Struct, frozen=True):
     target: str
 
 
+class PullLogin(msgspec.Struct, frozen=True):
+    """The registry login a task pulls its image with (ADR 43): sent by the managers with the
+    task, held in the agent's memory only; a driver never writes it anywhere."""
+
+    host: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never the password, in a log line or a traceback
+        return f"PullLogin(host={self.host!r}, username={self.username!r})"
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     """What to run for one task, already resolved from the task's ServiceSpec."""
 
@@ -70,6 +82,7 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
     mounts: tuple[MountSpec, ...] = ()
     files: tuple[MountedFile, ...] = ()  # secrets and configs, bind-mounted read-only (ADR 38)
+    pull_login: PullLogin | None = None  # memory only: drivers must not persist it (ADR 43)
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, config, image, node, secret, service, units, volume, worker
+    from warren.cli import cluster, config, image, node, registry, secret, service, units, volume, worker
 
     parser = Parser(
         prog=PROG,
@@ -62,6 +62,7 @@ def build_parser() -> Parser:
     volume.register(groups)
     secret.register(groups)
     config.register(groups)
+    registry.register(groups)
     return parser
 
 

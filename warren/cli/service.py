@@ -142,6 +142,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         request = pb.CreateServiceRequest(spec=spec, no_resolve_image=args.no_resolve_image)
+        if args.with_registry_auth:
+            request.registry_auth.CopyFrom(_caller_auth(spec.image))
         service = client.call("CreateService", request)
         _warn(service)
         print(service.id, flush=True)
@@ -162,10 +164,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         name = current.spec.name
         # The same unpinned tag given again: the manager looks it up again (ADR 34).
         retry_pin = args.image is not None and "@" not in spec.image and not args.no_resolve_image
-        if spec == current.spec and not retry_pin:
+        if spec == current.spec and not retry_pin and not args.with_registry_auth:
             sys.stderr.write(f"{name}: nothing to change\n")
             return 0
-        if only_replicas_changed(current.spec, spec) and not retry_pin:
+        if only_replicas_changed(current.spec, spec) and not retry_pin and not args.with_registry_auth:
             # Sent as a scale: an update bumps the version, and the manager would then replace
             # every task one by one for a change that concerns none of them.
             service = client.call("ScaleService", pb.ScaleServiceRequest(service=current.id, replicas=spec.replicas))
@@ -178,6 +180,8 @@ def cmd_update(args: argparse.Namespace) -> int:
                 no_resolve_image=args.no_resolve_image,
                 resolve_image=args.image is not None,
             )
+            if args.with_registry_auth:
+                request.registry_auth.CopyFrom(_caller_auth(spec.image))
             service = client.call("UpdateService", request)
             _warn(service)
             redeploy = service.version != current.version  # not when only a tag was retried, or a scale
@@ -188,6 +192,15 @@ def cmd_update(args: argparse.Namespace) -> int:
         if args.detach:
             return 0
         return wait_converged(client, service, args.wait_timeout, check_version=redeploy)
+
+
+def _caller_auth(image: str) -> Any:
+    """`--with-registry-auth`: the caller's own login for the image's registry (ADR 43)."""
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.registry import caller_login
+
+    host, username, password = caller_login(image)
+    return pb.RegistryAuth(host=host, username=username, password=password)
 
 
 def _warn(service: Any) -> None:

@@ -106,6 +106,11 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the image's tag as given instead of pinning it to the digest the registry names",
     )
+    p.add_argument(
+        "--with-registry-auth",
+        action="store_true",
+        help="send your Docker login for the image's registry (~/.docker/config.json): for this service only",
+    )
     res = p.add_argument_group("resources")
     res.add_argument("--reserve-cpu", type=_CPUS, metavar="CORES", help="CPU reserved per task, e.g. 0.5")
     res.add_argument("--reserve-memory", type=_SIZE, metavar="SIZE", help="memory reserved per task, e.g. 512M")

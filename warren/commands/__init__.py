@@ -7,7 +7,8 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 One module per concept: `types` (the commands and Result), `codec`, `dispatch` (`apply`), and
 the handlers by area: `cluster` (init, admin certificates, CA rotation, tokens, settings),
 `nodes`, `node_keys` (WireGuard key rotation), `services`, `tasks` (plans and status reports),
-`overlay` (address allocation), `secrets` (secrets and configs). Callers use the names re-exported here.
+`overlay` (address allocation), `secrets` (secrets and configs), `registry` (registry logins, ADR 43).
+Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from warren.commands.types import (
     RegisterNode,
     RemoveConfig,
     RemoveNode,
+    RemoveRegistryLogin,
     RemoveSecret,
     RemoveService,
     RemoveVolume,
@@ -62,6 +64,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
     SetSecretKeys,
     StartCARotation,
     TaskUpdate,
@@ -98,6 +101,7 @@ __all__ = [
     "RegisterNode",
     "RemoveConfig",
     "RemoveNode",
+    "RemoveRegistryLogin",
     "RemoveSecret",
     "RemoveService",
     "RemoveVolume",
@@ -110,6 +114,7 @@ __all__ = [
     "RotateNodeKeys",
     "ScaleService",
     "SetNodeStatus",
+    "SetRegistryLogin",
     "SetSecretKeys",
     "StartCARotation",
     "TaskUpdate",

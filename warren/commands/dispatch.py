@@ -17,6 +17,7 @@ from warren.commands.cluster import (
 )
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
+from warren.commands.registry import remove_registry_login, set_registry_login
 from warren.commands.secrets import create_config, create_secret, remove_config, remove_secret, set_secret_keys
 from warren.commands.services import (
     create_service,
@@ -47,6 +48,7 @@ from warren.commands.types import (
     RegisterNode,
     RemoveConfig,
     RemoveNode,
+    RemoveRegistryLogin,
     RemoveSecret,
     RemoveService,
     RemoveVolume,
@@ -58,6 +60,7 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
     SetSecretKeys,
     StartCARotation,
     UpdateClusterSettings,
@@ -114,6 +117,8 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     RemoveSecret: remove_secret,
     CreateConfig: create_config,
     RemoveConfig: remove_config,
+    SetRegistryLogin: set_registry_login,
+    RemoveRegistryLogin: remove_registry_login,
     Noop: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,

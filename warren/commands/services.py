@@ -59,7 +59,8 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
         service = msgspec.structs.replace(service, vip=str(vip))
     first = SpecRevision(service.version, None, service.created_at, revisions.summary(None, service.spec))
     service = msgspec.structs.replace(service, history=(first,))
-    return Result(id=service.id), [Put("service", service)]
+    logins: Changes = [Put("registry", login) for login in cmd.logins if login.service_id == service.id]
+    return Result(id=service.id), [Put("service", service), *logins]
 
 
 def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Changes]:
@@ -251,6 +252,9 @@ def remove_service(state: ClusterState, cmd: RemoveService) -> tuple[Result, Cha
     if service is None:
         return error("not_found", f"service {cmd.service_id} not found"), []
     changes: Changes = [Delete("service", service.id)]
+    changes += [
+        Delete("registry", login.id) for login in state.registry_logins.values() if login.service_id == service.id
+    ]
     for task in state.service_tasks(service.id):
         if task.state.terminal or task.state < TaskState.ASSIGNED:
             changes.append(Delete("task", task.id))

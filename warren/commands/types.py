@@ -12,6 +12,7 @@ from warren.model import (
     Node,
     NodeRole,
     NodeStatus,
+    RegistryLogin,
     Secret,
     Service,
     ServiceSpec,
@@ -165,6 +166,9 @@ class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
 
 class CreateService(msgspec.Struct, frozen=True, tag="service.create"):
     service: Service
+    # `--with-registry-auth`: the service's own logins, committed with it so that its first
+    # tasks already pull with them (ADR 43); passwords sealed.
+    logins: tuple[RegistryLogin, ...] = ()
 
 
 class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
@@ -209,6 +213,16 @@ class RemoveService(msgspec.Struct, frozen=True, tag="service.remove"):
 
     service_id: str
     at: float
+
+
+class SetRegistryLogin(msgspec.Struct, frozen=True, tag="registry.login"):
+    """Store (or replace) a registry login (ADR 43); its password arrives sealed."""
+
+    login: RegistryLogin
+
+
+class RemoveRegistryLogin(msgspec.Struct, frozen=True, tag="registry.logout"):
+    id: str
 
 
 class TaskUpdate(msgspec.Struct, frozen=True):
@@ -332,6 +346,8 @@ Command = (
     | RemoveSecret
     | CreateConfig
     | RemoveConfig
+    | SetRegistryLogin
+    | RemoveRegistryLogin
     | Noop
     | CreateVolume
     | RemoveVolume

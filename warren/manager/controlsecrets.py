@@ -83,18 +83,25 @@ class SecretsControl:
         with self._store.read() as state:
             if state.secret_by_name(request.name) is not None:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, f"secret name {shown(request.name)} is already in use")
-            cluster = _cluster(state)
-        if not cluster.dek_wrapped:  # the first secret: make the cluster's keys (first proposal wins)
-            kek, dek = self._keys(self._keyring.new_key_pair)
-            await self._propose(commands.SetSecretKeys(kek, dek))
-            with self._store.read() as state:
-                cluster = _cluster(state)
+        cluster = await self._keyed_cluster()
         now = time.time()
         secret_id = new_id()
         sealed = self._keys(lambda: self._keyring.seal(cluster, secret_id, request.data))
         secret = Secret(secret_id, request.name, sealed, len(request.data), labels, now, now)
         await self._propose(commands.CreateSecret(secret, cluster.dek_wrapped))
         return convert.secret_to_pb(secret)
+
+    async def _keyed_cluster(self) -> ClusterInfo:
+        """The cluster, with its data key: made by the first value sealed (a secret or a
+        registry login, ADR 43); the first proposal wins, so read it back."""
+        with self._store.read() as state:
+            cluster = _cluster(state)
+        if not cluster.dek_wrapped:
+            kek, dek = self._keys(self._keyring.new_key_pair)
+            await self._propose(commands.SetSecretKeys(kek, dek))
+            with self._store.read() as state:
+                cluster = _cluster(state)
+        return cluster
 
     @staticmethod
     def _keys(make: Callable[[], T]) -> T:

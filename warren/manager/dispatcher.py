@@ -30,6 +30,7 @@ from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
+from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
 from warren.state import ClusterState, Delete, Put
@@ -194,8 +195,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         logs: LogBroker | None = None,
         max_message: int = tls.MAX_REPLY_BYTES,
         files: FileSource | None = None,
+        vault: LoginVault | None = None,
     ):
         self._files = files  # secret and config values for the specs sent (ADR 38)
+        self._vault = vault  # opens the registry logins sent with the tasks that pull (ADR 43)
         self._store = store
         self._raft = raft
         self._hub = hub
@@ -275,6 +278,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
                     tasks = [specs.task(state.tasks[t], spec_list, state) for t in sorted(known)]
+                    logins = pull_logins(state, (state.tasks[t] for t in known), self._vault)
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
                     volumes = _node_volumes(state, node.id)
@@ -300,6 +304,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         specs=spec_list,
                         volumes=volumes,
                         volumes_changed=True,
+                        pull_logins=logins,
                     ),
                 )
                 while self._raft.is_leader and session_id in self._sessions:
@@ -310,8 +315,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
-                    if changes is None:
-                        return  # state was replaced by a snapshot: the agent reopens and resyncs
+                        if changes is None:
+                            return  # state was replaced by a snapshot: the agent reopens and resyncs
+                        sent = [c.obj for c in changes if isinstance(c, Put) and isinstance(c.obj, Task)]
+                        logins = pull_logins(state, (t for t in sent if t.node_id == node.id), self._vault)
                     spec_list = []
                     updated, removed = self._diff(node.id, known, changes, specs, spec_list)
                     specs.prune()
@@ -356,6 +363,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                                 specs=spec_list,
                                 volumes=new_volumes or [],
                                 volumes_changed=new_volumes is not None,
+                                pull_logins=logins,
                             ),
                         )
                         version += 1

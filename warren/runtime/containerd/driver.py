@@ -37,7 +37,13 @@ from warren.runtime.containerd import api
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
 from warren.runtime.containerd.images import ImageService
 from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
-from warren.runtime.containerd.registry import Platform, RegistryClient
+from warren.runtime.containerd.registry import (
+    NO_CREDENTIALS,
+    Credentials,
+    CredentialStore,
+    Platform,
+    RegistryClient,
+)
 
 RUNTIME = "io.containerd.runc.v2"
 LOG_LABEL = "warren.log-path"
@@ -94,15 +100,17 @@ class ContainerdRuntime:
         socket: str,
         state_dir: Path,
         insecure_registries: Iterable[str] = (),
-        auth: Mapping[str, tuple[str, str]] | None = None,
+        credentials: CredentialStore = NO_CREDENTIALS,
         *,
+        registry_cas: Mapping[str, Path] | None = None,
         namespace: str = NAMESPACE,
         snapshotter: str = "overlayfs",
         cgroup_parent: str = "/warren",
         platform: Platform | None = None,
     ) -> None:
         self.client = Client(socket, namespace)
-        self.images = ImageService(self.client, RegistryClient(insecure_registries, auth), snapshotter, platform)
+        registry = RegistryClient(insecure_registries, credentials, ca_files=registry_cas)
+        self.images = ImageService(self.client, registry, snapshotter, platform)
         self.snapshotter = snapshotter
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.state_dir = Path(state_dir)
@@ -130,7 +138,8 @@ class ContainerdRuntime:
             raise RuntimeFailure(f"task id {cid!r} is not a valid container id", permanent=True)
         if self._container(cid) is not None:
             return cid
-        image = self.images.ensure(spec.image)
+        login = spec.pull_login
+        image = self.images.ensure(spec.image, Credentials(login.username, login.password) if login else None)
         try:
             oci = build_spec(spec, image.config, cgroups_path=f"{self.cgroup_parent}/{cid}")
         except SpecError as exc:

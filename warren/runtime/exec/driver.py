@@ -124,6 +124,7 @@ class ExecRuntime:
 
     # -- the port ---------------------------------------------------------------------------
     def prepare(self, spec: ContainerSpec) -> str:
+        spec = msgspec.structs.replace(spec, pull_login=None)  # no image to pull; and the record is on disk
         rid = spec.task_id
         if not _ID_RE.fullmatch(rid):
             raise RuntimeFailure(f"invalid task id for the exec runtime: {rid!r}", permanent=True)
