@@ -7,6 +7,7 @@ import re
 import signal
 
 from warren.constraints import ConstraintError, parse_constraint
+from warren.container import OptionError, check_options, option_texts
 from warren.model import FailureAction, ServiceMode, ServiceSpec, UpdateConfig
 from warren.state import ClusterState
 from warren.text import ascii_int, has_control, shown
@@ -236,6 +237,11 @@ def check_spec(spec: ServiceSpec) -> None:
                 raise ValidationError(f"published port {port.published}/{port.protocol} is listed twice")
             seen.add(key)
     check_env(spec.env)
+    check_labels("container label", spec.container.labels)
+    try:
+        check_options(spec.container)
+    except OptionError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def spec_size(spec: ServiceSpec) -> int:
@@ -244,6 +250,7 @@ def spec_size(spec: ServiceSpec) -> int:
     texts = [spec.name, spec.image, spec.stop_signal, *spec.command, *spec.args, *spec.constraints]
     texts += [*spec.env, *spec.env.values(), *spec.labels, *spec.labels.values()]
     texts += [text for port in spec.ports for text in (port.protocol, port.mode)]
+    texts += option_texts(spec.container)
     if spec.health is not None:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)

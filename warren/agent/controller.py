@@ -174,7 +174,8 @@ class TaskController:
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        return msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        spec = container_spec(self.task, self.env.log_dir, netns, self.env.node_hostname)
+        return msgspec.structs.replace(spec, resolv_conf=resolv_conf)
 
     async def _prepare(self) -> None:
         try:

@@ -255,6 +255,7 @@ async def _serve(
             call=_in_pool(calls),
             wait_call=_in_pool(waits),
             networks=overlay if overlay.enabled else None,
+            node_hostname=read_host_facts(options.hostname).hostname,
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)

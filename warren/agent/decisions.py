@@ -21,6 +21,7 @@ from pathlib import Path
 import msgspec
 
 from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus
+from warren.container import expand_hostname
 from warren.model import RestartPolicy, Task, TaskState
 from warren.restart import next_attempt
 
@@ -55,21 +56,45 @@ def stop_signal(task: Task) -> str:
     return task.spec.stop_signal or "SIGTERM"
 
 
-def container_spec(task: Task, log_dir: Path, netns: str = "") -> ContainerSpec:
+def container_spec(task: Task, log_dir: Path, netns: str = "", node_hostname: str = "") -> ContainerSpec:
     """What the runtime runs for a task; the labels let a restarted agent find it again."""
     spec = task.spec
+    options = spec.container
     return ContainerSpec(
         task_id=task.id,
         image=spec.image,
         command=spec.command,
         args=spec.args,
         env=dict(spec.env),
+        cwd=options.workdir,
+        user=options.user,
         limits=spec.limits,
+        read_only_rootfs=options.read_only,
         stop_signal=stop_signal(task),
-        labels={TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
+        labels={**options.labels, TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
         log_path=str(log_dir / f"{task.id}.log"),
         netns=netns,
+        hostname=task_hostname(task, node_hostname),
+        options=options,
     )
+
+
+def task_hostname(task: Task, node_hostname: str) -> str:
+    """The spec's hostname template filled in for this task ("" without one), Docker's fields."""
+    template = task.spec.container.hostname
+    if not template:
+        return ""
+    slot = str(task.slot) if task.slot else task.node_id  # a global task's "slot" is its node, as in Swarm
+    values = {
+        "Service.ID": task.service_id,
+        "Service.Name": task.service_name,
+        "Task.ID": task.id,
+        "Task.Name": f"{task.service_name}.{slot}.{task.id}",
+        "Task.Slot": slot,
+        "Node.ID": task.node_id,
+        "Node.Hostname": node_hostname,
+    }
+    return expand_hostname(template, values)
 
 
 def exit_outcome(status: ContainerStatus) -> tuple[TaskState, str]:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from warren.model import Resources
+from warren.model import ContainerOptions, Resources
 
 TASK_LABEL = "warren.task.id"
 SERVICE_LABEL = "warren.service.name"
@@ -48,6 +48,8 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     log_path: str = ""
     netns: str = ""  # a network namespace to join (its path); empty = the host's network
     resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
+    hostname: str = ""  # the container's hostname, its template filled in; empty = the task id
+    options: ContainerOptions = ContainerOptions()  # capabilities, devices, sysctls... (#13)
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

@@ -29,11 +29,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
+import msgspec
 from google.protobuf import any_pb2
 
 from warren import validate
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
-from warren.runtime.containerd import api
+from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
 from warren.runtime.containerd.images import ImageService
 from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
@@ -131,8 +132,15 @@ class ContainerdRuntime:
         if self._container(cid) is not None:
             return cid
         image = self.images.ensure(spec.image)
+        resolv_conf = nodeside.task_resolv_conf(spec, self.state_dir / "resolv")
         try:
-            oci = build_spec(spec, image.config, cgroups_path=f"{self.cgroup_parent}/{cid}")
+            oci = build_spec(
+                msgspec.structs.replace(spec, resolv_conf=resolv_conf),
+                image.config,
+                cgroups_path=f"{self.cgroup_parent}/{cid}",
+                devices=nodeside.task_devices(spec),
+                init_binary=nodeside.init_binary() if spec.options.init else "",
+            )
         except SpecError as exc:
             raise RuntimeFailure(str(exc), permanent=True) from exc
         log_path = Path(spec.log_path or self.state_dir / "logs" / f"{cid}.log")
@@ -247,6 +255,7 @@ class ContainerdRuntime:
         except grpc.RpcError as exc:
             raise self._failure(exc, f"deleting the task of {cid}") from exc
         self._delete_container(cid)
+        nodeside.remove_resolv_conf(cid, self.state_dir / "resolv")
         try:
             self.client.snapshots.Remove(
                 api.snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=cid), metadata=md, timeout=60

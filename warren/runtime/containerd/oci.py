@@ -8,16 +8,25 @@ Networking: a task on the overlay joins the network namespace the agent made for
 and mount namespaces. The host's
 /etc/resolv.conf and /etc/hosts are bind-mounted read-only so name resolution works as on the
 host. No seccomp profile is applied yet; capabilities are Docker's default set.
+
+Container options (#13, ADR 42) follow Docker: `--cap-add/--cap-drop` tweak the default set
+(warren.container.capabilities), `--privileged` gives every capability and every host device and
+unmasks /proc and /sys, `--init` runs tini as PID 1 (bind-mounted from the node at INIT_PATH),
+HOSTNAME is set in the environment, devices come resolved from the node (the driver stats them),
+and `--dns*` write the task's own resolv.conf (resolv_conf_text).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from warren.agent.runtime import ContainerSpec
+from warren.container import ULIMITS, OptionError, capabilities
+from warren.model import ContainerOptions
 from warren.text import ascii_int, shown
 
 SPEC_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
@@ -25,22 +34,6 @@ PROCESS_TYPE_URL = "types.containerd.io/opencontainers/runtime-spec/1/Process"
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CPU_PERIOD = 100_000  # microseconds, the kernel's default CFS period
 
-CAPABILITIES = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-]
 MASKED_PATHS = [
     "/proc/acpi",
     "/proc/asound",
@@ -55,6 +48,21 @@ MASKED_PATHS = [
 ]
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 HOST_FILES = ("/etc/resolv.conf", "/etc/hosts")
+
+
+INIT_PATH = "/sbin/warren-init"  # where --init's binary appears in the container (Docker: /sbin/docker-init)
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """A device node of the node, as the driver found it, to create in the container."""
+
+    path: str  # in the container
+    kind: str  # "c" or "b"
+    major: int
+    minor: int
+    file_mode: int = 0o666
+    permissions: str = "rwm"
 
 
 class SpecError(ValueError):
@@ -131,20 +139,52 @@ def process_args(spec: ContainerSpec, image_config: Mapping[str, Any]) -> list[s
     return args
 
 
-def build_process(spec: ContainerSpec, image_config: Mapping[str, Any]) -> dict[str, object]:
+def additional_gids(groups: Sequence[str]) -> list[int]:
+    """--group-add as gids: the image's /etc/group is not read, so names are refused here."""
+    gids = []
+    for group in groups:
+        gid = ascii_int(group)
+        if gid is None or gid > MAX_ID:
+            raise SpecError(f"group {shown(group)} is not numeric: on containerd, --group-add takes gids")
+        gids.append(gid)
+    return gids
+
+
+def rlimits(options: ContainerOptions) -> list[dict[str, object]]:
+    return [{"type": ULIMITS[u.name], "soft": u.soft, "hard": u.hard} for u in options.ulimits]
+
+
+def build_process(spec: ContainerSpec, image_config: Mapping[str, Any], hostname: str = "") -> dict[str, object]:
     cwd = spec.cwd or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
         raise SpecError(f"working directory {cwd!r} must be an absolute path")
     uid, gid = parse_user(spec.user or str(image_config.get("User") or ""))
-    return {
+    options = spec.options
+    user: dict[str, object] = {"uid": uid, "gid": gid}
+    if options.group_add:
+        user["additionalGids"] = additional_gids(options.group_add)
+    args = process_args(spec, image_config)
+    if options.init:
+        args = [INIT_PATH, "--", *args]
+    try:
+        caps = capabilities(options)
+    except OptionError as exc:  # checked by the manager; a spec from an older one may differ
+        raise SpecError(str(exc)) from None
+    # Docker sets HOSTNAME; the image's Env and then the service's --env may override it.
+    image_env = list(image_config.get("Env") or [])
+    hostname_env = {"HOSTNAME": hostname} if hostname and not any(e.startswith("HOSTNAME=") for e in image_env) else {}
+    process: dict[str, object] = {
         "terminal": False,
-        "user": {"uid": uid, "gid": gid},
-        "args": process_args(spec, image_config),
-        "env": merge_env(list(image_config.get("Env") or []), spec.env),
+        "user": user,
+        "args": args,
+        "env": merge_env(image_env, {**hostname_env, **spec.env}),
         "cwd": cwd,
-        "capabilities": {k: list(CAPABILITIES) for k in ("bounding", "effective", "permitted")},
-        "noNewPrivileges": True,
+        "capabilities": {k: list(caps) for k in ("bounding", "effective", "permitted")},
+        "noNewPrivileges": not options.privileged,
     }
+    if options.ulimits:
+        process["rlimits"] = rlimits(options)
+    return process
 
 
 def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str]) -> dict[str, object]:
@@ -153,6 +193,28 @@ def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str]) -> dict
     process["args"] = list(argv)
     process["terminal"] = False
     return process
+
+
+def resolv_conf_text(base: str, options: ContainerOptions) -> str:
+    """The task's resolv.conf: `base` (the node's, or its embedded DNS's) with --dns replacing its
+    nameservers, --dns-search its search domains and --dns-option its options, as Docker does."""
+    kept: dict[str, list[str]] = {"nameserver": [], "search": [], "options": []}
+    for line in base.splitlines():
+        words = line.split()
+        if words and words[0] in kept:
+            key = words[0]
+            kept[key] += words[1:2] if key == "nameserver" else words[1:]
+        elif words and words[0] == "domain" and len(words) > 1:
+            kept["search"] = words[1:2]  # the last of domain and search wins, as the resolver reads it
+    servers = list(options.dns) or kept["nameserver"]
+    search = [d for d in options.dns_search if d != "."] if options.dns_search else kept["search"]
+    opts = list(options.dns_options) or kept["options"]
+    lines = [f"nameserver {s}" for s in servers]
+    if search:
+        lines.append("search " + " ".join(search))
+    if opts:
+        lines.append("options " + " ".join(opts))
+    return "\n".join(lines) + "\n"
 
 
 def _mounts(host_files: Sequence[str]) -> list[dict[str, object]]:
@@ -199,40 +261,90 @@ def _resolv_conf(mounts: list[dict[str, object]], source: str) -> list[dict[str,
     return [*kept, {"destination": "/etc/resolv.conf", "type": "bind", "source": source, "options": options}]
 
 
+def _privileged_mounts(mounts: list[dict[str, object]]) -> list[dict[str, object]]:
+    """--privileged: /sys and the cgroup tree writable, as Docker mounts them."""
+    out = []
+    for mount in mounts:
+        if mount["destination"] in ("/sys", "/sys/fs/cgroup"):
+            mount = {**mount, "options": [o for o in mount["options"] if o != "ro"] + ["rw"]}  # type: ignore[attr-defined]
+        out.append(mount)
+    return out
+
+
+def _linux_devices(devices: Sequence[HostDevice]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The devices to create in the container, and the cgroup rules that let it use them."""
+    nodes = [
+        {
+            "path": d.path,
+            "type": d.kind,
+            "major": d.major,
+            "minor": d.minor,
+            "fileMode": d.file_mode,
+            "uid": 0,
+            "gid": 0,
+        }
+        for d in devices
+    ]
+    rules = [_device(d.kind, d.major, d.minor, d.permissions) for d in devices]
+    return nodes, rules
+
+
 def build_spec(
     spec: ContainerSpec,
     image_config: Mapping[str, object],
     cgroups_path: str,
     hostname: str = "",
     host_files: Sequence[str] | None = None,
+    devices: Sequence[HostDevice] = (),
+    init_binary: str = "",
 ) -> dict[str, object]:
-    """The runtime spec for `spec` on top of an image whose config section is `image_config`."""
+    """The runtime spec for `spec` on top of an image whose config section is `image_config`.
+    `devices` are the node's devices the task gets (--device, or all with --privileged), and
+    `init_binary` the node's path of the init that --init runs."""
     if host_files is None:
         host_files = [p for p in HOST_FILES if Path(p).is_file()]
-    resources: dict[str, object] = {"devices": DEVICE_RULES}
+    options = spec.options
+    hostname = (hostname or spec.hostname or spec.task_id)[:63]
+    nodes, device_rules = _linux_devices(devices)
+    allow_all = [{"allow": True, "access": "rwm"}]
+    resources: dict[str, object] = {"devices": allow_all if options.privileged else DEVICE_RULES + device_rules}
     if spec.limits.memory_bytes > 0:
         resources["memory"] = {"limit": spec.limits.memory_bytes}
     if spec.limits.nano_cpus > 0:
         quota = max(1000, spec.limits.nano_cpus * CPU_PERIOD // 1_000_000_000)
         resources["cpu"] = {"quota": quota, "period": CPU_PERIOD}
+    mounts = _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files)
+    if options.privileged:
+        mounts = _privileged_mounts(mounts)
+    if options.init:
+        if not init_binary:
+            raise SpecError("--init needs tini on the node (Debian's tini package: /usr/bin/tini-static)")
+        mounts.append(
+            {"destination": INIT_PATH, "type": "bind", "source": init_binary, "options": ["rbind", "ro", "nosuid"]}
+        )
+    linux: dict[str, object] = {
+        "resources": resources,
+        "cgroupsPath": cgroups_path,
+        # Without a netns the task uses the host's network namespace (see module doc).
+        "namespaces": [
+            {"type": "pid"},
+            {"type": "ipc"},
+            {"type": "uts"},
+            {"type": "mount"},
+            *([{"type": "network", "path": spec.netns}] if spec.netns else []),
+        ],
+        "maskedPaths": [] if options.privileged else MASKED_PATHS,
+        "readonlyPaths": [] if options.privileged else READONLY_PATHS,
+    }
+    if nodes:
+        linux["devices"] = nodes
+    if options.sysctls:
+        linux["sysctl"] = dict(options.sysctls)
     return {
         "ociVersion": "1.0.2",
-        "process": build_process(spec, image_config),
+        "process": build_process(spec, image_config, hostname),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
-        "hostname": (hostname or spec.task_id)[:63],
-        "mounts": _resolv_conf(_mounts(host_files), spec.resolv_conf) if spec.resolv_conf else _mounts(host_files),
-        "linux": {
-            "resources": resources,
-            "cgroupsPath": cgroups_path,
-            # Without a netns the task uses the host's network namespace (see module doc).
-            "namespaces": [
-                {"type": "pid"},
-                {"type": "ipc"},
-                {"type": "uts"},
-                {"type": "mount"},
-                *([{"type": "network", "path": spec.netns}] if spec.netns else []),
-            ],
-            "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS,
-        },
+        "hostname": hostname,
+        "mounts": mounts,
+        "linux": linux,
     }

@@ -1,0 +1,117 @@
+"""What a task's container options need from the node (ADR 42): its device nodes, its init binary
+and a resolv.conf of the task's own. The spec itself is built without I/O (oci.build_spec)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from warren import datadir
+from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.model import DeviceMapping
+from warren.runtime.containerd.oci import HostDevice, resolv_conf_text
+
+# Debian's tini package: the static build runs in any image, with or without a libc.
+INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/bin/tini", "/usr/bin/catatonit")
+# libcontainer's HostDevices skips these: not device trees of their own, or per-container already.
+_SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
+
+
+def init_binary() -> str:
+    """The node's init for --init ("" if none is installed: the task then fails with a reason)."""
+    override = os.environ.get("WARREN_INIT_BINARY", "")
+    for path in (override, *INIT_CANDIDATES) if override else INIT_CANDIDATES:
+        if path and os.access(path, os.X_OK):
+            return path
+    return shutil.which("tini-static") or ""
+
+
+def _host_device(path: str, inside: str, permissions: str) -> HostDevice | None:
+    info = os.stat(path)  # follows symlinks, as Docker does (/dev/disk/by-id/...)
+    if stat.S_ISCHR(info.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(info.st_mode):
+        kind = "b"
+    else:
+        return None
+    major, minor = os.major(info.st_rdev), os.minor(info.st_rdev)
+    return HostDevice(inside, kind, major, minor, stat.S_IMODE(info.st_mode), permissions)
+
+
+def resolve_device(mapping: DeviceMapping) -> list[HostDevice]:
+    """The device (or every device under the directory) `mapping` names, as Docker reports a
+    missing one: a permanent failure, so `service ps` shows it."""
+    host, inside = mapping.path_on_host, mapping.path_in_container or mapping.path_on_host
+    try:
+        if os.path.isdir(host):
+            found = []
+            for root, _dirs, files in os.walk(host):
+                for name in sorted(files):
+                    full = os.path.join(root, name)
+                    device = _host_device(full, inside + full[len(host) :], mapping.permissions)
+                    if device is not None:
+                        found.append(device)
+            if not found:
+                raise RuntimeFailure(f"no device nodes under {host}", permanent=True)
+            return found
+        device = _host_device(host, inside, mapping.permissions)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        msg = f"error gathering device information while adding custom device {host!r}: {reason}"
+        raise RuntimeFailure(msg, permanent=True) from None
+    if device is None:
+        raise RuntimeFailure(f"{host} is not a device node (character or block)", permanent=True)
+    return [device]
+
+
+def all_host_devices(root: str = "/dev") -> list[HostDevice]:
+    """--privileged: every device node of the node, at the same path (libcontainer's HostDevices)."""
+    found: list[HostDevice] = []
+    for current, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not (current == root and d in _SKIPPED_DIRS)]
+        for name in files:
+            full = os.path.join(current, name)
+            if full == "/dev/console" or os.path.islink(full):
+                continue
+            try:
+                device = _host_device(full, full, "rwm")
+            except OSError:
+                continue  # gone meanwhile, or unreadable: not worth failing the task
+            if device is not None:
+                found.append(device)
+    return found
+
+
+def task_devices(spec: ContainerSpec) -> list[HostDevice]:
+    devices = all_host_devices() if spec.options.privileged else []
+    for mapping in spec.options.devices:
+        devices += resolve_device(mapping)
+    return devices
+
+
+def task_resolv_conf(spec: ContainerSpec, directory: Path) -> str:
+    """The resolv.conf the task gets: the node's (or its embedded DNS's) as it is, or a copy of
+    its own with --dns, --dns-search or --dns-option applied ("" = the host's, as before)."""
+    options = spec.options
+    if not (options.dns or options.dns_search or options.dns_options):
+        return spec.resolv_conf
+    base_path = spec.resolv_conf or "/etc/resolv.conf"
+    try:
+        base = Path(base_path).read_text(errors="replace")
+    except OSError:
+        base = ""
+    path = directory / f"{spec.task_id}.resolv.conf"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # 0644: the task's own user reads it.
+        datadir.write_atomic(path, resolv_conf_text(base, options), mode=0o644, durable=False)
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot write the resolv.conf of {spec.task_id}: {exc}") from exc
+    return str(path)
+
+
+def remove_resolv_conf(task_id: str, directory: Path) -> None:
+    with_suffix = directory / f"{task_id}.resolv.conf"
+    with_suffix.unlink(missing_ok=True)
