@@ -1,0 +1,388 @@
+"""Container options (#13, ADR 42) without a node: checks, Docker's flag syntax, the CLI, the
+conversion, and the OCI spec each option builds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from warren import container, model, validate
+from warren.agent.decisions import container_spec, task_hostname
+from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.api import convert
+from warren.api.v1 import types_pb2 as pb
+from warren.cli import main, service_spec
+from warren.cli.envfile import load_env_file, parse_env_file
+from warren.runtime.containerd import nodeside
+from warren.runtime.containerd.oci import INIT_PATH, HostDevice, SpecError, build_spec, resolv_conf_text
+
+Options = model.ContainerOptions
+
+
+def spec_with(**options: object) -> model.ServiceSpec:
+    return model.ServiceSpec(name="web", image="busybox", container=Options(**options))  # type: ignore[arg-type]
+
+
+def refused(match: str, **options: object) -> None:
+    with pytest.raises(validate.ValidationError, match=match):
+        validate.check_spec(spec_with(**options))
+
+
+# -- checks -------------------------------------------------------------------------------------
+def test_capability_names_are_normalised_and_unknown_ones_refused() -> None:
+    assert container.capability("net_admin") == "CAP_NET_ADMIN"
+    assert container.capability("CAP_SYS_TIME") == "CAP_SYS_TIME"
+    assert container.capability("all") == "ALL"
+    refused("unknown capability 'NET_FLY'", cap_add=("NET_FLY",))
+    refused("unknown capability", cap_drop=("CAP_",))
+
+
+def test_capabilities_follow_dockers_rules() -> None:
+    default = list(container.DEFAULT_CAPABILITIES)
+    assert container.capabilities(Options()) == default
+    with_admin = container.capabilities(Options(cap_add=("NET_ADMIN",), cap_drop=("NET_RAW",)))
+    assert "CAP_NET_ADMIN" in with_admin and "CAP_NET_RAW" not in with_admin
+    assert container.capabilities(Options(cap_drop=("ALL",), cap_add=("CHOWN",))) == ["CAP_CHOWN"]
+    everything = container.capabilities(Options(cap_add=("ALL",), cap_drop=("SYS_ADMIN",)))
+    assert len(everything) == len(container.ALL_CAPABILITIES) - 1 and "CAP_SYS_ADMIN" not in everything
+    assert container.capabilities(Options(privileged=True, cap_drop=("ALL",))) == list(container.ALL_CAPABILITIES)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("vm.swappiness", "not allowed"),  # the node's, not the container's
+        ("kernel.hostname", "not allowed"),
+        ("net", "invalid sysctl name"),
+        ("net..x", "invalid sysctl name"),
+        ("Net.ipv4.ip_forward", "invalid sysctl name"),
+        ("net.ipv4 .x", "invalid sysctl name"),
+    ],
+)
+def test_bad_sysctls_are_refused(name: str, why: str) -> None:
+    refused(why, sysctls={name: "1"})
+
+
+def test_good_sysctls_pass() -> None:
+    for name in (
+        "net.ipv4.ip_unprivileged_port_start",
+        "kernel.shmmax",
+        "fs.mqueue.msg_max",
+        "net.ipv4.conf/eth0/rp_filter",
+    ):
+        validate.check_spec(spec_with(sysctls={name: "1"}))
+    refused("needs a value", sysctls={"kernel.shmmax": ""})
+    refused("needs a value", sysctls={"kernel.shmmax": "1\n2"})
+
+
+def test_devices_parse_as_docker_does() -> None:
+    assert container.parse_device("/dev/fuse") == model.DeviceMapping("/dev/fuse", "", "rwm")
+    assert container.parse_device("/dev/fuse:r") == model.DeviceMapping("/dev/fuse", "", "r")
+    assert container.parse_device("/dev/sda:/dev/xvda") == model.DeviceMapping("/dev/sda", "/dev/xvda", "rwm")
+    assert container.parse_device("/dev/sda:/dev/xvda:rw") == model.DeviceMapping("/dev/sda", "/dev/xvda", "rw")
+    for bad in ("dev/fuse", "/dev/fuse:/x:rwx", "/dev/a:/b:r:w", "", "/dev/../etc/passwd", "/dev/fuse:rr"):
+        with pytest.raises(container.OptionError):
+            container.parse_device(bad)
+    refused("permissions", devices=(model.DeviceMapping("/dev/null", "", "x"),))
+
+
+def test_ulimits_parse_and_check() -> None:
+    assert container.parse_ulimit("nofile=1024:2048") == model.Ulimit("nofile", 1024, 2048)
+    assert container.parse_ulimit("core=0") == model.Ulimit("core", 0, 0)
+    for bad, why in (
+        ("nofiles=1", "unknown ulimit"),
+        ("nofile=2:1", "exceeds the hard limit"),
+        ("nofile", "NAME=SOFT"),
+        ("nofile=a", "NAME=SOFT"),
+        ("nofile=-1", "NAME=SOFT"),
+    ):
+        with pytest.raises(container.OptionError, match=why):
+            container.parse_ulimit(bad)
+    refused("given twice", ulimits=(model.Ulimit("nofile", 1, 1), model.Ulimit("nofile", 2, 2)))
+
+
+def test_users_groups_dns_workdir_and_labels_are_checked() -> None:
+    validate.check_spec(
+        spec_with(
+            user="app:staff",
+            workdir="/srv",
+            group_add=("10", "audio"),
+            dns=("10.0.0.2", "::1"),
+            dns_search=("example.org",),
+            dns_options=("ndots:2", "rotate"),
+            labels={"com.example": "x"},
+        )
+    )
+    refused("invalid user", user="a b")
+    refused("ids are at most", user="1:4294967295")
+    refused("invalid user", user="1:")
+    refused("absolute path", workdir="srv")
+    refused("--group-add", group_add=("a b",))
+    refused("--dns", dns=("dns.example.org",))
+    refused("--dns-search", dns_search=("bad domain",))
+    refused("--dns-option", dns_options=("ndots 2",))
+    refused("reserved", labels={"warren.task.id": "x"})
+
+
+def test_hostname_templates() -> None:
+    validate.check_spec(spec_with(hostname="{{.Service.Name}}-{{.Task.Slot}}"))
+    refused("unknown placeholder", hostname="{{.Service.Labels}}")
+    refused("invalid hostname", hostname="a_b")
+    task = model.Task(
+        id="t123", service_id="s1", service_name="web", slot=3, spec=spec_with(hostname="{{.Service.Name}}-{{ .Task.Slot }}"),
+        spec_version=1, node_id="n9",
+    )  # fmt: skip
+    assert task_hostname(task, "host1") == "web-3"
+    glob = msgspec.structs.replace(task, slot=0, spec=spec_with(hostname="{{.Node.Hostname}}.{{.Task.Name}}"))
+    assert task_hostname(glob, "host1") == "host1.web.n9.t123"
+    long = msgspec.structs.replace(task, spec=spec_with(hostname="x" * 70))
+    assert len(task_hostname(long, "")) == 63
+    # The agent's ContainerSpec carries every option through.
+    spec = container_spec(task, Path("/logs"))
+    assert (spec.hostname, spec.options) == ("web-3", task.spec.container)
+
+
+def test_container_spec_maps_user_workdir_read_only_and_labels() -> None:
+    options = Options(user="7:8", workdir="/w", read_only=True, labels={"a": "b"})
+    task = model.Task(id="t1", service_id="s", service_name="web", slot=1, spec=spec_with(), spec_version=1)
+    task = msgspec.structs.replace(task, spec=msgspec.structs.replace(task.spec, container=options))
+    spec = container_spec(task, Path("/logs"))
+    assert (spec.user, spec.cwd, spec.read_only_rootfs) == ("7:8", "/w", True)
+    assert spec.labels["a"] == "b" and spec.labels["warren.task.id"] == "t1"
+
+
+def test_options_count_in_the_spec_size() -> None:
+    big = spec_with(sysctls={f"net.core.x{i}": "v" * 1000 for i in range(255)})
+    with pytest.raises(validate.ValidationError, match="too large"):
+        validate.check_spec(big)
+
+
+def test_conversion_round_trips() -> None:
+    spec = spec_with(
+        user="1:2", workdir="/w", hostname="{{.Task.Slot}}", read_only=True, init=True, privileged=True,
+        cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",), devices=(model.DeviceMapping("/dev/fuse", "/dev/f", "r"),),
+        sysctls={"net.core.somaxconn": "1024"}, ulimits=(model.Ulimit("nofile", 10, 20),), labels={"a": "b"},
+        dns=("1.1.1.1",), dns_search=("x.org",), dns_options=("ndots:1",), group_add=("10",), no_healthcheck=True,
+    )  # fmt: skip
+    assert convert.spec_from_pb(convert.spec_to_pb(spec)) == spec
+    assert not convert.spec_to_pb(spec_with()).HasField("container")  # nothing set: nothing sent
+
+
+# -- the OCI spec ---------------------------------------------------------------------------------
+IMAGE = {"Entrypoint": ["/entry"], "Cmd": ["--serve"], "Env": ["PATH=/bin"], "WorkingDir": "/app"}
+
+
+def oci(
+    devices: tuple[HostDevice, ...] = (), init_binary: str = "", image: dict[str, object] = IMAGE, **kw: object
+) -> dict:  # type: ignore[type-arg]
+    fields = {k: kw.pop(k) for k in list(kw) if k in ContainerSpec.__struct_fields__}
+    spec = ContainerSpec(task_id="t1", image="busybox", options=Options(**kw), **fields)  # type: ignore[arg-type]
+    return build_spec(spec, image, cgroups_path="/w/t1", host_files=[], devices=devices, init_binary=init_binary)
+
+
+def test_default_spec_is_unchanged_by_options() -> None:
+    spec = oci()
+    assert spec["process"]["capabilities"]["effective"] == list(container.DEFAULT_CAPABILITIES)
+    assert "rlimits" not in spec["process"] and "sysctl" not in spec["linux"] and "devices" not in spec["linux"]
+    assert spec["process"]["noNewPrivileges"] is True and spec["linux"]["maskedPaths"]
+    assert spec["hostname"] == "t1" and "HOSTNAME=t1" in spec["process"]["env"]
+
+
+def test_spec_applies_each_option() -> None:
+    spec = oci(
+        hostname="web-1",
+        cwd="/srv",
+        user="1000:1000",
+        read_only_rootfs=True,
+        cap_add=("NET_ADMIN",),
+        cap_drop=("CHOWN",),
+        sysctls={"kernel.shmmax": "4096"},
+        ulimits=(model.Ulimit("nofile", 100, 200),),
+        group_add=("10", "20"),
+    )
+    process = spec["process"]
+    caps = process["capabilities"]["bounding"]
+    assert "CAP_NET_ADMIN" in caps and "CAP_CHOWN" not in caps
+    assert process["rlimits"] == [{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200}]
+    assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [10, 20]}
+    assert process["cwd"] == "/srv" and spec["root"]["readonly"] is True
+    assert spec["linux"]["sysctl"] == {"kernel.shmmax": "4096"}
+    assert spec["hostname"] == "web-1" and "HOSTNAME=web-1" in process["env"]
+    assert "HOSTNAME=mine" in oci(hostname="web-1", env={"HOSTNAME": "mine"})["process"]["env"]
+    with pytest.raises(SpecError, match="not numeric"):
+        oci(group_add=("audio",))
+
+
+def test_init_wraps_the_process_and_mounts_the_binary() -> None:
+    spec = oci(init=True, init_binary="/usr/bin/tini-static", args=("sleep", "1"))
+    assert spec["process"]["args"] == [INIT_PATH, "--", "/entry", "sleep", "1"]
+    assert {
+        "destination": INIT_PATH,
+        "type": "bind",
+        "source": "/usr/bin/tini-static",
+        "options": ["rbind", "ro", "nosuid"],
+    } in spec["mounts"]
+    with pytest.raises(SpecError, match="tini"):
+        oci(init=True)
+
+
+def test_devices_and_privileged() -> None:
+    fuse = HostDevice("/dev/fuse", "c", 10, 229, 0o666, "rw")
+    spec = oci(devices=(fuse,))
+    assert spec["linux"]["devices"] == [
+        {"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229, "fileMode": 0o666, "uid": 0, "gid": 0}
+    ]
+    assert {"allow": True, "type": "c", "access": "rw", "major": 10, "minor": 229} in spec["linux"]["resources"][
+        "devices"
+    ]
+    privileged = oci(privileged=True)
+    assert privileged["linux"]["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
+    assert privileged["linux"]["maskedPaths"] == [] and privileged["linux"]["readonlyPaths"] == []
+    assert privileged["process"]["noNewPrivileges"] is False
+    sys_mount = next(m for m in privileged["mounts"] if m["destination"] == "/sys")
+    assert "ro" not in sys_mount["options"]
+
+
+def test_resolv_conf_follows_dns_options() -> None:
+    base = "nameserver 10.0.0.1\nnameserver 10.0.0.2\nsearch a.org b.org\noptions ndots:1\n# comment\n"
+    assert (
+        resolv_conf_text(base, Options())
+        == "nameserver 10.0.0.1\nnameserver 10.0.0.2\nsearch a.org b.org\noptions ndots:1\n"
+    )
+    text = resolv_conf_text(base, Options(dns=("9.9.9.9",), dns_search=("c.org",), dns_options=("ndots:3", "rotate")))
+    assert text == "nameserver 9.9.9.9\nsearch c.org\noptions ndots:3 rotate\n"
+    assert "search" not in resolv_conf_text(base, Options(dns_search=(".",)))
+
+
+def test_task_resolv_conf_is_written_only_with_dns_options(tmp_path: Path) -> None:
+    base = tmp_path / "node.conf"
+    base.write_text("nameserver 10.0.0.1\n")
+    plain = ContainerSpec(task_id="t1", image="x", resolv_conf=str(base))
+    assert nodeside.task_resolv_conf(plain, tmp_path / "r") == str(base)
+    spec = msgspec.structs.replace(plain, options=Options(dns_options=("ndots:4",)))
+    path = Path(nodeside.task_resolv_conf(spec, tmp_path / "r"))
+    assert path.read_text() == "nameserver 10.0.0.1\noptions ndots:4\n"
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    nodeside.remove_resolv_conf("t1", tmp_path / "r")
+    assert not path.exists()
+
+
+def test_devices_are_resolved_on_the_node(tmp_path: Path) -> None:
+    (null,) = nodeside.resolve_device(model.DeviceMapping("/dev/null", "/dev/mynull", "r"))
+    assert (null.path, null.kind, null.major, null.minor, null.permissions) == ("/dev/mynull", "c", 1, 3, "r")
+    with pytest.raises(RuntimeFailure, match="error gathering device information.*/dev/nope.*no such file") as missing:
+        nodeside.resolve_device(model.DeviceMapping("/dev/nope"))
+    assert missing.value.permanent
+    regular = tmp_path / "file"
+    regular.write_text("x")
+    with pytest.raises(RuntimeFailure, match="not a device node"):
+        nodeside.resolve_device(model.DeviceMapping(str(regular)))
+    everything = nodeside.all_host_devices()
+    assert any(d.path == "/dev/null" for d in everything)
+    assert not any(d.path.startswith("/dev/pts/") for d in everything)
+
+
+# -- the CLI --------------------------------------------------------------------------------------
+def create(*argv: str) -> pb.ServiceSpec:
+    return service_spec.build_spec(main.parse_args(["service", "create", "web", "--image", "busybox", *argv]))
+
+
+def update(spec: pb.ServiceSpec, *argv: str) -> pb.ServiceSpec:
+    new = pb.ServiceSpec()
+    new.CopyFrom(spec)
+    service_spec.apply_update(new, main.parse_args(["service", "update", "web", *argv]))
+    return new
+
+
+def test_create_flags_fill_the_options() -> None:
+    spec = create(
+        "--user", "1000:1000", "--workdir", "/srv", "--hostname", "{{.Service.Name}}-{{.Task.Slot}}",
+        "--read-only", "--init", "--cap-add", "net_admin", "--cap-drop", "ALL", "--device", "/dev/fuse",
+        "--sysctl", "net.core.somaxconn=1024", "--ulimit", "nofile=1024:2048", "--container-label", "a=b",
+        "--dns", "10.0.0.2", "--dns-search", "svc.local", "--dns-option", "ndots:2", "--group-add", "10",
+        "--no-healthcheck", "--entrypoint", "/bin/sh -c", "--", "echo hi",
+    )  # fmt: skip
+    options = convert.spec_from_pb(spec).container
+    assert options == Options(
+        user="1000:1000", workdir="/srv", hostname="{{.Service.Name}}-{{.Task.Slot}}", read_only=True, init=True,
+        cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",), devices=(model.DeviceMapping("/dev/fuse", "", "rwm"),),
+        sysctls={"net.core.somaxconn": "1024"}, ulimits=(model.Ulimit("nofile", 1024, 2048),), labels={"a": "b"},
+        dns=("10.0.0.2",), dns_search=("svc.local",), dns_options=("ndots:2",), group_add=("10",), no_healthcheck=True,
+    )  # fmt: skip
+    assert (list(spec.command), list(spec.args)) == (["/bin/sh", "-c"], ["echo hi"])
+    assert not create().HasField("container")
+
+
+def test_update_adds_and_removes() -> None:
+    spec = create("--cap-add", "NET_ADMIN", "--sysctl", "kernel.shmmax=1", "--dns", "10.0.0.2", "--read-only")
+    spec = update(
+        spec, "--cap-drop", "NET_ADMIN", "--cap-add", "SYS_TIME", "--sysctl-rm", "kernel.shmmax", "--sysctl-add",
+        "kernel.msgmax=5", "--dns-add", "10.0.0.3", "--dns-rm", "10.0.0.2", "--read-only=false", "--ulimit-add",
+        "nofile=5", "--device-add", "/dev/fuse", "--container-label-add", "k=v", "--group-add", "10",
+    )  # fmt: skip
+    options = convert.spec_from_pb(spec).container
+    assert options.cap_add == ("CAP_SYS_TIME",) and options.cap_drop == ("CAP_NET_ADMIN",)
+    assert options.sysctls == {"kernel.msgmax": "5"} and options.dns == ("10.0.0.3",) and not options.read_only
+    spec = update(
+        spec, "--ulimit-rm", "nofile", "--device-rm", "/dev/fuse", "--container-label-rm", "k", "--group-rm", "10"
+    )
+    options = convert.spec_from_pb(spec).container
+    assert (options.ulimits, options.devices, options.labels, options.group_add) == ((), (), {}, ())
+    # --entrypoint '' gives the image's back; words after `--` replace only the CMD.
+    with_entry = create("--entrypoint", "/x")
+    assert list(update(with_entry, "--", "a", "b").command) == ["/x"]
+    assert list(update(with_entry, "--entrypoint", "").command) == []
+
+
+def test_no_healthcheck_on_update_disables_the_images_too() -> None:
+    spec = update(create("--health-cmd", "true"), "--no-healthcheck")
+    assert not spec.HasField("health") and spec.container.no_healthcheck
+    assert not update(spec, "--health-cmd", "true").container.no_healthcheck
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--cap-add", "NET_FLY"),
+        ("--sysctl", "vm.swappiness=1"),
+        ("--sysctl", "nonsense"),
+        ("--ulimit", "nofile=2:1"),
+        ("--device", "dev/fuse"),
+        ("--hostname", "{{.Nope}}"),
+        ("--workdir", "relative"),
+        ("--user", "a b"),
+        ("--read-only", "maybe"),
+        ("--entrypoint", "'unclosed"),
+        ("--env-file", "/nonexistent/env"),
+    ],
+)
+def test_bad_values_are_usage_errors(argv: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        create(*argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_env_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = "# comment\n\nA=1\n  B=two words\nFROM_ENV\nUNSET_HERE\nC==x\n"
+    assert parse_env_file(text, "f", {"FROM_ENV": "e"}) == [
+        ("A", "1"),
+        ("B", "two words"),
+        ("FROM_ENV", "e"),
+        ("C", "=x"),
+    ]
+    with pytest.raises(ValueError, match="line 1: invalid variable name"):
+        parse_env_file("A B=1\n", "f", {})
+    first, second = tmp_path / "one.env", tmp_path / "two.env"
+    first.write_text("A=1\nB=1\n")
+    second.write_text("B=2\nC=2\n")
+    assert load_env_file(str(first)) == [("A", "1"), ("B", "1")]
+    spec = create("--env-file", str(first), "--env-file", str(second), "-e", "C=flag")
+    assert dict(spec.env) == {"A": "1", "B": "2", "C": "flag"}
+    (tmp_path / "bin.env").write_bytes(b"\xff\xfe")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        load_env_file(str(tmp_path / "bin.env"))
