@@ -149,16 +149,21 @@ def capability(name: str) -> str:
     return full
 
 
-def capabilities(options: ContainerOptions, default: Sequence[str] = DEFAULT_CAPABILITIES) -> list[str]:
+def capabilities(
+    options: ContainerOptions,
+    default: Sequence[str] = DEFAULT_CAPABILITIES,
+    available: Sequence[str] = ALL_CAPABILITIES,
+) -> list[str]:
     """The capability set of the task's process, by Docker's rules (moby's TweakCapabilities):
     privileged = all; `--cap-add ALL` = all but the dropped; `--cap-drop ALL` = only the added;
-    otherwise the defaults less the dropped, plus the added."""
+    otherwise the defaults less the dropped, plus the added. "All" is what the node has
+    (`available`, its bounding set): a runtime cannot give more than it holds."""
     if options.privileged:
-        return list(ALL_CAPABILITIES)
+        return list(available)
     add = [capability(c) for c in options.cap_add]
     drop = [capability(c) for c in options.cap_drop]
     if "ALL" in add:
-        return [c for c in ALL_CAPABILITIES if c not in drop]
+        return [c for c in available if c not in drop]
     chosen = add if "ALL" in drop else [c for c in default if c not in drop] + [c for c in add if c not in drop]
     return list(dict.fromkeys(chosen))  # no duplicates, order kept
 

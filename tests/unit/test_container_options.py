@@ -131,9 +131,10 @@ def test_hostname_templates() -> None:
     validate.check_spec(spec_with(hostname="{{.Service.Name}}-{{.Task.Slot}}"))
     refused("unknown placeholder", hostname="{{.Service.Labels}}")
     refused("invalid hostname", hostname="a_b")
+    template = "{{.Service.Name}}-{{ .Task.Slot }}"
     task = model.Task(
-        id="t123", service_id="s1", service_name="web", slot=3, spec=spec_with(hostname="{{.Service.Name}}-{{ .Task.Slot }}"),
-        spec_version=1, node_id="n9",
+        id="t123", service_id="s1", service_name="web", slot=3, spec=spec_with(hostname=template), spec_version=1,
+        node_id="n9",
     )  # fmt: skip
     assert task_hostname(task, "host1") == "web-3"
     glob = msgspec.structs.replace(task, slot=0, spec=spec_with(hostname="{{.Node.Hostname}}.{{.Task.Name}}"))
@@ -273,7 +274,7 @@ def test_task_resolv_conf_is_written_only_with_dns_options(tmp_path: Path) -> No
 def test_devices_are_resolved_on_the_node(tmp_path: Path) -> None:
     (null,) = nodeside.resolve_device(model.DeviceMapping("/dev/null", "/dev/mynull", "r"))
     assert (null.path, null.kind, null.major, null.minor, null.permissions) == ("/dev/mynull", "c", 1, 3, "r")
-    with pytest.raises(RuntimeFailure, match="error gathering device information.*/dev/nope.*no such file") as missing:
+    with pytest.raises(RuntimeFailure, match=r"error gathering device information.*/dev/nope.*no such file") as missing:
         nodeside.resolve_device(model.DeviceMapping("/dev/nope"))
     assert missing.value.permanent
     regular = tmp_path / "file"

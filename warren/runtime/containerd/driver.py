@@ -45,8 +45,11 @@ LOG_LABEL = "warren.log-path"
 KILL_TIMEOUT = 10.0
 EXEC_OUTPUT_LIMIT = 64 << 10
 _ID_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifier rule
+# runc's refusals that the same spec meets again on every retry: a bad command, and container
+# options the node cannot apply (a net.* sysctl without a network namespace of the task's own...).
 _BAD_COMMAND_RE = re.compile(
     r"executable file not found|exec: .*(no such file or directory|permission denied|is a directory)"
+    r"|sysctl \S+ not allowed|open /proc/sys/\S+: no such file or directory|error setting rlimit"
 )
 _STATES = {
     api.task_pb2.CREATED: ContainerState.CREATED,
@@ -111,6 +114,7 @@ class ContainerdRuntime:
         self._waits: dict[str, grpc.Future] = {}
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._capabilities = nodeside.node_capabilities()
 
     def check(self) -> str:
         """containerd's version, or a RuntimeFailure saying why it cannot be used (agent startup)."""
@@ -140,6 +144,7 @@ class ContainerdRuntime:
                 cgroups_path=f"{self.cgroup_parent}/{cid}",
                 devices=nodeside.task_devices(spec),
                 init_binary=nodeside.init_binary() if spec.options.init else "",
+                available_capabilities=self._capabilities,
             )
         except SpecError as exc:
             raise RuntimeFailure(str(exc), permanent=True) from exc

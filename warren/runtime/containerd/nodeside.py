@@ -10,6 +10,7 @@ from pathlib import Path
 
 from warren import datadir
 from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.container import ALL_CAPABILITIES
 from warren.model import DeviceMapping
 from warren.runtime.containerd.oci import HostDevice, resolv_conf_text
 
@@ -26,6 +27,19 @@ def init_binary() -> str:
         if path and os.access(path, os.X_OK):
             return path
     return shutil.which("tini-static") or ""
+
+
+def node_capabilities(status: str = "/proc/self/status") -> list[str]:
+    """The capabilities this agent may give (its bounding set): all of them for --privileged."""
+    try:
+        with open(status) as f:
+            line = next((x for x in f if x.startswith("CapBnd:")), "")
+    except OSError:
+        line = ""
+    if not line:
+        return list(ALL_CAPABILITIES)
+    mask = int(line.split()[1], 16)
+    return [name for bit, name in enumerate(ALL_CAPABILITIES) if mask >> bit & 1]
 
 
 def _host_device(path: str, inside: str, permissions: str) -> HostDevice | None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.agent.runtime import ContainerSpec
-from warren.container import ULIMITS, OptionError, capabilities
+from warren.container import ALL_CAPABILITIES, ULIMITS, OptionError, capabilities
 from warren.model import ContainerOptions
 from warren.text import ascii_int, shown
 
@@ -154,7 +154,12 @@ def rlimits(options: ContainerOptions) -> list[dict[str, object]]:
     return [{"type": ULIMITS[u.name], "soft": u.soft, "hard": u.hard} for u in options.ulimits]
 
 
-def build_process(spec: ContainerSpec, image_config: Mapping[str, Any], hostname: str = "") -> dict[str, object]:
+def build_process(
+    spec: ContainerSpec,
+    image_config: Mapping[str, Any],
+    hostname: str = "",
+    available_capabilities: Sequence[str] = ALL_CAPABILITIES,
+) -> dict[str, object]:
     cwd = spec.cwd or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
         raise SpecError(f"working directory {cwd!r} must be an absolute path")
@@ -167,7 +172,7 @@ def build_process(spec: ContainerSpec, image_config: Mapping[str, Any], hostname
     if options.init:
         args = [INIT_PATH, "--", *args]
     try:
-        caps = capabilities(options)
+        caps = capabilities(options, available=available_capabilities)
     except OptionError as exc:  # checked by the manager; a spec from an older one may differ
         raise SpecError(str(exc)) from None
     # Docker sets HOSTNAME; the image's Env and then the service's --env may override it.
@@ -297,10 +302,12 @@ def build_spec(
     host_files: Sequence[str] | None = None,
     devices: Sequence[HostDevice] = (),
     init_binary: str = "",
+    available_capabilities: Sequence[str] = ALL_CAPABILITIES,
 ) -> dict[str, object]:
     """The runtime spec for `spec` on top of an image whose config section is `image_config`.
     `devices` are the node's devices the task gets (--device, or all with --privileged), and
-    `init_binary` the node's path of the init that --init runs."""
+    `init_binary` the node's path of the init that --init runs, `available_capabilities` the
+    node's bounding set ("all" for --privileged and --cap-add ALL)."""
     if host_files is None:
         host_files = [p for p in HOST_FILES if Path(p).is_file()]
     options = spec.options
@@ -342,7 +349,7 @@ def build_spec(
         linux["sysctl"] = dict(options.sysctls)
     return {
         "ociVersion": "1.0.2",
-        "process": build_process(spec, image_config, hostname),
+        "process": build_process(spec, image_config, hostname, available_capabilities),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": hostname,
         "mounts": mounts,

@@ -1,0 +1,181 @@
+"""Container options (#13) on a real containerd and runc, seen from inside the container.
+
+One containerd and one registry serve the module. A probe container prints what the options
+should have changed (capabilities, sysctl, ulimit, read-only root, device, init, hostname, DNS),
+a second one the user, groups and working directory, and small ones the entrypoint and command
+semantics against an image that has both an ENTRYPOINT and a CMD.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.containerd import ContainerdDaemon
+from tests.fixtures.images import build_config_image
+from tests.fixtures.registry import LocalRegistry
+from warren import container
+from warren.agent.decisions import container_spec
+from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.model import ContainerOptions, DeviceMapping, ServiceSpec, Task, Ulimit
+from warren.runtime.containerd import api, nodeside
+from warren.runtime.containerd.driver import ContainerdRuntime
+
+pytestmark = pytest.mark.integration
+
+PROBE = """
+echo "caps=$(grep CapEff /proc/self/status | cut -f2)"
+echo "shmmax=$(cat /proc/sys/kernel/shmmax)"
+echo "nofile=$(ulimit -n):$(ulimit -Hn)"
+touch /tmp/probe 2>/dev/null && echo "root=rw" || echo "root=ro"
+[ -c /dev/probe-null ] && echo hi > /dev/probe-null && echo "device=ok"
+echo "pid1=$(cat /proc/1/comm)"
+echo "hostname=$(hostname) env=$HOSTNAME"
+echo "resolv=$(grep -v '^#' /etc/resolv.conf | tr '\\n' '|')"
+"""
+WHO = 'echo "id=$(id -u):$(id -g) groups=$(id -G) pwd=$(pwd)"'
+
+
+@pytest.fixture(scope="module")
+def runtime(containerd: ContainerdDaemon, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerdRuntime]:
+    rt = ContainerdRuntime(
+        containerd.socket, tmp_path_factory.mktemp("agent-state"), cgroup_parent=containerd.cgroup_parent
+    )
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@pytest.fixture(scope="module")
+def image(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """busybox with ENTRYPOINT ["/bin/sh", "-c"] and CMD ["echo image-cmd"]."""
+    archive = build_config_image(
+        tmp_path_factory.mktemp("options-image"), "entry", Entrypoint=["/bin/sh", "-c"], Cmd=["echo image-cmd"]
+    )
+    return registry.push(archive, "options:entry")
+
+
+@pytest.fixture
+def tasks(runtime: ContainerdRuntime) -> Iterator[Callable[[], str]]:
+    made: list[str] = []
+
+    def new() -> str:
+        made.append(f"t{secrets.token_hex(6)}")
+        return made[-1]
+
+    yield new
+    for cid in made:
+        runtime.remove(cid)
+
+
+def run(runtime: ContainerdRuntime, spec: ContainerSpec) -> str:
+    """Run to completion and return the output (complete once the task is deleted)."""
+    runtime.prepare(spec)
+    log_path = runtime.client.containers.Get(
+        api.containers_pb2.GetContainerRequest(id=spec.task_id), metadata=runtime.client.md()
+    ).container.labels["warren.log-path"]
+    runtime.start(spec.task_id)
+    status = runtime.wait(spec.task_id, timeout=20)
+    assert status is not None, f"{spec.task_id} still running after 20s"
+    runtime.remove(spec.task_id)
+    output = Path(log_path).read_text()
+    assert status.exit_code == 0, output
+    return output
+
+
+def facts(output: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in output.splitlines() if "=" in line)
+
+
+def cap_mask(names: list[str]) -> str:
+    return f"{sum(1 << container.ALL_CAPABILITIES.index(n) for n in names):016x}"
+
+
+def test_probe_sees_every_option(runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]) -> None:
+    options = ContainerOptions(
+        read_only=True,
+        init=True,
+        cap_add=("NET_ADMIN",),
+        cap_drop=("CHOWN", "NET_RAW"),
+        devices=(DeviceMapping("/dev/null", "/dev/probe-null", "rw"),),
+        sysctls={"kernel.shmmax": "4096"},
+        ulimits=(Ulimit("nofile", 1024, 2048),),
+        dns=("10.9.8.7",),
+        dns_search=("svc.example",),
+        dns_options=("ndots:3",),
+        labels={"com.example.tier": "probe"},
+        hostname="{{.Service.Name}}-{{.Task.Slot}}",
+    )
+    task_id = tasks()
+    service = ServiceSpec(name="web", image=image, args=(PROBE,), container=options)
+    task = Task(id=task_id, service_id="s1", service_name="web", slot=3, spec=service, spec_version=1)
+    spec = container_spec(task, runtime.state_dir / "logs")  # as the agent makes it
+    runtime.prepare(spec)
+    labels = runtime.status(task_id).labels
+    assert labels["com.example.tier"] == "probe"
+    seen = facts(run(runtime, spec))
+    expected = container.capabilities(options)
+    assert seen["caps"] == cap_mask(expected), seen
+    assert seen["shmmax"] == "4096"
+    assert seen["nofile"] == "1024:2048"
+    assert seen["root"] == "ro"
+    assert seen["device"] == "ok"
+    assert seen["pid1"] == "warren-init"  # tini, bind-mounted from the node
+    assert seen["hostname"] == "web-3 env=web-3"
+    assert seen["resolv"] == "nameserver 10.9.8.7|search svc.example|options ndots:3|"
+    assert not (runtime.state_dir / "resolv" / f"{task_id}.resolv.conf").exists()  # removed with the task
+
+
+def test_user_groups_and_workdir(runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]) -> None:
+    options = ContainerOptions(group_add=("10", "20"))
+    spec = ContainerSpec(task_id=tasks(), image=image, args=(WHO,), user="1000:1000", cwd="/var/www", options=options)
+    assert facts(run(runtime, spec))["id"] == "1000:1000 groups=1000 10 20 pwd=/var/www"
+
+
+def test_entrypoint_and_command_semantics(runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]) -> None:
+    # No command: the image's ENTRYPOINT runs its CMD.
+    assert run(runtime, ContainerSpec(task_id=tasks(), image=image)).strip() == "image-cmd"
+    # Words after the name (args) replace the CMD and keep the ENTRYPOINT (sh -c).
+    assert run(runtime, ContainerSpec(task_id=tasks(), image=image, args=("echo from-args",))).strip() == "from-args"
+    # --entrypoint replaces the ENTRYPOINT and drops the image's CMD, as in Docker.
+    entry = ContainerSpec(task_id=tasks(), image=image, command=("/bin/echo", "new-entry"))
+    assert run(runtime, entry).strip() == "new-entry"
+
+
+def test_privileged_gets_the_nodes_capabilities_and_devices(
+    runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
+) -> None:
+    script = "grep CapEff /proc/self/status | cut -f2; [ -c /dev/net/tun ] && echo tun; touch /sys/probe 2>&1 || true"
+    spec = ContainerSpec(task_id=tasks(), image=image, args=(script,), options=ContainerOptions(privileged=True))
+    lines = run(runtime, spec).splitlines()
+    assert lines[0] == cap_mask(nodeside.node_capabilities())
+    if Path("/dev/net/tun").exists():
+        assert "tun" in lines
+
+
+def test_a_missing_device_fails_permanently_with_dockers_message(
+    runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
+) -> None:
+    options = ContainerOptions(devices=(DeviceMapping("/dev/warren-no-such-device"),))
+    with pytest.raises(RuntimeFailure) as failure:
+        runtime.prepare(ContainerSpec(task_id=tasks(), image=image, args=("true",), options=options))
+    assert failure.value.permanent
+    assert "error gathering device information" in failure.value.message
+    assert "'/dev/warren-no-such-device': no such file or directory" in failure.value.message
+
+
+def test_a_sysctl_runc_refuses_fails_with_runcs_message(
+    runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
+) -> None:
+    """net.* needs the task's own network namespace: without the overlay it shares the node's."""
+    task_id = tasks()
+    options = ContainerOptions(sysctls={"net.core.somaxconn": "1024"})
+    runtime.prepare(ContainerSpec(task_id=task_id, image=image, args=("true",), options=options))
+    with pytest.raises(RuntimeFailure) as failure:
+        runtime.start(task_id)
+    assert "net.core.somaxconn" in failure.value.message and "network namespace" in failure.value.message
+    assert failure.value.permanent
