@@ -8,6 +8,7 @@ semantics against an image that has both an ENTRYPOINT and a CMD.
 
 from __future__ import annotations
 
+import os
 import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from warren.agent.runtime import ContainerSpec, RuntimeFailure
 from warren.model import ContainerOptions, DeviceMapping, ServiceSpec, Task, Ulimit
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.driver import ContainerdRuntime
+from warren.runtime.exec import ExecRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -178,4 +180,67 @@ def test_a_sysctl_runc_refuses_fails_with_runcs_message(
     with pytest.raises(RuntimeFailure) as failure:
         runtime.start(task_id)
     assert "net.core.somaxconn" in failure.value.message and "network namespace" in failure.value.message
+    assert failure.value.permanent
+
+
+# -- the exec runtime: the options a host process can have -----------------------------------------
+@pytest.fixture
+def exec_runtime(tmp_path: Path) -> Iterator[ExecRuntime]:
+    rt = ExecRuntime(tmp_path / "exec-state")
+    yield rt
+    for status in rt.list():
+        rt.remove(status.runtime_id)
+
+
+def run_exec(rt: ExecRuntime, spec: ContainerSpec) -> str:
+    rt.prepare(spec)
+    rt.start(spec.task_id)
+    status = rt.wait(spec.task_id, timeout=20)
+    assert status is not None, f"{spec.task_id} still running after 20s"
+    output = Path(spec.log_path).read_text()
+    assert status.exit_code == 0, output
+    return output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a user change, a hard limit and a mount namespace need root")
+def test_exec_runtime_applies_user_groups_workdir_ulimit_dns_and_init(
+    exec_runtime: ExecRuntime, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    options = ContainerOptions(
+        group_add=("10", "20"), ulimits=(Ulimit("nofile", 512, 1024),), dns=("10.9.8.7",), dns_options=("ndots:3",),
+        init=True,
+    )  # fmt: skip
+    script = f'{WHO}; echo "nofile=$(ulimit -n):$(ulimit -Hn)"; echo "resolv=$(tr "\\n" "|" < /etc/resolv.conf)"; '
+    script += 'echo "parent=$(cat /proc/$PPID/comm)"'
+    spec = ContainerSpec(
+        task_id=f"t{secrets.token_hex(6)}", image="exec", command=("sh", "-c", script), user="65534:65534",
+        cwd=str(workdir), options=options, log_path=str(tmp_path / "task.log"),
+    )  # fmt: skip
+    seen = facts(run_exec(exec_runtime, spec))
+    assert seen["id"] == f"65534:65534 groups=65534 10 20 pwd={workdir}"
+    assert seen["nofile"] == "512:1024"
+    assert seen["resolv"] == "nameserver 10.9.8.7|options ndots:3|"
+    assert seen["parent"].startswith("tini")
+    assert Path("/etc/resolv.conf").read_text() != "nameserver 10.9.8.7\noptions ndots:3\n"  # the host's is untouched
+
+
+@pytest.mark.parametrize(
+    ("options", "flag"),
+    [
+        (ContainerOptions(read_only=True), "--read-only"),
+        (ContainerOptions(cap_drop=("ALL",)), "--cap-drop"),
+        (ContainerOptions(privileged=True), "--privileged"),
+        (ContainerOptions(devices=(DeviceMapping("/dev/null"),)), "--device"),
+        (ContainerOptions(sysctls={"kernel.shmmax": "1"}), "--sysctl"),
+        (ContainerOptions(hostname="x"), "--hostname"),
+    ],
+)
+def test_exec_runtime_refuses_what_needs_a_container(
+    exec_runtime: ExecRuntime, tmp_path: Path, options: ContainerOptions, flag: str
+) -> None:
+    spec = ContainerSpec(task_id=f"t{secrets.token_hex(6)}", image="exec", command=("true",), options=options)
+    with pytest.raises(RuntimeFailure, match=f"the exec runtime cannot apply {flag}") as failure:
+        exec_runtime.prepare(spec)
     assert failure.value.permanent

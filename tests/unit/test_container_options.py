@@ -16,8 +16,10 @@ from warren.api import convert
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, service_spec
 from warren.cli.envfile import load_env_file, parse_env_file
+from warren.runtime import resolv
 from warren.runtime.containerd import nodeside
-from warren.runtime.containerd.oci import INIT_PATH, HostDevice, SpecError, build_spec, resolv_conf_text
+from warren.runtime.containerd.oci import INIT_PATH, HostDevice, SpecError, build_spec
+from warren.runtime.resolv import resolv_conf_text
 
 Options = model.ContainerOptions
 
@@ -262,12 +264,12 @@ def test_task_resolv_conf_is_written_only_with_dns_options(tmp_path: Path) -> No
     base = tmp_path / "node.conf"
     base.write_text("nameserver 10.0.0.1\n")
     plain = ContainerSpec(task_id="t1", image="x", resolv_conf=str(base))
-    assert nodeside.task_resolv_conf(plain, tmp_path / "r") == str(base)
+    assert resolv.task_resolv_conf(plain, tmp_path / "r") == str(base)
     spec = msgspec.structs.replace(plain, options=Options(dns_options=("ndots:4",)))
-    path = Path(nodeside.task_resolv_conf(spec, tmp_path / "r"))
+    path = Path(resolv.task_resolv_conf(spec, tmp_path / "r"))
     assert path.read_text() == "nameserver 10.0.0.1\noptions ndots:4\n"
     assert os.stat(path).st_mode & 0o777 == 0o644
-    nodeside.remove_resolv_conf("t1", tmp_path / "r")
+    resolv.remove_resolv_conf("t1", tmp_path / "r")
     assert not path.exists()
 
 

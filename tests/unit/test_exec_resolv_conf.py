@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from warren.agent.runtime import ContainerSpec
+from warren.model import Ulimit
 from warren.runtime.exec import ExecRuntime, driver
 from warren.runtime.exec.chain import CGROUP_SHIM, RESOLV_SHIM, exec_chain
 
@@ -62,10 +63,24 @@ def test_netns_alone_only_enters_the_network() -> None:
     assert chain(netns=NETNS) == (["/T/nsenter", f"--net={NETNS}", "--", *TASK], "/T/nsenter", None)
 
 
-def test_resolv_conf_without_a_netns_changes_nothing() -> None:
-    """A task on the host's network keeps the host's resolv.conf."""
-    assert chain(resolv_conf=RESOLV) == (TASK, "/usr/bin/sleep", None)
-    assert chain(resolv_conf=RESOLV, user=(65534, 65534)) == (TASK, "/usr/bin/sleep", (65534, 65534))
+def test_resolv_conf_without_a_netns_gets_a_mount_namespace() -> None:
+    """The agent gives a task on the host's network no resolv.conf (it keeps the host's); one it
+    is given is its own (--dns, ADR 42), mounted over /etc/resolv.conf in its mount namespace."""
+    assert chain() == (TASK, "/usr/bin/sleep", None)
+    argv, exe, user = chain(resolv_conf=RESOLV, user=(65534, 65534))
+    assert argv[:6] == ["/T/unshare", "--mount", "--propagation", "slave", "--", "/bin/sh"]
+    assert argv[-7:] == ["/T/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *TASK]
+    assert (exe, user) == ("/T/unshare", None)
+
+
+def test_groups_and_ulimits_go_through_setpriv_and_prlimit() -> None:
+    argv, exe, user = chain(user=(7, 8), groups=[10, 20], rlimits=[Ulimit("nofile", 5, 6), Ulimit("core", 0, 0)])
+    assert argv == [
+        "/T/prlimit", "--nofile=5:6", "--core=0:0", "--",  # before setpriv: raising a hard limit needs root
+        "/T/setpriv", "--reuid=7", "--regid=8", "--groups=10,20", "--", *TASK,
+    ]  # fmt: skip
+    assert (exe, user) == ("/T/prlimit", None)
+    assert chain(groups=[10])[0] == ["/T/setpriv", "--groups=10", "--", *TASK]
 
 
 def test_a_user_is_applied_last_by_setpriv_when_earlier_steps_need_root() -> None:

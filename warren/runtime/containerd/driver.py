@@ -34,6 +34,7 @@ from google.protobuf import any_pb2
 
 from warren import validate
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
+from warren.runtime import resolv, tini
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
 from warren.runtime.containerd.images import ImageService
@@ -136,14 +137,14 @@ class ContainerdRuntime:
         if self._container(cid) is not None:
             return cid
         image = self.images.ensure(spec.image)
-        resolv_conf = nodeside.task_resolv_conf(spec, self.state_dir / "resolv")
+        resolv_conf = resolv.task_resolv_conf(spec, self.state_dir / "resolv")
         try:
             oci = build_spec(
                 msgspec.structs.replace(spec, resolv_conf=resolv_conf),
                 image.config,
                 cgroups_path=f"{self.cgroup_parent}/{cid}",
                 devices=nodeside.task_devices(spec),
-                init_binary=nodeside.init_binary() if spec.options.init else "",
+                init_binary=tini.init_binary() if spec.options.init else "",
                 available_capabilities=self._capabilities,
             )
         except SpecError as exc:
@@ -260,7 +261,7 @@ class ContainerdRuntime:
         except grpc.RpcError as exc:
             raise self._failure(exc, f"deleting the task of {cid}") from exc
         self._delete_container(cid)
-        nodeside.remove_resolv_conf(cid, self.state_dir / "resolv")
+        resolv.remove_resolv_conf(cid, self.state_dir / "resolv")
         try:
             self.client.snapshots.Remove(
                 api.snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=cid), metadata=md, timeout=60

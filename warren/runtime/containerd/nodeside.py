@@ -1,32 +1,18 @@
-"""What a task's container options need from the node (ADR 42): its device nodes, its init binary
-and a resolv.conf of the task's own. The spec itself is built without I/O (oci.build_spec)."""
+"""What a task's container options need from the node (ADR 42): its device nodes and its
+capabilities (its init binary: warren.runtime.tini). The spec is built without I/O (oci.build_spec)."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-from pathlib import Path
 
-from warren import datadir
 from warren.agent.runtime import ContainerSpec, RuntimeFailure
 from warren.container import ALL_CAPABILITIES
 from warren.model import DeviceMapping
-from warren.runtime.containerd.oci import HostDevice, resolv_conf_text
+from warren.runtime.containerd.oci import HostDevice
 
-# Debian's tini package: the static build runs in any image, with or without a libc.
-INIT_CANDIDATES = ("/usr/bin/tini-static", "/usr/bin/tini", "/usr/bin/catatonit")
 # libcontainer's HostDevices skips these: not device trees of their own, or per-container already.
 _SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
-
-
-def init_binary() -> str:
-    """The node's init for --init ("" if none is installed: the task then fails with a reason)."""
-    override = os.environ.get("WARREN_INIT_BINARY", "")
-    for path in (override, *INIT_CANDIDATES) if override else INIT_CANDIDATES:
-        if path and os.access(path, os.X_OK):
-            return path
-    return shutil.which("tini-static") or ""
 
 
 def node_capabilities(status: str = "/proc/self/status") -> list[str]:
@@ -103,29 +89,3 @@ def task_devices(spec: ContainerSpec) -> list[HostDevice]:
     for mapping in spec.options.devices:
         devices += resolve_device(mapping)
     return devices
-
-
-def task_resolv_conf(spec: ContainerSpec, directory: Path) -> str:
-    """The resolv.conf the task gets: the node's (or its embedded DNS's) as it is, or a copy of
-    its own with --dns, --dns-search or --dns-option applied ("" = the host's, as before)."""
-    options = spec.options
-    if not (options.dns or options.dns_search or options.dns_options):
-        return spec.resolv_conf
-    base_path = spec.resolv_conf or "/etc/resolv.conf"
-    try:
-        base = Path(base_path).read_text(errors="replace")
-    except OSError:
-        base = ""
-    path = directory / f"{spec.task_id}.resolv.conf"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        # 0644: the task's own user reads it.
-        datadir.write_atomic(path, resolv_conf_text(base, options), mode=0o644, durable=False)
-    except OSError as exc:
-        raise RuntimeFailure(f"cannot write the resolv.conf of {spec.task_id}: {exc}") from exc
-    return str(path)
-
-
-def remove_resolv_conf(task_id: str, directory: Path) -> None:
-    with_suffix = directory / f"{task_id}.resolv.conf"
-    with_suffix.unlink(missing_ok=True)

@@ -13,7 +13,7 @@ Container options (#13, ADR 42) follow Docker: `--cap-add/--cap-drop` tweak the 
 (warren.container.capabilities), `--privileged` gives every capability and every host device and
 unmasks /proc and /sys, `--init` runs tini as PID 1 (bind-mounted from the node at INIT_PATH),
 HOSTNAME is set in the environment, devices come resolved from the node (the driver stats them),
-and `--dns*` write the task's own resolv.conf (resolv_conf_text).
+and `--dns*` give the task a resolv.conf of its own (warren.runtime.resolv).
 """
 
 from __future__ import annotations
@@ -198,28 +198,6 @@ def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str]) -> dict
     process["args"] = list(argv)
     process["terminal"] = False
     return process
-
-
-def resolv_conf_text(base: str, options: ContainerOptions) -> str:
-    """The task's resolv.conf: `base` (the node's, or its embedded DNS's) with --dns replacing its
-    nameservers, --dns-search its search domains and --dns-option its options, as Docker does."""
-    kept: dict[str, list[str]] = {"nameserver": [], "search": [], "options": []}
-    for line in base.splitlines():
-        words = line.split()
-        if words and words[0] in kept:
-            key = words[0]
-            kept[key] += words[1:2] if key == "nameserver" else words[1:]
-        elif words and words[0] == "domain" and len(words) > 1:
-            kept["search"] = words[1:2]  # the last of domain and search wins, as the resolver reads it
-    servers = list(options.dns) or kept["nameserver"]
-    search = [d for d in options.dns_search if d != "."] if options.dns_search else kept["search"]
-    opts = list(options.dns_options) or kept["options"]
-    lines = [f"nameserver {s}" for s in servers]
-    if search:
-        lines.append("search " + " ".join(search))
-    if opts:
-        lines.append("options " + " ".join(opts))
-    return "\n".join(lines) + "\n"
 
 
 def _mounts(host_files: Sequence[str]) -> list[dict[str, object]]:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 
 from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.model import Ulimit
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default
 # Joins each cgroup named before "--", then execs the rest: the process is limited from its first instruction.
@@ -37,23 +39,30 @@ def exec_chain(
     netns: str,
     resolv_conf: str,
     user: tuple[int, int] | None,
+    groups: Sequence[int] = (),
+    rlimits: Sequence[Ulimit] = (),
 ) -> tuple[list[str], str, tuple[int, int] | None]:
     """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
-    cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid).
+    cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid) with the
+    supplementary `groups` (--group-add) and resource limits `rlimits` (--ulimit).
 
     Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
-    shim, the cgroup shim, setpriv (user), the task. None of them forks, so the pid Popen
-    returns ends up being the task's. Entering namespaces and joining cgroups needs root, so a
-    user change moves from Popen to setpriv, the last step, whenever there is such a step.
+    shim, the cgroup shim, prlimit (limits), setpriv (user, groups), the task. None of them
+    forks, so the pid Popen returns ends up being the task's. Entering namespaces, joining
+    cgroups and raising a hard limit need root, so a user change moves from Popen to setpriv, the
+    last step, whenever there is such a step.
     """
-    if not procs and not netns:
+    if not procs and not netns and not resolv_conf and not groups and not rlimits:
         return argv, exe, user
-    if user is not None:
-        uid, gid = user
-        argv = [tool("setpriv"), f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+    if user is not None or groups:
+        ids = [f"--reuid={user[0]}", f"--regid={user[1]}"] if user is not None else []
+        group_flag = "--groups=" + ",".join(str(g) for g in groups) if groups else "--clear-groups"
+        argv = [tool("setpriv"), *ids, group_flag, "--", *argv]
+    if rlimits:
+        argv = [tool("prlimit"), *(f"--{u.name}={u.soft}:{u.hard}" for u in rlimits), "--", *argv]
     if procs:
         argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
-    if netns and resolv_conf:
+    if resolv_conf:
         # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
         # does not pin the host's filesystems; nothing mounted in here propagates to the host.
         resolv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
