@@ -9,10 +9,11 @@ node that runs the task: its runtime fails the task with its own message (`servi
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
-from warren.model import ContainerOptions, DeviceMapping, Ulimit
+from warren.model import ContainerOptions, DeviceMapping, HealthCheck, Ulimit
 from warren.text import ascii_int, has_control, shown
 
 
@@ -339,3 +340,39 @@ def option_texts(options: ContainerOptions) -> list[str]:
     texts += [*options.sysctls, *options.sysctls.values(), *(u.name for u in options.ulimits)]
     texts += [*options.labels, *options.labels.values(), *options.dns, *options.dns_search, *options.dns_options]
     return texts + list(options.group_add)
+
+
+def image_health_check(docker_json: str) -> HealthCheck | None:
+    """The image's own health check from its config's Healthcheck (Docker's JSON: Test, and
+    durations in nanoseconds), or None if it has none, disables it (NONE) or cannot be read."""
+    try:
+        config = json.loads(docker_json) if docker_json else None
+    except ValueError:
+        return None
+    if not isinstance(config, dict):
+        return None
+    test = config.get("Test") or []
+    if not isinstance(test, list) or not test or not all(isinstance(word, str) for word in test):
+        return None
+    if test[0] == "CMD-SHELL" and len(test) == 2:
+        command: tuple[str, ...] = ("/bin/sh", "-c", test[1])
+    elif test[0] == "CMD" and len(test) > 1:
+        command = tuple(test[1:])
+    else:  # ["NONE"], an inherited [] or a form Docker does not know
+        return None
+    default = HealthCheck()
+
+    def seconds(key: str, fallback: float) -> float:
+        value = config.get(key)
+        ok = isinstance(value, int) and 0 < value <= 366 * 24 * 3600 * 10**9
+        return value / 1e9 if ok else fallback  # type: ignore[operator]
+
+    retries = config.get("Retries")
+    return HealthCheck(
+        kind="cmd",
+        command=command,
+        interval=seconds("Interval", default.interval),
+        timeout=seconds("Timeout", default.timeout),
+        retries=retries if isinstance(retries, int) and 0 < retries <= 10_000 else default.retries,
+        start_period=seconds("StartPeriod", default.start_period),
+    )

@@ -19,9 +19,9 @@ from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import build_config_image
 from tests.fixtures.registry import LocalRegistry
 from warren import container
-from warren.agent.decisions import container_spec
+from warren.agent.decisions import container_spec, health_check
 from warren.agent.runtime import ContainerSpec, RuntimeFailure
-from warren.model import ContainerOptions, DeviceMapping, ServiceSpec, Task, Ulimit
+from warren.model import ContainerOptions, DeviceMapping, HealthCheck, ServiceSpec, Task, Ulimit
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.driver import ContainerdRuntime
 from warren.runtime.exec import ExecRuntime
@@ -38,6 +38,7 @@ echo "pid1=$(cat /proc/1/comm)"
 echo "hostname=$(hostname) env=$HOSTNAME"
 echo "resolv=$(grep -v '^#' /etc/resolv.conf | tr '\\n' '|')"
 """
+IMAGE_HEALTHCHECK = {"Test": ["CMD-SHELL", "test -e /tmp"], "Interval": 1_000_000_000, "Retries": 2}
 WHO = 'echo "id=$(id -u):$(id -g) groups=$(id -G) pwd=$(pwd)"'
 
 
@@ -54,9 +55,13 @@ def runtime(containerd: ContainerdDaemon, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="module")
 def image(registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """busybox with ENTRYPOINT ["/bin/sh", "-c"] and CMD ["echo image-cmd"]."""
+    """busybox with ENTRYPOINT ["/bin/sh", "-c"], CMD ["echo image-cmd"] and a HEALTHCHECK."""
     archive = build_config_image(
-        tmp_path_factory.mktemp("options-image"), "entry", Entrypoint=["/bin/sh", "-c"], Cmd=["echo image-cmd"]
+        tmp_path_factory.mktemp("options-image"),
+        "entry",
+        Entrypoint=["/bin/sh", "-c"],
+        Cmd=["echo image-cmd"],
+        Healthcheck=IMAGE_HEALTHCHECK,
     )
     return registry.push(archive, "options:entry")
 
@@ -119,6 +124,10 @@ def test_probe_sees_every_option(runtime: ContainerdRuntime, image: str, tasks: 
     runtime.prepare(spec)
     labels = runtime.status(task_id).labels
     assert labels["com.example.tier"] == "probe"
+    # The image's HEALTHCHECK travels to the agent on the container (it runs it: unit tests).
+    assert health_check(task, labels) == HealthCheck(
+        kind="cmd", command=("/bin/sh", "-c", "test -e /tmp"), interval=1.0, retries=2
+    )
     seen = facts(run(runtime, spec))
     expected = container.capabilities(options)
     assert seen["caps"] == cap_mask(expected), seen

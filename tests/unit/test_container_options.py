@@ -3,19 +3,25 @@ conversion, and the OCI spec each option builds."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_wait_for as until
 from warren import container, model, validate
-from warren.agent.decisions import container_spec, task_hostname
-from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.agent.controller import TaskController
+from warren.agent.decisions import container_spec, health_check, task_hostname
+from warren.agent.runtime import IMAGE_HEALTH_LABEL, ContainerSpec, RuntimeFailure
 from warren.api import convert
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, service_spec
 from warren.cli.envfile import load_env_file, parse_env_file
+from warren.model import TaskState
 from warren.runtime import resolv
 from warren.runtime.containerd import nodeside
 from warren.runtime.containerd.oci import INIT_PATH, HostDevice, SpecError, build_spec
@@ -389,3 +395,64 @@ def test_env_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "bin.env").write_bytes(b"\xff\xfe")
     with pytest.raises(ValueError, match="not UTF-8"):
         load_env_file(str(tmp_path / "bin.env"))
+
+
+# -- the image's own health check -----------------------------------------------------------------
+IMAGE_CHECK = json.dumps(
+    {"Test": ["CMD-SHELL", "wget -q localhost"], "Interval": 50_000_000, "Timeout": 2_000_000_000, "Retries": 2}
+)
+
+
+def test_image_health_check_reads_dockers_json() -> None:
+    check = container.image_health_check(IMAGE_CHECK)
+    assert check == model.HealthCheck(
+        kind="cmd", command=("/bin/sh", "-c", "wget -q localhost"), interval=0.05, timeout=2.0, retries=2
+    )
+    exec_form = container.image_health_check(json.dumps({"Test": ["CMD", "/probe", "-v"]}))
+    assert exec_form is not None and exec_form.command == ("/probe", "-v") and exec_form.interval == 30.0
+    for none in ('{"Test": ["NONE"]}', '{"Test": []}', "", "[", '{"Test": "x"}', '{"Test": ["CMD"]}', "7"):
+        assert container.image_health_check(none) is None, none
+    negative = container.image_health_check(json.dumps({"Test": ["CMD", "x"], "Interval": -5, "Retries": 0}))
+    assert negative is not None and (negative.interval, negative.retries) == (30.0, 3)
+
+
+def test_the_service_check_or_no_healthcheck_wins_over_the_images() -> None:
+    labels = {IMAGE_HEALTH_LABEL: IMAGE_CHECK}
+    plain = model.Task(id="t", service_id="s", service_name="web", slot=1, spec=spec_with(), spec_version=1)
+    assert health_check(plain, labels) == container.image_health_check(IMAGE_CHECK)
+    assert health_check(plain, {}) is None
+    own = model.HealthCheck(kind="tcp", target="127.0.0.1:80")
+    with_own = msgspec.structs.replace(plain, spec=msgspec.structs.replace(plain.spec, health=own))
+    assert health_check(with_own, labels) == own
+    assert health_check(msgspec.structs.replace(plain, spec=spec_with(no_healthcheck=True)), labels) is None
+
+
+class ImageHealthRuntime(FakeRuntime):
+    """A runtime whose image has a Healthcheck: its driver labels the container with it."""
+
+    def prepare(self, spec: ContainerSpec) -> str:
+        return super().prepare(msgspec.structs.replace(spec, labels={**spec.labels, IMAGE_HEALTH_LABEL: IMAGE_CHECK}))
+
+
+@pytest.mark.parametrize("no_healthcheck", [False, True])
+def test_the_agent_runs_the_images_health_check(tmp_path: Path, no_healthcheck: bool) -> None:
+    rt, rec = ImageHealthRuntime(), Recorder()
+    rt.exec_result = (1, "not yet")
+    task = make_task(container=Options(no_healthcheck=no_healthcheck))
+
+    async def scenario() -> None:
+        ctl = TaskController(task, make_env(rt, rec, tmp_path))
+        ctl.start()
+        if no_healthcheck:
+            await until(lambda: rec.last_state() == TaskState.RUNNING, message="running without a check")
+            await asyncio.sleep(0.2)  # longer than two intervals: a check would have run by now
+            assert rt.steps("exec") == []
+        else:
+            await until(lambda: len(rt.steps("exec")) >= 1, message="the image's check runs")
+            assert rec.last_state() == TaskState.STARTING and rec.last().health == "starting"
+            rt.exec_result = (0, "fine")
+            await until(lambda: rec.last_state() == TaskState.RUNNING, message="running once healthy")
+            assert rec.last().health == "healthy"
+        await ctl.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -15,14 +15,22 @@ the cache, reports, sleeps. Everything here is a function of values, tested with
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus
-from warren.container import expand_hostname
-from warren.model import RestartPolicy, Task, TaskState
+from warren.agent.runtime import (
+    IMAGE_HEALTH_LABEL,
+    SERVICE_LABEL,
+    TASK_LABEL,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+)
+from warren.container import expand_hostname, image_health_check
+from warren.model import HealthCheck, RestartPolicy, Task, TaskState
 from warren.restart import next_attempt
 
 RUNNING = TaskState.RUNNING
@@ -77,6 +85,14 @@ def container_spec(task: Task, log_dir: Path, netns: str = "", node_hostname: st
         hostname=task_hostname(task, node_hostname),
         options=options,
     )
+
+
+def health_check(task: Task, labels: Mapping[str, str]) -> HealthCheck | None:
+    """The check the agent runs: the service's; else, unless --no-healthcheck, the image's own
+    (in its container's `labels`, as the driver found it in the image config)."""
+    if task.spec.health is not None or task.spec.container.no_healthcheck:
+        return task.spec.health
+    return image_health_check(labels.get(IMAGE_HEALTH_LABEL, ""))
 
 
 def task_hostname(task: Task, node_hostname: str) -> str:

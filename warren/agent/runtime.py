@@ -22,6 +22,9 @@ from warren.model import ContainerOptions, Resources
 
 TASK_LABEL = "warren.task.id"
 SERVICE_LABEL = "warren.service.name"
+# A driver that knows the image's own health check (its config's Healthcheck, Docker's JSON)
+# puts it on the container in this label; the agent runs it unless the service says otherwise.
+IMAGE_HEALTH_LABEL = "warren.image.healthcheck"
 
 
 class ContainerState(enum.Enum):

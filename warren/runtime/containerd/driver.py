@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,7 +34,14 @@ import msgspec
 from google.protobuf import any_pb2
 
 from warren import validate
-from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
+from warren.agent.runtime import (
+    IMAGE_HEALTH_LABEL,
+    TASK_LABEL,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    RuntimeFailure,
+)
 from warren.runtime import resolv, tini
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
@@ -41,9 +49,12 @@ from warren.runtime.containerd.images import ImageService
 from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
 from warren.runtime.containerd.registry import Platform, RegistryClient
 
+log = logging.getLogger(__name__)
+
 RUNTIME = "io.containerd.runc.v2"
 LOG_LABEL = "warren.log-path"
 KILL_TIMEOUT = 10.0
+MAX_LABEL = 4000  # containerd refuses a label whose key and value pass 4096 bytes
 EXEC_OUTPUT_LIMIT = 64 << 10
 _ID_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifier rule
 # runc's refusals that the same spec meets again on every retry: a bad command, and container
@@ -155,7 +166,7 @@ class ContainerdRuntime:
         pb = api.containers_pb2
         container = pb.Container(
             id=cid,
-            labels={**spec.labels, TASK_LABEL: cid, LOG_LABEL: str(log_path)},
+            labels={**spec.labels, **_image_health_label(image.config), TASK_LABEL: cid, LOG_LABEL: str(log_path)},
             image=image.name,
             runtime=pb.Container.Runtime(name=RUNTIME),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(oci).encode()),
@@ -447,6 +458,18 @@ class ContainerdRuntime:
             return self.client.unreachable(exc)
         details = details_of(exc)
         return RuntimeFailure(f"{what}: {details}", permanent=bool(_BAD_COMMAND_RE.search(details)))
+
+
+def _image_health_label(config: Mapping[str, object]) -> dict[str, str]:
+    """The image's Healthcheck for the agent (IMAGE_HEALTH_LABEL), if it fits in a label."""
+    check = config.get("Healthcheck")
+    if not check:
+        return {}
+    text = json.dumps(check, sort_keys=True)
+    if len(text) > MAX_LABEL:
+        log.warning("the image's Healthcheck is longer than %d bytes: it is not run", MAX_LABEL)
+        return {}
+    return {IMAGE_HEALTH_LABEL: text}
 
 
 def _tail(path: Path, limit: int) -> str:
