@@ -8,8 +8,11 @@ semantics against an image that has both an ENTRYPOINT and a CMD.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import secrets
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +21,10 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import build_config_image
 from tests.fixtures.registry import LocalRegistry
+from tests.integration.harness import Joiner, Manager
+from tests.integration.test_e2e_containerd import Cluster, ContainerdView
+from tests.integration.test_e2e_containerd import _node_ready as node_ready
+from tests.waiting import wait_for
 from warren import container
 from warren.agent.decisions import container_spec, health_check
 from warren.agent.runtime import ContainerSpec, RuntimeFailure
@@ -253,3 +260,77 @@ def test_exec_runtime_refuses_what_needs_a_container(
     with pytest.raises(RuntimeFailure, match=f"the exec runtime cannot apply {flag}") as failure:
         exec_runtime.prepare(spec)
     assert failure.value.permanent
+
+
+# -- end to end: the CLI, a manager and an agent on containerd --------------------------------------
+@pytest.fixture(scope="module")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory, containerd: ContainerdDaemon, registry: LocalRegistry
+) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("options-cluster")
+    (root / "manager").mkdir()
+    (root / "worker").mkdir()
+    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
+    worker = Joiner(root / "worker", manager)
+    view = ContainerdView(containerd)
+    c = Cluster(manager, worker, view, registry)
+    try:
+        manager.start()
+        worker.join(
+            manager.join_token(),
+            *("--runtime", "containerd", "--containerd-socket", containerd.socket),
+            *("--cgroup-parent", containerd.cgroup_parent, "--insecure-registry", registry.host),
+        )
+        wait_for(lambda: node_ready(c), timeout=30, message=f"the worker to register\n{worker.log()}")
+        yield c
+    finally:
+        worker.stop_all()
+        manager.stop()
+        with contextlib.suppress(Exception):
+            containerd.remove_all()
+        view.close()
+        print("---- manager log ----\n" + manager.log()[-6000:])
+        print("---- agent logs ----\n" + worker.all_logs()[-20000:])
+
+
+def usage_error(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode == 2, result
+    assert text in result.stderr and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_end_to_end_options_bad_values_and_a_missing_device(cluster: Cluster, image: str) -> None:
+    c = cluster
+    # Refused with one line and exit 2, nothing written: by the CLI, and by the manager.
+    usage_error(c.cli("service", "create", "bad", "--image", image, "--cap-add", "NET_FLY"), "unknown capability")
+    usage_error(c.cli("service", "create", "bad", "--image", image, "--sysctl", "vm.swappiness=1"), "not allowed")
+    usage_error(c.cli("service", "create", "bad", "--image", image, "--dns", "not-an-ip"), "invalid --dns")
+    usage_error(c.cli("service", "create", "bad", "--image", image, "--group-add", "a b"), "--group-add")
+    assert json.loads(c.ok("service", "ls", "--format", "json")) == []
+
+    # --entrypoint replaces the image's ENTRYPOINT; words after `--` are the CMD it runs.
+    script = "echo host=$(hostname) env=$HOSTNAME caps=$(grep CapEff /proc/self/status | cut -f2); exec sleep 1000"
+    c.ok("service", "create", "opts", "--image", image, "--hostname", "{{.Service.Name}}-{{.Task.Slot}}",
+         "--cap-add", "NET_ADMIN", "--read-only", "--init", "--stop-grace-period", "1s",
+         "--entrypoint", "/bin/sh -c", "--", script)  # fmt: skip
+    [task] = c.tasks("opts")
+    log_file = c.worker.data_dir / "logs" / f"{task['id']}.log"
+    wait_for(lambda: log_file.exists() and "host=" in log_file.read_text(), message="the task's output")
+    caps = cap_mask(container.capabilities(ContainerOptions(cap_add=("NET_ADMIN",))))
+    assert f"host=opts-1 env=opts-1 caps={caps}" in log_file.read_text()
+    # The image's HEALTHCHECK runs (the service sets none): the task was RUNNING only once healthy.
+    assert task["health"] == "healthy", task
+    inspected = json.loads(c.ok("service", "inspect", "opts", "--format", "json"))
+    assert "CAP_NET_ADMIN" in json.dumps(inspected) and "{{.Service.Name}}-{{.Task.Slot}}" in json.dumps(inspected)
+
+    # A device the node lacks: the task fails with the runtime's message in `service ps`.
+    c.ok("service", "create", "nodev", "--image", image, "--device", "/dev/warren-no-such-device", "--detach",
+         "--restart-condition", "none", "--", "true")  # fmt: skip
+
+    def rejected() -> dict | None:
+        return next((t for t in c.tasks("nodev", history=True) if t["state"] in ("rejected", "failed")), None)
+
+    ended = wait_for(rejected, timeout=30, message="the task without its device to fail")
+    assert "error gathering device information" in ended["error"] and "/dev/warren-no-such-device" in ended["error"]
+    assert "error gathering device information" in c.ok("service", "ps", "nodev", "--all")
+    c.ok("service", "rm", "opts", "nodev")
+    wait_for(lambda: not c.view.containers(), timeout=30, message="containers removed")
