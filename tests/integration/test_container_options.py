@@ -319,6 +319,8 @@ def test_end_to_end_options_bad_values_and_a_missing_device(cluster: Cluster, im
     assert f"host=opts-1 env=opts-1 caps={caps}" in log_file.read_text()
     # The image's HEALTHCHECK runs (the service sets none): the task was RUNNING only once healthy.
     assert task["health"] == "healthy", task
+    table = c.ok("service", "inspect", "opts")
+    assert "--cap-add CAP_NET_ADMIN" in table and "/bin/sh -c" in table, table
     inspected = json.loads(c.ok("service", "inspect", "opts", "--format", "json"))
     assert "CAP_NET_ADMIN" in json.dumps(inspected) and "{{.Service.Name}}-{{.Task.Slot}}" in json.dumps(inspected)
 

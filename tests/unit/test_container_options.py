@@ -20,6 +20,7 @@ from warren.agent.runtime import IMAGE_HEALTH_LABEL, ContainerSpec, RuntimeFailu
 from warren.api import convert
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, service_spec
+from warren.cli.container_flags import container_summary
 from warren.cli.envfile import load_env_file, parse_env_file
 from warren.model import TaskState
 from warren.runtime import resolv
@@ -185,11 +186,18 @@ IMAGE = {"Entrypoint": ["/entry"], "Cmd": ["--serve"], "Env": ["PATH=/bin"], "Wo
 
 
 def oci(
-    devices: tuple[HostDevice, ...] = (), init_binary: str = "", image: dict[str, object] = IMAGE, **kw: object
+    devices: tuple[HostDevice, ...] = (),
+    init_binary: str = "",
+    image: dict[str, object] = IMAGE,
+    available_capabilities: list[str] | None = None,
+    **kw: object,
 ) -> dict:  # type: ignore[type-arg]
     fields = {k: kw.pop(k) for k in list(kw) if k in ContainerSpec.__struct_fields__}
     spec = ContainerSpec(task_id="t1", image="busybox", options=Options(**kw), **fields)  # type: ignore[arg-type]
-    return build_spec(spec, image, cgroups_path="/w/t1", host_files=[], devices=devices, init_binary=init_binary)
+    caps = container.ALL_CAPABILITIES if available_capabilities is None else available_capabilities
+    return build_spec(
+        spec, image, "/w/t1", host_files=[], devices=devices, init_binary=init_binary, available_capabilities=caps
+    )
 
 
 def test_default_spec_is_unchanged_by_options() -> None:
@@ -456,3 +464,22 @@ def test_the_agent_runs_the_images_health_check(tmp_path: Path, no_healthcheck: 
         await ctl.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_inspect_summary_lists_what_is_set() -> None:
+    spec = create("--user", "7", "--read-only", "--cap-add", "NET_ADMIN", "--sysctl", "net.ipv4.ip_forward=1")
+    assert container_summary(spec.container) == [
+        "--user 7",
+        "--read-only",
+        "--cap-add CAP_NET_ADMIN",
+        "--sysctl net.ipv4.ip_forward=1",
+    ]
+
+
+def test_node_capabilities_are_its_bounding_set(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tx\nCapBnd:\t0000000000000005\n")
+    assert nodeside.node_capabilities(str(status)) == ["CAP_CHOWN", "CAP_DAC_READ_SEARCH"]
+    assert nodeside.node_capabilities(str(tmp_path / "missing")) == list(container.ALL_CAPABILITIES)
+    privileged = oci(privileged=True, available_capabilities=["CAP_CHOWN"])
+    assert privileged["process"]["capabilities"]["effective"] == ["CAP_CHOWN"]

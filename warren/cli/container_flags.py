@@ -198,3 +198,33 @@ def env_from_files(args: argparse.Namespace) -> dict[str, str]:
     for pairs in getattr(args, "env_file", None) or []:
         env.update(pairs)
     return env
+
+
+def container_summary(options: Any) -> list[str]:
+    """`service inspect`'s lines for the options that are set (a ContainerOptions message)."""
+    lines = [f"{flag} {getattr(options, field)}" for flag, field in _SCALARS if getattr(options, field)]
+    lines += [f"--{flag}" for flag, field in _SWITCHES if getattr(options, field)]
+    lines += [f"--{flag} {' '.join(getattr(options, field))}" for flag, field in _LISTS if getattr(options, field)]
+    lines += [
+        f"--device {d.path_on_host}:{d.path_in_container or d.path_on_host}:{d.permissions}" for d in options.devices
+    ]
+    lines += [f"--sysctl {k}={v}" for k, v in sorted(options.sysctls.items())]
+    lines += [f"--ulimit {u.name}={u.soft}:{u.hard}" for u in options.ulimits]
+    return lines + [f"--container-label {k}={v}" for k, v in sorted(options.labels.items())]
+
+
+_SCALARS = (("--user", "user"), ("--workdir", "workdir"), ("--hostname", "hostname"))
+_SWITCHES = (
+    ("read-only", "read_only"),
+    ("init", "init"),
+    ("privileged", "privileged"),
+    ("no-healthcheck", "no_healthcheck"),
+)
+_LISTS = (
+    ("cap-add", "cap_add"),
+    ("cap-drop", "cap_drop"),
+    ("dns", "dns"),
+    ("dns-search", "dns_search"),
+    ("dns-option", "dns_options"),
+    ("group-add", "group_add"),
+)
