@@ -208,7 +208,7 @@ class ContainerOptions(msgspec.Struct, frozen=True):
     dns: tuple[str, ...] = ()  # nameserver addresses; () = the node's
     dns_search: tuple[str, ...] = ()
     dns_options: tuple[str, ...] = ()
-    group_add: tuple[str, ...] = ()  # supplementary groups: gids (or names, on the exec runtime)
+    group_add: tuple[str, ...] = ()  # supplementary groups: gids or names
     no_healthcheck: bool = False  # do not run the image's own Healthcheck
 
 

@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.fixtures.containerd import ContainerdDaemon
@@ -27,7 +28,7 @@ from tests.integration.test_e2e_containerd import _node_ready as node_ready
 from tests.waiting import wait_for
 from warren import container
 from warren.agent.decisions import container_spec, health_check
-from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.agent.runtime import ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import ContainerOptions, DeviceMapping, HealthCheck, ServiceSpec, Task, Ulimit
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.driver import ContainerdRuntime
@@ -152,6 +153,25 @@ def test_user_groups_and_workdir(runtime: ContainerdRuntime, image: str, tasks: 
     options = ContainerOptions(group_add=("10", "20"))
     spec = ContainerSpec(task_id=tasks(), image=image, args=(WHO,), user="1000:1000", cwd="/var/www", options=options)
     assert facts(run(runtime, spec))["id"] == "1000:1000 groups=1000 10 20 pwd=/var/www"
+
+
+def test_user_and_group_names_come_from_the_images_files(
+    runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
+) -> None:
+    """The test image's /etc/passwd has nobody (65534) and its /etc/group nogroup (65534)."""
+    options = ContainerOptions(group_add=("nogroup", "10"))
+    spec = ContainerSpec(task_id=tasks(), image=image, args=(WHO,), user="nobody", cwd="/", options=options)
+    assert facts(run(runtime, spec))["id"] == "65534:65534 groups=65534 10 pwd=/"
+    unknown = tasks()
+    with pytest.raises(RuntimeFailure, match="unable to find user 'www'") as failure:
+        runtime.prepare(ContainerSpec(task_id=unknown, image=image, args=("true",), user="www"))
+    assert failure.value.permanent
+    # Nothing is left of the failed attempt: no container, and its snapshot was collected.
+    assert runtime.status(unknown).state is ContainerState.UNKNOWN
+    request = api.snapshots_pb2.StatSnapshotRequest(snapshotter="overlayfs", key=unknown)
+    with pytest.raises(grpc.RpcError) as missing:
+        runtime.client.snapshots.Stat(request, metadata=runtime.client.md(), timeout=10)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_entrypoint_and_command_semantics(runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]) -> None:

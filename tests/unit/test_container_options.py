@@ -25,7 +25,15 @@ from warren.cli.envfile import load_env_file, parse_env_file
 from warren.model import TaskState
 from warren.runtime import resolv
 from warren.runtime.containerd import nodeside
-from warren.runtime.containerd.oci import INIT_PATH, HostDevice, SpecError, build_spec
+from warren.runtime.containerd.oci import (
+    INIT_PATH,
+    HostDevice,
+    ImageUsers,
+    SpecError,
+    build_spec,
+    needs_image_users,
+    parse_user,
+)
 from warren.runtime.resolv import resolv_conf_text
 
 Options = model.ContainerOptions
@@ -190,13 +198,21 @@ def oci(
     init_binary: str = "",
     image: dict[str, object] = IMAGE,
     available_capabilities: list[str] | None = None,
+    image_users: ImageUsers | None = None,
     **kw: object,
 ) -> dict:  # type: ignore[type-arg]
     fields = {k: kw.pop(k) for k in list(kw) if k in ContainerSpec.__struct_fields__}
     spec = ContainerSpec(task_id="t1", image="busybox", options=Options(**kw), **fields)  # type: ignore[arg-type]
     caps = container.ALL_CAPABILITIES if available_capabilities is None else available_capabilities
     return build_spec(
-        spec, image, "/w/t1", host_files=[], devices=devices, init_binary=init_binary, available_capabilities=caps
+        spec,
+        image,
+        "/w/t1",
+        host_files=[],
+        devices=devices,
+        init_binary=init_binary,
+        available_capabilities=caps,
+        image_users=image_users,
     )
 
 
@@ -483,3 +499,51 @@ def test_node_capabilities_are_its_bounding_set(tmp_path: Path) -> None:
     assert nodeside.node_capabilities(str(tmp_path / "missing")) == list(container.ALL_CAPABILITIES)
     privileged = oci(privileged=True, available_capabilities=["CAP_CHOWN"])
     assert privileged["process"]["capabilities"]["effective"] == ["CAP_CHOWN"]
+
+
+# -- user and group names, from the image's own files ---------------------------------------------
+PASSWD = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\nbroken\nbad:x:a:b::/:/\n"
+GROUP = "root:x:0:\nwww-data:x:34:\naudio:x:29:www\n"
+
+
+def test_names_are_resolved_from_the_images_files() -> None:
+    users = ImageUsers.parse(PASSWD, GROUP)
+    assert users.users == {"root": (0, 0), "www": (33, 34)} and users.groups["audio"] == 29
+    assert parse_user("www", users) == (33, 34)
+    assert parse_user("www:audio", users) == (33, 29)
+    assert parse_user("1000:audio", users) == (1000, 29)
+    assert parse_user("7", users) == (7, 7)  # a number needs no entry
+    with pytest.raises(SpecError, match="unable to find user 'nobody'"):
+        parse_user("nobody", users)
+    with pytest.raises(SpecError, match="unable to find group 'video'"):
+        parse_user("www:video", users)
+    with pytest.raises(SpecError, match="not numeric"):
+        parse_user("www")  # no files read: a name cannot be resolved
+    process = oci(image_users=users, user="www", group_add=("audio", "5"))["process"]
+    assert process["user"] == {"uid": 33, "gid": 34, "additionalGids": [29, 5]}
+
+
+def test_files_are_read_only_when_a_name_is_given() -> None:
+    def needs(user: str = "", groups: tuple[str, ...] = (), image_user: str = "") -> bool:
+        spec = ContainerSpec(task_id="t", image="x", user=user, options=Options(group_add=groups))
+        return needs_image_users(spec, {"User": image_user})
+
+    assert not needs() and not needs("0:0") and not needs("root") and not needs(groups=("10",))
+    assert needs("www") and needs("0:audio") and needs(groups=("audio",)) and needs(image_user="www")
+
+
+def test_image_users_are_read_through_the_rootfs_mounts(tmp_path: Path) -> None:
+    upper, top, base = (tmp_path / d for d in ("upper", "top", "base"))
+    for directory in (upper, top, base):
+        (directory / "etc").mkdir(parents=True)
+    (top / "etc" / "passwd").write_text("app:x:70:70::/:/bin/sh\n")  # the top layer's copy wins
+    (base / "etc" / "passwd").write_text("old:x:1:1::/:/bin/sh\n")
+    (base / "etc" / "group").write_text("app:x:71:\n")
+
+    class Mount:  # the fields of a containerd Mount
+        type = "overlay"
+        source = "overlay"
+        options = [f"workdir={tmp_path}/w", f"upperdir={upper}", f"lowerdir={top}:{base}"]
+
+    users = nodeside.read_image_users([Mount()])
+    assert users.users == {"app": (70, 70)} and users.groups == {"app": 71}

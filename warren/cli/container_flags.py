@@ -108,7 +108,7 @@ def add_container_flags(p: argparse.ArgumentParser, update: bool) -> None:
     g.add_argument(f"--dns{add}", action="append", metavar="IP", help="nameserver (replaces the node's)")
     g.add_argument(f"--dns-search{add}", action="append", metavar="DOMAIN", help="DNS search domain")
     g.add_argument(f"--dns-option{add}", action="append", metavar="OPT", help="resolver option, e.g. ndots:2")
-    g.add_argument("--group-add", action="append", metavar="GROUP", help="supplementary group (a gid)")
+    g.add_argument("--group-add", action="append", metavar="GROUP", help="supplementary group (a name or gid)")
     if update:
         g.add_argument("--device-rm", action="append", metavar="HOSTPATH", help="remove a device")
         g.add_argument("--sysctl-rm", action="append", metavar="NAME", help="remove a sysctl")

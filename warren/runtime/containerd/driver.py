@@ -35,7 +35,6 @@ from google.protobuf import any_pb2
 
 from warren import validate
 from warren.agent.runtime import (
-    IMAGE_HEALTH_LABEL,
     TASK_LABEL,
     ContainerSpec,
     ContainerState,
@@ -45,8 +44,16 @@ from warren.agent.runtime import (
 from warren.runtime import resolv, tini
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
-from warren.runtime.containerd.images import ImageService
-from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
+from warren.runtime.containerd.images import ImageInfo, ImageService
+from warren.runtime.containerd.oci import (
+    PROCESS_TYPE_URL,
+    SPEC_TYPE_URL,
+    ImageUsers,
+    SpecError,
+    build_spec,
+    exec_process,
+    needs_image_users,
+)
 from warren.runtime.containerd.registry import Platform, RegistryClient
 
 log = logging.getLogger(__name__)
@@ -54,7 +61,6 @@ log = logging.getLogger(__name__)
 RUNTIME = "io.containerd.runc.v2"
 LOG_LABEL = "warren.log-path"
 KILL_TIMEOUT = 10.0
-MAX_LABEL = 4000  # containerd refuses a label whose key and value pass 4096 bytes
 EXEC_OUTPUT_LIMIT = 64 << 10
 _ID_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifier rule
 # runc's refusals that the same spec meets again on every retry: a bad command, and container
@@ -148,6 +154,29 @@ class ContainerdRuntime:
         if self._container(cid) is not None:
             return cid
         image = self.images.ensure(spec.image)
+        if not needs_image_users(spec, image.config):
+            return self._create(spec, image)
+        # A user or group named: the root filesystem first, to read its /etc/passwd and
+        # /etc/group, held by a lease until the container references it (a failure lets the
+        # lease go, and containerd collects the snapshot).
+        with self.client.lease() as lease:
+            request = api.snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=self.snapshotter, key=cid, parent=image.chain_id
+            )
+            try:
+                self.client.snapshots.Prepare(request, metadata=self.client.md(lease), timeout=60)
+                mounts = self.client.snapshots.Mounts(
+                    api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid),
+                    metadata=self.client.md(),
+                    timeout=30,
+                ).mounts
+            except grpc.RpcError as exc:
+                raise self._failure(exc, f"preparing the root filesystem of {cid}") from exc
+            return self._create(spec, image, nodeside.read_image_users(mounts))
+
+    def _create(self, spec: ContainerSpec, image: ImageInfo, image_users: ImageUsers | None = None) -> str:
+        """The container, with its runtime spec, and its root filesystem (if not made yet)."""
+        cid = spec.task_id
         resolv_conf = resolv.task_resolv_conf(spec, self.state_dir / "resolv")
         try:
             oci = build_spec(
@@ -157,6 +186,7 @@ class ContainerdRuntime:
                 devices=nodeside.task_devices(spec),
                 init_binary=tini.init_binary() if spec.options.init else "",
                 available_capabilities=self._capabilities,
+                image_users=image_users,
             )
         except SpecError as exc:
             raise RuntimeFailure(str(exc), permanent=True) from exc
@@ -164,9 +194,10 @@ class ContainerdRuntime:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(exist_ok=True)
         pb = api.containers_pb2
+        health = nodeside.image_health_label(image.config)
         container = pb.Container(
             id=cid,
-            labels={**spec.labels, **_image_health_label(image.config), TASK_LABEL: cid, LOG_LABEL: str(log_path)},
+            labels={**spec.labels, **health, TASK_LABEL: cid, LOG_LABEL: str(log_path)},
             image=image.name,
             runtime=pb.Container.Runtime(name=RUNTIME),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(oci).encode()),
@@ -458,18 +489,6 @@ class ContainerdRuntime:
             return self.client.unreachable(exc)
         details = details_of(exc)
         return RuntimeFailure(f"{what}: {details}", permanent=bool(_BAD_COMMAND_RE.search(details)))
-
-
-def _image_health_label(config: Mapping[str, object]) -> dict[str, str]:
-    """The image's Healthcheck for the agent (IMAGE_HEALTH_LABEL), if it fits in a label."""
-    check = config.get("Healthcheck")
-    if not check:
-        return {}
-    text = json.dumps(check, sort_keys=True)
-    if len(text) > MAX_LABEL:
-        log.warning("the image's Healthcheck is longer than %d bytes: it is not run", MAX_LABEL)
-        return {}
-    return {IMAGE_HEALTH_LABEL: text}
 
 
 def _tail(path: Path, limit: int) -> str:

@@ -3,13 +3,23 @@ capabilities (its init binary: warren.runtime.tini). The spec is built without I
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import stat
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from warren.agent.runtime import ContainerSpec, RuntimeFailure
+from warren.agent.runtime import IMAGE_HEALTH_LABEL, ContainerSpec, RuntimeFailure
 from warren.container import ALL_CAPABILITIES
 from warren.model import DeviceMapping
-from warren.runtime.containerd.oci import HostDevice
+from warren.runtime.containerd.oci import HostDevice, ImageUsers
+
+log = logging.getLogger(__name__)
+
+MAX_LABEL = 4000  # containerd refuses a label whose key and value pass 4096 bytes
+MAX_USER_FILE = 1 << 20
 
 # libcontainer's HostDevices skips these: not device trees of their own, or per-container already.
 _SKIPPED_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
@@ -89,3 +99,39 @@ def task_devices(spec: ContainerSpec) -> list[HostDevice]:
     for mapping in spec.options.devices:
         devices += resolve_device(mapping)
     return devices
+
+
+def image_health_label(config: Mapping[str, object]) -> dict[str, str]:
+    """The image's Healthcheck for the agent (IMAGE_HEALTH_LABEL), if it fits in a label."""
+    check = config.get("Healthcheck")
+    if not check:
+        return {}
+    text = json.dumps(check, sort_keys=True)
+    if len(text) > MAX_LABEL:
+        log.warning("the image's Healthcheck is longer than %d bytes: it is not run", MAX_LABEL)
+        return {}
+    return {IMAGE_HEALTH_LABEL: text}
+
+
+def read_image_users(mounts: Sequence[Any]) -> ImageUsers:
+    """The image's /etc/passwd and /etc/group, read through the task's root filesystem mounts
+    (overlay: its upper then lower directories, the top layer first; or one bind)."""
+    dirs: list[str] = []
+    for mount in mounts:
+        if mount.type == "bind":
+            dirs.append(mount.source)
+        for option in mount.options:
+            key, _, value = option.partition("=")
+            if key == "upperdir":
+                dirs.insert(0, value)
+            elif key == "lowerdir":
+                dirs += value.split(":")
+
+    def first(name: str) -> str:
+        for directory in dirs:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                return f.read(MAX_USER_FILE).decode("utf-8", "replace")
+        return ""
+
+    return ImageUsers.parse(first("etc/passwd"), first("etc/group"))

@@ -97,15 +97,58 @@ DEVICE_RULES = [
 MAX_ID = 2**32 - 2  # uid_t is 32 bits; 2**32 - 1 means "no id"
 
 
-def parse_user(user: str) -> tuple[int, int]:
-    """uid and gid from `uid`, `uid:gid` or `root` (names other than root need the image's
-    /etc/passwd, which is not read before the rootfs exists: use numeric ids)."""
+@dataclass(frozen=True)
+class ImageUsers:
+    """The image's /etc/passwd and /etc/group, read by the driver when a name must be resolved."""
+
+    users: Mapping[str, tuple[int, int]]  # name -> (uid, primary gid)
+    groups: Mapping[str, int]  # name -> gid
+
+    @classmethod
+    def parse(cls, passwd: str, group: str) -> ImageUsers:
+        users: dict[str, tuple[int, int]] = {}
+        for line in passwd.splitlines():
+            fields = line.split(":")
+            uid, gid = (ascii_int(fields[2]), ascii_int(fields[3])) if len(fields) > 3 else (None, None)
+            if fields[0] and uid is not None and gid is not None:
+                users.setdefault(fields[0], (uid, gid))
+        groups: dict[str, int] = {}
+        for line in group.splitlines():
+            fields = line.split(":")
+            gid = ascii_int(fields[2]) if len(fields) > 2 else None
+            if fields[0] and gid is not None:
+                groups.setdefault(fields[0], gid)
+        return cls(users, groups)
+
+
+def _is_name(part: str) -> bool:
+    return bool(part) and part != "root" and ascii_int(part) is None
+
+
+def needs_image_users(spec: ContainerSpec, image_config: Mapping[str, Any]) -> bool:
+    """A user or group is named: the image's /etc/passwd and /etc/group must be read."""
+    name, _, group = (spec.user or str(image_config.get("User") or "")).partition(":")
+    return _is_name(name) or _is_name(group) or any(_is_name(g) for g in spec.options.group_add)
+
+
+def parse_user(user: str, image_users: ImageUsers | None = None) -> tuple[int, int]:
+    """uid and gid from `uid`, `uid:gid`, `root`, or names the image's /etc/passwd and /etc/group
+    hold (`image_users`, read by the driver when needs_image_users says so)."""
     if not user:
         return 0, 0
     name, _, group = user.partition(":")
     # ASCII digits only: int() also takes " 5\n" and other scripts' digits.
     uid = 0 if name == "root" else ascii_int(name)
-    gid = (0 if group == "root" else ascii_int(group)) if group else (0 if uid == 0 else uid)
+    primary = None if uid is None else (0 if uid == 0 else uid)
+    if uid is None and image_users is not None:
+        if name not in image_users.users:
+            raise SpecError(f"unable to find user {shown(name)}: no matching entries in the image's passwd file")
+        uid, primary = image_users.users[name]
+    gid = (0 if group == "root" else ascii_int(group)) if group else primary
+    if gid is None and group and image_users is not None:
+        if group not in image_users.groups:
+            raise SpecError(f"unable to find group {shown(group)}: no matching entries in the image's group file")
+        gid = image_users.groups[group]
     if uid is None or gid is None:
         raise SpecError(f"user {shown(user)} is not numeric: use uid[:gid] (user names are not resolved)")
     if uid > MAX_ID or gid > MAX_ID:
@@ -139,13 +182,17 @@ def process_args(spec: ContainerSpec, image_config: Mapping[str, Any]) -> list[s
     return args
 
 
-def additional_gids(groups: Sequence[str]) -> list[int]:
-    """--group-add as gids: the image's /etc/group is not read, so names are refused here."""
+def additional_gids(groups: Sequence[str], image_users: ImageUsers | None = None) -> list[int]:
+    """--group-add as gids: numbers, or names in the image's /etc/group."""
     gids = []
     for group in groups:
         gid = ascii_int(group)
+        if gid is None and image_users is not None:
+            if group not in image_users.groups:
+                raise SpecError(f"unable to find group {shown(group)}: no matching entries in the image's group file")
+            gid = image_users.groups[group]
         if gid is None or gid > MAX_ID:
-            raise SpecError(f"group {shown(group)} is not numeric: on containerd, --group-add takes gids")
+            raise SpecError(f"group {shown(group)} is not numeric (group names are not resolved)")
         gids.append(gid)
     return gids
 
@@ -159,15 +206,16 @@ def build_process(
     image_config: Mapping[str, Any],
     hostname: str = "",
     available_capabilities: Sequence[str] = ALL_CAPABILITIES,
+    image_users: ImageUsers | None = None,
 ) -> dict[str, object]:
     cwd = spec.cwd or str(image_config.get("WorkingDir") or "/")
     if not cwd.startswith("/"):
         raise SpecError(f"working directory {cwd!r} must be an absolute path")
-    uid, gid = parse_user(spec.user or str(image_config.get("User") or ""))
+    uid, gid = parse_user(spec.user or str(image_config.get("User") or ""), image_users)
     options = spec.options
     user: dict[str, object] = {"uid": uid, "gid": gid}
     if options.group_add:
-        user["additionalGids"] = additional_gids(options.group_add)
+        user["additionalGids"] = additional_gids(options.group_add, image_users)
     args = process_args(spec, image_config)
     if options.init:
         args = [INIT_PATH, "--", *args]
@@ -281,11 +329,13 @@ def build_spec(
     devices: Sequence[HostDevice] = (),
     init_binary: str = "",
     available_capabilities: Sequence[str] = ALL_CAPABILITIES,
+    image_users: ImageUsers | None = None,
 ) -> dict[str, object]:
     """The runtime spec for `spec` on top of an image whose config section is `image_config`.
     `devices` are the node's devices the task gets (--device, or all with --privileged), and
     `init_binary` the node's path of the init that --init runs, `available_capabilities` the
-    node's bounding set ("all" for --privileged and --cap-add ALL)."""
+    node's bounding set ("all" for --privileged and --cap-add ALL), `image_users` the image's
+    users and groups when a name must be resolved."""
     if host_files is None:
         host_files = [p for p in HOST_FILES if Path(p).is_file()]
     options = spec.options
@@ -327,7 +377,7 @@ def build_spec(
         linux["sysctl"] = dict(options.sysctls)
     return {
         "ociVersion": "1.0.2",
-        "process": build_process(spec, image_config, hostname, available_capabilities),
+        "process": build_process(spec, image_config, hostname, available_capabilities, image_users),
         "root": {"path": "rootfs", "readonly": spec.read_only_rootfs},
         "hostname": hostname,
         "mounts": mounts,
