@@ -100,13 +100,13 @@ def task_hostname(task: Task, node_hostname: str) -> str:
     template = task.spec.container.hostname
     if not template:
         return ""
-    slot = str(task.slot) if task.slot else task.node_id  # a global task's "slot" is its node, as in Swarm
+    instance = str(task.slot) if task.slot else task.node_id  # a global task is named by its node, as in Swarm
     values = {
         "Service.ID": task.service_id,
         "Service.Name": task.service_name,
         "Task.ID": task.id,
-        "Task.Name": f"{task.service_name}.{slot}.{task.id}",
-        "Task.Slot": slot,
+        "Task.Name": f"{task.service_name}.{instance}.{task.id}",
+        "Task.Slot": str(task.slot),  # 0 for a global task, as in Swarm
         "Node.ID": task.node_id,
         "Node.Hostname": node_hostname,
     }
