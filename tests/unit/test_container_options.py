@@ -547,3 +547,11 @@ def test_image_users_are_read_through_the_rootfs_mounts(tmp_path: Path) -> None:
 
     users = nodeside.read_image_users([Mount()])
     assert users.users == {"app": (70, 70)} and users.groups == {"app": 71}
+
+
+def test_history_names_the_options_that_changed() -> None:
+    from warren.revisions import summary
+
+    before = spec_with(cap_add=("CAP_NET_ADMIN",))
+    after = spec_with(cap_add=("CAP_SYS_TIME",), read_only=True)
+    assert summary(before, after) == "container cap_add, read_only changed"
