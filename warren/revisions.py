@@ -32,7 +32,7 @@ def summary(old: ServiceSpec | None, new: ServiceSpec) -> str:
             parts.append(f"{label} {_brief(' '.join(added + removed + changed))}")
         elif isinstance(after, str | int | float | enum.Enum) and not isinstance(after, bool):
             parts.append(f"{label} {_brief(before)} -> {_brief(after)}")
-        elif isinstance(after, ContainerOptions):  # which options: "container cap_add, read_only changed"
+        elif isinstance(after, ContainerOptions):  # which options: "container user, cap_add changed"
             names = [f.name for f in msgspec.structs.fields(after) if getattr(before, f.name) != getattr(after, f.name)]
             parts.append(f"{label} {_brief(', '.join(names))} changed")
         else:

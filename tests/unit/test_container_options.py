@@ -554,4 +554,4 @@ def test_history_names_the_options_that_changed() -> None:
 
     before = spec_with(cap_add=("CAP_NET_ADMIN",))
     after = spec_with(cap_add=("CAP_SYS_TIME",), read_only=True)
-    assert summary(before, after) == "container cap_add, read_only changed"
+    assert summary(before, after) == "container read_only, cap_add changed"  # in the order of the fields
