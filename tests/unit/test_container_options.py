@@ -364,6 +364,11 @@ def test_update_adds_and_removes() -> None:
     )
     options = convert.spec_from_pb(spec).container
     assert (options.ulimits, options.devices, options.labels, options.group_add) == ((), (), {}, ())
+    # '' gives the image's user, workdir and hostname back.
+    cleared = update(
+        create("--user", "7", "--workdir", "/w", "--hostname", "h"), "--user", "", "--workdir", "", "--hostname", ""
+    )
+    assert not cleared.HasField("container")
     # --entrypoint '' gives the image's back; words after `--` replace only the CMD.
     with_entry = create("--entrypoint", "/x")
     assert list(update(with_entry, "--", "a", "b").command) == ["/x"]

@@ -57,7 +57,7 @@ def _user(text: str) -> str:
 
 
 def _workdir(text: str) -> str:
-    if not text.startswith("/"):
+    if text and not text.startswith("/"):  # "" on update: the image's again
         raise ValueError(f"--workdir must be an absolute path (got {shown(text)})")
     return text
 
