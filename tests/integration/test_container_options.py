@@ -195,6 +195,29 @@ def test_privileged_gets_the_nodes_capabilities_and_devices(
         assert "tun" in lines
 
 
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace of the test's own (as the overlay gives each task), removed by name."""
+    name = f"wopt-{secrets.token_hex(4)}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield f"/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+def test_a_net_sysctl_applies_in_the_tasks_own_network_namespace(
+    runtime: ContainerdRuntime, image: str, tasks: Callable[[], str], netns: str
+) -> None:
+    node_value = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()
+    wanted = "81" if node_value.strip() != "81" else "82"
+    options = ContainerOptions(sysctls={"net.ipv4.ip_unprivileged_port_start": wanted})
+    script = "cat /proc/sys/net/ipv4/ip_unprivileged_port_start"
+    spec = ContainerSpec(task_id=tasks(), image=image, args=(script,), netns=netns, options=options)
+    assert run(runtime, spec).strip() == wanted
+    assert Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text() == node_value  # the node's is untouched
+
+
 def test_a_missing_device_fails_permanently_with_dockers_message(
     runtime: ContainerdRuntime, image: str, tasks: Callable[[], str]
 ) -> None:
