@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import secrets
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -262,7 +263,7 @@ def run_exec(rt: ExecRuntime, spec: ContainerSpec) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a user change, a hard limit and a mount namespace need root")
-def test_exec_runtime_applies_user_groups_workdir_ulimit_dns_and_init(
+def test_exec_runtime_applies_user_groups_workdir_ulimit_dns_hostname_and_init(
     exec_runtime: ExecRuntime, tmp_path: Path
 ) -> None:
     workdir = tmp_path / "work"
@@ -272,16 +273,18 @@ def test_exec_runtime_applies_user_groups_workdir_ulimit_dns_and_init(
         init=True,
     )  # fmt: skip
     script = f'{WHO}; echo "nofile=$(ulimit -n):$(ulimit -Hn)"; echo "resolv=$(tr "\\n" "|" < /etc/resolv.conf)"; '
-    script += 'echo "parent=$(cat /proc/$PPID/comm)"'
+    script += 'echo "parent=$(cat /proc/$PPID/comm)"; echo "hostname=$(hostname) env=$HOSTNAME"'
     spec = ContainerSpec(
         task_id=f"t{secrets.token_hex(6)}", image="exec", command=("sh", "-c", script), user="65534:65534",
-        cwd=str(workdir), options=options, log_path=str(tmp_path / "task.log"),
+        cwd=str(workdir), options=options, log_path=str(tmp_path / "task.log"), hostname="web-3",
     )  # fmt: skip
+    node_hostname = socket.gethostname()
     seen = facts(run_exec(exec_runtime, spec))
     assert seen["id"] == f"65534:65534 groups=65534 10 20 pwd={workdir}"
     assert seen["nofile"] == "512:1024"
     assert seen["resolv"] == "nameserver 10.9.8.7|options ndots:3|"
     assert seen["parent"].startswith("tini")
+    assert seen["hostname"] == "web-3 env=web-3" and socket.gethostname() == node_hostname  # a UTS namespace of its own
     assert Path("/etc/resolv.conf").read_text() != "nameserver 10.9.8.7\noptions ndots:3\n"  # the host's is untouched
 
 
@@ -293,7 +296,6 @@ def test_exec_runtime_applies_user_groups_workdir_ulimit_dns_and_init(
         (ContainerOptions(privileged=True), "--privileged"),
         (ContainerOptions(devices=(DeviceMapping("/dev/null"),)), "--device"),
         (ContainerOptions(sysctls={"kernel.shmmax": "1"}), "--sysctl"),
-        (ContainerOptions(hostname="x"), "--hostname"),
     ],
 )
 def test_exec_runtime_refuses_what_needs_a_container(

@@ -17,7 +17,7 @@ import pytest
 from warren.agent.runtime import ContainerSpec
 from warren.model import Ulimit
 from warren.runtime.exec import ExecRuntime, driver
-from warren.runtime.exec.chain import CGROUP_SHIM, RESOLV_SHIM, exec_chain
+from warren.runtime.exec.chain import CGROUP_SHIM, HOSTNAME_SHIM, RESOLV_SHIM, exec_chain
 
 NETNS = "/run/netns/wt-t1"
 RESOLV = "/var/lib/warren/network/resolv.conf"
@@ -187,3 +187,28 @@ def test_the_task_does_not_run_when_the_mount_fails(tmp_path: Path) -> None:
     assert proc.returncode == 125
     assert f"warren: cannot mount {RESOLV} over /etc/resolv.conf" in proc.stderr
     assert not marker.exists()
+
+
+def test_a_hostname_gets_a_uts_namespace_and_the_hostname_shim() -> None:
+    argv, exe, user = chain(hostname="web-3", resolv_conf=RESOLV)
+    assert argv[:6] == ["/T/unshare", "--mount", "--propagation", "slave", "--uts", "--"]
+    shim = argv.index(HOSTNAME_SHIM)
+    assert argv[shim - 2 : shim + 4] == ["/bin/sh", "-c", HOSTNAME_SHIM, "warren-hostname", "/T/hostname", "web-3"]
+    assert argv[-2:] == TASK and (exe, user) == ("/T/unshare", None)
+    assert chain(hostname="h")[0][:3] == ["/T/unshare", "--uts", "--"]
+
+
+def test_the_hostname_shim_sets_it_then_execs_the_task(tmp_path: Path) -> None:
+    fake = tmp_path / "hostname"
+    fake.write_text(f'#!/bin/sh\necho "$1" > {tmp_path}/set\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["/bin/sh", "-c", HOSTNAME_SHIM, "warren-hostname", str(fake), "web-3", "echo", "ran"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "ran\n" and (tmp_path / "set").read_text() == "web-3\n"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    failed = subprocess.run(
+        ["/bin/sh", "-c", HOSTNAME_SHIM, "w", str(fake), "x", "echo", "ran"], capture_output=True, text=True
+    )
+    assert failed.returncode == 125 and "cannot set the hostname x" in failed.stderr and "ran" not in failed.stdout

@@ -26,6 +26,10 @@ RESOLV_SHIM = (
 )
 
 
+# Sets the UTS namespace's hostname to $2 with the hostname binary $1, then execs the rest.
+HOSTNAME_SHIM = '"$1" "$2" || { echo "warren: cannot set the hostname $2" >&2; exit 125; }; shift 2; exec "$@"'
+
+
 def tool(name: str) -> str:
     """An absolute path for a helper of the exec chain: the task's own PATH may not find it."""
     return shutil.which(name) or f"/usr/bin/{name}"
@@ -41,18 +45,19 @@ def exec_chain(
     user: tuple[int, int] | None,
     groups: Sequence[int] = (),
     rlimits: Sequence[Ulimit] = (),
+    hostname: str = "",
 ) -> tuple[list[str], str, tuple[int, int] | None]:
     """(argv, executable, user for Popen) that run `argv` in the task's cgroups (`procs`, their
     cgroup.procs files), network namespace and resolv.conf, as `user` (uid, gid) with the
-    supplementary `groups` (--group-add) and resource limits `rlimits` (--ulimit).
+    supplementary `groups` (--group-add), resource limits `rlimits` (--ulimit) and `hostname`.
 
-    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf), the resolv
-    shim, the cgroup shim, prlimit (limits), setpriv (user, groups), the task. None of them
-    forks, so the pid Popen returns ends up being the task's. Entering namespaces, joining
-    cgroups and raising a hard limit need root, so a user change moves from Popen to setpriv, the
-    last step, whenever there is such a step.
+    Outermost first: nsenter (network), unshare (a mount namespace for resolv.conf, a UTS one for
+    the hostname), the resolv shim, the hostname shim, the cgroup shim, prlimit (limits), setpriv
+    (user, groups), the task. None of them forks, so the pid Popen returns ends up being the
+    task's. Entering namespaces, joining cgroups and raising a hard limit need root, so a user
+    change moves from Popen to setpriv, the last step, whenever there is such a step.
     """
-    if not procs and not netns and not resolv_conf and not groups and not rlimits:
+    if not procs and not netns and not resolv_conf and not groups and not rlimits and not hostname:
         return argv, exe, user
     if user is not None or groups:
         ids = [f"--reuid={user[0]}", f"--regid={user[1]}"] if user is not None else []
@@ -62,18 +67,22 @@ def exec_chain(
         argv = [tool("prlimit"), *(f"--{u.name}={u.soft}:{u.hard}" for u in rlimits), "--", *argv]
     if procs:
         argv = ["/bin/sh", "-c", CGROUP_SHIM, "warren-exec", *procs, "--", *argv]
+    if hostname:
+        argv = ["/bin/sh", "-c", HOSTNAME_SHIM, "warren-hostname", tool("hostname"), hostname, *argv]
     if resolv_conf:
         # rslave, not private: the host's later unmounts still reach the task, so a long-lived task
         # does not pin the host's filesystems; nothing mounted in here propagates to the host.
-        resolv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
-        argv = [tool("unshare"), "--mount", "--propagation", "slave", "--", *resolv]
+        argv = ["/bin/sh", "-c", RESOLV_SHIM, "warren-resolv", tool("mount"), resolv_conf, *argv]
+    if resolv_conf or hostname:
+        spaces = (["--mount", "--propagation", "slave"] if resolv_conf else []) + (["--uts"] if hostname else [])
+        argv = [tool("unshare"), *spaces, "--", *argv]
     if netns:
         argv = [tool("nsenter"), f"--net={netns}", "--", *argv]
     return argv, argv[0], None
 
 
 def task_env(spec: ContainerSpec) -> dict[str, str]:
-    env = dict(spec.env)
+    env = {"HOSTNAME": spec.hostname, **spec.env} if spec.hostname else dict(spec.env)  # as Docker sets it
     env.setdefault("PATH", DEFAULT_PATH)
     return env
 

@@ -13,10 +13,11 @@ explicitly. Rules, decided here:
   runs in a private scratch directory, `<state_dir>/<id>/work`, never in the agent's own cwd.
 - **Container options (ADR 42).** Applied where a host process has them: `--user`,
   `--workdir`, `--group-add` (setpriv; names resolved on the host), `--ulimit` (prlimit), `--dns*`
-  (the task's own resolv.conf, in a mount namespace of its own, so root only), `--init` (tini as
-  the task's parent, a subreaper). Options that need a container (`--read-only`, `--privileged`,
-  `--cap-add/--cap-drop`, `--device`, `--sysctl`, `--hostname`) fail the task at prepare with a
-  message that names them: a task the operator asked to confine must not run unconfined.
+  (the task's own resolv.conf, in a mount namespace of its own), `--hostname` (a UTS namespace
+  of its own, and $HOSTNAME; both namespaces need root), `--init` (tini as the task's parent, a
+  subreaper). Options that need a container (`--read-only`, `--privileged`, `--cap-add/--cap-drop`,
+  `--device`, `--sysctl`) fail the task at prepare with a message that names them: a task the
+  operator asked to confine must not run unconfined.
 - **Network (ADR 17).** With `spec.netns` the process joins that network namespace; with
   `resolv_conf` too it also gets a mount namespace of its own in which that file is
   bind-mounted read-only over /etc/resolv.conf (the host's file and mounts stay as they were).
@@ -326,6 +327,7 @@ class ExecRuntime:
             user=user,
             groups=resolve_groups(spec.options.group_add),
             rlimits=spec.options.ulimits,
+            hostname=spec.hostname,
         )
         creds: _Credentials = {}
         if user is not None:
@@ -440,7 +442,6 @@ _CONTAINER_ONLY = (
     ("--cap-drop", lambda o: o.cap_drop),
     ("--device", lambda o: o.devices),
     ("--sysctl", lambda o: o.sysctls),
-    ("--hostname", lambda o: o.hostname),
 )
 
 
