@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
+from tests.waiting import async_holds
 from tests.waiting import async_wait_for as until
 from warren import container, model, validate
 from warren.agent.controller import TaskController
@@ -474,8 +475,8 @@ def test_the_agent_runs_the_images_health_check(tmp_path: Path, no_healthcheck: 
         ctl.start()
         if no_healthcheck:
             await until(lambda: rec.last_state() == TaskState.RUNNING, message="running without a check")
-            await asyncio.sleep(0.2)  # longer than two intervals: a check would have run by now
-            assert rt.steps("exec") == []
+            # For longer than two of the image check's intervals (50 ms): it never runs.
+            await async_holds(lambda: rt.steps("exec") == [], 0.2, message="no health check")
         else:
             await until(lambda: len(rt.steps("exec")) >= 1, message="the image's check runs")
             assert rec.last_state() == TaskState.STARTING and rec.last().health == "starting"
