@@ -333,11 +333,18 @@ def check_options(options: ContainerOptions) -> None:
             raise OptionError(f"invalid --group-add {shown(group)}: a group name or a gid up to {MAX_ID}")
 
 
+# What the options cost beyond their strings: msgpack spells out the struct's 17 field names
+# (about 170 bytes), plus the flags and the message header.
+OPTIONS_OVERHEAD = 256
+
+
 def option_texts(options: ContainerOptions) -> list[str]:
-    """Every string the options hold, for the spec's size bound (warren.validate.spec_size)."""
+    """Every string the options hold, and the ulimits' numbers as text (their digits outnumber
+    their encoded bytes), for the spec's size bound (warren.validate.spec_size)."""
     texts = [options.user, options.workdir, options.hostname, *options.cap_add, *options.cap_drop]
     texts += [text for d in options.devices for text in (d.path_on_host, d.path_in_container, d.permissions)]
-    texts += [*options.sysctls, *options.sysctls.values(), *(u.name for u in options.ulimits)]
+    texts += [*options.sysctls, *options.sysctls.values()]
+    texts += [text for u in options.ulimits for text in (u.name, str(u.soft), str(u.hard))]
     texts += [*options.labels, *options.labels.values(), *options.dns, *options.dns_search, *options.dns_options]
     return texts + list(options.group_add)
 

@@ -7,7 +7,7 @@ import re
 import signal
 
 from warren.constraints import ConstraintError, parse_constraint
-from warren.container import OptionError, check_options, option_texts
+from warren.container import OPTIONS_OVERHEAD, OptionError, check_options, option_texts
 from warren.model import FailureAction, ServiceMode, ServiceSpec, UpdateConfig
 from warren.state import ClusterState
 from warren.text import ascii_int, has_control, shown
@@ -254,7 +254,8 @@ def spec_size(spec: ServiceSpec) -> int:
     if spec.health is not None:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
-    return _SPEC_FIXED_OVERHEAD + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
+    fixed = _SPEC_FIXED_OVERHEAD + OPTIONS_OVERHEAD
+    return fixed + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
 
 
 def _check_rollout(kind: str, config: UpdateConfig) -> None:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.waiting import async_holds
@@ -561,3 +563,41 @@ def test_history_names_the_options_that_changed() -> None:
     before = spec_with(cap_add=("CAP_NET_ADMIN",))
     after = spec_with(cap_add=("CAP_SYS_TIME",), read_only=True)
     assert summary(before, after) == "container read_only, cap_add changed"  # in the order of the fields
+
+
+_text = st.text(max_size=40)
+_options = st.builds(
+    Options,
+    user=_text,
+    hostname=_text,
+    read_only=st.booleans(),
+    init=st.booleans(),
+    privileged=st.booleans(),
+    cap_add=st.lists(_text, max_size=4).map(tuple),
+    devices=st.lists(st.builds(model.DeviceMapping, _text, _text, _text), max_size=4).map(tuple),
+    sysctls=st.dictionaries(_text, _text, max_size=4),
+    ulimits=st.lists(
+        st.builds(model.Ulimit, _text, st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)), max_size=6
+    ).map(tuple),
+    labels=st.dictionaries(_text, _text, max_size=4),
+    dns=st.lists(_text, max_size=3).map(tuple),
+    group_add=st.lists(_text, max_size=3).map(tuple),
+    no_healthcheck=st.booleans(),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_options)
+def test_spec_size_still_bounds_both_encodings_with_options(options: model.ContainerOptions) -> None:
+    spec = model.ServiceSpec(
+        name="a", image="x", replicas=2**40, health=model.HealthCheck(), stop_signal="SIGRTMIN", container=options
+    )
+    assert validate.spec_size(spec) >= convert.spec_to_pb(spec).ByteSize()
+    assert validate.spec_size(spec) >= len(msgspec.msgpack.encode(spec))
+
+
+def test_spec_size_counts_the_ulimits_numbers_and_the_options_field_names() -> None:
+    most = tuple(model.Ulimit("x", 2**63 - 1, 2**63 - 1) for _ in range(container.MAX_LIST))
+    spec = model.ServiceSpec(name="a", image="x", container=Options(ulimits=most, read_only=True, init=True))
+    assert validate.spec_size(spec) >= len(msgspec.msgpack.encode(spec))
+    assert validate.spec_size(spec) >= convert.spec_to_pb(spec).ByteSize()
