@@ -165,11 +165,7 @@ class ContainerdRuntime:
             )
             try:
                 self.client.snapshots.Prepare(request, metadata=self.client.md(lease), timeout=60)
-                mounts = self.client.snapshots.Mounts(
-                    api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid),
-                    metadata=self.client.md(),
-                    timeout=30,
-                ).mounts
+                mounts = self._rootfs_mounts(cid)
             except grpc.RpcError as exc:
                 raise self._failure(exc, f"preparing the root filesystem of {cid}") from exc
             return self._create(spec, image, nodeside.read_image_users(mounts))
@@ -230,9 +226,7 @@ class ContainerdRuntime:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(exist_ok=True)
         try:
-            mounts = self.client.snapshots.Mounts(
-                api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid), metadata=md, timeout=30
-            ).mounts
+            mounts = self._rootfs_mounts(cid)
             stdout, stderr = _output_paths(log_path)
             self.client.tasks.Create(
                 api.tasks_pb2.CreateTaskRequest(container_id=cid, rootfs=mounts, stdout=stdout, stderr=stderr),
@@ -405,6 +399,10 @@ class ContainerdRuntime:
             if code_of(exc) == NOT_FOUND:
                 return None
             raise self._failure(exc, f"looking up container {cid}") from exc
+
+    def _rootfs_mounts(self, cid: str) -> builtins.list[api.mount_pb2.Mount]:
+        request = api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid)
+        return list(self.client.snapshots.Mounts(request, metadata=self.client.md(), timeout=30).mounts)
 
     def _process(self, cid: str) -> api.task_pb2.Process | None:
         try:
