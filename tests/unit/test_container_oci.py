@@ -211,3 +211,13 @@ def test_image_users_are_read_through_the_rootfs_mounts(tmp_path: Path) -> None:
 
     users = nodeside.read_image_users([Mount()])
     assert users.users == {"app": (70, 70)} and users.groups == {"app": 71}
+
+
+def test_a_device_is_created_once_even_with_privileged() -> None:
+    spec = ContainerSpec(
+        task_id="t", image="x", options=Options(privileged=True, devices=(model.DeviceMapping("/dev/null", "", "r"),))
+    )
+    devices = nodeside.task_devices(spec)
+    nulls = [d for d in devices if d.path == "/dev/null"]
+    assert len(nulls) == 1 and nulls[0].permissions == "r"
+    assert len({d.path for d in devices}) == len(devices)

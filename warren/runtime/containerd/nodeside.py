@@ -95,10 +95,12 @@ def all_host_devices(root: str = "/dev") -> list[HostDevice]:
 
 
 def task_devices(spec: ContainerSpec) -> list[HostDevice]:
-    devices = all_host_devices() if spec.options.privileged else []
+    """The devices to create in the task's container, one per path: a --device wins over the
+    same path among --privileged's."""
+    by_path = {d.path: d for d in all_host_devices()} if spec.options.privileged else {}
     for mapping in spec.options.devices:
-        devices += resolve_device(mapping)
-    return devices
+        by_path.update((d.path, d) for d in resolve_device(mapping))
+    return list(by_path.values())
 
 
 def image_health_label(config: Mapping[str, object]) -> dict[str, str]:
