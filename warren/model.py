@@ -245,6 +245,45 @@ class FileRef(msgspec.Struct, frozen=True):
     mode: int = 0o444
 
 
+class DeviceMapping(msgspec.Struct, frozen=True):
+    """A host device made visible in the container (`--device HOST[:CONTAINER[:PERMS]]`)."""
+
+    path_on_host: str
+    path_in_container: str = ""  # "" = the host's path
+    permissions: str = "rwm"  # cgroup device access: read, write, mknod
+
+
+class Ulimit(msgspec.Struct, frozen=True):
+    """A resource limit (`--ulimit nofile=1024:2048`): `name` as Docker spells it (nofile, nproc...)."""
+
+    name: str
+    soft: int
+    hard: int
+
+
+class ContainerOptions(msgspec.Struct, frozen=True):
+    """How a task's process runs beyond its command (#13), as Docker's `service create` flags
+    say it; the checks are in warren.container, their effect in each runtime (ADR 42)."""
+
+    user: str = ""  # uid[:gid] or a name; "" = the image's
+    workdir: str = ""  # "" = the image's
+    hostname: str = ""  # a template: {{.Service.Name}}-{{.Task.Slot}}; "" = the task id
+    read_only: bool = False
+    init: bool = False  # run an init (tini) as PID 1 that reaps zombies and forwards signals
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()  # CAP_NET_ADMIN spelled as given: NET_ADMIN, cap_net_admin, ALL
+    cap_drop: tuple[str, ...] = ()
+    devices: tuple[DeviceMapping, ...] = ()
+    sysctls: dict[str, str] = {}
+    ulimits: tuple[Ulimit, ...] = ()
+    labels: dict[str, str] = {}  # the container's labels (not the service's)
+    dns: tuple[str, ...] = ()  # nameserver addresses; () = the node's
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()  # supplementary groups: gids or names
+    no_healthcheck: bool = False  # do not run the image's own Healthcheck
+
+
 class ServiceSpec(msgspec.Struct, frozen=True):
     """Desired state of a service, as given by the operator."""
 
@@ -276,6 +315,7 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     mounts: tuple[Mount, ...] = ()  # volumes, binds and tmpfs (ADR 40)
     secrets: tuple[FileRef, ...] = ()  # on a tmpfs, never on a node's disk (ADR 38)
     configs: tuple[FileRef, ...] = ()
+    container: ContainerOptions = ContainerOptions()  # user, capabilities, devices... (#13)
 
 
 class SpecRevision(msgspec.Struct, frozen=True):

@@ -8,6 +8,7 @@ import signal
 
 from warren import mounts
 from warren.constraints import ConstraintError, parse_constraint
+from warren.container import OPTIONS_OVERHEAD, OptionError, check_options, option_texts
 from warren.model import (
     DeployConfig,
     DeployStrategy,
@@ -252,6 +253,11 @@ def check_spec(spec: ServiceSpec) -> None:
     except mounts.MountError as exc:
         raise ValidationError(str(exc)) from None
     check_file_refs(spec)
+    check_labels("container label", spec.container.labels)
+    try:
+        check_options(spec.container)
+    except OptionError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def spec_size(spec: ServiceSpec) -> int:
@@ -262,10 +268,12 @@ def spec_size(spec: ServiceSpec) -> int:
     texts += [text for port in spec.ports for text in (port.protocol, port.mode)]
     texts += mounts.mount_texts(spec)
     texts += [text for ref in (*spec.secrets, *spec.configs) for text in (ref.source, ref.target)]
+    texts += option_texts(spec.container)
     if spec.health is not None:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
-    return _SPEC_FIXED_OVERHEAD + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
+    fixed = _SPEC_FIXED_OVERHEAD + OPTIONS_OVERHEAD
+    return fixed + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
 
 
 def _check_rollout(kind: str, config: UpdateConfig) -> None:

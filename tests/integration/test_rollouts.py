@@ -112,7 +112,7 @@ def test_failure_action_rollback_returns_every_task_to_the_previous_spec(cluster
     assert status["message"].startswith("rolled back: task web.")
     wait_for(lambda: _running(manager, "web") == [(1, 3), (2, 3)], timeout=30, message="both slots on version 3")
     spec = manager.cli_json("service", "inspect", "web")["spec"]  # type: ignore[index]
-    assert spec["args"][1] == ": v1; sleep 600; exit 0"  # version 3 runs version 1's command
+    assert spec["args"][2] == ": v1; sleep 600; exit 0"  # version 3 runs version 1's command (sh -c ...)
     # The failed tasks of version 2 are history: failed, and desired shutdown (as in Swarm).
     failed = [t for t in manager.cli_json("service", "ps", "web", "--all") if t["spec_version"] == "2"]  # type: ignore[union-attr]
     assert failed and {(t["state"], t["desired_state"]) for t in failed} == {("failed", "shutdown")}, failed

@@ -32,6 +32,7 @@ from warren.agent.decisions import (
     container_spec,
     decide_step,
     exit_outcome,
+    health_check,
     initial_state,
     plan_exit,
     plan_failure,
@@ -44,7 +45,7 @@ from warren.agent.taskfiles import MissingFiles
 from warren.agent.volumes import resolve_mounts
 from warren.agent.watch import wait_exit, watch_health
 from warren.backoff import Backoff
-from warren.model import Task, TaskState, can_transition
+from warren.model import HealthCheck, Task, TaskState, can_transition
 from warren.restart import next_attempt as next_attempt  # re-exported: the rule tasks restart by
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class TaskController:
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
         self._retry = Backoff.schedule(env.retry_delays)  # transient failures of the current step
         self._network_released = False  # the task's namespace is gone (known only once released)
+        # The health check run: the service's, or the image's own, learnt from the container.
+        self._check: HealthCheck | None = task.spec.health
         self.done = asyncio.Event()
 
     # -- the agent's side ----------------------------------------------------------------------
@@ -178,7 +181,7 @@ class TaskController:
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        spec = container_spec(self.task, self.env.log_dir, netns)
+        spec = container_spec(self.task, self.env.log_dir, netns, self.env.node_hostname)
         spec = msgspec.structs.replace(
             spec, resolv_conf=resolv_conf, files=files, pull_login=self.env.pull_login(self.task.id)
         )
@@ -200,6 +203,7 @@ class TaskController:
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
             return True
+        await self._learn_check(runtime_id)
         self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
@@ -218,7 +222,7 @@ class TaskController:
     def _started(self) -> None:
         """The process runs: RUNNING at once, or STARTING until the health check passes."""
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None, error="")
-        if self.task.spec.health is None:
+        if self._check is None:
             self._advance(RUNNING, message="started", health="")
         else:
             self._advance(max(self.local.state, TaskState.STARTING), health=health.STARTING)
@@ -254,9 +258,9 @@ class TaskController:
         runtime_id = self.local.runtime_id
         if self._exit is None:
             self._exit = asyncio.create_task(wait_exit(self.env, self.task.id, runtime_id))
-        if self._health is None and self.task.spec.health is not None and not self._exit.done():
+        if self._health is None and self._check is not None and not self._exit.done():
             self._health = asyncio.create_task(
-                watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health)
+                watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health, self._check)
             )
         if self._unhealthy is not None:
             await self._stop_unhealthy()
@@ -328,6 +332,7 @@ class TaskController:
             await self.env.call(self.env.runtime.remove, old)
             runtime_id = await self.env.call(self.env.runtime.prepare, await self._spec())
             self._set_local(runtime_id=runtime_id)
+            await self._learn_check(runtime_id)
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, RuntimeFailure) else str(exc)
@@ -335,7 +340,7 @@ class TaskController:
             self._advance(TaskState.FAILED, error=f"local restart failed: {message}", message="restart failed")
             return
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None)
-        status = health.STARTING if self.task.spec.health is not None else ""
+        status = health.STARTING if self._check is not None else ""
         self._advance(self.local.state, health=status, message=f"restarted by the agent ({self.local.restarts})")
 
     def _on_health(self, report: health.HealthReport) -> None:
@@ -463,6 +468,7 @@ class TaskController:
         if current is None:
             return
         self._set_local(runtime_id=current.runtime_id)
+        self._check = health_check(self.task, current.labels)
         if action == Resume.STOP_ENDED:
             await self._stop_container()
         elif action == Resume.ADOPT_RUNNING:
@@ -478,6 +484,17 @@ class TaskController:
             self._advance(outcome, exit_code=current.exit_code, error=error)
         elif action == Resume.ADOPT_CREATED:
             self._advance(TaskState.STARTING, message="starting")
+
+    async def _learn_check(self, runtime_id: str) -> None:
+        """The image's own health check, from the container's labels, when the service has none."""
+        if self.task.spec.health is not None or self.task.spec.container.no_healthcheck:
+            return
+        try:
+            status = await self.env.call(self.env.runtime.status, runtime_id)
+        except Exception as exc:  # the check then starts with the next container, or never
+            log.warning("task %s: cannot read its container's labels: %s", self.task.id, exc)
+            return
+        self._check = health_check(self.task, status.labels)
 
     # -- local state and reports ---------------------------------------------------------------
     def _set_local(self, **fields: Any) -> None:

@@ -52,3 +52,4 @@ class ControllerEnv:
     clock: Callable[[], float] = time.time
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # transient prepare failures
     wait_slice: float = 2.0  # a wait() call returns at least this often, so closing is prompt
+    node_hostname: str = ""  # for {{.Node.Hostname}} in a task's hostname template

@@ -268,6 +268,7 @@ async def _serve(
             networks=overlay if overlay.enabled else None,
             volumes=LocalVolumes(data / datadir.VOLUMES_DIR),
             files=TaskFiles(data / "secrets", FileVault()),  # in memory, on a tmpfs (ADR 38)
+            node_hostname=read_host_facts(options.hostname).hostname,
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)

@@ -18,10 +18,13 @@ from typing import Protocol
 
 import msgspec
 
-from warren.model import Resources
+from warren.model import ContainerOptions, Resources
 
 TASK_LABEL = "warren.task.id"
 SERVICE_LABEL = "warren.service.name"
+# A driver that knows the image's own health check (its config's Healthcheck, Docker's JSON)
+# puts it on the container in this label; the agent runs it unless the service says otherwise.
+IMAGE_HEALTH_LABEL = "warren.image.healthcheck"
 
 
 class ContainerState(enum.Enum):
@@ -83,6 +86,8 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     mounts: tuple[MountSpec, ...] = ()
     files: tuple[MountedFile, ...] = ()  # secrets and configs, bind-mounted read-only (ADR 38)
     pull_login: PullLogin | None = None  # memory only: drivers must not persist it (ADR 43)
+    hostname: str = ""  # the container's hostname, its template filled in; empty = the task id
+    options: ContainerOptions = ContainerOptions()  # capabilities, devices, sysctls... (#13)
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

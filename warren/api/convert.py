@@ -78,6 +78,57 @@ def deploy_config_from_pb(msg: pb.DeployConfig) -> model.DeployConfig:
     )
 
 
+def container_options_from_pb(msg: pb.ContainerOptions) -> model.ContainerOptions:
+    return model.ContainerOptions(
+        user=msg.user,
+        workdir=msg.workdir,
+        hostname=msg.hostname,
+        read_only=msg.read_only,
+        init=msg.init,
+        privileged=msg.privileged,
+        cap_add=tuple(msg.cap_add),
+        cap_drop=tuple(msg.cap_drop),
+        devices=tuple(
+            model.DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in msg.devices
+        ),
+        sysctls=dict(msg.sysctls),
+        ulimits=tuple(model.Ulimit(u.name, u.soft, u.hard) for u in msg.ulimits),
+        labels=dict(msg.labels),
+        dns=tuple(msg.dns),
+        dns_search=tuple(msg.dns_search),
+        dns_options=tuple(msg.dns_options),
+        group_add=tuple(msg.group_add),
+        no_healthcheck=msg.no_healthcheck,
+    )
+
+
+def container_options_to_pb(options: model.ContainerOptions) -> pb.ContainerOptions:
+    return pb.ContainerOptions(
+        user=options.user,
+        workdir=options.workdir,
+        hostname=options.hostname,
+        read_only=options.read_only,
+        init=options.init,
+        privileged=options.privileged,
+        cap_add=options.cap_add,
+        cap_drop=options.cap_drop,
+        devices=[
+            pb.DeviceMapping(
+                path_on_host=d.path_on_host, path_in_container=d.path_in_container, permissions=d.permissions
+            )
+            for d in options.devices
+        ],
+        sysctls=options.sysctls,
+        ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in options.ulimits],
+        labels=options.labels,
+        dns=options.dns,
+        dns_search=options.dns_search,
+        dns_options=options.dns_options,
+        group_add=options.group_add,
+        no_healthcheck=options.no_healthcheck,
+    )
+
+
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
@@ -129,6 +180,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         mounts=tuple(mount_from_pb(m) for m in msg.mounts),
         secrets=file_refs_from_pb(msg.secrets, "secret"),
         configs=file_refs_from_pb(msg.configs, "config"),
+        container=container_options_from_pb(msg.container),
     )
 
 
@@ -347,6 +399,8 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         secrets=[file_ref_to_pb(r) for r in spec.secrets],
         configs=[file_ref_to_pb(r) for r in spec.configs],
     )
+    if spec.container != model.ContainerOptions():
+        msg.container.CopyFrom(container_options_to_pb(spec.container))
     if spec.health is not None:
         h = spec.health
         msg.health.CopyFrom(

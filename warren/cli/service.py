@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from warren.cli import mounts, units
+from warren.cli.container_flags import container_summary
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
@@ -355,7 +356,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Tasks", f"{s.running_tasks} running of {s.desired_tasks} desired"),
         ("Virtual IP", s.vip or "-"),
         ("Image", spec.image),
-        ("Command", shlex.join([*spec.command, *spec.args])),
+        ("Entrypoint", shlex.join(spec.command) or "(the image's)"),
+        ("Args", shlex.join(spec.args) or "-"),
         ("Env", [f"{k}={v}" for k, v in sorted(spec.env.items())]),
         ("Labels", [f"{k}={v}" for k, v in sorted(spec.labels.items())]),
         ("Constraints", list(spec.constraints)),
@@ -387,6 +389,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 f"start period {units.format_duration(h.start_period)}",
             )
         )
+    if spec.HasField("container"):
+        fields.append(("Container", container_summary(spec.container)))
     if s.HasField("update_status"):
         st = s.update_status
         fields.append(
