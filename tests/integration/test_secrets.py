@@ -280,3 +280,44 @@ def test_an_agent_restarted_while_cut_off_cannot_restart_a_task_needing_a_secret
     assert failed["state"] == "orphaned" or "waiting for secret cut-pw" in failed["error"], failed
     seen = wait_for(lambda: _output(lab, h2, replacement["id"]), timeout=30, message="the replacement's output")
     assert seen["sha256"] == hashlib.sha256(value.encode()).hexdigest()
+
+
+def test_a_secret_in_a_tmpfs_mount_with_container_options_on_both_runtimes(lab: SecretsRig) -> None:
+    """The merged features together (ADR 38, 40, 42): the secret's file is bound inside the
+    task's own tmpfs mount, beside --hostname (and --read-only on containerd)."""
+    h1, h2, _ = lab.cluster.hosts
+    value = f"combo-{secrets.token_hex(8)}"
+    lab.ok("secret", "create", "combo-pw", "--from-literal", value)
+    script = (
+        'sha256sum "$S" | cut -d" " -f1; grep " $D " /proc/self/mounts | cut -d" " -f3 | sed "s/^/dfs=/"; '
+        'echo "host=$(hostname)"; {probe}echo done; exec sleep 3600'
+    )
+    root_probe = "if touch /probe 2>/dev/null; then echo root=rw; else echo root=ro; fi; "
+    lab.ok(
+        *("service", "create", "combo-ctd", "--image", lab.image("v1")),
+        *("--constraint", f"node.id=={_node_id(lab, h1)}"),
+        *("--mount", "type=tmpfs,target=/run/secrets", "--secret", "combo-pw", "--read-only"),
+        *("--hostname", "{{.Service.Name}}-{{.Task.Slot}}", "--env", "S=/run/secrets/combo-pw"),
+        *("--env", "D=/run/secrets", "--timeout", "60s", "--", "sh", "-c", script.format(probe=root_probe)),
+    )
+    scratch = lab.root / "combo" / "scratch"  # exec tasks share the host's tree: the target must exist
+    scratch.mkdir(parents=True)
+    lab.ok(
+        *("service", "create", "combo-exe", "--image", "none", "--constraint", f"node.id=={_node_id(lab, h2)}"),
+        *("--mount", f"type=tmpfs,target={scratch}", "--secret", f"source=combo-pw,target={scratch}/pw"),
+        *("--hostname", "combo-exec", "--env", f"S={scratch}/pw", "--env", f"D={scratch}", "--timeout", "60s"),
+        *("--", "/bin/sh", "-c", script.format(probe="")),
+    )
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    for service, host, expected in (
+        ("combo-ctd", h1, {"host": "combo-ctd-1", "root": "ro"}),
+        ("combo-exe", h2, {"host": "combo-exec"}),
+    ):
+        seen = _first_output(lab, service, host)
+        assert seen == {"sha256": digest, "dfs": "tmpfs", "done": "", **expected}, (service, seen)
+    assert not list(scratch.iterdir()), "the exec task's tmpfs and file stayed in its own mount namespace"
+
+
+def _first_output(rig: SecretsRig, service: str, host: LabHost) -> dict[str, str]:
+    task = wait_for(lambda: _task(rig, service), timeout=30, message=f"{service} running")
+    return wait_for(lambda: _output(rig, host, task["id"]), timeout=30, message=f"{service}'s output")

@@ -40,7 +40,7 @@ from warren.model import (
 from warren.mounts import MountError, check_mounts
 from warren.reconciler import is_empty
 from warren.runtime.containerd import oci
-from warren.runtime.exec.chain import HOSTNAME_SHIM, RESOLV_SHIM, exec_chain
+from warren.runtime.exec.chain import HOSTNAME_SHIM, RESOLV_SHIM, exec_chain, make_mount_points
 from warren.runtime.exec.mounts import MOUNTS_SHIM
 from warren.scheduler import schedule
 from warren.state import Put
@@ -346,6 +346,15 @@ def test_mounts_files_and_container_options_compose_in_both_runtimes() -> None:
         "bind", "/agent/secrets/t/0-secret-db", "/run/secrets/db", "ro",
         "--",
     ]  # fmt: skip
+
+
+def test_an_exec_tasks_file_inside_its_own_mount_is_not_made_on_the_host(tmp_path: Path) -> None:
+    """The host's tree is hidden under the task's tmpfs: the mounts shim makes that mount point
+    in the task's namespace; only a file outside every mount gets its empty file on the host."""
+    inside, outside = tmp_path / "scratch" / "pw", tmp_path / "etc" / "app.conf"
+    files = (MountedFile("/agent/a", str(inside)), MountedFile("/agent/b", str(outside)))
+    make_mount_points(files, (MountSpec("tmpfs", str(tmp_path / "scratch")),))
+    assert not inside.exists() and outside.read_bytes() == b""
 
 
 # -- the agent: the local driver, mount resolution, and deleting removed volumes -----------------

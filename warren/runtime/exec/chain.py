@@ -108,12 +108,16 @@ def check_executable(name: str, env: dict[str, str], cwd: str) -> str:
     raise RuntimeFailure(f"executable file not found: {name}", permanent=True)
 
 
-def make_mount_points(files: tuple[MountedFile, ...]) -> None:
+def make_mount_points(files: tuple[MountedFile, ...], mounts: Sequence[MountSpec] = ()) -> None:
     """An exec task shares the host's filesystem: a file's target must exist to be bound over in
     the task's mount namespace, so a missing one is made, empty, as runc does in a rootfs. The
-    value never lands there: the host sees an empty file, the task the tmpfs file."""
+    value never lands there: the host sees an empty file, the task the tmpfs file. A target
+    inside one of the task's `mounts` is left alone: the host's tree is hidden there, and the
+    mounts shim makes it in the task's own mount namespace."""
     for f in files:
         target = f.target
+        if any(target.startswith(m.target.rstrip("/") + "/") for m in mounts):
+            continue
         if os.path.isdir(target):
             raise RuntimeFailure(f"cannot mount a file at {target}: it is a directory on this host", permanent=True)
         if not os.path.exists(target):

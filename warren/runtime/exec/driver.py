@@ -156,7 +156,7 @@ class ExecRuntime:
             check_executable(argv[0], task_env(spec), cwd)
             check_targets(spec.mounts)
             try:
-                make_mount_points(spec.files)
+                make_mount_points(spec.files, spec.mounts)
                 (cdir / "work").mkdir(parents=True, exist_ok=True)
                 log_path = spec.log_path or str(cdir / "container.log")
                 Path(log_path).parent.mkdir(parents=True, exist_ok=True)
