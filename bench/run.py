@@ -33,6 +33,7 @@ BENCHMARKS = {
     "deploy": "bench.bench_deploy",
     "rollout": "bench.bench_rollout",
     "deploy_cases": "bench.bench_deploy_cases",
+    "secrets_start": "bench.bench_secrets",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

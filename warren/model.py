@@ -237,6 +237,57 @@ class Volume(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
+class FileRef(msgspec.Struct, frozen=True):
+    """A secret or config a service's tasks see as a file (ADR 38): the object named `source`,
+    at the absolute path `target`, owned by uid:gid with `mode`. Refers by name: an object in
+    use cannot be removed, so the name means one value for as long as a task uses it."""
+
+    source: str
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+class DeviceMapping(msgspec.Struct, frozen=True):
+    """A host device made visible in the container (`--device HOST[:CONTAINER[:PERMS]]`)."""
+
+    path_on_host: str
+    path_in_container: str = ""  # "" = the host's path
+    permissions: str = "rwm"  # cgroup device access: read, write, mknod
+
+
+class Ulimit(msgspec.Struct, frozen=True):
+    """A resource limit (`--ulimit nofile=1024:2048`): `name` as Docker spells it (nofile, nproc...)."""
+
+    name: str
+    soft: int
+    hard: int
+
+
+class ContainerOptions(msgspec.Struct, frozen=True):
+    """How a task's process runs beyond its command (#13), as Docker's `service create` flags
+    say it; the checks are in warren.container, their effect in each runtime (ADR 42)."""
+
+    user: str = ""  # uid[:gid] or a name; "" = the image's
+    workdir: str = ""  # "" = the image's
+    hostname: str = ""  # a template: {{.Service.Name}}-{{.Task.Slot}}; "" = the task id
+    read_only: bool = False
+    init: bool = False  # run an init (tini) as PID 1 that reaps zombies and forwards signals
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()  # CAP_NET_ADMIN spelled as given: NET_ADMIN, cap_net_admin, ALL
+    cap_drop: tuple[str, ...] = ()
+    devices: tuple[DeviceMapping, ...] = ()
+    sysctls: dict[str, str] = {}
+    ulimits: tuple[Ulimit, ...] = ()
+    labels: dict[str, str] = {}  # the container's labels (not the service's)
+    dns: tuple[str, ...] = ()  # nameserver addresses; () = the node's
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    group_add: tuple[str, ...] = ()  # supplementary groups: gids or names
+    no_healthcheck: bool = False  # do not run the image's own Healthcheck
+
+
 class ServiceSpec(msgspec.Struct, frozen=True):
     """Desired state of a service, as given by the operator."""
 
@@ -266,6 +317,9 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     force_update: int = 0
     deploy: DeployConfig = DeployConfig()  # the strategy of the rollout *to* this spec (ADR 35)
     mounts: tuple[Mount, ...] = ()  # volumes, binds and tmpfs (ADR 40)
+    secrets: tuple[FileRef, ...] = ()  # on a tmpfs, never on a node's disk (ADR 38)
+    configs: tuple[FileRef, ...] = ()
+    container: ContainerOptions = ContainerOptions()  # user, capabilities, devices... (#13)
 
 
 class SpecRevision(msgspec.Struct, frozen=True):
@@ -349,6 +403,30 @@ class AdminCert(msgspec.Struct, frozen=True):
     revoked_at: float = 0.0
 
 
+class RegistryLogin(msgspec.Struct, frozen=True):
+    """Credentials for one registry (ADR 43): the cluster's (`registry login`, id = the host) or
+    one service's own (`--with-registry-auth`, id = "<service id>/<host>", service_id set), which
+    its tasks use before the cluster's. Agents get them with the tasks that pull, in memory only."""
+
+    id: str
+    host: str
+    username: str
+    # THE SECRET VALUE, sealed by the manager before it is proposed (warren.manager.registrylogins:
+    # LoginVault, by the secrets' data key: ADR 38, 43), so that no Raft entry, snapshot or LMDB
+    # page holds the password in plaintext.
+    sealed_password: str = msgspec.field(default="")
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    service_id: str = ""
+
+    def __repr__(self) -> str:  # never the sealed value either, in a log line or a traceback
+        return f"RegistryLogin(id={self.id!r}, host={self.host!r}, username={self.username!r})"
+
+
+def registry_login_id(host: str, service_id: str = "") -> str:
+    return f"{service_id}/{host}" if service_id else host
+
+
 class Task(msgspec.Struct, frozen=True):
     """One instance of a service. `slot` numbers replicas (1..N); global tasks use slot 0 and
     are identified by their node. `spec_version` is the service version the task runs."""
@@ -403,6 +481,31 @@ def is_ready(task: Task) -> bool:
     return task.health == "healthy" if task.spec.health is not None else task.health != "unhealthy"
 
 
+class Secret(msgspec.Struct, frozen=True):
+    """A secret (ADR 38): `sealed` is its value encrypted with the cluster's data key; the
+    plain value exists only on the leader that sends it, and in the memory of the agents
+    whose tasks use it."""
+
+    id: str
+    name: str
+    sealed: bytes
+    size: int  # of the plain value
+    labels: dict[str, str] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Config(msgspec.Struct, frozen=True):
+    """A config: like a secret, but stored and shown as it is."""
+
+    id: str
+    name: str
+    data: bytes
+    labels: dict[str, str] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
 class ClusterInfo(msgspec.Struct, frozen=True):
     """Cluster-wide settings written once at init; tokens are rotated by commands. The CA key is
     replicated so that any manager can sign node certificates (as in SwarmKit); it never leaves
@@ -431,3 +534,8 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     # Rebalance replicated services by themselves when their spread is off by more than one task
     # (a node joined or returned, ADR 36); off by default, as moving tasks is a disruption.
     auto_rebalance: bool = False
+    # The key hierarchy of secrets (ADR 38): the key-encryption key, wrapped by the root (a key
+    # derived from the Raft secret; autolock's unlock key later), and the data key that seals
+    # secret values, wrapped by the KEK. Empty until the first secret is created.
+    kek_wrapped: str = ""
+    dek_wrapped: str = ""

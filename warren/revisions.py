@@ -7,7 +7,7 @@ import enum
 
 import msgspec
 
-from warren.model import ServiceSpec, SpecRevision
+from warren.model import ContainerOptions, ServiceSpec, SpecRevision
 from warren.text import escape_control
 
 MAX_REVISIONS = 10
@@ -32,6 +32,9 @@ def summary(old: ServiceSpec | None, new: ServiceSpec) -> str:
             parts.append(f"{label} {_brief(' '.join(added + removed + changed))}")
         elif isinstance(after, str | int | float | enum.Enum) and not isinstance(after, bool):
             parts.append(f"{label} {_brief(before)} -> {_brief(after)}")
+        elif isinstance(after, ContainerOptions):  # which options: "container user, cap_add changed"
+            names = [f.name for f in msgspec.structs.fields(after) if getattr(before, f.name) != getattr(after, f.name)]
+            parts.append(f"{label} {_brief(', '.join(names))} changed")
         else:
             parts.append(f"{label} changed")
     return "; ".join(parts) or "no change (a forced update)"

@@ -11,10 +11,22 @@ from typing import Literal
 
 import msgspec
 
-from warren.model import AdminCert, ClusterInfo, Node, NodeRole, RevokedNode, Service, Task, Volume
+from warren.model import (
+    AdminCert,
+    ClusterInfo,
+    Config,
+    Node,
+    NodeRole,
+    RegistryLogin,
+    RevokedNode,
+    Secret,
+    Service,
+    Task,
+    Volume,
+)
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume
+Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry"]
+StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -44,6 +56,7 @@ class ClusterState:
         self.nodes: dict[str, Node] = {}
         self.revoked: dict[str, RevokedNode] = {}  # removed node ids: their certificates are refused
         self.admin_certs: dict[str, AdminCert] = {}  # by id (the certificate's CN)
+        self.registry_logins: dict[str, RegistryLogin] = {}  # by id (ADR 43)
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
@@ -51,6 +64,8 @@ class ClusterState:
         self.service_names: dict[str, str] = {}
         self.volumes: dict[str, Volume] = {}  # by id (ADR 40)
         self.volume_names: dict[str, str] = {}
+        self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
+        self.configs: dict[str, Config] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -78,6 +93,12 @@ class ClusterState:
         """The valid (unrevoked) admin certificate called `name`."""
         return next((a for a in self.admin_certs.values() if a.name == name and not a.revoked_at), None)
 
+    def secret_by_name(self, name: str) -> Secret | None:
+        return next((s for s in self.secrets.values() if s.name == name), None)
+
+    def config_by_name(self, name: str) -> Config | None:
+        return next((c for c in self.configs.values() if c.name == name), None)
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
@@ -85,6 +106,7 @@ class ClusterState:
         other.nodes = dict(self.nodes)
         other.revoked = dict(self.revoked)
         other.admin_certs = dict(self.admin_certs)
+        other.registry_logins = dict(self.registry_logins)
         other.services = dict(self.services)
         other.tasks = dict(self.tasks)
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
@@ -92,6 +114,8 @@ class ClusterState:
         other.service_names = dict(self.service_names)
         other.volumes = dict(self.volumes)
         other.volume_names = dict(self.volume_names)
+        other.secrets = dict(self.secrets)
+        other.configs = dict(self.configs)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -119,6 +143,15 @@ class ClusterState:
             assert isinstance(obj, Volume)
             self.volumes[obj.id] = obj
             self.volume_names[obj.name] = obj.id
+        elif kind == "secret":
+            assert isinstance(obj, Secret)
+            self.secrets[obj.id] = obj
+        elif kind == "config":
+            assert isinstance(obj, Config)
+            self.configs[obj.id] = obj
+        elif kind == "registry":
+            assert isinstance(obj, RegistryLogin)
+            self.registry_logins[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -147,6 +180,12 @@ class ClusterState:
             volume = self.volumes.pop(obj_id, None)
             if volume is not None and self.volume_names.get(volume.name) == obj_id:
                 del self.volume_names[volume.name]
+        elif kind == "secret":
+            self.secrets.pop(obj_id, None)
+        elif kind == "config":
+            self.configs.pop(obj_id, None)
+        elif kind == "registry":
+            self.registry_logins.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

@@ -8,10 +8,12 @@ import signal
 
 from warren import mounts
 from warren.constraints import ConstraintError, parse_constraint
+from warren.container import OPTIONS_OVERHEAD, OptionError, check_options, option_texts
 from warren.model import (
     DeployConfig,
     DeployStrategy,
     FailureAction,
+    FileRef,
     ServiceMode,
     ServiceSpec,
     UpdateConfig,
@@ -250,6 +252,12 @@ def check_spec(spec: ServiceSpec) -> None:
         mounts.check_mounts(spec)
     except mounts.MountError as exc:
         raise ValidationError(str(exc)) from None
+    check_file_refs(spec)
+    check_labels("container label", spec.container.labels)
+    try:
+        check_options(spec.container)
+    except OptionError as exc:
+        raise ValidationError(str(exc)) from None
 
 
 def spec_size(spec: ServiceSpec) -> int:
@@ -259,10 +267,13 @@ def spec_size(spec: ServiceSpec) -> int:
     texts += [*spec.env, *spec.env.values(), *spec.labels, *spec.labels.values()]
     texts += [text for port in spec.ports for text in (port.protocol, port.mode)]
     texts += mounts.mount_texts(spec)
+    texts += [text for ref in (*spec.secrets, *spec.configs) for text in (ref.source, ref.target)]
+    texts += option_texts(spec.container)
     if spec.health is not None:
         texts += [spec.health.kind, spec.health.target, *spec.health.command]
     text_bytes = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
-    return _SPEC_FIXED_OVERHEAD + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
+    fixed = _SPEC_FIXED_OVERHEAD + OPTIONS_OVERHEAD
+    return fixed + text_bytes + _SPEC_ITEM_OVERHEAD * (len(texts) + len(spec.ports))
 
 
 def _check_rollout(kind: str, config: UpdateConfig) -> None:
@@ -374,3 +385,64 @@ def check_task_report(task_id: str, runtime_id: str, health: str) -> None:
     check_token("a runtime id", runtime_id)
     if health not in TASK_HEALTH:
         raise ValidationError(f"invalid task health {shown(health)}: one of starting, healthy or unhealthy")
+
+
+# Secrets and configs (ADR 38): the value limit is Swarm's; a task has at most MAX_FILES files.
+MAX_SECRET_BYTES = 500 * 1024
+MAX_FILES = 64
+MAX_TARGET = 1024
+SECRETS_DIR = "/run/secrets"
+_TARGET_PART = re.compile(r"[^\x00-\x1f\x7f/]+")
+
+
+def check_object_name(kind: str, name: str) -> None:
+    """A secret's or config's name: as a service's, so that it is also a valid file name."""
+    check_name(kind, name)
+
+
+def check_value_size(kind: str, size: int) -> None:
+    if size == 0:
+        raise ValidationError(f"a {kind} cannot be empty")
+    if size > MAX_SECRET_BYTES:
+        raise ValidationError(f"a {kind} holds at most {MAX_SECRET_BYTES // 1024} KB (this one {size} bytes)")
+
+
+def check_target(kind: str, target: str) -> None:
+    """An absolute, normalised path of a file: no `..`, no empty or `.` part, not `/` itself."""
+    parts = target.split("/")
+    if (
+        not target.startswith("/")
+        or len(target) > MAX_TARGET
+        or len(parts) < 2
+        or not all(_TARGET_PART.fullmatch(p) and p not in (".", "..") for p in parts[1:])
+    ):
+        raise ValidationError(
+            f"invalid {kind} target {shown(target)}: "
+            "an absolute file path without '.', '..', '//' or control characters"
+        )
+
+
+def check_file_ref(kind: str, ref: FileRef) -> None:
+    check_object_name(kind, ref.source)
+    check_target(kind, ref.target)
+    for what, value in (("uid", ref.uid), ("gid", ref.gid)):
+        if not 0 <= value <= 2**32 - 2:
+            raise ValidationError(f"{kind} {ref.source}: {what} must be between 0 and {2**32 - 2} (got {value})")
+    if not 0 <= ref.mode <= 0o777:
+        raise ValidationError(f"{kind} {ref.source}: mode must be between 0000 and 0777 (got {ref.mode:o})")
+
+
+def check_file_refs(spec: ServiceSpec) -> None:
+    """Each target once (a file cannot hold two values), at most MAX_FILES files."""
+    if len(spec.secrets) + len(spec.configs) > MAX_FILES:
+        raise ValidationError(f"a service uses at most {MAX_FILES} secrets and configs together")
+    targets: set[str] = set()
+    mount_targets = {m.target for m in spec.mounts}
+    for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+        for ref in refs:
+            check_file_ref(kind, ref)
+            if ref.target in targets:
+                raise ValidationError(f"two secrets or configs have the target {shown(ref.target)}")
+            if ref.target in mount_targets:  # a file cannot be bound over a mount's directory
+                raise ValidationError(f"{shown(ref.target)} is both a mount's target and a {kind}'s")
+            targets.add(ref.target)

@@ -57,6 +57,10 @@ def build(target: Target) -> Hints:
         "ServiceLogsRequest.follow": st.just(False),
         "ServiceLogsRequest.tail": st.integers(-1, 5),
         "ServiceLogsRequest.since": st.just(0.0),
+        "RegistryAuth.host": st.sampled_from(["registry.local:5000", "docker.io", "bad host", ""]),
+        "RegistryAuth.username": st.sampled_from(["alice", "", "a:b"]),
+        "RegistryAuth.password": st.sampled_from(["s3cret", ""]),
+        "RegistryLogoutRequest.host": st.sampled_from(["registry.local:5000", "missing.example", "bad/host"]),
         # ServiceSpec and its parts
         "ServiceSpec.name": st.sampled_from(["fuzz-target", "fz1", "fz2", "fz3"]),
         "ServiceSpec.image": st.sampled_from(["busybox", "registry.local:5000/app:1.0"]),

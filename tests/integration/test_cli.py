@@ -47,7 +47,8 @@ def test_service_lifecycle(manager: Manager) -> None:
     [svc] = manager.cli_json("service", "ls")
     assert svc["spec"]["name"] == "web" and svc["spec"]["replicas"] == "3"
     inspect = manager.cli_json("service", "inspect", "web")
-    assert inspect["spec"]["command"] == ["httpd"] and inspect["spec"]["args"] == ["-f", "-p", "8080"]
+    # The words after `--` replace the image's CMD and keep its ENTRYPOINT, as in Docker (ADR 42).
+    assert inspect["spec"].get("command", []) == [] and inspect["spec"]["args"] == ["httpd", "-f", "-p", "8080"]
     assert inspect["spec"]["env"] == {"GREETING": "hi"}
 
     tasks = _ps(manager, "web")

@@ -16,7 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from warren.runtime.containerd.registry import OCI_MANIFEST, Platform, RegistryClient, RegistryError, parse_reference
+from warren.runtime.containerd.registry import (
+    OCI_MANIFEST,
+    Credentials,
+    Platform,
+    RegistryClient,
+    RegistryError,
+    StaticCredentials,
+    parse_reference,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +93,7 @@ def fake() -> Iterator[str]:
 
 
 def test_bearer_token_challenge_redirect_and_verified_blob(fake: str) -> None:
-    client = RegistryClient(auth={fake: ("alice", "secret")})
+    client = RegistryClient(credentials=StaticCredentials({fake: Credentials("alice", "secret")}))
     ref = parse_reference(f"{fake}/bearer/img:latest")
     desc, body = client.resolve(ref, Platform("linux", "amd64"))
     assert body == MANIFEST and desc["digest"] == "sha256:" + hashlib.sha256(MANIFEST).hexdigest()
@@ -97,7 +105,9 @@ def test_bearer_token_challenge_redirect_and_verified_blob(fake: str) -> None:
 
 def test_basic_auth_and_missing_credentials(fake: str) -> None:
     ref = parse_reference(f"{fake}/basic/img:latest")
-    media_type, body, _ = RegistryClient(auth={fake: ("alice", "secret")}).get_manifest(ref)
+    media_type, body, _ = RegistryClient(
+        credentials=StaticCredentials({fake: Credentials("alice", "secret")})
+    ).get_manifest(ref)
     assert (media_type, body) == (OCI_MANIFEST, MANIFEST)
     with pytest.raises(RegistryError) as err:
         RegistryClient().get_manifest(ref)
@@ -111,7 +121,7 @@ def test_not_found_and_pinned_digest_mismatch(fake: str) -> None:
     with pytest.raises(RegistryError) as err:
         RegistryClient().get_manifest(parse_reference(f"{fake}/other/img:latest"))
     assert err.value.permanent and err.value.message == f"image {fake}/other/img:latest not found in registry"
-    client = RegistryClient(auth={fake: ("alice", "secret")})
+    client = RegistryClient(credentials=StaticCredentials({fake: Credentials("alice", "secret")}))
     with pytest.raises(RegistryError, match="registry returned"):
         client.get_manifest(parse_reference(f"{fake}/bearer/img@{LIE_DIGEST}"))
 

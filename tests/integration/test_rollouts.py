@@ -118,7 +118,7 @@ def test_failure_action_rollback_returns_every_task_to_the_previous_spec(cluster
     after = {int(t["slot"]): t["id"] for t in _tasks(manager, "web") if t["state"] == "running"}
     assert after[2] == before[2] and after[1] != before[1], (before, after)
     spec = manager.cli_json("service", "inspect", "web")["spec"]  # type: ignore[index]
-    assert spec["args"][1] == ": v1; sleep 600; exit 0"  # version 3 runs version 1's command
+    assert spec["args"][2] == ": v1; sleep 600; exit 0"  # version 3 runs version 1's command (sh -c ...)
     # The failed tasks of version 2 are history: failed, and desired shutdown (as in Swarm).
     failed = [t for t in manager.cli_json("service", "ps", "web", "--all") if t["spec_version"] == "2"]  # type: ignore[union-attr]
     assert failed and {(t["state"], t["desired_state"]) for t in failed} == {("failed", "shutdown")}, failed

@@ -74,8 +74,9 @@ def test_create_all_flags() -> None:
     assert dict(spec.labels) == {"tier": "front", "canary": ""}
     assert spec.stop_grace_period == 30.0
     assert spec.stop_drain == 5.0
-    assert list(spec.command) == ["nginx"]
-    assert list(spec.args) == ["-g", "daemon off;"]
+    # Docker's semantics: the words after the name replace the image's CMD, not its ENTRYPOINT.
+    assert list(spec.command) == []
+    assert list(spec.args) == ["nginx", "-g", "daemon off;"]
 
 
 def test_create_partial_restart_policy_is_completed_with_defaults() -> None:
@@ -159,7 +160,7 @@ def test_update_without_flags_changes_nothing(base_spec: pb.ServiceSpec) -> None
 
 def test_update_command(base_spec: pb.ServiceSpec) -> None:
     spec = updated(base_spec, "--", "sleep", "60")
-    assert (list(spec.command), list(spec.args)) == (["sleep"], ["60"])
+    assert (list(spec.command), list(spec.args)) == ([], ["sleep", "60"])
 
 
 def test_only_replicas_changed(base_spec: pb.ServiceSpec) -> None:

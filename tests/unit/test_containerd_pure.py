@@ -192,7 +192,7 @@ def test_command_and_args_follow_docker_rules() -> None:
 
 def test_env_cwd_and_user() -> None:
     process = _process(_spec(env={"B": "spec", "C": "spec"}, user="1000:100"))
-    assert process["env"] == ["PATH=/bin", "A=image", "B=spec", "C=spec"]
+    assert process["env"] == ["PATH=/bin", "A=image", "B=spec", "HOSTNAME=t1", "C=spec"]
     assert process["cwd"] == "/app"
     assert process["user"] == {"uid": 1000, "gid": 100}
     assert merge_env([], {})[0].startswith("PATH=/usr/local/sbin:")

@@ -71,6 +71,17 @@ update_configs = st.builds(
 )
 
 
+# Targets as the API stores them: absolute (a relative one is given its default on the way in).
+file_refs = st.builds(
+    model.FileRef,
+    source=words,
+    target=words.map(lambda w: f"/{w}"),
+    uid=uint32s,
+    gid=uint32s,
+    mode=st.integers(0, 0o777),
+)
+
+
 @st.composite
 def deploy_configs(draw: st.DrawFn) -> model.DeployConfig:
     strategy = draw(st.sampled_from(model.DeployStrategy))
@@ -111,6 +122,8 @@ def service_specs(draw: st.DrawFn) -> model.ServiceSpec:
         rollback=draw(update_configs),
         force_update=draw(int64s),
         deploy=draw(deploy_configs()),
+        secrets=tuple(draw(st.lists(file_refs, max_size=2))),
+        configs=tuple(draw(st.lists(file_refs, max_size=2))),
     )
 
 

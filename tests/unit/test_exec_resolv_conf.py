@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from warren.agent.runtime import ContainerSpec
+from warren.model import Ulimit
 from warren.runtime.exec import ExecRuntime, driver
-from warren.runtime.exec.chain import CGROUP_SHIM, RESOLV_SHIM, exec_chain
+from warren.runtime.exec.chain import CGROUP_SHIM, HOSTNAME_SHIM, RESOLV_SHIM, exec_chain
 
 NETNS = "/run/netns/wt-t1"
 RESOLV = "/var/lib/warren/network/resolv.conf"
@@ -62,10 +63,24 @@ def test_netns_alone_only_enters_the_network() -> None:
     assert chain(netns=NETNS) == (["/T/nsenter", f"--net={NETNS}", "--", *TASK], "/T/nsenter", None)
 
 
-def test_resolv_conf_without_a_netns_changes_nothing() -> None:
-    """A task on the host's network keeps the host's resolv.conf."""
-    assert chain(resolv_conf=RESOLV) == (TASK, "/usr/bin/sleep", None)
-    assert chain(resolv_conf=RESOLV, user=(65534, 65534)) == (TASK, "/usr/bin/sleep", (65534, 65534))
+def test_resolv_conf_without_a_netns_gets_a_mount_namespace() -> None:
+    """The agent gives a task on the host's network no resolv.conf (it keeps the host's); one it
+    is given is its own (--dns, ADR 42), mounted over /etc/resolv.conf in its mount namespace."""
+    assert chain() == (TASK, "/usr/bin/sleep", None)
+    argv, exe, user = chain(resolv_conf=RESOLV, user=(65534, 65534))
+    assert argv[:6] == ["/T/unshare", "--mount", "--propagation", "slave", "--", "/bin/sh"]
+    assert argv[-7:] == ["/T/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", *TASK]
+    assert (exe, user) == ("/T/unshare", None)
+
+
+def test_groups_and_ulimits_go_through_setpriv_and_prlimit() -> None:
+    argv, exe, user = chain(user=(7, 8), groups=[10, 20], rlimits=[Ulimit("nofile", 5, 6), Ulimit("core", 0, 0)])
+    assert argv == [
+        "/T/prlimit", "--nofile=5:6", "--core=0:0", "--",  # before setpriv: raising a hard limit needs root
+        "/T/setpriv", "--reuid=7", "--regid=8", "--groups=10,20", "--", *TASK,
+    ]  # fmt: skip
+    assert (exe, user) == ("/T/prlimit", None)
+    assert chain(groups=[10])[0] == ["/T/setpriv", "--groups=10", "--", *TASK]
 
 
 def test_a_user_is_applied_last_by_setpriv_when_earlier_steps_need_root() -> None:
@@ -172,3 +187,28 @@ def test_the_task_does_not_run_when_the_mount_fails(tmp_path: Path) -> None:
     assert proc.returncode == 125
     assert f"warren: cannot mount {RESOLV} over /etc/resolv.conf" in proc.stderr
     assert not marker.exists()
+
+
+def test_a_hostname_gets_a_uts_namespace_and_the_hostname_shim() -> None:
+    argv, exe, user = chain(hostname="web-3", resolv_conf=RESOLV)
+    assert argv[:6] == ["/T/unshare", "--mount", "--propagation", "slave", "--uts", "--"]
+    shim = argv.index(HOSTNAME_SHIM)
+    assert argv[shim - 2 : shim + 4] == ["/bin/sh", "-c", HOSTNAME_SHIM, "warren-hostname", "/T/hostname", "web-3"]
+    assert argv[-2:] == TASK and (exe, user) == ("/T/unshare", None)
+    assert chain(hostname="h")[0][:3] == ["/T/unshare", "--uts", "--"]
+
+
+def test_the_hostname_shim_sets_it_then_execs_the_task(tmp_path: Path) -> None:
+    fake = tmp_path / "hostname"
+    fake.write_text(f'#!/bin/sh\necho "$1" > {tmp_path}/set\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["/bin/sh", "-c", HOSTNAME_SHIM, "warren-hostname", str(fake), "web-3", "echo", "ran"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == "ran\n" and (tmp_path / "set").read_text() == "web-3\n"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    failed = subprocess.run(
+        ["/bin/sh", "-c", HOSTNAME_SHIM, "w", str(fake), "x", "echo", "ran"], capture_output=True, text=True
+    )
+    assert failed.returncode == 125 and "cannot set the hostname x" in failed.stderr and "ran" not in failed.stdout

@@ -17,6 +17,7 @@ from warren.manager.imagepin import LookupFailed, check_reference, pinned, to_re
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.server import ApiError
 from warren.model import ServiceSpec
+from warren.runtime.containerd.registry import Credentials
 
 T = TypeVar("T")
 D1 = "sha256:" + "1" * 64
@@ -33,9 +34,11 @@ class Registry:
     def __init__(self, tags: dict[str, str]) -> None:
         self.tags = tags
         self.asked: list[str] = []
+        self.logins: list[Credentials | None] = []
 
-    def digest(self, image: str) -> str:
+    def digest(self, image: str, credentials: Credentials | None = None) -> str:
         self.asked.append(image)
+        self.logins.append(credentials)
         if image not in self.tags:
             raise LookupFailed(f"registry docker.io unreachable: host name not resolved ({image})")
         return self.tags[image]

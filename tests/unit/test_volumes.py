@@ -18,7 +18,7 @@ from tests.waiting import async_wait_for as until
 from warren import commands
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache
-from warren.agent.runtime import ContainerSpec, MountSpec, RuntimeFailure
+from warren.agent.runtime import ContainerSpec, MountedFile, MountSpec, RuntimeFailure
 from warren.agent.status import StatusQueue
 from warren.agent.volumes import LocalVolumes, resolve_mounts
 from warren.agent.worker import Worker
@@ -26,11 +26,21 @@ from warren.api.v1 import types_pb2 as pb
 from warren.cli import main
 from warren.cli import mounts as cli_mounts
 from warren.cli.errors import CliError
-from warren.model import Availability, Mount, MountType, NodeStatus, ServiceMode, ServiceSpec, TaskState, Volume
+from warren.model import (
+    Availability,
+    ContainerOptions,
+    Mount,
+    MountType,
+    NodeStatus,
+    ServiceMode,
+    ServiceSpec,
+    TaskState,
+    Volume,
+)
 from warren.mounts import MountError, check_mounts
 from warren.reconciler import is_empty
 from warren.runtime.containerd import oci
-from warren.runtime.exec.chain import exec_chain
+from warren.runtime.exec.chain import HOSTNAME_SHIM, RESOLV_SHIM, exec_chain, make_mount_points
 from warren.runtime.exec.mounts import MOUNTS_SHIM
 from warren.scheduler import schedule
 from warren.state import Put
@@ -311,6 +321,40 @@ def test_the_exec_chain_mounts_in_a_mount_namespace_of_its_own() -> None:
         "tmpfs", "", "/scratch", "mode=1777,nosuid,nodev",
         "--", "app",
     ]  # fmt: skip
+
+
+def test_mounts_files_and_container_options_compose_in_both_runtimes() -> None:
+    """Volumes (ADR 40), secrets (ADR 38) and container options (ADR 42) merged: a secret's file
+    is bound after the mounts (it may sit in a tmpfs of the task's), beside --init's binary."""
+    files = (MountedFile("/agent/secrets/t/0-secret-db", "/run/secrets/db"),)
+    mounts = (MountSpec("tmpfs", "/run/secrets"),)
+    spec = ContainerSpec("t", "img", command=("sh",), mounts=mounts, files=files, options=ContainerOptions(init=True))
+    built = oci.build_spec(spec, {}, "/c", host_files=[], init_binary="/usr/bin/tini-static")
+    destinations = [m["destination"] for m in built["mounts"]]  # type: ignore[index, union-attr, attr-defined]
+    assert destinations[-3:] == [oci.INIT_PATH, "/run/secrets", "/run/secrets/db"], destinations
+
+    argv, _, _ = exec_chain(
+        ["app"], "/bin/app", procs=[], netns="", resolv_conf="/r.conf", user=None,
+        mounts=mounts, files=files, hostname="web-1",
+    )  # fmt: skip
+    assert argv[1:6] == ["--mount", "--propagation", "slave", "--uts", "--"]
+    shims = [argv.index(shim) for shim in (RESOLV_SHIM, MOUNTS_SHIM, HOSTNAME_SHIM)]
+    assert shims == sorted(shims), "resolv.conf, then the mounts and files, then the hostname"
+    mounts_shim = argv[shims[1] + 3 : shims[2] - 2]
+    assert mounts_shim == [
+        "tmpfs", "", "/run/secrets", "mode=1777,nosuid,nodev",
+        "bind", "/agent/secrets/t/0-secret-db", "/run/secrets/db", "ro",
+        "--",
+    ]  # fmt: skip
+
+
+def test_an_exec_tasks_file_inside_its_own_mount_is_not_made_on_the_host(tmp_path: Path) -> None:
+    """The host's tree is hidden under the task's tmpfs: the mounts shim makes that mount point
+    in the task's namespace; only a file outside every mount gets its empty file on the host."""
+    inside, outside = tmp_path / "scratch" / "pw", tmp_path / "etc" / "app.conf"
+    files = (MountedFile("/agent/a", str(inside)), MountedFile("/agent/b", str(outside)))
+    make_mount_points(files, (MountSpec("tmpfs", str(tmp_path / "scratch")),))
+    assert not inside.exists() and outside.read_bytes() == b""
 
 
 # -- the agent: the local driver, mount resolution, and deleting removed volumes -----------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from warren.agent.runtime import PullLogin
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -40,6 +41,9 @@ class AssignmentDelta:
     vip_range: str = ""
     services_index: int = 0  # the Raft index `services` were computed at (ADR 33)
     volumes: tuple[str, ...] | None = None  # the volumes living on this node, when they changed (ADR 40)
+    # Values of secrets and configs, (kind, name, data), sent with the specs (ADR 38): held in
+    # memory only, never cached.
+    files: tuple[tuple[str, str, bytes], ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class AssignmentSet:
     held: Callable[[str], Task | None] = _no_held_task
     specs: dict[SpecKey, ServiceSpec] = field(default_factory=dict)  # sent on this session
     refs: dict[str, SpecKey] = field(default_factory=dict)  # every task in the set -> its spec
+    # Registry logins of tasks yet to pull (ADR 43): in memory only, never in the agent's cache.
+    # Changed in place: the controllers read it through ControllerEnv.pull_login.
+    logins: dict[str, PullLogin] = field(default_factory=dict)
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept
@@ -104,7 +111,10 @@ class AssignmentSet:
         volumes = tuple(msg.volumes) if msg.volumes_changed else None
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
             self.specs, self.refs = {}, {}
+            self.logins.clear()
+            self._read_logins(msg)
             updated, invalid = self._read(msg)
+            files = _files(msg)
             tasks = {t.id: t for t in updated}
             for task_id, _ in invalid:  # unreadable now, but known: keep the copy we have
                 if task_id in self.tasks:
@@ -123,6 +133,7 @@ class AssignmentSet:
                 vip_range=msg.vip_range,
                 services_index=msg.services_index,
                 volumes=volumes,
+                files=files,
             )
         if msg.type != dpb.AssignmentsMessage.INCREMENTAL:
             raise VersionGap(f"unknown assignments message type {msg.type}")
@@ -132,12 +143,14 @@ class AssignmentSet:
             raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
         if msg.applies_to != self.version:
             raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
+        self._read_logins(msg)
         updated, invalid = self._read(msg)
         for task in updated:
             self.tasks[task.id] = task
         for task_id in msg.removed:
             self.tasks.pop(task_id, None)
             self.refs.pop(task_id, None)
+            self.logins.pop(task_id, None)
         self._prune()
         self.version = msg.version
         return AssignmentDelta(
@@ -151,7 +164,15 @@ class AssignmentSet:
             vip_range=msg.vip_range,
             services_index=msg.services_index,
             volumes=volumes,
+            files=_files(msg),
         )
+
+    def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
+        for login in msg.pull_logins:
+            self.logins[login.task_id] = PullLogin(login.host, login.username, login.password)
+        for task in msg.updated:  # pulled and started: its login is no longer needed here
+            if convert.task_state_or(task.state, TaskState.NEW) >= TaskState.RUNNING:
+                self.logins.pop(task.id, None)
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
         """The message's specs joined to the session's, then its tasks, each with its spec."""
@@ -185,6 +206,10 @@ class AssignmentSet:
         """Forget specs no task in the set refers to, as the managers do (ADR 21)."""
         wanted = set(self.refs.values())
         self.specs = {key: spec for key, spec in self.specs.items() if key in wanted}
+
+
+def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:
+    return tuple((f.kind, f.name, f.data) for entry in msg.specs for f in entry.files)
 
 
 def _key(msg: pb.Task) -> SpecKey:

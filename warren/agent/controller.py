@@ -32,6 +32,7 @@ from warren.agent.decisions import (
     container_spec,
     decide_step,
     exit_outcome,
+    health_check,
     initial_state,
     plan_exit,
     plan_failure,
@@ -40,10 +41,11 @@ from warren.agent.decisions import (
 )
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
+from warren.agent.taskfiles import MissingFiles
 from warren.agent.volumes import resolve_mounts
 from warren.agent.watch import wait_exit, watch_health
 from warren.backoff import Backoff
-from warren.model import Task, TaskState, can_transition
+from warren.model import HealthCheck, Task, TaskState, can_transition
 from warren.restart import next_attempt as next_attempt  # re-exported: the rule tasks restart by
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class TaskController:
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
         self._retry = Backoff.schedule(env.retry_delays)  # transient failures of the current step
         self._network_released = False  # the task's namespace is gone (known only once released)
+        # The health check run: the service's, or the image's own, learnt from the container.
+        self._check: HealthCheck | None = task.spec.health
         self.done = asyncio.Event()
 
     # -- the agent's side ----------------------------------------------------------------------
@@ -161,7 +165,7 @@ class TaskController:
         elif step == Step.BEGIN_PREPARING:
             self._advance(TaskState.PREPARING, message="preparing")
         elif step == Step.PREPARE:
-            await self._prepare()
+            return await self._prepare()
         elif step == Step.START:
             await self._start()
         else:
@@ -170,27 +174,40 @@ class TaskController:
 
     # -- steps ---------------------------------------------------------------------------------
     async def _spec(self) -> ContainerSpec:
-        """The container to create, in its own network namespace when the overlay is on."""
+        """The container to create, in its own network namespace when the overlay is on, with
+        its secrets and configs (first: a value this node lacks is the reason to say)."""
+        files = await self.env.call(self.env.files.prepare, self.task) if self.env.files is not None else ()
         netns = resolv_conf = ""
         if self.env.networks is not None and self.task.overlay_address:
             netns = await self.env.call(self.env.networks.attach, self.task.id, self.task.overlay_address)
             resolv_conf = self.env.networks.resolv_conf()
-        spec = msgspec.structs.replace(container_spec(self.task, self.env.log_dir, netns), resolv_conf=resolv_conf)
+        spec = container_spec(self.task, self.env.log_dir, netns, self.env.node_hostname)
+        spec = msgspec.structs.replace(
+            spec, resolv_conf=resolv_conf, files=files, pull_login=self.env.pull_login(self.task.id)
+        )
         if self.task.spec.mounts:
             mounts = await self.env.call(resolve_mounts, self.task.spec.mounts, self.env.volumes)
             spec = msgspec.structs.replace(spec, mounts=mounts)
         return spec
 
-    async def _prepare(self) -> None:
+    async def _prepare(self) -> bool:
+        """Make the container; False while it waits for secrets this node does not hold."""
         try:
             spec = await self._spec()
             runtime_id = await self.env.call(self.env.runtime.prepare, spec)
+        except MissingFiles as exc:  # until a session brings them: the worker pokes us then
+            if self.local.message != exc.message:
+                log.warning("task %s: %s", self.task.id, exc.message)
+                self._advance(self.local.state, message=exc.message)
+            return False
         except Exception as exc:
             await self._failed_step("preparing", exc, reject=True)
-            return
+            return True
+        await self._learn_check(runtime_id)
         self._retry.reset()
         self._set_local(runtime_id=runtime_id, started=False)
         self._advance(TaskState.STARTING, message="starting")
+        return True
 
     async def _start(self) -> None:
         runtime_id = self.local.runtime_id
@@ -205,7 +222,7 @@ class TaskController:
     def _started(self) -> None:
         """The process runs: RUNNING at once, or STARTING until the health check passes."""
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None, error="")
-        if self.task.spec.health is None:
+        if self._check is None:
             self._advance(RUNNING, message="started", health="")
         else:
             self._advance(max(self.local.state, TaskState.STARTING), health=health.STARTING)
@@ -241,9 +258,9 @@ class TaskController:
         runtime_id = self.local.runtime_id
         if self._exit is None:
             self._exit = asyncio.create_task(wait_exit(self.env, self.task.id, runtime_id))
-        if self._health is None and self.task.spec.health is not None and not self._exit.done():
+        if self._health is None and self._check is not None and not self._exit.done():
             self._health = asyncio.create_task(
-                watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health)
+                watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health, self._check)
             )
         if self._unhealthy is not None:
             await self._stop_unhealthy()
@@ -315,13 +332,15 @@ class TaskController:
             await self.env.call(self.env.runtime.remove, old)
             runtime_id = await self.env.call(self.env.runtime.prepare, await self._spec())
             self._set_local(runtime_id=runtime_id)
+            await self._learn_check(runtime_id)
             await self.env.call(self.env.runtime.start, runtime_id)
         except Exception as exc:
             message = exc.message if isinstance(exc, RuntimeFailure) else str(exc)
+            log.warning("task %s: local restart failed: %s", self.task.id, message)
             self._advance(TaskState.FAILED, error=f"local restart failed: {message}", message="restart failed")
             return
         self._set_local(started=True, started_at=self.env.clock(), exit_code=None)
-        status = health.STARTING if self.task.spec.health is not None else ""
+        status = health.STARTING if self._check is not None else ""
         self._advance(self.local.state, health=status, message=f"restarted by the agent ({self.local.restarts})")
 
     def _on_health(self, report: health.HealthReport) -> None:
@@ -400,6 +419,13 @@ class TaskController:
         """Remove the task's namespace and veth once nothing runs in them. Unconditional: a task
         that failed before its container existed has one too, and an ended task's overlay
         address may already be given back (ADR 23)."""
+        if self.env.files is not None:  # its secrets' tmpfs goes with its other resources
+            try:
+                await self.env.call(self.env.files.release, self.task.id)
+            except Exception as exc:
+                log.warning("task %s: unmounting its secrets failed: %s", self.task.id, exc)
+                await self._sleep(self._retry.next())
+                return False
         if self.env.networks is not None:
             try:
                 await self.env.call(self.env.networks.detach, self.task.id)
@@ -442,6 +468,7 @@ class TaskController:
         if current is None:
             return
         self._set_local(runtime_id=current.runtime_id)
+        self._check = health_check(self.task, current.labels)
         if action == Resume.STOP_ENDED:
             await self._stop_container()
         elif action == Resume.ADOPT_RUNNING:
@@ -457,6 +484,17 @@ class TaskController:
             self._advance(outcome, exit_code=current.exit_code, error=error)
         elif action == Resume.ADOPT_CREATED:
             self._advance(TaskState.STARTING, message="starting")
+
+    async def _learn_check(self, runtime_id: str) -> None:
+        """The image's own health check, from the container's labels, when the service has none."""
+        if self.task.spec.health is not None or self.task.spec.container.no_healthcheck:
+            return
+        try:
+            status = await self.env.call(self.env.runtime.status, runtime_id)
+        except Exception as exc:  # the check then starts with the next container, or never
+            log.warning("task %s: cannot read its container's labels: %s", self.task.id, exc)
+            return
+        self._check = health_check(self.task, status.labels)
 
     # -- local state and reports ---------------------------------------------------------------
     def _set_local(self, **fields: Any) -> None:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from warren.agent.decisions import LocalState
-from warren.agent.runtime import Runtime
+from warren.agent.runtime import PullLogin, Runtime
 from warren.agent.status import Report
+from warren.agent.taskfiles import TaskFiles
 from warren.agent.volumes import VolumeDriver
 
 
@@ -45,6 +46,10 @@ class ControllerEnv:
     wait_call: Callable[..., Awaitable[Any]] | None = None  # same, for long waits (own pool)
     networks: TaskNetworks | None = None  # the overlay's task networks, when the mesh is on
     volumes: VolumeDriver | None = None  # where named volumes live on this node (ADR 40)
+    files: TaskFiles | None = None  # each task's secrets and configs on a tmpfs (ADR 38)
+    # The registry login the managers sent with a task, if any (ADR 43); memory only.
+    pull_login: Callable[[str], PullLogin | None] = lambda task_id: None
     clock: Callable[[], float] = time.time
     retry_delays: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)  # transient prepare failures
     wait_slice: float = 2.0  # a wait() call returns at least this often, so closing is prompt
+    node_hostname: str = ""  # for {{.Node.Hostname}} in a task's hostname template

@@ -39,9 +39,10 @@ from warren.agent.controller import ControllerEnv
 from warren.agent.logs import LogAgent
 from warren.agent.overlay import Overlay
 from warren.agent.promotion import ManagerRunner, Promotion
-from warren.agent.runtime import Runtime
+from warren.agent.runtime import PullLogin, Runtime
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
+from warren.agent.taskfiles import FileVault, TaskFiles
 from warren.agent.volumes import LocalVolumes
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -70,6 +71,7 @@ class AgentOptions:
     labels: dict[str, str] = field(default_factory=dict)
     advertise_addr: str = ""
     insecure_registries: tuple[str, ...] = ()
+    registry_cas: tuple[str, ...] = ()  # HOST=FILE: a registry's private CA (ADR 43)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus /metrics; None = none
     cgroup_parent: str = "/warren"  # containerd runtime: the containers' cgroups go under it
 
@@ -86,13 +88,19 @@ def make_runtime(options: AgentOptions) -> Runtime:
         return ExecRuntime(options.data_dir / "exec")
     if options.runtime == "containerd":
         from warren.runtime.containerd.driver import ContainerdRuntime
+        from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
 
-        return ContainerdRuntime(
-            options.containerd_socket,
-            options.data_dir / "containerd",
-            options.insecure_registries,
-            cgroup_parent=options.cgroup_parent,
-        )
+        try:
+            cas = dict(parse_registry_ca(text) for text in options.registry_cas)
+            return ContainerdRuntime(
+                options.containerd_socket,
+                options.data_dir / "containerd",
+                options.insecure_registries,
+                cgroup_parent=options.cgroup_parent,
+                registry_cas=cas,
+            )
+        except (InvalidReference, ValueError) as exc:
+            raise AgentStartupError(f"--registry-ca: {exc}") from None
     raise AgentStartupError(f"unknown runtime {options.runtime!r} (use containerd or exec)")
 
 
@@ -250,13 +258,17 @@ async def _serve(
         opened.push_async_callback(overlay.close)
         if overlay.enabled:
             await _claim_overlay(overlay, calls)
+        pull_logins: dict[str, PullLogin] = {}  # task id -> its registry login, memory only (ADR 43)
         env = ControllerEnv(
+            pull_login=pull_logins.get,
             runtime=runtime,
             log_dir=data / "logs",
             call=_in_pool(calls),
             wait_call=_in_pool(waits),
             networks=overlay if overlay.enabled else None,
             volumes=LocalVolumes(data / datadir.VOLUMES_DIR),
+            files=TaskFiles(data / "secrets", FileVault()),  # in memory, on a tmpfs (ADR 38)
+            node_hostname=read_host_facts(options.hostname).hostname,
         )
         queue = StatusQueue()
         worker = Worker(env, cache, queue)
@@ -286,6 +298,7 @@ async def _serve(
             services_applied=lambda: overlay.services_applied,
             routing_changed=overlay.routing_changed,
             on_key_epoch=overlay.want_key_epoch,
+            pull_logins=pull_logins,
         )
         if options.metrics_addr:
             from warren.agent import metrics
@@ -353,6 +366,8 @@ def options_argv(options: AgentOptions) -> list[str]:
         argv += ["--advertise-addr", options.advertise_addr]
     for registry in options.insecure_registries:
         argv += ["--insecure-registry", registry]
+    for ca in options.registry_cas:
+        argv += ["--registry-ca", ca]
     if options.metrics_addr:
         argv += ["--metrics-addr", options.metrics_addr]
     argv += ["--cgroup-parent", options.cgroup_parent]
@@ -426,6 +441,7 @@ def parse_options(argv: list[str] | None, prog: str = "python -m warren.agent.da
     p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V")
     p.add_argument("--advertise-addr", default="")
     p.add_argument("--insecure-registry", action="append", default=[], metavar="HOST[:PORT]")
+    p.add_argument("--registry-ca", action="append", default=[], metavar="HOST[:PORT]=FILE")
     p.add_argument("--metrics-addr", metavar="HOST:PORT")
     p.add_argument(
         "--cgroup-parent", type=_cgroup_parent, default="/warren", metavar="PATH", help="containerd: the cgroup parent"
@@ -440,6 +456,7 @@ def parse_options(argv: list[str] | None, prog: str = "python -m warren.agent.da
         labels=dict(args.label),
         advertise_addr=args.advertise_addr,
         insecure_registries=tuple(args.insecure_registry),
+        registry_cas=tuple(args.registry_ca),
         metrics_addr=args.metrics_addr,
         cgroup_parent=args.cgroup_parent,
     )

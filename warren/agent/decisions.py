@@ -15,13 +15,22 @@ the cache, reports, sleeps. Everything here is a function of values, tested with
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
 
-from warren.agent.runtime import SERVICE_LABEL, TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus
-from warren.model import RestartPolicy, Task, TaskState
+from warren.agent.runtime import (
+    IMAGE_HEALTH_LABEL,
+    SERVICE_LABEL,
+    TASK_LABEL,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+)
+from warren.container import expand_hostname, image_health_check
+from warren.model import HealthCheck, RestartPolicy, Task, TaskState
 from warren.restart import next_attempt
 
 RUNNING = TaskState.RUNNING
@@ -55,21 +64,53 @@ def stop_signal(task: Task) -> str:
     return task.spec.stop_signal or "SIGTERM"
 
 
-def container_spec(task: Task, log_dir: Path, netns: str = "") -> ContainerSpec:
+def container_spec(task: Task, log_dir: Path, netns: str = "", node_hostname: str = "") -> ContainerSpec:
     """What the runtime runs for a task; the labels let a restarted agent find it again."""
     spec = task.spec
+    options = spec.container
     return ContainerSpec(
         task_id=task.id,
         image=spec.image,
         command=spec.command,
         args=spec.args,
         env=dict(spec.env),
+        cwd=options.workdir,
+        user=options.user,
         limits=spec.limits,
+        read_only_rootfs=options.read_only,
         stop_signal=stop_signal(task),
-        labels={TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
+        labels={**options.labels, TASK_LABEL: task.id, SERVICE_LABEL: task.service_name},
         log_path=str(log_dir / f"{task.id}.log"),
         netns=netns,
+        hostname=task_hostname(task, node_hostname),
+        options=options,
     )
+
+
+def health_check(task: Task, labels: Mapping[str, str]) -> HealthCheck | None:
+    """The check the agent runs: the service's; else, unless --no-healthcheck, the image's own
+    (in its container's `labels`, as the driver found it in the image config)."""
+    if task.spec.health is not None or task.spec.container.no_healthcheck:
+        return task.spec.health
+    return image_health_check(labels.get(IMAGE_HEALTH_LABEL, ""))
+
+
+def task_hostname(task: Task, node_hostname: str) -> str:
+    """The spec's hostname template filled in for this task ("" without one), Docker's fields."""
+    template = task.spec.container.hostname
+    if not template:
+        return ""
+    instance = str(task.slot) if task.slot else task.node_id  # a global task is named by its node, as in Swarm
+    values = {
+        "Service.ID": task.service_id,
+        "Service.Name": task.service_name,
+        "Task.ID": task.id,
+        "Task.Name": f"{task.service_name}.{instance}.{task.id}",
+        "Task.Slot": str(task.slot),  # 0 for a global task, as in Swarm
+        "Node.ID": task.node_id,
+        "Node.Hostname": node_hostname,
+    }
+    return expand_hostname(template, values)
 
 
 def exit_outcome(status: ContainerStatus) -> tuple[TaskState, str]:

@@ -18,10 +18,13 @@ from typing import Protocol
 
 import msgspec
 
-from warren.model import Resources
+from warren.model import ContainerOptions, Resources
 
 TASK_LABEL = "warren.task.id"
 SERVICE_LABEL = "warren.service.name"
+# A driver that knows the image's own health check (its config's Healthcheck, Docker's JSON)
+# puts it on the container in this label; the agent runs it unless the service says otherwise.
+IMAGE_HEALTH_LABEL = "warren.image.healthcheck"
 
 
 class ContainerState(enum.Enum):
@@ -43,6 +46,26 @@ class MountSpec(msgspec.Struct, frozen=True):
     tmpfs_mode: int = 0  # 0 = 1777
 
 
+class MountedFile(msgspec.Struct, frozen=True):
+    """A secret's or config's file (ADR 38): `source`, on a tmpfs the agent filled, appears
+    read-only at `target` in the container. The spec holds the path, never the value."""
+
+    source: str
+    target: str
+
+
+class PullLogin(msgspec.Struct, frozen=True):
+    """The registry login a task pulls its image with (ADR 43): sent by the managers with the
+    task, held in the agent's memory only; a driver never writes it anywhere."""
+
+    host: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never the password, in a log line or a traceback
+        return f"PullLogin(host={self.host!r}, username={self.username!r})"
+
+
 class ContainerSpec(msgspec.Struct, frozen=True):
     """What to run for one task, already resolved from the task's ServiceSpec."""
 
@@ -61,6 +84,10 @@ class ContainerSpec(msgspec.Struct, frozen=True):
     netns: str = ""  # a network namespace to join (its path); empty = the host's network
     resolv_conf: str = ""  # a resolv.conf for the task (the node's DNS); empty = the host's
     mounts: tuple[MountSpec, ...] = ()
+    files: tuple[MountedFile, ...] = ()  # secrets and configs, bind-mounted read-only (ADR 38)
+    pull_login: PullLogin | None = None  # memory only: drivers must not persist it (ADR 43)
+    hostname: str = ""  # the container's hostname, its template filled in; empty = the task id
+    options: ContainerOptions = ContainerOptions()  # capabilities, devices, sysctls... (#13)
 
 
 class ContainerStatus(msgspec.Struct, frozen=True):

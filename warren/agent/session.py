@@ -27,6 +27,7 @@ import grpc
 from warren import certinfo, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
+from warren.agent.runtime import PullLogin
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
 from warren.api import convert
@@ -131,6 +132,7 @@ class Session:
         routing_changed: asyncio.Event | None = None,
         on_key_epoch: Callable[[int], None] = lambda epoch: None,
         renewal_check: float = RENEWAL_CHECK,
+        pull_logins: dict[str, PullLogin] | None = None,
     ) -> None:
         self.certs_dir = certs_dir
         self.managers = managers
@@ -150,6 +152,8 @@ class Session:
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
         self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id))
+        if pull_logins is not None:  # shared with the controllers (ADR 43)
+            self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD
         self.connected_to: str | None = None
         self.failed_sessions = 0  # in a row, since a heartbeat last showed a session working

@@ -35,6 +35,7 @@ class AgentSettings:
     labels: dict[str, str] = field(default_factory=dict)
     advertise_addr: str = ""
     insecure_registries: tuple[str, ...] = ()
+    registry_cas: tuple[str, ...] = ()  # HOST=FILE: a registry's private CA (ADR 43)
     metrics_addr: str = ""
     cgroup_parent: str = DEFAULT_CGROUP_PARENT  # containerd runtime: containers' cgroups go under it
     # Where the manager this node runs once promoted (`node promote`) serves its API; Raft and
@@ -56,6 +57,8 @@ class AgentSettings:
         changes = {k: v for k, v in given.items() if v is not None}
         if "insecure_registries" in changes:
             changes["insecure_registries"] = tuple(changes["insecure_registries"])
+        if "registry_cas" in changes:
+            changes["registry_cas"] = tuple(changes["registry_cas"])
         if "labels" in changes:
             changes["labels"] = dict(changes["labels"])
         settings = replace(self, **changes)

@@ -13,7 +13,7 @@ import msgspec
 from warren.agent import health
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.runtime import ContainerState, ContainerStatus, RuntimeFailure
-from warren.model import Task
+from warren.model import HealthCheck, Task
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,13 @@ async def watch_health(
     runtime_id: str,
     started_at: float,
     on_report: Callable[[health.HealthReport], None],
+    check: HealthCheck | None = None,
 ) -> None:
     """Run the task's health check against its container until cancelled, probing in the agent's
     thread pool; `on_report` hears each change; `started_at` (wall clock) starts the check's
     start period. On the overlay, the check's target is the
     task's own address."""
-    check = task.spec.health
+    check = check or task.spec.health  # the image's own, when the service has none (ADR 42)
     if check is None:
         return
     if env.networks is not None and task.overlay_address:

@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from warren.agent import taskfiles
 from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import AgentCache, LocalState
 from warren.agent.controller import ControllerEnv, TaskController
@@ -51,6 +52,8 @@ class Worker:
         for stray in found.unlabelled:
             log.warning("ignoring container %s without a task label", stray.runtime_id)
         tasks = self.cache.tasks()
+        if self.env.files is not None:  # tmpfs of tasks an agent killed -9 left behind (ADR 38)
+            await self.env.call(self.env.files.sweep, set(tasks))
         locals_ = self.cache.local_states()
         for task_id in set(locals_) - set(tasks):
             self.cache.forget(task_id)  # a local state without its task is useless
@@ -105,6 +108,8 @@ class Worker:
     # -- assignments ---------------------------------------------------------------------------
     def apply(self, delta: AssignmentDelta) -> None:
         """Apply one message: cache first, then controllers. Never raises for one bad task."""
+        if self.env.files is not None:  # before the tasks: a controller may be waiting for them
+            self.env.files.vault.hold(delta.files)
         if delta.complete:
             self._apply_complete(delta.updated)
         else:
@@ -112,6 +117,12 @@ class Worker:
         if delta.volumes is not None:
             self._volumes_wanted = frozenset(delta.volumes)
             self._spawn(self._prune_volumes())
+        if self.env.files is not None:
+            wanted = set().union(*(taskfiles.names_of(c.task) for c in self.controllers.values()))
+            self.env.files.vault.keep_only(wanted)
+            if delta.files:  # a task waiting for a value it now holds looks again
+                for ctl in self.controllers.values():
+                    ctl.poke()
         for task_id, why in delta.invalid:
             if task_id not in self.controllers:
                 log.warning("rejecting task %s: %s", task_id, why)

@@ -1,7 +1,7 @@
 """The one place where protobuf messages and warren.model values are mapped to each other.
 
 Both directions, for the control API, the dispatcher and the agent: specs, services, tasks,
-nodes, admin certificates, task reports and the overlay's mesh and endpoints. Pure: it builds
+nodes, admin certificates, secrets and configs, task reports and the overlay's mesh and endpoints. Pure: it builds
 and reads messages, and imports no grpc.
 """
 
@@ -78,6 +78,57 @@ def deploy_config_from_pb(msg: pb.DeployConfig) -> model.DeployConfig:
     )
 
 
+def container_options_from_pb(msg: pb.ContainerOptions) -> model.ContainerOptions:
+    return model.ContainerOptions(
+        user=msg.user,
+        workdir=msg.workdir,
+        hostname=msg.hostname,
+        read_only=msg.read_only,
+        init=msg.init,
+        privileged=msg.privileged,
+        cap_add=tuple(msg.cap_add),
+        cap_drop=tuple(msg.cap_drop),
+        devices=tuple(
+            model.DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in msg.devices
+        ),
+        sysctls=dict(msg.sysctls),
+        ulimits=tuple(model.Ulimit(u.name, u.soft, u.hard) for u in msg.ulimits),
+        labels=dict(msg.labels),
+        dns=tuple(msg.dns),
+        dns_search=tuple(msg.dns_search),
+        dns_options=tuple(msg.dns_options),
+        group_add=tuple(msg.group_add),
+        no_healthcheck=msg.no_healthcheck,
+    )
+
+
+def container_options_to_pb(options: model.ContainerOptions) -> pb.ContainerOptions:
+    return pb.ContainerOptions(
+        user=options.user,
+        workdir=options.workdir,
+        hostname=options.hostname,
+        read_only=options.read_only,
+        init=options.init,
+        privileged=options.privileged,
+        cap_add=options.cap_add,
+        cap_drop=options.cap_drop,
+        devices=[
+            pb.DeviceMapping(
+                path_on_host=d.path_on_host, path_in_container=d.path_in_container, permissions=d.permissions
+            )
+            for d in options.devices
+        ],
+        sysctls=options.sysctls,
+        ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in options.ulimits],
+        labels=options.labels,
+        dns=options.dns,
+        dns_search=options.dns_search,
+        dns_options=options.dns_options,
+        group_add=options.group_add,
+        no_healthcheck=options.no_healthcheck,
+    )
+
+
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
@@ -127,6 +178,9 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         force_update=msg.force_update,
         deploy=deploy_config_from_pb(msg.deploy),
         mounts=tuple(mount_from_pb(m) for m in msg.mounts),
+        secrets=file_refs_from_pb(msg.secrets, "secret"),
+        configs=file_refs_from_pb(msg.configs, "config"),
+        container=container_options_from_pb(msg.container),
     )
 
 
@@ -168,6 +222,59 @@ def volume_to_pb(volume: model.Volume, hostname: str = "", used_by: Iterable[str
         created_at=volume.created_at,
         updated_at=volume.updated_at,
         used_by=list(used_by),
+    )
+
+
+def default_target(kind: str, source: str, target: str) -> str:
+    """Docker's defaults: a secret at /run/secrets/NAME (a relative target under that
+    directory), a config at /NAME."""
+    if target.startswith("/"):
+        return target
+    if kind == "secret":
+        return f"{validate.SECRETS_DIR}/{target or source}"
+    return f"/{target or source}"
+
+
+def file_refs_from_pb(msgs: Iterable[pb.FileRef], kind: str) -> tuple[model.FileRef, ...]:
+    return tuple(
+        model.FileRef(
+            source=m.source,
+            target=default_target(kind, m.source, m.target),
+            uid=m.uid,
+            gid=m.gid,
+            mode=m.mode if m.HasField("mode") else 0o444,
+        )
+        for m in msgs
+    )
+
+
+def file_ref_to_pb(ref: model.FileRef) -> pb.FileRef:
+    return pb.FileRef(source=ref.source, target=ref.target, uid=ref.uid, gid=ref.gid, mode=ref.mode)
+
+
+def secret_to_pb(secret: model.Secret, services: Iterable[str] = ()) -> cpb.Secret:
+    """Metadata only: the value never leaves the managers this way."""
+    return cpb.Secret(
+        id=secret.id,
+        name=secret.name,
+        size=secret.size,
+        labels=secret.labels,
+        created_at=secret.created_at,
+        updated_at=secret.updated_at,
+        services=list(services),
+    )
+
+
+def config_to_pb(config: model.Config, services: Iterable[str] = (), with_data: bool = False) -> cpb.Config:
+    return cpb.Config(
+        id=config.id,
+        name=config.name,
+        size=len(config.data),
+        labels=config.labels,
+        created_at=config.created_at,
+        updated_at=config.updated_at,
+        services=list(services),
+        data=config.data if with_data else b"",
     )
 
 
@@ -290,7 +397,11 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         force_update=spec.force_update,
         deploy=deploy_config_to_pb(spec.deploy),
         mounts=[mount_to_pb(m) for m in spec.mounts],
+        secrets=[file_ref_to_pb(r) for r in spec.secrets],
+        configs=[file_ref_to_pb(r) for r in spec.configs],
     )
+    if spec.container != model.ContainerOptions():
+        msg.container.CopyFrom(container_options_to_pb(spec.container))
     if spec.health is not None:
         h = spec.health
         msg.health.CopyFrom(

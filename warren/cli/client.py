@@ -40,7 +40,10 @@ _CODE_TO_EXIT = {
 
 # Calls that change nothing may be retried on the next manager even after a deadline, when the
 # first manager may have received them; others fail over only on UNAVAILABLE (not sent).
-_READ_ONLY = frozenset({"GetClusterInfo", "ListNodes", "GetNode", "ListServices", "GetService", "ListTasks"})
+_READ_ONLY = frozenset(
+    {"GetClusterInfo", "ListNodes", "GetNode", "ListServices", "GetService", "ListTasks"}
+    | {"ListSecrets", "GetSecret", "ListConfigs", "GetConfig"}
+)
 
 
 class Client:

@@ -68,6 +68,12 @@ def register(groups: Any) -> None:
         metavar="HOST:PORT",
         help="registry the embedded agent pulls from over plain HTTP (repeat)",
     )
+    p.add_argument(
+        "--registry-ca",
+        action="append",
+        metavar="HOST:PORT=FILE",
+        help="CA bundle (PEM) of a registry's HTTPS certificate, for the manager and its agent (repeat)",
+    )
     p.set_defaults(func=cmd_init)
 
     p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
@@ -125,6 +131,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         containerd_socket=args.containerd_socket,
         insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
+        registry_cas=worker.registry_cas(args.registry_ca),
         cgroup_parent=args.cgroup_parent,
         wireguard=args.wireguard,
         wireguard_interface=args.wireguard_interface,

@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, image, node, service, units, volume, worker
+    from warren.cli import cluster, config, image, node, registry, secret, service, units, volume, worker
 
     parser = Parser(
         prog=PROG,
@@ -60,6 +60,9 @@ def build_parser() -> Parser:
     worker.register(groups)
     image.register(groups)
     volume.register(groups)
+    secret.register(groups)
+    config.register(groups)
+    registry.register(groups)
     return parser
 
 

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from warren.cli import mounts, service_rebalance, units
+from warren.cli.container_flags import container_summary
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
@@ -143,6 +144,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         request = pb.CreateServiceRequest(spec=spec, no_resolve_image=args.no_resolve_image)
+        if args.with_registry_auth:
+            request.registry_auth.CopyFrom(_caller_auth(spec.image))
         service = client.call("CreateService", request)
         _warn(service)
         print(service.id, flush=True)
@@ -163,10 +166,10 @@ def cmd_update(args: argparse.Namespace) -> int:
         name = current.spec.name
         # The same unpinned tag given again: the manager looks it up again (ADR 34).
         retry_pin = args.image is not None and "@" not in spec.image and not args.no_resolve_image
-        if spec == current.spec and not retry_pin:
+        if spec == current.spec and not retry_pin and not args.with_registry_auth:
             sys.stderr.write(f"{name}: nothing to change\n")
             return 0
-        if only_replicas_changed(current.spec, spec) and not retry_pin:
+        if only_replicas_changed(current.spec, spec) and not retry_pin and not args.with_registry_auth:
             # Sent as a scale: an update bumps the version, and the manager would then replace
             # every task one by one for a change that concerns none of them.
             service = client.call("ScaleService", pb.ScaleServiceRequest(service=current.id, replicas=spec.replicas))
@@ -179,6 +182,8 @@ def cmd_update(args: argparse.Namespace) -> int:
                 no_resolve_image=args.no_resolve_image,
                 resolve_image=args.image is not None,
             )
+            if args.with_registry_auth:
+                request.registry_auth.CopyFrom(_caller_auth(spec.image))
             service = client.call("UpdateService", request)
             _warn(service)
             redeploy = service.version != current.version  # not when only a tag was retried, or a scale
@@ -189,6 +194,15 @@ def cmd_update(args: argparse.Namespace) -> int:
         if args.detach:
             return 0
         return wait_converged(client, service, args.wait_timeout, check_version=redeploy)
+
+
+def _caller_auth(image: str) -> Any:
+    """`--with-registry-auth`: the caller's own login for the image's registry (ADR 43)."""
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.registry import caller_login
+
+    host, username, password = caller_login(image)
+    return pb.RegistryAuth(host=host, username=username, password=password)
 
 
 def _warn(service: Any) -> None:
@@ -343,7 +357,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Tasks", f"{s.running_tasks} running of {s.desired_tasks} desired"),
         ("Virtual IP", s.vip or "-"),
         ("Image", spec.image),
-        ("Command", shlex.join([*spec.command, *spec.args])),
+        ("Entrypoint", shlex.join(spec.command) or "(the image's)"),
+        ("Args", shlex.join(spec.args) or "-"),
         ("Env", [f"{k}={v}" for k, v in sorted(spec.env.items())]),
         ("Labels", [f"{k}={v}" for k, v in sorted(spec.labels.items())]),
         ("Constraints", list(spec.constraints)),
@@ -351,6 +366,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Limits", _resources(spec.limits)),
         ("Ports", [_port(p) for p in spec.ports]),
         ("Mounts", [mounts.describe(m) for m in spec.mounts]),
+        ("Secrets", [_file_ref(r) for r in spec.secrets]),
+        ("Configs", [_file_ref(r) for r in spec.configs]),
     ]
     if spec.HasField("restart"):
         r = spec.restart
@@ -373,6 +390,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 f"start period {units.format_duration(h.start_period)}",
             )
         )
+    if spec.HasField("container"):
+        fields.append(("Container", container_summary(spec.container)))
     if s.HasField("update_status"):
         st = s.update_status
         versions = f"{st.from_version} -> {st.to_version}" if st.from_version != st.to_version else st.to_version
@@ -489,6 +508,10 @@ def _deploy_settings(d: Any) -> str:
     if strategy == "blue-green":
         return f"blue-green: the old set kept {units.format_duration(d.blue_green_keep)} after the switch"
     return strategy
+
+
+def _file_ref(r: Any) -> str:
+    return f"{r.source} at {r.target} ({r.uid}:{r.gid}, mode {r.mode:04o})"
 
 
 def _port(p: Any) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from warren.cli import mounts, units
+from warren.cli import mounts, secret, units
+from warren.cli.container_flags import add_container_flags, apply_container_flags, env_from_files
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
 from warren.text import shown
@@ -44,7 +45,7 @@ def _stop_signal(text: str) -> str:
 
 def add_create_flags(p: argparse.ArgumentParser) -> None:
     """The spec that `service create` describes: its name, image, mode and the shared flags."""
-    p.add_argument("name", metavar="NAME", help="service name; end with `-- COMMAND ARG...` to set the command")
+    p.add_argument("name", metavar="NAME", help="service name; end with `-- ARG...` to replace the image's CMD")
     p.add_argument("--image", required=True, help="container image (pinned to its registry digest: ADR 34)")
     p.add_argument(
         "--mode",
@@ -65,12 +66,14 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label", "-l", type=_LABEL, action="append", metavar="K=V", help="service label")
     mounts.add_create_flags(p)
+    secret.add_service_flags(p, update=False)
     add_spec_flags(p)
+    add_container_flags(p, update=False)
 
 
 def add_update_flags(p: argparse.ArgumentParser) -> None:
     """What `service update` changes: add and remove flags, and the shared ones."""
-    p.add_argument("name", metavar="NAME", help="name, ID or unique ID prefix; `-- COMMAND ARG...` sets the command")
+    p.add_argument("name", metavar="NAME", help="name, ID or unique ID prefix; `-- ARG...` replaces the image's CMD")
     p.add_argument("--image", help="container image; the same tag again resolves it anew (a re-pushed tag)")
     p.add_argument("--replicas", type=_COUNT, metavar="N", help="number of tasks")
     p.add_argument("--env-add", type=_ENV, action="append", metavar="K=V", help="add or change a variable")
@@ -89,12 +92,14 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
         metavar="PUBLISHED[/PROTO]",
         help="stop publishing a port",
     )
-    p.add_argument("--no-healthcheck", action="store_true", help="remove the health check")
+    p.add_argument("--no-healthcheck", action="store_true", help="remove the health check (the image's too)")
     p.add_argument(
         "--force", action="store_true", help="replace every task even if nothing changed (a rolling restart)"
     )
     mounts.add_update_flags(p)
+    secret.add_service_flags(p, update=True)
     add_spec_flags(p)
+    add_container_flags(p, update=True)
 
 
 def add_spec_flags(p: argparse.ArgumentParser) -> None:
@@ -103,6 +108,11 @@ def add_spec_flags(p: argparse.ArgumentParser) -> None:
         "--no-resolve-image",
         action="store_true",
         help="keep the image's tag as given instead of pinning it to the digest the registry names",
+    )
+    p.add_argument(
+        "--with-registry-auth",
+        action="store_true",
+        help="send your Docker login for the image's registry (~/.docker/config.json): for this service only",
     )
     res = p.add_argument_group("resources")
     res.add_argument("--reserve-cpu", type=_CPUS, metavar="CORES", help="CPU reserved per task, e.g. 0.5")
@@ -247,13 +257,18 @@ def build_spec(args: argparse.Namespace) -> Any:
     else:
         spec.replicas = 1 if args.replicas is None else args.replicas
     _set_command(spec, args.command)
+    spec.env.update(env_from_files(args))  # --env wins over a file's, as in Docker
     spec.env.update(dict(args.env or []))
     spec.constraints.extend(args.constraint or [])
     for published, target, protocol in args.publish or []:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
     spec.labels.update(dict(args.label or []))
     mounts.apply_create(spec, args)
+    secret.apply_service_flags(spec, args)
+    if args.no_healthcheck and (_health_kind_given(args) or _health_options_given(args)):
+        raise CliError("--no-healthcheck cannot be combined with other --health-* flags", Exit.USAGE)
     _apply_common(spec, args)
+    apply_container_flags(spec, args, update=False)
     return spec
 
 
@@ -287,20 +302,26 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
     for published, target, protocol in args.publish_add or []:
         spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
     mounts.apply_update(spec, args)
+    secret.apply_service_flags(spec, args)
     if args.force:
         spec.force_update += 1
     if args.no_healthcheck:
         if _health_kind_given(args) or _health_options_given(args):
             raise CliError("--no-healthcheck cannot be combined with other --health-* flags", Exit.USAGE)
         spec.ClearField("health")
+        spec.container.no_healthcheck = True
+    elif _health_kind_given(args) and spec.HasField("container"):
+        spec.container.no_healthcheck = False
     _apply_common(spec, args)
+    apply_container_flags(spec, args, update=True)
 
 
 def _set_command(spec: Any, command: list[str] | None) -> None:
+    """Words after `--` replace the image's CMD and keep its ENTRYPOINT, as the words after the
+    image do in Docker; --entrypoint replaces the ENTRYPOINT."""
     if command:
-        del spec.command[:], spec.args[:]
-        spec.command.append(command[0])
-        spec.args.extend(command[1:])
+        del spec.args[:]
+        spec.args.extend(command)
 
 
 def _apply_common(spec: Any, args: argparse.Namespace) -> None:

@@ -156,6 +156,12 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
         help="registry to pull from over plain HTTP (repeat)",
     )
     p.add_argument(
+        "--registry-ca",
+        action="append",
+        metavar="HOST:PORT=FILE",
+        help="CA bundle (PEM) that a registry's HTTPS certificate chains to (repeat)",
+    )
+    p.add_argument(
         "--metrics-addr", type=value_type(units.parse_hostport), metavar="HOST:PORT", help="serve agent metrics here"
     )
     add_wireguard_flags(p)
@@ -180,6 +186,24 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cgroup-parent", metavar="PATH", help="cgroup for the containers (containerd; default: /warren)")
 
 
+def registry_cas(given: list[str] | None) -> tuple[str, ...] | None:
+    """`--registry-ca HOST=FILE` flags, checked now (the file must hold a PEM CA), with absolute
+    paths since the daemons do not run from here; None if none was given (keep the saved ones)."""
+    if not given:
+        return None
+    from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca, tls_context
+
+    out = []
+    for text in given:
+        try:
+            host, path = parse_registry_ca(text)
+            tls_context(path)
+        except (InvalidReference, ValueError) as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        out.append(f"{host}={path.resolve()}")
+    return tuple(out)
+
+
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The agent settings given on this command line (None = not given)."""
     labels = dict(args.label) if args.label else None
@@ -200,6 +224,7 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "labels": labels,
         "advertise_addr": args.advertise_addr,
         "insecure_registries": tuple(registries) if registries else None,
+        "registry_cas": registry_cas(args.registry_ca),
         "metrics_addr": args.metrics_addr,
         "wireguard": args.wireguard,
         "wireguard_interface": args.wireguard_interface,
@@ -284,6 +309,7 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
         runtime=args.runtime,
         containerd_socket=args.containerd_socket,
         insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
+        registry_cas=registry_cas(getattr(args, "registry_ca", None)),
     )
     return manager_node.run(daemon.ManagerOptions(**options), flags)
 

@@ -7,7 +7,8 @@ applied returns an error Result and no changes. Commands are tagged msgpack, nev
 One module per concept: `types` (the commands and Result), `codec`, `dispatch` (`apply`), and
 the handlers by area: `cluster` (init, admin certificates, CA rotation, tokens, settings),
 `nodes`, `node_keys` (WireGuard key rotation), `services`, `tasks` (plans and status reports),
-`overlay` (address allocation). Callers use the names re-exported here.
+`overlay` (address allocation), `secrets` (secrets and configs), `registry` (registry logins, ADR 43).
+Callers use the names re-exported here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from warren.commands.types import (
     Batch,
     Changes,
     Command,
+    CreateConfig,
+    CreateSecret,
     CreateService,
     CreateVolume,
     FinishCARotation,
@@ -47,7 +50,10 @@ from warren.commands.types import (
     RebalanceService,
     RecordNodeCertificate,
     RegisterNode,
+    RemoveConfig,
     RemoveNode,
+    RemoveRegistryLogin,
+    RemoveSecret,
     RemoveService,
     RemoveVolume,
     ReportTaskStatus,
@@ -59,6 +65,8 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
+    SetSecretKeys,
     StartCARotation,
     TaskUpdate,
     UpdateClusterSettings,
@@ -78,6 +86,8 @@ __all__ = [
     "Changes",
     "CodecError",
     "Command",
+    "CreateConfig",
+    "CreateSecret",
     "CreateService",
     "CreateVolume",
     "Envelope",
@@ -91,7 +101,10 @@ __all__ = [
     "RebalanceService",
     "RecordNodeCertificate",
     "RegisterNode",
+    "RemoveConfig",
     "RemoveNode",
+    "RemoveRegistryLogin",
+    "RemoveSecret",
     "RemoveService",
     "RemoveVolume",
     "ReportTaskStatus",
@@ -103,6 +116,8 @@ __all__ = [
     "RotateNodeKeys",
     "ScaleService",
     "SetNodeStatus",
+    "SetRegistryLogin",
+    "SetSecretKeys",
     "StartCARotation",
     "TaskUpdate",
     "UpdateClusterSettings",

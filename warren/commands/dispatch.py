@@ -18,6 +18,8 @@ from warren.commands.cluster import (
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
 from warren.commands.rebalance import rebalance_service
+from warren.commands.registry import remove_registry_login, set_registry_login
+from warren.commands.secrets import create_config, create_secret, remove_config, remove_secret, set_secret_keys
 from warren.commands.services import (
     create_service,
     promote_service,
@@ -32,6 +34,8 @@ from warren.commands.types import (
     ApplyPlan,
     Changes,
     Command,
+    CreateConfig,
+    CreateSecret,
     CreateService,
     CreateVolume,
     FinishCARotation,
@@ -44,7 +48,10 @@ from warren.commands.types import (
     RebalanceService,
     RecordNodeCertificate,
     RegisterNode,
+    RemoveConfig,
     RemoveNode,
+    RemoveRegistryLogin,
+    RemoveSecret,
     RemoveService,
     RemoveVolume,
     ReportTaskStatus,
@@ -55,6 +62,8 @@ from warren.commands.types import (
     RotateNodeKeys,
     ScaleService,
     SetNodeStatus,
+    SetRegistryLogin,
+    SetSecretKeys,
     StartCARotation,
     UpdateClusterSettings,
     UpdateNode,
@@ -106,6 +115,13 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     RemoveService: remove_service,
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
+    SetSecretKeys: set_secret_keys,
+    CreateSecret: create_secret,
+    RemoveSecret: remove_secret,
+    CreateConfig: create_config,
+    RemoveConfig: remove_config,
+    SetRegistryLogin: set_registry_login,
+    RemoveRegistryLogin: remove_registry_login,
     Noop: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,

@@ -8,6 +8,7 @@ import msgspec
 
 from warren import mounts, revisions, strategy
 from warren.commands.overlay import overlay_layout
+from warren.commands.secrets import missing_refs
 from warren.commands.types import (
     Changes,
     CreateService,
@@ -42,6 +43,8 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
         return error("already_exists", f"service name {shown(name)} is already in use"), []
     if (taken := _ports_taken(state, cmd.service.spec, cmd.service.id)) is not None:
         return taken, []
+    if (missing := missing_refs(state, cmd.service.spec)) is not None:
+        return missing, []
     if cmd.service.id in state.services:
         return error("already_exists", f"service id {cmd.service.id} is already in use"), []
     service = cmd.service
@@ -56,7 +59,8 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
         service = msgspec.structs.replace(service, vip=str(vip))
     first = SpecRevision(service.version, None, service.created_at, revisions.summary(None, service.spec))
     service = msgspec.structs.replace(service, history=(first,))
-    return Result(id=service.id), [Put("service", service)]
+    logins: Changes = [Put("registry", login) for login in cmd.logins if login.service_id == service.id]
+    return Result(id=service.id), [Put("service", service), *logins]
 
 
 def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Changes]:
@@ -69,6 +73,8 @@ def update_service(state: ClusterState, cmd: UpdateService) -> tuple[Result, Cha
         return error("invalid_argument", "a service cannot be renamed"), []
     if (taken := _ports_taken(state, cmd.spec, service.id)) is not None:
         return taken, []
+    if (missing := missing_refs(state, cmd.spec)) is not None:
+        return missing, []
     if cmd.spec == service.spec:
         return Result(id=service.id), []
     if msgspec.structs.replace(cmd.spec, replicas=service.spec.replicas) == service.spec:
@@ -120,6 +126,8 @@ def rollback_service(state: ClusterState, cmd: RollbackService) -> tuple[Result,
         mounts.check_volume_scale(target, target.replicas)
     except mounts.MountError as exc:  # an older spec's volume, at today's replica count (ADR 40)
         return error("failed_precondition", f"cannot roll back to version {revision.version}: {exc}"), []
+    if (missing := missing_refs(state, target)) is not None:
+        return missing, []
     version = service.version + 1
     message = f"rollback to version {revision.version} requested"
     status = UpdateStatus(RolloutState.ROLLBACK_STARTED, cmd.at, service.version, version, message=message)
@@ -151,8 +159,9 @@ def apply_rollouts(state: ClusterState, rollouts: tuple[RolloutChange, ...]) -> 
             continue
         earlier = revisions.previous(_history(service), service.version)
         target = _target(service, earlier, restore_replicas=False) if earlier is not None else None
-        if earlier is None or target is None or _ports_taken(state, target, service.id) is not None:
-            why = "no earlier version" if target is None else "its ports are taken"
+        missing = missing_refs(state, target) if target is not None else None
+        if earlier is None or target is None or _ports_taken(state, target, service.id) is not None or missing:
+            why = "no earlier version" if target is None else missing.message if missing else "its ports are taken"
             paused = msgspec.structs.replace(
                 change.status,
                 state=RolloutState.PAUSED,
@@ -247,6 +256,9 @@ def remove_service(state: ClusterState, cmd: RemoveService) -> tuple[Result, Cha
     if service is None:
         return error("not_found", f"service {cmd.service_id} not found"), []
     changes: Changes = [Delete("service", service.id)]
+    changes += [
+        Delete("registry", login.id) for login in state.registry_logins.values() if login.service_id == service.id
+    ]
     for task in state.service_tasks(service.id):
         if task.state.terminal or task.state < TaskState.ASSIGNED:
             changes.append(Delete("task", task.id))

@@ -8,9 +8,12 @@ from warren.model import (
     AdminCert,
     Availability,
     ClusterInfo,
+    Config,
     Node,
     NodeRole,
     NodeStatus,
+    RegistryLogin,
+    Secret,
     Service,
     ServiceSpec,
     Task,
@@ -164,6 +167,9 @@ class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
 
 class CreateService(msgspec.Struct, frozen=True, tag="service.create"):
     service: Service
+    # `--with-registry-auth`: the service's own logins, committed with it so that its first
+    # tasks already pull with them (ADR 43); passwords sealed.
+    logins: tuple[RegistryLogin, ...] = ()
 
 
 class UpdateService(msgspec.Struct, frozen=True, tag="service.update"):
@@ -217,6 +223,16 @@ class RemoveService(msgspec.Struct, frozen=True, tag="service.remove"):
 
     service_id: str
     at: float
+
+
+class SetRegistryLogin(msgspec.Struct, frozen=True, tag="registry.login"):
+    """Store (or replace) a registry login (ADR 43); its password arrives sealed."""
+
+    login: RegistryLogin
+
+
+class RemoveRegistryLogin(msgspec.Struct, frozen=True, tag="registry.logout"):
+    id: str
 
 
 class TaskUpdate(msgspec.Struct, frozen=True):
@@ -282,6 +298,33 @@ class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
     updates: tuple[TaskUpdate, ...]
 
 
+class SetSecretKeys(msgspec.Struct, frozen=True, tag="secret.keys"):
+    """The cluster's key pair for secrets (ADR 38), as wrapped keys; kept only if none is set."""
+
+    kek_wrapped: str
+    dek_wrapped: str
+
+
+class CreateSecret(msgspec.Struct, frozen=True, tag="secret.create"):
+    """A secret, sealed with the data key whose wrapped form is `dek_wrapped` (refused if the
+    cluster's is another: the value could not be opened)."""
+
+    secret: Secret
+    dek_wrapped: str
+
+
+class RemoveSecret(msgspec.Struct, frozen=True, tag="secret.remove"):
+    secret_id: str
+
+
+class CreateConfig(msgspec.Struct, frozen=True, tag="config.create"):
+    config: Config
+
+
+class RemoveConfig(msgspec.Struct, frozen=True, tag="config.remove"):
+    config_id: str
+
+
 class Noop(msgspec.Struct, frozen=True, tag="noop"):
     """Written to confirm leadership (a linearizable read barrier)."""
 
@@ -311,6 +354,13 @@ Command = (
     | RemoveService
     | ApplyPlan
     | ReportTaskStatus
+    | SetSecretKeys
+    | CreateSecret
+    | RemoveSecret
+    | CreateConfig
+    | RemoveConfig
+    | SetRegistryLogin
+    | RemoveRegistryLogin
     | Noop
     | CreateVolume
     | RemoveVolume

@@ -22,10 +22,14 @@ from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlregistry import RegistryControl
+from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
+from warren.manager.registrylogins import LoginVault
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, TaskState
 from warren.state import ClusterState
@@ -128,7 +132,9 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     return spec
 
 
-class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.ControlServicer):
+class ControlService(
+    CertificatesControl, VolumesControl, SecretsControl, RegistryControl, control_pb2_grpc.ControlServicer
+):
     _resolve_node = staticmethod(resolve_node)
 
     def __init__(
@@ -143,6 +149,7 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         self._authority = cakey.Authority(raft_secret)
+        self._keyring = KeyRing(raft_secret)  # seals secrets before they are proposed (ADR 38)
         self._store = store
         self._raft = raft
         self._timeout = timeout
@@ -152,6 +159,8 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
         self._certs_dir = certs_dir
         # Pins images to digests at create and update (ADR 34); None: images are stored as given.
         self._images = images
+        # Seals registry logins with the secrets' keys (ADR 43, 38).
+        self._vault = LoginVault(self._keyring) if raft_secret else None
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -414,11 +423,17 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
                 check_ports_free(state, spec)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        image = await pinned(self._images, spec, None, request.no_resolve_image)
+        service_id = new_id()
+        own, creds = (
+            await self._service_login(request.registry_auth, spec.image, service_id)
+            if request.HasField("registry_auth")
+            else (None, None)
+        )
+        image = await pinned(self._images, spec, None, request.no_resolve_image, credentials=creds)
         spec = msgspec.structs.replace(spec, image=image.image)
         now = time.time()
-        service = Service(id=new_id(), spec=spec, created_at=now, updated_at=now)
-        await self._propose(commands.CreateService(service))
+        service = Service(id=service_id, spec=spec, created_at=now, updated_at=now)
+        await self._propose(commands.CreateService(service, logins=(own,) if own else ()))
         return self._service_pb(service.id, image.warning)
 
     def _service_pb(self, service_id: str, *warnings: str) -> pb.Service:
@@ -454,7 +469,13 @@ class ControlService(CertificatesControl, VolumesControl, control_pb2_grpc.Contr
                 check_ports_free(state, spec, service.id)
             except ValidationError as exc:
                 raise ApiError(grpc.StatusCode.ALREADY_EXISTS, str(exc)) from None
-        image = await pinned(self._images, spec, service.spec, request.no_resolve_image, request.resolve_image)
+        creds = None
+        if request.HasField("registry_auth"):  # the service's own login, in place before its new tasks
+            own, creds = await self._service_login(request.registry_auth, spec.image, service.id)
+            await self._propose(commands.SetRegistryLogin(own))
+        image = await pinned(
+            self._images, spec, service.spec, request.no_resolve_image, request.resolve_image, credentials=creds
+        )
         spec = msgspec.structs.replace(spec, image=image.image)
         await self._propose(commands.UpdateService(service.id, spec, time.time(), request.version))
         return self._service_pb(service.id, image.warning)

@@ -43,6 +43,8 @@ from warren.manager.membership import ManagersService, manager_addrs
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import RaftNode, RaftStartError
+from warren.manager.registrylogins import LoginVault, StateCredentials
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import NOT_SERVING, build_server
 from warren.manager.startup import (
     DEFAULT_DATA_DIR,
@@ -59,6 +61,8 @@ from warren.manager.startup import (
     plan_identity,
 )
 from warren.manager.store import Store, open_environment
+from warren.manager.taskfiles import TaskFileSource
+from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
 from warren.text import format_size
 
 __all__ = ["DEFAULT_DATA_DIR", "DEFAULT_LISTEN_ADDR", "Alongside", "ManagerOptions", "StartupError", "run", "serve"]
@@ -172,6 +176,8 @@ async def _open_and_serve(
             return state.is_revoked(node_id)
 
     heartbeats = Heartbeats()
+    keyring = KeyRing(secret)  # one key hierarchy for every sealed value (ADR 38, 43)
+    vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
     control = ControlService(
         store,
@@ -179,9 +185,10 @@ async def _open_and_serve(
         logs=logs,
         certs_dir=data / "certs",
         raft_secret=secret,
-        images=RegistryDigests(options.insecure_registries) if options.resolve_images else None,
+        images=digest_lookup(options, store, vault) if options.resolve_images else None,
     )
-    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs)
+    files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
+    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault)
     try:
         server, health = build_server(
             identity.listen_addr,
@@ -287,6 +294,15 @@ def _manager_settings(data: Path, options: ManagerOptions) -> manager_settings.M
 
 # The roots the API server trusts come from the state alone, by key id for the guard and as PEM
 # for the TLS handshake; certs/ca.pem is for this manager's outgoing calls (warren.manager.certificates).
+def digest_lookup(options: ManagerOptions, store: Store, vault: LoginVault) -> RegistryDigests:
+    """The digest lookup (ADR 34) with the node's registry settings and the cluster's logins."""
+    try:
+        cas = dict(parse_registry_ca(text) for text in options.registry_cas)
+        return RegistryDigests(options.insecure_registries, credentials=StateCredentials(store, vault), ca_files=cas)
+    except (InvalidReference, ValueError) as exc:
+        raise StartupError(f"--registry-ca: {exc}") from None
+
+
 def _trusted_roots(store: Store) -> frozenset[str]:
     with store.read() as state:
         cluster = state.cluster

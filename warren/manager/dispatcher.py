@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import NamedTuple
 
 import grpc
@@ -30,8 +30,9 @@ from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
+from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -106,6 +107,7 @@ def _visible(task: Task) -> bool:
 
 
 SpecKey = tuple[str, int]  # (service id, spec version)
+FileSource = Callable[[ClusterState, ServiceSpec], list[dpb.TaskFile]]
 
 
 class SessionSpecs:
@@ -113,12 +115,13 @@ class SessionSpecs:
     desired running that needs it; both sides forget it once no task in the set refers to it
     (`prune`, after each message), so a later task of that version brings it again."""
 
-    def __init__(self, by_reference: bool) -> None:
+    def __init__(self, by_reference: bool, files: FileSource | None = None) -> None:
         self.by_reference = by_reference  # False for an agent that reads only Task.spec
+        self.files = files  # the values of the spec's secrets and configs, sent with it (ADR 38)
         self.refs: dict[str, SpecKey] = {}  # every task in the set -> its spec version
         self.sent: set[SpecKey] = set()
 
-    def task(self, task: Task, specs: list[dpb.TaskSpec]) -> pb.Task:
+    def task(self, task: Task, specs: list[dpb.TaskSpec], state: ClusterState) -> pb.Task:
         """`task` as sent; its spec joins `specs` if the agent may start it and lacks the spec."""
         key = (task.service_id, task.spec_version)
         self.refs[task.id] = key
@@ -126,7 +129,10 @@ class SessionSpecs:
             return convert.task_to_pb(task, with_spec=True)
         if task.desired_state <= TaskState.RUNNING and key not in self.sent:
             self.sent.add(key)
-            specs.append(dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=convert.spec_to_pb(task.spec)))
+            files = self.files(state, task.spec) if self.files and (task.spec.secrets or task.spec.configs) else []
+            specs.append(
+                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=convert.spec_to_pb(task.spec), files=files)
+            )
         return convert.task_to_pb(task)
 
     def remove(self, task_id: str) -> None:
@@ -188,7 +194,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         timeout: float = 5.0,
         logs: LogBroker | None = None,
         max_message: int = tls.MAX_REPLY_BYTES,
+        files: FileSource | None = None,
+        vault: LoginVault | None = None,
     ):
+        self._files = files  # secret and config values for the specs sent (ADR 38)
+        self._vault = vault  # opens the registry logins sent with the tasks that pull (ADR 43)
         self._store = store
         self._raft = raft
         self._hub = hub
@@ -263,11 +273,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         try:
             with self._hub.subscribe() as events:
                 version = 1
-                specs = SessionSpecs(request.specs_by_reference)
+                specs = SessionSpecs(request.specs_by_reference, self._files)
                 spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
-                    tasks = [specs.task(state.tasks[t], spec_list) for t in sorted(known)]
+                    tasks = [specs.task(state.tasks[t], spec_list, state) for t in sorted(known)]
+                    logins = pull_logins(state, (state.tasks[t] for t in known), self._vault)
                     managers = state.manager_addrs()
                     mesh = _mesh(state)
                     volumes = _node_volumes(state, node.id)
@@ -293,6 +304,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         specs=spec_list,
                         volumes=volumes,
                         volumes_changed=True,
+                        pull_logins=logins,
                     ),
                 )
                 while self._raft.is_leader and session_id in self._sessions:
@@ -303,8 +315,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
-                    if changes is None:
-                        return  # state was replaced by a snapshot: the agent reopens and resyncs
+                        if changes is None:
+                            return  # state was replaced by a snapshot: the agent reopens and resyncs
+                        sent = [c.obj for c in changes if isinstance(c, Put) and isinstance(c.obj, Task)]
+                        logins = pull_logins(state, (t for t in sent if t.node_id == node.id), self._vault)
                     spec_list = []
                     updated, removed = self._diff(node.id, known, changes, specs, spec_list)
                     specs.prune()
@@ -349,6 +363,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                                 specs=spec_list,
                                 volumes=new_volumes or [],
                                 volumes_changed=new_volumes is not None,
+                                pull_logins=logins,
                             ),
                         )
                         version += 1
@@ -422,7 +437,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
-                    updated.append(specs.task(task, spec_list))
+                    with self._store.read() as state:  # the values of its secrets, if sent with its spec
+                        updated.append(specs.task(task, spec_list, state))
                 elif task.id in known:
                     known.discard(task.id)
                     specs.remove(task.id)

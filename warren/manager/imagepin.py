@@ -10,12 +10,16 @@ no registry, and neither must be refused.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from warren.model import ServiceSpec
 from warren.runtime.containerd.registry import (
+    NO_CREDENTIALS,
+    Credentials,
+    CredentialStore,
     InvalidReference,
     RegistryClient,
     RegistryError,
@@ -32,21 +36,33 @@ class LookupFailed(Exception):
 
 
 class DigestLookup(Protocol):
-    """The registry's digest for an image reference's tag. Blocking; raises LookupFailed."""
+    """The registry's digest for an image reference's tag. Blocking; raises LookupFailed.
+    `credentials`: a service's own login (`--with-registry-auth`), before the cluster's."""
 
-    def digest(self, image: str) -> str: ...
+    def digest(self, image: str, credentials: Credentials | None = None) -> str: ...
 
 
 class RegistryDigests:
     """DigestLookup over the Registry HTTP API v2: the digest of the manifest (or image index)
     the tag names, as the agents' pull would fetch it, so every platform keeps its own image."""
 
-    def __init__(self, insecure: Iterable[str] = (), timeout: float = LOOKUP_TIMEOUT) -> None:
-        self._client = RegistryClient(insecure, timeout=timeout, user_agent="warren-manager")
+    def __init__(
+        self,
+        insecure: Iterable[str] = (),
+        timeout: float = LOOKUP_TIMEOUT,
+        *,
+        credentials: CredentialStore = NO_CREDENTIALS,
+        ca_files: Mapping[str, Path] | None = None,
+    ) -> None:
+        self._client = RegistryClient(
+            insecure, credentials, timeout=timeout, user_agent="warren-manager", ca_files=ca_files
+        )
 
-    def digest(self, image: str) -> str:
+    def digest(self, image: str, credentials: Credentials | None = None) -> str:
         try:
-            _, _, digest = self._client.get_manifest(parse_reference(image))
+            ref = parse_reference(image)
+            client = self._client.with_login(ref.registry, credentials) if credentials else self._client
+            _, _, digest = client.get_manifest(ref)
         except (RegistryError, InvalidReference) as exc:
             raise LookupFailed(str(exc)) from exc
         return digest
@@ -122,13 +138,14 @@ async def pinned(
     previous: ServiceSpec | None,
     no_resolve: bool,
     image_given: bool = False,
+    credentials: Credentials | None = None,
 ) -> Pinned:
     """The image to store for `spec`: pinned to the registry's digest, or as it was with a warning."""
     name = to_resolve(spec, previous, no_resolve, image_given)
     if name is None or lookup is None:
         return Pinned(spec.image)
     try:
-        digest = await asyncio.wait_for(asyncio.to_thread(lookup.digest, name), LOOKUP_TIMEOUT + 1)
+        digest = await asyncio.wait_for(asyncio.to_thread(lookup.digest, name, credentials), LOOKUP_TIMEOUT + 1)
     except LookupFailed as exc:
         return Pinned(spec.image, unpinned_warning(spec.image, name, str(exc)))
     except TimeoutError:

@@ -50,6 +50,7 @@ class ManagerOptions:
     # Registries served over plain HTTP besides loopback, for pinning images to digests (ADR 34):
     # the node's agent settings (`--insecure-registry`), which its pulls use too.
     insecure_registries: tuple[str, ...] = ()
+    registry_cas: tuple[str, ...] = ()  # HOST=FILE, from the agent settings too (`--registry-ca`, ADR 43)
     resolve_images: bool = True  # False (--no-resolve-images): images are stored as given, never looked up
 
 

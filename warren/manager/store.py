@@ -21,7 +21,18 @@ import msgspec
 
 from warren.manager.ports import Watcher
 from warren.manager.settings import DEFAULT_MAP_SIZE
-from warren.model import AdminCert, ClusterInfo, Node, RevokedNode, Service, Task, Volume
+from warren.model import (
+    AdminCert,
+    ClusterInfo,
+    Config,
+    Node,
+    RegistryLogin,
+    RevokedNode,
+    Secret,
+    Service,
+    Task,
+    Volume,
+)
 from warren.state import CLUSTER_KEY, Change, ClusterState, Kind, Put, object_key
 
 log = logging.getLogger(__name__)
@@ -34,6 +45,9 @@ _KIND_TYPES: dict[Kind, type] = {
     "revoked": RevokedNode,
     "admin": AdminCert,
     "volume": Volume,
+    "secret": Secret,
+    "config": Config,
+    "registry": RegistryLogin,
 }
 _APPLIED_KEY = b"applied_index"
 
@@ -52,6 +66,9 @@ class Snapshot(msgspec.Struct, frozen=True):
     revoked: list[RevokedNode] = []  # absent from snapshots written before revocation existed
     admin_certs: list[AdminCert] = []  # absent from snapshots written before admin certificates
     volumes: list[Volume] = []  # absent from snapshots written before volumes (ADR 40)
+    secrets: list[Secret] = []  # sealed values only (ADR 38)
+    configs: list[Config] = []
+    registry_logins: list[RegistryLogin] = []  # absent from snapshots written before them (ADR 43)
 
 
 def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
@@ -177,6 +194,9 @@ class Store:
                 list(s.revoked.values()),
                 list(s.admin_certs.values()),
                 list(s.volumes.values()),
+                list(s.secrets.values()),
+                list(s.configs.values()),
+                list(s.registry_logins.values()),
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -188,6 +208,9 @@ class Store:
         changes += [Put("revoked", r) for r in snapshot.revoked]
         changes += [Put("admin", a) for a in snapshot.admin_certs]
         changes += [Put("volume", v) for v in snapshot.volumes]
+        changes += [Put("secret", x) for x in snapshot.secrets]
+        changes += [Put("config", c) for c in snapshot.configs]
+        changes += [Put("registry", r) for r in snapshot.registry_logins]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
         state = ClusterState()

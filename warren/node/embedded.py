@@ -63,6 +63,7 @@ class EmbeddedAgentFlags:
     runtime: str | None = None  # containerd | exec
     containerd_socket: str | None = None
     insecure_registries: tuple[str, ...] | None = None
+    registry_cas: tuple[str, ...] | None = None  # HOST=FILE (ADR 43)
     cgroup_parent: str | None = None
     wireguard: str | None = None  # the embedded agent joins the overlay mesh (ADR 17)
     wireguard_interface: str | None = None
@@ -76,6 +77,7 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             ("--runtime", flags.runtime),
             ("--containerd-socket", flags.containerd_socket),
             ("--insecure-registry", flags.insecure_registries),
+            ("--registry-ca", flags.registry_cas),
             ("--cgroup-parent", flags.cgroup_parent),
             ("--wireguard", flags.wireguard),
             ("--wireguard-interface", flags.wireguard_interface),
@@ -93,6 +95,7 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             runtime=flags.runtime,
             containerd_socket=flags.containerd_socket,
             insecure_registries=flags.insecure_registries,
+            registry_cas=flags.registry_cas,
             cgroup_parent=flags.cgroup_parent,
             wireguard=flags.wireguard,
             wireguard_interface=flags.wireguard_interface,

@@ -30,5 +30,6 @@ def run(options: ManagerOptions, flags: EmbeddedAgentFlags) -> int:
         runs_tasks=settings.enabled,
         demoted_hint=demoted_hint(options),
         insecure_registries=tuple(settings.insecure_registries),
+        registry_cas=tuple(settings.registry_cas),
     )
     return daemon.run(options, beside_manager(options.data_dir, settings))

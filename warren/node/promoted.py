@@ -29,6 +29,7 @@ async def run_promoted_manager(manager_dir: Path, join_managers: list[str] | Non
         demoted_hint=DEMOTED_HINT,
         join_managers=tuple(join_managers) if join_managers else None,
         insecure_registries=tuple(settings.insecure_registries),
+        registry_cas=tuple(settings.registry_cas),
     )
     try:
         await daemon.serve(options, stop)

@@ -22,6 +22,7 @@ def agent_options(data_dir: Path, managers: list[str], settings: AgentSettings) 
         labels=dict(settings.labels),
         advertise_addr=settings.advertise_addr,
         insecure_registries=tuple(settings.insecure_registries),
+        registry_cas=tuple(settings.registry_cas),
         metrics_addr=settings.metrics_addr or None,
         cgroup_parent=settings.cgroup_parent,
     )

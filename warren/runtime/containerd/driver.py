@@ -19,6 +19,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -29,23 +30,50 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import grpc
+import msgspec
 from google.protobuf import any_pb2
 
 from warren import validate
-from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
-from warren.runtime.containerd import api
+from warren.agent.runtime import (
+    TASK_LABEL,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    RuntimeFailure,
+)
+from warren.runtime import resolv, tini
+from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
-from warren.runtime.containerd.images import ImageService
-from warren.runtime.containerd.oci import PROCESS_TYPE_URL, SPEC_TYPE_URL, SpecError, build_spec, exec_process
-from warren.runtime.containerd.registry import Platform, RegistryClient
+from warren.runtime.containerd.images import ImageInfo, ImageService
+from warren.runtime.containerd.oci import (
+    PROCESS_TYPE_URL,
+    SPEC_TYPE_URL,
+    ImageUsers,
+    SpecError,
+    build_spec,
+    exec_process,
+    needs_image_users,
+)
+from warren.runtime.containerd.registry import (
+    NO_CREDENTIALS,
+    Credentials,
+    CredentialStore,
+    Platform,
+    RegistryClient,
+)
+
+log = logging.getLogger(__name__)
 
 RUNTIME = "io.containerd.runc.v2"
 LOG_LABEL = "warren.log-path"
 KILL_TIMEOUT = 10.0
 EXEC_OUTPUT_LIMIT = 64 << 10
 _ID_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifier rule
+# runc's refusals that the same spec meets again on every retry: a bad command, and container
+# options the node cannot apply (a net.* sysctl without a network namespace of the task's own...).
 _BAD_COMMAND_RE = re.compile(
     r"executable file not found|exec: .*(no such file or directory|permission denied|is a directory)"
+    r"|sysctl \S+ not allowed|open /proc/sys/\S+: no such file or directory|error setting rlimit"
 )
 _STATES = {
     api.task_pb2.CREATED: ContainerState.CREATED,
@@ -94,15 +122,17 @@ class ContainerdRuntime:
         socket: str,
         state_dir: Path,
         insecure_registries: Iterable[str] = (),
-        auth: Mapping[str, tuple[str, str]] | None = None,
+        credentials: CredentialStore = NO_CREDENTIALS,
         *,
+        registry_cas: Mapping[str, Path] | None = None,
         namespace: str = NAMESPACE,
         snapshotter: str = "overlayfs",
         cgroup_parent: str = "/warren",
         platform: Platform | None = None,
     ) -> None:
         self.client = Client(socket, namespace)
-        self.images = ImageService(self.client, RegistryClient(insecure_registries, auth), snapshotter, platform)
+        registry = RegistryClient(insecure_registries, credentials, ca_files=registry_cas)
+        self.images = ImageService(self.client, registry, snapshotter, platform)
         self.snapshotter = snapshotter
         self.cgroup_parent = "/" + cgroup_parent.strip("/")
         self.state_dir = Path(state_dir)
@@ -110,6 +140,7 @@ class ContainerdRuntime:
         self._waits: dict[str, grpc.Future] = {}
         self._started: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._capabilities = nodeside.node_capabilities()
 
     def check(self) -> str:
         """containerd's version, or a RuntimeFailure saying why it cannot be used (agent startup)."""
@@ -130,18 +161,48 @@ class ContainerdRuntime:
             raise RuntimeFailure(f"task id {cid!r} is not a valid container id", permanent=True)
         if self._container(cid) is not None:
             return cid
-        image = self.images.ensure(spec.image)
+        login = spec.pull_login
+        image = self.images.ensure(spec.image, Credentials(login.username, login.password) if login else None)
+        if not needs_image_users(spec, image.config):
+            return self._create(spec, image)
+        # A user or group named: the root filesystem first, to read its /etc/passwd and
+        # /etc/group, held by a lease until the container references it (a failure lets the
+        # lease go, and containerd collects the snapshot).
+        with self.client.lease() as lease:
+            request = api.snapshots_pb2.PrepareSnapshotRequest(
+                snapshotter=self.snapshotter, key=cid, parent=image.chain_id
+            )
+            try:
+                self.client.snapshots.Prepare(request, metadata=self.client.md(lease), timeout=60)
+                mounts = self._rootfs_mounts(cid)
+            except grpc.RpcError as exc:
+                raise self._failure(exc, f"preparing the root filesystem of {cid}") from exc
+            return self._create(spec, image, nodeside.read_image_users(mounts))
+
+    def _create(self, spec: ContainerSpec, image: ImageInfo, image_users: ImageUsers | None = None) -> str:
+        """The container, with its runtime spec, and its root filesystem (if not made yet)."""
+        cid = spec.task_id
+        resolv_conf = resolv.task_resolv_conf(spec, self.state_dir / "resolv")
         try:
-            oci = build_spec(spec, image.config, cgroups_path=f"{self.cgroup_parent}/{cid}")
+            oci = build_spec(
+                msgspec.structs.replace(spec, resolv_conf=resolv_conf),
+                image.config,
+                cgroups_path=f"{self.cgroup_parent}/{cid}",
+                devices=nodeside.task_devices(spec),
+                init_binary=tini.init_binary() if spec.options.init else "",
+                available_capabilities=self._capabilities,
+                image_users=image_users,
+            )
         except SpecError as exc:
             raise RuntimeFailure(str(exc), permanent=True) from exc
         log_path = Path(spec.log_path or self.state_dir / "logs" / f"{cid}.log")
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(exist_ok=True)
         pb = api.containers_pb2
+        health = nodeside.image_health_label(image.config)
         container = pb.Container(
             id=cid,
-            labels={**spec.labels, TASK_LABEL: cid, LOG_LABEL: str(log_path)},
+            labels={**spec.labels, **health, TASK_LABEL: cid, LOG_LABEL: str(log_path)},
             image=image.name,
             runtime=pb.Container.Runtime(name=RUNTIME),
             spec=any_pb2.Any(type_url=SPEC_TYPE_URL, value=json.dumps(oci).encode()),
@@ -174,9 +235,7 @@ class ContainerdRuntime:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.touch(exist_ok=True)
         try:
-            mounts = self.client.snapshots.Mounts(
-                api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid), metadata=md, timeout=30
-            ).mounts
+            mounts = self._rootfs_mounts(cid)
             stdout, stderr = _output_paths(log_path)
             self.client.tasks.Create(
                 api.tasks_pb2.CreateTaskRequest(container_id=cid, rootfs=mounts, stdout=stdout, stderr=stderr),
@@ -247,6 +306,7 @@ class ContainerdRuntime:
         except grpc.RpcError as exc:
             raise self._failure(exc, f"deleting the task of {cid}") from exc
         self._delete_container(cid)
+        resolv.remove_resolv_conf(cid, self.state_dir / "resolv")
         try:
             self.client.snapshots.Remove(
                 api.snapshots_pb2.RemoveSnapshotRequest(snapshotter=self.snapshotter, key=cid), metadata=md, timeout=60
@@ -348,6 +408,10 @@ class ContainerdRuntime:
             if code_of(exc) == NOT_FOUND:
                 return None
             raise self._failure(exc, f"looking up container {cid}") from exc
+
+    def _rootfs_mounts(self, cid: str) -> builtins.list[api.mount_pb2.Mount]:
+        request = api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid)
+        return list(self.client.snapshots.Mounts(request, metadata=self.client.md(), timeout=30).mounts)
 
     def _process(self, cid: str) -> api.task_pb2.Process | None:
         try:

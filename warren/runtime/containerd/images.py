@@ -32,6 +32,7 @@ from warren.runtime.containerd.registry import (
     INDEX_TYPES,
     MANIFEST_TYPES,
     MAX_MANIFEST_BYTES,
+    Credentials,
     ImageRef,
     InvalidReference,
     Platform,
@@ -213,16 +214,17 @@ class ImageService:
 
     # -- public -------------------------------------------------------------------------------
 
-    def ensure(self, reference: str) -> ImageInfo:
+    def ensure(self, reference: str, login: Credentials | None = None) -> ImageInfo:
         """The image, from containerd if it is there and unpacked, else pulled from its registry.
 
         A reference pinned to a digest (`name:tag@sha256:…`, ADR 34) is found under its own name,
         or under its tag when that record holds the same digest (an image loaded with `image
-        import`); a tag that holds other bytes does not count: the digest is pulled."""
+        import`); a tag that holds other bytes does not count: the digest is pulled. `login`:
+        the task's own registry login (ADR 43), used before the client's store."""
         try:
             ref = parse_reference(reference)
             with self._lock_for(ref.name):
-                return self.local(ref.name) or self._local_by_digest(ref) or self._pull(ref)
+                return self.local(ref.name) or self._local_by_digest(ref) or self._pull(ref, login)
         except Exception as exc:
             raise _failure(exc, f"pulling {reference}") from exc
 
@@ -329,9 +331,10 @@ class ImageService:
             permanent=True,
         )
 
-    def _pull(self, ref: ImageRef) -> ImageInfo:
-        desc, body = self._registry.resolve(ref, self.platform)
-        return self._ingest(ref.name, _RegistrySource(self._registry, ref), desc, body)
+    def _pull(self, ref: ImageRef, login: Credentials | None = None) -> ImageInfo:
+        registry = self._registry.with_login(ref.registry, login) if login else self._registry
+        desc, body = registry.resolve(ref, self.platform)
+        return self._ingest(ref.name, _RegistrySource(registry, ref), desc, body)
 
     def _describe(self, name: str, desc: Mapping[str, object], body: bytes, source: _Source) -> tuple[ImageInfo, bytes]:
         """Parse a manifest and fetch its config: what the image runs and which snapshots it needs."""

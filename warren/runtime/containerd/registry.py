@@ -2,13 +2,16 @@
 
 The pure parts — `parse_reference`, `Platform`, `select_manifest` — know nothing about the
 network and are unit-tested directly. `RegistryClient` fetches manifests and blobs with
-digest verification, answers bearer-token and basic auth challenges, and speaks plain HTTP
-only to loopback and to registries the operator lists as insecure.
+digest verification, answers bearer-token and basic auth challenges with the credentials a
+`CredentialStore` holds for the registry (ADR 43), verifies HTTPS against the system roots or
+a private CA given per registry (`--registry-ca HOST=FILE`), and speaks plain HTTP only to
+loopback and to registries the operator lists as insecure.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import errno
 import hashlib
 import json
@@ -21,8 +24,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
@@ -243,6 +247,8 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(reason, socket.gaierror):
         return "host name not resolved"
+    if isinstance(reason, ssl.SSLCertVerificationError):
+        return f"its TLS certificate is not trusted ({reason.verify_message}); give its CA with --registry-ca HOST=FILE"
     if isinstance(reason, ssl.SSLError):
         return f"TLS error ({reason}); if it serves plain HTTP, list it as an insecure registry"
     if isinstance(reason, OSError) and reason.strerror:
@@ -250,37 +256,150 @@ def _reason(exc: BaseException) -> str:
     return str(reason)
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """A registry login. The password (or an identity token) is never shown: not in repr, not
+    in a log line, not in an error."""
+
+    username: str
+    password: str = field(repr=False)
+
+    def basic(self) -> str:
+        return "Basic " + base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+
+    def fingerprint(self) -> str:
+        """Tells two logins apart without keeping the password in a cache key."""
+        return hashlib.sha256(self.basic().encode()).hexdigest()
+
+
+class CredentialStore(Protocol):
+    """The one way credentials reach the client (ADR 43): the login for a registry (`host[:port]`,
+    or `docker.io`), or None. The agent's store holds what its managers sent with its tasks;
+    the manager's reads the replicated state."""
+
+    def lookup(self, host: str) -> Credentials | None: ...
+
+
+class StaticCredentials:
+    """A CredentialStore over a map, read at each lookup (so a login added to it counts)."""
+
+    def __init__(self, logins: Mapping[str, Credentials] | None = None) -> None:
+        self._logins: Mapping[str, Credentials] = logins if logins is not None else {}
+
+    def lookup(self, host: str) -> Credentials | None:
+        return self._logins.get(host)
+
+
+NO_CREDENTIALS = StaticCredentials()
+
+
+class _Layered:
+    def __init__(self, first: Mapping[str, Credentials], then: CredentialStore) -> None:
+        self._first, self._then = first, then
+
+    def lookup(self, host: str) -> Credentials | None:
+        return self._first.get(host) or self._then.lookup(host)
+
+
+def registry_host(host: str) -> str:
+    """A registry as logins name it: Docker Hub's aliases are one registry."""
+    host = host.strip()
+    return DOCKER_HUB if host.lower() in (DOCKER_HUB, "index.docker.io", DOCKER_HUB_API) else host
+
+
+def check_registry_host(host: str) -> str:
+    """`host[:port]` as a registry name, or InvalidReference saying why not (one line)."""
+    text = host.strip()
+    if not text or not _DOMAIN_RE.fullmatch(text) or len(text) > 255:
+        raise InvalidReference(f"invalid registry {text!r}: expected HOST or HOST:PORT")
+    return registry_host(text)
+
+
+def parse_registry_ca(text: str) -> tuple[str, Path]:
+    """`HOST[:PORT]=FILE` (the `--registry-ca` flag): the registry and its CA bundle's path."""
+    host, sep, path = text.partition("=")
+    if not sep or not path.strip():
+        raise InvalidReference(f"--registry-ca must be HOST[:PORT]=FILE (got {text!r})")
+    return check_registry_host(host), Path(path.strip())
+
+
+def tls_context(ca_file: Path) -> ssl.SSLContext:
+    """A client TLS context that trusts only `ca_file` (a PEM bundle); ValueError if unreadable."""
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the registry CA {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
 class RegistryClient:
     """Fetches manifests and blobs from Registry API v2 servers.
 
-    `auth` maps a registry (`host[:port]`, or `docker.io`) to `(username, password)`; the
-    credentials answer basic challenges and are sent to bearer-token endpoints. Thread-safe.
+    `credentials` answers basic challenges and is sent to bearer-token endpoints; `ca_files` maps
+    a registry (or a token server's host) to the CA bundle its HTTPS certificate must chain to
+    (others use the system roots). Thread-safe.
     """
 
     def __init__(
         self,
         insecure: Iterable[str] = (),
-        auth: Mapping[str, tuple[str, str]] | None = None,
+        credentials: CredentialStore = NO_CREDENTIALS,
         timeout: float = 30.0,
         user_agent: str = "warren-agent",
+        ca_files: Mapping[str, Path] | None = None,
     ) -> None:
         self._insecure = frozenset(insecure)
-        self._auth = dict(auth or {})
+        self._credentials = credentials
         self._timeout = timeout
         self._user_agent = user_agent
-        self._tokens: dict[tuple[str, str], str] = {}
+        # (registry, repository, login fingerprint) -> the Authorization that last worked: a
+        # logout or another login never reuses a token obtained with other credentials.
+        self._tokens: dict[tuple[str, str, str], str] = {}
         self._lock = threading.Lock()
         self._direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._default = urllib.request.build_opener()
+        self._private_ca: dict[str, tuple[urllib.request.OpenerDirector, urllib.request.OpenerDirector]] = {}
+        for host, ca_file in (ca_files or {}).items():
+            handler = urllib.request.HTTPSHandler(context=tls_context(ca_file))
+            self._private_ca[host] = (
+                urllib.request.build_opener(urllib.request.ProxyHandler({}), handler),
+                urllib.request.build_opener(handler),
+            )
+
+    def _opener(self, url: str) -> urllib.request.OpenerDirector:
+        """No proxy for loopback; the private CA of the URL's host, if it has one."""
+        host = urllib.parse.urlsplit(url).netloc
+        direct = is_loopback(host)
+        private = self._private_ca.get(host)
+        if private is not None:
+            return private[0] if direct else private[1]
+        return self._direct if direct else self._default
+
+    def with_login(self, host: str, credentials: Credentials) -> RegistryClient:
+        """This client (its settings, connections and tokens) pulling from `host` as `credentials`:
+        one task's or one service's own login, before the store's."""
+        clone = copy.copy(self)
+        clone._credentials = _Layered({host: credentials}, self._credentials)
+        return clone
+
+    def _login(self, ref: ImageRef) -> Credentials | None:
+        return self._credentials.lookup(ref.registry) or (
+            self._credentials.lookup(ref.api_host) if ref.api_host != ref.registry else None
+        )
 
     def _base(self, ref: ImageRef) -> str:
         host = ref.api_host
-        plain = is_loopback(host) or host in self._insecure or ref.registry in self._insecure
+        # A registry given a CA speaks HTTPS, on loopback too (a test CA on 127.0.0.1).
+        plain = (
+            (is_loopback(host) and host not in self._private_ca)
+            or host in self._insecure
+            or ref.registry in self._insecure
+        )
         return f"{'http' if plain else 'https'}://{host}/v2/{ref.repository}"
 
     def _open(self, ref: ImageRef, url: str, accept: str = "") -> urllib.response.addinfourl:
         """GET with auth: one retry after answering a 401 challenge."""
-        key = (ref.registry, ref.repository)
+        creds = self._login(ref)
+        key = (ref.registry, ref.repository, creds.fingerprint() if creds else "")
         for attempt in range(2):
             request = urllib.request.Request(url, headers={"User-Agent": self._user_agent})
             if accept:
@@ -290,14 +409,13 @@ class RegistryClient:
             if authorization:
                 # Not forwarded on redirects: blob storage backends reject a second credential.
                 request.add_unredirected_header("Authorization", authorization)
-            opener = self._direct if is_loopback(ref.api_host) else self._default
             try:
-                return opener.open(request, timeout=self._timeout)
+                return self._opener(url).open(request, timeout=self._timeout)
             except urllib.error.HTTPError as exc:
                 if exc.code == 401 and attempt == 0:
                     challenge = exc.headers.get("WWW-Authenticate", "")
                     exc.close()
-                    authorization = self._answer(ref, challenge)
+                    authorization = self._answer(ref, challenge, creds)
                     with self._lock:
                         self._tokens[key] = authorization
                     continue
@@ -306,13 +424,16 @@ class RegistryClient:
                 raise RegistryError(f"registry {ref.registry} unreachable: {_reason(exc)}") from exc
         raise AssertionError("unreachable")
 
-    def _answer(self, ref: ImageRef, challenge: str) -> str:
+    def _answer(self, ref: ImageRef, challenge: str, creds: Credentials | None) -> str:
         scheme, params = _parse_challenge(challenge)
-        creds = self._auth.get(ref.registry) or self._auth.get(ref.api_host)
         if scheme == "basic":
             if not creds:
-                raise RegistryError(f"pull access denied for {ref}: registry {ref.registry} wants credentials", True)
-            return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+                raise RegistryError(
+                    f"pull access denied for {ref}: registry {ref.registry} wants credentials "
+                    f"(warren registry login {ref.registry})",
+                    permanent=True,
+                )
+            return creds.basic()
         if scheme != "bearer" or "realm" not in params:
             raise RegistryError(f"registry {ref.registry}: unsupported auth challenge {challenge!r}", permanent=True)
         query = {"scope": params.get("scope") or f"repository:{ref.repository}:pull"}
@@ -321,12 +442,15 @@ class RegistryClient:
         url = params["realm"] + ("&" if "?" in params["realm"] else "?") + urllib.parse.urlencode(query)
         request = urllib.request.Request(url, headers={"User-Agent": self._user_agent})
         if creds:
-            request.add_header("Authorization", "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode())
+            request.add_header("Authorization", creds.basic())
         try:
-            with self._default.open(request, timeout=self._timeout) as resp:
+            with self._opener(url).open(request, timeout=self._timeout) as resp:
                 body = json.loads(resp.read(1 << 20))
         except urllib.error.HTTPError as exc:
-            raise RegistryError(f"pull access denied for {ref}: token endpoint said HTTP {exc.code}", True) from exc
+            why = "credentials refused" if creds else f"no credentials (warren registry login {ref.registry})"
+            raise RegistryError(
+                f"pull access denied for {ref}: {why}; token endpoint said HTTP {exc.code}", True
+            ) from exc
         except (urllib.error.URLError, OSError) as exc:
             raise RegistryError(f"registry {ref.registry} auth server unreachable: {_reason(exc)}") from exc
         except ValueError as exc:
@@ -339,8 +463,15 @@ class RegistryClient:
     def _http_error(self, ref: ImageRef, exc: urllib.error.HTTPError, what: str) -> RegistryError:
         if exc.code == 404:
             return RegistryError(f"image {ref} not found in registry", permanent=True)
+        if exc.code == 400 and self._base(ref).startswith("http:"):  # Go's answer to HTTP on an HTTPS port
+            return RegistryError(
+                f"registry {ref.registry} refused plain HTTP (HTTP 400) fetching {what} of {ref}; if it serves "
+                f"HTTPS, give its CA with --registry-ca {ref.registry}=FILE",
+                permanent=True,
+            )
         if exc.code in (401, 403):
-            return RegistryError(f"pull access denied for {ref} (HTTP {exc.code})", permanent=True)
+            why = "credentials refused" if exc.code == 401 and self._login(ref) else "not allowed"
+            return RegistryError(f"pull access denied for {ref}: {why} (HTTP {exc.code})", permanent=True)
         return RegistryError(f"registry {ref.registry}: HTTP {exc.code} fetching {what} of {ref}")
 
     def get_manifest(self, ref: ImageRef, reference: str = "") -> tuple[str, bytes, str]:

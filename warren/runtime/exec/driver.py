@@ -11,7 +11,15 @@ explicitly. Rules, decided here:
   and stderr appended to `spec.log_path`, environment exactly `spec.env` plus a default PATH,
   `spec.user` honoured ("name", "uid", "name:group", "uid:gid"). Without `spec.cwd` the process
   runs in a private scratch directory, `<state_dir>/<id>/work`, never in the agent's own cwd.
-  `read_only_rootfs` cannot be honoured and is ignored.
+- **Container options (ADR 42).** Applied where a host process has them: `--user`,
+  `--workdir`, `--group-add` (setpriv; names resolved on the host), `--ulimit` (prlimit), `--dns*`
+  (the task's own resolv.conf, in a mount namespace of its own), `--hostname` (a UTS namespace
+  of its own, and $HOSTNAME; both namespaces need root), `--init` (tini as the task's parent, a
+  subreaper). Options that need a container (`--read-only`, `--privileged`, `--cap-add/--cap-drop`,
+  `--device`, `--sysctl`) fail the task at prepare with a message that names them: a task the
+  operator asked to confine must not run unconfined.
+- **Secrets and configs (ADR 38).** Each of `spec.files` is bind-mounted read-only over its
+  target in the task's own mount namespace; a missing target is first made, empty, on the host.
 - **Network (ADR 17).** With `spec.netns` the process joins that network namespace; with
   `resolv_conf` too it also gets a mount namespace of its own in which that file is
   bind-mounted read-only over /etc/resolv.conf (the host's file and mounts stay as they were).
@@ -63,9 +71,11 @@ from warren import datadir
 from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
-from warren.runtime.exec.chain import check_executable, exec_chain, task_env
+from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env
 from warren.runtime.exec.mounts import check_targets
-from warren.runtime.exec.users import resolve_user
+from warren.runtime.exec.users import resolve_groups, resolve_user
+from warren.runtime.resolv import task_resolv_conf
+from warren.runtime.tini import init_binary
 from warren.validate import ValidationError, signal_number
 
 log = logging.getLogger(__name__)
@@ -122,6 +132,7 @@ class ExecRuntime:
 
     # -- the port ---------------------------------------------------------------------------
     def prepare(self, spec: ContainerSpec) -> str:
+        spec = msgspec.structs.replace(spec, pull_login=None)  # no image to pull; and the record is on disk
         rid = spec.task_id
         if not _ID_RE.fullmatch(rid):
             raise RuntimeFailure(f"invalid task id for the exec runtime: {rid!r}", permanent=True)
@@ -135,7 +146,9 @@ class ExecRuntime:
                 self._images_noted.add(spec.image)
                 log.info("exec runtime: ignoring image %r, running the task's command on the host", spec.image)
             _parse_signal(spec.stop_signal)
+            _check_options(spec)
             resolve_user(spec.user)
+            resolve_groups(spec.options.group_add)
             if spec.cwd and not os.path.isdir(spec.cwd):
                 raise RuntimeFailure(f"working directory not found: {spec.cwd}", permanent=True)
             cdir = self._dir / rid
@@ -143,11 +156,13 @@ class ExecRuntime:
             check_executable(argv[0], task_env(spec), cwd)
             check_targets(spec.mounts)
             try:
+                make_mount_points(spec.files, spec.mounts)
                 (cdir / "work").mkdir(parents=True, exist_ok=True)
                 log_path = spec.log_path or str(cdir / "container.log")
                 Path(log_path).parent.mkdir(parents=True, exist_ok=True)
                 with open(log_path, "ab"):
                     pass
+                spec = msgspec.structs.replace(spec, resolv_conf=task_resolv_conf(spec, cdir))
                 rec = _Record(rid, spec, log_path, cwd, time.time())
                 rec.cgroups = self._cgroups.create(rid, spec.limits)
                 self._save(rec, strict=True)
@@ -166,6 +181,8 @@ class ExecRuntime:
             if rec.state is ContainerState.EXITED:
                 raise RuntimeFailure(f"container {runtime_id} has already run")
             argv = [*rec.spec.command, *rec.spec.args]
+            if rec.spec.options.init:
+                argv = [_init_binary(), "-s", "--", *argv]  # -s: a subreaper, not being PID 1
             try:
                 with open(rec.log_path, "ab") as logf:
                     proc = self._spawn(rec, argv, logf)
@@ -308,7 +325,17 @@ class ExecRuntime:
         user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
         procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
         argv, exe, user = exec_chain(
-            argv, exe, procs=procs, netns=spec.netns, resolv_conf=spec.resolv_conf, user=user, mounts=spec.mounts
+            argv,
+            exe,
+            procs=procs,
+            netns=spec.netns,
+            resolv_conf=spec.resolv_conf,
+            user=user,
+            mounts=spec.mounts,
+            files=spec.files,
+            groups=resolve_groups(spec.options.group_add),
+            rlimits=spec.options.ulimits,
+            hostname=spec.hostname,
         )
         creds: _Credentials = {}
         if user is not None:
@@ -413,6 +440,39 @@ def _is_ours_and_alive(rec: _Record) -> bool:
         return False
     st = procfs.proc_stat(rec.pid)
     return st is not None and st[1] == rec.proc_start and st[0] not in ("Z", "X", "x")
+
+
+# Each option that needs a container, by the flag that sets it.
+_CONTAINER_ONLY = (
+    ("--read-only", lambda o: o.read_only),
+    ("--privileged", lambda o: o.privileged),
+    ("--cap-add", lambda o: o.cap_add),
+    ("--cap-drop", lambda o: o.cap_drop),
+    ("--device", lambda o: o.devices),
+    ("--sysctl", lambda o: o.sysctls),
+)
+
+
+def _check_options(spec: ContainerSpec) -> None:
+    """Refuse the options a host process cannot have, by name (see the module doc)."""
+    flags = [flag for flag, given in _CONTAINER_ONLY if given(spec.options)]
+    if spec.read_only_rootfs and "--read-only" not in flags:
+        flags.insert(0, "--read-only")
+    if flags:
+        raise RuntimeFailure(
+            f"the exec runtime cannot apply {', '.join(flags)}: its tasks are host processes, not containers "
+            "(use the containerd runtime)",
+            permanent=True,
+        )
+    if spec.options.init:
+        _init_binary()
+
+
+def _init_binary() -> str:
+    path = init_binary()
+    if not path:
+        raise RuntimeFailure("--init needs tini on the node (Debian's tini package)", permanent=True)
+    return path
 
 
 def _exit_code(returncode: int) -> int:

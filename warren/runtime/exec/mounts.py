@@ -10,12 +10,17 @@ from collections.abc import Sequence
 from warren.agent.runtime import MountSpec, RuntimeFailure
 
 # $1 is the mount binary; then groups of (kind, source, target, options) up to "--"; then the
-# command to exec. A read-only bind is a bind remounted read-only (the kernel's only way).
+# command to exec. A read-only bind is a bind remounted read-only (the kernel's only way). A
+# bind's missing target (a secret's file inside a tmpfs mounted before it, ADR 38) is made
+# first, as runc makes one in a rootfs: a directory for a directory, else an empty file.
 MOUNTS_SHIM = (
     'm="$1"; shift; '
     'fail() { echo "warren: cannot mount $1" >&2; exit 125; }; '
     'while [ "$1" != -- ]; do '
-    'if [ "$1" = bind ]; then "$m" --bind -- "$2" "$3" || fail "$2 on $3"; '
+    'if [ "$1" = bind ]; then '
+    '[ -e "$3" ] || if [ -d "$2" ]; then mkdir -p -- "$3"; else mkdir -p -- "${3%/*}" && : > "$3"; fi '
+    '|| fail "$2 on $3 (cannot make its mount point)"; '
+    '"$m" --bind -- "$2" "$3" || fail "$2 on $3"; '
     '[ "$4" = ro ] && { "$m" -o remount,bind,ro -- "$3" || fail "$3 read-only"; }; '
     'else "$m" -t tmpfs -o "$4" -- tmpfs "$3" || fail "a tmpfs on $3"; fi; '
     'shift 4; done; shift; exec "$@"'

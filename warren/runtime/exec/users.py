@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grp
 import pwd
+from collections.abc import Sequence
 
 from warren.agent.runtime import RuntimeFailure
 from warren.text import ascii_int
@@ -32,3 +33,19 @@ def resolve_user(user: str) -> tuple[int | None, int | None]:
     except KeyError:
         msg = f"unable to find group {group}: no matching entries in group file"
         raise RuntimeFailure(msg, permanent=True) from None
+
+
+def resolve_groups(groups: Sequence[str]) -> list[int]:
+    """--group-add as gids: numbers as they are, names from the host's group file."""
+    gids = []
+    for group in groups:
+        number = ascii_int(group)
+        if number is not None:
+            gids.append(number)
+            continue
+        try:
+            gids.append(grp.getgrnam(group).gr_gid)
+        except KeyError:
+            msg = f"unable to find group {group}: no matching entries in group file"
+            raise RuntimeFailure(msg, permanent=True) from None
+    return gids
