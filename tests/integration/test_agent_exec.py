@@ -319,7 +319,6 @@ def test_exec_service_answers_on_the_host(cluster: tuple[Manager, Agent, Process
     assert _http_get(port) is None
 
 
-@pytest.mark.serial  # the stop is timed (well under the grace period): alone, after the workers (ADR 41)
 def test_stop_signal_reaches_the_task(cluster: tuple[Manager, Agent, Processes], tmp_path: Path) -> None:
     """--stop-signal SIGQUIT travels CLI -> manager -> agent -> exec runtime: the task's trap sees
     QUIT (and ignores TERM), and exits in well under its 20 s grace period."""

@@ -89,7 +89,6 @@ class _LineReader:
         return got
 
 
-@pytest.mark.serial  # a follow must end within 10 s of Ctrl-C: alone, after the workers (ADR 41)
 def test_service_logs_history_tail_timestamps_follow_and_unknown(tmp_path: Path) -> None:
     manager = Manager(tmp_path, agent_args=["--runtime", "exec"], start_args=["--heartbeat-period", "1s"])
     marker = f"warren-logs-{uuid.uuid4().hex}"
