@@ -182,6 +182,7 @@ def stable(manager: Manager, procs: Processes, n: int, seconds: float = 3.0) -> 
     assert len(running(manager)) == n
 
 
+@pytest.mark.serial  # an agent restart must beat 3 heartbeats of 1 s: alone, after the workers (ADR 41)
 def test_exec_agent_runs_scales_survives_restarts_and_outages(cluster: tuple[Manager, Agent, Processes]) -> None:
     manager, agent, procs = cluster
     wait_for(

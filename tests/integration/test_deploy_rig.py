@@ -29,7 +29,8 @@ from tests.fixtures.load import HeyLoad
 from tests.fixtures.plugin import unavailable
 from tests.integration.harness import free_port, wait_for
 
-pytestmark = pytest.mark.integration
+# It measures under load: it runs alone, after the parallel workers (ADR 41).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 
 class _Counted(http.server.BaseHTTPRequestHandler):

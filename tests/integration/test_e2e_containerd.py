@@ -200,6 +200,7 @@ def _has_logs_command(c: Cluster) -> bool:
     return c.cli("service", "logs", "--help").returncode == 0
 
 
+@pytest.mark.serial  # an agent restart must beat 3 heartbeats of 1 s: alone, after the workers (ADR 41)
 def test_containerd_service_runs_scales_heals_and_survives_agent_and_manager_outages(cluster: Cluster) -> None:
     c = cluster
     port = free_port()

@@ -111,6 +111,7 @@ def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: lis
         assert lost not in m.log()[marks[m.raft_port] :], m.log()[marks[m.raft_port] :]
 
 
+@pytest.mark.serial  # "fast" is timed: alone, after the workers (ADR 41)
 def test_without_quorum_writes_fail_fast_and_reads_still_work(trio: list[Manager]) -> None:
     assert _create(trio[0], "before").returncode == 0
     leader = _leader(trio)

@@ -24,8 +24,10 @@ from tests.waiting import wait_for
 from warren.network import keys
 from warren.network.wireguard import UserspaceDevice
 
+# Its key rotations are bounded in time: it runs alone, after the parallel workers (ADR 41).
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.serial,
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
     pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed (make deps)"),
 ]

@@ -29,7 +29,8 @@ from tests.fixtures.images import web_page
 from tests.fixtures.load import HeyLoad, LoadResult
 from tests.integration.harness import wait_for
 
-pytestmark = pytest.mark.integration
+# It measures under load: it runs alone, after the parallel workers (ADR 41).
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE = 25.0  # requests/s per hey worker: the machine is shared
 TIMEOUT = 5.0

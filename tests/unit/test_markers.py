@@ -23,25 +23,30 @@ PROCESS_FIXTURES = {
 }
 
 
-def _is_integration_mark(node: ast.expr) -> bool:
-    """`pytest.mark.integration`, bare or called."""
+# An integration file importing one of these measures under load: it must run alone, after the
+# pytest-xdist workers (the `serial` mark, ADR 41), or the other workers' tests skew what it measures.
+LOAD_FIXTURES = {"tests.fixtures.load"}
+
+
+def _is_mark(node: ast.expr, name: str) -> bool:
+    """`pytest.mark.<name>`, bare or called."""
     if isinstance(node, ast.Call):
         node = node.func
     return (
         isinstance(node, ast.Attribute)
-        and node.attr == "integration"
+        and node.attr == name
         and isinstance(node.value, ast.Attribute)
         and node.value.attr == "mark"
     )
 
 
-def module_is_marked(tree: ast.Module) -> bool:
-    """The module-level `pytestmark` is the integration mark or a list/tuple holding it."""
+def module_is_marked(tree: ast.Module, name: str = "integration") -> bool:
+    """The module-level `pytestmark` is the mark `name` or a list/tuple holding it."""
     for node in tree.body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "pytestmark" for t in node.targets):
             value = node.value
             marks = value.elts if isinstance(value, ast.List | ast.Tuple) else [value]
-            return any(_is_integration_mark(mark) for mark in marks)
+            return any(_is_mark(mark, name) for mark in marks)
     return False
 
 
@@ -71,6 +76,22 @@ def test_every_integration_file_is_marked() -> None:
         if needs_mark(path, tree) and not module_is_marked(tree):
             unmarked.append(str(path.relative_to(TESTS.parent)))
     assert unmarked == [], f"add `pytestmark = pytest.mark.integration` to: {unmarked}"
+
+
+def test_every_file_that_measures_under_load_runs_alone() -> None:
+    unmarked = []
+    for path in all_test_files():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        runs_load = needs_mark(path, tree) and imported_modules(tree) & LOAD_FIXTURES  # not hey's parser tests
+        if runs_load and not module_is_marked(tree, "serial"):
+            unmarked.append(str(path.relative_to(TESTS.parent)))
+    assert unmarked == [], f"add pytest.mark.serial to the `pytestmark` of: {unmarked}"
+
+
+def test_the_check_recognises_the_serial_mark() -> None:
+    both = "import pytest\npytestmark = [pytest.mark.integration, pytest.mark.serial]\n"
+    assert module_is_marked(ast.parse(both), "serial")
+    assert not module_is_marked(ast.parse("import pytest\npytestmark = pytest.mark.integration\n"), "serial")
 
 
 @pytest.mark.parametrize(
