@@ -34,10 +34,9 @@ proto: $(STAMP)
 # processes, not CPU, so more workers than cores pay. A test file stays on one worker (its
 # module-scoped cluster or containerd starts once), in collection order (integration first).
 # Tests marked `serial` measure time or load: they run afterwards, alone, in one process.
-# The default is still 0 (the first phase in one process too): in one of five runs on 4 workers,
-# a worker hung for good in os.fork() (pyroute2 creating a namespace) inside gRPC's fork
-# handler (ADR 41). `make test TEST_WORKERS=4` is the parallel run, about twice as fast.
-TEST_WORKERS ?= 0
+# TEST_WORKERS=0 runs the first phase in one process too. A worker once hung in os.fork()
+# inside gRPC's fork handler; Warren now turns those handlers off (warren/__init__.py, ADR 41).
+TEST_WORKERS ?= 4
 PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not serial"
 
 test: install deps

@@ -28,6 +28,7 @@ from tests.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.serial,  # it counts failed requests under load (ADR 41)
     pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root"),
     pytest.mark.skipif(shutil.which("wireguard-go") is None, reason="wireguard-go is not installed (make deps)"),
     pytest.mark.skipif(shutil.which("hey") is None, reason="hey is not installed (make deps)"),

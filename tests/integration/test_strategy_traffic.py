@@ -24,7 +24,7 @@ from tests.fixtures.load import HeyLoad, LoadResult
 from tests.waiting import wait_for
 from warren.network import links
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE = 25.0  # requests/s per hey worker: the machine is shared
 TIMEOUT = 5.0
