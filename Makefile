@@ -34,7 +34,7 @@ proto: $(STAMP)
 # processes, not CPU, so more workers than cores pay. A test file stays on one worker (its
 # module-scoped cluster or containerd starts once), in collection order (integration first).
 # Tests marked `serial` measure time or load: they run afterwards, alone, in one process.
-# The default is still 0 (the first phase in one process too): in one of five runs on 4 workers,
+# The default is still 0 (the first phase in one process too): in one of six runs on 4 workers,
 # a worker hung for good in os.fork() (pyroute2 creating a namespace) inside gRPC's fork
 # handler (ADR 41). `make test TEST_WORKERS=4` is the parallel run, about twice as fast.
 TEST_WORKERS ?= 0
