@@ -165,7 +165,7 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
     status = service.update_status
     if status is None or base.revert or (base.status is not None and not base.status.state.active):
         if blue_green_building(service) and base.status is not None and base.status.state == RolloutState.COMPLETED:
-            return _switched(service, base)
+            return _switched(service, base, new_tasks)
         return base  # a failure action applied, or no strategy under way
     if blue_green_building(service):
         return rollout.Step(outdated if status.state == RolloutState.UPDATING else 0, base.status)
@@ -197,12 +197,17 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
     return rollout.Step(0, msgspec.structs.replace(status, state=RolloutState.CANARY, message=message))
 
 
-def _switched(service: Service, base: rollout.Step) -> rollout.Step:
-    """Blue/green: the completion of the new set is the switch of every endpoint."""
+def _switched(service: Service, base: rollout.Step, new_tasks: Sequence[Task]) -> rollout.Step:
+    """Blue/green: the completion of the new set is the switch of every endpoint; unless the
+    update changed only settings, and every task was adopted (ADR 33): nothing switched."""
     assert base.status is not None
     keep = service.spec.deploy.blue_green_keep
     status = service.update_status
     old = status.from_version if status is not None else service.version - 1
+    started = status.started_at if status is not None else 0.0
+    if not any(t.created_at >= started for t in new_tasks):
+        message = f"version {service.version} changed only settings: no task replaced, nothing switched"
+        return rollout.Step(0, msgspec.structs.replace(base.status, message=message))
     message = (
         f"switched to version {service.version}; version {old} kept {keep:g}s for an instant "
         f"`warren service rollback {service.spec.name}`"

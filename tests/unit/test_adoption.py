@@ -128,6 +128,15 @@ def test_an_update_of_rollout_settings_only_replaces_no_task_and_completes(chang
     assert running_ids(sim, svc) == old and len(sim.state.service_tasks(svc)) == 4
 
 
+def test_a_settings_only_blue_green_update_says_nothing_switched() -> None:
+    sim, svc = deployed(web())
+    sim.update_service(svc, msgspec.structs.replace(web(), deploy=DeployConfig(DeployStrategy.BLUE_GREEN)))
+    step(sim)
+    found = sim.state.services[svc].update_status
+    assert found is not None and found.state == RolloutState.COMPLETED
+    assert "no task replaced, nothing switched" in found.message and "switched to version" not in found.message
+
+
 def test_force_still_replaces_every_task() -> None:
     sim, svc = deployed(web(update=UpdateConfig(parallelism=0, monitor=MONITOR)))
     old = running_ids(sim, svc)
