@@ -1,0 +1,149 @@
+"""Autolock's key handling (ADR 44): on, off, rotate, and refusing a wrong or damaged key."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from warren import pki
+from warren.manager import autolock, cakey, secretkeys
+from warren.manager.autolock import UnlockKeyError
+from warren.model import ClusterInfo
+
+RAFT_SECRET = "raft-secret-for-tests"
+
+
+@pytest.fixture(scope="module")
+def ca() -> pki.CertificateAuthority:
+    return pki.CertificateAuthority.create("cluster-under-test")
+
+
+def cluster_with_secrets(ca: pki.CertificateAuthority) -> ClusterInfo:
+    kek, dek = secretkeys.new_key_pair(secretkeys.root_key(RAFT_SECRET))
+    return ClusterInfo(
+        "c",
+        0.0,
+        ca.cert_pem.decode(),
+        cakey.wrap(ca.key_pem, RAFT_SECRET),
+        "w",
+        "m",
+        kek_wrapped=kek,
+        dek_wrapped=dek,
+    )
+
+
+def applied(cluster: ClusterInfo, keys: autolock.RootedKeys) -> ClusterInfo:
+    return msgspec.structs.replace(cluster, kek_wrapped=keys.kek_wrapped, ca_key_pem=keys.ca_key_pem)
+
+
+def test_unlock_keys_are_fresh_and_parse() -> None:
+    first, second = autolock.new_unlock_key(), autolock.new_unlock_key()
+    assert first != second
+    assert first.startswith(autolock.UNLOCK_KEY_PREFIX)
+    assert len(autolock.parse_unlock_key(first + "\n")) == 32  # a pasted newline is fine
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("SWMKEY-1-abc", "not an unlock key"),
+        (autolock.UNLOCK_KEY_PREFIX + "!!!!", "not base64"),
+        (autolock.UNLOCK_KEY_PREFIX + "AAAA", "wrong length"),
+    ],
+)
+def test_malformed_unlock_keys_are_refused_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(UnlockKeyError, match=reason):
+        autolock.parse_unlock_key(text)
+
+
+def test_lock_moves_the_ca_key_and_kek_off_the_raft_secret(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    dek = secretkeys.data_key(secretkeys.root_key(RAFT_SECRET), cluster.kek_wrapped, cluster.dek_wrapped)
+    key = autolock.new_unlock_key()
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))
+
+    assert autolock.is_locked(locked) and not autolock.is_locked(cluster)
+    assert "PRIVATE KEY" not in locked.ca_key_pem
+    # The Raft secret alone no longer opens anything.
+    with pytest.raises(secretkeys.SecretKeyError):
+        secretkeys.data_key(secretkeys.root_key(RAFT_SECRET), locked.kek_wrapped, locked.dek_wrapped)
+    with pytest.raises(pki.PkiError):
+        pki.CertificateAuthority.from_pem(locked.ca_cert_pem, cakey.unwrap(locked.ca_key_pem, RAFT_SECRET))
+    # The unlock key does, and the DEK (so every sealed secret) is unchanged.
+    assert secretkeys.data_key(autolock.unlock_root(key), locked.kek_wrapped, locked.dek_wrapped) == dek
+    assert autolock.open_ca_key(locked, key) == ca.key_pem
+    autolock.check_unlock_key(locked, key)
+
+
+def test_a_wrong_unlock_key_is_refused(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key()))
+    wrong = autolock.new_unlock_key()
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.check_unlock_key(locked, wrong)
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.unlock(locked, RAFT_SECRET, wrong)
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.rotate(locked, wrong, autolock.new_unlock_key())
+
+
+def test_rotate_puts_the_same_keys_under_the_new_unlock_key(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    old, new = autolock.new_unlock_key(), autolock.new_unlock_key()
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, old))
+    dek = secretkeys.data_key(autolock.unlock_root(old), locked.kek_wrapped, locked.dek_wrapped)
+    rotated = applied(locked, autolock.rotate(locked, old, new))
+
+    assert autolock.open_ca_key(rotated, new) == ca.key_pem
+    assert secretkeys.data_key(autolock.unlock_root(new), rotated.kek_wrapped, rotated.dek_wrapped) == dek
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.check_unlock_key(rotated, old)
+
+
+def test_turning_autolock_off_goes_back_to_the_raft_secret(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    key = autolock.new_unlock_key()
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))
+    unlocked = applied(locked, autolock.unlock(locked, RAFT_SECRET, key))
+
+    assert not autolock.is_locked(unlocked)
+    assert cakey.is_wrapped(unlocked.ca_key_pem)
+    assert cakey.unwrap(unlocked.ca_key_pem, RAFT_SECRET) == ca.key_pem
+    root = secretkeys.root_key(RAFT_SECRET)
+    assert secretkeys.data_key(root, unlocked.kek_wrapped, unlocked.dek_wrapped) == secretkeys.data_key(
+        root, cluster.kek_wrapped, cluster.dek_wrapped
+    )
+    with pytest.raises(UnlockKeyError, match="already off"):
+        autolock.unlock(unlocked, RAFT_SECRET, key)
+    with pytest.raises(UnlockKeyError, match="already on"):
+        autolock.lock(locked, RAFT_SECRET, key)
+
+
+def test_a_cluster_without_secrets_yet_locks_its_ca_key_only(ca: pki.CertificateAuthority) -> None:
+    cluster = msgspec.structs.replace(cluster_with_secrets(ca), kek_wrapped="", dek_wrapped="")
+    key = autolock.new_unlock_key()
+    keys = autolock.lock(cluster, RAFT_SECRET, key)
+    assert keys.kek_wrapped == ""
+    assert autolock.open_ca_key(applied(cluster, keys), key) == ca.key_pem
+
+
+def test_nothing_to_unlock_while_autolock_is_off(ca: pki.CertificateAuthority) -> None:
+    with pytest.raises(UnlockKeyError, match="autolock is off"):
+        autolock.check_unlock_key(cluster_with_secrets(ca), autolock.new_unlock_key())
+
+
+def test_local_files_are_sealed_per_purpose(ca: pki.CertificateAuthority) -> None:
+    key = autolock.new_unlock_key()
+    sealed = autolock.seal_local(key, "raft.secret", RAFT_SECRET.encode())
+    assert autolock.is_sealed_local(sealed) and RAFT_SECRET not in sealed
+    assert autolock.open_local(key, "raft.secret", sealed + "\n") == RAFT_SECRET.encode()
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.open_local(key, "tls.key", sealed)  # one sealed file cannot stand in for another
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.open_local(autolock.new_unlock_key(), "raft.secret", sealed)
+    with pytest.raises(UnlockKeyError, match="damaged"):
+        autolock.open_local(key, "raft.secret", sealed[:30])
+    with pytest.raises(UnlockKeyError, match="not locked"):
+        autolock.open_local(key, "raft.secret", RAFT_SECRET)

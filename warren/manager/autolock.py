@@ -1,0 +1,158 @@
+"""Autolock's keys (ADR 44): the operator's unlock key replaces the Raft secret as the root.
+
+Without autolock, everything sealed in the replicated state opens with a key derived from the
+Raft secret, which sits in every manager's data directory: a reader of that directory reads the
+CA key and every secret. With autolock on, the cluster's two root-wrapped items move under a
+key derived from the unlock key instead, which no manager keeps on disk:
+
+    KEK          ClusterInfo.kek_wrapped   re-wrapped (secretkeys.rewrap_kek); the DEK and every
+                                           sealed value under it do not change
+    CA key       ClusterInfo.ca_key_pem    re-sealed, marked by LOCKED_PREFIX
+    local files  raft.secret, the TLS key  sealed by `seal_local` (the manager's start-up adapter)
+
+So whether a cluster is locked is read from its CA key alone (`is_locked`), and a candidate
+unlock key is checked against that CA key before anything changes (`check_unlock_key`). The
+functions here are pure: they take the cluster's stored values and return the new ones, which
+the caller proposes through Raft.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from warren.manager import cakey, secretkeys
+from warren.model import ClusterInfo
+
+UNLOCK_KEY_PREFIX = "WRNKEY-1-"
+LOCKED_PREFIX = "warren-locked-v1:"
+_KEY_BYTES = 32
+_NONCE = 12
+_ROOT_INFO = b"warren unlock root v1"
+_CA_AD = b"warren locked ca key v1"
+_LOCAL_AD = b"warren locked file v1 "
+
+
+class UnlockKeyError(secretkeys.SecretKeyError):
+    """An unlock key that is malformed, or not the cluster's (one line, for the operator)."""
+
+
+@dataclass(frozen=True)
+class RootedKeys:
+    """The cluster's root-wrapped values: what autolock on, off or rotate replaces."""
+
+    kek_wrapped: str  # "" while the cluster has no secrets yet
+    ca_key_pem: str
+
+
+def new_unlock_key() -> str:
+    """256 random bits, printable once: the only copy is the one the operator keeps."""
+    return UNLOCK_KEY_PREFIX + base64.urlsafe_b64encode(os.urandom(_KEY_BYTES)).decode().rstrip("=")
+
+
+def parse_unlock_key(text: str) -> bytes:
+    """The key's bytes; a typo or a truncated paste is refused with a one-line reason."""
+    text = text.strip()
+    if not text:
+        raise UnlockKeyError("the unlock key is empty")
+    if not text.startswith(UNLOCK_KEY_PREFIX):
+        raise UnlockKeyError(f"not an unlock key (it starts with {UNLOCK_KEY_PREFIX})")
+    body = text[len(UNLOCK_KEY_PREFIX) :]
+    try:
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise UnlockKeyError("the unlock key is damaged (not base64)") from None
+    if len(raw) != _KEY_BYTES:
+        raise UnlockKeyError("the unlock key is damaged (wrong length: truncated?)")
+    return raw
+
+
+def unlock_root(unlock_key: str) -> bytes:
+    """The root key under autolock. The unlock key is already 256 random bits: HKDF (not a
+    slow password hash) only separates this use from any other."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_ROOT_INFO).derive(parse_unlock_key(unlock_key))
+
+
+def is_locked(cluster: ClusterInfo) -> bool:
+    return cluster.ca_key_pem.startswith(LOCKED_PREFIX)
+
+
+def _seal(root: bytes, plain: bytes, ad: bytes) -> str:
+    nonce = os.urandom(_NONCE)
+    return LOCKED_PREFIX + base64.b64encode(nonce + AESGCM(root).encrypt(nonce, plain, ad)).decode()
+
+
+def _open(root: bytes, stored: str, ad: bytes, what: str) -> bytes:
+    if not stored.startswith(LOCKED_PREFIX):
+        raise UnlockKeyError(f"the {what} is not locked")
+    try:
+        raw = base64.b64decode(stored[len(LOCKED_PREFIX) :], validate=True)
+        if len(raw) < _NONCE + 16:
+            raise ValueError("too short")
+        return AESGCM(root).decrypt(raw[:_NONCE], raw[_NONCE:], ad)
+    except InvalidTag:
+        raise UnlockKeyError("wrong unlock key: it does not open this cluster's keys") from None
+    except (binascii.Error, ValueError):
+        raise UnlockKeyError(f"the locked {what} is damaged") from None
+
+
+def open_ca_key(cluster: ClusterInfo, unlock_key: str) -> bytes:
+    """The CA key PEM of a locked cluster."""
+    return _open(unlock_root(unlock_key), cluster.ca_key_pem, _CA_AD, "CA key")
+
+
+def check_unlock_key(cluster: ClusterInfo, unlock_key: str) -> None:
+    """Raises UnlockKeyError unless `unlock_key` is the one this locked cluster is under."""
+    if not is_locked(cluster):
+        raise UnlockKeyError("autolock is off: there is nothing to unlock")
+    open_ca_key(cluster, unlock_key)
+
+
+def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
+    """Autolock on: the KEK and the CA key move from the Raft-derived root to the unlock key's."""
+    if is_locked(cluster):
+        raise UnlockKeyError("autolock is already on")
+    new_root = unlock_root(unlock_key)
+    ca_pem = cakey.unwrap(cluster.ca_key_pem, raft_secret)
+    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(cluster.kek_wrapped, secretkeys.root_key(raft_secret), new_root)
+    return RootedKeys(kek_wrapped=kek, ca_key_pem=_seal(new_root, ca_pem, _CA_AD))
+
+
+def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
+    """Autolock off: back under the Raft-derived root (the CA key wrapped as in ADR 24)."""
+    ca_pem = open_ca_key(cluster, unlock_key) if is_locked(cluster) else b""
+    if not ca_pem:
+        raise UnlockKeyError("autolock is already off")
+    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(
+        cluster.kek_wrapped, unlock_root(unlock_key), secretkeys.root_key(raft_secret)
+    )
+    return RootedKeys(kek_wrapped=kek, ca_key_pem=cakey.wrap(ca_pem, raft_secret))
+
+
+def rotate(cluster: ClusterInfo, old_key: str, new_key: str) -> RootedKeys:
+    """`cluster unlock-key --rotate`: the same KEK and CA key under a new unlock key."""
+    ca_pem = open_ca_key(cluster, old_key)  # refuses a wrong old key before anything changes
+    old_root, new_root = unlock_root(old_key), unlock_root(new_key)
+    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(cluster.kek_wrapped, old_root, new_root)
+    return RootedKeys(kek_wrapped=kek, ca_key_pem=_seal(new_root, ca_pem, _CA_AD))
+
+
+def seal_local(unlock_key: str, purpose: str, plain: bytes) -> str:
+    """A manager-local file's content (the Raft secret, the TLS key) sealed under the unlock
+    key; `purpose` names the file, so one sealed file cannot stand in for another."""
+    return _seal(unlock_root(unlock_key), plain, _LOCAL_AD + purpose.encode())
+
+
+def open_local(unlock_key: str, purpose: str, stored: str) -> bytes:
+    return _open(unlock_root(unlock_key), stored.strip(), _LOCAL_AD + purpose.encode(), purpose)
+
+
+def is_sealed_local(stored: str) -> bool:
+    return stored.lstrip().startswith(LOCKED_PREFIX)
