@@ -33,7 +33,9 @@ def cluster_with_secrets(ca: pki.CertificateAuthority) -> ClusterInfo:
 
 
 def applied(cluster: ClusterInfo, keys: autolock.RootedKeys) -> ClusterInfo:
-    return msgspec.structs.replace(cluster, kek_wrapped=keys.kek_wrapped, ca_key_pem=keys.ca_key_pem)
+    return msgspec.structs.replace(
+        cluster, kek_wrapped=keys.kek_wrapped, dek_wrapped=keys.dek_wrapped, ca_key_pem=keys.ca_key_pem
+    )
 
 
 def test_unlock_keys_are_fresh_and_parse() -> None:
@@ -121,12 +123,13 @@ def test_turning_autolock_off_goes_back_to_the_raft_secret(ca: pki.CertificateAu
         autolock.lock(locked, RAFT_SECRET, key)
 
 
-def test_a_cluster_without_secrets_yet_locks_its_ca_key_only(ca: pki.CertificateAuthority) -> None:
+def test_locking_a_cluster_without_secrets_yet_makes_its_key_pair(ca: pki.CertificateAuthority) -> None:
     cluster = msgspec.structs.replace(cluster_with_secrets(ca), kek_wrapped="", dek_wrapped="")
     key = autolock.new_unlock_key()
-    keys = autolock.lock(cluster, RAFT_SECRET, key)
-    assert keys.kek_wrapped == ""
-    assert autolock.open_ca_key(applied(cluster, keys), key) == ca.key_pem
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))
+    assert locked.kek_wrapped and locked.dek_wrapped
+    assert autolock.open_ca_key(locked, key) == ca.key_pem
+    assert len(secretkeys.data_key(autolock.unlock_root(key), locked.kek_wrapped, locked.dek_wrapped)) == 32
 
 
 def test_nothing_to_unlock_while_autolock_is_off(ca: pki.CertificateAuthority) -> None:
@@ -134,16 +137,23 @@ def test_nothing_to_unlock_while_autolock_is_off(ca: pki.CertificateAuthority) -
         autolock.check_unlock_key(cluster_with_secrets(ca), autolock.new_unlock_key())
 
 
-def test_local_files_are_sealed_per_purpose(ca: pki.CertificateAuthority) -> None:
-    key = autolock.new_unlock_key()
-    sealed = autolock.seal_local(key, "raft.secret", RAFT_SECRET.encode())
+def test_local_files_are_sealed_by_the_kek_and_survive_a_rotation(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    old, new = autolock.new_unlock_key(), autolock.new_unlock_key()
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, old))
+    sealed = autolock.seal_local(autolock.kek(locked, old), "raft.secret", RAFT_SECRET.encode())
     assert autolock.is_sealed_local(sealed) and RAFT_SECRET not in sealed
-    assert autolock.open_local(key, "raft.secret", sealed + "\n") == RAFT_SECRET.encode()
+
+    rotated = applied(locked, autolock.rotate(locked, old, new))
+    kek = autolock.kek(rotated, new)
+    assert autolock.open_local(kek, "raft.secret", sealed + "\n") == RAFT_SECRET.encode()
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
-        autolock.open_local(key, "tls.key", sealed)  # one sealed file cannot stand in for another
+        autolock.kek(rotated, old)
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
-        autolock.open_local(autolock.new_unlock_key(), "raft.secret", sealed)
+        autolock.open_local(kek, "tls.key", sealed)  # one sealed file cannot stand in for another
+    with pytest.raises(UnlockKeyError, match="wrong unlock key"):
+        autolock.open_local(autolock.unlock_root(old), "raft.secret", sealed)
     with pytest.raises(UnlockKeyError, match="damaged"):
-        autolock.open_local(key, "raft.secret", sealed[:30])
+        autolock.open_local(kek, "raft.secret", sealed[:30])
     with pytest.raises(UnlockKeyError, match="not locked"):
-        autolock.open_local(key, "raft.secret", RAFT_SECRET)
+        autolock.open_local(kek, "raft.secret", RAFT_SECRET)

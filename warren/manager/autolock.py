@@ -6,9 +6,14 @@ CA key and every secret. With autolock on, the cluster's two root-wrapped items 
 key derived from the unlock key instead, which no manager keeps on disk:
 
     KEK          ClusterInfo.kek_wrapped   re-wrapped (secretkeys.rewrap_kek); the DEK and every
-                                           sealed value under it do not change
-    CA key       ClusterInfo.ca_key_pem    re-sealed, marked by LOCKED_PREFIX
-    local files  raft.secret, the TLS key  sealed by `seal_local` (the manager's start-up adapter)
+                                           sealed value under it do not change. Locking a cluster
+                                           that has no secrets yet makes the pair first.
+    CA key       ClusterInfo.ca_key_pem    re-sealed under the unlock root, marked LOCKED_PREFIX
+    local files  raft.secret, the TLS key  sealed by the KEK itself (`seal_local`)
+
+Local files are sealed by the KEK, not by the unlock key, because the KEK never changes: a
+rotation re-wraps one replicated field and no manager has to re-seal its files. A locked
+manager opens its files with the KEK it unwraps from its own LMDB copy of the state.
 
 So whether a cluster is locked is read from its CA key alone (`is_locked`), and a candidate
 unlock key is checked against that CA key before anything changes (`check_unlock_key`). The
@@ -48,7 +53,8 @@ class UnlockKeyError(secretkeys.SecretKeyError):
 class RootedKeys:
     """The cluster's root-wrapped values: what autolock on, off or rotate replaces."""
 
-    kek_wrapped: str  # "" while the cluster has no secrets yet
+    kek_wrapped: str
+    dek_wrapped: str
     ca_key_pem: str
 
 
@@ -115,43 +121,52 @@ def check_unlock_key(cluster: ClusterInfo, unlock_key: str) -> None:
     open_ca_key(cluster, unlock_key)
 
 
+def kek(cluster: ClusterInfo, unlock_key: str) -> bytes:
+    """The KEK of a locked cluster: what opens a locked manager's local files."""
+    check_unlock_key(cluster, unlock_key)
+    return secretkeys.open_kek(unlock_root(unlock_key), cluster.kek_wrapped)
+
+
 def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock on: the KEK and the CA key move from the Raft-derived root to the unlock key's."""
     if is_locked(cluster):
         raise UnlockKeyError("autolock is already on")
     new_root = unlock_root(unlock_key)
     ca_pem = cakey.unwrap(cluster.ca_key_pem, raft_secret)
-    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(cluster.kek_wrapped, secretkeys.root_key(raft_secret), new_root)
-    return RootedKeys(kek_wrapped=kek, ca_key_pem=_seal(new_root, ca_pem, _CA_AD))
+    if cluster.kek_wrapped:
+        kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, secretkeys.root_key(raft_secret), new_root)
+        dek_wrapped = cluster.dek_wrapped
+    else:  # no secrets yet, but the local files need a KEK
+        kek_wrapped, dek_wrapped = secretkeys.new_key_pair(new_root)
+    return RootedKeys(kek_wrapped, dek_wrapped, _seal(new_root, ca_pem, _CA_AD))
 
 
 def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock off: back under the Raft-derived root (the CA key wrapped as in ADR 24)."""
-    ca_pem = open_ca_key(cluster, unlock_key) if is_locked(cluster) else b""
-    if not ca_pem:
+    if not is_locked(cluster):
         raise UnlockKeyError("autolock is already off")
-    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(
-        cluster.kek_wrapped, unlock_root(unlock_key), secretkeys.root_key(raft_secret)
-    )
-    return RootedKeys(kek_wrapped=kek, ca_key_pem=cakey.wrap(ca_pem, raft_secret))
+    ca_pem = open_ca_key(cluster, unlock_key)  # refuses a wrong key before anything changes
+    root = secretkeys.root_key(raft_secret)
+    kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, unlock_root(unlock_key), root)
+    return RootedKeys(kek_wrapped, cluster.dek_wrapped, cakey.wrap(ca_pem, raft_secret))
 
 
 def rotate(cluster: ClusterInfo, old_key: str, new_key: str) -> RootedKeys:
     """`cluster unlock-key --rotate`: the same KEK and CA key under a new unlock key."""
     ca_pem = open_ca_key(cluster, old_key)  # refuses a wrong old key before anything changes
     old_root, new_root = unlock_root(old_key), unlock_root(new_key)
-    kek = cluster.kek_wrapped and secretkeys.rewrap_kek(cluster.kek_wrapped, old_root, new_root)
-    return RootedKeys(kek_wrapped=kek, ca_key_pem=_seal(new_root, ca_pem, _CA_AD))
+    kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, old_root, new_root)
+    return RootedKeys(kek_wrapped, cluster.dek_wrapped, _seal(new_root, ca_pem, _CA_AD))
 
 
-def seal_local(unlock_key: str, purpose: str, plain: bytes) -> str:
-    """A manager-local file's content (the Raft secret, the TLS key) sealed under the unlock
-    key; `purpose` names the file, so one sealed file cannot stand in for another."""
-    return _seal(unlock_root(unlock_key), plain, _LOCAL_AD + purpose.encode())
+def seal_local(kek: bytes, purpose: str, plain: bytes) -> str:
+    """A manager-local file's content (the Raft secret, the TLS key) sealed by the KEK;
+    `purpose` names the file, so one sealed file cannot stand in for another."""
+    return _seal(kek, plain, _LOCAL_AD + purpose.encode())
 
 
-def open_local(unlock_key: str, purpose: str, stored: str) -> bytes:
-    return _open(unlock_root(unlock_key), stored.strip(), _LOCAL_AD + purpose.encode(), purpose)
+def open_local(kek: bytes, purpose: str, stored: str) -> bytes:
+    return _open(kek, stored.strip(), _LOCAL_AD + purpose.encode(), purpose)
 
 
 def is_sealed_local(stored: str) -> bool:

@@ -83,6 +83,11 @@ def rewrap_kek(kek_wrapped: str, old_root: bytes, new_root: bytes) -> str:
     return _wrap(_KEK_PREFIX, new_root, _unwrap(_KEK_PREFIX, old_root, kek_wrapped, _KEK_AD), _KEK_AD)
 
 
+def open_kek(root: bytes, kek_wrapped: str) -> bytes:
+    """The KEK itself: autolock seals a manager's local files with it (ADR 44)."""
+    return _unwrap(_KEK_PREFIX, root, kek_wrapped, _KEK_AD)
+
+
 def data_key(root: bytes, kek_wrapped: str, dek_wrapped: str) -> bytes:
     kek = _unwrap(_KEK_PREFIX, root, kek_wrapped, _KEK_AD)
     return _unwrap(_DEK_PREFIX, kek, dek_wrapped, _DEK_AD)
