@@ -5,10 +5,11 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from warren import pki
+from warren import commands, pki
 from warren.manager import autolock, cakey, secretkeys
 from warren.manager.autolock import UnlockKeyError
 from warren.model import ClusterInfo
+from warren.state import ClusterState, Put
 
 RAFT_SECRET = "raft-secret-for-tests"
 
@@ -157,3 +158,57 @@ def test_local_files_are_sealed_by_the_kek_and_survive_a_rotation(ca: pki.Certif
         autolock.open_local(kek, "raft.secret", sealed[:30])
     with pytest.raises(UnlockKeyError, match="not locked"):
         autolock.open_local(kek, "raft.secret", RAFT_SECRET)
+
+
+# -- the command that moves the keys -------------------------------------------------------------
+def _state(cluster: ClusterInfo) -> ClusterState:
+    state = ClusterState()
+    state.apply([Put("cluster", cluster)])
+    return state
+
+
+def _command(cluster: ClusterInfo, keys: autolock.RootedKeys) -> commands.SetRootedKeys:
+    return commands.SetRootedKeys(cluster.ca_key_pem, keys.kek_wrapped, keys.dek_wrapped, keys.ca_key_pem)
+
+
+def test_the_command_locks_and_unlocks_the_replicated_keys(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    state, key = _state(cluster), autolock.new_unlock_key()
+    result, changes = commands.apply(state, _command(cluster, autolock.lock(cluster, RAFT_SECRET, key)))
+    assert result.ok
+    state.apply(changes)
+    assert state.cluster is not None and autolock.is_locked(state.cluster)
+    assert state.cluster.dek_wrapped == cluster.dek_wrapped
+
+    locked = state.cluster
+    result, changes = commands.apply(state, _command(locked, autolock.unlock(locked, RAFT_SECRET, key)))
+    assert result.ok
+    state.apply(changes)
+    assert not autolock.is_locked(state.cluster)
+    assert cakey.unwrap(state.cluster.ca_key_pem, RAFT_SECRET) == ca.key_pem
+
+
+def test_the_command_refuses_keys_computed_from_a_stale_cluster(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    stale = autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key())
+    rotated_ca = msgspec.structs.replace(cluster, ca_key_pem=cakey.wrap(ca.key_pem, RAFT_SECRET))  # a CA change
+    state = _state(rotated_ca)
+    result, changes = commands.apply(state, _command(cluster, stale))
+    assert result.code == "failed_precondition" and "changed meanwhile" in result.message and not changes
+
+    fresh_pair = msgspec.structs.replace(cluster, kek_wrapped="", dek_wrapped="")
+    keys = autolock.lock(fresh_pair, RAFT_SECRET, autolock.new_unlock_key())  # makes its own pair
+    result, changes = commands.apply(_state(cluster), _command(cluster, keys))  # but one was committed
+    assert result.code == "failed_precondition" and not changes
+
+
+@pytest.mark.parametrize("missing", ["kek_wrapped", "dek_wrapped", "ca_key_pem"])
+def test_the_command_refuses_an_empty_key(ca: pki.CertificateAuthority, missing: str) -> None:
+    cluster = cluster_with_secrets(ca)
+    command = msgspec.structs.replace(
+        _command(cluster, autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key())), **{missing: ""}
+    )
+    result, changes = commands.apply(_state(cluster), command)
+    assert result.code == "invalid_argument" and not changes
+    result, _ = commands.apply(ClusterState(), command)
+    assert result.code == "failed_precondition"
