@@ -76,8 +76,11 @@ def test_lock_moves_the_ca_key_and_kek_off_the_raft_secret(ca: pki.CertificateAu
         pki.CertificateAuthority.from_pem(locked.ca_cert_pem, cakey.unwrap(locked.ca_key_pem, RAFT_SECRET))
     # The unlock key does, and the DEK (so every sealed secret) is unchanged.
     assert secretkeys.data_key(autolock.unlock_root(key), locked.kek_wrapped, locked.dek_wrapped) == dek
-    assert autolock.open_ca_key(locked, key) == ca.key_pem
-    autolock.check_unlock_key(locked, key)
+    assert autolock.ca_key(locked, autolock.unlocked_kek(locked, key)) == ca.key_pem
+    # A manager that held the KEK before the lock keeps signing: the CA key is under that KEK.
+    held = secretkeys.open_kek(secretkeys.root_key(RAFT_SECRET), cluster.kek_wrapped)
+    assert autolock.unlocked_kek(locked, key) == held
+    assert autolock.ca_key(locked, held) == ca.key_pem
 
 
 def test_a_wrong_unlock_key_is_refused(ca: pki.CertificateAuthority) -> None:
@@ -85,7 +88,7 @@ def test_a_wrong_unlock_key_is_refused(ca: pki.CertificateAuthority) -> None:
     locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key()))
     wrong = autolock.new_unlock_key()
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
-        autolock.check_unlock_key(locked, wrong)
+        autolock.unlocked_kek(locked, wrong)
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
         autolock.unlock(locked, RAFT_SECRET, wrong)
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
@@ -99,10 +102,11 @@ def test_rotate_puts_the_same_keys_under_the_new_unlock_key(ca: pki.CertificateA
     dek = secretkeys.data_key(autolock.unlock_root(old), locked.kek_wrapped, locked.dek_wrapped)
     rotated = applied(locked, autolock.rotate(locked, old, new))
 
-    assert autolock.open_ca_key(rotated, new) == ca.key_pem
+    assert rotated.ca_key_pem == locked.ca_key_pem and rotated.dek_wrapped == locked.dek_wrapped
+    assert autolock.ca_key(rotated, autolock.unlocked_kek(rotated, new)) == ca.key_pem
     assert secretkeys.data_key(autolock.unlock_root(new), rotated.kek_wrapped, rotated.dek_wrapped) == dek
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
-        autolock.check_unlock_key(rotated, old)
+        autolock.unlocked_kek(rotated, old)
 
 
 def test_turning_autolock_off_goes_back_to_the_raft_secret(ca: pki.CertificateAuthority) -> None:
@@ -129,27 +133,27 @@ def test_locking_a_cluster_without_secrets_yet_makes_its_key_pair(ca: pki.Certif
     key = autolock.new_unlock_key()
     locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))
     assert locked.kek_wrapped and locked.dek_wrapped
-    assert autolock.open_ca_key(locked, key) == ca.key_pem
+    assert autolock.ca_key(locked, autolock.unlocked_kek(locked, key)) == ca.key_pem
     assert len(secretkeys.data_key(autolock.unlock_root(key), locked.kek_wrapped, locked.dek_wrapped)) == 32
 
 
 def test_nothing_to_unlock_while_autolock_is_off(ca: pki.CertificateAuthority) -> None:
     with pytest.raises(UnlockKeyError, match="autolock is off"):
-        autolock.check_unlock_key(cluster_with_secrets(ca), autolock.new_unlock_key())
+        autolock.unlocked_kek(cluster_with_secrets(ca), autolock.new_unlock_key())
 
 
 def test_local_files_are_sealed_by_the_kek_and_survive_a_rotation(ca: pki.CertificateAuthority) -> None:
     cluster = cluster_with_secrets(ca)
     old, new = autolock.new_unlock_key(), autolock.new_unlock_key()
     locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, old))
-    sealed = autolock.seal_local(autolock.kek(locked, old), "raft.secret", RAFT_SECRET.encode())
+    sealed = autolock.seal_local(autolock.unlocked_kek(locked, old), "raft.secret", RAFT_SECRET.encode())
     assert autolock.is_sealed_local(sealed) and RAFT_SECRET not in sealed
 
     rotated = applied(locked, autolock.rotate(locked, old, new))
-    kek = autolock.kek(rotated, new)
+    kek = autolock.unlocked_kek(rotated, new)
     assert autolock.open_local(kek, "raft.secret", sealed + "\n") == RAFT_SECRET.encode()
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
-        autolock.kek(rotated, old)
+        autolock.unlocked_kek(rotated, old)
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):
         autolock.open_local(kek, "tls.key", sealed)  # one sealed file cannot stand in for another
     with pytest.raises(UnlockKeyError, match="wrong unlock key"):

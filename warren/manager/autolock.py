@@ -2,23 +2,23 @@
 
 Without autolock, everything sealed in the replicated state opens with a key derived from the
 Raft secret, which sits in every manager's data directory: a reader of that directory reads the
-CA key and every secret. With autolock on, the cluster's two root-wrapped items move under a
-key derived from the unlock key instead, which no manager keeps on disk:
+CA key and every secret. With autolock on, the KEK moves under a key derived from the unlock
+key, which no manager keeps on disk, and everything else goes under the KEK:
 
-    KEK          ClusterInfo.kek_wrapped   re-wrapped (secretkeys.rewrap_kek); the DEK and every
-                                           sealed value under it do not change. Locking a cluster
-                                           that has no secrets yet makes the pair first.
-    CA key       ClusterInfo.ca_key_pem    re-sealed under the unlock root, marked LOCKED_PREFIX
-    local files  raft.secret, the TLS key  sealed by the KEK itself (`seal_local`)
+    KEK          ClusterInfo.kek_wrapped   wrapped by the unlock root; the DEK and every sealed
+                                           value under it do not change. Locking a cluster that
+                                           has no secrets yet makes the pair first.
+    CA key       ClusterInfo.ca_key_pem    sealed by the KEK, marked LOCKED_PREFIX
+    local files  raft.secret, the TLS key  sealed by the KEK (`seal_local`)
 
-Local files are sealed by the KEK, not by the unlock key, because the KEK never changes: a
-rotation re-wraps one replicated field and no manager has to re-seal its files. A locked
-manager opens its files with the KEK it unwraps from its own LMDB copy of the state.
+The KEK never changes, so a rotation re-wraps one replicated field: no manager re-seals its
+files, and a running manager that holds the KEK in memory keeps signing and opening secrets
+through a lock or a rotation. A locked manager unwraps the KEK from its own LMDB copy of the
+state with the key the operator gives (`unlocked_kek`, which refuses a wrong key), then opens
+its files. Whether a cluster is locked is read from its CA key alone (`is_locked`).
 
-So whether a cluster is locked is read from its CA key alone (`is_locked`), and a candidate
-unlock key is checked against that CA key before anything changes (`check_unlock_key`). The
-functions here are pure: they take the cluster's stored values and return the new ones, which
-the caller proposes through Raft.
+The functions here are pure: they take the cluster's stored values and return the new ones,
+which the caller proposes through Raft (`commands.SetRootedKeys`).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ _NONCE = 12
 _ROOT_INFO = b"warren unlock root v1"
 _CA_AD = b"warren locked ca key v1"
 _LOCAL_AD = b"warren locked file v1 "
+_WRONG_KEY = "wrong unlock key: it does not open this cluster's keys"
 
 
 class UnlockKeyError(secretkeys.SecretKeyError):
@@ -104,59 +105,59 @@ def _open(root: bytes, stored: str, ad: bytes, what: str) -> bytes:
             raise ValueError("too short")
         return AESGCM(root).decrypt(raw[:_NONCE], raw[_NONCE:], ad)
     except InvalidTag:
-        raise UnlockKeyError("wrong unlock key: it does not open this cluster's keys") from None
+        raise UnlockKeyError(_WRONG_KEY) from None
     except (binascii.Error, ValueError):
         raise UnlockKeyError(f"the locked {what} is damaged") from None
 
 
-def open_ca_key(cluster: ClusterInfo, unlock_key: str) -> bytes:
-    """The CA key PEM of a locked cluster."""
-    return _open(unlock_root(unlock_key), cluster.ca_key_pem, _CA_AD, "CA key")
-
-
-def check_unlock_key(cluster: ClusterInfo, unlock_key: str) -> None:
-    """Raises UnlockKeyError unless `unlock_key` is the one this locked cluster is under."""
+def unlocked_kek(cluster: ClusterInfo, unlock_key: str) -> bytes:
+    """The KEK of a locked cluster: what opens its CA key and a locked manager's local files.
+    A wrong key is refused here, before anything changes."""
     if not is_locked(cluster):
         raise UnlockKeyError("autolock is off: there is nothing to unlock")
-    open_ca_key(cluster, unlock_key)
+    try:
+        return secretkeys.open_kek(unlock_root(unlock_key), cluster.kek_wrapped)
+    except UnlockKeyError:
+        raise
+    except secretkeys.SecretKeyError:
+        raise UnlockKeyError(_WRONG_KEY) from None
 
 
-def kek(cluster: ClusterInfo, unlock_key: str) -> bytes:
-    """The KEK of a locked cluster: what opens a locked manager's local files."""
-    check_unlock_key(cluster, unlock_key)
-    return secretkeys.open_kek(unlock_root(unlock_key), cluster.kek_wrapped)
+def ca_key(cluster: ClusterInfo, kek: bytes) -> bytes:
+    """The CA key PEM of a locked cluster, opened by its KEK."""
+    return _open(kek, cluster.ca_key_pem, _CA_AD, "CA key")
 
 
 def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
-    """Autolock on: the KEK and the CA key move from the Raft-derived root to the unlock key's."""
+    """Autolock on: the KEK moves from the Raft-derived root to the unlock key's, and the CA key
+    under the KEK (so managers that hold the KEK keep signing through a lock or a rotation)."""
     if is_locked(cluster):
         raise UnlockKeyError("autolock is already on")
-    new_root = unlock_root(unlock_key)
     ca_pem = cakey.unwrap(cluster.ca_key_pem, raft_secret)
+    new_root = unlock_root(unlock_key)
     if cluster.kek_wrapped:
-        kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, secretkeys.root_key(raft_secret), new_root)
+        kek = secretkeys.open_kek(secretkeys.root_key(raft_secret), cluster.kek_wrapped)
         dek_wrapped = cluster.dek_wrapped
-    else:  # no secrets yet, but the local files need a KEK
+    else:  # no secrets yet: make the pair, as the first secret would
         kek_wrapped, dek_wrapped = secretkeys.new_key_pair(new_root)
-    return RootedKeys(kek_wrapped, dek_wrapped, _seal(new_root, ca_pem, _CA_AD))
+        kek = secretkeys.open_kek(new_root, kek_wrapped)
+    return RootedKeys(secretkeys.wrap_kek(new_root, kek), dek_wrapped, _seal(kek, ca_pem, _CA_AD))
 
 
 def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock off: back under the Raft-derived root (the CA key wrapped as in ADR 24)."""
     if not is_locked(cluster):
         raise UnlockKeyError("autolock is already off")
-    ca_pem = open_ca_key(cluster, unlock_key)  # refuses a wrong key before anything changes
-    root = secretkeys.root_key(raft_secret)
-    kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, unlock_root(unlock_key), root)
+    kek = unlocked_kek(cluster, unlock_key)
+    ca_pem = ca_key(cluster, kek)
+    kek_wrapped = secretkeys.wrap_kek(secretkeys.root_key(raft_secret), kek)
     return RootedKeys(kek_wrapped, cluster.dek_wrapped, cakey.wrap(ca_pem, raft_secret))
 
 
 def rotate(cluster: ClusterInfo, old_key: str, new_key: str) -> RootedKeys:
-    """`cluster unlock-key --rotate`: the same KEK and CA key under a new unlock key."""
-    ca_pem = open_ca_key(cluster, old_key)  # refuses a wrong old key before anything changes
-    old_root, new_root = unlock_root(old_key), unlock_root(new_key)
-    kek_wrapped = secretkeys.rewrap_kek(cluster.kek_wrapped, old_root, new_root)
-    return RootedKeys(kek_wrapped, cluster.dek_wrapped, _seal(new_root, ca_pem, _CA_AD))
+    """`cluster unlock-key --rotate`: the KEK under a new unlock key; nothing else changes."""
+    kek = unlocked_kek(cluster, old_key)
+    return RootedKeys(secretkeys.wrap_kek(unlock_root(new_key), kek), cluster.dek_wrapped, cluster.ca_key_pem)
 
 
 def seal_local(kek: bytes, purpose: str, plain: bytes) -> str:

@@ -84,8 +84,12 @@ def rewrap_kek(kek_wrapped: str, old_root: bytes, new_root: bytes) -> str:
 
 
 def open_kek(root: bytes, kek_wrapped: str) -> bytes:
-    """The KEK itself: autolock seals a manager's local files with it (ADR 44)."""
+    """The KEK itself: autolock seals the CA key and a manager's local files with it (ADR 44)."""
     return _unwrap(_KEK_PREFIX, root, kek_wrapped, _KEK_AD)
+
+
+def wrap_kek(root: bytes, kek: bytes) -> str:
+    return _wrap(_KEK_PREFIX, root, kek, _KEK_AD)
 
 
 def data_key(root: bytes, kek_wrapped: str, dek_wrapped: str) -> bytes:
