@@ -216,3 +216,19 @@ def test_the_command_refuses_an_empty_key(ca: pki.CertificateAuthority, missing:
     assert result.code == "invalid_argument" and not changes
     result, _ = commands.apply(ClusterState(), command)
     assert result.code == "failed_precondition"
+
+
+# -- a manager's key ring through a lock ----------------------------------------------------------
+def test_a_ring_that_held_the_kek_keeps_opening_secrets_after_the_lock(ca: pki.CertificateAuthority) -> None:
+    cluster = cluster_with_secrets(ca)
+    ring = secretkeys.KeyRing(RAFT_SECRET)
+    sealed = ring.seal(cluster, "secret-id", b"value")
+    key = autolock.new_unlock_key()
+    locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))
+
+    assert ring.open(locked, "secret-id", sealed) == b"value"
+    restarted = secretkeys.KeyRing(RAFT_SECRET)  # the Raft secret alone no longer opens it
+    with pytest.raises(secretkeys.SecretKeyError):
+        restarted.open(locked, "secret-id", sealed)
+    restarted.hold_kek(autolock.unlocked_kek(locked, key))  # `warren cluster unlock`
+    assert restarted.open(locked, "secret-id", sealed) == b"value"
