@@ -19,7 +19,14 @@ from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
 from warren.commands.rebalance import rebalance_service
 from warren.commands.registry import remove_registry_login, set_registry_login
-from warren.commands.secrets import create_config, create_secret, remove_config, remove_secret, set_secret_keys
+from warren.commands.secrets import (
+    create_config,
+    create_secret,
+    remove_config,
+    remove_secret,
+    set_rooted_keys,
+    set_secret_keys,
+)
 from warren.commands.services import (
     create_service,
     promote_service,
@@ -63,6 +70,7 @@ from warren.commands.types import (
     ScaleService,
     SetNodeStatus,
     SetRegistryLogin,
+    SetRootedKeys,
     SetSecretKeys,
     StartCARotation,
     UpdateClusterSettings,
@@ -116,6 +124,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     ApplyPlan: apply_plan,
     ReportTaskStatus: report_task_status,
     SetSecretKeys: set_secret_keys,
+    SetRootedKeys: set_rooted_keys,
     CreateSecret: create_secret,
     RemoveSecret: remove_secret,
     CreateConfig: create_config,

@@ -16,6 +16,7 @@ from warren.commands.types import (
     RemoveConfig,
     RemoveSecret,
     Result,
+    SetRootedKeys,
     SetSecretKeys,
     error,
 )
@@ -59,6 +60,22 @@ def set_secret_keys(state: ClusterState, cmd: SetSecretKeys) -> tuple[Result, Ch
     if not cmd.kek_wrapped or not cmd.dek_wrapped:
         return error("invalid_argument", "both wrapped keys are required"), []
     updated = msgspec.structs.replace(cluster, kek_wrapped=cmd.kek_wrapped, dek_wrapped=cmd.dek_wrapped)
+    return Result(), [Put("cluster", updated)]
+
+
+def set_rooted_keys(state: ClusterState, cmd: SetRootedKeys) -> tuple[Result, Changes]:
+    """Autolock's one state change (ADR 44). A CA rotation or a first key pair committed since
+    the keys were computed would be lost: refused, the caller computes again."""
+    cluster = state.cluster
+    if cluster is None:
+        return error("failed_precondition", "the cluster is not initialised"), []
+    if not (cmd.kek_wrapped and cmd.dek_wrapped and cmd.ca_key_pem):
+        return error("invalid_argument", "the wrapped KEK, DEK and CA key are all required"), []
+    if cluster.ca_key_pem != cmd.from_ca_key_pem or cluster.dek_wrapped not in ("", cmd.dek_wrapped):
+        return error("failed_precondition", "the cluster's keys changed meanwhile; retry"), []
+    updated = msgspec.structs.replace(
+        cluster, kek_wrapped=cmd.kek_wrapped, dek_wrapped=cmd.dek_wrapped, ca_key_pem=cmd.ca_key_pem
+    )
     return Result(), [Put("cluster", updated)]
 
 

@@ -305,6 +305,16 @@ class SetSecretKeys(msgspec.Struct, frozen=True, tag="secret.keys"):
     dek_wrapped: str
 
 
+class SetRootedKeys(msgspec.Struct, frozen=True, tag="cluster.rooted_keys"):
+    """Autolock on, off or rotated (ADR 44): the KEK and the CA key under another root. Computed
+    from `from_ca_key_pem`, so refused if the cluster's CA key changed meanwhile."""
+
+    from_ca_key_pem: str
+    kek_wrapped: str
+    dek_wrapped: str
+    ca_key_pem: str
+
+
 class CreateSecret(msgspec.Struct, frozen=True, tag="secret.create"):
     """A secret, sealed with the data key whose wrapped form is `dek_wrapped` (refused if the
     cluster's is another: the value could not be opened)."""
@@ -355,6 +365,7 @@ Command = (
     | ApplyPlan
     | ReportTaskStatus
     | SetSecretKeys
+    | SetRootedKeys
     | CreateSecret
     | RemoveSecret
     | CreateConfig

@@ -83,6 +83,15 @@ def rewrap_kek(kek_wrapped: str, old_root: bytes, new_root: bytes) -> str:
     return _wrap(_KEK_PREFIX, new_root, _unwrap(_KEK_PREFIX, old_root, kek_wrapped, _KEK_AD), _KEK_AD)
 
 
+def open_kek(root: bytes, kek_wrapped: str) -> bytes:
+    """The KEK itself: autolock seals the CA key and a manager's local files with it (ADR 44)."""
+    return _unwrap(_KEK_PREFIX, root, kek_wrapped, _KEK_AD)
+
+
+def wrap_kek(root: bytes, kek: bytes) -> str:
+    return _wrap(_KEK_PREFIX, root, kek, _KEK_AD)
+
+
 def data_key(root: bytes, kek_wrapped: str, dek_wrapped: str) -> bytes:
     kek = _unwrap(_KEK_PREFIX, root, kek_wrapped, _KEK_AD)
     return _unwrap(_DEK_PREFIX, kek, dek_wrapped, _DEK_AD)
@@ -104,8 +113,22 @@ class KeyRing:
 
     def __init__(self, raft_secret: str) -> None:
         self._root = root_key(raft_secret) if raft_secret else b""
+        self._kek = b""
         self._wrapped = ""
         self._dek = b""
+
+    def kek(self, cluster: ClusterInfo) -> bytes:
+        """The KEK, kept once opened: it never changes, and under autolock (ADR 44) the Raft
+        root no longer opens it, so a manager that held it keeps working through a lock."""
+        if not self._kek:
+            if not self._root:
+                raise SecretKeyError("this manager has no Raft secret: it cannot open secrets")
+            self._kek = open_kek(self._root, cluster.kek_wrapped)
+        return self._kek
+
+    def hold_kek(self, kek: bytes) -> None:
+        """The KEK a locked manager got from the operator's unlock key."""
+        self._kek = kek
 
     def new_key_pair(self) -> tuple[str, str]:
         if not self._root:
@@ -116,9 +139,7 @@ class KeyRing:
         if not cluster.dek_wrapped:
             raise SecretKeyError("the cluster has no data key yet")
         if cluster.dek_wrapped != self._wrapped:
-            if not self._root:
-                raise SecretKeyError("this manager has no Raft secret: it cannot open secrets")
-            self._dek = data_key(self._root, cluster.kek_wrapped, cluster.dek_wrapped)
+            self._dek = _unwrap(_DEK_PREFIX, self.kek(cluster), cluster.dek_wrapped, _DEK_AD)
             self._wrapped = cluster.dek_wrapped
         return self._dek
 

@@ -1,0 +1,54 @@
+"""A manager's own secrets on disk under autolock (ADR 44): its Raft secret and TLS key.
+
+Sealed by the KEK when the cluster locks, opened with the KEK at a locked start, written back
+plain when autolock is turned off. Each step is idempotent and replaces a file atomically, so a
+crash part-way leaves every file whole, either plain or sealed, and a retry finishes the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from warren import datadir, tls
+from warren.manager import autolock
+
+
+@dataclass(frozen=True)
+class ManagerSecrets:
+    raft_secret: str
+    tls_key_pem: bytes
+
+
+def _files(data: Path) -> dict[str, Path]:
+    layout = datadir.ManagerDir(data)
+    return {"raft.secret": layout.raft_secret, "tls.key": layout.certs / tls.KEY_FILE}
+
+
+def is_sealed(data: Path) -> bool:
+    """Whether this manager's Raft secret is sealed: it cannot start Raft before an unlock."""
+    return autolock.is_sealed_local(_files(data)["raft.secret"].read_text())
+
+
+def seal(data: Path, kek: bytes) -> None:
+    for purpose, path in _files(data).items():
+        stored = path.read_text()
+        if not autolock.is_sealed_local(stored):
+            datadir.write_atomic(path, autolock.seal_local(kek, purpose, stored.encode()))
+
+
+def open_all(data: Path, kek: bytes) -> ManagerSecrets:
+    """The files' plain contents, sealed or not; a wrong KEK raises UnlockKeyError."""
+    plain = {}
+    for purpose, path in _files(data).items():
+        stored = path.read_text()
+        sealed = autolock.is_sealed_local(stored)
+        plain[purpose] = autolock.open_local(kek, purpose, stored) if sealed else stored.encode()
+    return ManagerSecrets(plain["raft.secret"].decode().strip(), plain["tls.key"])
+
+
+def unseal(data: Path, kek: bytes) -> None:
+    opened = open_all(data, kek)
+    files = _files(data)
+    datadir.write_atomic(files["raft.secret"], opened.raft_secret.encode())
+    datadir.write_atomic(files["tls.key"], opened.tls_key_pem)
