@@ -1,10 +1,12 @@
-"""Task start latency with a secret and a config mounted, against the same task without (#13).
+"""Task start latency with a secret, a config and a volume mounted, against the same task without (#13).
 
 One private containerd, one cached busybox image; the task runs `true`. The plain run is the
 driver's prepare + start + wait + remove (as `task_start`); the mounted run adds what the agent
 does for a task with a secret and a config (ADR 38): mount the task's tmpfs and write both files
 (`TaskFiles.prepare`), two read-only bind mounts in the OCI spec, and the unmount after removal
-(`TaskFiles.release`). The two alternate, RUNS each after warm-up, and the medians are compared.
+(`TaskFiles.release`); and for a volume (ADR 40), its directory made by the local driver on first
+use (a new volume each run) and bind-mounted read-write. The two alternate, RUNS each after
+warm-up, and the medians are compared.
 Goal: at most 1.2x.
 """
 
@@ -30,7 +32,8 @@ def run() -> dict[str, object]:
     from tests.fixtures.images import build_busybox_image
     from warren.agent.runtime import ContainerSpec
     from warren.agent.taskfiles import FileVault, TaskFiles
-    from warren.model import FileRef, ServiceSpec, Task
+    from warren.agent.volumes import LocalVolumes, resolve_mounts
+    from warren.model import FileRef, Mount, MountType, ServiceSpec, Task
     from warren.runtime.containerd.driver import ContainerdRuntime
 
     reason = missing_reason()
@@ -41,6 +44,7 @@ def run() -> dict[str, object]:
     vault = FileVault()
     vault.hold([("secret", "db", secrets.token_bytes(32)), ("config", "app", b"key = value\n" * 100)])
     files = TaskFiles(tmp / "secrets", vault)
+    volumes = LocalVolumes(tmp / "volumes")
     refs = {
         "secrets": (FileRef("db", "/run/secrets/db", mode=0o400),),
         "configs": (FileRef("app", "/etc/app/app.conf"),),
@@ -58,10 +62,16 @@ def run() -> dict[str, object]:
             spec = ServiceSpec(name="bench", image=IMAGE, command=("true",), **(refs if mounted else {}))  # type: ignore[arg-type]
             task = Task(cid, "svc", "bench", 1, spec, 1)
             start = time.perf_counter()
-            mounts = files.prepare(task) if mounted else ()
+            mounted_files = files.prepare(task) if mounted else ()
             prepared = time.perf_counter()
+            volume = (Mount(MountType.VOLUME, "/data", source=f"data{cid}"),) if mounted else ()
             container = ContainerSpec(
-                task_id=cid, image=IMAGE, command=("true",), log_path=str(tmp / "logs" / f"{cid}.log"), files=mounts
+                task_id=cid,
+                image=IMAGE,
+                command=("true",),
+                log_path=str(tmp / "logs" / f"{cid}.log"),
+                files=mounted_files,
+                mounts=resolve_mounts(volume, volumes),
             )
             runtime.prepare(container)
             runtime.start(cid)
@@ -97,15 +107,16 @@ def run() -> dict[str, object]:
     return {
         "name": "secrets_start",
         "note": "containerd driver prepare+start+wait+remove of `true`, with the agent's tmpfs work for one secret "
-        "and one config, against the same task without them; alternating runs on one private containerd",
+        "and one config and a new local volume, against the same task without them; alternating runs on one "
+        "private containerd (in-process, no manager)",
         "runs": RUNS,
         "plain": latency_summary(plain),
-        "with_secret_and_config": latency_summary(mounted),
+        "with_secret_config_and_volume": latency_summary(mounted),
         "tmpfs_work": latency_summary(tmpfs_work),
         "ratio": round(ratio, 3),
         "figures": [
             figure(f"Task start without secrets, median of {RUNS}", round(plain_ms, 1), "ms"),
-            figure(f"Task start with a secret and a config, median of {RUNS}", round(mounted_ms, 1), "ms"),
+            figure(f"Task start with a secret, a config and a volume, median of {RUNS}", round(mounted_ms, 1), "ms"),
             figure(
                 "Of which the tmpfs mount, writes and unmount (median)",
                 round(statistics.median(tmpfs_work) * 1000, 1),
