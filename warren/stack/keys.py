@@ -93,6 +93,6 @@ REASONS = {
     "profiles": "a stack deploys all its services",
     "extends": "merge files with several -c instead",
     "endpoint_mode": "Warren gives every service a virtual IP (vip)",
-    "preferences": "Warren spreads tasks over nodes, not over the values of a node label",
+    "spread": "Warren spreads tasks over nodes, not over the values of a node label",
     "host_ip": "a published port listens on every address of the node",
 }
