@@ -349,6 +349,11 @@ def test_unsupported_keys_are_findings_with_path_file_and_line(tmp_path: Path) -
             "c.yaml:3: services.web: an image is required (Warren runs images; it does not build them)",
         ),
         ("networks: {}\n", "c.yaml:1: a stack needs at least one service"),
+        (
+            "services:\n  a:\n    image: busybox\n    ports: ['53:53/udp']\n  b:\n    image: busybox\n"
+            "    ports: ['53:53/tcp', '53:5353/udp']\n",
+            "c.yaml:7: services.b.ports: port 53/udp is already published by service a",
+        ),
     ],
 )
 def test_bad_input_is_one_line_naming_file_line_and_path(tmp_path: Path, text: str, message: str) -> None:
@@ -372,6 +377,18 @@ def test_a_missing_env_file_or_secret_file_is_named(tmp_path: Path) -> None:
     assert str(caught.value) == (
         f"{tmp_path}/c.yaml:5: secrets.pw.file: cannot read the secret file {tmp_path}/pw.txt: "
         "No such file or directory"
+    )
+
+
+def test_unset_variables_are_warnings_not_findings(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("services:\n  web:\n    image: busybox\n    user: ${APP_UID}\n")
+    stack = load_stack([tmp_path / "c.yaml"], "s", {})
+    assert stack.unsupported == () and stack.services[0].spec.container.user == ""
+    [warning] = stack.warnings
+    assert (warning.path, warning.line, warning.message) == (
+        "services.web.user",
+        4,
+        "the variable APP_UID is not set: read as an empty string",
     )
 
 

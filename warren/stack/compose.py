@@ -79,6 +79,7 @@ def map_stack(tree: YMap, name: str, environ: Mapping[str, str], read: Reader) -
     )
     out: list[StackService] = []
     used_networks: set[str] = set()
+    published: dict[tuple[int, str], str] = {}  # a published port is the cluster's: one service each
     for service_name in services.node:
         section = services.section(service_name)
         if not SERVICE_NAME_RE.fullmatch(service_name):
@@ -87,6 +88,12 @@ def map_stack(tree: YMap, name: str, environ: Mapping[str, str], read: Reader) -
             raise services.error(service_name, "expected a mapping (the service's keys)")
         service = _service(stack, section, service_name, declared)
         used_networks.update(a.network for a in service.spec.networks)
+        for port in (p for p in service.spec.ports if p.published):
+            key = (port.published, port.protocol)
+            if key in published:
+                message = f"port {port.published}/{port.protocol} is already published by service {published[key]}"
+                raise section.error("ports", message)
+            published[key] = service_name
         out.append(service)
     kept_networks = tuple(net for net in networks.values() if net.name in used_networks or net.external)
     return StackSpec(
