@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import msgspec
+
 from warren.stack import compose
 from warren.stack.interpolate import interpolate, parse_env_file
 from warren.stack.merge import merge, normalize
@@ -46,8 +48,6 @@ def load_stack(files: Sequence[Path], name: str | None, environ: Mapping[str, st
     assert merged is not None
     stack_name = name or _top_name(merged)
     spec = compose.map_stack(merged, stack_name, variables, _read_bytes)
-    import msgspec
-
     return msgspec.structs.replace(spec, warnings=tuple(warnings)) if warnings else spec
 
 

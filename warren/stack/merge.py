@@ -144,32 +144,33 @@ _REPLACED: tuple[_Path, ...] = (
 
 
 def _target_key(default_dir: str) -> Callable[[object], object]:
+    """A mount's, secret's or config's unique key: its target. A secret or config without one
+    is at `default_dir` + its source; a short volume is SOURCE:TARGET[:MODE]."""
+
     def key(item: object) -> object:
         if isinstance(item, str):
-            return default_dir + item if default_dir else item.split(":")[1] if ":" in item else item
-        if isinstance(item, YMap):
-            target = item.get("target")
-            if default_dir and isinstance(item.get("source"), str):
-                return (
-                    target
-                    if isinstance(target, str) and target.startswith("/")
-                    else default_dir + str(target or item["source"])
-                )
+            if default_dir:
+                return default_dir + item
+            parts = item.split(":")
+            return parts[1] if len(parts) > 1 else item
+        if not isinstance(item, YMap):
+            return repr(item)
+        target = item.get("target")
+        if not default_dir or (isinstance(target, str) and target.startswith("/")):
             return target
-        return repr(item)
+        return default_dir + str(target or item.get("source"))
 
     return key
 
 
 def _port_key(item: object) -> object:
+    """A port's unique key: host IP, published port, target and protocol."""
     if isinstance(item, YMap):
-        return ("", str(item.get("host_ip", "")), str(item.get("published", "")), str(item.get("target")),
-                str(item.get("protocol", "tcp")))  # fmt: skip
-    text = str(item)
-    ports, _, protocol = text.partition("/")
+        fields = ("host_ip", "published", "target")
+        return (*(str(item.get(f, "")) for f in fields), str(item.get("protocol", "tcp")))
+    ports, _, protocol = str(item).partition("/")
     parts = ports.rsplit(":", 2)
-    parts = [""] * (3 - len(parts)) + parts
-    return ("", parts[0], parts[1], parts[2], protocol or "tcp")
+    return (*([""] * (3 - len(parts))), *parts, protocol or "tcp")
 
 
 _UNIQUE: tuple[tuple[_Path, Callable[[object], object]], ...] = (

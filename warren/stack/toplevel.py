@@ -6,6 +6,7 @@ what is `external` keeps its name and must exist in the cluster.
 
 from __future__ import annotations
 
+import ipaddress
 from functools import partial
 
 from warren import validate
@@ -17,7 +18,7 @@ from warren.stack.tree import StackFileError, YMap, join
 DEFAULT_NETWORK = "default"
 
 
-def _external(section: Section, kind: str, name: str) -> tuple[bool, str]:
+def _external(section: Section, name: str) -> tuple[bool, str]:
     """`external: true` (or the old `external: {name: N}`) and the object's cluster name."""
     value = section.node.get("external")
     declared = section.string("name")
@@ -27,6 +28,14 @@ def _external(section: Section, kind: str, name: str) -> tuple[bool, str]:
         return True, old.string("name") or declared or name
     external = section.boolean("external")
     return external, declared or name
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text)
+    except ValueError:
+        return False
+    return True
 
 
 def networks(stack: Context) -> dict[str, StackNetwork]:
@@ -41,7 +50,7 @@ def networks(stack: Context) -> dict[str, StackNetwork]:
             out[key] = StackNetwork(name=stack.scoped(key), labels=dict(stack.label))
             continue
         section.check_keys(keys.NETWORK_SUPPORTED, keys.NETWORK_KNOWN)
-        external, name = _external(section, "network", key)
+        external, name = _external(section, key)
         driver = section.string("driver", "overlay")
         if driver not in ("overlay", "bridge"):
             section.unsupported("driver", f"the network driver {driver!r}")
@@ -57,6 +66,8 @@ def networks(stack: Context) -> dict[str, StackNetwork]:
                 if subnet and config.has("subnet"):
                     config.unsupported("subnet", "a second subnet")
                 subnet = subnet or config.string("subnet")
+                if subnet and not _is_network(subnet):
+                    raise config.error("subnet", f"invalid subnet {subnet!r}: a CIDR such as 10.10.0.0/24")
         if external:
             out[key] = StackNetwork(name=name, external=True)
             continue
@@ -83,7 +94,7 @@ def volumes(stack: Context) -> dict[str, StackVolume]:
             out[key] = StackVolume(name=stack.scoped(key), labels=dict(stack.label))
             continue
         section.check_keys(keys.VOLUME_SUPPORTED, keys.VOLUME_KNOWN)
-        external, name = _external(section, "volume", key)
+        external, name = _external(section, key)
         if external:
             out[key] = StackVolume(name=name, external=True)
             continue
@@ -123,7 +134,7 @@ def objects(stack: Context, kind: str) -> dict[str, StackObject]:
             section.check_keys(keys.SECRET_SUPPORTED, keys.SECRET_KNOWN)
         else:
             section.check_keys(keys.CONFIG_SUPPORTED, keys.CONFIG_KNOWN)
-        external, name = _external(section, singular, key)
+        external, name = _external(section, key)
         if external:
             out[key] = StackObject(name=name)
             continue
