@@ -350,7 +350,8 @@ def test_unsupported_keys_are_findings_with_path_file_and_line(tmp_path: Path) -
         ),
         ("networks: {}\n", "c.yaml:1: a stack needs at least one service"),
         (
-            "services:\n  web: {image: busybox}\nnetworks:\n  n:\n    ipam:\n      config:\n        - subnet: 10.0.0/33\n",
+            "services:\n  web: {image: busybox}\nnetworks:\n  n:\n    ipam:\n"
+            "      config:\n        - subnet: 10.0.0/33\n",
             "c.yaml:7: networks.n.ipam.config[0].subnet: invalid subnet '10.0.0/33': a CIDR such as 10.10.0.0/24",
         ),
         (
