@@ -471,3 +471,41 @@ def test_the_three_tier_sample_maps_its_secret_and_escaped_health_check() -> Non
     assert db.health is not None
     assert db.health.command == ("/bin/sh", "-c", 'test -n "$(cat /run/secrets/db-password)"')
     assert db.args == ("--default-authentication-plugin=mysql_native_password",)
+
+
+def test_the_keys_beside_deploy_and_the_other_container_options(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(
+        "services:\n"
+        "  web:\n"
+        "    image: busybox\n"
+        "    cpus: 1.5\n"
+        "    mem_limit: 1g\n"
+        "    mem_reservation: 256m\n"
+        "    privileged: true\n"
+        "    devices: [/dev/fuse]\n"
+        "    dns_search: [corp.example]\n"
+        "    dns_opt: [ndots:2]\n"
+        "    group_add: [audio, '44']\n"
+        "    healthcheck: {disable: true}\n"
+        "    restart: always\n"
+        "    deploy: {restart_policy: {condition: none}}\n"
+        "  job:\n"
+        "    image: busybox\n"
+        "    healthcheck: {test: curl -f localhost}\n"
+        "  quiet:\n"
+        "    image: busybox\n"
+        "    healthcheck: {test: [NONE]}\n"
+        "volumes:\n"
+        "  old: {external: {name: legacy-volume}}\n"
+    )
+    stack = load_stack([tmp_path / "c.yaml"], "s", {})
+    web, job, quiet = (s.spec for s in stack.services)
+    assert (web.limits, web.reservations) == (Resources(1_500_000_000, 1 << 30), Resources(0, 256 << 20))
+    c = web.container
+    assert (c.privileged, [d.path_on_host for d in c.devices]) == (True, ["/dev/fuse"])
+    assert (c.dns_search, c.dns_options, c.group_add) == (("corp.example",), ("ndots:2",), ("audio", "44"))
+    assert (web.health, c.no_healthcheck) == (None, True)
+    assert web.restart.condition == RestartCondition.NONE  # deploy.restart_policy wins over restart
+    assert job.health is not None and job.health.command == ("/bin/sh", "-c", "curl -f localhost")
+    assert (quiet.health, quiet.container.no_healthcheck) == (None, True)
+    assert [(v.name, v.external) for v in stack.volumes] == [("legacy-volume", True)]
