@@ -350,6 +350,19 @@ def test_unsupported_keys_are_findings_with_path_file_and_line(tmp_path: Path) -
         ),
         ("networks: {}\n", "c.yaml:1: a stack needs at least one service"),
         (
+            "services:\n  a: {image: busybox, depends_on: [b]}\n  b: {image: busybox, depends_on: [c]}\n"
+            "  c:\n    image: busybox\n    depends_on: [b]\n",
+            "c.yaml:3: services.b.depends_on: the dependencies loop: b -> c -> b",
+        ),
+        (
+            "services:\n  a:\n    image: busybox\n    depends_on: [a]\n",
+            "c.yaml:4: services.a.depends_on: the dependencies loop: a -> a",
+        ),
+        (
+            "services:\n  web:\n    image: busybox\n    ports: ['1-300:1-300']\n",
+            "c.yaml:4: services.web.ports[0]: the range of '1-300:1-300' is over 256 ports",
+        ),
+        (
             "services:\n  web: {image: busybox}\nnetworks:\n  n:\n    ipam:\n"
             "      config:\n        - subnet: 10.0.0/33\n",
             "c.yaml:7: networks.n.ipam.config[0].subnet: invalid subnet '10.0.0/33': a CIDR such as 10.10.0.0/24",
@@ -471,6 +484,23 @@ def test_the_three_tier_sample_maps_its_secret_and_escaped_health_check() -> Non
     assert db.health is not None
     assert db.health.command == ("/bin/sh", "-c", 'test -n "$(cat /run/secrets/db-password)"')
     assert db.args == ("--default-authentication-plugin=mysql_native_password",)
+
+
+def test_a_port_without_its_published_number_is_a_finding(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("services:\n  web:\n    image: busybox\n    ports: ['80', {target: 81}]\n")
+    stack = load_stack([tmp_path / "c.yaml"], "s", {})
+    assert [(f.path, f.line, f.message) for f in stack.unsupported] == [
+        (
+            "services.web.ports[0].published",
+            4,
+            "port 80 without a published port (Docker would pick one) is not supported",
+        ),
+        (
+            "services.web.ports[1].published",
+            4,
+            "port 81 without a published port (Docker would pick one) is not supported",
+        ),
+    ]
 
 
 def test_the_keys_beside_deploy_and_the_other_container_options(tmp_path: Path) -> None:

@@ -27,6 +27,15 @@ def _range(text: str) -> tuple[int, int]:
     return int(low), int(high or low)
 
 
+def _unpublished(s: Section, where: Where, path: str, target: int) -> None:
+    """Docker publishes a port given without its published number on one it picks; Warren
+    publishes only the ports it is told."""
+    here = YMap(where)
+    here.put("published", None, where)
+    message = f"port {target} without a published port (Docker would pick one)"
+    Section(here, path, s.findings).unsupported("published", message)
+
+
 def ports(s: Section) -> tuple[PortConfig, ...]:
     ports: list[PortConfig] = []
     for item, where, path in s.items("ports"):
@@ -44,6 +53,8 @@ def ports(s: Section) -> tuple[PortConfig, ...]:
                 raise p.error("published", "a published range is for the short syntax only; list each port")
             protocol = p.choice("protocol", "tcp", ("tcp", "udp"))
             mode = p.choice("mode", "ingress", ("ingress", "host"))
+            if not low:
+                _unpublished(s, where, path, target)
             ports.append(PortConfig(target=target, published=low, protocol=protocol, mode=mode))
             continue
         if isinstance(item, bool) or not isinstance(item, (str, int)):
@@ -62,10 +73,14 @@ def ports(s: Section) -> tuple[PortConfig, ...]:
         p_low, p_high = _range(match.group("published")) if match.group("published") else (0, 0)
         if p_low and p_high - p_low != t_high - t_low:
             raise StackFileError(where, path, f"the ranges of {shown_value(item)} are not the same length")
+        if not 1 <= t_low <= t_high <= 65535 or not p_low <= p_high <= 65535:
+            raise StackFileError(where, path, f"port {shown_value(item)} is out of range (1-65535)")
+        if t_high - t_low >= validate.MAX_ITEMS:
+            raise StackFileError(where, path, f"the range of {shown_value(item)} is over {validate.MAX_ITEMS} ports")
+        if not p_low:
+            _unpublished(s, where, path, t_low)
         for offset in range(t_high - t_low + 1):
             published = p_low + offset if p_low else 0
-            if not 1 <= t_low + offset <= 65535 or published > 65535:
-                raise StackFileError(where, path, f"port {shown_value(item)} is out of range (1-65535)")
             ports.append(PortConfig(target=t_low + offset, published=published, protocol=protocol))
     return tuple(ports)
 

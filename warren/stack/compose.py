@@ -95,6 +95,10 @@ def map_stack(tree: YMap, name: str, environ: Mapping[str, str], read: Reader) -
                 raise section.error("ports", message)
             published[key] = service_name
         out.append(service)
+    dependencies: dict[str, list[str]] = {}
+    for short, service in zip(services.node, out, strict=True):
+        dependencies[short] = [d.service.removeprefix(f"{name}_") for d in service.depends_on]
+    _check_cycles(services, dependencies)
     kept_networks = tuple(net for net in networks.values() if net.name in used_networks or net.external)
     return StackSpec(
         name=name,
@@ -108,6 +112,35 @@ def map_stack(tree: YMap, name: str, environ: Mapping[str, str], read: Reader) -
 
 
 # -- one service -------------------------------------------------------------------------------
+def _check_cycles(services: Section, graph: dict[str, list[str]]) -> None:
+    """depends_on may not loop: such a stack could never start (Compose refuses it too)."""
+    done: set[str] = set()
+    for start in graph:
+        if start in done:
+            continue
+        trail: list[str] = []
+        stack = [(start, iter(graph[start]))]
+        on_trail = {start}
+        trail.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                trail.pop()
+                on_trail.discard(node)
+                done.add(node)
+            elif child in on_trail:
+                loop = " -> ".join([*trail[trail.index(child) :], child])
+                section = services.section(child)
+                assert section is not None
+                raise section.error("depends_on", f"the dependencies loop: {loop}")
+            elif child not in done:
+                stack.append((child, iter(graph[child])))
+                trail.append(child)
+                on_trail.add(child)
+
+
 def _service(stack: Context, s: Section, short: str, declared: Declared) -> StackService:
     s.check_keys(keys.SERVICE_SUPPORTED, keys.SERVICE_KNOWN)
     name = stack.scoped(short)
