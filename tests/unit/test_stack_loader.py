@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from warren.stack.interpolate import InterpolationError, interpolate, parse_env_file, substitute
 from warren.stack.load import StackFileError, load_stack
@@ -224,3 +226,44 @@ def test_relative_paths_resolve_from_the_file_that_names_them(tmp_path: Path) ->
         ("volume", "s_data", "/www"),  # replaced the bind at /www: the same target
     ]
     assert stack.secrets[0].data == b"s3cret"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: " + "[" * 5000 + "]" * 5000, "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
+        ("a: &x [*x]\n", "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
+        ("a: ok\nb: \x01\n", "c.yaml:2: invalid YAML: special characters are not allowed (character #x0001)"),
+        ("a: !!python/object:os.system x\n", "c.yaml:1: invalid YAML: could not determine a constructor for the tag "
+         "'tag:yaml.org,2002:python/object:os.system'"),
+    ],
+)  # fmt: skip
+def test_hostile_yaml_is_one_line_too(text: str, message: str) -> None:
+    with pytest.raises(StackFileError) as caught:
+        parse_yaml(text, "c.yaml")
+    assert str(caught.value) == message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab:-[]{}&*!|>'\"#$ \n\t\x01"))))
+def test_any_text_loads_or_fails_with_one_line(text: str) -> None:
+    try:
+        parse_yaml(text, "c.yaml")
+    except StackFileError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_doubled_dollars_are_literal(text: str) -> None:
+    assert substitute(text.replace("$", "$$"), {}) == text
+
+
+def test_control_characters_in_a_key_are_escaped_in_the_message(tmp_path: Path) -> None:
+    compose = write(tmp_path, "c.yaml", 'services:\n  "we\\nb\\x1b[31m": {image: busybox}\n')
+    with pytest.raises(StackFileError) as caught:
+        load_stack([compose], "s", {})
+    assert (
+        str(caught.value)
+        == f"{compose}:2: services.we\\x0ab\\x1b[31m: a service name is letters, digits, '.', '_' or '-'"
+    )

@@ -12,6 +12,8 @@ from typing import NamedTuple
 
 import yaml
 
+from warren.text import escape_control
+
 MAX_NODES = 200_000  # values in one file, aliases expanded: a "billion laughs" stops here
 
 
@@ -40,7 +42,8 @@ class StackFileError(ValueError):
     def __init__(self, where: Where, path: str, message: str) -> None:
         self.where, self.path, self.message = where, path, message
         prefix = f"{where.file}:{where.line}: " if where.line else f"{where.file}: "
-        super().__init__(f"{prefix}{path}: {message}" if path else f"{prefix}{message}")
+        # one line whatever the file holds: a key may be "a\nb", a value may carry escapes
+        super().__init__(escape_control(f"{prefix}{path}: {message}" if path else f"{prefix}{message}"))
 
 
 class YMap(dict[str, object]):
@@ -85,7 +88,13 @@ def join(path: str, key: str | int) -> str:
 def parse_yaml(text: str, file: str) -> YMap:
     """The document in `text` (an empty one is an empty mapping). A syntax error, a duplicate
     key, a second document or a top level that is not a mapping raise StackFileError."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, found before parsing
+        line = text.count("\n", 0, exc.position) + 1
+        raise StackFileError(
+            Where(file, line), "", f"invalid YAML: {exc.reason} (character #x{exc.character:04x})"
+        ) from None
     try:
         node = loader.get_single_node()
         tree = _Converter(loader, file).convert(node, "") if node is not None else YMap(Where(file, 1))
@@ -95,6 +104,10 @@ def parse_yaml(text: str, file: str) -> YMap:
         raise StackFileError(Where(file, mark.line + 1 if mark else 0), "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise StackFileError(Where(file, 0), "", f"invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:  # thousands of nested [ or {, or an alias inside its own anchor
+        raise StackFileError(
+            Where(file, 0), "", "invalid YAML: nested too deeply, or an alias refers to itself"
+        ) from None
     finally:
         loader.dispose()
     if not isinstance(tree, YMap):
