@@ -233,6 +233,9 @@ def test_relative_paths_resolve_from_the_file_that_names_them(tmp_path: Path) ->
     [
         ("a: " + "[" * 5000 + "]" * 5000, "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
         ("a: &x [*x]\n", "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
+        ("a:\n  b: !reset []\n", "c.yaml:2: a.b: the YAML tag !reset is not supported"),
+        ("a: !!python/object:os.system {}\n", "c.yaml:1: a: the YAML tag "
+         "tag:yaml.org,2002:python/object:os.system is not supported"),
         ("a: ok\nb: \x01\n", "c.yaml:2: invalid YAML: special characters are not allowed (character #x0001)"),
         ("a: !!python/object:os.system x\n", "c.yaml:1: invalid YAML: could not determine a constructor for the tag "
          "'tag:yaml.org,2002:python/object:os.system'"),

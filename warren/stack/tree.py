@@ -23,6 +23,8 @@ class _Loader(yaml.SafeLoader):
 
 
 _BOOL = "tag:yaml.org,2002:bool"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -132,6 +134,9 @@ class _Converter:
         self.count += 1
         if self.count > MAX_NODES:
             raise StackFileError(self.where(node), path, f"the file holds more than {MAX_NODES} values")
+        if isinstance(node, yaml.CollectionNode) and node.tag not in (_MAP, _SEQ):
+            # Compose's !reset and !override, or a language tag: honoured nowhere here, so refused
+            raise StackFileError(self.where(node), path, f"the YAML tag {node.tag} is not supported")
         if isinstance(node, yaml.MappingNode):
             explicit = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
             self.loader.flatten_mapping(node)  # `<<: *anchor` merge keys, as the safe loader does
