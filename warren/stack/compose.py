@@ -111,7 +111,6 @@ def map_stack(tree: YMap, name: str, environ: Mapping[str, str], read: Reader) -
     )
 
 
-# -- one service -------------------------------------------------------------------------------
 def _check_cycles(services: Section, graph: dict[str, list[str]]) -> None:
     """depends_on may not loop: such a stack could never start (Compose refuses it too)."""
     done: set[str] = set()
@@ -141,6 +140,7 @@ def _check_cycles(services: Section, graph: dict[str, list[str]]) -> None:
                 on_trail.add(child)
 
 
+# -- one service -------------------------------------------------------------------------------
 def _service(stack: Context, s: Section, short: str, declared: Declared) -> StackService:
     s.check_keys(keys.SERVICE_SUPPORTED, keys.SERVICE_KNOWN)
     name = stack.scoped(short)
