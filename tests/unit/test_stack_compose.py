@@ -78,7 +78,7 @@ services:
       - type: tmpfs
         target: /cache
         tmpfs: {size: 64M, mode: 01777}
-    tmpfs: /run/lock
+    tmpfs: /run/lock:size=1m,mode=1770
     networks:
       front:
         aliases: [www, shop-web]
@@ -197,7 +197,7 @@ def test_every_supported_key_is_mapped(shop: StackSpec, tmp_path: Path) -> None:
         Mount(MountType.BIND, "/www", str(tmp_path / "html"), readonly=True),
         Mount(MountType.BIND, "/logs", str(tmp_path / "logs")),
         Mount(MountType.TMPFS, "/cache", tmpfs_size=64 << 20, tmpfs_mode=0o1777),
-        Mount(MountType.TMPFS, "/run/lock"),
+        Mount(MountType.TMPFS, "/run/lock", tmpfs_size=1 << 20, tmpfs_mode=0o1770),
     )
     assert web.networks == (
         NetworkAttachment("shop_front", ("web", "www", "shop-web")),

@@ -99,16 +99,19 @@ def mounts(s: Section, declared: Declared) -> tuple[Mount, ...]:
         mounts.append(mount)
     for text in s.strings("tmpfs"):
         target, _, options = text.partition(":")
-        size = 0
+        size = mode = 0
         for option in filter(None, options.split(",")):
             k, _, v = option.partition("=")
-            if k != "size":
-                raise s.error("tmpfs", f"tmpfs option {shown_value(option)}: only size= is supported here")
-            try:
-                size = parse_size(v)
-            except ValueError as exc:
-                raise s.error("tmpfs", str(exc)) from None
-        mount = Mount(type=MountType.TMPFS, target=target, tmpfs_size=size)
+            if k == "size":
+                try:
+                    size = parse_size(v)
+                except ValueError as exc:
+                    raise s.error("tmpfs", str(exc)) from None
+            elif k == "mode" and re.fullmatch(r"[0-7]{1,4}", v):
+                mode = int(v, 8)
+            else:
+                raise s.error("tmpfs", f"tmpfs option {shown_value(option)}: size=SIZE or mode=OCTAL")
+        mount = Mount(type=MountType.TMPFS, target=target, tmpfs_size=size, tmpfs_mode=mode)
         checked(s, "tmpfs", partial(check_mount, mount))
         mounts.append(mount)
     return tuple(mounts)
