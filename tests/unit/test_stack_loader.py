@@ -231,7 +231,8 @@ def test_relative_paths_resolve_from_the_file_that_names_them(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("a: " + "[" * 5000 + "]" * 5000, "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
+        pytest.param("a: " + "[" * 1000 + "]" * 1000, "c.yaml: invalid YAML: nested too deeply, or an alias refers "
+                     "to itself", id="deep"),
         ("a: &x [*x]\n", "c.yaml: invalid YAML: nested too deeply, or an alias refers to itself"),
         ("a:\n  b: !reset []\n", "c.yaml:2: a.b: the YAML tag !reset is not supported"),
         ("a: !!python/object:os.system {}\n", "c.yaml:1: a: the YAML tag "
