@@ -9,92 +9,19 @@ so that none reaches protobuf out of its field's range.
 
 from __future__ import annotations
 
-import re
-from decimal import Decimal
-
 from warren.text import CONTROL_RE as _CONTROL_RE
+from warren.text import MAX_DURATION as MAX_DURATION
+from warren.text import MAX_INT64 as MAX_INT64
+from warren.text import NANO as NANO
+from warren.text import PLAIN_NUMBER_RE as _PLAIN_NUMBER_RE
 from warren.text import ascii_int
 from warren.text import format_size as format_size  # re-exported: the CLI's sizes
+from warren.text import parse_cpus as parse_cpus  # re-exported: the Compose loader reads them too
+from warren.text import parse_duration as parse_duration
+from warren.text import parse_size as parse_size
 from warren.text import shown as _shown
 
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1024,
-    "kb": 1024,
-    "kib": 1024,
-    "m": 1024**2,
-    "mb": 1024**2,
-    "mib": 1024**2,
-    "g": 1024**3,
-    "gb": 1024**3,
-    "gib": 1024**3,
-    "t": 1024**4,
-    "tb": 1024**4,
-    "tib": 1024**4,
-}
-_SIZE_RE = re.compile(r" *([0-9]+(?:\.[0-9]+)?|\.[0-9]+) *([a-z]*) *", re.IGNORECASE)
-
-_DURATION_UNITS = {
-    "ns": Decimal("1e-9"),
-    "us": Decimal("1e-6"),
-    "µs": Decimal("1e-6"),
-    "ms": Decimal("0.001"),
-    "s": Decimal(1),
-    "m": Decimal(60),
-    "h": Decimal(3600),
-    "d": Decimal(86400),
-}
-_DURATION_PART_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)(ns|us|µs|ms|s|m|h|d)")
-_PLAIN_NUMBER_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")
-
-NANO = 1_000_000_000
-MAX_INT64 = 2**63 - 1  # sizes and nano-CPUs travel as int64
 MAX_COUNT = 2**31 - 1  # counts travel as int32 at the narrowest (retries, max attempts)
-MAX_DURATION = 366 * 24 * 3600  # a year, as the manager's own bound: longer is a typo
-
-
-def parse_size(text: str) -> int:
-    """Bytes from "512M", "1G", "1.5GiB", "1024K" or plain "1048576" (units are binary, as Docker's)."""
-    match = _SIZE_RE.fullmatch(text)
-    if not match or match.group(2).lower() not in _SIZE_UNITS:
-        raise ValueError(f"invalid size {_shown(text)}: use a number of bytes or a unit such as 512M, 1G, 1024K")
-    value = Decimal(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    if value != value.to_integral_value():
-        raise ValueError(f"invalid size {_shown(text)}: not a whole number of bytes")
-    if value > MAX_INT64:
-        raise ValueError(f"invalid size {_shown(text)}: at most {MAX_INT64} bytes (8 EiB)")
-    return int(value)
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from "10s", "500ms", "1m", "1h30m", "1.5s" or plain seconds "90"."""
-    s = text.strip(" ").lower()
-    pos, total = 0, Decimal(0)
-    if _PLAIN_NUMBER_RE.fullmatch(s):
-        pos, total = len(s), Decimal(s)
-    for part in _DURATION_PART_RE.finditer(s) if not pos else ():
-        if part.start() != pos:
-            break
-        total += Decimal(part.group(1)) * _DURATION_UNITS[part.group(2)]
-        pos = part.end()
-    if not s or pos != len(s):
-        raise ValueError(f"invalid duration {_shown(text)}: use e.g. 10s, 500ms, 1m, 1h30m or plain seconds")
-    if total > MAX_DURATION:
-        raise ValueError(f"invalid duration {_shown(text)}: at most a year (8784h)")
-    return float(total)
-
-
-def parse_cpus(text: str) -> int:
-    """Nano-CPUs from a number of cores: "0.5" -> 500_000_000, "2" -> 2_000_000_000."""
-    if not _PLAIN_NUMBER_RE.fullmatch(text.strip(" ")):  # no exponent, sign, NaN or Infinity
-        raise ValueError(f"invalid CPU count {_shown(text)}: use a number of cores such as 0.5 or 2")
-    nano = Decimal(text.strip(" ")) * NANO
-    if nano != nano.to_integral_value():
-        raise ValueError(f"invalid CPU count {_shown(text)}: at most 9 decimal places")
-    if nano > MAX_INT64:
-        raise ValueError(f"invalid CPU count {_shown(text)}: at most {MAX_INT64 // NANO} cores")
-    return int(nano)
 
 
 def parse_count(text: str) -> int:

@@ -86,3 +86,4 @@ class StackSpec(msgspec.Struct, frozen=True):
     configs: tuple[StackObject, ...] = ()
     volumes: tuple[StackVolume, ...] = ()
     unsupported: tuple[Finding, ...] = ()  # refused unless --allow-unsupported
+    warnings: tuple[Finding, ...] = ()  # shown, never refused: e.g. a variable that is not set
