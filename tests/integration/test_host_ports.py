@@ -157,3 +157,28 @@ def test_a_udp_ingress_port_answers_on_every_node_from_every_task(rig: Rig) -> N
             message=f"both udp tasks through {node.name}'s port (seen so far: {seen})",
         )
         assert seen - {""} == addresses
+
+
+def test_bad_host_ports_are_refused_with_one_line_and_nothing_created(rig: Rig) -> None:
+    """Through the real CLI and manager: exit 2 for bad input, 4 for a conflict; no service."""
+    base = ("service", "create", "bad", "--image", "none", "--no-resolve-image", "--detach")
+    cases = [
+        (("--publish", "mode=host,target=80"), 2, "host-mode port 80/tcp needs a published port"),
+        (("--publish", "mode=bridge,published=1,target=80"), 2, "mode must be ingress or host"),
+        (("--publish", f"{HOST_PORT}:80"), 4, "in host mode; an ingress port takes the number on every node"),
+        (
+            ("--publish", f"mode=host,published={HOST_PORT},target=80", "--deploy-strategy", "blue-green"),
+            2,
+            "cannot be used with host-mode ports",
+        ),
+    ]
+    if rig.cluster.cli("service", "inspect", "hp").returncode != 0:  # run alone: the conflict needs it
+        rig.ok(
+            *("service", "create", "hp", "--image", "none", "--no-resolve-image", "--detach", "--replicas", "0"),
+            *("--publish", f"mode=host,published={HOST_PORT},target={HOST_TARGET}", "--", "true"),
+        )
+    for flags, code, text in cases:
+        done = rig.cluster.cli(*base, *flags, "--", "true")
+        assert (done.returncode, text in done.stderr) == (code, True), (flags, done.returncode, done.stderr)
+        assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert rig.cluster.cli("service", "inspect", "bad").returncode != 0
