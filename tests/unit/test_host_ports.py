@@ -267,3 +267,23 @@ def test_service_create_and_update_carry_the_port_mode() -> None:
     update = ["service", "update", "web", "--publish-add", "published=9090,target=91,mode=host"]
     service_spec.apply_update(new, main.parse_args(update))
     assert [(p.published, p.target, p.mode) for p in new.ports] == [(8080, 80, "host"), (9090, 91, "host")]
+
+
+def test_a_stale_plan_cannot_put_two_host_port_tasks_on_one_node() -> None:
+    """Re-checked when the plan is applied (a plan computed before another placed a task)."""
+    from warren import commands
+
+    sim = Sim()
+    sim.add_node(node("n1"))
+    a = sim.create_service(with_ports(spec("a", replicas=0), host(8080)))
+    b = sim.create_service(with_ports(spec("b", replicas=0), host(8080)))
+    first = msgspec.structs.replace(
+        pending_task("x1", a, sim.state.services[a].spec), node_id="n1", state=TaskState.ASSIGNED
+    )
+    second = msgspec.structs.replace(
+        pending_task("x2", b, sim.state.services[b].spec), node_id="n1", state=TaskState.ASSIGNED
+    )
+    sim.run(commands.ApplyPlan(created=(first,)))
+    sim.run(commands.ApplyPlan(created=(second,)))
+    assert (sim.state.tasks["x1"].node_id, sim.state.tasks["x2"].node_id) == ("n1", "")
+    assert sim.state.tasks["x2"].state == TaskState.PENDING
