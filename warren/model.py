@@ -204,6 +204,12 @@ class PortConfig(msgspec.Struct, frozen=True):
     mode: str = "ingress"
 
 
+def host_ports(ports: tuple[PortConfig, ...]) -> frozenset[tuple[int, str]]:
+    """The (published, protocol) pairs published in host mode (ADR 46): a node resource, held by
+    a task on its node from placement until it ends."""
+    return frozenset((p.published, p.protocol) for p in ports if p.mode == "host" and p.published)
+
+
 class MountType(enum.Enum):
     VOLUME = "volume"
     BIND = "bind"

@@ -31,10 +31,11 @@ from warren.model import (
     Task,
     TaskState,
     UpdateStatus,
+    host_ports,
     is_ready,
     is_stopping,
 )
-from warren.scheduler import address_capacity, live_by_node, node_is_schedulable, reserved_by_node
+from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, node_is_schedulable, reserved_by_node
 from warren.state import ClusterState
 
 # Statuses after which a rebalance may start by itself (auto-rebalance): no rollout under way and
@@ -53,10 +54,20 @@ class Move:
     to_node: str
 
 
-def room(node: Node, reserved: Resources, live: int, need: Resources) -> int | None:
-    """How many more tasks reserving `need` fit on `node` (the scheduler's rule: reservations and
-    overlay addresses); None when nothing limits it."""
+def room(
+    node: Node,
+    reserved: Resources,
+    live: int,
+    need: Resources,
+    ports: frozenset[tuple[int, str]] = frozenset(),
+    held: Iterable[tuple[int, str]] = (),
+) -> int | None:
+    """How many more tasks reserving `need` fit on `node` (the scheduler's rule: reservations,
+    overlay addresses, and host-mode `ports` of which the node's tasks hold `held`, ADR 46);
+    None when nothing limits it."""
     limits = []
+    if ports:
+        limits.append(1 if ports.isdisjoint(held) else 0)  # one task per node holds a host port
     capacity = address_capacity(node)
     if capacity is not None:
         limits.append(capacity - live)
@@ -157,7 +168,11 @@ def service_plan(state: ClusterState, service: Service) -> tuple[Move, ...]:
     eligible, _ids = Eligible(state.nodes.values()).nodes(service.spec.constraints)
     every_task = state.tasks.values()
     reserved, live, need = reserved_by_node(every_task), live_by_node(every_task), service.spec.reservations
-    rooms = {n.id: room(n, reserved.get(n.id, Resources()), live.get(n.id, 0), need) for n in eligible}
+    ports, held = host_ports(service.spec.ports), host_ports_by_node(every_task)
+    rooms = {
+        n.id: room(n, reserved.get(n.id, Resources()), live.get(n.id, 0), need, ports, held.get(n.id, ()))
+        for n in eligible
+    }
     return plan(slot_holders(state.service_tasks(service.id)), rooms)
 
 

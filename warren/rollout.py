@@ -24,7 +24,9 @@ from warren.model import (
     Task,
     TaskState,
     UpdateConfig,
+    UpdateOrder,
     UpdateStatus,
+    host_ports,
     is_stopping,
 )
 
@@ -94,10 +96,15 @@ def failures_exceed(failed: int, replicas: int, ratio: float) -> bool:
 
 
 def settings(service: Service) -> UpdateConfig:
-    """The settings in effect: the rollback's while rolling back."""
+    """The settings in effect: the rollback's while rolling back. A service publishing a
+    host-mode port updates stop-first (ADR 46): the new task could not start beside the old one
+    on its node, which holds the port until it ends."""
     status = service.update_status
     rolling_back = status is not None and status.state.rolling_back
-    return service.spec.rollback if rolling_back else service.spec.update
+    config = service.spec.rollback if rolling_back else service.spec.update
+    if config.order == UpdateOrder.START_FIRST and host_ports(service.spec.ports):
+        return msgspec.structs.replace(config, order=UpdateOrder.STOP_FIRST)
+    return config
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Filters (SwarmKit style, each one able to say how many nodes it removed, so a pending task can
 explain itself): the node is READY, its availability is ACTIVE, every constraint matches, the
-task's reservations fit, and a node on the overlay has an address left in its subnet (ADR 17).
+task's reservations fit, a node on the overlay has an address left in its subnet (ADR 17), and
+no live task on the node publishes one of the task's host-mode ports (ADR 46).
 Among the nodes left, a task goes to the node with the fewest tasks of its service, then the
 fewest tasks overall, then the smallest node id.
 
@@ -27,12 +28,13 @@ import heapq
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
+from functools import partial
 
 import msgspec
 
 from warren import mounts
 from warren.constraints import Constraint, ConstraintError, parse_constraints
-from warren.model import Availability, Node, NodeStatus, Resources, Task, TaskState
+from warren.model import Availability, Node, NodeStatus, Resources, Task, TaskState, host_ports
 
 
 class Schedule(msgspec.Struct, frozen=True):
@@ -78,6 +80,21 @@ def live_by_node(tasks: Iterable[Task]) -> dict[str, int]:
         if task.node_id and task.state < TaskState.COMPLETE:
             count[task.node_id] += 1
     return dict(count)
+
+
+def host_ports_by_node(tasks: Iterable[Task]) -> dict[str, set[tuple[int, str]]]:
+    """The host-mode ports (published, protocol) each node's live tasks hold (ADR 46): a task
+    holds its ports from placement until it ends, stopping or not."""
+    held: defaultdict[str, set[tuple[int, str]]] = defaultdict(set)
+    for task in tasks:
+        if task.node_id and task.state < TaskState.COMPLETE and task.spec.ports:
+            held[task.node_id] |= host_ports(task.spec.ports)
+    return dict(held)
+
+
+def port_texts(ports: Iterable[tuple[int, str]]) -> str:
+    """ "8080/tcp, 9090/udp": host ports as users write them, sorted."""
+    return ", ".join(f"{port}/{protocol}" for port, protocol in sorted(ports))
 
 
 def node_is_schedulable(node: Node) -> bool:
@@ -129,6 +146,7 @@ class _NodeTable:
         self.total: dict[str, int] = dict.fromkeys(self.cpu, 0)
         self.by_service: defaultdict[str, dict[str, int]] = defaultdict(dict)
         self.live: dict[str, int] = dict.fromkeys(self.cpu, 0)
+        self.ports: defaultdict[str, set[tuple[int, str]]] = defaultdict(set)  # host ports held (ADR 46)
         self.addresses = {n.id: address_capacity(n) for n in self.all_nodes}
         self.limited = any(cap is not None for cap in self.addresses.values())
         cpu, mem, total, by_service, live = self.cpu, self.mem, self.total, self.by_service, self.live
@@ -141,6 +159,8 @@ class _NodeTable:
             cpu[node_id] += res.nano_cpus
             mem[node_id] += res.memory_bytes
             live[node_id] += 1
+            if task.spec.ports:
+                self.ports[node_id] |= host_ports(task.spec.ports)
             if task.desired_state <= running and not task.draining_since:  # not stopping (ADR 33)
                 total[node_id] += 1
                 per_node = by_service[task.service_id]
@@ -174,16 +194,24 @@ class _NodeTable:
             del order[bisect.bisect_left(order, (old, node_id))]
             bisect.insort(order, (total[node_id], node_id))
 
-    def fits(self, node: Node, cpu_need: int, mem_need: int) -> bool:
+    def fits(self, node: Node, cpu_need: int, mem_need: int, ports: frozenset[tuple[int, str]] = frozenset()) -> bool:
         cap = self.addresses[node.id]
         if cap is not None and self.live[node.id] >= cap:
+            return False
+        if ports and not ports.isdisjoint(self.ports.get(node.id, ())):
             return False
         res = node.resources
         if cpu_need > 0 and self.cpu[node.id] + cpu_need > res.nano_cpus:
             return False
         return not (mem_need > 0 and self.mem[node.id] + mem_need > res.memory_bytes)
 
-    def explain(self, constraint_texts: tuple[str, ...], cpu_need: int, mem_need: int) -> str:
+    def explain(
+        self,
+        constraint_texts: tuple[str, ...],
+        cpu_need: int,
+        mem_need: int,
+        ports: frozenset[tuple[int, str]] = frozenset(),
+    ) -> str:
         """Why no node takes a task: how many nodes each filter removed, in filter order."""
         if not self.all_nodes:
             return "no suitable node: the cluster has no nodes"
@@ -205,6 +233,7 @@ class _NodeTable:
                 parts.append(f"constraint {c} not satisfied on {_plural(len(left) - len(kept), 'node')}")
             left = kept
         no_cpu = no_mem = no_addr = 0
+        taken: defaultdict[tuple[int, str], int] = defaultdict(int)  # host port -> nodes holding it
         for n in left:
             cap = self.addresses[n.id]
             if cap is not None and self.live[n.id] >= cap:
@@ -213,12 +242,18 @@ class _NodeTable:
                 no_cpu += 1
             elif mem_need > 0 and self.mem[n.id] + mem_need > n.resources.memory_bytes:
                 no_mem += 1
+            else:
+                for port in ports & self.ports.get(n.id, set()):
+                    taken[port] += 1
         if no_cpu:
             parts.append(f"insufficient cpu on {_plural(no_cpu, 'node')}")
         if no_mem:
             parts.append(f"insufficient memory on {_plural(no_mem, 'node')}")
         if no_addr:
             parts.append(f"no free overlay address on {_plural(no_addr, 'node')}")
+        for port, count in sorted(taken.items()):
+            where = "every eligible node" if count == len(left) else _plural(count, "node")
+            parts.append(f"host port {port_texts([port])} is taken on {where}")
         return "no suitable node: " + ", ".join(parts) if parts else "no suitable node"
 
     def volume_home(self, names: tuple[str, ...], homes: dict[str, str]) -> str | None:
@@ -230,7 +265,13 @@ class _NodeTable:
         return next(iter(bound), "")
 
     def explain_volume(
-        self, names: tuple[str, ...], homes: dict[str, str], constraint_texts: tuple[str, ...], cpu: int, mem: int
+        self,
+        names: tuple[str, ...],
+        homes: dict[str, str],
+        constraint_texts: tuple[str, ...],
+        cpu: int,
+        mem: int,
+        ports: frozenset[tuple[int, str]] = frozenset(),
     ) -> str:
         """Why a task cannot go to the node its volume lives on."""
         bound = sorted((n, homes[n]) for n in names if n in homes)
@@ -262,6 +303,9 @@ class _NodeTable:
             return f"{prefix}, which has insufficient cpu"
         if mem > 0 and self.mem[node.id] + mem > node.resources.memory_bytes:
             return f"{prefix}, which has insufficient memory"
+        held = ports & self.ports.get(node.id, set())
+        if held:
+            return f"{prefix}, where host port {port_texts(held)} is taken"
         return f"{prefix}, which cannot take it"
 
     def _hostname(self, node_id: str) -> str:
@@ -313,10 +357,11 @@ def schedule(
     unplaced: dict[str, str] = {}
     for key, rest in left_over:
         names = mounts.volume_names(rest[0].spec)
+        ports = host_ports(rest[0].spec.ports)
         if any(n in homes for n in names):
-            reason = table.explain_volume(names, homes, key[2], key[3], key[4])
+            reason = table.explain_volume(names, homes, key[2], key[3], key[4], ports)
         else:
-            reason = table.explain(key[2], key[3], key[4])
+            reason = table.explain(key[2], key[3], key[4], ports)
         for task in rest:
             unplaced[task.id] = reason
     return Schedule(assignments=assignments, unplaced=unplaced, volumes=bound)
@@ -352,6 +397,10 @@ def _place_with_volumes(
     return placed + _place_group(table, service_id, group[placed:], there, assignments)
 
 
+def _fits_with_ports(table: _NodeTable, ports: frozenset[tuple[int, str]], node: Node, cpu: int, mem: int) -> bool:
+    return table.fits(node, cpu, mem, ports)
+
+
 def _place_group(
     table: _NodeTable,
     service_id: str,
@@ -361,11 +410,13 @@ def _place_group(
 ) -> int:
     """Place the group's tasks in order; returns how many were placed (a prefix of `group`)."""
     cpu_need, mem_need = group[0].spec.reservations.nano_cpus, group[0].spec.reservations.memory_bytes
-    # Nodes on the overlay have a limited number of task addresses: checked like a reservation.
-    needs_resources = cpu_need > 0 or mem_need > 0 or table.limited
+    ports = host_ports(group[0].spec.ports)  # one spec per group: the same ports
+    # Nodes on the overlay have a limited number of task addresses, and a host port is taken
+    # once per node: both are checked like a reservation.
+    needs_resources = cpu_need > 0 or mem_need > 0 or table.limited or bool(ports)
     nodes, node_ids = matching
     per_service = table.by_service[service_id]
-    fits_node = table.fits
+    fits_node = table.fits if not ports else partial(_fits_with_ports, table, ports)
     if (len(group) + len(per_service)) * 4 < len(nodes):
         # Small group: with k tasks, only the nodes already running the service and the first k
         # feasible nodes without it (in (total, id) order) can win; the heap needs nothing else.
@@ -410,6 +461,8 @@ def _place_group(
             cpu[node_id] += cpu_need
             mem[node_id] += mem_need
             live[node_id] += 1
+            if ports:
+                table.ports[node_id] |= ports
             if not fits_node(by_id[node_id], cpu_need, mem_need):
                 heappop(heap)
                 continue

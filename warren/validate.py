@@ -18,7 +18,9 @@ from warren.model import (
     ServiceSpec,
     UpdateConfig,
     UpdateOrder,
+    host_ports,
 )
+from warren.scheduler import port_texts
 from warren.state import ClusterState
 from warren.text import ascii_int, has_control, shown
 
@@ -242,6 +244,9 @@ def check_spec(spec: ServiceSpec) -> None:
             raise ValidationError(f"port protocol must be tcp or udp (got {shown(port.protocol)})")
         if port.mode not in ("ingress", "host"):
             raise ValidationError(f"port mode must be ingress or host (got {shown(port.mode)})")
+        if port.mode == "host" and not port.published:
+            # No random host port (ADR 46): it would differ per node, and nothing reports it back.
+            raise ValidationError(f"host-mode port {port.target}/{port.protocol} needs a published port")
         if port.published:
             key = (port.published, port.protocol)
             if key in seen:
@@ -301,6 +306,13 @@ def _check_deploy(spec: ServiceSpec, deploy: DeployConfig) -> None:
         raise ValidationError("--blue-green-keep needs --deploy-strategy blue-green")
     if strategy == DeployStrategy.ROLLING:
         return
+    held = host_ports(spec.ports)
+    if held:
+        # Both start the new tasks beside the old ones: on a node, the old task holds the port.
+        raise ValidationError(
+            f"--deploy-strategy {strategy.value} cannot be used with host-mode ports ({port_texts(held)}): "
+            "the new tasks would start beside the old ones, which hold the ports on their nodes"
+        )
     if spec.mode == ServiceMode.GLOBAL:
         raise ValidationError(
             f"--deploy-strategy {strategy.value} is for replicated services: a global service rolls node by node"
@@ -341,16 +353,26 @@ def check_spec_size(spec: ServiceSpec) -> None:
 
 
 def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "") -> None:
-    """Published ports are cluster-wide (routing mesh): two services cannot publish the same one."""
-    wanted = {(p.published, p.protocol) for p in spec.ports if p.published}
+    """An ingress port is published on every node (routing mesh): no other service may publish
+    its number, in either mode. Host-mode ports of the same number may coexist: the scheduler
+    keeps their tasks on different nodes (ADR 46)."""
+    wanted = {(p.published, p.protocol): p.mode for p in spec.ports if p.published}
     for other in state.services.values():
         if other.id == service_id:
             continue
         for port in other.spec.ports:
-            if (port.published, port.protocol) in wanted:
+            mode = wanted.get((port.published, port.protocol))
+            if mode is None or (mode == "host" and port.mode == "host"):
+                continue
+            if mode == port.mode:
                 raise ValidationError(
                     f"port {port.published}/{port.protocol} is already published by service {other.spec.name}"
                 )
+            raise ValidationError(
+                f"port {port.published}/{port.protocol} is already published by service {other.spec.name} "
+                f"in {port.mode} mode; an ingress port takes the number on every node, so it cannot also "
+                "be a host-mode port"
+            )
 
 
 # Task status reports from agents (UpdateTaskStatus). Free text is cleaned to fit (report_text),

@@ -409,14 +409,17 @@ def test_a_mesh_node_carries_the_nodes_overlay_identity(node: model.Node) -> Non
 
 @wire
 @given(service_specs(), words, texts, st.lists(texts, max_size=4))
-def test_an_endpoint_carries_the_vip_sorted_backends_and_ingress_ports(
+def test_an_endpoint_carries_the_vip_sorted_backends_and_published_ports(
     spec: model.ServiceSpec, service_id: str, vip: str, backends: list[str]
 ) -> None:
     msg = convert.endpoint_to_pb(model.Service(service_id, spec, vip=vip), backends, backends[:1], 20)
     assert (msg.name, msg.vip, list(msg.backends)) == (spec.name, vip, sorted(backends))
     assert (list(msg.canary), msg.canary_weight) == (backends[:1], 20)  # a canary's share (ADR 35)
-    published = [(p.protocol, p.published, p.target) for p in spec.ports if p.published and p.mode == "ingress"]
-    assert [(p.protocol, p.published, p.target) for p in msg.ports] == published
+    # Host-mode ports travel too, marked (ADR 46); an ingress port's mode stays empty (unchanged bytes).
+    published = [
+        (p.protocol, p.published, p.target, "host" if p.mode == "host" else "") for p in spec.ports if p.published
+    ]
+    assert [(p.protocol, p.published, p.target, p.mode) for p in msg.ports] == published
 
 
 def _fields(task: model.Task) -> dict[str, Any]:

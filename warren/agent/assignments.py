@@ -99,9 +99,10 @@ class AssignmentSet:
                     e.name,
                     e.vip,
                     tuple(e.backends),
-                    tuple((p.protocol, p.published, p.target) for p in e.ports),
+                    tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
                     canary=tuple(e.canary),
                     canary_weight=e.canary_weight,
+                    host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
                 )
                 for e in msg.services
             )

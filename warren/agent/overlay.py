@@ -343,7 +343,10 @@ class Overlay:
             self._tasks.route_vips(self._vip_range)
         from warren.network import lb
 
-        self._tasks.apply_nft(lb.ruleset(services, bridge=self._tasks.bridge, owner=self._tasks.owner_tag))
+        subnet = str(self._tasks.subnet)  # its tasks take the host-mode ports (ADR 46)
+        self._tasks.apply_nft(
+            lb.ruleset(services, bridge=self._tasks.bridge, owner=self._tasks.owner_tag, local_subnet=subnet)
+        )
         for ifname in (self._tasks.bridge, self._ifname):  # published ports on 127.0.0.1 too
             self._tasks.route_localnet(ifname)
 

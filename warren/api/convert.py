@@ -592,8 +592,8 @@ def mesh_node_to_pb(node: model.Node) -> dpb.MeshNode:
 def endpoint_to_pb(
     service: model.Service, backends: Iterable[str], canary: Iterable[str] = (), canary_weight: int = 0
 ) -> dpb.ServiceEndpoint:
-    """A service's VIP, the addresses of its tasks that take connections, and its ingress ports;
-    with a canary, which of them take `canary_weight` percent (ADR 35)."""
+    """A service's VIP, the addresses of its tasks that take connections, and its published ports
+    (host-mode ones too, ADR 46); with a canary, which of them take `canary_weight` percent (ADR 35)."""
     return dpb.ServiceEndpoint(
         canary=sorted(canary),
         canary_weight=canary_weight,
@@ -601,8 +601,10 @@ def endpoint_to_pb(
         vip=service.vip,
         backends=sorted(backends),
         ports=[
-            dpb.EndpointPort(protocol=p.protocol, published=p.published, target=p.target)
+            dpb.EndpointPort(
+                protocol=p.protocol, published=p.published, target=p.target, mode="host" if p.mode == "host" else ""
+            )
             for p in service.spec.ports
-            if p.published and p.mode == "ingress"
+            if p.published
         ],
     )

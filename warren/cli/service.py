@@ -12,7 +12,7 @@ import shlex
 import sys
 from typing import Any
 
-from warren.cli import mounts, service_rebalance, units
+from warren.cli import mounts, port_nodes, service_rebalance, units
 from warren.cli.container_flags import container_summary
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
@@ -342,6 +342,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         s = client.call("GetService", pb.GetServiceRequest(service=args.name))
+        placed = _host_port_placement(client, s) if args.format != "json" else None
     if args.format == "json":
         output.print_json(s)
         return 0
@@ -364,7 +365,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Constraints", list(spec.constraints)),
         ("Reservations", _resources(spec.reservations)),
         ("Limits", _resources(spec.limits)),
-        ("Ports", [_port(p) for p in spec.ports]),
+        ("Ports", [port_nodes.describe(p, *placed) if placed and p.mode == "host" else _port(p) for p in spec.ports]),
         ("Mounts", [mounts.describe(m) for m in spec.mounts]),
         ("Secrets", [_file_ref(r) for r in spec.secrets]),
         ("Configs", [_file_ref(r) for r in spec.configs]),
@@ -428,6 +429,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
             if args.quiet or args.format == "json"
             else {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
         )
+        host_ports = port_nodes.host_ports(service.spec.ports)  # a PORTS column: where tasks publish them
     ordered = sorted(tasks, key=lambda t: (t.slot or 0, t.node_id if not t.slot else "", -t.created_at))
     if args.format == "json":
         output.print_json(ordered)
@@ -449,11 +451,15 @@ def cmd_ps(args: argparse.Namespace) -> int:
                 t.desired_state,
                 f"{t.state} {output.ago(t.updated_at or t.created_at)}".strip(),
                 t.health,
+                *([port_nodes.task_ports(t, host_ports)] if host_ports else []),
                 task_note(t),
             )
         )
         previous = name
-    output.print_table(["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "HEALTH", "ERROR/MESSAGE"], rows)
+    ports_column = ["PORTS"] if host_ports else []
+    output.print_table(
+        ["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "HEALTH", *ports_column, "ERROR/MESSAGE"], rows
+    )
     return 0
 
 
@@ -504,6 +510,17 @@ def _deploy_settings(d: Any) -> str:
 
 def _file_ref(r: Any) -> str:
     return f"{r.source} at {r.target} ({r.uid}:{r.gid}, mode {r.mode:04o})"
+
+
+def _host_port_placement(client: Any, service: Any) -> tuple[list[Any], dict[str, str]] | None:
+    """The service's tasks and the nodes' names, when it publishes host-mode ports (ADR 46)."""
+    from warren.api.v1 import control_pb2 as pb
+
+    if not port_nodes.host_ports(service.spec.ports):
+        return None
+    tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id)).tasks
+    nodes = {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+    return list(tasks), nodes
 
 
 def _port(p: Any) -> str:

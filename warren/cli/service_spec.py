@@ -20,7 +20,7 @@ _CPUS = value_type(units.parse_cpus)
 _SIZE = value_type(units.parse_size)
 _DURATION = value_type(units.parse_duration)
 _SECONDS = value_type(units.parse_seconds)
-_PUBLISH = value_type(units.parse_publish)
+_PUBLISH = value_type(units.parse_publish_option)
 _ENV = value_type(lambda s: units.parse_key_value(s, "environment variable"))
 _LABEL = value_type(lambda s: units.parse_key_value(s, "label", require_value=False))
 _HOSTPORT = value_type(units.parse_hostport)
@@ -62,7 +62,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
         type=_PUBLISH,
         action="append",
         metavar="PUBLISHED:TARGET[/PROTO]",
-        help="publish a port, e.g. 8080:80 or 5353:53/udp",
+        help="publish a port: 8080:80, 5353:53/udp, or mode=host,published=8080,target=80 (its tasks' nodes only)",
     )
     p.add_argument("--label", "-l", type=_LABEL, action="append", metavar="K=V", help="service label")
     mounts.add_create_flags(p)
@@ -260,8 +260,8 @@ def build_spec(args: argparse.Namespace) -> Any:
     spec.env.update(env_from_files(args))  # --env wins over a file's, as in Docker
     spec.env.update(dict(args.env or []))
     spec.constraints.extend(args.constraint or [])
-    for published, target, protocol in args.publish or []:
-        spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
+    for published, target, protocol, mode in args.publish or []:
+        spec.ports.add(published=published, target=target, protocol=protocol, mode=mode)
     spec.labels.update(dict(args.label or []))
     mounts.apply_create(spec, args)
     secret.apply_service_flags(spec, args)
@@ -294,13 +294,13 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
         spec.labels.pop(key, None)
     spec.labels.update(dict(args.label_add or []))
     drop = set(args.publish_rm or [])
-    drop |= {(published, protocol) for published, _, protocol in args.publish_add or []}  # replaced below
+    drop |= {(published, protocol) for published, _, protocol, _ in args.publish_add or []}  # replaced below
     ports = [p for p in spec.ports if (p.published, p.protocol or "tcp") not in drop]
     del spec.ports[:]
     for p in ports:
         spec.ports.add().CopyFrom(p)
-    for published, target, protocol in args.publish_add or []:
-        spec.ports.add(published=published, target=target, protocol=protocol, mode="ingress")
+    for published, target, protocol, mode in args.publish_add or []:
+        spec.ports.add(published=published, target=target, protocol=protocol, mode=mode)
     mounts.apply_update(spec, args)
     secret.apply_service_flags(spec, args)
     if args.force:

@@ -92,6 +92,38 @@ def parse_publish(text: str) -> tuple[int, int, str]:
         raise ValueError(f"invalid port mapping {_shown(text)}: {exc}") from None
 
 
+_PUBLISH_KEYS = ("mode", "published", "target", "protocol")
+
+
+def parse_publish_option(text: str) -> tuple[int, int, str, str]:
+    """(published, target, protocol, mode) from the short syntax ("8080:80/udp", ingress) or
+    Docker's long one ("mode=host,published=8080,target=80,protocol=udp"; published 0 when
+    omitted, which the manager refuses in host mode, ADR 46)."""
+    if "=" not in text:
+        return (*parse_publish(text), "ingress")
+    fields: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in _PUBLISH_KEYS or key in fields:
+            raise ValueError(
+                f"invalid port {_shown(text)}: expected mode=ingress|host,published=N,target=N[,protocol=tcp|udp]"
+            )
+        fields[key] = value.strip()
+    mode, protocol = fields.get("mode", "ingress").lower(), fields.get("protocol", "tcp").lower()
+    if mode not in ("ingress", "host"):
+        raise ValueError(f"invalid port {_shown(text)}: mode must be ingress or host")
+    if protocol not in ("tcp", "udp"):
+        raise ValueError(f"invalid port {_shown(text)}: protocol must be tcp or udp")
+    if "target" not in fields:
+        raise ValueError(f"invalid port {_shown(text)}: target=N is required")
+    try:
+        published = parse_port(fields["published"]) if "published" in fields else 0
+        return published, parse_port(fields["target"]), protocol, mode
+    except ValueError as exc:
+        raise ValueError(f"invalid port {_shown(text)}: {exc}") from None
+
+
 def parse_unpublish(text: str) -> tuple[int, str]:
     """(published, protocol) from "8080", "8080/udp" or a whole "8080:80/udp" mapping."""
     ports, _, protocol = text.partition("/")

@@ -10,8 +10,8 @@ from warren.commands.overlay import Addresses
 from warren.commands.services import apply_rollouts
 from warren.commands.types import OK, ApplyPlan, Changes, ReportTaskStatus, Result, TaskUpdate
 from warren.commands.volumes import VolumeBinding
-from warren.model import Resources, Task, TaskState, can_transition, is_ready, is_stopping
-from warren.scheduler import fits, reserved_by_node
+from warren.model import Resources, Task, TaskState, can_transition, host_ports, is_ready, is_stopping
+from warren.scheduler import fits, host_ports_by_node, reserved_by_node
 from warren.state import ClusterState, Delete, Put
 
 
@@ -69,10 +69,11 @@ class _Placement:
         self._reserved: dict[str, Resources] | None = None
         self._slots: set[tuple[str, int, int]] | None = None
         self._relocated: set[str] = set()  # tasks a live task of a rebalance replaces (ADR 36)
+        self._ports: dict[str, set[tuple[int, str]]] | None = None  # host ports held (ADR 46)
 
     def fits(self, task: Task, node_id: str) -> bool:
         node = self._state.nodes.get(node_id)
-        if node is None:
+        if node is None or not self._ports_free(task, node_id):
             return False
         need = task.spec.reservations
         if need.nano_cpus == 0 and need.memory_bytes == 0:
@@ -83,6 +84,19 @@ class _Placement:
         if not fits(node, used, need):
             return False
         self._reserved[node_id] = used + need
+        return True
+
+    def _ports_free(self, task: Task, node_id: str) -> bool:
+        """No live task on the node holds one of the task's host ports; if so, it takes them."""
+        ports = host_ports(task.spec.ports)
+        if not ports:
+            return True
+        if self._ports is None:
+            self._ports = host_ports_by_node(self._state.tasks.values())
+        held = self._ports.setdefault(node_id, set())
+        if not ports.isdisjoint(held):
+            return False
+        held |= ports
         return True
 
     def _live(self, task: Task) -> bool:

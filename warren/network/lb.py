@@ -15,6 +15,10 @@ Docker): such a connection is DNATed out of the loopback, which the kernel allow
 is masqueraded to that link's address. Since `route_localnet` would also let a task (or a peer)
 address the node's own 127.0.0.0/8 services, the table drops any packet to 127.0.0.0/8 that
 arrives on another link than the loopback (as Kubernetes does since CVE-2020-8558).
+
+A host-mode port (ADR 46) is published only by a node running a task of its service, straight to
+that task: its rule names only the backends in the node's own subnet (`local_subnet`), so a node
+without one has no rule and refuses the port.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class Endpoint:
     # between them, whatever their number; `backends` share the rest.
     canary: tuple[str, ...] = ()
     canary_weight: int = 0
+    host_ports: tuple[tuple[str, int, int], ...] = ()  # host-mode ports (ADR 46), as `ports`
 
 
 # Weighted choices pick one of this many buckets per connection: 1/10000 is the finest share.
@@ -56,11 +61,14 @@ def _address(text: str) -> str:
     return str(ipaddress.IPv4Address(text))  # ValueError for anything else: never into the rules
 
 
-def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "", owner: str = "") -> str:
+def ruleset(
+    endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "", owner: str = "", local_subnet: str = ""
+) -> str:
     """The whole table: re-applying the same endpoints gives the same text (sorted). `bridge`
     is the node's task bridge: published-port connections leaving by another link (to another
     node's task) are masqueraded. `owner` is the node's tag (warren.network.owner), the table's
-    comment."""
+    comment. `local_subnet` is the node's overlay subnet: its tasks take its host-mode ports."""
+    local = ipaddress.IPv4Network(local_subnet) if local_subnet else None
     if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
     if not _COMMENT_RE.fullmatch(owner):
@@ -77,6 +85,9 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "",
             continue
         nat.append(f"        ip daddr {vip} dnat to {_choice(shares)}")
         nat.extend(_published(ep, shares))
+        here = [(a, 1) for a, _ in shares if local is not None and ipaddress.IPv4Address(a) in local]
+        if here and ep.host_ports:
+            nat.extend(_published(ep, here, ep.host_ports))
     nat_rules, reject_rules = "\n".join(nat), "\n".join(unavailable)
     masquerade = (
         f"        ct mark {PUBLISHED_MARK:#x} oifname != {_quote(bridge)} masquerade\n"
@@ -141,11 +152,14 @@ def _choice(shares: list[tuple[str, int]], port: int = 0) -> str:
     return f"numgen random mod {start} map {{ {', '.join(ranges)} }}"
 
 
-def _published(ep: Endpoint, shares: list[tuple[str, int]]) -> list[str]:
+def _published(
+    ep: Endpoint, shares: list[tuple[str, int]], ports: tuple[tuple[str, int, int], ...] | None = None
+) -> list[str]:
     """A published port on any of this node's own addresses goes to one of the tasks' target
-    port (the routing mesh); the connection is marked for masquerading (see PUBLISHED_MARK)."""
+    port (the routing mesh; `ports`: the host-mode ones, to this node's tasks); the connection
+    is marked for masquerading (see PUBLISHED_MARK)."""
     rules = []
-    for protocol, published, target in sorted(ep.ports):
+    for protocol, published, target in sorted(ep.ports if ports is None else ports):
         if protocol not in ("tcp", "udp") or not 0 < published < 65536 or not 0 < target < 65536:
             raise ValueError(f"invalid published port {protocol} {published}:{target} of {ep.name}")
         to = _choice(shares, target)

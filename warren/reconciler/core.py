@@ -18,15 +18,17 @@ from warren.model import (
     NodeStatus,
     Resources,
     Service,
+    ServiceSpec,
     Task,
     TaskState,
     Volume,
     can_transition,
+    host_ports,
     is_routed,
     is_stopping,
 )
 from warren.restart import next_attempt
-from warren.scheduler import address_capacity, live_by_node, reserved_by_node, schedule
+from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, reserved_by_node, schedule
 from warren.state import ClusterState
 
 RUNNING = TaskState.RUNNING
@@ -124,6 +126,7 @@ class Pass:
         self.standby_for: dict[str, Task] = {}  # a start-first task's id -> the task it replaces
         self.reserved: dict[str, Resources] = {}
         self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
+        self.host_ports: dict[str, set[tuple[int, str]]] = {}  # host-mode ports they hold (ADR 46)
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
@@ -157,6 +160,7 @@ class Pass:
         current = list(tasks)
         self.reserved = reserved_by_node(current)
         self.live = live_by_node(current)
+        self.host_ports = host_ports_by_node(current)
 
     # -- overlay -------------------------------------------------------------------------------
     def task(self, task_id: str) -> Task:
@@ -227,6 +231,7 @@ class Pass:
         if node_id:
             self.reserved[node_id] = self.reserved.get(node_id, Resources()) + service.spec.reservations
             self.live[node_id] = self.live.get(node_id, 0) + 1
+            self.host_ports.setdefault(node_id, set()).update(host_ports(service.spec.ports))
         else:
             self.to_place.append(task.id)
         return task
@@ -235,6 +240,10 @@ class Pass:
         """Room for one more task in the node's overlay subnet (always, off the overlay)."""
         capacity = address_capacity(node)
         return capacity is None or self.live.get(node.id, 0) < capacity
+
+    def host_ports_free(self, node: Node, spec: ServiceSpec) -> bool:
+        """None of the spec's host-mode ports is held by a live task on the node (ADR 46)."""
+        return host_ports(spec.ports).isdisjoint(self.host_ports.get(node.id, ()))
 
     def constraints(self, texts: tuple[str, ...]) -> tuple[Constraint, ...] | None:
         """Parsed constraints, or None if invalid (the API rejects those; never evict on them)."""

@@ -69,6 +69,8 @@ def _fill_nodes(p: Pass, service: Service, live: dict[str, Task], by_node: Mappi
             continue
         if not p.address_left(node):
             continue  # its overlay subnet is full
+        if not p.host_ports_free(node, spec):
+            continue  # another task (of any service, or the one it replaces) holds a host port
         attempt = 0
         history = by_node.get(node_id)
         if history:
@@ -115,7 +117,11 @@ def _rolling_update(
         reserved = p.reserved.get(t.node_id, Resources())
         if not node_is_schedulable(node) or not p.can_stop(t):
             continue
-        both_fit = fits(node, reserved, service.spec.reservations) and p.address_left(node)
+        both_fit = (
+            fits(node, reserved, service.spec.reservations)
+            and p.address_left(node)
+            and p.host_ports_free(node, service.spec)
+        )
         if both_fit and not stop_first:
             if not p.can_start():
                 return

@@ -14,7 +14,7 @@ from collections.abc import Collection, Mapping
 
 from warren import rebalance, rollout, strategy
 from warren.commands import RolloutChange
-from warren.model import Node, Resources, Service, Task, TaskState, UpdateOrder, is_ready, is_stopping
+from warren.model import Node, Resources, Service, Task, TaskState, UpdateOrder, host_ports, is_ready, is_stopping
 from warren.reconciler.core import (
     ASSIGNED,
     RUNNING,
@@ -149,10 +149,11 @@ def _rebalance(p: Pass, service: Service, live: dict[int, Task], standby: dict[i
         return
     if p.eligible is None:
         p.eligible = rebalance.Eligible(p.nodes.values())
-    need = service.spec.reservations
+    need, ports = service.spec.reservations, host_ports(service.spec.ports)
 
     def room_of(node: Node) -> int | None:
-        return rebalance.room(node, p.reserved.get(node.id, Resources()), p.live.get(node.id, 0), need)
+        reserved, live = p.reserved.get(node.id, Resources()), p.live.get(node.id, 0)
+        return rebalance.room(node, reserved, live, need, ports, p.host_ports.get(node.id, ()))
 
     holders = [p.task(t.id) for t in live.values()]
     eligible = p.eligible.nodes(service.spec.constraints)
