@@ -37,7 +37,7 @@ from warren.manager import cakey, secretkeys
 from warren.model import ClusterInfo
 
 UNLOCK_KEY_PREFIX = "WRNKEY-1-"
-LOCKED_PREFIX = "warren-locked-v1:"
+LOCKED_PREFIX = cakey.LOCKED_PREFIX
 _KEY_BYTES = 32
 _NONCE = 12
 _ROOT_INFO = b"warren unlock root v1"
@@ -128,6 +128,16 @@ def ca_key(cluster: ClusterInfo, kek: bytes) -> bytes:
     return _open(kek, cluster.ca_key_pem, _CA_AD, "CA key")
 
 
+def authority(raft_secret: str, keyring: secretkeys.KeyRing) -> cakey.Authority:
+    """The CA of the state, opened by the Raft secret, or while locked by the KEK `keyring` holds."""
+    return cakey.Authority(raft_secret, lambda cluster: ca_key(cluster, keyring.kek(cluster)))
+
+
+def seal_ca_key(kek: bytes, ca_pem: bytes) -> str:
+    """A CA key for the state of a locked cluster (a CA rotation's new key, say)."""
+    return _seal(kek, ca_pem, _CA_AD)
+
+
 def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock on: the KEK moves from the Raft-derived root to the unlock key's, and the CA key
     under the KEK (so managers that hold the KEK keep signing through a lock or a rotation)."""
@@ -141,7 +151,7 @@ def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     else:  # no secrets yet: make the pair, as the first secret would
         kek_wrapped, dek_wrapped = secretkeys.new_key_pair(new_root)
         kek = secretkeys.open_kek(new_root, kek_wrapped)
-    return RootedKeys(secretkeys.wrap_kek(new_root, kek), dek_wrapped, _seal(kek, ca_pem, _CA_AD))
+    return RootedKeys(secretkeys.wrap_kek(new_root, kek), dek_wrapped, seal_ca_key(kek, ca_pem))
 
 
 def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
@@ -172,3 +182,20 @@ def open_local(kek: bytes, purpose: str, stored: str) -> bytes:
 
 def is_sealed_local(stored: str) -> bool:
     return stored.lstrip().startswith(LOCKED_PREFIX)
+
+
+TLS_KEY_PURPOSE = "tls.key"
+
+
+def open_tls_key(kek: bytes, stored: bytes) -> bytes:
+    """A manager's TLS key as it is on disk: sealed under autolock, else the plain PEM."""
+    text = stored.decode(errors="replace")
+    return open_local(kek, TLS_KEY_PURPOSE, text) if is_sealed_local(text) else stored
+
+
+def seal_tls_key_like(kek: bytes, current: bytes, new_key_pem: bytes) -> bytes:
+    """A renewed TLS key stored as the current one is: sealed if it is, so that a renewal while
+    locked never writes the key in plain text."""
+    if is_sealed_local(current.decode(errors="replace")):
+        return seal_local(kek, TLS_KEY_PURPOSE, new_key_pem).encode()
+    return new_key_pem

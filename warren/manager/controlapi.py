@@ -20,7 +20,7 @@ from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
-from warren.manager import cakey
+from warren.manager import autolock
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
@@ -146,10 +146,12 @@ class ControlService(
         certs_dir: Path | None = None,
         raft_secret: str = "",
         images: DigestLookup | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
-        self._authority = cakey.Authority(raft_secret)
-        self._keyring = KeyRing(raft_secret)  # seals secrets before they are proposed (ADR 38)
+        # seals secrets before they are proposed (ADR 38); holds the KEK under autolock (ADR 44)
+        self._keyring = keyring or KeyRing(raft_secret)
+        self._authority = autolock.authority(raft_secret, self._keyring)
         self._store = store
         self._raft = raft
         self._timeout = timeout

@@ -185,6 +185,7 @@ async def _open_and_serve(
         logs=logs,
         certs_dir=data / "certs",
         raft_secret=secret,
+        keyring=keyring,
         images=digest_lookup(options, store, vault) if options.resolve_images else None,
     )
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
@@ -197,7 +198,7 @@ async def _open_and_serve(
             revoked,
             control,
             dispatcher,
-            NodeCertificatesService(store, raft_secret=secret),
+            NodeCertificatesService(store, raft_secret=secret, keyring=keyring),
             ManagersService(store, raft, secret, identity.node_id),
             read_barrier=raft.read_barrier,
             manager_addrs=lambda: manager_addrs(store),
@@ -205,7 +206,9 @@ async def _open_and_serve(
             trusted_roots=lambda: _trusted_roots(store),
             trust_bundle=lambda: _trust_bundle(store),
         )
-        join_server = build_join_server(identity.join_bind_addr, NodeCAService(store, raft_secret=secret))
+        join_server = build_join_server(
+            identity.join_bind_addr, NodeCAService(store, raft_secret=secret, keyring=keyring)
+        )
         if options.metrics_addr:
             endpoint = metrics.serve(
                 options.metrics_addr, metrics.StateCollector(store.read, raft.status, raft.capacity)
@@ -232,7 +235,7 @@ async def _open_and_serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
-    _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret).run(), "renewal")
+    _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret, keyring).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves
         job = asyncio.create_task(alongside(identity, stop), name="alongside-manager")
         opened.push_async_callback(_stop_alongside, job, stop)

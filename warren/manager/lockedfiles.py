@@ -22,7 +22,7 @@ class ManagerSecrets:
 
 def _files(data: Path) -> dict[str, Path]:
     layout = datadir.ManagerDir(data)
-    return {"raft.secret": layout.raft_secret, "tls.key": layout.certs / tls.KEY_FILE}
+    return {"raft.secret": layout.raft_secret, autolock.TLS_KEY_PURPOSE: layout.certs / tls.KEY_FILE}
 
 
 def is_sealed(data: Path) -> bool:
@@ -44,11 +44,11 @@ def open_all(data: Path, kek: bytes) -> ManagerSecrets:
         stored = path.read_text()
         sealed = autolock.is_sealed_local(stored)
         plain[purpose] = autolock.open_local(kek, purpose, stored) if sealed else stored.encode()
-    return ManagerSecrets(plain["raft.secret"].decode().strip(), plain["tls.key"])
+    return ManagerSecrets(plain["raft.secret"].decode().strip(), plain[autolock.TLS_KEY_PURPOSE])
 
 
 def unseal(data: Path, kek: bytes) -> None:
     opened = open_all(data, kek)
     files = _files(data)
     datadir.write_atomic(files["raft.secret"], opened.raft_secret.encode())
-    datadir.write_atomic(files["tls.key"], opened.tls_key_pem)
+    datadir.write_atomic(files[autolock.TLS_KEY_PURPOSE], opened.tls_key_pem)

@@ -21,8 +21,9 @@ from warren import pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
-from warren.manager import cakey, metrics
+from warren.manager import autolock, cakey, metrics
 from warren.manager.ports import StateReader
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
@@ -134,11 +135,12 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         limiter: FailureLimiter | None = None,
         new_node_id: Callable[[], str] = new_id,
         raft_secret: str = "",
+        keyring: KeyRing | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter or FailureLimiter()
         self._new_node_id = new_node_id
-        self._authority = cakey.Authority(raft_secret)
+        self._authority = autolock.authority(raft_secret, keyring or KeyRing(raft_secret))
 
     async def Join(self, request: capb.JoinRequest, context: grpc.aio.ServicerContext) -> capb.JoinResponse:
         started = time.perf_counter()
@@ -201,9 +203,9 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
     """Renewal, on the mTLS API port behind the guard: a fresh certificate for the caller's own
     node id and role, as its current certificate states them. A revoked node never gets here."""
 
-    def __init__(self, store: StateReader, raft_secret: str = "") -> None:
+    def __init__(self, store: StateReader, raft_secret: str = "", keyring: KeyRing | None = None) -> None:
         self._store = store
-        self._authority = cakey.Authority(raft_secret)
+        self._authority = autolock.authority(raft_secret, keyring or KeyRing(raft_secret))
 
     async def RenewCertificate(self, request: capb.RenewRequest, context: object) -> capb.RenewResponse:
         identity = caller.get()
