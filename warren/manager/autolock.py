@@ -158,7 +158,13 @@ def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKey
     """Autolock off: back under the Raft-derived root (the CA key wrapped as in ADR 24)."""
     if not is_locked(cluster):
         raise UnlockKeyError("autolock is already off")
-    kek = unlocked_kek(cluster, unlock_key)
+    return unlock_by_kek(cluster, raft_secret, unlocked_kek(cluster, unlock_key))
+
+
+def unlock_by_kek(cluster: ClusterInfo, raft_secret: str, kek: bytes) -> RootedKeys:
+    """Autolock off by a manager that holds the KEK (an unlocked leader: no key needed)."""
+    if not is_locked(cluster):
+        raise UnlockKeyError("autolock is already off")
     ca_pem = ca_key(cluster, kek)
     kek_wrapped = secretkeys.wrap_kek(secretkeys.root_key(raft_secret), kek)
     return RootedKeys(kek_wrapped, cluster.dek_wrapped, cakey.wrap(ca_pem, raft_secret))
@@ -166,7 +172,14 @@ def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKey
 
 def rotate(cluster: ClusterInfo, old_key: str, new_key: str) -> RootedKeys:
     """`cluster unlock-key --rotate`: the KEK under a new unlock key; nothing else changes."""
-    kek = unlocked_kek(cluster, old_key)
+    return rotate_by_kek(cluster, unlocked_kek(cluster, old_key), new_key)
+
+
+def rotate_by_kek(cluster: ClusterInfo, kek: bytes, new_key: str) -> RootedKeys:
+    """A rotation by a manager that holds the KEK: the old key is not needed."""
+    if not is_locked(cluster):
+        raise UnlockKeyError("autolock is off: there is no unlock key to rotate")
+    ca_key(cluster, kek)  # a KEK that is not this cluster's is refused before anything changes
     return RootedKeys(secretkeys.wrap_kek(unlock_root(new_key), kek), cluster.dek_wrapped, cluster.ca_key_pem)
 
 

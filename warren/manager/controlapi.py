@@ -21,6 +21,7 @@ from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import autolock
+from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
@@ -133,7 +134,12 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
 
 
 class ControlService(
-    CertificatesControl, VolumesControl, SecretsControl, RegistryControl, control_pb2_grpc.ControlServicer
+    CertificatesControl,
+    VolumesControl,
+    SecretsControl,
+    RegistryControl,
+    AutolockControl,
+    control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
 
@@ -202,6 +208,7 @@ class ControlService(
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
                 auto_rebalance=cluster.auto_rebalance,
+                autolock=autolock.is_locked(cluster),
             )
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)

@@ -1,0 +1,97 @@
+"""`warren cluster unlock-key` and `warren cluster unlock`, and `cluster update --autolock` (ADR 44).
+
+The unlock key is printed once, when it is made (autolock turned on, or rotated): no manager
+keeps it, so `unlock-key` without `--rotate` cannot show it again. `unlock` reads it from a
+prompt or stdin (`--key-stdin`), never from the command line (which `ps` shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from typing import Any
+
+MAX_KEY_INPUT = 256  # an unlock key is 52 characters: anything much longer is not one
+
+
+def register(cmds: Any) -> None:
+    p = cmds.add_parser(
+        "unlock-key",
+        help="say whether autolock is on; --rotate prints a new unlock key",
+        description="The unlock key is shown only when it is made; it cannot be shown again. "
+        "--rotate makes a new one (the old one stops working) and prints it.",
+    )
+    p.add_argument("--rotate", action="store_true", help="replace the unlock key and print the new one")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the new key only")
+    p.set_defaults(func=cmd_unlock_key)
+
+    p = cmds.add_parser("unlock", help="give a locked manager the unlock key, so that it serves again")
+    p.add_argument("--key-stdin", action="store_true", help="read the unlock key from stdin")
+    p.set_defaults(func=cmd_unlock)
+
+
+def _print_key(key: str, what: str) -> None:
+    print(f"{what}. The unlock key is:\n\n    {key}\n")
+    print("Keep it safe: a manager that restarts needs it (`warren cluster unlock`), and it cannot be shown again.")
+
+
+def apply_autolock(client: Any, enable: bool) -> None:
+    """`cluster update --autolock true|false`: prints the new unlock key once when enabling."""
+    from warren.api.v1 import control_pb2 as pb
+
+    answer = client.call("UpdateAutolock", pb.UpdateAutolockRequest(enable=enable))
+    if enable and answer.unlock_key:
+        _print_key(answer.unlock_key, "Autolock is on")
+    else:
+        print(f"Autolock: {'on (already: the unlock key is unchanged)' if enable else 'off'}")
+
+
+def cmd_unlock_key(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    with connect(args) as client:
+        answer = client.call("GetUnlockKey", pb.GetUnlockKeyRequest(rotate=args.rotate))
+    if args.rotate:
+        if args.quiet:
+            print(answer.unlock_key)
+        else:
+            _print_key(answer.unlock_key, "The unlock key was rotated; the previous one no longer unlocks")
+    elif answer.autolock:
+        print("Autolock is on. The unlock key was shown when it was made and cannot be shown again;")
+        print("`warren cluster unlock-key --rotate` makes and prints a new one.")
+    else:
+        print("Autolock is off: there is no unlock key (`warren cluster update --autolock true`).")
+    return 0
+
+
+def _read_key(args: argparse.Namespace) -> str:
+    from warren.cli.errors import CliError, Exit
+
+    if args.key_stdin:
+        key = sys.stdin.read(MAX_KEY_INPUT + 1).strip()
+    elif sys.stdin.isatty():
+        key = getpass.getpass("Unlock key: ").strip()
+    else:
+        raise CliError("no unlock key: pass it on stdin with --key-stdin", Exit.USAGE)
+    if len(key) > MAX_KEY_INPUT:
+        raise CliError("not an unlock key (too long)", Exit.USAGE)
+    from warren.manager.autolock import UnlockKeyError, parse_unlock_key
+
+    try:
+        parse_unlock_key(key)
+    except UnlockKeyError as exc:
+        raise CliError(str(exc), Exit.USAGE) from None
+    return key
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+
+    key = _read_key(args)
+    with connect(args) as client:
+        client.call("UnlockCluster", pb.UnlockClusterRequest(unlock_key=key))
+    print("Unlocked.")
+    return 0
