@@ -149,3 +149,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv: list[str], stdin: str, needl
         done = run_cli(*argv)
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_manager_that_starts_while_locked_says_so_until_unlocked(ca: pki.CertificateAuthority) -> None:
+    control, store = _control(ca)
+    key = run(control.UpdateAutolock(cpb.UpdateAutolockRequest(enable=True), None)).unlock_key
+    assert not run(control.GetClusterInfo(cpb.GetClusterInfoRequest(), None)).locked
+    restarted = ControlService(store, InMemoryRaft(store), raft_secret=RAFT_SECRET)  # holds no KEK
+    info = run(restarted.GetClusterInfo(cpb.GetClusterInfoRequest(), None))
+    assert info.autolock and info.locked
+    _refused(
+        restarted.GetUnlockKey(cpb.GetUnlockKeyRequest(rotate=True), None), grpc.StatusCode.FAILED_PRECONDITION, "hold"
+    )
+    run(restarted.UnlockCluster(cpb.UnlockClusterRequest(unlock_key=key), None))
+    assert not run(restarted.GetClusterInfo(cpb.GetClusterInfoRequest(), None)).locked
+    assert run(restarted.GetUnlockKey(cpb.GetUnlockKeyRequest(rotate=True), None)).unlock_key

@@ -209,6 +209,7 @@ class ControlService(
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
                 auto_rebalance=cluster.auto_rebalance,
                 autolock=autolock.is_locked(cluster),
+                locked=autolock.is_locked(cluster) and not self._keyring.holds_kek(cluster),
             )
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)

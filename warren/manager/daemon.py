@@ -177,6 +177,9 @@ async def _open_and_serve(
 
     heartbeats = Heartbeats()
     keyring = KeyRing(secret)  # one key hierarchy for every sealed value (ADR 38, 43)
+    with store.read() as state:
+        if state.cluster is not None and state.cluster.kek_wrapped:
+            keyring.holds_kek(state.cluster)  # eagerly: once autolock is on, the Raft secret opens nothing
     vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
     control = ControlService(
