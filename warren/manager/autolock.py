@@ -43,6 +43,7 @@ _NONCE = 12
 _ROOT_INFO = b"warren unlock root v1"
 _CA_AD = b"warren locked ca key v1"
 _LOCAL_AD = b"warren locked file v1 "
+MANAGER_LOCKED = "this manager is locked: run warren cluster unlock"
 _WRONG_KEY = "wrong unlock key: it does not open this cluster's keys"
 
 
@@ -130,7 +131,15 @@ def ca_key(cluster: ClusterInfo, kek: bytes) -> bytes:
 
 def authority(raft_secret: str, keyring: secretkeys.KeyRing) -> cakey.Authority:
     """The CA of the state, opened by the Raft secret, or while locked by the KEK `keyring` holds."""
-    return cakey.Authority(raft_secret, lambda cluster: ca_key(cluster, keyring.kek(cluster)))
+
+    def open_locked(cluster: ClusterInfo) -> bytes:
+        try:
+            kek = keyring.kek(cluster)
+        except secretkeys.SecretKeyError:
+            raise cakey.CAKeyError(MANAGER_LOCKED) from None
+        return ca_key(cluster, kek)
+
+    return cakey.Authority(raft_secret, open_locked)
 
 
 def seal_ca_key(kek: bytes, ca_pem: bytes) -> str:
