@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import clientconfig, tls
-from warren.manager import cakey, metrics
+from warren.manager import autolock, cakey, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
 from warren.manager.certificates import CertificateKeeper
@@ -91,6 +91,16 @@ async def serve(options: ManagerOptions, stop: asyncio.Event, alongside: Alongsi
     """Run the manager inside an already running event loop (a promoted worker's agent, ADR 15)
     until `stop` is set; raises StartupError. Signals stay with the host process."""
     return await _serve(options, stop, alongside)
+
+
+def _locked(store: Store, keyring: KeyRing) -> str:
+    """Why this manager serves only `cluster info` and `cluster unlock`: the cluster is locked
+    and it does not hold the KEK (it started after the lock: ADR 44). "" when it serves."""
+    with store.read() as state:
+        cluster = state.cluster
+    if cluster is None or not autolock.is_locked(cluster) or keyring.holds_kek(cluster):
+        return ""
+    return autolock.MANAGER_LOCKED
 
 
 async def _identity(options: ManagerOptions) -> tuple[ManagerIdentity, bool]:
@@ -208,6 +218,7 @@ async def _open_and_serve(
             certs_dir=data / "certs",
             trusted_roots=lambda: _trusted_roots(store),
             trust_bundle=lambda: _trust_bundle(store),
+            locked=lambda: _locked(store, keyring),
         )
         join_server = build_join_server(
             identity.join_bind_addr, NodeCAService(store, raft_secret=secret, keyring=keyring)
