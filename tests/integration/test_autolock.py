@@ -96,6 +96,21 @@ def test_lock_restart_unlock_rotate_and_off(manager: Manager) -> None:
     assert _unlock(manager, key.group()).returncode == 2  # the old key no longer unlocks
     assert _unlock(manager, rotated.group()).returncode == 0
 
+    # --unlock-key-file: a manager that starts with the key serves at once; a retired key stops it
+    key_file, plain_args = manager.root / "unlock.key", list(manager.start_args)
+    key_file.write_text(rotated.group() + "\n")
+    manager.start_args = [*plain_args, "--unlock-key-file", str(key_file)]
+    _restart(manager)
+    assert "LOCKED" not in _autolock_line(manager)
+    _ok(manager, "service", "ls")
+    manager.stop()
+    key_file.write_text(key.group())
+    with pytest.raises(RuntimeError, match="wrong unlock key"):
+        manager.start()
+    manager.start_args = plain_args
+    _restart(manager)
+    assert _unlock(manager, rotated.group()).returncode == 0
+
     _ok(manager, "cluster", "update", "--autolock", "false")
     assert _autolock_line(manager).split()[-1] == "off"
     _restart(manager)

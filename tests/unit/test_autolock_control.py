@@ -138,6 +138,8 @@ def test_disable_goes_back_under_the_raft_secret_without_the_key(ca: pki.Certifi
         (["cluster", "unlock", "--key-stdin"], "WRNKEY-1-@@@@\n", "damaged"),
         (["cluster", "unlock"], "", "no unlock key: pass it on stdin with --key-stdin"),
         (["cluster", "update", "--autolock", "yes"], "", "expected true or false"),
+        (["cluster", "init", "--unlock-key-file", "/nonexistent/key"], "", "cannot read /nonexistent/key"),
+        (["cluster", "init", "--unlock-key-file", "/etc/hostname"], "", "not an unlock key"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(argv: list[str], stdin: str, needle: str) -> None:

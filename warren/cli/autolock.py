@@ -31,6 +31,31 @@ def register(cmds: Any) -> None:
     p.set_defaults(func=cmd_unlock)
 
 
+def add_unlock_key_file_flag(p: Any) -> None:
+    p.add_argument(
+        "--unlock-key-file",
+        type=_unlock_key_file,
+        dest="unlock_key",
+        metavar="FILE",
+        help="the unlock key, for a manager that starts while autolock is on (ADR 44)",
+    )
+
+
+def _unlock_key_file(path: str) -> str:
+    from warren.manager.autolock import UnlockKeyError, parse_unlock_key
+
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            key = file.read(MAX_KEY_INPUT + 1).strip()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        parse_unlock_key(key)
+    except UnlockKeyError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
+    return key
+
+
 def _print_key(key: str, what: str) -> None:
     print(f"{what}. The unlock key is:\n\n    {key}\n")
     print("Keep it safe: a manager that restarts needs it (`warren cluster unlock`), and it cannot be shown again.")

@@ -62,6 +62,7 @@ def register(groups: Any) -> None:
     worker.add_wireguard_flags(p)  # for the embedded agent
     worker.add_state_map_size_flag(p)
     worker.add_resolve_images_flag(p)
+    autolock.add_unlock_key_file_flag(p)
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -130,6 +131,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "vip_range",
         "state_map_size",
         "resolve_images",
+        "unlock_key",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)

@@ -190,6 +190,14 @@ async def _open_and_serve(
     with store.read() as state:
         if state.cluster is not None and state.cluster.kek_wrapped:
             keyring.holds_kek(state.cluster)  # eagerly: once autolock is on, the Raft secret opens nothing
+        if options.unlock_key and state.cluster is not None and autolock.is_locked(state.cluster):
+            try:
+                keyring.hold_kek(autolock.unlocked_kek(state.cluster, options.unlock_key))
+            except autolock.UnlockKeyError as exc:
+                raise StartupError(
+                    f"--unlock-key-file: {exc} (a manager that was down during a rotation needs the key "
+                    "in force when it stopped)"
+                ) from None
     vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
     control = ControlService(
