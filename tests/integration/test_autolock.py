@@ -116,3 +116,5 @@ def test_lock_restart_unlock_rotate_and_off(manager: Manager) -> None:
     _restart(manager)
     assert _autolock_line(manager).split()[-1] == "off"
     _ok(manager, "secret", "create", "after-off", "--from-literal", "x")
+    on_disk = _data_dir_text(manager.data_dir) + (manager.root / "manager.log").read_bytes()
+    assert key.group().encode() not in on_disk and rotated.group().encode() not in on_disk
