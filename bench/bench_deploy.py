@@ -117,25 +117,7 @@ def run() -> dict[str, object]:
         rig.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    totals = {case: {target: _total(results, target) for target in WORKERS} for case, results in rounds.items()}
-    figures = []
-    for case, label in CASES.items():
-        for target, where in TARGETS.items():
-            total = totals[case][target]
-            figures += [
-                figure(
-                    f"{label}, {where}: failed requests (of {total['requests']:,})",
-                    total["failed"],
-                    "requests",
-                    0,
-                    "<=",
-                ),
-                figure(f"{label}, {where}: hey's rate reached, median", total["rate_median_per_s"], "/s"),
-            ]
-        figures += [
-            figure(f"{label}: the CLI command, median", _median(rounds[case], "command_s"), "s"),
-            figure(f"{label}: command to settled, median", _median(rounds[case], "settle_s"), "s"),
-        ]
+    totals, figures = summarize(rounds, CASES)
     return {
         "name": "deploy",
         "replicas": REPLICAS,
@@ -188,6 +170,34 @@ def _under_load(rig, change, settled, service: str = "web") -> dict[str, object]
             for target, result in results.items()
         },
     }
+
+
+def summarize(
+    rounds: dict[str, list[dict[str, object]]], cases: dict[str, str]
+) -> tuple[dict[str, dict[str, dict[str, object]]], list[dict[str, object]]]:
+    """The totals of each case's rounds by target, and their figures (`cases`: case -> label):
+    failed requests (the goal: none) and hey's rate for each target, the command's and the
+    settle time's medians."""
+    totals = {case: {target: _total(results, target) for target in WORKERS} for case, results in rounds.items()}
+    figures = []
+    for case, label in cases.items():
+        for target, where in TARGETS.items():
+            total = totals[case][target]
+            figures += [
+                figure(
+                    f"{label}, {where}: failed requests (of {total['requests']:,})",
+                    total["failed"],
+                    "requests",
+                    0,
+                    "<=",
+                ),
+                figure(f"{label}, {where}: hey's rate reached, median", total["rate_median_per_s"], "/s"),
+            ]
+        figures += [
+            figure(f"{label}: the CLI command, median", _median(rounds[case], "command_s"), "s"),
+            figure(f"{label}: command to settled, median", _median(rounds[case], "settle_s"), "s"),
+        ]
+    return totals, figures
 
 
 def _few(messages: dict[str, int], keep: int = 5) -> dict[str, int]:

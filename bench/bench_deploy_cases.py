@@ -23,8 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_deploy import REQUEST_TIMEOUT_S, TARGETS, WORKERS, _median, _total, _under_load
-from bench.common import figure
+from bench.bench_deploy import REQUEST_TIMEOUT_S, WORKERS, _under_load, summarize
 from tests.waiting import wait_for
 
 ROUNDS = 3
@@ -38,25 +37,7 @@ def run() -> dict[str, object]:
     if reason:
         raise RuntimeError(reason)
     rounds = {"single_replica": _on_rig(1, _single_replica), "node_drain": _on_rig(2, _node_drain)}
-    totals = {case: {target: _total(results, target) for target in WORKERS} for case, results in rounds.items()}
-    figures = []
-    for case, label in CASES.items():
-        for target, where in TARGETS.items():
-            total = totals[case][target]
-            figures += [
-                figure(
-                    f"{label}, {where}: failed requests (of {total['requests']:,})",
-                    total["failed"],
-                    "requests",
-                    0,
-                    "<=",
-                ),
-                figure(f"{label}, {where}: hey's rate reached, median", total["rate_median_per_s"], "/s"),
-            ]
-        figures += [
-            figure(f"{label}: the CLI command, median", _median(rounds[case], "command_s"), "s"),
-            figure(f"{label}: command to settled, median", _median(rounds[case], "settle_s"), "s"),
-        ]
+    totals, figures = summarize(rounds, CASES)
     return {
         "name": "deploy_cases",
         "rounds_per_case": ROUNDS,

@@ -237,6 +237,29 @@ class Volume(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
+class NetworkAttachment(msgspec.Struct, frozen=True):
+    """A service on a network (#14): its tasks may reach, and resolve by name, the tasks of the
+    services on the same network; `aliases` are extra names it answers to there."""
+
+    network: str  # the network's name
+    aliases: tuple[str, ...] = ()
+
+
+class Network(msgspec.Struct, frozen=True):
+    """A network (#14): a set of services allowed to reach each other and a DNS scope, on the
+    one overlay (ADR 17), not a mesh of its own. `internal` has no route out of the cluster;
+    `attachable` is recorded for Compose and Swarm users (Warren has no standalone containers)."""
+
+    id: str
+    name: str
+    subnet: str = ""  # "" = allocated from the overlay's range
+    internal: bool = False
+    attachable: bool = False
+    labels: dict[str, str] = {}
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
 class FileRef(msgspec.Struct, frozen=True):
     """A secret or config a service's tasks see as a file (ADR 38): the object named `source`,
     at the absolute path `target`, owned by uid:gid with `mode`. Refers by name: an object in
@@ -320,6 +343,7 @@ class ServiceSpec(msgspec.Struct, frozen=True):
     secrets: tuple[FileRef, ...] = ()  # on a tmpfs, never on a node's disk (ADR 38)
     configs: tuple[FileRef, ...] = ()
     container: ContainerOptions = ContainerOptions()  # user, capabilities, devices... (#13)
+    networks: tuple[NetworkAttachment, ...] = ()  # () = the cluster's default network (#14)
 
 
 class SpecRevision(msgspec.Struct, frozen=True):

@@ -8,7 +8,6 @@ semantics against an image that has both an ENTRYPOINT and a CMD.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -23,9 +22,7 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.images import build_config_image
 from tests.fixtures.registry import LocalRegistry
-from tests.integration.harness import Joiner, Manager
-from tests.integration.test_e2e_containerd import Cluster, ContainerdView
-from tests.integration.test_e2e_containerd import _node_ready as node_ready
+from tests.integration.test_e2e_containerd import Cluster, containerd_cluster
 from tests.waiting import wait_for
 from warren import container
 from warren.agent.decisions import container_spec, health_check
@@ -312,30 +309,8 @@ def test_exec_runtime_refuses_what_needs_a_container(
 def cluster(
     tmp_path_factory: pytest.TempPathFactory, containerd: ContainerdDaemon, registry: LocalRegistry
 ) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("options-cluster")
-    (root / "manager").mkdir()
-    (root / "worker").mkdir()
-    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
-    worker = Joiner(root / "worker", manager)
-    view = ContainerdView(containerd)
-    c = Cluster(manager, worker, view, registry)
-    try:
-        manager.start()
-        worker.join(
-            manager.join_token(),
-            *("--runtime", "containerd", "--containerd-socket", containerd.socket),
-            *("--cgroup-parent", containerd.cgroup_parent, "--insecure-registry", registry.host),
-        )
-        wait_for(lambda: node_ready(c), timeout=30, message=f"the worker to register\n{worker.log()}")
+    with containerd_cluster(tmp_path_factory.mktemp("options-cluster"), containerd, registry) as c:
         yield c
-    finally:
-        worker.stop_all()
-        manager.stop()
-        with contextlib.suppress(Exception):
-            containerd.remove_all()
-        view.close()
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent logs ----\n" + worker.all_logs()[-20000:])
 
 
 def usage_error(result: subprocess.CompletedProcess[str], text: str) -> None:

@@ -162,26 +162,22 @@ def _node_ready(c: Cluster) -> bool:
     return nodes.get(c.worker_id, {}).get("status") == "ready"
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, containerd: ContainerdDaemon, registry: LocalRegistry) -> Iterator[Cluster]:
-    (tmp_path / "manager").mkdir()
-    (tmp_path / "worker").mkdir()
-    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
-    worker = Joiner(tmp_path / "worker", manager)
+@contextlib.contextmanager
+def containerd_cluster(root: Path, containerd: ContainerdDaemon, registry: LocalRegistry) -> Iterator[Cluster]:
+    """A manager (no tasks on its node) and one agent on `containerd`, pulling from `registry`;
+    everything stopped and the containers removed on exit, the logs printed for a failure."""
+    (root / "manager").mkdir()
+    (root / "worker").mkdir()
+    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
+    worker = Joiner(root / "worker", manager)
     view = ContainerdView(containerd)
     c = Cluster(manager, worker, view, registry)
     try:
         manager.start()
         worker.join(
             manager.join_token(),
-            "--runtime",
-            "containerd",
-            "--containerd-socket",
-            containerd.socket,
-            "--cgroup-parent",
-            containerd.cgroup_parent,
-            "--insecure-registry",
-            registry.host,
+            *("--runtime", "containerd", "--containerd-socket", containerd.socket),
+            *("--cgroup-parent", containerd.cgroup_parent, "--insecure-registry", registry.host),
         )
         wait_for(lambda: _node_ready(c), timeout=30, message=f"the worker to register\n{worker.log()}")
         yield c
@@ -194,6 +190,12 @@ def cluster(tmp_path: Path, containerd: ContainerdDaemon, registry: LocalRegistr
         # Shown by pytest only when the test failed.
         print("---- manager log ----\n" + manager.log()[-6000:])
         print("---- agent logs ----\n" + worker.all_logs()[-20000:])
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, containerd: ContainerdDaemon, registry: LocalRegistry) -> Iterator[Cluster]:
+    with containerd_cluster(tmp_path, containerd, registry) as c:
+        yield c
 
 
 def _has_logs_command(c: Cluster) -> bool:

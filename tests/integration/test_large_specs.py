@@ -7,15 +7,15 @@ failing is not ready, says why, gets nothing scheduled, and is ready again once 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.fixtures.exec_cluster import exec_cluster
 from tests.integration.harness import Manager
-from tests.integration.test_agent_exec import WORKER_ID, Agent, Processes, issue_worker
+from tests.integration.test_agent_exec import WORKER_ID, Agent, Processes
 from tests.integration.test_security_and_dispatcher import _issue
 from tests.waiting import wait_for
 from warren import pki
@@ -33,22 +33,8 @@ REPLICAS = 20  # x 250 KiB: about 5 MB of specs if every task carried its own (g
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Manager, Agent, Processes]]:
-    (tmp_path / "manager").mkdir()
-    (tmp_path / "agent").mkdir()
-    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"])
-    agent = Agent(tmp_path / "agent", manager)
-    procs = Processes(f"warren-test-{time.time_ns()}")
-    try:
-        manager.start()
-        issue_worker(manager, agent.data_dir)
-        agent.start()
-        yield manager, agent, procs
-    finally:
-        agent.kill()
-        manager.stop()
-        procs.kill_all()
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent log ----\n" + agent.log()[-15000:])
+    with exec_cluster(tmp_path, "test") as parts:
+        yield parts
 
 
 def _env_flags(total: int) -> list[str]:

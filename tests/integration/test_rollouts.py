@@ -6,14 +6,14 @@ is refused with a clear line."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.exec_cluster import exec_cluster
 from tests.integration.harness import Manager
-from tests.integration.test_agent_exec import Agent, Processes, issue_worker
+from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -23,22 +23,8 @@ FAST = ["--update-monitor", "1s", "--rollback-monitor", "1s"]
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Manager, Processes]]:
-    (tmp_path / "manager").mkdir()
-    (tmp_path / "agent").mkdir()
-    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"])
-    agent = Agent(tmp_path / "agent", manager)
-    procs = Processes(f"warren-rollout-{time.time_ns()}")
-    try:
-        manager.start()
-        issue_worker(manager, agent.data_dir)
-        agent.start()
+    with exec_cluster(tmp_path, "rollout") as (manager, _agent, procs):
         yield manager, procs
-    finally:
-        agent.kill()
-        manager.stop()
-        procs.kill_all()
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent log ----\n" + agent.log()[-8000:])
 
 
 def _sleeper(procs: Processes, label: str) -> list[str]:

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fixtures.exec_cluster import exec_cluster
 from tests.integration.harness import Manager
-from tests.integration.test_agent_exec import Agent, Processes, issue_worker
+from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -22,23 +23,8 @@ FAST = ["--update-monitor", "1s", "--rollback-monitor", "1s", *WAIT]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Manager, Processes]]:
-    root = tmp_path_factory.mktemp("strategies")
-    (root / "manager").mkdir()
-    (root / "agent").mkdir()
-    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"])
-    agent = Agent(root / "agent", manager)
-    procs = Processes(f"warren-strategy-{time.time_ns()}")
-    try:
-        manager.start()
-        issue_worker(manager, agent.data_dir)
-        agent.start()
+    with exec_cluster(tmp_path_factory.mktemp("strategies"), "strategy") as (manager, _agent, procs):
         yield manager, procs
-    finally:
-        agent.kill()
-        manager.stop()
-        procs.kill_all()
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent log ----\n" + agent.log()[-8000:])
 
 
 def _sleeper(procs: Processes, label: str) -> list[str]:

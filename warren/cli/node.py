@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from warren.cli import units
@@ -234,21 +233,13 @@ def cmd_rotate_key(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
     from warren.cli.client import connect
 
-    code = 0
     with connect(args) as client:
-        for name in args.nodes:
-            try:
-                client.call("RemoveNode", pb.RemoveNodeRequest(node=name, force=args.force))
-            except CliError as exc:
-                if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
-                    raise
-                sys.stderr.write(f"warren: {exc.message}\n")
-                code = exc.code
-                continue
-            print(name)
-    return code
+        return output.per_name(
+            args.nodes, lambda name: client.call("RemoveNode", pb.RemoveNodeRequest(node=name, force=args.force))
+        )
 
 
 def _role(n: Any) -> str:

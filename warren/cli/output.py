@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from warren.cli.errors import CliError, Exit
 from warren.text import escape_control
 
 
@@ -101,3 +102,21 @@ def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
             label = f"{key}:" if i == 0 else ""
             lines.append(f"{label:<{width}}{escape_control(str(v))}")
     sys.stdout.write("\n".join(lines) + ("\n" if lines else ""))
+
+
+def per_name(names: Iterable[str], action: Callable[[str], object]) -> int:
+    """Run `action` on each name and print the name it succeeded for. A failure is one stderr line
+    and the others still run (like `docker rm a b`); the exit code is the last failure's. No
+    manager or no credentials stops at once: every other name would fail the same way."""
+    code = 0
+    for name in names:
+        try:
+            action(name)
+        except CliError as exc:
+            if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
+                raise
+            sys.stderr.write(f"warren: {exc.message}\n")
+            code = exc.code
+            continue
+        print(name)
+    return code

@@ -459,21 +459,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
     from warren.cli.client import connect
 
-    code = 0
     with connect(args) as client:
-        for name in args.names:
-            try:
-                client.call("RemoveService", pb.RemoveServiceRequest(service=name))
-            except CliError as exc:
-                if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
-                    raise
-                sys.stderr.write(f"warren: {exc.message}\n")
-                code = exc.code
-                continue
-            print(name)
-    return code
+        return output.per_name(
+            args.names, lambda name: client.call("RemoveService", pb.RemoveServiceRequest(service=name))
+        )
 
 
 def _rollout_brief(s: Any) -> str:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from warren.cli import units
-from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 
 _OPTION = value_type(lambda s: units.parse_key_value(s, "volume option"))
@@ -128,18 +126,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
     from warren.cli.client import connect
 
-    code = 0
     with connect(args) as client:
-        for name in args.volumes:
-            try:
-                client.call("RemoveVolume", pb.RemoveVolumeRequest(volume=name))
-            except CliError as exc:
-                if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
-                    raise
-                sys.stderr.write(f"warren: {exc.message}\n")
-                code = exc.code
-                continue
-            print(name)
-    return code
+        return output.per_name(
+            args.volumes, lambda name: client.call("RemoveVolume", pb.RemoveVolumeRequest(volume=name))
+        )
