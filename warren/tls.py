@@ -62,13 +62,16 @@ def server_credentials(
 
 
 def reloading_server_credentials(
-    directory: str | os.PathLike[str], roots: Callable[[], bytes] | None = None
+    directory: str | os.PathLike[str],
+    roots: Callable[[], bytes] | None = None,
+    open_key: Callable[[bytes], bytes] | None = None,
 ) -> grpc.ServerCredentials:
     """Like `server_credentials` for the credentials in `directory`, re-read on the next TLS
     handshake after the files change: a renewed certificate is served without a restart.
     `roots()`, if given, supplies the client CAs to trust and is asked at every handshake: a CA
     rotation must be trusted the moment it is committed (ADR 24). It is then the only source of
-    trust: ca.pem is never read for it (an empty answer keeps the roots trusted so far)."""
+    trust: ca.pem is never read for it (an empty answer keeps the roots trusted so far).
+    `open_key` reads a sealed key file (a manager's, under autolock: ADR 44)."""
     path = Path(directory)
 
     def trusted(creds: Credentials) -> bytes:
@@ -85,7 +88,7 @@ def reloading_server_credentials(
     loaded = [version()]
 
     def configuration() -> grpc.ServerCertificateConfiguration:
-        creds = load_credentials(path)
+        creds = load_credentials(path, open_key)
         return grpc.ssl_server_certificate_configuration([(creds.key_pem, creds.cert_pem)], trusted(creds))
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+from pathlib import Path
 from typing import Any
 
 MAX_KEY_INPUT = 256  # an unlock key is 52 characters: anything much longer is not one
@@ -26,8 +27,15 @@ def register(cmds: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the new key only")
     p.set_defaults(func=cmd_unlock_key)
 
-    p = cmds.add_parser("unlock", help="give a locked manager the unlock key, so that it serves again")
+    p = cmds.add_parser(
+        "unlock",
+        help="give a locked manager the unlock key, so that it serves again",
+        description="A manager restarted while autolock is on waits for the key on a unix socket in its "
+        "data directory: run this on its machine with --data-dir. Without --data-dir, the key goes to "
+        "the manager of the current context (one that runs but does not hold the cluster's keys).",
+    )
     p.add_argument("--key-stdin", action="store_true", help="read the unlock key from stdin")
+    p.add_argument("--data-dir", type=Path, help="the locked manager's data directory (its unlock socket)")
     p.set_defaults(func=cmd_unlock)
 
 
@@ -116,7 +124,37 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
 
     key = _read_key(args)
-    with connect(args) as client:
-        client.call("UnlockCluster", pb.UnlockClusterRequest(unlock_key=key))
+    if args.data_dir is not None:
+        _unlock_local(args.data_dir, key)
+    else:
+        with connect(args) as client:
+            client.call("UnlockCluster", pb.UnlockClusterRequest(unlock_key=key))
     print("Unlocked.")
     return 0
+
+
+def _unlock_local(data_dir: Path, key: str) -> None:
+    """Over the locked manager's unix socket (ADR 44): no TLS, the socket's mode is the guard."""
+    import grpc
+
+    from warren.api.v1 import control_pb2 as pb
+    from warren.api.v1 import control_pb2_grpc
+    from warren.cli.errors import CliError, Exit
+    from warren.manager.lockedstart import socket_path
+
+    path = socket_path(data_dir)
+    if not path.is_socket():
+        raise CliError(
+            f"no locked manager in {data_dir} (no {path}): it is not running, or not locked", Exit.UNAVAILABLE
+        )
+    try:
+        with grpc.insecure_channel(f"unix:{path}") as channel:
+            control_pb2_grpc.ControlStub(channel).UnlockCluster(pb.UnlockClusterRequest(unlock_key=key), timeout=30)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = (exc.details() or code.name).strip()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            raise CliError(details, Exit.USAGE) from None
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"cannot reach the locked manager at {path}: {details}", Exit.UNAVAILABLE) from None
+        raise CliError(details, Exit.FAILURE) from None

@@ -45,10 +45,17 @@ _CA_AD = b"warren locked ca key v1"
 _LOCAL_AD = b"warren locked file v1 "
 MANAGER_LOCKED = "this manager is locked: run warren cluster unlock"
 _WRONG_KEY = "wrong unlock key: it does not open this cluster's keys"
+# What a locked manager adds to a wrong key: it opens with the key in force when it stopped.
+ROTATION_HINT = "a manager that was down during a rotation needs the key in force when it stopped"
 
 
 class UnlockKeyError(secretkeys.SecretKeyError):
     """An unlock key that is malformed, or not the cluster's (one line, for the operator)."""
+
+
+class ManagerLockedError(cakey.CAKeyError):
+    """The cluster is locked and this manager does not hold the KEK: it cannot sign. A caller
+    should try another manager (UNAVAILABLE), not take it for a broken CA."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def authority(raft_secret: str, keyring: secretkeys.KeyRing) -> cakey.Authority:
         try:
             kek = keyring.kek(cluster)
         except secretkeys.SecretKeyError:
-            raise cakey.CAKeyError(MANAGER_LOCKED) from None
+            raise ManagerLockedError(MANAGER_LOCKED) from None
         return ca_key(cluster, kek)
 
     return cakey.Authority(raft_secret, open_locked)

@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from warren import carotation, certinfo, commands, pki, tls
-from warren.manager import autolock, cakey
+from warren.manager import autolock, cakey, lockedfiles, secretkeys
 from warren.manager.nodeca import NODE_CERT_DAYS
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.secretkeys import KeyRing
@@ -40,27 +41,37 @@ class _Readable(Protocol):
     def read(self): ...  # a context manager yielding the ClusterState
 
 
-def load_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo | None) -> tls.Credentials:
-    """This manager's credentials, its TLS key opened by the KEK if autolock sealed it (ADR 44)."""
+def key_opener(keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]) -> Callable[[bytes], bytes]:
+    """What turns this manager's TLS key file into a PEM: itself, or opened by the KEK if
+    autolock sealed it (ADR 44). For every reader of certs/: the server, renewal, outgoing calls."""
 
     def open_key(stored: bytes) -> bytes:
-        if cluster is None or not autolock.is_sealed_local(stored.decode(errors="replace")):
+        if not autolock.is_sealed_local(stored.decode(errors="replace")):
             return stored
-        return autolock.open_tls_key(keyring.kek(cluster), stored)
+        current = cluster()
+        if current is None:
+            raise secretkeys.SecretKeyError("the TLS key is sealed and the cluster state is empty")
+        return autolock.open_tls_key(keyring.kek(current), stored)
 
-    return tls.load_credentials(certs, open_key)
+    return open_key
+
+
+def load_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo | None) -> tls.Credentials:
+    """This manager's credentials, its TLS key opened by the KEK if autolock sealed it (ADR 44)."""
+    return tls.load_credentials(certs, key_opener(keyring, lambda: cluster))
 
 
 def save_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo, roots: bytes, cert: bytes, key: bytes) -> None:
     """Write this manager's credentials, the key sealed by the KEK if the one on disk is: a
     renewal while locked must not leave the key in plain text (ADR 44)."""
-    try:
-        current = (certs / tls.KEY_FILE).read_bytes()
-    except FileNotFoundError:
-        current = b""
-    if autolock.is_sealed_local(current.decode(errors="replace")):
-        key = autolock.seal_tls_key_like(keyring.kek(cluster), current, key)
-    tls.save_credentials(certs, roots, cert, key)
+    with lockedfiles.FILES_LOCK:
+        try:
+            current = (certs / tls.KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if autolock.is_sealed_local(current.decode(errors="replace")):
+            key = autolock.seal_tls_key_like(keyring.kek(cluster), current, key)
+        tls.save_credentials(certs, roots, cert, key)
 
 
 def renew_certificate(

@@ -21,6 +21,7 @@ from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import autolock
+from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
@@ -268,7 +269,9 @@ class ControlService(
             )
         if self._certs_dir is None or not node.addr:
             return cpb.ManagerInfo(error="not asked")
-        creds = tls.channel_credentials(*tls.load_credentials(self._certs_dir))
+        with self._store.read() as state:  # under autolock the TLS key is sealed (ADR 44)
+            own = load_own(self._certs_dir, self._keyring, state.cluster)
+        creds = tls.channel_credentials(*own)
         try:
             async with grpc.aio.secure_channel(node.addr, creds, options=tls.channel_options()) as channel:
                 answer = await managers_pb2_grpc.ManagersStub(channel).RaftStatus(

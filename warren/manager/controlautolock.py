@@ -41,6 +41,8 @@ class AutolockControl:
 
         async def _propose(self, command: commands.Command) -> commands.Result: ...
 
+        async def _keyed_cluster(self) -> ClusterInfo: ...  # SecretsControl: the first key pair
+
     def _held_kek(self, cluster: ClusterInfo) -> bytes:
         try:
             return self._keyring.kek(cluster)
@@ -61,8 +63,11 @@ class AutolockControl:
             keys = autolock.unlock_by_kek(cluster, self._raft_secret, self._held_kek(cluster))
             await self._set_keys(cluster, keys)
             return cpb.UnlockKeyResponse(autolock=False)
-        if cluster.kek_wrapped:
-            self._held_kek(cluster)  # keep it: after the lock the Raft secret no longer opens it
+        # A cluster without secrets gets its key pair first, under the Raft root, in an entry of
+        # its own: every manager opens the KEK as that entry applies (LockKeeper), before the
+        # lock moves it under the unlock key, so no follower is left locked (ADR 44).
+        cluster = await self._keyed_cluster()
+        self._held_kek(cluster)  # keep it: after the lock the Raft secret no longer opens it
         unlock_key = autolock.new_unlock_key()
         try:
             keys = autolock.lock(cluster, self._raft_secret, unlock_key)

@@ -7,11 +7,16 @@ crash part-way leaves every file whole, either plain or sealed, and a retry fini
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from warren import datadir, tls
 from warren.manager import autolock
+
+# Held while sealing, unsealing, or writing a renewed TLS key (certificates.save_own): a renewal
+# racing a seal could otherwise leave the old key sealed beside the new certificate.
+FILES_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -30,11 +35,21 @@ def is_sealed(data: Path) -> bool:
     return autolock.is_sealed_local(_files(data)["raft.secret"].read_text())
 
 
-def seal(data: Path, kek: bytes) -> None:
-    for purpose, path in _files(data).items():
-        stored = path.read_text()
-        if not autolock.is_sealed_local(stored):
-            datadir.write_atomic(path, autolock.seal_local(kek, purpose, stored.encode()))
+def any_sealed(data: Path) -> bool:
+    """Whether either file is sealed (a crash part-way through a seal leaves one of each)."""
+    return any(autolock.is_sealed_local(path.read_text()) for path in _files(data).values())
+
+
+def seal(data: Path, kek: bytes) -> bool:
+    """Seal what is still plain; True if a file was sealed now."""
+    sealed = False
+    with FILES_LOCK:
+        for purpose, path in _files(data).items():
+            stored = path.read_text()
+            if not autolock.is_sealed_local(stored):
+                datadir.write_atomic(path, autolock.seal_local(kek, purpose, stored.encode()))
+                sealed = True
+    return sealed
 
 
 def open_all(data: Path, kek: bytes) -> ManagerSecrets:
@@ -48,7 +63,8 @@ def open_all(data: Path, kek: bytes) -> ManagerSecrets:
 
 
 def unseal(data: Path, kek: bytes) -> None:
-    opened = open_all(data, kek)
-    files = _files(data)
-    datadir.write_atomic(files["raft.secret"], opened.raft_secret.encode())
-    datadir.write_atomic(files[autolock.TLS_KEY_PURPOSE], opened.tls_key_pem)
+    with FILES_LOCK:
+        opened = open_all(data, kek)
+        files = _files(data)
+        datadir.write_atomic(files["raft.secret"], opened.raft_secret.encode())
+        datadir.write_atomic(files[autolock.TLS_KEY_PURPOSE], opened.tls_key_pem)

@@ -112,6 +112,7 @@ class KeyRing:
     re-read whenever the cluster's wrapped key changes."""
 
     def __init__(self, raft_secret: str) -> None:
+        self.raft_secret = raft_secret
         self._root = root_key(raft_secret) if raft_secret else b""
         self._kek = b""
         self._wrapped = ""

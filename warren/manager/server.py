@@ -289,6 +289,7 @@ def build_server(
     trusted_roots: Callable[[], frozenset[str]] | None = None,
     trust_bundle: Callable[[], bytes] | None = None,
     locked: Callable[[], str] | None = None,
+    open_key: Callable[[bytes], bytes] | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
@@ -307,7 +308,7 @@ def build_server(
     if certs_dir is None:
         creds = tls.server_credentials(*credentials)
     else:
-        creds = tls.reloading_server_credentials(certs_dir, trust_bundle)
+        creds = tls.reloading_server_credentials(certs_dir, trust_bundle, open_key)
     bound = server.add_secure_port(listen_addr, creds)
     if bound == 0:
         raise OSError(f"cannot listen on {listen_addr}")
