@@ -157,7 +157,7 @@ def test_a_locked_manager_seals_its_files_serves_only_unlock_and_opens_with_the_
     key_file.write_text(key)  # the retired key: the manager stops with one line
     manager.start_args = [*plain_args, "--unlock-key-file", str(key_file)]
     manager.stop()
-    with pytest.raises(RuntimeError, match="wrong unlock key.*in force when it stopped"):
+    with pytest.raises(RuntimeError, match=r"wrong unlock key.*in force when it stopped"):
         manager.start()
     key_file.write_text(rotated + "\n")
     manager.start()  # --unlock-key-file: it opens its files and serves at once
