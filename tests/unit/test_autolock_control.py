@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -138,6 +139,9 @@ def test_disable_goes_back_under_the_raft_secret_without_the_key(ca: pki.Certifi
         (["cluster", "unlock", "--key-stdin"], "WRNKEY-1-@@@@\n", "damaged"),
         (["cluster", "unlock"], "", "no unlock key: pass it on stdin with --key-stdin"),
         (["cluster", "update", "--autolock", "yes"], "", "expected true or false"),
+        (["cluster", "update", "--autolock", "maybe"], "", "expected true or false"),
+        (["cluster", "unlock", "--key-stdin", "--data-dir", "/nonexistent"], "\n", "the unlock key is empty"),
+        (["cluster", "unlock", "--key-stdin", "--data-dir", "/nonexistent"], "WRNKEY-1-abc\n", "truncated"),
         (["cluster", "init", "--unlock-key-file", "/nonexistent/key"], "", "cannot read /nonexistent/key"),
         (["cluster", "init", "--unlock-key-file", "/etc/hostname"], "", "not an unlock key"),
     ],
@@ -151,6 +155,18 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv: list[str], stdin: str, needl
         done = run_cli(*argv)
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_unlock_of_a_data_dir_with_no_locked_manager_says_so_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "warren.cli.main", "cluster", "unlock", "--key-stdin", "--data-dir", str(tmp_path)],
+        input=autolock.new_unlock_key(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5 and "no locked manager in" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
 
 
 def test_a_manager_that_starts_while_locked_says_so_until_unlocked(ca: pki.CertificateAuthority) -> None:
