@@ -84,6 +84,31 @@ def test_a_follower_holds_the_kek_after_autolock_is_enabled_on_a_cluster_with_no
     assert autolock.ca_key(locked.obj, ring.kek(locked.obj)) == ca.key_pem
 
 
+def test_a_follower_that_installs_a_snapshot_with_the_first_pair_holds_the_kek(
+    ca: pki.CertificateAuthority, tmp_path: Path
+) -> None:
+    kek_wrapped, dek_wrapped = KeyRing(RAFT_SECRET).new_key_pair()
+    store = InMemoryState()
+    store.put(Put("cluster", msgspec.structs.replace(_cluster(ca), kek_wrapped=kek_wrapped, dek_wrapped=dek_wrapped)))
+
+    async def install() -> KeyRing:
+        ring = KeyRing(RAFT_SECRET)
+        LockKeeper(tmp_path, store, ring).observe(7, None)  # what Store.restore announces
+        return ring
+
+    ring = run(install())
+    cluster = _cluster_of(store)
+    keys = autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key())  # the lock commits next
+    locked = msgspec.structs.replace(cluster, kek_wrapped=keys.kek_wrapped, ca_key_pem=keys.ca_key_pem)
+    assert ring.holds_kek(locked)  # opened as the snapshot installed: not left locked
+
+
+def _cluster_of(store: InMemoryState) -> ClusterInfo:
+    cluster = store.snapshot().cluster
+    assert cluster is not None
+    return cluster
+
+
 def test_the_keeper_seals_the_files_while_locked_and_unseals_them_when_autolock_is_off(
     ca: pki.CertificateAuthority, tmp_path: Path
 ) -> None:

@@ -35,6 +35,10 @@ class LockKeeper:
 
     def observe(self, index: int, changes: list[Change] | None) -> None:
         """A store watcher (apply thread): each committed version of the cluster, in order."""
+        if changes is None:  # a snapshot installed: it may hold a pair the Raft secret still opens
+            with self._store.read() as state:
+                if state.cluster is not None:
+                    self.hold_kek_if_possible(state.cluster)
         for change in changes or ():
             if isinstance(change, Put) and isinstance(change.obj, ClusterInfo):
                 self.hold_kek_if_possible(change.obj)
