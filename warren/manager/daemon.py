@@ -5,7 +5,9 @@ and hands it, at most, a job to run while it serves (`alongside`).
 
 Data directory layout (everything a manager needs to resume after kill -9):
     manager.json   this manager's identity and addresses, written before the cluster exists
-    raft.secret    the cluster secret that encrypts and authenticates Raft traffic
+    raft.secret    the cluster secret that encrypts and authenticates Raft traffic (sealed by
+                   the KEK while autolock is on, as is certs/key.pem: ADR 44)
+    control.sock   only while this manager waits for its unlock key (ADR 44, `lockedstart`)
     ca-key.pem     the cluster CA key, only from the first start until the cluster is committed
                    (the state holds it from then on, wrapped: ADR 24); then deleted
     certs/         this manager's CA, certificate and key
