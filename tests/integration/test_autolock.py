@@ -122,6 +122,7 @@ def test_a_locked_manager_seals_its_files_serves_only_unlock_and_opens_with_the_
     assert manager.cli("cluster", "info").returncode == 5  # no TLS listener: remote clients go elsewhere
     info = _locked_socket(manager).GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
     assert info.autolock and info.locked and info.id
+    assert "THIS MANAGER IS LOCKED" in _ok(manager, "cluster", "info", "--data-dir", str(manager.data_dir))
     for refused in (
         lambda stub: stub.ListServices(cpb.ListServicesRequest(), timeout=10),
         lambda stub: stub.GetUnlockKey(cpb.GetUnlockKeyRequest(rotate=True), timeout=10),

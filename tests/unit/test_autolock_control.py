@@ -157,9 +157,10 @@ def test_cli_bad_input_is_one_line_and_exit_2(argv: list[str], stdin: str, needl
     assert needle in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
-def test_unlock_of_a_data_dir_with_no_locked_manager_says_so_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [["unlock", "--key-stdin"], ["info"]])
+def test_a_data_dir_with_no_locked_manager_says_so_in_one_line(tmp_path: Path, command: list[str]) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "warren.cli.main", "cluster", "unlock", "--key-stdin", "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "warren.cli.main", "cluster", *command, "--data-dir", str(tmp_path)],
         input=autolock.new_unlock_key(),
         capture_output=True,
         text=True,

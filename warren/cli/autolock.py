@@ -134,10 +134,22 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def _unlock_local(data_dir: Path, key: str) -> None:
+    from warren.api.v1 import control_pb2 as pb
+
+    _local_call(data_dir, "UnlockCluster", pb.UnlockClusterRequest(unlock_key=key))
+
+
+def locked_info(data_dir: Path) -> Any:
+    """`cluster info --data-dir`: what a locked manager's socket says about it."""
+    from warren.api.v1 import control_pb2 as pb
+
+    return _local_call(data_dir, "GetClusterInfo", pb.GetClusterInfoRequest())
+
+
+def _local_call(data_dir: Path, method: str, request: Any) -> Any:
     """Over the locked manager's unix socket (ADR 44): no TLS, the socket's mode is the guard."""
     import grpc
 
-    from warren.api.v1 import control_pb2 as pb
     from warren.api.v1 import control_pb2_grpc
     from warren.cli.errors import CliError, Exit
     from warren.manager.lockedstart import socket_path
@@ -149,7 +161,7 @@ def _unlock_local(data_dir: Path, key: str) -> None:
         )
     try:
         with grpc.insecure_channel(f"unix:{path}") as channel:
-            control_pb2_grpc.ControlStub(channel).UnlockCluster(pb.UnlockClusterRequest(unlock_key=key), timeout=30)
+            return getattr(control_pb2_grpc.ControlStub(channel), method)(request, timeout=30)
     except grpc.RpcError as exc:
         code = exc.code()
         details = (exc.details() or code.name).strip()

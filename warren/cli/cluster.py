@@ -79,6 +79,7 @@ def register(groups: Any) -> None:
 
     p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
     p.add_argument("--consistent", action="store_true", help="confirm leadership through Raft before answering")
+    p.add_argument("--data-dir", type=Path, help="ask the locked manager in DIR, on its unlock socket (ADR 44)")
     add_format_flag(p)
     p.set_defaults(func=cmd_info)
 
@@ -153,6 +154,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from warren.cli import output
     from warren.cli.client import connect
 
+    if args.data_dir is not None:
+        info = autolock.locked_info(args.data_dir)
+        if args.format == "json":
+            output.print_json(info)
+        else:
+            output.print_fields([("ID", info.id), ("Autolock", "on; THIS MANAGER IS LOCKED (warren cluster unlock)")])
+        return 0
     with connect(args) as client:
         info = client.call("GetClusterInfo", pb.GetClusterInfoRequest(consistent=args.consistent))
     if args.format == "json":
