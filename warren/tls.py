@@ -62,13 +62,16 @@ def server_credentials(
 
 
 def reloading_server_credentials(
-    directory: str | os.PathLike[str], roots: Callable[[], bytes] | None = None
+    directory: str | os.PathLike[str],
+    roots: Callable[[], bytes] | None = None,
+    open_key: Callable[[bytes], bytes] | None = None,
 ) -> grpc.ServerCredentials:
     """Like `server_credentials` for the credentials in `directory`, re-read on the next TLS
     handshake after the files change: a renewed certificate is served without a restart.
     `roots()`, if given, supplies the client CAs to trust and is asked at every handshake: a CA
     rotation must be trusted the moment it is committed (ADR 24). It is then the only source of
-    trust: ca.pem is never read for it (an empty answer keeps the roots trusted so far)."""
+    trust: ca.pem is never read for it (an empty answer keeps the roots trusted so far).
+    `open_key` reads a sealed key file (a manager's, under autolock: ADR 44)."""
     path = Path(directory)
 
     def trusted(creds: Credentials) -> bytes:
@@ -85,7 +88,7 @@ def reloading_server_credentials(
     loaded = [version()]
 
     def configuration() -> grpc.ServerCertificateConfiguration:
-        creds = load_credentials(path)
+        creds = load_credentials(path, open_key)
         return grpc.ssl_server_certificate_configuration([(creds.key_pem, creds.cert_pem)], trusted(creds))
 
     def fetch() -> grpc.ServerCertificateConfiguration | None:
@@ -218,9 +221,12 @@ def replace_credential_files(
     datadir.write_atomic(ca_path, ca_pem, datadir.PUBLIC)
 
 
-def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
+def load_credentials(
+    directory: str | os.PathLike[str], open_key: Callable[[bytes], bytes] | None = None
+) -> Credentials:
     """Read the three files back; a missing file raises MissingCredentialsError naming it, and a
-    key that does not belong to the cert raises PkiError. Needs no `cryptography` (certinfo)."""
+    key that does not belong to the cert raises PkiError. Needs no `cryptography` (certinfo)
+    unless `open_key` (a manager's, under autolock: ADR 44) turns a sealed key file into a PEM."""
     from warren.certinfo import PkiError, key_matches_files
 
     path = Path(directory)
@@ -231,8 +237,14 @@ def load_credentials(directory: str | os.PathLike[str]) -> Credentials:
             found[name] = file.read_bytes()
         except FileNotFoundError as exc:
             raise MissingCredentialsError(f"credential file {name} is missing from {path}") from exc
-    creds = Credentials(found[CA_FILE], found[CERT_FILE], found[KEY_FILE])
-    if not key_matches_files(path / CERT_FILE, path / KEY_FILE):
+    key_pem = open_key(found[KEY_FILE]) if open_key is not None else found[KEY_FILE]
+    creds = Credentials(found[CA_FILE], found[CERT_FILE], key_pem)
+    if key_pem != found[KEY_FILE]:  # opened: the file itself is not a PEM to compare
+        from warren.pki import key_matches_cert
+
+        if not key_matches_cert(found[CERT_FILE], key_pem):
+            raise PkiError(f"{path / KEY_FILE} does not match {path / CERT_FILE}")
+    elif not key_matches_files(path / CERT_FILE, path / KEY_FILE):
         raise PkiError(f"{path / KEY_FILE} does not match {path / CERT_FILE}")
     return creds
 

@@ -97,7 +97,9 @@ class Manager:
     def node_id(self) -> str:
         return json.loads((self.data_dir / "manager.json").read_text())["node_id"]
 
-    def start(self, timeout: float = 20.0) -> None:
+    def start(self, timeout: float = 20.0, wait: bool = True) -> None:
+        """Start the process and wait until it serves (`wait=False`: a locked manager, ADR 44,
+        serves only its unlock socket; the caller waits for what it expects)."""
         first_start = not (self.data_dir / "manager.json").exists()
         log = open(self.root / "manager.log", "ab")  # noqa: SIM115 - owned by the process
         if self.founder is not None:
@@ -131,6 +133,8 @@ class Manager:
             env=self.env(),
             cwd=self.root,
         )
+        if not wait:
+            return
         try:
             wait_for(self._serving, timeout=timeout, message="the manager to serve")
         except AssertionError:

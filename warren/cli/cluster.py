@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import certs, units, worker
+from warren.cli import autolock, certs, units, worker
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -62,6 +62,7 @@ def register(groups: Any) -> None:
     worker.add_wireguard_flags(p)  # for the embedded agent
     worker.add_state_map_size_flag(p)
     worker.add_resolve_images_flag(p)
+    autolock.add_unlock_key_file_flag(p)
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -78,6 +79,7 @@ def register(groups: Any) -> None:
 
     p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
     p.add_argument("--consistent", action="store_true", help="confirm leadership through Raft before answering")
+    p.add_argument("--data-dir", type=Path, help="ask the locked manager in DIR, on its unlock socket (ADR 44)")
     add_format_flag(p)
     p.set_defaults(func=cmd_info)
 
@@ -94,6 +96,12 @@ def register(groups: Any) -> None:
         metavar="true|false",
         help="rebalance replicated services by themselves when a node joins or returns (default: false)",
     )
+    p.add_argument(
+        "--autolock",
+        type=_on_off,
+        metavar="true|false",
+        help="managers need the unlock key (printed once, when turned on) to start (ADR 44; default: false)",
+    )
     p.set_defaults(func=cmd_update)
 
     p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
@@ -103,6 +111,7 @@ def register(groups: Any) -> None:
     p.set_defaults(func=cmd_join_token)
 
     certs.register(cmds)
+    autolock.register(cmds)
     worker.add_join_parser(cmds)
 
 
@@ -123,6 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         "vip_range",
         "state_map_size",
         "resolve_images",
+        "unlock_key",
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -144,6 +154,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from warren.cli import output
     from warren.cli.client import connect
 
+    if args.data_dir is not None:
+        info = autolock.locked_info(args.data_dir)
+        if args.format == "json":
+            output.print_json(info)
+        else:
+            output.print_fields([("ID", info.id), ("Autolock", "on; THIS MANAGER IS LOCKED (warren cluster unlock)")])
+        return 0
     with connect(args) as client:
         info = client.call("GetClusterInfo", pb.GetClusterInfoRequest(consistent=args.consistent))
     if args.format == "json":
@@ -170,6 +187,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"every {units.format_duration(info.wg_key_rotation_period)}" if info.wg_key_rotation_period else "off",
             ),
             ("Auto-rebalance", "on" if info.auto_rebalance else "off"),
+            ("Autolock", ("on" if info.autolock else "off") + ("; THIS MANAGER IS LOCKED" if info.locked else "")),
             ("Nodes", info.nodes),
             ("Services", info.services),
             ("Tasks", info.tasks),
@@ -201,14 +219,18 @@ def cmd_update(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
     from warren.cli.errors import CliError, Exit
 
-    if args.wireguard_key_rotation is None and args.auto_rebalance is None:
-        raise CliError("nothing to change: give --wireguard-key-rotation or --auto-rebalance", Exit.USAGE)
+    if args.wireguard_key_rotation is None and args.auto_rebalance is None and args.autolock is None:
+        raise CliError("nothing to change: give --wireguard-key-rotation, --auto-rebalance or --autolock", Exit.USAGE)
     request = pb.UpdateClusterRequest()
     if args.wireguard_key_rotation is not None:
         request.wg_key_rotation_period = args.wireguard_key_rotation
     if args.auto_rebalance is not None:
         request.auto_rebalance = args.auto_rebalance
     with connect(args) as client:
+        if args.autolock is not None:
+            autolock.apply_autolock(client, args.autolock)
+        if args.wireguard_key_rotation is None and args.auto_rebalance is None:
+            return 0
         info = client.call("UpdateCluster", request)
     if args.wireguard_key_rotation is not None:
         period = info.wg_key_rotation_period

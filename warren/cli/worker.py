@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from warren.cli import units
+from warren.cli import autolock, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
 from warren.text import has_control, shown
@@ -92,6 +92,7 @@ def add_join_parser(cmds: Any) -> None:
     )
     add_state_map_size_flag(managers)
     add_resolve_images_flag(managers)
+    autolock.add_unlock_key_file_flag(managers)  # a manager that resumes while locked (ADR 44)
     p.set_defaults(func=cmd_join)
 
 
@@ -300,6 +301,7 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
         "metrics_addr",
         "state_map_size",
         "resolve_images",
+        "unlock_key",
     )
     for name in names:
         if getattr(args, name, None) is not None:

@@ -37,17 +37,25 @@ from warren.manager import cakey, secretkeys
 from warren.model import ClusterInfo
 
 UNLOCK_KEY_PREFIX = "WRNKEY-1-"
-LOCKED_PREFIX = "warren-locked-v1:"
+LOCKED_PREFIX = cakey.LOCKED_PREFIX
 _KEY_BYTES = 32
 _NONCE = 12
 _ROOT_INFO = b"warren unlock root v1"
 _CA_AD = b"warren locked ca key v1"
 _LOCAL_AD = b"warren locked file v1 "
+MANAGER_LOCKED = "this manager is locked: run warren cluster unlock"
 _WRONG_KEY = "wrong unlock key: it does not open this cluster's keys"
+# What a locked manager adds to a wrong key: it opens with the key in force when it stopped.
+ROTATION_HINT = "a manager that was down during a rotation needs the key in force when it stopped"
 
 
 class UnlockKeyError(secretkeys.SecretKeyError):
     """An unlock key that is malformed, or not the cluster's (one line, for the operator)."""
+
+
+class ManagerLockedError(cakey.CAKeyError):
+    """The cluster is locked and this manager does not hold the KEK: it cannot sign. A caller
+    should try another manager (UNAVAILABLE), not take it for a broken CA."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,24 @@ def ca_key(cluster: ClusterInfo, kek: bytes) -> bytes:
     return _open(kek, cluster.ca_key_pem, _CA_AD, "CA key")
 
 
+def authority(raft_secret: str, keyring: secretkeys.KeyRing) -> cakey.Authority:
+    """The CA of the state, opened by the Raft secret, or while locked by the KEK `keyring` holds."""
+
+    def open_locked(cluster: ClusterInfo) -> bytes:
+        try:
+            kek = keyring.kek(cluster)
+        except secretkeys.SecretKeyError:
+            raise ManagerLockedError(MANAGER_LOCKED) from None
+        return ca_key(cluster, kek)
+
+    return cakey.Authority(raft_secret, open_locked)
+
+
+def seal_ca_key(kek: bytes, ca_pem: bytes) -> str:
+    """A CA key for the state of a locked cluster (a CA rotation's new key, say)."""
+    return _seal(kek, ca_pem, _CA_AD)
+
+
 def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock on: the KEK moves from the Raft-derived root to the unlock key's, and the CA key
     under the KEK (so managers that hold the KEK keep signing through a lock or a rotation)."""
@@ -141,14 +167,20 @@ def lock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     else:  # no secrets yet: make the pair, as the first secret would
         kek_wrapped, dek_wrapped = secretkeys.new_key_pair(new_root)
         kek = secretkeys.open_kek(new_root, kek_wrapped)
-    return RootedKeys(secretkeys.wrap_kek(new_root, kek), dek_wrapped, _seal(kek, ca_pem, _CA_AD))
+    return RootedKeys(secretkeys.wrap_kek(new_root, kek), dek_wrapped, seal_ca_key(kek, ca_pem))
 
 
 def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKeys:
     """Autolock off: back under the Raft-derived root (the CA key wrapped as in ADR 24)."""
     if not is_locked(cluster):
         raise UnlockKeyError("autolock is already off")
-    kek = unlocked_kek(cluster, unlock_key)
+    return unlock_by_kek(cluster, raft_secret, unlocked_kek(cluster, unlock_key))
+
+
+def unlock_by_kek(cluster: ClusterInfo, raft_secret: str, kek: bytes) -> RootedKeys:
+    """Autolock off by a manager that holds the KEK (an unlocked leader: no key needed)."""
+    if not is_locked(cluster):
+        raise UnlockKeyError("autolock is already off")
     ca_pem = ca_key(cluster, kek)
     kek_wrapped = secretkeys.wrap_kek(secretkeys.root_key(raft_secret), kek)
     return RootedKeys(kek_wrapped, cluster.dek_wrapped, cakey.wrap(ca_pem, raft_secret))
@@ -156,7 +188,14 @@ def unlock(cluster: ClusterInfo, raft_secret: str, unlock_key: str) -> RootedKey
 
 def rotate(cluster: ClusterInfo, old_key: str, new_key: str) -> RootedKeys:
     """`cluster unlock-key --rotate`: the KEK under a new unlock key; nothing else changes."""
-    kek = unlocked_kek(cluster, old_key)
+    return rotate_by_kek(cluster, unlocked_kek(cluster, old_key), new_key)
+
+
+def rotate_by_kek(cluster: ClusterInfo, kek: bytes, new_key: str) -> RootedKeys:
+    """A rotation by a manager that holds the KEK: the old key is not needed."""
+    if not is_locked(cluster):
+        raise UnlockKeyError("autolock is off: there is no unlock key to rotate")
+    ca_key(cluster, kek)  # a KEK that is not this cluster's is refused before anything changes
     return RootedKeys(secretkeys.wrap_kek(unlock_root(new_key), kek), cluster.dek_wrapped, cluster.ca_key_pem)
 
 
@@ -172,3 +211,20 @@ def open_local(kek: bytes, purpose: str, stored: str) -> bytes:
 
 def is_sealed_local(stored: str) -> bool:
     return stored.lstrip().startswith(LOCKED_PREFIX)
+
+
+TLS_KEY_PURPOSE = "tls.key"
+
+
+def open_tls_key(kek: bytes, stored: bytes) -> bytes:
+    """A manager's TLS key as it is on disk: sealed under autolock, else the plain PEM."""
+    text = stored.decode(errors="replace")
+    return open_local(kek, TLS_KEY_PURPOSE, text) if is_sealed_local(text) else stored
+
+
+def seal_tls_key_like(kek: bytes, current: bytes, new_key_pem: bytes) -> bytes:
+    """A renewed TLS key stored as the current one is: sealed if it is, so that a renewal while
+    locked never writes the key in plain text."""
+    if is_sealed_local(current.decode(errors="replace")):
+        return seal_local(kek, TLS_KEY_PURPOSE, new_key_pem).encode()
+    return new_key_pem

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -24,6 +25,7 @@ from warren import pki
 from warren.model import ClusterInfo
 
 WRAPPED_PREFIX = "warren-wrapped-v1:"
+LOCKED_PREFIX = "warren-locked-v1:"  # sealed by the KEK under autolock (autolock.py, ADR 44)
 _INFO = b"warren ca key wrap v1"
 _NONCE_BYTES = 12
 
@@ -48,6 +50,8 @@ def wrap(key_pem: bytes, secret: str) -> str:
 
 def unwrap(stored: str, secret: str) -> bytes:
     """The CA key PEM from its stored form (a plain PEM from before wrapping is returned as is)."""
+    if stored.startswith(LOCKED_PREFIX):
+        raise CAKeyError("the CA key is locked (autolock): this manager does not hold the KEK")
     if not stored.startswith(WRAPPED_PREFIX):
         return stored.encode()
     try:
@@ -76,14 +80,18 @@ def trusted_key_ids(cluster: ClusterInfo) -> frozenset[str]:
 class Authority:
     """The CertificateAuthority of the current ClusterInfo, unwrapped and parsed once per root."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, open_locked: Callable[[ClusterInfo], bytes] | None = None) -> None:
         self._secret = secret
+        self._open_locked = open_locked  # under autolock (ADR 44): the KEK this manager holds
         self._pem = ""
         self._ca: pki.CertificateAuthority | None = None
 
     def get(self, cluster: ClusterInfo) -> pki.CertificateAuthority:
         if self._ca is None or self._pem != cluster.ca_cert_pem:
-            key = unwrap(cluster.ca_key_pem, self._secret)
+            if self._open_locked is not None and cluster.ca_key_pem.startswith(LOCKED_PREFIX):
+                key = self._open_locked(cluster)
+            else:
+                key = unwrap(cluster.ca_key_pem, self._secret)
             self._ca = pki.CertificateAuthority.from_pem(cluster.ca_cert_pem, key)
             self._pem = cluster.ca_cert_pem
         return self._ca

@@ -20,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 from warren import carotation, certinfo, commands, pki, tls
-from warren.manager import cakey
+from warren.manager import autolock, cakey, lockedfiles, secretkeys
 from warren.manager.nodeca import NODE_CERT_DAYS
 from warren.manager.ports import ProposalError, Proposer, StateReader
+from warren.manager.secretkeys import KeyRing
+from warren.model import ClusterInfo
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +41,61 @@ class _Readable(Protocol):
     def read(self): ...  # a context manager yielding the ClusterState
 
 
+def key_opener(keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]) -> Callable[[bytes], bytes]:
+    """What turns this manager's TLS key file into a PEM: itself, or opened by the KEK if
+    autolock sealed it (ADR 44). For every reader of certs/: the server, renewal, outgoing calls."""
+
+    def open_key(stored: bytes) -> bytes:
+        if not autolock.is_sealed_local(stored.decode(errors="replace")):
+            return stored
+        current = cluster()
+        if current is None:
+            raise secretkeys.SecretKeyError("the TLS key is sealed and the cluster state is empty")
+        return autolock.open_tls_key(keyring.kek(current), stored)
+
+    return open_key
+
+
+def load_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo | None) -> tls.Credentials:
+    """This manager's credentials, its TLS key opened by the KEK if autolock sealed it (ADR 44)."""
+    return tls.load_credentials(certs, key_opener(keyring, lambda: cluster))
+
+
+def save_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo, roots: bytes, cert: bytes, key: bytes) -> None:
+    """Write this manager's credentials, the key sealed by the KEK if the one on disk is: a
+    renewal while locked must not leave the key in plain text (ADR 44)."""
+    with lockedfiles.FILES_LOCK:
+        try:
+            current = (certs / tls.KEY_FILE).read_bytes()
+        except FileNotFoundError:
+            current = b""
+        if autolock.is_sealed_local(current.decode(errors="replace")):
+            key = autolock.seal_tls_key_like(keyring.kek(cluster), current, key)
+        tls.save_credentials(certs, roots, cert, key)
+
+
 def renew_certificate(
-    data: Path, store: _Readable, node_id: str, now: dt.datetime | None = None, raft_secret: str = ""
+    data: Path,
+    store: _Readable,
+    node_id: str,
+    now: dt.datetime | None = None,
+    raft_secret: str = "",
+    keyring: KeyRing | None = None,
 ) -> bool:
     """Re-issue this manager's certificate from the cluster CA (in the state) once a third of its
     lifetime is left. The API server reads the new one at its next handshake. True if renewed."""
     certs = data / "certs"
-    creds = tls.load_credentials(certs)
-    if not certinfo.renewal_due(creds.cert_pem, now):
-        return False
+    keyring = keyring or KeyRing(raft_secret)
     with store.read() as state:
         cluster = state.cluster
+    creds = load_own(certs, keyring, cluster)
+    if not certinfo.renewal_due(creds.cert_pem, now):
+        return False
     if cluster is None:
         return False
-    ca = cakey.Authority(raft_secret).get(cluster)
+    ca = autolock.authority(raft_secret, keyring).get(cluster)
     cert, key = ca.issue_keypair(node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
-    tls.save_credentials(certs, cakey.trust_bundle(cluster), cert, key)
+    save_own(certs, keyring, cluster, cakey.trust_bundle(cluster), cert, key)
     log.info("renewed this manager's certificate (valid until %s)", certinfo.validity(cert)[1])
     return True
 
@@ -61,14 +103,23 @@ def renew_certificate(
 class CertificateKeeper:
     """Keeps certs/ in step with the state's CA, and reports this manager's certificate root."""
 
-    def __init__(self, data: Path, store: StateReader, raft: Proposer, node_id: str, raft_secret: str) -> None:
+    def __init__(
+        self,
+        data: Path,
+        store: StateReader,
+        raft: Proposer,
+        node_id: str,
+        raft_secret: str,
+        keyring: KeyRing | None = None,
+    ) -> None:
         self._certs = data / "certs"
         self._data = data
         self._store = store
         self._raft = raft
         self._node_id = node_id
         self._secret = raft_secret
-        self._authority = cakey.Authority(raft_secret)
+        self._keyring = keyring or KeyRing(raft_secret)
+        self._authority = autolock.authority(raft_secret, self._keyring)
 
     def step(self) -> commands.Command | None:
         """Bring certs/ in line with the state (blocking file I/O); the command to propose, if any."""
@@ -82,18 +133,18 @@ class CertificateKeeper:
             started_at = cluster.ca_rotation_started_at
             agents_done = carotation.agents_done(state, current)
             finished = rotating and not carotation.pending(state, current)
-        creds = tls.load_credentials(self._certs)
+        creds = load_own(self._certs, self._keyring, cluster)
         roots = cakey.trust_bundle(cluster)
         issuer = pki.identity_of(creds.cert_pem).issuer_key_id
         if issuer != current and (not rotating or agents_done):
             ca = self._authority.get(cluster)
             cert, key = ca.issue_keypair(self._node_id, pki.ROLE_MANAGER, validity_days=NODE_CERT_DAYS)
-            tls.save_credentials(self._certs, roots, cert, key)
+            save_own(self._certs, self._keyring, cluster, roots, cert, key)
             issuer = current
             log.info("this manager now serves a certificate from the cluster's current CA")
         elif creds.ca_pem != roots:
             # For the outgoing channels only (see the module docstring): the server trusts the state.
-            tls.save_credentials(self._certs, roots, creds.cert_pem, creds.key_pem)
+            save_own(self._certs, self._keyring, cluster, roots, creds.cert_pem, creds.key_pem)
             log.info("this manager now trusts %s", "the old and the new CA" if rotating else "the current CA only")
         if node is not None and node.manager_cert_ca != issuer:
             return commands.RecordNodeCertificate(self._node_id, issuer, manager=True)
@@ -109,7 +160,12 @@ class CertificateKeeper:
                 if loop.time() - last_expiry_check >= CERT_CHECK_PERIOD:
                     last_expiry_check = loop.time()
                     await asyncio.to_thread(
-                        renew_certificate, self._data, self._store, self._node_id, raft_secret=self._secret
+                        renew_certificate,
+                        self._data,
+                        self._store,
+                        self._node_id,
+                        raft_secret=self._secret,
+                        keyring=self._keyring,
                     )
                 command = await asyncio.to_thread(self.step)
                 if command is not None:

@@ -20,7 +20,9 @@ from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
-from warren.manager import cakey
+from warren.manager import autolock
+from warren.manager.certificates import load_own
+from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
@@ -133,7 +135,12 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
 
 
 class ControlService(
-    CertificatesControl, VolumesControl, SecretsControl, RegistryControl, control_pb2_grpc.ControlServicer
+    CertificatesControl,
+    VolumesControl,
+    SecretsControl,
+    RegistryControl,
+    AutolockControl,
+    control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
 
@@ -146,10 +153,12 @@ class ControlService(
         certs_dir: Path | None = None,
         raft_secret: str = "",
         images: DigestLookup | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
-        self._authority = cakey.Authority(raft_secret)
-        self._keyring = KeyRing(raft_secret)  # seals secrets before they are proposed (ADR 38)
+        # seals secrets before they are proposed (ADR 38); holds the KEK under autolock (ADR 44)
+        self._keyring = keyring or KeyRing(raft_secret)
+        self._authority = autolock.authority(raft_secret, self._keyring)
         self._store = store
         self._raft = raft
         self._timeout = timeout
@@ -200,6 +209,8 @@ class ControlService(
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
                 auto_rebalance=cluster.auto_rebalance,
+                autolock=autolock.is_locked(cluster),
+                locked=autolock.is_locked(cluster) and not self._keyring.holds_kek(cluster),
             )
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)
@@ -258,7 +269,9 @@ class ControlService(
             )
         if self._certs_dir is None or not node.addr:
             return cpb.ManagerInfo(error="not asked")
-        creds = tls.channel_credentials(*tls.load_credentials(self._certs_dir))
+        with self._store.read() as state:  # under autolock the TLS key is sealed (ADR 44)
+            own = load_own(self._certs_dir, self._keyring, state.cluster)
+        creds = tls.channel_credentials(*own)
         try:
             async with grpc.aio.secure_channel(node.addr, creds, options=tls.channel_options()) as channel:
                 answer = await managers_pb2_grpc.ManagersStub(channel).RaftStatus(

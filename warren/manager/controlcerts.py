@@ -17,8 +17,9 @@ from warren import carotation, commands, pki
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.ids import new_id
-from warren.manager import cakey
+from warren.manager import autolock, cakey
 from warren.manager.nodeca import check_csr_size, issue_from_csr
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, caller
 from warren.model import AdminCert, ClusterInfo, NodeRole
 from warren.state import ClusterState
@@ -91,6 +92,7 @@ class CertificatesControl:
     _store: StateReader
     _authority: cakey.Authority
     _raft_secret: str
+    _keyring: KeyRing
 
     if TYPE_CHECKING:
 
@@ -199,7 +201,10 @@ class CertificatesControl:
                 grpc.StatusCode.FAILED_PRECONDITION, "a CA rotation is already under way: see `warren cluster ca`"
             )
         ca = await asyncio.to_thread(pki.CertificateAuthority.create, cluster.id)
-        wrapped = cakey.wrap(ca.key_pem, self._raft_secret)
+        if autolock.is_locked(cluster):  # the new key under the KEK, as the old one (ADR 44)
+            wrapped = autolock.seal_ca_key(self._keyring.kek(cluster), ca.key_pem)
+        else:
+            wrapped = cakey.wrap(ca.key_pem, self._raft_secret)
         await self._propose(commands.StartCARotation(ca.cert_pem.decode(), wrapped, time.time()))
         with self._store.read() as state:
             return ca_status(state)

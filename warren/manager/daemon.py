@@ -5,7 +5,9 @@ and hands it, at most, a job to run while it serves (`alongside`).
 
 Data directory layout (everything a manager needs to resume after kill -9):
     manager.json   this manager's identity and addresses, written before the cluster exists
-    raft.secret    the cluster secret that encrypts and authenticates Raft traffic
+    raft.secret    the cluster secret that encrypts and authenticates Raft traffic (sealed by
+                   the KEK while autolock is on, as is certs/key.pem: ADR 44)
+    control.sock   only while this manager waits for its unlock key (ADR 44, `lockedstart`)
     ca-key.pem     the cluster CA key, only from the first start until the cluster is committed
                    (the state holds it from then on, wrapped: ADR 24); then deleted
     certs/         this manager's CA, certificate and key
@@ -24,19 +26,20 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 from warren import clientconfig, tls
-from warren.manager import cakey, metrics
+from warren.manager import autolock, cakey, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
-from warren.manager.certificates import CertificateKeeper
+from warren.manager.certificates import CertificateKeeper, key_opener, load_own
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.imagepin import RegistryDigests
+from warren.manager.lockkeeper import LockKeeper
 from warren.manager.logbroker import LogBroker
 from warren.manager.loops import hand_over_leadership, track_health, watch_demotion
 from warren.manager.membership import ManagersService, manager_addrs
@@ -62,6 +65,7 @@ from warren.manager.startup import (
 )
 from warren.manager.store import Store, open_environment
 from warren.manager.taskfiles import TaskFileSource
+from warren.model import ClusterInfo
 from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
 from warren.text import format_size
 
@@ -91,6 +95,16 @@ async def serve(options: ManagerOptions, stop: asyncio.Event, alongside: Alongsi
     """Run the manager inside an already running event loop (a promoted worker's agent, ADR 15)
     until `stop` is set; raises StartupError. Signals stay with the host process."""
     return await _serve(options, stop, alongside)
+
+
+def _locked(store: Store, keyring: KeyRing) -> str:
+    """Why this manager serves only `cluster info` and `cluster unlock`: the cluster is locked
+    and it does not hold the KEK (it started after the lock: ADR 44). "" when it serves."""
+    with store.read() as state:
+        cluster = state.cluster
+    if cluster is None or not autolock.is_locked(cluster) or keyring.holds_kek(cluster):
+        return ""
+    return autolock.MANAGER_LOCKED
 
 
 async def _identity(options: ManagerOptions) -> tuple[ManagerIdentity, bool]:
@@ -129,31 +143,90 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None, alongside:
     own = _manager_settings(data, options)
     identity, first_start = await _identity(options)
     manager_settings.save(data, own)
-    credentials = tls.load_credentials(data / "certs")
     # Everything opened from here on is released in reverse order, whether start-up fails at
     # any step or the manager stops.
     async with contextlib.AsyncExitStack() as opened:
-        await _open_and_serve(opened, options, own, identity, first_start, credentials, stop, alongside)
+        env = open_environment(data / "db", own.state_map_size)
+        opened.callback(env.close)
+        store = Store(env)
+        keys = await _open_keys(options, store, stop)
+        if keys is None:
+            print("Stopped while locked.", flush=True)
+            return 0
+        await _open_and_serve(opened, options, identity, first_start, store, keys, stop, alongside)
     return 0
+
+
+async def _open_keys(options: ManagerOptions, store: Store, stop: asyncio.Event | None) -> KeyRing | None:
+    """This manager's key ring, holding the KEK when it can (ADR 44). Sealed files need the
+    unlock key first: from --unlock-key-file, or over the unlock socket (None: stopped first)."""
+    data = options.data_dir
+    with store.read() as state:
+        cluster = state.cluster
+    if not lockedfiles.is_sealed(data):
+        keyring = KeyRing((data / "raft.secret").read_text().strip())
+        if cluster is not None and cluster.kek_wrapped:
+            keyring.holds_kek(cluster)  # eagerly: once autolock is on, the Raft secret opens nothing
+        if options.unlock_key and cluster is not None and autolock.is_locked(cluster):
+            try:  # locked, but the files are not sealed yet: the key gives the KEK all the same
+                keyring.hold_kek(autolock.unlocked_kek(cluster, options.unlock_key))
+            except autolock.UnlockKeyError as exc:
+                raise StartupError(f"--unlock-key-file: {exc} ({autolock.ROTATION_HINT})") from None
+        return keyring
+    if options.unlock_key:
+        try:
+            keys = lockedstart.open_files(data, cluster, options.unlock_key)
+        except autolock.UnlockKeyError as exc:
+            raise StartupError(f"--unlock-key-file: {exc}") from None
+    else:
+        with _stopped_by_signals(stop) as stopping:
+            try:
+                found = await lockedstart.wait_for_unlock(data, cluster, stopping)
+            except OSError as exc:
+                raise StartupError(f"this manager is locked and cannot serve its unlock socket: {exc}") from None
+        if found is None:
+            return None
+        keys = found
+    keyring = KeyRing(keys.raft_secret)
+    keyring.hold_kek(keys.kek)
+    return keyring
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(stop: asyncio.Event | None) -> Iterator[asyncio.Event]:
+    """`stop`, or in the manager's own process an event SIGTERM/SIGINT set while this lasts."""
+    if stop is not None:
+        yield stop
+        return
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+    try:
+        yield event
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
 
 
 async def _open_and_serve(
     opened: contextlib.AsyncExitStack,
     options: ManagerOptions,
-    own: manager_settings.ManagerSettings,
     identity: ManagerIdentity,
     first_start: bool,
-    credentials: tls.Credentials,
+    store: Store,
+    keyring: KeyRing,
     stop: asyncio.Event | None,
     alongside: Alongside | None,
 ) -> None:
     data = options.data_dir
+    secret = keyring.raft_secret
+    keeper = LockKeeper(data, store, keyring)
+    store.watch(keeper.observe)  # before Raft applies anything: the first key pair opens the KEK
+    with store.read() as state:
+        credentials = load_own(data / "certs", keyring, state.cluster)
     hub = EventHub(asyncio.get_running_loop())
-    env = open_environment(data / "db", own.state_map_size)
-    opened.callback(env.close)
-    store = Store(env)
     store.watch(hub.publish)
-    secret = (data / "raft.secret").read_text().strip()
     try:
         raft = RaftNode(
             identity.raft_addr, raft_peers(identity, store), data, secret, store, bind_addr=identity.raft_bind_addr
@@ -176,7 +249,6 @@ async def _open_and_serve(
             return state.is_revoked(node_id)
 
     heartbeats = Heartbeats()
-    keyring = KeyRing(secret)  # one key hierarchy for every sealed value (ADR 38, 43)
     vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
     control = ControlService(
@@ -185,6 +257,7 @@ async def _open_and_serve(
         logs=logs,
         certs_dir=data / "certs",
         raft_secret=secret,
+        keyring=keyring,
         images=digest_lookup(options, store, vault) if options.resolve_images else None,
     )
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
@@ -197,15 +270,19 @@ async def _open_and_serve(
             revoked,
             control,
             dispatcher,
-            NodeCertificatesService(store, raft_secret=secret),
+            NodeCertificatesService(store, raft_secret=secret, keyring=keyring),
             ManagersService(store, raft, secret, identity.node_id),
             read_barrier=raft.read_barrier,
             manager_addrs=lambda: manager_addrs(store),
             certs_dir=data / "certs",
             trusted_roots=lambda: _trusted_roots(store),
             trust_bundle=lambda: _trust_bundle(store),
+            locked=lambda: _locked(store, keyring),
+            open_key=key_opener(keyring, lambda: _cluster(store)),
         )
-        join_server = build_join_server(identity.join_bind_addr, NodeCAService(store, raft_secret=secret))
+        join_server = build_join_server(
+            identity.join_bind_addr, NodeCAService(store, raft_secret=secret, keyring=keyring)
+        )
         if options.metrics_addr:
             endpoint = metrics.serve(
                 options.metrics_addr, metrics.StateCollector(store.read, raft.status, raft.capacity)
@@ -232,7 +309,8 @@ async def _open_and_serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
-    _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret).run(), "renewal")
+    _run_task(opened, keeper.run(), "autolock")
+    _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret, keyring).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves
         job = asyncio.create_task(alongside(identity, stop), name="alongside-manager")
         opened.push_async_callback(_stop_alongside, job, stop)
@@ -301,6 +379,11 @@ def digest_lookup(options: ManagerOptions, store: Store, vault: LoginVault) -> R
         return RegistryDigests(options.insecure_registries, credentials=StateCredentials(store, vault), ca_files=cas)
     except (InvalidReference, ValueError) as exc:
         raise StartupError(f"--registry-ca: {exc}") from None
+
+
+def _cluster(store: Store) -> ClusterInfo | None:
+    with store.read() as state:
+        return state.cluster
 
 
 def _trusted_roots(store: Store) -> frozenset[str]:

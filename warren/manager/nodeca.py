@@ -21,8 +21,9 @@ from warren import pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import ca_pb2_grpc
 from warren.ids import new_id
-from warren.manager import cakey, metrics
+from warren.manager import autolock, cakey, metrics
 from warren.manager.ports import StateReader
+from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, MalformedRequestGuard, caller
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
@@ -108,6 +109,17 @@ def _cluster(state: ClusterState) -> ClusterInfo:
     return state.cluster
 
 
+def _authority(authority: cakey.Authority, cluster: ClusterInfo) -> pki.CertificateAuthority:
+    """The CA that signs. A manager that does not hold the KEK of a locked cluster answers
+    UNAVAILABLE, so that the node asks another manager (ADR 44)."""
+    try:
+        return authority.get(cluster)
+    except autolock.ManagerLockedError as exc:
+        raise ApiError(grpc.StatusCode.UNAVAILABLE, f"{exc}; ask another manager") from None
+    except pki.PkiError as exc:
+        raise ApiError(grpc.StatusCode.INTERNAL, str(exc)) from None
+
+
 def issue_from_csr(
     ca: pki.CertificateAuthority, csr_pem: str, node_id: str, role: str, days: float = NODE_CERT_DAYS
 ) -> bytes:
@@ -134,11 +146,12 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
         limiter: FailureLimiter | None = None,
         new_node_id: Callable[[], str] = new_id,
         raft_secret: str = "",
+        keyring: KeyRing | None = None,
     ) -> None:
         self._store = store
         self._limiter = limiter or FailureLimiter()
         self._new_node_id = new_node_id
-        self._authority = cakey.Authority(raft_secret)
+        self._authority = autolock.authority(raft_secret, keyring or KeyRing(raft_secret))
 
     async def Join(self, request: capb.JoinRequest, context: grpc.aio.ServicerContext) -> capb.JoinResponse:
         started = time.perf_counter()
@@ -184,7 +197,7 @@ class NodeCAService(ca_pb2_grpc.NodeCAServicer):
             raise self._refuse(host, request.hostname)
         # A manager certificate lets its holder ask the leader to add it to Raft (ADR 15).
         role = pki.ROLE_MANAGER if as_manager else pki.ROLE_WORKER
-        ca = self._authority.get(cluster)
+        ca = _authority(self._authority, cluster)
         node_id = self._new_node_id()
         cert = issue_from_csr(ca, request.csr_pem, node_id, role)
         log.info("issued a %s certificate to node %s (%s, from %s)", role, node_id, request.hostname, host)
@@ -201,9 +214,9 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
     """Renewal, on the mTLS API port behind the guard: a fresh certificate for the caller's own
     node id and role, as its current certificate states them. A revoked node never gets here."""
 
-    def __init__(self, store: StateReader, raft_secret: str = "") -> None:
+    def __init__(self, store: StateReader, raft_secret: str = "", keyring: KeyRing | None = None) -> None:
         self._store = store
-        self._authority = cakey.Authority(raft_secret)
+        self._authority = autolock.authority(raft_secret, keyring or KeyRing(raft_secret))
 
     async def RenewCertificate(self, request: capb.RenewRequest, context: object) -> capb.RenewResponse:
         identity = caller.get()
@@ -216,10 +229,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"role must be empty or manager (got {shown(role)})")
         if role != identity.role and (node is None or node.desired_role != NodeRole.MANAGER):
             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, "this node was not promoted to manager")
-        try:
-            ca = self._authority.get(cluster)
-        except pki.PkiError as exc:
-            raise ApiError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        ca = _authority(self._authority, cluster)
         cert = issue_from_csr(ca, request.csr_pem, identity.node_id, role)
         log.info("issued a %s certificate to node %s (renewal)", role, identity.node_id)
         # During a CA rotation the bundle holds both roots: the node must trust the new one

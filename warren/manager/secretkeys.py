@@ -112,6 +112,7 @@ class KeyRing:
     re-read whenever the cluster's wrapped key changes."""
 
     def __init__(self, raft_secret: str) -> None:
+        self.raft_secret = raft_secret
         self._root = root_key(raft_secret) if raft_secret else b""
         self._kek = b""
         self._wrapped = ""
@@ -125,6 +126,15 @@ class KeyRing:
                 raise SecretKeyError("this manager has no Raft secret: it cannot open secrets")
             self._kek = open_kek(self._root, cluster.kek_wrapped)
         return self._kek
+
+    def holds_kek(self, cluster: ClusterInfo) -> bool:
+        """Whether this ring opens the cluster's keys now: false for a manager that started
+        while the cluster was locked and has not been given the unlock key (ADR 44)."""
+        try:
+            self.kek(cluster)
+        except SecretKeyError:
+            return False
+        return True
 
     def hold_kek(self, kek: bytes) -> None:
         """The KEK a locked manager got from the operator's unlock key."""

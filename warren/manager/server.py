@@ -150,6 +150,9 @@ REVOKED_ADMIN = "this admin certificate was revoked"
 UNTRUSTED_ROOT = "this certificate was issued by a CA the cluster no longer trusts (the CA was rotated); get a new one"
 
 
+_SERVED_WHILE_LOCKED = frozenset({"GetClusterInfo", "UnlockCluster"})
+
+
 class _Guard(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -158,7 +161,9 @@ class _Guard(grpc.aio.ServerInterceptor):
         read_barrier: Callable[[], Awaitable[Any]] | None = None,
         managers: Callable[[], list[str]] | None = None,
         trusted_roots: Callable[[], frozenset[str]] | None = None,
+        locked: Callable[[], str] | None = None,
     ) -> None:
+        self._locked = locked  # why this manager serves no Control call but these (ADR 44), or ""
         self._cluster_id = cluster_id
         self._revoked = revoked
         self._trusted_roots = trusted_roots
@@ -211,6 +216,12 @@ class _Guard(grpc.aio.ServerInterceptor):
             )
         return identity
 
+    def _refuse_if_locked(self, method: str) -> None:
+        if self._locked is not None and method.rsplit("/", 1)[-1] not in _SERVED_WHILE_LOCKED:
+            reason = self._locked()
+            if reason:
+                raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, reason)
+
     async def _before_control(self, context: grpc.aio.ServicerContext) -> None:
         if self._managers is not None:
             context.set_trailing_metadata(((MANAGERS_KEY, ",".join(self._managers())),))
@@ -228,6 +239,7 @@ class _Guard(grpc.aio.ServerInterceptor):
                 caller.set(self._authorize(context, roles))
                 refuse_malformed(request)
                 if control:
+                    self._refuse_if_locked(method)
                     await self._before_control(context)
                 return await behavior(request, context)
             except Exception as exc:
@@ -247,6 +259,8 @@ class _Guard(grpc.aio.ServerInterceptor):
             try:
                 caller.set(self._authorize(context, roles))
                 refuse_malformed(request)
+                if method.startswith("/warren.api.v1.Control/"):
+                    self._refuse_if_locked(method)
                 async for item in behavior(request, context):
                     yield item
             except Exception as exc:
@@ -274,6 +288,8 @@ def build_server(
     certs_dir: Path | None = None,
     trusted_roots: Callable[[], frozenset[str]] | None = None,
     trust_bundle: Callable[[], bytes] | None = None,
+    locked: Callable[[], str] | None = None,
+    open_key: Callable[[bytes], bytes] | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The mTLS API server. `revoked(node_id)` says whether a node was removed (its certificate
     is then refused on every method); `read_barrier` serves calls asking for consistent reads;
@@ -281,7 +297,7 @@ def build_server(
     the certificate is re-read from there when it changes (renewal). `trusted_roots` gives the
     key ids of the roots whose certificates are accepted (two during a CA rotation), and
     `trust_bundle` their PEM, which the TLS handshake verifies clients against."""
-    guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs, trusted_roots)
+    guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs, trusted_roots, locked)
     server = grpc.aio.server(interceptors=[guard], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
@@ -292,7 +308,7 @@ def build_server(
     if certs_dir is None:
         creds = tls.server_credentials(*credentials)
     else:
-        creds = tls.reloading_server_credentials(certs_dir, trust_bundle)
+        creds = tls.reloading_server_credentials(certs_dir, trust_bundle, open_key)
     bound = server.add_secure_port(listen_addr, creds)
     if bound == 0:
         raise OSError(f"cannot listen on {listen_addr}")

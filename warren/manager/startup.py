@@ -52,6 +52,7 @@ class ManagerOptions:
     insecure_registries: tuple[str, ...] = ()
     registry_cas: tuple[str, ...] = ()  # HOST=FILE, from the agent settings too (`--registry-ca`, ADR 43)
     resolve_images: bool = True  # False (--no-resolve-images): images are stored as given, never looked up
+    unlock_key: str = ""  # --unlock-key-file's key: a manager that starts while locked opens the KEK (ADR 44)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from warren import pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import CERTS_DIR, stored_identity, write_node_file
+from warren.manager import autolock
 from warren.manager.daemon import Alongside, StartupError
 from warren.manager.startup import ManagerIdentity
 from warren.network.keys import ensure_node_keys
@@ -31,14 +32,19 @@ def prepare(data_dir: Path, node_id: str, managers: list[str]) -> Path:
     (re)copied when missing, for another node, or older than the manager's own."""
     agent_dir = data_dir / AGENT_DIR
     agent_dir.mkdir(mode=0o700, exist_ok=True)
-    ours = tls.load_credentials(data_dir / "certs")
     try:
         current = stored_identity(agent_dir)
     except pki.PkiError as exc:
         log.warning("replacing unusable embedded agent credentials: %s", exc)
         current = None
-    manager_expiry = pki.identity_of(ours.cert_pem).not_after
-    if current is None or current.node_id != node_id or current.not_after < manager_expiry:
+    certs = data_dir / "certs"
+    manager_expiry = pki.identity_of((certs / tls.CERT_FILE).read_bytes()).not_after
+    # Under autolock the manager's key is sealed (ADR 44): an agent that has its identity keeps
+    # it and renews it itself.
+    keeps_own = current is not None and autolock.is_sealed_local((certs / tls.KEY_FILE).read_text(errors="replace"))
+    stale = current is None or current.node_id != node_id or current.not_after < manager_expiry
+    if stale and not (keeps_own and current is not None and current.node_id == node_id):
+        ours = tls.load_credentials(certs)
         tls.save_credentials(agent_dir / CERTS_DIR, ours.ca_pem, ours.cert_pem, ours.key_pem)
         write_node_file(agent_dir, node_id, managers)
     ensure_node_keys(agent_dir)  # the node's WireGuard keys (ADR 17)
