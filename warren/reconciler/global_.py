@@ -60,7 +60,7 @@ def _fill_nodes(p: Pass, service: Service, live: dict[str, Task], by_node: Mappi
     """Start a task on every eligible node without one, unless its restart policy says no."""
     spec = service.spec
     eligible = p.constraints(spec.constraints)
-    if eligible is None:
+    if eligible is None or p.waiting(service):  # dependencies unmet: no task yet (ADR 49)
         return
     for node_id, node in sorted(p.nodes.items()):
         if node_id in live or not node_is_schedulable(node) or not all(c.matches(node) for c in eligible):
