@@ -233,7 +233,8 @@ def test_the_plan_says_which_tasks_cannot_be_placed() -> None:
     plan = plan_stack(sim.state, stack_cmd(db, service("app_web")))
     assert isinstance(plan, StackPlan)
     assert plan.unplaceable == (
-        "2 tasks of app_db cannot be placed: no suitable node: constraint node.labels.disk==ssd not satisfied on 2 nodes",
+        "2 tasks of app_db cannot be placed: no suitable node: "
+        "constraint node.labels.disk==ssd not satisfied on 2 nodes",
     )
     assert not sim.state.services  # the plan wrote nothing
 

@@ -9,6 +9,7 @@ proposed as one entry: the whole stack or nothing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ from warren.ids import new_id
 from warren.manager.imagepin import DigestLookup, check_reference, pinned, split_digest
 from warren.manager.secretkeys import KeyRing, SecretKeyError
 from warren.manager.server import ApiError, check_result
-from warren.model import ClusterInfo, Config, Network, Secret, Service, ServiceDependency, Volume
+from warren.model import ClusterInfo, Config, Network, Secret, Service, ServiceDependency, ServiceSpec, Volume
 from warren.stack.check import check_stack, unlabelled, unsupported_message
 from warren.stack.plan import plan_stack
 from warren.stack.spec import STACK_LABEL, StackSpec
@@ -94,19 +95,27 @@ class StacksControl:
             current = {s.spec.name: s for s in state.services.values()}
             secrets = {s.name: s for s in state.secrets.values()}
             cluster = state.cluster
-        services = []
+        specs: list[ServiceSpec] = []
+        to_pin: list[int] = []
         for item in stack.services:
             spec = unlabelled(item.spec)
             existing = current.get(spec.name)
-            service_id = existing.id if existing is not None else new_id()
             if existing is not None and split_digest(existing.spec.image)[0] == spec.image:
                 # The tag it was pinned from: a re-deploy does not look it up again (no restart).
                 spec = msgspec.structs.replace(spec, image=existing.spec.image)
             elif not dry_run:
-                image = await pinned(self._images, spec, None, False)
-                if image.warning:
-                    warnings.append(image.warning)
-                spec = msgspec.structs.replace(spec, image=image.image)
+                to_pin.append(len(specs))
+            specs.append(spec)
+        # Looked up together: a stack of many services must not wait for each registry in turn.
+        lookups = await asyncio.gather(*(pinned(self._images, specs[i], None, False) for i in to_pin))
+        for i, image in zip(to_pin, lookups, strict=True):
+            specs[i] = msgspec.structs.replace(specs[i], image=image.image)
+            if image.warning:
+                warnings.append(image.warning)
+        services = []
+        for item, spec in zip(stack.services, specs, strict=True):
+            existing = current.get(spec.name)
+            service_id = existing.id if existing is not None else new_id()
             depends = tuple(ServiceDependency(d.service, d.condition.value, d.required) for d in item.depends_on)
             services.append(Service(id=service_id, spec=spec, created_at=now, updated_at=now, depends_on=depends))
         own_secrets = [s for s in stack.secrets if not s.external]
