@@ -476,7 +476,9 @@ class ControlService(
             return convert.service_to_pb(service, *self._counts(state, service))
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> pb.Service:
-        stack = request.spec.labels.pop(STACK_LABEL, None)  # membership is the stack's, not the spec's (#14)
+        # Membership is the stack's, not the spec's (#14). (A protobuf map's pop of a missing key
+        # returns "" and inserts nothing useful: test for the key first.)
+        stack = request.spec.labels.pop(STACK_LABEL) if STACK_LABEL in request.spec.labels else None
         spec = _spec(request.spec)
         with self._store.read() as state:
             service = resolve_service(state, request.service)
