@@ -328,3 +328,18 @@ def test_the_stack_commands_round_trip_through_the_codec() -> None:
     cmd = full_stack()
     assert commands.decode(commands.encode(cmd)) == cmd
     assert commands.decode(commands.encode(RemoveStack("app", AT))) == RemoveStack("app", AT)
+
+
+def test_service_started_counts_a_task_whose_health_checks_run() -> None:
+    sim = sim_with("n1")
+    db = service("app_db", health=HealthCheck(command=("true",)))
+    web = service("app_web", depends_on=(ServiceDependency("app_db", "service_started"),))
+    apply(sim, stack_cmd(db, web))
+    sim.reconcile()
+    (task,) = sim.state.service_tasks("id-app_db")
+    sim.report(task, TaskState.STARTING)  # created, not yet running its process
+    sim.reconcile()
+    assert {t.state for t in sim.state.service_tasks("id-app_web")} == {TaskState.PENDING}
+    sim.report(task, TaskState.STARTING, health="starting")  # it runs, before its first probe passed
+    sim.reconcile()
+    assert {t.state for t in sim.state.service_tasks("id-app_web")} == {TaskState.ASSIGNED}

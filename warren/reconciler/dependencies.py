@@ -24,10 +24,13 @@ def _needed(service: Service, tasks: list[Task]) -> int:
 def _meets(task: Task, condition: str, version: int) -> bool:
     if condition == COMPLETED:
         return task.state == TaskState.COMPLETE and task.exit_code == 0 and task.spec_version == version
-    running = task.state == TaskState.RUNNING and task.desired_state == TaskState.RUNNING
+    if task.desired_state != TaskState.RUNNING:
+        return False
     if condition == HEALTHY:
-        return running and is_ready(task) and task.spec.health is not None
-    return running
+        return task.state == TaskState.RUNNING and is_ready(task) and task.spec.health is not None
+    # Started: its process runs. A task with a health check is reported STARTING, with a health
+    # status, from its start until its first healthy probe (the agent's readiness).
+    return task.state == TaskState.RUNNING or (task.state == TaskState.STARTING and task.health != "")
 
 
 def unmet(state: ClusterState, dependency: ServiceDependency) -> str:
