@@ -26,7 +26,7 @@ from tests.waiting import holds, wait_for
 from warren.api import stackconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.cli.errors import Exit
-from warren.model import HealthCheck, PortConfig, RestartPolicy, ServiceMode, ServiceSpec
+from warren.model import HealthCheck, PortConfig, RestartPolicy, ServiceMode, ServiceSpec, UpdateConfig
 from warren.stack.spec import Dependency, DependencyCondition, StackObject, StackService, StackSpec
 
 pytestmark = pytest.mark.integration
@@ -55,6 +55,7 @@ def exec_service(name: str, marker: str, replicas: int = 1, image: str = "exec",
         constraints=("node.role==worker",),
         stop_grace_period=1.0,
         restart=RestartPolicy(delay=0.2),
+        update=UpdateConfig(parallelism=0, monitor=0.5),  # a lean rollout: every task at once
         **fields,  # type: ignore[arg-type]
     )
 
@@ -104,7 +105,7 @@ def test_deploy_redeploy_update_one_service_and_remove(cluster: Cluster) -> None
     # The same stack again: no change, and no task restarted.
     again = deploy(manager, app(marker))
     assert list(again.changes) == [] and not again.orphaned
-    holds(lambda: stack_tasks(manager, "app") == before, seconds=3, message="the same tasks after a re-deploy")
+    holds(lambda: stack_tasks(manager, "app") == before, seconds=2, message="the same tasks after a re-deploy")
 
     # One changed image: the plan shows exactly one update, and the deploy replaces only its tasks.
     plan = deploy(manager, app(marker, web_image="exec:2"), dry_run=True)
