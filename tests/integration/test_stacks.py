@@ -11,11 +11,14 @@ leader killed during a deploy leaves the whole stack or nothing.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import msgspec
 import pytest
 
 from tests.fixtures.exec_cluster import exec_cluster
@@ -233,6 +236,53 @@ def test_bad_stacks_are_refused_whole_and_write_nothing(cluster: Cluster) -> Non
         assert manager.cli_json("config", "ls") == []
     finally:
         assert manager.cli("stack", "rm", "one").returncode == 0
+        wait_for(lambda: not procs.pids(), timeout=30, message="the stack's processes to stop")
+
+
+# -- the CLI's deploy and plan, with the loader stood in for -----------------------------------
+SHIM = """
+import sys, msgspec
+import warren.stack.load as load
+from warren.stack.spec import StackSpec
+with open(sys.argv[1], "rb") as f:
+    stack = msgspec.json.decode(f.read(), type=StackSpec)
+load.load_stack = lambda files, name, environ: stack  # the Compose loader is another part's (#14)
+from warren.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def stack_cli(manager: Manager, stack: StackSpec, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`warren ARGS` with `load_stack` answering `stack`: the CLI as it is, the files aside."""
+    path.write_bytes(msgspec.json.encode(stack))
+    command = [sys.executable, "-c", SHIM, str(path), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=manager.env(), timeout=120, cwd=manager.root)
+
+
+def test_the_cli_plans_with_exit_codes_and_deploys_until_converged(cluster: Cluster, tmp_path: Path) -> None:
+    manager, _agent, procs = cluster
+    marker = procs.marker.decode()
+    stack = StackSpec(name="cli", services=(StackService(exec_service("cli_web", marker, replicas=2)),))
+    try:
+        plan = stack_cli(manager, stack, tmp_path / "s.json", "stack", "plan", "-c", "compose.yaml", "cli")
+        assert plan.returncode == 10, plan.stderr
+        assert plan.stdout.splitlines() == [
+            "+ service cli_web",
+            "    image exec",
+            "    replicas 2",
+            "Plan for stack cli: 1 to create, 0 to update, 0 to remove.",
+        ]
+        done = stack_cli(manager, stack, tmp_path / "s.json", "stack", "deploy", "-c", "compose.yaml", "cli")
+        assert done.returncode == 0, done.stderr
+        assert "cli_web: 2 of 2 tasks running" in done.stderr  # the wait, as `service create` shows it
+        assert len(stack_tasks(manager, "cli")["cli_web"]) == 2
+        same = stack_cli(manager, stack, tmp_path / "s.json", "stack", "plan", "-c", "compose.yaml", "cli")
+        assert same.returncode == 0 and same.stdout == "No changes: stack cli is as the files say.\n"
+        bad = stack_cli(manager, StackSpec(name="cli", services=()), tmp_path / "s.json", "apply", "-f", "compose.yaml")
+        assert bad.returncode == Exit.USAGE and bad.stderr.strip().count("\n") == 0, bad.stderr
+        assert "has no services" in bad.stderr
+    finally:
+        assert manager.cli("stack", "rm", "cli").returncode == 0
         wait_for(lambda: not procs.pids(), timeout=30, message="the stack's processes to stop")
 
 
