@@ -112,6 +112,15 @@ def test_bad_stacks_are_invalid_arguments(spec: StackSpec, words: str) -> None:
     assert not store.state.services
 
 
+def test_a_stack_past_one_entry_is_refused_whole() -> None:
+    api, store = control()
+    big = stack(configs=tuple(StackObject(f"c{i}", b"x" * 400_000) for i in range(3)))
+    for dry_run in (True, False):
+        err = refused(api, big, dry_run=dry_run)
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT and "cannot be deployed as one entry" in err.message
+    assert not store.state.services and not store.state.configs
+
+
 def test_an_unknown_dependency_condition_is_an_invalid_argument() -> None:
     api, _ = control()
     message = stackconvert.stack_to_pb(stack())

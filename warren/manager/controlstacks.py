@@ -64,6 +64,9 @@ class StacksControl:
             raise _invalid(str(exc)) from None
         warnings = [unsupported_message(stack).split("; deploy anyway")[0]] if stack.unsupported else []
         command = await self._stack_command(stack, request.prune, warnings, dry_run=request.dry_run)
+        if (too_large := commands.oversize_message(command)) is not None:
+            # One entry is what makes it all or nothing (ADR 49): a stack past it is refused whole.
+            raise _invalid(f"stack {stack.name} cannot be deployed as one entry: {too_large}")
         with self._store.read() as state:
             view = state
             if state.cluster is not None and state.cluster.dek_wrapped != command.dek_wrapped and request.dry_run:
