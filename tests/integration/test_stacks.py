@@ -30,7 +30,7 @@ from warren.api import stackconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.cli.errors import Exit
 from warren.model import HealthCheck, PortConfig, RestartPolicy, ServiceMode, ServiceSpec, UpdateConfig
-from warren.stack.spec import Dependency, DependencyCondition, StackObject, StackService, StackSpec
+from warren.stack.spec import Dependency, DependencyCondition, StackNetwork, StackObject, StackService, StackSpec
 
 pytestmark = pytest.mark.integration
 
@@ -88,6 +88,7 @@ def app(marker: str, web_image: str = "exec") -> StackSpec:
         ),
         secrets=(StackObject("app_token", b"s3cret"),),
         configs=(StackObject("app_conf", b"x=1"),),
+        networks=(StackNetwork("app_default"),),
     )
 
 
@@ -98,6 +99,7 @@ def test_deploy_redeploy_update_one_service_and_remove(cluster: Cluster) -> None
     assert reply.deployed
     assert sorted((c.kind, c.name, c.action) for c in reply.changes) == [
         ("config", "app_conf", "create"),
+        ("network", "app_default", "create"),
         ("secret", "app_token", "create"),
         ("service", "app_db", "create"),
         ("service", "app_web", "create"),
@@ -128,7 +130,8 @@ def test_deploy_redeploy_update_one_service_and_remove(cluster: Cluster) -> None
 
     # The CLI reads the stack from the state.
     listed = manager.cli_json("stack", "ls")
-    assert [(s["name"], s["services"], s["secrets"], s["configs"]) for s in listed] == [("app", 2, 1, 1)]  # type: ignore[union-attr]
+    counts = [(s["name"], s["services"], s["secrets"], s["configs"], s["networks"]) for s in listed]
+    assert counts == [("app", 2, 1, 1, 1)]  # type: ignore[union-attr]
     services = manager.cli_json("stack", "services", "app")
     assert [s["spec"]["name"] for s in services] == ["app_db", "app_web"]  # type: ignore[union-attr]
     table = manager.cli("stack", "ps", "app")
@@ -138,6 +141,7 @@ def test_deploy_redeploy_update_one_service_and_remove(cluster: Cluster) -> None
     removed = manager.cli("stack", "rm", "app")
     assert removed.returncode == 0, removed.stderr
     assert "removed service app_web" in removed.stdout and "removed secret" in removed.stdout
+    assert "removed network" in removed.stdout
     assert manager.cli_json("stack", "ls") == []
     assert manager.cli_json("service", "ls") == []
     assert manager.cli_json("secret", "ls") == [] and manager.cli_json("config", "ls") == []
