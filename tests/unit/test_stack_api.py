@@ -91,7 +91,7 @@ def test_a_plan_writes_nothing_even_its_first_secret_key() -> None:
             stack(StackService(ServiceSpec("a", "busybox")), StackService(ServiceSpec("a", "busybox"))),
             "listed twice",
         ),
-        (stack(StackService(ServiceSpec("a", "busybox", replicas=200_000))), "service a: replicas"),
+        (stack(StackService(ServiceSpec("a", "busybox", replicas=200_000))), "service 'a': replicas"),
         (stack(StackService(ServiceSpec("a", "busybox"), depends_on=(Dependency("a"),))), "depends on itself"),
         (stack(StackService(ServiceSpec("a", "busybox"), depends_on=(Dependency("zz"),))), "not a service"),
         (
@@ -135,6 +135,8 @@ def test_unsupported_keys_are_refused_unless_allowed_then_warned() -> None:
     err = refused(api, stack(unsupported=(finding,)))
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "compose.yaml:12: services.web.deploy.endpoint_mode" in err.message and "--allow-unsupported" in err.message
+    two_lines = Finding("services.web.x", "compose.yaml", 3, "first\nsecond")
+    assert "\n" not in refused(api, stack(unsupported=(two_lines,))).message
     reply = deploy(api, stack(unsupported=(finding,)), allow_unsupported=True)
     assert reply.deployed and "compose.yaml:12" in reply.warnings[0] and store.state.services
 

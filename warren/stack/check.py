@@ -13,12 +13,13 @@ import msgspec
 
 from warren import mounts
 from warren.model import ServiceSpec
-from warren.stack.spec import STACK_LABEL, DependencyCondition, StackSpec
-from warren.text import shown
+from warren.stack.spec import STACK_LABEL, DependencyCondition, Finding, StackSpec
+from warren.text import escape_control, shown
 from warren.validate import ValidationError, check_labels, check_name, check_object_name, check_spec, check_value_size
 
 MAX_STACK_SERVICES = 1000
 MAX_SHOWN_FINDINGS = 5
+MAX_FINDING = 150  # characters of one finding in a message (a reply's message is bounded)
 
 
 def unlabelled(spec: ServiceSpec) -> ServiceSpec:
@@ -28,8 +29,14 @@ def unlabelled(spec: ServiceSpec) -> ServiceSpec:
     return msgspec.structs.replace(spec, labels={k: v for k, v in spec.labels.items() if k != STACK_LABEL})
 
 
+def _finding(finding: Finding) -> str:
+    """One finding, one line: its text is the loader's, which quotes the user's files."""
+    text = escape_control(f"{finding.file}:{finding.line}: {finding.path}: {finding.message}")
+    return text if len(text) <= MAX_FINDING else text[: MAX_FINDING - 3] + "..."
+
+
 def unsupported_message(stack: StackSpec) -> str:
-    shown_findings = [f"{f.file}:{f.line}: {f.path}: {f.message}" for f in stack.unsupported[:MAX_SHOWN_FINDINGS]]
+    shown_findings = [_finding(f) for f in stack.unsupported[:MAX_SHOWN_FINDINGS]]
     more = len(stack.unsupported) - len(shown_findings)
     tail = f" (and {more} more)" if more > 0 else ""
     return (
@@ -55,7 +62,7 @@ def check_stack(stack: StackSpec, allow_unsupported: bool = False) -> None:
         try:
             check_spec(unlabelled(service.spec))
         except ValidationError as exc:
-            raise ValidationError(f"service {service.spec.name}: {exc}") from None
+            raise ValidationError(f"service {shown(service.spec.name)}: {exc}") from None
     _check_objects(stack)
     _check_networks(stack)
     _check_dependencies(stack)
