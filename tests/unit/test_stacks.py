@@ -20,6 +20,7 @@ from warren.model import (
     Secret,
     Service,
     ServiceDependency,
+    ServiceMode,
     ServiceSpec,
     TaskState,
     Volume,
@@ -343,3 +344,26 @@ def test_service_started_counts_a_task_whose_health_checks_run() -> None:
     sim.report(task, TaskState.STARTING, health="starting")  # it runs, before its first probe passed
     sim.reconcile()
     assert {t.state for t in sim.state.service_tasks("id-app_web")} == {TaskState.ASSIGNED}
+
+
+def test_a_global_service_gets_no_task_and_no_new_version_while_its_dependency_is_unmet() -> None:
+    sim = sim_with("n1", "n2")
+    db = service("app_db", health=HealthCheck(command=("true",)))
+    agent = service("app_agent", mode=ServiceMode.GLOBAL, depends_on=(ServiceDependency("app_db", "service_healthy"),))
+    apply(sim, stack_cmd(db, agent))
+    sim.converge()
+    assert not sim.state.service_tasks("id-app_agent")
+    (task,) = sim.running("id-app_db")
+    sim.report(task, TaskState.RUNNING, health="healthy")
+    sim.converge()
+    before = {t.id for t in sim.live("id-app_agent")}
+    assert len(before) == 2
+    (task,) = sim.running("id-app_db")
+    sim.report(task, TaskState.RUNNING, health="unhealthy")
+    changed = msgspec.structs.replace(agent, spec=msgspec.structs.replace(agent.spec, image="busybox:2"))
+    apply(sim, stack_cmd(db, changed))
+    for _ in range(5):
+        sim.reconcile()
+        sim.agents_step()
+        sim.tick()
+    assert {t.id for t in sim.live("id-app_agent")} == before  # the old version serves on

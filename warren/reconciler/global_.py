@@ -104,7 +104,7 @@ def _rolling_update(
     step = rollout.step(service, new_tasks, len(outdated) + stopping, len(live) + stopping, p.now)
     if step.status is not None:
         p.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
-    if step.revert:
+    if step.revert or p.waiting(service):  # dependencies unmet: the old tasks serve on (ADR 49)
         return
     budget = step.start - stopping
     stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
