@@ -367,3 +367,17 @@ def test_a_global_service_gets_no_task_and_no_new_version_while_its_dependency_i
         sim.agents_step()
         sim.tick()
     assert {t.id for t in sim.live("id-app_agent")} == before  # the old version serves on
+
+
+def test_stack_rm_keeps_a_volume_a_task_still_holds_until_it_stopped() -> None:
+    sim = sim_with("n1")
+    from warren.model import Mount, MountType
+
+    db = service("app_db", mounts=(Mount(MountType.VOLUME, "/data", "app_data"),))
+    apply(sim, stack_cmd(db, volumes=(Volume("vol1", "app_data"),)))
+    sim.converge()
+    assert apply(sim, RemoveStack("app", AT)).ok
+    assert names_in(sim)["volumes"] == ["app_data"]  # its task is still stopping
+    sim.converge()
+    assert apply(sim, RemoveStack("app", AT)).ok
+    assert names_in(sim)["volumes"] == []

@@ -284,5 +284,10 @@ def cmd_rm(args: argparse.Namespace) -> int:
                 continue
             for removed in reply.removed:
                 print(f"removed {removed}")
+            for volume in reply.kept:
+                sys.stderr.write(
+                    f"warren: kept volume {volume}: a task of the stack still holds it; "
+                    f"`warren stack rm {name}` again once it stopped\n"
+                )
             print(name, flush=True)
     return code

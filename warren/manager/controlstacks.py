@@ -209,8 +209,12 @@ class StacksControl:
             result, changes = commands.apply(state, command)
             check_result(result)
             removed = [_named(state, c) for c in changes if isinstance(c, Delete) and c.kind != "task"]
+            deleted = {c.id for c in changes if isinstance(c, Delete)}
+            kept = sorted(
+                v.name for v in state.volumes.values() if in_stack(v.labels, request.name) and v.id not in deleted
+            )
         await self._propose(command)
-        return cpb.RemoveStackResponse(removed=[r for r in removed if r])
+        return cpb.RemoveStackResponse(removed=[r for r in removed if r], kept=kept)
 
 
 def _labelled(state: ClusterState) -> list[tuple[str, dict[str, str]]]:
