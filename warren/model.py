@@ -362,6 +362,16 @@ class SpecRevision(msgspec.Struct, frozen=True):
     summary: str  # what changed from the version before, in one line
 
 
+class ServiceDependency(msgspec.Struct, frozen=True):
+    """A stack's `depends_on` (#14, ADR 49): this service's tasks start only once `service` (a
+    service name) meets `condition` ("service_started", "service_healthy" or
+    "service_completed_successfully"). Not required: a dependency that does not exist is met."""
+
+    service: str
+    condition: str = "service_started"
+    required: bool = True
+
+
 class Service(msgspec.Struct, frozen=True):
     id: str
     spec: ServiceSpec
@@ -372,6 +382,9 @@ class Service(msgspec.Struct, frozen=True):
     vip: str = ""  # its virtual IP in the cluster's VIP range (ADR 17), allocated at create
     update_status: UpdateStatus | None = None  # the last rollout (ADR 33); None before the first update
     history: tuple[SpecRevision, ...] = ()  # the last versions, oldest first, the current one last
+    # Held by the reconciler until these are met (ADR 49). Not in the spec: changing the order
+    # of a deploy changes nothing a task runs, so it makes no version.
+    depends_on: tuple[ServiceDependency, ...] = ()
 
 
 class Node(msgspec.Struct, frozen=True):

@@ -15,6 +15,7 @@ from warren.model import (
     AdminCert,
     ClusterInfo,
     Config,
+    Network,
     Node,
     NodeRole,
     RegistryLogin,
@@ -25,8 +26,12 @@ from warren.model import (
     Volume,
 )
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin
+Kind = Literal[
+    "node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry", "network"
+]
+StoredObject = (
+    Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin | Network
+)
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -66,6 +71,7 @@ class ClusterState:
         self.volume_names: dict[str, str] = {}
         self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
         self.configs: dict[str, Config] = {}
+        self.networks: dict[str, Network] = {}  # by id (#14)
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -99,6 +105,9 @@ class ClusterState:
     def config_by_name(self, name: str) -> Config | None:
         return next((c for c in self.configs.values() if c.name == name), None)
 
+    def network_by_name(self, name: str) -> Network | None:
+        return next((n for n in self.networks.values() if n.name == name), None)
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
@@ -116,6 +125,7 @@ class ClusterState:
         other.volume_names = dict(self.volume_names)
         other.secrets = dict(self.secrets)
         other.configs = dict(self.configs)
+        other.networks = dict(self.networks)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -152,6 +162,9 @@ class ClusterState:
         elif kind == "registry":
             assert isinstance(obj, RegistryLogin)
             self.registry_logins[obj.id] = obj
+        elif kind == "network":
+            assert isinstance(obj, Network)
+            self.networks[obj.id] = obj
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -186,6 +199,8 @@ class ClusterState:
             self.configs.pop(obj_id, None)
         elif kind == "registry":
             self.registry_logins.pop(obj_id, None)
+        elif kind == "network":
+            self.networks.pop(obj_id, None)
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

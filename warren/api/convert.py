@@ -474,6 +474,9 @@ def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, wi
             pb.SpecRevision(version=r.version, spec=spec_to_pb(r.spec or service.spec), at=r.at, summary=r.summary)
             for r in service.history
         )
+    msg.depends_on.extend(  # a stack's depends_on (#14)
+        pb.ServiceDependency(service=d.service, condition=d.condition, required=d.required) for d in service.depends_on
+    )
     return msg
 
 

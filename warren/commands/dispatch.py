@@ -35,10 +35,12 @@ from warren.commands.services import (
     scale_service,
     update_service,
 )
+from warren.commands.stacks import apply_stack, remove_stack
 from warren.commands.tasks import apply_plan, report_task_status
 from warren.commands.types import (
     OK,
     ApplyPlan,
+    ApplyStack,
     Changes,
     Command,
     CreateConfig,
@@ -60,6 +62,7 @@ from warren.commands.types import (
     RemoveRegistryLogin,
     RemoveSecret,
     RemoveService,
+    RemoveStack,
     RemoveVolume,
     ReportTaskStatus,
     Result,
@@ -134,4 +137,6 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     Noop: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,
+    ApplyStack: apply_stack,
+    RemoveStack: remove_stack,
 }

@@ -9,6 +9,7 @@ from warren.model import (
     Availability,
     ClusterInfo,
     Config,
+    Network,
     Node,
     NodeRole,
     NodeStatus,
@@ -335,6 +336,35 @@ class RemoveConfig(msgspec.Struct, frozen=True, tag="config.remove"):
     config_id: str
 
 
+class ApplyStack(msgspec.Struct, frozen=True, tag="stack.apply"):
+    """Deploy a stack (#14, ADR 49) in one entry: every object it declares created, updated or
+    left as it is, and (with `prune`) the ones it owns and no longer declares removed; all or
+    nothing. New objects carry the ids they get; secrets arrive sealed with `dek_wrapped`. The
+    handler labels everything with the stack's name. External objects must exist."""
+
+    stack: str
+    at: float
+    services: tuple[Service, ...] = ()
+    secrets: tuple[Secret, ...] = ()
+    dek_wrapped: str = ""
+    configs: tuple[Config, ...] = ()
+    volumes: tuple[Volume, ...] = ()
+    networks: tuple[Network, ...] = ()
+    external_secrets: tuple[str, ...] = ()
+    external_configs: tuple[str, ...] = ()
+    external_networks: tuple[str, ...] = ()
+    external_volumes: tuple[str, ...] = ()
+    prune: bool = False
+
+
+class RemoveStack(msgspec.Struct, frozen=True, tag="stack.remove"):
+    """Remove what the stack created (#14): its services, then its secrets, configs, networks
+    and the volumes no task holds; external objects carry no label and stay."""
+
+    stack: str
+    at: float
+
+
 class Noop(msgspec.Struct, frozen=True, tag="noop"):
     """Written to confirm leadership (a linearizable read barrier)."""
 
@@ -375,6 +405,8 @@ Command = (
     | Noop
     | CreateVolume
     | RemoveVolume
+    | ApplyStack
+    | RemoveStack
 )
 
 

@@ -26,6 +26,7 @@ from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
+from warren.manager.controlstacks import StacksControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
@@ -34,6 +35,7 @@ from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, TaskState
+from warren.stack.spec import STACK_LABEL
 from warren.state import ClusterState
 from warren.text import shown
 from warren.validate import (
@@ -134,12 +136,24 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     return spec
 
 
+def _kept_stack_label(spec: ServiceSpec, service: Service, given: str | None) -> ServiceSpec:
+    """A stack's service keeps its stack label through `service update` (it is not the
+    operator's to set or drop: ADR 49); another service may not be given one."""
+    owner = service.spec.labels.get(STACK_LABEL)
+    if owner is None:
+        if given is not None:
+            raise _invalid(f"service label keys starting with {RESERVED_PREFIX!r} are reserved ({STACK_LABEL!r})")
+        return spec
+    return msgspec.structs.replace(spec, labels={**spec.labels, STACK_LABEL: owner})
+
+
 class ControlService(
     CertificatesControl,
     VolumesControl,
     SecretsControl,
     RegistryControl,
     AutolockControl,
+    StacksControl,  # #14
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
@@ -471,9 +485,13 @@ class ControlService(
             return convert.service_to_pb(service, *self._counts(state, service))
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> pb.Service:
+        # Membership is the stack's, not the spec's (#14). (A protobuf map's pop of a missing key
+        # returns "" and inserts nothing useful: test for the key first.)
+        stack = request.spec.labels.pop(STACK_LABEL) if STACK_LABEL in request.spec.labels else None
         spec = _spec(request.spec)
         with self._store.read() as state:
             service = resolve_service(state, request.service)
+            spec = _kept_stack_label(spec, service, stack)
             if spec.name != service.spec.name:
                 raise _invalid("a service cannot be renamed")
             if spec.mode != service.spec.mode:

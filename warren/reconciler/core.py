@@ -27,6 +27,7 @@ from warren.model import (
     is_routed,
     is_stopping,
 )
+from warren.reconciler.dependencies import waiting_for
 from warren.restart import next_attempt
 from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, reserved_by_node, schedule
 from warren.state import ClusterState
@@ -135,6 +136,15 @@ class Pass:
         self.eligible: rebalance.Eligible | None = None  # nodes per constraints, for rebalances (ADR 36)
         self.volume_homes = {v.name: v.node_id for v in state.volumes.values() if v.node_id}
         self.bound_volumes: dict[str, tuple[str, Task]] = {}  # name -> (node, a task mounting it), ADR 40
+        self._waiting: dict[str, str] = {}
+
+    def waiting(self, service: Service) -> str:
+        """Why the service's new tasks wait for its dependencies ('' if they need not), ADR 49."""
+        if not service.depends_on:
+            return ""
+        if service.id not in self._waiting:
+            self._waiting[service.id] = waiting_for(self.state, service)
+        return self._waiting[service.id]
 
     def current(self, task: Task, service: Service) -> bool:
         """The task runs the service's current spec (`strategy.current`), memoised per version."""
@@ -310,7 +320,14 @@ class Pass:
             return
         current = [self.task(t) for t in self.state.tasks]
         current += [t for t in map(self.task, self.created) if t.node_id]
-        pending = [self.task(t) for t in self.to_place]
+        pending = []
+        for task in map(self.task, self.to_place):
+            service = self.state.services.get(task.service_id)
+            why = self.waiting(service) if service is not None else ""
+            if why:  # held, PENDING, until its dependencies are met (ADR 49)
+                self.update(task, message=why)
+            else:
+                pending.append(task)
         result = schedule(self.nodes.values(), current, pending, self.volume_homes)
         for name, node_id in result.volumes.items():
             placed = (self.task(t) for t, n in result.assignments.items() if n == node_id)

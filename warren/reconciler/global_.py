@@ -60,7 +60,7 @@ def _fill_nodes(p: Pass, service: Service, live: dict[str, Task], by_node: Mappi
     """Start a task on every eligible node without one, unless its restart policy says no."""
     spec = service.spec
     eligible = p.constraints(spec.constraints)
-    if eligible is None:
+    if eligible is None or p.waiting(service):  # dependencies unmet: no task yet (ADR 49)
         return
     for node_id, node in sorted(p.nodes.items()):
         if node_id in live or not node_is_schedulable(node) or not all(c.matches(node) for c in eligible):
@@ -106,7 +106,7 @@ def _rolling_update(
     step = rollout.step(service, new_tasks, len(outdated) + stopping, len(live) + stopping, p.now)
     if step.status is not None:
         p.rollouts.append(RolloutChange(service.id, version, step.status, step.revert))
-    if step.revert:
+    if step.revert or p.waiting(service):  # dependencies unmet: the old tasks serve on (ADR 49)
         return
     budget = step.start - stopping
     stop_first = rollout.settings(service).order == UpdateOrder.STOP_FIRST
