@@ -38,6 +38,7 @@ from warren.commands.services import (
 from warren.commands.tasks import apply_plan, report_task_status
 from warren.commands.types import (
     OK,
+    AnnounceLeader,
     ApplyPlan,
     Changes,
     Command,
@@ -132,6 +133,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     SetRegistryLogin: set_registry_login,
     RemoveRegistryLogin: remove_registry_login,
     Noop: noop,
+    AnnounceLeader: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,
 }
