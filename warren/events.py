@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 
 from warren.commands import types as ct
-from warren.model import Node, NodeStatus, RolloutState, Service, Task
+from warren.model import Node, NodeStatus, RolloutState, Service, Task, TaskState
 from warren.state import Change, ClusterState, Delete, Put, StoredObject
 
 EventType = Literal["service", "task", "node", "secret", "config", "network", "volume", "cluster"]
@@ -32,8 +32,7 @@ _ROLLOUT_ACTIONS: dict[RolloutState, str] = {
     RolloutState.REBALANCING: "rebalance_started",
     RolloutState.REBALANCE_PAUSED: "rebalance_paused",
 }
-_TASK_ACTIONS = ("new", "pending", "assigned", "accepted", "preparing", "starting", "running")
-_TASK_ACTIONS += ("complete", "failed", "shutdown", "rejected", "orphaned")
+_TASK_ACTIONS = tuple(state.label for state in TaskState)
 ACTIONS: dict[EventType, tuple[str, ...]] = {
     "service": ("create", "update", "remove", *_ROLLOUT_ACTIONS.values()),
     "task": _TASK_ACTIONS,

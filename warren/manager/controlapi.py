@@ -25,6 +25,7 @@ from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlvolumes import VolumesControl
+from warren.manager.eventstream import EventFeed, EventsControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
@@ -133,7 +134,12 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
 
 
 class ControlService(
-    CertificatesControl, VolumesControl, SecretsControl, RegistryControl, control_pb2_grpc.ControlServicer
+    CertificatesControl,
+    VolumesControl,
+    SecretsControl,
+    RegistryControl,
+    EventsControl,
+    control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
 
@@ -146,6 +152,7 @@ class ControlService(
         certs_dir: Path | None = None,
         raft_secret: str = "",
         images: DigestLookup | None = None,
+        events: EventFeed | None = None,
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         self._authority = cakey.Authority(raft_secret)
@@ -161,6 +168,7 @@ class ControlService(
         self._images = images
         # Seals registry logins with the secrets' keys (ADR 43, 38).
         self._vault = LoginVault(self._keyring) if raft_secret else None
+        self._events = events  # the event stream (ADR 45); None: not served
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))

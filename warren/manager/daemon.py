@@ -36,6 +36,7 @@ from warren.manager.certificates import CertificateKeeper
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.eventstream import EventFeed
 from warren.manager.imagepin import RegistryDigests
 from warren.manager.logbroker import LogBroker
 from warren.manager.loops import hand_over_leadership, track_health, watch_demotion
@@ -186,6 +187,7 @@ async def _open_and_serve(
         certs_dir=data / "certs",
         raft_secret=secret,
         images=digest_lookup(options, store, vault) if options.resolve_images else None,
+        events=EventFeed(store, hub),
     )
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault)

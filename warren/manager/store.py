@@ -326,6 +326,6 @@ def _event_key(key: tuple[int, int]) -> bytes:
     return struct.pack(">QI", *key)
 
 
-def _unpack_event_key(raw: bytes) -> tuple[int, int]:
+def _unpack_event_key(raw: bytes | memoryview) -> tuple[int, int]:
     index, position = struct.unpack(">QI", raw)
     return index, position
