@@ -34,6 +34,7 @@ BENCHMARKS = {
     "rollout": "bench.bench_rollout",
     "deploy_cases": "bench.bench_deploy_cases",
     "secrets_start": "bench.bench_secrets",
+    "events": "bench.bench_events",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
