@@ -156,8 +156,28 @@ def test_a_script_waits_for_its_task_to_run(trio: list[Manager]) -> None:
     finally:
         code, stderr = consumer.interrupt()
     assert (code, stderr) == (0, "")
+
+    # The same history, as text, from another manager, ending at --until with exit 0.
+    listed = first.cli("--manager", trio[2].addr, "events", "--since", since, "--until", f"{time.time():.6f}")
+    assert listed.returncode == 0, listed.stderr
+    lines = [line for line in listed.stdout.splitlines() if "name=web" in line]
+    assert " service create " in lines[0] and any(" task running " in line for line in lines)
     assert first.cli("service", "rm", "web").returncode == 0
     wait_for(lambda: not _marked(), timeout=30, message="the task's process to stop")
+
+
+def test_bad_requests_over_grpc_are_invalid_argument(trio: list[Manager]) -> None:
+    alive = next(m for m in trio if m.process is not None and m.process.poll() is None)
+    with alive.channel(trio[0].data_dir / "admin") as channel:
+        garbage = channel.unary_stream("/warren.api.v1.Control/StreamEvents")
+        with pytest.raises(grpc.RpcError) as malformed:
+            list(garbage(b"\xff\xff\xff\xff", timeout=10))
+        assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        request = cpb.StreamEventsRequest(filters=[cpb.EventFilter(key="type", value="container")])
+        with pytest.raises(grpc.RpcError) as bad:
+            list(cpb_stub(channel).StreamEvents(request, timeout=10))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "unknown event type 'container'" in (bad.value.details() or "")
 
 
 def test_a_consumer_resumes_after_a_leader_kill_with_no_gap_and_no_duplicate(trio: list[Manager]) -> None:

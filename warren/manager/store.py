@@ -283,7 +283,8 @@ class Store:
                 list(s.secrets.values()),
                 list(s.configs.values()),
                 list(s.registry_logins.values()),
-                self._all_events(),
+                # Only up to the state's index: a commit writes to disk before the live state.
+                [e for e in self._all_events() if e.index <= self.applied_index],
                 self.events_pruned,
             )
 
