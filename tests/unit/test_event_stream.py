@@ -145,3 +145,31 @@ def test_bad_requests_are_invalid_argument(tmp_path: Path, fields: dict[str, obj
         rig.store.env.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_each_new_leader_announces_itself_once_per_term(tmp_path: Path) -> None:
+    from warren.manager.dispatcher import Heartbeats
+    from warren.manager.orchestrator import Orchestrator
+    from warren.model import ClusterInfo
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path / "db")
+        cluster = ClusterInfo("c1", 1.0, "", "", "w" * 26, "m" * 26)
+        await rig.run(commands.InitCluster(cluster, node("m1")))
+        orchestrator = Orchestrator(rig.store, rig.raft, rig.hub, Heartbeats(), "m1")
+
+        def announcements() -> list[tuple[str, str]]:
+            history = rig.store.events_after(None)
+            return [(e.actor_id, e.attributes["term"]) for e in history if e.action == "leader"]
+
+        await orchestrator.pass_once()
+        await orchestrator.pass_once()
+        assert announcements() == [("m1", "1")]  # once per term, not per pass
+        rig.raft.leader = "127.0.0.2:4243"  # another manager leads: this one says nothing
+        await orchestrator.pass_once()
+        rig.raft.leader, rig.raft.term = rig.raft.self_addr, 2  # elected again, in a new term
+        await orchestrator.pass_once()
+        assert announcements() == [("m1", "1"), ("m1", "2")]
+        rig.store.env.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
