@@ -28,8 +28,13 @@ def register(groups: Any) -> None:
         "With --until, exits 0 there; otherwise follows until Ctrl-C. TIME is RFC 3339 "
         "(2025-01-02T10:00:00Z), a Unix time (1735812000) or a duration ago (10m).",
     )
-    p.add_argument("--since", type=value_type(lambda t: parse_time(t, "--since")), metavar="TIME")
-    p.add_argument("--until", type=value_type(lambda t: parse_time(t, "--until")), metavar="TIME")
+    p.add_argument(
+        "--since",
+        type=value_type(lambda t: parse_time(t, "--since")),
+        metavar="TIME",
+        help="first the history from then",
+    )
+    p.add_argument("--until", type=value_type(lambda t: parse_time(t, "--until")), metavar="TIME", help="exit 0 there")
     p.add_argument("--after", type=value_type(parse_event_id), metavar="ID", help="resume after this event id")
     p.add_argument(
         "--filter",

@@ -9,6 +9,7 @@ source, so a replay that meets the live tail neither skips nor repeats an event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -88,6 +89,8 @@ class EventFeed:
                 last = self._history.last_event
                 cursor = last.key if last is not None else None
             while True:
+                while not wakeups.empty():  # this read covers them; a slow reader holds none
+                    wakeups.get_nowait()
                 self._check_no_gap(cursor, query.after)
                 page = self._history.events_after(cursor, PAGE)
                 for event in page:
@@ -104,12 +107,8 @@ class EventFeed:
                     if left <= 0:
                         return
                     wait = min(wait, left)
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeups.get(), wait)
-                except TimeoutError:
-                    continue
-                while not wakeups.empty():
-                    wakeups.get_nowait()
 
     def _check_no_gap(self, cursor: tuple[int, int] | None, asked: tuple[int, int] | None) -> None:
         """Refuse to go on past events this manager no longer has: a silent gap would look like
