@@ -227,3 +227,23 @@ def test_the_history_keeps_the_larger_of_a_count_and_an_hour(tmp_path: Path, mon
     assert [e.time for e in store.events_after(None)] == [125.0, 130.0, 131.0, 132.0, 133.0, 134.0, 135.0][1:]
     store.env.close()
     assert msgspec.json.decode(msgspec.json.encode(kept[0]), type=Event) == kept[0]
+
+
+def test_a_network_change_is_mapped_once_the_state_has_networks() -> None:
+    """The Network model is new (#14); its commands come from another part. Its changes map by
+    kind and name, so they become events as soon as they exist."""
+    from warren.model import Network
+
+    network = Network(id="net1", name="backend", created_at=5.0)
+    put = Put("network", network)  # type: ignore[arg-type]  # not yet a Kind of the state
+    (created,) = events.derive(ClusterState(), None, [put], 3, 0, 5.0)
+    assert (created.type, created.action, created.actor_id, created.actor_name) == (
+        "network",
+        "create",
+        "net1",
+        "backend",
+    )
+    state = ClusterState()
+    state.networks = {"net1": network}  # type: ignore[attr-defined]  # as the state will hold them
+    (removed,) = events.derive(state, None, [Delete("network", "net1")], 4, 0, 6.0)  # type: ignore[arg-type]
+    assert (removed.action, removed.actor_name) == ("remove", "backend")
