@@ -35,6 +35,7 @@ BENCHMARKS = {
     "deploy_cases": "bench.bench_deploy_cases",
     "secrets_start": "bench.bench_secrets",
     "stack": "bench.bench_stack",  # #14
+    "events": "bench.bench_events",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
-from warren import commands, model, validate
+from warren import commands, events, model, validate
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -610,4 +610,17 @@ def endpoint_to_pb(
             for p in service.spec.ports
             if p.published
         ],
+    )
+
+
+def event_to_pb(event: events.Event) -> cpb.Event:
+    """An event of the stream (ADR 45)."""
+    return cpb.Event(
+        id=event.id,
+        time=event.time,
+        type=event.type,
+        action=event.action,
+        actor_id=event.actor_id,
+        actor_name=event.actor_name,
+        attributes=event.attributes,
     )

@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, config, image, node, registry, secret, service, stack, units, volume, worker
+    from warren.cli import cluster, config, events, image, node, registry, secret, service, stack, units, volume, worker
 
     parser = Parser(
         prog=PROG,
@@ -64,6 +64,7 @@ def build_parser() -> Parser:
     config.register(groups)
     registry.register(groups)
     stack.register(groups)  # and `warren apply` (#14)
+    events.register(groups)
     return parser
 
 

@@ -32,6 +32,7 @@ from warren.commands.overlay import overlay_layout
 from warren.commands.types import (
     OK,
     REVOCATION_RETENTION,
+    AnnounceLeader,
     ApplyPlan,
     ApplyStack,
     Batch,
@@ -84,6 +85,7 @@ __all__ = [
     "MAX_KEY_EPOCH",
     "OK",
     "REVOCATION_RETENTION",
+    "AnnounceLeader",
     "ApplyPlan",
     "ApplyStack",
     "Batch",

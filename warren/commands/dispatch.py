@@ -39,6 +39,7 @@ from warren.commands.stacks import apply_stack, remove_stack
 from warren.commands.tasks import apply_plan, report_task_status
 from warren.commands.types import (
     OK,
+    AnnounceLeader,
     ApplyPlan,
     ApplyStack,
     Changes,
@@ -135,6 +136,7 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     SetRegistryLogin: set_registry_login,
     RemoveRegistryLogin: remove_registry_login,
     Noop: noop,
+    AnnounceLeader: noop,
     CreateVolume: create_volume,
     RemoveVolume: remove_volume,
     ApplyStack: apply_stack,

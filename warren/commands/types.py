@@ -326,6 +326,7 @@ class CreateSecret(msgspec.Struct, frozen=True, tag="secret.create"):
 
 class RemoveSecret(msgspec.Struct, frozen=True, tag="secret.remove"):
     secret_id: str
+    at: float = 0.0  # the time of its event (ADR 45); 0 in commands written before events
 
 
 class CreateConfig(msgspec.Struct, frozen=True, tag="config.create"):
@@ -334,6 +335,7 @@ class CreateConfig(msgspec.Struct, frozen=True, tag="config.create"):
 
 class RemoveConfig(msgspec.Struct, frozen=True, tag="config.remove"):
     config_id: str
+    at: float = 0.0  # the time of its event (ADR 45); 0 in commands written before events
 
 
 class ApplyStack(msgspec.Struct, frozen=True, tag="stack.apply"):
@@ -367,6 +369,16 @@ class RemoveStack(msgspec.Struct, frozen=True, tag="stack.remove"):
 
 class Noop(msgspec.Struct, frozen=True, tag="noop"):
     """Written to confirm leadership (a linearizable read barrier)."""
+
+
+class AnnounceLeader(msgspec.Struct, frozen=True, tag="cluster.leader"):
+    """A new leader says so, once per term (ADR 45): changes nothing, but every manager derives
+    the same "leader" event from it at the same index."""
+
+    node_id: str
+    raft_addr: str
+    term: int
+    at: float
 
 
 Command = (
@@ -403,6 +415,7 @@ Command = (
     | SetRegistryLogin
     | RemoveRegistryLogin
     | Noop
+    | AnnounceLeader
     | CreateVolume
     | RemoveVolume
     | ApplyStack

@@ -28,6 +28,7 @@ from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlstacks import StacksControl
 from warren.manager.controlvolumes import VolumesControl
+from warren.manager.eventstream import EventFeed, EventsControl
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
@@ -154,6 +155,7 @@ class ControlService(
     RegistryControl,
     AutolockControl,
     StacksControl,  # #14
+    EventsControl,
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
@@ -168,6 +170,7 @@ class ControlService(
         raft_secret: str = "",
         images: DigestLookup | None = None,
         keyring: KeyRing | None = None,
+        events: EventFeed | None = None,
     ) -> None:
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         # seals secrets before they are proposed (ADR 38); holds the KEK under autolock (ADR 44)
@@ -184,6 +187,7 @@ class ControlService(
         self._images = images
         # Seals registry logins with the secrets' keys (ADR 43, 38).
         self._vault = LoginVault(self._keyring) if raft_secret else None
+        self._events = events  # the event stream (ADR 45); None: not served
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))

@@ -127,7 +127,7 @@ class SecretsControl:
             secret = _resolve("secret", state.secrets, state.secret_by_name, request.secret)
             # The handler judges "in use" on the state as read first: a refusal costs no entry.
             check_result(commands.apply(state, commands.RemoveSecret(secret.id))[0])
-        await self._propose(commands.RemoveSecret(secret.id))
+        await self._propose(commands.RemoveSecret(secret.id, at=time.time()))
         return convert.secret_to_pb(secret)
 
     # -- configs -------------------------------------------------------------------------------
@@ -158,5 +158,5 @@ class SecretsControl:
         with self._store.read() as state:
             config = _resolve("config", state.configs, state.config_by_name, request.config)
             check_result(commands.apply(state, commands.RemoveConfig(config.id))[0])
-        await self._propose(commands.RemoveConfig(config.id))
+        await self._propose(commands.RemoveConfig(config.id, at=time.time()))
         return convert.config_to_pb(config)

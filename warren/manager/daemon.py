@@ -38,6 +38,7 @@ from warren.manager.certificates import CertificateKeeper, key_opener, load_own
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
+from warren.manager.eventstream import EventFeed
 from warren.manager.imagepin import RegistryDigests
 from warren.manager.lockkeeper import LockKeeper
 from warren.manager.logbroker import LogBroker
@@ -259,6 +260,7 @@ async def _open_and_serve(
         raft_secret=secret,
         keyring=keyring,
         images=digest_lookup(options, store, vault) if options.resolve_images else None,
+        events=EventFeed(store, hub),
     )
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault)

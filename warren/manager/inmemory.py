@@ -29,7 +29,7 @@ class AppliedState(Protocol):
     @property
     def applied_index(self) -> int: ...
 
-    def commit(self, index: int, changes: list[Change]) -> None: ...
+    def commit(self, index: int, changes: list[Change], command: object = None) -> None: ...
 
 
 class InMemoryState:
@@ -50,7 +50,7 @@ class InMemoryState:
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)
 
-    def commit(self, index: int, changes: list[Change]) -> None:
+    def commit(self, index: int, changes: list[Change], command: object = None) -> None:
         self.state.apply(changes)
         self.applied_index = index
         for watcher in self._watchers:
@@ -99,7 +99,7 @@ class InMemoryRaft:
         self.proposed.append(command)
         index = self.store.applied_index + 1
         result, changes = commands.apply(self.store.state, command)
-        self.store.commit(index, changes)
+        self.store.commit(index, changes, command)
         return msgspec.structs.replace(result, index=index)
 
     def status(self) -> RaftStatus:

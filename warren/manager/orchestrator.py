@@ -45,6 +45,7 @@ class Orchestrator:
         self._beat_for_local_node = beat_for_local_node
         self._was_leader = False
         self._last_applied = -1
+        self._announced_term = -1
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
@@ -61,6 +62,19 @@ class Orchestrator:
                 except Exception:
                     log.exception("scheduling pass failed")
 
+    async def _announce_leadership(self) -> None:
+        """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""
+        status = self._raft.status()
+        if status.term == self._announced_term:
+            return
+        announce = commands.AnnounceLeader(self._local_node_id, status.self_addr, status.term, time.time())
+        try:
+            await self._raft.propose_async(announce, timeout=10.0)
+        except ProposalError as exc:
+            log.warning("leadership announcement not committed: %s", exc.message)
+            return
+        self._announced_term = status.term
+
     async def pass_once(self) -> None:
         if not self._raft.is_leader:
             self._was_leader = False
@@ -74,6 +88,7 @@ class Orchestrator:
         snapshot = self._store.snapshot()
         if snapshot.cluster is None:
             return
+        await self._announce_leadership()
         due = commands.keys_due_for_rotation(snapshot, time.time())
         if due:  # WireGuard keys older than the cluster's rotation period (ADR 18)
             log.info("rotating the WireGuard key of %d node(s)", len(due))

@@ -201,7 +201,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
                     results = self._store.commit_each(index, command.commands, commands.apply)
                 else:
                     result, changes = commands.apply(self._store.state, command)
-                    self._store.commit(index, changes)
+                    self._store.commit(index, changes, command)
                     results = [result]
             except Exception as exc:
                 if not self._out_of_space(exc):  # a broken disk: only what is on it can be trusted

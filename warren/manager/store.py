@@ -10,6 +10,7 @@ power loss, not only kill -9.
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any, TypeVar
 import lmdb
 import msgspec
 
+from warren import events
 from warren.manager.ports import Watcher
 from warren.manager.settings import DEFAULT_MAP_SIZE
 from warren.model import (
@@ -52,6 +54,14 @@ _KIND_TYPES: dict[Kind, type] = {
     "network": Network,
 }
 _APPLIED_KEY = b"applied_index"
+_PRUNED_KEY = b"events_pruned"  # the id of the last event dropped from the history (ADR 45)
+
+# The event history (ADR 45): at least the last HISTORY_MIN_EVENTS events and every event of the
+# last HISTORY_MIN_AGE seconds, whichever is more, but never more than HISTORY_MAX_EVENTS (an
+# hour of a very busy cluster must not fill the map).
+HISTORY_MIN_EVENTS = 10_000
+HISTORY_MIN_AGE = 3600.0
+HISTORY_MAX_EVENTS = 100_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -72,6 +82,8 @@ class Snapshot(msgspec.Struct, frozen=True):
     configs: list[Config] = []
     registry_logins: list[RegistryLogin] = []  # absent from snapshots written before them (ADR 43)
     networks: list[Network] = []  # absent from snapshots written before networks (#14)
+    events: list[events.Event] = []  # the event history (ADR 45), oldest first
+    events_pruned: tuple[int, int] | None = None  # the last event dropped from it
 
 
 def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
@@ -79,7 +91,7 @@ def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Envir
     `map_size` is address space, not disk: the file grows as needed, up to it. LMDB never maps
     less than its file holds, so a smaller map than a previous run's has no effect."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=map_size, max_dbs=16, sync=True, metasync=True, mode=0o600)
+    return lmdb.open(str(path), map_size=map_size, max_dbs=32, sync=True, metasync=True, mode=0o600)
 
 
 class Store:
@@ -93,22 +105,33 @@ class Store:
         self._decoders: dict[Kind, msgspec.msgpack.Decoder[Any]] = {
             kind: msgspec.msgpack.Decoder(t) for kind, t in _KIND_TYPES.items()
         }
+        self._events_db = env.open_db(b"events")
+        self._event_decoder = msgspec.msgpack.Decoder(events.Event)
         self._lock = threading.Lock()
         self._watchers: list[Watcher] = []
         self.state = ClusterState()
         self.applied_index = 0
+        self.last_event: events.Event | None = None
+        self.events_pruned: tuple[int, int] | None = None
         self._load()
 
     def _load(self) -> None:
         with self.env.begin() as txn:
             raw = txn.get(_APPLIED_KEY, db=self._meta)
             self.applied_index = int(raw) if raw else 0
+            self._read_event_marks(txn)
             changes: list[Change] = []
             for kind, db in self._dbs.items():
                 decoder = self._decoders[kind]
                 for _key, value in txn.cursor(db=db):
                     changes.append(Put(kind, decoder.decode(value)))
         self.state.apply(changes)
+
+    def _read_event_marks(self, txn: lmdb.Transaction) -> None:
+        pruned = txn.get(_PRUNED_KEY, db=self._meta)
+        self.events_pruned = _unpack_event_key(pruned) if pruned else None
+        cursor = txn.cursor(db=self._events_db)
+        self.last_event = self._event_decoder.decode(cursor.value()) if cursor.last() else None
 
     def _reload(self) -> None:
         """Make the live state what the disk holds again, after a transaction that failed."""
@@ -132,11 +155,19 @@ class Store:
         self._watchers.append(watcher)
 
     # -- writes (Raft apply thread only) -----------------------------------------------------
-    def commit(self, index: int, changes: list[Change]) -> None:
-        """Persist, then notify. Only a failure to persist propagates: once the data is on
-        disk, a watcher's failure (say, at shutdown) must not look like a broken disk."""
-        with self.env.begin(write=True) as txn:
-            self._put_changes(txn, index, changes)
+    def commit(self, index: int, changes: list[Change], command: object = None) -> None:
+        """Persist, with the events of `command`'s changes, then notify. Only a failure to
+        persist propagates: once the data is on disk, a watcher's failure (say, at shutdown)
+        must not look like a broken disk."""
+        new_events = self._derive_events(index, 0, command, changes)
+        try:
+            with self.env.begin(write=True) as txn:
+                self._put_changes(txn, index, changes)
+                self._put_events(txn, new_events)
+        except lmdb.Error:
+            with self.env.begin() as txn:  # what the failed transaction did not write
+                self._read_event_marks(txn)
+            raise
         with self._lock:
             self.state.apply(changes)
             self.applied_index = index
@@ -151,14 +182,17 @@ class Store:
         caller may retry, because the live state is first reloaded from the disk (ADR 22)."""
         results: list[R] = []
         everything: list[Change] = []
+        new_events: list[events.Event] = []
         try:
             with self.env.begin(write=True) as txn, self._lock:
                 for item in items:
                     result, changes = step(self.state, item)
+                    new_events += self._derive_events(index, len(new_events), item, changes)
                     self.state.apply(changes)
                     self._put_changes(txn, index, changes)
                     results.append(result)
                     everything.extend(changes)
+                self._put_events(txn, new_events)
         except lmdb.Error:
             self._reload()
             raise
@@ -177,6 +211,58 @@ class Store:
                 key = (CLUSTER_KEY if change.kind == "cluster" else change.id).encode()
                 txn.delete(key, db=db)
         txn.put(_APPLIED_KEY, str(index).encode(), db=self._meta)
+
+    # -- the event history (ADR 45) ------------------------------------------------------------
+    def _derive_events(self, index: int, first: int, command: object, changes: list[Change]) -> list[events.Event]:
+        """The events of `changes`, against the state before them. A command without a time
+        of its own takes the last event's: the same on every manager, and never going back."""
+        time = events.command_time(command) or (self.last_event.time if self.last_event else 0.0)
+        derived = events.derive(self.state, command, changes, index, first, time)
+        if derived:
+            self.last_event = derived[-1]
+        return derived
+
+    def _put_events(self, txn: lmdb.Transaction, new_events: list[events.Event]) -> None:
+        for event in new_events:
+            txn.put(_event_key(event.key), self._encoder.encode(event), db=self._events_db)
+        if new_events:
+            self._prune_events(txn, new_events[-1].time)
+
+    def _prune_events(self, txn: lmdb.Transaction, newest: float) -> None:
+        count = txn.stat(self._events_db)["entries"]
+        if count <= HISTORY_MIN_EVENTS:
+            return
+        cursor = txn.cursor(db=self._events_db)
+        pruned = None
+        cursor.first()
+        while count > HISTORY_MIN_EVENTS:
+            key = cursor.key()
+            recent = self._event_decoder.decode(cursor.value()).time >= newest - HISTORY_MIN_AGE
+            if recent and count <= HISTORY_MAX_EVENTS:
+                break
+            cursor.delete()  # and on to the next
+            pruned, count = key, count - 1
+        if pruned is not None:
+            txn.put(_PRUNED_KEY, pruned, db=self._meta)
+            self.events_pruned = _unpack_event_key(pruned)
+
+    def events_after(self, after: tuple[int, int] | None, limit: int = 1000) -> list[events.Event]:
+        """Up to `limit` events of the history after the event `after` (None: from its start)."""
+        found: list[events.Event] = []
+        with self.env.begin(db=self._events_db) as txn:
+            cursor = txn.cursor()
+            start = _event_key((after[0], after[1] + 1)) if after else b""
+            if not cursor.set_range(start):
+                return found
+            for _key, value in cursor:
+                found.append(self._event_decoder.decode(value))
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _all_events(self) -> list[events.Event]:
+        with self.env.begin(db=self._events_db) as txn:
+            return [self._event_decoder.decode(value) for _key, value in txn.cursor()]
 
     def _notify(self, index: int, changes: list[Change] | None) -> None:
         for watcher in self._watchers:
@@ -201,6 +287,9 @@ class Store:
                 list(s.configs.values()),
                 list(s.registry_logins.values()),
                 list(s.networks.values()),
+                # Only up to the state's index: a commit writes to disk before the live state.
+                [e for e in self._all_events() if e.index <= self.applied_index],
+                self.events_pruned,
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -221,10 +310,28 @@ class Store:
         state = ClusterState()
         state.apply(changes)
         with self.env.begin(write=True) as txn:
-            for db in self._dbs.values():
+            for db in (*self._dbs.values(), self._events_db):
                 txn.drop(db, delete=False)
             self._put_changes(txn, snapshot.applied_index, changes)
+            for event in snapshot.events:  # the leader's history, so that resumes work here too
+                txn.put(_event_key(event.key), self._encoder.encode(event), db=self._events_db)
+            if snapshot.events_pruned is not None:
+                txn.put(_PRUNED_KEY, _event_key(snapshot.events_pruned), db=self._meta)
+            else:
+                txn.delete(_PRUNED_KEY, db=self._meta)
         with self._lock:
             self.state = state
             self.applied_index = snapshot.applied_index
+            self.last_event = snapshot.events[-1] if snapshot.events else None
+            self.events_pruned = snapshot.events_pruned
         self._notify(snapshot.applied_index, None)
+
+
+def _event_key(key: tuple[int, int]) -> bytes:
+    """Big-endian, so that LMDB's byte order is the events' order."""
+    return struct.pack(">QI", *key)
+
+
+def _unpack_event_key(raw: bytes | memoryview) -> tuple[int, int]:
+    index, position = struct.unpack(">QI", raw)
+    return index, position
