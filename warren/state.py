@@ -15,6 +15,7 @@ from warren.model import (
     AdminCert,
     ClusterInfo,
     Config,
+    Network,
     Node,
     NodeRole,
     RegistryLogin,
@@ -25,8 +26,12 @@ from warren.model import (
     Volume,
 )
 
-Kind = Literal["node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry"]
-StoredObject = Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin
+Kind = Literal[
+    "node", "service", "task", "cluster", "revoked", "admin", "volume", "secret", "config", "registry", "network"
+]
+StoredObject = (
+    Node | Service | Task | ClusterInfo | RevokedNode | AdminCert | Volume | Secret | Config | RegistryLogin | Network
+)
 
 
 class Put(msgspec.Struct, frozen=True, tag="put"):
@@ -66,6 +71,8 @@ class ClusterState:
         self.volume_names: dict[str, str] = {}
         self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
         self.configs: dict[str, Config] = {}
+        self.networks: dict[str, Network] = {}  # by id (#14, ADR 47)
+        self.network_names: dict[str, str] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -81,6 +88,10 @@ class ClusterState:
     def volume_by_name(self, name: str) -> Volume | None:
         volume_id = self.volume_names.get(name)
         return self.volumes.get(volume_id) if volume_id else None
+
+    def network_by_name(self, name: str) -> Network | None:
+        network_id = self.network_names.get(name)
+        return self.networks.get(network_id) if network_id else None
 
     def manager_addrs(self) -> list[str]:
         """Every manager's API address: what clients and agents should know to fail over."""
@@ -116,6 +127,8 @@ class ClusterState:
         other.volume_names = dict(self.volume_names)
         other.secrets = dict(self.secrets)
         other.configs = dict(self.configs)
+        other.networks = dict(self.networks)
+        other.network_names = dict(self.network_names)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -152,6 +165,10 @@ class ClusterState:
         elif kind == "registry":
             assert isinstance(obj, RegistryLogin)
             self.registry_logins[obj.id] = obj
+        elif kind == "network":
+            assert isinstance(obj, Network)
+            self.networks[obj.id] = obj
+            self.network_names[obj.name] = obj.id
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -186,6 +203,10 @@ class ClusterState:
             self.configs.pop(obj_id, None)
         elif kind == "registry":
             self.registry_logins.pop(obj_id, None)
+        elif kind == "network":
+            network = self.networks.pop(obj_id, None)
+            if network is not None and self.network_names.get(network.name) == obj_id:
+                del self.network_names[network.name]
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

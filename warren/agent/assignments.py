@@ -102,6 +102,10 @@ class AssignmentSet:
                     tuple((p.protocol, p.published, p.target) for p in e.ports),
                     canary=tuple(e.canary),
                     canary_weight=e.canary_weight,
+                    networks=tuple(e.networks),
+                    members=tuple(e.members),
+                    aliases=tuple((a.network, a.alias) for a in e.aliases),
+                    internal=e.internal,
                 )
                 for e in msg.services
             )

@@ -22,6 +22,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import cakey
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlnetworks import NetworksControl
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlvolumes import VolumesControl
@@ -133,7 +134,12 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
 
 
 class ControlService(
-    CertificatesControl, VolumesControl, SecretsControl, RegistryControl, control_pb2_grpc.ControlServicer
+    CertificatesControl,
+    VolumesControl,
+    SecretsControl,
+    RegistryControl,
+    NetworksControl,
+    control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
 

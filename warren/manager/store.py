@@ -25,6 +25,7 @@ from warren.model import (
     AdminCert,
     ClusterInfo,
     Config,
+    Network,
     Node,
     RegistryLogin,
     RevokedNode,
@@ -48,6 +49,7 @@ _KIND_TYPES: dict[Kind, type] = {
     "secret": Secret,
     "config": Config,
     "registry": RegistryLogin,
+    "network": Network,
 }
 _APPLIED_KEY = b"applied_index"
 
@@ -69,6 +71,7 @@ class Snapshot(msgspec.Struct, frozen=True):
     secrets: list[Secret] = []  # sealed values only (ADR 38)
     configs: list[Config] = []
     registry_logins: list[RegistryLogin] = []  # absent from snapshots written before them (ADR 43)
+    networks: list[Network] = []  # absent from snapshots written before networks (ADR 47)
 
 
 def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
@@ -197,6 +200,7 @@ class Store:
                 list(s.secrets.values()),
                 list(s.configs.values()),
                 list(s.registry_logins.values()),
+                list(s.networks.values()),
             )
 
     def restore(self, snapshot: Snapshot) -> None:
@@ -211,6 +215,7 @@ class Store:
         changes += [Put("secret", x) for x in snapshot.secrets]
         changes += [Put("config", c) for c in snapshot.configs]
         changes += [Put("registry", r) for r in snapshot.registry_logins]
+        changes += [Put("network", n) for n in snapshot.networks]
         if snapshot.cluster is not None:
             changes.append(Put("cluster", snapshot.cluster))
         state = ClusterState()

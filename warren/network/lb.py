@@ -41,6 +41,13 @@ class Endpoint:
     # between them, whatever their number; `backends` share the rest.
     canary: tuple[str, ...] = ()
     canary_weight: int = 0
+    # Networks (#14, ADR 47): the service's networks by name (() = none known: no isolation),
+    # every live task's address (not only the healthy ones: a starting task calls its peers
+    # too), its aliases as (network, alias), and whether all its networks are internal.
+    networks: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    internal: bool = False
 
 
 # Weighted choices pick one of this many buckets per connection: 1/10000 is the finest share.
@@ -166,7 +173,8 @@ def _chain(name: str, hook: str, rules: str) -> str:
 
 
 def removal(table: str = TABLE) -> str:
-    """The transaction that removes the table (creating it first makes it idempotent)."""
+    """The transaction that removes the table and its bridge twin, which holds the isolation of
+    tasks on one bridge (warren.network.isolation); creating each first makes it idempotent."""
     if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
-    return f"table ip {table} {{}}\ndelete table ip {table}\n"
+    return f"table ip {table} {{}}\ndelete table ip {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
