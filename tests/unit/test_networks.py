@@ -163,7 +163,8 @@ def test_isolation_allows_pairs_on_one_network_and_drops_other_task_pairs() -> N
         "ip saddr @task_subnets ip daddr @task_subnets drop",
         "ip saddr @internal_only drop",
     ]
-    assert rules == routed + routed[:-1]  # the bridge table: the same pairs, no route out to drop
+    local = ["ip saddr @internal_only ip daddr != @node_addresses drop"]  # nor the node's other addresses
+    assert rules == routed + local + routed[:-1]  # the bridge table: the same pairs, no route out to drop
     assert f"ct mark {lb.PUBLISHED_MARK:#x} accept" in text  # published ports answer every network
     assert "set internal_only {\n        type ipv4_addr;\n        elements = { 10.200.1.2 }" in text
     assert "table bridge warren {" in text

@@ -13,7 +13,7 @@ health checks, its connections to a VIP, published ports masqueraded to it) reac
 Connections that came in on a published port (lb.PUBLISHED_MARK) pass whatever their source, so
 published ports answer from every node whatever the service's network. A task address no
 endpoint names yet is in no network: it reaches no other task (fails closed). A task whose
-networks are all internal has no route out of the overlay.
+networks are all internal has no route out of the overlay, nor to its node's other addresses.
 """
 
 from __future__ import annotations
@@ -73,13 +73,25 @@ def ruleset(endpoints: Iterable[Endpoint], subnets: Iterable[str], table: str = 
         *between_tasks,
     ]
     closed = sorted(internal_only(endpoints), key=ipaddress.IPv4Address)
+    local: list[str] = []
     if closed:
         sets.append(_set("internal_only", closed))
         routed.append("        ip saddr @internal_only drop")
+        # Nor to the node's own other addresses (its underlay); its overlay address (the DNS,
+        # replies to health checks) stays open.
+        local = [
+            "        ct state established,related accept",
+            "        ip saddr @internal_only ip daddr != @node_addresses drop",
+        ]
     body = "".join(sets)
     return (
         f"table ip {table} {{\n{body}"
         + _chain("isolation", "type filter hook forward priority filter - 1; policy accept;", routed)
+        + (
+            _chain("isolation-input", "type filter hook input priority filter - 1; policy accept;", local)
+            if local
+            else ""
+        )
         + "}\n"
         + f"table bridge {table} {{\n{body}"
         + _chain("isolation", "type filter hook forward priority filter - 1; policy accept;", between_tasks)
