@@ -57,6 +57,9 @@ class Rig:
         self.cluster = cluster
         self.www = www
         self.task_ids: set[str] = set()
+        self._subnets: dict[str, ipaddress.IPv4Network] = {}  # host underlay address -> its node's subnet
+        self._running: dict[str, dict[str, dict]] = {}  # services' tasks stay put: each CLI call costs ~1 s
+        self._vips: dict[str, str] = {}
 
     @property
     def hosts(self) -> list[LabHost]:
@@ -81,23 +84,29 @@ class Rig:
         result = self.cli("service", "ps", service, "--format", "json")
         listed = json.loads(result.stdout) if result.returncode == 0 else []
         running = [t for t in listed if t["state"] == "running" and t["overlay_address"]]
-        subnets = {n["addr"]: ipaddress.ip_network(n["overlay_subnet"]) for n in self.cluster.nodes()}
+        if not self._subnets:
+            self._subnets = {n["addr"]: ipaddress.IPv4Network(n["overlay_subnet"]) for n in self.cluster.nodes()}
         by_host = {}
         for task in running:
-            host = next(h for h in self.hosts if ipaddress.ip_address(task["overlay_address"]) in subnets[h.ip])
+            address = ipaddress.IPv4Address(task["overlay_address"])
+            host = next(h for h in self.hosts if address in self._subnets[h.ip])
             by_host[host.name] = task
             self.task_ids.add(task["id"])
         return by_host
 
     def running(self, service: str) -> dict[str, dict]:
-        return wait_for(
-            lambda: (t := self.tasks(service)) and len(t) == len(self.hosts) and t,
-            timeout=30,
-            message=f"a running {service} task on every host",
-        )
+        if service not in self._running:
+            self._running[service] = wait_for(
+                lambda: (t := self.tasks(service)) and len(t) == len(self.hosts) and t,
+                timeout=30,
+                message=f"a running {service} task on every host",
+            )
+        return self._running[service]
 
     def vip(self, service: str) -> str:
-        return json.loads(self.ok("service", "inspect", service, "--format", "json"))["vip"]
+        if service not in self._vips:
+            self._vips[service] = json.loads(self.ok("service", "inspect", service, "--format", "json"))["vip"]
+        return self._vips[service]
 
     @staticmethod
     def fetch(task: dict, address: str, port: int = 8080) -> bool:
