@@ -17,7 +17,7 @@ from warren.cli import main
 from warren.cli.errors import CliError
 from warren.cli.network import apply_service_flags, parse_attachment
 from warren.manager.dispatcher import _endpoints
-from warren.model import ClusterInfo, Network, NetworkAttachment, RolloutState, ServiceSpec
+from warren.model import ClusterInfo, Network, NetworkAttachment, RolloutState, ServiceSpec, UpdateStatus
 from warren.network import isolation, lb
 from warren.network.dns import Records, answer
 from warren.network.lb import Endpoint
@@ -93,6 +93,22 @@ def test_a_rollback_to_a_version_on_a_removed_network_is_refused() -> None:
     assert result.code == "not_found" and "network 'old' not found" in result.message
     service = sim.state.services[service_id]
     assert service.update_status is None or service.update_status.state != RolloutState.ROLLBACK_STARTED
+
+
+def test_an_automatic_rollback_to_a_version_on_a_removed_network_pauses() -> None:
+    sim = clustered()
+    sim.run(commands.CreateNetwork(Network("n1", "old")))
+    service_id = sim.create_service(on("web", "old"))
+    sim.update_service(service_id, on("web"))
+    sim.converge()
+    sim.run(commands.RemoveNetwork("n1", sim.now))
+    version = sim.state.services[service_id].version
+    back = UpdateStatus(RolloutState.ROLLBACK_STARTED, sim.now, version, version + 1, message="rolled back: failed")
+    sim.run(commands.ApplyPlan(rollouts=(commands.RolloutChange(service_id, version, back, revert=True),)))
+    service = sim.state.services[service_id]
+    assert service.update_status is not None and service.update_status.state == RolloutState.PAUSED
+    assert "cannot roll back (network 'old' not found (service web))" in service.update_status.message
+    assert (service.version, service.spec.networks) == (version, ())
 
 
 def test_networks_survive_a_snapshot_of_the_state(tmp_path: object) -> None:
