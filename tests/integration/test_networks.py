@@ -115,6 +115,17 @@ class Rig:
         argv += ["busybox", "wget", "-q", "-O", "-", f"http://{address}:{port}/index.html"]
         return subprocess.run(argv, capture_output=True, text=True, timeout=10).returncode == 0
 
+    @staticmethod
+    def fetch_by_name(task: dict, name: str) -> str:
+        """The page `http://NAME:8080/` gives the task, resolved through the task's own
+        resolv.conf (in its mount namespace: the node's DNS); "" if it cannot."""
+        pid = subprocess.run(["ip", "netns", "pids", f"wt-{task['id']}"], capture_output=True, text=True).stdout.split()
+        argv = ["nsenter", "--target", pid[0], "--net", "--mount", "busybox", "timeout", "2", "busybox", "wget"]
+        result = subprocess.run(
+            [*argv, "-q", "-O", "-", f"http://{name}:8080/index.html"], capture_output=True, text=True
+        )
+        return result.stdout if result.returncode == 0 else ""
+
     def resolve(self, task: dict, name: str) -> bool:
         """Whether the task's node's DNS gives `name` to the task (asked from its address)."""
         gateway = str(ipaddress.ip_interface(f"{task['overlay_address']}/24").network.network_address + 1)
@@ -184,6 +195,9 @@ def test_names_resolve_only_for_tasks_sharing_a_network(rig: Rig) -> None:
         assert not rig.resolve(task, "sb") and not rig.resolve(task, "tasks.sb")
     assert not rig.resolve(sb["h1"], "sa") and not rig.resolve(sb["h1"], "alpha")
     assert rig.resolve(sb["h1"], "sb") and rig.resolve(sab["h2"], "sb") and rig.resolve(sab["h2"], "alpha")
+    # ...and so a task connects by name to its own network's services, not to the others'.
+    assert "inet 10." in rig.fetch_by_name(sa["h1"], "alpha") and "inet 10." in rig.fetch_by_name(sab["h1"], "sb")
+    assert rig.fetch_by_name(sa["h1"], "sb") == "" and rig.fetch_by_name(sb["h2"], "sa") == ""
 
 
 def test_an_internal_network_has_no_route_out_yet_its_tasks_reach_each_other(rig: Rig) -> None:
