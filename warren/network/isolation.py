@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from warren.network.lb import _TABLE_RE, PUBLISHED_MARK, TABLE, Endpoint
+from warren.network.lb import PUBLISHED_MARK, TABLE, Endpoint, check_table
 
 
 def memberships(endpoints: Iterable[Endpoint]) -> dict[str, frozenset[str]]:
@@ -46,8 +46,7 @@ def internal_only(endpoints: Iterable[Endpoint]) -> frozenset[str]:
 def ruleset(endpoints: Iterable[Endpoint], subnets: Iterable[str], table: str = TABLE) -> str:
     """The isolation rules for `table` (see the module doc); "" when no endpoint names a network
     (nothing is known to isolate)."""
-    if not _TABLE_RE.fullmatch(table):
-        raise ValueError(f"invalid nftables table name {table!r}")
+    check_table(table)
     endpoints = list(endpoints)
     if not any(ep.networks for ep in endpoints):
         return ""

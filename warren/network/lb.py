@@ -68,8 +68,7 @@ def ruleset(endpoints: Iterable[Endpoint], table: str = TABLE, bridge: str = "",
     is the node's task bridge: published-port connections leaving by another link (to another
     node's task) are masqueraded. `owner` is the node's tag (warren.network.owner), the table's
     comment."""
-    if not _TABLE_RE.fullmatch(table):
-        raise ValueError(f"invalid nftables table name {table!r}")
+    check_table(table)
     if not _COMMENT_RE.fullmatch(owner):
         raise ValueError(f"invalid nftables comment {owner!r}")
     nat: list[str] = []
@@ -172,9 +171,14 @@ def _chain(name: str, hook: str, rules: str) -> str:
     return f"    chain {name} {{\n        {hook}\n{rules}\n    }}\n"
 
 
+def check_table(table: str) -> None:
+    """Raises ValueError for a name nft would not take as a table (or that would end the text)."""
+    if not _TABLE_RE.fullmatch(table):
+        raise ValueError(f"invalid nftables table name {table!r}")
+
+
 def removal(table: str = TABLE) -> str:
     """The transaction that removes the table and its bridge twin, which holds the isolation of
     tasks on one bridge (warren.network.isolation); creating each first makes it idempotent."""
-    if not _TABLE_RE.fullmatch(table):
-        raise ValueError(f"invalid nftables table name {table!r}")
+    check_table(table)
     return f"table ip {table} {{}}\ndelete table ip {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
