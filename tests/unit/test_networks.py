@@ -6,18 +6,30 @@ from __future__ import annotations
 
 import argparse
 
+import grpc
 import msgspec
 import pytest
 from dnslib import RCODE, DNSRecord
 
 from tests.unit.core_sim import Sim, node, spec
+from tests.unit.test_manager_services import Manager, run, web
 from warren import commands
+from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main
 from warren.cli.errors import CliError
 from warren.cli.network import apply_service_flags, parse_attachment
 from warren.manager.dispatcher import _endpoints
-from warren.model import ClusterInfo, Network, NetworkAttachment, RolloutState, ServiceSpec, UpdateStatus
+from warren.manager.server import ApiError
+from warren.model import (
+    ClusterInfo,
+    Network,
+    NetworkAttachment,
+    RolloutState,
+    Service,
+    ServiceSpec,
+    UpdateStatus,
+)
 from warren.network import isolation, lb
 from warren.network.dns import Records, answer
 from warren.network.lb import Endpoint
@@ -266,7 +278,51 @@ def test_bad_network_flags_exit_2_with_one_line(argv: list[str], capsys: pytest.
     assert err and "\n" not in err and "Traceback" not in err
 
 
-def _service(service_id: str, s: ServiceSpec) -> object:
-    from warren.model import Service
-
+def _service(service_id: str, s: ServiceSpec) -> Service:
     return Service(id=service_id, spec=s, created_at=0.0)
+
+
+# -- the Control API on the manager's in-memory ports ------------------------------------------------
+def test_each_network_method_answers_with_the_right_code() -> None:
+    async def error(call: object) -> tuple[grpc.StatusCode, str]:
+        with pytest.raises(ApiError) as caught:
+            await call  # type: ignore[misc]
+        return caught.value.code, caught.value.message
+
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        control = manager.control
+        invalid, missing = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+        for request, code, text in (
+            (cpb.CreateNetworkRequest(name=""), invalid, "invalid network name ''"),
+            (cpb.CreateNetworkRequest(name="default"), invalid, "reserved"),
+            (cpb.CreateNetworkRequest(name="a", subnet="300.0.0.0/8"), invalid, "invalid subnet"),
+            (cpb.CreateNetworkRequest(name="a", labels={"warren.x": "1"}), invalid, "reserved"),
+        ):
+            got = await error(control.CreateNetwork(request, None))
+            assert got[0] == code and text in got[1], (request, got)
+        made = await control.CreateNetwork(
+            cpb.CreateNetworkRequest(name="a", internal=True, subnet="172.29.0.0/24"), None
+        )
+        assert (made.name, made.internal, made.subnet, made.builtin) == ("a", True, "172.29.0.0/24", False)
+        taken = await error(control.CreateNetwork(cpb.CreateNetworkRequest(name="b", subnet="172.29.0.0/16"), None))
+        assert taken[0] == invalid and "overlaps network a's" in taken[1]
+        again = await error(control.CreateNetwork(cpb.CreateNetworkRequest(name="a"), None))
+        assert again == (grpc.StatusCode.ALREADY_EXISTS, "network name 'a' is already in use")
+        spec = web(1, networks=[pb.NetworkAttachment(network="nope")])
+        assert (await error(control.CreateService(cpb.CreateServiceRequest(spec=spec), None)))[0] == missing
+        spec = web(1, networks=[pb.NetworkAttachment(network="a", aliases=["www"])])
+        await control.CreateService(cpb.CreateServiceRequest(spec=spec), None)
+        listed = (await control.ListNetworks(cpb.ListNetworksRequest(), None)).networks
+        assert [(n.name, n.builtin, list(n.used_by)) for n in listed] == [("default", True, []), ("a", False, ["web"])]
+        assert (await control.GetNetwork(cpb.GetNetworkRequest(network=made.id[:8]), None)).name == "a"
+        assert (await error(control.GetNetwork(cpb.GetNetworkRequest(network=""), None)))[0] == invalid
+        assert (await error(control.GetNetwork(cpb.GetNetworkRequest(network="zz"), None)))[0] == missing
+        busy = await error(control.RemoveNetwork(cpb.RemoveNetworkRequest(network="a"), None))
+        assert busy[0] == grpc.StatusCode.FAILED_PRECONDITION and "in use by service web" in busy[1]
+        builtin = await error(control.RemoveNetwork(cpb.RemoveNetworkRequest(network="default"), None))
+        assert builtin == (grpc.StatusCode.FAILED_PRECONDITION, "the default network cannot be removed")
+        assert (await error(control.RemoveNetwork(cpb.RemoveNetworkRequest(network="zz"), None)))[0] == missing
+
+    run(scenario())
