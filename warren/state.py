@@ -71,7 +71,8 @@ class ClusterState:
         self.volume_names: dict[str, str] = {}
         self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
         self.configs: dict[str, Config] = {}
-        self.networks: dict[str, Network] = {}  # by id (#14)
+        self.networks: dict[str, Network] = {}  # by id (#14, ADR 47)
+        self.network_names: dict[str, str] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -87,6 +88,10 @@ class ClusterState:
     def volume_by_name(self, name: str) -> Volume | None:
         volume_id = self.volume_names.get(name)
         return self.volumes.get(volume_id) if volume_id else None
+
+    def network_by_name(self, name: str) -> Network | None:
+        network_id = self.network_names.get(name)
+        return self.networks.get(network_id) if network_id else None
 
     def manager_addrs(self) -> list[str]:
         """Every manager's API address: what clients and agents should know to fail over."""
@@ -104,9 +109,6 @@ class ClusterState:
 
     def config_by_name(self, name: str) -> Config | None:
         return next((c for c in self.configs.values() if c.name == name), None)
-
-    def network_by_name(self, name: str) -> Network | None:
-        return next((n for n in self.networks.values() if n.name == name), None)
 
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
@@ -126,6 +128,7 @@ class ClusterState:
         other.secrets = dict(self.secrets)
         other.configs = dict(self.configs)
         other.networks = dict(self.networks)
+        other.network_names = dict(self.network_names)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -165,6 +168,7 @@ class ClusterState:
         elif kind == "network":
             assert isinstance(obj, Network)
             self.networks[obj.id] = obj
+            self.network_names[obj.name] = obj.id
         elif kind == "service":
             assert isinstance(obj, Service)
             old = self.services.get(obj.id)
@@ -200,7 +204,9 @@ class ClusterState:
         elif kind == "registry":
             self.registry_logins.pop(obj_id, None)
         elif kind == "network":
-            self.networks.pop(obj_id, None)
+            network = self.networks.pop(obj_id, None)
+            if network is not None and self.network_names.get(network.name) == obj_id:
+                del self.network_names[network.name]
         elif kind == "service":
             old = self.services.pop(obj_id, None)
             if old is not None:

@@ -236,6 +236,7 @@ def check_spec(spec: ServiceSpec) -> None:
     _check_rollout("update", spec.update)
     _check_rollout("rollback", spec.rollback)
     _check_deploy(spec, spec.deploy)
+    check_attachments(spec)
     seen: set[tuple[int, str]] = set()
     for port in spec.ports:
         if not 1 <= port.target <= 65535 or not 0 <= port.published <= 65535:
@@ -340,6 +341,27 @@ def _check_deploy(spec: ServiceSpec, deploy: DeployConfig) -> None:
             raise ValidationError(
                 "--update-order stop-first contradicts --deploy-strategy blue-green (the new set starts beside the old)"
             )
+
+
+MAX_NETWORKS_PER_SERVICE = 16  # #14, ADR 47
+MAX_ALIASES = 16
+
+
+def check_attachments(spec: ServiceSpec) -> None:
+    """A service's networks as written: each once, valid names and aliases, a bounded number
+    (whether they exist is judged against the state: commands.networks.missing_networks)."""
+    if len(spec.networks) > MAX_NETWORKS_PER_SERVICE:
+        raise ValidationError(f"a service is on at most {MAX_NETWORKS_PER_SERVICE} networks ({len(spec.networks)})")
+    seen: set[str] = set()
+    for attachment in spec.networks:
+        check_name("network", attachment.network)
+        if attachment.network in seen:
+            raise ValidationError(f"network {attachment.network} is named twice")
+        seen.add(attachment.network)
+        if len(attachment.aliases) > MAX_ALIASES:
+            raise ValidationError(f"at most {MAX_ALIASES} aliases on network {attachment.network}")
+        for alias in attachment.aliases:
+            check_name("network alias", alias)
 
 
 def check_spec_size(spec: ServiceSpec) -> None:

@@ -97,6 +97,11 @@ def build(target: Target) -> Hints:
         "CreateVolumeRequest.name": st.sampled_from(["fz-vol", "fz-vol2"]),
         "CreateVolumeRequest.driver": st.sampled_from(["", "local"]),
         "volume": st.sampled_from(["fz-vol", "fz-vol2", "missing"]),
+        # Networks (#14, ADR 47)
+        "CreateNetworkRequest.name": st.sampled_from(["fz-net", "fz-net2", "default", "bad name"]),
+        "CreateNetworkRequest.subnet": st.sampled_from(["", "172.31.0.0/24", "10.200.0.0/24", "junk"]),
+        "network": st.sampled_from(["fz-net", "fz-net2", "default", "missing"]),
+        "NetworkAttachment.network": st.sampled_from(["fz-net", "default", "missing"]),
         # Dispatcher
         "session_id": _dynamic(lambda: worker.session_id),
         "task_id": task_id,

@@ -47,7 +47,9 @@ def test_anything_but_an_ipv4_address_never_reaches_the_rules(endpoint: Endpoint
 def test_table_names_are_checked() -> None:
     with pytest.raises(ValueError):
         ruleset([], table="warren; flush ruleset")
-    assert removal("wtest") == "table ip wtest {}\ndelete table ip wtest\n"
+    assert removal("wtest") == (
+        "table ip wtest {}\ndelete table ip wtest\ntable bridge wtest {}\ndelete table bridge wtest\n"
+    )
 
 
 def test_published_ports_reach_the_tasks_from_every_node_and_remote_ones_are_masqueraded() -> None:

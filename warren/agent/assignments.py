@@ -103,6 +103,10 @@ class AssignmentSet:
                     canary=tuple(e.canary),
                     canary_weight=e.canary_weight,
                     host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
+                    networks=tuple(e.networks),
+                    members=tuple(e.members),
+                    aliases=tuple((a.network, a.alias) for a in e.aliases),
+                    internal=e.internal,
                 )
                 for e in msg.services
             )

@@ -117,6 +117,7 @@ class Overlay:
         self._tasks: Any = None  # TaskNetworkManager once this node's subnet is known
         self._services: tuple[Endpoint, ...] | None = None
         self._balanced: tuple[Endpoint, ...] | None = None  # what the nftables table holds
+        self._isolated_subnets: tuple[str, ...] = ()  # the node subnets it isolates (ADR 47)
         # ADR 33: the Raft index of the endpoints last given, and of those the table holds (the
         # heartbeat reports it; set `routing_changed` when it moves, so the report goes at once).
         self._services_index = 0
@@ -254,14 +255,15 @@ class Overlay:
         """The embedded DNS on the bridge address answers for the services (ADR 17)."""
         from warren.network import dns
 
+        gateway = str(self._tasks.gateway)
         if self._dns is None:
-            gateway = str(self._tasks.gateway)
             try:
                 self._dns = await dns.DnsServer.serve(gateway, DNS_PORT, dns.host_resolvers(exclude=[gateway]))
             except OSError as exc:
                 log.error("the embedded DNS cannot listen on %s:%d: %s", gateway, DNS_PORT, exc)
                 return
-        self._dns.records = dns.Records.of_services((e.name, e.vip, e.backends) for e in services)
+        # The node itself asks with its bridge address or the loopback: it sees every network.
+        self._dns.records = dns.Records.of_endpoints(services, trusted=(gateway, "127.0.0.1"))
 
     async def leave(self) -> list[str]:
         """The node left the cluster: stop converging, then take its overlay networking down
@@ -313,13 +315,18 @@ class Overlay:
             if self._balanced is not None and await self._call(self._guarded, self._table_present) is False:
                 log.warning("the load balancer's nftables table is gone (a firewall reload?): loading it again")
                 self._balanced = None
+            # The nodes' subnets bound the isolation's task addresses (ADR 47): a new node's too.
+            subnets = tuple(sorted(m.subnet for m in mesh if m.subnet)) if mesh is not None else ()
+            if subnets != self._isolated_subnets:
+                self._balanced = None
             if services is not None and services != self._balanced and self._tasks is not None:
                 try:
-                    await self._call(self._guarded, self._balance, services)
+                    await self._call(self._guarded, self._balance, services, subnets)
                 except Exception as exc:
                     log.error("the service load balancer was not updated: %s", exc)
                 else:
                     self._balanced = services
+                    self._isolated_subnets = subnets
                     backends = sum(len(e.backends) for e in services)
                     self.stats = replace(self.stats, services=len(services), backends=backends)
                     log.info("service VIPs: %d service(s) balanced", len(services))
@@ -335,18 +342,18 @@ class Overlay:
         listed = subprocess.run(["nft", "list", "table", "ip", lb.TABLE], capture_output=True, timeout=10)
         return listed.returncode == 0
 
-    def _balance(self, services: tuple[Endpoint, ...]) -> None:
+    def _balance(self, services: tuple[Endpoint, ...], subnets: tuple[str, ...] = ()) -> None:
         """Route the VIP range to the bridge (so the node's own connections to a VIP leave) and
-        replace the load balancer's nftables table in one transaction."""
+        replace the load balancer's nftables table, with the networks' isolation (ADR 47), in
+        one transaction."""
         self._tasks.ensure_bridge()
         if self._vip_range:
             self._tasks.route_vips(self._vip_range)
-        from warren.network import lb
+        from warren.network import isolation, lb
 
         subnet = str(self._tasks.subnet)  # its tasks take the host-mode ports (ADR 46)
-        self._tasks.apply_nft(
-            lb.ruleset(services, bridge=self._tasks.bridge, owner=self._tasks.owner_tag, local_subnet=subnet)
-        )
+        balancing = lb.ruleset(services, bridge=self._tasks.bridge, owner=self._tasks.owner_tag, local_subnet=subnet)
+        self._tasks.apply_nft(balancing + isolation.ruleset(services, subnets))
         for ifname in (self._tasks.bridge, self._ifname):  # published ports on 127.0.0.1 too
             self._tasks.route_localnet(ifname)
 

@@ -181,6 +181,7 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         secrets=file_refs_from_pb(msg.secrets, "secret"),
         configs=file_refs_from_pb(msg.configs, "config"),
         container=container_options_from_pb(msg.container),
+        networks=tuple(model.NetworkAttachment(a.network, tuple(a.aliases)) for a in msg.networks),
     )
 
 
@@ -222,6 +223,22 @@ def volume_to_pb(volume: model.Volume, hostname: str = "", used_by: Iterable[str
         created_at=volume.created_at,
         updated_at=volume.updated_at,
         used_by=list(used_by),
+    )
+
+
+def network_to_pb(network: model.Network, used_by: Iterable[str] = (), builtin: bool = False) -> pb.Network:
+    """A network (#14, ADR 47), with the services on it when read."""
+    return pb.Network(
+        id=network.id,
+        name=network.name,
+        subnet=network.subnet,
+        internal=network.internal,
+        attachable=network.attachable,
+        labels=network.labels,
+        created_at=network.created_at,
+        updated_at=network.updated_at,
+        used_by=list(used_by),
+        builtin=builtin,
     )
 
 
@@ -399,6 +416,7 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         mounts=[mount_to_pb(m) for m in spec.mounts],
         secrets=[file_ref_to_pb(r) for r in spec.secrets],
         configs=[file_ref_to_pb(r) for r in spec.configs],
+        networks=[pb.NetworkAttachment(network=a.network, aliases=list(a.aliases)) for a in spec.networks],
     )
     if spec.container != model.ContainerOptions():
         msg.container.CopyFrom(container_options_to_pb(spec.container))
@@ -593,11 +611,24 @@ def mesh_node_to_pb(node: model.Node) -> dpb.MeshNode:
 
 
 def endpoint_to_pb(
-    service: model.Service, backends: Iterable[str], canary: Iterable[str] = (), canary_weight: int = 0
+    service: model.Service,
+    backends: Iterable[str],
+    canary: Iterable[str] = (),
+    canary_weight: int = 0,
+    networks: Iterable[str] = (),
+    members: Iterable[str] = (),
+    internal: bool = False,
 ) -> dpb.ServiceEndpoint:
     """A service's VIP, the addresses of its tasks that take connections, and its published ports
-    (host-mode ones too, ADR 46); with a canary, which of them take `canary_weight` percent (ADR 35)."""
+    (host-mode ones too, ADR 46); with a canary, which of them take `canary_weight` percent (ADR 35);
+    its networks, every live task's address and its aliases (#14, ADR 47)."""
     return dpb.ServiceEndpoint(
+        networks=list(networks),
+        members=sorted(members),
+        aliases=[
+            dpb.NetworkAlias(network=a.network, alias=alias) for a in service.spec.networks for alias in a.aliases
+        ],
+        internal=internal,
         canary=sorted(canary),
         canary_weight=canary_weight,
         name=service.spec.name,

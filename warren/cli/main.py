@@ -19,7 +19,21 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, config, events, image, node, registry, secret, service, stack, units, volume, worker
+    from warren.cli import (
+        cluster,
+        config,
+        events,
+        image,
+        network,
+        node,
+        registry,
+        secret,
+        service,
+        stack,
+        units,
+        volume,
+        worker,
+    )
 
     parser = Parser(
         prog=PROG,
@@ -65,6 +79,7 @@ def build_parser() -> Parser:
     registry.register(groups)
     stack.register(groups)  # and `warren apply` (#14)
     events.register(groups)
+    network.register(groups)
     return parser
 
 

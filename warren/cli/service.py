@@ -369,6 +369,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         ("Mounts", [mounts.describe(m) for m in spec.mounts]),
         ("Secrets", [_file_ref(r) for r in spec.secrets]),
         ("Configs", [_file_ref(r) for r in spec.configs]),
+        ("Networks", [",".join([a.network, *(f"alias={x}" for x in a.aliases)]) for a in spec.networks] or "default"),
     ]
     if spec.HasField("restart"):
         r = spec.restart

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from warren.cli import mounts, secret, units
+from warren.cli import mounts, network, secret, units
 from warren.cli.container_flags import add_container_flags, apply_container_flags, env_from_files
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
@@ -67,6 +67,7 @@ def add_create_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label", "-l", type=_LABEL, action="append", metavar="K=V", help="service label")
     mounts.add_create_flags(p)
     secret.add_service_flags(p, update=False)
+    network.add_service_flags(p, update=False)
     add_spec_flags(p)
     add_container_flags(p, update=False)
 
@@ -98,6 +99,7 @@ def add_update_flags(p: argparse.ArgumentParser) -> None:
     )
     mounts.add_update_flags(p)
     secret.add_service_flags(p, update=True)
+    network.add_service_flags(p, update=True)
     add_spec_flags(p)
     add_container_flags(p, update=True)
 
@@ -265,6 +267,7 @@ def build_spec(args: argparse.Namespace) -> Any:
     spec.labels.update(dict(args.label or []))
     mounts.apply_create(spec, args)
     secret.apply_service_flags(spec, args)
+    network.apply_service_flags(spec, args)
     if args.no_healthcheck and (_health_kind_given(args) or _health_options_given(args)):
         raise CliError("--no-healthcheck cannot be combined with other --health-* flags", Exit.USAGE)
     _apply_common(spec, args)
@@ -303,6 +306,7 @@ def apply_update(spec: Any, args: argparse.Namespace) -> None:
         spec.ports.add(published=published, target=target, protocol=protocol, mode=mode)
     mounts.apply_update(spec, args)
     secret.apply_service_flags(spec, args)
+    network.apply_service_flags(spec, args)
     if args.force:
         spec.force_update += 1
     if args.no_healthcheck:

@@ -15,6 +15,7 @@ from warren.commands.cluster import (
     start_ca_rotation,
     update_cluster_settings,
 )
+from warren.commands.networks import create_network, remove_network
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
 from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
 from warren.commands.rebalance import rebalance_service
@@ -45,6 +46,7 @@ from warren.commands.types import (
     Changes,
     Command,
     CreateConfig,
+    CreateNetwork,
     CreateSecret,
     CreateService,
     CreateVolume,
@@ -59,6 +61,7 @@ from warren.commands.types import (
     RecordNodeCertificate,
     RegisterNode,
     RemoveConfig,
+    RemoveNetwork,
     RemoveNode,
     RemoveRegistryLogin,
     RemoveSecret,
@@ -141,4 +144,6 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     RemoveVolume: remove_volume,
     ApplyStack: apply_stack,
     RemoveStack: remove_stack,
+    CreateNetwork: create_network,
+    RemoveNetwork: remove_network,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from warren.commands.networks import missing_networks
 from warren.commands.types import (
     Changes,
     CreateConfig,
@@ -38,7 +39,7 @@ def users(state: ClusterState, kind: str, name: str) -> list[str]:
 
 
 def missing_refs(state: ClusterState, spec: ServiceSpec) -> Result | None:
-    """A service may only name secrets and configs that exist (checked again at apply: one may
+    """A service may only name secrets, configs and networks that exist (checked again at apply: one may
     be removed between the API's check and the commit)."""
     for ref in spec.secrets:
         if state.secret_by_name(ref.source) is None:
@@ -46,7 +47,7 @@ def missing_refs(state: ClusterState, spec: ServiceSpec) -> Result | None:
     for ref in spec.configs:
         if state.config_by_name(ref.source) is None:
             return error("not_found", f"config {shown(ref.source)} not found (service {spec.name})")
-    return None
+    return missing_networks(state, spec)  # and networks (#14)
 
 
 def set_secret_keys(state: ClusterState, cmd: SetSecretKeys) -> tuple[Result, Changes]:

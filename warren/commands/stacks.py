@@ -16,12 +16,14 @@ from typing import Any, TypeVar
 import msgspec
 
 from warren import mounts
+from warren.commands.networks import create_network
 from warren.commands.secrets import create_config, create_secret
 from warren.commands.services import create_service, remove_service, update_service
 from warren.commands.types import (
     ApplyStack,
     Changes,
     CreateConfig,
+    CreateNetwork,
     CreateSecret,
     CreateService,
     CreateVolume,
@@ -121,8 +123,9 @@ def _networks(work: _Work, state: ClusterState, cmd: ApplyStack) -> None:
     for network in cmd.networks:
         current = state.network_by_name(network.name)
         labels = {**network.labels, STACK_LABEL: cmd.stack}
-        if current is None:
-            work.put("network", msgspec.structs.replace(network, labels=labels, created_at=cmd.at, updated_at=cmd.at))
+        if current is None:  # checked as `network create` checks it (name, subnet clashes)
+            created = msgspec.structs.replace(network, labels=labels, created_at=cmd.at, updated_at=cmd.at)
+            work.run(create_network, CreateNetwork(created), f"network {shown(network.name)}")
         elif not in_stack(current.labels, cmd.stack):
             work.refused = work.refused or _owner_clash("network", network.name, current.labels, cmd.stack)
         elif (current.subnet, current.internal, current.attachable) != (

@@ -292,6 +292,19 @@ class RemoveVolume(msgspec.Struct, frozen=True, tag="volume.remove"):
     at: float
 
 
+class CreateNetwork(msgspec.Struct, frozen=True, tag="network.create"):
+    """A network (#14, ADR 47): a set of services allowed to reach each other, and a DNS scope."""
+
+    network: Network
+
+
+class RemoveNetwork(msgspec.Struct, frozen=True, tag="network.remove"):
+    """Deletes the network; refused while a service names it or a live task is on it."""
+
+    network_id: str
+    at: float
+
+
 class ReportTaskStatus(msgspec.Struct, frozen=True, tag="task.report"):
     """Status reported by the agent of `node_id`; it may only touch its own tasks."""
 
@@ -420,6 +433,8 @@ Command = (
     | RemoveVolume
     | ApplyStack
     | RemoveStack
+    | CreateNetwork
+    | RemoveNetwork
 )
 
 

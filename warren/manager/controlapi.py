@@ -24,6 +24,7 @@ from warren.manager import autolock
 from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlnetworks import NetworksControl
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlstacks import StacksControl
@@ -156,6 +157,7 @@ class ControlService(
     AutolockControl,
     StacksControl,  # #14
     EventsControl,
+    NetworksControl,
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)

@@ -26,6 +26,7 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
+from warren.commands.networks import network_names
 from warren.ids import new_id
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
@@ -155,9 +156,18 @@ def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
     for service in sorted(state.services.values(), key=lambda s: s.spec.name):
         if not service.vip:
             continue
-        tasks = (state.tasks[t] for t in state.tasks_by_service.get(service.id, ()))
+        tasks = [state.tasks[t] for t in state.tasks_by_service.get(service.id, ())]
         routing = strategy.routing(service, tasks)
-        endpoints.append(convert.endpoint_to_pb(service, routing.backends, routing.canary, routing.canary_weight))
+        # Networks (#14, ADR 47): every node isolates by them, so every live task is a member.
+        names = network_names(service.spec)
+        found = [state.network_by_name(name) for name in names]
+        internal = all(n is not None and n.internal for n in found)
+        members = {t.overlay_address for t in tasks if t.overlay_address and not t.state.terminal}
+        endpoints.append(
+            convert.endpoint_to_pb(
+                service, routing.backends, routing.canary, routing.canary_weight, names, members, internal
+            )
+        )
     return endpoints
 
 
@@ -398,7 +408,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
 
     def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> _Endpoints | None:
         """The services' endpoints if `changes` altered them since `sent`, else None."""
-        if not any(change.kind in ("task", "service") for change in changes):
+        if not any(change.kind in ("task", "service", "network") for change in changes):
             return None
         current = self._current_endpoints()
         return current if current.services != sent else None

@@ -46,6 +46,13 @@ class Endpoint:
     canary: tuple[str, ...] = ()
     canary_weight: int = 0
     host_ports: tuple[tuple[str, int, int], ...] = ()  # host-mode ports (ADR 46), as `ports`
+    # Networks (#14, ADR 47): the service's networks by name (() = none known: no isolation),
+    # every live task's address (not only the healthy ones: a starting task calls its peers
+    # too), its aliases as (network, alias), and whether all its networks are internal.
+    networks: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    aliases: tuple[tuple[str, str], ...] = ()
+    internal: bool = False
 
 
 # Weighted choices pick one of this many buckets per connection: 1/10000 is the finest share.
@@ -69,8 +76,7 @@ def ruleset(
     node's task) are masqueraded. `owner` is the node's tag (warren.network.owner), the table's
     comment. `local_subnet` is the node's overlay subnet: its tasks take its host-mode ports."""
     local = ipaddress.IPv4Network(local_subnet) if local_subnet else None
-    if not _TABLE_RE.fullmatch(table):
-        raise ValueError(f"invalid nftables table name {table!r}")
+    check_table(table)
     if not _COMMENT_RE.fullmatch(owner):
         raise ValueError(f"invalid nftables comment {owner!r}")
     nat: list[str] = []
@@ -179,8 +185,14 @@ def _chain(name: str, hook: str, rules: str) -> str:
     return f"    chain {name} {{\n        {hook}\n{rules}\n    }}\n"
 
 
-def removal(table: str = TABLE) -> str:
-    """The transaction that removes the table (creating it first makes it idempotent)."""
+def check_table(table: str) -> None:
+    """Raises ValueError for a name nft would not take as a table (or that would end the text)."""
     if not _TABLE_RE.fullmatch(table):
         raise ValueError(f"invalid nftables table name {table!r}")
-    return f"table ip {table} {{}}\ndelete table ip {table}\n"
+
+
+def removal(table: str = TABLE) -> str:
+    """The transaction that removes the table and its bridge twin, which holds the isolation of
+    tasks on one bridge (warren.network.isolation); creating each first makes it idempotent."""
+    check_table(table)
+    return f"table ip {table} {{}}\ndelete table ip {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
