@@ -1,5 +1,6 @@
 """Each manager's own side of autolock (ADR 44): hold the KEK as early as it can, and keep its
-Raft secret and TLS key sealed on disk exactly while the cluster is locked.
+Raft secret and TLS key (and its embedded agent's key) sealed on disk exactly while the cluster
+is locked.
 
 The KEK opens with the Raft secret only until the cluster locks. So every manager opens it the
 moment the first key pair commits (`observe`, on the apply thread, in log order): enabling
@@ -59,11 +60,21 @@ class LockKeeper:
             return ""  # a locked manager: nothing to seal with (it runs until `cluster unlock`)
         kek = self._keyring.kek(cluster)
         if autolock.is_locked(cluster):
-            return "sealed this manager's Raft secret and TLS key" if lockedfiles.seal(self._data, kek) else ""
+            return "sealed this manager's Raft secret and TLS keys" if lockedfiles.seal(self._data, kek) else ""
         if lockedfiles.any_sealed(self._data):
             lockedfiles.unseal(self._data, kek)
-            return "autolock is off: this manager's Raft secret and TLS key are plain again"
+            return "autolock is off: this manager's Raft secret and TLS keys are plain again"
         return ""
+
+    def release_agent_key(self) -> None:
+        """This manager was demoted: write its embedded agent's key plain, since the agent will
+        run without this manager and its KEK (a worker's credential is plain, ADR 44). Blocking."""
+        with self._store.read() as state:
+            cluster = state.cluster
+        if cluster is None or not self._keyring.holds_kek(cluster):
+            return  # nothing sealed by this manager (its files are plain until it holds the KEK)
+        with lockedfiles.FILES_LOCK:
+            lockedfiles.unseal_agent_key(self._data, self._keyring.kek(cluster))
 
     async def run(self) -> None:
         while True:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -17,10 +18,18 @@ from warren.model import NodeRole
 log = logging.getLogger("warren.manager")
 
 
-async def watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event, hint: str) -> None:
+async def watch_demotion(
+    store: Store,
+    identity: ManagerIdentity,
+    data: Path,
+    stop: asyncio.Event,
+    hint: str,
+    before_stop: Callable[[], None] = lambda: None,
+) -> None:
     """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next.
     Only a change from manager to worker counts: a manager still catching up may not have
-    applied its own promotion yet."""
+    applied its own promotion yet. `before_stop` runs first (its embedded agent's key is
+    written plain: the agent goes on alone, as `warren worker start`, without the KEK)."""
     was_manager = False
     while not stop.is_set():
         with store.read() as state:
@@ -28,6 +37,7 @@ async def watch_demotion(store: Store, identity: ManagerIdentity, data: Path, st
         if node is not None and node.role == NodeRole.MANAGER:
             was_manager = True
         elif node is not None and was_manager:
+            await asyncio.to_thread(before_stop)
             datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(replace(identity, demoted=True)))
             print(f"This manager was demoted to a worker; stopping. {hint}", flush=True)
             stop.set()
