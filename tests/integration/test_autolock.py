@@ -9,12 +9,14 @@ again). Three managers: autolock turned on in a cluster that has no secret leave
 locked, and one that was down during a rotation is unlocked from its socket with the key in
 force when it stopped, and catches up. A manager with an embedded agent: the agent's key (its
 certificate is a manager-role one) is sealed too, so a locked manager's disk holds no plain key
-of a manager-role certificate, and once unlocked the agent runs tasks again.
+of a manager-role certificate, and once unlocked the agent runs tasks again; demoted, the
+manager leaves its agent's key plain, for the agent to run alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -31,7 +33,7 @@ import pytest
 from tests.integration.harness import Manager, manager_trio
 from tests.integration.test_join import _marked
 from tests.waiting import wait_for
-from warren import pki
+from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.manager import autolock, lockedstart
@@ -289,3 +291,37 @@ def test_a_locked_manager_with_an_embedded_agent_keeps_no_plain_manager_key_and_
         for pid in _marked(marker.encode()):
             with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_a_demoted_manager_of_a_locked_cluster_leaves_its_agent_key_plain_for_the_agent_alone(tmp_path: Path) -> None:
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    leader = Manager(tmp_path / "m1", start_args=["--heartbeat-period", "500ms"])
+    managers = [leader]
+    try:
+        leader.start()
+        token = leader.join_token("manager")
+        demoted = Manager(tmp_path / "m2", founder=leader, token=token, agent_args=["--runtime", "exec"])
+        managers.append(demoted)
+        demoted.start()
+        agent_certs = demoted.data_dir / "agent" / "certs"
+        # The harness's `--wireguard off` reached the agent of a manager that joined: no overlay
+        # in the test's own network namespace (`cluster join` used to drop the flag).
+        assert json.loads((demoted.data_dir / "agent-settings.json").read_text())["wireguard"] == "off"
+        wait_for((agent_certs / "key.pem").exists, timeout=20, message="the embedded agent's credentials")
+        _ok(leader, "cluster", "update", "--autolock", "true")
+        wait_for(
+            lambda: _sealed(demoted) and (agent_certs / "key.pem").read_bytes().startswith(LOCKED),
+            timeout=15,
+            message="m2's files sealed",
+        )
+        _ok(leader, "node", "demote", demoted.node_id)
+        assert demoted.process is not None
+        wait_for(lambda: demoted.process.poll() is not None, timeout=20, message="the demoted manager to stop")
+        # What `warren worker start --data-dir DIR/agent` reads: a plain key, no KEK needed.
+        assert b"PRIVATE KEY" in (agent_certs / "key.pem").read_bytes()
+        tls.load_credentials(agent_certs)
+        assert _sealed(demoted)  # the manager's own files stay sealed
+    finally:
+        for manager in managers:
+            manager.stop()

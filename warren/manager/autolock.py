@@ -225,9 +225,9 @@ def open_tls_key(kek: bytes, stored: bytes, purpose: str = TLS_KEY_PURPOSE) -> b
     return open_local(kek, purpose, text) if is_sealed_local(text) else stored
 
 
-def seal_tls_key_like(kek: bytes, current: bytes, new_key_pem: bytes, purpose: str = TLS_KEY_PURPOSE) -> bytes:
+def seal_tls_key_like(kek: bytes, current: bytes, new_key_pem: bytes) -> bytes:
     """A renewed TLS key stored as the current one is: sealed if it is, so that a renewal while
     locked never writes the key in plain text."""
     if is_sealed_local(current.decode(errors="replace")):
-        return seal_local(kek, purpose, new_key_pem).encode()
+        return seal_local(kek, TLS_KEY_PURPOSE, new_key_pem).encode()
     return new_key_pem

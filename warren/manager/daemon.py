@@ -330,8 +330,10 @@ async def _open_and_serve(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    demotion = watch_demotion(store, identity, data, stop, options.demoted_hint, keeper.release_agent_key)
-    _run_task(opened, demotion, "demotion")
+    # Runs last as `opened` closes, once the embedded agent stopped: a demoted manager's agent
+    # runs on alone (`warren worker start`), without the KEK, so its key is written plain.
+    opened.callback(_release_agent_key_if_demoted, data, keeper)
+    _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
     _run_task(opened, keeper.run(), "autolock")
     _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret, keyring).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves
@@ -366,6 +368,16 @@ def _run_task(opened: contextlib.AsyncExitStack, job: Awaitable[None], name: str
     task = asyncio.ensure_future(job)
     task.set_name(f"manager-{name}")
     opened.callback(task.cancel)
+
+
+def _release_agent_key_if_demoted(data: Path, keeper: LockKeeper) -> None:
+    try:
+        demoted = load_identity(data).demoted
+    except StartupError as exc:
+        log.warning("cannot tell whether this manager was demoted: %s", exc)
+        return
+    if demoted:
+        keeper.release_agent_key()
 
 
 async def _stop_alongside(job: asyncio.Task[None], stop: asyncio.Event) -> None:

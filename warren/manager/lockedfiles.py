@@ -56,11 +56,12 @@ def any_sealed(data: Path) -> bool:
     return any(autolock.is_sealed_local(path.read_text()) for path in _sealable(data).values())
 
 
-def seal(data: Path, kek: bytes) -> bool:
-    """Seal what is still plain; True if a file was sealed now."""
+def seal(data: Path, kek: bytes, agent_key: bool = True) -> bool:
+    """Seal what is still plain (`agent_key`: the embedded agent's key too, unless the manager
+    was demoted); True if a file was sealed now."""
     sealed = False
     with FILES_LOCK:
-        for purpose, path in _sealable(data).items():
+        for purpose, path in (_sealable(data) if agent_key else _files(data)).items():
             stored = path.read_text()
             if not autolock.is_sealed_local(stored):
                 datadir.write_atomic(path, autolock.seal_local(kek, purpose, stored.encode()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,18 +17,10 @@ from warren.model import NodeRole
 log = logging.getLogger("warren.manager")
 
 
-async def watch_demotion(
-    store: Store,
-    identity: ManagerIdentity,
-    data: Path,
-    stop: asyncio.Event,
-    hint: str,
-    before_stop: Callable[[], None] = lambda: None,
-) -> None:
+async def watch_demotion(store: Store, identity: ManagerIdentity, data: Path, stop: asyncio.Event, hint: str) -> None:
     """Stop this manager once the state says it was demoted (ADR 15): it leaves Raft next.
     Only a change from manager to worker counts: a manager still catching up may not have
-    applied its own promotion yet. `before_stop` runs first (its embedded agent's key is
-    written plain: the agent goes on alone, as `warren worker start`, without the KEK)."""
+    applied its own promotion yet."""
     was_manager = False
     while not stop.is_set():
         with store.read() as state:
@@ -37,7 +28,6 @@ async def watch_demotion(
         if node is not None and node.role == NodeRole.MANAGER:
             was_manager = True
         elif node is not None and was_manager:
-            await asyncio.to_thread(before_stop)
             datadir.write_json(datadir.ManagerDir(data).manager_file, asdict(replace(identity, demoted=True)))
             print(f"This manager was demoted to a worker; stopping. {hint}", flush=True)
             stop.set()
