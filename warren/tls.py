@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -247,6 +248,21 @@ def load_credentials(
     elif not key_matches_files(path / CERT_FILE, path / KEY_FILE):
         raise PkiError(f"{path / KEY_FILE} does not match {path / CERT_FILE}")
     return creds
+
+
+@dataclass(frozen=True)
+class CredentialFiles:
+    """How a certs/ directory is read and written. Plain by default; the embedded agent of a
+    manager under autolock opens and seals its key with the manager's KEK (ADR 44)."""
+
+    open_key: Callable[[bytes], bytes] | None = None  # the key file's bytes -> a PEM
+    save: Callable[[Path, bytes, bytes, bytes], None] = save_credentials  # (certs, ca, cert, key PEM)
+
+    def load(self, directory: str | os.PathLike[str]) -> Credentials:
+        return load_credentials(directory, self.open_key)
+
+
+PLAIN_FILES = CredentialFiles()
 
 
 def write_private_file(target: Path, data: bytes) -> None:

@@ -7,15 +7,23 @@ empty and a wrong key are refused with one line and exit 2, the right one starts
 TLS API; rotate, `--unlock-key-file` with the new and the retired key, and off (the files plain
 again). Three managers: autolock turned on in a cluster that has no secret leaves no manager
 locked, and one that was down during a rotation is unlocked from its socket with the key in
-force when it stopped, and catches up.
+force when it stopped, and catches up. A manager with an embedded agent: the agent's key (its
+certificate is a manager-role one) is sealed too, so a locked manager's disk holds no plain key
+of a manager-role certificate, and once unlocked the agent runs tasks again; demoted, the
+manager leaves its agent's key plain, for the agent to run alone.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
+import signal
 import stat
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,13 +31,17 @@ import grpc
 import pytest
 
 from tests.integration.harness import Manager, manager_trio
+from tests.integration.test_join import _marked
 from tests.waiting import wait_for
+from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.manager import autolock, lockedstart
 
 pytestmark = pytest.mark.integration
 
+PEM_KEY_RE = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----.+?-----END \1PRIVATE KEY-----", re.DOTALL)
+PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
 KEY_RE = re.compile(re.escape(autolock.UNLOCK_KEY_PREFIX) + r"[A-Za-z0-9_-]+")
 LOCKED = autolock.LOCKED_PREFIX.encode()
 
@@ -213,3 +225,103 @@ def test_three_managers_lock_with_no_secret_and_one_down_during_a_rotation_unloc
 
         wait_for(caught_up, timeout=20, message="the restarted manager to catch up")
         assert not restarted.control(admin).GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10).locked
+
+
+def _plain_manager_keys(data: Path) -> list[Path]:
+    """The files under `data` that hold a plain private key of a manager-role certificate kept
+    there: what a disk image would give to pose as a manager."""
+    contents = {path: path.read_bytes() for path in data.rglob("*") if path.is_file()}
+    manager_certs = []
+    for content in contents.values():
+        for cert in PEM_CERT_RE.findall(content):
+            with contextlib.suppress(pki.PkiError):
+                if pki.identity_of(cert).role == pki.ROLE_MANAGER:
+                    manager_certs.append(cert)
+    assert manager_certs, "no manager-role certificate found: the check would prove nothing"
+    return [
+        path
+        for path, content in contents.items()
+        for key in PEM_KEY_RE.finditer(content)
+        if any(pki.key_matches_cert(cert, key.group()) for cert in manager_certs)
+    ]
+
+
+def _task_state(manager: Manager, service: str) -> tuple[str, str]:
+    tasks = manager.control().ListTasks(cpb.ListTasksRequest(service=service), timeout=10).tasks
+    return (tasks[0].node_id, tasks[0].state) if tasks else ("", "")
+
+
+def test_a_locked_manager_with_an_embedded_agent_keeps_no_plain_manager_key_and_its_agent_runs_after_unlock(
+    tmp_path: Path,
+) -> None:
+    manager = Manager(tmp_path, agent_args=["--runtime", "exec"], start_args=["--heartbeat-period", "500ms"])
+    marker = f"warren-autolock-{uuid.uuid4().hex}"
+    agent_key = manager.data_dir / "agent" / "certs" / "key.pem"
+    try:
+        manager.start()
+        wait_for(agent_key.exists, timeout=20, message="the embedded agent's credentials")
+        found = KEY_RE.search(_ok(manager, "cluster", "update", "--autolock", "true"))
+        assert found is not None
+        wait_for(lambda: _sealed(manager) and agent_key.read_bytes().startswith(LOCKED), timeout=10, message="sealed")
+
+        _start_locked(manager)
+        assert _plain_manager_keys(manager.data_dir) == []
+        assert _unlock(manager, found.group()).returncode == 0
+        _wait_serving(manager)
+
+        # The agent is back (node ls says ready) and runs a task: its state comes from the agent.
+        def ready() -> bool:
+            nodes = manager.cli_json("node", "ls")
+            assert isinstance(nodes, list)
+            return [n["status"] for n in nodes if n["id"] == manager.node_id] == ["ready"]
+
+        wait_for(ready, timeout=20, interval=0.5, message="the manager's node ready")
+        _ok(manager, "service", "create", "after-unlock", "--image", "exec", "--", "sh", "-c", "sleep 600", marker)
+        wait_for(
+            lambda: _task_state(manager, "after-unlock") == (manager.node_id, "running"),
+            timeout=20,
+            message="the task running on the manager's node",
+        )
+        assert _marked(marker.encode())
+        assert agent_key.read_bytes().startswith(LOCKED) and _plain_manager_keys(manager.data_dir) == []
+        _ok(manager, "service", "rm", "after-unlock")
+        wait_for(lambda: not _marked(marker.encode()), timeout=20, message="the task process to stop")
+    finally:
+        manager.stop()
+        for pid in _marked(marker.encode()):
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+
+
+def test_a_demoted_manager_of_a_locked_cluster_leaves_its_agent_key_plain_for_the_agent_alone(tmp_path: Path) -> None:
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m2").mkdir()
+    leader = Manager(tmp_path / "m1", start_args=["--heartbeat-period", "500ms"])
+    managers = [leader]
+    try:
+        leader.start()
+        token = leader.join_token("manager")
+        demoted = Manager(tmp_path / "m2", founder=leader, token=token, agent_args=["--runtime", "exec"])
+        managers.append(demoted)
+        demoted.start()
+        agent_certs = demoted.data_dir / "agent" / "certs"
+        # The harness's `--wireguard off` reached the agent of a manager that joined: no overlay
+        # in the test's own network namespace (`cluster join` used to drop the flag).
+        assert json.loads((demoted.data_dir / "agent-settings.json").read_text())["wireguard"] == "off"
+        wait_for((agent_certs / "key.pem").exists, timeout=20, message="the embedded agent's credentials")
+        _ok(leader, "cluster", "update", "--autolock", "true")
+        wait_for(
+            lambda: _sealed(demoted) and (agent_certs / "key.pem").read_bytes().startswith(LOCKED),
+            timeout=15,
+            message="m2's files sealed",
+        )
+        _ok(leader, "node", "demote", demoted.node_id)
+        assert demoted.process is not None
+        wait_for(lambda: demoted.process.poll() is not None, timeout=20, message="the demoted manager to stop")
+        # What `warren worker start --data-dir DIR/agent` reads: a plain key, no KEK needed.
+        assert b"PRIVATE KEY" in (agent_certs / "key.pem").read_bytes()
+        tls.load_credentials(agent_certs)
+        assert _sealed(demoted)  # the manager's own files stay sealed
+    finally:
+        for manager in managers:
+            manager.stop()

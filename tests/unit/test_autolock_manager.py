@@ -1,11 +1,13 @@
 """A manager's own side of autolock (ADR 44): opening the KEK as the first key pair commits,
 sealing and unsealing its files with the cluster's lock, the locked start-up's key check, the
-embedded agent beside a sealed key, and joins and renewals on a manager without the KEK."""
+embedded agent's key sealed with the manager's, and joins and renewals on a manager without the KEK."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
+import shutil
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +20,9 @@ from warren import datadir, pki, tls
 from warren.api.v1 import ca_pb2 as capb
 from warren.api.v1 import control_pb2 as cpb
 from warren.manager import autolock, cakey, lockedfiles, lockedstart
+from warren.manager.certificates import embedded_agent_files, own_files, save_own
 from warren.manager.controlapi import ControlService
+from warren.manager.daemon import NodeCredentials
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.lockkeeper import LockKeeper
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService
@@ -31,6 +35,7 @@ from warren.state import Change, Put
 T = TypeVar("T")
 RAFT_SECRET = "raft-secret-for-tests"
 WORKER_SECRET = "w" * 26
+LOCKED = autolock.LOCKED_PREFIX.encode()
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -246,19 +251,57 @@ class _Peer:
         raise Aborted(code, details)
 
 
-def test_the_embedded_agent_keeps_its_own_credentials_beside_a_sealed_manager_key(
+def test_the_embedded_agent_key_is_sealed_with_the_managers_and_opens_only_with_the_kek(
     ca: pki.CertificateAuthority, tmp_path: Path
 ) -> None:
+    """Its certificate is a manager-role one for the node, so a disk image must not yield its
+    key either: sealed by the lock, read through the KEK, renewals and fresh copies written
+    sealed, plain again when autolock is off or the manager is demoted."""
     data = tmp_path
     cert, key = ca.issue_keypair("node1", pki.ROLE_MANAGER, validity_days=90)
     tls.save_credentials(data / "certs", ca.cert_pem, cert, key)
     datadir.write_atomic(data / "raft.secret", RAFT_SECRET.encode())
-    agent_dir = embedded.prepare(data, "node1", ["127.0.0.1:1"])
-    agent_key = (agent_dir / "certs" / tls.KEY_FILE).read_bytes()
-    lockedfiles.seal(data, _locked(ca)[2])
-    renewed, new_key = ca.issue_keypair("node1", pki.ROLE_MANAGER, validity_days=200)  # the manager renewed
-    (data / "certs" / tls.CERT_FILE).write_bytes(renewed)
+    control, store, _ = _leader(ca)
+    ring = control._keyring
+    cluster = functools.partial(_cluster_of, store)
+    files = NodeCredentials(own_files(ring, cluster), embedded_agent_files(data, ring, cluster))
+    agent_certs = data / "agent" / "certs"
 
-    assert embedded.prepare(data, "node1", ["127.0.0.1:1"]) == agent_dir  # no error on the sealed key
-    assert (agent_dir / "certs" / tls.KEY_FILE).read_bytes() == agent_key
-    assert new_key not in (agent_dir / "certs" / tls.KEY_FILE).read_bytes()
+    def agent_key_on_disk() -> bytes:
+        return (agent_certs / tls.KEY_FILE).read_bytes()
+
+    async def step() -> str:
+        return LockKeeper(data, store, ring).step()
+
+    agent_dir = embedded.prepare(data, "node1", ["127.0.0.1:1"], files)
+    assert agent_key_on_disk() == key  # no autolock: the manager's identity, plain like before
+
+    run(control.UpdateAutolock(cpb.UpdateAutolockRequest(enable=True), None))
+    assert "sealed" in run(step())
+    assert agent_key_on_disk().startswith(LOCKED) and b"PRIVATE KEY" not in agent_key_on_disk()
+    assert files.agent.load(agent_certs).key_pem == key  # what the agent's session reads
+    with pytest.raises(pki.PkiError):  # without the KEK it is no key at all
+        tls.load_credentials(agent_certs)
+
+    renewed, renewed_key = ca.issue_keypair("node1", pki.ROLE_MANAGER, validity_days=100)
+    files.agent.save(agent_certs, ca.cert_pem, renewed, renewed_key)  # the agent renews while locked
+    assert agent_key_on_disk().startswith(LOCKED) and files.agent.load(agent_certs).key_pem == renewed_key
+
+    later, later_key = ca.issue_keypair("node1", pki.ROLE_MANAGER, validity_days=200)
+    save_own(data / "certs", ring, _cluster_of(store), ca.cert_pem, later, later_key)  # the manager renews
+    assert embedded.prepare(data, "node1", ["127.0.0.1:1"], files) == agent_dir  # copied: it is newer
+    assert agent_key_on_disk().startswith(LOCKED) and files.agent.load(agent_certs).key_pem == later_key
+    shutil.rmtree(agent_dir)
+    embedded.prepare(data, "node1", ["127.0.0.1:1"], files)  # a first start while locked
+    assert agent_key_on_disk().startswith(LOCKED) and files.agent.load(agent_certs).key_pem == later_key
+
+    async def demoted() -> str:
+        keeper = LockKeeper(data, store, ring)
+        keeper.release_agent_key()  # demoted: the agent goes on alone, with no KEK
+        return keeper.step()  # a step still to run as it stops leaves the agent's key plain
+
+    assert run(demoted()) == "" and agent_key_on_disk() == later_key
+    assert "sealed" in run(step())  # (a manager not demoted seals it)
+    run(control.UpdateAutolock(cpb.UpdateAutolockRequest(enable=False), None))
+    assert "plain again" in run(step())
+    assert agent_key_on_disk() == later_key and tls.load_credentials(agent_certs).key_pem == later_key

@@ -176,7 +176,7 @@ def test_the_session_renews_only_when_due(
     tls.save_credentials(tmp_path / "certs", ca.cert_pem, cert, key)
     calls: list[Path] = []
 
-    async def renew(channel: object, data_dir: Path) -> bool:
+    async def renew(channel: object, data_dir: Path, **options: object) -> bool:
         calls.append(data_dir)
         return True
 

@@ -74,6 +74,9 @@ class AgentOptions:
     registry_cas: tuple[str, ...] = ()  # HOST=FILE: a registry's private CA (ADR 43)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus /metrics; None = none
     cgroup_parent: str = "/warren"  # containerd runtime: the containers' cgroups go under it
+    # How certs/ is read and written: plain, but a manager's embedded agent seals its key by the
+    # manager's KEK under autolock (ADR 44)
+    credentials: tls.CredentialFiles = tls.PLAIN_FILES
 
 
 class AgentStartupError(Exception):
@@ -205,7 +208,7 @@ async def serve(options: AgentOptions, stop: asyncio.Event, run_manager: Manager
     try:
         data.mkdir(mode=0o700, parents=True, exist_ok=True)
         (data / "logs").mkdir(mode=0o700, exist_ok=True)
-        tls.load_credentials(data / CERTS_DIR)
+        options.credentials.load(data / CERTS_DIR)
     except tls.MissingCredentialsError as exc:
         raise AgentStartupError(f"{exc}; join the cluster first (warren cluster join)") from None
     except OSError as exc:
@@ -299,6 +302,7 @@ async def _serve(
             routing_changed=overlay.routing_changed,
             on_key_epoch=overlay.want_key_epoch,
             pull_logins=pull_logins,
+            credentials=options.credentials,
         )
         if options.metrics_addr:
             from warren.agent import metrics

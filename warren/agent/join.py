@@ -73,7 +73,7 @@ class StoredIdentity:
 
 
 # -- what is on disk ---------------------------------------------------------------------------
-def stored_identity(data_dir: Path) -> StoredIdentity | None:
+def stored_identity(data_dir: Path, credentials: tls.CredentialFiles = tls.PLAIN_FILES) -> StoredIdentity | None:
     """The identity in `data_dir`, or None if it holds none (never joined, or a join that
     crashed before node.json was written). Raises PkiError for credentials that are present
     but unusable (a key that does not match its certificate), which must not be overwritten."""
@@ -81,7 +81,7 @@ def stored_identity(data_dir: Path) -> StoredIdentity | None:
     if not node_file.exists():
         return None
     try:
-        creds = tls.load_credentials(data_dir / CERTS_DIR)
+        creds = credentials.load(data_dir / CERTS_DIR)
     except tls.MissingCredentialsError:
         return None
     try:
@@ -229,6 +229,7 @@ async def renew_if_due(
     now: dt.datetime | None = None,
     timeout: float = 10.0,
     force: bool = False,
+    credentials: tls.CredentialFiles = tls.PLAIN_FILES,
 ) -> bool:
     """Renew the certificate in `data_dir`/certs over `channel` (an mTLS channel to a manager,
     made from those same credentials) when `renewal_due`. Returns True if new credentials were
@@ -242,7 +243,7 @@ async def renew_if_due(
     Raises grpc.aio.AioRpcError if the call fails (PERMISSION_DENIED "...removed from the
     cluster" for a removed node) and RenewalError if the answer fails those checks."""
     certs = data_dir / CERTS_DIR
-    creds = tls.load_credentials(certs)
+    creds = credentials.load(certs)
     if not force and not renewal_due(creds.cert_pem, now):
         return False
     old = pki.identity_of(creds.cert_pem)
@@ -253,7 +254,7 @@ async def renew_if_due(
     cert_pem = response.cert_pem.encode()
     ca_pem = adopted_roots(creds.ca_pem, response.ca_pem.encode())
     check_renewed(old, ca_pem, cert_pem, key_pem, same_expiry_ok=force)
-    await asyncio.to_thread(tls.save_credentials, certs, ca_pem, cert_pem, key_pem)
+    await asyncio.to_thread(credentials.save, certs, ca_pem, cert_pem, key_pem)
     log.info("renewed the node certificate of %s (now valid until %s)", old.node_id, pki.validity(cert_pem)[1])
     return True
 

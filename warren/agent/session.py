@@ -133,8 +133,10 @@ class Session:
         on_key_epoch: Callable[[int], None] = lambda epoch: None,
         renewal_check: float = RENEWAL_CHECK,
         pull_logins: dict[str, PullLogin] | None = None,
+        credentials: tls.CredentialFiles = tls.PLAIN_FILES,
     ) -> None:
         self.certs_dir = certs_dir
+        self.credentials = credentials  # how certs_dir is read and renewals written (ADR 44)
         self.managers = managers
         self.description = description
         self.worker = worker
@@ -216,7 +218,7 @@ class Session:
 
     async def _session(self, addr: str, stop: asyncio.Event, backoff: Backoff) -> bool:
         """One session; True when it ended for a resync (version gap)."""
-        creds = tls.load_credentials(self.certs_dir)  # re-read: certificates are renewed on disk
+        creds = self.credentials.load(self.certs_dir)  # re-read: certificates are renewed on disk
         channel = grpc.aio.secure_channel(addr, tls.channel_credentials(*creds), options=tls.channel_options())
         try:
             stub = dispatcher_pb2_grpc.DispatcherStub(channel)
@@ -348,7 +350,7 @@ class Session:
         from warren.agent import join
 
         try:
-            await join.renew_if_due(channel, self.certs_dir.parent, force=True)
+            await join.renew_if_due(channel, self.certs_dir.parent, force=True, credentials=self.credentials)
         except grpc.aio.AioRpcError as exc:
             if is_removed(exc):
                 raise
@@ -372,7 +374,7 @@ class Session:
                 if certinfo.renewal_due(cert_pem):
                     from warren.agent import join
 
-                    await join.renew_if_due(channel, self.certs_dir.parent)
+                    await join.renew_if_due(channel, self.certs_dir.parent, credentials=self.credentials)
             except grpc.aio.AioRpcError as exc:
                 if is_removed(exc):
                     raise

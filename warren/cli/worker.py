@@ -312,6 +312,10 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
         containerd_socket=args.containerd_socket,
         insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
         registry_cas=registry_cas(getattr(args, "registry_ca", None)),
+        # as `cluster init` passes them: a manager that joins must not drop them (--wireguard off)
+        cgroup_parent=getattr(args, "cgroup_parent", None),
+        wireguard=getattr(args, "wireguard", None),
+        wireguard_interface=getattr(args, "wireguard_interface", None),
     )
     return manager_node.run(daemon.ManagerOptions(**options), flags)
 

@@ -9,7 +9,8 @@ key, which no manager keeps on disk, and everything else goes under the KEK:
                                            value under it do not change. Locking a cluster that
                                            has no secrets yet makes the pair first.
     CA key       ClusterInfo.ca_key_pem    sealed by the KEK, marked LOCKED_PREFIX
-    local files  raft.secret, the TLS key  sealed by the KEK (`seal_local`)
+    local files  raft.secret, TLS keys     sealed by the KEK (`seal_local`): the manager's key and
+                                           its embedded agent's (also a manager-role certificate's)
 
 The KEK never changes, so a rotation re-wraps one replicated field: no manager re-seals its
 files, and a running manager that holds the KEK in memory keeps signing and opening secrets
@@ -214,12 +215,14 @@ def is_sealed_local(stored: str) -> bool:
 
 
 TLS_KEY_PURPOSE = "tls.key"
+AGENT_KEY_PURPOSE = "agent/tls.key"  # the embedded agent's key (agent/certs/key.pem)
 
 
-def open_tls_key(kek: bytes, stored: bytes) -> bytes:
-    """A manager's TLS key as it is on disk: sealed under autolock, else the plain PEM."""
+def open_tls_key(kek: bytes, stored: bytes, purpose: str = TLS_KEY_PURPOSE) -> bytes:
+    """A manager's (or its embedded agent's) TLS key as it is on disk: sealed under autolock,
+    else the plain PEM."""
     text = stored.decode(errors="replace")
-    return open_local(kek, TLS_KEY_PURPOSE, text) if is_sealed_local(text) else stored
+    return open_local(kek, purpose, text) if is_sealed_local(text) else stored
 
 
 def seal_tls_key_like(kek: bytes, current: bytes, new_key_pem: bytes) -> bytes:

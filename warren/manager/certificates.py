@@ -41,9 +41,12 @@ class _Readable(Protocol):
     def read(self): ...  # a context manager yielding the ClusterState
 
 
-def key_opener(keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]) -> Callable[[bytes], bytes]:
+def key_opener(
+    keyring: KeyRing, cluster: Callable[[], ClusterInfo | None], purpose: str = autolock.TLS_KEY_PURPOSE
+) -> Callable[[bytes], bytes]:
     """What turns this manager's TLS key file into a PEM: itself, or opened by the KEK if
-    autolock sealed it (ADR 44). For every reader of certs/: the server, renewal, outgoing calls."""
+    autolock sealed it (ADR 44). For every reader of certs/: the server, renewal, outgoing calls;
+    with `purpose` AGENT_KEY_PURPOSE, for the embedded agent's key."""
 
     def open_key(stored: bytes) -> bytes:
         if not autolock.is_sealed_local(stored.decode(errors="replace")):
@@ -51,9 +54,34 @@ def key_opener(keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]) -> C
         current = cluster()
         if current is None:
             raise secretkeys.SecretKeyError("the TLS key is sealed and the cluster state is empty")
-        return autolock.open_tls_key(keyring.kek(current), stored)
+        return autolock.open_tls_key(keyring.kek(current), stored, purpose)
 
     return open_key
+
+
+def own_files(keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]) -> tls.CredentialFiles:
+    """This manager's certs/ for a reader outside the manager (the embedded agent copies it)."""
+    return tls.CredentialFiles(open_key=key_opener(keyring, cluster))
+
+
+def embedded_agent_files(
+    data: Path, keyring: KeyRing, cluster: Callable[[], ClusterInfo | None]
+) -> tls.CredentialFiles:
+    """The embedded agent's certs/ (ADR 44): its certificate is a manager-role one for this
+    node, so its key is sealed exactly while this manager's is: opened by the KEK to be read,
+    and written sealed while the manager's key is (LockKeeper seals and unseals both together,
+    under the same lock)."""
+
+    def save(certs: Path, roots: bytes, cert: bytes, key: bytes) -> None:
+        with lockedfiles.FILES_LOCK:
+            if lockedfiles.is_manager_key_sealed(data):
+                current = cluster()
+                if current is None:
+                    raise secretkeys.SecretKeyError("the TLS key is sealed and the cluster state is empty")
+                key = autolock.seal_local(keyring.kek(current), autolock.AGENT_KEY_PURPOSE, key).encode()
+            tls.save_credentials(certs, roots, cert, key)
+
+    return tls.CredentialFiles(open_key=key_opener(keyring, cluster, autolock.AGENT_KEY_PURPOSE), save=save)
 
 
 def load_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo | None) -> tls.Credentials:

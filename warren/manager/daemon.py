@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from warren import clientconfig, tls
 from warren.manager import autolock, cakey, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
-from warren.manager.certificates import CertificateKeeper, key_opener, load_own
+from warren.manager.certificates import CertificateKeeper, embedded_agent_files, key_opener, load_own, own_files
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
@@ -70,13 +72,33 @@ from warren.model import ClusterInfo
 from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
 from warren.text import format_size
 
-__all__ = ["DEFAULT_DATA_DIR", "DEFAULT_LISTEN_ADDR", "Alongside", "ManagerOptions", "StartupError", "run", "serve"]
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "DEFAULT_LISTEN_ADDR",
+    "Alongside",
+    "ManagerOptions",
+    "NodeCredentials",
+    "StartupError",
+    "run",
+    "serve",
+]
 
 log = logging.getLogger("warren.manager")
 
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """How a job beside the manager reads the manager's certs/ and reads and writes its
+    embedded agent's: their keys are sealed by the KEK while the cluster is locked (ADR 44)."""
+
+    manager: tls.CredentialFiles
+    agent: tls.CredentialFiles
+
+
 # A job the node runs while this manager serves (its embedded agent), given the manager's
-# identity and the event that stops both; it is stopped first, while the API still serves.
-Alongside = Callable[[ManagerIdentity, asyncio.Event], Coroutine[Any, Any, None]]
+# identity, the event that stops both and the node's credential files; it is stopped first,
+# while the API still serves.
+Alongside = Callable[[ManagerIdentity, asyncio.Event, NodeCredentials], Coroutine[Any, Any, None]]
 ALONGSIDE_STOP_TIMEOUT = 15.0
 
 
@@ -310,11 +332,16 @@ async def _open_and_serve(
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    # Runs last as `opened` closes, once the embedded agent stopped: a demoted manager's agent
+    # runs on alone (`warren worker start`), without the KEK, so its key is written plain.
+    opened.callback(_release_agent_key_if_demoted, data, keeper)
     _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
     _run_task(opened, keeper.run(), "autolock")
     _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret, keyring).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves
-        job = asyncio.create_task(alongside(identity, stop), name="alongside-manager")
+        cluster = functools.partial(_cluster, store)
+        node_files = NodeCredentials(own_files(keyring, cluster), embedded_agent_files(data, keyring, cluster))
+        job = asyncio.create_task(alongside(identity, stop, node_files), name="alongside-manager")
         opened.push_async_callback(_stop_alongside, job, stop)
 
     if identity.joined:
@@ -343,6 +370,16 @@ def _run_task(opened: contextlib.AsyncExitStack, job: Awaitable[None], name: str
     task = asyncio.ensure_future(job)
     task.set_name(f"manager-{name}")
     opened.callback(task.cancel)
+
+
+def _release_agent_key_if_demoted(data: Path, keeper: LockKeeper) -> None:
+    try:
+        demoted = load_identity(data).demoted
+    except StartupError as exc:
+        log.warning("cannot tell whether this manager was demoted: %s", exc)
+        return
+    if demoted:
+        keeper.release_agent_key()
 
 
 async def _stop_alongside(job: asyncio.Task[None], stop: asyncio.Event) -> None:

@@ -1,5 +1,6 @@
 """Each manager's own side of autolock (ADR 44): hold the KEK as early as it can, and keep its
-Raft secret and TLS key sealed on disk exactly while the cluster is locked.
+Raft secret and TLS key (and its embedded agent's key) sealed on disk exactly while the cluster
+is locked.
 
 The KEK opens with the Raft secret only until the cluster locks. So every manager opens it the
 moment the first key pair commits (`observe`, on the apply thread, in log order): enabling
@@ -32,6 +33,7 @@ class LockKeeper:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         self._changed.set()  # look once at start
+        self._agent_released = False  # demoted: the embedded agent's key stays plain (release_agent_key)
 
     def observe(self, index: int, changes: list[Change] | None) -> None:
         """A store watcher (apply thread): each committed version of the cluster, in order."""
@@ -59,11 +61,24 @@ class LockKeeper:
             return ""  # a locked manager: nothing to seal with (it runs until `cluster unlock`)
         kek = self._keyring.kek(cluster)
         if autolock.is_locked(cluster):
-            return "sealed this manager's Raft secret and TLS key" if lockedfiles.seal(self._data, kek) else ""
+            sealed = lockedfiles.seal(self._data, kek, agent_key=not self._agent_released)
+            return "sealed this manager's Raft secret and TLS keys" if sealed else ""
         if lockedfiles.any_sealed(self._data):
             lockedfiles.unseal(self._data, kek)
-            return "autolock is off: this manager's Raft secret and TLS key are plain again"
+            return "autolock is off: this manager's Raft secret and TLS keys are plain again"
         return ""
+
+    def release_agent_key(self) -> None:
+        """This manager was demoted and stops: write its embedded agent's key plain, since the
+        agent will run without this manager and its KEK. A step still running in its thread
+        leaves the key alone from now on. Blocking."""
+        with self._store.read() as state:
+            cluster = state.cluster
+        if cluster is None or not self._keyring.holds_kek(cluster):
+            return  # nothing sealed by this manager (its files are plain until it holds the KEK)
+        with lockedfiles.FILES_LOCK:
+            self._agent_released = True
+            lockedfiles.unseal_agent_key(self._data, self._keyring.kek(cluster))
 
     async def run(self) -> None:
         while True:

@@ -4,7 +4,10 @@
 It is an ordinary agent in the same process and event loop, with its own data directory
 (<manager data>/agent) and the manager's own identity: the manager's certificate (role manager,
 which the Dispatcher accepts) is copied there, never linked, because the agent renews its copy
-and must not replace the certificate the manager serves with.
+and must not replace the certificate the manager serves with. Being a manager-role credential,
+its key is sealed by the KEK under autolock like the manager's own (ADR 44): the agent reads and
+writes it through the manager (`NodeCredentials`), and so runs only while the manager holds the
+KEK, that is once a locked manager is unlocked.
 """
 
 from __future__ import annotations
@@ -17,35 +20,33 @@ from pathlib import Path
 from warren import pki, tls
 from warren.agent import settings as agent_settings
 from warren.agent.join import CERTS_DIR, stored_identity, write_node_file
-from warren.manager import autolock
-from warren.manager.daemon import Alongside, StartupError
+from warren.manager.daemon import Alongside, NodeCredentials, StartupError
+from warren.manager.secretkeys import SecretKeyError
 from warren.manager.startup import ManagerIdentity
 from warren.network.keys import ensure_node_keys
 
 log = logging.getLogger("warren.node.embedded")
 
 AGENT_DIR = "agent"
+PLAIN = NodeCredentials(tls.PLAIN_FILES, tls.PLAIN_FILES)  # no KEK: a manager that was never locked
 
 
-def prepare(data_dir: Path, node_id: str, managers: list[str]) -> Path:
+def prepare(data_dir: Path, node_id: str, managers: list[str], files: NodeCredentials = PLAIN) -> Path:
     """Create <data_dir>/agent with the manager's identity; returns it. Certificates are
-    (re)copied when missing, for another node, or older than the manager's own."""
+    (re)copied when missing, for another node, or older than the manager's own. `files` opens
+    the keys the KEK seals under autolock, and writes the copy sealed while the manager's is."""
     agent_dir = data_dir / AGENT_DIR
     agent_dir.mkdir(mode=0o700, exist_ok=True)
     try:
-        current = stored_identity(agent_dir)
+        current = stored_identity(agent_dir, files.agent)
     except pki.PkiError as exc:
         log.warning("replacing unusable embedded agent credentials: %s", exc)
         current = None
     certs = data_dir / "certs"
     manager_expiry = pki.identity_of((certs / tls.CERT_FILE).read_bytes()).not_after
-    # Under autolock the manager's key is sealed (ADR 44): an agent that has its identity keeps
-    # it and renews it itself.
-    keeps_own = current is not None and autolock.is_sealed_local((certs / tls.KEY_FILE).read_text(errors="replace"))
-    stale = current is None or current.node_id != node_id or current.not_after < manager_expiry
-    if stale and not (keeps_own and current is not None and current.node_id == node_id):
-        ours = tls.load_credentials(certs)
-        tls.save_credentials(agent_dir / CERTS_DIR, ours.ca_pem, ours.cert_pem, ours.key_pem)
+    if current is None or current.node_id != node_id or current.not_after < manager_expiry:
+        ours = files.manager.load(certs)
+        files.agent.save(agent_dir / CERTS_DIR, ours.ca_pem, ours.cert_pem, ours.key_pem)
         write_node_file(agent_dir, node_id, managers)
     ensure_node_keys(agent_dir)  # the node's WireGuard keys (ADR 17)
     return agent_dir
@@ -135,7 +136,7 @@ def beside_manager(data_dir: Path, settings: agent_settings.AgentSettings) -> Al
     """The job the manager in `data_dir` runs while it serves: save the agent's settings (the
     manager's identity exists by then), then run the embedded agent unless --manager-only."""
 
-    async def job(identity: ManagerIdentity, stop: asyncio.Event) -> None:
+    async def job(identity: ManagerIdentity, stop: asyncio.Event, files: NodeCredentials) -> None:
         agent_settings.save(data_dir, settings)
         if not settings.enabled:
             print("No embedded agent (--manager-only): this node runs no tasks.", flush=True)
@@ -143,21 +144,25 @@ def beside_manager(data_dir: Path, settings: agent_settings.AgentSettings) -> Al
         print(f"Embedded agent running this node's tasks with the {settings.runtime} runtime.", flush=True)
         managers = [identity.advertise_addr]
         try:
-            agent_dir = prepare(data_dir, identity.node_id, managers)
-        except (OSError, pki.PkiError) as exc:
+            agent_dir = prepare(data_dir, identity.node_id, managers, files)
+        except (OSError, pki.PkiError, SecretKeyError) as exc:  # SecretKeyError: a sealed key
             log.error("cannot prepare the embedded agent: %s", exc)
             print(f"error: cannot prepare the embedded agent ({exc}); this node will show as down", flush=True)
             return
         own = settings
         if not own.advertise_addr:  # the node's WireGuard endpoint: where the manager is reached
             own = replace(own, advertise_addr=identity.advertise_addr.rpartition(":")[0])
-        await run(agent_dir, managers, own, stop)
+        await run(agent_dir, managers, own, stop, files.agent)
 
     return job
 
 
 async def run(
-    agent_dir: Path, managers: list[str], settings: agent_settings.AgentSettings, stop: asyncio.Event
+    agent_dir: Path,
+    managers: list[str],
+    settings: agent_settings.AgentSettings,
+    stop: asyncio.Event,
+    credentials: tls.CredentialFiles = tls.PLAIN_FILES,
 ) -> None:
     """Serve the embedded agent until `stop`. A failure is logged, not raised: the manager goes
     on managing, and its node shows as down until the agent runs again."""
@@ -167,7 +172,7 @@ async def run(
 
     agent_settings.save(agent_dir, settings)  # what the agent reads itself (the overlay's settings)
     try:
-        await serve(agent_options(agent_dir, managers, settings), stop)
+        await serve(replace(agent_options(agent_dir, managers, settings), credentials=credentials), stop)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
