@@ -120,9 +120,11 @@ def test_a_new_event_loop_starts_with_free_slots() -> None:
     """Entries left in flight by a loop that ended (a test's asyncio.run) hold no slot in the next."""
     node = _RecordingRaft()
 
+    left: list[asyncio.Future] = []
+
     async def leave_in_flight() -> None:
         for i in range(MAX_IN_FLIGHT):
-            asyncio.ensure_future(node.propose_async(_create(i)))
+            left.append(asyncio.ensure_future(node.propose_async(_create(i))))
             await _turns()
 
     asyncio.run(leave_in_flight())
