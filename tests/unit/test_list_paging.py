@@ -149,3 +149,32 @@ def test_a_negative_page_size_is_invalid_argument() -> None:
     with pytest.raises(ApiError) as err:
         _call(control.ListNodes, cpb.ListNodesRequest(page_size=-1))
     assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_list_services_converts_each_spec_once_and_follows_updates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ListServices reuses each service's converted spec until the service changes (ADR 51)."""
+    from warren.api import convert
+
+    control = _control(services=30)
+    converted: list[str] = []
+    real = convert.spec_to_pb
+
+    def counting(spec: ServiceSpec) -> Any:
+        converted.append(spec.name)
+        return real(spec)
+
+    monkeypatch.setattr(convert, "spec_to_pb", counting)
+    first = _call(control.ListServices, cpb.ListServicesRequest())
+    assert len(converted) == 31
+    again = _call(control.ListServices, cpb.ListServicesRequest())
+    assert len(converted) == 31 and again == first  # nothing converted twice, the same answer
+
+    with control._store.read() as state:
+        service = state.services["svc-3"]
+    scaled = Service(id=service.id, spec=ServiceSpec(name=service.spec.name, image="y", replicas=4), version=2)
+    control._store.put(Put("service", scaled))
+    updated = _call(control.ListServices, cpb.ListServicesRequest())
+    assert converted[31:] == ["s00003"]
+    listed = next(s for s in updated.services if s.id == "svc-3")
+    assert (listed.spec.image, listed.spec.replicas, listed.version) == ("y", 4, 2)
+    assert listed.spec == real(scaled.spec)

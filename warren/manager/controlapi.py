@@ -31,6 +31,7 @@ from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
+from warren.manager.speccache import SpecCache
 from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, Task, TaskState
 from warren.state import ClusterState
 from warren.text import shown
@@ -191,6 +192,7 @@ class ControlService(
         self._images = images
         # Seals registry logins with the secrets' keys (ADR 43, 38).
         self._vault = LoginVault(self._keyring) if raft_secret else None
+        self._spec_cache = SpecCache()  # ListServices converts each spec once (ADR 51)
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -480,9 +482,12 @@ class ControlService(
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
         with self._store.read() as state:
             services = sorted(state.services.values(), key=_service_order)
+            self._spec_cache.keep_only(state.services)
             page, next_token = _page(
                 "services", services, _service_order, (str,), request,
-                lambda s: convert.service_to_pb(s, *self._counts(state, s), with_previous=False),
+                lambda s: convert.service_to_pb(
+                    s, *self._counts(state, s), with_previous=False, spec=self._spec_cache.spec_pb(s)
+                ),
             )  # fmt: skip
         return cpb.ListServicesResponse(services=page, next_page_token=next_token)
 
