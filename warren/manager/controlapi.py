@@ -6,7 +6,7 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -70,13 +70,13 @@ def _task_order(t: Task) -> tuple[str, int, str, float, str]:
 
 def _page(
     kind: str,
-    items: list[T],
+    items: Iterable[T],
     key: Callable[[T], paging.Key],
     key_types: tuple[type, ...],
     request: paging.PagedRequest,
     to_pb: Callable[[T], M],
 ) -> tuple[list[M], str]:
-    """One page of a sorted list, as `request` (page_size, page_token) asks."""
+    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks."""
     try:
         return paging.page(kind, items, key, key_types, to_pb, request.page_size, request.page_token)
     except paging.PageTokenError as exc:
@@ -333,7 +333,6 @@ class ControlService(
                 if (not request.role or n.role.value == request.role)
                 and (not request.status or n.status.value == request.status)
             ]
-        nodes.sort(key=_node_order)
         page, next_token = _page(
             "nodes", nodes, _node_order, (str, str), request,
             lambda n: convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader),
@@ -481,10 +480,9 @@ class ControlService(
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
         with self._store.read() as state:
-            services = sorted(state.services.values(), key=_service_order)
             self._spec_cache.keep_only(state.services)
             page, next_token = _page(
-                "services", services, _service_order, (str,), request,
+                "services", state.services.values(), _service_order, (str,), request,
                 lambda s: convert.service_to_pb(
                     s, *self._counts(state, s), with_previous=False, spec=self._spec_cache.spec_pb(s)
                 ),
@@ -588,7 +586,6 @@ class ControlService(
             tasks = [t for t in tasks if t.state in states]
         if not request.include_history:
             tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
-        tasks.sort(key=_task_order)
         page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
         return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
 
