@@ -343,6 +343,8 @@ def check_spec_size(spec: ServiceSpec) -> None:
 def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "") -> None:
     """Published ports are cluster-wide (routing mesh): two services cannot publish the same one."""
     wanted = {(p.published, p.protocol) for p in spec.ports if p.published}
+    if not wanted:  # most services publish nothing: no need to visit every other one
+        return
     for other in state.services.values():
         if other.id == service_id:
             continue

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from warren import commands
 from warren.commands.overlay import overlay_layout
-from warren.model import ClusterInfo, Node, NodeStatus, Resources, Service, ServiceSpec
+from warren.model import ClusterInfo, Node, NodeStatus, PortConfig, Resources, Service, ServiceSpec
 from warren.network import ipam
 from warren.state import ClusterState, Put
 
@@ -99,3 +99,37 @@ def test_a_create_does_not_parse_every_services_vip(monkeypatch: pytest.MonkeyPa
     assert result.ok
     assert len(parsed) < 10
     assert state.services["id-5000"].vip not in {s.vip for s in state.services.values() if s.id != "id-5000"}
+
+
+class _CountingServices(dict):
+    visits = 0
+
+    def values(self):  # type: ignore[override]
+        type(self).visits += 1
+        return super().values()
+
+
+def test_a_create_without_published_ports_neither_visits_every_service_nor_reparses_the_plan(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What each create used to do on the Raft thread, O(services) or parsing per create (ADR 51)."""
+    from warren.commands import overlay
+
+    state = _overlay_state("10.52.0.0/16")  # a plan no other test uses: not cached yet
+    state.services = _CountingServices(state.services)
+    parsed = []
+    real = ipam.make_layout
+    monkeypatch.setattr(ipam, "make_layout", lambda *a, **k: parsed.append(a) or real(*a, **k))
+    for i in range(20):
+        assert _run(state, commands.CreateService(_service(i))).ok
+    assert _CountingServices.visits == 0
+    assert len(parsed) <= 1
+    assert overlay.overlay_layout(state.cluster).vips == ipaddress.IPv4Network("10.52.0.0/16")  # type: ignore[arg-type]
+    # A service that publishes a port is still checked against the others.
+    published = Service(
+        id="id-p", spec=ServiceSpec(name="p", image="x", ports=(PortConfig(target=80, published=8080),))
+    )
+    assert _run(state, commands.CreateService(published)).ok
+    clash = Service(id="id-q", spec=ServiceSpec(name="q", image="x", ports=(PortConfig(target=81, published=8080),)))
+    refused = _run(state, commands.CreateService(clash))
+    assert (refused.ok, refused.code) == (False, "already_exists") and "8080" in refused.message
