@@ -3,6 +3,9 @@
 Goals: write p99 <= 50 ms (CreateService, ScaleService); read p99 <= 10 ms (GetService,
 ListServices with ~300 services); `warren service ls` wall time < 300 ms (median of 10).
 Concurrent write throughput (8 client threads, ~5 s) is reported without a goal.
+Cluster write throughput (issue #15): 3 managers, 64 concurrent clients spread over them, each
+creating services through the API for ~5 s. Goal: >= 2,000 writes/s, next to the in-process Raft
+figure of bench_raft (which has no gRPC).
 
 Each write is one synchronous Raft commit on a single-manager cluster. Services with replicas > 0
 also make the orchestrator create tasks and the scheduler assign them to the manager's own node
@@ -12,13 +15,15 @@ while the benchmark keeps writing.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
-from bench.common import figure, latency_summary, running_manager
+from bench.common import REPO, figure, latency_summary, running_manager
 
 N_WRITES = 300
 N_READS = 300
@@ -31,6 +36,9 @@ TIMEOUT = 10.0
 WRITE_P99_GOAL_MS = 50.0
 READ_P99_GOAL_MS = 10.0
 CLI_GOAL_MS = 300.0
+CLUSTER_CLIENTS = 64
+CLUSTER_SECONDS = 5.0
+CLUSTER_GOAL_WRITES_PER_S = 2000.0
 
 
 def _timed(fn, *args) -> float:
@@ -106,6 +114,9 @@ def run() -> dict[str, object]:
         finally:
             channel.close()
 
+    # 6. Writes through the API of a 3-manager cluster, 64 clients (its own managers).
+    results["cluster_writes"] = cluster_writes()
+
     c = results["create_service"]
     figures += [
         figure("CreateService p50 (all)", c["all"]["p50_ms"], "ms"),
@@ -131,6 +142,14 @@ def run() -> dict[str, object]:
             "commits/s",
         ),
         figure("Concurrent CreateService p99", results["concurrent_create"]["latency"]["p99_ms"], "ms"),
+        figure(
+            f"3 managers, {CLUSTER_CLIENTS} clients: CreateService through the API",
+            results["cluster_writes"]["writes_per_s"],
+            "writes/s",
+            CLUSTER_GOAL_WRITES_PER_S,
+            ">=",
+        ),
+        figure("3 managers, 64 clients: CreateService p99", results["cluster_writes"]["latency"]["p99_ms"], "ms"),
     ]
     results["figures"] = figures
     return results
@@ -223,5 +242,99 @@ def _concurrent_creates(manager, create) -> dict[str, object]:
     }
 
 
+def cluster_writes(clients: int = CLUSTER_CLIENTS, seconds: float = CLUSTER_SECONDS) -> dict[str, object]:
+    """3 managers on loopback; `clients` concurrent callers, spread over the three, each creating
+    services (replicas=0) one after another for `seconds`. The load runs in a separate process on
+    grpc.aio (one event loop, 8 channels per manager): Python threads would make the client, not
+    the managers, the bottleneck. Followers forward their writes to the leader (ADR 16)."""
+    import shutil
+    import tempfile
+
+    from tests.integration.harness import manager_trio
+
+    root = Path(tempfile.mkdtemp(prefix="warren-bench-api-cluster-"))
+    try:
+        with manager_trio(root) as managers:
+            args = [sys.executable, "-m", "bench.bench_api", "--cluster-load", str(clients), str(seconds)]
+            args += [str(managers[0].data_dir / "admin"), *(m.addr for m in managers)]
+            cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
+            cpu_after = [_cpu_seconds(m.process.pid) for m in managers]
+            if proc.returncode != 0:
+                raise RuntimeError(f"the cluster load failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            out = json.loads(proc.stdout)
+            out["manager_cpu_s"] = [round(b - a, 2) for a, b in zip(cpu_before, cpu_after, strict=True)]
+            return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cluster_load(clients: int, seconds: float, creds_dir: str, addrs: list[str]) -> dict[str, object]:
+    """The client side of cluster_writes, in its own process."""
+    import asyncio
+
+    import grpc
+
+    from warren import tls
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import control_pb2_grpc
+    from warren.api.v1 import types_pb2 as tpb
+
+    async def main() -> dict[str, object]:
+        creds = tls.channel_credentials(*tls.load_credentials(Path(creds_dir)))
+        channels = [grpc.aio.secure_channel(a, creds, options=tls.channel_options()) for a in addrs for _ in range(8)]
+        stubs = [control_pb2_grpc.ControlStub(c) for c in channels]
+        latencies: list[float] = []
+        errors: list[str] = []
+        loop = asyncio.get_running_loop()
+
+        async def client(index: int, deadline: float | None) -> None:
+            stub = stubs[index % len(stubs)]
+            i = 0
+            while deadline is None or loop.time() < deadline:
+                spec = tpb.ServiceSpec(name=f"cl-{index}-{i:05d}", image=IMAGE, replicas=0)
+                start = time.perf_counter()
+                try:
+                    await stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=TIMEOUT)
+                except grpc.RpcError as exc:
+                    errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+                else:
+                    if deadline is not None:
+                        latencies.append(time.perf_counter() - start)
+                i += 1
+                if deadline is None:
+                    return  # warm-up: one call per client connects every channel
+
+        await asyncio.gather(*(client(-1 - i, None) for i in range(len(stubs))))
+        errors.clear()
+        start = loop.time()
+        await asyncio.gather(*(client(i, start + seconds) for i in range(clients)))
+        elapsed = loop.time() - start
+        for channel in channels:
+            await channel.close()
+        return {
+            "managers": len(addrs),
+            "clients": clients,
+            "seconds": round(elapsed, 3),
+            "writes": len(latencies),
+            "errors": len(errors),
+            "first_errors": errors[:3],
+            "writes_per_s": round(len(latencies) / elapsed, 1),
+            "latency": latency_summary(latencies) if latencies else {},
+            "client_cpu_s": round(sum(os.times()[:2]), 2),
+        }
+
+    return asyncio.run(main())
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--cluster-load"]:
+        clients, seconds, creds_dir, *addrs = sys.argv[2:]
+        print(json.dumps(_cluster_load(int(clients), float(seconds), creds_dir, addrs)))
+        sys.exit(0)
     print(json.dumps(run(), indent=2))

@@ -23,8 +23,10 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 
 from chaos.rpc import Conn
+from warren.api.pages import all_pages
 
 
 def _status(service) -> dict | None:
@@ -96,9 +98,9 @@ def info(conn: Conn, addr: str, consistent: bool = False, timeout: float = 2.0) 
 def state(conn: Conn, addr: str, timeout: float = 5.0) -> dict:
     try:
         stub = conn.stub(addr)
-        services = stub.ListServices(conn.pb.ListServicesRequest(), timeout=timeout).services
-        tasks = stub.ListTasks(conn.pb.ListTasksRequest(), timeout=timeout).tasks
-        nodes = stub.ListNodes(conn.pb.ListNodesRequest(), timeout=timeout).nodes
+        services = all_pages(partial(stub.ListServices, timeout=timeout), conn.pb.ListServicesRequest(), "services")
+        tasks = all_pages(partial(stub.ListTasks, timeout=timeout), conn.pb.ListTasksRequest(), "tasks")
+        nodes = all_pages(partial(stub.ListNodes, timeout=timeout), conn.pb.ListNodesRequest(), "nodes")
     except conn.grpc.RpcError as exc:
         return _err(exc)
     return {
@@ -159,7 +161,7 @@ def rollout(conn: Conn, addr: str, service: str, timeout: float = 2.0) -> dict:
         stub = conn.stub(addr)
         svc = stub.GetService(conn.pb.GetServiceRequest(service=service), timeout=timeout)
         request = conn.pb.ListTasksRequest(service=service, include_history=True)
-        tasks = stub.ListTasks(request, timeout=timeout).tasks
+        tasks = all_pages(partial(stub.ListTasks, timeout=timeout), request, "tasks")
     except conn.grpc.RpcError as exc:
         return _err(exc)
     return {

@@ -6,6 +6,7 @@ writes to LMDB and then applies here, so disk and memory always see the same edi
 
 from __future__ import annotations
 
+import ipaddress
 from collections import defaultdict
 from typing import Literal
 
@@ -73,6 +74,10 @@ class ClusterState:
         self.configs: dict[str, Config] = {}
         self.networks: dict[str, Network] = {}  # by id (#14, ADR 47)
         self.network_names: dict[str, str] = {}
+        # Service VIPs as integers -> the service holding each (ADR 51: a create finds a free VIP
+        # without visiting every service), and per range start, a point below which all are held.
+        self.vip_owners: dict[int, str] = {}
+        self._vip_floor: dict[int, int] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -110,6 +115,14 @@ class ClusterState:
     def config_by_name(self, name: str) -> Config | None:
         return next((c for c in self.configs.values() if c.name == name), None)
 
+    def lowest_free_vip(self, first: int, last: int) -> int | None:
+        """The lowest VIP in [first, last] that no service holds, or None if all are held."""
+        candidate = max(first, self._vip_floor.get(first, first))
+        while candidate <= last and candidate in self.vip_owners:
+            candidate += 1
+        self._vip_floor[first] = candidate
+        return candidate if candidate <= last else None
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
@@ -129,6 +142,8 @@ class ClusterState:
         other.configs = dict(self.configs)
         other.networks = dict(self.networks)
         other.network_names = dict(self.network_names)
+        other.vip_owners = dict(self.vip_owners)
+        other._vip_floor = dict(self._vip_floor)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -176,6 +191,10 @@ class ClusterState:
                 self.service_names.pop(old.spec.name, None)
             self.services[obj.id] = obj
             self.service_names[obj.spec.name] = obj.id
+            if old is None or old.vip != obj.vip:
+                self._unindex_vip(old)
+                if obj.vip:
+                    self.vip_owners[int(ipaddress.IPv4Address(obj.vip))] = obj.id
         else:
             assert isinstance(obj, Task)
             old_task = self.tasks.get(obj.id)
@@ -211,6 +230,7 @@ class ClusterState:
             old = self.services.pop(obj_id, None)
             if old is not None:
                 self.service_names.pop(old.spec.name, None)
+                self._unindex_vip(old)
         elif kind == "task":
             task = self.tasks.pop(obj_id, None)
             if task is not None:
@@ -220,6 +240,16 @@ class ClusterState:
                     if not ids:
                         del self.tasks_by_service[task.service_id]
                 self._unindex_node(task)
+
+    def _unindex_vip(self, service: Service | None) -> None:
+        if service is None or not service.vip:
+            return
+        address = int(ipaddress.IPv4Address(service.vip))
+        if self.vip_owners.get(address) == service.id:
+            del self.vip_owners[address]
+        for first, floor in self._vip_floor.items():
+            if first <= address < floor:
+                self._vip_floor[first] = address
 
     def _unindex_node(self, task: Task) -> None:
         ids = self.tasks_by_node.get(task.node_id)

@@ -379,6 +379,8 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
     its number, in either mode. Host-mode ports of the same number may coexist: the scheduler
     keeps their tasks on different nodes (ADR 46)."""
     wanted = {(p.published, p.protocol): p.mode for p in spec.ports if p.published}
+    if not wanted:  # most services publish nothing: no need to visit every other one
+        return
     for other in state.services.values():
         if other.id == service_id:
             continue

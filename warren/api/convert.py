@@ -471,10 +471,16 @@ def update_status_to_pb(status: model.UpdateStatus) -> pb.UpdateStatus:
     )
 
 
-def service_to_pb(service: model.Service, desired: int = 0, running: int = 0, with_previous: bool = True) -> pb.Service:
+def service_to_pb(
+    service: model.Service,
+    desired: int = 0,
+    running: int = 0,
+    with_previous: bool = True,
+    spec: pb.ServiceSpec | None = None,  # the spec converted already (a list's cache, ADR 51)
+) -> pb.Service:
     msg = pb.Service(
         id=service.id,
-        spec=spec_to_pb(service.spec),
+        spec=spec if spec is not None else spec_to_pb(service.spec),
         version=service.version,
         created_at=service.created_at,
         updated_at=service.updated_at,

@@ -23,6 +23,7 @@ import grpc
 from warren import tls
 from warren.api.leader import leader_from_details
 from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
+from warren.api.pages import all_pages
 from warren.api.v1 import control_pb2_grpc
 
 _CODE_TO_EXIT = {
@@ -118,6 +119,10 @@ class Client:
         if tls_failures and len(tls_failures) == len(failures):
             raise rpc_error(tls_failures[0][1], tls_failures[0][0])
         raise _unreachable(failures)
+
+    def list_all(self, method: str, request: Any, field: str) -> list[Any]:
+        """Every item of a paged list (ADR 51): the `field` of each page, to the last page."""
+        return all_pages(lambda page: self.call(method, page), request, field)
 
     def stream(self, method: str, request: Any) -> Generator[Any, None, None]:
         """Iterate a server-streaming Control.<method> with no deadline. Before the first

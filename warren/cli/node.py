@@ -72,7 +72,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
 
     with connect(args) as client:
-        nodes = sorted(client.call("ListNodes", pb.ListNodesRequest()).nodes, key=lambda n: (n.hostname, n.id))
+        nodes = sorted(client.list_all("ListNodes", pb.ListNodesRequest(), "nodes"), key=lambda n: (n.hostname, n.id))
     if args.format == "json":
         output.print_json(list(nodes))
     elif args.quiet:

@@ -227,7 +227,7 @@ def wait_converged(client: Any, service: Any, timeout: float, check_version: boo
             if check_version:  # the version moves on if the failure action rolls back
                 service = client.call("GetService", pb.GetServiceRequest(service=service.id))
                 _rollout_ended(service, since_version, rolling_back)
-            tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id)).tasks
+            tasks = client.list_all("ListTasks", pb.ListTasksRequest(service=service.id), "tasks")
             if check_version and _strategy_waits(service):
                 sys.stderr.write(rollout_line(service, tasks) + "\n")
                 return 0  # a canary awaiting promotion, a switched blue/green set (ADR 35)

@@ -310,7 +310,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
 
     with connect(args) as client:
-        services = sorted(client.call("ListServices", pb.ListServicesRequest()).services, key=lambda s: s.spec.name)
+        services = sorted(
+            client.list_all("ListServices", pb.ListServicesRequest(), "services"), key=lambda s: s.spec.name
+        )
     if args.format == "json":
         output.print_json(list(services))
     elif args.quiet:
@@ -424,11 +426,11 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
     with connect(args) as client:
         service = client.call("GetService", pb.GetServiceRequest(service=args.name))
-        tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id, include_history=args.all)).tasks
+        tasks = client.list_all("ListTasks", pb.ListTasksRequest(service=service.id, include_history=args.all), "tasks")
         nodes = (
             {}
             if args.quiet or args.format == "json"
-            else {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+            else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
         )
         host_ports = port_nodes.host_ports(service.spec.ports)  # a PORTS column: where tasks publish them
     ordered = sorted(tasks, key=lambda t: (t.slot or 0, t.node_id if not t.slot else "", -t.created_at))

@@ -67,7 +67,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     out = sys.stdout.buffer
     with connect(args) as client:
-        hostnames = {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+        hostnames = {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
         looked_up: set[str] = set()
         request = pb.ServiceLogsRequest(service=args.name, follow=args.follow, tail=args.tail, since=args.since or 0.0)
         stream = client.stream("ServiceLogs", request)
@@ -80,7 +80,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
                         continue
                     if msg.node_id not in hostnames and msg.node_id not in looked_up:
                         looked_up.add(msg.node_id)  # a node that joined meanwhile: look once
-                        nodes = client.call("ListNodes", pb.ListNodesRequest()).nodes
+                        nodes = client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")
                         hostnames.update({n.id: n.hostname for n in nodes})
                     out.write(format_log_line(msg, hostnames, args.timestamps))
                 out.flush()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import msgspec
@@ -14,11 +15,18 @@ from warren.state import ClusterState
 
 def overlay_layout(cluster: ClusterInfo) -> ipam.Layout:
     """The cluster's overlay address plan; raises ipam.IpamError if it is not a valid one."""
-    return ipam.make_layout(
+    return _layout(
         cluster.overlay_range or ipam.DEFAULT_OVERLAY,
         cluster.node_subnet_prefixlen or ipam.DEFAULT_NODE_PREFIXLEN,
         cluster.vip_range or ipam.DEFAULT_VIP_RANGE,
     )
+
+
+@functools.lru_cache(maxsize=8)
+def _layout(overlay: str, node_prefixlen: int, vip_range: str) -> ipam.Layout:
+    # Every create asks (for a VIP): parsing the networks each time was a visible part of its
+    # apply under load (ADR 51). A Layout is immutable; an invalid plan raises, and is not cached.
+    return ipam.make_layout(overlay, node_prefixlen, vip_range)
 
 
 def with_overlay_subnet(state: ClusterState, cluster: ClusterInfo, node: Node) -> Node | Result:

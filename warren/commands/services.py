@@ -50,13 +50,15 @@ def create_service(state: ClusterState, cmd: CreateService) -> tuple[Result, Cha
     service = cmd.service
     if state.cluster is not None:
         try:
-            current = {s.id: ipaddress.IPv4Address(s.vip) for s in state.services.values() if s.vip}
-            vip = ipam.allocate_vip(overlay_layout(state.cluster), current, service.id)[service.id]
-        except ipam.ExhaustedError as exc:
-            return error("resource_exhausted", f"cannot create service {name}: {exc}"), []
+            layout = overlay_layout(state.cluster)
         except (ipam.IpamError, ValueError) as exc:
             return error("internal", f"the overlay address plan is unusable: {exc}"), []
-        service = msgspec.structs.replace(service, vip=str(vip))
+        # From the state's index of held VIPs: a create must not visit every service (ADR 51).
+        vip = state.lowest_free_vip(*ipam.vip_bounds(layout))
+        if vip is None:
+            exhausted = f"the VIP range {layout.vips} is exhausted ({len(state.vip_owners)} services hold one)"
+            return error("resource_exhausted", f"cannot create service {name}: {exhausted}"), []
+        service = msgspec.structs.replace(service, vip=str(ipaddress.IPv4Address(vip)))
     first = SpecRevision(service.version, None, service.created_at, revisions.summary(None, service.spec))
     service = msgspec.structs.replace(service, history=(first,))
     logins: Changes = [Put("registry", login) for login in cmd.logins if login.service_id == service.id]

@@ -6,7 +6,7 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,7 +20,7 @@ from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
-from warren.manager import autolock
+from warren.manager import autolock, paging
 from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
@@ -36,7 +36,8 @@ from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
-from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, TaskState
+from warren.manager.speccache import SpecCache
+from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, Task, TaskState
 from warren.stack.spec import STACK_LABEL
 from warren.state import ClusterState
 from warren.text import shown
@@ -54,8 +55,38 @@ from warren.validate import (
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
+T = TypeVar("T")
+M = TypeVar("M", bound=paging.Message)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
+
+
+# The orders of the paged lists (ADR 51): each key is unique, so a page token can name a place.
+def _node_order(n: Node) -> tuple[str, str]:
+    return (n.hostname, n.id)
+
+
+def _service_order(s: Service) -> tuple[str]:
+    return (s.spec.name,)
+
+
+def _task_order(t: Task) -> tuple[str, int, str, float, str]:
+    return (t.service_name, t.slot, t.node_id, -t.created_at, t.id)
+
+
+def _page(
+    kind: str,
+    items: Iterable[T],
+    key: Callable[[T], paging.Key],
+    key_types: tuple[type, ...],
+    request: paging.PagedRequest,
+    to_pb: Callable[[T], M],
+) -> tuple[list[M], str]:
+    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks."""
+    try:
+        return paging.page(kind, items, key, key_types, to_pb, request.page_size, request.page_token)
+    except paging.PageTokenError as exc:
+        raise _invalid(str(exc)) from None
 
 
 def _invalid(message: str) -> ApiError:
@@ -190,6 +221,7 @@ class ControlService(
         # Seals registry logins with the secrets' keys (ADR 43, 38).
         self._vault = LoginVault(self._keyring) if raft_secret else None
         self._events = events  # the event stream (ADR 45); None: not served
+        self._spec_cache = SpecCache()  # ListServices converts each spec once (ADR 51)
 
     async def _propose(self, command: commands.Command) -> commands.Result:
         return check_result(await self._raft.propose_async(command, self._timeout))
@@ -334,10 +366,11 @@ class ControlService(
                 if (not request.role or n.role.value == request.role)
                 and (not request.status or n.status.value == request.status)
             ]
-        nodes.sort(key=lambda n: (n.hostname, n.id))
-        return cpb.ListNodesResponse(
-            nodes=[convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader) for n in nodes]
-        )
+        page, next_token = _page(
+            "nodes", nodes, _node_order, (str, str), request,
+            lambda n: convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader),
+        )  # fmt: skip
+        return cpb.ListNodesResponse(nodes=page, next_page_token=next_token)
 
     async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> pb.Node:
         leader = self._raft.status().leader
@@ -480,10 +513,14 @@ class ControlService(
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
         with self._store.read() as state:
-            services = sorted(state.services.values(), key=lambda s: s.spec.name)
-            return cpb.ListServicesResponse(
-                services=[convert.service_to_pb(s, *self._counts(state, s), with_previous=False) for s in services]
-            )
+            self._spec_cache.keep_only(state.services)
+            page, next_token = _page(
+                "services", state.services.values(), _service_order, (str,), request,
+                lambda s: convert.service_to_pb(
+                    s, *self._counts(state, s), with_previous=False, spec=self._spec_cache.spec_pb(s)
+                ),
+            )  # fmt: skip
+        return cpb.ListServicesResponse(services=page, next_page_token=next_token)
 
     async def GetService(self, request: cpb.GetServiceRequest, context: object) -> pb.Service:
         with self._store.read() as state:
@@ -586,8 +623,8 @@ class ControlService(
             tasks = [t for t in tasks if t.state in states]
         if not request.include_history:
             tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
-        tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.created_at))
-        return cpb.ListTasksResponse(tasks=[convert.task_to_pb(t) for t in tasks])
+        page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
+        return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
 
     # -- logs --------------------------------------------------------------------------------
     async def ServiceLogs(self, request: cpb.ServiceLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:

@@ -1,7 +1,8 @@
 """The leader's control loop: run the pure reconciler on a snapshot and commit its plan.
 
-A pass runs after every commit that may need one (debounced) and at least once a second, so
-time-driven work (missed heartbeats, restart delays) happens without any event.
+A pass runs after every commit that may need one (debounced, and no sooner after the last pass
+than that pass took) and at least once a second, so time-driven work (missed heartbeats, restart
+delays) happens without any event.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ log = logging.getLogger(__name__)
 
 IDLE_PERIOD = 1.0
 DEBOUNCE = 0.005
+# A pass over a large cluster takes a while, and under a stream of writes another would start
+# at once, every time: the next pass waits at least as long as the last one took (up to this),
+# so that passes take at most about half of the manager's time and the writes the rest (ADR 51).
+MAX_PASS_GAP = 0.5
 
 
 class Orchestrator:
@@ -46,21 +51,25 @@ class Orchestrator:
         self._was_leader = False
         self._last_applied = -1
         self._announced_term = -1
+        self._last_pass = 0.0  # seconds the last pass took
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(events.get(), IDLE_PERIOD)
-                    await asyncio.sleep(DEBOUNCE)  # let a burst of commits land in one pass
+                    # Let a burst of commits land in one pass; after a long pass, wait as long.
+                    await asyncio.sleep(max(DEBOUNCE, min(self._last_pass, MAX_PASS_GAP)))
                 while not events.empty():
                     events.get_nowait()
+                started = time.perf_counter()
                 try:
                     await self.pass_once()
                 except ProposalError as exc:
                     log.warning("scheduling pass not committed: %s", exc.message)
                 except Exception:
                     log.exception("scheduling pass failed")
+                self._last_pass = time.perf_counter() - started
 
     async def _announce_leadership(self) -> None:
         """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""

@@ -8,6 +8,7 @@ forever, which would wedge the node.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import threading
@@ -95,6 +96,14 @@ MAX_BATCH = 1024
 # And bytes per Batch entry (ADR 20): a follower forwards its batch to the leader as one
 # message, which the transport bounds. A single larger command still goes, alone.
 MAX_BATCH_BYTES = 1 << 20
+# Group commit (ADR 51): at most this many of a manager's entries are in flight at once, and the
+# proposals made meanwhile wait and go together in the next one. Without the bound, each proposal
+# the event loop saw alone became an entry of its own, with its own journal and state fsyncs on
+# the Raft thread, and concurrent writers queued behind one another instead of sharing entries.
+MAX_IN_FLIGHT = 2
+# PySyncObj never calls back for an entry that a deposed leader dropped: after this long, an
+# entry no longer holds its slot (its proposer still waits for its own timeout).
+IN_FLIGHT_TIMEOUT = 1.0
 
 
 class RaftStartError(Exception):
@@ -114,6 +123,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         # Proposals for the next entry, with their encoded size: each is encoded once to be
         # measured, and once more inside its Batch.
         self._queued: list[tuple[Command, int, asyncio.Future]] = []
+        self._group = _GroupCommit()
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
         self._init_peer_links()  # before SyncObj's thread starts calling back
@@ -304,21 +314,32 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
             raise ProposalError("resource_exhausted", too_large)
         self.check_quorum()
         loop = asyncio.get_running_loop()
+        if self._group.loop is not loop:  # a new event loop (tests): nothing of the old one is waited for
+            self._group, self._queued = _GroupCommit(loop), []
         future: asyncio.Future = loop.create_future()
         self._queued.append((command, size, future))
-        if len(self._queued) == 1:
-            loop.call_soon(self._send_queued, loop)
+        self._flush_soon(loop)
         try:
             result, reason = await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
             raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)") from None
         return self._outcome(result, reason)
 
+    def _flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send what is queued on the next turn of the loop, if an entry may go now; otherwise
+        the entry in flight that settles first sends it."""
+        group = self._group
+        if self._queued and not group.flush_scheduled and group.in_flight < MAX_IN_FLIGHT:
+            group.flush_scheduled = True
+            loop.call_soon(self._send_queued, loop)
+
     def _send_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._group.flush_scheduled = False
+        if self._group.loop is not loop or not self._queued or self._group.in_flight >= MAX_IN_FLIGHT:
+            return
         taken = _batch_length(self._queued)
         queued, self._queued = self._queued[:taken], self._queued[taken:]
-        if self._queued:
-            loop.call_soon(self._send_queued, loop)
+        self._flush_soon(loop)  # more than one entry's worth, and a free slot
         try:
             self._send(loop, [command for command, _, _ in queued], [future for _, _, future in queued])
         except ProposalError as exc:
@@ -337,13 +358,22 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
     ) -> None:
         """Propose `to_send` as one entry; with one command, every future gets its outcome."""
 
+        group = self._group
+
+        def free_slot() -> None:
+            if group.release(slot):
+                self._flush_soon(loop)
+
         def settle(outcomes: list[tuple[bytes | None, int]]) -> None:
             for future, outcome in zip(futures, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
+            free_slot()
 
         blob = commands.encode(to_send[0] if len(to_send) == 1 else commands.Batch(tuple(to_send)))
         charge = self._reserve_capacity(len(blob)) if check_capacity else -1
+        slot = group.take()
+        loop.call_later(IN_FLIGHT_TIMEOUT, free_slot)
 
         if len(to_send) == 1:
 
@@ -502,6 +532,32 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
             peers=peers,
             self_addr=raw["self"].id,
         )
+
+
+class _GroupCommit:
+    """The entries of one event loop's proposals that are in flight (ADR 51)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.loop = loop
+        self.flush_scheduled = False
+        self._slots: set[int] = set()
+        self._ids = itertools.count()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._slots)
+
+    def take(self) -> int:
+        slot = next(self._ids)
+        self._slots.add(slot)
+        return slot
+
+    def release(self, slot: int) -> bool:
+        """Free `slot`; False if it was free already (settled, or timed out)."""
+        if slot not in self._slots:
+            return False
+        self._slots.remove(slot)
+        return True
 
 
 def _batch_length(queued: list[tuple[Command, int, asyncio.Future]]) -> int:

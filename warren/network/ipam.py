@@ -168,12 +168,16 @@ class AddressPool:
 # -- service VIPs --------------------------------------------------------------------------------
 
 
+def vip_bounds(layout: Layout) -> tuple[int, int]:
+    """The first and the last service VIP of `layout`, as integers."""
+    return int(layout.vips.network_address) + 1, int(layout.vips.broadcast_address) - 1
+
+
 def allocate_vip(layout: Layout, current: Mapping[str, IPv4Address], service_id: str) -> dict[str, IPv4Address]:
     """`current` plus the lowest free VIP for `service_id`; unchanged if it has one."""
     if service_id in current:
         return dict(current)
-    first = int(layout.vips.network_address) + 1
-    last = int(layout.vips.broadcast_address) - 1
+    first, last = vip_bounds(layout)
     used = set()
     for who, addr in _check_unique(current, "VIP").items():
         if not first <= int(addr) <= last:

@@ -1,0 +1,140 @@
+"""Group commit with a bound on the entries in flight (ADR 51): proposals that arrive one by one
+while entries are in flight wait and share the next entry, instead of each becoming an entry.
+
+The Raft log is replaced by a recorder here; tests/integration/test_raft_store.py runs the same
+path against a real PySyncObj node and LMDB store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from pysyncobj import FAIL_REASON
+
+from warren import commands
+from warren.manager import raft
+from warren.manager.raft import MAX_IN_FLIGHT, RaftNode
+from warren.model import Service, ServiceSpec
+
+
+class _NoLimits:
+    stalled = None
+
+    def refusal(self, _cost: int) -> None:
+        return None
+
+    def reserve(self, _cost: int) -> int:
+        return 0
+
+    def release(self, _charge: int) -> None:
+        pass
+
+
+class _RecordingRaft(RaftNode):
+    """A RaftNode whose log only records the entries proposed; a test settles them."""
+
+    def __init__(self) -> None:  # no PySyncObj: only the proposing side is under test
+        self._queued = []
+        self._group = raft._GroupCommit()
+        self.capacity = _NoLimits()  # type: ignore[assignment]
+        self.entries: list[tuple[bytes, Callable[[bytes | None, int], None]]] = []
+
+    def check_quorum(self) -> None:
+        pass
+
+    def _apply_entry(self, blob: bytes, callback: Callable[[bytes | None, int], None]) -> None:  # type: ignore[override]
+        self.entries.append((blob, callback))
+
+    def commands_in(self, entry: int) -> int:
+        decoded = commands.decode(self.entries[entry][0])
+        return len(decoded.commands) if isinstance(decoded, commands.Batch) else 1
+
+    def settle(self, entry: int) -> None:
+        """Report entry `entry` applied, each command with a result, as the Raft thread would."""
+        decoded = commands.decode(self.entries[entry][0])
+        count = len(decoded.commands) if isinstance(decoded, commands.Batch) else 1
+        results = [commands.Result(id=f"r{entry}.{i}", index=entry) for i in range(count)]
+        blob = commands.encode_result(results if isinstance(decoded, commands.Batch) else results[0])
+        self.entries[entry][1](blob, FAIL_REASON.SUCCESS)
+
+
+def _create(i: int) -> commands.CreateService:
+    return commands.CreateService(Service(id=f"id{i}", spec=ServiceSpec(name=f"s{i}", image="x")))
+
+
+async def _turns(count: int = 3) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_proposals_arriving_one_by_one_share_an_entry_while_others_are_in_flight() -> None:
+    node = _RecordingRaft()
+
+    async def scenario() -> None:
+        proposals = []
+        for i in range(MAX_IN_FLIGHT + 5):  # one per turn of the loop, as gRPC requests arrive
+            proposals.append(asyncio.ensure_future(node.propose_async(_create(i))))
+            await _turns()
+        assert len(node.entries) == MAX_IN_FLIGHT  # the rest wait for a free slot
+        node.settle(0)
+        await _turns()
+        assert len(node.entries) == MAX_IN_FLIGHT + 1
+        assert node.commands_in(MAX_IN_FLIGHT) == 5  # the five that waited, in one entry
+        for entry in range(1, len(node.entries)):
+            node.settle(entry)
+        results = await asyncio.gather(*proposals)
+        assert [r.id for r in results[:MAX_IN_FLIGHT]] == [f"r{i}.0" for i in range(MAX_IN_FLIGHT)]
+        assert [r.id for r in results[MAX_IN_FLIGHT:]] == [f"r{MAX_IN_FLIGHT}.{i}" for i in range(5)]
+
+    asyncio.run(scenario())
+
+
+def test_an_entry_never_called_back_frees_its_slot_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PySyncObj drops an entry a deposed leader held without calling back: the pipe must not stall."""
+    monkeypatch.setattr(raft, "IN_FLIGHT_TIMEOUT", 0.05)
+    node = _RecordingRaft()
+
+    async def scenario() -> None:
+        lost = [asyncio.ensure_future(node.propose_async(_create(i), timeout=0.2)) for i in range(MAX_IN_FLIGHT)]
+        for i in range(MAX_IN_FLIGHT):
+            await _turns()
+            lost.append(asyncio.ensure_future(node.propose_async(_create(100 + i), timeout=0.2)))
+        await _turns()
+        waiting = len(node.entries)
+        later = asyncio.ensure_future(node.propose_async(_create(200)))
+        for _ in range(200):
+            if len(node.entries) > waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert len(node.entries) > waiting  # sent once the slots timed out
+        for entry in range(len(node.entries)):
+            node.settle(entry)
+        assert (await later).ok
+        await asyncio.gather(*lost, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_new_event_loop_starts_with_free_slots() -> None:
+    """Entries left in flight by a loop that ended (a test's asyncio.run) hold no slot in the next."""
+    node = _RecordingRaft()
+
+    left: list[asyncio.Future] = []
+
+    async def leave_in_flight() -> None:
+        for i in range(MAX_IN_FLIGHT):
+            left.append(asyncio.ensure_future(node.propose_async(_create(i))))
+            await _turns()
+
+    asyncio.run(leave_in_flight())
+    sent = len(node.entries)
+
+    async def next_loop() -> None:
+        proposal = asyncio.ensure_future(node.propose_async(_create(50)))
+        await _turns()
+        assert len(node.entries) == sent + 1
+        node.settle(sent)
+        assert (await proposal).ok
+
+    asyncio.run(next_loop())

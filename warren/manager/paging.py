@@ -1,0 +1,105 @@
+"""Paged list answers (ADR 51): keyset pages, bounded by count and by bytes.
+
+A list is sorted by a unique key; a page token holds the key of the last item a page gave, and
+the next page starts after it. Nothing is kept on the server between pages, any manager can
+answer the next one, and an item added or removed meanwhile neither shifts nor repeats the
+others. The token is opaque to clients (base64 of JSON); one this module did not make for the
+same list is INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import heapq
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
+
+# Items per page when the request says 0, and the most a request may ask for (more is capped).
+DEFAULT_PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10_000
+# A page stops before it passes this many bytes of items: under gRPC's 4 MiB default receive
+# limit, so that any client takes a page whatever its own limit is. One larger item goes alone
+# (a task's spec is at most 256 KiB, validate.MAX_SPEC_BYTES).
+PAGE_BYTES = 3 << 20
+
+Key = tuple[str | int | float, ...]
+T = TypeVar("T")
+
+
+class Message(Protocol):
+    def ByteSize(self) -> int: ...  # protobuf's name
+
+
+M = TypeVar("M", bound=Message)
+
+
+class PagedRequest(Protocol):
+    page_size: int
+    page_token: str
+
+
+class PageTokenError(ValueError):
+    """The page token is not one this list gave out; str() says so in one line."""
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise PageTokenError(f"page_size must not be negative (got {requested})")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(kind: str, key: Key) -> str:
+    return base64.urlsafe_b64encode(json.dumps([kind, list(key)], separators=(",", ":")).encode()).decode()
+
+
+def decode_token(kind: str, token: str, key_types: Sequence[type]) -> Key:
+    """The key a token of list `kind` holds; PageTokenError if it is not such a token."""
+    bad = PageTokenError(f"invalid page token for {kind}: pass the next_page_token of a previous answer")
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (UnicodeError, binascii.Error, ValueError):
+        raise bad from None
+    if not (isinstance(decoded, list) and len(decoded) == 2 and decoded[0] == kind and isinstance(decoded[1], list)):
+        raise bad
+    key = decoded[1]
+    if len(key) != len(key_types) or not all(
+        type(value) is wanted or (wanted is float and type(value) is int)
+        for value, wanted in zip(key, key_types, strict=True)
+    ):
+        raise bad
+    return tuple(key)
+
+
+def page(
+    kind: str,
+    items: Iterable[T],
+    key: Callable[[T], Key],
+    key_types: Sequence[type],
+    to_pb: Callable[[T], M],
+    requested_size: int,
+    token: str,
+) -> tuple[list[M], str]:
+    """The page of `items` in the order of `key` (unique; its parts have `key_types`) that
+    `token` asks for, converted, and the token of the next page ("" on the last). Only the
+    page is sorted: O(n log page) for n items, not a sort of the whole list per page."""
+    size = page_size(requested_size)
+    # No (key, item) pairs kept for the whole list: 100,000 of them cost more in the garbage
+    # collector's passes than the sort itself.
+    if token:
+        after = decode_token(kind, token, key_types)
+        rest = [item for item in items if key(item) > after]
+    else:
+        rest = list(items)
+    chosen = heapq.nsmallest(size, rest, key=key) if len(rest) > size else sorted(rest, key=key)
+    out: list[M] = []
+    total = 0
+    for item in chosen:
+        message = to_pb(item)
+        total += message.ByteSize()
+        if out and total > PAGE_BYTES:
+            break
+        out.append(message)
+    more = len(out) < len(rest)
+    return out, (encode_token(kind, key(chosen[len(out) - 1])) if more else "")
