@@ -521,8 +521,8 @@ def _host_port_placement(client: Any, service: Any) -> tuple[list[Any], dict[str
 
     if not port_nodes.host_ports(service.spec.ports):
         return None
-    tasks = client.call("ListTasks", pb.ListTasksRequest(service=service.id)).tasks
-    nodes = {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+    tasks = client.list_all("ListTasks", pb.ListTasksRequest(service=service.id), "tasks")
+    nodes = {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
     return list(tasks), nodes
 
 

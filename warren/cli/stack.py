@@ -178,7 +178,7 @@ def _stack_services(client: Any, name: str) -> list[Any]:
     from warren.api.v1 import control_pb2 as pb
     from warren.stack.spec import STACK_LABEL
 
-    services = client.call("ListServices", pb.ListServicesRequest()).services
+    services = client.list_all("ListServices", pb.ListServicesRequest(), "services")
     found = sorted((s for s in services if s.spec.labels.get(STACK_LABEL) == name), key=lambda s: s.spec.name)
     if not found:
         stacks = {s.name for s in client.call("ListStacks", pb.ListStacksRequest()).stacks}
@@ -242,8 +242,14 @@ def cmd_ps(args: argparse.Namespace) -> int:
         tasks = []
         for s in services:
             request = pb.ListTasksRequest(service=s.id, include_history=args.all)
-            tasks += sorted(client.call("ListTasks", request).tasks, key=lambda t: (t.slot, t.node_id, -t.created_at))
-        nodes = {} if args.quiet else {n.id: n.hostname for n in client.call("ListNodes", pb.ListNodesRequest()).nodes}
+            tasks += sorted(
+                client.list_all("ListTasks", request, "tasks"), key=lambda t: (t.slot, t.node_id, -t.created_at)
+            )
+        nodes = (
+            {}
+            if args.quiet
+            else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
+        )
     if args.format == "json":
         output.print_json(tasks)
     elif args.quiet:
