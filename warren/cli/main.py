@@ -19,7 +19,7 @@ PROG = "warren"
 
 
 def build_parser() -> Parser:
-    from warren.cli import cluster, config, image, node, registry, secret, service, units, volume, worker
+    from warren.cli import cluster, config, image, node, registry, secret, service, sim, units, volume, worker
 
     parser = Parser(
         prog=PROG,
@@ -63,6 +63,7 @@ def build_parser() -> Parser:
     secret.register(groups)
     config.register(groups)
     registry.register(groups)
+    sim.register(groups)
     return parser
 
 
