@@ -11,7 +11,6 @@ shared 2-core machine: the managers' CPU is in the same budget.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -20,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,36 +48,20 @@ def _wait(predicate: Any, timeout: float, what: str) -> float:
     return time.perf_counter() - start
 
 
-@contextlib.contextmanager
-def _trio(root: Path) -> Iterator[list[Any]]:
-    """Three managers (as harness.manager_trio) with an overlay range that holds OVERLAY_NODES
-    nodes: the default /16 holds 256 (one /24 each)."""
-    from tests.integration.harness import Manager, all_raft_connected, join_managers
-    from tests.waiting import wait_for
-
-    (root / "m1").mkdir()
-    first = Manager(root / "m1", start_args=["--overlay-range", OVERLAY_RANGE], schedule_on_manager=False)
-    managers = [first]
-    try:
-        first.start()
-        join_managers(first, ["m2", "m3"], into=managers)
-        wait_for(lambda: all_raft_connected(managers), timeout=30, message="every manager connected")
-        yield managers
-    finally:
-        for manager in managers:
-            manager.stop()
-
-
-def one_size(nodes: int) -> dict[str, Any]:
+def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix=f"warren-bench-sim{nodes}-"))
     sim: subprocess.Popen[bytes] | None = None
     try:
-        with _trio(root) as managers:
+        from tests.integration.harness import manager_trio
+
+        init = ["--overlay-range", OVERLAY_RANGE]
+        with manager_trio(root, init_args=init, schedule_on_manager=False) as managers:
             first = managers[0]
             data_dir = root / "sim"
             log = open(root / "sim.log", "ab")  # noqa: SIM115 - owned by the process
             started = time.perf_counter()
             command = ["sim", "--nodes", str(nodes), "--token", first.join_token(), first.join_addr]
+            command += ["--overlay", overlay]
             sim = subprocess.Popen(
                 [sys.executable, "-m", "warren.cli.main", *command, "--data-dir", str(data_dir)],
                 stdout=log,
@@ -107,6 +89,7 @@ def one_size(nodes: int) -> dict[str, Any]:
             managers_rss = {f"m{i + 1}": rss_kib(m.process.pid)["VmRSS"] // 1024 for i, m in enumerate(managers)}
             return {
                 "nodes": nodes,
+                "overlay": overlay,
                 "tasks": replicas,
                 "all_sessions_open_s": round(ready_s, 2),
                 "sim_rss_idle_mib": round(idle_b["rss_bytes"] / 2**20, 1),
@@ -131,7 +114,8 @@ def one_size(nodes: int) -> dict[str, Any]:
 
 def run() -> dict[str, object]:
     sizes = [int(s) for s in os.environ.get("WARREN_BENCH_SIM_SIZES", "").split(",") if s] or list(SIZES)
-    cases = [one_size(n) for n in sizes]
+    overlay = os.environ.get("WARREN_BENCH_SIM_OVERLAY", "sim")
+    cases = [one_size(n, overlay) for n in sizes]
     figures = []
     for case in cases:
         n = case["nodes"]

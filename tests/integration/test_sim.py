@@ -7,16 +7,13 @@ One manager and one simulator for the module; the tests run in order and build o
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import Manager
+from tests.integration.simrig import SimProcess
 from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 from warren.runtime.sim import START_FAILURE
@@ -32,9 +29,7 @@ KILLED = 3
 @dataclass
 class Rig:
     manager: Manager
-    sim: subprocess.Popen[bytes]
-    data_dir: Path
-    log: Path
+    sim: SimProcess
 
     def nodes(self) -> dict[str, cpb.Node]:  # type: ignore[name-defined]
         reply = self.manager.control().ListNodes(cpb.ListNodesRequest(), timeout=10)
@@ -50,47 +45,27 @@ class Rig:
         slots = {t.slot for t in running}
         return running if len(running) == len(slots) == REPLICAS else []
 
-    def sim_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.manager.cli("sim", *args, "--data-dir", str(self.data_dir))
-
-    def sim_log(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("sim")
-    manager = Manager(root / "m1", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
     (root / "m1").mkdir()
-    sim: subprocess.Popen[bytes] | None = None
+    manager = Manager(root / "m1", start_args=["--heartbeat-period", "2s"], schedule_on_manager=False)
+    sim: SimProcess | None = None
     try:
         manager.start()
-        log = root / "sim.log"
-        command = ["sim", "--nodes", str(NODES), "--token", manager.join_token(), manager.join_addr]
-        command += ["--data-dir", str(root / "sim"), "--start-delay", "20ms", "--fail-rate", FAIL_RATE]
-        command += ["--label", "rack=sim", "--seed", "15"]
-        with open(log, "ab") as out:
-            sim = subprocess.Popen(
-                [sys.executable, "-m", "warren.cli.main", *command],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=manager.env(),
-            )
-        yield Rig(manager, sim, root / "sim", log)
+        extra = ["--start-delay", "20ms", "--fail-rate", FAIL_RATE, "--label", "rack=sim", "--seed", "15"]
+        sim = SimProcess(manager, root, NODES, *extra)
+        yield Rig(manager, sim)
     finally:
-        if sim is not None and sim.poll() is None:
-            sim.send_signal(signal.SIGTERM)
-            try:
-                sim.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait()
+        if sim is not None:
+            sim.stop()
         manager.stop()
 
 
 def test_every_simulated_node_joins_and_is_ready(rig: Rig) -> None:
     def ready() -> bool:
-        assert rig.sim.poll() is None, rig.sim_log()
+        assert rig.sim.status()["nodes"] <= NODES
         nodes = rig.nodes()
         return len(nodes) == NODES and all(n.status == "ready" for n in nodes.values())
 
@@ -104,7 +79,7 @@ def test_every_simulated_node_joins_and_is_ready(rig: Rig) -> None:
     subnets = [n.overlay_subnet for n in rig.nodes().values()]
     assert all(subnets) and len(set(subnets)) == NODES
     # Each node holds its own certificate, made by the real join.
-    assert len({p.read_bytes() for p in rig.data_dir.glob("nodes/*/certs/cert.pem")}) == NODES
+    assert len({p.read_bytes() for p in rig.sim.data_dir.glob("nodes/*/certs/cert.pem")}) == NODES
 
 
 def test_a_service_runs_on_them_and_failed_starts_are_rescheduled(rig: Rig) -> None:
@@ -126,7 +101,7 @@ def test_a_service_runs_on_them_and_failed_starts_are_rescheduled(rig: Rig) -> N
 
 
 def test_killed_nodes_are_marked_down_and_their_tasks_run_elsewhere(rig: Rig) -> None:
-    killed = rig.sim_cli("--kill", str(KILLED))
+    killed = rig.manager.cli("sim", "--kill", str(KILLED), "--data-dir", str(rig.sim.data_dir))
     assert killed.returncode == 0, killed.stderr
     names = [line.split()[0] for line in killed.stdout.splitlines()]
     assert len(names) == KILLED and all(n.startswith("sim-") for n in names)
@@ -143,8 +118,10 @@ def test_killed_nodes_are_marked_down_and_their_tasks_run_elsewhere(rig: Rig) ->
         return bool(running) and all(t.node_id not in dead for t in running)
 
     wait_for(moved, timeout=60, interval=0.5, message="every task running on a live node")
-    assert all(n.status == "ready" for h, n in rig.nodes().items() if h not in names)
-    status = rig.sim_cli("--status")
-    assert status.returncode == 0, status.stderr
-    assert f'"live": {NODES - KILLED}' in status.stdout
-
+    wait_for(
+        lambda: all(n.status == "ready" for h, n in rig.nodes().items() if h not in names),
+        timeout=30,
+        message="every other node ready",
+    )
+    status = rig.sim.status()
+    assert (status["live"], sorted(status["killed"])) == (NODES - KILLED, sorted(names))

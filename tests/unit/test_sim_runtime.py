@@ -239,4 +239,3 @@ def test_cli_kill_without_a_running_simulator_says_so(tmp_path: Path, capsys: py
 
     assert main(["sim", "--kill", "2", "--data-dir", str(tmp_path)]) == 5
     assert "no simulator answers" in capsys.readouterr().err
-
