@@ -207,15 +207,19 @@ def test_status_counts_an_empty_simulator(tmp_path: Path) -> None:
     assert int(status["rss_bytes"]) > 0  # type: ignore[call-overload]
 
 
+TOKEN = "WRNTKN-1-" + "ab" * 32 + "-" + "s" * 40  # well formed; never used to join
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--nodes", "3", "127.0.0.1:9"], "--token is required"),
-        (["--nodes", "0", "--token", "t", "127.0.0.1:9"], "--nodes must be from 1"),
-        (["--nodes", "3", "--token", "t"], "join address"),
-        (["--nodes", "3", "--token", "t", "--label", "bad label=x", "127.0.0.1:9"], "label"),
-        (["--nodes", "3", "--token", "t", "--fail-rate", "2", "127.0.0.1:9"], "at most 1"),
-        (["--nodes", "3", "--token", "t", "--start-delay", "soon", "127.0.0.1:9"], "invalid duration"),
+        (["--nodes", "0", "--token", TOKEN, "127.0.0.1:9"], "--nodes must be from 1"),
+        (["--nodes", "3", "--token", "bad", "127.0.0.1:9"], "join token is malformed"),
+        (["--nodes", "3", "--token", TOKEN], "join address"),
+        (["--nodes", "3", "--token", TOKEN, "--label", "bad label=x", "127.0.0.1:9"], "label"),
+        (["--nodes", "3", "--token", TOKEN, "--fail-rate", "2", "127.0.0.1:9"], "at most 1"),
+        (["--nodes", "3", "--token", TOKEN, "--start-delay", "soon", "127.0.0.1:9"], "invalid duration"),
         (["--kill", "0"], "at least 1"),
         (["--kill", "1", "--status"], "not both"),
     ],

@@ -97,13 +97,17 @@ def _control(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from warren import validate
+    from warren import pki, validate
     from warren.node.sim import SimOptions, hostname
 
     if args.join_addr is None:
         raise CliError("give the managers' join address (MANAGER:JOINPORT)", Exit.USAGE)
     if not args.token:
         raise CliError("--token is required (`warren cluster join-token worker`)", Exit.USAGE)
+    try:
+        pki.parse_join_token(args.token)
+    except pki.TokenError as exc:
+        raise CliError(str(exc), Exit.USAGE) from None
     if not args.nodes or args.nodes > MAX_NODES:
         raise CliError(f"--nodes must be from 1 to {MAX_NODES}", Exit.USAGE)
     labels = dict(args.label)
