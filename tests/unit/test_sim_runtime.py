@@ -243,3 +243,32 @@ def test_cli_kill_without_a_running_simulator_says_so(tmp_path: Path, capsys: py
 
     assert main(["sim", "--kill", "2", "--data-dir", str(tmp_path)]) == 5
     assert "no simulator answers" in capsys.readouterr().err
+
+
+def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a join times out ("unreachable"): one slow join must not end the simulator."""
+    from warren.agent import join as agent_join
+    from warren.node import sim
+
+    failures = [agent_join.JoinError("unreachable", "timed out"), agent_join.JoinError("busy", "busy")]
+    calls: list[str] = []
+
+    def fake_join(token: str, addr: str, data_dir: Path, name: str) -> agent_join.JoinResult:
+        calls.append(name)
+        if failures:
+            raise failures.pop(0)
+        return agent_join.JoinResult(node_id="n1", role="worker", managers=[addr], data_dir=data_dir)
+
+    monkeypatch.setattr(agent_join, "join", fake_join)
+    monkeypatch.setattr(sim.time, "sleep", lambda seconds: None)
+    options = SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:9", token="t", nodes=1)
+    assert sim._join_one(options, 3) == (tmp_path / "nodes" / "sim-0003", "n1")
+    assert calls == ["sim-0003"] * 3
+
+    failures[:] = [agent_join.JoinError("denied", "the token was rotated")]
+    calls.clear()
+    with pytest.raises(agent_join.JoinError, match="rotated"):
+        sim._join_one(options, 4)
+    assert calls == ["sim-0004"]

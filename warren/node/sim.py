@@ -51,7 +51,7 @@ log = logging.getLogger("warren.sim")
 
 NODES_DIR = "nodes"
 SOCKET_FILE = "sim.sock"
-JOIN_ATTEMPTS = 10  # a busy manager is asked this often before the simulator gives up
+JOIN_ATTEMPTS = 5  # a busy or unreachable manager is asked this often before the simulator gives up
 JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key signature and a commit
 WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
 WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
@@ -192,7 +192,8 @@ class SimNode:
 
 def _join_one(options: SimOptions, index: int) -> tuple[Path, str]:
     """Join node `index` unless its directory already holds an identity; (its dir, its id).
-    A busy manager (many joins at once) is asked again; any other failure raises JoinError."""
+    A busy or unreachable manager (many joins at once time out) is asked again, JOIN_ATTEMPTS
+    times in all; any other failure raises JoinError at once."""
     name = hostname(options.hostname_prefix, index)
     node_dir = options.data_dir / NODES_DIR / name
     identity = agent_join.stored_identity(node_dir)
@@ -203,7 +204,7 @@ def _join_one(options: SimOptions, index: int) -> tuple[Path, str]:
         try:
             return node_dir, agent_join.join(options.token, options.join_addr, node_dir, name).node_id
         except agent_join.JoinError as exc:
-            if exc.kind != "busy":
+            if exc.kind not in ("busy", "unreachable"):
                 raise
             time.sleep(backoff.next())
     return node_dir, agent_join.join(options.token, options.join_addr, node_dir, name).node_id
