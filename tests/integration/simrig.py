@@ -25,6 +25,7 @@ class SimProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=manager.env(),
+                cwd=root,  # `python -m` puts the working directory first on sys.path
             )
         wait_for(self._listening, timeout=30, message="the simulator's control socket")
 
