@@ -24,7 +24,9 @@ from typing import Any
 
 from bench.common import figure, rss_kib
 
-SIZES = (100, 1000)
+# 1,000 is the goal (#15), but the managers lose their sessions from ~400 nodes today (ADR 50):
+# WARREN_BENCH_SIM_SIZES=100,1000 asks for it.
+SIZES = (100, 300)
 TASKS_PER_NODE = 5
 IDLE_WINDOW = 20.0  # seconds of heartbeats only
 READY_TIMEOUT = 600.0
