@@ -34,7 +34,7 @@ BENCHMARKS = {
     "rollout": "bench.bench_rollout",
     "deploy_cases": "bench.bench_deploy_cases",
     "secrets_start": "bench.bench_secrets",
-    "sim": "bench.bench_sim",  # the cost of `warren sim` itself (ADR 50, #15)
+    "sim": "bench.bench_sim",  # the cost of `warren sim` itself, at 100 nodes (ADR 50, #15)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
