@@ -36,6 +36,7 @@ BENCHMARKS = {
     "secrets_start": "bench.bench_secrets",
     "stack": "bench.bench_stack",  # #14
     "events": "bench.bench_events",
+    "sim": "bench.bench_sim",  # the cost of `warren sim` itself, at 100 nodes (ADR 50, #15)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

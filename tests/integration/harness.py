@@ -325,13 +325,24 @@ def all_raft_connected(managers: list[Manager]) -> bool:
 
 @contextlib.contextmanager
 def manager_trio(
-    root: Path, launcher: list[str] | None = None, hosts: list[str] | None = None
+    root: Path,
+    launcher: list[str] | None = None,
+    hosts: list[str] | None = None,
+    init_args: list[str] | None = None,
+    schedule_on_manager: bool = True,
 ) -> Iterator[list[Manager]]:
     """Three managers (m1 creates the cluster, m2 and m3 join it), all connected; stopped at
-    the end. `launcher` prefixes m1's command; `hosts` are their loopback addresses."""
+    the end. `launcher` prefixes m1's command; `hosts` are their loopback addresses;
+    `init_args` are extra `cluster init` flags (e.g. a short --heartbeat-period)."""
     hosts = hosts or ["127.0.0.1"] * 3
     (root / "m1").mkdir()
-    first = Manager(root / "m1", launcher=launcher or [], host=hosts[0])
+    first = Manager(
+        root / "m1",
+        launcher=launcher or [],
+        host=hosts[0],
+        start_args=list(init_args or []),
+        schedule_on_manager=schedule_on_manager,
+    )
     managers = [first]
     try:
         first.start()

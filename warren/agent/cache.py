@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lmdb
 import msgspec
@@ -32,6 +32,45 @@ MAP_SIZE = 1 << 30  # address space only; the file grows with use
 _task_enc = msgspec.msgpack.Encoder()
 _task_dec = msgspec.msgpack.Decoder(Task)
 _local_dec = msgspec.msgpack.Decoder(LocalState)
+
+
+class TaskCache(Protocol):
+    """What the worker needs of a cache: AgentCache on a real node, MemoryCache on a simulated
+    one (`warren sim`, which never resumes after a crash)."""
+
+    def tasks(self) -> dict[str, Task]: ...
+    def local_states(self) -> dict[str, LocalState]: ...
+    def replace_tasks(self, tasks: dict[str, Task], keep: set[str] | frozenset[str] = frozenset()) -> None: ...
+    def put_tasks(self, tasks: list[Task] | tuple[Task, ...]) -> None: ...
+    def put_local(self, task_id: str, state: LocalState) -> None: ...
+    def forget(self, task_id: str) -> None: ...
+
+
+class MemoryCache:
+    """The TaskCache of a simulated node: dicts, nothing written."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self._local: dict[str, LocalState] = {}
+
+    def tasks(self) -> dict[str, Task]:
+        return dict(self._tasks)
+
+    def local_states(self) -> dict[str, LocalState]:
+        return dict(self._local)
+
+    def replace_tasks(self, tasks: dict[str, Task], keep: set[str] | frozenset[str] = frozenset()) -> None:
+        self._tasks = {**{k: v for k, v in self._tasks.items() if k in keep and k not in tasks}, **tasks}
+
+    def put_tasks(self, tasks: list[Task] | tuple[Task, ...]) -> None:
+        self._tasks.update((task.id, task) for task in tasks)
+
+    def put_local(self, task_id: str, state: LocalState) -> None:
+        self._local[task_id] = state
+
+    def forget(self, task_id: str) -> None:
+        self._local.pop(task_id, None)
+        self._tasks.pop(task_id, None)
 
 
 class AgentCache:

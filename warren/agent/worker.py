@@ -17,7 +17,7 @@ from typing import Any
 
 from warren.agent import taskfiles
 from warren.agent.assignments import AssignmentDelta
-from warren.agent.cache import AgentCache, LocalState
+from warren.agent.cache import LocalState, TaskCache
 from warren.agent.controller import ControllerEnv, TaskController
 from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
@@ -33,7 +33,7 @@ STRAY_GRACE = 10.0  # stop grace for containers of unknown tasks (their spec is 
 class Worker:
     """All task controllers of this node. Only the agent's event loop calls it."""
 
-    def __init__(self, env: ControllerEnv, cache: AgentCache, queue: StatusQueue) -> None:
+    def __init__(self, env: ControllerEnv, cache: TaskCache, queue: StatusQueue) -> None:
         self.env = dataclasses.replace(env, report=queue.put, save=cache.put_local, connected=lambda: self.connected)
         self.cache = cache
         self.queue = queue

@@ -29,6 +29,7 @@ def build_parser() -> Parser:
         registry,
         secret,
         service,
+        sim,
         stack,
         units,
         volume,
@@ -80,6 +81,7 @@ def build_parser() -> Parser:
     stack.register(groups)  # and `warren apply` (#14)
     events.register(groups)
     network.register(groups)
+    sim.register(groups)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""The simulated runtime of `warren sim` (ADR 50), alone and driven by the agent's own task
+controller; the memory cache it runs on; the simulator's control commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tests.unit.agent_fakes import Recorder, make_task
+from tests.waiting import async_holds
+from tests.waiting import async_wait_for as until
+from warren.agent.cache import AgentCache, MemoryCache
+from warren.agent.controller import ControllerEnv, TaskController
+from warren.agent.decisions import initial_state
+from warren.agent.runtime import ContainerSpec, ContainerState, RuntimeFailure
+from warren.model import TaskState as S
+from warren.node.sim import SimOptions, Simulator, simulated_wg_key
+from warren.runtime.sim import SIGNAL_EXIT_CODE, START_FAILURE, SimRuntime
+from warren.validate import check_wireguard
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+def sim_env(rt: SimRuntime, rec: Recorder, tmp: Path) -> ControllerEnv:
+    """A controller environment as a simulated node builds it: calls on the loop, no threads."""
+    return ControllerEnv(
+        runtime=rt,
+        log_dir=tmp,
+        call=rt.call,
+        wait_call=rt.wait_call,
+        report=rec.reports.append,
+        save=rec.saved.__setitem__,
+        connected=lambda: rec.connected,
+        retry_delays=(0.01,),
+        wait_slice=3600.0,
+    )
+
+
+def test_lifecycle_prepare_start_stop_remove() -> None:
+    rt = SimRuntime()
+
+    async def scenario() -> None:
+        rid = rt.prepare(ContainerSpec(task_id="t1", image="busybox", labels={"warren.task.id": "t1"}))
+        assert rt.prepare(ContainerSpec(task_id="t1", image="busybox")) == rid  # idempotent
+        assert rt.status(rid).state == ContainerState.CREATED
+        await rt.call(rt.start, rid)
+        assert rt.status(rid).state == ContainerState.RUNNING
+        assert rt.running() == 1
+        assert rt.wait(rid, 0) is None  # running: never blocks
+        waiting = asyncio.ensure_future(rt.wait_call(rt.wait, rid, 3600.0))
+        await async_holds(lambda: not waiting.done(), 0.2, message="the wait lasts while the container runs")
+        status = rt.stop(rid, 10.0)
+        assert status.exit_code == SIGNAL_EXIT_CODE
+        done = await asyncio.wait_for(waiting, 5)
+        assert done is not None and done.state == ContainerState.EXITED
+        assert [c.labels for c in rt.list()] == [{"warren.task.id": "t1"}]
+        rt.remove(rid)
+        rt.remove(rid)  # idempotent
+        assert rt.status(rid).state == ContainerState.UNKNOWN
+        assert rt.list() == []
+
+    run(scenario())
+
+
+def test_a_wait_slice_ends_with_none_while_running() -> None:
+    rt = SimRuntime()
+
+    async def scenario() -> None:
+        rid = rt.prepare(ContainerSpec(task_id="t1", image="busybox"))
+        rt.start(rid)
+        assert await rt.wait_call(rt.wait, rid, 0.01) is None
+
+    run(scenario())
+
+
+def test_start_waits_for_the_start_delay() -> None:
+    rt = SimRuntime(start_delay=0.5)
+
+    async def scenario() -> None:
+        rid = rt.prepare(ContainerSpec(task_id="t1", image="busybox"))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        starting = asyncio.ensure_future(rt.call(rt.start, rid))
+        await until(lambda: starting.done(), timeout=10, message="the start")
+        assert loop.time() - began >= 0.5
+        assert rt.status(rid).state == ContainerState.RUNNING
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(("draw", "fails"), [(0.0, True), (0.29, True), (0.3, False), (0.99, False)])
+def test_a_share_of_starts_fails_permanently(draw: float, fails: bool) -> None:
+    rt = SimRuntime(fail_rate=0.3, draw=lambda: draw)
+    rid = rt.prepare(ContainerSpec(task_id="t1", image="busybox"))
+    if fails:
+        with pytest.raises(RuntimeFailure) as caught:
+            rt.start(rid)
+        assert caught.value.permanent and caught.value.message == START_FAILURE
+        assert rt.status(rid).state == ContainerState.CREATED
+    else:
+        rt.start(rid)
+        assert rt.status(rid).state == ContainerState.RUNNING
+    assert (rt.starts, rt.failures) == (1, int(fails))
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="negative"):
+        SimRuntime(start_delay=-1)
+    with pytest.raises(ValueError, match="fraction"):
+        SimRuntime(fail_rate=1.5)
+
+
+def test_the_agents_controller_runs_a_task_on_it_then_shuts_it_down(tmp_path: Path) -> None:
+    rt, rec = SimRuntime(start_delay=0.05), Recorder()
+    task = make_task()
+
+    async def scenario() -> None:
+        ctl = TaskController(task, sim_env(rt, rec, tmp_path))
+        ctl.start()
+        await until(lambda: rec.last_state() == S.RUNNING, message="running")
+        assert rt.running() == 1
+        ctl.update(msgspec.structs.replace(task, desired_state=S.SHUTDOWN))
+        await until(lambda: not rt.list(), message="container removed")
+        await ctl.close()
+
+    run(scenario())
+    assert rec.states() == [S.ACCEPTED, S.PREPARING, S.STARTING, S.RUNNING, S.SHUTDOWN]
+    assert rec.last().exit_code == SIGNAL_EXIT_CODE
+
+
+def test_a_failed_start_is_reported_as_a_failed_task(tmp_path: Path) -> None:
+    rt, rec = SimRuntime(fail_rate=1.0), Recorder()
+
+    async def scenario() -> None:
+        ctl = TaskController(make_task(), sim_env(rt, rec, tmp_path))
+        ctl.start()
+        await until(lambda: rec.last_state() == S.FAILED, message="failed")
+        await ctl.close()
+
+    run(scenario())
+    assert S.RUNNING not in rec.states()
+    assert START_FAILURE in rec.last().error
+
+
+def test_memory_cache_keeps_what_the_lmdb_cache_keeps(tmp_path: Path) -> None:
+    """The same calls leave both caches holding the same tasks and local states."""
+    lmdb_cache, memory = AgentCache(tmp_path / "agent.db"), MemoryCache()
+    a, b, c = make_task("a"), make_task("b"), make_task("c")
+    try:
+        for cache in (lmdb_cache, memory):
+            cache.put_tasks([a, b])
+            cache.put_local("a", initial_state(a))
+            cache.put_local("b", initial_state(b))
+            cache.replace_tasks({"c": c}, keep={"a"})  # b leaves; a is kept until forgotten
+            cache.forget("a")
+        assert memory.tasks() == lmdb_cache.tasks() == {"c": c}
+        assert memory.local_states() == lmdb_cache.local_states() == {"b": initial_state(b)}
+    finally:
+        lmdb_cache.close()
+
+
+def test_simulated_wireguard_keys_are_valid_and_stable() -> None:
+    key = simulated_wg_key("node1", 0)
+    check_wireguard(key, "127.0.0.1:20000")
+    assert key == simulated_wg_key("node1", 0) != simulated_wg_key("node1", 1)
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        (b"[]\n", "expected a JSON object"),
+        (b'{"kill": 0}\n', "positive count"),
+        (b'{"kill": "3"}\n', "positive count"),
+        (b'{"kill": true}\n', "positive count"),
+        (b'{"reboot": 1}\n', "unknown command"),
+        (b"not json\n", "Expecting value"),
+    ],
+)
+def test_control_commands_refuse_bad_input(tmp_path: Path, line: bytes, error: str) -> None:
+    sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=1))
+
+    async def scenario() -> dict[str, object]:
+        server = await sim.serve_control(tmp_path / "sim.sock")
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "sim.sock"))
+            writer.write(line)
+            answer = json.loads(await reader.readline())
+            writer.close()
+            return dict(answer)
+        finally:
+            server.close()
+
+    answer = run(scenario())
+    assert error in str(answer["error"])
+
+
+def test_status_counts_an_empty_simulator(tmp_path: Path) -> None:
+    sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=1))
+    status = sim.status()
+    assert (status["nodes"], status["live"], status["connected"], status["running"]) == (0, 0, 0, 0)
+    assert int(status["rss_bytes"]) > 0  # type: ignore[call-overload]
+
+
+TOKEN = "WRNTKN-1-" + "ab" * 32 + "-" + "s" * 40  # well formed; never used to join
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--nodes", "3", "127.0.0.1:9"], "--token is required"),
+        (["--nodes", "0", "--token", TOKEN, "127.0.0.1:9"], "--nodes must be from 1"),
+        (["--nodes", "3", "--token", "bad", "127.0.0.1:9"], "join token is malformed"),
+        (["--nodes", "3", "--token", TOKEN], "join address"),
+        (["--nodes", "3", "--token", TOKEN, "--label", "bad label=x", "127.0.0.1:9"], "label"),
+        (["--nodes", "3", "--token", TOKEN, "--fail-rate", "2", "127.0.0.1:9"], "at most 1"),
+        (["--nodes", "3", "--token", TOKEN, "--start-delay", "soon", "127.0.0.1:9"], "invalid duration"),
+        (["--kill", "0"], "at least 1"),
+        (["--kill", "1", "--status"], "not both"),
+    ],
+)
+def test_cli_refuses_bad_input_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from warren.cli.main import main
+
+    try:
+        code = main(["sim", "--data-dir", str(tmp_path), *argv])
+    except SystemExit as exited:  # argparse's own errors exit; the handler's return
+        code = int(exited.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_kill_without_a_running_simulator_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from warren.cli.main import main
+
+    assert main(["sim", "--kill", "2", "--data-dir", str(tmp_path)]) == 5
+    assert "no simulator answers" in capsys.readouterr().err
+
+
+def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load a join times out ("unreachable"): one slow join must not end the simulator."""
+    from warren.agent import join as agent_join
+    from warren.node import sim
+
+    failures = [agent_join.JoinError("unreachable", "timed out"), agent_join.JoinError("busy", "busy")]
+    calls: list[str] = []
+
+    def fake_join(token: str, addr: str, data_dir: Path, name: str) -> agent_join.JoinResult:
+        calls.append(name)
+        if failures:
+            raise failures.pop(0)
+        return agent_join.JoinResult(node_id="n1", role="worker", managers=[addr], data_dir=data_dir)
+
+    monkeypatch.setattr(agent_join, "join", fake_join)
+    monkeypatch.setattr(sim.time, "sleep", lambda seconds: None)
+    options = SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:9", token="t", nodes=1)
+    assert sim._join_one(options, 3) == (tmp_path / "nodes" / "sim-0003", "n1")
+    assert calls == ["sim-0003"] * 3
+
+    failures[:] = [agent_join.JoinError("denied", "the token was rotated")]
+    calls.clear()
+    with pytest.raises(agent_join.JoinError, match="rotated"):
+        sim._join_one(options, 4)
+    assert calls == ["sim-0004"]

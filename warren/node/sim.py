@@ -1,0 +1,406 @@
+"""`warren sim`: many simulated worker nodes in one process, speaking the real protocol (ADR 50).
+
+Each node joins with the real token through the CA's Join rpc (its own key and certificate, in
+DATA_DIR/nodes/HOSTNAME, reused when the simulator starts again), then runs the agent's own
+Session, Worker and task controllers over its own mTLS channel: it registers, heartbeats,
+receives assignments and reports task states. Only the runtime is simulated
+(warren.runtime.sim), with a memory cache in place of LMDB and no thread per call. With the
+simulated overlay, each node describes a WireGuard key and endpoint, so the managers allocate
+it a subnet and its tasks addresses as for a real node, but nothing is configured locally.
+
+Killing a node (`kill`, the control socket, SIGUSR1) cancels its session and controllers at
+once: its stream and channel close without a goodbye, as when a real agent dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from warren import datadir
+from warren.agent import join as agent_join
+from warren.agent.cache import MemoryCache
+from warren.agent.controller_env import ControllerEnv
+from warren.agent.daemon import load_node_file, save_managers
+from warren.agent.session import ManagerList, NodeRemoved, Session
+from warren.agent.status import StatusQueue
+from warren.agent.worker import Worker
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.api.v1 import types_pb2 as pb
+from warren.backoff import Backoff
+from warren.network.keys import NodeKey
+from warren.network.lb import Endpoint
+from warren.runtime.sim import SimRuntime
+
+log = logging.getLogger("warren.sim")
+
+NODES_DIR = "nodes"
+SOCKET_FILE = "sim.sock"
+JOIN_ATTEMPTS = 5  # a busy or unreachable manager is asked this often before the simulator gives up
+JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key signature and a commit
+WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
+WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
+
+
+class SimError(Exception):
+    """The simulator cannot start or a control command failed; str() is one line."""
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    data_dir: Path
+    join_addr: str
+    token: str
+    nodes: int
+    start_delay: float = 0.0
+    fail_rate: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    overlay: bool = True  # describe a simulated WireGuard key and endpoint (the managers plan it)
+    hostname_prefix: str = "sim"
+    nano_cpus: int = 4_000_000_000
+    memory_bytes: int = 8 << 30
+    signal_kills: int = 1  # nodes SIGUSR1 kills
+    seed: int | None = None
+
+
+def hostname(prefix: str, index: int) -> str:
+    return f"{prefix}-{index:04d}"
+
+
+def simulated_wg_key(node_id: str, epoch: int) -> str:
+    """A stable WireGuard public key for a simulated node (base64 of 32 bytes, never used)."""
+    return base64.b64encode(hashlib.sha256(f"{node_id}/{epoch}".encode()).digest()).decode()
+
+
+class SimNode:
+    """One simulated node: the agent's Session and Worker on a SimRuntime."""
+
+    def __init__(self, options: SimOptions, index: int, data_dir: Path, node_id: str, draw: Callable[[], float]):
+        self.index = index
+        self.hostname = hostname(options.hostname_prefix, index)
+        self.data_dir = data_dir
+        self.node_id = node_id
+        self.options = options
+        self.runtime = SimRuntime(options.start_delay, options.fail_rate, draw=draw)
+        self.queue = StatusQueue()
+        env = ControllerEnv(
+            runtime=self.runtime,
+            log_dir=data_dir / "logs",  # never written: the simulated runtime has no output
+            call=self.runtime.call,
+            wait_call=self.runtime.wait_call,
+            wait_slice=WAIT_SLICE,
+            node_hostname=self.hostname,
+        )
+        self.worker = Worker(env, MemoryCache(), self.queue)
+        self.key_epoch = 0
+        self._wanted_epoch = 0  # the key epoch the managers want (a rotation, ADR 18)
+        self.services_index = 0
+        node = load_node_file(data_dir)
+        self.session = Session(
+            data_dir / datadir.CERTS_DIR,
+            ManagerList(node.get("managers", [])),
+            self.describe,
+            self.worker,
+            self.queue,
+            on_managers=lambda addrs: save_managers(data_dir, addrs),
+            on_services=self._services,
+            pending_key=self._pending_key,
+            services_applied=lambda: self.services_index,
+            on_key_epoch=self._want_key_epoch,
+        )
+        self.stop = asyncio.Event()
+        self.job: asyncio.Task[None] | None = None
+        self.killed = False
+
+    def describe(self) -> dpb.NodeDescription:
+        overlay = self.options.overlay
+        return dpb.NodeDescription(
+            hostname=self.hostname,
+            resources=pb.Resources(nano_cpus=self.options.nano_cpus, memory_bytes=self.options.memory_bytes),
+            addr="127.0.0.1",
+            os="linux",
+            arch=platform.machine(),
+            labels=self.options.labels,
+            wg_public_key=simulated_wg_key(self.node_id, self.key_epoch) if overlay else "",
+            wg_key_epoch=self.key_epoch if overlay else 0,
+            wg_endpoint=f"127.0.0.1:{WG_PORT_BASE + self.index % 40000}" if overlay else "",
+            overlay=overlay,
+        )
+
+    # The simulated overlay: applied as soon as received, a key rotation published at once.
+    def _services(self, services: tuple[Endpoint, ...], vip_range: str, index: int) -> None:
+        self.services_index = max(self.services_index, index)
+
+    def _want_key_epoch(self, epoch: int) -> None:
+        self._wanted_epoch = epoch
+
+    def _pending_key(self) -> NodeKey | None:
+        wanted = self._wanted_epoch
+        if not self.options.overlay or wanted <= self.key_epoch:
+            return None
+        self.key_epoch = wanted  # what the next session describes, too
+        return NodeKey(wanted, Path(), simulated_wg_key(self.node_id, wanted))
+
+    # -- life ------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.job = asyncio.create_task(self._run(), name=f"sim-{self.hostname}")
+
+    async def _run(self) -> None:
+        await self.worker.start()
+        try:
+            await self.session.run(self.stop)
+        except NodeRemoved as exc:
+            log.warning("%s: %s", self.hostname, exc)
+            await self.worker.remove_all(timeout=10.0)
+        finally:
+            await self.worker.close()
+
+    async def kill(self) -> None:
+        """Vanish: the session's stream and channel close at once, nothing is said."""
+        self.killed = True
+        if self.job is not None:
+            self.job.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.job
+
+    async def shut(self) -> None:
+        """Stop the session the way an agent stopping does."""
+        self.stop.set()
+        if self.job is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.job
+
+    @property
+    def connected(self) -> bool:
+        return self.session.connected_to is not None and not self.killed
+
+
+def _join_one(options: SimOptions, index: int) -> tuple[Path, str]:
+    """Join node `index` unless its directory already holds an identity; (its dir, its id).
+    A busy or unreachable manager (many joins at once time out) is asked again, JOIN_ATTEMPTS
+    times in all; any other failure raises JoinError at once."""
+    name = hostname(options.hostname_prefix, index)
+    node_dir = options.data_dir / NODES_DIR / name
+    identity = agent_join.stored_identity(node_dir)
+    if identity is not None:
+        return node_dir, identity.node_id
+    backoff = Backoff(0.2, 5.0, jitter=0.1, draw=random.random)
+    for _ in range(JOIN_ATTEMPTS - 1):
+        try:
+            return node_dir, agent_join.join(options.token, options.join_addr, node_dir, name).node_id
+        except agent_join.JoinError as exc:
+            if exc.kind not in ("busy", "unreachable"):
+                raise
+            time.sleep(backoff.next())
+    return node_dir, agent_join.join(options.token, options.join_addr, node_dir, name).node_id
+
+
+class Simulator:
+    """All simulated nodes of this process, and the commands that kill them."""
+
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.nodes: list[SimNode] = []
+        self.rng = random.Random(options.seed)
+        self.joined = 0
+        self.started_at = 0.0
+
+    async def start(self) -> None:
+        """Join (JOIN_CONCURRENCY at a time) and start each node as soon as it has joined. Raises
+        SimError if a join fails: the token or address is wrong, and every node would fail."""
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Semaphore(JOIN_CONCURRENCY)
+
+        async def one(index: int) -> None:
+            async with gate:
+                try:
+                    node_dir, node_id = await loop.run_in_executor(None, _join_one, self.options, index)
+                except agent_join.JoinError as exc:
+                    raise SimError(f"{hostname(self.options.hostname_prefix, index)}: {exc.message}") from None
+            node = SimNode(self.options, index, node_dir, node_id, self.rng.random)
+            self.nodes.append(node)
+            node.start()
+            self.joined += 1
+
+        jobs = [asyncio.create_task(one(i)) for i in range(self.options.nodes)]
+        try:
+            await asyncio.gather(*jobs)
+        finally:
+            for job in jobs:
+                job.cancel()
+
+    def live(self) -> list[SimNode]:
+        return [n for n in self.nodes if not n.killed]
+
+    async def kill(self, count: int) -> list[SimNode]:
+        """Kill `count` random live nodes (fewer if fewer live); the ones killed."""
+        live = self.live()
+        chosen = self.rng.sample(live, min(count, len(live)))
+        for node in chosen:
+            await node.kill()
+        for node in chosen:
+            print(f"killed {node.hostname} {node.node_id}", flush=True)
+        return chosen
+
+    async def shut(self) -> None:
+        await asyncio.gather(*(n.shut() for n in self.live()))
+
+    def status(self) -> dict[str, Any]:
+        """Counts, and this process's own cost (what ADR 50 reports per node)."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        states: dict[str, int] = {}
+        for node in self.live():
+            for state, count in node.worker.counts_by_state().items():
+                states[state] = states.get(state, 0) + count
+        return {
+            "nodes": len(self.nodes),
+            "live": len(self.live()),
+            "connected": sum(1 for n in self.nodes if n.connected),
+            "killed": [n.hostname for n in self.nodes if n.killed],
+            "tasks": states,
+            "running": sum(n.runtime.running() for n in self.live()),
+            "starts": sum(n.runtime.starts for n in self.nodes),
+            "failed_starts": sum(n.runtime.failures for n in self.nodes),
+            "rss_bytes": _rss_bytes(),
+            "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+        }
+
+    # -- the control socket ------------------------------------------------------------------------
+    async def serve_control(self, path: Path) -> asyncio.AbstractServer:
+        """One JSON line in, one JSON line out: {"kill": K} or {"status": true}."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = await asyncio.start_unix_server(self._control, path=str(path))
+        os.chmod(path, 0o600)
+        return server
+
+    async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), 10.0)
+            reply = await self._command(line)
+        except (ValueError, TimeoutError) as exc:
+            reply = {"error": str(exc) or "timed out"}
+        writer.write(json.dumps(reply).encode() + b"\n")
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        writer.close()
+
+    async def _command(self, line: bytes) -> dict[str, Any]:
+        request = json.loads(line)
+        if not isinstance(request, dict):
+            raise ValueError("expected a JSON object")
+        if "kill" in request:
+            count = request["kill"]
+            if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+                raise ValueError("kill takes a positive count")
+            killed = await self.kill(count)
+            return {"killed": [{"hostname": n.hostname, "node_id": n.node_id} for n in killed]}
+        if request.get("status"):
+            return self.status()
+        raise ValueError("unknown command: use kill or status")
+
+
+def _rss_bytes() -> int:
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def control(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Send one command to the simulator running on `data_dir`; its answer. Raises SimError."""
+    import socket
+
+    path = data_dir / SOCKET_FILE
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        raise SimError(f"no simulator answers on {path}: {exc.strerror or exc}") from None
+    try:
+        reply = json.loads(data)
+    except ValueError:
+        raise SimError(f"the simulator on {path} gave an unreadable answer") from None
+    if not isinstance(reply, dict):
+        raise SimError(f"the simulator on {path} gave an unreadable answer")
+    if "error" in reply:
+        raise SimError(f"the simulator refused: {reply['error']}")
+    return reply
+
+
+async def serve(options: SimOptions, stop: asyncio.Event) -> None:
+    """Run the simulator until `stop`; SIGUSR1 kills `signal_kills` random nodes."""
+    options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sim = Simulator(options)
+    loop = asyncio.get_running_loop()
+    server = await sim.serve_control(options.data_dir / SOCKET_FILE)
+    kills: set[asyncio.Task[Any]] = set()
+
+    def on_usr1() -> None:
+        job = asyncio.ensure_future(sim.kill(options.signal_kills))
+        kills.add(job)
+        job.add_done_callback(kills.discard)
+
+    loop.add_signal_handler(signal.SIGUSR1, on_usr1)
+    starting = asyncio.create_task(sim.start())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()  # a join failure ends the simulator
+            print(f"{sim.joined} simulated node(s) joined", flush=True)
+            await stopping
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR1)
+        starting.cancel()
+        stopping.cancel()
+        server.close()
+        with contextlib.suppress(FileNotFoundError):
+            (options.data_dir / SOCKET_FILE).unlink()
+        await sim.shut()
+
+
+def run(options: SimOptions, verbose: bool = False) -> int:
+    """The foreground simulator: until SIGTERM/SIGINT; the exit code."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(options, stop)
+
+    try:
+        asyncio.run(main())
+    except SimError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
