@@ -1,5 +1,6 @@
 """Stacks end to end (#14, ADR 49) on a real manager and an exec agent: StackSpecs built in code go
-through the API (the Compose loader is another part's), `stack ls/services/ps/rm` through the CLI.
+through the API, real Compose files through the CLI (`stack plan/deploy`, `apply`), and
+`stack ls/services/ps/rm` through the CLI.
 
 One module-scoped cluster: deploy; a re-deploy changes nothing (the same task ids); one changed
 image plans exactly one update and replaces only that service's tasks; depends_on with
@@ -18,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import msgspec
 import pytest
 
 from tests.fixtures.exec_cluster import exec_cluster
@@ -243,48 +243,68 @@ def test_bad_stacks_are_refused_whole_and_write_nothing(cluster: Cluster) -> Non
         wait_for(lambda: not procs.pids(), timeout=30, message="the stack's processes to stop")
 
 
-# -- the CLI's deploy and plan, with the loader stood in for -----------------------------------
-SHIM = """
-import sys, msgspec
-import warren.stack.load as load
-from warren.stack.spec import StackSpec
-with open(sys.argv[1], "rb") as f:
-    stack = msgspec.json.decode(f.read(), type=StackSpec)
-load.load_stack = lambda files, name, environ: stack  # the Compose loader is another part's (#14)
-from warren.cli.main import main
-sys.exit(main(sys.argv[2:]))
+# -- the CLI's deploy and plan, from real Compose files -----------------------------------------
+SAMPLES = Path(__file__).resolve().parents[1] / "fixtures" / "compose"
+
+CLI_COMPOSE = """\
+name: cli
+services:
+  web:
+    image: exec
+    command: ["sh", "-c", "exec sleep 1000", "${MARK}"]
+    environment:
+      UNSET: "${WARREN_TEST_NOT_SET}"
+    stop_grace_period: 1s
+    deploy:
+      replicas: 2
+      placement:
+        constraints: ["node.role==worker"]
 """
 
 
-def stack_cli(manager: Manager, stack: StackSpec, path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`warren ARGS` with `load_stack` answering `stack`: the CLI as it is, the files aside."""
-    path.write_bytes(msgspec.json.encode(stack))
-    command = [sys.executable, "-c", SHIM, str(path), *args]
-    return subprocess.run(command, capture_output=True, text=True, env=manager.env(), timeout=120, cwd=manager.root)
+def write(directory: Path, text: str, name: str = "compose.yaml") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / name).write_text(text)
+    return directory / name
+
+
+def stack_cli(manager: Manager, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`warren ARGS` as a user runs it, with `env` added to the environment (interpolation)."""
+    command = [sys.executable, "-m", "warren.cli.main", *args]
+    environ = {k: v for k, v in manager.env().items() if not k.startswith("WARREN_TEST_")}
+    return subprocess.run(
+        command, capture_output=True, text=True, env={**environ, **env}, timeout=120, cwd=manager.root
+    )
 
 
 def test_the_cli_plans_with_exit_codes_and_deploys_until_converged(cluster: Cluster, tmp_path: Path) -> None:
     manager, _agent, procs = cluster
-    marker = procs.marker.decode()
-    stack = StackSpec(name="cli", services=(StackService(exec_service("cli_web", marker, replicas=2)),))
+    compose = str(write(tmp_path, CLI_COMPOSE))
+    mark = {"MARK": procs.marker.decode()}
+    unset = f"warren: warning: {compose}:7: services.web.environment.UNSET: the variable WARREN_TEST_NOT_SET is not set"
     try:
-        plan = stack_cli(manager, stack, tmp_path / "s.json", "stack", "plan", "-c", "compose.yaml", "cli")
+        plan = stack_cli(manager, "stack", "plan", "-c", compose, "cli", **mark)
         assert plan.returncode == 10, plan.stderr
-        assert plan.stdout.splitlines() == [
-            "+ service cli_web",
-            "    image exec",
-            "    replicas 2",
-            "Plan for stack cli: 1 to create, 0 to update, 0 to remove.",
-        ]
-        done = stack_cli(manager, stack, tmp_path / "s.json", "stack", "deploy", "-c", "compose.yaml", "cli")
+        assert plan.stdout.splitlines()[0] == "+ network cli_default"
+        assert "+ service cli_web" in plan.stdout.splitlines() and "    replicas 2" in plan.stdout.splitlines()
+        assert plan.stdout.splitlines()[-1] == "Plan for stack cli: 2 to create, 0 to update, 0 to remove."
+        # The loader's warning, one line on stderr, for plan, deploy and apply alike.
+        assert plan.stderr.splitlines() == [unset + ": read as an empty string"]
+        done = stack_cli(manager, "stack", "deploy", "-c", compose, "cli", **mark)
         assert done.returncode == 0, done.stderr
+        assert done.stderr.splitlines()[0] == unset + ": read as an empty string"
         assert "cli_web: 2 of 2 tasks running" in done.stderr  # the wait, as `service create` shows it
         assert len(stack_tasks(manager, "cli")["cli_web"]) == 2
-        same = stack_cli(manager, stack, tmp_path / "s.json", "stack", "plan", "-c", "compose.yaml", "cli")
+        same = stack_cli(manager, "stack", "plan", "-c", compose, "cli", WARREN_TEST_NOT_SET="", **mark)
         assert same.returncode == 0 and same.stdout == "No changes: stack cli is as the files say.\n"
-        bad = stack_cli(manager, StackSpec(name="cli", services=()), tmp_path / "s.json", "apply", "-f", "compose.yaml")
-        assert bad.returncode == Exit.USAGE and bad.stderr.strip().count("\n") == 0, bad.stderr
-        assert "has no services" in bad.stderr
+        assert same.stderr == ""  # set (if empty): no warning
+        applied = stack_cli(manager, "apply", "-f", compose, **mark)  # the file names its stack
+        assert applied.returncode == 0 and "No changes: stack cli" in applied.stdout, applied.stderr
+        assert applied.stderr.splitlines() == [unset + ": read as an empty string"]
+        empty = write(tmp_path / "empty", "name: cli\nservices: {}\n")
+        bad = stack_cli(manager, "apply", "-f", str(empty))
+        assert bad.returncode == Exit.USAGE, bad.stderr
+        assert bad.stderr == f"warren: {empty}:2: services: a stack needs at least one service\n"
     finally:
         assert manager.cli("stack", "rm", "cli").returncode == 0
         wait_for(lambda: not procs.pids(), timeout=30, message="the stack's processes to stop")

@@ -26,14 +26,15 @@ def network_names(spec: ServiceSpec) -> tuple[str, ...]:
     return tuple(a.network for a in spec.networks) or (DEFAULT_NETWORK,)
 
 
-def check_network(network: Network) -> None:
-    """Raises ValidationError for a name, subnet or labels an operator may not give."""
+def check_network(network: Network, reserved_ok: bool = False) -> None:
+    """Raises ValidationError for a name, subnet or labels an operator may not give
+    (`reserved_ok`: a stack's network carries the engine's own STACK_LABEL)."""
     check_name("network", network.name)
     if network.name == DEFAULT_NETWORK:
         raise ValidationError(f"the network name {DEFAULT_NETWORK!r} is reserved for the cluster's default network")
     if network.subnet:
         subnet_of(network)
-    check_labels("network label", dict(network.labels))
+    check_labels("network label", dict(network.labels), reserved_ok)
 
 
 def subnet_of(network: Network) -> ipaddress.IPv4Network:
@@ -82,7 +83,7 @@ def _subnet_clash(state: ClusterState, network: Network) -> str | None:
 def create_network(state: ClusterState, cmd: CreateNetwork) -> tuple[Result, Changes]:
     network = cmd.network
     try:
-        check_network(network)
+        check_network(network, reserved_ok=True)  # the API refused an operator's reserved labels
         clash = _subnet_clash(state, network) if network.subnet else None
     except ValidationError as exc:
         return error("invalid_argument", str(exc)), []
