@@ -12,6 +12,7 @@ leader killed during a deploy leaves the whole stack or nothing.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -308,6 +309,144 @@ def test_the_cli_plans_with_exit_codes_and_deploys_until_converged(cluster: Clus
     finally:
         assert manager.cli("stack", "rm", "cli").returncode == 0
         wait_for(lambda: not procs.pids(), timeout=30, message="the stack's processes to stop")
+
+
+BAD_BASE = """\
+services:
+  web:
+    image: exec
+    command: ["sh", "-c", "exec sleep 1000", "MARK"]
+    stop_grace_period: 1s
+    deploy:
+      placement:
+        constraints: ["node.role==worker"]
+"""
+
+
+def test_bad_compose_files_are_one_line_and_deploy_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    """The issue's bad input, through the real CLI and a real manager: each is one line with its
+    file:line and path, the right exit code, and nothing of the stack in the state."""
+    manager, _agent, procs = cluster
+    base = BAD_BASE.replace("MARK", procs.marker.decode())
+    one = write(tmp_path / "one", base + "    ports: ['18091:80']\nconfigs:\n  c:\n    content: x\n")
+    assert stack_cli(manager, "stack", "deploy", "--detach", "-c", str(one), "one").returncode == 0
+
+    def state() -> tuple[list[str], ...]:
+        return (
+            [s["name"] for s in manager.cli_json("stack", "ls")],  # type: ignore[index]
+            sorted(s["spec"]["name"] for s in manager.cli_json("service", "ls")),  # type: ignore[index]
+            sorted(c["name"] for c in manager.cli_json("config", "ls")),  # type: ignore[index]
+            sorted(c["name"] for c in manager.cli_json("secret", "ls")),  # type: ignore[index]
+        )
+
+    before = state()
+    assert before == (["one"], ["one_web"], ["one_c"], [])
+    secret = "secrets:\n  s:\n    file: ./s.txt\n"
+    cases = {
+        "syntax": (base + "    ports: [18092\n", Exit.USAGE, ":10: invalid YAML: expected ',' or ']'"),
+        "schema": (
+            base.replace("    deploy:\n", "    deploy:\n      replicas: many\n"),
+            Exit.USAGE,
+            ":7: services.web.deploy.replicas: expected a whole number (got 'many')",
+        ),
+        "env_file": (
+            base + "    env_file: ./missing.env\n",
+            Exit.USAGE,
+            ":9: services.web.env_file[0]: cannot read the env file",
+        ),
+        "secret_file": (
+            base + "    secrets: [s]\n" + secret,
+            Exit.USAGE,
+            ":12: secrets.s.file: cannot read the secret file",
+        ),
+        "required": (
+            base + "    environment:\n      NEED: ${WARREN_TEST_NEED:?set it first}\n",
+            Exit.USAGE,
+            ":10: services.web.environment.NEED: required variable WARREN_TEST_NEED is missing: set it first",
+        ),
+        "port": (
+            base + "    ports: ['18091:80/tcp']\nconfigs:\n  c:\n    content: y\n",
+            Exit.CONFLICT,
+            "service two_web: port 18091/tcp is already published by service one_web",
+        ),
+        "unsupported": (base + "    build: .\n", Exit.USAGE, ":9: services.web.build: build is not supported"),
+    }
+    for case, (text, code, where) in cases.items():
+        compose = write(tmp_path / case, text)
+        (tmp_path / case / "s.txt").unlink(missing_ok=True)
+        for command in ("plan", "deploy"):
+            result = stack_cli(manager, "stack", command, "-c", str(compose), "two")
+            assert result.returncode == code, (case, command, result.stderr)
+            assert result.stderr.count("\n") == 1 and result.stderr.startswith("warren: "), (case, result.stderr)
+            assert where in result.stderr, (case, result.stderr)
+            assert "Traceback" not in result.stderr and result.stdout == ""
+        assert state() == before, case
+    # An unsupported key is named; --allow-unsupported deploys the rest.
+    forced = stack_cli(
+        manager,
+        "stack",
+        "deploy",
+        "--detach",
+        "--allow-unsupported",
+        "-c",
+        str(tmp_path / "unsupported" / "compose.yaml"),
+        "two",
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert "services.web.build" in forced.stdout  # the plan's warning names it
+    assert state()[:2] == (["one", "two"], ["one_web", "two_web"])
+    for name in ("one", "two"):
+        assert manager.cli("stack", "rm", name).returncode == 0
+    wait_for(lambda: not procs.pids(), timeout=30, message="the stacks' processes to stop")
+
+
+def test_published_compose_samples_plan_or_name_what_is_unsupported(cluster: Cluster) -> None:
+    """The samples in tests/fixtures/compose, planned by a real manager through the CLI."""
+    manager = cluster[0]
+
+    def plan(sample: str, *flags: str) -> subprocess.CompletedProcess[str]:
+        return stack_cli(manager, "stack", "plan", *flags, "-c", str(SAMPLES / sample), "vote")
+
+    swarm = plan("voting-stack/docker-stack.yml")
+    assert swarm.returncode == 10, swarm.stderr
+    created = sorted(line for line in swarm.stdout.splitlines() if line.startswith("+ "))
+    assert created == [
+        "+ network vote_backend",
+        "+ network vote_default",
+        "+ network vote_frontend",
+        "+ service vote_db",
+        "+ service vote_redis",
+        "+ service vote_result",
+        "+ service vote_visualizer",
+        "+ service vote_vote",
+        "+ service vote_worker",
+        "+ volume vote_db-data",
+    ]
+    for sample, named in (
+        (
+            "voting-compose/compose.yaml",
+            [
+                "services.vote.build@4",
+                "services.result.build@27",
+                "services.result.ports[1].host_ip@38",
+                "services.worker.build@44",
+                "services.seed.build@83",
+                "services.seed.profiles@86",
+            ],
+        ),
+        ("nginx-flask-mysql/compose.yaml", ["services.backend.build@3", "services.db.expose@36"]),
+    ):
+        path = SAMPLES / sample
+        refused = plan(sample)
+        assert refused.returncode == Exit.USAGE and refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.endswith("; deploy anyway with --allow-unsupported\n")
+        shown = re.findall(rf"{re.escape(str(path))}:(\d+): ([\w.\[\]-]+):", refused.stderr)
+        assert [f"{key}@{line}" for line, key in shown] == named[:5], refused.stderr  # the first five, then a count
+        assert ("(and 1 more)" in refused.stderr) == (len(named) > 5)
+        forced = plan(sample, "--allow-unsupported")
+        assert forced.returncode == 10, forced.stderr
+        assert all(f"{path}:{n.split('@')[1]}: {n.split('@')[0]}:" in forced.stdout for n in named[:5]), forced.stdout
+    assert manager.cli_json("stack", "ls") == []  # a plan writes nothing
 
 
 # -- failover ------------------------------------------------------------------------------------
