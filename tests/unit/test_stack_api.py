@@ -21,7 +21,7 @@ from warren.cli import stack as cli_stack
 from warren.manager.controlapi import ControlService
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.server import ApiError
-from warren.model import ClusterInfo, HealthCheck, ServiceSpec
+from warren.model import ClusterInfo, ContainerOptions, HealthCheck, ServiceSpec
 from warren.stack.spec import (
     STACK_LABEL,
     Dependency,
@@ -97,9 +97,9 @@ def test_a_plan_writes_nothing_even_its_first_secret_key() -> None:
         (
             stack(
                 StackService(ServiceSpec("a", "busybox"), depends_on=(Dependency("b", DependencyCondition.HEALTHY),)),
-                StackService(ServiceSpec("b", "busybox")),
+                StackService(ServiceSpec("b", "busybox", container=ContainerOptions(no_healthcheck=True))),
             ),
-            "has no health check",
+            "but b disables its health check (no_healthcheck)",
         ),
         (stack(StackService(ServiceSpec("a", "Bad Image"))), "invalid image reference"),
         (stack(configs=(StackObject("bad name", b"x"),)), "config name"),

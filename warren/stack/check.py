@@ -124,10 +124,12 @@ def _check_dependencies(stack: StackSpec) -> None:
                         f"which is not a service of stack {stack.name}"
                     )
                 continue
-            if dependency.condition == DependencyCondition.HEALTHY and target.health is None:
+            # Without a check in its spec, the image's HEALTHCHECK (ADR 42) may be one: only
+            # the agent reads the image, so the reconciler's pending reason says when there is none.
+            if dependency.condition == DependencyCondition.HEALTHY and target.container.no_healthcheck:
                 raise ValidationError(
                     f"service {service.spec.name} depends on {dependency.service} being healthy, "
-                    f"but {dependency.service} has no health check"
+                    f"but {dependency.service} disables its health check (no_healthcheck)"
                 )
     cycle = _cycle(graph)
     if cycle:
