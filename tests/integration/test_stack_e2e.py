@@ -8,6 +8,7 @@ changed image plans and replaces exactly one service, and `stack rm` leaves noth
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
@@ -131,6 +132,12 @@ class StackRig(DeployRig):
         done = host.run([sys.executable, "-c", code, f"http://{host.ip}:{port}/"], timeout=10)
         return done.stdout if done.returncode == 0 else ""
 
+    def resolves(self, host: LabHost, gateway: str, name: str) -> bool:
+        """Whether the embedded DNS of `host` (on its bridge address `gateway`) gives `name` to
+        the node itself (which sees every network, ADR 47)."""
+        done = host.run(["busybox", "nslookup", name, gateway], timeout=10)
+        return done.returncode == 0 and "Name:" in done.stdout
+
     def ruleset(self, host: LabHost) -> str:
         return host.run(["nft", "list", "ruleset"], timeout=10).stdout
 
@@ -204,7 +211,18 @@ def test_one_compose_file_deployed_checked_updated_and_removed(rig: StackRig) ->
     (web,) = rig.live("big_web")
     wait_for(lambda: rig.get(rig.host_of(web["node_id"]), HOST_PORT) == "warren web v2\n", timeout=30)
 
-    # stack rm: nothing left, in the state, in containerd, in nftables.
+    # Its names resolve (the node asks its own DNS), and its VIPs are in the rules, until stack rm.
+    gateway = str(ipaddress.ip_interface(f"{app['overlay_address']}/24").network.network_address + 1)
+    app_host = rig.host_of(app["node_id"])
+    names = ("big_db", "big_web", "big_app")
+    wait_for(lambda: all(rig.resolves(app_host, gateway, n) for n in names), timeout=30, message="names resolve")
+    vips = [json.loads(rig.ok("service", "inspect", f"big_{s}", "--format", "json"))["vip"] for s in ("db", "web")]
+    assert all(vips) and all(v in rig.ruleset(app_host) for v in vips), vips
+
+    volumes = json.loads(rig.ok("volume", "ls", "--format", "json"))
+    assert [v["name"] for v in volumes] == ["big_data"], volumes
+
+    # stack rm: nothing left, in the state, in containerd, in nftables, in the DNS.
     removed = stack_cli(rig, "rm", "big")
     assert removed.returncode == 0, removed.stderr
     for kind in ("service", "secret", "config", "network"):
@@ -214,7 +232,8 @@ def test_one_compose_file_deployed_checked_updated_and_removed(rig: StackRig) ->
     stack_cli(rig, "rm", "big")  # the volume, once no task holds it
     wait_for(lambda: json.loads(rig.ok("volume", "ls", "--format", "json")) == [], timeout=30, message="volume gone")
     wait_for(
-        lambda: not any(str(UDP_PORT) in rig.ruleset(h) or str(HOST_PORT) in rig.ruleset(h) for h in hosts),
+        lambda: not any(any(word in rig.ruleset(h) for word in (str(UDP_PORT), str(HOST_PORT), *vips)) for h in hosts),
         timeout=30,
-        message="no nftables rule for the stack's ports",
+        message="no nftables rule for the stack's ports and VIPs",
     )
+    assert not any(rig.resolves(app_host, gateway, n) for n in names)
