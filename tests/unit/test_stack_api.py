@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import io
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -21,7 +22,7 @@ from warren.cli import stack as cli_stack
 from warren.manager.controlapi import ControlService
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.server import ApiError
-from warren.model import ClusterInfo, HealthCheck, ServiceSpec
+from warren.model import ClusterInfo, ContainerOptions, HealthCheck, ServiceSpec
 from warren.stack.spec import (
     STACK_LABEL,
     Dependency,
@@ -97,9 +98,9 @@ def test_a_plan_writes_nothing_even_its_first_secret_key() -> None:
         (
             stack(
                 StackService(ServiceSpec("a", "busybox"), depends_on=(Dependency("b", DependencyCondition.HEALTHY),)),
-                StackService(ServiceSpec("b", "busybox")),
+                StackService(ServiceSpec("b", "busybox", container=ContainerOptions(no_healthcheck=True))),
             ),
-            "has no health check",
+            "but b disables its health check (no_healthcheck)",
         ),
         (stack(StackService(ServiceSpec("a", "Bad Image"))), "invalid image reference"),
         (stack(configs=(StackObject("bad name", b"x"),)), "config name"),
@@ -210,3 +211,25 @@ def test_the_cli_prints_the_plan_and_exits_10_on_changes(monkeypatch: pytest.Mon
     answer = cpb.DeployStackResponse(stack="app")
     assert cli_stack.cmd_plan(args) == 0
     assert out.getvalue().endswith("No changes: stack app is as the files say.\n")
+
+
+def test_a_stack_as_the_loader_gives_it_deploys_with_its_labelled_objects(tmp_path: Path) -> None:
+    """The loader labels every object with STACK_LABEL (as the engine does): the engine's checks
+    of network, volume, secret and config labels must accept it (they refused it once)."""
+    from warren.stack.load import load_stack
+
+    (tmp_path / "token").write_text("t")
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n  web:\n    image: busybox:1\n    secrets: [token]\n    volumes: ['data:/data']\n"
+        "    networks: [front]\n"
+        "networks:\n  front: {labels: {team: a}}\nvolumes:\n  data: {}\n"
+        "secrets:\n  token: {file: ./token}\nconfigs:\n  conf: {content: x}\n"
+    )
+    api, store = control()
+    reply = deploy(api, load_stack([tmp_path / "compose.yaml"], "app", {}))
+    assert reply.deployed
+    (network,) = store.state.networks.values()
+    assert network.labels == {"team": "a", STACK_LABEL: "app"}
+    assert [v.name for v in store.state.volumes.values()] == ["app_data"]
+    assert [s.name for s in store.state.secrets.values()] == ["app_token"]
+    assert [c.name for c in store.state.configs.values()] == ["app_conf"]

@@ -283,6 +283,29 @@ def test_depends_on_holds_a_service_until_its_dependency_is_healthy() -> None:
     assert len(sim.running("id-app_web")) == 2
 
 
+def test_service_healthy_on_a_dependency_checked_only_by_its_image() -> None:
+    """No check in db's spec: the agent may run its image's HEALTHCHECK (ADR 42) and report it
+    healthy, which meets the condition; a task that runs with no check at all holds web, and
+    the reason says why."""
+    for reported, web_runs in (("healthy", True), ("", False)):
+        sim = sim_with("n1", "n2")
+        db = service("app_db")
+        web = service("app_web", replicas=2, depends_on=(ServiceDependency("app_db", "service_healthy"),))
+        assert apply(sim, stack_cmd(db, web)).ok
+        sim.reconcile()
+        sim.agents_step()
+        (task,) = sim.state.service_tasks("id-app_db")
+        sim.report(task, TaskState.RUNNING, health=reported)
+        sim.converge()
+        assert (len(sim.running("id-app_web")) == 2) is web_runs, reported
+        if not web_runs:
+            waiting = {t.message for t in sim.state.service_tasks("id-app_web")}
+            assert waiting == {
+                "waiting for dependencies: 0/1 tasks of app_db healthy "
+                "(it has no health check: none in its spec, none in its image)"
+            }
+
+
 def test_a_new_leader_holds_the_same_services_from_the_replicated_state_alone() -> None:
     sim = sim_with("n1")
     apply(sim, _healthy_db_and_web())

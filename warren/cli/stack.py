@@ -85,6 +85,7 @@ def _add_deploy_flags(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> Any:
     """The files as a StackSpec message; a file that cannot be loaded is one line, exit 2."""
     from warren.api import stackconvert
+    from warren.stack.check import finding_line
     from warren.stack.load import StackFileError, load_stack
 
     try:
@@ -93,6 +94,9 @@ def _load(args: argparse.Namespace) -> Any:
         raise CliError(str(exc), Exit.USAGE) from None
     except OSError as exc:
         raise CliError(f"cannot read the stack files: {exc.strerror or exc}: {exc.filename}", Exit.USAGE) from None
+    for warning in stack.warnings:  # the loader's own (an unset variable): the manager never sees them
+        sys.stderr.write(f"warren: warning: {finding_line(warning, limit=1000)}\n")
+    sys.stderr.flush()
     return stackconvert.stack_to_pb(stack)
 
 

@@ -4,7 +4,7 @@ exactly what the old one held. Pure."""
 
 from __future__ import annotations
 
-from warren.model import Service, ServiceDependency, ServiceMode, Task, TaskState, is_ready
+from warren.model import Service, ServiceDependency, ServiceMode, Task, TaskState
 from warren.state import ClusterState
 
 STARTED = "service_started"
@@ -27,7 +27,9 @@ def _meets(task: Task, condition: str, version: int) -> bool:
     if task.desired_state != TaskState.RUNNING:
         return False
     if condition == HEALTHY:
-        return task.state == TaskState.RUNNING and is_ready(task) and task.spec.health is not None
+        # A check passed: the spec's, or the image's HEALTHCHECK the agent found (ADR 42), which
+        # only the agent knows; a task with no check at all never reports "healthy".
+        return task.state == TaskState.RUNNING and task.health == "healthy"
     # Started: its process runs. A task with a health check is reported STARTING, with a health
     # status, from its start until its first healthy probe (the agent's readiness).
     return task.state == TaskState.RUNNING or (task.state == TaskState.STARTING and task.health != "")
@@ -46,9 +48,15 @@ def unmet(state: ClusterState, dependency: ServiceDependency) -> str:
     what = {STARTED: "running", HEALTHY: "healthy", COMPLETED: "completed successfully"}.get(
         dependency.condition, dependency.condition
     )
-    if dependency.condition == HEALTHY and service.spec.health is None:
-        what += " (it has no health check)"
+    if dependency.condition == HEALTHY and service.spec.health is None and _unchecked(tasks):
+        what += " (it has no health check: none in its spec, none in its image)"
     return f"{met}/{needed} tasks of {dependency.service} {what}"
+
+
+def _unchecked(tasks: list[Task]) -> bool:
+    """A task runs with no health status: the agent found no check to run, so it never turns
+    healthy (with one, it is STARTING with a status until its first healthy probe)."""
+    return any(t.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING and not t.health for t in tasks)
 
 
 def waiting_for(state: ClusterState, service: Service) -> str:

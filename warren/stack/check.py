@@ -29,14 +29,19 @@ def unlabelled(spec: ServiceSpec) -> ServiceSpec:
     return msgspec.structs.replace(spec, labels={k: v for k, v in spec.labels.items() if k != STACK_LABEL})
 
 
-def _finding(finding: Finding) -> str:
+def _own_labels(labels: dict[str, str]) -> dict[str, str]:
+    """The labels the operator wrote: the loader adds STACK_LABEL, which the engine sets anyway."""
+    return {k: v for k, v in labels.items() if k != STACK_LABEL}
+
+
+def finding_line(finding: Finding, limit: int = MAX_FINDING) -> str:
     """One finding, one line: its text is the loader's, which quotes the user's files."""
     text = escape_control(f"{finding.file}:{finding.line}: {finding.path}: {finding.message}")
-    return text if len(text) <= MAX_FINDING else text[: MAX_FINDING - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def unsupported_message(stack: StackSpec) -> str:
-    shown_findings = [_finding(f) for f in stack.unsupported[:MAX_SHOWN_FINDINGS]]
+    shown_findings = [finding_line(f) for f in stack.unsupported[:MAX_SHOWN_FINDINGS]]
     more = len(stack.unsupported) - len(shown_findings)
     tail = f" (and {more} more)" if more > 0 else ""
     return (
@@ -76,7 +81,7 @@ def _check_objects(stack: StackSpec) -> None:
             if obj.name in seen:
                 raise ValidationError(f"{kind} {shown(obj.name)} is listed twice in stack {stack.name}")
             seen.add(obj.name)
-            check_labels(f"{kind} label", obj.labels)
+            check_labels(f"{kind} label", _own_labels(obj.labels))
             if obj.data is not None:
                 check_value_size(kind, len(obj.data))
     for volume in stack.volumes:
@@ -86,14 +91,14 @@ def _check_objects(stack: StackSpec) -> None:
                 mounts.check_volume_options(volume.driver, volume.options)
         except mounts.MountError as exc:
             raise ValidationError(str(exc)) from None
-        check_labels("volume label", volume.labels)
+        check_labels("volume label", _own_labels(volume.labels))
 
 
 def _check_networks(stack: StackSpec) -> None:
     declared = set()
     for network in stack.networks:
         check_name("network", network.name)
-        check_labels("network label", network.labels)
+        check_labels("network label", _own_labels(network.labels))
         declared.add(network.name)
     for service in stack.services:
         for attachment in service.spec.networks:
@@ -119,10 +124,12 @@ def _check_dependencies(stack: StackSpec) -> None:
                         f"which is not a service of stack {stack.name}"
                     )
                 continue
-            if dependency.condition == DependencyCondition.HEALTHY and target.health is None:
+            # Without a check in its spec, the image's HEALTHCHECK (ADR 42) may be one: only
+            # the agent reads the image, so the reconciler's pending reason says when there is none.
+            if dependency.condition == DependencyCondition.HEALTHY and target.container.no_healthcheck:
                 raise ValidationError(
                     f"service {service.spec.name} depends on {dependency.service} being healthy, "
-                    f"but {dependency.service} has no health check"
+                    f"but {dependency.service} disables its health check (no_healthcheck)"
                 )
     cycle = _cycle(graph)
     if cycle:
