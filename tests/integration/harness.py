@@ -301,6 +301,21 @@ class Joiner:
                     process.wait()
 
 
+def leader_of(managers: list[Manager], timeout: float = 20) -> Manager:
+    """The manager that says it leads (`cluster info`), polling until one does."""
+
+    def find() -> Manager | None:
+        for m in managers:
+            if m.process is None or m.process.poll() is not None:
+                continue
+            result = m.cli("--manager", m.addr, "cluster", "info", "--format", "json", timeout=10)
+            if result.returncode == 0 and json.loads(result.stdout).get("raft_state") == "leader":
+                return m
+        return None
+
+    return wait_for(find, timeout=timeout, message="a leader")
+
+
 def raft_peer_links(manager: Manager) -> dict[str, int]:
     """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
     url = f"http://{manager.host}:{manager.metrics_port}/metrics"

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, all_raft_connected, join_managers
+from tests.integration.harness import Manager, all_raft_connected, join_managers, leader_of
 from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
 
@@ -96,19 +96,6 @@ class Consumer:
         return code, self.process.stderr.read()
 
 
-def _leader(managers: list[Manager]) -> Manager:
-    def find() -> Manager | None:
-        for m in managers:
-            if m.process is None or m.process.poll() is not None:
-                continue
-            result = m.cli("--manager", m.addr, "cluster", "info", "--format", "json", timeout=10)
-            if result.returncode == 0 and json.loads(result.stdout).get("raft_state") == "leader":
-                return m
-        return None
-
-    return wait_for(find, timeout=20, message="a leader")
-
-
 def _history(manager: Manager, admin: Path) -> list[cpb.Event]:
     """Everything the manager's history holds now (--since long ago, --until now)."""
     with manager.channel(admin) as channel:
@@ -181,7 +168,7 @@ def test_bad_requests_over_grpc_are_invalid_argument(trio: list[Manager]) -> Non
 
 
 def test_a_consumer_resumes_after_a_leader_kill_with_no_gap_and_no_duplicate(trio: list[Manager]) -> None:
-    leader = _leader(trio)
+    leader = leader_of(trio)
     survivors = [m for m in trio if m is not leader]
     admin = trio[0].data_dir / "admin"  # the founder's admin credentials
     consumer = Consumer([leader, *survivors], "--since", f"{time.time():.6f}")  # connected to the leader first
@@ -210,7 +197,7 @@ def test_a_consumer_resumes_after_a_leader_kill_with_no_gap_and_no_duplicate(tri
         writer.start()
         wait_for(lambda: len(configs()) >= 10, timeout=30, message=f"events before the kill ({len(created)} created)")
         leader.kill(signal.SIGKILL)
-        _leader(survivors)
+        leader_of(survivors)
         before = len(configs())
         wait_for(lambda: len(configs()) >= before + 10, timeout=40, message="events after the kill")
         stop.set()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.ports import free_port_run
-from tests.integration.harness import Joiner, Manager, join_managers, manager_trio
+from tests.integration.harness import Joiner, Manager, join_managers, leader_of, manager_trio
 from tests.waiting import holds, wait_for
 from warren.cli.errors import Exit
 
@@ -24,19 +24,6 @@ def _info(manager: Manager, via: Manager | None = None) -> dict:
     result = manager.cli("--manager", (via or manager).addr, "cluster", "info", "--format", "json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def _leader(managers: list[Manager]) -> Manager:
-    def find() -> Manager | None:
-        for m in managers:
-            if m.process is None or m.process.poll() is not None:
-                continue
-            result = m.cli("--manager", m.addr, "cluster", "info", "--format", "json", timeout=10)
-            if result.returncode == 0 and json.loads(result.stdout).get("raft_state") == "leader":
-                return m
-        return None
-
-    return wait_for(find, timeout=20, message="a leader")
 
 
 @pytest.fixture
@@ -73,11 +60,11 @@ def test_three_managers_share_one_state_and_serve_writes_anywhere(trio: list[Man
 
 def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[Manager]) -> None:
     assert trio[0].cli("node", "ls").returncode == 0  # the context learns every manager
-    leader = _leader(trio)
+    leader = leader_of(trio)
     survivors = [m for m in trio if m is not leader]
     leader.kill()
     started = time.monotonic()
-    new_leader = _leader(survivors)
+    new_leader = leader_of(survivors)
     # The context lists every manager, so the plain CLI finds one that answers.
     created = new_leader.cli("service", "create", "after", "--image", "busybox", "--detach")
     assert created.returncode == 0, created.stderr
@@ -96,12 +83,12 @@ def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: lis
     """Followers never send each other Raft messages, and PySyncObj drops a link that has read
     nothing for 3.5 s at its next send: the first vote request after a crash used to close the
     survivors' link instead of reaching the other survivor, costing a whole election timeout."""
-    leader = _leader(trio)
+    leader = leader_of(trio)
     survivors = [m for m in trio if m is not leader]
     time.sleep(5.0)  # the scenario: longer than PySyncObj's connection timeout with no election
     marks = {m.raft_port: len(m.log()) for m in survivors}
     leader.kill()
-    _leader(survivors)
+    leader_of(survivors)
     first, second = survivors
     for m, other in ((first, second), (second, first)):
         # The link logging is what this test reads: it must be there, or a reworded message
@@ -114,7 +101,7 @@ def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: lis
 @pytest.mark.serial  # "fast" is timed: alone, after the workers (ADR 41)
 def test_without_quorum_writes_fail_fast_and_reads_still_work(trio: list[Manager]) -> None:
     assert _create(trio[0], "before").returncode == 0
-    leader = _leader(trio)
+    leader = leader_of(trio)
     others = [m for m in trio if m is not leader]
     for manager in others:
         manager.kill()
@@ -144,7 +131,7 @@ def test_without_quorum_writes_fail_fast_and_reads_still_work(trio: list[Manager
 
 
 def test_demoting_a_manager_shrinks_the_quorum(trio: list[Manager]) -> None:
-    leader = _leader(trio)
+    leader = leader_of(trio)
     target = next(m for m in trio if m is not leader)
     demoted = leader.cli("--manager", leader.addr, "node", "demote", target.node_id)
     assert demoted.returncode == 0, demoted.stderr
@@ -187,10 +174,10 @@ def test_an_agent_learns_new_managers_and_follows_the_leader(tmp_path: Path) -> 
             timeout=15,
             message="the agent to learn every manager",
         )
-        leader = _leader(managers)
+        leader = leader_of(managers)
         leader.kill()
         survivors = [m for m in managers if m is not leader]
-        new_leader = _leader(survivors)
+        new_leader = leader_of(survivors)
         # Down after 3 missed 1 s heartbeats unless its session moved to the new leader; it stays ready.
         try:
             holds(lambda: worker_status(new_leader) == "ready", 4.0, interval=0.5, message="the worker ready")

@@ -279,19 +279,13 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
     from warren.cli.client import connect
 
-    code = 0
     with connect(args) as client:
-        for name in args.names:
-            try:
-                reply = client.call("RemoveStack", pb.RemoveStackRequest(name=name))
-            except CliError as exc:
-                if exc.code in (Exit.UNAVAILABLE, Exit.CREDENTIALS):
-                    raise
-                sys.stderr.write(f"warren: {exc.message}\n")
-                code = exc.code
-                continue
+
+        def remove(name: str) -> None:
+            reply = client.call("RemoveStack", pb.RemoveStackRequest(name=name))
             for removed in reply.removed:
                 print(f"removed {removed}")
             for volume in reply.kept:
@@ -299,5 +293,5 @@ def cmd_rm(args: argparse.Namespace) -> int:
                     f"warren: kept volume {volume}: a task of the stack still holds it; "
                     f"`warren stack rm {name}` again once it stopped\n"
                 )
-            print(name, flush=True)
-    return code
+
+        return output.per_name(args.names, remove)
