@@ -125,9 +125,12 @@ class Pass:
         self.node_status: list[SetNodeStatus] = []
         self.rollouts: list[RolloutChange] = []
         self.standby_for: dict[str, Task] = {}  # a start-first task's id -> the task it replaces
-        self.reserved: dict[str, Resources] = {}
-        self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
-        self.host_ports: dict[str, set[tuple[int, str]]] = {}  # host-mode ports they hold (ADR 46)
+        # What each node holds (`start_accounting`), counted on first use: a pass that creates
+        # nothing never walks every task (ADR 53).
+        self._accounted: Iterable[Task] = ()
+        self._reserved: dict[str, Resources] | None = None
+        self._live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
+        self._host_ports: dict[str, set[tuple[int, str]]] = {}  # host-mode ports they hold (ADR 46)
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
@@ -166,11 +169,34 @@ class Pass:
         return self.update(task, spec_version=service.version, spec=service.spec)
 
     def start_accounting(self, tasks: Iterable[Task]) -> None:
-        """What each node holds before this pass creates anything (resources, overlay addresses)."""
-        current = list(tasks)
-        self.reserved = reserved_by_node(current)
-        self.live = live_by_node(current)
-        self.host_ports = host_ports_by_node(current)
+        """What each node holds before this pass creates anything (resources, overlay addresses),
+        counted from `tasks` when first asked for."""
+        self._accounted = tasks
+        self._reserved = None
+
+    def _account(self) -> None:
+        current = list(self._accounted)
+        self._reserved = reserved_by_node(current)
+        self._live = live_by_node(current)
+        self._host_ports = host_ports_by_node(current)
+
+    @property
+    def reserved(self) -> dict[str, Resources]:
+        if self._reserved is None:
+            self._account()
+        return self._reserved  # type: ignore[return-value]
+
+    @property
+    def live(self) -> dict[str, int]:
+        if self._reserved is None:
+            self._account()
+        return self._live
+
+    @property
+    def host_ports(self) -> dict[str, set[tuple[int, str]]]:
+        if self._reserved is None:
+            self._account()
+        return self._host_ports
 
     # -- overlay -------------------------------------------------------------------------------
     def task(self, task_id: str) -> Task:
