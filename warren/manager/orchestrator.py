@@ -85,6 +85,11 @@ class Orchestrator:
                     log.exception("scheduling pass failed")
                 self._last_pass = time.perf_counter() - started
 
+    @property
+    def unsettled(self) -> frozenset[str]:
+        """The services the next incremental pass visits even if no commit touches them."""
+        return self._unsettled
+
     def note(self, event: Event) -> None:
         """Remember a commit's changes for the next incremental pass."""
         changes = event[1]
