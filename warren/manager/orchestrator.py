@@ -14,8 +14,6 @@ import contextlib
 import logging
 import time
 
-import msgspec
-
 from warren import commands, reconciler
 from warren.ids import new_id
 from warren.manager import metrics
@@ -64,7 +62,6 @@ class Orchestrator:
         self._seen: ClusterState | None = None
         self._unsettled: frozenset[str] = frozenset()
         self._last_full = 0.0
-        self.reconcile_config = reconciler.ReconcileConfig()  # the caps; the timings come from the cluster
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
@@ -144,11 +141,7 @@ class Orchestrator:
                 await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
             except ProposalError as exc:  # the next pass asks again; scheduling goes on
                 log.warning("WireGuard key rotation not committed: %s", exc.message)
-        config = msgspec.structs.replace(
-            self.reconcile_config,
-            heartbeat_period=snapshot.cluster.heartbeat_period,
-            task_history_limit=snapshot.cluster.task_history_limit,
-        )
+        config = reconciler.ReconcileConfig.from_cluster(snapshot.cluster)
         visit = self._visit(snapshot, incremental)
         started = time.perf_counter()
         plan, self._unsettled = await asyncio.to_thread(

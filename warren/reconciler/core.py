@@ -56,7 +56,14 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
     @classmethod
     def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
         """The config implied by the replicated cluster settings, with optional overrides."""
-        base = cls() if cluster is None else cls(cluster.heartbeat_period, cluster.task_history_limit)
+        base = cls()
+        if cluster is not None:
+            base = cls(
+                cluster.heartbeat_period,
+                cluster.task_history_limit,
+                cluster.max_starts_per_pass or base.max_starts_per_pass,
+                cluster.max_stops_per_pass or base.max_stops_per_pass,
+            )
         return msgspec.structs.replace(base, **overrides)
 
 

@@ -41,7 +41,7 @@ def touched_by(changes: Iterable[Put | Delete], before: ClusterState) -> Visit |
         if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
             services.add(change.obj.service_id)
         elif isinstance(change, Put) and change.kind in ("service", "node"):
-            (services if change.kind == "service" else nodes).add(change.obj.id)  # type: ignore[union-attr]
+            (services if change.kind == "service" else nodes).add(change.obj.id)
         elif isinstance(change, Delete) and change.kind in ("service", "node"):
             (services if change.kind == "service" else nodes).add(change.id)
         elif isinstance(change, Delete) and change.kind == "task" and change.id in before.tasks:
