@@ -351,7 +351,9 @@ class Pass:
     def place(self) -> None:
         if not self.to_place:
             return
-        current = [self.task(t) for t in self.state.tasks]
+        # Every task as this pass leaves it (a dict merge in C: the overlay is small, the state not).
+        changed = {k: v for k, v in self.overlay.items() if k in self.state.tasks}
+        current = list({**self.state.tasks, **changed}.values() if changed else self.state.tasks.values())
         current += [t for t in map(self.task, self.created) if t.node_id]
         pending = []
         for task in map(self.task, self.to_place):

@@ -58,7 +58,9 @@ def services_to_visit(state: ClusterState, visit: Visit, unsettled: Iterable[str
         wanted.update(state.tasks[t].service_id for t in state.tasks_by_node.get(node_id, ()))
     changed_names = {state.services[s].spec.name for s in visit.services if s in state.services}
     for service in state.services.values():
-        if service.spec.mode == ServiceMode.GLOBAL or any(d.service in changed_names for d in service.depends_on):
+        if service.spec.mode == ServiceMode.GLOBAL or (
+            service.depends_on and any(d.service in changed_names for d in service.depends_on)
+        ):
             wanted.add(service.id)
     return wanted
 
