@@ -577,6 +577,10 @@ class ClusterInfo(msgspec.Struct, frozen=True):
     # Rebalance replicated services by themselves when their spread is off by more than one task
     # (a node joined or returned, ADR 36); off by default, as moving tasks is a disruption.
     auto_rebalance: bool = False
+    # The throughput governors of a reconcile pass (ADR 53): how many tasks one pass may start
+    # and stop; a bigger change is spread over several passes. 0 = the default (1,000).
+    max_starts_per_pass: int = 0
+    max_stops_per_pass: int = 0
     # The key hierarchy of secrets (ADR 38): the key-encryption key, wrapped by the root (a key
     # derived from the Raft secret; autolock's unlock key later), and the data key that seals
     # secret values, wrapped by the KEK. Empty until the first secret is created.

@@ -102,6 +102,13 @@ def register(groups: Any) -> None:
         metavar="true|false",
         help="managers need the unlock key (printed once, when turned on) to start (ADR 44; default: false)",
     )
+    for cap, what in (("starts", "start"), ("stops", "stop")):  # ADR 53
+        p.add_argument(
+            f"--max-{cap}-per-pass",
+            type=_pass_cap,
+            metavar="N",
+            help=f"tasks one scheduling pass may {what}; more wait for the next pass (0: the default, 1000)",
+        )
     p.set_defaults(func=cmd_update)
 
     p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
@@ -187,6 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 f"every {units.format_duration(info.wg_key_rotation_period)}" if info.wg_key_rotation_period else "off",
             ),
             ("Auto-rebalance", "on" if info.auto_rebalance else "off"),
+            ("Per pass", f"at most {info.max_starts_per_pass} starts, {info.max_stops_per_pass} stops"),
             ("Autolock", ("on" if info.autolock else "off") + ("; THIS MANAGER IS LOCKED" if info.locked else "")),
             ("Nodes", info.nodes),
             ("Services", info.services),
@@ -219,9 +227,15 @@ def cmd_update(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
     from warren.cli.errors import CliError, Exit
 
-    if args.wireguard_key_rotation is None and args.auto_rebalance is None and args.autolock is None:
-        raise CliError("nothing to change: give --wireguard-key-rotation, --auto-rebalance or --autolock", Exit.USAGE)
-    request = pb.UpdateClusterRequest()
+    caps = {f: getattr(args, f) for f in ("max_starts_per_pass", "max_stops_per_pass") if getattr(args, f) is not None}
+    settings = args.wireguard_key_rotation is not None or args.auto_rebalance is not None or caps
+    if not settings and args.autolock is None:
+        raise CliError(
+            "nothing to change: give --wireguard-key-rotation, --auto-rebalance, --autolock,"
+            " --max-starts-per-pass or --max-stops-per-pass",
+            Exit.USAGE,
+        )
+    request = pb.UpdateClusterRequest(**caps)
     if args.wireguard_key_rotation is not None:
         request.wg_key_rotation_period = args.wireguard_key_rotation
     if args.auto_rebalance is not None:
@@ -229,7 +243,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     with connect(args) as client:
         if args.autolock is not None:
             autolock.apply_autolock(client, args.autolock)
-        if args.wireguard_key_rotation is None and args.auto_rebalance is None:
+        if not settings:
             return 0
         info = client.call("UpdateCluster", request)
     if args.wireguard_key_rotation is not None:
@@ -237,6 +251,8 @@ def cmd_update(args: argparse.Namespace) -> int:
         print(f"WireGuard key rotation: {'every ' + units.format_duration(period) if period else 'off'}")
     if args.auto_rebalance is not None:
         print(f"Auto-rebalance: {'on' if info.auto_rebalance else 'off'}")
+    if caps:
+        print(f"Per pass: at most {info.max_starts_per_pass} starts, {info.max_stops_per_pass} stops")
     return 0
 
 
@@ -245,6 +261,13 @@ def _on_off(text: str) -> bool:
     if text not in ("true", "false"):
         raise argparse.ArgumentTypeError(f"expected true or false (got {text!r})")
     return text == "true"
+
+
+def _pass_cap(text: str) -> int:
+    """A pass's cap (ADR 53): 0 (the default) to 100,000 tasks."""
+    if not text.isdigit() or int(text) > 100_000:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to 100000 (got {text!r})")
+    return int(text)
 
 
 def _manager_status(manager: Any, other_members: list[str]) -> str:

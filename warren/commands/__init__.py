@@ -29,6 +29,7 @@ from warren.commands.codec import (
 from warren.commands.dispatch import apply
 from warren.commands.node_keys import MAX_KEY_EPOCH, keys_due_for_rotation
 from warren.commands.overlay import overlay_layout
+from warren.commands.tasks import reports_with_news
 from warren.commands.types import (
     OK,
     REVOCATION_RETENTION,
@@ -145,5 +146,6 @@ __all__ = [
     "keys_due_for_rotation",
     "overlay_layout",
     "oversize_message",
+    "reports_with_news",
     "split_plan",
 ]

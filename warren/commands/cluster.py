@@ -127,6 +127,9 @@ def rotate_token(state: ClusterState, cmd: RotateJoinToken) -> tuple[Result, Cha
     return OK, [Put("cluster", cluster)]
 
 
+MAX_PER_PASS = 100_000  # a pass's cap (ADR 53); one pass's plan must still fit a few commands
+
+
 def update_cluster_settings(state: ClusterState, cmd: UpdateClusterSettings) -> tuple[Result, Changes]:
     if state.cluster is None:
         return error("failed_precondition", "cluster is not initialised"), []
@@ -137,4 +140,11 @@ def update_cluster_settings(state: ClusterState, cmd: UpdateClusterSettings) -> 
         cluster = msgspec.structs.replace(cluster, wg_key_rotation_period=cmd.wg_key_rotation_period)
     if cmd.auto_rebalance is not None:
         cluster = msgspec.structs.replace(cluster, auto_rebalance=cmd.auto_rebalance)
+    for cap in ("max_starts_per_pass", "max_stops_per_pass"):  # ADR 53
+        value = getattr(cmd, cap)
+        if value is None:
+            continue
+        if not 0 <= value <= MAX_PER_PASS:
+            return error("invalid_argument", f"{cap.replace('_', ' ')} must be 0 (the default) to {MAX_PER_PASS}"), []
+        cluster = msgspec.structs.replace(cluster, **{cap: value})
     return OK, [Put("cluster", cluster)] if cluster != state.cluster else []

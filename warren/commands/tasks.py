@@ -187,13 +187,26 @@ def apply_plan(state: ClusterState, cmd: ApplyPlan) -> tuple[Result, Changes]:
     return OK, changes
 
 
+def _reported(state: ClusterState, node_id: str, update: TaskUpdate) -> Task | None:
+    """The task after an agent's report, or None when the report changes nothing."""
+    task = state.tasks.get(update.id)
+    if task is None or task.node_id != node_id or update.node_id not in (None, node_id):
+        return None
+    return _task_update(task, update)
+
+
 def report_task_status(state: ClusterState, cmd: ReportTaskStatus) -> tuple[Result, Changes]:
     changes: Changes = []
     for update in cmd.updates:
-        task = state.tasks.get(update.id)
-        if task is None or task.node_id != cmd.node_id or update.node_id not in (None, cmd.node_id):
-            continue
-        new = _task_update(task, update)
+        new = _reported(state, cmd.node_id, update)
         if new is not None:
             changes.append(Put("task", new))
     return OK, changes
+
+
+def reports_with_news(state: ClusterState, cmd: ReportTaskStatus) -> ReportTaskStatus:
+    """The reports of `cmd` that change something in `state` (ADR 53): a report of what the
+    state already holds ("running" for a running task, a resend after a reconnect) needs no
+    Raft entry. One that is news now is checked again when applied, as any report."""
+    news = tuple(u for u in cmd.updates if _reported(state, cmd.node_id, u) is not None)
+    return cmd if len(news) == len(cmd.updates) else ReportTaskStatus(cmd.node_id, news)

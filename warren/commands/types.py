@@ -105,6 +105,8 @@ class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
 
     wg_key_rotation_period: float | None = None
     auto_rebalance: bool | None = None  # ADR 36
+    max_starts_per_pass: int | None = None  # ADR 53; 0 = the default
+    max_stops_per_pass: int | None = None
 
 
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):

@@ -13,7 +13,7 @@ from typing import TypeVar
 import grpc
 import msgspec
 
-from warren import commands, pki, rebalance, tls
+from warren import commands, pki, rebalance, reconciler, tls
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
@@ -245,6 +245,7 @@ class ControlService(
             if cluster is None:
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
             managers = sorted((n for n in state.nodes.values() if n.role == NodeRole.MANAGER), key=lambda n: n.hostname)
+            caps = reconciler.ReconcileConfig.from_cluster(cluster)  # the pass's caps, defaults filled in
             info = cpb.ClusterInfo(
                 id=cluster.id,
                 created_at=cluster.created_at,
@@ -261,6 +262,8 @@ class ControlService(
                 raft_state=raft.state,
                 wg_key_rotation_period=cluster.wg_key_rotation_period,
                 auto_rebalance=cluster.auto_rebalance,
+                max_starts_per_pass=caps.max_starts_per_pass,
+                max_stops_per_pass=caps.max_stops_per_pass,
                 autolock=autolock.is_locked(cluster),
                 locked=autolock.is_locked(cluster) and not self._keyring.holds_kek(cluster),
             )
@@ -295,7 +298,8 @@ class ControlService(
                     "(each rotation costs every node a handshake)"
                 )
         auto_rebalance = request.auto_rebalance if request.HasField("auto_rebalance") else None
-        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance))
+        caps = {f: getattr(request, f) for f in ("max_starts_per_pass", "max_stops_per_pass") if request.HasField(f)}
+        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance, **caps))
         return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
     async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:

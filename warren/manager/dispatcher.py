@@ -533,10 +533,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             if update.state is None or update.state < TaskState.ACCEPTED:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")
             updates.append(update)
-        if updates:
-            check_result(
-                await self._raft.propose_async(commands.ReportTaskStatus(node_id, tuple(updates)), self._timeout)
-            )
+        with self._store.read() as state:  # what the state already holds costs no entry (ADR 53)
+            report = commands.reports_with_news(state, commands.ReportTaskStatus(node_id, tuple(updates)))
+        if report.updates:
+            check_result(await self._raft.propose_async(report, self._timeout))
         return dpb.UpdateTaskStatusResponse()
 
     # -- logs (ADR 14) ---------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 A pass runs after every commit that may need one (debounced, and no sooner after the last pass
 than that pass took) and at least once a second, so time-driven work (missed heartbeats, restart
-delays) happens without any event.
+delays) happens without any event. A pass is incremental (ADR 53): it visits the services the
+commits since the last pass touched, and those the last pass left unsettled. A full pass runs
+after a leader change, a resynchronise event, a failed pass, and every FULL_PASS_PERIOD.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from warren import commands, reconciler
 from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
-from warren.manager.events import EventHub
+from warren.manager.events import Event, EventHub
 from warren.manager.ports import ProposalError, Proposer, StateReader
+from warren.state import Change, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ DEBOUNCE = 0.005
 # at once, every time: the next pass waits at least as long as the last one took (up to this),
 # so that passes take at most about half of the manager's time and the writes the rest (ADR 51).
 MAX_PASS_GAP = 0.5
+FULL_PASS_PERIOD = 10.0  # the safety net of incremental passes (ADR 53)
 
 
 class Orchestrator:
@@ -52,24 +56,53 @@ class Orchestrator:
         self._last_applied = -1
         self._announced_term = -1
         self._last_pass = 0.0  # seconds the last pass took
+        # Incremental passes (ADR 53): the changes committed since the last pass, the state that
+        # pass saw (None: the next pass is a full one) and the services it left unsettled.
+        self._changes: list[Change] = []
+        self._seen: ClusterState | None = None
+        self._unsettled: frozenset[str] = frozenset()
+        self._last_full = 0.0
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(events.get(), IDLE_PERIOD)
+                    self.note(await asyncio.wait_for(events.get(), IDLE_PERIOD))
                     # Let a burst of commits land in one pass; after a long pass, wait as long.
                     await asyncio.sleep(max(DEBOUNCE, min(self._last_pass, MAX_PASS_GAP)))
                 while not events.empty():
-                    events.get_nowait()
+                    self.note(events.get_nowait())
                 started = time.perf_counter()
                 try:
-                    await self.pass_once()
+                    await self.pass_once(incremental=True)
                 except ProposalError as exc:
                     log.warning("scheduling pass not committed: %s", exc.message)
                 except Exception:
+                    self._seen = None  # start again from a full pass
                     log.exception("scheduling pass failed")
                 self._last_pass = time.perf_counter() - started
+
+    @property
+    def unsettled(self) -> frozenset[str]:
+        """The services the next incremental pass visits even if no commit touches them."""
+        return self._unsettled
+
+    def note(self, event: Event) -> None:
+        """Remember a commit's changes for the next incremental pass."""
+        changes = event[1]
+        if changes is None:  # resynchronise: changes were dropped, look at everything
+            self._seen = None
+        elif self._seen is not None:
+            self._changes.extend(changes)
+
+    def _visit(self, snapshot: ClusterState, incremental: bool) -> reconciler.Visit | None:
+        """What this pass visits: None for every service."""
+        changes, self._changes = self._changes, []
+        now = time.monotonic()
+        if not incremental or self._seen is None or now - self._last_full >= FULL_PASS_PERIOD:
+            self._last_full = now
+            return None
+        return reconciler.touched_by(changes, self._seen)
 
     async def _announce_leadership(self) -> None:
         """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""
@@ -84,9 +117,12 @@ class Orchestrator:
             return
         self._announced_term = status.term
 
-    async def pass_once(self) -> None:
+    async def pass_once(self, incremental: bool = False) -> None:
+        """One pass; an incremental one needs every commit's changes through `note`."""
         if not self._raft.is_leader:
             self._was_leader = False
+            self._seen = None  # a new term starts from a full pass
+            self._changes = []
             return
         if not self._was_leader:
             with self._store.read() as state:
@@ -105,20 +141,21 @@ class Orchestrator:
                 await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
             except ProposalError as exc:  # the next pass asks again; scheduling goes on
                 log.warning("WireGuard key rotation not committed: %s", exc.message)
-        config = reconciler.ReconcileConfig(
-            heartbeat_period=snapshot.cluster.heartbeat_period,
-            task_history_limit=snapshot.cluster.task_history_limit,
-        )
+        config = reconciler.ReconcileConfig.from_cluster(snapshot.cluster)
+        visit = self._visit(snapshot, incremental)
         started = time.perf_counter()
-        plan = await asyncio.to_thread(
-            reconciler.reconcile,
+        plan, self._unsettled = await asyncio.to_thread(
+            reconciler.reconcile_pass,
             snapshot,
             time.time(),
             dict(self._heartbeats.last_seen),
             config,
             new_id,
             self._heartbeats.routes.snapshot(),
+            visit,
+            self._unsettled,
         )
+        self._seen = snapshot
         metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
         if reconciler.is_empty(plan):
             return

@@ -56,7 +56,14 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
     @classmethod
     def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
         """The config implied by the replicated cluster settings, with optional overrides."""
-        base = cls() if cluster is None else cls(cluster.heartbeat_period, cluster.task_history_limit)
+        base = cls()
+        if cluster is not None:
+            base = cls(
+                cluster.heartbeat_period,
+                cluster.task_history_limit,
+                cluster.max_starts_per_pass or base.max_starts_per_pass,
+                cluster.max_stops_per_pass or base.max_stops_per_pass,
+            )
         return msgspec.structs.replace(base, **overrides)
 
 
@@ -125,9 +132,12 @@ class Pass:
         self.node_status: list[SetNodeStatus] = []
         self.rollouts: list[RolloutChange] = []
         self.standby_for: dict[str, Task] = {}  # a start-first task's id -> the task it replaces
-        self.reserved: dict[str, Resources] = {}
-        self.live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
-        self.host_ports: dict[str, set[tuple[int, str]]] = {}  # host-mode ports they hold (ADR 46)
+        # What each node holds (`start_accounting`), counted on first use: a pass that creates
+        # nothing never walks every task (ADR 53).
+        self._accounted: Iterable[Task] = ()
+        self._reserved: dict[str, Resources] | None = None
+        self._live: dict[str, int] = {}  # tasks not ended per node: each holds an overlay address
+        self._host_ports: dict[str, set[tuple[int, str]]] = {}  # host-mode ports they hold (ADR 46)
         self.starts = 0
         self.stops = 0
         self._parsed: dict[tuple[str, ...], tuple[Constraint, ...] | None] = {}
@@ -166,11 +176,34 @@ class Pass:
         return self.update(task, spec_version=service.version, spec=service.spec)
 
     def start_accounting(self, tasks: Iterable[Task]) -> None:
-        """What each node holds before this pass creates anything (resources, overlay addresses)."""
-        current = list(tasks)
-        self.reserved = reserved_by_node(current)
-        self.live = live_by_node(current)
-        self.host_ports = host_ports_by_node(current)
+        """What each node holds before this pass creates anything (resources, overlay addresses),
+        counted from `tasks` when first asked for."""
+        self._accounted = tasks
+        self._reserved = None
+
+    def _account(self) -> None:
+        current = list(self._accounted)
+        self._reserved = reserved_by_node(current)
+        self._live = live_by_node(current)
+        self._host_ports = host_ports_by_node(current)
+
+    @property
+    def reserved(self) -> dict[str, Resources]:
+        if self._reserved is None:
+            self._account()
+        return self._reserved  # type: ignore[return-value]
+
+    @property
+    def live(self) -> dict[str, int]:
+        if self._reserved is None:
+            self._account()
+        return self._live
+
+    @property
+    def host_ports(self) -> dict[str, set[tuple[int, str]]]:
+        if self._reserved is None:
+            self._account()
+        return self._host_ports
 
     # -- overlay -------------------------------------------------------------------------------
     def task(self, task_id: str) -> Task:
@@ -318,7 +351,9 @@ class Pass:
     def place(self) -> None:
         if not self.to_place:
             return
-        current = [self.task(t) for t in self.state.tasks]
+        # Every task as this pass leaves it (a dict merge in C: the overlay is small, the state not).
+        changed = {k: v for k, v in self.overlay.items() if k in self.state.tasks}
+        current = list({**self.state.tasks, **changed}.values() if changed else self.state.tasks.values())
         current += [t for t in map(self.task, self.created) if t.node_id]
         pending = []
         for task in map(self.task, self.to_place):

@@ -1,0 +1,44 @@
+"""The orchestrator's loop runs incremental passes (ADR 53): the changes committed since the
+last pass reach the next one through the EventHub, so a scale is acted on at once, long before
+the periodic full pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.unit.test_manager_services import Agent, Manager, run, web
+from warren.agent.status import Report
+from warren.api.convert import report_to_pb
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.manager import orchestrator
+from warren.model import TaskState
+
+
+def test_the_loop_acts_on_each_commit_between_full_passes() -> None:
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        agent = Agent(manager, "w1")
+        loop = asyncio.create_task(manager.orchestrator.run())
+        try:
+            await manager.control.CreateService(cpb.CreateServiceRequest(spec=web(2)), None)
+            held = await agent.until(lambda a: len(a.tasks) == 2)
+            reports = [report_to_pb(Report(t, TaskState.RUNNING, time.time() - 1)) for t in held.tasks]
+            await manager.dispatcher.UpdateTaskStatus(
+                dpb.UpdateTaskStatusRequest(session_id=held.session_id, updates=reports), None
+            )
+            # Settled: the passes from here on visit only what commits touch (a full one is 10 s away).
+            deadline = time.monotonic() + 5
+            while manager.orchestrator.unsettled and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert manager.orchestrator.unsettled == frozenset()
+            await manager.control.ScaleService(cpb.ScaleServiceRequest(service="web", replicas=3), None)
+            held = await asyncio.wait_for(agent.until(lambda a: len(a.tasks) == 3), orchestrator.FULL_PASS_PERIOD / 2)
+            assert sorted(t.slot for t in held.tasks.values()) == [1, 2, 3]
+        finally:
+            loop.cancel()
+            await agent.stream.aclose()
+
+    run(scenario())

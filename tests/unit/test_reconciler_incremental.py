@@ -1,0 +1,139 @@
+"""Incremental reconciliation (ADR 53): over random histories, a pass that visits only the
+services touched since the last pass (and the unsettled ones) decides exactly what a pass over
+every service decides."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.core_sim import Sim, spec
+from tests.unit.test_core_properties import EXAMPLES, RESTART, apply_op, new_sim, ops, up_nodes
+from warren.commands import ApplyPlan
+from warren.model import (
+    ClusterInfo,
+    Node,
+    NodeStatus,
+    Resources,
+    RestartCondition,
+    RestartPolicy,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+from warren.reconciler import Visit, reconcile_pass, touched_by
+from warren.state import ClusterState, Delete, Put
+
+incremental_ops = st.one_of(
+    ops,
+    st.tuples(st.just("tick"), st.sampled_from([0.5, 3.0, 20.0])),
+    st.tuples(st.just("agents")),
+)
+
+
+def ids_from(start: int) -> Callable[[], str]:
+    counter = itertools.count(start)
+    return lambda: f"t{next(counter):06d}"
+
+
+class Recorder:
+    """Every change committed to the sim's state since the last pass, as the EventHub hands them."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self.changes: list = []  # type: ignore[type-arg]
+        apply = state.apply
+
+        def recording(changes: list) -> None:  # type: ignore[type-arg]
+            self.changes.extend(changes)
+            apply(changes)
+
+        state.apply = recording  # type: ignore[method-assign]
+
+
+def both_passes(sim: Sim, seen: ClusterState | None, recorder: Recorder, unsettled: frozenset[str], start: int):  # type: ignore[no-untyped-def]
+    full, _ = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, ids_from(start))
+    visit = None if seen is None else touched_by(recorder.changes, seen)
+    incremental, still = reconcile_pass(
+        sim.state, sim.now, sim.heartbeats, sim.config, ids_from(start), visit=visit, unsettled=unsettled
+    )
+    return full, incremental, still
+
+
+@settings(max_examples=max(EXAMPLES, 300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(incremental_ops, max_size=30))
+def test_incremental_pass_decides_as_a_full_pass(steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    sim, services = new_sim()
+    # A service with a restart delay: its replacement waits for time alone, no change.
+    delayed = RestartPolicy(condition=RestartCondition.ANY, delay=2.0)
+    services.append(sim.create_service(spec("slow", replicas=2, restart=delayed)))
+    recorder = Recorder(sim.state)
+    seen: ClusterState | None = None  # the first pass is a full one, as a new leader's
+    unsettled: frozenset[str] = frozenset()
+    start = 1
+    for op in [("agents",), *steps]:
+        if op[0] == "tick":
+            sim.tick(op[1])
+        else:
+            apply_op(sim, op, services)
+        full, incremental, unsettled = both_passes(sim, seen, recorder, unsettled, start)
+        assert incremental == full, (op, full, incremental)
+        start += len(full.created)
+        seen = sim.state.copy()
+        recorder.changes = []
+        sim.run(full)  # its changes reach the next pass, as the leader's own commits do
+        sim.agents_step(up_nodes(sim))
+        sim.tick()
+
+
+def test_a_settled_cluster_visits_only_what_changed() -> None:
+    """After one full pass of a settled cluster, a scale of one service visits that service
+    alone: the other, untouched and settled, is not in the next pass's unsettled set."""
+    sim = Sim()
+    sim.add_node(Node(id="n1", hostname="n1", status=NodeStatus.READY, resources=Resources(8_000_000_000, 1 << 34)))
+    a = sim.create_service(spec("a", replicas=2, restart=RESTART))
+    b = sim.create_service(spec("b", replicas=2, restart=RESTART))
+    sim.converge()
+    plan, unsettled = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, sim.new_id)
+    assert plan == ApplyPlan() and unsettled == frozenset()
+    seen = sim.state.copy()
+    sim.scale(b, 3)
+    service = sim.state.services[b]
+    visit = touched_by([Put("service", service)], seen)
+    assert visit == Visit(services=frozenset({b}))
+    plan, unsettled = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, sim.new_id, visit=visit)
+    assert [t.service_id for t in plan.created] == [b]
+    assert unsettled == frozenset({b})
+    assert a not in unsettled
+
+
+def test_a_restart_delay_keeps_its_service_visited() -> None:
+    """Time alone ends a restart delay: the service whose task died stays unsettled, and the
+    incremental pass after the delay replaces the task with no change in between."""
+    sim = Sim()
+    sim.add_node(Node(id="n1", hostname="n1", status=NodeStatus.READY, resources=Resources(8_000_000_000, 1 << 34)))
+    slow = sim.create_service(spec("slow", replicas=1, restart=RestartPolicy(RestartCondition.ANY, delay=5.0)))
+    sim.converge()
+    (task,) = sim.running(slow)
+    sim.report(task, TaskState.FAILED, exit_code=1)
+    plan, unsettled = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, sim.new_id)
+    assert plan == ApplyPlan() and unsettled == frozenset({slow})  # the delay runs
+    sim.tick(6)
+    plan, _ = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, sim.new_id, None, Visit(), unsettled)
+    assert [t.slot for t in plan.created] == [1]
+
+
+def test_changes_of_unknown_effect_ask_for_a_full_pass() -> None:
+    state = ClusterState()
+    task = Task(
+        id="t1", service_id="s1", service_name="s", slot=1, spec=ServiceSpec(name="s", image="i"), spec_version=1
+    )
+    assert touched_by([Put("task", task)], state) == Visit(services=frozenset({"s1"}))
+    assert touched_by([Delete("task", "gone")], state) is None  # its service is unknown
+    assert touched_by([Put("service", Service(id="s2", spec=ServiceSpec(name="x", image="i")))], state) == Visit(
+        services=frozenset({"s2"})
+    )
+    assert touched_by([Put("cluster", ClusterInfo("c", 0.0, "", "", "", ""))], state) is None
