@@ -249,8 +249,14 @@ def _go_on(
 ) -> Step:
     """A rebalance under way, every slot placed: pause on failures, complete, or move more."""
     config = service.spec.update
+    # A move told to stop before it was ready (the slot scaled away, or dropped) is no move.
     moved = [
-        t for t in tasks if t.relocates and t.spec_version == service.version and t.created_at >= status.started_at
+        t
+        for t in tasks
+        if t.relocates
+        and t.spec_version == service.version
+        and t.created_at >= status.started_at
+        and not (is_stopping(t) and not is_ready(t))
     ]
     done = rollout.progress(moved, config, now)
     failed = len(done.failed)

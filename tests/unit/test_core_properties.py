@@ -7,7 +7,7 @@ import random
 from collections import Counter, defaultdict
 
 import msgspec
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.core_sim import Sim, naive_schedule, node, pending_task, running_task, spec
@@ -396,6 +396,12 @@ EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "50"))  # more for a long run
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(ops, max_size=25))
+# Found by this test (bugs since #12, fixed): a rebalance's move and the task it replaces are
+# both adopted by a settings-only update; a move stopped by a scale-down no longer holds the
+# rebalance open; a rollout this pass completes lets an automatic rebalance start in it.
+@example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("scale", 0, 0)])
+@example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("settings", 0)])
+@example(steps=[("scale", 0, 6), ("auto_rebalance", True), ("add", "n5", "a"), ("add", "n6", "a"), ("settings", 0)])
 def test_reconciler_invariants_and_convergence(steps: list[tuple]) -> None:  # type: ignore[type-arg]
     sim, services = new_sim()
     for op in [("agents",), *steps]:

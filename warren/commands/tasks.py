@@ -113,6 +113,9 @@ class _Placement:
             self._slots = {(t.service_id, t.slot, t.spec_version) for t in live}
             self._relocated = {t.relocates for t in live if t.relocates}
         if task.relocates:
+            held = self._state.tasks.get(task.id)
+            if held is not None and held.relocates == task.relocates and self._live(held):
+                return True  # the move itself, adopted into a new version: it holds its claim already
             old = self._state.tasks.get(task.relocates)
             if old is None or (old.service_id, old.slot) != (task.service_id, task.slot) or not self._live(old):
                 return False

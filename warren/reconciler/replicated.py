@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Mapping
 
+import msgspec
+
 from warren import rebalance, rollout, strategy
 from warren.commands import RolloutChange
 from warren.model import Node, Resources, Service, Task, TaskState, UpdateOrder, host_ports, is_ready, is_stopping
@@ -61,6 +63,9 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             reverse=True,
         )
         keeper, rest = p.adopt(slot_live[0], service), slot_live[1:]
+        # A rebalance's move and the task it replaces run one spec: both join the version (ADR 36).
+        pair = {keeper.relocates, keeper.id}
+        rest = [p.adopt(t, service) if t.id in pair or t.relocates in pair - {""} else t for t in rest]
         older = [t for t in rest if t.spec_version != keeper.spec_version or t.id == keeper.relocates]
         if p.current(keeper, service) and (hold or not is_ready(keeper)) and older:
             standby[slot] = older[0]
@@ -145,6 +150,10 @@ def _rebalance(p: Pass, service: Service, live: dict[int, Task], standby: dict[i
     old one serves until it is ready (start-first), like an update's."""
     cluster = p.state.cluster
     automatic = cluster is not None and cluster.auto_rebalance
+    # The rollout as this pass leaves it: one it completes lets an automatic rebalance start now.
+    decided = [c for c in p.rollouts if c.service_id == service.id and c.version == service.version and not c.revert]
+    if decided:
+        service = msgspec.structs.replace(service, update_status=decided[-1].status)
     if not automatic and not rebalance.under_way(service):
         return
     if p.eligible is None:
@@ -157,7 +166,9 @@ def _rebalance(p: Pass, service: Service, live: dict[int, Task], standby: dict[i
 
     holders = [p.task(t.id) for t in live.values()]
     eligible = p.eligible.nodes(service.spec.constraints)
-    step = rebalance.step(service, holders, tasks, eligible, room_of, p.now, automatic, p.config.node_timeout)
+    # The tasks as this pass leaves them: a move it stopped (a scale-down) no longer counts.
+    current = [p.task(t.id) for t in tasks]
+    step = rebalance.step(service, holders, current, eligible, room_of, p.now, automatic, p.config.node_timeout)
     if step.status is not None:
         p.rollouts.append(RolloutChange(service.id, service.version, step.status))
     for move in step.moves:
