@@ -21,7 +21,7 @@ WINDOW = 1.0
 def test_slow_passes_under_a_stream_of_commits_leave_the_manager_half_its_time(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = reconciler.reconcile
+    real = reconciler.reconcile_pass
     passes: list[float] = []
 
     def slow_reconcile(*args: Any, **kwargs: Any) -> Any:
@@ -29,7 +29,7 @@ def test_slow_passes_under_a_stream_of_commits_leave_the_manager_half_its_time(
         time.sleep(PASS_SECONDS)  # a pass over a large cluster (it runs in a worker thread)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(reconciler, "reconcile", slow_reconcile)
+    monkeypatch.setattr(reconciler, "reconcile_pass", slow_reconcile)
 
     async def scenario() -> None:
         manager = Manager()
