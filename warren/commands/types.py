@@ -105,6 +105,7 @@ class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
 
     wg_key_rotation_period: float | None = None
     auto_rebalance: bool | None = None  # ADR 36
+    heartbeat_period: float | None = None  # ADR 52
 
 
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):

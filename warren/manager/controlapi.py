@@ -46,6 +46,7 @@ from warren.validate import (
     MAX_REPLICAS,
     RESERVED_PREFIX,
     ValidationError,
+    check_heartbeat_period,
     check_label_key,
     check_labels,
     check_ports_free,
@@ -295,7 +296,13 @@ class ControlService(
                     "(each rotation costs every node a handshake)"
                 )
         auto_rebalance = request.auto_rebalance if request.HasField("auto_rebalance") else None
-        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance))
+        heartbeat = request.heartbeat_period if request.HasField("heartbeat_period") else None
+        if heartbeat is not None:
+            try:
+                check_heartbeat_period(heartbeat)
+            except ValidationError as exc:
+                raise _invalid(str(exc)) from None
+        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance, heartbeat))
         return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
     async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:

@@ -29,6 +29,25 @@ DEBOUNCE = 0.005
 MAX_PASS_GAP = 0.5
 
 
+class HeartbeatPeriod:
+    """The heartbeat period the down check counts with (ADR 52). Agents learn a new period at
+    their next heartbeat, up to one old period after `cluster update --heartbeat-period`: for
+    two old periods after the period is lowered, the old one still counts, so that no node is
+    marked down for beating at the old pace."""
+
+    def __init__(self) -> None:
+        self._period = 0.0
+        self._old = 0.0
+        self._old_until = 0.0
+
+    def effective(self, period: float, now: float) -> float:
+        if period != self._period:
+            if 0 < period < self._period:
+                self._old, self._old_until = self._period, now + 2 * self._period
+            self._period = period
+        return max(period, self._old) if now < self._old_until else period
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -52,6 +71,7 @@ class Orchestrator:
         self._last_applied = -1
         self._announced_term = -1
         self._last_pass = 0.0  # seconds the last pass took
+        self._period = HeartbeatPeriod()
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
@@ -105,15 +125,16 @@ class Orchestrator:
                 await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
             except ProposalError as exc:  # the next pass asks again; scheduling goes on
                 log.warning("WireGuard key rotation not committed: %s", exc.message)
+        now = time.time()
         config = reconciler.ReconcileConfig(
-            heartbeat_period=snapshot.cluster.heartbeat_period,
+            heartbeat_period=self._period.effective(snapshot.cluster.heartbeat_period, now),
             task_history_limit=snapshot.cluster.task_history_limit,
         )
         started = time.perf_counter()
         plan = await asyncio.to_thread(
             reconciler.reconcile,
             snapshot,
-            time.time(),
+            now,
             dict(self._heartbeats.last_seen),
             config,
             new_id,
