@@ -22,9 +22,9 @@ from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import caller
 from warren.manager.store import Store, open_environment
-from warren.model import ClusterInfo, Node, NodeStatus
+from warren.model import ClusterInfo, Node, NodeStatus, Service, ServiceSpec, Task, TaskState
 from warren.pki import Identity
-from warren.state import ClusterState, Put
+from warren.state import ClusterState, Delete, Put
 
 SESSIONS = 30
 INCREMENTAL = dpb.AssignmentsMessage.INCREMENTAL
@@ -189,6 +189,51 @@ def test_a_reconnect_with_an_unchanged_description_commits_nothing(tmp_path: Pat
             cluster.commit(down)
             await asyncio.wait_for(cluster.open(1, description(1, hostname="renamed")).get(), 10)
             assert cluster.state().nodes["node001"].status == NodeStatus.READY
+        finally:
+            await cluster.close()
+            cluster.store.env.close()
+
+    run(scenario())
+
+
+def test_a_session_behind_sends_one_message_for_every_commit_queued(tmp_path: Path) -> None:
+    """Commits that land while a session is busy go out as one message, each task once as the
+    last commit left it: with many nodes, a session per commit (each with every endpoint) was
+    the leader's work per status report times the nodes."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        try:
+            received = cluster.open(1)
+            await asyncio.wait_for(received.get(), 10)
+            web = Service(id="svc-web", spec=ServiceSpec(name="web", image="busybox"), version=1)
+
+            def task(task_id: str, state: TaskState, desired: TaskState = TaskState.RUNNING) -> Task:
+                return Task(
+                    id=task_id, service_id=web.id, service_name="web", slot=1, spec=web.spec, spec_version=1,
+                    desired_state=desired, state=state, node_id="node001",
+                )  # fmt: skip
+
+            def commit(*changes: Put | Delete) -> None:
+                cluster.store.commit(cluster.store.applied_index + 1, list(changes))
+
+            # 30 commits in a row, without the session running in between.
+            commit(Put("service", web))
+            for i in range(10):
+                commit(Put("task", task(f"t{i}", TaskState.ASSIGNED)))
+                commit(Put("task", task(f"t{i}", TaskState.RUNNING)))
+            for i in range(5):
+                commit(Put("task", task(f"t{i}", TaskState.SHUTDOWN, TaskState.SHUTDOWN)))
+            for i in range(3):
+                commit(Delete("task", f"t{i}"))
+            message = await asyncio.wait_for(received.get(), 10)
+            assert message.type == INCREMENTAL
+            # t0-t4 ended (t0-t2 deleted too): removed (a no-op for an agent that never had
+            # them), never updated; t5-t9 running, once each.
+            assert sorted(message.removed) == [f"t{i}" for i in range(5)]
+            assert {t.id: t.state for t in message.updated} == {f"t{i}": "running" for i in range(5, 10)}
+            await asyncio.sleep(0.3)
+            assert received.empty()
         finally:
             await cluster.close()
             cluster.store.env.close()

@@ -144,6 +144,18 @@ class SessionSpecs:
         self.sent.intersection_update(self.refs.values())
 
 
+def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list | None:
+    """The changes of `first` and of every commit already queued behind it, in order; None if
+    the state was replaced. A session that fell behind (many nodes, commits coming fast) sends
+    one message for all of them instead of one per commit, each with the whole endpoint list."""
+    batches = [first[1]]
+    while not events.empty():
+        batches.append(events.get_nowait()[1])
+    if any(batch is None for batch in batches):
+        return None
+    return [change for batch in batches if batch is not None for change in batch]
+
+
 def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
     """Whether `register` would change nothing but the node's update time: a known node
     reconnecting with the same description (after a leader change, every node does at once,
@@ -356,7 +368,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        _index, changes = await asyncio.wait_for(events.get(), timeout=1.0)
+                        changes = _coalesce(await asyncio.wait_for(events.get(), timeout=1.0), events)
                     except TimeoutError:
                         changes = []
                     with self._store.read() as state:
@@ -485,24 +497,29 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _diff(
         self, node_id: str, known: set[str], changes: list, specs: SessionSpecs, spec_list: list[dpb.TaskSpec]
     ) -> tuple[list, list[str]]:
-        updated: list = []
-        removed: list[str] = []
+        """The tasks of the node that `changes` (in commit order) updated or removed; a task
+        changed by several commits is sent once, as the last one left it."""
+        updated: dict[str, pb.Task] = {}
+        removed: dict[str, None] = {}  # ordered set
         for change in changes:
             if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
+                    removed.pop(task.id, None)
                     with self._store.read() as state:  # the values of its secrets, if sent with its spec
-                        updated.append(specs.task(task, spec_list, state))
+                        updated[task.id] = specs.task(task, spec_list, state)
                 elif task.id in known:
                     known.discard(task.id)
                     specs.remove(task.id)
-                    removed.append(task.id)
+                    updated.pop(task.id, None)
+                    removed[task.id] = None
             elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
                 known.discard(change.id)
                 specs.remove(change.id)
-                removed.append(change.id)
-        return updated, removed
+                updated.pop(change.id, None)
+                removed[change.id] = None
+        return list(updated.values()), list(removed)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:
         self._require_leader()
