@@ -22,7 +22,7 @@ from pysyncobj.node import TCPNode
 
 from warren import commands, datadir
 from warren.commands import Command, Result
-from warren.manager import journal
+from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity, entry_cost
 from warren.manager.ports import ProposalError, RaftStatus
 from warren.manager.raft_peers import PeerLinks
@@ -172,6 +172,8 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         finally:
             journal.uninstall()
         self.addOnTickCallback(self._ping_peers)
+        self._last_tick = 0.0
+        self.addOnTickCallback(self._measure_tick)
         try:
             self.waitBinded()
         except Exception:
@@ -483,6 +485,17 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         return commands.decode_result(result)
 
     # -- status ------------------------------------------------------------------------------
+    def _measure_tick(self) -> None:
+        """Record how late the Raft thread runs (a tick callback, on that thread, ADR 52)."""
+        now = raft_clock()
+        gap = now - self._last_tick if self._last_tick else 0.0
+        self._last_tick = now
+        if not gap:
+            return
+        metrics.RAFT_TICK_GAP.observe(gap)
+        if gap > RAFT_MIN_TIMEOUT:
+            log.warning("the Raft thread did not run for %.2fs (a loaded machine?): a leader may be elected", gap)
+
     def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"
         self._forget_retry_points()  # a role change: the followers' answers start afresh
