@@ -37,6 +37,7 @@ BENCHMARKS = {
     "stack": "bench.bench_stack",  # #14
     "events": "bench.bench_events",
     "sim": "bench.bench_sim",  # the cost of `warren sim` itself, at 100 nodes (ADR 50, #15)
+    "nodes": "bench.bench_nodes",  # S3: 10 % of 100 sim nodes killed, at two heartbeat periods (ADR 52)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
