@@ -17,7 +17,7 @@ import pytest
 
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import DispatcherService, Heartbeats, RoutingReports
 from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import caller
@@ -239,3 +239,19 @@ def test_a_session_behind_sends_one_message_for_every_commit_queued(tmp_path: Pa
             cluster.store.env.close()
 
     run(scenario())
+
+
+def test_nodes_holding_the_same_endpoints_share_one_routing_union() -> None:
+    """Every pass asks what each node may route to; with 2,500 backends and 500 nodes a union per
+    node was a fifth of the leader's CPU. Nodes holding the same indexes share one set."""
+    reports = RoutingReports()
+    first = frozenset(f"10.0.{i // 250}.{i % 250}" for i in range(2500))
+    second = first | {"10.9.9.9"}
+    for n in range(100):
+        reports.sent(f"n{n}", 10, first)
+        reports.sent(f"n{n}", 11, second)
+        reports.applied(f"n{n}", 10 if n < 50 else 11)  # half still may route to both
+    known = reports.snapshot()
+    assert all(known[f"n{n}"] == first | second for n in range(50))
+    assert all(known[f"n{n}"] == second for n in range(50, 100))
+    assert len({id(s) for s in known.values()}) == 2

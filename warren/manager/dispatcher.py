@@ -95,11 +95,19 @@ class RoutingReports:
         self._applied.pop(node_id, None)
 
     def snapshot(self) -> dict[str, frozenset[str]]:
-        """Node -> every address its load balancer may route to, for the nodes known."""
+        """Node -> every address its load balancer may route to, for the nodes known. The
+        endpoints of one index are the same for every node, so nodes holding the same indexes
+        share one union: computed once, not once per node (every pass asks, ADR 52)."""
         known: dict[str, frozenset[str]] = {}
+        unions: dict[tuple[int, ...], frozenset[str]] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
-            known[node_id] = frozenset().union(*(b for i, b in sent.items() if i >= applied))
+            indexes = tuple(sorted(i for i in sent if i >= applied))
+            union = unions.get(indexes)
+            if union is None:
+                union = sent[indexes[0]] if len(indexes) == 1 else frozenset().union(*(sent[i] for i in indexes))
+                unions[indexes] = union
+            known[node_id] = union
         return known
 
 
