@@ -31,6 +31,7 @@ def run_once(nodes: int) -> dict[str, Any]:
     from tests.integration.harness import manager_trio
     from tests.integration.simrig import SimProcess
     from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import control_pb2_grpc
 
     root = Path(tempfile.mkdtemp(prefix=f"warren-bench-churn{nodes}-"))
     sim: SimProcess | None = None
@@ -49,9 +50,12 @@ def run_once(nodes: int) -> dict[str, Any]:
 
             def infos() -> list[Any]:
                 seen = []
+                admin = first.data_dir / "admin"  # the joined managers hold no admin certificate
                 for m in managers:
                     try:
-                        seen.append(m.control().GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5))
+                        with m.channel(admin) as channel:
+                            stub = control_pb2_grpc.ControlStub(channel)
+                            seen.append(stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=5))
                     except grpc.RpcError:  # a manager busy or between leaders: skip it
                         continue
                 return seen
