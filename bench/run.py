@@ -39,6 +39,7 @@ BENCHMARKS = {
     "sim": "bench.bench_sim",  # the cost of `warren sim` itself, at 100 nodes (ADR 50, #15)
     "reconcile": "bench.bench_reconcile",  # one pass, full and incremental (ADR 53, #15)
     "status_reports": "bench.bench_status_reports",  # Raft entries per task start (ADR 53, #15)
+    "nodes": "bench.bench_nodes",  # S3: 10 % of 100 sim nodes killed, at two heartbeat periods (ADR 52)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

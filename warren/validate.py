@@ -404,6 +404,16 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
 # 1000 reports x 2 texts x 4 KiB = 8 MiB: a full batch always fits the request limit (16 MiB).
 MAX_STATUS_BATCH = 1000
 MAX_REPORT_TEXT = 4096  # UTF-8 bytes of a report's message, and of its error
+# How often agents heartbeat (ADR 52): a node is down after 3 missed.
+MIN_HEARTBEAT_PERIOD = 0.1
+MAX_HEARTBEAT_PERIOD = 3600.0
+
+
+def check_heartbeat_period(seconds: float) -> None:
+    if not MIN_HEARTBEAT_PERIOD <= seconds <= MAX_HEARTBEAT_PERIOD:  # NaN too
+        raise ValidationError("the heartbeat period must be between 100ms and 1h")
+
+
 MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
 MAX_TOKEN = 256  # a runtime id; a node's addr, os and arch
 TASK_HEALTH = ("", "starting", "healthy", "unhealthy")

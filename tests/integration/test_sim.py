@@ -7,6 +7,7 @@ One manager and one simulator for the module; the tests run in order and build o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -98,6 +99,23 @@ def test_a_service_runs_on_them_and_failed_starts_are_rescheduled(rig: Rig) -> N
     assert failed, "no start failed at a 10% fail rate"
     assert all(START_FAILURE in t.error for t in failed)
     assert {t.slot for t in failed} <= {t.slot for t in tasks}
+
+
+def test_the_heartbeat_period_is_changed_at_run_time(rig: Rig) -> None:
+    """`cluster update --heartbeat-period` (ADR 52): the agents take it up, and no node is marked
+    down while they move from the old pace to the faster one."""
+    bad = rig.manager.cli("cluster", "update", "--heartbeat-period", "10ms")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "100ms" in bad.stderr, bad.stderr
+    updated = rig.manager.cli("cluster", "update", "--heartbeat-period", "1s")
+    assert updated.returncode == 0, updated.stderr
+    assert "every 1s" in updated.stdout
+    info = rig.manager.control().GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
+    assert info.heartbeat_period == 1.0
+    # Every node stays ready for longer than the old down timeout (3 x 2 s).
+    deadline = time.monotonic() + 6.5
+    while time.monotonic() < deadline:
+        assert all(n.status == "ready" for n in rig.nodes().values())
+        time.sleep(0.5)
 
 
 def test_killed_nodes_are_marked_down_and_their_tasks_run_elsewhere(rig: Rig) -> None:

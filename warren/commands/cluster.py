@@ -25,6 +25,7 @@ from warren.model import RevokedNode
 from warren.network import ipam
 from warren.state import ClusterState, Delete, Put
 from warren.text import shown
+from warren.validate import ValidationError, check_heartbeat_period
 
 
 def init_cluster(state: ClusterState, cmd: InitCluster) -> tuple[Result, Changes]:
@@ -147,4 +148,10 @@ def update_cluster_settings(state: ClusterState, cmd: UpdateClusterSettings) -> 
         if not 0 <= value <= MAX_PER_PASS:
             return error("invalid_argument", f"{cap.replace('_', ' ')} must be 0 (the default) to {MAX_PER_PASS}"), []
         cluster = msgspec.structs.replace(cluster, **{cap: value})
+    if cmd.heartbeat_period is not None:
+        try:
+            check_heartbeat_period(cmd.heartbeat_period)
+        except ValidationError as exc:
+            return error("invalid_argument", str(exc)), []
+        cluster = msgspec.structs.replace(cluster, heartbeat_period=cmd.heartbeat_period)
     return OK, [Put("cluster", cluster)] if cluster != state.cluster else []

@@ -107,6 +107,7 @@ class UpdateClusterSettings(msgspec.Struct, frozen=True, tag="cluster.update"):
     auto_rebalance: bool | None = None  # ADR 36
     max_starts_per_pass: int | None = None  # ADR 53; 0 = the default
     max_stops_per_pass: int | None = None
+    heartbeat_period: float | None = None  # ADR 52
 
 
 class RegisterNode(msgspec.Struct, frozen=True, tag="node.register"):

@@ -46,6 +46,7 @@ from warren.validate import (
     MAX_REPLICAS,
     RESERVED_PREFIX,
     ValidationError,
+    check_heartbeat_period,
     check_label_key,
     check_labels,
     check_ports_free,
@@ -299,7 +300,13 @@ class ControlService(
                 )
         auto_rebalance = request.auto_rebalance if request.HasField("auto_rebalance") else None
         caps = {f: getattr(request, f) for f in ("max_starts_per_pass", "max_stops_per_pass") if request.HasField(f)}
-        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance, **caps))
+        heartbeat = request.heartbeat_period if request.HasField("heartbeat_period") else None
+        if heartbeat is not None:
+            try:
+                check_heartbeat_period(heartbeat)
+            except ValidationError as exc:
+                raise _invalid(str(exc)) from None
+        await self._propose(commands.UpdateClusterSettings(period, auto_rebalance, heartbeat_period=heartbeat, **caps))
         return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
     async def _until_applied(self, node: Node, index: int, timeout: float = 5.0) -> None:

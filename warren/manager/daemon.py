@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren import clientconfig, tls
+from warren import clientconfig, tls, validate
 from warren.manager import autolock, cakey, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
@@ -161,8 +161,10 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None, alongside:
         data.chmod(0o700)  # it holds the CA key and the Raft secret
     except OSError as exc:
         raise StartupError(f"cannot use data directory {data}: {exc.strerror}") from None
-    if not 0.1 <= options.heartbeat_period <= 3600:
-        raise StartupError("--heartbeat-period must be between 100ms and 1h")
+    try:
+        validate.check_heartbeat_period(options.heartbeat_period)
+    except validate.ValidationError:
+        raise StartupError("--heartbeat-period must be between 100ms and 1h") from None
     own = _manager_settings(data, options)
     identity, first_start = await _identity(options)
     manager_settings.save(data, own)

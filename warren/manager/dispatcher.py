@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import NamedTuple
 
 import grpc
+import msgspec
 
 from warren import commands, pki, strategy, tls, validate
 from warren.api import convert
@@ -94,11 +95,19 @@ class RoutingReports:
         self._applied.pop(node_id, None)
 
     def snapshot(self) -> dict[str, frozenset[str]]:
-        """Node -> every address its load balancer may route to, for the nodes known."""
+        """Node -> every address its load balancer may route to, for the nodes known. The
+        endpoints of one index are the same for every node, so nodes holding the same indexes
+        share one union: computed once, not once per node (every pass asks, ADR 52)."""
         known: dict[str, frozenset[str]] = {}
+        unions: dict[tuple[int, ...], frozenset[str]] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
-            known[node_id] = frozenset().union(*(b for i, b in sent.items() if i >= applied))
+            indexes = tuple(sorted(i for i in sent if i >= applied))
+            union = unions.get(indexes)
+            if union is None:
+                union = sent[indexes[0]] if len(indexes) == 1 else frozenset().union(*(sent[i] for i in indexes))
+                unions[indexes] = union
+            known[node_id] = union
         return known
 
 
@@ -143,6 +152,32 @@ class SessionSpecs:
         self.sent.intersection_update(self.refs.values())
 
 
+def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list | None:
+    """The changes of `first` and of every commit already queued behind it, in order; None if
+    the state was replaced. A session that fell behind (many nodes, commits coming fast) sends
+    one message for all of them instead of one per commit, each with the whole endpoint list."""
+    batches = [first[1]]
+    while not events.empty():
+        batches.append(events.get_nowait()[1])
+    if any(batch is None for batch in batches):
+        return None
+    return [change for batch in batches if batch is not None for change in batch]
+
+
+def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
+    """Whether `register` would change nothing but the node's update time: a known node
+    reconnecting with the same description (after a leader change, every node does at once,
+    #15) then commits nothing. Computed by the command's own handler, so it cannot drift."""
+    old = state.nodes.get(register.node.id)
+    if old is None:
+        return False
+    result, changes = commands.apply(state, register)
+    if not result.ok or len(changes) != 1 or not isinstance(changes[0], Put):
+        return False
+    new = changes[0].obj
+    return isinstance(new, Node) and msgspec.structs.replace(new, updated_at=old.updated_at) == old
+
+
 def _failure_text(text: str) -> str:
     """An agent's failure text as one printable line."""
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
@@ -184,14 +219,31 @@ def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
     return sorted(v.name for v in state.volumes.values() if v.node_id == node_id)
 
 
-def _mesh(state: ClusterState) -> list[dpb.MeshNode]:
-    """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted: what each
-    agent plans its mesh from."""
-    return [
-        convert.mesh_node_to_pb(n)
+MeshKey = tuple[str, str, str, str]  # what a node contributes to the mesh (MeshNode's fields)
+
+
+def _mesh_keys(state: ClusterState) -> tuple[MeshKey, ...]:
+    """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted by id: what
+    each agent plans its mesh from, as plain tuples (cheap to compare)."""
+    return tuple(
+        (n.id, n.wg_public_key, n.wg_endpoint, n.overlay_subnet)
         for n in sorted(state.nodes.values(), key=lambda n: n.id)
         if n.overlay_subnet and n.overlay
-    ]
+    )
+
+
+class _NodeView(NamedTuple):
+    """The managers' addresses and the mesh of the state at Raft index `at`, each with a
+    version that goes up only when its content changes: a session compares versions, not
+    lists, so a node change costs each session O(1) and the walk over all nodes is done once
+    per commit, not once per session (#15: it was O(nodes^2) per wave of joins)."""
+
+    at: int
+    managers: list[str]
+    managers_version: int
+    mesh_keys: tuple[MeshKey, ...]
+    mesh: list[dpb.MeshNode]
+    mesh_version: int
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
@@ -219,6 +271,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints_cache = _Endpoints(-1, [], frozenset())
+        self._node_view = _NodeView(-1, [], 0, (), [], 0)
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -270,7 +323,11 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             agent_cert_ca=identity.issuer_key_id,
             at=now,
         )
-        check_result(await self._raft.propose_async(commands.RegisterNode(node), self._timeout))
+        register = commands.RegisterNode(node)
+        with self._store.read() as state:
+            unchanged = _registers_nothing(state, register)
+        if not unchanged:
+            check_result(await self._raft.propose_async(register, self._timeout))
         if failing:
             await self._set_failing(node.id, failing)
         self._heartbeats.beat(node.id)
@@ -289,10 +346,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
                     tasks = [specs.task(state.tasks[t], spec_list, state) for t in sorted(known)]
                     logins = pull_logins(state, (state.tasks[t] for t in known), self._vault)
-                    managers = state.manager_addrs()
-                    mesh = _mesh(state)
                     volumes = _node_volumes(state, node.id)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
+                view = self._current_nodes()
+                managers_sent, mesh_sent = view.managers_version, view.mesh_version
                 current = self._current_endpoints()
                 endpoints = current.services
                 self._heartbeats.routes.sent(node.id, current.at, current.backends)
@@ -304,8 +361,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         session_id=session_id,
                         version=version,
                         updated=tasks,
-                        managers=managers,
-                        mesh=mesh,
+                        managers=view.managers,
+                        mesh=view.mesh,
                         mesh_changed=True,
                         services=endpoints,
                         services_changed=True,
@@ -319,7 +376,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        _index, changes = await asyncio.wait_for(events.get(), timeout=1.0)
+                        changes = _coalesce(await asyncio.wait_for(events.get(), timeout=1.0), events)
                     except TimeoutError:
                         changes = []
                     with self._store.read() as state:
@@ -333,9 +390,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     updated, removed = self._diff(node.id, known, changes, specs, spec_list)
                     specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
-                    new_managers, new_mesh = self._nodes_changed(changes, managers, mesh)
-                    managers = new_managers if new_managers is not None else managers
-                    mesh = new_mesh if new_mesh is not None else mesh
+                    new_managers: list[str] | None = None
+                    new_mesh: list[dpb.MeshNode] | None = None
+                    if any(change.kind == "node" for change in changes):
+                        view = self._current_nodes()
+                        if view.managers_version != managers_sent:
+                            new_managers, managers_sent = view.managers, view.managers_version
+                        if view.mesh_version != mesh_sent:
+                            new_mesh, mesh_sent = view.mesh, view.mesh_version
                     new_volumes = None
                     if any(change.kind == "volume" for change in changes):
                         with self._store.read() as state:
@@ -424,40 +486,48 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 self._endpoints_cache = _Endpoints(index, services, backends)
             return self._endpoints_cache
 
-    def _nodes_changed(
-        self, changes: list, managers: list[str], mesh: list[dpb.MeshNode]
-    ) -> tuple[list[str] | None, list[dpb.MeshNode] | None]:
-        """The managers' addresses and the mesh, each if `changes` altered it since sent."""
-        if not any(change.kind == "node" for change in changes):
-            return None, None
+    def _current_nodes(self) -> _NodeView:
+        """The managers' addresses and the mesh of the current state, computed once per applied
+        index (every session asks after the same change) and versioned by content."""
         with self._store.read() as state:
-            current_managers, current_mesh = state.manager_addrs(), _mesh(state)
-        return (
-            current_managers if current_managers != managers else None,
-            current_mesh if current_mesh != mesh else None,
-        )
+            index = self._store.applied_index
+            view = self._node_view
+            if view.at == index:
+                return view
+            managers, keys = state.manager_addrs(), _mesh_keys(state)
+            mesh, mesh_version = view.mesh, view.mesh_version
+            if keys != view.mesh_keys:
+                mesh, mesh_version = [convert.mesh_node_to_pb(state.nodes[k[0]]) for k in keys], mesh_version + 1
+        managers_version = view.managers_version + (managers != view.managers)
+        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version)
+        return self._node_view
 
     def _diff(
         self, node_id: str, known: set[str], changes: list, specs: SessionSpecs, spec_list: list[dpb.TaskSpec]
     ) -> tuple[list, list[str]]:
-        updated: list = []
-        removed: list[str] = []
+        """The tasks of the node that `changes` (in commit order) updated or removed; a task
+        changed by several commits is sent once, as the last one left it."""
+        updated: dict[str, pb.Task] = {}
+        removed: dict[str, None] = {}  # ordered set
         for change in changes:
             if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
                     known.add(task.id)
+                    removed.pop(task.id, None)
                     with self._store.read() as state:  # the values of its secrets, if sent with its spec
-                        updated.append(specs.task(task, spec_list, state))
+                        updated[task.id] = specs.task(task, spec_list, state)
                 elif task.id in known:
                     known.discard(task.id)
                     specs.remove(task.id)
-                    removed.append(task.id)
+                    updated.pop(task.id, None)
+                    removed[task.id] = None
             elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
                 known.discard(change.id)
                 specs.remove(change.id)
-                removed.append(change.id)
-        return updated, removed
+                updated.pop(change.id, None)
+                removed[change.id] = None
+        return list(updated.values()), list(removed)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:
         self._require_leader()

@@ -35,6 +35,14 @@ SCHEDULING_PASS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
     registry=REGISTRY,
 )
+# How late the Raft thread runs (ADR 52): the time between two of its ticks, 5 ms apart when it
+# gets a core and the GIL. Gaps near the election timeout elect a leader for no failure.
+RAFT_TICK_GAP = Histogram(
+    "warren_raft_tick_gap_seconds",
+    "Time between two ticks of the Raft thread",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
 SCHEDULING_CHANGES = Counter(
     "warren_scheduler_changes_total",
     "Task creations, updates and deletions proposed by scheduling passes",

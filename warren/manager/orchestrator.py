@@ -33,6 +33,25 @@ MAX_PASS_GAP = 0.5
 FULL_PASS_PERIOD = 10.0  # the safety net of incremental passes (ADR 53)
 
 
+class HeartbeatPeriod:
+    """The heartbeat period the down check counts with (ADR 52). Agents learn a new period at
+    their next heartbeat, up to one old period after `cluster update --heartbeat-period`: for
+    two old periods after the period is lowered, the old one still counts, so that no node is
+    marked down for beating at the old pace."""
+
+    def __init__(self) -> None:
+        self._period = 0.0
+        self._old = 0.0
+        self._old_until = 0.0
+
+    def effective(self, period: float, now: float) -> float:
+        if period != self._period:
+            if 0 < period < self._period:
+                self._old, self._old_until = self._period, now + 2 * self._period
+            self._period = period
+        return max(period, self._old) if now < self._old_until else period
+
+
 class Orchestrator:
     def __init__(
         self,
@@ -62,6 +81,7 @@ class Orchestrator:
         self._seen: ClusterState | None = None
         self._unsettled: frozenset[str] = frozenset()
         self._last_full = 0.0
+        self._period = HeartbeatPeriod()
 
     async def run(self) -> None:
         with self._hub.subscribe() as events:
@@ -141,13 +161,16 @@ class Orchestrator:
                 await self._raft.propose_async(commands.RotateNodeKeys(due), timeout=10.0)
             except ProposalError as exc:  # the next pass asks again; scheduling goes on
                 log.warning("WireGuard key rotation not committed: %s", exc.message)
-        config = reconciler.ReconcileConfig.from_cluster(snapshot.cluster)
+        now = time.time()
+        config = reconciler.ReconcileConfig.from_cluster(
+            snapshot.cluster, heartbeat_period=self._period.effective(snapshot.cluster.heartbeat_period, now)
+        )
         visit = self._visit(snapshot, incremental)
         started = time.perf_counter()
         plan, self._unsettled = await asyncio.to_thread(
             reconciler.reconcile_pass,
             snapshot,
-            time.time(),
+            now,
             dict(self._heartbeats.last_seen),
             config,
             new_id,
