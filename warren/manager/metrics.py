@@ -7,7 +7,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -15,6 +15,9 @@ from warren.manager.capacity import StoreCapacity
 from warren.model import NodeStatus, TaskState
 
 REGISTRY = CollectorRegistry()
+# process_resident_memory_bytes, process_cpu_seconds_total, ...: a manager's own cost, per role,
+# without access to its host (#15 reads them through Prometheus at scale).
+ProcessCollector(registry=REGISTRY)
 
 API_REQUESTS = Counter(
     "warren_api_requests_total",
