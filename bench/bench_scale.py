@@ -141,6 +141,7 @@ class Sampler(threading.Thread):
         self.placed_at: float | None = None
         self.running_at: float | None = None
         self.last: dict[str, Any] = {}
+        self.min_connected: int | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -153,6 +154,8 @@ class Sampler(threading.Thread):
             status = self.sim.status()
             now = time.time()
             self.last = status
+            if sum(status["tasks"].values()) > 0:  # sessions once the run has started
+                self.min_connected = min(status["connected"], self.min_connected or status["connected"])
             if self.placed_at is None and sum(status["tasks"].values()) >= self.target:
                 self.placed_at = now
             if self.running_at is None and status["running"] >= self.target:
@@ -184,13 +187,19 @@ def _role_of(cluster: Cluster, leader: Any) -> dict[str, str]:
     return {f"m{i + 1}": ("leader" if m is leader else "follower") for i, m in enumerate(cluster.managers)}
 
 
-def s1(cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: int) -> dict[str, Any]:
+def s1(
+    cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: int, run_timeout: float
+) -> dict[str, Any]:
+    """The run; if the tasks are not all running within `run_timeout` of the last create, the
+    figures so far, with all_running false (the caller then skips what needs a settled cluster)."""
     tasks = params["services"] * params["replicas"]
     managers = cluster.managers
+    _wait(lambda: cluster.leader() is not None, 120, "a leader")
     leader = cluster.leader()
     _warm_up(cluster, prom)
     cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
     raft_before = prom.by_instance("warren_raft_commit_index")
+    term_before = prom.scalar("max(warren_raft_term)")
     sampler = Sampler(managers, sim, tasks)
     args = [sys.executable, "-m", "bench.bench_scale", "--load", str(clients), str(params["services"])]
     args += [str(params["replicas"]), str(managers[0].data_dir / "admin"), *(m.addr for m in managers)]
@@ -202,17 +211,16 @@ def s1(cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: i
         sampler.done.set()
         raise RuntimeError(f"the load generator failed ({load.returncode}): {err[-2000:]}")
     client = json.loads(out)
-    sampler.join(timeout=max(600.0, tasks / 20))
+    sampler.join(timeout=run_timeout)
     sampler.done.set()
-    if sampler.running_at is None:
-        raise RuntimeError(f"{tasks} tasks not running in time; the simulator says {sampler.last}")
-    ended = sampler.running_at
+    ended = sampler.running_at or time.time()
     cpu = [round(_cpu_seconds(m.process.pid) - b, 1) for m, b in zip(managers, cpu_before, strict=True)]
     first, last = client["first_create_at"], client["last_create_returned_at"]
     total_s = ended - first
     _wait(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run")
     window = f"{max(5, round(time.time() - first))}s"
     raft_after = prom.by_instance("warren_raft_commit_index")
+    term_after = prom.scalar("max(warren_raft_term)")
     roles = _role_of(cluster, leader)
 
     def quantile(q: float, methods: str) -> float | None:
@@ -234,8 +242,16 @@ def s1(cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: i
     raft_entries = raft_after.get(leader_key, 0) - raft_before.get(leader_key, 0)
     prom_rss = prom.by_instance(f"max_over_time(process_resident_memory_bytes[{window}])")
     prom_cpu = prom.by_instance(f"increase(process_cpu_seconds_total[{window}])")
-    return {
+    last_status = sampler.last
+    result = {
         "tasks": tasks,
+        "all_running": sampler.running_at is not None,
+        "running_at_end": last_status.get("running"),
+        "sim_starts_at_end": last_status.get("starts"),
+        "sim_min_connected_during_run": sampler.min_connected,
+        "raft_elections_during_run": None
+        if term_before is None or term_after is None
+        else int(term_after - term_before),
         "clients": clients,
         "leader": leader_key,
         "roles": roles,
@@ -272,6 +288,10 @@ def s1(cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: i
             "tasks_running_leader": prom.scalar(f'warren_tasks{{state="running",instance="{leader_key}"}}'),
         },
     }
+    if sampler.running_at is None:  # no end: these would time the timeout
+        for key in ("first_create_to_all_running_s", "last_create_to_all_running_s", "starts_per_s"):
+            result[key] = None
+    return result
 
 
 def _slot_counts(cluster: Cluster, manager: Any) -> tuple[int, int, int]:
@@ -361,7 +381,7 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
     }
 
 
-def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int) -> dict[str, Any]:
+def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_big: bool) -> dict[str, Any]:
     from warren.api.v1 import control_pb2 as cpb
     from warren.api.v1 import types_pb2 as tpb
 
@@ -392,6 +412,8 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int) -> di
         "cluster_info": timed("cluster", "info"),
         "service_ps_small": timed("service", "ps", "svc-00000"),
     }
+    if not with_big:  # an unsettled cluster: no more load on it
+        return out
     big = params["big_replicas"]
     spec = tpb.ServiceSpec(name="big", image=IMAGE, replicas=big)
     cluster.stub(manager).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
@@ -406,7 +428,7 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int) -> di
     return out
 
 
-def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool) -> dict[str, Any]:
+def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool, run_timeout: float) -> dict[str, Any]:
     from bench.promserver import PrometheusServer
     from tests.integration.harness import manager_trio
     from tests.integration.simrig import SimProcess
@@ -426,15 +448,18 @@ def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool) -> d
             _wait(lambda: sim.status()["connected"] >= params["nodes"], 900, f"{params['nodes']} sim sessions")
             result["all_sessions_open_s"] = round(time.monotonic() - t0, 2)
             print(f"   {params['nodes']} sim nodes connected in {result['all_sessions_open_s']} s", flush=True)
-            result["s1"] = s1(cluster, sim, prom, params, clients)
+            result["s1"] = s1(cluster, sim, prom, params, clients, run_timeout)
             print(f"   S1: {json.dumps({k: v for k, v in result['s1'].items() if k.endswith('_s')})}", flush=True)
             tasks = result["s1"]["tasks"]
             status = sim.status()
             result["sim"] = {"rss_mib": round(status["rss_bytes"] / 2**20, 1), "cpu_s": status["cpu_seconds"]}
-            if not skip_s3:
+            settled = result["s1"]["all_running"]
+            if not settled:
+                print(f"   S1 did not finish: {result['s1']['running_at_end']}/{tasks} running; no S3", flush=True)
+            if not skip_s3 and settled:
                 result["s3"] = s3(cluster, sim, tasks, params["nodes"])
                 print(f"   S3: {json.dumps(result['s3'])}", flush=True)
-            result["s4"] = s4(cluster, sim, params, tasks)
+            result["s4"] = s4(cluster, sim, params, tasks, with_big=settled)
             print(f"   S4: {json.dumps(result['s4'])}", flush=True)
     except BaseException:
         for label, text in (("simulator", sim.log() if sim else ""), ("prometheus", prom.log() if prom else "")):
@@ -456,6 +481,21 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
     big = result["set"] == "s2"
     tasks = f"{s['tasks']:,} tasks / {p['nodes']:,} nodes"
     prom = s["prometheus"]
+    if not s["all_running"]:
+        out = [
+            figure(f"tasks running when the run was stopped, of {tasks}", s["running_at_end"], "", s["tasks"], ">="),
+            figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""),
+            figure(
+                "fewest sim sessions open during the run", s["sim_min_connected_during_run"] or 0, "", p["nodes"], ">="
+            ),
+            figure(
+                "leader peak RSS",
+                s["managers_peak_rss_mib"][s["leader"]],
+                "MiB",
+                S2_RSS_GOAL_MIB if big else S1_RSS_GOAL_MIB,
+            ),
+        ]
+        return out + _s4_figures(result)
     out = [
         figure(f"first create -> all running, {tasks}", s["first_create_to_all_running_s"], "s"),
         figure(
@@ -508,13 +548,20 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
             figure("S3: next write after a leader kill", s3r["next_write_after_leader_kill_s"], "s"),
             figure("S3: slots lost or duplicated", s3r["slots_lost"] + s3r["slots_duplicated"], "", 0),
         ]
+    out.append(figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""))
+    return out + _s4_figures(result)
+
+
+def _s4_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    big = f"service ps ({result['params']['big_replicas']:,} replicas)"
     for key, label in (
         ("service_ls", "service ls"),
         ("node_ls", "node ls"),
         ("cluster_info", "cluster info"),
-        ("service_ps_big", f"service ps ({p['big_replicas']:,} replicas)"),
+        ("service_ps_big", big),
     ):
-        entry = result["s4"].get(key, {})
+        entry = result.get("s4", {}).get(key, {})
         if "median_s" in entry:
             out.append(figure(f"S4: `warren {label}`", entry["median_s"], "s", CLI_GOAL_S))
     return out
@@ -614,6 +661,12 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("nodes", "services", "replicas", "big_replicas"):
         parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"override the set's {key}")
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"concurrent gRPC writers (default: {CLIENTS})")
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=600.0,
+        help="seconds after the last create to wait for every task running (default: 600)",
+    )
     parser.add_argument("--skip-s3", action="store_true", help="no node or leader kills")
     parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
     args = parser.parse_args(argv)
@@ -628,7 +681,7 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     print(f"== scale-{args.set} {params} ...", flush=True)
-    result = run_set(args.set, params, args.clients, args.skip_s3)
+    result = run_set(args.set, params, args.clients, args.skip_s3, args.run_timeout)
     result["duration_s"] = round(time.perf_counter() - start, 2)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine
