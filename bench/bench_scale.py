@@ -668,6 +668,9 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after the last create to wait for every task running (default: 600)",
     )
     parser.add_argument("--skip-s3", action="store_true", help="no node or leader kills")
+    parser.add_argument(
+        "--result", metavar="NAME", help="write bench/results/scale-NAME.json (default: the set's name)"
+    )
     parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
     args = parser.parse_args(argv)
     params = dict(SETS[args.set])
@@ -689,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         results = REPO / "bench" / "results"
         results.mkdir(exist_ok=True)
-        path = results / f"scale-{args.set}.json"
+        path = results / f"scale-{args.result or args.set}.json"
         path.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
         path.with_suffix(".tmp").replace(path)
         print(f"   -> {os.path.relpath(path)}")
