@@ -11,7 +11,7 @@ STAMP := .install.stamp
 PY_SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 MYPY_PLUGINS = --plugin=protoc-gen-mypy=$(PY_SCRIPTS)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(PY_SCRIPTS)/protoc-gen-mypy_grpc
 
-.PHONY: install deps proto test test-unit test-integration lint bench chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
+.PHONY: install deps proto test test-unit test-integration lint bench bench-scale chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -60,6 +60,13 @@ lint: install
 
 bench: install deps
 	$(PYTHON) -m bench.run
+
+# Issue #15's load runs (bench/bench_scale.py), long, so not part of `make bench`: 3 managers,
+# `warren sim` nodes, a real Prometheus (Debian's `prometheus`). SCALE=s1 (100 nodes, 10,000
+# tasks), s2 (1,000 nodes, 100,000 tasks) or small (20 nodes, 2,000 tasks).
+SCALE ?= s1
+bench-scale: install deps
+	$(PYTHON) -m bench.bench_scale --set $(SCALE)
 
 # The chaos suite (issue #4, chaos/README.md): real managers and workers in network namespaces.
 SEED ?= 1

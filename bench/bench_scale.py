@@ -1,0 +1,708 @@
+"""Issue #15's load runs, end to end: `python3 -m bench.bench_scale --set s1|s2|small` (`make bench-scale`).
+
+Three real managers (tests/integration/harness.manager_trio), one `warren sim` process (ADR 50)
+with the simulated overlay, and a real Prometheus (bench/promserver.py) scraping the managers
+every second. Results go to bench/results/scale-<set>.json. What is timed is the whole pipeline
+on a shared 2-core machine: managers, simulator, load generator and Prometheus share the CPUs.
+
+- S1 (S2 at its size): services created through the gRPC API by CLIENTS concurrent clients
+  (grpc.aio in its own process, spread over the three managers; followers forward writes), while
+  two readers time GetService and ListServices. Timed: first create -> every task running (the
+  simulator's count), placements/s (tasks on a node) and starts/s, client-side API p50/p99, the
+  managers' RSS and CPU, Raft entries/s and bytes on disk. Prometheus gives the server-side
+  figures: API latency histograms, the scheduling pass time, RSS and CPU by role.
+- S3: kill KILL_PCT % of the sim nodes: time until the managers mark them down, until their tasks
+  run elsewhere; then SIGKILL the leader: time until the next write is acknowledged, and check
+  that every slot has exactly one running task (none lost, none duplicated).
+- S4: CLI wall times (median of 3): `service ls`, `node ls`, `cluster info`, `service ps` of a
+  10-replica service and of one service of BIG_REPLICAS replicas.
+
+These are measurements, not assertions: goals are reported as met or not met.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, figure, latency_summary, machine_info, rss_kib
+
+SETS: dict[str, dict[str, int]] = {
+    # the seed's load test (#15 S1)
+    "s1": {"nodes": 100, "services": 1000, "replicas": 10, "big_replicas": 10000},
+    # #15 S2: 1,000 nodes, 100,000 tasks
+    "s2": {"nodes": 1000, "services": 100, "replicas": 1000, "big_replicas": 10000},
+    # a couple of minutes on a loaded 2-core machine
+    "small": {"nodes": 20, "services": 200, "replicas": 10, "big_replicas": 2000},
+}
+CLIENTS = 32
+KILL_PCT = 10
+OVERLAY_RANGE = "10.128.0.0/12"  # 4,096 nodes: the simulated overlay gives each node a /24
+IMAGE = "busybox"
+RPC_TIMEOUT = 30.0
+CLI_RUNS = 3
+CONTROL = "/warren.api.v1.Control/"
+WRITES = "CreateService"
+READS = "GetService|ListServices"
+
+# #15's goals
+RUNNING_AFTER_LAST_CREATE_GOAL_S = 5.0
+S1_RSS_GOAL_MIB = 256.0
+S2_RSS_GOAL_MIB = 1024.0
+S2_TASKS_PER_S_GOAL = 2000.0
+WRITE_P99_GOAL_MS = 100.0
+READ_P99_GOAL_MS = 20.0
+NODE_DOWN_EXTRA_GOAL_S = 2.0
+CLI_GOAL_S = 1.0
+
+
+def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> float:
+    """Poll until `predicate()` is true; the seconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class Cluster:
+    """The managers, seen through the founder's admin credentials."""
+
+    def __init__(self, managers: list[Any]) -> None:
+        self.managers = managers
+
+    def stub(self, manager: Any) -> Any:
+        return manager.control((manager.founder or manager).data_dir / "admin")
+
+    def alive(self) -> list[Any]:
+        return [m for m in self.managers if m.process is not None and m.process.poll() is None]
+
+    def leader(self) -> Any | None:
+        import grpc
+
+        from warren.api.v1 import control_pb2 as cpb
+
+        for m in self.alive():
+            try:
+                nodes = self.stub(m).ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
+            except grpc.RpcError:
+                continue
+            if any(n.leader and n.id == m.node_id for n in nodes):
+                return m
+        return None
+
+    def nodes(self, manager: Any) -> list[Any]:
+        from warren.api.pages import all_pages
+        from warren.api.v1 import control_pb2 as cpb
+
+        return all_pages(
+            lambda r: self.stub(manager).ListNodes(r, timeout=RPC_TIMEOUT), cpb.ListNodesRequest(), "nodes"
+        )
+
+    def tasks(self, manager: Any) -> list[Any]:
+        from warren.api.pages import all_pages
+        from warren.api.v1 import control_pb2 as cpb
+
+        return all_pages(
+            lambda r: self.stub(manager).ListTasks(r, timeout=RPC_TIMEOUT), cpb.ListTasksRequest(), "tasks"
+        )
+
+
+class Sampler(threading.Thread):
+    """Peak RSS of each manager and the simulator's counts, every 0.5 s, with the times at which
+    the simulator first held `placed` tasks and first ran `running` of them."""
+
+    def __init__(self, managers: list[Any], sim: Any, target: int) -> None:
+        super().__init__(daemon=True)
+        self.managers, self.sim, self.target = managers, sim, target
+        self.peak_rss_kib: dict[str, int] = {}
+        self.placed_at: float | None = None
+        self.running_at: float | None = None
+        self.last: dict[str, Any] = {}
+        self.min_connected: int | None = None
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for i, m in enumerate(self.managers):
+                if m.process is not None and m.process.poll() is None:
+                    key = f"m{i + 1}"
+                    rss = rss_kib(m.process.pid)["VmRSS"]
+                    self.peak_rss_kib[key] = max(self.peak_rss_kib.get(key, 0), rss)
+            status = self.sim.status()
+            now = time.time()
+            self.last = status
+            if sum(status["tasks"].values()) > 0:  # sessions once the run has started
+                self.min_connected = min(status["connected"], self.min_connected or status["connected"])
+            if self.placed_at is None and sum(status["tasks"].values()) >= self.target:
+                self.placed_at = now
+            if self.running_at is None and status["running"] >= self.target:
+                self.running_at = now
+                return
+            self.done.wait(0.5)
+
+
+def _warm_up(cluster: Cluster, prom: Any) -> None:
+    """One write through each manager, seen by Prometheus, before the clock starts: increase()
+    misses the first value of a series that appears inside its window."""
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import types_pb2 as tpb
+
+    for i, m in enumerate(cluster.managers):
+        spec = tpb.ServiceSpec(name=f"warmup-{i}", image=IMAGE, replicas=0)
+        cluster.stub(m).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
+    series = f'warren_api_request_duration_seconds_count{{method="{CONTROL}CreateService"}}'
+    _wait(lambda: len(prom.query(series)) == len(cluster.managers), 60, "Prometheus seeing the warm-up writes")
+
+
+def _scraped_after(prom: Any, when: float) -> bool:
+    """Whether Prometheus has scraped every manager since `when` (Unix time)."""
+    stamps = [r["value"] for r in prom.query("timestamp(up)")]
+    return bool(stamps) and min(stamps) >= when
+
+
+def _role_of(cluster: Cluster, leader: Any) -> dict[str, str]:
+    return {f"m{i + 1}": ("leader" if m is leader else "follower") for i, m in enumerate(cluster.managers)}
+
+
+def s1(
+    cluster: Cluster, sim: Any, prom: Any, params: dict[str, int], clients: int, run_timeout: float
+) -> dict[str, Any]:
+    """The run; if the tasks are not all running within `run_timeout` of the last create, the
+    figures so far, with all_running false (the caller then skips what needs a settled cluster)."""
+    tasks = params["services"] * params["replicas"]
+    managers = cluster.managers
+    _wait(lambda: cluster.leader() is not None, 120, "a leader")
+    leader = cluster.leader()
+    _warm_up(cluster, prom)
+    cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
+    raft_before = prom.by_instance("warren_raft_commit_index")
+    term_before = prom.scalar("max(warren_raft_term)")
+    sampler = Sampler(managers, sim, tasks)
+    args = [sys.executable, "-m", "bench.bench_scale", "--load", str(clients), str(params["services"])]
+    args += [str(params["replicas"]), str(managers[0].data_dir / "admin"), *(m.addr for m in managers)]
+    started = time.time()
+    load = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    sampler.start()
+    out, err = load.communicate(timeout=3600)
+    if load.returncode != 0:
+        sampler.done.set()
+        raise RuntimeError(f"the load generator failed ({load.returncode}): {err[-2000:]}")
+    client = json.loads(out)
+    sampler.join(timeout=run_timeout)
+    sampler.done.set()
+    ended = sampler.running_at or time.time()
+    cpu = [round(_cpu_seconds(m.process.pid) - b, 1) for m, b in zip(managers, cpu_before, strict=True)]
+    first, last = client["first_create_at"], client["last_create_returned_at"]
+    total_s = ended - first
+    _wait(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run")
+    window = f"{max(5, round(time.time() - first))}s"
+    raft_after = prom.by_instance("warren_raft_commit_index")
+    term_after = prom.scalar("max(warren_raft_term)")
+    roles = _role_of(cluster, leader)
+
+    def quantile(q: float, methods: str) -> float | None:
+        expr = (
+            f"histogram_quantile({q}, sum by (le) (increase("
+            f'warren_api_request_duration_seconds_bucket{{method=~"{CONTROL}({methods})"}}[{window}])))'
+        )
+        value = prom.scalar(expr)
+        return None if value is None else round(value * 1000, 2)
+
+    def pass_quantile(q: float) -> float | None:
+        expr = (
+            f"histogram_quantile({q}, sum by (le) (increase(warren_scheduler_pass_duration_seconds_bucket[{window}])))"
+        )
+        value = prom.scalar(expr)
+        return None if value is None else round(value * 1000, 2)
+
+    leader_key = next(k for k, r in roles.items() if r == "leader")
+    raft_entries = raft_after.get(leader_key, 0) - raft_before.get(leader_key, 0)
+    prom_rss = prom.by_instance(f"max_over_time(process_resident_memory_bytes[{window}])")
+    prom_cpu = prom.by_instance(f"increase(process_cpu_seconds_total[{window}])")
+    last_status = sampler.last
+    result = {
+        "tasks": tasks,
+        "all_running": sampler.running_at is not None,
+        "running_at_end": last_status.get("running"),
+        "sim_starts_at_end": last_status.get("starts"),
+        "sim_min_connected_during_run": sampler.min_connected,
+        "raft_elections_during_run": None
+        if term_before is None or term_after is None
+        else int(term_after - term_before),
+        "clients": clients,
+        "leader": leader_key,
+        "roles": roles,
+        "first_create_to_all_running_s": round(total_s, 2),
+        "create_phase_s": round(last - first, 2),
+        "last_create_to_all_running_s": round(ended - last, 2),
+        "all_placed_s": None if sampler.placed_at is None else round(sampler.placed_at - first, 2),
+        "placements_per_s": None if sampler.placed_at is None else round(tasks / (sampler.placed_at - first), 1),
+        "starts_per_s": round(tasks / total_s, 1),
+        "load_started_to_first_create_s": round(first - started, 2),
+        "client": client,
+        "managers_peak_rss_mib": {k: round(v / 1024, 1) for k, v in sampler.peak_rss_kib.items()},
+        "managers_cpu_s": dict(zip(roles, cpu, strict=True)),
+        "managers_cpu_pct": {k: round(100 * c / total_s, 1) for k, c in zip(roles, cpu, strict=True)},
+        "raft_entries": int(raft_entries),
+        "raft_entries_per_s": round(raft_entries / total_s, 1),
+        "data_dir_bytes": {f"m{i + 1}": _dir_bytes(m.data_dir) for i, m in enumerate(managers)},
+        "prometheus": {
+            "window": window,
+            "write_p50_ms": quantile(0.5, WRITES),
+            "write_p99_ms": quantile(0.99, WRITES),
+            "read_p50_ms": quantile(0.5, READS),
+            "read_p99_ms": quantile(0.99, READS),
+            "scheduling_pass_p50_ms": pass_quantile(0.5),
+            "scheduling_pass_p99_ms": pass_quantile(0.99),
+            "scheduling_passes": prom.scalar(f"sum(increase(warren_scheduler_pass_duration_seconds_count[{window}]))"),
+            "raft_entries_per_s_leader": prom.scalar(
+                f'max(rate(warren_raft_commit_index{{instance="{leader_key}"}}[{window}]))'
+            ),
+            "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in prom_rss.items()},
+            "cpu_s": {k: round(v, 1) for k, v in prom_cpu.items()},
+            "store_used_bytes": prom.by_instance("warren_state_store_used_bytes"),
+            "store_file_bytes": prom.by_instance("warren_state_store_file_bytes"),
+            "tasks_running_leader": prom.scalar(f'warren_tasks{{state="running",instance="{leader_key}"}}'),
+        },
+    }
+    if sampler.running_at is None:  # no end: these would time the timeout
+        for key in ("first_create_to_all_running_s", "last_create_to_all_running_s", "starts_per_s"):
+            result[key] = None
+    return result
+
+
+def _slot_counts(cluster: Cluster, manager: Any) -> tuple[int, int, int]:
+    """(slots with one running task, slots with none among those seen, slots with more than one)."""
+    per_slot: Counter[tuple[str, int]] = Counter()
+    seen: set[tuple[str, int]] = set()
+    for t in cluster.tasks(manager):
+        key = (t.service_id, t.slot)
+        seen.add(key)
+        if t.state == "running":
+            per_slot[key] += 1
+    ones = sum(1 for k in seen if per_slot[k] == 1)
+    return ones, sum(1 for k in seen if per_slot[k] == 0), sum(1 for k in seen if per_slot[k] > 1)
+
+
+def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
+    import grpc
+
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import types_pb2 as tpb
+
+    leader = cluster.leader()
+    starts_before = sim.status()["starts"]
+    count = max(1, nodes * KILL_PCT // 100)
+    killed_at = time.monotonic()
+    killed = set(sim.kill(count))
+
+    def all_down() -> bool:
+        try:
+            by_name = {n.hostname: n.status for n in cluster.nodes(leader)}
+        except grpc.RpcError:
+            return False
+        return all(by_name.get(h) == "down" for h in killed)
+
+    marked_down_s = _wait(all_down, 300, f"{count} killed nodes marked down")
+    _wait(lambda: sim.status()["running"] >= tasks, 600, "the killed nodes' tasks running elsewhere")
+    elsewhere_s = time.monotonic() - killed_at
+    moved = sim.status()["starts"] - starts_before
+
+    # The leader: SIGKILL, then the next acknowledged write.
+    leader.kill(signal.SIGKILL)
+    spec = tpb.ServiceSpec(name="s3-after-leader-kill", image=IMAGE, replicas=0)
+
+    def write_acknowledged() -> bool:
+        for m in cluster.alive():
+            try:
+                cluster.stub(m).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=5)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    return True
+                continue
+            return True
+        return False
+
+    write_s = _wait(write_acknowledged, 300, "a write acknowledged after the leader kill", interval=0.1)
+    new_leader = None
+
+    def settled() -> bool:
+        nonlocal new_leader
+        new_leader = cluster.leader()
+        if new_leader is None or sim.status()["running"] < tasks:
+            return False
+        ones, _, dups = _slot_counts(cluster, new_leader)
+        return ones == tasks and dups == 0
+
+    settle_error = None
+    try:
+        settled_s = _wait(settled, 300, "every slot running once after the leader kill", interval=2)
+    except RuntimeError as exc:
+        settled_s, settle_error = None, str(exc)
+    leader_now = new_leader or cluster.leader()
+    ones, lost, dups = _slot_counts(cluster, leader_now) if leader_now else (0, tasks, 0)
+    status = sim.status()
+    return {
+        "killed_nodes": count,
+        "node_down_s": round(marked_down_s, 2),
+        "tasks_running_elsewhere_s": round(elsewhere_s, 2),
+        "tasks_moved": moved,
+        "next_write_after_leader_kill_s": round(write_s, 2),
+        "settled_after_leader_kill_s": None if settled_s is None else round(settled_s, 2),
+        "settle_error": settle_error,
+        "slots_running_once": ones,
+        "slots_lost": lost,
+        "slots_duplicated": dups,
+        "sim_running": status["running"],
+        "sim_starts_after_leader_kill": status["starts"] - starts_before - moved,
+    }
+
+
+def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_big: bool) -> dict[str, Any]:
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import types_pb2 as tpb
+
+    manager = cluster.leader() or cluster.alive()[0]
+
+    def timed(*args: str) -> dict[str, Any]:
+        env = manager.env()
+        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed CLI runs: with a bytecode cache
+        env["PYTHONPYCACHEPREFIX"] = str(manager.root / "pycache")
+        command = [sys.executable, "-m", "warren.cli.main", *args]
+        walls, lines = [], 0
+        for _ in range(CLI_RUNS + 1):  # the first run fills the bytecode cache
+            t0 = time.perf_counter()
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=manager.root, timeout=300)
+            walls.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                return {"error": proc.stderr.strip()[-500:], "returncode": proc.returncode}
+            lines = len(proc.stdout.splitlines())
+        return {
+            "median_s": round(statistics.median(walls[1:]), 3),
+            "all_s": [round(w, 3) for w in walls[1:]],
+            "lines": lines,
+        }
+
+    out: dict[str, Any] = {
+        "service_ls": timed("service", "ls"),
+        "node_ls": timed("node", "ls"),
+        "cluster_info": timed("cluster", "info"),
+        "service_ps_small": timed("service", "ps", "svc-00000"),
+    }
+    if not with_big:  # an unsettled cluster: no more load on it
+        return out
+    big = params["big_replicas"]
+    spec = tpb.ServiceSpec(name="big", image=IMAGE, replicas=big)
+    cluster.stub(manager).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
+    try:
+        out["big_running_s"] = round(
+            _wait(lambda: sim.status()["running"] >= tasks_now + big, max(300, big / 10), f"{big} more tasks"), 2
+        )
+    except RuntimeError as exc:
+        out["big_running_error"] = str(exc)
+    out["big_replicas"] = big
+    out["service_ps_big"] = timed("service", "ps", "big")
+    return out
+
+
+def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool, run_timeout: float) -> dict[str, Any]:
+    from bench.promserver import PrometheusServer
+    from tests.integration.harness import manager_trio
+    from tests.integration.simrig import SimProcess
+
+    root = Path(tempfile.mkdtemp(prefix=f"warren-bench-scale-{name}-"))
+    result: dict[str, Any] = {"name": f"scale-{name}", "set": name, "params": params, "label": "end to end"}
+    prom = sim = None
+    try:
+        init = ["--overlay-range", OVERLAY_RANGE]
+        with manager_trio(root, init_args=init, schedule_on_manager=False) as managers:
+            cluster = Cluster(managers)
+            targets = {f"m{i + 1}": f"{m.host}:{m.metrics_port}" for i, m in enumerate(managers)}
+            prom = PrometheusServer(targets)
+            _wait(lambda: prom.targets_up() == 3, 60, "Prometheus scraping the three managers")
+            sim = SimProcess(managers[0], root, params["nodes"], "--overlay", "sim")
+            t0 = time.monotonic()
+            _wait(lambda: sim.status()["connected"] >= params["nodes"], 900, f"{params['nodes']} sim sessions")
+            result["all_sessions_open_s"] = round(time.monotonic() - t0, 2)
+            print(f"   {params['nodes']} sim nodes connected in {result['all_sessions_open_s']} s", flush=True)
+            result["s1"] = s1(cluster, sim, prom, params, clients, run_timeout)
+            print(f"   S1: {json.dumps({k: v for k, v in result['s1'].items() if k.endswith('_s')})}", flush=True)
+            tasks = result["s1"]["tasks"]
+            status = sim.status()
+            result["sim"] = {"rss_mib": round(status["rss_bytes"] / 2**20, 1), "cpu_s": status["cpu_seconds"]}
+            settled = result["s1"]["all_running"]
+            if not settled:
+                print(f"   S1 did not finish: {result['s1']['running_at_end']}/{tasks} running; no S3", flush=True)
+            if not skip_s3 and settled:
+                result["s3"] = s3(cluster, sim, tasks, params["nodes"])
+                print(f"   S3: {json.dumps(result['s3'])}", flush=True)
+            result["s4"] = s4(cluster, sim, params, tasks, with_big=settled)
+            print(f"   S4: {json.dumps(result['s4'])}", flush=True)
+    except BaseException:
+        for label, text in (("simulator", sim.log() if sim else ""), ("prometheus", prom.log() if prom else "")):
+            if text:
+                print(f"--- last lines of the {label}'s log ---", *text.splitlines()[-20:], sep="\n", file=sys.stderr)
+        raise
+    finally:
+        if sim is not None:
+            sim.stop()
+        if prom is not None:
+            prom.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    result["figures"] = figures(result)
+    return result
+
+
+def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    p, s = result["params"], result["s1"]
+    big = result["set"] == "s2"
+    tasks = f"{s['tasks']:,} tasks / {p['nodes']:,} nodes"
+    prom = s["prometheus"]
+    if not s["all_running"]:
+        out = [
+            figure(f"tasks running when the run was stopped, of {tasks}", s["running_at_end"], "", s["tasks"], ">="),
+            figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""),
+            figure(
+                "fewest sim sessions open during the run", s["sim_min_connected_during_run"] or 0, "", p["nodes"], ">="
+            ),
+            figure(
+                "leader peak RSS",
+                s["managers_peak_rss_mib"][s["leader"]],
+                "MiB",
+                S2_RSS_GOAL_MIB if big else S1_RSS_GOAL_MIB,
+            ),
+        ]
+        return out + _s4_figures(result)
+    out = [
+        figure(f"first create -> all running, {tasks}", s["first_create_to_all_running_s"], "s"),
+        figure(
+            "last create returned -> all running",
+            s["last_create_to_all_running_s"],
+            "s",
+            None if big else RUNNING_AFTER_LAST_CREATE_GOAL_S,
+        ),
+        figure(
+            "tasks started/s, first create -> all running",
+            s["starts_per_s"],
+            "/s",
+            S2_TASKS_PER_S_GOAL if big else None,
+            ">=",
+        ),
+        figure(
+            "leader peak RSS",
+            s["managers_peak_rss_mib"][s["leader"]],
+            "MiB",
+            S2_RSS_GOAL_MIB if big else S1_RSS_GOAL_MIB,
+        ),
+        figure(
+            f"CreateService p99, {s['clients']} clients (client side)",
+            s["client"]["writes"]["p99_ms"],
+            "ms",
+            WRITE_P99_GOAL_MS,
+        ),
+        figure("reads p99 during the run (client side)", s["client"]["reads"]["p99_ms"], "ms", READ_P99_GOAL_MS),
+        figure("Raft entries/s (leader)", s["raft_entries_per_s"], "/s"),
+    ]
+    if s["placements_per_s"] is not None:
+        out.append(figure("placements/s", s["placements_per_s"], "/s"))
+    for key, label in (
+        ("write_p99_ms", "CreateService p99 (Prometheus)"),
+        ("read_p99_ms", "reads p99 (Prometheus)"),
+        ("scheduling_pass_p99_ms", "scheduling pass p99 (Prometheus)"),
+    ):
+        if prom[key] is not None:
+            out.append(figure(label, prom[key], "ms"))
+    if "s3" in result:
+        s3r = result["s3"]
+        out += [
+            figure(f"S3: {s3r['killed_nodes']} killed nodes marked down", s3r["node_down_s"], "s"),
+            figure(
+                "S3: their tasks running elsewhere",
+                s3r["tasks_running_elsewhere_s"],
+                "s",
+                s3r["node_down_s"] + NODE_DOWN_EXTRA_GOAL_S,
+            ),
+            figure("S3: next write after a leader kill", s3r["next_write_after_leader_kill_s"], "s"),
+            figure("S3: slots lost or duplicated", s3r["slots_lost"] + s3r["slots_duplicated"], "", 0),
+        ]
+    out.append(figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""))
+    return out + _s4_figures(result)
+
+
+def _s4_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    big = f"service ps ({result['params']['big_replicas']:,} replicas)"
+    for key, label in (
+        ("service_ls", "service ls"),
+        ("node_ls", "node ls"),
+        ("cluster_info", "cluster info"),
+        ("service_ps_big", big),
+    ):
+        entry = result.get("s4", {}).get(key, {})
+        if "median_s" in entry:
+            out.append(figure(f"S4: `warren {label}`", entry["median_s"], "s", CLI_GOAL_S))
+    return out
+
+
+def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: list[str]) -> dict[str, Any]:
+    """The client side of S1, in its own process: `clients` writers creating `services` services
+    one after another (retrying on a leader change), two readers timing reads until they finish."""
+    import asyncio
+    import random
+
+    import grpc
+
+    from warren import tls
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import control_pb2_grpc
+    from warren.api.v1 import types_pb2 as tpb
+
+    async def main() -> dict[str, Any]:
+        creds = tls.channel_credentials(*tls.load_credentials(Path(creds_dir)))
+        channels = [grpc.aio.secure_channel(a, creds, options=tls.channel_options()) for a in addrs for _ in range(4)]
+        stubs = [control_pb2_grpc.ControlStub(c) for c in channels]
+        for stub in stubs:  # connect every channel before the clock starts
+            await stub.ListServices(cpb.ListServicesRequest(page_size=1), timeout=RPC_TIMEOUT)
+        writes: list[float] = []
+        reads: list[float] = []
+        errors: list[str] = []
+        created: list[str] = []
+        next_index = iter(range(services))
+        first: list[float] = []
+        writing = [clients]
+
+        async def writer(index: int) -> None:
+            stub = stubs[index % len(stubs)]
+            for i in next_index:
+                spec = tpb.ServiceSpec(name=f"svc-{i:05d}", image=IMAGE, replicas=replicas)
+                while True:
+                    if not first:
+                        first.append(time.time())
+                    t0 = time.perf_counter()
+                    try:
+                        await stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
+                    except grpc.RpcError as exc:
+                        errors.append(f"{exc.code().name}: {exc.details()}"[:200])
+                        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                            break
+                        await asyncio.sleep(0.2)
+                        continue
+                    writes.append(time.perf_counter() - t0)
+                    created.append(spec.name)
+                    break
+            writing[0] -= 1
+
+        async def reader(index: int) -> None:
+            stub = stubs[(index * 5 + 1) % len(stubs)]
+            n = 0
+            while writing[0] > 0:
+                t0 = time.perf_counter()
+                try:
+                    if n % 2 == 0 and created:
+                        await stub.GetService(
+                            cpb.GetServiceRequest(service=random.choice(created)), timeout=RPC_TIMEOUT
+                        )
+                    else:
+                        await stub.ListServices(cpb.ListServicesRequest(page_size=100), timeout=RPC_TIMEOUT)
+                except grpc.RpcError as exc:
+                    errors.append(f"read {exc.code().name}: {exc.details()}"[:200])
+                else:
+                    reads.append(time.perf_counter() - t0)
+                n += 1
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(writer(i) for i in range(clients)), *(reader(i) for i in range(2)))
+        last = time.time()
+        for channel in channels:
+            await channel.close()
+        return {
+            "first_create_at": first[0],
+            "last_create_returned_at": last,
+            "services_created": len(created),
+            "writes_per_s": round(len(writes) / (last - first[0]), 1),
+            "writes": latency_summary(writes) if writes else {},
+            "reads": latency_summary(reads) if reads else {},
+            "errors": len(errors),
+            "first_errors": errors[:5],
+            "client_cpu_s": round(sum(os.times()[:2]), 2),
+        }
+
+    return asyncio.run(main())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.run import print_summary
+
+    parser = argparse.ArgumentParser(prog="python3 -m bench.bench_scale", description=__doc__.splitlines()[0])
+    parser.add_argument("--set", choices=sorted(SETS), default="s1", help="the parameter set (default: s1)")
+    for key in ("nodes", "services", "replicas", "big_replicas"):
+        parser.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"override the set's {key}")
+    parser.add_argument("--clients", type=int, default=CLIENTS, help=f"concurrent gRPC writers (default: {CLIENTS})")
+    parser.add_argument(
+        "--run-timeout",
+        type=float,
+        default=600.0,
+        help="seconds after the last create to wait for every task running (default: 600)",
+    )
+    parser.add_argument("--skip-s3", action="store_true", help="no node or leader kills")
+    parser.add_argument(
+        "--result", metavar="NAME", help="write bench/results/scale-NAME.json (default: the set's name)"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
+    args = parser.parse_args(argv)
+    params = dict(SETS[args.set])
+    for key in params:
+        value = getattr(args, key)
+        if value is not None:
+            if value < 1:
+                parser.error(f"--{key.replace('_', '-')} must be at least 1")
+            params[key] = value
+    machine = machine_info()
+    machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    start = time.perf_counter()
+    print(f"== scale-{args.set} {params} ...", flush=True)
+    result = run_set(args.set, params, args.clients, args.skip_s3, args.run_timeout)
+    result["duration_s"] = round(time.perf_counter() - start, 2)
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"] = machine
+    result["command"] = "python3 -m bench.bench_scale " + " ".join(sys.argv[1:] if argv is None else argv)
+    if not args.no_write:
+        results = REPO / "bench" / "results"
+        results.mkdir(exist_ok=True)
+        path = results / f"scale-{args.result or args.set}.json"
+        path.with_suffix(".tmp").write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".tmp").replace(path)
+        print(f"   -> {os.path.relpath(path)}")
+    print_summary({result["name"]: result}, {})
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--load"]:
+        clients, services, replicas, creds, *addrs = sys.argv[2:]
+        print(json.dumps(_load(int(clients), int(services), int(replicas), creds, addrs)))
+        sys.exit(0)
+    sys.exit(main())
