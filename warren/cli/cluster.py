@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import autolock, certs, units, worker
+from warren.cli import autolock, backup, certs, units, worker
+from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -23,6 +24,55 @@ def register(groups: Any) -> None:
         description="Create a new cluster, or resume the one in --data-dir, and serve as its manager "
         "until interrupted. Writes the admin credentials and a client context on first start.",
     )
+    add_manager_flags(p)
+    p.add_argument(
+        "--force-new-cluster",
+        action="store_true",
+        help="on a surviving manager's --data-dir: make it the only manager, with all its state (ADR 56)",
+    )
+    p.set_defaults(func=cmd_init)
+
+    p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
+    p.add_argument("--consistent", action="store_true", help="confirm leadership through Raft before answering")
+    p.add_argument("--data-dir", type=Path, help="ask the locked manager in DIR, on its unlock socket (ADR 44)")
+    add_format_flag(p)
+    p.set_defaults(func=cmd_info)
+
+    p = cmds.add_parser("update", help="change cluster-wide settings")
+    p.add_argument(
+        "--wireguard-key-rotation",
+        type=value_type(units.parse_duration),
+        metavar="DURATION",
+        help="give every node on the overlay a new WireGuard key this often, e.g. 720h (0: off, the default)",
+    )
+    p.add_argument(
+        "--auto-rebalance",
+        type=_on_off,
+        metavar="true|false",
+        help="rebalance replicated services by themselves when a node joins or returns (default: false)",
+    )
+    p.add_argument(
+        "--autolock",
+        type=_on_off,
+        metavar="true|false",
+        help="managers need the unlock key (printed once, when turned on) to start (ADR 44; default: false)",
+    )
+    p.set_defaults(func=cmd_update)
+
+    p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
+    p.add_argument("role", choices=("worker", "manager"))
+    p.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
+    p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
+    p.set_defaults(func=cmd_join_token)
+
+    backup.register(cmds)  # #16 (ADR 56)
+    certs.register(cmds)
+    autolock.register(cmds)
+    worker.add_join_parser(cmds)
+
+
+def add_manager_flags(p: Any) -> None:
+    """The flags of a manager started in the foreground: `cluster init` and `cluster restore`."""
     p.add_argument("--data-dir", type=Path, metavar="DIR", help="state directory (default: /var/lib/warren)")
     p.add_argument("--listen-addr", type=_ADDR, metavar="HOST:PORT", help="API address (default: 0.0.0.0:4242)")
     p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
@@ -75,50 +125,25 @@ def register(groups: Any) -> None:
         metavar="HOST:PORT=FILE",
         help="CA bundle (PEM) of a registry's HTTPS certificate, for the manager and its agent (repeat)",
     )
-    p.set_defaults(func=cmd_init)
-
-    p = cmds.add_parser("info", help="show the cluster, its managers and Raft state")
-    p.add_argument("--consistent", action="store_true", help="confirm leadership through Raft before answering")
-    p.add_argument("--data-dir", type=Path, help="ask the locked manager in DIR, on its unlock socket (ADR 44)")
-    add_format_flag(p)
-    p.set_defaults(func=cmd_info)
-
-    p = cmds.add_parser("update", help="change cluster-wide settings")
-    p.add_argument(
-        "--wireguard-key-rotation",
-        type=value_type(units.parse_duration),
-        metavar="DURATION",
-        help="give every node on the overlay a new WireGuard key this often, e.g. 720h (0: off, the default)",
-    )
-    p.add_argument(
-        "--auto-rebalance",
-        type=_on_off,
-        metavar="true|false",
-        help="rebalance replicated services by themselves when a node joins or returns (default: false)",
-    )
-    p.add_argument(
-        "--autolock",
-        type=_on_off,
-        metavar="true|false",
-        help="managers need the unlock key (printed once, when turned on) to start (ADR 44; default: false)",
-    )
-    p.set_defaults(func=cmd_update)
-
-    p = cmds.add_parser("join-token", help="print the token a new worker or manager joins with")
-    p.add_argument("role", choices=("worker", "manager"))
-    p.add_argument("--rotate", action="store_true", help="replace the token; the old one stops working")
-    p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
-    p.set_defaults(func=cmd_join_token)
-
-    certs.register(cmds)
-    autolock.register(cmds)
-    worker.add_join_parser(cmds)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from warren.manager import daemon
+    from warren.manager import daemon, recovery
     from warren.node import manager as manager_node
-    from warren.node.embedded import EmbeddedAgentFlags
+
+    options = manager_options(args)
+    if args.force_new_cluster:
+        try:
+            identity = recovery.force_new_cluster(options)
+        except daemon.StartupError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        print(f"Manager {identity.node_id} is now the only manager of cluster {identity.cluster_id}.", flush=True)
+    return manager_node.run(options, agent_flags(args))
+
+
+def manager_options(args: argparse.Namespace) -> Any:
+    """The ManagerOptions that add_manager_flags's flags give."""
+    from warren.manager import daemon
 
     options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
     for name in (
@@ -136,7 +161,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
-    flags = EmbeddedAgentFlags(
+    return daemon.ManagerOptions(**options)
+
+
+def agent_flags(args: argparse.Namespace) -> Any:
+    from warren.node.embedded import EmbeddedAgentFlags
+
+    return EmbeddedAgentFlags(
         manager_only=args.manager_only,
         runtime=args.runtime,
         containerd_socket=args.containerd_socket,
@@ -146,7 +177,6 @@ def cmd_init(args: argparse.Namespace) -> int:
         wireguard=args.wireguard,
         wireguard_interface=args.wireguard_interface,
     )
-    return manager_node.run(daemon.ManagerOptions(**options), flags)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
