@@ -7,6 +7,8 @@ process groups of the task processes this test marked."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +70,11 @@ class Rig:
         for manager in self.managers:
             manager.stop()
         self.procs.kill_all()
+        secrets_dir = self.agent.data_dir / "secrets"  # the tasks' tmpfs mounts the killed agent left
+        if secrets_dir.is_dir():
+            for entry in secrets_dir.iterdir():
+                if os.path.ismount(entry):
+                    subprocess.run(["umount", "-l", str(entry)], check=False)
         for manager in self.managers:
             print(f"---- {manager.root.name} log ----\n" + manager.log()[-5000:])
         print("---- agent log ----\n" + self.agent.log()[-8000:])
@@ -97,8 +104,8 @@ def _recovered(manager: Manager, rig: Rig, pids: set[int]) -> None:
     with its task process untouched; a new task there gets the secret (the manager opens it)."""
     info = manager.cli_json("--manager", manager.addr, "cluster", "info")
     assert isinstance(info, dict) and info["raft_state"] == "leader"
-    names = [s["name"] for s in manager.cli_json("--manager", manager.addr, "service", "ls")]  # type: ignore[union-attr]
-    assert names == ["web"]
+    services = manager.cli_json("--manager", manager.addr, "service", "ls")
+    assert isinstance(services, list) and [s["spec"]["name"] for s in services] == ["web"]
     assert [s["name"] for s in manager.cli_json("--manager", manager.addr, "secret", "ls")] == ["db"]  # type: ignore[union-attr]
     nodes = manager.cli_json("--manager", manager.addr, "node", "ls")
     assert isinstance(nodes, list)
