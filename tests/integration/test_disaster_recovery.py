@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Manager, join_managers, all_raft_connected
+from tests.integration.harness import Manager, all_raft_connected, join_managers
 from tests.integration.test_agent_exec import Agent, Processes, issue_worker
 from tests.waiting import holds, wait_for
 from warren.cli.errors import Exit
@@ -139,6 +139,17 @@ def test_backup_destroy_every_manager_restore(rig: Rig, tmp_path: Path) -> None:
     taken = m1.cli("--manager", m2.addr, "cluster", "backup", str(target))  # from a follower
     assert taken.returncode == 0, taken.stderr
     assert "Raft index" in taken.stdout and target.stat().st_mode & 0o777 == 0o600
+
+    # A real backup, corrupted or cut short, is refused before anything is written.
+    blob = target.read_bytes()
+    for name, damaged, reason in (
+        ("corrupted", blob[:-100] + bytes([blob[-100] ^ 0xFF]) + blob[-99:], "corrupted (checksum mismatch)"),
+        ("truncated", blob[: len(blob) - 100], "truncated"),
+    ):
+        (tmp_path / name).write_bytes(damaged)
+        refused = m1.cli("cluster", "restore", str(tmp_path / name), "--data-dir", str(tmp_path / f"{name}-dir"))
+        assert refused.returncode == Exit.USAGE and reason in refused.stderr, refused.stderr
+        assert not (tmp_path / f"{name}-dir").exists()
 
     for manager in rig.managers:
         manager.kill()
