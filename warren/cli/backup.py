@@ -7,13 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from warren.cli import manager_flags
 from warren.cli.errors import CliError, Exit
 from warren.text import format_size
 
 
 def register(cmds: Any) -> None:
-    from warren.cli import cluster
-
     p = cmds.add_parser(
         "backup",
         help="write a consistent snapshot of the cluster's state to FILE",
@@ -33,7 +32,7 @@ def register(cmds: Any) -> None:
         "address, or restart them with --join). A locked cluster's backup needs --unlock-key-file.",
     )
     p.add_argument("file", type=Path, metavar="FILE")
-    cluster.add_manager_flags(p)
+    manager_flags.add_manager_flags(p)
     p.set_defaults(func=cmd_restore)
 
 
@@ -74,7 +73,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from warren.cli import cluster
     from warren.manager import backup, recovery
     from warren.manager.startup import StartupError
     from warren.node import manager as manager_node
@@ -85,7 +83,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         taken = backup.read_file(args.file)
     except backup.BackupError as exc:
         raise CliError(f"{args.file}: {exc}", Exit.USAGE) from None
-    options = cluster.manager_options(args)
+    options = manager_flags.manager_options(args)
     try:
         identity = recovery.restore(taken, options, drained=bool(args.manager_only))
     except StartupError as exc:
@@ -95,4 +93,4 @@ def cmd_restore(args: argparse.Namespace) -> int:
         f"this manager is node {identity.node_id}.",
         flush=True,
     )
-    return manager_node.run(options, cluster.agent_flags(args))
+    return manager_node.run(options, manager_flags.agent_flags(args))
