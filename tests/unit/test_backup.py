@@ -12,6 +12,8 @@ import pytest
 from tests.fixtures.ports import free_port
 from tests.unit.test_autolock import RAFT_SECRET, applied, cluster_with_secrets
 from warren import commands, pki
+from warren.cli import main as cli_main
+from warren.cli.errors import Exit
 from warren.manager import autolock, backup, recovery
 from warren.manager.raft import SnapshotFile
 from warren.manager.startup import ManagerOptions, StartupError
@@ -123,3 +125,22 @@ def test_a_locked_clusters_backup_needs_its_unlock_key(ca: pki.CertificateAuthor
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     identity = recovery.restore(taken, _options(tmp_path / "c", key), drained=True)
     assert identity.cluster_id == taken.cluster_id
+
+
+def test_bad_input_at_each_flag_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The CLI in-process (the same `main` the console script runs): nothing is written."""
+    damaged = tmp_path / "damaged.backup"
+    damaged.write_bytes(backup.MAGIC + b"\0" * 5)
+    cases = [
+        (("cluster", "restore", str(damaged), "--data-dir", str(tmp_path / "d1")), "truncated"),
+        (("cluster", "restore", str(tmp_path / "missing"), "--data-dir", str(tmp_path / "d2")), "cannot read"),
+        (("cluster", "restore", str(damaged)), "--data-dir is required"),
+        (("cluster", "init", "--force-new-cluster", "--data-dir", str(tmp_path / "d3")), "holds no manager"),
+        (("cluster", "backup", str(tmp_path / "no-such-dir" / "f")), "is not a directory"),
+        (("cluster", "backup", str(tmp_path)), "is a directory"),
+    ]
+    for args, expected in cases:
+        assert cli_main.main(list(args)) == Exit.USAGE, args
+        err = capsys.readouterr().err
+        assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
+    assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
