@@ -3,22 +3,29 @@ the state a recovery makes; a locked cluster's backup restored only with its unl
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import grpc
 import msgspec
 import pytest
 
 from tests.fixtures.ports import free_port
 from tests.unit.test_autolock import RAFT_SECRET, applied, cluster_with_secrets
 from warren import commands, pki
+from warren.api.v1 import control_pb2 as cpb
 from warren.cli import main as cli_main
 from warren.cli.errors import Exit
 from warren.manager import autolock, backup, recovery
+from warren.manager.controlapi import ControlService
+from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.raft import SnapshotFile
+from warren.manager.server import ApiError
 from warren.manager.startup import ManagerOptions, StartupError
 from warren.manager.store import Snapshot, Store, open_environment
 from warren.model import ClusterInfo, Node, NodeRole
+from warren.state import Put
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +151,30 @@ def test_bad_input_at_each_flag_is_one_line_and_exit_2(tmp_path: Path, capsys: p
         err = capsys.readouterr().err
         assert expected in err and len(err.strip().splitlines()) == 1, (args, err)
     assert not (tmp_path / "d1").exists() and not (tmp_path / "d2").exists() and not (tmp_path / "d3").exists()
+
+
+async def _collect(control: ControlService) -> list[cpb.BackupChunk]:
+    return [chunk async for chunk in control.BackupCluster(cpb.BackupClusterRequest(), None)]
+
+
+def test_the_api_streams_a_whole_backup_of_the_store(ca: pki.CertificateAuthority, tmp_path: Path) -> None:
+    env = open_environment(tmp_path / "db")
+    try:
+        store = Store(env)
+        cluster = cluster_with_secrets(ca)
+        store.commit(7, [Put("cluster", cluster), *(Put("node", n) for n in _nodes())])
+        raft = InMemoryRaft(store)
+        control = ControlService(store, raft, raft_secret=RAFT_SECRET)
+        chunks = asyncio.run(_collect(control))
+        blob = b"".join(c.data for c in chunks)
+        assert {(c.raft_index, c.total_size) for c in chunks} == {(7, len(blob))}
+        taken = backup.decode(blob)
+        assert (taken.cluster_id, taken.raft_index, taken.raft_term) == ("c", 7, raft.term)
+        assert taken.state.cluster == cluster and len(taken.state.nodes) == 3
+        # A store that cannot be dumped (the in-memory one of unit tests) says so.
+        memory = InMemoryState()
+        with pytest.raises(ApiError) as refused:
+            asyncio.run(_collect(ControlService(memory, InMemoryRaft(memory), raft_secret=RAFT_SECRET)))
+        assert refused.value.code == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        env.close()
