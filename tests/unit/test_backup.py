@@ -124,7 +124,7 @@ def test_restore_makes_a_single_manager_directory_of_the_same_cluster(
 def test_a_locked_clusters_backup_needs_its_unlock_key(ca: pki.CertificateAuthority, tmp_path: Path) -> None:
     cluster = cluster_with_secrets(ca)
     key = autolock.new_unlock_key()
-    taken = _backup(applied(cluster, autolock.lock(cluster, RAFT_SECRET, key)))
+    taken = msgspec.structs.replace(_backup(applied(cluster, autolock.lock(cluster, RAFT_SECRET, key))), raft_secret="")
     with pytest.raises(StartupError, match=r"locked cluster.*--unlock-key-file"):
         recovery.restore(taken, _options(tmp_path / "a"), drained=True)
     with pytest.raises(StartupError, match="wrong unlock key"):
@@ -132,6 +132,7 @@ def test_a_locked_clusters_backup_needs_its_unlock_key(ca: pki.CertificateAuthor
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     identity = recovery.restore(taken, _options(tmp_path / "c", key), drained=True)
     assert identity.cluster_id == taken.cluster_id
+    assert len((tmp_path / "c" / "raft.secret").read_text()) == 64  # a new one: the backup has none
 
 
 def test_bad_input_at_each_flag_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -171,6 +172,10 @@ def test_the_api_streams_a_whole_backup_of_the_store(ca: pki.CertificateAuthorit
         taken = backup.decode(blob)
         assert (taken.cluster_id, taken.raft_index, taken.raft_term) == ("c", 7, raft.term)
         assert taken.state.cluster == cluster and len(taken.state.nodes) == 3
+        # Locked, the Raft secret stays out of the backup: the unlock key is the keys' root.
+        locked = applied(cluster, autolock.lock(cluster, RAFT_SECRET, autolock.new_unlock_key()))
+        store.commit(8, [Put("cluster", locked)])
+        assert backup.decode(b"".join(c.data for c in asyncio.run(_collect(control)))).raft_secret == ""
         # A store that cannot be dumped (the in-memory one of unit tests) says so.
         memory = InMemoryState()
         with pytest.raises(ApiError) as refused:

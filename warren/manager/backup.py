@@ -39,7 +39,7 @@ class Backup(msgspec.Struct, frozen=True):
     raft_index: int
     raft_term: int
     created_at: float
-    raft_secret: str  # the key root unless the cluster is locked (ADR 38, 44)
+    raft_secret: str  # the key root; empty for a locked cluster, whose root is the unlock key (ADR 38, 44)
     state: Snapshot
 
 

@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 import grpc
 
 from warren.api.v1 import control_pb2 as cpb
-from warren.manager import backup
+from warren.manager import autolock, backup
 from warren.manager.ports import Consensus, StateReader
 from warren.manager.server import ApiError
 from warren.manager.store import Snapshot
@@ -40,7 +40,10 @@ class BackupControl:
         state = store.dump()  # consistent: the state at exactly its applied index
         if state.cluster is None:
             raise ApiError(grpc.StatusCode.FAILED_PRECONDITION, "this manager holds no cluster state yet")
+        # Locked, the unlock key is the keys' root and the Raft secret only opens this cluster's Raft
+        # port: a backup does not carry it, and a restore makes a new one (ADR 56).
+        secret = "" if autolock.is_locked(state.cluster) else self._raft_secret
         taken = backup.Backup(
-            state.cluster.id, state.applied_index, self._raft.status().term, time.time(), self._raft_secret, state
+            state.cluster.id, state.applied_index, self._raft.status().term, time.time(), secret, state
         )
         return backup.encode(taken), state.applied_index

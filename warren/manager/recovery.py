@@ -4,6 +4,7 @@ Both run before the manager starts, then the manager resumes from the directory 
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import asdict, replace
 
@@ -65,7 +66,9 @@ def restore(taken: backup.Backup, options: ManagerOptions, drained: bool) -> Man
     admin_id = new_id()
     admin_cert, admin_key = ca.issue_keypair(admin_id, pki.ROLE_ADMIN, validity_days=365)
     tls.save_credentials(data / "admin", ca.cert_pem, admin_cert, admin_key)
-    datadir.write_atomic(datadir.ManagerDir(data).raft_secret, taken.raft_secret.encode())
+    # A locked cluster's backup carries no Raft secret (the unlock key is the root): a new one.
+    raft_secret = taken.raft_secret or secrets.token_hex(32)
+    datadir.write_atomic(datadir.ManagerDir(data).raft_secret, raft_secret.encode())
     now = time.time()
     admin = AdminCert(admin_id, INIT_ADMIN_NAME, now, pki.identity_of(admin_cert).not_after.timestamp(), ca.key_id)
     env = open_environment(data / "db")
