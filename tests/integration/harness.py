@@ -69,6 +69,8 @@ class Manager:
     # Test images ("busybox", "x") are in no registry, and a lookup would leave loopback (DNS):
     # these managers pin no image to a digest unless a test asks (ADR 34).
     resolve_images: bool = False
+    # What creates or resumes the manager: `cluster restore FILE` starts one from a backup (ADR 56).
+    command: list[str] = field(default_factory=lambda: ["cluster", "init"])
 
     @property
     def data_dir(self) -> Path:
@@ -105,7 +107,7 @@ class Manager:
         if self.founder is not None:
             command = ["cluster", "join", "--token", self.token, self.founder.join_addr]
         else:
-            command = ["cluster", "init"]
+            command = self.command
         self.process = subprocess.Popen(
             [
                 *self.launcher,

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from warren.cli import autolock, certs, units, worker
+from warren.cli import autolock, backup, certs, manager_flags, units, worker
+from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
 
 _ADDR = value_type(units.parse_hostport)
@@ -23,57 +24,11 @@ def register(groups: Any) -> None:
         description="Create a new cluster, or resume the one in --data-dir, and serve as its manager "
         "until interrupted. Writes the admin credentials and a client context on first start.",
     )
-    p.add_argument("--data-dir", type=Path, metavar="DIR", help="state directory (default: /var/lib/warren)")
-    p.add_argument("--listen-addr", type=_ADDR, metavar="HOST:PORT", help="API address (default: 0.0.0.0:4242)")
-    p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
-    p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
-    p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
+    manager_flags.add_manager_flags(p)
     p.add_argument(
-        "--join-addr",
-        type=_ADDR,
-        metavar="HOST:PORT",
-        help="plaintext join listener new nodes dial (default: advertise host, API port + 2)",
-    )
-    p.add_argument(
-        "--heartbeat-period",
-        type=value_type(units.parse_duration),
-        metavar="DURATION",
-        help="how often workers heartbeat; a node is down after 3 missed (default: 5s; first start only)",
-    )
-    p.add_argument(
-        "--overlay-range",
-        metavar="CIDR",
-        help="the overlay network, one /24 per node (default: 10.200.0.0/16; first start only)",
-    )
-    p.add_argument("--vip-range", metavar="CIDR", help="service virtual IPs (default: 10.201.0.0/16; first start only)")
-    p.add_argument(
-        "--manager-only",
+        "--force-new-cluster",
         action="store_true",
-        default=None,
-        help="run no agent here, so this node runs no tasks (it is drained at init)",
-    )
-    p.add_argument(
-        "--runtime", choices=("containerd", "exec"), help="the embedded agent's task runtime (default: containerd)"
-    )
-    p.add_argument("--containerd-socket", metavar="PATH", help="containerd's socket, for the embedded agent")
-    p.add_argument(
-        "--cgroup-parent", metavar="PATH", help="cgroup the embedded agent's containers go under (default: /warren)"
-    )
-    worker.add_wireguard_flags(p)  # for the embedded agent
-    worker.add_state_map_size_flag(p)
-    worker.add_resolve_images_flag(p)
-    autolock.add_unlock_key_file_flag(p)
-    p.add_argument(
-        "--insecure-registry",
-        action="append",
-        metavar="HOST:PORT",
-        help="registry the embedded agent pulls from over plain HTTP (repeat)",
-    )
-    p.add_argument(
-        "--registry-ca",
-        action="append",
-        metavar="HOST:PORT=FILE",
-        help="CA bundle (PEM) of a registry's HTTPS certificate, for the manager and its agent (repeat)",
+        help="on a surviving manager's --data-dir: make it the only manager, with all its state (ADR 56)",
     )
     p.set_defaults(func=cmd_init)
 
@@ -123,43 +78,24 @@ def register(groups: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print the token only")
     p.set_defaults(func=cmd_join_token)
 
+    backup.register(cmds)  # #16 (ADR 56)
     certs.register(cmds)
     autolock.register(cmds)
     worker.add_join_parser(cmds)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from warren.manager import daemon
+    from warren.manager import daemon, recovery
     from warren.node import manager as manager_node
-    from warren.node.embedded import EmbeddedAgentFlags
 
-    options: dict[str, Any] = {"data_dir": args.data_dir or daemon.DEFAULT_DATA_DIR}
-    for name in (
-        "listen_addr",
-        "advertise_addr",
-        "metrics_addr",
-        "raft_addr",
-        "join_addr",
-        "heartbeat_period",
-        "overlay_range",
-        "vip_range",
-        "state_map_size",
-        "resolve_images",
-        "unlock_key",
-    ):
-        if getattr(args, name) is not None:
-            options[name] = getattr(args, name)
-    flags = EmbeddedAgentFlags(
-        manager_only=args.manager_only,
-        runtime=args.runtime,
-        containerd_socket=args.containerd_socket,
-        insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
-        registry_cas=worker.registry_cas(args.registry_ca),
-        cgroup_parent=args.cgroup_parent,
-        wireguard=args.wireguard,
-        wireguard_interface=args.wireguard_interface,
-    )
-    return manager_node.run(daemon.ManagerOptions(**options), flags)
+    options = manager_flags.manager_options(args)
+    if args.force_new_cluster:
+        try:
+            identity = recovery.force_new_cluster(options)
+        except daemon.StartupError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
+        print(f"Manager {identity.node_id} is now the only manager of cluster {identity.cluster_id}.", flush=True)
+    return manager_node.run(options, manager_flags.agent_flags(args))
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -51,6 +51,26 @@ def raft_peers(identity: ManagerIdentity, store: Store) -> list[str]:
     return sorted((known | set(identity.peers)) - {identity.raft_addr})
 
 
+def manager_node(identity: ManagerIdentity, drained: bool, now: float) -> Node:
+    """This manager's Node record, as the cluster it creates (or restores: ADR 56) holds it."""
+    host = host_facts()
+    return Node(
+        id=identity.node_id,
+        hostname=host.hostname,
+        role=NodeRole.MANAGER,
+        availability=Availability.DRAIN if drained else Availability.ACTIVE,
+        status=NodeStatus.READY,
+        resources=Resources(nano_cpus=host.nano_cpus, memory_bytes=host.memory_bytes),
+        addr=identity.advertise_addr,
+        raft_addr=identity.raft_addr,
+        join_addr=identity.join_addr,
+        os=host.os,
+        arch=host.arch,
+        created_at=now,
+        updated_at=now,
+    )
+
+
 async def init_cluster(
     raft: RaftNode, identity: ManagerIdentity, data: Path, options: ManagerOptions, drained: bool, secret: str
 ) -> None:
@@ -68,22 +88,7 @@ async def init_cluster(
         heartbeat_period=options.heartbeat_period,
         **overlay_plan(options),
     )
-    host = host_facts()
-    manager = Node(
-        id=identity.node_id,
-        hostname=host.hostname,
-        role=NodeRole.MANAGER,
-        availability=Availability.DRAIN if drained else Availability.ACTIVE,
-        status=NodeStatus.READY,
-        resources=Resources(nano_cpus=host.nano_cpus, memory_bytes=host.memory_bytes),
-        addr=identity.advertise_addr,
-        raft_addr=identity.raft_addr,
-        join_addr=identity.join_addr,
-        os=host.os,
-        arch=host.arch,
-        created_at=now,
-        updated_at=now,
-    )
+    manager = manager_node(identity, drained, now)
     admin_record = AdminCert(
         id=admin.node_id,
         name=INIT_ADMIN_NAME,

@@ -23,6 +23,7 @@ from warren.ids import new_id
 from warren.manager import autolock, paging
 from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
+from warren.manager.controlbackup import BackupControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
 from warren.manager.controlnetworks import NetworksControl
 from warren.manager.controlregistry import RegistryControl
@@ -190,6 +191,7 @@ class ControlService(
     StacksControl,  # #14
     EventsControl,
     NetworksControl,
+    BackupControl,  # #16 (ADR 56)
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
