@@ -41,7 +41,9 @@ APP_SCRIPT = (
 # the stack's names (its resolv.conf is its node's embedded DNS), then prints "probed".
 PROBE = (
     "until [ -f /flags/targets ]; do sleep 0.2; done; "
-    'while read name address; do echo "reach_$name=$(wget -T 2 -q -O - http://$address:8080/ 2>&1 | head -n 1)"; '
+    # busybox 1.35's wget segfaults on -T: bound it with timeout instead (ENVIRONMENT.md).
+    'while read name address; do echo "reach_$name=$( (timeout 2 wget -q -O - http://$address:8080/ 2>&1 '
+    '|| echo failed) | head -n 1)"; '
     "done < /flags/targets; "
     'for name in big_web big_db; do echo "resolve_$name=$(nslookup $name 2>&1 | grep -A 1 Name: | tail -n 1)"; done; '
     "echo probed; exec sleep 3600"
