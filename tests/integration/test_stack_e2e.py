@@ -1,9 +1,12 @@
 """A stack from ONE Compose file on three network-namespace hosts, each a Warren node on its own
 real containerd (#14, ADR 48 and 49): a secret and a config from files, a named volume, a bind
-mount relative to the file, a UDP port, a host-mode port, two networks (their isolation is ADR
-47's, not checked here) and `depends_on: service_healthy`. Each behaviour is checked from inside
-the tasks (what they print in their logs) or from the nodes. Then `plan` shows no change, one
-changed image plans and replaces exactly one service, and `stack rm` leaves nothing behind.
+mount relative to the file, a UDP port, a host-mode port, two networks isolated from each other
+(ADR 47) and `depends_on: service_healthy`. Each behaviour is checked from inside the tasks (what
+they print in their logs) or from the nodes. Isolation too: once web runs, the test writes web's
+VIP and task address and db's VIP into the bind-mounted flags directory; `udp` (only on `back`)
+and `app` (on both) fetch each and look up both names, and only `udp` fails to reach or resolve
+web. Then `plan` shows no change, one changed image plans and replaces exactly one service, and
+`stack rm` leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -32,7 +35,18 @@ TOKEN, CONF = "tok-7c1f", "level=debug"
 APP_SCRIPT = (
     'echo "secret=$(cat /run/secrets/token)"; echo "config=$(cat /etc/app.conf)"; '
     'echo "kept=$(cat /data/kept 2>/dev/null)"; echo written > /data/kept; '
-    'echo "flags=$(ls /flags | tr "\\n" ,)"; echo done; exec sleep 3600'
+    'echo "flags=$(ls /flags | tr "\\n" ,)"; echo done; '
+)
+# Once the test names the targets (one "name address" a line), a task fetches each and looks up
+# the stack's names (its resolv.conf is its node's embedded DNS), then prints "probed".
+PROBE = (
+    "until [ -f /flags/targets ]; do sleep 0.2; done; "
+    # busybox 1.35's wget segfaults on -T: bound it with timeout instead (ENVIRONMENT.md).
+    'while read name address; do echo "reach_$name=$( (timeout 2 wget -q -O - http://$address:8080/ 2>&1 '
+    '|| echo failed) | head -n 1)"; '
+    "done < /flags/targets; "
+    'for name in big_web big_db; do echo "resolve_$name=$(nslookup $name 2>&1 | grep -A 1 Name: | tail -n 1)"; done; '
+    "echo probed; exec sleep 3600"
 )
 
 COMPOSE = """\
@@ -70,7 +84,9 @@ services:
       update_config: {{monitor: 1s}}
   udp:
     image: {registry}/web:v1
+    command: ["sh", "-c", {probe_script}]
     stop_grace_period: 1s
+    volumes: ["./flags:/flags:ro"]
     ports: ["{udp_port}:{udp_target}/udp"]
     networks: [back]
 networks:
@@ -96,7 +112,8 @@ class StackRig(DeployRig):
         text = COMPOSE.format(
             registry=self.registry.host,
             web_tag=web_tag,
-            app_script=json.dumps(APP_SCRIPT.replace("$", "$$")),  # Compose interpolation
+            app_script=json.dumps((APP_SCRIPT + PROBE).replace("$", "$$")),  # Compose interpolation
+            probe_script=json.dumps(PROBE.replace("$", "$$")),
             app_host=self.cluster.node_of(self.cluster.hosts[1])["hostname"],
             web_port=WEB_PORT,
             host_port=HOST_PORT,
@@ -118,13 +135,14 @@ class StackRig(DeployRig):
             s: {t["id"] for t in self.live(f"big_{s}") if t["state"] == "running"} for s in ("db", "app", "web", "udp")
         }
 
-    def output(self, task: dict) -> dict[str, str]:
+    def output(self, task: dict, end: str = "done") -> dict[str, str]:
+        """What `task` printed as name=value lines, once it printed the line `end`."""
         log = self.cluster.data_dir(self.host_of(task["node_id"])) / "logs" / f"{task['id']}.log"
         try:
             lines = log.read_text().splitlines()
         except OSError:
             return {}
-        return dict(line.split("=", 1) for line in lines if "=" in line) if "done" in lines else {}
+        return dict(line.split("=", 1) for line in lines if "=" in line) if end in lines else {}
 
     def get(self, host: LabHost, port: int) -> str:
         """GET / on `host`'s port, from `host` itself; "" when nothing answers."""
@@ -190,6 +208,30 @@ def test_one_compose_file_deployed_checked_updated_and_removed(rig: StackRig) ->
     wait_for(lambda: rig.running_ids()["udp"], timeout=60, message="udp running")
     wait_for(lambda: all(f"udp dport {UDP_PORT}" in rig.ruleset(h) for h in hosts), timeout=30, message="the UDP port")
 
+    # Isolation, from inside the tasks: udp (back) reaches and names db (back) but not web (front),
+    # by VIP or task address; app (both) reaches and names both.
+    vips = {s: json.loads(rig.ok("service", "inspect", f"big_{s}", "--format", "json"))["vip"] for s in ("db", "web")}
+    assert all(vips.values()), vips
+    targets = rig.root / "stack" / "flags" / "targets"
+    targets.with_suffix(".new").write_text(
+        f"web_vip {vips['web']}\nweb_task {web['overlay_address']}\ndb_vip {vips['db']}\n"
+    )
+    targets.with_suffix(".new").rename(targets)  # the tasks never read half a file
+    (udp,) = rig.live("big_udp")
+    page = "warren web v1"
+    probed = {
+        "app": wait_for(lambda: rig.output(app, end="probed"), timeout=60, message="app's probes"),
+        "udp": wait_for(lambda: rig.output(udp, end="probed"), timeout=60, message="udp's probes"),
+    }
+    assert {k: v for k, v in probed["app"].items() if k.startswith("reach_")} == dict.fromkeys(
+        ("reach_web_vip", "reach_web_task", "reach_db_vip"), page
+    ), probed
+    assert probed["udp"]["reach_db_vip"] == page, probed
+    assert page not in probed["udp"]["reach_web_vip"] + probed["udp"]["reach_web_task"], probed
+    assert probed["app"]["resolve_big_web"] == f"Address: {vips['web']}", probed
+    assert probed["app"]["resolve_big_db"] == probed["udp"]["resolve_big_db"] == f"Address: {vips['db']}", probed
+    assert probed["udp"]["resolve_big_web"] == "", probed
+
     # The same file: no change. One changed image: exactly one update, only its tasks replaced.
     before = rig.running_ids()
     same = stack_cli(rig, "plan", "-c", compose, "big")
@@ -216,8 +258,7 @@ def test_one_compose_file_deployed_checked_updated_and_removed(rig: StackRig) ->
     app_host = rig.host_of(app["node_id"])
     names = ("big_db", "big_web", "big_app")
     wait_for(lambda: all(rig.resolves(app_host, gateway, n) for n in names), timeout=30, message="names resolve")
-    vips = [json.loads(rig.ok("service", "inspect", f"big_{s}", "--format", "json"))["vip"] for s in ("db", "web")]
-    assert all(vips) and all(v in rig.ruleset(app_host) for v in vips), vips
+    assert all(v in rig.ruleset(app_host) for v in vips.values()), vips
 
     volumes = json.loads(rig.ok("volume", "ls", "--format", "json"))
     assert [v["name"] for v in volumes] == ["big_data"], volumes
@@ -231,8 +272,9 @@ def test_one_compose_file_deployed_checked_updated_and_removed(rig: StackRig) ->
     wait_for(lambda: not rig.container_ids(), timeout=60, message="no container left in any containerd")
     stack_cli(rig, "rm", "big")  # the volume, once no task holds it
     wait_for(lambda: json.loads(rig.ok("volume", "ls", "--format", "json")) == [], timeout=30, message="volume gone")
+    stack_words = (str(UDP_PORT), str(HOST_PORT), *vips.values())
     wait_for(
-        lambda: not any(any(word in rig.ruleset(h) for word in (str(UDP_PORT), str(HOST_PORT), *vips)) for h in hosts),
+        lambda: not any(any(word in rig.ruleset(h) for word in stack_words) for h in hosts),
         timeout=30,
         message="no nftables rule for the stack's ports and VIPs",
     )
