@@ -470,9 +470,11 @@ def registry_login_id(host: str, service_id: str = "") -> str:
     return f"{service_id}/{host}" if service_id else host
 
 
-class Task(msgspec.Struct, frozen=True):
+class Task(msgspec.Struct, frozen=True, gc=False):
     """One instance of a service. `slot` numbers replicas (1..N); global tasks use slot 0 and
-    are identified by their node. `spec_version` is the service version the task runs."""
+    are identified by their node. `spec_version` is the service version the task runs.
+    Untracked by the cycle collector (gc=False, ADR 55): a task holds only immutable values, so
+    it is never in a cycle, and a collection need not visit 100,000 of them."""
 
     id: str
     service_id: str
