@@ -22,15 +22,20 @@ import tracemalloc
 
 import msgspec
 
+from bench.common import figure
+from warren import commands
+from warren.commands import codec
+from warren.commands.types import ApplyPlan, TaskUpdate
+from warren.model import HealthCheck, Node, NodeStatus, PortConfig, Resources, Service, ServiceSpec, Task, TaskState
+from warren.state import ClusterState, Put
+
 SIZES = (10_000, 100_000)
 REPLICAS = 100  # per service
 TASKS_PER_NODE = 100
 PLAN_TASKS = 500  # tasks per ApplyPlan, as a reconcile pass proposes them
 
 
-def _spec(index: int):  # noqa: ANN202 - model types are imported lazily
-    from warren.model import HealthCheck, PortConfig, Resources, ServiceSpec
-
+def _spec(index: int) -> ServiceSpec:
     return ServiceSpec(
         name=f"svc-{index:05d}",
         image=f"registry.example.com/team/app-{index % 50}:1.{index % 7}",
@@ -47,21 +52,15 @@ def _spec(index: int):  # noqa: ANN202 - model types are imported lazily
     )
 
 
-def build(tasks: int):  # noqa: ANN201
+def build(tasks: int) -> ClusterState:
     """A ClusterState holding `tasks` running tasks, reached through the codec and the commands."""
-    from warren import commands
-    from warren.commands import codec
-    from warren.commands.types import ApplyPlan, TaskUpdate
-    from warren.model import Node, Resources, Service, Task, TaskState
-    from warren.state import ClusterState, Put
-
     state = ClusterState()
     node_count = max(1, tasks // TASKS_PER_NODE)
     nodes = [
         Node(
             id=f"node{n:021d}",
             hostname=f"host-{n:04d}",
-            status=_ready(),
+            status=NodeStatus.READY,
             resources=Resources(64_000_000_000, 256 << 30),
             overlay=True,
             overlay_subnet=f"10.{128 + n // 256}.{n % 256}.0/24",
@@ -75,6 +74,7 @@ def build(tasks: int):  # noqa: ANN201
 
     def propose(plan: ApplyPlan) -> None:
         decoded = codec.decode(codec.encode(plan))  # as every manager applies the entry
+        assert isinstance(decoded, ApplyPlan)
         _result, changes = commands.apply(state, decoded)
         state.apply(changes)
 
@@ -115,27 +115,16 @@ def build(tasks: int):  # noqa: ANN201
     return state
 
 
-def reload(state):  # noqa: ANN001, ANN201
+def reload(state: ClusterState) -> ClusterState:
     """The same state as a restarted manager reads it from LMDB: each object decoded alone."""
-    from warren.model import Node, Service, Task
-    from warren.state import ClusterState, Put
-
     encoder = msgspec.msgpack.Encoder()
     loaded = ClusterState()
-    for kind, objects, kind_type in (
-        ("node", state.nodes, Node),
-        ("service", state.services, Service),
-        ("task", state.tasks, Task),
-    ):
-        decoder = msgspec.msgpack.Decoder(kind_type)
-        loaded.apply([Put(kind, decoder.decode(encoder.encode(o))) for o in objects.values()])
+    loaded.apply([Put("node", msgspec.msgpack.decode(encoder.encode(n), type=Node)) for n in state.nodes.values()])
+    loaded.apply(
+        [Put("service", msgspec.msgpack.decode(encoder.encode(s), type=Service)) for s in state.services.values()]
+    )
+    loaded.apply([Put("task", msgspec.msgpack.decode(encoder.encode(t), type=Task)) for t in state.tasks.values()])
     return loaded
-
-
-def _ready():  # noqa: ANN202
-    from warren.model import NodeStatus
-
-    return NodeStatus.READY
 
 
 def measure(tasks: int) -> dict[str, float]:
@@ -166,8 +155,6 @@ def measure(tasks: int) -> dict[str, float]:
 
 
 def run() -> dict[str, object]:
-    from bench.common import figure
-
     rows = [measure(size) for size in SIZES]
     results: dict[str, object] = {"name": "task_memory", "sizes": rows}
     results["figures"] = [

@@ -277,7 +277,7 @@ class ClusterState:
                 shared = sys.intern(value)
                 if shared is not value:
                     fields[name] = shared
-        return msgspec.structs.replace(task, **fields) if fields else task  # type: ignore[arg-type]
+        return msgspec.structs.replace(task, **fields) if fields else task
 
     def _equal_spec(self, task: Task, old: Task | None) -> ServiceSpec:
         """The spec object equal to `task.spec` that the state holds already: the task's own

@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warren.network.ipam import (
-    ExhaustedError,
     LEGACY_OVERLAY,
+    ExhaustedError,
     IpamError,
     allocate_address,
     allocate_node_subnet,
