@@ -519,6 +519,25 @@ def is_routed(task: Task) -> bool:
     return is_ready(task)
 
 
+def without_history(tasks: list[Task]) -> list[Task]:
+    """What a task listing shows unless asked for history (ADR 55): every task that has not
+    ended, and an ended one only if it is still desired running and the newest of its slot (of
+    its node, for a global task), which tells why the slot has no live task yet. A task that
+    failed on its own keeps desired state running (its slot's restart count); once a newer one
+    takes its slot it is history, as Swarm's restart marks it shutdown."""
+
+    def slot(t: Task) -> tuple[str, int, str]:
+        return (t.service_id, t.slot, "" if t.slot else t.node_id)
+
+    newest: dict[tuple[str, int, str], Task] = {}
+    for t in tasks:
+        if t.desired_state == TaskState.RUNNING:
+            held = newest.get(slot(t))
+            if held is None or (t.created_at, t.id) > (held.created_at, held.id):
+                newest[slot(t)] = t
+    return [t for t in tasks if not t.state.terminal or newest.get(slot(t)) is t]
+
+
 def is_ready(task: Task) -> bool:
     """Running and fit to serve: healthy if its spec has a health check, else not unhealthy."""
     if task.state != TaskState.RUNNING:
