@@ -9,6 +9,7 @@ and after. The time from the first CreateService to convergence is reported too.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from bench.common import child_pids, figure, rss_kib, running_manager
@@ -22,12 +23,15 @@ RSS_GOAL_MIB = round(150e6 / 2**20, 1)  # the goal is 150 MB (decimal) = 143.1 M
 TIMEOUT = 30.0
 
 
-def run() -> dict[str, object]:
+def run(services: int = SERVICES, replicas: int = REPLICAS) -> dict[str, object]:
+    """`services` x `replicas` tasks (100 x 100 in `make bench`; `python3 -m bench.bench_memory
+    1000 100` measures 100,000)."""
     from warren.api.v1 import control_pb2 as cpb
     from warren.api.v1 import control_pb2_grpc
     from warren.api.v1 import types_pb2 as tpb
 
-    results: dict[str, object] = {"name": "memory", "services": SERVICES, "replicas_per_service": REPLICAS}
+    target = services * replicas
+    results: dict[str, object] = {"name": "memory", "services": services, "replicas_per_service": replicas}
     with running_manager("memory") as manager:
         pid = manager.process.pid
         channel = manager.channel()
@@ -38,24 +42,24 @@ def run() -> dict[str, object]:
             before = rss_kib(pid)
 
             start = time.perf_counter()
-            for s in range(SERVICES):
-                spec = tpb.ServiceSpec(name=f"mem-{s:03d}", image=IMAGE, replicas=REPLICAS)
+            for s in range(services):
+                spec = tpb.ServiceSpec(name=f"mem-{s:03d}", image=IMAGE, replicas=replicas)
                 stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=TIMEOUT)
             created = time.perf_counter() - start
 
             # Poll per service: one ListTasks of all 10K tasks would exceed gRPC's 4 MB default limit.
             assigned, polls, peak_during = 0, 0, 0
-            deadline = start + CONVERGE_TIMEOUT
+            deadline = start + CONVERGE_TIMEOUT * max(1, target // TARGET)
             while True:
-                assigned = _assigned(stub, cpb)
+                assigned = _assigned(stub, cpb, services)
                 polls += 1
                 peak_during = max(peak_during, rss_kib(pid)["VmRSS"])
-                if assigned >= TARGET or time.perf_counter() > deadline:
+                if assigned >= target or time.perf_counter() > deadline:
                     break
                 time.sleep(0.25)
             converged = time.perf_counter() - start
-            if assigned < TARGET:
-                raise RuntimeError(f"only {assigned}/{TARGET} tasks assigned after {CONVERGE_TIMEOUT}s")
+            if assigned < target:
+                raise RuntimeError(f"only {assigned}/{target} tasks assigned after {CONVERGE_TIMEOUT}s")
 
             after = rss_kib(pid)
             time.sleep(3.0)  # settle: the orchestrator's follow-up work, allocator
@@ -80,25 +84,25 @@ def run() -> dict[str, object]:
             "rss_settled_mib": mb(settled["VmRSS"]),
             "rss_anon_settled_mib": mb(settled.get("RssAnon", 0)),
             "rss_peak_mib": mb(settled["VmHWM"]),
-            "rss_per_task_kib": round((settled["VmRSS"] - before["VmRSS"]) / TARGET, 2),
+            "rss_per_task_kib": round((settled["VmRSS"] - before["VmRSS"]) / target, 2),
         }
     )
     results["figures"] = [
         figure("Manager RSS, idle", results["rss_before_mib"], "MiB"),
-        figure(f"Manager RSS with {TARGET:,} tasks", results["rss_settled_mib"], "MiB", RSS_GOAL_MIB, "<="),
+        figure(f"Manager RSS with {target:,} tasks", results["rss_settled_mib"], "MiB", RSS_GOAL_MIB, "<="),
         figure("Manager peak RSS (VmHWM)", results["rss_peak_mib"], "MiB"),
-        figure(f"Time to {TARGET:,} tasks assigned", results["converge_seconds"], "s"),
+        figure(f"Time to {target:,} tasks assigned", results["converge_seconds"], "s"),
     ]
     return results
 
 
-def _assigned(stub, cpb) -> int:
+def _assigned(stub, cpb, services: int) -> int:
     total = 0
-    for s in range(SERVICES):
+    for s in range(services):
         tasks = stub.ListTasks(cpb.ListTasksRequest(service=f"mem-{s:03d}"), timeout=TIMEOUT).tasks
         total += sum(1 for t in tasks if t.node_id and t.state != "pending" and t.state != "new")
     return total
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    print(json.dumps(run(*(int(a) for a in sys.argv[1:3])), indent=2))

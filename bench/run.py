@@ -23,6 +23,7 @@ BENCHMARKS = {
     "scheduler": "bench.bench_scheduler",
     "api": "bench.bench_api",
     "memory": "bench.bench_memory",
+    "task_memory": "bench.bench_task_memory",  # bytes per task at 10K and 100K, in-process (ADR 55, #15)
     "task_start": "bench.bench_task_start",
     "e2e": "bench.bench_e2e",
     "raft": "bench.bench_raft",

@@ -114,7 +114,7 @@ class RolloutState(enum.Enum):
         return self in (RolloutState.UPDATING, RolloutState.CANARY, RolloutState.ROLLBACK_STARTED)
 
 
-class Resources(msgspec.Struct, frozen=True):
+class Resources(msgspec.Struct, frozen=True, omit_defaults=True):
     """CPU in nano-CPUs (1e9 = one core) and memory in bytes, as Docker counts them."""
 
     nano_cpus: int = 0
@@ -130,7 +130,7 @@ class Resources(msgspec.Struct, frozen=True):
         return self.nano_cpus <= available.nano_cpus and self.memory_bytes <= available.memory_bytes
 
 
-class RestartPolicy(msgspec.Struct, frozen=True):
+class RestartPolicy(msgspec.Struct, frozen=True, omit_defaults=True):
     """When a dead task is replaced. max_attempts=0 means unlimited; a task that ran at least
     `window` seconds resets the attempt count (window=0: attempts are never reset)."""
 
@@ -140,7 +140,7 @@ class RestartPolicy(msgspec.Struct, frozen=True):
     window: float = 0.0
 
 
-class HealthCheck(msgspec.Struct, frozen=True):
+class HealthCheck(msgspec.Struct, frozen=True, omit_defaults=True):
     """A health probe run by the agent. kind: "cmd" (command in the task), "http" (GET target
     URL, 2xx/3xx healthy) or "tcp" (connect to target host:port)."""
 
@@ -153,7 +153,7 @@ class HealthCheck(msgspec.Struct, frozen=True):
     start_period: float = 0.0
 
 
-class UpdateConfig(msgspec.Struct, frozen=True):
+class UpdateConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     """How a change rolls out (ADR 33): `parallelism` tasks at a time (0 = all), `delay` between
     one task's success and the next start in its lane, a new task succeeding once ready for
     `monitor` seconds; the failure action applies once more than `max_failure_ratio` of the
@@ -181,7 +181,7 @@ class UpdateStatus(msgspec.Struct, frozen=True):
     promoted_at: float = 0.0  # a canary rollout (ADR 35): when it was promoted; 0 while its canaries wait
 
 
-class DeployConfig(msgspec.Struct, frozen=True):
+class DeployConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     """The deployment strategy (ADR 35). Canary: `canary_replicas` new tasks beside the old ones
     take `canary_weight` percent of new connections (None: their share of the tasks), promoted
     by `service promote` or once healthy for `canary_auto_promote` seconds (0: never).
@@ -197,7 +197,7 @@ class DeployConfig(msgspec.Struct, frozen=True):
 BLUE_GREEN_KEEP = 300.0  # the default --blue-green-keep (ADR 35)
 
 
-class PortConfig(msgspec.Struct, frozen=True):
+class PortConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     target: int
     published: int = 0
     protocol: str = "tcp"
@@ -216,7 +216,7 @@ class MountType(enum.Enum):
     TMPFS = "tmpfs"
 
 
-class Mount(msgspec.Struct, frozen=True):
+class Mount(msgspec.Struct, frozen=True, omit_defaults=True):
     """A filesystem in a task's tasks (ADR 40): a named volume, a host path (bind) or a tmpfs,
     at the absolute path `target`. `source` is the volume's name or the host path ("" for tmpfs)."""
 
@@ -243,7 +243,7 @@ class Volume(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
-class NetworkAttachment(msgspec.Struct, frozen=True):
+class NetworkAttachment(msgspec.Struct, frozen=True, omit_defaults=True):
     """A service on a network (#14): its tasks may reach, and resolve by name, the tasks of the
     services on the same network; `aliases` are extra names it answers to there."""
 
@@ -266,7 +266,7 @@ class Network(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
-class FileRef(msgspec.Struct, frozen=True):
+class FileRef(msgspec.Struct, frozen=True, omit_defaults=True):
     """A secret or config a service's tasks see as a file (ADR 38): the object named `source`,
     at the absolute path `target`, owned by uid:gid with `mode`. Refers by name: an object in
     use cannot be removed, so the name means one value for as long as a task uses it."""
@@ -278,7 +278,7 @@ class FileRef(msgspec.Struct, frozen=True):
     mode: int = 0o444
 
 
-class DeviceMapping(msgspec.Struct, frozen=True):
+class DeviceMapping(msgspec.Struct, frozen=True, omit_defaults=True):
     """A host device made visible in the container (`--device HOST[:CONTAINER[:PERMS]]`)."""
 
     path_on_host: str
@@ -286,7 +286,7 @@ class DeviceMapping(msgspec.Struct, frozen=True):
     permissions: str = "rwm"  # cgroup device access: read, write, mknod
 
 
-class Ulimit(msgspec.Struct, frozen=True):
+class Ulimit(msgspec.Struct, frozen=True, omit_defaults=True):
     """A resource limit (`--ulimit nofile=1024:2048`): `name` as Docker spells it (nofile, nproc...)."""
 
     name: str
@@ -294,7 +294,7 @@ class Ulimit(msgspec.Struct, frozen=True):
     hard: int
 
 
-class ContainerOptions(msgspec.Struct, frozen=True):
+class ContainerOptions(msgspec.Struct, frozen=True, omit_defaults=True):
     """How a task's process runs beyond its command (#13), as Docker's `service create` flags
     say it; the checks are in warren.container, their effect in each runtime (ADR 42)."""
 
@@ -317,7 +317,7 @@ class ContainerOptions(msgspec.Struct, frozen=True):
     no_healthcheck: bool = False  # do not run the image's own Healthcheck
 
 
-class ServiceSpec(msgspec.Struct, frozen=True):
+class ServiceSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     """Desired state of a service, as given by the operator."""
 
     name: str
@@ -470,9 +470,11 @@ def registry_login_id(host: str, service_id: str = "") -> str:
     return f"{service_id}/{host}" if service_id else host
 
 
-class Task(msgspec.Struct, frozen=True):
+class Task(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One instance of a service. `slot` numbers replicas (1..N); global tasks use slot 0 and
-    are identified by their node. `spec_version` is the service version the task runs."""
+    are identified by their node. `spec_version` is the service version the task runs.
+    Untracked by the cycle collector (gc=False, ADR 55): a task holds only immutable values, so
+    it is never in a cycle, and a collection need not visit 100,000 of them."""
 
     id: str
     service_id: str
@@ -515,6 +517,25 @@ def is_routed(task: Task) -> bool:
     if not task.overlay_address or task.desired_state != TaskState.RUNNING or task.draining_since:
         return False
     return is_ready(task)
+
+
+def without_history(tasks: list[Task]) -> list[Task]:
+    """What a task listing shows unless asked for history (ADR 55): every task that has not
+    ended, and an ended one only if it is still desired running and the newest of its slot (of
+    its node, for a global task), which tells why the slot has no live task yet. A task that
+    failed on its own keeps desired state running (its slot's restart count); once a newer one
+    takes its slot it is history, as Swarm's restart marks it shutdown."""
+
+    def slot(t: Task) -> tuple[str, int, str]:
+        return (t.service_id, t.slot, "" if t.slot else t.node_id)
+
+    newest: dict[tuple[str, int, str], Task] = {}
+    for t in tasks:
+        if t.desired_state == TaskState.RUNNING:
+            held = newest.get(slot(t))
+            if held is None or (t.created_at, t.id) > (held.created_at, held.id):
+                newest[slot(t)] = t
+    return [t for t in tasks if not t.state.terminal or newest.get(slot(t)) is t]
 
 
 def is_ready(task: Task) -> bool:

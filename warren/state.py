@@ -7,6 +7,7 @@ writes to LMDB and then applies here, so disk and memory always see the same edi
 from __future__ import annotations
 
 import ipaddress
+import sys
 from collections import defaultdict
 from typing import Literal
 
@@ -23,6 +24,7 @@ from warren.model import (
     RevokedNode,
     Secret,
     Service,
+    ServiceSpec,
     Task,
     Volume,
 )
@@ -198,6 +200,7 @@ class ClusterState:
         else:
             assert isinstance(obj, Task)
             old_task = self.tasks.get(obj.id)
+            obj = self._shared(obj, old_task)
             if old_task is not None and old_task.node_id != obj.node_id:
                 self._unindex_node(old_task)
             self.tasks[obj.id] = obj
@@ -250,6 +253,45 @@ class ClusterState:
         for first, floor in self._vip_floor.items():
             if first <= address < floor:
                 self._vip_floor[first] = address
+
+    def _shared(self, task: Task, old: Task | None) -> Task:
+        """`task`, with its spec and the strings it repeats being objects the state holds already
+        where they are equal (ADR 55). A task decoded from the log, the disk or a snapshot carries
+        its own copy of its service's spec: thousands of equal copies, most of a task's bytes."""
+        fields: dict[str, object] = {}
+        spec = self._equal_spec(task, old)
+        if spec is not task.spec:
+            fields["spec"] = spec
+        service = self.services.get(task.service_id)
+        if service is not None:
+            if task.service_id is not service.id:
+                fields["service_id"] = service.id
+            if task.service_name is not service.spec.name and task.service_name == service.spec.name:
+                fields["service_name"] = service.spec.name
+        node = self.nodes.get(task.node_id) if task.node_id else None
+        if node is not None and task.node_id is not node.id:
+            fields["node_id"] = node.id
+        for name in ("message", "health", "error"):  # a few phrases, repeated by every task
+            value: str = getattr(task, name)
+            if value:
+                shared = sys.intern(value)
+                if shared is not value:
+                    fields[name] = shared
+        return msgspec.structs.replace(task, **fields) if fields else task
+
+    def _equal_spec(self, task: Task, old: Task | None) -> ServiceSpec:
+        """The spec object equal to `task.spec` that the state holds already: the task's own
+        before this change, its service's, or its version's in the service's history."""
+        if old is not None and (old.spec is task.spec or old.spec == task.spec):
+            return old.spec
+        service = self.services.get(task.service_id)
+        if service is None:
+            return task.spec
+        if task.spec_version == service.version:
+            candidate: ServiceSpec | None = service.spec
+        else:
+            candidate = next((r.spec for r in service.history if r.version == task.spec_version), None)
+        return candidate if candidate is not None and candidate == task.spec else task.spec
 
     def _unindex_node(self, task: Task) -> None:
         ids = self.tasks_by_node.get(task.node_id)

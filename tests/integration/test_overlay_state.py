@@ -36,7 +36,7 @@ def test_nodes_get_overlay_subnets_and_publish_only_their_public_key(tmp_path: P
                 wait_for(lambda: len(manager.cli_json("node", "ls")) == 2, timeout=30, message="w1 to register")
 
         # The /23 holds two /24s: the manager's and w1's. w2 is refused, with the reason.
-        wait_for(lambda: "no free /24" in workers[1].log(), timeout=30, message="w2 to be refused")
+        wait_for(lambda: "holds 2 nodes (a /24 each)" in workers[1].log(), timeout=30, message="w2 to be refused")
         assert "RESOURCE_EXHAUSTED" in workers[1].log()
         nodes = manager.cli_json("node", "ls")
         assert len(nodes) == 2

@@ -157,11 +157,20 @@ def test_nodes_get_distinct_overlay_subnets_and_a_full_range_refuses_more() -> N
     assert (w1.overlay_subnet, w1.wg_public_key, w1.wg_endpoint) == ("10.50.1.0/24", "k2", "h:51820")
     before = dict(state.nodes)
     full = _run(state, commands.RegisterNode(Node(id="w2", hostname="w2")))
-    assert (full.ok, full.code) == (False, "resource_exhausted") and "no free /24" in full.message
+    assert (full.ok, full.code) == (False, "resource_exhausted") and "holds 2 nodes (a /24 each)" in full.message
     assert state.nodes == before  # refused: nothing changed
     assert _run(state, commands.RemoveNode("w1", 5.0)).ok  # its subnet is free again
     assert _run(state, commands.RegisterNode(Node(id="w2", hostname="w2"))).ok
     assert state.nodes["w2"].overlay_subnet == "10.50.1.0/24"
+
+
+def test_a_cluster_that_recorded_no_overlay_range_keeps_the_old_default() -> None:
+    """The default range became a /12 (ADR 55); a cluster whose ClusterInfo has no range (before
+    ADR 17 recorded one) has its nodes in the /16 it always used, and new nodes join it there."""
+    state = ClusterState()
+    assert _run(state, commands.InitCluster(_cluster(), Node(id="m1", hostname="m1", role=NodeRole.MANAGER))).ok
+    assert _run(state, commands.RegisterNode(Node(id="w1", hostname="w1"))).ok
+    assert [n.overlay_subnet for n in state.nodes.values()] == ["10.200.0.0/24", "10.200.1.0/24"]
 
 
 def test_an_overlapping_address_plan_is_refused_at_init() -> None:

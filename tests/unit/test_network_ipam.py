@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from warren.network.ipam import (
+    LEGACY_OVERLAY,
     ExhaustedError,
     IpamError,
     allocate_address,
@@ -26,12 +27,17 @@ net = ipaddress.ip_network
 ip = ipaddress.ip_address
 
 
-def test_default_layout():
-    layout = make_layout()
-    assert (str(layout.overlay), layout.node_prefixlen, str(layout.vips)) == ("10.200.0.0/16", 24, "10.201.0.0/16")
-    assert layout.node_subnet_count == 256
-    assert node_subnet(layout, 0) == net("10.200.0.0/24")
-    assert node_subnet(layout, 255) == net("10.200.255.0/24")
+def test_default_layout_holds_4096_nodes():
+    layout = make_layout()  # ADR 55: a /16 held 256 nodes, fewer than issue #15's 1,000
+    assert (str(layout.overlay), layout.node_prefixlen, str(layout.vips)) == ("10.224.0.0/12", 24, "10.201.0.0/16")
+    assert layout.node_subnet_count == 4096
+    assert node_subnet(layout, 0) == net("10.224.0.0/24")
+    assert node_subnet(layout, 4095) == net("10.239.255.0/24")
+
+
+def test_the_legacy_default_layout():
+    layout = make_layout(LEGACY_OVERLAY)  # what clusters that recorded no range use
+    assert (str(layout.overlay), layout.node_subnet_count) == ("10.200.0.0/16", 256)
 
 
 @pytest.mark.parametrize(
@@ -67,7 +73,7 @@ def test_node_subnets_exhausted_and_input_unchanged():
     layout = make_layout("10.200.0.0/23", 24)
     full = allocate_node_subnet(layout, allocate_node_subnet(layout, {}, "a"), "b")
     snapshot = dict(full)
-    with pytest.raises(ExhaustedError, match=r"no free /24 left \(2 nodes"):
+    with pytest.raises(ExhaustedError, match=r"range 10.200.0.0/23 holds 2 nodes .* taken: remove .* --overlay-range"):
         allocate_node_subnet(layout, full, "c")
     assert full == snapshot
 
@@ -132,3 +138,12 @@ def test_never_double_allocates(steps):
     assert len(set(alloc.values())) == len(alloc)
     assert all(ip("10.200.9.2") <= a <= ip("10.200.9.14") for a in alloc.values())
     assert run() == alloc
+
+
+def test_a_new_cluster_records_the_wide_default():
+    from pathlib import Path
+
+    from warren.manager.startup import ManagerOptions, overlay_plan
+
+    plan = overlay_plan(ManagerOptions(data_dir=Path("/nonexistent")))
+    assert plan == {"overlay_range": "10.224.0.0/12", "node_subnet_prefixlen": 24, "vip_range": "10.201.0.0/16"}

@@ -35,7 +35,7 @@ def add_manager_flags(p: Any) -> None:
     p.add_argument(
         "--overlay-range",
         metavar="CIDR",
-        help="the overlay network, one /24 per node (default: 10.200.0.0/16; first start only)",
+        help="the overlay network, one /24 per node (default: 10.224.0.0/12, 4,096 nodes; first start only)",
     )
     p.add_argument("--vip-range", metavar="CIDR", help="service virtual IPs (default: 10.201.0.0/16; first start only)")
     p.add_argument(

@@ -16,7 +16,7 @@ from warren.state import ClusterState
 def overlay_layout(cluster: ClusterInfo) -> ipam.Layout:
     """The cluster's overlay address plan; raises ipam.IpamError if it is not a valid one."""
     return _layout(
-        cluster.overlay_range or ipam.DEFAULT_OVERLAY,
+        cluster.overlay_range or ipam.LEGACY_OVERLAY,  # never the default: that changed (ADR 55)
         cluster.node_subnet_prefixlen or ipam.DEFAULT_NODE_PREFIXLEN,
         cluster.vip_range or ipam.DEFAULT_VIP_RANGE,
     )

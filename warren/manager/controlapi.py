@@ -38,7 +38,17 @@ from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader
 from warren.manager.speccache import SpecCache
-from warren.model import Availability, Node, NodeRole, NodeStatus, Service, ServiceSpec, Task, TaskState
+from warren.model import (
+    Availability,
+    Node,
+    NodeRole,
+    NodeStatus,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+    without_history,
+)
 from warren.stack.spec import STACK_LABEL
 from warren.state import ClusterState
 from warren.text import shown
@@ -629,13 +639,13 @@ class ControlService(
                 tasks = state.service_tasks(resolve_service(state, request.service).id)
             else:
                 tasks = list(state.tasks.values())
-            if request.node:
-                node_id = resolve_node(state, request.node).id
-                tasks = [t for t in tasks if t.node_id == node_id]
+            node_id = resolve_node(state, request.node).id if request.node else ""
+        if not request.include_history:  # before the node's: a slot's replacement may run elsewhere
+            tasks = without_history(tasks)
+        if node_id:
+            tasks = [t for t in tasks if t.node_id == node_id]
         if states:
             tasks = [t for t in tasks if t.state in states]
-        if not request.include_history:
-            tasks = [t for t in tasks if t.desired_state == TaskState.RUNNING or not t.state.terminal]
         page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
         return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
 

@@ -5,7 +5,8 @@ and returns new ones; nothing is stored here. The replicated state will hold the
 call these from its apply, so an allocation is decided once, by the Raft log, and no address
 is handed out twice. Allocation is deterministic: always the lowest free slot.
 
-Layout (defaults): overlay 10.200.0.0/16 cut into /24s, one per node; in a node's /24 the
+Layout (defaults): overlay 10.224.0.0/12 cut into /24s, one per node (4,096 nodes; clusters
+initialised before ADR 55 keep the 10.200.0.0/16 they recorded, 256 nodes); in a node's /24 the
 first host address is the node's own (its WireGuard address, later its bridge gateway) and the
 rest go to tasks; service VIPs come from a separate range, 10.201.0.0/16, which is never routed
 between nodes (every node DNATs its own VIP traffic).
@@ -23,7 +24,10 @@ IPv4Address = ipaddress.IPv4Address
 
 _Allocation = TypeVar("_Allocation")
 
-DEFAULT_OVERLAY = "10.200.0.0/16"
+# 4,096 node subnets (ADR 55): a /16 held only 256 nodes, too few for issue #15's 1,000.
+DEFAULT_OVERLAY = "10.224.0.0/12"
+# The plan of a cluster whose ClusterInfo records none (initialised before ADR 17 recorded it).
+LEGACY_OVERLAY = "10.200.0.0/16"
 DEFAULT_NODE_PREFIXLEN = 24
 DEFAULT_VIP_RANGE = "10.201.0.0/16"
 
@@ -111,8 +115,10 @@ def allocate_node_subnet(layout: Layout, current: Mapping[str, IPv4Network], nod
     index = _lowest_free(used, layout.node_subnet_count)
     if index is None:
         raise ExhaustedError(
-            f"the overlay {layout.overlay} has no free /{layout.node_prefixlen} left "
-            f"({layout.node_subnet_count} nodes hold one each)"
+            f"the overlay range {layout.overlay} holds {layout.node_subnet_count} nodes (a /{layout.node_prefixlen} "
+            "each) and every one is taken: remove the nodes that are gone (`warren node rm`), or re-create the "
+            f"cluster with a wider `cluster init --overlay-range` (the default, {DEFAULT_OVERLAY}, holds "
+            f"{1 << (layout.node_prefixlen - _net(DEFAULT_OVERLAY, 'overlay range').prefixlen):,})"
         )
     return {**current, node_id: node_subnet(layout, index)}
 

@@ -1,0 +1,112 @@
+"""Tasks share their service's spec object in the state, however they arrive (ADR 55).
+
+A task decoded from a Raft entry, from LMDB or from a snapshot carries its own copy of its
+spec; at 10,000 tasks those copies were most of the manager's memory (4.3 KB a task).
+"""
+
+from __future__ import annotations
+
+import gc
+
+import msgspec
+
+from warren import commands
+from warren.commands import codec
+from warren.commands.types import ApplyPlan, TaskUpdate
+from warren.model import Node, NodeStatus, Resources, Service, ServiceSpec, SpecRevision, Task, TaskState
+from warren.state import ClusterState, Put
+
+SPEC = ServiceSpec(name="web", image="nginx:1", env={"A": "1"}, labels={"tier": "front"})
+NODE = Node(id="node-1", hostname="h1", status=NodeStatus.READY, resources=Resources(4_000_000_000, 8 << 30))
+
+
+def _state() -> ClusterState:
+    state = ClusterState()
+    state.apply([Put("node", NODE), Put("service", Service(id="svc-1", spec=SPEC))])
+    return state
+
+
+def _task(n: int, spec: ServiceSpec = SPEC, version: int = 1) -> Task:
+    return Task(
+        id=f"task-{n}",
+        service_id="svc-1",
+        service_name="web",
+        slot=n,
+        spec=spec,
+        spec_version=version,
+        node_id="node-1",
+    )
+
+
+def _through_the_log(state: ClusterState, plan: ApplyPlan) -> None:
+    _result, changes = commands.apply(state, codec.decode(codec.encode(plan)))
+    state.apply(changes)
+
+
+def test_tasks_created_through_the_log_share_the_services_spec() -> None:
+    state = _state()
+    _through_the_log(state, ApplyPlan(created=tuple(_task(n) for n in range(1, 4))))
+    service = state.services["svc-1"]
+    assert len(state.tasks) == 3
+    for task in state.tasks.values():
+        assert task.spec is service.spec
+        assert task.service_id is service.id and task.node_id is state.nodes["node-1"].id
+    # and a status report keeps it shared, with its message shared between tasks
+    _through_the_log(
+        state,
+        ApplyPlan(
+            updated=tuple(TaskUpdate(id=t, at=2.0, state=TaskState.RUNNING, message="started") for t in state.tasks)
+        ),
+    )
+    first, *others = state.tasks.values()
+    assert all(t.spec is service.spec and t.message is first.message for t in others)
+
+
+def test_tasks_loaded_as_from_disk_share_the_spec() -> None:
+    state = _state()
+    state.apply([Put("task", _task(n)) for n in range(1, 3)])
+    encoder = msgspec.msgpack.Encoder()
+    loaded = ClusterState()  # as Store._load: services first, then each task decoded alone
+    loaded.apply(
+        [
+            Put("node", NODE),
+            Put("service", msgspec.msgpack.decode(encoder.encode(state.services["svc-1"]), type=Service)),
+        ]
+    )
+    loaded.apply([Put("task", msgspec.msgpack.decode(encoder.encode(t), type=Task)) for t in state.tasks.values()])
+    assert all(t.spec is loaded.services["svc-1"].spec for t in loaded.tasks.values())
+    assert loaded.tasks == state.tasks  # the same values
+
+
+def test_a_task_of_an_older_version_shares_the_historys_spec() -> None:
+    old_spec = msgspec.structs.replace(SPEC, image="nginx:0")
+    state = ClusterState()
+    history = (SpecRevision(version=1, spec=old_spec, at=1.0, summary=""), SpecRevision(2, None, 2.0, "image"))
+    state.apply([Put("service", Service(id="svc-1", spec=SPEC, version=2, history=history))])
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(_task(1, old_spec, 1)), type=Task)
+    state.apply([Put("task", decoded)])
+    assert state.tasks["task-1"].spec is history[0].spec
+
+
+def test_a_spec_that_differs_is_kept_as_it_is() -> None:
+    state = _state()
+    other = msgspec.structs.replace(SPEC, env={"A": "2"})  # claims version 1, but is not its spec
+    state.apply([Put("task", _task(1, other))])
+    assert state.tasks["task-1"].spec is other
+
+
+def test_tasks_are_not_tracked_by_the_cycle_collector() -> None:
+    assert not gc.is_tracked(_task(1))
+
+
+def test_encodings_leave_out_default_values_and_still_read_full_ones() -> None:
+    """Each task is stored in LMDB and each created one in a Raft entry with its spec: fields at
+    their defaults are left out (half the bytes of a task), and an encoding that has them all,
+    as written before, reads the same."""
+    task = _task(1)
+    encoded = msgspec.msgpack.encode(task)
+    assert b"stop_grace_period" not in encoded and b"draining_since" not in encoded
+    assert msgspec.msgpack.decode(encoded, type=Task) == task
+    full = {f.name: getattr(task, f.name) for f in msgspec.structs.fields(Task)}
+    full["spec"] = {f.name: getattr(SPEC, f.name) for f in msgspec.structs.fields(ServiceSpec)}
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(full), type=Task) == task
