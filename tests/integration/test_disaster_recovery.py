@@ -7,14 +7,13 @@ process groups of the task processes this test marked."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures.tmpfs import unmount_task_files
 from tests.integration.harness import Manager, all_raft_connected, join_managers
 from tests.integration.test_agent_exec import Agent, Processes, issue_worker
 from tests.waiting import holds, wait_for
@@ -70,11 +69,7 @@ class Rig:
         for manager in self.managers:
             manager.stop()
         self.procs.kill_all()
-        secrets_dir = self.agent.data_dir / "secrets"  # the tasks' tmpfs mounts the killed agent left
-        if secrets_dir.is_dir():
-            for entry in secrets_dir.iterdir():
-                if os.path.ismount(entry):
-                    subprocess.run(["umount", "-l", str(entry)], check=False)
+        unmount_task_files(self.agent.data_dir)  # the tasks' tmpfs mounts the killed agent left
         for manager in self.managers:
             print(f"---- {manager.root.name} log ----\n" + manager.log()[-5000:])
         print("---- agent log ----\n" + self.agent.log()[-8000:])
@@ -102,8 +97,12 @@ def _secret_in_logs(agent: Agent, task_ids: set[str]) -> bool:
 def _recovered(manager: Manager, rig: Rig, pids: set[int]) -> None:
     """The recovered single manager leads, holds the state, takes writes, and the worker is back
     with its task process untouched; a new task there gets the secret (the manager opens it)."""
-    info = manager.cli_json("--manager", manager.addr, "cluster", "info")
-    assert isinstance(info, dict) and info["raft_state"] == "leader"
+
+    def leads() -> bool:  # alone, it elects itself after one election timeout (ADR 52: 1-1.5 s)
+        info = manager.cli_json("--manager", manager.addr, "cluster", "info")
+        return isinstance(info, dict) and info["raft_state"] == "leader"
+
+    wait_for(leads, timeout=20, message="the recovered manager leading")
     services = manager.cli_json("--manager", manager.addr, "service", "ls")
     assert isinstance(services, list) and [s["spec"]["name"] for s in services] == ["web"]
     assert [s["name"] for s in manager.cli_json("--manager", manager.addr, "secret", "ls")] == ["db"]  # type: ignore[union-attr]

@@ -28,6 +28,7 @@ from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import build_web_images
 from tests.fixtures.overlay_lab import LabHost
 from tests.fixtures.plugin import unavailable
+from tests.fixtures.tmpfs import unmount_task_files
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -59,12 +60,8 @@ class SecretsRig(DeployRig):
 
     def unmount_leftovers(self) -> None:
         """Task tmpfs mounts the agents (killed by close()) left under their data directories."""
-        for data in [self.cluster.data_dir(h) for h in self.cluster.hosts]:
-            secrets_dir = data / "secrets"
-            if secrets_dir.is_dir():
-                for entry in secrets_dir.iterdir():
-                    if os.path.ismount(entry):
-                        subprocess.run(["umount", "-l", str(entry)], check=False)
+        for host in self.cluster.hosts:
+            unmount_task_files(self.cluster.data_dir(host))
 
 
 @pytest.fixture(scope="module")

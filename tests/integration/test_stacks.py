@@ -23,9 +23,8 @@ import grpc
 import pytest
 
 from tests.fixtures.exec_cluster import exec_cluster
-from tests.integration.harness import Manager, manager_trio
+from tests.integration.harness import Manager, leader_of, manager_trio
 from tests.integration.test_agent_exec import Agent, Processes
-from tests.integration.test_ha import _leader
 from tests.waiting import holds, wait_for
 from warren.api import stackconvert
 from warren.api.v1 import control_pb2 as cpb
@@ -469,7 +468,7 @@ def test_a_leader_killed_during_a_deploy_leaves_the_whole_stack_or_nothing(tmp_p
     leader has the whole stack. A deploy made of several entries fails here: the follower sees
     it part-way (checked by proposing one entry per service)."""
     with manager_trio(tmp_path) as managers:
-        leader = _leader(managers)
+        leader = leader_of(managers)
         follower = next(m for m in managers if m is not leader)
         admin = managers[0].data_dir / "admin"  # the joined managers hold no admin credentials
         watch = follower.control(admin)
@@ -492,7 +491,7 @@ def test_a_leader_killed_during_a_deploy_leaves_the_whole_stack_or_nothing(tmp_p
         leader.kill()
         sender.join(timeout=60)
         assert first == (40, 5), f"a follower saw part of the stack: {first}"
-        new_leader = _leader([m for m in managers if m is not leader])
+        new_leader = leader_of([m for m in managers if m is not leader])
 
         def counts() -> tuple[int, int] | None:
             listed = new_leader.cli("--manager", new_leader.addr, "--consistent", "stack", "ls", "--format", "json")
