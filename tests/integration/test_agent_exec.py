@@ -134,23 +134,10 @@ class Processes:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Manager, Agent, Processes]]:
-    (tmp_path / "manager").mkdir()
-    (tmp_path / "agent").mkdir()
-    manager = Manager(tmp_path / "manager", start_args=["--heartbeat-period", "1s"])
-    agent = Agent(tmp_path / "agent", manager)
-    procs = Processes(f"warren-test-{uuid.uuid4().hex}")
-    try:
-        manager.start()
-        issue_worker(manager, agent.data_dir)
-        agent.start()
-        yield manager, agent, procs
-    finally:
-        agent.kill()
-        manager.stop()
-        procs.kill_all()
-        # Shown by pytest only when the test failed.
-        print("---- manager log ----\n" + manager.log()[-6000:])
-        print("---- agent log ----\n" + agent.log()[-15000:])
+    from tests.fixtures.exec_cluster import exec_cluster
+
+    with exec_cluster(tmp_path, "test") as started:
+        yield started
 
 
 def _replaced(pids: set[int], victim: int, n: int) -> bool:

@@ -36,7 +36,7 @@ from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
-from warren.manager.server import ApiError, check_result, not_leader
+from warren.manager.server import ApiError, check_result, not_leader, resolve_ref
 from warren.manager.speccache import SpecCache
 from warren.model import (
     Availability,
@@ -106,18 +106,7 @@ def _invalid(message: str) -> ApiError:
 
 
 def resolve_service(state: ClusterState, ref: str) -> Service:
-    """A service by name, id, or unique id prefix."""
-    if not ref:
-        raise _invalid("a service name or id is required")
-    service = state.service_by_name(ref) or state.services.get(ref)
-    if service is not None:
-        return service
-    matches = [s for s in state.services.values() if s.id.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise _invalid(f"service id prefix {shown(ref)} is ambiguous ({len(matches)} services)")
-    raise ApiError(NOT_FOUND, f"service {shown(ref)} not found")
+    return resolve_ref("service", state.services, state.service_by_name, ref)
 
 
 def resolve_node(state: ClusterState, ref: str) -> Node:

@@ -15,10 +15,9 @@ from warren.api.v1 import types_pb2 as pb
 from warren.commands.networks import DEFAULT_NETWORK, check_network, users
 from warren.ids import new_id
 from warren.manager.ports import StateReader
-from warren.manager.server import ApiError, check_result
+from warren.manager.server import ApiError, check_result, resolve_ref
 from warren.model import Network
 from warren.state import ClusterState
-from warren.text import shown
 from warren.validate import ValidationError
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -28,19 +27,9 @@ DEFAULT = Network(id=DEFAULT_NETWORK, name=DEFAULT_NETWORK)
 
 def resolve_network(state: ClusterState, ref: str) -> Network:
     """A network by name, id, or unique id prefix; `default` is the default network."""
-    if not ref:
-        raise ApiError(INVALID, "a network name or id is required")
     if ref == DEFAULT_NETWORK:
         return DEFAULT
-    network = state.network_by_name(ref) or state.networks.get(ref)
-    if network is not None:
-        return network
-    matches = [n for n in state.networks.values() if n.id.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ApiError(INVALID, f"network id prefix {shown(ref)} is ambiguous ({len(matches)} networks)")
-    raise ApiError(grpc.StatusCode.NOT_FOUND, f"network {shown(ref)} not found")
+    return resolve_ref("network", state.networks, state.network_by_name, ref)
 
 
 def _network_pb(state: ClusterState, network: Network) -> pb.Network:

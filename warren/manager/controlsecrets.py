@@ -19,7 +19,7 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.commands.secrets import users
 from warren.ids import new_id
 from warren.manager.secretkeys import KeyRing, SecretKeyError
-from warren.manager.server import ApiError, check_result
+from warren.manager.server import ApiError, check_result, resolve_ref
 from warren.model import ClusterInfo, Config, Secret
 from warren.state import ClusterState
 from warren.text import shown
@@ -28,7 +28,6 @@ from warren.validate import ValidationError, check_labels, check_object_name, ch
 if TYPE_CHECKING:
     from warren.manager.ports import StateReader
 
-Obj = TypeVar("Obj", Secret, Config)
 T = TypeVar("T")
 
 
@@ -43,21 +42,6 @@ def _check_create(kind: str, name: str, data: bytes, labels: dict[str, str]) -> 
         check_labels(f"{kind} label", labels)
     except ValidationError as exc:
         raise _invalid(str(exc)) from None
-
-
-def _resolve(kind: str, objects: dict[str, Obj], by_name: Callable[[str], Obj | None], ref: str) -> Obj:
-    """An object by name, id, or unique id prefix."""
-    if not ref:
-        raise _invalid(f"a {kind} name or id is required")
-    found = by_name(ref) or objects.get(ref)
-    if found is not None:
-        return found
-    matches = [o for o in objects.values() if o.id.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise _invalid(f"{kind} id prefix {shown(ref)} is ambiguous ({len(matches)} {kind}s)")
-    raise ApiError(grpc.StatusCode.NOT_FOUND, f"{kind} {shown(ref)} not found")
 
 
 def _cluster(state: ClusterState) -> ClusterInfo:
@@ -119,12 +103,12 @@ class SecretsControl:
 
     async def GetSecret(self, request: cpb.GetSecretRequest, context: object) -> cpb.Secret:
         with self._store.read() as state:
-            secret = _resolve("secret", state.secrets, state.secret_by_name, request.secret)
+            secret = resolve_ref("secret", state.secrets, state.secret_by_name, request.secret)
             return convert.secret_to_pb(secret, users(state, "secret", secret.name))
 
     async def RemoveSecret(self, request: cpb.RemoveSecretRequest, context: object) -> cpb.Secret:
         with self._store.read() as state:
-            secret = _resolve("secret", state.secrets, state.secret_by_name, request.secret)
+            secret = resolve_ref("secret", state.secrets, state.secret_by_name, request.secret)
             # The handler judges "in use" on the state as read first: a refusal costs no entry.
             check_result(commands.apply(state, commands.RemoveSecret(secret.id))[0])
         await self._propose(commands.RemoveSecret(secret.id, at=time.time()))
@@ -151,12 +135,12 @@ class SecretsControl:
 
     async def GetConfig(self, request: cpb.GetConfigRequest, context: object) -> cpb.Config:
         with self._store.read() as state:
-            config = _resolve("config", state.configs, state.config_by_name, request.config)
+            config = resolve_ref("config", state.configs, state.config_by_name, request.config)
             return convert.config_to_pb(config, users(state, "config", config.name), with_data=True)
 
     async def RemoveConfig(self, request: cpb.RemoveConfigRequest, context: object) -> cpb.Config:
         with self._store.read() as state:
-            config = _resolve("config", state.configs, state.config_by_name, request.config)
+            config = resolve_ref("config", state.configs, state.config_by_name, request.config)
             check_result(commands.apply(state, commands.RemoveConfig(config.id))[0])
         await self._propose(commands.RemoveConfig(config.id, at=time.time()))
         return convert.config_to_pb(config)

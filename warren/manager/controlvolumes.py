@@ -14,28 +14,16 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager.ports import StateReader
-from warren.manager.server import ApiError, check_result
+from warren.manager.server import ApiError, check_result, resolve_ref
 from warren.model import Node, Volume
 from warren.state import ClusterState
-from warren.text import shown
 from warren.validate import ValidationError, check_labels
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def resolve_volume(state: ClusterState, ref: str) -> Volume:
-    """A volume by name, id, or unique id prefix."""
-    if not ref:
-        raise ApiError(INVALID, "a volume name or id is required")
-    volume = state.volume_by_name(ref) or state.volumes.get(ref)
-    if volume is not None:
-        return volume
-    matches = [v for v in state.volumes.values() if v.id.startswith(ref)]
-    if len(matches) == 1:
-        return matches[0]
-    if len(matches) > 1:
-        raise ApiError(INVALID, f"volume id prefix {shown(ref)} is ambiguous ({len(matches)} volumes)")
-    raise ApiError(grpc.StatusCode.NOT_FOUND, f"volume {shown(ref)} not found")
+    return resolve_ref("volume", state.volumes, state.volume_by_name, ref)
 
 
 def _volume_pb(state: ClusterState, volume: Volume) -> pb.Volume:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,6 +23,7 @@ from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, ma
 from warren.manager import metrics
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.pki import Identity
+from warren.text import shown
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,31 @@ class ApiError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class _Named(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+Named = TypeVar("Named", bound=_Named)
+
+
+def resolve_ref(kind: str, objects: dict[str, Named], by_name: Callable[[str], Named | None], ref: str) -> Named:
+    """An object by name, id, or unique id prefix: the one lookup of every `inspect`/`rm` argument."""
+    if not ref:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"a {kind} name or id is required")
+    found = by_name(ref) or objects.get(ref)
+    if found is not None:
+        return found
+    matches = [o for o in objects.values() if o.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"{kind} id prefix {shown(ref)} is ambiguous ({len(matches)} {kind}s)"
+        )
+    raise ApiError(grpc.StatusCode.NOT_FOUND, f"{kind} {shown(ref)} not found")
 
 
 def check_result(result: commands.Result) -> commands.Result:
