@@ -6,7 +6,7 @@
 # Installs only what is missing; the system containerd service is never used (the demo and
 # the tests start their own daemons).
 set -euo pipefail
-PACKAGES="containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey"
+PACKAGES="curl containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
