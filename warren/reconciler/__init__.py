@@ -96,6 +96,10 @@ def reconcile_pass(
     removed_services(p)
     stop_drained(p)
     p.place()
+    if p.rebalance_after_placing:
+        p.recount()
+        for rebalance_placed in p.rebalance_after_placing:
+            rebalance_placed()
     plan = p.plan()
     changed = {t.service_id for t in plan.created} | {r.service_id for r in plan.rollouts}
     changed.update(p.task(u.id).service_id for u in plan.updated)

@@ -144,6 +144,8 @@ class Pass:
         self._displaced: dict[tuple[str, tuple[str, ...]], str] = {}
         self._current: dict[tuple[str, int], bool] = {}
         self.eligible: rebalance.Eligible | None = None  # nodes per constraints, for rebalances (ADR 36)
+        # Rebalances weighed after `place()`: their service had a slot this pass placed (ADR 36).
+        self.rebalance_after_placing: list[Callable[[], None]] = []
         self.volume_homes = {v.name: v.node_id for v in state.volumes.values() if v.node_id}
         self.bound_volumes: dict[str, tuple[str, Task]] = {}  # name -> (node, a task mounting it), ADR 40
         self._waiting: dict[str, str] = {}
@@ -379,6 +381,11 @@ class Pass:
                 self.shutdown(
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )
+
+    def recount(self) -> None:
+        """Count what each node holds again, with this pass's placements: for decisions taken
+        after `place()`."""
+        self.start_accounting(list({**self.state.tasks, **self.overlay}.values()))
 
     def trim_history(self, groups: Iterable[list[Task]], version: int) -> None:
         """Keep the newest `task_history_limit` ended tasks per slot (per node for global). The

@@ -101,7 +101,19 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
 
     _rolling_update(p, service, live, standby, tasks)
     _fill_slots(p, service, live, by_slot, replicas)
-    _rebalance(p, service, live, standby, tasks)
+    if any(not p.task(t.id).node_id for t in live.values()):
+        # A rebalance weighs where every slot runs, and this pass places some only in `place()`:
+        # weighed before, it would be decided again, differently, by the next pass.
+        def rebalance_placed() -> None:
+            first = len(p.created)
+            _rebalance(p, service, live, {}, tasks)
+            for task_id in p.created[first:]:
+                by_slot[p.overlay[task_id].slot].append(p.overlay[task_id])
+            p.trim_history(by_slot.values(), service.version)
+
+        p.rebalance_after_placing.append(rebalance_placed)
+    else:
+        _rebalance(p, service, live, standby, tasks)
     for slot, serving in standby.items():  # the new task may have been replaced in this pass
         if slot in live and not hold:  # a strategy's new task waits for room rather than stop the old
             p.standby_for[live[slot].id] = serving
