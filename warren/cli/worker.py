@@ -46,6 +46,15 @@ def register(groups: Any) -> None:
         "Flags given here replace the settings saved at join.",
     )
     add_agent_flags(p)
+    p.add_argument(
+        "--manager-addr",
+        dest="manager_addrs",
+        action="append",
+        type=value_type(units.parse_hostport),
+        metavar="HOST:PORT",
+        help="dial this manager (repeat for several) instead of the ones this node knows, and remember it: "
+        "for a cluster restored on a new address (ADR 56)",
+    )
     p.set_defaults(func=cmd_start)
 
     p = cmds.add_parser(
@@ -332,6 +341,8 @@ def cmd_start(args: argparse.Namespace) -> int:
             Exit.CREDENTIALS,
         )
     print(f"resuming node {existing.node_id}", flush=True)
+    if args.manager_addrs:
+        return _run_agent(data_dir, list(dict.fromkeys(args.manager_addrs)), given, save_managers=True)
     return _run_agent(data_dir, existing.managers, given)
 
 
@@ -395,18 +406,21 @@ def _check_overlay_free(data_dir: Path, settings: Any) -> None:
         return
 
 
-def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any]) -> int:
-    """Save the settings (flags given now replace saved ones) and run the agent until stopped."""
+def _run_agent(data_dir: Path, managers: list[str], given: dict[str, Any], save_managers: bool = False) -> int:
+    """Save the settings (flags given now replace saved ones; `save_managers`: the manager list
+    too) and run the agent until stopped."""
     from warren.agent import settings as agent_settings
 
     settings = _settings(data_dir, given)
-    from warren.agent.daemon import agent_running
+    from warren.agent import daemon as agent_daemon
 
-    if agent_running(data_dir):  # before saving: its settings are not ours to change
+    if agent_daemon.agent_running(data_dir):  # before saving: its settings are not ours to change
         raise CliError(f"an agent is already running on {data_dir}", Exit.CONFLICT)
     _check_overlay_free(data_dir, settings)
     try:
         agent_settings.save(data_dir, settings)
+        if save_managers:
+            agent_daemon.save_managers(data_dir, managers)
     except OSError as exc:
         raise CliError(f"cannot save the agent settings in {data_dir}: {exc.strerror or exc}") from None
     from warren.network.keys import WireGuardError, ensure_node_keys
