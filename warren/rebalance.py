@@ -222,7 +222,14 @@ def step(
     and down would otherwise draw tasks each time it returns."""
     status = service.update_status
     version = service.version
-    settled = all(t.node_id and t.spec_version == version for t in holders)
+    # Settled: every slot placed on the current version, and nothing serving beside its holder
+    # but a move's old task (an update's old task while its new one gets ready is not done).
+    holder_ids = {t.id for t in holders}
+    moved_from = {t.relocates for t in holders if t.relocates}
+    settled = all(t.node_id and t.spec_version == version for t in holders) and not any(
+        t.state < TaskState.COMPLETE and not is_stopping(t) and t.id not in holder_ids and t.id not in moved_from
+        for t in tasks
+    )
     if status is not None and under_way(service):
         return _go_on(service, status, holders, tasks, eligible, room_of, now) if settled else Step()
     # Off among all eligible nodes first: cheap, and needed for it to be off among the steady ones.

@@ -133,6 +133,11 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
         return Step(max(0, min(outdated, lanes - busy)))
 
     done = progress((t for t in new_tasks if t.created_at >= status.started_at), config, now)
+    # Tasks adopted from the rollout this one replaced (a settings-only change): not yet ready,
+    # they hold this one open too. Their failures are not this rollout's.
+    carried = sum(
+        1 for t in new_tasks if t.created_at < status.started_at and outcome(t, config.monitor, now) == Outcome.PENDING
+    )
     if done.failed and failures_exceed(len(done.failed), replicas, config.max_failure_ratio):
         action = config.failure_action
         if action != FailureAction.CONTINUE:
@@ -150,7 +155,7 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
                 return Step(0, back, revert=True)
             paused = RolloutState.ROLLBACK_PAUSED if status.state.rolling_back else RolloutState.PAUSED
             return Step(0, _moved(status, paused, now, f"paused: {cause}"))
-    if outdated == 0 and done.pending == 0:
+    if outdated == 0 and done.pending == 0 and carried == 0:
         completed = RolloutState.ROLLBACK_COMPLETED if status.state.rolling_back else RolloutState.COMPLETED
         message = status.message if completed == RolloutState.ROLLBACK_COMPLETED else ""
         return Step(0, msgspec.structs.replace(status, state=completed, completed_at=now, message=message))

@@ -399,7 +399,10 @@ EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "50"))  # more for a long run
 # Found by this test (bugs since #12, fixed): a rebalance's move and the task it replaces are
 # both adopted by a settings-only update; a move stopped by a scale-down no longer holds the
 # rebalance open; a rollout this pass completes lets an automatic rebalance start in it; a
-# rebalance is weighed after the pass placed the slots it created (a drain here), not before.
+# rebalance is weighed after the pass placed the slots it created (a drain here), not before; a
+# settings-only update adopting an unfinished rollout's tasks waits for them; and a rebalance
+# never moves a slot whose old task still serves beside its new one.
+@example(steps=[("update", 0), ("down", "n2"), ("update", 1), ("settings", 0), ("settings", 0), ("rebalance", 0)])
 @example(steps=[("auto_rebalance", True), ("scale", 1, 6), ("add", "n5", "a"), ("avail", "n2", Availability.DRAIN)])
 @example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("scale", 0, 0)])
 @example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("settings", 0)])

@@ -239,6 +239,23 @@ def test_nothing_moves_while_a_slot_is_unplaced_or_on_another_version() -> None:
     assert rebalance.step(service(), outdated, [], ELIGIBLE, no_limit, NOW, False) == rebalance.Step()
 
 
+def test_nothing_moves_while_an_old_task_serves_beside_a_slot_s_new_one() -> None:
+    """Start-first: an update's old task serves until its new one is ready. Found by the
+    reconciler's property test: a rebalance moved the new one, and the slot held three tasks."""
+    holders = [*layout([3]), placed(4, "n0", ready=False, created_at=950.0)]
+    old = msgspec.structs.replace(placed(4, "n1"), id="old4", spec_version=0)
+    for state in (None, RolloutState.REBALANCING):
+        assert (
+            rebalance.step(service(state), holders, [*holders, old], ELIGIBLE, no_limit, NOW, True) == rebalance.Step()
+        )
+    # A move's old task beside it is the rebalance's own: it goes on.
+    in_flight = moved(4, ready_at=NOW - 5)
+    going_on = rebalance.step(
+        service(), [*layout([3]), in_flight], [*layout([4]), in_flight], ELIGIBLE, no_limit, NOW, False
+    )
+    assert going_on.status is not None
+
+
 def test_auto_rebalance_starts_only_when_settled_and_off_by_more_than_one() -> None:
     four_on_a = layout([4])
     assert rebalance.step(service(None), four_on_a, [], ELIGIBLE, no_limit, NOW, automatic=False) == rebalance.Step()

@@ -146,6 +146,20 @@ def test_a_rollout_completes_once_nothing_is_outdated_or_pending() -> None:
     assert done.status is not None and done.status.state == RolloutState.COMPLETED and done.status.completed_at == NOW
 
 
+def test_tasks_adopted_from_the_rollout_this_one_replaced_hold_it_open_until_ready() -> None:
+    """A settings-only update during a rollout adopts the new tasks, created before it started:
+    found by the reconciler's property test, it completed while they were not ready yet."""
+    adopted = task(4, TaskState.STARTING, created_at=STARTED - 1)
+    assert rollout.step(service(), [adopted], outdated=0, replicas=4, now=NOW) == rollout.Step(0)
+    ready = task(4, ready_at=NOW - 5, created_at=STARTED - 1)
+    done = rollout.step(service(), [ready], outdated=0, replicas=4, now=NOW)
+    assert done.status is not None and done.status.state == RolloutState.COMPLETED
+    failed_before = task(4, TaskState.FAILED, created_at=STARTED - 1)  # not this rollout's failure
+    assert rollout.step(service(), [failed_before], outdated=0, replicas=4, now=NOW).status.state == (  # type: ignore[union-attr]
+        RolloutState.COMPLETED
+    )
+
+
 def test_a_rollback_completes_as_rollback_completed_and_keeps_its_cause() -> None:
     svc = service(RolloutState.ROLLBACK_STARTED)
     svc = msgspec.structs.replace(svc, update_status=msgspec.structs.replace(svc.update_status, message="why"))
