@@ -24,8 +24,10 @@ from warren.model import (
     RevokedNode,
     Secret,
     Service,
+    ServiceMode,
     ServiceSpec,
     Task,
+    TaskState,
     Volume,
 )
 
@@ -88,6 +90,17 @@ class ClusterState:
 
     def service_tasks(self, service_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ())]
+
+    def replica_counts(self, service: Service) -> tuple[int, int]:
+        """(desired, running) tasks of a service, as `service ls` shows them: a global service
+        wants one task per node it has placed a live task on."""
+        tasks = self.service_tasks(service.id)
+        if service.spec.mode == ServiceMode.REPLICATED:
+            desired = service.spec.replicas
+        else:
+            desired = sum(1 for t in tasks if t.desired_state == TaskState.RUNNING and not t.state.terminal)
+        running = sum(1 for t in tasks if t.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING)
+        return desired, running
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
 from warren.model import NodeStatus, TaskState
+from warren.state import ClusterState
 
 REGISTRY = CollectorRegistry()
 # process_resident_memory_bytes, process_cpu_seconds_total, ...: a manager's own cost, per role,
@@ -65,17 +68,26 @@ class StateCollector(Collector):
     """Nodes, services, tasks and Raft figures, read when Prometheus scrapes."""
 
     def __init__(
-        self, read_state: Callable, raft_status: Callable, store_capacity: StoreCapacity | None = None
+        self,
+        read_state: Callable,
+        raft_status: Callable,
+        store_capacity: StoreCapacity | None = None,
+        cert_path: Path | None = None,
     ) -> None:
         self._read_state = read_state
         self._raft_status = raft_status
         self._store_capacity = store_capacity  # a capacity.StoreCapacity
+        self._cert_path = cert_path  # this manager's own certificate (certs/cert.pem)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._read_state() as state:
             nodes = Tally(n.status.value for n in state.nodes.values())
             tasks = Tally(t.state.label for t in state.tasks.values())
             services = len(state.services)
+            # Per node and per service, for the alerts and the dashboard (#16): bounded by the
+            # cluster's size, not by its history.
+            per_object = [*_node_gauges(state), *_service_gauges(state)]
+            ca_pem = state.cluster.ca_cert_pem if state.cluster is not None else ""
         g = GaugeMetricFamily("warren_nodes", "Nodes by status", labels=["status"])
         for status in NodeStatus:
             g.add_metric([status.value], nodes.get(status.value, 0))
@@ -103,6 +115,70 @@ class StateCollector(Collector):
         yield g
         if self._store_capacity is not None:
             yield from _store_gauges(self._store_capacity)
+        yield from per_object
+        yield _certificate_gauge({"ca": ca_pem, "node": _read_text(self._cert_path)})
+
+
+def _node_gauges(state: ClusterState) -> Iterator[GaugeMetricFamily]:
+    g = GaugeMetricFamily(
+        "warren_node_ready",
+        "1 while the node is ready (heartbeating), 0 while down or unknown",
+        labels=["node", "hostname", "role", "availability"],
+    )
+    for node in state.nodes.values():
+        ready = 1 if node.status == NodeStatus.READY else 0
+        g.add_metric([node.id, node.hostname, node.role.value, node.availability.value], ready)
+    yield g
+
+
+def _service_gauges(state: ClusterState) -> Iterator[GaugeMetricFamily]:
+    desired = GaugeMetricFamily(
+        "warren_service_desired_tasks", "Tasks the service wants running", labels=["service", "mode"]
+    )
+    running = GaugeMetricFamily(
+        "warren_service_running_tasks", "Tasks of the service running (and meant to)", labels=["service"]
+    )
+    rollout = GaugeMetricFamily(
+        "warren_service_rollout_state",
+        'The state of the service\'s last rollout (ADR 33): 1 on its current state, "none" before any update',
+        labels=["service", "state"],
+    )
+    for service in state.services.values():
+        name = service.spec.name
+        want, have = state.replica_counts(service)
+        desired.add_metric([name, service.spec.mode.value], want)
+        running.add_metric([name], have)
+        status = service.update_status
+        rollout.add_metric([name, status.state.value if status is not None else "none"], 1)
+    yield desired
+    yield running
+    yield rollout
+
+
+def _read_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _certificate_gauge(certs: dict[str, str]) -> GaugeMetricFamily:
+    """notAfter of each PEM certificate given by kind; an absent or unreadable one is left out."""
+    g = GaugeMetricFamily(
+        "warren_certificate_not_after_seconds",
+        "Unix time at which the certificate expires: the cluster CA's, and this node's own",
+        labels=["kind"],
+    )
+    for kind, pem in certs.items():
+        try:
+            not_after = validity(pem)[1] if pem else None
+        except PkiError:
+            continue
+        if not_after is not None:
+            g.add_metric([kind], not_after.timestamp())
+    return g
 
 
 def _store_gauges(capacity: StoreCapacity) -> Iterator[GaugeMetricFamily]:
