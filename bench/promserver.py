@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -69,12 +70,25 @@ class PrometheusServer:
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query: [{"metric": {...labels}, "value": float}, ...]."""
         params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body = json.loads(response.read())
-        if body.get("status") != "success":
-            raise RuntimeError(f"prometheus query {expr!r} failed: {body}")
+        body = self._get(f"/api/v1/query?{urllib.parse.urlencode(params)}", f"query {expr!r}")
         return [{"metric": r["metric"], "value": float(r["value"][1])} for r in body["data"]["result"]]
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """The values of `label` on the series `match` selects (what Grafana's label_values reads)."""
+        query = urllib.parse.urlencode({"match[]": match})
+        return list(self._get(f"/api/v1/label/{label}/values?{query}", f"label_values({match}, {label})")["data"])
+
+    def _get(self, path: str, what: str) -> dict[str, Any]:
+        """A GET of the HTTP API; an error (a query that does not parse: HTTP 400) raises with
+        Prometheus's own message."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus {what} failed: {body.get('error', body)}")
+        return dict(body)
 
     def scalar(self, expr: str, at: float | None = None) -> float | None:
         """The value of a query with one result, or None if it has none (or NaN: no samples)."""
