@@ -116,7 +116,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         # Scraped a few times since every task ran: a rate over 1m needs two samples.
         wait_for(
             lambda: prom.scalar('sum(max by (service) (warren_service_running_tasks{service=~"web|batch"}))') == 3,
-            timeout=30,
+            timeout=60,
             interval=0.5,
             message="Prometheus seeing the three tasks running",
         )
