@@ -28,7 +28,7 @@ import yaml
 
 from bench.promserver import PrometheusServer
 from tests.fixtures.ports import free_port
-from tests.integration.harness import Joiner, Manager
+from tests.integration.harness import Joiner, Manager, join_managers
 from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
 
@@ -37,9 +37,13 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "warren.json"
 RULES = REPO / "deploy" / "prometheus" / "rules.yml"
+RULES_TEST = REPO / "deploy" / "prometheus" / "rules_test.yml"
 # What Grafana puts in place of its variables: "All" of a multi-value variable is its allValue.
 VARIABLES = {"__rate_interval": "1m", "__interval": "15s", "__range": "1h", "service": ".*", "node": ".*"}
 TASK_METRICS = "warren_task_"  # the agent's per-task metrics (part D3 of #16)
+# A metric name in PromQL: not a recording rule's (it has colons), not a function (a parenthesis follows).
+METRIC_NAME = re.compile(r"\b((?:warren|process)_[a-z_]+)\b(?!\s*\()")
+SCRAPE_LABELS = {"instance", "job"}  # added by Prometheus, not by Warren
 
 
 @dataclass
@@ -85,9 +89,10 @@ def _substitute(expr: str) -> str:
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    """One manager (1 s heartbeats, no tasks of its own) and one exec-runtime worker that joined
-    with a token and serves /metrics, running three tasks of two services (one with a memory limit
-    and a health check); Prometheus scrapes both every second."""
+    """Two managers (1 s heartbeats, no tasks of their own: two, so that Raft has peers to report)
+    and one exec-runtime worker that joined with a token and serves /metrics, running three tasks
+    of two services (one with a memory limit and a health check); Prometheus scrapes all three
+    every second."""
     root = tmp_path_factory.mktemp("monitoring")
     (root / "manager").mkdir()
     (root / "worker").mkdir()
@@ -96,8 +101,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     procs = Processes(f"warren-monitoring-{time.time_ns()}")
     agent_port = free_port()
     prometheus = None
+    managers = [manager]
     try:
         manager.start()
+        join_managers(manager, ["manager2"], into=managers)
         worker.join(manager.join_token(), "--runtime", "exec", "--metrics-addr", f"127.0.0.1:{agent_port}")
         marker = procs.marker.decode()
         for args in (
@@ -110,7 +117,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             )  # fmt: skip
             assert created.returncode == 0, created.stdout + created.stderr + worker.all_logs()
         prometheus = PrometheusServer(
-            {"manager": f"127.0.0.1:{manager.metrics_port}", "worker": f"127.0.0.1:{agent_port}"}
+            {
+                "manager": f"127.0.0.1:{manager.metrics_port}",
+                "manager2": f"127.0.0.1:{managers[1].metrics_port}",
+                "worker": f"127.0.0.1:{agent_port}",
+            }
         )
         prom = prometheus
         # Scraped a few times since every task ran: a rate over 1m needs two samples.
@@ -125,24 +136,26 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             lambda: _scraped_after(prom, seen + 2),
             timeout=20,
             interval=0.5,
-            message="two more scrapes of the manager and the worker",
+            message="two more scrapes of the managers and the worker",
         )
         yield Rig(manager, prometheus, f"http://127.0.0.1:{agent_port}/metrics")
     finally:
         if prometheus is not None:
             prometheus.stop()
         worker.kill()
-        manager.stop()
+        for started in managers:
+            started.stop()
         procs.kill_all()
         print("---- manager log ----\n" + manager.log()[-6000:])
         print("---- worker log ----\n" + worker.all_logs()[-6000:])
 
 
 def _scraped_after(prom: PrometheusServer, when: float) -> bool:
-    """Both targets are up and were last scraped after `when` (unix time)."""
+    """Every target is up and was last scraped after `when` (unix time)."""
     up = prom.by_instance("up")
     stamps = prom.by_instance("timestamp(up)")
-    return sorted(up) == ["manager", "worker"] and all(up.values()) and all(t > when for t in stamps.values())
+    everyone = sorted(up) == ["manager", "manager2", "worker"] and all(up.values())
+    return everyone and all(t > when for t in stamps.values())
 
 
 def _check_returns_series(rig: Rig, expr: str) -> None:
@@ -189,3 +202,37 @@ def test_the_dashboard_has_the_rows_and_queries_only_through_its_datasource_vari
         assert panel["targets"], name
         for target in panel["targets"]:
             assert target["datasource"] == panel["datasource"], name
+
+
+def _alert_metric_names() -> list[str]:
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    exprs = [rule["expr"] for group in groups for rule in group["rules"] if "alert" in rule]
+    return sorted({name for expr in exprs for name in METRIC_NAME.findall(expr)})
+
+
+def _test_input_series() -> dict[str, set[str]]:
+    """Metric name -> the label names rules_test.yml gives it (Prometheus's own left out)."""
+    found: dict[str, set[str]] = {}
+    for case in yaml.safe_load(RULES_TEST.read_text())["tests"]:
+        for item in case["input_series"]:
+            name, _, labels = item["series"].partition("{")
+            found.setdefault(name, set()).update(re.findall(r"(\w+)=", labels))
+    return {name: labels - SCRAPE_LABELS for name, labels in found.items()}
+
+
+@pytest.mark.parametrize("metric", _alert_metric_names())
+def test_every_metric_an_alert_reads_is_exported(rig: Rig, metric: str) -> None:
+    """The alerts fire on conditions a healthy cluster does not have, so their queries return
+    nothing here; but every metric they read must exist, or the alert can never fire."""
+    _check_returns_series(rig, f'count({{__name__="{metric}"}})')
+
+
+@pytest.mark.parametrize(("metric", "labels"), sorted(_test_input_series().items()), ids=sorted(_test_input_series()))
+def test_the_rule_tests_feed_series_shaped_as_warren_exports_them(rig: Rig, metric: str, labels: set[str]) -> None:
+    """promtool's unit tests feed hand-written series: each must be a metric the cluster really
+    exports, with label names it really has, or the tests pass against a fiction."""
+    if metric == "up":
+        return  # Prometheus's own
+    _check_returns_series(rig, f'count({{__name__="{metric}"}})')
+    real = {label for series in rig.prometheus.query(metric) for label in series["metric"]} - SCRAPE_LABELS
+    assert labels <= real - {"__name__"}, f"{metric}: rules_test.yml gives labels {labels}, Warren exports {real}"
