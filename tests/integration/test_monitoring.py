@@ -113,6 +113,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     try:
         manager.start()
         join_managers(manager, ["manager2"], into=managers)
+        # Started now, it is ready and scraping by the time the worker and its tasks are.
+        prometheus = PrometheusServer(
+            {
+                "manager": f"127.0.0.1:{manager.metrics_port}",
+                "manager2": f"127.0.0.1:{managers[1].metrics_port}",
+                "worker": f"127.0.0.1:{agent_port}",
+            }
+        )
         worker.join(manager.join_token(), "--runtime", "exec", "--metrics-addr", f"127.0.0.1:{agent_port}")
         marker = procs.marker.decode()
         for args in (
@@ -124,13 +132,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 "--", "sh", "-c", "sleep 600", marker,
             )  # fmt: skip
             assert created.returncode == 0, created.stdout + created.stderr + worker.all_logs()
-        prometheus = PrometheusServer(
-            {
-                "manager": f"127.0.0.1:{manager.metrics_port}",
-                "manager2": f"127.0.0.1:{managers[1].metrics_port}",
-                "worker": f"127.0.0.1:{agent_port}",
-            }
-        )
         prom = prometheus
         rig = Rig(manager, prometheus, f"http://127.0.0.1:{agent_port}/metrics")
         wait_for(
