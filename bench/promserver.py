@@ -22,8 +22,9 @@ SCRAPE_INTERVAL = "1s"
 
 
 class PrometheusServer:
-    def __init__(self, targets: dict[str, str]) -> None:
-        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics."""
+    def __init__(self, targets: dict[str, str], rule_files: tuple[Path, ...] = ()) -> None:
+        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics; `rule_files` are
+        evaluated every SCRAPE_INTERVAL too."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed (Debian: apt-get install -y prometheus)")
@@ -32,7 +33,12 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         static = [{"targets": [addr], "labels": {"instance": name}} for name, addr in targets.items()]
         config = {
-            "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
+            "global": {
+                "scrape_interval": SCRAPE_INTERVAL,
+                "scrape_timeout": SCRAPE_INTERVAL,
+                "evaluation_interval": SCRAPE_INTERVAL,
+            },
+            "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [{"job_name": "warren", "static_configs": static}],
         }
         (self.root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
@@ -77,6 +83,11 @@ class PrometheusServer:
         """The values of `label` on the series `match` selects (what Grafana's label_values reads)."""
         query = urllib.parse.urlencode({"match[]": match})
         return list(self._get(f"/api/v1/label/{label}/values?{query}", f"label_values({match}, {label})")["data"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule, with its health, last error and active alerts (/api/v1/rules)."""
+        groups = self._get("/api/v1/rules", "rules")["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
 
     def _get(self, path: str, what: str) -> dict[str, Any]:
         """A GET of the HTTP API; an error (a query that does not parse: HTTP 400) raises with

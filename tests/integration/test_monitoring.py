@@ -119,7 +119,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 "manager": f"127.0.0.1:{manager.metrics_port}",
                 "manager2": f"127.0.0.1:{managers[1].metrics_port}",
                 "worker": f"127.0.0.1:{agent_port}",
-            }
+            },
+            rule_files=(RULES,),
         )
         worker.join(manager.join_token(), "--runtime", "exec", "--metrics-addr", f"127.0.0.1:{agent_port}")
         marker = procs.marker.decode()
@@ -258,3 +259,20 @@ def test_the_rule_tests_feed_series_shaped_as_warren_exports_them(rig: Rig, metr
     _check_returns_series(rig, f'count({{__name__="{metric}"}})')
     real = {label for series in rig.prometheus.query(metric) for label in series["metric"]} - SCRAPE_LABELS
     assert labels <= real - {"__name__"}, f"{metric}: rules_test.yml gives labels {labels}, Warren exports {real}"
+
+
+def test_prometheus_evaluates_every_rule_cleanly_and_a_healthy_cluster_raises_no_alert(rig: Rig) -> None:
+    """Loaded into the real Prometheus, every rule is evaluated on real data without an error (a
+    vector matching that fails only on real series would show here), and this healthy cluster
+    (a leader, its peer connected, every task running, fresh certificates) has no alert pending
+    or firing: an alert that fires on a healthy cluster is as broken as one that never fires."""
+    rules = wait_for(
+        lambda: (found := rig.prometheus.rules()) and all(r["health"] != "unknown" for r in found) and found,
+        timeout=20,
+        message="Prometheus evaluating every rule",
+    )
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    assert len(rules) == sum(len(group["rules"]) for group in groups)
+    assert {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"} == {}
+    alerting = [r for r in rules if r["type"] == "alerting"]
+    assert [(r["name"], alert["state"], alert["labels"]) for r in alerting for alert in r["alerts"]] == []
