@@ -53,9 +53,15 @@ SCRAPE_LABELS = {"instance", "job"}  # added by Prometheus, not by Warren
 
 @dataclass
 class Rig:
-    manager: Manager
+    managers: list[Manager]
+    worker: Joiner
     prometheus: PrometheusServer
     agent_metrics_url: str
+    marker: str  # carried by every task's command, to find and kill them at the end
+
+    @property
+    def manager(self) -> Manager:
+        return self.managers[0]
 
     def agent_metrics(self) -> str:
         with urllib.request.urlopen(self.agent_metrics_url, timeout=5) as response:
@@ -130,11 +136,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         ):
             created = manager.cli(
                 "service", "create", args[0], "--image", "exec", *args[1:], "--constraint", "node.role==worker",
-                "--", "sh", "-c", "sleep 600", marker,
+                "--detach", "--", "sh", "-c", "sleep 600", marker,
             )  # fmt: skip
             assert created.returncode == 0, created.stdout + created.stderr + worker.all_logs()
         prom = prometheus
-        rig = Rig(manager, prometheus, f"http://127.0.0.1:{agent_port}/metrics")
+        rig = Rig(managers, worker, prometheus, f"http://127.0.0.1:{agent_port}/metrics", marker)
         wait_for(
             lambda: prom.scalar('sum(max by (service) (warren_service_running_tasks{service=~"web|batch"}))') == 3,
             timeout=60,
@@ -276,3 +282,55 @@ def test_prometheus_evaluates_every_rule_cleanly_and_a_healthy_cluster_raises_no
     assert {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"} == {}
     alerting = [r for r in rules if r["type"] == "alerting"]
     assert [(r["name"], alert["state"], alert["labels"]) for r in alerting for alert in r["alerts"]] == []
+
+
+def _active_alerts(rig: Rig) -> set[tuple[str, str]]:
+    """(alert name, its service, node id or peer) of every alert pending or firing."""
+    return {
+        (rule["name"], alert["labels"].get("service") or alert["labels"].get("node") or alert["labels"].get("peer", ""))
+        for rule in rig.prometheus.rules()
+        if rule["type"] == "alerting"
+        for alert in rule["alerts"]
+    }
+
+
+def test_real_failures_put_their_alerts_pending(rig: Rig) -> None:
+    """The whole chain on real failures: Warren's gauges, the scrape, the rule, the alert. A
+    service no node can run, an update whose new task fails (paused), the worker killed, then a
+    manager stopped: each alert goes pending (their `for` is minutes; firing is promtool's to
+    test). The last test of the module: it breaks the rig."""
+    manager = rig.manager
+    nowhere = manager.cli(
+        "service", "create", "nowhere", "--image", "exec", "--constraint", "node.labels.zone==nowhere", "--detach",
+        "--", "sleep", "600", rig.marker,
+    )  # fmt: skip
+    assert nowhere.returncode == 0, nowhere.stderr
+    failing = ["--update-monitor", "1s", "--detach", "--", "sh", "-c", "exit 3", rig.marker]
+    update = manager.cli("service", "update", "batch", *failing)
+    assert update.returncode == 0, update.stderr
+    wait_for(
+        lambda: (
+            {("WarrenServiceBelowDesired", "nowhere"), ("WarrenUpdatePausedOrRolledBack", "batch")}
+            <= _active_alerts(rig)
+        ),
+        timeout=30,
+        interval=0.5,
+        message="the unschedulable service and the paused update alerting",
+    )
+
+    worker_node = json.loads((rig.worker.data_dir / "node.json").read_text())["node_id"]
+    rig.worker.kill()
+    wait_for(
+        lambda: ("WarrenNodeDown", worker_node) in _active_alerts(rig),
+        timeout=30,
+        interval=0.5,
+        message="the killed worker's node alerting as down",
+    )
+
+    rig.managers[1].stop()  # one of two: the leader has lost its peer, and with it the quorum
+    wait_for(
+        lambda: {name for name, _ in _active_alerts(rig)} & {"WarrenQuorumAtRisk", "WarrenNoLeader"},
+        timeout=30,
+        interval=0.5,
+        message="the lost manager alerting",
+    )
