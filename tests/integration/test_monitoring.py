@@ -1,11 +1,15 @@
 """The Grafana dashboard and the recording rules against a real Prometheus (#16, ADR 61).
 
-Grafana is not packaged in Debian, so the dashboard is tested the one honest way available: a
-real manager and a real exec-runtime worker run tasks, Debian's Prometheus scrapes both, and every
-panel's PromQL (template variables filled in as Grafana would with "All" selected) must parse and
-return at least one series. A panel whose query returns nothing is broken: a misspelt metric or
+Grafana is not packaged in Debian, so the dashboard is tested the one honest way available: two
+real managers and a real exec-runtime worker run tasks, Debian's Prometheus scrapes all three, and
+every panel's PromQL (template variables filled in as Grafana would with "All" selected) must parse
+and return at least one series. A panel whose query returns nothing is broken: a misspelt metric or
 label, a metric nobody exports, a filter that matches nothing. The recording rules of
 deploy/prometheus/rules.yml and the dashboard's template variables are checked the same way.
+
+The alerts: every metric they read is exported, every series their promtool tests feed is shaped
+as Warren exports it, Prometheus evaluates them all without error and the healthy cluster raises
+none; then real failures (last, as they break the rig) put theirs pending.
 
 The per-task panels read the agent's warren_task_* metrics (#16's per-task metrics, part D3).
 Until that part is merged they fail as expected (xfail, with the reason) when this branch's agent
