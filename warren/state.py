@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -58,6 +59,24 @@ def object_key(kind: Kind, obj: StoredObject) -> str:
     return CLUSTER_KEY if kind == "cluster" else obj.id
 
 
+def replica_counts(services: Iterable[Service], tasks: Iterable[Task]) -> dict[str, tuple[int, int]]:
+    """Service id -> (desired, running) tasks, as `service ls` shows them, in one pass over
+    `tasks` (/metrics counts every service at once). A global service wants one task per node it
+    has placed a live task on."""
+    wanted: Counter[str] = Counter()
+    running: Counter[str] = Counter()
+    for task in tasks:
+        if task.desired_state == TaskState.RUNNING:
+            if task.state == TaskState.RUNNING:
+                running[task.service_id] += 1
+            if not task.state.terminal:
+                wanted[task.service_id] += 1
+    return {
+        s.id: (s.spec.replicas if s.spec.mode == ServiceMode.REPLICATED else wanted[s.id], running[s.id])
+        for s in services
+    }
+
+
 class ClusterState:
     """All objects, with indexes of tasks by service and by node."""
 
@@ -92,15 +111,8 @@ class ClusterState:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ())]
 
     def replica_counts(self, service: Service) -> tuple[int, int]:
-        """(desired, running) tasks of a service, as `service ls` shows them: a global service
-        wants one task per node it has placed a live task on."""
-        tasks = self.service_tasks(service.id)
-        if service.spec.mode == ServiceMode.REPLICATED:
-            desired = service.spec.replicas
-        else:
-            desired = sum(1 for t in tasks if t.desired_state == TaskState.RUNNING and not t.state.terminal)
-        running = sum(1 for t in tasks if t.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING)
-        return desired, running
+        """(desired, running) tasks of a service, as `service ls` shows them."""
+        return replica_counts([service], self.service_tasks(service.id))[service.id]
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]

