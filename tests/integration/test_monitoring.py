@@ -105,6 +105,16 @@ def _substitute(expr: str) -> str:
     return re.sub(r"\$\{(\w+)\}|\$(\w+)", value, expr)
 
 
+def _prometheus_config(targets: dict[str, str]) -> dict[str, Any]:
+    """Scrape `targets` (instance -> host:port) every second and evaluate rules.yml as often."""
+    static = [{"targets": [addr], "labels": {"instance": name}} for name, addr in targets.items()]
+    return {
+        "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "warren", "static_configs": static}],
+    }
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     """Two managers (1 s heartbeats, no tasks of their own: two, so that Raft has peers to report)
@@ -125,12 +135,14 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         join_managers(manager, ["manager2"], into=managers)
         # Started now, it is ready and scraping by the time the worker and its tasks are.
         prometheus = PrometheusServer(
-            {
-                "manager": f"127.0.0.1:{manager.metrics_port}",
-                "manager2": f"127.0.0.1:{managers[1].metrics_port}",
-                "worker": f"127.0.0.1:{agent_port}",
-            },
-            rule_files=(RULES,),
+            {},
+            config=_prometheus_config(
+                {
+                    "manager": f"127.0.0.1:{manager.metrics_port}",
+                    "manager2": f"127.0.0.1:{managers[1].metrics_port}",
+                    "worker": f"127.0.0.1:{agent_port}",
+                }
+            ),
         )
         worker.join(manager.join_token(), "--runtime", "exec", "--metrics-addr", f"127.0.0.1:{agent_port}")
         marker = procs.marker.decode()
