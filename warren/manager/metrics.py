@@ -81,7 +81,7 @@ class StateCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         # Writes wait on this lock: take references only, and count once it is released (the
-        # objects are frozen). At 100,000 tasks counting under it held it for 0.4 s a scrape.
+        # objects are frozen). At 100,000 tasks, counting under it held it for 0.14 s a scrape.
         with self._read_state() as state:
             node_list = list(state.nodes.values())
             service_list = list(state.services.values())
