@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -21,8 +22,9 @@ SCRAPE_INTERVAL = "1s"
 
 
 class PrometheusServer:
-    def __init__(self, targets: dict[str, str]) -> None:
-        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics."""
+    def __init__(self, targets: dict[str, str], config: dict[str, Any] | None = None) -> None:
+        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics; or a whole
+        `config` instead (deploy/prometheus/prometheus.yml's, in a test)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed (Debian: apt-get install -y prometheus)")
@@ -30,7 +32,7 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         static = [{"targets": [addr], "labels": {"instance": name}} for name, addr in targets.items()]
-        config = {
+        config = config or {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
             "scrape_configs": [{"job_name": "warren", "static_configs": static}],
         }
@@ -69,12 +71,30 @@ class PrometheusServer:
     def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
         """An instant query: [{"metric": {...labels}, "value": float}, ...]."""
         params = {"query": expr, **({"time": f"{at:.3f}"} if at is not None else {})}
-        url = f"{self.url}/api/v1/query?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=30) as response:
-            body = json.loads(response.read())
-        if body.get("status") != "success":
-            raise RuntimeError(f"prometheus query {expr!r} failed: {body}")
+        body = self._get(f"/api/v1/query?{urllib.parse.urlencode(params)}", f"query {expr!r}")
         return [{"metric": r["metric"], "value": float(r["value"][1])} for r in body["data"]["result"]]
+
+    def label_values(self, label: str, match: str) -> list[str]:
+        """The values of `label` on the series `match` selects (what Grafana's label_values reads)."""
+        query = urllib.parse.urlencode({"match[]": match})
+        return list(self._get(f"/api/v1/label/{label}/values?{query}", f"label_values({match}, {label})")["data"])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule, with its health, last error and active alerts (/api/v1/rules)."""
+        groups = self._get("/api/v1/rules", "rules")["data"]["groups"]
+        return [rule for group in groups for rule in group["rules"]]
+
+    def _get(self, path: str, what: str) -> dict[str, Any]:
+        """A GET of the HTTP API; an error (a query that does not parse: HTTP 400) raises with
+        Prometheus's own message."""
+        try:
+            with urllib.request.urlopen(f"{self.url}{path}", timeout=30) as response:
+                body = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            body = json.loads(exc.read() or b"{}")
+        if body.get("status") != "success":
+            raise RuntimeError(f"prometheus {what} failed: {body.get('error', body)}")
+        return dict(body)
 
     def scalar(self, expr: str, at: float | None = None) -> float | None:
         """The value of a query with one result, or None if it has none (or NaN: no samples)."""

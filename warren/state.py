@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -24,8 +25,10 @@ from warren.model import (
     RevokedNode,
     Secret,
     Service,
+    ServiceMode,
     ServiceSpec,
     Task,
+    TaskState,
     Volume,
 )
 
@@ -54,6 +57,24 @@ CLUSTER_KEY = "cluster"
 
 def object_key(kind: Kind, obj: StoredObject) -> str:
     return CLUSTER_KEY if kind == "cluster" else obj.id
+
+
+def replica_counts(services: Iterable[Service], tasks: Iterable[Task]) -> dict[str, tuple[int, int]]:
+    """Service id -> (desired, running) tasks, as `service ls` shows them, in one pass over
+    `tasks` (/metrics counts every service at once). A global service wants one task per node it
+    has placed a live task on."""
+    wanted: Counter[str] = Counter()
+    running: Counter[str] = Counter()
+    for task in tasks:
+        if task.desired_state == TaskState.RUNNING:
+            if task.state == TaskState.RUNNING:
+                running[task.service_id] += 1
+            if not task.state.terminal:
+                wanted[task.service_id] += 1
+    return {
+        s.id: (s.spec.replicas if s.spec.mode == ServiceMode.REPLICATED else wanted[s.id], running[s.id])
+        for s in services
+    }
 
 
 class ClusterState:
@@ -88,6 +109,10 @@ class ClusterState:
 
     def service_tasks(self, service_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ())]
+
+    def replica_counts(self, service: Service) -> tuple[int, int]:
+        """(desired, running) tasks of a service, as `service ls` shows them."""
+        return replica_counts([service], self.service_tasks(service.id))[service.id]
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]

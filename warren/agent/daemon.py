@@ -307,7 +307,7 @@ async def _serve(
         if options.metrics_addr:
             from warren.agent import metrics
 
-            _run_task(opened, metrics.serve(options.metrics_addr, worker, session, overlay), "metrics")
+            _run_task(opened, metrics.serve(options.metrics_addr, worker, session, overlay, data_dir=data), "metrics")
         log.info(
             "agent %s running (%s runtime), managers: %s",
             node.get("node_id", "?"),

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from warren.agent.nodemetrics import NodeCollector
 from warren.model import TaskState
 
 if TYPE_CHECKING:
@@ -23,9 +25,13 @@ if TYPE_CHECKING:
 REFRESH = 1.0
 
 
-async def serve(addr: str, worker: Worker, session: Session, overlay: Overlay | None = None) -> None:
+async def serve(
+    addr: str, worker: Worker, session: Session, overlay: Overlay | None = None, data_dir: Path | None = None
+) -> None:
     """Serve /metrics on HOST:PORT and keep the gauges current until cancelled."""
     registry = CollectorRegistry()
+    if data_dir is not None:
+        registry.register(NodeCollector(data_dir))  # disk and certificate, read at scrape time
     mesh = _OverlayGauges(registry) if overlay is not None and overlay.enabled else None
     tasks = Gauge("warren_agent_tasks", "Tasks held by this agent, by local state", ["state"], registry=registry)
     connected = Gauge("warren_agent_connected", "1 while a session with a manager is open", registry=registry)

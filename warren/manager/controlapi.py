@@ -46,7 +46,6 @@ from warren.model import (
     Service,
     ServiceSpec,
     Task,
-    TaskState,
     without_history,
 )
 from warren.stack.spec import STACK_LABEL
@@ -229,13 +228,7 @@ class ControlService(
         return check_result(await self._raft.propose_async(command, self._timeout))
 
     def _counts(self, state: ClusterState, service: Service) -> tuple[int, int]:
-        tasks = state.service_tasks(service.id)
-        if service.spec.mode.value == "replicated":
-            desired = service.spec.replicas
-        else:
-            desired = sum(1 for t in tasks if t.desired_state == TaskState.RUNNING and not t.state.terminal)
-        running = sum(1 for t in tasks if t.state == TaskState.RUNNING and t.desired_state == TaskState.RUNNING)
-        return desired, running
+        return state.replica_counts(service)
 
     # -- cluster -----------------------------------------------------------------------------
     async def GetClusterInfo(self, request: cpb.GetClusterInfoRequest, context: object) -> cpb.ClusterInfo:

@@ -311,7 +311,8 @@ async def _open_and_serve(
         )
         if options.metrics_addr:
             endpoint = metrics.serve(
-                options.metrics_addr, metrics.StateCollector(store.read, raft.status, raft.capacity)
+                options.metrics_addr,
+                metrics.StateCollector(store.read, raft.status, raft.capacity, data / "certs" / "cert.pem"),
             )
             opened.callback(endpoint.close)
     except OSError as exc:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
-from warren.model import NodeStatus, TaskState
+from warren.model import Node, NodeStatus, Service, Task, TaskState
+from warren.state import replica_counts
 
 REGISTRY = CollectorRegistry()
 # process_resident_memory_bytes, process_cpu_seconds_total, ...: a manager's own cost, per role,
@@ -65,17 +68,28 @@ class StateCollector(Collector):
     """Nodes, services, tasks and Raft figures, read when Prometheus scrapes."""
 
     def __init__(
-        self, read_state: Callable, raft_status: Callable, store_capacity: StoreCapacity | None = None
+        self,
+        read_state: Callable,
+        raft_status: Callable,
+        store_capacity: StoreCapacity | None = None,
+        cert_path: Path | None = None,
     ) -> None:
         self._read_state = read_state
         self._raft_status = raft_status
         self._store_capacity = store_capacity  # a capacity.StoreCapacity
+        self._cert_path = cert_path  # this manager's own certificate (certs/cert.pem)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        # Writes wait on this lock: take references only, and count once it is released (the
+        # objects are frozen). At 100,000 tasks, counting under it held it for 0.14 s a scrape.
         with self._read_state() as state:
-            nodes = Tally(n.status.value for n in state.nodes.values())
-            tasks = Tally(t.state.label for t in state.tasks.values())
-            services = len(state.services)
+            node_list = list(state.nodes.values())
+            service_list = list(state.services.values())
+            task_list = list(state.tasks.values())
+            ca_pem = state.cluster.ca_cert_pem if state.cluster is not None else ""
+        nodes = Tally(n.status.value for n in node_list)
+        tasks = Tally(t.state for t in task_list)
+        services = len(service_list)
         g = GaugeMetricFamily("warren_nodes", "Nodes by status", labels=["status"])
         for status in NodeStatus:
             g.add_metric([status.value], nodes.get(status.value, 0))
@@ -83,7 +97,7 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("warren_services", "Services", value=services)
         g = GaugeMetricFamily("warren_tasks", "Tasks by observed state", labels=["state"])
         for task_state in TaskState:
-            g.add_metric([task_state.label], tasks.get(task_state.label, 0))
+            g.add_metric([task_state.label], tasks.get(task_state, 0))
         yield g
         raft = self._raft_status()
         g = GaugeMetricFamily("warren_raft_role", "1 for this manager's current Raft role", labels=["role"])
@@ -103,6 +117,74 @@ class StateCollector(Collector):
         yield g
         if self._store_capacity is not None:
             yield from _store_gauges(self._store_capacity)
+        # Per node and per service, for the alerts and the dashboard (#16): bounded by the
+        # cluster's size, not by its history.
+        yield from _node_gauges(node_list)
+        yield from _service_gauges(service_list, task_list)
+        yield _certificate_gauge({"ca": ca_pem, "node": _read_text(self._cert_path)})
+
+
+def _node_gauges(nodes: list[Node]) -> Iterator[GaugeMetricFamily]:
+    g = GaugeMetricFamily(
+        "warren_node_ready",
+        "1 while the node is ready (heartbeating), 0 while down or unknown",
+        labels=["node", "hostname", "role", "availability"],
+    )
+    for node in nodes:
+        ready = 1 if node.status == NodeStatus.READY else 0
+        g.add_metric([node.id, node.hostname, node.role.value, node.availability.value], ready)
+    yield g
+
+
+def _service_gauges(services: list[Service], tasks: list[Task]) -> Iterator[GaugeMetricFamily]:
+    desired = GaugeMetricFamily(
+        "warren_service_desired_tasks", "Tasks the service wants running", labels=["service", "mode"]
+    )
+    running = GaugeMetricFamily(
+        "warren_service_running_tasks", "Tasks of the service running (and meant to)", labels=["service"]
+    )
+    rollout = GaugeMetricFamily(
+        "warren_service_rollout_state",
+        'The state of the service\'s last rollout (ADR 33): 1 on its current state, "none" before any update',
+        labels=["service", "state"],
+    )
+    counts = replica_counts(services, tasks)
+    for service in services:
+        name = service.spec.name
+        want, have = counts[service.id]
+        desired.add_metric([name, service.spec.mode.value], want)
+        running.add_metric([name], have)
+        status = service.update_status
+        rollout.add_metric([name, status.state.value if status is not None else "none"], 1)
+    yield desired
+    yield running
+    yield rollout
+
+
+def _read_text(path: Path | None) -> str:
+    if path is None:
+        return ""
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _certificate_gauge(certs: dict[str, str]) -> GaugeMetricFamily:
+    """notAfter of each PEM certificate given by kind; an absent or unreadable one is left out."""
+    g = GaugeMetricFamily(
+        "warren_certificate_not_after_seconds",
+        "Unix time at which the certificate expires: the cluster CA's, and this node's own",
+        labels=["kind"],
+    )
+    for kind, pem in certs.items():
+        try:
+            not_after = validity(pem)[1] if pem else None
+        except PkiError:
+            continue
+        if not_after is not None:
+            g.add_metric([kind], not_after.timestamp())
+    return g
 
 
 def _store_gauges(capacity: StoreCapacity) -> Iterator[GaugeMetricFamily]:
