@@ -54,10 +54,16 @@ ln -s "$PREFIX/bin/warren" "$STAGE/usr/bin/warren"
 ln -s "$PREFIX/bin/wrn" "$STAGE/usr/bin/wrn"
 install -m 0644 warren/systemd/*.service "$STAGE/lib/systemd/system/"
 install -m 0644 README.md docs/cli.md "$STAGE/usr/share/doc/warren/"
-# Shell completion, once `warren completion SHELL` exists (#16): packaged if it answers.
-if "$STAGE$PREFIX/bin/python3" -m warren.cli.main completion bash >"$BUILD/completion.bash" 2>/dev/null && [ -s "$BUILD/completion.bash" ]; then
-  install -D -m 0644 "$BUILD/completion.bash" "$STAGE/usr/share/bash-completion/completions/warren"
-fi
+# Shell completion, once `warren completion SHELL` exists (#16): each script it prints is packaged
+# where that shell looks; a shell it does not know (or no such command) is skipped.
+for target in bash:/usr/share/bash-completion/completions/warren zsh:/usr/share/zsh/vendor-completions/_warren \
+  fish:/usr/share/fish/vendor_completions.d/warren.fish; do
+  shell=${target%%:*}
+  if "$STAGE$PREFIX/bin/python3" -m warren.cli.main completion "$shell" >"$BUILD/completion.$shell" 2>/dev/null \
+    && [ -s "$BUILD/completion.$shell" ]; then
+    install -D -m 0644 "$BUILD/completion.$shell" "$STAGE${target#*:}"
+  fi
+done
 
 mkdir -p "$STAGE/DEBIAN"
 INSTALLED_KB=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)

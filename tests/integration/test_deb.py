@@ -86,6 +86,15 @@ def test_the_package_installs_warren_and_units_that_systemd_accepts(deb: Path) -
     assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
+def test_the_installed_warren_installs_its_units_running_itself(deb: Path, tmp_path: Path) -> None:
+    # The units are package data in the venv, and ExecStart names the console script that ran.
+    done = _run(WARREN, "system", "install", "--role", "manager", "--root", tmp_path, env=_package_env())
+    assert done.returncode == 0, done.stderr
+    unit = tmp_path / "etc/systemd/system/warren-manager.service"
+    assert unit.read_text() == UNITS[0].read_text()
+    assert "ExecStart=/usr/bin/warren cluster init --data-dir ${WARREN_DATA_DIR} $WARREN_FLAGS\n" in unit.read_text()
+
+
 def test_the_installed_version_names_the_commit_it_was_built_from(deb: Path) -> None:
     shown = _run(WARREN, "--version", env=_package_env())
     assert shown.returncode == 0, shown.stderr

@@ -131,7 +131,10 @@ def _check_flags(role: Role, data_dir: str, flags: list[str]) -> None:
 
 def render_unit(role: Role, executable: list[str]) -> str:
     """The shipped unit with ExecStart running `executable` instead of /usr/bin/warren."""
-    text = (UNIT_DIR / role.unit).read_text()
+    try:
+        text = (UNIT_DIR / role.unit).read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {UNIT_DIR / role.unit}: {exc.strerror} (the installation is damaged)") from None
     marker = f"ExecStart={PACKAGED_EXECUTABLE} "
     if marker not in text:
         raise CliError(f"{UNIT_DIR / role.unit} has no '{marker}' line: the installation is damaged")
@@ -179,8 +182,8 @@ def cmd_install(args: argparse.Namespace) -> int:
     _check_flags(role, data_dir, flags)
     root = args.root or Path("/")
     unit_path, env_path = _paths(root, role)
+    unit_text, env_text = render_unit(role, executable), environment_file(role, data_dir, flags)
     try:
-        unit_text, env_text = render_unit(role, executable), environment_file(role, data_dir, flags)
         for path, text in ((unit_path, unit_text), (env_path, env_text)):
             path.parent.mkdir(parents=True, exist_ok=True)
             datadir.write_atomic(path, text, mode=datadir.PUBLIC)
