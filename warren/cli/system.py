@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag
+from warren.cli.flags import Parser, add_format_flag
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 PACKAGED_EXECUTABLE = "/usr/bin/warren"  # what the shipped units run (the Debian package's)
@@ -111,22 +111,30 @@ def _check_flags(role: Role, data_dir: str, flags: list[str]) -> None:
     for flag in flags:
         if flag in ("-h", "--help") or flag == "--data-dir" or flag.startswith("--data-dir="):
             raise CliError(f"{flag} cannot be a service flag (give --data-dir to `system install`)", Exit.USAGE)
+        if flag == "--force-new-cluster":
+            raise CliError(f"{flag} cannot be a service flag: it would reset the managers at every start", Exit.USAGE)
     _check_words("flag", flags)
-    from warren.cli.main import build_parser
-
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
-            parsed = build_parser().parse_args([*role.command, "--data-dir", data_dir, *flags])
+            parsed = _role_parser(role).parse_args(["--data-dir", data_dir, *flags])
     except SystemExit:
         why = said.getvalue().strip().partition(": error: ")[2].rpartition(" (see ")[0] or said.getvalue().strip()
         raise CliError(f"bad service flags for `warren {' '.join(role.command)}`: {why}", Exit.USAGE) from None
     if parsed.data_dir != Path(data_dir):  # an abbreviation such as --data
         raise CliError("give the data directory as --data-dir to `system install`, not as a service flag", Exit.USAGE)
-    if getattr(parsed, "force_new_cluster", False):
-        raise CliError(
-            "--force-new-cluster cannot be a service flag: it would reset the managers at every start", Exit.USAGE
-        )
+
+
+def _role_parser(role: Role) -> Parser:
+    """The flags the role's command takes, from the same functions that add them to it."""
+    from warren.cli import manager_flags, worker
+
+    parser = Parser(prog=f"warren {' '.join(role.command)}")
+    if role.name == "manager":
+        manager_flags.add_manager_flags(parser)
+    else:
+        worker.add_agent_flags(parser)
+    return parser
 
 
 def render_unit(role: Role, executable: list[str]) -> str:
