@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from warren.cli import main
+from warren.cli import main, system
 from warren.cli.system import ROLES, UNIT_DIR
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,3 +107,49 @@ def test_uninstall_removes_the_units_and_flags_files_and_nothing_else(
     capsys.readouterr()
     assert main.main(["system", "uninstall", "--root", str(tmp_path)]) == 0
     assert capsys.readouterr().out == "nothing to remove\n"
+
+
+@pytest.fixture
+def live_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """No --root, on a machine where systemd runs: the files go to SYSTEM_ROOT (here a temporary
+    directory) and the systemctl calls are recorded instead of run."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(system, "SYSTEM_ROOT", tmp_path)
+    monkeypatch.setattr(system, "systemd_running", lambda: True)
+    monkeypatch.setattr(system, "_systemctl", lambda *argv: calls.append(list(argv)))
+    return calls
+
+
+def test_with_systemd_running_install_reloads_and_enables_and_uninstall_stops_first(
+    live_root: list[list[str]], tmp_path: Path
+) -> None:
+    assert main.main(["system", "install", "--role", "worker"]) == 0
+    assert main.main(["system", "install", "--role", "manager", "--enable"]) == 0
+    assert live_root == [["daemon-reload"], ["daemon-reload"], ["enable", "warren-manager.service"]]
+    assert (tmp_path / "etc/systemd/system/warren-manager.service").exists()
+    live_root.clear()
+    assert main.main(["system", "uninstall", "--role", "manager"]) == 0
+    assert live_root == [["disable", "--now", "warren-manager.service"], ["daemon-reload"]]
+    assert not (tmp_path / "etc/systemd/system/warren-manager.service").exists()
+
+
+def test_without_systemd_the_files_are_written_and_it_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(system, "SYSTEM_ROOT", tmp_path)
+    monkeypatch.setattr(system, "systemd_running", lambda: False)
+    assert main.main(["system", "install", "--role", "worker"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == "systemd is not running here: files written, run `systemctl daemon-reload` once it does"
+    assert (tmp_path / "etc/systemd/system/warren-worker.service").exists()
+
+
+def test_a_failing_systemctl_is_one_line_and_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(system, "SYSTEM_ROOT", tmp_path)
+    monkeypatch.setattr(system, "systemd_running", lambda: True)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no systemctl at all
+    assert main.main(["system", "install", "--role", "worker", "--executable", sys.executable]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("warren: systemctl daemon-reload failed: ") and err.count("\n") == 1

@@ -24,6 +24,7 @@ from warren.cli.errors import CliError, Exit
 from warren.cli.flags import Parser, add_format_flag
 
 UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
+SYSTEM_ROOT = Path("/")  # where units go without --root
 PACKAGED_EXECUTABLE = "/usr/bin/warren"  # what the shipped units run (the Debian package's)
 # A flag must survive EnvironmentFile= parsing and `$WARREN_FLAGS` word splitting unchanged.
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
@@ -188,7 +189,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     if not os.access(executable[0], os.X_OK):
         raise CliError(f"{executable[0]} is not an executable file", Exit.USAGE)
     _check_flags(role, data_dir, flags)
-    root = args.root or Path("/")
+    root = args.root or SYSTEM_ROOT
     unit_path, env_path = _paths(root, role)
     unit_text, env_text = render_unit(role, executable), environment_file(role, data_dir, flags)
     try:
@@ -214,7 +215,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     roles = [ROLES[args.role]] if args.role else list(ROLES.values())
-    root = args.root or Path("/")
+    root = args.root or SYSTEM_ROOT
     live = args.root is None and systemd_running()
     removed = []
     for role in roles:
