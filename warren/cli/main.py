@@ -108,11 +108,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    from warren.cli.system import cmd_version
+
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        return cmd_version(argparse.Namespace(format="table"))  # before the parser, which loads every command
     args = parse_args(argv)
     handler = getattr(args, "func", None)
-    if args.version and handler is None:
-        from warren.cli.system import cmd_version
-
+    if args.version:  # with other flags or a command: it still wins
         return cmd_version(argparse.Namespace(format="table"))
     if handler is None:
         # `warren` or `warren service` alone: show what can follow.
