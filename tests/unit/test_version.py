@@ -68,3 +68,8 @@ def test_version_flag_and_command(capsys: pytest.CaptureFixture[str]) -> None:
     info = json.loads(capsys.readouterr().out)
     assert set(info) == {"version", "commit", "commit_source", "python", "python_executable", "libraries"}
     assert list(info["libraries"]) == list(version.LIBRARIES)
+
+
+def test_version_wins_over_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main.main(["--timeout", "3", "--version", "node", "ls"]) == 0
+    assert capsys.readouterr().out.startswith("warren ")
