@@ -36,9 +36,10 @@ tar -c --exclude=__pycache__ --exclude='*.pyc' --exclude=warren/BUILD_COMMIT pyp
 $BUILD_PY -m pip wheel --quiet --no-deps --no-build-isolation -w "$BUILD/wheels" "$BUILD/src" >/dev/null
 
 # The venv, made where it is staged, then moved to /opt/warren by rewriting the staged path.
-$PY -m venv "$STAGE$PREFIX"
-"$STAGE$PREFIX/bin/python3" -m pip install -qq --disable-pip-version-check --no-warn-script-location \
-  --no-compile "$BUILD"/wheels/warren-*.whl
+# No pip inside (a dpkg-owned tree is not for pip installs): this pip installs into it.
+$PY -m venv --without-pip "$STAGE$PREFIX"
+$BUILD_PY -m pip --python "$STAGE$PREFIX/bin/python3" install -qq --disable-pip-version-check \
+  --no-warn-script-location --no-compile "$BUILD"/wheels/warren-*.whl
 SITE=$("$STAGE$PREFIX/bin/python3" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
 echo "$COMMIT" >"$SITE/warren/BUILD_COMMIT"
 { grep -rlI --null "$STAGE$PREFIX" "$STAGE$PREFIX/bin" "$STAGE$PREFIX/pyvenv.cfg" || true; } \
