@@ -67,6 +67,7 @@ def test_without_executable_the_unit_runs_this_warren(tmp_path: Path) -> None:
         (["--runtime", "podman"], "argument --runtime: invalid choice"),
         (["--label", "a b"], "'a b' cannot go in a systemd unit"),
         (["--listen-addr", "$HOST:1"], "cannot go in a systemd unit"),
+        (["--cgroup-parent", "/a%n"], "cannot go in a systemd unit"),
         (["--data-dir", "/x"], "give --data-dir to `system install`"),
         (["--data", "/x"], "give the data directory as --data-dir"),
         (["--force-new-cluster"], "--force-new-cluster cannot be a service flag"),

@@ -27,7 +27,7 @@ UNIT_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SYSTEM_ROOT = Path("/")  # where units go without --root
 PACKAGED_EXECUTABLE = "/usr/bin/warren"  # what the shipped units run (the Debian package's)
 # A flag must survive EnvironmentFile= parsing and `$WARREN_FLAGS` word splitting unchanged.
-_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9_@+=:,./-]+")  # no %: a specifier in a unit
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _check_words(what: str, words: list[str]) -> None:
         if not _PLAIN_WORD.fullmatch(word):
             raise CliError(
                 f"{what} {word!r} cannot go in a systemd unit or environment file as it is (spaces, quotes, "
-                "'$' or '\\'): edit the installed file by hand",
+                "'$', '%' or '\\'): edit the installed file by hand",
                 Exit.USAGE,
             )
 
