@@ -19,6 +19,7 @@ import signal
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,14 +53,21 @@ def _installed() -> bool:
     return "install ok installed" in _run("dpkg-query", "-W", "-f=${Status}", "warren").stdout
 
 
+@dataclass(frozen=True)
+class Built:
+    package: Path
+    commit: str  # the checkout's as the build started
+
+
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
     if os.geteuid() != 0:
         pytest.skip("installing a Debian package needs root")
     work = tmp_path_factory.mktemp("deb")
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
+            commit = git_commit(REPO) or "unknown"
             env = {**os.environ, "DEB_OUT": str(work / "out"), "DEB_BUILD": str(work / "build")}
             built = _run(REPO / "cmd" / "build-deb.sh", timeout=300, env=env)
             assert built.returncode == 0, built.stderr[-4000:]
@@ -69,16 +77,16 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 fixed = _run("apt-get", "-o", "DPkg::Lock::Timeout=120", "-f", "install", "-y", timeout=300)
                 assert fixed.returncode == 0, installed.stderr + fixed.stderr
             assert _installed()
-            yield package
+            yield Built(package, commit)
         finally:
             if _installed():
                 _run("dpkg", "--purge", "warren")
 
 
-def test_the_package_installs_warren_and_units_that_systemd_accepts(deb: Path) -> None:
+def test_the_package_installs_warren_and_units_that_systemd_accepts(deb: Built) -> None:
     assert os.readlink(WARREN) == str(PREFIX / "bin" / "warren")
     assert (PREFIX / "bin" / "warren").read_text().startswith(f"#!{PREFIX}/bin/python3\n")
-    control = _run("dpkg-deb", "--field", deb, "Depends").stdout
+    control = _run("dpkg-deb", "--field", deb.package, "Depends").stdout
     for dependency in ("python3 (>= 3.11)", "containerd", "runc", "nftables", "wireguard-go"):
         assert dependency in control
     # systemd need not run here: verify loads the units offline, and checks ExecStart's program.
@@ -86,7 +94,7 @@ def test_the_package_installs_warren_and_units_that_systemd_accepts(deb: Path) -
     assert verified.returncode == 0 and verified.stderr == "", verified.stderr
 
 
-def test_the_installed_warren_installs_its_units_running_itself(deb: Path, tmp_path: Path) -> None:
+def test_the_installed_warren_installs_its_units_running_itself(deb: Built, tmp_path: Path) -> None:
     # The units are package data in the venv, and ExecStart names the console script that ran.
     done = _run(WARREN, "system", "install", "--role", "manager", "--root", tmp_path, env=_package_env())
     assert done.returncode == 0, done.stderr
@@ -95,10 +103,10 @@ def test_the_installed_warren_installs_its_units_running_itself(deb: Path, tmp_p
     assert "ExecStart=/usr/bin/warren cluster init --data-dir ${WARREN_DATA_DIR} $WARREN_FLAGS\n" in unit.read_text()
 
 
-def test_the_installed_version_names_the_commit_it_was_built_from(deb: Path) -> None:
+def test_the_installed_version_names_the_commit_it_was_built_from(deb: Built) -> None:
     shown = _run(WARREN, "--version", env=_package_env())
     assert shown.returncode == 0, shown.stderr
-    assert f"commit: {git_commit(REPO) or 'unknown'} (build)" in shown.stdout
+    assert f"commit: {deb.commit} (build)" in shown.stdout
     assert f"({PREFIX}/bin/python3)" in shown.stdout
     info = json.loads(_run(WARREN, "version", "--format", "json", env=_package_env()).stdout)
     assert info["commit_source"] == "build" and info["version"] != "unknown"
@@ -114,7 +122,7 @@ class PackagedManager(Manager):
         return env
 
 
-def test_a_one_node_cluster_from_the_package_runs_a_plain_process_service(deb: Path, tmp_path: Path) -> None:
+def test_a_one_node_cluster_from_the_package_runs_a_plain_process_service(deb: Built, tmp_path: Path) -> None:
     manager = PackagedManager(
         tmp_path,
         program=[str(WARREN)],
@@ -142,7 +150,7 @@ def test_a_one_node_cluster_from_the_package_runs_a_plain_process_service(deb: P
                 os.killpg(os.getpgid(pid), signal.SIGKILL)
 
 
-def test_purge_removes_every_file_of_the_package(deb: Path) -> None:
+def test_purge_removes_every_file_of_the_package(deb: Built) -> None:
     listed = [Path(line) for line in _run("dpkg", "-L", "warren").stdout.splitlines() if line.startswith("/")]
     owned = [path for path in listed if path.is_relative_to(PREFIX) or path in (WARREN, *UNITS)]
     assert len(owned) > 100  # the venv's files were listed
