@@ -86,19 +86,24 @@ EOF
 cat >"$STAGE/DEBIAN/postinst" <<'EOF'
 #!/bin/sh
 # The units are installed, never enabled: a manager unit's first start creates a cluster,
-# which is for the operator to decide (`systemctl enable --now warren-manager`).
+# which is for the operator to decide (`systemctl enable --now warren-manager`). An upgrade
+# restarts the units that run (KillMode=process: their tasks keep running).
 set -e
 if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload >/dev/null || true
+  if [ -n "$2" ]; then
+    systemctl try-restart warren-manager.service warren-worker.service >/dev/null 2>&1 || true
+  fi
 fi
 exit 0
 EOF
 cat >"$STAGE/DEBIAN/prerm" <<'EOF'
 #!/bin/sh
-# Stops the services before their files go (KillMode=process: tasks keep running; remove them
-# with `warren worker teardown`). Byte code Python wrote at run time is removed too.
+# On removal, stops the services before their files go (KillMode=process: tasks keep running;
+# `warren worker teardown` removes them); an upgrade restarts them in postinst instead. Byte code
+# Python wrote at run time is removed too.
 set -e
-if [ -d /run/systemd/system ]; then
+if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
   for unit in warren-manager.service warren-worker.service; do
     systemctl stop "$unit" >/dev/null 2>&1 || true
   done
