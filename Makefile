@@ -11,7 +11,7 @@ STAMP := .install.stamp
 PY_SCRIPTS = $(shell $(PYTHON) -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 MYPY_PLUGINS = --plugin=protoc-gen-mypy=$(PY_SCRIPTS)/protoc-gen-mypy --plugin=protoc-gen-mypy_grpc=$(PY_SCRIPTS)/protoc-gen-mypy_grpc
 
-.PHONY: install deps proto test test-unit test-integration lint bench bench-scale chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
+.PHONY: install deps proto deb test test-unit test-integration lint bench bench-scale chaos fuzz fuzz-api fuzz-raft demo demo-stop clean
 
 install: $(STAMP) proto
 
@@ -29,6 +29,10 @@ proto: $(STAMP)
 	$(PYTHON) -m grpc_tools.protoc -Iproto --python_out=$(CONTAINERD_GEN) --grpc_python_out=$(CONTAINERD_GEN) \
 		$(MYPY_PLUGINS) --mypy_out=quiet:$(CONTAINERD_GEN) --mypy_grpc_out=quiet:$(CONTAINERD_GEN) $(CONTAINERD_PROTOS)
 	find $(CONTAINERD_GEN)/containerd -type d -exec touch {}/__init__.py \;
+
+# dist/warren_VERSION_ARCH.deb: a venv under /opt/warren, /usr/bin/warren, the systemd units (ADR 64).
+deb: proto
+	./cmd/build-deb.sh
 
 # The default suite runs on pytest-xdist workers (ADR 41): most integration tests wait on
 # processes, not CPU, so more workers than cores pay. A test file stays on one worker (its
@@ -101,4 +105,4 @@ demo-stop:
 	$(PYTHON) cmd/demo.py stop
 
 clean:
-	rm -rf $(STAMP) build *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2*.pyi $(CONTAINERD_GEN)
+	rm -rf $(STAMP) build dist *.egg-info warren/api/v1/*_pb2*.py warren/api/v1/*_pb2*.pyi $(CONTAINERD_GEN)

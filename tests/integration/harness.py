@@ -71,6 +71,8 @@ class Manager:
     resolve_images: bool = False
     # What creates or resumes the manager: `cluster restore FILE` starts one from a backup (ADR 56).
     command: list[str] = field(default_factory=lambda: ["cluster", "init"])
+    # The warren that runs, for the manager and for cli(): the Debian package's test runs /usr/bin/warren.
+    program: list[str] = field(default_factory=lambda: [sys.executable, "-m", "warren.cli.main"])
 
     @property
     def data_dir(self) -> Path:
@@ -111,9 +113,7 @@ class Manager:
         self.process = subprocess.Popen(
             [
                 *self.launcher,
-                sys.executable,
-                "-m",
-                "warren.cli.main",
+                *self.program,
                 *command,
                 "--data-dir",
                 str(self.data_dir),
@@ -187,7 +187,7 @@ class Manager:
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "warren.cli.main", *args],
+            [*self.program, *args],
             capture_output=True,
             text=True,
             env=self.env(),

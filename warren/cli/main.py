@@ -31,6 +31,7 @@ def build_parser() -> Parser:
         service,
         sim,
         stack,
+        system,
         units,
         volume,
         worker,
@@ -45,6 +46,9 @@ def build_parser() -> Parser:
         "--config",
         metavar="PATH",
         help="client config (default: $WARREN_CONFIG, else $XDG_CONFIG_HOME/warren/config.json)",
+    )
+    parser.add_argument(
+        "--version", action="store_true", help="show the version, the commit and the library versions, and exit"
     )
     parser.add_argument("--context", metavar="NAME", help="context in the config (default: its current one)")
     parser.add_argument(
@@ -82,6 +86,7 @@ def build_parser() -> Parser:
     events.register(groups)
     network.register(groups)
     sim.register(groups)
+    system.register(groups)  # and `warren version` (#16, ADR 64)
     return parser
 
 
@@ -103,8 +108,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    from warren.cli.system import cmd_version
+
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        return cmd_version(argparse.Namespace(format="table"))  # before the parser, which loads every command
     args = parse_args(argv)
     handler = getattr(args, "func", None)
+    if args.version:  # with other flags or a command: it still wins
+        return cmd_version(argparse.Namespace(format="table"))
     if handler is None:
         # `warren` or `warren service` alone: show what can follow.
         (getattr(args, "group_parser", None) or build_parser()).print_help(sys.stderr)
