@@ -39,6 +39,9 @@ CLI_GOAL_MS = 300.0
 CLUSTER_CLIENTS = 64
 CLUSTER_SECONDS = 5.0
 CLUSTER_GOAL_WRITES_PER_S = 2000.0
+READERS = 4  # concurrent readers during the cluster writes, one read at a time each
+READ_PAGE = 100
+CLUSTER_READ_P99_GOAL_MS = 20.0  # issue #15: reads under the write load
 
 
 def _timed(fn, *args) -> float:
@@ -150,6 +153,20 @@ def run() -> dict[str, object]:
             ">=",
         ),
         figure("3 managers, 64 clients: CreateService p99", results["cluster_writes"]["latency"]["p99_ms"], "ms"),
+        figure(
+            "ListServices p99 (page of 100) during the 64-client writes",
+            results["cluster_writes"]["reads"]["list_services"].get("p99_ms"),
+            "ms",
+            CLUSTER_READ_P99_GOAL_MS,
+            "<=",
+        ),
+        figure(
+            "ListTasks p99 (page of 100) during the 64-client writes",
+            results["cluster_writes"]["reads"]["list_tasks"].get("p99_ms"),
+            "ms",
+            CLUSTER_READ_P99_GOAL_MS,
+            "<=",
+        ),
         figure(
             "3 managers, 64 clients, all to the leader",
             results["cluster_writes"]["leader_only"]["writes_per_s"],
@@ -353,10 +370,31 @@ def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, add
                 if deadline is None:
                     return  # warm-up: one call per client connects every channel
 
+        reads: dict[str, list[float]] = {"list_services": [], "list_tasks": []}
+
+        async def reader(index: int, deadline: float) -> None:
+            """One read at a time during the writes (issue #15's read goal): a page of 100."""
+            stub = stubs[(index * 5 + 1) % len(stubs)]
+            while loop.time() < deadline:
+                for kind, call, request in (
+                    ("list_services", stub.ListServices, cpb.ListServicesRequest(page_size=READ_PAGE)),
+                    ("list_tasks", stub.ListTasks, cpb.ListTasksRequest(page_size=READ_PAGE)),
+                ):
+                    started = time.perf_counter()
+                    try:
+                        await call(request, timeout=TIMEOUT)
+                    except grpc.RpcError as exc:
+                        errors.append(f"read {exc.code().name}: {exc.details()}"[:200])
+                    else:
+                        reads[kind].append(time.perf_counter() - started)
+
         await asyncio.gather(*(client(-1 - i, None) for i in range(len(stubs))))
         errors.clear()
         start = loop.time()
-        await asyncio.gather(*(client(i, start + seconds) for i in range(clients)))
+        await asyncio.gather(
+            *(client(i, start + seconds) for i in range(clients)),
+            *(reader(i, start + seconds) for i in range(READERS)),
+        )
         elapsed = loop.time() - start
         for channel in channels:
             await channel.close()
@@ -370,6 +408,8 @@ def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, add
             "writes_per_s": round(len(latencies) / elapsed, 1),
             "latency": latency_summary(latencies) if latencies else {},
             "client_cpu_s": round(sum(os.times()[:2]), 2),
+            # Timed in the load's own event loop, busy with the writers: an upper bound.
+            "reads": {kind: latency_summary(times) if times else {} for kind, times in reads.items()},
         }
 
     return asyncio.run(main())
