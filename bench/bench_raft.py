@@ -61,7 +61,7 @@ def member(data: str, self_addr: str, peers: list[str]) -> None:
     from warren.model import Node
 
     logging.basicConfig(level=logging.WARNING)
-    store = Store(open_environment(Path(data) / "db"))
+    store = Store(open_environment(Path(data) / "db", metasync=False))  # as the manager opens it (ADR 58)
     raft = RaftNode(self_addr, peers, Path(data), "bench-secret", store)
     while not raft.status().leader:
         time.sleep(0.01)

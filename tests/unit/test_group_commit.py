@@ -14,6 +14,7 @@ from pysyncobj import FAIL_REASON
 
 from warren import commands
 from warren.manager import raft
+from warren.manager.ports import ProposalError
 from warren.manager.raft import MAX_IN_FLIGHT, RaftNode
 from warren.model import Service, ServiceSpec
 
@@ -31,13 +32,21 @@ class _NoLimits:
         pass
 
 
+class _AppliedIndex:
+    """The store's applied index, which the Raft thread advances (here, the test)."""
+
+    def __init__(self, applied_index: int) -> None:
+        self.applied_index = applied_index
+
+
 class _RecordingRaft(RaftNode):
     """A RaftNode whose log only records the entries proposed; a test settles them."""
 
-    def __init__(self) -> None:  # no PySyncObj: only the proposing side is under test
+    def __init__(self, applied_index: int = 1 << 62) -> None:  # no PySyncObj: only the proposing side
         self._queued = []
         self._group = raft._GroupCommit()
         self.capacity = _NoLimits()  # type: ignore[assignment]
+        self._store = _AppliedIndex(applied_index)  # type: ignore[assignment]
         self.entries: list[tuple[bytes, Callable[[bytes | None, int], None]]] = []
 
     def check_quorum(self) -> None:
@@ -50,11 +59,13 @@ class _RecordingRaft(RaftNode):
         decoded = commands.decode(self.entries[entry][0])
         return len(decoded.commands) if isinstance(decoded, commands.Batch) else 1
 
-    def settle(self, entry: int) -> None:
-        """Report entry `entry` applied, each command with a result, as the Raft thread would."""
+    def settle(self, entry: int, index: int | None = None) -> None:
+        """Report entry `entry` applied (at Raft `index`, by default its position), each command
+        with a result, as the Raft thread would."""
         decoded = commands.decode(self.entries[entry][0])
         count = len(decoded.commands) if isinstance(decoded, commands.Batch) else 1
-        results = [commands.Result(id=f"r{entry}.{i}", index=entry) for i in range(count)]
+        at = entry if index is None else index
+        results = [commands.Result(id=f"r{entry}.{i}", index=at) for i in range(count)]
         blob = commands.encode_result(results if isinstance(decoded, commands.Batch) else results[0])
         self.entries[entry][1](blob, FAIL_REASON.SUCCESS)
 
@@ -138,3 +149,34 @@ def test_a_new_event_loop_starts_with_free_slots() -> None:
         assert (await proposal).ok
 
     asyncio.run(next_loop())
+
+
+def test_a_write_answers_only_once_this_manager_applied_its_entry() -> None:
+    """Read-your-writes (ADR 58): a result carries its entry's Raft index; called back before this
+    manager's store applied it, the proposal waits for the store, so the next read here sees it."""
+    node = _RecordingRaft(applied_index=6)
+
+    async def scenario() -> None:
+        proposal = asyncio.ensure_future(node.propose_async(_create(0)))
+        await _turns()
+        node.settle(0, index=7)
+        await asyncio.sleep(0.05)
+        assert not proposal.done()  # acknowledged by the leader, not applied here yet
+        node._store.applied_index = 7  # type: ignore[attr-defined]
+        assert (await asyncio.wait_for(proposal, 1)).index == 7
+
+    asyncio.run(scenario())
+
+
+def test_a_write_this_manager_does_not_apply_in_time_fails_unavailable() -> None:
+    node = _RecordingRaft(applied_index=6)
+
+    async def scenario() -> None:
+        proposal = asyncio.ensure_future(node.propose_async(_create(0), timeout=0.1))
+        await _turns()
+        node.settle(0, index=7)
+        with pytest.raises(ProposalError) as raised:
+            await proposal
+        assert raised.value.code == "unavailable"
+
+    asyncio.run(scenario())

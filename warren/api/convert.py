@@ -478,9 +478,10 @@ def service_to_pb(
     with_previous: bool = True,
     spec: pb.ServiceSpec | None = None,  # the spec converted already (a list's cache, ADR 51)
 ) -> pb.Service:
+    current = spec if spec is not None else spec_to_pb(service.spec)
     msg = pb.Service(
         id=service.id,
-        spec=spec if spec is not None else spec_to_pb(service.spec),
+        spec=current,
         version=service.version,
         created_at=service.created_at,
         updated_at=service.updated_at,
@@ -491,11 +492,21 @@ def service_to_pb(
     if service.update_status is not None:
         msg.update_status.CopyFrom(update_status_to_pb(service.update_status))
     if with_previous:  # a single service's read: the spec before and the history too
+        # Each spec object once: a revision usually holds the current spec (a create's history
+        # is that one spec), which the reply then converted twice (ADR 58).
+        converted = {id(service.spec): current}
+
+        def spec_pb(s: model.ServiceSpec) -> pb.ServiceSpec:
+            found = converted.get(id(s))
+            if found is None:
+                found = converted[id(s)] = spec_to_pb(s)
+            return found
+
         before = next((r.spec for r in reversed(service.history) if r.spec is not None), service.previous_spec)
         if before is not None:
-            msg.previous_spec.CopyFrom(spec_to_pb(before))
+            msg.previous_spec.CopyFrom(spec_pb(before))
         msg.history.extend(
-            pb.SpecRevision(version=r.version, spec=spec_to_pb(r.spec or service.spec), at=r.at, summary=r.summary)
+            pb.SpecRevision(version=r.version, spec=spec_pb(r.spec or service.spec), at=r.at, summary=r.summary)
             for r in service.history
         )
     msg.depends_on.extend(  # a stack's depends_on (#14)

@@ -512,7 +512,9 @@ class ControlService(
             service = state.services.get(service_id)
             if service is None:
                 raise ApiError(NOT_FOUND, f"service {service_id} was removed meanwhile")
-            reply = convert.service_to_pb(service, *self._counts(state, service))
+            reply = convert.service_to_pb(
+                service, *self._counts(state, service), spec=self._spec_cache.spec_pb(service)
+            )
         reply.warnings.extend(w for w in warnings if w)
         return reply
 

@@ -171,7 +171,9 @@ async def _serve(options: ManagerOptions, stop: asyncio.Event | None, alongside:
     # Everything opened from here on is released in reverse order, whether start-up fails at
     # any step or the manager stops.
     async with contextlib.AsyncExitStack() as opened:
-        env = open_environment(data / "db", own.state_map_size)
+        # The journal syncs its appends and votes itself; the state's commits, replayable from
+        # it, need not sync their meta page (ADR 58).
+        env = open_environment(data / "db", own.state_map_size, metasync=False)
         opened.callback(env.close)
         store = Store(env)
         keys = await _open_keys(options, store, stop)

@@ -2,8 +2,11 @@
 
 PySyncObj's FileJournal does not fsync entries and writes the commit index once a second; this
 one commits (and fsyncs) every append, and currentTerm/votedFor before any vote leaves the node,
-as Raft requires. Entries are also kept in a list in memory because PySyncObj indexes and slices
-the journal by position on every tick; log compaction keeps that list short.
+as Raft requires. The manager's environment does not sync meta pages at commit (ADR 58), so
+those two sync the environment explicitly: an OS crash may undo the state's last commit, which
+replays from the journal, but never an append or a vote this node has acted on.
+Entries are also kept in a list in memory because PySyncObj indexes and slices the journal by
+position on every tick; log compaction keeps that list short.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ class LmdbJournal(pysyncobj_journal.Journal):
         self._env = env
         self._data_dir = data_dir
         self._applied = applied  # the store's applied index
+        # Commits that do not sync their meta page need an explicit sync to be durable (ADR 58).
+        self._sync_explicitly = not env.flags()["metasync"]
         self._log = env.open_db(b"raft_log")
         self._meta = env.open_db(b"raft_meta")
         self._entries: list[Entry] = []
@@ -60,6 +65,8 @@ class LmdbJournal(pysyncobj_journal.Journal):
         try:
             with self._env.begin(write=True) as txn:
                 txn.put(self._key(idx), _ENTRY_HEADER.pack(term) + command, db=self._log)
+            if self._sync_explicitly:  # durable before it is acknowledged or counted
+                self._env.sync(True)
         except (lmdb.MapFullError, lmdb.DiskError) as exc:
             raise NoRoomError(f"cannot append Raft entry {idx}: {exc}") from None
         self._entries.append((command, idx, term))
@@ -113,6 +120,8 @@ class LmdbJournal(pysyncobj_journal.Journal):
                 txn.delete(_VOTED_KEY, db=self._meta)
             else:
                 txn.put(_VOTED_KEY, str(votedForNodeId).encode(), db=self._meta)
+        if self._sync_explicitly:  # before any vote leaves the node
+            self._env.sync(True)
         self._term = term
         self._voted_for = votedForNodeId
 

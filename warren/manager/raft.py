@@ -325,10 +325,28 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         self._queued.append((command, size, future))
         self._flush_soon(loop)
         try:
-            result, reason = await asyncio.wait_for(asyncio.shield(future), timeout)
+            # asyncio.timeout, not wait_for: no task and no shield per proposal (ADR 58). A
+            # proposal cancelled meanwhile still goes; settling skips its finished future.
+            async with asyncio.timeout(timeout):
+                result, reason = await future
         except TimeoutError:
             raise ProposalError("unknown", f"the write did not commit within {timeout:g}s (no quorum?)") from None
-        return self._outcome(result, reason)
+        outcome = self._outcome(result, reason)
+        # Read-your-writes here (ADR 58): answer once this manager has applied the entry, so that
+        # the proposer's next read on it sees the write. PySyncObj calls back a follower's
+        # proposal when the follower applies it, so this does not wait today; it keeps the
+        # promise if that changes.
+        if self._store.applied_index < outcome.index:
+            await self._wait_applied(outcome.index, timeout)
+        return outcome
+
+    async def _wait_applied(self, index: int, timeout: float) -> None:
+        """Wait, bounded, until this manager's store has applied Raft entry `index`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._store.applied_index < index:
+            if asyncio.get_running_loop().time() > deadline:
+                raise ProposalError("unavailable", "this manager is not catching up with the leader")
+            await asyncio.sleep(0.002)
 
     def _flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send what is queued on the next turn of the loop, if an entry may go now; otherwise
@@ -419,12 +437,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
     async def read_barrier(self, timeout: float = 5.0) -> int:
         """Make the next local read linearizable: commit a no-op through the leader, then wait
         until this manager has applied it. Returns the no-op's index."""
-        result = await self.propose_async(commands.Noop(), timeout)
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self._store.applied_index < result.index:
-            if asyncio.get_running_loop().time() > deadline:
-                raise ProposalError("unavailable", "this manager is not catching up with the leader")
-            await asyncio.sleep(0.002)
+        result = await self.propose_async(commands.Noop(), timeout)  # waits until applied here
         return result.index
 
     # -- membership --------------------------------------------------------------------------

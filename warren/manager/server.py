@@ -195,12 +195,22 @@ class _Guard(grpc.aio.ServerInterceptor):
         self._trusted_roots = trusted_roots
         self._read_barrier = read_barrier
         self._managers = managers
+        # The guarded handler of each method, built once: grpc asks for it on every call (ADR 58).
+        self._wrapped: dict[str, tuple[Any, Any]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
             return None
         method: str = details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: Any) -> Any:
         service = method.split("/")[1] if method.count("/") == 2 else ""
         roles = _ROLES_BY_SERVICE.get(service, frozenset())
         if handler.unary_unary:

@@ -86,12 +86,15 @@ class Snapshot(msgspec.Struct, frozen=True):
     events_pruned: tuple[int, int] | None = None  # the last event dropped from it
 
 
-def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE) -> lmdb.Environment:
+def open_environment(path: Path, map_size: int = DEFAULT_MAP_SIZE, metasync: bool = True) -> lmdb.Environment:
     """The manager's LMDB environment. Owner-only: the state holds the cluster CA key.
     `map_size` is address space, not disk: the file grows as needed, up to it. LMDB never maps
-    less than its file holds, so a smaller map than a previous run's has no effect."""
+    less than its file holds, so a smaller map than a previous run's has no effect.
+    `metasync=False` (the running manager, ADR 58): a commit fsyncs its data once and not its
+    meta page, which keeps the database consistent but lets an OS crash (not a process kill)
+    undo the last transaction; the Raft journal syncs explicitly what must be durable."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return lmdb.open(str(path), map_size=map_size, max_dbs=32, sync=True, metasync=True, mode=0o600)
+    return lmdb.open(str(path), map_size=map_size, max_dbs=32, sync=True, metasync=metasync, mode=0o600)
 
 
 class Store:
