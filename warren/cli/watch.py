@@ -102,7 +102,7 @@ class EventFeed:
 
 def watch(
     args: argparse.Namespace,
-    draw: Callable[[], None],
+    draw: Callable[[], object],
     filters: Filters,
     out: TextIO | None = None,
     feed: Feed | None = None,
@@ -153,7 +153,7 @@ def _wait_for_change(feed: Feed, poll: bool) -> None:
             return
 
 
-def render(draw: Callable[[], None]) -> str:
+def render(draw: Callable[[], object]) -> str:
     """What `draw` prints, as one string: a frame is written at once, never half."""
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):
