@@ -2,11 +2,11 @@
 # Debian packages Warren's runtime, demo and tests use: containerd + runc (the container
 # runtime), tini (the init `--init` runs), busybox-static (the demo's and tests' image),
 # docker-registry + skopeo (a registry on 127.0.0.1 for the pull tests), hey (HTTP load in
-# the deployment tests and benchmark).
+# the deployment tests and benchmark), zsh + fish (the completion scripts' syntax checks).
 # Installs only what is missing; the system containerd service is never used (the demo and
 # the tests start their own daemons).
 set -euo pipefail
-PACKAGES="containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey"
+PACKAGES="containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey zsh fish"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
