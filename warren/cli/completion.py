@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -116,6 +115,8 @@ class NameCompleter:
 def within(budget: float, fetch: Callable[[], Iterable[str]]) -> list[str]:
     """`fetch()` run on a daemon thread: its names if it ends within `budget` seconds without an
     error, else none (the thread is left behind: the completing process exits right after)."""
+    import threading
+
     found: list[str] = []
 
     def run() -> None:

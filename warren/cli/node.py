@@ -7,8 +7,7 @@ from typing import Any
 
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag, value_type
-from warren.cli.watch import add_watch_flag, check_watch_args, watch
+from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 
 # `node ps --filter`: Docker's key, checked here (values: the task state names)
 TASK_STATES = (
@@ -110,6 +109,7 @@ def register(groups: Any) -> None:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
     check_watch_args(args)
     with connect(args) as client:
@@ -162,6 +162,7 @@ def parse_task_filter(text: str) -> tuple[str, str]:
 def cmd_ps(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
     check_watch_args(args)
     with connect(args) as client:

@@ -15,7 +15,7 @@ from typing import Any
 from warren.cli import mounts, port_nodes, service_rebalance, units
 from warren.cli.container_flags import container_summary
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag, value_type
+from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 from warren.cli.progress import add_wait_flags, task_note, wait_converged
 from warren.cli.service_logs import add_logs_flags, cmd_logs
 from warren.cli.service_spec import (
@@ -26,7 +26,6 @@ from warren.cli.service_spec import (
     build_spec,
     only_replicas_changed,
 )
-from warren.cli.watch import add_watch_flag, check_watch_args, watch
 from warren.text import shown
 
 _COUNT = value_type(units.parse_count)
@@ -309,6 +308,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 def cmd_ls(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
     check_watch_args(args)
     with connect(args) as client:
@@ -431,6 +431,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
     check_watch_args(args)
     with connect(args) as client:

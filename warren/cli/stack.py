@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag
+from warren.cli.flags import add_format_flag, add_watch_flag
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
-from warren.cli.watch import add_watch_flag, check_watch_args, watch
 
 PLAN_CHANGES = 10  # `stack plan`: the deploy would change something
 _SIGN = {"create": "+", "update": "~", "remove": "-"}
@@ -240,6 +239,7 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
     check_watch_args(args)
     with connect(args) as client:

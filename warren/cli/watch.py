@@ -29,15 +29,6 @@ CLEAR = "\x1b[H\x1b[2J"
 Filters = Sequence[tuple[str, str]]
 
 
-def add_watch_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "-w",
-        "--watch",
-        action="store_true",
-        help="redraw the table as it changes (driven by the cluster's events; Ctrl-C exits)",
-    )
-
-
 def check_watch_args(args: argparse.Namespace) -> None:
     """A watch draws tables; a JSON feed of changes is `warren events --format json`."""
     if getattr(args, "watch", False) and getattr(args, "format", "table") == "json":
