@@ -24,6 +24,10 @@ MIN_GAP = 0.5  # seconds between two redraws: at most 2 a second, however many e
 POLL = 2.0  # seconds between re-lists when no event can wake us (and on a terminal, for the ages)
 GIVE_UP = 30.0  # seconds of no manager answering before the watch exits (one line, exit 5)
 RETRY = 1.0  # seconds between two attempts to open the event stream again
+# The stream starts this far back: events carry the proposing manager's clock (ADR 45) and are
+# filtered by `since` even live, so a CLI clock ahead of the managers' would drop them. The replayed
+# events cost one extra redraw at the start.
+CLOCK_SKEW = 60.0
 CLEAR = "\x1b[H\x1b[2J"
 
 Filters = Sequence[tuple[str, str]]
@@ -69,11 +73,12 @@ class EventFeed:
     def _follow(self) -> None:
         from warren.api.v1 import control_pb2 as pb
 
-        since = time.time()  # the first frame is listed after this: nothing in between is missed
         filters = [pb.EventFilter(key=k, value=v) for k, v in self._filters]
         while not self._closed.is_set():
+            # From before the (next) listing: a change between the two still wakes the watch.
+            request = pb.StreamEventsRequest(since=time.time() - CLOCK_SKEW, filters=filters)
             try:
-                for _ in self._client.stream("StreamEvents", pb.StreamEventsRequest(since=since, filters=filters)):
+                for _ in self._client.stream("StreamEvents", request):
                     self._live = True
                     self.changed.set()
             except Exception:  # a cut stream, or one refused: poll until it opens again
@@ -82,7 +87,6 @@ class EventFeed:
                 return
             self._live = False
             self.changed.set()  # re-list now: events may have been missed while it was down
-            since = time.time()
             self._closed.wait(RETRY)
 
     def close(self) -> None:
