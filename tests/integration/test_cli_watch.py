@@ -4,24 +4,27 @@ a real exec-runtime worker (one cluster for the module): the manager's own node 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.fixtures.ports import free_port
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
+from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 
@@ -188,25 +191,43 @@ def test_bash_completes_commands_and_live_names(cluster: tuple[Manager, Processe
     assert words == [WORKER]
 
 
+@contextlib.contextmanager
+def mute_manager(manager: Manager) -> Iterator[str]:
+    """A server with a manager certificate of the cluster that takes every call and never answers:
+    only the completion's own budget ends the wait (the call's deadline would be 10 s)."""
+    ca = manager.authority()
+    cert, key = ca.issue_keypair("mute-manager", pki.ROLE_MANAGER)
+    released = threading.Event()
+
+    def never(request: bytes, context: grpc.ServicerContext) -> bytes:
+        released.wait(30)
+        return b""
+
+    handler = grpc.unary_unary_rpc_method_handler(never)  # raw bytes: no (de)serializer
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("warren.api.v1.Control", {"ListServices": handler})]
+    )
+    addr = f"127.0.0.1:{free_port()}"
+    server.add_secure_port(addr, tls.server_credentials(ca.cert_pem, cert, key))
+    server.start()
+    try:
+        yield addr
+    finally:
+        released.set()
+        server.stop(grace=None)
+
+
 def test_bash_completion_without_a_cluster_is_quick_and_quiet(
     cluster: tuple[Manager, Processes], bash_completion: Path
 ) -> None:
     manager, _ = cluster
-    # A "manager" that accepts connections and never answers: only the budget ends the wait.
-    silent = socket.socket()
-    port = free_port()
-    try:
-        silent.bind(("127.0.0.1", port))
-        silent.listen(16)
-        line = f"warren --manager 127.0.0.1:{port} service inspect "
-        words, err, elapsed = complete(bash_completion, line, manager.env())
-        assert words == [] and err == ""
-        assert elapsed < 5.0  # 1 s budget + two interpreter starts; the call's own timeout is 10 s
-    finally:
-        silent.close()
-    words, err, _ = complete(
-        bash_completion, "warren service inspect ", {**manager.env(), "WARREN_CONFIG": "/nonexistent"}
-    )
+    with mute_manager(manager) as addr:
+        words, err, elapsed = complete(bash_completion, f"warren --manager {addr} service inspect ", manager.env())
+    assert words == [] and err == ""
+    assert elapsed < 8.0  # the 1 s budget and two interpreter starts, not the call's 10 s deadline
+    no_config = {**manager.env(), "WARREN_CONFIG": "/nonexistent"}
+    words, err, _ = complete(bash_completion, "warren service inspect ", no_config)
     assert words == [] and err == ""
 
 
