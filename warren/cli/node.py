@@ -9,7 +9,6 @@ from warren.cli import units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 
-# `node ps --filter`: Docker's key, checked here (values: the task state names)
 TASK_STATES = (
     "new",
     "pending",
@@ -154,8 +153,11 @@ def parse_task_filter(text: str) -> tuple[str, str]:
     key, eq, value = (part.strip() for part in text.partition("="))
     if not eq or key != "desired-state":
         raise ValueError(f"invalid --filter {text[:80]!r}: use desired-state=STATE")
-    if value not in TASK_STATES:
-        raise ValueError(f"invalid desired-state {value[:40]!r}: use one of {', '.join(TASK_STATES)}")
+    from warren.model import TaskState
+
+    states = [state.label for state in TaskState]
+    if value not in states:
+        raise ValueError(f"invalid desired-state {value[:40]!r}: use one of {', '.join(states)}")
     return key, value
 
 
