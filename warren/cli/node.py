@@ -9,20 +9,6 @@ from warren.cli import units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 
-TASK_STATES = (
-    "new",
-    "pending",
-    "assigned",
-    "accepted",
-    "preparing",
-    "starting",
-    "running",
-    "complete",
-    "failed",
-    "shutdown",
-    "rejected",
-    "orphaned",
-)
 
 
 def register(groups: Any) -> None:
