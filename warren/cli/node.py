@@ -10,7 +10,6 @@ from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 
 
-
 def register(groups: Any) -> None:
     group = groups.add_parser("node", help="manage nodes")
     group.set_defaults(group_parser=group)
