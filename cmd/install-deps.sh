@@ -4,11 +4,12 @@
 # docker-registry + skopeo (a registry on 127.0.0.1 for the pull tests), hey (HTTP load in
 # the deployment tests and benchmark), prometheus (its promtool checks deploy/prometheus/rules.yml;
 # the monitoring test and `make bench-scale` scrape a real cluster with it), python3-venv + systemd
-# (`make deb`'s venv and its test's `systemd-analyze verify`, ADR 64), curl (the guide's examples).
+# (`make deb`'s venv and its test's `systemd-analyze verify`, ADR 64), zsh + fish (the completion
+# scripts' syntax checks), curl (the guide's examples).
 # Installs only what is missing; the system containerd service is never used (the demo and
 # the tests start their own daemons).
 set -euo pipefail
-PACKAGES="curl containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey prometheus python3-venv systemd"
+PACKAGES="curl containerd runc tini busybox-static docker-registry skopeo wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping hey prometheus python3-venv systemd zsh fish"
 missing=""
 for pkg in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"

@@ -566,6 +566,7 @@ def task_to_pb(task: model.Task, with_spec: bool = False) -> pb.Task:
         overlay_address=task.overlay_address,
         ready_at=task.ready_at,
         relocates=task.relocates,
+        image=task.spec.image,
     )
     if with_spec:
         msg.spec.CopyFrom(spec_to_pb(task.spec))

@@ -33,3 +33,13 @@ def value_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
 
 def add_format_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("table", "json"), default="table", help="output format (default: table)")
+
+
+def add_watch_flag(parser: argparse.ArgumentParser) -> None:
+    """-w/--watch on the list commands (warren.cli.watch, ADR 63)."""
+    parser.add_argument(
+        "-w",
+        "--watch",
+        action="store_true",
+        help="redraw the table as it changes (driven by the cluster's events; Ctrl-C exits)",
+    )

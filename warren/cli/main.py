@@ -21,6 +21,7 @@ PROG = "warren"
 def build_parser() -> Parser:
     from warren.cli import (
         cluster,
+        completion,
         config,
         events,
         image,
@@ -87,6 +88,7 @@ def build_parser() -> Parser:
     network.register(groups)
     sim.register(groups)
     system.register(groups)  # and `warren version` (#16, ADR 64)
+    completion.register(groups)  # #16 D5
     return parser
 
 
@@ -126,6 +128,10 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point: never shows a traceback unless WARREN_DEBUG is set."""
     debug = bool(os.environ.get("WARREN_DEBUG"))
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (ADR 63): answer and exit
+        from warren.cli.completion import complete
+
+        complete(build_parser())
     try:
         code = run(argv)
     except CliError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag, value_type
+from warren.cli.flags import add_format_flag, add_watch_flag, value_type
 
 
 def register(groups: Any) -> None:
@@ -18,7 +18,32 @@ def register(groups: Any) -> None:
     p = cmds.add_parser("ls", help="list nodes")
     p.add_argument("-q", "--quiet", action="store_true", help="print IDs only")
     add_format_flag(p)
+    add_watch_flag(p)
     p.set_defaults(func=cmd_ls)
+
+    p = cmds.add_parser(
+        "ps",
+        help="list the tasks on nodes",
+        description="The tasks placed on each NODE (a hostname, an ID or a unique ID prefix; there is no "
+        "default node: the CLI does not run on one), as `docker node ps`. Without -a, only each slot's "
+        "current task.",
+    )
+    p.add_argument("nodes", nargs="+", metavar="NAME|ID")
+    p.add_argument("-a", "--all", action="store_true", help="include dead tasks kept as history")
+    p.add_argument(
+        "-f",
+        "--filter",
+        dest="filters",
+        action="append",
+        type=value_type(parse_task_filter),
+        metavar="KEY=VALUE",
+        help="desired-state=STATE (e.g. running, shutdown); repeat for any of several states",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print task IDs only")
+    p.add_argument("--no-trunc", action="store_true", help="full IDs, image digests and errors")
+    add_format_flag(p)
+    add_watch_flag(p)
+    p.set_defaults(func=cmd_ps)
 
     p = cmds.add_parser("inspect", help="show a node in detail")
     p.add_argument("node", metavar="NAME|ID", help="hostname, ID or unique ID prefix")
@@ -67,12 +92,21 @@ def register(groups: Any) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
+
+    check_watch_args(args)
+    with connect(args) as client:
+        if args.watch:
+            return watch(args, lambda: _print_ls(client, args), [("type", "node")])
+        return _print_ls(client, args)
+
+
+def _print_ls(client: Any, args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
     from warren.cli import output
-    from warren.cli.client import connect
 
-    with connect(args) as client:
-        nodes = sorted(client.list_all("ListNodes", pb.ListNodesRequest(), "nodes"), key=lambda n: (n.hostname, n.id))
+    nodes = sorted(client.list_all("ListNodes", pb.ListNodesRequest(), "nodes"), key=lambda n: (n.hostname, n.id))
     if args.format == "json":
         output.print_json(list(nodes))
     elif args.quiet:
@@ -96,6 +130,57 @@ def cmd_ls(args: argparse.Namespace) -> int:
                 for n in nodes
             ],
         )
+    return 0
+
+
+def parse_task_filter(text: str) -> tuple[str, str]:
+    """`desired-state=running` as (key, value); anything else is a ValueError naming what is."""
+    key, eq, value = (part.strip() for part in text.partition("="))
+    if not eq or key != "desired-state":
+        raise ValueError(f"invalid --filter {text[:80]!r}: use desired-state=STATE")
+    from warren.model import TaskState
+
+    states = [state.label for state in TaskState]
+    if value not in states:
+        raise ValueError(f"invalid desired-state {value[:40]!r}: use one of {', '.join(states)}")
+    return key, value
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
+
+    check_watch_args(args)
+    with connect(args) as client:
+        # Resolved once: a name that matches no node fails before anything is listed.
+        nodes = {}
+        for name in args.nodes:
+            node = client.call("GetNode", pb.GetNodeRequest(node=name))
+            nodes[node.id] = node.hostname
+        if args.watch:  # a node's filter matches its tasks' events and its own
+            return watch(args, lambda: _print_ps(client, args, nodes), [("node", node_id) for node_id in nodes])
+        return _print_ps(client, args, nodes)
+
+
+def _print_ps(client: Any, args: argparse.Namespace, nodes: dict[str, str]) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
+    from warren.cli.task_table import print_node_tasks, service_order
+
+    desired = {value for _, value in args.filters or ()}
+    tasks = []
+    for node_id in nodes:
+        request = pb.ListTasksRequest(node=node_id, include_history=args.all)
+        node_tasks = client.list_all("ListTasks", request, "tasks")
+        tasks += sorted((t for t in node_tasks if not desired or t.desired_state in desired), key=service_order)
+    if args.format == "json":
+        output.print_json(tasks)
+    elif args.quiet:
+        for t in tasks:
+            print(t.id)
+    else:
+        print_node_tasks(tasks, nodes, args.no_trunc)
     return 0
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from warren.cli import mounts, port_nodes, service_rebalance, units
 from warren.cli.container_flags import container_summary
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag, value_type
-from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
+from warren.cli.flags import add_format_flag, add_watch_flag, value_type
+from warren.cli.progress import add_wait_flags, task_note, wait_converged
 from warren.cli.service_logs import add_logs_flags, cmd_logs
 from warren.cli.service_spec import (
     HEALTH_SHELL,
@@ -46,6 +46,7 @@ def register(groups: Any) -> None:
     p = cmds.add_parser("ls", help="list services")
     p.add_argument("-q", "--quiet", action="store_true", help="print IDs only")
     add_format_flag(p)
+    add_watch_flag(p)
     p.set_defaults(func=cmd_ls)
 
     p = cmds.add_parser("inspect", help="show a service in detail")
@@ -58,6 +59,7 @@ def register(groups: Any) -> None:
     p.add_argument("-a", "--all", action="store_true", help="include dead tasks kept as history")
     p.add_argument("-q", "--quiet", action="store_true", help="print task IDs only")
     add_format_flag(p)
+    add_watch_flag(p)
     p.set_defaults(func=cmd_ps)
 
     p = cmds.add_parser(
@@ -305,14 +307,21 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
+
+    check_watch_args(args)
+    with connect(args) as client:
+        if args.watch:  # a task's state changes the REPLICAS column
+            return watch(args, lambda: _print_ls(client, args), [("type", "service"), ("type", "task")])
+        return _print_ls(client, args)
+
+
+def _print_ls(client: Any, args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
     from warren.cli import output
-    from warren.cli.client import connect
 
-    with connect(args) as client:
-        services = sorted(
-            client.list_all("ListServices", pb.ListServicesRequest(), "services"), key=lambda s: s.spec.name
-        )
+    services = sorted(client.list_all("ListServices", pb.ListServicesRequest(), "services"), key=lambda s: s.spec.name)
     if args.format == "json":
         output.print_json(list(services))
     elif args.quiet:
@@ -421,19 +430,31 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
-    from warren.cli import output
     from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
 
+    check_watch_args(args)
     with connect(args) as client:
+        if not args.watch:
+            return _print_ps(client, args)
         service = client.call("GetService", pb.GetServiceRequest(service=args.name))
-        tasks = client.list_all("ListTasks", pb.ListTasksRequest(service=service.id, include_history=args.all), "tasks")
-        nodes = (
-            {}
-            if args.quiet or args.format == "json"
-            else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
-        )
-        host_ports = port_nodes.host_ports(service.spec.ports)  # a PORTS column: where tasks publish them
-    ordered = sorted(tasks, key=lambda t: (t.slot or 0, t.node_id if not t.slot else "", -t.created_at))
+        return watch(args, lambda: _print_ps(client, args), [("service", service.id)])
+
+
+def _print_ps(client: Any, args: argparse.Namespace) -> int:
+    from warren.api.v1 import control_pb2 as pb
+    from warren.cli import output
+    from warren.cli.task_table import current_state, history_names, slot_order
+
+    service = client.call("GetService", pb.GetServiceRequest(service=args.name))
+    tasks = client.list_all("ListTasks", pb.ListTasksRequest(service=service.id, include_history=args.all), "tasks")
+    nodes = (
+        {}
+        if args.quiet or args.format == "json"
+        else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
+    )
+    host_ports = port_nodes.host_ports(service.spec.ports)  # a PORTS column: where tasks publish them
+    ordered = sorted(tasks, key=slot_order)
     if args.format == "json":
         output.print_json(ordered)
         return 0
@@ -441,24 +462,20 @@ def cmd_ps(args: argparse.Namespace) -> int:
         for t in ordered:
             print(t.id)
         return 0
-    rows = []
-    previous = None
-    for t in ordered:
-        name = task_name(service.spec.name, t)
-        rows.append(
-            (
-                output.short_id(t.id),
-                name if name != previous else " \\_ " + name,
-                nodes.get(t.node_id, output.short_id(t.node_id)),
-                t.spec_version,
-                t.desired_state,
-                f"{t.state} {output.ago(t.updated_at or t.created_at)}".strip(),
-                t.health,
-                *([port_nodes.task_ports(t, host_ports)] if host_ports else []),
-                task_note(t),
-            )
+    rows = [
+        (
+            output.short_id(t.id),
+            name,
+            nodes.get(t.node_id, output.short_id(t.node_id)),
+            t.spec_version,
+            t.desired_state,
+            current_state(t),
+            t.health,
+            *([port_nodes.task_ports(t, host_ports)] if host_ports else []),
+            task_note(t),
         )
-        previous = name
+        for t, name in zip(ordered, history_names(ordered), strict=True)
+    ]
     ports_column = ["PORTS"] if host_ports else []
     output.print_table(
         ["ID", "NAME", "NODE", "VERSION", "DESIRED", "CURRENT", "HEALTH", *ports_column, "ERROR/MESSAGE"], rows

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
-from warren.cli.flags import add_format_flag
+from warren.cli.flags import add_format_flag, add_watch_flag
 from warren.cli.progress import add_wait_flags, task_name, task_note, wait_converged
 
 PLAN_CHANGES = 10  # `stack plan`: the deploy would change something
@@ -56,6 +56,7 @@ def register(groups: Any) -> None:
     p.add_argument("-a", "--all", action="store_true", help="also the tasks that ended")
     p.add_argument("-q", "--quiet", action="store_true", help="print IDs only")
     add_format_flag(p)
+    add_watch_flag(p)
     p.set_defaults(func=cmd_ps)
 
     p = cmds.add_parser("rm", help="remove stacks: everything they created (not what they declared external)")
@@ -237,23 +238,30 @@ def cmd_services(args: argparse.Namespace) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
+    from warren.cli.client import connect
+    from warren.cli.watch import check_watch_args, watch
+
+    check_watch_args(args)
+    with connect(args) as client:
+        if args.watch:  # events name no stack: any service's or task's change re-lists
+            return watch(args, lambda: _print_ps(client, args), [("type", "service"), ("type", "task")])
+        return _print_ps(client, args)
+
+
+def _print_ps(client: Any, args: argparse.Namespace) -> int:
     from warren.api.v1 import control_pb2 as pb
     from warren.cli import output
-    from warren.cli.client import connect
 
-    with connect(args) as client:
-        services = _stack_services(client, args.name)
-        tasks = []
-        for s in services:
-            request = pb.ListTasksRequest(service=s.id, include_history=args.all)
-            tasks += sorted(
-                client.list_all("ListTasks", request, "tasks"), key=lambda t: (t.slot, t.node_id, -t.created_at)
-            )
-        nodes = (
-            {}
-            if args.quiet
-            else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
+    services = _stack_services(client, args.name)
+    tasks = []
+    for s in services:
+        request = pb.ListTasksRequest(service=s.id, include_history=args.all)
+        tasks += sorted(
+            client.list_all("ListTasks", request, "tasks"), key=lambda t: (t.slot, t.node_id, -t.created_at)
         )
+    nodes = (
+        {} if args.quiet else {n.id: n.hostname for n in client.list_all("ListNodes", pb.ListNodesRequest(), "nodes")}
+    )
     if args.format == "json":
         output.print_json(tasks)
     elif args.quiet:
