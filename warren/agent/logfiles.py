@@ -40,6 +40,7 @@ class TimeIndex:
         if size % RECORD.size:  # a torn last record (killed mid-write): drop it
             os.ftruncate(self._fd, self.count * RECORD.size)
         self.covered, self.last_time = self.record(self.count - 1) if self.count else (0, 0.0)
+        self.generation = 0  # how often the log started again (rotated or truncated) since opened
 
     def record(self, i: int) -> tuple[int, float]:
         end, at = RECORD.unpack(os.pread(self._fd, RECORD.size, i * RECORD.size))
@@ -56,13 +57,20 @@ class TimeIndex:
         if self._fd < 0:
             return  # closed by a sweep (its log went away)
         if size < self.covered:  # truncated or replaced: the old times describe other bytes
-            os.ftruncate(self._fd, 0)
-            self.count, self.covered = 0, 0
+            self.restart()
         if size > self.covered:
             now = max(now, self.last_time)  # never backwards, even if the clock is stepped back
             os.pwrite(self._fd, RECORD.pack(size, now), self.count * RECORD.size)
             self.count += 1
             self.covered, self.last_time = size, now
+
+    def restart(self) -> None:
+        """The log starts again from its first byte (rotated, ADR 62): forget every record."""
+        if self._fd < 0:
+            return
+        os.ftruncate(self._fd, 0)
+        self.count, self.covered = 0, 0
+        self.generation += 1
 
     def find(self, offset: int) -> int:
         """The index of the record covering byte `offset` (`count` if none does yet)."""
@@ -166,6 +174,7 @@ class TaskLogReader:
         self._inode: int | None = None
         self._cursor: IndexCursor | None = None
         self._stalled: tuple[int, float] | None = None  # (size, since when) with a partial line left
+        self._generation = -1  # the index's generation when last read: another means a rotation
         fd = self._open()
         if fd is None:
             self.limit = None if follow else 0
@@ -173,6 +182,7 @@ class TaskLogReader:
         try:
             size = os.fstat(fd).st_size
             self._observe(size)
+            self._rotated()
             self.offset = tail_offset(fd, size, tail)
         finally:
             os.close(fd)
@@ -206,6 +216,16 @@ class TaskLogReader:
         if self.index is not None:
             self.index.observe(size, self.clock())
 
+    def _rotated(self) -> bool:
+        """Whether the log was rotated since the last read (ADR 62); if so, read on from the
+        start of the new file. The lines this reader had not read yet are in the copy."""
+        generation = self.index.generation if self.index is not None else 0
+        changed = self._generation not in (-1, generation)
+        self._generation = generation
+        if changed:
+            self.offset, self._cursor = 0, None
+        return changed
+
     def _time(self, offset: int) -> float:
         if self.index is None:
             return self.clock()
@@ -227,6 +247,8 @@ class TaskLogReader:
         try:
             size = os.fstat(fd).st_size
             self._observe(size)
+            if self._rotated() and not self.follow:
+                self.limit = self.offset  # what it was asked for has moved to the rotated copy
             if size < self.offset:  # truncated: start again from its beginning
                 self.offset, self._cursor = 0, None
             end = size if self.limit is None else min(size, self.limit)

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from warren.agent.logfiles import TaskLogReader, TimeIndex
+from warren.agent.logrotation import Rotation, remove_task_files, rotate_if_due
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.backoff import Backoff
@@ -88,8 +89,10 @@ class LogAgent:
         running: Callable[[], Iterable[str]] = tuple,
         clock: Callable[[], float] = time.time,
         poll: float = POLL,
+        rotation: Rotation | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
+        self.rotation = rotation  # None: logs grow without bound
         self.running = running
         self.clock = clock
         self.poll = poll
@@ -111,16 +114,24 @@ class LogAgent:
         return index
 
     def stamp(self) -> None:
-        """Record the growth of every running task's log."""
+        """Record the growth of every running task's log, and rotate those grown too big."""
         now = self.clock()
         for task_id in self.running():
             if not TASK_ID_RE.fullmatch(task_id):
                 continue
+            path = self.log_path(task_id)
             try:
-                size = os.stat(self.log_path(task_id)).st_size
+                size = os.stat(path).st_size
             except OSError:
                 continue
             index = self.index(task_id)
+            if self.rotation is not None and size > self.rotation.max_size:
+                try:
+                    rotate_if_due(path, index, self.rotation, now)
+                except OSError as exc:
+                    log.warning("task %s: cannot rotate its log: %s", task_id, exc)
+                else:
+                    continue
             if index is not None:
                 index.observe(size, now)
 
@@ -135,6 +146,20 @@ class LogAgent:
                 if entry.name.endswith(".idx") and not self.log_path(entry.name[:-4]).exists():
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+            for task_id in self._rotated_orphans():
+                remove_task_files(self.log_path(task_id))
+
+    def _rotated_orphans(self) -> set[str]:
+        """Tasks whose rotated copies remain after their live log was deleted with the task."""
+        orphans = set()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.log_dir):
+                stem, dot, number = entry.name.rpartition(".")
+                if dot and number.isdigit() and stem.endswith((".log", ".idx")):
+                    task_id = stem[:-4]
+                    if not self.log_path(task_id).exists():
+                        orphans.add(task_id)
+        return orphans
 
     async def run_indexer(self) -> None:
         """Stamp running tasks' output every `poll` seconds, for as long as the agent runs."""

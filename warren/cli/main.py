@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from warren import logsetup
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import Parser, value_type
 
@@ -109,6 +110,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         # `warren` or `warren service` alone: show what can follow.
         (getattr(args, "group_parser", None) or build_parser()).print_help(sys.stderr)
         return Exit.USAGE
+    # A daemon's --log-format/--log-level: through the environment, which its processes keep.
+    logsetup.export(getattr(args, "log_format", None), getattr(args, "log_level", None))
     return int(handler(args) or 0)
 
 
