@@ -79,10 +79,12 @@ def export(log_format: str | None, level: str | None) -> None:
         os.environ[LEVEL_ENV] = level
 
 
-def add_flags(parser: Any) -> None:
-    """--log-format and --log-level, for an argparse parser of a daemon."""
+def add_flags(parser: Any, configure_early: bool = True) -> None:
+    """--log-format and --log-level, for an argparse parser of a daemon. `configure_early`: the
+    CLI configures logging before the command runs, so that its own first lines are logs too."""
     parser.add_argument("--log-format", choices=FORMATS, help="text (the default) or json: one JSON object a line")
     parser.add_argument("--log-level", choices=LEVELS, help="the least severe level logged (default: info)")
+    parser.set_defaults(configure_logs=configure_early)
 
 
 # -- context ---------------------------------------------------------------------------------------

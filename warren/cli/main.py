@@ -110,8 +110,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         # `warren` or `warren service` alone: show what can follow.
         (getattr(args, "group_parser", None) or build_parser()).print_help(sys.stderr)
         return Exit.USAGE
-    # A daemon's --log-format/--log-level: through the environment, which its processes keep.
-    logsetup.export(getattr(args, "log_format", None), getattr(args, "log_level", None))
+    if hasattr(args, "log_format"):  # a daemon's: through the environment, which its processes keep
+        logsetup.export(args.log_format, args.log_level)
+    if getattr(args, "configure_logs", False):  # its own first lines are logs too (ADR 62)
+        try:
+            logsetup.configure()
+        except logsetup.LogConfigError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
     return int(handler(args) or 0)
 
 

@@ -61,7 +61,7 @@ def register(groups: Any) -> None:
     )
     p.add_argument("--seed", type=int, help="seed the choice of failures and of nodes to kill")
     p.add_argument("--verbose", action="store_true", help="log each session and task (info level)")
-    logsetup.add_flags(p)
+    logsetup.add_flags(p, configure_early=False)  # sim.run: warnings only, unless --verbose
     p.add_argument(
         "--kill", type=value_type(units.parse_count), metavar="K", help="kill K nodes of the running simulator"
     )
