@@ -131,3 +131,51 @@ def test_sweep_removes_the_copies_of_a_deleted_task(tmp_path: Path) -> None:
     agent.sweep()
     assert task_files(path) == []
     agent.close()
+
+
+def _numbers(reader: TaskLogReader, rounds: int = 50) -> list[int]:
+    out: list[int] = []
+    for _ in range(rounds):
+        lines, offset = reader.read(10_000, 1 << 20)
+        reader.commit(offset)
+        out += [int(line.data.split()[1]) for line in lines]
+        if reader.finished:
+            break
+    return out
+
+
+def test_a_tail_the_live_file_cannot_fill_starts_in_the_copy(tmp_path: Path) -> None:
+    path = tmp_path / "t7.log"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    index = TimeIndex(tmp_path / "t7.idx")
+    try:
+        n = _append(writer, 0, 100)
+        assert rotate_if_due(path, index, Rotation(4096, 3), 5.0)
+        n = _append(writer, n, 2)
+        reader = TaskLogReader(path, lambda: index, tail=5, since=0.0, follow=False)
+        assert _numbers(reader) == [97, 98, 99, 100, 101]
+        assert reader.earlier is None  # the copy's reader and index were closed once read
+        reader = TaskLogReader(path, lambda: index, tail=2, since=0.0, follow=False)
+        assert _numbers(reader) == [100, 101] and reader.earlier is None  # the live file sufficed
+    finally:
+        os.close(writer)
+        index.close()
+
+
+def test_readers_caught_by_a_rotation_read_the_rest_from_the_copy(tmp_path: Path) -> None:
+    path = tmp_path / "t8.log"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    index = TimeIndex(tmp_path / "t8.idx")
+    try:
+        n = _append(writer, 0, 10)
+        follower = TaskLogReader(path, lambda: index, tail=-1, since=0.0, follow=True)
+        history = TaskLogReader(path, lambda: index, tail=-1, since=0.0, follow=False)
+        assert _numbers(follower, rounds=1) == list(range(10))
+        n = _append(writer, n, 90)  # the follower lags 90 lines behind
+        assert rotate_if_due(path, index, Rotation(4096, 3), 5.0)
+        n = _append(writer, n, 5)
+        assert _numbers(follower, rounds=5) == list(range(10, 105))  # no gap, no repeat
+        assert _numbers(history) == list(range(10))  # what was there when it was asked, once
+    finally:
+        os.close(writer)
+        index.close()

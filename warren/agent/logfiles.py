@@ -117,6 +117,24 @@ class IndexCursor:
         return None
 
 
+def rotated(path: Path, n: int) -> Path:
+    """The n-th older copy of a log or index (ADR 62): <task>.log.1 is the newest copy."""
+    return path.with_name(f"{path.name}.{n}")
+
+
+def count_lines(fd: int, size: int, block: int = TAIL_BLOCK) -> int:
+    """Lines in the file's first `size` bytes (a last line without its newline counts)."""
+    count, pos, last = 0, 0, b"\n"
+    while pos < size:
+        chunk = os.pread(fd, min(block, size - pos), pos)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        last = chunk[-1:]
+        pos += len(chunk)
+    return count + (last != b"\n")
+
+
 # -- reading a log file ----------------------------------------------------------------------------
 def tail_offset(fd: int, size: int, n: int, block: int = TAIL_BLOCK) -> int:
     """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0), reading
@@ -151,7 +169,12 @@ class TaskLogReader:
     Without follow, reading stops at the file's size when the reader was made, and a missing
     file means nothing to read. With follow, reading goes on as the file grows, and a file that
     is missing yet (a task not started) or replaced is read from its beginning when it shows up.
-    Lines older than `since` are skipped."""
+    Lines older than `since` are skipped.
+
+    Rotation (ADR 62) moves the log's bytes to <task>.log.1 and starts the file again. A tail
+    that the live file cannot fill takes its first lines from that copy, and a reader caught by
+    a rotation reads the rest of what it had not read from the copy, then goes on in the new
+    file: `earlier` is a reader on the copy, read (and committed) first."""
 
     def __init__(
         self,
@@ -175,6 +198,8 @@ class TaskLogReader:
         self._cursor: IndexCursor | None = None
         self._stalled: tuple[int, float] | None = None  # (size, since when) with a partial line left
         self._generation = -1  # the index's generation when last read: another means a rotation
+        self.earlier: TaskLogReader | None = None
+        self.owns_index = False  # a rotated copy's reader opened its index itself: close() closes it
         fd = self._open()
         if fd is None:
             self.limit = None if follow else 0
@@ -184,10 +209,13 @@ class TaskLogReader:
             self._observe(size)
             self._rotated()
             self.offset = tail_offset(fd, size, tail)
+            short = tail - count_lines(fd, size) if tail > 0 and self.offset == 0 else 0
         finally:
             os.close(fd)
         if not follow:
             self.limit = size
+        if short > 0:  # the rest of the tail is in the copy the last rotation made
+            self._read_copy_first(tail=short, offset=None, limit=None)
 
     def _open(self) -> int | None:
         """The log, opened; None (and `gone`) if it does not exist."""
@@ -207,7 +235,46 @@ class TaskLogReader:
     @property
     def finished(self) -> bool:
         """Nothing more will come (no follow): read to the end, or the file is gone."""
-        return self.gone or (self.limit is not None and self.offset >= self.limit)
+        return self.finished_at(self.offset)
+
+    def finished_at(self, offset: int) -> bool:
+        """`finished`, once the position is `offset`."""
+        if self.earlier is not None:
+            return False
+        return self.gone or (self.limit is not None and offset >= self.limit)
+
+    def _read_copy_first(self, tail: int, offset: int | None, limit: int | None) -> None:
+        """Read the newest rotated copy before going on: its last `tail` lines, or from `offset`
+        (up to `limit`)."""
+        copy = rotated(self.path, 1)
+        if not copy.exists():
+            return
+        index_file = rotated(self.path.with_suffix(".idx"), 1)
+
+        def index() -> TimeIndex | None:
+            if not index_file.exists():
+                return None
+            try:
+                return TimeIndex(index_file)
+            except OSError:
+                return None
+
+        earlier = TaskLogReader(copy, index, tail, self.since, follow=False, clock=self.clock)
+        earlier.owns_index = True
+        if offset is not None:
+            earlier.offset = min(offset, earlier.limit or 0)
+        if limit is not None and earlier.limit is not None:
+            earlier.limit = min(earlier.limit, limit)
+        self.earlier = earlier
+
+    def close(self) -> None:
+        """Release what the reader holds open: a rotated copy's reader and index."""
+        if self.earlier is not None:
+            self.earlier.close()
+            self.earlier = None
+        if self.owns_index and self.index is not None:
+            self.index.close()
+            self.index = None
 
     def commit(self, offset: int) -> None:
         self.offset = offset
@@ -217,8 +284,8 @@ class TaskLogReader:
             self.index.observe(size, self.clock())
 
     def _rotated(self) -> bool:
-        """Whether the log was rotated since the last read (ADR 62); if so, read on from the
-        start of the new file. The lines this reader had not read yet are in the copy."""
+        """Whether the log was rotated since the last read (ADR 62); if so, the position goes
+        to the start of the new file."""
         generation = self.index.generation if self.index is not None else 0
         changed = self._generation not in (-1, generation)
         self._generation = generation
@@ -238,7 +305,15 @@ class TaskLogReader:
         return at if at is not None else self.clock()
 
     def read(self, max_lines: int, max_bytes: int) -> tuple[list[Line], int]:
-        """Lines from the current position, and the position after them (for commit)."""
+        """Lines from the current position, and the position after them (for commit). The
+        rotated copy read first (`earlier`) commits as it reads: its lines do not come twice."""
+        if self.earlier is not None:
+            lines, offset = self.earlier.read(max_lines, max_bytes)
+            self.earlier.commit(offset)
+            if self.earlier.finished:
+                self.close()
+            if lines:
+                return lines, self.offset
         if max_lines <= 0 or (self.gone and not self.follow):
             return [], self.offset
         fd = self._open()
@@ -247,8 +322,14 @@ class TaskLogReader:
         try:
             size = os.fstat(fd).st_size
             self._observe(size)
-            if self._rotated() and not self.follow:
-                self.limit = self.offset  # what it was asked for has moved to the rotated copy
+            behind, limit = self.offset, self.limit
+            if self._rotated():  # what it had not read yet is in the copy now: read it first
+                self.close()
+                self._read_copy_first(tail=-1, offset=behind, limit=limit)
+                if not self.follow:
+                    self.limit = 0  # and nothing of the new file: it came after the request
+                if self.earlier is not None:
+                    return [], self.offset  # the next read starts with the copy
             if size < self.offset:  # truncated: start again from its beginning
                 self.offset, self._cursor = 0, None
             end = size if self.limit is None else min(size, self.limit)

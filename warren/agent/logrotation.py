@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from warren.agent.logfiles import RECORD, TimeIndex
+from warren.agent.logfiles import RECORD, TimeIndex, rotated
 
 DEFAULT_MAX_SIZE = 10 * 1024 * 1024  # as warren.agent.settings's defaults
 DEFAULT_MAX_FILES = 3
@@ -38,11 +38,6 @@ class Rotation:
 
     max_size: int = DEFAULT_MAX_SIZE
     max_files: int = DEFAULT_MAX_FILES
-
-
-def rotated(path: Path, n: int) -> Path:
-    """The n-th older copy of `path` (<task>.log.1 is the newest copy)."""
-    return path.with_name(f"{path.name}.{n}")
 
 
 def index_path(log_path: Path) -> Path:

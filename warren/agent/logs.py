@@ -178,6 +178,8 @@ class LogAgent:
         for served in self._subs.values():
             if served.job is not None:
                 served.job.cancel()
+            for reader in served.readers.values():
+                reader.close()
         self._subs.clear()
         for index in self._indexes.values():
             index.close()
@@ -256,14 +258,16 @@ class LogAgent:
     def _prune(self) -> None:
         """Forget subscriptions whose stream went away long ago and that were not re-sent."""
         now = time.monotonic()
-        for sub_id, served in list(self._subs.items()):
+        for served in list(self._subs.values()):
             if served.job is None and served.idle_since and now - served.idle_since > FORGET_AFTER:
-                del self._subs[sub_id]
+                self._drop(served)
 
     def _drop(self, served: _Served) -> None:
         if served.job is not None and served.job is not asyncio.current_task():
             served.job.cancel()
         self._subs.pop(served.id, None)
+        for reader in served.readers.values():
+            reader.close()
 
     def _collect(self, served: _Served) -> tuple[list[pb.LogMessage], list[tuple[TaskLogReader, int]]]:
         """The next batch: lines from each reader in turn, within the batch limits."""
@@ -292,10 +296,7 @@ class LogAgent:
             while True:
                 messages, commits = self._collect(served)
                 ahead = dict(commits)
-                done = not served.follow and all(
-                    r.gone or (r.limit is not None and ahead.get(r, r.offset) >= r.limit)
-                    for r in served.readers.values()
-                )
+                done = not served.follow and all(r.finished_at(ahead.get(r, r.offset)) for r in served.readers.values())
                 if messages or first or done:
                     await self._publish(stub, session_id, served.id, messages, done)
                     first = False
