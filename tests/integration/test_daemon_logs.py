@@ -12,7 +12,6 @@ Every process started here is stopped by PID (task processes by process group)."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.chatty import CHATTY, check_rotation
 from tests.fixtures.ports import free_port
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
@@ -33,12 +33,6 @@ pytestmark = pytest.mark.integration
 
 MAX_SIZE = 256 * 1024
 MAX_FILES = 3
-# About 2 MB/s: bursts of 100-byte lines, a short sleep between bursts.
-CHATTY = (
-    "i=0; while :; do j=0; while [ $j -lt 200 ]; do "
-    'echo "chatty $i xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"; '
-    "i=$((i+1)); j=$((j+1)); done; sleep 0.01; done"
-)
 
 
 @dataclass
@@ -205,54 +199,8 @@ def test_processes_name_themselves(rig: Rig) -> None:
     wait_for(lambda: _cmdline(worker_pid) == f"warren: agent {WORKER_ID}", timeout=10, message="the agent's title")
 
 
-def _sizes(logs: Path, task_id: str) -> int:
-    names = (p for p in logs.iterdir() if p.name == f"{task_id}.log" or p.name.startswith(f"{task_id}.log."))
-    return sum(p.stat().st_size for p in names)
-
-
-def _counter(line: str) -> int:
-    return int(line.rsplit("chatty ", 1)[1].split()[0])
-
-
-def _newest(live: Path) -> int:
-    """The number of the newest whole line of the task's log (in its copy, just after a rotation)."""
-    for path in (live, live.with_name(live.name + ".1")):
-        lines = path.read_bytes().decode(errors="replace").split("\n")[:-1]  # whole lines only
-        if lines:
-            return _counter(lines[-1])
-    raise AssertionError("no whole line in the task's log or its copy")
-
-
 def test_a_chatty_task_log_is_rotated_and_stays_bounded(rig: Rig) -> None:
     _create(rig, "chatty", "sh", "-c", CHATTY)
-    task_id = ""
-
-    def rotated() -> bool:
-        nonlocal task_id
-        ids = _task_ids(rig, "chatty")
-        task_id = ids[0] if ids else ""
-        return bool(task_id) and (rig.logs / f"{task_id}.log.2").exists()
-
-    wait_for(rotated, timeout=30, message="the chatty task's log rotated twice")
-    live = rig.logs / f"{task_id}.log"
-    first = _newest(live)
-    bound = MAX_SIZE * MAX_FILES + 1024 * 1024  # and what a second's writing adds before the next poll
-    largest = 0
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        largest = max(largest, _sizes(rig.logs, task_id))
-        assert largest <= bound, f"{largest} bytes of log for a bound of {bound}"
-        assert not (rig.logs / f"{task_id}.log.{MAX_FILES}").exists()
-        time.sleep(0.05)
-    last = _newest(live)
-    written = (last - first) * 100
-    assert written > 2 * bound, f"the task wrote only {written} bytes: the bound was never at stake"
-    print(f"wrote {written} bytes in 5 s; largest total of the task's log files: {largest} (bound {bound})")
-    result = rig.manager.cli("service", "logs", "--tail", "5", "chatty", timeout=30)
-    assert result.returncode == 0, result.stderr
-    tail = [_counter(line) for line in result.stdout.splitlines()]
-    assert len(tail) == 5 and tail == list(range(tail[0], tail[0] + 5)), result.stdout
-    assert tail[0] > last, "the newest lines"
+    task_id = check_rotation(rig.manager, rig.logs, "chatty", MAX_SIZE, MAX_FILES)
     assert rig.manager.cli("service", "rm", "chatty").returncode == 0
     wait_for(lambda: not any(p.name.startswith(task_id) for p in rig.logs.iterdir()), timeout=30, message="copies gone")
-    assert os.path.isdir(rig.logs)
