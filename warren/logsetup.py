@@ -196,9 +196,7 @@ def configure(config: LogConfig | None = None) -> LogConfig:
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(handler)  # a daemon's root has no other (a test runner's stays)
     root.setLevel(level)
     # PySyncObj logs every connection attempt at INFO: only its warnings, unless debugging.
     logging.getLogger("pysyncobj").setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from warren.agent.logfiles import TaskLogReader, TimeIndex
 from warren.agent.logrotation import Rotation, rotate_if_due, rotated, task_files
 from warren.agent.logs import LogAgent
@@ -179,3 +181,17 @@ def test_readers_caught_by_a_rotation_read_the_rest_from_the_copy(tmp_path: Path
     finally:
         os.close(writer)
         index.close()
+
+
+def test_the_rotation_settings_survive_the_agent_re_execution(tmp_path: Path) -> None:
+    """`worker start` re-executes the agent with options_argv: the limits must come through."""
+    from warren.agent import daemon, settings
+
+    options = daemon.AgentOptions(tmp_path, [], log_max_size=300_000, log_max_files=5)
+    again = daemon.parse_options(daemon.options_argv(options))
+    assert (again.log_max_size, again.log_max_files) == (300_000, 5)
+    saved = settings.resolve(tmp_path, log_max_size=8192, log_max_files=1)
+    assert (saved.log_max_size, saved.log_max_files) == (8192, 1)
+    for size, files in ((1024, 3), (8192, 0), (8192, 101)):
+        with pytest.raises(settings.SettingsError, match="--log-max"):
+            settings.resolve(tmp_path, log_max_size=size, log_max_files=files)

@@ -378,8 +378,8 @@ def options_argv(options: AgentOptions) -> list[str]:
         argv += ["--registry-ca", ca]
     if options.metrics_addr:
         argv += ["--metrics-addr", options.metrics_addr]
-    argv += ["--cgroup-parent", options.cgroup_parent]
     argv += ["--log-max-size", str(options.log_max_size), "--log-max-files", str(options.log_max_files)]
+    argv += ["--cgroup-parent", options.cgroup_parent]
     return argv
 
 
