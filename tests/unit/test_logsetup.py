@@ -90,6 +90,19 @@ def test_bad_flags_are_one_line_and_exit_2(argv: list[str]) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_daemon_command_refuses_a_bad_environment_with_one_line(tmp_path: Path) -> None:
+    env = {"WARREN_LOG_LEVEL": "loud", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-m", "warren.cli.main", "worker", "start", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "log level" in result.stderr
+
+
 def test_the_agent_module_refuses_a_bad_environment_with_one_line(tmp_path: Path) -> None:
     env = {"WARREN_LOG_FORMAT": "xml", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     result = subprocess.run(
