@@ -6,7 +6,7 @@ Data directory layout (what an agent needs to resume after kill -9):
     node.json   {"node_id": ..., "managers": [...]}: who we are and where the managers are
     agent.db    LMDB cache: assignment set and per-task local state (owner-only)
     logs/       one file per task: the container's stdout and stderr (<task>.log), and when
-                each line arrived (<task>.idx, ADR 14)
+                each line arrived (<task>.idx, ADR 14); rotated copies <task>.log.N (ADR 62)
     exec/ or containerd/   the runtime driver's own state
 Stopping the agent (SIGTERM, or kill -9) leaves its containers running: the next agent
 re-adopts them by label (ADR 12).
