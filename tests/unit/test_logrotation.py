@@ -195,3 +195,23 @@ def test_the_rotation_settings_survive_the_agent_re_execution(tmp_path: Path) ->
     for size, files in ((1024, 3), (8192, 0), (8192, 101)):
         with pytest.raises(settings.SettingsError, match="--log-max"):
             settings.resolve(tmp_path, log_max_size=size, log_max_files=files)
+
+
+def test_history_and_long_tails_read_every_copy_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "t9.log"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    index = TimeIndex(tmp_path / "t9.idx")
+    try:
+        n = 0
+        for _ in range(3):  # three rotations of 100 lines: .log.3 is dropped (max 4 files: .1 .. .3)
+            n = _append(writer, n, 100)
+            assert rotate_if_due(path, index, Rotation(4096, 4), 5.0)
+        n = _append(writer, n, 10)
+        everything = TaskLogReader(path, lambda: index, tail=-1, since=0.0, follow=False)
+        assert _numbers(everything) == list(range(310))
+        long_tail = TaskLogReader(path, lambda: index, tail=150, since=0.0, follow=False)
+        assert _numbers(long_tail) == list(range(160, 310))  # 10 live, 100 in .1, 40 in .2
+        assert long_tail.earlier is None and everything.earlier is None
+    finally:
+        os.close(writer)
+        index.close()

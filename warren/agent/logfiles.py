@@ -184,8 +184,11 @@ class TaskLogReader:
         since: float,
         follow: bool,
         clock: Callable[[], float] = time.time,
+        copy: tuple[Path, int] | None = None,
     ) -> None:
         self.path = path
+        # A rotated copy's reader: the live log's path and which copy `path` is (n of .log.n).
+        self._live, self._copy = copy if copy is not None else (path, 0)
         self.since = since
         self.follow = follow
         self.clock = clock
@@ -214,8 +217,8 @@ class TaskLogReader:
             os.close(fd)
         if not follow:
             self.limit = size
-        if short > 0:  # the rest of the tail is in the copy the last rotation made
-            self._read_copy_first(tail=short, offset=None, limit=None)
+        if short > 0 or tail < 0:  # the rest of the tail, or all the history, is in the copies
+            self._read_copy_first(tail=short if tail > 0 else -1, offset=None, limit=None)
 
     def _open(self) -> int | None:
         """The log, opened; None (and `gone`) if it does not exist."""
@@ -244,12 +247,13 @@ class TaskLogReader:
         return self.gone or (self.limit is not None and offset >= self.limit)
 
     def _read_copy_first(self, tail: int, offset: int | None, limit: int | None) -> None:
-        """Read the newest rotated copy before going on: its last `tail` lines, or from `offset`
-        (up to `limit`)."""
-        copy = rotated(self.path, 1)
+        """Read the next older rotated copy before going on: its last `tail` lines (and, if it
+        has fewer, the copy before it first, and so on), or from `offset` up to `limit`."""
+        n = self._copy + 1
+        copy = rotated(self._live, n)
         if not copy.exists():
             return
-        index_file = rotated(self.path.with_suffix(".idx"), 1)
+        index_file = rotated(self._live.with_suffix(".idx"), n)
 
         def index() -> TimeIndex | None:
             if not index_file.exists():
@@ -259,7 +263,8 @@ class TaskLogReader:
             except OSError:
                 return None
 
-        earlier = TaskLogReader(copy, index, tail, self.since, follow=False, clock=self.clock)
+        older = tail if offset is None else 0  # from an offset: this copy only
+        earlier = TaskLogReader(copy, index, older, self.since, follow=False, clock=self.clock, copy=(self._live, n))
         earlier.owns_index = True
         if offset is not None:
             earlier.offset = min(offset, earlier.limit or 0)
