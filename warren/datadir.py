@@ -7,7 +7,8 @@ An agent's data directory (a manager's embedded agent uses <manager dir>/agent/)
     agent-settings.json  the settings the operator chose
     agent.db             LMDB cache: assignments and per-task local state
     agent.lock           held while an agent runs on the directory
-    logs/                one <task>.log and <task>.idx per task (ADR 14)
+    logs/                one <task>.log and <task>.idx per task (ADR 14), and their rotated
+                         copies <task>.log.N and <task>.idx.N (ADR 62)
     network/             resolv.conf for tasks, and tasks/: the ledger of task networks (ADR 23)
     wireguard/           the overlay key ring (ADR 18)
     exec/ or containerd/ the runtime driver's own state

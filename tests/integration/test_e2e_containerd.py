@@ -163,9 +163,12 @@ def _node_ready(c: Cluster) -> bool:
 
 
 @contextlib.contextmanager
-def containerd_cluster(root: Path, containerd: ContainerdDaemon, registry: LocalRegistry) -> Iterator[Cluster]:
-    """A manager (no tasks on its node) and one agent on `containerd`, pulling from `registry`;
-    everything stopped and the containers removed on exit, the logs printed for a failure."""
+def containerd_cluster(
+    root: Path, containerd: ContainerdDaemon, registry: LocalRegistry, agent_args: tuple[str, ...] = ()
+) -> Iterator[Cluster]:
+    """A manager (no tasks on its node) and one agent on `containerd`, pulling from `registry`
+    (`agent_args`: more `cluster join` flags); everything stopped and the containers removed on
+    exit, the logs printed for a failure."""
     (root / "manager").mkdir()
     (root / "worker").mkdir()
     manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"], schedule_on_manager=False)
@@ -178,6 +181,7 @@ def containerd_cluster(root: Path, containerd: ContainerdDaemon, registry: Local
             manager.join_token(),
             *("--runtime", "containerd", "--containerd-socket", containerd.socket),
             *("--cgroup-parent", containerd.cgroup_parent, "--insecure-registry", registry.host),
+            *agent_args,
         )
         wait_for(lambda: _node_ready(c), timeout=30, message=f"the worker to register\n{worker.log()}")
         yield c

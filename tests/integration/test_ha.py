@@ -62,6 +62,8 @@ def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[
     assert trio[0].cli("node", "ls").returncode == 0  # the context learns every manager
     leader = leader_of(trio)
     survivors = [m for m in trio if m is not leader]
+    for manager in trio:  # each process names itself with its Raft role (issue #16)
+        _wait_for_title(manager, "leader" if manager is leader else "follower")
     leader.kill()
     started = time.monotonic()
     new_leader = leader_of(survivors)
@@ -69,6 +71,7 @@ def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[
     created = new_leader.cli("service", "create", "after", "--image", "busybox", "--detach")
     assert created.returncode == 0, created.stderr
     assert time.monotonic() - started < 15
+    _wait_for_title(new_leader, "leader")  # renamed on the role change
 
     leader.start(timeout=40)  # the same command on the same data directory: resumes and rejoins
     wait_for(
@@ -77,6 +80,14 @@ def test_leader_kill_fails_over_and_the_restarted_manager_catches_up(trio: list[
         message="the restarted manager to catch up",
     )
     assert all(m["voter"] and not m.get("error") for m in _info(leader)["managers"])
+
+
+def _wait_for_title(manager: Manager, role: str) -> None:
+    """`warren: manager <node> (<role>)` in the process's /proc/<pid>/cmdline, as ps shows it."""
+    assert manager.process is not None
+    path = Path(f"/proc/{manager.process.pid}/cmdline")
+    wanted = f"warren: manager {manager.node_id} ({role})".encode()
+    wait_for(lambda: path.read_bytes().rstrip(b"\0") == wanted, timeout=15, message=wanted.decode())
 
 
 def test_the_survivors_of_a_leader_crash_keep_the_link_they_elect_over(trio: list[Manager]) -> None:

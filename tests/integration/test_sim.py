@@ -7,9 +7,11 @@ One manager and one simulator for the module; the tests run in order and build o
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +58,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     try:
         manager.start()
         extra = ["--start-delay", "20ms", "--fail-rate", FAIL_RATE, "--label", "rack=sim", "--seed", "15"]
+        extra += ["--log-format", "json", "--log-level", "info"]  # ADR 62
         sim = SimProcess(manager, root, NODES, *extra)
         yield Rig(manager, sim)
     finally:
@@ -81,6 +84,13 @@ def test_every_simulated_node_joins_and_is_ready(rig: Rig) -> None:
     assert all(subnets) and len(set(subnets)) == NODES
     # Each node holds its own certificate, made by the real join.
     assert len({p.read_bytes() for p in rig.sim.data_dir.glob("nodes/*/certs/cert.pem")}) == NODES
+    # The process names itself, and its JSON log lines say which simulated node each is about.
+    title = Path(f"/proc/{rig.sim.process.pid}/cmdline").read_bytes().rstrip(b"\0")
+    assert title == f"warren: sim {NODES} nodes".encode()
+    records = [json.loads(line) for line in rig.sim.log().splitlines() if line.strip()]
+    node_ids = {json.loads(p.read_text())["node_id"] for p in rig.sim.data_dir.glob("nodes/*/node.json")}
+    assert len(node_ids) == NODES
+    assert any(r["component"] == "agent.session" and r.get("node") in node_ids for r in records)
 
 
 def test_a_service_runs_on_them_and_failed_starts_are_rescheduled(rig: Rig) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import msgspec
 
+from warren import logsetup
 from warren.agent import health
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.decisions import (
@@ -125,6 +126,7 @@ class TaskController:
 
     # -- the loop ------------------------------------------------------------------------------
     async def _run(self) -> None:
+        logsetup.bind(task=self.task.id, service=self.task.service_name, slot=self.task.slot)
         try:
             await self._resume()
         except Exception:

@@ -6,7 +6,7 @@ Data directory layout (what an agent needs to resume after kill -9):
     node.json   {"node_id": ..., "managers": [...]}: who we are and where the managers are
     agent.db    LMDB cache: assignment set and per-task local state (owner-only)
     logs/       one file per task: the container's stdout and stderr (<task>.log), and when
-                each line arrived (<task>.idx, ADR 14)
+                each line arrived (<task>.idx, ADR 14); rotated copies <task>.log.N (ADR 62)
     exec/ or containerd/   the runtime driver's own state
 Stopping the agent (SIGTERM, or kill -9) leaves its containers running: the next agent
 re-adopts them by label (ADR 12).
@@ -32,10 +32,11 @@ from typing import Any
 
 import lmdb
 
-from warren import datadir, tls
+from warren import datadir, logsetup, proctitle, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
+from warren.agent.logrotation import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, Rotation
 from warren.agent.logs import LogAgent
 from warren.agent.overlay import Overlay
 from warren.agent.promotion import ManagerRunner, Promotion
@@ -74,6 +75,8 @@ class AgentOptions:
     registry_cas: tuple[str, ...] = ()  # HOST=FILE: a registry's private CA (ADR 43)
     metrics_addr: str | None = None  # HOST:PORT for Prometheus /metrics; None = none
     cgroup_parent: str = "/warren"  # containerd runtime: the containers' cgroups go under it
+    log_max_size: int = DEFAULT_MAX_SIZE  # task log rotation (ADR 62)
+    log_max_files: int = DEFAULT_MAX_FILES
     # How certs/ is read and written: plain, but a manager's embedded agent seals its key by the
     # manager's KEK under autolock (ADR 44)
     credentials: tls.CredentialFiles = tls.PLAIN_FILES
@@ -278,7 +281,8 @@ async def _serve(
         opened.push_async_callback(worker.close)
         await worker.start()
         overlay.track(worker.controllers.keys)  # the ledger's other task networks are leftovers
-        logs = LogAgent(data / "logs", running=worker.started_task_ids)
+        rotation = Rotation(options.log_max_size, options.log_max_files)
+        logs = LogAgent(data / "logs", running=worker.started_task_ids, rotation=rotation)
         opened.callback(logs.close)
         _run_task(opened, logs.run_indexer(), "log-indexer")
         promotion = None
@@ -374,6 +378,7 @@ def options_argv(options: AgentOptions) -> list[str]:
         argv += ["--registry-ca", ca]
     if options.metrics_addr:
         argv += ["--metrics-addr", options.metrics_addr]
+    argv += ["--log-max-size", str(options.log_max_size), "--log-max-files", str(options.log_max_files)]
     argv += ["--cgroup-parent", options.cgroup_parent]
     return argv
 
@@ -400,7 +405,11 @@ def run(options: AgentOptions, run_manager: ManagerRunner | None = None, entry: 
     """The foreground agent process: serve until SIGTERM/SIGINT; returns the exit code. `entry`
     is the module (`python -m`) that starts this process again with `options_argv`."""
     _shed_join_libraries(options, entry)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if refused := logsetup.configure_or_refuse():
+        return refused
+    node_id = str(load_node_file(options.data_dir).get("node_id", ""))
+    logsetup.set_default(node=node_id)
+    proctitle.set_title(proctitle.agent_title(node_id))
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -450,7 +459,15 @@ def parse_options(argv: list[str] | None, prog: str = "python -m warren.agent.da
     p.add_argument(
         "--cgroup-parent", type=_cgroup_parent, default="/warren", metavar="PATH", help="containerd: the cgroup parent"
     )
+    logsetup.add_flags(p)
+    p.add_argument("--log-max-size", type=int, default=DEFAULT_MAX_SIZE, metavar="BYTES", help="task log rotation")
+    p.add_argument("--log-max-files", type=int, default=DEFAULT_MAX_FILES, metavar="N", help="task log rotation")
     args = p.parse_args(argv)
+    try:
+        agent_settings.check_log_rotation(args.log_max_size, args.log_max_files)
+    except agent_settings.SettingsError as exc:
+        p.error(str(exc))
+    logsetup.export(args.log_format, args.log_level)  # the environment: kept across the re-exec
     return AgentOptions(
         data_dir=args.data_dir,
         managers=args.manager,
@@ -463,6 +480,8 @@ def parse_options(argv: list[str] | None, prog: str = "python -m warren.agent.da
         registry_cas=tuple(args.registry_ca),
         metrics_addr=args.metrics_addr,
         cgroup_parent=args.cgroup_parent,
+        log_max_size=args.log_max_size,
+        log_max_files=args.log_max_files,
     )
 
 

@@ -40,6 +40,7 @@ class TimeIndex:
         if size % RECORD.size:  # a torn last record (killed mid-write): drop it
             os.ftruncate(self._fd, self.count * RECORD.size)
         self.covered, self.last_time = self.record(self.count - 1) if self.count else (0, 0.0)
+        self.generation = 0  # how often the log started again (rotated or truncated) since opened
 
     def record(self, i: int) -> tuple[int, float]:
         end, at = RECORD.unpack(os.pread(self._fd, RECORD.size, i * RECORD.size))
@@ -56,13 +57,20 @@ class TimeIndex:
         if self._fd < 0:
             return  # closed by a sweep (its log went away)
         if size < self.covered:  # truncated or replaced: the old times describe other bytes
-            os.ftruncate(self._fd, 0)
-            self.count, self.covered = 0, 0
+            self.restart()
         if size > self.covered:
             now = max(now, self.last_time)  # never backwards, even if the clock is stepped back
             os.pwrite(self._fd, RECORD.pack(size, now), self.count * RECORD.size)
             self.count += 1
             self.covered, self.last_time = size, now
+
+    def restart(self) -> None:
+        """The log starts again from its first byte (rotated, ADR 62): forget every record."""
+        if self._fd < 0:
+            return
+        os.ftruncate(self._fd, 0)
+        self.count, self.covered = 0, 0
+        self.generation += 1
 
     def find(self, offset: int) -> int:
         """The index of the record covering byte `offset` (`count` if none does yet)."""
@@ -109,6 +117,24 @@ class IndexCursor:
         return None
 
 
+def rotated(path: Path, n: int) -> Path:
+    """The n-th older copy of a log or index (ADR 62): <task>.log.1 is the newest copy."""
+    return path.with_name(f"{path.name}.{n}")
+
+
+def count_lines(fd: int, size: int, block: int = TAIL_BLOCK) -> int:
+    """Lines in the file's first `size` bytes (a last line without its newline counts)."""
+    count, pos, last = 0, 0, b"\n"
+    while pos < size:
+        chunk = os.pread(fd, min(block, size - pos), pos)
+        if not chunk:
+            break
+        count += chunk.count(b"\n")
+        last = chunk[-1:]
+        pos += len(chunk)
+    return count + (last != b"\n")
+
+
 # -- reading a log file ----------------------------------------------------------------------------
 def tail_offset(fd: int, size: int, n: int, block: int = TAIL_BLOCK) -> int:
     """Where the last `n` lines of the file's first `size` bytes start (-1: all, from 0), reading
@@ -143,7 +169,12 @@ class TaskLogReader:
     Without follow, reading stops at the file's size when the reader was made, and a missing
     file means nothing to read. With follow, reading goes on as the file grows, and a file that
     is missing yet (a task not started) or replaced is read from its beginning when it shows up.
-    Lines older than `since` are skipped."""
+    Lines older than `since` are skipped.
+
+    Rotation (ADR 62) moves the log's bytes to <task>.log.1 and starts the file again. A tail
+    that the live file cannot fill takes its first lines from that copy, and a reader caught by
+    a rotation reads the rest of what it had not read from the copy, then goes on in the new
+    file: `earlier` is a reader on the copy, read (and committed) first."""
 
     def __init__(
         self,
@@ -153,8 +184,11 @@ class TaskLogReader:
         since: float,
         follow: bool,
         clock: Callable[[], float] = time.time,
+        copy: tuple[Path, int] | None = None,
     ) -> None:
         self.path = path
+        # A rotated copy's reader: the live log's path and which copy `path` is (n of .log.n).
+        self._live, self._copy = copy if copy is not None else (path, 0)
         self.since = since
         self.follow = follow
         self.clock = clock
@@ -166,6 +200,9 @@ class TaskLogReader:
         self._inode: int | None = None
         self._cursor: IndexCursor | None = None
         self._stalled: tuple[int, float] | None = None  # (size, since when) with a partial line left
+        self._generation = -1  # the index's generation when last read: another means a rotation
+        self.earlier: TaskLogReader | None = None
+        self.owns_index = False  # a rotated copy's reader opened its index itself: close() closes it
         fd = self._open()
         if fd is None:
             self.limit = None if follow else 0
@@ -173,11 +210,15 @@ class TaskLogReader:
         try:
             size = os.fstat(fd).st_size
             self._observe(size)
+            self._rotated()
             self.offset = tail_offset(fd, size, tail)
+            short = tail - count_lines(fd, size) if tail > 0 and self.offset == 0 else 0
         finally:
             os.close(fd)
         if not follow:
             self.limit = size
+        if short > 0 or tail < 0:  # the rest of the tail, or all the history, is in the copies
+            self._read_copy_first(tail=short if tail > 0 else -1, offset=None, limit=None)
 
     def _open(self) -> int | None:
         """The log, opened; None (and `gone`) if it does not exist."""
@@ -197,7 +238,48 @@ class TaskLogReader:
     @property
     def finished(self) -> bool:
         """Nothing more will come (no follow): read to the end, or the file is gone."""
-        return self.gone or (self.limit is not None and self.offset >= self.limit)
+        return self.finished_at(self.offset)
+
+    def finished_at(self, offset: int) -> bool:
+        """`finished`, once the position is `offset`."""
+        if self.earlier is not None:
+            return False
+        return self.gone or (self.limit is not None and offset >= self.limit)
+
+    def _read_copy_first(self, tail: int, offset: int | None, limit: int | None) -> None:
+        """Read the next older rotated copy before going on: its last `tail` lines (and, if it
+        has fewer, the copy before it first, and so on), or from `offset` up to `limit`."""
+        n = self._copy + 1
+        copy = rotated(self._live, n)
+        if not copy.exists():
+            return
+        index_file = rotated(self._live.with_suffix(".idx"), n)
+
+        def index() -> TimeIndex | None:
+            if not index_file.exists():
+                return None
+            try:
+                return TimeIndex(index_file)
+            except OSError:
+                return None
+
+        older = tail if offset is None else 0  # from an offset: this copy only
+        earlier = TaskLogReader(copy, index, older, self.since, follow=False, clock=self.clock, copy=(self._live, n))
+        earlier.owns_index = True
+        if offset is not None:
+            earlier.offset = min(offset, earlier.limit or 0)
+        if limit is not None and earlier.limit is not None:
+            earlier.limit = min(earlier.limit, limit)
+        self.earlier = earlier
+
+    def close(self) -> None:
+        """Release what the reader holds open: a rotated copy's reader and index."""
+        if self.earlier is not None:
+            self.earlier.close()
+            self.earlier = None
+        if self.owns_index and self.index is not None:
+            self.index.close()
+            self.index = None
 
     def commit(self, offset: int) -> None:
         self.offset = offset
@@ -205,6 +287,16 @@ class TaskLogReader:
     def _observe(self, size: int) -> None:
         if self.index is not None:
             self.index.observe(size, self.clock())
+
+    def _rotated(self) -> bool:
+        """Whether the log was rotated since the last read (ADR 62); if so, the position goes
+        to the start of the new file."""
+        generation = self.index.generation if self.index is not None else 0
+        changed = self._generation not in (-1, generation)
+        self._generation = generation
+        if changed:
+            self.offset, self._cursor = 0, None
+        return changed
 
     def _time(self, offset: int) -> float:
         if self.index is None:
@@ -218,7 +310,15 @@ class TaskLogReader:
         return at if at is not None else self.clock()
 
     def read(self, max_lines: int, max_bytes: int) -> tuple[list[Line], int]:
-        """Lines from the current position, and the position after them (for commit)."""
+        """Lines from the current position, and the position after them (for commit). The
+        rotated copy read first (`earlier`) commits as it reads: its lines do not come twice."""
+        if self.earlier is not None:
+            lines, offset = self.earlier.read(max_lines, max_bytes)
+            self.earlier.commit(offset)
+            if self.earlier.finished:
+                self.close()
+            if lines:
+                return lines, self.offset
         if max_lines <= 0 or (self.gone and not self.follow):
             return [], self.offset
         fd = self._open()
@@ -227,6 +327,14 @@ class TaskLogReader:
         try:
             size = os.fstat(fd).st_size
             self._observe(size)
+            behind, limit = self.offset, self.limit
+            if self._rotated():  # what it had not read yet is in the copy now: read it first
+                self.close()
+                self._read_copy_first(tail=-1, offset=behind, limit=limit)
+                if not self.follow:
+                    self.limit = 0  # and nothing of the new file: it came after the request
+                if self.earlier is not None:
+                    return [], self.offset  # the next read starts with the copy
             if size < self.offset:  # truncated: start again from its beginning
                 self.offset, self._cursor = 0, None
             end = size if self.limit is None else min(size, self.limit)

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 
 from warren.agent.logfiles import TaskLogReader, TimeIndex
+from warren.agent.logrotation import Rotation, remove_task_files, rotate_if_due
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.backoff import Backoff
@@ -88,8 +89,10 @@ class LogAgent:
         running: Callable[[], Iterable[str]] = tuple,
         clock: Callable[[], float] = time.time,
         poll: float = POLL,
+        rotation: Rotation | None = None,
     ) -> None:
         self.log_dir = Path(log_dir)
+        self.rotation = rotation  # None: logs grow without bound
         self.running = running
         self.clock = clock
         self.poll = poll
@@ -111,16 +114,24 @@ class LogAgent:
         return index
 
     def stamp(self) -> None:
-        """Record the growth of every running task's log."""
+        """Record the growth of every running task's log, and rotate those grown too big."""
         now = self.clock()
         for task_id in self.running():
             if not TASK_ID_RE.fullmatch(task_id):
                 continue
+            path = self.log_path(task_id)
             try:
-                size = os.stat(self.log_path(task_id)).st_size
+                size = os.stat(path).st_size
             except OSError:
                 continue
             index = self.index(task_id)
+            if self.rotation is not None and size > self.rotation.max_size:
+                try:
+                    rotate_if_due(path, index, self.rotation, now)
+                except OSError as exc:
+                    log.warning("task %s: cannot rotate its log: %s", task_id, exc)
+                else:
+                    continue
             if index is not None:
                 index.observe(size, now)
 
@@ -135,6 +146,20 @@ class LogAgent:
                 if entry.name.endswith(".idx") and not self.log_path(entry.name[:-4]).exists():
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
+            for task_id in self._rotated_orphans():
+                remove_task_files(self.log_path(task_id))
+
+    def _rotated_orphans(self) -> set[str]:
+        """Tasks whose rotated copies remain after their live log was deleted with the task."""
+        orphans = set()
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(self.log_dir):
+                stem, dot, number = entry.name.rpartition(".")
+                if dot and number.isdigit() and stem.endswith((".log", ".idx")):
+                    task_id = stem[:-4]
+                    if not self.log_path(task_id).exists():
+                        orphans.add(task_id)
+        return orphans
 
     async def run_indexer(self) -> None:
         """Stamp running tasks' output every `poll` seconds, for as long as the agent runs."""
@@ -153,6 +178,8 @@ class LogAgent:
         for served in self._subs.values():
             if served.job is not None:
                 served.job.cancel()
+            for reader in served.readers.values():
+                reader.close()
         self._subs.clear()
         for index in self._indexes.values():
             index.close()
@@ -231,14 +258,16 @@ class LogAgent:
     def _prune(self) -> None:
         """Forget subscriptions whose stream went away long ago and that were not re-sent."""
         now = time.monotonic()
-        for sub_id, served in list(self._subs.items()):
+        for served in list(self._subs.values()):
             if served.job is None and served.idle_since and now - served.idle_since > FORGET_AFTER:
-                del self._subs[sub_id]
+                self._drop(served)
 
     def _drop(self, served: _Served) -> None:
         if served.job is not None and served.job is not asyncio.current_task():
             served.job.cancel()
         self._subs.pop(served.id, None)
+        for reader in served.readers.values():
+            reader.close()
 
     def _collect(self, served: _Served) -> tuple[list[pb.LogMessage], list[tuple[TaskLogReader, int]]]:
         """The next batch: lines from each reader in turn, within the batch limits."""
@@ -267,10 +296,7 @@ class LogAgent:
             while True:
                 messages, commits = self._collect(served)
                 ahead = dict(commits)
-                done = not served.follow and all(
-                    r.gone or (r.limit is not None and ahead.get(r, r.offset) >= r.limit)
-                    for r in served.readers.values()
-                )
+                done = not served.follow and all(r.finished_at(ahead.get(r, r.offset)) for r in served.readers.values())
                 if messages or first or done:
                     await self._publish(stub, session_id, served.id, messages, done)
                     first = False

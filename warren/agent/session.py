@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import grpc
 
-from warren import certinfo, tls, validate
+from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.logs import LogAgent
 from warren.agent.runtime import PullLogin
@@ -169,6 +169,7 @@ class Session:
         while not stop.is_set():
             addr = target or self.managers.current()
             target = None
+            logsetup.bind(manager=addr or "")
             if addr is None:
                 log.error("no manager address known: pass --manager or rejoin")
                 await _sleep_unless(stop, backoff.next())
@@ -242,6 +243,7 @@ class Session:
                 call.cancel()
                 return True
             session_id = first.session_id
+            logsetup.bind(session=session_id)
             log.info("session %s open with %s (%d task(s) assigned)", session_id, addr, len(delta.updated))
             self.connected_to = addr
             backoff.reset()

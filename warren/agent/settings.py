@@ -47,6 +47,9 @@ class AgentSettings:
     wireguard: str = "auto"
     wireguard_interface: str = "warren0"
     wireguard_port: int = 51820
+    # Task log rotation (ADR 62): each task keeps at most log_max_files files of log_max_size.
+    log_max_size: int = 10 * 1024 * 1024
+    log_max_files: int = 3
 
     def overridden(self, **given: Any) -> AgentSettings:
         """These settings with every given (not None) value replacing the stored one."""
@@ -75,6 +78,18 @@ class AgentSettings:
             raise SettingsError(f"invalid interface name {self.wireguard_interface!r}: 1-15 letters, digits, '-', '_'")
         if not 0 < self.wireguard_port < 65536:
             raise SettingsError(f"--wireguard-port must be between 1 and 65535 (got {self.wireguard_port})")
+        check_log_rotation(self.log_max_size, self.log_max_files)
+
+
+MIN_LOG_MAX_SIZE = 4096  # smaller would rotate at nearly every line
+MAX_LOG_MAX_FILES = 100
+
+
+def check_log_rotation(max_size: int, max_files: int) -> None:
+    if not MIN_LOG_MAX_SIZE <= max_size <= 2**62:
+        raise SettingsError(f"--log-max-size must be at least 4K (got {max_size} bytes)")
+    if not 1 <= max_files <= MAX_LOG_MAX_FILES:
+        raise SettingsError(f"--log-max-files must be between 1 and {MAX_LOG_MAX_FILES} (got {max_files})")
 
 
 def check_cgroup_parent(path: str) -> None:

@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from warren import logsetup
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import Parser, value_type
 
@@ -122,6 +123,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         # `warren` or `warren service` alone: show what can follow.
         (getattr(args, "group_parser", None) or build_parser()).print_help(sys.stderr)
         return Exit.USAGE
+    if hasattr(args, "log_format"):  # a daemon's: through the environment, which its processes keep
+        logsetup.export(args.log_format, args.log_level)
+    if getattr(args, "configure_logs", False):  # its own first lines are logs too (ADR 62)
+        try:
+            logsetup.configure()
+        except logsetup.LogConfigError as exc:
+            raise CliError(str(exc), Exit.USAGE) from None
     return int(handler(args) or 0)
 
 

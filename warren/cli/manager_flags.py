@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from warren import logsetup
 from warren.cli import autolock, units, worker
 from warren.cli.flags import value_type
 
@@ -55,6 +56,8 @@ def add_manager_flags(p: Any) -> None:
     worker.add_state_map_size_flag(p)
     worker.add_resolve_images_flag(p)
     autolock.add_unlock_key_file_flag(p)
+    logsetup.add_flags(p)
+    worker.add_log_rotation_flags(p)  # for the embedded agent
     p.add_argument(
         "--insecure-registry",
         action="append",
@@ -104,4 +107,6 @@ def agent_flags(args: argparse.Namespace) -> Any:
         cgroup_parent=args.cgroup_parent,
         wireguard=args.wireguard,
         wireguard_interface=args.wireguard_interface,
+        log_max_size=args.log_max_size,
+        log_max_files=args.log_max_files,
     )

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from warren import logsetup
 from warren.cli import units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
@@ -60,6 +61,7 @@ def register(groups: Any) -> None:
     )
     p.add_argument("--seed", type=int, help="seed the choice of failures and of nodes to kill")
     p.add_argument("--verbose", action="store_true", help="log each session and task (info level)")
+    logsetup.add_flags(p, configure_early=False)  # sim.run: warnings only, unless --verbose
     p.add_argument(
         "--kill", type=value_type(units.parse_count), metavar="K", help="kill K nodes of the running simulator"
     )

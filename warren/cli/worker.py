@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from warren import logsetup
 from warren.cli import autolock, units
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import value_type
@@ -194,6 +195,24 @@ def add_agent_flags(p: argparse.ArgumentParser) -> None:
         help="API address other nodes dial once this node is promoted to manager",
     )
     p.add_argument("--cgroup-parent", metavar="PATH", help="cgroup for the containers (containerd; default: /warren)")
+    logsetup.add_flags(p)
+    add_log_rotation_flags(p)
+
+
+def add_log_rotation_flags(p: Any) -> None:
+    """Task log rotation (ADR 62), for an agent: `worker start`, `cluster join`, `cluster init`."""
+    p.add_argument(
+        "--log-max-size",
+        type=value_type(units.parse_size),
+        metavar="SIZE",
+        help="rotate a task's log once it is this big, at least 4K (default: 10M; saved)",
+    )
+    p.add_argument(
+        "--log-max-files",
+        type=value_type(units.parse_count),
+        metavar="N",
+        help="a task's log files kept, the live one included, 1 to 100 (default: 3; saved)",
+    )
 
 
 def registry_cas(given: list[str] | None) -> tuple[str, ...] | None:
@@ -242,6 +261,8 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
         "manager_listen_addr": args.manager_listen_addr,
         "manager_advertise_addr": args.manager_advertise_addr,
         "cgroup_parent": args.cgroup_parent,
+        "log_max_size": args.log_max_size,
+        "log_max_files": args.log_max_files,
     }
 
 
@@ -325,6 +346,8 @@ def _run_manager(args: argparse.Namespace, data_dir: Path, managers: list[str] |
         cgroup_parent=getattr(args, "cgroup_parent", None),
         wireguard=getattr(args, "wireguard", None),
         wireguard_interface=getattr(args, "wireguard_interface", None),
+        log_max_size=getattr(args, "log_max_size", None),
+        log_max_files=getattr(args, "log_max_files", None),
     )
     return manager_node.run(daemon.ManagerOptions(**options), flags)
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren import clientconfig, tls, validate
+from warren import clientconfig, logsetup, proctitle, tls, validate
 from warren.manager import autolock, cakey, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
@@ -105,8 +105,8 @@ ALONGSIDE_STOP_TIMEOUT = 15.0
 def run(options: ManagerOptions, alongside: Alongside | None = None) -> int:
     """Initialise (first start) or resume the manager in `options.data_dir` and serve until
     SIGTERM/SIGINT. Returns the process exit code."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pysyncobj").setLevel(logging.WARNING)
+    if refused := logsetup.configure_or_refuse():
+        return refused
     try:
         return asyncio.run(_serve(options, None, alongside))
     except StartupError as exc:
@@ -261,6 +261,9 @@ async def _open_and_serve(
     except RaftStartError as exc:
         raise StartupError(str(exc)) from None
     opened.push_async_callback(asyncio.to_thread, raft.destroy_synchronous)
+    logsetup.set_default(node=identity.node_id)
+    if stop is None:  # the manager's own process (a promoted agent's keeps the agent's name)
+        _name_process(raft, identity.node_id)
 
     if identity.joined and store.state.cluster is None:
         await catch_up(store, identity.node_id)
@@ -375,6 +378,12 @@ def _run_task(opened: contextlib.AsyncExitStack, job: Awaitable[None], name: str
     task = asyncio.ensure_future(job)
     task.set_name(f"manager-{name}")
     opened.callback(task.cancel)
+
+
+def _name_process(raft: RaftNode, node_id: str) -> None:
+    """`warren: manager <node> (leader|follower)`, renamed as the Raft role changes."""
+    raft.on_leadership(lambda leader: proctitle.set_title(proctitle.manager_title(node_id, leader)))
+    proctitle.set_title(proctitle.manager_title(node_id, raft.is_leader))
 
 
 def _release_agent_key_if_demoted(data: Path, keeper: LockKeeper) -> None:

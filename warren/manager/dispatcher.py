@@ -21,7 +21,7 @@ from typing import NamedTuple
 import grpc
 import msgspec
 
-from warren import commands, pki, strategy, tls, validate
+from warren import commands, logsetup, pki, strategy, tls, validate
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -291,6 +291,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     ) -> AsyncGenerator[dpb.AssignmentsMessage, None]:
         self._require_leader()
         identity = caller.get()
+        logsetup.bind(worker=identity.node_id)  # the session's lines name the node it is with
         desc = request.description
         try:
             check_node_description(

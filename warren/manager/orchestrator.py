@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 
-from warren import commands, reconciler
+from warren import commands, logsetup, reconciler
 from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
@@ -127,6 +127,7 @@ class Orchestrator:
     async def _announce_leadership(self) -> None:
         """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""
         status = self._raft.status()
+        logsetup.bind(term=status.term)  # every line of this pass and later ones, until re-bound
         if status.term == self._announced_term:
             return
         announce = commands.AnnounceLeader(self._local_node_id, status.self_addr, status.term, time.time())

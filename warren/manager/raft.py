@@ -20,7 +20,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
-from warren import commands, datadir
+from warren import commands, datadir, logsetup
 from warren.commands import Command, Result
 from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity, entry_cost
@@ -516,7 +516,8 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         leader = _RAFT_STATES.get(new) == "leader"
         self._forget_retry_points()  # a role change: the followers' answers start afresh
         if leader or _RAFT_STATES.get(old) == "leader":
-            log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
+            with logsetup.context(term=self.raftCurrentTerm):
+                log.info("Raft: %s in term %d", "leader" if leader else "no longer the leader", self.raftCurrentTerm)
         if leader:
             self._leader_event.set()
         else:

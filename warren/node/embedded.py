@@ -74,6 +74,8 @@ class EmbeddedAgentFlags:
     cgroup_parent: str | None = None
     wireguard: str | None = None  # the embedded agent joins the overlay mesh (ADR 17)
     wireguard_interface: str | None = None
+    log_max_size: int | None = None  # task log rotation (ADR 62)
+    log_max_files: int | None = None
 
 
 def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_settings.AgentSettings:
@@ -88,6 +90,8 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             ("--cgroup-parent", flags.cgroup_parent),
             ("--wireguard", flags.wireguard),
             ("--wireguard-interface", flags.wireguard_interface),
+            ("--log-max-size", flags.log_max_size),
+            ("--log-max-files", flags.log_max_files),
         )
         if value is not None
     ]
@@ -106,6 +110,8 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             cgroup_parent=flags.cgroup_parent,
             wireguard=flags.wireguard,
             wireguard_interface=flags.wireguard_interface,
+            log_max_size=flags.log_max_size,
+            log_max_files=flags.log_max_files,
         )
     except agent_settings.SettingsError as exc:
         raise StartupError(str(exc)) from None

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren import datadir
+from warren import datadir, logsetup, proctitle
 from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
@@ -161,6 +161,7 @@ class SimNode:
         self.job = asyncio.create_task(self._run(), name=f"sim-{self.hostname}")
 
     async def _run(self) -> None:
+        logsetup.bind(node=self.node_id)  # this node's lines, among the process's many nodes
         await self.worker.start()
         try:
             await self.session.run(self.stop)
@@ -386,10 +387,15 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
 
 def run(options: SimOptions, verbose: bool = False) -> int:
     """The foreground simulator: until SIGTERM/SIGINT; the exit code."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:  # warnings only, unless --verbose or --log-level says otherwise
+        given = logsetup.from_env()
+        level = given.level if os.environ.get(logsetup.LEVEL_ENV) else "info" if verbose else "warning"
+        config = logsetup.LogConfig(given.format, level)
+    except logsetup.LogConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logsetup.configure(config)
+    proctitle.set_title(proctitle.sim_title(options.nodes))
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -25,6 +25,8 @@ def agent_options(data_dir: Path, managers: list[str], settings: AgentSettings) 
         registry_cas=tuple(settings.registry_cas),
         metrics_addr=settings.metrics_addr or None,
         cgroup_parent=settings.cgroup_parent,
+        log_max_size=settings.log_max_size,
+        log_max_files=settings.log_max_files,
     )
 
 
