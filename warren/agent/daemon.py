@@ -36,6 +36,7 @@ from warren import datadir, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
+from warren.agent.execs import ExecAgent
 from warren.agent.logs import LogAgent
 from warren.agent.overlay import Overlay
 from warren.agent.promotion import ManagerRunner, Promotion
@@ -281,6 +282,8 @@ async def _serve(
         logs = LogAgent(data / "logs", running=worker.started_task_ids)
         opened.callback(logs.close)
         _run_task(opened, logs.run_indexer(), "log-indexer")
+        execs = ExecAgent(env.runtime, worker.running_container)
+        opened.callback(execs.close)
         promotion = None
         if run_manager is not None:
             promotion = Promotion(data, lambda: list(managers.addrs), stop, run_manager)
@@ -303,6 +306,7 @@ async def _serve(
             on_key_epoch=overlay.want_key_epoch,
             pull_logins=pull_logins,
             credentials=options.credentials,
+            execs=execs,
         )
         if options.metrics_addr:
             from warren.agent import metrics

@@ -31,6 +31,7 @@ def build_parser() -> Parser:
         service,
         sim,
         stack,
+        task_exec,
         units,
         volume,
         worker,
@@ -82,6 +83,7 @@ def build_parser() -> Parser:
     events.register(groups)
     network.register(groups)
     sim.register(groups)
+    task_exec.register(groups)  # `warren task exec` (#16, ADR 59)
     return parser
 
 

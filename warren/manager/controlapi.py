@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
+import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -31,12 +33,13 @@ from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlstacks import StacksControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.eventstream import EventFeed, EventsControl
+from warren.manager.execbroker import ExecBroker, check_start, exec_task
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
-from warren.manager.server import ApiError, check_result, not_leader, resolve_ref
+from warren.manager.server import ApiError, caller, check_result, not_leader, resolve_ref
 from warren.manager.speccache import SpecCache
 from warren.model import (
     Availability,
@@ -71,6 +74,8 @@ T = TypeVar("T")
 M = TypeVar("M", bound=paging.Message)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
+
+log = logging.getLogger(__name__)
 
 
 # The orders of the paged lists (ADR 51): each key is unique, so a page token can name a place.
@@ -206,7 +211,9 @@ class ControlService(
         images: DigestLookup | None = None,
         keyring: KeyRing | None = None,
         events: EventFeed | None = None,
+        execs: ExecBroker | None = None,
     ) -> None:
+        self._execs = execs  # relays execs to the agents (ADR 59); None: not served
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         # seals secrets before they are proposed (ADR 38); holds the KEK under autolock (ADR 44)
         self._keyring = keyring or KeyRing(raft_secret)
@@ -656,3 +663,35 @@ class ControlService(
                 yield cpb.ServiceLogsMessage(messages=batch)
         finally:
             stream.close()
+
+    # -- exec (#16, ADR 59) ----------------------------------------------------------------------
+    async def Exec(self, requests: AsyncIterator[cpb.ExecRequest], context: grpc.aio.ServicerContext) -> AsyncIterator:
+        """Run a command in a running task, relayed by the leader's broker to the task's agent."""
+        if self._execs is None:
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve exec")
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("start"):
+            raise _invalid("the first request must start the exec")
+        why = check_start(first.start)
+        if why is not None:
+            raise _invalid(why)
+        if not self._raft.is_leader:
+            raise not_leader(self._store, self._raft, "it serves exec")
+        with self._store.read() as state:
+            task = exec_task(state, first.start)
+            node = state.nodes.get(task.node_id)
+        admin = caller.get().node_id if caller.get(None) is not None else ""
+        command = tuple(first.start.command)
+        await self._propose(commands.RecordExec(task.id, admin, command, first.start.tty, time.time()))
+        channel = self._execs.open(task, first.start)
+        log.info(
+            "exec %s: admin %s runs %s in task %s on node %s%s",
+            channel.id,
+            admin or "?",
+            shown(shlex.join(command)),
+            task.id,
+            node.hostname if node is not None else task.node_id,
+            " (tty)" if first.start.tty else "",
+        )
+        async for reply in self._execs.relay(channel, aiter(requests)):
+            yield reply
