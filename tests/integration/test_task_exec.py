@@ -21,12 +21,16 @@ import termios
 import time
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 from tests.fixtures.exec_cluster import exec_cluster
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import Agent, Processes
 from tests.waiting import wait_for
+from warren.api.v1 import control_pb2 as cpb
+from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
+from warren.api.v1 import dispatcher_pb2 as dpb
 
 pytestmark = pytest.mark.integration
 
@@ -271,3 +275,19 @@ def test_each_exec_is_an_event_and_a_log_line(cluster: Cluster) -> None:
     assert events.returncode == 0, events.stderr
     assert "audited-exec" in events.stdout and task["id"] in events.stdout
     assert "runs 'echo audited-exec' in task " + task["id"] in manager.log()
+
+
+def test_only_admins_may_exec_and_only_agents_may_attach(cluster: Cluster) -> None:
+    manager, agent, _procs = cluster
+    task = _task(manager)
+    start = cpb.ExecRequest(start=cpb.ExecStart(task=task["id"], command=["true"]))
+    with manager.channel(agent.data_dir / "certs") as worker, pytest.raises(grpc.RpcError) as refused:
+        list(control_pb2_grpc.ControlStub(worker).Exec(iter([start]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "may not call this method" in (refused.value.details() or "")
+    with manager.channel() as admin, pytest.raises(grpc.RpcError) as refused:  # admin on the agents' side
+        list(dispatcher_pb2_grpc.DispatcherStub(admin).ExecAttach(iter([dpb.ExecFromAgent()]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with manager.channel() as admin, pytest.raises(grpc.RpcError) as refused:  # a first request starts nothing
+        list(control_pb2_grpc.ControlStub(admin).Exec(iter([cpb.ExecRequest(stdin=b"x")]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -242,11 +242,14 @@ class ExecBroker:
         """The caller's side: its requests go to the agent, the agent's output comes back."""
         try:
             await asyncio.wait_for(channel.attached.wait(), self.attach_timeout)
-        except TimeoutError:
-            raise ApiError(
-                grpc.StatusCode.UNAVAILABLE,
-                f"node {channel.node_id[:12]} did not answer the exec within {self.attach_timeout:g}s",
-            ) from None
+        except BaseException as exc:  # a silent agent, or a caller that left before it answered
+            self.close(channel)
+            if isinstance(exc, TimeoutError):
+                raise ApiError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"node {channel.node_id[:12]} did not answer the exec within {self.attach_timeout:g}s",
+                ) from None
+            raise
         pump = asyncio.create_task(self._pump_input(channel, requests), name=f"exec-in-{channel.id}")
         try:
             first = True
