@@ -65,8 +65,10 @@ def _cli_popen(manager: Manager, *args: str) -> subprocess.Popen[str]:
 
 
 def _running(manager: Manager, name: str) -> list[dict]:
-    tasks = manager.cli_json("service", "ps", name)
-    return [t for t in tasks if t["state"] == "running" and t["desired_state"] == "running"]  # type: ignore[union-attr]
+    """The service's running tasks; none while the manager does not answer (a loaded machine)."""
+    listed = manager.cli("service", "ps", name, "--format", "json")
+    tasks = json.loads(listed.stdout) if listed.returncode == 0 else []
+    return [t for t in tasks if t["state"] == "running" and t["desired_state"] == "running"]
 
 
 def _task(manager: Manager, slot: int = 1) -> dict:

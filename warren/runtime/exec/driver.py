@@ -64,7 +64,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
 from typing import IO, TypedDict
@@ -83,7 +82,7 @@ from warren.agent.runtime import (
 )
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
-from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env
+from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env, tool
 from warren.runtime.exec.interactive import start_interactive
 from warren.runtime.exec.mounts import check_targets
 from warren.runtime.exec.users import resolve_groups, resolve_user
@@ -349,10 +348,10 @@ class ExecRuntime:
         out: IO[bytes] | int,
         stdin: IO[bytes] | int = subprocess.DEVNULL,
         err: IO[bytes] | int = subprocess.STDOUT,
-        preexec: Callable[[], None] | None = None,
+        terminal: bool = False,
     ) -> subprocess.Popen[bytes]:
         """Start argv as the container would run it (env, cwd, user, cgroups), in a new session;
-        `preexec` runs in the child once the session exists (an exec's controlling terminal)."""
+        with `terminal`, its stdin (a terminal) becomes the session's controlling terminal."""
         spec = rec.spec
         env = task_env(spec)
         exe = check_executable(argv[0], env, rec.cwd)
@@ -372,6 +371,8 @@ class ExecRuntime:
             rlimits=spec.options.ulimits,
             hostname=spec.hostname,
         )
+        if terminal:  # setsid(1) execs in place: the child is no group leader, so it need not fork
+            argv, exe = [tool("setsid"), "--ctty", *argv], tool("setsid")
         creds: _Credentials = {}
         if user is not None:
             creds = {"user": user[0], "group": user[1], "extra_groups": []}
@@ -384,9 +385,8 @@ class ExecRuntime:
                 stdin=stdin,
                 stdout=out,
                 stderr=err,
-                start_new_session=True,
+                start_new_session=not terminal,
                 close_fds=True,
-                preexec_fn=preexec,
                 **creds,
             )
         except FileNotFoundError as exc:

@@ -28,10 +28,6 @@ def set_window(fd: int, rows: int, cols: int) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
 
-def _take_terminal() -> None:  # in the child, in its new session: stdin is the terminal
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
 class InteractiveProcess:
     """ExecProcess over a Popen: its pipes, or the master side of its terminal."""
 
@@ -77,6 +73,8 @@ class InteractiveProcess:
         # Its own session and process group: everything it started, unless moved out.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):  # before its setsid(1) ran, it had no group of its own
+            self._proc.kill()
 
     def wait(self, timeout: float | None = None) -> int | None:
         try:
@@ -101,13 +99,13 @@ class InteractiveProcess:
 
 
 def start_interactive(spawn: Spawn, tty: bool, stdin: bool, rows: int, cols: int) -> InteractiveProcess:
-    """Start a process with `spawn(out, stdin=, err=, preexec=)`, wired for an exec."""
+    """Start a process with `spawn(out, stdin=, err=, terminal=)`, wired for an exec."""
     kwargs: dict[str, Any]
     master = slave = -1
     if tty:
         master, slave = os.openpty()
         set_window(master, rows, cols)
-        kwargs = {"out": slave, "stdin": slave, "err": slave, "preexec": _take_terminal}
+        kwargs = {"out": slave, "stdin": slave, "err": slave, "terminal": True}
     else:
         kwargs = {
             "out": subprocess.PIPE,
