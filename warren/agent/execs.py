@@ -72,6 +72,10 @@ class ExecAgent:
                         log.info("the manager does not serve exec: %s", exc.details())
                         await asyncio.Event().wait()  # until the session ends
                     log.debug("exec stream ended: %s %s", exc.code().name, exc.details())
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # a bug here must not end the session: log, reopen
+                    log.exception("exec stream failed")
                 finally:
                     call.cancel()
                 if time.monotonic() - opened > 10:
