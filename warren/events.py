@@ -210,6 +210,9 @@ def _exec_events(state: ClusterState, command: ct.RecordExec) -> list[Draft]:
         "admin": command.admin,
         "tty": "true" if command.tty else "false",
     }
+    cert = state.admin_certs.get(command.admin)
+    if cert is not None:  # a named admin certificate (ADR 24): who, for a person
+        attributes["admin_name"] = cert.name
     return [("task", "exec", task.id, _task_name(task), attributes)]
 
 

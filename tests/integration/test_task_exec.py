@@ -28,6 +28,7 @@ from tests.fixtures.exec_cluster import exec_cluster
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import Agent, Processes
 from tests.waiting import wait_for
+from warren import pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc, dispatcher_pb2_grpc
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -275,7 +276,10 @@ def test_each_exec_is_an_event_and_a_log_line(cluster: Cluster) -> None:
     assert ran.returncode == 0, ran.stderr
     events = manager.cli("events", "--since", "10m", "--until", "0s", "--filter", "event=exec", "--format", "json")
     assert events.returncode == 0, events.stderr
-    assert "audited-exec" in events.stdout and task["id"] in events.stdout
+    [event] = [json.loads(line) for line in events.stdout.splitlines() if "audited-exec" in line]
+    assert (event["type"], event["action"], event["actor"]["id"]) == ("task", "exec", task["id"])
+    admin = pki.identity_of((manager.data_dir / "admin" / tls.CERT_FILE).read_bytes()).node_id
+    assert event["attributes"]["command"] == "echo audited-exec" and event["attributes"]["admin"] == admin
     assert "runs 'echo audited-exec' in task " + task["id"] in manager.log()
 
 

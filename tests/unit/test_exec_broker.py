@@ -24,7 +24,8 @@ from warren.manager.execbroker import (
     exec_task,
 )
 from warren.manager.server import ApiError
-from warren.model import Task, TaskState
+from warren.model import AdminCert, Task, TaskState
+from warren.state import Put
 
 
 def test_a_good_start_passes() -> None:
@@ -237,6 +238,9 @@ def test_an_exec_is_an_audit_event() -> None:
     assert event.attributes["admin"] == "ops-alice" and event.attributes["tty"] == "true"
     assert event.attributes["node_id"] == task.node_id and event.time == 42.0
     assert "exec" in events.ACTIONS["task"]
+    sim.state.apply([Put("admin", AdminCert(id="ops-alice", name="alice", created_at=1.0, not_after=9e9, ca="k"))])
+    (named,) = events.derive(sim.state, record, [], 8, 0, 42.0)
+    assert named.attributes["admin"] == "ops-alice" and named.attributes["admin_name"] == "alice"
 
 
 def test_oversized_input_mid_stream_is_invalid_argument_and_ends_both_sides() -> None:

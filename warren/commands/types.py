@@ -402,7 +402,7 @@ class RecordExec(msgspec.Struct, frozen=True, tag="task.exec"):
     the same audit event ("task exec": who, which task, which command) from it."""
 
     task_id: str
-    admin: str  # the admin certificate's name (its CN)
+    admin: str  # the admin certificate's id (its CN); the event adds its name when the state has one
     command: tuple[str, ...]
     tty: bool
     at: float

@@ -677,17 +677,19 @@ class ControlService(
             raise _invalid(why)
         if not self._raft.is_leader:
             raise not_leader(self._store, self._raft, "it serves exec")
+        admin = caller.get().node_id if caller.get(None) is not None else ""
         with self._store.read() as state:
             task = exec_task(state, first.start)
             node = state.nodes.get(task.node_id)
-        admin = caller.get().node_id if caller.get(None) is not None else ""
+            cert = state.admin_certs.get(admin)
+        who = f"{admin} ({cert.name})" if cert is not None else admin or "?"
         command = tuple(first.start.command)
         await self._propose(commands.RecordExec(task.id, admin, command, first.start.tty, time.time()))
         channel = self._execs.open(task, first.start)
         log.info(
             "exec %s: admin %s runs %s in task %s on node %s%s",
             channel.id,
-            admin or "?",
+            who,
             shown(shlex.join(command)),
             task.id,
             node.hostname if node is not None else task.node_id,
