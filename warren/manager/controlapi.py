@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import logging
 import math
-import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
@@ -27,19 +25,20 @@ from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlbackup import BackupControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlexec import ExecControl
 from warren.manager.controlnetworks import NetworksControl
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlstacks import StacksControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.eventstream import EventFeed, EventsControl
-from warren.manager.execbroker import ExecBroker, check_start, exec_task
+from warren.manager.execbroker import ExecBroker
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
-from warren.manager.server import ApiError, caller, check_result, not_leader, resolve_ref
+from warren.manager.server import ApiError, check_result, not_leader, resolve_ref
 from warren.manager.speccache import SpecCache
 from warren.model import (
     Availability,
@@ -74,8 +73,6 @@ T = TypeVar("T")
 M = TypeVar("M", bound=paging.Message)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
-
-log = logging.getLogger(__name__)
 
 
 # The orders of the paged lists (ADR 51): each key is unique, so a page token can name a place.
@@ -196,6 +193,7 @@ class ControlService(
     EventsControl,
     NetworksControl,
     BackupControl,  # #16 (ADR 56)
+    ExecControl,  # #16 (ADR 59)
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
@@ -663,37 +661,3 @@ class ControlService(
                 yield cpb.ServiceLogsMessage(messages=batch)
         finally:
             stream.close()
-
-    # -- exec (#16, ADR 59) ----------------------------------------------------------------------
-    async def Exec(self, requests: AsyncIterator[cpb.ExecRequest], context: grpc.aio.ServicerContext) -> AsyncIterator:
-        """Run a command in a running task, relayed by the leader's broker to the task's agent."""
-        if self._execs is None:
-            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve exec")
-        first = await anext(aiter(requests), None)
-        if first is None or not first.HasField("start"):
-            raise _invalid("the first request must start the exec")
-        why = check_start(first.start)
-        if why is not None:
-            raise _invalid(why)
-        if not self._raft.is_leader:
-            raise not_leader(self._store, self._raft, "it serves exec")
-        admin = caller.get().node_id if caller.get(None) is not None else ""
-        with self._store.read() as state:
-            task = exec_task(state, first.start)
-            node = state.nodes.get(task.node_id)
-            cert = state.admin_certs.get(admin)
-        who = f"{admin} ({cert.name})" if cert is not None else admin or "?"
-        command = tuple(first.start.command)
-        await self._propose(commands.RecordExec(task.id, admin, command, first.start.tty, time.time()))
-        channel = self._execs.open(task, first.start)
-        log.info(
-            "exec %s: admin %s runs %s in task %s on node %s%s",
-            channel.id,
-            who,
-            shown(shlex.join(command)),
-            task.id,
-            node.hostname if node is not None else task.node_id,
-            " (tty)" if first.start.tty else "",
-        )
-        async for reply in self._execs.relay(channel, aiter(requests)):
-            yield reply
