@@ -1,5 +1,6 @@
 """`warren task exec` into a containerd task (ADR 59): Tasks.Exec with stdio FIFOs, a terminal
-through ResizePty, the command's exit code, and a command that does not exist (127). The
+through ResizePty, the command's exit code, a command that does not exist (127), and a caller
+that goes away (the exec'd process is killed). The
 module's private containerd and registry come from tests/fixtures (plugin.py); the cluster is
 test_e2e_containerd's (a manager without tasks, one worker on containerd)."""
 
@@ -11,6 +12,7 @@ import os
 import pty
 import signal
 import struct
+import subprocess
 import sys
 import termios
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ import pytest
 from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.registry import LocalRegistry
 from tests.integration.test_e2e_containerd import Cluster, containerd_cluster
-from tests.integration.test_task_exec import _Screen, _wait_pid
+from tests.integration.test_task_exec import _processes_running, _Screen, _wait_pid
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -47,6 +49,19 @@ def test_exec_in_a_containerd_task(cluster: Cluster) -> None:
     missing = c.cli("task", "exec", task, "--", "no-such-command-xyz")
     assert missing.returncode == 127, missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+    # A caller that goes away: the exec'd process is killed in the container.
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "warren.cli.main", "task", "exec", task, "--", "sh", "-c", "echo started; sleep 302"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=c.manager.env(),
+    )  # fmt: skip
+    try:
+        assert cli.stdout is not None and cli.stdout.readline() == "started\n"
+        assert _processes_running("sleep 302")
+    finally:
+        cli.kill()
+        cli.wait()
+    wait_for(lambda: not _processes_running("sleep 302"), timeout=15, message="the exec'd process to be killed")
 
     pid, fd = pty.fork()
     if pid == 0:
