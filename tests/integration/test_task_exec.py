@@ -294,6 +294,11 @@ def test_only_admins_may_exec_and_only_agents_may_attach(cluster: Cluster) -> No
     with manager.channel() as admin, pytest.raises(grpc.RpcError) as refused:  # admin on the agents' side
         list(dispatcher_pb2_grpc.DispatcherStub(admin).ExecAttach(iter([dpb.ExecFromAgent()]), timeout=10))
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with manager.channel() as admin, pytest.raises(grpc.RpcError) as refused:  # bytes that do not parse
+        raw = admin.stream_stream("/warren.api.v1.Control/Exec", request_serializer=lambda b: b)
+        list(raw(iter([b"\xff\xff\xff"]), timeout=10))
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed request" in (refused.value.details() or "")
     with manager.channel() as admin, pytest.raises(grpc.RpcError) as refused:  # a first request starts nothing
         list(control_pb2_grpc.ControlStub(admin).Exec(iter([cpb.ExecRequest(stdin=b"x")]), timeout=10))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
