@@ -156,6 +156,7 @@ def test_a_task_killed_during_the_exec_ends_it(cluster: Cluster) -> None:
     try:
         assert cli.stdout is not None
         assert cli.stdout.readline() == "started\n"
+        wait_for(lambda: _processes_running("sleep 300"), timeout=10, message="the exec'd command running")
         _kill_task(agent, task)
         cli.wait(timeout=20)
         assert cli.returncode == 137
@@ -179,7 +180,7 @@ def test_a_caller_that_goes_away_kills_the_command(cluster: Cluster) -> None:
     try:
         assert cli.stdout is not None
         assert cli.stdout.readline() == "started\n"
-        assert _processes_running("sleep 301")
+        wait_for(lambda: _processes_running("sleep 301"), timeout=10, message="the exec'd command running")
     finally:
         cli.kill()
         cli.wait()

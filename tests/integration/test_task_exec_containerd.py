@@ -57,7 +57,7 @@ def test_exec_in_a_containerd_task(cluster: Cluster) -> None:
     )  # fmt: skip
     try:
         assert cli.stdout is not None and cli.stdout.readline() == "started\n"
-        assert _processes_running("sleep 302")
+        wait_for(lambda: _processes_running("sleep 302"), timeout=10, message="the exec'd command running")
     finally:
         cli.kill()
         cli.wait()

@@ -168,6 +168,8 @@ class ExecAgent:
         finally:
             for job in (*readers, inputs, ended):
                 job.cancel()
+                if job.done() and not job.cancelled() and job.exception() is not None:
+                    log.debug("exec %s: %s", message.exec_id, job.exception())  # a broken stream, seen
             if not exited.done():
                 await self._call(proc.kill)
 
