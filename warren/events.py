@@ -8,6 +8,7 @@ manager's clock: a client may resume on another manager after the last id it saw
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -35,7 +36,7 @@ _ROLLOUT_ACTIONS: dict[RolloutState, str] = {
 _TASK_ACTIONS = tuple(state.label for state in TaskState)
 ACTIONS: dict[EventType, tuple[str, ...]] = {
     "service": ("create", "update", "remove", *_ROLLOUT_ACTIONS.values()),
-    "task": _TASK_ACTIONS,
+    "task": (*_TASK_ACTIONS, "exec"),
     "node": ("join", "ready", "down", "active", "pause", "drain", "promote", "demote", "remove"),
     "secret": ("create", "update", "remove"),
     "config": ("create", "update", "remove"),
@@ -120,6 +121,8 @@ def derive(
         node = before.nodes.get(command.node_id)
         attributes = {"term": str(command.term), "raft_addr": command.raft_addr}
         drafts.append(("cluster", "leader", command.node_id, node.hostname if node else "", attributes))
+    if isinstance(command, ct.RecordExec):
+        drafts.extend(_exec_events(before, command))
     seen: dict[tuple[str, str], StoredObject | None] = {}  # what earlier changes of this entry left
     for change in changes:
         key = (change.kind, change.obj.id if isinstance(change, Put) else change.id)
@@ -197,21 +200,45 @@ def _service_events(old: Service | None, new: Service | None) -> list[Draft]:
     return drafts
 
 
+def _exec_events(state: ClusterState, command: ct.RecordExec) -> list[Draft]:
+    """The audit event of an exec (ADR 59); the command is shown as a shell would quote it."""
+    task = state.tasks.get(command.task_id)
+    if task is None:
+        return []
+    attributes = _task_attributes(state, task) | {
+        "command": shlex.join(command.command),
+        "admin": command.admin,
+        "tty": "true" if command.tty else "false",
+    }
+    cert = state.admin_certs.get(command.admin)
+    if cert is not None:  # a named admin certificate (ADR 24): who, for a person
+        attributes["admin_name"] = cert.name
+    return [("task", "exec", task.id, _task_name(task), attributes)]
+
+
+def _task_attributes(state: ClusterState, task: Task) -> dict[str, str]:
+    attributes = {"service_id": task.service_id, "service": task.service_name, "slot": str(task.slot)}
+    if task.node_id:
+        node = state.nodes.get(task.node_id)
+        attributes |= {"node_id": task.node_id, "node": node.hostname if node else ""}
+    return attributes
+
+
+def _task_name(task: Task) -> str:
+    return f"{task.service_name}.{task.slot}" if task.slot else f"{task.service_name}.{task.node_id[:12]}"
+
+
 def _task_events(state: ClusterState, old: Task | None, new: Task) -> list[Draft]:
     if old is not None and old.state == new.state:
         return []
-    attributes = {"service_id": new.service_id, "service": new.service_name, "slot": str(new.slot)}
-    if new.node_id:
-        node = state.nodes.get(new.node_id)
-        attributes |= {"node_id": new.node_id, "node": node.hostname if node else ""}
+    attributes = _task_attributes(state, new)
     if new.exit_code is not None:
         attributes["exit_code"] = str(new.exit_code)
     if new.error:
         attributes["error"] = new.error
     if new.message:
         attributes["message"] = new.message
-    name = f"{new.service_name}.{new.slot}" if new.slot else f"{new.service_name}.{new.node_id[:12]}"
-    return [("task", new.state.label, new.id, name, attributes)]
+    return [("task", new.state.label, new.id, _task_name(new), attributes)]
 
 
 def _node_events(old: Node | None, new: Node | None) -> list[Draft]:

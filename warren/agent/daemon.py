@@ -36,6 +36,7 @@ from warren import datadir, logsetup, proctitle, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
+from warren.agent.execs import ExecAgent
 from warren.agent.logrotation import DEFAULT_MAX_FILES, DEFAULT_MAX_SIZE, Rotation
 from warren.agent.logs import LogAgent
 from warren.agent.overlay import Overlay
@@ -285,6 +286,8 @@ async def _serve(
         logs = LogAgent(data / "logs", running=worker.started_task_ids, rotation=rotation)
         opened.callback(logs.close)
         _run_task(opened, logs.run_indexer(), "log-indexer")
+        execs = ExecAgent(env.runtime, worker.running_container)
+        opened.callback(execs.close)
         promotion = None
         if run_manager is not None:
             promotion = Promotion(data, lambda: list(managers.addrs), stop, run_manager)
@@ -307,6 +310,7 @@ async def _serve(
             on_key_epoch=overlay.want_key_epoch,
             pull_logins=pull_logins,
             credentials=options.credentials,
+            execs=execs,
         )
         if options.metrics_addr:
             from warren.agent import metrics

@@ -112,6 +112,41 @@ class RuntimeFailure(Exception):
         self.permanent = permanent
 
 
+class ExecFailure(RuntimeFailure):
+    """An exec's command did not start (ADR 59). `kind`: "not_running" (the container is not),
+    "not_found" (no such executable: exit 127), "cannot_execute" (exit 126), "failed"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message, permanent=True)
+        self.kind = kind
+
+
+class ExecProcess(Protocol):
+    """A command an operator runs in a container (ADR 59). Its stdio are file descriptors the
+    agent reads and writes without blocking; with a terminal, stdout is the terminal and stdin
+    writes to it too. The other calls block, and are thread-safe."""
+
+    stdin: int | None  # None: the command reads nothing
+    stdout: int
+    stderr: int | None  # None with a terminal (its output comes on stdout)
+
+    def resize(self, rows: int, cols: int) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+    def kill(self) -> None:
+        """Kill the command and whatever it started."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit code (128+N for signal N), or None if it still runs after `timeout`."""
+        ...
+
+    def close(self) -> None:
+        """Release its descriptors and whatever the runtime holds for it. Idempotent."""
+        ...
+
+
 class Runtime(Protocol):
     name: str
 
@@ -146,4 +181,11 @@ class Runtime(Protocol):
 
     def exec(self, runtime_id: str, argv: builtins.list[str], timeout: float) -> tuple[int, str]:
         """Run `argv` inside the running container (exec health checks): (exit code, output)."""
+        ...
+
+    def exec_process(
+        self, runtime_id: str, argv: builtins.list[str], tty: bool, stdin: bool, rows: int = 0, cols: int = 0
+    ) -> ExecProcess:
+        """Start `argv` in the running container for an operator (ADR 59); ExecFailure if it
+        cannot start."""
         ...

@@ -26,6 +26,7 @@ import grpc
 
 from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
+from warren.agent.execs import ExecAgent
 from warren.agent.logs import LogAgent
 from warren.agent.runtime import PullLogin
 from warren.agent.status import StatusQueue
@@ -134,7 +135,9 @@ class Session:
         renewal_check: float = RENEWAL_CHECK,
         pull_logins: dict[str, PullLogin] | None = None,
         credentials: tls.CredentialFiles = tls.PLAIN_FILES,
+        execs: ExecAgent | None = None,
     ) -> None:
+        self.execs = execs  # serves the operators' execs during each session (ADR 59)
         self.certs_dir = certs_dir
         self.credentials = credentials  # how certs_dir is read and renewals written (ADR 44)
         self.managers = managers
@@ -259,6 +262,8 @@ class Session:
             }
             if self.logs is not None:  # never ends on its own: the other jobs end the session
                 jobs.add(asyncio.create_task(self.logs.serve(stub, session_id), name="session-logs"))
+            if self.execs is not None:  # never ends on its own either
+                jobs.add(asyncio.create_task(self.execs.serve(stub, session_id), name="session-execs"))
             try:
                 done, _ = await asyncio.wait(jobs, return_when=asyncio.FIRST_COMPLETED)
             finally:

@@ -241,6 +241,13 @@ class Worker:
         """Tasks whose process was started and has not ended: their logs are growing."""
         return [t for t, ctl in self.controllers.items() if ctl.local.started and not ctl.local.state.terminal]
 
+    def running_container(self, task_id: str) -> str | None:
+        """The container of a task whose process runs, for an exec (ADR 59); else None."""
+        ctl = self.controllers.get(task_id)
+        if ctl is None or not ctl.local.started or ctl.local.state.terminal or ctl.local.leaving:
+            return None
+        return ctl.local.runtime_id or None
+
     def counts_by_state(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for ctl in self.controllers.values():

@@ -6,7 +6,7 @@ Imports grpc, so only command handlers that talk to a manager import this module
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -135,6 +135,32 @@ class Client:
         while order:
             addr = order.pop(0)
             call = getattr(self._stub(addr), method)(request)
+            received = False
+            try:
+                for item in call:
+                    received = True
+                    yield item
+                return
+            except grpc.RpcError as exc:
+                if received or exc.code() != grpc.StatusCode.UNAVAILABLE or _is_tls_failure(exc):
+                    raise _stream_error(exc, addr, received) from None
+                failures.append((addr, exc))
+                hint = _leader_hint(exc)
+                if hint and hint not in (a for a, _ in failures):
+                    order = [hint, *(a for a in order if a != hint)]
+            finally:
+                call.cancel()
+        raise _unreachable(failures)
+
+    def bidi(self, method: str, requests: Callable[[], Iterator[Any]]) -> Generator[Any, None, None]:
+        """A bidirectional Control.<method>, with `stream`'s failover: each attempt sends a fresh
+        `requests()` (so the first request goes again); after the first reply, an error ends it."""
+        n = len(self.managers)
+        order = [self.managers[(self._current + i) % n] for i in range(n)]
+        failures: list[tuple[str, grpc.RpcError]] = []
+        while order:
+            addr = order.pop(0)
+            call = getattr(self._stub(addr), method)(requests())
             received = False
             try:
                 for item in call:

@@ -34,6 +34,7 @@ def build_parser() -> Parser:
         sim,
         stack,
         system,
+        task_exec,
         units,
         volume,
         worker,
@@ -90,6 +91,7 @@ def build_parser() -> Parser:
     sim.register(groups)
     system.register(groups)  # and `warren version` (#16, ADR 64)
     completion.register(groups)  # #16 D5
+    task_exec.register(groups)  # `warren task exec` (#16, ADR 59)
     return parser
 
 

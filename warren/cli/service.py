@@ -26,6 +26,7 @@ from warren.cli.service_spec import (
     build_spec,
     only_replicas_changed,
 )
+from warren.cli.task_exec import add_exec_parser
 from warren.text import shown
 
 _COUNT = value_type(units.parse_count)
@@ -114,6 +115,7 @@ def register(groups: Any) -> None:
     )
     add_logs_flags(p)
     p.set_defaults(func=cmd_logs)
+    add_exec_parser(cmds, "service")
 
     p = cmds.add_parser("rm", help="remove services and their tasks")
     p.add_argument("names", nargs="+", metavar="NAME")

@@ -397,6 +397,17 @@ class AnnounceLeader(msgspec.Struct, frozen=True, tag="cluster.leader"):
     at: float
 
 
+class RecordExec(msgspec.Struct, frozen=True, tag="task.exec"):
+    """An admin ran a command in a task (#16, ADR 59): changes nothing, but every manager derives
+    the same audit event ("task exec": who, which task, which command) from it."""
+
+    task_id: str
+    admin: str  # the admin certificate's id (its CN); the event adds its name when the state has one
+    command: tuple[str, ...]
+    tty: bool
+    at: float
+
+
 Command = (
     InitCluster
     | IssueAdminCert
@@ -432,6 +443,7 @@ Command = (
     | RemoveRegistryLogin
     | Noop
     | AnnounceLeader
+    | RecordExec
     | CreateVolume
     | RemoveVolume
     | ApplyStack

@@ -25,12 +25,14 @@ from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlbackup import BackupControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
+from warren.manager.controlexec import ExecControl
 from warren.manager.controlnetworks import NetworksControl
 from warren.manager.controlregistry import RegistryControl
 from warren.manager.controlsecrets import SecretsControl
 from warren.manager.controlstacks import StacksControl
 from warren.manager.controlvolumes import VolumesControl
 from warren.manager.eventstream import EventFeed, EventsControl
+from warren.manager.execbroker import ExecBroker
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import Consensus, RaftStatus, StateReader
@@ -190,6 +192,7 @@ class ControlService(
     EventsControl,
     NetworksControl,
     BackupControl,  # #16 (ADR 56)
+    ExecControl,  # #16 (ADR 59)
     control_pb2_grpc.ControlServicer,
 ):
     _resolve_node = staticmethod(resolve_node)
@@ -205,7 +208,9 @@ class ControlService(
         images: DigestLookup | None = None,
         keyring: KeyRing | None = None,
         events: EventFeed | None = None,
+        execs: ExecBroker | None = None,
     ) -> None:
+        self._execs = execs  # relays execs to the agents (ADR 59); None: not served
         self._raft_secret = raft_secret  # wraps the CA key in the state (ADR 24)
         # seals secrets before they are proposed (ADR 38); holds the KEK under autolock (ADR 44)
         self._keyring = keyring or KeyRing(raft_secret)

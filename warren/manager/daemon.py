@@ -41,6 +41,7 @@ from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.eventstream import EventFeed
+from warren.manager.execbroker import ExecBroker
 from warren.manager.imagepin import RegistryDigests
 from warren.manager.lockkeeper import LockKeeper
 from warren.manager.logbroker import LogBroker
@@ -281,6 +282,7 @@ async def _open_and_serve(
     heartbeats = Heartbeats()
     vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
     logs = LogBroker(store, hub, is_leader=lambda: raft.is_leader)
+    execs = ExecBroker(is_leader=lambda: raft.is_leader)
     control = ControlService(
         store,
         raft,
@@ -290,9 +292,10 @@ async def _open_and_serve(
         keyring=keyring,
         images=digest_lookup(options, store, vault) if options.resolve_images else None,
         events=EventFeed(store, hub),
+        execs=execs,
     )
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
-    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault)
+    dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault, execs=execs)
     try:
         server, health = build_server(
             identity.listen_addr,

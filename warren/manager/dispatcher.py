@@ -30,6 +30,7 @@ from warren.commands import overlay_layout
 from warren.commands.networks import network_names
 from warren.ids import new_id
 from warren.manager.events import EventHub
+from warren.manager.execbroker import ExecBroker
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
@@ -258,7 +259,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         max_message: int = tls.MAX_REPLY_BYTES,
         files: FileSource | None = None,
         vault: LoginVault | None = None,
+        execs: ExecBroker | None = None,
     ):
+        self._execs = execs  # relays execs to the agents (ADR 59)
         self._files = files  # secret and config values for the specs sent (ADR 38)
         self._vault = vault  # opens the registry logins sent with the tasks that pull (ADR 43)
         self._store = store
@@ -637,6 +640,38 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         node_id = self._node_of(request.session_id)
         stop = await self._log_broker().publish(node_id, request)
         return dpb.PublishLogsResponse(stop=stop)
+
+    # -- exec (#16, ADR 59) --------------------------------------------------------------------
+    def _exec_broker(self) -> ExecBroker:
+        if self._execs is None:
+            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve exec")
+        return self._execs
+
+    async def ExecSessions(self, request: dpb.ExecSessionsRequest, context: object) -> AsyncIterator:
+        """Push the execs for this node for as long as its session lasts."""
+        self._require_leader()
+        node_id = self._node_of(request.session_id)
+        listener = self._exec_broker().listen(node_id)
+
+        def alive() -> bool:
+            return self._raft.is_leader and request.session_id in self._sessions
+
+        try:
+            async for message in listener.messages(alive):
+                yield message
+        finally:
+            listener.close()
+
+    async def ExecAttach(self, requests: AsyncIterator[dpb.ExecFromAgent], context: object) -> AsyncIterator:
+        """An agent's stream for one exec: its first message names the session and the exec."""
+        self._require_leader()
+        first = await anext(aiter(requests), None)
+        if first is None:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must name the session and the exec")
+        node_id = self._node_of(first.session_id)
+        channel = self._exec_broker().attach(node_id, first.exec_id)
+        async for message in self._exec_broker().serve_agent(channel, aiter(requests)):
+            yield message
 
 
 def _reported_time(timestamp: float) -> float:

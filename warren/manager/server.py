@@ -177,6 +177,10 @@ UNTRUSTED_ROOT = "this certificate was issued by a CA the cluster no longer trus
 
 
 _SERVED_WHILE_LOCKED = frozenset({"GetClusterInfo", "UnlockCluster"})
+# The bidirectional methods the guard serves (ADR 59): the caller is authorized once, when the
+# stream opens (its certificate cannot change within one HTTP/2 stream), and every request is
+# parsed before the method sees it. Any other client-streaming method is refused.
+_BIDI_METHODS = frozenset({"/warren.api.v1.Control/Exec", "/warren.api.v1.Dispatcher/ExecAttach"})
 
 
 class _Guard(grpc.aio.ServerInterceptor):
@@ -225,7 +229,13 @@ class _Guard(grpc.aio.ServerInterceptor):
                 request_deserializer=tolerant(handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
-        # No client-streaming method exists yet; refuse rather than serve one unauthorized.
+        if handler.stream_stream and method in _BIDI_METHODS:
+            return grpc.stream_stream_rpc_method_handler(
+                self._bidi(method, roles, handler.stream_stream),
+                request_deserializer=tolerant(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        # Only the listed bidirectional methods are served; refuse rather than serve one unauthorized.
         return grpc.unary_unary_rpc_method_handler(self._refuse_streaming)
 
     @staticmethod
@@ -298,6 +308,33 @@ class _Guard(grpc.aio.ServerInterceptor):
                 if method.startswith("/warren.api.v1.Control/"):
                     self._refuse_if_locked(method)
                 async for item in behavior(request, context):
+                    yield item
+            except Exception as exc:
+                if isinstance(exc, grpc.aio.AbortError):
+                    raise
+                code, message = _status_of(exc)
+                await context.abort(code, message)
+            finally:
+                metrics.observe_request(method, code.name, time.perf_counter() - started)
+
+        return guarded
+
+    def _bidi(self, method: str, roles: frozenset[str], behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
+        control = method.startswith("/warren.api.v1.Control/")
+
+        async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                refuse_malformed(request)
+                yield request
+
+        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                caller.set(self._authorize(context, roles))
+                if control:
+                    self._refuse_if_locked(method)
+                async for item in behavior(checked(requests), context):
                     yield item
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):

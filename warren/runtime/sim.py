@@ -21,7 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
+from warren.agent.runtime import (
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    ExecFailure,
+    ExecProcess,
+    RuntimeFailure,
+)
 
 SIGNAL_EXIT_CODE = 143  # 128 + SIGTERM: how a stopped container ends
 START_FAILURE = "simulated start failure (warren sim --fail-rate)"
@@ -145,6 +152,12 @@ class SimRuntime:
         """Health checks pass: a simulated container is as healthy as it is running."""
         container = self._known(runtime_id)
         return (0, "") if container.state == ContainerState.RUNNING else (1, "not running")
+
+    def exec_process(
+        self, runtime_id: str, argv: builtins.list[str], tty: bool, stdin: bool, rows: int = 0, cols: int = 0
+    ) -> ExecProcess:
+        """A simulated container runs no process to exec into (ADR 59)."""
+        raise ExecFailure("cannot_execute", "a simulated node runs no commands")
 
     def running(self) -> int:
         return sum(1 for c in self._containers.values() if c.state == ContainerState.RUNNING)

@@ -39,12 +39,15 @@ from warren.agent.runtime import (
     ContainerSpec,
     ContainerState,
     ContainerStatus,
+    ExecFailure,
+    ExecProcess,
     RuntimeFailure,
 )
 from warren.runtime import resolv, tini
 from warren.runtime.containerd import api, nodeside
 from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
 from warren.runtime.containerd.images import ImageInfo, ImageService
+from warren.runtime.containerd.interactive import start_exec
 from warren.runtime.containerd.oci import (
     PROCESS_TYPE_URL,
     SPEC_TYPE_URL,
@@ -396,6 +399,20 @@ class ContainerdRuntime:
             with contextlib.suppress(OSError):
                 out_path.unlink()
         return code, output
+
+    def exec_process(
+        self, runtime_id: str, argv: builtins.list[str], tty: bool, stdin: bool, rows: int = 0, cols: int = 0
+    ) -> ExecProcess:
+        """An operator's exec (ADR 59): Tasks.Exec with FIFOs (warren.runtime.containerd.interactive)."""
+        cid = runtime_id
+        if not argv:
+            raise ExecFailure("failed", "exec needs a command")
+        container = self._container(cid)
+        process = self._process(cid) if container is not None else None
+        if container is None or process is None or process.status != api.task_pb2.RUNNING:
+            raise ExecFailure("not_running", f"container {cid} is not running")
+        spec = json.loads(container.spec.value or b"{}")
+        return start_exec(self.client, self.state_dir, cid, spec, argv, tty, stdin, rows, cols)
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -240,11 +240,12 @@ def build_process(
     return process
 
 
-def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str]) -> dict[str, object]:
-    """An exec'd process: the container's own process settings with other args."""
+def exec_process(container_spec: Mapping[str, Any], argv: Sequence[str], terminal: bool = False) -> dict[str, object]:
+    """An exec'd process: the container's own process settings with other args (and a terminal
+    for an operator's `exec -t`, ADR 59)."""
     process = copy.deepcopy(dict(container_spec.get("process") or {}))
     process["args"] = list(argv)
-    process["terminal"] = False
+    process["terminal"] = terminal
     return process
 
 

@@ -44,6 +44,8 @@ explicitly. Rules, decided here:
   then SIGKILLs whatever is left in the group or cgroup. `remove` kills a still-running
   container (like `docker rm -f`) and deletes its directory and cgroups; a `log_path` that the
   agent chose is the agent's to delete. `stop` and `remove` of an unknown id are no-ops.
+- **Interactive exec (ADR 59).** `exec_process` runs argv the same way, with pipes for its
+  stdio, or a pseudo-terminal that becomes its controlling terminal (`tty`).
 - **Exec.** `exec` runs argv as a separate process with the container's env, cwd, user and
   cgroups; on timeout it kills that process's group and raises RuntimeFailure
   ("timed out after Ns"). Output is the last 64 KiB.
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -68,10 +71,19 @@ from typing import IO, TypedDict
 import msgspec
 
 from warren import datadir
-from warren.agent.runtime import TASK_LABEL, ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
+from warren.agent.runtime import (
+    TASK_LABEL,
+    ContainerSpec,
+    ContainerState,
+    ContainerStatus,
+    ExecFailure,
+    ExecProcess,
+    RuntimeFailure,
+)
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
-from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env
+from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env, tool
+from warren.runtime.exec.interactive import start_interactive
 from warren.runtime.exec.mounts import check_targets
 from warren.runtime.exec.users import resolve_groups, resolve_user
 from warren.runtime.resolv import task_resolv_conf
@@ -316,8 +328,30 @@ class ExecRuntime:
             raise RuntimeFailure(f"no such container: {runtime_id}")
         return rec
 
-    def _spawn(self, rec: _Record, argv: builtins.list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Start argv as the container would run it (env, cwd, user, cgroups), in a new session."""
+    def exec_process(
+        self, runtime_id: str, argv: builtins.list[str], tty: bool, stdin: bool, rows: int = 0, cols: int = 0
+    ) -> ExecProcess:
+        with self._lock:
+            rec = self._records.get(runtime_id)
+            if rec is not None:
+                self._refresh(rec)
+            if rec is None or rec.state is not ContainerState.RUNNING:
+                raise ExecFailure("not_running", f"container {runtime_id} is not running")
+        if not argv:
+            raise ExecFailure("failed", "exec needs a command")
+        return start_interactive(functools.partial(self._spawn, rec, argv), tty, stdin, rows, cols)
+
+    def _spawn(
+        self,
+        rec: _Record,
+        argv: builtins.list[str],
+        out: IO[bytes] | int,
+        stdin: IO[bytes] | int = subprocess.DEVNULL,
+        err: IO[bytes] | int = subprocess.STDOUT,
+        terminal: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start argv as the container would run it (env, cwd, user, cgroups), in a new session;
+        with `terminal`, its stdin (a terminal) becomes the session's controlling terminal."""
         spec = rec.spec
         env = task_env(spec)
         exe = check_executable(argv[0], env, rec.cwd)
@@ -337,6 +371,8 @@ class ExecRuntime:
             rlimits=spec.options.ulimits,
             hostname=spec.hostname,
         )
+        if terminal:  # setsid(1) execs in place: the child is no group leader, so it need not fork
+            argv, exe = [tool("setsid"), "--ctty", *argv], tool("setsid")
         creds: _Credentials = {}
         if user is not None:
             creds = {"user": user[0], "group": user[1], "extra_groups": []}
@@ -346,10 +382,10 @@ class ExecRuntime:
                 executable=exe,
                 env=env,
                 cwd=rec.cwd,
-                stdin=subprocess.DEVNULL,
+                stdin=stdin,
                 stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                stderr=err,
+                start_new_session=not terminal,
                 close_fds=True,
                 **creds,
             )
