@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -127,7 +128,10 @@ class ExecRuntime:
         self._records: dict[str, _Record] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._images_noted: set[str] = set()
-        self._cgroups = Cgroups(cgroup_root)
+        # Every container has cgroups now (ADR 60): their names carry this runtime's state
+        # directory, so two runtimes on one host under one parent never share one.
+        owner = hashlib.sha256(str(self._dir.resolve()).encode()).hexdigest()[:8]
+        self._cgroups = Cgroups(cgroup_root, owner)
         self._load()
 
     # -- the port ---------------------------------------------------------------------------

@@ -1,0 +1,169 @@
+"""Per-task metrics on a real agent's /metrics (ADR 60), with real processes: one shared rig (a
+manager and an exec-runtime agent) runs a task that burns CPU and one that holds memory; the
+figures move, `promtool check metrics` accepts the text, and an ended task's series go. The
+network counters are read from a network namespace this test makes and sends traffic into."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fixtures.ports import free_port
+from tests.integration.harness import Manager
+from tests.integration.test_agent_exec import Processes, issue_worker
+from tests.waiting import wait_for
+from warren.agent.taskstats import TaskStatsReader
+
+pytestmark = pytest.mark.integration
+
+SERIES = re.compile(r"^(warren_task_\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
+
+
+class Rig:
+    def __init__(self, manager: Manager, metrics_port: int, procs: Processes) -> None:
+        self.manager = manager
+        self.url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.procs = procs
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=10) as response:
+            return response.read().decode()
+
+    def value(self, name: str, service: str) -> float | None:
+        """The series' value for the service's (only) task, None while there is none."""
+        for metric, labels, value in SERIES.findall(self.scrape()):
+            if metric == name and f'service="{service}"' in labels:
+                return float(value)
+        return None
+
+    def create(self, name: str, script: str) -> None:
+        created = self.manager.cli(
+            "service", "create", name, "--image", "exec", "--constraint", "node.role==worker",
+            "--", "sh", "-c", script, self.procs.marker.decode(),
+        )  # fmt: skip
+        assert created.returncode == 0, created.stderr
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    root = tmp_path_factory.mktemp("taskmetrics")
+    (root / "manager").mkdir()
+    (root / "agent").mkdir()
+    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"])
+    procs = Processes(f"warren-taskmetrics-{uuid.uuid4().hex[:8]}")
+    port = free_port()
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        manager.start()
+        issue_worker(manager, root / "agent" / "data")
+        with open(root / "agent" / "agent.log", "ab") as log:
+            agent = subprocess.Popen(
+                [
+                    sys.executable, "-m", "warren.agent.daemon", "--data-dir", str(root / "agent" / "data"),
+                    "--manager", manager.addr, "--runtime", "exec", "--hostname", "metrics-worker",
+                    "--metrics-addr", f"127.0.0.1:{port}",
+                ],
+                stdout=log, stderr=subprocess.STDOUT, env=manager.env(), cwd=root / "agent",
+            )  # fmt: skip
+        rig = Rig(manager, port, procs)
+        wait_for(lambda: _serves(rig), message="the agent's /metrics")
+        yield rig
+    finally:
+        if agent is not None and agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=20)
+        manager.stop()
+        procs.kill_all()
+        print("---- agent log ----\n" + (root / "agent" / "agent.log").read_text(errors="replace")[-8000:])
+
+
+def _serves(rig: Rig) -> bool:
+    try:
+        rig.scrape()
+        return True
+    except OSError:
+        return False
+
+
+def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig) -> None:
+    rig.create("burn", "while :; do :; done")
+    rig.create("hold", 'x=$(head -c 20000000 /dev/zero | tr "\\0" a); sleep 1000')
+    first = wait_for(lambda: rig.value("warren_task_cpu_seconds_total", "burn"), message="burn's CPU series")
+    wait_for(
+        lambda: (rig.value("warren_task_cpu_seconds_total", "burn") or 0) > first + 0.3,
+        message="burn's CPU counter to grow",
+    )
+    wait_for(
+        lambda: (rig.value("warren_task_memory_usage_bytes", "hold") or 0) > 20_000_000,
+        message="hold's memory above the 20 MB it holds",
+    )
+    text = rig.scrape()
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', SERIES.search(text).group(2)))  # type: ignore[union-attr]
+    assert set(labels) == {"service", "slot", "task", "node"} and labels["slot"] == "1", labels
+    assert rig.value("warren_task_memory_limit_bytes", "hold") == 0  # no --limit-memory
+    assert rig.value("warren_task_restarts_total", "hold") == 0
+    assert abs((rig.value("warren_task_start_time_seconds", "hold") or 0) - time.time()) < 600
+    # Without an own network namespace (overlay off) no network series, rather than the node's.
+    assert rig.value("warren_task_network_receive_bytes_total", "hold") is None
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    assert rig.manager.cli("service", "rm", "burn").returncode == 0
+    wait_for(lambda: 'service="burn"' not in rig.scrape(), message="the removed task's series to go")
+    assert rig.value("warren_task_memory_usage_bytes", "hold") is not None
+    assert rig.manager.cli("service", "rm", "hold").returncode == 0
+
+
+@pytest.fixture
+def netns_process() -> Iterator[tuple[int, str]]:
+    """A process in a network namespace of our own, reachable from the host over a veth pair."""
+    suffix = uuid.uuid4().hex[:6]
+    ns, host_if, addr = f"wtm-{suffix}", f"wtm{suffix}", "10.250.77.2"
+    sleeper: subprocess.Popen[bytes] | None = None
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (
+            ["ip", "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns],
+            ["ip", "addr", "add", "10.250.77.1/30", "dev", host_if],
+            ["ip", "link", "set", host_if, "up"],
+            ["ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", "eth0"],
+            ["ip", "-n", ns, "link", "set", "eth0", "up"],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ):
+            subprocess.run(cmd, check=True)
+        sleeper = subprocess.Popen(["nsenter", f"--net=/run/netns/{ns}", "sleep", "300"])
+        yield sleeper.pid, addr
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_network_counters_come_from_the_tasks_own_namespace(netns_process: tuple[int, str]) -> None:
+    pid, addr = netns_process
+    reader = TaskStatsReader()
+    wait_for(lambda: os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net"), message="nsenter")
+    before = reader.read(pid)
+    assert before is not None and before.network is not None
+    ping = shutil.which("ping")
+    assert ping is not None
+    subprocess.run([ping, "-c", "5", "-i", "0.2", "-s", "1000", addr], check=True, capture_output=True, timeout=30)
+    after = reader.read(pid)
+    assert after is not None and after.network is not None
+    assert after.network.rx_packets >= before.network.rx_packets + 5
+    assert after.network.rx_bytes >= before.network.rx_bytes + 5 * 1000
+    assert after.network.tx_packets >= before.network.tx_packets + 5  # the replies
+    # The agent's own process shares the node's namespace: no network figures for it.
+    own = reader.read(os.getpid())
+    assert own is not None and own.network is None and own.cpu_seconds is None
