@@ -21,8 +21,9 @@ SCRAPE_INTERVAL = "1s"
 
 
 class PrometheusServer:
-    def __init__(self, targets: dict[str, str]) -> None:
-        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics."""
+    def __init__(self, targets: dict[str, str], config: dict[str, Any] | None = None) -> None:
+        """`targets`: instance name (e.g. "m1") -> host:port of its /metrics; or a whole
+        `config` instead (deploy/prometheus/prometheus.yml's, in a test)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed (Debian: apt-get install -y prometheus)")
@@ -30,7 +31,7 @@ class PrometheusServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         static = [{"targets": [addr], "labels": {"instance": name}} for name, addr in targets.items()]
-        config = {
+        config = config or {
             "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
             "scrape_configs": [{"job_name": "warren", "static_configs": static}],
         }

@@ -1,10 +1,13 @@
-"""Per-task metrics on a real agent's /metrics (ADR 60), with real processes: one shared rig (a
-manager and an exec-runtime agent) runs a task that burns CPU and one that holds memory; the
-figures move, `promtool check metrics` accepts the text, and an ended task's series go. The
-network counters are read from a network namespace this test makes and sends traffic into."""
+"""Per-task metrics on a real agent's /metrics and Prometheus service discovery (ADR 60), with
+real processes: one shared rig (a manager and an exec-runtime agent) runs a task that burns CPU
+and one that holds memory; the figures move, `promtool check metrics` accepts the text, and an
+ended task's series go. A real Prometheus given deploy/prometheus/prometheus.yml, pointed at the
+manager's SD URL, finds and scrapes both. The network counters are read from a network
+namespace this test makes and sends traffic into."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,10 +19,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
+from bench.promserver import PrometheusServer
 from tests.fixtures.ports import free_port
-from tests.integration.harness import Manager
-from tests.integration.test_agent_exec import Processes, issue_worker
+from tests.integration.harness import REPO, Manager
+from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
 from tests.waiting import wait_for
 from warren.agent.taskstats import TaskStatsReader
 
@@ -31,7 +36,8 @@ SERIES = re.compile(r"^(warren_task_\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 class Rig:
     def __init__(self, manager: Manager, metrics_port: int, procs: Processes) -> None:
         self.manager = manager
-        self.url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.metrics_addr = f"127.0.0.1:{metrics_port}"
+        self.url = f"http://{self.metrics_addr}/metrics"
         self.procs = procs
 
     def scrape(self) -> str:
@@ -121,6 +127,52 @@ def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig
     wait_for(lambda: 'service="burn"' not in rig.scrape(), message="the removed task's series to go")
     assert rig.value("warren_task_memory_usage_bytes", "hold") is not None
     assert rig.manager.cli("service", "rm", "hold").returncode == 0
+
+
+def _sd(manager: Manager) -> list[dict]:
+    url = f"http://127.0.0.1:{manager.metrics_port}/v1/sd/prometheus"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.headers["Content-Type"] == "application/json"
+        return json.loads(response.read())
+
+
+def test_prometheus_discovers_every_agent_and_manager_through_one_manager(rig: Rig) -> None:
+    manager_addr = f"127.0.0.1:{rig.manager.metrics_port}"
+    wanted = {(rig.metrics_addr, "agent", WORKER_ID), (manager_addr, "manager", rig.manager.node_id)}
+
+    def discovered() -> set[tuple[str, str, str]]:
+        return {
+            (g["targets"][0], g["labels"]["warren_component"], g["labels"]["warren_node_id"]) for g in _sd(rig.manager)
+        }
+
+    wait_for(lambda: discovered() == wanted, message="both targets in the SD answer")
+    agent_group = next(g for g in _sd(rig.manager) if g["labels"]["warren_component"] == "agent")
+    assert agent_group["labels"]["warren_hostname"] == "metrics-worker"
+    assert agent_group["labels"]["warren_role"] == "worker"
+    assert agent_group["labels"]["warren_availability"] == "active"
+
+    example = yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+    sd_config = example["scrape_configs"][0]["http_sd_configs"][0]
+    sd_config["url"] = sd_config["url"].replace("manager1.example:9323", manager_addr)
+    sd_config["refresh_interval"] = "1s"
+    example["global"] = {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"}
+    check = subprocess.run(
+        ["promtool", "check", "config", str(REPO / "deploy" / "prometheus" / "prometheus.yml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    prometheus = PrometheusServer({}, config=example)
+    try:
+        wait_for(
+            lambda: (
+                {(r["metric"]["instance"], r["metric"].get("warren_component")) for r in prometheus.query("up == 1")}
+                == {(rig.metrics_addr, "agent"), (manager_addr, "manager")}
+            ),
+            timeout=30,
+            message="Prometheus to scrape the agent and the manager it discovered",
+        )
+    finally:
+        prometheus.stop()
 
 
 @pytest.fixture
