@@ -7,6 +7,7 @@ namespace this test makes and sends traffic into."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -20,13 +21,17 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.promserver import PrometheusServer
 from tests.fixtures.ports import free_port
 from tests.integration.harness import REPO, Manager
 from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
 from tests.waiting import wait_for
+from warren.agent.runtime import ContainerSpec
+from warren.agent.taskmetrics import HeldTask, TaskCollector, TaskRows
 from warren.agent.taskstats import TaskStatsReader
+from warren.runtime.exec.driver import ExecRuntime
 
 pytestmark = pytest.mark.integration
 
@@ -219,3 +224,34 @@ def test_network_counters_come_from_the_tasks_own_namespace(netns_process: tuple
     # The agent's own process shares the node's namespace: no network figures for it.
     own = reader.read(os.getpid())
     assert own is not None and own.network is None and own.cpu_seconds is None
+
+
+def test_a_scrape_of_100_running_tasks_stays_cheap(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The collector in process over 100 real exec-runtime tasks, each in its own cgroups: the
+    scrape reads ~10 small files per task and asks the runtime for each pid once."""
+    runtime = ExecRuntime(tmp_path_factory.mktemp("scrape-state"))
+    rows = TaskRows()
+    held = []
+    try:
+        for i in range(100):
+            rid = runtime.prepare(ContainerSpec(task_id=f"scrape{i:03}", image="exec", command=("sleep", "300")))
+            runtime.start(rid)
+            held.append(HeldTask(rid, "svc", "many", i + 1, "node1", rid, True, time.time(), 0, ""))
+        rows.refresh(held)
+        registry = CollectorRegistry()
+        registry.register(TaskCollector(lambda: rows.rows, TaskStatsReader().read, lambda r: runtime.status(r).pid))
+        generate_latest(registry)  # the first scrape looks the pids up
+        timings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            text = generate_latest(registry).decode()
+            timings.append(time.perf_counter() - started)
+        if text.count("warren_task_cpu_seconds_total{") != 100:
+            pytest.skip("this host does not give the exec runtime cgroups")
+        assert text.count("warren_task_memory_usage_bytes{") == 100
+        print(f"scrape of 100 tasks: best {min(timings) * 1000:.1f} ms, worst {max(timings) * 1000:.1f} ms")
+        assert min(timings) < 1.0, timings  # ~20-40 ms here; bounded even on a loaded machine
+    finally:
+        for st in runtime.list():
+            with contextlib.suppress(Exception):
+                runtime.remove(st.runtime_id)
