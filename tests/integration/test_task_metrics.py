@@ -24,17 +24,23 @@ import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.promserver import PrometheusServer
+from tests.fixtures.containerd import ContainerdDaemon
 from tests.fixtures.ports import free_port
+from tests.fixtures.registry import LocalRegistry
 from tests.integration.harness import REPO, Manager
 from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
 from tests.waiting import wait_for
 from warren.agent.runtime import ContainerSpec
 from warren.agent.taskmetrics import HeldTask, TaskCollector, TaskRows
 from warren.agent.taskstats import TaskStatsReader
+from warren.model import Resources
+from warren.runtime.containerd.driver import ContainerdRuntime
 from warren.runtime.exec.driver import ExecRuntime
 
 pytestmark = pytest.mark.integration
 
+# A shell variable of 20 MB ("y" lines: busybox's tr reads no "\\0", and a shell drops NULs).
+HOLD = "x=$(yes | head -c 20000000); sleep 1000"
 SERIES = re.compile(r"^(warren_task_\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
@@ -107,7 +113,7 @@ def _serves(rig: Rig) -> bool:
 
 def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig) -> None:
     rig.create("burn", "while :; do :; done")
-    rig.create("hold", 'x=$(head -c 20000000 /dev/zero | tr "\\0" a); sleep 1000')
+    rig.create("hold", HOLD)
     first = wait_for(lambda: rig.value("warren_task_cpu_seconds_total", "burn"), message="burn's CPU series")
     wait_for(
         lambda: (rig.value("warren_task_cpu_seconds_total", "burn") or 0) > first + 0.3,
@@ -255,3 +261,55 @@ def test_a_scrape_of_100_running_tasks_stays_cheap(tmp_path_factory: pytest.Temp
         for st in runtime.list():
             with contextlib.suppress(Exception):
                 runtime.remove(st.runtime_id)
+
+
+def test_cpu_and_memory_of_containerd_tasks_move(
+    containerd: ContainerdDaemon, registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The same collector over containers of a real containerd (their cgroupsPath), with the
+    container's pid from the runtime: busybox burning CPU, and busybox holding 20 MB under a
+    64 MiB limit."""
+    runtime = ContainerdRuntime(
+        containerd.socket, tmp_path_factory.mktemp("ctr-state"), cgroup_parent=containerd.cgroup_parent
+    )
+    image = f"{registry.host}/busybox:latest"
+    suffix = uuid.uuid4().hex[:6]
+    burn, hold = f"burn{suffix}", f"hold{suffix}"
+    rows = TaskRows()
+    registry_ = CollectorRegistry()
+    registry_.register(TaskCollector(lambda: rows.rows, TaskStatsReader().read, lambda r: runtime.status(r).pid))
+    try:
+        runtime.images.ensure(image)
+        for task_id, script, limits in (
+            (burn, "while :; do :; done", Resources()),
+            (hold, HOLD, Resources(memory_bytes=64 << 20)),
+        ):
+            runtime.prepare(ContainerSpec(task_id=task_id, image=image, command=("sh", "-c", script), limits=limits))
+            runtime.start(task_id)
+        rows.refresh(
+            [
+                HeldTask(burn, "s1", "burn", 1, "node1", burn, True, time.time(), 0, ""),
+                HeldTask(hold, "s2", "hold", 1, "node1", hold, True, time.time(), 0, ""),
+            ]
+        )
+
+        def value(name: str, service: str) -> float:
+            for metric, labels, figure in SERIES.findall(generate_latest(registry_).decode()):
+                if metric == name and f'service="{service}"' in labels:
+                    return float(figure)
+            return -1.0
+
+        wait_for(lambda: value("warren_task_cpu_seconds_total", "burn") >= 0, message="burn's CPU series")
+        start = value("warren_task_cpu_seconds_total", "burn")
+        wait_for(lambda: value("warren_task_cpu_seconds_total", "burn") > start + 0.3, message="burn's CPU to grow")
+        wait_for(lambda: value("warren_task_memory_usage_bytes", "hold") > 20_000_000, message="hold's memory")
+        assert value("warren_task_memory_limit_bytes", "hold") == 64 << 20
+        assert value("warren_task_memory_limit_bytes", "burn") == 0
+        assert value("warren_task_blkio_read_bytes_total", "hold") >= 0  # the container's own blkio cgroup
+    finally:
+        for task_id in (burn, hold):
+            with contextlib.suppress(Exception):
+                runtime.stop(task_id, grace_period=1)
+            with contextlib.suppress(Exception):
+                runtime.remove(task_id)
+        runtime.close()
