@@ -45,8 +45,9 @@ SERIES = re.compile(r"^(warren_task_\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
 class Rig:
-    def __init__(self, manager: Manager, metrics_port: int, procs: Processes) -> None:
+    def __init__(self, manager: Manager, metrics_port: int, procs: Processes, embedded_metrics_addr: str) -> None:
         self.manager = manager
+        self.embedded_metrics_addr = embedded_metrics_addr  # the manager's own agent's /metrics
         self.metrics_addr = f"127.0.0.1:{metrics_port}"
         self.url = f"http://{self.metrics_addr}/metrics"
         self.procs = procs
@@ -62,9 +63,9 @@ class Rig:
                 return float(value)
         return None
 
-    def create(self, name: str, script: str) -> None:
+    def create(self, name: str, script: str, *flags: str) -> None:
         created = self.manager.cli(
-            "service", "create", name, "--image", "exec", "--constraint", "node.role==worker",
+            "service", "create", name, "--image", "exec", "--constraint", "node.role==worker", "--detach", *flags,
             "--", "sh", "-c", script, self.procs.marker.decode(),
         )  # fmt: skip
         assert created.returncode == 0, created.stderr
@@ -75,7 +76,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     root = tmp_path_factory.mktemp("taskmetrics")
     (root / "manager").mkdir()
     (root / "agent").mkdir()
-    manager = Manager(root / "manager", start_args=["--heartbeat-period", "1s"])
+    embedded_metrics_addr = f"127.0.0.1:{free_port()}"
+    manager = Manager(
+        root / "manager",
+        start_args=["--heartbeat-period", "1s"],
+        agent_args=["--runtime", "exec", "--agent-metrics-addr", embedded_metrics_addr],
+    )
     procs = Processes(f"warren-taskmetrics-{uuid.uuid4().hex[:8]}")
     port = free_port()
     agent: subprocess.Popen[bytes] | None = None
@@ -91,7 +97,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
                 ],
                 stdout=log, stderr=subprocess.STDOUT, env=manager.env(), cwd=root / "agent",
             )  # fmt: skip
-        rig = Rig(manager, port, procs)
+        rig = Rig(manager, port, procs, embedded_metrics_addr)
         wait_for(lambda: _serves(rig), message="the agent's /metrics")
         yield rig
     finally:
@@ -140,6 +146,26 @@ def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig
     assert rig.manager.cli("service", "rm", "hold").returncode == 0
 
 
+def test_health_and_restarts_of_a_slot(rig: Rig) -> None:
+    rig.create("checked", "sleep 1000", "--health-cmd", "true", "--health-interval", "1s")
+    rig.create("crashing", "sleep 1; exit 1", "--restart-delay", "0s")
+    wait_for(lambda: rig.value("warren_task_healthy", "checked") == 1, message="the checked task healthy")
+
+    def crashing_restarts() -> float:
+        series = {
+            metric: float(value)
+            for metric, labels, value in SERIES.findall(rig.scrape())
+            if 'service="crashing"' in labels
+        }
+        assert "warren_task_healthy" not in series  # no health check: no such series
+        return series.get("warren_task_restarts_total", 0.0)
+
+    # A failed task is replaced by a new one in slot 1 of this node: one restart of the slot.
+    wait_for(lambda: crashing_restarts() >= 1, timeout=30, message="the crashing slot's restart counted")
+    for name in ("checked", "crashing"):
+        assert rig.manager.cli("service", "rm", name).returncode == 0
+
+
 def _sd(manager: Manager) -> list[dict]:
     url = f"http://127.0.0.1:{manager.metrics_port}/v1/sd/prometheus"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -149,7 +175,11 @@ def _sd(manager: Manager) -> list[dict]:
 
 def test_prometheus_discovers_every_agent_and_manager_through_one_manager(rig: Rig) -> None:
     manager_addr = f"127.0.0.1:{rig.manager.metrics_port}"
-    wanted = {(rig.metrics_addr, "agent", WORKER_ID), (manager_addr, "manager", rig.manager.node_id)}
+    wanted = {
+        (rig.metrics_addr, "agent", WORKER_ID),
+        (rig.embedded_metrics_addr, "agent", rig.manager.node_id),  # cluster init --agent-metrics-addr
+        (manager_addr, "manager", rig.manager.node_id),
+    }
 
     def discovered() -> set[tuple[str, str, str]]:
         return {
@@ -177,7 +207,7 @@ def test_prometheus_discovers_every_agent_and_manager_through_one_manager(rig: R
         wait_for(
             lambda: (
                 {(r["metric"]["instance"], r["metric"].get("warren_component")) for r in prometheus.query("up == 1")}
-                == {(rig.metrics_addr, "agent"), (manager_addr, "manager")}
+                == {(rig.metrics_addr, "agent"), (rig.embedded_metrics_addr, "agent"), (manager_addr, "manager")}
             ),
             timeout=30,
             message="Prometheus to scrape the agent and the manager it discovered",
