@@ -187,7 +187,7 @@ def test_prometheus_discovers_every_agent_and_manager_through_one_manager(rig: R
         }
 
     wait_for(lambda: discovered() == wanted, message="both targets in the SD answer")
-    agent_group = next(g for g in _sd(rig.manager) if g["labels"]["warren_component"] == "agent")
+    agent_group = next(g for g in _sd(rig.manager) if g["labels"]["warren_node_id"] == WORKER_ID)
     assert agent_group["labels"]["warren_hostname"] == "metrics-worker"
     assert agent_group["labels"]["warren_role"] == "worker"
     assert agent_group["labels"]["warren_availability"] == "active"

@@ -12,8 +12,6 @@ import asyncio
 import logging
 from collections.abc import Iterable
 
-import msgspec
-
 from warren import commands
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.model import Node
@@ -58,9 +56,7 @@ async def record_manager_metrics_addr(store: StateReader, raft: Proposer, node_i
             return
         if node is not None:
             try:
-                result = await raft.propose_async(
-                    commands.RegisterNode(msgspec.structs.replace(node, manager_metrics_addr=addr)), timeout=5.0
-                )
+                result = await raft.propose_async(commands.SetManagerMetricsAddr(node_id, addr), timeout=5.0)
                 if result.ok:
                     continue  # check that it is there
                 log.warning("recording the metrics address was refused: %s", result.message)
