@@ -84,26 +84,25 @@ def test_a_wildcard_listen_address_is_advertised_with_the_nodes_host() -> None:
     assert reachable_addr("127.0.0.1:9100", "10.0.0.5") == "127.0.0.1:9100"
 
 
-def run(state: ClusterState, command: commands.Command) -> commands.Result:
-    result, changes = commands.apply(state, command)
-    state.apply(changes)
-    return result
+def test_the_address_is_recorded_only_once_the_node_record_is_quiet() -> None:
+    """A whole-node RegisterNode from a copy read while the agent's session registers would undo
+    that registration: the manager waits until its record has not changed for a while."""
+    state = InMemoryState(ClusterState())
+    raft = InMemoryRaft(state)
+    now = [100.0]
 
+    async def scenario() -> None:
+        node = Node(id="m1", hostname="m1", role=NodeRole.MANAGER, updated_at=99.0)
+        await raft.propose_async(commands.RegisterNode(node))
+        recording = asyncio.create_task(
+            record_manager_metrics_addr(state, raft, "m1", "10.0.0.1:9323", clock=lambda: now[0])
+        )
+        await asyncio.sleep(0.2)
+        with state.read() as current:
+            assert current.nodes["m1"].manager_metrics_addr == ""  # changed 1 s ago: not yet
+        now[0] = 103.0
+        await asyncio.wait_for(recording, 10)
 
-def test_recording_the_address_changes_only_that_field_and_refuses_a_malformed_one() -> None:
-    """A manager's record must not undo what its agent's session registered meanwhile."""
-    state = ClusterState()
-    old = Node(id="m1", hostname="m1", role=NodeRole.MANAGER, overlay=False)
-    run(state, commands.RegisterNode(old))
-    registered = Node(id="m1", hostname="m1", role=NodeRole.MANAGER, overlay=True, metrics_addr="10.0.0.1:9100")
-    run(state, commands.RegisterNode(registered))  # the session, after the manager read `old`
-    result = run(state, commands.SetManagerMetricsAddr("m1", "10.0.0.1:9323"))
-    assert result.ok
-    node = state.nodes["m1"]
-    assert (node.overlay, node.metrics_addr, node.manager_metrics_addr) == (True, "10.0.0.1:9100", "10.0.0.1:9323")
-    # A later registration (its agent's next session) keeps it.
-    run(state, commands.RegisterNode(registered))
-    assert state.nodes["m1"].manager_metrics_addr == "10.0.0.1:9323"
-    refused = run(state, commands.SetManagerMetricsAddr("m1", "nope"))
-    assert (refused.ok, refused.code) == (False, "invalid_argument")
-    assert run(state, commands.SetManagerMetricsAddr("m9", "10.0.0.9:9323")).code == "not_found"
+    asyncio.run(scenario())
+    with state.read() as current:
+        assert current.nodes["m1"].manager_metrics_addr == "10.0.0.1:9323"

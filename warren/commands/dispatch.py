@@ -17,14 +17,7 @@ from warren.commands.cluster import (
 )
 from warren.commands.networks import create_network, remove_network
 from warren.commands.node_keys import publish_node_key, rotate_node_keys
-from warren.commands.nodes import (
-    promote_node,
-    register_node,
-    remove_node,
-    set_manager_metrics_addr,
-    set_node_status,
-    update_node,
-)
+from warren.commands.nodes import promote_node, register_node, remove_node, set_node_status, update_node
 from warren.commands.rebalance import rebalance_service
 from warren.commands.registry import remove_registry_login, set_registry_login
 from warren.commands.secrets import (
@@ -82,7 +75,6 @@ from warren.commands.types import (
     RotateJoinToken,
     RotateNodeKeys,
     ScaleService,
-    SetManagerMetricsAddr,
     SetNodeStatus,
     SetRegistryLogin,
     SetRootedKeys,
@@ -128,7 +120,6 @@ _HANDLERS: dict[type, Callable[[ClusterState, Any], tuple[Result, Changes]]] = {
     UpdateNode: update_node,
     PromoteNode: promote_node,
     SetNodeStatus: set_node_status,
-    SetManagerMetricsAddr: set_manager_metrics_addr,
     RemoveNode: remove_node,
     CreateService: create_service,
     UpdateService: update_service,

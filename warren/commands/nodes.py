@@ -13,14 +13,12 @@ from warren.commands.types import (
     RegisterNode,
     RemoveNode,
     Result,
-    SetManagerMetricsAddr,
     SetNodeStatus,
     UpdateNode,
     error,
 )
 from warren.model import NodeRole, RevokedNode, TaskState
 from warren.state import ClusterState, Delete, Put
-from warren.validate import ValidationError, check_hostport
 
 
 def register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Changes]:
@@ -59,7 +57,7 @@ def register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chang
         overlay=cmd.node.overlay,
         agent_cert_ca=cmd.node.agent_cert_ca or old.agent_cert_ca,
         metrics_addr=cmd.node.metrics_addr or old.metrics_addr,
-        manager_metrics_addr=old.manager_metrics_addr,  # SetManagerMetricsAddr's alone
+        manager_metrics_addr=cmd.node.manager_metrics_addr or old.manager_metrics_addr,
         updated_at=cmd.node.updated_at,
     )
     # An agent restarted in the middle of a rotation still describes its previous key (ADR 18):
@@ -134,19 +132,6 @@ def set_node_status(state: ClusterState, cmd: SetNodeStatus) -> tuple[Result, Ch
     if cmd.node_id not in state.nodes:
         return error("not_found", f"node {cmd.node_id} not found"), []
     return Result(id=cmd.node_id), node_status_change(state, cmd)
-
-
-def set_manager_metrics_addr(state: ClusterState, cmd: SetManagerMetricsAddr) -> tuple[Result, Changes]:
-    node = state.nodes.get(cmd.node_id)
-    if node is None:
-        return error("not_found", f"node {cmd.node_id} not found"), []
-    try:
-        check_hostport("a manager's metrics address", cmd.addr)
-    except ValidationError as exc:
-        return error("invalid_argument", str(exc)), []
-    if node.manager_metrics_addr == cmd.addr:
-        return Result(id=cmd.node_id), []
-    return Result(id=cmd.node_id), [Put("node", msgspec.structs.replace(node, manager_metrics_addr=cmd.addr))]
 
 
 def remove_node(state: ClusterState, cmd: RemoveNode) -> tuple[Result, Changes]:

@@ -161,14 +161,6 @@ class SetNodeStatus(msgspec.Struct, frozen=True, tag="node.status"):
     at: float
 
 
-class SetManagerMetricsAddr(msgspec.Struct, frozen=True, tag="node.manager_metrics_addr"):
-    """Records where a manager serves /metrics (service discovery, ADR 60). Its own command, so
-    that a manager recording it never replaces what its agent's session registered meanwhile."""
-
-    node_id: str
-    addr: str
-
-
 class RemoveNode(msgspec.Struct, frozen=True, tag="node.remove"):
     """Removes a node and revokes its id, so its certificate is refused from then on; its live
     tasks become orphaned so the reconciler replaces them."""
@@ -420,7 +412,6 @@ Command = (
     | RotateNodeKeys
     | PublishNodeKey
     | SetNodeStatus
-    | SetManagerMetricsAddr
     | RemoveNode
     | CreateService
     | UpdateService

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+
+import msgspec
 
 from warren import commands
 from warren.manager.ports import ProposalError, Proposer, StateReader
@@ -20,6 +23,9 @@ log = logging.getLogger(__name__)
 
 SD_PATH = "/v1/sd/prometheus"
 RECORD_RETRY = 5.0  # seconds between attempts to record this manager's address
+# A node record changed less than this long ago may be changing now (its agent's session
+# registering): a whole-node RegisterNode from an older copy would undo that, so wait.
+QUIET = 3.0
 
 
 def target_groups(nodes: Iterable[Node]) -> list[dict[str, object]]:
@@ -46,20 +52,29 @@ def groups_in(store: StateReader) -> list[dict[str, object]]:
     return target_groups(nodes)
 
 
-async def record_manager_metrics_addr(store: StateReader, raft: Proposer, node_id: str, addr: str) -> None:
+async def record_manager_metrics_addr(
+    store: StateReader, raft: Proposer, node_id: str, addr: str, clock: Callable[[], float] = time.time
+) -> None:
     """Put this manager's /metrics address in its Node record, once; retried while the proposal
-    fails (no leader yet). A follower's proposal is forwarded to the leader."""
+    fails (no leader yet). A follower's proposal is forwarded to the leader.
+
+    A RegisterNode of the whole record, not a command of its own: a manager of the previous
+    version decodes it (the new field ignored) during a rolling upgrade, where an unknown command
+    would stop it (raft.py). It is proposed only once the record has been quiet for QUIET
+    seconds, so that it does not undo a registration made meanwhile."""
     while True:
         with store.read() as state:
             node = state.nodes.get(node_id)
         if node is not None and node.manager_metrics_addr == addr:
             return
-        if node is not None:
+        if node is not None and clock() - node.updated_at >= QUIET:
             try:
-                result = await raft.propose_async(commands.SetManagerMetricsAddr(node_id, addr), timeout=5.0)
+                result = await raft.propose_async(
+                    commands.RegisterNode(msgspec.structs.replace(node, manager_metrics_addr=addr)), timeout=5.0
+                )
                 if result.ok:
                     continue  # check that it is there
                 log.warning("recording the metrics address was refused: %s", result.message)
             except ProposalError as exc:
                 log.debug("recording the metrics address failed, retrying: %s", exc.message)
-        await asyncio.sleep(RECORD_RETRY)
+        await asyncio.sleep(RECORD_RETRY if node is None or clock() - node.updated_at >= QUIET else QUIET)
