@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
@@ -30,7 +31,7 @@ from tests.fixtures.registry import LocalRegistry
 from tests.integration.harness import REPO, Manager
 from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
 from tests.waiting import wait_for
-from warren.agent.runtime import ContainerSpec
+from warren.agent.runtime import ContainerSpec, ContainerState
 from warren.agent.taskmetrics import HeldTask, TaskCollector, TaskRows
 from warren.agent.taskstats import TaskStatsReader
 from warren.model import Resources
@@ -343,3 +344,26 @@ def test_cpu_and_memory_of_containerd_tasks_move(
             with contextlib.suppress(Exception):
                 runtime.remove(task_id)
         runtime.close()
+
+
+def test_two_exec_runtimes_never_share_a_tasks_cgroups(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every exec task has cgroups now: two agents on one host (or two tests) running the same
+    task id must not share them, or removing one's task would kill the other's."""
+    first = ExecRuntime(tmp_path_factory.mktemp("exec-a"))
+    second = ExecRuntime(tmp_path_factory.mktemp("exec-b"))
+    spec = ContainerSpec(task_id=f"same{uuid.uuid4().hex[:6]}", image="exec", command=("sleep", "300"))
+    try:
+        for runtime in (first, second):
+            runtime.start(runtime.prepare(spec))
+        dirs = set(first._records[spec.task_id].cgroups), set(second._records[spec.task_id].cgroups)
+        if not dirs[0]:
+            pytest.skip("this host does not give the exec runtime cgroups")
+        assert not dirs[0] & dirs[1]
+        survivor = second.status(spec.task_id).pid
+        first.remove(spec.task_id)
+        assert second.status(spec.task_id).state is ContainerState.RUNNING
+        assert Path(f"/proc/{survivor}").exists()
+    finally:
+        for runtime in (first, second):
+            with contextlib.suppress(Exception):
+                runtime.remove(spec.task_id)
