@@ -107,6 +107,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             agent.wait(timeout=20)
         manager.stop()
         procs.kill_all()
+        # What the killed agent still ran, removed as its next start would: processes and cgroups.
+        leftovers = ExecRuntime(root / "agent" / "data" / "exec")
+        for status in leftovers.list():
+            with contextlib.suppress(Exception):
+                leftovers.remove(status.runtime_id)
         print("---- agent log ----\n" + (root / "agent" / "agent.log").read_text(errors="replace")[-8000:])
 
 
@@ -266,7 +271,7 @@ def test_network_counters_come_from_the_tasks_own_namespace(netns_process: tuple
 def test_a_scrape_of_100_running_tasks_stays_cheap(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The collector in process over 100 real exec-runtime tasks, each in its own cgroups: the
     scrape reads ~10 small files per task and asks the runtime for each pid once."""
-    runtime = ExecRuntime(tmp_path_factory.mktemp("scrape-state"))
+    runtime = ExecRuntime(tmp_path_factory.mktemp("scrape-state"), account=True)
     rows = TaskRows()
     held = []
     try:
@@ -349,8 +354,8 @@ def test_cpu_and_memory_of_containerd_tasks_move(
 def test_two_exec_runtimes_never_share_a_tasks_cgroups(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every exec task has cgroups now: two agents on one host (or two tests) running the same
     task id must not share them, or removing one's task would kill the other's."""
-    first = ExecRuntime(tmp_path_factory.mktemp("exec-a"))
-    second = ExecRuntime(tmp_path_factory.mktemp("exec-b"))
+    first = ExecRuntime(tmp_path_factory.mktemp("exec-a"), account=True)
+    second = ExecRuntime(tmp_path_factory.mktemp("exec-b"), account=True)
     spec = ContainerSpec(task_id=f"same{uuid.uuid4().hex[:6]}", image="exec", command=("sleep", "300"))
     try:
         for runtime in (first, second):

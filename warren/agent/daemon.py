@@ -89,7 +89,8 @@ def make_runtime(options: AgentOptions) -> Runtime:
     if options.runtime == "exec":
         from warren.runtime.exec import ExecRuntime
 
-        return ExecRuntime(options.data_dir / "exec")
+        # Per-task metrics need each task in cgroups of its own, limited or not (ADR 60).
+        return ExecRuntime(options.data_dir / "exec", account=options.metrics_addr is not None)
     if options.runtime == "containerd":
         from warren.runtime.containerd.driver import ContainerdRuntime
         from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca

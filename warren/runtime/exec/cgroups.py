@@ -22,16 +22,19 @@ class Cgroups:
     containers run unlimited. The parent directory is removed again when it empties, so that
     nothing is left behind in the agent's own cgroup."""
 
-    def __init__(self, root: str | None, owner: str = "") -> None:
+    def __init__(self, root: str | None, owner: str = "", account: bool = False) -> None:
         self._root = root
         self._owner = owner  # appended to each container's directory name
+        self._account = account  # cgroups for every container, not only limited ones
         self._bases: dict[str, Path] | None = None  # controller ("memory", "cpu", ...) -> parent directory
         self._version = 0
 
     def create(self, runtime_id: str, limits: Resources) -> list[str]:
-        """Directories the container's process must join; [] if the host gives us no cgroups.
-        Made for every container, limited or not: they account for its CPU, memory and block
-        I/O (per-task metrics, ADR 60)."""
+        """Directories the container's process must join; [] if no limits (and no accounting)
+        or the host gives us no cgroups. With accounting they are made for every container,
+        limited or not: they count its CPU, memory and block I/O (per-task metrics, ADR 60)."""
+        if not limits.memory_bytes and not limits.nano_cpus and not self._account:
+            return []
         bases = self._detect()
         if not bases:
             return []
