@@ -42,6 +42,9 @@ pytestmark = pytest.mark.integration
 
 # A shell variable of 20 MB ("y" lines: busybox's tr reads no "\\0", and a shell drops NULs).
 HOLD = "x=$(yes | head -c 20000000); sleep 1000"
+# 24 MiB in the container's own /dev/shm (a tmpfs charged to its memory cgroup): at once, where
+# busybox's shell builds a 20 MB variable slowly on a loaded machine.
+HOLD_SHM = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=24; sleep 1000"
 SERIES = re.compile(r"^(warren_task_\w+)\{([^}]*)\} (\S+)$", re.MULTILINE)
 
 
@@ -126,13 +129,17 @@ def _serves(rig: Rig) -> bool:
 def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig) -> None:
     rig.create("burn", "while :; do :; done")
     rig.create("hold", HOLD)
-    first = wait_for(lambda: rig.value("warren_task_cpu_seconds_total", "burn"), message="burn's CPU series")
+    first = wait_for(
+        lambda: rig.value("warren_task_cpu_seconds_total", "burn"), timeout=30, message="burn's CPU series"
+    )
     wait_for(
         lambda: (rig.value("warren_task_cpu_seconds_total", "burn") or 0) > first + 0.3,
+        timeout=30,
         message="burn's CPU counter to grow",
     )
     wait_for(
         lambda: (rig.value("warren_task_memory_usage_bytes", "hold") or 0) > 20_000_000,
+        timeout=30,
         message="hold's memory above the 20 MB it holds",
     )
     text = rig.scrape()
@@ -147,7 +154,7 @@ def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig
     assert check.returncode == 0, check.stdout + check.stderr
 
     assert rig.manager.cli("service", "rm", "burn").returncode == 0
-    wait_for(lambda: 'service="burn"' not in rig.scrape(), message="the removed task's series to go")
+    wait_for(lambda: 'service="burn"' not in rig.scrape(), timeout=30, message="the removed task's series to go")
     assert rig.value("warren_task_memory_usage_bytes", "hold") is not None
     assert rig.manager.cli("service", "rm", "hold").returncode == 0
 
@@ -155,7 +162,7 @@ def test_cpu_and_memory_of_exec_tasks_move_and_an_ended_tasks_series_go(rig: Rig
 def test_health_and_restarts_of_a_slot(rig: Rig) -> None:
     rig.create("checked", "sleep 1000", "--health-cmd", "true", "--health-interval", "1s")
     rig.create("crashing", "sleep 1; exit 1", "--restart-delay", "0s")
-    wait_for(lambda: rig.value("warren_task_healthy", "checked") == 1, message="the checked task healthy")
+    wait_for(lambda: rig.value("warren_task_healthy", "checked") == 1, timeout=30, message="the checked task healthy")
 
     def crashing_restarts() -> float:
         series = {
@@ -303,7 +310,7 @@ def test_cpu_and_memory_of_containerd_tasks_move(
     rig: Rig, containerd: ContainerdDaemon, registry: LocalRegistry, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """A second worker of the rig runs containerd (its tasks' cgroupsPath): busybox burning CPU,
-    and busybox holding 20 MB under a 64 MiB limit, seen on that agent's /metrics."""
+    and busybox holding 24 MiB under a 128 MiB limit, seen on that agent's /metrics."""
     root = tmp_path_factory.mktemp("ctr-agent")
     node_id = f"ctrworker{uuid.uuid4().hex[:6]}"
     ca = rig.manager.authority()
@@ -333,7 +340,10 @@ def test_cpu_and_memory_of_containerd_tasks_move(
         )  # fmt: skip
     ctr = Rig(rig.manager, port, rig.procs, "")
     try:
-        for name, script, *limits in (("ctrburn", "while :; do :; done"), ("ctrhold", HOLD, "--limit-memory", "64M")):
+        for name, script, *limits in (
+            ("ctrburn", "while :; do :; done"),
+            ("ctrhold", HOLD_SHM, "--limit-memory", "128M"),
+        ):
             created = rig.manager.cli(
                 "service", "create", name, "--image", image, "--constraint", f"node.id=={node_id}", "--detach",
                 *limits, "--", "sh", "-c", script,
@@ -346,13 +356,15 @@ def test_cpu_and_memory_of_containerd_tasks_move(
         )
         wait_for(
             lambda: (ctr.value("warren_task_cpu_seconds_total", "ctrburn") or 0) > start + 0.3,
+            timeout=30,
             message="ctrburn's CPU to grow",
         )
         wait_for(
-            lambda: (ctr.value("warren_task_memory_usage_bytes", "ctrhold") or 0) > 20_000_000,
-            message="ctrhold's memory above the 20 MB it holds",
+            lambda: (ctr.value("warren_task_memory_usage_bytes", "ctrhold") or 0) > 24 << 20,
+            timeout=30,
+            message="ctrhold's memory above the 24 MiB it holds",
         )
-        assert ctr.value("warren_task_memory_limit_bytes", "ctrhold") == 64 << 20
+        assert ctr.value("warren_task_memory_limit_bytes", "ctrhold") == 128 << 20
         assert ctr.value("warren_task_memory_limit_bytes", "ctrburn") == 0
         assert ctr.value("warren_task_blkio_read_bytes_total", "ctrhold") is not None  # its own blkio cgroup
         for name in ("ctrburn", "ctrhold"):
