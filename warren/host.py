@@ -40,3 +40,12 @@ def host_facts(hostname: str | None = None) -> HostFacts:
         os=sys.platform,
         arch=uname.machine,
     )
+
+
+def reachable_addr(listen_addr: str, host: str) -> str:
+    """`listen_addr` (HOST:PORT) as other machines dial it: a wildcard host (0.0.0.0, ::, none)
+    becomes `host`, this machine's advertised address or name (service discovery, ADR 60)."""
+    listen_host, _, port = listen_addr.rpartition(":")
+    if listen_host in ("", "0.0.0.0", "::", "[::]") and host:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return listen_addr

@@ -423,6 +423,10 @@ class Node(msgspec.Struct, frozen=True):
     # manager, of the certificate its API server presents.
     agent_cert_ca: str = ""
     manager_cert_ca: str = ""
+    # Where Prometheus scrapes it (ADR 60): its agent's /metrics as the agent reports it, and a
+    # manager's own /metrics as the manager records it at start; "" = none known.
+    metrics_addr: str = ""
+    manager_metrics_addr: str = ""
 
 
 class RevokedNode(msgspec.Struct, frozen=True):

@@ -179,6 +179,8 @@ nodes = st.builds(
     updated_at=floats,
     agent_cert_ca=texts,
     manager_cert_ca=texts,
+    metrics_addr=texts,
+    manager_metrics_addr=texts,
 )
 
 
@@ -306,6 +308,7 @@ def test_a_node_description_becomes_the_node_it_describes(
         wg_endpoint=described.wg_endpoint,
         overlay=described.overlay,
         wg_key_epoch=described.wg_key_epoch,
+        metrics_addr=described.metrics_addr,
     )
     node = convert.node_from_description(desc, node_id=described.id, role=role, status=status, agent_cert_ca=ca, at=at)
     on_wire, in_model = shared_fields(desc, node)

@@ -352,3 +352,28 @@ def test_a_session_records_the_root_its_agent_calls_with(tmp_path: Path) -> None
         cluster.close()
 
     run(scenario())
+
+
+def test_a_node_reports_its_metrics_address_and_a_malformed_one_is_refused(tmp_path: Path) -> None:
+    """Service discovery (ADR 60) lists what the agent describes; a later description without
+    one (an agent's session from another code path) keeps it."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        described = dpb.NodeDescription(hostname="w1", metrics_addr="10.0.0.7:9100")
+        stream = cluster.dispatcher.Session(dpb.SessionRequest(description=described), None)
+        try:
+            await next_message(stream)
+            assert cluster.node().metrics_addr == "10.0.0.7:9100"
+        finally:
+            await stream.aclose()
+        for bad in ("10.0.0.7", "10.0.0.7:0", "host:port", "a b:1"):
+            bad_request = dpb.SessionRequest(description=dpb.NodeDescription(hostname="w1", metrics_addr=bad))
+            stream = cluster.dispatcher.Session(bad_request, None)
+            with pytest.raises(ApiError) as err:
+                await next_message(stream)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "metrics_addr" in err.value.message
+        assert cluster.node().metrics_addr == "10.0.0.7:9100"
+        cluster.close()
+
+    run(scenario())

@@ -51,6 +51,7 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.certinfo import PkiError
 from warren.host import host_facts as read_host_facts
+from warren.host import reachable_addr
 from warren.network import keys
 from warren.network.lean import lean_pyroute2
 
@@ -92,7 +93,8 @@ def make_runtime(options: AgentOptions) -> Runtime:
     if options.runtime == "exec":
         from warren.runtime.exec import ExecRuntime
 
-        return ExecRuntime(options.data_dir / "exec")
+        # Per-task metrics need each task in cgroups of its own, limited or not (ADR 60).
+        return ExecRuntime(options.data_dir / "exec", account=options.metrics_addr is not None)
     if options.runtime == "containerd":
         from warren.runtime.containerd.driver import ContainerdRuntime
         from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
@@ -158,6 +160,7 @@ def describe(options: AgentOptions, settings: agent_settings.AgentSettings | Non
         wg_key_epoch=active.epoch if active else 0,
         wg_endpoint=f"{host}:{settings.wireguard_port}" if host else "",
         overlay=settings.wireguard != "off",
+        metrics_addr=reachable_addr(options.metrics_addr, host or host_facts.hostname) if options.metrics_addr else "",
     )
 
 

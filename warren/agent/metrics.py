@@ -1,5 +1,6 @@
-"""Optional Prometheus endpoint of the agent: tasks by local state, the session state, and the
-overlay (WireGuard peers with their handshake age and traffic, key epoch, VIPs).
+"""Optional Prometheus endpoint of the agent: tasks by local state, the session state, the
+overlay (WireGuard peers with their handshake age and traffic, key epoch, VIPs), and each running
+task's resources (`taskmetrics`, ADR 60).
 
 Its own registry (the manager in the same process has its own). The gauges are refreshed by the
 event loop once a second, so the HTTP thread never reads the loop's data structures.
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from warren.agent.nodemetrics import NodeCollector
+from warren.agent.taskmetrics import HeldTask, TaskCollector, TaskRows
+from warren.agent.taskstats import TaskStatsReader
 from warren.model import TaskState
 
 if TYPE_CHECKING:
@@ -36,6 +39,9 @@ async def serve(
     tasks = Gauge("warren_agent_tasks", "Tasks held by this agent, by local state", ["state"], registry=registry)
     connected = Gauge("warren_agent_connected", "1 while a session with a manager is open", registry=registry)
     pending = Gauge("warren_agent_pending_reports", "Task status reports not yet delivered", registry=registry)
+    rows = TaskRows()
+    runtime = worker.env.runtime
+    registry.register(TaskCollector(lambda: rows.rows, TaskStatsReader().read, lambda rid: runtime.status(rid).pid))
     host, _, port = addr.rpartition(":")
     server, thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
     try:
@@ -45,6 +51,7 @@ async def serve(
                 tasks.labels(state.label).set(counts.get(state.label, 0))
             connected.set(1 if session.connected_to else 0)
             pending.set(len(worker.queue))
+            rows.refresh(held_tasks(worker))
             if mesh is not None and overlay is not None:
                 mesh.update(overlay, time.time())
             await asyncio.sleep(REFRESH)
@@ -52,6 +59,25 @@ async def serve(
         server.shutdown()
         server.server_close()
         thread.join(timeout=2)
+
+
+def held_tasks(worker: Worker) -> list[HeldTask]:
+    """The task controllers' view the per-task metrics are labelled from."""
+    return [
+        HeldTask(
+            task_id=ctl.task.id,
+            service_id=ctl.task.service_id,
+            service=ctl.task.service_name,
+            slot=ctl.task.slot,
+            node=ctl.task.node_id,
+            runtime_id=ctl.local.runtime_id,
+            running=ctl.local.started and not ctl.local.state.terminal and bool(ctl.local.runtime_id),
+            started_at=ctl.local.started_at,
+            local_restarts=ctl.local.restarts,
+            health=ctl.local.health,
+        )
+        for ctl in worker.controllers.values()
+    ]
 
 
 class _OverlayGauges:

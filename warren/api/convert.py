@@ -357,6 +357,7 @@ def node_from_description(
         wg_endpoint=desc.wg_endpoint,
         overlay=desc.overlay,
         wg_key_epoch=desc.wg_key_epoch,
+        metrics_addr=desc.metrics_addr,
         agent_cert_ca=agent_cert_ca,
         created_at=at,
         updated_at=at,
@@ -540,6 +541,8 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
         wg_key_epoch=node.wg_key_epoch,
         wg_key_desired_epoch=node.wg_key_desired_epoch,
         wg_key_published_at=node.wg_key_published_at,
+        metrics_addr=node.metrics_addr,
+        manager_metrics_addr=node.manager_metrics_addr,
     )
 
 

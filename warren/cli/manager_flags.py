@@ -20,6 +20,12 @@ def add_manager_flags(p: Any) -> None:
     p.add_argument("--listen-addr", type=_ADDR, metavar="HOST:PORT", help="API address (default: 0.0.0.0:4242)")
     p.add_argument("--advertise-addr", type=_ADDR, metavar="HOST:PORT", help="API address other nodes dial")
     p.add_argument("--metrics-addr", type=_ADDR, metavar="HOST:PORT", help="serve Prometheus metrics here")
+    p.add_argument(
+        "--agent-metrics-addr",
+        type=_ADDR,
+        metavar="HOST:PORT",
+        help="serve the embedded agent's metrics (its tasks' resources) here",
+    )
     p.add_argument("--raft-addr", type=_ADDR, metavar="HOST:PORT", help="Raft address (default: API port + 1)")
     p.add_argument(
         "--join-addr",
@@ -105,6 +111,7 @@ def agent_flags(args: argparse.Namespace) -> Any:
         insecure_registries=tuple(args.insecure_registry) if args.insecure_registry else None,
         registry_cas=worker.registry_cas(args.registry_ca),
         cgroup_parent=args.cgroup_parent,
+        metrics_addr=args.agent_metrics_addr,
         wireguard=args.wireguard,
         wireguard_interface=args.wireguard_interface,
         log_max_size=args.log_max_size,

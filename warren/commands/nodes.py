@@ -56,6 +56,8 @@ def register_node(state: ClusterState, cmd: RegisterNode) -> tuple[Result, Chang
         wg_endpoint=cmd.node.wg_endpoint or old.wg_endpoint,
         overlay=cmd.node.overlay,
         agent_cert_ca=cmd.node.agent_cert_ca or old.agent_cert_ca,
+        metrics_addr=cmd.node.metrics_addr or old.metrics_addr,
+        manager_metrics_addr=cmd.node.manager_metrics_addr or old.manager_metrics_addr,
         updated_at=cmd.node.updated_at,
     )
     # An agent restarted in the middle of a rotation still describes its previous key (ADR 18):

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from warren import clientconfig, logsetup, proctitle, tls, validate
-from warren.manager import autolock, cakey, lockedfiles, lockedstart, metrics
+from warren.host import reachable_addr
+from warren.manager import autolock, cakey, discovery, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
 from warren.manager.certificates import CertificateKeeper, embedded_agent_files, key_opener, load_own, own_files
@@ -321,6 +322,7 @@ async def _open_and_serve(
             endpoint = metrics.serve(
                 options.metrics_addr,
                 metrics.StateCollector(store.read, raft.status, raft.capacity, data / "certs" / "cert.pem"),
+                sd_groups=lambda: discovery.groups_in(store),
             )
             opened.callback(endpoint.close)
     except OSError as exc:
@@ -348,6 +350,9 @@ async def _open_and_serve(
     opened.callback(_release_agent_key_if_demoted, data, keeper)
     _run_task(opened, watch_demotion(store, identity, data, stop, options.demoted_hint), "demotion")
     _run_task(opened, keeper.run(), "autolock")
+    if options.metrics_addr:  # service discovery lists it (ADR 60)
+        advertised = reachable_addr(options.metrics_addr, identity.advertise_addr.rpartition(":")[0])
+        _run_task(opened, discovery.record_manager_metrics_addr(store, raft, identity.node_id, advertised), "sd")
     _run_task(opened, CertificateKeeper(data, store, raft, identity.node_id, secret, keyring).run(), "renewal")
     if alongside is not None:  # stopped first, so that its session ends while the API still serves
         cluster = functools.partial(_cluster, store)

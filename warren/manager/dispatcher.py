@@ -306,6 +306,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         try:
             for what, value in (("addr", desc.addr), ("os", desc.os), ("arch", desc.arch)):
                 validate.check_token(f"the node's {what}", value)
+            if desc.metrics_addr:
+                validate.check_hostport("the node's metrics_addr", desc.metrics_addr)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if len(request.last_failure) > validate.MAX_FAILURE_TEXT:

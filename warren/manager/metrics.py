@@ -3,17 +3,22 @@ no code path has to remember to keep a counter in step with the state."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
+from warren.manager.discovery import SD_PATH
 from warren.model import Node, NodeStatus, Service, Task, TaskState
 from warren.state import replica_counts
 
@@ -231,9 +236,33 @@ class Endpoint:
         REGISTRY.unregister(self._collector)
 
 
-def serve(addr: str, collector: StateCollector) -> Endpoint:
-    """Start the /metrics HTTP endpoint on `addr` (host:port) in a daemon thread."""
+def serve(
+    addr: str, collector: StateCollector, sd_groups: Callable[[], list[dict[str, object]]] | None = None
+) -> Endpoint:
+    """Start the /metrics HTTP endpoint on `addr` (host:port) in a daemon thread; with
+    `sd_groups`, Prometheus service discovery (ADR 60) is served at SD_PATH beside it."""
     host, _, port = addr.rpartition(":")
-    server, _ = start_http_server(int(port), addr=host or "0.0.0.0", registry=REGISTRY)
+    server = make_server(
+        host.strip("[]") or "0.0.0.0", int(port), _app(sd_groups), ThreadingWSGIServer, handler_class=_Quiet
+    )
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     REGISTRY.register(collector)  # once the port is ours: a failed start leaves no collector behind
     return Endpoint(server, collector)
+
+
+def _app(sd_groups: Callable[[], list[dict[str, object]]] | None) -> Callable[..., Iterable[bytes]]:
+    metrics_app = make_wsgi_app(REGISTRY)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if sd_groups is not None and environ.get("PATH_INFO") == SD_PATH:
+            body = json.dumps(sd_groups()).encode()
+            start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+            return [body]
+        return metrics_app(environ, start_response)
+
+    return app
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """One line per scrape would drown the manager's log."""

@@ -72,6 +72,7 @@ class EmbeddedAgentFlags:
     insecure_registries: tuple[str, ...] | None = None
     registry_cas: tuple[str, ...] | None = None  # HOST=FILE (ADR 43)
     cgroup_parent: str | None = None
+    metrics_addr: str | None = None  # the agent's /metrics (per-task metrics, ADR 60)
     wireguard: str | None = None  # the embedded agent joins the overlay mesh (ADR 17)
     wireguard_interface: str | None = None
     log_max_size: int | None = None  # task log rotation (ADR 62)
@@ -88,6 +89,7 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             ("--insecure-registry", flags.insecure_registries),
             ("--registry-ca", flags.registry_cas),
             ("--cgroup-parent", flags.cgroup_parent),
+            ("--agent-metrics-addr", flags.metrics_addr),
             ("--wireguard", flags.wireguard),
             ("--wireguard-interface", flags.wireguard_interface),
             ("--log-max-size", flags.log_max_size),
@@ -108,6 +110,7 @@ def resolve_settings(data_dir: Path, flags: EmbeddedAgentFlags) -> agent_setting
             insecure_registries=flags.insecure_registries,
             registry_cas=flags.registry_cas,
             cgroup_parent=flags.cgroup_parent,
+            metrics_addr=flags.metrics_addr,
             wireguard=flags.wireguard,
             wireguard_interface=flags.wireguard_interface,
             log_max_size=flags.log_max_size,

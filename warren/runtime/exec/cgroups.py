@@ -22,14 +22,18 @@ class Cgroups:
     containers run unlimited. The parent directory is removed again when it empties, so that
     nothing is left behind in the agent's own cgroup."""
 
-    def __init__(self, root: str | None) -> None:
+    def __init__(self, root: str | None, owner: str = "", account: bool = False) -> None:
         self._root = root
-        self._bases: dict[str, Path] | None = None  # controller ("memory", "cpu") -> parent directory
+        self._owner = owner  # appended to each container's directory name
+        self._account = account  # cgroups for every container, not only limited ones
+        self._bases: dict[str, Path] | None = None  # controller ("memory", "cpu", ...) -> parent directory
         self._version = 0
 
     def create(self, runtime_id: str, limits: Resources) -> list[str]:
-        """Directories the container's process must join; [] if no limits or they can't be set."""
-        if not limits.memory_bytes and not limits.nano_cpus:
+        """Directories the container's process must join; [] if no limits (and no accounting)
+        or the host gives us no cgroups. With accounting they are made for every container,
+        limited or not: they count its CPU, memory and block I/O (per-task metrics, ADR 60)."""
+        if not limits.memory_bytes and not limits.nano_cpus and not self._account:
             return []
         bases = self._detect()
         if not bases:
@@ -37,17 +41,20 @@ class Cgroups:
         files = self._limit_files(limits)
         made: list[Path] = []
         try:
-            for ctl, values in files.items():
-                self._ensure_base(bases[ctl])
-                d = bases[ctl] / runtime_id
+            for ctl, base in bases.items():
+                self._ensure_base(base)
+                d = base / (f"{runtime_id}.{self._owner}" if self._owner else runtime_id)
                 if d not in made:
                     d.mkdir(exist_ok=True)
                     made.append(d)
-                for name, value in values.items():
+                for name, value in files.get(ctl, {}).items():
                     (d / name).write_text(value)
         except OSError as exc:
             self.destroy([str(d) for d in made])
-            log.warning("exec runtime: container %s runs without memory/CPU limits: %s", runtime_id, exc)
+            if files:
+                log.warning("exec runtime: container %s runs without memory/CPU limits: %s", runtime_id, exc)
+            else:
+                log.debug("exec runtime: container %s runs without its own cgroups: %s", runtime_id, exc)
             return []
         return [str(d) for d in made]
 
@@ -122,7 +129,7 @@ class Cgroups:
             for base in set(bases.values()):
                 with contextlib.suppress(OSError):
                     base.rmdir()
-            log.warning("exec runtime: memory/CPU limits are not enforced on this host: %s", exc)
+            log.warning("exec runtime: memory/CPU limits are not enforced (nor tasks accounted) on this host: %s", exc)
             return self._bases
         self._bases = bases
         return bases
@@ -131,50 +138,83 @@ class Cgroups:
         mounts, own = cgroup_mounts(), own_cgroups()
         self._version = self._detect_version()
         if self._version == 1:
-            for ctl in ("memory", "cpu"):
+            for ctl in LIMIT_CONTROLLERS:
                 if ctl not in mounts or ctl not in own:
                     raise NoCgroups(f"no cgroup v1 {ctl} hierarchy")
-            return {ctl: self._base(mounts[ctl], own[ctl]) for ctl in ("memory", "cpu")}
+            accounting = cgroup_mounts(ACCOUNTING_CONTROLLERS)
+            bases = {ctl: self._base(mounts[ctl], own[ctl]) for ctl in LIMIT_CONTROLLERS}
+            for ctl in ACCOUNTING_CONTROLLERS:  # where mounted apart from cpu and memory
+                if ctl in accounting and ctl in own and accounting[ctl][0] not in {m[0] for m in mounts.values()}:
+                    bases[ctl] = self._base(accounting[ctl], own[ctl])
+            return bases
         if self._version == 2 and "" in own:
             base = self._base(mounts[""], own[""])
             return {"memory": base, "cpu": base}
         raise NoCgroups("no cgroup filesystem mounted")
 
     def _base(self, mount: tuple[Path, str], own: str) -> Path:
-        point, mroot = mount
-        path = self._root if self._root is not None else own.rstrip("/") + "/warren-exec"
-        inside = mroot == "/" or path == mroot or path.startswith(mroot.rstrip("/") + "/")
-        return point / (os.path.relpath(path, mroot) if inside else path.lstrip("/"))
+        return cgroup_dir(mount, self._root if self._root is not None else own.rstrip("/") + "/warren-exec")
 
 
 class NoCgroups(Exception):
     pass
 
 
-def cgroup_mounts() -> dict[str, tuple[Path, str]]:
+LIMIT_CONTROLLERS = ("memory", "cpu")
+# Controllers a task's cgroup is made in only to account for it (per-task metrics, ADR 60): on
+# hosts where they are not mounted with cpu or memory, as here (cpu and cpuacct apart).
+ACCOUNTING_CONTROLLERS = ("cpuacct", "blkio")
+
+
+def cgroup_mounts(controllers: tuple[str, ...] = LIMIT_CONTROLLERS) -> dict[str, tuple[Path, str]]:
     """controller -> (mount point, root inside the hierarchy); "" is the cgroup v2 mount."""
-    out: dict[str, tuple[Path, str]] = {}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            sep = fields.index("-")
-            fstype, opts = fields[sep + 1], fields[sep + 3].split(",")
-            point = Path(fields[4].replace("\\040", " "))
-            if fstype == "cgroup2":
-                out.setdefault("", (point, fields[3]))
-            elif fstype == "cgroup":
-                for ctl in ("memory", "cpu"):
-                    if ctl in opts:
-                        out.setdefault(ctl, (point, fields[3]))
+        return parse_mountinfo(Path("/proc/self/mountinfo").read_text(), controllers)
+    return {}
+
+
+def parse_mountinfo(text: str, controllers: tuple[str, ...]) -> dict[str, tuple[Path, str]]:
+    out: dict[str, tuple[Path, str]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        sep = fields.index("-")
+        fstype, opts = fields[sep + 1], fields[sep + 3].split(",")
+        point = Path(fields[4].replace("\\040", " "))
+        if fstype == "cgroup2":
+            out.setdefault("", (point, fields[3]))
+        elif fstype == "cgroup":
+            for ctl in controllers:
+                if ctl in opts:
+                    out.setdefault(ctl, (point, fields[3]))
     return out
 
 
 def own_cgroups() -> dict[str, str]:
     """controller -> the agent's cgroup path in that hierarchy; "" for cgroup v2."""
-    out: dict[str, str] = {}
+    return process_cgroups("self")
+
+
+def process_cgroups(pid: int | str) -> dict[str, str]:
+    """controller -> a process's cgroup path in that hierarchy; {} if it is gone."""
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/cgroup").read_text().splitlines():
-            _, ctls, path = line.split(":", 2)
-            for ctl in ctls.split(",") if ctls else [""]:
-                out[ctl] = path
+        return parse_proc_cgroup(Path(f"/proc/{pid}/cgroup").read_text())
+    return {}
+
+
+def parse_proc_cgroup(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        _, ctls, path = line.split(":", 2)
+        for ctl in ctls.split(",") if ctls else [""]:
+            out[ctl] = path
     return out
+
+
+def cgroup_dir(mount: tuple[Path, str], path: str) -> Path:
+    """The directory of cgroup `path` (as /proc/PID/cgroup names it) in a hierarchy mounted at
+    `mount` (its point, and the root it shows, which is not / inside a container)."""
+    point, mroot = mount
+    inside = mroot == "/" or path == mroot or path.startswith(mroot.rstrip("/") + "/")
+    return point / (os.path.relpath(path, mroot) if inside else path.lstrip("/"))

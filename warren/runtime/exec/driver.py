@@ -56,6 +56,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import re
@@ -126,20 +127,27 @@ class _Credentials(TypedDict, total=False):
     extra_groups: list[int]
 
 
+def cgroup_owner(state_dir: Path) -> str:
+    """The suffix of the cgroup names of the exec runtime kept in `state_dir`."""
+    return hashlib.sha256(str(Path(state_dir).resolve()).encode()).hexdigest()[:8]
+
+
 class ExecRuntime:
     """Runtime port over plain processes. Thread-safe: one lock guards the records; it is not
     held while waiting for a container to exit, so wait() and stop() never block other calls."""
 
     name = "exec"
 
-    def __init__(self, state_dir: Path, cgroup_root: str | None = None) -> None:
+    def __init__(self, state_dir: Path, cgroup_root: str | None = None, account: bool = False) -> None:
         self._dir = Path(state_dir)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # records hold the tasks' env
         self._lock = threading.RLock()
         self._records: dict[str, _Record] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._images_noted: set[str] = set()
-        self._cgroups = Cgroups(cgroup_root)
+        # With `account` every container has cgroups (per-task metrics, ADR 60): their names
+        # carry this runtime's state directory, so two runtimes on one host never share one.
+        self._cgroups = Cgroups(cgroup_root, cgroup_owner(self._dir), account)
         self._load()
 
     # -- the port ---------------------------------------------------------------------------
