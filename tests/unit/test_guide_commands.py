@@ -47,9 +47,15 @@ def test_commands_are_cut_at_pipes_lists_and_comments() -> None:
         "x.md",
         1,
         ("sh",),
-        "echo x | warren secret create s - # a comment\nwarren a \\\n  b && warren c; true\n",
+        "echo x | warren secret create s - # a comment\nwarren a \\\n  b && warren c; true\nwarren d $(warren e -q)\n",
     )
-    assert guide.warren_commands(block) == [["secret", "create", "s", "-"], ["a", "b"], ["c"]]
+    assert guide.warren_commands(block) == [
+        ["secret", "create", "s", "-"],
+        ["a", "b"],
+        ["c"],
+        ["d", "WORD"],
+        ["e", "-q"],
+    ]
 
 
 def test_expected_output_lines_match_in_order_with_wildcards() -> None:
