@@ -22,6 +22,7 @@ import grpc
 import msgspec
 
 from warren import commands, pki, strategy, tls, validate
+from warren.aio import wait_within
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -376,7 +377,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 )
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        changes = _coalesce(await asyncio.wait_for(events.get(), timeout=1.0), events)
+                        changes = _coalesce(await wait_within(events.get(), 1.0), events)
                     except TimeoutError:
                         changes = []
                     with self._store.read() as state:
