@@ -130,9 +130,12 @@ class Counter:
 
 
 def test_a_node_change_costs_each_session_constant_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    managers, mesh_nodes = Counter(), Counter()
+    from warren.manager import dispatcher as dispatcher_module
+
+    managers, mesh_nodes, mesh_encodings = Counter(), Counter(), Counter()
     monkeypatch.setattr(ClusterState, "manager_addrs", managers.wrap(ClusterState.manager_addrs))
     monkeypatch.setattr(convert, "mesh_node_to_pb", mesh_nodes.wrap(convert.mesh_node_to_pb))
+    monkeypatch.setattr(dispatcher_module, "encode_mesh", mesh_encodings.wrap(dispatcher_module.encode_mesh))
 
     async def scenario() -> None:
         cluster = Cluster(tmp_path)
@@ -150,8 +153,10 @@ def test_a_node_change_costs_each_session_constant_work(tmp_path: Path, monkeypa
             assert managers.calls <= 1
             assert mesh_nodes.calls == 0
 
-            # A node joins the mesh: every session gets the new mesh, built once.
-            managers.calls = mesh_nodes.calls = 0
+            # A node joins the mesh: every session gets the new mesh, built and encoded once (ADR 57:
+            # copied into each session's message, it was a fifth of the leader's CPU at 1,000 joins).
+            managers.calls = mesh_nodes.calls = mesh_encodings.calls = 0
+            sent = {node_id: len(messages) for node_id, messages in cluster.sent.items()}
             joined = msgspec.structs.replace(
                 node, id="joined", hostname="joined", wg_public_key=node.wg_public_key[:-4] + "AAA=",
                 overlay_subnet="10.99.250.0/24",
@@ -162,6 +167,9 @@ def test_a_node_change_costs_each_session_constant_work(tmp_path: Path, monkeypa
             assert all(len(m.mesh) == SESSIONS + 1 and "joined" in {n.node_id for n in m.mesh} for m in messages)
             assert managers.calls <= 1
             assert mesh_nodes.calls <= SESSIONS + 1  # once per mesh node, not once per session too
+            assert mesh_encodings.calls == 1
+            latest = [cluster.sent[node_id][count] for node_id, count in sent.items()]
+            assert all(not m.own.mesh and m.shared is latest[0].shared for m in latest)
         finally:
             await cluster.close()
             cluster.store.env.close()

@@ -30,7 +30,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.commands.networks import network_names
 from warren.ids import new_id
-from warren.manager.dispatchwire import Assignments, encode_endpoints
+from warren.manager.dispatchwire import Assignments, encode_endpoints, encode_mesh
 from warren.manager.events import EventHub
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
@@ -251,6 +251,7 @@ class _NodeView(NamedTuple):
     mesh_keys: tuple[MeshKey, ...]
     mesh: list[dpb.MeshNode]
     mesh_version: int
+    mesh_encoded: bytes  # `mesh` as every session sends it (ADR 57: encoded once, not per session)
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
@@ -279,7 +280,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints_cache = _Endpoints(-1, [], frozenset(), 0, encode_endpoints([], 0))
         self._endpoints_checked = -1  # the applied index _endpoints_cache was last found current at
-        self._node_view = _NodeView(-1, [], 0, (), [], 0)
+        self._node_view = _NodeView(-1, [], 0, (), [], 0, encode_mesh([]))
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -369,15 +370,13 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     version=version,
                     updated=tasks,
                     managers=view.managers,
-                    mesh=view.mesh,
-                    mesh_changed=True,
                     vip_range=str(vip_range),
                     specs=spec_list,
                     volumes=volumes,
                     volumes_changed=True,
                     pull_logins=logins,
                 )
-                yield await self._fits(node.id, Assignments(complete, current.encoded))
+                yield await self._fits(node.id, Assignments(complete, view.mesh_encoded + current.encoded))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         changes = _coalesce(await wait_within(events.get(), 1.0), events)
@@ -395,13 +394,13 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers: list[str] | None = None
-                    new_mesh: list[dpb.MeshNode] | None = None
+                    new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
                     if any(change.kind == "node" for change in changes):
                         view = self._current_nodes()
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
                         if view.mesh_version != mesh_sent:
-                            new_mesh, mesh_sent = view.mesh, view.mesh_version
+                            new_mesh, mesh_sent = view.mesh_encoded, view.mesh_version
                     new_volumes = None
                     if any(change.kind == "volume" for change in changes):
                         with self._store.read() as state:
@@ -428,14 +427,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             updated=updated,
                             removed=removed,
                             managers=new_managers or [],
-                            mesh=new_mesh or [],
-                            mesh_changed=new_mesh is not None,
                             specs=spec_list,
                             volumes=new_volumes or [],
                             volumes_changed=new_volumes is not None,
                             pull_logins=logins,
                         )
-                        shared = changed.encoded if changed is not None else b""
+                        shared = (new_mesh or b"") + (changed.encoded if changed is not None else b"")
                         yield await self._fits(node.id, Assignments(incremental, shared))
                         version += 1
                 if session_id not in self._sessions:
@@ -499,11 +496,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             if view.at == index:
                 return view
             managers, keys = state.manager_addrs(), _mesh_keys(state)
-            mesh, mesh_version = view.mesh, view.mesh_version
+            mesh, mesh_version, mesh_encoded = view.mesh, view.mesh_version, view.mesh_encoded
             if keys != view.mesh_keys:
                 mesh, mesh_version = [convert.mesh_node_to_pb(state.nodes[k[0]]) for k in keys], mesh_version + 1
+                mesh_encoded = encode_mesh(mesh)
         managers_version = view.managers_version + (managers != view.managers)
-        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version)
+        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version, mesh_encoded)
         return self._node_view
 
     def _diff(

@@ -1,7 +1,7 @@
 """The dispatcher's messages as they go on the wire (ADR 57).
 
-A change of the services' endpoints goes to every session at once, and the endpoints are the
-same for every node: they are encoded once per Raft index and every session sends those same
+A change of the services' endpoints or of the mesh goes to every session at once, and both are
+the same for every node: they are encoded once per Raft index and every session sends those same
 bytes after its own fields. Protobuf merges concatenated encodings of a message (repeated fields
 append, scalars take the last value), so the agent parses one AssignmentsMessage as before: the
 protocol is unchanged.
@@ -38,6 +38,11 @@ class Assignments(NamedTuple):
 def encode_endpoints(services: list[dpb.ServiceEndpoint], index: int) -> bytes:
     """The endpoints part of an AssignmentsMessage, computed at Raft index `index`."""
     return dpb.AssignmentsMessage(services=services, services_changed=True, services_index=index).SerializeToString()
+
+
+def encode_mesh(mesh: list[dpb.MeshNode]) -> bytes:
+    """The mesh part of an AssignmentsMessage: every node on the overlay (ADR 17)."""
+    return dpb.AssignmentsMessage(mesh=mesh, mesh_changed=True).SerializeToString()
 
 
 SESSION_METHOD = "/warren.api.v1.Dispatcher/Session"
