@@ -88,11 +88,14 @@ def run_once(nodes: int, kill: int) -> dict[str, Any]:
             sim = SimProcess(first, root, nodes)
             started = time.perf_counter()
             deadline = started + float(os.environ.get("WARREN_BENCH_CHURN_TIMEOUT", "600"))
+            open_s: float | None = None
             while sim.status()["connected"] < nodes:
-                if time.perf_counter() > deadline:
-                    raise RuntimeError(f"only {sim.status()['connected']} of {nodes} sessions open")
+                if time.perf_counter() > deadline:  # measure the window anyway: churn is the question
+                    break
                 time.sleep(1.0)
-            open_s = time.perf_counter() - started
+            else:
+                open_s = time.perf_counter() - started
+            open_at_window = sim.status()["connected"]
 
             def infos() -> list[Any]:
                 seen = []
@@ -140,7 +143,8 @@ def run_once(nodes: int, kill: int) -> dict[str, Any]:
                 **quiet,
                 **killed_down,
                 "nodes": nodes,
-                "all_sessions_open_s": round(open_s, 1),
+                "all_sessions_open_s": round(open_s, 1) if open_s is not None else None,
+                "sessions_open_at_window_start": open_at_window,
                 "window_s": WINDOW,
                 "elections_in_window": max(terms) - min(terms),
                 "raft_entries_in_window": max(i.commit_index for i in last) - commit0,
