@@ -101,6 +101,10 @@ class ClusterState:
         # without visiting every service), and per range start, a point below which all are held.
         self.vip_owners: dict[int, str] = {}
         self._vip_floor: dict[int, int] = {}
+        # Node subnets by network address -> the node holding each, and per (plan start, subnet
+        # size) a point below which all are held (ADR 57): a join no longer parses every node's.
+        self.subnet_owners: dict[int, str] = {}
+        self._subnet_floor: dict[tuple[int, int], int] = {}
 
     # -- reads -------------------------------------------------------------------------------
     def service_by_name(self, name: str) -> Service | None:
@@ -150,6 +154,16 @@ class ClusterState:
         self._vip_floor[first] = candidate
         return candidate if candidate <= last else None
 
+    def lowest_free_subnet(self, first: int, size: int, count: int) -> int | None:
+        """The index of the lowest of the `count` subnets of `size` addresses from `first` that no
+        node holds, or None if all are held."""
+        candidate = max(first, self._subnet_floor.get((first, size), first))
+        end = first + count * size
+        while candidate < end and candidate in self.subnet_owners:
+            candidate += size
+        self._subnet_floor[(first, size)] = candidate
+        return (candidate - first) // size if candidate < end else None
+
     def copy(self) -> ClusterState:
         """A snapshot for readers that run outside the apply lock (the objects are immutable)."""
         other = ClusterState()
@@ -171,6 +185,8 @@ class ClusterState:
         other.network_names = dict(self.network_names)
         other.vip_owners = dict(self.vip_owners)
         other._vip_floor = dict(self._vip_floor)
+        other.subnet_owners = dict(self.subnet_owners)
+        other._subnet_floor = dict(self._subnet_floor)
         return other
 
     # -- writes ------------------------------------------------------------------------------
@@ -187,7 +203,12 @@ class ClusterState:
             self.cluster = obj
         elif kind == "node":
             assert isinstance(obj, Node)
+            old_node = self.nodes.get(obj.id)
             self.nodes[obj.id] = obj
+            if old_node is None or old_node.overlay_subnet != obj.overlay_subnet:
+                self._unindex_subnet(old_node)
+                if obj.overlay_subnet:
+                    self.subnet_owners[_network_address(obj.overlay_subnet)] = obj.id
         elif kind == "revoked":
             assert isinstance(obj, RevokedNode)
             self.revoked[obj.id] = obj
@@ -235,7 +256,7 @@ class ClusterState:
 
     def _delete(self, kind: Kind, obj_id: str) -> None:
         if kind == "node":
-            self.nodes.pop(obj_id, None)
+            self._unindex_subnet(self.nodes.pop(obj_id, None))
         elif kind == "revoked":
             self.revoked.pop(obj_id, None)
         elif kind == "admin":
@@ -278,6 +299,16 @@ class ClusterState:
         for first, floor in self._vip_floor.items():
             if first <= address < floor:
                 self._vip_floor[first] = address
+
+    def _unindex_subnet(self, node: Node | None) -> None:
+        if node is None or not node.overlay_subnet:
+            return
+        address = _network_address(node.overlay_subnet)
+        if self.subnet_owners.get(address) == node.id:
+            del self.subnet_owners[address]
+        for (first, size), floor in self._subnet_floor.items():
+            if first <= address < floor and (address - first) % size == 0:
+                self._subnet_floor[(first, size)] = address
 
     def _shared(self, task: Task, old: Task | None) -> Task:
         """`task`, with its spec and the strings it repeats being objects the state holds already
@@ -324,3 +355,12 @@ class ClusterState:
             ids.discard(task.id)
             if not ids:
                 del self.tasks_by_node[task.node_id]
+
+
+def _network_address(subnet: str) -> int:
+    """A node subnet's network address as an integer; -1 (outside every plan) for text that is not
+    one, which only a corrupt store could hold: indexing it must not stop the log from applying."""
+    try:
+        return int(ipaddress.IPv4Network(subnet, strict=False).network_address)
+    except ValueError:
+        return -1

@@ -83,7 +83,8 @@ def request(failed: int = 0, why: str = "") -> dpb.SessionRequest:
 
 
 async def next_message(stream, timeout: float = 5.0) -> dpb.AssignmentsMessage:  # type: ignore[no-untyped-def]
-    return await asyncio.wait_for(stream.__anext__(), timeout)
+    # The message as the agent reads it: the session's own fields and the shared endpoints (ADR 57).
+    return (await asyncio.wait_for(stream.__anext__(), timeout)).decoded()
 
 
 def run(coro):  # type: ignore[no-untyped-def]

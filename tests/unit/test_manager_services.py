@@ -25,6 +25,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.manager import cakey
 from warren.manager.controlapi import ControlService
 from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatchwire import Assignments
 from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.membership import ManagersService
@@ -94,7 +95,7 @@ class Agent:
     def __init__(self, manager: Manager, node_id: str) -> None:
         as_caller(node_id)
         self.node_id = node_id
-        self.stream: AsyncGenerator[dpb.AssignmentsMessage, None] = manager.dispatcher.Session(
+        self.stream: AsyncGenerator[Assignments, None] = manager.dispatcher.Session(
             dpb.SessionRequest(description=dpb.NodeDescription(hostname=node_id), specs_by_reference=True), None
         )
         self.assignments = AssignmentSet()
@@ -102,7 +103,7 @@ class Agent:
     async def until(self, done: Callable[[AssignmentSet], bool]) -> AssignmentSet:
         """Apply messages until `done` holds of the set (the test's timeout bounds the wait)."""
         while self.assignments.version is None or not done(self.assignments):
-            self.assignments.apply(await anext(self.stream))
+            self.assignments.apply((await anext(self.stream)).decoded())
         return self.assignments
 
     def running(self) -> dict[str, TaskState]:

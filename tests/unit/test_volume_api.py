@@ -103,7 +103,7 @@ def test_a_services_volume_is_bound_on_placement_listed_and_sent_to_its_node_unt
                 return ("db-data",) in volumes
 
             while not saw_volume(first):
-                delta = agent.assignments.apply(await anext(agent.stream))
+                delta = agent.assignments.apply((await anext(agent.stream)).decoded())
                 volumes.append(delta.volumes)
             listed = (await control.ListVolumes(cpb.ListVolumesRequest(), None)).volumes
             assert [(v.name, v.node_id, list(v.used_by)) for v in listed] == [("db-data", "w1", ["web"])]
@@ -131,7 +131,7 @@ def test_a_services_volume_is_bound_on_placement_listed_and_sent_to_its_node_unt
             await manager.orchestrator.pass_once()
             await control.RemoveVolume(cpb.RemoveVolumeRequest(volume="db-data"), None)
             while () not in volumes:
-                volumes.append(agent.assignments.apply(await anext(agent.stream)).volumes)
+                volumes.append(agent.assignments.apply((await anext(agent.stream)).decoded()).volumes)
         finally:
             await agent.stream.aclose()
             as_caller("admin", "admin")

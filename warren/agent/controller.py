@@ -45,6 +45,7 @@ from warren.agent.status import Report
 from warren.agent.taskfiles import MissingFiles
 from warren.agent.volumes import resolve_mounts
 from warren.agent.watch import wait_exit, watch_health
+from warren.aio import wait_within
 from warren.backoff import Backoff
 from warren.model import HealthCheck, Task, TaskState, can_transition
 from warren.restart import next_attempt as next_attempt  # re-exported: the rule tasks restart by
@@ -541,4 +542,4 @@ class TaskController:
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake as soon as the task changes (a new desired state, removal, reconnect)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), seconds)
+            await wait_within(self._changed.wait(), seconds)

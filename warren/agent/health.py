@@ -48,6 +48,7 @@ from typing import Literal
 import msgspec
 
 from warren.agent.runtime import Runtime, RuntimeFailure
+from warren.aio import wait_within
 from warren.model import HealthCheck
 from warren.text import ascii_int
 
@@ -265,7 +266,7 @@ async def monitor(
     while True:
         await sleep(check.interval)
         try:
-            result = await asyncio.wait_for(probe(), check.timeout + PROBE_SLACK)
+            result = await wait_within(probe(), check.timeout + PROBE_SLACK)
         except TimeoutError:
             result = ProbeResult(False, f"timed out after {check.timeout:g}s")
         except Exception as exc:  # a failing probe is a failed check; only cancellation stops us

@@ -30,6 +30,7 @@ from typing import Any
 from warren import datadir
 from warren.agent import settings as agent_settings
 from warren.agent.assignments import MeshMember
+from warren.aio import wait_within
 from warren.network import keys
 from warren.network.lb import Endpoint
 
@@ -297,7 +298,7 @@ class Overlay:
             # Also every SUPERVISE_PERIOD without news: converging restarts a wireguard-go that
             # died (its configuration comes back from the diff) and repairs any drift.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), SUPERVISE_PERIOD)
+                await wait_within(self._wake.wait(), SUPERVISE_PERIOD)
             self._wake.clear()
             mesh, services, services_index = self._latest, self._services, self._services_index
             if mesh is not None:

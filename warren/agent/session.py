@@ -31,6 +31,7 @@ from warren.agent.logs import LogAgent
 from warren.agent.runtime import PullLogin
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
+from warren.aio import wait_within
 from warren.api import convert
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -228,7 +229,7 @@ class Session:
             stub = dispatcher_pb2_grpc.DispatcherStub(channel)
             call = stub.Session(self._request())
             try:
-                first = await asyncio.wait_for(call.read(), FIRST_MESSAGE_TIMEOUT)
+                first = await wait_within(call.read(), FIRST_MESSAGE_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
                 hint = leader_hint(exc)
                 if hint is not None and hint != addr:
@@ -347,7 +348,7 @@ class Session:
                 if reply.renew_certificate and await self._renew_for_rotation(channel):
                     return True
                 with contextlib.suppress(TimeoutError):  # early when the load balancer changed
-                    await asyncio.wait_for(self.routing_changed.wait(), self.period)
+                    await wait_within(self.routing_changed.wait(), self.period)
         finally:
             if promoting is not None:  # it needs this session's channel: the next one retries
                 promoting.cancel()
@@ -420,4 +421,4 @@ class Session:
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        await wait_within(stop.wait(), seconds)

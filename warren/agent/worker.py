@@ -22,6 +22,7 @@ from warren.agent.controller import ControllerEnv, TaskController
 from warren.agent.decisions import ContainersByTask
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
+from warren.aio import wait_within
 from warren.model import Task, TaskState
 from warren.mounts import volume_names
 
@@ -95,7 +96,7 @@ class Worker:
         waits = [ctl.done.wait() for ctl in self.controllers.values()] + list(self._background)
         if waits:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), timeout)
+                await wait_within(asyncio.gather(*waits, return_exceptions=True), timeout)
 
     # -- connection ----------------------------------------------------------------------------
     def set_connected(self, connected: bool) -> None:

@@ -30,22 +30,20 @@ def _layout(overlay: str, node_prefixlen: int, vip_range: str) -> ipam.Layout:
 
 
 def with_overlay_subnet(state: ClusterState, cluster: ClusterInfo, node: Node) -> Node | Result:
-    """`node` with a subnet of the overlay (the lowest free one), or the error why it has none."""
+    """`node` with a subnet of the overlay (the lowest free one), or the error why it has none.
+    Found from the state's index of held subnets (ADR 57): this runs on the Raft apply thread for
+    every join, and parsing every node's subnet made a join O(nodes)."""
     if node.overlay_subnet:
         return node
     try:
         layout = overlay_layout(cluster)
-        current = {
-            n.id: ipaddress.IPv4Network(n.overlay_subnet)
-            for n in state.nodes.values()
-            if n.overlay_subnet and n.id != node.id
-        }
-        subnet = ipam.allocate_node_subnet(layout, current, node.id)[node.id]
-    except ipam.ExhaustedError as exc:
-        return error("resource_exhausted", f"cannot add node {node.hostname}: {exc}")
     except (ipam.IpamError, ValueError) as exc:
         return error("internal", f"the overlay address plan is unusable: {exc}")
-    return msgspec.structs.replace(node, overlay_subnet=str(subnet))
+    size = 1 << (32 - layout.node_prefixlen)
+    index = state.lowest_free_subnet(int(layout.overlay.network_address), size, layout.node_subnet_count)
+    if index is None:
+        return error("resource_exhausted", f"cannot add node {node.hostname}: {ipam.exhausted_overlay(layout)}")
+    return msgspec.structs.replace(node, overlay_subnet=str(ipam.node_subnet(layout, index)))
 
 
 class Addresses:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from warren import clientconfig, logsetup, proctitle, tls, validate
+from warren.aio import wait_within
 from warren.host import reachable_addr
 from warren.manager import autolock, cakey, discovery, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
@@ -407,7 +408,7 @@ def _release_agent_key_if_demoted(data: Path, keeper: LockKeeper) -> None:
 async def _stop_alongside(job: asyncio.Task[None], stop: asyncio.Event) -> None:
     stop.set()  # already set, unless the manager fails
     try:
-        await asyncio.wait_for(job, ALONGSIDE_STOP_TIMEOUT)
+        await wait_within(job, ALONGSIDE_STOP_TIMEOUT)
     except TimeoutError:
         log.warning("the job beside the manager did not stop within %gs", ALONGSIDE_STOP_TIMEOUT)
 

@@ -22,6 +22,7 @@ import grpc
 import msgspec
 
 from warren import commands, logsetup, pki, strategy, tls, validate
+from warren.aio import wait_within
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
@@ -29,6 +30,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.commands.networks import network_names
 from warren.ids import new_id
+from warren.manager.dispatchwire import Assignments, encode_endpoints, encode_mesh
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.logbroker import LogBroker
@@ -208,11 +210,16 @@ def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
 
 
 class _Endpoints(NamedTuple):
-    """The endpoints of the state at Raft index `at`, and all their backends' addresses."""
+    """The endpoints as computed at Raft index `at` (the last index that changed them), all their
+    backends' addresses, a version that goes up with each change of them, and their encoding,
+    which every session sends as it is (ADR 57): a session compares versions, not lists, and
+    nothing about them is copied or serialized per session."""
 
     at: int
     services: list[dpb.ServiceEndpoint]
     backends: frozenset[str]
+    version: int
+    encoded: bytes
 
 
 def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
@@ -245,6 +252,7 @@ class _NodeView(NamedTuple):
     mesh_keys: tuple[MeshKey, ...]
     mesh: list[dpb.MeshNode]
     mesh_version: int
+    mesh_encoded: bytes  # `mesh` as every session sends it (ADR 57: encoded once, not per session)
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
@@ -273,8 +281,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._sessions: dict[str, str] = {}  # session id -> node id
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
-        self._endpoints_cache = _Endpoints(-1, [], frozenset())
-        self._node_view = _NodeView(-1, [], 0, (), [], 0)
+        self._endpoints_cache = _Endpoints(-1, [], frozenset(), 0, encode_endpoints([], 0))
+        self._endpoints_checked = -1  # the applied index _endpoints_cache was last found current at
+        self._node_view = _NodeView(-1, [], 0, (), [], 0, encode_mesh([]))
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -289,9 +298,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _period(self, state: ClusterState) -> float:
         return state.cluster.heartbeat_period if state.cluster else 5.0
 
-    async def Session(
+    # Yields Assignments, which the server sends with Assignments.encode (dispatchwire, ADR 57).
+    async def Session(  # type: ignore[override]
         self, request: dpb.SessionRequest, context: object
-    ) -> AsyncGenerator[dpb.AssignmentsMessage, None]:
+    ) -> AsyncGenerator[Assignments, None]:
         self._require_leader()
         identity = caller.get()
         logsetup.bind(worker=identity.node_id)  # the session's lines name the node it is with
@@ -357,32 +367,25 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 view = self._current_nodes()
                 managers_sent, mesh_sent = view.managers_version, view.mesh_version
                 current = self._current_endpoints()
-                endpoints = current.services
+                endpoints_sent = current.version
                 self._heartbeats.routes.sent(node.id, current.at, current.backends)
                 specs.prune()
-                yield await self._fits(
-                    node.id,
-                    dpb.AssignmentsMessage(
-                        type=dpb.AssignmentsMessage.COMPLETE,
-                        session_id=session_id,
-                        version=version,
-                        updated=tasks,
-                        managers=view.managers,
-                        mesh=view.mesh,
-                        mesh_changed=True,
-                        services=endpoints,
-                        services_changed=True,
-                        services_index=current.at,
-                        vip_range=str(vip_range),
-                        specs=spec_list,
-                        volumes=volumes,
-                        volumes_changed=True,
-                        pull_logins=logins,
-                    ),
+                complete = dpb.AssignmentsMessage(
+                    type=dpb.AssignmentsMessage.COMPLETE,
+                    session_id=session_id,
+                    version=version,
+                    updated=tasks,
+                    managers=view.managers,
+                    vip_range=str(vip_range),
+                    specs=spec_list,
+                    volumes=volumes,
+                    volumes_changed=True,
+                    pull_logins=logins,
                 )
+                yield await self._fits(node.id, Assignments(complete, view.mesh_encoded + current.encoded))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        changes = _coalesce(await asyncio.wait_for(events.get(), timeout=1.0), events)
+                        changes = _coalesce(await wait_within(events.get(), 1.0), events)
                     except TimeoutError:
                         changes = []
                     with self._store.read() as state:
@@ -397,53 +400,46 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers: list[str] | None = None
-                    new_mesh: list[dpb.MeshNode] | None = None
+                    new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
                     if any(change.kind == "node" for change in changes):
                         view = self._current_nodes()
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
                         if view.mesh_version != mesh_sent:
-                            new_mesh, mesh_sent = view.mesh, view.mesh_version
+                            new_mesh, mesh_sent = view.mesh_encoded, view.mesh_version
                     new_volumes = None
                     if any(change.kind == "volume" for change in changes):
                         with self._store.read() as state:
                             current_volumes = _node_volumes(state, node.id)
                         if current_volumes != volumes:
                             new_volumes = volumes = current_volumes
-                    changed = self._endpoints_changed(changes, endpoints)
-                    new_endpoints = changed.services if changed is not None else None
+                    changed = self._endpoints_changed(changes, endpoints_sent)
                     if changed is not None:
-                        endpoints = changed.services
+                        endpoints_sent = changed.version
                         self._heartbeats.routes.sent(node.id, changed.at, changed.backends)
                     if (
                         updated
                         or removed
                         or new_managers is not None
                         or new_mesh is not None
-                        or new_endpoints is not None
+                        or changed is not None
                         or new_volumes is not None
                     ):
-                        yield await self._fits(
-                            node.id,
-                            dpb.AssignmentsMessage(
-                                type=dpb.AssignmentsMessage.INCREMENTAL,
-                                session_id=session_id,
-                                applies_to=version,
-                                version=version + 1,
-                                updated=updated,
-                                removed=removed,
-                                managers=new_managers or [],
-                                mesh=new_mesh or [],
-                                mesh_changed=new_mesh is not None,
-                                services=new_endpoints or [],
-                                services_changed=new_endpoints is not None,
-                                services_index=changed.at if changed is not None else 0,
-                                specs=spec_list,
-                                volumes=new_volumes or [],
-                                volumes_changed=new_volumes is not None,
-                                pull_logins=logins,
-                            ),
+                        incremental = dpb.AssignmentsMessage(
+                            type=dpb.AssignmentsMessage.INCREMENTAL,
+                            session_id=session_id,
+                            applies_to=version,
+                            version=version + 1,
+                            updated=updated,
+                            removed=removed,
+                            managers=new_managers or [],
+                            specs=spec_list,
+                            volumes=new_volumes or [],
+                            volumes_changed=new_volumes is not None,
+                            pull_logins=logins,
                         )
+                        shared = (new_mesh or b"") + (changed.encoded if changed is not None else b"")
+                        yield await self._fits(node.id, Assignments(incremental, shared))
                         version += 1
                 if session_id not in self._sessions:
                     raise ApiError(grpc.StatusCode.UNAVAILABLE, "superseded by a newer session of this node")
@@ -451,14 +447,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         finally:
             self._sessions.pop(session_id, None)
 
-    async def _fits(self, node_id: str, message: dpb.AssignmentsMessage) -> dpb.AssignmentsMessage:
+    async def _fits(self, node_id: str, message: Assignments) -> Assignments:
         """`message` if the agent accepts its size; otherwise the node is marked not ready with
         the reason and the session ends (RESOURCE_EXHAUSTED), rather than the agent refusing it."""
-        size = message.ByteSize()
+        size = message.size()
         if size <= self._max_message:
             return message
         why = (
-            f"its assignments ({size} bytes, {len(message.updated)} tasks, {len(message.specs)} specs) "
+            f"its assignments ({size} bytes, {len(message.own.updated)} tasks, {len(message.own.specs)} specs) "
             f"exceed the {self._max_message} bytes a message may hold"
         )
         log.warning("node %s: %s", node_id, why)
@@ -474,22 +470,27 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         except (ApiError, ProposalError) as exc:  # the next session attempt tries again
             log.warning("node %s could not be marked not ready: %s", node_id, exc)
 
-    def _endpoints_changed(self, changes: list, sent: list[dpb.ServiceEndpoint]) -> _Endpoints | None:
-        """The services' endpoints if `changes` altered them since `sent`, else None."""
+    def _endpoints_changed(self, changes: list, sent_version: int) -> _Endpoints | None:
+        """The services' endpoints if `changes` altered them since the version sent, else None."""
         if not any(change.kind in ("task", "service", "network") for change in changes):
             return None
         current = self._current_endpoints()
-        return current if current.services != sent else None
+        return current if current.version != sent_version else None
 
     def _current_endpoints(self) -> _Endpoints:
-        """`_endpoints` of the current state, computed once per applied index: every session
-        asks after the same change, and the walk over all tasks is the costly part."""
+        """`_endpoints` of the current state, computed, compared and encoded once per applied
+        index: every session asks after the same change, and the walk over all tasks is the
+        costly part."""
         with self._store.read() as state:
             index = self._store.applied_index
-            if self._endpoints_cache.at != index:
+            if self._endpoints_checked != index:
+                self._endpoints_checked = index
                 services = _endpoints(state)
-                backends = frozenset(b for e in services for b in e.backends)
-                self._endpoints_cache = _Endpoints(index, services, backends)
+                cache = self._endpoints_cache
+                if services != cache.services or cache.at < 0:
+                    backends = frozenset(b for e in services for b in e.backends)
+                    encoded = encode_endpoints(services, index)
+                    self._endpoints_cache = _Endpoints(index, services, backends, cache.version + 1, encoded)
             return self._endpoints_cache
 
     def _current_nodes(self) -> _NodeView:
@@ -501,11 +502,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             if view.at == index:
                 return view
             managers, keys = state.manager_addrs(), _mesh_keys(state)
-            mesh, mesh_version = view.mesh, view.mesh_version
+            mesh, mesh_version, mesh_encoded = view.mesh, view.mesh_version, view.mesh_encoded
             if keys != view.mesh_keys:
                 mesh, mesh_version = [convert.mesh_node_to_pb(state.nodes[k[0]]) for k in keys], mesh_version + 1
+                mesh_encoded = encode_mesh(mesh)
         managers_version = view.managers_version + (managers != view.managers)
-        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version)
+        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version, mesh_encoded)
         return self._node_view
 
     def _diff(

@@ -8,7 +8,6 @@ source, so a replay that meets the live tail neither skips nor repeats an event.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import math
 import time
@@ -19,6 +18,7 @@ from typing import Protocol
 import grpc
 
 from warren import events
+from warren.aio import wait_within
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
 from warren.manager.events import EventHub
@@ -108,7 +108,7 @@ class EventFeed:
                         return
                     wait = min(wait, left)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeups.get(), wait)
+                    await wait_within(wakeups.get(), wait)
 
     def _check_no_gap(self, cursor: tuple[int, int] | None, asked: tuple[int, int] | None) -> None:
         """Refuse to go on past events this manager no longer has: a silent gap would look like

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
+from warren.aio import wait_within
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.ids import new_id
@@ -149,7 +150,7 @@ class ExecListener:
     async def messages(self, alive: Callable[[], bool]) -> AsyncIterator[dpb.ExecOpen]:
         while alive() and self._broker._listeners.get(self.node_id) is self:
             try:
-                yield await asyncio.wait_for(self.queue.get(), 1.0)
+                yield await wait_within(self.queue.get(), 1.0)
             except TimeoutError:
                 continue
 
@@ -241,7 +242,7 @@ class ExecBroker:
     ) -> AsyncIterator[cpb.ExecResponse]:
         """The caller's side: its requests go to the agent, the agent's output comes back."""
         try:
-            await asyncio.wait_for(channel.attached.wait(), self.attach_timeout)
+            await wait_within(channel.attached.wait(), self.attach_timeout)
         except BaseException as exc:  # a silent agent, or a caller that left before it answered
             self.close(channel)
             if isinstance(exc, TimeoutError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from warren.aio import wait_within
 from warren.model import ServiceSpec
 from warren.runtime.containerd.registry import (
     NO_CREDENTIALS,
@@ -145,7 +146,7 @@ async def pinned(
     if name is None or lookup is None:
         return Pinned(spec.image)
     try:
-        digest = await asyncio.wait_for(asyncio.to_thread(lookup.digest, name, credentials), LOOKUP_TIMEOUT + 1)
+        digest = await wait_within(asyncio.to_thread(lookup.digest, name, credentials), LOOKUP_TIMEOUT + 1)
     except LookupFailed as exc:
         return Pinned(spec.image, unpinned_warning(spec.image, name, str(exc)))
     except TimeoutError:

@@ -29,6 +29,7 @@ from typing import Protocol
 
 import grpc
 
+from warren.aio import wait_within
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
@@ -111,7 +112,7 @@ class LogStream:
         caller leaves, or this manager stops leading (UNAVAILABLE)."""
         while not self.closed:
             try:
-                item: _Item | None = await asyncio.wait_for(self._queue.get(), TICK)
+                item: _Item | None = await wait_within(self._queue.get(), TICK)
             except TimeoutError:
                 item = None
             if not self._broker.is_leader():
@@ -220,7 +221,7 @@ class LogStream:
             return  # "still here": nothing for the caller
         progress.publishing += 1
         try:
-            await asyncio.wait_for(self._queue.put(_Item(node_id, messages, done)), self._broker.publish_wait)
+            await wait_within(self._queue.put(_Item(node_id, messages, done)), self._broker.publish_wait)
         except TimeoutError:
             if messages and not self.closed:
                 self._dropped[node_id] = self._dropped.get(node_id, 0) + len(messages)
@@ -296,7 +297,7 @@ class NodeListener:
         node's current one."""
         while alive() and not self.overflowed and self._broker._listeners.get(self.node_id) is self:
             try:
-                message = await asyncio.wait_for(self.queue.get(), 1.0)
+                message = await wait_within(self.queue.get(), 1.0)
             except TimeoutError:
                 continue
             yield message

@@ -15,6 +15,7 @@ import logging
 import time
 
 from warren import commands, logsetup, reconciler
+from warren.aio import wait_within
 from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
@@ -87,7 +88,7 @@ class Orchestrator:
         with self._hub.subscribe() as events:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    self.note(await asyncio.wait_for(events.get(), IDLE_PERIOD))
+                    self.note(await wait_within(events.get(), IDLE_PERIOD))
                     # Let a burst of commits land in one pass; after a long pass, wait as long.
                     await asyncio.sleep(max(DEBOUNCE, min(self._last_pass, MAX_PASS_GAP)))
                 while not events.empty():

@@ -21,6 +21,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
 from warren import commands, datadir, logsetup
+from warren.aio import wait_within
 from warren.commands import Command, Result
 from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity, entry_cost
@@ -453,7 +454,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
         change = self.addNodeToCluster if action == "add" else self.removeNodeFromCluster
         change(raft_addr, callback=on_done)
         try:
-            reason = await asyncio.wait_for(future, timeout)
+            reason = await wait_within(future, timeout)
         except TimeoutError:
             raise ProposalError("unknown", f"the membership change did not commit within {timeout:g}s") from None
         if reason != FAIL_REASON.SUCCESS:
@@ -469,7 +470,7 @@ class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's h
             loop.call_soon_threadsafe(_resolve_once, future, reason)
 
         self.transferLeadership(callback=on_done)
-        reason = await asyncio.wait_for(future, timeout)
+        reason = await wait_within(future, timeout)
         if reason != FAIL_REASON.SUCCESS:
             raise ProposalError("unavailable", "no other manager is caught up enough to take over leadership; retry")
         deadline = loop.time() + timeout

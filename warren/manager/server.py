@@ -21,6 +21,7 @@ from warren.api.leader import not_leader_message
 from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
 from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
 from warren.manager import metrics
+from warren.manager.dispatchwire import add_dispatcher_to_server
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.pki import Identity
 from warren.text import shown
@@ -373,7 +374,7 @@ def build_server(
     guard = _Guard(cluster_id, revoked, read_barrier, manager_addrs, trusted_roots, locked)
     server = grpc.aio.server(interceptors=[guard], options=tls.server_options())
     control_pb2_grpc.add_ControlServicer_to_server(control, server)
-    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    add_dispatcher_to_server(dispatcher, server)  # a session's messages are Assignments (ADR 57)
     ca_pb2_grpc.add_NodeCertificatesServicer_to_server(certificates, server)
     managers_pb2_grpc.add_ManagersServicer_to_server(managers, server)
     health_servicer = health.aio.HealthServicer()

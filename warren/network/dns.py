@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSHeader, DNSRecord
 
+from warren.aio import wait_within
+
 if TYPE_CHECKING:
     from warren.network.lb import Endpoint
 
@@ -207,6 +209,6 @@ async def _ask(host: str, port: int, query: bytes) -> bytes:
     transport, _ = await loop.create_datagram_endpoint(_Client, remote_addr=(host, port))
     try:
         transport.sendto(query)
-        return await asyncio.wait_for(done, FORWARD_TIMEOUT)
+        return await wait_within(done, FORWARD_TIMEOUT)
     finally:
         transport.close()

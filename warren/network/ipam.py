@@ -114,13 +114,18 @@ def allocate_node_subnet(layout: Layout, current: Mapping[str, IPv4Network], nod
         used.add((int(subnet.network_address) - base) // size)
     index = _lowest_free(used, layout.node_subnet_count)
     if index is None:
-        raise ExhaustedError(
-            f"the overlay range {layout.overlay} holds {layout.node_subnet_count} nodes (a /{layout.node_prefixlen} "
-            "each) and every one is taken: remove the nodes that are gone (`warren node rm`), or re-create the "
-            f"cluster with a wider `cluster init --overlay-range` (the default, {DEFAULT_OVERLAY}, holds "
-            f"{1 << (layout.node_prefixlen - _net(DEFAULT_OVERLAY, 'overlay range').prefixlen):,})"
-        )
+        raise ExhaustedError(exhausted_overlay(layout))
     return {**current, node_id: node_subnet(layout, index)}
+
+
+def exhausted_overlay(layout: Layout) -> str:
+    """Why no node subnet is left in `layout`, and what to do about it."""
+    return (
+        f"the overlay range {layout.overlay} holds {layout.node_subnet_count} nodes (a /{layout.node_prefixlen} "
+        "each) and every one is taken: remove the nodes that are gone (`warren node rm`), or re-create the "
+        f"cluster with a wider `cluster init --overlay-range` (the default, {DEFAULT_OVERLAY}, holds "
+        f"{1 << (layout.node_prefixlen - _net(DEFAULT_OVERLAY, 'overlay range').prefixlen):,})"
+    )
 
 
 # -- task addresses ------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from warren.agent.daemon import load_node_file, save_managers
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
+from warren.aio import wait_within
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.backoff import Backoff
@@ -292,7 +293,7 @@ class Simulator:
 
     async def _control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
+            line = await wait_within(reader.readline(), 10.0)
             reply = await self._command(line)
         except (ValueError, TimeoutError) as exc:
             reply = {"error": str(exc) or "timed out"}

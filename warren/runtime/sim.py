@@ -29,6 +29,7 @@ from warren.agent.runtime import (
     ExecProcess,
     RuntimeFailure,
 )
+from warren.aio import wait_within
 
 SIGNAL_EXIT_CODE = 143  # 128 + SIGTERM: how a stopped container ends
 START_FAILURE = "simulated start failure (warren sim --fail-rate)"
@@ -93,7 +94,7 @@ class SimRuntime:
         container = self._containers.get(runtime_id)
         if container is not None and container.state == ContainerState.RUNNING:
             try:
-                await asyncio.wait_for(container.exited.wait(), timeout)
+                await wait_within(container.exited.wait(), timeout)
             except TimeoutError:
                 return None
         return self.wait(runtime_id, 0)
