@@ -132,6 +132,8 @@ def run_monitor(check: HealthCheck, results: list[ProbeResult]) -> tuple[list[He
     pending = list(results)
 
     async def probe() -> ProbeResult:
+        if not pending:  # the script is over: wait to be cancelled, whatever the loop's pace
+            await asyncio.Event().wait()
         probed.append(fake.now)
         return pending.pop(0)
 
