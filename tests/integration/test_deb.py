@@ -133,8 +133,12 @@ def test_a_one_node_cluster_from_the_package_runs_a_plain_process_service(deb: B
     try:
         manager.start()
         assert manager.process is not None
-        argv = Path(f"/proc/{manager.process.pid}/cmdline").read_bytes().split(b"\0")
-        assert argv[:2] == [f"{PREFIX}/bin/python3".encode(), str(WARREN).encode()]
+        # The package's venv runs it: its libraries are what the process mapped (its argv is
+        # its title now, `warren: manager ...`, ADR 62).
+        maps = Path(f"/proc/{manager.process.pid}/maps").read_text()
+        assert f"{PREFIX}/lib/python3" in maps and f"{REPO}/" not in maps
+        title = Path(f"/proc/{manager.process.pid}/cmdline").read_bytes()
+        assert title.startswith(b"warren: manager "), title
         created = manager.cli("service", "create", "deb", "--image", "exec", "--", "sh", "-c", "sleep 600", marker)
         assert created.returncode == 0, created.stderr
         wait_for(lambda: _marked(marker.encode()), timeout=30, message="the service's process")
