@@ -92,21 +92,26 @@ class Processes:
         self.groups: set[int] = set()
 
     def pids(self) -> set[int]:
-        found = set()
+        """The task processes: those carrying the marker whose parent does not. A task's shell
+        forks before each command it runs, and the child carries the shell's argv, marker
+        included, until it execs: counted, it would be a third task for a moment."""
+        found: dict[int, int] = {}  # pid -> parent pid
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
-            except OSError:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parent = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             if self.marker in argv:  # the exact argument: not the CLI call that passed it along
                 pid = int(entry)
-                found.add(pid)
+                found[pid] = parent
                 with contextlib.suppress(OSError):
                     self.groups.add(os.getpgid(pid))
-        return found
+        return {pid for pid, parent in found.items() if parent not in found}
 
     def group_members(self) -> dict[int, str]:
         """pid -> command of every live process in a group we saw (zombies excluded)."""
