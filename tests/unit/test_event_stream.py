@@ -81,6 +81,26 @@ def test_replay_then_follow_with_no_gap_and_no_duplicate(tmp_path: Path) -> None
     asyncio.run(asyncio.wait_for(scenario(), 30))
 
 
+def test_since_selects_from_the_history_and_never_drops_live_events(tmp_path: Path) -> None:
+    """`warren events` sends its own clock as `since`: a client whose clock runs ahead of the
+    managers' (events at 11.0 here, the client at 1000.0) still gets every event committed after
+    it connected. Found by the --watch work (#16)."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path / "db")
+        await rig.run(commands.RegisterNode(node("n1", status=NodeStatus.UNKNOWN)))
+        await rig.run(commands.SetNodeStatus("n1", NodeStatus.READY, "", at=10.0))
+        ahead = rig.stream(since=1000.0)
+        following = asyncio.create_task(_take(ahead, 1))
+        await asyncio.sleep(0)  # subscribed: what commits now is live
+        await rig.run(commands.SetNodeStatus("n1", NodeStatus.DOWN, "", at=11.0))
+        got = await asyncio.wait_for(following, 10)
+        assert [(e.action, e.time) for e in got] == [("down", 11.0)]
+        rig.store.env.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
 def test_filters_and_until(tmp_path: Path) -> None:
     async def scenario() -> None:
         rig = Rig(tmp_path / "db")

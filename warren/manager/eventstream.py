@@ -85,9 +85,13 @@ class EventFeed:
     async def follow(self, query: EventQuery) -> AsyncIterator[events.Event]:
         with self._hub.subscribe() as wakeups:  # before the first read: no commit is missed
             cursor = query.after
+            last = self._history.last_event
+            # `since` selects from the history as it stood when the stream opened; what commits
+            # later is live and always sent: a client whose clock runs ahead of the managers'
+            # would otherwise miss it.
+            opened_at = last.key if last is not None else None
             if cursor is None and not query.since:
-                last = self._history.last_event
-                cursor = last.key if last is not None else None
+                cursor = opened_at
             while True:
                 while not wakeups.empty():  # this read covers them; a slow reader holds none
                     wakeups.get_nowait()
@@ -97,7 +101,8 @@ class EventFeed:
                     cursor = event.key
                     if query.until and event.time > query.until:
                         return
-                    if event.time >= query.since and query.chosen.matches(event):
+                    live = opened_at is None or event.key > opened_at
+                    if (live or event.time >= query.since) and query.chosen.matches(event):
                         yield event
                 if len(page) == PAGE:
                     continue
