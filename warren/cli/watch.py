@@ -24,9 +24,10 @@ MIN_GAP = 0.5  # seconds between two redraws: at most 2 a second, however many e
 POLL = 2.0  # seconds between re-lists when no event can wake us (and on a terminal, for the ages)
 GIVE_UP = 30.0  # seconds of no manager answering before the watch exits (one line, exit 5)
 RETRY = 1.0  # seconds between two attempts to open the event stream again
-# The stream starts this far back: events carry the proposing manager's clock (ADR 45) and are
-# filtered by `since` even live, so a CLI clock ahead of the managers' would drop them. The replayed
-# events cost one extra redraw at the start.
+# The stream starts this far back, so that a change committed between the first listing and the
+# stream's opening still wakes the watch, even with a CLI clock up to this far ahead of the
+# managers' (events carry the proposing manager's clock, ADR 45). The replayed events cost one
+# extra redraw at the start.
 CLOCK_SKEW = 60.0
 CLEAR = "\x1b[H\x1b[2J"
 
