@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from warren import pki, tls
+from warren import certinfo, pki, tls
 from warren.api.v1 import control_pb2 as cpb
 from warren.certinfo import PkiError
 from warren.manager import autolock, cakey, lockedfiles, secretkeys
@@ -130,3 +131,32 @@ def test_load_credentials_opens_a_sealed_key_and_still_refuses_a_mismatch(
     (data / "certs" / tls.KEY_FILE).write_text(stranger)
     with pytest.raises(PkiError, match="does not match"):
         load_own(data / "certs", ring, cluster)
+
+
+def test_a_seal_cannot_slip_between_reading_the_key_and_checking_it(
+    tmp_path: Path, ca: pki.CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate keeper read the plain key, a seal committed meanwhile, and the check that
+    reads the key file again found the sealed one: "unusable certificate or key" (the API fuzzer
+    found it, turning autolock on). A seal that starts then waits for the read to finish."""
+    cluster, key = locked_cluster(ca)
+    ring = unlocked_ring(cluster, key)
+    certs = tmp_path / "certs"
+    cert, plain_key = ca.issue_keypair("mgr1", pki.ROLE_MANAGER, validity_days=90)
+    tls.save_credentials(certs, ca.cert_pem, cert, plain_key)
+    (tmp_path / "raft.secret").write_text(RAFT_SECRET)
+    real_check = certinfo.key_matches_files
+    sealing: list[threading.Thread] = []
+
+    def seal_meanwhile(cert_file: Path, key_file: Path) -> bool:
+        sealer = threading.Thread(target=lockedfiles.seal, args=(tmp_path, ring.kek(cluster)))
+        sealer.start()
+        sealer.join(0.3)  # as long as a seal takes, unless it must wait for the read
+        sealing.append(sealer)
+        return real_check(cert_file, key_file)
+
+    monkeypatch.setattr(certinfo, "key_matches_files", seal_meanwhile)
+    creds = load_own(certs, ring, cluster)
+    sealing[0].join(10)
+    assert pki.key_matches_cert(creds.cert_pem, creds.key_pem)
+    assert autolock.is_sealed_local((certs / tls.KEY_FILE).read_text())  # the seal happened after

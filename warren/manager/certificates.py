@@ -85,8 +85,11 @@ def embedded_agent_files(
 
 
 def load_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo | None) -> tls.Credentials:
-    """This manager's credentials, its TLS key opened by the KEK if autolock sealed it (ADR 44)."""
-    return tls.load_credentials(certs, key_opener(keyring, lambda: cluster))
+    """This manager's credentials, its TLS key opened by the KEK if autolock sealed it (ADR 44).
+    Under the files' lock: a seal between reading the key and checking it against the
+    certificate (which reads the file again) would fail the check (found by the API fuzzer)."""
+    with lockedfiles.FILES_LOCK:
+        return tls.load_credentials(certs, key_opener(keyring, lambda: cluster))
 
 
 def save_own(certs: Path, keyring: KeyRing, cluster: ClusterInfo, roots: bytes, cert: bytes, key: bytes) -> None:
