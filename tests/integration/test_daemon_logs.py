@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.chatty import CHATTY, check_rotation
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.fixtures.ports import free_port
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import WORKER_ID, Processes, issue_worker
@@ -109,6 +110,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             worker.stop()
         manager.stop()
         procs.kill_all()
+        remove_exec_leftovers(root / "worker")
         print("---- manager log ----\n" + manager.log()[-4000:])
         print("---- worker log ----\n" + (worker.log_path.read_text()[-6000:] if worker else ""))
 

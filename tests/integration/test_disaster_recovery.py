@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.fixtures.tmpfs import unmount_task_files
 from tests.integration.harness import Manager, all_raft_connected, join_managers
 from tests.integration.test_agent_exec import WORKER_ID, Agent, Processes, issue_worker
@@ -71,6 +72,7 @@ class Rig:
         for manager in self.managers:
             manager.stop()
         self.procs.kill_all()
+        remove_exec_leftovers(self.agent.data_dir)
         unmount_task_files(self.agent.data_dir)  # the tasks' tmpfs mounts the killed agent left
         for manager in self.managers:
             print(f"---- {manager.root.name} log ----\n" + manager.log()[-5000:])

@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from bench.promserver import PrometheusServer
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.fixtures.ports import free_port
 from tests.integration.harness import Joiner, Manager, join_managers
 from tests.integration.test_agent_exec import Processes
@@ -186,6 +187,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         for started in managers:
             started.stop()
         procs.kill_all()
+        remove_exec_leftovers(worker.data_dir)
         print("---- manager log ----\n" + manager.log()[-6000:])
         print("---- worker log ----\n" + worker.all_logs()[-6000:])
 

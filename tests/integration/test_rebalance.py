@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.integration.harness import Manager
 from tests.integration.test_agent_exec import Processes
 from tests.waiting import wait_for
@@ -134,6 +135,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             worker.kill()
         cluster.manager.stop()
         cluster.procs.kill_all()
+        for worker in cluster.workers:
+            remove_exec_leftovers(worker.data_dir)
         print("---- manager log ----\n" + cluster.manager.log()[-6000:])
         for worker in cluster.workers:
             print(f"---- {worker.node_id} log ----\n" + worker.log()[-4000:])

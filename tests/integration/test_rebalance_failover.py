@@ -17,6 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.integration.harness import Manager, manager_trio
 from tests.integration.test_agent_exec import Processes
 from tests.integration.test_rebalance import Worker
@@ -137,4 +138,5 @@ def test_a_leader_failover_mid_rebalance_changes_nothing(trio: list[Manager], tm
             worker.kill()
         procs.kill_all()
         for worker in workers:
+            remove_exec_leftovers(worker.data_dir)
             print(f"---- {worker.node_id} log ----\n" + worker.log()[-3000:])

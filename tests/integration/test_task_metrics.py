@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from bench.promserver import PrometheusServer
 from tests.fixtures.containerd import ContainerdDaemon
+from tests.fixtures.exec_cluster import remove_exec_leftovers
 from tests.fixtures.ports import free_port
 from tests.fixtures.registry import LocalRegistry
 from tests.integration.harness import REPO, Manager
@@ -110,11 +111,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             agent.wait(timeout=20)
         manager.stop()
         procs.kill_all()
-        # What the killed agent still ran, removed as its next start would: processes and cgroups.
-        leftovers = ExecRuntime(root / "agent" / "data" / "exec")
-        for status in leftovers.list():
-            with contextlib.suppress(Exception):
-                leftovers.remove(status.runtime_id)
+        remove_exec_leftovers(root / "agent" / "data")
         print("---- agent log ----\n" + (root / "agent" / "agent.log").read_text(errors="replace")[-8000:])
 
 
