@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import msgspec
@@ -623,20 +623,25 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve logs")
         return self._logs
 
-    async def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest, context: object) -> AsyncIterator:
-        """Push this node's log subscriptions for as long as its session lasts."""
+    async def _pushed(self, session_id: str, listen: Callable[[str], Any]) -> AsyncIterator:
+        """What a broker pushes to the session's node (`listen(node_id)`: its listener), for as
+        long as the session lasts on this leader: log subscriptions (ADR 14), execs (ADR 59)."""
         self._require_leader()
-        node_id = self._node_of(request.session_id)
-        listener = self._log_broker().listen(node_id)
+        listener = listen(self._node_of(session_id))
 
         def alive() -> bool:
-            return self._raft.is_leader and request.session_id in self._sessions
+            return self._raft.is_leader and session_id in self._sessions
 
         try:
             async for message in listener.messages(alive):
                 yield message
         finally:
             listener.close()
+
+    async def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest, context: object) -> AsyncIterator:
+        """Push this node's log subscriptions for as long as its session lasts."""
+        async for message in self._pushed(request.session_id, lambda node: self._log_broker().listen(node)):
+            yield message
 
     async def PublishLogs(self, request: dpb.PublishLogsRequest, context: object) -> dpb.PublishLogsResponse:
         """One batch of log lines; the broker checks them against the caller's node."""
@@ -653,18 +658,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
 
     async def ExecSessions(self, request: dpb.ExecSessionsRequest, context: object) -> AsyncIterator:
         """Push the execs for this node for as long as its session lasts."""
-        self._require_leader()
-        node_id = self._node_of(request.session_id)
-        listener = self._exec_broker().listen(node_id)
-
-        def alive() -> bool:
-            return self._raft.is_leader and request.session_id in self._sessions
-
-        try:
-            async for message in listener.messages(alive):
-                yield message
-        finally:
-            listener.close()
+        async for message in self._pushed(request.session_id, lambda node: self._exec_broker().listen(node)):
+            yield message
 
     async def ExecAttach(self, requests: AsyncIterator[dpb.ExecFromAgent], context: object) -> AsyncIterator:
         """An agent's stream for one exec: its first message names the session and the exec."""
