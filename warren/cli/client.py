@@ -129,38 +129,21 @@ class Client:
         message, an unreachable manager fails over to the next, and a follower's "the leader is
         at ADDR" sends us there; after it, an error ends the stream (CliError). Closing the
         iterator cancels the call."""
-        n = len(self.managers)
-        order = [self.managers[(self._current + i) % n] for i in range(n)]
-        failures: list[tuple[str, grpc.RpcError]] = []
-        while order:
-            addr = order.pop(0)
-            call = getattr(self._stub(addr), method)(request)
-            received = False
-            try:
-                for item in call:
-                    received = True
-                    yield item
-                return
-            except grpc.RpcError as exc:
-                if received or exc.code() != grpc.StatusCode.UNAVAILABLE or _is_tls_failure(exc):
-                    raise _stream_error(exc, addr, received) from None
-                failures.append((addr, exc))
-                hint = _leader_hint(exc)
-                if hint and hint not in (a for a, _ in failures):
-                    order = [hint, *(a for a in order if a != hint)]
-            finally:
-                call.cancel()
-        raise _unreachable(failures)
+        return self._failover_stream(method, lambda: request)
 
     def bidi(self, method: str, requests: Callable[[], Iterator[Any]]) -> Generator[Any, None, None]:
         """A bidirectional Control.<method>, with `stream`'s failover: each attempt sends a fresh
         `requests()` (so the first request goes again); after the first reply, an error ends it."""
+        return self._failover_stream(method, requests)
+
+    def _failover_stream(self, method: str, request: Callable[[], Any]) -> Generator[Any, None, None]:
+        """`stream` and `bidi`: `request()` is what each attempt sends (a message, or an iterator)."""
         n = len(self.managers)
         order = [self.managers[(self._current + i) % n] for i in range(n)]
         failures: list[tuple[str, grpc.RpcError]] = []
         while order:
             addr = order.pop(0)
-            call = getattr(self._stub(addr), method)(requests())
+            call = getattr(self._stub(addr), method)(request())
             received = False
             try:
                 for item in call:

@@ -300,42 +300,40 @@ class _Guard(grpc.aio.ServerInterceptor):
         return guarded
 
     def _stream(self, method: str, roles: frozenset[str], behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
+        def checked(request: Any) -> Any:
+            refuse_malformed(request)
+            return request
+
+        return self._guarded_stream(method, roles, behavior, checked)
+
+    def _bidi(self, method: str, roles: frozenset[str], behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
+        async def each_checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            async for request in requests:
+                refuse_malformed(request)
+                yield request
+
+        return self._guarded_stream(method, roles, behavior, each_checked)
+
+    def _guarded_stream(
+        self,
+        method: str,
+        roles: frozenset[str],
+        behavior: Callable[..., AsyncIterator[Any]],
+        checked: Callable[[Any], Any],
+    ) -> Callable:
+        """A streaming method's guard: authorize, check what arrives (`checked`: the request, or
+        each message of a bidirectional stream as it comes), refuse while locked, time it."""
+        control = method.startswith("/warren.api.v1.Control/")
+
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
                 caller.set(self._authorize(context, roles))
-                refuse_malformed(request)
-                if method.startswith("/warren.api.v1.Control/"):
-                    self._refuse_if_locked(method)
-                async for item in behavior(request, context):
-                    yield item
-            except Exception as exc:
-                if isinstance(exc, grpc.aio.AbortError):
-                    raise
-                code, message = _status_of(exc)
-                await context.abort(code, message)
-            finally:
-                metrics.observe_request(method, code.name, time.perf_counter() - started)
-
-        return guarded
-
-    def _bidi(self, method: str, roles: frozenset[str], behavior: Callable[..., AsyncIterator[Any]]) -> Callable:
-        control = method.startswith("/warren.api.v1.Control/")
-
-        async def checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            async for request in requests:
-                refuse_malformed(request)
-                yield request
-
-        async def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            code = grpc.StatusCode.OK
-            try:
-                caller.set(self._authorize(context, roles))
+                request = checked(request)
                 if control:
                     self._refuse_if_locked(method)
-                async for item in behavior(checked(requests), context):
+                async for item in behavior(request, context):
                     yield item
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
