@@ -9,7 +9,6 @@ import asyncio
 import base64
 import datetime as dt
 import hashlib
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -327,28 +326,3 @@ def test_nodes_holding_the_same_endpoints_share_one_routing_union() -> None:
     assert all(known[f"n{n}"] == first | second for n in range(50))
     assert all(known[f"n{n}"] == second for n in range(50, 100))
     assert len({id(s) for s in known.values()}) == 2
-
-
-def test_nodes_behind_by_different_amounts_get_the_union_of_what_they_may_hold() -> None:
-    """A pass over 10,000 tasks (S1): endpoints change at every commit and each node confirms
-    its own index, so nodes hold different suffixes of one run of indexes. Each gets exactly the
-    union of the backends sent since the index it confirmed, and the suffixes are shared."""
-    rng = random.Random(7)
-    reports = RoutingReports()
-    backends = [frozenset(f"10.1.{i}.{j}" for j in rng.sample(range(250), 200)) for i in range(30)]
-    applied_at: dict[str, int] = {}
-    for n in range(60):
-        node = f"n{n}"
-        skipped = {rng.randrange(30) for _ in range(3)}  # a session behind gets some indexes merged away
-        for index in range(30):
-            if index not in skipped or index == 29:
-                reports.sent(node, 100 + index, backends[index])
-        confirmed = rng.choice([i for i in range(30) if i not in skipped or i == 29])
-        reports.applied(node, 100 + confirmed)
-        applied_at[node] = confirmed
-    known = reports.snapshot()
-    for n in range(60):
-        node = f"n{n}"
-        sent = reports._sent[node]
-        expected = frozenset().union(*(backends[i - 100] for i in sent if i >= 100 + applied_at[node]))
-        assert known[node] == expected

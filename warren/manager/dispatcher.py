@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -100,32 +100,18 @@ class RoutingReports:
     def snapshot(self) -> dict[str, frozenset[str]]:
         """Node -> every address its load balancer may route to, for the nodes known. The
         endpoints of one index are the same for every node, so nodes holding the same indexes
-        share one union: computed once, not once per node (every pass asks, ADR 52). Nodes
-        behind by different amounts hold suffixes of the same run of indexes: each suffix's
-        union is built once, from the next shorter one (S1's leader spent a fifth of its time
-        here re-uniting the same sets)."""
+        share one union: computed once, not once per node (every pass asks, ADR 52)."""
         known: dict[str, frozenset[str]] = {}
         unions: dict[tuple[int, ...], frozenset[str]] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
             indexes = tuple(sorted(i for i in sent if i >= applied))
-            known[node_id] = _union_of_suffixes(indexes, sent, unions)
+            union = unions.get(indexes)
+            if union is None:
+                union = sent[indexes[0]] if len(indexes) == 1 else frozenset().union(*(sent[i] for i in indexes))
+                unions[indexes] = union
+            known[node_id] = union
         return known
-
-
-def _union_of_suffixes(
-    indexes: tuple[int, ...], sent: Mapping[int, frozenset[str]], unions: dict[tuple[int, ...], frozenset[str]]
-) -> frozenset[str]:
-    """The union of `sent[i]` over `indexes` (ascending, not empty), memoized in `unions` for
-    every suffix it builds: from the longest suffix already there, one index at a time."""
-    start = len(indexes)
-    while start > 0 and indexes[start - 1 :] in unions:
-        start -= 1
-    union = unions[indexes[start:]] if start < len(indexes) else frozenset()
-    for at in range(start - 1, -1, -1):
-        union = sent[indexes[at]] | union if union else sent[indexes[at]]
-        unions[indexes[at:]] = union
-    return union
 
 
 def _visible(task: Task) -> bool:
