@@ -18,15 +18,14 @@ import errno
 import functools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 
+from warren.agent.pushed import follow_pushed
 from warren.agent.runtime import ExecFailure, ExecProcess, Runtime
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -59,28 +58,12 @@ class ExecAgent:
     async def serve(self, stub: Any, session_id: str) -> None:
         """Serve execs for one session. Never returns: the session cancels it. A failed stream
         is reopened; a manager without exec is left alone."""
-        backoff = Backoff(0.2, 5.0)
         try:
-            while True:
-                opened = time.monotonic()
-                call = stub.ExecSessions(dpb.ExecSessionsRequest(session_id=session_id))
-                try:
-                    async for message in call:
-                        self._start(stub, session_id, message)
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                        log.info("the manager does not serve exec: %s", exc.details())
-                        await asyncio.Event().wait()  # until the session ends
-                    log.debug("exec stream ended: %s %s", exc.code().name, exc.details())
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # a bug here must not end the session: log, reopen
-                    log.exception("exec stream failed")
-                finally:
-                    call.cancel()
-                if time.monotonic() - opened > 10:
-                    backoff.reset()
-                await asyncio.sleep(backoff.next())
+            await follow_pushed(
+                lambda: stub.ExecSessions(dpb.ExecSessionsRequest(session_id=session_id)),
+                lambda message: self._start(stub, session_id, message),
+                "exec",
+            )
         finally:
             for job in list(self._running.values()):  # the session ended: so do its execs
                 job.cancel()

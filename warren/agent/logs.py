@@ -28,6 +28,7 @@ import grpc
 
 from warren.agent.logfiles import TaskLogReader, TimeIndex
 from warren.agent.logrotation import Rotation, remove_task_files, rotate_if_due
+from warren.agent.pushed import follow_pushed
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.backoff import Backoff
@@ -189,29 +190,14 @@ class LogAgent:
     async def serve(self, stub: Any, session_id: str) -> None:
         """Serve log subscriptions for one session. Never returns: the session cancels it. A
         failed stream is reopened; a manager without log support is left alone."""
-        backoff = Backoff(0.2, 5.0)
-        while True:
-            opened = time.monotonic()
+
+        def open_call() -> Any:
             self._prune()
-            call = stub.LogSubscriptions(dpb.LogSubscriptionsRequest(session_id=session_id))
-            try:
-                async for msg in call:
-                    self._on_subscription(msg, stub, session_id)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
-                    log.info("the manager does not stream logs: %s", exc.details())
-                    await asyncio.Event().wait()  # until the session ends
-                log.debug("log subscriptions stream ended: %s %s", exc.code().name, exc.details())
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("log subscriptions stream failed")
-            finally:
-                call.cancel()
-                self._pause_all()
-            if time.monotonic() - opened > 10:
-                backoff.reset()
-            await asyncio.sleep(backoff.next())
+            return stub.LogSubscriptions(dpb.LogSubscriptionsRequest(session_id=session_id))
+
+        await follow_pushed(
+            open_call, lambda msg: self._on_subscription(msg, stub, session_id), "logs", on_closed=self._pause_all
+        )
 
     def _pause_all(self) -> None:
         """The stream went away: stop serving, but keep read positions for a while."""
