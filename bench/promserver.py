@@ -1,6 +1,7 @@
 """A real Prometheus server (Debian's `prometheus`) for a benchmark: it scrapes the given /metrics
-targets every SCRAPE_INTERVAL from a generated config in its own temp dir, on its own loopback port
-(tests/fixtures/ports.py), and is stopped by PID. `query` reads figures back through its HTTP API.
+targets every `scrape_interval` (SCRAPE_INTERVAL unless given) from a generated config in its own
+temp dir, on its own loopback port (tests/fixtures/ports.py), and is stopped by PID.
+`query` reads figures back through its HTTP API.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ SCRAPE_INTERVAL = "1s"
 
 
 class PrometheusServer:
-    def __init__(self, targets: dict[str, str], config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, targets: dict[str, str], config: dict[str, Any] | None = None, scrape_interval: str = SCRAPE_INTERVAL
+    ) -> None:
         """`targets`: instance name (e.g. "m1") -> host:port of its /metrics; or a whole
         `config` instead (deploy/prometheus/prometheus.yml's, in a test)."""
         binary = shutil.which("prometheus")
@@ -33,7 +36,7 @@ class PrometheusServer:
         self.url = f"http://127.0.0.1:{self.port}"
         static = [{"targets": [addr], "labels": {"instance": name}} for name, addr in targets.items()]
         config = config or {
-            "global": {"scrape_interval": SCRAPE_INTERVAL, "scrape_timeout": SCRAPE_INTERVAL},
+            "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval},
             "scrape_configs": [{"job_name": "warren", "static_configs": static}],
         }
         (self.root / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
