@@ -7,7 +7,7 @@ delay expired.
 
 One concept per module: `core` (the pass's working set, creating, stopping and placing tasks,
 the plan), `replicated` (slots), `global_` (one task per node), `stops` (routing leads every
-stop, removed services).
+stop, removed services), `liveness` (which silent nodes are marked down, ADR 69).
 """
 
 from __future__ import annotations
@@ -28,15 +28,19 @@ from warren.reconciler.core import (
 )
 from warren.reconciler.global_ import reconcile_global
 from warren.reconciler.incremental import Visit, services_to_visit, settled, touched_by
+from warren.reconciler import liveness
+from warren.reconciler.liveness import DownCheck
 from warren.reconciler.replicated import reconcile_replicated
 from warren.reconciler.stops import removed_services, stop_drained
 from warren.state import ClusterState
 
 __all__ = [
     "DRAINING",
+    "DownCheck",
     "ReconcileConfig",
     "Visit",
     "died_on_its_own",
+    "down_check",
     "is_empty",
     "is_live",
     "reconcile",
@@ -57,6 +61,11 @@ def reconcile(
     """One reconciliation pass over the whole cluster. Reads only its arguments. `routes` maps
     a node to the task addresses its load balancer may route to; a node missing is unknown."""
     return reconcile_pass(state, now, heartbeats, config, new_id, routes)[0]
+
+
+def down_check(state: ClusterState, now: float, heartbeats: Mapping[str, float], config: ReconcileConfig) -> DownCheck:
+    """The down check a pass with these arguments makes (ADR 69), for the caller to report."""
+    return liveness.down_check(state, now, heartbeats, config.node_timeout, config.heartbeat_period)
 
 
 def reconcile_pass(

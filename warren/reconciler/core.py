@@ -28,6 +28,8 @@ from warren.model import (
     is_stopping,
 )
 from warren.reconciler.dependencies import waiting_for
+from warren.reconciler import liveness
+from warren.reconciler.liveness import DownCheck
 from warren.restart import next_attempt
 from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, reserved_by_node, schedule
 from warren.state import ClusterState
@@ -307,15 +309,22 @@ class Pass:
 
     # -- nodes ---------------------------------------------------------------------------------
     def check_nodes(self, heartbeats: Mapping[str, float]) -> None:
-        timeout = self.config.node_timeout
+        """Mark down the nodes silent past the timeout, unless most went silent at once
+        (`liveness`, ADR 69): those stay up, but this pass places nothing on them."""
+        check = self.down_check(heartbeats)
+        down = dict(check.down)
+        held = set(check.held_nodes)
         for node in sorted(self.state.nodes.values(), key=lambda n: n.id):
-            if node.status == NodeStatus.READY:
-                age = self.now - heartbeats.get(node.id, self.now)
-                if age > timeout:
-                    message = f"heartbeat missed for {int(age)}s"
-                    self.node_status.append(SetNodeStatus(node.id, NodeStatus.DOWN, message, self.now))
-                    node = msgspec.structs.replace(node, status=NodeStatus.DOWN, status_message=message)
+            if node.id in down:
+                message = f"heartbeat missed for {int(down[node.id])}s"
+                self.node_status.append(SetNodeStatus(node.id, NodeStatus.DOWN, message, self.now))
+                node = msgspec.structs.replace(node, status=NodeStatus.DOWN, status_message=message)
+            elif node.id in held:
+                node = msgspec.structs.replace(node, status=NodeStatus.UNKNOWN, status_message=check.message())
             self.nodes[node.id] = node
+
+    def down_check(self, heartbeats: Mapping[str, float]) -> DownCheck:
+        return liveness.down_check(self.state, self.now, heartbeats, self.config.node_timeout, self.config.heartbeat_period)
 
     def orphan_tasks(self) -> None:
         """Tasks on a lost node will never report again: mark them ORPHANED so they get replaced."""

@@ -1,0 +1,79 @@
+"""The down check (ADR 69): which ready nodes missed their heartbeats past the node timeout, and
+whether to believe it. Pure: the caller passes the time and the heartbeats.
+
+When many nodes go silent at once it is far likelier that this manager stopped hearing (a stall,
+a cut-off link, an overloaded machine) than that they all failed together. Marking them down
+would orphan and restart every task they run, for nothing. So when more than MASS_SILENCE_SHARE
+of the ready nodes, and at least MASS_SILENCE_MIN of them, are silent, none is marked down
+(Kubernetes' node lifecycle controller stops evicting in a zone past --unhealthy-zone-threshold
+for the same reason); the check resumes as soon as enough of them are heard again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from warren.model import Availability, Node, NodeStatus
+from warren.state import ClusterState
+
+MASS_SILENCE_SHARE = 0.5  # more than this share of the ready nodes silent at once ...
+MASS_SILENCE_MIN = 3  # ... and at least this many: a 2- or 3-node cluster still loses a node
+
+
+class DownCheck(msgspec.Struct, frozen=True):
+    """One down check. `overdue`: the ready nodes past the timeout, with the seconds since their
+    last heartbeat; `drained`: those of them the operator drained. `silent`: the counted nodes
+    that missed two heartbeats (so past the timeout within one more period); `counted`: the
+    ready nodes the guard weighs (not the drained ones: the operator moved their tasks already,
+    or asked to). `held`: a mass silence, so the overdue counted nodes are not marked down."""
+
+    overdue: tuple[tuple[str, float], ...] = ()
+    drained: frozenset[str] = frozenset()
+    silent: int = 0
+    counted: int = 0
+    held: bool = False
+
+    @property
+    def down(self) -> tuple[tuple[str, float], ...]:
+        """The overdue nodes to mark down, with their silence."""
+        return tuple((n, age) for n, age in self.overdue if not self.held or n in self.drained)
+
+    @property
+    def held_nodes(self) -> tuple[str, ...]:
+        """The overdue nodes not marked down, because of the guard."""
+        return tuple(n for n, _ in self.overdue if self.held and n not in self.drained)
+
+    def message(self) -> str:
+        """What a held node's status says within the pass (the scheduler quotes it)."""
+        return f"no heartbeat, not marked down: {self.silent} of {self.counted} nodes went silent at once"
+
+
+def _drained(node: Node) -> bool:
+    return node.availability == Availability.DRAIN
+
+
+def down_check(
+    state: ClusterState, now: float, heartbeats: Mapping[str, float], node_timeout: float, heartbeat_period: float
+) -> DownCheck:
+    """The down check at `now`. A node with no heartbeat recorded counts as heard now (a new
+    leader gives every node a full timeout to find it)."""
+    silent_after = node_timeout - heartbeat_period  # two missed beats with the usual 3 periods
+    overdue: list[tuple[str, float]] = []
+    drained_overdue: set[str] = set()
+    silent = counted = 0
+    for node in sorted(state.nodes.values(), key=lambda n: n.id):
+        if node.status != NodeStatus.READY:
+            continue
+        age = now - heartbeats.get(node.id, now)
+        if age > node_timeout:
+            overdue.append((node.id, age))
+            if _drained(node):
+                drained_overdue.add(node.id)
+        if _drained(node):
+            continue
+        counted += 1
+        silent += age > silent_after
+    held = len(overdue) > len(drained_overdue) and silent >= MASS_SILENCE_MIN and silent > MASS_SILENCE_SHARE * counted
+    return DownCheck(tuple(overdue), frozenset(drained_overdue), silent, counted, held)
