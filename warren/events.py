@@ -42,7 +42,7 @@ ACTIONS: dict[EventType, tuple[str, ...]] = {
     "config": ("create", "update", "remove"),
     "network": ("create", "update", "remove"),
     "volume": ("create", "update", "remove"),
-    "cluster": ("init", "leader"),
+    "cluster": ("init", "leader", "nodes_unreachable", "nodes_reachable"),
 }
 ALL_ACTIONS = frozenset(a for actions in ACTIONS.values() for a in actions)
 FILTER_KEYS = ("type", "service", "node", "event")
@@ -123,6 +123,11 @@ def derive(
         drafts.append(("cluster", "leader", command.node_id, node.hostname if node else "", attributes))
     if isinstance(command, ct.RecordExec):
         drafts.extend(_exec_events(before, command))
+    if isinstance(command, ct.RecordNodesSilence):  # ADR 69
+        node = before.nodes.get(command.node_id)
+        action = "nodes_unreachable" if command.held else "nodes_reachable"
+        attributes = {"silent": str(command.silent), "of": str(command.counted)}
+        drafts.append(("cluster", action, command.node_id, node.hostname if node else "", attributes))
     seen: dict[tuple[str, str], StoredObject | None] = {}  # what earlier changes of this entry left
     for change in changes:
         key = (change.kind, change.obj.id if isinstance(change, Put) else change.id)

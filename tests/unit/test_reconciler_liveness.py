@@ -135,7 +135,7 @@ def test_the_guard_lifts_once_heartbeats_resume_and_the_still_silent_go_down() -
 def test_nodes_the_operator_drains_are_marked_down_during_a_mass_silence() -> None:
     """A real mass failure shows as the held silence; the operator drains the nodes known dead,
     and they are marked down and their tasks run elsewhere, whatever the guard says."""
-    sim, svc = running_cluster(10, 20)
+    sim, _ = running_cluster(10, 20)
     silent = [f"n{i:02d}" for i in range(7)]
     go_silent(sim, silent, 16)
     assert not sim.reconcile().node_status

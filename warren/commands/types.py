@@ -408,6 +408,18 @@ class RecordExec(msgspec.Struct, frozen=True, tag="task.exec"):
     at: float
 
 
+class RecordNodesSilence(msgspec.Struct, frozen=True, tag="cluster.silence"):
+    """The leader's down check holds back a mass silence (`held`), or no longer does (ADR 69):
+    changes nothing, but every manager derives the same "nodes_unreachable" or
+    "nodes_reachable" event from it."""
+
+    node_id: str  # the leader
+    silent: int  # nodes that missed two heartbeats
+    counted: int  # of the ready nodes the down check weighs
+    held: bool
+    at: float
+
+
 Command = (
     InitCluster
     | IssueAdminCert
@@ -444,6 +456,7 @@ Command = (
     | Noop
     | AnnounceLeader
     | RecordExec
+    | RecordNodesSilence
     | CreateVolume
     | RemoveVolume
     | ApplyStack

@@ -34,6 +34,7 @@ from warren.ids import new_id
 from warren.manager.dispatchwire import Assignments, encode_endpoints, encode_mesh
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
+from warren.manager.hearing import StallClock
 from warren.manager.logbroker import LogBroker
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
@@ -49,22 +50,36 @@ SESSION_FAILING = "its session is failing"
 
 
 class Heartbeats:
-    """Last time each node was heard from (wall clock, like the reconciler's `now`), and what
-    its load balancer may route to (ADR 33)."""
+    """Last time each node was heard from (wall clock, like the reconciler's `now`), with this
+    manager's stall total then (ADR 69), and what its load balancer may route to (ADR 33)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stalls: StallClock | None = None, wall: Callable[[], float] = time.time) -> None:
+        self.stalls = stalls or StallClock()
+        self._wall = wall
         self.last_seen: dict[str, float] = {}
+        self._stalled_at: dict[str, float] = {}
         self.routes = RoutingReports()
 
     def beat(self, node_id: str) -> None:
-        self.last_seen[node_id] = time.time()
+        self.stalls.catch_up()  # a heartbeat a stall held up is heard after that stall
+        self.last_seen[node_id] = self._wall()
+        self._stalled_at[node_id] = self.stalls.stalled
 
     def reset(self, node_ids: list[str]) -> None:
         """On becoming leader, give every node a full timeout to find us; what their load
         balancers hold is unknown until they report it (a stop waits at most the bound)."""
-        now = time.time()
+        self.stalls.catch_up()
+        now = self._wall()
         self.last_seen = dict.fromkeys(node_ids, now)
+        self._stalled_at = dict.fromkeys(node_ids, self.stalls.stalled)
         self.routes = RoutingReports()
+
+    def seen(self) -> dict[str, float]:
+        """When each node was last heard, moved later by every stall of this manager since:
+        a node's silence counts only the time this manager could hear it (ADR 69)."""
+        self.stalls.catch_up()
+        total, stalled_at = self.stalls.stalled, self._stalled_at
+        return {node: at + total - stalled_at.get(node, total) for node, at in self.last_seen.items()}
 
 
 class RoutingReports:

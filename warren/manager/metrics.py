@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -54,6 +54,19 @@ RAFT_TICK_GAP = Histogram(
     "warren_raft_tick_gap_seconds",
     "Time between two ticks of the Raft thread",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+    registry=REGISTRY,
+)
+# This manager's own deafness (ADR 69): its event loop's stalls, which move node heartbeat
+# deadlines, and the overdue nodes the leader's down check does not mark down in a mass silence.
+MANAGER_STALLS = Histogram(
+    "warren_manager_stall_seconds",
+    "Times this manager's event loop did not run (heartbeats were heard late), by length",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+NODES_PRESUMED_UNREACHABLE = Gauge(
+    "warren_nodes_presumed_unreachable",
+    "Overdue nodes not marked down because most nodes went silent at once (leader only)",
     registry=REGISTRY,
 )
 SCHEDULING_CHANGES = Counter(

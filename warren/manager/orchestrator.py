@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection, Mapping
 
 from warren import commands, logsetup, reconciler
 from warren.aio import wait_within
@@ -20,6 +21,7 @@ from warren.ids import new_id
 from warren.manager import metrics
 from warren.manager.dispatcher import Heartbeats
 from warren.manager.events import Event, EventHub
+from warren.manager.hearing import SilenceReport
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.state import Change, ClusterState
 
@@ -83,8 +85,17 @@ class Orchestrator:
         self._unsettled: frozenset[str] = frozenset()
         self._last_full = 0.0
         self._period = HeartbeatPeriod()
+        self._silence = SilenceReport(local_node_id)
 
     async def run(self) -> None:
+        # This manager's own stalls move node deadlines (ADR 69): measured while it runs.
+        watcher = asyncio.create_task(self._heartbeats.stalls.watch(), name="stall-watch")
+        try:
+            await self._run()
+        finally:
+            watcher.cancel()
+
+    async def _run(self) -> None:
         with self._hub.subscribe() as events:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -142,6 +153,7 @@ class Orchestrator:
     async def pass_once(self, incremental: bool = False) -> None:
         """One pass; an incremental one needs every commit's changes through `note`."""
         if not self._raft.is_leader:
+            self._silence.clear()
             self._was_leader = False
             self._seen = None  # a new term starts from a full pass
             self._changes = []
@@ -168,20 +180,19 @@ class Orchestrator:
             snapshot.cluster, heartbeat_period=self._period.effective(snapshot.cluster.heartbeat_period, now)
         )
         visit = self._visit(snapshot, incremental)
+        heard = self._heartbeats.seen()  # after `now`: a stall in between only moves them later
         started = time.perf_counter()
-        plan, self._unsettled = await asyncio.to_thread(
-            reconciler.reconcile_pass,
-            snapshot,
-            now,
-            dict(self._heartbeats.last_seen),
-            config,
-            new_id,
-            self._heartbeats.routes.snapshot(),
-            visit,
-            self._unsettled,
+        (plan, self._unsettled), check = await asyncio.to_thread(
+            _reconcile, snapshot, now, heard, config, self._heartbeats.routes.snapshot(), visit, self._unsettled
         )
         self._seen = snapshot
         metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
+        silence = self._silence.update(check, now, config.node_timeout)
+        if silence is not None:
+            try:
+                await self._raft.propose_async(silence, timeout=10.0)
+            except ProposalError as exc:  # only the event is lost; the guard holds all the same
+                log.warning("the silence event was not committed: %s", exc.message)
         if reconciler.is_empty(plan):
             return
         metrics.SCHEDULING_CHANGES.labels("created").inc(len(plan.created))
@@ -191,3 +202,17 @@ class Orchestrator:
         # is not work for the event loop.
         for part in await asyncio.to_thread(commands.split_plan, plan):
             await self._raft.propose_async(part, timeout=10.0)
+
+
+def _reconcile(
+    snapshot: ClusterState,
+    now: float,
+    heard: dict[str, float],
+    config: reconciler.ReconcileConfig,
+    routes: Mapping[str, Collection[str]],
+    visit: reconciler.Visit | None,
+    unsettled: frozenset[str],
+) -> tuple[tuple[commands.ApplyPlan, frozenset[str]], reconciler.DownCheck]:
+    """One pass, and its down check to report (both off the event loop)."""
+    found = reconciler.reconcile_pass(snapshot, now, heard, config, new_id, routes, visit, unsettled)
+    return found, reconciler.down_check(snapshot, now, heard, config)

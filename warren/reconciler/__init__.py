@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 
 from warren.commands import ApplyPlan
 from warren.model import Service, ServiceMode, Task
+from warren.reconciler import liveness
 from warren.reconciler.core import (
     DRAINING,
     RUNNING,
@@ -28,7 +29,6 @@ from warren.reconciler.core import (
 )
 from warren.reconciler.global_ import reconcile_global
 from warren.reconciler.incremental import Visit, services_to_visit, settled, touched_by
-from warren.reconciler import liveness
 from warren.reconciler.liveness import DownCheck
 from warren.reconciler.replicated import reconcile_replicated
 from warren.reconciler.stops import removed_services, stop_drained

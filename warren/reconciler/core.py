@@ -27,8 +27,8 @@ from warren.model import (
     is_routed,
     is_stopping,
 )
-from warren.reconciler.dependencies import waiting_for
 from warren.reconciler import liveness
+from warren.reconciler.dependencies import waiting_for
 from warren.reconciler.liveness import DownCheck
 from warren.restart import next_attempt
 from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, reserved_by_node, schedule
@@ -324,7 +324,8 @@ class Pass:
             self.nodes[node.id] = node
 
     def down_check(self, heartbeats: Mapping[str, float]) -> DownCheck:
-        return liveness.down_check(self.state, self.now, heartbeats, self.config.node_timeout, self.config.heartbeat_period)
+        config = self.config
+        return liveness.down_check(self.state, self.now, heartbeats, config.node_timeout, config.heartbeat_period)
 
     def orphan_tasks(self) -> None:
         """Tasks on a lost node will never report again: mark them ORPHANED so they get replaced."""

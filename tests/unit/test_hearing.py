@@ -1,0 +1,175 @@
+"""This manager's own stalls do not count against nodes (ADR 69), on a fake clock: a heartbeat
+that a stall held up moves the node's deadline by the stall; a node silent while this manager
+listened is still marked down. And the report of a mass silence: one warning, one event."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.unit.core_sim import Sim, node
+from warren import commands, events
+from warren.manager import metrics
+from warren.manager.dispatcher import Heartbeats
+from warren.manager.hearing import TICK, SilenceReport, StallClock
+from warren.model import NodeStatus
+from warren.reconciler import DownCheck, ReconcileConfig, down_check
+
+TIMEOUT = 15.0  # 3 periods of 5 s
+
+
+class FakeClock:
+    """A monotonic and a wall clock that move together, by hand."""
+
+    def __init__(self) -> None:
+        self.mono = 50.0
+        self.wall = 1000.0
+
+    def advance(self, seconds: float, stall: StallClock | None = None) -> None:
+        """Time passes; with `stall`, the loop runs its watcher every tick meanwhile."""
+        if stall is None:
+            self.mono += seconds
+            self.wall += seconds
+            return
+        for _ in range(round(seconds / TICK)):
+            self.advance(TICK)
+            stall.catch_up()
+
+
+def rig() -> tuple[FakeClock, StallClock, Heartbeats]:
+    clock = FakeClock()
+    stalls = StallClock(clock=lambda: clock.mono)
+    stalls.start()
+    return clock, stalls, Heartbeats(stalls, wall=lambda: clock.wall)
+
+
+def overdue(heartbeats: Heartbeats, wall_now: float) -> list[str]:
+    sim = Sim(ReconcileConfig(heartbeat_period=TIMEOUT / 3))
+    for node_id in heartbeats.last_seen:
+        sim.add_node(node(node_id))
+    return [n for n, _ in down_check(sim.state, wall_now, heartbeats.seen(), sim.config).overdue]
+
+
+def test_a_loop_that_keeps_ticking_counts_no_stall() -> None:
+    clock, stalls, _ = rig()
+    clock.advance(30, stalls)
+    assert stalls.stalled == 0.0
+
+
+def test_a_stall_is_counted_once_whoever_looks_first() -> None:
+    clock, stalls, _ = rig()
+    clock.advance(20)  # nothing ran
+    assert stalls.catch_up() == pytest.approx(20 - TICK)
+    assert stalls.catch_up() == 0.0
+    assert stalls.stalled == pytest.approx(20 - TICK)
+
+
+def test_no_stall_is_counted_before_the_watcher_starts() -> None:
+    """Without the watcher's ticks, an idle loop would look stalled."""
+    clock = FakeClock()
+    stalls = StallClock(clock=lambda: clock.mono)
+    clock.advance(20)
+    assert stalls.catch_up() == 0.0 and stalls.stalled == 0.0
+
+
+def test_a_stall_of_this_manager_moves_every_node_deadline() -> None:
+    clock, stalls, heartbeats = rig()
+    for n in ("n1", "n2"):
+        heartbeats.beat(n)
+    clock.advance(4, stalls)
+    heartbeats.beat("n2")
+    clock.advance(20)  # this manager stalls for 20 s: heartbeats queue up unheard
+    # The queued heartbeat of n2 is handled first, before the watcher's next tick.
+    heartbeats.beat("n2")
+    seen = heartbeats.seen()
+    assert seen["n2"] == clock.wall  # heard now: no credit
+    assert seen["n1"] == pytest.approx(1000.0 + 20 - TICK)  # silent 4 s that this manager heard
+    assert overdue(heartbeats, clock.wall) == []
+
+    # n1 stays silent while this manager listens: down once its listened-to silence passes 15 s.
+    clock.advance(10, stalls)
+    heartbeats.beat("n2")
+    assert overdue(heartbeats, clock.wall) == []
+    clock.advance(2, stalls)
+    heartbeats.beat("n2")
+    assert overdue(heartbeats, clock.wall) == ["n1"]
+
+
+def test_a_stall_caught_up_by_the_pass_itself_counts() -> None:
+    """The pass that runs right after the stall, before any heartbeat or tick, sees it."""
+    clock, _, heartbeats = rig()
+    heartbeats.beat("n1")
+    clock.advance(40)
+    assert overdue(heartbeats, clock.wall) == []
+
+
+def test_without_compensation_the_stall_marks_the_node_down() -> None:
+    """What happened before ADR 69, kept as the reference: the raw last heartbeat."""
+    clock, _, heartbeats = rig()
+    heartbeats.beat("n1")
+    clock.advance(40)
+    sim = Sim(ReconcileConfig(heartbeat_period=TIMEOUT / 3))
+    sim.add_node(node("n1"))
+    raw = down_check(sim.state, clock.wall, heartbeats.last_seen, sim.config)
+    assert [n for n, _ in raw.overdue] == ["n1"]
+
+
+def test_after_a_leader_change_every_node_gets_a_full_timeout() -> None:
+    clock, stalls, heartbeats = rig()
+    heartbeats.beat("n1")
+    clock.advance(30, stalls)
+    heartbeats.reset(["n1", "n2"])
+    clock.advance(14, stalls)
+    assert overdue(heartbeats, clock.wall) == []
+    clock.advance(2, stalls)
+    assert sorted(overdue(heartbeats, clock.wall)) == ["n1", "n2"]
+
+
+# -- the report of a mass silence ------------------------------------------------------------------
+
+
+def held(count: int, of: int) -> DownCheck:
+    return DownCheck(tuple((f"n{i}", 16.0) for i in range(count)), frozenset(), count, of, True)
+
+
+def test_a_mass_silence_is_reported_once_and_its_end_after_a_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    report = SilenceReport("m1")
+    caplog.set_level(logging.INFO, logger="warren.manager.hearing")
+    first = report.update(held(6, 10), 100.0, TIMEOUT)
+    assert first == commands.RecordNodesSilence("m1", 6, 10, True, 100.0)
+    assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 6
+    assert report.update(held(7, 10), 101.0, TIMEOUT) is None
+    assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 7
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "6 of 10 nodes went silent at once" in warnings[0]
+
+    quiet = DownCheck((), frozenset(), 1, 10, False)
+    assert report.update(quiet, 102.0, TIMEOUT) is None  # over, but not for a timeout yet
+    assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 0
+    assert report.update(held(6, 10), 110.0, TIMEOUT) is None  # back: the same silence
+    assert report.update(quiet, 111.0, TIMEOUT) is None
+    assert report.update(quiet, 111.0 + TIMEOUT, TIMEOUT) == commands.RecordNodesSilence(
+        "m1", 1, 10, False, 111.0 + TIMEOUT
+    )
+    assert report.update(quiet, 200.0, TIMEOUT) is None
+    report.clear()
+    assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 0
+
+
+def test_the_silence_commands_are_cluster_events_and_change_nothing() -> None:
+    sim = Sim()
+    sim.add_node(node("m1"))
+    for command, action in [
+        (commands.RecordNodesSilence("m1", 6, 10, True, 11.0), "nodes_unreachable"),
+        (commands.RecordNodesSilence("m1", 0, 10, False, 12.0), "nodes_reachable"),
+    ]:
+        result, changes = commands.apply(sim.state, command)
+        assert result.ok and changes == []
+        decoded = commands.decode(commands.encode(command))
+        assert decoded == command
+        (event,) = events.derive(sim.state, decoded, [], 12, 0, events.command_time(decoded))
+        assert (event.type, event.action, event.actor_name) == ("cluster", action, "host-m1")
+        assert event.attributes == {"silent": str(command.silent), "of": "10"}
+        assert action in events.ACTIONS["cluster"]
+    assert sim.state.nodes["m1"].status == NodeStatus.READY
