@@ -4,7 +4,10 @@ listened is still marked down. And the report of a mass silence: one warning, on
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from pathlib import Path
 
 import pytest
 
@@ -173,3 +176,49 @@ def test_the_silence_commands_are_cluster_events_and_change_nothing() -> None:
         assert event.attributes == {"silent": str(command.silent), "of": "10"}
         assert action in events.ACTIONS["cluster"]
     assert sim.state.nodes["m1"].status == NodeStatus.READY
+
+
+def test_the_leader_holds_a_mass_silence_back_and_reports_it(tmp_path: Path) -> None:
+    """The orchestrator on the in-memory Raft: every node silent past the timeout, none marked
+    down, the gauge and one `nodes_unreachable` event; heard again, the gauge drops at once and
+    `nodes_reachable` follows a node timeout later."""
+    from tests.unit.test_event_stream import Rig
+    from warren.manager.orchestrator import Orchestrator
+    from warren.model import ClusterInfo
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path / "db")
+        period = 0.1  # the node timeout is 0.3 s
+        await rig.run(commands.InitCluster(ClusterInfo("c1", 1.0, "", "", "w" * 26, "m" * 26, period), node("m1")))
+        for i in range(5):
+            await rig.run(commands.RegisterNode(node(f"n{i}")))
+        lag = 100.0  # every heartbeat this manager records looks 100 s old
+        heartbeats = Heartbeats(wall=lambda: time.time() - lag)
+        orchestrator = Orchestrator(rig.store, rig.raft, rig.hub, heartbeats, "m1")
+
+        def actions() -> list[str]:
+            return [e.action for e in rig.store.events_after(None) if e.action.startswith("nodes_")]
+
+        await orchestrator.pass_once()
+        await orchestrator.pass_once()
+        with rig.store.read() as state:
+            assert {n.status for n in state.nodes.values()} == {NodeStatus.READY}
+        assert actions() == ["nodes_unreachable"]
+        assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 6
+
+        lag = 0.0
+        for node_id in ("m1", *(f"n{i}" for i in range(5))):
+            heartbeats.beat(node_id)
+        await orchestrator.pass_once()
+        assert metrics.NODES_PRESUMED_UNREACHABLE._value.get() == 0
+        assert actions() == ["nodes_unreachable"]  # not over for a node timeout yet
+        deadline = time.monotonic() + 10
+        while actions() != ["nodes_unreachable", "nodes_reachable"]:
+            assert time.monotonic() < deadline, actions()
+            for node_id in ("m1", *(f"n{i}" for i in range(5))):
+                heartbeats.beat(node_id)
+            await asyncio.sleep(0.05)
+            await orchestrator.pass_once()
+        rig.store.env.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
