@@ -84,8 +84,11 @@ class SilenceReport:
         self._quiet_since: float | None = None
 
     def clear(self) -> None:
-        """Not the leader: this manager holds nothing back."""
+        """Not the leader: this manager holds nothing back. A silence it reported ends with its
+        term (the next leader's `cluster leader` event says so): a new term starts afresh."""
         metrics.NODES_PRESUMED_UNREACHABLE.set(0)
+        self._reported = False
+        self._quiet_since = None
 
     def update(self, check: DownCheck, now: float, node_timeout: float) -> commands.Command | None:
         """The event to commit, if the report changes."""
