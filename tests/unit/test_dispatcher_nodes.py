@@ -257,10 +257,10 @@ def test_a_backend_change_is_encoded_once_and_every_session_sends_those_bytes(
 ) -> None:
     """ADR 57: the endpoints go to every session alike; before, each session compared them with
     what it sent and copied them into its own message, O(sessions x backends) per change."""
-    from warren.manager import dispatcher as dispatcher_module
+    from warren.manager import endpointlog
 
     encodings = Counter()
-    monkeypatch.setattr(dispatcher_module, "encode_endpoints", encodings.wrap(dispatcher_module.encode_endpoints))
+    monkeypatch.setattr(endpointlog, "encode_endpoints", encodings.wrap(endpointlog.encode_endpoints))
 
     async def scenario() -> None:
         cluster = Cluster(tmp_path)

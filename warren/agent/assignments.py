@@ -76,6 +76,10 @@ class AssignmentSet:
     # Registry logins of tasks yet to pull (ADR 43): in memory only, never in the agent's cache.
     # Changed in place: the controllers read it through ControllerEnv.pull_login.
     logins: dict[str, PullLogin] = field(default_factory=dict)
+    # The endpoints held, by service name, and the services_index they are of (0: none yet):
+    # a delta applies onto exactly that index (ADR 65). Kept across sessions: COMPLETE replaces them.
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    endpoints_index: int = 0
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept
@@ -93,28 +97,10 @@ class AssignmentSet:
             if msg.mesh_changed
             else None
         )
-        services = (
-            tuple(
-                Endpoint(
-                    e.name,
-                    e.vip,
-                    tuple(e.backends),
-                    tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
-                    canary=tuple(e.canary),
-                    canary_weight=e.canary_weight,
-                    host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
-                    networks=tuple(e.networks),
-                    members=tuple(e.members),
-                    aliases=tuple((a.network, a.alias) for a in e.aliases),
-                    internal=e.internal,
-                )
-                for e in msg.services
-            )
-            if msg.services_changed
-            else None
-        )
         volumes = tuple(msg.volumes) if msg.volumes_changed else None
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
+            self._check_endpoints(msg)
+            services = self._take_endpoints(msg)
             self.specs, self.refs = {}, {}
             self.logins.clear()
             self._read_logins(msg)
@@ -148,6 +134,8 @@ class AssignmentSet:
             raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
         if msg.applies_to != self.version:
             raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
+        self._check_endpoints(msg)
+        services = self._take_endpoints(msg)
         self._read_logins(msg)
         updated, invalid = self._read(msg)
         for task in updated:
@@ -171,6 +159,34 @@ class AssignmentSet:
             volumes=volumes,
             files=_files(msg),
         )
+
+    def _check_endpoints(self, msg: dpb.AssignmentsMessage) -> None:
+        """A delta of the endpoints applies onto exactly the index held (ADR 65)."""
+        if msg.services_delta and msg.services_base != self.endpoints_index:
+            raise VersionGap(
+                f"endpoints delta onto index {msg.services_base}, we hold {self.endpoints_index}: resynchronise"
+            )
+
+    def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
+        """The whole endpoint set after `msg` if it changed them, else None. A delta converts
+        only the entries it carries; the set is rebuilt from the entries held, in name order,
+        as the whole list comes."""
+        if msg.services_delta:
+            held = self.endpoints
+            added = False
+            for entry in msg.services:
+                added = added or entry.name not in held
+                held[entry.name] = _endpoint(entry)
+            for name in msg.services_removed:
+                held.pop(name, None)
+            if added:
+                self.endpoints = dict(sorted(held.items()))
+        elif msg.services_changed:
+            self.endpoints = {entry.name: _endpoint(entry) for entry in msg.services}
+        else:
+            return None
+        self.endpoints_index = msg.services_index
+        return tuple(self.endpoints.values())
 
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
         for login in msg.pull_logins:
@@ -211,6 +227,23 @@ class AssignmentSet:
         """Forget specs no task in the set refers to, as the managers do (ADR 21)."""
         wanted = set(self.refs.values())
         self.specs = {key: spec for key, spec in self.specs.items() if key in wanted}
+
+
+def _endpoint(e: dpb.ServiceEndpoint) -> Endpoint:
+    """A service's endpoint as the load balancer reads it."""
+    return Endpoint(
+        e.name,
+        e.vip,
+        tuple(e.backends),
+        tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
+        canary=tuple(e.canary),
+        canary_weight=e.canary_weight,
+        host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
+        networks=tuple(e.networks),
+        members=tuple(e.members),
+        aliases=tuple((a.network, a.alias) for a in e.aliases),
+        internal=e.internal,
+    )
 
 
 def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:

@@ -217,6 +217,7 @@ class Session:
         return dpb.SessionRequest(
             description=self.description(),
             specs_by_reference=True,
+            endpoint_deltas=True,  # ADR 65: AssignmentSet applies them
             failed_sessions=self.failed_sessions,
             last_failure=self.last_failure,
         )
