@@ -130,12 +130,12 @@ class Counter:
 
 
 def test_a_node_change_costs_each_session_constant_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from warren.manager import dispatcher as dispatcher_module
+    from warren.manager import meshlog
 
     managers, mesh_nodes, mesh_encodings = Counter(), Counter(), Counter()
     monkeypatch.setattr(ClusterState, "manager_addrs", managers.wrap(ClusterState.manager_addrs))
     monkeypatch.setattr(convert, "mesh_node_to_pb", mesh_nodes.wrap(convert.mesh_node_to_pb))
-    monkeypatch.setattr(dispatcher_module, "encode_mesh", mesh_encodings.wrap(dispatcher_module.encode_mesh))
+    monkeypatch.setattr(meshlog, "encode_mesh", mesh_encodings.wrap(meshlog.encode_mesh))
 
     async def scenario() -> None:
         cluster = Cluster(tmp_path)

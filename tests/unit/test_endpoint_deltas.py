@@ -1,8 +1,9 @@
-"""Endpoint deltas (#15, ADR 65), on a real Store (LMDB) with the in-memory Raft and the agent's
-own AssignmentSet reading every message: an agent that announces deltas gets, after the first
-whole list of a session, only the services whose endpoints changed, and holds exactly the whole
-list at every index; an agent that does not still gets whole lists; a delta onto another index
-than the one held resynchronises; the leader recomputes only the services a commit touched."""
+"""Endpoint and mesh deltas (#15, ADR 65), on a real Store (LMDB) with the in-memory Raft and the
+agent's own AssignmentSet reading every message: an agent that announces deltas gets, after the
+first whole list of a session, only the services whose endpoints changed (the nodes whose mesh
+entry changed), and holds exactly the whole list at every index (mesh version); an agent that
+does not still gets whole lists; a delta onto another index than the one held resynchronises;
+the leader recomputes only the services a commit touched."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from hypothesis import strategies as st
 
 from tests.unit.test_dispatcher_nodes import description
 from tests.waiting import async_wait_for as until
-from warren.agent.assignments import AssignmentSet, VersionGap, _endpoint
+from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap, _endpoint
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager import endpointlog
+from warren.manager import changelog, endpointlog
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.dispatchwire import encode_endpoint_delta
 from warren.manager.events import EventHub
@@ -32,6 +33,7 @@ from warren.model import (
     ClusterInfo,
     Network,
     NetworkAttachment,
+    Node,
     PortConfig,
     Service,
     ServiceSpec,
@@ -54,6 +56,8 @@ class Agent:
     assignments: AssignmentSet = field(default_factory=AssignmentSet)
     services: tuple[Endpoint, ...] = ()
     seen: dict[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # services_index -> set held
+    mesh: tuple[MeshMember, ...] = ()
+    mesh_seen: dict[int, tuple[MeshMember, ...]] = field(default_factory=dict)  # mesh version -> mesh held
     messages: list[dpb.AssignmentsMessage] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: the reader stops reading
     gaps: list[str] = field(default_factory=list)
@@ -84,7 +88,10 @@ class Rig:
         async def read() -> None:
             caller.set(Identity(f"node{index:03}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
             request = dpb.SessionRequest(
-                description=description(index), specs_by_reference=True, endpoint_deltas=agent.deltas
+                description=description(index),
+                specs_by_reference=True,
+                endpoint_deltas=agent.deltas,
+                mesh_deltas=agent.deltas,
             )
             agent.assignments.reset()
             async for sent in self.dispatcher.Session(request, None):
@@ -98,6 +105,9 @@ class Rig:
                 if delta.services is not None:
                     agent.services = delta.services
                     agent.seen[delta.services_index] = delta.services
+                if delta.mesh is not None:
+                    agent.mesh = delta.mesh
+                    agent.mesh_seen[agent.assignments.mesh_version] = delta.mesh
                 await agent.gate.wait()
 
         self._readers.append(asyncio.create_task(read()))
@@ -116,9 +126,23 @@ class Rig:
             target = log.current().at
             if log._through != self.store.applied_index:  # a commit not yet delivered
                 return False
-            return all(a.index == target for a in agents if a.gate.is_set())
+            return all(a.messages and a.index == target for a in agents if a.gate.is_set())
 
         await until(caught_up, timeout=10, interval=0.005, message="the agents hold the current endpoints")
+
+    def mesh_truth(self) -> tuple[MeshMember, ...]:
+        """The whole mesh computed afresh from the state, as the agent reads it."""
+        with self.store.read() as state:
+            nodes = sorted((n for n in state.nodes.values() if n.overlay_subnet and n.overlay), key=lambda n: n.id)
+            return tuple(MeshMember(n.id, n.wg_public_key, n.wg_endpoint, n.overlay_subnet) for n in nodes)
+
+    async def mesh_settled(self, agents: list[Agent]) -> None:
+        def caught_up() -> bool:
+            version = self.dispatcher._current_nodes().mesh_version  # the live state's mesh
+            reading = [a for a in agents if a.gate.is_set()]
+            return all(a.messages and a.assignments.mesh_version == version for a in reading)
+
+        await until(caught_up, timeout=10, interval=0.005, message="the agents hold the current mesh")
 
     async def close(self) -> None:
         for reader in self._readers:
@@ -196,7 +220,7 @@ def _run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(asyncio.wait_for(coro, 120))
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=steps)
 @example(history=[([("task", 0, 0, "failed", 0)], False, True)])  # a backend leaves by ending
 @example(  # the lagging agent misses two versions that changed different services
@@ -251,6 +275,105 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
         _run(scenario(Path(root)))
 
 
+def _node(i: int, key: int, endpoint: int, subnet: bool, overlay: bool) -> Node:
+    return Node(
+        id=f"m{i}",
+        hostname=f"m{i}",
+        wg_public_key=f"key{i}-{key}",
+        wg_endpoint=f"127.0.0.1:{40000 + i * 10 + endpoint}",
+        overlay_subnet=f"10.230.{i}.0/24" if subnet else "",
+        overlay=overlay,
+    )
+
+
+nodes = st.integers(0, 4)
+node_ops = st.one_of(
+    st.tuples(st.just("node"), nodes, st.integers(0, 2), st.integers(0, 1), st.booleans(), st.booleans()),
+    st.tuples(st.just("gone"), nodes),
+)
+node_steps = st.lists(st.tuples(st.lists(node_ops, min_size=1, max_size=3), st.booleans(), st.booleans()), max_size=12)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=node_steps)
+@example(  # the lagging agent misses versions that changed different nodes, one of them leaving
+    history=[
+        ([("node", 0, 0, 0, True, True)], True, True),
+        ([("node", 1, 0, 0, True, True)], True, True),
+        ([("gone", 0)], True, True),
+    ]
+)
+def test_mesh_deltas_give_exactly_the_whole_mesh_at_every_version(history: list) -> None:
+    """Nodes joining, leaving, changing key, endpoint or subnet, turning the overlay on and off:
+    an agent that takes mesh deltas holds, at every mesh version it is sent, exactly the mesh an
+    agent sent whole meshes holds, and both hold the mesh of the current state once settled."""
+
+    async def scenario(root: Path) -> None:
+        rig = Rig(root)
+        try:
+            whole, steady, lagging = Agent(deltas=False), Agent(deltas=True), Agent(deltas=True)
+            agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
+            await rig.mesh_settled(agents)
+            for changes, lag, wait in history:
+                if lag:
+                    lagging.gate.clear()
+                else:
+                    lagging.gate.set()
+                rig.commit(
+                    [Put("node", _node(*op[1:])) if op[0] == "node" else Delete("node", f"m{op[1]}") for op in changes]
+                )
+                if wait:
+                    await rig.mesh_settled(agents)
+                    truth = rig.mesh_truth()
+                    assert all(a.mesh == truth for a in agents if a.gate.is_set())
+            lagging.gate.set()
+            await rig.mesh_settled(agents)
+            truth = rig.mesh_truth()
+            for agent in agents:
+                assert agent.mesh == truth
+                assert not agent.gaps
+            for agent in (steady, lagging):
+                for version, held in agent.mesh_seen.items():
+                    if version in whole.mesh_seen:
+                        assert held == whole.mesh_seen[version], f"mesh version {version}"
+            assert not any(m.mesh_delta for m in whole.messages)
+            for agent in (steady, lagging):
+                assert agent.messages[0].mesh_changed and not agent.messages[0].mesh_delta
+                assert not any(m.mesh_changed for m in agent.messages[1:])
+        finally:
+            await rig.close()
+
+    with tempfile.TemporaryDirectory(prefix="warren-mesh-deltas-") as root:
+        _run(scenario(Path(root)))
+
+
+def test_a_join_sends_an_agent_that_takes_deltas_one_mesh_entry(tmp_path: Path) -> None:
+    """With 20 nodes in the mesh, a join is one MeshNode to an agent that takes deltas, the
+    whole mesh to one that does not; a mesh delta onto another version is a gap."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("node", _node(i, 0, 0, True, True)) for i in range(20)])
+            new, old = rig.open(1, Agent(deltas=True)), rig.open(2, Agent(deltas=False))
+            await rig.mesh_settled([new, old])
+            counts = len(new.messages), len(old.messages)
+            rig.commit([Put("node", _node(25, 0, 0, True, True))])
+            await rig.mesh_settled([new, old])
+            delta, whole = new.messages[counts[0]], old.messages[counts[1]]
+            assert delta.mesh_delta and [m.node_id for m in delta.mesh] == ["m25"]
+            assert whole.mesh_changed and len(whole.mesh) == len(rig.mesh_truth()) > 20
+            assert new.mesh == old.mesh == rig.mesh_truth()
+            new.assignments.mesh_version += 5  # as if it had missed one
+            rig.commit([Delete("node", "m25")])
+            await until(lambda: new.gaps, message="the gap")
+            assert "mesh delta onto version" in new.gaps[0]
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
 def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -292,7 +415,7 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
 
 def test_a_session_far_behind_gets_the_whole_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Its base is no longer in the leader's bounded log of changes: a whole list, not a delta."""
-    monkeypatch.setattr(endpointlog, "HISTORY", 2)
+    monkeypatch.setattr(changelog, "HISTORY", 2)
 
     async def scenario() -> None:
         rig = Rig(tmp_path)

@@ -80,6 +80,8 @@ class AssignmentSet:
     # a delta applies onto exactly that index (ADR 65). Kept across sessions: COMPLETE replaces them.
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     endpoints_index: int = 0
+    mesh: dict[str, MeshMember] = field(default_factory=dict)  # the mesh held, by node id (ADR 65)
+    mesh_version: int = 0
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept
@@ -92,15 +94,10 @@ class AssignmentSet:
     def apply(self, msg: dpb.AssignmentsMessage) -> AssignmentDelta:
         """Apply one message; raise VersionGap when it cannot be applied to what we hold."""
         managers = tuple(msg.managers)
-        mesh = (
-            tuple(MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet) for m in msg.mesh)
-            if msg.mesh_changed
-            else None
-        )
         volumes = tuple(msg.volumes) if msg.volumes_changed else None
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
-            self._check_endpoints(msg)
-            services = self._take_endpoints(msg)
+            self._check_deltas(msg)
+            services, mesh = self._take_endpoints(msg), self._take_mesh(msg)
             self.specs, self.refs = {}, {}
             self.logins.clear()
             self._read_logins(msg)
@@ -134,8 +131,8 @@ class AssignmentSet:
             raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
         if msg.applies_to != self.version:
             raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
-        self._check_endpoints(msg)
-        services = self._take_endpoints(msg)
+        self._check_deltas(msg)
+        services, mesh = self._take_endpoints(msg), self._take_mesh(msg)
         self._read_logins(msg)
         updated, invalid = self._read(msg)
         for task in updated:
@@ -160,12 +157,34 @@ class AssignmentSet:
             files=_files(msg),
         )
 
-    def _check_endpoints(self, msg: dpb.AssignmentsMessage) -> None:
-        """A delta of the endpoints applies onto exactly the index held (ADR 65)."""
+    def _check_deltas(self, msg: dpb.AssignmentsMessage) -> None:
+        """A delta of the endpoints or of the mesh applies onto exactly what is held (ADR 65)."""
         if msg.services_delta and msg.services_base != self.endpoints_index:
             raise VersionGap(
                 f"endpoints delta onto index {msg.services_base}, we hold {self.endpoints_index}: resynchronise"
             )
+        if msg.mesh_delta and msg.mesh_base != self.mesh_version:
+            raise VersionGap(f"mesh delta onto version {msg.mesh_base}, we hold {self.mesh_version}: resynchronise")
+
+    def _take_mesh(self, msg: dpb.AssignmentsMessage) -> tuple[MeshMember, ...] | None:
+        """The whole mesh after `msg` if it changed it, else None; a delta converts only the
+        nodes it carries, and the mesh is rebuilt from those held, in node id order."""
+        if msg.mesh_delta:
+            held = self.mesh
+            added = False
+            for m in msg.mesh:
+                added = added or m.node_id not in held
+                held[m.node_id] = MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet)
+            for node_id in msg.mesh_removed:
+                held.pop(node_id, None)
+            if added:
+                self.mesh = dict(sorted(held.items()))
+        elif msg.mesh_changed:
+            self.mesh = {m.node_id: MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet) for m in msg.mesh}
+        else:
+            return None
+        self.mesh_version = msg.mesh_version
+        return tuple(self.mesh.values())
 
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
         """The whole endpoint set after `msg` if it changed them, else None. A delta converts

@@ -218,6 +218,7 @@ class Session:
             description=self.description(),
             specs_by_reference=True,
             endpoint_deltas=True,  # ADR 65: AssignmentSet applies them
+            mesh_deltas=True,
             failed_sessions=self.failed_sessions,
             last_failure=self.last_failure,
         )

@@ -29,11 +29,12 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
-from warren.manager.dispatchwire import Assignments, encode_mesh
+from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog, EndpointView, all_endpoints
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.logbroker import LogBroker
+from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
@@ -196,19 +197,6 @@ def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
     return sorted(v.name for v in state.volumes.values() if v.node_id == node_id)
 
 
-MeshKey = tuple[str, str, str, str]  # what a node contributes to the mesh (MeshNode's fields)
-
-
-def _mesh_keys(state: ClusterState) -> tuple[MeshKey, ...]:
-    """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted by id: what
-    each agent plans its mesh from, as plain tuples (cheap to compare)."""
-    return tuple(
-        (n.id, n.wg_public_key, n.wg_endpoint, n.overlay_subnet)
-        for n in sorted(state.nodes.values(), key=lambda n: n.id)
-        if n.overlay_subnet and n.overlay
-    )
-
-
 class _NodeView(NamedTuple):
     """The managers' addresses and the mesh of the state at Raft index `at`, each with a
     version that goes up only when its content changes: a session compares versions, not
@@ -218,10 +206,7 @@ class _NodeView(NamedTuple):
     at: int
     managers: list[str]
     managers_version: int
-    mesh_keys: tuple[MeshKey, ...]
-    mesh: list[dpb.MeshNode]
-    mesh_version: int
-    mesh_encoded: bytes  # `mesh` as every session sends it (ADR 57: encoded once, not per session)
+    mesh_version: int  # of `DispatcherService._mesh`, which holds the mesh and its encodings
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
@@ -251,7 +236,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
-        self._node_view = _NodeView(-1, [], 0, (), [], 0, encode_mesh([]))
+        self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
+        self._node_view = _NodeView(-1, [], 0, 0)
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -351,7 +337,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     volumes_changed=True,
                     pull_logins=logins,
                 )
-                yield await self._fits(node.id, Assignments(complete, view.mesh_encoded + self._endpoints.whole()))
+                shared = self._mesh.whole() + self._endpoints.whole()
+                yield await self._fits(node.id, Assignments(complete, shared))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         changes = _coalesce(await wait_within(events.get(), 1.0), events)
@@ -375,7 +362,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
                         if view.mesh_version != mesh_sent:
-                            new_mesh, mesh_sent = view.mesh_encoded, view.mesh_version
+                            new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
+                            mesh_sent = view.mesh_version
                     new_volumes = None
                     if any(change.kind == "volume" for change in changes):
                         with self._store.read() as state:
@@ -456,13 +444,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             view = self._node_view
             if view.at == index:
                 return view
-            managers, keys = state.manager_addrs(), _mesh_keys(state)
-            mesh, mesh_version, mesh_encoded = view.mesh, view.mesh_version, view.mesh_encoded
-            if keys != view.mesh_keys:
-                mesh, mesh_version = [convert.mesh_node_to_pb(state.nodes[k[0]]) for k in keys], mesh_version + 1
-                mesh_encoded = encode_mesh(mesh)
+            managers = state.manager_addrs()
+            self._mesh.update(state)
         managers_version = view.managers_version + (managers != view.managers)
-        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version, mesh_encoded)
+        self._node_view = _NodeView(index, managers, managers_version, self._mesh.version)
         return self._node_view
 
     def _diff(

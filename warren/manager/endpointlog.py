@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections import deque
 from contextlib import AbstractContextManager
 from typing import NamedTuple
 
@@ -26,13 +25,12 @@ from warren import strategy
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.commands.networks import network_names
+from warren.manager import changelog
 from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoints
 from warren.manager.events import Event, EventHub
 from warren.manager.ports import StateReader
 from warren.model import Service, Task
 from warren.state import Change, ClusterState, Put
-
-HISTORY = 64  # versions a session may be behind and still get a delta
 
 
 def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
@@ -88,7 +86,7 @@ class EndpointLog:
         self._by_name: dict[str, dpb.ServiceEndpoint] = {}  # what agents hold, by service name
         self._counted: dict[str, str] = {}  # task id -> service id, of tasks that `_counts`
         self._view = EndpointView(-1, frozenset())
-        self._log: deque[tuple[int, int, frozenset[str]]] = deque(maxlen=HISTORY)  # (at, base, names)
+        self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
         self._deltas: dict[int, bytes | None] = {}  # base -> delta onto the current version
         self.rebuilds = 0  # whole recomputations (for tests and the bench)
@@ -138,17 +136,9 @@ class EndpointLog:
         the whole list but by the names removed, so it is sent whenever it can be."""
         if base in self._deltas:
             return self._deltas[base]
-        names: set[str] = set()
-        found = False
-        for at, before, changed in reversed(self._log):
-            names.update(changed)
-            if before == base:
-                found = True
-                break
-            if at <= base:
-                break
+        names = self._log.since(base)
         encoded = None
-        if found:
+        if names is not None:
             changed_entries = [self._by_name[n] for n in sorted(names) if n in self._by_name]
             removed = sorted(n for n in names if n not in self._by_name)
             encoded = encode_endpoint_delta(changed_entries, removed, base, self._view.at)
@@ -257,7 +247,7 @@ class EndpointLog:
 
     def _new_version(self, at: int, changed: set[str]) -> None:
         backends = frozenset(itertools.chain.from_iterable(e.backends for e in self._by_name.values()))
-        self._log.append((at, self._view.at, frozenset(changed)))
+        self._log.record(at, self._view.at, changed)
         self._view = EndpointView(at, backends)
         self._whole = None
         self._deltas = {}
