@@ -255,6 +255,97 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
     }
 
 
+def _mesh_case(sessions: int, root: Path) -> dict[str, object]:
+    return asyncio.run(_mesh_scenario(sessions, root))
+
+
+async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
+    """`sessions` nodes on the overlay, each with its session; then CHANGES nodes join the mesh
+    one at a time (ADR 65's mesh deltas; the whole mesh to every node before)."""
+    import datetime as dt
+
+    from tests.unit.test_dispatcher_nodes import Cluster, description
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.server import caller
+    from warren.model import Node
+    from warren.pki import Identity
+    from warren.state import Put
+
+    cluster = Cluster(root)
+    deltas = "mesh_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name
+    with cluster.store.read() as state:
+        assert state.cluster is not None
+        info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
+    received = [0] * sessions
+    agent_cpu: list[float] = []
+    sizes: list[int] = []
+
+    async def read(index: int) -> None:
+        caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+        extra = {"mesh_deltas": True} if deltas else {}
+        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
+        held = AssignmentSet()
+        async for message in cluster.dispatcher.Session(request, None):
+            data = _encoded(message)
+            if index == 0:
+                start = time.process_time()
+                held.apply(dpb.AssignmentsMessage.FromString(data))
+                agent_cpu.append(time.process_time() - start)
+                sizes.append(len(data))
+            received[index] += 1
+
+    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # the joins' node changes settle
+    leader: list[float] = []
+    agent: list[float] = []
+    for change in range(CHANGES):
+        joined = Node(
+            id=f"joined{change}",
+            hostname=f"joined{change}",
+            overlay_subnet=f"10.239.{change}.0/24",
+            overlay=True,
+            wg_public_key=f"key{change}",
+            wg_endpoint=f"127.0.0.1:{45000 + change}",
+        )
+        before, agent_before = list(received), sum(agent_cpu)
+        start = time.process_time()
+        cluster.store.commit(cluster.store.applied_index + 1, [Put("node", joined)])
+        deadline = time.monotonic() + 120
+        while any(r <= b for r, b in zip(received, before, strict=True)):
+            if time.monotonic() > deadline or any(t.done() for t in readers):
+                raise RuntimeError(f"join {change}: a session got nothing")
+            await asyncio.sleep(0.001)
+        spent = time.process_time() - start
+        agent.append(sum(agent_cpu) - agent_before)
+        leader.append(spent - agent[-1])
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    cluster.store.env.close()
+
+    def median_ms(values: list[float]) -> float:
+        return round(sorted(values)[len(values) // 2] * 1000, 3)
+
+    return {
+        "deltas": deltas,
+        "mesh_nodes": sessions + CHANGES,
+        "sessions": sessions,
+        "leader_cpu_per_change_ms": median_ms(leader),
+        "agent_cpu_per_change_ms": median_ms(agent),
+        "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
+        "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
+        "message_bytes": sizes[-1] if sizes else 0,
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def _one_side(tree: Path, args: list[str]) -> dict[str, object]:
     """One services case run by the code of `tree` (its warren, tests and bench packages)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
@@ -319,21 +410,25 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=0, help="the services shape: this many services")
     parser.add_argument("--backends", type=int, default=10, help="backends per service")
     parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--mesh", action="store_true", help="joins to the mesh, not backend changes")
     parser.add_argument("--compare", type=Path, help="a tree with the old code, run alternately with this one")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a compare run's side
     options = parser.parse_args()
-    if not options.services:
+    if not options.services and not options.mesh:
         print(json.dumps(run(), indent=2))
         return
     args = ["--services", str(options.services), "--backends", str(options.backends)]
-    args += ["--sessions", str(options.sessions)]
+    args += ["--sessions", str(options.sessions)] + (["--mesh"] if options.mesh else [])
     if options.compare:
         print(json.dumps(compare(options.compare, options.rounds, args), indent=2))
         return
     root = Path(tempfile.mkdtemp(prefix="warren-bench-endpoint-services-"))
     try:
-        print(json.dumps(_services_case(options.services, options.backends, options.sessions, root)))
+        if options.mesh:
+            print(json.dumps(_mesh_case(options.sessions, root)))
+        else:
+            print(json.dumps(_services_case(options.services, options.backends, options.sessions, root)))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

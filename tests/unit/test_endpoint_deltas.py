@@ -253,6 +253,9 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
                     await rig.settled(agents)
                     truth = rig.truth()
                     assert all(a.services == truth for a in agents if a.gate.is_set())
+                    # What RoutingReports records for the version: all its backends (ADR 33).
+                    backends = rig.dispatcher._endpoints.current().backends
+                    assert backends == {b for e in truth for b in e.backends}
             lagging.gate.set()
             await rig.settled(agents)
             truth = rig.truth()
