@@ -30,7 +30,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager.dispatchwire import Assignments
-from warren.manager.endpointlog import EndpointLog, EndpointView, all_endpoints
+from warren.manager.endpointlog import EndpointLog, all_endpoints
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.logbroker import LogBroker
@@ -370,7 +370,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             current_volumes = _node_volumes(state, node.id)
                         if current_volumes != volumes:
                             new_volumes = volumes = current_volumes
-                    changed = self._endpoints_changed(changes, endpoints_sent, request.endpoint_deltas)
+                    # A delta if the agent takes them (ADR 65), else the whole list; None if the
+                    # endpoints are those sent. Asked at every wake-up: it also drains the log's queue.
+                    changed = self._endpoints.since(endpoints_sent, request.endpoint_deltas)
                     if changed is not None:
                         endpoints_sent = changed[0].at
                         # The whole set of that version, delta or not: what the node holds (ADR 65).
@@ -428,13 +430,6 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             check_result(await self._raft.propose_async(change, self._timeout))
         except (ApiError, ProposalError) as exc:  # the next session attempt tries again
             log.warning("node %s could not be marked not ready: %s", node_id, exc)
-
-    def _endpoints_changed(self, changes: list, sent: int, deltas: bool) -> tuple[EndpointView, bytes] | None:
-        """The endpoints to send after `changes` to a session that holds version `sent`: a delta
-        if its agent takes them (ADR 65), else the whole list; None if they did not change."""
-        if not any(change.kind in ("task", "service", "network") for change in changes):
-            return None
-        return self._endpoints.since(sent, deltas)
 
     def _current_nodes(self) -> _NodeView:
         """The managers' addresses and the mesh of the current state, computed once per applied
