@@ -387,7 +387,8 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With 50 services, one task becoming a backend is one entry on the wire to an agent that
-    takes deltas, and one service's endpoint computed on the leader (50 before, per change)."""
+    takes deltas, all 50 to an agent that does not announce them (an older one), and one
+    service's endpoint computed on the leader (50 before, per change)."""
     built = {"calls": 0}
     real = convert.endpoint_to_pb
 
