@@ -406,10 +406,11 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
             new, old = rig.open(1, Agent(deltas=True)), rig.open(2, Agent(deltas=False))
             await rig.settled([new, old])
             sent, base = (len(new.messages), len(old.messages)), new.index
-            built["calls"] = 0
+            built["calls"], rebuilds = 0, rig.dispatcher._endpoints.rebuilds
             rig.commit([Put("task", _task(7, 1, "running", 0))])
             await rig.settled([new, old])
             assert built["calls"] == 1
+            assert rig.dispatcher._endpoints.rebuilds == rebuilds  # no recomputation of all
             delta = new.messages[sent[0]]
             assert delta.services_delta and [e.name for e in delta.services] == ["s7"]
             assert list(delta.services[0].backends) == ["10.224.7.2", "10.224.7.6"]

@@ -90,7 +90,7 @@ class EndpointLog:
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
         self._deltas: dict[int, bytes | None] = {}  # base -> delta onto the current version
-        self.rebuilds = 0  # whole recomputations (for tests and the bench)
+        self.rebuilds = 0  # whole recomputations (for tests)
 
     # -- users -----------------------------------------------------------------------------------
     def open(self) -> None:
