@@ -1,15 +1,25 @@
-"""The dispatcher's CPU per backend change with many open sessions (ADR 57). In-process: a real
-Store (LMDB) and DispatcherService with the in-memory Raft, N node sessions read by one task each,
-a service with a VIP and 3 backends per node; then one task becomes a backend, CHANGES times.
-Each change sends every session the new endpoints: the figure is the process CPU from the
-commit until every session holds the message encoded as gRPC would send it (no network)."""
+"""The dispatcher's CPU per backend change with many open sessions (ADRs 57, 65). In-process: a
+real Store (LMDB) and DispatcherService with the in-memory Raft, N node sessions read by one task
+each; then one task becomes a backend, CHANGES times. Each change sends every session the new
+endpoints: the figure is the process CPU from the commit until every session holds the message
+encoded as gRPC would send it (no network).
+
+Two shapes: one service with 3 backends per node (ADR 57's figure), and `--services S` services
+of `--backends B` tasks each (issue #15's S1: 1,000 x 10), where the sessions ask for endpoint
+deltas if the code knows them (ADR 65) and one agent's parse and `AssignmentSet.apply` of each
+message is timed apart (and not counted in the leader's CPU). `--compare BASE` runs that shape
+alternately against the tree at BASE (old) and this one (new), each in its own process, and
+reports the ratios."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -130,6 +140,248 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
     }
 
 
+def _services_case(services: int, backends: int, sessions: int, root: Path) -> dict[str, object]:
+    return asyncio.run(_services_scenario(services, backends, sessions, root))
+
+
+async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
+    import datetime as dt
+
+    from tests.unit.test_dispatcher_nodes import Cluster, description
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.server import caller
+    from warren.model import Service, ServiceSpec, Task, TaskState
+    from warren.pki import Identity
+    from warren.state import Put
+
+    cluster = Cluster(root)
+    deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name  # the new code
+
+    def service(k: int) -> Service:
+        spec = ServiceSpec(name=f"svc{k:04}", image="x", replicas=per_service)
+        return Service(id=f"s{k:04}", spec=spec, vip=f"10.201.{k // 250}.{2 + k % 250}", version=1)
+
+    def backend(k: int, j: int, spec: ServiceSpec) -> Task:
+        n = k * per_service + j
+        return Task(
+            id=f"t{k:04}-{j:03}",
+            service_id=f"s{k:04}",
+            service_name=spec.name,
+            slot=j + 1,
+            spec=spec,
+            spec_version=1,
+            state=TaskState.RUNNING,
+            desired_state=TaskState.RUNNING,
+            node_id="elsewhere",  # on no session's node: the sessions carry only endpoints
+            overlay_address=f"10.{224 + n // 65536}.{(n // 256) % 256}.{n % 256}",
+        )
+
+    with cluster.store.read() as state:
+        assert state.cluster is not None
+        info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
+    all_services = [service(k) for k in range(services)]
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
+    cluster.store.commit(
+        cluster.store.applied_index + 1,
+        [Put("task", backend(k, j, s.spec)) for k, s in enumerate(all_services) for j in range(per_service)],
+    )
+    received = [0] * sessions
+    agent_cpu: list[float] = []  # one agent's parse + apply, per message after the first
+    sizes: list[int] = []
+
+    async def read(index: int) -> None:
+        caller.set(Identity(f"node{index:03}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+        extra = {"endpoint_deltas": True} if deltas else {}
+        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
+        held = AssignmentSet()
+        async for message in cluster.dispatcher.Session(request, None):
+            data = _encoded(message)  # the leader's serialization, as gRPC's
+            if index == 0:
+                start = time.process_time()
+                parsed = dpb.AssignmentsMessage.FromString(data)
+                held.apply(parsed)
+                if received[0]:
+                    agent_cpu.append(time.process_time() - start)
+                    sizes.append(len(data))
+            received[index] += 1
+
+    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # the joins' node changes settle
+    leader: list[float] = []
+    agent: list[float] = []
+    for change in range(CHANGES):
+        k = (change * 97) % services
+        spec = all_services[k].spec
+        extra = msgspec.structs.replace(
+            backend(k, 0, spec), id=f"x{change}", slot=per_service + 1, overlay_address=f"10.239.255.{2 + change}"
+        )
+        before, agent_before = list(received), sum(agent_cpu)
+        start = time.process_time()
+        cluster.store.commit(cluster.store.applied_index + 1, [Put("task", extra)])
+        deadline = time.monotonic() + 120
+        while any(r <= b for r, b in zip(received, before, strict=True)):
+            if time.monotonic() > deadline or any(t.done() for t in readers):
+                raise RuntimeError(f"change {change}: a session got nothing")
+            await asyncio.sleep(0.001)
+        spent = time.process_time() - start
+        agent.append(sum(agent_cpu) - agent_before)
+        leader.append(spent - agent[-1])
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    cluster.store.env.close()
+
+    def median_ms(values: list[float]) -> float:
+        return round(sorted(values)[len(values) // 2] * 1000, 3)
+
+    return {
+        "deltas": deltas,
+        "services": services,
+        "backends": services * per_service,
+        "sessions": sessions,
+        "leader_cpu_per_change_ms": median_ms(leader),
+        "agent_cpu_per_change_ms": median_ms(agent),
+        "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
+        "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
+        "message_bytes": sizes[-1] if sizes else 0,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _mesh_case(sessions: int, root: Path) -> dict[str, object]:
+    return asyncio.run(_mesh_scenario(sessions, root))
+
+
+async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
+    """`sessions` nodes on the overlay, each with its session; then CHANGES nodes join the mesh
+    one at a time (ADR 65's mesh deltas; the whole mesh to every node before)."""
+    import datetime as dt
+
+    from tests.unit.test_dispatcher_nodes import Cluster, description
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.server import caller
+    from warren.model import Node
+    from warren.pki import Identity
+    from warren.state import Put
+
+    cluster = Cluster(root)
+    deltas = "mesh_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name
+    with cluster.store.read() as state:
+        assert state.cluster is not None
+        info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
+    received = [0] * sessions
+    agent_cpu: list[float] = []
+    sizes: list[int] = []
+
+    async def read(index: int) -> None:
+        caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+        extra = {"mesh_deltas": True} if deltas else {}
+        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
+        held = AssignmentSet()
+        async for message in cluster.dispatcher.Session(request, None):
+            data = _encoded(message)
+            if index == 0:
+                start = time.process_time()
+                held.apply(dpb.AssignmentsMessage.FromString(data))
+                agent_cpu.append(time.process_time() - start)
+                sizes.append(len(data))
+            received[index] += 1
+
+    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # the joins' node changes settle
+    leader: list[float] = []
+    agent: list[float] = []
+    for change in range(CHANGES):
+        joined = Node(
+            id=f"joined{change}",
+            hostname=f"joined{change}",
+            overlay_subnet=f"10.239.{change}.0/24",
+            overlay=True,
+            wg_public_key=f"key{change}",
+            wg_endpoint=f"127.0.0.1:{45000 + change}",
+        )
+        before, agent_before = list(received), sum(agent_cpu)
+        start = time.process_time()
+        cluster.store.commit(cluster.store.applied_index + 1, [Put("node", joined)])
+        deadline = time.monotonic() + 120
+        while any(r <= b for r, b in zip(received, before, strict=True)):
+            if time.monotonic() > deadline or any(t.done() for t in readers):
+                raise RuntimeError(f"join {change}: a session got nothing")
+            await asyncio.sleep(0.001)
+        spent = time.process_time() - start
+        agent.append(sum(agent_cpu) - agent_before)
+        leader.append(spent - agent[-1])
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    cluster.store.env.close()
+
+    def median_ms(values: list[float]) -> float:
+        return round(sorted(values)[len(values) // 2] * 1000, 3)
+
+    return {
+        "deltas": deltas,
+        "mesh_nodes": sessions + CHANGES,
+        "sessions": sessions,
+        "leader_cpu_per_change_ms": median_ms(leader),
+        "agent_cpu_per_change_ms": median_ms(agent),
+        "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
+        "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
+        "message_bytes": sizes[-1] if sizes else 0,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _one_side(tree: Path, args: list[str]) -> dict[str, object]:
+    """One services case run by the code of `tree` (its warren, tests and bench packages)."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--one", *args],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(base: Path, rounds: int, args: list[str]) -> dict[str, object]:
+    """The services case, old (the tree at `base`) and new (this tree) alternated, `rounds` each."""
+    here = Path(__file__).resolve().parents[1]
+    runs: list[dict[str, object]] = []
+    for _ in range(rounds):
+        for side, tree in (("old", base), ("new", here)):
+            result = _one_side(tree, args)
+            result["side"] = side
+            runs.append(result)
+            print(json.dumps(result), file=sys.stderr)
+
+    def median(side: str, key: str) -> float:
+        values = sorted(float(r[key]) for r in runs if r["side"] == side)  # type: ignore[arg-type]
+        return values[len(values) // 2]
+
+    ratios = {
+        key: round(median("new", key) / median("old", key), 4)
+        for key in ("leader_cpu_per_change_ms", "agent_cpu_per_change_ms", "message_bytes")
+    }
+    return {"runs": runs, "new_over_old": ratios}
+
+
 def run() -> dict[str, object]:
     cases = []
     for nodes in [int(n) for n in os.environ.get("WARREN_BENCH_ENDPOINT_NODES", "300,1000").split(",")]:
@@ -153,5 +405,33 @@ def run() -> dict[str, object]:
     }
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=0, help="the services shape: this many services")
+    parser.add_argument("--backends", type=int, default=10, help="backends per service")
+    parser.add_argument("--sessions", type=int, default=100)
+    parser.add_argument("--mesh", action="store_true", help="joins to the mesh, not backend changes")
+    parser.add_argument("--compare", type=Path, help="a tree with the old code, run alternately with this one")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a compare run's side
+    options = parser.parse_args()
+    if not options.services and not options.mesh:
+        print(json.dumps(run(), indent=2))
+        return
+    args = ["--services", str(options.services), "--backends", str(options.backends)]
+    args += ["--sessions", str(options.sessions)] + (["--mesh"] if options.mesh else [])
+    if options.compare:
+        print(json.dumps(compare(options.compare, options.rounds, args), indent=2))
+        return
+    root = Path(tempfile.mkdtemp(prefix="warren-bench-endpoint-services-"))
+    try:
+        if options.mesh:
+            print(json.dumps(_mesh_case(options.sessions, root)))
+        else:
+            print(json.dumps(_services_case(options.services, options.backends, options.sessions, root)))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(), indent=2))
+    main()

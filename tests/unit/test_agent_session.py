@@ -305,5 +305,80 @@ def test_the_heartbeat_reports_the_endpoints_applied_at_once(creds, tmp_path: Pa
     run(scenario())
 
 
+def test_the_agent_takes_endpoint_deltas_and_reopens_on_one_it_cannot_apply(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ADR 65: the agent announces deltas; one onto the index it holds updates the whole set it
+    hands the load balancer; one onto another index is a gap: the session reopens (to get a
+    whole list in its COMPLETE message) and the load balancer never sees it."""
+    certs, server_creds = creds
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([], period=30.0)
+        server, addr = await serve(dispatcher, server_creds)
+        cache = AgentCache(tmp_path / "agent.db")
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), cache, queue)
+        await worker.start()
+        given: list[tuple[int, tuple[tuple[str, tuple[str, ...]], ...]]] = []
+
+        def load_balance(services, vip_range: str, index: int) -> None:  # type: ignore[no-untyped-def]
+            given.append((index, tuple((e.name, e.backends) for e in services)))
+
+        session = Session(certs, ManagerList([addr]), description, worker, queue, on_services=load_balance)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+
+        def endpoint(name: str, *backends: str) -> dpb.ServiceEndpoint:
+            return dpb.ServiceEndpoint(name=name, vip="10.201.0.2", backends=list(backends))
+
+        try:
+            await until(lambda: dispatcher.sessions, message="a session")
+            assert dispatcher.sessions[0].endpoint_deltas
+            whole = [endpoint("a", "10.224.0.2"), endpoint("b", "10.224.0.3")]
+            await dispatcher.outbox.put(
+                dpb.AssignmentsMessage(
+                    type=INCREMENTAL, applies_to=1, version=2, services=whole, services_changed=True, services_index=10
+                )
+            )
+            await dispatcher.outbox.put(
+                dpb.AssignmentsMessage(
+                    type=INCREMENTAL,
+                    applies_to=2,
+                    version=3,
+                    services=[endpoint("c", "10.224.0.5"), endpoint("a", "10.224.0.4")],
+                    services_removed=["b"],
+                    services_delta=True,
+                    services_base=10,
+                    services_index=12,
+                )
+            )
+            await until(lambda: len(given) == 2, message="the whole list, then the delta applied")
+            assert given == [
+                (10, (("a", ("10.224.0.2",)), ("b", ("10.224.0.3",)))),
+                (12, (("a", ("10.224.0.4",)), ("c", ("10.224.0.5",)))),
+            ]
+            await dispatcher.outbox.put(
+                dpb.AssignmentsMessage(
+                    type=INCREMENTAL,
+                    applies_to=3,
+                    version=4,
+                    services=[endpoint("d")],
+                    services_delta=True,
+                    services_base=11,
+                    services_index=13,
+                )
+            )
+            await until(lambda: len(dispatcher.sessions) == 2, message="the session reopened")
+            assert dispatcher.sessions[1].endpoint_deltas
+            assert len(given) == 2  # the delta it could not apply went nowhere
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 10)
+            await worker.close()
+            cache.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
 def _pb(task):  # type: ignore[no-untyped-def]
     return convert.task_to_pb(task, with_spec=True)

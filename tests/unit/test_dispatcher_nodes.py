@@ -132,12 +132,12 @@ class Counter:
 
 
 def test_a_node_change_costs_each_session_constant_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from warren.manager import dispatcher as dispatcher_module
+    from warren.manager import meshlog
 
     managers, mesh_nodes, mesh_encodings = Counter(), Counter(), Counter()
     monkeypatch.setattr(ClusterState, "manager_addrs", managers.wrap(ClusterState.manager_addrs))
     monkeypatch.setattr(convert, "mesh_node_to_pb", mesh_nodes.wrap(convert.mesh_node_to_pb))
-    monkeypatch.setattr(dispatcher_module, "encode_mesh", mesh_encodings.wrap(dispatcher_module.encode_mesh))
+    monkeypatch.setattr(meshlog, "encode_mesh", mesh_encodings.wrap(meshlog.encode_mesh))
 
     async def scenario() -> None:
         cluster = Cluster(tmp_path)
@@ -259,10 +259,10 @@ def test_a_backend_change_is_encoded_once_and_every_session_sends_those_bytes(
 ) -> None:
     """ADR 57: the endpoints go to every session alike; before, each session compared them with
     what it sent and copied them into its own message, O(sessions x backends) per change."""
-    from warren.manager import dispatcher as dispatcher_module
+    from warren.manager import endpointlog
 
     encodings = Counter()
-    monkeypatch.setattr(dispatcher_module, "encode_endpoints", encodings.wrap(dispatcher_module.encode_endpoints))
+    monkeypatch.setattr(endpointlog, "encode_endpoints", encodings.wrap(endpointlog.encode_endpoints))
 
     async def scenario() -> None:
         cluster = Cluster(tmp_path)

@@ -11,6 +11,7 @@ specs, or (a task desired to stop) in the copy the agent already holds.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,31 @@ class MeshMember:
 SpecKey = tuple[str, int]  # (service id, spec version)
 
 
+class SharedEntries:
+    """Endpoints and mesh members read once per process, for agents that share one: `warren sim`
+    runs N agents in a process, and each holds the whole endpoint set and mesh (ADR 65). Equal
+    entries on the wire become one object, kept while any agent holds it; without this, 1,000
+    services x 10 backends held cost ~2 MB per simulated node."""
+
+    def __init__(self) -> None:
+        self._endpoints: weakref.WeakValueDictionary[bytes, Endpoint] = weakref.WeakValueDictionary()
+        self._members: weakref.WeakValueDictionary[bytes, MeshMember] = weakref.WeakValueDictionary()
+
+    def endpoint(self, entry: dpb.ServiceEndpoint) -> Endpoint:
+        key = entry.SerializeToString(deterministic=True)
+        found = self._endpoints.get(key)
+        if found is None:
+            found = self._endpoints[key] = _endpoint(entry)
+        return found
+
+    def member(self, entry: dpb.MeshNode) -> MeshMember:
+        key = entry.SerializeToString(deterministic=True)
+        found = self._members.get(key)
+        if found is None:
+            found = self._members[key] = _member(entry)
+        return found
+
+
 def _no_held_task(task_id: str) -> Task | None:
     return None
 
@@ -76,6 +102,13 @@ class AssignmentSet:
     # Registry logins of tasks yet to pull (ADR 43): in memory only, never in the agent's cache.
     # Changed in place: the controllers read it through ControllerEnv.pull_login.
     logins: dict[str, PullLogin] = field(default_factory=dict)
+    # The endpoints held, by service name, and the services_index they are of (0: none yet):
+    # a delta applies onto exactly that index (ADR 65). Kept across sessions: COMPLETE replaces them.
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    endpoints_index: int = 0
+    mesh: dict[str, MeshMember] = field(default_factory=dict)  # the mesh held, by node id (ADR 65)
+    mesh_version: int = 0
+    shared: SharedEntries | None = None  # agents in one process share equal entries (warren sim)
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept
@@ -88,33 +121,10 @@ class AssignmentSet:
     def apply(self, msg: dpb.AssignmentsMessage) -> AssignmentDelta:
         """Apply one message; raise VersionGap when it cannot be applied to what we hold."""
         managers = tuple(msg.managers)
-        mesh = (
-            tuple(MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet) for m in msg.mesh)
-            if msg.mesh_changed
-            else None
-        )
-        services = (
-            tuple(
-                Endpoint(
-                    e.name,
-                    e.vip,
-                    tuple(e.backends),
-                    tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
-                    canary=tuple(e.canary),
-                    canary_weight=e.canary_weight,
-                    host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
-                    networks=tuple(e.networks),
-                    members=tuple(e.members),
-                    aliases=tuple((a.network, a.alias) for a in e.aliases),
-                    internal=e.internal,
-                )
-                for e in msg.services
-            )
-            if msg.services_changed
-            else None
-        )
         volumes = tuple(msg.volumes) if msg.volumes_changed else None
         if msg.type == dpb.AssignmentsMessage.COMPLETE:
+            self._check_deltas(msg)
+            services, mesh = self._take_endpoints(msg), self._take_mesh(msg)
             self.specs, self.refs = {}, {}
             self.logins.clear()
             self._read_logins(msg)
@@ -148,6 +158,8 @@ class AssignmentSet:
             raise VersionGap(f"message for session {msg.session_id}, ours is {self.session_id}")
         if msg.applies_to != self.version:
             raise VersionGap(f"message applies to version {msg.applies_to}, we hold {self.version}")
+        self._check_deltas(msg)
+        services, mesh = self._take_endpoints(msg), self._take_mesh(msg)
         self._read_logins(msg)
         updated, invalid = self._read(msg)
         for task in updated:
@@ -171,6 +183,58 @@ class AssignmentSet:
             volumes=volumes,
             files=_files(msg),
         )
+
+    def _check_deltas(self, msg: dpb.AssignmentsMessage) -> None:
+        """A delta of the endpoints or of the mesh applies onto exactly what is held (ADR 65)."""
+        if msg.services_delta and msg.services_base != self.endpoints_index:
+            raise VersionGap(
+                f"endpoints delta onto index {msg.services_base}, we hold {self.endpoints_index}: resynchronise"
+            )
+        if msg.mesh_delta and msg.mesh_base != self.mesh_version:
+            raise VersionGap(f"mesh delta onto version {msg.mesh_base}, we hold {self.mesh_version}: resynchronise")
+
+    def _take_mesh(self, msg: dpb.AssignmentsMessage) -> tuple[MeshMember, ...] | None:
+        """The whole mesh after `msg` if it changed it, else None; a delta converts only the
+        nodes it carries, and the mesh is rebuilt from those held, in node id order."""
+        read = self.shared.member if self.shared is not None else _member
+        if msg.mesh_delta:
+            held = self.mesh
+            added = False
+            for m in msg.mesh:
+                added = added or m.node_id not in held
+                held[m.node_id] = read(m)
+            for node_id in msg.mesh_removed:
+                held.pop(node_id, None)
+            if added:
+                self.mesh = dict(sorted(held.items()))
+        elif msg.mesh_changed:
+            self.mesh = {m.node_id: read(m) for m in msg.mesh}
+        else:
+            return None
+        self.mesh_version = msg.mesh_version
+        return tuple(self.mesh.values())
+
+    def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
+        """The whole endpoint set after `msg` if it changed them, else None. A delta converts
+        only the entries it carries; the set is rebuilt from the entries held, in name order,
+        as the whole list comes."""
+        read = self.shared.endpoint if self.shared is not None else _endpoint
+        if msg.services_delta:
+            held = self.endpoints
+            added = False
+            for entry in msg.services:
+                added = added or entry.name not in held
+                held[entry.name] = read(entry)
+            for name in msg.services_removed:
+                held.pop(name, None)
+            if added:
+                self.endpoints = dict(sorted(held.items()))
+        elif msg.services_changed:
+            self.endpoints = {entry.name: read(entry) for entry in msg.services}
+        else:
+            return None
+        self.endpoints_index = msg.services_index
+        return tuple(self.endpoints.values())
 
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
         for login in msg.pull_logins:
@@ -211,6 +275,27 @@ class AssignmentSet:
         """Forget specs no task in the set refers to, as the managers do (ADR 21)."""
         wanted = set(self.refs.values())
         self.specs = {key: spec for key, spec in self.specs.items() if key in wanted}
+
+
+def _endpoint(e: dpb.ServiceEndpoint) -> Endpoint:
+    """A service's endpoint as the load balancer reads it."""
+    return Endpoint(
+        e.name,
+        e.vip,
+        tuple(e.backends),
+        tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
+        canary=tuple(e.canary),
+        canary_weight=e.canary_weight,
+        host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
+        networks=tuple(e.networks),
+        members=tuple(e.members),
+        aliases=tuple((a.network, a.alias) for a in e.aliases),
+        internal=e.internal,
+    )
+
+
+def _member(m: dpb.MeshNode) -> MeshMember:
+    return MeshMember(m.node_id, m.public_key, m.endpoint, m.subnet)
 
 
 def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:

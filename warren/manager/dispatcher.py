@@ -22,20 +22,21 @@ from typing import Any, NamedTuple
 import grpc
 import msgspec
 
-from warren import commands, logsetup, pki, strategy, tls, validate
+from warren import commands, logsetup, pki, tls, validate
 from warren.aio import wait_within
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
-from warren.commands.networks import network_names
 from warren.ids import new_id
-from warren.manager.dispatchwire import Assignments, encode_endpoints, encode_mesh
+from warren.manager.dispatchwire import Assignments
+from warren.manager.endpointlog import EndpointLog, all_endpoints
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.hearing import StallClock
 from warren.manager.logbroker import LogBroker
+from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
@@ -224,57 +225,13 @@ def _failure_text(text: str) -> str:
 
 
 def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
-    """Every service with a VIP, and the addresses of its tasks that may take connections: ready
-    (healthy, with a health check) and not draining before a stop (ADR 33), chosen and weighted
-    by the service's deployment strategy (ADR 35)."""
-    endpoints = []
-    for service in sorted(state.services.values(), key=lambda s: s.spec.name):
-        if not service.vip:
-            continue
-        tasks = [state.tasks[t] for t in state.tasks_by_service.get(service.id, ())]
-        routing = strategy.routing(service, tasks)
-        # Networks (#14, ADR 47): every node isolates by them, so every live task is a member.
-        names = network_names(service.spec)
-        found = [state.network_by_name(name) for name in names]
-        internal = all(n is not None and n.internal for n in found)
-        members = {t.overlay_address for t in tasks if t.overlay_address and not t.state.terminal}
-        endpoints.append(
-            convert.endpoint_to_pb(
-                service, routing.backends, routing.canary, routing.canary_weight, names, members, internal
-            )
-        )
-    return endpoints
-
-
-class _Endpoints(NamedTuple):
-    """The endpoints as computed at Raft index `at` (the last index that changed them), all their
-    backends' addresses, a version that goes up with each change of them, and their encoding,
-    which every session sends as it is (ADR 57): a session compares versions, not lists, and
-    nothing about them is copied or serialized per session."""
-
-    at: int
-    services: list[dpb.ServiceEndpoint]
-    backends: frozenset[str]
-    version: int
-    encoded: bytes
+    """Every service with a VIP and its backends, as an agent holds them (`endpointlog`)."""
+    return all_endpoints(state)
 
 
 def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
     """The names of the volumes that live on the node (ADR 40), sorted."""
     return sorted(v.name for v in state.volumes.values() if v.node_id == node_id)
-
-
-MeshKey = tuple[str, str, str, str]  # what a node contributes to the mesh (MeshNode's fields)
-
-
-def _mesh_keys(state: ClusterState) -> tuple[MeshKey, ...]:
-    """Every node on the overlay (its agent runs the mesh, it has a subnet), sorted by id: what
-    each agent plans its mesh from, as plain tuples (cheap to compare)."""
-    return tuple(
-        (n.id, n.wg_public_key, n.wg_endpoint, n.overlay_subnet)
-        for n in sorted(state.nodes.values(), key=lambda n: n.id)
-        if n.overlay_subnet and n.overlay
-    )
 
 
 class _NodeView(NamedTuple):
@@ -286,10 +243,7 @@ class _NodeView(NamedTuple):
     at: int
     managers: list[str]
     managers_version: int
-    mesh_keys: tuple[MeshKey, ...]
-    mesh: list[dpb.MeshNode]
-    mesh_version: int
-    mesh_encoded: bytes  # `mesh` as every session sends it (ADR 57: encoded once, not per session)
+    mesh_version: int  # of `DispatcherService._mesh`, which holds the mesh and its encodings
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
@@ -318,9 +272,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._sessions: dict[str, str] = {}  # session id -> node id
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
-        self._endpoints_cache = _Endpoints(-1, [], frozenset(), 0, encode_endpoints([], 0))
-        self._endpoints_checked = -1  # the applied index _endpoints_cache was last found current at
-        self._node_view = _NodeView(-1, [], 0, (), [], 0, encode_mesh([]))
+        self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
+        self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
+        self._node_view = _NodeView(-1, [], 0, 0)
 
     def _require_leader(self) -> None:
         if not self._raft.is_leader:
@@ -390,6 +344,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         for stale in [sid for sid, nid in self._sessions.items() if nid == node.id]:
             del self._sessions[stale]
         self._sessions[session_id] = node.id
+        self._endpoints.open()
         try:
             with self._hub.subscribe() as events:
                 version = 1
@@ -403,8 +358,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
                 view = self._current_nodes()
                 managers_sent, mesh_sent = view.managers_version, view.mesh_version
-                current = self._current_endpoints()
-                endpoints_sent = current.version
+                current = self._endpoints.current()
+                endpoints_sent = current.at  # the version this agent holds: deltas go onto it
                 self._heartbeats.routes.sent(node.id, current.at, current.backends)
                 specs.prune()
                 complete = dpb.AssignmentsMessage(
@@ -419,7 +374,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     volumes_changed=True,
                     pull_logins=logins,
                 )
-                yield await self._fits(node.id, Assignments(complete, view.mesh_encoded + current.encoded))
+                shared = self._mesh.whole() + self._endpoints.whole()
+                yield await self._fits(node.id, Assignments(complete, shared))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         changes = _coalesce(await wait_within(events.get(), 1.0), events)
@@ -443,17 +399,21 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
                         if view.mesh_version != mesh_sent:
-                            new_mesh, mesh_sent = view.mesh_encoded, view.mesh_version
+                            new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
+                            mesh_sent = view.mesh_version
                     new_volumes = None
                     if any(change.kind == "volume" for change in changes):
                         with self._store.read() as state:
                             current_volumes = _node_volumes(state, node.id)
                         if current_volumes != volumes:
                             new_volumes = volumes = current_volumes
-                    changed = self._endpoints_changed(changes, endpoints_sent)
+                    # A delta if the agent takes them (ADR 65), else the whole list; None if the
+                    # endpoints are those sent. Asked at every wake-up: it also drains the log's queue.
+                    changed = self._endpoints.since(endpoints_sent, request.endpoint_deltas)
                     if changed is not None:
-                        endpoints_sent = changed.version
-                        self._heartbeats.routes.sent(node.id, changed.at, changed.backends)
+                        endpoints_sent = changed[0].at
+                        # The whole set of that version, delta or not: what the node holds (ADR 65).
+                        self._heartbeats.routes.sent(node.id, changed[0].at, changed[0].backends)
                     if (
                         updated
                         or removed
@@ -475,7 +435,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             volumes_changed=new_volumes is not None,
                             pull_logins=logins,
                         )
-                        shared = (new_mesh or b"") + (changed.encoded if changed is not None else b"")
+                        shared = (new_mesh or b"") + (changed[1] if changed is not None else b"")
                         yield await self._fits(node.id, Assignments(incremental, shared))
                         version += 1
                 if session_id not in self._sessions:
@@ -483,6 +443,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
+            self._endpoints.close()
 
     async def _fits(self, node_id: str, message: Assignments) -> Assignments:
         """`message` if the agent accepts its size; otherwise the node is marked not ready with
@@ -507,29 +468,6 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         except (ApiError, ProposalError) as exc:  # the next session attempt tries again
             log.warning("node %s could not be marked not ready: %s", node_id, exc)
 
-    def _endpoints_changed(self, changes: list, sent_version: int) -> _Endpoints | None:
-        """The services' endpoints if `changes` altered them since the version sent, else None."""
-        if not any(change.kind in ("task", "service", "network") for change in changes):
-            return None
-        current = self._current_endpoints()
-        return current if current.version != sent_version else None
-
-    def _current_endpoints(self) -> _Endpoints:
-        """`_endpoints` of the current state, computed, compared and encoded once per applied
-        index: every session asks after the same change, and the walk over all tasks is the
-        costly part."""
-        with self._store.read() as state:
-            index = self._store.applied_index
-            if self._endpoints_checked != index:
-                self._endpoints_checked = index
-                services = _endpoints(state)
-                cache = self._endpoints_cache
-                if services != cache.services or cache.at < 0:
-                    backends = frozenset(b for e in services for b in e.backends)
-                    encoded = encode_endpoints(services, index)
-                    self._endpoints_cache = _Endpoints(index, services, backends, cache.version + 1, encoded)
-            return self._endpoints_cache
-
     def _current_nodes(self) -> _NodeView:
         """The managers' addresses and the mesh of the current state, computed once per applied
         index (every session asks after the same change) and versioned by content."""
@@ -538,13 +476,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             view = self._node_view
             if view.at == index:
                 return view
-            managers, keys = state.manager_addrs(), _mesh_keys(state)
-            mesh, mesh_version, mesh_encoded = view.mesh, view.mesh_version, view.mesh_encoded
-            if keys != view.mesh_keys:
-                mesh, mesh_version = [convert.mesh_node_to_pb(state.nodes[k[0]]) for k in keys], mesh_version + 1
-                mesh_encoded = encode_mesh(mesh)
+            managers = state.manager_addrs()
+            self._mesh.update(state)
         managers_version = view.managers_version + (managers != view.managers)
-        self._node_view = _NodeView(index, managers, managers_version, keys, mesh, mesh_version, mesh_encoded)
+        self._node_view = _NodeView(index, managers, managers_version, self._mesh.version)
         return self._node_view
 
     def _diff(

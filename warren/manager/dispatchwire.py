@@ -40,9 +40,26 @@ def encode_endpoints(services: list[dpb.ServiceEndpoint], index: int) -> bytes:
     return dpb.AssignmentsMessage(services=services, services_changed=True, services_index=index).SerializeToString()
 
 
-def encode_mesh(mesh: list[dpb.MeshNode]) -> bytes:
-    """The mesh part of an AssignmentsMessage: every node on the overlay (ADR 17)."""
-    return dpb.AssignmentsMessage(mesh=mesh, mesh_changed=True).SerializeToString()
+def encode_endpoint_delta(changed: list[dpb.ServiceEndpoint], removed: list[str], base: int, index: int) -> bytes:
+    """The endpoints part of an AssignmentsMessage as a delta (ADR 65): the entries that changed
+    and the names removed between `services_index` `base` and `index`."""
+    return dpb.AssignmentsMessage(
+        services=changed, services_removed=removed, services_delta=True, services_base=base, services_index=index
+    ).SerializeToString()
+
+
+def encode_mesh(mesh: list[dpb.MeshNode], version: int = 0) -> bytes:
+    """The mesh part of an AssignmentsMessage: every node on the overlay (ADR 17), as of mesh
+    version `version` (what a delta applies onto, ADR 65)."""
+    return dpb.AssignmentsMessage(mesh=mesh, mesh_changed=True, mesh_version=version).SerializeToString()
+
+
+def encode_mesh_delta(changed: list[dpb.MeshNode], removed: list[str], base: int, version: int) -> bytes:
+    """The mesh part of an AssignmentsMessage as a delta (ADR 65): the nodes that joined or
+    changed and the ids of those gone between mesh versions `base` and `version`."""
+    return dpb.AssignmentsMessage(
+        mesh=changed, mesh_removed=removed, mesh_delta=True, mesh_base=base, mesh_version=version
+    ).SerializeToString()
 
 
 SESSION_METHOD = "/warren.api.v1.Dispatcher/Session"

@@ -1,0 +1,556 @@
+"""Endpoint and mesh deltas (#15, ADR 65), on a real Store (LMDB) with the in-memory Raft and the
+agent's own AssignmentSet reading every message: an agent that announces deltas gets, after the
+first whole list of a session, only the services whose endpoints changed (the nodes whose mesh
+entry changed), and holds exactly the whole list at every index (mesh version); an agent that
+does not still gets whole lists; a delta onto another index than the one held resynchronises;
+the leader recomputes only the services a commit touched."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from tests.unit.test_dispatcher_nodes import description
+from tests.waiting import async_wait_for as until
+from warren.agent.assignments import AssignmentSet, MeshMember, SharedEntries, VersionGap, _endpoint
+from warren.api import convert
+from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.manager import changelog, endpointlog
+from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatchwire import encode_endpoint_delta
+from warren.manager.events import EventHub
+from warren.manager.inmemory import InMemoryRaft
+from warren.manager.server import caller
+from warren.manager.store import Store, open_environment
+from warren.model import (
+    ClusterInfo,
+    Network,
+    NetworkAttachment,
+    Node,
+    PortConfig,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskState,
+)
+from warren.network.lb import Endpoint
+from warren.pki import Identity
+from warren.state import Change, Delete, Put
+
+SERVICES = 3
+TASKS = 3  # per service
+
+
+@dataclass
+class Agent:
+    """One node's session, read by its own task into the agent's AssignmentSet."""
+
+    deltas: bool
+    assignments: AssignmentSet = field(default_factory=AssignmentSet)
+    services: tuple[Endpoint, ...] = ()
+    seen: dict[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # services_index -> set held
+    mesh: tuple[MeshMember, ...] = ()
+    mesh_seen: dict[int, tuple[MeshMember, ...]] = field(default_factory=dict)  # mesh version -> mesh held
+    messages: list[dpb.AssignmentsMessage] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: the reader stops reading
+    gaps: list[str] = field(default_factory=list)
+
+    @property
+    def index(self) -> int:
+        return self.assignments.endpoints_index
+
+
+class Rig:
+    def __init__(self, root: Path) -> None:
+        self.store = Store(open_environment(root / "db"))
+        self.hub = EventHub(asyncio.get_running_loop())
+        self.store.watch(self.hub.publish)
+        self.dispatcher = DispatcherService(self.store, InMemoryRaft(self.store), self.hub, Heartbeats())
+        info = ClusterInfo(
+            id="c", created_at=1.0, ca_cert_pem="", ca_key_pem="", worker_token_secret="", manager_token_secret=""
+        )
+        self.store.commit(1, [Put("cluster", info)])
+        self._readers: list[asyncio.Task[None]] = []
+
+    def commit(self, changes: list[Change]) -> None:
+        self.store.commit(self.store.applied_index + 1, changes)
+
+    def open(self, index: int, agent: Agent) -> Agent:
+        agent.gate.set()
+
+        async def read() -> None:
+            caller.set(Identity(f"node{index:03}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+            request = dpb.SessionRequest(
+                description=description(index),
+                specs_by_reference=True,
+                endpoint_deltas=agent.deltas,
+                mesh_deltas=agent.deltas,
+            )
+            agent.assignments.reset()
+            async for sent in self.dispatcher.Session(request, None):
+                message = sent.decoded()  # the bytes the agent parses (ADR 57)
+                agent.messages.append(message)
+                try:
+                    delta = agent.assignments.apply(message)
+                except VersionGap as exc:
+                    agent.gaps.append(str(exc))
+                    return  # as the agent's session does: it reopens
+                if delta.services is not None:
+                    agent.services = delta.services
+                    agent.seen[delta.services_index] = delta.services
+                if delta.mesh is not None:
+                    agent.mesh = delta.mesh
+                    agent.mesh_seen[agent.assignments.mesh_version] = delta.mesh
+                await agent.gate.wait()
+
+        self._readers.append(asyncio.create_task(read()))
+        return agent
+
+    def truth(self) -> tuple[Endpoint, ...]:
+        """The whole list computed afresh from the state, as the agent converts it."""
+        with self.store.read() as state:
+            return tuple(_endpoint(e) for e in endpointlog.all_endpoints(state))
+
+    async def settled(self, agents: list[Agent]) -> None:
+        """Until each reading agent holds the leader's current version (every commit delivered)."""
+
+        def caught_up() -> bool:
+            log = self.dispatcher._endpoints
+            target = log.current().at
+            if log._through != self.store.applied_index:  # a commit not yet delivered
+                return False
+            return all(a.messages and a.index == target for a in agents if a.gate.is_set())
+
+        await until(caught_up, timeout=10, interval=0.005, message="the agents hold the current endpoints")
+
+    def mesh_truth(self) -> tuple[MeshMember, ...]:
+        """The whole mesh computed afresh from the state, as the agent reads it."""
+        with self.store.read() as state:
+            nodes = sorted((n for n in state.nodes.values() if n.overlay_subnet and n.overlay), key=lambda n: n.id)
+            return tuple(MeshMember(n.id, n.wg_public_key, n.wg_endpoint, n.overlay_subnet) for n in nodes)
+
+    async def mesh_settled(self, agents: list[Agent]) -> None:
+        def caught_up() -> bool:
+            version = self.dispatcher._current_nodes().mesh_version  # the live state's mesh
+            reading = [a for a in agents if a.gate.is_set()]
+            return all(a.messages and a.assignments.mesh_version == version for a in reading)
+
+        await until(caught_up, timeout=10, interval=0.005, message="the agents hold the current mesh")
+
+    async def close(self) -> None:
+        for reader in self._readers:
+            reader.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self.store.env.close()
+
+
+def _service(k: int, vip: bool = True, ports: int = 0, network: bool = False) -> Service:
+    spec = ServiceSpec(
+        name=f"s{k}",
+        image="busybox",
+        ports=tuple(PortConfig(target=80, published=8000 + k * 10 + p) for p in range(ports)),
+        networks=(NetworkAttachment("n1"),) if network else (),
+    )
+    return Service(id=f"svc{k}", spec=spec, version=1, vip=f"10.201.0.{k + 2}" if vip else "")
+
+
+TASK_STATES = {
+    "running": dict(state=TaskState.RUNNING),
+    "starting": dict(state=TaskState.STARTING),
+    "failed": dict(state=TaskState.FAILED),
+    "draining": dict(state=TaskState.RUNNING, draining_since=1.0),
+    "unhealthy": dict(state=TaskState.RUNNING, health="unhealthy"),
+    "no address": dict(state=TaskState.RUNNING, overlay_address=""),
+}
+
+
+def _task(k: int, j: int, how: str, address: int) -> Task:
+    fields: dict = dict(state=TaskState.RUNNING, overlay_address=f"10.224.{k}.{2 + j * 4 + address}")
+    fields.update(TASK_STATES[how])
+    return Task(
+        id=f"t{k}-{j}",
+        service_id=f"svc{k}",
+        service_name=f"s{k}",
+        slot=j + 1,
+        spec=_service(k).spec,
+        spec_version=1,
+        desired_state=TaskState.RUNNING,
+        node_id="elsewhere",
+        **fields,
+    )
+
+
+def _change(op: tuple) -> Change:
+    match op:
+        case ("task", k, j, how, address):
+            return Put("task", _task(k, j, how, address))
+        case ("drop", k, j):
+            return Delete("task", f"t{k}-{j}")
+        case ("service", k, vip, ports, network):
+            return Put("service", _service(k, vip, ports, network))
+        case ("rm", k):
+            return Delete("service", f"svc{k}")
+        case ("network", internal):
+            return Put("network", Network(id="net1", name="n1", internal=internal))
+    raise AssertionError(op)
+
+
+services = st.integers(0, SERVICES - 1)
+tasks = st.integers(0, TASKS - 1)
+ops = st.one_of(
+    st.tuples(st.just("task"), services, tasks, st.sampled_from(sorted(TASK_STATES)), st.integers(0, 3)),
+    st.tuples(st.just("drop"), services, tasks),
+    st.tuples(st.just("service"), services, st.booleans(), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("rm"), services),
+    st.tuples(st.just("network"), st.booleans()),
+)  # fmt: skip
+# Each step: one commit of 1-4 changes, whether the lagging agent reads meanwhile, and whether
+# the test waits for the agents before the next commit (if not, sessions take several at once).
+steps = st.lists(st.tuples(st.lists(ops, min_size=1, max_size=4), st.booleans(), st.booleans()), max_size=14)
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=steps)
+@example(history=[([("task", 0, 0, "failed", 0)], False, True)])  # a backend leaves by ending
+@example(  # the lagging agent misses two versions that changed different services
+    history=[
+        ([("task", 1, 0, "running", 0)], True, True),
+        ([("task", 0, 1, "running", 0)], True, True),
+        ([("task", 1, 1, "running", 0)], True, True),
+    ]
+)
+def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> None:
+    """A random history of endpoint changes (tasks coming, going, draining, failing; services
+    created, removed, losing their VIP, changing ports; a network turning internal): an agent
+    that takes deltas holds, at every index it is sent, exactly what an agent sent whole lists
+    holds at that index, and both hold the whole list of the current state once settled."""
+
+    async def scenario(root: Path) -> None:
+        rig = Rig(root)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(2)] + [Put("task", _task(0, 0, "running", 0))])
+            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
+            whole = Agent(deltas=False)
+            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
+            await rig.settled(agents)
+            for changes, lag, wait in history:
+                if lag:
+                    lagging.gate.clear()
+                else:
+                    lagging.gate.set()
+                rig.commit([_change(op) for op in changes])
+                if wait:
+                    await rig.settled(agents)
+                    truth = rig.truth()
+                    assert all(a.services == truth for a in agents if a.gate.is_set())
+                    # What RoutingReports records for the version: all its backends (ADR 33).
+                    backends = rig.dispatcher._endpoints.current().backends
+                    assert backends == {b for e in truth for b in e.backends}
+            lagging.gate.set()
+            await rig.settled(agents)
+            truth = rig.truth()
+            for agent in agents:
+                assert agent.services == truth
+                assert not agent.gaps
+            for agent in (steady, lagging):
+                for index, held in agent.seen.items():
+                    if index in whole.seen:
+                        assert held == whole.seen[index], f"index {index}"
+            # The old agent only ever got whole lists; the others only deltas after the first.
+            assert not any(m.services_delta for m in whole.messages)
+            for agent in (steady, lagging):
+                assert agent.messages[0].services_changed and not agent.messages[0].services_delta
+                assert not any(m.services_changed for m in agent.messages[1:])
+        finally:
+            await rig.close()
+
+    with tempfile.TemporaryDirectory(prefix="warren-deltas-") as root:
+        _run(scenario(Path(root)))
+
+
+def _node(i: int, key: int, endpoint: int, subnet: bool, overlay: bool) -> Node:
+    return Node(
+        id=f"m{i}",
+        hostname=f"m{i}",
+        wg_public_key=f"key{i}-{key}",
+        wg_endpoint=f"127.0.0.1:{40000 + i * 10 + endpoint}",
+        overlay_subnet=f"10.230.{i}.0/24" if subnet else "",
+        overlay=overlay,
+    )
+
+
+nodes = st.integers(0, 4)
+node_ops = st.one_of(
+    st.tuples(st.just("node"), nodes, st.integers(0, 2), st.integers(0, 1), st.booleans(), st.booleans()),
+    st.tuples(st.just("gone"), nodes),
+)
+node_steps = st.lists(st.tuples(st.lists(node_ops, min_size=1, max_size=3), st.booleans(), st.booleans()), max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(history=node_steps)
+@example(  # the lagging agent misses versions that changed different nodes, one of them leaving
+    history=[
+        ([("node", 0, 0, 0, True, True)], True, True),
+        ([("node", 1, 0, 0, True, True)], True, True),
+        ([("gone", 0)], True, True),
+    ]
+)
+def test_mesh_deltas_give_exactly_the_whole_mesh_at_every_version(history: list) -> None:
+    """Nodes joining, leaving, changing key, endpoint or subnet, turning the overlay on and off:
+    an agent that takes mesh deltas holds, at every mesh version it is sent, exactly the mesh an
+    agent sent whole meshes holds, and both hold the mesh of the current state once settled."""
+
+    async def scenario(root: Path) -> None:
+        rig = Rig(root)
+        try:
+            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
+            whole = Agent(deltas=False)
+            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
+            await rig.mesh_settled(agents)
+            for changes, lag, wait in history:
+                if lag:
+                    lagging.gate.clear()
+                else:
+                    lagging.gate.set()
+                rig.commit(
+                    [Put("node", _node(*op[1:])) if op[0] == "node" else Delete("node", f"m{op[1]}") for op in changes]
+                )
+                if wait:
+                    await rig.mesh_settled(agents)
+                    truth = rig.mesh_truth()
+                    assert all(a.mesh == truth for a in agents if a.gate.is_set())
+            lagging.gate.set()
+            await rig.mesh_settled(agents)
+            truth = rig.mesh_truth()
+            for agent in agents:
+                assert agent.mesh == truth
+                assert not agent.gaps
+            for agent in (steady, lagging):
+                for version, held in agent.mesh_seen.items():
+                    if version in whole.mesh_seen:
+                        assert held == whole.mesh_seen[version], f"mesh version {version}"
+            assert not any(m.mesh_delta for m in whole.messages)
+            for agent in (steady, lagging):
+                assert agent.messages[0].mesh_changed and not agent.messages[0].mesh_delta
+                assert not any(m.mesh_changed for m in agent.messages[1:])
+        finally:
+            await rig.close()
+
+    with tempfile.TemporaryDirectory(prefix="warren-mesh-deltas-") as root:
+        _run(scenario(Path(root)))
+
+
+def test_a_join_sends_an_agent_that_takes_deltas_one_mesh_entry(tmp_path: Path) -> None:
+    """With 20 nodes in the mesh, a join is one MeshNode to an agent that takes deltas, the
+    whole mesh to one that does not; a mesh delta onto another version is a gap."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("node", _node(i, 0, 0, True, True)) for i in range(20)])
+            new, old = rig.open(1, Agent(deltas=True)), rig.open(2, Agent(deltas=False))
+            await rig.mesh_settled([new, old])
+            counts = len(new.messages), len(old.messages)
+            rig.commit([Put("node", _node(25, 0, 0, True, True))])
+            await rig.mesh_settled([new, old])
+            delta, whole = new.messages[counts[0]], old.messages[counts[1]]
+            assert delta.mesh_delta and [m.node_id for m in delta.mesh] == ["m25"]
+            assert whole.mesh_changed and len(whole.mesh) == len(rig.mesh_truth()) > 20
+            assert new.mesh == old.mesh == rig.mesh_truth()
+            new.assignments.mesh_version += 5  # as if it had missed one
+            rig.commit([Delete("node", "m25")])
+            await until(lambda: new.gaps, message="the gap")
+            assert "mesh delta onto version" in new.gaps[0]
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_only_those(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With 50 services, one task becoming a backend is one entry on the wire to an agent that
+    takes deltas, all 50 to an agent that does not announce them (an older one), and one
+    service's endpoint computed on the leader (50 before, per change)."""
+    built = {"calls": 0}
+    real = convert.endpoint_to_pb
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        built["calls"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(convert, "endpoint_to_pb", counting)
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(50)])
+            rig.commit([Put("task", _task(k, 0, "running", 0)) for k in range(50)])
+            new, old = rig.open(1, Agent(deltas=True)), rig.open(2, Agent(deltas=False))
+            await rig.settled([new, old])
+            sent, base = (len(new.messages), len(old.messages)), new.index
+            built["calls"], rebuilds = 0, rig.dispatcher._endpoints.rebuilds
+            rig.commit([Put("task", _task(7, 1, "running", 0))])
+            await rig.settled([new, old])
+            assert built["calls"] == 1
+            assert rig.dispatcher._endpoints.rebuilds == rebuilds  # no recomputation of all
+            delta = new.messages[sent[0]]
+            assert delta.services_delta and [e.name for e in delta.services] == ["s7"]
+            assert list(delta.services[0].backends) == ["10.224.7.2", "10.224.7.6"]
+            assert delta.services_base == base and delta.services_index > base
+            whole = old.messages[sent[1]]
+            assert whole.services_changed and len(whole.services) == 50
+            assert new.services == old.services == rig.truth()
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_a_session_far_behind_gets_the_whole_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its base is no longer in the leader's bounded log of changes: a whole list, not a delta."""
+    monkeypatch.setattr(changelog, "HISTORY", 2)
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(4)])
+            steady, lagging = rig.open(1, Agent(deltas=True)), rig.open(2, Agent(deltas=True))
+            await rig.settled([steady, lagging])
+            lagging.gate.clear()
+            for k in range(4):  # four versions: it reads the first, then stops reading
+                rig.commit([Put("task", _task(k, 0, "running", 0))])
+                await rig.settled([steady])
+            count = len(lagging.messages)
+            lagging.gate.set()
+            await rig.settled([steady, lagging])
+            caught_up = lagging.messages[count]  # what it gets next: the whole list
+            assert caught_up.services_changed and not caught_up.services_delta
+            assert lagging.services == steady.services == rig.truth()
+            assert any(m.services_delta for m in steady.messages)
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_a_delta_onto_another_index_is_a_gap_and_a_new_session_brings_the_whole_list(tmp_path: Path) -> None:
+    """The agent applies a delta only onto exactly the index it holds; otherwise it reopens its
+    session, whose COMPLETE message carries the whole list again."""
+    held = AssignmentSet()
+    held.apply(
+        dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.COMPLETE,
+            version=1,
+            services=[dpb.ServiceEndpoint(name="a", vip="10.201.0.2", backends=["10.224.0.2"])],
+            services_changed=True,
+            services_index=10,
+        )
+    )
+    wrong = dpb.AssignmentsMessage()
+    wrong.ParseFromString(
+        dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2).SerializeToString()
+        + encode_endpoint_delta([dpb.ServiceEndpoint(name="b", vip="10.201.0.3")], ["a"], 9, 12)
+    )
+    with pytest.raises(VersionGap, match="delta onto index 9, we hold 10"):
+        held.apply(wrong)
+    assert held.version == 1 and list(held.endpoints) == ["a"]  # nothing applied
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(3)])
+            agent = rig.open(1, Agent(deltas=True))
+            await rig.settled([agent])
+            agent.assignments.endpoints_index -= 1  # as if it had missed a delta
+            rig.commit([Put("task", _task(1, 0, "running", 0))])
+            await until(lambda: agent.gaps, message="the gap")
+            assert agent.messages[-1].services_delta
+            assert agent.services != rig.truth()  # the delta was not applied
+            rig.open(1, agent)  # what the agent's session does on a gap: reopen
+            await rig.settled([agent])
+            assert agent.messages[-1].services_changed and not agent.messages[-1].services_delta
+            assert agent.services == rig.truth()
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_agents_in_one_process_hold_one_copy_of_equal_entries() -> None:
+    """warren sim runs many agents in one process; each holds the whole endpoint set and mesh.
+    Sharing equal entries keeps that to a few pointers per node (~2 MB each without, at 1,000
+    services x 10 backends; 400 here), and an entry no agent holds any more is released."""
+    import gc
+    import tracemalloc
+
+    entries = [
+        dpb.ServiceEndpoint(
+            name=f"svc{k:04}",
+            vip=f"10.201.{k // 250}.{k % 250}",
+            backends=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
+            members=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
+            networks=["default"],
+        )
+        for k in range(400)
+    ]
+    mesh = [dpb.MeshNode(node_id=f"n{i:04}", public_key=f"k{i}", subnet=f"10.224.{i}.0/24") for i in range(200)]
+    whole = dpb.AssignmentsMessage(
+        type=dpb.AssignmentsMessage.COMPLETE,
+        version=1,
+        services=entries,
+        services_changed=True,
+        services_index=5,
+        mesh=mesh,
+        mesh_changed=True,
+        mesh_version=3,
+    ).SerializeToString()
+
+    def held_bytes(shared: SharedEntries | None) -> tuple[int, list[AssignmentSet]]:
+        gc.collect()
+        tracemalloc.start()
+        sets = [AssignmentSet(shared=shared) for _ in range(10)]
+        for held in sets:
+            held.apply(dpb.AssignmentsMessage.FromString(whole))
+        used = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return used, sets
+
+    alone, separate = held_bytes(None)
+    shared = SharedEntries()
+    together, sets = held_bytes(shared)
+    assert together < alone / 4, (together, alone)
+    assert all(s.endpoints["svc0007"] is sets[0].endpoints["svc0007"] for s in sets)
+    assert all(s.mesh["n0007"] is sets[0].mesh["n0007"] for s in sets)
+    assert [tuple(s.endpoints.values()) for s in sets] == [tuple(s.endpoints.values()) for s in separate]
+    old = sets[0].endpoints["svc0007"]
+    changed = dpb.ServiceEndpoint()
+    changed.CopyFrom(entries[7])
+    changed.backends.append("10.239.0.2")
+    delta = dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2)
+    delta.ParseFromString(delta.SerializeToString() + encode_endpoint_delta([changed], [], 5, 6))
+    for held in sets:
+        held.apply(delta)
+    assert all(s.endpoints["svc0007"].backends[-1] == "10.239.0.2" for s in sets)
+    assert len({id(s.endpoints["svc0007"]) for s in sets}) == 1
+    key = entries[7].SerializeToString(deterministic=True)
+    del old
+    gc.collect()
+    assert key not in shared._endpoints  # no agent holds the old entry: released
