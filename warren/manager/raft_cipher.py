@@ -101,13 +101,12 @@ class Opener:
             raise FrameError(f"an unknown frame version {version!r}")
         if counter <= self._last:
             raise FrameError("a replayed or reordered frame")
-        if self._salt is None:
+        if self._aead is None:
             aead = self._cipher.connection_key(salt)
         elif salt != self._salt:
             raise FrameError("a frame sealed for another connection")
         else:
             aead = self._aead
-        assert aead is not None
         try:
             data = aead.decrypt(_nonce(counter), frame[HEADER_BYTES:], frame[:HEADER_BYTES])
         except InvalidTag:
