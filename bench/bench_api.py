@@ -294,9 +294,13 @@ def cluster_writes(clients: int = CLUSTER_CLIENTS, seconds: float = CLUSTER_SECO
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _cluster_run(managers: list, leader, targets: list, clients: int, seconds: float) -> dict[str, object]:
+def _cluster_run(
+    managers: list, leader, targets: list, clients: int, seconds: float, readers: int = READERS, prefix: str = ""
+) -> dict[str, object]:
+    """One load run; `readers` = 0 times the writes alone (CPU per write with no reads in it)."""
     sent_to = "all" if len(targets) == len(managers) else ("leader" if targets == [leader] else "followers")
-    args = [sys.executable, "-m", "bench.bench_api", "--cluster-load", str(clients), str(seconds), sent_to]
+    args = [sys.executable, "-m", "bench.bench_api", "--cluster-load", str(clients), str(seconds), prefix or sent_to]
+    args += ["--readers", str(readers)]
     args += [str(managers[0].data_dir / "admin"), *(m.addr for m in targets)]
     cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
     entries_before = _commit_index(leader)
@@ -334,7 +338,9 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, addrs: list[str]) -> dict[str, object]:
+def _cluster_load(
+    clients: int, seconds: float, prefix: str, creds_dir: str, addrs: list[str], readers: int = READERS
+) -> dict[str, object]:
     """The client side of cluster_writes, in its own process; services are named `prefix`-..."""
     import asyncio
 
@@ -393,7 +399,7 @@ def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, add
         start = loop.time()
         await asyncio.gather(
             *(client(i, start + seconds) for i in range(clients)),
-            *(reader(i, start + seconds) for i in range(READERS)),
+            *(reader(i, start + seconds) for i in range(readers)),
         )
         elapsed = loop.time() - start
         for channel in channels:
@@ -401,6 +407,7 @@ def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, add
         return {
             "managers": len(addrs),
             "clients": clients,
+            "readers": readers,
             "seconds": round(elapsed, 3),
             "writes": len(latencies),
             "errors": len(errors),
@@ -417,7 +424,8 @@ def _cluster_load(clients: int, seconds: float, prefix: str, creds_dir: str, add
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--cluster-load"]:
-        clients, seconds, prefix, creds_dir, *addrs = sys.argv[2:]
-        print(json.dumps(_cluster_load(int(clients), float(seconds), prefix, creds_dir, addrs)))
+        clients, seconds, prefix, flag, readers, creds_dir, *addrs = sys.argv[2:]
+        assert flag == "--readers", "usage: --cluster-load CLIENTS SECONDS PREFIX --readers N CREDS ADDR..."
+        print(json.dumps(_cluster_load(int(clients), float(seconds), prefix, creds_dir, addrs, int(readers))))
         sys.exit(0)
     print(json.dumps(run(), indent=2))

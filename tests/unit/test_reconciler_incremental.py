@@ -25,7 +25,7 @@ from warren.model import (
     Task,
     TaskState,
 )
-from warren.reconciler import Visit, reconcile_pass, touched_by
+from warren.reconciler import ReconcileConfig, Visit, reconcile_pass, touched_by
 from warren.state import ClusterState, Delete, Put
 
 incremental_ops = st.one_of(
@@ -137,3 +137,29 @@ def test_changes_of_unknown_effect_ask_for_a_full_pass() -> None:
         services=frozenset({"s2"})
     )
     assert touched_by([Put("cluster", ClusterInfo("c", 0.0, "", "", "", ""))], state) is None
+
+
+def test_an_incremental_pass_reads_no_spec_mounts_of_services_that_mount_nothing(monkeypatch) -> None:
+    """Every pass looks for volumes left unbound across all services (ADR 40): services that
+    mount nothing must cost no more than a glance, or an incremental pass is O(services) of
+    spec walks (5.3 ms at 10,000 services, most of the leader's pass under a create load)."""
+    from warren import mounts
+
+    state = ClusterState()
+    state.apply(
+        [
+            Put("service", Service(id=f"s{i:04d}", spec=ServiceSpec(name=f"n{i:04d}", image="busybox", replicas=0)))
+            for i in range(1_000)
+        ]  # type: ignore[arg-type]
+    )
+    looked_at: list[str] = []
+    real = mounts.volume_names
+
+    def counting(spec: ServiceSpec) -> tuple[str, ...]:
+        looked_at.append(spec.name)
+        return real(spec)
+
+    monkeypatch.setattr(mounts, "volume_names", counting)
+    plan, _ = reconcile_pass(state, 1.0, {}, ReconcileConfig(), ids_from(0), visit=Visit(services=frozenset({"s0500"})))
+    assert plan.created == ()
+    assert looked_at == []

@@ -35,7 +35,7 @@ from typing import Any
 from warren import clientconfig, logsetup, proctitle, tls, validate
 from warren.aio import wait_within
 from warren.host import reachable_addr
-from warren.manager import autolock, cakey, discovery, lockedfiles, lockedstart, metrics
+from warren.manager import autolock, cakey, discovery, gcpolicy, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
 from warren.manager.certificates import CertificateKeeper, embedded_agent_files, key_opener, load_own, own_files
@@ -342,6 +342,7 @@ async def _open_and_serve(
     _run_task(opened, orchestrator.run(), "orchestrator")
     opened.push_async_callback(health.set, "", NOT_SERVING)
     _run_task(opened, track_health(raft, health), "health")
+    log.debug("garbage collector thresholds: %s", gcpolicy.settle())  # ADR 67
     if stop is None:  # the manager's own process: signals stop it once it serves
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,8 @@ and sheds unauthenticated connections when descriptors run out, a large backlog,
 filter on the source address (the IP addresses of the current Raft members; membership changes
 reach it because it is read from the transport's own member set on every accept).
 
-It also makes the reassembly of a chunked entry correct (see `_onMessageReceived`).
+It also makes the reassembly of a chunked entry correct (see `_onMessageReceived`), and seals
+frames with AES-GCM instead of Fernet between managers that both can (ADR 67, `raft_cipher`).
 
 Everything subclasses PySyncObj 0.3.17's classes and overrides a few name-mangled methods;
 `_check_pysyncobj` fails at import if those are gone, rather than leaving the port open.
@@ -26,6 +27,7 @@ import errno
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import zlib
@@ -38,6 +40,8 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection, _getAddrType
 from pysyncobj.tcp_server import SERVER_STATE, TcpServer
 from pysyncobj.transport import TCPTransport
+
+from warren.manager.raft_cipher import HANDSHAKE_MARKER, FrameCipher, FrameError, Opener, Sealer, is_sealed
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +101,9 @@ class HardenedTcpConnection(TcpConnection):
 
     # TcpConnection's state this reads and writes (PySyncObj has no types).
     _TcpConnection__socket: Any  # a socket, None once closed
+    _TcpConnection__writeBuffer: bytes
     recvLastTimestamp: int
+    sendRandKey: Any
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -107,9 +113,56 @@ class HardenedTcpConnection(TcpConnection):
         self.source_ip = ""  # outgoing connections start from this address, if set
         self._buffer = bytearray()
         self._consumed = 0  # bytes of _buffer already parsed
+        # Sealed frames (ADR 67): the transport sets `cipher` when the cluster has a secret.
+        self.cipher: FrameCipher | None = None
+        self._sealer: Sealer | None = None  # set once the peer is known to read sealed frames
+        self._opener: Opener | None = None  # set by the first sealed frame; Fernet refused after
+
+    def seal_sends(self) -> None:
+        """The peer reads sealed frames: seal ours from now on (this connection only)."""
+        if self.cipher is not None and self._sealer is None:
+            self._sealer = self.cipher.sealer()
+
+    @property
+    def sealing(self) -> bool:
+        return self._sealer is not None
+
+    def send(self, message) -> None:
+        """PySyncObj's send, sealing the frame with AES-GCM once the peer reads it (else Fernet)."""
+        if self.sendRandKey:
+            message = (self.sendRandKey, message)
+        data = zlib.compress(raft_pickle.dumps(message), 3)
+        if self._sealer is not None:
+            data = self._sealer.seal(data)
+        elif self.encryptor:
+            data = self.encryptor.encrypt_at_time(data, int(raft_clock()))
+        self._TcpConnection__writeBuffer += _LENGTH.pack(len(data)) + data
+        self._TcpConnection__trySendBuffer()
+
+    def _reset_cipher(self) -> None:
+        self._sealer = None
+        self._opener = None
+
+    def _unseal(self, data: bytes) -> bytes:
+        """A frame's plain bytes, sealed (AES-GCM) or Fernet as the peer sent it; raises if it
+        does not authenticate. Once a peer has sealed a frame, Fernet from it is refused."""
+        if is_sealed(data) and self.cipher is not None:
+            if self._opener is None:
+                self._opener = self.cipher.opener()
+            data = self._opener.open(data)
+            self.seal_sends()  # a peer that seals reads sealed frames
+            return data
+        if self._opener is not None:
+            raise FrameError("a Fernet frame from a peer that sealed its frames before (a downgrade)")
+        timestamp = self.encryptor.extract_timestamp(data)
+        if timestamp < self.recvLastTimestamp:
+            raise ValueError("replayed message")
+        self.recvLastTimestamp = timestamp
+        return self.encryptor.decrypt(data)
 
     def connect(self, host, port):
         self._reset_buffer()
+        self._reset_cipher()
         # Until the peer answers our key exchange (without encryption there is none to wait for).
         self.frame_limit = PRE_AUTH_FRAME_BYTES if self.encryptor else MAX_FRAME_BYTES
         if not self.source_ip or host is None:
@@ -148,6 +201,7 @@ class HardenedTcpConnection(TcpConnection):
 
     def disconnect(self) -> None:
         self._reset_buffer()
+        self._reset_cipher()
         super().disconnect()
 
     def _reset_buffer(self) -> None:
@@ -207,11 +261,7 @@ class HardenedTcpConnection(TcpConnection):
         data = bytes(self._buffer[start + 4 : start + 4 + length])
         try:
             if self.encryptor:
-                timestamp = self.encryptor.extract_timestamp(data)
-                if timestamp < self.recvLastTimestamp:
-                    raise ValueError("replayed message")
-                self.recvLastTimestamp = timestamp
-                data = self.encryptor.decrypt(data)
+                data = self._unseal(data)
             message = raft_pickle.loads(zlib.decompress(data))
             if self.recvRandKey:
                 rand_key, message = message
@@ -320,6 +370,7 @@ class HardenedTcpServer(TcpServer):
             sock.close()
             return
         conn.peer_ip = peer_ip
+        conn.cipher = self._transport.cipher
         self._TcpServer__onNewConnectionCallback(conn)
 
 
@@ -349,6 +400,8 @@ class HardenedTransport(TCPTransport):
         self._pending: dict[HardenedTcpConnection, float] = {}  # unauthenticated -> accepted at
         self._next_sweep = 0.0
         self._transmission_parts = 0
+        password = syncObj.conf.password
+        self.cipher = FrameCipher(password) if password else None  # before any connection exists
         super().__init__(syncObj, selfNode, otherNodes)
 
     # -- admission ---------------------------------------------------------------------------
@@ -403,12 +456,30 @@ class HardenedTransport(TCPTransport):
             self._close_pending(oldest)
 
     def _onIncomingMessageReceived(self, conn, message) -> None:
+        if (
+            self._syncObj.encryptor
+            and not conn.sendRandKey
+            and isinstance(message, bytes)
+            and message.startswith(HANDSHAKE_MARKER)
+        ):
+            conn.seal_sends()  # the dialler reads sealed frames: our answer is sealed (ADR 67)
         super()._onIncomingMessageReceived(conn, message)
         if conn not in self._unknownConnections:
             # Its address came with our random session key, so this is no replay: a member
             # that holds the secret, which may send full-size frames (or it was closed).
             self._pending.pop(conn, None)
             conn.frame_limit = MAX_FRAME_BYTES
+
+    def _onOutgoingConnected(self, conn) -> None:
+        if not (self._syncObj.encryptor and self.cipher):
+            super()._onOutgoingConnected(conn)
+            return
+        # PySyncObj's handshake, with our random key marked: a peer of this version answers in
+        # sealed frames, one of an earlier version takes the whole as its key and answers in
+        # Fernet, and this connection stays Fernet both ways (ADR 67).
+        conn.setOnMessageReceivedCallback(functools.partial(self._onOutgoingMessageReceived, conn))
+        conn.recvRandKey = HANDSHAKE_MARKER + os.urandom(32)
+        conn.send(conn.recvRandKey)
 
     def _onOutgoingMessageReceived(self, conn, message) -> None:
         conn.frame_limit = MAX_FRAME_BYTES  # its key decrypted: the member holds the secret
@@ -471,6 +542,7 @@ class HardenedTransport(TCPTransport):
                 keepalive=conf.tcp_keepalive,
             )
             hardened.encryptor = self._syncObj.encryptor
+            hardened.cipher = self.cipher
             hardened.source_ip = self._source_ip()
             hardened.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, hardened))
             hardened.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
@@ -536,9 +608,16 @@ def _check_pysyncobj() -> None:
             "_TcpConnection__processRead",
             "_TcpConnection__processParseMessage",
             "_TcpConnection__processConnection",
+            "_TcpConnection__trySendBuffer",
         ],
         TcpServer: ["_TcpServer__onNewConnection"],
-        TCPTransport: ["_onTick", "_onMessageReceived", "_onIncomingMessageReceived", "_onOutgoingMessageReceived"],
+        TCPTransport: [
+            "_onTick",
+            "_onMessageReceived",
+            "_onIncomingMessageReceived",
+            "_onOutgoingConnected",
+            "_onOutgoingMessageReceived",
+        ],
     }
     for cls, names in needed.items():
         for name in names:

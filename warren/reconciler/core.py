@@ -424,6 +424,8 @@ class Pass:
     def _unbound_volumes(self) -> None:
         """A task placed while its volume was not bound (a plan committed late) binds it now."""
         for service in self.state.services.values():
+            if not service.spec.mounts:  # most mount nothing: an incremental pass still walks all
+                continue
             names = [n for n in mounts.volume_names(service.spec) if n not in self.volume_homes]
             for name in names:
                 if name in self.bound_volumes:

@@ -57,9 +57,9 @@ def services_to_visit(state: ClusterState, visit: Visit, unsettled: Iterable[str
     for node_id in visit.nodes:
         wanted.update(state.tasks[t].service_id for t in state.tasks_by_node.get(node_id, ()))
     changed_names = {state.services[s].spec.name for s in visit.services if s in state.services}
-    for service in state.services.values():
-        if service.spec.mode == ServiceMode.GLOBAL or (
-            service.depends_on and any(d.service in changed_names for d in service.depends_on)
+    for service in state.services.values():  # every pass walks them all: the cheap tests first
+        if service.spec.mode is ServiceMode.GLOBAL or (
+            service.depends_on and changed_names and any(d.service in changed_names for d in service.depends_on)
         ):
             wanted.add(service.id)
     return wanted

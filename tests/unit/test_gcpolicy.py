@@ -1,0 +1,31 @@
+"""The manager's collector settings (ADR 67): fewer young collections, same older ratios."""
+
+from __future__ import annotations
+
+import gc
+
+from warren.manager import gcpolicy
+
+
+class Node:
+    def __init__(self) -> None:
+        self.me = self  # a cycle: only the collector frees it
+
+
+def test_settle_collects_young_objects_less_often_and_cycles_are_still_freed() -> None:
+    before = gc.get_threshold()
+    try:
+        assert gcpolicy.settle() == (gcpolicy.YOUNG_THRESHOLD, before[1], before[2])
+        assert before[0] < gcpolicy.YOUNG_THRESHOLD
+        gc.collect()
+        collections = gc.get_stats()[0]["collections"]
+        # Fewer than YOUNG_THRESHOLD net new containers: no young collection runs.
+        kept = [Node() for _ in range(gcpolicy.YOUNG_THRESHOLD // 2)]
+        assert gc.get_stats()[0]["collections"] == collections
+        garbage = Node()
+        garbage_id = id(garbage)
+        del garbage, kept
+        gc.collect()
+        assert garbage_id not in {id(o) for o in gc.get_objects()}  # cycles are still freed
+    finally:
+        gc.set_threshold(*before)
