@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from warren.cli.errors import CliError, Exit
-from warren.text import escape_control
+from warren.text import escape_control, has_control
 
 
 def short_id(value: str, n: int = 12) -> str:
@@ -84,7 +84,9 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
 
     Plain str.ljust rather than a table library: rich took ~100 ms to lay out 300 rows, a third
     of the CLI's start-up budget, for output that is plain text anyway."""
-    cells = [[str(h) for h in headers]] + [[escape_control(str(c)) for c in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
+    if has_control("".join("".join(row) for row in cells)):  # one scan; a cell at a time only if needed
+        cells = [[escape_control(c) for c in row] for row in cells]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
     sys.stdout.write("".join(line + "\n" for line in lines))
