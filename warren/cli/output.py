@@ -87,9 +87,9 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     if has_control("".join("".join(row) for row in cells)):  # one scan; a cell at a time only if needed
         cells = [[escape_control(c) for c in row] for row in cells]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
-    sys.stdout.write("".join(line + "\n" for line in lines))
+    widths = [max(map(len, column)) for column in zip(*cells, strict=True)]
+    template = "  ".join(f"%-{width}s" for width in widths)  # one format per row, not a ljust per cell
+    sys.stdout.write("".join((template % tuple(row)).rstrip() + "\n" for row in cells))
 
 
 def print_fields(fields: Iterable[tuple[str, Any]]) -> None:
