@@ -37,6 +37,9 @@ from bench.common import REPO, figure
 NODES = 50  # the simulated overlay gives each node a /24: about 250 tasks a node
 REPLICAS = 10_000
 RUNS = 5
+# Starts that fail (the simulator's --fail-rate): their tasks stay as history beside their slots'
+# replacements, so `service ps` hides them and `service ps --all` lists them.
+FAIL_RATE = 0.03
 OVERLAY_RANGE = "10.128.0.0/12"
 RPC_TIMEOUT = 60.0
 CLI_GOAL_S = 1.0
@@ -94,8 +97,9 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def rig(label: str, tree: Path, nodes: int, replicas: int) -> Iterator[Rig]:
-    """One manager, `nodes` sim nodes and one service of `replicas` replicas, all running."""
+def rig(label: str, tree: Path, nodes: int, replicas: int, fail_rate: float = FAIL_RATE) -> Iterator[Rig]:
+    """One manager, `nodes` sim nodes and one service of `replicas` replicas, all running (some
+    after failed starts, kept as history)."""
     from tests.integration.simrig import SimProcess
     from tests.waiting import wait_for
     from warren.api.v1 import control_pb2 as cpb
@@ -106,7 +110,7 @@ def rig(label: str, tree: Path, nodes: int, replicas: int) -> Iterator[Rig]:
     sim = None
     try:
         manager.start(timeout=60)
-        sim = SimProcess(manager, root, nodes, "--overlay", "sim")
+        sim = SimProcess(manager, root, nodes, "--overlay", "sim", "--fail-rate", str(fail_rate), "--seed", "1")
         wait_for(lambda: _sim_count(sim, "connected") >= nodes, timeout=300, interval=0.5, message="sim sessions")
         spec = tpb.ServiceSpec(name=SERVICE, image="busybox", replicas=replicas)
         manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
@@ -150,6 +154,7 @@ def commands(rig: Rig) -> dict[str, list[str]]:
         "service_ps_json": ["service", "ps", SERVICE, "--format", "json"],
         "service_ps_all": ["service", "ps", SERVICE, "--all"],
         "node_ps": ["node", "ps", node],
+        "node_ps_all_filtered": ["node", "ps", node, "--all", "--filter", "desired-state=running"],
     }
 
 
