@@ -60,11 +60,9 @@ def timestamp(ts: float) -> str:
 
 def message_dict(message: Any) -> dict[str, Any]:
     """A protobuf message as JSON-ready dict, with proto field names and every field present."""
-    from google.protobuf import json_format
+    from warren.cli import flatjson  # loads json_format
 
-    return json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+    return flatjson.message_dict(message)
 
 
 def print_json(value: Any) -> None:
