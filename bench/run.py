@@ -43,6 +43,7 @@ BENCHMARKS = {
     "nodes": "bench.bench_nodes",  # S3: 10 % of 100 sim nodes killed, at two heartbeat periods (ADR 52)
     "joins": "bench.bench_joins",  # 1,000 joins' /24 allocation, scan vs index, pure function (ADR 57)
     "endpoints": "bench.bench_endpoints",  # dispatcher CPU per backend change at 300/1,000 sessions (ADR 57)
+    "service_ps": "bench.bench_service_ps",  # S4: `service ps` of 10,000 tasks, 1 manager + 50 sim nodes, end to end
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"
