@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, figure
+from bench.common import REPO, figure, machine_info
 
 NODES = 50  # the simulated overlay gives each node a /24: about 250 tasks a node
 REPLICAS = 10_000
@@ -197,6 +197,7 @@ def run(base: Path | None = None, nodes: int = NODES, replicas: int = REPLICAS, 
         "label": "end to end",
         "params": {"nodes": nodes, "replicas": replicas, "runs": runs},
         "trees": {label: str(tree) for label, tree in trees},
+        "machine": machine_info(),
         "loadavg_before": os.getloadavg(),
     }
     with contextlib.ExitStack() as stack:
