@@ -110,7 +110,7 @@ def test_a_nodes_listing_from_its_index_is_the_clusters_listing_filtered(
     assert sorted(t.id for t in chosen) == sorted(t.id for t in expected)
 
 
-def test_a_nodes_listing_gathers_no_task_of_a_service_that_has_none_ended_there() -> None:
+def test_a_nodes_listing_gathers_no_task_of_a_service_that_has_no_failed_task_there() -> None:
     spec_a, spec_b = SPECS["svc-a"], SPECS["svc-b"]
     tasks = [
         Task(id="a1", service_id="svc-a", service_name="a", slot=1, spec=spec_a, spec_version=1, node_id="n1",

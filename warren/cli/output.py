@@ -80,7 +80,7 @@ def print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     """A docker-style table: no borders, upper-case headers, two spaces between columns. Control
     characters in cells are shown escaped: a stored value must not drive the terminal.
 
-    Plain str.ljust rather than a table library: rich took ~100 ms to lay out 300 rows, a third
+    Plain padding rather than a table library: rich took ~100 ms to lay out 300 rows, a third
     of the CLI's start-up budget, for output that is plain text anyway."""
     cells = [[str(h) for h in headers]] + [[str(c) for c in row] for row in rows]
     if has_control("".join("".join(row) for row in cells)):  # one scan; a cell at a time only if needed

@@ -12,9 +12,9 @@ from warren.state import ClusterState
 def candidates(state: ClusterState, service_id: str, node_id: str, include_history: bool) -> list[Task]:
     """The tasks `listed` chooses from; taken under the store's read lock, so only gathered here.
 
-    One node's tasks come from its index. Without history, a task of that node that ended is
-    judged against its whole slot, whose newest task may run elsewhere: the tasks of the
-    services it belongs to are gathered with it (only those, not the cluster's)."""
+    One node's tasks come from its index. Without history, a task of that node that failed
+    (ended, still desired running) is judged against its whole slot, whose newest task may run
+    elsewhere: the tasks of its service are gathered with it (only those, not the cluster's)."""
     if service_id:
         return state.service_tasks(service_id)
     if not node_id:
@@ -22,8 +22,8 @@ def candidates(state: ClusterState, service_id: str, node_id: str, include_histo
     tasks = state.node_tasks(node_id)
     if include_history:
         return tasks
-    ended_services = {t.service_id for t in tasks if t.state >= TaskState.COMPLETE}
-    return tasks + [t for s in ended_services for t in state.service_tasks(s) if t.node_id != node_id]
+    failed = {t.service_id for t in tasks if t.state >= TaskState.COMPLETE and t.desired_state == TaskState.RUNNING}
+    return tasks + [t for s in failed for t in state.service_tasks(s) if t.node_id != node_id]
 
 
 def listed(tasks: list[Task], node_id: str, include_history: bool, states: Collection[TaskState]) -> list[Task]:
