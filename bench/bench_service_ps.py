@@ -161,7 +161,7 @@ def commands(rig: Rig) -> dict[str, list[str]]:
 def time_alternated(rigs: list[Rig], runs: int) -> dict[str, dict[str, Any]]:
     """Each command `runs` times on each rig, the rigs taking turns; medians and all runs."""
     out: dict[str, dict[str, Any]] = {}
-    plans = {r.label: commands(r) for r in rigs}
+    plans = {r.label: commands(r) for r in rigs}  # the same commands (the node's name may differ)
     for name in plans[rigs[0].label]:
         samples: dict[str, list[Sample]] = {r.label: [] for r in rigs}
         lines: dict[str, int] = {}
@@ -177,14 +177,17 @@ def time_alternated(rigs: list[Rig], runs: int) -> dict[str, dict[str, Any]]:
                 samples[r.label].append(sample)
                 lines[r.label] = len(proc.stdout.splitlines())
         out[name] = {
-            r.label: {
-                "median_s": round(statistics.median(s.wall_s for s in samples[r.label]), 3),
-                "all_s": [round(s.wall_s, 3) for s in samples[r.label]],
-                "cli_cpu_median_s": round(statistics.median(s.cli_cpu_s for s in samples[r.label]), 3),
-                "manager_cpu_median_s": round(statistics.median(s.manager_cpu_s for s in samples[r.label]), 3),
-                "lines": lines[r.label],
-            }
-            for r in rigs
+            "argv": plans[rigs[0].label][name],
+            **{
+                r.label: {
+                    "median_s": round(statistics.median(s.wall_s for s in samples[r.label]), 3),
+                    "all_s": [round(s.wall_s, 3) for s in samples[r.label]],
+                    "cli_cpu_median_s": round(statistics.median(s.cli_cpu_s for s in samples[r.label]), 3),
+                    "manager_cpu_median_s": round(statistics.median(s.manager_cpu_s for s in samples[r.label]), 3),
+                    "lines": lines[r.label],
+                }
+                for r in rigs
+            },
         }
         print(f"   {name}: {json.dumps(out[name])}", flush=True)
     return out
@@ -207,7 +210,7 @@ def run(base: Path | None = None, nodes: int = NODES, replicas: int = REPLICAS, 
         result["loadavg_end"] = os.getloadavg()
     result["figures"] = [
         figure(
-            f"`warren {name.replace('_', ' ')}` ({replicas:,} tasks, end to end)",
+            f"`warren {' '.join(entry['argv'])}` ({replicas:,} tasks, end to end)",
             entry["this"]["median_s"],
             "s",
             CLI_GOAL_S,
