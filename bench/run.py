@@ -38,6 +38,7 @@ BENCHMARKS = {
     "stack": "bench.bench_stack",  # #14
     "events": "bench.bench_events",
     "sim": "bench.bench_sim",  # the cost of `warren sim` itself, at 100 nodes (ADR 50, #15)
+    "service_ps": "bench.bench_service_ps",  # S4: `service ps` of 10,000 tasks, 1 manager + 50 sim nodes, end to end
     "reconcile": "bench.bench_reconcile",  # one pass, full and incremental (ADR 53, #15)
     "status_reports": "bench.bench_status_reports",  # Raft entries per task start (ADR 53, #15)
     "nodes": "bench.bench_nodes",  # S3: 10 % of 100 sim nodes killed, at two heartbeat periods (ADR 52)

@@ -1,7 +1,7 @@
 """Issue #15 (S4 at test size), on a real manager: a service with more tasks than one page holds is
 created, waited for, and listed completely through the CLI, which follows the page tokens of
-ListTasks, ListNodes and ListServices (ADR 51); over gRPC a page is bounded and a bad page
-token is INVALID_ARGUMENT."""
+ListTasks, ListNodes and ListServices (ADR 51), asking for the largest pages (#15); over gRPC a
+page is bounded and a bad page token is INVALID_ARGUMENT."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def test_a_service_of_more_tasks_than_a_page_is_waited_for_and_listed_whole(shar
     table = manager.cli("service", "ps", "many")
     assert table.returncode == 0 and len(table.stdout.splitlines()) == REPLICAS + 1  # a header, a row each
 
+    # `node ps` reads the node's own tasks (its index), every one of them once.
+    on_node = manager.cli("node", "ps", manager.node_id, "-q")
+    assert on_node.returncode == 0 and sorted(on_node.stdout.split()) == sorted(ids)
+
     services = manager.cli_json("service", "ls")
     assert [s["spec"]["name"] for s in services] == ["many"]  # type: ignore[index]
     assert len(manager.cli_json("node", "ls")) == 1  # type: ignore[arg-type]
@@ -51,6 +55,9 @@ def test_a_service_of_more_tasks_than_a_page_is_waited_for_and_listed_whole(shar
         seen += [t.id for t in page.tasks]
         token = page.next_page_token
     assert sorted(seen) == sorted(ids)
+    # The CLI asks for the largest pages (#15): the whole service in one, within the bytes bound.
+    whole = control.ListTasks(cpb.ListTasksRequest(service="many", page_size=paging.MAX_PAGE_SIZE), timeout=30)
+    assert len(whole.tasks) == REPLICAS and not whole.next_page_token and whole.ByteSize() <= paging.PAGE_BYTES
 
 
 @pytest.mark.parametrize("method", ["ListTasks", "ListNodes", "ListServices"])

@@ -6,17 +6,31 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Callable
 from typing import Any
 
-from warren import container
 from warren.cli.envfile import load_env_file
 from warren.cli.flags import value_type
 from warren.text import shown
 
-_DEVICE = value_type(container.parse_device)
-_ULIMIT = value_type(container.parse_ulimit)
-_SYSCTL = value_type(container.parse_sysctl)
-_CAPABILITY = value_type(container.capability)
+
+def _container(name: str) -> Callable[[str], Any]:
+    """warren.container's `name`, imported when a flag uses it: warren.container loads warren.model
+    and msgspec, which every command (`service ps` too) would otherwise pay for at start-up."""
+
+    def parse(text: str) -> Any:
+        from warren import container
+
+        return getattr(container, name)(text)
+
+    parse.__name__ = name
+    return parse
+
+
+_DEVICE = value_type(_container("parse_device"))
+_ULIMIT = value_type(_container("parse_ulimit"))
+_SYSCTL = value_type(_container("parse_sysctl"))
+_CAPABILITY = value_type(_container("capability"))
 _ENV_FILE = value_type(load_env_file)
 
 
@@ -52,6 +66,8 @@ def _entrypoint(text: str) -> list[str]:
 
 
 def _user(text: str) -> str:
+    from warren import container
+
     container.check_user("--user", text)
     return text
 
@@ -63,6 +79,8 @@ def _workdir(text: str) -> str:
 
 
 def _hostname(text: str) -> str:
+    from warren import container
+
     container.check_hostname_template(text)
     return text
 

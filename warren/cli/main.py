@@ -19,26 +19,12 @@ from warren.cli.flags import Parser, value_type
 PROG = "warren"
 
 
-def build_parser() -> Parser:
-    from warren.cli import (
-        cluster,
-        completion,
-        config,
-        events,
-        image,
-        network,
-        node,
-        registry,
-        secret,
-        service,
-        sim,
-        stack,
-        system,
-        task_exec,
-        units,
-        volume,
-        worker,
-    )
+def build_parser(command: str | None = None) -> Parser:
+    """The whole parser; or, for a `command` of command_modules.COMMAND_MODULE, the global flags
+    and that command's module only (start-up time: see warren.cli.command_modules)."""
+    import importlib
+
+    from warren.cli import command_modules, units
 
     parser = Parser(
         prog=PROG,
@@ -76,22 +62,9 @@ def build_parser() -> Parser:
         help="linearizable reads: the manager confirms through Raft that it is up to date first",
     )
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", title="commands")
-    cluster.register(groups)
-    service.register(groups)
-    node.register(groups)
-    worker.register(groups)
-    image.register(groups)
-    volume.register(groups)
-    secret.register(groups)
-    config.register(groups)
-    registry.register(groups)
-    stack.register(groups)  # and `warren apply` (#14)
-    events.register(groups)
-    network.register(groups)
-    sim.register(groups)
-    system.register(groups)  # and `warren version` (#16, ADR 64)
-    completion.register(groups)  # #16 D5
-    task_exec.register(groups)  # `warren task exec` (#16, ADR 59)
+    module = command_modules.COMMAND_MODULE.get(command or "")
+    for name in [module] if module else command_modules.MODULES:
+        importlib.import_module(f"warren.cli.{name}").register(groups)
     return parser
 
 
@@ -104,7 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if "--" in argv:
         cut = argv.index("--")
         argv, command = argv[:cut], argv[cut + 1 :]
-    parser = build_parser()
+    from warren.cli.command_modules import command_word
+
+    parser = build_parser(command_word(argv))
     args = parser.parse_args(argv)
     if command is not None and not getattr(args, "accepts_command", False):
         parser.error(f"unexpected arguments after '--': {' '.join(command)}")

@@ -8,11 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from warren.model import TaskState
-
 
 def holds_ports(task: Any) -> bool:
     """The task holds its host ports on its node: placed and not ended (the scheduler's rule)."""
+    # Imported here: warren.model loads msgspec, which every command would pay for at start-up.
+    from warren.model import TaskState
+
     try:
         state = TaskState[task.state.upper()]
     except KeyError:

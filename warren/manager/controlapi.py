@@ -20,7 +20,7 @@ from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
 from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
-from warren.manager import autolock, paging
+from warren.manager import autolock, paging, tasklist
 from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlbackup import BackupControl
@@ -48,7 +48,6 @@ from warren.model import (
     Service,
     ServiceSpec,
     Task,
-    without_history,
 )
 from warren.stack.spec import STACK_LABEL
 from warren.state import ClusterState
@@ -624,17 +623,10 @@ class ControlService(
         except convert.ConversionError as exc:
             raise _invalid(str(exc)) from None
         with self._store.read() as state:
-            if request.service:
-                tasks = state.service_tasks(resolve_service(state, request.service).id)
-            else:
-                tasks = list(state.tasks.values())
+            service_id = resolve_service(state, request.service).id if request.service else ""
             node_id = resolve_node(state, request.node).id if request.node else ""
-        if not request.include_history:  # before the node's: a slot's replacement may run elsewhere
-            tasks = without_history(tasks)
-        if node_id:
-            tasks = [t for t in tasks if t.node_id == node_id]
-        if states:
-            tasks = [t for t in tasks if t.state in states]
+            tasks = tasklist.candidates(state, service_id, node_id, request.include_history)
+        tasks = tasklist.listed(tasks, node_id, request.include_history, states)
         page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
         return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
 

@@ -16,9 +16,11 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
+from warren.api import pages
+
 # Items per page when the request says 0, and the most a request may ask for (more is capped).
 DEFAULT_PAGE_SIZE = 1000
-MAX_PAGE_SIZE = 10_000
+MAX_PAGE_SIZE = pages.MAX_PAGE_SIZE
 # A page stops before it passes this many bytes of items: under gRPC's 4 MiB default receive
 # limit, so that any client takes a page whatever its own limit is. One larger item goes alone
 # (a task's spec is at most 256 KiB, validate.MAX_SPEC_BYTES).
