@@ -55,8 +55,9 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
 
     @property
     def silent_after(self) -> float:
-        """A node not heard from for this long (two beats missed) gets no new task (ADR 68)."""
-        return 2 * self.heartbeat_period
+        """A node not heard from for this long (a beat missed by half a period) gets no new
+        task (ADR 68)."""
+        return 1.5 * self.heartbeat_period
 
     @classmethod
     def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
@@ -390,10 +391,10 @@ class Pass:
                 )
 
     def _as_placement_sees(self, node: Node) -> Node:
-        """A READY node that missed two heartbeats gets no new task (ADR 68): if it is dying,
-        what it got would be lost with it. Nodes that die together are found down up to one
-        heartbeat period apart, and the first one's tasks went to the others. Shown to the
-        scheduler as not ready, so that a task left pending says why."""
+        """A READY node that missed a heartbeat gets no new task (ADR 68): if it is dying, what
+        it got would be lost with it. Nodes that die together are found down up to a heartbeat
+        period apart (more if their last beats were heard late), and the first one's tasks went
+        to the others. Shown to the scheduler as not ready, so that a task left pending says why."""
         if node.status != NodeStatus.READY:
             return node
         silent_for = self.now - self.heartbeats.get(node.id, self.now)
