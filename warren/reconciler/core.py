@@ -54,7 +54,7 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
         return 3 * self.heartbeat_period
 
     @property
-    def silent_after(self) -> float:
+    def late_after(self) -> float:
         """A node not heard from for this long (a beat missed by half a period) gets no new
         task (ADR 68)."""
         return 1.5 * self.heartbeat_period
@@ -131,6 +131,7 @@ class Pass:
         self.new_id = new_id
         self.nodes: dict[str, Node] = {}
         self.heartbeats: Mapping[str, float] = {}  # node -> last heard from (`reconcile_pass`)
+        self._placeable: list[Node] | None = None
         # One overlay for changed and created tasks (a single lookup on the hot path).
         self.overlay: dict[str, Task] = {}
         self.created: list[str] = []
@@ -372,8 +373,7 @@ class Pass:
                 self.update(task, message=why)
             else:
                 pending.append(task)
-        placeable = [self._as_placement_sees(n) for n in self.nodes.values()]
-        result = schedule(placeable, current, pending, self.volume_homes)
+        result = schedule(self.placeable_nodes(), current, pending, self.volume_homes)
         for name, node_id in result.volumes.items():
             placed = (self.task(t) for t, n in result.assignments.items() if n == node_id)
             self.bound_volumes[name] = (node_id, next(t for t in placed if name in mounts.volume_names(t.spec)))
@@ -390,6 +390,12 @@ class Pass:
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )
 
+    def placeable_nodes(self) -> list[Node]:
+        """The nodes as placement and rebalance moves see them (`_as_placement_sees`)."""
+        if self._placeable is None:
+            self._placeable = [self._as_placement_sees(n) for n in self.nodes.values()]
+        return self._placeable
+
     def _as_placement_sees(self, node: Node) -> Node:
         """A READY node that missed a heartbeat gets no new task (ADR 68): if it is dying, what
         it got would be lost with it. Nodes that die together are found down up to a heartbeat
@@ -397,10 +403,10 @@ class Pass:
         to the others. Shown to the scheduler as not ready, so that a task left pending says why."""
         if node.status != NodeStatus.READY:
             return node
-        silent_for = self.now - self.heartbeats.get(node.id, self.now)
-        if silent_for <= self.config.silent_after:
+        unheard_for = self.now - self.heartbeats.get(node.id, self.now)
+        if unheard_for <= self.config.late_after:
             return node
-        why = f"no heartbeat for {int(silent_for)}s"
+        why = f"no heartbeat for {int(unheard_for)}s"
         return msgspec.structs.replace(node, status=NodeStatus.UNKNOWN, status_message=why)
 
     def recount(self) -> None:
