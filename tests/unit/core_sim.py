@@ -86,6 +86,7 @@ class Sim:
         self.now = 1000.0
         self.config = config or ReconcileConfig()
         self.heartbeats: dict[str, float] = {}
+        self.mute: set[str] = set()  # nodes that stopped heartbeating: `tick` leaves them silent
         self._ids = itertools.count(1)
         self._svc_ids = itertools.count(1)
 
@@ -149,7 +150,7 @@ class Sim:
     def tick(self, seconds: float = 1.0) -> None:
         self.now += seconds
         for node_id, n in self.state.nodes.items():
-            if n.status == NodeStatus.READY:
+            if n.status == NodeStatus.READY and node_id not in self.mute:
                 self.heartbeats[node_id] = self.now
 
     def converge(self, rounds: int = 200) -> None:

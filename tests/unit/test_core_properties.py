@@ -231,6 +231,7 @@ ops = st.one_of(
     st.tuples(st.just("avail"), st.sampled_from(NODE_NAMES), st.sampled_from(list(Availability))),
     st.tuples(st.just("label"), st.sampled_from(NODE_NAMES), st.sampled_from([*ZONES, None])),
     st.tuples(st.just("down"), st.sampled_from(NODE_NAMES)),
+    st.tuples(st.just("die"), st.sampled_from(NODE_NAMES)),  # beats no more: late, then down (ADR 68)
     st.tuples(st.just("up"), st.sampled_from(NODE_NAMES)),
     st.tuples(st.just("remove"), st.sampled_from(NODE_NAMES)),
     st.tuples(st.just("add"), st.sampled_from(NODE_NAMES), st.sampled_from(ZONES)),
@@ -266,7 +267,10 @@ def apply_op(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[
             sim.run(commands.UpdateNode(op[1], sim.now, labels_add={"zone": op[2]}))
     elif kind == "down" and op[1] in nodes:
         sim.heartbeats[op[1]] = sim.now - 100
+    elif kind == "die" and op[1] in nodes:
+        sim.mute.add(op[1])
     elif kind == "up" and op[1] in nodes:
+        sim.mute.discard(op[1])
         sim.run(commands.SetNodeStatus(op[1], NodeStatus.READY, "", sim.now))
         sim.heartbeats[op[1]] = sim.now
     elif kind == "remove" and op[1] in nodes:
@@ -350,6 +354,13 @@ def check_invariants(sim: Sim, before: dict[str, Task], services: list[str]) -> 
         if is_live(t) and t.node_id:
             service = state.services[t.service_id]
             assert (t.spec_version == service.version) == strategy.matches(t.spec, service.spec), t
+    # Neither placement nor a rebalance move gave a task to a node that missed a heartbeat
+    # (ADR 68); a global task goes to its node whatever.
+    for t in state.tasks.values():
+        old = before.get(t.id)
+        placed = t.node_id and not (old and old.node_id) and not t.state.terminal
+        if placed and state.services[t.service_id].spec.mode == ServiceMode.REPLICATED:
+            assert sim.now - sim.heartbeats.get(t.node_id, sim.now) <= sim.config.late_after, t
     for (service_id, slot), count in live_slots.items():
         assert count <= 2, live_slots
         if count == 2:
@@ -402,6 +413,20 @@ EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "50"))  # more for a long run
 # rebalance is weighed after the pass placed the slots it created (a drain here), not before; a
 # settings-only update adopting an unfinished rollout's tasks waits for them; and a rebalance
 # never moves a slot whose old task still serves beside its new one.
+@example(steps=[("die", "n1"), *[("agents",)] * 8, ("scale", 0, 6)])  # nothing new for a late node (ADR 68)
+@example(
+    steps=[
+        ("down", "n1"),
+        ("die", "n2"),
+        ("update", 0),
+        ("auto_rebalance", True),
+        ("scale", 0, 0),
+        ("agents",),
+        ("update", 0),
+        ("agents",),
+        ("scale", 0, 3),
+    ]
+)
 @example(steps=[("update", 0), ("down", "n2"), ("update", 1), ("settings", 0), ("settings", 0), ("rebalance", 0)])
 @example(steps=[("auto_rebalance", True), ("scale", 1, 6), ("add", "n5", "a"), ("avail", "n2", Availability.DRAIN)])
 @example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("scale", 0, 0)])

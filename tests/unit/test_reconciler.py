@@ -140,6 +140,42 @@ def test_tasks_on_a_down_node_are_orphaned_and_replaced_without_backoff() -> Non
     assert [(t.slot, t.node_id, t.attempt) for t in plan.created] == [(lost.slot, "n2", 0)]
 
 
+def test_nodes_lost_together_take_none_of_each_others_tasks() -> None:
+    """Two nodes die at once; their last heartbeats were heard a few seconds apart, so one is
+    found down first. Its task must not go to the other, silent for 9 s already (its last beat
+    was heard late), where it would be lost again a few seconds later (#15 S3, ADR 68)."""
+    sim = cluster("n1", "n2", "n3", config=ReconcileConfig(heartbeat_period=5.0))
+    svc = sim.create_service(spec("web", replicas=3))
+    sim.reconcile()
+    sim.agents_step()
+    assert sorted(t.node_id for t in sim.live(svc)) == ["n1", "n2", "n3"]
+    sim.tick(16)
+    sim.heartbeats = {"n1": sim.now - 16, "n2": sim.now - 9}  # n3 alive (no entry: seen now)
+    plan = sim.reconcile()
+    assert [s.node_id for s in plan.node_status] == ["n1"]
+    assert [t.node_id for t in plan.created] == ["n3"]  # not n2, though n3 has a task of it already
+
+
+def test_a_late_node_gets_no_new_task_and_a_pending_one_says_why() -> None:
+    sim = cluster("n1", config=ReconcileConfig(heartbeat_period=5.0))
+    sim.heartbeats = {"n1": sim.now - 11}
+    svc = sim.create_service(spec("web", replicas=1))
+    plan = sim.reconcile()
+    assert [t.node_id for t in plan.created] == [""]
+    assert "1 node not ready (node host-n1: no heartbeat for 11s)" in sim.state.tasks[plan.created[0].id].message
+    sim.heartbeats = {"n1": sim.now - 1}  # it beats again: placed at the next pass
+    sim.reconcile()
+    assert [t.node_id for t in sim.live(svc)] == ["n1"]
+
+
+def test_a_node_one_beat_late_still_gets_tasks() -> None:
+    sim = cluster("n1", config=ReconcileConfig(heartbeat_period=5.0))
+    sim.heartbeats = {"n1": sim.now - 7.5}  # at most half a period late: still placed on
+    svc = sim.create_service(spec("web", replicas=1))
+    sim.reconcile()
+    assert [t.node_id for t in sim.live(svc)] == ["n1"]
+
+
 def test_tasks_of_a_removed_node_are_replaced() -> None:
     sim = cluster("n1", "n2")
     svc = sim.create_service(spec("web", replicas=2))

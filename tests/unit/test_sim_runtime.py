@@ -272,3 +272,33 @@ def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
     with pytest.raises(agent_join.JoinError, match="rotated"):
         sim._join_one(options, 4)
     assert calls == ["sim-0004"]
+
+
+class _SlowToDie:
+    """A node whose tasks take a while to wind down once it is killed (a busy simulator)."""
+
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.hostname = self.node_id = name
+        self.killed = False
+        self.log = log
+
+    def vanish(self) -> None:
+        self.killed = True
+        self.log.append(f"gone {self.hostname}")
+
+    async def kill(self) -> None:
+        if not self.killed:
+            self.vanish()
+        await asyncio.sleep(0.01)
+        self.log.append(f"wound down {self.hostname}")
+
+
+def test_killed_nodes_all_vanish_before_any_winds_down(tmp_path: Path) -> None:
+    """Nodes killed together die at the same instant (#15 S3): none heartbeats on while another
+    winds down, so the managers see them die together."""
+    sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=4))
+    log: list[str] = []
+    sim.nodes = [_SlowToDie(f"sim-{i}", log) for i in range(4)]  # type: ignore[misc]
+    killed = run(sim.kill(3))
+    assert len(killed) == 3 and len(sim.live()) == 1
+    assert [entry.split()[0] for entry in log] == ["gone"] * 3 + ["wound"] * 3

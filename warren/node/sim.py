@@ -182,11 +182,17 @@ class SimNode:
         finally:
             await self.worker.close()
 
-    async def kill(self) -> None:
-        """Vanish: the session's stream and channel close at once, nothing is said."""
+    def vanish(self) -> None:
+        """Die now: no heartbeat or report leaves this node after this call (its session is
+        cancelled); `kill` then waits for its tasks to wind down."""
         self.killed = True
         if self.job is not None:
             self.job.cancel()
+
+    async def kill(self) -> None:
+        """Vanish: the session's stream and channel close at once, nothing is said."""
+        self.vanish()
+        if self.job is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.job
 
@@ -265,8 +271,13 @@ class Simulator:
         """Kill `count` random live nodes (fewer if fewer live); the ones killed."""
         live = self.live()
         chosen = self.rng.sample(live, min(count, len(live)))
+        # All die at the same instant, as when a rack loses power: killing them one after the
+        # other let the later ones heartbeat on while the earlier wound down (seconds on a busy
+        # loop), so the managers saw them die at different times and placed the first ones'
+        # tasks on nodes already chosen to die (#15 S3).
         for node in chosen:
-            await node.kill()
+            node.vanish()
+        await asyncio.gather(*(node.kill() for node in chosen))
         for node in chosen:
             print(f"killed {node.hostname} {node.node_id}", flush=True)
         return chosen

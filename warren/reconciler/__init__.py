@@ -84,6 +84,7 @@ def reconcile_pass(
     pass visits them again. Node checks, removed services and drains are always cluster-wide."""
     p = Pass(state, now, config, new_id, routes or {})
     p.check_nodes(heartbeats)
+    p.heartbeats = heartbeats
     p.orphan_tasks()
     if visit is None or (state.cluster is not None and state.cluster.auto_rebalance):
         wanted = None  # auto-rebalance weighs every service against the others (ADR 36)

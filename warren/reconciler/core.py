@@ -55,6 +55,12 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
     def node_timeout(self) -> float:
         return 3 * self.heartbeat_period
 
+    @property
+    def late_after(self) -> float:
+        """A node not heard from for this long (a beat missed by half a period) gets no new
+        task (ADR 68)."""
+        return 1.5 * self.heartbeat_period
+
     @classmethod
     def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
         """The config implied by the replicated cluster settings, with optional overrides."""
@@ -126,6 +132,8 @@ class Pass:
         self.config = config
         self.new_id = new_id
         self.nodes: dict[str, Node] = {}
+        self.heartbeats: Mapping[str, float] = {}  # node -> last heard from (`reconcile_pass`)
+        self._placeable: list[Node] | None = None
         # One overlay for changed and created tasks (a single lookup on the hot path).
         self.overlay: dict[str, Task] = {}
         self.created: list[str] = []
@@ -375,7 +383,7 @@ class Pass:
                 self.update(task, message=why)
             else:
                 pending.append(task)
-        result = schedule(self.nodes.values(), current, pending, self.volume_homes)
+        result = schedule(self.placeable_nodes(), current, pending, self.volume_homes)
         for name, node_id in result.volumes.items():
             placed = (self.task(t) for t, n in result.assignments.items() if n == node_id)
             self.bound_volumes[name] = (node_id, next(t for t in placed if name in mounts.volume_names(t.spec)))
@@ -391,6 +399,25 @@ class Pass:
                 self.shutdown(
                     standby, "replaced by service update (stopped first: no room to start the new task beside it)"
                 )
+
+    def placeable_nodes(self) -> list[Node]:
+        """The nodes as placement and rebalance moves see them (`_as_placement_sees`)."""
+        if self._placeable is None:
+            self._placeable = [self._as_placement_sees(n) for n in self.nodes.values()]
+        return self._placeable
+
+    def _as_placement_sees(self, node: Node) -> Node:
+        """A READY node that missed a heartbeat gets no new task (ADR 68): if it is dying, what
+        it got would be lost with it. Nodes that die together are found down up to a heartbeat
+        period apart (more if their last beats were heard late), and the first one's tasks went
+        to the others. Shown to the scheduler as not ready, so that a task left pending says why."""
+        if node.status != NodeStatus.READY:
+            return node
+        unheard_for = self.now - self.heartbeats.get(node.id, self.now)
+        if unheard_for <= self.config.late_after:
+            return node
+        why = f"no heartbeat for {int(unheard_for)}s"
+        return msgspec.structs.replace(node, status=NodeStatus.UNKNOWN, status_message=why)
 
     def recount(self) -> None:
         """Count what each node holds again, with this pass's placements: for decisions taken

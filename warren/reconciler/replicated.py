@@ -169,7 +169,7 @@ def _rebalance(p: Pass, service: Service, live: dict[int, Task], standby: dict[i
     if not automatic and not rebalance.under_way(service):
         return
     if p.eligible is None:
-        p.eligible = rebalance.Eligible(p.nodes.values())
+        p.eligible = rebalance.Eligible(p.placeable_nodes())  # no move to a late node (ADR 68)
     need, ports = service.spec.reservations, host_ports(service.spec.ports)
 
     def room_of(node: Node) -> int | None:
