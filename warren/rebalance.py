@@ -230,12 +230,14 @@ def step(
         t.state < TaskState.COMPLETE and not is_stopping(t) and t.id not in holder_ids and t.id not in moved_from
         for t in tasks
     )
+    # With auto-rebalance on, moves go only to steady nodes, under way too: a pass that starts a
+    # rebalance and the next one at the same time must count the same moves.
+    steady = [n for n in eligible[0] if now - n.updated_at >= settle] if automatic else eligible[0]
     if status is not None and under_way(service):
-        return _go_on(service, status, holders, tasks, eligible, room_of, now) if settled else Step()
+        return _go_on(service, status, holders, tasks, steady, room_of, now) if settled else Step()
     # Off among all eligible nodes first: cheap, and needed for it to be off among the steady ones.
     if not (automatic and may_start_by_itself(service) and spread_off(holders, eligible[1])) or not settled:
         return Step()
-    steady = [n for n in eligible[0] if now - n.updated_at >= settle]
     if not spread_off(holders, frozenset(n.id for n in steady)):
         return Step()
     moves = plan(holders, {n.id: room_of(n) for n in steady})
@@ -250,11 +252,12 @@ def _go_on(
     status: UpdateStatus,
     holders: Sequence[Task],
     tasks: Iterable[Task],
-    eligible: tuple[list[Node], frozenset[str]],
+    targets: list[Node],
     room_of: Callable[[Node], int | None],
     now: float,
 ) -> Step:
-    """A rebalance under way, every slot placed: pause on failures, complete, or move more."""
+    """A rebalance under way, every slot placed: pause on failures, complete, or move more (to
+    `targets`, the eligible nodes it may move to)."""
     config = service.spec.update
     # A move told to stop before it was ready (the slot scaled away, or dropped) is no move.
     moved = [
@@ -274,7 +277,7 @@ def _go_on(
         if failed > 1:
             cause = f"{failed} moved tasks failed, the first: {cause}"
         return Step(status=_ended(status, RolloutState.REBALANCE_PAUSED, now, f"paused: {cause}"))
-    moves = plan(holders, {n.id: room_of(n) for n in eligible[0]})
+    moves = plan(holders, {n.id: room_of(n) for n in targets})
     # Moves an earlier (paused) rebalance left on their way hold their lanes too.
     earlier = sum(
         1

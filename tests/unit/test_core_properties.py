@@ -413,6 +413,7 @@ EXAMPLES = int(os.environ.get("CORE_EXAMPLES", "50"))  # more for a long run
 # rebalance is weighed after the pass placed the slots it created (a drain here), not before; a
 # settings-only update adopting an unfinished rollout's tasks waits for them; and a rebalance
 # never moves a slot whose old task still serves beside its new one.
+@example(steps=[("down", "n1"), ("auto_rebalance", True), ("scale", 0, 5), ("up", "n1"), ("add", "n5", "a")])
 @example(steps=[("die", "n1"), *[("agents",)] * 8, ("scale", 0, 6)])  # nothing new for a late node (ADR 68)
 @example(
     steps=[
