@@ -105,11 +105,9 @@ class Cluster:
     def leader(self) -> Any | None:
         import grpc
 
-        from warren.api.v1 import control_pb2 as cpb
-
         for m in self.alive():
-            try:
-                nodes = self.stub(m).ListNodes(cpb.ListNodesRequest(), timeout=10).nodes
+            try:  # every page: past the first page of nodes, the managers may be on any
+                nodes = self.nodes(m)
             except grpc.RpcError:
                 continue
             if any(n.leader and n.id == m.node_id for n in nodes):
