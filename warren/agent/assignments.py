@@ -14,6 +14,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from warren.agent.runtime import PullLogin
 from warren.api import convert
@@ -198,15 +199,7 @@ class AssignmentSet:
         nodes it carries, and the mesh is rebuilt from those held, in node id order."""
         read = self.shared.member if self.shared is not None else _member
         if msg.mesh_delta:
-            held = self.mesh
-            added = False
-            for m in msg.mesh:
-                added = added or m.node_id not in held
-                held[m.node_id] = read(m)
-            for node_id in msg.mesh_removed:
-                held.pop(node_id, None)
-            if added:
-                self.mesh = dict(sorted(held.items()))
+            self.mesh = _merged(self.mesh, msg.mesh, msg.mesh_removed, _node_id, read)
         elif msg.mesh_changed:
             self.mesh = {m.node_id: read(m) for m in msg.mesh}
         else:
@@ -220,15 +213,7 @@ class AssignmentSet:
         as the whole list comes."""
         read = self.shared.endpoint if self.shared is not None else _endpoint
         if msg.services_delta:
-            held = self.endpoints
-            added = False
-            for entry in msg.services:
-                added = added or entry.name not in held
-                held[entry.name] = read(entry)
-            for name in msg.services_removed:
-                held.pop(name, None)
-            if added:
-                self.endpoints = dict(sorted(held.items()))
+            self.endpoints = _merged(self.endpoints, msg.services, msg.services_removed, _name, read)
         elif msg.services_changed:
             self.endpoints = {entry.name: read(entry) for entry in msg.services}
         else:
@@ -326,3 +311,34 @@ def _read_tasks(
         except (convert.ConversionError, ValueError, TypeError) as exc:
             bad.append((msg.id, f"unreadable task spec: {exc}"))
     return tuple(good), tuple(bad)
+
+
+Entry = TypeVar("Entry")
+Held = TypeVar("Held")
+
+
+def _merged(
+    held: dict[str, Held],
+    entries: Iterable[Entry],
+    removed: Iterable[str],
+    key: Callable[[Entry], str],
+    read: Callable[[Entry], Held],
+) -> dict[str, Held]:
+    """`held` (changed in place) with a delta's entries put in by key and its removed keys taken
+    out, in key order as a whole list comes: re-sorted only when a key was added."""
+    added = False
+    for entry in entries:
+        k = key(entry)
+        added = added or k not in held
+        held[k] = read(entry)
+    for k in removed:
+        held.pop(k, None)
+    return dict(sorted(held.items())) if added else held
+
+
+def _node_id(member: dpb.MeshNode) -> str:
+    return member.node_id
+
+
+def _name(entry: dpb.ServiceEndpoint) -> str:
+    return entry.name
