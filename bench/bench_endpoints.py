@@ -140,6 +140,37 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
     }
 
 
+async def _timed_changes(
+    cluster: Any, changes: list[Any], received: list[int], readers: list[asyncio.Task], agent_cpu: list[float]
+) -> tuple[list[float], list[float]]:
+    """Commit each change alone and wait until every session got a message: the process CPU
+    of each, split into the leader's and one agent's (`agent_cpu`, which the readers append to).
+    Then stop the readers and close the store."""
+    leader: list[float] = []
+    agent: list[float] = []
+    for number, change in enumerate(changes):
+        before, agent_before = list(received), sum(agent_cpu)
+        start = time.process_time()
+        cluster.store.commit(cluster.store.applied_index + 1, [change])
+        deadline = time.monotonic() + 120
+        while any(r <= b for r, b in zip(received, before, strict=True)):
+            if time.monotonic() > deadline or any(t.done() for t in readers):
+                raise RuntimeError(f"change {number}: a session got nothing")
+            await asyncio.sleep(0.001)
+        spent = time.process_time() - start
+        agent.append(sum(agent_cpu) - agent_before)
+        leader.append(spent - agent[-1])
+    for task in readers:
+        task.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    cluster.store.env.close()
+    return leader, agent
+
+
+def median_ms(values: list[float]) -> float:
+    return round(sorted(values)[len(values) // 2] * 1000, 3)
+
+
 def _services_case(services: int, backends: int, sessions: int, root: Path) -> dict[str, object]:
     return asyncio.run(_services_scenario(services, backends, sessions, root))
 
@@ -214,32 +245,15 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
             raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # the joins' node changes settle
-    leader: list[float] = []
-    agent: list[float] = []
+    changes = []
     for change in range(CHANGES):
         k = (change * 97) % services
         spec = all_services[k].spec
         extra = msgspec.structs.replace(
             backend(k, 0, spec), id=f"x{change}", slot=per_service + 1, overlay_address=f"10.239.255.{2 + change}"
         )
-        before, agent_before = list(received), sum(agent_cpu)
-        start = time.process_time()
-        cluster.store.commit(cluster.store.applied_index + 1, [Put("task", extra)])
-        deadline = time.monotonic() + 120
-        while any(r <= b for r, b in zip(received, before, strict=True)):
-            if time.monotonic() > deadline or any(t.done() for t in readers):
-                raise RuntimeError(f"change {change}: a session got nothing")
-            await asyncio.sleep(0.001)
-        spent = time.process_time() - start
-        agent.append(sum(agent_cpu) - agent_before)
-        leader.append(spent - agent[-1])
-    for task in readers:
-        task.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
-    cluster.store.env.close()
-
-    def median_ms(values: list[float]) -> float:
-        return round(sorted(values)[len(values) // 2] * 1000, 3)
+        changes.append(Put("task", extra))
+    leader, agent = await _timed_changes(cluster, changes, received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
@@ -303,35 +317,21 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
             raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.5)  # the joins' node changes settle
-    leader: list[float] = []
-    agent: list[float] = []
-    for change in range(CHANGES):
-        joined = Node(
-            id=f"joined{change}",
-            hostname=f"joined{change}",
-            overlay_subnet=f"10.239.{change}.0/24",
-            overlay=True,
-            wg_public_key=f"key{change}",
-            wg_endpoint=f"127.0.0.1:{45000 + change}",
+    joins = [
+        Put(
+            "node",
+            Node(
+                id=f"joined{change}",
+                hostname=f"joined{change}",
+                overlay_subnet=f"10.239.{change}.0/24",
+                overlay=True,
+                wg_public_key=f"key{change}",
+                wg_endpoint=f"127.0.0.1:{45000 + change}",
+            ),
         )
-        before, agent_before = list(received), sum(agent_cpu)
-        start = time.process_time()
-        cluster.store.commit(cluster.store.applied_index + 1, [Put("node", joined)])
-        deadline = time.monotonic() + 120
-        while any(r <= b for r, b in zip(received, before, strict=True)):
-            if time.monotonic() > deadline or any(t.done() for t in readers):
-                raise RuntimeError(f"join {change}: a session got nothing")
-            await asyncio.sleep(0.001)
-        spent = time.process_time() - start
-        agent.append(sum(agent_cpu) - agent_before)
-        leader.append(spent - agent[-1])
-    for task in readers:
-        task.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
-    cluster.store.env.close()
-
-    def median_ms(values: list[float]) -> float:
-        return round(sorted(values)[len(values) // 2] * 1000, 3)
+        for change in range(CHANGES)
+    ]
+    leader, agent = await _timed_changes(cluster, joins, received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
