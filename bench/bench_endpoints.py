@@ -140,6 +140,51 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
     }
 
 
+async def _open_sessions(
+    cluster: Any, sessions: int, delta_flag: str, deltas: bool
+) -> tuple[list[int], list[float], list[int], list[asyncio.Task]]:
+    """`sessions` node sessions on the dispatcher, each counting its messages (`received`); the
+    first also parses and applies them as an agent does, and records that CPU (`agent_cpu`) and
+    the message sizes, after its whole first message. `delta_flag`: the SessionRequest field that
+    asks for deltas, set when `deltas` (the code under test has it). Returns once every session
+    got its first message and the joins' node changes have settled."""
+    import datetime as dt
+
+    from tests.unit.test_dispatcher_nodes import description
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.server import caller
+    from warren.pki import Identity
+
+    received = [0] * sessions
+    agent_cpu: list[float] = []
+    sizes: list[int] = []
+
+    async def read(index: int) -> None:
+        caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+        extra = {delta_flag: True} if deltas else {}
+        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
+        held = AssignmentSet()
+        async for message in cluster.dispatcher.Session(request, None):
+            data = _encoded(message)  # the leader's serialization, as gRPC's
+            if index == 0:
+                start = time.process_time()
+                held.apply(dpb.AssignmentsMessage.FromString(data))
+                if received[0]:
+                    agent_cpu.append(time.process_time() - start)
+                    sizes.append(len(data))
+            received[index] += 1
+
+    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # the joins' node changes settle
+    return received, agent_cpu, sizes, readers
+
+
 async def _timed_changes(
     cluster: Any, changes: list[Any], received: list[int], readers: list[asyncio.Task], agent_cpu: list[float]
 ) -> tuple[list[float], list[float]]:
@@ -176,14 +221,10 @@ def _services_case(services: int, backends: int, sessions: int, root: Path) -> d
 
 
 async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
-    import datetime as dt
 
-    from tests.unit.test_dispatcher_nodes import Cluster, description
-    from warren.agent.assignments import AssignmentSet
+    from tests.unit.test_dispatcher_nodes import Cluster
     from warren.api.v1 import dispatcher_pb2 as dpb
-    from warren.manager.server import caller
     from warren.model import Service, ServiceSpec, Task, TaskState
-    from warren.pki import Identity
     from warren.state import Put
 
     cluster = Cluster(root)
@@ -218,33 +259,7 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
         cluster.store.applied_index + 1,
         [Put("task", backend(k, j, s.spec)) for k, s in enumerate(all_services) for j in range(per_service)],
     )
-    received = [0] * sessions
-    agent_cpu: list[float] = []  # one agent's parse + apply, per message after the first
-    sizes: list[int] = []
-
-    async def read(index: int) -> None:
-        caller.set(Identity(f"node{index:03}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
-        extra = {"endpoint_deltas": True} if deltas else {}
-        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
-        held = AssignmentSet()
-        async for message in cluster.dispatcher.Session(request, None):
-            data = _encoded(message)  # the leader's serialization, as gRPC's
-            if index == 0:
-                start = time.process_time()
-                parsed = dpb.AssignmentsMessage.FromString(data)
-                held.apply(parsed)
-                if received[0]:
-                    agent_cpu.append(time.process_time() - start)
-                    sizes.append(len(data))
-            received[index] += 1
-
-    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
-    while min(received) < 1:
-        failed = [t for t in readers if t.done()]
-        if failed:
-            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the joins' node changes settle
+    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "endpoint_deltas", deltas)
     changes = []
     for change in range(CHANGES):
         k = (change * 97) % services
@@ -276,14 +291,10 @@ def _mesh_case(sessions: int, root: Path) -> dict[str, object]:
 async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
     """`sessions` nodes on the overlay, each with its session; then CHANGES nodes join the mesh
     one at a time (ADR 65's mesh deltas; the whole mesh to every node before)."""
-    import datetime as dt
 
-    from tests.unit.test_dispatcher_nodes import Cluster, description
-    from warren.agent.assignments import AssignmentSet
+    from tests.unit.test_dispatcher_nodes import Cluster
     from warren.api.v1 import dispatcher_pb2 as dpb
-    from warren.manager.server import caller
     from warren.model import Node
-    from warren.pki import Identity
     from warren.state import Put
 
     cluster = Cluster(root)
@@ -292,31 +303,7 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
         assert state.cluster is not None
         info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
     cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
-    received = [0] * sessions
-    agent_cpu: list[float] = []
-    sizes: list[int] = []
-
-    async def read(index: int) -> None:
-        caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
-        extra = {"mesh_deltas": True} if deltas else {}
-        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
-        held = AssignmentSet()
-        async for message in cluster.dispatcher.Session(request, None):
-            data = _encoded(message)
-            if index == 0:
-                start = time.process_time()
-                held.apply(dpb.AssignmentsMessage.FromString(data))
-                agent_cpu.append(time.process_time() - start)
-                sizes.append(len(data))
-            received[index] += 1
-
-    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
-    while min(received) < 1:
-        failed = [t for t in readers if t.done()]
-        if failed:
-            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the joins' node changes settle
+    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "mesh_deltas", deltas)
     joins = [
         Put(
             "node",
