@@ -23,7 +23,7 @@ import pytest
 
 from tests.fixtures.load import HeyLoad, LoadResult
 from tests.fixtures.overlay_cluster import OverlayCluster
-from tests.fixtures.overlay_lab import OverlayLab, remove_task_namespaces
+from tests.fixtures.overlay_lab import LabHost, OverlayLab, remove_task_namespaces
 from tests.waiting import wait_for
 
 pytestmark = [
@@ -90,6 +90,9 @@ def test_a_rebalance_under_load_fails_no_request(tmp_path: Path) -> None:
         results: dict[str, LoadResult] = {f"published port on {host.name}": load.stop() for host, load in hosts_loads}
         for target, result in results.items():
             print(f"rebalance under load, {target}: {result.as_dict()}")
+        if any(result.failed for result in results.values()):
+            print(_where_requests_went(cluster, (h1, h2)))
+        for target, result in results.items():
             assert result.requests >= 50 and result.failed == 0, (target, result.as_dict(), result.error_messages)
         assert sorted(Counter(t["node_id"] for t in serving()).values()) == [2, 2]
         for task in stopped():
@@ -105,3 +108,17 @@ def test_a_rebalance_under_load_fails_no_request(tmp_path: Path) -> None:
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
         remove_task_namespaces(task_ids)
+
+
+def _where_requests_went(cluster: OverlayCluster, hosts: tuple[LabHost, ...]) -> str:
+    """What a failed request is traced by: each host's connection tracking for the published
+    port (a connection that never got an answer stays there, with the backend its DNAT chose),
+    next to every task's address and state."""
+    lines = []
+    for host in hosts:
+        tracked = host.run(["cat", "/proc/net/nf_conntrack"]).stdout.splitlines()
+        ours = [line for line in tracked if f"dport={PORT} " in line and "TIME_WAIT" not in line]
+        lines += [f"conntrack on {host.name} ({len(ours)} not in TIME_WAIT):", *ours]
+    listed = cluster.cli("service", "ps", "web", "--all", "--format", "json")
+    lines.append(f"tasks: {listed.stdout}")
+    return "\n".join(lines)

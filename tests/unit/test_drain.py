@@ -180,6 +180,30 @@ def test_a_task_no_load_balancer_routes_to_stops_at_once() -> None:
     assert (stop.desired_state, stop.message) == (TaskState.SHUTDOWN, "shutdown: scaled down")
 
 
+def test_a_task_out_of_the_endpoints_that_a_node_may_still_route_to_drains_before_its_stop() -> None:
+    """The state says it is no backend (its health check failed a moment ago), but a node has
+    not yet confirmed endpoints without it: stopping it at once would send that node's new
+    connections to an address that is gone, where they hang (found by the rebalance load test)."""
+    sim = overlay_cluster("n1", "n2")
+    health = HealthCheck(command=("true",), interval=1.0)
+    svc = sim.create_service(msgspec.structs.replace(spec("web"), health=health))
+    sim.reconcile()
+    sim.agents_step()
+    [task] = sim.live(svc)
+    sim.report(task, TaskState.RUNNING, health="healthy")
+    held = routing(sim, svc)
+    assert held == {task.overlay_address}
+    sim.report(sim.state.tasks[task.id], TaskState.RUNNING, health="unhealthy")
+    assert not is_routed(sim.state.tasks[task.id])
+    sim.scale(svc, 0)
+    step(sim, {"n1": frozenset(), "n2": held})  # n2 still holds the version with it
+    drained = sim.state.tasks[task.id]
+    assert (drained.desired_state, drained.draining_since) == (TaskState.RUNNING, sim.now)
+    sim.tick()
+    [stop] = step(sim, {"n1": frozenset(), "n2": frozenset()}).updated
+    assert (stop.id, stop.desired_state, stop.message) == (task.id, TaskState.SHUTDOWN, "shutdown: scaled down")
+
+
 def test_a_start_first_update_drains_the_old_task_once_the_new_one_is_ready() -> None:
     sim = overlay_cluster("n1")
     svc = web(sim, 1, update=UpdateConfig(order=UpdateOrder.START_FIRST))

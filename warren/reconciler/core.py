@@ -254,7 +254,7 @@ class Pass:
             return False
         if self._disruptive(task):
             self.stops += 1
-        if is_routed(task):
+        if is_routed(task) or self._may_be_routed(task):
             self.update(task, draining_since=self.now, message=f"{DRAINING}{why}")
             return True
         fields: dict[str, object] = {"desired_state": SHUTDOWN, "message": f"shutdown: {why}"}
@@ -262,6 +262,15 @@ class Pass:
             fields["state"] = SHUTDOWN
         self.update(task, **fields)
         return True
+
+    def _may_be_routed(self, task: Task) -> bool:
+        """A live task out of the endpoints (its health check just failed, say) that a node's
+        load balancer may still hold: stopping it now would send that node's new connections to
+        an address that is gone, where they hang until the client gives up (ADR 33)."""
+        address = task.overlay_address
+        if not address or task.state != TaskState.RUNNING or not self.routes:
+            return False
+        return any(address in routes for routes in self.routes.values())
 
     def create(self, service: Service, slot: int, attempt: int, node_id: str = "", relocates: str = "") -> Task:
         """A new task of the current spec; PENDING for the scheduler unless its node is given."""
