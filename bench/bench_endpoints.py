@@ -141,12 +141,12 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
 
 
 async def _open_sessions(
-    cluster: Any, sessions: int, delta_flag: str, deltas: bool
+    cluster: Any, sessions: int, flags: tuple[str, ...]
 ) -> tuple[list[int], list[float], list[int], list[asyncio.Task]]:
     """`sessions` node sessions on the dispatcher, each counting its messages (`received`); the
     first also parses and applies them as an agent does, and records that CPU (`agent_cpu`) and
-    the message sizes, after its whole first message. `delta_flag`: the SessionRequest field that
-    asks for deltas, set when `deltas` (the code under test has it). Returns once every session
+    the message sizes, after its whole first message. `flags`: the SessionRequest fields that ask
+    for deltas (or patches), set if the code under test has them. Returns once every session
     got its first message and the joins' node changes have settled."""
     import datetime as dt
 
@@ -162,7 +162,8 @@ async def _open_sessions(
 
     async def read(index: int) -> None:
         caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
-        extra = {delta_flag: True} if deltas else {}
+        fields = dpb.SessionRequest.DESCRIPTOR.fields_by_name
+        extra = {flag: True for flag in flags if flag in fields}
         request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **extra)
         held = AssignmentSet()
         async for message in cluster.dispatcher.Session(request, None):
@@ -259,7 +260,8 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
         cluster.store.applied_index + 1,
         [Put("task", backend(k, j, s.spec)) for k, s in enumerate(all_services) for j in range(per_service)],
     )
-    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "endpoint_deltas", deltas)
+    flags = ("endpoint_deltas", "endpoint_patches")
+    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, flags)
     changes = []
     for change in range(CHANGES):
         k = (change * 97) % services
@@ -272,6 +274,7 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
 
     return {
         "deltas": deltas,
+        "patches": "endpoint_patches" in dpb.SessionRequest.DESCRIPTOR.fields_by_name,
         "services": services,
         "backends": services * per_service,
         "sessions": sessions,
@@ -303,7 +306,7 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
         assert state.cluster is not None
         info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
     cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
-    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "mesh_deltas", deltas)
+    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, ("mesh_deltas",))
     joins = [
         Put(
             "node",

@@ -54,6 +54,7 @@ class Agent:
 
     deltas: bool
     assignments: AssignmentSet = field(default_factory=AssignmentSet)
+    patches: bool = False  # takes patches of a service's backends and members too
     services: tuple[Endpoint, ...] = ()
     seen: dict[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # services_index -> set held
     mesh: tuple[MeshMember, ...] = ()
@@ -91,6 +92,7 @@ class Rig:
                 description=description(index),
                 specs_by_reference=True,
                 endpoint_deltas=agent.deltas,
+                endpoint_patches=agent.patches,
                 mesh_deltas=agent.deltas,
             )
             agent.assignments.reset()
@@ -230,6 +232,14 @@ def _run(coro):  # type: ignore[no-untyped-def]
         ([("task", 1, 1, "running", 0)], True, True),
     ]
 )
+@example(  # the lagging agents miss a backend leaving and coming back: no net patch for it
+    history=[
+        ([("task", 0, 1, "running", 0), ("task", 0, 2, "running", 0)], False, True),
+        ([("task", 1, 0, "running", 0)], True, True),  # a blocked reader still takes the next one
+        ([("task", 0, 0, "failed", 0)], True, True),
+        ([("task", 0, 0, "running", 0)], True, True),
+    ]
+)
 def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> None:
     """A random history of endpoint changes (tasks coming, going, draining, failing; services
     created, removed, losing their VIP, changing ports; a network turning internal): an agent
@@ -244,13 +254,16 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
             whole = Agent(deltas=False)
             steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
             lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
-            agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
+            patched = Agent(deltas=True, patches=True, assignments=AssignmentSet(shared=shared))
+            patched_lagging = Agent(deltas=True, patches=True)  # its own entries
+            agents = [rig.open(i + 1, a) for i, a in enumerate((whole, steady, lagging, patched, patched_lagging))]
             await rig.settled(agents)
             for changes, lag, wait in history:
-                if lag:
-                    lagging.gate.clear()
-                else:
-                    lagging.gate.set()
+                for slow in (lagging, patched_lagging):
+                    if lag:
+                        slow.gate.clear()
+                    else:
+                        slow.gate.set()
                 rig.commit([_change(op) for op in changes])
                 if wait:
                     await rig.settled(agents)
@@ -260,20 +273,24 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
                     backends = rig.dispatcher._endpoints.current().backends
                     assert backends == {b for e in truth for b in e.backends}
             lagging.gate.set()
+            patched_lagging.gate.set()
             await rig.settled(agents)
             truth = rig.truth()
             for agent in agents:
                 assert agent.services == truth
                 assert not agent.gaps
-            for agent in (steady, lagging):
+            for agent in (steady, lagging, patched, patched_lagging):
                 for index, held in agent.seen.items():
                     if index in whole.seen:
                         assert held == whole.seen[index], f"index {index}"
-            # The old agent only ever got whole lists; the others only deltas after the first.
+            # The old agent only ever got whole lists; the others only deltas after the first;
+            # only those that announced patches got patches.
             assert not any(m.services_delta for m in whole.messages)
-            for agent in (steady, lagging):
+            for agent in (steady, lagging, patched, patched_lagging):
                 assert agent.messages[0].services_changed and not agent.messages[0].services_delta
                 assert not any(m.services_changed for m in agent.messages[1:])
+            for agent in (whole, steady, lagging):
+                assert not any(e.patch for m in agent.messages for e in m.services)
         finally:
             await rig.close()
 
@@ -554,3 +571,55 @@ def test_agents_in_one_process_hold_one_copy_of_equal_entries() -> None:
     del old
     gc.collect()
     assert key not in shared._endpoints  # no agent holds the old entry: released
+
+
+def test_a_backend_leaving_travels_as_a_patch_of_that_address_only() -> None:
+    """At S2's size a service has 1,000 backends: a delta of one task's change carries the
+    address that changed, not the service's whole lists, to an agent that takes patches."""
+
+    async def scenario(root: Path) -> None:
+        rig = Rig(root)
+        try:
+            rig.commit([Put("service", _service(0))] + [Put("task", _task(0, j, "running", 0)) for j in range(TASKS)])
+            agent = rig.open(1, Agent(deltas=True, patches=True))
+            await rig.settled([agent])
+            gone = _task(0, 1, "failed", 0)
+            rig.commit([Put("task", gone)])
+            await rig.settled([agent])
+            [entry] = [e for m in agent.messages[1:] for e in m.services]
+            assert entry.patch and not entry.backends and not entry.members
+            assert (list(entry.backends_removed), list(entry.members_removed)) == ([gone.overlay_address],) * 2
+            assert not entry.backends_added and not entry.members_added
+            assert agent.services == rig.truth() and len(agent.services[0].backends) == TASKS - 1
+        finally:
+            await rig.close()
+
+    with tempfile.TemporaryDirectory(prefix="warren-deltas-") as root:
+        _run(scenario(Path(root)))
+
+
+def test_a_patch_onto_lists_it_was_not_made_for_resynchronises() -> None:
+    def holding_web() -> AssignmentSet:
+        held = AssignmentSet()
+        web = dpb.ServiceEndpoint(name="web", vip="10.201.0.2", backends=["10.224.0.2"])
+        complete = dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.COMPLETE, version=1, services_changed=True, services_index=5, services=[web]
+        )
+        held.apply(complete)
+        return held
+
+    def delta(patch: dpb.ServiceEndpoint) -> dpb.AssignmentsMessage:
+        return dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2, services_delta=True,
+            services_base=5, services_index=6, services=[patch],
+        )  # fmt: skip
+
+    fits = holding_web().apply(delta(dpb.ServiceEndpoint(name="web", patch=True, backends_added=["10.224.0.3"])))
+    assert fits.services is not None and fits.services[0].backends == ("10.224.0.2", "10.224.0.3")
+    for patch in (
+        dpb.ServiceEndpoint(name="web", patch=True, backends_removed=["10.224.0.9"]),  # not held
+        dpb.ServiceEndpoint(name="web", patch=True, backends_added=["10.224.0.2"]),  # already held
+        dpb.ServiceEndpoint(name="api", patch=True, backends_added=["10.224.0.3"]),  # no entry to patch
+    ):
+        with pytest.raises(VersionGap, match="patch"):
+            holding_web().apply(delta(patch))

@@ -11,6 +11,9 @@ specs, or (a task desired to stop) in the copy the agent already holds.
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import functools
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -68,12 +71,27 @@ class SharedEntries:
     def __init__(self) -> None:
         self._endpoints: weakref.WeakValueDictionary[bytes, Endpoint] = weakref.WeakValueDictionary()
         self._members: weakref.WeakValueDictionary[bytes, MeshMember] = weakref.WeakValueDictionary()
+        # (id of the entry held, the patch) -> (the entry held, the result), both weakly
+        self._patched: dict[tuple[int, bytes], tuple[weakref.ref[Endpoint], weakref.ref[Endpoint]]] = {}
 
     def endpoint(self, entry: dpb.ServiceEndpoint) -> Endpoint:
         key = entry.SerializeToString(deterministic=True)
         found = self._endpoints.get(key)
         if found is None:
             found = self._endpoints[key] = _endpoint(entry)
+        return found
+
+    def patched(self, held: Endpoint, entry: dpb.ServiceEndpoint) -> Endpoint:
+        """`held` patched by `entry`: agents holding the same entry and sent the same patch
+        share the result."""
+        key = (id(held), entry.SerializeToString(deterministic=True))
+        cached = self._patched.get(key)
+        if cached is not None and cached[0]() is held:
+            found = cached[1]()
+            if found is not None:
+                return found
+        found = _patched(held, entry)
+        self._patched[key] = (weakref.ref(held, lambda _: self._patched.pop(key, None)), weakref.ref(found))
         return found
 
     def member(self, entry: dpb.MeshNode) -> MeshMember:
@@ -213,13 +231,25 @@ class AssignmentSet:
         as the whole list comes."""
         read = self.shared.endpoint if self.shared is not None else _endpoint
         if msg.services_delta:
-            self.endpoints = _merged(self.endpoints, msg.services, msg.services_removed, _name, read)
+            whole_or_patch = functools.partial(self._read_endpoint, read)
+            self.endpoints = _merged(self.endpoints, msg.services, msg.services_removed, _name, whole_or_patch)
         elif msg.services_changed:
             self.endpoints = {entry.name: read(entry) for entry in msg.services}
         else:
             return None
         self.endpoints_index = msg.services_index
         return tuple(self.endpoints.values())
+
+    def _read_endpoint(self, read: Callable[[dpb.ServiceEndpoint], Endpoint], entry: dpb.ServiceEndpoint) -> Endpoint:
+        """A delta's entry: whole, or a patch onto the entry held under its name (ADR 65)."""
+        if not entry.patch:
+            return read(entry)
+        held = self.endpoints.get(entry.name)
+        if held is None:
+            raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
+        if self.shared is not None:
+            return self.shared.patched(held, entry)
+        return _patched(held, entry)
 
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
         for login in msg.pull_logins:
@@ -277,6 +307,35 @@ def _endpoint(e: dpb.ServiceEndpoint) -> Endpoint:
         aliases=tuple((a.network, a.alias) for a in e.aliases),
         internal=e.internal,
     )
+
+
+def _patched(held: Endpoint, entry: dpb.ServiceEndpoint) -> Endpoint:
+    """`held` with a patch's backends and members added and removed, and its other fields."""
+    return dataclasses.replace(
+        _endpoint(entry),
+        backends=_patch_list(entry.name, held.backends, entry.backends_added, entry.backends_removed),
+        members=_patch_list(entry.name, held.members, entry.members_added, entry.members_removed),
+    )
+
+
+def _patch_list(name: str, held: tuple[str, ...], added: Iterable[str], removed: Iterable[str]) -> tuple[str, ...]:
+    """A sorted list with `added` put in and `removed` taken out, each found by bisection (a
+    patch is a few addresses of a thousand); a patch that adds what is held or removes what is
+    not was made for another version: resynchronise."""
+    result: list[str] | None = None
+    for address in removed:
+        result = result if result is not None else list(held)
+        at = bisect.bisect_left(result, address)
+        if at == len(result) or result[at] != address:
+            raise VersionGap(f"endpoints patch of {name!r} removes {address}, which we do not hold: resynchronise")
+        del result[at]
+    for address in added:
+        result = result if result is not None else list(held)
+        at = bisect.bisect_left(result, address)
+        if at < len(result) and result[at] == address:
+            raise VersionGap(f"endpoints patch of {name!r} adds {address}, which we hold: resynchronise")
+        result.insert(at, address)
+    return held if result is None else tuple(result)
 
 
 def _member(m: dpb.MeshNode) -> MeshMember:

@@ -220,6 +220,7 @@ class Session:
             description=self.description(),
             specs_by_reference=True,
             endpoint_deltas=True,  # ADR 65: AssignmentSet applies them
+            endpoint_patches=True,  # and patches of a service's backends and members
             mesh_deltas=True,
             failed_sessions=self.failed_sessions,
             last_failure=self.last_failure,

@@ -17,9 +17,9 @@ read from the live state; the next version then relabels nothing, because nothin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from warren import strategy
 from warren.api import convert
@@ -33,7 +33,16 @@ from warren.model import Service, Task
 from warren.state import Change, ClusterState, Put
 
 
-def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
+class Computed(NamedTuple):
+    """A service's endpoint, with its backends and members as sets (for patches and counts,
+    without reading 1,000 addresses back from the message)."""
+
+    entry: dpb.ServiceEndpoint
+    backends: frozenset[str]
+    members: frozenset[str]
+
+
+def computed(state: ClusterState, service: Service) -> Computed:
     """A service's VIP and the addresses of its tasks that may take connections: ready
     (healthy, with a health check) and not draining before a stop (ADR 33), chosen and weighted
     by the service's deployment strategy (ADR 35)."""
@@ -43,10 +52,16 @@ def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
     names = network_names(service.spec)
     found = [state.network_by_name(name) for name in names]
     internal = all(n is not None and n.internal for n in found)
-    members = {t.overlay_address for t in tasks if t.overlay_address and not t.state.terminal}
-    return convert.endpoint_to_pb(
+    members = frozenset(t.overlay_address for t in tasks if t.overlay_address and not t.state.terminal)
+    entry = convert.endpoint_to_pb(
         service, routing.backends, routing.canary, routing.canary_weight, names, members, internal
     )
+    return Computed(entry, frozenset(routing.backends), members)
+
+
+def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
+    """A service's endpoint as agents get it (`computed`)."""
+    return computed(state, service).entry
 
 
 def all_endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
@@ -82,14 +97,14 @@ class EndpointLog:
         self._subscription: AbstractContextManager[asyncio.Queue[Event]] | None = None
         self._events: asyncio.Queue[Event] | None = None
         self._through = -1  # every change up to this index is reflected; -1: recompute all
-        self._by_id: dict[str, dpb.ServiceEndpoint] = {}  # service id -> its endpoint
+        self._by_id: dict[str, Computed] = {}  # service id -> its endpoint
         self._by_name: dict[str, dpb.ServiceEndpoint] = {}  # what agents hold, by service name
         self._counted: dict[str, str] = {}  # task id -> service id, of tasks that `_counts`
         self._backend_refs: dict[str, int] = {}  # backend address -> held entries naming it
         self._view = EndpointView(-1, frozenset())
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
-        self._deltas: dict[int, bytes | None] = {}  # base -> delta onto the current version
+        self._deltas: dict[tuple[int, bool], bytes | None] = {}  # (base, patches) -> delta onto the current version
         self.rebuilds = 0  # whole recomputations (for tests)
 
     # -- users -----------------------------------------------------------------------------------
@@ -122,28 +137,35 @@ class EndpointLog:
             self._whole = encode_endpoints(services, self._view.at)
         return self._whole
 
-    def since(self, sent: int, deltas: bool) -> tuple[EndpointView, bytes] | None:
+    def since(self, sent: int, deltas: bool, patches: bool = False) -> tuple[EndpointView, bytes] | None:
         """What a session that holds version `sent` must be sent: None if it is current; a delta
-        if its agent takes them and `sent` is recent enough; the whole list otherwise."""
+        if its agent takes them and `sent` is recent enough (with patches for the services whose
+        backends or members only changed, if it takes those); the whole list otherwise."""
         view = self.current()
         if view.at == sent:
             return None
-        delta = self._delta(sent) if deltas else None
+        delta = self._delta(sent, patches) if deltas else None
         return view, delta if delta is not None else self.whole()
 
-    def _delta(self, base: int) -> bytes | None:
+    def _delta(self, base: int, patches: bool) -> bytes | None:
         """The delta from version `base` onto the current one, encoded once per base (sessions
         in step share it); None when `base` is no longer in the log. A delta is never larger than
         the whole list but by the names removed, so it is sent whenever it can be."""
-        if base in self._deltas:
-            return self._deltas[base]
-        names = self._log.since(base)
+        if (base, patches) in self._deltas:
+            return self._deltas[base, patches]
+        steps = self._log.steps(base)
         encoded = None
-        if names is not None:
-            changed_entries = [self._by_name[n] for n in sorted(names) if n in self._by_name]
+        if steps is not None:
+            names = set().union(*(keys for keys, _ in steps))
+            entries = []
+            for name in sorted(names):
+                current = self._by_name.get(name)
+                if current is not None:
+                    patch = _composed(name, steps) if patches else None
+                    entries.append(current if patch is None else patch.entry(current))
             removed = sorted(n for n in names if n not in self._by_name)
-            encoded = encode_endpoint_delta(changed_entries, removed, base, self._view.at)
-        self._deltas[base] = encoded
+            encoded = encode_endpoint_delta(entries, removed, base, self._view.at)
+        self._deltas[base, patches] = encoded
         return encoded
 
     # -- following the commits -----------------------------------------------------------------
@@ -165,10 +187,10 @@ class EndpointLog:
             self._through = last
             return
         with self._store.read() as state:
-            changed = self._recompute(state, dirty)
+            changed, patches = self._recompute(state, dirty)
         self._through = last
         if changed:
-            self._new_version(max(last, self._view.at + 1), changed)
+            self._new_version(max(last, self._view.at + 1), changed, patches)
 
     def _drain(self) -> list[tuple[int, list[Change]]] | None:
         """Every event delivered since the last call; None if one says "resynchronise". The
@@ -213,26 +235,36 @@ class EndpointLog:
                 return True
         return False
 
-    def _recompute(self, state: ClusterState, service_ids: set[str]) -> set[str]:
-        """Recompute the endpoints of `service_ids`; the names whose entry changed."""
+    def _recompute(self, state: ClusterState, service_ids: set[str]) -> tuple[set[str], dict[str, Patch]]:
+        """Recompute the endpoints of `service_ids`: the names whose entry changed, and how, for
+        those whose entry only changed in place (same service, same name)."""
         changed: set[str] = set()
+        patches: dict[str, Patch] = {}
         for service_id in service_ids:
             service = state.services.get(service_id)
-            new = endpoint(state, service) if service is not None and service.vip else None
+            new = computed(state, service) if service is not None and service.vip else None
             old = self._by_id.get(service_id)
-            if new == old:
+            if (new.entry if new else None) == (old.entry if old else None):
                 continue
+            names = {c.entry.name for c in (old, new) if c is not None}
+            in_place = False
             if old is not None:
                 self._count(old.backends, -1)
                 del self._by_id[service_id]
-                if self._by_name.get(old.name) is old:  # not already taken by another service
-                    del self._by_name[old.name]
-                changed.add(old.name)
+                if self._by_name.get(old.entry.name) is old.entry:  # not already taken by another service
+                    del self._by_name[old.entry.name]
+                    in_place = new is not None and new.entry.name == old.entry.name and not names & changed
             if new is not None:
                 self._count(new.backends, 1)
-                self._by_id[service_id] = self._by_name[new.name] = new
-                changed.add(new.name)
-        return changed
+                self._by_id[service_id] = new
+                self._by_name[new.entry.name] = new.entry
+            for name in names:
+                patches.pop(name, None)  # a name two services changed travels whole
+            if in_place:
+                assert old is not None and new is not None
+                patches[new.entry.name] = Patch.between(old, new)
+            changed |= names
+        return changed, patches
 
     def _count(self, backends: Iterable[str], step: int) -> None:
         """Keep how many held entries name each backend, so that a version's set of all
@@ -251,22 +283,91 @@ class EndpointLog:
         self.rebuilds += 1
         with self._store.read() as state:
             index = self._store.applied_index
-            by_id = {s.id: endpoint(state, s) for s in state.services.values() if s.vip}
+            by_id = {s.id: computed(state, s) for s in state.services.values() if s.vip}
             self._counted = {t.id: t.service_id for t in state.tasks.values() if _counts(t)}
-        by_name = {e.name: e for e in by_id.values()}
+        by_name = {c.entry.name: c.entry for c in by_id.values()}
         old = self._by_name
         changed = {n for n, e in by_name.items() if old.get(n) != e} | {n for n in old if n not in by_name}
         self._by_id, self._by_name = by_id, by_name
         self._backend_refs = {}
-        for entry in by_id.values():
-            self._count(entry.backends, 1)
+        for found in by_id.values():
+            self._count(found.backends, 1)
         self._through = index
         if changed or self._view.at < 0:
             self._new_version(max(index, self._view.at + 1), changed)
 
-    def _new_version(self, at: int, changed: set[str]) -> None:
+    def _new_version(self, at: int, changed: set[str], patches: dict[str, Patch] | None = None) -> None:
         backends = frozenset(self._backend_refs)
-        self._log.record(at, self._view.at, changed)
+        self._log.record(at, self._view.at, changed, patches)
         self._view = EndpointView(at, backends)
         self._whole = None
         self._deltas = {}
+
+
+class Patch(NamedTuple):
+    """How one version changed a service's backends and members, which at S2's size are 1,000
+    addresses each: a patch carries only these (ADR 65). Every other field travels whole."""
+
+    backends_added: frozenset[str]
+    backends_removed: frozenset[str]
+    members_added: frozenset[str]
+    members_removed: frozenset[str]
+
+    @classmethod
+    def between(cls, old: Computed, new: Computed) -> Patch:
+        return cls(
+            new.backends - old.backends,
+            old.backends - new.backends,
+            new.members - old.members,
+            old.members - new.members,
+        )
+
+    def size(self) -> int:
+        return sum(map(len, self))
+
+    def entry(self, current: dpb.ServiceEndpoint) -> dpb.ServiceEndpoint:
+        """`current` as a patch, or whole if the patch would not be smaller."""
+        if self.size() >= len(current.backends) + len(current.members):
+            return current
+        patched = dpb.ServiceEndpoint()
+        patched.CopyFrom(current)
+        patched.ClearField("backends")
+        patched.ClearField("members")
+        patched.patch = True
+        patched.backends_added.extend(sorted(self.backends_added))
+        patched.backends_removed.extend(sorted(self.backends_removed))
+        patched.members_added.extend(sorted(self.members_added))
+        patched.members_removed.extend(sorted(self.members_removed))
+        return patched
+
+
+def _composed(name: str, steps: list[tuple[frozenset[str], Mapping[str, Any]]]) -> Patch | None:
+    """The net patch of `name` over `steps` (versions in order); None if one of them changed it
+    otherwise than in place (created, renamed, recomputed whole): it then travels whole."""
+    backends: tuple[set[str], set[str]] = (set(), set())
+    members: tuple[set[str], set[str]] = (set(), set())
+    for keys, details in steps:
+        if name not in keys:
+            continue
+        patch = details.get(name)
+        if patch is None:
+            return None
+        _fold(backends, patch.backends_added, patch.backends_removed)
+        _fold(members, patch.members_added, patch.members_removed)
+    return Patch(frozenset(backends[0]), frozenset(backends[1]), frozenset(members[0]), frozenset(members[1]))
+
+
+def _fold(net: tuple[set[str], set[str]], added: frozenset[str], removed: frozenset[str]) -> None:
+    """Fold one step into the net (added, removed) from the base: an address the step adds back
+    was removed since the base, one it removes was added since (each step's own sets are exact)."""
+    net_added, net_removed = net
+    for address in added:
+        if address in net_removed:
+            net_removed.discard(address)
+        else:
+            net_added.add(address)
+    for address in removed:
+        if address in net_added:
+            net_added.discard(address)
+        else:
+            net_removed.add(address)
