@@ -41,6 +41,7 @@ from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
+from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -157,7 +158,6 @@ def _visible(task: Task) -> bool:
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
 
 
-SpecKey = tuple[str, int]  # (service id, spec version)
 FileSource = Callable[[ClusterState, ServiceSpec], list[dpb.TaskFile]]
 
 
@@ -169,13 +169,13 @@ class SessionSpecs:
     def __init__(self, by_reference: bool, files: FileSource | None = None) -> None:
         self.by_reference = by_reference  # False for an agent that reads only Task.spec
         self.files = files  # the values of the spec's secrets and configs, sent with it (ADR 38)
-        self.refs: dict[str, SpecKey] = {}  # every task in the set -> its spec version
+        self.refs = SpecRefs()  # every task in the set -> its spec version, counted per version
         self.sent: set[SpecKey] = set()
 
     def task(self, task: Task, specs: list[dpb.TaskSpec], state: ClusterState) -> pb.Task:
         """`task` as sent; its spec joins `specs` if the agent may start it and lacks the spec."""
         key = (task.service_id, task.spec_version)
-        self.refs[task.id] = key
+        self.refs.refer(task.id, key)
         if not self.by_reference:
             return convert.task_to_pb(task, with_spec=True)
         if task.desired_state <= TaskState.RUNNING and key not in self.sent:
@@ -187,10 +187,11 @@ class SessionSpecs:
         return convert.task_to_pb(task)
 
     def remove(self, task_id: str) -> None:
-        self.refs.pop(task_id, None)
+        self.refs.forget(task_id)
 
     def prune(self) -> None:
-        self.sent.intersection_update(self.refs.values())
+        """Forget the specs whose last task left: O(changed tasks), not a walk of the set (#15)."""
+        self.sent.difference_update(self.refs.released())
 
 
 def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list | None:
