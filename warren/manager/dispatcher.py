@@ -30,6 +30,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
+from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog, all_endpoints
 from warren.manager.events import EventHub
@@ -194,16 +195,16 @@ class SessionSpecs:
         self.sent.difference_update(self.refs.released())
 
 
-def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list | None:
-    """The changes of `first` and of every commit already queued behind it, in order; None if
+def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list[tuple[int, list]] | None:
+    """`first` and every commit already queued behind it, (index, changes) in order; None if
     the state was replaced. A session that fell behind (many nodes, commits coming fast) sends
     one message for all of them instead of one per commit, each with the whole endpoint list."""
-    batches = [first[1]]
+    batches = [first]
     while not events.empty():
-        batches.append(events.get_nowait()[1])
-    if any(batch is None for batch in batches):
+        batches.append(events.get_nowait())
+    if any(changes is None for _, changes in batches):
         return None
-    return [change for batch in batches if batch is not None for change in batch]
+    return batches
 
 
 def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
@@ -275,6 +276,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
+        self._digests = CommitDigests()  # each commit's changes indexed once for every session
         self._node_view = _NodeView(-1, [], 0, 0)
 
     def _require_leader(self) -> None:
@@ -379,23 +381,26 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 yield await self._fits(node.id, Assignments(complete, shared))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        changes = _coalesce(await wait_within(events.get(), 1.0), events)
+                        batches = _coalesce(await wait_within(events.get(), 1.0), events)
                     except TimeoutError:
-                        changes = []
+                        batches = []
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
-                        if changes is None:
+                        if batches is None:
                             return  # state was replaced by a snapshot: the agent reopens and resyncs
-                        sent = [c.obj for c in changes if isinstance(c, Put) and isinstance(c.obj, Task)]
-                        logins = pull_logins(state, (t for t in sent if t.node_id == node.id), self._vault)
+                        # Each commit indexed once for every session: walking all its changes in
+                        # each session was O(changes x sessions) per commit (#15).
+                        digests = [self._digests.of(index, changes) for index, changes in batches]
+                        ours = (task for digest in digests for task in digest.tasks_on(node.id))
+                        logins = pull_logins(state, ours, self._vault)
                     spec_list = []
-                    updated, removed = self._diff(node.id, known, changes, specs, spec_list)
+                    updated, removed = self._diff(node.id, known, digests, specs, spec_list)
                     specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers: list[str] | None = None
                     new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
-                    if any(change.kind == "node" for change in changes):
+                    if any(digest.nodes_changed for digest in digests):
                         view = self._current_nodes()
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
@@ -403,7 +408,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
                             mesh_sent = view.mesh_version
                     new_volumes = None
-                    if any(change.kind == "volume" for change in changes):
+                    if any(digest.volumes_changed for digest in digests):
                         with self._store.read() as state:
                             current_volumes = _node_volumes(state, node.id)
                         if current_volumes != volumes:
@@ -484,13 +489,19 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         return self._node_view
 
     def _diff(
-        self, node_id: str, known: set[str], changes: list, specs: SessionSpecs, spec_list: list[dpb.TaskSpec]
+        self,
+        node_id: str,
+        known: set[str],
+        digests: list[CommitDigest],
+        specs: SessionSpecs,
+        spec_list: list[dpb.TaskSpec],
     ) -> tuple[list, list[str]]:
-        """The tasks of the node that `changes` (in commit order) updated or removed; a task
-        changed by several commits is sent once, as the last one left it."""
+        """The tasks of the node that the commits (in order) updated or removed; a task changed
+        by several commits is sent once, as the last one left it."""
         updated: dict[str, pb.Task] = {}
         removed: dict[str, None] = {}  # ordered set
-        for change in changes:
+        # Read commit by commit: which changes concern the node depends on `known` so far.
+        for change in (c for digest in digests for c in digest.task_changes_for(node_id, known)):
             if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
