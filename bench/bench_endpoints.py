@@ -189,16 +189,19 @@ async def _open_sessions(
 
 async def _timed_changes(
     cluster: Any, commits: list[list[Any]], received: list[int], readers: list[asyncio.Task], agent_cpu: list[float]
-) -> tuple[list[float], list[float]]:
+) -> tuple[list[float], list[float], list[float]]:
     """Make each commit and wait until every session got a message: the process CPU of each,
-    split into the leader's and one agent's (`agent_cpu`, which the readers append to). Then
-    stop the readers and close the store."""
+    split into the leader's and one agent's (`agent_cpu`, which the readers append to), and the
+    part of the leader's that the store's commit itself took. Then stop the readers and close
+    the store."""
     leader: list[float] = []
     agent: list[float] = []
+    store: list[float] = []
     for number, changes in enumerate(commits):
         before, agent_before = list(received), sum(agent_cpu)
         start = time.process_time()
         cluster.store.commit(cluster.store.applied_index + 1, changes)
+        store.append(time.process_time() - start)
         deadline = time.monotonic() + 120
         while any(r <= b for r, b in zip(received, before, strict=True)):
             if time.monotonic() > deadline or any(t.done() for t in readers):
@@ -211,7 +214,7 @@ async def _timed_changes(
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
     cluster.store.env.close()
-    return leader, agent
+    return leader, agent, store
 
 
 def median_ms(values: list[float]) -> float:
@@ -283,7 +286,7 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
             overlay_address=f"10.239.255.{2 + change}",
         )
         changes.append(Put("task", extra))
-    leader, agent = await _timed_changes(cluster, [[c] for c in changes], received, readers, agent_cpu)
+    leader, agent, _ = await _timed_changes(cluster, [[c] for c in changes], received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
@@ -299,22 +302,26 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
     }
 
 
-def _creating_case(services: int, per_service: int, sessions: int, creates: int, root: Path) -> dict[str, object]:
-    return asyncio.run(_creating_scenario(services, per_service, sessions, creates, root))
+def _creating_case(
+    services: int, per_service: int, sessions: int, creates: int, batch: int, root: Path
+) -> dict[str, object]:
+    return asyncio.run(_creating_scenario(services, per_service, sessions, creates, batch, root))
 
 
 async def _creating_scenario(
-    services: int, per_service: int, sessions: int, creates: int, root: Path
+    services: int, per_service: int, sessions: int, creates: int, batch: int, root: Path
 ) -> dict[str, object]:
     """S1 while its services are being created (#15): `services` services of `per_service`
     tasks spread over the `sessions` nodes, all running but the last `creates` services; then
-    each of those comes in one commit with its tasks placed and running. Every commit sends
-    every session a message (a service added to the endpoints; `per_service` of them also get
-    a task and its spec), so the leader's CPU per message is its CPU per commit / sessions."""
+    those come `batch` per commit, each with its tasks placed and running. Every commit sends
+    every session a message (services added to the endpoints; some also get tasks and their
+    specs), so the leader's CPU per message is its CPU per commit / sessions."""
     from tests.unit.test_dispatcher_nodes import Cluster
     from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager import gcpolicy
     from warren.state import Put
 
+    gcpolicy.settle()  # as a serving manager collects (ADR 67)
     cluster = Cluster(root)
     deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name
     _with_overlay_room(cluster)
@@ -330,17 +337,21 @@ async def _creating_scenario(
     first = services - creates
     cluster.store.commit(cluster.store.applied_index + 1, [c for k in range(first) for c in created(k)])
     received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "endpoint_deltas", deltas)
-    leader, agent = await _timed_changes(
-        cluster, [created(k) for k in range(first, services)], received, readers, agent_cpu
-    )
+    commits = [
+        [c for k in range(at, min(at + batch, services)) for c in created(k)] for at in range(first, services, batch)
+    ]
+    leader, agent, store = await _timed_changes(cluster, commits, received, readers, agent_cpu)
+    sessions_cpu = [spent - commit for spent, commit in zip(leader, store, strict=True)]
     return {
         "deltas": deltas,
         "services": services,
         "tasks_per_node": services * per_service // sessions,
         "sessions": sessions,
         "creates": creates,
+        "changes_per_commit": len(commits[0]),
         "leader_cpu_per_change_ms": median_ms(leader),
-        "leader_cpu_per_message_ms": median_ms([c / sessions for c in leader]),
+        "store_cpu_per_change_ms": median_ms(store),
+        "sessions_cpu_per_message_ms": median_ms([c / sessions for c in sessions_cpu]),
         "agent_cpu_per_change_ms": median_ms(agent),
         "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
         "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
@@ -383,7 +394,7 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
         )
         for change in range(CHANGES)
     ]
-    leader, agent = await _timed_changes(cluster, [[j] for j in joins], received, readers, agent_cpu)
+    leader, agent, _ = await _timed_changes(cluster, [[j] for j in joins], received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
@@ -428,6 +439,7 @@ def compare(base: Path, rounds: int, args: list[str]) -> dict[str, object]:
         return values[len(values) // 2]
 
     keys = ("leader_cpu_per_change_ms", "agent_cpu_per_change_ms", "message_bytes")
+    keys += ("store_cpu_per_change_ms", "sessions_cpu_per_message_ms") if "--creating" in args else ()
     medians = {side: {key: median(side, key) for key in keys} for side in ("old", "new")}
     ratios = {key: round(medians["new"][key] / medians["old"][key], 4) for key in keys}
     return {"runs": runs, "medians": medians, "new_over_old": ratios}
@@ -469,6 +481,7 @@ def main() -> None:
         help="the last this many services created one per commit, not backend changes",
     )
     parser.add_argument("--compare", type=Path, help="a tree with the old code, run alternately with this one")
+    parser.add_argument("--batch", type=int, default=1, help="with --creating: services per commit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a compare run's side
     options = parser.parse_args()
@@ -477,7 +490,7 @@ def main() -> None:
         return
     args = ["--services", str(options.services), "--backends", str(options.backends)]
     args += ["--sessions", str(options.sessions)] + (["--mesh"] if options.mesh else [])
-    args += ["--creating", str(options.creating)] if options.creating else []
+    args += ["--creating", str(options.creating), "--batch", str(options.batch)] if options.creating else []
     if options.compare:
         print(json.dumps(compare(options.compare, options.rounds, args), indent=2))
         return
@@ -486,7 +499,9 @@ def main() -> None:
         if options.mesh:
             print(json.dumps(_mesh_case(options.sessions, root)))
         elif options.creating:
-            case = _creating_case(options.services, options.backends, options.sessions, options.creating, root)
+            case = _creating_case(
+                options.services, options.backends, options.sessions, options.creating, options.batch, root
+            )
             print(json.dumps(case))
         else:
             print(json.dumps(_services_case(options.services, options.backends, options.sessions, root)))

@@ -41,6 +41,7 @@ from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
+from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
 from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
@@ -167,9 +168,10 @@ class SessionSpecs:
     desired running that needs it; both sides forget it once no task in the set refers to it
     (`prune`, after each message), so a later task of that version brings it again."""
 
-    def __init__(self, by_reference: bool, files: FileSource | None = None) -> None:
+    def __init__(self, by_reference: bool, files: FileSource | None = None, encoded: SpecCache | None = None) -> None:
         self.by_reference = by_reference  # False for an agent that reads only Task.spec
         self.files = files  # the values of the spec's secrets and configs, sent with it (ADR 38)
+        self.encoded = encoded or SpecCache()  # specs as protobuf, shared by the sessions
         self.refs = SpecRefs()  # every task in the set -> its spec version, counted per version
         self.sent: set[SpecKey] = set()
 
@@ -183,7 +185,7 @@ class SessionSpecs:
             self.sent.add(key)
             files = self.files(state, task.spec) if self.files and (task.spec.secrets or task.spec.configs) else []
             specs.append(
-                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=convert.spec_to_pb(task.spec), files=files)
+                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=self.encoded.task_spec_pb(task), files=files)
             )
         return convert.task_to_pb(task)
 
@@ -277,6 +279,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
         self._digests = CommitDigests()  # each commit's changes indexed once for every session
+        self._spec_pbs = SpecCache()  # each spec version converted once for every session
         self._node_view = _NodeView(-1, [], 0, 0)
 
     def _require_leader(self) -> None:
@@ -351,7 +354,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         try:
             with self._hub.subscribe() as events:
                 version = 1
-                specs = SessionSpecs(request.specs_by_reference, self._files)
+                specs = SessionSpecs(request.specs_by_reference, self._files, self._spec_pbs)
                 spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
