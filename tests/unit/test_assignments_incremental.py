@@ -8,17 +8,22 @@ rule it replaces, pure (no store, no session):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
+import msgspec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from warren.agent.assignments import AssignmentSet, MeshMember, _endpoint, _member
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import SessionSpecs
-from warren.model import ServiceSpec, Task, TaskState
+from warren.manager.commitdigest import CommitDigests
+from warren.manager.dispatcher import DispatcherService, SessionSpecs
+from warren.model import Node, ServiceSpec, Task, TaskState
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecRefs
-from warren.state import ClusterState
+from warren.state import ClusterState, Delete, Put
 
 COMPLETE, INCREMENTAL = dpb.AssignmentsMessage.COMPLETE, dpb.AssignmentsMessage.INCREMENTAL
 
@@ -224,3 +229,104 @@ def test_mesh_and_endpoints_are_held_by_key() -> None:
     )
     assert isinstance(held.endpoints["a"], Endpoint) and "z" in held.endpoints and len(held.endpoints) == 2
     assert held.mesh["m0"] == MeshMember("m0", "key1", "", "10.224.11.0/24")
+
+
+# -- the leader's sessions read each commit through its digest -------------------------------------
+NODES = ["n1", "n2", ""]
+task_ops = st.one_of(
+    st.tuples(
+        st.just("put"),
+        st.sampled_from(TASKS[:5]),
+        st.sampled_from(NODES),
+        st.sampled_from([TaskState.RUNNING, TaskState.FAILED]),
+        st.sampled_from([TaskState.RUNNING, TaskState.SHUTDOWN]),
+    ),
+    st.tuples(st.just("delete"), st.sampled_from(TASKS[:5])),
+    st.tuples(st.just("other"), st.sampled_from(["node", "volume", "service"])),
+)
+# Commits, each with whether the session reads it together with the next ones (coalesced).
+commits = st.lists(st.tuples(st.lists(task_ops, max_size=6), st.booleans()), max_size=10)
+
+
+def _changes(ops: list) -> list:
+    out: list = []
+    for op in ops:
+        if op[0] == "put":
+            task = msgspec.structs.replace(_task(op[1], ("s1", 1), op[4]), node_id=op[2], state=op[3])
+            out.append(Put("task", task))
+        elif op[0] == "delete":
+            out.append(Delete("task", op[1]))
+        elif op[1] == "node":
+            out.append(Put("node", Node(id="n9", hostname="n9")))
+        elif op[1] == "volume":
+            out.append(Delete("volume", "v1"))
+        else:
+            out.append(Delete("service", "s9"))
+    return out
+
+
+def _walk_every_change(node_id: str, known: set[str], changes: list) -> tuple[list[str], list[str]]:
+    """The session's rule before #15, over every change of the commits: (updated, removed) ids."""
+    updated: dict[str, None] = {}
+    removed: dict[str, None] = {}
+    for change in changes:
+        if isinstance(change, Put) and change.kind == "task":
+            task = change.obj
+            if task.node_id == node_id and (not task.state.terminal or task.desired_state == TaskState.RUNNING):
+                known.add(task.id)
+                removed.pop(task.id, None)
+                updated[task.id] = None
+            elif task.id in known:
+                known.discard(task.id)
+                updated.pop(task.id, None)
+                removed[task.id] = None
+        elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
+            known.discard(change.id)
+            updated.pop(change.id, None)
+            removed[change.id] = None
+    return list(updated), list(removed)
+
+
+class _StateOnly:
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        yield ClusterState()
+
+
+UP = (TaskState.RUNNING, TaskState.RUNNING)  # (state, desired state)
+
+
+@settings(max_examples=100, deadline=None)
+@given(history=commits)
+@example(  # a task put on the node and moved away in the same commit; one the node held deleted
+    history=[
+        ([("put", "t001", "n1", *UP)], False),
+        ([("put", "t000", "n1", *UP), ("put", "t000", "n2", *UP), ("delete", "t001")], False),
+    ]
+)
+def test_a_session_reading_commit_digests_sends_what_walking_every_change_sent(history: list) -> None:
+    """Random commits of tasks put on the node, elsewhere, moved away, ending, deleted, and of
+    other kinds, read one by one or several at once: the dispatcher's `_diff` over the commits'
+    digests updates and removes exactly the tasks, in the order, that walking every change did,
+    and the digests say whether nodes or volumes changed."""
+    dispatcher = DispatcherService.__new__(DispatcherService)  # only its store is read by _diff
+    dispatcher._store = _StateOnly()  # type: ignore[assignment]
+    digests = CommitDigests()
+    known: set[str] = set()
+    walked_known: set[str] = set()
+    pending: list[tuple[int, list]] = []
+    for index, (ops, more) in enumerate(history, start=1):
+        pending.append((index, _changes(ops)))
+        if more and index < len(history):
+            continue
+        read = [digests.of(i, changes) for i, changes in pending]
+        specs = SessionSpecs(by_reference=True)
+        updated, removed = dispatcher._diff("n1", known, read, specs, [])
+        every = [change for _, changes in pending for change in changes]
+        assert ([t.id for t in updated], removed) == _walk_every_change("n1", walked_known, every)
+        assert known == walked_known
+        assert any(d.nodes_changed for d in read) == any(c.kind == "node" for c in every)
+        assert any(d.volumes_changed for d in read) == any(c.kind == "volume" for c in every)
+        ours = [t.id for d in read for t in d.tasks_on("n1")]
+        assert ours == [c.obj.id for c in every if isinstance(c, Put) and c.kind == "task" and c.obj.node_id == "n1"]
+        pending = []
