@@ -11,7 +11,8 @@ message is timed apart (and not counted in the leader's CPU). `--compare BASE` r
 alternately against the tree at BASE (old) and this one (new), each in its own process, and
 reports the ratios. `--creating N` times S1 while services are being created instead: the last
 N of `--services` come one per commit, each with its tasks placed over the nodes and running
-(#15: what every session and agent pays per message then)."""
+(#15: what every session and agent pays per message then); `--apply` times only one agent's
+apply of deltas that add a service (pure function)."""
 
 from __future__ import annotations
 
@@ -360,6 +361,43 @@ async def _creating_scenario(
     }
 
 
+def _apply_case(services: int, per_service: int, messages: int = 500) -> dict[str, object]:
+    """Pure function: one agent's parse and `AssignmentSet.apply` of endpoint deltas that each
+    add one service amid `services` held (as every message does while S1's services are created,
+    #15). The new names fall between the held ones, so an order kept by appending would show."""
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.dispatchwire import encode_endpoint_delta
+
+    def entry(k: int) -> Any:
+        backends = [f"10.{224 + k // 6400}.{(k // 25) % 256}.{(k % 25) * 10 + j}" for j in range(per_service)]
+        return dpb.ServiceEndpoint(name=f"svc{k:05}", vip=f"10.201.{k // 250}.{2 + k % 250}", backends=backends)
+
+    held = AssignmentSet()
+    whole = [entry(2 * k) for k in range(services)]
+    held.apply(
+        dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.COMPLETE, version=1, services=whole, services_changed=True, services_index=1
+        )
+    )
+    encoded = []
+    for n in range(messages):
+        head = dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=n + 1, version=n + 2)
+        encoded.append(head.SerializeToString() + encode_endpoint_delta([entry(2 * n + 1)], [], n + 1, n + 2))
+    start = time.process_time()
+    for data in encoded:
+        held.apply(dpb.AssignmentsMessage.FromString(data))
+    spent = time.process_time() - start
+    return {
+        "services": services,
+        "messages": messages,
+        "agent_cpu_per_change_ms": round(spent / messages * 1000, 4),
+        "leader_cpu_per_change_ms": 0.0,
+        "message_bytes": len(encoded[-1]),
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def _mesh_case(sessions: int, root: Path) -> dict[str, object]:
     return asyncio.run(_mesh_scenario(sessions, root))
 
@@ -441,7 +479,7 @@ def compare(base: Path, rounds: int, args: list[str]) -> dict[str, object]:
     keys = ("leader_cpu_per_change_ms", "agent_cpu_per_change_ms", "message_bytes")
     keys += ("store_cpu_per_change_ms", "sessions_cpu_per_message_ms") if "--creating" in args else ()
     medians = {side: {key: median(side, key) for key in keys} for side in ("old", "new")}
-    ratios = {key: round(medians["new"][key] / medians["old"][key], 4) for key in keys}
+    ratios = {key: round(medians["new"][key] / medians["old"][key], 4) for key in keys if medians["old"][key]}
     return {"runs": runs, "medians": medians, "new_over_old": ratios}
 
 
@@ -482,6 +520,7 @@ def main() -> None:
     )
     parser.add_argument("--compare", type=Path, help="a tree with the old code, run alternately with this one")
     parser.add_argument("--batch", type=int, default=1, help="with --creating: services per commit")
+    parser.add_argument("--apply", action="store_true", help="only one agent's apply of deltas adding a service")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a compare run's side
     options = parser.parse_args()
@@ -491,12 +530,15 @@ def main() -> None:
     args = ["--services", str(options.services), "--backends", str(options.backends)]
     args += ["--sessions", str(options.sessions)] + (["--mesh"] if options.mesh else [])
     args += ["--creating", str(options.creating), "--batch", str(options.batch)] if options.creating else []
+    args += ["--apply"] if options.apply else []
     if options.compare:
         print(json.dumps(compare(options.compare, options.rounds, args), indent=2))
         return
     root = Path(tempfile.mkdtemp(prefix="warren-bench-endpoint-services-"))
     try:
-        if options.mesh:
+        if options.apply:
+            print(json.dumps(_apply_case(options.services, options.backends)))
+        elif options.mesh:
             print(json.dumps(_mesh_case(options.sessions, root)))
         elif options.creating:
             case = _creating_case(
