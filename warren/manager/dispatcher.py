@@ -204,9 +204,8 @@ def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list[tup
     batches = [first]
     while not events.empty():
         batches.append(events.get_nowait())
-    if any(changes is None for _, changes in batches):
-        return None
-    return batches
+    ready = [(index, changes) for index, changes in batches if changes is not None]
+    return ready if len(ready) == len(batches) else None
 
 
 def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
