@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 import msgspec
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +21,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
 from warren.manager.dispatcher import DispatcherService, SessionSpecs
+from warren.manager.speccache import SpecCache
 from warren.model import Node, ServiceSpec, Task, TaskState
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecRefs
@@ -330,3 +332,30 @@ def test_a_session_reading_commit_digests_sends_what_walking_every_change_sent(h
         ours = [t.id for d in read for t in d.tasks_on("n1")]
         assert ours == [c.obj.id for c in every if isinstance(c, Put) and c.kind == "task" and c.obj.node_id == "n1"]
         pending = []
+
+
+def test_the_leader_converts_a_spec_version_once_for_every_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten sessions sending the same spec version convert it once; a new version, or another
+    spec under the same version (a restored cluster), is converted again."""
+    calls: list[str] = []
+    real = convert.spec_to_pb
+
+    def counting(spec: ServiceSpec):  # type: ignore[no-untyped-def]
+        calls.append(spec.image)
+        return real(spec)
+
+    monkeypatch.setattr(convert, "spec_to_pb", counting)
+    shared = SpecCache()
+    state = ClusterState()
+    for session in range(10):
+        out: list[dpb.TaskSpec] = []
+        SessionSpecs(by_reference=True, encoded=shared).task(_task(f"t{session}", ("s1", 1)), out, state)
+        assert out[0].spec == real(ServiceSpec(name="s1", image="busybox"))
+    assert calls == ["busybox"]
+    newer = msgspec.structs.replace(_task("t0", ("s1", 2)), spec=ServiceSpec(name="s1", image="nginx"))
+    other = msgspec.structs.replace(_task("t0", ("s1", 2)), spec=ServiceSpec(name="s1", image="redis"))
+    for task in (newer, newer, other):
+        out = []
+        SessionSpecs(by_reference=True, encoded=shared).task(task, out, state)
+        assert out[0].spec.image == task.spec.image
+    assert calls == ["busybox", "nginx", "redis"]

@@ -23,7 +23,7 @@ MAX_TASK_SPECS = 4096  # services whose task spec is kept; past that the cache s
 class SpecCache:
     def __init__(self) -> None:
         self._specs: dict[str, tuple[ServiceSpec, pb.ServiceSpec]] = {}
-        self._task_specs: dict[str, tuple[int, pb.ServiceSpec]] = {}  # service id -> (version, spec)
+        self._task_specs: dict[str, tuple[int, ServiceSpec, pb.ServiceSpec]] = {}  # service id -> latest
 
     def spec_pb(self, service: Service) -> pb.ServiceSpec:
         """`service`'s spec as protobuf; shared, so copy it rather than change it."""
@@ -33,15 +33,15 @@ class SpecCache:
         return hit[1]
 
     def task_spec_pb(self, task: Task) -> pb.ServiceSpec:
-        """The spec `task` runs with as protobuf; shared, so copy it rather than change it. A
-        (service id, spec version) names one spec, as the agents' spec references rely on (ADR 21);
-        the latest version of each service is kept."""
+        """The spec `task` runs with as protobuf; shared, so copy it rather than change it. The
+        latest version of each service is kept; each task holds its own decoded copy of the spec,
+        so a hit compares by value (far cheaper than converting), not by identity."""
         hit = self._task_specs.get(task.service_id)
-        if hit is None or hit[0] != task.spec_version:
+        if hit is None or hit[0] != task.spec_version or (hit[1] is not task.spec and hit[1] != task.spec):
             if len(self._task_specs) >= MAX_TASK_SPECS:  # removed services are never asked again
                 self._task_specs = {}
-            hit = self._task_specs[task.service_id] = (task.spec_version, convert.spec_to_pb(task.spec))
-        return hit[1]
+            hit = self._task_specs[task.service_id] = (task.spec_version, task.spec, convert.spec_to_pb(task.spec))
+        return hit[2]
 
     def keep_only(self, service_ids: Collection[str]) -> None:
         """Forget the services no longer in `service_ids` (removed ones)."""
