@@ -250,7 +250,7 @@ class AssignmentSet:
 
     def _take_mesh(self, msg: dpb.AssignmentsMessage) -> tuple[MeshMember, ...] | None:
         """The whole mesh after `msg` if it changed it, else None; a delta converts only the
-        nodes it carries, and the mesh is rebuilt from those held, in node id order."""
+        nodes it carries into the mesh held, which is kept in node id order."""
         read = self.shared.member if self.shared is not None else _member
         if msg.mesh_delta:
             self.mesh.merge(((m.node_id, read(m)) for m in msg.mesh), msg.mesh_removed)
@@ -263,8 +263,8 @@ class AssignmentSet:
 
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
         """The whole endpoint set after `msg` if it changed them, else None. A delta converts
-        only the entries it carries; the set is rebuilt from the entries held, in name order,
-        as the whole list comes."""
+        only the entries it carries into the set held, which is kept in name order, as the whole
+        list comes."""
         read = self.shared.endpoint if self.shared is not None else _endpoint
         if msg.services_delta:
             self.endpoints.merge(((entry.name, read(entry)) for entry in msg.services), msg.services_removed)
