@@ -9,7 +9,10 @@ of `--backends B` tasks each (issue #15's S1: 1,000 x 10), where the sessions as
 deltas if the code knows them (ADR 65) and one agent's parse and `AssignmentSet.apply` of each
 message is timed apart (and not counted in the leader's CPU). `--compare BASE` runs that shape
 alternately against the tree at BASE (old) and this one (new), each in its own process, and
-reports the ratios."""
+reports the ratios. `--creating N` times S1 while services are being created instead: the last
+N of `--services` come one per commit, each with its tasks placed over the nodes and running
+(#15: what every session and agent pays per message then); `--apply` times only one agent's
+apply of deltas that add a service (pure function)."""
 
 from __future__ import annotations
 
@@ -187,17 +190,20 @@ async def _open_sessions(
 
 
 async def _timed_changes(
-    cluster: Any, changes: list[Any], received: list[int], readers: list[asyncio.Task], agent_cpu: list[float]
-) -> tuple[list[float], list[float]]:
-    """Commit each change alone and wait until every session got a message: the process CPU
-    of each, split into the leader's and one agent's (`agent_cpu`, which the readers append to).
-    Then stop the readers and close the store."""
+    cluster: Any, commits: list[list[Any]], received: list[int], readers: list[asyncio.Task], agent_cpu: list[float]
+) -> tuple[list[float], list[float], list[float]]:
+    """Make each commit and wait until every session got a message: the process CPU of each,
+    split into the leader's and one agent's (`agent_cpu`, which the readers append to), and the
+    part of the leader's that the store's commit itself took. Then stop the readers and close
+    the store."""
     leader: list[float] = []
     agent: list[float] = []
-    for number, change in enumerate(changes):
+    store: list[float] = []
+    for number, changes in enumerate(commits):
         before, agent_before = list(received), sum(agent_cpu)
         start = time.process_time()
-        cluster.store.commit(cluster.store.applied_index + 1, [change])
+        cluster.store.commit(cluster.store.applied_index + 1, changes)
+        store.append(time.process_time() - start)
         deadline = time.monotonic() + 120
         while any(r <= b for r, b in zip(received, before, strict=True)):
             if time.monotonic() > deadline or any(t.done() for t in readers):
@@ -210,7 +216,7 @@ async def _timed_changes(
         task.cancel()
     await asyncio.gather(*readers, return_exceptions=True)
     cluster.store.env.close()
-    return leader, agent
+    return leader, agent, store
 
 
 def median_ms(values: list[float]) -> float:
@@ -221,56 +227,69 @@ def _services_case(services: int, backends: int, sessions: int, root: Path) -> d
     return asyncio.run(_services_scenario(services, backends, sessions, root))
 
 
-async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
+def _service(k: int, per_service: int) -> Any:
+    from warren.model import Service, ServiceSpec
 
-    from tests.unit.test_dispatcher_nodes import Cluster
-    from warren.api.v1 import dispatcher_pb2 as dpb
-    from warren.model import Service, ServiceSpec, Task, TaskState
+    spec = ServiceSpec(name=f"svc{k:04}", image="x", replicas=per_service)
+    return Service(id=f"s{k:04}", spec=spec, vip=f"10.201.{k // 250}.{2 + k % 250}", version=1)
+
+
+def _backend(k: int, j: int, service: Any, per_service: int, node_id: str = "elsewhere") -> Any:
+    """Task `j` of service `k`, running with its overlay address: one of the service's backends."""
+    from warren.model import Task, TaskState
+
+    n = k * per_service + j
+    return Task(
+        id=f"t{k:04}-{j:03}",
+        service_id=service.id,
+        service_name=service.spec.name,
+        slot=j + 1,
+        spec=service.spec,
+        spec_version=1,
+        state=TaskState.RUNNING,
+        desired_state=TaskState.RUNNING,
+        node_id=node_id,
+        overlay_address=f"10.{224 + n // 65536}.{(n // 256) % 256}.{n % 256}",
+    )
+
+
+def _with_overlay_room(cluster: Any) -> None:
     from warren.state import Put
-
-    cluster = Cluster(root)
-    deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name  # the new code
-
-    def service(k: int) -> Service:
-        spec = ServiceSpec(name=f"svc{k:04}", image="x", replicas=per_service)
-        return Service(id=f"s{k:04}", spec=spec, vip=f"10.201.{k // 250}.{2 + k % 250}", version=1)
-
-    def backend(k: int, j: int, spec: ServiceSpec) -> Task:
-        n = k * per_service + j
-        return Task(
-            id=f"t{k:04}-{j:03}",
-            service_id=f"s{k:04}",
-            service_name=spec.name,
-            slot=j + 1,
-            spec=spec,
-            spec_version=1,
-            state=TaskState.RUNNING,
-            desired_state=TaskState.RUNNING,
-            node_id="elsewhere",  # on no session's node: the sessions carry only endpoints
-            overlay_address=f"10.{224 + n // 65536}.{(n // 256) % 256}.{n % 256}",
-        )
 
     with cluster.store.read() as state:
         assert state.cluster is not None
         info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
     cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
-    all_services = [service(k) for k in range(services)]
+
+
+async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
+
+    from tests.unit.test_dispatcher_nodes import Cluster
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.state import Put
+
+    cluster = Cluster(root)
+    deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name  # the new code
+    _with_overlay_room(cluster)
+    all_services = [_service(k, per_service) for k in range(services)]
     cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
     cluster.store.commit(
         cluster.store.applied_index + 1,
-        [Put("task", backend(k, j, s.spec)) for k, s in enumerate(all_services) for j in range(per_service)],
+        [Put("task", _backend(k, j, s, per_service)) for k, s in enumerate(all_services) for j in range(per_service)],
     )
     flags = ("endpoint_deltas", "endpoint_patches")
     received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, flags)
     changes = []
     for change in range(CHANGES):
         k = (change * 97) % services
-        spec = all_services[k].spec
         extra = msgspec.structs.replace(
-            backend(k, 0, spec), id=f"x{change}", slot=per_service + 1, overlay_address=f"10.239.255.{2 + change}"
+            _backend(k, 0, all_services[k], per_service),
+            id=f"x{change}",
+            slot=per_service + 1,
+            overlay_address=f"10.239.255.{2 + change}",
         )
         changes.append(Put("task", extra))
-    leader, agent = await _timed_changes(cluster, changes, received, readers, agent_cpu)
+    leader, agent, _ = await _timed_changes(cluster, [[c] for c in changes], received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
@@ -283,6 +302,101 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
         "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
         "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
         "message_bytes": sizes[-1] if sizes else 0,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _creating_case(
+    services: int, per_service: int, sessions: int, creates: int, batch: int, root: Path
+) -> dict[str, object]:
+    return asyncio.run(_creating_scenario(services, per_service, sessions, creates, batch, root))
+
+
+async def _creating_scenario(
+    services: int, per_service: int, sessions: int, creates: int, batch: int, root: Path
+) -> dict[str, object]:
+    """S1 while its services are being created (#15): `services` services of `per_service`
+    tasks spread over the `sessions` nodes, all running but the last `creates` services; then
+    those come `batch` per commit, each with its tasks placed and running. Every commit sends
+    every session a message (services added to the endpoints; some also get tasks and their
+    specs), so the leader's CPU per message is its CPU per commit / sessions."""
+    from tests.unit.test_dispatcher_nodes import Cluster
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager import gcpolicy
+    from warren.state import Put
+
+    gcpolicy.settle()  # as a serving manager collects (ADR 67)
+    cluster = Cluster(root)
+    deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name
+    _with_overlay_room(cluster)
+    all_services = [_service(k, per_service) for k in range(services)]
+
+    def created(k: int) -> list[Any]:
+        tasks = [
+            _backend(k, j, all_services[k], per_service, f"node{(k * per_service + j) % sessions:04}")
+            for j in range(per_service)
+        ]
+        return [Put("service", all_services[k])] + [Put("task", t) for t in tasks]
+
+    first = services - creates
+    cluster.store.commit(cluster.store.applied_index + 1, [c for k in range(first) for c in created(k)])
+    received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, "endpoint_deltas", deltas)
+    commits = [
+        [c for k in range(at, min(at + batch, services)) for c in created(k)] for at in range(first, services, batch)
+    ]
+    leader, agent, store = await _timed_changes(cluster, commits, received, readers, agent_cpu)
+    sessions_cpu = [spent - commit for spent, commit in zip(leader, store, strict=True)]
+    return {
+        "deltas": deltas,
+        "services": services,
+        "tasks_per_node": services * per_service // sessions,
+        "sessions": sessions,
+        "creates": creates,
+        "changes_per_commit": len(commits[0]),
+        "leader_cpu_per_change_ms": median_ms(leader),
+        "store_cpu_per_change_ms": median_ms(store),
+        "sessions_cpu_per_message_ms": median_ms([c / sessions for c in sessions_cpu]),
+        "agent_cpu_per_change_ms": median_ms(agent),
+        "leader_cpu_per_change_ms_all": [round(c * 1000, 2) for c in leader],
+        "agent_cpu_per_change_ms_all": [round(c * 1000, 3) for c in agent],
+        "message_bytes": sizes[-1] if sizes else 0,
+        "load_average": os.getloadavg()[0],
+    }
+
+
+def _apply_case(services: int, per_service: int, messages: int = 500) -> dict[str, object]:
+    """Pure function: one agent's parse and `AssignmentSet.apply` of endpoint deltas that each
+    add one service amid `services` held (as every message does while S1's services are created,
+    #15). The new names fall between the held ones, so an order kept by appending would show."""
+    from warren.agent.assignments import AssignmentSet
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.dispatchwire import encode_endpoint_delta
+
+    def entry(k: int) -> Any:
+        backends = [f"10.{224 + k // 6400}.{(k // 25) % 256}.{(k % 25) * 10 + j}" for j in range(per_service)]
+        return dpb.ServiceEndpoint(name=f"svc{k:05}", vip=f"10.201.{k // 250}.{2 + k % 250}", backends=backends)
+
+    held = AssignmentSet()
+    whole = [entry(2 * k) for k in range(services)]
+    held.apply(
+        dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.COMPLETE, version=1, services=whole, services_changed=True, services_index=1
+        )
+    )
+    encoded = []
+    for n in range(messages):
+        head = dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=n + 1, version=n + 2)
+        encoded.append(head.SerializeToString() + encode_endpoint_delta([entry(2 * n + 1)], [], n + 1, n + 2))
+    start = time.process_time()
+    for data in encoded:
+        held.apply(dpb.AssignmentsMessage.FromString(data))
+    spent = time.process_time() - start
+    return {
+        "services": services,
+        "messages": messages,
+        "agent_cpu_per_change_ms": round(spent / messages * 1000, 4),
+        "leader_cpu_per_change_ms": 0.0,
+        "message_bytes": len(encoded[-1]),
         "load_average": os.getloadavg()[0],
     }
 
@@ -321,7 +435,7 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
         )
         for change in range(CHANGES)
     ]
-    leader, agent = await _timed_changes(cluster, joins, received, readers, agent_cpu)
+    leader, agent, _ = await _timed_changes(cluster, [[j] for j in joins], received, readers, agent_cpu)
 
     return {
         "deltas": deltas,
@@ -365,11 +479,11 @@ def compare(base: Path, rounds: int, args: list[str]) -> dict[str, object]:
         values = sorted(float(r[key]) for r in runs if r["side"] == side)  # type: ignore[arg-type]
         return values[len(values) // 2]
 
-    ratios = {
-        key: round(median("new", key) / median("old", key), 4)
-        for key in ("leader_cpu_per_change_ms", "agent_cpu_per_change_ms", "message_bytes")
-    }
-    return {"runs": runs, "new_over_old": ratios}
+    keys = ("leader_cpu_per_change_ms", "agent_cpu_per_change_ms", "message_bytes")
+    keys += ("store_cpu_per_change_ms", "sessions_cpu_per_message_ms") if "--creating" in args else ()
+    medians = {side: {key: median(side, key) for key in keys} for side in ("old", "new")}
+    ratios = {key: round(medians["new"][key] / medians["old"][key], 4) for key in keys if medians["old"][key]}
+    return {"runs": runs, "medians": medians, "new_over_old": ratios}
 
 
 def run() -> dict[str, object]:
@@ -401,7 +515,15 @@ def main() -> None:
     parser.add_argument("--backends", type=int, default=10, help="backends per service")
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--mesh", action="store_true", help="joins to the mesh, not backend changes")
+    parser.add_argument(
+        "--creating",
+        type=int,
+        default=0,
+        help="the last this many services created one per commit, not backend changes",
+    )
     parser.add_argument("--compare", type=Path, help="a tree with the old code, run alternately with this one")
+    parser.add_argument("--batch", type=int, default=1, help="with --creating: services per commit")
+    parser.add_argument("--apply", action="store_true", help="only one agent's apply of deltas adding a service")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a compare run's side
     options = parser.parse_args()
@@ -410,13 +532,22 @@ def main() -> None:
         return
     args = ["--services", str(options.services), "--backends", str(options.backends)]
     args += ["--sessions", str(options.sessions)] + (["--mesh"] if options.mesh else [])
+    args += ["--creating", str(options.creating), "--batch", str(options.batch)] if options.creating else []
+    args += ["--apply"] if options.apply else []
     if options.compare:
         print(json.dumps(compare(options.compare, options.rounds, args), indent=2))
         return
     root = Path(tempfile.mkdtemp(prefix="warren-bench-endpoint-services-"))
     try:
-        if options.mesh:
+        if options.apply:
+            print(json.dumps(_apply_case(options.services, options.backends)))
+        elif options.mesh:
             print(json.dumps(_mesh_case(options.sessions, root)))
+        elif options.creating:
+            case = _creating_case(
+                options.services, options.backends, options.sessions, options.creating, options.batch, root
+            )
+            print(json.dumps(case))
         else:
             print(json.dumps(_services_case(options.services, options.backends, options.sessions, root)))
     finally:

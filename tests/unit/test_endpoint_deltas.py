@@ -623,3 +623,37 @@ def test_a_patch_onto_lists_it_was_not_made_for_resynchronises() -> None:
     ):
         with pytest.raises(VersionGap, match="patch"):
             holding_web().apply(delta(patch))
+
+
+def test_a_version_whose_backends_did_not_change_shares_the_previous_set(tmp_path: Path) -> None:
+    """Every version carries the set of all backends (for the routing reports, ADR 33); a version
+    that only adds a service without backends, or a member, reuses the previous set instead of
+    building it again (10,000 addresses in S1), and one whose backends moved builds the new set."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(2)] + [Put("task", _task(0, 0, "running", 0))])
+            agent = rig.open(1, Agent(deltas=True))
+            await rig.settled([agent])
+            log = rig.dispatcher._endpoints
+            first = log.current()
+            assert first.backends == {"10.224.0.2"}
+            rig.commit([Put("service", _service(2, ports=1))])  # a new service, no backend yet
+            await rig.settled([agent])
+            second = log.current()
+            assert second.at > first.at and second.backends is first.backends
+            rig.commit([Put("task", _task(1, 0, "starting", 0))])  # a member, not a backend
+            await rig.settled([agent])
+            third = log.current()
+            assert third.at > second.at and third.backends is first.backends
+            rig.commit([Put("task", _task(1, 0, "running", 0))])  # now a backend
+            await rig.settled([agent])
+            assert log.current().backends == {"10.224.0.2", "10.224.1.2"}
+            rig.commit([Put("task", _task(0, 0, "failed", 0))])  # a backend leaves
+            await rig.settled([agent])
+            assert log.current().backends == {"10.224.1.2"} == {b for e in rig.truth() for b in e.backends}
+        finally:
+            await rig.close()
+
+    _run(scenario())

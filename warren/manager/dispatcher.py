@@ -30,6 +30,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
+from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog, all_endpoints
 from warren.manager.events import EventHub
@@ -40,7 +41,9 @@ from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
+from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
+from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
@@ -157,7 +160,6 @@ def _visible(task: Task) -> bool:
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
 
 
-SpecKey = tuple[str, int]  # (service id, spec version)
 FileSource = Callable[[ClusterState, ServiceSpec], list[dpb.TaskFile]]
 
 
@@ -166,43 +168,44 @@ class SessionSpecs:
     desired running that needs it; both sides forget it once no task in the set refers to it
     (`prune`, after each message), so a later task of that version brings it again."""
 
-    def __init__(self, by_reference: bool, files: FileSource | None = None) -> None:
+    def __init__(self, by_reference: bool, files: FileSource | None = None, encoded: SpecCache | None = None) -> None:
         self.by_reference = by_reference  # False for an agent that reads only Task.spec
         self.files = files  # the values of the spec's secrets and configs, sent with it (ADR 38)
-        self.refs: dict[str, SpecKey] = {}  # every task in the set -> its spec version
+        self.encoded = encoded or SpecCache()  # specs as protobuf, shared by the sessions
+        self.refs = SpecRefs()  # every task in the set -> its spec version, counted per version
         self.sent: set[SpecKey] = set()
 
     def task(self, task: Task, specs: list[dpb.TaskSpec], state: ClusterState) -> pb.Task:
         """`task` as sent; its spec joins `specs` if the agent may start it and lacks the spec."""
         key = (task.service_id, task.spec_version)
-        self.refs[task.id] = key
+        self.refs.refer(task.id, key)
         if not self.by_reference:
             return convert.task_to_pb(task, with_spec=True)
         if task.desired_state <= TaskState.RUNNING and key not in self.sent:
             self.sent.add(key)
             files = self.files(state, task.spec) if self.files and (task.spec.secrets or task.spec.configs) else []
             specs.append(
-                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=convert.spec_to_pb(task.spec), files=files)
+                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=self.encoded.task_spec_pb(task), files=files)
             )
         return convert.task_to_pb(task)
 
     def remove(self, task_id: str) -> None:
-        self.refs.pop(task_id, None)
+        self.refs.forget(task_id)
 
     def prune(self) -> None:
-        self.sent.intersection_update(self.refs.values())
+        """Forget the specs whose last task left: O(changed tasks), not a walk of the set (#15)."""
+        self.sent.difference_update(self.refs.released())
 
 
-def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list | None:
-    """The changes of `first` and of every commit already queued behind it, in order; None if
+def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list[tuple[int, list]] | None:
+    """`first` and every commit already queued behind it, (index, changes) in order; None if
     the state was replaced. A session that fell behind (many nodes, commits coming fast) sends
     one message for all of them instead of one per commit, each with the whole endpoint list."""
-    batches = [first[1]]
+    batches = [first]
     while not events.empty():
-        batches.append(events.get_nowait()[1])
-    if any(batch is None for batch in batches):
-        return None
-    return [change for batch in batches if batch is not None for change in batch]
+        batches.append(events.get_nowait())
+    ready = [(index, changes) for index, changes in batches if changes is not None]
+    return ready if len(ready) == len(batches) else None
 
 
 def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
@@ -274,6 +277,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
+        self._digests = CommitDigests()  # each commit's changes indexed once for every session
+        self._spec_pbs = SpecCache()  # each spec version converted once for every session
         self._node_view = _NodeView(-1, [], 0, 0)
 
     def _require_leader(self) -> None:
@@ -348,7 +353,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         try:
             with self._hub.subscribe() as events:
                 version = 1
-                specs = SessionSpecs(request.specs_by_reference, self._files)
+                specs = SessionSpecs(request.specs_by_reference, self._files, self._spec_pbs)
                 spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
                     known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
@@ -378,23 +383,26 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 yield await self._fits(node.id, Assignments(complete, shared))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
-                        changes = _coalesce(await wait_within(events.get(), 1.0), events)
+                        batches = _coalesce(await wait_within(events.get(), 1.0), events)
                     except TimeoutError:
-                        changes = []
+                        batches = []
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
-                        if changes is None:
+                        if batches is None:
                             return  # state was replaced by a snapshot: the agent reopens and resyncs
-                        sent = [c.obj for c in changes if isinstance(c, Put) and isinstance(c.obj, Task)]
-                        logins = pull_logins(state, (t for t in sent if t.node_id == node.id), self._vault)
+                        # Each commit indexed once for every session: walking all its changes in
+                        # each session was O(changes x sessions) per commit (#15).
+                        digests = [self._digests.of(index, changes) for index, changes in batches]
+                        ours = (task for digest in digests for task in digest.tasks_on(node.id))
+                        logins = pull_logins(state, ours, self._vault)
                     spec_list = []
-                    updated, removed = self._diff(node.id, known, changes, specs, spec_list)
+                    updated, removed = self._diff(node.id, known, digests, specs, spec_list)
                     specs.prune()
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers: list[str] | None = None
                     new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
-                    if any(change.kind == "node" for change in changes):
+                    if any(digest.nodes_changed for digest in digests):
                         view = self._current_nodes()
                         if view.managers_version != managers_sent:
                             new_managers, managers_sent = view.managers, view.managers_version
@@ -402,7 +410,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
                             mesh_sent = view.mesh_version
                     new_volumes = None
-                    if any(change.kind == "volume" for change in changes):
+                    if any(digest.volumes_changed for digest in digests):
                         with self._store.read() as state:
                             current_volumes = _node_volumes(state, node.id)
                         if current_volumes != volumes:
@@ -483,13 +491,19 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         return self._node_view
 
     def _diff(
-        self, node_id: str, known: set[str], changes: list, specs: SessionSpecs, spec_list: list[dpb.TaskSpec]
+        self,
+        node_id: str,
+        known: set[str],
+        digests: list[CommitDigest],
+        specs: SessionSpecs,
+        spec_list: list[dpb.TaskSpec],
     ) -> tuple[list, list[str]]:
-        """The tasks of the node that `changes` (in commit order) updated or removed; a task
-        changed by several commits is sent once, as the last one left it."""
+        """The tasks of the node that the commits (in order) updated or removed; a task changed
+        by several commits is sent once, as the last one left it."""
         updated: dict[str, pb.Task] = {}
         removed: dict[str, None] = {}  # ordered set
-        for change in changes:
+        # Read commit by commit: which changes concern the node depends on `known` so far.
+        for change in (c for digest in digests for c in digest.task_changes_for(node_id, known)):
             if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):

@@ -101,6 +101,7 @@ class EndpointLog:
         self._by_name: dict[str, dpb.ServiceEndpoint] = {}  # what agents hold, by service name
         self._counted: dict[str, str] = {}  # task id -> service id, of tasks that `_counts`
         self._backend_refs: dict[str, int] = {}  # backend address -> held entries naming it
+        self._backends_moved = True  # an address joined or left _backend_refs since the last version
         self._view = EndpointView(-1, frozenset())
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
@@ -270,12 +271,15 @@ class EndpointLog:
         """Keep how many held entries name each backend, so that a version's set of all
         backends is built from its keys (C speed), not from every entry (10,000 strings)."""
         refs = self._backend_refs
+        before = len(refs)
         for backend in backends:
             count = refs.get(backend, 0) + step
             if count:
                 refs[backend] = count
             else:
                 del refs[backend]
+        # Counts only go down for addresses held, so the same size means the same addresses.
+        self._backends_moved = self._backends_moved or len(refs) != before
 
     def _rebuild(self) -> None:
         """Recompute every service (at first use, after a resynchronisation or a network
@@ -292,12 +296,20 @@ class EndpointLog:
         self._backend_refs = {}
         for found in by_id.values():
             self._count(found.backends, 1)
+        self._backends_moved = self._backend_refs.keys() != self._view.backends  # against the last version's
         self._through = index
         if changed or self._view.at < 0:
             self._new_version(max(index, self._view.at + 1), changed)
 
     def _new_version(self, at: int, changed: set[str], patches: dict[str, Patch] | None = None) -> None:
-        backends = frozenset(self._backend_refs)
+        # The set of every backend (10,000 addresses in S1) is built only when an address came
+        # or went: a version that only adds a service without backends yet, or changes members,
+        # ports or weights, shares the previous version's set (#15).
+        if self._backends_moved:
+            backends = frozenset(self._backend_refs)
+            self._backends_moved = False
+        else:
+            backends = self._view.backends
         self._log.record(at, self._view.at, changed, patches)
         self._view = EndpointView(at, backends)
         self._whole = None
