@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import tempfile
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,6 +247,7 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
             lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
             agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
             await rig.settled(agents)
+            versions = []  # each version's view with its backends then: still right later (ADR 72)
             for changes, lag, wait in history:
                 if lag:
                     lagging.gate.clear()
@@ -259,12 +261,16 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
                     # What RoutingReports records for the version: all its backends (ADR 33).
                     backends = rig.dispatcher._endpoints.current().backends
                     assert backends == {b for e in truth for b in e.backends}
+                    versions.append((backends, frozenset(backends)))
             lagging.gate.set()
             await rig.settled(agents)
             truth = rig.truth()
             for agent in agents:
                 assert agent.services == truth
                 assert not agent.gaps
+            seen = frozenset().union(*(then for _view, then in versions))
+            for view, then in versions:  # as sets, and member by member as the reconciler asks
+                assert view == then and {a for a in seen if a in view} == then
             for agent in (steady, lagging):
                 for index, held in agent.seen.items():
                     if index in whole.seen:
@@ -418,6 +424,35 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
             whole = old.messages[sent[1]]
             assert whole.services_changed and len(whole.services) == 50
             assert new.services == old.services == rig.truth()
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_versions_a_node_has_not_confirmed_cost_what_they_changed_not_what_they_hold(tmp_path: Path) -> None:
+    """ADR 72: a node that has not confirmed holds (in RoutingReports) every version sent since.
+    With 2,000 backends, 40 versions each adding one cost the leader's manager code about 1 KiB
+    each, not a set of 2,000 addresses each (72 KiB; at S2's 100,000 backends, 4 MiB a version)."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(40)])
+            rig.commit([Put("task", _task(k, j, "running", 0)) for k in range(40) for j in range(50)])
+            agent = rig.open(1, Agent(deltas=True))  # it never heartbeats: it confirms nothing
+            await rig.settled([agent])
+            tracemalloc.start()
+            before = tracemalloc.take_snapshot()
+            for k in range(40):
+                rig.commit([Put("task", _task(k, 50, "running", 0))])
+                await rig.settled([agent])
+            grown = tracemalloc.take_snapshot().compare_to(before, "filename")
+            tracemalloc.stop()
+            sent = rig.dispatcher._heartbeats.routes._sent["node001"]
+            assert len(sent) == 41 and all("10.224.0.2" in backends for backends in sent.values())
+            manager = sum(d.size_diff for d in grown if "/warren/manager/" in d.traceback[0].filename)
+            assert manager < 40 * 4 * 1024, f"{manager} bytes for 40 versions"  # ~0.9 KiB each; 72 KiB before
         finally:
             await rig.close()
 

@@ -30,6 +30,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
+from warren.manager.backendhistory import BackendHistory, BackendsAt
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog, all_endpoints
 from warren.manager.events import EventHub
@@ -93,10 +94,11 @@ class RoutingReports:
     MAX_UNCONFIRMED = 64  # sends without a confirmation before the node counts as unknown
 
     def __init__(self) -> None:
-        self._sent: dict[str, dict[int, frozenset[str]]] = {}  # node -> index -> backends
+        self._sent: dict[str, dict[int, AbstractSet[str]]] = {}  # node -> index -> backends
         self._applied: dict[str, int] = {}
 
-    def sent(self, node_id: str, index: int, backends: frozenset[str]) -> None:
+    def sent(self, node_id: str, index: int, backends: AbstractSet[str]) -> None:
+        """`backends`: the version's, a `BackendsAt` (ADR 72), shared by every node sent it."""
         sent = self._sent.setdefault(node_id, {})
         sent[index] = backends
         if len(sent) > self.MAX_UNCONFIRMED:  # an agent that does not report: unknown
@@ -119,7 +121,8 @@ class RoutingReports:
         union of the backends of the indexes sent since the node's confirmed one, left unbuilt:
         a pass asks it only about the addresses of draining tasks, and building the unions of
         every node's big backend sets at every pass took 40 % of the leader's CPU in S1 (#15).
-        The sets are immutable and shared, so the snapshot is safe to read in another thread."""
+        The sets are read-only views of versions, so the snapshot is safe to read in another
+        thread (see `backendhistory`)."""
         known: dict[str, MayRoute] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
@@ -128,19 +131,26 @@ class RoutingReports:
 
 
 class MayRoute(AbstractSet[str]):
-    """The union of some sets of addresses, computed only if iterated or sized: membership asks
-    each set in turn."""
+    """The union of some sets of addresses, computed only if iterated or sized. When they are
+    all versions of one `BackendHistory` (as the dispatcher sends them), membership asks the
+    address's intervals against the sorted versions (ADR 72); otherwise each set in turn."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_history", "_parts", "_versions")
 
-    def __init__(self, parts: tuple[frozenset[str], ...]) -> None:
+    def __init__(self, parts: tuple[AbstractSet[str], ...]) -> None:
         self._parts = parts
+        histories = {p.history for p in parts if isinstance(p, BackendsAt)}
+        one = len(histories) == 1 and all(isinstance(p, BackendsAt) for p in parts)
+        self._history: BackendHistory | None = histories.pop() if one else None
+        self._versions = tuple(sorted(p.at for p in parts if isinstance(p, BackendsAt))) if one else ()
 
     def __contains__(self, address: object) -> bool:
+        if self._history is not None:
+            return isinstance(address, str) and self._history.held_within(address, self._versions)
         return any(address in part for part in self._parts)
 
     def _union(self) -> frozenset[str]:
-        return self._parts[0] if len(self._parts) == 1 else frozenset().union(*self._parts)
+        return frozenset().union(*self._parts)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._union())
