@@ -384,8 +384,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     volumes_changed=True,
                     pull_logins=logins,
                 )
-                shared = self._mesh.whole() + self._endpoints.whole()
-                yield await self._fits(node.id, Assignments(complete, shared))
+                del tasks, current  # a session lives long: hold no copy, pin no endpoint version (ADR 72)
+                yield await self._fits(node.id, Assignments(complete, self._endpoints.whole(), self._mesh.whole()))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         changes = _coalesce(await wait_within(events.get(), 1.0), events)
@@ -445,8 +445,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             volumes_changed=new_volumes is not None,
                             pull_logins=logins,
                         )
-                        shared = (new_mesh or b"") + (changed[1] if changed is not None else b"")
-                        yield await self._fits(node.id, Assignments(incremental, shared))
+                        shared = changed[1] if changed is not None else b""
+                        yield await self._fits(node.id, Assignments(incremental, shared, new_mesh or b""))
                         version += 1
                 if session_id not in self._sessions:
                     raise ApiError(grpc.StatusCode.UNAVAILABLE, "superseded by a newer session of this node")
