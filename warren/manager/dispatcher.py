@@ -139,12 +139,18 @@ class MayRoute(AbstractSet[str]):
 
     def __init__(self, parts: tuple[AbstractSet[str], ...]) -> None:
         self._parts = parts
-        histories = {p.history for p in parts if isinstance(p, BackendsAt)}
-        one = len(histories) == 1 and all(isinstance(p, BackendsAt) for p in parts)
-        self._history: BackendHistory | None = histories.pop() if one else None
-        self._versions = tuple(sorted(p.at for p in parts if isinstance(p, BackendsAt))) if one else ()
+        self._versions: tuple[int, ...] | None = None  # worked out at the first question: most are never asked
+        self._history: BackendHistory | None = None
 
     def __contains__(self, address: object) -> bool:
+        if self._versions is None:
+            parts = self._parts
+            history = parts[0].history if parts and type(parts[0]) is BackendsAt else None
+            if history is not None and all(type(p) is BackendsAt and p.history is history for p in parts):
+                self._history = history
+                self._versions = tuple(sorted([p.at for p in parts]))  # type: ignore[attr-defined]
+            else:
+                self._versions = ()
         if self._history is not None:
             return isinstance(address, str) and self._history.held_within(address, self._versions)
         return any(address in part for part in self._parts)
