@@ -432,7 +432,7 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
 
 def test_versions_a_node_has_not_confirmed_cost_what_they_changed_not_what_they_hold(tmp_path: Path) -> None:
     """ADR 72: a node that has not confirmed holds (in RoutingReports) every version sent since.
-    With 2,000 backends, 40 versions each adding one cost the leader's manager code about 1 KiB
+    With 2,000 backends, 40 versions each adding one cost the leader's manager code a few KiB
     each, not a set of 2,000 addresses each (72 KiB; at S2's 100,000 backends, 4 MiB a version)."""
 
     async def scenario() -> None:
@@ -452,7 +452,9 @@ def test_versions_a_node_has_not_confirmed_cost_what_they_changed_not_what_they_
             sent = rig.dispatcher._heartbeats.routes._sent["node001"]
             assert len(sent) == 41 and all("10.224.0.2" in backends for backends in sent.values())
             manager = sum(d.size_diff for d in grown if "/warren/manager/" in d.traceback[0].filename)
-            assert manager < 40 * 4 * 1024, f"{manager} bytes for 40 versions"  # ~0.9 KiB each; 72 KiB before
+            # Whole sets: 72 KiB a version (2.9 MB measured). Now ~1 KiB a version for the routing;
+            # endpoint patches (ADR 65) keep a few KiB more per version in their bounded log.
+            assert manager < 40 * 16 * 1024, f"{manager} bytes for 40 versions"
         finally:
             await rig.close()
 
