@@ -487,3 +487,24 @@ def test_backend_history_holds_what_versions_changed_not_what_they_hold() -> Non
     assert history.spells() == 1_000
     with pytest.raises(ValueError, match="not above"):
         history.record(500, backends, ())
+
+
+def test_a_removed_node_no_longer_keeps_its_versions_alive() -> None:
+    """A node that never confirmed keeps the versions sent to it, and the history every spell
+    that ended since; once it is removed (`node rm` revokes it) the routes forget it."""
+    history, routing = BackendHistory(), RoutingReports()
+    backends = {f"10.224.0.{i}" for i in range(100)}
+    routing.sent("gone", 1, history.record(1, backends, backends))
+    routing.sent("kept", 2, history.record(2, backends, ()))
+    routing.applied("kept", 2)
+    for step in range(50):  # the node "kept" confirms each; "gone" none
+        old, new = f"10.224.0.{step}", f"10.225.0.{step}"
+        backends = (backends - {old}) | {new}
+        current = history.record(3 + step, backends, {old, new})
+        routing.sent("kept", current.at, current)
+        routing.applied("kept", current.at)
+    assert history.spells() == 150  # the ended ones kept for "gone"'s version 1
+    known = routing.snapshot(revoked={"gone": object()})
+    assert set(known) == {"kept"} and "10.224.0.0" not in known["kept"]
+    history.record(100, backends, ())
+    assert history.spells() == 100

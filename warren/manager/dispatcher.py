@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Container, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
@@ -116,13 +116,16 @@ class RoutingReports:
         self._sent.pop(node_id, None)
         self._applied.pop(node_id, None)
 
-    def snapshot(self) -> dict[str, MayRoute]:
+    def snapshot(self, revoked: Container[str] = ()) -> dict[str, MayRoute]:
         """Node -> every address its load balancer may route to, for the nodes known. Each is the
         union of the backends of the indexes sent since the node's confirmed one, left unbuilt:
         a pass asks it only about the addresses of draining tasks, and building the unions of
         every node's big backend sets at every pass took 40 % of the leader's CPU in S1 (#15).
         The sets are read-only views of versions, so the snapshot is safe to read in another
-        thread (see `backendhistory`)."""
+        thread (see `backendhistory`). Nodes in `revoked` (`node rm`: gone for good, never asked
+        about again) are forgotten first, or each would keep its last versions alive (ADR 72)."""
+        for node_id in [n for n in self._sent if n in revoked]:
+            self.forget(node_id)
         known: dict[str, MayRoute] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
