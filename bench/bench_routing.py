@@ -29,6 +29,26 @@ def _reports(nodes: int, pending: int, backends: int) -> tuple[RoutingReports, l
     return reports, sets
 
 
+def _history_reports(nodes: int, pending: int, backends: int) -> tuple[RoutingReports, list[object]]:
+    """The same reports with each index a view of one BackendHistory, as the dispatcher sends
+    them since ADR 72 (each index adds one address to the base set)."""
+    from warren.manager.backendhistory import BackendHistory
+
+    base = frozenset(f"10.{224 + i // 65536}.{(i // 256) % 256}.{i % 256}" for i in range(backends))
+    history = BackendHistory()
+    views: list[object] = []
+    for k in range(pending):
+        backend_set = base | {f"10.239.255.{k}"}
+        previous = f"10.239.255.{k - 1}"
+        views.append(history.record(k + 1, backend_set, backend_set if k == 0 else {previous, f"10.239.255.{k}"}))
+    reports = RoutingReports()
+    for n in range(nodes):
+        for k, view in enumerate(views):
+            reports.sent(f"n{n}", k + 1, view)  # type: ignore[arg-type]
+        reports.applied(f"n{n}", 1 + n % pending)
+    return reports, views
+
+
 def _snapshot_and_ask(reports: RoutingReports) -> int:
     known = reports.snapshot()
     return sum("10.224.0.5" in routes for routes in known.values())
@@ -60,11 +80,14 @@ def run() -> dict[str, object]:
     detail = []
     for nodes, pending, backends in CASES:
         reports, sets = _reports(nodes, pending, backends)
+        intervals, _views = _history_reports(nodes, pending, backends)
         assert _snapshot_and_ask(reports) == _unions_baseline(nodes, pending, sets) == nodes
-        ours, baseline = [], []
+        assert _snapshot_and_ask(intervals) == nodes
+        ours, baseline, history = [], [], []
         for _ in range(3):  # alternated, so that load changes hit both sides alike
             ours.append(_median_seconds(_snapshot_and_ask, reports))
             baseline.append(_median_seconds(_unions_baseline, nodes, pending, sets))
+            history.append(_median_seconds(_snapshot_and_ask, intervals))
         detail.append(
             {
                 "nodes": nodes,
@@ -73,6 +96,9 @@ def run() -> dict[str, object]:
                 "snapshot_ms": round(statistics.median(ours) * 1000, 3),
                 "unions_baseline_ms": round(statistics.median(baseline) * 1000, 3),
                 "ratio": round(statistics.median(ours) / statistics.median(baseline), 4),
+                # ADR 72: the views of one BackendHistory, as sent now, against whole sets
+                "intervals_ms": round(statistics.median(history) * 1000, 3),
+                "intervals_over_sets": round(statistics.median(history) / statistics.median(ours), 3),
                 "load_average": os.getloadavg()[0],
             }
         )

@@ -10,15 +10,28 @@ overlay (100 tasks each), with specs carrying env, labels, a health check, ports
 
 `python3 -m bench.bench_task_memory` prints the figures; `bench.run --only task_memory` records
 them. To compare two commits in one run, run this file against each tree (PYTHONPATH).
+
+The leader's memory at S2's shape (ADR 72): `--leader [SIZE...]` measures `dispatcher_memory`
+(the state, 1,000 sessions at 100,000 tasks and endpoint churn, traced by structure), and
+`--leader-compare BASE_TREE [SIZE...]` runs it against an old tree and this one alternately.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
+import os
+import random
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import tracemalloc
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -150,6 +163,149 @@ def measure(tasks: int, reloaded: bool = True) -> dict[str, float]:
     return row
 
 
+# -- the leader's dispatcher at S2's size (F4) ---------------------------------------------------
+
+SERVICE_REPLICAS = 1_000  # S2: 100 services x 1,000 replicas
+SESSION_TASKS = 100  # tasks per node: 1,000 nodes and sessions at 100,000 tasks
+CHURN_CHANGES = 120  # commits of the churn, each draining CHURN_BATCH backends and adding as many
+CHURN_BATCH = 10
+CONFIRM_EVERY = (10, 60)  # a node confirms its newest endpoints every this many commits (heartbeats)
+DEAD_SHARE = 0.2  # sessions that end during the churn (their routes stay, as a silent node's)
+
+
+def _address(n: int) -> str:
+    return f"10.{224 + n // 65536}.{(n // 256) % 256}.{n % 256}"
+
+
+def dispatcher_memory(tasks: int, changes: int = CHURN_CHANGES, seed: int = 15) -> dict[str, object]:
+    """The leader's memory with `tasks` running backends of `tasks // 1,000` services with VIPs,
+    on `tasks // 100` nodes, each with an open session read as gRPC reads it, then
+    `changes` commits of endpoint churn (a rolling update: CHURN_BATCH backends drain and as many
+    new ones start per commit). Nodes confirm their newest endpoints every 10-60 commits, as
+    heartbeats do while commits come fast; DEAD_SHARE of the sessions end on the way. Traced with
+    tracemalloc from before the state is built: the holders by structure and by line."""
+    root = Path(tempfile.mkdtemp(prefix="warren-bench-leader-memory-"))
+    try:
+        return asyncio.run(_dispatcher_scenario(tasks, changes, random.Random(seed), root))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _dispatcher_scenario(tasks: int, changes: int, rng: random.Random, root: Path) -> dict[str, object]:
+    from tests.unit.test_dispatcher_nodes import Cluster
+    from warren.network import ipam
+
+    services = max(1, tasks // SERVICE_REPLICAS)
+    nodes = max(1, tasks // SESSION_TASKS)
+    gc.collect()
+    tracemalloc.start()
+    started = time.perf_counter()
+    cluster = Cluster(root)
+    with cluster.store.read() as state:
+        assert state.cluster is not None
+        info = msgspec.structs.replace(state.cluster, overlay_range=ipam.DEFAULT_OVERLAY)
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
+    specs = [ServiceSpec(name=f"svc{k:03}", image="x", replicas=SERVICE_REPLICAS) for k in range(services)]
+    all_services = [
+        Service(id=f"s{k:03}", spec=spec, vip=f"10.201.{k // 250}.{2 + k % 250}", version=1)
+        for k, spec in enumerate(specs)
+    ]
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
+
+    def task(n: int, service: Service, slot: int, **fields: object) -> Task:
+        return Task(
+            id=f"t{n:07}",
+            service_id=service.id,
+            service_name=service.spec.name,
+            slot=slot,
+            spec=service.spec,
+            spec_version=1,
+            state=TaskState.RUNNING,
+            desired_state=TaskState.RUNNING,
+            node_id=f"node{n % nodes:04}",
+            overlay_address=_address(n),
+            **fields,  # type: ignore[arg-type]
+        )
+
+    backends = [task(n, all_services[n // SERVICE_REPLICAS], n % SERVICE_REPLICAS + 1) for n in range(tasks)]
+    for first in range(0, tasks, 10_000):
+        cluster.store.commit(
+            cluster.store.applied_index + 1, [Put("task", t) for t in backends[first : first + 10_000]]
+        )
+    state_bytes, state_peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    received, readers = await _open_grpc_like_sessions(cluster, nodes)
+    opened_bytes, opened_peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    routes = cluster.dispatcher._heartbeats.routes
+    period = [rng.randint(*CONFIRM_EVERY) for _ in range(nodes)]
+    phase = [rng.randrange(p) for p in period]
+    dies_at = {i: rng.randrange(changes) for i in rng.sample(range(1, nodes), int(nodes * DEAD_SHARE))}
+    next_id = tasks
+    for change in range(changes):
+        for i, at in dies_at.items():
+            if at == change:
+                readers[i].cancel()
+        live = [i for i, r in enumerate(readers) if not r.done() and dies_at.get(i, changes) > change]
+        service = all_services[change % services]
+        old = [backends[n] for n in range(change * CHURN_BATCH, (change + 1) * CHURN_BATCH)]
+        batch = [Put("task", msgspec.structs.replace(t, draining_since=10.0 + change)) for t in old]
+        for _ in range(CHURN_BATCH):
+            batch.append(Put("task", task(next_id, service, SERVICE_REPLICAS + next_id)))
+            next_id += 1
+        before = list(received)
+        cluster.store.commit(cluster.store.applied_index + 1, batch)
+        deadline = time.monotonic() + 120
+        while any(received[i] <= before[i] for i in live):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"change {change}: a session got nothing")
+            await asyncio.sleep(0.001)
+        for i in live:  # the heartbeats of the nodes whose turn it is confirm the newest sent
+            if (change + phase[i]) % period[i] == 0:
+                sent = routes._sent.get(f"node{i:04}")
+                if sent:
+                    routes.applied(f"node{i:04}", max(sent))
+    gc.collect()
+    snapshot = tracemalloc.take_snapshot()
+    total, churn_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    seconds = time.perf_counter() - started
+    pinned = {id(b) for sent in routes._sent.values() for b in sent.values()}
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    cluster.store.env.close()
+
+    def mib(size: float) -> float:
+        return round(size / 2**20, 1)
+
+    by_file: dict[str, int] = {}
+    for stat in snapshot.statistics("filename"):
+        name = stat.traceback[0].filename
+        short = name.split("/warren/", 1)[-1] if "/warren/" in name else name.rsplit("/", 2)[-1]
+        by_file[short] = by_file.get(short, 0) + stat.size
+    lines = [
+        {"at": f"{s.traceback[0].filename.rsplit('/', 2)[-1]}:{s.traceback[0].lineno}", "mib": mib(s.size)}
+        for s in snapshot.statistics("lineno")[:12]
+    ]
+    return {
+        "tasks": tasks,
+        "services": services,
+        "sessions": nodes,
+        "changes": changes,
+        "seconds": round(seconds, 1),
+        "state_mib": mib(state_bytes),
+        "after_sessions_opened_mib": mib(opened_bytes),
+        "after_churn_mib": mib(total),
+        "peak_mib": {"state": mib(state_peak), "sessions": mib(opened_peak), "churn": mib(churn_peak)},
+        "bytes_per_task": round(total / tasks),
+        "routing_versions_pinned": len(pinned),
+        "rss_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "top_files_mib": {k: mib(v) for k, v in sorted(by_file.items(), key=lambda kv: -kv[1])[:10]},
+        "top_lines": lines,
+    }
+
+
 def run() -> dict[str, object]:
     rows = [measure(size, reloaded=size <= 10_000) for size in SIZES]  # a reload of 100K doubles the time
     results: dict[str, object] = {"name": "task_memory", "sizes": rows}
@@ -162,10 +318,88 @@ def run() -> dict[str, object]:
             figures.append(
                 figure(f"  the same, reloaded as from LMDB at {row['tasks']:,}", row["bytes_per_task_reloaded"], "B")
             )
+    leader = dispatcher_memory(10_000)  # 100,000 takes minutes: `--leader 100000`
+    results["leader"] = leader
+    figures.append(
+        figure(
+            "Leader's traced memory at 10,000 tasks, 100 sessions, after endpoint churn (in-process)",
+            leader["after_churn_mib"],  # type: ignore[arg-type]
+            "MiB",
+        )
+    )
     results["figures"] = figures
     return results
 
 
+async def _open_grpc_like_sessions(cluster: Any, sessions: int) -> tuple[list[int], list[asyncio.Task]]:
+    """`sessions` node sessions that take endpoint and mesh deltas, each read as gRPC's server
+    reads a stream: it serializes each message, drops the bytes once sent (here: at once, a fast
+    client) and holds the message itself until the next. Returns once every session got its
+    first message and the joins' node changes have settled."""
+    import datetime as dt
+
+    from tests.unit.test_dispatcher_nodes import description
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.manager.server import caller
+    from warren.pki import Identity
+
+    received = [0] * sessions
+    flags = {f: True for f in ("endpoint_deltas", "mesh_deltas") if f in dpb.SessionRequest.DESCRIPTOR.fields_by_name}
+
+    async def read(index: int) -> None:
+        caller.set(Identity(f"node{index:04}", "worker", "c1", dt.datetime(2100, 1, 1, tzinfo=dt.UTC), 1))
+        request = dpb.SessionRequest(description=description(index), specs_by_reference=True, **flags)
+        async for message in cluster.dispatcher.Session(request, None):
+            encode = getattr(message, "encode", None)
+            data = encode() if encode is not None else message.SerializeToString()
+            del data  # sent: gRPC drops the bytes; `message` stays until the next one
+            received[index] += 1
+
+    readers = [asyncio.create_task(read(i)) for i in range(sessions)]
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)  # the joins' node changes settle
+    return received, readers
+
+
+def compare_leader(base: Path, sizes: tuple[int, ...]) -> None:
+    """`dispatcher_memory` at each size, the tree at `base` (old) then this one (new), each in its
+    own process running this file (copied into neither tree: it imports what each tree has)."""
+    here = Path(__file__).resolve().parents[1]
+    for size in sizes:
+        for side, tree in (("old", base), ("new", here)):
+            out = subprocess.run(
+                [sys.executable, "-c", _ONE_SIDE, str(Path(__file__).resolve()), str(size)],
+                cwd=tree,
+                env={**os.environ, "PYTHONPATH": str(tree)},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps({"side": side, "load_average": os.getloadavg()[0], **row}), flush=True)
+
+
+# Runs this file's `dispatcher_memory` with the `warren`, `tests` and `bench` of the current tree.
+_ONE_SIDE = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("leader_memory", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+print(json.dumps(module.dispatcher_memory(int(sys.argv[2]))))
+"""
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--leader"]:  # the dispatcher at S2's shape, one line per size
+        for size in tuple(int(a) for a in sys.argv[2:]) or SIZES:
+            print(json.dumps(dispatcher_memory(size)), flush=True)
+        sys.exit(0)
+    if sys.argv[1:2] == ["--leader-compare"]:  # BASE_TREE [SIZE...]: old and new in one run
+        compare_leader(Path(sys.argv[2]), tuple(int(a) for a in sys.argv[3:]) or SIZES)
+        sys.exit(0)
     for size in tuple(int(a) for a in sys.argv[1:]) or SIZES:  # one line per size, as each ends
         print(json.dumps(measure(size, reloaded=size <= 10_000)), flush=True)

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Container, Iterator
 from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
@@ -30,6 +30,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
+from warren.manager.backendhistory import BackendHistory, BackendsAt
 from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog, all_endpoints
@@ -96,10 +97,11 @@ class RoutingReports:
     MAX_UNCONFIRMED = 64  # sends without a confirmation before the node counts as unknown
 
     def __init__(self) -> None:
-        self._sent: dict[str, dict[int, frozenset[str]]] = {}  # node -> index -> backends
+        self._sent: dict[str, dict[int, AbstractSet[str]]] = {}  # node -> index -> backends
         self._applied: dict[str, int] = {}
 
-    def sent(self, node_id: str, index: int, backends: frozenset[str]) -> None:
+    def sent(self, node_id: str, index: int, backends: AbstractSet[str]) -> None:
+        """`backends`: the version's, a `BackendsAt` (ADR 72), shared by every node sent it."""
         sent = self._sent.setdefault(node_id, {})
         sent[index] = backends
         if len(sent) > self.MAX_UNCONFIRMED:  # an agent that does not report: unknown
@@ -117,12 +119,16 @@ class RoutingReports:
         self._sent.pop(node_id, None)
         self._applied.pop(node_id, None)
 
-    def snapshot(self) -> dict[str, MayRoute]:
+    def snapshot(self, revoked: Container[str] = ()) -> dict[str, MayRoute]:
         """Node -> every address its load balancer may route to, for the nodes known. Each is the
         union of the backends of the indexes sent since the node's confirmed one, left unbuilt:
         a pass asks it only about the addresses of draining tasks, and building the unions of
         every node's big backend sets at every pass took 40 % of the leader's CPU in S1 (#15).
-        The sets are immutable and shared, so the snapshot is safe to read in another thread."""
+        The sets are read-only views of versions, so the snapshot is safe to read in another
+        thread (see `backendhistory`). Nodes in `revoked` (`node rm`: gone for good, never asked
+        about again) are forgotten first, or each would keep its last versions alive (ADR 72)."""
+        for node_id in [n for n in self._sent if n in revoked]:
+            self.forget(node_id)
         known: dict[str, MayRoute] = {}
         for node_id, applied in self._applied.items():
             sent = self._sent.get(node_id, {})
@@ -131,19 +137,32 @@ class RoutingReports:
 
 
 class MayRoute(AbstractSet[str]):
-    """The union of some sets of addresses, computed only if iterated or sized: membership asks
-    each set in turn."""
+    """The union of some sets of addresses, computed only if iterated or sized. When they are
+    all versions of one `BackendHistory` (as the dispatcher sends them), membership asks the
+    address's intervals against the sorted versions (ADR 72); otherwise each set in turn."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_history", "_parts", "_versions")
 
-    def __init__(self, parts: tuple[frozenset[str], ...]) -> None:
+    def __init__(self, parts: tuple[AbstractSet[str], ...]) -> None:
         self._parts = parts
+        self._versions: tuple[int, ...] | None = None  # worked out at the first question: most are never asked
+        self._history: BackendHistory | None = None
 
     def __contains__(self, address: object) -> bool:
+        if self._versions is None:
+            parts = self._parts
+            history = parts[0].history if parts and type(parts[0]) is BackendsAt else None
+            if history is not None and all(type(p) is BackendsAt and p.history is history for p in parts):
+                self._history = history
+                self._versions = tuple(sorted([p.at for p in parts]))  # type: ignore[attr-defined]
+            else:
+                self._versions = ()
+        if self._history is not None:
+            return isinstance(address, str) and self._history.held_within(address, self._versions)
         return any(address in part for part in self._parts)
 
     def _union(self) -> frozenset[str]:
-        return self._parts[0] if len(self._parts) == 1 else frozenset().union(*self._parts)
+        return frozenset().union(*self._parts)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._union())
@@ -379,8 +398,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     volumes_changed=True,
                     pull_logins=logins,
                 )
-                shared = self._mesh.whole() + self._endpoints.whole()
-                yield await self._fits(node.id, Assignments(complete, shared))
+                del tasks, current  # a session lives long: hold no copy, pin no endpoint version (ADR 72)
+                yield await self._fits(node.id, Assignments(complete, self._endpoints.whole(), self._mesh.whole()))
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         batches = _coalesce(await wait_within(events.get(), 1.0), events)
@@ -443,8 +462,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             volumes_changed=new_volumes is not None,
                             pull_logins=logins,
                         )
-                        shared = (new_mesh or b"") + (changed[1] if changed is not None else b"")
-                        yield await self._fits(node.id, Assignments(incremental, shared))
+                        shared = changed[1] if changed is not None else b""
+                        yield await self._fits(node.id, Assignments(incremental, shared, new_mesh or b""))
                         version += 1
                 if session_id not in self._sessions:
                     raise ApiError(grpc.StatusCode.UNAVAILABLE, "superseded by a newer session of this node")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
 
@@ -26,6 +27,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.commands.networks import network_names
 from warren.manager import changelog
+from warren.manager.backendhistory import BackendHistory
 from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoints
 from warren.manager.events import Event, EventHub
 from warren.manager.ports import StateReader
@@ -78,10 +80,11 @@ def _counts(task: Task) -> bool:
 
 class EndpointView(NamedTuple):
     """One version of the endpoints: its label and all its backends' addresses (for
-    `RoutingReports.sent`: one frozenset per version, shared by every session)."""
+    `RoutingReports.sent`: one view of the log's `BackendHistory` per version, shared by every
+    session; ADR 72)."""
 
     at: int
-    backends: frozenset[str]
+    backends: AbstractSet[str]
 
 
 class EndpointLog:
@@ -101,7 +104,8 @@ class EndpointLog:
         self._by_name: dict[str, dpb.ServiceEndpoint] = {}  # what agents hold, by service name
         self._counted: dict[str, str] = {}  # task id -> service id, of tasks that `_counts`
         self._backend_refs: dict[str, int] = {}  # backend address -> held entries naming it
-        self._backends_moved = True  # an address joined or left _backend_refs since the last version
+        self._named_changed: set[str] = set()  # addresses named or unnamed since the last version
+        self._history = BackendHistory()  # every version's backends, as intervals (ADR 72)
         self._view = EndpointView(-1, frozenset())
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
@@ -249,6 +253,10 @@ class EndpointLog:
                 continue
             names = {c.entry.name for c in (old, new) if c is not None}
             in_place = False
+            # The new backends first: an address in both never drops to no entry, so only what
+            # changed is "named or unnamed" (the history records O(changes), ADR 72).
+            if new is not None:
+                self._count(new.backends, 1)
             if old is not None:
                 self._count(old.backends, -1)
                 del self._by_id[service_id]
@@ -256,7 +264,6 @@ class EndpointLog:
                     del self._by_name[old.entry.name]
                     in_place = new is not None and new.entry.name == old.entry.name and not names & changed
             if new is not None:
-                self._count(new.backends, 1)
                 self._by_id[service_id] = new
                 self._by_name[new.entry.name] = new.entry
             for name in names:
@@ -268,18 +275,18 @@ class EndpointLog:
         return changed, patches
 
     def _count(self, backends: Iterable[str], step: int) -> None:
-        """Keep how many held entries name each backend, so that a version's set of all
-        backends is built from its keys (C speed), not from every entry (10,000 strings)."""
-        refs = self._backend_refs
-        before = len(refs)
+        """Keep how many held entries name each backend, and which addresses started or stopped
+        being named: a version records only those in the history, not every backend (ADR 72)."""
+        refs, touched = self._backend_refs, self._named_changed
         for backend in backends:
             count = refs.get(backend, 0) + step
             if count:
                 refs[backend] = count
+                if count == 1 and step == 1:
+                    touched.add(backend)
             else:
                 del refs[backend]
-        # Counts only go down for addresses held, so the same size means the same addresses.
-        self._backends_moved = self._backends_moved or len(refs) != before
+                touched.add(backend)
 
     def _rebuild(self) -> None:
         """Recompute every service (at first use, after a resynchronisation or a network
@@ -293,23 +300,19 @@ class EndpointLog:
         old = self._by_name
         changed = {n for n, e in by_name.items() if old.get(n) != e} | {n for n in old if n not in by_name}
         self._by_id, self._by_name = by_id, by_name
+        self._named_changed.update(self._backend_refs)  # counted again from nothing: any may go
         self._backend_refs = {}
         for found in by_id.values():
             self._count(found.backends, 1)
-        self._backends_moved = self._backend_refs.keys() != self._view.backends  # against the last version's
         self._through = index
         if changed or self._view.at < 0:
             self._new_version(max(index, self._view.at + 1), changed)
+        else:
+            self._named_changed = set()  # the same entries, so the same backends as the version held
 
     def _new_version(self, at: int, changed: set[str], patches: dict[str, Patch] | None = None) -> None:
-        # The set of every backend (10,000 addresses in S1) is built only when an address came
-        # or went: a version that only adds a service without backends yet, or changes members,
-        # ports or weights, shares the previous version's set (#15).
-        if self._backends_moved:
-            backends = frozenset(self._backend_refs)
-            self._backends_moved = False
-        else:
-            backends = self._view.backends
+        backends = self._history.record(at, self._backend_refs.keys(), self._named_changed)
+        self._named_changed = set()
         self._log.record(at, self._view.at, changed, patches)
         self._view = EndpointView(at, backends)
         self._whole = None

@@ -183,7 +183,14 @@ class Orchestrator:
         heard = self._heartbeats.seen()  # after `now`: a stall in between only moves them later
         started = time.perf_counter()
         (plan, self._unsettled), check = await asyncio.to_thread(
-            _reconcile, snapshot, now, heard, config, self._heartbeats.routes.snapshot(), visit, self._unsettled
+            _reconcile,
+            snapshot,
+            now,
+            heard,
+            config,
+            self._heartbeats.routes.snapshot(snapshot.revoked),
+            visit,
+            self._unsettled,
         )
         self._seen = snapshot
         metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
