@@ -6,7 +6,7 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,8 +78,9 @@ def _node_order(n: Node) -> tuple[str, str]:
     return (n.hostname, n.id)
 
 
-def _service_order(s: Service) -> tuple[str]:
-    return (s.spec.name,)
+def _service_order(entry: tuple[str, str]) -> tuple[str]:
+    """An entry of the state's `service_order`, (name, id), as its token holds it: the name."""
+    return (entry[0],)
 
 
 def _task_order(t: Task) -> tuple[str, int, str, float, str]:
@@ -97,6 +98,21 @@ def _page(
     """One page of a list in the order of `key`, as `request` (page_size, page_token) asks."""
     try:
         return paging.page(kind, items, key, key_types, to_pb, request.page_size, request.page_token)
+    except paging.PageTokenError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def _page_sorted(
+    kind: str,
+    ordered: Sequence[T],
+    key: Callable[[T], paging.Key],
+    key_types: tuple[type, ...],
+    request: paging.PagedRequest,
+    to_pb: Callable[[T], M],
+) -> tuple[list[M], str]:
+    """`_page` of a list kept sorted by `key` (an index of the state): O(log n + page)."""
+    try:
+        return paging.page_sorted(kind, ordered, key, key_types, to_pb, request.page_size, request.page_token)
     except paging.PageTokenError as exc:
         raise _invalid(str(exc)) from None
 
@@ -525,18 +541,22 @@ class ControlService(
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
         with self._store.read() as state:
             self._spec_cache.keep_only(state.services)
-            page, next_token = _page(
-                "services", state.services.values(), _service_order, (str,), request,
-                lambda s: convert.service_to_pb(
-                    s, *self._counts(state, s), with_previous=False, spec=self._spec_cache.spec_pb(s)
-                ),
+            services = state.services
+            page, next_token = _page_sorted(
+                "services", state.service_order, _service_order, (str,), request,
+                lambda entry: self._listed_service(state, services[entry[1]]),
             )  # fmt: skip
         return cpb.ListServicesResponse(services=page, next_page_token=next_token)
+
+    def _listed_service(self, state: ClusterState, service: Service) -> pb.Service:
+        return convert.service_to_pb(
+            service, *self._counts(state, service), with_previous=False, spec=self._spec_cache.spec_pb(service)
+        )
 
     async def GetService(self, request: cpb.GetServiceRequest, context: object) -> pb.Service:
         with self._store.read() as state:
             service = resolve_service(state, request.service)
-            return convert.service_to_pb(service, *self._counts(state, service))
+            return convert.service_to_pb(service, *self._counts(state, service), spec=self._spec_cache.spec_pb(service))
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> pb.Service:
         # Membership is the stack's, not the spec's (#14). (A protobuf map's pop of a missing key
