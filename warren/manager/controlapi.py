@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import grpc
 import msgspec
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from warren import commands, pki, rebalance, reconciler, tls
 from warren.api import convert
@@ -68,7 +69,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
 T = TypeVar("T")
-M = TypeVar("M", bound=paging.Message)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
 
@@ -93,11 +93,13 @@ def _page(
     key: Callable[[T], paging.Key],
     key_types: tuple[type, ...],
     request: paging.PagedRequest,
-    to_pb: Callable[[T], M],
-) -> tuple[list[M], str]:
-    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks."""
+    add: Callable[[T], object],
+    out: paging.Repeated,
+) -> str:
+    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks, put
+    into the reply's field `out` by `add`; the next page's token."""
     try:
-        return paging.page(kind, items, key, key_types, to_pb, request.page_size, request.page_token)
+        return paging.page(kind, items, key, key_types, add, out, request.page_size, request.page_token)
     except paging.PageTokenError as exc:
         raise _invalid(str(exc)) from None
 
@@ -108,11 +110,12 @@ def _page_sorted(
     key: Callable[[T], paging.Key],
     key_types: tuple[type, ...],
     request: paging.PagedRequest,
-    to_pb: Callable[[T], M],
-) -> tuple[list[M], str]:
+    add: Callable[[T], object],
+    out: paging.Repeated,
+) -> str:
     """`_page` of a list kept sorted by `key` (an index of the state): O(log n + page)."""
     try:
-        return paging.page_sorted(kind, ordered, key, key_types, to_pb, request.page_size, request.page_token)
+        return paging.page_sorted(kind, ordered, key, key_types, add, out, request.page_size, request.page_token)
     except paging.PageTokenError as exc:
         raise _invalid(str(exc)) from None
 
@@ -391,11 +394,13 @@ class ControlService(
                 if (not request.role or n.role.value == request.role)
                 and (not request.status or n.status.value == request.status)
             ]
-        page, next_token = _page(
+        reply = cpb.ListNodesResponse()
+        reply.next_page_token = _page(
             "nodes", nodes, _node_order, (str, str), request,
-            lambda n: convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader),
+            lambda n: reply.nodes.append(convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader)),
+            reply.nodes,
         )  # fmt: skip
-        return cpb.ListNodesResponse(nodes=page, next_page_token=next_token)
+        return reply
 
     async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> pb.Node:
         leader = self._raft.status().leader
@@ -539,19 +544,21 @@ class ControlService(
         return reply
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
+        reply = cpb.ListServicesResponse()
         with self._store.read() as state:
             self._spec_cache.keep_only(state.services)
             services = state.services
-            page, next_token = _page_sorted(
+            reply.next_page_token = _page_sorted(
                 "services", state.service_order, _service_order, (str,), request,
-                lambda entry: self._listed_service(state, services[entry[1]]),
+                lambda entry: self._listed_service(state, services[entry[1]], reply.services), reply.services,
             )  # fmt: skip
-        return cpb.ListServicesResponse(services=page, next_page_token=next_token)
+        return reply
 
-    def _listed_service(self, state: ClusterState, service: Service) -> pb.Service:
-        return convert.service_to_pb(
-            service, *self._counts(state, service), with_previous=False, spec=self._spec_cache.spec_pb(service)
-        )
+    def _listed_service(
+        self, state: ClusterState, service: Service, into: RepeatedCompositeFieldContainer[pb.Service]
+    ) -> pb.Service:
+        spec = self._spec_cache.spec_pb(service)
+        return convert.service_to_pb(service, *self._counts(state, service), with_previous=False, spec=spec, into=into)
 
     async def GetService(self, request: cpb.GetServiceRequest, context: object) -> pb.Service:
         with self._store.read() as state:
@@ -647,8 +654,12 @@ class ControlService(
             node_id = resolve_node(state, request.node).id if request.node else ""
             tasks = tasklist.candidates(state, service_id, node_id, request.include_history)
         tasks = tasklist.listed(tasks, node_id, request.include_history, states)
-        page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
-        return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
+        reply = cpb.ListTasksResponse()
+        reply.next_page_token = _page(
+            "tasks", tasks, _task_order, (str, int, str, float, str), request,
+            lambda t: convert.task_to_pb(t, into=reply.tasks), reply.tasks,
+        )  # fmt: skip
+        return reply
 
     # -- logs --------------------------------------------------------------------------------
     async def ServiceLogs(self, request: cpb.ServiceLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:
