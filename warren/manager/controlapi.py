@@ -87,6 +87,9 @@ def _task_order(t: Task) -> tuple[str, int, str, float, str]:
     return (t.service_name, t.slot, t.node_id, -t.created_at, t.id)
 
 
+_TASK_KEY = (str, int, str, float, str)  # the types of _task_order's parts
+
+
 def _page(
     kind: str,
     items: Iterable[T],
@@ -649,14 +652,23 @@ class ControlService(
             states = {convert.task_state(s) for s in request.states}
         except convert.ConversionError as exc:
             raise _invalid(str(exc)) from None
+        try:  # the token's service name, for a listing of the whole cluster
+            size = paging.page_size(request.page_size)
+            after = paging.decode_token("tasks", request.page_token, _TASK_KEY) if request.page_token else None
+        except paging.PageTokenError as exc:
+            raise _invalid(str(exc)) from None
         with self._store.read() as state:
             service_id = resolve_service(state, request.service).id if request.service else ""
             node_id = resolve_node(state, request.node).id if request.node else ""
-            tasks = tasklist.candidates(state, service_id, node_id, request.include_history)
-        tasks = tasklist.listed(tasks, node_id, request.include_history, states)
+            whole = None
+            if not (service_id or node_id):
+                after_name = str(after[0]) if after else None
+                whole = tasklist.cluster_candidates(state, after_name, size, request.include_history, states)
+            gathered = tasklist.candidates(state, service_id, node_id, request.include_history) if whole is None else []
+        tasks = whole if whole is not None else tasklist.listed(gathered, node_id, request.include_history, states)
         reply = cpb.ListTasksResponse()
         reply.next_page_token = _page(
-            "tasks", tasks, _task_order, (str, int, str, float, str), request,
+            "tasks", tasks, _task_order, _TASK_KEY, request,
             lambda t: convert.task_to_pb(t, into=reply.tasks), reply.tasks,
         )  # fmt: skip
         return reply
