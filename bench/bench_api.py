@@ -429,12 +429,14 @@ LIST_PAGE_CALLS = 200
 
 def list_pages(services: int) -> dict[str, float]:
     """In-process (the handler on the in-memory ports, no gRPC): the median time of a
-    ListServices page of 100, first and last, with `services` services of 10 running tasks."""
+    ListServices page of 100 and of a ListTasks page of 100 of the whole cluster, first and
+    last, with `services` services of 10 running tasks."""
     import asyncio
 
     from msgspec.structs import replace
 
     from warren.api.v1 import control_pb2 as cpb
+    from warren.manager import controlapi, paging
     from warren.manager.controlapi import ControlService
     from warren.manager.inmemory import InMemoryRaft, InMemoryState
     from warren.model import Service, ServiceSpec, Task, TaskState
@@ -450,17 +452,18 @@ def list_pages(services: int) -> dict[str, float]:
     store = InMemoryState(state)
     control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
     loop = asyncio.new_event_loop()
-    request = cpb.ListServicesRequest(page_size=READ_PAGE)
-    tokens = [""]
-    while reply := loop.run_until_complete(control.ListServices(request, None)):
-        if not reply.next_page_token:
-            break
-        tokens.append(reply.next_page_token)
-        request.page_token = reply.next_page_token
+    # The last page's token is the key of the item before it, as the server makes it.
+    last_service = sorted(s.spec.name for s in state.services.values())[-READ_PAGE - 1]
+    last_task = sorted(state.tasks.values(), key=controlapi._task_order)[-READ_PAGE - 1]
+    last_tokens = {"": paging.encode_token("services", (last_service,))}
+    last_tokens["tasks_"] = paging.encode_token("tasks", controlapi._task_order(last_task))
     out: dict[str, float] = {}
-    for label, token in (("first", tokens[0]), ("last", tokens[-1])):
-        request.page_token = token
-        times = [_timed(loop.run_until_complete, control.ListServices(request, None)) for _ in range(LIST_PAGE_CALLS)]
+    for label in ("first", "last", "tasks_first", "tasks_last"):
+        kind = "tasks_" if label.startswith("tasks_") else ""
+        call = control.ListTasks if kind else control.ListServices
+        paged = (cpb.ListTasksRequest if kind else cpb.ListServicesRequest)(page_size=READ_PAGE)
+        paged.page_token = last_tokens[kind] if label.endswith("last") else ""
+        times = [_timed(loop.run_until_complete, call(paged, None)) for _ in range(LIST_PAGE_CALLS)]
         out[f"{label}_ms"] = round(statistics.median(times) * 1000, 3)
     loop.close()
     return out
