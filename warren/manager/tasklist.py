@@ -73,8 +73,9 @@ def _names_from(state: ClusterState, first: str) -> Iterator[tuple[str, list[str
     live = (order[i] for i in range(start, len(order)))
     removed = []
     for service_id in state.tasks_by_service.keys() - state.services.keys():
-        name = state.tasks[next(iter(state.tasks_by_service[service_id]))].service_name
-        if name >= first:
+        task_ids = state.tasks_by_service.get(service_id)
+        name = state.tasks[next(iter(task_ids))].service_name if task_ids else ""
+        if task_ids and name >= first:
             removed.append((name, service_id))
     merged = heapq.merge(live, sorted(removed))
     for name, entries in itertools.groupby(merged, key=lambda entry: entry[0]):
