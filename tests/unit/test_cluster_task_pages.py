@@ -123,3 +123,14 @@ def test_a_page_reads_only_the_services_it_reaches(monkeypatch: pytest.MonkeyPat
     second = asyncio.run(control.ListTasks(cpb.ListTasksRequest(page_size=25, page_token=first.next_page_token), None))
     assert [t.id for t in second.tasks][:2] == ["s2.5", "s2.6"]  # after s0's and s1's 10 and s2's first 5
     assert keyed <= 200, f"two pages of 25 took the key of {keyed} tasks out of 3,000"
+
+
+def test_an_empty_task_set_of_a_removed_service_names_nothing() -> None:
+    """`tasks_by_service` is a defaultdict: a reader's lookup of a removed service leaves an
+    empty set behind (the reconciler's stops read it so), which must not break a listing."""
+    state = _state([("web", True), ("gone", False)], [(0, 1, "n1", TaskState.RUNNING, True, 0)])
+    assert not state.tasks_by_service["s1"]  # the lookup leaves the empty set
+    store = InMemoryState(state)
+    control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
+    reply = asyncio.run(control.ListTasks(cpb.ListTasksRequest(page_size=10), None))
+    assert [t.id for t in reply.tasks] == ["t000"] and not reply.next_page_token
