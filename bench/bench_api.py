@@ -422,10 +422,83 @@ def _cluster_load(
     return asyncio.run(main())
 
 
+LIST_PAGE_SERVICES = (1_000, 10_000)
+LIST_PAGE_TASKS = 10  # tasks per service, as in S1: each listed service counts its replicas
+LIST_PAGE_CALLS = 200
+
+
+def list_pages(services: int) -> dict[str, float]:
+    """In-process (the handler on the in-memory ports, no gRPC): the median time of a
+    ListServices page of 100 and of a ListTasks page of 100 of the whole cluster, first and
+    last, with `services` services of 10 running tasks."""
+    import asyncio
+
+    from msgspec.structs import replace
+
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.manager import controlapi, paging
+    from warren.manager.controlapi import ControlService
+    from warren.manager.inmemory import InMemoryRaft, InMemoryState
+    from warren.model import Service, ServiceSpec, Task, TaskState
+    from warren.state import ClusterState, Put
+
+    state = ClusterState()
+    for i in range(services):
+        spec = ServiceSpec(name=f"svc-{i:05d}", image=IMAGE, replicas=LIST_PAGE_TASKS)
+        state.apply([Put("service", Service(id=f"s{i}", spec=spec))])
+        task = Task(id="", service_id=f"s{i}", service_name=spec.name, slot=1, spec=spec, spec_version=1, node_id="n1")
+        replicas = [replace(task, id=f"s{i}.{r}", slot=r + 1, state=TaskState.RUNNING) for r in range(LIST_PAGE_TASKS)]
+        state.apply([Put("task", t) for t in replicas])
+    store = InMemoryState(state)
+    control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
+    loop = asyncio.new_event_loop()
+    # The last page's token is the key of the item before it, as the server makes it.
+    last_service = sorted(s.spec.name for s in state.services.values())[-READ_PAGE - 1]
+    last_task = sorted(state.tasks.values(), key=controlapi._task_order)[-READ_PAGE - 1]
+    last_tokens = {"": paging.encode_token("services", (last_service,))}
+    last_tokens["tasks_"] = paging.encode_token("tasks", controlapi._task_order(last_task))
+    out: dict[str, float] = {}
+    for label in ("first", "last", "tasks_first", "tasks_last"):
+        kind = "tasks_" if label.startswith("tasks_") else ""
+        call = control.ListTasks if kind else control.ListServices
+        paged = (cpb.ListTasksRequest if kind else cpb.ListServicesRequest)(page_size=READ_PAGE)
+        paged.page_token = last_tokens[kind] if label.endswith("last") else ""
+        times = [_timed(loop.run_until_complete, call(paged, None)) for _ in range(LIST_PAGE_CALLS)]
+        out[f"{label}_ms"] = round(statistics.median(times) * 1000, 3)
+    loop.close()
+    return out
+
+
+def compare_list_pages(base: Path, rounds: int) -> dict[str, object]:
+    """`list_pages` at each size, the code of `base` (old) and of this tree (new) alternated in
+    one run: a child process per side and round runs this file against that tree's code."""
+    runs: list[dict[str, object]] = []
+    samples: dict[str, list[float]] = {}
+    for services in LIST_PAGE_SERVICES:
+        for _ in range(rounds):
+            for side, tree in (("old", base.resolve()), ("new", REPO)):
+                env = {**os.environ, "PYTHONPATH": str(tree)}
+                args = [sys.executable, str(Path(__file__).resolve()), "--list-pages", str(services)]
+                proc = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, check=True)
+                pages: dict[str, float] = json.loads(proc.stdout)
+                for page, ms in pages.items():
+                    samples.setdefault(f"{side}_{services}_{page}", []).append(ms)
+                runs.append({"side": side, "services": services, **pages})
+                print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    medians = {key: statistics.median(values) for key, values in samples.items()}
+    return {"label": "in-process", "rounds": rounds, "medians": medians, "runs": runs, "loadavg": os.getloadavg()}
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--cluster-load"]:
         clients, seconds, prefix, flag, readers, creds_dir, *addrs = sys.argv[2:]
         assert flag == "--readers", "usage: --cluster-load CLIENTS SECONDS PREFIX --readers N CREDS ADDR..."
         print(json.dumps(_cluster_load(int(clients), float(seconds), prefix, creds_dir, addrs, int(readers))))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--list-pages"]:  # SERVICES: one side of compare_list_pages
+        print(json.dumps(list_pages(int(sys.argv[2]))))
+        sys.exit(0)
+    if sys.argv[1:2] == ["--compare-list-pages"]:  # BASE_TREE [ROUNDS]
+        print(json.dumps(compare_list_pages(Path(sys.argv[2]), int(sys.argv[3]) if sys.argv[3:] else 5), indent=2))
         sys.exit(0)
     print(json.dumps(run(), indent=2))

@@ -239,6 +239,61 @@ def hold(nodes: int, replicas: int) -> None:
                 time.sleep(1)
 
 
+IN_PROCESS_CALLS = 15
+
+
+def list_tasks_in_process(replicas: int = REPLICAS) -> dict[str, float]:
+    """In-process (the handler on the in-memory ports, no gRPC): the median CPU time of the
+    ListTasks call `service ps` makes for one service of `replicas` running tasks (one page)."""
+    import asyncio
+
+    from msgspec.structs import replace
+
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.manager.controlapi import ControlService
+    from warren.manager.inmemory import InMemoryRaft, InMemoryState
+    from warren.model import Service, ServiceSpec, Task, TaskState
+    from warren.state import ClusterState, Put
+
+    state = ClusterState()
+    spec = ServiceSpec(name=SERVICE, image="busybox@sha256:" + "0" * 64, replicas=replicas)
+    state.apply([Put("service", Service(id="s1", spec=spec))])
+    task = Task(id="", service_id="s1", service_name=SERVICE, slot=1, spec=spec, spec_version=1, message="started")
+    running = replace(task, state=TaskState.RUNNING, overlay_address="10.128.0.2")
+    state.apply(
+        [
+            Put("task", replace(running, id=f"t{i:024d}", slot=i + 1, node_id=f"n{i % NODES:024d}", created_at=1.0 + i))
+            for i in range(replicas)
+        ]
+    )
+    store = InMemoryState(state)
+    control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
+    loop = asyncio.new_event_loop()
+    request = cpb.ListTasksRequest(service=SERVICE, page_size=replicas)
+    times = []
+    for _ in range(IN_PROCESS_CALLS):  # CPU time: on a shared machine, wall time is mostly the others'
+        t0 = time.process_time()
+        reply = loop.run_until_complete(control.ListTasks(request, None))
+        times.append(time.process_time() - t0)
+    loop.close()
+    return {"list_tasks_ms": round(statistics.median(times) * 1000, 1), "tasks": len(reply.tasks)}
+
+
+def compare_in_process(base: Path, rounds: int) -> dict[str, Any]:
+    """`list_tasks_in_process`, the code of `base` (old) and of this tree (new) alternated in one
+    run: a child process per side and round runs this file against that tree's code."""
+    samples: dict[str, list[float]] = {"old": [], "new": []}
+    for _ in range(rounds):
+        for side, tree in (("old", base.resolve()), ("new", REPO)):
+            env = {**os.environ, "PYTHONPATH": str(tree)}
+            args = [sys.executable, str(Path(__file__).resolve()), "--in-process-side"]
+            proc = subprocess.run(args, cwd=tree, env=env, capture_output=True, text=True, check=True)
+            samples[side].append(json.loads(proc.stdout)["list_tasks_ms"])
+            print(side, samples[side][-1], file=sys.stderr, flush=True)
+    medians = {side: statistics.median(values) for side, values in samples.items()}
+    return {"label": "in-process", "medians_ms": medians, "all_ms": samples, "loadavg": os.getloadavg()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, help="a checkout of the code to compare with, timed alternately")
@@ -246,11 +301,21 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=REPLICAS)
     parser.add_argument("--runs", type=int, default=RUNS)
     parser.add_argument("--hold", action="store_true", help="build the rig and wait, for profiling")
+    parser.add_argument("--in-process", action="store_true", help="only the manager's ListTasks, in-process")
+    parser.add_argument("--in-process-side", action="store_true", help=argparse.SUPPRESS)  # one side of it
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: the rigs' processes are stopped
     if args.hold:
         hold(args.nodes, args.replicas)
+        return
+    if args.in_process_side:
+        print(json.dumps(list_tasks_in_process(args.replicas)))
+        return
+    if args.in_process:
+        if args.base is None:
+            parser.error("--in-process compares with --base")
+        print(json.dumps(compare_in_process(args.base, args.runs), indent=2))
         return
     result = run(args.base, args.nodes, args.replicas, args.runs)
     text = json.dumps(result, indent=2)

@@ -6,9 +6,10 @@ writes to LMDB and then applies here, so disk and memory always see the same edi
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import sys
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Literal
 
@@ -61,20 +62,24 @@ def object_key(kind: Kind, obj: StoredObject) -> str:
 
 def replica_counts(services: Iterable[Service], tasks: Iterable[Task]) -> dict[str, tuple[int, int]]:
     """Service id -> (desired, running) tasks, as `service ls` shows them, in one pass over
-    `tasks` (/metrics counts every service at once). A global service wants one task per node it
-    has placed a live task on."""
-    wanted: Counter[str] = Counter()
-    running: Counter[str] = Counter()
+    `tasks` (/metrics counts every service at once)."""
+    by_service: defaultdict[str, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_service[task.service_id].append(task)
+    return {s.id: _replica_counts(s, by_service.get(s.id, ())) for s in services}
+
+
+def _replica_counts(service: Service, tasks: Iterable[Task]) -> tuple[int, int]:
+    """(desired, running) of `service`, whose tasks are `tasks`. A global service wants one task
+    per node it has placed a live task on."""
+    live = running = 0
     for task in tasks:
         if task.desired_state == TaskState.RUNNING:
             if task.state == TaskState.RUNNING:
-                running[task.service_id] += 1
+                running += 1
             if not task.state.terminal:
-                wanted[task.service_id] += 1
-    return {
-        s.id: (s.spec.replicas if s.spec.mode == ServiceMode.REPLICATED else wanted[s.id], running[s.id])
-        for s in services
-    }
+                live += 1
+    return (service.spec.replicas if service.spec.mode == ServiceMode.REPLICATED else live), running
 
 
 class ClusterState:
@@ -91,6 +96,9 @@ class ClusterState:
         self.tasks_by_service: defaultdict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: defaultdict[str, set[str]] = defaultdict(set)
         self.service_names: dict[str, str] = {}
+        # (name, id) of every service, sorted: a ListServices page is a bisect and a slice, not a
+        # pass over every service (#15). Only a create, a removal or a rename moves an entry.
+        self.service_order: list[tuple[str, str]] = []
         self.volumes: dict[str, Volume] = {}  # by id (ADR 40)
         self.volume_names: dict[str, str] = {}
         self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
@@ -115,8 +123,9 @@ class ClusterState:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ())]
 
     def replica_counts(self, service: Service) -> tuple[int, int]:
-        """(desired, running) tasks of a service, as `service ls` shows them."""
-        return replica_counts([service], self.service_tasks(service.id))[service.id]
+        """(desired, running) tasks of a service, as `service ls` shows them (a ListServices page
+        asks for each of its services: no list or counters built for one)."""
+        return _replica_counts(service, map(self.tasks.__getitem__, self.tasks_by_service.get(service.id, ())))
 
     def node_tasks(self, node_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ())]
@@ -177,6 +186,7 @@ class ClusterState:
         other.tasks_by_service = defaultdict(set, {k: set(v) for k, v in self.tasks_by_service.items()})
         other.tasks_by_node = defaultdict(set, {k: set(v) for k, v in self.tasks_by_node.items()})
         other.service_names = dict(self.service_names)
+        other.service_order = list(self.service_order)
         other.volumes = dict(self.volumes)
         other.volume_names = dict(self.volume_names)
         other.secrets = dict(self.secrets)
@@ -237,6 +247,9 @@ class ClusterState:
             old = self.services.get(obj.id)
             if old is not None and old.spec.name != obj.spec.name:
                 self.service_names.pop(old.spec.name, None)
+            if old is None or old.spec.name != obj.spec.name:
+                self._unorder_service(old)
+                bisect.insort(self.service_order, (obj.spec.name, obj.id))
             self.services[obj.id] = obj
             self.service_names[obj.spec.name] = obj.id
             if old is None or old.vip != obj.vip:
@@ -279,6 +292,7 @@ class ClusterState:
             old = self.services.pop(obj_id, None)
             if old is not None:
                 self.service_names.pop(old.spec.name, None)
+                self._unorder_service(old)
                 self._unindex_vip(old)
         elif kind == "task":
             task = self.tasks.pop(obj_id, None)
@@ -289,6 +303,14 @@ class ClusterState:
                     if not ids:
                         del self.tasks_by_service[task.service_id]
                 self._unindex_node(task)
+
+    def _unorder_service(self, service: Service | None) -> None:
+        if service is None:
+            return
+        entry = (service.spec.name, service.id)
+        at = bisect.bisect_left(self.service_order, entry)
+        if at < len(self.service_order) and self.service_order[at] == entry:
+            del self.service_order[at]
 
     def _unindex_vip(self, service: Service | None) -> None:
         if service is None or not service.vip:

@@ -11,6 +11,8 @@ import enum
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from warren import commands, events, model, validate
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -478,9 +480,10 @@ def service_to_pb(
     running: int = 0,
     with_previous: bool = True,
     spec: pb.ServiceSpec | None = None,  # the spec converted already (a list's cache, ADR 51)
+    into: RepeatedCompositeFieldContainer[pb.Service] | None = None,  # a list's reply, filled in place
 ) -> pb.Service:
     current = spec if spec is not None else spec_to_pb(service.spec)
-    msg = pb.Service(
+    msg = (pb.Service if into is None else into.add)(
         id=service.id,
         spec=current,
         version=service.version,
@@ -551,8 +554,12 @@ def node_to_pb(node: model.Node, leader: bool = False) -> pb.Node:
 _STATE_LABELS = {state: state.label for state in model.TaskState}
 
 
-def task_to_pb(task: model.Task, with_spec: bool = False) -> pb.Task:
-    msg = pb.Task(
+def task_to_pb(
+    task: model.Task, with_spec: bool = False, into: RepeatedCompositeFieldContainer[pb.Task] | None = None
+) -> pb.Task:
+    """`task` as protobuf; appended to `into` if given (a list's reply, filled in place: a
+    message built apart is copied again when it goes into the reply)."""
+    msg = (pb.Task if into is None else into.add)(
         id=task.id,
         service_id=task.service_id,
         service_name=task.service_name,

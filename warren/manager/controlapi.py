@@ -6,12 +6,13 @@ import asyncio
 import enum
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 import grpc
 import msgspec
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from warren import commands, pki, rebalance, reconciler, tls
 from warren.api import convert
@@ -68,7 +69,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
 T = TypeVar("T")
-M = TypeVar("M", bound=paging.Message)
 STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
 
@@ -78,12 +78,16 @@ def _node_order(n: Node) -> tuple[str, str]:
     return (n.hostname, n.id)
 
 
-def _service_order(s: Service) -> tuple[str]:
-    return (s.spec.name,)
+def _service_order(entry: tuple[str, str]) -> tuple[str]:
+    """An entry of the state's `service_order`, (name, id), as its token holds it: the name."""
+    return (entry[0],)
 
 
 def _task_order(t: Task) -> tuple[str, int, str, float, str]:
     return (t.service_name, t.slot, t.node_id, -t.created_at, t.id)
+
+
+_TASK_KEY = (str, int, str, float, str)  # the types of _task_order's parts
 
 
 def _page(
@@ -92,11 +96,29 @@ def _page(
     key: Callable[[T], paging.Key],
     key_types: tuple[type, ...],
     request: paging.PagedRequest,
-    to_pb: Callable[[T], M],
-) -> tuple[list[M], str]:
-    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks."""
+    add: Callable[[T], object],
+    out: paging.Repeated,
+) -> str:
+    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks, put
+    into the reply's field `out` by `add`; the next page's token."""
     try:
-        return paging.page(kind, items, key, key_types, to_pb, request.page_size, request.page_token)
+        return paging.page(kind, items, key, key_types, add, out, request.page_size, request.page_token)
+    except paging.PageTokenError as exc:
+        raise _invalid(str(exc)) from None
+
+
+def _page_sorted(
+    kind: str,
+    ordered: Sequence[T],
+    key: Callable[[T], paging.Key],
+    key_types: tuple[type, ...],
+    request: paging.PagedRequest,
+    add: Callable[[T], object],
+    out: paging.Repeated,
+) -> str:
+    """`_page` of a list kept sorted by `key` (an index of the state): O(log n + page)."""
+    try:
+        return paging.page_sorted(kind, ordered, key, key_types, add, out, request.page_size, request.page_token)
     except paging.PageTokenError as exc:
         raise _invalid(str(exc)) from None
 
@@ -375,11 +397,13 @@ class ControlService(
                 if (not request.role or n.role.value == request.role)
                 and (not request.status or n.status.value == request.status)
             ]
-        page, next_token = _page(
+        reply = cpb.ListNodesResponse()
+        reply.next_page_token = _page(
             "nodes", nodes, _node_order, (str, str), request,
-            lambda n: convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader),
+            lambda n: reply.nodes.append(convert.node_to_pb(n, leader=bool(leader) and n.raft_addr == leader)),
+            reply.nodes,
         )  # fmt: skip
-        return cpb.ListNodesResponse(nodes=page, next_page_token=next_token)
+        return reply
 
     async def GetNode(self, request: cpb.GetNodeRequest, context: object) -> pb.Node:
         leader = self._raft.status().leader
@@ -523,20 +547,26 @@ class ControlService(
         return reply
 
     async def ListServices(self, request: cpb.ListServicesRequest, context: object) -> cpb.ListServicesResponse:
+        reply = cpb.ListServicesResponse()
         with self._store.read() as state:
             self._spec_cache.keep_only(state.services)
-            page, next_token = _page(
-                "services", state.services.values(), _service_order, (str,), request,
-                lambda s: convert.service_to_pb(
-                    s, *self._counts(state, s), with_previous=False, spec=self._spec_cache.spec_pb(s)
-                ),
+            services = state.services
+            reply.next_page_token = _page_sorted(
+                "services", state.service_order, _service_order, (str,), request,
+                lambda entry: self._listed_service(state, services[entry[1]], reply.services), reply.services,
             )  # fmt: skip
-        return cpb.ListServicesResponse(services=page, next_page_token=next_token)
+        return reply
+
+    def _listed_service(
+        self, state: ClusterState, service: Service, into: RepeatedCompositeFieldContainer[pb.Service]
+    ) -> pb.Service:
+        spec = self._spec_cache.spec_pb(service)
+        return convert.service_to_pb(service, *self._counts(state, service), with_previous=False, spec=spec, into=into)
 
     async def GetService(self, request: cpb.GetServiceRequest, context: object) -> pb.Service:
         with self._store.read() as state:
             service = resolve_service(state, request.service)
-            return convert.service_to_pb(service, *self._counts(state, service))
+            return convert.service_to_pb(service, *self._counts(state, service), spec=self._spec_cache.spec_pb(service))
 
     async def UpdateService(self, request: cpb.UpdateServiceRequest, context: object) -> pb.Service:
         # Membership is the stack's, not the spec's (#14). (A protobuf map's pop of a missing key
@@ -622,13 +652,26 @@ class ControlService(
             states = {convert.task_state(s) for s in request.states}
         except convert.ConversionError as exc:
             raise _invalid(str(exc)) from None
+        try:  # the token's service name, for a listing of the whole cluster
+            size = paging.page_size(request.page_size)
+            after = paging.decode_token("tasks", request.page_token, _TASK_KEY) if request.page_token else None
+        except paging.PageTokenError as exc:
+            raise _invalid(str(exc)) from None
         with self._store.read() as state:
             service_id = resolve_service(state, request.service).id if request.service else ""
             node_id = resolve_node(state, request.node).id if request.node else ""
-            tasks = tasklist.candidates(state, service_id, node_id, request.include_history)
-        tasks = tasklist.listed(tasks, node_id, request.include_history, states)
-        page, next_token = _page("tasks", tasks, _task_order, (str, int, str, float, str), request, convert.task_to_pb)
-        return cpb.ListTasksResponse(tasks=page, next_page_token=next_token)
+            whole = None
+            if not (service_id or node_id):
+                after_name = str(after[0]) if after else None
+                whole = tasklist.cluster_candidates(state, after_name, size, request.include_history, states)
+            gathered = tasklist.candidates(state, service_id, node_id, request.include_history) if whole is None else []
+        tasks = whole if whole is not None else tasklist.listed(gathered, node_id, request.include_history, states)
+        reply = cpb.ListTasksResponse()
+        reply.next_page_token = _page(
+            "tasks", tasks, _task_order, _TASK_KEY, request,
+            lambda t: convert.task_to_pb(t, into=reply.tasks), reply.tasks,
+        )  # fmt: skip
+        return reply
 
     # -- logs --------------------------------------------------------------------------------
     async def ServiceLogs(self, request: cpb.ServiceLogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import heapq
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -34,7 +35,13 @@ class Message(Protocol):
     def ByteSize(self) -> int: ...  # protobuf's name
 
 
-M = TypeVar("M", bound=Message)
+class Repeated(Protocol):
+    """A reply's repeated message field (protobuf's container), which a page fills in place:
+    building each message apart and then copying it into the reply cost as much again (#15)."""
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Message: ...
+    def __delitem__(self, index: int) -> None: ...
 
 
 class PagedRequest(Protocol):
@@ -79,13 +86,15 @@ def page(
     items: Iterable[T],
     key: Callable[[T], Key],
     key_types: Sequence[type],
-    to_pb: Callable[[T], M],
+    add: Callable[[T], object],
+    out: Repeated,
     requested_size: int,
     token: str,
-) -> tuple[list[M], str]:
-    """The page of `items` in the order of `key` (unique; its parts have `key_types`) that
-    `token` asks for, converted, and the token of the next page ("" on the last). Only the
-    page is sorted: O(n log page) for n items, not a sort of the whole list per page."""
+) -> str:
+    """Put into `out`, with `add` (which appends one item's message to it), the page of `items` in
+    the order of `key` (unique; its parts have `key_types`) that `token` asks for; return the
+    token of the next page ("" on the last). Only the page is sorted: O(n log page) for n
+    items, not a sort of the whole list per page."""
     size = page_size(requested_size)
     # No (key, item) pairs kept for the whole list: 100,000 of them cost more in the garbage
     # collector's passes than the sort itself.
@@ -95,13 +104,37 @@ def page(
     else:
         rest = list(items)
     chosen = heapq.nsmallest(size, rest, key=key) if len(rest) > size else sorted(rest, key=key)
-    out: list[M] = []
+    given = _within_bytes(chosen, add, out)
+    return encode_token(kind, key(chosen[given - 1])) if given < len(rest) else ""
+
+
+def page_sorted(
+    kind: str,
+    ordered: Sequence[T],
+    key: Callable[[T], Key],
+    key_types: Sequence[type],
+    add: Callable[[T], object],
+    out: Repeated,
+    requested_size: int,
+    token: str,
+) -> str:
+    """`page` of a list the caller keeps sorted by `key` (an index): the page starts at a bisect,
+    O(log n + page), and the token is the same as `page` would give for that list."""
+    size = page_size(requested_size)
+    start = bisect.bisect_right(ordered, decode_token(kind, token, key_types), key=key) if token else 0
+    chosen = ordered[start : start + size]
+    given = _within_bytes(chosen, add, out)
+    return encode_token(kind, key(chosen[given - 1])) if start + given < len(ordered) else ""
+
+
+def _within_bytes(chosen: Sequence[T], add: Callable[[T], object], out: Repeated) -> int:
+    """How many of `chosen` went into `out`: up to the one that would take the page past
+    PAGE_BYTES (the first always goes, whatever its size)."""
     total = 0
-    for item in chosen:
-        message = to_pb(item)
-        total += message.ByteSize()
-        if out and total > PAGE_BYTES:
-            break
-        out.append(message)
-    more = len(out) < len(rest)
-    return out, (encode_token(kind, key(chosen[len(out) - 1])) if more else "")
+    for given, item in enumerate(chosen):
+        add(item)
+        total += out[-1].ByteSize()
+        if given and total > PAGE_BYTES:
+            del out[-1]
+            return given
+    return len(chosen)

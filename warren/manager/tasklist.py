@@ -3,7 +3,10 @@ without a pass over every task of the cluster when one service or one node is as
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import bisect
+import heapq
+import itertools
+from collections.abc import Collection, Iterator
 
 from warren.model import Task, TaskState, without_history
 from warren.state import ClusterState
@@ -36,3 +39,44 @@ def listed(tasks: list[Task], node_id: str, include_history: bool, states: Colle
     if states:
         tasks = [t for t in tasks if t.state in states]
     return tasks
+
+
+def cluster_candidates(
+    state: ClusterState, after_name: str | None, enough: int, include_history: bool, states: Collection[TaskState]
+) -> list[Task] | None:
+    """The listed tasks of the whole cluster (no service or node named) that a page after a task
+    of service `after_name` (None: the first page) can hold: each service name's tasks as
+    `listed` chooses them, names in order from `after_name` on, until more than `enough` sort
+    after it. A page then costs the services it reaches, not a pass over every task of the
+    cluster (#15). None if a task does not carry its service's name (no command renames a
+    service): the caller then lists every task."""
+    chosen: list[Task] = []
+    beyond = 0
+    for name, service_ids in _names_from(state, after_name or ""):
+        group = listed([t for s in service_ids for t in state.service_tasks(s)], "", include_history, states)
+        if any(t.service_name != name for t in group):
+            return None
+        chosen += group
+        if after_name is None or name > after_name:
+            beyond += len(group)
+            if beyond > enough:
+                break
+    return chosen
+
+
+def _names_from(state: ClusterState, first: str) -> Iterator[tuple[str, list[str]]]:
+    """(service name, the ids of the services that hold tasks under it), in name order from
+    `first` on: the live services from the state's sorted index, and removed services whose
+    tasks are still held by nodes (a name may be both)."""
+    order = state.service_order
+    start = bisect.bisect_left(order, (first,))
+    live = (order[i] for i in range(start, len(order)))
+    removed = []
+    for service_id in state.tasks_by_service.keys() - state.services.keys():
+        task_ids = state.tasks_by_service.get(service_id)
+        name = state.tasks[next(iter(task_ids))].service_name if task_ids else ""
+        if task_ids and name >= first:
+            removed.append((name, service_id))
+    merged = heapq.merge(live, sorted(removed))
+    for name, entries in itertools.groupby(merged, key=lambda entry: entry[0]):
+        yield name, [service_id for _, service_id in entries]
