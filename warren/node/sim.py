@@ -34,7 +34,6 @@ from typing import Any
 
 from warren import datadir, logsetup, proctitle
 from warren.agent import join as agent_join
-from warren.agent.assignments import SharedEntries
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.daemon import load_node_file, save_managers
@@ -99,7 +98,6 @@ class SimNode:
         data_dir: Path,
         node_id: str,
         draw: Callable[[], float],
-        shared: SharedEntries | None = None,
     ):
         self.index = index
         self.hostname = hostname(options.hostname_prefix, index)
@@ -132,7 +130,10 @@ class SimNode:
             pending_key=self._pending_key,
             services_applied=lambda: self.services_index,
             on_key_epoch=self._want_key_epoch,
-            shared=shared,
+            # No load balancer and no overlay here: the endpoints' index and the mesh's version
+            # are all a simulated node needs of them (ADR 71); the managers still compute, encode
+            # and send every entry, and this node still receives and parses them.
+            read_entries=False,
         )
         self.stop = asyncio.Event()
         self.job: asyncio.Task[None] | None = None
@@ -237,8 +238,6 @@ class Simulator:
         self.rng = random.Random(options.seed)
         self.joined = 0
         self.started_at = 0.0
-        # Every node holds the whole endpoint set and mesh (ADR 65): equal entries read once.
-        self.shared = SharedEntries()
 
     async def start(self) -> None:
         """Join (JOIN_CONCURRENCY at a time) and start each node as soon as it has joined. Raises
@@ -252,7 +251,7 @@ class Simulator:
                     node_dir, node_id = await loop.run_in_executor(None, _join_one, self.options, index)
                 except agent_join.JoinError as exc:
                     raise SimError(f"{hostname(self.options.hostname_prefix, index)}: {exc.message}") from None
-            node = SimNode(self.options, index, node_dir, node_id, self.rng.random, self.shared)
+            node = SimNode(self.options, index, node_dir, node_id, self.rng.random)
             self.nodes.append(node)
             node.start()
             self.joined += 1
