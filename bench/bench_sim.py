@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import figure, rss_kib
+from bench.common import REPO, figure, rss_kib
 
 # 1,000 is the goal (#15), but three managers with the simulated overlay did not open 300
 # sessions within 10 minutes today (ADR 50): WARREN_BENCH_SIM_SIZES=100,300,1000 asks for more.
@@ -117,6 +117,146 @@ def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# -- old against new in one run (#15, F3): one manager, the simulator of two checkouts alternated --
+COMPARE_SERVICES = 100
+COMPARE_REPLICAS = 100
+STEADY_WINDOW = 30.0  # seconds of heartbeats with every task running
+
+
+class _SimRun:
+    """One `warren sim` process of a given checkout (PYTHONPATH), on a data dir whose node
+    identities the rounds share (joined once, by the first round)."""
+
+    def __init__(self, manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> None:
+        from warren.node.sim import control
+
+        self.control = control
+        self.data_dir = root / "sim"
+        self.log_path = root / f"sim-{name}.log"
+        self.lag_max = -1.0
+        env = manager.env()
+        env["PYTHONPATH"] = str(checkout)
+        command = ["sim", "--nodes", str(nodes), "--token", manager.join_token(), manager.join_addr]
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "warren.cli.main", *command, "--data-dir", str(self.data_dir)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=root,
+            )
+        _wait(lambda: self._alive() and (self.data_dir / "sim.sock").exists(), 60, "the control socket")
+
+    def _alive(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"the simulator exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+        return True
+
+    def status(self) -> dict[str, Any]:
+        self._alive()
+        status = dict(self.control(self.data_dir, {"status": True}, timeout=120))
+        # The loop's lateness since the last status (an older simulator does not report it).
+        self.lag_max = max(self.lag_max, status.get("loop_lag_max_s", -1.0))
+        return status
+
+    def log_counts(self) -> dict[str, int]:
+        text = self.log_path.read_text(errors="replace")
+        return {
+            "sessions_lost": text.count(" lost: "),
+            "sessions_failed": text.count(" failed: "),
+            "deadline_exceeded": text.count("DEADLINE_EXCEEDED"),
+            "resynchronising": text.count("resynchronising"),
+        }
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> dict[str, Any]:
+    """Sessions open, idle, 100 x 100 tasks to running, steady, and everything removed again."""
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import types_pb2 as tpb
+
+    started = time.perf_counter()
+    sim = _SimRun(manager, root, checkout, nodes, name)
+    try:
+        _wait(lambda: sim.status()["connected"] >= nodes, READY_TIMEOUT, "every session")
+        ready_s = time.perf_counter() - started
+        idle_a = sim.status()
+        time.sleep(IDLE_WINDOW)  # a measurement window, not a wait for a condition
+        idle_b = sim.status()
+        stub = manager.control()
+        tasks = COMPARE_SERVICES * COMPARE_REPLICAS
+        t0 = time.perf_counter()
+        for i in range(COMPARE_SERVICES):
+            spec = tpb.ServiceSpec(name=f"load-{i:03d}", image="busybox", replicas=COMPARE_REPLICAS)
+            stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=120)
+        _wait(lambda: sim.status()["running"] >= tasks, RUN_TIMEOUT, "every task running")
+        run_s = time.perf_counter() - t0
+        run_b = sim.status()
+        time.sleep(STEADY_WINDOW)  # a measurement window
+        steady_b = sim.status()
+        fewest = min(run_b["connected"], steady_b["connected"])
+        for i in range(COMPARE_SERVICES):
+            stub.RemoveService(cpb.RemoveServiceRequest(service=f"load-{i:03d}"), timeout=120)
+        _wait(lambda: sim.status()["running"] == 0, RUN_TIMEOUT, "every task stopped")
+        end = sim.status()
+        per_node_min = 60.0 / nodes
+        return {
+            "checkout": name,
+            "nodes": nodes,
+            "tasks": tasks,
+            "all_sessions_open_s": round(ready_s, 1),
+            "idle_cpu_s_per_node_min": round(
+                (idle_b["cpu_seconds"] - idle_a["cpu_seconds"]) / IDLE_WINDOW * per_node_min, 4
+            ),
+            "idle_rss_mib": round(idle_b["rss_bytes"] / 2**20, 1),
+            "tasks_running_s": round(run_s, 1),
+            "run_cpu_s": round(run_b["cpu_seconds"] - idle_b["cpu_seconds"], 1),
+            "run_rss_mib": round(run_b["rss_bytes"] / 2**20, 1),
+            "steady_cpu_s_per_node_min": round(
+                (steady_b["cpu_seconds"] - run_b["cpu_seconds"]) / STEADY_WINDOW * per_node_min, 4
+            ),
+            "steady_rss_mib": round(steady_b["rss_bytes"] / 2**20, 1),
+            "fewest_connected_after_run": fewest,
+            "total_cpu_s": end["cpu_seconds"],
+            "loop_lag_max_s": sim.lag_max if sim.lag_max >= 0 else None,
+            "load_avg": os.getloadavg()[0],
+            **sim.log_counts(),
+        }
+    finally:
+        sim.stop()
+
+
+def compare(base: Path, sizes: list[int], rounds: int = 2) -> dict[str, Any]:
+    """Old (`base`) and new simulators alternated on one manager, for each size."""
+    from tests.integration.harness import Manager
+
+    results = []
+    for nodes in sizes:
+        root = Path(tempfile.mkdtemp(prefix=f"warren-bench-simcmp{nodes}-"))
+        (root / "m1").mkdir()
+        manager = Manager(root / "m1", start_args=["--overlay-range", OVERLAY_RANGE], schedule_on_manager=False)
+        try:
+            manager.start(timeout=60)
+            for r in range(rounds):
+                for name, checkout in (("base", base), ("new", REPO)):
+                    case = _round(manager, root, checkout, nodes, name)
+                    case["round"] = r
+                    print(json.dumps(case), flush=True)
+                    results.append(case)
+        finally:
+            manager.stop()
+            shutil.rmtree(root, ignore_errors=True)
+    return {"name": "sim-compare", "base": str(base), "cases": results}
+
+
 def run() -> dict[str, object]:
     sizes = [int(s) for s in os.environ.get("WARREN_BENCH_SIM_SIZES", "").split(",") if s] or list(SIZES)
     overlay = os.environ.get("WARREN_BENCH_SIM_OVERLAY", "sim")
@@ -128,3 +268,17 @@ def run() -> dict[str, object]:
         figures.append(figure(f"sim CPU, {n} nodes idle", case["sim_cpu_idle_pct"], "%"))
         figures.append(figure(f"{case['tasks']} tasks running after create, {n} nodes", case["tasks_running_s"], "s"))
     return {"name": "sim", "tasks_per_node": TASKS_PER_NODE, "cases": [], "sizes": cases, "figures": figures}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--compare", type=Path, required=True, help="the old checkout (a worktree of main)")
+    parser.add_argument("--sizes", default="100,1000")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = compare(args.compare, [int(s) for s in args.sizes.split(",")], args.rounds)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
