@@ -121,6 +121,15 @@ def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
 COMPARE_SERVICES = 100
 COMPARE_REPLICAS = 100
 STEADY_WINDOW = 30.0  # seconds of heartbeats with every task running
+COMPARE_TIMEOUT = 300.0  # a round whose tasks do not all run (or stop) by then is recorded as such
+
+
+def _within(predicate: Any, timeout: float) -> float | None:
+    """Seconds until `predicate` held, or None if it did not within `timeout`."""
+    try:
+        return _wait(predicate, timeout, "")
+    except RuntimeError:
+        return None
 
 
 class _SimRun:
@@ -134,6 +143,9 @@ class _SimRun:
         self.data_dir = root / "sim"
         self.log_path = root / f"sim-{name}.log"
         self.lag_max = -1.0
+        self.rss_max = 0
+        self.opened = False  # every session was open once: from then on the fewest connected counts
+        self.connected_min = nodes
         env = manager.env()
         env["PYTHONPATH"] = str(checkout)
         command = ["sim", "--nodes", str(nodes), "--token", manager.join_token(), manager.join_addr]
@@ -157,6 +169,8 @@ class _SimRun:
         status = dict(self.control(self.data_dir, {"status": True}, timeout=120))
         # The loop's lateness since the last status (an older simulator does not report it).
         self.lag_max = max(self.lag_max, status.get("loop_lag_max_s", -1.0))
+        self.rss_max = max(self.rss_max, status["rss_bytes"])
+        self.connected_min = min(self.connected_min, status["connected"]) if self.opened else self.connected_min
         return status
 
     def log_counts(self) -> dict[str, int]:
@@ -172,8 +186,8 @@ class _SimRun:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=120)
-            except subprocess.TimeoutExpired:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # its graceful stop can hang with 1,000 nodes (#15)
                 self.process.kill()
                 self.process.wait()
 
@@ -186,8 +200,9 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
     started = time.perf_counter()
     sim = _SimRun(manager, root, checkout, nodes, name)
     try:
-        _wait(lambda: sim.status()["connected"] >= nodes, READY_TIMEOUT, "every session")
-        ready_s = time.perf_counter() - started
+        ready = _within(lambda: sim.status()["connected"] >= nodes, COMPARE_TIMEOUT)
+        ready_s = time.perf_counter() - started if ready is not None else None
+        sim.opened = True
         idle_a = sim.status()
         time.sleep(IDLE_WINDOW)  # a measurement window, not a wait for a condition
         idle_b = sim.status()
@@ -197,7 +212,7 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
         for i in range(COMPARE_SERVICES):
             spec = tpb.ServiceSpec(name=f"load-{i:03d}", image="busybox", replicas=COMPARE_REPLICAS)
             stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=120)
-        _wait(lambda: sim.status()["running"] >= tasks, RUN_TIMEOUT, "every task running")
+        reached = _within(lambda: sim.status()["running"] >= tasks, COMPARE_TIMEOUT)
         run_s = time.perf_counter() - t0
         run_b = sim.status()
         time.sleep(STEADY_WINDOW)  # a measurement window
@@ -205,26 +220,31 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
         fewest = min(run_b["connected"], steady_b["connected"])
         for i in range(COMPARE_SERVICES):
             stub.RemoveService(cpb.RemoveServiceRequest(service=f"load-{i:03d}"), timeout=120)
-        _wait(lambda: sim.status()["running"] == 0, RUN_TIMEOUT, "every task stopped")
+        stopped = _within(lambda: sim.status()["running"] == 0, COMPARE_TIMEOUT)
         end = sim.status()
         per_node_min = 60.0 / nodes
         return {
             "checkout": name,
             "nodes": nodes,
             "tasks": tasks,
-            "all_sessions_open_s": round(ready_s, 1),
+            "all_sessions_open_s": round(ready_s, 1) if ready_s is not None else None,
             "idle_cpu_s_per_node_min": round(
                 (idle_b["cpu_seconds"] - idle_a["cpu_seconds"]) / IDLE_WINDOW * per_node_min, 4
             ),
             "idle_rss_mib": round(idle_b["rss_bytes"] / 2**20, 1),
-            "tasks_running_s": round(run_s, 1),
+            "tasks_running_s": round(run_s, 1) if reached is not None else None,
+            "running_at_end_of_run": run_b["running"],
+            "starts": run_b["starts"],  # above `tasks`: tasks started again after a lost session
+            "tasks_stopped_s": round(stopped, 1) if stopped is not None else None,
             "run_cpu_s": round(run_b["cpu_seconds"] - idle_b["cpu_seconds"], 1),
             "run_rss_mib": round(run_b["rss_bytes"] / 2**20, 1),
+            "peak_rss_mib": round(sim.rss_max / 2**20, 1),
             "steady_cpu_s_per_node_min": round(
                 (steady_b["cpu_seconds"] - run_b["cpu_seconds"]) / STEADY_WINDOW * per_node_min, 4
             ),
             "steady_rss_mib": round(steady_b["rss_bytes"] / 2**20, 1),
-            "fewest_connected_after_run": fewest,
+            "connected_after_run": fewest,
+            "fewest_connected": sim.connected_min,
             "total_cpu_s": end["cpu_seconds"],
             "loop_lag_max_s": sim.lag_max if sim.lag_max >= 0 else None,
             "load_avg": os.getloadavg()[0],
@@ -234,7 +254,7 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
         sim.stop()
 
 
-def compare(base: Path, sizes: list[int], rounds: int = 2) -> dict[str, Any]:
+def compare(base: Path, sizes: list[int], rounds: int = 2, new: Path = REPO) -> dict[str, Any]:
     """Old (`base`) and new simulators alternated on one manager, for each size."""
     from tests.integration.harness import Manager
 
@@ -246,7 +266,7 @@ def compare(base: Path, sizes: list[int], rounds: int = 2) -> dict[str, Any]:
         try:
             manager.start(timeout=60)
             for r in range(rounds):
-                for name, checkout in (("base", base), ("new", REPO)):
+                for name, checkout in (("base", base), ("new", new)):
                     case = _round(manager, root, checkout, nodes, name)
                     case["round"] = r
                     print(json.dumps(case), flush=True)
@@ -254,7 +274,7 @@ def compare(base: Path, sizes: list[int], rounds: int = 2) -> dict[str, Any]:
         finally:
             manager.stop()
             shutil.rmtree(root, ignore_errors=True)
-    return {"name": "sim-compare", "base": str(base), "cases": results}
+    return {"name": "sim-compare", "base": str(base), "new": str(new), "cases": results}
 
 
 def run() -> dict[str, object]:
@@ -275,10 +295,11 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--compare", type=Path, required=True, help="the old checkout (a worktree of main)")
+    parser.add_argument("--new", type=Path, default=REPO, help="the new checkout (default: this one)")
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    result = compare(args.compare, [int(s) for s in args.sizes.split(",")], args.rounds)
+    result = compare(args.compare, [int(s) for s in args.sizes.split(",")], args.rounds, args.new)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
