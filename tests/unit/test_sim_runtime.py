@@ -137,6 +137,29 @@ def test_the_agents_controller_runs_a_task_on_it_then_shuts_it_down(tmp_path: Pa
     assert rec.last().exit_code == SIGNAL_EXIT_CODE
 
 
+def test_a_running_task_costs_two_asyncio_tasks_and_no_event(tmp_path: Path) -> None:
+    """A 1,000-node simulator holds 100,000 running tasks (ADR 71): each costs its controller's
+    loop and the exit wait, no waiter task per monitor turn and no Event per container; it still
+    ends when stopped, and a change still wakes it."""
+    rt, rec = SimRuntime(), Recorder()
+    tasks = [make_task(f"t{i}") for i in range(20)]
+
+    async def scenario() -> None:
+        before = len(asyncio.all_tasks())
+        controllers = [TaskController(task, sim_env(rt, rec, tmp_path)) for task in tasks]
+        for ctl in controllers:
+            ctl.start()
+        await until(lambda: rt.running() == len(tasks), message="all running")
+        await async_holds(lambda: len(asyncio.all_tasks()) - before == 2 * len(tasks), 0.2, message="two per task")
+        assert not any(isinstance(c.exited, asyncio.Event) for c in rt._containers.values())
+        controllers[0].update(msgspec.structs.replace(tasks[0], desired_state=S.SHUTDOWN))
+        await until(lambda: rt.running() == len(tasks) - 1, message="one stopped")
+        for ctl in controllers:
+            await ctl.close()
+
+    run(scenario())
+
+
 def test_a_failed_start_is_reported_as_a_failed_task(tmp_path: Path) -> None:
     rt, rec = SimRuntime(fail_rate=1.0), Recorder()
 
