@@ -277,6 +277,79 @@ def compare(base: Path, sizes: list[int], rounds: int = 2, new: Path = REPO) -> 
     return {"name": "sim-compare", "base": str(base), "new": str(new), "cases": results}
 
 
+def per_task_bytes(tasks: int = 1000) -> dict[str, Any]:
+    """In-process: the Python memory one simulated node's worker holds per running task
+    (tracemalloc), fed one COMPLETE message of `tasks` tasks through the agent's own
+    AssignmentSet, Worker and task controllers on a SimRuntime (ADR 71)."""
+    import asyncio
+    import gc
+    import tracemalloc
+
+    from warren.agent.assignments import AssignmentSet
+    from warren.agent.cache import MemoryCache
+    from warren.agent.controller_env import ControllerEnv
+    from warren.agent.status import StatusQueue
+    from warren.agent.worker import Worker
+    from warren.api import convert
+    from warren.api.v1 import dispatcher_pb2 as dpb
+    from warren.model import ServiceSpec, Task, TaskState
+    from warren.runtime.sim import SimRuntime
+
+    async def measure() -> dict[str, Any]:
+        spec = ServiceSpec(name="load-000", image="busybox")
+        held = [
+            Task(
+                id=f"t{i:06d}" + "x" * 18,
+                service_id="s" * 25,
+                service_name=spec.name,
+                slot=i,
+                spec=spec,
+                spec_version=1,
+                desired_state=TaskState.RUNNING,
+                state=TaskState.ASSIGNED,
+                node_id="n1",
+                overlay_address=f"10.0.{i // 250}.{i % 250}",
+            )
+            for i in range(tasks)
+        ]
+        message = dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.COMPLETE,
+            version=1,
+            session_id="s",
+            updated=[convert.task_to_pb(t, with_spec=False) for t in held],
+            specs=[dpb.TaskSpec(service_id="s" * 25, spec_version=1, spec=convert.spec_to_pb(spec))],
+        ).SerializeToString()
+        runtime = SimRuntime()
+        env = ControllerEnv(
+            runtime=runtime,
+            log_dir=Path("/nonexistent"),
+            call=runtime.call,
+            wait_call=runtime.wait_call,
+            wait_slice=3600.0,
+            node_hostname="sim-0000",
+        )
+        queue = StatusQueue()
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        worker = Worker(env, MemoryCache(), queue)
+        await worker.start()
+        worker.apply(AssignmentSet().apply(dpb.AssignmentsMessage.FromString(message)))  # no endpoints in it
+        deadline = time.monotonic() + 60
+        while runtime.running() < tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        queue.take()  # reports are sent and dropped by a live session
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        held_bytes = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+        running = runtime.running()
+        await worker.close()
+        return {"tasks": tasks, "running": running, "bytes_per_task": held_bytes // tasks}
+
+    return asyncio.run(measure())
+
+
 def run() -> dict[str, object]:
     sizes = [int(s) for s in os.environ.get("WARREN_BENCH_SIM_SIZES", "").split(",") if s] or list(SIZES)
     overlay = os.environ.get("WARREN_BENCH_SIM_OVERLAY", "sim")
@@ -294,12 +367,18 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--compare", type=Path, required=True, help="the old checkout (a worktree of main)")
+    parser.add_argument("--compare", type=Path, help="the old checkout (a worktree of main)")
+    parser.add_argument("--per-task", type=int, help="only the in-process bytes per running task, for N tasks")
     parser.add_argument("--new", type=Path, default=REPO, help="the new checkout (default: this one)")
     parser.add_argument("--sizes", default="100,1000")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.per_task:
+        print(json.dumps(per_task_bytes(args.per_task)))
+        raise SystemExit(0)
+    if args.compare is None:
+        parser.error("--compare BASE or --per-task N")
     result = compare(args.compare, [int(s) for s in args.sizes.split(",")], args.rounds, args.new)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
