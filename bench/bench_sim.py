@@ -267,7 +267,7 @@ def compare(base: Path, sizes: list[int], rounds: int = 2, new: Path = REPO) -> 
             manager.start(timeout=60)
             for r in range(rounds):
                 for name, checkout in (("base", base), ("new", new)):
-                    case = _round(manager, root, checkout, nodes, name)
+                    case = _round(manager, root, checkout, nodes, f"{name}-{r}")  # one log per round
                     case["round"] = r
                     print(json.dumps(case), flush=True)
                     results.append(case)
