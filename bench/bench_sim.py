@@ -192,6 +192,20 @@ class _SimRun:
                 self.process.wait()
 
 
+def _write(call: Any, request: Any) -> None:
+    """One write, asked again while a loaded manager answers that it did not commit in time."""
+    import grpc
+
+    for attempt in range(5):
+        try:
+            call(request, timeout=120)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNAVAILABLE) or attempt == 4:
+                raise
+            time.sleep(2.0)
+
+
 def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> dict[str, Any]:
     """Sessions open, idle, 100 x 100 tasks to running, steady, and everything removed again."""
     from warren.api.v1 import control_pb2 as cpb
@@ -211,7 +225,7 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
         t0 = time.perf_counter()
         for i in range(COMPARE_SERVICES):
             spec = tpb.ServiceSpec(name=f"load-{i:03d}", image="busybox", replicas=COMPARE_REPLICAS)
-            stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=120)
+            _write(stub.CreateService, cpb.CreateServiceRequest(spec=spec))
         reached = _within(lambda: sim.status()["running"] >= tasks, COMPARE_TIMEOUT)
         run_s = time.perf_counter() - t0
         run_b = sim.status()
@@ -219,7 +233,7 @@ def _round(manager: Any, root: Path, checkout: Path, nodes: int, name: str) -> d
         steady_b = sim.status()
         fewest = min(run_b["connected"], steady_b["connected"])
         for i in range(COMPARE_SERVICES):
-            stub.RemoveService(cpb.RemoveServiceRequest(service=f"load-{i:03d}"), timeout=120)
+            _write(stub.RemoveService, cpb.RemoveServiceRequest(service=f"load-{i:03d}"))
         stopped = _within(lambda: sim.status()["running"] == 0, COMPARE_TIMEOUT)
         end = sim.status()
         per_node_min = 60.0 / nodes
