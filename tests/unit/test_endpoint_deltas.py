@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_dispatcher_nodes import description
 from tests.waiting import async_wait_for as until
-from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap, _endpoint
+from warren.agent.assignments import AssignmentSet, MeshMember, SharedEntries, VersionGap, _endpoint
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager import changelog, endpointlog
@@ -61,36 +61,10 @@ class Agent:
     messages: list[dpb.AssignmentsMessage] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: the reader stops reading
     gaps: list[str] = field(default_factory=list)
-    # An index-only set (warren sim's, ADR 71) fed the same messages: it must keep the same
-    # endpoints index and mesh version and see a gap exactly when the real set does.
-    twin: AssignmentSet | None = None
 
     @property
     def index(self) -> int:
         return self.assignments.endpoints_index
-
-
-def _apply_twin(agent: Agent, message: dpb.AssignmentsMessage) -> AssignmentDelta | VersionGap | None:
-    if agent.twin is None:
-        return None
-    try:
-        return agent.twin.apply(message)
-    except VersionGap as exc:
-        return exc
-
-
-def _same_as_twin(agent: Agent, delta: AssignmentDelta, twin: AssignmentDelta | VersionGap | None) -> None:
-    """The index-only set took the message as the real one did: same index and mesh version, a
-    change reported (empty, never None) exactly when the real set reports one, no entry held."""
-    if agent.twin is None:
-        return
-    assert isinstance(twin, AssignmentDelta), f"the index-only set saw a gap the real set did not: {twin}"
-    assert agent.twin.endpoints_index == agent.assignments.endpoints_index
-    assert agent.twin.mesh_version == agent.assignments.mesh_version
-    assert twin.services_index == delta.services_index
-    assert (twin.services is None) == (delta.services is None) and not twin.services
-    assert (twin.mesh is None) == (delta.mesh is None) and not twin.mesh
-    assert not agent.twin.endpoints and not agent.twin.mesh
 
 
 class Rig:
@@ -120,19 +94,14 @@ class Rig:
                 mesh_deltas=agent.deltas,
             )
             agent.assignments.reset()
-            if agent.twin is not None:
-                agent.twin.reset()
             async for sent in self.dispatcher.Session(request, None):
                 message = sent.decoded()  # the bytes the agent parses (ADR 57)
                 agent.messages.append(message)
-                twin = _apply_twin(agent, message)
                 try:
                     delta = agent.assignments.apply(message)
                 except VersionGap as exc:
                     agent.gaps.append(str(exc))
-                    assert isinstance(twin, VersionGap), "the index-only set missed a gap"
                     return  # as the agent's session does: it reopens
-                _same_as_twin(agent, delta, twin)
                 if delta.services is not None:
                     agent.services = delta.services
                     agent.seen[delta.services_index] = delta.services
@@ -271,9 +240,10 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
         rig = Rig(root)
         try:
             rig.commit([Put("service", _service(k)) for k in range(2)] + [Put("task", _task(0, 0, "running", 0))])
-            whole = Agent(deltas=False, twin=AssignmentSet(read_entries=False))
-            steady = Agent(deltas=True, twin=AssignmentSet(read_entries=False))
-            lagging = Agent(deltas=True, twin=AssignmentSet(read_entries=False))
+            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
+            whole = Agent(deltas=False)
+            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
             agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
             await rig.settled(agents)
             for changes, lag, wait in history:
@@ -347,9 +317,10 @@ def test_mesh_deltas_give_exactly_the_whole_mesh_at_every_version(history: list)
     async def scenario(root: Path) -> None:
         rig = Rig(root)
         try:
-            whole = Agent(deltas=False, twin=AssignmentSet(read_entries=False))
-            steady = Agent(deltas=True, twin=AssignmentSet(read_entries=False))
-            lagging = Agent(deltas=True, twin=AssignmentSet(read_entries=False))
+            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
+            whole = Agent(deltas=False)
+            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
             agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
             await rig.mesh_settled(agents)
             for changes, lag, wait in history:
@@ -523,11 +494,10 @@ def test_a_delta_onto_another_index_is_a_gap_and_a_new_session_brings_the_whole_
     _run(scenario())
 
 
-def test_an_index_only_set_holds_no_entry_and_keeps_the_chain() -> None:
-    """warren sim's nodes (ADR 71) keep only the endpoints' index and the mesh's version: a whole
-    list of 400 services and 200 nodes leaves nothing held (the real set holds ~2 MB per node at
-    S1's size), a delta onto another index or mesh version is a gap that applies nothing, and
-    one onto the index held moves it, as the real set's does."""
+def test_agents_in_one_process_hold_one_copy_of_equal_entries() -> None:
+    """warren sim runs many agents in one process; each holds the whole endpoint set and mesh.
+    Sharing equal entries keeps that to a few pointers per node (~2 MB each without, at 1,000
+    services x 10 backends; 400 here), and an entry no agent holds any more is released."""
     import gc
     import tracemalloc
 
@@ -536,6 +506,7 @@ def test_an_index_only_set_holds_no_entry_and_keeps_the_chain() -> None:
             name=f"svc{k:04}",
             vip=f"10.201.{k // 250}.{k % 250}",
             backends=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
+            members=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
             networks=["default"],
         )
         for k in range(400)
@@ -552,44 +523,34 @@ def test_an_index_only_set_holds_no_entry_and_keeps_the_chain() -> None:
         mesh_version=3,
     ).SerializeToString()
 
-    def held_bytes(read_entries: bool) -> tuple[int, list[AssignmentSet]]:
+    def held_bytes(shared: SharedEntries | None) -> tuple[int, list[AssignmentSet]]:
         gc.collect()
         tracemalloc.start()
-        sets = [AssignmentSet(read_entries=read_entries) for _ in range(10)]
+        sets = [AssignmentSet(shared=shared) for _ in range(10)]
         for held in sets:
-            delta = held.apply(dpb.AssignmentsMessage.FromString(whole))
-            assert delta.services_index == 5 and delta.services is not None and delta.mesh is not None
+            held.apply(dpb.AssignmentsMessage.FromString(whole))
         used = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         return used, sets
 
-    full, real = held_bytes(True)
-    bare, sets = held_bytes(False)
-    assert bare < full / 20, (bare, full)
-    for held, twin in zip(sets, real, strict=True):
-        assert not held.endpoints and not held.mesh
-        assert (held.endpoints_index, held.mesh_version) == (twin.endpoints_index, twin.mesh_version) == (5, 3)
-
-    def incremental(base: int, index: int, mesh_base: int, mesh_version: int) -> dpb.AssignmentsMessage:
-        delta = dpb.AssignmentsMessage(
-            type=dpb.AssignmentsMessage.INCREMENTAL,
-            applies_to=1,
-            version=2,
-            mesh_delta=True,
-            mesh_base=mesh_base,
-            mesh_version=mesh_version,
-            mesh=[dpb.MeshNode(node_id="n9999", public_key="k", subnet="10.225.0.0/24")],
-        )
-        delta.ParseFromString(delta.SerializeToString() + encode_endpoint_delta([entries[7]], ["svc0001"], base, index))
-        return delta
-
-    held, twin = sets[0], real[0]
-    for wrong in (incremental(4, 6, 3, 4), incremental(5, 6, 2, 4)):
-        for either in (held, twin):
-            with pytest.raises(VersionGap):
-                either.apply(wrong)
-    assert (held.version, held.endpoints_index, held.mesh_version) == (1, 5, 3)
-    for either in (held, twin):
-        either.apply(incremental(5, 6, 3, 4))
-    assert (held.version, held.endpoints_index, held.mesh_version) == (twin.version, 6, 4) == (2, 6, 4)
-    assert not held.endpoints and not held.mesh
+    alone, separate = held_bytes(None)
+    shared = SharedEntries()
+    together, sets = held_bytes(shared)
+    assert together < alone / 4, (together, alone)
+    assert all(s.endpoints["svc0007"] is sets[0].endpoints["svc0007"] for s in sets)
+    assert all(s.mesh["n0007"] is sets[0].mesh["n0007"] for s in sets)
+    assert [tuple(s.endpoints.values()) for s in sets] == [tuple(s.endpoints.values()) for s in separate]
+    old = sets[0].endpoints["svc0007"]
+    changed = dpb.ServiceEndpoint()
+    changed.CopyFrom(entries[7])
+    changed.backends.append("10.239.0.2")
+    delta = dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2)
+    delta.ParseFromString(delta.SerializeToString() + encode_endpoint_delta([changed], [], 5, 6))
+    for held in sets:
+        held.apply(delta)
+    assert all(s.endpoints["svc0007"].backends[-1] == "10.239.0.2" for s in sets)
+    assert len({id(s.endpoints["svc0007"]) for s in sets}) == 1
+    key = entries[7].SerializeToString(deterministic=True)
+    del old
+    gc.collect()
+    assert key not in shared._endpoints  # no agent holds the old entry: released
