@@ -14,7 +14,7 @@ import pytest
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.waiting import async_wait_for as until
 from warren import pki, tls
-from warren.agent.cache import AgentCache
+from warren.agent.cache import AgentCache, MemoryCache
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import Report, StatusQueue
 from warren.agent.worker import Worker
@@ -53,6 +53,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.beats: list[dpb.HeartbeatRequest] = []
         self.beat_times: list[float] = []
         self.fail_heartbeats = False
+        self.beat_delay = 0.0  # seconds every heartbeat's answer waits, as on an overloaded manager
         self.removed = False
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
 
@@ -86,6 +87,8 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.heartbeats += 1
         self.beats.append(request)
         self.beat_times.append(time.monotonic())
+        if self.beat_delay:
+            await asyncio.sleep(self.beat_delay)
         if self.fail_heartbeats:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
         return dpb.HeartbeatResponse(period=self.period)
@@ -205,6 +208,39 @@ def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type:
             await server.stop(None)
 
     run(scenario())
+
+
+def test_a_late_heartbeat_answer_keeps_the_session(creds, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """An overloaded manager answers heartbeats 1.5 periods late: the managers call a node down
+    only after 3, so the session stays open (a new one would cost that manager a registration
+    and the whole set: the reopen storm of #15's S2), the next beat leaves a period after the
+    last one did, and the lateness is logged."""
+    certs, server_creds = creds
+
+    async def scenario() -> None:
+        manager = ScriptedDispatcher(period=2.0)
+        server, addr = await serve(manager, server_creds)
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
+        session = Session(certs, ManagerList([addr]), description, worker, queue)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: manager.heartbeats >= 1 and session.period == 2.0, message="the first beat answered")
+            manager.beat_delay = 3.0  # beyond one period (the old limit), within two
+            await until(lambda: manager.heartbeats >= 3, timeout=20, message="two late beats")
+            gaps = [b - a for a, b in zip(manager.beat_times[1:], manager.beat_times[2:], strict=False)]
+            assert len(manager.sessions) == 1, "the session was given up on a late answer"
+            assert all(gap < 2.0 * 2 for gap in gaps), gaps  # due a period after the last one left
+            assert "a heartbeat was answered after" in caplog.text
+        finally:
+            stop.set()
+            await runner
+            await worker.close()
+            await server.stop(None)
+
+    with caplog.at_level("WARNING", logger="warren.agent.session"):
+        run(scenario())
 
 
 def test_failed_sessions_are_counted_in_the_next_request_until_a_heartbeat(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

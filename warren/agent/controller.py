@@ -261,6 +261,7 @@ class TaskController:
         runtime_id = self.local.runtime_id
         if self._exit is None:
             self._exit = asyncio.create_task(wait_exit(self.env, self.task.id, runtime_id))
+            self._exit.add_done_callback(self._exit_seen)
         if self._health is None and self._check is not None and not self._exit.done():
             self._health = asyncio.create_task(
                 watch_health(self.env, self.task, runtime_id, self.local.started_at, self._on_health, self._check)
@@ -271,13 +272,14 @@ class TaskController:
         if self._exit.done():
             await self._handle_exit(self._exit.result())
             return True
-        changed = asyncio.ensure_future(self._changed.wait())
-        try:
-            waiting: set[asyncio.Future[Any]] = {self._exit, changed}
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            changed.cancel()
+        # One event for the exit and every other change: no waiter task per running task (a
+        # simulator holds 100,000 of them, ADR 71).
+        await self._changed.wait()
         return True
+
+    def _exit_seen(self, exit: asyncio.Future[ContainerStatus]) -> None:
+        """The exit wait ended (or was cancelled: one more look, which finds nothing to do)."""
+        self._changed.set()
 
     async def _stop_unhealthy(self) -> None:
         """Docker's rule: an unhealthy task is stopped and counts as failed."""

@@ -27,6 +27,7 @@ import grpc
 from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, SharedEntries, VersionGap
 from warren.agent.execs import ExecAgent
+from warren.agent.indexonly import IndexOnlyAssignmentSet
 from warren.agent.logs import LogAgent
 from warren.agent.runtime import PullLogin
 from warren.agent.status import StatusQueue
@@ -50,6 +51,10 @@ MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
 REPORT_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
+# Periods a heartbeat's answer may take before the session is given up. The managers call a node
+# down after three periods without a beat; ending the session at one late answer made a busy
+# manager pay for a new session (registration, the whole set) at the worst time (ADR 71).
+HEARTBEAT_PATIENCE = 2.0
 RENEWAL_CHECK = 3600.0  # how often a session looks at the certificate's expiry (a 90-day cert
 RENEWAL_RETRY = 60.0  # renews with 30 days left); after a failed renewal, try again this soon
 # Failures that say nothing about this node's session: the manager is unreachable, busy, or not
@@ -138,6 +143,7 @@ class Session:
         credentials: tls.CredentialFiles = tls.PLAIN_FILES,
         execs: ExecAgent | None = None,
         shared: SharedEntries | None = None,
+        read_entries: bool = True,
     ) -> None:
         self.execs = execs  # serves the operators' execs during each session (ADR 59)
         self.certs_dir = certs_dir
@@ -158,8 +164,10 @@ class Session:
         self.routing_changed = routing_changed if routing_changed is not None else asyncio.Event()
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
-        # `shared`: the entries of agents in one process (warren sim), read once (ADR 65).
-        self.assignments = AssignmentSet(held=lambda task_id: self.worker.held_task(task_id), shared=shared)
+        # `shared`: the entries of agents in one process, read once (ADR 65); read_entries=False:
+        # warren sim's nodes hold only the endpoints' index and the mesh's version (ADR 71).
+        kind = AssignmentSet if read_entries else IndexOnlyAssignmentSet
+        self.assignments = kind(held=lambda task_id: self.worker.held_task(task_id), shared=shared)
         if pull_logins is not None:  # shared with the controllers (ADR 43)
             self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD
@@ -331,6 +339,7 @@ class Session:
         A reply asking for the manager role starts the promotion (in the background). Returns
         True to reopen the session at once: a CA rotation renewed this node's certificate, and
         only a new connection presents it (ADR 24)."""
+        loop = asyncio.get_running_loop()
         await asyncio.sleep(self.period / 2)
         promoting: asyncio.Task[None] | None = None
         try:
@@ -340,7 +349,10 @@ class Session:
                 pending = self.pending_key()
                 if pending is not None:
                     request.pending_wg_key, request.pending_wg_key_epoch = pending.public_key, pending.epoch
-                reply = await stub.Heartbeat(request, timeout=max(2.0, self.period))
+                sent_at = loop.time()
+                reply = await stub.Heartbeat(request, timeout=max(2.0, HEARTBEAT_PATIENCE * self.period))
+                if loop.time() - sent_at > self.period:  # kept, but a sign of an overloaded manager
+                    log.warning("a heartbeat was answered after %.1fs (period %gs)", loop.time() - sent_at, self.period)
                 self.failed_sessions, self.last_failure = 0, ""  # the managers now call us ready
                 if reply.period > 0:
                     self.period = reply.period
@@ -352,8 +364,10 @@ class Session:
                     self.on_key_epoch(reply.wg_key_epoch)
                 if reply.renew_certificate and await self._renew_for_rotation(channel):
                     return True
+                # The next beat is due a period after this one left, however late its answer was.
+                due = max(0.0, self.period - (loop.time() - sent_at))
                 with contextlib.suppress(TimeoutError):  # early when the load balancer changed
-                    await wait_within(self.routing_changed.wait(), self.period)
+                    await wait_within(self.routing_changed.wait(), due)
         finally:
             if promoting is not None:  # it needs this session's channel: the next one retries
                 promoting.cancel()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -32,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren import datadir, logsetup, proctitle
+from warren import datadir, logsetup, proctitle, tls
 from warren.agent import join as agent_join
-from warren.agent.assignments import SharedEntries
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.daemon import load_node_file, save_managers
@@ -56,6 +56,9 @@ SOCKET_FILE = "sim.sock"
 JOIN_ATTEMPTS = 5  # a busy or unreachable manager is asked this often before the simulator gives up
 JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key signature and a commit
 WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
+# How often the simulator hands the C heap's free pages back to the system (ADR 71).
+TRIM_EVERY = 10.0
+LAG_TICK = 0.1  # seconds between the event loop lateness samples `--status` reports
 WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
 
 
@@ -89,6 +92,31 @@ def simulated_wg_key(node_id: str, epoch: int) -> str:
     return base64.b64encode(hashlib.sha256(f"{node_id}/{epoch}".encode()).digest()).decode()
 
 
+@dataclass(frozen=True)
+class HeldCredentials(tls.CredentialFiles):
+    """A node's certs/ read again only when one of its files changed (a renewal rewrites them):
+    reading them and checking the key against the certificate at every session open was 9-14 %
+    of the simulator's CPU while 1,000 nodes' sessions churned (ADR 71)."""
+
+    held: dict[str, tuple[tuple[int, ...], tls.Credentials]] = field(default_factory=dict)
+
+    def load(self, directory: str | os.PathLike[str]) -> tls.Credentials:
+        path = Path(directory)
+        try:
+            stamp = tuple(
+                value
+                for name in (tls.CA_FILE, tls.CERT_FILE, tls.KEY_FILE)
+                for stat in [(path / name).stat()]
+                for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            )
+        except OSError:
+            return super().load(directory)  # the usual error, naming the file
+        found = self.held.get(str(path))
+        if found is None or found[0] != stamp:
+            found = self.held[str(path)] = (stamp, super().load(directory))
+        return found[1]
+
+
 class SimNode:
     """One simulated node: the agent's Session and Worker on a SimRuntime."""
 
@@ -99,7 +127,6 @@ class SimNode:
         data_dir: Path,
         node_id: str,
         draw: Callable[[], float],
-        shared: SharedEntries | None = None,
     ):
         self.index = index
         self.hostname = hostname(options.hostname_prefix, index)
@@ -120,6 +147,7 @@ class SimNode:
         self.key_epoch = 0
         self._wanted_epoch = 0  # the key epoch the managers want (a rotation, ADR 18)
         self.services_index = 0
+        self._description: tuple[int, dpb.NodeDescription] | None = None  # (key epoch, it)
         node = load_node_file(data_dir)
         self.session = Session(
             data_dir / datadir.CERTS_DIR,
@@ -132,13 +160,23 @@ class SimNode:
             pending_key=self._pending_key,
             services_applied=lambda: self.services_index,
             on_key_epoch=self._want_key_epoch,
-            shared=shared,
+            # No load balancer and no overlay here: the endpoints' index and the mesh's version
+            # are all a simulated node needs of them (ADR 71); the managers still compute, encode
+            # and send every entry, and this node still receives and parses them.
+            read_entries=False,
+            credentials=HeldCredentials(),
         )
         self.stop = asyncio.Event()
         self.job: asyncio.Task[None] | None = None
         self.killed = False
 
     def describe(self) -> dpb.NodeDescription:
+        """What each session request says (built once per key epoch: sessions reopen often)."""
+        if self._description is None or self._description[0] != self.key_epoch:
+            self._description = (self.key_epoch, self._describe())
+        return self._description[1]
+
+    def _describe(self) -> dpb.NodeDescription:
         overlay = self.options.overlay
         return dpb.NodeDescription(
             hostname=self.hostname,
@@ -237,8 +275,7 @@ class Simulator:
         self.rng = random.Random(options.seed)
         self.joined = 0
         self.started_at = 0.0
-        # Every node holds the whole endpoint set and mesh (ADR 65): equal entries read once.
-        self.shared = SharedEntries()
+        self.loop_lag = 0.0  # the event loop's worst lateness since the last status (seconds)
 
     async def start(self) -> None:
         """Join (JOIN_CONCURRENCY at a time) and start each node as soon as it has joined. Raises
@@ -252,7 +289,7 @@ class Simulator:
                     node_dir, node_id = await loop.run_in_executor(None, _join_one, self.options, index)
                 except agent_join.JoinError as exc:
                     raise SimError(f"{hostname(self.options.hostname_prefix, index)}: {exc.message}") from None
-            node = SimNode(self.options, index, node_dir, node_id, self.rng.random, self.shared)
+            node = SimNode(self.options, index, node_dir, node_id, self.rng.random)
             self.nodes.append(node)
             node.start()
             self.joined += 1
@@ -263,6 +300,15 @@ class Simulator:
         finally:
             for job in jobs:
                 job.cancel()
+
+    async def watch_loop(self, tick: float = LAG_TICK) -> None:
+        """Record how late the event loop wakes: every node's heartbeats and reports wait in that
+        loop, so a starved simulator (not the managers) shows here first."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(tick)
+            self.loop_lag = max(self.loop_lag, loop.time() - before - tick)
 
     def live(self) -> list[SimNode]:
         return [n for n in self.nodes if not n.killed]
@@ -288,6 +334,7 @@ class Simulator:
     def status(self) -> dict[str, Any]:
         """Counts, and this process's own cost (what ADR 50 reports per node)."""
         usage = resource.getrusage(resource.RUSAGE_SELF)
+        lag, self.loop_lag = self.loop_lag, 0.0
         states: dict[str, int] = {}
         for node in self.live():
             for state, count in node.worker.counts_by_state().items():
@@ -303,6 +350,8 @@ class Simulator:
             "failed_starts": sum(n.runtime.failures for n in self.nodes),
             "rss_bytes": _rss_bytes(),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "python_blocks": sys.getallocatedblocks(),  # Python's own objects, against the RSS
+            "loop_lag_max_s": round(lag, 3),
         }
 
     # -- the control socket ------------------------------------------------------------------------
@@ -338,6 +387,27 @@ class Simulator:
         if request.get("status"):
             return self.status()
         raise ValueError("unknown command: use kill or status")
+
+
+def heap_trimmer() -> Callable[[], object] | None:
+    """glibc's malloc_trim(0), or None where there is none. Each of 1,000 nodes' channels reads
+    the managers' large messages (a COMPLETE set, a big delta) into buffers that grpc frees but
+    glibc keeps: about 1 MiB per channel with 2 MB messages, ~70 KiB after a trim (ADR 71)."""
+    try:
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+    return lambda: trim(0)
+
+
+async def trim_heap(every: float = TRIM_EVERY) -> None:
+    """Return freed memory to the system every `every` seconds (a ctypes call: the GIL is released)."""
+    trim = heap_trimmer()
+    if trim is None:
+        return
+    while True:
+        await asyncio.sleep(every)
+        trim()
 
 
 def _rss_bytes() -> int:
@@ -393,6 +463,8 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     loop.add_signal_handler(signal.SIGUSR1, on_usr1)
     starting = asyncio.create_task(sim.start())
     stopping = asyncio.create_task(stop.wait())
+    watching = asyncio.create_task(sim.watch_loop())
+    trimming = asyncio.create_task(trim_heap())
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
@@ -403,6 +475,8 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
         loop.remove_signal_handler(signal.SIGUSR1)
         starting.cancel()
         stopping.cancel()
+        watching.cancel()
+        trimming.cancel()
         server.close()
         with contextlib.suppress(FileNotFoundError):
             (options.data_dir / SOCKET_FILE).unlink()
