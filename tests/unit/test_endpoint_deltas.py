@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_dispatcher_nodes import description
 from tests.waiting import async_wait_for as until
-from warren.agent.assignments import AssignmentSet, MeshMember, SharedEntries, VersionGap, _endpoint
+from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap, _endpoint
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager import changelog, endpointlog
@@ -251,12 +251,11 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
         rig = Rig(root)
         try:
             rig.commit([Put("service", _service(k)) for k in range(2)] + [Put("task", _task(0, 0, "running", 0))])
-            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
             whole = Agent(deltas=False)
-            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
-            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
-            patched = Agent(deltas=True, patches=True, assignments=AssignmentSet(shared=shared))
-            patched_lagging = Agent(deltas=True, patches=True)  # its own entries
+            steady = Agent(deltas=True, assignments=AssignmentSet())
+            lagging = Agent(deltas=True, assignments=AssignmentSet())
+            patched = Agent(deltas=True, patches=True, assignments=AssignmentSet())
+            patched_lagging = Agent(deltas=True, patches=True)
             agents = [rig.open(i + 1, a) for i, a in enumerate((whole, steady, lagging, patched, patched_lagging))]
             await rig.settled(agents)
             versions = []  # each version's view with its backends then: still right later (ADR 72)
@@ -340,10 +339,9 @@ def test_mesh_deltas_give_exactly_the_whole_mesh_at_every_version(history: list)
     async def scenario(root: Path) -> None:
         rig = Rig(root)
         try:
-            shared = SharedEntries()  # the two delta agents share entries, as warren sim's do
             whole = Agent(deltas=False)
-            steady = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
-            lagging = Agent(deltas=True, assignments=AssignmentSet(shared=shared))
+            steady = Agent(deltas=True, assignments=AssignmentSet())
+            lagging = Agent(deltas=True, assignments=AssignmentSet())
             agents = [rig.open(1, whole), rig.open(2, steady), rig.open(3, lagging)]
             await rig.mesh_settled(agents)
             for changes, lag, wait in history:
@@ -546,68 +544,6 @@ def test_a_delta_onto_another_index_is_a_gap_and_a_new_session_brings_the_whole_
             await rig.close()
 
     _run(scenario())
-
-
-def test_agents_in_one_process_hold_one_copy_of_equal_entries() -> None:
-    """warren sim runs many agents in one process; each holds the whole endpoint set and mesh.
-    Sharing equal entries keeps that to a few pointers per node (~2 MB each without, at 1,000
-    services x 10 backends; 400 here), and an entry no agent holds any more is released."""
-    import gc
-    import tracemalloc
-
-    entries = [
-        dpb.ServiceEndpoint(
-            name=f"svc{k:04}",
-            vip=f"10.201.{k // 250}.{k % 250}",
-            backends=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
-            members=[f"10.224.{k // 25}.{(k % 25) * 10 + j}" for j in range(10)],
-            networks=["default"],
-        )
-        for k in range(400)
-    ]
-    mesh = [dpb.MeshNode(node_id=f"n{i:04}", public_key=f"k{i}", subnet=f"10.224.{i}.0/24") for i in range(200)]
-    whole = dpb.AssignmentsMessage(
-        type=dpb.AssignmentsMessage.COMPLETE,
-        version=1,
-        services=entries,
-        services_changed=True,
-        services_index=5,
-        mesh=mesh,
-        mesh_changed=True,
-        mesh_version=3,
-    ).SerializeToString()
-
-    def held_bytes(shared: SharedEntries | None) -> tuple[int, list[AssignmentSet]]:
-        gc.collect()
-        tracemalloc.start()
-        sets = [AssignmentSet(shared=shared) for _ in range(10)]
-        for held in sets:
-            held.apply(dpb.AssignmentsMessage.FromString(whole))
-        used = tracemalloc.get_traced_memory()[0]
-        tracemalloc.stop()
-        return used, sets
-
-    alone, separate = held_bytes(None)
-    shared = SharedEntries()
-    together, sets = held_bytes(shared)
-    assert together < alone / 4, (together, alone)
-    assert all(s.endpoints["svc0007"] is sets[0].endpoints["svc0007"] for s in sets)
-    assert all(s.mesh["n0007"] is sets[0].mesh["n0007"] for s in sets)
-    assert [tuple(s.endpoints.values()) for s in sets] == [tuple(s.endpoints.values()) for s in separate]
-    old = sets[0].endpoints["svc0007"]
-    changed = dpb.ServiceEndpoint()
-    changed.CopyFrom(entries[7])
-    changed.backends.append("10.239.0.2")
-    delta = dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2)
-    delta.ParseFromString(delta.SerializeToString() + encode_endpoint_delta([changed], [], 5, 6))
-    for held in sets:
-        held.apply(delta)
-    assert all(s.endpoints["svc0007"].backends[-1] == "10.239.0.2" for s in sets)
-    assert len({id(s.endpoints["svc0007"]) for s in sets}) == 1
-    key = entries[7].SerializeToString(deterministic=True)
-    del old
-    gc.collect()
-    assert key not in shared._endpoints  # no agent holds the old entry: released
 
 
 def test_a_backend_leaving_travels_as_a_patch_of_that_address_only() -> None:

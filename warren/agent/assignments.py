@@ -12,7 +12,6 @@ specs, or (a task desired to stop) in the copy the agent already holds.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -57,46 +56,6 @@ class MeshMember:
     public_key: str
     endpoint: str
     subnet: str
-
-
-class SharedEntries:
-    """Endpoints and mesh members read once per process, for agents that share one: `warren sim`
-    runs N agents in a process, and each holds the whole endpoint set and mesh (ADR 65). Equal
-    entries on the wire become one object, kept while any agent holds it; without this, 1,000
-    services x 10 backends held cost ~2 MB per simulated node."""
-
-    def __init__(self) -> None:
-        self._endpoints: weakref.WeakValueDictionary[bytes, Endpoint] = weakref.WeakValueDictionary()
-        self._members: weakref.WeakValueDictionary[bytes, MeshMember] = weakref.WeakValueDictionary()
-        # (id of the entry held, the patch) -> (the entry held, the result), both weakly
-        self._patched: dict[tuple[int, bytes], tuple[weakref.ref[Endpoint], weakref.ref[Endpoint]]] = {}
-
-    def endpoint(self, entry: dpb.ServiceEndpoint) -> Endpoint:
-        key = entry.SerializeToString(deterministic=True)
-        found = self._endpoints.get(key)
-        if found is None:
-            found = self._endpoints[key] = _endpoint(entry)
-        return found
-
-    def patched(self, held: Endpoint, entry: dpb.ServiceEndpoint) -> Endpoint:
-        """`held` patched by `entry`: agents holding the same entry and sent the same patch
-        share the result."""
-        key = (id(held), entry.SerializeToString(deterministic=True))
-        cached = self._patched.get(key)
-        if cached is not None and cached[0]() is held:
-            found = cached[1]()
-            if found is not None:
-                return found
-        found = _patched(held, entry)
-        self._patched[key] = (weakref.ref(held, lambda _: self._patched.pop(key, None)), weakref.ref(found))
-        return found
-
-    def member(self, entry: dpb.MeshNode) -> MeshMember:
-        key = entry.SerializeToString(deterministic=True)
-        found = self._members.get(key)
-        if found is None:
-            found = self._members[key] = _member(entry)
-        return found
 
 
 Held = TypeVar("Held")
@@ -177,7 +136,6 @@ class AssignmentSet:
     endpoints_index: int = 0
     mesh: KeyOrdered[MeshMember] = field(default_factory=lambda: KeyOrdered())  # by node id (ADR 65)
     mesh_version: int = 0
-    shared: SharedEntries | None = None  # agents in one process share equal entries (warren sim)
     _arrived: set[SpecKey] = field(default_factory=set, init=False, repr=False)  # specs of this message
 
     def reset(self) -> None:
@@ -267,11 +225,10 @@ class AssignmentSet:
     def _take_mesh(self, msg: dpb.AssignmentsMessage) -> tuple[MeshMember, ...] | None:
         """The whole mesh after `msg` if it changed it, else None; a delta converts only the
         nodes it carries into the mesh held, which is kept in node id order."""
-        read = self.shared.member if self.shared is not None else _member
         if msg.mesh_delta:
-            self.mesh.merge(((m.node_id, read(m)) for m in msg.mesh), msg.mesh_removed)
+            self.mesh.merge(((m.node_id, _member(m)) for m in msg.mesh), msg.mesh_removed)
         elif msg.mesh_changed:
-            self.mesh = KeyOrdered((m.node_id, read(m)) for m in msg.mesh)
+            self.mesh = KeyOrdered((m.node_id, _member(m)) for m in msg.mesh)
         else:
             return None
         self.mesh_version = msg.mesh_version
@@ -281,28 +238,25 @@ class AssignmentSet:
         """The whole endpoint set after `msg` if it changed them, else None. A delta converts
         only the entries it carries into the set held, which is kept in name order, as the whole
         list comes."""
-        read = self.shared.endpoint if self.shared is not None else _endpoint
         if msg.services_delta:
             # Read first: a patch applies to the entry held before this delta, and one that does
             # not fit raises before anything held changed.
-            entries = [(entry.name, self._read_endpoint(read, entry)) for entry in msg.services]
+            entries = [(entry.name, self._read_endpoint(entry)) for entry in msg.services]
             self.endpoints.merge(entries, msg.services_removed)
         elif msg.services_changed:
-            self.endpoints = KeyOrdered((entry.name, read(entry)) for entry in msg.services)
+            self.endpoints = KeyOrdered((entry.name, _endpoint(entry)) for entry in msg.services)
         else:
             return None
         self.endpoints_index = msg.services_index
         return self.endpoints.ordered()
 
-    def _read_endpoint(self, read: Callable[[dpb.ServiceEndpoint], Endpoint], entry: dpb.ServiceEndpoint) -> Endpoint:
+    def _read_endpoint(self, entry: dpb.ServiceEndpoint) -> Endpoint:
         """A delta's entry: whole, or a patch onto the entry held under its name (ADR 65)."""
         if not entry.patch:
-            return read(entry)
+            return _endpoint(entry)
         held = self.endpoints.get(entry.name)
         if held is None:
             raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
-        if self.shared is not None:
-            return self.shared.patched(held, entry)
         return _patched(held, entry)
 
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:

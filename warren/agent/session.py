@@ -25,7 +25,7 @@ from typing import Any, cast
 import grpc
 
 from warren import certinfo, logsetup, tls, validate
-from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, SharedEntries, VersionGap
+from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.execs import ExecAgent
 from warren.agent.indexonly import IndexOnlyAssignmentSet
 from warren.agent.logs import LogAgent
@@ -142,7 +142,6 @@ class Session:
         pull_logins: dict[str, PullLogin] | None = None,
         credentials: tls.CredentialFiles = tls.PLAIN_FILES,
         execs: ExecAgent | None = None,
-        shared: SharedEntries | None = None,
         read_entries: bool = True,
     ) -> None:
         self.execs = execs  # serves the operators' execs during each session (ADR 59)
@@ -164,10 +163,10 @@ class Session:
         self.routing_changed = routing_changed if routing_changed is not None else asyncio.Event()
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
-        # `shared`: the entries of agents in one process, read once (ADR 65); read_entries=False:
-        # warren sim's nodes hold only the endpoints' index and the mesh's version (ADR 71).
+        # read_entries=False: warren sim's nodes hold only the endpoints' index and the mesh's
+        # version (ADR 71).
         kind = AssignmentSet if read_entries else IndexOnlyAssignmentSet
-        self.assignments = kind(held=lambda task_id: self.worker.held_task(task_id), shared=shared)
+        self.assignments = kind(held=lambda task_id: self.worker.held_task(task_id))
         if pull_logins is not None:  # shared with the controllers (ADR 43)
             self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD
