@@ -69,7 +69,7 @@ class Addresses:
             pool = self._pools.get(node_id)
             if pool is None:
                 current = {
-                    t.id: ipaddress.IPv4Address(t.overlay_address)
+                    t.id: ipam.address_int(t.overlay_address)
                     for t in self._state.node_tasks(node_id)
                     if t.overlay_address and not t.state.terminal and t.id != task.id
                 }
