@@ -15,6 +15,7 @@ import pwd
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -229,3 +230,38 @@ def test_containerd_and_exec_tasks_reach_their_node_over_the_task_network(
         assert parts[2] == token, log  # reached the web server on the node's bridge address
         assert read_only_mount(parts[3]), log
     assert host_resolv_conf() == before
+
+
+def test_the_node_bridge_keeps_its_mac_while_tasks_come_and_go(tmp_path: Path) -> None:
+    """A Linux bridge takes the lowest MAC of its ports unless one was set: a task's veth coming
+    or going changed it, its other tasks kept the old one for their gateway, and their replies to
+    anything off the subnet (a published port's client, another node) went nowhere for up to
+    ~45 s (found by the rebalance load test: connections to the tasks that stayed hung). The
+    agent pins the bridge's MAC, which the kernel then never changes."""
+    unavailable(missing_reason())
+    task_ids = [f"tm{secrets.token_hex(6)}" for _ in range(4)]
+    lab = OverlayLab()
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(remove_task_namespaces, task_ids)
+        cleanup.callback(lab.destroy)
+        (node,) = lab.create(1)
+
+        def bridge_state() -> tuple[str, str]:
+            shown = node.run(["ip", "-o", "link", "show", "type", "bridge"], check=True).stdout
+            [line] = [line for line in shown.splitlines() if "link/ether" in line]
+            mac = line.split("link/ether ")[1].split()[0]
+            name = line.split(": ")[1].split("@")[0]
+            # `ip netns exec` mounts the namespace's own /sys (nsenter --net would show the host's).
+            sysfs = ["ip", "netns", "exec", node.netns, "cat", f"/sys/class/net/{name}/addr_assign_type"]
+            kind = subprocess.run(sysfs, capture_output=True, text=True, timeout=10, check=True).stdout
+            return mac, kind.strip()
+
+        seen = []
+        for i, task_id in enumerate(task_ids):
+            tasknet(node.netns, tmp_path, SUBNET, "attach", task_id, f"10.200.7.{10 + i}")
+            seen.append(bridge_state())
+        for task_id in task_ids[:3]:
+            tasknet(node.netns, tmp_path, SUBNET, "detach", task_id)
+            seen.append(bridge_state())
+        assert {mac for mac, _ in seen} == {seen[0][0]}, seen  # one MAC throughout
+        assert {kind for _, kind in seen} == {"3"}, seen  # NET_ADDR_SET: the kernel keeps it

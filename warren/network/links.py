@@ -99,6 +99,17 @@ def add_bridge(name: str, netns: str | None = None) -> None:
         ip.link("set", index=_index(ip, name, netns), state="up")
 
 
+def pin_link_address(ifname: str, netns: str | None = None) -> None:
+    """Set a link's MAC to the one it has now, so that the kernel never changes it. A bridge
+    otherwise takes the lowest MAC of its ports, which changes as tasks come and go; its tasks
+    still hold the old one for their gateway (for up to ~45 s), and their replies to anything off
+    the subnet (a published port's client, another node's task) go nowhere meanwhile."""
+    with ipr(netns) as ip:
+        index = _index(ip, ifname, netns)
+        address = ip.get_links(index)[0].get_attr("IFLA_ADDRESS")
+        ip.link("set", index=index, address=address)
+
+
 def link_alias(ifname: str, netns: str | None = None) -> str | None:
     """A link's alias (IFLA_IFALIAS): "" when it has none, None when there is no such link."""
     with ipr(netns) as ip:

@@ -97,6 +97,7 @@ class TaskNetworkManager:
             links.add_bridge(self.bridge)
         if found != self.owner_tag:
             links.set_link_alias(self.bridge, self.owner_tag)
+        links.pin_link_address(self.bridge)  # ports come and go; the tasks' gateway MAC stays
         links.add_address(self.bridge, f"{self.gateway}/{self.subnet.prefixlen}")
         links.link_up(self.bridge)
         if _IP_FORWARD.read_text().strip() != "1":
