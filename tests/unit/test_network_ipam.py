@@ -6,18 +6,15 @@ import ipaddress
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings
 
 from warren.network.ipam import (
     LEGACY_OVERLAY,
     ExhaustedError,
     IpamError,
-    allocate_address,
     allocate_node_subnet,
     allocate_vip,
     make_layout,
-    node_address,
     node_subnet,
     release,
 )
@@ -86,23 +83,6 @@ def test_corrupt_subnet_allocations_are_refused():
         allocate_node_subnet(layout, {"a": net("10.9.1.0/24")}, "c")
 
 
-def test_task_addresses_skip_network_node_and_broadcast():
-    subnet = net("10.200.3.0/29")  # .0 network, .1 node, .2-.6 tasks, .7 broadcast
-    assert node_address(subnet) == ip("10.200.3.1")
-    alloc: dict = {}
-    for i in range(5):
-        alloc = allocate_address(subnet, alloc, f"t{i}")
-    assert sorted(alloc.values()) == [ip(f"10.200.3.{i}") for i in range(2, 7)]
-    with pytest.raises(ExhaustedError, match=re.escape("10.200.3.0/29 is exhausted: all 5")):
-        allocate_address(subnet, alloc, "t5")
-    assert allocate_address(subnet, release(alloc, "t2"), "t9")["t9"] == ip("10.200.3.4")
-
-
-def test_task_address_outside_subnet_refused():
-    with pytest.raises(IpamError, match="not a task address"):
-        allocate_address(net("10.200.3.0/24"), {"t": ip("10.200.3.1")}, "u")
-
-
 def test_vips():
     layout = make_layout(vip_range="10.201.0.0/30")
     alloc = allocate_vip(layout, {}, "web")
@@ -113,31 +93,6 @@ def test_vips():
         allocate_vip(layout, alloc, "cache")
     with pytest.raises(IpamError, match="not a VIP"):
         allocate_vip(layout, {"x": ip("10.200.0.1")}, "y")
-
-
-@FAST
-@given(st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=60))
-def test_never_double_allocates(steps):
-    """Any sequence of allocations and releases keeps addresses unique and inside the subnet,
-    and the outcome depends only on the sequence (deterministic)."""
-    subnet = net("10.200.9.0/28")
-
-    def run():
-        alloc: dict = {}
-        for allocate, owner in steps:
-            if allocate:
-                try:
-                    alloc = allocate_address(subnet, alloc, f"t{owner}")
-                except ExhaustedError:
-                    assert len(alloc) == 13
-            else:
-                alloc = release(alloc, f"t{owner}")
-        return alloc
-
-    alloc = run()
-    assert len(set(alloc.values())) == len(alloc)
-    assert all(ip("10.200.9.2") <= a <= ip("10.200.9.14") for a in alloc.values())
-    assert run() == alloc
 
 
 def test_a_new_cluster_records_the_wide_default():

@@ -48,34 +48,43 @@ def with_overlay_subnet(state: ClusterState, cluster: ClusterInfo, node: Node) -
 
 class Addresses:
     """Task addresses of the nodes a plan places tasks on, allocated from each node's subnet
-    (ADR 17), for nodes on the overlay only. A task gives its address back once it has ended:
-    one this plan only asks to stop keeps running (and using it) until its agent stops it."""
+    (ADR 17), for nodes on the overlay only: the lowest free one first, found from the state's
+    index of held addresses. A task gives its address back once it has ended: one this plan only
+    asks to stop keeps running (and using it) until its agent stops it."""
 
     def __init__(self, state: ClusterState) -> None:
         self._state = state
-        self._pools: dict[str, ipam.AddressPool] = {}  # one per node: linear in the node's tasks
-        self._full: dict[str, str] = {}  # node id -> why it has no address left, in this plan
+        # Per node: the next address to try and the last task address of its subnet. Everything
+        # below the cursor is held, or was handed out by this plan (not in the state yet).
+        self._cursors: dict[str, tuple[int, int]] = {}
+        self._full: set[str] = set()  # nodes with no address left, in this plan
 
     def assign(self, task: Task, node_id: str) -> Task | None:
-        """`task` with an address on `node_id`; unchanged for a node off the overlay (its tasks
-        use the node's network); None when the node's subnet has no address left (the plan was
-        computed before it filled up: the scheduler never places a task there)."""
+        """`task` with an address on `node_id` (a new one, even if it held one elsewhere);
+        unchanged for a node off the overlay (its tasks use the node's network); None when the
+        node's subnet has no address left (the plan was computed before it filled up: the
+        scheduler never places a task there)."""
         node = self._state.nodes.get(node_id)
         if node is None or not node.overlay or not node.overlay_subnet:
             return task
         if node_id in self._full:
             return None
-        try:
-            pool = self._pools.get(node_id)
-            if pool is None:
-                current = {
-                    t.id: ipam.address_int(t.overlay_address)
-                    for t in self._state.node_tasks(node_id)
-                    if t.overlay_address and not t.state.terminal and t.id != task.id
-                }
-                pool = self._pools[node_id] = ipam.AddressPool(ipaddress.IPv4Network(node.overlay_subnet), current)
-            address = pool.allocate(task.id)
-        except (ipam.IpamError, ValueError) as exc:
-            self._full[node_id] = f"no overlay address: {exc}"
+        cursor = self._cursors.get(node_id)
+        if cursor is None:
+            try:
+                first, last = ipam.task_address_bounds(ipaddress.IPv4Network(node.overlay_subnet))
+            except ValueError:
+                self._full.add(node_id)
+                return None
+            found = self._state.lowest_free_address(node_id, first, last)
+        else:
+            last = cursor[1]
+            held = self._state.node_addresses.get(node_id, {})
+            found = cursor[0]
+            while found <= last and found in held:
+                found += 1
+        if found is None or found > last:
+            self._full.add(node_id)
             return None
-        return msgspec.structs.replace(task, overlay_address=str(address))
+        self._cursors[node_id] = (found + 1, last)
+        return msgspec.structs.replace(task, overlay_address=str(ipaddress.IPv4Address(found)))

@@ -131,61 +131,16 @@ def exhausted_overlay(layout: Layout) -> str:
 # -- task addresses ------------------------------------------------------------------------------
 
 
-def node_address(subnet: IPv4Network) -> IPv4Address:
-    """The node's own address in its subnet: the first host (never given to a task)."""
-    return subnet.network_address + 1
-
-
-def allocate_address(subnet: IPv4Network, current: Mapping[str, IPv4Address], owner: str) -> dict[str, IPv4Address]:
-    """`current` plus the lowest free task address of `subnet` for `owner` (a task id);
-    unchanged if it has one. The network, node and broadcast addresses are never handed out."""
-    return {**current, owner: AddressPool(subnet, current).allocate(owner)}
-
-
-class AddressPool:
-    """Task addresses of one node subnet handed out one after another, exactly as repeated
-    allocate_address calls would (the lowest free one first), in time linear in the addresses
-    in use plus those handed out: a plan placing 1000 tasks on a node that runs 10,000 took
-    17 s on the thread that applies the Raft log when each placement re-read them all."""
-
-    def __init__(self, subnet: IPv4Network, current: Mapping[str, IPv4Address | int]) -> None:
-        self._subnet = subnet
-        self._first = int(subnet.network_address) + 2  # +0 network, +1 the node
-        last = int(subnet.broadcast_address) - 1
-        self._size = max(0, last - self._first + 1)
-        self._owners: dict[str, int] = {}
-        self._used: set[int] = set()
-        held: dict[int, str] = {}
-        for who, addr in current.items():
-            value = int(addr)
-            if value in held:
-                raise IpamError(f"address {IPv4Address(value)} is allocated twice: to {held[value]} and to {who}")
-            if not self._first <= value <= last:
-                raise IpamError(f"{who} holds {IPv4Address(value)}, which is not a task address of {subnet}")
-            held[value] = who
-            self._owners[who] = value
-            self._used.add(value - self._first)
-        self._next = 0  # nothing below it is free: addresses are only taken, never given back here
-
-    def allocate(self, owner: str) -> IPv4Address:
-        """`owner`'s address: the one it holds, else the lowest free one (ExhaustedError if none)."""
-        if owner in self._owners:
-            return IPv4Address(self._owners[owner])
-        while self._next < self._size and self._next in self._used:
-            self._next += 1
-        if self._next >= self._size:
-            raise ExhaustedError(
-                f"the node subnet {self._subnet} is exhausted: all {len(self._used)} task addresses are in use"
-            )
-        self._used.add(self._next)
-        self._owners[owner] = self._first + self._next
-        return IPv4Address(self._first + self._next)
+def task_address_bounds(subnet: IPv4Network) -> tuple[int, int]:
+    """The first and the last task address of a node subnet, as integers: the network, the node
+    and the broadcast addresses are never handed out. An empty range (first > last) if none."""
+    return int(subnet.network_address) + 2, int(subnet.broadcast_address) - 1
 
 
 def address_int(text: str) -> int:
     """A dotted-quad IPv4 address as an integer, as int(IPv4Address(text)) gives it, a third of
-    its time: a plan's apply reads every task address of each node it places on (100,000 at S2's
-    size, on the thread that applies the Raft log). ValueError for anything IPv4Address refuses."""
+    its time: the state indexes every task address it applies (100,000 at S2's size, on the thread
+    that applies the Raft log). ValueError for anything IPv4Address refuses."""
     parts = text.split(".")
     if len(parts) != 4:
         raise ValueError(f"{text!r} is not an IPv4 address")

@@ -82,7 +82,7 @@ class TaskNetworkManager:
         self.ledger = ledger
         self.owner_tag = owner_tag  # this node's (warren.network.owner), on the bridge
         self.bridge = bridge
-        self.gateway = self.subnet.network_address + 1  # the node's own address (ipam.node_address)
+        self.gateway = self.subnet.network_address + 1  # the node's own address (plan.node_address)
         self._bridge_ready = False
 
     def ensure_bridge(self) -> None:
