@@ -75,6 +75,14 @@ def test_a_small_plan_is_proposed_as_it_is() -> None:
     assert commands.split_plan(plan) == [plan]
 
 
+def test_a_plan_of_many_small_changes_is_split_by_their_count() -> None:
+    """Each part is applied in one step of the thread that keeps the leader's heartbeats."""
+    plan = commands.ApplyPlan(created=tuple(_task(i, 0) for i in range(commands.MAX_PLAN_ITEMS * 2 + 1)))
+    assert len(commands.encode(plan)) < commands.MAX_COMMAND_BYTES
+    parts = commands.split_plan(plan)
+    assert [len(p.created) for p in parts] == [commands.MAX_PLAN_ITEMS, commands.MAX_PLAN_ITEMS, 1]
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     creates=st.integers(0, 60),
@@ -82,9 +90,10 @@ def test_a_small_plan_is_proposed_as_it_is() -> None:
     deletes=st.integers(0, 60),
     env_bytes=st.integers(0, 3000),
     max_bytes=st.integers(4_000, 40_000),
+    max_items=st.integers(1, 80),
 )
 def test_a_big_plan_is_split_into_parts_that_fit_and_keep_every_item(
-    creates: int, updates: int, deletes: int, env_bytes: int, max_bytes: int
+    creates: int, updates: int, deletes: int, env_bytes: int, max_bytes: int, max_items: int
 ) -> None:
     plan = commands.ApplyPlan(
         created=tuple(_task(i, env_bytes) for i in range(creates)),
@@ -98,10 +107,11 @@ def test_a_big_plan_is_split_into_parts_that_fit_and_keep_every_item(
             ),
         ),
     )
-    parts = commands.split_plan(plan, max_bytes)
+    parts = commands.split_plan(plan, max_bytes, max_items)
     for part in parts:
         items = len(part.created) + len(part.updated) + len(part.deleted)
         assert len(commands.encode(part)) <= max_bytes or items == 1  # one item alone may not fit
+        assert items + len(part.rollouts) <= max_items
     assert tuple(t for p in parts for t in p.created) == plan.created
     assert tuple(u for p in parts for u in p.updated) == plan.updated
     assert tuple(d for p in parts for d in p.deleted) == plan.deleted
@@ -126,29 +136,6 @@ def test_a_thousand_task_pass_of_a_service_with_a_big_spec_is_split_and_applies(
         assert result.ok
         state.apply(changes)
     assert len(state.service_tasks("s")) == 1000
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    taken=st.sets(st.integers(0, 60), max_size=61),
-    owners=st.lists(st.sampled_from([f"new{i}" for i in range(70)] + ["old3"]), max_size=70),
-)
-def test_the_address_pool_hands_out_what_repeated_allocations_would(taken: set[int], owners: list[str]) -> None:
-    """The pool is the linear form of "the lowest free address, one task at a time": it must
-    give the same addresses (every manager applies the same plan to the same result)."""
-    subnet = ipaddress.IPv4Network("10.9.0.0/26")  # 61 task addresses: exhaustion is reachable
-    first = int(subnet.network_address) + 2
-    current = {f"old{i}": ipaddress.IPv4Address(first + i) for i in sorted(taken)}
-    pool = ipam.AddressPool(subnet, current)
-    expected: dict[str, ipaddress.IPv4Address] = dict(current)
-    for owner in owners:
-        free = next((first + i for i in range(61) if ipaddress.IPv4Address(first + i) not in expected.values()), None)
-        if owner not in expected and free is None:
-            with pytest.raises(ipam.ExhaustedError):
-                pool.allocate(owner)
-            return
-        expected.setdefault(owner, ipaddress.IPv4Address(free))  # type: ignore[arg-type]
-        assert pool.allocate(owner) == expected[owner]
 
 
 def test_placing_many_tasks_on_a_busy_overlay_node_is_linear() -> None:

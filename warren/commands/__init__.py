@@ -16,6 +16,7 @@ from __future__ import annotations
 from warren.commands.codec import (
     CODEC_VERSION,
     MAX_COMMAND_BYTES,
+    MAX_PLAN_ITEMS,
     CodecError,
     Envelope,
     decode,
@@ -88,6 +89,7 @@ __all__ = [
     "CODEC_VERSION",
     "MAX_COMMAND_BYTES",
     "MAX_KEY_EPOCH",
+    "MAX_PLAN_ITEMS",
     "OK",
     "REVOCATION_RETENTION",
     "AnnounceLeader",

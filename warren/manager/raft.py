@@ -26,6 +26,7 @@ from warren.commands import Command, Result
 from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity, entry_cost
 from warren.manager.ports import ProposalError, RaftStatus
+from warren.manager.raft_apply import BoundedApply
 from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_transport import HardenedTransport
 from warren.manager.store import Snapshot, Store
@@ -118,7 +119,7 @@ class RaftStartError(Exception):
 PERSIST_RETRY_PERIOD = 0.5
 
 
-class RaftNode(PeerLinks, SyncObj):  # PeerLinks first: it overrides SyncObj's handlers
+class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they override SyncObj's handlers
     def __init__(
         self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
     ) -> None:

@@ -1,0 +1,108 @@
+"""Committed entries are applied a slice at a time, in order, each once (warren/manager/raft_apply.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pysyncobj import FAIL_REASON, SyncObj
+
+from warren.manager import raft_apply
+from warren.manager.raft import RaftNode
+from warren.manager.raft_apply import APPLY_SLICE, BoundedApply
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _Log(BoundedApply):
+    """A stand-in for SyncObj's state: a log of entries (data, index, term), each taking `cost`
+    seconds of the fake clock to apply."""
+
+    def __init__(self, clock: _Clock, entries: int, cost: float) -> None:
+        self.clock = clock
+        self.cost = cost
+        self.log = [(f"e{i}".encode(), i, 1 if i < 30 else 2) for i in range(1, entries + 1)]
+        self._SyncObj__raftCommitIndex = 0
+        self._SyncObj__raftLastApplied = 0
+        self._SyncObj__commandsWaitingCommit = {}
+        self._SyncObj__selfCodeVersion = 0
+        self.applied: list[bytes] = []
+        self.reads: list[int] = []
+
+    def _SyncObj__getEntries(self, start: int, count: int) -> list[tuple[bytes, int, int]]:  # type: ignore[override]
+        self.reads.append(count)
+        return self.log[start - 1 : start - 1 + count]
+
+    def _SyncObj__doApplyCommand(self, data: bytes) -> Any:  # type: ignore[override]
+        self.clock.now += self.cost
+        self.applied.append(data)
+        return data.upper()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> _Clock:
+    fake = _Clock()
+    monkeypatch.setattr(raft_apply, "raft_clock", fake)
+    return fake
+
+
+def test_a_backlog_is_applied_a_slice_per_tick_in_order_and_once(clock: _Clock) -> None:
+    node = _Log(clock, entries=40, cost=0.03)
+    node._SyncObj__raftCommitIndex = 40
+    per_tick = []
+    while node._SyncObj__raftLastApplied < 40:
+        before = len(node.applied)
+        started = clock.now
+        assert node._SyncObj__applyLogEntries() is True
+        per_tick.append(len(node.applied) - before)
+        assert clock.now - started < APPLY_SLICE + node.cost  # the tick goes on after one slice
+    assert node.applied == [e[0] for e in node.log]
+    assert per_tick == [4] * 10  # 4 entries of 30 ms pass the 100 ms slice
+    assert max(node.reads) <= raft_apply.READ_AHEAD
+    assert node._SyncObj__applyLogEntries() is False  # nothing left: nothing to tell followers
+
+
+def test_nothing_past_the_commit_index_is_applied(clock: _Clock) -> None:
+    node = _Log(clock, entries=40, cost=0.0)
+    node._SyncObj__raftCommitIndex = 7
+    node._SyncObj__applyLogEntries()
+    assert node._SyncObj__raftLastApplied == 7 and node.applied == [e[0] for e in node.log[:7]]
+
+
+def test_proposers_hear_of_their_entry_once_it_is_applied(clock: _Clock) -> None:
+    node = _Log(clock, entries=40, cost=0.06)
+    heard: list[tuple[int, Any, int]] = []
+    node._SyncObj__commandsWaitingCommit = {
+        2: [(1, lambda res, err: heard.append((2, res, err)))],
+        31: [(1, lambda res, err: heard.append((31, res, err)))],  # proposed in term 1, entry is term 2's
+    }
+    node._SyncObj__raftCommitIndex = 40
+    node._SyncObj__applyLogEntries()
+    assert heard == [(2, b"E2", FAIL_REASON.SUCCESS)]  # entry 2 only: the slice ended at entry 2
+    while node._SyncObj__applyLogEntries():
+        pass
+    assert heard[1:] == [(31, None, FAIL_REASON.DISCARDED)]
+    assert node._SyncObj__commandsWaitingCommit == {}
+
+
+def test_the_raft_node_applies_through_it() -> None:
+    # SyncObj calls self.__applyLogEntries(), i.e. self._SyncObj__applyLogEntries: ours must be
+    # the one found first, and SyncObj must still have the method it replaces (the pinned version).
+    assert RaftNode._SyncObj__applyLogEntries is BoundedApply._SyncObj__applyLogEntries  # type: ignore[attr-defined]
+    assert hasattr(SyncObj, "_SyncObj__applyLogEntries")
+    for name in ("raftCommitIndex", "raftLastApplied", "commandsWaitingCommit", "selfCodeVersion"):
+        assert f"self.__{name}" in _syncobj_source()
+    for method in ("getEntries", "doApplyCommand"):
+        assert hasattr(SyncObj, f"_SyncObj__{method}")
+
+
+def _syncobj_source() -> str:
+    import inspect
+
+    return inspect.getsource(SyncObj)

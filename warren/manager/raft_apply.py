@@ -1,0 +1,78 @@
+"""Applying committed Raft entries a slice at a time, patched into PySyncObj 0.3.17 (#15).
+
+PySyncObj applies every committed entry it has in one go, on the thread that also sends the
+leader's heartbeats and reads its peers' messages. At 100,000 tasks a backlog of plans held that
+thread for 2-3 s: followers heard nothing and called elections (156 in one run), and a leader
+that heard no answers stepped down. `BoundedApply` applies entries until APPLY_SLICE has passed,
+then lets the tick go on (heartbeats, messages, the election clock) and resumes at the next one.
+Raft is unaffected: an entry is applied in order, once, and only after it is committed; only
+how far the applied index trails the commit index changes.
+
+Like `PeerLinks`, this overrides a private, name-mangled method, so it must come before `SyncObj`
+among a class's bases; the pinned PySyncObj version is what it was written against.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from pysyncobj import FAIL_REASON
+from pysyncobj.monotonic import monotonic as raft_clock
+from pysyncobj.syncobj import SyncObjExceptionWrongVer
+
+log = logging.getLogger("warren.manager.raft")
+
+# Applying stops once this much time has passed in one tick, after the entry in hand: far below
+# the 1 s election timeout, and twice the 50 ms heartbeat period.
+APPLY_SLICE = 0.1
+# Entries read from the journal at once: a backlog can be thousands, each up to 1 MiB.
+READ_AHEAD = 16
+
+
+class BoundedApply:
+    """Mixed into a SyncObj subclass, before SyncObj."""
+
+    # SyncObj's state that this reads and writes (PySyncObj has no types): for the type checker.
+    _SyncObj__raftCommitIndex: int
+    _SyncObj__raftLastApplied: int
+    _SyncObj__commandsWaitingCommit: dict[int, list[tuple[int, Callable[..., None]]]]
+    _SyncObj__getEntries: Callable[..., list[tuple[bytes, int, int]]]
+    _SyncObj__doApplyCommand: Callable[[bytes], Any]
+    _SyncObj__selfCodeVersion: int
+
+    def _SyncObj__applyLogEntries(self) -> bool:
+        """Apply committed entries for at most about APPLY_SLICE; whether any was applied (the
+        leader then tells its followers the new commit index at once, as PySyncObj does without
+        batched appends)."""
+        if self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
+            return False
+        deadline = raft_clock() + APPLY_SLICE
+        while self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+            count = min(self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied, READ_AHEAD)
+            entries = self._SyncObj__getEntries(self._SyncObj__raftLastApplied + 1, count)
+            if not entries:
+                break  # compacted away: a snapshot brings the state instead
+            for entry in entries:
+                self._apply_one(entry)
+                if raft_clock() >= deadline:
+                    return True
+        return True
+
+    def _apply_one(self, entry: tuple[bytes, int, int]) -> None:
+        """PySyncObj's own steps for one entry: apply it, then answer those who wait on it."""
+        data, index, term = entry
+        try:
+            subscribers = self._SyncObj__commandsWaitingCommit.pop(index, [])
+            result = self._SyncObj__doApplyCommand(data)
+            for subscribed_term, callback in subscribers:
+                if subscribed_term == term:
+                    callback(result, FAIL_REASON.SUCCESS)
+                else:
+                    callback(None, FAIL_REASON.DISCARDED)
+            self._SyncObj__raftLastApplied += 1
+        except SyncObjExceptionWrongVer as exc:
+            log.error(
+                "Raft entry %d asks for code version %d, this is %d", index, exc.ver, self._SyncObj__selfCodeVersion
+            )
