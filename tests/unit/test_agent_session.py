@@ -14,6 +14,7 @@ import pytest
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.waiting import async_wait_for as until
 from warren import pki, tls
+from warren.agent import session as session_module
 from warren.agent.cache import AgentCache, MemoryCache
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import Report, StatusQueue
@@ -56,6 +57,8 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.beat_delay = 0.0  # seconds every heartbeat's answer waits, as on an overloaded manager
         self.removed = False
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
+        self.reconnect_spread = 0.0
+        self.session_times: list[float] = []
 
     async def Session(self, request, context):  # type: ignore[no-untyped-def]
         if self.removed:
@@ -63,6 +66,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         if self.leader:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader; the leader is at {self.leader}")
         self.sessions.append(request)
+        self.session_times.append(time.monotonic())
         if self.fail_sessions:
             self.fail_sessions -= 1
             await context.abort(
@@ -91,7 +95,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             await asyncio.sleep(self.beat_delay)
         if self.fail_heartbeats:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
-        return dpb.HeartbeatResponse(period=self.period)
+        return dpb.HeartbeatResponse(period=self.period, reconnect_spread=self.reconnect_spread)
 
     async def UpdateTaskStatus(self, request, context):  # type: ignore[no-untyped-def]
         self.batches.append(list(request.updates))
@@ -241,6 +245,47 @@ def test_a_late_heartbeat_answer_keeps_the_session(creds, tmp_path: Path, caplog
 
     with caplog.at_level("WARNING", logger="warren.agent.session"):
         run(scenario())
+
+
+def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manager_said(
+    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """After a leader change every node's session ends at once: each agent waits a random part
+    of the spread its heartbeat answers named before it reconnects (#15), at most half a period."""
+    certs, server_creds = creds
+    draws: list[tuple[float, float]] = []
+
+    def uniform(low: float, high: float) -> float:
+        draws.append((low, high))
+        return high  # the longest wait the spread allows
+
+    monkeypatch.setattr(session_module.random, "uniform", uniform)
+
+    async def scenario() -> None:
+        manager = ScriptedDispatcher(period=4.0)
+        manager.reconnect_spread = 1.2
+        server, addr = await serve(manager, server_creds)
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
+        session = Session(certs, ManagerList([addr]), description, worker, queue)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: session.reconnect_spread == 1.2, message="the spread learnt from a heartbeat")
+            ended = time.monotonic()
+            await manager.outbox.put(None)  # the manager ends the session
+            await until(lambda: len(manager.sessions) == 2, timeout=10, message="a second session")
+            assert manager.session_times[1] - ended >= 1.2
+            assert draws == [(0.0, 1.2)]
+            manager.reconnect_spread = 60.0  # more than half a period: the agent keeps to that
+            await until(lambda: session.reconnect_spread == 2.0, timeout=10, message="the spread, capped")
+        finally:
+            stop.set()
+            await runner
+            await worker.close()
+            await server.stop(None)
+
+    run(scenario())
 
 
 def test_failed_sessions_are_counted_in_the_next_request_until_a_heartbeat(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -20,7 +20,7 @@ from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
 from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import RECONNECTS_PER_SECOND, DispatcherService, Heartbeats, reconnect_spread
 from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import ApiError, caller
@@ -226,8 +226,9 @@ def test_a_node_whose_sessions_keep_failing_is_not_ready_until_one_works(tmp_pat
                 "its session is failing: RESOURCE_EXHAUSTED: Received message larger than max "
                 "(7800000 vs. 4194304) more (3 in a row)"
             )
-            await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
+            reply = await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
             assert (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, "")
+            assert 0 < reply.reconnect_spread <= reply.period / 2  # a lost session's reconnect is spread
         finally:
             await stream.aclose()
 
@@ -378,3 +379,12 @@ def test_a_node_reports_its_metrics_address_and_a_malformed_one_is_refused(tmp_p
         cluster.close()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("nodes", [1, 3, 100, 500, 1000, 5000])
+@pytest.mark.parametrize("period", [0.5, 5.0, 30.0])
+def test_reconnects_are_spread_to_a_bounded_rate_within_half_a_period(nodes: int, period: float) -> None:
+    spread = reconnect_spread(nodes, period)
+    assert 0 < spread <= period / 2
+    if spread < period / 2:  # not capped: the nodes come back at the rate the leader takes
+        assert nodes / spread == pytest.approx(RECONNECTS_PER_SECOND)

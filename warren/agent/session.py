@@ -170,6 +170,9 @@ class Session:
         if pull_logins is not None:  # shared with the controllers (ADR 43)
             self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD
+        # Seconds to spread a reconnect over when an open session is lost: the managers say it
+        # in each heartbeat answer, by the cluster's size (#15).
+        self.reconnect_spread = 0.0
         self.connected_to: str | None = None
         self.failed_sessions = 0  # in a row, since a heartbeat last showed a session working
         self.last_failure = ""
@@ -182,6 +185,7 @@ class Session:
         while not stop.is_set():
             addr = target or self.managers.current()
             target = None
+            spread = 0.0
             logsetup.bind(manager=addr or "")
             if addr is None:
                 log.error("no manager address known: pass --manager or rejoin")
@@ -198,6 +202,7 @@ class Session:
                     target = redirect.addr
                     continue
             except grpc.aio.AioRpcError as exc:
+                spread = self._spread()
                 if is_removed(exc):
                     raise NodeRemoved(exc.details()) from None
                 log.warning("session with %s failed: %s %s", addr, exc.code().name, exc.details())
@@ -205,6 +210,7 @@ class Session:
                     self._failed(f"{exc.code().name}: {exc.details()}")
                 self.managers.advance()
             except (SessionLost, TimeoutError, OSError) as exc:
+                spread = self._spread()
                 log.warning("session with %s lost: %s", addr, exc or type(exc).__name__)
                 self.managers.advance()
             except Exception as exc:  # a bug, or a credential problem: log, keep trying
@@ -216,7 +222,12 @@ class Session:
                 self.worker.set_connected(False)
             redirects = 0
             backoff.cap = min(BACKOFF_CAP, max(BACKOFF_START, self.period))
-            await _sleep_unless(stop, backoff.next())
+            await _sleep_unless(stop, max(backoff.next(), spread))
+
+    def _spread(self) -> float:
+        """The wait before reconnecting after a session failed: a random part of the spread
+        when it was open (a leader change ends every node's at once), else none."""
+        return random.uniform(0.0, self.reconnect_spread) if self.connected_to is not None else 0.0
 
     def _failed(self, why: str) -> None:
         self.failed_sessions += 1
@@ -355,6 +366,7 @@ class Session:
                 self.failed_sessions, self.last_failure = 0, ""  # the managers now call us ready
                 if reply.period > 0:
                     self.period = reply.period
+                self.reconnect_spread = min(max(reply.reconnect_spread, 0.0), self.period / 2)
                 if promoting is not None and promoting.done():
                     promoting = None
                 if reply.desired_role == "manager" and self.on_promotion is not None and promoting is None:

@@ -52,6 +52,17 @@ log = logging.getLogger(__name__)
 
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
+# After a leader change every agent opened a new session at once: at 1,000 nodes, the TLS
+# handshakes and registrations timed out on the busy new leader, and the agents retried in step
+# (#15). Each heartbeat answer tells the agent to spread a reconnect over one second per this
+# many nodes, up to half a heartbeat period: a node is marked down after three periods without a
+# beat, and an agent gives up a session whose heartbeat is not answered within two.
+RECONNECTS_PER_SECOND = 200.0
+
+
+def reconnect_spread(nodes: int, period: float) -> float:
+    """The seconds over which an agent spreads its reconnect, in a cluster of `nodes` nodes."""
+    return max(0.0, min(period / 2, nodes / RECONNECTS_PER_SECOND))
 
 
 class Heartbeats:
@@ -551,6 +562,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             node = state.nodes.get(node_id)
             period = self._period(state)
             cluster = state.cluster
+            nodes = len(state.nodes)
         if node is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, "this node was removed from the cluster")
         # A heartbeat proves the agent holds this session's COMPLETE set: the session works.
@@ -578,6 +590,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         promoted = node.desired_role == NodeRole.MANAGER and node.role != NodeRole.MANAGER
         return dpb.HeartbeatResponse(
             period=period,
+            reconnect_spread=reconnect_spread(nodes, period),
             desired_role=NodeRole.MANAGER.value if promoted else "",
             wg_key_epoch=node.wg_key_desired_epoch,
             renew_certificate=await self._certificate_root(node, cluster),
