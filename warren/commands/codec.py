@@ -14,9 +14,10 @@ CODEC_VERSION = 1
 # one thread that applies the log, and ships it to every follower: a bigger one stalls all writes.
 MAX_COMMAND_BYTES = 1 << 20
 # The most task changes (and other items) in one part of a plan. Applying a part is one step of
-# that thread, which also keeps the leader's heartbeats: 1 MiB of starts held it for seconds at
-# 100,000 tasks (#15). A few hundred apply in tens of milliseconds, and still share an fsync.
-MAX_PLAN_ITEMS = 256
+# that thread, which also keeps the leader's heartbeats (#15): a thousand starts apply in about
+# 25 ms in the store (more with the watchers); 256 made S1's pass four times as many entries,
+# each awaited in turn, and its last tasks started 4 s later.
+MAX_PLAN_ITEMS = 1024
 
 
 class Envelope(msgspec.Struct, frozen=True, array_like=True):
