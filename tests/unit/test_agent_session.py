@@ -58,6 +58,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.removed = False
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
         self.reconnect_spread = 0.0
+        self.period_in_complete = False  # a manager of this version says them in COMPLETE too
         self.session_times: list[float] = []
 
     async def Session(self, request, context):  # type: ignore[no-untyped-def]
@@ -79,6 +80,8 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             version=1,
             updated=[convert.task_to_pb(t, with_spec=True) for t in self.tasks],
             managers=["127.0.0.1:1"],
+            heartbeat_period=self.period if self.period_in_complete else 0.0,
+            reconnect_spread=self.reconnect_spread if self.period_in_complete else 0.0,
         )
         while True:
             msg = await self.outbox.get()
@@ -279,6 +282,38 @@ def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manage
             assert draws == [(0.0, 1.2)]
             manager.reconnect_spread = 60.0  # more than half a period: the agent keeps to that
             await until(lambda: session.reconnect_spread == 2.0, timeout=10, message="the spread, capped")
+        finally:
+            stop.set()
+            await runner
+            await worker.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
+def test_the_first_heartbeat_waits_for_its_answer_as_long_as_the_period_the_first_message_said(
+    creds, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """An agent assumed a 1 s period until a heartbeat answered, and gave up on the first
+    answer after 2 s: on a leader busy with 1,000 new sessions, most first sessions ended so."""
+    certs, server_creds = creds
+
+    async def scenario() -> None:
+        manager = ScriptedDispatcher(period=2.0)
+        manager.period_in_complete = True
+        manager.reconnect_spread = 0.5
+        manager.beat_delay = 2.5  # beyond 2 s (the old first limit), within two periods
+        server, addr = await serve(manager, server_creds)
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
+        session = Session(certs, ManagerList([addr]), description, worker, queue)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: session.connected_to is not None, message="a session")
+            assert (session.period, session.reconnect_spread) == (2.0, 0.5)
+            await until(lambda: manager.heartbeats >= 2, timeout=15, message="two heartbeats")
+            assert len(manager.sessions) == 1, "the first late answer ended the session"
         finally:
             stop.set()
             await runner

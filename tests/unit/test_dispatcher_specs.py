@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.waiting import async_wait_for as until
 from warren import carotation, commands, validate
 from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
@@ -199,8 +200,7 @@ def test_undeliverable_assignments_mark_the_node_not_ready_and_service_rm_recove
             assert not delta.invalid and len(delta.updated) == 2  # stopped without their spec
             assert cluster.node().status == NodeStatus.UNKNOWN  # until a heartbeat proves it works
             await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
-            node = cluster.node()
-            assert (node.status, node.status_message) == (NodeStatus.READY, "")
+            await until(lambda: (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, ""))
         finally:
             await stream.aclose()
             cluster.close()
@@ -227,7 +227,7 @@ def test_a_node_whose_sessions_keep_failing_is_not_ready_until_one_works(tmp_pat
                 "(7800000 vs. 4194304) more (3 in a row)"
             )
             reply = await cluster.dispatcher.Heartbeat(dpb.HeartbeatRequest(session_id=first.session_id), None)
-            assert (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, "")
+            await until(lambda: (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, ""))
             assert 0 < reply.reconnect_spread <= reply.period / 2  # a lost session's reconnect is spread
         finally:
             await stream.aclose()
@@ -377,6 +377,47 @@ def test_a_node_reports_its_metrics_address_and_a_malformed_one_is_refused(tmp_p
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "metrics_addr" in err.value.message
         assert cluster.node().metrics_addr == "10.0.0.7:9100"
         cluster.close()
+
+    run(scenario())
+
+
+def test_a_heartbeat_is_answered_without_waiting_for_the_ready_proposal(tmp_path: Path) -> None:
+    """At 1,000 nodes, heartbeat answers that waited for a Raft round came after the agents gave
+    up on them, ending their sessions (#15): the answer goes at once, the node is marked ready
+    once the proposal commits, and the heartbeats meanwhile propose nothing more."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        release = asyncio.Event()
+        proposed: list[commands.SetNodeStatus] = []
+        propose = cluster.raft.propose_async
+
+        async def slow_status(command, timeout=5.0):  # type: ignore[no-untyped-def]
+            if isinstance(command, commands.SetNodeStatus):
+                proposed.append(command)
+                await release.wait()  # a Raft round behind the plans' entries
+            return await propose(command, timeout)
+
+        cluster.raft.propose_async = slow_status  # type: ignore[method-assign]
+        release.set()  # the session's own "failing" status commits at once
+        stream = cluster.dispatcher.Session(request(failed=3, why="INTERNAL: x"), None)
+        try:
+            first = await next_message(stream)
+            assert first.heartbeat_period == 5.0 and 0 < first.reconnect_spread <= 2.5  # known before a beat
+            assert cluster.node().status == NodeStatus.UNKNOWN
+            proposed.clear()
+            release.clear()
+            beat = dpb.HeartbeatRequest(session_id=first.session_id)
+            for _ in range(3):
+                reply = await asyncio.wait_for(cluster.dispatcher.Heartbeat(beat, None), 2.0)
+                assert reply.period == 5.0
+            assert cluster.node().status == NodeStatus.UNKNOWN  # not yet committed
+            assert [c.status for c in proposed] == [NodeStatus.READY]  # one proposal, not three
+            release.set()
+            await until(lambda: (cluster.node().status, cluster.node().status_message) == (NodeStatus.READY, ""))
+        finally:
+            await stream.aclose()
+            cluster.close()
 
     run(scenario())
 

@@ -224,6 +224,12 @@ class Session:
             backoff.cap = min(BACKOFF_CAP, max(BACKOFF_START, self.period))
             await _sleep_unless(stop, max(backoff.next(), spread))
 
+    def _learn_pace(self, period: float, spread: float) -> None:
+        """The heartbeat period and the reconnect spread the managers ask for (0: not said)."""
+        if period > 0:
+            self.period = period
+        self.reconnect_spread = min(max(spread, 0.0), self.period / 2)
+
     def _spread(self) -> float:
         """The wait before reconnecting after a session failed: a random part of the spread
         when it was open (a leader change ends every node's at once), else none."""
@@ -270,6 +276,7 @@ class Session:
                 call.cancel()
                 return True
             session_id = first.session_id
+            self._learn_pace(first.heartbeat_period, first.reconnect_spread)
             logsetup.bind(session=session_id)
             log.info("session %s open with %s (%d task(s) assigned)", session_id, addr, len(delta.updated))
             self.connected_to = addr
@@ -364,9 +371,7 @@ class Session:
                 if loop.time() - sent_at > self.period:  # kept, but a sign of an overloaded manager
                     log.warning("a heartbeat was answered after %.1fs (period %gs)", loop.time() - sent_at, self.period)
                 self.failed_sessions, self.last_failure = 0, ""  # the managers now call us ready
-                if reply.period > 0:
-                    self.period = reply.period
-                self.reconnect_spread = min(max(reply.reconnect_spread, 0.0), self.period / 2)
+                self._learn_pace(reply.period, reply.reconnect_spread)
                 if promoting is not None and promoting.done():
                     promoting = None
                 if reply.desired_role == "manager" and self.on_promotion is not None and promoting is None:

@@ -305,6 +305,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._sessions: dict[str, str] = {}  # session id -> node id
         self._max_message = max_message  # what an agent accepts (tls.channel_options)
         self._failing: dict[str, str] = {}  # node id -> why its last session failed here
+        self._readying: set[str] = set()  # nodes whose "ready" is being proposed
+        self._background: set[asyncio.Task[None]] = set()  # those proposals (held: see asyncio docs)
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
         self._digests = CommitDigests()  # each commit's changes indexed once for every session
@@ -391,6 +393,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     logins = pull_logins(state, (state.tasks[t] for t in known), self._vault)
                     volumes = _node_volumes(state, node.id)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
+                    period, nodes = self._period(state), len(state.nodes)
                 view = self._current_nodes()
                 managers_sent, mesh_sent = view.managers_version, view.mesh_version
                 current = self._endpoints.current()
@@ -408,6 +411,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     volumes=volumes,
                     volumes_changed=True,
                     pull_logins=logins,
+                    heartbeat_period=period,
+                    reconnect_spread=reconnect_spread(nodes, period),
                 )
                 del tasks, current  # a session lives long: hold no copy, pin no endpoint version (ADR 72)
                 yield await self._fits(node.id, Assignments(complete, self._endpoints.whole(), self._mesh.whole()))
@@ -568,11 +573,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         # A heartbeat proves the agent holds this session's COMPLETE set: the session works.
         self._failing.pop(node_id, None)
         if node.status != NodeStatus.READY or node.status_message:
-            check_result(
-                await self._raft.propose_async(
-                    commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout
-                )
-            )
+            self._mark_ready(node_id)
         if request.pending_wg_key and request.pending_wg_key_epoch > node.wg_key_epoch:
             # The key pair of a rotation, made by the node: publishing it switches every node's
             # mesh to it (ADR 18). Repeated in each heartbeat until the mesh shows it.
@@ -595,6 +596,31 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             wg_key_epoch=node.wg_key_desired_epoch,
             renew_certificate=await self._certificate_root(node, cluster),
         )
+
+    def _mark_ready(self, node_id: str) -> None:
+        """Propose the node ready, without holding the heartbeat's answer for a Raft round: at
+        1,000 nodes, answers that waited behind the plans' entries came after the agents gave
+        up (two periods), which ended their sessions and brought more proposals (#15). The
+        liveness that matters is recorded already; a proposal that fails is made again at the
+        next heartbeat."""
+        if node_id in self._readying:
+            return
+        self._readying.add(node_id)
+        proposal = asyncio.create_task(self._propose_ready(node_id), name=f"ready-{node_id}")
+        self._background.add(proposal)
+        proposal.add_done_callback(self._background.discard)
+
+    async def _propose_ready(self, node_id: str) -> None:
+        try:
+            result = await self._raft.propose_async(
+                commands.SetNodeStatus(node_id, NodeStatus.READY, "", time.time()), self._timeout
+            )
+            if not result.ok:
+                log.warning("node %s was not marked ready: %s", node_id, result.message)
+        except ProposalError as exc:
+            log.warning("node %s was not marked ready: %s", node_id, exc.message)
+        finally:
+            self._readying.discard(node_id)
 
     async def _certificate_root(self, node: Node, cluster: ClusterInfo | None) -> bool:
         """Record which root issued the certificate this agent calls with (the CA rotation's
