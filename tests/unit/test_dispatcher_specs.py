@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from pathlib import Path
 
 import grpc
@@ -21,7 +22,14 @@ from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
 from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import RECONNECTS_PER_SECOND, DispatcherService, Heartbeats, reconnect_spread
+from warren.manager.dispatcher import (
+    RECONNECTS_PER_SECOND,
+    SESSION_MESSAGES_PER_SECOND,
+    DispatcherService,
+    Heartbeats,
+    reconnect_spread,
+    session_pace,
+)
 from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import ApiError, caller
@@ -420,6 +428,42 @@ def test_a_heartbeat_is_answered_without_waiting_for_the_ready_proposal(tmp_path
             cluster.close()
 
     run(scenario())
+
+
+def test_a_session_among_many_paces_its_messages_and_carries_what_came_meanwhile_in_one(tmp_path: Path) -> None:
+    """With 1,000 sessions open, a session waits about a second after each message it sends
+    (#15): commits made meanwhile go in its next message, not one message each."""
+
+    async def scenario() -> None:
+        cluster = Cluster(tmp_path)
+        web = Service(id="svc-web", spec=spec(), version=1)
+        cluster.put(web)
+        for i in range(999):  # the other nodes' sessions, as the pace counts them
+            cluster.dispatcher._sessions[f"other-{i}"] = f"node-{i}"
+        stream = cluster.dispatcher.Session(request(), None)
+        try:
+            await next_message(stream)  # COMPLETE
+            cluster.put(task("a", web))
+            first = await next_message(stream)
+            sent = time.monotonic()
+            assert [t.id for t in first.updated] == ["a"]
+            cluster.put(task("b", web))
+            cluster.put(task("c", web))
+            second = await next_message(stream)
+            assert time.monotonic() - sent >= 0.45  # at least half the mean pause of 1 s
+            assert sorted(t.id for t in second.updated) == ["b", "c"]
+        finally:
+            await stream.aclose()
+            cluster.close()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("sessions", [1, 10, 100, 1000])
+def test_the_pace_keeps_the_sessions_messages_to_a_bounded_rate(sessions: int) -> None:
+    low, high = session_pace(sessions, 0.0), session_pace(sessions, 0.999)
+    assert low < high
+    assert sessions / ((low + high) / 2) == pytest.approx(SESSION_MESSAGES_PER_SECOND, rel=0.01)
 
 
 @pytest.mark.parametrize("nodes", [1, 3, 100, 500, 1000, 5000])
