@@ -431,7 +431,14 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_
     return out
 
 
-def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool, run_timeout: float) -> dict[str, Any]:
+def run_set(
+    name: str,
+    params: dict[str, int],
+    clients: int,
+    skip_s3: bool,
+    run_timeout: float,
+    heartbeat_period: float | None = None,
+) -> dict[str, Any]:
     from bench.promserver import PrometheusServer
     from tests.integration.harness import manager_trio
     from tests.integration.simrig import SimProcess
@@ -441,6 +448,9 @@ def run_set(name: str, params: dict[str, int], clients: int, skip_s3: bool, run_
     prom = sim = None
     try:
         init = ["--overlay-range", OVERLAY_RANGE]
+        if heartbeat_period is not None:
+            init += ["--heartbeat-period", f"{heartbeat_period:g}s"]
+            result["heartbeat_period_s"] = heartbeat_period
         with manager_trio(root, init_args=init, schedule_on_manager=False) as managers:
             cluster = Cluster(managers)
             targets = {f"m{i + 1}": f"{m.host}:{m.metrics_port}" for i, m in enumerate(managers)}
@@ -677,6 +687,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-s3", action="store_true", help="no node or leader kills")
     parser.add_argument(
+        "--heartbeat-period", type=float, metavar="SEC", help="the cluster's heartbeat period (default: Warren's)"
+    )
+    parser.add_argument(
         "--result", metavar="NAME", help="write bench/results/scale-NAME.json (default: the set's name)"
     )
     parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
@@ -692,7 +705,9 @@ def main(argv: list[str] | None = None) -> int:
     machine["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
     start = time.perf_counter()
     print(f"== scale-{args.set} {params} ...", flush=True)
-    result = run_set(args.set, params, args.clients, args.skip_s3, args.run_timeout)
+    if args.heartbeat_period is not None and args.heartbeat_period <= 0:
+        parser.error("--heartbeat-period must be positive")
+    result = run_set(args.set, params, args.clients, args.skip_s3, args.run_timeout, args.heartbeat_period)
     result["duration_s"] = round(time.perf_counter() - start, 2)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["machine"] = machine
