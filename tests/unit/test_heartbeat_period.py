@@ -5,12 +5,15 @@ period for a while after it is lowered, until every agent has taken the new one 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
-from warren import commands
+from tests.unit.test_manager_services import Manager, run
+from warren import commands, reconciler
 from warren.manager.orchestrator import HeartbeatPeriod
-from warren.model import ClusterInfo
+from warren.model import ClusterInfo, Node, NodeStatus
+from warren.reconciler import liveness
 from warren.state import ClusterState, Put
 
 
@@ -50,3 +53,42 @@ def test_the_old_period_counts_for_two_old_periods_after_it_is_lowered() -> None
     # Lowered again while lowered before: the grace follows the latest change.
     assert period.effective(1.0, 113.0) == 3.0
     assert period.effective(1.0, 119.0) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("configured", "nodes"), [(5.0, 1), (5.0, 250), (5.0, 251), (5.0, 1000), (1.0, 60), (60.0, 1000)]
+)
+def test_a_large_cluster_beats_at_most_max_heartbeats_per_second(configured: float, nodes: int) -> None:
+    """ADR 73: past 250 nodes at 5 s, the period grows, so that the leader is asked to take at
+    most MAX_HEARTBEATS_PER_SECOND heartbeats a second; never shorter than the setting."""
+    period = liveness.heartbeat_period(configured, nodes)
+    assert period >= configured
+    assert nodes / period <= liveness.MAX_HEARTBEATS_PER_SECOND * (1 + 1e-9)
+    if nodes / configured <= liveness.MAX_HEARTBEATS_PER_SECOND:
+        assert period == configured  # a cluster of a few hundred nodes keeps its setting
+
+
+def test_the_agents_and_the_down_check_count_with_the_lengthened_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The heartbeat answer and the reconcile pass use the same period: a node of a 1,000-node
+    cluster is told 20 s, and is called down only after 60 s without a beat."""
+    configs: list[reconciler.ReconcileConfig] = []
+    real = reconciler.reconcile_pass
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        configs.append(args[3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reconciler, "reconcile_pass", recording)
+
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        nodes = [Node(id=f"n{i}", hostname=f"n{i}", status=NodeStatus.READY) for i in range(999)]
+        manager.store.put(*(Put("node", n) for n in nodes))
+        with manager.store.read() as state:
+            assert len(state.nodes) == 1000
+            assert manager.dispatcher._period(state) == 20.0
+        await manager.orchestrator.pass_once()
+        assert configs and configs[-1].heartbeat_period == 20.0 and configs[-1].node_timeout == 60.0
+
+    run(scenario())

@@ -9,6 +9,7 @@ from typing import Any
 from warren.cli import autolock, backup, certs, manager_flags, units, worker
 from warren.cli.errors import CliError, Exit
 from warren.cli.flags import add_format_flag, value_type
+from warren.reconciler import liveness
 
 _ADDR = value_type(units.parse_hostport)
 
@@ -130,7 +131,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             ("Leader", info.leader_api_addr or info.leader or "none"),
             ("Raft term", info.raft_term),
             ("Commit index", f"{info.commit_index} (applied {info.applied_index})"),
-            ("Heartbeat", units.format_duration(info.heartbeat_period)),
+            ("Heartbeat", _heartbeat_text(info.heartbeat_period, info.nodes)),
             (
                 "WireGuard key rotation",
                 f"every {units.format_duration(info.wg_key_rotation_period)}" if info.wg_key_rotation_period else "off",
@@ -203,10 +204,23 @@ def cmd_update(args: argparse.Namespace) -> int:
     if caps:
         print(f"Per pass: at most {info.max_starts_per_pass} starts, {info.max_stops_per_pass} stops")
     if args.heartbeat_period is not None:
-        period = info.heartbeat_period
+        period = liveness.heartbeat_period(info.heartbeat_period, info.nodes)
         down = units.format_duration(3 * period)
-        print(f"Heartbeat: every {units.format_duration(period)} (a node is down after {down} without one)")
+        every = _heartbeat_text(info.heartbeat_period, info.nodes)
+        print(f"Heartbeat: every {every} (a node is down after {down} without one)")
     return 0
+
+
+def _heartbeat_text(configured: float, nodes: int) -> str:
+    """The period nodes beat at, and the setting when the cluster's size lengthens it (ADR 73)."""
+    period = liveness.heartbeat_period(configured, nodes)
+    if period == configured:
+        return units.format_duration(configured)
+    rate = f"{liveness.MAX_HEARTBEATS_PER_SECOND:g}"
+    setting = units.format_duration(configured)
+    return (
+        f"{units.format_duration(period)} (set to {setting}; longer for {nodes:,} nodes: at most {rate} heartbeats/s)"
+    )
 
 
 def _on_off(text: str) -> bool:

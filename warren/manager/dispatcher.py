@@ -45,6 +45,7 @@ from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
+from warren.reconciler import liveness
 from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
 from warren.validate import ValidationError, check_node_description, check_wireguard
@@ -338,7 +339,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         return node_id
 
     def _period(self, state: ClusterState) -> float:
-        return state.cluster.heartbeat_period if state.cluster else 5.0
+        configured = state.cluster.heartbeat_period if state.cluster else 5.0
+        return liveness.heartbeat_period(configured, len(state.nodes))  # longer in a large cluster
 
     # Yields Assignments, which the server sends with Assignments.encode (dispatchwire, ADR 57).
     async def Session(  # type: ignore[override]

@@ -23,6 +23,7 @@ from warren.manager.dispatcher import Heartbeats
 from warren.manager.events import Event, EventHub
 from warren.manager.hearing import SilenceReport
 from warren.manager.ports import ProposalError, Proposer, StateReader
+from warren.reconciler import liveness
 from warren.state import Change, ClusterState
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,10 @@ class Orchestrator:
                 log.warning("WireGuard key rotation not committed: %s", exc.message)
         now = time.time()
         config = reconciler.ReconcileConfig.from_cluster(
-            snapshot.cluster, heartbeat_period=self._period.effective(snapshot.cluster.heartbeat_period, now)
+            snapshot.cluster,
+            heartbeat_period=self._period.effective(
+                liveness.heartbeat_period(snapshot.cluster.heartbeat_period, len(snapshot.nodes)), now
+            ),
         )
         visit = self._visit(snapshot, incremental)
         heard = self._heartbeats.seen()  # after `now`: a stall in between only moves them later

@@ -18,6 +18,19 @@ import msgspec
 from warren.model import Availability, Node, NodeStatus
 from warren.state import ClusterState
 
+# The most heartbeats a second the leader is asked to take (Nomad's max_heartbeats_per_second, 50
+# by default): past 250 nodes at the default 5 s, the period grows with the cluster. At 1,000
+# nodes, 200 a second (with 1,000 sessions) were not taken in time on this 2-core machine, and
+# the failed sessions fed themselves; at 50 a second S2 ran all its tasks (#15, ADR 73).
+MAX_HEARTBEATS_PER_SECOND = 50.0
+
+
+def heartbeat_period(configured: float, nodes: int) -> float:
+    """The period agents beat at, and the down check counts with: the cluster's setting, or
+    longer in a cluster so large that its nodes would beat more than MAX_HEARTBEATS_PER_SECOND."""
+    return max(configured, nodes / MAX_HEARTBEATS_PER_SECOND)
+
+
 MASS_SILENCE_SHARE = 0.5  # more than this share of the ready nodes silent at once ...
 MASS_SILENCE_MIN = 3  # ... and at least this many: a 2- or 3-node cluster still loses a node
 
