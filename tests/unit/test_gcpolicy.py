@@ -28,4 +28,27 @@ def test_settle_collects_young_objects_less_often_and_cycles_are_still_freed() -
         gc.collect()
         assert garbage_id not in {id(o) for o in gc.get_objects()}  # cycles are still freed
     finally:
+        if gcpolicy._timer in gc.callbacks:
+            gc.callbacks.remove(gcpolicy._timer)
+        gc.set_threshold(*before)
+
+
+def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """A collection stops every thread of the manager: one slower than SLOW_COLLECTION says so."""
+    before = gc.get_threshold()
+    try:
+        gcpolicy.settle()
+        gcpolicy.settle()  # once registered, not twice
+        assert gc.callbacks.count(gcpolicy._timer) == 1
+        monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 0.0)
+        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+            gc.collect()
+        assert "a garbage collection of generation 2 took" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
+        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+            gc.collect()
+        assert "garbage collection" not in caplog.text
+    finally:
+        gc.callbacks.remove(gcpolicy._timer)
         gc.set_threshold(*before)

@@ -14,12 +14,42 @@ YOUNG_THRESHOLD objects more, a few MiB at worst."""
 from __future__ import annotations
 
 import gc
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 YOUNG_THRESHOLD = 10_000  # CPython's default: 700
+# A full collection stops every thread of the manager, the Raft thread included: one this long
+# is logged. At 100,000 tasks the leader's Raft thread and event loop both stopped for 1.5-1.8 s
+# at once, which elected another leader (#15); a collection is the likely cause, not yet shown.
+SLOW_COLLECTION = 0.25
 
 
 def settle() -> tuple[int, int, int]:
-    """Set the thresholds for serving, keeping the older generations' ratios; returns them."""
+    """Set the thresholds for serving, keeping the older generations' ratios; returns them.
+    Also log every collection slower than SLOW_COLLECTION from now on."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+    if _timer not in gc.callbacks:
+        gc.callbacks.append(_timer)
     return gc.get_threshold()
+
+
+_started = [0.0]
+
+
+def _timer(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _started[0] = time.perf_counter()
+        return
+    took = time.perf_counter() - _started[0]
+    if took >= SLOW_COLLECTION:
+        log.warning(
+            "a garbage collection of generation %d took %.2fs (every thread of this manager waited): "
+            "%d object(s) collected",
+            info.get("generation", -1),
+            took,
+            info.get("collected", 0),
+        )
