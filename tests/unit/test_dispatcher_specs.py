@@ -22,17 +22,16 @@ from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
 from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import (
-    RECONNECTS_PER_SECOND,
-    SESSION_MESSAGES_PER_SECOND,
-    DispatcherService,
-    Heartbeats,
-    reconnect_spread,
-    session_pace,
-)
+from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.events import EventHub
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import ApiError, caller
+from warren.manager.sessionpace import (
+    RECONNECTS_PER_SECOND,
+    SESSION_MESSAGES_PER_SECOND,
+    reconnect_spread,
+    session_pace,
+)
 from warren.manager.store import Store, open_environment
 from warren.model import Node, NodeStatus, Service, ServiceSpec, Task, TaskState
 from warren.pki import Identity

@@ -43,6 +43,7 @@ from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
+from warren.manager.sessionpace import reconnect_spread, session_pace
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
 from warren.reconciler import liveness
@@ -54,30 +55,6 @@ log = logging.getLogger(__name__)
 
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
-# After a leader change every agent opened a new session at once: at 1,000 nodes, the TLS
-# handshakes and registrations timed out on the busy new leader, and the agents retried in step
-# (#15). Each heartbeat answer tells the agent to spread a reconnect over one second per this
-# many nodes, up to half a heartbeat period: a node is marked down after three periods without a
-# beat, and an agent gives up a session whose heartbeat is not answered within two.
-RECONNECTS_PER_SECOND = 200.0
-
-
-# Each session sends at most about one message per (open sessions / this) seconds, at a random
-# point of that interval. A commit wakes every session at once, and the event loop then runs all
-# of them in one iteration; gRPC's server takes one new call per iteration, so at 1,000 sessions
-# and a few commits a second, heartbeats waited seconds to be taken and their agents gave the
-# sessions up (#15). Paced, a session's wake-ups spread out and carry several commits each.
-SESSION_MESSAGES_PER_SECOND = 1000.0
-
-
-def session_pace(sessions: int, draw: float) -> float:
-    """The pause after a session's message, for `draw` in [0, 1): 0.5 to 1.5 times the mean."""
-    return sessions / SESSION_MESSAGES_PER_SECOND * (0.5 + draw)
-
-
-def reconnect_spread(nodes: int, period: float) -> float:
-    """The seconds over which an agent spreads its reconnect, in a cluster of `nodes` nodes."""
-    return max(0.0, min(period / 2, nodes / RECONNECTS_PER_SECOND))
 
 
 class Heartbeats:

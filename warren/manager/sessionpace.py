@@ -1,0 +1,28 @@
+"""How fast sessions talk to a busy leader (ADR 73): the pause between a session's messages and
+the spread of the agents' reconnects, both sized by the cluster. Pure."""
+
+from __future__ import annotations
+
+# After a leader change every agent opened a new session at once: at 1,000 nodes, the TLS
+# handshakes and registrations timed out on the busy new leader, and the agents retried in step
+# (#15). Each heartbeat answer tells the agent to spread a reconnect over one second per this
+# many nodes, up to half a heartbeat period: a node is marked down after three periods without a
+# beat, and an agent gives up a session whose heartbeat is not answered within two.
+RECONNECTS_PER_SECOND = 200.0
+
+# Each session sends at most about one message per (open sessions / this) seconds, at a random
+# point of that interval. A commit wakes every session at once, and the event loop then runs all
+# of them in one iteration, which delays everything else the loop does, new calls included
+# (gRPC's asyncio server takes one per iteration). Paced, a session's wake-ups spread out and
+# carry several commits each.
+SESSION_MESSAGES_PER_SECOND = 1000.0
+
+
+def session_pace(sessions: int, draw: float) -> float:
+    """The pause after a session's message, for `draw` in [0, 1): 0.5 to 1.5 times the mean."""
+    return sessions / SESSION_MESSAGES_PER_SECOND * (0.5 + draw)
+
+
+def reconnect_spread(nodes: int, period: float) -> float:
+    """The seconds over which an agent spreads its reconnect, in a cluster of `nodes` nodes."""
+    return max(0.0, min(period / 2, nodes / RECONNECTS_PER_SECOND))
