@@ -58,6 +58,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.removed = False
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
         self.reconnect_spread = 0.0
+        self.slow_reports = 0  # the next N reports are answered after the agent's deadline
         self.period_in_complete = False  # a manager of this version says them in COMPLETE too
         self.session_times: list[float] = []
 
@@ -101,6 +102,9 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         return dpb.HeartbeatResponse(period=self.period, reconnect_spread=self.reconnect_spread)
 
     async def UpdateTaskStatus(self, request, context):  # type: ignore[no-untyped-def]
+        if self.slow_reports:
+            self.slow_reports -= 1
+            await asyncio.sleep(5.0)  # beyond the agent's deadline: the agent gives up on it
         self.batches.append(list(request.updates))
         return dpb.UpdateTaskStatusResponse()
 
@@ -212,6 +216,38 @@ def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type:
             await asyncio.wait_for(runner, 10)
             await worker.close()
             cache.close()
+            await server.stop(None)
+
+    run(scenario())
+
+
+def test_a_report_not_answered_in_time_is_resent_on_the_same_session(
+    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A busy manager that answers a report late is not a broken session (#15): the agent
+    resends the report, and keeps the session that its heartbeats show working."""
+    certs, server_creds = creds
+    monkeypatch.setattr(session_module, "REPORT_TIMEOUT", 0.5)
+    monkeypatch.setattr(session_module, "REPORT_RETRY", 0.05)
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        dispatcher.slow_reports = 2
+        server, addr = await serve(dispatcher, server_creds)
+        queue = StatusQueue()
+        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
+        session = Session(certs, ManagerList([addr]), description, worker, queue)
+        stop = asyncio.Event()
+        runner = asyncio.create_task(session.run(stop))
+        try:
+            await until(lambda: session.connected_to is not None, message="a session")
+            queue.put(Report("zzz", S.FAILED, 1.7e9, error="exited"))
+            await until(lambda: "failed" in dispatcher.reported("zzz"), timeout=20, message="the report, resent")
+            assert len(dispatcher.sessions) == 1, "a late report answer ended the session"
+        finally:
+            stop.set()
+            await runner
+            await worker.close()
             await server.stop(None)
 
     run(scenario())

@@ -50,6 +50,7 @@ COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus ca
 MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
 REPORT_TIMEOUT = 15.0
+REPORT_RETRY = 1.0  # after a report that was not answered in time: the manager is busy
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 # Periods a heartbeat's answer may take before the session is given up. The managers call a node
 # down after three periods without a beat; ending the session at one late answer made a busy
@@ -447,6 +448,13 @@ class Session:
                     log.error("the manager refused %d status report(s): %s", len(batch), exc.details())
                     continue
                 self.queue.requeue(batch)
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    # A busy manager, not a broken session: ending it cost the manager a new
+                    # session and the whole set, at 1,000 nodes the failures fed themselves
+                    # (#15). The heartbeats say whether the session works; resend later.
+                    log.warning("%d status report(s) not answered within %gs; resending", len(batch), REPORT_TIMEOUT)
+                    await asyncio.sleep(REPORT_RETRY)
+                    continue
                 raise
             except BaseException:
                 self.queue.requeue(batch)
