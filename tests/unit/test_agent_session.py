@@ -5,7 +5,9 @@ batched reports, and NodeRemoved. The runtime is the in-memory fake."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -124,6 +126,28 @@ def description() -> dpb.NodeDescription:
     return dpb.NodeDescription(hostname="worker-1")
 
 
+@contextlib.asynccontextmanager
+async def running_session(
+    dispatcher: ScriptedDispatcher, creds: tuple[Path, tls.Credentials], tmp_path: Path
+) -> AsyncIterator[tuple[Session, StatusQueue]]:
+    """An agent's Session running against `dispatcher` (served over mTLS), with its status queue;
+    stopped, with the worker and the server, on leaving."""
+    certs, server_creds = creds
+    server, addr = await serve(dispatcher, server_creds)
+    queue = StatusQueue()
+    worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
+    session = Session(certs, ManagerList([addr]), description, worker, queue)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(session.run(stop))
+    try:
+        yield session, queue
+    finally:
+        stop.set()
+        await runner
+        await worker.close()
+        await server.stop(None)
+
+
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(asyncio.wait_for(coro, 30))
 
@@ -226,29 +250,17 @@ def test_a_report_not_answered_in_time_is_resent_on_the_same_session(
 ) -> None:  # type: ignore[no-untyped-def]
     """A busy manager that answers a report late is not a broken session (#15): the agent
     resends the report, and keeps the session that its heartbeats show working."""
-    certs, server_creds = creds
     monkeypatch.setattr(session_module, "REPORT_TIMEOUT", 0.5)
     monkeypatch.setattr(session_module, "REPORT_RETRY", 0.05)
 
     async def scenario() -> None:
         dispatcher = ScriptedDispatcher([])
         dispatcher.slow_reports = 2
-        server, addr = await serve(dispatcher, server_creds)
-        queue = StatusQueue()
-        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
-        session = Session(certs, ManagerList([addr]), description, worker, queue)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(session.run(stop))
-        try:
+        async with running_session(dispatcher, creds, tmp_path) as (session, queue):
             await until(lambda: session.connected_to is not None, message="a session")
             queue.put(Report("zzz", S.FAILED, 1.7e9, error="exited"))
             await until(lambda: "failed" in dispatcher.reported("zzz"), timeout=20, message="the report, resent")
             assert len(dispatcher.sessions) == 1, "a late report answer ended the session"
-        finally:
-            stop.set()
-            await runner
-            await worker.close()
-            await server.stop(None)
 
     run(scenario())
 
@@ -258,17 +270,10 @@ def test_a_late_heartbeat_answer_keeps_the_session(creds, tmp_path: Path, caplog
     only after 3, so the session stays open (a new one would cost that manager a registration
     and the whole set: the reopen storm of #15's S2), the next beat leaves a period after the
     last one did, and the lateness is logged."""
-    certs, server_creds = creds
 
     async def scenario() -> None:
         manager = ScriptedDispatcher(period=2.0)
-        server, addr = await serve(manager, server_creds)
-        queue = StatusQueue()
-        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
-        session = Session(certs, ManagerList([addr]), description, worker, queue)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(session.run(stop))
-        try:
+        async with running_session(manager, creds, tmp_path) as (session, _):
             await until(lambda: manager.heartbeats >= 1 and session.period == 2.0, message="the first beat answered")
             manager.beat_delay = 3.0  # beyond one period (the old limit), within two
             await until(lambda: manager.heartbeats >= 3, timeout=20, message="two late beats")
@@ -276,11 +281,6 @@ def test_a_late_heartbeat_answer_keeps_the_session(creds, tmp_path: Path, caplog
             assert len(manager.sessions) == 1, "the session was given up on a late answer"
             assert all(gap < 2.0 * 2 for gap in gaps), gaps  # due a period after the last one left
             assert "a heartbeat was answered after" in caplog.text
-        finally:
-            stop.set()
-            await runner
-            await worker.close()
-            await server.stop(None)
 
     with caplog.at_level("WARNING", logger="warren.agent.session"):
         run(scenario())
@@ -291,7 +291,6 @@ def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manage
 ) -> None:  # type: ignore[no-untyped-def]
     """After a leader change every node's session ends at once: each agent waits a random part
     of the spread its heartbeat answers named before it reconnects (#15), at most half a period."""
-    certs, server_creds = creds
     draws: list[tuple[float, float]] = []
 
     def uniform(low: float, high: float) -> float:
@@ -303,13 +302,7 @@ def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manage
     async def scenario() -> None:
         manager = ScriptedDispatcher(period=4.0)
         manager.reconnect_spread = 1.2
-        server, addr = await serve(manager, server_creds)
-        queue = StatusQueue()
-        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
-        session = Session(certs, ManagerList([addr]), description, worker, queue)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(session.run(stop))
-        try:
+        async with running_session(manager, creds, tmp_path) as (session, _):
             await until(lambda: session.reconnect_spread == 1.2, message="the spread learnt from a heartbeat")
             ended = time.monotonic()
             await manager.outbox.put(None)  # the manager ends the session
@@ -318,11 +311,6 @@ def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manage
             assert draws == [(0.0, 1.2)]
             manager.reconnect_spread = 60.0  # more than half a period: the agent keeps to that
             await until(lambda: session.reconnect_spread == 2.0, timeout=10, message="the spread, capped")
-        finally:
-            stop.set()
-            await runner
-            await worker.close()
-            await server.stop(None)
 
     run(scenario())
 
@@ -332,29 +320,17 @@ def test_the_first_heartbeat_waits_for_its_answer_as_long_as_the_period_the_firs
 ) -> None:  # type: ignore[no-untyped-def]
     """An agent assumed a 1 s period until a heartbeat answered, and gave up on the first
     answer after 2 s: on a leader busy with 1,000 new sessions, most first sessions ended so."""
-    certs, server_creds = creds
 
     async def scenario() -> None:
         manager = ScriptedDispatcher(period=2.0)
         manager.period_in_complete = True
         manager.reconnect_spread = 0.5
         manager.beat_delay = 2.5  # beyond 2 s (the old first limit), within two periods
-        server, addr = await serve(manager, server_creds)
-        queue = StatusQueue()
-        worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), MemoryCache(), queue)
-        session = Session(certs, ManagerList([addr]), description, worker, queue)
-        stop = asyncio.Event()
-        runner = asyncio.create_task(session.run(stop))
-        try:
+        async with running_session(manager, creds, tmp_path) as (session, _):
             await until(lambda: session.connected_to is not None, message="a session")
             assert (session.period, session.reconnect_spread) == (2.0, 0.5)
             await until(lambda: manager.heartbeats >= 2, timeout=15, message="two heartbeats")
             assert len(manager.sessions) == 1, "the first late answer ended the session"
-        finally:
-            stop.set()
-            await runner
-            await worker.close()
-            await server.stop(None)
 
     run(scenario())
 
