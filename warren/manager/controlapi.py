@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 import msgspec
@@ -98,27 +98,18 @@ def _page(
     request: paging.PagedRequest,
     add: Callable[[T], object],
     out: paging.Repeated,
+    *,
+    sorted_index: bool = False,
 ) -> str:
     """One page of a list in the order of `key`, as `request` (page_size, page_token) asks, put
-    into the reply's field `out` by `add`; the next page's token."""
+    into the reply's field `out` by `add`; the next page's token. With `sorted_index`, `items`
+    is a sequence the state keeps sorted by `key`: the page is a bisect and a slice (ADR 70)."""
+    size, token = request.page_size, request.page_token
     try:
-        return paging.page(kind, items, key, key_types, add, out, request.page_size, request.page_token)
-    except paging.PageTokenError as exc:
-        raise _invalid(str(exc)) from None
-
-
-def _page_sorted(
-    kind: str,
-    ordered: Sequence[T],
-    key: Callable[[T], paging.Key],
-    key_types: tuple[type, ...],
-    request: paging.PagedRequest,
-    add: Callable[[T], object],
-    out: paging.Repeated,
-) -> str:
-    """`_page` of a list kept sorted by `key` (an index of the state): O(log n + page)."""
-    try:
-        return paging.page_sorted(kind, ordered, key, key_types, add, out, request.page_size, request.page_token)
+        if sorted_index:
+            ordered = cast(Sequence[T], items)
+            return paging.page_sorted(kind, ordered, key, key_types, add, out, size, token)
+        return paging.page(kind, items, key, key_types, add, out, size, token)
     except paging.PageTokenError as exc:
         raise _invalid(str(exc)) from None
 
@@ -551,9 +542,10 @@ class ControlService(
         with self._store.read() as state:
             self._spec_cache.keep_only(state.services)
             services = state.services
-            reply.next_page_token = _page_sorted(
+            reply.next_page_token = _page(
                 "services", state.service_order, _service_order, (str,), request,
                 lambda entry: self._listed_service(state, services[entry[1]], reply.services), reply.services,
+                sorted_index=True,
             )  # fmt: skip
         return reply
 
