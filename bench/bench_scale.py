@@ -241,7 +241,16 @@ def s1(
         value = prom.scalar(expr)
         return None if value is None else round(value * 1000, 2)
 
+    def stage_quantile(q: float, stage: str, instance: str) -> float | None:
+        expr = (
+            f"histogram_quantile({q}, sum by (le) (increase(warren_raft_proposal_seconds_bucket"
+            f'{{stage="{stage}",instance=~"{instance}"}}[{window}])))'
+        )
+        value = prom.scalar(expr)
+        return None if value is None else round(value * 1000, 2)
+
     leader_key = next(k for k, r in roles.items() if r == "leader")
+    followers = "|".join(k for k, r in roles.items() if r != "leader")
     raft_entries = raft_after.get(leader_key, 0) - raft_before.get(leader_key, 0)
     prom_rss = prom.by_instance(f"max_over_time(process_resident_memory_bytes[{window}])")
     prom_cpu = prom.by_instance(f"increase(process_cpu_seconds_total[{window}])")
@@ -289,6 +298,19 @@ def s1(
             "store_used_bytes": prom.by_instance("warren_state_store_used_bytes"),
             "store_file_bytes": prom.by_instance("warren_state_store_file_bytes"),
             "tasks_running_leader": prom.scalar(f'warren_tasks{{state="running",instance="{leader_key}"}}'),
+            "raft_tick_gap_p99_ms": {
+                key: round(value * 1000, 1)
+                for key, value in prom.by_instance(
+                    "histogram_quantile(0.99, sum by (instance, le) "
+                    f"(increase(warren_raft_tick_gap_seconds_bucket[{window}])))"
+                ).items()
+            },
+            # Where a proposal waits (p50, p99 in ms), on the leader and on the followers.
+            "proposal_stages_ms": {
+                f"{where}_{stage}": [stage_quantile(0.5, stage, who), stage_quantile(0.99, stage, who)]
+                for where, who in (("leader", leader_key), ("followers", followers))
+                for stage in ("queued", "replicated", "answered")
+            },
         },
     }
     if sampler.running_at is None:  # no end: these would time the timeout

@@ -13,7 +13,7 @@ import pytest
 from pysyncobj import FAIL_REASON
 
 from warren import commands
-from warren.manager import raft
+from warren.manager import metrics, raft
 from warren.manager.ports import ProposalError
 from warren.manager.raft import MAX_IN_FLIGHT, RaftNode
 from warren.model import Service, ServiceSpec
@@ -180,3 +180,52 @@ def test_a_write_this_manager_does_not_apply_in_time_fails_unavailable() -> None
         assert raised.value.code == "unavailable"
 
     asyncio.run(scenario())
+
+
+def _stage_totals() -> dict[str, tuple[float, float]]:
+    """Each proposal stage's (count, sum of seconds) so far, from the manager's registry."""
+    totals: dict[str, list[float]] = {}
+    for family in metrics.REGISTRY.collect():
+        if family.name != "warren_raft_proposal_seconds":
+            continue
+        for sample in family.samples:
+            stage = totals.setdefault(sample.labels["stage"], [0.0, 0.0])
+            if sample.name.endswith("_count"):
+                stage[0] = sample.value
+            elif sample.name.endswith("_sum"):
+                stage[1] = sample.value
+    return {stage: (count, total) for stage, (count, total) in totals.items()}
+
+
+def test_a_proposal_records_how_long_it_queued_and_replicated() -> None:
+    """The stages that #15's bench reads through Prometheus: a proposal that waited for a slot
+    counts its wait as "queued", and its entry's time until applied as "replicated"."""
+    node = _RecordingRaft()
+    before = _stage_totals()
+
+    async def scenario() -> None:
+        first = []
+        for i in range(MAX_IN_FLIGHT):  # one entry each: every slot taken
+            first.append(asyncio.ensure_future(node.propose_async(_create(i))))
+            await _turns()
+        waiting = asyncio.ensure_future(node.propose_async(_create(99)))
+        await asyncio.sleep(0.05)  # the slots stay taken: it queues
+        node.settle(0)
+        await _turns()
+        await asyncio.sleep(0.03)  # its entry is in flight
+        for entry in range(1, len(node.entries)):
+            node.settle(entry)
+        await asyncio.gather(*first, waiting)
+
+    asyncio.run(scenario())
+    after = _stage_totals()
+
+    def added(stage: str) -> tuple[float, float]:
+        count, total = before.get(stage, (0.0, 0.0))
+        return after[stage][0] - count, after[stage][1] - total
+
+    queued_count, queued_seconds = added("queued")
+    assert queued_count == MAX_IN_FLIGHT + 1 and queued_seconds >= 0.05
+    replicated_count, replicated_seconds = added("replicated")
+    assert replicated_count == MAX_IN_FLIGHT + 1 and replicated_seconds >= 0.05 + 0.03
+    assert added("answered")[0] == MAX_IN_FLIGHT + 1

@@ -1,9 +1,10 @@
-"""Object ids: 25 base-36 characters, uniform, from one draw of the system's randomness."""
+"""Object ids: 25 base-36 characters, uniform, from the system's randomness read in bulk."""
 
 from __future__ import annotations
 
 import collections
-import random
+import os
+import threading
 
 import pytest
 
@@ -20,16 +21,41 @@ def test_ids_are_25_base36_characters_and_do_not_repeat() -> None:
     assert all(len({i[p] for i in made}) == 36 for p in range(25))
 
 
-def test_an_id_reads_the_system_randomness_about_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not once per character: ids are made on the event loop, one per create (ADR 51)."""
-    reads = []
-    real = random._urandom  # type: ignore[attr-defined]
+def test_ids_read_the_system_randomness_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not once per id, nor per character: each read releases the GIL and waits to take it back
+    behind the manager's other threads (#15)."""
+    reads: list[int] = []
+    real = os.urandom
 
     def counting(n: int) -> bytes:
         reads.append(n)
         return real(n)
 
-    monkeypatch.setattr(random, "_urandom", counting)
-    for _ in range(100):
+    monkeypatch.setattr(ids.os, "urandom", counting)
+    ids._forget_entropy()
+    for _ in range(1000):
         ids.new_id()
-    assert len(reads) <= 200  # a redraw when the 130 bits pass 36**25 (about 4 in 10)
+    assert 0 < len(reads) <= 1000 // 60  # 64 draws a read, one in about 140 redrawn
+
+
+def test_each_thread_and_a_forked_child_draw_their_own_ids() -> None:
+    ids.new_id()  # this thread's pool now holds bytes a fork would copy
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then exit without pytest's teardown
+        os.write(writer, ids.new_id().encode())
+        os._exit(0)
+    os.close(writer)
+    child = os.read(reader, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(reader)
+    parent = ids.new_id()
+    assert len(child) == 25 and child != parent
+
+    made: list[str] = []
+    workers = [threading.Thread(target=lambda: made.extend(ids.new_id() for _ in range(200))) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(set(made)) == 800

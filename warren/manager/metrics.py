@@ -56,6 +56,16 @@ RAFT_TICK_GAP = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
     registry=REGISTRY,
 )
+# Where a proposal's time goes (#15): waiting for a free entry slot on this manager ("queued"),
+# from its entry's proposal until the Raft thread applied it here ("replicated"), and from then
+# until the event loop answered it ("answered"), which is the loop's own lag.
+RAFT_PROPOSAL = Histogram(
+    "warren_raft_proposal_seconds",
+    "Time a proposal made on this manager spent in each stage",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    registry=REGISTRY,
+)
 # This manager's own deafness (ADR 69): its event loop's stalls, which move node heartbeat
 # deadlines, and the overdue nodes the leader's down check does not mark down in a mass silence.
 MANAGER_STALLS = Histogram(

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import lmdb
@@ -127,7 +128,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         self._stopping = threading.Event()
         # Proposals for the next entry, with their encoded size: each is encoded once to be
         # measured, and once more inside its Batch.
-        self._queued: list[tuple[Command, int, asyncio.Future]] = []
+        self._queued: list[tuple[Command, int, asyncio.Future, float]] = []
         self._group = _GroupCommit()
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
@@ -324,7 +325,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         if self._group.loop is not loop:  # a new event loop (tests): nothing of the old one is waited for
             self._group, self._queued = _GroupCommit(loop), []
         future: asyncio.Future = loop.create_future()
-        self._queued.append((command, size, future))
+        self._queued.append((command, size, future, loop.time()))
         self._flush_soon(loop)
         try:
             # asyncio.timeout, not wait_for: no task and no shield per proposal (ADR 58). A
@@ -365,14 +366,17 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         taken = _batch_length(self._queued)
         queued, self._queued = self._queued[:taken], self._queued[taken:]
         self._flush_soon(loop)  # more than one entry's worth, and a free slot
+        now = loop.time()
+        for *_, queued_at in queued:
+            metrics.RAFT_PROPOSAL.labels("queued").observe(now - queued_at)
         try:
-            self._send(loop, [command for command, _, _ in queued], [future for _, _, future in queued])
+            self._send(loop, [command for command, *_ in queued], [future for _, _, future, _ in queued])
         except ProposalError as exc:
             # No room for writes; read barriers (no-ops, a few bytes) still go, as one entry, so
             # that consistent reads keep working. Nothing goes while the apply path waits.
-            barriers = [future for command, _, future in queued if isinstance(command, commands.Noop)]
+            barriers = [future for command, _, future, _ in queued if isinstance(command, commands.Noop)]
             send_barriers = bool(barriers) and self.capacity.stalled is None
-            for command, _, future in queued:
+            for command, _, future, _ in queued:
                 if not future.done() and not (send_barriers and isinstance(command, commands.Noop)):
                     future.set_exception(ProposalError(exc.code, exc.message))
             if send_barriers:
@@ -389,7 +393,12 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             if group.release(slot):
                 self._flush_soon(loop)
 
+        sent_at = loop.time()
+        applied_at = sent_at
+
         def settle(outcomes: list[tuple[bytes | None, int]]) -> None:
+            metrics.RAFT_PROPOSAL.labels("replicated").observe(applied_at - sent_at)
+            metrics.RAFT_PROPOSAL.labels("answered").observe(loop.time() - applied_at)
             for future, outcome in zip(futures, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
@@ -403,12 +412,16 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         if len(to_send) == 1:
 
             def on_done(result: bytes | None, reason: int) -> None:
+                nonlocal applied_at
+                applied_at = time.monotonic()
                 self.capacity.release(charge)
                 loop.call_soon_threadsafe(settle, [(result, reason)] * len(futures))
 
         else:
 
             def on_done(result: bytes | None, reason: int) -> None:
+                nonlocal applied_at
+                applied_at = time.monotonic()
                 self.capacity.release(charge)
                 each: list[tuple[bytes | None, int]]
                 if reason == FAIL_REASON.SUCCESS and result:
@@ -592,11 +605,11 @@ class _GroupCommit:
         return True
 
 
-def _batch_length(queued: list[tuple[Command, int, asyncio.Future]]) -> int:
-    """How many of the queued (command, encoded size, future) proposals go into the next entry:
-    at most MAX_BATCH commands and MAX_BATCH_BYTES of them, and always at least one."""
+def _batch_length(queued: list[tuple[Command, int, asyncio.Future, float]]) -> int:
+    """How many of the queued (command, encoded size, future, queued at) proposals go into the
+    next entry: at most MAX_BATCH commands and MAX_BATCH_BYTES of them, and always at least one."""
     size = 0
-    for count, (_, command_size, _) in enumerate(queued[:MAX_BATCH]):
+    for count, (_, command_size, *_) in enumerate(queued[:MAX_BATCH]):
         size += command_size
         if size > MAX_BATCH_BYTES and count > 0:
             return count
