@@ -98,7 +98,7 @@ def _git_info() -> dict[str, object]:
             capture_output=True,
             text=True,
             timeout=5,
-        ).stdout.strip()
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return {}
     # The results files are what `make bench` writes as it goes: a later benchmark of the same
