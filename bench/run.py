@@ -17,6 +17,7 @@ import time
 import traceback
 from pathlib import Path
 
+from bench import report
 from bench.common import figure, machine_info
 
 BENCHMARKS = {
@@ -87,23 +88,13 @@ def run_one(name: str, write: bool, argv: list[str]) -> dict[str, object]:
     return result
 
 
-def _fmt(value: object, unit: str) -> str:
-    if (isinstance(value, int | float) and float(value).is_integer()) or (isinstance(value, float) and value >= 1000):
-        text = f"{value:,.0f}"
-    elif isinstance(value, float):
-        text = f"{value:.2f}" if value < 100 else f"{value:.1f}"
-    else:
-        text = str(value)
-    return f"{text} {unit}"
-
-
 def print_summary(results: dict[str, dict[str, object]], failures: dict[str, str]) -> None:
     rows = []
     for name, result in results.items():
         for f in result["figures"]:  # type: ignore[union-attr]
-            goal = "" if f["goal"] is None else f"{f['op']} {_fmt(f['goal'], f['unit'])}"
+            goal = "" if f["goal"] is None else f"{f['op']} {report.format_value(f['goal'], f['unit'])}"
             status = "" if f["met"] is None else ("met" if f["met"] else "NOT MET")
-            rows.append((name, str(f["name"]), _fmt(f["value"], str(f["unit"])), goal, status))
+            rows.append((name, str(f["name"]), report.format_value(f["value"], str(f["unit"])), goal, status))
     headers = ("bench", "figure", "value", "goal", "status")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     print()
@@ -130,9 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print results but don't write bench/results/")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the stored results of every benchmark (and scale-s1, scale-s2) as one Markdown table",
+    )
     args = parser.parse_args(argv)
     if args.list:
         print("\n".join(BENCHMARKS))
+        return 0
+    if args.report:
+        print(report.markdown(report.load(RESULTS, [*BENCHMARKS, "scale-s1", "scale-s2"])))
         return 0
     selected = list(BENCHMARKS)
     if args.only:
