@@ -7,7 +7,8 @@ process with the simulated overlay. Measured, end to end on a shared 2-core mach
 - a service of TASKS_PER_NODE x N replicas running, then 10 % of the nodes killed through the
   simulator's control socket: the time until the manager marks every killed node down, and the
   time until every task runs on a live node again (one per slot), each from the kill.
-One run per heartbeat period in WARREN_BENCH_NODES_PERIOD (default 5s,1s: down after 15 s, 3 s).
+One run per heartbeat period in WARREN_BENCH_NODES_PERIOD (default 5s,1s). The nodes beat at the
+setting or at nodes / 50 s, whichever is longer (ADR 73): 1s means 2 s at 100 nodes, down after 6 s.
 S3's goal: the tasks run elsewhere within the down timeout plus 2 s.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import figure
+from warren.reconciler import liveness
 
 NODES = 100
 TASKS_PER_NODE = 5
@@ -101,10 +103,14 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
         _wait(moved, TIMEOUT, "tasks running elsewhere")
         moved_s = time.perf_counter() - killed_at
         info = control.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
+        # The period the nodes beat at and the down check counts with: the setting, or longer
+        # past MAX_HEARTBEATS_PER_SECOND (ADR 73): 2 s for 100 nodes set to 1 s.
+        period = liveness.heartbeat_period(info.heartbeat_period, info.nodes)
         return {
             "nodes": nodes,
-            "heartbeat_period_s": info.heartbeat_period,
-            "node_down_timeout_s": 3 * info.heartbeat_period,
+            "heartbeat_period_set_s": info.heartbeat_period,
+            "heartbeat_period_s": period,
+            "node_down_timeout_s": 3 * period,
             "all_sessions_open_s": round(joined_s, 2),
             "manager_cpu_s_per_joined_node_ms": round(1000 * join_cpu / nodes, 2),
             "tasks": replicas,
@@ -112,7 +118,7 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
             "killed": killed_count,
             "killed_down_s": round(down_s, 2),
             "tasks_elsewhere_s": round(moved_s, 2),
-            "tasks_elsewhere_after_timeout_s": round(moved_s - 3 * info.heartbeat_period, 2),
+            "tasks_elsewhere_after_timeout_s": round(moved_s - 3 * period, 2),
         }
     except BaseException:
         if sim is not None:
@@ -132,6 +138,8 @@ def run() -> dict[str, object]:
     figures = []
     for case in cases:
         what = f"{case['nodes']} sim nodes, heartbeat {case['heartbeat_period_s']:g}s"
+        if case["heartbeat_period_s"] != case["heartbeat_period_set_s"]:
+            what += f" (set to {case['heartbeat_period_set_s']:g}s)"
         figures.append(figure(f"10% killed: all marked down ({what})", case["killed_down_s"], "s"))
         figures.append(figure(f"10% killed: their tasks running elsewhere ({what})", case["tasks_elsewhere_s"], "s"))
         late = case["tasks_elsewhere_after_timeout_s"]
