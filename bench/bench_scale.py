@@ -305,6 +305,15 @@ def s1(
                     f"(increase(warren_raft_tick_gap_seconds_bucket[{window}])))"
                 ).items()
             },
+            # What the leader's event loop served: calls per second by method (gRPC's own per-call
+            # cost is a large part of the loop at S1).
+            "leader_calls_per_s": {
+                r["metric"].get("method", "?").rsplit("/", 1)[-1]: round(r["value"], 1)
+                for r in prom.query(
+                    f'sum by (method) (rate(warren_api_requests_total{{instance="{leader_key}"}}[{window}]))'
+                )
+                if r["value"] >= 0.1
+            },
             # Where a proposal waits (p50, p99 in ms), on the leader and on the followers.
             "proposal_stages_ms": {
                 f"{where}_{stage}": [stage_quantile(0.5, stage, who), stage_quantile(0.99, stage, who)]
