@@ -144,6 +144,10 @@ def test_rotating_a_node_key_switches_every_peer_and_keeps_connections(tmp_path:
         assert cluster.cli("cluster", "update", "--wireguard-key-rotation", "0").returncode == 0
         for a, b in itertools.permutations(cluster.hosts, 2):
             wait_for(lambda a=a, b=b: a.ping(overlay[b.name]), timeout=15, message=f"{a.name} to reach {b.name}")
+        # After rotations and many converges, a worker's agent still has not loaded `cryptography`
+        # (about 7 MiB, issue #3's memory goal): its key ring names its public keys (#15).
+        maps = Path(f"/proc/{cluster.agents['h2'].pid}/maps").read_text()
+        assert "/cryptography/" not in maps, "the h2 agent loaded cryptography"
 
         # A firewall reload that removes the load balancer's table (and with it the guard that
         # makes route_localnet safe): the agent loads it again at its next pass.

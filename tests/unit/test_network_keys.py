@@ -3,6 +3,8 @@ small file saying which is in use."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,46 @@ def test_the_command_line_makes_a_pair_for_the_agent(tmp_path: Path, capsys: pyt
     assert keys.main(["create", str(tmp_path)]) == 2
     assert keys.main(["create", str(tmp_path), "0"]) == 1
     assert "not above" in capsys.readouterr().err
+
+
+def test_the_ring_names_the_public_key_of_a_key_it_holds_without_cryptography(tmp_path: Path) -> None:
+    """The agent asks for its device's public key at every converge (overlay metrics); deriving
+    it loaded `cryptography` into every agent on the overlay, about 7 MiB (#15)."""
+    ring = keys.KeyRing(tmp_path)
+    ring.ensure()
+    ring.create(1)
+    held = {
+        pair.epoch: (keys.read_key_file(pair.private_path), pair.public_key)
+        for pair in (ring.active(), ring.pending())
+        if pair
+    }
+    assert sorted(held) == [0, 1]
+    script = f"""
+import sys
+import subprocess
+import sys
+from pathlib import Path
+from warren.network import keys
+ring = keys.KeyRing(Path({str(tmp_path)!r}))
+old, new = {held[0]!r}, {held[1]!r}
+assert ring.public_of(old[0]) == old[1]
+ring.activate(1)  # deletes the old pair's files while the device still holds that key
+assert ring.public_of(old[0]) == old[1] and ring.public_of(new[0]) == new[1]
+assert "cryptography" not in sys.modules, "the ring derived a key it holds"
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    # A key the ring never held is still derived.
+    stranger = keys.generate_private_key()
+    assert keys.KeyRing(tmp_path).public_of(stranger) == keys.public_key_of(stranger)
+
+
+def test_an_agent_imports_neither_cryptography_nor_the_managers_commands() -> None:
+    """What an idle agent keeps loaded is its memory (issue #3's goal, 60 MB on the overlay)."""
+    script = (
+        "import sys, warren.agent.daemon\n"
+        "print(sorted(m for m in sys.modules if m == 'cryptography' or m.startswith('warren.commands')))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -386,7 +386,8 @@ class Overlay:
             nodes, self._node_id, private_key_ref=str(active.private_path), ifname=self._ifname, listen_port=self._port
         )
         if self._device is None:
-            self._device = wireguard.make_device(self._ifname, self.mode)
+            # The key ring names our public key: deriving it would load `cryptography` (~7 MiB).
+            self._device = wireguard.make_device(self._ifname, self.mode, public_of=self._keys.public_of)
         applied = mesh_io.converge(self._device, desired).applied  # starts, or adopts, the device
         self._tag_interface()
         node_of = {m.public_key: m.node_id for m in mesh if m.public_key}

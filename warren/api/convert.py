@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from warren import commands, events, model, validate
+from warren import model, validate
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.text import shown
+
+if TYPE_CHECKING:  # the managers' side only: an agent imports this module, not the commands (~1 MiB)
+    from warren import commands, events
 
 
 class ConversionError(ValueError):
@@ -370,6 +373,8 @@ def task_update_from_pb(status: dpb.TaskStatus, at: float) -> commands.TaskUpdat
     """An agent's report of one task as an update of it, at `at` (the report's time once the
     dispatcher has checked it); raises ConversionError for an unknown state name. Free text is
     cleaned, not refused: one long or odd message must not cost the batch its other reports."""
+    from warren import commands
+
     return commands.TaskUpdate(
         id=status.task_id,
         at=at,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import shutil
 import sys
 from dataclasses import dataclass
@@ -89,6 +90,22 @@ class KeyRing:
 
     def __init__(self, data_dir: Path) -> None:
         self.directory = datadir.AgentDir(Path(data_dir)).wireguard
+        self._public_of: dict[bytes, str] = {}  # sha256 of a private key we hold -> its public key
+
+    def public_of(self, private_key: str) -> str:
+        """The public key of `private_key` (base64), read from the pair that holds it, or as seen
+        before (the device may still hold a key whose files `activate` deleted): the agent asks
+        this of every device status, and deriving it would load `cryptography` (~7 MiB). Derived
+        only for a key this ring never held."""
+        digest = hashlib.sha256(private_key.encode()).digest()
+        known = self._public_of.get(digest)
+        if known is not None:
+            return known
+        for pair in (self.active(), self.pending()):
+            if pair is not None and read_key_file(pair.private_path) == private_key:
+                self._public_of[digest] = pair.public_key
+                return pair.public_key
+        return public_key_of(private_key)
 
     def _paths(self, epoch: int) -> tuple[Path, Path]:
         base = self.directory if epoch == 0 else self.directory / f"epoch-{epoch}"

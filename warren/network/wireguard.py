@@ -170,8 +170,9 @@ def uapi_set_lines(operations: Iterable[Operation], read_key: Callable[[str], st
     return lines
 
 
-def parse_uapi_get(text: str, ifname: str) -> DeviceStatus:
-    """A `get=1` reply as a DeviceStatus (the private key is turned into its public key)."""
+def parse_uapi_get(text: str, ifname: str, public_of: Callable[[str], str] = public_key_of) -> DeviceStatus:
+    """A `get=1` reply as a DeviceStatus (the private key is turned into its public key by
+    `public_of`, given and returning base64)."""
     public_key: str | None = None
     listen_port: int | None = None
     peers: list[PeerStatus] = []
@@ -198,7 +199,7 @@ def parse_uapi_get(text: str, ifname: str) -> DeviceStatus:
         if not sep:
             continue
         if key == "private_key":
-            public_key = public_key_of(hex_to_b64(value)) if value.strip("0") else None
+            public_key = public_of(hex_to_b64(value)) if value.strip("0") else None
         elif key == "listen_port":
             listen_port = int(value)
         elif key == "public_key":
@@ -238,8 +239,10 @@ class UserspaceDevice(WireGuardDevice):
         uapi_dir: Path = UAPI_DIR,
         log_path: Path | None = None,
         start_timeout: float = 5.0,
+        public_of: Callable[[str], str] = public_key_of,
     ) -> None:
         super().__init__(ifname, netns)
+        self.public_of = public_of  # the agent passes its key ring's, which needs no `cryptography`
         self.binary = binary
         self.socket_path = uapi_dir / f"{ifname}.sock"
         self.log_path = log_path
@@ -326,7 +329,7 @@ class UserspaceDevice(WireGuardDevice):
 
     def status(self) -> DeviceStatus:
         try:
-            return parse_uapi_get(self.uapi("get=1"), self.ifname)
+            return parse_uapi_get(self.uapi("get=1"), self.ifname, self.public_of)
         except OSError as exc:
             raise WireGuardError(f"UAPI of {self.ifname} unreachable: {exc}") from None
 
