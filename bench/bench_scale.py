@@ -702,8 +702,16 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
     return asyncio.run(main())
 
 
+def _interrupted(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.run import print_summary
+
+    # A run started in the background ignores SIGINT; SIGTERM then stops it the same way, with
+    # the managers, the simulator and Prometheus stopped by PID and their directories removed.
+    signal.signal(signal.SIGTERM, _interrupted)
 
     parser = argparse.ArgumentParser(prog="python3 -m bench.bench_scale", description=__doc__.splitlines()[0])
     parser.add_argument("--set", choices=sorted(SETS), default="s1", help="the parameter set (default: s1)")
