@@ -128,6 +128,8 @@ def step(service: Service, new_tasks: Sequence[Task], outdated: int, replicas: i
         halted = (RolloutState.PAUSED, RolloutState.ROLLBACK_PAUSED)
         if status is not None and status.to_version == service.version and status.state in halted:
             return Step(0)
+        if outdated == 0:  # nothing to replace, whatever the lanes: every pass of a settled service
+            return Step(0)
         lanes = config.parallelism or outdated
         busy = progress(new_tasks, config, now).busy
         return Step(max(0, min(outdated, lanes - busy)))

@@ -57,6 +57,9 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             for t in slot_live:
                 p.shutdown(t, "not a replicated slot")
             continue
+        if len(slot_live) == 1:  # the usual slot: one live task, nothing to rank or stop
+            live[slot] = p.adopt(slot_live[0], service)
+            continue
         ids = {t.id for t in slot_live}
         slot_live.sort(
             key=lambda t: (p.current(t, service), _move_rank(p, t, ids, service), t.state, t.created_at, t.id),
