@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import posixpath
 import re
+from typing import TYPE_CHECKING
 
 from warren.model import Mount, MountType, ServiceMode, ServiceSpec, Task
-from warren.state import ClusterState
 from warren.text import has_control, shown
+
+if TYPE_CHECKING:  # the managers' side: an agent reads mounts, not the cluster state
+    from warren.state import ClusterState
 
 VOLUME_DRIVERS = ("local",)
 MAX_MOUNTS = 64

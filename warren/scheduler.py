@@ -35,6 +35,7 @@ import msgspec
 from warren import mounts
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import Availability, Node, NodeStatus, Resources, Task, TaskState, host_ports
+from warren.text import port_texts
 
 
 class Schedule(msgspec.Struct, frozen=True):
@@ -90,11 +91,6 @@ def host_ports_by_node(tasks: Iterable[Task]) -> dict[str, set[tuple[int, str]]]
         if task.node_id and task.state < TaskState.COMPLETE and task.spec.ports:
             held[task.node_id] |= host_ports(task.spec.ports)
     return dict(held)
-
-
-def port_texts(ports: Iterable[tuple[int, str]]) -> str:
-    """ "8080/tcp, 9090/udp": host ports as users write them, sorted."""
-    return ", ".join(f"{port}/{protocol}" for port, protocol in sorted(ports))
 
 
 def node_is_schedulable(node: Node) -> bool:

@@ -6,6 +6,7 @@ Pure and stdlib-only (the CLI imports it at start-up)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 
 MAX_SHOWN = 80  # characters of operator input echoed in a message
@@ -129,3 +130,8 @@ def parse_cpus(text: str) -> int:
     if nano > MAX_INT64:
         raise ValueError(f"invalid CPU count {shown(text)}: at most {MAX_INT64 // NANO} cores")
     return int(nano)
+
+
+def port_texts(ports: Iterable[tuple[int, str]]) -> str:
+    """ "8080/tcp, 9090/udp": host ports as users write them, sorted."""
+    return ", ".join(f"{port}/{protocol}" for port, protocol in sorted(ports))

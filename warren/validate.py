@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import signal
+from typing import TYPE_CHECKING
 
 from warren import mounts
 from warren.constraints import ConstraintError, parse_constraint
@@ -20,9 +21,10 @@ from warren.model import (
     UpdateOrder,
     host_ports,
 )
-from warren.scheduler import port_texts
-from warren.state import ClusterState
-from warren.text import ascii_int, has_control, shown
+from warren.text import ascii_int, has_control, port_texts, shown
+
+if TYPE_CHECKING:  # the managers' side: an agent validates its reports, not the cluster state
+    from warren.state import ClusterState
 
 # Every pattern here is used with fullmatch: `$` also matches before a trailing newline.
 NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")

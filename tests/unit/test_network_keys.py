@@ -94,11 +94,12 @@ assert "cryptography" not in sys.modules, "the ring derived a key it holds"
     assert keys.KeyRing(tmp_path).public_of(stranger) == keys.public_key_of(stranger)
 
 
-def test_an_agent_imports_neither_cryptography_nor_the_managers_commands() -> None:
+def test_an_agent_imports_neither_cryptography_nor_the_managers_state_and_commands() -> None:
     """What an idle agent keeps loaded is its memory (issue #3's goal, 60 MB on the overlay)."""
     script = (
         "import sys, warren.agent.daemon\n"
-        "print(sorted(m for m in sys.modules if m == 'cryptography' or m.startswith('warren.commands')))"
+        "print(sorted(m for m in sys.modules if m in ('cryptography', 'warren.state', 'warren.scheduler')"
+        " or m.startswith('warren.commands')))"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
