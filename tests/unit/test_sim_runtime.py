@@ -287,14 +287,14 @@ def test_the_heap_trimmer_gives_freed_memory_back() -> None:
     """Buffers freed below a live allocation stay in the process until trimmed: the simulator's
     1,000 channels left ~1 MiB each so (ADR 71). In a fresh process, for a clean heap."""
     script = """
-from warren.node.sim import _rss_bytes, heap_trimmer
+from warren.heap import heap_trimmer, rss_bytes
 trim = heap_trimmer()
 blocks = [bytes(64 * 1024) for _ in range(3000)]  # ~190 MiB from the C heap, below mmap's threshold
 keep = bytes(64 * 1024)  # above them: the heap cannot shrink from its top
 del blocks
-freed = _rss_bytes()
+freed = rss_bytes()
 trim()
-print(freed - _rss_bytes())
+print(freed - rss_bytes())
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert int(result.stdout) > 100 * 2**20, result.stdout

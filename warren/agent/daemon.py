@@ -32,7 +32,7 @@ from typing import Any
 
 import lmdb
 
-from warren import datadir, logsetup, proctitle, tls
+from warren import datadir, heap, logsetup, proctitle, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
@@ -289,6 +289,7 @@ async def _serve(
         logs = LogAgent(data / "logs", running=worker.started_task_ids, rotation=rotation)
         opened.callback(logs.close)
         _run_task(opened, logs.run_indexer(), "log-indexer")
+        _run_task(opened, heap.trim_heap(), "heap-trim")  # an idle agent's memory is the node's (ADR 12)
         execs = ExecAgent(env.runtime, worker.running_container)
         opened.callback(execs.close)
         promotion = None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import json
 import logging
@@ -33,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren import datadir, logsetup, proctitle, tls
+from warren import datadir, heap, logsetup, proctitle, tls
 from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
@@ -56,8 +55,6 @@ SOCKET_FILE = "sim.sock"
 JOIN_ATTEMPTS = 5  # a busy or unreachable manager is asked this often before the simulator gives up
 JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key signature and a commit
 WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
-# How often the simulator hands the C heap's free pages back to the system (ADR 71).
-TRIM_EVERY = 10.0
 LAG_TICK = 0.1  # seconds between the event loop lateness samples `--status` reports
 WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
 
@@ -348,7 +345,7 @@ class Simulator:
             "running": sum(n.runtime.running() for n in self.live()),
             "starts": sum(n.runtime.starts for n in self.nodes),
             "failed_starts": sum(n.runtime.failures for n in self.nodes),
-            "rss_bytes": _rss_bytes(),
+            "rss_bytes": heap.rss_bytes(),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
             "python_blocks": sys.getallocatedblocks(),  # Python's own objects, against the RSS
             "loop_lag_max_s": round(lag, 3),
@@ -387,35 +384,6 @@ class Simulator:
         if request.get("status"):
             return self.status()
         raise ValueError("unknown command: use kill or status")
-
-
-def heap_trimmer() -> Callable[[], object] | None:
-    """glibc's malloc_trim(0), or None where there is none. Each of 1,000 nodes' channels reads
-    the managers' large messages (a COMPLETE set, a big delta) into buffers that grpc frees but
-    glibc keeps: about 1 MiB per channel with 2 MB messages, ~70 KiB after a trim (ADR 71)."""
-    try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-    return lambda: trim(0)
-
-
-async def trim_heap(every: float = TRIM_EVERY) -> None:
-    """Return freed memory to the system every `every` seconds (a ctypes call: the GIL is released)."""
-    trim = heap_trimmer()
-    if trim is None:
-        return
-    while True:
-        await asyncio.sleep(every)
-        trim()
-
-
-def _rss_bytes() -> int:
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def control(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
@@ -464,7 +432,7 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     starting = asyncio.create_task(sim.start())
     stopping = asyncio.create_task(stop.wait())
     watching = asyncio.create_task(sim.watch_loop())
-    trimming = asyncio.create_task(trim_heap())
+    trimming = asyncio.create_task(heap.trim_heap())
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
         if starting.done():
