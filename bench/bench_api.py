@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, figure, latency_summary, running_manager
+from bench.common import REPO, cpu_seconds, figure, latency_summary, running_manager
 
 N_WRITES = 300
 N_READS = 300
@@ -302,10 +302,10 @@ def _cluster_run(
     args = [sys.executable, "-m", "bench.bench_api", "--cluster-load", str(clients), str(seconds), prefix or sent_to]
     args += ["--readers", str(readers)]
     args += [str(managers[0].data_dir / "admin"), *(m.addr for m in targets)]
-    cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
+    cpu_before = [cpu_seconds(m.process.pid) for m in managers]
     entries_before = _commit_index(leader)
     proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
-    cpu_after = [_cpu_seconds(m.process.pid) for m in managers]
+    cpu_after = [cpu_seconds(m.process.pid) for m in managers]
     entries = _commit_index(leader) - entries_before
     if proc.returncode != 0:
         raise RuntimeError(f"the cluster load failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -331,11 +331,6 @@ def _commit_index(manager) -> int:
             if line.startswith("warren_raft_commit_index"):
                 return int(float(line.rsplit(" ", 1)[1]))
     raise RuntimeError("the manager exports no warren_raft_commit_index")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _cluster_load(

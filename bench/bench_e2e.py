@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import figure, latency_summary, rss_kib
+from bench.common import figure, latency_summary, rss_kib, wait_for
 
 RUNS = 10
 WARMUP = 2
@@ -85,7 +85,7 @@ def run() -> dict[str, object]:
         channel = manager.channel()
         try:
             stub = control_pb2_grpc.ControlStub(channel)
-            _wait(lambda: _worker_ready(stub, worker), 30, f"the worker to register:\n{worker.log()}")
+            wait_for(lambda: _worker_ready(stub, worker), 30, f"the worker to register:\n{worker.log()}", interval=0.1)
             time.sleep(2.0)  # settle after registration
             idle = rss_kib(agent.pid)
             results["task_start"] = _task_start(stub, daemon)
@@ -233,7 +233,7 @@ def _remove_all(stub, daemon) -> None:
 
     for service in stub.ListServices(cpb.ListServicesRequest(), timeout=TIMEOUT).services:
         stub.RemoveService(cpb.RemoveServiceRequest(service=service.id), timeout=TIMEOUT)
-    _wait(lambda: not _containers(daemon), 60, "every container to be removed")
+    wait_for(lambda: not _containers(daemon), 60, "every container to be removed", interval=0.1)
 
 
 def _client(daemon):
@@ -280,14 +280,6 @@ def _threads(pid: int) -> int:
         if line.startswith("Threads:"):
             return int(line.split()[1])
     return 0
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import figure
+from bench.common import cpu_seconds, figure, manager_with_sim, wait_for
 
 NODES = int(os.environ.get("WARREN_BENCH_HB_NODES", "200"))
 PERIODS = os.environ.get("WARREN_BENCH_HB_PERIODS", "5s,2s,1s").split(",")
@@ -28,36 +25,22 @@ OVERLAY_RANGE = "10.128.0.0/12"
 AT_SCALE = 1000  # nodes the figure is extrapolated to
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def _seconds(text: str) -> float:
     return float(text[:-2]) / 1000 if text.endswith("ms") else float(text.rstrip("s"))
 
 
 def run() -> dict[str, Any]:
     from tests.integration.harness import Manager
-    from tests.integration.simrig import SimProcess
 
-    root = Path(tempfile.mkdtemp(prefix="warren-bench-hb-"))
-    (root / "m1").mkdir()
-    manager = Manager(root / "m1", start_args=["--overlay-range", OVERLAY_RANGE], schedule_on_manager=False)
-    sim = None
-    cases = []
-    try:
-        manager.start()
-        sim = SimProcess(manager, root, NODES)
-        _wait(lambda: sim.status()["connected"] >= NODES, 900, "every session")
+    def new_manager(root: Path) -> Manager:
+        return Manager(root, start_args=["--overlay-range", OVERLAY_RANGE], schedule_on_manager=False)
+
+    cases: list[dict[str, Any]] = []
+    with manager_with_sim("hb", new_manager) as rig:
+        manager = rig.manager
+        assert manager.process is not None
+        sim = rig.start_sim(NODES)
+        wait_for(lambda: sim.status()["connected"] >= NODES, 900, "every session", 0.5)
         previous = 5.0
         for period in PERIODS:
             updated = manager.cli("cluster", "update", "--heartbeat-period", period)
@@ -65,10 +48,10 @@ def run() -> dict[str, Any]:
                 raise RuntimeError(updated.stderr.strip())
             time.sleep(2 * previous + 1)  # agents take the new period at their next beat
             previous = _seconds(period)
-            cpu0, sim0, t0 = _cpu_seconds(manager.process.pid), sim.status()["cpu_seconds"], time.monotonic()
+            cpu0, sim0, t0 = cpu_seconds(manager.process.pid), sim.status()["cpu_seconds"], time.monotonic()
             time.sleep(WINDOW)
             wall = time.monotonic() - t0
-            share = (_cpu_seconds(manager.process.pid) - cpu0) / wall
+            share = (cpu_seconds(manager.process.pid) - cpu0) / wall
             cases.append(
                 {
                     "period_s": previous,
@@ -79,15 +62,6 @@ def run() -> dict[str, Any]:
                 }
             )
             print(json.dumps(cases[-1]), flush=True)
-    except BaseException:
-        if sim is not None:
-            print("--- last lines of the simulator's log ---", *sim.log().splitlines()[-20:], sep="\n", file=sys.stderr)
-        raise
-    finally:
-        if sim is not None:
-            sim.stop()
-        manager.stop()
-        shutil.rmtree(root, ignore_errors=True)
     slow, fast = cases[0], cases[-1]
     per_beat = (fast["manager_cpu_share"] - slow["manager_cpu_share"]) / (
         fast["heartbeats_per_s"] - slow["heartbeats_per_s"]

@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bench.common import wait_for
+
 NODES = int(os.environ.get("WARREN_BENCH_LOSS_NODES", "20"))
 SERVICES = int(os.environ.get("WARREN_BENCH_LOSS_SERVICES", "200"))
 REPLICAS = int(os.environ.get("WARREN_BENCH_LOSS_REPLICAS", "10"))
@@ -43,15 +45,6 @@ OVERLAY = os.environ.get("WARREN_BENCH_LOSS_OVERLAY", "sim")
 TIMEOUT = 600.0
 OVERLAY_RANGE = "10.128.0.0/12"
 STAGES = ("orphaned", "created", "starting", "running")
-
-
-def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 @contextlib.contextmanager
@@ -131,11 +124,11 @@ def one_run() -> dict[str, Any]:
             first = managers[0]
             stub = _stub(first)
             sim = SimProcess(first, root, NODES, "--start-delay", START_DELAY, "--overlay", OVERLAY)
-            _wait(lambda: sim.status()["connected"] >= NODES, TIMEOUT, "every session", 0.5)
+            wait_for(lambda: sim.status()["connected"] >= NODES, TIMEOUT, "every session", 0.5)
             for s in range(SERVICES):
                 spec = tpb.ServiceSpec(name=f"loss-{s:04d}", image="busybox", replicas=REPLICAS)
                 stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=60)
-            _wait(lambda: sim.status()["running"] >= total, TIMEOUT, "every task running", 0.5)
+            wait_for(lambda: sim.status()["running"] >= total, TIMEOUT, "every task running", 0.5)
             info = stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
             by_name = {n.hostname: n.id for n in stub.ListNodes(cpb.ListNodesRequest(), timeout=30).nodes}
 
@@ -157,9 +150,9 @@ def one_run() -> dict[str, Any]:
                 nodes = stub.ListNodes(cpb.ListNodesRequest(), timeout=30).nodes
                 return all(n.status == "down" for n in nodes if n.id in dead)
 
-            _wait(all_down, TIMEOUT, "the killed nodes down")
+            wait_for(all_down, TIMEOUT, "the killed nodes down")
             down_s = time.time() - killed_at
-            _wait(lambda: sim.status()["running"] >= total, TIMEOUT, "the lost tasks running elsewhere")
+            wait_for(lambda: sim.status()["running"] >= total, TIMEOUT, "the lost tasks running elsewhere")
             elsewhere_s = time.time() - killed_at
             for spy in spies:
                 spy.wait()

@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import figure
+from bench.common import cpu_seconds, figure, manager_with_sim, wait_for
 from warren.reconciler import liveness
 
 NODES = 100
@@ -33,35 +30,16 @@ OVERLAY_RANGE = "10.128.0.0/12"
 TIMEOUT = float(os.environ.get("WARREN_BENCH_NODES_TIMEOUT", "600"))
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.2) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > timeout:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(interval)
-    return time.perf_counter() - start
-
-
 def one_run(nodes: int, period: str) -> dict[str, Any]:
     from tests.integration.harness import Manager
-    from tests.integration.simrig import SimProcess
     from warren.api.v1 import control_pb2 as cpb
 
-    root = Path(tempfile.mkdtemp(prefix=f"warren-bench-nodes{nodes}-"))
-    (root / "m1").mkdir()
-    manager = Manager(
-        root / "m1",
-        start_args=["--heartbeat-period", period, "--overlay-range", OVERLAY_RANGE],
-        schedule_on_manager=False,
-    )
-    sim: SimProcess | None = None
-    try:
-        manager.start()
+    def new_manager(root: Path) -> Manager:
+        start_args = ["--heartbeat-period", period, "--overlay-range", OVERLAY_RANGE]
+        return Manager(root, start_args=start_args, schedule_on_manager=False)
+
+    with manager_with_sim(f"nodes{nodes}", new_manager) as rig:
+        manager = rig.manager
         control = manager.control()
 
         def listed() -> dict[str, Any]:
@@ -71,11 +49,12 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
         def tasks() -> list[Any]:
             return list(control.ListTasks(cpb.ListTasksRequest(service="load"), timeout=30).tasks)
 
-        cpu0 = _cpu_seconds(manager.process.pid)
-        sim = SimProcess(manager, root, nodes, "--start-delay", "20ms")
-        joined_s = _wait(lambda: sim.status()["connected"] >= nodes, TIMEOUT, "every session", 0.5)
-        _wait(lambda: sum(n.status == "ready" for n in listed().values()) == nodes, TIMEOUT, "every node ready", 0.5)
-        join_cpu = _cpu_seconds(manager.process.pid) - cpu0
+        assert manager.process is not None
+        cpu0 = cpu_seconds(manager.process.pid)
+        sim = rig.start_sim(nodes, "--start-delay", "20ms")
+        joined_s = wait_for(lambda: sim.status()["connected"] >= nodes, TIMEOUT, "every session", 0.5)
+        wait_for(lambda: sum(n.status == "ready" for n in listed().values()) == nodes, TIMEOUT, "every node ready", 0.5)
+        join_cpu = cpu_seconds(manager.process.pid) - cpu0
 
         replicas = TASKS_PER_NODE * nodes
         create = manager.cli("service", "create", "load", "--image", "busybox", "--replicas", str(replicas), "-d")
@@ -86,31 +65,31 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
             run = [t for t in tasks() if t.state == "running"]
             return run if len(run) == len({t.slot for t in run}) == replicas else []
 
-        run_s = _wait(lambda: bool(running()), TIMEOUT, "every task running", 0.5)
+        run_s = wait_for(lambda: bool(running()), TIMEOUT, "every task running", 0.5)
 
         killed_count = max(1, int(nodes * KILL_SHARE))
         killed_at = time.perf_counter()
         names = sim.kill(killed_count)
         by_name = listed()
         dead = {by_name[n].id for n in names}
-        _wait(lambda: all(listed()[n].status == "down" for n in names), TIMEOUT, "killed nodes down")
+        wait_for(lambda: all(listed()[n].status == "down" for n in names), TIMEOUT, "killed nodes down")
         down_s = time.perf_counter() - killed_at
 
         def moved() -> bool:
             run = running()
             return bool(run) and all(t.node_id not in dead for t in run)
 
-        _wait(moved, TIMEOUT, "tasks running elsewhere")
+        wait_for(moved, TIMEOUT, "tasks running elsewhere")
         moved_s = time.perf_counter() - killed_at
         info = control.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
         # The period the nodes beat at and the down check counts with: the setting, or longer
         # past MAX_HEARTBEATS_PER_SECOND (ADR 73): 2 s for 100 nodes set to 1 s.
-        period = liveness.heartbeat_period(info.heartbeat_period, info.nodes)
+        beat = liveness.heartbeat_period(info.heartbeat_period, info.nodes)
         return {
             "nodes": nodes,
             "heartbeat_period_set_s": info.heartbeat_period,
-            "heartbeat_period_s": period,
-            "node_down_timeout_s": 3 * period,
+            "heartbeat_period_s": beat,
+            "node_down_timeout_s": 3 * beat,
             "all_sessions_open_s": round(joined_s, 2),
             "manager_cpu_s_per_joined_node_ms": round(1000 * join_cpu / nodes, 2),
             "tasks": replicas,
@@ -118,17 +97,8 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
             "killed": killed_count,
             "killed_down_s": round(down_s, 2),
             "tasks_elsewhere_s": round(moved_s, 2),
-            "tasks_elsewhere_after_timeout_s": round(moved_s - 3 * period, 2),
+            "tasks_elsewhere_after_timeout_s": round(moved_s - 3 * beat, 2),
         }
-    except BaseException:
-        if sim is not None:
-            print("--- last lines of the simulator's log ---", *sim.log().splitlines()[-20:], sep="\n", file=sys.stderr)
-        raise
-    finally:
-        if sim is not None:
-            sim.stop()
-        manager.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def run() -> dict[str, object]:

@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, figure, latency_summary, machine_info, rss_kib
+from bench.common import REPO, cpu_seconds, figure, latency_summary, machine_info, rss_kib, wait_for
 
 SETS: dict[str, dict[str, int]] = {
     # the seed's load test (#15 S1)
@@ -69,21 +69,6 @@ WRITE_P99_GOAL_MS = 100.0
 READ_P99_GOAL_MS = 20.0
 NODE_DOWN_EXTRA_GOAL_S = 2.0
 CLI_GOAL_S = 1.0
-
-
-def _wait(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> float:
-    """Poll until `predicate()` is true; the seconds it took."""
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > timeout:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic() - start
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _dir_bytes(path: Path) -> int:
@@ -177,7 +162,12 @@ def _warm_up(cluster: Cluster, prom: Any) -> None:
         spec = tpb.ServiceSpec(name=f"warmup-{i}", image=IMAGE, replicas=0)
         cluster.stub(m).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
     series = f'warren_api_request_duration_seconds_count{{method="{CONTROL}CreateService"}}'
-    _wait(lambda: len(prom.query(series)) == len(cluster.managers), 60, "Prometheus seeing the warm-up writes")
+    wait_for(
+        lambda: len(prom.query(series)) == len(cluster.managers),
+        60,
+        "Prometheus seeing the warm-up writes",
+        interval=0.5,
+    )
 
 
 def _scraped_after(prom: Any, when: float) -> bool:
@@ -197,10 +187,10 @@ def s1(
     figures so far, with all_running false (the caller then skips what needs a settled cluster)."""
     tasks = params["services"] * params["replicas"]
     managers = cluster.managers
-    _wait(lambda: cluster.leader() is not None, 120, "a leader")
+    wait_for(lambda: cluster.leader() is not None, 120, "a leader", interval=0.5)
     leader = cluster.leader()
     _warm_up(cluster, prom)
-    cpu_before = [_cpu_seconds(m.process.pid) for m in managers]
+    cpu_before = [cpu_seconds(m.process.pid) for m in managers]
     raft_before = prom.by_instance("warren_raft_commit_index")
     term_before = prom.scalar("max(warren_raft_term)")
     sampler = Sampler(managers, sim, tasks)
@@ -217,10 +207,10 @@ def s1(
     sampler.join(timeout=run_timeout)
     sampler.done.set()
     ended = sampler.running_at or time.time()
-    cpu = [round(_cpu_seconds(m.process.pid) - b, 1) for m, b in zip(managers, cpu_before, strict=True)]
+    cpu = [round(cpu_seconds(m.process.pid) - b, 1) for m, b in zip(managers, cpu_before, strict=True)]
     first, last = client["first_create_at"], client["last_create_returned_at"]
     total_s = ended - first
-    _wait(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run")
+    wait_for(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run", interval=0.5)
     window = f"{max(5, round(time.time() - first))}s"
     raft_after = prom.by_instance("warren_raft_commit_index")
     term_after = prom.scalar("max(warren_raft_term)")
@@ -360,8 +350,8 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
             return False
         return all(by_name.get(h) == "down" for h in killed)
 
-    marked_down_s = _wait(all_down, 300, f"{count} killed nodes marked down")
-    _wait(lambda: sim.status()["running"] >= tasks, 600, "the killed nodes' tasks running elsewhere")
+    marked_down_s = wait_for(all_down, 300, f"{count} killed nodes marked down", interval=0.5)
+    wait_for(lambda: sim.status()["running"] >= tasks, 600, "the killed nodes' tasks running elsewhere", interval=0.5)
     elsewhere_s = time.monotonic() - killed_at
     moved = sim.status()["starts"] - starts_before
 
@@ -380,7 +370,7 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
             return True
         return False
 
-    write_s = _wait(write_acknowledged, 300, "a write acknowledged after the leader kill", interval=0.1)
+    write_s = wait_for(write_acknowledged, 300, "a write acknowledged after the leader kill", interval=0.1)
     new_leader = None
 
     def settled() -> bool:
@@ -393,7 +383,7 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
 
     settle_error = None
     try:
-        settled_s = _wait(settled, 300, "every slot running once after the leader kill", interval=2)
+        settled_s = wait_for(settled, 300, "every slot running once after the leader kill", interval=2)
     except RuntimeError as exc:
         settled_s, settle_error = None, str(exc)
     leader_now = new_leader or cluster.leader()
@@ -453,7 +443,13 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_
     cluster.stub(manager).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
     try:
         out["big_running_s"] = round(
-            _wait(lambda: sim.status()["running"] >= tasks_now + big, max(300, big / 10), f"{big} more tasks"), 2
+            wait_for(
+                lambda: sim.status()["running"] >= tasks_now + big,
+                max(300, big / 10),
+                f"{big} more tasks",
+                interval=0.5,
+            ),
+            2,
         )
     except RuntimeError as exc:
         out["big_running_error"] = str(exc)
@@ -486,10 +482,15 @@ def run_set(
             cluster = Cluster(managers)
             targets = {f"m{i + 1}": f"{m.host}:{m.metrics_port}" for i, m in enumerate(managers)}
             prom = PrometheusServer(targets, scrape_interval=SCRAPE_INTERVAL)
-            _wait(lambda: prom.targets_up() == 3, 60, "Prometheus scraping the three managers")
+            wait_for(lambda: prom.targets_up() == 3, 60, "Prometheus scraping the three managers", interval=0.5)
             sim = SimProcess(managers[0], root, params["nodes"], "--overlay", "sim")
             t0 = time.monotonic()
-            _wait(lambda: sim.status()["connected"] >= params["nodes"], 900, f"{params['nodes']} sim sessions")
+            wait_for(
+                lambda: sim.status()["connected"] >= params["nodes"],
+                900,
+                f"{params['nodes']} sim sessions",
+                interval=0.5,
+            )
             result["all_sessions_open_s"] = round(time.monotonic() - t0, 2)
             print(f"   {params['nodes']} sim nodes connected in {result['all_sessions_open_s']} s", flush=True)
             result["s1"] = s1(cluster, sim, prom, params, clients, run_timeout)

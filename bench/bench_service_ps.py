@@ -20,19 +20,17 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, figure, machine_info
+from bench.common import REPO, cpu_seconds, figure, machine_info, manager_with_sim
 
 NODES = 50  # the simulated overlay gives each node a /24: about 250 tasks a node
 REPLICAS = 10_000
@@ -72,7 +70,7 @@ class Rig:
     def cli(self, *args: str) -> tuple[Sample, subprocess.CompletedProcess[str]]:
         """Run the CLI once: its wall time, its own CPU time and the manager's meanwhile."""
         command = [sys.executable, "-m", "warren.cli.main", *args]
-        manager_cpu = _cpu_seconds(self.manager.process.pid)
+        manager_cpu = cpu_seconds(self.manager.process.pid)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -81,7 +79,7 @@ class Rig:
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cli_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-        return Sample(wall, cli_cpu, _cpu_seconds(self.manager.process.pid) - manager_cpu), proc
+        return Sample(wall, cli_cpu, cpu_seconds(self.manager.process.pid) - manager_cpu), proc
 
 
 @dataclass
@@ -91,26 +89,17 @@ class Sample:
     manager_cpu_s: float
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 @contextlib.contextmanager
 def rig(label: str, tree: Path, nodes: int, replicas: int, fail_rate: float = FAIL_RATE) -> Iterator[Rig]:
     """One manager, `nodes` sim nodes and one service of `replicas` replicas, all running (some
     after failed starts, kept as history)."""
-    from tests.integration.simrig import SimProcess
     from tests.waiting import wait_for
     from warren.api.v1 import control_pb2 as cpb
     from warren.api.v1 import types_pb2 as tpb
 
-    root = Path(tempfile.mkdtemp(prefix=f"warren-bench-ps-{label}-"))
-    manager = _tree_manager(root, tree)
-    sim = None
-    try:
-        manager.start(timeout=60)
-        sim = SimProcess(manager, root, nodes, "--overlay", "sim", "--fail-rate", str(fail_rate), "--seed", "1")
+    with manager_with_sim(f"ps-{label}", lambda root: _tree_manager(root, tree), start_timeout=60) as manager_and_sim:
+        manager = manager_and_sim.manager
+        sim = manager_and_sim.start_sim(nodes, "--overlay", "sim", "--fail-rate", str(fail_rate), "--seed", "1")
         wait_for(lambda: _sim_count(sim, "connected") >= nodes, timeout=300, interval=0.5, message="sim sessions")
         spec = tpb.ServiceSpec(name=SERVICE, image="busybox", replicas=replicas)
         manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
@@ -121,15 +110,6 @@ def rig(label: str, tree: Path, nodes: int, replicas: int, fail_rate: float = FA
             message=f"{replicas} tasks running",
         )
         yield Rig(label, tree, manager, sim)
-    except BaseException:
-        for name, text in (("manager", manager.log()), ("simulator", sim.log() if sim else "")):
-            print(f"--- last lines of the {name}'s log ---", *text.splitlines()[-20:], sep="\n", file=sys.stderr)
-        raise
-    finally:
-        if sim is not None:
-            sim.stop()
-        manager.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _sim_count(sim: Any, key: str) -> int:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, figure, rss_kib
+from bench.common import REPO, figure, rss_kib, wait_for
 
 # 1,000 is the goal (#15), but three managers with the simulated overlay did not open 300
 # sessions within 10 minutes today (ADR 50): WARREN_BENCH_SIM_SIZES=100,300,1000 asks for more.
@@ -39,15 +39,6 @@ def _status(manager: Any, data_dir: Path) -> dict[str, Any]:
     if result.returncode != 0:
         raise RuntimeError(f"sim --status failed: {result.stderr.strip()}")
     return dict(json.loads(result.stdout))
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > timeout:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(1.0)
-    return time.perf_counter() - start
 
 
 def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
@@ -70,8 +61,10 @@ def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
                 stderr=subprocess.STDOUT,
                 env=first.env(),
             )
-            _wait(lambda: (data_dir / "sim.sock").exists(), 60, "the control socket")
-            _wait(lambda: _status(first, data_dir)["connected"] >= nodes, READY_TIMEOUT, "every session")
+            wait_for(lambda: (data_dir / "sim.sock").exists(), 60, "the control socket", interval=1.0)
+            wait_for(
+                lambda: _status(first, data_dir)["connected"] >= nodes, READY_TIMEOUT, "every session", interval=1.0
+            )
             ready_s = time.perf_counter() - started
             idle_a = _status(first, data_dir)
             time.sleep(IDLE_WINDOW)  # a measurement window, not a wait for a condition
@@ -84,7 +77,9 @@ def one_size(nodes: int, overlay: str = "sim") -> dict[str, Any]:
                 raise RuntimeError(f"service create failed: {create.stderr.strip()}")
             run_a = _status(first, data_dir)
             t0 = time.perf_counter()
-            _wait(lambda: _status(first, data_dir)["running"] >= replicas, RUN_TIMEOUT, "every task running")
+            wait_for(
+                lambda: _status(first, data_dir)["running"] >= replicas, RUN_TIMEOUT, "every task running", interval=1.0
+            )
             run_s = time.perf_counter() - t0
             run_b = _status(first, data_dir)
             run_cpu = run_b["cpu_seconds"] - run_a["cpu_seconds"]
@@ -127,7 +122,7 @@ COMPARE_TIMEOUT = 300.0  # a round whose tasks do not all run (or stop) by then 
 def _within(predicate: Any, timeout: float) -> float | None:
     """Seconds until `predicate` held, or None if it did not within `timeout`."""
     try:
-        return _wait(predicate, timeout, "")
+        return wait_for(predicate, timeout, "", interval=1.0)
     except RuntimeError:
         return None
 
@@ -157,7 +152,9 @@ class _SimRun:
                 env=env,
                 cwd=root,
             )
-        _wait(lambda: self._alive() and (self.data_dir / "sim.sock").exists(), 60, "the control socket")
+        wait_for(
+            lambda: self._alive() and (self.data_dir / "sim.sock").exists(), 60, "the control socket", interval=1.0
+        )
 
     def _alive(self) -> bool:
         if self.process.poll() is not None:

@@ -11,14 +11,12 @@ whole pipeline. Figures read from the manager's /metrics (warren_raft_commit_ind
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.common import figure
+from bench.common import figure, manager_with_sim, wait_for
 
 NODES = 20
 REPLICAS = 400
@@ -35,46 +33,29 @@ def commit_index(manager: Any) -> int:
     raise RuntimeError("no warren_raft_commit_index in /metrics")
 
 
-def _wait(predicate: Any, what: str) -> float:
-    start = time.perf_counter()
-    while not predicate():
-        if time.perf_counter() - start > TIMEOUT:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-    return time.perf_counter() - start
-
-
 def run() -> dict[str, object]:
     from tests.integration.harness import Manager
-    from tests.integration.simrig import SimProcess
 
-    root = Path(tempfile.mkdtemp(prefix="warren-bench-reports-"))
-    (root / "m1").mkdir()
-    manager = Manager(root / "m1", schedule_on_manager=False)
-    sim: SimProcess | None = None
-    try:
-        manager.start()
-        sim = SimProcess(manager, root, NODES, "--start-delay", "20ms")
-        _wait(lambda: sim.status()["connected"] >= NODES, "every session")  # type: ignore[union-attr]
+    def new_manager(root: Path) -> Manager:
+        return Manager(root, schedule_on_manager=False)
+
+    with manager_with_sim("reports", new_manager) as rig:
+        manager = rig.manager
+        sim = rig.start_sim(NODES, "--start-delay", "20ms")
+        wait_for(lambda: sim.status()["connected"] >= NODES, TIMEOUT, "every session")
         before = commit_index(manager)
         create = manager.cli("service", "create", "load", "--image", "busybox", "--replicas", str(REPLICAS), "-d")
         if create.returncode != 0:
             raise RuntimeError(create.stderr)
-        _wait(lambda: sim.status()["running"] >= REPLICAS, "every task running")  # type: ignore[union-attr]
+        wait_for(lambda: sim.status()["running"] >= REPLICAS, TIMEOUT, "every task running")
         time.sleep(1.0)  # let the last passes commit: a measurement window, not a condition
         started = commit_index(manager)
         time.sleep(IDLE_WINDOW)  # a measurement window
         idle = commit_index(manager)
-        sim.stop()
-        sim = SimProcess(manager, root, NODES, "--start-delay", "20ms")  # same data dir: same nodes
-        _wait(lambda: sim.status()["running"] >= REPLICAS, "every task running again")  # type: ignore[union-attr]
+        restarted = rig.start_sim(NODES, "--start-delay", "20ms")  # same data dir: same nodes
+        wait_for(lambda: restarted.status()["running"] >= REPLICAS, TIMEOUT, "every task running again")
         time.sleep(2.0)  # a measurement window
         reconnected = commit_index(manager)
-    finally:
-        if sim is not None:
-            sim.stop()
-        manager.stop()
-        shutil.rmtree(root, ignore_errors=True)
     per_start = (started - before) / REPLICAS
     figures = [
         figure(f"Raft entries per task start, {REPLICAS} tasks / {NODES} sim nodes", round(per_start, 3), "entries"),

@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmarks: percentiles, goal checks, machine info, a managed manager.
+"""Helpers shared by the benchmarks: percentiles, goal checks, machine info, polling, CPU time,
+a managed manager (alone or with a `warren sim` process).
 
 Figures are reported as dicts (see `figure`) so the runner can print one summary and mark each
 goal met or not met. Nothing here asserts on timing.
@@ -15,8 +16,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the rig's classes: imported when used, so that a benchmark module imports quickly
+    from tests.integration.harness import Manager
+    from tests.integration.simrig import SimProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,4 +153,72 @@ def running_manager(label: str) -> Iterator[object]:
         raise
     finally:
         manager.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll until `predicate()` is true; the seconds it took. A benchmark's waits are part of what
+    it reports, so this returns the time and raises RuntimeError, not the tests' AssertionError."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds of a process so far, from /proc/<pid>/stat."""
+    # The command name, in parentheses, may hold spaces: count the fields after its last ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _print_log_tail(name: str, text: str, lines: int) -> None:
+    tail = text.splitlines()[-lines:]
+    if tail:
+        print(f"--- last lines of the {name}'s log ---", *tail, sep="\n", file=sys.stderr)
+
+
+@dataclass
+class ManagerAndSim:
+    """One manager and, once started, one `warren sim` process beside it in the same directory."""
+
+    root: Path
+    manager: Manager
+    sim: SimProcess | None = None
+
+    def start_sim(self, nodes: int, *sim_args: str) -> SimProcess:
+        """Start the simulator, or restart it: its data dir is kept, so its nodes come back as the same nodes."""
+        from tests.integration.simrig import SimProcess
+
+        if self.sim is not None:
+            self.sim.stop()
+        self.sim = SimProcess(self.manager, self.root, nodes, *sim_args)
+        return self.sim
+
+
+@contextlib.contextmanager
+def manager_with_sim(
+    label: str, new_manager: Callable[[Path], Manager], start_timeout: float = 20.0
+) -> Iterator[ManagerAndSim]:
+    """A manager built by `new_manager(root)` in a fresh temp dir and started; the caller may start
+    a simulator beside it. Both are stopped by PID and the dir removed on exit, whatever happens;
+    on failure the tails of both logs go to stderr."""
+    root = Path(tempfile.mkdtemp(prefix=f"warren-bench-{label}-"))
+    try:
+        rig = ManagerAndSim(root, new_manager(root))
+        try:
+            rig.manager.start(timeout=start_timeout)
+            yield rig
+        except BaseException:
+            _print_log_tail("manager", rig.manager.log(), 20)
+            if rig.sim is not None:
+                _print_log_tail("simulator", rig.sim.log(), 20)
+            raise
+        finally:
+            if rig.sim is not None:
+                rig.sim.stop()
+            rig.manager.stop()
+    finally:
         shutil.rmtree(root, ignore_errors=True)
