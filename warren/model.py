@@ -29,11 +29,18 @@ class TaskState(enum.IntEnum):
 
     @property
     def terminal(self) -> bool:
-        return self >= TaskState.COMPLETE
+        return self >= _COMPLETE
 
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+# Members read once: on CPython 3.11 each `TaskState.X` is a lookup on the enum class that costs
+# about 110 ns, four times the comparison, and these helpers run for every task in a pass, an
+# endpoint recompute or a scrape (#15: `terminal` 237 -> 90 ns).
+_RUNNING = TaskState.RUNNING
+_COMPLETE = TaskState.COMPLETE
 
 
 def can_transition(current: TaskState, new: TaskState) -> bool:
@@ -512,13 +519,13 @@ class Task(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
 
 def is_stopping(task: Task) -> bool:
     """Told to stop, or draining before its stop (ADR 33): it no longer holds its slot."""
-    return task.desired_state > TaskState.RUNNING or task.draining_since > 0
+    return task.desired_state > _RUNNING or task.draining_since > 0
 
 
 def is_routed(task: Task) -> bool:
     """May take new connections from the load balancers (a VIP's backends): running, fit to
     serve (healthy, with a health check), not stopping, and on the overlay."""
-    if not task.overlay_address or task.desired_state != TaskState.RUNNING or task.draining_since:
+    if not task.overlay_address or task.desired_state != _RUNNING or task.draining_since:
         return False
     return is_ready(task)
 
@@ -555,7 +562,7 @@ def without_history(tasks: list[Task]) -> list[Task]:
 
 def is_ready(task: Task) -> bool:
     """Running and fit to serve: healthy if its spec has a health check, else not unhealthy."""
-    if task.state != TaskState.RUNNING:
+    if task.state != _RUNNING:
         return False
     return task.health == "healthy" if task.spec.health is not None else task.health != "unhealthy"
 
