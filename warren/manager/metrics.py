@@ -56,12 +56,13 @@ RAFT_TICK_GAP = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
     registry=REGISTRY,
 )
-# Where a proposal's time goes (#15): waiting for a free entry slot on this manager ("queued"),
-# from its entry's proposal until the Raft thread applied it here ("replicated"), and from then
-# until the event loop answered it ("answered"), which is the loop's own lag.
+# Where a proposal's time goes (#15): waiting for a free entry slot on this manager ("queued",
+# one sample per proposal), from its entry's proposal until the Raft thread applied it here
+# ("replicated", one per entry: its proposals share it), and from then until the event loop
+# answered it ("answered", one per entry), which is the loop's own lag.
 RAFT_PROPOSAL = Histogram(
     "warren_raft_proposal_seconds",
-    "Time a proposal made on this manager spent in each stage",
+    "Time proposals made on this manager spent in each stage (queued: per proposal; replicated, answered: per entry)",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     registry=REGISTRY,
