@@ -289,7 +289,7 @@ async def _serve(
         logs = LogAgent(data / "logs", running=worker.started_task_ids, rotation=rotation)
         opened.callback(logs.close)
         _run_task(opened, logs.run_indexer(), "log-indexer")
-        _run_task(opened, heap.trim_heap(), "heap-trim")  # an idle agent's memory is the node's (ADR 12)
+        _run_task(opened, heap.trim_heap(), "heap-trim")  # an idle agent's memory is the node's (ADR 19)
         execs = ExecAgent(env.runtime, worker.running_container)
         opened.callback(execs.close)
         promotion = None
