@@ -3,9 +3,7 @@
 Goals: write p99 <= 50 ms (CreateService, ScaleService); read p99 <= 10 ms (GetService,
 ListServices with ~300 services); `warren service ls` wall time < 300 ms (median of 10).
 Concurrent write throughput (8 client threads, ~5 s) is reported without a goal.
-Cluster write throughput (issue #15): 3 managers, 64 concurrent clients spread over them, each
-creating services through the API for ~5 s. Goal: >= 2,000 writes/s, next to the in-process Raft
-figure of bench_raft (which has no gRPC).
+Cluster write throughput (issue #15, 3 managers and 64 clients) is bench_api_cluster's.
 
 Each write is one synchronous Raft commit on a single-manager cluster. Services with replicas > 0
 also make the orchestrator create tasks and the scheduler assign them to the manager's own node
@@ -23,25 +21,18 @@ import threading
 import time
 from pathlib import Path
 
-from bench.common import REPO, cpu_seconds, figure, latency_summary, running_manager
+from bench.bench_api_cluster import IMAGE, READ_PAGE, TIMEOUT, cluster_figures, cluster_writes
+from bench.common import REPO, figure, latency_summary, running_manager
 
 N_WRITES = 300
 N_READS = 300
 CLI_RUNS = 10
 CONCURRENT_THREADS = 8
 CONCURRENT_SECONDS = 5.0
-IMAGE = "busybox:latest"
-TIMEOUT = 10.0
 
 WRITE_P99_GOAL_MS = 50.0
 READ_P99_GOAL_MS = 10.0
 CLI_GOAL_MS = 300.0
-CLUSTER_CLIENTS = 64
-CLUSTER_SECONDS = 5.0
-CLUSTER_GOAL_WRITES_PER_S = 2000.0
-READERS = 4  # concurrent readers during the cluster writes, one read at a time each
-READ_PAGE = 100
-CLUSTER_READ_P99_GOAL_MS = 20.0  # issue #15: reads under the write load
 
 
 def _timed(fn, *args) -> float:
@@ -145,39 +136,8 @@ def run() -> dict[str, object]:
             "commits/s",
         ),
         figure("Concurrent CreateService p99", results["concurrent_create"]["latency"]["p99_ms"], "ms"),
-        figure(
-            f"3 managers, {CLUSTER_CLIENTS} clients: CreateService through the API",
-            results["cluster_writes"]["writes_per_s"],
-            "writes/s",
-            CLUSTER_GOAL_WRITES_PER_S,
-            ">=",
-        ),
-        figure("3 managers, 64 clients: CreateService p99", results["cluster_writes"]["latency"]["p99_ms"], "ms"),
-        figure(
-            "ListServices p99 (page of 100) during the 64-client writes",
-            results["cluster_writes"]["reads"]["list_services"].get("p99_ms"),
-            "ms",
-            CLUSTER_READ_P99_GOAL_MS,
-            "<=",
-        ),
-        figure(
-            "ListTasks p99 (page of 100) during the 64-client writes",
-            results["cluster_writes"]["reads"]["list_tasks"].get("p99_ms"),
-            "ms",
-            CLUSTER_READ_P99_GOAL_MS,
-            "<=",
-        ),
-        figure(
-            "3 managers, 64 clients, all to the leader",
-            results["cluster_writes"]["leader_only"]["writes_per_s"],
-            "writes/s",
-        ),
-        figure(
-            "3 managers, 64 clients, all through followers",
-            results["cluster_writes"]["followers_only"]["writes_per_s"],
-            "writes/s",
-        ),
     ]
+    figures += cluster_figures(results["cluster_writes"])
     results["figures"] = figures
     return results
 
@@ -269,154 +229,6 @@ def _concurrent_creates(manager, create) -> dict[str, object]:
     }
 
 
-def cluster_writes(clients: int = CLUSTER_CLIENTS, seconds: float = CLUSTER_SECONDS) -> dict[str, object]:
-    """3 managers on loopback; `clients` concurrent callers, spread over the three, each creating
-    services (replicas=0) one after another for `seconds`. The load runs in a separate process on
-    grpc.aio (one event loop, 8 channels per manager): Python threads would make the client, not
-    the managers, the bottleneck. Followers forward their writes to the leader (ADR 16).
-    The same load is then sent to the leader alone and to the followers alone (ADR 58); each
-    run reports the managers' CPU per write and the commands per Raft entry."""
-    import shutil
-    import tempfile
-
-    from tests.integration.harness import leader_of, manager_trio
-
-    root = Path(tempfile.mkdtemp(prefix="warren-bench-api-cluster-"))
-    try:
-        with manager_trio(root) as managers:
-            leader = leader_of(managers)
-            followers = [m for m in managers if m is not leader]
-            out = _cluster_run(managers, leader, managers, clients, seconds)
-            out["leader_only"] = _cluster_run(managers, leader, [leader], clients, seconds)
-            out["followers_only"] = _cluster_run(managers, leader, followers, clients, seconds)
-            return out
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _cluster_run(
-    managers: list, leader, targets: list, clients: int, seconds: float, readers: int = READERS, prefix: str = ""
-) -> dict[str, object]:
-    """One load run; `readers` = 0 times the writes alone (CPU per write with no reads in it)."""
-    sent_to = "all" if len(targets) == len(managers) else ("leader" if targets == [leader] else "followers")
-    args = [sys.executable, "-m", "bench.bench_api", "--cluster-load", str(clients), str(seconds), prefix or sent_to]
-    args += ["--readers", str(readers)]
-    args += [str(managers[0].data_dir / "admin"), *(m.addr for m in targets)]
-    cpu_before = [cpu_seconds(m.process.pid) for m in managers]
-    entries_before = _commit_index(leader)
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120, cwd=REPO)
-    cpu_after = [cpu_seconds(m.process.pid) for m in managers]
-    entries = _commit_index(leader) - entries_before
-    if proc.returncode != 0:
-        raise RuntimeError(f"the cluster load failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    out = json.loads(proc.stdout)
-    cpu = [b - a for a, b in zip(cpu_before, cpu_after, strict=True)]
-    out["manager_cpu_s"] = [round(c, 2) for c in cpu]
-    # Leader first; the load's own writes and the scheduler's few entries, per write.
-    by_role = [cpu[managers.index(leader)]] + [c for m, c in zip(managers, cpu, strict=True) if m is not leader]
-    out["cpu_ms_per_write"] = [round(c * 1000 / max(out["writes"], 1), 3) for c in by_role]
-    out["raft_entries"] = entries
-    out["writes_per_entry"] = round(out["writes"] / max(entries, 1), 1)
-    out["sent_to"] = sent_to
-    return out
-
-
-def _commit_index(manager) -> int:
-    """The manager's Raft commit index, from its /metrics."""
-    import urllib.request
-
-    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("warren_raft_commit_index"):
-                return int(float(line.rsplit(" ", 1)[1]))
-    raise RuntimeError("the manager exports no warren_raft_commit_index")
-
-
-def _cluster_load(
-    clients: int, seconds: float, prefix: str, creds_dir: str, addrs: list[str], readers: int = READERS
-) -> dict[str, object]:
-    """The client side of cluster_writes, in its own process; services are named `prefix`-..."""
-    import asyncio
-
-    import grpc
-
-    from warren import tls
-    from warren.api.v1 import control_pb2 as cpb
-    from warren.api.v1 import control_pb2_grpc
-    from warren.api.v1 import types_pb2 as tpb
-
-    async def main() -> dict[str, object]:
-        creds = tls.channel_credentials(*tls.load_credentials(Path(creds_dir)))
-        channels = [grpc.aio.secure_channel(a, creds, options=tls.channel_options()) for a in addrs for _ in range(8)]
-        stubs = [control_pb2_grpc.ControlStub(c) for c in channels]
-        latencies: list[float] = []
-        errors: list[str] = []
-        loop = asyncio.get_running_loop()
-
-        async def client(index: int, deadline: float | None) -> None:
-            stub = stubs[index % len(stubs)]
-            i = 0
-            while deadline is None or loop.time() < deadline:
-                spec = tpb.ServiceSpec(name=f"{prefix}-{index}-{i:05d}", image=IMAGE, replicas=0)
-                start = time.perf_counter()
-                try:
-                    await stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=TIMEOUT)
-                except grpc.RpcError as exc:
-                    errors.append(f"{exc.code().name}: {exc.details()}"[:200])
-                else:
-                    if deadline is not None:
-                        latencies.append(time.perf_counter() - start)
-                i += 1
-                if deadline is None:
-                    return  # warm-up: one call per client connects every channel
-
-        reads: dict[str, list[float]] = {"list_services": [], "list_tasks": []}
-
-        async def reader(index: int, deadline: float) -> None:
-            """One read at a time during the writes (issue #15's read goal): a page of 100."""
-            stub = stubs[(index * 5 + 1) % len(stubs)]
-            while loop.time() < deadline:
-                for kind, call, request in (
-                    ("list_services", stub.ListServices, cpb.ListServicesRequest(page_size=READ_PAGE)),
-                    ("list_tasks", stub.ListTasks, cpb.ListTasksRequest(page_size=READ_PAGE)),
-                ):
-                    started = time.perf_counter()
-                    try:
-                        await call(request, timeout=TIMEOUT)
-                    except grpc.RpcError as exc:
-                        errors.append(f"read {exc.code().name}: {exc.details()}"[:200])
-                    else:
-                        reads[kind].append(time.perf_counter() - started)
-
-        await asyncio.gather(*(client(-1 - i, None) for i in range(len(stubs))))
-        errors.clear()
-        start = loop.time()
-        await asyncio.gather(
-            *(client(i, start + seconds) for i in range(clients)),
-            *(reader(i, start + seconds) for i in range(readers)),
-        )
-        elapsed = loop.time() - start
-        for channel in channels:
-            await channel.close()
-        return {
-            "managers": len(addrs),
-            "clients": clients,
-            "readers": readers,
-            "seconds": round(elapsed, 3),
-            "writes": len(latencies),
-            "errors": len(errors),
-            "first_errors": errors[:3],
-            "writes_per_s": round(len(latencies) / elapsed, 1),
-            "latency": latency_summary(latencies) if latencies else {},
-            "client_cpu_s": round(sum(os.times()[:2]), 2),
-            # Timed in the load's own event loop, busy with the writers: an upper bound.
-            "reads": {kind: latency_summary(times) if times else {} for kind, times in reads.items()},
-        }
-
-    return asyncio.run(main())
-
-
 LIST_PAGE_SERVICES = (1_000, 10_000)
 LIST_PAGE_TASKS = 10  # tasks per service, as in S1: each listed service counts its replicas
 LIST_PAGE_CALLS = 200
@@ -485,11 +297,6 @@ def compare_list_pages(base: Path, rounds: int) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--cluster-load"]:
-        clients, seconds, prefix, flag, readers, creds_dir, *addrs = sys.argv[2:]
-        assert flag == "--readers", "usage: --cluster-load CLIENTS SECONDS PREFIX --readers N CREDS ADDR..."
-        print(json.dumps(_cluster_load(int(clients), float(seconds), prefix, creds_dir, addrs, int(readers))))
-        sys.exit(0)
     if sys.argv[1:2] == ["--list-pages"]:  # SERVICES: one side of compare_list_pages
         print(json.dumps(list_pages(int(sys.argv[2]))))
         sys.exit(0)

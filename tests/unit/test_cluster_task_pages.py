@@ -22,6 +22,7 @@ from warren.model import Service, ServiceSpec, Task, TaskState
 from warren.state import ClusterState, Delete, Put
 
 NAMES = ["a", "ab", "b", "web"]
+SPARSE = tasklist._SPARSE
 STATES = [TaskState.PENDING, TaskState.RUNNING, TaskState.FAILED, TaskState.SHUTDOWN, TaskState.COMPLETE]
 
 # A task: (service, slot (0: a global task), node, state, desired running?, created at).
@@ -84,18 +85,23 @@ def test_each_page_is_the_one_a_pass_over_every_task_gave(
     state = _state(services, tasks)
     store = InMemoryState(state)
     control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
-    request = cpb.ListTasksRequest(page_size=size, include_history=include_history, states=states)
-    listed: list[str] = []
-    while True:
-        reply = asyncio.run(control.ListTasks(request, None))
-        ids = [t.id for t in reply.tasks]
-        assert (ids, reply.next_page_token) == _old_page(state, request)
-        listed += ids
-        if not reply.next_page_token:
-            break
-        request.page_token = reply.next_page_token
     expected = _old_page(state, cpb.ListTasksRequest(page_size=1000, include_history=include_history, states=states))
-    assert listed == expected[0]
+    for sparse in (0, 10**9):  # the services holding tasks always sorted, or the index always walked
+        tasklist._SPARSE = sparse
+        try:
+            request = cpb.ListTasksRequest(page_size=size, include_history=include_history, states=states)
+            listed: list[str] = []
+            while True:
+                reply = asyncio.run(control.ListTasks(request, None))
+                ids = [t.id for t in reply.tasks]
+                assert (ids, reply.next_page_token) == _old_page(state, request)
+                listed += ids
+                if not reply.next_page_token:
+                    break
+                request.page_token = reply.next_page_token
+        finally:
+            tasklist._SPARSE = SPARSE
+        assert listed == expected[0]
 
 
 def test_a_page_reads_only_the_services_it_reaches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +129,26 @@ def test_a_page_reads_only_the_services_it_reaches(monkeypatch: pytest.MonkeyPat
     second = asyncio.run(control.ListTasks(cpb.ListTasksRequest(page_size=25, page_token=first.next_page_token), None))
     assert [t.id for t in second.tasks][:2] == ["s2.5", "s2.6"]  # after s0's and s1's 10 and s2's first 5
     assert keyed <= 200, f"two pages of 25 took the key of {keyed} tasks out of 3,000"
+
+
+def test_a_page_skips_the_services_scaled_to_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With most services at zero replicas a page read every service's tasks to fill itself: 44 ms
+    at p50 for 10,000 services under a write load (bench_api_cluster)."""
+    state = ClusterState()
+    for i in range(2_000):
+        spec = ServiceSpec(name=f"svc-{i:04d}", image="x")
+        state.apply([Put("service", Service(id=f"s{i}", spec=spec))])
+        if i % 500 == 7:
+            task = Task(id=f"s{i}.1", service_id=f"s{i}", service_name=spec.name, slot=1, spec=spec, spec_version=1)
+            state.apply([Put("task", task)])
+    store = InMemoryState(state)
+    control = ControlService(store, InMemoryRaft(store, "127.0.0.1:1"), raft_secret="s")
+    read: list[str] = []
+    real = state.service_tasks
+    monkeypatch.setattr(state, "service_tasks", lambda service_id: read.append(service_id) or real(service_id))
+    reply = asyncio.run(control.ListTasks(cpb.ListTasksRequest(page_size=100), None))
+    assert [t.id for t in reply.tasks] == ["s7.1", "s507.1", "s1007.1", "s1507.1"]
+    assert sorted(read) == ["s1007", "s1507", "s507", "s7"], f"the page read {len(read)} services' tasks"
 
 
 def test_an_empty_task_set_of_a_removed_service_names_nothing() -> None:

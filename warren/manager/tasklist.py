@@ -66,17 +66,35 @@ def cluster_candidates(
 
 def _names_from(state: ClusterState, first: str) -> Iterator[tuple[str, list[str]]]:
     """(service name, the ids of the services that hold tasks under it), in name order from
-    `first` on: the live services from the state's sorted index, and removed services whose
-    tasks are still held by nodes (a name may be both)."""
+    `first` on: live services and removed services whose tasks are still held by nodes (a name
+    may be both). Services without tasks are skipped, so that a page does not walk every service
+    of a cluster where most are scaled to zero: when few services hold tasks, those are sorted;
+    otherwise the state's sorted index is walked."""
+    holding = state.tasks_by_service  # a defaultdict: a reader's lookup may leave an empty set
     order = state.service_order
     start = bisect.bisect_left(order, (first,))
-    live = (order[i] for i in range(start, len(order)))
-    removed = []
-    for service_id in state.tasks_by_service.keys() - state.services.keys():
-        task_ids = state.tasks_by_service.get(service_id)
-        name = state.tasks[next(iter(task_ids))].service_name if task_ids else ""
-        if task_ids and name >= first:
-            removed.append((name, service_id))
-    merged = heapq.merge(live, sorted(removed))
-    for name, entries in itertools.groupby(merged, key=lambda entry: entry[0]):
-        yield name, [service_id for _, service_id in entries]
+    if len(holding) * _SPARSE < len(order) - start:
+        named = (
+            (_name_of(state, service_id, task_ids), service_id) for service_id, task_ids in holding.items() if task_ids
+        )
+        entries: Iterator[tuple[str, str]] = iter(sorted(entry for entry in named if entry[0] >= first))
+    else:
+        live = (order[i] for i in range(start, len(order)) if holding.get(order[i][1]))
+        removed = []
+        for service_id in holding.keys() - state.services.keys():
+            task_ids = holding[service_id]
+            if task_ids and (name := _name_of(state, service_id, task_ids)) >= first:
+                removed.append((name, service_id))
+        entries = heapq.merge(live, sorted(removed))
+    for name, group in itertools.groupby(entries, key=lambda entry: entry[0]):
+        yield name, [service_id for _, service_id in group]
+
+
+# Sort the services holding tasks, not walk the index, when they are fewer than 1 in this many.
+_SPARSE = 4
+
+
+def _name_of(state: ClusterState, service_id: str, task_ids: Collection[str]) -> str:
+    """A service's name; a removed one's from its tasks."""
+    service = state.services.get(service_id)
+    return service.spec.name if service is not None else state.tasks[next(iter(task_ids))].service_name
