@@ -115,6 +115,10 @@ class ClusterState:
         # (name, id) of every service, sorted: a ListServices page is a bisect and a slice, not a
         # pass over every service (#15). Only a create, a removal or a rename moves an entry.
         self.service_order: list[tuple[str, str]] = []
+        # Ids of the services whose pass depends on more than their own tasks: global ones, those
+        # that depend on another, those that mount volumes. An incremental pass checks these on
+        # every pass; walking every service for them was O(services) per commit (#15).
+        self.coupled_services: set[str] = set()
         self.volumes: dict[str, Volume] = {}  # by id (ADR 40)
         self.volume_names: dict[str, str] = {}
         self.secrets: dict[str, Secret] = {}  # by id (ADR 38)
@@ -220,6 +224,7 @@ class ClusterState:
         other.tasks_by_node = defaultdict(set, {k: set(v) for k, v in self.tasks_by_node.items()})
         other.service_names = dict(self.service_names)
         other.service_order = list(self.service_order)
+        other.coupled_services = set(self.coupled_services)
         other.volumes = dict(self.volumes)
         other.volume_names = dict(self.volume_names)
         other.secrets = dict(self.secrets)
@@ -287,6 +292,10 @@ class ClusterState:
                 bisect.insort(self.service_order, (obj.spec.name, obj.id))
             self.services[obj.id] = obj
             self.service_names[obj.spec.name] = obj.id
+            if _coupled(obj):
+                self.coupled_services.add(obj.id)
+            else:
+                self.coupled_services.discard(obj.id)
             if old is None or old.vip != obj.vip:
                 self._unindex_vip(old)
                 if obj.vip:
@@ -332,6 +341,7 @@ class ClusterState:
                 self.service_names.pop(old.spec.name, None)
                 self._unorder_service(old)
                 self._unindex_vip(old)
+                self.coupled_services.discard(obj_id)
         elif kind == "task":
             task = self.tasks.pop(obj_id, None)
             if task is not None:
@@ -461,3 +471,8 @@ def _network_address(subnet: str) -> int:
         return int(ipaddress.IPv4Network(subnet, strict=False).network_address)
     except ValueError:
         return -1
+
+
+def _coupled(service: Service) -> bool:
+    """Whether a pass over the service reads more than its own tasks (`coupled_services`)."""
+    return service.spec.mode is ServiceMode.GLOBAL or bool(service.depends_on) or bool(service.spec.mounts)

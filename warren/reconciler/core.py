@@ -459,8 +459,9 @@ class Pass:
 
     def _unbound_volumes(self) -> None:
         """A task placed while its volume was not bound (a plan committed late) binds it now."""
-        for service in self.state.services.values():
-            if not service.spec.mounts:  # most mount nothing: an incremental pass still walks all
+        for service_id in sorted(self.state.coupled_services):  # those that mount volumes are among them
+            service = self.state.services[service_id]
+            if not service.spec.mounts:
                 continue
             names = [n for n in mounts.volume_names(service.spec) if n not in self.volume_homes]
             for name in names:

@@ -57,7 +57,8 @@ def services_to_visit(state: ClusterState, visit: Visit, unsettled: Iterable[str
     for node_id in visit.nodes:
         wanted.update(state.tasks[t].service_id for t in state.tasks_by_node.get(node_id, ()))
     changed_names = {state.services[s].spec.name for s in visit.services if s in state.services}
-    for service in state.services.values():  # every pass walks them all: the cheap tests first
+    for service_id in state.coupled_services:  # the few a change elsewhere can concern
+        service = state.services[service_id]
         if service.spec.mode is ServiceMode.GLOBAL or (
             service.depends_on and changed_names and any(d.service in changed_names for d in service.depends_on)
         ):
