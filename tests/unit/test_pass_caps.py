@@ -13,7 +13,7 @@ from tests.unit.test_manager_services import Manager, as_caller, run, web
 from warren import commands
 from warren.api.v1 import control_pb2 as cpb
 from warren.manager.server import ApiError
-from warren.model import ClusterInfo
+from warren.model import ClusterInfo, Node
 from warren.reconciler import ReconcileConfig
 from warren.state import ClusterState, Put
 
@@ -32,9 +32,29 @@ def test_the_caps_are_cluster_settings_with_defaults() -> None:
     state.apply(changes)
     config = ReconcileConfig.from_cluster(state.cluster)
     assert (config.max_starts_per_pass, config.max_stops_per_pass) == (50, 1000)
+    assert ReconcileConfig.from_cluster(state.cluster, 1000).max_starts_per_pass == 50  # the cluster's, at any size
     for bad in (-1, 100_001):
         result, _ = commands.apply(state, commands.UpdateClusterSettings(max_stops_per_pass=bad))
         assert result.code == "invalid_argument" and "max stops per pass" in result.message
+
+
+@pytest.mark.parametrize(("nodes", "cap"), [(0, 1000), (3, 1000), (50, 1000), (51, 1020), (1000, 20_000)])
+def test_the_default_start_cap_grows_with_the_cluster(nodes: int, cap: int) -> None:
+    """ADR 74: 20 starts per node, never fewer than 1,000; the stop cap stays 1,000."""
+    config = ReconcileConfig.from_cluster(cluster_state().cluster, nodes)
+    assert (config.max_starts_per_pass, config.max_stops_per_pass) == (cap, 1000)
+
+
+def test_cluster_info_shows_the_cap_the_pass_uses() -> None:
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        as_caller("admin", "admin")
+        manager.store.put(*(Put("node", Node(id=f"n{i}", hostname=f"w{i}")) for i in range(60)))
+        info = await manager.control.GetClusterInfo(cpb.GetClusterInfoRequest(), None)
+        assert (info.nodes, info.max_starts_per_pass) == (61, 1220)  # the manager's own node and 60
+
+    run(scenario())
 
 
 def test_a_pass_starts_no_more_than_the_cluster_allows() -> None:

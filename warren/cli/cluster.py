@@ -64,12 +64,12 @@ def register(groups: Any) -> None:
         metavar="true|false",
         help="managers need the unlock key (printed once, when turned on) to start (ADR 44; default: false)",
     )
-    for cap, what in (("starts", "start"), ("stops", "stop")):  # ADR 53
-        p.add_argument(
+    for cap, what, default in (("starts", "start", "20 per node, at least 1000"), ("stops", "stop", "1000")):
+        p.add_argument(  # ADRs 53 and 74
             f"--max-{cap}-per-pass",
             type=_pass_cap,
             metavar="N",
-            help=f"tasks one scheduling pass may {what}; more wait for the next pass (0: the default, 1000)",
+            help=f"tasks one scheduling pass may {what}; more wait for the next pass (0: the default, {default})",
         )
     p.set_defaults(func=cmd_update)
 

@@ -257,7 +257,9 @@ class ControlService(
             if cluster is None:
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
             managers = sorted((n for n in state.nodes.values() if n.role == NodeRole.MANAGER), key=lambda n: n.hostname)
-            caps = reconciler.ReconcileConfig.from_cluster(cluster)  # the pass's caps, defaults filled in
+            caps = reconciler.ReconcileConfig.from_cluster(
+                cluster, len(state.nodes)
+            )  # the pass's caps, defaults filled in
             info = cpb.ClusterInfo(
                 id=cluster.id,
                 created_at=cluster.created_at,

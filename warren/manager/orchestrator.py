@@ -179,6 +179,7 @@ class Orchestrator:
         now = time.time()
         config = reconciler.ReconcileConfig.from_cluster(
             snapshot.cluster,
+            len(snapshot.nodes),
             heartbeat_period=self._period.effective(
                 liveness.heartbeat_period(snapshot.cluster.heartbeat_period, len(snapshot.nodes)), now
             ),

@@ -42,13 +42,25 @@ _PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since"
 DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
 
 
+# A pass's default cap on starts grows with the cluster (ADR 74): this many per node, and never
+# below DEFAULT_MAX_STARTS. A fixed 1,000 governed S2 (1,000 nodes, 100,000 tasks) at ~650
+# starts/s: every pass walked the 100,000 tasks to place 1,000 of them.
+STARTS_PER_NODE = 20
+DEFAULT_MAX_STARTS = 1000
+
+
+def default_max_starts(nodes: int) -> int:
+    """The start cap of a pass when the cluster sets none, for a cluster of `nodes` nodes."""
+    return max(DEFAULT_MAX_STARTS, STARTS_PER_NODE * nodes)
+
+
 class ReconcileConfig(msgspec.Struct, frozen=True):
     """Knobs of one pass. A node is DOWN after 3 missed heartbeat periods; the caps bound how
     many tasks one pass may start or stop, so a huge change is spread over several passes."""
 
     heartbeat_period: float = 5.0
     task_history_limit: int = 5
-    max_starts_per_pass: int = 1000
+    max_starts_per_pass: int = DEFAULT_MAX_STARTS
     max_stops_per_pass: int = 1000
 
     @property
@@ -62,14 +74,15 @@ class ReconcileConfig(msgspec.Struct, frozen=True):
         return 1.5 * self.heartbeat_period
 
     @classmethod
-    def from_cluster(cls, cluster: ClusterInfo | None, **overrides: int | float) -> ReconcileConfig:
-        """The config implied by the replicated cluster settings, with optional overrides."""
+    def from_cluster(cls, cluster: ClusterInfo | None, nodes: int = 0, **overrides: int | float) -> ReconcileConfig:
+        """The config implied by the replicated cluster settings for a cluster of `nodes` nodes
+        (which sizes the default start cap), with optional overrides."""
         base = cls()
         if cluster is not None:
             base = cls(
                 cluster.heartbeat_period,
                 cluster.task_history_limit,
-                cluster.max_starts_per_pass or base.max_starts_per_pass,
+                cluster.max_starts_per_pass or default_max_starts(nodes),
                 cluster.max_stops_per_pass or base.max_stops_per_pass,
             )
         return msgspec.structs.replace(base, **overrides)
