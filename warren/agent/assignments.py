@@ -273,7 +273,7 @@ class AssignmentSet:
             key = (entry.service_id, entry.spec_version)
             self._arrived.add(key)
             try:
-                self.specs[key] = convert.spec_from_pb(entry.spec)
+                self.specs[key] = converted_spec(entry.spec)
             except (convert.ConversionError, ValueError, TypeError) as exc:
                 bad.extend((t.id, f"unreadable task spec: {exc}") for t in msg.updated if _key(t) == key)
         for task in msg.updated:  # every task counts, readable or not, as on the managers' side
@@ -284,7 +284,7 @@ class AssignmentSet:
     def _spec_of(self, msg: pb.Task) -> ServiceSpec | None:
         """The task's spec: sent in full (an older manager), sent on this session, or held."""
         if msg.HasField("spec"):
-            return convert.spec_from_pb(msg.spec)
+            return converted_spec(msg.spec)
         spec = self.specs.get(_key(msg))
         if spec is not None:
             return spec
@@ -358,13 +358,33 @@ def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:
     return tuple((f.kind, f.name, f.data) for entry in msg.specs for f in entry.files)
 
 
+# Converted specs, shared by every session of the process and keyed by the bytes they came as.
+# A spec version comes once per node, and `warren sim` runs 1,000 nodes in one process (ADR
+# 71): converting the same bytes once per node was 18 % of its CPU at S2. A converted spec is
+# immutable, so one serves every node. A real agent gains on each new session's COMPLETE message.
+CONVERTED_SPECS_LIMIT = 4096
+_converted_specs: dict[bytes, ServiceSpec] = {}
+
+
+def converted_spec(spec: pb.ServiceSpec) -> ServiceSpec:
+    """`convert.spec_from_pb`, once per distinct spec (the oldest is forgotten past the limit)."""
+    key = spec.SerializeToString(deterministic=True)
+    found = _converted_specs.get(key)
+    if found is None:
+        found = convert.spec_from_pb(spec)  # raises on a bad spec: nothing is kept then
+        if len(_converted_specs) >= CONVERTED_SPECS_LIMIT:
+            del _converted_specs[next(iter(_converted_specs))]
+        _converted_specs[key] = found
+    return found
+
+
 def _key(msg: pb.Task) -> SpecKey:
     return (msg.service_id, msg.spec_version)
 
 
 def _read_tasks(
     msgs: Iterable[pb.Task],
-    spec_of: Callable[[pb.Task], ServiceSpec | None] = lambda msg: convert.spec_from_pb(msg.spec),
+    spec_of: Callable[[pb.Task], ServiceSpec | None] = lambda msg: converted_spec(msg.spec),
     skip: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
     """Convert each task on its own, so one unreadable task does not poison the message."""
