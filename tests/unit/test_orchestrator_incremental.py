@@ -42,3 +42,21 @@ def test_the_loop_acts_on_each_commit_between_full_passes() -> None:
             await agent.stream.aclose()
 
     run(scenario())
+
+
+def test_a_long_full_pass_spaces_the_next_one_out() -> None:
+    """The safety net's full pass comes every FULL_PASS_PERIOD, or FULL_PASS_SPACING times as long
+    as the last one took, whichever is longer (1-2 s each at 110,000 tasks)."""
+
+    async def scenario() -> None:
+        manager = Manager()
+        await manager.init()
+        orch = manager.orchestrator
+        await orch.pass_once(incremental=True)  # the first pass of a leader is a full one
+        assert orch._full_took > 0
+        snapshot = manager.store.snapshot()
+        for took, since, full in ((0.1, 9.0, False), (0.1, 10.5, True), (2.0, 39.0, False), (2.0, 40.5, True)):
+            orch._full_took, orch._last_full = took, time.monotonic() - since
+            assert (orch._visit(snapshot, incremental=True) is None) is full, (took, since)
+
+    run(scenario())

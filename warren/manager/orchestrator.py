@@ -4,7 +4,8 @@ A pass runs after every commit that may need one (debounced, and no sooner after
 than that pass took) and at least once a second, so time-driven work (missed heartbeats, restart
 delays) happens without any event. A pass is incremental (ADR 53): it visits the services the
 commits since the last pass touched, and those the last pass left unsettled. A full pass runs
-after a leader change, a resynchronise event, a failed pass, and every FULL_PASS_PERIOD.
+after a leader change, a resynchronise event, a failed pass, and every FULL_PASS_PERIOD (longer
+after a long full pass: FULL_PASS_SPACING).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ DEBOUNCE = 0.005
 # so that passes take at most about half of the manager's time and the writes the rest (ADR 51).
 MAX_PASS_GAP = 0.5
 FULL_PASS_PERIOD = 10.0  # the safety net of incremental passes (ADR 53)
+# ... and at least this many times as long as the last full pass took, so that the safety net
+# takes at most ~5 % of the leader (ADR 74): at 110,000 tasks a full pass takes 1-2 s of the
+# leader's CPU, which one every 10 s made a tenth to a fifth of it.
+FULL_PASS_SPACING = 20.0
 
 
 class HeartbeatPeriod:
@@ -85,6 +90,7 @@ class Orchestrator:
         self._seen: ClusterState | None = None
         self._unsettled: frozenset[str] = frozenset()
         self._last_full = 0.0
+        self._full_took = 0.0  # seconds the last full pass's reconcile took
         self._period = HeartbeatPeriod()
         self._silence = SilenceReport(local_node_id)
 
@@ -132,7 +138,8 @@ class Orchestrator:
         """What this pass visits: None for every service."""
         changes, self._changes = self._changes, []
         now = time.monotonic()
-        if not incremental or self._seen is None or now - self._last_full >= FULL_PASS_PERIOD:
+        spacing = max(FULL_PASS_PERIOD, FULL_PASS_SPACING * self._full_took)
+        if not incremental or self._seen is None or now - self._last_full >= spacing:
             self._last_full = now
             return None
         return reconciler.touched_by(changes, self._seen)
@@ -198,7 +205,10 @@ class Orchestrator:
             self._unsettled,
         )
         self._seen = snapshot
-        metrics.SCHEDULING_PASS.observe(time.perf_counter() - started)
+        took = time.perf_counter() - started
+        metrics.SCHEDULING_PASS.observe(took)
+        if visit is None:
+            self._full_took = took
         silence = self._silence.update(check, now, config.node_timeout)
         if silence is not None:
             try:
