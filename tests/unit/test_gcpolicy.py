@@ -12,6 +12,10 @@ class Node:
         self.me = self  # a cycle: only the collector frees it
 
 
+class Tracked:
+    """An object the collector tracks (its instances have a __dict__)."""
+
+
 def test_settle_collects_young_objects_less_often_and_cycles_are_still_freed() -> None:
     before = gc.get_threshold()
     try:
@@ -41,9 +45,12 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
         gcpolicy.settle()  # once registered, not twice
         assert gc.callbacks.count(gcpolicy._timer) == 1
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 0.0)
+        many = [Tracked() for _ in range(50_000)]  # the kind the collector walks most
         with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
             gc.collect()
         assert "a garbage collection of generation 2 took" in caplog.text
+        assert "the most numerous it walks: Tracked 50,0" in caplog.text, caplog.text
+        del many
         caplog.clear()
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
         with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):

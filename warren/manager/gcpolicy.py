@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -46,10 +47,19 @@ def _timer(phase: str, info: dict[str, Any]) -> None:
         return
     took = time.perf_counter() - _started[0]
     if took >= SLOW_COLLECTION:
+        generation = info.get("generation", -1)
         log.warning(
             "a garbage collection of generation %d took %.2fs (every thread of this manager waited): "
-            "%d object(s) collected",
-            info.get("generation", -1),
+            "%d object(s) collected; the most numerous it walks: %s",
+            generation,
             took,
             info.get("collected", 0),
+            _most_tracked(generation),
         )
+
+
+def _most_tracked(generation: int, shown: int = 6) -> str:
+    """The kinds of objects the collector tracks in `generation` and younger, most numerous
+    first: what makes a slow collection slow. Counted only after one (it walks them again)."""
+    counts = Counter(type(o).__name__ for g in range(max(generation, 0) + 1) for o in gc.get_objects(g))
+    return ", ".join(f"{name} {count:,}" for name, count in counts.most_common(shown)) or "none"
