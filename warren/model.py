@@ -121,7 +121,12 @@ class RolloutState(enum.Enum):
         return self in (RolloutState.UPDATING, RolloutState.CANARY, RolloutState.ROLLBACK_STARTED)
 
 
-class Resources(msgspec.Struct, frozen=True, omit_defaults=True):
+# A service's spec, its parts and the service are untracked by the cycle collector, as tasks
+# are (gc=False, ADR 55): immutable values, never in a cycle. At S2's size the leader's full
+# collections walked some 57,000 specs' parts (decoded copies that commits carry before the
+# state shares them, six objects each) and took up to 1 s, stopping the Raft thread: another
+# manager was elected (#15).
+class Resources(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """CPU in nano-CPUs (1e9 = one core) and memory in bytes, as Docker counts them."""
 
     nano_cpus: int = 0
@@ -137,7 +142,7 @@ class Resources(msgspec.Struct, frozen=True, omit_defaults=True):
         return self.nano_cpus <= available.nano_cpus and self.memory_bytes <= available.memory_bytes
 
 
-class RestartPolicy(msgspec.Struct, frozen=True, omit_defaults=True):
+class RestartPolicy(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """When a dead task is replaced. max_attempts=0 means unlimited; a task that ran at least
     `window` seconds resets the attempt count (window=0: attempts are never reset)."""
 
@@ -147,7 +152,7 @@ class RestartPolicy(msgspec.Struct, frozen=True, omit_defaults=True):
     window: float = 0.0
 
 
-class HealthCheck(msgspec.Struct, frozen=True, omit_defaults=True):
+class HealthCheck(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A health probe run by the agent. kind: "cmd" (command in the task), "http" (GET target
     URL, 2xx/3xx healthy) or "tcp" (connect to target host:port)."""
 
@@ -160,7 +165,7 @@ class HealthCheck(msgspec.Struct, frozen=True, omit_defaults=True):
     start_period: float = 0.0
 
 
-class UpdateConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+class UpdateConfig(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """How a change rolls out (ADR 33): `parallelism` tasks at a time (0 = all), `delay` between
     one task's success and the next start in its lane, a new task succeeding once ready for
     `monitor` seconds; the failure action applies once more than `max_failure_ratio` of the
@@ -175,7 +180,7 @@ class UpdateConfig(msgspec.Struct, frozen=True, omit_defaults=True):
     max_failure_ratio: float = 0.0
 
 
-class UpdateStatus(msgspec.Struct, frozen=True):
+class UpdateStatus(msgspec.Struct, frozen=True, gc=False):
     """The rollout of version `to_version` (from `from_version`), as the leader last decided it;
     `message` says why it is where it is."""
 
@@ -188,7 +193,7 @@ class UpdateStatus(msgspec.Struct, frozen=True):
     promoted_at: float = 0.0  # a canary rollout (ADR 35): when it was promoted; 0 while its canaries wait
 
 
-class DeployConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+class DeployConfig(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """The deployment strategy (ADR 35). Canary: `canary_replicas` new tasks beside the old ones
     take `canary_weight` percent of new connections (None: their share of the tasks), promoted
     by `service promote` or once healthy for `canary_auto_promote` seconds (0: never).
@@ -204,7 +209,7 @@ class DeployConfig(msgspec.Struct, frozen=True, omit_defaults=True):
 BLUE_GREEN_KEEP = 300.0  # the default --blue-green-keep (ADR 35)
 
 
-class PortConfig(msgspec.Struct, frozen=True, omit_defaults=True):
+class PortConfig(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     target: int
     published: int = 0
     protocol: str = "tcp"
@@ -223,7 +228,7 @@ class MountType(enum.Enum):
     TMPFS = "tmpfs"
 
 
-class Mount(msgspec.Struct, frozen=True, omit_defaults=True):
+class Mount(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A filesystem in a task's tasks (ADR 40): a named volume, a host path (bind) or a tmpfs,
     at the absolute path `target`. `source` is the volume's name or the host path ("" for tmpfs)."""
 
@@ -250,7 +255,7 @@ class Volume(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
-class NetworkAttachment(msgspec.Struct, frozen=True, omit_defaults=True):
+class NetworkAttachment(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A service on a network (#14): its tasks may reach, and resolve by name, the tasks of the
     services on the same network; `aliases` are extra names it answers to there."""
 
@@ -273,7 +278,7 @@ class Network(msgspec.Struct, frozen=True):
     updated_at: float = 0.0
 
 
-class FileRef(msgspec.Struct, frozen=True, omit_defaults=True):
+class FileRef(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A secret or config a service's tasks see as a file (ADR 38): the object named `source`,
     at the absolute path `target`, owned by uid:gid with `mode`. Refers by name: an object in
     use cannot be removed, so the name means one value for as long as a task uses it."""
@@ -285,7 +290,7 @@ class FileRef(msgspec.Struct, frozen=True, omit_defaults=True):
     mode: int = 0o444
 
 
-class DeviceMapping(msgspec.Struct, frozen=True, omit_defaults=True):
+class DeviceMapping(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A host device made visible in the container (`--device HOST[:CONTAINER[:PERMS]]`)."""
 
     path_on_host: str
@@ -293,7 +298,7 @@ class DeviceMapping(msgspec.Struct, frozen=True, omit_defaults=True):
     permissions: str = "rwm"  # cgroup device access: read, write, mknod
 
 
-class Ulimit(msgspec.Struct, frozen=True, omit_defaults=True):
+class Ulimit(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """A resource limit (`--ulimit nofile=1024:2048`): `name` as Docker spells it (nofile, nproc...)."""
 
     name: str
@@ -301,7 +306,7 @@ class Ulimit(msgspec.Struct, frozen=True, omit_defaults=True):
     hard: int
 
 
-class ContainerOptions(msgspec.Struct, frozen=True, omit_defaults=True):
+class ContainerOptions(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """How a task's process runs beyond its command (#13), as Docker's `service create` flags
     say it; the checks are in warren.container, their effect in each runtime (ADR 42)."""
 
@@ -324,7 +329,7 @@ class ContainerOptions(msgspec.Struct, frozen=True, omit_defaults=True):
     no_healthcheck: bool = False  # do not run the image's own Healthcheck
 
 
-class ServiceSpec(msgspec.Struct, frozen=True, omit_defaults=True):
+class ServiceSpec(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """Desired state of a service, as given by the operator."""
 
     name: str
@@ -359,7 +364,7 @@ class ServiceSpec(msgspec.Struct, frozen=True, omit_defaults=True):
     networks: tuple[NetworkAttachment, ...] = ()  # () = the cluster's default network (#14)
 
 
-class SpecRevision(msgspec.Struct, frozen=True):
+class SpecRevision(msgspec.Struct, frozen=True, gc=False):
     """One version of a service's spec, kept for `service history` and `rollback --to-version`.
     The current version's `spec` is None: it is the service's own (a spec is never stored twice)."""
 
@@ -369,7 +374,7 @@ class SpecRevision(msgspec.Struct, frozen=True):
     summary: str  # what changed from the version before, in one line
 
 
-class ServiceDependency(msgspec.Struct, frozen=True):
+class ServiceDependency(msgspec.Struct, frozen=True, gc=False):
     """A stack's `depends_on` (#14, ADR 49): this service's tasks start only once `service` (a
     service name) meets `condition` ("service_started", "service_healthy" or
     "service_completed_successfully"). Not required: a dependency that does not exist is met."""
@@ -379,7 +384,7 @@ class ServiceDependency(msgspec.Struct, frozen=True):
     required: bool = True
 
 
-class Service(msgspec.Struct, frozen=True):
+class Service(msgspec.Struct, frozen=True, gc=False):
     id: str
     spec: ServiceSpec
     version: int = 1
