@@ -14,15 +14,13 @@ import grpc
 import msgspec
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from warren import commands, pki, rebalance, reconciler, tls
+from warren import commands, pki, rebalance, reconciler
 from warren.api import convert
 from warren.api.v1 import control_pb2 as cpb
-from warren.api.v1 import control_pb2_grpc, managers_pb2_grpc
-from warren.api.v1 import managers_pb2 as mpb
+from warren.api.v1 import control_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.ids import new_id
 from warren.manager import autolock, paging, tasklist
-from warren.manager.certificates import load_own
 from warren.manager.controlautolock import AutolockControl
 from warren.manager.controlbackup import BackupControl
 from warren.manager.controlcerts import CertificatesControl, ca_status
@@ -36,7 +34,8 @@ from warren.manager.eventstream import EventFeed, EventsControl
 from warren.manager.execbroker import ExecBroker
 from warren.manager.imagepin import DigestLookup, check_reference, pinned
 from warren.manager.logbroker import LogBroker
-from warren.manager.ports import Consensus, RaftStatus, StateReader
+from warren.manager.peerstatus import PeerStatus
+from warren.manager.ports import Consensus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
 from warren.manager.server import ApiError, check_result, not_leader, resolve_ref
@@ -69,7 +68,6 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
 T = TypeVar("T")
-STATUS_TIMEOUT = 1.0  # how long `cluster info` waits for each other manager's Raft status
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
 
 
@@ -231,9 +229,8 @@ class ControlService(
         self._raft = raft
         self._timeout = timeout
         self._logs = logs
-        # This manager's own credentials (read when used: they are renewed), to ask the other
-        # managers for their Raft status.
-        self._certs_dir = certs_dir
+        # The other managers' Raft status, asked with this manager's own credentials.
+        self._peers = PeerStatus(store, self._keyring, certs_dir)
         # Pins images to digests at create and update (ADR 34); None: images are stored as given.
         self._images = images
         # Seals registry logins with the secrets' keys (ADR 43, 38).
@@ -284,7 +281,7 @@ class ControlService(
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)
                 info.ca_rotating, info.ca_nodes_done = True, progress.nodes_done
-        views = await asyncio.gather(*(self._raft_view(node, raft) for node in managers))
+        views = await asyncio.gather(*(self._peers.view(node, raft) for node in managers))
         leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
         members = set(raft.members)
         for node, view in zip(managers, views, strict=True):
@@ -328,44 +325,10 @@ class ControlService(
         a manager that is down learns nothing either way."""
         deadline = asyncio.get_running_loop().time() + timeout
         while asyncio.get_running_loop().time() < deadline:
-            view = await self._raft_view(node, self._raft.status())
+            view = await self._peers.view(node, self._raft.status())
             if view.error or view.applied_index >= index:
                 return
             await asyncio.sleep(0.05)
-
-    async def _raft_view(self, node: Node, local: RaftStatus) -> cpb.ManagerInfo:
-        """A manager's own account of its Raft state (ours without a call)."""
-        if node.raft_addr == local.self_addr:
-            return cpb.ManagerInfo(
-                raft_state=local.state,
-                raft_term=local.term,
-                commit_index=local.commit_index,
-                applied_index=local.applied_index,
-                connected=local.connected,
-            )
-        if self._certs_dir is None or not node.addr:
-            return cpb.ManagerInfo(error="not asked")
-        with self._store.read() as state:  # under autolock the TLS key is sealed (ADR 44)
-            own = load_own(self._certs_dir, self._keyring, state.cluster)
-        creds = tls.channel_credentials(*own)
-        try:
-            async with grpc.aio.secure_channel(node.addr, creds, options=tls.channel_options()) as channel:
-                answer = await managers_pb2_grpc.ManagersStub(channel).RaftStatus(
-                    mpb.RaftStatusRequest(), timeout=STATUS_TIMEOUT
-                )
-        except grpc.aio.AioRpcError as exc:
-            reasons = {
-                grpc.StatusCode.DEADLINE_EXCEEDED: f"no answer within {STATUS_TIMEOUT:g}s",
-                grpc.StatusCode.UNAVAILABLE: "cannot connect",
-            }
-            return cpb.ManagerInfo(error=reasons.get(exc.code(), exc.details() or exc.code().name))
-        return cpb.ManagerInfo(
-            raft_state=answer.state,
-            raft_term=answer.term,
-            commit_index=answer.commit_index,
-            applied_index=answer.applied_index,
-            connected=answer.connected,
-        )
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
         if request.role not in ("worker", "manager"):
