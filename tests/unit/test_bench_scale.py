@@ -40,3 +40,34 @@ def test_slot_counts_find_lost_and_duplicated_slots() -> None:
     ]
     ones, lost, duplicated = bench_scale._slot_counts(FakeCluster(tasks), None)  # type: ignore[arg-type]
     assert (ones, lost, duplicated) == (2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    ("shares", "windows"), [([0.9, 0.5, 0.2, 0.1], 4), ([0.9, 0.2, 0.8, 0.25, 0.1], 5), ([0.9, 0.6] * 20, None)]
+)
+def test_s4_waits_for_a_quiet_leader(monkeypatch: pytest.MonkeyPatch, shares: list[float], windows: int | None) -> None:
+    """S4 is timed once the leader uses under QUIET_SHARE of a core, two windows in a row; a
+    leader that stays busy is reported as such when the wait ends. (The leader's CPU is a
+    script here: a real process's share depends on how loaded the machine running the test is.)"""
+    window = 0.01
+    monkeypatch.setattr(bench_scale, "QUIET_WINDOW_S", window)
+    script = iter(shares)
+    used = [0.0]
+
+    def cpu_seconds(pid: int) -> float:
+        """Each window's end adds the next scripted share of the window."""
+        used[0] += next(script, 0.0) * window if cpu_seconds.ends else 0.0
+        cpu_seconds.ends = not cpu_seconds.ends
+        return used[0]
+
+    cpu_seconds.ends = False  # type: ignore[attr-defined]
+    monkeypatch.setattr(bench_scale, "cpu_seconds", cpu_seconds)
+    cluster = SimpleNamespace(leader=lambda: SimpleNamespace(process=SimpleNamespace(pid=1)))
+    settle = bench_scale.quiet_leader(cluster, limit=0.25)  # type: ignore[arg-type]
+    seen = settle["leader_cpu_shares"]
+    assert seen == pytest.approx(shares[: len(seen)], abs=0.01)
+    assert settle["quiet"] is (windows is not None)
+    if windows is not None:  # quiet at the first two quiet windows in a row, not before
+        assert len(seen) == windows
+    else:
+        assert len(seen) >= 4
