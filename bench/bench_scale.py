@@ -411,6 +411,23 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
     }
 
 
+def _create_retrying(cluster: Cluster, manager: Any, request: Any, attempts: int = 5) -> list[str]:
+    """CreateService, again after an UNAVAILABLE answer (a connection refused or cut while it
+    was made), at most `attempts` times; returns the UNAVAILABLE details seen (the result keeps them)."""
+    import grpc
+
+    seen: list[str] = []
+    while True:
+        try:
+            cluster.stub(manager).CreateService(request, timeout=RPC_TIMEOUT)
+            return seen
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or len(seen) + 1 >= attempts:
+                raise
+            seen.append(str(exc.details())[:200])
+            time.sleep(1.0)
+
+
 def quiet_leader(cluster: Cluster, limit: float = QUIET_WAIT_S) -> dict[str, Any]:
     """Wait until the leader is quiet: under QUIET_SHARE of a core over two windows in a row of
     QUIET_WINDOW_S (the tail of a run, its passes and endpoint pushes, done). Returns how long
@@ -470,7 +487,7 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_
         return out
     big = params["big_replicas"]
     spec = tpb.ServiceSpec(name="big", image=IMAGE, replicas=big)
-    cluster.stub(manager).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
+    out["big_create_unavailable"] = _create_retrying(cluster, manager, cpb.CreateServiceRequest(spec=spec))
     try:
         out["big_running_s"] = round(
             wait_for(
