@@ -52,6 +52,12 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
         assert "the most numerous it walks: Tracked 50,0" in caplog.text, caplog.text
         del many
         caplog.clear()
+        pairs = [[i, "x"] for i in range(60_000)]  # what they hold is named, from a few of them
+        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+            gc.collect()
+        assert "(a few lists: " in caplog.text and "2 of int, str" in caplog.text, caplog.text
+        del pairs
+        caplog.clear()
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
         with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
             gc.collect()

@@ -60,6 +60,25 @@ def _timer(phase: str, info: dict[str, Any]) -> None:
 
 def _most_tracked(generation: int, shown: int = 6) -> str:
     """The kinds of objects the collector tracks in `generation` and younger, most numerous
-    first: what makes a slow collection slow. Counted only after one (it walks them again)."""
-    counts = Counter(type(o).__name__ for g in range(max(generation, 0) + 1) for o in gc.get_objects(g))
-    return ", ".join(f"{name} {count:,}" for name, count in counts.most_common(shown)) or "none"
+    first, and what a few of the most numerous kind hold: what makes a slow collection slow.
+    Counted only after one (it walks them again)."""
+    objects = [o for g in range(max(generation, 0) + 1) for o in gc.get_objects(g)]
+    counts = Counter(type(o).__name__ for o in objects)
+    if not counts:
+        return "none"
+    top = counts.most_common(1)[0][0]
+    samples = [o for o in objects if type(o).__name__ == top][:: max(1, counts[top] // 3)][:3]
+    listed = ", ".join(f"{name} {count:,}" for name, count in counts.most_common(shown))
+    return f"{listed} (a few {top}s: {'; '.join(_held(o) for o in samples)})"
+
+
+def _held(container: object) -> str:
+    """What a builtin container holds, briefly: its length and its first items' kinds. Nothing
+    else is iterated: a generator would be consumed."""
+    if isinstance(container, dict):
+        items = list(container.values())[:3]
+    elif isinstance(container, (list, tuple, set, frozenset)):
+        items = list(container)[:3]
+    else:
+        return type(container).__name__
+    return f"{len(container)} of {', '.join(type(i).__name__ for i in items) or 'nothing'}"
