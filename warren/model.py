@@ -122,10 +122,10 @@ class RolloutState(enum.Enum):
 
 
 # A service's spec, its parts and the service are untracked by the cycle collector, as tasks
-# are (gc=False, ADR 55): immutable values, never in a cycle. At S2's size the leader's full
-# collections walked some 57,000 specs' parts (decoded copies that commits carry before the
-# state shares them, six objects each) and took up to 1 s, stopping the Raft thread: another
-# manager was elected (#15).
+# are (gc=False, ADR 55): immutable values, never in a cycle. At S2's size a full collection
+# walked some 57,000 specs' parts (decoded copies that commits carry before the state shares
+# them, six objects each), and one of 1.01 s stopped the Raft thread long enough for another
+# manager to be elected (#15).
 class Resources(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """CPU in nano-CPUs (1e9 = one core) and memory in bytes, as Docker counts them."""
 

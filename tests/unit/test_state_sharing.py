@@ -116,8 +116,8 @@ def test_tasks_are_not_tracked_by_the_cycle_collector() -> None:
 
 
 def test_a_decoded_spec_and_its_parts_are_not_tracked_by_the_cycle_collector() -> None:
-    """At S2 the leader's full collections walked ~57,000 decoded specs' parts, up to 1 s each,
-    which stopped its Raft thread long enough to elect another manager (#15)."""
+    """At S2 the leader's full collections walked ~57,000 decoded specs' parts; one of 1.01 s
+    stopped its Raft thread long enough to elect another manager (#15)."""
     full = ServiceSpec(
         name="web",
         image="busybox:latest",
