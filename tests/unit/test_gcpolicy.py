@@ -45,6 +45,7 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
         gcpolicy.settle()  # once registered, not twice
         assert gc.callbacks.count(gcpolicy._timer) == 1
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 0.0)
+        monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 0.0)
         many = [Tracked() for _ in range(50_000)]  # the kind the collector walks most
         with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
             gc.collect()
@@ -57,6 +58,11 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
             gc.collect()
         assert "(a few lists: " in caplog.text and "2 of int, str" in caplog.text, caplog.text
         del pairs
+        caplog.clear()
+        monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 600.0)  # described just now: not again so soon
+        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+            gc.collect()
+        assert "described at most every 600s" in caplog.text and "a few" not in caplog.text, caplog.text
         caplog.clear()
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
         with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):

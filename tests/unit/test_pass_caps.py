@@ -38,9 +38,12 @@ def test_the_caps_are_cluster_settings_with_defaults() -> None:
         assert result.code == "invalid_argument" and "max stops per pass" in result.message
 
 
-@pytest.mark.parametrize(("nodes", "cap"), [(0, 1000), (3, 1000), (50, 1000), (51, 1020), (1000, 20_000)])
+@pytest.mark.parametrize(
+    ("nodes", "cap"), [(0, 1000), (3, 1000), (50, 1000), (51, 1020), (1000, 20_000), (6000, 100_000)]
+)
 def test_the_default_start_cap_grows_with_the_cluster(nodes: int, cap: int) -> None:
-    """ADR 74: 20 starts per node, never fewer than 1,000; the stop cap stays 1,000."""
+    """ADR 74: 20 starts per node, never fewer than 1,000 nor more than an operator may set; the
+    stop cap stays 1,000."""
     config = ReconcileConfig.from_cluster(cluster_state().cluster, nodes)
     assert (config.max_starts_per_pass, config.max_stops_per_pass) == (cap, 1000)
 

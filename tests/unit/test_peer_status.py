@@ -64,6 +64,11 @@ def test_calls_share_a_channel_until_the_certificate_changes(tmp_path: Path) -> 
             assert (mine.raft_state, follower.calls) == ("leader", 5)  # ours, without a call
             gone = Node(id="m3", hostname="m3", role=NodeRole.MANAGER, addr=f"127.0.0.1:{free_port()}")
             assert (await peers.view(gone, LOCAL)).error in ("cannot connect", "no answer within 1s")
+            peers.keep_only({m2.addr})  # m3 is no longer a manager: its channel goes
+            assert set(peers._channels) == {m2.addr}
+            kept = peers._channels[m2.addr][2]
+            await peers.close()
+            assert peers._channels == {} and kept.get_state() == grpc.ChannelConnectivity.SHUTDOWN
         finally:
             await server.stop(None)
 

@@ -12,6 +12,7 @@ specs, or (a task desired to stop) in the copy the agent already holds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -358,17 +359,18 @@ def _files(msg: dpb.AssignmentsMessage) -> tuple[tuple[str, str, bytes], ...]:
     return tuple((f.kind, f.name, f.data) for entry in msg.specs for f in entry.files)
 
 
-# Converted specs, shared by every session of the process and keyed by the bytes they came as.
-# A spec version comes once per node, and `warren sim` runs 1,000 nodes in one process (ADR
-# 71): converting the same bytes once per node was 18 % of its CPU at S2. A converted spec is
-# immutable, so one serves every node. A real agent gains on each new session's COMPLETE message.
-CONVERTED_SPECS_LIMIT = 4096
+# Converted specs, shared by every session of the process and keyed by a digest of the bytes
+# they came as. A spec version comes once per node, and `warren sim` runs 1,000 nodes in one
+# process (ADR 71): converting the same bytes once per node was 18 % of its CPU at S2. A
+# converted spec is immutable, so one serves every node. A real agent gains on each new
+# session's COMPLETE message. Bounded by count: a spec is at most 256 KiB.
+CONVERTED_SPECS_LIMIT = 1024
 _converted_specs: dict[bytes, ServiceSpec] = {}
 
 
 def converted_spec(spec: pb.ServiceSpec) -> ServiceSpec:
     """`convert.spec_from_pb`, once per distinct spec (the oldest is forgotten past the limit)."""
-    key = spec.SerializeToString(deterministic=True)
+    key = hashlib.blake2b(spec.SerializeToString(deterministic=True), digest_size=16).digest()  # a spec may be 256 KiB
     found = _converted_specs.get(key)
     if found is None:
         found = convert.spec_from_pb(spec)  # raises on a bad spec: nothing is kept then

@@ -281,6 +281,7 @@ class ControlService(
             if cluster.ca_previous_cert_pem:
                 progress = ca_status(state)
                 info.ca_rotating, info.ca_nodes_done = True, progress.nodes_done
+        self._peers.keep_only({node.addr for node in managers})
         views = await asyncio.gather(*(self._peers.view(node, raft) for node in managers))
         leader_commit = max((v.commit_index for v in views if v.raft_state == "leader"), default=raft.commit_index)
         members = set(raft.members)
@@ -329,6 +330,10 @@ class ControlService(
             if view.error or view.applied_index >= index:
                 return
             await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        """Close what this service holds open: the channels to the other managers."""
+        await self._peers.close()
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
         if request.role not in ("worker", "manager"):

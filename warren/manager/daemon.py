@@ -296,6 +296,7 @@ async def _open_and_serve(
         events=EventFeed(store, hub),
         execs=execs,
     )
+    opened.push_async_callback(control.close)  # last: after the API server stopped
     files = TaskFileSource(keyring)  # secrets are decrypted only to be sent (ADR 38)
     dispatcher = DispatcherService(store, raft, hub, heartbeats, logs=logs, files=files.files, vault=vault, execs=execs)
     try:

@@ -17,6 +17,7 @@ import gc
 import logging
 import time
 from collections import Counter
+from itertools import islice
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ YOUNG_THRESHOLD = 10_000  # CPython's default: 700
 # is logged. At 100,000 tasks the leader's Raft thread and event loop both stopped for 1.5-1.8 s
 # at once, which elected another leader (#15); a collection is the likely cause, not yet shown.
 SLOW_COLLECTION = 0.25
+# What a slow collection walked is described at most this often (the description walks it again).
+DESCRIBE_EVERY = 600.0
 
 
 def settle() -> tuple[int, int, int]:
@@ -54,8 +57,21 @@ def _timer(phase: str, info: dict[str, Any]) -> None:
             generation,
             took,
             info.get("collected", 0),
-            _most_tracked(generation),
+            _described(generation),
         )
+
+
+_last_described = [-DESCRIBE_EVERY]
+
+
+def _described(generation: int) -> str:
+    """`_most_tracked`, at most once every DESCRIBE_EVERY seconds: it walks every object again,
+    which lengthens the very stall it reports."""
+    now = time.monotonic()
+    if now - _last_described[0] < DESCRIBE_EVERY:
+        return f"(described at most every {DESCRIBE_EVERY:g}s)"
+    _last_described[0] = now
+    return _most_tracked(generation)
 
 
 def _most_tracked(generation: int, shown: int = 6) -> str:
@@ -76,9 +92,9 @@ def _held(container: object) -> str:
     """What a builtin container holds, briefly: its length and its first items' kinds. Nothing
     else is iterated: a generator would be consumed."""
     if isinstance(container, dict):
-        items = list(container.values())[:3]
+        items = list(islice(container.values(), 3))
     elif isinstance(container, (list, tuple, set, frozenset)):
-        items = list(container)[:3]
+        items = list(islice(container, 3))
     else:
         return type(container).__name__
     return f"{len(container)} of {', '.join(type(i).__name__ for i in items) or 'nothing'}"

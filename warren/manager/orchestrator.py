@@ -40,6 +40,7 @@ FULL_PASS_PERIOD = 10.0  # the safety net of incremental passes (ADR 53)
 # takes at most ~5 % of the leader (ADR 74): at 110,000 tasks a full pass takes 1-2 s of the
 # leader's CPU, which one every 10 s made a tenth to a fifth of it.
 FULL_PASS_SPACING = 20.0
+FULL_PASS_MAX_GAP = 60.0  # ... but never more: one slow pass (a collection, a big plan) must not stop the net
 
 
 class HeartbeatPeriod:
@@ -138,7 +139,7 @@ class Orchestrator:
         """What this pass visits: None for every service."""
         changes, self._changes = self._changes, []
         now = time.monotonic()
-        spacing = max(FULL_PASS_PERIOD, FULL_PASS_SPACING * self._full_took)
+        spacing = min(max(FULL_PASS_PERIOD, FULL_PASS_SPACING * self._full_took), FULL_PASS_MAX_GAP)
         if not incremental or self._seen is None or now - self._last_full >= spacing:
             self._last_full = now
             return None

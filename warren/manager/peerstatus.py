@@ -75,10 +75,29 @@ class PeerStatus:
         held = self._channels.get(addr)
         if held is not None and held[0] == own and held[1] is loop:
             return held[2]
-        if held is not None and held[1] is loop:  # calls under way on it finish or fail by themselves
-            closing = loop.create_task(held[2].close())
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+        if held is not None:
+            self._close_later(held)
         channel = grpc.aio.secure_channel(addr, tls.channel_credentials(*own), options=tls.channel_options())
         self._channels[addr] = (own, loop, channel)
         return channel
+
+    def _close_later(self, held: tuple[tls.Credentials, asyncio.AbstractEventLoop, grpc.aio.Channel]) -> None:
+        """Close a replaced channel on its loop, letting calls under way on it get their answer."""
+        _, loop, channel = held
+        if loop is not asyncio.get_running_loop() or loop.is_closed():
+            return  # a channel of another loop (tests) goes with that loop
+        closing = loop.create_task(channel.close(grace=STATUS_TIMEOUT))
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    def keep_only(self, addrs: set[str]) -> None:
+        """Close the channels to addresses no longer a manager's (a removed or moved manager)."""
+        for addr in [a for a in self._channels if a not in addrs]:
+            self._close_later(self._channels.pop(addr))
+
+    async def close(self) -> None:
+        """Close every channel (the manager stops): none keeps pinging the others with its key."""
+        held, self._channels = self._channels, {}
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(channel.close(grace=STATUS_TIMEOUT) for _, on, channel in held.values() if on is loop))
+        await asyncio.gather(*self._closing)

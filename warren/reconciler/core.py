@@ -10,6 +10,7 @@ import msgspec
 
 from warren import mounts, rebalance, strategy
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
+from warren.commands.cluster import MAX_PER_PASS
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
     Availability,
@@ -42,16 +43,17 @@ _PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since"
 DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
 
 
-# A pass's default cap on starts grows with the cluster (ADR 74): this many per node, and never
-# below DEFAULT_MAX_STARTS. A fixed 1,000 governed S2 (1,000 nodes, 100,000 tasks) at ~650
-# starts/s: every pass walked the 100,000 tasks to place 1,000 of them.
+# A pass's default cap on starts grows with the cluster (ADR 74): this many per node, never
+# below DEFAULT_MAX_STARTS nor above the most an operator may set (MAX_PER_PASS). A fixed 1,000
+# governed S2 (1,000 nodes, 100,000 tasks) at ~650 starts/s: every pass walked the 100,000
+# tasks to place 1,000 of them.
 STARTS_PER_NODE = 20
 DEFAULT_MAX_STARTS = 1000
 
 
 def default_max_starts(nodes: int) -> int:
     """The start cap of a pass when the cluster sets none, for a cluster of `nodes` nodes."""
-    return max(DEFAULT_MAX_STARTS, STARTS_PER_NODE * nodes)
+    return min(max(DEFAULT_MAX_STARTS, STARTS_PER_NODE * nodes), MAX_PER_PASS)
 
 
 class ReconcileConfig(msgspec.Struct, frozen=True):
