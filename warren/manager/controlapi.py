@@ -254,9 +254,8 @@ class ControlService(
             if cluster is None:
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "the cluster is still initialising; retry")
             managers = sorted((n for n in state.nodes.values() if n.role == NodeRole.MANAGER), key=lambda n: n.hostname)
-            caps = reconciler.ReconcileConfig.from_cluster(
-                cluster, len(state.nodes)
-            )  # the pass's caps, defaults filled in
+            # The pass's caps, defaults filled in (the start cap's grows with the nodes, ADR 74).
+            caps = reconciler.ReconcileConfig.from_cluster(cluster, len(state.nodes))
             info = cpb.ClusterInfo(
                 id=cluster.id,
                 created_at=cluster.created_at,
