@@ -541,11 +541,19 @@ def run_set(
             )
             result["all_sessions_open_s"] = round(time.monotonic() - t0, 2)
             print(f"   {params['nodes']} sim nodes connected in {result['all_sessions_open_s']} s", flush=True)
+            before = sim.status()
             result["s1"] = s1(cluster, sim, prom, params, clients, run_timeout)
             print(f"   S1: {json.dumps({k: v for k, v in result['s1'].items() if k.endswith('_s')})}", flush=True)
             tasks = result["s1"]["tasks"]
             status = sim.status()
-            result["sim"] = {"rss_mib": round(status["rss_bytes"] / 2**20, 1), "cpu_s": status["cpu_seconds"]}
+            result["sim"] = {
+                "rss_mib": round(status["rss_bytes"] / 2**20, 1),
+                "cpu_s": status["cpu_seconds"],  # since it started: the joins and sessions included
+                "run_cpu_s": round(status["cpu_seconds"] - before["cpu_seconds"], 2),  # over S1
+                # of which collecting, by generation
+                "run_gc_s": [round(a - b, 2) for a, b in zip(status["gc_seconds"], before["gc_seconds"], strict=True)],
+            }
+            print(f"   simulator: {json.dumps(result['sim'])}", flush=True)
             settled = result["s1"]["all_running"]
             if not settled:
                 print(f"   S1 did not finish: {result['s1']['running_at_end']}/{tasks} running; no S3", flush=True)

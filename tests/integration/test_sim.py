@@ -109,6 +109,16 @@ def test_a_service_runs_on_them_and_failed_starts_are_rescheduled(rig: Rig) -> N
     assert failed, "no start failed at a 10% fail rate"
     assert all(START_FAILURE in t.error for t in failed)
     assert {t.slot for t in failed} <= {t.slot for t in tasks}
+    # The simulator's own account agrees, and says what its collector cost (#15).
+    status = wait_for(
+        lambda: (s := rig.sim.status())["tasks"].get("running") == REPLICAS and s,
+        timeout=30,
+        interval=0.5,
+        message="the simulator counting every task running",
+    )
+    assert status["running"] == REPLICAS and status["failed_starts"] >= len(failed)
+    assert len(status["gc_seconds"]) == 3 and all(0 <= s < status["cpu_seconds"] for s in status["gc_seconds"])
+    assert status["gc_seconds"][0] > 0  # 100+ tasks' sessions and controllers allocate
 
 
 def test_the_heartbeat_period_is_changed_at_run_time(rig: Rig) -> None:

@@ -187,3 +187,15 @@ def test_unreadable_new_task_is_rejected(tmp_path: Path) -> None:
 
     run(scenario())
     cache.close()
+
+
+def test_counts_by_state_counts_each_controllers_local_state(tmp_path: Path) -> None:
+    """What the agent's metrics and the simulator's status report: tasks per local state, by label."""
+    from types import SimpleNamespace
+
+    worker = Worker(make_env(FakeRuntime(), Recorder(), tmp_path), AgentCache(tmp_path / "agent.db"), StatusQueue())
+    states = [S.RUNNING, S.RUNNING, S.PREPARING, S.FAILED, S.RUNNING]
+    worker.controllers = {f"t{i}": SimpleNamespace(local=LocalState(state=s)) for i, s in enumerate(states)}
+    assert worker.counts_by_state() == {"running": 3, "preparing": 1, "failed": 1}
+    worker.controllers = {}
+    assert worker.counts_by_state() == {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from warren.manager import gcpolicy
+from warren import gcpolicy
 
 
 class Node:
@@ -29,8 +29,11 @@ def test_settle_collects_young_objects_less_often_and_cycles_are_still_freed() -
         garbage = Node()
         garbage_id = id(garbage)
         del garbage, kept
+        spent = gcpolicy.seconds_spent()
         gc.collect()
         assert garbage_id not in {id(o) for o in gc.get_objects()}  # cycles are still freed
+        after = gcpolicy.seconds_spent()
+        assert after[2] > spent[2] and after[:2] == spent[:2]  # the full collection, timed as one
     finally:
         if gcpolicy._timer in gc.callbacks:
             gc.callbacks.remove(gcpolicy._timer)
@@ -47,25 +50,25 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 0.0)
         monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 0.0)
         many = [Tracked() for _ in range(50_000)]  # the kind the collector walks most
-        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
             gc.collect()
         assert "a garbage collection of generation 2 took" in caplog.text
         assert "the most numerous it walks: Tracked 50,0" in caplog.text, caplog.text
         del many
         caplog.clear()
         pairs = [[i, "x"] for i in range(60_000)]  # what they hold is named, from a few of them
-        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
             gc.collect()
         assert "(a few lists: " in caplog.text and "2 of int, str" in caplog.text, caplog.text
         del pairs
         caplog.clear()
         monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 600.0)  # described just now: not again so soon
-        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
             gc.collect()
         assert "described at most every 600s" in caplog.text and "a few" not in caplog.text, caplog.text
         caplog.clear()
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
-        with caplog.at_level("WARNING", logger="warren.manager.gcpolicy"):
+        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
             gc.collect()
         assert "garbage collection" not in caplog.text
     finally:

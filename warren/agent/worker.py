@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -250,7 +251,7 @@ class Worker:
         return ctl.local.runtime_id or None
 
     def counts_by_state(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for ctl in self.controllers.values():
-            counts[ctl.local.state.label] = counts.get(ctl.local.state.label, 0) + 1
-        return counts
+        # Counted by state, labelled once per state: a label per task was 10x slower, and a
+        # simulator of 100,000 tasks is counted every few seconds (#15).
+        counts = Counter([ctl.local.state for ctl in self.controllers.values()])
+        return {state.label: count for state, count in counts.items()}

@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren import clientconfig, logsetup, proctitle, tls, validate
+from warren import clientconfig, gcpolicy, logsetup, proctitle, tls, validate
 from warren.aio import wait_within
 from warren.host import reachable_addr
-from warren.manager import autolock, cakey, discovery, gcpolicy, lockedfiles, lockedstart, metrics
+from warren.manager import autolock, cakey, discovery, lockedfiles, lockedstart, metrics
 from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
 from warren.manager.certificates import CertificateKeeper, embedded_agent_files, key_opener, load_own, own_files

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren import datadir, heap, logsetup, proctitle, tls
+from warren import datadir, gcpolicy, heap, logsetup, proctitle, tls
 from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
@@ -347,6 +347,7 @@ class Simulator:
             "failed_starts": sum(n.runtime.failures for n in self.nodes),
             "rss_bytes": heap.rss_bytes(),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
+            "gc_seconds": [round(spent, 3) for spent in gcpolicy.seconds_spent()],  # by generation
             "python_blocks": sys.getallocatedblocks(),  # Python's own objects, against the RSS
             "loop_lag_max_s": round(lag, 3),
         }
@@ -418,6 +419,7 @@ def control(data_dir: Path, request: dict[str, Any], timeout: float = 30.0) -> d
 async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     """Run the simulator until `stop`; SIGUSR1 kills `signal_kills` random nodes."""
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log.debug("garbage collector thresholds: %s", gcpolicy.settle())  # as a manager's (ADR 67)
     sim = Simulator(options)
     loop = asyncio.get_running_loop()
     server = await sim.serve_control(options.data_dir / SOCKET_FILE)

@@ -1,4 +1,4 @@
-"""The garbage collector's settings for a serving manager (ADR 67).
+"""The garbage collector's settings for a serving process: a manager, the simulator (ADR 67).
 
 Under a write load the leader allocates fast (requests, Raft messages, the orchestrator's
 state snapshots), and CPython's default collects the youngest generation every 700 net
@@ -23,8 +23,8 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 YOUNG_THRESHOLD = 10_000  # CPython's default: 700
-# A full collection stops every thread of the manager, the Raft thread included: one this long
-# is logged. At 100,000 tasks the leader's Raft thread and event loop both stopped for 1.5-1.8 s
+# A full collection stops every thread of the process, a manager's Raft thread included: one this
+# long is logged. At 100,000 tasks the leader's Raft thread and event loop both stopped for 1.5-1.8 s
 # at once, which elected another leader (#15); a collection is the likely cause, not yet shown.
 SLOW_COLLECTION = 0.25
 # What a slow collection walked is described at most this often (the description walks it again).
@@ -33,7 +33,8 @@ DESCRIBE_EVERY = 600.0
 
 def settle() -> tuple[int, int, int]:
     """Set the thresholds for serving, keeping the older generations' ratios; returns them.
-    Also log every collection slower than SLOW_COLLECTION from now on."""
+    Also time every collection from now on (`seconds_spent`), and log each slower than
+    SLOW_COLLECTION."""
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
     if _timer not in gc.callbacks:
@@ -42,6 +43,12 @@ def settle() -> tuple[int, int, int]:
 
 
 _started = [0.0]
+_spent = [0.0, 0.0, 0.0]  # by generation
+
+
+def seconds_spent() -> tuple[float, float, float]:
+    """The seconds this process has spent collecting each generation since `settle`."""
+    return (_spent[0], _spent[1], _spent[2])
 
 
 def _timer(phase: str, info: dict[str, Any]) -> None:
@@ -49,10 +56,11 @@ def _timer(phase: str, info: dict[str, Any]) -> None:
         _started[0] = time.perf_counter()
         return
     took = time.perf_counter() - _started[0]
+    generation = info.get("generation", 2)
+    _spent[generation] += took
     if took >= SLOW_COLLECTION:
-        generation = info.get("generation", -1)
         log.warning(
-            "a garbage collection of generation %d took %.2fs (every thread of this manager waited): "
+            "a garbage collection of generation %d took %.2fs (every thread of this process waited): "
             "%d object(s) collected; the most numerous it walks: %s",
             generation,
             took,
