@@ -120,6 +120,8 @@ def routing(service: Service, tasks: Iterable[Task]) -> Routing:
     chosen set has no task that may serve, the other one serves rather than none."""
     routed = [t for t in tasks if is_routed(t)]
     every = tuple(sorted(t.overlay_address for t in routed))
+    if routes_every_task(service):
+        return Routing(every)
     matching: dict[int, bool] = {}  # spec version -> runs the current spec; one comparison each
 
     def runs_current(task: Task) -> bool:
@@ -127,14 +129,12 @@ def routing(service: Service, tasks: Iterable[Task]) -> Routing:
             matching[task.spec_version] = current(task, service)
         return matching[task.spec_version]
 
-    building, switched = blue_green_building(service), blue_green_switched(service)
     if _rolling_back(service):
         # A full set already runs the spec rolled back to (a kept blue/green set, the old tasks
         # beside a canary): it alone takes the traffic, at once (ADR 35).
         back = tuple(sorted(t.overlay_address for t in routed if runs_current(t)))
         return Routing(back if len(back) >= max(service.spec.replicas, 1) else every)
-    if not (building or switched or canary_waiting(service)):
-        return Routing(every)
+    building, switched = blue_green_building(service), blue_green_switched(service)
     new = tuple(sorted(t.overlay_address for t in routed if runs_current(t)))
     if building or switched:
         chosen = new if switched else tuple(sorted(set(every) - set(new)))
@@ -143,6 +143,18 @@ def routing(service: Service, tasks: Iterable[Task]) -> Routing:
     if weight is None or not new:
         return Routing(every)  # no weight: the canaries take their share of the tasks
     return Routing(every, new, weight)
+
+
+def routes_every_task(service: Service) -> bool:
+    """Whether `routing` takes every routed task alike, whatever spec it runs: no rollback to a
+    kept set, no blue/green set, no canary waiting. Its backends are then a function of each
+    task alone, which the leader's endpoints keep incrementally (ADR 75)."""
+    return not (
+        _rolling_back(service)
+        or blue_green_building(service)
+        or blue_green_switched(service)
+        or canary_waiting(service)
+    )
 
 
 def _rolling_back(service: Service) -> bool:

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from tests.unit.test_dispatcher_nodes import description
 from tests.waiting import async_wait_for as until
+from warren import strategy
 from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap, _endpoint
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -32,14 +33,18 @@ from warren.manager.server import caller
 from warren.manager.store import Store, open_environment
 from warren.model import (
     ClusterInfo,
+    DeployConfig,
+    DeployStrategy,
     Network,
     NetworkAttachment,
     Node,
     PortConfig,
+    RolloutState,
     Service,
     ServiceSpec,
     Task,
     TaskState,
+    UpdateStatus,
 )
 from warren.network.lb import Endpoint
 from warren.pki import Identity
@@ -154,14 +159,35 @@ class Rig:
         self.store.env.close()
 
 
-def _service(k: int, vip: bool = True, ports: int = 0, network: bool = False) -> Service:
-    spec = ServiceSpec(
+# A service's deployment (ADR 35): each but "" routes only some of its tasks, by spec version.
+ROLLOUTS = {
+    "": (1, DeployStrategy.ROLLING, None),
+    "canary": (2, DeployStrategy.CANARY, RolloutState.CANARY),
+    "blue-green": (2, DeployStrategy.BLUE_GREEN, RolloutState.UPDATING),
+    "switched": (2, DeployStrategy.BLUE_GREEN, RolloutState.COMPLETED),
+    "rollback": (1, DeployStrategy.ROLLING, RolloutState.ROLLBACK_STARTED),
+}
+
+
+def _spec(k: int, version: int = 1, ports: int = 0, network: bool = False, strategy: str = "") -> ServiceSpec:
+    deploy = DeployConfig(ROLLOUTS[strategy][1], canary_weight=20 if strategy == "canary" else None)
+    return ServiceSpec(
         name=f"s{k}",
-        image="busybox",
+        image=f"busybox:{version}",
+        replicas=2,
         ports=tuple(PortConfig(target=80, published=8000 + k * 10 + p) for p in range(ports)),
         networks=(NetworkAttachment("n1"),) if network else (),
+        deploy=deploy,
     )
-    return Service(id=f"svc{k}", spec=spec, version=1, vip=f"10.201.0.{k + 2}" if vip else "")
+
+
+def _service(k: int, vip: bool = True, ports: int = 0, network: bool = False, rollout: str = "") -> Service:
+    version, _, state = ROLLOUTS[rollout]
+    status = None if state is None else UpdateStatus(state, 1.0, 3 - version, version)
+    spec = _spec(k, version, ports, network, rollout)
+    return Service(
+        id=f"svc{k}", spec=spec, version=version, vip=f"10.201.0.{k + 2}" if vip else "", update_status=status
+    )
 
 
 TASK_STATES = {
@@ -174,7 +200,7 @@ TASK_STATES = {
 }
 
 
-def _task(k: int, j: int, how: str, address: int) -> Task:
+def _task(k: int, j: int, how: str, address: int, version: int = 1) -> Task:
     fields: dict = dict(state=TaskState.RUNNING, overlay_address=f"10.224.{k}.{2 + j * 4 + address}")
     fields.update(TASK_STATES[how])
     return Task(
@@ -182,8 +208,8 @@ def _task(k: int, j: int, how: str, address: int) -> Task:
         service_id=f"svc{k}",
         service_name=f"s{k}",
         slot=j + 1,
-        spec=_service(k).spec,
-        spec_version=1,
+        spec=_spec(k, version),
+        spec_version=version,
         desired_state=TaskState.RUNNING,
         node_id="elsewhere",
         **fields,
@@ -192,12 +218,12 @@ def _task(k: int, j: int, how: str, address: int) -> Task:
 
 def _change(op: tuple) -> Change:
     match op:
-        case ("task", k, j, how, address):
-            return Put("task", _task(k, j, how, address))
+        case ("task", k, j, how, address, version):
+            return Put("task", _task(k, j, how, address, version))
         case ("drop", k, j):
             return Delete("task", f"t{k}-{j}")
-        case ("service", k, vip, ports, network):
-            return Put("service", _service(k, vip, ports, network))
+        case ("service", k, vip, ports, network, rollout):
+            return Put("service", _service(k, vip, ports, network, rollout))
         case ("rm", k):
             return Delete("service", f"svc{k}")
         case ("network", internal):
@@ -207,10 +233,12 @@ def _change(op: tuple) -> Change:
 
 services = st.integers(0, SERVICES - 1)
 tasks = st.integers(0, TASKS - 1)
+versions = st.integers(1, 2)
+rollouts = st.sampled_from(sorted(ROLLOUTS))
 ops = st.one_of(
-    st.tuples(st.just("task"), services, tasks, st.sampled_from(sorted(TASK_STATES)), st.integers(0, 3)),
+    st.tuples(st.just("task"), services, tasks, st.sampled_from(sorted(TASK_STATES)), st.integers(0, 3), versions),
     st.tuples(st.just("drop"), services, tasks),
-    st.tuples(st.just("service"), services, st.booleans(), st.integers(0, 2), st.booleans()),
+    st.tuples(st.just("service"), services, st.booleans(), st.integers(0, 2), st.booleans(), rollouts),
     st.tuples(st.just("rm"), services),
     st.tuples(st.just("network"), st.booleans()),
 )  # fmt: skip
@@ -225,25 +253,42 @@ def _run(coro):  # type: ignore[no-untyped-def]
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=steps)
-@example(history=[([("task", 0, 0, "failed", 0)], False, True)])  # a backend leaves by ending
+@example(history=[([("task", 0, 0, "failed", 0, 1)], False, True)])  # a backend leaves by ending
 @example(  # the lagging agent misses two versions that changed different services
     history=[
-        ([("task", 1, 0, "running", 0)], True, True),
-        ([("task", 0, 1, "running", 0)], True, True),
-        ([("task", 1, 1, "running", 0)], True, True),
+        ([("task", 1, 0, "running", 0, 1)], True, True),
+        ([("task", 0, 1, "running", 0, 1)], True, True),
+        ([("task", 1, 1, "running", 0, 1)], True, True),
     ]
 )
 @example(  # the lagging agents miss a backend leaving and coming back: no net patch for it
     history=[
-        ([("task", 0, 1, "running", 0), ("task", 0, 2, "running", 0)], False, True),
-        ([("task", 1, 0, "running", 0)], True, True),  # a blocked reader still takes the next one
-        ([("task", 0, 0, "failed", 0)], True, True),
-        ([("task", 0, 0, "running", 0)], True, True),
+        ([("task", 0, 1, "running", 0, 1), ("task", 0, 2, "running", 0, 1)], False, True),
+        ([("task", 1, 0, "running", 0, 1)], True, True),  # a blocked reader still takes the next one
+        ([("task", 0, 0, "failed", 0, 1)], True, True),
+        ([("task", 0, 0, "running", 0, 1)], True, True),
+    ]
+)
+@example(  # a canary service's tasks change, then it is promoted, then switched blue/green
+    history=[
+        ([("task", 0, 1, "running", 0, 2), ("service", 0, True, 0, False, "canary")], False, True),
+        ([("task", 0, 2, "running", 1, 1)], True, True),
+        ([("service", 0, True, 0, False, "")], False, True),
+        ([("task", 0, 1, "draining", 0, 2)], True, False),
+        ([("service", 0, True, 1, False, "switched"), ("task", 0, 1, "running", 0, 2)], False, True),
+        ([("service", 0, True, 1, False, "rollback")], False, True),
+    ]
+)
+@example(  # a task of a canary service changes version only: it becomes a canary
+    history=[
+        ([("service", 0, True, 0, False, "canary"), ("task", 0, 1, "running", 0, 1)], False, True),
+        ([("task", 0, 1, "running", 0, 2)], False, True),
     ]
 )
 def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> None:
-    """A random history of endpoint changes (tasks coming, going, draining, failing; services
-    created, removed, losing their VIP, changing ports; a network turning internal): an agent
+    """A random history of endpoint changes (tasks coming, going, draining, failing, of either of
+    two versions; services created, removed, losing their VIP, changing ports, in or out of a
+    canary, a blue/green set or a rollback; a network turning internal): an agent
     that takes deltas holds, at every index it is sent, exactly what an agent sent whole lists
     holds at that index, and both hold the whole list of the current state once settled."""
 
@@ -439,6 +484,53 @@ def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_onl
             whole = old.messages[sent[1]]
             assert whole.services_changed and len(whole.services) == 50
             assert new.services == old.services == rig.truth()
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADR 75: a service whose strategy routes every task alike is recomputed from what its
+    changed tasks give it, not from its 300 tasks; a change that gives it nothing new (a task
+    starting, then running unready) makes no version; a canary's is read from its tasks."""
+    read = {"routings": 0}
+    real = strategy.routing
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        read["routings"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(strategy, "routing", counting)
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(k)) for k in range(2)])
+            rig.commit([Put("task", _task(0, j, "running", 0)) for j in range(300)])
+            agent = rig.open(1, Agent(deltas=True))
+            await rig.settled([agent])
+            log = rig.dispatcher._endpoints
+            read["routings"], rebuilds, at = 0, log.rebuilds, log.current().at
+            rig.commit([Put("task", _task(1, 0, "starting", 0))])  # a member, not yet a backend
+            await rig.settled([agent])
+            assert log.current().at > at and read["routings"] == 0
+            at = log.current().at
+            rig.commit([Put("task", _task(1, 0, "unhealthy", 0))])  # running, but not ready
+            rig.commit([Put("task", _task(0, 7, "running", 0))])  # as it was
+            await rig.settled([agent])
+            assert log.current().at == at, "a version that changed nothing"
+            rig.commit([Put("task", _task(0, 7, "draining", 0))])
+            await rig.settled([agent])
+            assert log.current().at > at and read["routings"] == 0 and log.rebuilds == rebuilds
+            assert agent.services == rig.truth()
+            read["routings"] = 0
+            rig.commit([Put("service", _service(0, rollout="canary")), Put("task", _task(0, 8, "running", 0, 2))])
+            await rig.settled([agent])
+            assert read["routings"] == 1  # the canary's service: its tasks read
+            assert agent.services == rig.truth()
         finally:
             await rig.close()
 

@@ -31,39 +31,70 @@ from warren.manager.backendhistory import BackendHistory
 from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoints
 from warren.manager.events import Event, EventHub
 from warren.manager.ports import StateReader
-from warren.model import Service, Task
+from warren.model import Service, Task, is_routed
 from warren.state import Change, ClusterState, Put
 
 
-class Computed(NamedTuple):
-    """A service's endpoint, with its backends and members as sets (for patches and counts,
-    without reading 1,000 addresses back from the message)."""
+class Computed:
+    """A service's endpoint: every field but its backends and members (`head`), and those as
+    sets (for patches and counts, without reading 1,000 addresses back from a message). The whole
+    message is made once, when a session first needs it: most versions travel as patches."""
 
-    entry: dpb.ServiceEndpoint
-    backends: frozenset[str]
-    members: frozenset[str]
+    __slots__ = ("_entry", "backends", "head", "members")
+
+    def __init__(self, head: dpb.ServiceEndpoint, backends: frozenset[str], members: frozenset[str]) -> None:
+        self.head = head
+        self.backends = backends
+        self.members = members
+        self._entry: dpb.ServiceEndpoint | None = None
+
+    @property
+    def name(self) -> str:
+        return self.head.name
+
+    def entry(self) -> dpb.ServiceEndpoint:
+        """The whole message, as `convert.endpoint_to_pb` makes it."""
+        if self._entry is None:
+            entry = dpb.ServiceEndpoint()
+            entry.CopyFrom(self.head)
+            entry.backends.extend(sorted(self.backends))
+            entry.members.extend(sorted(self.members))
+            self._entry = entry
+        return self._entry
+
+    def same(self, other: Computed | None) -> bool:
+        return (
+            other is not None
+            and self.backends == other.backends
+            and self.members == other.members
+            and self.head == other.head
+        )
+
+
+def _head(
+    state: ClusterState, service: Service, canary: Iterable[str] = (), canary_weight: int = 0
+) -> dpb.ServiceEndpoint:
+    # Networks (#14, ADR 47): every node isolates by them, so every live task is a member.
+    names = network_names(service.spec)
+    found = [state.network_by_name(name) for name in names]
+    internal = all(n is not None and n.internal for n in found)
+    return convert.endpoint_to_pb(service, (), canary, canary_weight, names, (), internal)
 
 
 def computed(state: ClusterState, service: Service) -> Computed:
     """A service's VIP and the addresses of its tasks that may take connections: ready
     (healthy, with a health check) and not draining before a stop (ADR 33), chosen and weighted
-    by the service's deployment strategy (ADR 35)."""
+    by the service's deployment strategy (ADR 35); and every live task's address."""
     tasks = [state.tasks[t] for t in state.tasks_by_service.get(service.id, ())]
     routing = strategy.routing(service, tasks)
-    # Networks (#14, ADR 47): every node isolates by them, so every live task is a member.
-    names = network_names(service.spec)
-    found = [state.network_by_name(name) for name in names]
-    internal = all(n is not None and n.internal for n in found)
-    members = frozenset(t.overlay_address for t in tasks if t.overlay_address and not t.state.terminal)
-    entry = convert.endpoint_to_pb(
-        service, routing.backends, routing.canary, routing.canary_weight, names, members, internal
-    )
-    return Computed(entry, frozenset(routing.backends), members)
+    members = frozenset(t.overlay_address for t in tasks if _counts(t))
+    head = _head(state, service, routing.canary, routing.canary_weight)
+    return Computed(head, frozenset(routing.backends), members)
 
 
 def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
     """A service's endpoint as agents get it (`computed`)."""
-    return computed(state, service).entry
+    return computed(state, service).entry()
 
 
 def all_endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
@@ -76,6 +107,51 @@ def _counts(task: Task) -> bool:
     """Whether the task can be in its service's endpoint (a member or a backend): it has an
     overlay address and has not ended. Tasks that cannot are skipped when they change."""
     return bool(task.overlay_address) and not task.state.terminal
+
+
+class _Held(NamedTuple):
+    """What one task that `_counts` gives its service's endpoint (its spec version too: under a
+    canary or blue/green, which set a task is in depends on it)."""
+
+    service_id: str
+    address: str
+    routed: bool
+    spec_version: int
+
+
+def _held(task: Task) -> _Held | None:
+    return _Held(task.service_id, task.overlay_address, is_routed(task), task.spec_version) if _counts(task) else None
+
+
+class _Addresses:
+    """The addresses a service's tasks give its endpoint, kept from the task changes (ADR 75):
+    every live task's (members) and the routed ones' (the backends of a service whose strategy
+    `routes_every_task`). Counted, so that two tasks holding one address for a while (one ending,
+    one starting in the same commit) never drop it early."""
+
+    __slots__ = ("members", "routed")
+
+    def __init__(self) -> None:
+        self.members: dict[str, int] = {}
+        self.routed: dict[str, int] = {}
+
+    def add(self, held: _Held) -> None:
+        self.members[held.address] = self.members.get(held.address, 0) + 1
+        if held.routed:
+            self.routed[held.address] = self.routed.get(held.address, 0) + 1
+
+    def remove(self, held: _Held) -> None:
+        _uncount(self.members, held.address)
+        if held.routed:
+            _uncount(self.routed, held.address)
+
+
+def _uncount(counts: dict[str, int], address: str) -> None:
+    left = counts[address] - 1
+    if left:
+        counts[address] = left
+    else:
+        del counts[address]
 
 
 class EndpointView(NamedTuple):
@@ -101,8 +177,9 @@ class EndpointLog:
         self._events: asyncio.Queue[Event] | None = None
         self._through = -1  # every change up to this index is reflected; -1: recompute all
         self._by_id: dict[str, Computed] = {}  # service id -> its endpoint
-        self._by_name: dict[str, dpb.ServiceEndpoint] = {}  # what agents hold, by service name
-        self._counted: dict[str, str] = {}  # task id -> service id, of tasks that `_counts`
+        self._by_name: dict[str, Computed] = {}  # what agents hold, by service name
+        self._counted: dict[str, _Held] = {}  # task id -> what it gives, of tasks that `_counts`
+        self._addresses: dict[str, _Addresses] = {}  # service id -> what its counted tasks give
         self._backend_refs: dict[str, int] = {}  # backend address -> held entries naming it
         self._named_changed: set[str] = set()  # addresses named or unnamed since the last version
         self._history = BackendHistory()  # every version's backends, as intervals (ADR 72)
@@ -138,7 +215,7 @@ class EndpointLog:
     def whole(self) -> bytes:
         """The current version's whole list, as an AssignmentsMessage's endpoint fields."""
         if self._whole is None:
-            services = [self._by_name[name] for name in sorted(self._by_name)]
+            services = [self._by_name[name].entry() for name in sorted(self._by_name)]
             self._whole = encode_endpoints(services, self._view.at)
         return self._whole
 
@@ -167,7 +244,7 @@ class EndpointLog:
                 current = self._by_name.get(name)
                 if current is not None:
                     patch = _composed(name, steps) if patches else None
-                    entries.append(current if patch is None else patch.entry(current))
+                    entries.append(current.entry() if patch is None else patch.entry(current))
             removed = sorted(n for n in names if n not in self._by_name)
             encoded = encode_endpoint_delta(entries, removed, base, self._view.at)
         self._deltas[base, patches] = encoded
@@ -216,29 +293,55 @@ class EndpointLog:
         return None if resync else drained
 
     def _touched(self, changes: list[Change], dirty: set[str]) -> bool:
-        """Add the ids of the services `changes` may alter the endpoints of to `dirty`; True if
-        they may alter every service's (a network changed)."""
-        counted = self._counted
+        """Take in what `changes` give the services' endpoints, and add the ids of the services
+        whose endpoints they may alter to `dirty`; True if they may alter every service's (a
+        network changed). A task change that gives its endpoint nothing new (starting, then
+        running unready) alters nothing."""
         for change in changes:
             kind = change.kind
             if kind == "task":
                 if isinstance(change, Put):
                     task = change.obj
                     assert isinstance(task, Task)
-                    if _counts(task):
-                        counted[task.id] = task.service_id
-                        dirty.add(task.service_id)
-                    elif counted.pop(task.id, None) is not None:
-                        dirty.add(task.service_id)
+                    self._hold(task.id, _held(task), dirty)
                 else:
-                    service_id = counted.pop(change.id, None)
-                    if service_id is not None:
-                        dirty.add(service_id)
+                    self._hold(change.id, None, dirty)
             elif kind == "service":
                 dirty.add(change.obj.id if isinstance(change, Put) else change.id)
             elif kind == "network":
                 return True
         return False
+
+    def _hold(self, task_id: str, new: _Held | None, dirty: set[str]) -> None:
+        """Take in what a task now gives its service's endpoint (None: nothing)."""
+        old = self._counted.get(task_id)
+        if old == new:
+            return
+        if old is not None:
+            self._addresses[old.service_id].remove(old)
+            dirty.add(old.service_id)
+        if new is None:
+            del self._counted[task_id]
+            return
+        self._counted[task_id] = new
+        addresses = self._addresses.get(new.service_id)
+        if addresses is None:
+            addresses = self._addresses[new.service_id] = _Addresses()
+        addresses.add(new)
+        dirty.add(new.service_id)
+
+    def _computed(self, state: ClusterState, service: Service | None) -> Computed | None:
+        """A service's endpoint now: from the addresses kept if its strategy routes every task
+        alike (no task is read: at S2's size each commit touched services of 1,000 tasks), from
+        its tasks in the state otherwise (`computed`); None without a VIP."""
+        if service is None or not service.vip:
+            return None
+        if not strategy.routes_every_task(service):
+            return computed(state, service)
+        held = self._addresses.get(service.id)
+        if held is None:
+            return Computed(_head(state, service), frozenset(), frozenset())
+        return Computed(_head(state, service), frozenset(held.routed), frozenset(held.members))
 
     def _recompute(self, state: ClusterState, service_ids: set[str]) -> tuple[set[str], dict[str, Patch]]:
         """Recompute the endpoints of `service_ids`: the names whose entry changed, and how, for
@@ -246,31 +349,29 @@ class EndpointLog:
         changed: set[str] = set()
         patches: dict[str, Patch] = {}
         for service_id in service_ids:
-            service = state.services.get(service_id)
-            new = computed(state, service) if service is not None and service.vip else None
+            new = self._computed(state, state.services.get(service_id))
             old = self._by_id.get(service_id)
-            if (new.entry if new else None) == (old.entry if old else None):
+            if new.same(old) if new is not None else old is None:
                 continue
-            names = {c.entry.name for c in (old, new) if c is not None}
+            names = {c.name for c in (old, new) if c is not None}
             in_place = False
-            # The new backends first: an address in both never drops to no entry, so only what
-            # changed is "named or unnamed" (the history records O(changes), ADR 72).
-            if new is not None:
-                self._count(new.backends, 1)
+            patch = Patch.between(old, new)
+            # Only what changed is counted: an address in both never drops to no entry, so only
+            # that is "named or unnamed" (the history records O(changes), ADR 72).
+            self._count(patch.backends_added, 1)
+            self._count(patch.backends_removed, -1)
             if old is not None:
-                self._count(old.backends, -1)
                 del self._by_id[service_id]
-                if self._by_name.get(old.entry.name) is old.entry:  # not already taken by another service
-                    del self._by_name[old.entry.name]
-                    in_place = new is not None and new.entry.name == old.entry.name and not names & changed
+                if self._by_name.get(old.name) is old:  # not already taken by another service
+                    del self._by_name[old.name]
+                    in_place = new is not None and new.name == old.name and not names & changed
             if new is not None:
                 self._by_id[service_id] = new
-                self._by_name[new.entry.name] = new.entry
+                self._by_name[new.name] = new
             for name in names:
                 patches.pop(name, None)  # a name two services changed travels whole
-            if in_place:
-                assert old is not None and new is not None
-                patches[new.entry.name] = Patch.between(old, new)
+            if in_place and new is not None:
+                patches[new.name] = patch
             changed |= names
         return changed, patches
 
@@ -292,13 +393,16 @@ class EndpointLog:
         """Recompute every service (at first use, after a resynchronisation or a network
         change), and record the names that differ from the version held."""
         self.rebuilds += 1
+        self._counted, self._addresses = {}, {}
         with self._store.read() as state:
             index = self._store.applied_index
-            by_id = {s.id: computed(state, s) for s in state.services.values() if s.vip}
-            self._counted = {t.id: t.service_id for t in state.tasks.values() if _counts(t)}
-        by_name = {c.entry.name: c.entry for c in by_id.values()}
+            unused: set[str] = set()
+            for task in state.tasks.values():
+                self._hold(task.id, _held(task), unused)
+            by_id = {s.id: c for s in state.services.values() if (c := self._computed(state, s)) is not None}
+        by_name = {c.name: c for c in by_id.values()}
         old = self._by_name
-        changed = {n for n, e in by_name.items() if old.get(n) != e} | {n for n in old if n not in by_name}
+        changed = {n for n, c in by_name.items() if not c.same(old.get(n))} | {n for n in old if n not in by_name}
         self._by_id, self._by_name = by_id, by_name
         self._named_changed.update(self._backend_refs)  # counted again from nothing: any may go
         self._backend_refs = {}
@@ -329,31 +433,35 @@ class Patch(NamedTuple):
     members_removed: frozenset[str]
 
     @classmethod
-    def between(cls, old: Computed, new: Computed) -> Patch:
+    def between(cls, old: Computed | None, new: Computed | None) -> Patch:
+        """From `old` to `new`; a missing one holds no address."""
+        old_backends, old_members = (old.backends, old.members) if old is not None else _NOTHING
+        new_backends, new_members = (new.backends, new.members) if new is not None else _NOTHING
         return cls(
-            new.backends - old.backends,
-            old.backends - new.backends,
-            new.members - old.members,
-            old.members - new.members,
+            new_backends - old_backends,
+            old_backends - new_backends,
+            new_members - old_members,
+            old_members - new_members,
         )
 
     def size(self) -> int:
         return sum(map(len, self))
 
-    def entry(self, current: dpb.ServiceEndpoint) -> dpb.ServiceEndpoint:
+    def entry(self, current: Computed) -> dpb.ServiceEndpoint:
         """`current` as a patch, or whole if the patch would not be smaller."""
         if self.size() >= len(current.backends) + len(current.members):
-            return current
+            return current.entry()
         patched = dpb.ServiceEndpoint()
-        patched.CopyFrom(current)
-        patched.ClearField("backends")
-        patched.ClearField("members")
+        patched.CopyFrom(current.head)
         patched.patch = True
         patched.backends_added.extend(sorted(self.backends_added))
         patched.backends_removed.extend(sorted(self.backends_removed))
         patched.members_added.extend(sorted(self.members_added))
         patched.members_removed.extend(sorted(self.members_removed))
         return patched
+
+
+_NOTHING: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
 
 
 def _composed(name: str, steps: list[tuple[frozenset[str], Mapping[str, Any]]]) -> Patch | None:
