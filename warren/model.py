@@ -522,6 +522,27 @@ class Task(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     relocates: str = ""
 
 
+# What an agent reports of its task: every other field is the managers' to set.
+_STATUS_BLANK: dict[str, object] = {
+    "state": TaskState.NEW,
+    "message": "",
+    "error": "",
+    "exit_code": None,
+    "runtime_id": "",
+    "health": "",
+    "updated_at": 0.0,
+    "started_at": 0.0,
+    "ready_at": 0.0,
+}
+
+
+def same_but_status(a: Task, b: Task) -> bool:
+    """Whether two versions of a task differ only in what its agent reports (SwarmKit's
+    `TasksEqualStable`): the fields are blanked rather than the others listed, so that a field
+    added to Task later counts as the managers'."""
+    return msgspec.structs.replace(a, **_STATUS_BLANK) == msgspec.structs.replace(b, **_STATUS_BLANK)
+
+
 def is_stopping(task: Task) -> bool:
     """Told to stop, or draining before its stop (ADR 33): it no longer holds its slot."""
     return task.desired_state > _RUNNING or task.draining_since > 0

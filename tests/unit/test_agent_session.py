@@ -63,6 +63,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.slow_reports = 0  # the next N reports are answered after the agent's deadline
         self.period_in_complete = False  # a manager of this version says them in COMPLETE too
         self.session_times: list[float] = []
+        self.logins: list[dpb.PullLogin] = []  # sent in COMPLETE
 
     async def Session(self, request, context):  # type: ignore[no-untyped-def]
         if self.removed:
@@ -85,6 +86,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             managers=["127.0.0.1:1"],
             heartbeat_period=self.period if self.period_in_complete else 0.0,
             reconnect_spread=self.reconnect_spread if self.period_in_complete else 0.0,
+            pull_logins=self.logins,
         )
         while True:
             msg = await self.outbox.get()
@@ -241,6 +243,27 @@ def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type:
             await worker.close()
             cache.close()
             await server.stop(None)
+
+    run(scenario())
+
+
+def test_a_registry_login_is_forgotten_once_the_managers_have_the_running_report(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ADR 43: a task's login is held in memory until it has pulled and started. The managers no
+    longer send the task back for the status its agent reported (#15), so the agent forgets
+    the login once its own report of running is answered, not at an echo."""
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        dispatcher.logins = [dpb.PullLogin(task_id=t, host="reg:5000", username="u", password="p") for t in ("a", "b")]
+        async with running_session(dispatcher, creds, tmp_path) as (session, queue):
+            await until(lambda: set(session.assignments.logins) == {"a", "b"}, message="the logins held")
+            queue.put(Report("a", S.PREPARING, 1.7e9))
+            queue.put(Report("b", S.RUNNING, 1.7e9))
+            await until(lambda: "running" in dispatcher.reported("b"), message="the reports answered")
+            await until(lambda: "b" not in session.assignments.logins, message="b's login forgotten")
+            assert set(session.assignments.logins) == {"a"}  # still to pull
+            queue.put(Report("a", S.FAILED, 1.7e9, error="pull failed"))
+            await until(lambda: not session.assignments.logins, message="a's login forgotten once it ended")
 
     run(scenario())
 

@@ -22,7 +22,7 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
 from warren.manager.dispatcher import DispatcherService, SessionSpecs
 from warren.manager.speccache import SpecCache
-from warren.model import Node, ServiceSpec, Task, TaskState
+from warren.model import Node, ServiceSpec, Task, TaskState, same_but_status
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecRefs
 from warren.state import ClusterState, Delete, Put
@@ -240,7 +240,7 @@ task_ops = st.one_of(
         st.just("put"),
         st.sampled_from(TASKS[:5]),
         st.sampled_from(NODES),
-        st.sampled_from([TaskState.RUNNING, TaskState.FAILED]),
+        st.sampled_from([TaskState.ASSIGNED, TaskState.RUNNING, TaskState.FAILED]),
         st.sampled_from([TaskState.RUNNING, TaskState.SHUTDOWN]),
     ),
     st.tuples(st.just("delete"), st.sampled_from(TASKS[:5])),
@@ -267,23 +267,27 @@ def _changes(ops: list) -> list:
     return out
 
 
-def _walk_every_change(node_id: str, known: set[str], changes: list) -> tuple[list[str], list[str]]:
-    """The session's rule before #15, over every change of the commits: (updated, removed) ids."""
+def _walk_every_change(node_id: str, known: dict[str, Task], changes: list) -> tuple[list[str], list[str]]:
+    """The session's rule before #15, over every change of the commits: (updated, removed) ids;
+    a task whose agent's own report is all that changed is not sent back (SwarmKit's rule)."""
     updated: dict[str, None] = {}
     removed: dict[str, None] = {}
     for change in changes:
         if isinstance(change, Put) and change.kind == "task":
             task = change.obj
             if task.node_id == node_id and (not task.state.terminal or task.desired_state == TaskState.RUNNING):
-                known.add(task.id)
+                sent = known.get(task.id)
+                known[task.id] = task
                 removed.pop(task.id, None)
-                updated[task.id] = None
+                echo = sent is not None and task.state > TaskState.ASSIGNED and same_but_status(sent, task)
+                if task.id in updated or not echo:
+                    updated[task.id] = None
             elif task.id in known:
-                known.discard(task.id)
+                del known[task.id]
                 updated.pop(task.id, None)
                 removed[task.id] = None
         elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
-            known.discard(change.id)
+            del known[change.id]
             updated.pop(change.id, None)
             removed[change.id] = None
     return list(updated), list(removed)
@@ -314,8 +318,8 @@ def test_a_session_reading_commit_digests_sends_what_walking_every_change_sent(h
     dispatcher = DispatcherService.__new__(DispatcherService)  # only its store is read by _diff
     dispatcher._store = _StateOnly()  # type: ignore[assignment]
     digests = CommitDigests()
-    known: set[str] = set()
-    walked_known: set[str] = set()
+    known: dict[str, Task] = {}
+    walked_known: dict[str, Task] = {}
     pending: list[tuple[int, list]] = []
     for index, (ops, more) in enumerate(history, start=1):
         pending.append((index, _changes(ops)))

@@ -14,6 +14,7 @@ import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -531,6 +532,44 @@ def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_task
             await rig.settled([agent])
             assert read["routings"] == 1  # the canary's service: its tasks read
             assert agent.services == rig.truth()
+        finally:
+            await rig.close()
+
+    _run(scenario())
+
+
+def test_a_task_is_not_sent_back_to_its_node_for_a_status_the_node_reported(tmp_path: Path) -> None:
+    """SwarmKit's rule (#15): a task the node holds is sent again when the managers change it
+    (here: its desired state), not when the only change is the status its agent reported
+    (preparing, starting, running, healthy). Up to ASSIGNED the state is the managers' own."""
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path)
+        try:
+            rig.commit([Put("service", _service(0))])
+            agent = rig.open(1, Agent(deltas=True))
+            await rig.settled([agent])
+            task = msgspec.structs.replace(_task(0, 0, "starting", 0), node_id="node001", state=TaskState.PENDING)
+
+            def sent() -> list[tuple[str, str]]:
+                return [(t.state, t.desired_state) for m in agent.messages for t in m.updated if t.id == task.id]
+
+            for state in (TaskState.PENDING, TaskState.ASSIGNED):
+                task = msgspec.structs.replace(task, state=state)
+                rig.commit([Put("task", task)])
+                await until(lambda s=state: sent()[-1:] == [(s.label, "running")], message=f"{state.label} sent")
+            for state, fields in (
+                (TaskState.PREPARING, {"message": "preparing"}),
+                (TaskState.STARTING, {"message": "starting", "runtime_id": "c1"}),
+                (TaskState.RUNNING, {"message": "started", "started_at": 5.0, "ready_at": 5.0, "health": "healthy"}),
+            ):
+                task = msgspec.structs.replace(task, state=state, updated_at=5.0, **fields)
+                rig.commit([Put("task", task)])
+                await rig.settled([agent])  # its endpoint changed meanwhile: messages went out
+            rig.commit([Put("task", msgspec.structs.replace(task, desired_state=TaskState.SHUTDOWN))])
+            await until(lambda: sent()[-1:] == [("running", "shutdown")], message="the desired state sent")
+            assert sent() == [("pending", "running"), ("assigned", "running"), ("running", "shutdown")], sent()
+            assert agent.services == rig.truth()  # it became a backend all the same
         finally:
             await rig.close()
 

@@ -260,6 +260,10 @@ class AssignmentSet:
             raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
         return _patched(held, entry)
 
+    def forget_logins(self, task_ids: Iterable[str]) -> None:
+        for task_id in task_ids:
+            self.logins.pop(task_id, None)
+
     def _read_logins(self, msg: dpb.AssignmentsMessage) -> None:
         for login in msg.pull_logins:
             self.logins[login.task_id] = PullLogin(login.host, login.username, login.password)

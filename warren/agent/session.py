@@ -38,6 +38,7 @@ from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.backoff import Backoff
+from warren.model import TaskState
 from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
@@ -460,6 +461,9 @@ class Session:
                 self.queue.requeue(batch)
                 raise
             log.debug("reported %d task status(es)", len(batch))
+            # Pulled and started, as the managers now know: the registry login is no longer
+            # needed here (ADR 43). They do not send the task back for a status it reported.
+            self.assignments.forget_logins(r.task_id for r in batch if r.state >= TaskState.RUNNING)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

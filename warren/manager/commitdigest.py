@@ -9,6 +9,8 @@ once per commit; a session then reads only the changes that can concern it.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from warren.model import Task
 from warren.state import Change, Delete, Put
 
@@ -45,11 +47,11 @@ class CommitDigest:
         """The tasks this commit puts on `node_id`, in commit order."""
         return self._on_node.get(node_id, [])
 
-    def task_changes_for(self, node_id: str, known: set[str]) -> list[Change]:
+    def task_changes_for(self, node_id: str, known: AbstractSet[str]) -> list[Change]:
         """In commit order, every change of a task that this commit puts on `node_id` or that
         the node's session holds (`known`): the only task changes that can concern it. A task
         leaves `known` only through one of these, and joins it only by being put on the node."""
-        ids = known & self._ids
+        ids = self._ids.intersection(known)
         ids.update(task.id for task in self._on_node.get(node_id, ()))
         if not ids:
             return []

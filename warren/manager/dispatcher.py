@@ -45,7 +45,7 @@ from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.sessionpace import reconnect_spread, session_pace
 from warren.manager.speccache import SpecCache
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState, same_but_status
 from warren.reconciler import liveness
 from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
@@ -180,6 +180,14 @@ class MayRoute(AbstractSet[str]):
 def _visible(task: Task) -> bool:
     """Tasks an agent must know about: those it should run, and those it should stop."""
     return not task.state.terminal or task.desired_state == TaskState.RUNNING
+
+
+def _echo(sent: Task, task: Task) -> bool:
+    """Whether `task` differs from the version its agent holds only by the status that agent
+    reported (SwarmKit's dispatcher sends no such update either). At 1,000 nodes each task was
+    sent back after each of its reports: preparing, starting, running (#15). States up to
+    ASSIGNED are the managers' own, and always sent."""
+    return task.state > TaskState.ASSIGNED and same_but_status(sent, task)
 
 
 FileSource = Callable[[ClusterState, ServiceSpec], list[dpb.TaskFile]]
@@ -381,9 +389,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 specs = SessionSpecs(request.specs_by_reference, self._files, self._spec_pbs)
                 spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
-                    known = {t.id for t in state.node_tasks(node.id) if _visible(t)}
-                    tasks = [specs.task(state.tasks[t], spec_list, state) for t in sorted(known)]
-                    logins = pull_logins(state, (state.tasks[t] for t in known), self._vault)
+                    # Each task the agent holds, as last sent to it.
+                    known = {t.id: t for t in state.node_tasks(node.id) if _visible(t)}
+                    tasks = [specs.task(known[t], spec_list, state) for t in sorted(known)]
+                    logins = pull_logins(state, known.values(), self._vault)
                     volumes = _node_volumes(state, node.id)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
                     period, nodes = self._period(state), len(state.nodes)
@@ -522,31 +531,35 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     def _diff(
         self,
         node_id: str,
-        known: set[str],
+        known: dict[str, Task],
         digests: list[CommitDigest],
         specs: SessionSpecs,
         spec_list: list[dpb.TaskSpec],
     ) -> tuple[list, list[str]]:
         """The tasks of the node that the commits (in order) updated or removed; a task changed
-        by several commits is sent once, as the last one left it."""
+        by several commits is sent once, as the last one left it. A change of only what the
+        agent itself reported is not sent back to it (`_echo`)."""
         updated: dict[str, pb.Task] = {}
         removed: dict[str, None] = {}  # ordered set
         # Read commit by commit: which changes concern the node depends on `known` so far.
-        for change in (c for digest in digests for c in digest.task_changes_for(node_id, known)):
+        for change in (c for digest in digests for c in digest.task_changes_for(node_id, known.keys())):
             if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
-                    known.add(task.id)
+                    sent = known.get(task.id)
+                    known[task.id] = task
                     removed.pop(task.id, None)
+                    if sent is not None and task.id not in updated and _echo(sent, task):
+                        continue
                     with self._store.read() as state:  # the values of its secrets, if sent with its spec
                         updated[task.id] = specs.task(task, spec_list, state)
                 elif task.id in known:
-                    known.discard(task.id)
+                    del known[task.id]
                     specs.remove(task.id)
                     updated.pop(task.id, None)
                     removed[task.id] = None
             elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
-                known.discard(change.id)
+                del known[change.id]
                 specs.remove(change.id)
                 updated.pop(change.id, None)
                 removed[change.id] = None
