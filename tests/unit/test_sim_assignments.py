@@ -84,7 +84,7 @@ def test_the_index_only_set_keeps_the_real_sets_indexes_and_gaps(history: list) 
         outcomes = []
         for held in (real, bare):
             try:
-                outcomes.append(held.apply(dpb.AssignmentsMessage.FromString(msg.SerializeToString())))
+                outcomes.append(held.apply(held.decode(msg.SerializeToString())))  # as its session reads it
             except VersionGap as exc:
                 outcomes.append(exc)
         mine, twin = outcomes
@@ -104,6 +104,53 @@ def test_the_index_only_set_keeps_the_real_sets_indexes_and_gaps(history: list) 
             real.mesh_version,
         )
         assert not bare.endpoints and not bare.mesh
+
+
+def test_the_index_only_message_reads_every_field_but_the_entries_and_keeps_their_bytes() -> None:
+    """#15: a simulated node reads its messages without their endpoint and mesh entries (never
+    parsed); every other field of AssignmentsMessage, one added later included, reads the same."""
+    from warren.agent.indexonly import ENTRY_FIELDS, IndexOnlyMessage
+    from warren.api.v1 import types_pb2 as pb
+
+    full = dpb.AssignmentsMessage(
+        type=INCREMENTAL,
+        session_id="s1",
+        applies_to=4,
+        version=5,
+        updated=[pb.Task(id="t1", state="running")],
+        removed=["t0"],
+        managers=["127.0.0.1:1"],
+        mesh=[_node(1, 1)],
+        mesh_changed=True,
+        services=[_service(2, 3)],
+        services_changed=True,
+        vip_range="10.201.0.0/16",
+        specs=[dpb.TaskSpec(service_id="svc", spec_version=2)],
+        services_index=9,
+        volumes=["v1"],
+        volumes_changed=True,
+        pull_logins=[dpb.PullLogin(task_id="t1", host="reg:5000")],
+        services_delta=True,
+        services_base=8,
+        services_removed=["svc001"],
+        mesh_delta=True,
+        mesh_base=2,
+        mesh_version=3,
+        mesh_removed=["n002"],
+        heartbeat_period=5.0,
+        reconnect_spread=1.0,
+    )
+    fields = {f.name for f in dpb.AssignmentsMessage.DESCRIPTOR.fields}
+    assert {f.name for f, _ in full.ListFields()} == fields, "every field set: a new one must be added here"
+    data = full.SerializeToString()
+    bare = IndexOnlyMessage.FromString(data)
+    kept = {f.name for f in IndexOnlyMessage.DESCRIPTOR.fields}
+    assert kept == fields - set(ENTRY_FIELDS)
+    for name in kept:
+        assert getattr(bare, name) == getattr(full, name), name
+    assert len(bare.SerializeToString()) == len(data)  # the entries kept as bytes, not dropped
+    assert IndexOnlyAssignmentSet.decode == IndexOnlyMessage.FromString
+    assert AssignmentSet.decode == dpb.AssignmentsMessage.FromString
 
 
 def test_a_wrong_base_is_a_gap_that_applies_nothing() -> None:

@@ -16,7 +16,7 @@ import hashlib
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from warren.agent.runtime import PullLogin
 from warren.api import convert
@@ -138,6 +138,8 @@ class AssignmentSet:
     mesh: KeyOrdered[MeshMember] = field(default_factory=lambda: KeyOrdered())  # by node id (ADR 65)
     mesh_version: int = 0
     _arrived: set[SpecKey] = field(default_factory=set, init=False, repr=False)  # specs of this message
+    # How the session reads a message for this set from its bytes.
+    decode: ClassVar[Any] = dpb.AssignmentsMessage.FromString
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept

@@ -44,6 +44,8 @@ from warren.network.lb import Endpoint
 
 log = logging.getLogger(__name__)
 
+SESSION_METHOD = f"/{dpb.DESCRIPTOR.services_by_name['Dispatcher'].full_name}/Session"
+
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 BACKOFF_JITTER = 0.1  # +-10%, so agents do not reconnect in lockstep
@@ -258,7 +260,13 @@ class Session:
         channel = grpc.aio.secure_channel(addr, tls.channel_credentials(*creds), options=tls.channel_options())
         try:
             stub = dispatcher_pb2_grpc.DispatcherStub(channel)
-            call = stub.Session(self._request())
+            # The stub's Session, reading each message as the assignment set wants it read.
+            session = channel.unary_stream(
+                SESSION_METHOD,
+                request_serializer=dpb.SessionRequest.SerializeToString,
+                response_deserializer=self.assignments.decode,
+            )
+            call = session(self._request())
             try:
                 first = await wait_within(call.read(), FIRST_MESSAGE_TIMEOUT)
             except grpc.aio.AioRpcError as exc:
