@@ -89,13 +89,13 @@ def run_once(nodes: int, kill: int) -> dict[str, Any]:
             started = time.perf_counter()
             deadline = started + float(os.environ.get("WARREN_BENCH_CHURN_TIMEOUT", "600"))
             open_s: float | None = None
-            while sim.status()["connected"] < nodes:
+            while sim.status(states=False)["connected"] < nodes:
                 if time.perf_counter() > deadline:  # measure the window anyway: churn is the question
                     break
                 time.sleep(1.0)
             else:
                 open_s = time.perf_counter() - started
-            open_at_window = sim.status()["connected"]
+            open_at_window = sim.status(states=False)["connected"]
 
             def infos() -> list[Any]:
                 seen = []
@@ -136,7 +136,7 @@ def run_once(nodes: int, kill: int) -> dict[str, Any]:
                 "leader_cpu_share_in_window": round((cpu1 - cpu0) / WINDOW, 3),
                 "leader_rss_mib": round(rss, 1),
                 "load_average_window_start": round(load0, 2),
-                "sessions_open_at_end": sim.status()["connected"],  # of the window, before the kill
+                "sessions_open_at_end": sim.status(states=False)["connected"],  # of the window, before the kill
             }
             killed_down = _kill_and_wait(first, sim, kill, admin=first.data_dir / "admin")
             return {

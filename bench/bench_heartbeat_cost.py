@@ -40,7 +40,7 @@ def run() -> dict[str, Any]:
         manager = rig.manager
         assert manager.process is not None
         sim = rig.start_sim(NODES)
-        wait_for(lambda: sim.status()["connected"] >= NODES, 900, "every session", 0.5)
+        wait_for(lambda: sim.status(states=False)["connected"] >= NODES, 900, "every session", 0.5)
         previous = 5.0
         for period in PERIODS:
             updated = manager.cli("cluster", "update", "--heartbeat-period", period)

@@ -124,11 +124,11 @@ def one_run() -> dict[str, Any]:
             first = managers[0]
             stub = _stub(first)
             sim = SimProcess(first, root, NODES, "--start-delay", START_DELAY, "--overlay", OVERLAY)
-            wait_for(lambda: sim.status()["connected"] >= NODES, TIMEOUT, "every session", 0.5)
+            wait_for(lambda: sim.status(states=False)["connected"] >= NODES, TIMEOUT, "every session", 0.5)
             for s in range(SERVICES):
                 spec = tpb.ServiceSpec(name=f"loss-{s:04d}", image="busybox", replicas=REPLICAS)
                 stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=60)
-            wait_for(lambda: sim.status()["running"] >= total, TIMEOUT, "every task running", 0.5)
+            wait_for(lambda: sim.status(states=False)["running"] >= total, TIMEOUT, "every task running", 0.5)
             info = stub.GetClusterInfo(cpb.GetClusterInfoRequest(), timeout=10)
             by_name = {n.hostname: n.id for n in stub.ListNodes(cpb.ListNodesRequest(), timeout=30).nodes}
 
@@ -152,7 +152,7 @@ def one_run() -> dict[str, Any]:
 
             wait_for(all_down, TIMEOUT, "the killed nodes down")
             down_s = time.time() - killed_at
-            wait_for(lambda: sim.status()["running"] >= total, TIMEOUT, "the lost tasks running elsewhere")
+            wait_for(lambda: sim.status(states=False)["running"] >= total, TIMEOUT, "the lost tasks running elsewhere")
             elsewhere_s = time.time() - killed_at
             for spy in spies:
                 spy.wait()

@@ -52,7 +52,7 @@ def one_run(nodes: int, period: str) -> dict[str, Any]:
         assert manager.process is not None
         cpu0 = cpu_seconds(manager.process.pid)
         sim = rig.start_sim(nodes, "--start-delay", "20ms")
-        joined_s = wait_for(lambda: sim.status()["connected"] >= nodes, TIMEOUT, "every session", 0.5)
+        joined_s = wait_for(lambda: sim.status(states=False)["connected"] >= nodes, TIMEOUT, "every session", 0.5)
         wait_for(lambda: sum(n.status == "ready" for n in listed().values()) == nodes, TIMEOUT, "every node ready", 0.5)
         join_cpu = cpu_seconds(manager.process.pid) - cpu0
 

@@ -123,9 +123,9 @@ class Cluster:
 
 
 class Sampler(threading.Thread):
-    """Peak RSS of each manager and the simulator's counts, every 0.5 s (2 s past 20,000 tasks:
-    each count walks every simulated task, a tenth of the simulator's time at S2's size), with
-    the times at which the simulator first held `placed` tasks and first ran `running` of them."""
+    """Peak RSS of each manager and the simulator's counts, every 0.5 s (2 s past 20,000 tasks),
+    with the times at which the simulator first held `placed` tasks and first ran `running` of
+    them. It asks for no tasks by state: those read every simulated task."""
 
     def __init__(self, managers: list[Any], sim: Any, target: int) -> None:
         super().__init__(daemon=True)
@@ -145,12 +145,12 @@ class Sampler(threading.Thread):
                     key = f"m{i + 1}"
                     rss = rss_kib(m.process.pid)["VmRSS"]
                     self.peak_rss_kib[key] = max(self.peak_rss_kib.get(key, 0), rss)
-            status = self.sim.status()
+            status = self.sim.status(states=False)
             now = time.time()
             self.last = status
-            if sum(status["tasks"].values()) > 0:  # sessions once the run has started
+            if status["task_count"] > 0:  # sessions once the run has started
                 self.min_connected = min(status["connected"], self.min_connected or status["connected"])
-            if self.placed_at is None and sum(status["tasks"].values()) >= self.target:
+            if self.placed_at is None and status["task_count"] >= self.target:
                 self.placed_at = now
             if self.running_at is None and status["running"] >= self.target:
                 self.running_at = now
@@ -344,7 +344,7 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
     from warren.api.v1 import types_pb2 as tpb
 
     leader = cluster.leader()
-    starts_before = sim.status()["starts"]
+    starts_before = sim.status(states=False)["starts"]
     count = max(1, nodes * KILL_PCT // 100)
     killed_at = time.monotonic()
     killed = set(sim.kill(count))
@@ -357,9 +357,14 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
         return all(by_name.get(h) == "down" for h in killed)
 
     marked_down_s = wait_for(all_down, 300, f"{count} killed nodes marked down", interval=0.5)
-    wait_for(lambda: sim.status()["running"] >= tasks, 600, "the killed nodes' tasks running elsewhere", interval=0.5)
+    wait_for(
+        lambda: sim.status(states=False)["running"] >= tasks,
+        600,
+        "the killed nodes' tasks running elsewhere",
+        interval=0.5,
+    )
     elsewhere_s = time.monotonic() - killed_at
-    moved = sim.status()["starts"] - starts_before
+    moved = sim.status(states=False)["starts"] - starts_before
 
     # The leader: SIGKILL, then the next acknowledged write.
     leader.kill(signal.SIGKILL)
@@ -382,7 +387,7 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
     def settled() -> bool:
         nonlocal new_leader
         new_leader = cluster.leader()
-        if new_leader is None or sim.status()["running"] < tasks:
+        if new_leader is None or sim.status(states=False)["running"] < tasks:
             return False
         ones, _, dups = _slot_counts(cluster, new_leader)
         return ones == tasks and dups == 0
@@ -491,7 +496,7 @@ def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_
     try:
         out["big_running_s"] = round(
             wait_for(
-                lambda: sim.status()["running"] >= tasks_now + big,
+                lambda: sim.status(states=False)["running"] >= tasks_now + big,
                 max(300, big / 10),
                 f"{big} more tasks",
                 interval=0.5,
@@ -534,7 +539,7 @@ def run_set(
             sim = SimProcess(managers[0], root, params["nodes"], "--overlay", "sim")
             t0 = time.monotonic()
             wait_for(
-                lambda: sim.status()["connected"] >= params["nodes"],
+                lambda: sim.status(states=False)["connected"] >= params["nodes"],
                 900,
                 f"{params['nodes']} sim sessions",
                 interval=0.5,

@@ -33,9 +33,10 @@ class SimProcess:
         assert self.process.poll() is None, f"the simulator exited:\n{self.log()}"
         return (self.data_dir / SOCKET_FILE).exists()
 
-    def status(self) -> dict[str, Any]:
+    def status(self, states: bool = True) -> dict[str, Any]:
+        """The simulator's status; its tasks by state only if `states` (that reads every task)."""
         assert self.process.poll() is None, f"the simulator exited:\n{self.log()}"
-        return control(self.data_dir, {"status": True})
+        return control(self.data_dir, {"status": True, "states": states})
 
     def kill(self, count: int) -> list[str]:
         """Kill `count` nodes; their hostnames."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 import time
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.agent_fakes import Recorder, make_task
 from tests.waiting import async_holds
@@ -395,3 +398,44 @@ def test_killed_nodes_all_vanish_before_any_winds_down(tmp_path: Path) -> None:
     killed = run(sim.kill(3))
     assert len(killed) == 3 and len(sim.live()) == 1
     assert [entry.split()[0] for entry in log] == ["gone"] * 3 + ["wound"] * 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["prepare", "start", "stop", "remove"]), st.integers(0, 4)), max_size=40))
+def test_the_running_count_is_kept_as_containers_change(ops: list[tuple[str, int]]) -> None:
+    """#15: `running()` is kept, not counted at each status; it always equals a count."""
+    rt = SimRuntime(fail_rate=0.3, draw=random.Random(7).random)
+    for op, k in ops:
+        rid = f"sim-t{k}"
+        try:
+            if op == "prepare":
+                rt.prepare(ContainerSpec(task_id=f"t{k}", image="busybox"))
+            elif op == "start":
+                rt.start(rid)
+            elif op == "stop":
+                rt.stop(rid, 0.0)
+            else:
+                rt.remove(rid)
+        except RuntimeFailure:
+            pass  # no such container, or a simulated failed start
+        assert rt.running() == sum(1 for c in rt.list() if c.state == ContainerState.RUNNING)
+
+
+def test_a_status_without_states_reads_no_task(tmp_path: Path) -> None:
+    """The scale bench polls the simulator every 2 s: without `states` a status reads no task."""
+    from types import SimpleNamespace
+
+    def every_task() -> dict[str, int]:
+        raise AssertionError("every task read")
+
+    sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=1))
+    runtime = SimRuntime()
+    runtime.prepare(ContainerSpec(task_id="t1", image="busybox"))
+    runtime.start("sim-t1")
+    worker = SimpleNamespace(controllers={"t1": None, "t2": None}, counts_by_state=every_task)
+    node = SimpleNamespace(killed=False, connected=True, hostname="sim-0000", worker=worker, runtime=runtime)
+    sim.nodes.append(node)  # type: ignore[arg-type]
+    status = sim.status(states=False)
+    assert "tasks" not in status and (status["task_count"], status["running"], status["starts"]) == (2, 1, 1)
+    with pytest.raises(AssertionError, match="every task read"):
+        sim.status()
