@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import tempfile
 import tracemalloc
 from dataclasses import dataclass, field
@@ -515,6 +516,8 @@ def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_task
             await rig.settled([agent])
             log = rig.dispatcher._endpoints
             read["routings"], rebuilds, at = 0, log.rebuilds, log.current().at
+            # One record per task, never walked by a garbage collection (ADR 55).
+            assert len(log._counted) == 300 and not any(map(gc.is_tracked, log._counted.values()))
             rig.commit([Put("task", _task(1, 0, "starting", 0))])  # a member, not yet a backend
             await rig.settled([agent])
             assert log.current().at > at and read["routings"] == 0

@@ -50,25 +50,31 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 0.0)
         monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 0.0)
         many = [Tracked() for _ in range(50_000)]  # the kind the collector walks most
-        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
+        with caplog.at_level("DEBUG", logger="warren.gcpolicy"):
             gc.collect()
         assert "a garbage collection of generation 2 took" in caplog.text
         assert "the most numerous it walks: Tracked 50,0" in caplog.text, caplog.text
         del many
         caplog.clear()
         pairs = [[i, "x"] for i in range(60_000)]  # what they hold is named, from a few of them
-        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
+        with caplog.at_level("DEBUG", logger="warren.gcpolicy"):
             gc.collect()
         assert "(a few lists: " in caplog.text and "2 of int, str" in caplog.text, caplog.text
         del pairs
         caplog.clear()
         monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 600.0)  # described just now: not again so soon
-        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
+        with caplog.at_level("DEBUG", logger="warren.gcpolicy"):
             gc.collect()
         assert "described at most every 600s" in caplog.text and "a few" not in caplog.text, caplog.text
         caplog.clear()
+        caplog.clear()
+        monkeypatch.setattr(gcpolicy, "DESCRIBE_EVERY", 0.0)
+        with caplog.at_level("WARNING", logger="warren.gcpolicy"):  # the default: not described
+            gc.collect()
+        assert "at debug level, what it walks is described" in caplog.text and "Tracked" not in caplog.text
+        caplog.clear()
         monkeypatch.setattr(gcpolicy, "SLOW_COLLECTION", 60.0)
-        with caplog.at_level("WARNING", logger="warren.gcpolicy"):
+        with caplog.at_level("DEBUG", logger="warren.gcpolicy"):
             gc.collect()
         assert "garbage collection" not in caplog.text
     finally:
