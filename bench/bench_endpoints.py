@@ -321,8 +321,8 @@ async def _creating_scenario(
     every session a message (services added to the endpoints; some also get tasks and their
     specs), so the leader's CPU per message is its CPU per commit / sessions."""
     from tests.unit.test_dispatcher_nodes import Cluster
+    from warren import gcpolicy
     from warren.api.v1 import dispatcher_pb2 as dpb
-    from warren.manager import gcpolicy
     from warren.state import Put
 
     gcpolicy.settle()  # as a serving manager collects (ADR 67)

@@ -277,11 +277,11 @@ def _walk_every_change(node_id: str, known: dict[str, Task], changes: list) -> t
             task = change.obj
             if task.node_id == node_id and (not task.state.terminal or task.desired_state == TaskState.RUNNING):
                 sent = known.get(task.id)
-                known[task.id] = task
                 removed.pop(task.id, None)
                 echo = sent is not None and task.state > TaskState.ASSIGNED and same_but_status(sent, task)
                 if task.id in updated or not echo:
                     updated[task.id] = None
+                    known[task.id] = task  # the version sent
             elif task.id in known:
                 del known[task.id]
                 updated.pop(task.id, None)

@@ -8,10 +8,12 @@ the leader recomputes only the services a commit touched."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import gc
 import tempfile
 import tracemalloc
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,7 @@ from warren.model import (
 )
 from warren.network.lb import Endpoint
 from warren.pki import Identity
-from warren.state import Change, Delete, Put
+from warren.state import Change, ClusterState, Delete, Put
 
 SERVICES = 3
 TASKS = 3  # per service
@@ -730,3 +732,76 @@ def test_a_patch_onto_lists_it_was_not_made_for_resynchronises() -> None:
     ):
         with pytest.raises(VersionGap, match="patch"):
             holding_web().apply(delta(patch))
+
+
+class _LiveState:
+    """A store whose state has applied commits its hub has not delivered yet, as the leader's
+    does between an apply on the Raft thread and the event loop's turn."""
+
+    def __init__(self) -> None:
+        self.state = ClusterState()
+        self.applied_index = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[ClusterState]:
+        yield self.state
+
+
+def _entries(state: ClusterState) -> dict[str, tuple]:
+    computed = (endpointlog.computed(state, s) for s in state.services.values() if s.vip)
+    return {c.name: (c.backends, c.members, c.head) for c in computed}
+
+
+@settings(max_examples=60, deadline=None)
+@example(  # a canary ends (plain again) in the commit that takes a task's address, not yet
+    # delivered when the commit before it, which touched the service, is taken in
+    commits=[
+        (
+            [
+                ("service", 1, True, 0, False, "canary"),
+                ("task", 1, 0, "running", 0, 1),
+                ("task", 1, 1, "running", 1, 2),
+            ],
+            1,
+        ),
+        ([("task", 1, 2, "running", 0, 1)], 0),
+        ([("service", 1, True, 0, False, ""), ("task", 1, 0, "no address", 0, 1)], 1),
+    ]
+)
+@given(
+    commits=st.lists(
+        st.tuples(st.lists(ops.filter(lambda op: op[0] != "network"), min_size=1, max_size=3), st.integers(0, 3)),
+        max_size=25,
+    )
+)
+def test_each_service_is_held_as_it_was_at_one_committed_index(commits: list) -> None:
+    """The live state may be commits ahead of the events delivered (ADR 75): every service's
+    entry the log holds is that service's entry at one index from the last delivered to the
+    last applied, never a mix of two (its tasks' addresses of one, its strategy of another)."""
+
+    async def scenario() -> None:
+        store = _LiveState()
+        hub = EventHub(asyncio.get_running_loop())
+        log = endpointlog.EndpointLog(store, hub)  # type: ignore[arg-type]
+        log.open()
+        history = {0: _entries(store.state)}
+        undelivered: list = []
+        delivered = 0
+        for changes, deliver in commits:
+            batch = [_change(op) for op in changes]
+            store.state.apply(batch)
+            store.applied_index += 1
+            history[store.applied_index] = _entries(store.state)
+            undelivered.append((store.applied_index, batch))
+            for event in undelivered[:deliver]:
+                hub._deliver(event)
+                delivered = event[0]
+            del undelivered[:deliver]
+            log.current()
+            held = {n: (c.backends, c.members, c.head) for n, c in log._by_name.items()}
+            span = range(delivered, store.applied_index + 1)
+            for name in set(held).union(*(history[i] for i in span)):
+                assert any(held.get(name) == history[i].get(name) for i in span), (name, delivered, store.applied_index)
+        log.close()
+
+    asyncio.run(scenario())

@@ -139,7 +139,8 @@ class AssignmentSet:
     mesh_version: int = 0
     _arrived: set[SpecKey] = field(default_factory=set, init=False, repr=False)  # specs of this message
     # How the session reads a message for this set from its bytes.
-    decode: ClassVar[Any] = dpb.AssignmentsMessage.FromString
+    # (A static method: with the pure-Python protobuf, FromString is a plain function.)
+    decode: ClassVar[Any] = staticmethod(dpb.AssignmentsMessage.FromString)
 
     def reset(self) -> None:
         """A new session starts a new version chain and a new set of specs; the tasks are kept

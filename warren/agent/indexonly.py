@@ -33,8 +33,11 @@ def without_fields(full: type[message.Message], names: tuple[str, ...], name: st
     built from the descriptor of `full`, so it follows every field added to it."""
     described = full.DESCRIPTOR
     package = described.file.package
+    # Its fields name types of the full message's file and of that file's own imports: both are
+    # declared, as the pure-Python protobuf checks (upb does not).
+    dependencies = [described.file.name, *(d.name for d in described.file.dependencies)]
     file = descriptor_pb2.FileDescriptorProto(
-        name=f"warren/agent/indexonly/{name}.proto", package=package, dependency=[described.file.name], syntax="proto3"
+        name=f"warren/agent/indexonly/{name}.proto", package=package, dependency=dependencies, syntax="proto3"
     )
     proto = file.message_type.add()
     described.CopyToProto(proto)
@@ -57,7 +60,7 @@ class IndexOnlyAssignmentSet(AssignmentSet):
     so the session's `on_services` still hears the new index. Its messages are read without
     their entries (`IndexOnlyMessage`)."""
 
-    decode: ClassVar[Any] = IndexOnlyMessage.FromString
+    decode: ClassVar[Any] = staticmethod(IndexOnlyMessage.FromString)
 
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
         if not (msg.services_delta or msg.services_changed):

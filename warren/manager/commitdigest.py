@@ -51,7 +51,7 @@ class CommitDigest:
         """In commit order, every change of a task that this commit puts on `node_id` or that
         the node's session holds (`known`): the only task changes that can concern it. A task
         leaves `known` only through one of these, and joins it only by being put on the node."""
-        ids = self._ids.intersection(known)
+        ids = set(known & self._ids)  # walks the commit's ids, not every task the node holds
         ids.update(task.id for task in self._on_node.get(node_id, ()))
         if not ids:
             return []

@@ -431,11 +431,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         # Each commit indexed once for every session: walking all its changes in
                         # each session was O(changes x sessions) per commit (#15).
                         digests = [self._digests.of(index, changes) for index, changes in batches]
-                        ours = (task for digest in digests for task in digest.tasks_on(node.id))
-                        logins = pull_logins(state, ours, self._vault)
                     spec_list = []
                     updated, removed = self._diff(node.id, known, digests, specs, spec_list)
                     specs.prune()
+                    logins = []
+                    if updated:  # a task not sent again for its own status holds its login already (ADR 76)
+                        sent = {task.id for task in updated}
+                        with self._store.read() as state:
+                            ours = (t for digest in digests for t in digest.tasks_on(node.id) if t.id in sent)
+                            logins = pull_logins(state, ours, self._vault)
                     # Managers joined or left (the agent fails over to them), or the mesh changed.
                     new_managers: list[str] | None = None
                     new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
@@ -547,12 +551,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 task = change.obj
                 if task.node_id == node_id and _visible(task):
                     sent = known.get(task.id)
-                    known[task.id] = task
                     removed.pop(task.id, None)
                     if sent is not None and task.id not in updated and _echo(sent, task):
-                        continue
+                        continue  # `known` keeps the version sent: the managers' fields the agent holds
                     with self._store.read() as state:  # the values of its secrets, if sent with its spec
                         updated[task.id] = specs.task(task, spec_list, state)
+                        held = state.tasks.get(task.id)
+                    # The state's copy when it has the same managers' fields: it shares its spec
+                    # with the state (ADR 55), where the commit's own copy would hold another.
+                    known[task.id] = held if held is not None and same_but_status(held, task) else task
                 elif task.id in known:
                     del known[task.id]
                     specs.remove(task.id)

@@ -183,6 +183,10 @@ class EndpointLog:
         self._by_name: dict[str, Computed] = {}  # what agents hold, by service name
         self._counted: dict[str, _Held] = {}  # task id -> what it gives, of tasks that `_counts`
         self._addresses: dict[str, _Addresses] = {}  # service id -> what its counted tasks give
+        # Each service as of the changes taken in: a service whose strategy routes every task
+        # alike is computed from these and the counts alone, all of one index (the live state may
+        # be a commit ahead of the changes drained).
+        self._services: dict[str, Service] = {}
         self._backend_refs: dict[str, int] = {}  # backend address -> held entries naming it
         self._named_changed: set[str] = set()  # addresses named or unnamed since the last version
         self._history = BackendHistory()  # every version's backends, as intervals (ADR 72)
@@ -310,7 +314,13 @@ class EndpointLog:
                 else:
                     self._hold(change.id, None, dirty)
             elif kind == "service":
-                dirty.add(change.obj.id if isinstance(change, Put) else change.id)
+                if isinstance(change, Put):
+                    assert isinstance(change.obj, Service)
+                    self._services[change.obj.id] = change.obj
+                    dirty.add(change.obj.id)
+                else:
+                    self._services.pop(change.id, None)
+                    dirty.add(change.id)
             elif kind == "network":
                 return True
         return False
@@ -321,7 +331,10 @@ class EndpointLog:
         if old == new:
             return
         if old is not None:
-            self._addresses[old.service_id].remove(old)
+            before = self._addresses[old.service_id]
+            before.remove(old)
+            if not before.members:  # its last counted task (a removed service's, say)
+                del self._addresses[old.service_id]
             dirty.add(old.service_id)
         if new is None:
             del self._counted[task_id]
@@ -333,14 +346,17 @@ class EndpointLog:
         addresses.add(new)
         dirty.add(new.service_id)
 
-    def _computed(self, state: ClusterState, service: Service | None) -> Computed | None:
-        """A service's endpoint now: from the addresses kept if its strategy routes every task
-        alike (no task is read: at S2's size each commit touched services of 1,000 tasks), from
-        its tasks in the state otherwise (`computed`); None without a VIP."""
+    def _computed(self, state: ClusterState, service_id: str) -> Computed | None:
+        """A service's endpoint now: from the service and the addresses as of the changes taken
+        in if its strategy routes every task alike (no task is read: at S2's size each commit
+        touched services of 1,000 tasks), from the service and its tasks in the live state
+        otherwise (`computed`); None without a VIP."""
+        service = self._services.get(service_id)
+        if service is not None and not strategy.routes_every_task(service):
+            live = state.services.get(service_id)
+            return computed(state, live) if live is not None and live.vip else None
         if service is None or not service.vip:
             return None
-        if not strategy.routes_every_task(service):
-            return computed(state, service)
         held = self._addresses.get(service.id)
         if held is None:
             return Computed(_head(state, service), frozenset(), frozenset())
@@ -352,7 +368,7 @@ class EndpointLog:
         changed: set[str] = set()
         patches: dict[str, Patch] = {}
         for service_id in service_ids:
-            new = self._computed(state, state.services.get(service_id))
+            new = self._computed(state, service_id)
             old = self._by_id.get(service_id)
             if new.same(old) if new is not None else old is None:
                 continue
@@ -399,10 +415,11 @@ class EndpointLog:
         self._counted, self._addresses = {}, {}
         with self._store.read() as state:
             index = self._store.applied_index
+            self._services = dict(state.services)
             unused: set[str] = set()
             for task in state.tasks.values():
                 self._hold(task.id, _held(task), unused)
-            by_id = {s.id: c for s in state.services.values() if (c := self._computed(state, s)) is not None}
+            by_id = {sid: c for sid in self._services if (c := self._computed(state, sid)) is not None}
         by_name = {c.name: c for c in by_id.values()}
         old = self._by_name
         changed = {n for n, c in by_name.items() if not c.same(old.get(n))} | {n for n in old if n not in by_name}
