@@ -453,20 +453,26 @@ def test_a_join_sends_an_agent_that_takes_deltas_one_mesh_entry(tmp_path: Path) 
     _run(scenario())
 
 
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> dict[str, int]:
+    """Count the calls of `owner.name` from now on, in the returned {"calls": n}."""
+    counted = {"calls": 0}
+    real = getattr(owner, name)
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        counted["calls"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return counted
+
+
 def test_a_delta_carries_only_the_changed_services_and_the_leader_recomputes_only_those(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With 50 services, one task becoming a backend is one entry on the wire to an agent that
     takes deltas, all 50 to an agent that does not announce them (an older one), and one
     service's endpoint computed on the leader (50 before, per change)."""
-    built = {"calls": 0}
-    real = convert.endpoint_to_pb
-
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        built["calls"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(convert, "endpoint_to_pb", counting)
+    built = _count_calls(monkeypatch, convert, "endpoint_to_pb")
 
     async def scenario() -> None:
         rig = Rig(tmp_path)
@@ -500,14 +506,7 @@ def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_task
     """ADR 75: a service whose strategy routes every task alike is recomputed from what its
     changed tasks give it, not from its 300 tasks; a change that gives it nothing new (a task
     starting, then running unready) makes no version; a canary's is read from its tasks."""
-    read = {"routings": 0}
-    real = strategy.routing
-
-    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
-        read["routings"] += 1
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(strategy, "routing", counting)
+    read = _count_calls(monkeypatch, strategy, "routing")
 
     async def scenario() -> None:
         rig = Rig(tmp_path)
@@ -517,12 +516,12 @@ def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_task
             agent = rig.open(1, Agent(deltas=True))
             await rig.settled([agent])
             log = rig.dispatcher._endpoints
-            read["routings"], rebuilds, at = 0, log.rebuilds, log.current().at
+            read["calls"], rebuilds, at = 0, log.rebuilds, log.current().at
             # One record per task, never walked by a garbage collection (ADR 55).
             assert len(log._counted) == 300 and not any(map(gc.is_tracked, log._counted.values()))
             rig.commit([Put("task", _task(1, 0, "starting", 0))])  # a member, not yet a backend
             await rig.settled([agent])
-            assert log.current().at > at and read["routings"] == 0
+            assert log.current().at > at and read["calls"] == 0
             at = log.current().at
             rig.commit([Put("task", _task(1, 0, "unhealthy", 0))])  # running, but not ready
             rig.commit([Put("task", _task(0, 7, "running", 0))])  # as it was
@@ -530,12 +529,12 @@ def test_a_plain_service_is_recomputed_from_the_changes_without_reading_its_task
             assert log.current().at == at, "a version that changed nothing"
             rig.commit([Put("task", _task(0, 7, "draining", 0))])
             await rig.settled([agent])
-            assert log.current().at > at and read["routings"] == 0 and log.rebuilds == rebuilds
+            assert log.current().at > at and read["calls"] == 0 and log.rebuilds == rebuilds
             assert agent.services == rig.truth()
-            read["routings"] = 0
+            read["calls"] = 0
             rig.commit([Put("service", _service(0, rollout="canary")), Put("task", _task(0, 8, "running", 0, 2))])
             await rig.settled([agent])
-            assert read["routings"] == 1  # the canary's service: its tasks read
+            assert read["calls"] == 1  # the canary's service: its tasks read
             assert agent.services == rig.truth()
         finally:
             await rig.close()
