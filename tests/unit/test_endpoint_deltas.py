@@ -28,7 +28,7 @@ from warren import strategy
 from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap, _endpoint
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager import changelog, endpointlog
+from warren.manager import changelog, endpointlog, endpoints
 from warren.manager.dispatcher import DispatcherService, Heartbeats
 from warren.manager.dispatchwire import encode_endpoint_delta
 from warren.manager.events import EventHub
@@ -128,7 +128,7 @@ class Rig:
     def truth(self) -> tuple[Endpoint, ...]:
         """The whole list computed afresh from the state, as the agent converts it."""
         with self.store.read() as state:
-            return tuple(_endpoint(e) for e in endpointlog.all_endpoints(state))
+            return tuple(_endpoint(e) for e in endpoints.all_endpoints(state))
 
     async def settled(self, agents: list[Agent]) -> None:
         """Until each reading agent holds the leader's current version (every commit delivered)."""
@@ -747,7 +747,7 @@ class _LiveState:
 
 
 def _entries(state: ClusterState) -> dict[str, tuple]:
-    computed = (endpointlog.computed(state, s) for s in state.services.values() if s.vip)
+    computed = (endpoints.computed(state, s) for s in state.services.values() if s.vip)
     return {c.name: (c.backends, c.members, c.head) for c in computed}
 
 

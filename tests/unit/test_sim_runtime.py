@@ -208,6 +208,7 @@ def test_simulated_wireguard_keys_are_valid_and_stable() -> None:
         (b'{"kill": "3"}\n', "positive count"),
         (b'{"kill": true}\n', "positive count"),
         (b'{"reboot": 1}\n', "unknown command"),
+        (b'{"status": true, "states": "no"}\n', "states takes true or false"),
         (b"not json\n", "Expecting value"),
     ],
 )

@@ -251,7 +251,7 @@ class Worker:
         return ctl.local.runtime_id or None
 
     def counts_by_state(self) -> dict[str, int]:
-        # Counted by state, labelled once per state: a label per task was 10x slower, and a
-        # simulator of 100,000 tasks is counted every few seconds (#15).
+        # Counted by state, labelled once per state: a label per task was 10x slower, and
+        # `sim --status` counts a simulator's 100,000 tasks this way (#15).
         counts = Counter([ctl.local.state for ctl in self.controllers.values()])
         return {state.label: count for state, count in counts.items()}

@@ -34,7 +34,8 @@ from warren.ids import new_id
 from warren.manager.backendhistory import BackendHistory, BackendsAt
 from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
-from warren.manager.endpointlog import EndpointLog, all_endpoints
+from warren.manager.endpointlog import EndpointLog
+from warren.manager.endpoints import all_endpoints
 from warren.manager.events import EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.hearing import StallClock

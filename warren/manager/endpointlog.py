@@ -17,144 +17,20 @@ read from the live state; the next version then relabels nothing, because nothin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
-from typing import Any, NamedTuple
-
-import msgspec
+from typing import NamedTuple
 
 from warren import strategy
-from warren.api import convert
-from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.commands.networks import network_names
 from warren.manager import changelog
 from warren.manager.backendhistory import BackendHistory
 from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoints
+from warren.manager.endpoints import Addresses, Computed, Held, Patch, composed, computed, head, held
 from warren.manager.events import Event, EventHub
 from warren.manager.ports import StateReader
-from warren.model import Service, Task, is_routed
+from warren.model import Service, Task
 from warren.state import Change, ClusterState, Put
-
-
-class Computed:
-    """A service's endpoint: every field but its backends and members (`head`), and those as
-    sets (for patches and counts, without reading 1,000 addresses back from a message). The whole
-    message is made once, when a session first needs it: most versions travel as patches."""
-
-    __slots__ = ("_entry", "backends", "head", "members")
-
-    def __init__(self, head: dpb.ServiceEndpoint, backends: frozenset[str], members: frozenset[str]) -> None:
-        self.head = head
-        self.backends = backends
-        self.members = members
-        self._entry: dpb.ServiceEndpoint | None = None
-
-    @property
-    def name(self) -> str:
-        return self.head.name
-
-    def entry(self) -> dpb.ServiceEndpoint:
-        """The whole message, as `convert.endpoint_to_pb` makes it."""
-        if self._entry is None:
-            entry = dpb.ServiceEndpoint()
-            entry.CopyFrom(self.head)
-            entry.backends.extend(sorted(self.backends))
-            entry.members.extend(sorted(self.members))
-            self._entry = entry
-        return self._entry
-
-    def same(self, other: Computed | None) -> bool:
-        return (
-            other is not None
-            and self.backends == other.backends
-            and self.members == other.members
-            and self.head == other.head
-        )
-
-
-def _head(
-    state: ClusterState, service: Service, canary: Iterable[str] = (), canary_weight: int = 0
-) -> dpb.ServiceEndpoint:
-    # Networks (#14, ADR 47): every node isolates by them, so every live task is a member.
-    names = network_names(service.spec)
-    found = [state.network_by_name(name) for name in names]
-    internal = all(n is not None and n.internal for n in found)
-    return convert.endpoint_to_pb(service, (), canary, canary_weight, names, (), internal)
-
-
-def computed(state: ClusterState, service: Service) -> Computed:
-    """A service's VIP and the addresses of its tasks that may take connections: ready
-    (healthy, with a health check) and not draining before a stop (ADR 33), chosen and weighted
-    by the service's deployment strategy (ADR 35); and every live task's address."""
-    tasks = [state.tasks[t] for t in state.tasks_by_service.get(service.id, ())]
-    routing = strategy.routing(service, tasks)
-    members = frozenset(t.overlay_address for t in tasks if _counts(t))
-    head = _head(state, service, routing.canary, routing.canary_weight)
-    return Computed(head, frozenset(routing.backends), members)
-
-
-def endpoint(state: ClusterState, service: Service) -> dpb.ServiceEndpoint:
-    """A service's endpoint as agents get it (`computed`)."""
-    return computed(state, service).entry()
-
-
-def all_endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
-    """Every service with a VIP, sorted by name: the whole list an agent holds."""
-    services = sorted((s for s in state.services.values() if s.vip), key=lambda s: s.spec.name)
-    return [endpoint(state, s) for s in services]
-
-
-def _counts(task: Task) -> bool:
-    """Whether the task can be in its service's endpoint (a member or a backend): it has an
-    overlay address and has not ended. Tasks that cannot are skipped when they change."""
-    return bool(task.overlay_address) and not task.state.terminal
-
-
-class _Held(msgspec.Struct, frozen=True, gc=False):
-    """What one task that `_counts` gives its service's endpoint (its spec version too: under a
-    canary or blue/green, which set a task is in depends on it). Untracked by the collector, as
-    tasks are (ADR 55): a full collection at S2's size walked 86,240 of them as tuples."""
-
-    service_id: str
-    address: str
-    routed: bool
-    spec_version: int
-
-
-def _held(task: Task) -> _Held | None:
-    return _Held(task.service_id, task.overlay_address, is_routed(task), task.spec_version) if _counts(task) else None
-
-
-class _Addresses:
-    """The addresses a service's tasks give its endpoint, kept from the task changes (ADR 75):
-    every live task's (members) and the routed ones' (the backends of a service whose strategy
-    `routes_every_task`). Counted, so that two tasks holding one address for a while (one ending,
-    one starting in the same commit) never drop it early."""
-
-    __slots__ = ("members", "routed")
-
-    def __init__(self) -> None:
-        self.members: dict[str, int] = {}
-        self.routed: dict[str, int] = {}
-
-    def add(self, held: _Held) -> None:
-        self.members[held.address] = self.members.get(held.address, 0) + 1
-        if held.routed:
-            self.routed[held.address] = self.routed.get(held.address, 0) + 1
-
-    def remove(self, held: _Held) -> None:
-        _uncount(self.members, held.address)
-        if held.routed:
-            _uncount(self.routed, held.address)
-
-
-def _uncount(counts: dict[str, int], address: str) -> None:
-    left = counts[address] - 1
-    if left:
-        counts[address] = left
-    else:
-        del counts[address]
 
 
 class EndpointView(NamedTuple):
@@ -181,8 +57,8 @@ class EndpointLog:
         self._through = -1  # every change up to this index is reflected; -1: recompute all
         self._by_id: dict[str, Computed] = {}  # service id -> its endpoint
         self._by_name: dict[str, Computed] = {}  # what agents hold, by service name
-        self._counted: dict[str, _Held] = {}  # task id -> what it gives, of tasks that `_counts`
-        self._addresses: dict[str, _Addresses] = {}  # service id -> what its counted tasks give
+        self._counted: dict[str, Held] = {}  # task id -> what it gives, of tasks that `counts`
+        self._addresses: dict[str, Addresses] = {}  # service id -> what its counted tasks give
         # Each service as of the changes taken in: a service whose strategy routes every task
         # alike is computed from these and the counts alone, all of one index (the live state may
         # be a commit ahead of the changes drained).
@@ -250,7 +126,7 @@ class EndpointLog:
             for name in sorted(names):
                 current = self._by_name.get(name)
                 if current is not None:
-                    patch = _composed(name, steps) if patches else None
+                    patch = composed(name, steps) if patches else None
                     entries.append(current.entry() if patch is None else patch.entry(current))
             removed = sorted(n for n in names if n not in self._by_name)
             encoded = encode_endpoint_delta(entries, removed, base, self._view.at)
@@ -310,7 +186,7 @@ class EndpointLog:
                 if isinstance(change, Put):
                     task = change.obj
                     assert isinstance(task, Task)
-                    self._hold(task.id, _held(task), dirty)
+                    self._hold(task.id, held(task), dirty)
                 else:
                     self._hold(change.id, None, dirty)
             elif kind == "service":
@@ -325,7 +201,7 @@ class EndpointLog:
                 return True
         return False
 
-    def _hold(self, task_id: str, new: _Held | None, dirty: set[str]) -> None:
+    def _hold(self, task_id: str, new: Held | None, dirty: set[str]) -> None:
         """Take in what a task now gives its service's endpoint (None: nothing)."""
         old = self._counted.get(task_id)
         if old == new:
@@ -342,7 +218,7 @@ class EndpointLog:
         self._counted[task_id] = new
         addresses = self._addresses.get(new.service_id)
         if addresses is None:
-            addresses = self._addresses[new.service_id] = _Addresses()
+            addresses = self._addresses[new.service_id] = Addresses()
         addresses.add(new)
         dirty.add(new.service_id)
 
@@ -357,10 +233,10 @@ class EndpointLog:
             return computed(state, live) if live is not None and live.vip else None
         if service is None or not service.vip:
             return None
-        held = self._addresses.get(service.id)
-        if held is None:
-            return Computed(_head(state, service), frozenset(), frozenset())
-        return Computed(_head(state, service), frozenset(held.routed), frozenset(held.members))
+        given = self._addresses.get(service.id)
+        if given is None:
+            return Computed(head(state, service), frozenset(), frozenset())
+        return Computed(head(state, service), frozenset(given.routed), frozenset(given.members))
 
     def _recompute(self, state: ClusterState, service_ids: set[str]) -> tuple[set[str], dict[str, Patch]]:
         """Recompute the endpoints of `service_ids`: the names whose entry changed, and how, for
@@ -418,7 +294,7 @@ class EndpointLog:
             self._services = dict(state.services)
             unused: set[str] = set()
             for task in state.tasks.values():
-                self._hold(task.id, _held(task), unused)
+                self._hold(task.id, held(task), unused)
             by_id = {sid: c for sid in self._services if (c := self._computed(state, sid)) is not None}
         by_name = {c.name: c for c in by_id.values()}
         old = self._by_name
@@ -441,76 +317,3 @@ class EndpointLog:
         self._view = EndpointView(at, backends)
         self._whole = None
         self._deltas = {}
-
-
-class Patch(NamedTuple):
-    """How one version changed a service's backends and members, which at S2's size are 1,000
-    addresses each: a patch carries only these (ADR 65). Every other field travels whole."""
-
-    backends_added: frozenset[str]
-    backends_removed: frozenset[str]
-    members_added: frozenset[str]
-    members_removed: frozenset[str]
-
-    @classmethod
-    def between(cls, old: Computed | None, new: Computed | None) -> Patch:
-        """From `old` to `new`; a missing one holds no address."""
-        old_backends, old_members = (old.backends, old.members) if old is not None else _NOTHING
-        new_backends, new_members = (new.backends, new.members) if new is not None else _NOTHING
-        return cls(
-            new_backends - old_backends,
-            old_backends - new_backends,
-            new_members - old_members,
-            old_members - new_members,
-        )
-
-    def size(self) -> int:
-        return sum(map(len, self))
-
-    def entry(self, current: Computed) -> dpb.ServiceEndpoint:
-        """`current` as a patch, or whole if the patch would not be smaller."""
-        if self.size() >= len(current.backends) + len(current.members):
-            return current.entry()
-        patched = dpb.ServiceEndpoint()
-        patched.CopyFrom(current.head)
-        patched.patch = True
-        patched.backends_added.extend(sorted(self.backends_added))
-        patched.backends_removed.extend(sorted(self.backends_removed))
-        patched.members_added.extend(sorted(self.members_added))
-        patched.members_removed.extend(sorted(self.members_removed))
-        return patched
-
-
-_NOTHING: tuple[frozenset[str], frozenset[str]] = (frozenset(), frozenset())
-
-
-def _composed(name: str, steps: list[tuple[frozenset[str], Mapping[str, Any]]]) -> Patch | None:
-    """The net patch of `name` over `steps` (versions in order); None if one of them changed it
-    otherwise than in place (created, renamed, recomputed whole): it then travels whole."""
-    backends: tuple[set[str], set[str]] = (set(), set())
-    members: tuple[set[str], set[str]] = (set(), set())
-    for keys, details in steps:
-        if name not in keys:
-            continue
-        patch = details.get(name)
-        if patch is None:
-            return None
-        _fold(backends, patch.backends_added, patch.backends_removed)
-        _fold(members, patch.members_added, patch.members_removed)
-    return Patch(frozenset(backends[0]), frozenset(backends[1]), frozenset(members[0]), frozenset(members[1]))
-
-
-def _fold(net: tuple[set[str], set[str]], added: frozenset[str], removed: frozenset[str]) -> None:
-    """Fold one step into the net (added, removed) from the base: an address the step adds back
-    was removed since the base, one it removes was added since (each step's own sets are exact)."""
-    net_added, net_removed = net
-    for address in added:
-        if address in net_removed:
-            net_removed.discard(address)
-        else:
-            net_added.add(address)
-    for address in removed:
-        if address in net_added:
-            net_added.discard(address)
-        else:
-            net_removed.add(address)

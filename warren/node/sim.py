@@ -388,7 +388,10 @@ class Simulator:
             killed = await self.kill(count)
             return {"killed": [{"hostname": n.hostname, "node_id": n.node_id} for n in killed]}
         if request.get("status"):
-            return self.status(states=request.get("states", True) is not False)
+            states = request.get("states", True)
+            if not isinstance(states, bool):
+                raise ValueError("states takes true or false")
+            return self.status(states=states)
         raise ValueError("unknown command: use kill or status")
 
 
