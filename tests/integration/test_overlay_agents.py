@@ -185,14 +185,20 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             return re.search(rf"(?<![\d.]){re.escape(address)}(?![\d.])", table.stdout) is not None
 
         def httpd_pids(task_id: str) -> list[int]:
-            """The httpd processes in a task's namespace (one of the namespaces this test's cluster made)."""
+            """The serving httpd processes in a task's namespace (one this test's cluster made).
+
+            busybox httpd forks a child per connection (a health check, a fetch), with the same
+            command line: a child of another httpd is a connection, not a server.
+            """
             listed = subprocess.run(["ip", "netns", "pids", f"wt-{task_id}"], capture_output=True, text=True)
-            pids = []
+            parents: dict[int, int] = {}
             for pid in listed.stdout.split():
                 with contextlib.suppress(OSError):  # a short-lived process that is already gone
                     if b"httpd" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-                        pids.append(int(pid))
-            return pids
+                        # /proc/PID/stat: "pid (comm) state ppid ...", comm may hold spaces
+                        stat = Path(f"/proc/{pid}/stat").read_text()
+                        parents[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
+            return sorted(pid for pid, parent in parents.items() if parent not in parents)
 
         node_of = {n["id"]: n["addr"] for n in workers()}
         host_of = {t["id"]: next(h for h in hosts if h.ip == node_of[t["node_id"]]) for t in tasks}
@@ -304,11 +310,16 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
         assert result["error"] == "" and result["round_trips"] >= pinged_for * 5, result
 
         # A wireguard-go that dies is restarted by its agent and configured again.
+        def argv_of(pid: str) -> list[bytes]:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # a short-lived process of the host (a ping) that is already gone
+                return []
+
         wg_pid = next(
             int(pid)
             for pid in subprocess.run(["ip", "netns", "pids", h3.netns], capture_output=True, text=True).stdout.split()
-            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:3]
-            == [b"wireguard-go", b"-f", lab.ifname(h3).encode()]
+            if argv_of(pid)[:3] == [b"wireguard-go", b"-f", lab.ifname(h3).encode()]
         )
         os.kill(wg_pid, 9)
         wait_for(lambda: not h1.ping(overlay["h3"]), timeout=10, message="h3's tunnel to go down")
