@@ -65,6 +65,7 @@ class Agent:
     deltas: bool
     assignments: AssignmentSet = field(default_factory=AssignmentSet)
     patches: bool = False  # takes patches of a service's backends and members too
+    runs: bool = False  # and applies a delta's entries in order (ADR 78)
     services: tuple[Endpoint, ...] = ()
     seen: dict[int, tuple[Endpoint, ...]] = field(default_factory=dict)  # services_index -> set held
     mesh: tuple[MeshMember, ...] = ()
@@ -103,6 +104,7 @@ class Rig:
                 specs_by_reference=True,
                 endpoint_deltas=agent.deltas,
                 endpoint_patches=agent.patches,
+                endpoint_runs=agent.runs,
                 mesh_deltas=agent.deltas,
             )
             agent.assignments.reset()
@@ -305,11 +307,14 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
             lagging = Agent(deltas=True, assignments=AssignmentSet())
             patched = Agent(deltas=True, patches=True, assignments=AssignmentSet())
             patched_lagging = Agent(deltas=True, patches=True)
-            agents = [rig.open(i + 1, a) for i, a in enumerate((whole, steady, lagging, patched, patched_lagging))]
+            runs = Agent(deltas=True, patches=True, runs=True)
+            runs_lagging = Agent(deltas=True, patches=True, runs=True)
+            every = (whole, steady, lagging, patched, patched_lagging, runs, runs_lagging)
+            agents = [rig.open(i + 1, a) for i, a in enumerate(every)]
             await rig.settled(agents)
             versions = []  # each version's view with its backends then: still right later (ADR 72)
             for changes, lag, wait in history:
-                for slow in (lagging, patched_lagging):
+                for slow in (lagging, patched_lagging, runs_lagging):
                     if lag:
                         slow.gate.clear()
                     else:
@@ -323,8 +328,8 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
                     backends = rig.dispatcher._endpoints.current().backends
                     assert backends == {b for e in truth for b in e.backends}
                     versions.append((backends, frozenset(backends)))
-            lagging.gate.set()
-            patched_lagging.gate.set()
+            for slow in (lagging, patched_lagging, runs_lagging):
+                slow.gate.set()
             await rig.settled(agents)
             truth = rig.truth()
             for agent in agents:
@@ -333,18 +338,21 @@ def test_deltas_give_exactly_the_whole_list_at_every_index(history: list) -> Non
             seen = frozenset().union(*(then for _view, then in versions))
             for view, then in versions:  # as sets, and member by member as the reconciler asks
                 assert view == then and {a for a in seen if a in view} == then
-            for agent in (steady, lagging, patched, patched_lagging):
+            for agent in every[1:]:
                 for index, held in agent.seen.items():
                     if index in whole.seen:
                         assert held == whole.seen[index], f"index {index}"
             # The old agent only ever got whole lists; the others only deltas after the first;
-            # only those that announced patches got patches.
+            # only those that announced patches got patches, and only those that take runs got
+            # a service twice in one message.
             assert not any(m.services_delta for m in whole.messages)
-            for agent in (steady, lagging, patched, patched_lagging):
+            for agent in every[1:]:
                 assert agent.messages[0].services_changed and not agent.messages[0].services_delta
                 assert not any(m.services_changed for m in agent.messages[1:])
             for agent in (whole, steady, lagging):
                 assert not any(e.patch for m in agent.messages for e in m.services)
+            for agent in every[:-2]:
+                assert all(len({e.name for e in m.services}) == len(m.services) for m in agent.messages)
         finally:
             await rig.close()
 
@@ -699,6 +707,50 @@ def test_a_backend_leaving_travels_as_a_patch_of_that_address_only() -> None:
             assert (list(entry.backends_removed), list(entry.members_removed)) == ([gone.overlay_address],) * 2
             assert not entry.backends_added and not entry.members_added
             assert agent.services == rig.truth() and len(agent.services[0].backends) == TASKS - 1
+        finally:
+            await rig.close()
+
+    with tempfile.TemporaryDirectory(prefix="warren-deltas-") as root:
+        _run(scenario(Path(root)))
+
+
+def test_a_session_behind_by_several_versions_gets_each_version_s_own_patch_in_order() -> None:
+    """ADR 78: an agent that takes runs, two versions behind, gets one message naming the
+    service once per version (each version's encoding, shared), and holds the truth after it;
+    one that takes patches only gets the service once, its patch composed for its base."""
+
+    async def scenario(root: Path) -> None:
+        rig = Rig(root)
+        try:
+            rig.commit([Put("service", _service(0)), Put("task", _task(0, 0, "running", 0))])
+            runs = rig.open(1, Agent(deltas=True, patches=True, runs=True))
+            composed = rig.open(2, Agent(deltas=True, patches=True))
+            await rig.settled([runs, composed])
+            runs.gate.clear()  # each reads the next message, then stops reading
+            composed.gate.clear()
+            rig.commit([Put("task", _task(0, 1, "running", 0))])
+            await rig.settled([runs, composed])
+            sent = (len(runs.messages), len(composed.messages))
+            added = []
+            for j in (2, 3):  # two versions, a task more each, while neither reads
+                task = _task(0, j, "running", 0)
+                rig.commit([Put("task", task)])
+                added.append([task.overlay_address])
+                log = rig.dispatcher._endpoints
+                await until(  # a version of its own
+                    lambda log=log: log.current().at == rig.store.applied_index, timeout=5, message="its version"
+                )
+            runs.gate.set()
+            composed.gate.set()
+            await rig.settled([runs, composed])
+            [run] = runs.messages[sent[0] :]
+            assert [e.name for e in run.services] == ["s0", "s0"] and all(e.patch for e in run.services)
+            assert [list(e.backends_added) for e in run.services] == added
+            [once] = composed.messages[sent[1] :]
+            assert [e.name for e in once.services] == ["s0"]
+            assert sorted(once.services[0].backends_added) == sorted(a for [a] in added)
+            assert runs.services == composed.services == rig.truth()
+            assert len(runs.services[0].backends) == 4 and not runs.gaps
         finally:
             await rig.close()
 

@@ -243,10 +243,13 @@ class AssignmentSet:
         only the entries it carries into the set held, which is kept in name order, as the whole
         list comes."""
         if msg.services_delta:
-            # Read first: a patch applies to the entry held before this delta, and one that does
-            # not fit raises before anything held changed.
-            entries = [(entry.name, self._read_endpoint(entry)) for entry in msg.services]
-            self.endpoints.merge(entries, msg.services_removed)
+            # In order, a patch onto the entry as the entries before it in this delta left it (a
+            # run names a service once per version that changed it, ADR 78). Read first: one that
+            # does not fit raises before anything held changed.
+            taken: dict[str, Endpoint] = {}
+            for entry in msg.services:
+                taken[entry.name] = self._read_endpoint(entry, taken)
+            self.endpoints.merge(taken.items(), msg.services_removed)
         elif msg.services_changed:
             self.endpoints = KeyOrdered((entry.name, _endpoint(entry)) for entry in msg.services)
         else:
@@ -254,11 +257,12 @@ class AssignmentSet:
         self.endpoints_index = msg.services_index
         return self.endpoints.ordered()
 
-    def _read_endpoint(self, entry: dpb.ServiceEndpoint) -> Endpoint:
-        """A delta's entry: whole, or a patch onto the entry held under its name (ADR 65)."""
+    def _read_endpoint(self, entry: dpb.ServiceEndpoint, taken: dict[str, Endpoint]) -> Endpoint:
+        """A delta's entry: whole, or a patch onto the entry under its name (ADR 65): as `taken`
+        from this delta so far, else as held."""
         if not entry.patch:
             return _endpoint(entry)
-        held = self.endpoints.get(entry.name)
+        held = taken[entry.name] if entry.name in taken else self.endpoints.get(entry.name)
         if held is None:
             raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
         return _patched(held, entry)

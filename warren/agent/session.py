@@ -249,6 +249,7 @@ class Session:
             specs_by_reference=True,
             endpoint_deltas=True,  # ADR 65: AssignmentSet applies them
             endpoint_patches=True,  # and patches of a service's backends and members
+            endpoint_runs=True,  # and applies a delta's entries in order (ADR 78)
             mesh_deltas=True,
             failed_sessions=self.failed_sessions,
             last_failure=self.last_failure,

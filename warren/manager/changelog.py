@@ -37,9 +37,14 @@ class ChangeLog:
     def steps(self, base: int) -> list[tuple[frozenset[str], Mapping[str, Any]]] | None:
         """Each version's changed keys and details from version `base` onto the newest, oldest
         first; None if `base` is not in the log any more (or never was)."""
-        found: list[tuple[frozenset[str], Mapping[str, Any]]] = []
+        found = self.versions(base)
+        return None if found is None else [(changed, details) for _, changed, details in found]
+
+    def versions(self, base: int) -> list[tuple[int, frozenset[str], Mapping[str, Any]]] | None:
+        """`steps`, each with its version."""
+        found: list[tuple[int, frozenset[str], Mapping[str, Any]]] = []
         for version, before, changed, details in reversed(self._log):
-            found.append((changed, details))
+            found.append((version, changed, details))
             if before == base:
                 found.reverse()
                 return found

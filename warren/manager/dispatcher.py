@@ -459,7 +459,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             new_volumes = volumes = current_volumes
                     # A delta if the agent takes them (ADR 65), else the whole list; None if the
                     # endpoints are those sent. Asked at every wake-up: it also drains the log's queue.
-                    changed = self._endpoints.since(endpoints_sent, request.endpoint_deltas, request.endpoint_patches)
+                    changed = self._endpoints.since(
+                        endpoints_sent, request.endpoint_deltas, request.endpoint_patches, request.endpoint_runs
+                    )
                     if changed is not None:
                         endpoints_sent = changed[0].at
                         # The whole set of that version, delta or not: what the node holds (ADR 65).

@@ -52,6 +52,12 @@ def encode_endpoint_delta(changed: list[dpb.ServiceEndpoint], removed: list[str]
     ).SerializeToString()
 
 
+def encode_endpoint_entries(entries: list[dpb.ServiceEndpoint]) -> bytes:
+    """Entries alone, for a run (ADR 78): protobuf parses concatenated messages as one, their
+    repeated fields in order, so a run is each version's entries, then one delta's header."""
+    return dpb.AssignmentsMessage(services=entries).SerializeToString()
+
+
 def encode_mesh(mesh: list[dpb.MeshNode], version: int = 0) -> bytes:
     """The mesh part of an AssignmentsMessage: every node on the overlay (ADR 17), as of mesh
     version `version` (what a delta applies onto, ADR 65)."""

@@ -25,12 +25,16 @@ from typing import NamedTuple
 from warren import strategy
 from warren.manager import changelog
 from warren.manager.backendhistory import BackendHistory
-from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoints
+from warren.manager.dispatchwire import encode_endpoint_delta, encode_endpoint_entries, encode_endpoints
 from warren.manager.endpoints import Addresses, Computed, Held, Patch, composed, computed, head, held
 from warren.manager.events import Event, EventHub
 from warren.manager.ports import StateReader
 from warren.model import Service, Task
 from warren.state import Change, ClusterState, Put
+
+# A run longer than this is not sent (ADR 78): the composed delta nets out an address added and
+# removed within it, and is never longer than the whole list but by the names removed.
+MAX_RUN_BYTES = 1 << 20
 
 
 class EndpointView(NamedTuple):
@@ -69,7 +73,11 @@ class EndpointLog:
         self._view = EndpointView(-1, frozenset())
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
-        self._deltas: dict[tuple[int, bool], bytes | None] = {}  # (base, patches) -> delta onto the current version
+        # (base, patches, runs) -> delta onto the current version
+        self._deltas: dict[tuple[int, bool, bool], bytes | None] = {}
+        # Each recent version's own entries, encoded once for runs (ADR 78); None for a version
+        # that removed a name or recomputed everything (a run cannot carry it).
+        self._steps: dict[int, bytes | None] = {}
         self.rebuilds = 0  # whole recomputations (for tests)
 
     # -- users -----------------------------------------------------------------------------------
@@ -102,24 +110,27 @@ class EndpointLog:
             self._whole = encode_endpoints(services, self._view.at)
         return self._whole
 
-    def since(self, sent: int, deltas: bool, patches: bool = False) -> tuple[EndpointView, bytes] | None:
+    def since(
+        self, sent: int, deltas: bool, patches: bool = False, runs: bool = False
+    ) -> tuple[EndpointView, bytes] | None:
         """What a session that holds version `sent` must be sent: None if it is current; a delta
         if its agent takes them and `sent` is recent enough (with patches for the services whose
-        backends or members only changed, if it takes those); the whole list otherwise."""
+        backends or members only changed, if it takes those; as a run of each version's own
+        entries, if it takes runs too); the whole list otherwise."""
         view = self.current()
         if view.at == sent:
             return None
-        delta = self._delta(sent, patches) if deltas else None
+        delta = self._delta(sent, patches, runs and patches) if deltas else None
         return view, delta if delta is not None else self.whole()
 
-    def _delta(self, base: int, patches: bool) -> bytes | None:
+    def _delta(self, base: int, patches: bool, runs: bool = False) -> bytes | None:
         """The delta from version `base` onto the current one, encoded once per base (sessions
         in step share it); None when `base` is no longer in the log. A delta is never larger than
         the whole list but by the names removed, so it is sent whenever it can be."""
-        if (base, patches) in self._deltas:
-            return self._deltas[base, patches]
-        steps = self._log.steps(base)
-        encoded = None
+        if (base, patches, runs) in self._deltas:
+            return self._deltas[base, patches, runs]
+        encoded = self._run(base) if runs else None
+        steps = self._log.steps(base) if encoded is None else None
         if steps is not None:
             names = set().union(*(keys for keys, _ in steps))
             entries = []
@@ -130,8 +141,26 @@ class EndpointLog:
                     entries.append(current.entry() if patch is None else patch.entry(current))
             removed = sorted(n for n in names if n not in self._by_name)
             encoded = encode_endpoint_delta(entries, removed, base, self._view.at)
-        self._deltas[base, patches] = encoded
+        self._deltas[base, patches, runs] = encoded
         return encoded
+
+    def _run(self, base: int) -> bytes | None:
+        """The delta from version `base` as the run of each version's own entries since, then
+        the delta's header (ADR 78): a join of encodings made once per version, where composing
+        the net patch of every service cost each base its own pass over every version since it.
+        None if a version since cannot be carried so, or the run is too long."""
+        versions = self._log.versions(base)
+        if versions is None:
+            return None
+        parts: list[bytes] = []
+        for version, _, _ in versions:
+            part = self._steps.get(version)
+            if part is None:
+                return None
+            parts.append(part)
+        if sum(map(len, parts)) > MAX_RUN_BYTES:
+            return None
+        return b"".join(parts) + encode_endpoint_delta([], [], base, self._view.at)
 
     # -- following the commits -----------------------------------------------------------------
     def _catch_up(self) -> None:
@@ -155,7 +184,11 @@ class EndpointLog:
             changed, patches = self._recompute(state, dirty)
         self._through = last
         if changed:
-            self._new_version(max(last, self._view.at + 1), changed, patches)
+            at = max(last, self._view.at + 1)
+            self._new_version(at, changed, patches)
+            self._steps[at] = self._step(changed, patches)
+            while len(self._steps) > changelog.HISTORY:
+                del self._steps[next(iter(self._steps))]  # the oldest: no longer in the log
 
     def _drain(self) -> list[tuple[int, list[Change]]] | None:
         """Every event delivered since the last call; None if one says "resynchronise". The
@@ -269,6 +302,18 @@ class EndpointLog:
                 patches[new.name] = patch
             changed |= names
         return changed, patches
+
+    def _step(self, changed: set[str], patches: dict[str, Patch]) -> bytes | None:
+        """A recomputed version's own entries, encoded: a patch where a name changed in place,
+        else its whole entry; None if it removed a name (a run keeps no order between the
+        entries and the names removed)."""
+        if any(name not in self._by_name for name in changed):
+            return None
+        entries = []
+        for name in sorted(changed):
+            current, patch = self._by_name[name], patches.get(name)
+            entries.append(current.entry() if patch is None else patch.entry(current))
+        return encode_endpoint_entries(entries)
 
     def _count(self, backends: Iterable[str], step: int) -> None:
         """Keep how many held entries name each backend, and which addresses started or stopped
