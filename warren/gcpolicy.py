@@ -42,25 +42,6 @@ def settle() -> tuple[int, int, int]:
     return gc.get_threshold()
 
 
-def freeze_survivors() -> None:
-    """After each full collection, move what survived out of the collector's sight (gc.freeze).
-
-    For the simulator only (ADR 77): its live objects only grow, about 49 tracked objects per
-    simulated running task, 4.9 million at 100,000 tasks. A full collection runs once the objects
-    promoted since the last one reach a quarter of those it kept, so each full collection walked
-    every object again: about 5 walks per object over a run, 5 of the simulator's 48 CPU-seconds
-    at S2. Frozen, each object is walked in full collections once. What it costs: cyclic garbage
-    among frozen objects is never freed, and the simulator makes little (its tasks run until it
-    exits). A manager must not: its old state versions die all the time."""
-    if _freeze_after_full not in gc.callbacks:
-        gc.callbacks.append(_freeze_after_full)
-
-
-def _freeze_after_full(phase: str, info: dict[str, Any]) -> None:
-    if phase == "stop" and info.get("generation") == 2:
-        gc.freeze()  # safe here: the collection is over, and no other can start meanwhile
-
-
 _started = [0.0]
 _spent = [0.0, 0.0, 0.0]  # by generation
 

@@ -428,7 +428,6 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     """Run the simulator until `stop`; SIGUSR1 kills `signal_kills` random nodes."""
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log.debug("garbage collector thresholds: %s", gcpolicy.settle())  # as a manager's (ADR 67)
-    gcpolicy.freeze_survivors()  # unlike a manager's (ADR 77)
     sim = Simulator(options)
     loop = asyncio.get_running_loop()
     server = await sim.serve_control(options.data_dir / SOCKET_FILE)
