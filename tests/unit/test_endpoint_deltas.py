@@ -714,10 +714,16 @@ def test_a_backend_leaving_travels_as_a_patch_of_that_address_only() -> None:
         _run(scenario(Path(root)))
 
 
-def test_a_session_behind_by_several_versions_gets_each_version_s_own_patch_in_order() -> None:
+@pytest.mark.parametrize("bounded", [False, True])
+def test_a_session_behind_by_several_versions_gets_each_version_s_own_patch_in_order(
+    bounded: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """ADR 78: an agent that takes runs, two versions behind, gets one message naming the
     service once per version (each version's encoding, shared), and holds the truth after it;
-    one that takes patches only gets the service once, its patch composed for its base."""
+    one that takes patches only gets the service once, its patch composed for its base. A run
+    longer than MAX_RUN_BYTES goes composed."""
+    if bounded:
+        monkeypatch.setattr(endpointlog, "MAX_RUN_BYTES", 1)
 
     async def scenario(root: Path) -> None:
         rig = Rig(root)
@@ -728,8 +734,13 @@ def test_a_session_behind_by_several_versions_gets_each_version_s_own_patch_in_o
             await rig.settled([runs, composed])
             runs.gate.clear()  # each reads the next message, then stops reading
             composed.gate.clear()
+            before = (len(runs.messages), len(composed.messages))
             rig.commit([Put("task", _task(0, 1, "running", 0))])
-            await rig.settled([runs, composed])
+            await until(
+                lambda: (len(runs.messages), len(composed.messages)) == (before[0] + 1, before[1] + 1),
+                timeout=5,
+                message="each reader to take the message of the commit, and stop",
+            )
             sent = (len(runs.messages), len(composed.messages))
             added = []
             for j in (2, 3):  # two versions, a task more each, while neither reads
@@ -744,8 +755,12 @@ def test_a_session_behind_by_several_versions_gets_each_version_s_own_patch_in_o
             composed.gate.set()
             await rig.settled([runs, composed])
             [run] = runs.messages[sent[0] :]
-            assert [e.name for e in run.services] == ["s0", "s0"] and all(e.patch for e in run.services)
-            assert [list(e.backends_added) for e in run.services] == added
+            if bounded:
+                assert [e.name for e in run.services] == ["s0"] and run.services[0].patch
+                assert sorted(run.services[0].backends_added) == sorted(a for [a] in added)
+            else:
+                assert [e.name for e in run.services] == ["s0", "s0"] and all(e.patch for e in run.services)
+                assert [list(e.backends_added) for e in run.services] == added
             [once] = composed.messages[sent[1] :]
             assert [e.name for e in once.services] == ["s0"]
             assert sorted(once.services[0].backends_added) == sorted(a for [a] in added)
@@ -783,6 +798,57 @@ def test_a_patch_onto_lists_it_was_not_made_for_resynchronises() -> None:
     ):
         with pytest.raises(VersionGap, match="patch"):
             holding_web().apply(delta(patch))
+
+
+def test_a_run_patches_each_entry_as_the_run_left_it_and_one_that_does_not_fit_changes_nothing() -> None:
+    """ADR 78: the agent applies a delta's entries in order; a patch that does not fit the entry
+    as the run left it resynchronises, with nothing held changed."""
+
+    def holding_web() -> AssignmentSet:
+        held = AssignmentSet()
+        web = dpb.ServiceEndpoint(name="web", vip="10.201.0.2", backends=["10.224.0.2"])
+        held.apply(
+            dpb.AssignmentsMessage(
+                type=dpb.AssignmentsMessage.COMPLETE, version=1, services_changed=True, services_index=5, services=[web]
+            )
+        )
+        return held
+
+    def run(*entries: dpb.ServiceEndpoint) -> dpb.AssignmentsMessage:
+        parts = [dpb.AssignmentsMessage(services=[entry]).SerializeToString() for entry in entries]
+        header = encode_endpoint_delta([], [], 5, 8)
+        return dpb.AssignmentsMessage.FromString(
+            dpb.AssignmentsMessage(type=dpb.AssignmentsMessage.INCREMENTAL, applies_to=1, version=2).SerializeToString()
+            + b"".join(parts)
+            + header
+        )
+
+    held = holding_web()
+    taken = held.apply(
+        run(
+            dpb.ServiceEndpoint(name="web", vip="10.201.0.2", patch=True, backends_added=["10.224.0.3"]),
+            dpb.ServiceEndpoint(name="api", vip="10.201.0.3", backends=["10.224.1.2"]),
+            dpb.ServiceEndpoint(
+                name="web", vip="10.201.0.2", patch=True, backends_added=["10.224.0.4"], backends_removed=["10.224.0.2"]
+            ),
+            dpb.ServiceEndpoint(name="api", vip="10.201.0.3", patch=True, backends_added=["10.224.1.3"]),
+        )
+    )
+    assert taken.services is not None and taken.services_index == 8
+    assert {e.name: e.backends for e in taken.services} == {
+        "api": ("10.224.1.2", "10.224.1.3"),
+        "web": ("10.224.0.3", "10.224.0.4"),
+    }
+    held = holding_web()
+    before = (held.endpoints.ordered(), held.endpoints_index)
+    with pytest.raises(VersionGap, match="patch"):
+        held.apply(  # the second adds again what the first added
+            run(
+                dpb.ServiceEndpoint(name="web", patch=True, backends_added=["10.224.0.3"]),
+                dpb.ServiceEndpoint(name="web", patch=True, backends_added=["10.224.0.3"]),
+            )
+        )
+    assert (held.endpoints.ordered(), held.endpoints_index) == before
 
 
 class _LiveState:

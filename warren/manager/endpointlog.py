@@ -32,9 +32,10 @@ from warren.manager.ports import StateReader
 from warren.model import Service, Task
 from warren.state import Change, ClusterState, Put
 
-# A run longer than this is not sent (ADR 78): the composed delta nets out an address added and
-# removed within it, and is never longer than the whole list but by the names removed.
-MAX_RUN_BYTES = 1 << 20
+# A run longer than this is not sent (ADR 78), but the composed delta. A run can be longer than
+# the composed delta, which nets out an address added and removed within it, and than the whole
+# list (a task flapping over many versions): by at most this much per message.
+MAX_RUN_BYTES = 256 << 10
 
 
 class EndpointView(NamedTuple):
@@ -125,8 +126,9 @@ class EndpointLog:
 
     def _delta(self, base: int, patches: bool, runs: bool = False) -> bytes | None:
         """The delta from version `base` onto the current one, encoded once per base (sessions
-        in step share it); None when `base` is no longer in the log. A delta is never larger than
-        the whole list but by the names removed, so it is sent whenever it can be."""
+        in step share it); None when `base` is no longer in the log. A composed delta is never
+        larger than the whole list but by the names removed, and a run at most MAX_RUN_BYTES, so
+        a delta is sent whenever it can be."""
         if (base, patches, runs) in self._deltas:
             return self._deltas[base, patches, runs]
         encoded = self._run(base) if runs else None
@@ -313,7 +315,8 @@ class EndpointLog:
         for name in sorted(changed):
             current, patch = self._by_name[name], patches.get(name)
             entries.append(current.entry() if patch is None else patch.entry(current))
-        return encode_endpoint_entries(entries)
+        encoded = encode_endpoint_entries(entries)
+        return encoded if len(encoded) <= MAX_RUN_BYTES else None  # never part of a run sent
 
     def _count(self, backends: Iterable[str], step: int) -> None:
         """Keep how many held entries name each backend, and which addresses started or stopped

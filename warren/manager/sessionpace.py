@@ -17,7 +17,8 @@ RECONNECTS_PER_SECOND = 200.0
 # carry several commits each. 500, not 1,000 (ADR 78): each message costs both ends a fixed part
 # (gRPC's, the wake-up's) whatever it carries, and at S2's size (1,000 nodes) half as many
 # messages took the leader 46-48 CPU-seconds instead of 57 and the simulator 39-40 instead of 49,
-# for a wait of 1 s on average instead of 0.5 s before a node hears of a change.
+# for a pause of 2 s on average instead of 1 s, so a wait of about 1 s instead of 0.5 s before a
+# node hears of a change.
 SESSION_MESSAGES_PER_SECOND = 500.0
 
 
