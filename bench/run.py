@@ -45,6 +45,7 @@ BENCHMARKS = {
     "nodes": "bench.bench_nodes",  # S3: 10 % of 100 sim nodes killed, at two heartbeat periods (ADR 52)
     "joins": "bench.bench_joins",  # 1,000 joins' /24 allocation, scan vs index, pure function (ADR 57)
     "endpoints": "bench.bench_endpoints",  # dispatcher CPU per backend change at 300/1,000 sessions (ADR 57)
+    "endpoint_runs": "bench.bench_endpoint_runs",  # deltas to sessions over 8 bases: runs vs composed (ADR 78)
     "routing": "bench.bench_routing",  # a pass's routing snapshot vs building per-node unions (ADR 33)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
