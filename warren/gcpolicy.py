@@ -42,6 +42,27 @@ def settle() -> tuple[int, int, int]:
     return gc.get_threshold()
 
 
+def freeze_survivors() -> None:
+    """After each full collection, move what survived out of the collector's sight (gc.freeze):
+    for the simulator only (ADR 77), whose live objects grow through a run, so that each of them
+    is walked in full collections about once instead of at every one. Cyclic garbage among
+    frozen objects is not freed until `thaw`: call it whenever many objects may have died (a
+    session lost). A manager must not: its old state versions die all the time."""
+    if _freeze_after_full not in gc.callbacks:
+        gc.callbacks.append(_freeze_after_full)
+
+
+def thaw() -> None:
+    """Give every frozen object back to the oldest generation: the next full collection walks
+    them, frees those that died, and freezes the rest again."""
+    gc.unfreeze()
+
+
+def _freeze_after_full(phase: str, info: dict[str, Any]) -> None:
+    if phase == "stop" and info.get("generation") == 2:
+        gc.freeze()  # the collection is over, and no other can start meanwhile
+
+
 _started = [0.0]
 _spent = [0.0, 0.0, 0.0]  # by generation
 

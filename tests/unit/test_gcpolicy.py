@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 from warren import gcpolicy
 
@@ -80,3 +81,39 @@ def test_a_slow_collection_is_logged(monkeypatch, caplog) -> None:  # type: igno
     finally:
         gc.callbacks.remove(gcpolicy._timer)
         gc.set_threshold(*before)
+
+
+def test_the_simulator_freezes_what_survives_a_full_collection_until_a_thaw() -> None:
+    """ADR 77: survivors of a full collection are frozen, so later full collections walk only
+    what came since; young cyclic garbage is still freed; frozen cyclic garbage waits for a
+    thaw, after which the next full collection frees it."""
+    baseline = gc.get_freeze_count()
+    gc.disable()  # only the collections this test asks for: an automatic one would freeze too
+    try:
+        gcpolicy.freeze_survivors()
+        gcpolicy.freeze_survivors()  # once registered, not twice
+        assert gc.callbacks.count(gcpolicy._freeze_after_full) == 1
+        kept = [Node() for _ in range(1000)]
+        first = weakref.ref(kept[0])
+        gc.collect(1)  # a young collection freezes nothing
+        assert gc.get_freeze_count() == baseline
+        gc.collect()
+        assert gc.get_freeze_count() >= baseline + len(kept)
+        assert not any(o is first() for o in gc.get_objects())  # out of the collector's sight
+        young = Node()
+        young_ref = weakref.ref(young)
+        del young
+        gc.collect(0)
+        assert young_ref() is None  # a cycle made after the freeze is still freed
+        del kept
+        gc.collect()
+        assert first() is not None  # a frozen cycle is not...
+        gcpolicy.thaw()
+        assert gc.get_freeze_count() == 0
+        gc.collect()
+        assert first() is None  # ...until a thaw
+    finally:
+        if gcpolicy._freeze_after_full in gc.callbacks:
+            gc.callbacks.remove(gcpolicy._freeze_after_full)
+        gc.unfreeze()
+        gc.enable()

@@ -440,3 +440,32 @@ def test_a_status_without_states_reads_no_task(tmp_path: Path) -> None:
     assert "tasks" not in status and (status["task_count"], status["running"], status["starts"]) == (2, 1, 1)
     with pytest.raises(AssertionError, match="every task read"):
         sim.status()
+
+
+def test_the_simulator_thaws_when_fewer_nodes_hold_a_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADR 77: a lost session's objects were frozen while it lived; fewer connected nodes than
+    at the last look thaws them, and more or as many does not."""
+    from warren import gcpolicy
+
+    class Node:
+        connected = True
+
+    thaws: list[int] = []
+    monkeypatch.setattr(gcpolicy, "thaw", lambda: thaws.append(1))
+    sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=3))
+    nodes = [Node(), Node(), Node()]
+    sim.nodes = nodes  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        looking = asyncio.create_task(sim.thaw_loop(every=0.01))
+        try:
+            await async_holds(lambda: thaws == [], 0.05, message="no thaw while all hold a session")
+            nodes[1].connected = False
+            await until(lambda: thaws == [1], timeout=5, message="a thaw")
+            nodes[1].connected = True  # reconnected: more than at the last look
+            sim.nodes.append(Node())  # type: ignore[arg-type]
+            await async_holds(lambda: thaws == [1], 0.05, message="no thaw as sessions come back")
+        finally:
+            looking.cancel()
+
+    asyncio.run(scenario())

@@ -56,6 +56,7 @@ JOIN_ATTEMPTS = 5  # a busy or unreachable manager is asked this often before th
 JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key signature and a commit
 WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
 LAG_TICK = 0.1  # seconds between the event loop lateness samples `--status` reports
+THAW_CHECK = 1.0  # seconds between looks at how many nodes hold a session (ADR 77)
 WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
 
 
@@ -307,6 +308,18 @@ class Simulator:
             await asyncio.sleep(tick)
             self.loop_lag = max(self.loop_lag, loop.time() - before - tick)
 
+    async def thaw_loop(self, every: float = THAW_CHECK) -> None:
+        """Thaw the frozen objects (ADR 77) whenever fewer nodes hold a session than at the last
+        look: a lost session's objects, frozen while it lived, are then freed by the next full
+        collection instead of never."""
+        held = 0
+        while True:
+            await asyncio.sleep(every)
+            now = sum(1 for node in self.nodes if node.connected)
+            if now < held:
+                gcpolicy.thaw()
+            held = now
+
     def live(self) -> list[SimNode]:
         return [n for n in self.nodes if not n.killed]
 
@@ -428,6 +441,7 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     """Run the simulator until `stop`; SIGUSR1 kills `signal_kills` random nodes."""
     options.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log.debug("garbage collector thresholds: %s", gcpolicy.settle())  # as a manager's (ADR 67)
+    gcpolicy.freeze_survivors()  # unlike a manager's (ADR 77), and thawed by `thaw_loop`
     sim = Simulator(options)
     loop = asyncio.get_running_loop()
     server = await sim.serve_control(options.data_dir / SOCKET_FILE)
@@ -442,6 +456,7 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
     starting = asyncio.create_task(sim.start())
     stopping = asyncio.create_task(stop.wait())
     watching = asyncio.create_task(sim.watch_loop())
+    thawing = asyncio.create_task(sim.thaw_loop())
     trimming = asyncio.create_task(heap.trim_heap())
     try:
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -454,6 +469,7 @@ async def serve(options: SimOptions, stop: asyncio.Event) -> None:
         starting.cancel()
         stopping.cancel()
         watching.cancel()
+        thawing.cancel()
         trimming.cancel()
         server.close()
         with contextlib.suppress(FileNotFoundError):
