@@ -13,11 +13,9 @@ own entries for runs)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from bench.bench_endpoints import _backend, _service
@@ -31,21 +29,8 @@ WINDOW = 8
 SESSIONS = 1000
 
 
-class _LiveState:
-    """The store as the log reads it: the live state and its applied index."""
-
-    def __init__(self) -> None:
-        from warren.state import ClusterState
-
-        self.state = ClusterState()
-        self.applied_index = 0
-
-    @contextlib.contextmanager
-    def read(self) -> Iterator[Any]:
-        yield self.state
-
-
 async def _scenario() -> dict[str, object]:
+    from tests.unit.test_endpoint_deltas import _LiveState  # the live state as the log reads it
     from warren.manager.endpointlog import EndpointLog
     from warren.manager.events import EventHub
     from warren.state import Put
