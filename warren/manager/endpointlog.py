@@ -186,11 +186,7 @@ class EndpointLog:
             changed, patches = self._recompute(state, dirty)
         self._through = last
         if changed:
-            at = max(last, self._view.at + 1)
-            self._new_version(at, changed, patches)
-            self._steps[at] = self._step(changed, patches)
-            while len(self._steps) > changelog.HISTORY:
-                del self._steps[next(iter(self._steps))]  # the oldest: no longer in the log
+            self._new_version(max(last, self._view.at + 1), changed, patches)
 
     def _drain(self) -> list[tuple[int, list[Change]]] | None:
         """Every event delivered since the last call; None if one says "resynchronise". The
@@ -362,6 +358,10 @@ class EndpointLog:
         backends = self._history.record(at, self._backend_refs.keys(), self._named_changed)
         self._named_changed = set()
         self._log.record(at, self._view.at, changed, patches)
+        # A run cannot pass through a rebuild (no patches): its version has no step.
+        self._steps[at] = self._step(changed, patches) if patches is not None else None
+        while len(self._steps) > changelog.HISTORY:
+            del self._steps[next(iter(self._steps))]  # the oldest: no longer in the log
         self._view = EndpointView(at, backends)
         self._whole = None
         self._deltas = {}
