@@ -28,6 +28,7 @@ import pytest
 from tests.fixtures import deploy_rig as _deploy_rig
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import WEB_PORT
+from tests.fixtures.on_disk import files_holding
 from tests.fixtures.plugin import unavailable
 from tests.fixtures.registry import LocalRegistry
 from tests.fixtures.registry_auth import TestCA
@@ -143,13 +144,7 @@ def test_a_private_registry_needs_the_login_and_the_password_stays_off_disk(priv
     # On no disk of the node: the manager's LMDB (state and Raft journal), the agent's cache,
     # the logs, containerd's root. The registry's own htpasswd holds a bcrypt hash only.
     marker = PASSWORD.encode()
-    found = [
-        str(path)
-        for top in (rig.root, private.private.base, rig.daemon.base)
-        for path in Path(top).rglob("*")
-        if path.is_file() and not path.is_symlink() and _holds(path, marker)
-    ]
-    assert found == []
+    assert files_holding(marker, [rig.root, private.private.base, rig.daemon.base]) == set()
 
     assert private.cli("registry", "logout", private.private.host).returncode == 0
     assert json.loads(private.cli("registry", "ls", "--format", "json").stdout) == []
@@ -197,14 +192,6 @@ def _pinned(private: PrivateRig, service: str, *flags: str, **env: str) -> dict:
         assert "pull access denied" not in forced.stderr and "not trusted" not in forced.stderr, forced.stderr
         why = forced.stderr
     raise AssertionError(f"{service}: its image was never pinned: {why}")
-
-
-def _holds(path: Path, marker: bytes) -> bool:
-    try:
-        with path.open("rb") as f:
-            return marker in f.read()
-    except OSError:
-        return False
 
 
 def test_bad_input_at_every_registry_command(private: PrivateRig) -> None:

@@ -12,7 +12,6 @@ and state, and every log file are searched for the marker: it must be nowhere.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +25,7 @@ import pytest
 from tests.fixtures import deploy_rig as _deploy_rig
 from tests.fixtures.deploy_rig import DeployRig
 from tests.fixtures.images import build_web_images
+from tests.fixtures.on_disk import files_holding
 from tests.fixtures.overlay_lab import LabHost
 from tests.fixtures.plugin import unavailable
 from tests.fixtures.tmpfs import unmount_task_files
@@ -108,27 +108,6 @@ def _output(rig: SecretsRig, host: LabHost, task_id: str) -> dict[str, str]:
     return seen
 
 
-def _files_under(root: Path) -> Iterator[Path]:
-    """Every regular file under `root`, not descending into other mounts (a task's tmpfs is
-    memory, not disk: it is checked to be a tmpfs instead)."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not os.path.ismount(os.path.join(dirpath, d))]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if path.is_file() and not path.is_symlink():
-                yield path
-
-
-def _holding(marker: bytes, roots: list[Path]) -> set[str]:
-    found = set()
-    for root in roots:
-        for path in _files_under(root):
-            with contextlib.suppress(OSError):
-                if marker in path.read_bytes():
-                    found.add(str(path))
-    return found
-
-
 def test_secrets_reach_only_their_tasks_on_a_tmpfs_and_never_a_disk(lab: SecretsRig) -> None:
     h1, h2, h3 = lab.cluster.hosts
     marker = f"warren-marker-{secrets.token_hex(16)}"
@@ -180,8 +159,8 @@ def test_secrets_reach_only_their_tasks_on_a_tmpfs_and_never_a_disk(lab: Secrets
     # Nowhere on a disk: Raft journal, snapshots and LMDB of the manager, the agents' caches
     # and logs, containerd's root and state (bundles, its metadata store), every log file.
     roots = [*lab.data_dirs(), lab.daemon.root, lab.daemon.state, lab.root]
-    assert not _holding(marker.encode(), roots)
-    assert not _holding(marker.encode(), [lab.daemon.base])  # containerd's own log, beside its root
+    assert not files_holding(marker.encode(), roots)
+    assert not files_holding(marker.encode(), [lab.daemon.base])  # containerd's own log, beside its root
 
     # inspect shows the metadata only; a config's value is shown.
     inspected = json.loads(lab.ok("secret", "inspect", "db-password", "--format", "json"))[0]
