@@ -3,6 +3,8 @@ so that one worker cannot make `service ps`, `node ls` or another node's session
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -49,16 +51,54 @@ def test_task_status_text_is_truncated_and_the_report_kept(manager: Manager, tmp
     ],
     ids=["health", "long-runtime-id", "escape-runtime-id"],
 )
+@pytest.mark.parametrize("transport", ["call", "stream"])
 def test_task_status_fields_with_fixed_forms_are_checked(
-    manager: Manager, tmp_path: Path, status: dpb.TaskStatus
+    manager: Manager, tmp_path: Path, status: dpb.TaskStatus, transport: str
 ) -> None:
-    creds = _issue(manager, tmp_path / "worker", "reporter2", pki.ROLE_WORKER)
+    creds = _issue(manager, tmp_path / "worker", f"reporter2{transport}", pki.ROLE_WORKER)
     worker = ScriptedWorker(manager, creds, "reporter")
     try:
         request = dpb.UpdateTaskStatusRequest(session_id=worker.session_id, updates=[status])
         with pytest.raises(grpc.RpcError) as err:
-            worker.stub.UpdateTaskStatus(request, timeout=10)
+            if transport == "call":
+                worker.stub.UpdateTaskStatus(request, timeout=10)
+            else:  # the batch ends its stream with the same status
+                list(worker.stub.StatusReports(iter([request]), timeout=10))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "running" not in {t.state for t in manager.control().ListTasks(cpb.ListTasksRequest()).tasks}
+    finally:
+        worker.close()
+
+
+def test_each_batch_on_the_report_stream_is_answered_once_the_state_holds_it(manager: Manager, tmp_path: Path) -> None:
+    """ADR 79: batches on one StatusReports stream, answered in turn, each after its commit:
+    the manager's next read shows it."""
+    creds = _issue(manager, tmp_path / "worker", "reporter3", pki.ROLE_WORKER)
+    worker = ScriptedWorker(manager, creds, "streamer")
+    try:
+        spec = pb.ServiceSpec(name="streamed", image="busybox", replicas=2, constraints=["node.hostname==streamer"])
+        manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
+        wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
+        first, second = sorted(worker.tasks)
+        answered = threading.Event()
+
+        def batches() -> Iterator[dpb.UpdateTaskStatusRequest]:
+            for task_id in (first, second):
+                status = dpb.TaskStatus(task_id=task_id, state="running", runtime_id=f"r-{task_id}")
+                yield dpb.UpdateTaskStatusRequest(session_id=worker.session_id, updates=[status])
+                answered.wait(10)  # the second batch goes once the first is answered
+
+        def states() -> dict[str, str]:
+            listed = manager.control().ListTasks(cpb.ListTasksRequest(service="streamed"), timeout=10).tasks
+            return {t.id: t.state for t in listed}
+
+        seen = []
+        for _ in worker.stub.StatusReports(batches(), timeout=20):
+            seen.append(states())
+            answered.set()
+        assert len(seen) == 2
+        assert seen[0][first] == "running" and seen[0][second] != "running"
+        assert seen[1] == {first: "running", second: "running"}
     finally:
         worker.close()
 

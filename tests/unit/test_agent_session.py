@@ -16,6 +16,7 @@ import pytest
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.waiting import async_wait_for as until
 from warren import pki, tls
+from warren.agent import reporter
 from warren.agent import session as session_module
 from warren.agent.cache import AgentCache, MemoryCache
 from warren.agent.session import ManagerList, NodeRemoved, Session
@@ -61,6 +62,11 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.fail_sessions = 0  # the next N sessions fail as a message too large for the agent would
         self.reconnect_spread = 0.0
         self.slow_reports = 0  # the next N reports are answered after the agent's deadline
+        self.refuse_reports = 0  # the next N reports fail as a proposal that timed out does
+        self.streams = True  # False: a manager without StatusReports and Heartbeats
+        self.report_streams_opened = 0
+        self.heartbeat_streams_opened = 0
+        self.report_calls = 0
         self.period_in_complete = False  # a manager of this version says them in COMPLETE too
         self.session_times: list[float] = []
         self.logins: list[dpb.PullLogin] = []  # sent in COMPLETE
@@ -105,12 +111,34 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown session; open a new one")
         return dpb.HeartbeatResponse(period=self.period, reconnect_spread=self.reconnect_spread)
 
+    async def Heartbeats(self, requests, context):  # type: ignore[no-untyped-def]
+        if not self.streams:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.heartbeat_streams_opened += 1
+        async for request in requests:
+            yield await self.Heartbeat(request, context)
+
     async def UpdateTaskStatus(self, request, context):  # type: ignore[no-untyped-def]
+        self.report_calls += 1
+        await self._take(request, context)
+        return dpb.UpdateTaskStatusResponse()
+
+    async def StatusReports(self, requests, context):  # type: ignore[no-untyped-def]
+        if not self.streams:  # a manager of a version without the stream
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        self.report_streams_opened += 1
+        async for request in requests:
+            await self._take(request, context)
+            yield dpb.UpdateTaskStatusResponse()
+
+    async def _take(self, request: dpb.UpdateTaskStatusRequest, context: grpc.aio.ServicerContext) -> None:
         if self.slow_reports:
             self.slow_reports -= 1
             await asyncio.sleep(5.0)  # beyond the agent's deadline: the agent gives up on it
+        if self.refuse_reports:
+            self.refuse_reports -= 1
+            await context.abort(grpc.StatusCode.UNKNOWN, "the write did not commit within 5s (no quorum?)")
         self.batches.append(list(request.updates))
-        return dpb.UpdateTaskStatusResponse()
 
     def reported(self, task_id: str) -> list[str]:
         return [u.state for batch in self.batches for u in batch if u.task_id == task_id]
@@ -268,22 +296,90 @@ def test_a_registry_login_is_forgotten_once_the_managers_have_the_running_report
     run(scenario())
 
 
+@pytest.mark.parametrize("streams", [True, False], ids=["stream", "calls"])
 def test_a_report_not_answered_in_time_is_resent_on_the_same_session(
-    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, streams: bool
 ) -> None:  # type: ignore[no-untyped-def]
     """A busy manager that answers a report late is not a broken session (#15): the agent
-    resends the report, and keeps the session that its heartbeats show working."""
-    monkeypatch.setattr(session_module, "REPORT_TIMEOUT", 0.5)
-    monkeypatch.setattr(session_module, "REPORT_RETRY", 0.05)
+    resends the report, and keeps the session that its heartbeats show working. On a stream,
+    the late answer must not be taken for the next batch's: the agent opens a new stream."""
+    monkeypatch.setattr(reporter, "REPORT_TIMEOUT", 0.5)
+    monkeypatch.setattr(reporter, "STREAM_REPORT_TIMEOUT", 0.5)
+    monkeypatch.setattr(reporter, "REPORT_RETRY", 0.05)
 
     async def scenario() -> None:
         dispatcher = ScriptedDispatcher([])
+        dispatcher.streams = streams
         dispatcher.slow_reports = 2
         async with running_session(dispatcher, creds, tmp_path) as (session, queue):
             await until(lambda: session.connected_to is not None, message="a session")
             queue.put(Report("zzz", S.FAILED, 1.7e9, error="exited"))
             await until(lambda: "failed" in dispatcher.reported("zzz"), timeout=20, message="the report, resent")
             assert len(dispatcher.sessions) == 1, "a late report answer ended the session"
+            if streams:
+                assert dispatcher.report_streams_opened == 3  # the first two were given up
+                assert dispatcher.report_calls == 0
+
+    run(scenario())
+
+
+def test_batches_and_beats_go_on_one_stream_each_per_session(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ADR 79: every batch of a session on its one StatusReports stream, every beat on its one
+    Heartbeats stream, none as a call."""
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        async with running_session(dispatcher, creds, tmp_path) as (session, queue):
+            await until(lambda: session.connected_to is not None, message="a session")
+            for i in range(3):
+                queue.put(Report(f"t{i}", S.RUNNING, 1.7e9))
+                await until(lambda i=i: "running" in dispatcher.reported(f"t{i}"), message=f"batch {i} taken")
+            assert len(dispatcher.batches) == 3
+            assert (dispatcher.report_streams_opened, dispatcher.report_calls) == (1, 0)
+            beats = dispatcher.heartbeats
+            await until(lambda: dispatcher.heartbeats >= beats + 2, message="more heartbeats")
+            assert dispatcher.heartbeat_streams_opened == 1  # every beat on the session's one stream
+
+    run(scenario())
+
+
+def test_a_manager_without_the_streams_gets_one_call_per_batch_and_per_beat(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An older manager answers StatusReports and Heartbeats UNIMPLEMENTED: the agent reports
+    and beats by calls, on the same session."""
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        dispatcher.streams = False
+        async with running_session(dispatcher, creds, tmp_path) as (session, queue):
+            await until(lambda: session.connected_to is not None, message="a session")
+            queue.put(Report("a", S.RUNNING, 1.7e9))
+            await until(lambda: "running" in dispatcher.reported("a"), message="the first batch, by a call")
+            queue.put(Report("b", S.FAILED, 1.7e9, error="exited"))
+            await until(lambda: "failed" in dispatcher.reported("b"), message="the second batch")
+            assert (dispatcher.report_streams_opened, dispatcher.report_calls) == (0, 2)
+            await until(lambda: dispatcher.heartbeats >= 2, message="heartbeats, by calls")
+            assert dispatcher.heartbeat_streams_opened == 0
+            assert len(dispatcher.sessions) == 1
+
+    run(scenario())
+
+
+def test_a_report_whose_commit_timed_out_is_resent_on_the_same_session(
+    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """UNKNOWN is a proposal the manager did not see committed in time: busy, not broken. The
+    batch goes again, and the session stays."""
+    monkeypatch.setattr(reporter, "REPORT_RETRY", 0.05)
+
+    async def scenario() -> None:
+        dispatcher = ScriptedDispatcher([])
+        dispatcher.refuse_reports = 1
+        async with running_session(dispatcher, creds, tmp_path) as (session, queue):
+            await until(lambda: session.connected_to is not None, message="a session")
+            queue.put(Report("zzz", S.RUNNING, 1.7e9))
+            await until(lambda: "running" in dispatcher.reported("zzz"), message="the report, resent")
+            assert dispatcher.refuse_reports == 0 and len(dispatcher.sessions) == 1
+            assert dispatcher.report_streams_opened == 2
 
     run(scenario())
 

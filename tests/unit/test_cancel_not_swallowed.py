@@ -94,8 +94,24 @@ def test_the_agents_stop_wait_is_cancelled_when_stop_is_set_at_once() -> None:
     assert asyncio.run(main()) == []
 
 
+class _Beats:
+    """A Heartbeats stream whose every beat is answered at once."""
+
+    async def write(self, request: dpb.HeartbeatRequest) -> None:
+        pass
+
+    async def read(self) -> dpb.HeartbeatResponse:
+        return dpb.HeartbeatResponse(period=10.0)
+
+    def cancel(self) -> bool:
+        return True
+
+
 class _Stub:
-    """A dispatcher stub whose heartbeats succeed at once."""
+    """A dispatcher stub whose heartbeats succeed at once, on the stream or as calls."""
+
+    def Heartbeats(self) -> _Beats:
+        return _Beats()
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, timeout: float) -> dpb.HeartbeatResponse:
         return dpb.HeartbeatResponse(period=10.0)

@@ -26,19 +26,19 @@ import grpc
 
 from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
+from warren.agent.callstream import CallStream, StreamEnded
 from warren.agent.execs import ExecAgent
 from warren.agent.indexonly import IndexOnlyAssignmentSet
 from warren.agent.logs import LogAgent
+from warren.agent.reporter import report_channel, send_reports
 from warren.agent.runtime import PullLogin
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
 from warren.aio import wait_within
-from warren.api import convert
 from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.backoff import Backoff
-from warren.model import TaskState
 from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
@@ -49,11 +49,7 @@ SESSION_METHOD = f"/{dpb.DESCRIPTOR.services_by_name['Dispatcher'].full_name}/Se
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 BACKOFF_JITTER = 0.1  # +-10%, so agents do not reconnect in lockstep
-COALESCE = 0.05  # seconds to gather status reports into one UpdateTaskStatus call
-MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per call; the rest wait for the next one
 FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
-REPORT_TIMEOUT = 15.0
-REPORT_RETRY = 1.0  # after a report that was not answered in time: the manager is busy
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 # Periods a heartbeat's answer may take before the session is given up. The managers call a node
 # down after three periods without a beat; ending the session at one late answer made a busy
@@ -209,13 +205,13 @@ class Session:
                 spread = self._spread()
                 if is_removed(exc):
                     raise NodeRemoved(exc.details()) from None
-                log.warning("session with %s failed: %s %s", addr, exc.code().name, exc.details())
+                log.warning("session with %s failed%s: %s %s", addr, _where(exc), exc.code().name, exc.details())
                 if exc.code() not in _TRANSIENT:
                     self._failed(f"{exc.code().name}: {exc.details()}")
                 self.managers.advance()
-            except (SessionLost, TimeoutError, OSError) as exc:
+            except (SessionLost, StreamEnded, TimeoutError, OSError) as exc:
                 spread = self._spread()
-                log.warning("session with %s lost: %s", addr, exc or type(exc).__name__)
+                log.warning("session with %s lost%s: %s", addr, _where(exc), exc or type(exc).__name__)
                 self.managers.advance()
             except Exception as exc:  # a bug, or a credential problem: log, keep trying
                 log.exception("session with %s failed", addr)
@@ -320,6 +316,7 @@ class Session:
                     return False
                 failure = job.exception()
                 if failure is not None:
+                    failure.add_note(job.get_name())  # which part of the session failed, for the log
                     raise failure
                 if job.get_name() in ("session-read", "session-heartbeat"):
                     return bool(job.result())
@@ -368,6 +365,8 @@ class Session:
         True to reopen the session at once: a CA rotation renewed this node's certificate, and
         only a new connection presents it (ADR 24)."""
         loop = asyncio.get_running_loop()
+        beats = CallStream[dpb.HeartbeatRequest, dpb.HeartbeatResponse]("heartbeat", stub.Heartbeats, stub.Heartbeat)
+        beats.open()  # with the session, not behind everyone's first beat (ADR 79)
         await asyncio.sleep(self.period / 2)
         promoting: asyncio.Task[None] | None = None
         try:
@@ -378,7 +377,7 @@ class Session:
                 if pending is not None:
                     request.pending_wg_key, request.pending_wg_key_epoch = pending.public_key, pending.epoch
                 sent_at = loop.time()
-                reply = await stub.Heartbeat(request, timeout=max(2.0, HEARTBEAT_PATIENCE * self.period))
+                reply = await beats.ask(request, max(2.0, HEARTBEAT_PATIENCE * self.period))
                 if loop.time() - sent_at > self.period:  # kept, but a sign of an overloaded manager
                     log.warning("a heartbeat was answered after %.1fs (period %gs)", loop.time() - sent_at, self.period)
                 self.failed_sessions, self.last_failure = 0, ""  # the managers now call us ready
@@ -396,6 +395,7 @@ class Session:
                 with contextlib.suppress(TimeoutError):  # early when the load balancer changed
                     await wait_within(self.routing_changed.wait(), due)
         finally:
+            beats.close()
             if promoting is not None:  # it needs this session's channel: the next one retries
                 promoting.cancel()
 
@@ -440,39 +440,15 @@ class Session:
             await asyncio.sleep(delay)
 
     async def _report(self, stub: dispatcher_pb2_grpc.DispatcherAsyncStub, session_id: str) -> None:
-        """Send queued reports in batches, COALESCE seconds after the first one arrives."""
-        while True:
-            await self.queue.wait()
-            await asyncio.sleep(COALESCE)
-            batch = self.queue.take()
-            if len(batch) > MAX_BATCH:
-                self.queue.requeue(batch[MAX_BATCH:])
-                batch = batch[:MAX_BATCH]
-            request = dpb.UpdateTaskStatusRequest(
-                session_id=session_id, updates=[convert.report_to_pb(r) for r in batch]
-            )
-            try:
-                await stub.UpdateTaskStatus(request, timeout=REPORT_TIMEOUT)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                    log.error("the manager refused %d status report(s): %s", len(batch), exc.details())
-                    continue
-                self.queue.requeue(batch)
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    # A busy manager, not a broken session: ending it cost the manager a new
-                    # session and the whole set, at 1,000 nodes the failures fed themselves
-                    # (#15). The heartbeats say whether the session works; resend later.
-                    log.warning("%d status report(s) not answered within %gs; resending", len(batch), REPORT_TIMEOUT)
-                    await asyncio.sleep(REPORT_RETRY)
-                    continue
-                raise
-            except BaseException:
-                self.queue.requeue(batch)
-                raise
-            log.debug("reported %d task status(es)", len(batch))
-            # Pulled and started, as the managers now know: the registry login is no longer
-            # needed here (ADR 43). They do not send the task back for a status it reported.
-            self.assignments.forget_logins(r.task_id for r in batch if r.state >= TaskState.RUNNING)
+        # Pulled and started, as the managers now know: the registry login is no longer needed
+        # here (ADR 43). They do not send the task back for a status it reported.
+        await send_reports(report_channel(stub), session_id, self.queue, self.assignments.forget_logins)
+
+
+def _where(exc: BaseException) -> str:
+    """The session job a failure came from, as " (in session-heartbeat)"; "" if none."""
+    notes = getattr(exc, "__notes__", None)
+    return f" (in {notes[-1]})" if notes else ""
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

@@ -31,6 +31,7 @@ from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
+from warren.manager import metrics
 from warren.manager.backendhistory import BackendHistory, BackendsAt
 from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
@@ -614,6 +615,15 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             renew_certificate=await self._certificate_root(node, cluster),
         )
 
+    async def Heartbeats(
+        self, requests: AsyncIterator[dpb.HeartbeatRequest], context: object
+    ) -> AsyncIterator[dpb.HeartbeatResponse]:
+        """A session's heartbeats on one stream (ADR 79), each answered as Heartbeat answers it.
+        A beat that cannot be taken ends the stream with the status the call would return."""
+        self._require_leader()
+        async for request in requests:
+            yield await self.Heartbeat(request, context)
+
     def _pace(self) -> float:
         return session_pace(len(self._sessions), random.random())
 
@@ -659,6 +669,22 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     async def UpdateTaskStatus(
         self, request: dpb.UpdateTaskStatusRequest, context: object
     ) -> dpb.UpdateTaskStatusResponse:
+        """One batch of reports, from an agent whose manager had no StatusReports."""
+        await self._take_reports(request, "call")
+        return dpb.UpdateTaskStatusResponse()
+
+    async def StatusReports(
+        self, requests: AsyncIterator[dpb.UpdateTaskStatusRequest], context: object
+    ) -> AsyncIterator[dpb.UpdateTaskStatusResponse]:
+        """A session's batches of reports on one stream (ADR 79), each answered once committed.
+        A batch that cannot be taken ends the stream with its status; the agent opens another."""
+        self._require_leader()
+        async for request in requests:
+            await self._take_reports(request, "stream")
+            yield dpb.UpdateTaskStatusResponse()
+
+    async def _take_reports(self, request: dpb.UpdateTaskStatusRequest, transport: str) -> None:
+        started = time.perf_counter()
         self._require_leader()
         node_id = self._node_of(request.session_id)
         if len(request.updates) > validate.MAX_STATUS_BATCH:
@@ -679,7 +705,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             report = commands.reports_with_news(state, commands.ReportTaskStatus(node_id, tuple(updates)))
         if report.updates:
             check_result(await self._raft.propose_async(report, self._timeout))
-        return dpb.UpdateTaskStatusResponse()
+        metrics.STATUS_BATCHES.labels(transport).observe(time.perf_counter() - started)
 
     # -- logs (ADR 14) ---------------------------------------------------------------------------
     def _log_broker(self) -> LogBroker:

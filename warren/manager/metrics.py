@@ -40,6 +40,15 @@ API_LATENCY = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+# A status batch's time on the leader (ADR 79): most come on a session's report stream, whose
+# own request duration is the session's length; "call" counts agents that fell back to calls.
+STATUS_BATCHES = Histogram(
+    "warren_status_batch_duration_seconds",
+    "Time to take one batch of task status reports, from arrival to its commit, by transport",
+    ["transport"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 SCHEDULING_PASS = Histogram(
     "warren_scheduler_pass_duration_seconds",
     "Time to compute one reconcile/scheduling pass",

@@ -181,7 +181,14 @@ _SERVED_WHILE_LOCKED = frozenset({"GetClusterInfo", "UnlockCluster"})
 # The bidirectional methods the guard serves (ADR 59): the caller is authorized once, when the
 # stream opens (its certificate cannot change within one HTTP/2 stream), and every request is
 # parsed before the method sees it. Any other client-streaming method is refused.
-_BIDI_METHODS = frozenset({"/warren.api.v1.Control/Exec", "/warren.api.v1.Dispatcher/ExecAttach"})
+_BIDI_METHODS = frozenset(
+    {
+        "/warren.api.v1.Control/Exec",
+        "/warren.api.v1.Dispatcher/ExecAttach",
+        "/warren.api.v1.Dispatcher/StatusReports",
+        "/warren.api.v1.Dispatcher/Heartbeats",
+    }
+)
 
 
 class _Guard(grpc.aio.ServerInterceptor):
