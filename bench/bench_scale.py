@@ -24,6 +24,7 @@ These are measurements, not assertions: goals are reported as met or not met.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,20 +127,28 @@ class Cluster:
 class Sampler(threading.Thread):
     """Peak RSS of each manager and the simulator's counts, every 0.5 s (2 s past 20,000 tasks),
     with the times at which the simulator first held `placed` tasks and first ran `running` of
-    them. It asks for no tasks by state: those read every simulated task."""
+    them, and at which the leader's state first held `running` of them: a report counts once the
+    managers committed it (ADR 79: the leader's state once lagged the nodes by over a minute).
+    It asks for no tasks by state: those read every simulated task; the leader's count comes
+    from its services' running counts (`service ls`)."""
 
-    def __init__(self, managers: list[Any], sim: Any, target: int) -> None:
+    def __init__(self, managers: list[Any], sim: Any, target: int, leader_count: Callable[[], int]) -> None:
         super().__init__(daemon=True)
         self.managers, self.sim, self.target = managers, sim, target
+        self.leader_count = leader_count
         self.every = 0.5 if target <= 20_000 else 2.0
         self.peak_rss_kib: dict[str, int] = {}
         self.placed_at: float | None = None
         self.running_at: float | None = None
+        self.leader_running_at: float | None = None
+        self.leader_running = 0
         self.last: dict[str, Any] = {}
         self.min_connected: int | None = None
         self.done = threading.Event()
 
     def run(self) -> None:
+        import grpc
+
         while not self.done.is_set():
             for i, m in enumerate(self.managers):
                 if m.process is not None and m.process.poll() is None:
@@ -154,6 +164,12 @@ class Sampler(threading.Thread):
                 self.placed_at = now
             if self.running_at is None and status["running"] >= self.target:
                 self.running_at = now
+            if self.leader_running_at is None and status["running"] > 0:
+                with contextlib.suppress(grpc.RpcError):  # a busy leader: ask again next time
+                    self.leader_running = self.leader_count()
+                    if self.leader_running >= self.target:
+                        self.leader_running_at = time.time()
+            if self.running_at is not None and self.leader_running_at is not None:
                 return
             self.done.wait(self.every)
 
@@ -199,7 +215,17 @@ def s1(
     cpu_before = [cpu_seconds(m.process.pid) for m in managers]
     raft_before = prom.by_instance("warren_raft_commit_index")
     term_before = prom.scalar("max(warren_raft_term)")
-    sampler = Sampler(managers, sim, tasks)
+
+    def leader_running() -> int:
+        from warren.api.pages import all_pages
+        from warren.api.v1 import control_pb2 as cpb
+
+        services = all_pages(
+            lambda r: cluster.stub(leader).ListServices(r, timeout=RPC_TIMEOUT), cpb.ListServicesRequest(), "services"
+        )
+        return sum(s.running_tasks for s in services)
+
+    sampler = Sampler(managers, sim, tasks, leader_running)
     args = [sys.executable, "-m", "bench.bench_scale", "--load", str(clients), str(params["services"])]
     args += [str(params["replicas"]), str(managers[0].data_dir / "admin"), *(m.addr for m in managers)]
     started = time.time()
@@ -212,7 +238,9 @@ def s1(
     client = json.loads(out)
     sampler.join(timeout=run_timeout)
     sampler.done.set()
-    ended = sampler.running_at or time.time()
+    # The end of the pipeline: every task running on the nodes, and known so by the leader.
+    finished = sampler.running_at is not None and sampler.leader_running_at is not None
+    ended = max(sampler.running_at or 0.0, sampler.leader_running_at or 0.0) if finished else time.time()
     cpu = [round(cpu_seconds(m.process.pid) - b, 1) for m, b in zip(managers, cpu_before, strict=True)]
     first, last = client["first_create_at"], client["last_create_returned_at"]
     total_s = ended - first
@@ -222,28 +250,22 @@ def s1(
     term_after = prom.scalar("max(warren_raft_term)")
     roles = _role_of(cluster, leader)
 
-    def quantile(q: float, methods: str) -> float | None:
-        expr = (
-            f"histogram_quantile({q}, sum by (le) (increase("
-            f'warren_api_request_duration_seconds_bucket{{method=~"{CONTROL}({methods})"}}[{window}])))'
-        )
-        value = prom.scalar(expr)
+    def quantile_ms(q: float, metric: str, selector: str = "") -> float | None:
+        """The q-quantile of a histogram over the run, in ms; None without samples."""
+        value = prom.scalar(f"histogram_quantile({q}, sum by (le) (increase({metric}_bucket{{{selector}}}[{window}])))")
         return None if value is None else round(value * 1000, 2)
+
+    def quantile(q: float, methods: str) -> float | None:
+        return quantile_ms(q, "warren_api_request_duration_seconds", f'method=~"{CONTROL}({methods})"')
 
     def pass_quantile(q: float) -> float | None:
-        expr = (
-            f"histogram_quantile({q}, sum by (le) (increase(warren_scheduler_pass_duration_seconds_bucket[{window}])))"
-        )
-        value = prom.scalar(expr)
-        return None if value is None else round(value * 1000, 2)
+        return quantile_ms(q, "warren_scheduler_pass_duration_seconds")
 
     def stage_quantile(q: float, stage: str, instance: str) -> float | None:
-        expr = (
-            f"histogram_quantile({q}, sum by (le) (increase(warren_raft_proposal_seconds_bucket"
-            f'{{stage="{stage}",instance=~"{instance}"}}[{window}])))'
-        )
-        value = prom.scalar(expr)
-        return None if value is None else round(value * 1000, 2)
+        return quantile_ms(q, "warren_raft_proposal_seconds", f'stage="{stage}",instance=~"{instance}"')
+
+    def status_quantile(q: float, instance: str) -> float | None:
+        return quantile_ms(q, "warren_status_batch_duration_seconds", f'instance="{instance}"')
 
     leader_key = next(k for k, r in roles.items() if r == "leader")
     followers = "|".join(k for k, r in roles.items() if r != "leader")
@@ -253,8 +275,9 @@ def s1(
     last_status = sampler.last
     result = {
         "tasks": tasks,
-        "all_running": sampler.running_at is not None,
+        "all_running": finished,
         "running_at_end": last_status.get("running"),
+        "leader_running_at_end": sampler.leader_running,
         "sim_starts_at_end": last_status.get("starts"),
         "sim_min_connected_during_run": sampler.min_connected,
         "raft_elections_during_run": None
@@ -265,6 +288,11 @@ def s1(
         "roles": roles,
         "first_create_to_all_running_s": round(total_s, 2),
         "create_phase_s": round(last - first, 2),
+        # The two ends apart: the simulator's count, and the leader's state (ADR 79).
+        "nodes_all_running_s": None if sampler.running_at is None else round(sampler.running_at - first, 2),
+        "leader_all_running_s": None
+        if sampler.leader_running_at is None
+        else round(sampler.leader_running_at - first, 2),
         "last_create_to_all_running_s": round(ended - last, 2),
         "all_placed_s": None if sampler.placed_at is None else round(sampler.placed_at - first, 2),
         "placements_per_s": None if sampler.placed_at is None else round(tasks / (sampler.placed_at - first), 1),
@@ -310,6 +338,16 @@ def s1(
                 )
                 if r["value"] >= 0.1
             },
+            # The agents' status batches on the leader (ADR 79), per second by transport (a stream
+            # is one call for a whole session), and their p50 and p99 from arrival to commit (ms).
+            "status_batches": {
+                r["metric"].get("transport", "?"): round(r["value"], 1)
+                for r in prom.query(
+                    "sum by (transport) (rate(warren_status_batch_duration_seconds_count"
+                    f'{{instance="{leader_key}"}}[{window}]))'
+                )
+            },
+            "status_batch_ms": [status_quantile(0.5, leader_key), status_quantile(0.99, leader_key)],
             # Where a proposal waits (p50, p99 in ms), on the leader and on the followers.
             "proposal_stages_ms": {
                 f"{where}_{stage}": [stage_quantile(0.5, stage, who), stage_quantile(0.99, stage, who)]
@@ -318,7 +356,7 @@ def s1(
             },
         },
     }
-    if sampler.running_at is None:  # no end: these would time the timeout
+    if not finished:  # no end: these would time the timeout
         for key in ("first_create_to_all_running_s", "last_create_to_all_running_s", "starts_per_s"):
             result[key] = None
     return result
@@ -607,6 +645,8 @@ def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
         return out + _s4_figures(result)
     out = [
         figure(f"first create -> all running, {tasks}", s["first_create_to_all_running_s"], "s"),
+        figure("  of which: all running on the nodes (simulator)", s.get("nodes_all_running_s"), "s"),
+        figure("  of which: all running in the leader's state", s.get("leader_all_running_s"), "s"),
         figure(
             "last create returned -> all running",
             s["last_create_to_all_running_s"],
