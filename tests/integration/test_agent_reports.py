@@ -120,3 +120,31 @@ def test_node_description_text_is_checked(manager: Manager, tmp_path: Path, desc
         list(stub.Session(dpb.SessionRequest(description=description), timeout=5))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert all(n["hostname"] != "w" for n in manager.cli_json("node", "ls"))
+
+
+def test_each_beat_on_the_heartbeat_stream_is_answered_and_a_stranger_session_ends_it(
+    manager: Manager, tmp_path: Path
+) -> None:
+    """ADR 79: beats on one Heartbeats stream, each answered as a Heartbeat call is (the period
+    to beat at); a beat naming a session that is not the caller's ends the stream NOT_FOUND, as
+    the call would be refused."""
+    creds = _issue(manager, tmp_path / "worker", "beater", pki.ROLE_WORKER)
+    worker = ScriptedWorker(manager, creds, "beater")
+    try:
+        beats = [dpb.HeartbeatRequest(session_id=worker.session_id) for _ in range(3)]
+        answers = list(worker.stub.Heartbeats(iter(beats), timeout=20))
+        assert len(answers) == 3 and all(a.period > 0 for a in answers)
+        nodes = {n["hostname"]: n for n in manager.cli_json("node", "ls")}
+        assert nodes["beater"]["status"] == "ready"
+
+        strangers = iter(
+            [dpb.HeartbeatRequest(session_id=worker.session_id), dpb.HeartbeatRequest(session_id="x" * 25)]
+        )
+        answered = []
+        with pytest.raises(grpc.RpcError) as err:
+            for answer in worker.stub.Heartbeats(strangers, timeout=20):
+                answered.append(answer)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert len(answered) == 1  # the beat before it was answered
+    finally:
+        worker.close()

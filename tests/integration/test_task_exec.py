@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import pty
+import random
 import select
 import signal
 import struct
@@ -152,11 +153,12 @@ def test_a_task_killed_during_the_exec_ends_it(cluster: Cluster) -> None:
     manager, agent, _procs = cluster
     wait_for(lambda: len(_running(manager, "box")) == 2, timeout=30, message="both tasks running")
     task = _task(manager, 1)
-    cli = _cli_popen(manager, "task", "exec", task["id"], "--", "sh", "-c", "echo started; sleep 300")
+    sleeper = _own_sleep()
+    cli = _cli_popen(manager, "task", "exec", task["id"], "--", "sh", "-c", f"echo started; {sleeper}")
     try:
         assert cli.stdout is not None
         assert cli.stdout.readline() == "started\n"
-        wait_for(lambda: _processes_running("sleep 300"), timeout=10, message="the exec'd command running")
+        wait_for(lambda: _processes_running(sleeper), timeout=10, message="the exec'd command running")
         _kill_task(agent, task)
         cli.wait(timeout=20)
         assert cli.returncode == 137
@@ -168,23 +170,30 @@ def test_a_task_killed_during_the_exec_ends_it(cluster: Cluster) -> None:
         if cli.poll() is None:
             cli.kill()
             cli.wait()
-    # The exec'd `sleep 300` did not outlive the exec.
-    wait_for(lambda: not _processes_running("sleep 300"), timeout=10, message="the exec'd command to be killed")
+    # The exec'd sleep did not outlive the exec.
+    wait_for(lambda: not _processes_running(sleeper), timeout=10, message="the exec'd command to be killed")
 
 
 def test_a_caller_that_goes_away_kills_the_command(cluster: Cluster) -> None:
     manager, _agent, _procs = cluster
     wait_for(lambda: len(_running(manager, "box")) == 2, timeout=30, message="both tasks running")
     task = _task(manager)
-    cli = _cli_popen(manager, "task", "exec", task["id"], "--", "sh", "-c", "echo started; sleep 301")
+    sleeper = _own_sleep()
+    cli = _cli_popen(manager, "task", "exec", task["id"], "--", "sh", "-c", f"echo started; {sleeper}")
     try:
         assert cli.stdout is not None
         assert cli.stdout.readline() == "started\n"
-        wait_for(lambda: _processes_running("sleep 301"), timeout=10, message="the exec'd command running")
+        wait_for(lambda: _processes_running(sleeper), timeout=10, message="the exec'd command running")
     finally:
         cli.kill()
         cli.wait()
-    wait_for(lambda: not _processes_running("sleep 301"), timeout=10, message="the exec'd command to be killed")
+    wait_for(lambda: not _processes_running(sleeper), timeout=10, message="the exec'd command to be killed")
+
+
+def _own_sleep() -> str:
+    """A sleep whose command line no other test's process has: the suite runs tests side by side,
+    and some of them run `sleep 300` tasks of their own."""
+    return f"sleep {random.randint(100_000, 999_999)}"
 
 
 def _processes_running(command: str) -> bool:
