@@ -91,11 +91,13 @@ class _PySyncObjNoiseFilter(logging.Filter):
 
 logging.getLogger("pysyncobj.syncobj").addFilter(_PySyncObjNoiseFilter())
 
-# Election timeouts (ADR 16, raised by ADR 52): on a loaded 2-core machine the Raft thread of a
-# busy leader went 0.4-0.9 s without running, and 0.3-0.45 s elected a new leader each time. A
-# crashed leader is still replaced within ~0.1 s: its closed connections call the election early.
-RAFT_MIN_TIMEOUT = 1.0
-RAFT_MAX_TIMEOUT = 1.5
+# Election timeouts (ADR 16, raised by ADR 52 and ADR 80): the Raft thread of a busy leader goes
+# without running for a while on a saturated machine (0.4-0.9 s with 500 nodes, 1.09-1.28 s with
+# 1,000), and a timeout shorter than that elects a new leader each time, which at 1,000 nodes
+# costs minutes of reconnections. A crashed leader is still replaced within ~0.1 s: its closed
+# connections call the election early. Only a frozen or cut-off leader waits out the timeout.
+RAFT_MIN_TIMEOUT = 2.0
+RAFT_MAX_TIMEOUT = 3.0
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
@@ -151,9 +153,9 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             appendEntriesUseBatch=False,
             autoTickPeriod=0.005,
             dynamicMembershipChange=True,
-            # Failover (ADR 16, 52): followers call an election after 1-1.5 s without hearing
+            # Failover (ADR 16, 52, 80): followers call an election after 2-3 s without hearing
             # from the leader, which sends heartbeats every 50 ms; a leader that has not heard
-            # from a quorum for 1.5 s steps down. Peers are redialled every 0.2 s, so the
+            # from a quorum for 3 s steps down. Peers are redialled every 0.2 s, so the
             # survivors of a leader crash find each other before their election times out.
             raftMinTimeout=RAFT_MIN_TIMEOUT,
             raftMaxTimeout=RAFT_MAX_TIMEOUT,
