@@ -22,13 +22,18 @@ from warren.api.v1 import types_pb2 as pb
 pytestmark = pytest.mark.integration
 
 
+def _two_tasks_pushed(manager: Manager, worker: ScriptedWorker, service: str, hostname: str) -> None:
+    """Create `service` with two replicas on the scripted worker, and wait until it holds both."""
+    spec = pb.ServiceSpec(name=service, image="busybox", replicas=2, constraints=[f"node.hostname=={hostname}"])
+    manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
+    wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
+
+
 def test_task_status_text_is_truncated_and_the_report_kept(manager: Manager, tmp_path: Path) -> None:
     creds = _issue(manager, tmp_path / "worker", "reporter1", pki.ROLE_WORKER)
     worker = ScriptedWorker(manager, creds, "reporter")
     try:
-        spec = pb.ServiceSpec(name="web", image="busybox", replicas=2, constraints=["node.hostname==reporter"])
-        manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
-        wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
+        _two_tasks_pushed(manager, worker, "web", "reporter")
         for task_id in worker.tasks:  # 3 MiB each: one request fits the 4 MiB limit, both would not
             status = dpb.TaskStatus(task_id=task_id, state="running", message="m" * (3 << 20), error="e\n" * 10)
             request = dpb.UpdateTaskStatusRequest(session_id=worker.session_id, updates=[status])
@@ -76,9 +81,7 @@ def test_each_batch_on_the_report_stream_is_answered_once_the_state_holds_it(man
     creds = _issue(manager, tmp_path / "worker", "reporter3", pki.ROLE_WORKER)
     worker = ScriptedWorker(manager, creds, "streamer")
     try:
-        spec = pb.ServiceSpec(name="streamed", image="busybox", replicas=2, constraints=["node.hostname==streamer"])
-        manager.control().CreateService(cpb.CreateServiceRequest(spec=spec), timeout=10)
-        wait_for(lambda: len(worker.tasks) == 2, message="two tasks pushed to the worker")
+        _two_tasks_pushed(manager, worker, "streamed", "streamer")
         first, second = sorted(worker.tasks)
         answered = threading.Event()
 
