@@ -13,7 +13,7 @@ from tests.integration.harness import free_port
 from tests.waiting import wait_for
 from warren import commands
 from warren.manager import journal
-from warren.manager.raft import RaftNode, RaftStartError, SnapshotFile
+from warren.manager.raft import RAFT_MIN_TIMEOUT, RaftNode, RaftStartError, SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 
@@ -21,10 +21,10 @@ pytestmark = pytest.mark.integration
 
 
 class Member:
-    def __init__(self, data: Path, port: int) -> None:
+    def __init__(self, data: Path, port: int, elect_now: bool = False) -> None:
         self.data = data
         self.store = Store(open_environment(data / "db"))
-        self.raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", self.store)
+        self.raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", self.store, elect_now=elect_now)
         assert self.raft.wait_leader(10)
 
     def close(self) -> None:
@@ -42,6 +42,20 @@ def member(tmp_path: Path, port: int) -> Iterator[Member]:
     m = Member(tmp_path / "a", port)
     yield m
     m.close()
+
+
+def test_a_lone_member_creating_its_cluster_elects_itself_without_waiting(tmp_path: Path, port: int) -> None:
+    """No other member exists to hear from or to depose, so the election timeout would only
+    delay the new cluster: a member that waited it out could not lead before RAFT_MIN_TIMEOUT."""
+    data = tmp_path / "a"
+    store = Store(open_environment(data / "db"))
+    raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", store, elect_now=True)
+    try:
+        assert raft.wait_leader(RAFT_MIN_TIMEOUT * 0.75)
+        assert _create(raft, 0).ok
+    finally:
+        raft.destroy_synchronous()
+        store.env.close()
 
 
 def _create(raft: RaftNode, i: int) -> commands.Result:

@@ -258,8 +258,16 @@ async def _open_and_serve(
     hub = EventHub(asyncio.get_running_loop())
     store.watch(hub.publish)
     try:
+        peers = raft_peers(identity, store)
+        creates_alone = not identity.joined and not peers and store.state.cluster is None
         raft = RaftNode(
-            identity.raft_addr, raft_peers(identity, store), data, secret, store, bind_addr=identity.raft_bind_addr
+            identity.raft_addr,
+            peers,
+            data,
+            secret,
+            store,
+            bind_addr=identity.raft_bind_addr,
+            elect_now=creates_alone,
         )
     except RaftStartError as exc:
         raise StartupError(str(exc)) from None

@@ -124,8 +124,17 @@ PERSIST_RETRY_PERIOD = 0.5
 
 class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they override SyncObj's handlers
     def __init__(
-        self, self_addr: str, peers: list[str], data_dir: Path, secret: str, store: Store, bind_addr: str | None = None
+        self,
+        self_addr: str,
+        peers: list[str],
+        data_dir: Path,
+        secret: str,
+        store: Store,
+        bind_addr: str | None = None,
+        elect_now: bool = False,
     ) -> None:
+        """`elect_now`: this manager creates a cluster alone, so no other member exists to
+        depose or to hear from, and waiting out the election timeout would only delay it."""
         self._store = store
         self._stopping = threading.Event()
         # Proposals for the next entry, with their encoded size: each is encoded once to be
@@ -179,6 +188,8 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             super().__init__(self_addr, peers, conf, transportClass=HardenedTransport)  # ADR 20
         finally:
             journal.uninstall()
+        if elect_now and not peers:
+            self._SyncObj__raftElectionDeadline = 0.0  # PySyncObj's private deadline, as in ADR 16
         self.addOnTickCallback(self._ping_peers)
         self._last_tick = 0.0
         self.addOnTickCallback(self._measure_tick)
