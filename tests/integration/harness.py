@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import lmdb
 import msgspec
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.ports import free_port
 from tests.waiting import wait_for
@@ -318,17 +319,17 @@ def leader_of(managers: list[Manager], timeout: float = 20) -> Manager:
     return wait_for(find, timeout=timeout, message="a leader")
 
 
-def raft_peer_links(manager: Manager) -> dict[str, int]:
-    """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
+def metric_samples(manager: Manager, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name` on the manager's /metrics: (labels, value) each."""
     url = f"http://{manager.host}:{manager.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=3) as response:
         text = response.read().decode()
-    links = {}
-    for line in text.splitlines():
-        if line.startswith("warren_raft_peer_connected{"):
-            peer = line.split('peer="', 1)[1].split('"', 1)[0]
-            links[peer] = int(float(line.rsplit(" ", 1)[1]))
-    return links
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def raft_peer_links(manager: Manager) -> dict[str, int]:
+    """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
+    return {labels["peer"]: int(value) for labels, value in metric_samples(manager, "warren_raft_peer_connected")}
 
 
 def all_raft_connected(managers: list[Manager]) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.harness import Manager, manager_trio
+from tests.integration.harness import Manager, manager_trio, metric_samples
 from tests.integration.simrig import SimProcess
 from tests.waiting import wait_for
 from warren.api.v1 import control_pb2 as cpb
@@ -149,6 +149,10 @@ def test_s1_every_task_runs_once_across_a_leader_kill_and_node_kills(
 
     after = wait_for(settled_after_failover, timeout=90, interval=1, message="every node and task back")
     assert after == placed  # the same task of each slot, on the same node
+    # The nodes held the endpoints the old leader sent, which did not change: the new leader
+    # named them kept instead of sending them again (ADR 81).
+    endpoints = {labels["how"]: value for labels, value in metric_samples(new, "warren_session_endpoints_total")}
+    assert endpoints.get("kept", 0) >= NODES * SERVICES, endpoints
     counts = sim.status()
     assert (counts["running"], counts["starts"]) == (TASKS, TASKS)
 

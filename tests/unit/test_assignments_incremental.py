@@ -16,13 +16,14 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from warren.agent.assignments import AssignmentSet, MeshMember, _endpoint, _member
+from warren.agent.assignments import AssignmentSet, MeshMember, _member
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
 from warren.manager.dispatcher import DispatcherService, SessionSpecs
 from warren.manager.speccache import SpecCache
 from warren.model import Node, ServiceSpec, Task, TaskState, same_but_status
+from warren.network.endpointdigest import endpoint_of
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecRefs
 from warren.state import ClusterState, Delete, Put
@@ -91,7 +92,7 @@ def test_endpoints_and_mesh_held_are_the_whole_list_in_order_after_any_deltas(hi
         msg.services_index = held.endpoints_index + (step[0] != "none")
         msg.mesh_version = held.mesh_version + (step[0] != "none")
         delta = held.apply(dpb.AssignmentsMessage.FromString(msg.SerializeToString()))
-        want_services = tuple(_endpoint(_service(k, services[k])) for k in sorted(services))
+        want_services = tuple(endpoint_of(_service(k, services[k])) for k in sorted(services))
         want_mesh = tuple(_member(_node(k, nodes[k])) for k in sorted(nodes))
         if step[0] == "none" and version > 1:
             assert delta.services is None and delta.mesh is None

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.unit.test_dispatcher_nodes import description
 from tests.waiting import async_wait_for as until
 from warren import strategy
-from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap, _endpoint
+from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager import changelog, endpointlog, endpoints
@@ -50,6 +50,7 @@ from warren.model import (
     TaskState,
     UpdateStatus,
 )
+from warren.network.endpointdigest import endpoint_of
 from warren.network.lb import Endpoint
 from warren.pki import Identity
 from warren.state import Change, ClusterState, Delete, Put
@@ -73,6 +74,8 @@ class Agent:
     messages: list[dpb.AssignmentsMessage] = field(default_factory=list)
     gate: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: the reader stops reading
     gaps: list[str] = field(default_factory=list)
+    digests: bool = False  # sends the digests of the endpoints it holds with a new session (ADR 81)
+    reader: asyncio.Task[None] | None = None
 
     @property
     def index(self) -> int:
@@ -106,6 +109,7 @@ class Rig:
                 endpoint_patches=agent.patches,
                 endpoint_runs=agent.runs,
                 mesh_deltas=agent.deltas,
+                endpoint_digests=agent.assignments.endpoint_digests() if agent.digests else [],
             )
             agent.assignments.reset()
             async for sent in self.dispatcher.Session(request, None):
@@ -124,13 +128,24 @@ class Rig:
                     agent.mesh_seen[agent.assignments.mesh_version] = delta.mesh
                 await agent.gate.wait()
 
-        self._readers.append(asyncio.create_task(read()))
+        agent.reader = asyncio.create_task(read())
+        self._readers.append(agent.reader)
         return agent
+
+    async def reopen(self, index: int, agent: Agent) -> dpb.AssignmentsMessage:
+        """End the agent's session and open a new one, as after a leader change: its COMPLETE."""
+        assert agent.reader is not None
+        agent.reader.cancel()
+        await asyncio.gather(agent.reader, return_exceptions=True)
+        first = len(agent.messages)
+        self.open(index, agent)
+        await until(lambda: len(agent.messages) > first, timeout=10, interval=0.005, message="a COMPLETE")
+        return agent.messages[first]
 
     def truth(self) -> tuple[Endpoint, ...]:
         """The whole list computed afresh from the state, as the agent converts it."""
         with self.store.read() as state:
-            return tuple(_endpoint(e) for e in endpoints.all_endpoints(state))
+            return tuple(endpoint_of(e) for e in endpoints.all_endpoints(state))
 
     async def settled(self, agents: list[Agent]) -> None:
         """Until each reading agent holds the leader's current version (every commit delivered)."""

@@ -23,6 +23,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.model import ServiceSpec, Task, TaskState
+from warren.network.endpointdigest import endpoint_digest, endpoint_of
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecKey, SpecRefs
 
@@ -91,6 +92,12 @@ class KeyOrdered(Mapping[str, Held], Generic[Held]):
                 del by_key[key]
                 at = bisect_left(keys, key)
                 del keys[at], values[at]
+
+    def copy(self) -> KeyOrdered[Held]:
+        """Another set of the same entries, to change apart from this one."""
+        other: KeyOrdered[Held] = KeyOrdered()
+        other._by_key, other._keys, other._values = dict(self._by_key), list(self._keys), list(self._values)
+        return other
 
     def ordered(self) -> tuple[Held, ...]:
         """Every entry, in key order."""
@@ -239,33 +246,22 @@ class AssignmentSet:
         return self.mesh.ordered()
 
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
-        """The whole endpoint set after `msg` if it changed them, else None. A delta converts
-        only the entries it carries into the set held, which is kept in name order, as the whole
-        list comes."""
-        if msg.services_delta:
-            # In order, a patch onto the entry as the entries before it in this delta left it (a
-            # run names a service once per version that changed it, ADR 78). Read first: one that
-            # does not fit raises before anything held changed.
-            taken: dict[str, Endpoint] = {}
-            for entry in msg.services:
-                taken[entry.name] = self._read_endpoint(entry, taken)
-            self.endpoints.merge(taken.items(), msg.services_removed)
-        elif msg.services_changed:
-            self.endpoints = KeyOrdered((entry.name, _endpoint(entry)) for entry in msg.services)
-        else:
+        """The whole endpoint set after `msg` if it changed them, else None (`endpoints_after`)."""
+        if not (msg.services_delta or msg.services_changed):
             return None
+        try:
+            self.endpoints = endpoints_after(self.endpoints, msg)
+        except KeptUnknown:
+            # The managers named an endpoint kept that this node does not hold, so the digests it
+            # sent were not of what it holds: the next session starts from none (ADR 81).
+            self.endpoints, self.endpoints_index = KeyOrdered(), 0
+            raise
         self.endpoints_index = msg.services_index
         return self.endpoints.ordered()
 
-    def _read_endpoint(self, entry: dpb.ServiceEndpoint, taken: dict[str, Endpoint]) -> Endpoint:
-        """A delta's entry: whole, or a patch onto the entry under its name (ADR 65): as `taken`
-        from this delta so far, else as held."""
-        if not entry.patch:
-            return _endpoint(entry)
-        held = taken[entry.name] if entry.name in taken else self.endpoints.get(entry.name)
-        if held is None:
-            raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
-        return _patched(held, entry)
+    def endpoint_digests(self) -> list[dpb.EndpointDigest]:
+        """A digest of each endpoint held, for the next session's request (ADR 81)."""
+        return [dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in self.endpoints.ordered()]
 
     def forget_logins(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:
@@ -316,27 +312,48 @@ class AssignmentSet:
         self._arrived = set()
 
 
-def _endpoint(e: dpb.ServiceEndpoint) -> Endpoint:
-    """A service's endpoint as the load balancer reads it."""
-    return Endpoint(
-        e.name,
-        e.vip,
-        tuple(e.backends),
-        tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode != "host"),
-        canary=tuple(e.canary),
-        canary_weight=e.canary_weight,
-        host_ports=tuple((p.protocol, p.published, p.target) for p in e.ports if p.mode == "host"),
-        networks=tuple(e.networks),
-        members=tuple(e.members),
-        aliases=tuple((a.network, a.alias) for a in e.aliases),
-        internal=e.internal,
-    )
+class KeptUnknown(VersionGap):
+    """COMPLETE kept an endpoint that is not held (ADR 81)."""
+
+
+def endpoints_after(held: KeyOrdered[Endpoint], msg: dpb.AssignmentsMessage) -> KeyOrdered[Endpoint]:
+    """The endpoint set after `msg`, which changes it, from the set `held` at its base. A delta
+    changes `held` in place and returns it: it converts only the entries it carries, and the set
+    stays in name order, as a whole list comes. A whole list is a new set: its entries, and
+    those of `held` it names kept (ADR 81)."""
+    if msg.services_delta:
+        # In order, a patch onto the entry as the entries before it in this delta left it (a
+        # run names a service once per version that changed it, ADR 78). Read first: one that
+        # does not fit raises before anything held changed.
+        taken: dict[str, Endpoint] = {}
+        for entry in msg.services:
+            taken[entry.name] = _read_endpoint(held, entry, taken)
+        held.merge(taken.items(), msg.services_removed)
+        return held
+    whole = {entry.name: endpoint_of(entry) for entry in msg.services}
+    for name in msg.services_kept:
+        kept = held.get(name)
+        if kept is None:
+            raise KeptUnknown(f"endpoints of {name!r} kept, which we do not hold: resynchronise")
+        whole[name] = kept
+    return KeyOrdered(whole.items())
+
+
+def _read_endpoint(held: Mapping[str, Endpoint], entry: dpb.ServiceEndpoint, taken: dict[str, Endpoint]) -> Endpoint:
+    """A delta's entry: whole, or a patch onto the entry under its name (ADR 65): as `taken`
+    from this delta so far, else as held."""
+    if not entry.patch:
+        return endpoint_of(entry)
+    base = taken[entry.name] if entry.name in taken else held.get(entry.name)
+    if base is None:
+        raise VersionGap(f"endpoints patch of {entry.name!r}, which we do not hold: resynchronise")
+    return _patched(base, entry)
 
 
 def _patched(held: Endpoint, entry: dpb.ServiceEndpoint) -> Endpoint:
     """`held` with a patch's backends and members added and removed, and its other fields."""
     return dataclasses.replace(
-        _endpoint(entry),
+        endpoint_of(entry),
         backends=_patch_list(entry.name, held.backends, entry.backends_added, entry.backends_removed),
         members=_patch_list(entry.name, held.members, entry.members_added, entry.members_removed),
     )

@@ -12,17 +12,24 @@ Nor are the entries parsed (#15): the session reads each message as `IndexOnlyMe
 same message without its `services` and `mesh` lists, which protobuf then keeps as unknown
 bytes, never decoded. At S2's size parsing them was a sixth of the simulator's time: a second of
 endpoint patches is ~3,000 addresses, 100 us to parse, and 2 us to skip.
+
+A node that opens a new session sends digests of the endpoints it holds (ADR 81), so that the
+managers send only those that differ. The managers send every node the same endpoints at one
+index, so the simulator's nodes share them (`SharedEndpoints`): each index's set is built once,
+by the first node to reach it, and its digests once. A node whose index is no longer kept sends
+none and gets the whole list, as a real node that holds nothing.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
-from warren.agent.assignments import AssignmentSet, MeshMember
+from warren.agent.assignments import AssignmentSet, KeyOrdered, MeshMember, VersionGap, endpoints_after
 from warren.api.v1 import dispatcher_pb2 as dpb
+from warren.network.endpointdigest import endpoint_digest
 from warren.network.lb import Endpoint
 
 ENTRY_FIELDS = ("services", "mesh")  # the lists of entries an index-only node never reads
@@ -54,19 +61,75 @@ def without_fields(full: type[message.Message], names: tuple[str, ...], name: st
 IndexOnlyMessage = without_fields(dpb.AssignmentsMessage, ENTRY_FIELDS, "AssignmentsMessageIndexOnly")
 
 
+# Endpoint sets kept by index: nodes in step reach the same few; one further behind than this
+# is no longer kept, and then sends no digests.
+SHARED_SETS = 64
+
+
+class SharedEndpoints:
+    """The endpoint sets that a process's index-only nodes reached, by services_index, and their
+    digests. A message that changes the endpoints is read whole (once per index: the first node
+    that reaches it) onto the set of the index the node held, if that is still kept."""
+
+    def __init__(self, keep: int = SHARED_SETS) -> None:
+        self._keep = keep
+        self._sets: dict[int, KeyOrdered[Endpoint]] = {}  # oldest first
+        self._digests: dict[int, list[dpb.EndpointDigest]] = {}
+        self.built = 0  # sets built (for tests)
+        self.unreadable = 0  # messages that did not apply onto the set of their base
+
+    def reach(self, held_index: int, msg: message.Message) -> None:
+        """A node that holds the set of `held_index` applied `msg`, which changes its endpoints."""
+        index = msg.services_index  # type: ignore[attr-defined]
+        if index in self._sets:
+            return
+        full = dpb.AssignmentsMessage.FromString(msg.SerializeToString())  # with its unknown fields
+        base = self._sets.get(held_index) if full.services_delta or full.services_kept else KeyOrdered()
+        if base is None:
+            return
+        try:
+            built = endpoints_after(base.copy(), full)
+        except VersionGap:  # a real node would resynchronise; this one only sends no digests
+            self.unreadable += 1
+            return
+        self.built += 1
+        self._sets[index] = built
+        while len(self._sets) > self._keep:
+            oldest = next(iter(self._sets))
+            del self._sets[oldest]
+            self._digests.pop(oldest, None)
+
+    def digests(self, index: int) -> list[dpb.EndpointDigest]:
+        """The digests of the set of `index` (none if it is not kept)."""
+        found = self._digests.get(index)
+        if found is None:
+            held = self._sets.get(index)
+            if held is None:
+                return []
+            found = self._digests[index] = [
+                dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in held.ordered()
+            ]
+        return found
+
+
 @dataclass
 class IndexOnlyAssignmentSet(AssignmentSet):
     """AssignmentSet, holding no endpoint or mesh entry: a change is reported as an empty tuple,
     so the session's `on_services` still hears the new index. Its messages are read without
-    their entries (`IndexOnlyMessage`)."""
+    their entries (`IndexOnlyMessage`); the endpoints of its index are in `shared`."""
 
     decode: ClassVar[Any] = staticmethod(IndexOnlyMessage.FromString)
+    shared: SharedEndpoints = field(default_factory=SharedEndpoints)
 
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
         if not (msg.services_delta or msg.services_changed):
             return None
+        self.shared.reach(self.endpoints_index, msg)
         self.endpoints_index = msg.services_index
         return ()
+
+    def endpoint_digests(self) -> list[dpb.EndpointDigest]:
+        return self.shared.digests(self.endpoints_index)
 
     def _take_mesh(self, msg: dpb.AssignmentsMessage) -> tuple[MeshMember, ...] | None:
         if not (msg.mesh_delta or msg.mesh_changed):

@@ -28,7 +28,7 @@ from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.callstream import CallStream, StreamEnded
 from warren.agent.execs import ExecAgent
-from warren.agent.indexonly import IndexOnlyAssignmentSet
+from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints
 from warren.agent.logs import LogAgent
 from warren.agent.reporter import report_channel, send_reports
 from warren.agent.runtime import PullLogin
@@ -39,6 +39,7 @@ from warren.api.leader import leader_from_details
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.backoff import Backoff
+from warren.model import Task
 from warren.network.keys import NodeKey
 from warren.network.lb import Endpoint
 
@@ -143,6 +144,7 @@ class Session:
         credentials: tls.CredentialFiles = tls.PLAIN_FILES,
         execs: ExecAgent | None = None,
         read_entries: bool = True,
+        shared_endpoints: SharedEndpoints | None = None,
     ) -> None:
         self.execs = execs  # serves the operators' execs during each session (ADR 59)
         self.certs_dir = certs_dir
@@ -163,10 +165,17 @@ class Session:
         self.routing_changed = routing_changed if routing_changed is not None else asyncio.Event()
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
+
         # read_entries=False: warren sim's nodes hold only the endpoints' index and the mesh's
-        # version (ADR 71).
-        kind = AssignmentSet if read_entries else IndexOnlyAssignmentSet
-        self.assignments = kind(held=lambda task_id: self.worker.held_task(task_id))
+        # version (ADR 71), and find the endpoints of that index in `shared_endpoints` (ADR 81).
+        def held(task_id: str) -> Task | None:
+            return self.worker.held_task(task_id)
+
+        self.assignments = (
+            AssignmentSet(held=held)
+            if read_entries
+            else IndexOnlyAssignmentSet(held=held, shared=shared_endpoints or SharedEndpoints())
+        )
         if pull_logins is not None:  # shared with the controllers (ADR 43)
             self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD
@@ -247,6 +256,7 @@ class Session:
             endpoint_patches=True,  # and patches of a service's backends and members
             endpoint_runs=True,  # and applies a delta's entries in order (ADR 78)
             mesh_deltas=True,
+            endpoint_digests=self.assignments.endpoint_digests(),  # what need not come again (ADR 81)
             failed_sessions=self.failed_sessions,
             last_failure=self.last_failure,
         )

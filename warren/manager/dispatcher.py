@@ -48,6 +48,7 @@ from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, 
 from warren.manager.sessionpace import reconnect_spread, session_pace
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState, same_but_status
+from warren.network.endpointdigest import DIGEST_SIZE
 from warren.reconciler import liveness
 from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
@@ -55,6 +56,8 @@ from warren.validate import ValidationError, check_node_description, check_wireg
 
 log = logging.getLogger(__name__)
 
+# Endpoint digests a session request may hold (ADR 81): one per service the agent holds.
+MAX_HELD_ENDPOINTS = 100_000
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
 
@@ -259,6 +262,28 @@ def _failure_text(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
+def _held_endpoints(request: dpb.SessionRequest) -> dict[str, bytes]:
+    """The digests of the endpoints the agent holds, by service name (ADR 81)."""
+    digests = request.endpoint_digests
+    if len(digests) > MAX_HELD_ENDPOINTS:
+        raise ApiError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_HELD_ENDPOINTS} endpoint digests (got {len(digests)})"
+        )
+    held: dict[str, bytes] = {}
+    for entry in digests:
+        try:
+            validate.check_name("service", entry.name)
+        except ValidationError as exc:
+            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint digests: {exc}") from None
+        if len(entry.digest) != DIGEST_SIZE:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the endpoint digest of {entry.name} has {len(entry.digest)} bytes, not {DIGEST_SIZE}",
+            )
+        held[entry.name] = entry.digest
+    return held
+
+
 def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
     """Every service with a VIP and its backends, as an agent holds them (`endpointlog`)."""
     return all_endpoints(state)
@@ -351,6 +376,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 validate.check_hostport("the node's metrics_addr", desc.metrics_addr)
         except ValidationError as exc:
             raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        held = _held_endpoints(request)
         if len(request.last_failure) > validate.MAX_FAILURE_TEXT:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {validate.MAX_FAILURE_TEXT} characters"
@@ -418,8 +444,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     heartbeat_period=period,
                     reconnect_spread=reconnect_spread(nodes, period),
                 )
-                del tasks, current  # a session lives long: hold no copy, pin no endpoint version (ADR 72)
-                yield await self._fits(node.id, Assignments(complete, self._endpoints.whole(), self._mesh.whole()))
+                # A session lives long: hold no copy, pin no endpoint version (ADR 72).
+                del tasks, current
+                endpoints, kept = self._endpoints.whole_for(held)  # what the agent holds is not sent again (ADR 81)
+                metrics.SESSION_ENDPOINTS.labels("kept").inc(kept)
+                metrics.SESSION_ENDPOINTS.labels("sent").inc(len(self._endpoints) - kept)
+                del held
+                yield await self._fits(node.id, Assignments(complete, endpoints, self._mesh.whole()))
+                del endpoints
                 while self._raft.is_leader and session_id in self._sessions:
                     try:
                         batches = _coalesce(await wait_within(events.get(), 1.0), events)

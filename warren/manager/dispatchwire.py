@@ -39,9 +39,12 @@ class Assignments(NamedTuple):
         return dpb.AssignmentsMessage.FromString(self.encode())
 
 
-def encode_endpoints(services: list[dpb.ServiceEndpoint], index: int) -> bytes:
-    """The endpoints part of an AssignmentsMessage, computed at Raft index `index`."""
-    return dpb.AssignmentsMessage(services=services, services_changed=True, services_index=index).SerializeToString()
+def encode_endpoints(services: list[dpb.ServiceEndpoint], index: int, kept: list[str] | None = None) -> bytes:
+    """The endpoints part of an AssignmentsMessage, computed at Raft index `index`; with `kept`,
+    the names of those the agent holds as they are, which `services` leaves out (ADR 81)."""
+    return dpb.AssignmentsMessage(
+        services=services, services_changed=True, services_index=index, services_kept=kept
+    ).SerializeToString()
 
 
 def encode_endpoint_delta(changed: list[dpb.ServiceEndpoint], removed: list[str], base: int, index: int) -> bytes:

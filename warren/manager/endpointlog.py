@@ -17,7 +17,7 @@ read from the live state; the next version then relabels nothing, because nothin
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager
 from typing import NamedTuple
@@ -36,6 +36,9 @@ from warren.state import Change, ClusterState, Put
 # the composed delta, which nets out an address added and removed within it, and than the whole
 # list (a task flapping over many versions): by at most this much per message.
 MAX_RUN_BYTES = 256 << 10
+# Encodings of the current version's whole list with names kept, shared by the sessions that
+# keep the same names (ADR 81); nodes in step keep the same, and others get one of their own.
+WHOLE_KEPT_SHARED = 16
 
 
 class EndpointView(NamedTuple):
@@ -74,6 +77,9 @@ class EndpointLog:
         self._view = EndpointView(-1, frozenset())
         self._log = changelog.ChangeLog(changelog.HISTORY)  # the names each version changed
         self._whole: bytes | None = None  # the current version's whole list, once encoded
+        # The current version's whole list for agents that hold some of it (ADR 81), by the
+        # names they hold as they are: nodes in step hold the same, and share one encoding.
+        self._whole_kept: dict[tuple[str, ...], bytes] = {}
         # (base, patches, runs) -> delta onto the current version
         self._deltas: dict[tuple[int, bool, bool], bytes | None] = {}
         # Each recent version's own entries, encoded once for runs (ADR 78); None for a version
@@ -110,6 +116,29 @@ class EndpointLog:
             services = [self._by_name[name].entry() for name in sorted(self._by_name)]
             self._whole = encode_endpoints(services, self._view.at)
         return self._whole
+
+    def whole_for(self, held: Mapping[str, bytes]) -> tuple[bytes, int]:
+        """The current version's whole list for an agent that holds endpoints of these digests,
+        by name: those it holds as they are now are named kept instead of sent (ADR 81). With
+        how many were kept."""
+        if not held:
+            return self.whole(), 0
+        names = sorted(self._by_name)
+        kept = tuple(name for name in names if held.get(name) == self._by_name[name].digest())
+        if not kept:
+            return self.whole(), 0
+        encoded = self._whole_kept.get(kept)
+        if encoded is None:
+            taken = set(kept)
+            services = [self._by_name[name].entry() for name in names if name not in taken]
+            encoded = encode_endpoints(services, self._view.at, list(kept))
+            if len(self._whole_kept) < WHOLE_KEPT_SHARED:
+                self._whole_kept[kept] = encoded
+        return encoded, len(kept)
+
+    def __len__(self) -> int:
+        """The services of the current version."""
+        return len(self._by_name)
 
     def since(
         self, sent: int, deltas: bool, patches: bool = False, runs: bool = False
@@ -364,4 +393,5 @@ class EndpointLog:
             del self._steps[next(iter(self._steps))]  # the oldest: no longer in the log
         self._view = EndpointView(at, backends)
         self._whole = None
+        self._whole_kept = {}
         self._deltas = {}

@@ -15,6 +15,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.commands.networks import network_names
 from warren.model import Service, Task, is_routed
+from warren.network.endpointdigest import endpoint_digest, endpoint_of
 from warren.state import ClusterState
 
 
@@ -23,13 +24,14 @@ class Computed:
     sets (for patches and counts, without reading 1,000 addresses back from a message). The whole
     message is made once, when a session first needs it: most versions travel as patches."""
 
-    __slots__ = ("_entry", "backends", "head", "members")
+    __slots__ = ("_digest", "_entry", "backends", "head", "members")
 
     def __init__(self, head: dpb.ServiceEndpoint, backends: frozenset[str], members: frozenset[str]) -> None:
         self.head = head
         self.backends = backends
         self.members = members
         self._entry: dpb.ServiceEndpoint | None = None
+        self._digest: bytes | None = None
 
     @property
     def name(self) -> str:
@@ -44,6 +46,12 @@ class Computed:
             entry.members.extend(sorted(self.members))
             self._entry = entry
         return self._entry
+
+    def digest(self) -> bytes:
+        """The digest of the endpoint an agent makes of the whole message (ADR 81)."""
+        if self._digest is None:
+            self._digest = endpoint_digest(endpoint_of(self.entry()))
+        return self._digest
 
     def same(self, other: Computed | None) -> bool:
         return (

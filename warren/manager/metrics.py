@@ -49,6 +49,14 @@ STATUS_BATCHES = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+# What the first message of each new session did with each service's endpoint (ADR 81): "kept"
+# if the agent held it as it is (after a leader change, nearly all), "sent" otherwise.
+SESSION_ENDPOINTS = Counter(
+    "warren_session_endpoints_total",
+    "Services' endpoints in the complete sets of new sessions, by whether the agent kept or was sent them",
+    ["how"],
+    registry=REGISTRY,
+)
 SCHEDULING_PASS = Histogram(
     "warren_scheduler_pass_duration_seconds",
     "Time to compute one reconcile/scheduling pass",

@@ -37,6 +37,7 @@ from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.daemon import load_node_file, save_managers
+from warren.agent.indexonly import SharedEndpoints
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
@@ -125,6 +126,7 @@ class SimNode:
         data_dir: Path,
         node_id: str,
         draw: Callable[[], float],
+        endpoints: SharedEndpoints,
     ):
         self.index = index
         self.hostname = hostname(options.hostname_prefix, index)
@@ -160,8 +162,10 @@ class SimNode:
             on_key_epoch=self._want_key_epoch,
             # No load balancer and no overlay here: the endpoints' index and the mesh's version
             # are all a simulated node needs of them (ADR 71); the managers still compute, encode
-            # and send every entry, and this node still receives and parses them.
+            # and send every entry, and this node still receives them. The endpoints of each
+            # index are read once for every node, for the digests of a new session (ADR 81).
             read_entries=False,
+            shared_endpoints=endpoints,
             credentials=HeldCredentials(),
         )
         self.stop = asyncio.Event()
@@ -274,6 +278,7 @@ class Simulator:
         self.joined = 0
         self.started_at = 0.0
         self.loop_lag = 0.0  # the event loop's worst lateness since the last status (seconds)
+        self.endpoints = SharedEndpoints()  # every node's, by index (ADR 81)
 
     async def start(self) -> None:
         """Join (JOIN_CONCURRENCY at a time) and start each node as soon as it has joined. Raises
@@ -287,7 +292,7 @@ class Simulator:
                     node_dir, node_id = await loop.run_in_executor(None, _join_one, self.options, index)
                 except agent_join.JoinError as exc:
                     raise SimError(f"{hostname(self.options.hostname_prefix, index)}: {exc.message}") from None
-            node = SimNode(self.options, index, node_dir, node_id, self.rng.random)
+            node = SimNode(self.options, index, node_dir, node_id, self.rng.random, self.endpoints)
             self.nodes.append(node)
             node.start()
             self.joined += 1
