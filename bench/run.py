@@ -46,6 +46,7 @@ BENCHMARKS = {
     "joins": "bench.bench_joins",  # 1,000 joins' /24 allocation, scan vs index, pure function (ADR 57)
     "endpoints": "bench.bench_endpoints",  # dispatcher CPU per backend change at 300/1,000 sessions (ADR 57)
     "endpoint_runs": "bench.bench_endpoint_runs",  # deltas to sessions over 8 bases: runs vs composed (ADR 78)
+    "reconnect": "bench.bench_reconnect",  # a new leader reopening 300 sessions at S2's shape, digests vs none (ADR 81)
     "routing": "bench.bench_routing",  # a pass's routing snapshot vs building per-node unions (ADR 33)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
