@@ -7,9 +7,10 @@ whole list): the process CPU until every node holds its new COMPLETE, and the by
 
 Both figures include the new leader's one recomputation of every endpoint (its endpoint log
 follows the commits only while sessions are open, so a follower has none to start from), as a
-real leader change does. The nodes are read as `warren sim` reads them (index-only sets sharing one copy of the endpoints
-of each index, ADR 71 and 81): what is timed is the leader's work, with the encoding gRPC would
-do of each message, and the simulated nodes' parse of it (no network, no TLS)."""
+real leader change does. The nodes are read as `warren sim` reads them (index-only sets sharing
+one copy of the endpoints of each index, ADR 71 and 81): what is timed is the leader's work, with
+the encoding gRPC would do of each message, and the simulated nodes' parse of it (no network, no
+TLS)."""
 
 from __future__ import annotations
 

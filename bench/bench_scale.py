@@ -427,7 +427,10 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
         new_leader = cluster.leader()
         if new_leader is None or sim.status(states=False)["running"] < tasks:
             return False
-        ones, _, dups = _slot_counts(cluster, new_leader)
+        try:
+            ones, _, dups = _slot_counts(cluster, new_leader)
+        except grpc.RpcError:  # a busy new leader: handshakes time out, as for the nodes
+            return False
         return ones == tasks and dups == 0
 
     settle_error = None
@@ -436,7 +439,11 @@ def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
     except RuntimeError as exc:
         settled_s, settle_error = None, str(exc)
     leader_now = new_leader or cluster.leader()
-    ones, lost, dups = _slot_counts(cluster, leader_now) if leader_now else (0, tasks, 0)
+    try:
+        ones, lost, dups = _slot_counts(cluster, leader_now) if leader_now else (0, tasks, 0)
+    except grpc.RpcError as exc:  # not answered: unknown, not lost
+        ones = lost = dups = None  # type: ignore[assignment]
+        settle_error = f"{settle_error or 'settled'}; the last task list failed: {exc.code().name}"
     status = sim.status()
     return {
         "killed_nodes": count,
