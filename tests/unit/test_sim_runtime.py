@@ -444,7 +444,8 @@ def test_a_status_without_states_reads_no_task(tmp_path: Path) -> None:
 
 def test_the_simulator_thaws_when_fewer_nodes_hold_a_session(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ADR 77: a lost session's objects were frozen while it lived; fewer connected nodes than
-    at the last look thaws them, and more or as many does not."""
+    before thaws them, once the count has held still (not while nodes reconnect), and more or as
+    many does not."""
     from warren import gcpolicy
 
     class Node:
@@ -457,14 +458,28 @@ def test_the_simulator_thaws_when_fewer_nodes_hold_a_session(tmp_path: Path, mon
     sim.nodes = nodes  # type: ignore[assignment]
 
     async def scenario() -> None:
-        looking = asyncio.create_task(sim.thaw_loop(every=0.01))
+        looking = asyncio.create_task(sim.thaw_loop(every=0.01, settle=0.1))
         try:
             await async_holds(lambda: thaws == [], 0.05, message="no thaw while all hold a session")
             nodes[1].connected = False
             await until(lambda: thaws == [1], timeout=5, message="a thaw")
             nodes[1].connected = True  # reconnected: more than at the last look
             sim.nodes.append(Node())  # type: ignore[arg-type]
-            await async_holds(lambda: thaws == [1], 0.05, message="no thaw as sessions come back")
+            await async_holds(lambda: thaws == [1], 0.2, message="no thaw as sessions come back")
+            # Lost while others come and go (a leader change): no thaw until the count holds still.
+            nodes[0].connected = False
+            flapping = True
+
+            async def flap() -> None:
+                while flapping:
+                    nodes[2].connected = not nodes[2].connected
+                    await asyncio.sleep(0.02)
+
+            flapper = asyncio.create_task(flap())
+            await async_holds(lambda: thaws == [1], 0.3, message="no thaw while sessions come and go")
+            flapping = False
+            await flapper
+            await until(lambda: thaws == [1, 1], timeout=5, message="a thaw once the count holds still")
         finally:
             looking.cancel()
 

@@ -58,6 +58,7 @@ JOIN_CONCURRENCY = 8  # joins in flight at once: each costs the managers a key s
 WAIT_SLICE = 3600.0  # a simulated wait is cancellable: no need to return in short slices
 LAG_TICK = 0.1  # seconds between the event loop lateness samples `--status` reports
 THAW_CHECK = 1.0  # seconds between looks at how many nodes hold a session (ADR 77)
+THAW_SETTLE = 15.0  # seconds without a session lost or regained before a thaw
 WG_PORT_BASE = 20000  # simulated WireGuard endpoints 127.0.0.1:20000+i (nothing listens there)
 
 
@@ -313,16 +314,24 @@ class Simulator:
             await asyncio.sleep(tick)
             self.loop_lag = max(self.loop_lag, loop.time() - before - tick)
 
-    async def thaw_loop(self, every: float = THAW_CHECK) -> None:
-        """Thaw the frozen objects (ADR 77) whenever fewer nodes hold a session than at the last
-        look: a lost session's objects, frozen while it lived, are then freed by the next full
-        collection instead of never."""
+    async def thaw_loop(self, every: float = THAW_CHECK, settle: float = THAW_SETTLE) -> None:
+        """Thaw the frozen objects (ADR 77) once fewer nodes hold a session than before: a lost
+        session's objects, frozen while it lived, are then freed by the next full collection
+        instead of never. Not while the nodes reconnect: the thaw waits until the number of
+        sessions held has not changed for `settle` seconds. The full collection after a thaw
+        walks the whole heap (7.7 s at S2's size), and one right after a leader change stopped
+        every node while all of them were reconnecting."""
         held = 0
+        owed = False
+        steady = 0.0
         while True:
             await asyncio.sleep(every)
             now = sum(1 for node in self.nodes if node.connected)
-            if now < held:
+            owed = owed or now < held
+            steady = steady + every if now == held else 0.0
+            if owed and steady >= settle:
                 gcpolicy.thaw()
+                owed = False
             held = now
 
     def live(self) -> list[SimNode]:
