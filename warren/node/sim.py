@@ -101,19 +101,21 @@ class HeldCredentials(tls.CredentialFiles):
     held: dict[str, tuple[tuple[int, ...], tls.Credentials]] = field(default_factory=dict)
 
     def load(self, directory: str | os.PathLike[str]) -> tls.Credentials:
-        path = Path(directory)
+        # Plain strings: pathlib's joins were 6 % of the simulator's CPU while 1,000 nodes
+        # reconnected after a leader change (#15).
+        base = os.fspath(directory)
         try:
             stamp = tuple(
                 value
                 for name in (tls.CA_FILE, tls.CERT_FILE, tls.KEY_FILE)
-                for stat in [(path / name).stat()]
+                for stat in [os.stat(os.path.join(base, name))]
                 for value in (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             )
         except OSError:
             return super().load(directory)  # the usual error, naming the file
-        found = self.held.get(str(path))
+        found = self.held.get(base)
         if found is None or found[0] != stamp:
-            found = self.held[str(path)] = (stamp, super().load(directory))
+            found = self.held[base] = (stamp, super().load(directory))
         return found[1]
 
 
