@@ -171,25 +171,45 @@ def test_digests_differ_for_any_field_and_match_for_the_same_endpoint() -> None:
     assert endpoint_of(entry) == base
 
 
-def test_the_simulator_builds_each_index_once_and_forgets_the_oldest() -> None:
-    shared = SharedEndpoints(keep=2)
+def test_the_simulator_builds_each_index_once_and_keeps_it_while_a_node_holds_it() -> None:
+    shared = SharedEndpoints()
     nodes = [IndexOnlyAssignmentSet(shared=shared) for _ in range(5)]
-    for index in (7, 8, 9):
+
+    def whole(index: int) -> dpb.AssignmentsMessage:
         message = _whole("a", "b")
         message.services_index = index
         message.services[0].backends.append(f"10.224.0.{index}")
-        for node in nodes:
+        return message
+
+    for node in nodes:
+        node.apply(whole(7))
+    for index in (8, 9):
+        for node in nodes[1:]:  # one node stays behind at 7
             node.reset()
-            node.apply(message)
+            node.apply(whole(index))
     assert shared.built == 3
+    assert len(shared) == 2  # 8: held by no node any more
     assert [d.name for d in nodes[0].endpoint_digests()] == ["a", "b"]
-    assert shared.digests(7) == []  # no longer kept: a node there would send none
+    assert nodes[0].endpoint_digests() != nodes[1].endpoint_digests()
+    # A delta onto 7 from the node behind: built on the set it holds, which then goes.
+    delta = dpb.AssignmentsMessage(
+        type=dpb.AssignmentsMessage.INCREMENTAL,
+        applies_to=1,
+        version=2,
+        services=[dpb.ServiceEndpoint(name="c", vip="10.201.0.3")],
+        services_delta=True,
+        services_base=7,
+        services_index=10,
+    )
+    nodes[0].apply(delta)
+    assert len(shared) == 2 and [d.name for d in nodes[0].endpoint_digests()] == ["a", "b", "c"]
     # A kept name the shared set does not hold: the node reads nothing into it, nor fails.
     kept = _whole()
-    kept.services_index, kept.services_kept[:] = 10, ["zzz"]
+    kept.services_index, kept.services_kept[:] = 11, ["zzz"]
     nodes[0].reset()
     nodes[0].apply(kept)
-    assert shared.unreadable == 1 and nodes[0].endpoints_index == 10 and nodes[0].endpoint_digests() == []
+    assert shared.unreadable == 1 and nodes[0].endpoints_index == 11 and nodes[0].endpoint_digests() == []
+    assert len(shared) == 1  # 10 went with its last holder; 11 could not be built
 
 
 def test_too_many_digests_are_an_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> None:

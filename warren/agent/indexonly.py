@@ -16,8 +16,7 @@ endpoint patches is ~3,000 addresses, 100 us to parse, and 2 us to skip.
 A node that opens a new session sends digests of the endpoints it holds (ADR 81), so that the
 managers send only those that differ. The managers send every node the same endpoints at one
 index, so the simulator's nodes share them (`SharedEndpoints`): each index's set is built once,
-by the first node to reach it, and its digests once. A node whose index is no longer kept sends
-none and gets the whole list, as a real node that holds nothing.
+by the first node to reach it, and its digests once, and kept while a node holds that index.
 """
 
 from __future__ import annotations
@@ -61,46 +60,57 @@ def without_fields(full: type[message.Message], names: tuple[str, ...], name: st
 IndexOnlyMessage = without_fields(dpb.AssignmentsMessage, ENTRY_FIELDS, "AssignmentsMessageIndexOnly")
 
 
-# Endpoint sets kept by index: nodes in step reach the same few; one further behind than this
-# is no longer kept, and then sends no digests.
-SHARED_SETS = 64
-
-
 class SharedEndpoints:
-    """The endpoint sets that a process's index-only nodes reached, by services_index, and their
-    digests. A message that changes the endpoints is read whole (once per index: the first node
-    that reaches it) onto the set of the index the node held, if that is still kept."""
+    """The endpoint sets that a process's index-only nodes hold, by services_index, and their
+    digests. A message that changes the endpoints is read whole once per index (by the first
+    node that reaches it), onto the set of the index that node held. A set is kept while a node
+    holds its index: with a window of recent indexes instead, at S2's churn (hundreds of versions
+    a second, each node sent one every ~2 s) most nodes' bases were gone before their next
+    message, and they could no longer send digests."""
 
-    def __init__(self, keep: int = SHARED_SETS) -> None:
-        self._keep = keep
-        self._sets: dict[int, KeyOrdered[Endpoint]] = {}  # oldest first
+    def __init__(self) -> None:
+        self._sets: dict[int, KeyOrdered[Endpoint]] = {}
+        self._holders: dict[int, int] = {}  # index -> nodes holding its set
         self._digests: dict[int, list[dpb.EndpointDigest]] = {}
         self.built = 0  # sets built (for tests)
         self.unreadable = 0  # messages that did not apply onto the set of their base
 
     def reach(self, held_index: int, msg: message.Message) -> None:
-        """A node that holds the set of `held_index` applied `msg`, which changes its endpoints."""
+        """A node that holds the set of `held_index` applied `msg`, which changes its endpoints:
+        it now holds the set of the message's index (if it could be built)."""
         index = msg.services_index  # type: ignore[attr-defined]
+        if index not in self._sets:
+            self._build(held_index, msg, index)
         if index in self._sets:
-            return
+            self._holders[index] = self._holders.get(index, 0) + 1
+        self._release(held_index)
+
+    def _build(self, held_index: int, msg: message.Message, index: int) -> None:
         full = dpb.AssignmentsMessage.FromString(msg.SerializeToString())  # with its unknown fields
         base = self._sets.get(held_index) if full.services_delta or full.services_kept else KeyOrdered()
         if base is None:
             return
         try:
-            built = endpoints_after(base.copy(), full)
+            self._sets[index] = endpoints_after(base.copy(), full)
         except VersionGap:  # a real node would resynchronise; this one only sends no digests
             self.unreadable += 1
             return
         self.built += 1
-        self._sets[index] = built
-        while len(self._sets) > self._keep:
-            oldest = next(iter(self._sets))
-            del self._sets[oldest]
-            self._digests.pop(oldest, None)
+
+    def _release(self, index: int) -> None:
+        left = self._holders.get(index, 0) - 1
+        if left > 0:
+            self._holders[index] = left
+        elif index in self._holders:
+            del self._holders[index], self._sets[index]
+            self._digests.pop(index, None)
+
+    def __len__(self) -> int:
+        """The sets held."""
+        return len(self._sets)
 
     def digests(self, index: int) -> list[dpb.EndpointDigest]:
-        """The digests of the set of `index` (none if it is not kept)."""
+        """The digests of the set of `index` (none if no set of it could be built)."""
         found = self._digests.get(index)
         if found is None:
             held = self._sets.get(index)
