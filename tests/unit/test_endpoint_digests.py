@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from tests.unit.test_dispatcher_nodes import description
 from tests.unit.test_endpoint_deltas import Agent, Rig, _change, _run, _service, _task, ops
 from warren.agent.assignments import AssignmentSet, KeyOrdered, VersionGap
-from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints
+from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints, TrackingAssignmentSet
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager import dispatcher
 from warren.manager.server import ApiError, caller
@@ -50,15 +50,16 @@ def test_a_new_session_sends_only_what_the_agent_does_not_hold(history: list) ->
         rig = Rig(root)
         try:
             rig.commit([Put("service", _service(k)) for k in range(3)] + [Put("task", _task(0, 0, "running", 0))])
+            shared = SharedEndpoints()  # the simulator's: the real agent is its tracking node
             real = Agent(deltas=True, patches=True, runs=True, digests=True)
-            shared = SharedEndpoints()
+            real.assignments = TrackingAssignmentSet(shared=shared)
             sim = Agent(deltas=True, patches=True, runs=True, digests=True)
             sim.assignments = IndexOnlyAssignmentSet(shared=shared)
             agents = [rig.open(1, real), rig.open(2, sim)]
             await rig.settled(agents)
             for changes, reconnect in history:
                 held = _digests(real)
-                assert _digests(sim) == held  # the same set, read once for every simulated node
+                assert _digests(sim) == held  # at the tracker's index: the same set
                 if reconnect:  # the sessions end (a leader change), and the changes come meanwhile
                     for agent in agents:
                         assert agent.reader is not None
@@ -171,9 +172,10 @@ def test_digests_differ_for_any_field_and_match_for_the_same_endpoint() -> None:
     assert endpoint_of(entry) == base
 
 
-def test_the_simulator_builds_each_index_once_and_keeps_it_while_a_node_holds_it() -> None:
-    shared = SharedEndpoints()
-    nodes = [IndexOnlyAssignmentSet(shared=shared) for _ in range(5)]
+def test_simulated_nodes_send_the_digests_of_the_sets_their_tracker_held_lately() -> None:
+    shared = SharedEndpoints(keep=2)
+    tracker = TrackingAssignmentSet(shared=shared)
+    nodes = [IndexOnlyAssignmentSet(shared=shared) for _ in range(3)]
 
     def whole(index: int) -> dpb.AssignmentsMessage:
         message = _whole("a", "b")
@@ -181,35 +183,30 @@ def test_the_simulator_builds_each_index_once_and_keeps_it_while_a_node_holds_it
         message.services[0].backends.append(f"10.224.0.{index}")
         return message
 
-    for node in nodes:
-        node.apply(whole(7))
-    for index in (8, 9):
-        for node in nodes[1:]:  # one node stays behind at 7
-            node.reset()
-            node.apply(whole(index))
-    assert shared.built == 3
-    assert len(shared) == 2  # 8: held by no node any more
-    assert [d.name for d in nodes[0].endpoint_digests()] == ["a", "b"]
-    assert nodes[0].endpoint_digests() != nodes[1].endpoint_digests()
-    # A delta onto 7 from the node behind: built on the set it holds, which then goes.
-    delta = dpb.AssignmentsMessage(
-        type=dpb.AssignmentsMessage.INCREMENTAL,
-        applies_to=1,
-        version=2,
-        services=[dpb.ServiceEndpoint(name="c", vip="10.201.0.3")],
-        services_delta=True,
-        services_base=7,
-        services_index=10,
+    for index in (7, 8, 9):
+        tracker.reset()
+        tracker.apply(whole(index))
+    assert len(shared) == 2  # 7 is no longer kept
+    for node, index in zip(nodes, (7, 8, 9), strict=True):
+        node.apply(whole(index))
+    assert nodes[0].endpoint_digests() == []  # a set the tracker no longer keeps: none
+    assert [d.name for d in nodes[1].endpoint_digests()] == ["a", "b"]
+    assert nodes[2].endpoint_digests() == tracker.endpoint_digests() != nodes[1].endpoint_digests()
+    # The tracker's set changes in place with a delta; what was recorded does not.
+    before = nodes[2].endpoint_digests()
+    tracker.apply(
+        dpb.AssignmentsMessage(
+            type=dpb.AssignmentsMessage.INCREMENTAL,
+            applies_to=1,
+            version=2,
+            services=[dpb.ServiceEndpoint(name="c", vip="10.201.0.3")],
+            services_delta=True,
+            services_base=9,
+            services_index=10,
+        )
     )
-    nodes[0].apply(delta)
-    assert len(shared) == 2 and [d.name for d in nodes[0].endpoint_digests()] == ["a", "b", "c"]
-    # A kept name the shared set does not hold: the node reads nothing into it, nor fails.
-    kept = _whole()
-    kept.services_index, kept.services_kept[:] = 11, ["zzz"]
-    nodes[0].reset()
-    nodes[0].apply(kept)
-    assert shared.unreadable == 1 and nodes[0].endpoints_index == 11 and nodes[0].endpoint_digests() == []
-    assert len(shared) == 1  # 10 went with its last holder; 11 could not be built
+    assert [d.name for d in tracker.endpoint_digests()] == ["a", "b", "c"]
+    assert shared.digests(9) == before and [d.name for d in shared.digests(10)] == ["a", "b", "c"]
 
 
 def test_too_many_digests_are_an_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> None:

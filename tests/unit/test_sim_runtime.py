@@ -374,8 +374,9 @@ def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
 class _SlowToDie:
     """A node whose tasks take a while to wind down once it is killed (a busy simulator)."""
 
-    def __init__(self, name: str, log: list[str]) -> None:
+    def __init__(self, name: str, log: list[str], index: int = 1) -> None:
         self.hostname = self.node_id = name
+        self.index = index
         self.killed = False
         self.log = log
 
@@ -395,10 +396,12 @@ def test_killed_nodes_all_vanish_before_any_winds_down(tmp_path: Path) -> None:
     winds down, so the managers see them die together."""
     sim = Simulator(SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:1", token="t", nodes=4))
     log: list[str] = []
-    sim.nodes = [_SlowToDie(f"sim-{i}", log) for i in range(4)]  # type: ignore[misc]
+    sim.nodes = [_SlowToDie(f"sim-{i}", log, index=i) for i in range(4)]  # type: ignore[misc]
     killed = run(sim.kill(3))
     assert len(killed) == 3 and len(sim.live()) == 1
     assert [entry.split()[0] for entry in log] == ["gone"] * 3 + ["wound"] * 3
+    assert sim.live()[0].index == 0  # the tracking node goes last (ADR 81)
+    assert [node.index for node in run(sim.kill(5))] == [0]
 
 
 @settings(max_examples=100, deadline=None)

@@ -15,8 +15,9 @@ endpoint patches is ~3,000 addresses, 100 us to parse, and 2 us to skip.
 
 A node that opens a new session sends digests of the endpoints it holds (ADR 81), so that the
 managers send only those that differ. The managers send every node the same endpoints at one
-index, so the simulator's nodes share them (`SharedEndpoints`): each index's set is built once,
-by the first node to reach it, and its digests once, and kept while a node holds that index.
+index: one node of the simulator reads its entries as a real node does (`TrackingAssignmentSet`)
+and records the sets it holds (`SharedEndpoints`), and a node at one of those indexes sends that
+set's digests. A node at another index sends none, and gets the whole list.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, ClassVar
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message, message_factory
 
-from warren.agent.assignments import AssignmentSet, KeyOrdered, MeshMember, VersionGap, endpoints_after
+from warren.agent.assignments import AssignmentSet, KeyOrdered, MeshMember
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.network.endpointdigest import endpoint_digest
 from warren.network.lb import Endpoint
@@ -60,57 +61,40 @@ def without_fields(full: type[message.Message], names: tuple[str, ...], name: st
 IndexOnlyMessage = without_fields(dpb.AssignmentsMessage, ENTRY_FIELDS, "AssignmentsMessageIndexOnly")
 
 
+# The endpoint sets the tracking node last held, by index: it holds a new one about every 2 s
+# at S2's size, so this is a minute of them.
+TRACKED_SETS = 32
+
+
 class SharedEndpoints:
-    """The endpoint sets that a process's index-only nodes hold, by services_index, and their
-    digests. A message that changes the endpoints is read whole once per index (by the first
-    node that reaches it), onto the set of the index that node held. A set is kept while a node
-    holds its index: with a window of recent indexes instead, at S2's churn (hundreds of versions
-    a second, each node sent one every ~2 s) most nodes' bases were gone before their next
-    message, and they could no longer send digests."""
+    """The endpoint sets that one node of the simulator (its tracker, a `TrackingAssignmentSet`)
+    held, at the last TRACKED_SETS indexes it held, with their digests. The managers send every
+    node the same set at one index, so any node at one of those indexes holds that set. Building
+    the sets of other indexes would cost what reading every entry cost the simulator (ADR 71):
+    under churn each node is at an index of its own. When the cluster is quiet the nodes all
+    reach its last index, the tracker's too."""
 
-    def __init__(self) -> None:
-        self._sets: dict[int, KeyOrdered[Endpoint]] = {}
-        self._holders: dict[int, int] = {}  # index -> nodes holding its set
+    def __init__(self, keep: int = TRACKED_SETS) -> None:
+        self._keep = keep
+        self._sets: dict[int, KeyOrdered[Endpoint]] = {}  # oldest first
         self._digests: dict[int, list[dpb.EndpointDigest]] = {}
-        self.built = 0  # sets built (for tests)
-        self.unreadable = 0  # messages that did not apply onto the set of their base
 
-    def reach(self, held_index: int, msg: message.Message) -> None:
-        """A node that holds the set of `held_index` applied `msg`, which changes its endpoints:
-        it now holds the set of the message's index (if it could be built)."""
-        index = msg.services_index  # type: ignore[attr-defined]
-        if index not in self._sets:
-            self._build(held_index, msg, index)
+    def record(self, index: int, endpoints: KeyOrdered[Endpoint]) -> None:
+        """The tracker now holds `endpoints`, the set of `index` (a copy: it changes its own)."""
         if index in self._sets:
-            self._holders[index] = self._holders.get(index, 0) + 1
-        self._release(held_index)
-
-    def _build(self, held_index: int, msg: message.Message, index: int) -> None:
-        full = dpb.AssignmentsMessage.FromString(msg.SerializeToString())  # with its unknown fields
-        base = self._sets.get(held_index) if full.services_delta or full.services_kept else KeyOrdered()
-        if base is None:
             return
-        try:
-            self._sets[index] = endpoints_after(base.copy(), full)
-        except VersionGap:  # a real node would resynchronise; this one only sends no digests
-            self.unreadable += 1
-            return
-        self.built += 1
-
-    def _release(self, index: int) -> None:
-        left = self._holders.get(index, 0) - 1
-        if left > 0:
-            self._holders[index] = left
-        elif index in self._holders:
-            del self._holders[index], self._sets[index]
-            self._digests.pop(index, None)
+        self._sets[index] = endpoints.copy()
+        while len(self._sets) > self._keep:
+            oldest = next(iter(self._sets))
+            del self._sets[oldest]
+            self._digests.pop(oldest, None)
 
     def __len__(self) -> int:
-        """The sets held."""
+        """The sets kept."""
         return len(self._sets)
 
     def digests(self, index: int) -> list[dpb.EndpointDigest]:
-        """The digests of the set of `index` (none if no set of it could be built)."""
+        """The digests of the set of `index` (none if the tracker did not hold it lately)."""
         found = self._digests.get(index)
         if found is None:
             held = self._sets.get(index)
@@ -120,6 +104,20 @@ class SharedEndpoints:
                 dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in held.ordered()
             ]
         return found
+
+
+@dataclass
+class TrackingAssignmentSet(AssignmentSet):
+    """The real AssignmentSet of one simulated node, which records each endpoint set it holds in
+    `shared` for the index-only nodes (ADR 81)."""
+
+    shared: SharedEndpoints = field(default_factory=SharedEndpoints)
+
+    def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
+        taken = super()._take_endpoints(msg)
+        if taken is not None:
+            self.shared.record(self.endpoints_index, self.endpoints)
+        return taken
 
 
 @dataclass
@@ -134,7 +132,6 @@ class IndexOnlyAssignmentSet(AssignmentSet):
     def _take_endpoints(self, msg: dpb.AssignmentsMessage) -> tuple[Endpoint, ...] | None:
         if not (msg.services_delta or msg.services_changed):
             return None
-        self.shared.reach(self.endpoints_index, msg)
         self.endpoints_index = msg.services_index
         return ()
 

@@ -28,7 +28,6 @@ from warren import certinfo, logsetup, tls, validate
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.callstream import CallStream, StreamEnded
 from warren.agent.execs import ExecAgent
-from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints
 from warren.agent.logs import LogAgent
 from warren.agent.reporter import report_channel, send_reports
 from warren.agent.runtime import PullLogin
@@ -143,8 +142,7 @@ class Session:
         pull_logins: dict[str, PullLogin] | None = None,
         credentials: tls.CredentialFiles = tls.PLAIN_FILES,
         execs: ExecAgent | None = None,
-        read_entries: bool = True,
-        shared_endpoints: SharedEndpoints | None = None,
+        assignment_set: Callable[..., AssignmentSet] = AssignmentSet,  # called with held=
     ) -> None:
         self.execs = execs  # serves the operators' execs during each session (ADR 59)
         self.certs_dir = certs_dir
@@ -166,16 +164,12 @@ class Session:
         self.on_key_epoch = on_key_epoch  # the key epoch the managers want (ADR 18)
         self.renewal_check = renewal_check  # seconds between looks at the certificate's expiry
 
-        # read_entries=False: warren sim's nodes hold only the endpoints' index and the mesh's
-        # version (ADR 71), and find the endpoints of that index in `shared_endpoints` (ADR 81).
+        # What the assignments are read into: warren sim's nodes hold only the endpoints' index
+        # and the mesh's version (ADR 71, IndexOnlyAssignmentSet), one of them all (ADR 81).
         def held(task_id: str) -> Task | None:
             return self.worker.held_task(task_id)
 
-        self.assignments = (
-            AssignmentSet(held=held)
-            if read_entries
-            else IndexOnlyAssignmentSet(held=held, shared=shared_endpoints or SharedEndpoints())
-        )
+        self.assignments = assignment_set(held=held)
         if pull_logins is not None:  # shared with the controllers (ADR 43)
             self.assignments.logins = pull_logins
         self.period = INITIAL_PERIOD

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
 from warren.agent.daemon import load_node_file, save_managers
-from warren.agent.indexonly import SharedEndpoints
+from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints, TrackingAssignmentSet
 from warren.agent.session import ManagerList, NodeRemoved, Session
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
@@ -165,10 +166,11 @@ class SimNode:
             on_key_epoch=self._want_key_epoch,
             # No load balancer and no overlay here: the endpoints' index and the mesh's version
             # are all a simulated node needs of them (ADR 71); the managers still compute, encode
-            # and send every entry, and this node still receives them. The endpoints of each
-            # index are read once for every node, for the digests of a new session (ADR 81).
-            read_entries=False,
-            shared_endpoints=endpoints,
+            # and send every entry, and this node still receives them. The first node reads them
+            # as a real node does, for the others' digests when they open a session (ADR 81).
+            assignment_set=functools.partial(
+                TrackingAssignmentSet if index == 0 else IndexOnlyAssignmentSet, shared=endpoints
+            ),
             credentials=HeldCredentials(),
         )
         self.stop = asyncio.Event()
@@ -281,7 +283,7 @@ class Simulator:
         self.joined = 0
         self.started_at = 0.0
         self.loop_lag = 0.0  # the event loop's worst lateness since the last status (seconds)
-        self.endpoints = SharedEndpoints()  # every node's, by index (ADR 81)
+        self.endpoints = SharedEndpoints()  # the sets the first node held, by index (ADR 81)
 
     async def start(self) -> None:
         """Join (JOIN_CONCURRENCY at a time) and start each node as soon as it has joined. Raises
@@ -340,9 +342,13 @@ class Simulator:
         return [n for n in self.nodes if not n.killed]
 
     async def kill(self, count: int) -> list[SimNode]:
-        """Kill `count` random live nodes (fewer if fewer live); the ones killed."""
+        """Kill `count` random live nodes (fewer if fewer live); the ones killed. The first node
+        goes last: the others' digests come from the endpoint sets it holds (ADR 81)."""
         live = self.live()
-        chosen = self.rng.sample(live, min(count, len(live)))
+        first = [node for node in live if node.index == 0]
+        others = [node for node in live if node.index != 0]
+        chosen = self.rng.sample(others, min(count, len(others)))
+        chosen += first[: max(0, count - len(others))]  # every other node is dead: the first too
         # All die at the same instant, as when a rack loses power: killing them one after the
         # other let the later ones heartbeat on while the earlier wound down (seconds on a busy
         # loop), so the managers saw them die at different times and placed the first ones'
