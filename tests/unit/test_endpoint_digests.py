@@ -210,9 +210,21 @@ def test_simulated_nodes_send_the_digests_of_the_sets_their_tracker_held_lately(
 
 
 def test_too_many_digests_are_an_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatcher, "MAX_HELD_ENDPOINTS", 2)
+    monkeypatch.setattr(dispatcher, "MAX_DIGESTS", 2)
     digests = [dpb.EndpointDigest(name=f"s{k}", digest=b"x" * DIGEST_SIZE) for k in range(3)]
     test_bad_digests_are_invalid_arguments(digests, "at most 2 endpoint digests (got 3)")
+
+
+def test_an_agent_sends_no_digest_it_would_be_refused_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused, the same request would be refused at every reconnect: an agent that holds more
+    endpoints than a request may carry sends none, and a name too long for one is left out."""
+    from warren.network import endpointdigest
+
+    held = AssignmentSet()
+    held.apply(_whole("a", "b", "c" * 300))
+    assert [d.name for d in held.endpoint_digests()] == ["a", "b"]
+    monkeypatch.setattr(endpointdigest, "MAX_DIGESTS", 1)
+    assert held.endpoint_digests() == []
 
 
 def test_the_key_ordered_copy_changes_apart() -> None:
@@ -226,8 +238,8 @@ def test_the_key_ordered_copy_changes_apart() -> None:
     ("digests", "message"),
     [
         ([dpb.EndpointDigest(name="web", digest=b"x" * 3)], "has 3 bytes, not 16"),
-        ([dpb.EndpointDigest(name="bad name!", digest=b"x" * DIGEST_SIZE)], "invalid service name"),
-        ([dpb.EndpointDigest(name="", digest=b"x" * DIGEST_SIZE)], "invalid service name"),
+        ([dpb.EndpointDigest(name="x" * 256, digest=b"x" * DIGEST_SIZE)], "service name has 1-255 bytes"),
+        ([dpb.EndpointDigest(name="", digest=b"x" * DIGEST_SIZE)], "service name has 1-255 bytes"),
     ],
 )
 def test_bad_digests_are_invalid_arguments(digests: list[dpb.EndpointDigest], message: str) -> None:

@@ -23,7 +23,7 @@ from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.model import ServiceSpec, Task, TaskState
-from warren.network.endpointdigest import endpoint_digest, endpoint_of
+from warren.network.endpointdigest import endpoint_digest, endpoint_of, sendable
 from warren.network.lb import Endpoint
 from warren.specrefs import SpecKey, SpecRefs
 
@@ -261,7 +261,7 @@ class AssignmentSet:
 
     def endpoint_digests(self) -> list[dpb.EndpointDigest]:
         """A digest of each endpoint held, for the next session's request (ADR 81)."""
-        return [dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in self.endpoints.ordered()]
+        return [dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in sendable(self.endpoints.ordered())]
 
     def forget_logins(self, task_ids: Iterable[str]) -> None:
         for task_id in task_ids:

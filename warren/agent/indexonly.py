@@ -29,7 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message, message_fa
 
 from warren.agent.assignments import AssignmentSet, KeyOrdered, MeshMember
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.network.endpointdigest import endpoint_digest
+from warren.network.endpointdigest import endpoint_digest, sendable
 from warren.network.lb import Endpoint
 
 ENTRY_FIELDS = ("services", "mesh")  # the lists of entries an index-only node never reads
@@ -101,7 +101,7 @@ class SharedEndpoints:
             if held is None:
                 return []
             found = self._digests[index] = [
-                dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in held.ordered()
+                dpb.EndpointDigest(name=e.name, digest=endpoint_digest(e)) for e in sendable(held.ordered())
             ]
         return found
 

@@ -48,16 +48,15 @@ from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, 
 from warren.manager.sessionpace import reconnect_spread, session_pace
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState, same_but_status
-from warren.network.endpointdigest import DIGEST_SIZE
+from warren.network.endpointdigest import DIGEST_SIZE, MAX_DIGESTS, MAX_NAME_BYTES
 from warren.reconciler import liveness
 from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
+from warren.text import shown
 from warren.validate import ValidationError, check_node_description, check_wireguard
 
 log = logging.getLogger(__name__)
 
-# Endpoint digests a session request may hold (ADR 81): one per service the agent holds.
-MAX_HELD_ENDPOINTS = 100_000
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
 
@@ -263,22 +262,21 @@ def _failure_text(text: str) -> str:
 
 
 def _held_endpoints(request: dpb.SessionRequest) -> dict[str, bytes]:
-    """The digests of the endpoints the agent holds, by service name (ADR 81)."""
+    """The digests of the endpoints the agent holds, by service name (ADR 81). A name is only
+    looked up, so any name of a sendable size goes: one that names no service keeps nothing."""
     digests = request.endpoint_digests
-    if len(digests) > MAX_HELD_ENDPOINTS:
-        raise ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_HELD_ENDPOINTS} endpoint digests (got {len(digests)})"
-        )
+    if len(digests) > MAX_DIGESTS:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_DIGESTS} endpoint digests (got {len(digests)})")
     held: dict[str, bytes] = {}
     for entry in digests:
-        try:
-            validate.check_name("service", entry.name)
-        except ValidationError as exc:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint digests: {exc}") from None
+        if not 0 < len(entry.name.encode()) <= MAX_NAME_BYTES:
+            raise ApiError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"an endpoint digest's service name has 1-{MAX_NAME_BYTES} bytes"
+            )
         if len(entry.digest) != DIGEST_SIZE:
             raise ApiError(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"the endpoint digest of {entry.name} has {len(entry.digest)} bytes, not {DIGEST_SIZE}",
+                f"the endpoint digest of {shown(entry.name)} has {len(entry.digest)} bytes, not {DIGEST_SIZE}",
             )
         held[entry.name] = entry.digest
     return held

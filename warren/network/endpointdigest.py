@@ -20,6 +20,11 @@ import msgspec
 from warren.network.lb import Endpoint
 
 DIGEST_SIZE = 16  # bytes: a collision among a cluster's services is out of reach
+# What a session request may carry (the managers refuse more): at most this many digests, each
+# for a name of at most MAX_NAME_BYTES. An agent that holds more or longer sends none for them:
+# refused, it would be refused again at every reconnect.
+MAX_DIGESTS = 100_000
+MAX_NAME_BYTES = 255
 
 _encoder = msgspec.msgpack.Encoder()
 
@@ -83,6 +88,12 @@ def endpoint_of(entry: EntryFields) -> Endpoint:
         aliases=tuple((a.network, a.alias) for a in entry.aliases),
         internal=entry.internal,
     )
+
+
+def sendable(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
+    """The endpoints whose digests a session request may carry: none if there are too many."""
+    named = [e for e in endpoints if 0 < len(e.name.encode()) <= MAX_NAME_BYTES]
+    return named if len(named) <= MAX_DIGESTS else []
 
 
 def endpoint_digest(endpoint: Endpoint) -> bytes:
