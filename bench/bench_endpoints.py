@@ -262,6 +262,21 @@ def _with_overlay_room(cluster: Any) -> None:
     cluster.store.commit(cluster.store.applied_index + 1, [Put("cluster", info)])
 
 
+def _running_services(cluster: Any, services: int, per_service: int) -> list[Any]:
+    """`services` services of `per_service` running backends each, committed to the cluster's
+    store (with room for their addresses); the services."""
+    from warren.state import Put
+
+    _with_overlay_room(cluster)
+    all_services = [_service(k, per_service) for k in range(services)]
+    cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
+    cluster.store.commit(
+        cluster.store.applied_index + 1,
+        [Put("task", _backend(k, j, s, per_service)) for k, s in enumerate(all_services) for j in range(per_service)],
+    )
+    return all_services
+
+
 async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
 
     from tests.unit.test_dispatcher_nodes import Cluster
@@ -270,13 +285,7 @@ async def _services_scenario(services: int, per_service: int, sessions: int, roo
 
     cluster = Cluster(root)
     deltas = "endpoint_deltas" in dpb.SessionRequest.DESCRIPTOR.fields_by_name  # the new code
-    _with_overlay_room(cluster)
-    all_services = [_service(k, per_service) for k in range(services)]
-    cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
-    cluster.store.commit(
-        cluster.store.applied_index + 1,
-        [Put("task", _backend(k, j, s, per_service)) for k, s in enumerate(all_services) for j in range(per_service)],
-    )
+    all_services = _running_services(cluster, services, per_service)
     flags = ("endpoint_deltas", "endpoint_patches")
     received, agent_cpu, sizes, readers = await _open_sessions(cluster, sessions, flags)
     changes = []

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_endpoints import _backend, _encoded, _service, _with_overlay_room
+from bench.bench_endpoints import _encoded, _running_services
 from bench.common import figure
 
 SERVICES = 100
@@ -40,17 +40,10 @@ async def _scenario(services: int, per_service: int, sessions: int, rounds: int,
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.manager.server import caller
     from warren.pki import Identity
-    from warren.state import Put
 
     gcpolicy.settle()  # as a serving manager collects (ADR 67)
     cluster = Cluster(root)
-    _with_overlay_room(cluster)
-    all_services = [_service(k, per_service) for k in range(services)]
-    cluster.store.commit(cluster.store.applied_index + 1, [Put("service", s) for s in all_services])
-    cluster.store.commit(
-        cluster.store.applied_index + 1,
-        [Put("task", _backend(k, j, s, per_service)) for k, s in enumerate(all_services) for j in range(per_service)],
-    )
+    _running_services(cluster, services, per_service)
     shared = SharedEndpoints()
     sets = [TrackingAssignmentSet(shared=shared)] + [IndexOnlyAssignmentSet(shared=shared) for _ in range(sessions - 1)]
     completes = [0] * sessions
