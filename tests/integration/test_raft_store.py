@@ -13,6 +13,7 @@ from tests.integration.harness import free_port
 from tests.waiting import wait_for
 from warren import commands
 from warren.manager import journal
+from warren.manager import raft as raft_module
 from warren.manager.raft import RAFT_MIN_TIMEOUT, RaftNode, RaftStartError, SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
@@ -53,6 +54,25 @@ def test_a_lone_member_creating_its_cluster_elects_itself_without_waiting(tmp_pa
     try:
         assert raft.wait_leader(RAFT_MIN_TIMEOUT * 0.75)
         assert _create(raft, 0).ok
+    finally:
+        raft.destroy_synchronous()
+        store.env.close()
+
+
+def test_a_lone_member_commits_at_once_not_when_its_poller_next_times_out(
+    tmp_path: Path, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lone member commits an entry in the tick after the one that appended it. The poller
+    would wait a whole tick period for that tick: with a period of a minute, no write could
+    commit within its 5 s timeout, nor the thread stop at once, unless they wake it (ADR 82)."""
+    monkeypatch.setattr(raft_module, "TICK_PERIOD", 60.0)
+    data = tmp_path / "a"
+    store = Store(open_environment(data / "db"))
+    raft = RaftNode(f"127.0.0.1:{port}", [], data, "test-secret", store, elect_now=True)
+    try:
+        assert raft.wait_leader(RAFT_MIN_TIMEOUT)
+        assert all(_create(raft, i).ok for i in range(20))
+        assert len(store.state.services) == 20
     finally:
         raft.destroy_synchronous()
         store.env.close()

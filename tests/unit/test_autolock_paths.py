@@ -117,6 +117,25 @@ def test_a_new_trust_bundle_while_locked_keeps_the_tls_key_sealed(tmp_path: Path
     assert b"PRIVATE KEY" not in on_disk and autolock.is_sealed_local(on_disk.decode())
 
 
+def test_the_keeper_reads_its_files_again_only_once_the_state_it_decides_from_changes(
+    tmp_path: Path, ca: pki.CertificateAuthority
+) -> None:
+    cluster, key = locked_cluster(ca)
+    ring = unlocked_ring(cluster, key)
+    data = _manager_dir(tmp_path, ca, ring.kek(cluster), days=90)
+    store = InMemoryState()
+    store.put(Put("cluster", cluster))
+    keeper = CertificateKeeper(data, store, NoRaft(), "mgr1", RAFT_SECRET, ring)  # type: ignore[arg-type]
+    assert keeper.step() is None  # in line already: nothing to write, nothing to propose
+    (data / "certs" / tls.CERT_FILE).write_text("not a certificate")
+    assert keeper.step() is None  # the same state: the files are not read again
+
+    other = pki.CertificateAuthority.create("cluster-under-test")
+    store.put(Put("cluster", msgspec.structs.replace(cluster, ca_previous_cert_pem=other.cert_pem.decode())))
+    with pytest.raises(pki.PkiError):  # a rotation began: the files are read, and this one is broken
+        keeper.step()
+
+
 def test_load_credentials_opens_a_sealed_key_and_still_refuses_a_mismatch(
     tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:

@@ -29,7 +29,7 @@ from warren.manager import autolock, cakey, lockedfiles, secretkeys
 from warren.manager.nodeca import NODE_CERT_DAYS
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.secretkeys import KeyRing
-from warren.model import ClusterInfo
+from warren.model import ClusterInfo, Node
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +151,12 @@ class CertificateKeeper:
         self._secret = raft_secret
         self._keyring = keyring or KeyRing(raft_secret)
         self._authority = autolock.authority(raft_secret, self._keyring)
+        self._settled: tuple[object, ...] | None = None  # what the last step with nothing to do saw
 
     def step(self) -> commands.Command | None:
-        """Bring certs/ in line with the state (blocking file I/O); the command to propose, if any."""
+        """Bring certs/ in line with the state (blocking file I/O); the command to propose, if any.
+        Reads the files only when what it decides from has changed since a step that left
+        nothing to do: the loop asks every second."""
         with self._store.read() as state:
             cluster = state.cluster
             node = state.nodes.get(self._node_id)
@@ -164,6 +167,26 @@ class CertificateKeeper:
             started_at = cluster.ca_rotation_started_at
             agents_done = carotation.agents_done(state, current)
             finished = rotating and not carotation.pending(state, current)
+            recorded = node.manager_cert_ca if node is not None else None
+        inputs = (cluster.ca_cert_pem, cluster.ca_previous_cert_pem, started_at, agents_done, finished, recorded)
+        leading = self._raft.is_leader
+        if (inputs, leading) == self._settled:
+            return None
+        command = self._bring_in_line(cluster, node, current, rotating, agents_done, finished, started_at, leading)
+        self._settled = (inputs, leading) if command is None else None
+        return command
+
+    def _bring_in_line(
+        self,
+        cluster: ClusterInfo,
+        node: Node | None,
+        current: str,
+        rotating: bool,
+        agents_done: bool,
+        finished: bool,
+        started_at: float,
+        leading: bool,
+    ) -> commands.Command | None:
         creds = load_own(self._certs, self._keyring, cluster)
         roots = cakey.trust_bundle(cluster)
         issuer = pki.identity_of(creds.cert_pem).issuer_key_id
@@ -179,7 +202,7 @@ class CertificateKeeper:
             log.info("this manager now trusts %s", "the old and the new CA" if rotating else "the current CA only")
         if node is not None and node.manager_cert_ca != issuer:
             return commands.RecordNodeCertificate(self._node_id, issuer, manager=True)
-        if finished and self._raft.is_leader:
+        if finished and leading:
             return commands.FinishCARotation(current, started_at)
         return None
 
@@ -198,6 +221,7 @@ class CertificateKeeper:
                         raft_secret=self._secret,
                         keyring=self._keyring,
                     )
+                    self._settled = None  # the files may be new
                 command = await asyncio.to_thread(self.step)
                 if command is not None:
                     result = await self._raft.propose_async(command, timeout=5.0)

@@ -98,6 +98,10 @@ logging.getLogger("pysyncobj.syncobj").addFilter(_PySyncObjNoiseFilter())
 # connections call the election early. Only a frozen or cut-off leader waits out the timeout.
 RAFT_MIN_TIMEOUT = 2.0
 RAFT_MAX_TIMEOUT = 3.0
+# How long the Raft thread's poller waits when nothing arrives (ADR 82). Its timers (heartbeats
+# every 50 ms, redials every 0.2 s, elections after 2-3 s) need no finer grain: a message or a
+# new proposal wakes it at once, and so does an entry that a lone manager has to commit.
+TICK_PERIOD = 0.05
 # Commands per Batch entry: big enough to amortise a Raft round and an fsync, small enough
 # that one entry stays well below PySyncObj's message size.
 MAX_BATCH = 1024
@@ -160,7 +164,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             bindRetryTime=0.25,
             maxBindRetries=8,
             appendEntriesUseBatch=False,
-            autoTickPeriod=0.005,
+            autoTickPeriod=TICK_PERIOD,
             dynamicMembershipChange=True,
             # Failover (ADR 16, 52, 80): followers call an election after 2-3 s without hearing
             # from the leader, which sends heartbeats every 50 ms; a leader that has not heard
@@ -193,6 +197,8 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         self.addOnTickCallback(self._ping_peers)
         self._last_tick = 0.0
         self.addOnTickCallback(self._measure_tick)
+        self._woken_for = 0
+        self.addOnTickCallback(self._commit_alone_now)
         try:
             self.waitBinded()
         except Exception:
@@ -284,6 +290,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
     def destroy(self) -> None:
         self._stopping.set()  # an apply waiting for space gives up; the entry is replayed
         super().destroy()
+        self._SyncObj__pipeNotifier.notify()  # the thread stops now, not after its poller's wait
 
     # -- snapshots ---------------------------------------------------------------------------
     def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
@@ -527,6 +534,18 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         if not result:
             raise ProposalError("unknown", "the write was applied before a restart; its result is gone")
         return commands.decode_result(result)
+
+    def _commit_alone_now(self) -> None:
+        """A manager that is its whole quorum commits what it appended in a tick at the start of
+        the next one, which would come a tick period later: wake the poller so that it comes now
+        (a tick callback, on the Raft thread). Once per appended index, so an entry that cannot
+        commit yet (a past term's, until this term's no-op) never spins the thread."""
+        if self._SyncObj__otherNodes or not self._isLeader():
+            return
+        last = self._SyncObj__getCurrentLogIndex()
+        if last > self._woken_for and self.raftCommitIndex < last:
+            self._woken_for = last
+            self._SyncObj__pipeNotifier.notify()
 
     # -- status ------------------------------------------------------------------------------
     def _measure_tick(self) -> None:
