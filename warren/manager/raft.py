@@ -147,6 +147,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         self._group = _GroupCommit()
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
+        self._tick_period = TICK_PERIOD
         self._init_peer_links()  # before SyncObj's thread starts calling back
         conf = SyncObjConf(
             password=secret,
@@ -164,7 +165,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             bindRetryTime=0.25,
             maxBindRetries=8,
             appendEntriesUseBatch=False,
-            autoTickPeriod=TICK_PERIOD,
+            autoTickPeriod=self._tick_period,
             dynamicMembershipChange=True,
             # Failover (ADR 16, 52, 80): followers call an election after 2-3 s without hearing
             # from the leader, which sends heartbeats every 50 ms; a leader that has not heard
@@ -199,6 +200,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
         self.addOnTickCallback(self._measure_tick)
         self._woken_for = 0
         self.addOnTickCallback(self._commit_alone_now)
+        self.addOnTickCallback(self._tick_as_usual)
         try:
             self.waitBinded()
         except Exception:

@@ -28,13 +28,16 @@ ELECTION_STAGGER = 0.08
 # PySyncObj drops a connection that has read nothing for connectionTimeout (3.5 s) at its next
 # send, and followers never talk to each other: every member pings every other this often.
 PEER_PING_PERIOD = 1.0
+# The shortest wait for an election deadline: below it the poller would spin.
+MIN_WAIT = 0.001
 _PING = {"type": "warren_ping"}
 _FOLLOWER, _LEADER = 0, 2  # PySyncObj's _RAFT_STATE
 
 
 class PeerLinks:
     """Mixed into a SyncObj subclass; call `_init_peer_links` before `SyncObj.__init__` (its
-    thread calls back at once) and register `_ping_peers` as a tick callback after it."""
+    thread calls back at once) and register `_ping_peers` and `_tick_as_usual` as tick
+    callbacks after it."""
 
     # What this reads of SyncObj's state (PySyncObj has no types): declared for the type
     # checker only, nothing is created here.
@@ -43,6 +46,8 @@ class PeerLinks:
     _SyncObj__raftState: int
     _SyncObj__raftElectionDeadline: float
     _SyncObj__transport: Any
+    _SyncObj__conf: Any
+    _tick_period: float  # the poller's usual wait (set by the class using this mixin)
     otherNodes: set[Node]
     selfNode: Node
 
@@ -85,8 +90,22 @@ class PeerLinks:
             # PySyncObj's clock (CLOCK_MONOTONIC_RAW), not time.monotonic: they drift apart.
             deadline = raft_clock() + ELECTION_STAGGER * (rank + random.random() / 2)
             self._SyncObj__raftElectionDeadline = min(self._SyncObj__raftElectionDeadline, deadline)
+            # The poller's next wait is read after this returns: let it end at the deadline, not
+            # up to a tick period past it (ADR 82). `_tick_as_usual` restores the period.
+            wait = self._SyncObj__raftElectionDeadline - raft_clock()
+            self._SyncObj__conf.autoTickPeriod = min(self._tick_period, max(MIN_WAIT, wait))
         except (AttributeError, ValueError):  # another PySyncObj version: keep its timeout
             return
+
+    def _tick_as_usual(self) -> None:
+        """Give the poller its usual wait back once no election is due within it (a tick
+        callback, on the Raft thread)."""
+        conf = self._SyncObj__conf
+        if conf.autoTickPeriod == self._tick_period:
+            return
+        due_in = self._SyncObj__raftElectionDeadline - raft_clock()
+        if self._SyncObj__raftState == _LEADER or due_in >= self._tick_period:
+            conf.autoTickPeriod = self._tick_period
 
     def _ping_peers(self) -> None:
         """Keep every link read from (a tick callback, on the Raft thread): PySyncObj would drop
