@@ -223,6 +223,8 @@ def test_removed_task_is_stopped_and_removed_quietly(tmp_path: Path) -> None:
         ctl.start()
         await until(lambda: rec.last_state() == S.RUNNING, message="running")
         before = len(rec.reports)
+        for name in ("task1.log", "task1.idx", "task1.log.1", "task1.idx.1", "task10.log"):
+            (tmp_path / name).write_text("x")  # its log, index and rotated copies; another task's log
         ctl.remove()
         await asyncio.wait_for(ctl.done.wait(), 5)
         assert len(rec.reports) == before  # the managers forgot the task: nothing to report
@@ -230,6 +232,7 @@ def test_removed_task_is_stopped_and_removed_quietly(tmp_path: Path) -> None:
 
     run(scenario())
     assert done == ["task1"] and not rt.containers
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["task10.log"]  # its files went with it
 
 
 def test_never_reports_backwards(tmp_path: Path) -> None:

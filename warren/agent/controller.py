@@ -40,6 +40,7 @@ from warren.agent.decisions import (
     plan_resume,
     stop_signal,
 )
+from warren.agent.logrotation import remove_task_logs
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
 from warren.agent.taskfiles import MissingFiles
@@ -384,8 +385,7 @@ class TaskController:
             if not self._retry.exhausted:
                 return False
             log.error("task %s: giving up releasing its network (the agent's sweep retries)", self.task.id)
-        with contextlib.suppress(OSError):
-            (self.env.log_dir / f"{self.task.id}.log").unlink()
+        remove_task_logs(self.env.log_dir / f"{self.task.id}.log")
         if self._on_done is not None:
             self._on_done(self.task.id)
         self.done.set()

@@ -61,6 +61,15 @@ def remove_task_files(log_path: Path) -> None:
             path.unlink()
 
 
+def remove_task_logs(log_path: Path) -> None:
+    """Delete everything a task leaves in logs/ (its live log, index and their rotated copies),
+    once the task is gone. The log store's sweep would find the index and the copies orphaned,
+    but only up to its period later."""
+    for path in (log_path, index_path(log_path), *task_files(log_path)):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 def rotate_if_due(log_path: Path, index: TimeIndex | None, rotation: Rotation, now: float) -> bool:
     """Copy-truncate `log_path` if it is over rotation.max_size; whether it did."""
     try:

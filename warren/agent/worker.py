@@ -21,6 +21,7 @@ from warren.agent.assignments import AssignmentDelta
 from warren.agent.cache import LocalState, TaskCache
 from warren.agent.controller import ControllerEnv, TaskController
 from warren.agent.decisions import ContainersByTask
+from warren.agent.logrotation import remove_task_logs
 from warren.agent.runtime import TASK_LABEL, ContainerState, ContainerStatus
 from warren.agent.status import Report, StatusQueue
 from warren.aio import wait_within
@@ -230,8 +231,7 @@ class Worker:
             log.warning("removing stray container %s failed: %s", container.runtime_id, exc)
         task_id = container.labels.get(TASK_LABEL, "")
         if task_id:
-            with contextlib.suppress(OSError):
-                (Path(self.env.log_dir) / f"{task_id}.log").unlink()
+            remove_task_logs(Path(self.env.log_dir) / f"{task_id}.log")
 
     # -- views ---------------------------------------------------------------------------------
     def held_task(self, task_id: str) -> Task | None:
