@@ -132,6 +132,14 @@ def test_s1_every_task_runs_once_across_a_leader_kill_and_node_kills(
     counts = sim.status()
     assert (counts["running"], counts["starts"]) == (TASKS, TASKS)  # each task started once
 
+    # The simulated nodes name the endpoints they hold by the tracker's sets (ADR 81): wait until
+    # the last endpoint changes reached every node, the tracker included.
+    wait_for(
+        lambda: sim.status(states=False)["endpoints_untracked"] == 0,
+        timeout=60,
+        message="every node at a tracked index",
+    )
+
     # Kill the leader: no task is lost, none is started again, every node finds the new leader.
     old = leader(managers)
     assert old is not None

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.unit.agent_fakes import Recorder, make_task
 from tests.waiting import async_holds
 from tests.waiting import async_wait_for as until
+from warren.agent.assignments import KeyOrdered
 from warren.agent.cache import AgentCache, MemoryCache
 from warren.agent.controller import ControllerEnv, TaskController
 from warren.agent.decisions import initial_state
@@ -437,10 +438,16 @@ def test_a_status_without_states_reads_no_task(tmp_path: Path) -> None:
     runtime.prepare(ContainerSpec(task_id="t1", image="busybox"))
     runtime.start("sim-t1")
     worker = SimpleNamespace(controllers={"t1": None, "t2": None}, counts_by_state=every_task)
-    node = SimpleNamespace(killed=False, connected=True, hostname="sim-0000", worker=worker, runtime=runtime)
+    session = SimpleNamespace(assignments=SimpleNamespace(endpoints_index=5))
+    node = SimpleNamespace(
+        killed=False, connected=True, hostname="sim-0000", worker=worker, runtime=runtime, session=session
+    )
     sim.nodes.append(node)  # type: ignore[arg-type]
     status = sim.status(states=False)
     assert "tasks" not in status and (status["task_count"], status["running"], status["starts"]) == (2, 1, 1)
+    assert status["endpoints_untracked"] == 1  # its index's set is not among the tracker's
+    sim.endpoints.record(5, KeyOrdered())
+    assert sim.status(states=False)["endpoints_untracked"] == 0
     with pytest.raises(AssertionError, match="every task read"):
         sim.status()
 

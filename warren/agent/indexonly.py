@@ -93,6 +93,10 @@ class SharedEndpoints:
         """The sets kept."""
         return len(self._sets)
 
+    def __contains__(self, index: object) -> bool:
+        """Whether the set of `index` is kept: a node at another index has no digests to send."""
+        return index in self._sets
+
     def digests(self, index: int) -> list[dpb.EndpointDigest]:
         """The digests of the set of `index` (none if the tracker did not hold it lately)."""
         found = self._digests.get(index)

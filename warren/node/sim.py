@@ -378,6 +378,9 @@ class Simulator:
             "nodes": len(self.nodes),
             "live": len(live),
             "connected": sum(1 for n in self.nodes if n.connected),
+            # Live nodes at an endpoints index whose set the tracker no longer keeps, or never held:
+            # a new session of theirs would ask for every endpoint again (ADR 81).
+            "endpoints_untracked": sum(1 for n in live if n.session.assignments.endpoints_index not in self.endpoints),
             "killed": [n.hostname for n in self.nodes if n.killed],
             "task_count": sum(len(n.worker.controllers) for n in live),
             **({"tasks": by_state} if states else {}),
