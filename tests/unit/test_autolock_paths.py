@@ -101,10 +101,15 @@ def test_a_renewal_while_locked_keeps_the_tls_key_sealed(tmp_path: Path, ca: pki
     assert after.cert_pem != before.cert_pem and after.key_pem != before.key_pem
 
 
-def test_a_new_trust_bundle_while_locked_keeps_the_tls_key_sealed(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+def _locked_manager(tmp_path: Path, ca: pki.CertificateAuthority) -> tuple[ClusterInfo, secretkeys.KeyRing, Path]:
+    """A locked cluster, the key ring that unlocked it, and a manager's data dir with a sealed key."""
     cluster, key = locked_cluster(ca)
     ring = unlocked_ring(cluster, key)
-    data = _manager_dir(tmp_path, ca, ring.kek(cluster), days=90)
+    return cluster, ring, _manager_dir(tmp_path, ca, ring.kek(cluster), days=90)
+
+
+def test_a_new_trust_bundle_while_locked_keeps_the_tls_key_sealed(tmp_path: Path, ca: pki.CertificateAuthority) -> None:
+    cluster, ring, data = _locked_manager(tmp_path, ca)
     other = pki.CertificateAuthority.create("cluster-under-test")
     rotating = msgspec.structs.replace(cluster, ca_previous_cert_pem=other.cert_pem.decode())
     store = InMemoryState()
@@ -120,9 +125,7 @@ def test_a_new_trust_bundle_while_locked_keeps_the_tls_key_sealed(tmp_path: Path
 def test_the_keeper_reads_its_files_again_only_once_the_state_it_decides_from_changes(
     tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:
-    cluster, key = locked_cluster(ca)
-    ring = unlocked_ring(cluster, key)
-    data = _manager_dir(tmp_path, ca, ring.kek(cluster), days=90)
+    cluster, ring, data = _locked_manager(tmp_path, ca)
     store = InMemoryState()
     store.put(Put("cluster", cluster))
     keeper = CertificateKeeper(data, store, NoRaft(), "mgr1", RAFT_SECRET, ring)  # type: ignore[arg-type]
@@ -139,9 +142,7 @@ def test_the_keeper_reads_its_files_again_only_once_the_state_it_decides_from_ch
 def test_load_credentials_opens_a_sealed_key_and_still_refuses_a_mismatch(
     tmp_path: Path, ca: pki.CertificateAuthority
 ) -> None:
-    cluster, key = locked_cluster(ca)
-    ring = unlocked_ring(cluster, key)
-    data = _manager_dir(tmp_path, ca, ring.kek(cluster), days=90)
+    cluster, ring, data = _locked_manager(tmp_path, ca)
     creds = load_own(data / "certs", ring, cluster)
     assert b"PRIVATE KEY" in creds.key_pem
     assert pki.key_matches_cert(creds.cert_pem, creds.key_pem)
