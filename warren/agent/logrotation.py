@@ -54,13 +54,6 @@ def task_files(log_path: Path) -> list[Path]:
     return found
 
 
-def remove_task_files(log_path: Path) -> None:
-    """Delete a task's rotated copies (its live log is deleted by its owner)."""
-    for path in task_files(log_path):
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 def remove_task_logs(log_path: Path) -> None:
     """Delete everything a task leaves in logs/ (its live log, index and their rotated copies),
     once the task is gone. The log store's sweep would find the index and the copies orphaned,

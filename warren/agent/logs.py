@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 
 from warren.agent.logfiles import TaskLogReader, TimeIndex
-from warren.agent.logrotation import Rotation, remove_task_files, rotate_if_due
+from warren.agent.logrotation import Rotation, remove_task_logs, rotate_if_due
 from warren.agent.pushed import follow_pushed
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -148,10 +148,11 @@ class LogAgent:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             for task_id in self._rotated_orphans():
-                remove_task_files(self.log_path(task_id))
+                remove_task_logs(self.log_path(task_id))
 
     def _rotated_orphans(self) -> set[str]:
-        """Tasks whose rotated copies remain after their live log was deleted with the task."""
+        """Tasks whose rotated copies outlived their live log (an agent stopped in the middle of
+        removing a task's files, or one from before they went together)."""
         orphans = set()
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.log_dir):
