@@ -70,6 +70,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.period_in_complete = False  # a manager of this version says them in COMPLETE too
         self.session_times: list[float] = []
         self.logins: list[dpb.PullLogin] = []  # sent in COMPLETE
+        self.first_delay = 0.0  # seconds before COMPLETE, as on a new leader taking in every node
 
     async def Session(self, request, context):  # type: ignore[no-untyped-def]
         if self.removed:
@@ -84,6 +85,7 @@ class ScriptedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "Received message larger than max (7800000 vs. 4194304)"
             )
         session_id = f"s{len(self.sessions)}"
+        await asyncio.sleep(self.first_delay)
         yield dpb.AssignmentsMessage(
             type=COMPLETE,
             session_id=session_id,
@@ -430,6 +432,28 @@ def test_a_lost_session_reconnects_after_a_wait_drawn_from_the_spread_the_manage
             assert draws == [(0.0, 1.2)]
             manager.reconnect_spread = 60.0  # more than half a period: the agent keeps to that
             await until(lambda: session.reconnect_spread == 2.0, timeout=10, message="the spread, capped")
+
+    run(scenario())
+
+
+def test_a_new_session_waits_for_its_first_message_as_long_as_for_a_heartbeat_answer(
+    creds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """After a leader change at 1,000 nodes (a 20 s period), agents gave up on a busy new
+    leader's first message at 15 s, and each retry made it later (ADR 83): a session's first
+    message is awaited at least as long as a heartbeat's answer, two periods."""
+    monkeypatch.setattr(session_module, "FIRST_MESSAGE_TIMEOUT", 0.5)
+
+    async def scenario() -> None:
+        manager = ScriptedDispatcher(period=1.0)
+        manager.period_in_complete = True
+        async with running_session(manager, creds, tmp_path) as (session, _):
+            await until(lambda: session.period == 1.0, message="the period learnt")
+            manager.first_delay = 1.2  # past the least wait, within two periods
+            await manager.outbox.put(None)  # the manager ends the session
+            await until(lambda: len(manager.sessions) >= 2, timeout=10, message="a second session")
+            await until(lambda: session.connected_to is not None, timeout=10, message="the second session open")
+            assert len(manager.sessions) == 2, "the agent gave up on a first message within two periods"
 
     run(scenario())
 

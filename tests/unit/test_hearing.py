@@ -51,7 +51,7 @@ def overdue(heartbeats: Heartbeats, wall_now: float) -> list[str]:
     sim = Sim(ReconcileConfig(heartbeat_period=TIMEOUT / 3))
     for node_id in heartbeats.last_seen:
         sim.add_node(node(node_id))
-    return [n for n, _ in down_check(sim.state, wall_now, heartbeats.seen(), sim.config).overdue]
+    return [n for n, _ in down_check(sim.state, wall_now, heartbeats.seen(), sim.config, heartbeats.awaited()).overdue]
 
 
 def test_a_loop_that_keeps_ticking_counts_no_stall() -> None:
@@ -118,15 +118,26 @@ def test_without_compensation_the_stall_marks_the_node_down() -> None:
     assert [n for n, _ in raw.overdue] == ["n1"]
 
 
-def test_after_a_leader_change_every_node_gets_a_full_timeout() -> None:
+def test_after_a_leader_change_a_node_not_heard_yet_gets_two_timeouts_and_a_node_heard_one() -> None:
+    """ADR 83: every node's silence counts from the takeover, and a node the new leader has not
+    heard from yet gets twice the timeout to find it; once heard, the usual timeout again."""
     clock, stalls, heartbeats = rig()
     heartbeats.beat("n1")
     clock.advance(30, stalls)
-    heartbeats.reset(["n1", "n2"])
-    clock.advance(14, stalls)
-    assert overdue(heartbeats, clock.wall) == []
-    clock.advance(2, stalls)
-    assert sorted(overdue(heartbeats, clock.wall)) == ["n1", "n2"]
+    heartbeats.reset(["n1", "n2", "n3"])
+    assert heartbeats.awaited() == {"n1", "n2", "n3"}
+    clock.advance(5, stalls)
+    heartbeats.beat("n1")  # n1 found the new leader; n2 and n3 did not
+    assert heartbeats.awaited() == {"n2", "n3"}
+    clock.advance(16, stalls)  # 21 s after the takeover, 16 s after n1's beat
+    assert overdue(heartbeats, clock.wall) == ["n1"]
+    clock.advance(8, stalls)  # 29 s: within two timeouts
+    heartbeats.beat("n3")
+    assert overdue(heartbeats, clock.wall) == ["n1"]
+    clock.advance(2, stalls)  # 31 s: n2 never came
+    assert overdue(heartbeats, clock.wall) == ["n1", "n2"]
+    heartbeats.reset(["n1", "n2", "n3"])  # another takeover awaits every node again
+    assert heartbeats.awaited() == {"n1", "n2", "n3"}
 
 
 # -- the report of a mass silence ------------------------------------------------------------------
@@ -219,6 +230,51 @@ def test_the_leader_holds_a_mass_silence_back_and_reports_it(tmp_path: Path) -> 
                 heartbeats.beat(node_id)
             await asyncio.sleep(0.05)
             await orchestrator.pass_once()
+        rig.store.env.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_new_leader_marks_a_node_it_never_heard_down_after_two_timeouts(tmp_path: Path) -> None:
+    """The orchestrator on the in-memory Raft, taking over (ADR 83): a node silent since the
+    takeover stays READY past one node timeout and goes down after two; a node heard after the
+    takeover goes down after one."""
+    from tests.unit.test_event_stream import Rig
+    from warren.manager.orchestrator import Orchestrator
+    from warren.model import ClusterInfo
+
+    async def scenario() -> None:
+        rig = Rig(tmp_path / "db")
+        period = 0.1  # the node timeout is 0.3 s, 0.6 s for an awaited node
+        await rig.run(commands.InitCluster(ClusterInfo("c1", 1.0, "", "", "w" * 26, "m" * 26, period), node("m1")))
+        for i in range(4):
+            await rig.run(commands.RegisterNode(node(f"n{i}")))
+        lag = 0.45  # the takeover looks 0.45 s old: past one timeout, within two
+        heartbeats = Heartbeats(wall=lambda: time.time() - lag)
+        orchestrator = Orchestrator(rig.store, rig.raft, rig.hub, heartbeats, "m1")
+
+        def status() -> dict[str, NodeStatus]:
+            with rig.store.read() as state:
+                return {n.id: n.status.value for n in state.nodes.values()}
+
+        taken_over = time.time() - lag
+        await orchestrator.pass_once()  # the takeover: every node awaited from now
+        lag = 0.0
+        for node_id in ("m1", "n0", "n1"):
+            heartbeats.beat(node_id)
+        lag = 0.45
+        heartbeats.beat("n2")  # heard after the takeover, 0.45 s ago: one timeout is its due
+        lag = 0.0
+        await orchestrator.pass_once()
+        assert status() == {"m1": "ready", "n0": "ready", "n1": "ready", "n2": "down", "n3": "ready"}
+        deadline = time.monotonic() + 10
+        while status()["n3"] != "down":
+            assert time.monotonic() < deadline, status()
+            for node_id in ("m1", "n0", "n1"):
+                heartbeats.beat(node_id)
+            await asyncio.sleep(0.02)
+            await orchestrator.pass_once()
+        assert time.time() - taken_over > 2 * 3 * period
         rig.store.env.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))

@@ -49,7 +49,11 @@ SESSION_METHOD = f"/{dpb.DESCRIPTOR.services_by_name['Dispatcher'].full_name}/Se
 BACKOFF_START = 0.2
 BACKOFF_CAP = 5.0
 BACKOFF_JITTER = 0.1  # +-10%, so agents do not reconnect in lockstep
-FIRST_MESSAGE_TIMEOUT = 15.0  # the manager commits RegisterNode before it answers
+# The least wait for a session's first message: the manager commits RegisterNode before it
+# answers. At least HEARTBEAT_PATIENCE periods too: after a leader change at 1,000 nodes (a 20 s
+# period), a new leader answered thousands of sessions after their agents had given up at 15 s,
+# and each retry made it later (#15, ADR 83).
+FIRST_MESSAGE_TIMEOUT = 15.0
 INITIAL_PERIOD = 1.0  # heartbeat period assumed before any reply: the first beat is at half of it
 # Periods a heartbeat's answer may take before the session is given up. The managers call a node
 # down after three periods without a beat; ending the session at one late answer made a busy
@@ -233,6 +237,10 @@ class Session:
             self.period = period
         self.reconnect_spread = min(max(spread, 0.0), self.period / 2)
 
+    def first_message_timeout(self) -> float:
+        """How long to wait for a new session's first message."""
+        return max(FIRST_MESSAGE_TIMEOUT, HEARTBEAT_PATIENCE * self.period)
+
     def _spread(self) -> float:
         """The wait before reconnecting after a session failed: a random part of the spread
         when it was open (a leader change ends every node's at once), else none."""
@@ -269,7 +277,7 @@ class Session:
             )
             call = session(self._request())
             try:
-                first = await wait_within(call.read(), FIRST_MESSAGE_TIMEOUT)
+                first = await wait_within(call.read(), self.first_message_timeout())
             except grpc.aio.AioRpcError as exc:
                 hint = leader_hint(exc)
                 if hint is not None and hint != addr:

@@ -70,21 +70,29 @@ class Heartbeats:
         self._wall = wall
         self.last_seen: dict[str, float] = {}
         self._stalled_at: dict[str, float] = {}
+        self._awaited: set[str] = set()
         self.routes = RoutingReports()
 
     def beat(self, node_id: str) -> None:
         self.stalls.catch_up()  # a heartbeat a stall held up is heard after that stall
         self.last_seen[node_id] = self._wall()
         self._stalled_at[node_id] = self.stalls.stalled
+        self._awaited.discard(node_id)
 
     def reset(self, node_ids: list[str]) -> None:
-        """On becoming leader, give every node a full timeout to find us; what their load
-        balancers hold is unknown until they report it (a stop waits at most the bound)."""
+        """On becoming leader, count every node's silence from now, and await them all: a node
+        not heard since gets a longer timeout to find us (ADR 83). What their load balancers
+        hold is unknown until they report it (a stop waits at most the bound)."""
         self.stalls.catch_up()
         now = self._wall()
         self.last_seen = dict.fromkeys(node_ids, now)
         self._stalled_at = dict.fromkeys(node_ids, self.stalls.stalled)
+        self._awaited = set(node_ids)
         self.routes = RoutingReports()
+
+    def awaited(self) -> frozenset[str]:
+        """The nodes not heard since the last `reset` (this leader took over)."""
+        return frozenset(self._awaited)
 
     def seen(self) -> dict[str, float]:
         """When each node was last heard, moved later by every stall of this manager since:

@@ -12,7 +12,7 @@ stop, removed services), `liveness` (which silent nodes are marked down, ADR 69)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Container, Mapping
 
 from warren.commands import ApplyPlan
 from warren.model import Service, ServiceMode, Task
@@ -63,9 +63,15 @@ def reconcile(
     return reconcile_pass(state, now, heartbeats, config, new_id, routes)[0]
 
 
-def down_check(state: ClusterState, now: float, heartbeats: Mapping[str, float], config: ReconcileConfig) -> DownCheck:
+def down_check(
+    state: ClusterState,
+    now: float,
+    heartbeats: Mapping[str, float],
+    config: ReconcileConfig,
+    awaited: Container[str] = frozenset(),
+) -> DownCheck:
     """The down check a pass with these arguments makes (ADR 69), for the caller to report."""
-    return liveness.down_check(state, now, heartbeats, config.node_timeout, config.heartbeat_period)
+    return liveness.down_check(state, now, heartbeats, config.node_timeout, config.heartbeat_period, awaited)
 
 
 def reconcile_pass(
@@ -77,13 +83,15 @@ def reconcile_pass(
     routes: Mapping[str, Collection[str]] | None = None,
     visit: Visit | None = None,
     unsettled: Collection[str] = (),
+    awaited: Container[str] = frozenset(),
 ) -> tuple[ApplyPlan, frozenset[str]]:
     """A pass over every service (`visit` None), or an incremental one (ADR 53) over the
     services `visit` touches, the `unsettled` ones the last pass returned, and what depends on
     them. Returns the plan and the visited services that are not settled: the next incremental
-    pass visits them again. Node checks, removed services and drains are always cluster-wide."""
+    pass visits them again. Node checks, removed services and drains are always cluster-wide.
+    `awaited`: the nodes not heard since this leader took over (ADR 83)."""
     p = Pass(state, now, config, new_id, routes or {})
-    p.check_nodes(heartbeats)
+    p.check_nodes(heartbeats, awaited)
     p.heartbeats = heartbeats
     p.orphan_tasks()
     if visit is None or (state.cluster is not None and state.cluster.auto_rebalance):

@@ -11,7 +11,7 @@ for the same reason); the check resumes as soon as enough of them are heard agai
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import msgspec
 
@@ -30,6 +30,13 @@ def heartbeat_period(configured: float, nodes: int) -> float:
     longer in a cluster so large that its nodes would beat more than MAX_HEARTBEATS_PER_SECOND."""
     return max(configured, nodes / MAX_HEARTBEATS_PER_SECOND)
 
+
+# A node the leader has not heard from since it took over gets this many node timeouts (ADR 83).
+# Every agent must find the new leader and open a new session at once, and a busy new leader
+# takes 1,000 of them in over tens of seconds; with one timeout it marked hundreds of live nodes
+# down and started their tasks again elsewhere (#15). SwarmKit gives such nodes twice its grace
+# period too; Nomad gives every node 5 minutes after a failover.
+FAILOVER_TIMEOUTS = 2.0
 
 MASS_SILENCE_SHARE = 0.5  # more than this share of the ready nodes silent at once ...
 MASS_SILENCE_MIN = 3  # ... and at least this many: a 2- or 3-node cluster still loses a node
@@ -68,25 +75,31 @@ def _drained(node: Node) -> bool:
 
 
 def down_check(
-    state: ClusterState, now: float, heartbeats: Mapping[str, float], node_timeout: float, heartbeat_period: float
+    state: ClusterState,
+    now: float,
+    heartbeats: Mapping[str, float],
+    node_timeout: float,
+    heartbeat_period: float,
+    awaited: Container[str] = frozenset(),
 ) -> DownCheck:
-    """The down check at `now`. A node with no heartbeat recorded counts as heard now (a new
-    leader gives every node a full timeout to find it)."""
-    silent_after = node_timeout - heartbeat_period  # two missed beats with the usual 3 periods
+    """The down check at `now`. A node with no heartbeat recorded counts as heard now. The
+    `awaited` nodes, not heard since this leader took over (its reset of their heartbeats), get
+    FAILOVER_TIMEOUTS node timeouts to find it."""
     overdue: list[tuple[str, float]] = []
     drained_overdue: set[str] = set()
     silent = counted = 0
     for node in sorted(state.nodes.values(), key=lambda n: n.id):
         if node.status != NodeStatus.READY:
             continue
+        timeout = node_timeout * FAILOVER_TIMEOUTS if node.id in awaited else node_timeout
         age = now - heartbeats.get(node.id, now)
-        if age > node_timeout:
+        if age > timeout:
             overdue.append((node.id, age))
             if _drained(node):
                 drained_overdue.add(node.id)
         if _drained(node):
             continue
         counted += 1
-        silent += age > silent_after
+        silent += age > timeout - heartbeat_period  # two missed beats with the usual 3 periods
     held = len(overdue) > len(drained_overdue) and silent >= MASS_SILENCE_MIN and silent > MASS_SILENCE_SHARE * counted
     return DownCheck(tuple(overdue), frozenset(drained_overdue), silent, counted, held)
