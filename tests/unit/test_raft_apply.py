@@ -106,3 +106,34 @@ def _syncobj_source() -> str:
     import inspect
 
     return inspect.getsource(SyncObj)
+
+
+def test_the_time_spent_applying_is_counted_for_the_stall_report(clock: _Clock) -> None:
+    """The Raft thread's stall report says how much of a stall was applying entries (ADR 83)."""
+    node = _Log(clock, entries=10, cost=0.03)
+    node._SyncObj__raftCommitIndex = 10
+    node._SyncObj__applyLogEntries()
+    node._SyncObj__applyLogEntries()
+    node._SyncObj__applyLogEntries()
+    assert node.applying_seconds == pytest.approx(10 * 0.03)
+    node._SyncObj__applyLogEntries()  # nothing left to apply: no time counted
+    assert node.applying_seconds == pytest.approx(10 * 0.03)
+
+
+def test_a_stall_report_says_how_much_was_collecting_garbage_and_applying(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from types import SimpleNamespace
+
+    from warren.manager import raft
+
+    now, collecting = [10.0], [(0.5, 0.25, 1.0)]
+    monkeypatch.setattr(raft, "raft_clock", lambda: now[0])
+    monkeypatch.setattr(raft.gcpolicy, "seconds_spent", lambda: collecting[0])
+    thread = SimpleNamespace(_last_tick=0.0, _tick_marks=(0.0, 0.0), applying_seconds=3.0)
+    RaftNode._measure_tick(thread)  # type: ignore[arg-type]  # the first tick: marks only
+    assert thread._tick_marks == (1.75, 3.0) and not caplog.records
+    now[0], collecting[0], thread.applying_seconds = 12.5, (0.5, 0.25, 2.95), 3.4
+    with caplog.at_level("WARNING", logger="warren.manager.raft"):
+        RaftNode._measure_tick(thread)  # type: ignore[arg-type]
+    assert "did not run for 2.50s (1.95s of it collecting garbage, 0.40s applying entries" in caplog.text

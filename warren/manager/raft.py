@@ -21,7 +21,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.node import TCPNode
 
-from warren import commands, datadir, logsetup
+from warren import commands, datadir, gcpolicy, logsetup
 from warren.aio import wait_within
 from warren.commands import Command, Result
 from warren.manager import journal, metrics
@@ -197,6 +197,7 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
             self._SyncObj__raftElectionDeadline = 0.0  # PySyncObj's private deadline, as in ADR 16
         self.addOnTickCallback(self._ping_peers)
         self._last_tick = 0.0
+        self._tick_marks = (0.0, 0.0)  # seconds collecting and applying at the last tick
         self.addOnTickCallback(self._measure_tick)
         self._woken_for = 0
         self.addOnTickCallback(self._commit_alone_now)
@@ -551,15 +552,25 @@ class RaftNode(PeerLinks, BoundedApply, SyncObj):  # the mixins first: they over
 
     # -- status ------------------------------------------------------------------------------
     def _measure_tick(self) -> None:
-        """Record how late the Raft thread runs (a tick callback, on that thread, ADR 52)."""
+        """Record how late the Raft thread runs (a tick callback, on that thread, ADR 52), and
+        say what a stall was made of: collecting garbage stops every thread, and applying
+        entries is the tick's own work; the rest is waiting for the CPU or the GIL (ADR 83)."""
         now = raft_clock()
         gap = now - self._last_tick if self._last_tick else 0.0
-        self._last_tick = now
+        collecting, applying = sum(gcpolicy.seconds_spent()), self.applying_seconds
+        collected, applied = collecting - self._tick_marks[0], applying - self._tick_marks[1]
+        self._last_tick, self._tick_marks = now, (collecting, applying)
         if not gap:
             return
         metrics.RAFT_TICK_GAP.observe(gap)
         if gap > RAFT_MIN_TIMEOUT:
-            log.warning("the Raft thread did not run for %.2fs (a loaded machine?): a leader may be elected", gap)
+            log.warning(
+                "the Raft thread did not run for %.2fs (%.2fs of it collecting garbage, %.2fs applying entries; "
+                "a loaded machine?): a leader may be elected",
+                gap,
+                collected,
+                applied,
+            )
 
     def _on_state_changed(self, old: int, new: int) -> None:
         leader = _RAFT_STATES.get(new) == "leader"

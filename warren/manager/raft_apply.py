@@ -41,6 +41,9 @@ class BoundedApply:
     _SyncObj__getEntries: Callable[..., list[tuple[bytes, int, int]]]
     _SyncObj__doApplyCommand: Callable[[bytes], Any]
     _SyncObj__selfCodeVersion: int
+    # Seconds spent applying entries so far: the Raft thread's stall report says how much of a
+    # stall it was (ADR 83).
+    applying_seconds = 0.0
 
     def _SyncObj__applyLogEntries(self) -> bool:
         """Apply committed entries for at most about APPLY_SLICE; whether any was applied (the
@@ -48,17 +51,23 @@ class BoundedApply:
         batched appends)."""
         if self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
             return False
-        deadline = raft_clock() + APPLY_SLICE
+        started = raft_clock()
+        try:
+            self._apply_until(started + APPLY_SLICE)
+        finally:
+            self.applying_seconds += raft_clock() - started
+        return True
+
+    def _apply_until(self, deadline: float) -> None:
         while self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
             count = min(self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied, READ_AHEAD)
             entries = self._SyncObj__getEntries(self._SyncObj__raftLastApplied + 1, count)
             if not entries:
-                break  # compacted away: a snapshot brings the state instead
+                return  # compacted away: a snapshot brings the state instead
             for entry in entries:
                 self._apply_one(entry)
                 if raft_clock() >= deadline:
-                    return True
-        return True
+                    return
 
     def _apply_one(self, entry: tuple[bytes, int, int]) -> None:
         """PySyncObj's own steps for one entry: apply it, then answer those who wait on it."""
