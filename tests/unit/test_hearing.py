@@ -51,7 +51,7 @@ def overdue(heartbeats: Heartbeats, wall_now: float) -> list[str]:
     sim = Sim(ReconcileConfig(heartbeat_period=TIMEOUT / 3))
     for node_id in heartbeats.last_seen:
         sim.add_node(node(node_id))
-    return [n for n, _ in down_check(sim.state, wall_now, heartbeats.seen(), sim.config, heartbeats.awaited()).overdue]
+    return [n for n, _ in down_check(sim.state, wall_now, heartbeats.seen(), sim.config, heartbeats.failover()).overdue]
 
 
 def test_a_loop_that_keeps_ticking_counts_no_stall() -> None:
@@ -125,19 +125,45 @@ def test_after_a_leader_change_a_node_not_heard_yet_gets_two_timeouts_and_a_node
     heartbeats.beat("n1")
     clock.advance(30, stalls)
     heartbeats.reset(["n1", "n2", "n3"])
-    assert heartbeats.awaited() == {"n1", "n2", "n3"}
+    assert heartbeats.failover().awaited == {"n1", "n2", "n3"}
     clock.advance(5, stalls)
     heartbeats.beat("n1")  # n1 found the new leader; n2 and n3 did not
-    assert heartbeats.awaited() == {"n2", "n3"}
+    assert heartbeats.failover().awaited == {"n2", "n3"}
     clock.advance(16, stalls)  # 21 s after the takeover, 16 s after n1's beat
     assert overdue(heartbeats, clock.wall) == ["n1"]
-    clock.advance(8, stalls)  # 29 s: within two timeouts
-    heartbeats.beat("n3")
+    clock.advance(9, stalls)  # 30 s: two timeouts, and no node arrived for 25 s
     assert overdue(heartbeats, clock.wall) == ["n1"]
-    clock.advance(2, stalls)  # 31 s: n2 never came
-    assert overdue(heartbeats, clock.wall) == ["n1", "n2"]
+    clock.advance(1, stalls)  # 31 s: n2 and n3 never came
+    assert overdue(heartbeats, clock.wall) == ["n1", "n2", "n3"]
     heartbeats.reset(["n1", "n2", "n3"])  # another takeover awaits every node again
-    assert heartbeats.awaited() == {"n1", "n2", "n3"}
+    assert heartbeats.failover().awaited == {"n1", "n2", "n3"}
+
+
+def test_a_node_not_heard_yet_waits_while_others_still_find_the_new_leader_at_most_five_timeouts() -> None:
+    """A new leader taking in 1,000 sessions took minutes (#15): an awaited node is not marked
+    down while other awaited nodes still arrive, until a timeout after the last one, and at the
+    latest after five timeouts."""
+    clock, stalls, heartbeats = rig()
+    late = [f"n{i:02d}" for i in range(16)]
+    heartbeats.reset(["slow", "dead", *late])
+    for node_id in late[:8]:  # one node finds the leader every 5 s, for 40 s
+        clock.advance(5, stalls)
+        heartbeats.beat(node_id)
+        assert "slow" not in overdue(heartbeats, clock.wall), f"{clock.wall}: down while nodes still arrive"
+    clock.advance(10, stalls)  # 50 s: the last arrival was 10 s ago
+    assert not {"slow", "dead"} & set(overdue(heartbeats, clock.wall))
+    heartbeats.beat("slow")
+    clock.advance(15, stalls)  # 65 s: 15 s since the last arrival, not more
+    assert "dead" not in overdue(heartbeats, clock.wall)
+    clock.advance(1, stalls)
+    assert "dead" in overdue(heartbeats, clock.wall)
+
+    clock, stalls, heartbeats = rig()
+    heartbeats.reset(["dead", *late])
+    for node_id in late:  # arrivals every 6 s, for 96 s
+        clock.advance(6, stalls)
+        heartbeats.beat(node_id)
+        assert ("dead" in overdue(heartbeats, clock.wall)) == (clock.wall - 1000 > 5 * TIMEOUT)
 
 
 # -- the report of a mass silence ------------------------------------------------------------------

@@ -71,28 +71,36 @@ class Heartbeats:
         self.last_seen: dict[str, float] = {}
         self._stalled_at: dict[str, float] = {}
         self._awaited: set[str] = set()
+        self._arrival = (0.0, 0.0)  # when an awaited node was last first heard, and the stall total then
         self.routes = RoutingReports()
 
     def beat(self, node_id: str) -> None:
         self.stalls.catch_up()  # a heartbeat a stall held up is heard after that stall
-        self.last_seen[node_id] = self._wall()
+        now = self._wall()
+        self.last_seen[node_id] = now
         self._stalled_at[node_id] = self.stalls.stalled
-        self._awaited.discard(node_id)
+        if node_id in self._awaited:
+            self._awaited.discard(node_id)
+            self._arrival = (now, self.stalls.stalled)
 
     def reset(self, node_ids: list[str]) -> None:
         """On becoming leader, count every node's silence from now, and await them all: a node
-        not heard since gets a longer timeout to find us (ADR 83). What their load balancers
+        not heard since gets longer to find us (ADR 83). What their load balancers
         hold is unknown until they report it (a stop waits at most the bound)."""
         self.stalls.catch_up()
         now = self._wall()
         self.last_seen = dict.fromkeys(node_ids, now)
         self._stalled_at = dict.fromkeys(node_ids, self.stalls.stalled)
         self._awaited = set(node_ids)
+        self._arrival = (now, self.stalls.stalled)
         self.routes = RoutingReports()
 
-    def awaited(self) -> frozenset[str]:
-        """The nodes not heard since the last `reset` (this leader took over)."""
-        return frozenset(self._awaited)
+    def failover(self) -> liveness.Failover:
+        """The nodes not heard since the last `reset` (this leader took over), and when the
+        latest other was first heard, moved later by this manager's stalls since, as `seen()`."""
+        self.stalls.catch_up()
+        at, stalled_at = self._arrival
+        return liveness.Failover(frozenset(self._awaited), at + self.stalls.stalled - stalled_at)
 
     def seen(self) -> dict[str, float]:
         """When each node was last heard, moved later by every stall of this manager since:

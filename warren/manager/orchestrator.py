@@ -204,7 +204,7 @@ class Orchestrator:
             self._heartbeats.routes.snapshot(snapshot.revoked),
             visit,
             self._unsettled,
-            self._heartbeats.awaited(),
+            self._heartbeats.failover(),
         )
         self._seen = snapshot
         took = time.perf_counter() - started
@@ -236,8 +236,8 @@ def _reconcile(
     routes: Mapping[str, Collection[str]],
     visit: reconciler.Visit | None,
     unsettled: frozenset[str],
-    awaited: frozenset[str],
+    failover: reconciler.Failover,
 ) -> tuple[tuple[commands.ApplyPlan, frozenset[str]], reconciler.DownCheck]:
     """One pass, and its down check to report (both off the event loop)."""
-    found = reconciler.reconcile_pass(snapshot, now, heard, config, new_id, routes, visit, unsettled, awaited)
-    return found, reconciler.down_check(snapshot, now, heard, config, awaited)
+    found = reconciler.reconcile_pass(snapshot, now, heard, config, new_id, routes, visit, unsettled, failover)
+    return found, reconciler.down_check(snapshot, now, heard, config, failover)

@@ -12,7 +12,7 @@ stop, removed services), `liveness` (which silent nodes are marked down, ADR 69)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Container, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from warren.commands import ApplyPlan
 from warren.model import Service, ServiceMode, Task
@@ -29,7 +29,7 @@ from warren.reconciler.core import (
 )
 from warren.reconciler.global_ import reconcile_global
 from warren.reconciler.incremental import Visit, services_to_visit, settled, touched_by
-from warren.reconciler.liveness import DownCheck
+from warren.reconciler.liveness import DownCheck, Failover
 from warren.reconciler.replicated import reconcile_replicated
 from warren.reconciler.stops import removed_services, stop_drained
 from warren.state import ClusterState
@@ -37,6 +37,7 @@ from warren.state import ClusterState
 __all__ = [
     "DRAINING",
     "DownCheck",
+    "Failover",
     "ReconcileConfig",
     "Visit",
     "died_on_its_own",
@@ -68,10 +69,10 @@ def down_check(
     now: float,
     heartbeats: Mapping[str, float],
     config: ReconcileConfig,
-    awaited: Container[str] = frozenset(),
+    failover: Failover = liveness.NO_FAILOVER,
 ) -> DownCheck:
     """The down check a pass with these arguments makes (ADR 69), for the caller to report."""
-    return liveness.down_check(state, now, heartbeats, config.node_timeout, config.heartbeat_period, awaited)
+    return liveness.down_check(state, now, heartbeats, config.node_timeout, config.heartbeat_period, failover)
 
 
 def reconcile_pass(
@@ -83,15 +84,15 @@ def reconcile_pass(
     routes: Mapping[str, Collection[str]] | None = None,
     visit: Visit | None = None,
     unsettled: Collection[str] = (),
-    awaited: Container[str] = frozenset(),
+    failover: Failover = liveness.NO_FAILOVER,
 ) -> tuple[ApplyPlan, frozenset[str]]:
     """A pass over every service (`visit` None), or an incremental one (ADR 53) over the
     services `visit` touches, the `unsettled` ones the last pass returned, and what depends on
     them. Returns the plan and the visited services that are not settled: the next incremental
     pass visits them again. Node checks, removed services and drains are always cluster-wide.
-    `awaited`: the nodes not heard since this leader took over (ADR 83)."""
+    `failover`: what a new leader still awaits (ADR 83)."""
     p = Pass(state, now, config, new_id, routes or {})
-    p.check_nodes(heartbeats, awaited)
+    p.check_nodes(heartbeats, failover)
     p.heartbeats = heartbeats
     p.orphan_tasks()
     if visit is None or (state.cluster is not None and state.cluster.auto_rebalance):

@@ -4,7 +4,7 @@ ApplyPlan it adds up to. Pure: no clock, no I/O."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Container, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import msgspec
 
@@ -340,11 +340,11 @@ class Pass:
         return task
 
     # -- nodes ---------------------------------------------------------------------------------
-    def check_nodes(self, heartbeats: Mapping[str, float], awaited: Container[str] = frozenset()) -> None:
+    def check_nodes(self, heartbeats: Mapping[str, float], failover: liveness.Failover = liveness.NO_FAILOVER) -> None:
         """Mark down the nodes silent past the timeout, unless most went silent at once
-        (`liveness`, ADR 69): those stay up, but this pass places nothing on them. The `awaited`
-        nodes, not heard since this leader took over, get a longer timeout (ADR 83)."""
-        check = self.down_check(heartbeats, awaited)
+        (`liveness`, ADR 69): those stay up, but this pass places nothing on them. The nodes a
+        new leader still awaits get longer (`failover`, ADR 83)."""
+        check = self.down_check(heartbeats, failover)
         down = dict(check.down)
         held = set(check.held_nodes)
         for node in sorted(self.state.nodes.values(), key=lambda n: n.id):
@@ -356,10 +356,12 @@ class Pass:
                 node = msgspec.structs.replace(node, status=NodeStatus.UNKNOWN, status_message=check.message())
             self.nodes[node.id] = node
 
-    def down_check(self, heartbeats: Mapping[str, float], awaited: Container[str] = frozenset()) -> DownCheck:
+    def down_check(
+        self, heartbeats: Mapping[str, float], failover: liveness.Failover = liveness.NO_FAILOVER
+    ) -> DownCheck:
         config = self.config
         return liveness.down_check(
-            self.state, self.now, heartbeats, config.node_timeout, config.heartbeat_period, awaited
+            self.state, self.now, heartbeats, config.node_timeout, config.heartbeat_period, failover
         )
 
     def orphan_tasks(self) -> None:

@@ -11,7 +11,7 @@ for the same reason); the check resumes as soon as enough of them are heard agai
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping
+from collections.abc import Mapping
 
 import msgspec
 
@@ -31,12 +31,38 @@ def heartbeat_period(configured: float, nodes: int) -> float:
     return max(configured, nodes / MAX_HEARTBEATS_PER_SECOND)
 
 
-# A node the leader has not heard from since it took over gets this many node timeouts (ADR 83).
-# Every agent must find the new leader and open a new session at once, and a busy new leader
-# takes 1,000 of them in over tens of seconds; with one timeout it marked hundreds of live nodes
-# down and started their tasks again elsewhere (#15). SwarmKit gives such nodes twice its grace
-# period too; Nomad gives every node 5 minutes after a failover.
+# A node the leader has not heard from since it took over (ADR 83) is marked down only after this
+# many node timeouts, and only once no other such node has found the leader for a timeout: every
+# agent must open a new session at once, and a busy new leader takes 1,000 of them in over
+# minutes. With one timeout it marked hundreds of live nodes down and started their tasks again
+# elsewhere (#15). SwarmKit gives such nodes twice its grace period; Nomad 5 minutes.
 FAILOVER_TIMEOUTS = 2.0
+# ... and at the latest after this many, even while others still arrive.
+FAILOVER_MAX_TIMEOUTS = 5.0
+
+
+class Failover(msgspec.Struct, frozen=True):
+    """What a new leader still awaits (ADR 83): the nodes it has not heard since it took over,
+    and when the latest of the others was first heard (the takeover's time, before any)."""
+
+    awaited: frozenset[str] = frozenset()
+    last_arrival: float = 0.0
+
+    def overdue(self, node_id: str, age: float, now: float, node_timeout: float) -> bool:
+        """Whether a node unheard for `age` seconds is past its timeout."""
+        if node_id not in self.awaited:
+            return age > node_timeout
+        if age > node_timeout * FAILOVER_MAX_TIMEOUTS:
+            return True
+        return age > node_timeout * FAILOVER_TIMEOUTS and now - self.last_arrival > node_timeout
+
+    def timeout(self, node_id: str, node_timeout: float) -> float:
+        """The least silence after which the node may be overdue."""
+        return node_timeout * FAILOVER_TIMEOUTS if node_id in self.awaited else node_timeout
+
+
+NO_FAILOVER = Failover()  # a leader that awaits no node
+
 
 MASS_SILENCE_SHARE = 0.5  # more than this share of the ready nodes silent at once ...
 MASS_SILENCE_MIN = 3  # ... and at least this many: a 2- or 3-node cluster still loses a node
@@ -80,26 +106,25 @@ def down_check(
     heartbeats: Mapping[str, float],
     node_timeout: float,
     heartbeat_period: float,
-    awaited: Container[str] = frozenset(),
+    failover: Failover = NO_FAILOVER,
 ) -> DownCheck:
-    """The down check at `now`. A node with no heartbeat recorded counts as heard now. The
-    `awaited` nodes, not heard since this leader took over (its reset of their heartbeats), get
-    FAILOVER_TIMEOUTS node timeouts to find it."""
+    """The down check at `now`. A node with no heartbeat recorded counts as heard now. A node a
+    new leader still awaits gets longer (`Failover`)."""
     overdue: list[tuple[str, float]] = []
     drained_overdue: set[str] = set()
     silent = counted = 0
     for node in sorted(state.nodes.values(), key=lambda n: n.id):
         if node.status != NodeStatus.READY:
             continue
-        timeout = node_timeout * FAILOVER_TIMEOUTS if node.id in awaited else node_timeout
         age = now - heartbeats.get(node.id, now)
-        if age > timeout:
+        if failover.overdue(node.id, age, now, node_timeout):
             overdue.append((node.id, age))
             if _drained(node):
                 drained_overdue.add(node.id)
         if _drained(node):
             continue
         counted += 1
-        silent += age > timeout - heartbeat_period  # two missed beats with the usual 3 periods
+        # Two missed beats with the usual 3 periods.
+        silent += age > failover.timeout(node.id, node_timeout) - heartbeat_period
     held = len(overdue) > len(drained_overdue) and silent >= MASS_SILENCE_MIN and silent > MASS_SILENCE_SHARE * counted
     return DownCheck(tuple(overdue), frozenset(drained_overdue), silent, counted, held)
