@@ -48,6 +48,7 @@ BENCHMARKS = {
     "endpoint_runs": "bench.bench_endpoint_runs",  # deltas to sessions over 8 bases: runs vs composed (ADR 78)
     "reconnect": "bench.bench_reconnect",  # a new leader reopening 300 sessions at S2's shape, digests vs none (ADR 81)
     "routing": "bench.bench_routing",  # a pass's routing snapshot vs building per-node unions (ADR 33)
+    "handshakes": "bench.bench_handshakes",  # TLS handshakes into a busy process by switch interval (ADR 84)
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 COMMAND = "make bench  (python3 -m bench.run)"

@@ -32,7 +32,7 @@ from typing import Any
 
 import lmdb
 
-from warren import datadir, heap, logsetup, proctitle, tls
+from warren import datadir, gilpolicy, heap, logsetup, proctitle, tls
 from warren.agent import settings as agent_settings
 from warren.agent.cache import AgentCache
 from warren.agent.controller import ControllerEnv
@@ -418,6 +418,7 @@ def run(options: AgentOptions, run_manager: ManagerRunner | None = None, entry: 
     node_id = str(load_node_file(options.data_dir).get("node_id", ""))
     logsetup.set_default(node=node_id)
     proctitle.set_title(proctitle.agent_title(node_id))
+    gilpolicy.settle()  # ADR 84
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from warren import clientconfig, gcpolicy, logsetup, proctitle, tls, validate
+from warren import clientconfig, gcpolicy, gilpolicy, logsetup, proctitle, tls, validate
 from warren.aio import wait_within
 from warren.host import reachable_addr
 from warren.manager import autolock, cakey, discovery, lockedfiles, lockedstart, metrics
@@ -110,6 +110,7 @@ def run(options: ManagerOptions, alongside: Alongside | None = None) -> int:
     SIGTERM/SIGINT. Returns the process exit code."""
     if refused := logsetup.configure_or_refuse():
         return refused
+    gilpolicy.settle()  # ADR 84
     try:
         return asyncio.run(_serve(options, None, alongside))
     except StartupError as exc:

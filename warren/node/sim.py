@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from warren import datadir, gcpolicy, heap, logsetup, proctitle, tls
+from warren import datadir, gcpolicy, gilpolicy, heap, logsetup, proctitle, tls
 from warren.agent import join as agent_join
 from warren.agent.cache import MemoryCache
 from warren.agent.controller_env import ControllerEnv
@@ -513,6 +513,7 @@ def run(options: SimOptions, verbose: bool = False) -> int:
         return 2
     logsetup.configure(config)
     proctitle.set_title(proctitle.sim_title(options.nodes))
+    gilpolicy.settle()  # as a manager's (ADR 84)
 
     async def main() -> None:
         stop = asyncio.Event()
