@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Set as AbstractSet
 
-from warren.model import Task
+from warren.model import Task, TaskState
 from warren.state import Change, Delete, Put
+
+_RUNNING = TaskState.RUNNING
+_ASSIGNED = TaskState.ASSIGNED
 
 KEEP = 128  # digests kept by index: sessions more behind than that build their own
 
@@ -20,13 +23,14 @@ KEEP = 128  # digests kept by index: sessions more behind than that build their 
 class CommitDigest:
     """The task changes of one commit by node and by task id, and which kinds it touched."""
 
-    __slots__ = ("_at", "_ids", "_on_node", "changes", "nodes_changed", "volumes_changed")
+    __slots__ = ("_at", "_ids", "_on_node", "changes", "nodes_changed", "volumes_changed", "work")
 
     def __init__(self, changes: list[Change]) -> None:
         self.changes = changes
         self._on_node: dict[str, list[Task]] = {}  # node id -> the tasks put there, in commit order
         self._at: dict[str, list[int]] = {}  # task id -> where the commit puts or deletes it
         self.nodes_changed = self.volumes_changed = False
+        self.work: set[str] = set()  # nodes this commit gives work: their sessions wake for it (ADR 85)
         for position, change in enumerate(changes):
             kind = change.kind
             if kind == "task":
@@ -35,6 +39,8 @@ class CommitDigest:
                     if isinstance(task, Task):
                         self._on_node.setdefault(task.node_id, []).append(task)
                         self._at.setdefault(task.id, []).append(position)
+                        if is_work(task):
+                            self.work.add(task.node_id)
                 elif isinstance(change, Delete):
                     self._at.setdefault(change.id, []).append(position)
             elif kind == "node":
@@ -58,6 +64,16 @@ class CommitDigest:
         at = self._at
         changes = self.changes
         return [changes[position] for position in sorted(p for task_id in ids for p in at[task_id])]
+
+
+def is_work(task: Task) -> bool:
+    """Whether the node has an order in `task` it has not acted on: a task to start that it has not
+    taken up yet, or a task to stop that has not ended. A node's own reports are not work."""
+    if not task.node_id:
+        return False
+    if task.desired_state > _RUNNING:
+        return not task.state.terminal
+    return task.desired_state == _RUNNING and task.state <= _ASSIGNED
 
 
 class CommitDigests:

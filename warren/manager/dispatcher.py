@@ -37,7 +37,7 @@ from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog
 from warren.manager.endpoints import all_endpoints
-from warren.manager.events import EventHub
+from warren.manager.events import Event, EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.hearing import StallClock
 from warren.manager.logbroker import LogBroker
@@ -45,7 +45,8 @@ from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
-from warren.manager.sessionpace import reconnect_spread, session_pace
+from warren.manager.sessionpace import Pauses, reconnect_spread, session_pace
+from warren.manager.sessionwake import WorkBell, pause
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState, same_but_status
 from warren.network.endpointdigest import DIGEST_SIZE, MAX_DIGESTS, MAX_NAME_BYTES
@@ -351,6 +352,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._endpoints = EndpointLog(store, hub)  # versioned, incremental, deltas (ADRs 57, 65)
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
         self._digests = CommitDigests()  # each commit's changes indexed once for every session
+        self._bell = WorkBell()  # wakes a pausing session for new work (ADR 85)
+        hub.listen(self._ring_for_work)
         self._spec_pbs = SpecCache()  # each spec version converted once for every session
         self._node_view = _NodeView(-1, [], 0, 0)
 
@@ -425,6 +428,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             del self._sessions[stale]
         self._sessions[session_id] = node.id
         self._endpoints.open()
+        wake = self._bell.open(node.id, session_id)
+        pauses = Pauses()
+        loop = asyncio.get_running_loop()
         try:
             with self._hub.subscribe() as events:
                 version = 1
@@ -467,10 +473,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 yield await self._fits(node.id, Assignments(complete, endpoints, self._mesh.whole()))
                 del endpoints
                 while self._raft.is_leader and session_id in self._sessions:
+                    batches: list[tuple[int, list]] | None = []
                     try:
-                        batches = _coalesce(await wait_within(events.get(), 1.0), events)
+                        first = await wait_within(events.get(), 1.0)
                     except TimeoutError:
-                        batches = []
+                        pass
+                    else:
+                        wake.clear()  # this message answers the work of the commits taken in now
+                        batches = _coalesce(first, events)
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
@@ -537,12 +547,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         shared = changed[1] if changed is not None else b""
                         yield await self._fits(node.id, Assignments(incremental, shared, new_mesh or b""))
                         version += 1
-                        await asyncio.sleep(self._pace())  # what comes meanwhile goes in one message
+                        # What comes meanwhile goes in one message, unless it is new work (ADR 85).
+                        await pause(wake, *pauses.after_message(loop.time(), self._pace()))
                 if session_id not in self._sessions:
                     raise ApiError(grpc.StatusCode.UNAVAILABLE, "superseded by a newer session of this node")
                 raise ApiError(grpc.StatusCode.UNAVAILABLE, "this manager is no longer the leader; reconnect")
         finally:
             self._sessions.pop(session_id, None)
+            self._bell.close(node.id, session_id)
             self._endpoints.close()
 
     async def _fits(self, node_id: str, message: Assignments) -> Assignments:
@@ -669,6 +681,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._require_leader()
         async for request in requests:
             yield await self.Heartbeat(request, context)
+
+    def _ring_for_work(self, event: Event) -> None:
+        """Once per commit, on the loop: wake the sessions of the nodes it gives work."""
+        index, changes = event
+        if changes is not None and self._sessions:  # a follower has none: no digest built
+            self._bell.ring(self._digests.of(index, changes).work)
 
     def _pace(self) -> float:
         return session_pace(len(self._sessions), random.random())

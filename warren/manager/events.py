@@ -7,7 +7,7 @@ orchestrator, each dispatcher session, later the event stream) read their own qu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from warren.state import Change
@@ -25,12 +25,20 @@ class EventHub:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._queues: set[asyncio.Queue[Event]] = set()
+        self._listeners: list[Callable[[Event], None]] = []
 
     def publish(self, index: int, changes: list[Change] | None) -> None:
         """Thread-safe; called by the store after each commit."""
         self._loop.call_soon_threadsafe(self._deliver, (index, changes))
 
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Call `listener(event)` on the loop for each commit, as it is queued for the
+        subscribers: it must be quick (it runs once per commit, not once per subscriber)."""
+        self._listeners.append(listener)
+
     def _deliver(self, event: Event) -> None:
+        for listener in self._listeners:
+            listener(event)
         for queue in self._queues:
             if queue.qsize() >= QUEUE_LIMIT:
                 while not queue.empty():

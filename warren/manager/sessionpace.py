@@ -1,7 +1,10 @@
-"""How fast sessions talk to a busy leader (ADR 73): the pause between a session's messages and
-the spread of the agents' reconnects, both sized by the cluster. Pure."""
+"""How fast sessions talk to a busy leader (ADR 73): the pause between a session's messages, which
+new work may end early (ADR 85), and the spread of the agents' reconnects, all sized by the
+cluster. Pure."""
 
 from __future__ import annotations
+
+import math
 
 # After a leader change every agent opened a new session at once: at 1,000 nodes, the TLS
 # handshakes and registrations timed out on the busy new leader, and the agents retried in step
@@ -25,6 +28,26 @@ SESSION_MESSAGES_PER_SECOND = 500.0
 def session_pace(sessions: int, draw: float) -> float:
     """The pause after a session's message, for `draw` in [0, 1): 0.5 to 1.5 times the mean."""
     return sessions / SESSION_MESSAGES_PER_SECOND * (0.5 + draw)
+
+
+class Pauses:
+    """One session's pauses between messages, which new work for its node may end early (ADR 85).
+
+    After a message, the session waits its pause. New work (a task to start or to stop) ends the
+    wait at once, unless the session already sent a message early in the pause before: each
+    message takes a pause of credit, and early messages borrow at most one pause ahead. So a
+    session still sends about one message per pause when work keeps coming (as when 100,000
+    tasks are placed), and in a quiet cluster new work goes out at once instead of after up to
+    1.5 pauses (3 s at 1,000 nodes)."""
+
+    def __init__(self) -> None:
+        self._credit_until = -math.inf  # the end of the pauses taken so far
+
+    def after_message(self, now: float, pause: float) -> tuple[float, float]:
+        """A message went at `now`, and `pause` was drawn for it: (from when new work may end
+        the wait, when the wait ends anyway)."""
+        self._credit_until = max(self._credit_until, now) + pause
+        return self._credit_until - pause, self._credit_until
 
 
 def reconnect_spread(nodes: int, period: float) -> float:
