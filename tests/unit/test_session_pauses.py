@@ -3,29 +3,20 @@ counts as new work for a node. Pure."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
+from tests.unit.agent_fakes import make_task
 from warren.manager.commitdigest import CommitDigest, is_work
 from warren.manager.sessionpace import Pauses
-from warren.model import ServiceSpec, Task, TaskState
+from warren.model import Task, TaskState
 from warren.state import Put
 
 S = TaskState
 
 
 def a_task(state: TaskState, desired: TaskState = S.RUNNING, node_id: str = "n1", task_id: str = "t1") -> Task:
-    spec = ServiceSpec(name="web", image="busybox")
-    return Task(
-        id=task_id,
-        service_id="s1",
-        service_name="web",
-        slot=1,
-        spec=spec,
-        spec_version=1,
-        desired_state=desired,
-        state=state,
-        node_id=node_id,
-    )
+    return msgspec.structs.replace(make_task(task_id, desired=desired, state=state), node_id=node_id)
 
 
 def test_after_a_message_in_time_new_work_may_end_the_pause_at_once() -> None:
