@@ -8,8 +8,8 @@ credentials ask a Python callback). In a busy manager, whose event loop, Raft th
 scheduling pass compute at once, each of those waits its 5 ms, one after the other. At 1,000
 nodes a new leader's handshakes then failed by thousands (#15). Measured through the API
 (`bench handshakes`, three runs of 200 new mTLS connections into a process whose event loop
-computes half the time and one thread all the time): at 5 ms 64 answered /s and 132 of 600
-failed; at 1 ms 555 /s and none failed, while the computing thread did 0.96x the work."""
+computes half the time and one thread all the time): at 5 ms 80 answered /s and 83 of 600
+failed; at 1 ms 369 /s and none failed. Two computing threads did 1.03x the work at 1 ms."""
 
 from __future__ import annotations
 
