@@ -452,6 +452,7 @@ def test_a_session_among_many_paces_its_messages_and_new_work_ends_one_pause(tmp
             second = await next_message(stream)
             assert time.monotonic() - sent < shortest  # it did not wait its pause
             assert [t.id for t in second.updated] == ["b"]
+            assert not cluster.dispatcher._bell._sessions[NODE][1].is_set()  # b was answered
             cluster.put(task("c", web))
             cluster.put(task("d", web))
             third = await next_message(stream)

@@ -3,12 +3,16 @@ counts as new work for a node. Pure."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import msgspec
 import pytest
 
 from tests.unit.agent_fakes import make_task
 from warren.manager.commitdigest import CommitDigest, is_work
 from warren.manager.sessionpace import Pauses
+from warren.manager.sessionwake import pause
 from warren.model import Task, TaskState
 from warren.state import Put
 
@@ -29,8 +33,8 @@ def test_an_early_message_borrows_one_pause_and_the_next_waits_for_it() -> None:
     pauses = Pauses()
     pauses.after_message(10.0, 2.0)
     # Sent early at 10.5, inside the pause that ends at 12: new work may end the next pause only
-    # from 12, and it ends by itself at 14.
-    assert pauses.after_message(10.5, 2.0) == (12.0, 14.0)
+    # from 12, and the pause ends by itself 2 s after the message, at 12.5, as any pause does.
+    assert pauses.after_message(10.5, 2.0) == (12.0, 12.5)
 
 
 @pytest.mark.parametrize("pause", [0.5, 2.0])
@@ -74,3 +78,39 @@ def test_a_commit_names_the_nodes_it_gives_work() -> None:
         ]
     )
     assert digest.work == {"n1", "n3"}
+
+
+@pytest.mark.parametrize(
+    ("rung", "early_in", "until_in", "ends_in"),
+    [
+        (True, 0.05, 30.0, 0.05),  # work came: the pause ends once work may end it
+        (False, 0.05, 0.3, 0.3),  # no work: the whole pause
+        (True, 30.0, 0.1, 0.1),  # no room to end it early: the pause, work or not
+    ],
+)
+def test_a_pause_ends_early_only_for_work_and_not_before_it_may(
+    rung: bool, early_in: float, until_in: float, ends_in: float
+) -> None:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        if rung:
+            wake.set()
+        started = loop.time()
+        await pause(wake, started + early_in, started + until_in)
+        return loop.time() - started
+
+    took = asyncio.run(scenario())
+    assert ends_in <= took < ends_in + 5.0  # far below the 30 s a wrong wait would take
+
+
+def test_work_rung_during_the_pause_ends_it() -> None:
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        wake = asyncio.Event()
+        started = time.monotonic()
+        loop.call_later(0.1, wake.set)
+        await pause(wake, loop.time(), loop.time() + 30.0)
+        return time.monotonic() - started
+
+    assert 0.1 <= asyncio.run(scenario()) < 5.0

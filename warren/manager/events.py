@@ -7,10 +7,13 @@ orchestrator, each dispatcher session, later the event stream) read their own qu
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from warren.state import Change
+
+log = logging.getLogger(__name__)
 
 Event = tuple[int, list[Change] | None]  # (applied index, changes or None = resynchronise)
 
@@ -32,13 +35,20 @@ class EventHub:
         self._loop.call_soon_threadsafe(self._deliver, (index, changes))
 
     def listen(self, listener: Callable[[Event], None]) -> None:
-        """Call `listener(event)` on the loop for each commit, as it is queued for the
-        subscribers: it must be quick (it runs once per commit, not once per subscriber)."""
+        """Call `listener(event)` on the loop for each commit, once it is queued for the
+        subscribers: it must be quick (it runs once per commit, not once per subscriber). A
+        listener that fails is logged; the subscribers have the commit all the same."""
         self._listeners.append(listener)
 
     def _deliver(self, event: Event) -> None:
+        self._enqueue(event)
         for listener in self._listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a commit listener failed")
+
+    def _enqueue(self, event: Event) -> None:
         for queue in self._queues:
             if queue.qsize() >= QUEUE_LIMIT:
                 while not queue.empty():

@@ -33,21 +33,21 @@ def session_pace(sessions: int, draw: float) -> float:
 class Pauses:
     """One session's pauses between messages, which new work for its node may end early (ADR 85).
 
-    After a message, the session waits its pause. New work (a task to start or to stop) ends the
-    wait at once, unless the session already sent a message early in the pause before: each
-    message takes a pause of credit, and early messages borrow at most one pause ahead. So a
-    session still sends about one message per pause when work keeps coming (as when 100,000
-    tasks are placed), and in a quiet cluster new work goes out at once instead of after up to
-    1.5 pauses (3 s at 1,000 nodes)."""
+    After a message, the session waits its pause, as before ADR 85. New work (a task to start or
+    to stop) ends the wait at once, unless the session already sent a message early in the pause
+    before: each message takes a pause of credit, and early messages borrow at most one pause
+    ahead. So a session still sends about one message per pause when work keeps coming (as when
+    100,000 tasks are placed), and in a quiet cluster new work goes out at once instead of after
+    up to 1.5 pauses (3 s at 1,000 nodes)."""
 
     def __init__(self) -> None:
         self._credit_until = -math.inf  # the end of the pauses taken so far
 
     def after_message(self, now: float, pause: float) -> tuple[float, float]:
         """A message went at `now`, and `pause` was drawn for it: (from when new work may end
-        the wait, when the wait ends anyway)."""
+        the wait, when the wait ends anyway: after the pause, as for any message)."""
         self._credit_until = max(self._credit_until, now) + pause
-        return self._credit_until - pause, self._credit_until
+        return self._credit_until - pause, now + pause
 
 
 def reconnect_spread(nodes: int, period: float) -> float:
