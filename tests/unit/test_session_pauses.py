@@ -85,7 +85,6 @@ def test_a_commit_names_the_nodes_it_gives_work() -> None:
     [
         (True, 0.05, 30.0, 0.05),  # work came: the pause ends once work may end it
         (False, 0.05, 0.3, 0.3),  # no work: the whole pause
-        (True, 30.0, 0.1, 0.1),  # no room to end it early: the pause, work or not
     ],
 )
 def test_a_pause_ends_early_only_for_work_and_not_before_it_may(

@@ -34,13 +34,10 @@ class WorkBell:
 
 
 async def pause(wake: asyncio.Event, early_from: float, until: float) -> None:
-    """Wait until the loop's clock reads `until`, or until `wake` is set at or after `early_from`.
-    The session clears `wake` as it takes in the commits it answers."""
+    """Wait until the loop's clock reads `until`, or until `wake` is set at or after `early_from`
+    (`Pauses.after_message` gives both; `early_from` comes first). The session clears `wake` as it
+    takes in the commits it answers."""
     loop = asyncio.get_running_loop()
-    if until <= early_from:  # no room for an early end: the pause as it is
-        if (rest := until - loop.time()) > 0:
-            await asyncio.sleep(rest)
-        return
     if (before := early_from - loop.time()) > 0:
         await asyncio.sleep(before)
     if wake.is_set():
