@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -245,3 +245,51 @@ def test_a_follower_log_never_ends_before_what_its_store_applied(tmp_path: Path)
     assert [entry[1] for entry in reopened[:]] == list(range(1, 9))
     assert reopened[7] == (b"cmd8", 8, 1)
     env.close()
+
+
+def test_followers_are_never_sent_again_what_they_already_appended(tmp_path: Path) -> None:
+    """A leader sends appends back to back; a follower's acceptance of an older one must not make
+    it send the newer ones again, which the follower would delete and re-write (ADR 87)."""
+    ports = [free_port() for _ in range(3)]
+    addrs = [f"127.0.0.1:{p}" for p in ports]
+    stores = [Store(open_environment(tmp_path / f"m{i}" / "db")) for i in range(3)]
+    nodes = [
+        RaftNode(addr, [a for a in addrs if a != addr], tmp_path / f"m{i}", "test-secret", stores[i])
+        for i, addr in enumerate(addrs)
+    ]
+    try:
+        wait_for(lambda: any(n.is_leader for n in nodes), timeout=20, message="a leader")
+        leader = next(n for n in nodes if n.is_leader)
+        rewritten = [0, 0, 0]  # entries each member deleted to write them again
+        for i, node in enumerate(nodes):
+            log = node._SyncObj__raftLog  # type: ignore[attr-defined]
+            log.deleteEntriesFrom = _counting_deletes(log, rewritten, i)
+
+        async def stream() -> None:
+            # Waves of concurrent writes: entries leave one after another, faster than the
+            # followers answer.
+            for wave in range(40):
+                names = [f"s{wave}-{i}" for i in range(8)]
+                creates = [commands.CreateService(Service(id=n, spec=ServiceSpec(name=n, image="x"))) for n in names]
+                assert all(r.ok for r in await asyncio.gather(*(leader.propose_async(c) for c in creates)))
+
+        asyncio.run(stream())
+        last = stores[nodes.index(leader)].applied_index
+        wait_for(lambda: all(s.applied_index >= last for s in stores), timeout=20, message="every member applied all")
+        assert all(len(s.state.services) == 320 for s in stores)
+        assert rewritten == [0, 0, 0]
+    finally:
+        for node in nodes:
+            node.destroy_synchronous()
+        for store in stores:
+            store.env.close()
+
+
+def _counting_deletes(log: journal.LmdbJournal, counts: list[int], i: int) -> Callable[[int], None]:
+    delete = log.deleteEntriesFrom
+
+    def counting(entry_from: int) -> None:
+        counts[i] += len(log[entry_from:])
+        delete(entry_from)
+
+    return counting
