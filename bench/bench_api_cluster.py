@@ -162,6 +162,7 @@ def _floor_server(certs_dir: str, host: str) -> None:
     from warren import tls
     from warren.api.v1 import control_pb2_grpc
     from warren.api.v1 import types_pb2 as tpb
+    from warren.manager.server import generic_only
 
     class Echo(control_pb2_grpc.ControlServicer):
         def __init__(self) -> None:
@@ -174,7 +175,7 @@ def _floor_server(certs_dir: str, host: str) -> None:
 
     async def main() -> None:
         server = grpc.aio.server(options=tls.server_options())
-        control_pb2_grpc.add_ControlServicer_to_server(Echo(), server)
+        control_pb2_grpc.add_ControlServicer_to_server(Echo(), generic_only(server))  # as the managers do
         port = server.add_secure_port(f"{host}:0", tls.server_credentials(*tls.load_credentials(Path(certs_dir))))
         await server.start()
         print(port, flush=True)

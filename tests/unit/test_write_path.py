@@ -89,22 +89,55 @@ def test_the_guard_builds_each_methods_handler_once() -> None:
         return request
 
     handler = grpc.unary_unary_rpc_method_handler(behaviour)
-
-    async def continuation(_details: object) -> grpc.RpcMethodHandler:
-        return handler
-
-    class Details:
-        method = "/warren.api.v1.Control/GetService"
-
-    async def twice() -> tuple[Any, Any, Any]:
-        first = await guard.intercept_service(continuation, Details())  # type: ignore[arg-type]
-        second = await guard.intercept_service(continuation, Details())  # type: ignore[arg-type]
-
-        async def unknown(_details: object) -> None:
-            return None
-
-        return first, second, await guard.intercept_service(unknown, Details())  # type: ignore[arg-type]
-
-    first, second, unknown = asyncio.run(twice())
+    first = guard.guarded("/warren.api.v1.Control/GetService", handler)
+    second = guard.guarded("/warren.api.v1.Control/GetService", handler)
     assert first is second and first.unary_unary is not behaviour
-    assert unknown is None  # an unknown method is not cached, nor served
+
+
+def test_the_api_registers_its_handlers_as_generic_ones_and_still_serves_them() -> None:
+    """grpc.aio waits on one pending request per registered method at every call, and runs an
+    interceptor as a coroutine per call (ADR 86)."""
+    from warren.api.v1 import control_pb2 as cpb
+    from warren.api.v1 import control_pb2_grpc
+    from warren.api.v1 import types_pb2 as tpb
+    from warren.manager.server import generic_only
+
+    class Recording:
+        def __init__(self) -> None:
+            self.generic: list[object] = []
+            self.registered: list[str] = []
+
+        def add_generic_rpc_handlers(self, handlers: tuple[object, ...]) -> None:
+            self.generic.extend(handlers)
+
+        def add_registered_method_handlers(self, service: str, _handlers: object) -> None:
+            self.registered.append(service)
+
+    recording = Recording()
+    servicer = control_pb2_grpc.ControlServicer()
+    control_pb2_grpc.add_ControlServicer_to_server(servicer, generic_only(recording))  # type: ignore[arg-type]
+    assert (len(recording.generic), recording.registered) == (1, [])
+
+    class Control(control_pb2_grpc.ControlServicer):
+        async def GetService(self, request: Any, context: Any) -> Any:
+            return tpb.Service(id=request.service)
+
+    async def served(guard: _Guard | None) -> str:
+        server = grpc.aio.server()
+        control_pb2_grpc.add_ControlServicer_to_server(Control(), generic_only(server, guard))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = control_pb2_grpc.ControlStub(channel)
+                try:
+                    reply = await stub.GetService(cpb.GetServiceRequest(service="s1"), timeout=10)
+                except grpc.aio.AioRpcError as exc:
+                    return str(exc.code().name)
+                return str(reply.id)
+        finally:
+            await server.stop(None)
+
+    assert asyncio.run(served(None)) == "s1"
+    # With the guard, every handler comes guarded: a call without a client certificate is refused.
+    assert asyncio.run(served(_Guard(cluster_id=lambda: "c", revoked=lambda _: False))) == "UNAUTHENTICATED"

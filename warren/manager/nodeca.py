@@ -24,7 +24,7 @@ from warren.ids import new_id
 from warren.manager import autolock, cakey, metrics
 from warren.manager.ports import StateReader
 from warren.manager.secretkeys import KeyRing
-from warren.manager.server import ApiError, MalformedRequestGuard, caller
+from warren.manager.server import ApiError, MalformedRequestGuard, caller, generic_only
 from warren.model import ClusterInfo, NodeRole
 from warren.state import ClusterState
 from warren.text import ascii_int, shown
@@ -240,7 +240,7 @@ class NodeCertificatesService(ca_pb2_grpc.NodeCertificatesServicer):
 def build_join_server(bind_addr: str, servicer: NodeCAService) -> grpc.aio.Server:
     """The plaintext join listener: NodeCA only, small messages, nothing else reachable."""
     server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=tls.join_server_options())
-    ca_pb2_grpc.add_NodeCAServicer_to_server(servicer, server)
+    ca_pb2_grpc.add_NodeCAServicer_to_server(servicer, generic_only(server))
     try:
         bound = server.add_insecure_port(bind_addr)
     except RuntimeError:
