@@ -35,7 +35,7 @@ def test_ids_read_the_system_randomness_in_bulk(monkeypatch: pytest.MonkeyPatch)
     ids._forget_entropy()
     for _ in range(1000):
         ids.new_id()
-    assert 0 < len(reads) <= 1000 // 60  # 64 draws a read, one in about 140 redrawn
+    assert 0 < len(reads) <= 10  # 4 KiB a read: about 150 ids
 
 
 def test_each_thread_and_a_forked_child_draw_their_own_ids() -> None:
