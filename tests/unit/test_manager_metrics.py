@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from warren.manager.metrics import REGISTRY
+from warren.manager.metrics import REGISTRY, observe_request
 
 
 def test_the_registry_reports_the_process_memory_and_cpu() -> None:
@@ -22,3 +22,25 @@ def test_a_scheduling_pass_of_seconds_is_told_apart_from_a_longer_one() -> None:
         if line.startswith("warren_scheduler_pass_duration_seconds_bucket{")
     }
     assert {5.0, 10.0}.issubset(bounds)
+
+
+def test_each_api_call_counts_once_in_its_methods_and_statuss_series() -> None:
+    def sample(name: str, **labels: str) -> float:
+        value = REGISTRY.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    method = "/warren.api.v1.Control/MetricsTestCall"
+    before = (
+        sample("warren_api_requests_total", method=method, code="OK"),
+        sample("warren_api_requests_total", method=method, code="NOT_FOUND"),
+        sample("warren_api_request_duration_seconds_count", method=method),
+    )
+    observe_request(method, "OK", 0.001)
+    observe_request(method, "OK", 0.002)
+    observe_request(method, "NOT_FOUND", 0.003)
+    after = (
+        sample("warren_api_requests_total", method=method, code="OK"),
+        sample("warren_api_requests_total", method=method, code="NOT_FOUND"),
+        sample("warren_api_request_duration_seconds_count", method=method),
+    )
+    assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 3]

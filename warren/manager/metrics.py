@@ -105,9 +105,17 @@ SCHEDULING_CHANGES = Counter(
 )
 
 
+# Each method's and status's series, looked up once: `labels()` takes a lock and checks its values
+# at every call. Only the guard's methods come here, so the keys are bounded.
+_REQUEST_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def observe_request(method: str, code: str, seconds: float) -> None:
-    API_REQUESTS.labels(method, code).inc()
-    API_LATENCY.labels(method).observe(seconds)
+    series = _REQUEST_SERIES.get((method, code))
+    if series is None:
+        series = _REQUEST_SERIES[method, code] = (API_REQUESTS.labels(method, code), API_LATENCY.labels(method))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 class StateCollector(Collector):
