@@ -12,7 +12,7 @@ import statistics
 import time
 
 from bench.common import figure
-from warren.manager.dispatcher import RoutingReports
+from warren.manager.routingreports import RoutingReports
 
 RUNS = 7
 CASES = [(100, 20, 10_000), (1000, 5, 10_000)]  # (nodes, indexes sent and not confirmed, backends)

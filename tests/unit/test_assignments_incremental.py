@@ -20,7 +20,8 @@ from warren.agent.assignments import AssignmentSet, MeshMember, _member
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
-from warren.manager.dispatcher import DispatcherService, SessionSpecs
+from warren.manager.dispatcher import DispatcherService
+from warren.manager.sessionspecs import SessionSpecs
 from warren.manager.speccache import SpecCache
 from warren.model import Node, ServiceSpec, Task, TaskState, same_but_status
 from warren.network.endpointdigest import endpoint_of

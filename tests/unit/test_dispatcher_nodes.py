@@ -20,10 +20,12 @@ from hypothesis import strategies as st
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.backendhistory import BackendHistory
-from warren.manager.dispatcher import DispatcherService, Heartbeats, RoutingReports
+from warren.manager.dispatcher import DispatcherService
 from warren.manager.dispatchwire import Assignments, encode_endpoints
 from warren.manager.events import EventHub
+from warren.manager.hearing import Heartbeats
 from warren.manager.inmemory import InMemoryRaft
+from warren.manager.routingreports import RoutingReports
 from warren.manager.server import caller
 from warren.manager.store import Store, open_environment
 from warren.model import ClusterInfo, Node, NodeStatus, Service, ServiceSpec, Task, TaskState

@@ -22,8 +22,9 @@ from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
 from warren.api.convert import report_to_pb
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import DispatcherService
 from warren.manager.events import EventHub
+from warren.manager.hearing import Heartbeats
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import ApiError, caller
 from warren.manager.sessionpace import (

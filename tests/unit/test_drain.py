@@ -17,7 +17,8 @@ import msgspec
 from tests.unit.core_sim import Sim, node, spec
 from warren import commands
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import RoutingReports, _endpoints
+from warren.manager.dispatcher import _endpoints
+from warren.manager.routingreports import RoutingReports
 from warren.model import (
     Availability,
     HealthCheck,

@@ -29,9 +29,10 @@ from warren.agent.assignments import AssignmentSet, MeshMember, VersionGap
 from warren.api import convert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager import changelog, endpointlog, endpoints
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import DispatcherService
 from warren.manager.dispatchwire import encode_endpoint_delta
 from warren.manager.events import EventHub
+from warren.manager.hearing import Heartbeats
 from warren.manager.inmemory import InMemoryRaft
 from warren.manager.server import caller
 from warren.manager.store import Store, open_environment

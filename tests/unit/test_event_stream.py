@@ -168,7 +168,7 @@ def test_bad_requests_are_invalid_argument(tmp_path: Path, fields: dict[str, obj
 
 
 def test_each_new_leader_announces_itself_once_per_term(tmp_path: Path) -> None:
-    from warren.manager.dispatcher import Heartbeats
+    from warren.manager.hearing import Heartbeats
     from warren.manager.orchestrator import Orchestrator
     from warren.model import ClusterInfo
 

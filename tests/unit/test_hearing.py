@@ -14,8 +14,7 @@ import pytest
 from tests.unit.core_sim import Sim, node
 from warren import commands, events
 from warren.manager import metrics
-from warren.manager.dispatcher import Heartbeats
-from warren.manager.hearing import TICK, SilenceReport, StallClock
+from warren.manager.hearing import TICK, Heartbeats, SilenceReport, StallClock
 from warren.model import NodeStatus
 from warren.reconciler import DownCheck, ReconcileConfig, down_check
 

@@ -24,9 +24,10 @@ from warren.api.v1 import managers_pb2 as mpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager import cakey
 from warren.manager.controlapi import ControlService
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import DispatcherService
 from warren.manager.dispatchwire import Assignments
 from warren.manager.events import EventHub
+from warren.manager.hearing import Heartbeats
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
 from warren.manager.membership import ManagersService
 from warren.manager.orchestrator import Orchestrator

@@ -40,10 +40,11 @@ from warren.manager import settings as manager_settings
 from warren.manager.bootstrap import announce, catch_up, forget_ca_key_file, init_cluster, raft_peers, record_join_addr
 from warren.manager.certificates import CertificateKeeper, embedded_agent_files, key_opener, load_own, own_files
 from warren.manager.controlapi import ControlService
-from warren.manager.dispatcher import DispatcherService, Heartbeats
+from warren.manager.dispatcher import DispatcherService
 from warren.manager.events import EventHub
 from warren.manager.eventstream import EventFeed
 from warren.manager.execbroker import ExecBroker
+from warren.manager.hearing import Heartbeats
 from warren.manager.imagepin import RegistryDigests
 from warren.manager.lockkeeper import LockKeeper
 from warren.manager.logbroker import LogBroker

@@ -16,8 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Container, Iterator
-from collections.abc import Set as AbstractSet
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
@@ -32,26 +31,25 @@ from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager import metrics
-from warren.manager.backendhistory import BackendHistory, BackendsAt
 from warren.manager.commitdigest import CommitDigest, CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog
 from warren.manager.endpoints import all_endpoints
 from warren.manager.events import Event, EventHub
 from warren.manager.execbroker import ExecBroker
-from warren.manager.hearing import StallClock
+from warren.manager.hearing import Heartbeats
 from warren.manager.logbroker import LogBroker
 from warren.manager.meshlog import MeshLog
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.sessionpace import Pauses, reconnect_spread, session_pace
+from warren.manager.sessionspecs import FileSource, SessionSpecs
 from warren.manager.sessionwake import WorkBell, pause
 from warren.manager.speccache import SpecCache
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, ServiceSpec, Task, TaskState, same_but_status
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState, same_but_status
 from warren.network.endpointdigest import DIGEST_SIZE, MAX_DIGESTS, MAX_NAME_BYTES
 from warren.reconciler import liveness
-from warren.specrefs import SpecKey, SpecRefs
 from warren.state import ClusterState, Delete, Put
 from warren.text import shown
 from warren.validate import ValidationError, check_node_description, check_wireguard
@@ -60,142 +58,6 @@ log = logging.getLogger(__name__)
 
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
-
-
-class Heartbeats:
-    """Last time each node was heard from (wall clock, like the reconciler's `now`), with this
-    manager's stall total then (ADR 69), and what its load balancer may route to (ADR 33)."""
-
-    def __init__(self, stalls: StallClock | None = None, wall: Callable[[], float] = time.time) -> None:
-        self.stalls = stalls or StallClock()
-        self._wall = wall
-        self.last_seen: dict[str, float] = {}
-        self._stalled_at: dict[str, float] = {}
-        self._awaited: set[str] = set()
-        self._arrival = (0.0, 0.0)  # when an awaited node was last first heard, and the stall total then
-        self.routes = RoutingReports()
-
-    def beat(self, node_id: str) -> None:
-        self.stalls.catch_up()  # a heartbeat a stall held up is heard after that stall
-        now = self._wall()
-        self.last_seen[node_id] = now
-        self._stalled_at[node_id] = self.stalls.stalled
-        if node_id in self._awaited:
-            self._awaited.discard(node_id)
-            self._arrival = (now, self.stalls.stalled)
-
-    def reset(self, node_ids: list[str]) -> None:
-        """On becoming leader, count every node's silence from now, and await them all: a node
-        not heard since gets longer to find us (ADR 83). What their load balancers
-        hold is unknown until they report it (a stop waits at most the bound)."""
-        self.stalls.catch_up()
-        now = self._wall()
-        self.last_seen = dict.fromkeys(node_ids, now)
-        self._stalled_at = dict.fromkeys(node_ids, self.stalls.stalled)
-        self._awaited = set(node_ids)
-        self._arrival = (now, self.stalls.stalled)
-        self.routes = RoutingReports()
-
-    def failover(self) -> liveness.Failover:
-        """The nodes not heard since the last `reset` (this leader took over), and when the
-        latest other was first heard, moved later by this manager's stalls since, as `seen()`."""
-        self.stalls.catch_up()
-        at, stalled_at = self._arrival
-        return liveness.Failover(frozenset(self._awaited), at + self.stalls.stalled - stalled_at)
-
-    def seen(self) -> dict[str, float]:
-        """When each node was last heard, moved later by every stall of this manager since:
-        a node's silence counts only the time this manager could hear it (ADR 69)."""
-        self.stalls.catch_up()
-        total, stalled_at = self.stalls.stalled, self._stalled_at
-        return {node: at + total - stalled_at.get(node, total) for node, at in self.last_seen.items()}
-
-
-class RoutingReports:
-    """The backend addresses each node's load balancer may route to (ADR 33), from the
-    endpoints sent to it (by the Raft index they were computed at) and the index its heartbeat
-    says it applied. Until it applies the newest, a node may hold any endpoints sent since the
-    one it confirmed, so it may route to the union of their backends. A node missing from
-    `snapshot()` is unknown: a stop waits for it at most the reconciler's bound."""
-
-    MAX_UNCONFIRMED = 64  # sends without a confirmation before the node counts as unknown
-
-    def __init__(self) -> None:
-        self._sent: dict[str, dict[int, AbstractSet[str]]] = {}  # node -> index -> backends
-        self._applied: dict[str, int] = {}
-
-    def sent(self, node_id: str, index: int, backends: AbstractSet[str]) -> None:
-        """`backends`: the version's, a `BackendsAt` (ADR 72), shared by every node sent it."""
-        sent = self._sent.setdefault(node_id, {})
-        sent[index] = backends
-        if len(sent) > self.MAX_UNCONFIRMED:  # an agent that does not report: unknown
-            self.forget(node_id)
-
-    def applied(self, node_id: str, index: int) -> None:
-        sent = self._sent.get(node_id)
-        if not index or sent is None or index not in sent or index < self._applied.get(node_id, 0):
-            return  # nothing sent by this leader, or an older report: says nothing new
-        self._applied[node_id] = index
-        for older in [i for i in sent if i < index]:
-            del sent[older]
-
-    def forget(self, node_id: str) -> None:
-        self._sent.pop(node_id, None)
-        self._applied.pop(node_id, None)
-
-    def snapshot(self, revoked: Container[str] = ()) -> dict[str, MayRoute]:
-        """Node -> every address its load balancer may route to, for the nodes known. Each is the
-        union of the backends of the indexes sent since the node's confirmed one, left unbuilt:
-        a pass asks it only about the addresses of draining tasks, and building the unions of
-        every node's big backend sets at every pass took 40 % of the leader's CPU in S1 (#15).
-        The sets are read-only views of versions, so the snapshot is safe to read in another
-        thread (see `backendhistory`). Nodes in `revoked` (`node rm`: gone for good, never asked
-        about again) are forgotten first, or each would keep its last versions alive (ADR 72)."""
-        for node_id in [n for n in self._sent if n in revoked]:
-            self.forget(node_id)
-        known: dict[str, MayRoute] = {}
-        for node_id, applied in self._applied.items():
-            sent = self._sent.get(node_id, {})
-            known[node_id] = MayRoute(tuple(backends for index, backends in sent.items() if index >= applied))
-        return known
-
-
-class MayRoute(AbstractSet[str]):
-    """The union of some sets of addresses, computed only if iterated or sized. When they are
-    all versions of one `BackendHistory` (as the dispatcher sends them), membership asks the
-    address's intervals against the sorted versions (ADR 72); otherwise each set in turn."""
-
-    __slots__ = ("_history", "_parts", "_versions")
-
-    def __init__(self, parts: tuple[AbstractSet[str], ...]) -> None:
-        self._parts = parts
-        self._versions: tuple[int, ...] | None = None  # worked out at the first question: most are never asked
-        self._history: BackendHistory | None = None
-
-    def __contains__(self, address: object) -> bool:
-        if self._versions is None:
-            parts = self._parts
-            history = parts[0].history if parts and type(parts[0]) is BackendsAt else None
-            if history is not None and all(type(p) is BackendsAt and p.history is history for p in parts):
-                self._history = history
-                self._versions = tuple(sorted([p.at for p in parts]))  # type: ignore[attr-defined]
-            else:
-                self._versions = ()
-        if self._history is not None:
-            return isinstance(address, str) and self._history.held_within(address, self._versions)
-        return any(address in part for part in self._parts)
-
-    def _union(self) -> frozenset[str]:
-        return frozenset().union(*self._parts)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._union())
-
-    def __len__(self) -> int:
-        return len(self._union())
-
-    def __repr__(self) -> str:
-        return f"MayRoute({set(self._union())!r})"
 
 
 def _visible(task: Task) -> bool:
@@ -209,43 +71,6 @@ def _echo(sent: Task, task: Task) -> bool:
     sent back after each of its reports: preparing, starting, running (#15). States up to
     ASSIGNED are the managers' own, and always sent."""
     return task.state > TaskState.ASSIGNED and same_but_status(sent, task)
-
-
-FileSource = Callable[[ClusterState, ServiceSpec], list[dpb.TaskFile]]
-
-
-class SessionSpecs:
-    """The spec versions one session's agent holds (ADR 21). A spec is sent with the first task
-    desired running that needs it; both sides forget it once no task in the set refers to it
-    (`prune`, after each message), so a later task of that version brings it again."""
-
-    def __init__(self, by_reference: bool, files: FileSource | None = None, encoded: SpecCache | None = None) -> None:
-        self.by_reference = by_reference  # False for an agent that reads only Task.spec
-        self.files = files  # the values of the spec's secrets and configs, sent with it (ADR 38)
-        self.encoded = encoded or SpecCache()  # specs as protobuf, shared by the sessions
-        self.refs = SpecRefs()  # every task in the set -> its spec version, counted per version
-        self.sent: set[SpecKey] = set()
-
-    def task(self, task: Task, specs: list[dpb.TaskSpec], state: ClusterState) -> pb.Task:
-        """`task` as sent; its spec joins `specs` if the agent may start it and lacks the spec."""
-        key = (task.service_id, task.spec_version)
-        self.refs.refer(task.id, key)
-        if not self.by_reference:
-            return convert.task_to_pb(task, with_spec=True)
-        if task.desired_state <= TaskState.RUNNING and key not in self.sent:
-            self.sent.add(key)
-            files = self.files(state, task.spec) if self.files and (task.spec.secrets or task.spec.configs) else []
-            specs.append(
-                dpb.TaskSpec(service_id=key[0], spec_version=key[1], spec=self.encoded.task_spec_pb(task), files=files)
-            )
-        return convert.task_to_pb(task)
-
-    def remove(self, task_id: str) -> None:
-        self.refs.forget(task_id)
-
-    def prune(self) -> None:
-        """Forget the specs whose last task left: O(changed tasks), not a walk of the set (#15)."""
-        self.sent.difference_update(self.refs.released())
 
 
 def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list[tuple[int, list]] | None:

@@ -1,10 +1,11 @@
 """Whether this manager could hear (ADR 69): its own stalls, which must not count against nodes,
-and the report of a mass silence the down check held back.
+and the report of a mass silence the down check held back; and when each node was last heard
+(`Heartbeats`).
 
 A heartbeat is recorded when its handler runs on the event loop. While the loop does not run
 (the process is stopped, starved of CPU on a loaded machine, or blocked), heartbeats queue up and
 are recorded late: the nodes kept beating, this manager was deaf. `StallClock` adds up those
-stalls, and the dispatcher's `Heartbeats.seen()` moves each node's last heartbeat later by the
+stalls, and `Heartbeats.seen()` moves each node's last heartbeat later by the
 stalls since it, so a node's silence counts only the time this manager was listening.
 """
 
@@ -17,7 +18,8 @@ from collections.abc import Callable
 
 from warren import commands
 from warren.manager import metrics
-from warren.reconciler import DownCheck
+from warren.manager.routingreports import RoutingReports
+from warren.reconciler import DownCheck, liveness
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +119,52 @@ class SilenceReport:
         self._quiet_since = None
         log.info("the nodes are heard again: the down check marks silent nodes down as usual")
         return commands.RecordNodesSilence(self._node_id, check.silent, check.counted, False, now)
+
+
+class Heartbeats:
+    """Last time each node was heard from (wall clock, like the reconciler's `now`), with this
+    manager's stall total then (ADR 69), and what its load balancer may route to (ADR 33)."""
+
+    def __init__(self, stalls: StallClock | None = None, wall: Callable[[], float] = time.time) -> None:
+        self.stalls = stalls or StallClock()
+        self._wall = wall
+        self.last_seen: dict[str, float] = {}
+        self._stalled_at: dict[str, float] = {}
+        self._awaited: set[str] = set()
+        self._arrival = (0.0, 0.0)  # when an awaited node was last first heard, and the stall total then
+        self.routes = RoutingReports()
+
+    def beat(self, node_id: str) -> None:
+        self.stalls.catch_up()  # a heartbeat a stall held up is heard after that stall
+        now = self._wall()
+        self.last_seen[node_id] = now
+        self._stalled_at[node_id] = self.stalls.stalled
+        if node_id in self._awaited:
+            self._awaited.discard(node_id)
+            self._arrival = (now, self.stalls.stalled)
+
+    def reset(self, node_ids: list[str]) -> None:
+        """On becoming leader, count every node's silence from now, and await them all: a node
+        not heard since gets longer to find us (ADR 83). What their load balancers
+        hold is unknown until they report it (a stop waits at most the bound)."""
+        self.stalls.catch_up()
+        now = self._wall()
+        self.last_seen = dict.fromkeys(node_ids, now)
+        self._stalled_at = dict.fromkeys(node_ids, self.stalls.stalled)
+        self._awaited = set(node_ids)
+        self._arrival = (now, self.stalls.stalled)
+        self.routes = RoutingReports()
+
+    def failover(self) -> liveness.Failover:
+        """The nodes not heard since the last `reset` (this leader took over), and when the
+        latest other was first heard, moved later by this manager's stalls since, as `seen()`."""
+        self.stalls.catch_up()
+        at, stalled_at = self._arrival
+        return liveness.Failover(frozenset(self._awaited), at + self.stalls.stalled - stalled_at)
+
+    def seen(self) -> dict[str, float]:
+        """When each node was last heard, moved later by every stall of this manager since:
+        a node's silence counts only the time this manager could hear it (ADR 69)."""
+        self.stalls.catch_up()
+        total, stalled_at = self.stalls.stalled, self._stalled_at
+        return {node: at + total - stalled_at.get(node, total) for node, at in self.last_seen.items()}

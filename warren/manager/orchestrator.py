@@ -20,9 +20,8 @@ from warren import commands, logsetup, reconciler
 from warren.aio import wait_within
 from warren.ids import new_id
 from warren.manager import metrics
-from warren.manager.dispatcher import Heartbeats
 from warren.manager.events import Event, EventHub
-from warren.manager.hearing import SilenceReport
+from warren.manager.hearing import Heartbeats, SilenceReport
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.reconciler import liveness
 from warren.state import Change, ClusterState
