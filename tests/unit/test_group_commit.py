@@ -13,9 +13,9 @@ import pytest
 from pysyncobj import FAIL_REASON
 
 from warren import commands
-from warren.manager import metrics, raft
+from warren.manager import metrics, raft_proposals
 from warren.manager.ports import ProposalError
-from warren.manager.raft import MAX_IN_FLIGHT, RaftNode
+from warren.manager.raft_proposals import MAX_IN_FLIGHT, Proposals
 from warren.model import Service, ServiceSpec
 
 
@@ -39,12 +39,11 @@ class _AppliedIndex:
         self.applied_index = applied_index
 
 
-class _RecordingRaft(RaftNode):
-    """A RaftNode whose log only records the entries proposed; a test settles them."""
+class _RecordingRaft(Proposals):
+    """The proposing side of RaftNode, whose log only records the entries proposed; a test settles them."""
 
     def __init__(self, applied_index: int = 1 << 62) -> None:  # no PySyncObj: only the proposing side
-        self._queued = []
-        self._group = raft._GroupCommit()
+        self._init_proposals()
         self.capacity = _NoLimits()  # type: ignore[assignment]
         self._store = _AppliedIndex(applied_index)  # type: ignore[assignment]
         self.entries: list[tuple[bytes, Callable[[bytes | None, int], None]]] = []
@@ -103,7 +102,7 @@ def test_proposals_arriving_one_by_one_share_an_entry_while_others_are_in_flight
 
 def test_an_entry_never_called_back_frees_its_slot_after_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
     """PySyncObj drops an entry a deposed leader held without calling back: the pipe must not stall."""
-    monkeypatch.setattr(raft, "IN_FLIGHT_TIMEOUT", 0.05)
+    monkeypatch.setattr(raft_proposals, "IN_FLIGHT_TIMEOUT", 0.05)
     node = _RecordingRaft()
 
     async def scenario() -> None:

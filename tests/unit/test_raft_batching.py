@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from warren import commands
-from warren.manager.raft import MAX_BATCH, MAX_BATCH_BYTES, _batch_length
+from warren.manager.raft_proposals import MAX_BATCH, MAX_BATCH_BYTES, _batch_length
 
 
 def _queued(sizes: list[int]) -> list[tuple[commands.Command, int, None, float]]:

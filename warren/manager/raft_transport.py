@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 PRE_AUTH_FRAME_BYTES = 16 << 10
 # After it, a frame holds at most appendEntriesBatchSizeBytes (64 KiB) of entries plus one
 # entry, or one forwarded command, or a 64 KiB snapshot chunk. Entries are bounded (commands by
-# commands.MAX_COMMAND_BYTES, batches by raft.MAX_BATCH_BYTES; the gRPC API takes requests of
+# commands.MAX_COMMAND_BYTES, batches by raft_proposals.MAX_BATCH_BYTES; the gRPC API takes requests of
 # 4 MiB at most), and Fernet adds a third (base64): 16 MiB leaves a wide margin.
 MAX_FRAME_BYTES = 16 << 20
 # A peer that holds the secret completes the exchange in one round trip.
