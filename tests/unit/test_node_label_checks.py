@@ -8,7 +8,7 @@ import time
 import grpc
 import pytest
 
-from warren.manager.controlapi import _check_node_labels
+from warren.manager.controlnodes import _check_node_labels
 from warren.manager.server import ApiError
 from warren.model import Node
 from warren.validate import MAX_ITEMS

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
@@ -20,7 +20,7 @@ from warren import commands, tls
 from warren.api.leader import not_leader_message
 from warren.api.metadata import CONSISTENT_KEY, MANAGERS_KEY
 from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
-from warren.manager import metrics
+from warren.manager import metrics, paging
 from warren.manager.dispatchwire import add_dispatcher_to_server
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.pki import Identity
@@ -65,6 +65,33 @@ class _Named(Protocol):
 
 
 Named = TypeVar("Named", bound=_Named)
+
+
+T = TypeVar("T")
+
+
+def page_reply(
+    kind: str,
+    items: Iterable[T],
+    key: Callable[[T], paging.Key],
+    key_types: tuple[type, ...],
+    request: paging.PagedRequest,
+    add: Callable[[T], object],
+    out: paging.Repeated,
+    *,
+    sorted_index: bool = False,
+) -> str:
+    """One page of a list in the order of `key`, as `request` (page_size, page_token) asks, put
+    into the reply's field `out` by `add`; the next page's token. With `sorted_index`, `items`
+    is a sequence the state keeps sorted by `key`: the page is a bisect and a slice (ADR 70)."""
+    size, token = request.page_size, request.page_token
+    try:
+        if sorted_index:
+            ordered = cast(Sequence[T], items)
+            return paging.page_sorted(kind, ordered, key, key_types, add, out, size, token)
+        return paging.page(kind, items, key, key_types, add, out, size, token)
+    except paging.PageTokenError as exc:
+        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
 
 
 def resolve_ref(kind: str, objects: dict[str, Named], by_name: Callable[[str], Named | None], ref: str) -> Named:
