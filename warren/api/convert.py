@@ -30,14 +30,17 @@ class ConversionError(ValueError):
 _Enum = TypeVar("_Enum", bound=enum.Enum)
 
 
-def _enum(enum_type: type[_Enum], value: str, field: str, default: _Enum) -> _Enum:
-    if not value:
-        return default
+def enum_member(enum_type: type[_Enum], value: str, field: str) -> _Enum:
+    """The member of `enum_type` named by `value`; ConversionError, saying which are, if none is."""
     try:
         return enum_type(value)
     except ValueError:
         allowed = ", ".join(e.value for e in enum_type)
         raise ConversionError(f"{field} must be one of {allowed} (got {shown(value)})") from None
+
+
+def _enum(enum_type: type[_Enum], value: str, field: str, default: _Enum) -> _Enum:
+    return enum_member(enum_type, value, field) if value else default
 
 
 def task_state(name: str) -> model.TaskState:

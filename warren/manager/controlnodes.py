@@ -61,10 +61,9 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
     if not value:
         return None
     try:
-        return kind(value)
-    except ValueError:
-        allowed = ", ".join(m.value for m in kind)
-        raise _invalid(f"{field} must be one of {allowed} (got {shown(value)})") from None
+        return convert.enum_member(kind, value, field)
+    except convert.ConversionError as exc:
+        raise _invalid(str(exc)) from None
 
 
 def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...]) -> None:
