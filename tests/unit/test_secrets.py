@@ -405,11 +405,13 @@ def test_every_secret_and_config_method_validates_and_answers_with_the_right_cod
             grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.ALREADY_EXISTS,
         )
-        created = await control.CreateSecret(cpb.CreateSecretRequest(name="db", data=b"pw", labels={"a": "b"}), None)
-        assert (created.name, created.size, dict(created.labels)) == ("db", 2, {"a": "b"})
+        # A value no id can hold (ids are lower-case base 36), so that finding it means a leak.
+        value = b"Pa55-W0rd!"
+        created = await control.CreateSecret(cpb.CreateSecretRequest(name="db", data=value, labels={"a": "b"}), None)
+        assert (created.name, created.size, dict(created.labels)) == ("db", len(value), {"a": "b"})
         with manager.store.read() as state:
             stored = state.secrets[created.id]
-            assert b"pw" not in stored.sealed and state.cluster is not None and state.cluster.dek_wrapped
+            assert value not in stored.sealed and state.cluster is not None and state.cluster.dek_wrapped
         for req, code, text in (
             (cpb.CreateSecretRequest(name="", data=b"x"), invalid, "invalid secret name"),
             (cpb.CreateSecretRequest(name="a/b", data=b"x"), invalid, "invalid secret name"),
@@ -440,7 +442,7 @@ def test_every_secret_and_config_method_validates_and_answers_with_the_right_cod
         spec.configs.add(source="app", target="/etc/app.conf")
         await control.CreateService(cpb.CreateServiceRequest(spec=spec, no_resolve_image=True), None)
         shown = await control.GetSecret(cpb.GetSecretRequest(secret="db"), None)
-        assert list(shown.services) == ["web"] and b"pw" not in shown.SerializeToString()
+        assert list(shown.services) == ["web"] and value not in shown.SerializeToString()
         code, text = await refused(control.RemoveSecret(cpb.RemoveSecretRequest(secret="db"), None))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "in use by service web" in text
         bad = pb.ServiceSpec(name="bad", image="busybox")
