@@ -87,3 +87,32 @@ def test_revocations_are_persisted_and_travel_in_snapshots(tmp_path: Path) -> No
     fresh.restore(dump)
     assert fresh.state.is_revoked("n1")
     fresh.env.close()
+
+
+def test_a_derived_check_is_worked_out_once_per_applied_entry_and_sees_each_commit(tmp_path: Path) -> None:
+    """What every API call checks (revocations, ADR 88) is computed from the state once per
+    applied entry, not at every call under the store's lock."""
+    store = Store(open_environment(tmp_path / "db"))
+    computed: list[int] = []
+
+    def revoked_ids(state: ClusterState) -> frozenset[str]:
+        computed.append(store.applied_index)
+        return frozenset(state.revoked)
+
+    revoked = store.derived(revoked_ids)
+    commands_in_order = [
+        commands.RegisterNode(Node(id="n1", hostname="h1")),
+        commands.RegisterNode(Node(id="n2", hostname="h2")),
+        commands.RemoveNode("n1", at=7.0),
+    ]
+    seen = []
+    for index, command in enumerate(commands_in_order, start=1):
+        result, changes = commands.apply(store.state, command)
+        assert result.ok
+        store.commit(index, changes)
+        seen.append([revoked(), revoked(), revoked()])
+    assert seen == [[frozenset()] * 3, [frozenset()] * 3, [frozenset({"n1"})] * 3]
+    assert computed == [1, 2, 3]  # once per entry, whatever the calls
+    store._reload()  # a failed transaction reloads the state: the check is worked out again
+    assert revoked() == frozenset({"n1"}) and computed == [1, 2, 3, 3]
+    store.env.close()

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from warren import clientconfig, gcpolicy, gilpolicy, logsetup, proctitle, tls, validate
 from warren.aio import wait_within
@@ -49,7 +49,7 @@ from warren.manager.imagepin import RegistryDigests
 from warren.manager.lockkeeper import LockKeeper
 from warren.manager.logbroker import LogBroker
 from warren.manager.loops import hand_over_leadership, track_health, watch_demotion
-from warren.manager.membership import ManagersService, manager_addrs
+from warren.manager.membership import ManagersService
 from warren.manager.nodeca import NodeCAService, NodeCertificatesService, build_join_server
 from warren.manager.orchestrator import Orchestrator
 from warren.manager.raft import RaftNode, RaftStartError
@@ -74,6 +74,7 @@ from warren.manager.store import Store, open_environment
 from warren.manager.taskfiles import TaskFileSource
 from warren.model import ClusterInfo
 from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
+from warren.state import ClusterState
 from warren.text import format_size
 
 __all__ = [
@@ -125,11 +126,9 @@ async def serve(options: ManagerOptions, stop: asyncio.Event, alongside: Alongsi
     return await _serve(options, stop, alongside)
 
 
-def _locked(store: Store, keyring: KeyRing) -> str:
+def _locked(cluster: ClusterInfo | None, keyring: KeyRing) -> str:
     """Why this manager serves only `cluster info` and `cluster unlock`: the cluster is locked
     and it does not hold the KEK (it started after the lock: ADR 44). "" when it serves."""
-    with store.read() as state:
-        cluster = state.cluster
     if cluster is None or not autolock.is_locked(cluster) or keyring.holds_kek(cluster):
         return ""
     return autolock.MANAGER_LOCKED
@@ -287,9 +286,12 @@ async def _open_and_serve(
     forget_ca_key_file(data, store)
     await record_join_addr(raft, store, identity)
 
+    # What every call and handshake checks, worked out once per applied entry (ADR 88).
+    revoked_ids = store.derived(lambda state: frozenset(state.revoked))
+    checked = store.derived(_call_checks)
+
     def revoked(node_id: str) -> bool:
-        with store.read() as state:
-            return state.is_revoked(node_id)
+        return node_id in revoked_ids()
 
     heartbeats = Heartbeats()
     vault = LoginVault(keyring)  # registry logins: sealed in the state, opened to use (ADR 43)
@@ -320,11 +322,11 @@ async def _open_and_serve(
             NodeCertificatesService(store, raft_secret=secret, keyring=keyring),
             ManagersService(store, raft, secret, identity.node_id),
             read_barrier=raft.read_barrier,
-            manager_addrs=lambda: manager_addrs(store),
+            manager_addrs=lambda: checked().manager_addrs,
             certs_dir=data / "certs",
-            trusted_roots=lambda: _trusted_roots(store),
-            trust_bundle=lambda: _trust_bundle(store),
-            locked=lambda: _locked(store, keyring),
+            trusted_roots=lambda: checked().trusted_roots,
+            trust_bundle=lambda: checked().trust_bundle,
+            locked=lambda: _locked(checked().cluster, keyring),
             open_key=key_opener(keyring, lambda: _cluster(store)),
         )
         join_server = build_join_server(
@@ -460,13 +462,17 @@ def _cluster(store: Store) -> ClusterInfo | None:
         return state.cluster
 
 
-def _trusted_roots(store: Store) -> frozenset[str]:
-    with store.read() as state:
-        cluster = state.cluster
-    return cakey.trusted_key_ids(cluster) if cluster is not None else frozenset()
+class _CallChecks(NamedTuple):
+    """What the API server checks at every call or handshake, from one state."""
+
+    cluster: ClusterInfo | None
+    manager_addrs: list[str]
+    trusted_roots: frozenset[str]  # the key ids of the roots whose certificates are accepted
+    trust_bundle: bytes  # their PEM, which the TLS handshake verifies clients against
 
 
-def _trust_bundle(store: Store) -> bytes:
-    with store.read() as state:
-        cluster = state.cluster
-    return cakey.trust_bundle(cluster) if cluster is not None else b""
+def _call_checks(state: ClusterState) -> _CallChecks:
+    cluster = state.cluster
+    if cluster is None:
+        return _CallChecks(None, state.manager_addrs(), frozenset(), b"")
+    return _CallChecks(cluster, state.manager_addrs(), cakey.trusted_key_ids(cluster), cakey.trust_bundle(cluster))

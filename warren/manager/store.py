@@ -149,6 +149,26 @@ class Store:
         with self._lock:
             yield self.state
 
+    def derived(self, compute: Callable[[ClusterState], T]) -> Callable[[], T]:
+        """A function that returns `compute(state)`, computed again only once the store applied
+        another entry (or reloaded): for what every API call and handshake checks (ADR 88).
+        Each check took the lock at every call, and waited whenever the apply thread held it for
+        a whole batch. A value may trail the live state while an entry is being persisted: it
+        is the state as of the last applied index."""
+        memo: tuple[tuple[int, int], T] | None = None
+
+        def current() -> T:
+            nonlocal memo
+            seen = memo
+            if seen is not None and seen[0] == (self.applied_index, id(self.state)):
+                return seen[1]
+            with self._lock:
+                fresh = ((self.applied_index, id(self.state)), compute(self.state))
+            memo = fresh
+            return fresh[1]
+
+        return current
+
     def snapshot(self) -> ClusterState:
         with self._lock:
             return self.state.copy()
