@@ -79,7 +79,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             for service in ("hp", "udp"):
                 rig.tasks(service)
         cluster.lab.destroy()
-        remove_task_namespaces(rig.task_ids)
+        remove_task_namespaces({*rig.task_ids, *cluster.recorded_task_ids()})
 
 
 def test_a_host_mode_port_answers_only_where_its_tasks_run(rig: Rig) -> None:

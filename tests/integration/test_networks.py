@@ -157,7 +157,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         raise
     finally:
         lab.destroy()
-        remove_task_namespaces(rig.task_ids)
+        remove_task_namespaces({*rig.task_ids, *cluster.recorded_task_ids()})
 
 
 def test_tasks_reach_only_the_tasks_they_share_a_network_with(rig: Rig) -> None:

@@ -349,4 +349,4 @@ def test_agents_converge_the_mesh_from_the_cluster_state(tmp_path: Path) -> None
             listed = cli(hosts[0], "service", "ps", "web", "--all", "--format", "json")
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
-        remove_task_namespaces(task_ids)  # the agents remove them; these are the test's tasks'
+        remove_task_namespaces({*task_ids, *cluster.recorded_task_ids()})  # the agents remove them

@@ -107,7 +107,7 @@ def test_a_rebalance_under_load_fails_no_request(tmp_path: Path) -> None:
             listed = cluster.cli("service", "ps", "web", "--all", "--format", "json")
             task_ids.extend(t["id"] for t in json.loads(listed.stdout))
         lab.destroy()
-        remove_task_namespaces(task_ids)
+        remove_task_namespaces({*task_ids, *cluster.recorded_task_ids()})
 
 
 def _where_requests_went(cluster: OverlayCluster, hosts: tuple[LabHost, ...]) -> str:

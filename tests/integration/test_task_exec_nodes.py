@@ -74,4 +74,4 @@ def test_exec_into_a_task_on_another_node(tmp_path: Path) -> None:
         with contextlib.suppress(Exception):
             running()
         cluster.lab.destroy()
-        remove_task_namespaces(task_ids)
+        remove_task_namespaces({*task_ids, *cluster.recorded_task_ids()})

@@ -174,4 +174,4 @@ def test_volumes_place_tasks_on_their_node_keep_data_and_exec_mounts_work(tmp_pa
             for service in ("a", "b", "c"):
                 tasks(service)
         cluster.lab.destroy()
-        remove_task_namespaces(task_ids)
+        remove_task_namespaces({*task_ids, *cluster.recorded_task_ids()})
