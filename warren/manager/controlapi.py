@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import enum
 import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import msgspec
@@ -39,7 +37,7 @@ from warren.manager.peerstatus import PeerStatus
 from warren.manager.ports import Consensus, StateReader
 from warren.manager.registrylogins import LoginVault
 from warren.manager.secretkeys import KeyRing
-from warren.manager.server import ApiError, check_result, not_leader, page_reply, resolve_ref
+from warren.manager.server import ApiError, check_result, invalid, not_leader, page_reply, resolve_ref
 from warren.manager.speccache import SpecCache
 from warren.model import (
     NodeRole,
@@ -59,10 +57,7 @@ from warren.validate import (
     check_spec,
 )
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
-E = TypeVar("E", bound=enum.Enum)
-T = TypeVar("T")
 MIN_KEY_ROTATION_PERIOD = 10.0  # seconds; below it nodes would spend their time re-handshaking
 
 
@@ -79,10 +74,6 @@ def _task_order(t: Task) -> tuple[str, int, str, float, str]:
 _TASK_KEY = (str, int, str, float, str)  # the types of _task_order's parts
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(INVALID, message)
-
-
 def resolve_service(state: ClusterState, ref: str) -> Service:
     return resolve_ref("service", state.services, state.service_by_name, ref)
 
@@ -93,7 +84,7 @@ def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
         check_spec(spec)
         check_reference(spec.image)
     except (convert.ConversionError, ValidationError, ValueError) as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
     return spec
 
 
@@ -103,7 +94,7 @@ def _kept_stack_label(spec: ServiceSpec, service: Service, given: str | None) ->
     owner = service.spec.labels.get(STACK_LABEL)
     if owner is None:
         if given is not None:
-            raise _invalid(f"service label keys starting with {RESERVED_PREFIX!r} are reserved ({STACK_LABEL!r})")
+            raise invalid(f"service label keys starting with {RESERVED_PREFIX!r} are reserved ({STACK_LABEL!r})")
         return spec
     return msgspec.structs.replace(spec, labels={**spec.labels, STACK_LABEL: owner})
 
@@ -219,9 +210,9 @@ class ControlService(
         if request.HasField("wg_key_rotation_period"):
             period = request.wg_key_rotation_period
             if not 0 <= period < math.inf:
-                raise _invalid(f"the key rotation period must be 0 (off) or a positive duration (got {period})")
+                raise invalid(f"the key rotation period must be 0 (off) or a positive duration (got {period})")
             if 0 < period < MIN_KEY_ROTATION_PERIOD:
-                raise _invalid(
+                raise invalid(
                     f"the key rotation period must be at least {MIN_KEY_ROTATION_PERIOD:g}s "
                     "(each rotation costs every node a handshake)"
                 )
@@ -232,7 +223,7 @@ class ControlService(
             try:
                 check_heartbeat_period(heartbeat)
             except ValidationError as exc:
-                raise _invalid(str(exc)) from None
+                raise invalid(str(exc)) from None
         await self._propose(commands.UpdateClusterSettings(period, auto_rebalance, heartbeat_period=heartbeat, **caps))
         return await self.GetClusterInfo(cpb.GetClusterInfoRequest(), context)
 
@@ -242,7 +233,7 @@ class ControlService(
 
     async def GetJoinToken(self, request: cpb.GetJoinTokenRequest, context: object) -> cpb.GetJoinTokenResponse:
         if request.role not in ("worker", "manager"):
-            raise _invalid(f"role must be worker or manager (got {shown(request.role)})")
+            raise invalid(f"role must be worker or manager (got {shown(request.role)})")
         if request.rotate:
             await self._propose(commands.RotateJoinToken(request.role, pki.new_token_secret()))
         with self._store.read() as state:
@@ -319,9 +310,9 @@ class ControlService(
             service = resolve_service(state, request.service)
             spec = _kept_stack_label(spec, service, stack)
             if spec.name != service.spec.name:
-                raise _invalid("a service cannot be renamed")
+                raise invalid("a service cannot be renamed")
             if spec.mode != service.spec.mode:
-                raise _invalid("a service's mode cannot change; remove and re-create it")
+                raise invalid("a service's mode cannot change; remove and re-create it")
             try:
                 check_ports_free(state, spec, service.id)
             except ValidationError as exc:
@@ -376,7 +367,7 @@ class ControlService(
 
     async def ScaleService(self, request: cpb.ScaleServiceRequest, context: object) -> pb.Service:
         if request.replicas > MAX_REPLICAS:
-            raise _invalid(f"replicas must be between 0 and {MAX_REPLICAS}")
+            raise invalid(f"replicas must be between 0 and {MAX_REPLICAS}")
         with self._store.read() as state:
             service = resolve_service(state, request.service)
         await self._propose(commands.ScaleService(service.id, request.replicas, time.time()))
@@ -393,12 +384,12 @@ class ControlService(
         try:
             states = {convert.task_state(s) for s in request.states}
         except convert.ConversionError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         try:  # the token's service name, for a listing of the whole cluster
             size = paging.page_size(request.page_size)
             after = paging.decode_token("tasks", request.page_token, _TASK_KEY) if request.page_token else None
         except paging.PageTokenError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         with self._store.read() as state:
             service_id = resolve_service(state, request.service).id if request.service else ""
             node_id = resolve_node(state, request.node).id if request.node else ""

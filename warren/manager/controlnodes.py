@@ -16,19 +16,14 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager.peerstatus import PeerStatus
 from warren.manager.ports import Consensus, StateReader
-from warren.manager.server import ApiError, not_leader, page_reply
+from warren.manager.server import ApiError, invalid, not_leader, page_reply
 from warren.model import Availability, Node, NodeRole, NodeStatus
 from warren.state import ClusterState
 from warren.text import shown
 from warren.validate import MAX_ITEMS, RESERVED_PREFIX, ValidationError, check_label_key, check_labels
 
-INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 E = TypeVar("E", bound=enum.Enum)
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(INVALID, message)
 
 
 # The order of the paged node list (ADR 51): unique, so a page token can name a place.
@@ -39,7 +34,7 @@ def _node_order(n: Node) -> tuple[str, str]:
 def resolve_node(state: ClusterState, ref: str) -> Node:
     """A node by id, hostname, or unique id prefix."""
     if not ref:
-        raise _invalid("a node id or hostname is required")
+        raise invalid("a node id or hostname is required")
     node = state.nodes.get(ref)
     if node is not None:
         return node
@@ -47,12 +42,12 @@ def resolve_node(state: ClusterState, ref: str) -> Node:
     if len(by_name) == 1:
         return by_name[0]
     if len(by_name) > 1:
-        raise _invalid(f"hostname {shown(ref)} is ambiguous ({len(by_name)} nodes); use the node id")
+        raise invalid(f"hostname {shown(ref)} is ambiguous ({len(by_name)} nodes); use the node id")
     matches = [n for n in state.nodes.values() if n.id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise _invalid(f"node id prefix {shown(ref)} is ambiguous ({len(matches)} nodes)")
+        raise invalid(f"node id prefix {shown(ref)} is ambiguous ({len(matches)} nodes)")
     raise ApiError(NOT_FOUND, f"node {shown(ref)} not found")
 
 
@@ -63,7 +58,7 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
     try:
         return convert.enum_member(kind, value, field)
     except convert.ConversionError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
 
 
 def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...]) -> None:
@@ -80,10 +75,10 @@ def _check_node_labels(node: Node, add: dict[str, str], remove: tuple[str, ...])
         for key in unknown:
             check_label_key("node label", key)
     except ValidationError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
     left = len(node.labels.keys() - frozenset(remove) | add.keys())
     if add and left > MAX_ITEMS:
-        raise _invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {left})")
+        raise invalid(f"a node has at most {MAX_ITEMS} labels (this update would leave {left})")
 
 
 class NodesControl:

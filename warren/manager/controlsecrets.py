@@ -19,7 +19,7 @@ from warren.api.v1 import control_pb2 as cpb
 from warren.commands.secrets import users
 from warren.ids import new_id
 from warren.manager.secretkeys import KeyRing, SecretKeyError
-from warren.manager.server import ApiError, check_result, resolve_ref
+from warren.manager.server import ApiError, check_result, invalid, resolve_ref
 from warren.model import ClusterInfo, Config, Secret
 from warren.state import ClusterState
 from warren.text import shown
@@ -31,17 +31,13 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def _invalid(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-
 def _check_create(kind: str, name: str, data: bytes, labels: dict[str, str]) -> None:
     try:
         check_object_name(kind, name)
         check_value_size(kind, len(data))
         check_labels(f"{kind} label", labels)
     except ValidationError as exc:
-        raise _invalid(str(exc)) from None
+        raise invalid(str(exc)) from None
 
 
 def _cluster(state: ClusterState) -> ClusterInfo:

@@ -24,7 +24,7 @@ from warren.commands.stacks import changed_object, in_stack
 from warren.ids import new_id
 from warren.manager.imagepin import DigestLookup, check_reference, pinned, split_digest
 from warren.manager.secretkeys import KeyRing, SecretKeyError
-from warren.manager.server import ApiError, check_result
+from warren.manager.server import ApiError, check_result, invalid
 from warren.model import ClusterInfo, Config, Network, Secret, Service, ServiceDependency, ServiceSpec, Volume
 from warren.stack.check import check_stack, unlabelled, unsupported_message
 from warren.stack.plan import plan_stack
@@ -35,10 +35,6 @@ from warren.validate import ValidationError, check_name
 
 if TYPE_CHECKING:
     from warren.manager.ports import StateReader
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 class StacksControl:
@@ -61,12 +57,12 @@ class StacksControl:
             for service in stack.services:
                 check_reference(service.spec.image)
         except (convert.ConversionError, ValidationError, ValueError) as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         warnings = [unsupported_message(stack).split("; deploy anyway")[0]] if stack.unsupported else []
         command = await self._stack_command(stack, request.prune, warnings, dry_run=request.dry_run)
         if (too_large := commands.oversize_message(command)) is not None:
             # One entry is what makes it all or nothing (ADR 49): a stack past it is refused whole.
-            raise _invalid(f"stack {stack.name} cannot be deployed as one entry: {too_large}")
+            raise invalid(f"stack {stack.name} cannot be deployed as one entry: {too_large}")
         with self._store.read() as state:
             view = state
             if state.cluster is not None and state.cluster.dek_wrapped != command.dek_wrapped and request.dry_run:
@@ -203,7 +199,7 @@ class StacksControl:
         try:
             check_name("stack", request.name)
         except ValidationError as exc:
-            raise _invalid(str(exc)) from None
+            raise invalid(str(exc)) from None
         command = commands.RemoveStack(request.name, time.time())
         with self._store.read() as state:
             result, changes = commands.apply(state, command)

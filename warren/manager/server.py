@@ -59,6 +59,11 @@ class ApiError(Exception):
         self.message = message
 
 
+def invalid(message: str) -> ApiError:
+    """The INVALID_ARGUMENT every Control method answers bad input with."""
+    return ApiError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
 class _Named(Protocol):
     @property
     def id(self) -> str: ...
@@ -91,7 +96,7 @@ def page_reply(
             return paging.page_sorted(kind, ordered, key, key_types, add, out, size, token)
         return paging.page(kind, items, key, key_types, add, out, size, token)
     except paging.PageTokenError as exc:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        raise invalid(str(exc)) from None
 
 
 def resolve_ref(kind: str, objects: dict[str, Named], by_name: Callable[[str], Named | None], ref: str) -> Named:
