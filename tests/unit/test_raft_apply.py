@@ -32,14 +32,22 @@ class _Log(BoundedApply):
         self._SyncObj__raftLastApplied = 0
         self._SyncObj__commandsWaitingCommit = {}
         self._SyncObj__selfCodeVersion = 0
+        self._SyncObj__raftState = 0  # a follower
         self.applied: list[bytes] = []
         self.reads: list[int] = []
+        self.sent_at: list[int] = []  # how many entries were applied at each append sent
+        self.fail_at: int | None = None  # the entry whose apply raises
+
+    def _SyncObj__sendAppendEntries(self) -> None:  # type: ignore[override]
+        self.sent_at.append(len(self.applied))
 
     def _SyncObj__getEntries(self, start: int, count: int) -> list[tuple[bytes, int, int]]:  # type: ignore[override]
         self.reads.append(count)
         return self.log[start - 1 : start - 1 + count]
 
     def _SyncObj__doApplyCommand(self, data: bytes) -> Any:  # type: ignore[override]
+        if self.fail_at is not None and data == f"e{self.fail_at}".encode():
+            raise OSError("the disk failed")
         self.clock.now += self.cost
         self.applied.append(data)
         return data.upper()
@@ -59,13 +67,26 @@ def test_a_backlog_is_applied_a_slice_per_tick_in_order_and_once(clock: _Clock) 
     while node._SyncObj__raftLastApplied < 40:
         before = len(node.applied)
         started = clock.now
-        assert node._SyncObj__applyLogEntries() is True
+        node._SyncObj__applyLogEntries()
         per_tick.append(len(node.applied) - before)
         assert clock.now - started < APPLY_SLICE + node.cost  # the tick goes on after one slice
     assert node.applied == [e[0] for e in node.log]
     assert per_tick == [4] * 10  # 4 entries of 30 ms pass the 100 ms slice
     assert max(node.reads) <= raft_apply.READ_AHEAD
-    assert node._SyncObj__applyLogEntries() is False  # nothing left: nothing to tell followers
+    assert node.sent_at == []  # a follower tells no one
+
+
+def test_a_leader_tells_its_followers_the_commit_index_before_it_applies(clock: _Clock) -> None:
+    """So that they apply while it does; PySyncObj's own send after the apply is not needed."""
+    node = _Log(clock, entries=40, cost=0.03)
+    node._SyncObj__raftState = 2  # the leader
+    node._SyncObj__raftCommitIndex = 6
+    assert node._SyncObj__applyLogEntries() is False  # PySyncObj sends nothing more
+    assert node.sent_at == [0] and len(node.applied) == 4
+    node._SyncObj__applyLogEntries()  # the rest of the backlog: the followers knew already
+    assert node.sent_at == [0, 4] and len(node.applied) == 6
+    node._SyncObj__applyLogEntries()  # nothing new committed: no send of ours
+    assert node.sent_at == [0, 4]
 
 
 def test_nothing_past_the_commit_index_is_applied(clock: _Clock) -> None:
@@ -85,10 +106,24 @@ def test_proposers_hear_of_their_entry_once_it_is_applied(clock: _Clock) -> None
     node._SyncObj__raftCommitIndex = 40
     node._SyncObj__applyLogEntries()
     assert heard == [(2, b"E2", FAIL_REASON.SUCCESS)]  # entry 2 only: the slice ended at entry 2
-    while node._SyncObj__applyLogEntries():
-        pass
+    while node._SyncObj__raftLastApplied < 40:
+        node._SyncObj__applyLogEntries()
     assert heard[1:] == [(31, None, FAIL_REASON.DISCARDED)]
     assert node._SyncObj__commandsWaitingCommit == {}
+
+
+def test_an_entry_that_fails_to_apply_keeps_its_proposers_for_the_retry(clock: _Clock) -> None:
+    node = _Log(clock, entries=10, cost=0.0)
+    heard: list[tuple[Any, int]] = []
+    node._SyncObj__commandsWaitingCommit = {3: [(1, lambda res, err: heard.append((res, err)))]}
+    node._SyncObj__raftCommitIndex = 10
+    node.fail_at = 3
+    with pytest.raises(OSError):
+        node._SyncObj__applyLogEntries()
+    assert node._SyncObj__raftLastApplied == 2 and heard == []
+    node.fail_at = None
+    node._SyncObj__applyLogEntries()
+    assert heard == [(b"E3", FAIL_REASON.SUCCESS)] and node._SyncObj__raftLastApplied == 10
 
 
 def test_the_raft_node_applies_through_it() -> None:
@@ -96,9 +131,9 @@ def test_the_raft_node_applies_through_it() -> None:
     # the one found first, and SyncObj must still have the method it replaces (the pinned version).
     assert RaftNode._SyncObj__applyLogEntries is BoundedApply._SyncObj__applyLogEntries  # type: ignore[attr-defined]
     assert hasattr(SyncObj, "_SyncObj__applyLogEntries")
-    for name in ("raftCommitIndex", "raftLastApplied", "commandsWaitingCommit", "selfCodeVersion"):
+    for name in ("raftCommitIndex", "raftLastApplied", "commandsWaitingCommit", "selfCodeVersion", "raftState"):
         assert f"self.__{name}" in _syncobj_source()
-    for method in ("getEntries", "doApplyCommand"):
+    for method in ("getEntries", "doApplyCommand", "sendAppendEntries"):
         assert hasattr(SyncObj, f"_SyncObj__{method}")
 
 

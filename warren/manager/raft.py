@@ -11,6 +11,8 @@ import asyncio
 import logging
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lmdb
@@ -43,6 +45,10 @@ class SnapshotFile(msgspec.Struct):
     state: Snapshot
     entries: list[tuple[bytes, int, int]]
     cluster: list[str]
+
+
+class _BatchFailed(Exception):
+    """An entry of a batch of the store could not be written (the cause is chained)."""
 
 
 class _Stopping(Exception):
@@ -115,6 +121,9 @@ class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first
         depose or to hear from, and waiting out the election timeout would only delay it."""
         self._store = store
         self._stopping = threading.Event()
+        # After a batch of the store could not be written (ADR 89): apply entry by entry,
+        # waiting for space, until one is written.
+        self._entry_by_entry = False
         self._init_proposals()
         self._leader_event = threading.Event()
         self._leadership_listeners: list = []
@@ -205,15 +214,12 @@ class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first
         frees up by itself; a full map needs a restart with a larger --state-map-size, which
         replays this entry (ADR 22). Any other failure stops the manager: after a failed
         fsync, only what is on disk can be trusted, and a restart resumes from it."""
+        if self._store.batching:
+            return self._persist_in_batch(index, command)
         waited = False
         while True:
             try:
-                if isinstance(command, commands.Batch):
-                    results = self._store.commit_each(index, command.commands, commands.apply)
-                else:
-                    result, changes = commands.apply(self._store.state, command)
-                    self._store.commit(index, changes, command)
-                    results = [result]
+                results = self._write(index, command)
             except Exception as exc:
                 if not self._out_of_space(exc):  # a broken disk: only what is on it can be trusted
                     log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
@@ -226,6 +232,7 @@ class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first
                 if self._stopping.wait(PERSIST_RETRY_PERIOD):
                     raise _Stopping(f"stopped while Raft entry {index} waited for space") from None
                 continue
+            self._entry_by_entry = False
             if waited:
                 log.warning("Raft entry %d persisted; the manager applies entries again", index)
                 self.capacity.set_stalled(None)
@@ -236,6 +243,45 @@ class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first
                     self._SyncObj__raftElectionDeadline, raft_clock() + RAFT_MAX_TIMEOUT
                 )
             return results
+
+    def _persist_in_batch(self, index: int, command: Command | commands.Batch) -> list[Result]:
+        """`_persist` inside the store's batch: a failed write drops the batch, whose
+        transaction cannot be committed, and `_applying` sees to the rest."""
+        try:
+            return self._write(index, command)
+        except Exception as exc:
+            self._store.abandon_batch()
+            raise _BatchFailed(index) from exc
+
+    def _write(self, index: int, command: Command | commands.Batch) -> list[Result]:
+        if isinstance(command, commands.Batch):
+            return self._store.commit_each(index, command.commands, commands.apply)
+        result, changes = commands.apply(self._store.state, command)
+        self._store.commit(index, changes, command)
+        return [result]
+
+    @contextmanager
+    def _applying(self) -> Iterator[None]:
+        """Apply a slice of entries in one transaction of the store (ADR 89); their proposers
+        are answered once it is written. If it cannot be, the disk and the live state lack the
+        whole slice: apply it again from the disk's index, an entry at a time, through
+        `_persist`, which waits for space, and answer each proposer once its entry is written."""
+        if self._entry_by_entry:
+            yield
+            return
+        try:
+            with self._store.batch():
+                yield
+        except (_BatchFailed, lmdb.Error) as exc:
+            cause = exc.__cause__ if isinstance(exc, _BatchFailed) else exc
+            if not isinstance(cause, Exception) or not self._out_of_space(cause):
+                index = self.raftLastApplied + 1
+                log.critical("cannot persist Raft entry %d; stopping the manager", index, exc_info=True)
+                os._exit(70)
+            on_disk = self._store.applied_index
+            log.warning("cannot persist the entries after %d (%s); applying them one by one", on_disk, cause)
+            self._SyncObj__raftLastApplied = on_disk
+            self._entry_by_entry = True
 
     def _out_of_space(self, exc: Exception) -> bool:
         """Whether persisting failed for want of space, so that a retry may succeed. LMDB

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from pysyncobj import FAIL_REASON
@@ -29,6 +30,9 @@ log = logging.getLogger("warren.manager.raft")
 APPLY_SLICE = 0.1
 # Entries read from the journal at once: a backlog can be thousands, each up to 1 MiB.
 READ_AHEAD = 16
+_LEADER = 2  # PySyncObj's _RAFT_STATE.LEADER
+# An applied entry's index, term and result, and the callbacks of its proposers.
+_Answer = tuple[int, int, Any, list[tuple[int, Callable[..., None]]]]
 
 
 class BoundedApply:
@@ -41,47 +45,70 @@ class BoundedApply:
     _SyncObj__getEntries: Callable[..., list[tuple[bytes, int, int]]]
     _SyncObj__doApplyCommand: Callable[[bytes], Any]
     _SyncObj__selfCodeVersion: int
+    _SyncObj__raftState: int
+    _SyncObj__sendAppendEntries: Callable[[], None]
     # Seconds spent applying entries so far: the Raft thread's stall report says how much of a
     # stall it was (ADR 83).
     applying_seconds = 0.0
 
     def _SyncObj__applyLogEntries(self) -> bool:
-        """Apply committed entries for at most about APPLY_SLICE; whether any was applied (the
-        leader then tells its followers the new commit index at once, as PySyncObj does without
-        batched appends)."""
+        """Apply committed entries for at most about APPLY_SLICE. A leader first tells its
+        followers the new commit index, so that they apply while it does: PySyncObj told them
+        once the leader had applied, and a follower's proposer waits for its own manager to
+        apply the entry (ADR 58). Returns whether the followers still need telling: never."""
         if self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
             return False
+        if self._SyncObj__raftState == _LEADER:
+            self._SyncObj__sendAppendEntries()
         started = raft_clock()
         try:
             self._apply_until(started + APPLY_SLICE)
         finally:
             self.applying_seconds += raft_clock() - started
-        return True
+        return False
+
+    def _applying(self) -> AbstractContextManager[object]:
+        """What a slice of entries is applied within (the state store's batch, in RaftNode)."""
+        return nullcontext()
 
     def _apply_until(self, deadline: float) -> None:
-        while self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
-            count = min(self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied, READ_AHEAD)
-            entries = self._SyncObj__getEntries(self._SyncObj__raftLastApplied + 1, count)
-            if not entries:
-                return  # compacted away: a snapshot brings the state instead
-            for entry in entries:
-                self._apply_one(entry)
-                if raft_clock() >= deadline:
-                    return
+        answers: list[_Answer] = []
+        try:
+            with self._applying():
+                while self._SyncObj__raftCommitIndex > self._SyncObj__raftLastApplied:
+                    count = min(self._SyncObj__raftCommitIndex - self._SyncObj__raftLastApplied, READ_AHEAD)
+                    entries = self._SyncObj__getEntries(self._SyncObj__raftLastApplied + 1, count)
+                    if not entries:
+                        return  # compacted away: a snapshot brings the state instead
+                    for entry in entries:
+                        self._apply_one(entry, answers)
+                        if raft_clock() >= deadline:
+                            return
+        finally:
+            self._answer(answers)
 
-    def _apply_one(self, entry: tuple[bytes, int, int]) -> None:
-        """PySyncObj's own steps for one entry: apply it, then answer those who wait on it."""
+    def _apply_one(self, entry: tuple[bytes, int, int], answers: list[_Answer]) -> None:
+        """PySyncObj's own steps for one entry: apply it, and take those who wait on it, to be
+        answered once the slice is on disk (an entry that failed keeps them for its retry)."""
         data, index, term = entry
         try:
-            subscribers = self._SyncObj__commandsWaitingCommit.pop(index, [])
             result = self._SyncObj__doApplyCommand(data)
-            for subscribed_term, callback in subscribers:
-                if subscribed_term == term:
-                    callback(result, FAIL_REASON.SUCCESS)
-                else:
-                    callback(None, FAIL_REASON.DISCARDED)
+            answers.append((index, term, result, self._SyncObj__commandsWaitingCommit.pop(index, [])))
             self._SyncObj__raftLastApplied += 1
         except SyncObjExceptionWrongVer as exc:
             log.error(
                 "Raft entry %d asks for code version %d, this is %d", index, exc.ver, self._SyncObj__selfCodeVersion
             )
+
+    def _answer(self, answers: list[_Answer]) -> None:
+        """Answer the proposers of the applied entries. Entries the slice could not write
+        were un-applied (`_applying`): their proposers wait for the retry."""
+        for index, term, result, subscribers in answers:
+            if index > self._SyncObj__raftLastApplied:
+                self._SyncObj__commandsWaitingCommit.setdefault(index, []).extend(subscribers)
+                continue
+            for subscribed_term, callback in subscribers:
+                if subscribed_term == term:
+                    callback(result, FAIL_REASON.SUCCESS)
+                else:
+                    callback(None, FAIL_REASON.DISCARDED)

@@ -1,10 +1,11 @@
 """LMDB persistence of the cluster state, with the in-memory ClusterState readers use.
 
 One LMDB environment per manager holds both the Raft journal (see journal.py) and the state.
-Every applied command writes its changes and the Raft index it came from in ONE transaction,
-so after a crash the state is exactly "everything up to applied_index" and replay skips what was
-already applied. Transactions are fsynced (LMDB's default), so an acknowledged write survives
-power loss, not only kill -9.
+Every applied command writes its changes and the Raft index it came from in a transaction, so
+after a crash the state is exactly "everything up to applied_index" and replay skips what was
+already applied. The Raft thread applies the committed entries of a tick inside `batch()`: one
+transaction and one fsync for all of them (ADR 89). Transactions are fsynced, and proposers are
+answered after theirs, so an acknowledged write survives power loss, not only kill -9.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,6 +68,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Batch:
+    """The writes of a `Store.batch()`: its transaction (begun at the first entry), and the
+    watchers' notices and events held until it is committed."""
+
+    def __init__(self) -> None:
+        self.txn: lmdb.Transaction | None = None
+        self.notices: list[tuple[int, list[Change]]] = []
+        self.events: list[events.Event] = []
+
+
 class Snapshot(msgspec.Struct, frozen=True):
     """The whole state at `applied_index`: what a Raft snapshot carries."""
 
@@ -116,6 +127,9 @@ class Store:
         self.applied_index = 0
         self.last_event: events.Event | None = None
         self.events_pruned: tuple[int, int] | None = None
+        self._batch: _Batch | None = None
+        # Events of the open batch, not yet on disk: for `dump` from another thread.
+        self._unsaved_events: list[events.Event] = []
         self._load()
 
     def _load(self) -> None:
@@ -140,6 +154,7 @@ class Store:
         """Make the live state what the disk holds again, after a transaction that failed."""
         with self._lock:
             self.state = ClusterState()
+            self._unsaved_events = []
             self._load()
 
     # -- reads -------------------------------------------------------------------------------
@@ -173,18 +188,89 @@ class Store:
         with self._lock:
             return self.state.copy()
 
+    # -- writes (Raft apply thread only) -----------------------------------------------------
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write the entries committed inside in one transaction, committed on the way out
+        (one fsync for them all, ADR 89), and notify the watchers once they are on disk. The
+        live state and `applied_index` move at each entry, a moment before the disk, as in
+        `commit_each`; the caller answers the entries' proposers once this returns. After
+        `abandon_batch`, nothing is committed. An exception from inside still commits what was
+        applied, then propagates; a failed commit makes the live state the disk's again."""
+        if self._batch is not None:  # nested: the outer batch commits
+            yield
+            return
+        batch = self._batch = _Batch()
+        try:
+            yield
+        finally:
+            self._batch = None
+            self._finish(batch)
+
+    def _finish(self, batch: _Batch) -> None:
+        if batch.txn is None:
+            return
+        try:
+            batch.txn.commit()
+        except lmdb.Error:
+            self._abandon(batch)
+            raise
+        with self._lock:
+            self._unsaved_events = []
+        for index, changes in batch.notices:
+            self._notify(index, changes)
+
+    @property
+    def batching(self) -> bool:
+        return self._batch is not None
+
+    def abandon_batch(self) -> None:
+        """Drop the open batch's writes and make the live state what the disk holds again:
+        after a write of the batch failed, its transaction cannot be committed."""
+        if self._batch is not None:
+            self._abandon(self._batch)
+
+    def _abandon(self, batch: _Batch) -> None:
+        if batch.txn is not None:
+            with suppress(lmdb.Error):
+                batch.txn.abort()
+            batch.txn = None
+        batch.notices.clear()
+        self._reload()
+
+    @contextmanager
+    def _writing(self) -> Iterator[lmdb.Transaction]:
+        """The transaction to write an entry in: the open batch's, or one of its own,
+        committed on the way out."""
+        batch = self._batch
+        if batch is None:
+            with self.env.begin(write=True) as txn:
+                yield txn
+            return
+        if batch.txn is None:
+            batch.txn = self.env.begin(write=True)
+        yield batch.txn
+
+    def _written(self, index: int, changes: list[Change], new_events: list[events.Event]) -> None:
+        """Notify the watchers of entry `index` now, or once the open batch is on disk."""
+        if self._batch is None:
+            self._notify(index, changes)
+            return
+        self._batch.notices.append((index, changes))
+        with self._lock:
+            self._unsaved_events += new_events
+
     def watch(self, watcher: Watcher) -> None:
-        """`watcher(index, changes)` runs on the apply thread after each commit: keep it quick."""
+        """`watcher(index, changes)` runs on the apply thread once an entry is on disk: keep it quick."""
         self._watchers.append(watcher)
 
-    # -- writes (Raft apply thread only) -----------------------------------------------------
     def commit(self, index: int, changes: list[Change], command: object = None) -> None:
         """Persist, with the events of `command`'s changes, then notify. Only a failure to
         persist propagates: once the data is on disk, a watcher's failure (say, at shutdown)
         must not look like a broken disk."""
         new_events = self._derive_events(index, 0, command, changes)
         try:
-            with self.env.begin(write=True) as txn:
+            with self._writing() as txn:
                 self._put_changes(txn, index, changes)
                 self._put_events(txn, new_events)
         except lmdb.Error:
@@ -194,7 +280,7 @@ class Store:
         with self._lock:
             self.state.apply(changes)
             self.applied_index = index
-        self._notify(index, changes)
+        self._written(index, changes, new_events)
 
     def commit_each(
         self, index: int, items: Sequence[T], step: Callable[[ClusterState, T], tuple[R, list[Change]]]
@@ -207,7 +293,7 @@ class Store:
         everything: list[Change] = []
         new_events: list[events.Event] = []
         try:
-            with self.env.begin(write=True) as txn, self._lock:
+            with self._writing() as txn, self._lock:
                 for item in items:
                     result, changes = step(self.state, item)
                     new_events += self._derive_events(index, len(new_events), item, changes)
@@ -217,11 +303,12 @@ class Store:
                     everything.extend(changes)
                 self._put_events(txn, new_events)
         except lmdb.Error:
-            self._reload()
+            if self._batch is None:
+                self._reload()
             raise
         with self._lock:
             self.applied_index = index
-        self._notify(index, everything)
+        self._written(index, everything, new_events)
         return results
 
     def _put_changes(self, txn: lmdb.Transaction, index: int, changes: list[Change]) -> None:
@@ -283,6 +370,14 @@ class Store:
                     break
         return found
 
+    def _events_upto(self, index: int) -> list[events.Event]:
+        """The history up to entry `index`, with the open batch's events not yet on disk
+        (call with the lock held). A single commit writes to disk before the live state moves,
+        so the disk may also hold events past `index`."""
+        saved = [e for e in self._all_events() if e.index <= index]
+        last = saved[-1].key if saved else None
+        return saved + [e for e in self._unsaved_events if e.index <= index and (last is None or e.key > last)]
+
     def _all_events(self) -> list[events.Event]:
         with self.env.begin(db=self._events_db) as txn:
             return [self._event_decoder.decode(value) for _key, value in txn.cursor()]
@@ -310,8 +405,7 @@ class Store:
                 list(s.configs.values()),
                 list(s.registry_logins.values()),
                 list(s.networks.values()),
-                # Only up to the state's index: a commit writes to disk before the live state.
-                [e for e in self._all_events() if e.index <= self.applied_index],
+                self._events_upto(self.applied_index),
                 self.events_pruned,
             )
 
