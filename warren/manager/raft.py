@@ -27,6 +27,7 @@ from warren.commands import Command, Result
 from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity
 from warren.manager.ports import ProposalError, RaftStatus
+from warren.manager.raft_appends import JournalAppends
 from warren.manager.raft_apply import BoundedApply
 from warren.manager.raft_peers import PeerLinks
 from warren.manager.raft_proposals import FAILURES, Proposals
@@ -106,7 +107,8 @@ class RaftStartError(Exception):
 PERSIST_RETRY_PERIOD = 0.5
 
 
-class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first: they override SyncObj's handlers
+# The mixins first: they override SyncObj's handlers.
+class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, SyncObj):
     def __init__(
         self,
         self_addr: str,
@@ -160,7 +162,7 @@ class RaftNode(PeerLinks, BoundedApply, Proposals, SyncObj):  # the mixins first
             logCompactionMinTime=600,
             onStateChanged=self._on_state_changed,
         )
-        log = journal.LmdbJournal(store.env, data_dir, applied=lambda: store.applied_index)
+        log = self._journal = journal.LmdbJournal(store.env, data_dir, applied=lambda: store.applied_index)
         _check_log_against_store(log, data_dir / "raft-snapshot", store)
         # Every named database exists now (the store's and the journal's), and no other thread
         # uses the environment yet: the capacity check opens its handles here, once. LMDB forbids

@@ -23,6 +23,8 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import SyncObjExceptionWrongVer
 
+from warren.manager.raft_peers import LEADER
+
 log = logging.getLogger("warren.manager.raft")
 
 # Applying stops once this much time has passed in one tick, after the entry in hand: far below
@@ -30,7 +32,6 @@ log = logging.getLogger("warren.manager.raft")
 APPLY_SLICE = 0.1
 # Entries read from the journal at once: a backlog can be thousands, each up to 1 MiB.
 READ_AHEAD = 16
-_LEADER = 2  # PySyncObj's _RAFT_STATE.LEADER
 # An applied entry's index, term and result, and the callbacks of its proposers.
 _Answer = tuple[int, int, Any, list[tuple[int, Callable[..., None]]]]
 
@@ -58,7 +59,7 @@ class BoundedApply:
         apply the entry (ADR 58). Returns whether the followers still need telling: never."""
         if self._SyncObj__raftCommitIndex <= self._SyncObj__raftLastApplied:
             return False
-        if self._SyncObj__raftState == _LEADER:
+        if self._SyncObj__raftState == LEADER:
             self._SyncObj__sendAppendEntries()
         started = raft_clock()
         try:

@@ -33,7 +33,7 @@ PEER_PING_PERIOD = 1.0
 # The shortest wait for an election deadline: below it the poller would spin.
 MIN_WAIT = 0.001
 _PING = {"type": "warren_ping"}
-_FOLLOWER, _LEADER = 0, 2  # PySyncObj's _RAFT_STATE
+FOLLOWER, LEADER = 0, 2  # PySyncObj's _RAFT_STATE
 
 
 class PeerLinks:
@@ -86,7 +86,7 @@ class PeerLinks:
         connected.discard(node)
         self._retry_from.pop(node, None)
         try:
-            if node != self._SyncObj__raftLeader or self._SyncObj__raftState != _FOLLOWER:
+            if node != self._SyncObj__raftLeader or self._SyncObj__raftState != FOLLOWER:
                 return
             survivors = sorted(n.id for n in [*self.otherNodes, self.selfNode] if n != node)
             rank = survivors.index(self.selfNode.id)
@@ -107,7 +107,7 @@ class PeerLinks:
         if conf.autoTickPeriod == self._tick_period:
             return
         due_in = self._SyncObj__raftElectionDeadline - raft_clock()
-        if self._SyncObj__raftState == _LEADER or due_in >= self._tick_period:
+        if self._SyncObj__raftState == LEADER or due_in >= self._tick_period:
             conf.autoTickPeriod = self._tick_period
 
     def _ping_peers(self) -> None:
@@ -125,7 +125,7 @@ class PeerLinks:
         kind = message.get("type")
         if kind == _PING["type"]:
             return  # reading it was the point
-        if kind == "next_node_idx" and self._SyncObj__raftState == _LEADER:
+        if kind == "next_node_idx" and self._SyncObj__raftState == LEADER:
             message = self._lowest_retry_point(node, message)
             if message.get("success"):
                 sent_to = self._SyncObj__raftNextIndex.get(node)
