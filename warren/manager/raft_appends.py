@@ -42,11 +42,26 @@ class JournalAppends:
         if self._SyncObj__raftState != LEADER:
             super()._checkCommandsToApply()  # type: ignore[misc]
             return
+        last = self._journal.last_index()
         try:
             with self._journal.appending_together():
-                super()._checkCommandsToApply()  # type: ignore[misc]
+                self._holding_appends = True
+                try:
+                    super()._checkCommandsToApply()  # type: ignore[misc]
+                finally:
+                    self._holding_appends = False
+                if self._journal.last_index() != last:
+                    self._SyncObj__sendAppendEntries()  # all of them, in one append per follower
         except UnwrittenEntries as unwritten:
             self._step_down(unwritten)
+
+    _holding_appends = False
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        """PySyncObj sends an append after each entry it adds: inside `_checkCommandsToApply`,
+        they wait for one send of all the tick's entries."""
+        if not self._holding_appends:
+            super()._SyncObj__sendAppendEntries()  # type: ignore[misc]
 
     def _step_down(self, unwritten: UnwrittenEntries) -> None:
         """This leader sent entries that its own journal could not write (the disk or the map
