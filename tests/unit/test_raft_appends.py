@@ -4,6 +4,7 @@ entries that cannot be written dropped, with the leader stepping down."""
 
 from __future__ import annotations
 
+import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import lmdb
 import pytest
 from pysyncobj import FAIL_REASON, SyncObj
+from pysyncobj.fast_queue import FastQueue
 
 from warren.manager.journal import LmdbJournal, UnwrittenEntries
 from warren.manager.raft import RaftNode
@@ -109,7 +111,8 @@ class _Member(JournalAppends):
         self._SyncObj__raftState = state
         self._SyncObj__raftLeader = None
         self._SyncObj__commandsWaitingCommit: dict[int, list[tuple[int, Any]]] = {}
-        self.proposals: list[bytes] = []
+        self._SyncObj__commandsQueue = FastQueue(0)
+        self.arriving: list[bytes] = []  # proposals that arrive while the first one is appended
         self.events: list[tuple[str, list[int]]] = []  # (what, the disk's indexes at the time)
 
     def _SyncObj__setState(self, state: int) -> None:  # type: ignore[override]
@@ -120,10 +123,16 @@ class _Base:
     """Stands for SyncObj after the mixin in the method resolution order."""
 
     def _checkCommandsToApply(self: Any) -> None:
-        for command in self.proposals:
+        while True:  # as PySyncObj does: each queued proposal appended, then sent
+            try:
+                command = self._SyncObj__commandsQueue.get_nowait()
+            except queue.Empty:
+                return
             self._journal.add(command, self._journal.last_index() + 1, 1)
-            self._SyncObj__sendAppendEntries()  # as PySyncObj does after each entry
-        self.proposals = []
+            self._SyncObj__sendAppendEntries()
+            for late in self.arriving:  # put in by the event loop while the send let the GIL go
+                self._SyncObj__commandsQueue.put_nowait(late)
+            self.arriving = []
 
     def _SyncObj__sendAppendEntries(self: Any) -> None:
         self.events.append(("send", _on_disk(self._env)))
@@ -145,12 +154,22 @@ def test_a_leader_sends_a_ticks_entries_in_one_append_before_they_are_written(
     env: lmdb.Environment, tmp_path: Path
 ) -> None:
     leader = _Recorded(LmdbJournal(env, tmp_path), env, LEADER)
-    leader.proposals = [b"a", b"b", b"c"]
+    for command in (b"a", b"b", b"c"):
+        leader._SyncObj__commandsQueue.put_nowait(command)
     leader._checkCommandsToApply()
-    assert leader.events == [("send", [])]  # one append for the three, sent before the fsync
+    assert leader.events == [("send", [])]  # one append for the three queued, before the fsync
     assert _on_disk(env) == [1, 2, 3]
     leader._checkCommandsToApply()  # nothing new: no append beyond the heartbeats
     assert leader.events == [("send", [])]
+
+
+def test_a_leader_sends_the_last_queued_entry_at_once(env: lmdb.Environment, tmp_path: Path) -> None:
+    """Its send lets the GIL go, and proposals that come meanwhile are appended in the same tick."""
+    leader = _Recorded(LmdbJournal(env, tmp_path), env, LEADER)
+    leader._SyncObj__commandsQueue.put_nowait(b"a")
+    leader.arriving = [b"b"]
+    leader._checkCommandsToApply()
+    assert leader.events == [("send", []), ("send", [])] and _on_disk(env) == [1, 2]
 
 
 def test_a_follower_answers_an_append_once_its_entries_are_written(env: lmdb.Environment, tmp_path: Path) -> None:
@@ -186,7 +205,7 @@ def test_a_leader_that_cannot_write_what_it_sent_steps_down(
         raise lmdb.MapFullError("mdb_put: MDB_MAP_FULL")
 
     monkeypatch.setattr(journal, "_env", _FailingPuts(env, full))
-    leader.proposals = [b"a"]
+    leader._SyncObj__commandsQueue.put_nowait(b"a")
     leader._checkCommandsToApply()
     # The followers may have it and commit it under the next leader: the outcome is unknown.
     assert heard == [(None, FAIL_REASON.UNKNOWN_OUTCOME)]
@@ -201,3 +220,8 @@ def test_the_raft_node_appends_through_it() -> None:
         assert getattr(RaftNode, name) is getattr(JournalAppends, name)
         assert hasattr(SyncObj, name)
     assert RaftNode.__mro__.index(JournalAppends) < RaftNode.__mro__.index(SyncObj)
+    # How it sees that more proposals are queued: PySyncObj's FastQueue and its deque.
+    import inspect
+
+    assert "self.__commandsQueue = FastQueue(" in inspect.getsource(SyncObj)
+    assert hasattr(FastQueue(0), "_FastQueue__queue")

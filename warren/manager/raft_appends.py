@@ -35,6 +35,7 @@ class JournalAppends:
     _SyncObj__raftLeader: Node | None
     _SyncObj__commandsWaitingCommit: dict[int, list[tuple[int, Callable[..., None]]]]
     _SyncObj__setState: Callable[[int], None]
+    _SyncObj__commandsQueue: Any  # PySyncObj's FastQueue
 
     def _checkCommandsToApply(self) -> None:
         """PySyncObj's step that appends the proposals a leader holds (a follower forwards
@@ -42,7 +43,6 @@ class JournalAppends:
         if self._SyncObj__raftState != LEADER:
             super()._checkCommandsToApply()  # type: ignore[misc]
             return
-        last = self._journal.last_index()
         try:
             with self._journal.appending_together():
                 self._holding_appends = True
@@ -50,18 +50,26 @@ class JournalAppends:
                     super()._checkCommandsToApply()  # type: ignore[misc]
                 finally:
                     self._holding_appends = False
-                if self._journal.last_index() != last:
-                    self._SyncObj__sendAppendEntries()  # all of them, in one append per follower
+                if self._append_held:
+                    self._SyncObj__sendAppendEntries()
         except UnwrittenEntries as unwritten:
             self._step_down(unwritten)
 
     _holding_appends = False
+    _append_held = False
 
     def _SyncObj__sendAppendEntries(self) -> None:
-        """PySyncObj sends an append after each entry it adds: inside `_checkCommandsToApply`,
-        they wait for one send of all the tick's entries."""
-        if not self._holding_appends:
-            super()._SyncObj__sendAppendEntries()  # type: ignore[misc]
+        """PySyncObj sends an append after each entry it adds. Inside `_checkCommandsToApply`,
+        while more proposals are queued, the send waits for them: one append carries them all.
+        The last one goes at once, and the GIL its send lets go may bring more proposals in."""
+        if self._holding_appends and self._more_proposals_queued():
+            self._append_held = True
+            return
+        self._append_held = False
+        super()._SyncObj__sendAppendEntries()  # type: ignore[misc]
+
+    def _more_proposals_queued(self) -> bool:
+        return bool(self._SyncObj__commandsQueue._FastQueue__queue)
 
     def _step_down(self, unwritten: UnwrittenEntries) -> None:
         """This leader sent entries that its own journal could not write (the disk or the map
