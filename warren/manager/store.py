@@ -70,12 +70,11 @@ R = TypeVar("R")
 
 class _Batch:
     """The writes of a `Store.batch()`: its transaction (begun at the first entry), and the
-    watchers' notices and events held until it is committed."""
+    watchers' notices held until it is committed."""
 
     def __init__(self) -> None:
         self.txn: lmdb.Transaction | None = None
         self.notices: list[tuple[int, list[Change]]] = []
-        self.events: list[events.Event] = []
 
 
 class Snapshot(msgspec.Struct, frozen=True):
