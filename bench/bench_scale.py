@@ -759,6 +759,10 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
             await stub.ListServices(cpb.ListServicesRequest(page_size=1), timeout=RPC_TIMEOUT)
         writes: list[float] = []
         reads: list[float] = []
+        # The same latencies by the manager that answered (the addresses' order), to tell a
+        # leader's from a follower's.
+        writes_at: dict[str, list[float]] = {a: [] for a in addrs}
+        reads_at: dict[str, list[float]] = {a: [] for a in addrs}
         errors: list[str] = []
         created: list[str] = []
         next_index = iter(range(services))
@@ -766,7 +770,7 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
         writing = [clients]
 
         async def writer(index: int) -> None:
-            stub = stubs[index % len(stubs)]
+            stub, addr = stubs[index % len(stubs)], addrs[(index % len(stubs)) // 4]
             for i in next_index:
                 spec = tpb.ServiceSpec(name=f"svc-{i:05d}", image=IMAGE, replicas=replicas)
                 while True:
@@ -782,12 +786,13 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
                         await asyncio.sleep(0.2)
                         continue
                     writes.append(time.perf_counter() - t0)
+                    writes_at[addr].append(writes[-1])
                     created.append(spec.name)
                     break
             writing[0] -= 1
 
         async def reader(index: int) -> None:
-            stub = stubs[(index * 5 + 1) % len(stubs)]
+            stub, addr = stubs[(index * 5 + 1) % len(stubs)], addrs[((index * 5 + 1) % len(stubs)) // 4]
             n = 0
             while writing[0] > 0:
                 t0 = time.perf_counter()
@@ -802,6 +807,7 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
                     errors.append(f"read {exc.code().name}: {exc.details()}"[:200])
                 else:
                     reads.append(time.perf_counter() - t0)
+                    reads_at[addr].append(reads[-1])
                 n += 1
                 await asyncio.sleep(0.05)
 
@@ -816,6 +822,8 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
             "writes_per_s": round(len(writes) / (last - first[0]), 1),
             "writes": latency_summary(writes) if writes else {},
             "reads": latency_summary(reads) if reads else {},
+            "writes_by_manager": {a: latency_summary(v) for a, v in writes_at.items() if v},
+            "reads_by_manager": {a: latency_summary(v) for a, v in reads_at.items() if v},
             "errors": len(errors),
             "first_errors": errors[:5],
             "client_cpu_s": round(sum(os.times()[:2]), 2),
