@@ -287,21 +287,17 @@ class Store:
         """Group commit: run `step` on each item in order, each seeing the changes of those
         before it, and persist all of them in one transaction (one fsync). The live state holds
         the changes a moment before they are on disk; a failure to persist propagates, and the
-        caller may retry, because the live state is first reloaded from the disk (ADR 22).
-        Readers wait only while an item's changes go into the live state, not for the whole
-        batch (ADR 91): this thread alone changes the state, so it reads it without the lock,
-        and a reader may see some of a batch's items applied, each a command of its own."""
+        caller may retry, because the live state is first reloaded from the disk (ADR 22)."""
         results: list[R] = []
         everything: list[Change] = []
         new_events: list[events.Event] = []
         try:
-            with self._writing() as txn:
+            with self._writing() as txn, self._lock:
                 for item in items:
                     result, changes = step(self.state, item)
                     new_events += self._derive_events(index, len(new_events), item, changes)
+                    self.state.apply(changes)
                     self._put_changes(txn, index, changes)
-                    with self._lock:
-                        self.state.apply(changes)
                     results.append(result)
                     everything.extend(changes)
                 self._put_events(txn, new_events)
