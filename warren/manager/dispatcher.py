@@ -12,7 +12,6 @@ instead, as it is when the agent says its sessions keep failing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import random
@@ -46,7 +45,6 @@ from warren.manager.registrylogins import LoginVault, pull_logins
 from warren.manager.server import REMOVED_NODE, ApiError, caller, check_result, not_leader
 from warren.manager.sessionpace import Pauses, reconnect_spread, session_pace
 from warren.manager.sessionspecs import FileSource, SessionSpecs
-from warren.manager.sessionturns import SessionTurns
 from warren.manager.sessionwake import WorkBell, pause
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState, same_but_status
@@ -180,7 +178,6 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._mesh = MeshLog()  # versioned, deltas (ADRs 57, 65)
         self._digests = CommitDigests()  # each commit's changes indexed once for every session
         self._bell = WorkBell()  # wakes a pausing session for new work (ADR 85)
-        self._turns = SessionTurns()  # sessions woken together take turns with API calls (ADR 91)
         hub.listen(self._ring_for_work)
         self._spec_pbs = SpecCache()  # each spec version converted once for every session
         self._node_view = _NodeView(-1, [], 0, 0)
@@ -301,82 +298,79 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 yield await self._fits(node.id, Assignments(complete, endpoints, self._mesh.whole()))
                 del endpoints
                 while self._raft.is_leader and session_id in self._sessions:
-                    first: tuple[int, list | None] | None = None
-                    with contextlib.suppress(TimeoutError):
+                    batches: list[tuple[int, list]] | None = []
+                    try:
                         first = await wait_within(events.get(), 1.0)
-                    message: Assignments | None = None
-                    async with self._turns.turn():  # a few sessions' work per pass of the loop (ADR 91)
-                        batches: list[tuple[int, list]] | None = []
-                        if first is not None:
-                            wake.clear()  # this message answers the work of the commits taken in now
-                            batches = _coalesce(first, events)
+                    except TimeoutError:
+                        pass
+                    else:
+                        wake.clear()  # this message answers the work of the commits taken in now
+                        batches = _coalesce(first, events)
+                    with self._store.read() as state:
+                        if state.is_revoked(node.id):  # `node rm`: this session ends now
+                            raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
+                        if batches is None:
+                            return  # state was replaced by a snapshot: the agent reopens and resyncs
+                        # Each commit indexed once for every session: walking all its changes in
+                        # each session was O(changes x sessions) per commit (#15).
+                        digests = [self._digests.of(index, changes) for index, changes in batches]
+                    spec_list = []
+                    updated, removed = self._diff(node.id, known, digests, specs, spec_list)
+                    specs.prune()
+                    logins = []
+                    if updated:  # a task not sent again for its own status holds its login already (ADR 76)
+                        sent = {task.id for task in updated}
                         with self._store.read() as state:
-                            if state.is_revoked(node.id):  # `node rm`: this session ends now
-                                raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
-                            if batches is None:
-                                return  # state was replaced by a snapshot: the agent reopens and resyncs
-                            # Each commit indexed once for every session: walking all its changes in
-                            # each session was O(changes x sessions) per commit (#15).
-                            digests = [self._digests.of(index, changes) for index, changes in batches]
-                        spec_list = []
-                        updated, removed = self._diff(node.id, known, digests, specs, spec_list)
-                        specs.prune()
-                        logins = []
-                        if updated:  # a task not sent again for its own status holds its login already (ADR 76)
-                            sent = {task.id for task in updated}
-                            with self._store.read() as state:
-                                ours = (t for digest in digests for t in digest.tasks_on(node.id) if t.id in sent)
-                                logins = pull_logins(state, ours, self._vault)
-                        # Managers joined or left (the agent fails over to them), or the mesh changed.
-                        new_managers: list[str] | None = None
-                        new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
-                        if any(digest.nodes_changed for digest in digests):
-                            view = self._current_nodes()
-                            if view.managers_version != managers_sent:
-                                new_managers, managers_sent = view.managers, view.managers_version
-                            if view.mesh_version != mesh_sent:
-                                new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
-                                mesh_sent = view.mesh_version
-                        new_volumes = None
-                        if any(digest.volumes_changed for digest in digests):
-                            with self._store.read() as state:
-                                current_volumes = _node_volumes(state, node.id)
-                            if current_volumes != volumes:
-                                new_volumes = volumes = current_volumes
-                        # A delta if the agent takes them (ADR 65), else the whole list; None if the
-                        # endpoints are those sent. Asked at every wake-up: it also drains the log's queue.
-                        changed = self._endpoints.since(
-                            endpoints_sent, request.endpoint_deltas, request.endpoint_patches, request.endpoint_runs
+                            ours = (t for digest in digests for t in digest.tasks_on(node.id) if t.id in sent)
+                            logins = pull_logins(state, ours, self._vault)
+                    # Managers joined or left (the agent fails over to them), or the mesh changed.
+                    new_managers: list[str] | None = None
+                    new_mesh: bytes | None = None  # its encoding, shared by every session (ADR 57)
+                    if any(digest.nodes_changed for digest in digests):
+                        view = self._current_nodes()
+                        if view.managers_version != managers_sent:
+                            new_managers, managers_sent = view.managers, view.managers_version
+                        if view.mesh_version != mesh_sent:
+                            new_mesh = self._mesh.since(mesh_sent, request.mesh_deltas)
+                            mesh_sent = view.mesh_version
+                    new_volumes = None
+                    if any(digest.volumes_changed for digest in digests):
+                        with self._store.read() as state:
+                            current_volumes = _node_volumes(state, node.id)
+                        if current_volumes != volumes:
+                            new_volumes = volumes = current_volumes
+                    # A delta if the agent takes them (ADR 65), else the whole list; None if the
+                    # endpoints are those sent. Asked at every wake-up: it also drains the log's queue.
+                    changed = self._endpoints.since(
+                        endpoints_sent, request.endpoint_deltas, request.endpoint_patches, request.endpoint_runs
+                    )
+                    if changed is not None:
+                        endpoints_sent = changed[0].at
+                        # The whole set of that version, delta or not: what the node holds (ADR 65).
+                        self._heartbeats.routes.sent(node.id, changed[0].at, changed[0].backends)
+                    if (
+                        updated
+                        or removed
+                        or new_managers is not None
+                        or new_mesh is not None
+                        or changed is not None
+                        or new_volumes is not None
+                    ):
+                        incremental = dpb.AssignmentsMessage(
+                            type=dpb.AssignmentsMessage.INCREMENTAL,
+                            session_id=session_id,
+                            applies_to=version,
+                            version=version + 1,
+                            updated=updated,
+                            removed=removed,
+                            managers=new_managers or [],
+                            specs=spec_list,
+                            volumes=new_volumes or [],
+                            volumes_changed=new_volumes is not None,
+                            pull_logins=logins,
                         )
-                        if changed is not None:
-                            endpoints_sent = changed[0].at
-                            # The whole set of that version, delta or not: what the node holds (ADR 65).
-                            self._heartbeats.routes.sent(node.id, changed[0].at, changed[0].backends)
-                        if (
-                            updated
-                            or removed
-                            or new_managers is not None
-                            or new_mesh is not None
-                            or changed is not None
-                            or new_volumes is not None
-                        ):
-                            incremental = dpb.AssignmentsMessage(
-                                type=dpb.AssignmentsMessage.INCREMENTAL,
-                                session_id=session_id,
-                                applies_to=version,
-                                version=version + 1,
-                                updated=updated,
-                                removed=removed,
-                                managers=new_managers or [],
-                                specs=spec_list,
-                                volumes=new_volumes or [],
-                                volumes_changed=new_volumes is not None,
-                                pull_logins=logins,
-                            )
-                            shared = changed[1] if changed is not None else b""
-                            message = Assignments(incremental, shared, new_mesh or b"")
-                    if message is not None:
-                        yield await self._fits(node.id, message)
+                        shared = changed[1] if changed is not None else b""
+                        yield await self._fits(node.id, Assignments(incremental, shared, new_mesh or b""))
                         version += 1
                         # What comes meanwhile goes in one message, unless it is new work (ADR 85).
                         await pause(wake, *pauses.after_message(loop.time(), self._pace()))
