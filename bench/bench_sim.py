@@ -301,7 +301,7 @@ def per_task_bytes(tasks: int = 1000) -> dict[str, Any]:
     from warren.agent.controller_env import ControllerEnv
     from warren.agent.status import StatusQueue
     from warren.agent.worker import Worker
-    from warren.api import convert
+    from warren.api import convert, specconvert
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.model import ServiceSpec, Task, TaskState
     from warren.runtime.sim import SimRuntime
@@ -328,7 +328,7 @@ def per_task_bytes(tasks: int = 1000) -> dict[str, Any]:
             version=1,
             session_id="s",
             updated=[convert.task_to_pb(t, with_spec=False) for t in held],
-            specs=[dpb.TaskSpec(service_id="s" * 25, spec_version=1, spec=convert.spec_to_pb(spec))],
+            specs=[dpb.TaskSpec(service_id="s" * 25, spec_version=1, spec=specconvert.spec_to_pb(spec))],
         ).SerializeToString()
         runtime = SimRuntime()
         env = ControllerEnv(

@@ -17,7 +17,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from warren.agent.assignments import AssignmentSet, MeshMember, _member
-from warren.api import convert
+from warren.api import specconvert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
 from warren.manager.dispatcher import DispatcherService
@@ -198,7 +198,7 @@ def test_a_spec_is_forgotten_exactly_when_its_last_task_leaves_on_both_ends() ->
 def test_an_agent_forgets_a_spec_sent_for_no_task_of_its_set() -> None:
     """A spec that arrives with no task referring to it is not kept (the walk dropped it too)."""
     agent = AssignmentSet()
-    stray = dpb.TaskSpec(service_id="s9", spec_version=1, spec=convert.spec_to_pb(ServiceSpec(name="x", image="y")))
+    stray = dpb.TaskSpec(service_id="s9", spec_version=1, spec=specconvert.spec_to_pb(ServiceSpec(name="x", image="y")))
     agent.apply(dpb.AssignmentsMessage(type=COMPLETE, version=1, specs=[stray]))
     assert agent.specs == {}
     agent.apply(dpb.AssignmentsMessage(type=INCREMENTAL, applies_to=1, version=2, specs=[stray]))
@@ -344,13 +344,13 @@ def test_the_leader_converts_a_spec_version_once_for_every_session(monkeypatch: 
     """Ten sessions sending the same spec version convert it once; a new version, or another
     spec under the same version (a restored cluster), is converted again."""
     calls: list[str] = []
-    real = convert.spec_to_pb
+    real = specconvert.spec_to_pb
 
     def counting(spec: ServiceSpec):  # type: ignore[no-untyped-def]
         calls.append(spec.image)
         return real(spec)
 
-    monkeypatch.setattr(convert, "spec_to_pb", counting)
+    monkeypatch.setattr(specconvert, "spec_to_pb", counting)
     shared = SpecCache()
     state = ClusterState()
     for session in range(10):

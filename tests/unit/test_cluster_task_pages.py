@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from msgspec.structs import replace
 
-from warren.api import convert
+from warren.api import convert, names
 from warren.api.v1 import control_pb2 as cpb
 from warren.manager import controlapi, paging, tasklist
 from warren.manager.controlapi import ControlService
@@ -59,7 +59,7 @@ def _state(services: list[tuple[str, bool]], tasks: list[Any]) -> ClusterState:
 
 def _old_page(state: ClusterState, request: cpb.ListTasksRequest) -> tuple[list[str], str]:
     """The page as ListTasks made it before (#15): a pass over every task of the cluster."""
-    states = {convert.task_state(s) for s in request.states}
+    states = {names.task_state(s) for s in request.states}
     tasks = tasklist.listed(list(state.tasks.values()), "", request.include_history, states)
     reply = cpb.ListTasksResponse()
     token = paging.page(

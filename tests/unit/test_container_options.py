@@ -20,7 +20,7 @@ from warren import container, model, validate
 from warren.agent.controller import TaskController
 from warren.agent.decisions import container_spec, health_check, task_hostname
 from warren.agent.runtime import IMAGE_HEALTH_LABEL, ContainerSpec
-from warren.api import convert
+from warren.api import specconvert
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import main, service_spec
 from warren.cli.container_flags import container_summary
@@ -176,8 +176,8 @@ def test_conversion_round_trips() -> None:
         sysctls={"net.core.somaxconn": "1024"}, ulimits=(model.Ulimit("nofile", 10, 20),), labels={"a": "b"},
         dns=("1.1.1.1",), dns_search=("x.org",), dns_options=("ndots:1",), group_add=("10",), no_healthcheck=True,
     )  # fmt: skip
-    assert convert.spec_from_pb(convert.spec_to_pb(spec)) == spec
-    assert not convert.spec_to_pb(spec_with()).HasField("container")  # nothing set: nothing sent
+    assert specconvert.spec_from_pb(specconvert.spec_to_pb(spec)) == spec
+    assert not specconvert.spec_to_pb(spec_with()).HasField("container")  # nothing set: nothing sent
 
 
 # -- the CLI --------------------------------------------------------------------------------------
@@ -200,7 +200,7 @@ def test_create_flags_fill_the_options() -> None:
         "--dns", "10.0.0.2", "--dns-search", "svc.local", "--dns-option", "ndots:2", "--group-add", "10",
         "--no-healthcheck", "--entrypoint", "/bin/sh -c", "--", "echo hi",
     )  # fmt: skip
-    options = convert.spec_from_pb(spec).container
+    options = specconvert.spec_from_pb(spec).container
     assert options == Options(
         user="1000:1000", workdir="/srv", hostname="{{.Service.Name}}-{{.Task.Slot}}", read_only=True, init=True,
         cap_add=("CAP_NET_ADMIN",), cap_drop=("ALL",), devices=(model.DeviceMapping("/dev/fuse", "", "rwm"),),
@@ -218,13 +218,13 @@ def test_update_adds_and_removes() -> None:
         "kernel.msgmax=5", "--dns-add", "10.0.0.3", "--dns-rm", "10.0.0.2", "--read-only=false", "--ulimit-add",
         "nofile=5", "--device-add", "/dev/fuse", "--container-label-add", "k=v", "--group-add", "10",
     )  # fmt: skip
-    options = convert.spec_from_pb(spec).container
+    options = specconvert.spec_from_pb(spec).container
     assert options.cap_add == ("CAP_SYS_TIME",) and options.cap_drop == ("CAP_NET_ADMIN",)
     assert options.sysctls == {"kernel.msgmax": "5"} and options.dns == ("10.0.0.3",) and not options.read_only
     spec = update(
         spec, "--ulimit-rm", "nofile", "--device-rm", "/dev/fuse", "--container-label-rm", "k", "--group-rm", "10"
     )
-    options = convert.spec_from_pb(spec).container
+    options = specconvert.spec_from_pb(spec).container
     assert (options.ulimits, options.devices, options.labels, options.group_add) == ((), (), {}, ())
     # '' gives the image's user, workdir and hostname back.
     cleared = update(
@@ -394,7 +394,7 @@ def test_spec_size_still_bounds_both_encodings_with_options(options: model.Conta
     spec = model.ServiceSpec(
         name="a", image="x", replicas=2**40, health=model.HealthCheck(), stop_signal="SIGRTMIN", container=options
     )
-    assert validate.spec_size(spec) >= convert.spec_to_pb(spec).ByteSize()
+    assert validate.spec_size(spec) >= specconvert.spec_to_pb(spec).ByteSize()
     assert validate.spec_size(spec) >= len(msgspec.msgpack.encode(spec))
 
 
@@ -402,4 +402,4 @@ def test_spec_size_counts_the_ulimits_numbers_and_the_options_field_names() -> N
     most = tuple(model.Ulimit("x", 2**63 - 1, 2**63 - 1) for _ in range(container.MAX_LIST))
     spec = model.ServiceSpec(name="a", image="x", container=Options(ulimits=most, read_only=True, init=True))
     assert validate.spec_size(spec) >= len(msgspec.msgpack.encode(spec))
-    assert validate.spec_size(spec) >= convert.spec_to_pb(spec).ByteSize()
+    assert validate.spec_size(spec) >= specconvert.spec_to_pb(spec).ByteSize()

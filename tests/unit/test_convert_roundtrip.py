@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from warren import model
 from warren.agent.status import Report
-from warren.api import convert
+from warren.api import convert, specconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
@@ -229,14 +229,14 @@ wire = settings(max_examples=40, deadline=None, suppress_health_check=[HealthChe
 @wire
 @given(service_specs())
 def test_a_service_spec_survives_the_wire(spec: model.ServiceSpec) -> None:
-    assert convert.spec_from_pb(convert.spec_to_pb(spec)) == spec
+    assert specconvert.spec_from_pb(specconvert.spec_to_pb(spec)) == spec
 
 
 @wire
 @given(service_specs())
 def test_a_spec_read_from_the_wire_is_sent_as_it_came(spec: model.ServiceSpec) -> None:
-    msg = convert.spec_to_pb(spec)
-    assert convert.spec_to_pb(convert.spec_from_pb(msg)) == msg
+    msg = specconvert.spec_to_pb(spec)
+    assert specconvert.spec_to_pb(specconvert.spec_from_pb(msg)) == msg
 
 
 @wire
@@ -299,7 +299,7 @@ def test_a_node_description_becomes_the_node_it_describes(
 ) -> None:
     desc = dpb.NodeDescription(
         hostname=described.hostname,
-        resources=convert.resources_to_pb(described.resources),
+        resources=specconvert.resources_to_pb(described.resources),
         addr=described.addr,
         os=described.os,
         arch=described.arch,
@@ -373,15 +373,15 @@ def test_a_service_message_carries_its_spec_and_fields(
             status.from_version,
         )
         assert (shown_status.started_at, shown_status.completed_at) == (status.started_at, status.completed_at)
-    assert [(r.version, convert.spec_from_pb(r.spec), r.at, r.summary) for r in msg.history] == [
+    assert [(r.version, specconvert.spec_from_pb(r.spec), r.at, r.summary) for r in msg.history] == [
         (r.version, r.spec or spec, r.at, r.summary)
         for r in history  # None: the current spec
     ]
     assert not convert.service_to_pb(service, with_previous=False).history
-    assert convert.spec_from_pb(msg.spec) == spec
+    assert specconvert.spec_from_pb(msg.spec) == spec
     # The spec before: the newest kept one, else the field written before histories.
     before = next((r.spec for r in reversed(history) if r.spec is not None), previous)
-    assert (convert.spec_from_pb(msg.previous_spec) if msg.HasField("previous_spec") else None) == before
+    assert (specconvert.spec_from_pb(msg.previous_spec) if msg.HasField("previous_spec") else None) == before
     assert (msg.desired_tasks, msg.running_tasks) == (desired, running)
     assert not convert.service_to_pb(service, with_previous=False).HasField("previous_spec")
 

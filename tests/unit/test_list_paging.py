@@ -153,17 +153,17 @@ def test_a_negative_page_size_is_invalid_argument() -> None:
 
 def test_list_services_converts_each_spec_once_and_follows_updates(monkeypatch: pytest.MonkeyPatch) -> None:
     """ListServices reuses each service's converted spec until the service changes (ADR 51)."""
-    from warren.api import convert
+    from warren.api import specconvert
 
     control = _control(services=30)
     converted: list[str] = []
-    real = convert.spec_to_pb
+    real = specconvert.spec_to_pb
 
     def counting(spec: ServiceSpec) -> Any:
         converted.append(spec.name)
         return real(spec)
 
-    monkeypatch.setattr(convert, "spec_to_pb", counting)
+    monkeypatch.setattr(specconvert, "spec_to_pb", counting)
     first = _call(control.ListServices, cpb.ListServicesRequest())
     assert len(converted) == 31
     again = _call(control.ListServices, cpb.ListServicesRequest())

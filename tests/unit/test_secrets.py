@@ -23,7 +23,7 @@ from warren.agent.assignments import AssignmentSet
 from warren.agent.controller import TaskController
 from warren.agent.runtime import ContainerSpec, MountedFile
 from warren.agent.taskfiles import FileVault, MissingFiles, TaskFiles
-from warren.api import convert
+from warren.api import specconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.cli import secret as cli_secret
@@ -219,12 +219,12 @@ def test_targets_default_as_docker_does() -> None:
         pb.FileRef(source="db", target="pw", mode=0o400),
         pb.FileRef(source="d", target="/x"),
     ]
-    assert convert.file_refs_from_pb(refs, "secret") == (
+    assert specconvert.file_refs_from_pb(refs, "secret") == (
         FileRef("db", "/run/secrets/db"),
         FileRef("db", "/run/secrets/pw", mode=0o400),
         FileRef("d", "/x"),
     )
-    assert convert.file_refs_from_pb([pb.FileRef(source="app")], "config") == (FileRef("app", "/app"),)
+    assert specconvert.file_refs_from_pb([pb.FileRef(source="app")], "config") == (FileRef("app", "/app"),)
 
 
 # -- the CLI -------------------------------------------------------------------------------------

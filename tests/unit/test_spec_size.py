@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from warren.api import convert
+from warren.api import specconvert
 from warren.model import HealthCheck, PortConfig, ServiceSpec
 from warren.validate import MAX_SPEC_BYTES, ValidationError, check_spec, spec_size
 
@@ -76,5 +76,5 @@ _specs = st.builds(
 @settings(max_examples=200, deadline=None)
 @given(_specs)
 def test_spec_size_is_at_least_either_encoding(spec: ServiceSpec) -> None:
-    assert spec_size(spec) >= convert.spec_to_pb(spec).ByteSize()
+    assert spec_size(spec) >= specconvert.spec_to_pb(spec).ByteSize()
     assert spec_size(spec) >= len(msgspec.msgpack.encode(spec))

@@ -10,7 +10,7 @@ import pytest
 from tests.unit.agent_fakes import make_task
 from tests.unit.test_cli_parse import create_spec, updated
 from warren.agent.controller import container_spec, stop_signal
-from warren.api import convert
+from warren.api import specconvert
 from warren.model import ServiceSpec
 from warren.validate import ValidationError, check_spec, signal_number
 
@@ -42,10 +42,10 @@ def test_empty_means_sigterm() -> None:
 
 def test_the_spec_round_trips_through_the_wire() -> None:
     spec = ServiceSpec(name="a", image="x", stop_signal="SIGQUIT")
-    msg = convert.spec_to_pb(spec)
+    msg = specconvert.spec_to_pb(spec)
     assert msg.stop_signal == "SIGQUIT"
-    assert convert.spec_from_pb(msg) == spec
-    assert convert.spec_from_pb(convert.spec_to_pb(ServiceSpec(name="a", image="x"))).stop_signal == ""
+    assert specconvert.spec_from_pb(msg) == spec
+    assert specconvert.spec_from_pb(specconvert.spec_to_pb(ServiceSpec(name="a", image="x"))).stop_signal == ""
 
 
 def test_state_written_before_the_field_existed_still_decodes() -> None:

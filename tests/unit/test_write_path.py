@@ -11,7 +11,7 @@ import grpc
 import lmdb
 import pytest
 
-from warren.api import convert
+from warren.api import convert, specconvert
 from warren.manager.journal import LmdbJournal
 from warren.manager.server import _Guard
 from warren.manager.store import open_environment
@@ -55,13 +55,13 @@ def test_the_journal_makes_appends_and_votes_durable_whatever_the_environment_sy
 
 def test_a_services_reply_converts_each_spec_object_once(monkeypatch: pytest.MonkeyPatch) -> None:
     converted: list[ServiceSpec] = []
-    real = convert.spec_to_pb
+    real = specconvert.spec_to_pb
 
     def counting(spec: ServiceSpec) -> Any:
         converted.append(spec)
         return real(spec)
 
-    monkeypatch.setattr(convert, "spec_to_pb", counting)
+    monkeypatch.setattr(specconvert, "spec_to_pb", counting)
     spec = ServiceSpec(name="web", image="busybox:latest")
     older = ServiceSpec(name="web", image="busybox:1.36")
     # A new service's history is its current spec alone (the revision's spec is None).

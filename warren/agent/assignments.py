@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from warren.agent.runtime import PullLogin
-from warren.api import convert
+from warren.api import convert, names, specconvert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import types_pb2 as pb
 from warren.model import ServiceSpec, Task, TaskState
@@ -271,7 +271,7 @@ class AssignmentSet:
         for login in msg.pull_logins:
             self.logins[login.task_id] = PullLogin(login.host, login.username, login.password)
         for task in msg.updated:  # pulled and started: its login is no longer needed here
-            if convert.task_state_or(task.state, TaskState.NEW) >= TaskState.RUNNING:
+            if names.task_state_or(task.state, TaskState.NEW) >= TaskState.RUNNING:
                 self.logins.pop(task.id, None)
 
     def _read(self, msg: dpb.AssignmentsMessage) -> tuple[tuple[Task, ...], tuple[tuple[str, str], ...]]:
@@ -282,7 +282,7 @@ class AssignmentSet:
             self._arrived.add(key)
             try:
                 self.specs[key] = converted_spec(entry.spec)
-            except (convert.ConversionError, ValueError, TypeError) as exc:
+            except (names.ConversionError, ValueError, TypeError) as exc:
                 bad.extend((t.id, f"unreadable task spec: {exc}") for t in msg.updated if _key(t) == key)
         for task in msg.updated:  # every task counts, readable or not, as on the managers' side
             self.refs.refer(task.id, _key(task))
@@ -299,7 +299,7 @@ class AssignmentSet:
         held = self.tasks.get(msg.id) or self.held(msg.id)
         if held is not None and held.spec_version == msg.spec_version:
             return held.spec
-        if convert.task_state_or(msg.desired_state, TaskState.SHUTDOWN) > TaskState.RUNNING:
+        if names.task_state_or(msg.desired_state, TaskState.SHUTDOWN) > TaskState.RUNNING:
             return ServiceSpec(name=msg.service_name, image="")  # never started: only to be stopped
         return None
 
@@ -397,11 +397,11 @@ _converted_specs: dict[bytes, ServiceSpec] = {}
 
 
 def converted_spec(spec: pb.ServiceSpec) -> ServiceSpec:
-    """`convert.spec_from_pb`, once per distinct spec (the oldest is forgotten past the limit)."""
+    """`specconvert.spec_from_pb`, once per distinct spec (the oldest is forgotten past the limit)."""
     key = hashlib.blake2b(spec.SerializeToString(deterministic=True), digest_size=16).digest()  # a spec may be 256 KiB
     found = _converted_specs.get(key)
     if found is None:
-        found = convert.spec_from_pb(spec)  # raises on a bad spec: nothing is kept then
+        found = specconvert.spec_from_pb(spec)  # raises on a bad spec: nothing is kept then
         if len(_converted_specs) >= CONVERTED_SPECS_LIMIT:
             del _converted_specs[next(iter(_converted_specs))]
         _converted_specs[key] = found
@@ -429,6 +429,6 @@ def _read_tasks(
                 bad.append((msg.id, f"its spec (service {msg.service_id} version {msg.spec_version}) was not sent"))
                 continue
             good.append(convert.task_from_pb(msg, spec))
-        except (convert.ConversionError, ValueError, TypeError) as exc:
+        except (names.ConversionError, ValueError, TypeError) as exc:
             bad.append((msg.id, f"unreadable task spec: {exc}"))
     return tuple(good), tuple(bad)

@@ -5,7 +5,7 @@ ServiceSpec conversion it reuses); a module of its own, as convert.py is past it
 from __future__ import annotations
 
 from warren import model
-from warren.api import convert
+from warren.api import names, specconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.stack.plan import StackPlan
@@ -27,7 +27,7 @@ def dependency_from_pb(msg: pb.ServiceDependency) -> Dependency:
         condition = DependencyCondition(msg.condition) if msg.condition else DependencyCondition.STARTED
     except ValueError:
         allowed = ", ".join(c.value for c in DependencyCondition)
-        raise convert.ConversionError(
+        raise names.ConversionError(
             f"depends_on condition must be one of {allowed} (got {shown(msg.condition)})"
         ) from None
     return Dependency(msg.service, condition, msg.required)
@@ -48,11 +48,11 @@ def _object_to_pb(obj: StackObject) -> cpb.StackObject:
 
 
 def stack_from_pb(msg: cpb.StackSpec) -> StackSpec:
-    """Raises convert.ConversionError on a value the model has no name for."""
+    """Raises names.ConversionError on a value the model has no name for."""
     return StackSpec(
         name=msg.name,
         services=tuple(
-            StackService(convert.spec_from_pb(s.spec), tuple(dependency_from_pb(d) for d in s.depends_on))
+            StackService(specconvert.spec_from_pb(s.spec), tuple(dependency_from_pb(d) for d in s.depends_on))
             for s in msg.services
         ),
         networks=tuple(
@@ -71,7 +71,9 @@ def stack_to_pb(stack: StackSpec) -> cpb.StackSpec:
     return cpb.StackSpec(
         name=stack.name,
         services=[
-            cpb.StackService(spec=convert.spec_to_pb(s.spec), depends_on=[dependency_to_pb(d) for d in s.depends_on])
+            cpb.StackService(
+                spec=specconvert.spec_to_pb(s.spec), depends_on=[dependency_to_pb(d) for d in s.depends_on]
+            )
             for s in stack.services
         ],
         networks=[

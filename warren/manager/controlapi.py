@@ -13,7 +13,7 @@ import msgspec
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from warren import commands, pki, rebalance, reconciler
-from warren.api import convert
+from warren.api import convert, names, specconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import control_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
@@ -80,10 +80,10 @@ def resolve_service(state: ClusterState, ref: str) -> Service:
 
 def _spec(msg: pb.ServiceSpec) -> ServiceSpec:
     try:
-        spec = convert.spec_from_pb(msg)
+        spec = specconvert.spec_from_pb(msg)
         check_spec(spec)
         check_reference(spec.image)
-    except (convert.ConversionError, ValidationError, ValueError) as exc:
+    except (names.ConversionError, ValidationError, ValueError) as exc:
         raise invalid(str(exc)) from None
     return spec
 
@@ -382,8 +382,8 @@ class ControlService(
     # -- tasks -------------------------------------------------------------------------------
     async def ListTasks(self, request: cpb.ListTasksRequest, context: object) -> cpb.ListTasksResponse:
         try:
-            states = {convert.task_state(s) for s in request.states}
-        except convert.ConversionError as exc:
+            states = {names.task_state(s) for s in request.states}
+        except names.ConversionError as exc:
             raise invalid(str(exc)) from None
         try:  # the token's service name, for a listing of the whole cluster
             size = paging.page_size(request.page_size)

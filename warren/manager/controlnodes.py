@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 
 from warren import commands
-from warren.api import convert
+from warren.api import convert, names
 from warren.api.v1 import control_pb2 as cpb
 from warren.api.v1 import types_pb2 as pb
 from warren.manager.peerstatus import PeerStatus
@@ -56,8 +56,8 @@ def _choice(kind: type[E], value: str, field: str) -> E | None:
     if not value:
         return None
     try:
-        return convert.enum_member(kind, value, field)
-    except convert.ConversionError as exc:
+        return names.enum_member(kind, value, field)
+    except names.ConversionError as exc:
         raise invalid(str(exc)) from None
 
 

@@ -18,7 +18,7 @@ import grpc
 import msgspec
 
 from warren import commands
-from warren.api import convert, stackconvert
+from warren.api import names, stackconvert
 from warren.api.v1 import control_pb2 as cpb
 from warren.commands.stacks import changed_object, in_stack
 from warren.ids import new_id
@@ -56,7 +56,7 @@ class StacksControl:
             check_stack(stack, request.allow_unsupported)
             for service in stack.services:
                 check_reference(service.spec.image)
-        except (convert.ConversionError, ValidationError, ValueError) as exc:
+        except (names.ConversionError, ValidationError, ValueError) as exc:
             raise invalid(str(exc)) from None
         warnings = [unsupported_message(stack).split("; deploy anyway")[0]] if stack.unsupported else []
         command = await self._stack_command(stack, request.prune, warnings, dry_run=request.dry_run)

@@ -24,7 +24,7 @@ import msgspec
 
 from warren import commands, logsetup, pki, tls, validate
 from warren.aio import wait_within
-from warren.api import convert
+from warren.api import convert, names
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
 from warren.api.v1 import types_pb2 as pb
@@ -585,7 +585,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             try:
                 update = convert.task_update_from_pb(status, _reported_time(status.timestamp))
                 validate.check_task_report(status.task_id, status.runtime_id, status.health)
-            except (convert.ConversionError, validate.ValidationError) as exc:
+            except (names.ConversionError, validate.ValidationError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if update.state is None or update.state < TaskState.ACCEPTED:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"an agent cannot report state {status.state}")

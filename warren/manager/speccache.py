@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 
-from warren.api import convert
+from warren.api import specconvert
 from warren.api.v1 import types_pb2 as pb
 from warren.model import Service, ServiceSpec, Task
 
@@ -29,7 +29,7 @@ class SpecCache:
         """`service`'s spec as protobuf; shared, so copy it rather than change it."""
         hit = self._specs.get(service.id)
         if hit is None or hit[0] is not service.spec:
-            hit = self._specs[service.id] = (service.spec, convert.spec_to_pb(service.spec))
+            hit = self._specs[service.id] = (service.spec, specconvert.spec_to_pb(service.spec))
         return hit[1]
 
     def task_spec_pb(self, task: Task) -> pb.ServiceSpec:
@@ -40,7 +40,7 @@ class SpecCache:
         if hit is None or hit[0] != task.spec_version or (hit[1] is not task.spec and hit[1] != task.spec):
             if len(self._task_specs) >= MAX_TASK_SPECS:  # removed services are never asked again
                 self._task_specs = {}
-            hit = self._task_specs[task.service_id] = (task.spec_version, task.spec, convert.spec_to_pb(task.spec))
+            hit = self._task_specs[task.service_id] = (task.spec_version, task.spec, specconvert.spec_to_pb(task.spec))
         return hit[2]
 
     def keep_only(self, service_ids: Collection[str]) -> None:
