@@ -20,7 +20,7 @@ from warren.agent.assignments import AssignmentSet, MeshMember, _member
 from warren.api import specconvert
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.commitdigest import CommitDigests
-from warren.manager.dispatcher import DispatcherService
+from warren.manager.sessiondiff import node_task_diff
 from warren.manager.sessionspecs import SessionSpecs
 from warren.manager.speccache import SpecCache
 from warren.model import Node, ServiceSpec, Task, TaskState, same_but_status
@@ -314,11 +314,10 @@ UP = (TaskState.RUNNING, TaskState.RUNNING)  # (state, desired state)
 )
 def test_a_session_reading_commit_digests_sends_what_walking_every_change_sent(history: list) -> None:
     """Random commits of tasks put on the node, elsewhere, moved away, ending, deleted, and of
-    other kinds, read one by one or several at once: the dispatcher's `_diff` over the commits'
+    other kinds, read one by one or several at once: `node_task_diff` over the commits'
     digests updates and removes exactly the tasks, in the order, that walking every change did,
     and the digests say whether nodes or volumes changed."""
-    dispatcher = DispatcherService.__new__(DispatcherService)  # only its store is read by _diff
-    dispatcher._store = _StateOnly()  # type: ignore[assignment]
+    store = _StateOnly()
     digests = CommitDigests()
     known: dict[str, Task] = {}
     walked_known: dict[str, Task] = {}
@@ -329,7 +328,7 @@ def test_a_session_reading_commit_digests_sends_what_walking_every_change_sent(h
             continue
         read = [digests.of(i, changes) for i, changes in pending]
         specs = SessionSpecs(by_reference=True)
-        updated, removed = dispatcher._diff("n1", known, read, specs, [])
+        updated, removed = node_task_diff("n1", known, read, specs, [], store.read)
         every = [change for _, changes in pending for change in changes]
         assert ([t.id for t in updated], removed) == _walk_every_change("n1", walked_known, every)
         assert known == walked_known

@@ -17,7 +17,7 @@ import msgspec
 from tests.unit.core_sim import Sim, node, spec
 from warren import commands
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager.dispatcher import _endpoints
+from warren.manager.endpoints import all_endpoints
 from warren.manager.routingreports import RoutingReports
 from warren.model import (
     Availability,
@@ -300,7 +300,7 @@ def test_endpoints_list_ready_tasks_that_are_not_draining() -> None:
             Put("task", task("stopping", "10.200.0.6", desired_state=TaskState.SHUTDOWN)),
         ]
     )
-    [endpoint] = _endpoints(state)
+    [endpoint] = all_endpoints(state)
     assert sorted(endpoint.backends) == ["10.200.0.2", "10.200.0.3"]
 
 

@@ -20,7 +20,7 @@ from tests.unit.test_endpoint_deltas import Agent, Rig, _change, _run, _service,
 from warren.agent.assignments import AssignmentSet, KeyOrdered, VersionGap
 from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints, TrackingAssignmentSet
 from warren.api.v1 import dispatcher_pb2 as dpb
-from warren.manager import dispatcher
+from warren.manager import sessionopen
 from warren.manager.server import ApiError, caller
 from warren.network.endpointdigest import DIGEST_SIZE, endpoint_digest, endpoint_of
 from warren.network.lb import Endpoint
@@ -210,7 +210,7 @@ def test_simulated_nodes_send_the_digests_of_the_sets_their_tracker_held_lately(
 
 
 def test_too_many_digests_are_an_invalid_argument(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dispatcher, "MAX_DIGESTS", 2)
+    monkeypatch.setattr(sessionopen, "MAX_DIGESTS", 2)
     digests = [dpb.EndpointDigest(name=f"s{k}", digest=b"x" * DIGEST_SIZE) for k in range(3)]
     test_bad_digests_are_invalid_arguments(digests, "at most 2 endpoint digests (got 3)")
 

@@ -19,7 +19,7 @@ from warren.api.v1 import types_pb2 as pb
 from warren.cli import main
 from warren.cli.errors import CliError
 from warren.cli.network import apply_service_flags, parse_attachment
-from warren.manager.dispatcher import _endpoints
+from warren.manager.endpoints import all_endpoints
 from warren.manager.server import ApiError
 from warren.model import (
     ClusterInfo,
@@ -156,7 +156,7 @@ def test_endpoints_carry_networks_every_live_task_address_aliases_and_internal()
     sim.create_service(on("api", "db", "front"))
     sim.create_service(spec("legacy"))
     sim.converge()
-    sent = {e.name: e for e in _endpoints(sim.state)}
+    sent = {e.name: e for e in all_endpoints(sim.state)}
     assert list(sent["pg"].networks) == ["db"] and sent["pg"].internal
     assert [(a.network, a.alias) for a in sent["pg"].aliases] == [("db", "postgres")]
     assert list(sent["api"].networks) == ["db", "front"] and not sent["api"].internal

@@ -20,21 +20,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any, NamedTuple
 
 import grpc
-import msgspec
 
 from warren import commands, logsetup, pki, tls, validate
 from warren.aio import wait_within
 from warren.api import convert, names
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.api.v1 import dispatcher_pb2_grpc
-from warren.api.v1 import types_pb2 as pb
 from warren.commands import overlay_layout
 from warren.ids import new_id
-from warren.manager import metrics
-from warren.manager.commitdigest import CommitDigest, CommitDigests
+from warren.manager import metrics, sessiondiff, sessionopen
+from warren.manager.commitdigest import CommitDigests
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog
-from warren.manager.endpoints import all_endpoints
 from warren.manager.events import Event, EventHub
 from warren.manager.execbroker import ExecBroker
 from warren.manager.hearing import Heartbeats
@@ -47,91 +44,15 @@ from warren.manager.sessionpace import Pauses, reconnect_spread, session_pace
 from warren.manager.sessionspecs import FileSource, SessionSpecs
 from warren.manager.sessionwake import WorkBell, pause
 from warren.manager.speccache import SpecCache
-from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, Task, TaskState, same_but_status
-from warren.network.endpointdigest import DIGEST_SIZE, MAX_DIGESTS, MAX_NAME_BYTES
+from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, TaskState
 from warren.reconciler import liveness
-from warren.state import ClusterState, Delete, Put
-from warren.text import shown
-from warren.validate import ValidationError, check_node_description, check_wireguard
+from warren.state import ClusterState
+from warren.validate import ValidationError, check_wireguard
 
 log = logging.getLogger(__name__)
 
 FAILING_AFTER = 2  # sessions in a row that failed after reaching a manager: the node "keeps failing"
 SESSION_FAILING = "its session is failing"
-
-
-def _visible(task: Task) -> bool:
-    """Tasks an agent must know about: those it should run, and those it should stop."""
-    return not task.state.terminal or task.desired_state == TaskState.RUNNING
-
-
-def _echo(sent: Task, task: Task) -> bool:
-    """Whether `task` differs from the version its agent holds only by the status that agent
-    reported (SwarmKit's dispatcher sends no such update either). At 1,000 nodes each task was
-    sent back after each of its reports: preparing, starting, running (#15). States up to
-    ASSIGNED are the managers' own, and always sent."""
-    return task.state > TaskState.ASSIGNED and same_but_status(sent, task)
-
-
-def _coalesce(first: tuple[int, list | None], events: asyncio.Queue) -> list[tuple[int, list]] | None:
-    """`first` and every commit already queued behind it, (index, changes) in order; None if
-    the state was replaced. A session that fell behind (many nodes, commits coming fast) sends
-    one message for all of them instead of one per commit, each with the whole endpoint list."""
-    batches = [first]
-    while not events.empty():
-        batches.append(events.get_nowait())
-    ready = [(index, changes) for index, changes in batches if changes is not None]
-    return ready if len(ready) == len(batches) else None
-
-
-def _registers_nothing(state: ClusterState, register: commands.RegisterNode) -> bool:
-    """Whether `register` would change nothing but the node's update time: a known node
-    reconnecting with the same description (after a leader change, every node does at once,
-    #15) then commits nothing. Computed by the command's own handler, so it cannot drift."""
-    old = state.nodes.get(register.node.id)
-    if old is None:
-        return False
-    result, changes = commands.apply(state, register)
-    if not result.ok or len(changes) != 1 or not isinstance(changes[0], Put):
-        return False
-    new = changes[0].obj
-    return isinstance(new, Node) and msgspec.structs.replace(new, updated_at=old.updated_at) == old
-
-
-def _failure_text(text: str) -> str:
-    """An agent's failure text as one printable line."""
-    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
-
-
-def _held_endpoints(request: dpb.SessionRequest) -> dict[str, bytes]:
-    """The digests of the endpoints the agent holds, by service name (ADR 81). A name is only
-    looked up, so any name of a sendable size goes: one that names no service keeps nothing."""
-    digests = request.endpoint_digests
-    if len(digests) > MAX_DIGESTS:
-        raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, f"at most {MAX_DIGESTS} endpoint digests (got {len(digests)})")
-    held: dict[str, bytes] = {}
-    for entry in digests:
-        if not 0 < len(entry.name.encode()) <= MAX_NAME_BYTES:
-            raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"an endpoint digest's service name has 1-{MAX_NAME_BYTES} bytes"
-            )
-        if len(entry.digest) != DIGEST_SIZE:
-            raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the endpoint digest of {shown(entry.name)} has {len(entry.digest)} bytes, not {DIGEST_SIZE}",
-            )
-        held[entry.name] = entry.digest
-    return held
-
-
-def _endpoints(state: ClusterState) -> list[dpb.ServiceEndpoint]:
-    """Every service with a VIP and its backends, as an agent holds them (`endpointlog`)."""
-    return all_endpoints(state)
-
-
-def _node_volumes(state: ClusterState, node_id: str) -> list[str]:
-    """The names of the volumes that live on the node (ADR 40), sorted."""
-    return sorted(v.name for v in state.volumes.values() if v.node_id == node_id)
 
 
 class _NodeView(NamedTuple):
@@ -203,30 +124,14 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self._require_leader()
         identity = caller.get()
         logsetup.bind(worker=identity.node_id)  # the session's lines name the node it is with
+        sessionopen.check_session_request(request)
         desc = request.description
-        try:
-            check_node_description(
-                desc.hostname, dict(desc.labels), desc.resources.nano_cpus, desc.resources.memory_bytes
-            )
-            check_wireguard(desc.wg_public_key, desc.wg_endpoint)
-        except ValidationError as exc:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        try:
-            for what, value in (("addr", desc.addr), ("os", desc.os), ("arch", desc.arch)):
-                validate.check_token(f"the node's {what}", value)
-            if desc.metrics_addr:
-                validate.check_hostport("the node's metrics_addr", desc.metrics_addr)
-        except ValidationError as exc:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-        held = _held_endpoints(request)
-        if len(request.last_failure) > validate.MAX_FAILURE_TEXT:
-            raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {validate.MAX_FAILURE_TEXT} characters"
-            )
+        held = sessionopen.held_endpoints(request)
         # Not ready until a heartbeat proves this session works, if the last ones failed.
         failing = self._failing.get(identity.node_id, "")
         if request.failed_sessions >= FAILING_AFTER:
-            failing = f"{_failure_text(request.last_failure) or 'unknown error'} ({request.failed_sessions} in a row)"
+            why = sessionopen.failure_text(request.last_failure) or "unknown error"
+            failing = f"{why} ({request.failed_sessions} in a row)"
         now = time.time()
         node = convert.node_from_description(
             desc,
@@ -240,7 +145,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         )
         register = commands.RegisterNode(node)
         with self._store.read() as state:
-            unchanged = _registers_nothing(state, register)
+            unchanged = sessionopen.registers_nothing(state, register)
         if not unchanged:
             check_result(await self._raft.propose_async(register, self._timeout))
         if failing:
@@ -263,10 +168,10 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 spec_list: list[dpb.TaskSpec] = []
                 with self._store.read() as state:
                     # Each task the agent holds, as last sent to it.
-                    known = {t.id: t for t in state.node_tasks(node.id) if _visible(t)}
+                    known = {t.id: t for t in state.node_tasks(node.id) if sessiondiff.visible(t)}
                     tasks = [specs.task(known[t], spec_list, state) for t in sorted(known)]
                     logins = pull_logins(state, known.values(), self._vault)
-                    volumes = _node_volumes(state, node.id)
+                    volumes = sessiondiff.node_volumes(state, node.id)
                     vip_range = overlay_layout(state.cluster).vips if state.cluster else ""
                     period, nodes = self._period(state), len(state.nodes)
                 view = self._current_nodes()
@@ -305,7 +210,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         pass
                     else:
                         wake.clear()  # this message answers the work of the commits taken in now
-                        batches = _coalesce(first, events)
+                        batches = sessiondiff.coalesce(first, events)
                     with self._store.read() as state:
                         if state.is_revoked(node.id):  # `node rm`: this session ends now
                             raise ApiError(grpc.StatusCode.PERMISSION_DENIED, REMOVED_NODE)
@@ -315,7 +220,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                         # each session was O(changes x sessions) per commit (#15).
                         digests = [self._digests.of(index, changes) for index, changes in batches]
                     spec_list = []
-                    updated, removed = self._diff(node.id, known, digests, specs, spec_list)
+                    updated, removed = sessiondiff.node_task_diff(
+                        node.id, known, digests, specs, spec_list, self._store.read
+                    )
                     specs.prune()
                     logins = []
                     if updated:  # a task not sent again for its own status holds its login already (ADR 76)
@@ -336,7 +243,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     new_volumes = None
                     if any(digest.volumes_changed for digest in digests):
                         with self._store.read() as state:
-                            current_volumes = _node_volumes(state, node.id)
+                            current_volumes = sessiondiff.node_volumes(state, node.id)
                         if current_volumes != volumes:
                             new_volumes = volumes = current_volumes
                     # A delta if the agent takes them (ADR 65), else the whole list; None if the
@@ -418,46 +325,6 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         managers_version = view.managers_version + (managers != view.managers)
         self._node_view = _NodeView(index, managers, managers_version, self._mesh.version)
         return self._node_view
-
-    def _diff(
-        self,
-        node_id: str,
-        known: dict[str, Task],
-        digests: list[CommitDigest],
-        specs: SessionSpecs,
-        spec_list: list[dpb.TaskSpec],
-    ) -> tuple[list, list[str]]:
-        """The tasks of the node that the commits (in order) updated or removed; a task changed
-        by several commits is sent once, as the last one left it. A change of only what the
-        agent itself reported is not sent back to it (`_echo`)."""
-        updated: dict[str, pb.Task] = {}
-        removed: dict[str, None] = {}  # ordered set
-        # Read commit by commit: which changes concern the node depends on `known` so far.
-        for change in (c for digest in digests for c in digest.task_changes_for(node_id, known.keys())):
-            if isinstance(change, Put) and change.kind == "task" and isinstance(change.obj, Task):
-                task = change.obj
-                if task.node_id == node_id and _visible(task):
-                    sent = known.get(task.id)
-                    removed.pop(task.id, None)
-                    if sent is not None and task.id not in updated and _echo(sent, task):
-                        continue  # `known` keeps the version sent: the managers' fields the agent holds
-                    with self._store.read() as state:  # the values of its secrets, if sent with its spec
-                        updated[task.id] = specs.task(task, spec_list, state)
-                        held = state.tasks.get(task.id)
-                    # The state's copy when it has the same managers' fields: it shares its spec
-                    # with the state (ADR 55), where the commit's own copy would hold another.
-                    known[task.id] = held if held is not None and same_but_status(held, task) else task
-                elif task.id in known:
-                    del known[task.id]
-                    specs.remove(task.id)
-                    updated.pop(task.id, None)
-                    removed[task.id] = None
-            elif isinstance(change, Delete) and change.kind == "task" and change.id in known:
-                del known[change.id]
-                specs.remove(change.id)
-                updated.pop(change.id, None)
-                removed[change.id] = None
-        return list(updated.values()), list(removed)
 
     async def Heartbeat(self, request: dpb.HeartbeatRequest, context: object) -> dpb.HeartbeatResponse:
         self._require_leader()
