@@ -13,7 +13,8 @@ from pysyncobj.transport import TCPTransport
 
 from tests.integration.harness import free_port
 from tests.waiting import wait_for
-from warren.manager.raft_transport import HardenedTcpConnection, HardenedTransport
+from warren.manager.raft_connection import HardenedTcpConnection
+from warren.manager.raft_transport import HardenedTransport
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE
 
 from warren.manager.raft_cipher import HEADER_BYTES, FrameCipher, FrameError, is_sealed
-from warren.manager.raft_transport import MAX_FRAME_BYTES, HardenedTcpConnection
+from warren.manager.raft_connection import MAX_FRAME_BYTES, HardenedTcpConnection
 
 SECRET = "a-raft-secret"
 FERNET = getEncryptor(SECRET)  # PySyncObj's Fernet (slow to derive: once)

@@ -15,7 +15,8 @@ import pytest
 from pysyncobj.poller import createPoller
 from pysyncobj.tcp_connection import CONNECTION_STATE
 
-from warren.manager.raft_transport import MAX_FRAME_BYTES, PRE_AUTH_FRAME_BYTES, HardenedTcpConnection, _normalise_ip
+from warren.manager.raft_connection import MAX_FRAME_BYTES, PRE_AUTH_FRAME_BYTES, HardenedTcpConnection
+from warren.manager.raft_transport import _normalise_ip
 
 
 def frame(message: object) -> bytes:
