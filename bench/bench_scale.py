@@ -317,6 +317,10 @@ def s1(
             "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in prom_rss.items()},
             "cpu_s": {k: round(v, 1) for k, v in prom_cpu.items()},
             "store_used_bytes": prom.by_instance("warren_state_store_used_bytes"),
+            "raft_log_resident_peak_mib": {
+                key: round(value / 2**20, 1)
+                for key, value in prom.by_instance(f"max_over_time(warren_raft_log_resident_bytes[{window}])").items()
+            },
             "store_file_bytes": prom.by_instance("warren_state_store_file_bytes"),
             "tasks_running_leader": prom.scalar(f'warren_tasks{{state="running",instance="{leader_key}"}}'),
             "raft_tick_gap_p99_ms": {

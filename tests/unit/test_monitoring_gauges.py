@@ -7,7 +7,6 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from warren import pki
 from warren.agent.nodemetrics import NodeCollector
 from warren.manager.metrics import StateCollector
+from warren.manager.ports import RaftStatus
 from warren.model import (
     Availability,
     ClusterInfo,
@@ -44,8 +44,8 @@ def _scrape(collector: object) -> Samples:
     return samples
 
 
-def _raft() -> SimpleNamespace:
-    return SimpleNamespace(state="leader", term=3, commit_index=10, applied_index=10, peers={})
+def _raft() -> RaftStatus:
+    return RaftStatus("leader", "", 3, 10, 10, True, {}, log_entries=7, log_resident_bytes=700)
 
 
 def _state() -> ClusterState:
@@ -175,3 +175,9 @@ def test_the_state_lock_is_held_only_to_take_references() -> None:
     assert read_while_locked == []
     assert samples[("warren_service_running_tasks", (("service", "web"),))] == 1  # counted, after the lock
     assert samples[("warren_tasks", (("state", "running"),))] == 2  # t4 too: running, though to be shut down
+
+
+def test_the_raft_log_reports_its_entries_and_the_bytes_it_holds_in_memory() -> None:
+    samples = _scrape(_collector(_state()))
+    assert samples[("warren_raft_log_entries", ())] == 7
+    assert samples[("warren_raft_log_resident_bytes", ())] == 700

@@ -99,6 +99,11 @@ class LmdbJournal(pysyncobj_journal.Journal):
             raise NoRoomError(f"cannot append Raft entry {idx}: {exc}") from None
         self._hold(command, idx, term)
 
+    @property
+    def resident_bytes(self) -> int:
+        """The bytes of commands held in memory."""
+        return self._resident
+
     def _hold(self, command: bytes, idx: int, term: int) -> None:
         self._entries.append((command, idx, term))
         self._resident += len(command)

@@ -163,6 +163,14 @@ class StateCollector(Collector):
         yield GaugeMetricFamily(
             "warren_raft_applied_index", "Last Raft index applied to the store", value=raft.applied_index
         )
+        yield GaugeMetricFamily(
+            "warren_raft_log_entries", "Entries in the Raft log since its last compaction", value=raft.log_entries
+        )
+        yield GaugeMetricFamily(
+            "warren_raft_log_resident_bytes",
+            "Bytes of the Raft log's commands held in memory (the newest applied ones, and every unapplied one)",
+            value=raft.log_resident_bytes,
+        )
         g = GaugeMetricFamily(
             "warren_raft_peer_connected", "1 while this manager has a Raft connection to the member", labels=["peer"]
         )

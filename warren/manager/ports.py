@@ -41,6 +41,8 @@ class RaftStatus:
     has_quorum: bool
     peers: dict[str, bool]  # raft address -> connected
     self_addr: str = ""
+    log_entries: int = 0  # in the Raft log, since its last compaction
+    log_resident_bytes: int = 0  # of those entries' commands, held in memory (ADR 91)
 
     @property
     def members(self) -> list[str]:

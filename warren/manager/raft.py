@@ -469,6 +469,8 @@ class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, SyncObj):
             has_quorum=bool(raw["has_quorum"]),
             peers=peers,
             self_addr=raw["self"].id,
+            log_entries=len(self._journal),
+            log_resident_bytes=self._journal.resident_bytes,
         )
 
 
