@@ -19,6 +19,7 @@ import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import lmdb
 from pysyncobj import journal as pysyncobj_journal
@@ -133,7 +134,7 @@ class LmdbJournal(pysyncobj_journal.Journal):
     def _whole(self, held: _Held) -> Entry:
         command, idx, term = held
         if command is not None:
-            return (command, idx, term)
+            return cast(Entry, held)  # as held: no new tuple on PySyncObj's every lookup
         with self._env.begin() as txn:
             value = txn.get(self._key(idx), db=self._log)
         if value is None:  # a log that lost an entry it applied: no follower can be sent it
