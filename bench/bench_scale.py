@@ -754,9 +754,12 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
 
     async def main() -> dict[str, Any]:
         creds = tls.channel_credentials(*tls.load_credentials(Path(creds_dir)))
-        channels = [grpc.aio.secure_channel(a, creds, options=tls.channel_options()) for a in addrs for _ in range(4)]
-        stubs = [control_pb2_grpc.ControlStub(c) for c in channels]
-        for stub in stubs:  # connect every channel before the clock starts
+        # Four channels per manager, each with the address it reaches.
+        options = tls.channel_options()
+        targets = [(grpc.aio.secure_channel(a, creds, options=options), a) for a in addrs for _ in range(4)]
+        channels = [channel for channel, _ in targets]
+        stubs = [(control_pb2_grpc.ControlStub(channel), addr) for channel, addr in targets]
+        for stub, _ in stubs:  # connect every channel before the clock starts
             await stub.ListServices(cpb.ListServicesRequest(page_size=1), timeout=RPC_TIMEOUT)
         writes: list[float] = []
         reads: list[float] = []
@@ -771,7 +774,7 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
         writing = [clients]
 
         async def writer(index: int) -> None:
-            stub, addr = stubs[index % len(stubs)], addrs[(index % len(stubs)) // 4]
+            stub, addr = stubs[index % len(stubs)]
             for i in next_index:
                 spec = tpb.ServiceSpec(name=f"svc-{i:05d}", image=IMAGE, replicas=replicas)
                 while True:
@@ -793,7 +796,7 @@ def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: lis
             writing[0] -= 1
 
         async def reader(index: int) -> None:
-            stub, addr = stubs[(index * 5 + 1) % len(stubs)], addrs[((index * 5 + 1) % len(stubs)) // 4]
+            stub, addr = stubs[(index * 5 + 1) % len(stubs)]
             n = 0
             while writing[0] > 0:
                 t0 = time.perf_counter()

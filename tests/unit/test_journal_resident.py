@@ -73,20 +73,20 @@ def test_deletes_keep_the_count_of_bytes_held(
     applied = [10]
     log = _log(env, tmp_path, 20, applied)
     log.shed()
-    assert _held(log) == list(range(11, 21)) and log._resident == 1000  # 11-20 are not applied
+    assert _held(log) == list(range(11, 21)) and log.resident_bytes == 1000  # 11-20 are not applied
     log.deleteEntriesTo(3)  # a compaction: entries 1-3 go
-    assert log[0] == (_command(4), 4, 1) and log._resident == 1000
+    assert log[0] == (_command(4), 4, 1) and log.resident_bytes == 1000
     log.deleteEntriesFrom(12)  # a follower's log cut from entry 16 on
-    assert log._resident == 500 and log.last_index() == 15
+    assert log.resident_bytes == 500 and log.last_index() == 15
     for idx in range(16, 19):  # sent again by a new leader
         log.add(_command(idx), idx, 2)
-    assert log._resident == 800 and log[-1] == (_command(18), 18, 2)
+    assert log.resident_bytes == 800 and log[-1] == (_command(18), 18, 2)
     applied[0] = 16
     log.shed()
-    assert _held(log) == list(range(14, 19)) and log._resident == 500
+    assert _held(log) == list(range(14, 19)) and log.resident_bytes == 500
     assert log[:] == [(_command(i), i, 1 if i < 16 else 2) for i in range(4, 19)]
     log.clear()
-    assert log._resident == 0 and len(log) == 0
+    assert log.resident_bytes == 0 and len(log) == 0
 
 
 def test_a_restart_holds_only_the_budget_of_applied_commands(

@@ -109,9 +109,13 @@ class LmdbJournal(pysyncobj_journal.Journal):
         self._entries.append((command, idx, term))
         self._resident += len(command)
 
+    @staticmethod
+    def _held_bytes(entries: list[_Held]) -> int:
+        return sum(len(command) for command, _, _ in entries if command is not None)
+
     def _drop_from(self, position: int) -> None:
         """Forget the entries from `position` on (in memory only)."""
-        self._resident -= sum(len(c) for c, _, _ in self._entries[position:] if c is not None)
+        self._resident -= self._held_bytes(self._entries[position:])
         del self._entries[position:]
         self._shed_to = min(self._shed_to, position)
 
@@ -201,7 +205,7 @@ class LmdbJournal(pysyncobj_journal.Journal):
         with self._env.begin(write=True) as txn:
             for _command, idx, _term in self._entries[:entryTo]:
                 txn.delete(self._key(idx), db=self._log)
-        self._resident -= sum(len(c) for c, _, _ in self._entries[:entryTo] if c is not None)
+        self._resident -= self._held_bytes(self._entries[:entryTo])
         del self._entries[:entryTo]
         self._shed_to = max(0, self._shed_to - entryTo)
 
