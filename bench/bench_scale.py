@@ -18,7 +18,9 @@ on a shared 2-core machine: managers, simulator, load generator and Prometheus s
   10-replica service and of one service of BIG_REPLICAS replicas, each group once the leader is
   quiet (`quiet_leader`: the run's tail done); the wait and the leader's CPU meanwhile are kept.
 
-These are measurements, not assertions: goals are reported as met or not met.
+These are measurements, not assertions: goals are reported as met or not met. S1's client is
+bench/scale_load.py, S3 bench/scale_failure.py, S4 bench/scale_cli.py, and the headline figures
+with their goals bench/scale_figures.py.
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, cpu_seconds, figure, latency_summary, machine_info, rss_kib, wait_for
+from bench.common import REPO, cpu_seconds, machine_info, rss_kib, wait_for
+from bench.scale_cli import s4
+from bench.scale_cluster import IMAGE, RPC_TIMEOUT, Cluster
+from bench.scale_failure import s3
+from bench.scale_figures import figures
 
 SETS: dict[str, dict[str, int]] = {
     # the seed's load test (#15 S1)
@@ -54,74 +58,14 @@ CLIENTS = 32
 # deploy/prometheus scrapes every 15 s. Every 5 s still gives the run's windows a dozen points or
 # more; every 1 s, formatting 1,000 services' series took 12 % of the S1 leader's CPU.
 SCRAPE_INTERVAL = "5s"
-KILL_PCT = 10
 OVERLAY_RANGE = "10.128.0.0/12"  # 4,096 nodes: the simulated overlay gives each node a /24
-IMAGE = "busybox"
-RPC_TIMEOUT = 30.0
-CLI_RUNS = 3
-# S4 is timed once the leader is quiet: under this share of a core over two windows in a row,
-# waiting at most QUIET_WAIT_S.
-QUIET_SHARE = 0.3
-QUIET_WINDOW_S = 2.0
-QUIET_WAIT_S = 120.0
 CONTROL = "/warren.api.v1.Control/"
 WRITES = "CreateService"
 READS = "GetService|ListServices"
 
-# #15's goals
-RUNNING_AFTER_LAST_CREATE_GOAL_S = 5.0
-S1_RSS_GOAL_MIB = 256.0
-S2_RSS_GOAL_MIB = 1024.0
-S2_TASKS_PER_S_GOAL = 2000.0
-WRITE_P99_GOAL_MS = 100.0
-READ_P99_GOAL_MS = 20.0
-NODE_DOWN_EXTRA_GOAL_S = 2.0
-CLI_GOAL_S = 1.0
-
 
 def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-class Cluster:
-    """The managers, seen through the founder's admin credentials."""
-
-    def __init__(self, managers: list[Any]) -> None:
-        self.managers = managers
-
-    def stub(self, manager: Any) -> Any:
-        return manager.control((manager.founder or manager).data_dir / "admin")
-
-    def alive(self) -> list[Any]:
-        return [m for m in self.managers if m.process is not None and m.process.poll() is None]
-
-    def leader(self) -> Any | None:
-        import grpc
-
-        for m in self.alive():
-            try:  # every page: past the first page of nodes, the managers may be on any
-                nodes = self.nodes(m)
-            except grpc.RpcError:
-                continue
-            if any(n.leader and n.id == m.node_id for n in nodes):
-                return m
-        return None
-
-    def nodes(self, manager: Any) -> list[Any]:
-        from warren.api.pages import all_pages
-        from warren.api.v1 import control_pb2 as cpb
-
-        return all_pages(
-            lambda r: self.stub(manager).ListNodes(r, timeout=RPC_TIMEOUT), cpb.ListNodesRequest(), "nodes"
-        )
-
-    def tasks(self, manager: Any) -> list[Any]:
-        from warren.api.pages import all_pages
-        from warren.api.v1 import control_pb2 as cpb
-
-        return all_pages(
-            lambda r: self.stub(manager).ListTasks(r, timeout=RPC_TIMEOUT), cpb.ListTasksRequest(), "tasks"
-        )
 
 
 class Sampler(threading.Thread):
@@ -223,7 +167,7 @@ def s1(
         return int(sum(value for labels, value in running if labels.get("state") == "running"))
 
     sampler = Sampler(managers, sim, tasks, leader_running)
-    args = [sys.executable, "-m", "bench.bench_scale", "--load", str(clients), str(params["services"])]
+    args = [sys.executable, "-m", "bench.scale_load", str(clients), str(params["services"])]
     args += [str(params["replicas"]), str(managers[0].data_dir / "admin"), *(m.addr for m in managers)]
     started = time.time()
     load = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
@@ -363,204 +307,6 @@ def s1(
     return result
 
 
-def _slot_counts(cluster: Cluster, manager: Any) -> tuple[int, int, int]:
-    """(slots with one running task, slots with none among those seen, slots with more than one)."""
-    per_slot: Counter[tuple[str, int]] = Counter()
-    seen: set[tuple[str, int]] = set()
-    for t in cluster.tasks(manager):
-        key = (t.service_id, t.slot)
-        seen.add(key)
-        if t.state == "running":
-            per_slot[key] += 1
-    ones = sum(1 for k in seen if per_slot[k] == 1)
-    return ones, sum(1 for k in seen if per_slot[k] == 0), sum(1 for k in seen if per_slot[k] > 1)
-
-
-def s3(cluster: Cluster, sim: Any, tasks: int, nodes: int) -> dict[str, Any]:
-    import grpc
-
-    from warren.api.v1 import control_pb2 as cpb
-    from warren.api.v1 import types_pb2 as tpb
-
-    leader = cluster.leader()
-    starts_before = sim.status(states=False)["starts"]
-    count = max(1, nodes * KILL_PCT // 100)
-    killed_at = time.monotonic()
-    killed = set(sim.kill(count))
-
-    def all_down() -> bool:
-        try:
-            by_name = {n.hostname: n.status for n in cluster.nodes(leader)}
-        except grpc.RpcError:
-            return False
-        return all(by_name.get(h) == "down" for h in killed)
-
-    marked_down_s = wait_for(all_down, 300, f"{count} killed nodes marked down", interval=0.5)
-    wait_for(
-        lambda: sim.status(states=False)["running"] >= tasks,
-        600,
-        "the killed nodes' tasks running elsewhere",
-        interval=0.5,
-    )
-    elsewhere_s = time.monotonic() - killed_at
-    moved = sim.status(states=False)["starts"] - starts_before
-
-    # The leader: SIGKILL, then the next acknowledged write.
-    leader.kill(signal.SIGKILL)
-    spec = tpb.ServiceSpec(name="s3-after-leader-kill", image=IMAGE, replicas=0)
-
-    def write_acknowledged() -> bool:
-        for m in cluster.alive():
-            try:
-                cluster.stub(m).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=5)
-            except grpc.RpcError as exc:
-                if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    return True
-                continue
-            return True
-        return False
-
-    write_s = wait_for(write_acknowledged, 300, "a write acknowledged after the leader kill", interval=0.1)
-    new_leader = None
-
-    def settled() -> bool:
-        nonlocal new_leader
-        new_leader = cluster.leader()
-        if new_leader is None or sim.status(states=False)["running"] < tasks:
-            return False
-        try:
-            ones, _, dups = _slot_counts(cluster, new_leader)
-        except grpc.RpcError:  # a busy new leader: handshakes time out, as for the nodes
-            return False
-        return ones == tasks and dups == 0
-
-    settle_error = None
-    try:
-        settled_s = wait_for(settled, 300, "every slot running once after the leader kill", interval=2)
-    except RuntimeError as exc:
-        settled_s, settle_error = None, str(exc)
-    leader_now = new_leader or cluster.leader()
-    # Not answered (no leader found, or its list refused): unknown, not lost.
-    ones = lost = dups = None
-    try:
-        if leader_now is not None:
-            ones, lost, dups = _slot_counts(cluster, leader_now)
-        else:
-            settle_error = f"{settle_error or 'settled'}; no leader answered for the last task list"
-    except grpc.RpcError as exc:
-        settle_error = f"{settle_error or 'settled'}; the last task list failed: {exc.code().name}"
-    status = sim.status()
-    return {
-        "killed_nodes": count,
-        "node_down_s": round(marked_down_s, 2),
-        "tasks_running_elsewhere_s": round(elsewhere_s, 2),
-        "tasks_moved": moved,
-        "next_write_after_leader_kill_s": round(write_s, 2),
-        "settled_after_leader_kill_s": None if settled_s is None else round(settled_s, 2),
-        "settle_error": settle_error,
-        "slots_running_once": ones,
-        "slots_lost": lost,
-        "slots_duplicated": dups,
-        "sim_running": status["running"],
-        "sim_starts_after_leader_kill": status["starts"] - starts_before - moved,
-    }
-
-
-def _create_retrying(cluster: Cluster, manager: Any, request: Any, attempts: int = 5) -> list[str]:
-    """CreateService, again after an UNAVAILABLE answer (a connection refused or cut while it
-    was made), at most `attempts` times; returns the UNAVAILABLE details seen (the result keeps them)."""
-    import grpc
-
-    seen: list[str] = []
-    while True:
-        try:
-            cluster.stub(manager).CreateService(request, timeout=RPC_TIMEOUT)
-            return seen
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or len(seen) + 1 >= attempts:
-                raise
-            seen.append(str(exc.details())[:200])
-            time.sleep(1.0)
-
-
-def quiet_leader(cluster: Cluster, limit: float = QUIET_WAIT_S) -> dict[str, Any]:
-    """Wait until the leader is quiet: under QUIET_SHARE of a core over two windows in a row of
-    QUIET_WINDOW_S (the tail of a run, its passes and endpoint pushes, done). Returns how long
-    that took and the leader's share in each window; `quiet` false if it never was (within
-    `limit`), and the CLI is then timed on a busy leader."""
-    shares: list[float] = []
-    started = time.monotonic()
-    while time.monotonic() - started < limit:
-        leader = cluster.leader()
-        if leader is None:
-            time.sleep(QUIET_WINDOW_S)
-            continue
-        before = cpu_seconds(leader.process.pid)
-        time.sleep(QUIET_WINDOW_S)
-        shares.append(round((cpu_seconds(leader.process.pid) - before) / QUIET_WINDOW_S, 2))
-        if len(shares) >= 2 and max(shares[-2:]) < QUIET_SHARE:
-            return {"quiet": True, "after_s": round(time.monotonic() - started, 1), "leader_cpu_shares": shares}
-    return {"quiet": False, "after_s": round(time.monotonic() - started, 1), "leader_cpu_shares": shares}
-
-
-def s4(cluster: Cluster, sim: Any, params: dict[str, int], tasks_now: int, with_big: bool) -> dict[str, Any]:
-    """The CLI at the run's size, timed once the leader is quiet (the issue's S4 is about the
-    size, not a load; the wait and the leader's CPU meanwhile are part of the result)."""
-    from warren.api.v1 import control_pb2 as cpb
-    from warren.api.v1 import types_pb2 as tpb
-
-    settle = quiet_leader(cluster)
-    manager = cluster.leader() or cluster.alive()[0]
-
-    def timed(*args: str) -> dict[str, Any]:
-        env = manager.env()
-        env.pop("PYTHONDONTWRITEBYTECODE", None)  # as an installed CLI runs: with a bytecode cache
-        env["PYTHONPYCACHEPREFIX"] = str(manager.root / "pycache")
-        command = [sys.executable, "-m", "warren.cli.main", *args]
-        walls, lines = [], 0
-        for _ in range(CLI_RUNS + 1):  # the first run fills the bytecode cache
-            t0 = time.perf_counter()
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=manager.root, timeout=300)
-            walls.append(time.perf_counter() - t0)
-            if proc.returncode != 0:
-                return {"error": proc.stderr.strip()[-500:], "returncode": proc.returncode}
-            lines = len(proc.stdout.splitlines())
-        return {
-            "median_s": round(statistics.median(walls[1:]), 3),
-            "all_s": [round(w, 3) for w in walls[1:]],
-            "lines": lines,
-        }
-
-    out: dict[str, Any] = {
-        "settle": settle,
-        "service_ls": timed("service", "ls"),
-        "node_ls": timed("node", "ls"),
-        "cluster_info": timed("cluster", "info"),
-        "service_ps_small": timed("service", "ps", "svc-00000"),
-    }
-    if not with_big:  # an unsettled cluster: no more load on it
-        return out
-    big = params["big_replicas"]
-    spec = tpb.ServiceSpec(name="big", image=IMAGE, replicas=big)
-    out["big_create_unavailable"] = _create_retrying(cluster, manager, cpb.CreateServiceRequest(spec=spec))
-    try:
-        out["big_running_s"] = round(
-            wait_for(
-                lambda: sim.status(states=False)["running"] >= tasks_now + big,
-                max(300, big / 10),
-                f"{big} more tasks",
-                interval=0.5,
-            ),
-            2,
-        )
-    except RuntimeError as exc:
-        out["big_running_error"] = str(exc)
-    out["big_replicas"] = big
-    out["big_settle"] = quiet_leader(cluster)
-    out["service_ps_big"] = timed("service", "ps", "big")
-    return out
-
-
 def run_set(
     name: str,
     params: dict[str, int],
@@ -636,206 +382,6 @@ def run_set(
     return result
 
 
-def figures(result: dict[str, Any]) -> list[dict[str, Any]]:
-    p, s = result["params"], result["s1"]
-    big = result["set"] == "s2"
-    tasks = f"{s['tasks']:,} tasks / {p['nodes']:,} nodes"
-    prom = s["prometheus"]
-    if not s["all_running"]:
-        out = [
-            figure(f"tasks running when the run was stopped, of {tasks}", s["running_at_end"], "", s["tasks"], ">="),
-            figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""),
-            figure(
-                "fewest sim sessions open during the run", s["sim_min_connected_during_run"] or 0, "", p["nodes"], ">="
-            ),
-            figure(
-                "leader peak RSS",
-                s["managers_peak_rss_mib"][s["leader"]],
-                "MiB",
-                S2_RSS_GOAL_MIB if big else S1_RSS_GOAL_MIB,
-            ),
-        ]
-        return out + _s4_figures(result)
-    out = [
-        figure(f"first create -> all running, {tasks}", s["first_create_to_all_running_s"], "s"),
-        figure("  of which: all running on the nodes (simulator)", s.get("nodes_all_running_s"), "s"),
-        figure("  of which: all running in the leader's state", s.get("leader_all_running_s"), "s"),
-        figure(
-            "last create returned -> all running",
-            s["last_create_to_all_running_s"],
-            "s",
-            None if big else RUNNING_AFTER_LAST_CREATE_GOAL_S,
-        ),
-        figure(
-            "tasks started/s, first create -> all running",
-            s["starts_per_s"],
-            "/s",
-            S2_TASKS_PER_S_GOAL if big else None,
-            ">=",
-        ),
-        figure(
-            "leader peak RSS",
-            s["managers_peak_rss_mib"][s["leader"]],
-            "MiB",
-            S2_RSS_GOAL_MIB if big else S1_RSS_GOAL_MIB,
-        ),
-        figure(
-            f"CreateService p99, {s['clients']} clients (client side)",
-            s["client"]["writes"]["p99_ms"],
-            "ms",
-            WRITE_P99_GOAL_MS,
-        ),
-        figure("reads p99 during the run (client side)", s["client"]["reads"]["p99_ms"], "ms", READ_P99_GOAL_MS),
-        figure("Raft entries/s (leader)", s["raft_entries_per_s"], "/s"),
-    ]
-    if s["placements_per_s"] is not None:
-        out.append(figure("placements/s", s["placements_per_s"], "/s"))
-    for key, label in (
-        ("write_p99_ms", "CreateService p99 (Prometheus)"),
-        ("read_p99_ms", "reads p99 (Prometheus)"),
-        ("scheduling_pass_p99_ms", "scheduling pass p99 (Prometheus)"),
-    ):
-        if prom[key] is not None:
-            out.append(figure(label, prom[key], "ms"))
-    if "s3" in result:
-        s3r = result["s3"]
-        out += [
-            figure(f"S3: {s3r['killed_nodes']} killed nodes marked down", s3r["node_down_s"], "s"),
-            figure(
-                "S3: their tasks running elsewhere",
-                s3r["tasks_running_elsewhere_s"],
-                "s",
-                s3r["node_down_s"] + NODE_DOWN_EXTRA_GOAL_S,
-            ),
-            figure("S3: next write after a leader kill", s3r["next_write_after_leader_kill_s"], "s"),
-            *(
-                [figure("S3: slots lost or duplicated", s3r["slots_lost"] + s3r["slots_duplicated"], "", 0)]
-                if s3r["slots_lost"] is not None
-                else []  # no leader answered for the last task list: unknown
-            ),
-            # A failover must not touch what runs: every start after the leader kill is a restart.
-            figure("S3: tasks started again after the leader kill", s3r["sim_starts_after_leader_kill"], "", 0),
-        ]
-    out.append(figure("Raft elections during the run", s["raft_elections_during_run"] or 0, ""))
-    return out + _s4_figures(result)
-
-
-def _s4_figures(result: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
-    settle = result.get("s4", {}).get("settle")
-    if settle:
-        label = "S4: the leader quiet after the run" if settle["quiet"] else "S4: the leader never quiet, waited"
-        out.append(figure(label, settle["after_s"], "s"))
-    big = f"service ps ({result['params']['big_replicas']:,} replicas)"
-    for key, label in (
-        ("service_ls", "service ls"),
-        ("node_ls", "node ls"),
-        ("cluster_info", "cluster info"),
-        ("service_ps_big", big),
-    ):
-        entry = result.get("s4", {}).get(key, {})
-        if "median_s" in entry:
-            out.append(figure(f"S4: `warren {label}`", entry["median_s"], "s", CLI_GOAL_S))
-    return out
-
-
-def _load(clients: int, services: int, replicas: int, creds_dir: str, addrs: list[str]) -> dict[str, Any]:
-    """The client side of S1, in its own process: `clients` writers creating `services` services
-    one after another (retrying on a leader change), two readers timing reads until they finish."""
-    import asyncio
-    import random
-
-    import grpc
-
-    from warren import tls
-    from warren.api.v1 import control_pb2 as cpb
-    from warren.api.v1 import control_pb2_grpc
-    from warren.api.v1 import types_pb2 as tpb
-
-    async def main() -> dict[str, Any]:
-        creds = tls.channel_credentials(*tls.load_credentials(Path(creds_dir)))
-        # Four channels per manager, each with the address it reaches.
-        options = tls.channel_options()
-        targets = [(grpc.aio.secure_channel(a, creds, options=options), a) for a in addrs for _ in range(4)]
-        channels = [channel for channel, _ in targets]
-        stubs = [(control_pb2_grpc.ControlStub(channel), addr) for channel, addr in targets]
-        for stub, _ in stubs:  # connect every channel before the clock starts
-            await stub.ListServices(cpb.ListServicesRequest(page_size=1), timeout=RPC_TIMEOUT)
-        writes: list[float] = []
-        reads: list[float] = []
-        # The same latencies by the manager that answered (the addresses' order), to tell a
-        # leader's from a follower's.
-        writes_at: dict[str, list[float]] = {a: [] for a in addrs}
-        reads_at: dict[str, list[float]] = {a: [] for a in addrs}
-        errors: list[str] = []
-        created: list[str] = []
-        next_index = iter(range(services))
-        first: list[float] = []
-        writing = [clients]
-
-        async def writer(index: int) -> None:
-            stub, addr = stubs[index % len(stubs)]
-            for i in next_index:
-                spec = tpb.ServiceSpec(name=f"svc-{i:05d}", image=IMAGE, replicas=replicas)
-                while True:
-                    if not first:
-                        first.append(time.time())
-                    t0 = time.perf_counter()
-                    try:
-                        await stub.CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
-                    except grpc.RpcError as exc:
-                        errors.append(f"{exc.code().name}: {exc.details()}"[:200])
-                        if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
-                            break
-                        await asyncio.sleep(0.2)
-                        continue
-                    writes.append(time.perf_counter() - t0)
-                    writes_at[addr].append(writes[-1])
-                    created.append(spec.name)
-                    break
-            writing[0] -= 1
-
-        async def reader(index: int) -> None:
-            stub, addr = stubs[(index * 5 + 1) % len(stubs)]
-            n = 0
-            while writing[0] > 0:
-                t0 = time.perf_counter()
-                try:
-                    if n % 2 == 0 and created:
-                        await stub.GetService(
-                            cpb.GetServiceRequest(service=random.choice(created)), timeout=RPC_TIMEOUT
-                        )
-                    else:
-                        await stub.ListServices(cpb.ListServicesRequest(page_size=100), timeout=RPC_TIMEOUT)
-                except grpc.RpcError as exc:
-                    errors.append(f"read {exc.code().name}: {exc.details()}"[:200])
-                else:
-                    reads.append(time.perf_counter() - t0)
-                    reads_at[addr].append(reads[-1])
-                n += 1
-                await asyncio.sleep(0.05)
-
-        await asyncio.gather(*(writer(i) for i in range(clients)), *(reader(i) for i in range(2)))
-        last = time.time()
-        for channel in channels:
-            await channel.close()
-        return {
-            "first_create_at": first[0],
-            "last_create_returned_at": last,
-            "services_created": len(created),
-            "writes_per_s": round(len(writes) / (last - first[0]), 1),
-            "writes": latency_summary(writes) if writes else {},
-            "reads": latency_summary(reads) if reads else {},
-            "writes_by_manager": {a: latency_summary(v) for a, v in writes_at.items() if v},
-            "reads_by_manager": {a: latency_summary(v) for a, v in reads_at.items() if v},
-            "errors": len(errors),
-            "first_errors": errors[:5],
-            "client_cpu_s": round(sum(os.times()[:2]), 2),
-        }
-
-    return asyncio.run(main())
-
-
 def _interrupted(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -897,8 +443,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--load"]:
-        clients, services, replicas, creds, *addrs = sys.argv[2:]
-        print(json.dumps(_load(int(clients), int(services), int(replicas), creds, addrs)))
-        sys.exit(0)
     sys.exit(main())

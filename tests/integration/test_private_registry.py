@@ -24,13 +24,8 @@ from tests.fixtures.registry_auth import TestCA, TokenServer
 from warren.agent.runtime import RuntimeFailure
 from warren.manager.imagepin import LookupFailed, RegistryDigests
 from warren.runtime.containerd.driver import ContainerdRuntime
-from warren.runtime.containerd.registry import (
-    Credentials,
-    RegistryClient,
-    RegistryError,
-    StaticCredentials,
-    parse_reference,
-)
+from warren.runtime.containerd.reference import parse_reference
+from warren.runtime.containerd.registry import Credentials, RegistryClient, RegistryError, StaticCredentials
 
 pytestmark = pytest.mark.integration
 

@@ -16,14 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from warren.runtime.containerd.reference import Platform, parse_reference
 from warren.runtime.containerd.registry import (
     OCI_MANIFEST,
     Credentials,
-    Platform,
     RegistryClient,
     RegistryError,
     StaticCredentials,
-    parse_reference,
 )
 
 pytestmark = pytest.mark.integration

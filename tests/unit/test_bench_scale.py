@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from bench import bench_scale
+from bench import bench_scale, scale_cli, scale_failure
 
 
 def test_a_size_below_one_is_refused_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -38,7 +38,7 @@ def test_slot_counts_find_lost_and_duplicated_slots() -> None:
         task("b", 1, "failed"),  # lost: nothing runs in the slot
         task("b", 2, "running"),
     ]
-    ones, lost, duplicated = bench_scale._slot_counts(FakeCluster(tasks), None)  # type: ignore[arg-type]
+    ones, lost, duplicated = scale_failure._slot_counts(FakeCluster(tasks), None)  # type: ignore[arg-type]
     assert (ones, lost, duplicated) == (2, 1, 1)
 
 
@@ -50,7 +50,7 @@ def test_s4_waits_for_a_quiet_leader(monkeypatch: pytest.MonkeyPatch, shares: li
     leader that stays busy is reported as such when the wait ends. (The leader's CPU is a
     script here: a real process's share depends on how loaded the machine running the test is.)"""
     window = 0.01
-    monkeypatch.setattr(bench_scale, "QUIET_WINDOW_S", window)
+    monkeypatch.setattr(scale_cli, "QUIET_WINDOW_S", window)
     script = iter(shares)
     used = [0.0]
 
@@ -61,9 +61,9 @@ def test_s4_waits_for_a_quiet_leader(monkeypatch: pytest.MonkeyPatch, shares: li
         return used[0]
 
     cpu_seconds.ends = False  # type: ignore[attr-defined]
-    monkeypatch.setattr(bench_scale, "cpu_seconds", cpu_seconds)
+    monkeypatch.setattr(scale_cli, "cpu_seconds", cpu_seconds)
     cluster = SimpleNamespace(leader=lambda: SimpleNamespace(process=SimpleNamespace(pid=1)))
-    settle = bench_scale.quiet_leader(cluster, limit=0.25)  # type: ignore[arg-type]
+    settle = scale_cli.quiet_leader(cluster, limit=0.25)  # type: ignore[arg-type]
     seen = settle["leader_cpu_shares"]
     assert seen == pytest.approx(shares[: len(seen)], abs=0.01)
     assert settle["quiet"] is (windows is not None)

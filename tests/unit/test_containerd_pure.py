@@ -12,15 +12,8 @@ from warren.agent.runtime import ContainerSpec
 from warren.model import Resources
 from warren.runtime.containerd.images import chain_ids
 from warren.runtime.containerd.oci import SpecError, build_spec, exec_process, merge_env, parse_user
-from warren.runtime.containerd.registry import (
-    InvalidReference,
-    Platform,
-    RegistryError,
-    _parse_challenge,
-    is_loopback,
-    parse_reference,
-    select_manifest,
-)
+from warren.runtime.containerd.reference import InvalidReference, Platform, parse_reference
+from warren.runtime.containerd.registry import RegistryError, _parse_challenge, is_loopback, select_manifest
 
 DIGEST = "sha256:" + "a" * 64
 

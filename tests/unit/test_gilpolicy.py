@@ -12,7 +12,7 @@ from warren import gilpolicy, logsetup, proctitle
 from warren.agent import daemon as agent_daemon
 from warren.manager import daemon as manager_daemon
 from warren.manager.startup import ManagerOptions
-from warren.node import sim
+from warren.node import sim, simnode
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def _entries(tmp_path: Path) -> dict[str, Callable[[], object]]:
     return {
         "manager": lambda: manager_daemon.run(ManagerOptions(data_dir=tmp_path)),
         "agent": lambda: agent_daemon.run(agent_daemon.AgentOptions(data_dir=tmp_path, managers=[]), entry="x"),
-        "sim": lambda: sim.run(sim.SimOptions(tmp_path, "127.0.0.1:1", "token", nodes=1)),
+        "sim": lambda: sim.run(simnode.SimOptions(tmp_path, "127.0.0.1:1", "token", nodes=1)),
     }
 
 

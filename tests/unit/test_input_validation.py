@@ -21,7 +21,7 @@ from warren.cli import output, units
 from warren.constraints import ConstraintError, parse_constraint
 from warren.model import HealthCheck, ServiceSpec
 from warren.network import lb
-from warren.runtime.containerd import oci, registry
+from warren.runtime.containerd import oci, reference
 from warren.text import MAX_SHOWN, escape_control, shown
 from warren.validate import ValidationError, check_spec
 
@@ -72,7 +72,7 @@ VALIDATORS: dict[str, tuple[Callable[[str], object], str]] = {
     "cli port": (units.parse_port, "8080"),
     "cli publish": (units.parse_publish, "8080:80/udp"),
     "cli address": (units.parse_hostport, "127.0.0.1:4242"),
-    "registry reference": (registry.parse_reference, "registry.local:5000/team/app:1.0"),
+    "registry reference": (reference.parse_reference, "registry.local:5000/team/app:1.0"),
     "agent interface name": (lambda s: agent_settings.AgentSettings(wireguard_interface=s).check(), "wg-warren"),
     "agent cgroup parent": (agent_settings.check_cgroup_parent, "/warren/node1"),
     "nftables table": (lambda s: lb.removal(s), "warren"),

@@ -29,15 +29,13 @@ from warren.manager.registrylogins import LoginVault, StateCredentials, VaultErr
 from warren.manager.secretkeys import KeyRing, SecretKeyError, rewrap_kek, root_key
 from warren.manager.server import ApiError
 from warren.model import ClusterInfo, RegistryLogin, Service, ServiceSpec, Task, TaskState, registry_login_id
-from warren.runtime.containerd.registry import (
-    Credentials,
+from warren.runtime.containerd.reference import (
     InvalidReference,
-    RegistryClient,
-    StaticCredentials,
     check_registry_host,
     parse_reference,
     parse_registry_ca,
 )
+from warren.runtime.containerd.registry import Credentials, RegistryClient, StaticCredentials
 from warren.state import ClusterState, Put
 
 T = TypeVar("T")

@@ -25,7 +25,8 @@ from warren.agent.controller import ControllerEnv, TaskController
 from warren.agent.decisions import initial_state
 from warren.agent.runtime import ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import TaskState as S
-from warren.node.sim import HeldCredentials, SimOptions, Simulator, simulated_wg_key
+from warren.node.sim import Simulator
+from warren.node.simnode import HeldCredentials, SimOptions, simulated_wg_key
 from warren.runtime.sim import SIGNAL_EXIT_CODE, START_FAILURE, SimRuntime
 from warren.validate import check_wireguard
 
@@ -348,7 +349,7 @@ def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
 ) -> None:
     """Under load a join times out ("unreachable"): one slow join must not end the simulator."""
     from warren.agent import join as agent_join
-    from warren.node import sim
+    from warren.node import simnode
 
     failures = [agent_join.JoinError("unreachable", "timed out"), agent_join.JoinError("busy", "busy")]
     calls: list[str] = []
@@ -360,15 +361,15 @@ def test_a_join_that_times_out_is_tried_again_but_a_refused_one_is_not(
         return agent_join.JoinResult(node_id="n1", role="worker", managers=[addr], data_dir=data_dir)
 
     monkeypatch.setattr(agent_join, "join", fake_join)
-    monkeypatch.setattr(sim.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(simnode.time, "sleep", lambda seconds: None)
     options = SimOptions(data_dir=tmp_path, join_addr="127.0.0.1:9", token="t", nodes=1)
-    assert sim._join_one(options, 3) == (tmp_path / "nodes" / "sim-0003", "n1")
+    assert simnode.join_one(options, 3) == (tmp_path / "nodes" / "sim-0003", "n1")
     assert calls == ["sim-0003"] * 3
 
     failures[:] = [agent_join.JoinError("denied", "the token was rotated")]
     calls.clear()
     with pytest.raises(agent_join.JoinError, match="rotated"):
-        sim._join_one(options, 4)
+        simnode.join_one(options, 4)
     assert calls == ["sim-0004"]
 
 

@@ -41,6 +41,7 @@ from warren.agent.decisions import (
     stop_signal,
 )
 from warren.agent.logrotation import remove_task_logs
+from warren.agent.release import TaskRelease
 from warren.agent.runtime import ContainerSpec, ContainerState, ContainerStatus, RuntimeFailure
 from warren.agent.status import Report
 from warren.agent.taskfiles import MissingFiles
@@ -84,6 +85,7 @@ class TaskController:
         self._exited_at = 0.0  # monotonic time the exit was seen, for the restart delay
         self._retry = Backoff.schedule(env.retry_delays)  # transient failures of the current step
         self._network_released = False  # the task's namespace is gone (known only once released)
+        self._release = TaskRelease(env, task.id, self._retry, self._sleep)
         # The health check run: the service's, or the image's own, learnt from the container.
         self._check: HealthCheck | None = task.spec.health
         self.done = asyncio.Event()
@@ -392,53 +394,17 @@ class TaskController:
         return True
 
     async def _stop_container(self) -> ContainerStatus | None:
-        runtime_id = self.local.runtime_id
-        grace = self.task.spec.stop_grace_period
-        while True:
-            try:
-                status = await self.env.call(self.env.runtime.stop, runtime_id, grace, stop_signal(self.task))
-            except Exception as exc:
-                log.warning("task %s: stopping container %s failed: %s", self.task.id, runtime_id, exc)
-                delay = self._retry.next()
-                if self._retry.exhausted:
-                    self._retry.reset()
-                    return None  # give up stopping; remove() kills what is left
-                await asyncio.sleep(delay)
-                continue
-            self._retry.reset()
-            return status
+        return await self._release.stop(self.local.runtime_id, self.task.spec.stop_grace_period, stop_signal(self.task))
 
     async def _remove_container(self) -> bool:
-        runtime_id = self.local.runtime_id
-        try:
-            await self.env.call(self.env.runtime.remove, runtime_id)
-        except Exception as exc:
-            log.warning("task %s: removing container %s failed: %s", self.task.id, runtime_id, exc)
-            await self._sleep(self._retry.next())
+        if not await self._release.remove(self.local.runtime_id):
             return False
-        self._retry.reset()
         self._set_local(runtime_id="", started=False)
         return True
 
     async def _release_network(self) -> bool:
-        """Remove the task's namespace and veth once nothing runs in them. Unconditional: a task
-        that failed before its container existed has one too, and an ended task's overlay
-        address may already be given back (ADR 23)."""
-        if self.env.files is not None:  # its secrets' tmpfs goes with its other resources
-            try:
-                await self.env.call(self.env.files.release, self.task.id)
-            except Exception as exc:
-                log.warning("task %s: unmounting its secrets failed: %s", self.task.id, exc)
-                await self._sleep(self._retry.next())
-                return False
-        if self.env.networks is not None:
-            try:
-                await self.env.call(self.env.networks.detach, self.task.id)
-            except Exception as exc:
-                log.warning("task %s: releasing its network failed: %s", self.task.id, exc)
-                await self._sleep(self._retry.next())
-                return False
-        self._retry.reset()
+        if not await self._release.network():
+            return False
         self._network_released = True
         return True
 

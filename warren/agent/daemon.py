@@ -97,7 +97,7 @@ def make_runtime(options: AgentOptions) -> Runtime:
         return ExecRuntime(options.data_dir / "exec", account=options.metrics_addr is not None)
     if options.runtime == "containerd":
         from warren.runtime.containerd.driver import ContainerdRuntime
-        from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
+        from warren.runtime.containerd.reference import InvalidReference, parse_registry_ca
 
         try:
             cas = dict(parse_registry_ca(text) for text in options.registry_cas)

@@ -74,7 +74,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     path: Path = args.file
     check_archive(path)
     if args.name:
-        from warren.runtime.containerd.registry import InvalidReference, parse_reference
+        from warren.runtime.containerd.reference import InvalidReference, parse_reference
 
         try:
             parse_reference(args.name)

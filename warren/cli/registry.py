@@ -52,7 +52,7 @@ def register(groups: Any) -> None:
 
 
 def _host(text: str) -> str:
-    from warren.runtime.containerd.registry import InvalidReference, check_registry_host
+    from warren.runtime.containerd.reference import InvalidReference, check_registry_host
 
     try:
         return check_registry_host(text)
@@ -133,7 +133,7 @@ def caller_login(image: str) -> tuple[str, str, str]:
     """(registry, user, password) the caller's Docker client config holds for `image`'s registry:
     what `--with-registry-auth` sends, as `docker service create --with-registry-auth` does.
     Exit 2 with the reason when there is none."""
-    from warren.runtime.containerd.registry import DOCKER_HUB, InvalidReference, parse_reference
+    from warren.runtime.containerd.reference import DOCKER_HUB, InvalidReference, parse_reference
 
     try:
         host = parse_reference(image).registry

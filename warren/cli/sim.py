@@ -100,7 +100,7 @@ def _control(args: argparse.Namespace) -> int:
 
 def _options(args: argparse.Namespace) -> Any:
     from warren import pki, validate
-    from warren.node.sim import SimOptions, hostname
+    from warren.node.simnode import SimOptions, hostname
 
     if args.join_addr is None:
         raise CliError("give the managers' join address (MANAGER:JOINPORT)", Exit.USAGE)

@@ -220,7 +220,8 @@ def registry_cas(given: list[str] | None) -> tuple[str, ...] | None:
     paths since the daemons do not run from here; None if none was given (keep the saved ones)."""
     if not given:
         return None
-    from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca, tls_context
+    from warren.runtime.containerd.reference import InvalidReference, parse_registry_ca
+    from warren.runtime.containerd.registry import tls_context
 
     out = []
     for text in given:

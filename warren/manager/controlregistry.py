@@ -19,7 +19,8 @@ from warren.manager.registrylogins import LoginVault, VaultError, image_registry
 from warren.manager.server import ApiError
 from warren.model import ClusterInfo, registry_login_id
 from warren.model import RegistryLogin as LoginRecord
-from warren.runtime.containerd.registry import Credentials, InvalidReference, check_registry_host
+from warren.runtime.containerd.reference import InvalidReference, check_registry_host
+from warren.runtime.containerd.registry import Credentials
 from warren.state import ClusterState
 from warren.text import has_control, shown
 

@@ -73,7 +73,7 @@ from warren.manager.startup import (
 from warren.manager.store import Store, open_environment
 from warren.manager.taskfiles import TaskFileSource
 from warren.model import ClusterInfo
-from warren.runtime.containerd.registry import InvalidReference, parse_registry_ca
+from warren.runtime.containerd.reference import InvalidReference, parse_registry_ca
 from warren.state import ClusterState
 from warren.text import format_size
 

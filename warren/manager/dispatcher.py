@@ -16,8 +16,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any, NamedTuple
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import NamedTuple
 
 import grpc
 
@@ -30,6 +30,7 @@ from warren.commands import overlay_layout
 from warren.ids import new_id
 from warren.manager import metrics, sessiondiff, sessionopen
 from warren.manager.commitdigest import CommitDigests
+from warren.manager.dispatchstreams import BrokeredStreams
 from warren.manager.dispatchwire import Assignments
 from warren.manager.endpointlog import EndpointLog
 from warren.manager.events import Event, EventHub
@@ -67,7 +68,7 @@ class _NodeView(NamedTuple):
     mesh_version: int  # of `DispatcherService._mesh`, which holds the mesh and its encodings
 
 
-class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
+class DispatcherService(BrokeredStreams, dispatcher_pb2_grpc.DispatcherServicer):
     def __init__(
         self,
         store: StateReader,
@@ -462,61 +463,6 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         if report.updates:
             check_result(await self._raft.propose_async(report, self._timeout))
         metrics.STATUS_BATCHES.labels(transport).observe(time.perf_counter() - started)
-
-    # -- logs (ADR 14) ---------------------------------------------------------------------------
-    def _log_broker(self) -> LogBroker:
-        if self._logs is None:
-            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve logs")
-        return self._logs
-
-    async def _pushed(self, session_id: str, listen: Callable[[str], Any]) -> AsyncIterator:
-        """What a broker pushes to the session's node (`listen(node_id)`: its listener), for as
-        long as the session lasts on this leader: log subscriptions (ADR 14), execs (ADR 59)."""
-        self._require_leader()
-        listener = listen(self._node_of(session_id))
-
-        def alive() -> bool:
-            return self._raft.is_leader and session_id in self._sessions
-
-        try:
-            async for message in listener.messages(alive):
-                yield message
-        finally:
-            listener.close()
-
-    async def LogSubscriptions(self, request: dpb.LogSubscriptionsRequest, context: object) -> AsyncIterator:
-        """Push this node's log subscriptions for as long as its session lasts."""
-        async for message in self._pushed(request.session_id, lambda node: self._log_broker().listen(node)):
-            yield message
-
-    async def PublishLogs(self, request: dpb.PublishLogsRequest, context: object) -> dpb.PublishLogsResponse:
-        """One batch of log lines; the broker checks them against the caller's node."""
-        self._require_leader()
-        node_id = self._node_of(request.session_id)
-        stop = await self._log_broker().publish(node_id, request)
-        return dpb.PublishLogsResponse(stop=stop)
-
-    # -- exec (#16, ADR 59) --------------------------------------------------------------------
-    def _exec_broker(self) -> ExecBroker:
-        if self._execs is None:
-            raise ApiError(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve exec")
-        return self._execs
-
-    async def ExecSessions(self, request: dpb.ExecSessionsRequest, context: object) -> AsyncIterator:
-        """Push the execs for this node for as long as its session lasts."""
-        async for message in self._pushed(request.session_id, lambda node: self._exec_broker().listen(node)):
-            yield message
-
-    async def ExecAttach(self, requests: AsyncIterator[dpb.ExecFromAgent], context: object) -> AsyncIterator:
-        """An agent's stream for one exec: its first message names the session and the exec."""
-        self._require_leader()
-        first = await anext(aiter(requests), None)
-        if first is None:
-            raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, "the first message must name the session and the exec")
-        node_id = self._node_of(first.session_id)
-        channel = self._exec_broker().attach(node_id, first.exec_id)
-        async for message in self._exec_broker().serve_agent(channel, aiter(requests)):
-            yield message
 
 
 def _reported_time(timestamp: float) -> float:

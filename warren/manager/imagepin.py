@@ -17,14 +17,13 @@ from typing import Protocol
 
 from warren.aio import wait_within
 from warren.model import ServiceSpec
+from warren.runtime.containerd.reference import InvalidReference, parse_reference
 from warren.runtime.containerd.registry import (
     NO_CREDENTIALS,
     Credentials,
     CredentialStore,
-    InvalidReference,
     RegistryClient,
     RegistryError,
-    parse_reference,
 )
 from warren.text import shown
 from warren.validate import MAX_IMAGE

@@ -18,7 +18,8 @@ from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.ports import StateReader
 from warren.manager.secretkeys import KeyRing, SecretKeyError
 from warren.model import ClusterInfo, RegistryLogin, Task, TaskState, registry_login_id
-from warren.runtime.containerd.registry import Credentials, InvalidReference, parse_reference
+from warren.runtime.containerd.reference import InvalidReference, parse_reference
+from warren.runtime.containerd.registry import Credentials
 from warren.state import ClusterState
 
 log = logging.getLogger(__name__)

@@ -31,6 +31,7 @@ from warren.model import (
 from warren.reconciler import liveness
 from warren.reconciler.dependencies import waiting_for
 from warren.reconciler.liveness import DownCheck
+from warren.reconciler.volumes import bind_late, volumes_bound
 from warren.restart import next_attempt
 from warren.scheduler import address_capacity, host_ports_by_node, live_by_node, reserved_by_node, schedule
 from warren.state import ClusterState
@@ -477,33 +478,10 @@ class Pass:
                 if t.desired_state <= RUNNING and t.spec_version != version and not t.draining_since:
                     self.update(t, desired_state=SHUTDOWN)
 
-    def _unbound_volumes(self) -> None:
-        """A task placed while its volume was not bound (a plan committed late) binds it now."""
-        for service_id in sorted(self.state.coupled_services):  # those that mount volumes are among them
-            service = self.state.services[service_id]
-            if not service.spec.mounts:
-                continue
-            names = [n for n in mounts.volume_names(service.spec) if n not in self.volume_homes]
-            for name in names:
-                if name in self.bound_volumes:
-                    continue
-                for task_id in sorted(self.state.tasks_by_service.get(service.id, ())):
-                    task = self.state.tasks[task_id]
-                    if task.node_id and not task.state.terminal and name in mounts.volume_names(task.spec):
-                        self.bound_volumes[name] = (task.node_id, task)
-                        break
-
     def _volumes(self) -> tuple[Volume, ...]:
         """The volumes this pass binds: existing ones get a node, missing ones are created."""
-        self._unbound_volumes()
-        bound = []
-        for name, (node_id, task) in sorted(self.bound_volumes.items()):
-            volume = self.state.volume_by_name(name)
-            if volume is None:
-                options = next((m.volume_options for m in task.spec.mounts if m.source == name), {})
-                volume = Volume(id=self.new_id(), name=name, options=dict(options), created_at=self.now)
-            bound.append(msgspec.structs.replace(volume, node_id=node_id, updated_at=self.now))
-        return tuple(bound)
+        bind_late(self.state, self.volume_homes, self.bound_volumes)
+        return volumes_bound(self.state, self.bound_volumes, self.new_id, self.now)
 
     def plan(self) -> ApplyPlan:
         updates = []

@@ -57,13 +57,8 @@ from warren.runtime.containerd.oci import (
     exec_process,
     needs_image_users,
 )
-from warren.runtime.containerd.registry import (
-    NO_CREDENTIALS,
-    Credentials,
-    CredentialStore,
-    Platform,
-    RegistryClient,
-)
+from warren.runtime.containerd.reference import Platform
+from warren.runtime.containerd.registry import NO_CREDENTIALS, Credentials, CredentialStore, RegistryClient
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import grpc
 from google.protobuf import field_mask_pb2
@@ -27,22 +27,16 @@ from google.protobuf import field_mask_pb2
 from warren.agent.runtime import RuntimeFailure
 from warren.runtime.containerd import api
 from warren.runtime.containerd.client import Client, code_of, details_of
+from warren.runtime.containerd.reference import ImageRef, InvalidReference, Platform, host_platform, parse_reference
 from warren.runtime.containerd.registry import (
-    CHUNK,
     INDEX_TYPES,
     MANIFEST_TYPES,
-    MAX_MANIFEST_BYTES,
     Credentials,
-    ImageRef,
-    InvalidReference,
-    Platform,
     RegistryClient,
     RegistryError,
-    digest_of,
-    host_platform,
-    parse_reference,
     select_manifest,
 )
+from warren.runtime.containerd.sources import ArchiveSource, ContentSource, MissingContent, RegistrySource, Source
 
 LAYER_TYPES = (
     "application/vnd.oci.image.layer.v1.tar",
@@ -77,96 +71,6 @@ class ImageInfo:
     config: Mapping[str, object] = field(hash=False)  # the image config's "config": Entrypoint, Cmd, Env…
     diff_ids: tuple[str, ...] = ()
     chain_id: str = ""
-
-
-class _MissingContent(Exception):
-    """A blob is not in the local content store (so a local re-unpack is impossible)."""
-
-
-class _Source(Protocol):
-    """Where blobs come from: a registry, an OCI archive, or containerd's own content store."""
-
-    def read(self, desc: Mapping[str, object]) -> bytes: ...
-
-    def chunks(self, desc: Mapping[str, object]) -> Iterator[bytes]: ...
-
-
-def _verified(desc: Mapping[str, object], data: bytes, where: str) -> bytes:
-    digest = str(desc["digest"])
-    actual = digest_of(data, digest.split(":", 1)[0])
-    if actual != digest:
-        raise RegistryError(f"{where}: blob {digest} has digest {actual}", permanent=True)
-    return data
-
-
-class _RegistrySource:
-    def __init__(self, registry: RegistryClient, ref: ImageRef) -> None:
-        self._registry, self._ref = registry, ref
-
-    def read(self, desc: Mapping[str, object]) -> bytes:
-        return self._registry.read_blob(self._ref, desc)
-
-    def chunks(self, desc: Mapping[str, object]) -> Iterator[bytes]:
-        return self._registry.iter_blob(self._ref, desc)
-
-
-class _ArchiveSource:
-    """Blobs of an OCI image layout packed in a tar (`skopeo copy … oci-archive:FILE`)."""
-
-    def __init__(self, tar: tarfile.TarFile, path: Path) -> None:
-        self._tar, self._path = tar, path
-        self._members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
-
-    def file(self, name: str) -> bytes:
-        member = self._members.get(name)
-        if member is None:
-            raise RegistryError(f"{self._path} is not an OCI archive: it has no {name}", permanent=True)
-        handle = self._tar.extractfile(member)
-        assert handle is not None
-        return handle.read(MAX_MANIFEST_BYTES + 1)
-
-    def _member(self, desc: Mapping[str, object]) -> tarfile.TarInfo:
-        algorithm, _, hexdigest = str(desc["digest"]).partition(":")
-        member = self._members.get(f"blobs/{algorithm}/{hexdigest}")
-        if member is None:
-            raise RegistryError(f"{self._path}: blob {desc['digest']} is missing from the archive", permanent=True)
-        return member
-
-    def read(self, desc: Mapping[str, object]) -> bytes:
-        handle = self._tar.extractfile(self._member(desc))
-        assert handle is not None
-        return _verified(desc, handle.read(MAX_MANIFEST_BYTES + 1), str(self._path))
-
-    def chunks(self, desc: Mapping[str, object]) -> Iterator[bytes]:
-        handle = self._tar.extractfile(self._member(desc))
-        assert handle is not None
-        digest = str(desc["digest"])
-        hasher = hashlib.new(digest.split(":", 1)[0])
-        while chunk := handle.read(CHUNK):
-            hasher.update(chunk)
-            yield chunk
-        if f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}" != digest:
-            raise RegistryError(f"{self._path}: blob {digest} does not match its digest", permanent=True)
-
-
-class _ContentSource:
-    """containerd's content store: lets a known image be re-unpacked without the network."""
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def read(self, desc: Mapping[str, object]) -> bytes:
-        request = api.content_pb2.ReadContentRequest(digest=str(desc["digest"]))
-        try:
-            data = b"".join(r.data for r in self._client.content.Read(request, metadata=self._client.md(), timeout=60))
-        except grpc.RpcError as exc:
-            if code_of(exc) == NOT_FOUND:
-                raise _MissingContent(str(desc["digest"])) from exc
-            raise
-        return _verified(desc, data, "content store")
-
-    def chunks(self, desc: Mapping[str, object]) -> Iterator[bytes]:
-        raise _MissingContent(str(desc["digest"]))
 
 
 def _descriptor(desc: Mapping[str, Any]) -> dict[str, object]:
@@ -247,7 +151,7 @@ class ImageService:
         path = Path(path)
         try:
             with tarfile.open(path, "r:*") as tar:
-                source = _ArchiveSource(tar, path)
+                source = ArchiveSource(tar, path)
                 source.file("oci-layout")
                 entries = json.loads(source.file("index.json")).get("manifests") or []
                 if not entries:
@@ -282,7 +186,7 @@ class ImageService:
         known = self._known.get(name)
         if known is not None and known[0] == image.target.digest and self._snapshot_exists(known[1].chain_id):
             return known[1]
-        source = _ContentSource(self._client)
+        source = ContentSource(self._client)
         target = {"mediaType": image.target.media_type, "digest": image.target.digest, "size": image.target.size}
         try:
             body = source.read(target)
@@ -294,7 +198,7 @@ class ImageService:
                 self._known[name] = (image.target.digest, info)
                 return info
             return self._ingest(name, source, target, body)  # content is here, snapshots are not
-        except _MissingContent:
+        except MissingContent:
             return None
 
     def _local_by_digest(self, ref: ImageRef) -> ImageInfo | None:
@@ -334,9 +238,9 @@ class ImageService:
     def _pull(self, ref: ImageRef, login: Credentials | None = None) -> ImageInfo:
         registry = self._registry.with_login(ref.registry, login) if login else self._registry
         desc, body = registry.resolve(ref, self.platform)
-        return self._ingest(ref.name, _RegistrySource(registry, ref), desc, body)
+        return self._ingest(ref.name, RegistrySource(registry, ref), desc, body)
 
-    def _describe(self, name: str, desc: Mapping[str, object], body: bytes, source: _Source) -> tuple[ImageInfo, bytes]:
+    def _describe(self, name: str, desc: Mapping[str, object], body: bytes, source: Source) -> tuple[ImageInfo, bytes]:
         """Parse a manifest and fetch its config: what the image runs and which snapshots it needs."""
         try:
             manifest = json.loads(body)
@@ -360,7 +264,7 @@ class ImageService:
         info = ImageInfo(name, str(desc["digest"]), config.get("config") or {}, diff_ids, chain_ids(diff_ids)[-1])
         return info, config_bytes
 
-    def _ingest(self, name: str, source: _Source, desc: Mapping[str, object], body: bytes) -> ImageInfo:
+    def _ingest(self, name: str, source: Source, desc: Mapping[str, object], body: bytes) -> ImageInfo:
         desc = _descriptor({**desc, "mediaType": desc.get("mediaType") or json.loads(body).get("mediaType", "")})
         info, config_bytes = self._describe(name, desc, body, source)
         manifest = json.loads(body)

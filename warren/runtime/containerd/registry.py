@@ -1,7 +1,7 @@
-"""Image references and a Registry HTTP API v2 client (urllib only, no extra dependency).
+"""A Registry HTTP API v2 client (urllib only, no extra dependency), and manifest selection.
 
-The pure parts — `parse_reference`, `Platform`, `select_manifest` — know nothing about the
-network and are unit-tested directly. `RegistryClient` fetches manifests and blobs with
+`select_manifest` knows nothing about the network and is unit-tested directly; references are
+parsed in warren.runtime.containerd.reference. `RegistryClient` fetches manifests and blobs with
 digest verification, answers bearer-token and basic auth challenges with the credentials a
 `CredentialStore` holds for the registry (ADR 43), verifies HTTPS against the system roots or
 a private CA given per registry (`--registry-ca HOST=FILE`), and speaks plain HTTP only to
@@ -15,7 +15,6 @@ import copy
 import errno
 import hashlib
 import json
-import platform as _platform
 import re
 import socket
 import ssl
@@ -28,8 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API = "registry-1.docker.io"
+from warren.runtime.containerd.reference import ImageRef, Platform
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -42,20 +40,6 @@ ACCEPT = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST, OCI_INDEX, DOCKER_MANIFEST_LI
 MAX_MANIFEST_BYTES = 4 << 20
 CHUNK = 1 << 20
 
-# distribution/reference's grammar, simplified to what Docker and containerd accept.
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_DOMAIN_RE = re.compile(
-    r"^(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
-    r"|\[[0-9a-fA-F:.]+\])(?::[0-9]+)?$"
-)
-_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
-_DIGEST_RE = re.compile(r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
-
-
-class InvalidReference(ValueError):
-    """The image reference does not parse; retrying cannot help."""
-
 
 class RegistryError(Exception):
     """A pull step failed. `permanent`: the same reference will fail again (not found, denied)."""
@@ -64,96 +48,6 @@ class RegistryError(Exception):
         super().__init__(message)
         self.message = message
         self.permanent = permanent
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """A normalized image reference: `docker.io/library/busybox:latest`, `host:5000/a/b@sha256:…`."""
-
-    registry: str
-    repository: str
-    tag: str = ""
-    digest: str = ""
-
-    @property
-    def name(self) -> str:
-        """The canonical name, also the containerd image record's name."""
-        out = f"{self.registry}/{self.repository}"
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
-
-    @property
-    def reference(self) -> str:
-        """What to ask the registry's manifest endpoint for: the digest if pinned, else the tag."""
-        return self.digest or self.tag
-
-    @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    def __str__(self) -> str:
-        return self.name
-
-
-def parse_reference(text: str) -> ImageRef:
-    """Normalize a reference the way Docker does (`busybox` → `docker.io/library/busybox:latest`)."""
-    original = text
-    text = text.strip(" ")  # spaces only: a reference with a newline or tab is refused
-    if not text:
-        raise InvalidReference("empty image reference")
-    digest = ""
-    if "@" in text:
-        text, digest = text.rsplit("@", 1)
-        if not _DIGEST_RE.fullmatch(digest):
-            raise InvalidReference(f"invalid image reference {original!r}: bad digest {digest!r}")
-    tag = ""
-    last = text.rsplit("/", 1)[-1]
-    if ":" in last:
-        text, tag = text.rsplit(":", 1)
-        if not _TAG_RE.fullmatch(tag):
-            raise InvalidReference(f"invalid image reference {original!r}: bad tag {tag!r}")
-    first, sep, rest = text.partition("/")
-    if sep and ("." in first or ":" in first or first == "localhost" or first.lower() != first):
-        registry, path = first, rest
-        if not _DOMAIN_RE.fullmatch(registry):
-            raise InvalidReference(f"invalid image reference {original!r}: bad registry {registry!r}")
-    else:
-        registry, path = DOCKER_HUB, text
-    if registry == "index.docker.io":
-        registry = DOCKER_HUB
-    if registry == DOCKER_HUB and "/" not in path:
-        path = f"library/{path}"
-    if path.lower() != path:
-        raise InvalidReference(f"invalid image reference {original!r}: repository name must be lowercase")
-    if not _PATH_RE.fullmatch(path) or len(registry) + 1 + len(path) > 255:
-        raise InvalidReference(f"invalid image reference {original!r}")
-    if not tag and not digest:
-        tag = "latest"
-    return ImageRef(registry, path, tag, digest)
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "i386": "386", "i686": "386"}
-
-
-def host_platform() -> Platform:
-    """The platform images must match on this machine (linux/<arch>)."""
-    machine = _platform.machine().lower()
-    if machine.startswith("armv"):
-        return Platform("linux", "arm", "v" + machine[4])
-    return Platform("linux", _ARCH.get(machine, machine))
 
 
 def _normalize(p: Platform) -> Platform:
@@ -299,28 +193,6 @@ class _Layered:
 
     def lookup(self, host: str) -> Credentials | None:
         return self._first.get(host) or self._then.lookup(host)
-
-
-def registry_host(host: str) -> str:
-    """A registry as logins name it: Docker Hub's aliases are one registry."""
-    host = host.strip()
-    return DOCKER_HUB if host.lower() in (DOCKER_HUB, "index.docker.io", DOCKER_HUB_API) else host
-
-
-def check_registry_host(host: str) -> str:
-    """`host[:port]` as a registry name, or InvalidReference saying why not (one line)."""
-    text = host.strip()
-    if not text or not _DOMAIN_RE.fullmatch(text) or len(text) > 255:
-        raise InvalidReference(f"invalid registry {text!r}: expected HOST or HOST:PORT")
-    return registry_host(text)
-
-
-def parse_registry_ca(text: str) -> tuple[str, Path]:
-    """`HOST[:PORT]=FILE` (the `--registry-ca` flag): the registry and its CA bundle's path."""
-    host, sep, path = text.partition("=")
-    if not sep or not path.strip():
-        raise InvalidReference(f"--registry-ca must be HOST[:PORT]=FILE (got {text!r})")
-    return check_registry_host(host), Path(path.strip())
 
 
 def tls_context(ca_file: Path) -> ssl.SSLContext:

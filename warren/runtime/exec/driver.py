@@ -86,6 +86,7 @@ from warren.runtime.exec.cgroups import Cgroups
 from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env, tool
 from warren.runtime.exec.interactive import start_interactive
 from warren.runtime.exec.mounts import check_targets
+from warren.runtime.exec.record import Record, is_ours_and_alive
 from warren.runtime.exec.users import resolve_groups, resolve_user
 from warren.runtime.resolv import task_resolv_conf
 from warren.runtime.tini import init_binary
@@ -97,26 +98,6 @@ KILL_WAIT = 10.0  # seconds to wait for a process to die after SIGKILL before re
 POLL = 0.05  # /proc polling period for processes that are not our children
 EXEC_OUTPUT_LIMIT = 64 * 1024
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-class _Record(msgspec.Struct):
-    """What survives the agent: enough to find, re-adopt and report on one container."""
-
-    runtime_id: str
-    spec: ContainerSpec
-    log_path: str
-    cwd: str
-    created_at: float
-    state: ContainerState = ContainerState.CREATED
-    pid: int = 0
-    proc_start: int = 0  # field 22 of /proc/<pid>/stat: start time in clock ticks since boot
-    boot_id: str = ""
-    started_at: float = 0.0
-    finished_at: float = 0.0
-    exit_code: int | None = None
-    error: str = ""
-    cgroups: list[str] = []
-    version: int = 1
 
 
 class _Credentials(TypedDict, total=False):
@@ -142,7 +123,7 @@ class ExecRuntime:
         self._dir = Path(state_dir)
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # records hold the tasks' env
         self._lock = threading.RLock()
-        self._records: dict[str, _Record] = {}
+        self._records: dict[str, Record] = {}
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._images_noted: set[str] = set()
         # With `account` every container has cgroups (per-task metrics, ADR 60): their names
@@ -183,7 +164,7 @@ class ExecRuntime:
                 with open(log_path, "ab"):
                     pass
                 spec = msgspec.structs.replace(spec, resolv_conf=task_resolv_conf(spec, cdir))
-                rec = _Record(rid, spec, log_path, cwd, time.time())
+                rec = Record(rid, spec, log_path, cwd, time.time())
                 rec.cgroups = self._cgroups.create(rid, spec.limits)
                 self._save(rec, strict=True)
             except OSError as exc:
@@ -330,7 +311,7 @@ class ExecRuntime:
             return _exit_code(code), out.read().decode("utf-8", "replace")
 
     # -- internals --------------------------------------------------------------------------
-    def _get(self, runtime_id: str) -> _Record:
+    def _get(self, runtime_id: str) -> Record:
         rec = self._records.get(runtime_id)
         if rec is None:
             raise RuntimeFailure(f"no such container: {runtime_id}")
@@ -351,7 +332,7 @@ class ExecRuntime:
 
     def _spawn(
         self,
-        rec: _Record,
+        rec: Record,
         argv: builtins.list[str],
         out: IO[bytes] | int,
         stdin: IO[bytes] | int = subprocess.DEVNULL,
@@ -404,7 +385,7 @@ class ExecRuntime:
         except OSError as exc:
             raise RuntimeFailure(f"cannot start {argv[0]}: {exc}") from exc
 
-    def _refresh(self, rec: _Record) -> None:
+    def _refresh(self, rec: Record) -> None:
         """Notice a RUNNING process's exit (lock held)."""
         if rec.state is not ContainerState.RUNNING:
             return
@@ -415,20 +396,20 @@ class ExecRuntime:
                 return
             del self._children[rec.runtime_id]
             rec.exit_code = _exit_code(code)
-        elif _is_ours_and_alive(rec):
+        elif is_ours_and_alive(rec):
             return
         rec.state, rec.finished_at = ContainerState.EXITED, time.time()
         self._save(rec)
 
-    def _signal_group(self, rec: _Record, sig: int) -> None:
+    def _signal_group(self, rec: Record, sig: int) -> None:
         """Signal the container's process group, but only while its leader is provably ours."""
         own = rec.runtime_id in self._children  # an unreaped child's pid cannot be reused
-        if not own and not _is_ours_and_alive(rec):
+        if not own and not is_ours_and_alive(rec):
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec.pid, sig)
 
-    def _kill_leftovers(self, rec: _Record) -> None:
+    def _kill_leftovers(self, rec: Record) -> None:
         """SIGKILL what the dead leader left behind in its cgroups and process group. Linux does
         not reuse a pid while a group of that id has members, so the group is ours unless a
         process that is not ours now holds the pid."""
@@ -442,7 +423,7 @@ class ExecRuntime:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(rec.pid, SIGKILL)
 
-    def _status(self, rec: _Record) -> ContainerStatus:
+    def _status(self, rec: Record) -> ContainerStatus:
         return ContainerStatus(
             runtime_id=rec.runtime_id,
             state=rec.state,
@@ -454,7 +435,7 @@ class ExecRuntime:
             error=rec.error,
         )
 
-    def _save(self, rec: _Record, strict: bool = False) -> None:
+    def _save(self, rec: Record, strict: bool = False) -> None:
         """Atomic replace: a reader after kill -9 sees the old record or the new one. Only
         prepare fails on a write error; later, the in-memory state stays authoritative."""
         path = self._dir / rec.runtime_id / "record.json"
@@ -468,7 +449,7 @@ class ExecRuntime:
     def _load(self) -> None:
         for path in sorted(self._dir.glob("*/record.json")):
             try:
-                rec = msgspec.json.decode(path.read_bytes(), type=_Record)
+                rec = msgspec.json.decode(path.read_bytes(), type=Record)
             except (OSError, msgspec.DecodeError) as exc:
                 log.warning("exec runtime: skipping unreadable record %s: %s", path, exc)
                 continue
@@ -476,14 +457,6 @@ class ExecRuntime:
             self._refresh(rec)
         if self._records:
             log.info("exec runtime: re-adopted %d container(s) from %s", len(self._records), self._dir)
-
-
-def _is_ours_and_alive(rec: _Record) -> bool:
-    """The recorded process still runs: same boot, same pid, same start time, not a zombie."""
-    if rec.pid <= 0 or rec.boot_id != procfs.boot_id():
-        return False
-    st = procfs.proc_stat(rec.pid)
-    return st is not None and st[1] == rec.proc_start and st[0] not in ("Z", "X", "x")
 
 
 # Each option that needs a container, by the flag that sets it.
