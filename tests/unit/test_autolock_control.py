@@ -44,7 +44,7 @@ def _control(ca: pki.CertificateAuthority) -> tuple[ControlService, InMemoryStat
 
 
 def _cluster(store: InMemoryState) -> ClusterInfo:
-    cluster = store.snapshot().cluster
+    cluster = store.snapshot()[1].cluster
     assert cluster is not None
     return cluster
 
@@ -66,7 +66,7 @@ def test_enable_prints_a_key_that_unlocks_and_secrets_still_open(ca: pki.Certifi
     assert autolock.ca_key(cluster, autolock.unlocked_kek(cluster, answer.unlock_key)) == ca.key_pem
     restarted = KeyRing(RAFT_SECRET)  # a manager that starts with the key: secrets still open
     restarted.hold_kek(autolock.unlocked_kek(cluster, answer.unlock_key))
-    sealed = store.snapshot().secrets[secret.id].sealed
+    sealed = store.snapshot()[1].secrets[secret.id].sealed
     assert restarted.open(cluster, secret.id, sealed) == b"pw"
     # enabling again makes no new key and changes nothing
     again = run(control.UpdateAutolock(cpb.UpdateAutolockRequest(enable=True), None))
@@ -128,7 +128,7 @@ def test_disable_goes_back_under_the_raft_secret_without_the_key(ca: pki.Certifi
     assert not answer.autolock and not autolock.is_locked(cluster)
     assert cakey.unwrap(cluster.ca_key_pem, RAFT_SECRET) == ca.key_pem
     fresh = KeyRing(RAFT_SECRET)  # the Raft secret alone opens everything again
-    assert fresh.open(cluster, secret.id, store.snapshot().secrets[secret.id].sealed) == b"pw"
+    assert fresh.open(cluster, secret.id, store.snapshot()[1].secrets[secret.id].sealed) == b"pw"
 
 
 @pytest.mark.parametrize(

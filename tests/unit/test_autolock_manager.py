@@ -109,7 +109,7 @@ def test_a_follower_that_installs_a_snapshot_with_the_first_pair_holds_the_kek(
 
 
 def _cluster_of(store: InMemoryState) -> ClusterInfo:
-    cluster = store.snapshot().cluster
+    cluster = store.snapshot()[1].cluster
     assert cluster is not None
     return cluster
 

@@ -67,7 +67,7 @@ def test_a_ca_rotation_while_locked_seals_the_new_key_by_the_kek(ca: pki.Certifi
     control = ControlService(store, InMemoryRaft(store), raft_secret=RAFT_SECRET, keyring=ring)
     asyncio.run(control.RotateCA(cpb.RotateCARequest(), None))
 
-    rotated = store.snapshot().cluster
+    rotated = store.snapshot()[1].cluster
     assert rotated is not None and rotated.ca_previous_cert_pem == cluster.ca_cert_pem
     assert autolock.is_locked(rotated)  # still locked: not under the Raft-derived key
     with pytest.raises(cakey.CAKeyError):

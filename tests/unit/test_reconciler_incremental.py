@@ -89,6 +89,53 @@ def test_incremental_pass_decides_as_a_full_pass(steps: list[tuple]) -> None:  #
         sim.tick()
 
 
+
+def _contents(state: ClusterState) -> dict[str, object]:
+    """What a state holds, its indexes included; not the floors its allocators start searching
+    from (hints, which the commands move as they allocate) nor an index's empty entries."""
+    out: dict[str, object] = {}
+    for name, value in vars(state).items():
+        if name.endswith("_floor") or callable(value):  # callable: the Recorder's wrapper of apply
+            continue
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if v or not isinstance(v, set | dict)}
+        out[name] = value
+    return out
+
+
+@settings(max_examples=max(EXAMPLES, 200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(incremental_ops, max_size=30))
+def test_a_copy_kept_up_to_date_with_the_commits_decides_as_the_live_state(steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    """The orchestrator's own copy of the state (ADR 92): copied once, then given each pass the
+    changes committed since, it holds what the live state holds, and an incremental pass over
+    it decides what a full pass over the live state decides."""
+    sim, services = new_sim()
+    recorder = Recorder(sim.state)
+    mirror: ClusterState | None = None
+    unsettled: frozenset[str] = frozenset()
+    start = 1
+    for op in [("agents",), *steps]:
+        if op[0] == "tick":
+            sim.tick(op[1])
+        else:
+            apply_op(sim, op, services)
+        full, _ = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, ids_from(start))
+        if mirror is None:  # the first pass copies the state, and is a full one
+            mirror, visit = sim.state.copy(), None
+        else:
+            visit = touched_by(recorder.changes, mirror)
+            mirror.apply(recorder.changes)
+        assert _contents(mirror) == _contents(sim.state), op
+        incremental, unsettled = reconcile_pass(
+            mirror, sim.now, sim.heartbeats, sim.config, ids_from(start), visit=visit, unsettled=unsettled
+        )
+        assert incremental == full, (op, full, incremental)
+        start += len(full.created)
+        recorder.changes = []
+        sim.run(full)
+        sim.agents_step(up_nodes(sim))
+        sim.tick()
+
 def test_a_settled_cluster_visits_only_what_changed() -> None:
     """After one full pass of a settled cluster, a scale of one service visits that service
     alone: the other, untouched and settled, is not in the next pass's unsettled set."""

@@ -44,8 +44,8 @@ class InMemoryState:
     def read(self) -> Iterator[ClusterState]:
         yield self.state
 
-    def snapshot(self) -> ClusterState:
-        return self.state.copy()
+    def snapshot(self) -> tuple[int, ClusterState]:
+        return self.applied_index, self.state.copy()
 
     def watch(self, watcher: Watcher) -> None:
         self._watchers.append(watcher)

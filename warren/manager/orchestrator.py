@@ -24,7 +24,7 @@ from warren.manager.events import Event, EventHub
 from warren.manager.hearing import Heartbeats, SilenceReport
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.reconciler import liveness
-from warren.state import Change, ClusterState
+from warren.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +84,13 @@ class Orchestrator:
         self._last_applied = -1
         self._announced_term = -1
         self._last_pass = 0.0  # seconds the last pass took
-        # Incremental passes (ADR 53): the changes committed since the last pass, the state that
-        # pass saw (None: the next pass is a full one) and the services it left unsettled.
-        self._changes: list[Change] = []
-        self._seen: ClusterState | None = None
+        # Incremental passes (ADR 53) read the orchestrator's own copy of the state, brought up to
+        # date with the commits since its index (ADR 92): a copy of the whole state per pass was
+        # O(state) on the event loop, under the store's lock. None: the next pass copies it again
+        # and is a full one. The services the last pass left unsettled are visited again.
+        self._mirror: ClusterState | None = None
+        self._mirror_index = -1
+        self._pending: list[Event] = []  # commits noted since the last pass
         self._unsettled: frozenset[str] = frozenset()
         self._last_full = 0.0
         self._full_took = 0.0  # seconds the last full pass's reconcile took
@@ -117,7 +120,7 @@ class Orchestrator:
                 except ProposalError as exc:
                     log.warning("scheduling pass not committed: %s", exc.message)
                 except Exception:
-                    self._seen = None  # start again from a full pass
+                    self._mirror = None  # start again from a copy and a full pass
                     log.exception("scheduling pass failed")
                 self._last_pass = time.perf_counter() - started
 
@@ -128,21 +131,30 @@ class Orchestrator:
 
     def note(self, event: Event) -> None:
         """Remember a commit's changes for the next incremental pass."""
-        changes = event[1]
-        if changes is None:  # resynchronise: changes were dropped, look at everything
-            self._seen = None
-        elif self._seen is not None:
-            self._changes.extend(changes)
+        if event[1] is None:  # resynchronise: changes were dropped, copy the state again
+            self._mirror, self._pending = None, []
+        elif self._mirror is not None:
+            self._pending.append(event)
 
-    def _visit(self, snapshot: ClusterState, incremental: bool) -> reconciler.Visit | None:
-        """What this pass visits: None for every service."""
-        changes, self._changes = self._changes, []
+    def _view(self, incremental: bool) -> tuple[ClusterState, reconciler.Visit | None]:
+        """The state this pass reads, and what it visits (None: every service). A full pass, due
+        every FULL_PASS_PERIOD or so, copies the live state again: the safety net, for the
+        copy too. An incremental pass applies the commits noted since the copy's index (a
+        notice may come after the copy that already holds its commit: it is skipped)."""
+        pending, self._pending = self._pending, []
         now = time.monotonic()
         spacing = min(max(FULL_PASS_PERIOD, FULL_PASS_SPACING * self._full_took), FULL_PASS_MAX_GAP)
-        if not incremental or self._seen is None or now - self._last_full >= spacing:
+        mirror = self._mirror
+        if not incremental or mirror is None or now - self._last_full >= spacing:
             self._last_full = now
-            return None
-        return reconciler.touched_by(changes, self._seen)
+            self._mirror_index, self._mirror = self._store.snapshot()
+            return self._mirror, None
+        news = [(index, changes) for index, changes in pending if index > self._mirror_index and changes]
+        visit = reconciler.touched_by([c for _, changes in news for c in changes], mirror)
+        for index, changes in news:
+            mirror.apply(changes)
+            self._mirror_index = index
+        return mirror, visit
 
     async def _announce_leadership(self) -> None:
         """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""
@@ -163,8 +175,7 @@ class Orchestrator:
         if not self._raft.is_leader:
             self._silence.clear()
             self._was_leader = False
-            self._seen = None  # a new term starts from a full pass
-            self._changes = []
+            self._mirror, self._pending = None, []  # a new term starts from a copy and a full pass
             return
         if not self._was_leader:
             with self._store.read() as state:
@@ -172,7 +183,7 @@ class Orchestrator:
             self._was_leader = True
         if self._beat_for_local_node:
             self._heartbeats.beat(self._local_node_id)
-        snapshot = self._store.snapshot()
+        snapshot, visit = self._view(incremental)
         if snapshot.cluster is None:
             return
         await self._announce_leadership()
@@ -191,7 +202,6 @@ class Orchestrator:
                 liveness.heartbeat_period(snapshot.cluster.heartbeat_period, len(snapshot.nodes)), now
             ),
         )
-        visit = self._visit(snapshot, incremental)
         heard = self._heartbeats.seen()  # after `now`: a stall in between only moves them later
         started = time.perf_counter()
         (plan, self._unsettled), check = await asyncio.to_thread(
@@ -205,7 +215,6 @@ class Orchestrator:
             self._unsettled,
             self._heartbeats.failover(),
         )
-        self._seen = snapshot
         took = time.perf_counter() - started
         metrics.SCHEDULING_PASS.observe(took)
         if visit is None:

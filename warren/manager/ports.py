@@ -72,8 +72,8 @@ class StateReader(Protocol):
         """The live state for a short read; keep no reference past it."""
         ...
 
-    def snapshot(self) -> ClusterState:
-        """A copy of the state, to keep."""
+    def snapshot(self) -> tuple[int, ClusterState]:
+        """A copy of the state, to keep, and the index of the last command applied to it."""
         ...
 
     def watch(self, watcher: Watcher) -> None:

@@ -183,9 +183,10 @@ class Store:
 
         return current
 
-    def snapshot(self) -> ClusterState:
+    def snapshot(self) -> tuple[int, ClusterState]:
+        """A copy of the state to keep, and the index of the last entry it holds."""
         with self._lock:
-            return self.state.copy()
+            return self.applied_index, self.state.copy()
 
     # -- writes (Raft apply thread only) -----------------------------------------------------
     @contextmanager
@@ -300,13 +301,12 @@ class Store:
                     self._put_changes(txn, index, changes)
                     results.append(result)
                     everything.extend(changes)
+                self.applied_index = index  # with the state, under the lock: a snapshot pairs them
                 self._put_events(txn, new_events)
         except lmdb.Error:
             if self._batch is None:
                 self._reload()
             raise
-        with self._lock:
-            self.applied_index = index
         self._written(index, everything, new_events)
         return results
 
