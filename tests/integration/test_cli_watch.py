@@ -100,10 +100,11 @@ def test_service_ps_watch_redraws_on_a_scale_and_exits_0_on_ctrl_c(cluster: tupl
         watching.stop()
 
 
-def _placed(manager: Manager) -> dict[str, str]:
-    """Every live task's node, as the manager has it (asked in-process: a CLI run costs ~1 s)."""
+def _placed(manager: Manager, service: str = "") -> dict[str, str]:
+    """Every live task's node (of `service`, if given), as the manager has it (asked in-process:
+    a CLI run costs ~1 s)."""
     with manager._admin_channel() as channel:
-        reply = control_pb2_grpc.ControlStub(channel).ListTasks(cpb.ListTasksRequest(), timeout=10)
+        reply = control_pb2_grpc.ControlStub(channel).ListTasks(cpb.ListTasksRequest(service=service), timeout=10)
     return {t.id: t.node_id for t in reply.tasks}
 
 
@@ -114,7 +115,11 @@ def test_node_ps_lists_exactly_the_nodes_tasks(cluster: tuple[Manager, Processes
         "service", "create", "spread", "--image", "exec", "--replicas", "4", "--detach", *_sleeper(procs)
     )
     assert create.returncode == 0, create.stderr
-    placed = wait_for(lambda: (p := _placed(manager)) and all(p.values()) and p, message="every task placed")
+    # The create returns once the service is committed; its tasks come with the next pass.
+    placed = wait_for(
+        lambda: len(_placed(manager, "spread")) == 4 and (p := _placed(manager)) and all(p.values()) and p,
+        message="every task placed",
+    )
     nodes = {n["hostname"]: n["id"] for n in manager.cli_json("node", "ls")}  # type: ignore[union-attr]
     manager_host = next(h for h in nodes if h != WORKER)
     assert set(placed.values()) == set(nodes.values())  # both nodes have tasks

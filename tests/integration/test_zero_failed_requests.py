@@ -34,6 +34,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.serial]
 
 RATE = 25.0  # requests/s per hey worker: the machine is shared
 TIMEOUT = 5.0
+# Each load runs at least this long, so that a change done in under a second is still run under
+# enough requests for "none failed" to mean something (the assertion wants 50 or more).
+MIN_LOAD_S = 2.5
 
 
 def _loads(rig: DeployRig, service: str = "web") -> tuple[HeyLoad, HeyLoad]:
@@ -73,14 +76,20 @@ def test_a_rolling_update_and_a_scale_down_under_load_fail_no_request(module_rig
         published, vip = _loads(rig)
         rig.ok("service", "update", "web", "--image", rig.image("v2"), "--timeout", "300s")
         rig.wait_serving(web_page("v2"), "web", 4, timeout=300)
-        _assert_none_failed("rolling update v1 -> v2", {"published port": published.stop(), "VIP": vip.stop()})
+        _assert_none_failed(
+            "rolling update v1 -> v2",
+            {"published port": published.stop(ran_for=MIN_LOAD_S), "VIP": vip.stop(ran_for=MIN_LOAD_S)},
+        )
         _stopped_after_draining(rig, old)
 
         running = {t["id"] for t in rig.running("web")}
         published, vip = _loads(rig)
         rig.ok("service", "scale", "web=1", "--timeout", "300s")
         rig.wait_serving(web_page("v2"), "web", 1, timeout=300)
-        _assert_none_failed("scale-down 4 -> 1", {"published port": published.stop(), "VIP": vip.stop()})
+        _assert_none_failed(
+            "scale-down 4 -> 1",
+            {"published port": published.stop(ran_for=MIN_LOAD_S), "VIP": vip.stop(ran_for=MIN_LOAD_S)},
+        )
         _stopped_after_draining(rig, running - {t["id"] for t in rig.running("web")})
     finally:
         _remove(rig, "web")
@@ -96,7 +105,10 @@ def test_a_start_first_update_of_a_single_replica_fails_no_request(module_rig: D
         published, vip = _loads(rig, "solo")
         rig.ok("service", "update", "solo", "--image", rig.image("v2"), "--timeout", "120s")
         rig.wait_serving(web_page("v2"), "solo", 1)
-        _assert_none_failed("start-first update of 1 replica", {"published port": published.stop(), "VIP": vip.stop()})
+        _assert_none_failed(
+            "start-first update of 1 replica",
+            {"published port": published.stop(ran_for=MIN_LOAD_S), "VIP": vip.stop(ran_for=MIN_LOAD_S)},
+        )
         _stopped_after_draining(rig, {old}, "solo")
     finally:
         _remove(rig, "solo")
@@ -123,7 +135,10 @@ def test_a_node_drain_on_two_nodes_fails_no_request_and_moves_the_task(two_node_
             message="both replicas on the first node",
         )
         rig.wait_serving(web_page("v1"), "web", 2)
-        _assert_none_failed("drain of a node", {"published port": published.stop(), "VIP": vip.stop()})
+        _assert_none_failed(
+            "drain of a node",
+            {"published port": published.stop(ran_for=MIN_LOAD_S), "VIP": vip.stop(ran_for=MIN_LOAD_S)},
+        )
         _stopped_after_draining(rig, set(on_second))
     finally:
         _remove(rig, "web")

@@ -89,7 +89,6 @@ def test_incremental_pass_decides_as_a_full_pass(steps: list[tuple]) -> None:  #
         sim.tick()
 
 
-
 def _contents(state: ClusterState) -> dict[str, object]:
     """What a state holds, its indexes included; not the floors its allocators start searching
     from (hints, which the commands move as they allocate) nor an index's empty entries."""
@@ -135,6 +134,7 @@ def test_a_copy_kept_up_to_date_with_the_commits_decides_as_the_live_state(steps
         sim.run(full)
         sim.agents_step(up_nodes(sim))
         sim.tick()
+
 
 def test_a_settled_cluster_visits_only_what_changed() -> None:
     """After one full pass of a settled cluster, a scale of one service visits that service
