@@ -240,14 +240,22 @@ class ClusterState:
         return other
 
     # -- writes ------------------------------------------------------------------------------
-    def apply(self, changes: list[Change]) -> None:
+    def apply(self, changes: list[Change]) -> list[Change]:
+        """Apply `changes`; returns them as stored. A task's Put then carries the object the state
+        holds, its spec and repeated strings shared (ADR 55), so that a copy fed those changes
+        (the orchestrator's, ADR 92) holds the same objects, not a second equal one of each."""
+        stored: list[Change] = []
         for change in changes:
             if isinstance(change, Put):
-                self._put(change.kind, change.obj)
+                obj = self._put(change.kind, change.obj)
+                stored.append(change if obj is change.obj else Put(change.kind, obj))
             else:
                 self._delete(change.kind, change.id)
+                stored.append(change)
+        return stored
 
-    def _put(self, kind: Kind, obj: StoredObject) -> None:
+    def _put(self, kind: Kind, obj: StoredObject) -> StoredObject:
+        """Store `obj`; returns the object stored (for a task, with what it shares)."""
         if kind == "cluster":
             assert isinstance(obj, ClusterInfo)
             self.cluster = obj
@@ -313,6 +321,7 @@ class ClusterState:
             self.tasks_by_service[obj.service_id].add(obj.id)
             if obj.node_id:
                 self.tasks_by_node[obj.node_id].add(obj.id)
+        return obj
 
     def _delete(self, kind: Kind, obj_id: str) -> None:
         if kind == "node":

@@ -51,7 +51,7 @@ class InMemoryState:
         self._watchers.append(watcher)
 
     def commit(self, index: int, changes: list[Change], command: object = None) -> None:
-        self.state.apply(changes)
+        changes = self.state.apply(changes)  # as stored, as the Store tells its watchers
         self.applied_index = index
         for watcher in self._watchers:
             watcher(index, changes)

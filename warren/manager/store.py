@@ -278,7 +278,7 @@ class Store:
                 self._read_event_marks(txn)
             raise
         with self._lock:
-            self.state.apply(changes)
+            changes = self.state.apply(changes)  # as stored: what the watchers are told (ADR 92)
             self.applied_index = index
         self._written(index, changes, new_events)
 
@@ -297,7 +297,7 @@ class Store:
                 for item in items:
                     result, changes = step(self.state, item)
                     new_events += self._derive_events(index, len(new_events), item, changes)
-                    self.state.apply(changes)
+                    changes = self.state.apply(changes)  # as stored: what the watchers are told (ADR 92)
                     self._put_changes(txn, index, changes)
                     results.append(result)
                     everything.extend(changes)
