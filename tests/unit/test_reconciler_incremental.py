@@ -47,9 +47,10 @@ class Recorder:
         self.changes: list = []  # type: ignore[type-arg]
         apply = state.apply
 
-        def recording(changes: list) -> None:  # type: ignore[type-arg]
-            self.changes.extend(changes)
-            apply(changes)
+        def recording(changes: list) -> list:  # type: ignore[type-arg]
+            stored = apply(changes)  # as the store tells its watchers (ADR 92)
+            self.changes.extend(stored)
+            return stored
 
         state.apply = recording  # type: ignore[method-assign]
 
@@ -61,6 +62,21 @@ def both_passes(sim: Sim, seen: ClusterState | None, recorder: Recorder, unsettl
         sim.state, sim.now, sim.heartbeats, sim.config, ids_from(start), visit=visit, unsettled=unsettled
     )
     return full, incremental, still
+
+
+def _operate(sim: Sim, op: tuple, services: list[str]) -> None:  # type: ignore[type-arg]
+    if op[0] == "tick":
+        sim.tick(op[1])
+    else:
+        apply_op(sim, op, services)
+
+
+def _commit(sim: Sim, plan: ApplyPlan, recorder: Recorder) -> None:
+    """The pass's plan committed: its changes reach the next pass, as the leader's own commits do."""
+    recorder.changes = []
+    sim.run(plan)
+    sim.agents_step(up_nodes(sim))
+    sim.tick()
 
 
 @settings(max_examples=max(EXAMPLES, 300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -75,18 +91,12 @@ def test_incremental_pass_decides_as_a_full_pass(steps: list[tuple]) -> None:  #
     unsettled: frozenset[str] = frozenset()
     start = 1
     for op in [("agents",), *steps]:
-        if op[0] == "tick":
-            sim.tick(op[1])
-        else:
-            apply_op(sim, op, services)
+        _operate(sim, op, services)
         full, incremental, unsettled = both_passes(sim, seen, recorder, unsettled, start)
         assert incremental == full, (op, full, incremental)
         start += len(full.created)
         seen = sim.state.copy()
-        recorder.changes = []
-        sim.run(full)  # its changes reach the next pass, as the leader's own commits do
-        sim.agents_step(up_nodes(sim))
-        sim.tick()
+        _commit(sim, full, recorder)
 
 
 def _contents(state: ClusterState) -> dict[str, object]:
@@ -114,10 +124,7 @@ def test_a_copy_kept_up_to_date_with_the_commits_decides_as_the_live_state(steps
     unsettled: frozenset[str] = frozenset()
     start = 1
     for op in [("agents",), *steps]:
-        if op[0] == "tick":
-            sim.tick(op[1])
-        else:
-            apply_op(sim, op, services)
+        _operate(sim, op, services)
         full, _ = reconcile_pass(sim.state, sim.now, sim.heartbeats, sim.config, ids_from(start))
         if mirror is None:  # the first pass copies the state, and is a full one
             mirror, visit = sim.state.copy(), None
@@ -130,10 +137,7 @@ def test_a_copy_kept_up_to_date_with_the_commits_decides_as_the_live_state(steps
         )
         assert incremental == full, (op, full, incremental)
         start += len(full.created)
-        recorder.changes = []
-        sim.run(full)
-        sim.agents_step(up_nodes(sim))
-        sim.tick()
+        _commit(sim, full, recorder)
 
 
 def test_a_settled_cluster_visits_only_what_changed() -> None:
