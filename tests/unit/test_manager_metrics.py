@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from warren.manager.metrics import REGISTRY, observe_request
+from warren.api.v1 import control_pb2, dispatcher_pb2
+from warren.manager.metrics import REGISTRY, declare_series, observe_request
 
 
 def test_the_registry_reports_the_process_memory_and_cpu() -> None:
@@ -44,3 +45,25 @@ def test_each_api_call_counts_once_in_its_methods_and_statuss_series() -> None:
         sample("warren_api_request_duration_seconds_count", method=method),
     )
     assert [a - b for a, b in zip(after, before, strict=True)] == [2, 1, 3]
+
+
+def test_every_method_and_stage_has_a_series_before_its_first_observation() -> None:
+    # A series born between two scrapes has no earlier sample, and increase() over a window that
+    # holds its birth misses it: S1's leader-bound reads went unreported that way.
+    declare_series()
+    methods = [
+        f"/{service.full_name}/{method.name}"
+        for module in (control_pb2, dispatcher_pb2)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+    assert len(methods) > 40
+    missing = [
+        m
+        for m in methods
+        if REGISTRY.get_sample_value("warren_api_request_duration_seconds_count", {"method": m}) is None
+    ]
+    assert missing == []
+    for stage in ("queued", "replicated", "answered"):
+        assert REGISTRY.get_sample_value("warren_raft_proposal_seconds_count", {"stage": stage}) is not None
+    assert REGISTRY.get_sample_value("warren_status_batch_duration_seconds_count", {"transport": "stream"}) is not None

@@ -16,6 +16,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from warren.api.v1 import ca_pb2, control_pb2, dispatcher_pb2, managers_pb2
 from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
 from warren.manager.discovery import SD_PATH
@@ -105,17 +106,41 @@ SCHEDULING_CHANGES = Counter(
 )
 
 
+def declare_series() -> None:
+    """Create every labelled series this manager may report, at zero, before any is observed.
+
+    Prometheus's advice for labelled metrics: a series born between two scrapes has no earlier
+    sample, so increase() and rate() over a window that holds its birth miss what it counted. The
+    API's methods are those of Warren's own services; each is declared with status OK.
+    """
+    for module in (ca_pb2, control_pb2, dispatcher_pb2, managers_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                _request_series(f"/{service.full_name}/{method.name}", "OK")
+    for stage in ("queued", "replicated", "answered"):
+        RAFT_PROPOSAL.labels(stage)
+    for transport in ("stream", "call"):
+        STATUS_BATCHES.labels(transport)
+    for how in ("kept", "sent"):
+        SESSION_ENDPOINTS.labels(how)
+    for kind in ("created", "updated", "deleted"):
+        SCHEDULING_CHANGES.labels(kind)
+
+
 # Each method's and status's series, looked up once: `labels()` takes a lock and checks its values
 # at every call. Only the guard's methods come here, so the keys are bounded.
 _REQUEST_SERIES: dict[tuple[str, str], tuple[Any, Any]] = {}
 
 
 def observe_request(method: str, code: str, seconds: float) -> None:
-    series = _REQUEST_SERIES.get((method, code))
-    if series is None:
-        series = _REQUEST_SERIES[method, code] = (API_REQUESTS.labels(method, code), API_LATENCY.labels(method))
+    series = _REQUEST_SERIES.get((method, code)) or _request_series(method, code)
     series[0].inc()
     series[1].observe(seconds)
+
+
+def _request_series(method: str, code: str) -> tuple[Any, Any]:
+    series = _REQUEST_SERIES[method, code] = (API_REQUESTS.labels(method, code), API_LATENCY.labels(method))
+    return series
 
 
 class StateCollector(Collector):
@@ -298,6 +323,7 @@ def serve(
 ) -> Endpoint:
     """Start the /metrics HTTP endpoint on `addr` (host:port) in a daemon thread; with
     `sd_groups`, Prometheus service discovery (ADR 60) is served at SD_PATH beside it."""
+    declare_series()
     host, _, port = addr.rpartition(":")
     server = make_server(
         host.strip("[]") or "0.0.0.0", int(port), _app(sd_groups), ThreadingWSGIServer, handler_class=_Quiet
