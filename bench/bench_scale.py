@@ -311,6 +311,20 @@ def s1(
                 for where, who in (("leader", leader_key), ("followers", followers))
                 for stage in ("queued", "replicated", "answered")
             },
+            # The Raft thread's own work (p50, p99 in ms, and how many a second of the run): a slice of
+            # applying committed entries, and a journal write with its fsyncs.
+            "raft_thread_ms": {
+                f"{where}_{name}": [
+                    quantile_ms(0.5, metric, f'instance=~"{who}"'),
+                    quantile_ms(0.99, metric, f'instance=~"{who}"'),
+                    prom.scalar(f'sum(increase({metric}_count{{instance=~"{who}"}}[{window}])) / {total_s:.3f}'),
+                ]
+                for where, who in (("leader", leader_key), ("followers", followers))
+                for name, metric in (
+                    ("apply", "warren_raft_apply_seconds"),
+                    ("journal", "warren_raft_journal_write_seconds"),
+                )
+            },
         },
     }
     if not finished:  # no end: these would time the timeout

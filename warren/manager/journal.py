@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,8 @@ from typing import cast
 import lmdb
 from pysyncobj import journal as pysyncobj_journal
 from pysyncobj import syncobj as pysyncobj_syncobj
+
+from warren.manager import metrics
 
 log = logging.getLogger(__name__)
 
@@ -170,12 +173,14 @@ class LmdbJournal(pysyncobj_journal.Journal):
         if not appends:
             return
         self._together = []
+        started = time.perf_counter()
         try:
             with self._env.begin(write=True) as txn:
                 for key, value in appends:
                     txn.put(key, value, db=self._log)
             if self._sync_explicitly:
                 self._env.sync(True)
+            metrics.JOURNAL_WRITE.observe(time.perf_counter() - started)
         except lmdb.Error as exc:
             first = len(self._entries) - len(appends)  # they are the log's last entries
             first_index = self._entries[first][1]

@@ -23,6 +23,7 @@ from pysyncobj import FAIL_REASON
 from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.syncobj import SyncObjExceptionWrongVer
 
+from warren.manager import metrics
 from warren.manager.raft_peers import LEADER
 
 log = logging.getLogger("warren.manager.raft")
@@ -65,7 +66,9 @@ class BoundedApply:
         try:
             self._apply_until(started + APPLY_SLICE)
         finally:
-            self.applying_seconds += raft_clock() - started
+            took = raft_clock() - started
+            self.applying_seconds += took
+            metrics.RAFT_APPLY.observe(took)
         return False
 
     def _applying(self) -> AbstractContextManager[object]:
