@@ -66,8 +66,9 @@ SCHEDULING_PASS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
-# How late the Raft thread runs (ADR 52): the time between two of its ticks, 5 ms apart when it
-# gets a core and the GIL. Gaps near the election timeout elect a leader for no failure.
+# How late the Raft thread runs (ADR 52): the time between two of its ticks, at most 50 ms apart
+# when it gets a core and the GIL (ADR 82; a message or a proposal brings the next one sooner).
+# Gaps near the election timeout elect a leader for no failure.
 RAFT_TICK_GAP = Histogram(
     "warren_raft_tick_gap_seconds",
     "Time between two ticks of the Raft thread",
