@@ -18,8 +18,8 @@ import os
 import time
 from typing import Any
 
-from bench.bench_endpoints import _backend, _service
 from bench.common import figure
+from bench.endpoint_sessions import make_backend, make_service
 
 SERVICES = 100
 INITIAL = 300  # backends per service before the timed versions
@@ -50,7 +50,7 @@ async def _scenario() -> dict[str, object]:
             encoding.append(time.process_time() - start)
 
     log._step = timed_step  # type: ignore[method-assign]
-    services = [_service(k, INITIAL) for k in range(SERVICES)]
+    services = [make_service(k, INITIAL) for k in range(SERVICES)]
     added = [0] * SERVICES
 
     def commit(changes: list[Any]) -> None:
@@ -59,7 +59,7 @@ async def _scenario() -> dict[str, object]:
         hub._deliver((store.applied_index, changes))
 
     commit([Put("service", s) for s in services])
-    commit([Put("task", _backend(k, j, s, 10_000)) for k, s in enumerate(services) for j in range(INITIAL)])
+    commit([Put("task", make_backend(k, j, s, 10_000)) for k, s in enumerate(services) for j in range(INITIAL)])
     log.current()
     versions: list[int] = []
     spent: dict[str, list[float]] = {"version": [], "composed": [], "runs": []}
@@ -68,7 +68,7 @@ async def _scenario() -> dict[str, object]:
         tasks = []
         for i in range(PER_VERSION):
             k = (number * PER_VERSION + i) % SERVICES
-            tasks.append(Put("task", _backend(k, INITIAL + added[k], services[k], 10_000)))
+            tasks.append(Put("task", make_backend(k, INITIAL + added[k], services[k], 10_000)))
             added[k] += 1
         commit(tasks)
         start = time.process_time()

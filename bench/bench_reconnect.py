@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_endpoints import _encoded, _running_services
 from bench.common import figure
+from bench.endpoint_sessions import as_sent, running_services
 
 SERVICES = 100
 BACKENDS = 1000  # per service
@@ -43,7 +43,7 @@ async def _scenario(services: int, per_service: int, sessions: int, rounds: int,
 
     gcpolicy.settle()  # as a serving manager collects (ADR 67)
     cluster = Cluster(root)
-    _running_services(cluster, services, per_service)
+    running_services(cluster, services, per_service)
     shared = SharedEndpoints()
     sets = [TrackingAssignmentSet(shared=shared)] + [IndexOnlyAssignmentSet(shared=shared) for _ in range(sessions - 1)]
     completes = [0] * sessions
@@ -63,7 +63,7 @@ async def _scenario(services: int, per_service: int, sessions: int, rounds: int,
         )
         held.reset()
         async for message in cluster.dispatcher.Session(request, None):
-            data = _encoded(message)  # the leader's serialization, as gRPC's
+            data = as_sent(message)  # the leader's serialization, as gRPC's
             held.apply(held.decode(data))
             completes[index] += 1
             sizes[digests] = len(data)

@@ -1,4 +1,6 @@
-"""Checks of operator input against the model, with messages a person can act on. Pure."""
+"""Checks of operator input against the model, with messages a person can act on. Pure.
+
+What a node's agent reports (its description, its tasks' status) is checked in warren.nodereports."""
 
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ MAX_SPEC_BYTES = 256 * 1024
 # length) or msgpack (type, length) put around it, so `spec_size` bounds both encodings.
 _SPEC_ITEM_OVERHEAD = 16
 _SPEC_FIXED_OVERHEAD = 800  # numbers, enums and nested messages' headers (the update settings ~2x130)
-_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f-\x9f\s]+")  # no control characters (C0, DEL, C1), no spaces
+PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f-\x9f\s]+")  # no control characters (C0, DEL, C1), no spaces
 # Environment variable names: POSIX's portable rule (letters, digits, '_', not starting with a
 # digit), plus '.' and '-', which Java-style settings use and Docker accepts.
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
@@ -81,7 +83,7 @@ def check_seconds(what: str, value: float, allow_zero: bool = True) -> None:
 
 
 def check_label_key(what: str, key: str, reserved_ok: bool = False) -> None:
-    if not key or "=" in key or len(key) > MAX_KEY or not _PRINTABLE.fullmatch(key):
+    if not key or "=" in key or len(key) > MAX_KEY or not PRINTABLE_RE.fullmatch(key):
         raise ValidationError(
             f"invalid {what} key {shown(key)}: use 1-{MAX_KEY} printable characters without spaces or '='"
         )
@@ -101,15 +103,6 @@ def check_labels(what: str, labels: dict[str, str], reserved_ok: bool = False) -
             )
 
 
-def check_node_description(hostname: str, labels: dict[str, str], nano_cpus: int, memory_bytes: int) -> None:
-    """What a worker says about itself is input too."""
-    check_name("node", hostname)
-    check_labels("node label", labels)
-    if nano_cpus < 0 or memory_bytes < 0:
-        raise ValidationError("node resources cannot be negative")
-
-
-_WG_KEY_RE = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")  # base64 of exactly 32 bytes
 _HOSTPORT_RE = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 
@@ -118,14 +111,6 @@ def check_hostport(what: str, value: str) -> None:
     match = _HOSTPORT_RE.fullmatch(value)
     if not match or not 0 < int(match.group(2)) < 65536:
         raise ValidationError(f"{what} must be HOST:PORT (got {shown(value)})")
-
-
-def check_wireguard(public_key: str, endpoint: str) -> None:
-    """A node's WireGuard public key (base64, 32 bytes) and endpoint (HOST:PORT); both optional."""
-    if public_key and not _WG_KEY_RE.fullmatch(public_key):
-        raise ValidationError("the WireGuard public key must be 32 bytes in base64, as `wg pubkey` prints it")
-    if endpoint:
-        check_hostport("the WireGuard endpoint", endpoint)
 
 
 def signal_number(text: str) -> int:
@@ -164,7 +149,7 @@ def _check_health(spec: ServiceSpec) -> None:
     if not 1 <= h.retries <= MAX_HEALTH_RETRIES:
         raise ValidationError(f"health retries must be between 1 and {MAX_HEALTH_RETRIES}")
     _check_argv("the health check command", h.command)
-    if len(h.target) > MAX_HEALTH_TARGET or (h.target and not _PRINTABLE.fullmatch(h.target)):
+    if len(h.target) > MAX_HEALTH_TARGET or (h.target and not PRINTABLE_RE.fullmatch(h.target)):
         raise ValidationError(
             f"invalid health check target {shown(h.target)}: at most {MAX_HEALTH_TARGET} characters, "
             "no spaces or control characters"
@@ -206,7 +191,7 @@ def check_spec(spec: ServiceSpec) -> None:
     check_name("service", spec.name)
     if not spec.image.strip():
         raise ValidationError("an image is required (--image)")
-    if len(spec.image) > MAX_IMAGE or not _PRINTABLE.fullmatch(spec.image):
+    if len(spec.image) > MAX_IMAGE or not PRINTABLE_RE.fullmatch(spec.image):
         raise ValidationError(f"invalid image reference {shown(spec.image)}")
     _check_argv("the command", spec.command + spec.args)
     check_labels("service label", spec.labels)
@@ -401,11 +386,6 @@ def check_ports_free(state: ClusterState, spec: ServiceSpec, service_id: str = "
             )
 
 
-# Task status reports from agents (UpdateTaskStatus). Free text is cleaned to fit (report_text),
-# by the agent and again by the dispatcher; fixed-form fields are refused when they break form.
-# 1000 reports x 2 texts x 4 KiB = 8 MiB: a full batch always fits the request limit (16 MiB).
-MAX_STATUS_BATCH = 1000
-MAX_REPORT_TEXT = 4096  # UTF-8 bytes of a report's message, and of its error
 # How often agents heartbeat (ADR 52): a node is down after 3 missed.
 MIN_HEARTBEAT_PERIOD = 0.1
 MAX_HEARTBEAT_PERIOD = 3600.0
@@ -414,35 +394,6 @@ MAX_HEARTBEAT_PERIOD = 3600.0
 def check_heartbeat_period(seconds: float) -> None:
     if not MIN_HEARTBEAT_PERIOD <= seconds <= MAX_HEARTBEAT_PERIOD:  # NaN too
         raise ValidationError("the heartbeat period must be between 100ms and 1h")
-
-
-MAX_FAILURE_TEXT = 512  # characters of an agent's account of why its last session failed
-MAX_TOKEN = 256  # a runtime id; a node's addr, os and arch
-TASK_HEALTH = ("", "starting", "healthy", "unhealthy")
-
-
-def report_text(text: str) -> str:
-    """`text` as a task report carries it: no NUL (a probe's output may hold one), at most
-    MAX_REPORT_TEXT bytes of UTF-8, never cut inside a character."""
-    data = text.replace("\x00", "").encode("utf-8", "replace")
-    return data[:MAX_REPORT_TEXT].decode("utf-8", "ignore")
-
-
-def check_token(what: str, value: str, limit: int = MAX_TOKEN) -> None:
-    """A short single-token field an agent reports (a runtime id, a node's addr, os or arch):
-    bounded, no whitespace or control characters. Empty is allowed."""
-    if len(value) > limit or (value and not _PRINTABLE.fullmatch(value)):
-        raise ValidationError(f"{what} must be at most {limit} characters without spaces or control characters")
-
-
-def check_task_report(task_id: str, runtime_id: str, health: str) -> None:
-    """The fixed-form fields of an agent's report about one task (its free text is cleaned with
-    report_text instead): a task id, a runtime id, a known health value."""
-    if not task_id or len(task_id) > MAX_KEY or not _PRINTABLE.fullmatch(task_id):
-        raise ValidationError(f"invalid task id {shown(task_id)}")
-    check_token("a runtime id", runtime_id)
-    if health not in TASK_HEALTH:
-        raise ValidationError(f"invalid task health {shown(health)}: one of starting, healthy or unhealthy")
 
 
 # Secrets and configs (ADR 38): the value limit is Swarm's; a task has at most MAX_FILES files.

@@ -26,7 +26,8 @@ from tests.integration.harness import Manager, free_port
 from tests.waiting import holds, wait_for
 from warren import pki, tls
 from warren.agent import settings as agent_settings
-from warren.agent.daemon import AgentOptions, serve
+from warren.agent.daemon import serve
+from warren.agent.options import AgentOptions
 
 pytestmark = pytest.mark.integration
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from warren.agent.daemon import (
-    AgentOptions,
     AgentStartupError,
     describe,
     load_node_file,
     make_runtime,
     save_managers,
 )
+from warren.agent.options import AgentOptions, options_argv
 from warren.host import sanitise_hostname
 from warren.validate import NAME_RE
 
@@ -80,7 +80,7 @@ def test_cgroup_parent_setting_flag_and_re_execution(tmp_path: Path) -> None:
     assert worker._given(args)["cgroup_parent"] == "/x/y"
     assert worker._given(main.parse_args(["worker", "start"]))["cgroup_parent"] is None
     options = AgentOptions(tmp_path, [], cgroup_parent="/x/y")
-    assert daemon.options_argv(options)[-2:] == ["--cgroup-parent", "/x/y"]
+    assert options_argv(options)[-2:] == ["--cgroup-parent", "/x/y"]
     with pytest.raises(SystemExit):
         daemon.main(["--data-dir", str(tmp_path), "--cgroup-parent", "../x"])
 

@@ -20,6 +20,7 @@ from cryptography.x509.oid import NameOID
 from tests.waiting import async_wait_for
 from warren import certinfo, pki, tls
 from warren.agent import daemon
+from warren.agent.options import AgentOptions, options_argv
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue
 
@@ -136,7 +137,7 @@ def test_a_running_agent_imports_no_cryptography(ca: pki.CertificateAuthority, t
 
 
 def test_options_survive_the_re_execution() -> None:
-    options = daemon.AgentOptions(
+    options = AgentOptions(
         data_dir=Path("/tmp/d"),
         managers=["m1:4242", "m2:4242"],
         runtime="exec",
@@ -147,19 +148,19 @@ def test_options_survive_the_re_execution() -> None:
         insecure_registries=("r:5000",),
         metrics_addr="127.0.0.1:9000",
     )
-    seen: list[daemon.AgentOptions] = []
+    seen: list[AgentOptions] = []
     orig = daemon.run
     try:
         daemon.run = lambda opts: seen.append(opts) or 0  # type: ignore[assignment]
-        assert daemon.main(daemon.options_argv(options)) == 0
+        assert daemon.main(options_argv(options)) == 0
     finally:
         daemon.run = orig  # type: ignore[assignment]
     assert seen == [options]
-    defaults = daemon.AgentOptions(data_dir=Path("/d"), managers=[])
+    defaults = AgentOptions(data_dir=Path("/d"), managers=[])
     seen.clear()
     daemon.run = lambda opts: seen.append(opts) or 0  # type: ignore[assignment]
     try:
-        daemon.main(daemon.options_argv(defaults))
+        daemon.main(options_argv(defaults))
     finally:
         daemon.run = orig  # type: ignore[assignment]
     assert seen == [defaults]

@@ -76,6 +76,7 @@ def test_an_agent_failing_late_in_its_start_up_releases_everything(
     from warren import pki, tls
     from warren.agent import daemon as agent_daemon
     from warren.agent import settings as agent_settings
+    from warren.agent.options import AgentOptions
 
     data = tmp_path / "agent"
     ca = pki.CertificateAuthority.create("cluster1")
@@ -110,7 +111,7 @@ def test_an_agent_failing_late_in_its_start_up_releases_everything(
         raise InjectedFailure("late start-up step")  # the worker, logs and overlay are running
 
     monkeypatch.setattr(agent_daemon, "Session", failing_session)
-    options = agent_daemon.AgentOptions(data_dir=data, managers=["127.0.0.1:1"], runtime="exec")
+    options = AgentOptions(data_dir=data, managers=["127.0.0.1:1"], runtime="exec")
 
     with pytest.raises(InjectedFailure):
         asyncio.run(agent_daemon.serve(options, asyncio.Event()))

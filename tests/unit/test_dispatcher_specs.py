@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.waiting import async_wait_for as until
-from warren import carotation, commands, validate
+from warren import carotation, commands, nodereports
 from warren.agent.assignments import AssignmentSet
 from warren.agent.status import Report
 from warren.api.convert import report_to_pb
@@ -285,7 +285,7 @@ def test_task_reports_that_break_form_are_refused_before_raft(tmp_path: Path, fi
 
 
 def test_long_or_odd_report_text_is_cleaned_and_the_report_kept(tmp_path: Path) -> None:
-    """Free text is cut to validate.MAX_REPORT_TEXT bytes and loses its NULs: one task's long
+    """Free text is cut to nodereports.MAX_REPORT_TEXT bytes and loses its NULs: one task's long
     output must not cost the batch the other tasks' reports."""
 
     async def scenario() -> None:
@@ -305,7 +305,7 @@ def test_long_or_odd_report_text_is_cleaned_and_the_report_kept(tmp_path: Path) 
             with cluster.store.read() as state:
                 t1, t2 = state.tasks["t1"], state.tasks["t2"]
             assert t1.state == t2.state == TaskState.RUNNING
-            assert len(t1.message.encode()) <= validate.MAX_REPORT_TEXT and t1.message.startswith("éé")
+            assert len(t1.message.encode()) <= nodereports.MAX_REPORT_TEXT and t1.message.startswith("éé")
             assert t1.error == "nulinside"
             assert (t2.message, t2.health) == ("fine", "healthy")
         finally:
@@ -339,9 +339,9 @@ def test_whatever_a_task_prints_the_agent_reports_what_the_dispatcher_takes(mess
     """A probe's or runtime's output (NUL bytes, long non-ASCII text) never makes the dispatcher
     refuse a batch: the agent cleans it to the dispatcher's bound."""
     report = report_to_pb(Report(task_id="t1", state=TaskState.FAILED, message=message, error=error, timestamp=1.0))
-    validate.check_task_report(report.task_id, report.runtime_id, report.health)
-    assert validate.report_text(report.message) == report.message
-    assert len(report.error.encode()) <= validate.MAX_REPORT_TEXT and "\x00" not in report.error
+    nodereports.check_task_report(report.task_id, report.runtime_id, report.health)
+    assert nodereports.report_text(report.message) == report.message
+    assert len(report.error.encode()) <= nodereports.MAX_REPORT_TEXT and "\x00" not in report.error
     assert message.replace("\x00", "").startswith(report.message)
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from warren.agent.runtime import ContainerSpec
 from warren.model import Ulimit
-from warren.runtime.exec import ExecRuntime, driver
+from warren.runtime.exec import ExecRuntime, spawn
 from warren.runtime.exec.chain import CGROUP_SHIM, HOSTNAME_SHIM, RESOLV_SHIM, exec_chain
 
 NETNS = "/run/netns/wt-t1"
@@ -138,12 +138,12 @@ def test_the_driver_passes_the_specs_netns_and_resolv_conf(monkeypatch: pytest.M
         seen.update(kw, argv=argv)
         return object()
 
-    monkeypatch.setattr(driver.subprocess, "Popen", popen)
+    monkeypatch.setattr(spawn.subprocess, "Popen", popen)
     rt = ExecRuntime(tmp_path / "state")
     spec = ContainerSpec(task_id="t1", image="exec", command=("sleep", "30"), netns=NETNS, resolv_conf=RESOLV)
     rid = rt.prepare(spec)
     with open(os.devnull, "wb") as out:
-        rt._spawn(rt._records[rid], ["sleep", "30"], out)
+        spawn.spawn(rt._records[rid], ["sleep", "30"], out)
     assert seen["argv"][:3] == ["/T/nsenter", f"--net={NETNS}", "--"]
     assert seen["argv"][seen["argv"].index(RESOLV_SHIM) + 1 :][:3] == ["warren-resolv", "/T/mount", RESOLV]
     assert seen["argv"][-2:] == ["sleep", "30"]

@@ -10,6 +10,7 @@ import pytest
 
 from warren import gilpolicy, logsetup, proctitle
 from warren.agent import daemon as agent_daemon
+from warren.agent.options import AgentOptions
 from warren.manager import daemon as manager_daemon
 from warren.manager.startup import ManagerOptions
 from warren.node import sim, simnode
@@ -36,7 +37,7 @@ class Settled(Exception):
 def _entries(tmp_path: Path) -> dict[str, Callable[[], object]]:
     return {
         "manager": lambda: manager_daemon.run(ManagerOptions(data_dir=tmp_path)),
-        "agent": lambda: agent_daemon.run(agent_daemon.AgentOptions(data_dir=tmp_path, managers=[]), entry="x"),
+        "agent": lambda: agent_daemon.run(AgentOptions(data_dir=tmp_path, managers=[]), entry="x"),
         "sim": lambda: sim.run(simnode.SimOptions(tmp_path, "127.0.0.1:1", "token", nodes=1)),
     }
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warren import pki, validate
+from warren import nodereports, pki, validate
 from warren.agent import settings as agent_settings
 from warren.api.v1 import control_pb2 as cpb
 from warren.cli import output, units
@@ -55,7 +55,7 @@ VALIDATORS: dict[str, tuple[Callable[[str], object], str]] = {
     "service label value": (lambda s: check_spec(_spec(labels={"tier": s})), "front end"),
     "node label": (lambda s: validate.check_labels("node label", {"zone": s}), "eu-west"),
     "node label key": (lambda s: validate.check_label_key("node label", s), "zone"),
-    "node description": (lambda s: validate.check_node_description(s, {}, 0, 0), "worker-1"),
+    "node description": (lambda s: nodereports.check_node_description(s, {}, 0, 0), "worker-1"),
     "constraint": (lambda s: check_spec(_spec(constraints=(s,))), "node.labels.k==v"),
     "constraint parser": (parse_constraint, "node.role == manager"),
     "env name": (lambda s: check_spec(_spec(env={s: "1"})), "JAVA_OPTS"),
@@ -64,7 +64,7 @@ VALIDATORS: dict[str, tuple[Callable[[str], object], str]] = {
     "health target tcp": (lambda s: check_spec(_health(kind="tcp", command=(), target=s)), "db:5432"),
     "health target http": (lambda s: check_spec(_health(kind="http", command=(), target=s)), "http://x/h"),
     "host:port": (lambda s: validate.check_hostport("x", s), "10.0.0.1:51820"),
-    "wireguard key": (lambda s: validate.check_wireguard(s, ""), WG_KEY),
+    "wireguard key": (lambda s: nodereports.check_wireguard(s, ""), WG_KEY),
     "cli size": (units.parse_size, "512M"),
     "cli duration": (units.parse_duration, "1h30m"),
     "cli cpus": (units.parse_cpus, "0.5"),
@@ -274,13 +274,21 @@ def test_admin_certificate_names_are_checked_whole(name: str) -> None:
     assert "\n" not in message and "\x1b" not in message
 
 
-# The compiled patterns of warren/validate.py are written for fullmatch: `match` and `search`
-# accept a name with a newline, a space or anything else after a valid prefix.
-_VALIDATION_PATTERNS = sorted(name for name, value in vars(validate).items() if isinstance(value, re.Pattern))
+# The compiled patterns of warren/validate.py and warren/nodereports.py are written for
+# fullmatch: `match` and `search` accept a name with a newline, a space or anything else after a
+# valid prefix.
+_VALIDATION_PATTERNS = sorted(
+    {
+        name
+        for module in (validate, nodereports)
+        for name, value in vars(module).items()
+        if isinstance(value, re.Pattern)
+    }
+)
 
 
 def test_validation_patterns_are_only_ever_fullmatched() -> None:
-    assert {"NAME_RE", "ENV_NAME_RE", "_PRINTABLE"} <= set(_VALIDATION_PATTERNS)
+    assert {"NAME_RE", "ENV_NAME_RE", "PRINTABLE_RE", "_WG_KEY_RE"} <= set(_VALIDATION_PATTERNS)
     partial = re.compile(rf"\b({'|'.join(_VALIDATION_PATTERNS)})\s*\.\s*(match|search|finditer|findall)\s*\(")
     package = Path(validate.__file__).parent
     found = [

@@ -185,10 +185,11 @@ def test_readers_caught_by_a_rotation_read_the_rest_from_the_copy(tmp_path: Path
 
 def test_the_rotation_settings_survive_the_agent_re_execution(tmp_path: Path) -> None:
     """`worker start` re-executes the agent with options_argv: the limits must come through."""
-    from warren.agent import daemon, settings
+    from warren.agent import settings
+    from warren.agent.options import AgentOptions, options_argv, parse_options
 
-    options = daemon.AgentOptions(tmp_path, [], log_max_size=300_000, log_max_files=5)
-    again = daemon.parse_options(daemon.options_argv(options))
+    options = AgentOptions(tmp_path, [], log_max_size=300_000, log_max_files=5)
+    again = parse_options(options_argv(options))
     assert (again.log_max_size, again.log_max_files) == (300_000, 5)
     saved = settings.resolve(tmp_path, log_max_size=8192, log_max_files=1)
     assert (saved.log_max_size, saved.log_max_files) == (8192, 1)

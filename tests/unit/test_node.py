@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from warren.agent import daemon as agent_daemon
+from warren.agent.options import AgentOptions, options_argv
 from warren.agent.settings import AgentSettings
 from warren.host import host_facts
 from warren.node import worker
@@ -26,7 +27,7 @@ def test_agent_options_carry_every_agent_setting(tmp_path: Path) -> None:
         cgroup_parent="/x",
     )
     options = worker.agent_options(tmp_path, ["m:4242"], settings)
-    assert options == agent_daemon.AgentOptions(
+    assert options == AgentOptions(
         data_dir=tmp_path,
         managers=["m:4242"],
         runtime="exec",
@@ -43,8 +44,8 @@ def test_agent_options_carry_every_agent_setting(tmp_path: Path) -> None:
 def test_a_workers_agent_can_be_promoted_and_re_executes_into_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(agent_daemon, "run", lambda *args, **kwargs: calls.append((*args, kwargs)) or 0)
-    options = agent_daemon.AgentOptions(data_dir=Path("/d"), managers=["m:1"], runtime="exec", hostname="h")
-    assert worker.main(agent_daemon.options_argv(options)) == 0
+    options = AgentOptions(data_dir=Path("/d"), managers=["m:1"], runtime="exec", hostname="h")
+    assert worker.main(options_argv(options)) == 0
     assert calls == [(options, run_promoted_manager, {"entry": "warren.node.worker"})]
 
 

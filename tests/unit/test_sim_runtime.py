@@ -27,8 +27,8 @@ from warren.agent.runtime import ContainerSpec, ContainerState, RuntimeFailure
 from warren.model import TaskState as S
 from warren.node.sim import Simulator
 from warren.node.simnode import HeldCredentials, SimOptions, simulated_wg_key
+from warren.nodereports import check_wireguard
 from warren.runtime.sim import SIGNAL_EXIT_CODE, START_FAILURE, SimRuntime
-from warren.validate import check_wireguard
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 import grpc
 
-from warren import validate
+from warren import nodereports
 from warren.agent.callstream import CallStream
 from warren.agent.status import StatusQueue
 from warren.api import convert
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 ReportChannel = CallStream[dpb.UpdateTaskStatusRequest, dpb.UpdateTaskStatusResponse]
 
 COALESCE = 0.05  # seconds to gather status reports into one batch
-MAX_BATCH = validate.MAX_STATUS_BATCH  # reports per batch; the rest wait for the next one
+MAX_BATCH = nodereports.MAX_STATUS_BATCH  # reports per batch; the rest wait for the next one
 REPORT_TIMEOUT = 15.0  # a batch sent as a call
 # A batch on the stream: its answer comes in turn, and until it does, newer reports coalesce in
 # the queue. The session's heartbeats say whether the manager still works; this bound only

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import grpc
 
-from warren import certinfo, logsetup, tls, validate
+from warren import certinfo, logsetup, nodereports, tls
 from warren.agent.assignments import AssignmentDelta, AssignmentSet, MeshMember, VersionGap
 from warren.agent.callstream import CallStream, StreamEnded
 from warren.agent.execs import ExecAgent
@@ -248,7 +248,7 @@ class Session:
 
     def _failed(self, why: str) -> None:
         self.failed_sessions += 1
-        self.last_failure = why[: validate.MAX_FAILURE_TEXT]
+        self.last_failure = why[: nodereports.MAX_FAILURE_TEXT]
 
     def _request(self) -> dpb.SessionRequest:
         return dpb.SessionRequest(

@@ -38,7 +38,8 @@ def teardown_node(data_dir: Path) -> list[str]:
 
 def remove_tasks(data_dir: Path, settings: agent_settings.AgentSettings) -> list[str]:
     """Stop (gracefully, as the agent would) and remove every container of this node's tasks."""
-    from warren.agent.daemon import AgentOptions, make_runtime
+    from warren.agent.daemon import make_runtime
+    from warren.agent.options import AgentOptions
 
     known, grace = _known_tasks(data_dir)
     if settings.runtime == "exec" and not datadir.AgentDir(data_dir).runtime_state("exec").is_dir():

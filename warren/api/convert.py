@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from warren import model, validate
+from warren import model, nodereports
 from warren.api import specconvert
 from warren.api.names import task_state, task_state_or
 from warren.api.v1 import control_pb2 as cpb
@@ -151,8 +151,8 @@ def task_update_from_pb(status: dpb.TaskStatus, at: float) -> commands.TaskUpdat
         id=status.task_id,
         at=at,
         state=task_state(status.state),
-        message=validate.report_text(status.message),
-        error=validate.report_text(status.error),
+        message=nodereports.report_text(status.message),
+        error=nodereports.report_text(status.error),
         exit_code=status.exit_code if status.has_exit_code else None,
         runtime_id=status.runtime_id or None,
         health=status.health or None,
@@ -313,8 +313,8 @@ def report_to_pb(report: TaskReport) -> dpb.TaskStatus:
     return dpb.TaskStatus(
         task_id=report.task_id,
         state=report.state.label,
-        message=validate.report_text(report.message),
-        error=validate.report_text(report.error),
+        message=nodereports.report_text(report.message),
+        error=nodereports.report_text(report.error),
         has_exit_code=report.exit_code is not None,
         exit_code=report.exit_code or 0,
         runtime_id=report.runtime_id,

@@ -99,7 +99,7 @@ def _control(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from warren import pki, validate
+    from warren import nodereports, pki, validate
     from warren.node.simnode import SimOptions, hostname
 
     if args.join_addr is None:
@@ -114,7 +114,7 @@ def _options(args: argparse.Namespace) -> Any:
         raise CliError(f"--nodes must be from 1 to {MAX_NODES}", Exit.USAGE)
     labels = dict(args.label)
     try:
-        validate.check_node_description(hostname(args.hostname_prefix, args.nodes - 1), labels, 0, 0)
+        nodereports.check_node_description(hostname(args.hostname_prefix, args.nodes - 1), labels, 0, 0)
     except validate.ValidationError as exc:
         raise CliError(str(exc), Exit.USAGE) from None
     return SimOptions(

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import grpc
 
-from warren import commands, logsetup, pki, tls, validate
+from warren import commands, logsetup, nodereports, pki, tls, validate
 from warren.aio import wait_within
 from warren.api import convert, names
 from warren.api.v1 import dispatcher_pb2 as dpb
@@ -46,9 +46,10 @@ from warren.manager.sessionspecs import FileSource, SessionSpecs
 from warren.manager.sessionwake import WorkBell, pause
 from warren.manager.speccache import SpecCache
 from warren.model import ClusterInfo, Node, NodeRole, NodeStatus, TaskState
+from warren.nodereports import check_wireguard
 from warren.reconciler import liveness
 from warren.state import ClusterState
-from warren.validate import ValidationError, check_wireguard
+from warren.validate import ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -444,15 +445,15 @@ class DispatcherService(BrokeredStreams, dispatcher_pb2_grpc.DispatcherServicer)
         started = time.perf_counter()
         self._require_leader()
         node_id = self._node_of(request.session_id)
-        if len(request.updates) > validate.MAX_STATUS_BATCH:
+        if len(request.updates) > nodereports.MAX_STATUS_BATCH:
             raise ApiError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"at most {validate.MAX_STATUS_BATCH} task reports per call"
+                grpc.StatusCode.INVALID_ARGUMENT, f"at most {nodereports.MAX_STATUS_BATCH} task reports per call"
             )
         updates = []
         for status in request.updates:
             try:
                 update = convert.task_update_from_pb(status, _reported_time(status.timestamp))
-                validate.check_task_report(status.task_id, status.runtime_id, status.health)
+                nodereports.check_task_report(status.task_id, status.runtime_id, status.health)
             except (names.ConversionError, validate.ValidationError) as exc:
                 raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             if update.state is None or update.state < TaskState.ACCEPTED:

@@ -7,14 +7,15 @@ from __future__ import annotations
 import grpc
 import msgspec
 
-from warren import commands, validate
+from warren import commands, nodereports, validate
 from warren.api.v1 import dispatcher_pb2 as dpb
 from warren.manager.server import ApiError
 from warren.model import Node
 from warren.network.endpointdigest import DIGEST_SIZE, MAX_DIGESTS, MAX_NAME_BYTES
+from warren.nodereports import check_node_description, check_wireguard
 from warren.state import ClusterState, Put
 from warren.text import shown
-from warren.validate import ValidationError, check_node_description, check_wireguard
+from warren.validate import ValidationError
 
 
 def check_session_request(request: dpb.SessionRequest) -> None:
@@ -24,14 +25,14 @@ def check_session_request(request: dpb.SessionRequest) -> None:
         check_node_description(desc.hostname, dict(desc.labels), desc.resources.nano_cpus, desc.resources.memory_bytes)
         check_wireguard(desc.wg_public_key, desc.wg_endpoint)
         for what, value in (("addr", desc.addr), ("os", desc.os), ("arch", desc.arch)):
-            validate.check_token(f"the node's {what}", value)
+            nodereports.check_token(f"the node's {what}", value)
         if desc.metrics_addr:
             validate.check_hostport("the node's metrics_addr", desc.metrics_addr)
     except ValidationError as exc:
         raise ApiError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
-    if len(request.last_failure) > validate.MAX_FAILURE_TEXT:
+    if len(request.last_failure) > nodereports.MAX_FAILURE_TEXT:
         raise ApiError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {validate.MAX_FAILURE_TEXT} characters"
+            grpc.StatusCode.INVALID_ARGUMENT, f"last_failure is at most {nodereports.MAX_FAILURE_TEXT} characters"
         )
 
 

@@ -7,7 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from warren.network.plan import AddPeer, Operation, RemovePeer, SetInterface, UpdatePeer
-from warren.network.wireguard import DeviceStatus, PeerStatus, WireGuardDevice, public_key_of, read_key_file
+from warren.network.wgdevice import DeviceStatus, PeerStatus, WireGuardDevice
+from warren.network.wireguard import public_key_of, read_key_file
 
 
 class FakeDevice(WireGuardDevice):

@@ -23,7 +23,7 @@ from warren.network.plan import (
     Route,
     diff,
 )
-from warren.network.wireguard import WireGuardDevice
+from warren.network.wgdevice import WireGuardDevice
 
 
 class Routing(Protocol):

@@ -1,4 +1,5 @@
-"""The WireGuard device adapter: one interface, two backends (ADR 6, ADR 17).
+"""The WireGuard device adapter: one interface, two backends (ADR 6, ADR 17), each a
+`WireGuardDevice` (the port, with what a device reports: warren.network.wgdevice).
 
 - `UserspaceDevice`: starts `wireguard-go -f IFNAME` as our child process (we own its PID),
   inside the node's network namespace, and configures it through its UAPI socket
@@ -16,7 +17,6 @@ private key is read from its file by the adapter at the moment it is set, and go
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import ipaddress
 import os
@@ -25,7 +25,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,77 +61,11 @@ from warren.network.keys import (
 from warren.network.keys import (
     write_key_file as write_key_file,
 )
-from warren.network.plan import AddPeer, Operation, PeerConfig, RemovePeer, SetInterface, UpdatePeer
+from warren.network.plan import AddPeer, Operation, RemovePeer, SetInterface, UpdatePeer
+from warren.network.wgdevice import DeviceStatus, PeerStatus, WireGuardDevice, wg_operations
 
 UAPI_DIR = Path("/var/run/wireguard")
 BACKENDS = ("auto", "kernel", "userspace")
-
-
-# -- status --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    public_key: str  # base64
-    endpoint: str | None
-    allowed_ips: tuple[str, ...]
-    keepalive: int
-    last_handshake: float  # seconds since the epoch; 0.0 = never
-    rx_bytes: int
-    tx_bytes: int
-
-    def config(self) -> PeerConfig:
-        return PeerConfig(self.public_key, self.endpoint, tuple(sorted(self.allowed_ips)), self.keepalive)
-
-
-@dataclass(frozen=True)
-class DeviceStatus:
-    ifname: str
-    public_key: str | None  # base64; None until a private key is set
-    listen_port: int | None
-    peers: tuple[PeerStatus, ...]  # sorted by public key
-
-    def peer(self, public_key: str) -> PeerStatus | None:
-        return next((p for p in self.peers if p.public_key == public_key), None)
-
-
-# -- the port ------------------------------------------------------------------------------------
-
-
-class WireGuardDevice(abc.ABC):
-    """One WireGuard interface, in `netns` (None: this namespace)."""
-
-    kind = ""
-
-    def __init__(self, ifname: str, netns: str | None = None) -> None:
-        if not 0 < len(ifname) <= 15:
-            raise WireGuardError(f"interface name {ifname!r} must be 1 to 15 characters")
-        self.ifname = ifname
-        self.netns = netns
-
-    @abc.abstractmethod
-    def start(self) -> None:
-        """Create the interface, or adopt one that already runs (a restarted agent)."""
-
-    @abc.abstractmethod
-    def status(self) -> DeviceStatus:
-        """Key, port and peers with handshake times and byte counts."""
-
-    @abc.abstractmethod
-    def apply(self, operations: Iterable[Operation]) -> int:
-        """Carry out the interface and peer operations of a diff (the others are skipped);
-        returns how many were applied."""
-
-    @abc.abstractmethod
-    def stop(self) -> None:
-        """Remove the interface (and, for userspace, end the process we started)."""
-
-    def alive(self) -> bool:
-        return links.link_index(self.ifname, self.netns) is not None
-
-
-def wg_operations(operations: Iterable[Operation]) -> list[Operation]:
-    return [op for op in operations if isinstance(op, SetInterface | AddPeer | UpdatePeer | RemovePeer)]
 
 
 # -- userspace: wireguard-go over UAPI ----------------------------------------------------------

@@ -6,8 +6,9 @@ plan and reconciling again gives an empty plan unless something external changed
 delay expired.
 
 One concept per module: `core` (the pass's working set, creating, stopping and placing tasks,
-the plan), `replicated` (slots), `global_` (one task per node), `stops` (routing leads every
-stop, removed services), `liveness` (which silent nodes are marked down, ADR 69).
+the plan), `config` (the knobs of a pass, from the cluster settings), `replicated` (slots),
+`global_` (one task per node), `stops` (routing leads every stop, removed services), `liveness`
+(which silent nodes are marked down, ADR 69).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from collections.abc import Callable, Collection, Mapping
 from warren.commands import ApplyPlan
 from warren.model import Service, ServiceMode, Task
 from warren.reconciler import liveness
+from warren.reconciler.config import ReconcileConfig
 from warren.reconciler.core import (
     DRAINING,
     RUNNING,
     Pass,
-    ReconcileConfig,
     died_on_its_own,
     is_empty,
     is_live,

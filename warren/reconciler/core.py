@@ -10,11 +10,9 @@ import msgspec
 
 from warren import mounts, rebalance, strategy
 from warren.commands import ApplyPlan, RolloutChange, SetNodeStatus, TaskUpdate
-from warren.commands.cluster import MAX_PER_PASS
 from warren.constraints import Constraint, ConstraintError, parse_constraints
 from warren.model import (
     Availability,
-    ClusterInfo,
     Node,
     NodeStatus,
     Resources,
@@ -29,6 +27,7 @@ from warren.model import (
     is_stopping,
 )
 from warren.reconciler import liveness
+from warren.reconciler.config import ReconcileConfig
 from warren.reconciler.dependencies import waiting_for
 from warren.reconciler.liveness import DownCheck
 from warren.reconciler.volumes import bind_late, volumes_bound
@@ -42,53 +41,6 @@ ASSIGNED = TaskState.ASSIGNED
 
 _PLAN_FIELDS = ("state", "desired_state", "node_id", "message", "draining_since", "spec_version")
 DRAINING = "draining: "  # the message of a task out of the load balancing, before "why"
-
-
-# A pass's default cap on starts grows with the cluster (ADR 74): this many per node, never
-# below DEFAULT_MAX_STARTS nor above the most an operator may set (MAX_PER_PASS). A fixed 1,000
-# governed S2 (1,000 nodes, 100,000 tasks) at ~650 starts/s: every pass walked the 100,000
-# tasks to place 1,000 of them.
-STARTS_PER_NODE = 20
-DEFAULT_MAX_STARTS = 1000
-
-
-def default_max_starts(nodes: int) -> int:
-    """The start cap of a pass when the cluster sets none, for a cluster of `nodes` nodes."""
-    return min(max(DEFAULT_MAX_STARTS, STARTS_PER_NODE * nodes), MAX_PER_PASS)
-
-
-class ReconcileConfig(msgspec.Struct, frozen=True):
-    """Knobs of one pass. A node is DOWN after 3 missed heartbeat periods; the caps bound how
-    many tasks one pass may start or stop, so a huge change is spread over several passes."""
-
-    heartbeat_period: float = 5.0
-    task_history_limit: int = 5
-    max_starts_per_pass: int = DEFAULT_MAX_STARTS
-    max_stops_per_pass: int = 1000
-
-    @property
-    def node_timeout(self) -> float:
-        return 3 * self.heartbeat_period
-
-    @property
-    def late_after(self) -> float:
-        """A node not heard from for this long (a beat missed by half a period) gets no new
-        task (ADR 68)."""
-        return 1.5 * self.heartbeat_period
-
-    @classmethod
-    def from_cluster(cls, cluster: ClusterInfo | None, nodes: int = 0, **overrides: int | float) -> ReconcileConfig:
-        """The config implied by the replicated cluster settings for a cluster of `nodes` nodes
-        (which sizes the default start cap), with optional overrides."""
-        base = cls()
-        if cluster is not None:
-            base = cls(
-                cluster.heartbeat_period,
-                cluster.task_history_limit,
-                cluster.max_starts_per_pass or default_max_starts(nodes),
-                cluster.max_stops_per_pass or base.max_stops_per_pass,
-            )
-        return msgspec.structs.replace(base, **overrides)
 
 
 def is_empty(plan: ApplyPlan) -> bool:

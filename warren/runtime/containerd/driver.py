@@ -11,7 +11,8 @@ out of order.
 Lifecycle, as ADR 5 records it: prepare = pull if needed, Containers.Create, Snapshots.Prepare;
 start = Tasks.Create with the rootfs mounts, a Tasks.Wait future, then Tasks.Start; stop =
 Kill(signal), SIGKILL after the grace period; remove = Tasks.Delete, Containers.Delete,
-Snapshots.Remove, each tolerating NOT_FOUND so that remove is idempotent.
+Snapshots.Remove, each tolerating NOT_FOUND so that remove is idempotent. Those calls on one
+task's containerd objects, and what a failed call means, are the driver's base (`objects`).
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ from warren.agent.runtime import (
 )
 from warren.runtime import resolv, tini
 from warren.runtime.containerd import api, nodeside
-from warren.runtime.containerd.client import NAMESPACE, Client, code_of, details_of
+from warren.runtime.containerd.client import NAMESPACE, Client, code_of
 from warren.runtime.containerd.images import ImageInfo, ImageService
 from warren.runtime.containerd.interactive import start_exec
+from warren.runtime.containerd.objects import ALREADY_EXISTS, NOT_FOUND, TaskObjects
 from warren.runtime.containerd.oci import (
     PROCESS_TYPE_URL,
     SPEC_TYPE_URL,
@@ -67,12 +69,6 @@ LOG_LABEL = "warren.log-path"
 KILL_TIMEOUT = 10.0
 EXEC_OUTPUT_LIMIT = 64 << 10
 _ID_RE = re.compile(r"^[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*$")  # containerd's identifier rule
-# runc's refusals that the same spec meets again on every retry: a bad command, and container
-# options the node cannot apply (a net.* sysctl without a network namespace of the task's own...).
-_BAD_COMMAND_RE = re.compile(
-    r"executable file not found|exec: .*(no such file or directory|permission denied|is a directory)"
-    r"|sysctl \S+ not allowed|open /proc/sys/\S+: no such file or directory|error setting rlimit"
-)
 _STATES = {
     api.task_pb2.CREATED: ContainerState.CREATED,
     api.task_pb2.RUNNING: ContainerState.RUNNING,
@@ -80,9 +76,6 @@ _STATES = {
     api.task_pb2.PAUSING: ContainerState.RUNNING,
     api.task_pb2.STOPPED: ContainerState.EXITED,
 }
-NOT_FOUND = grpc.StatusCode.NOT_FOUND
-ALREADY_EXISTS = grpc.StatusCode.ALREADY_EXISTS
-FAILED_PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 
 
 def _seconds(ts: object) -> float:
@@ -110,7 +103,7 @@ def _output_paths(path: Path) -> tuple[str, str]:
     return str(absolute), f"{absolute.parent}/./{absolute.name}"
 
 
-class ContainerdRuntime:
+class ContainerdRuntime(TaskObjects):
     """Runs Warren tasks as containerd containers. Blocking and thread-safe, like the port asks."""
 
     name = "containerd"
@@ -409,31 +402,7 @@ class ContainerdRuntime:
         spec = json.loads(container.spec.value or b"{}")
         return start_exec(self.client, self.state_dir, cid, spec, argv, tty, stdin, rows, cols)
 
-    # -- helpers ------------------------------------------------------------------------------
-
-    def _container(self, cid: str) -> api.containers_pb2.Container | None:
-        try:
-            return self.client.containers.Get(
-                api.containers_pb2.GetContainerRequest(id=cid), metadata=self.client.md(), timeout=self.client.timeout
-            ).container
-        except grpc.RpcError as exc:
-            if code_of(exc) == NOT_FOUND:
-                return None
-            raise self._failure(exc, f"looking up container {cid}") from exc
-
-    def _rootfs_mounts(self, cid: str) -> builtins.list[api.mount_pb2.Mount]:
-        request = api.snapshots_pb2.MountsRequest(snapshotter=self.snapshotter, key=cid)
-        return list(self.client.snapshots.Mounts(request, metadata=self.client.md(), timeout=30).mounts)
-
-    def _process(self, cid: str) -> api.task_pb2.Process | None:
-        try:
-            return self.client.tasks.Get(
-                api.tasks_pb2.GetRequest(container_id=cid), metadata=self.client.md(), timeout=self.client.timeout
-            ).process
-        except grpc.RpcError as exc:
-            if code_of(exc) == NOT_FOUND:
-                return None
-            raise self._failure(exc, f"looking up the task of {cid}") from exc
+    # -- statuses and the shared wait ---------------------------------------------------------
 
     def _status(self, cid: str, labels: dict[str, str], process: api.task_pb2.Process | None) -> ContainerStatus:
         started = self._started.get(cid, 0.0)
@@ -473,41 +442,6 @@ class ContainerdRuntime:
             )
             self._waits[cid] = future
             return future
-
-    def _kill(self, cid: str, number: int, all_processes: bool = False, exec_id: str = "") -> None:
-        try:
-            self.client.tasks.Kill(
-                api.tasks_pb2.KillRequest(container_id=cid, exec_id=exec_id, signal=number, all=all_processes),
-                metadata=self.client.md(),
-                timeout=self.client.timeout,
-            )
-        except grpc.RpcError as exc:
-            if code_of(exc) not in (NOT_FOUND, FAILED_PRECONDITION):  # gone or already exited
-                raise self._failure(exc, f"signalling {cid}") from exc
-
-    def _delete_task(self, cid: str) -> None:
-        try:
-            self.client.tasks.Delete(
-                api.tasks_pb2.DeleteTaskRequest(container_id=cid), metadata=self.client.md(), timeout=60
-            )
-        except grpc.RpcError as exc:
-            if code_of(exc) != NOT_FOUND:
-                raise
-
-    def _delete_container(self, cid: str) -> None:
-        try:
-            self.client.containers.Delete(
-                api.containers_pb2.DeleteContainerRequest(id=cid), metadata=self.client.md(), timeout=60
-            )
-        except grpc.RpcError as exc:
-            if code_of(exc) != NOT_FOUND:
-                raise self._failure(exc, f"deleting container {cid}") from exc
-
-    def _failure(self, exc: grpc.RpcError, what: str) -> RuntimeFailure:
-        if code_of(exc) == grpc.StatusCode.UNAVAILABLE:
-            return self.client.unreachable(exc)
-        details = details_of(exc)
-        return RuntimeFailure(f"{what}: {details}", permanent=bool(_BAD_COMMAND_RE.search(details)))
 
 
 def _tail(path: Path, limit: int) -> str:

@@ -1,5 +1,6 @@
-"""The exec runtime: tasks as plain host processes (ADR 5). Its rules are in `driver`; the
-process chain, procfs identity, user resolution and cgroups each have a module."""
+"""The exec runtime: tasks as plain host processes (ADR 5). Its rules are in `driver`; starting
+a container's process (`spawn`), the process chain, procfs identity, user resolution and cgroups
+each have a module."""
 
 from warren.runtime.exec.driver import ExecRuntime
 

@@ -1,7 +1,7 @@
 """The exec runtime: tasks run as plain host processes, with no image and no isolation.
 
 It exists for hosts without containerd and for large-scale tests (ADR 5), and must be chosen
-explicitly. Rules, decided here:
+explicitly. Rules, decided here (a process is started as the container runs it by `spawn`):
 
 - **Image.** Ignored (a note is logged once per image name). The task runs `command + args`;
   with neither, prepare fails permanently ("the exec runtime needs a command"). A missing
@@ -67,7 +67,6 @@ import threading
 import time
 from pathlib import Path
 from signal import SIGKILL, SIGTERM
-from typing import IO, TypedDict
 
 import msgspec
 
@@ -83,10 +82,11 @@ from warren.agent.runtime import (
 )
 from warren.runtime.exec import procfs
 from warren.runtime.exec.cgroups import Cgroups
-from warren.runtime.exec.chain import check_executable, exec_chain, make_mount_points, task_env, tool
+from warren.runtime.exec.chain import check_executable, make_mount_points, task_env
 from warren.runtime.exec.interactive import start_interactive
 from warren.runtime.exec.mounts import check_targets
 from warren.runtime.exec.record import Record, is_ours_and_alive
+from warren.runtime.exec.spawn import spawn
 from warren.runtime.exec.users import resolve_groups, resolve_user
 from warren.runtime.resolv import task_resolv_conf
 from warren.runtime.tini import init_binary
@@ -98,14 +98,6 @@ KILL_WAIT = 10.0  # seconds to wait for a process to die after SIGKILL before re
 POLL = 0.05  # /proc polling period for processes that are not our children
 EXEC_OUTPUT_LIMIT = 64 * 1024
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-
-
-class _Credentials(TypedDict, total=False):
-    """Popen's arguments to run as another user; none at all to run as the agent's."""
-
-    user: int
-    group: int
-    extra_groups: list[int]
 
 
 def cgroup_owner(state_dir: Path) -> str:
@@ -186,7 +178,7 @@ class ExecRuntime:
                 argv = [_init_binary(), "-s", "--", *argv]  # -s: a subreaper, not being PID 1
             try:
                 with open(rec.log_path, "ab") as logf:
-                    proc = self._spawn(rec, argv, logf)
+                    proc = spawn(rec, argv, logf)
             except RuntimeFailure as exc:
                 rec.error = exc.message
                 self._save(rec)
@@ -298,7 +290,7 @@ class ExecRuntime:
             if not argv:
                 raise RuntimeFailure("exec needs a command", permanent=True)
         with tempfile.TemporaryFile() as out:
-            proc = self._spawn(rec, argv, out)
+            proc = spawn(rec, argv, out)
             try:
                 code = proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -328,62 +320,7 @@ class ExecRuntime:
                 raise ExecFailure("not_running", f"container {runtime_id} is not running")
         if not argv:
             raise ExecFailure("failed", "exec needs a command")
-        return start_interactive(functools.partial(self._spawn, rec, argv), tty, stdin, rows, cols)
-
-    def _spawn(
-        self,
-        rec: Record,
-        argv: builtins.list[str],
-        out: IO[bytes] | int,
-        stdin: IO[bytes] | int = subprocess.DEVNULL,
-        err: IO[bytes] | int = subprocess.STDOUT,
-        terminal: bool = False,
-    ) -> subprocess.Popen[bytes]:
-        """Start argv as the container would run it (env, cwd, user, cgroups), in a new session;
-        with `terminal`, its stdin (a terminal) becomes the session's controlling terminal."""
-        spec = rec.spec
-        env = task_env(spec)
-        exe = check_executable(argv[0], env, rec.cwd)
-        uid, gid = resolve_user(spec.user)
-        user = (uid, gid or 0) if uid is not None and uid != os.geteuid() else None
-        procs = [str(Path(d) / "cgroup.procs") for d in rec.cgroups]
-        argv, exe, user = exec_chain(
-            argv,
-            exe,
-            procs=procs,
-            netns=spec.netns,
-            resolv_conf=spec.resolv_conf,
-            user=user,
-            mounts=spec.mounts,
-            files=spec.files,
-            groups=resolve_groups(spec.options.group_add),
-            rlimits=spec.options.ulimits,
-            hostname=spec.hostname,
-        )
-        if terminal:  # setsid(1) execs in place: the child is no group leader, so it need not fork
-            argv, exe = [tool("setsid"), "--ctty", *argv], tool("setsid")
-        creds: _Credentials = {}
-        if user is not None:
-            creds = {"user": user[0], "group": user[1], "extra_groups": []}
-        try:
-            return subprocess.Popen(
-                argv,
-                executable=exe,
-                env=env,
-                cwd=rec.cwd,
-                stdin=stdin,
-                stdout=out,
-                stderr=err,
-                start_new_session=not terminal,
-                close_fds=True,
-                **creds,
-            )
-        except FileNotFoundError as exc:
-            raise RuntimeFailure(f"executable file not found: {argv[0]}", permanent=True) from exc
-        except PermissionError as exc:
-            raise RuntimeFailure(f"cannot start {argv[0]}: {exc.strerror or exc}", permanent=True) from exc
-        except OSError as exc:
-            raise RuntimeFailure(f"cannot start {argv[0]}: {exc}") from exc
+        return start_interactive(functools.partial(spawn, rec, argv), tty, stdin, rows, cols)
 
     def _refresh(self, rec: Record) -> None:
         """Notice a RUNNING process's exit (lock held)."""
