@@ -223,7 +223,7 @@ async def _creating_scenario(
 
     first = services - creates
     cluster.store.commit(cluster.store.applied_index + 1, [c for k in range(first) for c in created(k)])
-    received, agent_cpu, sizes, readers = await open_sessions(cluster, sessions, "endpoint_deltas", deltas)
+    received, agent_cpu, sizes, readers = await open_sessions(cluster, sessions, ("endpoint_deltas",) if deltas else ())
     commits = [
         [c for k in range(at, min(at + batch, services)) for c in created(k)] for at in range(first, services, batch)
     ]
