@@ -30,7 +30,7 @@ SESSIONS = 1000
 
 
 async def _scenario() -> dict[str, object]:
-    from tests.unit.test_endpoint_deltas import _LiveState  # the live state as the log reads it
+    from tests.unit.endpoint_rig import _LiveState  # the live state as the log reads it
     from warren.manager.endpointlog import EndpointLog
     from warren.manager.events import EventHub
     from warren.state import Put

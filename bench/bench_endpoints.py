@@ -48,7 +48,7 @@ CHANGES = 5
 
 
 async def _case(nodes: int, root: Path) -> dict[str, object]:
-    from tests.unit.test_dispatcher_nodes import Cluster
+    from tests.unit.dispatcher_cluster import Cluster
     from warren.model import Service, ServiceSpec, Task, TaskState
     from warren.state import Put
 
@@ -83,7 +83,7 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
     async def read(index: int) -> None:
         import datetime as dt
 
-        from tests.unit.test_dispatcher_nodes import description
+        from tests.unit.dispatcher_cluster import description
         from warren.api.v1 import dispatcher_pb2 as dpb
         from warren.manager.server import caller
         from warren.pki import Identity
@@ -153,7 +153,7 @@ def _services_case(services: int, backends: int, sessions: int, root: Path) -> d
 
 async def _services_scenario(services: int, per_service: int, sessions: int, root: Path) -> dict[str, object]:
 
-    from tests.unit.test_dispatcher_nodes import Cluster
+    from tests.unit.dispatcher_cluster import Cluster
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.state import Put
 
@@ -203,7 +203,7 @@ async def _creating_scenario(
     those come `batch` per commit, each with its tasks placed and running. Every commit sends
     every session a message (services added to the endpoints; some also get tasks and their
     specs), so the leader's CPU per message is its CPU per commit / sessions."""
-    from tests.unit.test_dispatcher_nodes import Cluster
+    from tests.unit.dispatcher_cluster import Cluster
     from warren import gcpolicy
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.state import Put
@@ -292,7 +292,7 @@ async def _mesh_scenario(sessions: int, root: Path) -> dict[str, object]:
     """`sessions` nodes on the overlay, each with its session; then CHANGES nodes join the mesh
     one at a time (ADR 65's mesh deltas; the whole mesh to every node before)."""
 
-    from tests.unit.test_dispatcher_nodes import Cluster
+    from tests.unit.dispatcher_cluster import Cluster
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.model import Node
     from warren.state import Put

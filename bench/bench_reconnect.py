@@ -34,7 +34,7 @@ ROUNDS = 3  # of each kind, alternated
 
 
 async def _scenario(services: int, per_service: int, sessions: int, rounds: int, root: Path) -> dict[str, object]:
-    from tests.unit.test_dispatcher_nodes import Cluster, description
+    from tests.unit.dispatcher_cluster import Cluster, description
     from warren import gcpolicy
     from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints, TrackingAssignmentSet
     from warren.api.v1 import dispatcher_pb2 as dpb

@@ -192,7 +192,7 @@ def dispatcher_memory(tasks: int, changes: int = CHURN_CHANGES, seed: int = 15) 
 
 
 async def _dispatcher_scenario(tasks: int, changes: int, rng: random.Random, root: Path) -> dict[str, object]:
-    from tests.unit.test_dispatcher_nodes import Cluster
+    from tests.unit.dispatcher_cluster import Cluster
     from warren.network import ipam
 
     services = max(1, tasks // SERVICE_REPLICAS)
@@ -338,7 +338,7 @@ async def _open_grpc_like_sessions(cluster: Any, sessions: int) -> tuple[list[in
     first message and the joins' node changes have settled."""
     import datetime as dt
 
-    from tests.unit.test_dispatcher_nodes import description
+    from tests.unit.dispatcher_cluster import description
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.manager.server import caller
     from warren.pki import Identity

@@ -32,7 +32,7 @@ async def open_sessions(
     got its first message and the joins' node changes have settled."""
     import datetime as dt
 
-    from tests.unit.test_dispatcher_nodes import description
+    from tests.unit.dispatcher_cluster import description
     from warren.agent.assignments import AssignmentSet
     from warren.api.v1 import dispatcher_pb2 as dpb
     from warren.manager.server import caller

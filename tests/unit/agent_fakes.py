@@ -1,4 +1,5 @@
-"""An in-memory Runtime for agent tests: containers are records, exits are triggered by the test."""
+"""An in-memory Runtime for agent tests: containers are records, exits are triggered by the test;
+with what the task controller tests share (`assert_forward`, `run`)."""
 
 from __future__ import annotations
 
@@ -193,3 +194,12 @@ def make_task(
         state=state,
         node_id="node1",
     )
+
+
+def assert_forward(states: list[TaskState]) -> None:
+    """Reported states never go backwards (a repeat is a health or message change)."""
+    assert states == sorted(states), states
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 20))

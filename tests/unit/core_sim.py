@@ -1,5 +1,6 @@
 """A tiny in-memory cluster for testing the pure core: commands go through `commands.apply` and
-`ClusterState.apply` exactly as the store does, and fake agents move tasks forward."""
+`ClusterState.apply` exactly as the store does, and fake agents move tasks forward; and the
+reconciler scenarios' helpers (`cluster`, `idle`, `inject`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from warren.model import (
     NodeRole,
     NodeStatus,
     Resources,
+    RestartCondition,
     RestartPolicy,
     Service,
     ServiceMode,
@@ -284,3 +286,24 @@ def check_plan(state: ClusterState, plan: ApplyPlan) -> None:
     for status in plan.node_status:
         n = state.nodes[status.node_id]
         assert (n.status, n.status_message) != (status.status, status.message)
+
+
+# -- the reconciler scenarios' helpers ---------------------------------------------------------------
+ANY0 = RestartPolicy(condition=RestartCondition.ANY, delay=0.0)
+
+
+def idle(sim: Sim) -> None:
+    """Nothing external changed: the next pass must propose nothing."""
+    plan = sim.plan()
+    assert is_empty(plan), plan
+
+
+def cluster(*names: str, config: ReconcileConfig | None = None, **node_kw: object) -> Sim:
+    sim = Sim(config)
+    for name in names:
+        sim.add_node(node(name, **node_kw))  # type: ignore[arg-type]
+    return sim
+
+
+def inject(sim: Sim, task: Task) -> None:
+    sim.state.apply([Put("task", task)])

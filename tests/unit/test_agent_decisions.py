@@ -1,5 +1,5 @@
 """The agent's decisions (warren.agent.decisions), tested as plain functions: no asyncio, no
-runtime. The controller that performs them is tested in test_agent_controller.py."""
+runtime. The controller that performs them is tested in test_agent_controller_*.py."""
 
 from __future__ import annotations
 

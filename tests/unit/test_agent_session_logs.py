@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
-from tests.unit.test_agent_session import ScriptedDispatcher, description, serve
+from tests.unit.scripted_dispatcher import ScriptedDispatcher, description, serve
 from tests.waiting import async_holds
 from tests.waiting import async_wait_for as until
 from warren import pki, tls

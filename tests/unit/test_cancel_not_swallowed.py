@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-from tests.unit.test_dispatcher_nodes import Cluster, description
+from tests.unit.dispatcher_cluster import Cluster, description
 from warren.agent import session as agent_session
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_dispatcher_nodes import description
-from tests.unit.test_endpoint_deltas import Agent, Rig, _change, _run, _service, _task, ops
+from tests.unit.dispatcher_cluster import description
+from tests.unit.endpoint_rig import Agent, Rig, _change, _run, _service, _task, ops
 from warren.agent.assignments import AssignmentSet, KeyOrdered, VersionGap
 from warren.agent.indexonly import IndexOnlyAssignmentSet, SharedEndpoints, TrackingAssignmentSet
 from warren.api.v1 import dispatcher_pb2 as dpb

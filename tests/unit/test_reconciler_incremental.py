@@ -10,8 +10,8 @@ from collections.abc import Callable
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.unit.core_histories import EXAMPLES, RESTART, apply_op, new_sim, ops, up_nodes
 from tests.unit.core_sim import Sim, spec
-from tests.unit.test_core_properties import EXAMPLES, RESTART, apply_op, new_sim, ops, up_nodes
 from warren.commands import ApplyPlan
 from warren.model import (
     ClusterInfo,
