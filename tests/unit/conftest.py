@@ -1,5 +1,5 @@
 """Fixtures shared by several unit test files: `creds`, the credentials of one cluster CA for an
-agent (a directory) and for a manager serving it, used by the agent session tests."""
+agent (a directory) and for a manager serving it, used by the agent session tests (its logs too)."""
 
 from __future__ import annotations
 

@@ -7,29 +7,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import pytest
-
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
 from tests.unit.scripted_dispatcher import ScriptedDispatcher, description, serve
 from tests.waiting import async_holds
 from tests.waiting import async_wait_for as until
-from warren import pki, tls
 from warren.agent.cache import AgentCache
 from warren.agent.logs import LogAgent
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
 from warren.api.v1 import dispatcher_pb2 as dpb
-
-
-@pytest.fixture(scope="module")
-def pki_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tls.Credentials]:
-    root = tmp_path_factory.mktemp("pki")
-    ca = pki.CertificateAuthority.create("testcluster")
-    cert, key = ca.issue_keypair("worker1", pki.ROLE_WORKER)
-    tls.save_credentials(root / "worker", ca.cert_pem, cert, key)
-    mcert, mkey = ca.issue_keypair("manager1", pki.ROLE_MANAGER)
-    return root / "worker", tls.Credentials(ca.cert_pem, mcert, mkey)
 
 
 class LoggingDispatcher(ScriptedDispatcher):
@@ -54,8 +41,8 @@ class LoggingDispatcher(ScriptedDispatcher):
         return [m.data for r in self.published for m in r.messages]
 
 
-async def _run_session(dispatcher: ScriptedDispatcher, pki_dirs, tmp_path: Path, check) -> None:  # type: ignore[no-untyped-def]
-    certs, server_creds = pki_dirs
+async def _run_session(dispatcher: ScriptedDispatcher, creds, tmp_path: Path, check) -> None:  # type: ignore[no-untyped-def]
+    certs, server_creds = creds
     server, addr = await serve(dispatcher, server_creds)
     cache = AgentCache(tmp_path / "agent.db")
     queue = StatusQueue()
@@ -76,7 +63,7 @@ async def _run_session(dispatcher: ScriptedDispatcher, pki_dirs, tmp_path: Path,
         await server.stop(None)
 
 
-def test_the_session_serves_log_subscriptions(pki_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_the_session_serves_log_subscriptions(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dispatcher = LoggingDispatcher([make_task("a")])
     (tmp_path / "a.log").write_bytes(b"one\ntwo\n")
 
@@ -89,10 +76,10 @@ def test_the_session_serves_log_subscriptions(pki_dirs, tmp_path: Path) -> None:
         assert {r.session_id for r in dispatcher.published} == {"s1"}  # the scripted session's id
         assert len(dispatcher.sessions) == 1  # the logs job did not disturb the session
 
-    asyncio.run(asyncio.wait_for(_run_session(dispatcher, pki_dirs, tmp_path, check), 30))
+    asyncio.run(asyncio.wait_for(_run_session(dispatcher, creds, tmp_path, check), 30))
 
 
-def test_a_manager_without_log_streaming_leaves_the_session_alone(pki_dirs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_manager_without_log_streaming_leaves_the_session_alone(creds, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     dispatcher = ScriptedDispatcher([make_task("a")], period=0.1)  # LogSubscriptions: UNIMPLEMENTED
 
     async def check(worker: Worker) -> None:
@@ -102,4 +89,4 @@ def test_a_manager_without_log_streaming_leaves_the_session_alone(pki_dirs, tmp_
         await until(lambda: dispatcher.heartbeats >= beats + 2, message="the session still heartbeating")
         assert len(dispatcher.sessions) == 1
 
-    asyncio.run(asyncio.wait_for(_run_session(dispatcher, pki_dirs, tmp_path, check), 30))
+    asyncio.run(asyncio.wait_for(_run_session(dispatcher, creds, tmp_path, check), 30))
