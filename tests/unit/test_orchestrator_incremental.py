@@ -5,7 +5,6 @@ the periodic full pass."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 from tests.unit.test_manager_services import Agent, Manager, run, web
@@ -84,44 +83,14 @@ def test_passes_read_a_copy_the_commits_keep_up_to_date() -> None:
                 orch.note(events.get_nowait())
         stale = Service(id="late-notice", spec=ServiceSpec(name="late", image="busybox"), version=1, created_at=1.0)
         orch.note((index, [Put("service", stale)]))  # a commit the copy holds, noticed late
-        state, news = orch._view(incremental=True)
-        assert state is copy and news is not None  # no new copy
-        visit = orch._catch_up(state, news)
+        state, visit = orch._view(incremental=True)
+        assert state is copy  # no new copy
         assert visit is not None and set(visit.services) == set(manager.store.state.services)
         assert set(state.services) == set(manager.store.state.services) and "late-notice" not in state.services
         assert orch._mirror_index == manager.store.applied_index
 
         orch.note((manager.store.applied_index, None))
-        state, news = orch._view(incremental=True)
-        assert news is None and state is not copy
-
-    run(scenario())
-
-
-def test_the_commits_reach_the_copy_off_the_event_loop() -> None:
-    """At S2's size the commits between two passes are thousands of changes: applying them to
-    the copy is the pass's work, not the event loop's."""
-
-    async def scenario() -> None:
-        manager = Manager()
-        await manager.init()
-        orch = manager.orchestrator
-        with manager.hub.subscribe() as events:
-            await orch.pass_once(incremental=True)  # the first: a copy and a full pass
-            await manager.control.CreateService(cpb.CreateServiceRequest(spec=web(2)), None)
-            await asyncio.sleep(0)
-            while not events.empty():
-                orch.note(events.get_nowait())
-        applied_on: list[int] = []
-        catch_up = orch._catch_up
-
-        def recording(mirror, news):  # type: ignore[no-untyped-def]
-            applied_on.append(threading.get_ident())
-            return catch_up(mirror, news)
-
-        orch._catch_up = recording  # type: ignore[method-assign]
-        await orch.pass_once(incremental=True)
-        assert applied_on and threading.get_ident() not in applied_on
-        assert orch._mirror is not None and set(orch._mirror.services) == set(manager.store.state.services)
+        state, visit = orch._view(incremental=True)
+        assert visit is None and state is not copy
 
     run(scenario())

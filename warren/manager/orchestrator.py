@@ -24,7 +24,7 @@ from warren.manager.events import Event, EventHub
 from warren.manager.hearing import Heartbeats, SilenceReport
 from warren.manager.ports import ProposalError, Proposer, StateReader
 from warren.reconciler import liveness
-from warren.state import Change, ClusterState
+from warren.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +139,11 @@ class Orchestrator:
         elif self._mirror is not None:
             self._pending.append(event)
 
-    def _view(self, incremental: bool) -> tuple[ClusterState, list[tuple[int, list[Change]]] | None]:
-        """The state this pass reads, and the commits noted since its index, still to apply to
-        it (None: a full pass over a new copy). A full pass, due every FULL_PASS_PERIOD or so,
-        copies the live state again: the safety net, for the copy too. A notice may come after
-        the copy that already holds its commit: it is left out."""
+    def _view(self, incremental: bool) -> tuple[ClusterState, reconciler.Visit | None]:
+        """The state this pass reads, and what it visits (None: every service). A full pass, due
+        every FULL_PASS_PERIOD or so, copies the live state again: the safety net, for the
+        copy too. An incremental pass applies the commits noted since the copy's index (a
+        notice may come after the copy that already holds its commit: it is skipped)."""
         pending, self._pending = self._pending, []
         now = time.monotonic()
         spacing = min(max(FULL_PASS_PERIOD, FULL_PASS_SPACING * self._full_took), FULL_PASS_MAX_GAP)
@@ -152,18 +152,12 @@ class Orchestrator:
             self._last_full = now
             self._mirror_index, self._mirror = self._store.snapshot()
             return self._mirror, None
-        return mirror, [(index, changes) for index, changes in pending if index > self._mirror_index and changes]
-
-    def _catch_up(self, mirror: ClusterState, news: list[tuple[int, list[Change]]]) -> reconciler.Visit | None:
-        """Apply `news` to the copy, and say what an incremental pass visits (None: everything).
-        Off the event loop when there are any: at S2's size a pass's commits are thousands of
-        changes. Only the pass touches the copy; a resynchronise notice meanwhile drops it, and
-        the next pass copies the state again."""
+        news = [(index, changes) for index, changes in pending if index > self._mirror_index and changes]
         visit = reconciler.touched_by([c for _, changes in news for c in changes], mirror)
         for index, changes in news:
             mirror.apply(changes)
             self._mirror_index = index
-        return visit
+        return mirror, visit
 
     async def _announce_leadership(self) -> None:
         """Commit this term's "leader" event (ADR 45), once; a failure is retried next pass."""
@@ -192,10 +186,7 @@ class Orchestrator:
             self._was_leader = True
         if self._beat_for_local_node:
             self._heartbeats.beat(self._local_node_id)
-        snapshot, news = self._view(incremental)
-        visit = None
-        if news is not None:
-            visit = await asyncio.to_thread(self._catch_up, snapshot, news) if news else self._catch_up(snapshot, [])
+        snapshot, visit = self._view(incremental)
         if snapshot.cluster is None:
             return
         await self._announce_leadership()
