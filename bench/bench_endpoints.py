@@ -223,7 +223,9 @@ async def _creating_scenario(
 
     first = services - creates
     cluster.store.commit(cluster.store.applied_index + 1, [c for k in range(first) for c in created(k)])
-    received, agent_cpu, sizes, readers = await open_sessions(cluster, sessions, ("endpoint_deltas",) if deltas else ())
+    # As an agent asks for them (those this code's SessionRequest has), as the services case does.
+    flags = ("endpoint_deltas", "endpoint_patches")
+    received, agent_cpu, sizes, readers = await open_sessions(cluster, sessions, flags)
     commits = [
         [c for k in range(at, min(at + batch, services)) for c in created(k)] for at in range(first, services, batch)
     ]

@@ -118,27 +118,40 @@ class Sampler(threading.Thread):
 
 
 def _warm_up(cluster: Cluster, prom: Any) -> None:
-    """One write through each manager, seen by Prometheus, before the clock starts: increase()
-    misses the first value of a series that appears inside its window."""
+    """One write through each manager, and a scrape of every manager after them, before the
+    clock starts: the run's figures then count no cold first call, and its window's first
+    samples (the last scrape before the run) hold the warm-up already."""
     from warren.api.v1 import control_pb2 as cpb
     from warren.api.v1 import types_pb2 as tpb
 
     for i, m in enumerate(cluster.managers):
         spec = tpb.ServiceSpec(name=f"warmup-{i}", image=IMAGE, replicas=0)
         cluster.stub(m).CreateService(cpb.CreateServiceRequest(spec=spec), timeout=RPC_TIMEOUT)
-    series = f'warren_api_request_duration_seconds_count{{method="{CONTROL}CreateService"}}'
-    wait_for(
-        lambda: len(prom.query(series)) == len(cluster.managers),
-        60,
-        "Prometheus seeing the warm-up writes",
-        interval=0.5,
-    )
+    written = time.time()
+    wait_for(lambda: _scraped_after(prom, written), 60, "Prometheus scraping the warm-up writes", interval=0.5)
 
 
 def _scraped_after(prom: Any, when: float) -> bool:
     """Whether Prometheus has scraped every manager since `when` (Unix time)."""
     stamps = [r["value"] for r in prom.query("timestamp(up)")]
     return bool(stamps) and min(stamps) >= when
+
+
+class _Pinned:
+    """Prometheus's answers at one instant `at`, so that every figure of a run has one window."""
+
+    def __init__(self, prom: Any, at: float) -> None:
+        self._prom, self._at = prom, at
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        return list(self._prom.query(expr, self._at))
+
+    def scalar(self, expr: str) -> float | None:
+        value = self._prom.scalar(expr, self._at)
+        return None if value is None else float(value)
+
+    def by_instance(self, expr: str) -> dict[str, float]:
+        return dict(self._prom.by_instance(expr, self._at))
 
 
 def _role_of(cluster: Cluster, leader: Any) -> dict[str, str]:
@@ -190,7 +203,12 @@ def s1(
     first, last = client["first_create_at"], client["last_create_returned_at"]
     total_s = ended - first
     wait_for(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run", interval=0.5)
-    window = f"{math.ceil(time.time() - min(first, scraped_before)) + 1}s"
+    # Every figure at one instant, over one window: from each manager's last scrape before the
+    # run to its first after it. Counts over the window are the run's (and at most a scrape
+    # interval either side of it); a second's worth is a count over `total_s`.
+    at = time.time()
+    window = f"{math.ceil(at - min(first, scraped_before)) + 1}s"
+    prom = _Pinned(prom, at)
     raft_after = prom.by_instance("warren_raft_commit_index")
     term_after = prom.scalar("max(warren_raft_term)")
     roles = _role_of(cluster, leader)
@@ -268,9 +286,10 @@ def s1(
             "scheduling_pass_p99_ms": pass_quantile(0.99),
             "scheduling_passes": prom.scalar(f"sum(increase(warren_scheduler_pass_duration_seconds_count[{window}]))"),
             "raft_entries_per_s_leader": prom.scalar(
-                f'max(rate(warren_raft_commit_index{{instance="{leader_key}"}}[{window}]))'
+                f'max(delta(warren_raft_commit_index{{instance="{leader_key}"}}[{window}])) / {total_s:.3f}'
             ),
             "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in prom_rss.items()},
+            # Over the whole window: the run, and up to a scrape interval either side of it.
             "cpu_s": {k: round(v, 1) for k, v in prom_cpu.items()},
             "store_used_bytes": prom.by_instance("warren_state_store_used_bytes"),
             "raft_log_resident_peak_mib": {
@@ -291,7 +310,8 @@ def s1(
             "leader_calls_per_s": {
                 r["metric"].get("method", "?").rsplit("/", 1)[-1]: round(r["value"], 1)
                 for r in prom.query(
-                    f'sum by (method) (rate(warren_api_requests_total{{instance="{leader_key}"}}[{window}]))'
+                    f'sum by (method) (increase(warren_api_requests_total{{instance="{leader_key}"}}[{window}]))'
+                    f" / {total_s:.3f}"
                 )
                 if r["value"] >= 0.1
             },
@@ -300,8 +320,8 @@ def s1(
             "status_batches": {
                 r["metric"].get("transport", "?"): round(r["value"], 1)
                 for r in prom.query(
-                    "sum by (transport) (rate(warren_status_batch_duration_seconds_count"
-                    f'{{instance="{leader_key}"}}[{window}]))'
+                    "sum by (transport) (increase(warren_status_batch_duration_seconds_count"
+                    f'{{instance="{leader_key}"}}[{window}])) / {total_s:.3f}'
                 )
             },
             "status_batch_ms": [status_quantile(0.5, leader_key), status_quantile(0.99, leader_key)],
@@ -311,8 +331,8 @@ def s1(
                 for where, who in (("leader", leader_key), ("followers", followers))
                 for stage in ("queued", "replicated", "answered")
             },
-            # The Raft thread's own work (p50, p99 in ms, and how many a second of the run): a slice of
-            # applying committed entries, and a journal write with its fsyncs.
+            # The Raft thread's own work: [p50 ms, p99 ms, how many a second of the run] of its
+            # slices of applying committed entries, and of its journal writes with their fsyncs.
             "raft_thread_ms": {
                 f"{where}_{name}": [
                     quantile_ms(0.5, metric, f'instance=~"{who}"'),

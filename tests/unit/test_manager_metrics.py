@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 
-from warren.api.v1 import control_pb2, dispatcher_pb2
+from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
 from warren.manager.metrics import REGISTRY, declare_series, observe_request
 
 
@@ -49,21 +49,42 @@ def test_each_api_call_counts_once_in_its_methods_and_statuss_series() -> None:
 
 def test_every_method_and_stage_has_a_series_before_its_first_observation() -> None:
     # A series born between two scrapes has no earlier sample, and increase() over a window that
-    # holds its birth misses it: S1's leader-bound reads went unreported that way.
+    # holds its birth misses it: S1's leader-bound reads went unreported that way. The methods
+    # are the paths gRPC itself calls (a stub's), so a name that differs from what the server
+    # observes would leave a declared series that never moves, and fail here.
+    class RecordingChannel:
+        def __init__(self) -> None:
+            self.paths: list[str] = []
+
+        def _record(self, path: str, *args: object, **kwargs: object) -> None:
+            self.paths.append(path)
+
+        unary_unary = unary_stream = stream_unary = stream_stream = _record
+
+    channel = RecordingChannel()
+    for stub in (
+        ca_pb2_grpc.NodeCAStub,
+        ca_pb2_grpc.NodeCertificatesStub,
+        control_pb2_grpc.ControlStub,
+        dispatcher_pb2_grpc.DispatcherStub,
+        managers_pb2_grpc.ManagersStub,
+    ):
+        stub(channel)
+    assert len(channel.paths) > 50
     declare_series()
-    methods = [
-        f"/{service.full_name}/{method.name}"
-        for module in (control_pb2, dispatcher_pb2)
-        for service in module.DESCRIPTOR.services_by_name.values()
-        for method in service.methods
-    ]
-    assert len(methods) > 40
     missing = [
-        m
-        for m in methods
-        if REGISTRY.get_sample_value("warren_api_request_duration_seconds_count", {"method": m}) is None
+        path
+        for path in channel.paths
+        if REGISTRY.get_sample_value("warren_api_requests_total", {"method": path, "code": "OK"}) is None
+        or REGISTRY.get_sample_value("warren_api_request_duration_seconds_count", {"method": path}) is None
     ]
     assert missing == []
     for stage in ("queued", "replicated", "answered"):
         assert REGISTRY.get_sample_value("warren_raft_proposal_seconds_count", {"stage": stage}) is not None
-    assert REGISTRY.get_sample_value("warren_status_batch_duration_seconds_count", {"transport": "stream"}) is not None
+    for transport in ("stream", "call"):
+        assert (
+            REGISTRY.get_sample_value("warren_status_batch_duration_seconds_count", {"transport": transport})
+            is not None
+        )
+    for kind in ("created", "updated", "deleted"):
+        assert REGISTRY.get_sample_value("warren_scheduler_changes_total", {"kind": kind}) is not None

@@ -1,6 +1,6 @@
 """How a worker agent process is started: its options (`AgentOptions`), and the command line
 that gives them (`parse_options`) and that `options_argv` writes back, with which `worker start`
-and `cluster join` re-execute into the agent (warren.agent.daemon)."""
+and `cluster join` re-execute into the node's worker process (warren.node.worker)."""
 
 from __future__ import annotations
 

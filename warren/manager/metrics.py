@@ -66,9 +66,10 @@ SCHEDULING_PASS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
-# How late the Raft thread runs (ADR 52): the time between two of its ticks, at most 50 ms apart
-# when it gets a core and the GIL (ADR 82; a message or a proposal brings the next one sooner).
-# Gaps near the election timeout elect a leader for no failure.
+# How late the Raft thread runs (ADR 52): the time between two of its ticks. Its poller waits at
+# most 50 ms (ADR 82; a message or a proposal ends the wait sooner), and a gap also holds the
+# tick's own work (applying entries, writing the journal); the rest is waiting for a core or the
+# GIL. Gaps near the election timeout elect a leader for no failure.
 RAFT_TICK_GAP = Histogram(
     "warren_raft_tick_gap_seconds",
     "Time between two ticks of the Raft thread",
@@ -76,9 +77,9 @@ RAFT_TICK_GAP = Histogram(
     registry=REGISTRY,
 )
 # The Raft thread's own work, which holds up its ticks (heartbeats, replication) as much as the
-# CPU or the GIL does: applying committed entries (a slice per tick, at most about 0.1 s) and
-# writing appended entries to the journal with their fsyncs. etcd reports the same two
-# (backend commit, WAL fsync) for the same reason.
+# CPU or the GIL does: applying committed entries (a slice per tick, which stops after the entry
+# that passes 0.1 s: one large entry takes longer) and writing grouped appends to the journal
+# with their fsyncs. etcd reports the same two (backend commit, WAL fsync) for the same reason.
 RAFT_APPLY = Histogram(
     "warren_raft_apply_seconds",
     "Time the Raft thread spent applying committed entries in one tick",
@@ -124,7 +125,8 @@ SCHEDULING_CHANGES = Counter(
 
 
 def declare_series() -> None:
-    """Create every labelled series this manager may report, at zero, before any is observed.
+    """Create the labelled series this manager reports, at zero, before any is observed: each
+    method of Warren's own services with status OK, and every value of the bounded labels.
 
     Prometheus's advice for labelled metrics: a series born between two scrapes has no earlier
     sample, so increase() and rate() over a window that holds its birth miss what it counted. The
