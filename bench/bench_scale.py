@@ -138,10 +138,18 @@ def _scraped_after(prom: Any, when: float) -> bool:
 
 
 class _Pinned:
-    """Prometheus's answers at one instant `at`, so that every figure of a run has one window."""
+    """Prometheus's answers at one instant `at`, so that every figure of a run has one window;
+    and counts over the run, from each series' last sample before `before` to its last at `at`."""
 
-    def __init__(self, prom: Any, at: float) -> None:
-        self._prom, self._at = prom, at
+    def __init__(self, prom: Any, at: float, before: float) -> None:
+        self._prom, self._at, self._before = prom, at, before
+
+    def counted(self, expr: str, label: str = "instance") -> dict[str, float]:
+        """How much the counters of `expr` grew over the run, by `label`. Not increase(): with
+        a few scrapes in the window it extrapolates to the window's ends, tripling the count."""
+        then = {r["metric"].get(label, "?"): r["value"] for r in self._prom.query(expr, self._before)}
+        now = {r["metric"].get(label, "?"): r["value"] for r in self._prom.query(expr, self._at)}
+        return {key: value - then.get(key, 0.0) for key, value in now.items()}
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         return list(self._prom.query(expr, self._at))
@@ -204,11 +212,11 @@ def s1(
     total_s = ended - first
     wait_for(lambda: _scraped_after(prom, ended + 1), 60, "Prometheus scraping the end of the run", interval=0.5)
     # Every figure at one instant, over one window: from each manager's last scrape before the
-    # run to its first after it. Counts over the window are the run's (and at most a scrape
-    # interval either side of it); a second's worth is a count over `total_s`.
+    # run to its first after it (quantiles). Counts are the counters' growth between those two
+    # scrapes; a second's worth is a count over `total_s`.
     at = time.time()
     window = f"{math.ceil(at - min(first, scraped_before)) + 1}s"
-    prom = _Pinned(prom, at)
+    prom = _Pinned(prom, at, before=first)
     raft_after = prom.by_instance("warren_raft_commit_index")
     term_after = prom.scalar("max(warren_raft_term)")
     roles = _role_of(cluster, leader)
@@ -234,7 +242,7 @@ def s1(
     followers = "|".join(k for k, r in roles.items() if r != "leader")
     raft_entries = raft_after.get(leader_key, 0) - raft_before.get(leader_key, 0)
     prom_rss = prom.by_instance(f"max_over_time(process_resident_memory_bytes[{window}])")
-    prom_cpu = prom.by_instance(f"increase(process_cpu_seconds_total[{window}])")
+    prom_cpu = prom.counted("process_cpu_seconds_total")
     last_status = sampler.last
     result = {
         "tasks": tasks,
@@ -284,12 +292,12 @@ def s1(
             "read_p99_ms": quantile(0.99, READS),
             "scheduling_pass_p50_ms": pass_quantile(0.5),
             "scheduling_pass_p99_ms": pass_quantile(0.99),
-            "scheduling_passes": prom.scalar(f"sum(increase(warren_scheduler_pass_duration_seconds_count[{window}]))"),
-            "raft_entries_per_s_leader": prom.scalar(
-                f'max(delta(warren_raft_commit_index{{instance="{leader_key}"}}[{window}])) / {total_s:.3f}'
+            "scheduling_passes": sum(prom.counted("warren_scheduler_pass_duration_seconds_count").values()),
+            "raft_entries_per_s_leader": round(
+                prom.counted(f'warren_raft_commit_index{{instance="{leader_key}"}}').get(leader_key, 0.0) / total_s, 1
             ),
             "peak_rss_mib": {k: round(v / 2**20, 1) for k, v in prom_rss.items()},
-            # Over the whole window: the run, and up to a scrape interval either side of it.
+            # From the last scrape before the run to the first after it.
             "cpu_s": {k: round(v, 1) for k, v in prom_cpu.items()},
             "store_used_bytes": prom.by_instance("warren_state_store_used_bytes"),
             "raft_log_resident_peak_mib": {
@@ -308,21 +316,20 @@ def s1(
             # What the leader's event loop served: calls per second by method (gRPC's own per-call
             # cost is a large part of the loop at S1).
             "leader_calls_per_s": {
-                r["metric"].get("method", "?").rsplit("/", 1)[-1]: round(r["value"], 1)
-                for r in prom.query(
-                    f'sum by (method) (increase(warren_api_requests_total{{instance="{leader_key}"}}[{window}]))'
-                    f" / {total_s:.3f}"
-                )
-                if r["value"] >= 0.1
+                method.rsplit("/", 1)[-1]: round(count / total_s, 1)
+                for method, count in prom.counted(
+                    f'sum by (method) (warren_api_requests_total{{instance="{leader_key}"}})', "method"
+                ).items()
+                if count / total_s >= 0.1
             },
             # The agents' status batches on the leader (ADR 79), per second by transport (a stream
             # is one call for a whole session), and their p50 and p99 from arrival to commit (ms).
             "status_batches": {
-                r["metric"].get("transport", "?"): round(r["value"], 1)
-                for r in prom.query(
-                    "sum by (transport) (increase(warren_status_batch_duration_seconds_count"
-                    f'{{instance="{leader_key}"}}[{window}])) / {total_s:.3f}'
-                )
+                transport: round(count / total_s, 1)
+                for transport, count in prom.counted(
+                    f'sum by (transport) (warren_status_batch_duration_seconds_count{{instance="{leader_key}"}})',
+                    "transport",
+                ).items()
             },
             "status_batch_ms": [status_quantile(0.5, leader_key), status_quantile(0.99, leader_key)],
             # Where a proposal waits (p50, p99 in ms), on the leader and on the followers.
@@ -337,7 +344,7 @@ def s1(
                 f"{where}_{name}": [
                     quantile_ms(0.5, metric, f'instance=~"{who}"'),
                     quantile_ms(0.99, metric, f'instance=~"{who}"'),
-                    prom.scalar(f'sum(increase({metric}_count{{instance=~"{who}"}}[{window}])) / {total_s:.3f}'),
+                    round(sum(prom.counted(f'{metric}_count{{instance=~"{who}"}}').values()) / total_s, 1),
                 ]
                 for where, who in (("leader", leader_key), ("followers", followers))
                 for name, metric in (
