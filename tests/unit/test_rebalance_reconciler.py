@@ -17,7 +17,18 @@ from tests.unit.test_drain import overlay_cluster, routing
 from tests.unit.test_drain import step as pass_with_routes
 from warren import commands
 from warren.commands import ApplyPlan, RebalanceService
-from warren.model import ClusterInfo, NodeStatus, RolloutState, Task, TaskState, UpdateConfig, UpdateStatus, is_ready
+from warren.model import (
+    Availability,
+    ClusterInfo,
+    NodeStatus,
+    RolloutState,
+    Task,
+    TaskState,
+    UpdateConfig,
+    UpdateStatus,
+    is_ready,
+)
+from warren.reconciler import is_empty
 from warren.state import Put
 
 
@@ -204,6 +215,29 @@ def test_a_move_that_finds_no_room_after_all_is_abandoned_and_the_old_task_keeps
     assert {t.id for t in running} == original, "both tasks kept serving on n1"
     assert sim.state.tasks[move.id].state.terminal
     assert [t.node_id for t in sim.live(other)] == ["n2"]
+
+
+def test_a_move_whose_node_is_drained_before_it_is_ready_is_dropped_in_one_pass() -> None:
+    # Found by the random histories: the pass stopped the move and started a new task of the same
+    # version in its slot, beside the old one, which the FSM refuses (one live task per version
+    # and slot); the next pass then decided the rebalance over. A pass must decide it at once.
+    sim, service_id = cluster_with(spec("web", replicas=2), nodes=2)
+    original = {t.id for t in sim.live(service_id)}
+    sim.run(RebalanceService(service_id, sim.now))
+    sim.reconcile()  # the move is created on n2; its agent has not started it
+    (move,) = [t for t in sim.tasks(service_id) if t.relocates]
+    assert move.node_id == "n2"
+    sim.run(commands.UpdateNode("n2", sim.now, availability=Availability.DRAIN))
+    plan = sim.reconcile()
+    assert plan.created == ()
+    assert [(u.id, u.desired_state) for u in plan.updated] == [(move.id, TaskState.SHUTDOWN)]
+    status = sim.state.services[service_id].update_status
+    assert status is not None and (status.state, status.message) == (
+        RolloutState.COMPLETED,
+        "rebalanced: 0 tasks moved",
+    )
+    assert {t.id for t in sim.live(service_id)} == original, "the old tasks hold their slots"
+    assert is_empty(sim.plan()), "the next pass decides nothing more"
 
 
 def test_a_moved_task_leaves_the_load_balancing_of_every_node_before_its_stop() -> None:

@@ -124,6 +124,15 @@ def check_invariants(sim: Sim, before: dict[str, Task], services: list[str]) -> 
         ("scale", 0, 3),
     ]
 )
+@example(  # a rebalance's move drained before it was ready (a pass made a task the FSM refused)
+    steps=[
+        ("avail", "n2", Availability.DRAIN),
+        ("down", "n1"),
+        ("avail", "n2", Availability.ACTIVE),
+        ("rebalance", 0),
+        ("avail", "n2", Availability.DRAIN),
+    ]
+)
 @example(steps=[("update", 0), ("down", "n2"), ("update", 1), ("settings", 0), ("settings", 0), ("rebalance", 0)])
 @example(steps=[("auto_rebalance", True), ("scale", 1, 6), ("add", "n5", "a"), ("avail", "n2", Availability.DRAIN)])
 @example(steps=[("scale", 0, 5), ("auto_rebalance", True), ("add", "n5", "a"), ("scale", 0, 0)])

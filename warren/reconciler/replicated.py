@@ -101,7 +101,17 @@ def reconcile_replicated(p: Pass, service: Service, tasks: list[Task]) -> None:
             del standby[slot]
     for slot, t in sorted(live.items()):
         why = p.displaced_by(t, t.spec.constraints)
-        if why and p.can_start() and p.can_stop(t):
+        if not why:
+            continue
+        if slot in standby and t.relocates == standby[slot].id:
+            # A rebalance's move displaced before it was ready: the task it was to replace still
+            # serves, and holds the slot again. A new task of the same version beside it is not
+            # one the FSM accepts (one live task per version and slot), so a pass that made one
+            # would be made again by the next.
+            if p.shutdown(t, why):
+                live[slot] = standby.pop(slot)
+            continue
+        if p.can_start() and p.can_stop(t):
             p.shutdown(t, why)
             live[slot] = p.create(service, slot, t.attempt)
 
