@@ -14,7 +14,7 @@ import grpc
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env
 from warren import tls
-from warren.agent.cache import MemoryCache
+from warren.agent.cache import AgentCache, MemoryCache
 from warren.agent.session import ManagerList, Session
 from warren.agent.status import StatusQueue
 from warren.agent.worker import Worker
@@ -161,6 +161,18 @@ async def running_session(
         await runner
         await worker.close()
         await server.stop(None)
+
+
+async def stop_agent(
+    stop: asyncio.Event, runner: asyncio.Task[None], worker: Worker, cache: AgentCache, server: grpc.aio.Server
+) -> None:
+    """A test's cleanup of an agent it ran against a scripted dispatcher: its session first (which
+    must end within 10 s of `stop`), then its worker, the worker's cache, and the server."""
+    stop.set()
+    await asyncio.wait_for(runner, 10)
+    await worker.close()
+    cache.close()
+    await server.stop(None)
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env, make_task
-from tests.unit.scripted_dispatcher import INCREMENTAL, ScriptedDispatcher, description, run, serve
+from tests.unit.scripted_dispatcher import INCREMENTAL, ScriptedDispatcher, description, run, serve, stop_agent
 from tests.waiting import async_wait_for as until
 from warren.agent.cache import AgentCache
 from warren.agent.session import ManagerList, NodeRemoved, Session
@@ -113,11 +113,7 @@ def test_failed_sessions_are_counted_in_the_next_request_until_a_heartbeat(creds
             assert dispatcher.sessions[3].failed_sessions == 1
             assert dispatcher.sessions[3].last_failure == "NOT_FOUND: unknown session; open a new one"
         finally:
-            stop.set()
-            await asyncio.wait_for(runner, 10)
-            await worker.close()
-            cache.close()
-            await server.stop(None)
+            await stop_agent(stop, runner, worker, cache, server)
 
     run(scenario())
 

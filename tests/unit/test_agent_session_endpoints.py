@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env
-from tests.unit.scripted_dispatcher import INCREMENTAL, ScriptedDispatcher, description, run, serve
+from tests.unit.scripted_dispatcher import INCREMENTAL, ScriptedDispatcher, description, run, serve, stop_agent
 from tests.waiting import async_wait_for as until
 from warren.agent.cache import AgentCache
 from warren.agent.session import ManagerList, Session
@@ -71,11 +71,7 @@ def test_the_heartbeat_reports_the_endpoints_applied_at_once(creds, tmp_path: Pa
             assert given == [(42, ("10.201.0.2",))]
             assert dispatcher.beats[1].services_applied == 42
         finally:
-            stop.set()
-            await asyncio.wait_for(runner, 10)
-            await worker.close()
-            cache.close()
-            await server.stop(None)
+            await stop_agent(stop, runner, worker, cache, server)
 
     run(scenario())
 
@@ -146,10 +142,6 @@ def test_the_agent_takes_endpoint_deltas_and_reopens_on_one_it_cannot_apply(cred
             assert dispatcher.sessions[1].endpoint_deltas
             assert len(given) == 2  # the delta it could not apply went nowhere
         finally:
-            stop.set()
-            await asyncio.wait_for(runner, 10)
-            await worker.close()
-            cache.close()
-            await server.stop(None)
+            await stop_agent(stop, runner, worker, cache, server)
 
     run(scenario())

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.agent_fakes import FakeRuntime, Recorder, make_env
-from tests.unit.scripted_dispatcher import ScriptedDispatcher, description, run, running_session, serve
+from tests.unit.scripted_dispatcher import ScriptedDispatcher, description, run, running_session, serve, stop_agent
 from tests.waiting import async_wait_for as until
 from warren.agent import reporter
 from warren.agent.cache import AgentCache
@@ -41,11 +41,7 @@ def test_reports_survive_a_lost_session(creds, tmp_path: Path) -> None:  # type:
         try:
             await until(lambda: "failed" in dispatcher.reported("zzz"), message="queued report delivered")
         finally:
-            stop.set()
-            await asyncio.wait_for(runner, 10)
-            await worker.close()
-            cache.close()
-            await server.stop(None)
+            await stop_agent(stop, runner, worker, cache, server)
 
     run(scenario())
 
