@@ -33,6 +33,7 @@ import msgspec
 from bench.common import figure
 from bench.endpoint_sessions import (
     as_sent,
+    first_messages,
     make_backend,
     make_service,
     median_ms,
@@ -99,12 +100,7 @@ async def _case(nodes: int, root: Path) -> dict[str, object]:
                 sizes.append(len(data))
 
     readers = [asyncio.create_task(read(i)) for i in range(nodes)]
-    while min(received) < 1:
-        failed = [t for t in readers if t.done()]
-        if failed:
-            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the joins' node changes settle
+    await first_messages(received, readers)
     cpu: list[float] = []
     for change in range(CHANGES):
         before = list(received)

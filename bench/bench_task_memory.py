@@ -36,6 +36,7 @@ from typing import Any
 import msgspec
 
 from bench.common import figure
+from bench.endpoint_sessions import first_messages
 from warren import commands
 from warren.commands import codec
 from warren.commands.types import ApplyPlan, TaskUpdate
@@ -356,12 +357,7 @@ async def _open_grpc_like_sessions(cluster: Any, sessions: int) -> tuple[list[in
             received[index] += 1
 
     readers = [asyncio.create_task(read(i)) for i in range(sessions)]
-    while min(received) < 1:
-        failed = [t for t in readers if t.done()]
-        if failed:
-            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the joins' node changes settle
+    await first_messages(received, readers)
     return received, readers
 
 

@@ -59,12 +59,7 @@ async def open_sessions(
             received[index] += 1
 
     readers = [asyncio.create_task(read(i)) for i in range(sessions)]
-    while min(received) < 1:
-        failed = [t for t in readers if t.done()]
-        if failed:
-            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
-        await asyncio.sleep(0.05)
-    await asyncio.sleep(1.5)  # the joins' node changes settle
+    await first_messages(received, readers)
     return received, agent_cpu, sizes, readers
 
 
@@ -154,3 +149,14 @@ def running_services(cluster: Any, services: int, per_service: int) -> list[Any]
         ],
     )
     return all_services
+
+
+async def first_messages(received: list[int], readers: list[asyncio.Task[Any]]) -> None:
+    """Wait until every session (`readers`, counting into `received`) got its first message, then
+    for the joins' node changes to settle; a session that ended meanwhile raises."""
+    while min(received) < 1:
+        failed = [t for t in readers if t.done()]
+        if failed:
+            raise RuntimeError(f"a session ended: {failed[0].exception()!r}")
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.5)
