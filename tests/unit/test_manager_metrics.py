@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from grpc_health.v1 import health_pb2_grpc
 from prometheus_client import generate_latest
 
 from warren.api.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc, managers_pb2_grpc
@@ -68,6 +69,7 @@ def test_every_method_and_stage_has_a_series_before_its_first_observation() -> N
         control_pb2_grpc.ControlStub,
         dispatcher_pb2_grpc.DispatcherStub,
         managers_pb2_grpc.ManagersStub,
+        health_pb2_grpc.HealthStub,
     ):
         stub(channel)
     assert len(channel.paths) > 50

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+from grpc_health.v1 import health_pb2
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
@@ -126,13 +127,14 @@ SCHEDULING_CHANGES = Counter(
 
 def declare_series() -> None:
     """Create the labelled series this manager reports, at zero, before any is observed: each
-    method of Warren's own services with status OK, and every value of the bounded labels.
+    method it serves (Warren's services and gRPC's health) with status OK, and every value of
+    the bounded labels.
 
     Prometheus's advice for labelled metrics: a series born between two scrapes has no earlier
     sample, so increase() and rate() over a window that holds its birth miss what it counted. The
     API's methods are those of Warren's own services; each is declared with status OK.
     """
-    for module in (ca_pb2, control_pb2, dispatcher_pb2, managers_pb2):
+    for module in (ca_pb2, control_pb2, dispatcher_pb2, managers_pb2, health_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 _request_series(f"/{service.full_name}/{method.name}", "OK")
