@@ -338,14 +338,14 @@ def s1(
                 for where, who in (("leader", leader_key), ("followers", followers))
                 for stage in ("queued", "replicated", "answered")
             },
-            # The Raft thread's own work: [p50 ms, p99 ms, how many a second of the run] of its
-            # slices of applying committed entries, and of its journal writes with their fsyncs.
-            "raft_thread_ms": {
-                f"{where}_{name}": [
-                    quantile_ms(0.5, metric, f'instance=~"{who}"'),
-                    quantile_ms(0.99, metric, f'instance=~"{who}"'),
-                    round(sum(prom.counted(f'{metric}_count{{instance=~"{who}"}}').values()) / total_s, 1),
-                ]
+            # The Raft thread's own work: its slices of applying committed entries, and its
+            # journal writes with their fsyncs.
+            "raft_thread": {
+                f"{where}_{name}": {
+                    "p50_ms": quantile_ms(0.5, metric, f'instance=~"{who}"'),
+                    "p99_ms": quantile_ms(0.99, metric, f'instance=~"{who}"'),
+                    "per_s": round(sum(prom.counted(f'{metric}_count{{instance=~"{who}"}}').values()) / total_s, 1),
+                }
                 for where, who in (("leader", leader_key), ("followers", followers))
                 for name, metric in (
                     ("apply", "warren_raft_apply_seconds"),

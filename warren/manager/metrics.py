@@ -131,8 +131,7 @@ def declare_series() -> None:
     the bounded labels.
 
     Prometheus's advice for labelled metrics: a series born between two scrapes has no earlier
-    sample, so increase() and rate() over a window that holds its birth miss what it counted. The
-    API's methods are those of Warren's own services; each is declared with status OK.
+    sample, so increase() and rate() over a window that holds its birth miss what it counted.
     """
     for module in (ca_pb2, control_pb2, dispatcher_pb2, managers_pb2, health_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
