@@ -40,6 +40,16 @@ def refused(match: str, **options: object) -> None:
 
 
 # -- checks -------------------------------------------------------------------------------------
+def test_a_spec_without_options_passes_the_options_checks() -> None:
+    """check_spec skips the options' checks for a spec that sets none (#15): the defaults must
+    pass them, and a spec that sets bad ones is still refused."""
+    container.check_options(model.ContainerOptions())
+    validate.check_labels("container label", model.ContainerOptions().labels)
+    bad = model.ServiceSpec(name="web", image="busybox", container=model.ContainerOptions(cap_add=("NOPE",)))
+    with pytest.raises(validate.ValidationError, match="NOPE"):
+        validate.check_spec(bad)
+
+
 def test_capability_names_are_normalised_and_unknown_ones_refused() -> None:
     assert container.capability("net_admin") == "CAP_NET_ADMIN"
     assert container.capability("CAP_SYS_TIME") == "CAP_SYS_TIME"

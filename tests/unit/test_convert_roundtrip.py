@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -237,6 +238,17 @@ def test_a_service_spec_survives_the_wire(spec: model.ServiceSpec) -> None:
 def test_a_spec_read_from_the_wire_is_sent_as_it_came(spec: model.ServiceSpec) -> None:
     msg = specconvert.spec_to_pb(spec)
     assert specconvert.spec_to_pb(specconvert.spec_from_pb(msg)) == msg
+
+
+@pytest.mark.parametrize("part", ["reservations", "limits", "update", "rollback", "deploy", "container"])
+def test_a_spec_part_left_unset_converts_as_the_empty_message_does(part: str) -> None:
+    """spec_from_pb shares one conversion of each part a message leaves unset (#15): it must be
+    what converting that part's empty message gives, on every field."""
+    unset = pb.ServiceSpec(name="web", image="busybox")
+    empty = pb.ServiceSpec(name="web", image="busybox")
+    getattr(empty, part).SetInParent()
+    assert not unset.HasField(part) and empty.HasField(part)
+    assert specconvert.spec_from_pb(unset) == specconvert.spec_from_pb(empty)
 
 
 @wire

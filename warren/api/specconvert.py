@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from warren import model, validate
 from warren.api.names import ConversionError, enum_member
@@ -107,7 +107,29 @@ def container_options_to_pb(options: model.ContainerOptions) -> pb.ContainerOpti
     )
 
 
+class _UnsetParts(NamedTuple):
+    """What each of a spec's message-typed parts converts to when the message leaves it unset,
+    converted once: most specs set few of them, and a create converts its spec on the event loop
+    (#15). The model's structs are frozen, so every spec can share these."""
+
+    resources: model.Resources
+    update: model.UpdateConfig
+    rollback: model.UpdateConfig
+    deploy: model.DeployConfig
+    container: model.ContainerOptions
+
+
+_UNSET = _UnsetParts(
+    resources=resources_from_pb(pb.Resources()),
+    update=update_config_from_pb(pb.UpdateConfig(), "update"),
+    rollback=update_config_from_pb(pb.UpdateConfig(), "rollback"),
+    deploy=deploy_config_from_pb(pb.DeployConfig()),
+    container=container_options_from_pb(pb.ContainerOptions()),
+)
+
+
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
+    unset = _UNSET
     restart = model.RestartPolicy()
     if msg.HasField("restart"):
         restart = model.RestartPolicy(
@@ -137,8 +159,8 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         mode=_enum(model.ServiceMode, msg.mode, "mode", model.ServiceMode.REPLICATED),
         replicas=msg.replicas if msg.mode != "global" else 0,
         constraints=tuple(msg.constraints),
-        reservations=resources_from_pb(msg.reservations),
-        limits=resources_from_pb(msg.limits),
+        reservations=resources_from_pb(msg.reservations) if msg.HasField("reservations") else unset.resources,
+        limits=resources_from_pb(msg.limits) if msg.HasField("limits") else unset.resources,
         restart=restart,
         health=health,
         ports=tuple(
@@ -151,14 +173,14 @@ def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
         stop_grace_period=msg.stop_grace_period if msg.HasField("stop_grace_period") else 10.0,
         stop_signal=msg.stop_signal,
         stop_drain=msg.stop_drain,
-        update=update_config_from_pb(msg.update, "update"),
-        rollback=update_config_from_pb(msg.rollback, "rollback"),
+        update=update_config_from_pb(msg.update, "update") if msg.HasField("update") else unset.update,
+        rollback=update_config_from_pb(msg.rollback, "rollback") if msg.HasField("rollback") else unset.rollback,
         force_update=msg.force_update,
-        deploy=deploy_config_from_pb(msg.deploy),
+        deploy=deploy_config_from_pb(msg.deploy) if msg.HasField("deploy") else unset.deploy,
         mounts=tuple(mount_from_pb(m) for m in msg.mounts),
         secrets=file_refs_from_pb(msg.secrets, "secret"),
         configs=file_refs_from_pb(msg.configs, "config"),
-        container=container_options_from_pb(msg.container),
+        container=container_options_from_pb(msg.container) if msg.HasField("container") else unset.container,
         networks=tuple(model.NetworkAttachment(a.network, tuple(a.aliases)) for a in msg.networks),
     )
 
