@@ -251,6 +251,18 @@ def test_a_spec_part_left_unset_converts_as_the_empty_message_does(part: str) ->
     assert specconvert.spec_from_pb(unset) == specconvert.spec_from_pb(empty)
 
 
+def test_a_spec_message_shares_no_part_with_another() -> None:
+    """spec_to_pb starts every spec's unchanged parts from messages built once (#15): changing
+    one spec's message must leave the next one's alone."""
+    spec = model.ServiceSpec(name="web", image="busybox")
+    first = specconvert.spec_to_pb(spec)
+    first.update.parallelism = 7
+    first.restart.delay = 9.0
+    first.reservations.nano_cpus = 5
+    first.deploy.strategy = "canary"
+    assert specconvert.spec_from_pb(specconvert.spec_to_pb(spec)) == spec
+
+
 @wire
 @given(tasks)
 def test_a_task_survives_the_wire_with_its_spec(task: model.Task) -> None:

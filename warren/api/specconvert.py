@@ -113,6 +113,7 @@ class _UnsetParts(NamedTuple):
     (#15). The model's structs are frozen, so every spec can share these."""
 
     resources: model.Resources
+    restart: model.RestartPolicy
     update: model.UpdateConfig
     rollback: model.UpdateConfig
     deploy: model.DeployConfig
@@ -121,6 +122,7 @@ class _UnsetParts(NamedTuple):
 
 _UNSET = _UnsetParts(
     resources=resources_from_pb(pb.Resources()),
+    restart=model.RestartPolicy(),
     update=update_config_from_pb(pb.UpdateConfig(), "update"),
     rollback=update_config_from_pb(pb.UpdateConfig(), "rollback"),
     deploy=deploy_config_from_pb(pb.DeployConfig()),
@@ -130,7 +132,7 @@ _UNSET = _UnsetParts(
 
 def spec_from_pb(msg: pb.ServiceSpec) -> model.ServiceSpec:
     unset = _UNSET
-    restart = model.RestartPolicy()
+    restart = unset.restart
     if msg.HasField("restart"):
         restart = model.RestartPolicy(
             condition=_enum(model.RestartCondition, msg.restart.condition, "restart condition", restart.condition),
@@ -242,7 +244,17 @@ def resources_to_pb(res: model.Resources) -> pb.Resources:
     return pb.Resources(nano_cpus=res.nano_cpus, memory_bytes=res.memory_bytes)
 
 
+def restart_policy_to_pb(restart: model.RestartPolicy) -> pb.RestartPolicy:
+    return pb.RestartPolicy(
+        condition=restart.condition.value,
+        delay=restart.delay,
+        max_attempts=restart.max_attempts,
+        window=restart.window,
+    )
+
+
 def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
+    unset = _UNSET  # the parts most specs leave as they are: their messages are built once
     msg = pb.ServiceSpec(
         name=spec.name,
         image=spec.image,
@@ -252,14 +264,11 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         mode=spec.mode.value,
         replicas=spec.replicas,
         constraints=spec.constraints,
-        reservations=resources_to_pb(spec.reservations),
-        limits=resources_to_pb(spec.limits),
-        restart=pb.RestartPolicy(
-            condition=spec.restart.condition.value,
-            delay=spec.restart.delay,
-            max_attempts=spec.restart.max_attempts,
-            window=spec.restart.window,
-        ),
+        reservations=_UNSET_PB.resources
+        if spec.reservations == unset.resources
+        else resources_to_pb(spec.reservations),
+        limits=_UNSET_PB.resources if spec.limits == unset.resources else resources_to_pb(spec.limits),
+        restart=_UNSET_PB.restart if spec.restart == unset.restart else restart_policy_to_pb(spec.restart),
         ports=[
             pb.PortConfig(target=p.target, published=p.published, protocol=p.protocol, mode=p.mode) for p in spec.ports
         ],
@@ -267,16 +276,16 @@ def spec_to_pb(spec: model.ServiceSpec) -> pb.ServiceSpec:
         stop_grace_period=spec.stop_grace_period,
         stop_signal=spec.stop_signal,
         stop_drain=spec.stop_drain,
-        update=update_config_to_pb(spec.update),
-        rollback=update_config_to_pb(spec.rollback),
+        update=_UNSET_PB.update if spec.update == unset.update else update_config_to_pb(spec.update),
+        rollback=_UNSET_PB.rollback if spec.rollback == unset.rollback else update_config_to_pb(spec.rollback),
         force_update=spec.force_update,
-        deploy=deploy_config_to_pb(spec.deploy),
+        deploy=_UNSET_PB.deploy if spec.deploy == unset.deploy else deploy_config_to_pb(spec.deploy),
         mounts=[mount_to_pb(m) for m in spec.mounts],
         secrets=[file_ref_to_pb(r) for r in spec.secrets],
         configs=[file_ref_to_pb(r) for r in spec.configs],
         networks=[pb.NetworkAttachment(network=a.network, aliases=list(a.aliases)) for a in spec.networks],
     )
-    if spec.container != model.ContainerOptions():
+    if spec.container != unset.container:
         msg.container.CopyFrom(container_options_to_pb(spec.container))
     if spec.health is not None:
         h = spec.health
@@ -315,3 +324,23 @@ def deploy_config_to_pb(config: model.DeployConfig) -> pb.DeployConfig:
     if config.canary_weight is not None:
         msg.canary_weight = config.canary_weight
     return msg
+
+
+class _UnsetMessages(NamedTuple):
+    """The messages of `_UNSET`'s parts, built once for spec_to_pb: a message given to a
+    constructor is copied into it, so every spec's message may start from these."""
+
+    resources: pb.Resources
+    restart: pb.RestartPolicy
+    update: pb.UpdateConfig
+    rollback: pb.UpdateConfig
+    deploy: pb.DeployConfig
+
+
+_UNSET_PB = _UnsetMessages(
+    resources=resources_to_pb(_UNSET.resources),
+    restart=restart_policy_to_pb(_UNSET.restart),
+    update=update_config_to_pb(_UNSET.update),
+    rollback=update_config_to_pb(_UNSET.rollback),
+    deploy=deploy_config_to_pb(_UNSET.deploy),
+)
