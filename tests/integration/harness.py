@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -320,8 +321,9 @@ def leader_of(managers: list[Manager], timeout: float = 20) -> Manager:
 
 
 def metric_samples(manager: Manager, name: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of metric `name` on the manager's /metrics: (labels, value) each."""
-    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
+    """The samples of metric `name` on the manager's /metrics: (labels, value) each. Only that
+    metric is asked for (`?name[]=`): the whole page is 160 KB, 13 ms of the manager's GIL."""
+    url = f"http://{manager.host}:{manager.metrics_port}/metrics?name[]={urllib.parse.quote(name)}"
     with urllib.request.urlopen(url, timeout=3) as response:
         text = response.read().decode()
     return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import wsgiref.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from warren import pki
 from warren.agent.nodemetrics import NodeCollector
+from warren.manager import metrics
 from warren.manager.metrics import StateCollector
 from warren.manager.ports import RaftStatus
 from warren.model import (
@@ -29,6 +31,7 @@ from warren.model import (
     TaskState,
     UpdateStatus,
 )
+from warren.promregistry import new_registry
 from warren.state import ClusterState, Put
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -181,3 +184,27 @@ def test_the_raft_log_reports_its_entries_and_the_bytes_it_holds_in_memory() -> 
     samples = _scrape(_collector(_state()))
     assert samples[("warren_raft_log_entries", ())] == 7
     assert samples[("warren_raft_log_resident_bytes", ())] == 700
+
+
+def test_a_scrape_restricted_to_one_name_finds_the_collectors_families(tmp_path: Path) -> None:
+    """`/metrics?name[]=NAME` (the scale benchmark reads the leader's running tasks so, #15):
+    the families read at scrape time are found by name, on the manager's registry and on an
+    agent's, as the registered metrics are."""
+    state = _state()
+    collector = _collector(state)
+    metrics.REGISTRY.register(collector)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "QUERY_STRING": "name[]=warren_tasks"}
+        wsgiref.util.setup_testing_defaults(environ)
+        page = b"".join(metrics._app(None)(environ, lambda status, headers: None)).decode()
+    finally:
+        metrics.REGISTRY.unregister(collector)
+    families = list(text_string_to_metric_families(page))
+    assert [f.name for f in families] == ["warren_tasks"]
+    running = [s.value for s in families[0].samples if s.labels == {"state": "running"}]
+    assert running == [sum(1 for t in state.tasks.values() if t.state == TaskState.RUNNING)]
+
+    agent = new_registry()
+    agent.register(NodeCollector(tmp_path))
+    restricted = generate_latest(agent.restricted_registry(["warren_agent_data_dir_free_bytes"])).decode()
+    assert [f.name for f in text_string_to_metric_families(restricted)] == ["warren_agent_data_dir_free_bytes"]

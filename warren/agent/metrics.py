@@ -19,6 +19,7 @@ from warren.agent.nodemetrics import NodeCollector
 from warren.agent.taskmetrics import HeldTask, TaskCollector, TaskRows
 from warren.agent.taskstats import TaskStatsReader
 from warren.model import TaskState
+from warren.promregistry import new_registry
 
 if TYPE_CHECKING:
     from warren.agent.overlay import Overlay
@@ -32,7 +33,7 @@ async def serve(
     addr: str, worker: Worker, session: Session, overlay: Overlay | None = None, data_dir: Path | None = None
 ) -> None:
     """Serve /metrics on HOST:PORT and keep the gauges current until cancelled."""
-    registry = CollectorRegistry()
+    registry = new_registry()  # `?name[]=` finds the collectors' families too
     if data_dir is not None:
         registry.register(NodeCollector(data_dir))  # disk and certificate, read at scrape time
     mesh = _OverlayGauges(registry) if overlay is not None and overlay.enabled else None

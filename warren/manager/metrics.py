@@ -12,7 +12,7 @@ from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from grpc_health.v1 import health_pb2
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
+from prometheus_client import Counter, Gauge, Histogram, ProcessCollector, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
@@ -22,9 +22,10 @@ from warren.certinfo import PkiError, validity
 from warren.manager.capacity import StoreCapacity
 from warren.manager.discovery import SD_PATH
 from warren.model import Node, NodeStatus, Service, Task, TaskState
+from warren.promregistry import new_registry
 from warren.state import replica_counts
 
-REGISTRY = CollectorRegistry()
+REGISTRY = new_registry()  # `?name[]=` finds the collectors' families too
 # process_resident_memory_bytes, process_cpu_seconds_total, ...: a manager's own cost, per role,
 # without access to its host (#15 reads them through Prometheus at scale).
 ProcessCollector(registry=REGISTRY)
