@@ -85,7 +85,9 @@ def _cluster_run(
     """One load run against `targets`; CPU per write is listed leader first."""
     sent_to = "all" if len(targets) == len(managers) else ("leader" if targets == [leader] else "followers")
     ordered = [leader] + [m for m in managers if m is not leader]
-    entries_before = _commit_index(leader)
+    from tests.integration.harness import commit_index
+
+    entries_before = commit_index(leader)
     prefix = f"{sent_to}-r{readers}"
     out = _load(
         managers[0].data_dir / "admin",
@@ -96,7 +98,7 @@ def _cluster_run(
         readers,
         prefix,
     )
-    entries = _commit_index(leader) - entries_before
+    entries = commit_index(leader) - entries_before
     cpu = out.pop("server_cpu_s")
     out["manager_cpu_s"] = cpu
     out["cpu_ms_per_write"] = [round(c * 1000 / max(out["writes"], 1), 3) for c in cpu]
@@ -104,18 +106,6 @@ def _cluster_run(
     out["writes_per_entry"] = round(out["writes"] / max(entries, 1), 1)
     out["sent_to"] = sent_to
     return out
-
-
-def _commit_index(manager) -> int:
-    """The manager's Raft commit index, from its /metrics."""
-    import urllib.request
-
-    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("warren_raft_commit_index"):
-                return int(float(line.rsplit(" ", 1)[1]))
-    raise RuntimeError("the manager exports no warren_raft_commit_index")
 
 
 def grpc_floor(managers: list, clients: int, seconds: float) -> dict[str, object]:

@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,15 +36,9 @@ GAP_METRIC = "warren_raft_tick_gap_seconds_bucket"
 
 def _tick_gaps(manager: Any) -> dict[str, float]:
     """The cumulative tick-gap histogram of one manager: bucket upper bound -> count."""
-    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    buckets = {}
-    for line in text.splitlines():
-        if line.startswith(GAP_METRIC + "{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[bound] = float(line.rsplit(" ", 1)[1])
-    return buckets
+    from tests.integration.harness import metric_samples
+
+    return {labels["le"]: value for labels, value in metric_samples(manager, GAP_METRIC)}
 
 
 def _gaps_over(before: dict[str, float], after: dict[str, float], bound: str) -> int:

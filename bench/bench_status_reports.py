@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from bench.common import figure, manager_with_sim, wait_for
 
@@ -24,17 +22,8 @@ IDLE_WINDOW = 10.0
 TIMEOUT = 300.0
 
 
-def commit_index(manager: Any) -> int:
-    url = f"http://{manager.host}:{manager.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("warren_raft_commit_index "):
-                return int(float(line.rsplit(" ", 1)[1]))
-    raise RuntimeError("no warren_raft_commit_index in /metrics")
-
-
 def run() -> dict[str, object]:
-    from tests.integration.harness import Manager
+    from tests.integration.harness import Manager, commit_index
 
     def new_manager(root: Path) -> Manager:
         return Manager(root, schedule_on_manager=False)

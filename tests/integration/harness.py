@@ -329,6 +329,14 @@ def metric_samples(manager: Manager, name: str) -> list[tuple[dict[str, str], fl
     return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
 
 
+def commit_index(manager: Manager) -> int:
+    """The manager's Raft commit index, from its /metrics."""
+    samples = metric_samples(manager, "warren_raft_commit_index")
+    if not samples:
+        raise RuntimeError("the manager exports no warren_raft_commit_index")
+    return int(samples[0][1])
+
+
 def raft_peer_links(manager: Manager) -> dict[str, int]:
     """warren_raft_peer_connected from the manager's /metrics: peer Raft address -> 0/1."""
     return {labels["peer"]: int(value) for labels, value in metric_samples(manager, "warren_raft_peer_connected")}
