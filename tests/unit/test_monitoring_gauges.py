@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from warren import pki
+from warren.agent import metrics as agent_metrics
 from warren.agent.nodemetrics import NodeCollector
 from warren.manager import metrics
 from warren.manager.metrics import StateCollector
@@ -31,7 +32,6 @@ from warren.model import (
     TaskState,
     UpdateStatus,
 )
-from warren.promregistry import new_registry
 from warren.state import ClusterState, Put
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -204,7 +204,6 @@ def test_a_scrape_restricted_to_one_name_finds_the_collectors_families(tmp_path:
     running = [s.value for s in families[0].samples if s.labels == {"state": "running"}]
     assert running == [sum(1 for t in state.tasks.values() if t.state == TaskState.RUNNING)]
 
-    agent = new_registry()
-    agent.register(NodeCollector(tmp_path))
+    agent = agent_metrics.node_registry(tmp_path)
     restricted = generate_latest(agent.restricted_registry(["warren_agent_data_dir_free_bytes"])).decode()
     assert [f.name for f in text_string_to_metric_families(restricted)] == ["warren_agent_data_dir_free_bytes"]

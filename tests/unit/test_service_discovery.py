@@ -8,6 +8,8 @@ import asyncio
 import json
 import urllib.request
 
+import pytest
+
 from tests.fixtures.ports import free_port
 from warren import commands
 from warren.host import reachable_addr
@@ -106,3 +108,21 @@ def test_the_address_is_recorded_only_once_the_node_record_is_quiet() -> None:
     asyncio.run(scenario())
     with state.read() as current:
         assert current.nodes["m1"].manager_metrics_addr == "10.0.0.1:9323"
+
+
+def test_a_collector_that_fails_when_registered_leaves_the_port_free_and_nothing_registered() -> None:
+    """Registering collects once, for the names (warren.promregistry): a start that fails there
+    lets its port go and can be tried again in the same process."""
+    status = RaftStatus(state="leader", leader="", term=1, commit_index=0, applied_index=0, has_quorum=True, peers={})
+
+    def broken() -> RaftStatus:
+        raise RuntimeError("no raft yet")
+
+    port = free_port()
+    # The failure is held (its traceback keeps serve's frame): the port must be let go
+    # explicitly, not when the server object happens to be collected.
+    with pytest.raises(RuntimeError, match="no raft yet") as failed:
+        metrics.serve(f"127.0.0.1:{port}", metrics.StateCollector(InMemoryState().read, broken))
+    endpoint = metrics.serve(f"127.0.0.1:{port}", metrics.StateCollector(InMemoryState().read, lambda: status))
+    endpoint.close()
+    assert failed.traceback  # held until here

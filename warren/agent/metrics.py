@@ -29,13 +29,20 @@ if TYPE_CHECKING:
 REFRESH = 1.0
 
 
+def node_registry(data_dir: Path | None) -> CollectorRegistry:
+    """The agent's registry, with the node's disk and certificate figures if it has a data dir
+    (read at scrape time). `?name[]=` finds them too (`new_registry`)."""
+    registry = new_registry()
+    if data_dir is not None:
+        registry.register(NodeCollector(data_dir))
+    return registry
+
+
 async def serve(
     addr: str, worker: Worker, session: Session, overlay: Overlay | None = None, data_dir: Path | None = None
 ) -> None:
     """Serve /metrics on HOST:PORT and keep the gauges current until cancelled."""
-    registry = new_registry()  # `?name[]=` finds the collectors' families too
-    if data_dir is not None:
-        registry.register(NodeCollector(data_dir))  # disk and certificate, read at scrape time
+    registry = node_registry(data_dir)
     mesh = _OverlayGauges(registry) if overlay is not None and overlay.enabled else None
     tasks = Gauge("warren_agent_tasks", "Tasks held by this agent, by local state", ["state"], registry=registry)
     connected = Gauge("warren_agent_connected", "1 while a session with a manager is open", registry=registry)

@@ -334,9 +334,11 @@ class Endpoint:
         self._collector = collector
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        REGISTRY.unregister(self._collector)
+        try:
+            self._server.shutdown()
+            self._server.server_close()
+        finally:  # a collector left registered would refuse the next start in this process
+            REGISTRY.unregister(self._collector)
 
 
 def serve(
@@ -349,8 +351,14 @@ def serve(
     server = make_server(
         host.strip("[]") or "0.0.0.0", int(port), _app(sd_groups), ThreadingWSGIServer, handler_class=_Quiet
     )
+    try:
+        # Once the port is ours: a failed start leaves no collector behind. Registering collects
+        # once, for the names (`new_registry`): if that fails, the port is let go.
+        REGISTRY.register(collector)
+    except BaseException:
+        server.server_close()
+        raise
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
-    REGISTRY.register(collector)  # once the port is ours: a failed start leaves no collector behind
     return Endpoint(server, collector)
 
 
