@@ -14,7 +14,8 @@ from tests.waiting import wait_for
 from warren import commands
 from warren.manager import journal
 from warren.manager import raft as raft_module
-from warren.manager.raft import RAFT_MIN_TIMEOUT, RaftNode, RaftStartError, SnapshotFile
+from warren.manager.raft import RAFT_MIN_TIMEOUT, RaftNode, RaftStartError
+from warren.manager.raft_snapshots import SnapshotFile
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 

@@ -15,7 +15,8 @@ from tests.fixtures.tmpfs import fill, tmpfs
 from tests.integration.harness import free_port
 from tests.waiting import wait_for
 from warren import commands
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError
+from warren.manager.raft import RaftNode
 from warren.manager.store import Store, open_environment
 from warren.model import Service, ServiceSpec
 

@@ -20,7 +20,7 @@ from warren.cli.errors import Exit
 from warren.manager import autolock, backup, recovery
 from warren.manager.controlapi import ControlService
 from warren.manager.inmemory import InMemoryRaft, InMemoryState
-from warren.manager.raft import SnapshotFile
+from warren.manager.raft_snapshots import SnapshotFile
 from warren.manager.server import ApiError
 from warren.manager.startup import ManagerOptions, StartupError
 from warren.manager.store import Snapshot, Store, open_environment

@@ -12,7 +12,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from warren import commands
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError
+from warren.manager.raft import RaftNode
 from warren.model import Node, NodeStatus, RolloutState, Service, ServiceSpec, Task, TaskState, UpdateStatus
 from warren.network import ipam
 from warren.state import ClusterState, Put

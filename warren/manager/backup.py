@@ -19,7 +19,7 @@ from pysyncobj.syncobj import _COMMAND_TYPE
 
 from warren import commands, datadir
 from warren.manager import journal
-from warren.manager.raft import SnapshotFile
+from warren.manager.raft_snapshots import SnapshotFile
 from warren.manager.store import Snapshot, Store
 from warren.model import Node, NodeRole
 

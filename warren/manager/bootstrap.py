@@ -14,7 +14,8 @@ from warren import clientconfig, commands, pki, tls
 from warren.host import host_facts
 from warren.manager import cakey
 from warren.manager.controlcerts import INIT_ADMIN_NAME
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError
+from warren.manager.raft import RaftNode
 from warren.manager.startup import ManagerIdentity, ManagerOptions, StartupError, overlay_plan
 from warren.manager.store import Store
 from warren.model import AdminCert, Availability, ClusterInfo, Node, NodeRole, NodeStatus, Resources

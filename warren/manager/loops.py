@@ -8,7 +8,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from warren import datadir
-from warren.manager.raft import ProposalError, RaftNode
+from warren.manager.ports import ProposalError
+from warren.manager.raft import RaftNode
 from warren.manager.server import NOT_SERVING, SERVING
 from warren.manager.startup import ManagerIdentity
 from warren.manager.store import Store

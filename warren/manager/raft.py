@@ -7,7 +7,6 @@ forever, which would wedge the node.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import threading
@@ -17,35 +16,27 @@ from pathlib import Path
 
 import lmdb
 import msgspec
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj import SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
-from pysyncobj.node import TCPNode
 
-from warren import commands, datadir, gcpolicy, logsetup
-from warren.aio import wait_within
+from warren import commands, gcpolicy, logsetup
 from warren.commands import Command, Result
 from warren.manager import journal, metrics
 from warren.manager.capacity import StoreCapacity
-from warren.manager.ports import ProposalError, RaftStatus
+from warren.manager.ports import RaftStatus
 from warren.manager.raft_appends import JournalAppends
 from warren.manager.raft_apply import BoundedApply
+from warren.manager.raft_membership import Membership
 from warren.manager.raft_peers import PeerLinks
-from warren.manager.raft_proposals import FAILURES, Proposals
+from warren.manager.raft_proposals import Proposals
+from warren.manager.raft_snapshots import SnapshotFile, Snapshots
 from warren.manager.raft_transport import HardenedTransport
-from warren.manager.store import Snapshot, Store
+from warren.manager.store import Store
 from warren.text import format_size
 
 log = logging.getLogger(__name__)
 
 _RAFT_STATES = {0: "follower", 1: "candidate", 2: "leader"}
-
-
-class SnapshotFile(msgspec.Struct):
-    """The Raft snapshot file: the whole store plus what PySyncObj needs to resume its log."""
-
-    state: Snapshot
-    entries: list[tuple[bytes, int, int]]
-    cluster: list[str]
 
 
 class _BatchFailed(Exception):
@@ -108,7 +99,7 @@ PERSIST_RETRY_PERIOD = 0.5
 
 
 # The mixins first: they override SyncObj's handlers.
-class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, SyncObj):
+class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, Membership, Snapshots, SyncObj):
     def __init__(
         self,
         self_addr: str,
@@ -314,67 +305,6 @@ class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, SyncObj):
         super().destroy()
         self._SyncObj__pipeNotifier.notify()  # the thread stops now, not after its poller's wait
 
-    # -- snapshots ---------------------------------------------------------------------------
-    def _write_snapshot(self, file_name: str, raft_data: tuple) -> None:
-        last, previous, cluster = raft_data
-        snapshot = SnapshotFile(
-            state=self._store.dump(),
-            entries=[tuple(last), tuple(previous)],
-            cluster=sorted(node.id for node in cluster),
-        )
-        # PySyncObj renames `file_name` (its temporary file) over the snapshot; owner-only, as the
-        # state holds the wrapped CA key.
-        datadir.write_atomic(Path(file_name), msgspec.msgpack.encode(snapshot), datadir.PRIVATE)
-
-    def _read_snapshot(self, file_name: str) -> tuple:
-        with open(file_name, "rb") as f:
-            snapshot = msgspec.msgpack.decode(f.read(), type=SnapshotFile)
-        if snapshot.state.applied_index > self._store.applied_index:
-            self._store.restore(snapshot.state)  # a snapshot sent by the leader
-        last, previous = (tuple(e) for e in snapshot.entries)
-        return last, previous, [TCPNode(addr) for addr in snapshot.cluster]
-
-    # -- proposing ---------------------------------------------------------------------------
-    # -- membership --------------------------------------------------------------------------
-    async def change_membership(self, action: str, raft_addr: str, timeout: float = 10.0) -> None:
-        """Add or remove one member (`action` is "add" or "remove") and wait until the change is
-        committed. One change at a time: a second one before the first commits is refused."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-
-        def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(_resolve_once, future, reason)
-
-        change = self.addNodeToCluster if action == "add" else self.removeNodeFromCluster
-        change(raft_addr, callback=on_done)
-        try:
-            reason = await wait_within(future, timeout)
-        except TimeoutError:
-            raise ProposalError("unknown", f"the membership change did not commit within {timeout:g}s") from None
-        if reason != FAIL_REASON.SUCCESS:
-            code, message = FAILURES.get(reason, ("unknown", f"failed (reason {reason})"))
-            raise ProposalError(code, f"the membership change failed: {message}")
-
-    async def transfer_leadership(self, timeout: float = 5.0) -> str:
-        """Hand leadership to the most caught-up connected member; returns its Raft address."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-
-        def on_done(_result: object, reason: int) -> None:
-            loop.call_soon_threadsafe(_resolve_once, future, reason)
-
-        self.transferLeadership(callback=on_done)
-        reason = await wait_within(future, timeout)
-        if reason != FAIL_REASON.SUCCESS:
-            raise ProposalError("unavailable", "no other manager is caught up enough to take over leadership; retry")
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            status = self.status()
-            if status.leader and status.leader != status.self_addr:
-                return status.leader
-            await asyncio.sleep(0.02)
-        raise ProposalError("unavailable", "leadership did not move in time; retry")
-
     def _peer_links(self) -> dict[str, bool]:
         for _ in range(5):  # PySyncObj's thread may be resizing the set we copy
             try:
@@ -472,12 +402,6 @@ class RaftNode(JournalAppends, PeerLinks, BoundedApply, Proposals, SyncObj):
             log_entries=len(self._journal),
             log_resident_bytes=self._journal.resident_bytes,
         )
-
-
-def _resolve_once(future: asyncio.Future[int], reason: int) -> None:
-    """Give `future` its outcome unless it already has one (a membership or leadership change)."""
-    if not future.done():
-        future.set_result(reason)
 
 
 def _check_log_against_store(log: journal.LmdbJournal, snapshot_path: Path, store: Store) -> None:
