@@ -5,7 +5,7 @@ journal and Raft snapshots, and LMDB keeps stale copies in freed pages until the
 None of those copies is the plain key: it is sealed with AES-256-GCM under a key derived (HKDF)
 from the Raft secret, which every manager already holds to talk Raft at all. Reading `db/` or
 a snapshot alone therefore no longer yields the CA key; reading the whole data directory
-still does, until autolock (issue #13) replaces the Raft secret here by an operator-held key.
+still does, unless autolock (ADR 44) is on: then an operator-held key seals them instead.
 Clusters created before this keep a plain PEM, which `unwrap` still reads; `cluster ca
 --rotate` replaces it with a wrapped one.
 """
