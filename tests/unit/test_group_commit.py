@@ -7,7 +7,6 @@ path against a real PySyncObj node and LMDB store."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -97,31 +96,6 @@ def test_proposals_arriving_one_by_one_share_an_entry_while_others_are_in_flight
         results = await asyncio.gather(*proposals)
         assert [r.id for r in results[:MAX_IN_FLIGHT]] == [f"r{i}.0" for i in range(MAX_IN_FLIGHT)]
         assert [r.id for r in results[MAX_IN_FLIGHT:]] == [f"r{MAX_IN_FLIGHT}.{i}" for i in range(5)]
-
-    asyncio.run(scenario())
-
-
-def test_the_raft_thread_sends_the_next_entry_when_one_applies_without_the_event_loop() -> None:
-    """A busy leader's loop lagged up to 150 ms: a free slot must not wait for it (#15). The
-    entry applies on another thread while the loop is blocked; the queued proposals go at once,
-    and their answers still come through the loop."""
-    node = _RecordingRaft()
-
-    async def scenario() -> None:
-        proposals = []
-        for i in range(MAX_IN_FLIGHT + 3):
-            proposals.append(asyncio.ensure_future(node.propose_async(_create(i))))
-            await _turns()
-        assert len(node.entries) == MAX_IN_FLIGHT
-        raft_thread = threading.Thread(target=node.settle, args=(0,))
-        raft_thread.start()
-        raft_thread.join()  # the loop is blocked meanwhile: no turn of it has run
-        assert len(node.entries) == MAX_IN_FLIGHT + 1
-        assert node.commands_in(MAX_IN_FLIGHT) == 3
-        for entry in range(1, len(node.entries)):
-            node.settle(entry)
-        results = await asyncio.gather(*proposals)
-        assert [r.id for r in results[MAX_IN_FLIGHT:]] == [f"r{MAX_IN_FLIGHT}.{i}" for i in range(3)]
 
     asyncio.run(scenario())
 

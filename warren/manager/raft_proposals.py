@@ -3,10 +3,7 @@ flight (ADR 51), the store's capacity checked before an entry is proposed (ADR 2
 read-your-writes (ADR 58).
 
 Proposals made while an event loop is busy go together as one Batch entry: one Raft round and one
-fsync for all of them. At most MAX_IN_FLIGHT of a manager's entries are in flight at once. When one
-applies, the Raft thread sends the next entry's worth of queued proposals itself (ADR 51,
-amended): waiting for the event loop to take the answer first made the queue wait for the loop's
-lag too, which on a busy leader was up to 150 ms (#15).
+fsync for all of them. At most MAX_IN_FLIGHT of a manager's entries are in flight at once.
 """
 
 from __future__ import annotations
@@ -69,9 +66,6 @@ class Proposals:
         # measured, and once more inside its Batch.
         self._queued: list[tuple[Command, int, asyncio.Future, float]] = []
         self._group = _GroupCommit()
-        # `_queued` and the slots are shared with the Raft thread, which sends the next entry
-        # itself when one applies, without waiting for the event loop.
-        self._queue_lock = threading.Lock()
 
     def propose(self, command: Command, timeout: float = 5.0) -> Result:
         """Replicate `command` and wait for it to be applied here. Blocking; never call it from
@@ -102,11 +96,10 @@ class Proposals:
             raise ProposalError("resource_exhausted", too_large)
         self.check_quorum()
         loop = asyncio.get_running_loop()
+        if self._group.loop is not loop:  # a new event loop (tests): nothing of the old one is waited for
+            self._group, self._queued = _GroupCommit(loop), []
         future: asyncio.Future = loop.create_future()
-        with self._queue_lock:
-            if self._group.loop is not loop:  # a new event loop (tests): nothing of the old one is waited for
-                self._group, self._queued = _GroupCommit(loop), []
-            self._queued.append((command, size, future, loop.time()))
+        self._queued.append((command, size, future, loop.time()))
         self._flush_soon(loop)
         try:
             # asyncio.timeout, not wait_for: no task and no shield per proposal (ADR 58). A
@@ -135,80 +128,44 @@ class Proposals:
     def _flush_soon(self, loop: asyncio.AbstractEventLoop) -> None:
         """Send what is queued on the next turn of the loop, if an entry may go now; otherwise
         the entry in flight that settles first sends it."""
-        with self._queue_lock:
-            group = self._group
-            if not (self._queued and not group.flush_scheduled and group.in_flight < MAX_IN_FLIGHT):
-                return
+        group = self._group
+        if self._queued and not group.flush_scheduled and group.in_flight < MAX_IN_FLIGHT:
             group.flush_scheduled = True
-        loop.call_soon(self._send_queued, loop)
+            loop.call_soon(self._send_queued, loop)
 
-    def _send_queued(self, loop: asyncio.AbstractEventLoop, on_loop: bool = True) -> None:
-        """Send the next entry's worth of queued proposals if a slot is free: on the loop, or on
-        the Raft thread when an entry in flight applied (`on_loop` False)."""
-        with self._queue_lock:
-            group = self._group
-            if on_loop:
-                group.flush_scheduled = False
-            if group.loop is not loop or not self._queued or group.in_flight >= MAX_IN_FLIGHT:
-                return
-            taken = _batch_length(self._queued)
-            queued, self._queued = self._queued[:taken], self._queued[taken:]
-            slot = group.take()
-        if on_loop:
-            self._flush_soon(loop)  # more than one entry's worth, and a free slot
-        else:
-            loop.call_soon_threadsafe(self._flush_soon, loop)
+    def _send_queued(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._group.flush_scheduled = False
+        if self._group.loop is not loop or not self._queued or self._group.in_flight >= MAX_IN_FLIGHT:
+            return
+        taken = _batch_length(self._queued)
+        queued, self._queued = self._queued[:taken], self._queued[taken:]
+        self._flush_soon(loop)  # more than one entry's worth, and a free slot
         now = loop.time()
         for *_, queued_at in queued:
             metrics.RAFT_PROPOSAL.labels("queued").observe(now - queued_at)
         try:
-            self._send(loop, [command for command, *_ in queued], [future for _, _, future, _ in queued], slot)
+            self._send(loop, [command for command, *_ in queued], [future for _, _, future, _ in queued])
         except ProposalError as exc:
-            with self._queue_lock:
-                group.release(slot)
-            if not on_loop:
-                loop.call_soon_threadsafe(self._refuse, loop, queued, exc)
-                return
-            self._refuse(loop, queued, exc)
-
-    def _refuse(self, loop: asyncio.AbstractEventLoop, queued: list, exc: ProposalError) -> None:
-        """On the loop: the proposals of an entry that could not be proposed. No room for writes;
-        read barriers (no-ops, a few bytes) still go, as one entry, so that consistent reads keep
-        working. Nothing goes while the apply path waits."""
-        barriers = [future for command, _, future, _ in queued if isinstance(command, commands.Noop)]
-        send_barriers = bool(barriers) and self.capacity.stalled is None
-        for command, _, future, _ in queued:
-            if not future.done() and not (send_barriers and isinstance(command, commands.Noop)):
-                future.set_exception(ProposalError(exc.code, exc.message))
-        if send_barriers:
-            with self._queue_lock:
-                slot = self._group.take()
-            self._send(loop, [commands.Noop()], barriers, slot, check_capacity=False)
+            # No room for writes; read barriers (no-ops, a few bytes) still go, as one entry, so
+            # that consistent reads keep working. Nothing goes while the apply path waits.
+            barriers = [future for command, _, future, _ in queued if isinstance(command, commands.Noop)]
+            send_barriers = bool(barriers) and self.capacity.stalled is None
+            for command, _, future, _ in queued:
+                if not future.done() and not (send_barriers and isinstance(command, commands.Noop)):
+                    future.set_exception(ProposalError(exc.code, exc.message))
+            if send_barriers:
+                self._send(loop, [commands.Noop()], barriers, check_capacity=False)
 
     def _send(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        to_send: list[Command],
-        futures: list,
-        slot: int,
-        check_capacity: bool = True,
+        self, loop: asyncio.AbstractEventLoop, to_send: list[Command], futures: list, check_capacity: bool = True
     ) -> None:
-        """Propose `to_send` as one entry, holding `slot`; with one command, every future gets
-        its outcome. Called on the loop or on the Raft thread."""
+        """Propose `to_send` as one entry; with one command, every future gets its outcome."""
 
         group = self._group
 
-        def free_slot() -> None:  # on the loop
-            with self._queue_lock:
-                released = group.release(slot)
-            if released:
+        def free_slot() -> None:
+            if group.release(slot):
                 self._flush_soon(loop)
-
-        def applied() -> None:  # on the Raft thread: the next entry goes now, not after the loop's turn
-            with self._queue_lock:
-                released = group.release(slot)
-            if released:
-                self._send_queued(loop, on_loop=False)
 
         sent_at = loop.time()
         applied_at = sent_at
@@ -223,7 +180,8 @@ class Proposals:
 
         blob = commands.encode(to_send[0] if len(to_send) == 1 else commands.Batch(tuple(to_send)))
         charge = self._reserve_capacity(len(blob)) if check_capacity else -1
-        loop.call_soon_threadsafe(loop.call_later, IN_FLIGHT_TIMEOUT, free_slot)
+        slot = group.take()
+        loop.call_later(IN_FLIGHT_TIMEOUT, free_slot)
 
         if len(to_send) == 1:
 
@@ -232,7 +190,6 @@ class Proposals:
                 applied_at = time.monotonic()
                 self.capacity.release(charge)
                 loop.call_soon_threadsafe(settle, [(result, reason)] * len(futures))
-                applied()
 
         else:
 
@@ -246,7 +203,6 @@ class Proposals:
                 else:
                     each = [(result, reason)] * len(futures)
                 loop.call_soon_threadsafe(settle, each)
-                applied()
 
         self._apply_entry(blob, callback=on_done)
 
